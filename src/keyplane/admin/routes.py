@@ -1,0 +1,377 @@
+"""Admin API routes under /v1/organization, in the OpenAI Admin API shapes, plus keyplane extensions.
+
+Extensions (documented in docs/admin-api.md): creating user keys, updating and rotating keys,
+suspending/resuming and revoking keys, adding users, looking keys up by SHA-256.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from starlette.requests import Request
+
+from keyplane import control, errors
+from keyplane.admin import shapes
+from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, list_response, query_list, runtime
+from keyplane.store.models import ApiKey, AuditLog, Project, ServiceAccount, User
+
+
+def _now(request: Request) -> float:
+    return runtime(request).clock.now()
+
+
+async def _key_owner_objects(s: Any, rows: list[ApiKey]) -> tuple[dict[str, User], dict[str, ServiceAccount]]:
+    uids = {r.owner_user_id for r in rows if r.owner_user_id}
+    sids = {r.service_account_id for r in rows if r.service_account_id}
+    users = {u.id: u for u in (await s.execute(select(User).where(User.id.in_(uids)))).scalars()} if uids else {}
+    sas = ({a.id: a for a in (await s.execute(select(ServiceAccount).where(ServiceAccount.id.in_(sids)))).scalars()}
+           if sids else {})
+    return users, sas
+
+
+async def _project_key_dicts(request: Request, s: Any, rows: list[ApiKey]) -> list[dict[str, Any]]:
+    users, sas = await _key_owner_objects(s, rows)
+    now = _now(request)
+    return [shapes.project_key(r, users.get(r.owner_user_id or ""), sas.get(r.service_account_id or ""), now)
+            for r in rows]
+
+
+# --- projects ----------------------------------------------------------------------------------
+
+async def list_projects(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    q = request.query_params
+    limit = control.check_limit(q.get("limit"))
+    stmt = select(Project)
+    if q.get("include_archived", "false").lower() != "true":
+        stmt = stmt.where(Project.status == "active")
+    async with runtime(request).read() as s:
+        rows, more = await control.page(s, Project, stmt, after=q.get("after"), limit=limit)
+    return JSONResponse(list_response([shapes.project(p) for p in rows], more))
+
+
+async def create_project(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    body = await json_body(request)
+    async with runtime(request).write() as s:
+        p = await control.create_project(s, actor, body.get("name"))
+    return JSONResponse(shapes.project(p))
+
+
+async def get_project(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    async with runtime(request).read() as s:
+        p = await control.get_project(s, request.path_params["project_id"])
+    return JSONResponse(shapes.project(p))
+
+
+async def update_project(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    body = await json_body(request)
+    async with runtime(request).write() as s:
+        p = await control.update_project(s, actor, request.path_params["project_id"], body.get("name"))
+    return JSONResponse(shapes.project(p))
+
+
+async def archive_project(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    async with runtime(request).write() as s:
+        p = await control.archive_project(s, actor, request.path_params["project_id"])
+    return JSONResponse(shapes.project(p))
+
+
+# --- project api keys --------------------------------------------------------------------------
+
+async def list_project_keys(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    pid = request.path_params["project_id"]
+    q = request.query_params
+    limit = control.check_limit(q.get("limit"))
+    async with runtime(request).read() as s:
+        await control.get_project(s, pid)
+        stmt = select(ApiKey).where(ApiKey.project_id == pid, ApiKey.kind != "admin")
+        if q.get("include_revoked", "false").lower() != "true":
+            stmt = stmt.where(ApiKey.revoked_at.is_(None))
+        rows, more = await control.page(s, ApiKey, stmt, after=q.get("after"), limit=limit)
+        items = await _project_key_dicts(request, s, rows)
+    return JSONResponse(list_response(items, more))
+
+
+async def get_project_key(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    async with runtime(request).read() as s:
+        row = await control.get_key(s, request.path_params["key_id"], request.path_params["project_id"], "project")
+        (item,) = await _project_key_dicts(request, s, [row])
+    return JSONResponse(item)
+
+
+async def delete_project_key(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    async with runtime(request).write() as s:
+        row = await control.get_key(s, request.path_params["key_id"], request.path_params["project_id"], "project")
+        await control.revoke_key(s, actor, row, "deleted through the admin API")
+    return JSONResponse(shapes.deleted("organization.project.api_key", row.id))
+
+
+async def create_project_key(request: Request) -> JSONResponse:
+    """Extension: the platform has no endpoint to create a user key."""
+    _, actor = authenticate_admin(request)
+    body = await json_body(request)
+    rt = runtime(request)
+    async with rt.write() as s:
+        row, value = await control.create_project_key(
+            s, actor, rt.settings.secret_key, request.path_params["project_id"], name=body.get("name"),
+            owner_user_id=body.get("owner_user_id"), permissions=body.get("permissions"),
+            expires_in_seconds=body.get("expires_in_seconds"),
+        )
+        (item,) = await _project_key_dicts(request, s, [row])
+    item["value"] = value
+    return JSONResponse(item)
+
+
+async def update_project_key(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    body = await json_body(request)
+    async with runtime(request).write() as s:
+        row = await control.update_key(s, actor, request.path_params["key_id"],
+                                       project_id=request.path_params["project_id"], name=body.get("name"),
+                                       permissions=body.get("permissions"))
+        (item,) = await _project_key_dicts(request, s, [row])
+    return JSONResponse(item)
+
+
+async def rotate_project_key(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    body = await json_body(request, required=False)
+    rt = runtime(request)
+    async with rt.write() as s:
+        new, value, old = await control.rotate_key(
+            s, actor, rt.settings.secret_key, request.path_params["key_id"],
+            project_id=request.path_params["project_id"], grace_seconds=body.get("grace_period_seconds"))
+        (item,) = await _project_key_dicts(request, s, [new])
+    item["value"] = value
+    item["rotated_from"] = {"id": old.id, "expires_at": old.expires_at, "revoked_at": old.revoked_at}
+    return JSONResponse(item)
+
+
+async def _suspend_or_resume(request: Request, suspend: bool) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    body = await json_body(request, required=False)
+    reason = body.get("reason") or "suspended through the admin API"
+    if not isinstance(reason, str) or len(reason) > 1000:
+        raise errors.bad_request("'reason' must be a string of at most 1000 characters.", param="reason")
+    async with runtime(request).write() as s:
+        row = await control.get_key(s, request.path_params["key_id"], request.path_params.get("project_id"),
+                                    "project")
+        await control.set_suspended(s, actor, row, reason if suspend else None)
+        (item,) = await _project_key_dicts(request, s, [row])
+    return JSONResponse(item)
+
+
+async def suspend_key(request: Request) -> JSONResponse:
+    return await _suspend_or_resume(request, True)
+
+
+async def resume_key(request: Request) -> JSONResponse:
+    return await _suspend_or_resume(request, False)
+
+
+async def revoke_any_key(request: Request) -> JSONResponse:
+    """Extension: POST /v1/organization/api_keys/{key_id}/revoke {"reason"} (used by the leak scanner)."""
+    _, actor = authenticate_admin(request)
+    body = await json_body(request, required=False)
+    reason = body.get("reason") or "revoked through the admin API"
+    if not isinstance(reason, str) or len(reason) > 1000:
+        raise errors.bad_request("'reason' must be a string of at most 1000 characters.", param="reason")
+    async with runtime(request).write() as s:
+        row = await control.get_key(s, request.path_params["key_id"])
+        await control.revoke_key(s, actor, row, reason)
+        if row.kind == "admin":
+            users, _ = await _key_owner_objects(s, [row])
+            item = shapes.admin_key(row, users.get(row.owner_user_id or ""), _now(request))
+        else:
+            (item,) = await _project_key_dicts(request, s, [row])
+    return JSONResponse(item)
+
+
+async def lookup_keys(request: Request) -> JSONResponse:
+    """Extension: which of these SHA-256(key) values are keys of this deployment, and their status."""
+    authenticate_admin(request)
+    body = await json_body(request)
+    hashes = control.validate_sha256_list(body.get("sha256"))
+    rt = runtime(request)
+    async with rt.read() as s:
+        found = await control.lookup_sha256(s, rt.settings.secret_key, hashes)
+    now = _now(request)
+    data = [{"object": "organization.api_key.lookup", "sha256": h, "id": r.id, "project_id": r.project_id,
+             "kind": r.kind, "name": r.name, "status": shapes.key_status(r, now)} for h, r in found]
+    return JSONResponse({"object": "list", "data": data})
+
+
+# --- service accounts --------------------------------------------------------------------------
+
+async def list_service_accounts(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    pid = request.path_params["project_id"]
+    q = request.query_params
+    limit = control.check_limit(q.get("limit"))
+    async with runtime(request).read() as s:
+        await control.get_project(s, pid)
+        stmt = select(ServiceAccount).where(ServiceAccount.project_id == pid, ServiceAccount.deleted_at.is_(None))
+        rows, more = await control.page(s, ServiceAccount, stmt, after=q.get("after"), limit=limit)
+    return JSONResponse(list_response([shapes.service_account(a) for a in rows], more))
+
+
+async def create_service_account(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    body = await json_body(request)
+    rt = runtime(request)
+    async with rt.write() as s:
+        p = await control.get_project(s, request.path_params["project_id"])
+        sa, value = await control.create_service_account(
+            s, actor, p, body.get("name"), secret=rt.settings.secret_key,
+            expires_in_seconds=body.get("expires_in_seconds"))
+    return JSONResponse(shapes.service_account_created(sa, sa.api_key_row, value))  # type: ignore[attr-defined]
+
+
+async def get_service_account(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    async with runtime(request).read() as s:
+        sa = await control.get_service_account(s, request.path_params["project_id"],
+                                               request.path_params["service_account_id"])
+    return JSONResponse(shapes.service_account(sa))
+
+
+async def delete_service_account(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    sid = request.path_params["service_account_id"]
+    async with runtime(request).write() as s:
+        await control.delete_service_account(s, actor, request.path_params["project_id"], sid)
+    return JSONResponse(shapes.deleted("organization.project.service_account", sid))
+
+
+# --- users -------------------------------------------------------------------------------------
+
+async def list_users(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    q = request.query_params
+    limit = control.check_limit(q.get("limit"))
+    stmt = select(User)
+    emails = query_list(request, "emails")
+    if emails:
+        stmt = stmt.where(User.email.in_([e.lower() for e in emails]))
+    async with runtime(request).read() as s:
+        rows, more = await control.page(s, User, stmt, after=q.get("after"), limit=limit)
+    return JSONResponse(list_response([shapes.user(u) for u in rows], more))
+
+
+async def add_user(request: Request) -> JSONResponse:
+    """Extension: add a user directly (the platform invites by email)."""
+    _, actor = authenticate_admin(request)
+    body = await json_body(request)
+    async with runtime(request).write() as s:
+        u = await control.add_user(s, actor, email=body.get("email"), role=body.get("role", "reader"),
+                                   name=body.get("name") or "")
+    return JSONResponse(shapes.user(u))
+
+
+async def get_user(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    async with runtime(request).read() as s:
+        u = await control.get_user(s, request.path_params["user_id"])
+    return JSONResponse(shapes.user(u))
+
+
+async def update_user(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    body = await json_body(request)
+    async with runtime(request).write() as s:
+        u = await control.update_user_role(s, actor, request.path_params["user_id"], body.get("role"))
+    return JSONResponse(shapes.user(u))
+
+
+async def delete_user(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    uid = request.path_params["user_id"]
+    async with runtime(request).write() as s:
+        await control.delete_user(s, actor, uid)
+    return JSONResponse(shapes.deleted("organization.user", uid))
+
+
+# --- admin api keys ----------------------------------------------------------------------------
+
+async def list_admin_keys(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    q = request.query_params
+    limit = control.check_limit(q.get("limit"))
+    stmt = select(ApiKey).where(ApiKey.kind == "admin", ApiKey.revoked_at.is_(None))
+    async with runtime(request).read() as s:
+        rows, more = await control.page(s, ApiKey, stmt, after=q.get("after"), limit=limit,
+                                        descending=q.get("order") == "desc")
+        users, _ = await _key_owner_objects(s, rows)
+    now = _now(request)
+    return JSONResponse(list_response([shapes.admin_key(r, users.get(r.owner_user_id or ""), now) for r in rows],
+                                      more))
+
+
+async def create_admin_key(request: Request) -> JSONResponse:
+    entry, actor = authenticate_admin(request)
+    body = await json_body(request)
+    rt = runtime(request)
+    async with rt.write() as s:
+        row, value = await control.create_admin_key(s, actor, rt.settings.secret_key, body.get("name"),
+                                                    owner_user_id=entry.owner_user_id,
+                                                    expires_in_seconds=body.get("expires_in_seconds"))
+        users, _ = await _key_owner_objects(s, [row])
+    d = shapes.admin_key(row, users.get(row.owner_user_id or ""), _now(request))
+    d["value"] = value
+    return JSONResponse(d)
+
+
+async def get_admin_key(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    async with runtime(request).read() as s:
+        row = await control.get_key(s, request.path_params["key_id"], kind="admin")
+        users, _ = await _key_owner_objects(s, [row])
+    return JSONResponse(shapes.admin_key(row, users.get(row.owner_user_id or ""), _now(request)))
+
+
+async def delete_admin_key(request: Request) -> JSONResponse:
+    entry, actor = authenticate_admin(request)
+    kid = request.path_params["key_id"]
+    async with runtime(request).write() as s:
+        row = await control.get_key(s, kid, kind="admin")
+        await control.revoke_key(s, actor, row, "deleted through the admin API")
+    return JSONResponse(shapes.deleted("organization.admin_api_key", kid))
+
+
+# --- audit logs --------------------------------------------------------------------------------
+
+async def list_audit_logs(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    q = request.query_params
+    limit = control.check_limit(q.get("limit"))
+    stmt = select(AuditLog)
+    for op in ("gt", "gte", "lt", "lte"):
+        v = q.get(f"effective_at[{op}]")
+        if v is None:
+            continue
+        try:
+            t = int(v)
+        except ValueError:
+            raise errors.bad_request(f"'effective_at[{op}]' must be a unix timestamp.", param="effective_at") from None
+        col = AuditLog.effective_at
+        stmt = stmt.where({"gt": col > t, "gte": col >= t, "lt": col < t, "lte": col <= t}[op])
+    for param, col in (("project_ids", AuditLog.project_id), ("event_types", AuditLog.type),
+                       ("actor_ids", AuditLog.actor_id), ("resource_ids", AuditLog.resource_id)):
+        values = query_list(request, param)
+        if values:
+            stmt = stmt.where(col.in_(values))
+    async with runtime(request).read() as s:
+        rows, more = await control.page(s, AuditLog, stmt, after=q.get("after"), before=q.get("before"),
+                                        limit=limit, descending=True)
+        pids = {r.project_id for r in rows if r.project_id}
+        names = dict((await s.execute(select(Project.id, Project.name).where(Project.id.in_(pids)))).all()) \
+            if pids else {}
+    return JSONResponse(list_response([shapes.audit_log(r, names.get(r.project_id or "")) for r in rows], more))

@@ -1,0 +1,137 @@
+"""Assembles the ASGI app: the /v1 proxy, the admin API, health, metrics (and later the dashboard).
+
+``create_app(settings)`` builds everything from explicit arguments; resources open in the ASGI
+lifespan. Requests are dispatched on the path prefix with no framework in the way of the proxy.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from keyplane import errors
+from keyplane.clock import Clock, SystemClock
+from keyplane.config import Settings
+from keyplane.runtime import Runtime
+from keyplane.snapshot import LastUsedRecorder, Snapshot, SnapshotRefresher
+from keyplane.store import db
+
+log = logging.getLogger("keyplane")
+
+ASGIApp = Any
+
+
+async def send_json(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    h = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if headers:
+        h.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": h})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Any, err: errors.APIError, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    h = [(k.encode(), v.encode()) for k, v in err.headers.items()]
+    if headers:
+        h.extend(headers)
+    await send_json(send, err.status, err.body(), h)
+
+
+class KeyplaneApp:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None, migrate: bool = True) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.migrate = migrate
+        self.runtime: Runtime | None = None
+        self._admin: ASGIApp = None
+        self._proxy: ASGIApp = None
+        self._started: list[Any] = []
+
+    async def startup(self) -> None:
+        s = self.settings
+        engine = db.make_engine(s.database_url)
+        if self.migrate:
+            await db.migrate(engine)
+        snapshot = Snapshot()
+        refresher = SnapshotRefresher(snapshot, engine, s.snapshot_poll_seconds)
+        await refresher.refresh(force=True)
+        rt = Runtime(
+            settings=s, clock=self.clock, engine=engine, sessions=db.sessionmaker(engine), snapshot=snapshot,
+            refresher=refresher, last_used=LastUsedRecorder(engine, s.last_used_flush_seconds),
+        )
+        self.runtime = rt
+        from keyplane.admin import build_admin_app
+        from keyplane.proxy import build_proxy
+
+        self._admin = build_admin_app(rt)
+        self._proxy = await build_proxy(rt)
+        refresher.start()
+        rt.last_used.start()
+
+    async def shutdown(self) -> None:
+        rt = self.runtime
+        if rt is None:
+            return
+        close = getattr(self._proxy, "aclose", None)
+        if close is not None:
+            await close()
+        await rt.refresher.stop()
+        await rt.last_used.stop()
+        await rt.engine.dispose()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            path: str = scope["path"]
+            if path.startswith("/v1/"):
+                if path.startswith("/v1/organization"):
+                    await self._admin(scope, receive, send)
+                else:
+                    await self._proxy(scope, receive, send)
+                return
+            if path == "/healthz":
+                await send_json(send, 200, b'{"status":"ok"}')
+                return
+            if path == "/readyz":
+                await self._readyz(send)
+                return
+            await send_error(send, errors.unknown_url(scope["method"], path))
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _readyz(self, send: Any) -> None:
+        rt = self.runtime
+        checks: dict[str, str] = {}
+        ok = rt is not None and rt.snapshot.loaded
+        checks["config"] = "ok" if ok else "not loaded"
+        if rt is not None:
+            try:
+                async with rt.engine.connect() as conn:
+                    await db.ping(conn)
+                checks["store"] = "ok"
+            except Exception as e:
+                ok = False
+                checks["store"] = f"unreachable: {type(e).__name__}"
+        body = orjson.dumps({"status": "ok" if ok else "unavailable", "checks": checks})
+        await send_json(send, 200 if ok else 503, body)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as e:
+                    log.error("start-up failed: %s", e)
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None, migrate: bool = True) -> KeyplaneApp:
+    return KeyplaneApp(settings, clock=clock, migrate=migrate)

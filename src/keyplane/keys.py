@@ -1,0 +1,104 @@
+"""Key format, checksum, digest and redaction.
+
+Format: ``sk-kp-<kind>-<body><check>``. ``kind`` is ``proj`` (a user key in a project),
+``svc`` (a service-account key) or ``admin``. ``body`` is 33 base62 characters drawn from
+``secrets`` (33 * log2(62) = 196.5 random bits). ``check`` is CRC32 of everything before it,
+as 6 base62 characters, so that a look-alike or a typo is refused before any lookup: CRC32
+detects every single-byte change, and the fixed-width encoding is one-to-one.
+
+Keys are stored only as ``HMAC-SHA256(server_secret, SHA-256(key))``: a database dump yields no
+key, and the leak scanner can ask "is this live?" by sending SHA-256(key) alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import zlib
+from typing import Final, Literal
+
+KeyKind = Literal["proj", "svc", "admin"]
+KINDS: Final[tuple[KeyKind, ...]] = ("proj", "svc", "admin")
+
+ALPHABET: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+BODY_LEN: Final = 33
+CHECK_LEN: Final = 6
+PREFIX: Final = "sk-kp-"
+
+# One pattern for the gateway and the leak scanner alike.
+KEY_PATTERN: Final = re.compile(
+    r"sk-kp-(proj|svc|admin)-([0-9A-Za-z]{%d})([0-9A-Za-z]{%d})" % (BODY_LEN, CHECK_LEN)
+)
+_FULL: Final = re.compile(r"\A" + KEY_PATTERN.pattern + r"\Z")
+
+
+def _b62(n: int, width: int) -> str:
+    out = []
+    for _ in range(width):
+        n, r = divmod(n, 62)
+        out.append(ALPHABET[r])
+    return "".join(reversed(out))
+
+
+def checksum(head: str) -> str:
+    """Checksum of everything before it (``sk-kp-<kind>-<body>``)."""
+    return _b62(zlib.crc32(head.encode("ascii")), CHECK_LEN)
+
+
+def generate(kind: KeyKind) -> str:
+    """A new key value. Shown once; never stored."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown key kind {kind!r}")
+    body = "".join(secrets.choice(ALPHABET) for _ in range(BODY_LEN))
+    head = f"{PREFIX}{kind}-{body}"
+    return head + checksum(head)
+
+
+def looks_like_keyplane_key(value: str) -> bool:
+    """True when it has keyplane's prefix, whatever follows (for diagnostics)."""
+    return value.startswith(PREFIX)
+
+
+def parse(value: str) -> KeyKind | None:
+    """The kind of a well-formed key with a valid checksum, else None. No lookup."""
+    m = _FULL.match(value)
+    if m is None:
+        return None
+    head_len = len(value) - CHECK_LEN
+    if not hmac.compare_digest(checksum(value[:head_len]), value[head_len:]):
+        return None
+    return m.group(1)  # type: ignore[return-value]
+
+
+def is_valid(value: str) -> bool:
+    return parse(value) is not None
+
+
+def sha256_hex(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def digest_of_sha256(secret: bytes, sha256_hexdigest: str) -> str:
+    """The stored digest from SHA-256(key): lets the scanner look a key up without sending it."""
+    return hmac.new(secret, bytes.fromhex(sha256_hexdigest), hashlib.sha256).hexdigest()
+
+
+def digest(secret: bytes, value: str) -> str:
+    """The stored, keyed digest of a key."""
+    return hmac.new(secret, hashlib.sha256(value.encode("utf-8")).digest(), hashlib.sha256).hexdigest()
+
+
+def redact(value: str) -> str:
+    """Display form: ``sk-kp-proj-...abcd``."""
+    m = KEY_PATTERN.match(value)
+    prefix = f"{PREFIX}{m.group(1)}-" if m else value[:6]
+    return f"{prefix}...{value[-4:]}"
+
+
+def mask(value: str) -> str:
+    """Error-message form, as the platform does: first 8 characters, one ``*`` per hidden one, last 4."""
+    if len(value) <= 12:
+        return "*" * len(value)
+    return value[:8] + "*" * (len(value) - 12) + value[-4:]

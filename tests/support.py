@@ -1,0 +1,156 @@
+"""Test support: a real keyplane server on a free port, on SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import uvicorn
+
+from keyplane import control
+from keyplane.app import KeyplaneApp, create_app
+from keyplane.clock import Clock
+from keyplane.config import Settings, load_settings
+from keyplane.store import db
+
+PG_ADMIN_DSN = os.environ.get("KEYPLANE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+_template_lock = threading.Lock()
+_template_ready: set[str] = set()
+
+
+async def _pg_exec(sql: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _pg_url(name: str) -> str:
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    return f"{base}/{name}"
+
+
+def _ensure_template(worker: str) -> str:
+    """One migrated template database per test worker; each test copies it (fast)."""
+    name = f"kp_tmpl_{worker}"
+    with _template_lock:
+        if name in _template_ready:
+            return name
+
+        async def make() -> None:
+            await _pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await _pg_exec(f'CREATE DATABASE "{name}"')
+            engine = db.make_engine("postgresql+asyncpg://" + _pg_url(name).split("://", 1)[1])
+            await db.migrate(engine)
+            await engine.dispose()
+
+        asyncio.run(make())
+        _template_ready.add(name)
+        return name
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test; dropped afterwards."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    tmpl = _ensure_template(worker)
+    name = f"kp_t_{worker}_{secrets.token_hex(4)}"
+    asyncio.run(_pg_exec(f'CREATE DATABASE "{name}" TEMPLATE "{tmpl}"'))
+    try:
+        yield _pg_url(name)
+    finally:
+        asyncio.run(_pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def make_settings(home: Path, database_url: str = "", config_text: str | None = None, **env: str) -> Settings:
+    home.mkdir(parents=True, exist_ok=True)
+    if config_text is not None:
+        (home / "keyplane.toml").write_text(config_text)
+    e = {"KEYPLANE_HOME": str(home), "KEYPLANE_DATABASE_URL": database_url,
+         "KEYPLANE_SNAPSHOT_POLL_SECONDS": "0.2", **env}
+    return load_settings(env=e, create_secret=True)
+
+
+def init_org(settings: Settings, org_name: str = "Test org", owner_email: str = "owner@example.com") -> dict[str, Any]:
+    async def run() -> dict[str, Any]:
+        engine = db.make_engine(settings.database_url)
+        await db.migrate(engine)
+        async with db.sessionmaker(engine)() as s, s.begin():
+            out = await control.init_org(s, settings.secret_key, org_name, owner_email)
+        await engine.dispose()
+        return out
+
+    return asyncio.run(run())
+
+
+@dataclass
+class RunningServer:
+    base_url: str
+    settings: Settings
+    app: KeyplaneApp
+    init: dict[str, Any]
+    server: uvicorn.Server
+    thread: threading.Thread
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def admin_key(self) -> str:
+        return str(self.init["admin_key"])
+
+    @property
+    def api_key(self) -> str:
+        return str(self.init["api_key"])
+
+    @property
+    def project_id(self) -> str:
+        return str(self.init["project_id"])
+
+    @property
+    def v1(self) -> str:
+        return self.base_url + "/v1"
+
+    def call(self, coro: Any) -> Any:
+        """Run a coroutine on the server's own event loop (e.g. to inspect the runtime)."""
+        loop = self.extra["loop"]
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def start_server(settings: Settings, init: dict[str, Any] | None = None, clock: Clock | None = None) -> RunningServer:
+    app = create_app(settings, clock=clock)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning",
+                            loop="asyncio", http="httptools", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    holder: dict[str, Any] = {}
+
+    def run() -> None:
+        loop = asyncio.new_event_loop()
+        holder["loop"] = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(server.serve())
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, daemon=True, name="keyplane-test-server")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("keyplane test server did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return RunningServer(f"http://127.0.0.1:{port}", settings, app, init or {}, server, thread, holder)
