@@ -288,3 +288,7 @@ def settings_markdown() -> str:
         default = "(empty)" if s.default == "" else f"`{s.default}`"
         rows.append(f"| `{s.name}` | `{s.env}` | {default} | {s.help} |")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m keyplane.config: the settings table for docs/configuration.md
+    print(settings_markdown())

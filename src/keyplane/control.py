@@ -361,7 +361,7 @@ async def get_key(s: AsyncSession, key_id: str, project_id: str | None = None, k
 
 async def update_key(
     s: AsyncSession, actor: Actor, key_id: str, *, project_id: str | None = None, name: Any = None,
-    permissions: Any = None, expires_at: Any = ...,
+    permissions: Any = None, expires_in_seconds: Any = None,
 ) -> ApiKey:
     row = await get_key(s, key_id, project_id, kind="project")
     if row.project_id:
@@ -374,9 +374,16 @@ async def update_key(
         perms = check_permissions(permissions)
         row.permissions = orjson.dumps(perms.to_json()).decode()
         changes["scopes"] = sorted(perms.scopes)
+    t = now_s()
+    if expires_in_seconds is not None:
+        if row.expires_at is not None and t >= row.expires_at:
+            raise bad_request("The key has expired; expired keys cannot be updated.", code="key_expired")
+        row.expires_at = t + (check_positive_int(expires_in_seconds, "expires_in_seconds") or 0)
+        changes["expires_at"] = row.expires_at
     if not changes:
-        raise bad_request("Nothing to update: give 'name' and/or 'permissions'.", code="missing_required_parameter")
-    row.updated_at = now_s()
+        raise bad_request("Nothing to update: give 'name', 'scopes' (or 'permissions') and/or 'expires_in_seconds'.",
+                          code="missing_required_parameter")
+    row.updated_at = t
     await audit(s, actor, "api_key.updated", {"id": row.id, "changes_requested": changes},
                 project_id=row.project_id, resource_id=row.id)
     await bump_revision(s)

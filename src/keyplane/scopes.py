@@ -86,9 +86,10 @@ class InvalidPermissions(ValueError):
 
 def parse_permissions(value: object) -> Permissions:
     """From the API/CLI/store form: "all", "read_only", or a list of scope strings."""
-    if value is None or value == "all":
+    if value is None or value == "all" or value == []:
+        # An empty scope list means "no restriction", as in the platform's key update API.
         return ALL
-    if value == "read_only":
+    if value in ("read_only", ["api.all.read"]):
         return READ_ONLY
     if isinstance(value, str):
         # A comma-separated list from the CLI.

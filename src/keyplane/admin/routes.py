@@ -134,9 +134,11 @@ async def update_project_key(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     body = await json_body(request)
     async with runtime(request).write() as s:
+        # The SDK sends `scopes` ([] = all, ["api.all.read"] = read only); keyplane also takes `permissions`.
+        perms = body["scopes"] if "scopes" in body else body.get("permissions")
         row = await control.update_key(s, actor, request.path_params["key_id"],
                                        project_id=request.path_params["project_id"], name=body.get("name"),
-                                       permissions=body.get("permissions"))
+                                       permissions=perms, expires_in_seconds=body.get("expires_in_seconds"))
         (item,) = await _project_key_dicts(request, s, [row])
     return JSONResponse(item)
 

@@ -1,0 +1,176 @@
+"""`keyplane keys ...`: local key management on the store."""
+
+
+from typing import Annotated, Any
+
+import orjson
+import typer
+from sqlalchemy import select
+
+from keyplane import control
+
+ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project id or unique name.")]
+
+
+def _key_dict(row: Any, now: float) -> dict[str, Any]:
+    from keyplane.admin import shapes
+
+    if row.kind == "admin":
+        return shapes.admin_key(row, None, now)
+    return shapes.project_key(row, None, None, now)
+
+
+def register(keys_app: typer.Typer) -> None:
+    from keyplane.cli import JsonOpt, out, print_json, run_store, settings, table, ts
+
+    def emit_key(row: Any, json: bool, value: str | None = None, verb: str = "created") -> None:
+        import time
+
+        d = _key_dict(row, time.time())
+        if value is not None:
+            d["value"] = value
+        if json:
+            print_json(d)
+            return
+        out.print(f"{verb} key {row.id} ({row.name}) in {row.project_id or 'the organization'}")
+        if value is not None:
+            out.print("[bold]The key is shown once. Store it now:[/]")
+            out.print(f"  {value}", highlight=False, soft_wrap=True)
+
+    @keys_app.command("create")
+    def create(
+        project: ProjectOpt,
+        name: Annotated[str, typer.Option("--name", "-n", help="Key name (shown in reports).")],
+        permissions: Annotated[str, typer.Option(help='"all", "read_only" or comma-separated scopes, e.g. '
+                                                 '"api.model.request,api.model.read".')] = "all",
+        expires_in: Annotated[int | None, typer.Option(help="Seconds until the key expires.", min=1)] = None,
+        service_account: Annotated[bool, typer.Option(
+            "--service-account", help="Create a service account with this name and its key (survives any user)."
+        )] = False,
+        owner: Annotated[str | None, typer.Option(help="Owner user id or email (user keys).")] = None,
+        json: JsonOpt = False,
+    ) -> None:
+        """Create a user key (or a service account and its key) in a project. The value is shown once."""
+        s = settings()
+
+        async def go(session: Any) -> tuple[Any, str]:
+            p = await control.find_project(session, project)
+            if service_account:
+                if permissions != "all":
+                    control.check_permissions(permissions)
+                sa, value = await control.create_service_account(session, control.CLI_ACTOR, p, name,
+                                                                 secret=s.secret_key, expires_in_seconds=expires_in)
+                row = sa.api_key_row  # type: ignore[attr-defined]
+                if permissions != "all":
+                    row = await control.update_key(session, control.CLI_ACTOR, row.id, permissions=permissions)
+                return row, value
+            owner_id = (await control.find_user(session, owner)).id if owner else None
+            return await control.create_project_key(session, control.CLI_ACTOR, s.secret_key, p.id, name=name,
+                                                    owner_user_id=owner_id, permissions=permissions,
+                                                    expires_in_seconds=expires_in)
+
+        row, value = run_store(s, go, write=True)
+        emit_key(row, json, value)
+
+    @keys_app.command("list")
+    def list_(
+        project: Annotated[str | None, typer.Option("--project", "-p", help="Project id or name (default: all).")]
+        = None,
+        all: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+        admin: Annotated[bool, typer.Option("--admin", help="List admin keys instead.")] = False,
+        json: JsonOpt = False,
+    ) -> None:
+        """List keys with their status, permissions and last use (never their values)."""
+        import time
+
+        from keyplane.store.models import ApiKey
+
+        async def go(session: Any) -> list[Any]:
+            stmt = select(ApiKey).order_by(ApiKey.seq)
+            stmt = stmt.where(ApiKey.kind == "admin") if admin else stmt.where(ApiKey.kind != "admin")
+            if project:
+                stmt = stmt.where(ApiKey.project_id == (await control.find_project(session, project)).id)
+            if not all:
+                stmt = stmt.where(ApiKey.revoked_at.is_(None))
+            return list((await session.execute(stmt)).scalars())
+
+        rows = run_store(settings(), go)
+        now = time.time()
+        items = [_key_dict(r, now) for r in rows]
+        if json:
+            print_json(items)
+            return
+        table("Keys", ["id", "name", "kind", "project", "key", "permissions", "status", "last used"],
+              [(r.id, r.name, r.kind, r.project_id, r.redacted_value, _perm_text(r.permissions), d["status"],
+                ts(r.last_used_at)) for r, d in zip(rows, items, strict=True)])
+
+    @keys_app.command("revoke")
+    def revoke(
+        key_id: Annotated[str, typer.Argument(help="Key id (key_...).")],
+        reason: Annotated[str, typer.Option(help="Why (kept in the audit log and shown to the key's user).")]
+        = "revoked from the command line",
+        json: JsonOpt = False,
+    ) -> None:
+        """Revoke a key for good. It is refused by every instance within a second."""
+        async def go(session: Any) -> Any:
+            row = await control.get_key(session, key_id)
+            return await control.revoke_key(session, control.CLI_ACTOR, row, reason)
+
+        emit_key(run_store(settings(), go, write=True), json, verb="revoked")
+
+    @keys_app.command("rotate")
+    def rotate(
+        key_id: Annotated[str, typer.Argument(help="Key id (key_...).")],
+        grace: Annotated[int, typer.Option(help="Seconds the old value keeps working (0: revoked now).", min=0)]
+        = 0,
+        json: JsonOpt = False,
+    ) -> None:
+        """Issue a new value for a key (same name, project, permissions); the old one stops now or after --grace."""
+        s = settings()
+
+        async def go(session: Any) -> tuple[Any, str]:
+            new, value, _old = await control.rotate_key(session, control.CLI_ACTOR, s.secret_key, key_id,
+                                                        grace_seconds=grace)
+            return new, value
+
+        row, value = run_store(s, go, write=True)
+        emit_key(row, json, value, verb="rotated to")
+
+    @keys_app.command("permissions")
+    def permissions_(
+        key_id: Annotated[str, typer.Argument(help="Key id (key_...).")],
+        permissions: Annotated[str, typer.Argument(help='"all", "read_only" or comma-separated scopes.')],
+        json: JsonOpt = False,
+    ) -> None:
+        """Change a key's permissions without issuing a new key."""
+        async def go(session: Any) -> Any:
+            return await control.update_key(session, control.CLI_ACTOR, key_id, permissions=permissions)
+
+        emit_key(run_store(settings(), go, write=True), json, verb="updated")
+
+    @keys_app.command("suspend")
+    def suspend(
+        key_id: Annotated[str, typer.Argument(help="Key id (key_...).")],
+        reason: Annotated[str, typer.Option(help="Why.")] = "suspended from the command line",
+        json: JsonOpt = False,
+    ) -> None:
+        """Suspend a key (reversible with `keyplane keys resume`)."""
+        async def go(session: Any) -> Any:
+            row = await control.get_key(session, key_id)
+            return await control.set_suspended(session, control.CLI_ACTOR, row, reason)
+
+        emit_key(run_store(settings(), go, write=True), json, verb="suspended")
+
+    @keys_app.command("resume")
+    def resume(key_id: Annotated[str, typer.Argument(help="Key id (key_...).")], json: JsonOpt = False) -> None:
+        """Resume a suspended key (for example one the kill switch suspended)."""
+        async def go(session: Any) -> Any:
+            row = await control.get_key(session, key_id)
+            return await control.set_suspended(session, control.CLI_ACTOR, row, None)
+
+        emit_key(run_store(settings(), go, write=True), json, verb="resumed")
+
+
+def _perm_text(raw: str) -> str:
+    v = orjson.loads(raw)
+    return v if isinstance(v, str) else ",".join(v)

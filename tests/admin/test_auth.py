@@ -1,0 +1,90 @@
+"""Admin API authentication: every refusal is OpenAI-shaped, and refused calls change nothing."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from keyplane import keys
+
+
+def _get(server, headers):
+    return httpx.get(server.v1 + "/organization/projects", headers=headers, timeout=10)
+
+
+def test_no_key(server):
+    r = _get(server, {})
+    assert r.status_code == 401
+    assert r.json()["error"]["message"].startswith("You didn't provide an API key")
+
+
+def test_wrong_admin_key_is_masked(server):
+    wrong = keys.generate("admin")
+    r = _get(server, {"Authorization": f"Bearer {wrong}"})
+    assert r.status_code == 401
+    err = r.json()["error"]
+    assert err["code"] == "invalid_api_key" and wrong not in r.text
+    assert keys.mask(wrong) in err["message"]
+
+
+def test_project_key_refused_on_admin_api(server):
+    r = _get(server, {"Authorization": f"Bearer {server.api_key}"})
+    assert r.status_code == 401
+    assert "needs an admin key" in r.json()["error"]["message"]
+    assert server.api_key not in r.text
+
+
+def test_bad_checksum_and_provider_key(server):
+    k = server.admin_key
+    bad = k[:-1] + ("A" if k[-1] != "A" else "B")
+    r = _get(server, {"Authorization": f"Bearer {bad}"})
+    assert r.status_code == 401 and "checksum" in r.json()["error"]["message"]
+    provider = "sk-proj-" + "a" * 40 + "T3BlbkFJ" + "b" * 40
+    r = _get(server, {"Authorization": f"Bearer {provider}"})
+    assert r.status_code == 401 and "OpenAI key" in r.json()["error"]["message"]
+
+
+def test_basic_auth_refused(server):
+    r = _get(server, {"Authorization": "Basic dXNlcjpwYXNz"})
+    assert r.status_code == 401 and "Bearer" in r.json()["error"]["message"]
+
+
+def test_deleted_admin_key_stops_working_at_once(admin, server):
+    created = admin.admin.organization.admin_api_keys.create(name="temp")
+    c2 = OpenAI(base_url=server.v1, admin_api_key=created.value, api_key="x", max_retries=0)
+    assert c2.admin.organization.projects.list().data
+    admin.admin.organization.admin_api_keys.delete(created.id)
+    with pytest.raises(openai.AuthenticationError) as e:
+        c2.admin.organization.projects.list()
+    assert "revoked" in e.value.message
+
+
+def test_expired_admin_key(http, server):
+    r = http.post("/admin_api_keys", json={"name": "short", "expires_in_seconds": 1})
+    value = r.json()["value"]
+    assert r.json()["expires_at"] is not None
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        r = _get(server, {"Authorization": f"Bearer {value}"})
+        if r.status_code == 401:
+            break
+        time.sleep(0.2)
+    assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+
+
+def test_unknown_route_and_method(http):
+    r = http.get("/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+    r = http.put("/projects")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_openapi_document(http):
+    doc = http.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    assert "post" in doc["paths"]["/v1/organization/projects/{project_id}/api_keys"]
+    assert doc["paths"]["/v1/organization/api_keys/lookup"]["post"]["tags"] == ["keyplane extension"]

@@ -1,0 +1,139 @@
+"""The CLI against a real store (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from keyplane import keys
+from keyplane.cli import app
+from tests.support import make_settings, start_server
+
+
+@pytest.fixture
+def cli(tmp_path, database_url, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("KEYPLANE_HOME", str(home))
+    monkeypatch.setenv("KEYPLANE_DATABASE_URL", database_url)
+    monkeypatch.delenv("KEYPLANE_CONFIG", raising=False)
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0):
+        res = runner.invoke(app, list(args), catch_exceptions=False)
+        assert res.exit_code == code, (res.stdout, res.stderr)
+        return res
+
+    run.home = home  # type: ignore[attr-defined]
+    run.database_url = database_url  # type: ignore[attr-defined]
+    return run
+
+
+def _json(res):
+    return json.loads(res.stdout)
+
+
+def test_init_once(cli):
+    out = _json(cli("init", "--org-name", "Acme", "--owner-email", "boss@acme.test", "--json"))
+    for field in ("organization_id", "owner_user_id", "project_id", "api_key", "admin_key"):
+        assert out[field]
+    assert keys.parse(out["api_key"]) == "svc" and keys.parse(out["admin_key"]) == "admin"
+    assert (cli.home / "keyplane.toml").exists() and (cli.home / "secret.key").exists()
+    res = cli("init", code=1)
+    assert "already initialized" in res.stderr and out["api_key"] not in res.stderr + res.stdout
+
+
+def test_commands_need_init(cli):
+    res = cli("projects", "list", code=1)
+    assert "keyplane init" in res.stderr
+
+
+def test_projects_keys_users_audit(cli):
+    cli("init", "--json")
+    p = _json(cli("projects", "create", "Data team", "--json"))
+    assert [x["name"] for x in _json(cli("projects", "list", "--json"))] == ["Default project", "Data team"]
+    k = _json(cli("keys", "create", "-p", "Data team", "-n", "etl", "--permissions",
+                  "api.model.request,api.files.read", "--expires-in", "3600", "--json"))
+    assert keys.parse(k["value"]) == "proj" and k["expires_at"]
+    assert "api.files.read" in k["permissions"]
+    listed = _json(cli("keys", "list", "-p", p["id"], "--json"))
+    assert [x["id"] for x in listed] == [k["id"]] and "value" not in listed[0]
+    upd = _json(cli("keys", "permissions", k["id"], "read_only", "--json"))
+    assert upd["permissions"] == "read_only"
+    sus = _json(cli("keys", "suspend", k["id"], "--reason", "why", "--json"))
+    assert sus["status"] == "suspended"
+    assert _json(cli("keys", "resume", k["id"], "--json"))["status"] == "active"
+    rot = _json(cli("keys", "rotate", k["id"], "--json"))
+    assert rot["value"] != k["value"] and rot["name"] == "etl"
+    rev = _json(cli("keys", "revoke", rot["id"], "--reason", "done", "--json"))
+    assert rev["status"] == "revoked" and rev["revoke_reason"] == "done"
+    assert _json(cli("keys", "list", "-p", p["id"], "--json")) == []
+    assert len(_json(cli("keys", "list", "-p", p["id"], "--all", "--json"))) == 2
+    sa = _json(cli("keys", "create", "-p", p["id"], "-n", "bot", "--service-account", "--json"))
+    assert keys.parse(sa["value"]) == "svc" and sa["owner"]["type"] == "service_account"
+    assert len(_json(cli("keys", "list", "--admin", "--json"))) == 1
+    u = _json(cli("users", "add", "r@x.test", "--role", "reader", "--json"))
+    assert _json(cli("users", "role", "r@x.test", "owner", "--json"))["role"] == "owner"
+    assert len(_json(cli("users", "list", "--json"))) == 2
+    cli("users", "remove", u["id"])
+    archived = _json(cli("projects", "archive", "Data team", "--json"))
+    assert archived["status"] == "archived"
+    audit = _json(cli("audit", "--json", "--limit", "200"))
+    types = [a["type"] for a in audit]
+    for t in ("project.created", "api_key.created", "api_key.updated", "api_key.suspended", "api_key.resumed",
+              "api_key.deleted", "user.added", "user.updated", "user.deleted", "project.archived",
+              "service_account.created"):
+        assert t in types, t
+    assert all(a["actor"]["type"] == "cli" for a in audit)
+    assert _json(cli("audit", "--json", "--type", "project.archived"))[0]["project"]["id"] == p["id"]
+    # human output also works
+    assert "Data team" in cli("projects", "list", "--all").stdout
+    assert "etl" in cli("keys", "list", "--all").stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("keys", "create", "-p", "nope", "-n", "x"), "No project found"),
+    (("keys", "create", "-p", "Default project", "-n", "x", "--permissions", "api.nope.read"), "unknown scope"),
+    (("keys", "revoke", "key_missing"), "No API key found"),
+    (("users", "add", "not-an-email"), "email"),
+    (("users", "role", "owner@example.com", "reader"), "at least one owner"),
+    (("projects", "create", "x" * 300), "too long"),
+])
+def test_errors_are_messages(cli, args, needle):
+    cli("init", "--json")
+    res = cli(*args, code=1)
+    assert needle in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bad_config_exit_2(cli):
+    cli.home.mkdir(parents=True)
+    (cli.home / "keyplane.toml").write_text("port = 'x'\n")
+    res = cli("projects", "list", code=2)
+    assert "`port` must be int" in res.stderr
+
+
+def test_cli_revocation_reaches_running_server_within_a_second(cli):
+    init = _json(cli("init", "--json"))
+    settings = make_settings(cli.home, cli.database_url)
+    srv = start_server(settings, init)
+    try:
+        h = {"Authorization": f"Bearer {init['admin_key']}"}
+        assert httpx.get(srv.v1 + "/organization/projects", headers=h).status_code == 200
+        cli("keys", "revoke", init["admin_key_id"])
+        t0 = time.monotonic()
+        while httpx.get(srv.v1 + "/organization/projects", headers=h).status_code == 200:
+            assert time.monotonic() - t0 < 1.0, "revocation did not reach the server within a second"
+            time.sleep(0.02)
+    finally:
+        srv.stop()
+
+
+def test_help_everywhere():
+    runner = CliRunner()
+    for args in (["--help"], ["init", "--help"], ["serve", "--help"], ["projects", "--help"], ["keys", "--help"],
+                 ["keys", "create", "--help"], ["users", "--help"], ["audit", "--help"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0 and "Usage" in res.stdout
