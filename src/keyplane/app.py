@@ -6,7 +6,10 @@ lifespan. Requests are dispatched on the path prefix with no framework in the wa
 
 from __future__ import annotations
 
+import importlib
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -21,6 +24,20 @@ from keyplane.store import db
 log = logging.getLogger("keyplane")
 
 ASGIApp = Any
+
+# Features that plug into the flow (hooks.py) and the admin API. Each module has
+# ``async def start(rt: Runtime) -> Feature``; they start in this order, before the proxy is built,
+# and stop in reverse order.
+FEATURES: tuple[str, ...] = ("keyplane.billing", "keyplane.usage")
+
+
+@dataclass
+class Feature:
+    """What a feature adds: admin API endpoints, top-level ASGI routes (e.g. /metrics), a stop step."""
+
+    endpoints: list[Any] = field(default_factory=list)
+    routes: dict[str, ASGIApp] = field(default_factory=dict)
+    stop: Callable[[], Awaitable[None]] | None = None
 
 
 async def send_json(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -46,7 +63,8 @@ class KeyplaneApp:
         self.runtime: Runtime | None = None
         self._admin: ASGIApp = None
         self._proxy: ASGIApp = None
-        self._started: list[Any] = []
+        self._features: list[Feature] = []
+        self._routes: dict[str, ASGIApp] = {}
 
     async def startup(self) -> None:
         s = self.settings
@@ -64,7 +82,17 @@ class KeyplaneApp:
         from keyplane.admin import build_admin_app
         from keyplane.proxy import build_proxy
 
-        self._admin = build_admin_app(rt)
+        for name in FEATURES:
+            try:
+                module = importlib.import_module(name)
+            except ModuleNotFoundError as e:
+                if e.name != name:
+                    raise
+                continue
+            feature = await module.start(rt)
+            self._features.append(feature)
+            self._routes.update(feature.routes)
+        self._admin = build_admin_app(rt, [e for f in self._features for e in f.endpoints])
         self._proxy = await build_proxy(rt)
         refresher.start()
         rt.last_used.start()
@@ -76,6 +104,12 @@ class KeyplaneApp:
         close = getattr(self._proxy, "aclose", None)
         if close is not None:
             await close()
+        for feature in reversed(self._features):
+            if feature.stop is not None:
+                try:
+                    await feature.stop()
+                except Exception:
+                    log.exception("a feature failed to stop cleanly")
         await rt.refresher.stop()
         await rt.last_used.stop()
         await rt.engine.dispose()
@@ -95,6 +129,10 @@ class KeyplaneApp:
                 return
             if path == "/readyz":
                 await self._readyz(send)
+                return
+            route = self._routes.get(path)
+            if route is not None:
+                await route(scope, receive, send)
                 return
             await send_error(send, errors.unknown_url(scope["method"], path))
         elif kind == "lifespan":

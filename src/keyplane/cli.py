@@ -268,7 +268,8 @@ _register_users(users_app, app)
 
 def _register_optional() -> None:
     """Commands owned by other modules register themselves when present."""
-    for mod in ("keyplane.doctor", "keyplane.scan.cli"):
+    for mod in ("keyplane.doctor", "keyplane.scan.cli", "keyplane.billing.cli", "keyplane.usage.cli",
+                "keyplane.guard.cli"):
         try:
             module = __import__(mod, fromlist=["register"])
         except ModuleNotFoundError as e:

@@ -75,10 +75,6 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(f"{P}/audit_logs", "GET", r.list_audit_logs, "List audit logs"),
 )
 
-# Later features (limits, usage, guard) append their endpoints here before the app is built.
-EXTRA_ENDPOINTS: list[Endpoint] = []
-
-
 def openapi_document(endpoints: tuple[Endpoint, ...] | list[Endpoint]) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for e in endpoints:
@@ -129,8 +125,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return Response(err.body(), status_code=500, media_type="application/json")
 
 
-def build_admin_app(rt: Runtime) -> Starlette:
-    endpoints = (*ENDPOINTS, *EXTRA_ENDPOINTS)
+def build_admin_app(rt: Runtime, extra: list[Endpoint] | None = None) -> Starlette:
+    """The admin app; features add their endpoints through ``extra`` (app.Feature.endpoints)."""
+    endpoints = (*ENDPOINTS, *(extra or []))
     doc = openapi_document(endpoints)
 
     async def openapi(request: Request) -> JSONResponse:
