@@ -273,8 +273,8 @@ def _register_optional() -> None:
         try:
             module = __import__(mod, fromlist=["register"])
         except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+            if e.name is None or not (mod == e.name or mod.startswith(e.name + ".")):
+                raise  # a real import error inside the module, not a feature that is absent
             continue
         module.register(app)
 
