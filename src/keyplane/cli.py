@@ -78,11 +78,10 @@ def run_store(s: Settings, fn: Callable[[Any], Awaitable[T]], *, write: bool = F
         engine = db.make_engine(s.database_url)
         try:
             await db.migrate(engine)
-            async with db.sessionmaker(engine)() as session:
-                async with session.begin() if write else contextlib.nullcontext():
-                    if need_org and await control.get_org(session) is None:
-                        raise fail(f"keyplane is not initialized in {s.home.resolve()}; run `keyplane init` first.")
-                    return await fn(session)
+            async with db.sessionmaker(engine)() as session, session.begin() if write else contextlib.nullcontext():
+                if need_org and await control.get_org(session) is None:
+                    raise fail(f"keyplane is not initialized in {s.home.resolve()}; run `keyplane init` first.")
+                return await fn(session)
         finally:
             await engine.dispose()
 

@@ -44,7 +44,9 @@ def register(users_app: typer.Typer, app: typer.Typer) -> None:
                                                                    for u in rows])
 
     @users_app.command("role")
-    def role(user: UserArg, role: Annotated[str, typer.Argument(help="owner or reader.")], json: JsonOpt = False) -> None:
+    def role(
+        user: UserArg, role: Annotated[str, typer.Argument(help="owner or reader.")], json: JsonOpt = False,
+    ) -> None:
         """Change a user's role (the organization keeps at least one owner)."""
         async def go(s: Any) -> Any:
             u = await control.find_user(s, user)

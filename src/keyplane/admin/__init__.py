@@ -40,7 +40,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(f"{P}/projects/{{project_id}}/api_keys", "GET", r.list_project_keys, "List project API keys"),
     Endpoint(f"{P}/projects/{{project_id}}/api_keys", "POST", r.create_project_key,
              "Create a user API key in a project (value shown once)", True),
-    Endpoint(f"{P}/projects/{{project_id}}/api_keys/{{key_id}}", "GET", r.get_project_key, "Retrieve a project API key"),
+    Endpoint(f"{P}/projects/{{project_id}}/api_keys/{{key_id}}", "GET", r.get_project_key,
+             "Retrieve a project API key"),
     Endpoint(f"{P}/projects/{{project_id}}/api_keys/{{key_id}}", "POST", r.update_project_key,
              "Update a key's name or permissions (no new key issued)", True),
     Endpoint(f"{P}/projects/{{project_id}}/api_keys/{{key_id}}", "DELETE", r.delete_project_key,
@@ -86,8 +87,8 @@ def openapi_document(endpoints: tuple[Endpoint, ...] | list[Endpoint]) -> dict[s
             "parameters": params,
             "tags": ["keyplane extension" if e.extension else "OpenAI Admin API"],
             "security": [{"adminKey": []}],
-            "responses": {"200": {"description": "OK"}, "default": {
-                "description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+            "responses": {"200": {"description": "OK"}, "default": {"description": "Error", "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
         }
     return {
         "openapi": "3.1.0",

@@ -340,7 +340,7 @@ async def get_admin_key(request: Request) -> JSONResponse:
 
 
 async def delete_admin_key(request: Request) -> JSONResponse:
-    entry, actor = authenticate_admin(request)
+    _, actor = authenticate_admin(request)
     kid = request.path_params["key_id"]
     async with runtime(request).write() as s:
         row = await control.get_key(s, kid, kind="admin")
