@@ -1,0 +1,44 @@
+"""Store behaviour the API relies on: WAL on SQLite, last_used_at batched, migrations idempotent."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+
+from keyplane.store import db
+from tests.support import init_org, make_settings, start_server
+
+
+def test_sqlite_uses_wal(tmp_path):
+    settings = make_settings(tmp_path / "h")
+    init_org(settings)
+    path = settings.database_url.split(":///", 1)[1]
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_migrations_are_idempotent(settings):
+    async def twice() -> None:
+        engine = db.make_engine(settings.database_url)
+        await db.migrate(engine)
+        await db.migrate(engine)
+        await engine.dispose()
+
+    asyncio.run(twice())
+
+
+def test_last_used_at_is_batched(tmp_path, database_url):
+    settings = make_settings(tmp_path / "h", database_url, KEYPLANE_LAST_USED_FLUSH_SECONDS="0.2")
+    init = init_org(settings)
+    srv = start_server(settings, init)
+    try:
+        import httpx
+
+        h = {"Authorization": f"Bearer {init['admin_key']}"}
+        key_url = srv.v1 + f"/organization/admin_api_keys/{init['admin_key_id']}"
+        deadline = time.monotonic() + 5
+        while httpx.get(key_url, headers=h).json()["last_used_at"] is None:
+            assert time.monotonic() < deadline, "last_used_at never flushed"
+            time.sleep(0.05)
+    finally:
+        srv.stop()
