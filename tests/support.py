@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import secrets
 import threading
@@ -41,8 +42,11 @@ def _pg_url(name: str) -> str:
 
 
 def _ensure_template(worker: str) -> str:
-    """One migrated template database per test worker; each test copies it (fast)."""
-    name = f"kp_tmpl_{worker}"
+    """One migrated template database per test process; each test copies it (fast).
+
+    The name carries the process id so that concurrent runs on one machine never share (or drop)
+    each other's template; it is dropped when the process exits."""
+    name = f"kp_tmpl_{worker}_{os.getpid()}"
     with _template_lock:
         if name in _template_ready:
             return name
@@ -56,6 +60,7 @@ def _ensure_template(worker: str) -> str:
 
         asyncio.run(make())
         _template_ready.add(name)
+        atexit.register(lambda: asyncio.run(_pg_exec(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')))
         return name
 
 
@@ -126,7 +131,24 @@ class RunningServer:
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(30)
+        self.thread.join(10)
+        if self.thread.is_alive():  # a hang on shutdown is a bug: show where every thread is
+            import faulthandler
+
+            with open(os.environ.get("KEYPLANE_TEST_HANG_LOG", "/tmp/keyplane-test-hang.log"), "a") as f:
+                faulthandler.dump_traceback(file=f, all_threads=True)
+                loop = self.extra.get("loop")
+                if loop is not None:
+                    for task in asyncio.all_tasks(loop):
+                        f.write(f"task {task.get_name()}:\n")
+                        coro: Any = task.get_coro()
+                        while coro is not None:
+                            frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+                            if frame is not None:
+                                f.write(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n")
+                            coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+                        f.write(f"  awaiting {coro!r}\n")
+            self.thread.join(20)
 
 
 def start_server(settings: Settings, init: dict[str, Any] | None = None, clock: Clock | None = None) -> RunningServer:

@@ -23,6 +23,8 @@ class Runtime:
     snapshot: Snapshot
     refresher: SnapshotRefresher
     last_used: LastUsedRecorder
+    read_engine: AsyncEngine
+    read_sessions: async_sessionmaker[AsyncSession]
     # Filled by the features that own them (proxy, limits, usage, guard) at start-up.
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -35,5 +37,6 @@ class Runtime:
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessions() as s:
+        """A session for reads only: on SQLite it never takes the write lock."""
+        async with self.read_sessions() as s:
             yield s

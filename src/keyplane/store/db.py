@@ -12,6 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionma
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+READ_ONLY_OPTION = "keyplane_read_only"
+
+
+def reader(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine and pool for reads: on SQLite its transactions begin deferred (no write lock)."""
+    return engine.execution_options(**{READ_ONLY_OPTION: True})
 
 
 def make_engine(url: str, **kw: Any) -> AsyncEngine:
@@ -31,14 +37,17 @@ def make_engine(url: str, **kw: Any) -> AsyncEngine:
             cur.close()
 
         # Writers take the lock up front (BEGIN IMMEDIATE) so that two processes never deadlock on a
-        # read lock upgrade; pysqlite's own transaction handling is turned off for that.
+        # read lock upgrade; readers (``reader(engine)``) begin deferred and never hold the write lock,
+        # so a reader cancelled mid-query cannot leave writers waiting. pysqlite's own transaction
+        # handling is turned off for that.
         @event.listens_for(engine.sync_engine, "connect")
         def _no_implicit_begin(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None
 
         @event.listens_for(engine.sync_engine, "begin")
         def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = conn.get_execution_options().get(READ_ONLY_OPTION)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     kw.setdefault("pool_size", 10)
