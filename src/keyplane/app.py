@@ -28,7 +28,7 @@ ASGIApp = Any
 # Features that plug into the flow (hooks.py) and the admin API. Each module has
 # ``async def start(rt: Runtime) -> Feature``; they start in this order, before the proxy is built,
 # and stop in reverse order.
-FEATURES: tuple[str, ...] = ("keyplane.billing", "keyplane.usage")
+FEATURES: tuple[str, ...] = ("keyplane.billing", "keyplane.usage", "keyplane.guard")
 
 
 @dataclass
@@ -63,6 +63,7 @@ class KeyplaneApp:
         self.runtime: Runtime | None = None
         self._admin: ASGIApp = None
         self._proxy: ASGIApp = None
+        self._web: ASGIApp = None
         self._features: list[Feature] = []
         self._routes: dict[str, ASGIApp] = {}
 
@@ -71,12 +72,14 @@ class KeyplaneApp:
         engine = db.make_engine(s.database_url)
         if self.migrate:
             await db.migrate(engine)
+        read_engine = db.reader(engine)
         snapshot = Snapshot()
-        refresher = SnapshotRefresher(snapshot, engine, s.snapshot_poll_seconds)
+        refresher = SnapshotRefresher(snapshot, read_engine, s.snapshot_poll_seconds)
         await refresher.refresh(force=True)
         rt = Runtime(
             settings=s, clock=self.clock, engine=engine, sessions=db.sessionmaker(engine), snapshot=snapshot,
             refresher=refresher, last_used=LastUsedRecorder(engine, s.last_used_flush_seconds),
+            read_engine=read_engine, read_sessions=db.sessionmaker(read_engine),
         )
         self.runtime = rt
         from keyplane.admin import build_admin_app
@@ -94,6 +97,9 @@ class KeyplaneApp:
             self._routes.update(feature.routes)
         self._admin = build_admin_app(rt, [e for f in self._features for e in f.endpoints])
         self._proxy = await build_proxy(rt)
+        from keyplane.web import build_web_app
+
+        self._web = build_web_app(rt, self._admin)
         refresher.start()
         rt.last_used.start()
 
@@ -133,6 +139,9 @@ class KeyplaneApp:
             route = self._routes.get(path)
             if route is not None:
                 await route(scope, receive, send)
+                return
+            if self._web is not None and path != "/v1":  # the dashboard: /, /login, /static/...
+                await self._web(scope, receive, send)
                 return
             await send_error(send, errors.unknown_url(scope["method"], path))
         elif kind == "lifespan":

@@ -263,6 +263,7 @@ from keyplane.cli_users import register as _register_users  # noqa: E402
 
 _register_keys(keys_app)
 _register_users(users_app, app)
+__import__("keyplane.web.cli", fromlist=["register"]).register(users_app)  # set-password, reset-2fa
 
 
 def _register_optional() -> None:

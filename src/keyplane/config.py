@@ -13,7 +13,7 @@ import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -50,8 +50,63 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("log_level", "KEYPLANE_LOG_LEVEL", "info", str, "Log level: debug, info, warning, error."),
     Setting("default_max_tokens", "KEYPLANE_DEFAULT_MAX_TOKENS", 4096, int,
             "Output tokens reserved at admission when a request sets no max_tokens."),
+    # Metering (docs/metering.md).
+    Setting("usage_journal_dir", "KEYPLANE_USAGE_JOURNAL_DIR", "", str,
+            "Folder of the usage journal (one file set per worker process). Empty: $KEYPLANE_HOME/journal."),
+    Setting("usage_journal_fsync", "KEYPLANE_USAGE_JOURNAL_FSYNC", "interval", str,
+            "When the journal is fsynced: `always` (every record; survives power loss), `interval` (every "
+            "usage_journal_fsync_seconds; a power loss may lose that last interval), `never` (left to the OS). "
+            "In every mode a killed process loses no record once it was written."),
+    Setting("usage_journal_fsync_seconds", "KEYPLANE_USAGE_JOURNAL_FSYNC_SECONDS", 1.0, float,
+            "fsync period of the journal in `interval` mode."),
+    Setting("usage_journal_segment_bytes", "KEYPLANE_USAGE_JOURNAL_SEGMENT_BYTES", 16 * 1024 * 1024, int,
+            "Size at which a journal segment file is closed and a new one started; applied segments are deleted."),
+    Setting("usage_apply_seconds", "KEYPLANE_USAGE_APPLY_SECONDS", 0.5, float,
+            "How often journal records are applied to the SQL store (in batches)."),
+    Setting("usage_apply_batch", "KEYPLANE_USAGE_APPLY_BATCH", 2000, int,
+            "Most records applied to the SQL store in one transaction."),
+    Setting("usage_minute_retention_days", "KEYPLANE_USAGE_MINUTE_RETENTION_DAYS", 7, int,
+            "Days per-minute usage rollups are kept (0: forever)."),
+    Setting("usage_hour_retention_days", "KEYPLANE_USAGE_HOUR_RETENTION_DAYS", 400, int,
+            "Days per-hour usage rollups are kept (0: forever)."),
+    Setting("usage_day_retention_days", "KEYPLANE_USAGE_DAY_RETENTION_DAYS", 0, int,
+            "Days per-day usage rollups are kept (0: forever)."),
+    Setting("usage_request_retention_days", "KEYPLANE_USAGE_REQUEST_RETENTION_DAYS", 30, int,
+            "Days the per-request usage records (GET /v1/organization/usage/requests) are kept (0: forever)."),
+    Setting("metrics_auth", "KEYPLANE_METRICS_AUTH", "admin_or_token", str,
+            "Who may read /metrics: `admin_or_token` (an admin key or the metrics token), `admin`, `token`, "
+            "or `none` (open: only behind a private network)."),
+    Setting("metrics_token_env", "KEYPLANE_METRICS_TOKEN_ENV", "KEYPLANE_METRICS_TOKEN", str,
+            "Name of the environment variable holding the bearer token Prometheus sends to /metrics."),
+    Setting("metrics_key_labels", "KEYPLANE_METRICS_KEY_LABELS", False, bool,
+            "Add an api_key_id label to the per-request metrics (one series per key: mind the cardinality)."),
+    Setting("metrics_models", "KEYPLANE_METRICS_MODELS", "", str,
+            "Comma-separated model names used as metric labels, besides those of the price table and the "
+            "upstreams' exact model names; any other model is labelled `other`."),
+    Setting("log_requests", "KEYPLANE_LOG_REQUESTS", True, bool,
+            "Write one access-log line per request (logger keyplane.access; never a key or a prompt)."),
+    Setting("otlp_endpoint", "KEYPLANE_OTLP_ENDPOINT", "", str,
+            "OTLP/HTTP endpoint for OpenTelemetry traces, e.g. http://127.0.0.1:4318/v1/traces. Empty: no "
+            "tracing. Needs the `otel` extra: pip install 'keyplane[otel]'."),
+    # Limits and billing (docs/limits-and-billing.md).
+    Setting("redis_prefix", "KEYPLANE_REDIS_PREFIX", "kp", str,
+            "Prefix of every Redis key keyplane writes (several deployments, or tests, can share one Redis)."),
+    Setting("reservation_ttl_seconds", "KEYPLANE_RESERVATION_TTL_SECONDS", 900.0, float,
+            "How long a request's budget reservation holds when it is never settled (a crashed process); "
+            "keep it above the longest request."),
+    Setting("ledger_flush_seconds", "KEYPLANE_LEDGER_FLUSH_SECONDS", 1.0, float,
+            "How often settled costs are written to the SQL spend ledger (in batches, never per request)."),
 )
 _BY_NAME: Final = {s.name: s for s in SETTINGS}
+# Settings of metering, passed to Settings by name (docs/metering.md).
+_METERING: Final = (
+    "usage_journal_dir", "usage_journal_fsync", "usage_journal_fsync_seconds", "usage_journal_segment_bytes",
+    "usage_apply_seconds", "usage_apply_batch", "usage_minute_retention_days", "usage_hour_retention_days",
+    "usage_day_retention_days", "usage_request_retention_days", "metrics_auth", "metrics_token_env",
+    "metrics_key_labels", "metrics_models", "log_requests", "otlp_endpoint",
+)
+# Settings of limits and billing, passed to Settings by name (docs/limits-and-billing.md).
+_LIMITS: Final = ("redis_prefix", "reservation_ttl_seconds", "ledger_flush_seconds")
 
 
 class ConfigError(ValueError):
@@ -70,6 +125,43 @@ class Upstream(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     # An upstream whose api_key_env is set but empty is skipped unless this is false.
     require_key: bool = True
+    # Retries (docs/proxy.md): backoff from retry_backoff s, doubling up to retry_backoff_max, with jitter;
+    # a retry-after from the upstream is honoured, but one longer than max_retry_wait s is not waited for.
+    retry_backoff: float = 0.5
+    retry_backoff_max: float = 8.0
+    max_retry_wait: float = 60.0
+    # Circuit breaker: after breaker_failures failures in a row the upstream is skipped for breaker_cooldown s.
+    breaker_failures: int = 5
+    breaker_cooldown: float = 30.0
+    # Prefix-affinity routing (docs/caching.md): the size of this upstream's prompt cache, in tokens.
+    prefix_cache_tokens: int = 262_144
+
+
+class ModelSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[models."<glob>"]``: how requests for the models a glob matches are routed (docs/caching.md)."""
+
+    routing: Literal["weighted", "prefix"] = "weighted"
+    block_chars: int = 64
+    max_prefix_tokens: int = 2048
+    min_match_tokens: int = 64
+    load_factor: float = 1.25
+    hash_load_factor: float = 1.0
+    balance_abs: int = 16
+    balance_rel: float = 2.0
+
+
+class CacheSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[cache]``: the exact response cache (docs/caching.md); off unless something opts in."""
+
+    enabled: bool | None = None  # None: on when projects, keys or org_wide_projects name something
+    backend: Literal["memory", "redis"] = "memory"
+    ttl: str = "10m"
+    projects: list[str] = msgspec.field(default_factory=list)  # ids or names; "*" = every project
+    keys: list[str] = msgspec.field(default_factory=list)  # API key ids (key_...)
+    org_wide_projects: list[str] = msgspec.field(default_factory=list)  # share one organization-wide cache
+    max_entries: int = 10_000  # memory backend
+    max_bytes: int = 64 * 1024 * 1024  # memory backend, bodies included
+    max_entry_bytes: int = 1024 * 1024  # larger answers are not cached
 
 
 class Price(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -82,6 +174,80 @@ class CreditSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     enforce: bool | None = None
 
 
+class TierRateLimit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Default limits of a tier for the models a glob matches; 0 means no limit."""
+
+    rpm: int = 0  # max_requests_per_1_minute
+    tpm: int = 0  # max_tokens_per_1_minute
+    rpd: int = 0  # max_requests_per_1_day
+    tpd: int = 0  # max_tokens_per_1_day
+
+
+class Tier(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A usage tier (docs/limits-and-billing.md "Tiers"): reached by amount paid and days since first payment."""
+
+    name: str
+    min_paid: float = 0.0  # USD of credit grants, in total
+    min_days: int = 0  # days since the first credit grant
+    usage_limit: float | None = None  # USD per month, shown with the tier (informational)
+    rate_limits: dict[str, TierRateLimit] = msgspec.field(default_factory=dict)  # model glob -> limits
+
+
+class LimitsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = True  # rate limits (spend limits and credit apply either way)
+    tier: str = ""  # pin the organization to this tier; empty: by qualification
+
+
+class GuardRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One kill-switch rule (docs/guard.md); the rules API takes the same fields as JSON."""
+
+    name: str
+    kind: Literal["token_surge", "spend_surge", "error_spike", "new_origins", "ceiling"]
+    threshold: float
+    scope: Literal["key", "project"] = "key"
+    window: str = "1h"
+    metric: Literal["tokens", "cost_usd", "requests"] | None = None  # None: the kind's own metric
+    min_volume: float = 0
+    mode: Literal["revoke", "suspend", "alert"] = "suspend"
+    cooldown: str = "1h"
+    dry_run: bool = False
+    baseline_periods: int = 24  # surges: how many preceding windows make the baseline
+    statuses: list[int] = msgspec.field(default_factory=lambda: [401, 403, 404, 429])  # error_spike
+    enabled: bool = True
+
+
+class GuardSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    enabled: bool = True
+    defaults: bool = True  # the shipped rules (token-surge, error-spike) unless turned off or replaced by name
+    rules: list[GuardRule] = msgspec.field(default_factory=list)
+
+
+class AlertSink(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One alert destination (docs/guard.md "Alert sinks"); secrets come from environment variables."""
+
+    type: Literal["webhook", "slack", "pagerduty", "email"]
+    name: str = ""
+    url: str = ""  # webhook, slack; pagerduty: the Events v2 endpoint (default PagerDuty's)
+    secret_env: str = ""  # webhook: HMAC-SHA256 key of the keyplane-signature header
+    routing_key_env: str = ""  # pagerduty
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
+    smtp_username: str = ""
+    smtp_password_env: str = ""
+    email_from: str = ""
+    email_to: list[str] = msgspec.field(default_factory=list)
+    events: list[str] = msgspec.field(default_factory=list)  # glob patterns (guard.*, spend.*); empty: all
+    timeout: float = 10.0
+
+
+class AlertsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    sinks: list[AlertSink] = msgspec.field(default_factory=list)
+    max_attempts: int = 6  # per alert and sink, with exponential backoff
+    retry_backoff: float = 1.0
+    retry_backoff_max: float = 60.0
+
+
 class FileConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The structured parts of keyplane.toml; flat settings are read from SETTINGS."""
 
@@ -89,11 +255,13 @@ class FileConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     prices: dict[str, Price] = msgspec.field(default_factory=dict)
     credit: CreditSection = msgspec.field(default_factory=CreditSection)
     # Sections owned by later features are accepted as free-form tables until they grow types.
-    guard: dict[str, Any] = msgspec.field(default_factory=dict)
-    alerts: dict[str, Any] = msgspec.field(default_factory=dict)
-    tiers: list[dict[str, Any]] = msgspec.field(default_factory=list)
-    limits: dict[str, Any] = msgspec.field(default_factory=dict)
+    guard: GuardSection = msgspec.field(default_factory=GuardSection)
+    alerts: AlertsSection = msgspec.field(default_factory=AlertsSection)
+    tiers: list[Tier] = msgspec.field(default_factory=list)
+    limits: LimitsSection = msgspec.field(default_factory=LimitsSection)
     metrics: dict[str, Any] = msgspec.field(default_factory=dict)
+    models: dict[str, ModelSection] = msgspec.field(default_factory=dict)
+    cache: CacheSection = msgspec.field(default_factory=CacheSection)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +280,27 @@ class Settings:
     default_max_tokens: int
     file: FileConfig
     config_path: Path | None
+    # Metering (docs/metering.md)
+    usage_journal_dir: str = ""
+    usage_journal_fsync: str = "interval"
+    usage_journal_fsync_seconds: float = 1.0
+    usage_journal_segment_bytes: int = 16 * 1024 * 1024
+    usage_apply_seconds: float = 0.5
+    usage_apply_batch: int = 2000
+    usage_minute_retention_days: int = 7
+    usage_hour_retention_days: int = 400
+    usage_day_retention_days: int = 0
+    usage_request_retention_days: int = 30
+    metrics_auth: str = "admin_or_token"
+    metrics_token_env: str = "KEYPLANE_METRICS_TOKEN"
+    metrics_key_labels: bool = False
+    metrics_models: str = ""
+    log_requests: bool = True
+    otlp_endpoint: str = ""
+    # Limits and billing (docs/limits-and-billing.md)
+    redis_prefix: str = "kp"
+    reservation_ttl_seconds: float = 900.0
+    ledger_flush_seconds: float = 1.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -226,6 +415,8 @@ def load_settings(
         default_max_tokens=flat["default_max_tokens"],
         file=file_cfg,
         config_path=path if path.exists() else None,
+        **{name: flat[name] for name in _METERING},
+        **{name: flat[name] for name in _LIMITS},
     )
 
 
@@ -249,8 +440,29 @@ def _validate(cfg: FileConfig, flat: dict[str, Any], path: Path) -> None:
             v = getattr(price, field)
             if v is not None and v < 0:
                 raise ConfigError(f"{path}: $.prices.{model}.{field}: must be >= 0")
+    from keyplane.billing.prices import check_config
+
+    for problem in check_config(cfg, flat):
+        raise ConfigError(f"{path}: {problem}")
+    from keyplane.alerts import check_sinks
+    from keyplane.guard.rules import check_section
+
+    for problem in (*check_section(cfg.guard), *check_sinks(cfg.alerts)):
+        raise ConfigError(f"{path}: {problem}")
+    from keyplane.cache import check_config as check_cache
+
+    for problem in check_cache(cfg, flat):
+        raise ConfigError(f"{path}: {problem}")
     if flat["log_format"] not in ("text", "json"):
         raise ConfigError("setting `log_format` must be text or json")
+    if flat["usage_journal_fsync"] not in ("always", "interval", "never"):
+        raise ConfigError("setting `usage_journal_fsync` must be always, interval or never")
+    if flat["metrics_auth"] not in ("admin_or_token", "admin", "token", "none"):
+        raise ConfigError("setting `metrics_auth` must be admin_or_token, admin, token or none")
+    for name in ("usage_journal_fsync_seconds", "usage_apply_seconds", "usage_apply_batch",
+                 "usage_journal_segment_bytes"):
+        if flat[name] <= 0:
+            raise ConfigError(f"setting `{name}` must be > 0")
     if flat["max_body_bytes"] <= 0:
         raise ConfigError("setting `max_body_bytes` must be > 0")
     if not 0 < flat["port"] < 65536:

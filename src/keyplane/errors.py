@@ -75,6 +75,16 @@ def mismatched_project() -> APIError:
     return APIError(401, "OpenAI-Project header should match project for API key", code="mismatched_project")
 
 
+def project_archived(masked: str, project_name: str, project_id: str) -> APIError:
+    """A key of an archived project: archiving stops every key of the project at once."""
+    return APIError(
+        401,
+        f"The API key {masked} belongs to project `{project_name}` ({project_id}), which has been archived; "
+        "keys of an archived project can no longer be used. Use a key of an active project.",
+        code="project_archived",
+    )
+
+
 # --- authorization (403) ---------------------------------------------------------------------
 
 def missing_scope(scope: str, role_hint: str = "") -> APIError:
@@ -147,10 +157,133 @@ def too_large(limit: int) -> APIError:
     )
 
 
+# --- quota, spend limits, rate limits (429; docs/limits-and-billing.md) ----------------------
+
+_NO_RETRY = {"x-should-retry": "false"}  # waiting does not help: the SDKs must not retry
+_RATE_DOCS = "Visit https://platform.openai.com/account/rate-limits to learn more."
+
+
+def insufficient_quota(detail: str = "") -> APIError:
+    msg = ("You exceeded your current quota, please check your plan and billing details. For more information "
+           "on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.")
+    return APIError(429, f"{msg} {detail}".strip(), type="insufficient_quota", code="insufficient_quota",
+                    headers=dict(_NO_RETRY))
+
+
+def spend_limit_exceeded(scope: str, what: str, amount: str, spent: str, resets: str) -> APIError:
+    """``scope``: project | organization | api_key; ``what`` names it, e.g. "project `Research` (proj_...)"."""
+    return APIError(
+        429,
+        f"You have reached the {scope.replace('_', ' ')} spend limit of {amount} per month for {what}: "
+        f"{spent} spent this month. The limit resets {resets}. Ask your keyplane administrator to raise it.",
+        type="insufficient_quota", code=f"{scope}_spend_limit_exceeded", headers=dict(_NO_RETRY),
+    )
+
+
+def rate_limited(model: str, where: str, unit: str, limit: int, used: int, requested: int, wait: str,
+                 wait_s: float) -> APIError:
+    """``unit`` is one of RPM, RPD, TPM, TPD; ``wait`` the Go-style duration of ``wait_s`` seconds."""
+    import math
+
+    kind = "requests" if unit[0] == "R" else "tokens"
+    per = "min" if unit[-1] == "M" else "day"
+    return APIError(
+        429,
+        f"Rate limit reached for {model} in {where} on {kind} per {per} ({unit}): Limit {limit}, Used {used}, "
+        f"Requested {requested}. Please try again in {wait}. {_RATE_DOCS}",
+        type=kind, code="rate_limit_exceeded",
+        headers={"retry-after": str(max(1, math.ceil(wait_s))),
+                 "retry-after-ms": str(max(1, math.ceil(wait_s * 1000)))},
+    )
+
+
+def request_too_large(model: str, where: str, unit: str, limit: int, requested: int) -> APIError:
+    """One request needs more tokens than the per-minute (or per-day) limit allows at all."""
+    per = "min" if unit[-1] == "M" else "day"
+    return APIError(
+        429,
+        f"Request too large for {model} in {where} on tokens per {per} ({unit}): Limit {limit}, Requested "
+        f"{requested}. The input or output tokens must be reduced in order to run successfully. {_RATE_DOCS}",
+        type="tokens", code="rate_limit_exceeded", headers=dict(_NO_RETRY),
+    )
+
+
+def limits_unavailable() -> APIError:
+    """The shared limits store (Redis) cannot be reached: refuse rather than let limits go unenforced."""
+    return APIError(503, "keyplane cannot check this request's rate limits and budgets right now (the limits "
+                         "store is unreachable). Try again shortly.", type="server_error", code="limits_unavailable")
+
+
+def model_not_priced(model: str) -> APIError:
+    return APIError(
+        400,
+        f"The model `{model}` has no price in keyplane's price table, so its cost cannot be billed. Ask your "
+        f'keyplane administrator to add [prices."{model}"] (or [prices.default]) to keyplane.toml.',
+        param="model", code="model_not_priced",
+    )
+
+
 # --- upstream (5xx) --------------------------------------------------------------------------
 
 def upstream_error(message: str, status: int = 502, code: str | None = "upstream_error") -> APIError:
     return APIError(status, message, type="server_error", code=code)
+
+
+def missing_model() -> APIError:
+    return APIError(
+        400,
+        "you must provide a model parameter",
+        param="model",
+        code="missing_required_parameter",
+    )
+
+
+def not_a_json_object() -> APIError:
+    return APIError(400, "The request body must be a JSON object.", code="invalid_body")
+
+
+def path_not_proxied(method: str, path: str) -> APIError:
+    return APIError(
+        404,
+        f"Invalid URL ({method} {path}): keyplane forwards only the /v1 areas a key's permissions can name "
+        "(models, responses, assistants, threads, files, fine_tuning, batches, vector_stores, evals).",
+        code="unknown_url",
+    )
+
+
+def no_upstream(model: str | None) -> APIError:
+    what = f"model `{model}`" if model else "this request"
+    return APIError(
+        503,
+        f"No upstream is available for {what}: every upstream configured for it is failing or has no "
+        "provider key set. Try again later, or ask your keyplane administrator.",
+        type="server_error",
+        code="upstream_unavailable",
+    )
+
+
+def upstream_timeout(name: str) -> APIError:
+    return APIError(504, f"The upstream `{name}` did not answer in time.", type="server_error",
+                    code="upstream_timeout")
+
+
+def upstream_unreachable(name: str) -> APIError:
+    return APIError(502, f"Could not connect to the upstream `{name}`.", type="server_error",
+                    code="upstream_unreachable")
+
+
+def upstream_bad_response(name: str, status: int) -> APIError:
+    return APIError(
+        502,
+        f"The upstream `{name}` returned a malformed response (HTTP {status}, not the JSON expected).",
+        type="server_error",
+        code="upstream_bad_response",
+    )
+
+
+def upstream_stream_broken(name: str) -> APIError:
+    return APIError(502, f"The upstream `{name}` closed the stream before it was complete.", type="server_error",
+                    code="upstream_stream_broken")
 
 
 def internal_error() -> APIError:

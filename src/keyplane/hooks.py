@@ -41,3 +41,8 @@ def add_admit(rt: Any, fn: Step, order: int = 10) -> None:
 def add_settle(rt: Any, fn: Step, order: int = 20) -> None:
     """A step run after the response completes; it must not raise (log and count instead)."""
     _add(rt, "settle", fn, order)
+
+
+def add_refused(rt: Any, fn: Step, order: int = 30) -> None:
+    """A step run when an authenticated key is refused before the upstream (403 scope, 404 model, 429...)."""
+    _add(rt, "refused", fn, order)

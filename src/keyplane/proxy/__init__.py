@@ -1,17 +1,37 @@
-"""The /v1 proxy (data plane). Placeholder until the data plane lands: every path answers 404."""
+"""The /v1 proxy (data plane): routing to upstreams, the upstream client, SSE relay, retries.
+
+Request flow (handler.py): authenticate (auth.py) -> authorize (scopes.py) -> read the body
+(request.py) -> admit (hook) -> forward with retries and fallback (forward.py, router.py,
+upstream.py) -> relay (sse.py) -> settle (hook; context.py). ``demo.py`` is the offline upstream.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
 
-from keyplane import errors
+from keyplane.proxy import estimate
+from keyplane.proxy.forward import Forwarder
+from keyplane.proxy.handler import ProxyApp
+from keyplane.proxy.models import ModelCatalog
+from keyplane.proxy.router import Router, usable_upstreams
+from keyplane.proxy.upstream import UpstreamClient
 from keyplane.runtime import Runtime
 
+log = logging.getLogger("keyplane.proxy")
 
-async def build_proxy(rt: Runtime) -> Any:
-    from keyplane.app import send_error
 
-    async def proxy(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await send_error(send, errors.unknown_url(scope["method"], scope["path"]))
-
-    return proxy
+async def build_proxy(rt: Runtime) -> ProxyApp:
+    """The proxy ASGI app; its upstream connection pool is open until ``aclose()``."""
+    deployments, notes = usable_upstreams(rt.settings)
+    for note in notes:
+        log.info("%s", note)
+    router = Router(deployments, rt.clock.monotonic)
+    if any(d.is_demo for d in deployments):
+        # The demo counts tokens with o200k_base: load it now, not on the first request.
+        await asyncio.to_thread(estimate.count, "warm up")
+    client = UpstreamClient()
+    await client.start()
+    app = ProxyApp(rt, router, Forwarder(client, router), ModelCatalog(client, router))
+    rt.extras["proxy"] = app
+    return app

@@ -1,0 +1,224 @@
+"""`keyplane doctor`: the troubleshooting guide as a command.
+
+Checks, in the order a request meets them: is there a key, is it well formed (checksum, stray
+whitespace, an OpenAI or admin key by mistake), does the server answer, is the key live (revoked,
+expired, suspended, archived project), which project and permissions it has, and does
+``GET /v1/models`` work. Every 401/403/429 it meets is explained in plain words with the fix;
+a 429 tells quota (waiting does not help) from rate limit (waiting does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any
+
+import typer
+
+from keyplane import keys
+from keyplane.auth import OPENAI_MARKER
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class Report:
+    base_url: str
+    key: str | None  # masked
+    key_source: str | None
+    checks: list[Check] = field(default_factory=list)
+    key_info: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str, fix: str = "") -> bool:
+        self.checks.append(Check(name, ok, detail, fix))
+        return ok
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "base_url": self.base_url, "key": self.key, "key_source": self.key_source,
+                "key_info": self.key_info, "checks": [asdict(c) for c in self.checks]}
+
+
+def _get(url: str, key: str, timeout: float) -> tuple[int, dict[str, str], Any]:
+    if not url.startswith(("http://", "https://")):
+        raise urllib.error.URLError(f"not an http(s) URL: {url}")
+    req = urllib.request.Request(  # noqa: S310 (scheme checked above)
+        url, headers={"Authorization": f"Bearer {key}", "User-Agent": "keyplane-doctor"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310
+            status, headers, raw = r.status, dict(r.headers.items()), r.read()
+    except urllib.error.HTTPError as e:
+        status, headers, raw = e.code, dict(e.headers.items()), e.read()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = raw[:200].decode("utf-8", "replace")
+    return status, {k.lower(): v for k, v in headers.items()}, body
+
+
+def explain(status: int, body: Any, headers: dict[str, str]) -> tuple[str, str]:
+    """(what happened, the fix) for an error answer, in plain words."""
+    err = body.get("error", {}) if isinstance(body, dict) else {}
+    err = err if isinstance(err, dict) else {}
+    msg, typ, code = str(err.get("message") or body), err.get("type"), err.get("code")
+    if status == 401:
+        if code == "mismatched_organization":
+            return msg, "Remove the OpenAI-Organization header (or OPENAI_ORG_ID), or set it to this keyplane's org."
+        if code == "mismatched_project":
+            return msg, "Remove the OpenAI-Project header (or OPENAI_PROJECT_ID), or set it to the key's project."
+        if code == "project_archived":
+            return msg, "Create a key in an active project (`keyplane keys create --project ...`)."
+        if "revoked" in msg:
+            return msg, "The key is gone for good: ask an administrator for a new key (`keyplane keys create`)."
+        if "expired" in msg:
+            return msg, "Ask an administrator for a new key, or one with a longer expires_in_seconds."
+        if "suspended" in msg:
+            return msg, "An administrator can resume it: `keyplane keys resume KEY_ID`."
+        return msg, "Check that the key is a live keyplane key, copied whole, sent as `Authorization: Bearer KEY`."
+    if status == 403:
+        if code == "missing_scope":
+            return msg, ("The key's permissions do not cover this endpoint: an administrator can widen them "
+                         "(`keyplane keys update KEY_ID --permissions ...`) or issue a key with the scope named.")
+        return msg, "Ask an administrator for access."
+    if status == 429:
+        if typ == "insufficient_quota" or (code or "").endswith(("quota", "spend_limit_exceeded")):
+            return (f"Quota: {msg}", "Waiting does not help: add credit or raise the spend limit "
+                    "(an administrator: `keyplane credit add` / the project's spend limit).")
+        wait = headers.get("retry-after-ms")
+        wait_s = f"{int(wait) / 1000:g}s" if wait and wait.isdigit() else headers.get("retry-after", "a moment")
+        return (f"Rate limit: {msg}", f"Waiting helps: retry after {wait_s} (the SDKs do so on their own), or "
+                "send fewer requests at once; an administrator can raise the key's or project's limits.")
+    if status == 404:
+        return msg, "Check the base URL: it must end in /v1 (e.g. http://127.0.0.1:8080/v1)."
+    if status >= 500:
+        return msg, "The gateway or its upstream is failing: check `keyplane serve` logs and the upstream's key."
+    return msg, ""
+
+
+def _key_problems(report: Report, key: str) -> str | None:
+    """Local checks, no network. The key to use next (stripped), or None when it cannot work."""
+    stripped = key.strip()
+    if stripped != key:
+        report.add("whitespace", False, "The key has spaces or a newline around it.",
+                   "Remove them (a trailing newline often comes from a file or `echo` without -n).")
+    if OPENAI_MARKER in stripped or stripped.startswith(("sk-proj-", "sk-svcacct-", "sk-admin-")):
+        report.add("format", False, "This is an OpenAI key, not a keyplane key (sk-kp-...).",
+                   "Give clients keyplane keys; the OpenAI key belongs on the server (an upstream's api_key_env).")
+        return None
+    if not keys.looks_like_keyplane_key(stripped):
+        report.add("format", False, "This is not a keyplane key: keyplane keys start with sk-kp-.",
+                   "Use the key printed by `keyplane keys create` (or the admin API).")
+        return None
+    kind = keys.parse(stripped)
+    if kind is None:
+        report.add("checksum", False, "The key's checksum does not match: it was not copied whole or was changed.",
+                   "Copy the key again, all of it.")
+        return None
+    if kind == "admin":
+        report.add("format", False, "This is an admin key: it works on /v1/organization only, not on model calls.",
+                   "Use a project key (sk-kp-proj-...) or a service-account key (sk-kp-svc-...).")
+        return None
+    report.add("format", True, f"Well-formed {'project' if kind == 'proj' else 'service-account'} key "
+               "(checksum valid).")
+    return stripped
+
+
+def diagnose(base_url: str, key: str | None, key_source: str | None, timeout: float = 10.0) -> Report:
+    base = base_url.rstrip("/")
+    report = Report(base, keys.mask(key.strip()) if key else None, key_source)
+    if not key:
+        report.add("key", False, "No key given.",
+                   "Pass --key, or set OPENAI_API_KEY (what the OpenAI SDKs read) or KEYPLANE_API_KEY.")
+        return report
+    usable = _key_problems(report, key)
+    if usable is None:
+        return report
+    if not base.endswith("/v1"):
+        report.add("base_url", False, f"The base URL {base} does not end in /v1.",
+                   "The OpenAI SDKs need the /v1 part: e.g. http://127.0.0.1:8080/v1.")
+    try:
+        status, headers, body = _get(base + "/keyplane/key", usable, timeout)
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        report.add("server", False, f"Could not reach {base}: {reason}.",
+                   "Is keyplane running (`keyplane serve`)? Check the host, port and OPENAI_BASE_URL.")
+        return report
+    report.add("server", True, f"{base} answers.")
+    if status == 200 and isinstance(body, dict):
+        report.key_info = body
+        p = body.get("project") or {}
+        perms = body.get("permissions")
+        perms_s = perms if isinstance(perms, str) else ", ".join(perms or [])
+        expires = body.get("expires_at")
+        report.add("key", True, f"Key {body.get('id')} ({body.get('name')}) is {body.get('status')}; project "
+                   f"{p.get('name')} ({p.get('id')}); permissions: {perms_s}"
+                   + (f"; expires at {expires} (unix time)" if expires else "; does not expire") + ".")
+    elif status == 404:
+        report.add("key", True, "The server does not tell key details (not keyplane, or an older one); "
+                   "checking with /v1/models only.")
+    else:
+        what, fix = explain(status, body, headers)
+        report.add("key", False, f"HTTP {status}: {what}", fix)
+        return report
+    status, headers, body = _get(base + "/models", usable, timeout)
+    if status == 200 and isinstance(body, dict):
+        ids = [m.get("id") for m in body.get("data", []) if isinstance(m, dict)]
+        shown = ", ".join(str(i) for i in ids[:8]) + (" ..." if len(ids) > 8 else "")
+        report.add("models", True, f"GET /v1/models works: {len(ids)} model(s) available ({shown}).")
+    else:
+        what, fix = explain(status, body, headers)
+        report.add("models", False, f"GET /v1/models: HTTP {status}: {what}", fix)
+    return report
+
+
+def _print(report: Report) -> None:
+    from rich.console import Console
+
+    c = Console(highlight=False)
+    c.print(f"keyplane doctor: {report.base_url}" + (f" with key {report.key} (from {report.key_source})"
+                                                     if report.key else ""))
+    for ch in report.checks:
+        c.print(f"{'[green]ok[/green]  ' if ch.ok else '[red]FAIL[/red]'} {ch.name}: {ch.detail}", markup=True)
+        if ch.fix and not ch.ok:
+            c.print(f"      fix: {ch.fix}")
+    c.print("All checks passed." if report.ok else "Some checks failed; see the fixes above.")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("doctor")
+    def doctor(
+        base_url: Annotated[str | None, typer.Option("--base-url", help="keyplane's /v1 URL "
+                            "(default: $OPENAI_BASE_URL, else http://127.0.0.1:8080/v1).")] = None,
+        key: Annotated[str | None, typer.Option("--key", help="The key to check "
+                       "(default: $OPENAI_API_KEY, else $KEYPLANE_API_KEY).")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+        timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request.")] = 10.0,
+    ) -> None:
+        """Check a key and the way to keyplane, and explain any 401/403/429 with its fix."""
+        source = "--key" if key else None
+        if key is None:
+            for var in ("OPENAI_API_KEY", "KEYPLANE_API_KEY"):
+                if os.environ.get(var):
+                    key, source = os.environ[var], f"${var}"
+                    break
+        url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        report = diagnose(url, key, source, timeout)
+        if as_json:
+            typer.echo(json.dumps(report.to_dict()))
+        else:
+            _print(report)
+        raise typer.Exit(0 if report.ok else 1)

@@ -1,0 +1,90 @@
+"""Token counts when the upstream gives none: an interrupted stream, or the demo upstream.
+
+Counts with the o200k_base tokenizer shipped in the ``bpe-openai`` package (loaded on first use,
+offline); about four characters per token if it cannot be loaded. Only used off the fast path.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("keyplane.proxy")
+
+_encoding: Any = None
+_failed = False
+
+# The JSON strings that carry generated text in stream chunks: chat `content`, completions `text`,
+# responses `delta`, tool call `arguments`, `refusal`. A `"delta":{` object does not match.
+TEXT_FIELDS = re.compile(rb'"(?:content|text|delta|arguments|refusal|reasoning_content)":\s?"((?:[^"\\]|\\.)*)"')
+
+
+def _enc() -> Any:
+    global _encoding, _failed
+    if _encoding is None and not _failed:
+        try:
+            import bpe_openai
+
+            _encoding = bpe_openai.get_encoding("o200k_base")
+        except Exception:  # the package or its data missing: fall back to the character estimate
+            _failed = True
+            log.warning("o200k_base tokenizer unavailable; estimating tokens as characters / 4")
+    return _encoding
+
+
+def count(text: str) -> int:
+    if not text:
+        return 0
+    enc = _enc()
+    if enc is None:
+        return max(1, (len(text) + 3) // 4)
+    return len(enc.encode_ordinary(text))
+
+
+def flatten(v: Any) -> str:
+    """The text inside a message content (a string, or a list of parts with `text`)."""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, list):
+        return " ".join(flatten(x) for x in v)
+    if isinstance(v, dict):
+        for k in ("text", "content", "input_text"):
+            if k in v:
+                return flatten(v[k])
+    return ""
+
+
+def prompt_text(req: dict[str, Any]) -> str:
+    parts: list[str] = []
+    if isinstance(req.get("instructions"), str):
+        parts.append(req["instructions"])
+    for m in req.get("messages") or []:
+        if isinstance(m, dict):
+            parts.append(flatten(m.get("content")))
+    for k in ("prompt", "input"):
+        if k in req:
+            parts.append(flatten(req[k]))
+    return "\n".join(p for p in parts if p)
+
+
+def prompt_tokens(body: bytes) -> int:
+    """Estimated prompt tokens of a JSON request body (0 when it is not JSON)."""
+    try:
+        req = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 0
+    return count(prompt_text(req)) if isinstance(req, dict) else 0
+
+
+def relayed_tokens(pieces: list[bytes]) -> int:
+    """Estimated output tokens from the escaped JSON strings collected while relaying a stream."""
+    if not pieces:
+        return 0
+    try:
+        text = orjson.loads(b'"' + b"".join(pieces) + b'"')
+    except orjson.JSONDecodeError:
+        text = b"".join(pieces).decode("utf-8", "replace")
+    return count(text)

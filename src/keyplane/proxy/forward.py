@@ -1,0 +1,171 @@
+"""Sending a request upstream with retries and fallback, up to (never past) the first byte.
+
+Attempts go in rounds: round 0 tries each candidate upstream once, in the router's order (by weight,
+breakers open left out), so a failure moves on to the next upstream at once; round n retries each
+upstream that allows n retries, after exponential backoff with jitter, or after the upstream's own
+``retry-after-ms`` / ``retry-after`` when it sent one (a wait longer than ``max_retry_wait`` is not
+waited: that upstream is given up). Retried: connection errors, timeouts, 408, 429 and 5xx, and a
+2xx whose body is not what the endpoint promises (non-JSON, a stream that dies before its first
+event). Nothing is sent to the client before an attempt is accepted, so a retry is never visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+from keyplane import errors
+from keyplane.proxy import usage as _usage
+from keyplane.proxy.router import Deployment, Router
+from keyplane.proxy.upstream import RETRYABLE_ERRORS, UpstreamClient, UpstreamResponse
+
+JSON: Final = 0  # read the whole body and its usage (non-streaming model endpoints)
+SSE: Final = 1  # read up to the first chunk, then relay (streaming model endpoints)
+RAW: Final = 2  # relay as is (pass-through paths)
+
+_RETRY_STATUS = frozenset({408, 429})
+
+
+@dataclass(slots=True)
+class Outcome:
+    dep: Deployment
+    resp: UpstreamResponse
+    body: bytes | None = None  # whole body (JSON mode, and every error answer)
+    first: bytes | None = None  # first chunk (SSE mode)
+    rest: AsyncIterator[bytes] | None = None  # the chunks after `first` (SSE), or all of them (RAW)
+    usage: _usage.Usage | None = None
+
+
+def retry_after(headers: list[tuple[bytes, bytes]], now: float) -> float | None:
+    """Seconds the upstream asks to wait: retry-after-ms first, then retry-after (seconds or a date)."""
+    ms = sec = None
+    for k, v in headers:
+        if k == b"retry-after-ms":
+            ms = v
+        elif k == b"retry-after":
+            sec = v
+    try:
+        if ms is not None:
+            return max(0.0, float(ms) / 1000)
+        if sec is not None:
+            try:
+                return max(0.0, float(sec))
+            except ValueError:
+                when = email.utils.parsedate_to_datetime(sec.decode("latin-1"))
+                return max(0.0, when.timestamp() - now)
+    except (ValueError, TypeError):
+        return None
+    return None
+
+
+def backoff(dep: Deployment, n: int, rng: random.Random) -> float:
+    """Exponential from retry_backoff, doubling, capped, minus up to 25% jitter (as the OpenAI SDKs do)."""
+    c = dep.config
+    base = min(c.retry_backoff * (2 ** (n - 1)), c.retry_backoff_max)
+    return base * (1 - 0.25 * rng.random())
+
+
+def _attempt_error(dep: Deployment, e: BaseException) -> errors.APIError:
+    if isinstance(e, TimeoutError):
+        return errors.upstream_timeout(dep.name)
+    if isinstance(e, _usage.BadBody):
+        return errors.upstream_bad_response(dep.name, 200)
+    if isinstance(e, StopAsyncIteration):
+        return errors.upstream_stream_broken(dep.name)
+    return errors.upstream_unreachable(dep.name)
+
+
+async def _accept(resp: UpstreamResponse, dep: Deployment, mode: int) -> Outcome:
+    if mode == RAW:
+        return Outcome(dep, resp, rest=resp.chunks())
+    if mode == SSE and resp.content_type == "text/event-stream":
+        it = resp.chunks().__aiter__()
+        first = await it.__anext__()
+        return Outcome(dep, resp, first=first, rest=it)
+    body = await resp.read()
+    return Outcome(dep, resp, body=body, usage=_usage.from_body(body))
+
+
+class Forwarder:
+    def __init__(self, client: UpstreamClient, router: Router, rng: random.Random | None = None,
+                 sleep: object = None) -> None:
+        self.client = client
+        self.router = router
+        self.rng = rng or random.Random()
+        self.sleep = sleep or asyncio.sleep
+
+    async def send(self, pool: tuple[Deployment, ...], method: str, path_qs: str,
+                   headers: list[tuple[bytes, bytes]], body: bytes, mode: int, model: str | None,
+                   ctx: Any) -> Outcome:
+        """The accepted answer (2xx, a final 4xx, or the last retryable error) or an APIError.
+
+        ``ctx.attempts`` counts the attempts (and ``ctx.upstream`` names the last one tried).
+        """
+        router = self.router
+        cands = router.candidates(pool)
+        if not cands:
+            wait = router.retry_after(pool)
+            err = errors.no_upstream(model)
+            err.headers = {"retry-after": str(max(1, int(wait + 0.999)))}
+            raise err
+        monotonic = router.monotonic
+        waits: dict[str, float | None] = {}
+        last: Outcome | errors.APIError | None = None
+        n = 0
+        while True:
+            progressed = False
+            for dep in cands:
+                c = dep.config
+                if n > c.max_retries:
+                    continue
+                if n > 0:
+                    if not dep.breaker.available(monotonic()):
+                        continue
+                    wait = waits.get(dep.name)
+                    if wait is not None and wait > c.max_retry_wait:
+                        continue
+                    await self.sleep(wait if wait is not None else backoff(dep, n, self.rng))
+                progressed = True
+                ctx.attempts += 1
+                ctx.upstream = dep.name
+                resp = None
+                try:
+                    resp = await self.client.request(dep, method, path_qs, headers, body)
+                    status = resp.status
+                    if status < 400:
+                        out = await _accept(resp, dep, mode)
+                        dep.breaker.success()
+                        return out
+                    data = await resp.read()
+                except (*RETRYABLE_ERRORS, *_usage.BadBody, StopAsyncIteration) as e:
+                    if resp is not None:
+                        resp.close()
+                    dep.breaker.failure(monotonic())
+                    waits[dep.name] = None
+                    last = _attempt_error(dep, e)
+                    continue
+                except BaseException:
+                    if resp is not None:
+                        resp.close()
+                    raise
+                out = Outcome(dep, resp, body=data)
+                if status in _RETRY_STATUS or status >= 500:
+                    if status >= 500:
+                        dep.breaker.failure(monotonic())
+                    waits[dep.name] = retry_after(resp.headers, time.time())
+                    last = out
+                    continue
+                dep.breaker.success()  # a 4xx: the upstream works; the request is at fault
+                return out
+            if not progressed:
+                break
+            n += 1
+        if isinstance(last, errors.APIError):
+            raise last
+        assert last is not None
+        return last

@@ -1,0 +1,445 @@
+"""The /v1 request flow, raw ASGI: authenticate -> authorize -> read -> admit -> forward -> relay -> settle.
+
+One handler for every proxied path. Model endpoints (chat/completions, completions, embeddings,
+responses) have their usage read; /v1/models is answered here; any other /v1 path a permission area
+covers is passed through as is. Once admitted, a request is always settled (rt.extras["settle"]),
+client disconnects and upstream failures included (proxy/context.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from typing import Any, Final
+
+import orjson
+
+from keyplane import errors
+from keyplane.auth import authenticate
+from keyplane.cache import attach as attach_cache
+from keyplane.proxy import estimate, request, sse
+from keyplane.proxy.context import RequestContext
+from keyplane.proxy.forward import JSON, RAW, SSE, Forwarder, Outcome
+from keyplane.proxy.models import ModelCatalog
+from keyplane.proxy.router import Router
+from keyplane.proxy.upstream import RETRYABLE_ERRORS
+from keyplane.runtime import Runtime
+from keyplane.scopes import required_scope
+from keyplane.snapshot import KeyEntry
+
+log = logging.getLogger("keyplane.proxy")
+
+# path -> SSE flavour of the model endpoints whose usage keyplane reads (None: never streams)
+MODEL_ENDPOINTS: Final[dict[str, int | None]] = {
+    "/v1/chat/completions": sse.CHAT,
+    "/v1/completions": sse.CHAT,
+    "/v1/embeddings": None,
+    "/v1/responses": sse.RESPONSES,
+}
+# Endpoints whose streams report usage only when stream_options.include_usage is set.
+_NEEDS_INCLUDE_USAGE: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+# Upstream response headers not passed on: hop-by-hop, recomputed here, or about the provider
+# account rather than the client's key (its rate limits, organization, project).
+_DROP_RESPONSE: Final = frozenset({
+    b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"content-encoding", b"date",
+    b"server", b"x-request-id", b"openai-processing-ms", b"openai-organization", b"openai-project",
+    b"set-cookie", b"alt-svc", b"strict-transport-security", b"via",
+})
+_DROP_WITH_CT: Final = _DROP_RESPONSE | {b"content-type"}
+_JSON_CT: Final = (b"content-type", b"application/json")
+
+
+# keyplane extension: any live key may read its own metadata (what `keyplane doctor` shows).
+KEY_INFO_PATH: Final = "/v1/keyplane/key"
+
+
+# req_ + 16 random hex digits per process + a 16-digit counter: unique across a fleet, one format
+# operation per request instead of reading the OS's random source.
+_RID_PREFIX: Final = b"req_" + os.urandom(8).hex().encode()
+_rid_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+def new_request_id() -> bytes:
+    return b"%s%016x" % (_RID_PREFIX, next(_rid_counter))
+
+
+class _Watch:
+    """Cancels the handler task when the client disconnects (DESIGN.md hot-path rule 7)."""
+
+    __slots__ = ("armed", "fired", "settled", "task")
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task
+        self.armed = True
+        self.fired = False
+        self.settled = False
+
+    def __call__(self, fut: asyncio.Future[Any]) -> None:
+        if not self.armed or fut.cancelled() or fut.exception() is not None:
+            return
+        if fut.result().get("type") == "http.disconnect" and self.task is not None:
+            self.fired = True
+            self.task.cancel()
+
+
+class ProxyApp:
+    def __init__(self, rt: Runtime, router: Router, forwarder: Forwarder, catalog: ModelCatalog) -> None:
+        self.rt = rt
+        self.router = router
+        self.forwarder = forwarder
+        self.catalog = catalog
+        self.max_body = rt.settings.max_body_bytes
+        self.cache = attach_cache(rt, router)  # prefix routing and response cache (docs/caching.md); None: off
+
+    async def aclose(self) -> None:
+        await self.forwarder.client.aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
+
+    # --- responses -------------------------------------------------------------------------------
+
+    async def _send_error(self, send: Any, err: errors.APIError, rid: bytes, t0: float,
+                          extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        body = err.body()
+        h = [_JSON_CT, (b"content-length", b"%d" % len(body)), (b"x-request-id", rid),
+             (b"openai-processing-ms", b"%d" % int((time.perf_counter() - t0) * 1000))]
+        h.extend((k.encode(), v.encode()) for k, v in err.headers.items())
+        if extra:
+            h.extend(extra)
+        await send({"type": "http.response.start", "status": err.status, "headers": h})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _send_json(self, send: Any, obj: Any, rid: bytes, t0: float) -> None:
+        body = orjson.dumps(obj)
+        h = [_JSON_CT, (b"content-length", b"%d" % len(body)), (b"x-request-id", rid),
+             (b"openai-processing-ms", b"%d" % int((time.perf_counter() - t0) * 1000))]
+        await send({"type": "http.response.start", "status": 200, "headers": h})
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    def _headers(out: Outcome, ctx: RequestContext, t0: float, length: int | None,
+                 json_ct: bool = False) -> list[tuple[bytes, bytes]]:
+        rid = None
+        h: list[tuple[bytes, bytes]] = [_JSON_CT] if json_ct else []
+        drop = _DROP_WITH_CT if json_ct else _DROP_RESPONSE
+        for k, v in out.resp.headers:
+            if k == b"x-request-id":
+                rid = v
+            elif k not in drop and not k.startswith(b"x-ratelimit-"):
+                h.append((k, v))
+        if rid:
+            ctx.request_id = rid.decode("latin-1")
+        h.append((b"x-request-id", ctx.request_id.encode()))
+        h.append((b"openai-processing-ms", b"%d" % int((time.perf_counter() - t0) * 1000)))
+        if length is not None:
+            h.append((b"content-length", b"%d" % length))
+        if ctx.extra_headers:
+            h.extend(ctx.extra_headers)
+        return h
+
+    # --- the flow -------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        t0 = time.perf_counter()
+        rt = self.rt
+        rid = new_request_id()
+        method: str = scope["method"]
+        path: str = scope["path"]
+        entry: KeyEntry | None = None
+        try:
+            entry = authenticate(rt, scope["headers"], scope["query_string"])
+            rt.last_used.touch(entry.id, rt.clock.now())
+            if path == KEY_INFO_PATH and method == "GET":
+                await self._send_json(send, self._key_info(entry), rid, t0)
+                return
+            need = required_scope(method, path)
+            if need is None:
+                raise errors.path_not_proxied(method, path)
+            if not entry.permissions.allows(need):
+                raise errors.missing_scope(need)
+            if method == "GET" and path.startswith("/v1/models"):
+                await self._models(send, path, rid, t0)
+                return
+            body = await request.read_body(scope, receive, self.max_body)
+            is_model = method == "POST" and path in MODEL_ENDPOINTS
+            flavour = MODEL_ENDPOINTS[path] if is_model else None
+            headers = scope["headers"]
+            model = None
+            stream = False
+            strip_usage = False
+            max_tokens = None
+            if is_model:
+                head = request.parse_head(body)
+                model = head.model
+                if not model:
+                    raise errors.missing_model()
+                stream = bool(head.stream) and flavour is not None
+                max_tokens = head.output_limit
+                if stream and path in _NEEDS_INCLUDE_USAGE:
+                    so = head.stream_options
+                    if not (so and so.get("include_usage") is True):
+                        body = request.with_include_usage(body)
+                        strip_usage = True
+                pool = self.router.serving(model)
+            elif body and request.is_json(headers):
+                model = request.parse_head(body).model
+                pool = self.router.serving(model) if model else self.router.passthrough
+            else:
+                pool = self.router.passthrough
+            if not pool:
+                if model:
+                    raise errors.model_not_found(model)
+                raise errors.no_upstream(None)
+        except errors.APIError as e:
+            await self._send_error(send, e, rid, t0)
+            if entry is not None and "refused" in rt.extras:  # an authenticated key refused: the kill switch watches
+                await self._refused(RequestContext(rid.decode(), entry, entry.project_id, path, method), e)
+            return
+        except request.ClientGone:
+            return
+        except Exception:
+            log.exception("proxy error before forwarding %s %s", method, path)
+            await self._send_error(send, errors.internal_error(), rid, t0)
+            return
+        ctx = RequestContext(rid.decode(), entry, entry.project_id, path, method, model, stream, body, max_tokens)
+        ctx.started = t0
+        client = scope.get("client")
+        if client:
+            ctx.client_ip = client[0]
+        for k, v in headers:
+            if k == b"user-agent":
+                ctx.user_agent = v.decode("latin-1")
+                break
+        admit = rt.extras.get("admit")
+        if admit is not None:
+            try:
+                await admit(ctx)
+            except errors.APIError as e:
+                await self._send_error(send, e, rid, t0, ctx.extra_headers)
+                await self._refused(ctx, e)
+                return
+            except Exception:
+                log.exception("admission hook failed for %s", ctx.request_id)
+                await self._send_error(send, errors.internal_error(), rid, t0, ctx.extra_headers)
+                return
+        mode = (SSE if stream else JSON) if is_model else RAW
+        if self.cache is not None and is_model:
+            send = await self.cache.serve(ctx, headers, send, lambda: self._finish(ctx, t0, _Watch(None)))
+            if send is None:  # answered from the response cache
+                return
+            pool = self.router.route(pool, ctx)
+        await self._forward(scope, receive, send, ctx, pool, body, mode, flavour or 0, strip_usage, t0)
+
+    async def _forward(self, scope: dict[str, Any], receive: Any, send: Any, ctx: RequestContext, pool: Any,
+                       body: bytes, mode: int, flavour: int, strip_usage: bool, t0: float) -> None:
+        watch = _Watch(asyncio.current_task())
+        waiter = asyncio.ensure_future(receive())
+        waiter.add_done_callback(watch)
+        relay: sse.StreamRelay | None = None
+        out: Outcome | None = None
+        started = False
+        try:
+            qs = scope["query_string"]
+            path_qs = ctx.endpoint + "?" + qs.decode("latin-1") if qs else ctx.endpoint
+            try:
+                out = await self.forwarder.send(pool, ctx.method, path_qs, scope["headers"], body, mode,
+                                                ctx.model, ctx)
+            except errors.APIError as e:
+                ctx.status, ctx.error = e.status, e.code
+                await self._finish(ctx, t0, watch)
+                await self._send_error(send, e, ctx.request_id.encode(), t0, ctx.extra_headers)
+                return
+            ctx.upstream = out.dep.name
+            status = out.resp.status
+            if out.body is not None:  # JSON answers and every upstream error
+                payload = out.body
+                wrapped = status >= 400 and not _is_openai_error(payload)
+                if wrapped:
+                    payload = _wrap_error(out.dep.name, status, payload)
+                if out.usage is not None:
+                    ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = out.usage.numbers()
+                ctx.status = status
+                h = self._headers(out, ctx, t0, len(payload), wrapped)
+                await self._finish(ctx, t0, watch)
+                started = True
+                await send({"type": "http.response.start", "status": status, "headers": h})
+                await send({"type": "http.response.body", "body": payload})
+                return
+            ctx.status = status
+            if mode == RAW:
+                started = True
+                await self._relay_raw(send, out, ctx, t0, watch)
+                return
+            relay = sse.StreamRelay(flavour, strip_usage)
+            started = True
+            await send({"type": "http.response.start", "status": status, "headers": self._headers(out, ctx, t0, None)})
+            await self._relay_sse(send, out, relay, ctx, t0, watch)
+        except asyncio.CancelledError:
+            if not watch.fired:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            if out is not None:
+                out.resp.close()
+            ctx.disconnected = True
+            if not started:
+                ctx.status = 499  # client closed the request (nginx's convention)
+            self._usage_from_relay(ctx, relay)
+            await self._finish(ctx, t0, watch)
+        except Exception:
+            # A bug, not the upstream's fault: answer in OpenAI's shape if nothing was sent yet, settle anyway.
+            log.exception("proxy error for %s", ctx.request_id)
+            if out is not None:
+                out.resp.close()
+            ctx.error = ctx.error or "internal_error"
+            if not started:
+                ctx.status = 500
+            self._usage_from_relay(ctx, relay)
+            await self._finish(ctx, t0, watch)
+            if not started:
+                await self._send_error(send, errors.internal_error(), ctx.request_id.encode(), t0, ctx.extra_headers)
+        finally:
+            watch.armed = False
+            if not waiter.done():
+                waiter.cancel()
+
+    async def _relay_sse(self, send: Any, out: Outcome, relay: sse.StreamRelay, ctx: RequestContext, t0: float,
+                         watch: _Watch) -> None:
+        assert out.first is not None and out.rest is not None
+        data = relay.feed(out.first)
+        if data:
+            ctx.ttft_ms = (time.perf_counter() - t0) * 1000
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+        snap, key = self.rt.snapshot, ctx.key
+        try:
+            async for chunk in out.rest:
+                now_key = snap.keys_by_id.get(key.id)
+                if now_key is not key and (now_key is None or now_key.revoked_at or now_key.suspended_at):
+                    # Revoked or suspended mid-stream (kill switch, admin): cut it (docs/guard.md).
+                    out.resp.close()
+                    why = now_key.inactive_reason(self.rt.clock.now()) if now_key else "has been deleted."
+                    ctx.error = "key_disabled"
+                    err = errors.key_inactive(key.redacted_value, why or "is no longer active.")
+                    await send({"type": "http.response.body", "body": sse.error_event(err), "more_body": True})
+                    break
+                data = relay.feed(chunk)
+                if data:
+                    if ctx.ttft_ms is None:
+                        ctx.ttft_ms = (time.perf_counter() - t0) * 1000
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+            tail = relay.flush()
+            if tail:
+                await send({"type": "http.response.body", "body": tail, "more_body": True})
+            final = relay.held
+        except RETRYABLE_ERRORS as e:
+            out.resp.close()
+            err = errors.upstream_timeout(out.dep.name) if isinstance(e, TimeoutError) \
+                else errors.upstream_stream_broken(out.dep.name)
+            ctx.error = err.code
+            log.warning("upstream %s broke a stream mid-way (%s): %s", out.dep.name, ctx.request_id,
+                        type(e).__name__)
+            final = relay.held + sse.error_event(err)
+        self._usage_from_relay(ctx, relay)
+        await self._finish(ctx, t0, watch)
+        await send({"type": "http.response.body", "body": final, "more_body": False})
+
+    async def _relay_raw(self, send: Any, out: Outcome, ctx: RequestContext, t0: float, watch: _Watch) -> None:
+        assert out.rest is not None
+        await send({"type": "http.response.start", "status": out.resp.status,
+                    "headers": self._headers(out, ctx, t0, None)})
+        is_sse = out.resp.content_type == "text/event-stream"
+        try:
+            async for chunk in out.rest:
+                if ctx.ttft_ms is None:
+                    ctx.ttft_ms = (time.perf_counter() - t0) * 1000
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except RETRYABLE_ERRORS:
+            out.resp.close()
+            err = errors.upstream_stream_broken(out.dep.name)
+            ctx.error = err.code
+            if is_sse:
+                await send({"type": "http.response.body", "body": sse.error_event(err), "more_body": True})
+        await self._finish(ctx, t0, watch)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _usage_from_relay(self, ctx: RequestContext, relay: sse.StreamRelay | None) -> None:
+        if relay is not None and relay.usage is not None:
+            ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = relay.usage.numbers()
+            return
+        if ctx.model is None or ctx.endpoint not in MODEL_ENDPOINTS:
+            return
+        # No usage from the upstream: estimate what was generated until the stream stopped.
+        ctx.usage_estimated = True
+        ctx.prompt_tokens = estimate.prompt_tokens(ctx.body)
+        ctx.completion_tokens = estimate.relayed_tokens(relay.pieces) if relay is not None else 0
+
+    async def _refused(self, ctx: RequestContext, e: errors.APIError) -> None:
+        """hooks.add_refused steps (the kill switch's error_spike) see refusals of an authenticated key."""
+        refused = self.rt.extras.get("refused")
+        if refused is None:
+            return
+        ctx.status, ctx.error = e.status, e.code
+        try:
+            await refused(ctx)
+        except Exception:
+            log.exception("refused hook failed for %s", ctx.request_id)
+
+    async def _finish(self, ctx: RequestContext, t0: float, watch: _Watch) -> None:
+        """Settle before the last byte goes out (the usage is recorded even if the client vanishes next)."""
+        watch.armed = False
+        if watch.settled:
+            return
+        watch.settled = True
+        ctx.latency_ms = (time.perf_counter() - t0) * 1000
+        if ctx.ttft_ms is None and ctx.status and ctx.status < 400:
+            ctx.ttft_ms = ctx.latency_ms
+        settle = self.rt.extras.get("settle")
+        if settle is None:
+            return
+        try:
+            await settle(ctx)
+        except Exception:
+            log.exception("settle hook failed for %s", ctx.request_id)
+
+    def _key_info(self, entry: KeyEntry) -> dict[str, Any]:
+        snap = self.rt.snapshot
+        p = snap.projects.get(entry.project_id) if entry.project_id else None
+        perms = entry.permissions
+        return {
+            "object": "keyplane.key", "id": entry.id, "name": entry.name, "kind": entry.kind,
+            "redacted_value": entry.redacted_value, "status": entry.status(self.rt.clock.now()),
+            "expires_at": entry.expires_at, "organization": {"id": snap.org_id, "name": snap.org_name},
+            "project": {"id": p.id, "name": p.name, "status": p.status} if p else None,
+            "permissions": perms.to_json(), "scopes": sorted(perms.scopes),
+        }
+
+    async def _models(self, send: Any, path: str, rid: bytes, t0: float) -> None:
+        if path in ("/v1/models", "/v1/models/"):
+            data = await self.catalog.list()
+            await self._send_json(send, {"object": "list", "data": data}, rid, t0)
+            return
+        model = path[len("/v1/models/"):]
+        await self._send_json(send, await self.catalog.get(model), rid, t0)
+
+
+def _is_openai_error(payload: bytes) -> bool:
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("error"), dict)
+
+
+def _wrap_error(name: str, status: int, payload: bytes) -> bytes:
+    """An upstream error that is not in OpenAI's shape, put in it (with the start of what it said)."""
+    snippet = payload[:200].decode("utf-8", "replace").strip()
+    err = errors.APIError(
+        status, f"The upstream `{name}` answered HTTP {status}" + (f": {snippet}" if snippet else "."),
+        type="server_error" if status >= 500 else "invalid_request_error", code="upstream_error",
+    )
+    return err.body()

@@ -1,0 +1,113 @@
+"""SSE relay: pass events on as they arrive, learn the usage, drop the usage chunk if not asked for.
+
+Each upstream chunk is cut at its last event boundary; the complete events go to the client at once,
+the partial tail waits for the next chunk. Only an event that mentions ``"usage":{`` (chat and
+completions) or a final ``response.*`` event (Responses API) is parsed (DESIGN.md hot-path rule 4).
+The generated text is collected as raw JSON strings, to estimate output tokens should the stream end
+without usage (client disconnect, upstream death).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Final
+
+from keyplane.errors import APIError
+from keyplane.proxy import usage as _usage
+from keyplane.proxy.usage import Usage
+
+CHAT: Final = 1  # chat/completions and completions chunks
+RESPONSES: Final = 2  # Responses API events
+
+_DONE = b"data: [DONE]\n\n"
+_SPLIT = re.compile(rb"\r?\n\r?\n")
+_CHAT_TEXT = re.compile(rb'"(?:content|text|arguments|refusal|reasoning_content)":\s?"((?:[^"\\]|\\.)*)"')
+_RESP_TEXT = re.compile(rb'"delta":\s?"((?:[^"\\]|\\.)*)"')
+_USAGE_MARKS = (b'"usage":{', b'"usage": {')
+_FINAL_EVENTS = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
+
+
+def _boundary(buf: bytes) -> int:
+    """Index just past the last complete event in buf (0 when none)."""
+    i = buf.rfind(b"\n\n")
+    j = buf.rfind(b"\r\n\r\n")
+    return max(i + 2 if i >= 0 else 0, j + 4 if j >= 0 else 0)
+
+
+def _data_of(event: bytes) -> bytes:
+    lines = [ln[5:].lstrip(b" ") for ln in event.splitlines() if ln.startswith(b"data:")]
+    return b"\n".join(lines)
+
+
+def error_event(err: APIError) -> bytes:
+    """An OpenAI-shaped error as an SSE event: the SDKs raise it from the stream."""
+    return b"data: " + err.body() + b"\n\n"
+
+
+class StreamRelay:
+    __slots__ = ("_buf", "_text", "held", "kind", "pieces", "strip_usage", "usage")
+
+    def __init__(self, kind: int, strip_usage: bool) -> None:
+        self.kind = kind
+        self.strip_usage = strip_usage
+        self.usage: Usage | None = None
+        self.pieces: list[bytes] = []
+        self._buf = b""
+        self._text = _RESP_TEXT if kind == RESPONSES else _CHAT_TEXT
+        # The final `data: [DONE]` is held back until the usage is settled, so that a client that saw
+        # the end of the stream can count on the usage being recorded (DESIGN.md hot-path rule 6).
+        self.held = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to send the client now (complete events only; may be empty)."""
+        buf = self._buf + chunk if self._buf else chunk
+        cut = _boundary(buf)
+        if cut == 0:
+            self._buf = buf
+            return b""
+        if cut == len(buf):
+            out, self._buf = buf, b""
+        else:
+            out, self._buf = buf[:cut], buf[cut:]
+        return self._inspect(out)
+
+    def flush(self) -> bytes:
+        """What is left when the upstream ends (an event with no blank line after it)."""
+        out, self._buf = self._buf, b""
+        return self._inspect(out) if out else b""
+
+    def _inspect(self, out: bytes) -> bytes:
+        if out.endswith(_DONE):
+            out, self.held = out[: -len(_DONE)], _DONE
+        self.pieces.extend(self._text.findall(out))
+        if self.usage is not None:
+            return out
+        if self.kind == RESPONSES:
+            if any(m in out for m in _FINAL_EVENTS):
+                for ev in _SPLIT.split(out):
+                    if any(m in ev for m in _FINAL_EVENTS):
+                        with contextlib.suppress(*_usage.BadBody):
+                            self.usage = _usage.from_response_event(_data_of(ev)) or self.usage
+            return out
+        if not any(m in out for m in _USAGE_MARKS):
+            return out
+        kept: list[bytes] = []
+        dropped = False
+        for ev in _SPLIT.split(out):
+            if not ev:
+                continue
+            if any(m in ev for m in _USAGE_MARKS):
+                try:
+                    u, only = _usage.from_chunk(_data_of(ev))
+                except _usage.BadBody:
+                    u, only = None, False
+                if u is not None:
+                    self.usage = u
+                if only and self.strip_usage:
+                    dropped = True
+                    continue
+            kept.append(ev)
+        if not dropped:
+            return out
+        return b"".join(ev + b"\n\n" for ev in kept)

@@ -1,0 +1,143 @@
+"""The upstream client: one aiohttp ClientSession with a pooled TCPConnector, opened at start-up.
+
+:meth:`UpstreamClient.request` sends one attempt and returns an :class:`UpstreamResponse` (status,
+raw headers, body as a whole or as chunks); retries and fallback live in :mod:`keyplane.proxy.forward`.
+The built-in ``demo`` upstream answers through the same interface without a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import aiohttp
+from yarl import URL
+
+from keyplane.proxy import demo
+from keyplane.proxy.router import Deployment
+
+# Request headers never forwarded: hop-by-hop, our own credentials and ids, what aiohttp sets itself.
+_DROP_REQUEST = frozenset({
+    b"host", b"authorization", b"content-length", b"connection", b"keep-alive", b"transfer-encoding", b"te",
+    b"upgrade", b"proxy-authorization", b"proxy-connection", b"openai-organization", b"openai-project",
+    b"accept-encoding", b"cookie", b"expect", b"trailer", b"api-key", b"x-api-key",
+})
+
+# Errors of one attempt that say nothing about the request itself: try again or elsewhere.
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientConnectionError, asyncio.TimeoutError,
+                                                     aiohttp.ClientPayloadError)
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: list[tuple[bytes, bytes]]  # names lower-cased
+    content_type: str
+
+    async def read(self) -> bytes: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class _HTTPResponse:
+    __slots__ = ("_r", "content_type", "headers", "status")
+
+    def __init__(self, r: aiohttp.ClientResponse) -> None:
+        self._r = r
+        self.status = r.status
+        self.headers = [(k.lower(), v) for k, v in r.raw_headers]
+        self.content_type = r.content_type
+
+    async def read(self) -> bytes:
+        try:
+            return await self._r.read()
+        finally:
+            self._r.release()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        async for chunk in self._r.content.iter_any():
+            yield chunk
+        self._r.release()
+
+    def close(self) -> None:
+        # Closing (not releasing) drops the connection: the upstream sees the cancel and stops generating.
+        self._r.close()
+
+
+def forward_headers(headers: list[tuple[bytes, bytes]], dep: Deployment) -> list[tuple[str, str]]:
+    out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k not in _DROP_REQUEST]
+    if dep.api_key:
+        out.append(("Authorization", "Bearer " + dep.api_key))
+    if dep.config.headers:
+        out.extend(dep.config.headers.items())
+    return out
+
+
+class UpstreamClient:
+    def __init__(self, *, limit: int = 512) -> None:
+        self.limit = limit
+        self.session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
+        self._urls: dict[tuple[str, str], URL] = {}
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.limit, limit_per_host=0, ttl_dns_cache=300,
+                                         keepalive_timeout=30, force_close=False)
+        self.session = aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=True, trust_env=False, skip_auto_headers=("User-Agent",),
+        )
+
+    async def aclose(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def _url(self, dep: Deployment, path_qs: str) -> URL:
+        k = (dep.name, path_qs)
+        u = self._urls.get(k)
+        if u is None:
+            # /v1/chat/completions -> <base_url>/chat/completions; base_url carries its own /v1 (or not).
+            u = URL(dep.config.base_url.rstrip("/") + path_qs[3:], encoded=True)
+            if len(self._urls) < 4096:
+                self._urls[k] = u
+        return u
+
+    def _timeout(self, dep: Deployment) -> aiohttp.ClientTimeout:
+        t = self._timeouts.get(dep.name)
+        if t is None:
+            c = dep.config
+            t = aiohttp.ClientTimeout(total=None, connect=c.connect_timeout, sock_connect=c.connect_timeout,
+                                      sock_read=c.read_timeout)
+            self._timeouts[dep.name] = t
+        return t
+
+    async def request(self, dep: Deployment, method: str, path_qs: str, headers: list[tuple[bytes, bytes]],
+                      body: bytes) -> UpstreamResponse:
+        if dep.is_demo:
+            return demo.answer(method, path_qs, body)
+        assert self.session is not None, "UpstreamClient.start() was not called"
+        r = await self.session.request(
+            method, self._url(dep, path_qs), data=body if body else None, headers=forward_headers(headers, dep),
+            timeout=self._timeout(dep), allow_redirects=False, compress=None,
+        )
+        return _HTTPResponse(r)
+
+    async def get_json(self, dep: Deployment, path: str, wait: float = 5.0) -> Any:
+        """A small GET off the request path (model lists); None when it fails."""
+        if dep.is_demo:
+            r = demo.answer("GET", path, b"")
+            return demo.loads(await r.read()) if r.status == 200 else None
+        if self.session is None:
+            return None
+        h = {"Authorization": "Bearer " + dep.api_key} if dep.api_key else {}
+        h.update(dep.config.headers)
+        with contextlib.suppress(Exception):
+            async with self.session.get(self._url(dep, path), headers=h,
+                                        timeout=aiohttp.ClientTimeout(total=wait)) as r:
+                if r.status == 200:
+                    return await r.json(content_type=None)
+        return None

@@ -1,0 +1,139 @@
+"""Fixtures for the data plane: the project's fake upstream and keyplane servers routed to it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from keyplane.testing import FakeUpstream
+from tests.support import RunningServer, init_org, make_settings, start_server
+
+UPSTREAM_KEY = "sk-upstream-test-0123456789"
+os.environ.setdefault("KP_TEST_UPSTREAM_KEY", UPSTREAM_KEY)
+
+
+def fake_config(*fakes: FakeUpstream, extra: str = "", **fields: object) -> str:
+    """A keyplane.toml with one [[upstreams]] per fake (named fake, fake2...) plus the demo upstream."""
+    out = []
+    for i, f in enumerate(fakes):
+        name = "fake" if i == 0 else f"fake{i + 1}"
+        opts = {"models": ["gpt-*", "fake-*", "text-embedding-*"], "retry_backoff": 0.01,
+                "breaker_failures": 1000, "max_retries": 2, **fields}
+        lines = [f'name = "{name}"', f'base_url = "{f.base_url}"', 'api_key_env = "KP_TEST_UPSTREAM_KEY"']
+        for k, v in opts.items():
+            lines.append(f"{k} = {_toml(v)}")
+        out.append("[[upstreams]]\n" + "\n".join(lines))
+    out.append('[[upstreams]]\nname = "demo"\nbase_url = "demo"\nmodels = ["demo-*"]')
+    return "\n\n".join(out) + "\n" + extra
+
+
+def _toml(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return str(v)
+
+
+@pytest.fixture(scope="session")
+def fake_session() -> Iterator[FakeUpstream]:
+    f = FakeUpstream().start_in_thread()
+    yield f
+    f.stop_thread()
+
+
+@pytest.fixture
+def fake(fake_session: FakeUpstream) -> FakeUpstream:
+    """The shared fake upstream, reset for this test."""
+    fake_session.reset()
+    return fake_session
+
+
+@pytest.fixture(scope="session")
+def template_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initialized SQLite home, copied by each gateway (migrating once per session is the slow part)."""
+    home = tmp_path_factory.mktemp("tmpl") / "home"
+    settings = make_settings(home, "")
+    init = init_org(settings)
+    (home / "init.json").write_text(__import__("json").dumps(init))
+    return home
+
+
+@pytest.fixture
+def make_gateway(template_home: Path, tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Start a keyplane (SQLite) with the given keyplane.toml text; stopped after the test."""
+    started: list[RunningServer] = []
+
+    def make(config_text: str, **env: str) -> RunningServer:
+        home = tmp_path / f"home{len(started)}"
+        shutil.copytree(template_home, home)
+        init = __import__("json").loads((home / "init.json").read_text())
+        settings = make_settings(home, "", config_text=config_text, **env)
+        srv = start_server(settings, init)
+        started.append(srv)
+        return srv
+
+    yield make
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def gw_module(tmp_path_factory: pytest.TempPathFactory, fake_session: FakeUpstream) -> Iterator[RunningServer]:
+    """One gateway shared by a test module: the fake upstream (breaker off, fast retries) and demo."""
+    home = tmp_path_factory.mktemp("gw") / "home"
+    settings = make_settings(home, "", config_text=fake_config(fake_session))
+    srv = start_server(settings, init_org(settings))
+    yield srv
+    srv.stop()
+
+
+def record_settled(srv: RunningServer) -> list:
+    """Install a settle hook that keeps every settled RequestContext; returns the list."""
+    settled: list = []
+
+    async def settle(ctx) -> None:
+        settled.append(ctx)
+
+    assert srv.app.runtime is not None
+    srv.app.runtime.extras["settle"] = settle
+    srv.extra["settled"] = settled
+    return settled
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll until cond() is true (no sleep-and-hope: fails loudly on timeout)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def gw(gw_module: RunningServer, fake: FakeUpstream) -> RunningServer:
+    """The module's gateway with a fresh settle recorder (``gw.extra["settled"]``) and no admit hook."""
+    record_settled(gw_module)
+    gw_module.app.runtime.extras.pop("admit", None)
+    return gw_module
+
+
+def admin(srv: RunningServer, method: str, path: str, json: object = None) -> dict:
+    r = httpx.request(method, srv.v1 + "/organization" + path, json=json,
+                      headers={"Authorization": f"Bearer {srv.admin_key}"})
+    assert r.status_code < 300, r.text
+    return r.json()
+
+
+def new_key(srv: RunningServer, permissions: object = "all", **kw: object) -> dict:
+    return admin(srv, "POST", f"/projects/{srv.project_id}/api_keys",
+                 {"name": "test key", "permissions": permissions, **kw})
