@@ -3,6 +3,7 @@
 from alembic import context
 
 from keyplane.store.models import Base
+import keyplane.billing.models  # noqa: F401  (its tables, for autogenerate)
 
 connection = context.config.attributes.get("connection")
 if connection is None:

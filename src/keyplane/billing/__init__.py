@@ -1,0 +1,58 @@
+"""Limits and billing: prices, prepaid credit, spend limits and alerts, usage tiers, rate limits.
+
+``start(rt)`` (called by the app before the proxy is built) loads the price table and the
+tokenizers, the billing configuration from SQL, picks the limiter (in-process, or Redis when
+KEYPLANE_REDIS_URL is set), seeds the budget counters from the SQL ledger, registers the admission
+and settle steps (hooks.py, order 10) and returns the admin API endpoints. docs/limits-and-billing.md
+describes the behaviour; the modules: prices, tiers, credit, spend, ratelimits (control plane),
+engine (state and background work), admission (the request path), ledger (SQL), routes, cli.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+
+async def start(rt: Any) -> Any:
+    from keyplane import hooks
+    from keyplane.app import Feature
+    from keyplane.billing.admission import Admission
+    from keyplane.billing.engine import Billing
+    from keyplane.billing.ledger import Ledger
+    from keyplane.billing.prices import PriceTable
+    from keyplane.billing.routes import ENDPOINTS
+    from keyplane.billing.tiers import TierTable
+    from keyplane.limits import Limiter, tokens
+
+    s = rt.settings
+    await asyncio.to_thread(tokens.load)
+    prices = PriceTable.from_config(s.file.prices)
+    table = TierTable(s.file.tiers, s.file.limits.tier)
+    limiter: Limiter
+    if s.redis_url:
+        from keyplane.limits.redis_backend import RedisLimiter
+
+        limiter = RedisLimiter(s.redis_url, s.redis_prefix, s.reservation_ttl_seconds)
+    else:
+        from keyplane.limits.memory import MemoryLimiter
+
+        limiter = MemoryLimiter(rt.clock.now, s.reservation_ttl_seconds)
+    billing = Billing(rt, prices, table, limiter, Ledger(rt.engine), fleet=bool(s.redis_url))
+    await billing.reload()
+    if s.redis_url:
+        try:
+            await billing.reseed_if_needed()
+        except Exception as e:  # Redis down at start: admission answers 503 until it is back
+            logging.getLogger("keyplane.billing").error("Redis unreachable at start (%s: %s); requests are "
+                                                        "refused until it answers", type(e).__name__, e)
+    else:
+        await billing.seed()
+    await billing.promote()
+    admission = Admission(billing)
+    rt.extras["billing"] = billing
+    hooks.add_admit(rt, admission.admit, order=10)
+    hooks.add_settle(rt, admission.settle, order=10)
+    billing.start()
+    return Feature(endpoints=list(ENDPOINTS), stop=billing.stop)

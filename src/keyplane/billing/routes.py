@@ -1,0 +1,265 @@
+"""Admin API endpoints of limits and billing (OpenAI Admin API shapes, plus keyplane extensions).
+
+Every change runs in one transaction with its audit entry and a revision bump, then this instance
+reloads its billing configuration at once (the others within a poll interval).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from starlette.requests import Request
+
+from keyplane import control, errors
+from keyplane.admin import Endpoint
+from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, list_response, runtime
+from keyplane.billing import credit, ratelimits, spend, tiers
+from keyplane.billing.engine import Billing
+from keyplane.billing.models import BillingState, CreditGrant, SpendAlert
+from keyplane.billing.prices import MICROS
+
+P = "/v1/organization"
+
+
+def _b(request: Request) -> Billing:
+    return runtime(request).extras["billing"]  # type: ignore[no-any-return]
+
+
+def _now(request: Request) -> float:
+    return runtime(request).clock.now()
+
+
+async def _scope(request: Request, s: Any, write: bool = False) -> tuple[str, str, str | None]:
+    """(scope, scope id, project id) of a path: the organization, a project, or a key of a project."""
+    pp = request.path_params
+    if "project_id" not in pp:
+        return "organization", runtime(request).snapshot.org_id, None
+    p = await control.get_project(s, pp["project_id"])
+    if write:
+        control.ensure_active(p)
+    if "key_id" in pp:
+        k = await control.get_key(s, pp["key_id"], p.id, "project")
+        return "api_key", k.id, p.id
+    return "project", p.id, p.id
+
+
+# --- credit --------------------------------------------------------------------------------------
+
+async def create_credit_grant(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    body = await json_body(request)
+    b = _b(request)
+    async with runtime(request).write() as s:
+        g = await credit.create_grant(s, actor, body, _now(request), b.tiers)
+    await b.reload()
+    return JSONResponse(credit.grant_object(g))
+
+
+async def list_credit_grants(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    q = request.query_params
+    limit = control.check_limit(q.get("limit"))
+    async with runtime(request).read() as s:
+        rows, more = await control.page(s, CreditGrant, select(CreditGrant), after=q.get("after"),
+                                        before=q.get("before"), limit=limit, descending=q.get("order") == "desc")
+    return JSONResponse(list_response([credit.grant_object(g) for g in rows], more))
+
+
+async def credit_balance(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    b = _b(request)
+    granted = sum(g.amount_micros for g in b.cfg.grants) // 10_000
+    used, reserved = await b.spent("credit", b.org_id) if b.credit_active else (0, 0)
+    return JSONResponse(credit.balance_object(granted, used, b.credit_cap, reserved, b.credit_enforced))
+
+
+async def usage_tier(request: Request) -> JSONResponse:
+    """keyplane extension: the organization's usage tier (reading it re-evaluates promotion)."""
+    authenticate_admin(request)
+    b = _b(request)
+    await b.promote()
+    now = _now(request)
+    async with runtime(request).read() as s:
+        st = await tiers.standing(s)
+        name = await tiers.current_tier(s, b.tiers)
+        since = (await s.execute(select(BillingState.value).where(BillingState.name == "usage_tier_at"))).scalar()
+    obj = tiers.tier_object(b.tiers, name, st, now, int(since) if since else None)
+    obj["tiers"] = [{"name": t.name, "min_paid": round(t.min_paid * 100), "min_days": t.min_days}
+                    for t in b.tiers.tiers]
+    return JSONResponse(obj)
+
+
+async def list_prices(request: Request) -> JSONResponse:
+    """keyplane extension: the price table in use (USD per 1M tokens)."""
+    authenticate_admin(request)
+    b = _b(request)
+    items = [{"object": "keyplane.price", "id": name, "model": name, "input": p.input / MICROS,
+              "cached_input": p.cached_input / MICROS, "output": p.output / MICROS}
+             for name, p in sorted(b.prices.entries.items())]
+    return JSONResponse({"object": "list", "data": items, "has_more": False,
+                         "first_id": items[0]["id"] if items else None, "last_id": items[-1]["id"] if items else None})
+
+
+# --- spend limits --------------------------------------------------------------------------------
+
+async def get_spend_limit(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    b = _b(request)
+    async with runtime(request).read() as s:
+        scope, sid, _ = await _scope(request, s)
+        row = await spend.get_limit(s, scope, sid)
+    spent, _r = await b.spent(scope, sid)
+    return JSONResponse(spend.limit_object(scope, row, spent, _now(request)))
+
+
+async def set_spend_limit(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    body = await json_body(request)
+    b = _b(request)
+    async with runtime(request).write() as s:
+        scope, sid, pid = await _scope(request, s, write=True)
+        row = await spend.set_limit(s, actor, scope, sid, pid, body, _now(request))
+    await b.reload()
+    spent, _r = await b.spent(scope, sid)
+    return JSONResponse(spend.limit_object(scope, row, spent, _now(request)))
+
+
+async def delete_spend_limit(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    b = _b(request)
+    async with runtime(request).write() as s:
+        scope, sid, pid = await _scope(request, s)
+        await spend.delete_limit(s, actor, scope, sid, pid, _now(request))
+    await b.reload()
+    return JSONResponse(spend.limit_deleted(scope))
+
+
+# --- spend alerts --------------------------------------------------------------------------------
+
+async def list_spend_alerts(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    q = request.query_params
+    limit = control.check_limit(q.get("limit"))
+    order = q.get("order") or "asc"
+    if order not in ("asc", "desc"):
+        raise errors.bad_request("'order' must be 'asc' or 'desc'.", param="order", code="invalid_value")
+    async with runtime(request).read() as s:
+        scope, sid, _ = await _scope(request, s)
+        stmt = select(SpendAlert).where(SpendAlert.scope == scope, SpendAlert.scope_id == sid)
+        rows, more = await control.page(s, SpendAlert, stmt, after=q.get("after"), before=q.get("before"),
+                                        limit=limit, descending=order == "desc")
+    return JSONResponse(list_response([spend.alert_object(scope, a) for a in rows], more))
+
+
+async def create_spend_alert(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    body = await json_body(request)
+    async with runtime(request).write() as s:
+        scope, sid, _ = await _scope(request, s, write=True)
+        a = await spend.create_alert(s, actor, scope, sid, body, _now(request))
+    await _b(request).reload()
+    return JSONResponse(spend.alert_object(scope, a))
+
+
+async def get_spend_alert(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    async with runtime(request).read() as s:
+        scope, sid, _ = await _scope(request, s)
+        a = await spend.get_alert(s, scope, sid, request.path_params["alert_id"])
+    return JSONResponse(spend.alert_object(scope, a))
+
+
+async def update_spend_alert(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    body = await json_body(request)
+    async with runtime(request).write() as s:
+        scope, sid, _ = await _scope(request, s, write=True)
+        a = await spend.update_alert(s, actor, scope, sid, request.path_params["alert_id"], body, _now(request))
+    await _b(request).reload()
+    return JSONResponse(spend.alert_object(scope, a))
+
+
+async def delete_spend_alert(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    aid = request.path_params["alert_id"]
+    async with runtime(request).write() as s:
+        scope, sid, _ = await _scope(request, s)
+        await spend.delete_alert(s, actor, scope, sid, aid, _now(request))
+    await _b(request).reload()
+    return JSONResponse(spend.alert_deleted(scope, aid))
+
+
+# --- rate limits ---------------------------------------------------------------------------------
+
+async def list_rate_limits(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    q = request.query_params
+    limit = control.check_limit(q.get("limit"), default=100, maximum=1000)
+    async with runtime(request).read() as s:
+        scope, sid, _ = await _scope(request, s)
+    items, more = ratelimits.page(_b(request), scope, sid, q.get("after"), q.get("before"), limit)
+    return JSONResponse(list_response(items, more))
+
+
+async def update_rate_limit(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    body = await json_body(request)
+    b = _b(request)
+    model = ratelimits.model_of(request.path_params["rate_limit_id"], ratelimits.catalog(b))
+    changes = ratelimits.check_update(body)
+    async with runtime(request).write() as s:
+        scope, sid, pid = await _scope(request, s, write=True)
+        await ratelimits.update(s, actor, scope, sid, pid or "", model, changes, _now(request))
+    await b.reload()
+    return JSONResponse(ratelimits.rate_limit_object(scope, model, ratelimits.limits_of(b, scope, sid, model)))
+
+
+async def delete_rate_limit(request: Request) -> JSONResponse:
+    _, actor = authenticate_admin(request)
+    b = _b(request)
+    model = ratelimits.model_of(request.path_params["rate_limit_id"], ratelimits.catalog(b))
+    async with runtime(request).write() as s:
+        scope, sid, pid = await _scope(request, s)
+        await ratelimits.reset(s, actor, scope, sid, pid or "", model, _now(request))
+    await b.reload()
+    return JSONResponse(ratelimits.rate_limit_object(scope, model, ratelimits.limits_of(b, scope, sid, model)))
+
+
+_PRJ = f"{P}/projects/{{project_id}}"
+_KEY = f"{_PRJ}/api_keys/{{key_id}}"
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(f"{P}/credit_grants", "GET", list_credit_grants, "List credit grants", True),
+    Endpoint(f"{P}/credit_grants", "POST", create_credit_grant, "Add prepaid credit (integer cents)", True),
+    Endpoint(f"{P}/credit_balance", "GET", credit_balance, "Credit granted, used and available (cents)", True),
+    Endpoint(f"{P}/usage_tier", "GET", usage_tier, "The organization's usage tier (re-evaluated)", True),
+    Endpoint(f"{P}/prices", "GET", list_prices, "The price table in use (USD per 1M tokens)", True),
+    Endpoint(f"{P}/spend_limit", "GET", get_spend_limit, "Get the organization's hard spend limit"),
+    Endpoint(f"{P}/spend_limit", "POST", set_spend_limit, "Create or replace the organization's hard spend limit"),
+    Endpoint(f"{P}/spend_limit", "DELETE", delete_spend_limit, "Delete the organization's hard spend limit"),
+    Endpoint(f"{_PRJ}/spend_limit", "GET", get_spend_limit, "Get a project's hard spend limit"),
+    Endpoint(f"{_PRJ}/spend_limit", "POST", set_spend_limit, "Create or replace a project's hard spend limit"),
+    Endpoint(f"{_PRJ}/spend_limit", "DELETE", delete_spend_limit, "Delete a project's hard spend limit"),
+    Endpoint(f"{_KEY}/spend_limit", "GET", get_spend_limit, "Get a key's hard spend limit", True),
+    Endpoint(f"{_KEY}/spend_limit", "POST", set_spend_limit, "Create or replace a key's hard spend limit", True),
+    Endpoint(f"{_KEY}/spend_limit", "DELETE", delete_spend_limit, "Delete a key's hard spend limit", True),
+    Endpoint(f"{P}/spend_alerts", "GET", list_spend_alerts, "List organization spend alerts"),
+    Endpoint(f"{P}/spend_alerts", "POST", create_spend_alert, "Create an organization spend alert"),
+    Endpoint(f"{P}/spend_alerts/{{alert_id}}", "GET", get_spend_alert, "Retrieve an organization spend alert"),
+    Endpoint(f"{P}/spend_alerts/{{alert_id}}", "POST", update_spend_alert, "Update an organization spend alert"),
+    Endpoint(f"{P}/spend_alerts/{{alert_id}}", "DELETE", delete_spend_alert, "Delete an organization spend alert"),
+    Endpoint(f"{_PRJ}/spend_alerts", "GET", list_spend_alerts, "List project spend alerts"),
+    Endpoint(f"{_PRJ}/spend_alerts", "POST", create_spend_alert, "Create a project spend alert"),
+    Endpoint(f"{_PRJ}/spend_alerts/{{alert_id}}", "GET", get_spend_alert, "Retrieve a project spend alert"),
+    Endpoint(f"{_PRJ}/spend_alerts/{{alert_id}}", "POST", update_spend_alert, "Update a project spend alert"),
+    Endpoint(f"{_PRJ}/spend_alerts/{{alert_id}}", "DELETE", delete_spend_alert, "Delete a project spend alert"),
+    Endpoint(f"{_PRJ}/rate_limits", "GET", list_rate_limits, "List a project's rate limits per model"),
+    Endpoint(f"{_PRJ}/rate_limits/{{rate_limit_id}}", "POST", update_rate_limit, "Modify a project rate limit"),
+    Endpoint(f"{_PRJ}/rate_limits/{{rate_limit_id}}", "DELETE", delete_rate_limit,
+             "Reset a project rate limit to its tier's defaults", True),
+    Endpoint(f"{_KEY}/rate_limits", "GET", list_rate_limits, "List a key's own rate limits per model", True),
+    Endpoint(f"{_KEY}/rate_limits/{{rate_limit_id}}", "POST", update_rate_limit, "Modify a key's rate limit", True),
+    Endpoint(f"{_KEY}/rate_limits/{{rate_limit_id}}", "DELETE", delete_rate_limit, "Remove a key's own rate limit",
+             True),
+)

@@ -1,0 +1,122 @@
+"""Rate limits (GCRA) and budget reservations, behind one small backend protocol.
+
+Admission asks a :class:`Limiter` to check and reserve, in one atomic step, everything that applies
+to a request: the budgets (spend of the key, project and organization this month, prepaid credit)
+and the GCRA buckets (requests and tokens per minute and per day, of the project and of the key).
+Either everything is taken or nothing is. Settle commits the actual cost, releases the rest of the
+reservation and corrects the token buckets by the difference between estimate and usage.
+
+Two backends, chosen once at start: :mod:`keyplane.limits.memory` (one process; no await between
+check and reserve) and :mod:`keyplane.limits.redis_backend` (a fleet; one Lua script per step, Redis
+TIME as the clock).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+# Indexes of the four limits of a bucket, in this order everywhere (memory state, Redis fields, Lua).
+RPM, TPM, RPD, TPD = 0, 1, 2, 3
+UNITS = ("RPM", "TPM", "RPD", "TPD")
+MINUTE_US = 60_000_000
+DAY_US = 86_400_000_000
+PERIODS_US = (MINUTE_US, MINUTE_US, DAY_US, DAY_US)
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRef:
+    """One money budget a request draws on. ``key`` names its counter (period included)."""
+
+    key: str  # e.g. "2026-01:project:proj_abc", "all:credit:org-xyz"
+    limit: int | None  # micro-dollars; None: only tracked (spend is still counted)
+    ttl: int  # seconds the counter is kept after its last change (0: forever)
+
+
+class Bucket:
+    """The GCRA state of one (project or key, model): four limits, 0 meaning none."""
+
+    __slots__ = ("checks", "key", "limits")
+
+    def __init__(self, key: str, limits: tuple[int, int, int, int]) -> None:
+        self.key = key  # e.g. "p:proj_abc:gpt-4o-mini"
+        self.limits = limits  # RPM, TPM, RPD, TPD
+        # (index, limit, period µs, counts tokens) of the limits that are set: what admission loops over
+        self.checks = tuple((k, lim, PERIODS_US[k], bool(k & 1)) for k, lim in enumerate(limits) if lim > 0)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Bucket) and (self.key, self.limits) == (other.key, other.limits)
+
+    def __hash__(self) -> int:
+        return hash((self.key, self.limits))
+
+    def __repr__(self) -> str:
+        return f"Bucket({self.key!r}, {self.limits!r})"
+
+
+@dataclass(slots=True)
+class Granted:
+    """Admission passed. ``tats`` are the buckets' new theoretical arrival times (µs), for the headers."""
+
+    now_us: int
+    tats: list[tuple[int, int, int, int]]
+
+
+@dataclass(slots=True)
+class Denied:
+    """Admission refused; nothing was taken.
+
+    kind "budget": ``index`` is the budget refused, ``spent``/``reserved`` its counters.
+    kind "rate": ``index`` is the bucket, ``limit_index`` the limit (RPM...), ``used`` what the bucket
+    holds, ``wait_us`` how long until the request would pass.
+    kind "too_large": the request alone needs more than the limit allows at all.
+    """
+
+    kind: str
+    index: int
+    limit_index: int = 0
+    used: int = 0
+    wait_us: int = 0
+    spent: int = 0
+    reserved: int = 0
+
+
+class Unseeded(Exception):
+    """The shared budget counters are gone (Redis was flushed): rebuild them from SQL, then retry."""
+
+
+@dataclass(slots=True)
+class Reservation:
+    """What settle needs to undo or commit an admission."""
+
+    rid: str
+    amount: int  # micro-dollars reserved on every budget
+    tokens: int  # tokens charged to the token buckets at admission
+    budgets: tuple[BudgetRef, ...]
+    buckets: tuple[Bucket, ...]
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Limiter(Protocol):
+    async def admit(self, rid: str, budgets: tuple[BudgetRef, ...], buckets: tuple[Bucket, ...], cost: int,
+                    tokens: int) -> Granted | Denied:
+        """Check every budget and bucket and take ``cost`` and ``tokens`` from all of them, or none."""
+        ...
+
+    async def settle(self, res: Reservation, actual_cost: int, actual_tokens: int) -> None:
+        """Release the reservation, add the actual cost, correct the token buckets."""
+        ...
+
+    async def seed(self, spent: dict[str, int], ttls: dict[str, int]) -> None:
+        """Set counters from the SQL ledger where they are missing (start-up, or Redis flushed)."""
+        ...
+
+    async def spent(self, keys: list[str]) -> dict[str, tuple[int, int]]:
+        """(spent, reserved) of each budget counter (0, 0 when absent)."""
+        ...
+
+    async def sweep(self) -> int:
+        """Release reservations past their TTL; returns how many (the Redis backend does it in admit)."""
+        ...
+
+    async def close(self) -> None: ...

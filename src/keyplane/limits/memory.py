@@ -1,0 +1,135 @@
+"""The in-process limiter: one node, plain dicts, no await between check and reserve.
+
+``admit`` runs start to end without yielding to the event loop, so it is atomic with respect to every
+other request of this process; it costs one dict lookup per budget and per bucket. Reservations that
+are never settled (a bug, a cancelled task) are released by :meth:`sweep` after their TTL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from keyplane.limits import PERIODS_US, TPD, TPM, Bucket, BudgetRef, Denied, Granted, Reservation, gcra
+
+
+class MemoryLimiter:
+    def __init__(self, now: Callable[[], float], reservation_ttl: float) -> None:
+        self._now = now
+        self.ttl_us = int(reservation_ttl * 1_000_000)
+        self.budgets: dict[str, list[int]] = {}  # key -> [spent, reserved] (micro-dollars)
+        self.tats: dict[str, list[int]] = {}  # bucket key -> TAT per limit (µs)
+        self.reservations: dict[str, tuple[int, int, tuple[str, ...]]] = {}  # rid -> (expires, amount, keys)
+
+    def now_us(self) -> int:
+        return int(self._now() * 1_000_000)
+
+    def admit_now(self, rid: str, budgets: tuple[BudgetRef, ...], buckets: tuple[Bucket, ...], cost: int,
+                  tokens: int) -> Granted | Denied:
+        now = int(self._now() * 1_000_000)
+        # Order of refusals: a request too large for a limit (never passes), then budgets (waiting does
+        # not help), then rate limits (the longest wait, so that one retry after it is enough).
+        news: list[tuple[int, int, int, int]] = []
+        states: list[list[int]] = []
+        worst: Denied | None = None
+        tats = self.tats
+        for j, bk in enumerate(buckets):
+            st = tats.get(bk.key)
+            if st is None:
+                st = tats[bk.key] = [0, 0, 0, 0]
+            new = [0, 0, 0, 0]
+            for k, limit, period, is_tokens in bk.checks:
+                units = tokens if is_tokens else 1
+                if units > limit:
+                    return Denied("too_large", j, k, used=units)
+                tat = st[k]
+                nt = (tat if tat > now else now) + -(-units * period // limit)
+                if nt - now <= period:
+                    new[k] = nt
+                elif worst is None or nt - period - now > worst.wait_us:
+                    worst = Denied("rate", j, k, used=gcra.used(tat, now, limit, period), wait_us=nt - period - now)
+            news.append((new[0], new[1], new[2], new[3]))
+            states.append(st)
+        counters = self.budgets
+        rows: list[list[int]] = []
+        for i, b in enumerate(budgets):
+            c = counters.get(b.key)
+            if c is None:
+                c = counters[b.key] = [0, 0]
+            if b.limit is not None and c[0] + c[1] + cost > b.limit:
+                return Denied("budget", i, spent=c[0], reserved=c[1])
+            rows.append(c)
+        if worst is not None:
+            return worst
+        # Everything passed: take it all (still no await since the first check).
+        for st, taken in zip(states, news, strict=True):
+            for k in range(4):
+                if taken[k]:
+                    st[k] = taken[k]
+        if cost:
+            for c in rows:
+                c[1] += cost
+            self.reservations[rid] = (now + self.ttl_us, cost, tuple(b.key for b in budgets))
+        return Granted(now, news)
+
+    async def admit(self, rid: str, budgets: tuple[BudgetRef, ...], buckets: tuple[Bucket, ...], cost: int,
+                    tokens: int) -> Granted | Denied:
+        return self.admit_now(rid, budgets, buckets, cost, tokens)
+
+    def settle_now(self, res: Reservation, actual_cost: int, actual_tokens: int) -> None:
+        held = self.reservations.pop(res.rid, None)
+        for b in res.budgets:
+            c = self.budgets.get(b.key)
+            if c is None:
+                c = self.budgets[b.key] = [0, 0]
+            if held is not None:
+                c[1] -= held[1]
+            c[0] += actual_cost
+        delta = actual_tokens - res.tokens
+        if delta:
+            now = self.now_us()
+            for bk in res.buckets:
+                st = self.tats.get(bk.key)
+                if st is None:
+                    continue
+                for k in (TPM, TPD):
+                    limit = bk.limits[k]
+                    if limit > 0:
+                        st[k] = gcra.correct(st[k], now, delta, limit, PERIODS_US[k])
+
+    async def settle(self, res: Reservation, actual_cost: int, actual_tokens: int) -> None:
+        self.settle_now(res, actual_cost, actual_tokens)
+
+    async def seed(self, spent: dict[str, int], ttls: dict[str, int]) -> None:
+        for key, value in spent.items():
+            if key not in self.budgets:
+                self.budgets[key] = [value, 0]
+
+    async def spent(self, keys: list[str]) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for k in keys:
+            c = self.budgets.get(k)
+            out[k] = (c[0], c[1]) if c else (0, 0)
+        return out
+
+    async def sweep(self) -> int:
+        now = self.now_us()
+        expired = [rid for rid, (exp, _, _) in self.reservations.items() if exp <= now]
+        for rid in expired:
+            _, amount, keys = self.reservations.pop(rid)
+            for k in keys:
+                c = self.budgets.get(k)
+                if c is not None:
+                    c[1] -= amount
+        # Bucket states that are full again carry no information: drop them (memory stays bounded).
+        if len(self.tats) > 10_000:
+            for key in [k for k, st in self.tats.items() if max(st) <= now]:
+                del self.tats[key]
+        return len(expired)
+
+    def forget_before(self, period_prefixes: set[str]) -> None:
+        """Drop budget counters of past periods that nothing holds any more."""
+        for key in [k for k, c in self.budgets.items() if k.split(":", 1)[0] not in period_prefixes and not c[1]]:
+            del self.budgets[key]
+
+    async def close(self) -> None:
+        return None
