@@ -1,0 +1,116 @@
+"""Metering: the usage journal, rollups, the Usage and Costs API, Prometheus metrics, access logs, traces.
+
+Flow (DESIGN.md): settle (billing, order 10) -> record (journal, order 20) -> observe (metrics, access
+log, traces, order 30). The applier moves journal records to SQL in batches in the background.
+See docs/metering.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from keyplane import hooks
+
+log = logging.getLogger("keyplane.usage")
+FLUSH_SECONDS = 0.25  # request-path sums -> prometheus_client, pending access-log lines -> the log
+
+
+def journal_folder(settings: Any) -> Path:
+    return Path(settings.usage_journal_dir) if settings.usage_journal_dir else Path(settings.home) / "journal"
+
+
+async def start(rt: Any) -> Any:
+    from keyplane.app import Feature
+    from keyplane.usage import api, rollups
+    from keyplane.usage import metrics as metrics_mod
+    from keyplane.usage.applier import Applier
+    from keyplane.usage.journal import JournalWriter
+    from keyplane.usage.recorder import Recorder
+    from keyplane.usage.tracing import Tracing
+
+    s = rt.settings
+    folder = journal_folder(s)
+    writer = JournalWriter(folder, fsync=s.usage_journal_fsync, segment_bytes=s.usage_journal_segment_bytes)
+    writer.open()
+    metrics = metrics_mod.Metrics(s)
+
+    def on_applied(n: int) -> None:
+        metrics.applied.inc(n)
+        metrics.journal_lag.set(applier.lag)
+
+    async def prune() -> None:
+        deleted = await rollups.prune(rt.engine, s, rt.clock.now())
+        if any(deleted.values()):
+            log.info("usage retention: deleted %s", ", ".join(f"{n} rows of {t}" for t, n in deleted.items() if n))
+
+    applier = Applier(rt.engine, folder, writer, batch=s.usage_apply_batch, interval=s.usage_apply_seconds,
+                      prune=prune, on_applied=on_applied)
+    try:  # what a previous run (or a dead worker) left in its journal, before serving
+        n = await applier.replay_orphans()
+        if n:
+            metrics.applied.inc(n)
+    except Exception as e:
+        log.warning("usage journal: replay at start failed (%s); retrying in the background", type(e).__name__)
+    applier.start()
+
+    tasks: list[asyncio.Task[None]] = []
+    if s.usage_journal_fsync == "interval":
+        async def fsync_loop() -> None:
+            while True:
+                await asyncio.sleep(s.usage_journal_fsync_seconds)
+                if writer.dirty or writer._retired:
+                    try:
+                        await asyncio.to_thread(writer.sync)
+                    except OSError as e:
+                        log.error("usage journal: fsync failed: %s", e)
+
+        tasks.append(asyncio.create_task(fsync_loop(), name="usage-journal-fsync"))
+
+    tracing = Tracing.create(s)
+    recorder = Recorder(rt, writer, applier, metrics, tracing)
+    metrics.lag_source = lambda: applier.lag
+
+    def flush() -> None:  # what the request path gathered -> prometheus_client and the access log
+        metrics.flush(applier.lag)
+        if recorder.access_log is not None:
+            recorder.access_log.flush()
+
+    async def flush_loop() -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            try:
+                flush()
+            except Exception:
+                log.exception("usage: flushing metrics and access log failed")
+
+    tasks.append(asyncio.create_task(flush_loop(), name="usage-flush"))
+    hooks.add_settle(rt, recorder.record, order=20)
+    hooks.add_settle(rt, recorder.observe, order=30)
+    hooks.add_refused(rt, recorder.refused, order=20)
+    rt.extras["usage.metrics"] = metrics
+    rt.extras["usage.applier"] = applier
+    rt.extras["usage.writer"] = writer
+    rt.extras["usage.flush"] = flush
+    rt.extras["stream_started"] = metrics.active_streams.inc
+    rt.extras["stream_ended"] = metrics.active_streams.dec
+
+    async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        flush()
+        drained = await applier.stop()
+        writer.close()
+        if drained:
+            applier.own.remove_files()
+        writer.release()
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)
+        metrics.close()
+
+    return Feature(endpoints=api.endpoints(), routes={"/metrics": metrics_mod.metrics_route(rt, metrics)}, stop=stop)

@@ -1,0 +1,64 @@
+"""One access-log line per request on the logger ``keyplane.access``.
+
+Only identifiers and numbers: the request id, key *id* (never the key), project, model, status,
+tokens, cost, timings. Never the key value, never the prompt or the answer. With log_format=json
+the fields are top-level keys of the JSON line (keyplane.logs.JsonFormatter reads ``fields``).
+
+A Python log line costs some 30-40 µs (LogRecord, formatting, a write and a flush per line), more
+than the rest of metering together, so the request path only keeps the numbers (a tuple) and a
+background task writes the lines every FLUSH_SECONDS (docs/benchmarks-metering.md). The line says
+when the request completed (``completed_at``); lines still pending when the process is killed are
+lost, the usage records are not (they are in the journal).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger("keyplane.access")
+_FORMAT = "%s %s %s %s model=%s tokens=%d/%d cost=$%.6f %.0fms%s"
+_FIELDS = ("request_id", "method", "endpoint", "kind", "status", "project_id", "api_key_id", "user_id", "model",
+           "upstream", "stream", "input_tokens", "cached_tokens", "output_tokens", "cost_usd", "latency_ms",
+           "ttft_ms", "attempts", "disconnected", "error", "completed_at")
+MAX_PENDING = 2048
+
+
+def fields(row: tuple[Any, ...]) -> dict[str, Any]:
+    f = dict(zip(_FIELDS, row, strict=True))
+    f["cost_usd"] = f["cost_usd"] / 1e6
+    f["latency_ms"] = round(f["latency_ms"], 2)
+    if f["ttft_ms"] is not None:
+        f["ttft_ms"] = round(f["ttft_ms"], 2)
+    f["completed_at"] = round(f["completed_at"], 3)
+    return f
+
+
+class AccessLog:
+    FLUSH_SECONDS = 0.25
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, ...]] = []
+
+    def add(self, ctx: Any, kind: str, now: float) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        self.pending.append((
+            ctx.request_id, ctx.method, ctx.endpoint, kind, ctx.status, ctx.project_id, ctx.key.id,
+            ctx.key.owner_user_id, ctx.model, ctx.upstream, ctx.stream, ctx.prompt_tokens, ctx.cached_tokens,
+            ctx.completion_tokens, ctx.cost_micros, ctx.latency_ms, ctx.ttft_ms, ctx.attempts, ctx.disconnected,
+            ctx.error, now,
+        ))
+        if len(self.pending) >= MAX_PENDING:
+            self.flush()  # bounded memory, even if the background task is starved
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for row in pending:
+            f = fields(row)
+            tail = f" error={f['error']}" if f["error"] else ""
+            args = (f["request_id"], f["method"], f["endpoint"], f["status"], f["model"], f["input_tokens"],
+                    f["output_tokens"], f["cost_usd"], f["latency_ms"], tail)
+            # makeRecord + handle rather than log.info: no stack walk for the caller (findCaller).
+            log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, _FORMAT, args, None, "access",
+                                      {"fields": f}))

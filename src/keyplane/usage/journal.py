@@ -1,0 +1,392 @@
+"""The usage journal: an append-only local log of finished requests (DESIGN.md hot-path rule 6).
+
+Each worker process writes its own files under the journal folder, named by a writer id that holds
+its pid (``w<pid>-<start ms>``):
+
+    <writer>.lock             held with flock(LOCK_EX) for the writer's whole life
+    <writer>.<n>.seg          segments: frames [u32 length][u32 crc32][msgpack Record], appended
+    <writer>.applied          "<segment> <offset>": how far the applier has written to SQL
+
+A record is handed to the kernel with one write() before the response completes, so killing the
+process (kill -9 included) loses nothing once write() returned. fsync is the only thing a power
+loss cares about: ``always`` fsyncs each record, ``interval`` every few hundred ms in a thread,
+``never`` leaves it to the OS (docs/metering.md "Guarantees").
+
+A torn last frame (a crash in the middle of write(), or a power loss) fails its length or CRC check
+and is dropped when the file is replayed. A writer whose lock is free is dead: any process may claim
+its files (flock the lock) and replay them; the SQL side is idempotent by request id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+log = logging.getLogger("keyplane.usage")
+
+_HEADER = struct.Struct("<II")
+_MAX_FRAME = 1 << 20  # a record is a few hundred bytes; anything larger is a corrupt length
+_READ_CHUNK = 1 << 22
+
+
+class Record(msgspec.Struct, array_like=True, gc=False):
+    """One finished request. Append new fields at the end, with defaults (old journals still decode)."""
+
+    id: str
+    t: float  # unix seconds when the response completed
+    org_id: str | None
+    project_id: str | None
+    key_id: str | None
+    user_id: str | None
+    model: str | None
+    upstream: str | None
+    kind: str  # completions | responses | embeddings | moderations | images | audio_speeches | ...
+    endpoint: str
+    status: int
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    cost_micros: int = 0
+    cost_input_micros: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    stream: bool = False
+    disconnected: bool = False
+    estimated: bool = False
+    attempts: int = 0
+    error: str | None = None
+
+    @property
+    def model_request(self) -> bool:
+        """Counted in the usage API's num_model_requests: a model answered (even partly)."""
+        return self.status < 400 or self.input_tokens + self.output_tokens > 0
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Record)
+
+
+def encode_frame(rec: Record) -> bytes:
+    payload = _encoder.encode(rec)
+    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def parse_frames(buf: bytes | memoryview, start: int = 0) -> tuple[list[tuple[Record, int]], int, bool]:
+    """Decode whole frames from ``buf[start:]``: ([(record, end offset)], offset reached, bad frame seen).
+
+    Stops at the first incomplete frame (offset reached points at it) or at a bad one (wrong length or
+    CRC, or undecodable): ``bad`` is then True and nothing after it is trusted.
+    """
+    out: list[tuple[Record, int]] = []
+    pos, n = start, len(buf)
+    while pos + 8 <= n:
+        length, crc = _HEADER.unpack_from(buf, pos)
+        if length == 0 or length > _MAX_FRAME:
+            return out, pos, True
+        end = pos + 8 + length
+        if end > n:
+            break
+        payload = buf[pos + 8:end]
+        if zlib.crc32(payload) != crc:
+            return out, pos, True
+        try:
+            out.append((_decoder.decode(payload), end))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return out, pos, True
+        pos = end
+    return out, pos, False
+
+
+def new_writer_id() -> str:
+    return f"w{os.getpid()}-{int(time.time() * 1000):x}"
+
+
+def _segment_name(writer: str, n: int) -> str:
+    return f"{writer}.{n:08d}.seg"
+
+
+def segments_of(folder: Path, writer: str) -> list[int]:
+    out = []
+    for p in folder.glob(f"{writer}.*.seg"):
+        with contextlib.suppress(ValueError):
+            out.append(int(p.name[len(writer) + 1:-4]))
+    return sorted(out)
+
+
+def writers_in(folder: Path) -> set[str]:
+    names: set[str] = set()
+    for p in folder.iterdir() if folder.exists() else ():
+        name = p.name
+        if name.endswith((".seg", ".lock", ".applied")) and not name.startswith("."):
+            names.add(name.split(".", 1)[0])
+    return names
+
+
+def try_lock(folder: Path, writer: str, create: bool) -> int | None:
+    """flock the writer's lock file; None if a live process holds it.
+
+    A new lock file is created under a temporary name, locked, then linked into place, so that no
+    other process ever sees an unlocked lock file of a live writer.
+    """
+    path = folder / f"{writer}.lock"
+    if path.exists():
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+    if not create:
+        return None
+    tmp = folder / f".{writer}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        os.close(fd)
+        return try_lock(folder, writer, create=False)
+    finally:
+        tmp.unlink()
+    return fd
+
+
+@dataclass
+class Position:
+    segment: int
+    offset: int
+
+
+def read_applied(folder: Path, writer: str) -> Position:
+    try:
+        seg, off = (folder / f"{writer}.applied").read_text().split()
+        return Position(int(seg), int(off))
+    except (OSError, ValueError):
+        return Position(0, 0)  # never applied (or a torn file after a power loss): replay all, idempotently
+
+
+def write_applied(folder: Path, writer: str, pos: Position) -> None:
+    tmp = folder / f".{writer}.applied.tmp"
+    tmp.write_text(f"{pos.segment} {pos.offset}\n")
+    os.replace(tmp, folder / f"{writer}.applied")
+
+
+class JournalWriter:
+    """Appends records for this process. Not thread-safe: one event loop writes."""
+
+    def __init__(self, folder: Path, *, fsync: str = "interval", segment_bytes: int = 16 << 20,
+                 writer_id: str | None = None) -> None:
+        self.folder = folder
+        self.fsync_mode = fsync
+        self.segment_bytes = segment_bytes
+        self.writer = writer_id or new_writer_id()
+        self.segment = 0
+        self.size = 0
+        self.appended = 0  # records appended since start
+        self.dirty = False  # written since the last fsync
+        self._fd = -1
+        self._lock_fd: int | None = None
+        self._retired: list[int] = []  # fds of closed segments, fsynced and closed by sync()
+        self._sync_lock = threading.Lock()  # sync() runs in a thread; close() must not race it
+        self._torn = False  # a write() failed half-way: the next append starts a new segment
+
+    def open(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = try_lock(self.folder, self.writer, create=True)
+        if self._lock_fd is None:
+            raise RuntimeError(f"journal writer {self.writer} is locked by another process")
+        self._open_segment(1)
+
+    def _open_segment(self, n: int) -> None:
+        self.segment = n
+        path = self.folder / _segment_name(self.writer, n)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self.size = os.fstat(self._fd).st_size
+
+    def append(self, rec: Record) -> None:
+        """One write() of one frame; raises OSError (disk full...) for the caller to count and log."""
+        if self._torn:
+            self._rotate()  # never append after a torn frame: readers would drop what follows it
+            self._torn = False
+        payload = _encoder.encode(rec)
+        frame = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        view = memoryview(frame)
+        written = 0
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+                written += n
+        except OSError:
+            if written:
+                self.size += written
+                self._torn = True
+            raise
+        self.size += len(frame)
+        self.appended += 1
+        if self.fsync_mode == "always":
+            os.fsync(self._fd)
+        else:
+            self.dirty = True
+        if self.size >= self.segment_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        old = self._fd
+        if self.fsync_mode == "never":
+            os.close(old)
+        else:
+            self._retired.append(old)  # fsynced off the event loop by sync()
+        self._open_segment(self.segment + 1)
+
+    def sync(self) -> None:
+        """fsync what was written (called from a thread in interval mode)."""
+        with self._sync_lock:
+            retired, self._retired = self._retired, []
+            for fd in retired:
+                with contextlib.suppress(OSError):
+                    os.fsync(fd)
+                os.close(fd)
+            if self.dirty and self._fd >= 0:
+                self.dirty = False
+                os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        if self.fsync_mode != "never":
+            self.sync()
+        with self._sync_lock:
+            for fd in self._retired:
+                os.close(fd)
+            self._retired = []
+            os.close(self._fd)
+            self._fd = -1
+
+    def release(self) -> None:
+        """Give up the lock (after close); the files stay until applied and cleaned."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+class Tail:
+    """Reads one writer's records from the last applied position; ``commit`` moves that position.
+
+    ``final`` is for dead writers: an incomplete or bad frame at the end of their last segment is a
+    torn write and is dropped. For the live writer an incomplete frame cannot happen (one write()
+    per frame, in the same thread), so the reader simply waits for more.
+    """
+
+    def __init__(self, folder: Path, writer: str, *, final: bool, live: Any = None) -> None:
+        self.folder = folder
+        self.writer = writer
+        self.final = final
+        self.live = live  # the JournalWriter when this is our own journal
+        self.pos = read_applied(folder, writer)
+        self._next = Position(self.pos.segment, self.pos.offset)
+        self.dropped_bytes = 0
+
+    def read(self, max_records: int) -> list[Record]:
+        """Up to ``max_records`` records after the committed position (not committed yet)."""
+        out: list[Record] = []
+        cur = Position(self.pos.segment, self.pos.offset)
+        segs = [s for s in segments_of(self.folder, self.writer) if s >= cur.segment]
+        for i, seg in enumerate(segs):
+            if seg != cur.segment:
+                cur = Position(seg, 0)
+            last = i == len(segs) - 1
+            recs, cur.offset, complete = self._read_segment(seg, cur.offset, max_records - len(out),
+                                                            may_drop=self.final or not last)
+            out.extend(recs)
+            if len(out) >= max_records or not complete:
+                break
+        self._next = cur
+        return out
+
+    def _read_segment(self, seg: int, offset: int, room: int, may_drop: bool) -> tuple[list[Record], int, bool]:
+        """(records, offset reached, reached the end of the file)."""
+        out: list[Record] = []
+        path = self.folder / _segment_name(self.writer, seg)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below, the loop returns from several places
+        except FileNotFoundError:
+            return out, offset, True
+        with f:
+            f.seek(offset)
+            buf = b""
+            while True:
+                chunk = f.read(_READ_CHUNK)
+                if not chunk:
+                    break
+                buf = buf + chunk if buf else chunk
+                frames, used, bad = parse_frames(buf)
+                take = frames[: room - len(out)]
+                out.extend(rec for rec, _ in take)
+                if len(take) < len(frames):
+                    return out, offset + take[-1][1] if take else offset, False
+                offset += used
+                buf = buf[used:]
+                if bad:
+                    # Corrupt bytes (a bad length or CRC): nothing after them can be trusted.
+                    rest = len(buf) + len(f.read())
+                    self._drop(path, rest, "a corrupt record")
+                    return out, offset + rest, True
+                if len(out) >= room:
+                    return out, offset, not buf and not f.read(1)
+        if buf:  # an incomplete frame at the end of the file
+            if not may_drop:
+                return out, offset, False  # the live writer is not done with it
+            self._drop(path, len(buf), "a torn last record")
+            return out, offset + len(buf), True
+        return out, offset, True
+
+    def _drop(self, path: Path, n: int, what: str) -> None:
+        self.dropped_bytes += n
+        log.warning("usage journal %s: dropped %d bytes of %s", path.name, n, what)
+
+    def commit(self) -> None:
+        """Persist the position reached by the last read; delete segments left behind."""
+        if (self._next.segment, self._next.offset) == (self.pos.segment, self.pos.offset):
+            return
+        self.pos = Position(self._next.segment, self._next.offset)
+        write_applied(self.folder, self.writer, self.pos)
+        current = self.live.segment if self.live is not None else None
+        for seg in segments_of(self.folder, self.writer):
+            if seg < self.pos.segment and seg != current:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.folder / _segment_name(self.writer, seg)).unlink()
+
+    def at_end(self) -> bool:
+        segs = segments_of(self.folder, self.writer)
+        if not segs:
+            return True
+        last = segs[-1]
+        if self.pos.segment < last:
+            return False
+        try:
+            size = (self.folder / _segment_name(self.writer, last)).stat().st_size
+        except FileNotFoundError:
+            return True
+        return self.pos.offset >= size
+
+    def remove_files(self) -> None:
+        """Delete every file of a dead, fully applied writer (the lock last)."""
+        for p in self.folder.glob(f"{self.writer}.*"):
+            if not p.name.endswith(".lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder / f"{self.writer}.lock").unlink()

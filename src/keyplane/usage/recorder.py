@@ -1,0 +1,161 @@
+"""The settle steps of metering: journal the request (order 20), then observe it (order 30).
+
+Requests refused before the upstream (the refused hook) are observed, not journaled.
+
+``record`` runs after billing filled ``ctx.cost_micros`` (order 10). It builds a Record and appends
+it with one write(); nothing else on the request path (DESIGN.md hot-path rule 6). ``observe``
+counts the request in the metrics, writes the access-log line and the trace span.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from typing import Any
+
+from keyplane.usage.access_log import AccessLog
+from keyplane.usage.journal import Record
+
+log = logging.getLogger("keyplane.usage")
+
+_KINDS = {
+    "/v1/chat/completions": "completions",
+    "/v1/completions": "completions",
+    "/v1/responses": "responses",
+    "/v1/embeddings": "embeddings",
+    "/v1/moderations": "moderations",
+    "/v1/audio/speech": "audio_speeches",
+    "/v1/audio/transcriptions": "audio_transcriptions",
+    "/v1/audio/translations": "audio_transcriptions",
+}
+# Usage API endpoint -> record kinds it reports.
+USAGE_KINDS: dict[str, tuple[str, ...]] = {
+    "completions": ("completions", "responses"),
+    "embeddings": ("embeddings",),
+    "moderations": ("moderations",),
+    "images": ("images",),
+    "audio_speeches": ("audio_speeches",),
+    "audio_transcriptions": ("audio_transcriptions",),
+}
+
+
+def kind_of(endpoint: str) -> str:
+    k = _KINDS.get(endpoint)
+    if k is not None:
+        return k
+    if endpoint.startswith("/v1/images/"):
+        return "images"
+    if endpoint.startswith("/v1/responses"):
+        return "responses"
+    return "other"
+
+
+class CostSplit:
+    """Splits a request's cost into its input and output parts (the costs API's line items).
+
+    Billing may give the parts in ``ctx.state["cost_input_micros"]``; otherwise the cost is split in
+    the ratio of the priced tokens (the price table's globs), or of the raw token counts.
+    """
+
+    def __init__(self, prices: dict[str, Any]) -> None:
+        self.prices = prices
+        self._cache: dict[str, Any] = {}
+
+    def price(self, model: str) -> Any:
+        if model in self._cache:
+            return self._cache[model]
+        p = self.prices.get(model)
+        if p is None:
+            for pattern, candidate in self.prices.items():
+                if fnmatch.fnmatchcase(model, pattern):
+                    p = candidate
+                    break
+        if len(self._cache) < 10_000:
+            self._cache[model] = p
+        return p
+
+    def input_part(self, ctx: Any) -> int:
+        given = ctx.state.get("cost_input_micros")
+        if given is not None:
+            return int(given)
+        cost = ctx.cost_micros
+        if not cost:
+            return 0
+        p = self.price(ctx.model) if ctx.model else None
+        cached = min(ctx.cached_tokens, ctx.prompt_tokens)
+        if p is not None:
+            cached_price = p.cached_input if p.cached_input is not None else p.input
+            w_in = (ctx.prompt_tokens - cached) * p.input + cached * cached_price
+            w_out = ctx.completion_tokens * p.output
+        else:
+            w_in, w_out = ctx.prompt_tokens, ctx.completion_tokens
+        total = w_in + w_out
+        return cost if total <= 0 else round(cost * w_in / total)
+
+
+class Recorder:
+    def __init__(self, rt: Any, writer: Any, applier: Any, metrics: Any, tracing: Any) -> None:
+        self.rt = rt
+        self.clock = rt.clock
+        self.writer = writer
+        self.applier = applier
+        self.metrics = metrics
+        self.tracing = tracing
+        self.split = CostSplit(rt.settings.file.prices)
+        self.access_log = AccessLog() if rt.settings.log_requests else None
+
+    def build(self, ctx: Any, now: float) -> Record:
+        key = ctx.key
+        return Record(
+            ctx.request_id, now, self.rt.snapshot.org_id or None, ctx.project_id, key.id, key.owner_user_id,
+            ctx.model, ctx.upstream, kind_of(ctx.endpoint), ctx.endpoint, ctx.status, ctx.prompt_tokens,
+            ctx.cached_tokens, ctx.completion_tokens, ctx.cost_micros, self.split.input_part(ctx), ctx.latency_ms,
+            ctx.ttft_ms, ctx.stream, ctx.disconnected, ctx.usage_estimated, ctx.attempts, ctx.error,
+        )
+
+    async def record(self, ctx: Any) -> None:
+        """Settle step, order 20: append the request's usage record to the journal."""
+        try:
+            now = self.clock.now()
+            rec = self.build(ctx, now)
+            ctx.state["usage.record"] = rec
+            try:
+                self.writer.append(rec)
+            except OSError as e:
+                # The journal cannot take it (disk full...): keep it in memory for the applier, say so loudly.
+                self.applier.fallback.append(rec)
+                self.metrics.journal_errors.inc()
+                log.error("usage journal: cannot append (%s); record %s kept in memory only", e, rec.id)
+            else:
+                self.metrics.appended += 1
+            self.applier.notify()
+        except Exception:
+            log.exception("usage: could not record request %s", getattr(ctx, "request_id", "?"))
+
+    async def refused(self, ctx: Any) -> None:
+        """Refused-hook step: a key refused before any upstream call (403 scope, 404 model, 429 limits).
+
+        Counted in the metrics (requests by status class, rejections by reason) and the access log;
+        not journaled: nothing was used, and a client hammering a limit must not flood the store.
+        """
+        try:
+            kind = kind_of(ctx.endpoint)
+            self.metrics.observe(ctx, kind, timed=False)
+            if self.access_log is not None:
+                self.access_log.add(ctx, kind, self.clock.now())
+        except Exception:
+            log.exception("usage: could not observe refused request %s", getattr(ctx, "request_id", "?"))
+
+    async def observe(self, ctx: Any) -> None:
+        """Settle step, order 30: metrics, the access-log line, the trace span."""
+        try:
+            rec = ctx.state.get("usage.record")
+            kind = rec.kind if rec is not None else kind_of(ctx.endpoint)
+            self.metrics.observe(ctx, kind)
+            now = rec.t if rec is not None else self.clock.now()
+            if self.access_log is not None:
+                self.access_log.add(ctx, kind, now)
+            if self.tracing is not None:
+                self.tracing.record(ctx, kind, now)
+        except Exception:
+            log.exception("usage: could not observe request %s", getattr(ctx, "request_id", "?"))
