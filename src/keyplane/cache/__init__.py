@@ -1,0 +1,266 @@
+"""Prompt-cache-aware routing and the exact response cache (docs/caching.md).
+
+- prefix.py: a request's canonical prompt prefix as chained block hashes;
+- affinity.py: the per-replica LRUs, the block index and the choice (longest match, consistent
+  hashing with bounded loads, least loaded);
+- response_cache.py: identical deterministic requests answered from memory or Redis.
+
+``attach(rt, router)`` is called once by the proxy at start-up: it gives the router a
+:class:`PrefixRouting` when some ``[models."<glob>"]`` says ``routing = "prefix"``, builds the response
+cache when ``[cache]`` opts something in, and registers their settle steps and metrics. With neither
+configured it returns None and the proxy does no extra work.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from typing import Any, Final
+
+import msgspec
+
+from keyplane.cache.affinity import AffinityConfig, Decision, Pool, PrefixRouter
+from keyplane.cache.response_cache import STATE, MemoryStore, RedisStore, ResponseCache
+
+log = logging.getLogger("keyplane.cache")
+
+__all__ = ["CacheFeature", "PrefixRouting", "attach", "check_config"]
+
+# Endpoints with a prompt to route on (embeddings have no prompt cache).
+PROMPT_ENDPOINTS: Final = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
+ROUTE_STATE: Final = "route"  # ctx.state key of the routing Decision until settle
+
+
+class Ordered(tuple):  # type: ignore[type-arg]
+    """A pool already in the order to try (the router's candidates() keeps it; breakers still apply)."""
+
+    ordered = True
+
+
+def _config(m: Any) -> AffinityConfig:
+    return AffinityConfig(block_chars=m.block_chars, max_prefix_tokens=m.max_prefix_tokens,
+                          min_match_tokens=m.min_match_tokens, load_factor=m.load_factor,
+                          hash_load_factor=m.hash_load_factor, balance_abs=m.balance_abs,
+                          balance_rel=m.balance_rel)
+
+
+class PrefixRouting:
+    """The proxy's side of prefix-affinity routing: pools of Deployments in, a preferred order out."""
+
+    def __init__(self, deployments: list[Any], models: dict[str, Any], monotonic: Any) -> None:
+        replicas = [(d.name, d.config.prefix_cache_tokens) for d in deployments]
+        # One router per [models."<glob>"] section with routing = "prefix", in the file's order.
+        self.rules: list[tuple[str, PrefixRouter]] = [
+            (glob, PrefixRouter(replicas, _config(m))) for glob, m in models.items() if m.routing == "prefix"]
+        self.monotonic = monotonic
+        self._by_model: dict[str, tuple[PrefixRouter, dict[tuple[str, ...], Pool]] | None] = {}
+
+    def _rule(self, model: str) -> tuple[PrefixRouter, dict[tuple[str, ...], Pool]] | None:
+        try:
+            return self._by_model[model]
+        except KeyError:
+            pass
+        found: tuple[PrefixRouter, dict[tuple[str, ...], Pool]] | None = None
+        for glob, r in self.rules:
+            if fnmatch.fnmatchcase(model, glob):
+                found = (r, {})
+                break
+        if len(self._by_model) < 10_000:  # bounded: model names come from clients
+            self._by_model[model] = found
+        return found
+
+    def route(self, pool: tuple[Any, ...], ctx: Any) -> tuple[Any, ...]:
+        """``pool`` in the order to try for this request; unchanged when its model is routed by weight."""
+        if len(pool) < 2 or ctx.endpoint not in PROMPT_ENDPOINTS or ctx.model is None:
+            return pool
+        rule = self._rule(ctx.model)
+        if rule is None:
+            return pool
+        router, pools = rule
+        now = self.monotonic()
+        live = [d for d in pool if d.config.weight > 0 and d.breaker.available(now)]
+        if not live:
+            return pool
+        names = tuple(d.name for d in live)
+        p = pools.get(names)
+        if p is None:
+            p = router.pool(names, [d.config.weight for d in live])
+            if len(pools) < 1000:
+                pools[names] = p
+        try:
+            decision = router.route(p, ctx.model, ctx.body)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return pool  # not a prompt we can read: the upstream will say what is wrong with it
+        except Exception:  # a bug here must not fail a request the upstream can answer
+            log.exception("prefix routing failed for %s; routing by weight", ctx.request_id)
+            return pool
+        ctx.state[ROUTE_STATE] = decision
+        first = live[names.index(decision.name)]
+        rest = sorted((d for d in live if d is not first), key=lambda d: router.inflight(d.name))
+        backups = [d for d in pool if d.config.weight <= 0]
+        return Ordered([first, *rest, *backups])
+
+
+class _Metrics:
+    """Counters on the metrics registry of keyplane.usage (one of our own when it is absent)."""
+
+    def __init__(self, rt: Any) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        m = rt.extras.get("usage.metrics")
+        registry = m.registry if m is not None else CollectorRegistry()
+        self.label = m.models.label if m is not None else (lambda model, ok: model or "none")
+        self.decisions = Counter("keyplane_prefix_routing_decisions", "Prefix-affinity routing choices: affinity "
+                                 "(longest cached prefix), hash (new prefix, consistent hashing), least_loaded.",
+                                 ("model", "decision"), registry=registry)
+        self.prompt = Counter("keyplane_prefix_routing_prompt_tokens", "Prompt tokens of prefix-routed requests, "
+                              "by the upstream that answered.", ("model", "upstream"), registry=registry)
+        self.cached = Counter("keyplane_prefix_routing_cached_tokens", "Of those, the tokens the upstream reported "
+                              "cached (usage.prompt_tokens_details.cached_tokens).", ("model", "upstream"),
+                              registry=registry)
+        self.ratio = Gauge("keyplane_prompt_cache_hit_ratio", "Cached / prompt tokens of prefix-routed requests, "
+                           "over about the last 100 requests of the model (decaying).", ("model",),
+                           registry=registry, multiprocess_mode="mostrecent")
+        self.responses = Counter("keyplane_response_cache_lookups", "Response cache: hit, miss, or bypass "
+                                 "(asked, streaming or not deterministic).", ("model", "result"), registry=registry)
+        self._decayed: dict[str, list[float]] = {}
+
+    def observe_route(self, ctx: Any, d: Decision) -> None:
+        model = self.label(ctx.model, True)
+        self.decisions.labels(model, d.reason).inc()
+        if not (0 < ctx.status < 400) or not ctx.prompt_tokens or ctx.usage_estimated:
+            return
+        up = ctx.upstream or "none"
+        self.prompt.labels(model, up).inc(ctx.prompt_tokens)
+        if ctx.cached_tokens:
+            self.cached.labels(model, up).inc(ctx.cached_tokens)
+        acc = self._decayed.setdefault(model, [0.0, 0.0])
+        acc[0] = acc[0] * 0.99 + min(ctx.cached_tokens, ctx.prompt_tokens)
+        acc[1] = acc[1] * 0.99 + ctx.prompt_tokens
+        self.ratio.labels(model).set(acc[0] / acc[1])
+
+    def observe_response(self, ctx: Any, result: str) -> None:
+        self.responses.labels(self.label(ctx.model, True), result).inc()
+
+
+class CacheFeature:
+    def __init__(self, rt: Any, routing: PrefixRouting | None, responses: ResponseCache | None,
+                 metrics: _Metrics) -> None:
+        self.rt = rt
+        self.routing = routing
+        self.responses = responses
+        self.metrics = metrics
+
+    async def serve(self, ctx: Any, headers: list[tuple[bytes, bytes]], send: Any, finish: Any) -> Any:
+        """The response cache's step (see ResponseCache.serve): None when answered, else the send to use."""
+        if self.responses is None:
+            return send
+        return await self.responses.serve(ctx, headers, send, finish)
+
+    # Settle steps. A response-cache hit must cost nothing but its request: billing (order 10) bills a
+    # success that reports no tokens at its admission estimate, so for billing a hit is a request that
+    # got no answer (status 0, no tokens: cost 0, reservation and token buckets released); right after
+    # it, its status and tokens (all cached, none generated) come back for metering (order 20).
+
+    async def before_billing(self, ctx: Any) -> None:
+        if ctx.state.get(STATE) == "hit":
+            ctx.status = 0
+            ctx.prompt_tokens = ctx.cached_tokens = ctx.completion_tokens = 0
+
+    async def after_billing(self, ctx: Any) -> None:
+        if ctx.state.get(STATE) == "hit":
+            prompt, _ = ctx.state.get("cache.usage", (0, 0))
+            ctx.status = 200
+            ctx.prompt_tokens = ctx.cached_tokens = prompt
+            ctx.completion_tokens = 0
+            ctx.cost_micros = 0
+            ctx.upstream = "keyplane-cache"
+
+    async def release_route(self, ctx: Any) -> None:
+        d: Decision | None = ctx.state.pop(ROUTE_STATE, None)
+        if d is None:
+            return
+        try:
+            if ctx.upstream:
+                d.served_by(ctx.upstream)
+            self.metrics.observe_route(ctx, d)
+        except Exception:
+            log.exception("prefix routing: settle failed for %s", ctx.request_id)
+        finally:
+            d.release()
+
+    async def aclose(self) -> None:
+        if self.responses is not None:
+            await self.responses.aclose()
+
+
+def _ttl(text: str) -> float:
+    from keyplane.guard.rules import parse_duration
+
+    return parse_duration(text, "cache.ttl")
+
+
+def cache_enabled(section: Any) -> bool:
+    if section.enabled is not None:
+        return bool(section.enabled)
+    return bool(section.projects or section.keys or section.org_wide_projects)
+
+
+def check_config(cfg: Any, flat: dict[str, Any]) -> list[str]:
+    """Problems in ``[models.*]`` and ``[cache]``, each naming its field (config.py raises the first)."""
+    out: list[str] = []
+    for glob, m in cfg.models.items():
+        where = f'$.models."{glob}"'
+        if m.block_chars < 16:
+            out.append(f"{where}.block_chars: must be >= 16")
+        if m.max_prefix_tokens * 4 < m.block_chars:
+            out.append(f"{where}.max_prefix_tokens: must cover at least one block")
+        if m.min_match_tokens < 0 or m.balance_abs < 0:
+            out.append(f"{where}: min_match_tokens and balance_abs must be >= 0")
+        if m.load_factor < 1 or m.hash_load_factor < 1:
+            out.append(f"{where}: load_factor and hash_load_factor must be >= 1")
+        if m.balance_rel < 1:
+            out.append(f"{where}.balance_rel: must be >= 1")
+    for i, up in enumerate(cfg.upstreams):
+        if up.prefix_cache_tokens < 0:
+            out.append(f"$.upstreams[{i}].prefix_cache_tokens: must be >= 0")
+    c = cfg.cache
+    try:
+        if _ttl(c.ttl) <= 0:
+            out.append("$.cache.ttl: must be > 0")
+    except ValueError as e:
+        out.append(f"$.cache.ttl: {e}")
+    for name in ("max_entries", "max_bytes", "max_entry_bytes"):
+        if getattr(c, name) <= 0:
+            out.append(f"$.cache.{name}: must be > 0")
+    if cache_enabled(c) and c.backend == "redis" and not flat.get("redis_url"):
+        out.append("$.cache.backend: \"redis\" needs the redis_url setting (KEYPLANE_REDIS_URL)")
+    return out
+
+
+def attach(rt: Any, router: Any) -> CacheFeature | None:
+    """Wire prefix routing into ``router`` and build the response cache, as configured; None when neither is."""
+    from keyplane import hooks
+
+    s = rt.settings
+    routing = None
+    if any(m.routing == "prefix" for m in s.file.models.values()):
+        routing = PrefixRouting(router.deployments, s.file.models, router.monotonic)
+        router.affinity = routing
+    responses = None
+    metrics: _Metrics | None = None
+    section = s.file.cache
+    if cache_enabled(section):
+        metrics = _Metrics(rt)
+        store = (RedisStore(s.redis_url, s.redis_prefix) if section.backend == "redis"
+                 else MemoryStore(section.max_entries, section.max_bytes))
+        responses = ResponseCache(section, _ttl(section.ttl), store, rt.clock, rt, metrics.observe_response)
+    if routing is None and responses is None:
+        return None
+    feature = CacheFeature(rt, routing, responses, metrics or _Metrics(rt))
+    if routing is not None:
+        hooks.add_settle(rt, feature.release_route, order=5)
+    if responses is not None:
+        hooks.add_settle(rt, feature.before_billing, order=9)
+        hooks.add_settle(rt, feature.after_billing, order=11)
+    return feature

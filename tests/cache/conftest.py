@@ -1,0 +1,89 @@
+"""Gateways for the cache tests: the project's fake upstream (or three fake replicas), memory or Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from keyplane.testing import FakeUpstream
+from tests.support import RunningServer, init_org, make_settings, start_server
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+UPSTREAM_KEY_ENV = "KP_CACHE_TEST_UPSTREAM_KEY"
+os.environ.setdefault(UPSTREAM_KEY_ENV, "sk-upstream-cache-test")
+# Priced so that a miss costs something and a hit visibly costs nothing.
+PRICES = '[prices."gpt-4o-mini"]\ninput = 1000\ncached_input = 500\noutput = 1600\n'
+
+
+def upstreams(*fakes: FakeUpstream) -> str:
+    out = []
+    for i, f in enumerate(fakes):
+        name = "fake" if i == 0 else f"fake{i + 1}"
+        out.append(f'[[upstreams]]\nname = "{name}"\nbase_url = "{f.base_url}"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n'
+                   'models = ["gpt-*", "text-embedding-*"]\nretry_backoff = 0.01\nbreaker_failures = 1000\n')
+    out.append('[[upstreams]]\nname = "demo"\nbase_url = "demo"\nmodels = ["demo-*"]\n')
+    return "\n".join(out) + "\n" + PRICES
+
+
+@pytest.fixture(scope="session")
+def cache_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initialized SQLite home copied by each gateway (migrating once per session)."""
+    home = tmp_path_factory.mktemp("cache-tmpl") / "home"
+    settings = make_settings(home, "")
+    (home / "init.json").write_text(json.dumps(init_org(settings)))
+    return home
+
+
+def _clean_redis(prefix: str) -> None:
+    async def go() -> None:
+        import redis.asyncio as aioredis
+
+        r = aioredis.from_url(REDIS_URL)
+        keys = [k async for k in r.scan_iter(match=f"{prefix}*", count=1000)]
+        keys += [k async for k in r.scan_iter(match="{" + prefix + "}*", count=1000)]
+        if keys:
+            await r.delete(*keys)
+        await r.aclose()
+
+    asyncio.run(go())
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    yield request.param
+
+
+@pytest.fixture
+def make_gateway(cache_template: Path, tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Start a keyplane (SQLite) with the given keyplane.toml text; ``redis_prefix`` puts it on Redis."""
+    started: list[RunningServer] = []
+    prefixes: list[str] = []
+
+    def make(config_text: str, clock: object = None, redis: bool = False, home: Path | None = None,
+             redis_prefix: str | None = None) -> RunningServer:
+        if home is None:
+            home = tmp_path / f"home{len(started)}"
+            shutil.copytree(cache_template, home)
+        env: dict[str, str] = {}
+        if redis:
+            if redis_prefix is None:
+                redis_prefix = f"kpcache-{secrets.token_hex(4)}"
+                prefixes.append(redis_prefix)
+            env = {"KEYPLANE_REDIS_URL": REDIS_URL, "KEYPLANE_REDIS_PREFIX": redis_prefix}
+        settings = make_settings(home, "", config_text=config_text, **env)
+        srv = start_server(settings, json.loads((home / "init.json").read_text()), clock=clock)  # type: ignore[arg-type]
+        started.append(srv)
+        return srv
+
+    yield make
+    for s in started:
+        s.stop()
+    for p in prefixes:
+        _clean_redis(p)
