@@ -1,0 +1,323 @@
+"""Dashboard authentication: passwords, TOTP, recovery codes, signed sessions, CSRF, throttling.
+
+Sessions are signed cookies (HMAC-SHA256 with a key derived from the server secret), not server
+rows: any instance of a fleet accepts them. Each carries a stamp of the user's credentials, so
+``keyplane users set-password`` or a 2FA reset ends every session of that user at once. Logout adds
+the session's nonce to a per-process deny list until the session would have expired anyway.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pyotp
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from cryptography.fernet import Fernet, InvalidToken
+
+from keyplane.clock import Clock
+
+COOKIE = "kp_session"
+COOKIE_SECURE = "__Host-kp_session"  # the __Host- prefix pins it to this host, path / and HTTPS
+SESSION_SECONDS = 12 * 3600
+PENDING_SECONDS = 10 * 60  # between a correct password and the TOTP step
+MIN_PASSWORD = 12
+MAX_PASSWORD = 1024
+RECOVERY_CODES = 10
+ISSUER = "keyplane"
+
+_hasher = PasswordHasher()
+
+
+def _derive(secret: bytes, purpose: str) -> bytes:
+    return hmac.new(secret, f"keyplane web {purpose} v1".encode(), hashlib.sha256).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+# --- passwords ---------------------------------------------------------------------------------
+
+def password_problem(password: str) -> str | None:
+    """Why a new password is refused, or None."""
+    if len(password) < MIN_PASSWORD:
+        return f"The password must have at least {MIN_PASSWORD} characters."
+    if len(password) > MAX_PASSWORD:
+        return f"The password must have at most {MAX_PASSWORD} characters."
+    return None
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(stored: str | None, password: str) -> bool:
+    if not stored or len(password) > MAX_PASSWORD:
+        # Same work either way, so timing does not tell which accounts have a password.
+        _dummy_verify(password[:MAX_PASSWORD])
+        return False
+    try:
+        return _hasher.verify(stored, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+_DUMMY: list[str] = []
+
+
+def _dummy_verify(password: str) -> None:
+    if not _DUMMY:
+        _DUMMY.append(_hasher.hash(secrets.token_urlsafe(16)))
+    with contextlib.suppress(VerifyMismatchError, VerificationError, InvalidHashError):
+        _hasher.verify(_DUMMY[0], password)
+
+
+def generate_password() -> str:
+    return "-".join(secrets.token_urlsafe(6) for _ in range(4))
+
+
+# --- TOTP and recovery codes -------------------------------------------------------------------
+
+class SecretBox:
+    """Fernet with a key derived from the server secret: the TOTP secret is encrypted at rest."""
+
+    def __init__(self, server_secret: bytes) -> None:
+        self._f = Fernet(base64.urlsafe_b64encode(_derive(server_secret, "totp encryption")))
+
+    def seal(self, plain: str) -> str:
+        return self._f.encrypt(plain.encode()).decode()
+
+    def open(self, token: str) -> str | None:
+        try:
+            return self._f.decrypt(token.encode()).decode()
+        except (InvalidToken, ValueError):
+            return None
+
+
+def new_totp_secret() -> str:
+    return pyotp.random_base32()
+
+
+def provisioning_uri(secret: str, email: str, org_name: str) -> str:
+    return pyotp.TOTP(secret).provisioning_uri(name=email, issuer_name=f"{ISSUER} ({org_name})" if org_name
+                                               else ISSUER)
+
+
+def normalize_code(code: str) -> str:
+    return "".join(ch for ch in code if ch.isalnum()).lower()
+
+
+def totp_step(secret: str, code: str, now: float) -> int | None:
+    """The time step a 6-digit code matches (one step of clock drift either way), or None."""
+    code = normalize_code(code)
+    if len(code) != 6 or not code.isdigit():
+        return None
+    totp = pyotp.TOTP(secret)
+    step = int(now // totp.interval)
+    for s in (step, step - 1, step + 1):
+        if hmac.compare_digest(totp.generate_otp(s), code):
+            return s
+    return None
+
+
+def new_recovery_codes() -> list[str]:
+    alphabet = "abcdefghjkmnpqrstuvwxyz23456789"
+    return ["-".join("".join(secrets.choice(alphabet) for _ in range(5)) for _ in range(2))
+            for _ in range(RECOVERY_CODES)]
+
+
+def recovery_digest(server_secret: bytes, code: str) -> str:
+    return hmac.new(_derive(server_secret, "recovery codes"), normalize_code(code).encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def use_recovery_code(server_secret: bytes, stored: str | None, code: str) -> str | None:
+    """The stored list without the code when it is one of them (each works once), else None."""
+    if not stored:
+        return None
+    digests: list[str] = orjson.loads(stored)
+    d = recovery_digest(server_secret, code)
+    for i, x in enumerate(digests):
+        if hmac.compare_digest(x, d):
+            return orjson.dumps(digests[:i] + digests[i + 1:]).decode()
+    return None
+
+
+# --- sessions ----------------------------------------------------------------------------------
+
+@dataclass
+class Session:
+    """What the cookie holds. ``stage``: anon | totp | enroll | full."""
+
+    stage: str = "anon"
+    user_id: str | None = None
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    nonce: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    issued_at: float = 0.0
+    expires_at: float = 0.0
+    stamp: str = ""
+    flash: str | None = None
+    dirty: bool = False  # set when the cookie must be sent again
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"s": self.stage, "u": self.user_id, "c": self.csrf, "n": self.nonce,
+                             "i": self.issued_at, "e": self.expires_at, "k": self.stamp, "f": self.flash})
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Session:
+        d: dict[str, Any] = orjson.loads(raw)
+        return cls(stage=str(d["s"]), user_id=d.get("u"), csrf=str(d["c"]), nonce=str(d["n"]),
+                   issued_at=float(d["i"]), expires_at=float(d["e"]), stamp=str(d.get("k") or ""),
+                   flash=d.get("f"))
+
+
+class Sessions:
+    def __init__(self, server_secret: bytes, clock: Clock) -> None:
+        self._key = _derive(server_secret, "session signing")
+        self._stamp_key = _derive(server_secret, "credential stamp")
+        self.clock = clock
+        self._ended: dict[str, float] = {}  # nonce -> expiry, for logged-out sessions
+
+    def stamp(self, user: Any) -> str:
+        """Changes whenever the user's password or second factor changes."""
+        # A secret being enrolled (not enabled yet) does not count: storing it keeps the session.
+        totp = user.totp_secret if user.totp_enabled else ""
+        material = f"{user.id}|{user.password_hash or ''}|{totp or ''}|{bool(user.totp_enabled)}"
+        return hmac.new(self._stamp_key, material.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def dump(self, s: Session) -> str:
+        payload = s.to_json()
+        sig = hmac.new(self._key, payload, hashlib.sha256).digest()
+        return f"{_b64(payload)}.{_b64(sig)}"
+
+    def load(self, cookie: str | None) -> Session | None:
+        if not cookie or len(cookie) > 4096 or "." not in cookie:
+            return None
+        body, _, sig = cookie.partition(".")
+        try:
+            payload, given = _unb64(body), _unb64(sig)
+        except ValueError:
+            return None
+        if not hmac.compare_digest(hmac.new(self._key, payload, hashlib.sha256).digest(), given):
+            return None
+        try:
+            s = Session.from_json(payload)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+        now = self.clock.now()
+        if s.expires_at and now >= s.expires_at:
+            return None
+        if s.nonce in self._ended:
+            return None
+        return s
+
+    def anonymous(self) -> Session:
+        now = self.clock.now()
+        return Session(issued_at=now, expires_at=now + SESSION_SECONDS, dirty=True)
+
+    def start(self, user: Any, stage: str) -> Session:
+        """A fresh session (new nonce and CSRF token: no fixation across the login)."""
+        now = self.clock.now()
+        ttl = SESSION_SECONDS if stage == "full" else PENDING_SECONDS
+        return Session(stage=stage, user_id=user.id, issued_at=now, expires_at=now + ttl, stamp=self.stamp(user),
+                       dirty=True)
+
+    def end(self, s: Session) -> None:
+        now = self.clock.now()
+        self._ended = {n: t for n, t in self._ended.items() if t > now}
+        self._ended[s.nonce] = s.expires_at or now + SESSION_SECONDS
+
+
+def csrf_ok(session: Session, given: str | None) -> bool:
+    return bool(given) and hmac.compare_digest(session.csrf.encode(), str(given).encode())
+
+
+# --- throttling --------------------------------------------------------------------------------
+
+@dataclass
+class _Bucket:
+    failures: list[float] = field(default_factory=list)
+    locked_until: float = 0.0
+
+
+class Throttle:
+    """Failed logins per account and per client address; too many in the window locks it out.
+
+    In-process: each instance of a fleet counts on its own (a load balancer with sticky sessions
+    or one dashboard instance keeps the limit exact).
+    """
+
+    def __init__(self, clock: Clock, *, account_limit: int = 5, ip_limit: int = 20, window: float = 900.0,
+                 lockout: float = 900.0) -> None:
+        self.clock = clock
+        self.limits = {"acct": account_limit, "ip": ip_limit}
+        self.window = window
+        self.lockout = lockout
+        self._buckets: dict[str, _Bucket] = {}
+
+    def locked_for(self, *keys: str) -> float:
+        """Seconds until the first of these keys unlocks (0 when none is locked)."""
+        now = self.clock.now()
+        wait = 0.0
+        for k in keys:
+            b = self._buckets.get(k)
+            if b is not None and b.locked_until > now:
+                wait = max(wait, b.locked_until - now)
+        return wait
+
+    def failure(self, *keys: str) -> None:
+        now = self.clock.now()
+        if len(self._buckets) > 100_000:  # bounded memory under a spray of addresses
+            self._buckets = {k: b for k, b in self._buckets.items() if b.locked_until > now or
+                             (b.failures and b.failures[-1] > now - self.window)}
+        for k in keys:
+            b = self._buckets.setdefault(k, _Bucket())
+            b.failures = [t for t in b.failures if t > now - self.window] + [now]
+            if len(b.failures) >= self.limits[k.split(":", 1)[0]]:
+                b.locked_until = now + self.lockout
+                b.failures = []
+
+    def success(self, *keys: str) -> None:
+        for k in keys:
+            self._buckets.pop(k, None)
+
+
+def account_key(email: str) -> str:
+    return "acct:" + email.strip().lower()[:320]
+
+
+def ip_key(ip: str) -> str:
+    return "ip:" + ip
+
+
+def minutes(seconds: float) -> int:
+    return max(1, int(-(-seconds // 60)))
+
+
+class UsedCodes:
+    """TOTP steps already used per user (RFC 6238 section 5.2: a code is accepted once)."""
+
+    def __init__(self) -> None:
+        self._used: dict[str, set[int]] = {}
+
+    def claim(self, user_id: str, step: int) -> bool:
+        used = self._used.setdefault(user_id, set())
+        if step in used:
+            return False
+        used.add(step)
+        if len(used) > 8:
+            for s in sorted(used)[:-8]:
+                used.discard(s)
+        return True

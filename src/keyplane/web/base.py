@@ -1,0 +1,312 @@
+"""Request plumbing of the dashboard: state, the session on each request, CSRF, roles, rendering."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+import jinja2
+from markupsafe import Markup
+from sqlalchemy import select
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from keyplane.control import Actor, get_org
+from keyplane.runtime import Runtime
+from keyplane.snapshot import KeyEntry
+from keyplane.store.models import User
+from keyplane.web import auth
+from keyplane.web.features import AdminBridge, session_principal
+
+TEMPLATES = Path(__file__).with_name("templates")
+MAX_FORM_FIELDS = 200
+MAX_FIELD = 4096
+
+
+class WebState:
+    """Everything the dashboard keeps for the life of the process."""
+
+    def __init__(self, rt: Runtime, admin_app: Any) -> None:
+        self.rt = rt
+        self.sessions = auth.Sessions(rt.settings.secret_key, rt.clock)
+        self.throttle = auth.Throttle(rt.clock)
+        self.used_codes = auth.UsedCodes()
+        self.box = auth.SecretBox(rt.settings.secret_key)
+        self.bridge = AdminBridge(admin_app)
+        self.templates = make_env()
+        self.org_name = ""
+
+    async def organization_name(self) -> str:
+        if not self.org_name:
+            async with self.rt.read() as s:
+                org = await get_org(s)
+            self.org_name = org.name if org else ""
+        return self.org_name
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+def usd(value: Any) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "-"
+    if math.isnan(v):
+        return "-"
+    sign = "-" if v < 0 else ""
+    v = abs(v)
+    if 0 < v < 0.01:
+        return f"{sign}${v:,.4f}"
+    return f"{sign}${v:,.2f}"
+
+
+def cents(value: Any) -> str:
+    try:
+        return usd(int(value) / 100)
+    except (TypeError, ValueError):
+        return "-"
+
+
+def num(value: Any) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "-" if value is None else str(value)
+    return f"{int(v):,}" if v == int(v) else f"{v:,.2f}"
+
+
+def when(ts: Any, empty: str = "never") -> Markup:
+    """A <time> in UTC; static/app.js rewrites the text in the viewer's time zone."""
+    if ts in (None, "", 0):
+        return Markup('<span class="muted">{}</span>').format(empty)
+    try:
+        dt = datetime.fromtimestamp(float(ts), UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return Markup("{}").format(ts)
+    return Markup('<time datetime="{}">{} UTC</time>').format(
+        dt.strftime("%Y-%m-%dT%H:%M:%SZ"), dt.strftime("%Y-%m-%d %H:%M"))
+
+
+def day(ts: Any) -> Markup:
+    """A UTC calendar day (a daily usage bucket): shown as a date, never shifted to the viewer's zone."""
+    try:
+        dt = datetime.fromtimestamp(float(ts), UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return Markup("-")
+    return Markup('<time datetime="{}" data-day="1">{}</time>').format(dt.strftime("%Y-%m-%d"),
+                                                                       dt.strftime("%Y-%m-%d"))
+
+
+def make_env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(usd=usd, cents=cents, num=num, when=when, day=day, urlq=lambda v: quote(str(v), safe=""))
+    return env
+
+
+# --- the session on a request ----------------------------------------------------------------
+
+@dataclass
+class Ctx:
+    request: Request
+    web: WebState
+    session: auth.Session
+    user: User | None = None
+    form: FormData | None = None
+
+    @property
+    def rt(self) -> Runtime:
+        return self.web.rt
+
+    @property
+    def ip(self) -> str:
+        return self.request.client.host if self.request.client else "unknown"
+
+    @property
+    def is_owner(self) -> bool:
+        return self.user is not None and self.user.role == "owner"
+
+    @property
+    def actor(self) -> Actor:
+        return session_actor(self.user, self.ip)
+
+    @property
+    def principal(self) -> tuple[KeyEntry, Actor]:
+        assert self.user is not None
+        return session_principal(self.user.id, self.user.email, self.ip)
+
+    def field(self, name: str, default: str = "") -> str:
+        v = self.form.get(name) if self.form is not None else None
+        return v.strip() if isinstance(v, str) else default
+
+    def fields(self, name: str) -> list[str]:
+        return [v for v in (self.form.getlist(name) if self.form is not None else []) if isinstance(v, str)]
+
+    def flash(self, message: str) -> None:
+        self.session.flash = message[:500]
+        self.session.dirty = True
+
+    def redirect(self, url: str, flash: str | None = None) -> Response:
+        if flash:
+            self.flash(flash)
+        return RedirectResponse(url, status_code=303)
+
+    def render(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
+        flash = self.session.flash
+        if flash:
+            self.session.flash = None
+            self.session.dirty = True
+        html = self.web.templates.get_template(template).render(
+            user=self.user, is_owner=self.is_owner, csrf=self.session.csrf, flash=flash,
+            path=self.request.url.path, org_name=self.web.org_name, htmx=self.is_htmx, **values)
+        return HTMLResponse(html, status_code=status)
+
+    @property
+    def is_htmx(self) -> bool:
+        return self.request.headers.get("hx-request") == "true"
+
+
+def session_actor(user: User | None, ip: str, email: str | None = None) -> Actor:
+    uid = user.id if user else None
+    return Actor("session", uid, {"user": {"id": uid, "email": user.email if user else email}, "ip_address": ip})
+
+
+def secure_request(request: Request) -> bool:
+    # uvicorn rewrites the scheme from X-Forwarded-Proto only for proxies in FORWARDED_ALLOW_IPS.
+    return request.url.scheme == "https"
+
+
+def save_session(request: Request, web: WebState, session: auth.Session, response: Response) -> Response:
+    if session.dirty:
+        secure = secure_request(request)
+        response.set_cookie(auth.COOKIE_SECURE if secure else auth.COOKIE, web.sessions.dump(session),
+                            max_age=int(max(60, session.expires_at - web.rt.clock.now())), path="/",
+                            secure=secure, httponly=True, samesite="lax")
+    return response
+
+
+def clear_session(request: Request, response: Response) -> Response:
+    secure = secure_request(request)
+    response.delete_cookie(auth.COOKIE_SECURE if secure else auth.COOKIE, path="/", secure=secure, httponly=True,
+                           samesite="lax")
+    return response
+
+
+def load_session(request: Request, web: WebState) -> auth.Session:
+    name = auth.COOKIE_SECURE if secure_request(request) else auth.COOKIE
+    return web.sessions.load(request.cookies.get(name)) or web.sessions.anonymous()
+
+
+class FormError(ValueError):
+    pass
+
+
+async def read_form(request: Request) -> FormData:
+    """URL-encoded forms only (the dashboard uploads no files), bounded in fields and size."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await request.body()
+    if not body:
+        return FormData()
+    if ctype != "application/x-www-form-urlencoded":
+        raise FormError("unsupported form encoding")
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
+    except (UnicodeDecodeError, ValueError):
+        raise FormError("unreadable form") from None
+    if any(len(v) > MAX_FIELD for _, v in pairs):
+        raise FormError("a field is too large")
+    return FormData(pairs)
+
+
+def error_page(ctx: Ctx, status: int, title: str, message: str) -> Response:
+    if ctx.is_htmx:
+        return HTMLResponse(ctx.web.templates.get_template("_error.html").render(title=title, message=message),
+                            status_code=status, headers={"HX-Retarget": "#flash-slot", "HX-Reswap": "innerHTML"})
+    return ctx.render("error.html", status=status, title=title, message=message)
+
+
+Handler = Callable[[Ctx], Awaitable[Response]]
+
+
+def view(*, owner: bool = False, stage: str = "full") -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """Wrap a page: load the session, check CSRF on POST, load the user, enforce the role.
+
+    ``stage="full"``: a signed-in user (password and second factor done). ``stage="anon"``: anyone
+    (login pages); ``stage="pending"``: between password and TOTP. ``owner``: refuse readers (403).
+    """
+
+    def deco(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
+        @functools.wraps(fn)
+        async def endpoint(request: Request) -> Response:
+            web: WebState = request.app.state.web
+            await web.organization_name()
+            session = load_session(request, web)
+            ctx = Ctx(request, web, session)
+            response = await _guarded(ctx, fn, owner, stage)
+            if isinstance(response, HTMLResponse):
+                response.headers["cache-control"] = "no-store"
+            return save_session(request, web, ctx.session, response)
+
+        return endpoint
+
+    return deco
+
+
+async def _guarded(ctx: Ctx, fn: Handler, owner: bool, stage: str) -> Response:
+    request, session = ctx.request, ctx.session
+    if request.method == "POST":
+        try:
+            ctx.form = await read_form(request)
+        except FormError:
+            return error_page(ctx, 400, "Bad request", "The form could not be read (too many or too large fields).")
+        given = request.headers.get("x-csrf-token") or ctx.field("csrf_token")
+        if not auth.csrf_ok(session, given):
+            return error_page(ctx, 403, "Form expired",
+                              "The form was not accepted (missing or stale security token). Reload the page and "
+                              "try again.")
+    if stage == "anon":
+        return await fn(ctx)
+    if session.user_id is None:
+        return _to_login(ctx)
+    async with ctx.rt.read() as s:
+        user = (await s.execute(select(User).where(User.id == session.user_id))).scalar()
+    if user is None or session.stamp != ctx.web.sessions.stamp(user):
+        ctx.session = ctx.web.sessions.anonymous()
+        return _to_login(ctx, "Your session has ended. Sign in again.")
+    ctx.user = user
+    if stage == "any":
+        return await fn(ctx)
+    if stage == "pending":
+        if session.stage not in ("totp", "enroll"):
+            return ctx.redirect("/")
+        return await fn(ctx)
+    if session.stage != "full":
+        return ctx.redirect("/login/enroll" if session.stage == "enroll" else "/login/totp")
+    if owner and user.role != "owner":
+        return error_page(ctx, 403, "Not allowed", "Your role (reader) can see everything but change nothing. "
+                          "Ask an owner to make this change.")
+    return await fn(ctx)
+
+
+def _to_login(ctx: Ctx, flash: str | None = None) -> Response:
+    target = ctx.request.url.path
+    nxt = f"?next={quote(target, safe='/')}" if ctx.request.method == "GET" and target not in ("/", "/login") else ""
+    if ctx.is_htmx:
+        r: Response = Response(status_code=204, headers={"HX-Redirect": "/login" + nxt})
+    else:
+        r = ctx.redirect("/login" + nxt, flash)
+    return r
+
+
+def safe_next(value: str | None) -> str:
+    """Only local paths: never an open redirect."""
+    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value and len(value) < 512:
+        return value
+    return "/"

