@@ -7,10 +7,12 @@ import pytest
 
 from keyplane.limits import tokens
 
+BOTH = ("o200k_base", "cl100k_base")
+
 
 @pytest.fixture(scope="module", autouse=True)
 def loaded():
-    tokens.load()
+    tokens.load(BOTH)
 
 
 def test_encodings_come_from_the_wheel_offline(monkeypatch):
@@ -21,8 +23,36 @@ def test_encodings_come_from_the_wheel_offline(monkeypatch):
 
     monkeypatch.setattr(tiktoken.load, "read_file", no_download)
     monkeypatch.setattr(tokens, "_encodings", {})
-    tokens.load()
+    tokens.load(BOTH)
     assert tokens._encodings["o200k_base"] is not None and tokens._encodings["cl100k_base"] is not None
+
+
+def test_same_counts_as_bpe_openai():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import bpe_openai
+
+    text = "Héllo wörld! 12345 tokens, spaces   and\nnewlines; code: def f(x): return x**2 # ünïcode 你好"
+    for name in BOTH:
+        assert tokens._encodings[name].encode_ordinary(text) == bpe_openai.get_encoding(name).encode_ordinary(text)
+
+
+def test_an_encoding_not_loaded_is_built_in_the_background(monkeypatch):
+    import time
+
+    monkeypatch.setattr(tokens, "_encodings", {"o200k_base": tokens._encodings["o200k_base"]})
+    monkeypatch.setattr(tokens, "_counters", {})
+    first = tokens.counter("gpt-4-turbo").count("hello world, hello world")
+    assert first == tokens.estimate("hello world, hello world")  # no waiting on the request path
+    deadline = time.monotonic() + 30
+    while tokens._encodings.get("cl100k_base") is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    text = "hello world, hello world"
+    real = len(tokens._encodings["cl100k_base"].encode_ordinary(text))
+    assert real != tokens.estimate(text) and tokens.counter("gpt-4-turbo").count(text) == real
 
 
 @pytest.mark.parametrize("model,encoding", [

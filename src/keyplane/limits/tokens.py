@@ -5,6 +5,8 @@ files inside its wheel: they are handed to ``tiktoken.Encoding`` directly, so no
 downloaded at run time (tiktoken's own loader would fetch them from the internet). o200k_base
 serves gpt-4o, gpt-4.1, gpt-5, o1/o3/o4 and the demo models; cl100k_base the older GPT-4/3.5 and the
 text-embedding models; any other model gets the cheap estimate of one token per four bytes.
+o200k_base is built at start-up; another encoding is built on a thread the first time a model needs
+it, and the estimate stands in until it is ready (settle reconciles to the real usage anyway).
 
 Chat prompts are counted the way OpenAI's cookbook does: 3 tokens per message, the role and content,
 1 for a name, 3 to prime the reply. What cannot be known in advance (images, audio) is charged a
@@ -13,8 +15,12 @@ fixed amount; settle corrects the token buckets to the real usage anyway.
 
 from __future__ import annotations
 
+import base64
+import gzip
+import importlib.util
 import logging
-import warnings
+import threading
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,7 +32,28 @@ _O200K = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o
 _CL100K = ("gpt-4", "gpt-3.5", "gpt-35", "text-embedding-3", "text-embedding-ada")
 IMAGE_TOKENS = 765  # one high-detail 512px tile set; low detail is 85
 AUDIO_TOKENS = 1000
-_encodings: dict[str, Any] = {}  # process-wide: the rank tables are large and immutable
+
+# The encodings' split patterns and special tokens, as tiktoken and bpe-openai define them.
+_SPECS: dict[str, tuple[str, dict[str, int]]] = {
+    "o200k_base": ("|".join([
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]), {"<|endoftext|>": 199_999, "<|endofprompt|>": 200_018}),
+    "cl100k_base": (
+        r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",  # noqa: E501
+        {"<|endoftext|>": 100_257, "<|fim_prefix|>": 100_258, "<|fim_middle|>": 100_259, "<|fim_suffix|>": 100_260,
+         "<|endofprompt|>": 100_276}),
+}
+# name -> tiktoken Encoding, or None when it could not be built. Process-wide: the tables are large
+# and immutable. Written by the loader thread, read by the request path (a dict lookup).
+_encodings: dict[str, Any] = {}
+_loading: set[str] = set()
+_lock = threading.Lock()
 
 
 def encoding_name(model: str) -> str | None:
@@ -37,27 +64,60 @@ def encoding_name(model: str) -> str | None:
     return None
 
 
-def load(names: tuple[str, ...] = ("o200k_base", "cl100k_base")) -> None:
-    """Build the encodings (about a second for both; done once per process, off the request path)."""
+def _rank_file(name: str) -> Path:
+    """The rank file shipped inside the bpe-openai wheel, found without importing the package (its
+    native library maps ~70 MB that keyplane does not use)."""
+    spec = importlib.util.find_spec("bpe_openai")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the bpe-openai package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "data" / f"{name}.tiktoken.gz"
+
+
+def _build(name: str) -> Any:
+    import tiktoken
+
+    pat_str, special = _SPECS[name]
+    ranks: dict[bytes, int] = {}
+    with gzip.open(_rank_file(name), "rb") as f:
+        for line in f:
+            if line.strip():
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
+    enc = tiktoken.Encoding(name=name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=special)
+    # tiktoken keeps the Python dict only for pickling; its Rust core holds its own copy. Dropping it
+    # saves ~20 MB per encoding.
+    enc._mergeable_ranks = None
+    return enc
+
+
+def load(names: tuple[str, ...] = ("o200k_base",)) -> None:
+    """Build encodings now (about half a second each; call it off the event loop)."""
     for name in names:
         if name in _encodings:
             continue
         try:
-            import tiktoken
-
-            # bpe-openai reads its data (at import) with a deprecated importlib call: not our warning to raise.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                from bpe_openai import registry
-
-                spec = getattr(registry, name)()
-            _encodings[name] = tiktoken.Encoding(name=spec["name"], pat_str=spec["pat_str"],
-                                                 mergeable_ranks=spec["mergeable_ranks"],
-                                                 special_tokens=spec["special_tokens"])
+            enc = _build(name)
         except Exception as e:  # the package or its data missing: fall back to the estimate
             log.warning("tokenizer %s unavailable (%s); estimating 4 bytes per token", name, type(e).__name__)
-            _encodings[name] = None
-    _counters.clear()  # counters made before the encodings were there used the estimate
+            enc = None
+        _encodings[name] = enc
+        _counters.clear()  # counters made before the encoding was there used the estimate
+
+
+def _load_in_background(name: str) -> None:
+    """First use of an encoding that is not loaded: build it on a thread, estimate meanwhile."""
+    with _lock:
+        if name in _encodings or name in _loading:
+            return
+        _loading.add(name)
+
+    def run() -> None:
+        try:
+            load((name,))
+        finally:
+            _loading.discard(name)
+
+    threading.Thread(target=run, name=f"keyplane-tokenizer-{name}", daemon=True).start()
 
 
 def estimate(text: str) -> int:
@@ -72,6 +132,8 @@ class Counter:
     def __init__(self, model: str) -> None:
         name = encoding_name(model)
         enc = _encodings.get(name) if name else None
+        if name and name not in _encodings:
+            _load_in_background(name)
         self._encode = enc.encode_ordinary if enc is not None else None
 
     def count(self, text: str) -> int:

@@ -1,47 +1,28 @@
 """Token counts when the upstream gives none: an interrupted stream, or the demo upstream.
 
-Counts with the o200k_base tokenizer shipped in the ``bpe-openai`` package (loaded on first use,
-offline); about four characters per token if it cannot be loaded. Only used off the fast path.
+Counts with the o200k_base tokenizer of ``keyplane.limits.tokens`` (one copy of the tables per
+process); about four bytes per token if it cannot be loaded. Only used off the fast path.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
 import orjson
 
-log = logging.getLogger("keyplane.proxy")
+from keyplane.limits import tokens
 
-_encoding: Any = None
-_failed = False
-
-# The JSON strings that carry generated text in stream chunks: chat `content`, completions `text`,
+# The generated text of a stream, in the JSON strings that carry it: chat `content`, completions `text`,
 # responses `delta`, tool call `arguments`, `refusal`. A `"delta":{` object does not match.
 TEXT_FIELDS = re.compile(rb'"(?:content|text|delta|arguments|refusal|reasoning_content)":\s?"((?:[^"\\]|\\.)*)"')
 
 
-def _enc() -> Any:
-    global _encoding, _failed
-    if _encoding is None and not _failed:
-        try:
-            import bpe_openai
-
-            _encoding = bpe_openai.get_encoding("o200k_base")
-        except Exception:  # the package or its data missing: fall back to the character estimate
-            _failed = True
-            log.warning("o200k_base tokenizer unavailable; estimating tokens as characters / 4")
-    return _encoding
-
-
 def count(text: str) -> int:
+    """Tokens of generated text, with o200k_base (the tokenizer admission already loaded)."""
     if not text:
         return 0
-    enc = _enc()
-    if enc is None:
-        return max(1, (len(text) + 3) // 4)
-    return len(enc.encode_ordinary(text))
+    return max(1, tokens.counter("gpt-4o").count(text))
 
 
 def flatten(v: Any) -> str:
