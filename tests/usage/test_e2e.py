@@ -251,3 +251,21 @@ def test_grafana_dashboard_queries_exported_metrics(gateway):
     for name in ("keyplane_requests_total", "keyplane_cost_usd_total", "keyplane_request_duration_seconds_bucket",
                  "keyplane_time_to_first_token_seconds_bucket", "keyplane_upstream_errors_total"):
         assert f"\n{name}{{" in text, name
+
+
+def test_active_streams_gauge(gateway):
+    srv = gateway()
+    client, _ = clients(srv)
+    assert total(scrape(srv), "keyplane_active_streams") == 0
+    with client.chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+            extra_headers={"x-fake-chunk-delay-ms": "100", "x-fake-text": " ".join(["word"] * 10)}) as resp:
+        it = resp.iter_lines()
+        next(it)
+        assert total(scrape(srv), "keyplane_active_streams") == 1
+        for _ in it:
+            pass
+    deadline = time.monotonic() + 5
+    while total(scrape(srv), "keyplane_active_streams") != 0:
+        assert time.monotonic() < deadline, "the gauge never went back to 0"
+        time.sleep(0.05)

@@ -277,7 +277,14 @@ class ProxyApp:
             relay = sse.StreamRelay(flavour, strip_usage)
             started = True
             await send({"type": "http.response.start", "status": status, "headers": self._headers(out, ctx, t0, None)})
-            await self._relay_sse(send, out, relay, ctx, t0, watch)
+            extras = self.rt.extras
+            if "stream_started" in extras:  # the active-streams gauge (metering)
+                extras["stream_started"]()
+            try:
+                await self._relay_sse(send, out, relay, ctx, t0, watch)
+            finally:
+                if "stream_ended" in extras:
+                    extras["stream_ended"]()
         except asyncio.CancelledError:
             if not watch.fired:
                 raise
