@@ -116,6 +116,11 @@ class KeyplaneApp:
                     await feature.stop()
                 except Exception:
                     log.exception("a feature failed to stop cleanly")
+        # The alert dispatcher is shared by the features (spend alerts, the kill switch): it closes
+        # after all of them, delivering what they queued while stopping.
+        from keyplane import alerts
+
+        await alerts.close_runtime(rt)
         await rt.refresher.stop()
         await rt.last_used.stop()
         await rt.engine.dispose()

@@ -268,7 +268,6 @@ class Guard:
                 await t
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.run_pass(), 5)
-        await alerts.close_runtime(self.rt)
         await self.windows.aclose()
         if self.redis is not None and self.redis is not getattr(self.windows, "redis", None):
             await self.redis.aclose()
