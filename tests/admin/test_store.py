@@ -42,3 +42,21 @@ def test_last_used_at_is_batched(tmp_path, database_url):
             time.sleep(0.05)
     finally:
         srv.stop()
+
+
+def test_head_revision_matches_alembic():
+    from alembic.script import ScriptDirectory
+
+    assert db.head_revision() == ScriptDirectory.from_config(db._alembic_config()).get_current_head()
+
+
+def test_a_store_at_head_does_not_import_alembic(settings):
+    import subprocess
+    import sys
+
+    init_org(settings)  # migrated to head
+    code = ("import asyncio, sys\nfrom keyplane.store import db\n"
+            f"e = db.make_engine({settings.database_url!r})\n"
+            "asyncio.run(db.migrate(e))\nasyncio.run(e.dispose())\nprint('alembic' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
