@@ -76,3 +76,13 @@ def test_default_config_loads(tmp_path):
 def test_every_setting_is_documented():
     docs = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
     assert settings_markdown() in docs, "regenerate the table: python -m keyplane.config > table"
+
+
+def test_every_upstream_field_is_documented():
+    import msgspec
+
+    from keyplane.config import Upstream
+
+    docs = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    missing = [f.name for f in msgspec.structs.fields(Upstream) if f"| `{f.name}` |" not in docs]
+    assert not missing, f"upstream fields missing from docs/configuration.md: {missing}"
