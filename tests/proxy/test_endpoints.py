@@ -22,7 +22,9 @@ def client(gw, **kw) -> openai.OpenAI:
 
 
 def test_chat_forwarded_as_sent_with_upstream_key(gw, fake):
-    raw = client(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG, max_tokens=7)
+    raw = client(gw).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MSG, max_tokens=7,
+        extra_headers={"x-request-id": "req_chosen_by_client", "x-keyplane-cache": "bypass"})
     done = raw.parse()
     assert done.choices[0].message.content == "Hello from the fake upstream."
     assert done.usage.prompt_tokens > 0 and done.usage.completion_tokens == 5
@@ -32,6 +34,9 @@ def test_chat_forwarded_as_sent_with_upstream_key(gw, fake):
     rec = fake.model_requests()[-1]
     assert rec.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert gw.api_key not in str(rec.headers)
+    # A client cannot choose the request id (upstreams that echo it would make it the record's id).
+    assert "x-request-id" not in rec.headers and "x-keyplane-cache" not in rec.headers
+    assert raw.headers["x-request-id"] != "req_chosen_by_client"
     assert rec.json() == {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 7}
     (ctx,) = gw.extra["settled"]
     assert (ctx.model, ctx.upstream, ctx.status, ctx.endpoint) == ("gpt-4o-mini", "fake", 200, "/v1/chat/completions")

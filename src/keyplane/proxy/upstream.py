@@ -19,10 +19,13 @@ from keyplane.proxy import demo
 from keyplane.proxy.router import Deployment
 
 # Request headers never forwarded: hop-by-hop, our own credentials and ids, what aiohttp sets itself.
+# x-request-id: some upstreams (vLLM) echo it back, and keyplane adopts the upstream's id as the
+# request's id (usage records are unique by it), so a client must not be able to choose it.
 _DROP_REQUEST = frozenset({
     b"host", b"authorization", b"content-length", b"connection", b"keep-alive", b"transfer-encoding", b"te",
     b"upgrade", b"proxy-authorization", b"proxy-connection", b"openai-organization", b"openai-project",
     b"accept-encoding", b"cookie", b"expect", b"trailer", b"api-key", b"x-api-key",
+    b"x-request-id", b"x-keyplane-cache",
 })
 
 # Errors of one attempt that say nothing about the request itself: try again or elsewhere.
