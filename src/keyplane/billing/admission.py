@@ -147,7 +147,10 @@ class Admission:
         prompt, cached, completion = ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens
         used = prompt + completion
         cost = 0
-        if price is not None:
+        if ctx.state.get("cache") == "hit":
+            # Answered from keyplane's response cache: only the request counts (docs/caching.md).
+            used = 0
+        elif price is not None:
             if used:
                 cost = price.cost(prompt, cached, completion)
                 ctx.state["cost_input_micros"] = min(cost, price.cost(prompt, cached, 0))

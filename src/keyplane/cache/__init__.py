@@ -20,7 +20,7 @@ from typing import Any, Final
 import msgspec
 
 from keyplane.cache.affinity import AffinityConfig, Decision, Pool, PrefixRouter
-from keyplane.cache.response_cache import STATE, MemoryStore, RedisStore, ResponseCache
+from keyplane.cache.response_cache import MemoryStore, RedisStore, ResponseCache
 
 log = logging.getLogger("keyplane.cache")
 
@@ -162,20 +162,6 @@ class CacheFeature:
     # got no answer (status 0, no tokens: cost 0, reservation and token buckets released); right after
     # it, its status and tokens (all cached, none generated) come back for metering (order 20).
 
-    async def before_billing(self, ctx: Any) -> None:
-        if ctx.state.get(STATE) == "hit":
-            ctx.status = 0
-            ctx.prompt_tokens = ctx.cached_tokens = ctx.completion_tokens = 0
-
-    async def after_billing(self, ctx: Any) -> None:
-        if ctx.state.get(STATE) == "hit":
-            prompt, _ = ctx.state.get("cache.usage", (0, 0))
-            ctx.status = 200
-            ctx.prompt_tokens = ctx.cached_tokens = prompt
-            ctx.completion_tokens = 0
-            ctx.cost_micros = 0
-            ctx.upstream = "keyplane-cache"
-
     async def release_route(self, ctx: Any) -> None:
         d: Decision | None = ctx.state.pop(ROUTE_STATE, None)
         if d is None:
@@ -260,7 +246,4 @@ def attach(rt: Any, router: Any) -> CacheFeature | None:
     feature = CacheFeature(rt, routing, responses, metrics or _Metrics(rt))
     if routing is not None:
         hooks.add_settle(rt, feature.release_route, order=5)
-    if responses is not None:
-        hooks.add_settle(rt, feature.before_billing, order=9)
-        hooks.add_settle(rt, feature.after_billing, order=11)
     return feature

@@ -232,8 +232,11 @@ class ResponseCache:
         return entry if entry.expires_at > self.clock.now() else None
 
     async def _answer(self, ctx: Any, entry: Entry, send: Any, finish: Callable[[], Awaitable[None]]) -> None:
-        ctx.state[STATE] = "hit"
-        ctx.state["cache.usage"] = (entry.prompt_tokens, entry.completion_tokens)
+        ctx.state[STATE] = "hit"  # billing charges nothing for it (billing/admission.py settle)
+        # Recorded in usage as cached input tokens, no output, served by keyplane itself.
+        ctx.prompt_tokens = ctx.cached_tokens = entry.prompt_tokens
+        ctx.completion_tokens = 0
+        ctx.upstream = "keyplane-cache"
         ctx.status = 200
         ctx.attempts = 0
         ctx.extra_headers.append(HIT)
@@ -258,6 +261,9 @@ class ResponseCache:
 
         async def filling(msg: dict[str, Any]) -> None:
             nonlocal status, size
+            # The entry's age counts from when the answer was complete, not from when sending it
+            # returned (the client may already have it all and moved on by then).
+            now = self.clock.now()
             await send(msg)
             if msg["type"] == "http.response.start":
                 status = msg["status"]
@@ -271,7 +277,7 @@ class ResponseCache:
             if size <= limit:
                 parts.append(body)
             if not msg.get("more_body", False) and size <= limit and ctx.error is None and not ctx.usage_estimated:
-                await self._put(key, Entry(self.clock.now() + self.ttl, kept, b"".join(parts),
+                await self._put(key, Entry(now + self.ttl, kept, b"".join(parts),
                                            ctx.prompt_tokens, ctx.completion_tokens))
 
         return filling
