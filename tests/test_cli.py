@@ -137,3 +137,18 @@ def test_help_everywhere():
                  ["keys", "create", "--help"], ["users", "--help"], ["audit", "--help"]):
         res = runner.invoke(app, args)
         assert res.exit_code == 0 and "Usage" in res.stdout
+
+
+def test_serve_warns_about_workers_without_redis(cli, monkeypatch):
+    import uvicorn
+
+    cli("init", "--json")
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append(k))
+    monkeypatch.delenv("KEYPLANE_REDIS_URL", raising=False)
+    monkeypatch.setenv("KEYPLANE_PORT", "18999")  # serve exports it for its workers; restored after the test
+    res = cli("serve", "--workers", "2", "--port", "18999")
+    assert "2x the limits" in res.stderr and calls and calls[0]["workers"] == 2
+    monkeypatch.setenv("KEYPLANE_REDIS_URL", "redis://127.0.0.1:6379/0")
+    res = cli("serve", "--workers", "2", "--port", "18999")
+    assert "x the limits" not in res.stderr

@@ -174,6 +174,10 @@ def serve(
     if port:
         os.environ["KEYPLANE_PORT"] = str(port)
     _ensure_org_or_warn(s)
+    if workers > 1 and not s.redis_url:
+        err.print(f"[yellow]warning:[/] {workers} workers without KEYPLANE_REDIS_URL: each worker keeps its own rate "
+                  "limits and budget reservations, so together they allow up to "
+                  f"{workers}x the limits. Set KEYPLANE_REDIS_URL to share them.")
     from keyplane.logs import setup_logging
 
     setup_logging(s.log_format, s.log_level)
