@@ -1,11 +1,38 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from keyplane.testing import FakeUpstream
 from tests.support import RunningServer, init_org, make_settings, postgres_database, start_server
+
+
+@pytest.fixture(scope="session")
+def fake_session() -> Iterator[FakeUpstream]:
+    """The project's fake upstream, one per test process."""
+    f = FakeUpstream().start_in_thread()
+    yield f
+    f.stop_thread()
+
+
+@pytest.fixture
+def fake(fake_session: FakeUpstream) -> FakeUpstream:
+    """The shared fake upstream, reset for this test."""
+    fake_session.reset()
+    return fake_session
+
+
+@pytest.fixture(scope="session")
+def template_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initialized SQLite home (its ``init.json`` holds the keys), copied by each gateway of a test:
+    migrating once per session is the slow part."""
+    home = tmp_path_factory.mktemp("tmpl") / "home"
+    settings = make_settings(home, "")
+    (home / "init.json").write_text(json.dumps(init_org(settings)))
+    return home
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -22,12 +22,13 @@ from openai import OpenAI
 
 from keyplane.limits.redis_backend import RedisLimiter
 from keyplane.testing import FakeUpstream
-from tests.support import RunningServer, init_org, make_settings, start_server
+from tests.support import RunningServer, make_settings, start_server
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 UPSTREAM_KEY_ENV = "KP_BILLING_TEST_UPSTREAM_KEY"
 PRICED = '[prices."gpt-4o-mini"]\ninput = 0\noutput = 1600\n'
 COST = 8000  # micro-dollars per request with max_tokens=5
+os.environ.setdefault(UPSTREAM_KEY_ENV, "sk-upstream-billing-test")
 
 
 def config(fake: FakeUpstream, extra: str = "") -> str:
@@ -35,30 +36,6 @@ def config(fake: FakeUpstream, extra: str = "") -> str:
             'models = ["gpt-*", "fake-*", "text-embedding-*"]\nretry_backoff = 0.01\nbreaker_failures = 1000\n'
             'max_retries = 2\n\n[[upstreams]]\nname = "demo"\nbase_url = "demo"\nmodels = ["demo-*"]\n\n'
             + PRICED + extra)
-
-
-@pytest.fixture(scope="session")
-def fake_upstream() -> Iterator[FakeUpstream]:
-    os.environ.setdefault(UPSTREAM_KEY_ENV, "sk-upstream-billing-test")
-    f = FakeUpstream().start_in_thread()
-    yield f
-    f.stop_thread()
-
-
-@pytest.fixture
-def fake(fake_upstream: FakeUpstream) -> FakeUpstream:
-    fake_upstream.reset()
-    return fake_upstream
-
-
-@pytest.fixture(scope="session")
-def billing_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An initialized SQLite home copied by each gateway (migrating once per session)."""
-    home = tmp_path_factory.mktemp("billing-tmpl") / "home"
-    settings = make_settings(home, "")
-    init = init_org(settings)
-    (home / "init.json").write_text(json.dumps(init))
-    return home
 
 
 def unique_prefix() -> str:
@@ -101,7 +78,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture
-def make_gateway(billing_template: Path, tmp_path: Path, fake: FakeUpstream, backend: dict[str, str]
+def make_gateway(template_home: Path, tmp_path: Path, fake: FakeUpstream, backend: dict[str, str]
                  ) -> Iterator[Callable[..., RunningServer]]:
     """Start a keyplane on SQLite routed to the fake upstream (and demo), on the test's backend."""
     started: list[RunningServer] = []
@@ -109,7 +86,7 @@ def make_gateway(billing_template: Path, tmp_path: Path, fake: FakeUpstream, bac
     def make(extra: str = "", clock: object = None, home: Path | None = None, **env: str) -> RunningServer:
         if home is None:
             home = tmp_path / f"home{len(started)}"
-            shutil.copytree(billing_template, home)
+            shutil.copytree(template_home, home)
         init = json.loads((home / "init.json").read_text())
         settings = make_settings(home, "", config_text=config(fake, extra), **{**backend, **env})
         srv = start_server(settings, init, clock=clock)  # type: ignore[arg-type]

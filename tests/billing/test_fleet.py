@@ -67,12 +67,12 @@ class Instance:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, fake_upstream) -> Iterator[tuple[list[str], dict]]:
+def fleet(tmp_path: Path, fake_session) -> Iterator[tuple[list[str], dict]]:
     prefix = unique_prefix()
     secret = secrets.token_urlsafe(32)
-    fake_upstream.reset()
+    fake_session.reset()
     with postgres_database() as db_url:
-        settings = make_settings(tmp_path / "init", db_url, config_text=config(fake_upstream),
+        settings = make_settings(tmp_path / "init", db_url, config_text=config(fake_session),
                                  KEYPLANE_SECRET_KEY=secret)
         init = init_org(settings)
         instances = []
@@ -80,7 +80,7 @@ def fleet(tmp_path: Path, fake_upstream) -> Iterator[tuple[list[str], dict]]:
             for i in range(3):
                 home = tmp_path / f"home{i}"
                 home.mkdir()
-                (home / "keyplane.toml").write_text(config(fake_upstream))
+                (home / "keyplane.toml").write_text(config(fake_session))
                 env = {**os.environ, "KEYPLANE_HOME": str(home), "KEYPLANE_DATABASE_URL": db_url,
                        "KEYPLANE_REDIS_URL": REDIS_URL, "KEYPLANE_REDIS_PREFIX": prefix, "KEYPLANE_SECRET_KEY": secret,
                        "KEYPLANE_SNAPSHOT_POLL_SECONDS": "0.2", UPSTREAM_KEY_ENV: os.environ[UPSTREAM_KEY_ENV]}
@@ -137,7 +137,7 @@ async def _burst(urls: list[str], key: str, n: int, model: str) -> tuple[collect
     return out, window
 
 
-def test_three_instances_enforce_one_rpm_and_one_budget(fleet, fake_upstream):
+def test_three_instances_enforce_one_rpm_and_one_budget(fleet, fake_session):
     urls, init = fleet
     admin, key, pid = init["admin_key"], init["api_key"], init["project_id"]
     h = {"Authorization": f"Bearer {admin}"}
@@ -174,9 +174,9 @@ def test_three_instances_enforce_one_rpm_and_one_budget(fleet, fake_upstream):
                 break
             assert r.status_code == 500 and time.monotonic() < deadline, r.text
             time.sleep(0.05)
-    fake_upstream.reset()
+    fake_session.reset()
     counts, _ = asyncio.run(_burst(urls, key, 200, "gpt-4o-mini"))
     assert counts == {"ok": 50, "project_spend_limit_exceeded": 150}
-    assert len(fake_upstream.model_requests()) == 50
+    assert len(fake_session.model_requests()) == 50
     got = httpx.get(urls[2] + f"/v1/organization/projects/{pid}/spend_limit", headers=h).json()
     assert got["spent"] == 40

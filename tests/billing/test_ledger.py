@@ -25,9 +25,9 @@ from tests.support import init_org, make_settings, start_server
 LIMIT = {"currency": "USD", "interval": "month", "threshold_amount": 40}  # 50 requests
 
 
-def test_restart_keeps_this_months_spend(tmp_path, database_url, fake_upstream):
-    fake_upstream.reset()
-    settings = make_settings(tmp_path / "home", database_url, config_text=config(fake_upstream))
+def test_restart_keeps_this_months_spend(tmp_path, database_url, fake_session):
+    fake_session.reset()
+    settings = make_settings(tmp_path / "home", database_url, config_text=config(fake_session))
     init = init_org(settings)
     srv = start_server(settings, init)
     try:
@@ -81,14 +81,14 @@ def test_expired_credit_stops_counting(make_gateway, fake):
         assert asyncio.run(_fire(srv.v1, srv.api_key, 5)) == {"ok": 2, "insufficient_quota": 3}
 
 
-def test_unreachable_redis_refuses_rather_than_skipping_limits(billing_template, tmp_path, fake):
+def test_unreachable_redis_refuses_rather_than_skipping_limits(template_home, tmp_path, fake):
     import json
     import shutil
 
     import httpx
 
     home = tmp_path / "home"
-    shutil.copytree(billing_template, home)
+    shutil.copytree(template_home, home)
     settings = make_settings(home, "", config_text=config(fake), KEYPLANE_REDIS_URL="redis://127.0.0.1:1/0")
     srv = start_server(settings, json.loads((home / "init.json").read_text()))
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from keyplane.testing import FakeUpstream
-from tests.support import RunningServer, init_org, make_settings, start_server
+from tests.support import RunningServer, make_settings, start_server
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 UPSTREAM_KEY_ENV = "KP_CACHE_TEST_UPSTREAM_KEY"
@@ -30,15 +30,6 @@ def upstreams(*fakes: FakeUpstream) -> str:
                    'models = ["gpt-*", "text-embedding-*"]\nretry_backoff = 0.01\nbreaker_failures = 1000\n')
     out.append('[[upstreams]]\nname = "demo"\nbase_url = "demo"\nmodels = ["demo-*"]\n')
     return "\n".join(out) + "\n" + PRICES
-
-
-@pytest.fixture(scope="session")
-def cache_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An initialized SQLite home copied by each gateway (migrating once per session)."""
-    home = tmp_path_factory.mktemp("cache-tmpl") / "home"
-    settings = make_settings(home, "")
-    (home / "init.json").write_text(json.dumps(init_org(settings)))
-    return home
 
 
 def _clean_redis(prefix: str) -> None:
@@ -61,7 +52,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-def make_gateway(cache_template: Path, tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+def make_gateway(template_home: Path, tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """Start a keyplane (SQLite) with the given keyplane.toml text; ``redis_prefix`` puts it on Redis."""
     started: list[RunningServer] = []
     prefixes: list[str] = []
@@ -70,7 +61,7 @@ def make_gateway(cache_template: Path, tmp_path: Path) -> Iterator[Callable[...,
              redis_prefix: str | None = None) -> RunningServer:
         if home is None:
             home = tmp_path / f"home{len(started)}"
-            shutil.copytree(cache_template, home)
+            shutil.copytree(template_home, home)
         env: dict[str, str] = {}
         if redis:
             if redis_prefix is None:

@@ -20,19 +20,6 @@ from tests.support import RunningServer
 MSG = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    f = FakeUpstream().start_in_thread()
-    yield f
-    f.stop_thread()
-
-
-@pytest.fixture
-def fake(upstream: FakeUpstream) -> FakeUpstream:
-    upstream.reset()
-    return upstream
-
-
 def config(fake: FakeUpstream, cache: str, backend: str) -> str:
     return upstreams(fake) + f'\n[cache]\nbackend = "{backend}"\nttl = "10m"\n' + cache
 
@@ -149,10 +136,10 @@ def test_bypass_and_use_headers(make_gateway, fake, backend):
     assert ask(c)[0] == "hit"
 
 
-def test_key_opt_in(make_gateway, fake, backend, cache_template):
+def test_key_opt_in(make_gateway, fake, backend, template_home):
     import json
 
-    key_id = json.loads((cache_template / "init.json").read_text())["api_key_id"]
+    key_id = json.loads((template_home / "init.json").read_text())["api_key_id"]
     srv = make_gateway(config(fake, f'keys = ["{key_id}"]\n', backend), redis=backend == "redis")
     assert ask(client(srv))[0] == "miss"
     assert ask(client(srv))[0] == "hit"

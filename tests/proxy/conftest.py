@@ -42,30 +42,6 @@ def _toml(v: object) -> str:
     return str(v)
 
 
-@pytest.fixture(scope="session")
-def fake_session() -> Iterator[FakeUpstream]:
-    f = FakeUpstream().start_in_thread()
-    yield f
-    f.stop_thread()
-
-
-@pytest.fixture
-def fake(fake_session: FakeUpstream) -> FakeUpstream:
-    """The shared fake upstream, reset for this test."""
-    fake_session.reset()
-    return fake_session
-
-
-@pytest.fixture(scope="session")
-def template_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An initialized SQLite home, copied by each gateway (migrating once per session is the slow part)."""
-    home = tmp_path_factory.mktemp("tmpl") / "home"
-    settings = make_settings(home, "")
-    init = init_org(settings)
-    (home / "init.json").write_text(__import__("json").dumps(init))
-    return home
-
-
 @pytest.fixture
 def make_gateway(template_home: Path, tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """Start a keyplane (SQLite) with the given keyplane.toml text; stopped after the test."""
