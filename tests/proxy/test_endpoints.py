@@ -41,7 +41,9 @@ def test_chat_forwarded_as_sent_with_upstream_key(gw, fake):
     (ctx,) = gw.extra["settled"]
     assert (ctx.model, ctx.upstream, ctx.status, ctx.endpoint) == ("gpt-4o-mini", "fake", 200, "/v1/chat/completions")
     assert (ctx.prompt_tokens, ctx.completion_tokens) == (done.usage.prompt_tokens, 5)
-    assert ctx.project_id == gw.project_id and ctx.request_id == raw.headers["x-request-id"]
+    # keyplane's own id is the record's; the upstream's is shown as x-request-id and kept beside it.
+    assert ctx.project_id == gw.project_id and ctx.request_id == raw.headers["x-keyplane-request-id"]
+    assert ctx.upstream_request_id == raw.headers["x-request-id"] != ctx.request_id
     assert not ctx.disconnected and ctx.latency_ms > 0
 
 

@@ -61,18 +61,18 @@ async def _fire(base: str, key: str, kill: Callable[[], None]) -> tuple[set[str]
                 r = await c.post("/v1/chat/completions", headers=hh, json={
                     "model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"fast {i} " * (1 + i % 7)}]})
                 assert r.status_code == 200, r.text
-                return r.headers["x-request-id"]
+                return r.headers["x-keyplane-request-id"]
             if kind == 1:
                 body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": f"s {i}"}]}
                 async with c.stream("POST", "/v1/chat/completions", json=body, headers=hh) as r:
                     assert r.status_code == 200
                     data = b"".join([x async for x in r.aiter_bytes()])
                     assert data.rstrip().endswith(b"data: [DONE]")
-                    return r.headers["x-request-id"]
+                    return r.headers["x-keyplane-request-id"]
             r = await c.post("/v1/embeddings", headers=hh, json={"model": "text-embedding-3-small",
                                                                  "input": f"embed {i}"})
             assert r.status_code == 200, r.text
-            return r.headers["x-request-id"]
+            return r.headers["x-keyplane-request-id"]
 
         held_tasks = [asyncio.create_task(held(i)) for i in range(N_HELD)]
         await asyncio.sleep(0.5)

@@ -56,14 +56,14 @@ def test_usage_api_matches_the_requests_made(gateway):
         raw = client.chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": f"hello number {i} " * (i + 1)}],
             extra_headers={"x-fake-cached-tokens": "2"})
-        count(raw.parse().usage, raw.headers["x-request-id"])
+        count(raw.parse().usage, raw.headers["x-keyplane-request-id"])
     # Streamed, with usage asked for and not: keyplane learns the usage either way.
     for include in (True, False):
         kw = {"stream_options": {"include_usage": True}} if include else {}
         with client.chat.completions.with_streaming_response.create(
                 model="gpt-4o", messages=[{"role": "user", "content": "stream please"}], stream=True, **kw) as resp:
             chunks = list(resp.parse())
-            rid = resp.headers["x-request-id"]
+            rid = resp.headers["x-keyplane-request-id"]
         if include:
             count(chunks[-1].usage, rid)
         else:
@@ -75,7 +75,8 @@ def test_usage_api_matches_the_requests_made(gateway):
     made["input"] += u.input_tokens
     made["output"] += u.output_tokens
     made["n"] += 1
-    ids.append(r.headers["x-request-id"])
+    ids.append(r.headers["x-keyplane-request-id"])
+    upstream_ids = {r.headers["x-keyplane-request-id"]: r.headers["x-request-id"]}
     emb = client.embeddings.create(model="text-embedding-3-small", input=["one two three", "four"])
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
@@ -87,6 +88,8 @@ def test_usage_api_matches_the_requests_made(gateway):
     by_id = {x["id"]: x for x in listed}
     assert len(listed) == made["n"] + 2  # + the embeddings call + the failed one
     assert set(ids) <= set(by_id)
+    for own, theirs in upstream_ids.items():  # the upstream's id is kept beside keyplane's own
+        assert theirs.startswith("req_fake") and by_id[own]["upstream_request_id"] == theirs
     stream_rows = [x for x in listed if x["stream"]]
     assert len(stream_rows) == 2 and all(x["ttft_ms"] is not None and x["status"] == 200 for x in stream_rows)
     failed = [x for x in listed if x["status"] == 500]
@@ -127,7 +130,7 @@ def test_cancelled_stream_is_recorded(gateway):
     with client.chat.completions.with_streaming_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "a long answer"}], stream=True,
             extra_headers={"x-fake-chunk-delay-ms": "200", "x-fake-text": " ".join(["word"] * 40)}) as resp:
-        rid = resp.headers["x-request-id"]
+        rid = resp.headers["x-keyplane-request-id"]
         it = resp.iter_lines()
         for _ in range(4):
             next(it)
@@ -150,7 +153,7 @@ def test_access_log_has_ids_but_never_a_key_or_prompt(gateway, caplog):
     caplog.set_level(logging.INFO, logger="keyplane.access")
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": secret_prompt}])
-    rid = raw.headers["x-request-id"]
+    rid = raw.headers["x-keyplane-request-id"]
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": secret_prompt}])
     drain(srv)

@@ -50,7 +50,7 @@ def test_spans_reach_an_otlp_collector(gateway):
         client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
         raw = client.chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "secret prompt 8812"}])
-        rid = raw.headers["x-request-id"]
+        rid = raw.headers["x-keyplane-request-id"]
         srv.stop()  # shutting down flushes the batch of spans
         deadline = time.monotonic() + 10
         while not _Collector.bodies and time.monotonic() < deadline:

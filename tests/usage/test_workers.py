@@ -46,7 +46,7 @@ def test_two_workers_each_journal_and_one_metrics_view(tmp_path, database_url, f
                 r = await c.post("/v1/chat/completions", headers={**h, "x-fake-latency-ms": "30"},
                                  json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"w {i}"}]})
                 assert r.status_code == 200, r.text
-                return r.headers["x-request-id"]
+                return r.headers["x-keyplane-request-id"]
 
             base = len(ids)
             return set(await asyncio.gather(*(one(base + i) for i in range(N))))

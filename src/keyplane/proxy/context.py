@@ -33,6 +33,9 @@ class RequestContext:
     body: bytes = b""
     max_tokens: int | None = None
     upstream: str | None = None  # name of the upstream that answered
+    # The upstream's own x-request-id, shown to the client as x-request-id; ``request_id`` stays
+    # keyplane's own (unique: usage records are keyed by it, and a client cannot choose it).
+    upstream_request_id: str | None = None
     attempts: int = 0
     status: int = 0
     prompt_tokens: int = 0

@@ -131,9 +131,11 @@ class ProxyApp:
                 rid = v
             elif k not in drop and not k.startswith(b"x-ratelimit-"):
                 h.append((k, v))
+        own = ctx.request_id.encode()
         if rid:
-            ctx.request_id = rid.decode("latin-1")
-        h.append((b"x-request-id", ctx.request_id.encode()))
+            ctx.upstream_request_id = rid.decode("latin-1")
+        h.append((b"x-request-id", rid or own))
+        h.append((b"x-keyplane-request-id", own))
         h.append((b"openai-processing-ms", b"%d" % int((time.perf_counter() - t0) * 1000)))
         if length is not None:
             h.append((b"content-length", b"%d" % length))

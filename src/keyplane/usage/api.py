@@ -281,6 +281,7 @@ def request_object(r: Any) -> dict[str, Any]:
         "cost": {"value": r.cost_micros / 1e6, "currency": "usd"},
         "latency_ms": r.latency_ms, "ttft_ms": r.ttft_ms, "stream": r.stream, "disconnected": r.disconnected,
         "usage_estimated": r.estimated, "attempts": r.attempts, "error": r.error,
+        "upstream_request_id": r.upstream_request_id,
     }
 
 

@@ -66,6 +66,7 @@ class Record(msgspec.Struct, array_like=True, gc=False):
     estimated: bool = False
     attempts: int = 0
     error: str | None = None
+    upstream_request_id: str | None = None  # the upstream's x-request-id; ``id`` is keyplane's own
 
     @property
     def model_request(self) -> bool:

@@ -111,6 +111,7 @@ class Recorder:
             ctx.model, ctx.upstream, kind_of(ctx.endpoint), ctx.endpoint, ctx.status, ctx.prompt_tokens,
             ctx.cached_tokens, ctx.completion_tokens, ctx.cost_micros, self.split.input_part(ctx), ctx.latency_ms,
             ctx.ttft_ms, ctx.stream, ctx.disconnected, ctx.usage_estimated, ctx.attempts, ctx.error,
+            getattr(ctx, "upstream_request_id", None),
         )
 
     async def record(self, ctx: Any) -> None:

@@ -77,6 +77,7 @@ def request_row(r: Record) -> dict[str, Any]:
         "cost_input_micros": r.cost_input_micros, "latency_ms": r.latency_ms, "ttft_ms": r.ttft_ms,
         "stream": r.stream, "disconnected": r.disconnected, "estimated": r.estimated, "attempts": r.attempts,
         "error": r.error[:256] if r.error else None,
+        "upstream_request_id": r.upstream_request_id[:128] if r.upstream_request_id else None,
     }
 
 

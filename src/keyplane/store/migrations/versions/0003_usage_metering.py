@@ -41,11 +41,13 @@ def upgrade() -> None:
     sa.Column('estimated', sa.Boolean(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('error', sa.String(length=256), nullable=True),
+    sa.Column('upstream_request_id', sa.String(length=128), nullable=True),
     sa.PrimaryKeyConstraint('seq'),
     sa.UniqueConstraint('id')
     )
     with op.batch_alter_table('usage_requests', schema=None) as batch_op:
         batch_op.create_index('ix_usage_requests_created', ['created_at'], unique=False)
+        batch_op.create_index('ix_usage_requests_upstream_id', ['upstream_request_id'], unique=False)
         batch_op.create_index('ix_usage_requests_key', ['api_key_id', 'created_at'], unique=False)
         batch_op.create_index('ix_usage_requests_project', ['project_id', 'created_at'], unique=False)
 
@@ -77,4 +79,5 @@ def downgrade() -> None:
         batch_op.drop_index('ix_usage_requests_project')
         batch_op.drop_index('ix_usage_requests_key')
         batch_op.drop_index('ix_usage_requests_created')
+        batch_op.drop_index('ix_usage_requests_upstream_id')
     op.drop_table('usage_requests')
