@@ -35,14 +35,8 @@ def authenticate(rt: Runtime, headers: list[tuple[bytes, bytes]], query_string: 
             org = value
         elif name == _H_PROJECT:
             project = value
-    if auth is None:
-        raise _missing(headers, query_string)
-    if auth[:7].lower() != _BEARER:
-        raise _not_bearer(auth)
-    token = auth[7:].decode("latin-1")
-    kind = keys.parse(token)
-    if kind is None:
-        raise _bad_token(token, query_string)
+    token = bearer_token(auth, headers, query_string)
+    kind = token_kind(token, query_string)
     if kind == "admin":
         raise errors.invalid_key(
             keys.mask(token),
@@ -50,15 +44,8 @@ def authenticate(rt: Runtime, headers: list[tuple[bytes, bytes]], query_string: 
             "/v1/organization. Model requests need a project key (sk-kp-proj-...) or a service-account "
             "key (sk-kp-svc-...).",
         )
+    entry = active_entry(rt, token)
     snap = rt.snapshot
-    entry = snap.keys.get(keys.digest(rt.settings.secret_key, token))
-    if entry is None:
-        raise errors.invalid_key(keys.mask(token))
-    now = rt.clock.now()
-    if entry.revoked_at is not None or entry.suspended_at is not None or entry.expires_at is not None:
-        why = entry.inactive_reason(now)
-        if why:
-            raise errors.key_inactive(keys.mask(token), why)
     if entry.project_id is not None:
         p = snap.projects.get(entry.project_id)
         if p is None or p.status != "active":
@@ -67,6 +54,37 @@ def authenticate(rt: Runtime, headers: list[tuple[bytes, bytes]], query_string: 
         raise errors.mismatched_organization()
     if project is not None and project.decode("latin-1").strip() not in ("", entry.project_id):
         raise errors.mismatched_project()
+    return entry
+
+
+# --- the steps, shared with the admin API's authentication (admin/common.py) -------------------
+
+def bearer_token(auth: bytes | None, headers: list[tuple[bytes, bytes]], query_string: bytes = b"") -> str:
+    """The key of an ``Authorization: Bearer`` header value, or a 401 saying what is wrong with it."""
+    if auth is None:
+        raise _missing(headers, query_string)
+    if auth[:7].lower() != _BEARER:
+        raise _not_bearer(auth)
+    return auth[7:].decode("latin-1")
+
+
+def token_kind(token: str, query_string: bytes = b"") -> keys.KeyKind:
+    """The kind of a well-formed key; a malformed one is refused here, before any lookup."""
+    kind = keys.parse(token)
+    if kind is None:
+        raise _bad_token(token, query_string)
+    return kind
+
+
+def active_entry(rt: Runtime, token: str) -> KeyEntry:
+    """The snapshot entry of a key that may be used now, or a 401 naming why not."""
+    entry = rt.snapshot.keys.get(keys.digest(rt.settings.secret_key, token))
+    if entry is None:
+        raise errors.invalid_key(keys.mask(token))
+    if entry.revoked_at is not None or entry.suspended_at is not None or entry.expires_at is not None:
+        why = entry.inactive_reason(rt.clock.now())
+        if why:
+            raise errors.key_inactive(keys.mask(token), why)
     return entry
 
 

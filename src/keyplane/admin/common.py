@@ -8,7 +8,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from keyplane import errors, keys
+from keyplane import auth, errors, keys
 from keyplane.control import Actor
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
@@ -27,43 +27,21 @@ def runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
-def bearer(request: Request) -> str:
-    header = request.headers.get("authorization")
-    if not header:
-        raise errors.missing_key()
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value:
-        raise errors.missing_key("The Authorization header must be `Bearer YOUR_ADMIN_KEY`.")
-    return value.strip()
-
-
 def authenticate_admin(request: Request) -> tuple[KeyEntry, Actor]:
     """The admin key of the request, or an OpenAI-shaped 401."""
     internal = request.scope.get("keyplane.session")
     if internal is not None:  # an in-process call from the dashboard (web/features.py), never from the network
         return internal  # type: ignore[no-any-return]
     rt = runtime(request)
-    value = bearer(request)
-    kind = keys.parse(value)
-    if kind is None:
-        hint = ""
-        if keys.looks_like_keyplane_key(value):
-            hint = "The key is malformed (its checksum does not match): check that it was copied whole."
-        elif "T3BlbkFJ" in value or value.startswith(("sk-admin-", "sk-proj-")):
-            hint = ("This looks like an OpenAI key; the keyplane admin API takes a keyplane admin key "
-                    "(sk-kp-admin-...).")
-        raise errors.invalid_key(keys.mask(value), hint)
-    if kind != "admin":
+    headers: list[tuple[bytes, bytes]] = request.scope["headers"]
+    qs: bytes = request.scope.get("query_string", b"")
+    value = auth.bearer_token(next((v for k, v in headers if k == b"authorization"), None), headers, qs)
+    if auth.token_kind(value, qs) != "admin":
         raise errors.admin_key_required(
             f"Incorrect API key provided: {keys.mask(value)}. The admin API needs an admin key (sk-kp-admin-...); "
             "project and service-account keys work only on the /v1 model endpoints."
         )
-    entry = rt.snapshot.keys.get(keys.digest(rt.settings.secret_key, value))
-    if entry is None:
-        raise errors.invalid_key(keys.mask(value))
-    why = entry.inactive_reason(rt.clock.now())
-    if why:
-        raise errors.key_inactive(keys.mask(value), why)
+    entry = auth.active_entry(rt, value)
     rt.last_used.touch(entry.id, rt.clock.now())
     actor = Actor("api_key", entry.id, {"id": entry.id, "type": "user",
                                          "user": {"id": entry.owner_user_id}})
