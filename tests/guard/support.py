@@ -156,7 +156,13 @@ class SMTPReceiver:
 
     def stop(self) -> None:
         if self._tl is not None and self._server is not None:
-            self._server.close()
+            server = self._server
+
+            async def close() -> None:  # on the server's own loop: asyncio servers are not thread-safe
+                server.close()
+                await server.wait_closed()
+
+            self._tl.run(close())
             self._tl.close()
 
 

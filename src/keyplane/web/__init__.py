@@ -108,7 +108,13 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def build_web_app(rt: Runtime, admin_app: Any = None) -> Any:
+    import anyio
+
     from keyplane.web import login, manage, pages, users
+
+    # StaticFiles opens files through anyio, which imports that module lazily on first use: load it
+    # at start-up rather than in the middle of the first request for a static file.
+    anyio.open_file  # noqa: B018
 
     routes: list[Any] = [*login.ROUTES, *pages.ROUTES, *manage.ROUTES, *users.ROUTES,
                          Route("/favicon.ico", _favicon, methods=["GET"]),
