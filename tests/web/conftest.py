@@ -60,10 +60,12 @@ def csrf_of(page: str) -> str:
 class Web:
     """A cookie-keeping HTTP client that signs in like a person would (no browser)."""
 
-    def __init__(self, server: RunningServer, clock: OffsetClock) -> None:
+    def __init__(self, server: RunningServer, clock: OffsetClock, address: str | None = None) -> None:
+        """``address``: the local address to connect from (e.g. 127.0.0.2), to be another client address."""
         self.server = server
         self.clock = clock
-        self.c = httpx.Client(base_url=server.base_url, follow_redirects=False, timeout=20)
+        transport = httpx.HTTPTransport(local_address=address) if address else None
+        self.c = httpx.Client(base_url=server.base_url, follow_redirects=False, timeout=20, transport=transport)
         self.totp_secret: str | None = None
         self.recovery_codes: list[str] = []
         self.csrf = ""

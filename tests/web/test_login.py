@@ -86,20 +86,56 @@ def test_recovery_code_works_once(web, web_server):
     assert len(orjson.loads(_user(web_server, OWNER).recovery_codes)) == 9
 
 
-def test_wrong_password_and_lockout(web, web_server, clock):
+def test_wrong_password_is_throttled_with_growing_delays(web, web_server, clock):
     web.get("/login")
-    for _ in range(5):
+    for _ in range(3):  # a few free tries
         r = web.post("/login", {"email": OWNER, "password": "wrong password"})
         assert r.status_code == 401 and "Incorrect email or password" in r.text
-    # Locked: even the right password is refused, with a clear message.
+    # Then each failure doubles the wait; while waiting even the right password is not checked.
+    for wait in ("5 seconds", "10 seconds", "20 seconds", "40 seconds", "2 minutes"):
+        r = web.post("/login", {"email": OWNER, "password": PASSWORD})
+        assert r.status_code == 429 and f"Try again in {wait}." in r.text, r.text
+        clock.advance({"5 seconds": 5, "10 seconds": 10, "20 seconds": 20, "40 seconds": 40}.get(wait, 80) + 0.5)
+        assert web.post("/login", {"email": OWNER, "password": "wrong password"}).status_code == 401
+    for _ in range(6):
+        clock.advance(15 * 60 + 1)
+        assert web.post("/login", {"email": OWNER, "password": "wrong password"}).status_code == 401
     r = web.post("/login", {"email": OWNER, "password": PASSWORD})
-    assert r.status_code == 429 and "Try again in 15 minutes" in r.text
+    assert r.status_code == 429 and "Try again in 15 minutes." in r.text  # the longest delay
     failed = _audit(web_server, "login.failed")
-    assert len(failed) == 6
     assert orjson.loads(failed[-1].details)["error_code"] == "locked_out"
     assert PASSWORD not in "".join(a.details + a.actor for a in failed)
     clock.advance(15 * 60 + 1)
-    assert web.post("/login", {"email": OWNER, "password": PASSWORD}).status_code == 303
+    web.sign_in()  # a full sign-in clears the pair's count
+    assert web.get("/").status_code == 200
+    web.post("/logout")
+    web.get("/login")
+    assert web.post("/login", {"email": OWNER, "password": "wrong password"}).status_code == 401
+
+
+def test_stranger_cannot_lock_out_the_owner(web, web_server, clock):
+    """Someone who knows the owner's email fails from another address as often as they like: the owner,
+    from an address that is not failing, signs in with the right password and code at once."""
+    web.sign_in()
+    web.post("/logout")
+    stranger = Web(web_server, clock, address="127.0.0.2")
+    try:
+        stranger.get("/login")
+        codes = []
+        for _ in range(60):
+            codes.append(stranger.post("/login", {"email": OWNER, "password": "guess"}).status_code)
+            clock.advance(1)
+        assert codes[:3] == [401, 401, 401] and 429 in codes and set(codes) == {401, 429}
+        assert codes.count(401) < 10  # growing delays
+        r = stranger.post("/login", {"email": OWNER, "password": PASSWORD})
+        assert r.status_code == 429  # the stranger's own address is held back, even with the right password
+    finally:
+        stranger.close()
+    r = web.password_step(OWNER, PASSWORD)
+    assert r.status_code == 303 and r.headers["location"] == "/login/totp"
+    web.get("/login/totp")
+    assert web.post("/login/totp", {"code": web.code()}).status_code == 303
+    assert web.get("/").status_code == 200
 
 
 def test_lockout_per_address(web_server, clock):

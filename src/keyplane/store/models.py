@@ -6,7 +6,7 @@ cursor pagination (``after=<id>`` -> ``seq > seq_of(id)``).
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for the same column.
@@ -113,3 +113,52 @@ class AuditLog(Base):
         Index("ix_audit_type", "type"),
         Index("ix_audit_project", "project_id"),
     )
+
+
+# --- dashboard sign-in state shared by every instance (keyplane.web.fleet) ---------------------------
+
+class WebSessionEnd(Base):
+    """A dashboard session signed out before it expired: every instance refuses its cookie until expires_at."""
+
+    __tablename__ = "web_session_ends"
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_web_session_ends_expires", "expires_at"),)
+
+
+class WebTotpStep(Base):
+    """A TOTP time step already used by a user (RFC 6238 5.2: a code is accepted once), kept while it could match."""
+
+    __tablename__ = "web_totp_steps"
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_web_totp_steps_expires", "expires_at"),)
+
+
+class WebLoginThrottle(Base):
+    """Failed sign-ins per (email, address) pair or per address; ``key`` is a keyed digest, never the email."""
+
+    __tablename__ = "web_login_throttle"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    first_at: Mapped[float] = mapped_column(Float)  # unix seconds, fractional: delays start at a few seconds
+    last_at: Mapped[float] = mapped_column(Float)
+    blocked_until: Mapped[float] = mapped_column(Float, default=0.0)
+
+    __table_args__ = (Index("ix_web_login_throttle_last", "last_at"),)
+
+
+class ProviderObject(Base):
+    """A provider object (file, stored response, batch...) created through keyplane: the project that owns
+    it and the upstream that holds it (proxy/tenancy.py, docs/proxy.md "What is isolated between projects")."""
+
+    __tablename__ = "provider_objects"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # the provider's id: file-..., resp_...
+    project_id: Mapped[str] = mapped_column(String(64))
+    object: Mapped[str] = mapped_column(String(64))  # the provider's "object" field: file, response, batch...
+    upstream: Mapped[str] = mapped_column(String(128))  # name of the [[upstreams]] entry that answered
+    created_at: Mapped[int] = mapped_column(BigInteger)

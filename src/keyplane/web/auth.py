@@ -2,8 +2,9 @@
 
 Sessions are signed cookies (HMAC-SHA256 with a key derived from the server secret), not server
 rows: any instance of a fleet accepts them. Each carries a stamp of the user's credentials, so
-``keyplane users set-password`` or a 2FA reset ends every session of that user at once. Logout adds
-the session's nonce to a per-process deny list until the session would have expired anyway.
+``keyplane users set-password`` or a 2FA reset ends every session of that user at once. Sign-out
+records the session's nonce in the shared store (keyplane.web.fleet), which also keeps the used TOTP
+steps and the sign-in throttle, so every instance of a fleet, and a restarted one, agrees.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ _hasher = PasswordHasher()
 
 def _derive(secret: bytes, purpose: str) -> bytes:
     return hmac.new(secret, f"keyplane web {purpose} v1".encode(), hashlib.sha256).digest()
+
+
+def derive_key(secret: bytes, purpose: str) -> bytes:
+    """A key for one purpose, derived from the server secret."""
+    return _derive(secret, purpose)
 
 
 def _b64(data: bytes) -> str:
@@ -188,7 +194,6 @@ class Sessions:
         self._key = _derive(server_secret, "session signing")
         self._stamp_key = _derive(server_secret, "credential stamp")
         self.clock = clock
-        self._ended: dict[str, float] = {}  # nonce -> expiry, for logged-out sessions
 
     def stamp(self, user: Any) -> str:
         """Changes whenever the user's password or second factor changes."""
@@ -219,8 +224,6 @@ class Sessions:
         now = self.clock.now()
         if s.expires_at and now >= s.expires_at:
             return None
-        if s.nonce in self._ended:
-            return None
         return s
 
     def anonymous(self) -> Session:
@@ -234,90 +237,13 @@ class Sessions:
         return Session(stage=stage, user_id=user.id, issued_at=now, expires_at=now + ttl, stamp=self.stamp(user),
                        dirty=True)
 
-    def end(self, s: Session) -> None:
-        now = self.clock.now()
-        self._ended = {n: t for n, t in self._ended.items() if t > now}
-        self._ended[s.nonce] = s.expires_at or now + SESSION_SECONDS
-
 
 def csrf_ok(session: Session, given: str | None) -> bool:
     return bool(given) and hmac.compare_digest(session.csrf.encode(), str(given).encode())
 
 
-# --- throttling --------------------------------------------------------------------------------
-
-@dataclass
-class _Bucket:
-    failures: list[float] = field(default_factory=list)
-    locked_until: float = 0.0
-
-
-class Throttle:
-    """Failed logins per account and per client address; too many in the window locks it out.
-
-    In-process: each instance of a fleet counts on its own (a load balancer with sticky sessions
-    or one dashboard instance keeps the limit exact).
-    """
-
-    def __init__(self, clock: Clock, *, account_limit: int = 5, ip_limit: int = 20, window: float = 900.0,
-                 lockout: float = 900.0) -> None:
-        self.clock = clock
-        self.limits = {"acct": account_limit, "ip": ip_limit}
-        self.window = window
-        self.lockout = lockout
-        self._buckets: dict[str, _Bucket] = {}
-
-    def locked_for(self, *keys: str) -> float:
-        """Seconds until the first of these keys unlocks (0 when none is locked)."""
-        now = self.clock.now()
-        wait = 0.0
-        for k in keys:
-            b = self._buckets.get(k)
-            if b is not None and b.locked_until > now:
-                wait = max(wait, b.locked_until - now)
-        return wait
-
-    def failure(self, *keys: str) -> None:
-        now = self.clock.now()
-        if len(self._buckets) > 100_000:  # bounded memory under a spray of addresses
-            self._buckets = {k: b for k, b in self._buckets.items() if b.locked_until > now or
-                             (b.failures and b.failures[-1] > now - self.window)}
-        for k in keys:
-            b = self._buckets.setdefault(k, _Bucket())
-            b.failures = [t for t in b.failures if t > now - self.window] + [now]
-            if len(b.failures) >= self.limits[k.split(":", 1)[0]]:
-                b.locked_until = now + self.lockout
-                b.failures = []
-
-    def success(self, *keys: str) -> None:
-        for k in keys:
-            self._buckets.pop(k, None)
-
-
-def account_key(email: str) -> str:
-    return "acct:" + email.strip().lower()[:320]
-
-
-def ip_key(ip: str) -> str:
-    return "ip:" + ip
-
+# --- throttling (the counters live in keyplane.web.fleet) ---------------------------------------
 
 def minutes(seconds: float) -> int:
     return max(1, int(-(-seconds // 60)))
 
-
-class UsedCodes:
-    """TOTP steps already used per user (RFC 6238 section 5.2: a code is accepted once)."""
-
-    def __init__(self) -> None:
-        self._used: dict[str, set[int]] = {}
-
-    def claim(self, user_id: str, step: int) -> bool:
-        used = self._used.setdefault(user_id, set())
-        if step in used:
-            return False
-        used.add(step)
-        if len(used) > 8:
-            for s in sorted(used)[:-8]:
-                used.discard(s)
-        return True

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, quote
 import jinja2
 from markupsafe import Markup
 from sqlalchemy import select
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -24,6 +24,7 @@ from keyplane.snapshot import KeyEntry
 from keyplane.store.models import User
 from keyplane.web import auth
 from keyplane.web.features import AdminBridge, session_principal
+from keyplane.web.fleet import SharedSignIn
 
 TEMPLATES = Path(__file__).with_name("templates")
 MAX_FORM_FIELDS = 200
@@ -36,8 +37,7 @@ class WebState:
     def __init__(self, rt: Runtime, admin_app: Any) -> None:
         self.rt = rt
         self.sessions = auth.Sessions(rt.settings.secret_key, rt.clock)
-        self.throttle = auth.Throttle(rt.clock)
-        self.used_codes = auth.UsedCodes()
+        self.shared = SharedSignIn(rt)  # ended sessions, used TOTP steps, throttle: fleet-wide
         self.box = auth.SecretBox(rt.settings.secret_key)
         self.bridge = AdminBridge(admin_app)
         self.templates = make_env()
@@ -199,9 +199,13 @@ def clear_session(request: Request, response: Response) -> Response:
     return response
 
 
-def load_session(request: Request, web: WebState) -> auth.Session:
+async def load_session(request: Request, web: WebState) -> auth.Session:
+    """The cookie's session, or a new anonymous one when it is missing, forged, expired or signed out."""
     name = auth.COOKIE_SECURE if secure_request(request) else auth.COOKIE
-    return web.sessions.load(request.cookies.get(name)) or web.sessions.anonymous()
+    session = web.sessions.load(request.cookies.get(name))
+    if session is None or (session.user_id is not None and await web.shared.session_ended(session)):
+        return web.sessions.anonymous()
+    return session
 
 
 class FormError(ValueError):
@@ -222,7 +226,8 @@ async def read_form(request: Request) -> FormData:
         raise FormError("unreadable form") from None
     if any(len(v) > MAX_FIELD for _, v in pairs):
         raise FormError("a field is too large")
-    return FormData(pairs)
+    fields: list[tuple[str, str | UploadFile]] = list(pairs)
+    return FormData(fields)
 
 
 def error_page(ctx: Ctx, status: int, title: str, message: str) -> Response:
@@ -247,7 +252,7 @@ def view(*, owner: bool = False, stage: str = "full") -> Callable[[Handler], Cal
         async def endpoint(request: Request) -> Response:
             web: WebState = request.app.state.web
             await web.organization_name()
-            session = load_session(request, web)
+            session = await load_session(request, web)
             ctx = Ctx(request, web, session)
             response = await _guarded(ctx, fn, owner, stage)
             if isinstance(response, HTMLResponse):

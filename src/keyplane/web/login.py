@@ -6,6 +6,7 @@ Every success and failure lands in the audit log as ``login.succeeded`` / ``logi
 
 from __future__ import annotations
 
+import math
 from typing import Any
 from urllib.parse import quote
 
@@ -21,7 +22,7 @@ from keyplane.store.models import User
 from keyplane.web import auth
 from keyplane.web.base import Ctx, safe_next, session_actor, view
 
-_LOCKED = "Too many failed sign-in attempts. Try again in {m} minute{s}."
+_LOCKED = "Too many failed sign-in attempts from your address. Try again in {n} {unit}{s}."
 _NO_PASSWORD = ("This account has no password yet. An administrator sets one on the server with "
                 "`keyplane users set-password {email}`.")
 
@@ -33,12 +34,21 @@ async def _audit(ctx: Ctx, type: str, user: User | None, details: dict[str, Any]
 
 
 def _locked_message(wait: float) -> str:
-    m = auth.minutes(wait)
-    return _LOCKED.format(m=m, s="" if m == 1 else "s")
+    if wait < 60:
+        n, unit = max(1, math.ceil(wait)), "second"
+    else:
+        n, unit = auth.minutes(wait), "minute"
+    return _LOCKED.format(n=n, unit=unit, s="" if n == 1 else "s")
+
+
+async def _throttled(ctx: Ctx, email: str) -> float:
+    """Seconds before this address may try this email again: per (email, address) and per address only,
+    so a stranger failing on an owner's email never keeps the owner out."""
+    return await ctx.web.shared.wait(email, ctx.ip)
 
 
 async def _fail(ctx: Ctx, user: User | None, email: str, code: str, message: str) -> None:
-    ctx.web.throttle.failure(auth.account_key(email), auth.ip_key(ctx.ip))
+    await ctx.web.shared.failure(email, ctx.ip)
     shown = email if "@" in email and " " not in email and len(email) <= 320 else None
     await _audit(ctx, "login.failed", user, {"error_code": code, "error_message": message}, shown)
 
@@ -70,7 +80,7 @@ async def login_submit(ctx: Ctx) -> Response:
         return again("Enter your email and password.", 400)
     async with ctx.rt.read() as s:
         user = (await s.execute(select(User).where(User.email == email))).scalar()
-    wait = ctx.web.throttle.locked_for(auth.account_key(email), auth.ip_key(ctx.ip))
+    wait = await _throttled(ctx, email)
     if wait:
         await _audit(ctx, "login.failed", user, {"error_code": "locked_out",
                                                  "error_message": "too many failed attempts"}, email)
@@ -103,7 +113,7 @@ async def totp_submit(ctx: Ctx) -> Response:
         return ctx.redirect("/login/enroll")
     nxt = safe_next(ctx.field("next"))
     code = ctx.field("code")[:64]
-    wait = ctx.web.throttle.locked_for(auth.account_key(user.email), auth.ip_key(ctx.ip))
+    wait = await _throttled(ctx, user.email)
     if wait:
         await _audit(ctx, "login.failed", user, {"error_code": "locked_out",
                                                  "error_message": "too many failed attempts"})
@@ -111,7 +121,7 @@ async def totp_submit(ctx: Ctx) -> Response:
     secret = ctx.web.box.open(user.totp_secret or "")
     step = auth.totp_step(secret, code, ctx.rt.clock.now()) if secret else None
     method = None
-    if step is not None and ctx.web.used_codes.claim(user.id, step):
+    if step is not None and await ctx.web.shared.claim_step(user.id, step):
         method = "totp"
     elif step is None and len(auth.normalize_code(code)) == 10:
         async with ctx.rt.write() as s:
@@ -129,7 +139,7 @@ async def totp_submit(ctx: Ctx) -> Response:
 
 
 async def _signed_in(ctx: Ctx, user: User, method: str, nxt: str) -> Response:
-    ctx.web.throttle.success(auth.account_key(user.email))
+    await ctx.web.shared.success(user.email, ctx.ip)
     await _audit(ctx, "login.succeeded", user, {"method": method})
     ctx.session = ctx.web.sessions.start(user, "full")
     remaining = len(orjson.loads(user.recovery_codes or "[]"))
@@ -182,12 +192,12 @@ async def enroll_submit(ctx: Ctx) -> Response:
     assert user is not None
     if ctx.session.stage != "enroll":
         return ctx.redirect("/login/totp")
-    wait = ctx.web.throttle.locked_for(auth.account_key(user.email), auth.ip_key(ctx.ip))
+    wait = await _throttled(ctx, user.email)
     if wait:
         return await _enroll(ctx, _locked_message(wait), 429)
     secret = ctx.web.box.open(user.totp_secret or "")
     step = auth.totp_step(secret, ctx.field("code")[:64], ctx.rt.clock.now()) if secret else None
-    if step is None or not ctx.web.used_codes.claim(user.id, step):
+    if step is None or not await ctx.web.shared.claim_step(user.id, step):
         await _fail(ctx, user, user.email, "invalid_mfa_code", "wrong code while enrolling an authenticator")
         return await _enroll(ctx, "That code does not match. Check the time on your phone and enter the current "
                              "6-digit code.", 401)
@@ -201,7 +211,7 @@ async def enroll_submit(ctx: Ctx) -> Response:
                             resource_id=row.id)
         await control.audit(s, ctx.actor, "login.succeeded", {"method": "totp_enrollment"}, resource_id=row.id)
         user = row
-    ctx.web.throttle.success(auth.account_key(user.email))
+    await ctx.web.shared.success(user.email, ctx.ip)
     ctx.user = user
     ctx.session = ctx.web.sessions.start(user, "full")
     return ctx.render("login_codes.html", codes=codes, next=safe_next(ctx.field("next")))
@@ -212,7 +222,7 @@ async def enroll_submit(ctx: Ctx) -> Response:
 @view(stage="any")
 async def logout(ctx: Ctx) -> Response:
     await _audit(ctx, "logout.succeeded", ctx.user, {})
-    ctx.web.sessions.end(ctx.session)
+    await ctx.web.shared.end_session(ctx.session)
     ctx.session = ctx.web.sessions.anonymous()
     return ctx.redirect("/login", "You are signed out.")
 

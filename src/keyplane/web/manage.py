@@ -212,6 +212,7 @@ def _perms_from_form(ctx: Ctx) -> str | list[str]:
 
 async def _secret_answer(ctx: Ctx, pid: str, secret: dict[str, Any]) -> Response:
     """The once-only dialog: a fragment for htmx, else the whole project page with the dialog open."""
+    r: Response
     if ctx.is_htmx:
         r = ctx.render("_secret.html", secret=secret)
     else:
