@@ -219,7 +219,7 @@ def test_probing_with_a_stolen_key_trips_error_spike(tmp_path):
             statuses.append(chat(srv, key).status_code)
             # the thief tries the endpoints and models the key may not use
             r = httpx.post(srv.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                           json={"model": f"gpt-secret-{i}", "messages": []})
+                           json={"model": f"secret-model-{i}", "messages": []})
             statuses.append(r.status_code)
             statuses.append(httpx.get(srv.v1 + "/files", headers={"Authorization": f"Bearer {narrow}"}).status_code)
         drain(srv)

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from keyplane import control, errors
 from keyplane.admin import shapes
 from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, list_response, query_list, runtime
+from keyplane.admin.params import query_bool, query_choice, query_limit, query_timestamp
 from keyplane.store.models import ApiKey, AuditLog, Project, ServiceAccount, User
 
 
@@ -42,9 +43,9 @@ async def _project_key_dicts(request: Request, s: Any, rows: list[ApiKey]) -> li
 async def list_projects(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
-    limit = control.check_limit(q.get("limit"))
+    limit = query_limit(request, 20, 100)
     stmt = select(Project)
-    if q.get("include_archived", "false").lower() != "true":
+    if not query_bool(request, "include_archived"):
         stmt = stmt.where(Project.status == "active")
     async with runtime(request).read() as s:
         rows, more = await control.page(s, Project, stmt, after=q.get("after"), limit=limit)
@@ -87,11 +88,12 @@ async def list_project_keys(request: Request) -> JSONResponse:
     authenticate_admin(request)
     pid = request.path_params["project_id"]
     q = request.query_params
-    limit = control.check_limit(q.get("limit"))
+    limit = query_limit(request, 20, 100)
+    include_revoked = query_bool(request, "include_revoked")
     async with runtime(request).read() as s:
         await control.get_project(s, pid)
         stmt = select(ApiKey).where(ApiKey.project_id == pid, ApiKey.kind != "admin")
-        if q.get("include_revoked", "false").lower() != "true":
+        if not include_revoked:
             stmt = stmt.where(ApiKey.revoked_at.is_(None))
         rows, more = await control.page(s, ApiKey, stmt, after=q.get("after"), limit=limit)
         items = await _project_key_dicts(request, s, rows)
@@ -217,7 +219,7 @@ async def list_service_accounts(request: Request) -> JSONResponse:
     authenticate_admin(request)
     pid = request.path_params["project_id"]
     q = request.query_params
-    limit = control.check_limit(q.get("limit"))
+    limit = query_limit(request, 20, 100)
     async with runtime(request).read() as s:
         await control.get_project(s, pid)
         stmt = select(ServiceAccount).where(ServiceAccount.project_id == pid, ServiceAccount.deleted_at.is_(None))
@@ -258,7 +260,7 @@ async def delete_service_account(request: Request) -> JSONResponse:
 async def list_users(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
-    limit = control.check_limit(q.get("limit"))
+    limit = query_limit(request, 20, 100)
     stmt = select(User)
     emails = query_list(request, "emails")
     if emails:
@@ -306,11 +308,12 @@ async def delete_user(request: Request) -> JSONResponse:
 async def list_admin_keys(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
-    limit = control.check_limit(q.get("limit"))
+    limit = query_limit(request, 20, 100)
+    descending = query_choice(request, "order", ("asc", "desc"), "asc") == "desc"
     stmt = select(ApiKey).where(ApiKey.kind == "admin", ApiKey.revoked_at.is_(None))
     async with runtime(request).read() as s:
         rows, more = await control.page(s, ApiKey, stmt, after=q.get("after"), limit=limit,
-                                        descending=q.get("order") == "desc")
+                                        descending=descending)
         users, _ = await _key_owner_objects(s, rows)
     now = _now(request)
     return JSONResponse(list_response([shapes.admin_key(r, users.get(r.owner_user_id or ""), now) for r in rows],
@@ -353,16 +356,12 @@ async def delete_admin_key(request: Request) -> JSONResponse:
 async def list_audit_logs(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
-    limit = control.check_limit(q.get("limit"))
+    limit = query_limit(request, 20, 100)
     stmt = select(AuditLog)
     for op in ("gt", "gte", "lt", "lte"):
-        v = q.get(f"effective_at[{op}]")
-        if v is None:
+        t = query_timestamp(request, f"effective_at[{op}]")
+        if t is None:
             continue
-        try:
-            t = int(v)
-        except ValueError:
-            raise errors.bad_request(f"'effective_at[{op}]' must be a unix timestamp.", param="effective_at") from None
         col = AuditLog.effective_at
         stmt = stmt.where({"gt": col > t, "gte": col >= t, "lt": col < t, "lte": col <= t}[op])
     for param, col in (("project_ids", AuditLog.project_id), ("event_types", AuditLog.type),

@@ -67,6 +67,8 @@ async def _scope(session: Any, project: str | None, key: str | None) -> tuple[st
 
 
 def register(app: typer.Typer) -> None:
+    from rich.markup import escape
+
     from keyplane.cli import JsonOpt, out, print_json, run_store, settings, table, ts
 
     credit_app = typer.Typer(help="Prepaid credit: add grants, show the balance.", no_args_is_help=True)
@@ -156,7 +158,7 @@ def register(app: typer.Typer) -> None:
             print_json(d)
             return
         lim = d["spend_limit"]
-        out.print(f"[bold]{d['label']}[/] (usage tier {d['tier']}, month {d['period']})")
+        out.print(f"[bold]{escape(str(d['label']))}[/] (usage tier {d['tier']}, month {d['period']})")
         out.print(f"spent this month  {_usd(d['spent'])}")
         if lim:
             status = lim["enforcement"]["status"]
@@ -228,7 +230,7 @@ def register(app: typer.Typer) -> None:
         if json:
             print_json(d)
         else:
-            out.print(f"updated the limits of {d['label']}")
+            out.print(f"updated the limits of {d['label']}", markup=False)
 
 
 def _tables(s: Any) -> tuple[Any, Any]:

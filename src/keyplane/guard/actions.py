@@ -12,6 +12,7 @@ The stored reason is what the key's user reads in the 401 (snapshot.KeyEntry.ina
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -22,6 +23,8 @@ from keyplane.alerts import Alert
 from keyplane.guard.detectors import Finding
 from keyplane.guard.models import GuardEvent
 from keyplane.guard.rules import format_duration
+
+log = logging.getLogger("keyplane.guard")
 
 _VERB = {"revoke": "revoked", "suspend": "suspended"}
 
@@ -83,8 +86,25 @@ async def fire(guard: Any, finding: Finding, targets: list[Any], now: float) -> 
     if changed:
         await guard.publish()
     for ev, entry in zip(events, targets, strict=True):
+        log_firing(finding, ev, entry)
         guard.alerts.send(fired_alert(guard, finding, ev, entry))
     return events
+
+
+def log_firing(finding: Finding, ev: GuardEvent, entry: Any) -> None:
+    """One WARNING line per firing, on the server's log: the key (redacted, and its id), the rule,
+    what was done and the figures. Never the key itself, nor its user-given name."""
+    rule = finding.rule
+    if rule.dry_run:
+        did = f"would have {_VERB.get(rule.mode, 'alerted on')} (dry run)"
+    elif ev.action in ("revoked", "suspended"):
+        did = ev.action
+    elif ev.action == "alerted":
+        did = "alerted on"
+    else:
+        did = "fired on (already off)"
+    log.warning("kill switch: rule %s (%s) %s key %s (%s, project %s): %s; figures %s", rule.name, rule.kind,
+                did, entry.redacted_value, entry.id, entry.project_id or "-", finding.summary, ev.figures)
 
 
 def _key_obj(entry: Any) -> dict[str, Any]:

@@ -19,12 +19,25 @@ from typing import Any
 from sqlalchemy import select
 
 from keyplane import alerts
+from keyplane.degrade import Outage, store_outage
 from keyplane.guard import actions, detectors
 from keyplane.guard.rules import Rule, config_rules, effective
 from keyplane.guard.windows import MemoryWindows, RedisWindows, View
 
 log = logging.getLogger("keyplane.guard")
+# A Redis outage is logged once when it starts and once when it ends, not on every pass (a pass runs
+# after every observed request: a traceback each was hundreds of lines per second; issue 15, finding 11).
+_windows_outage = Outage("Redis", "the kill switch's windows (evaluation paused)", log)
+_subscription_outage = Outage("Redis", "the guard's revision subscription (polling meanwhile)", log)
 
+
+def _failed(outage: Outage, e: Exception, what: str) -> None:
+    if store_outage(e) is not None:
+        outage.failed(e)
+    else:
+        log.warning("guard: %s failed; will retry", what, exc_info=True)
+
+UPSTREAM_NOT_PROBING = frozenset({401, 403, 404})  # upstream answers error_spike never counts
 MIN_PASS_INTERVAL = 0.05  # seconds between evaluation passes under load (coalesces bursts)
 SWEEP_INTERVAL = 60.0
 
@@ -50,7 +63,7 @@ class Guard:
         self._lock = asyncio.Lock()
         self._revision = -1
         self._tasks: list[asyncio.Task[None]] = []
-        self.channel = f"keyplane:{rt.snapshot.org_id or 'org'}:revision"
+        self.channel = f"{redis_namespace(rt)}:revision"
         self._apply_rules(self.rules)
 
     # --- rules ---------------------------------------------------------------------------------
@@ -95,8 +108,10 @@ class Guard:
         if ctx.cost_micros:
             sample["c"] = ctx.cost_micros
         status = ctx.status
-        # An upstream 401/403 says keyplane's provider credential is wrong, not that the client probes.
-        if 400 <= status < 500 and not (status in (401, 403) and ctx.upstream):
+        # Only what says something about the client counts. An upstream 401/403 says keyplane's
+        # provider credential is wrong; an upstream 404 that the upstream does not implement the path
+        # or the endpoint (ordinary exploration, docs/guard.md). Neither is probing with a stolen key.
+        if 400 <= status < 500 and not (status in UPSTREAM_NOT_PROBING and ctx.upstream):
             sample[f"e{status}"] = 1
         kent = "k:" + key.id
         pid = ctx.project_id
@@ -124,10 +139,11 @@ class Guard:
         async with self._lock:
             try:
                 await self.windows.flush(self.clock.now())
-            except Exception:
+            except Exception as e:
                 self.counters["flush_errors"] += 1
-                log.warning("guard: flushing the windows to Redis failed; will retry", exc_info=True)
+                _failed(_windows_outage, e, "flushing the windows")
                 return 0
+            _windows_outage.ok()
             dirty, self._dirty = self._dirty, set()
             fired = 0
             now = self.clock.now()
@@ -135,9 +151,9 @@ class Guard:
             wanted = sorted({(e, r.window_s) for e in todo for r in self._by_scope[_scope(e)]})
             try:
                 views = await self.windows.views(wanted, now)
-            except Exception:
+            except Exception as e:
                 self.counters["evaluation_errors"] += 1
-                log.warning("guard: reading the windows failed; will retry", exc_info=True)
+                _failed(_windows_outage, e, "reading the windows")
                 self._dirty |= dirty
                 return 0
             for ent in todo:
@@ -233,14 +249,15 @@ class Guard:
             try:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.channel)
+                    _subscription_outage.ok()
                     delay = 0.5
                     async for msg in pubsub.listen():
                         if msg.get("type") == "message":
                             await self.rt.refresher.refresh()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.warning("guard: Redis subscription lost; retrying in %.1fs", delay, exc_info=True)
+            except Exception as e:
+                _failed(_subscription_outage, e, "the Redis subscription")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -273,6 +290,12 @@ class Guard:
             await self.redis.aclose()
 
 
+def redis_namespace(rt: Any) -> str:
+    """Where the kill switch's Redis keys and pub/sub channel live: under ``redis_prefix``, like every
+    other key keyplane writes, so that deployments (or tests) sharing one Redis never see each other."""
+    return f"{rt.settings.redis_prefix}:guard:{rt.snapshot.org_id or 'org'}"
+
+
 def _scope(ent: str) -> str:
     return "key" if ent[0] == "k" else "project"
 
@@ -285,7 +308,7 @@ async def create(rt: Any) -> Guard:
         import redis.asyncio as aioredis
 
         redis = aioredis.from_url(rt.settings.redis_url)
-        windows = RedisWindows(redis, f"keyplane:guard:{rt.snapshot.org_id or 'org'}")
+        windows = RedisWindows(redis, redis_namespace(rt))
     else:
         windows = MemoryWindows()
     return Guard(rt, windows, dispatcher, redis)

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from keyplane import control
 from keyplane.admin import Endpoint
 from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, list_response, runtime
+from keyplane.admin.params import query_limit
 from keyplane.errors import bad_request, not_found
 from keyplane.guard import store
 from keyplane.guard.models import GuardEvent
@@ -55,7 +56,7 @@ def _now(request: Request) -> int:
 async def list_rules(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
-    limit = control.check_limit(q.get("limit"))
+    limit = query_limit(request, 20, 100)
     rules, times = await _effective(request)
     names = list(rules)
     after = q.get("after")
@@ -107,7 +108,7 @@ async def delete_rule(request: Request) -> JSONResponse:
 async def list_events(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
-    limit = control.check_limit(q.get("limit"))
+    limit = query_limit(request, 20, 100)
     stmt = select(GuardEvent)
     for param, col in (("key_id", GuardEvent.key_id), ("rule", GuardEvent.rule),
                        ("project_id", GuardEvent.project_id)):

@@ -37,9 +37,12 @@ _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 8
 DEFAULT_RULES: tuple[GuardRule, ...] = (
     GuardRule(name="token-surge", kind="token_surge", scope="key", window="1h", threshold=3.0, metric="tokens",
               min_volume=20000, mode="suspend", cooldown="1h"),
-    # 429 is left out of the default on purpose: keyplane's own rate limits answer it to honest clients too.
+    # keyplane's own auth and permission refusals of an authenticated key (401/403): the signature of
+    # a stolen key tried on what it may not do. 404 is left out (a new user calling endpoints that
+    # keyplane or the upstream does not serve is exploring, not probing), and so is 429 (keyplane's
+    # own rate limits answer it to honest clients too).
     GuardRule(name="error-spike", kind="error_spike", scope="key", window="10m", threshold=0.5,
-              min_volume=30, mode="suspend", cooldown="1h", statuses=[401, 403, 404]),
+              min_volume=30, mode="suspend", cooldown="1h", statuses=[401, 403]),
 )
 
 

@@ -21,7 +21,7 @@ from keyplane.scan.hook import install_hook
 from keyplane.scan.output import render_human, to_json, to_sarif
 from keyplane.scan.rules import select
 from keyplane.scan.runner import DEFAULT_MAX_FILE_SIZE, Mode, ScanOptions, ScanReport, run_scan
-from keyplane.scan.verify import Gateway, Verification, is_loopback, verify
+from keyplane.scan.verify import Gateway, Verification, is_loopback, is_plain_http, verify
 
 ADMIN_KEY_ENV = "KEYPLANE_ADMIN_KEY"
 HELP = (
@@ -108,7 +108,7 @@ def _gateway(ctx: typer.Context, url: str, admin_key: str | None) -> Gateway:
     if kind is not None and kind != "admin":
         ctx.fail(f"the admin key is a keyplane {kind} key; an admin key (sk-kp-admin-...) is needed")
     gateway = Gateway(url, admin_key)
-    if url.startswith("http://") and not is_loopback(url):
+    if is_plain_http(url) and not is_loopback(url):
         typer.echo("warning: the admin key is sent over plain http; use https", err=True)
     return gateway
 

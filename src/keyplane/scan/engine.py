@@ -270,16 +270,29 @@ class Scanner:
         return ka > kb
 
     def scan(self, data: bytes) -> list[Match]:
+        """Every resolved match with its line, column and ``keyplane:allow`` flag.
+
+        Linear in ``data``: matches come sorted by start, so each line's bounds and marker are
+        found once per line (not once per match), and the column advances from the previous match
+        on the same line instead of being counted again from the line's start.
+        """
         matches = []
-        line, counted_to = 1, 0
+        line, line_start, line_end = 1, 0, -1  # line_end: the current line's "\n" (or len(data))
+        allowed = False
+        column_at, column = 0, 1  # column (1-based, in characters) of the byte at column_at
         for start, end, index in self._resolve(self._candidates(data)):
-            line += data.count(b"\n", counted_to, start)
-            counted_to = start
-            line_start = data.rfind(b"\n", 0, start) + 1
-            line_end = data.find(b"\n", start)
-            if line_end == -1:
-                line_end = len(data)
-            column = len(data[line_start:start].decode("utf-8", "replace")) + 1
+            if start > line_end:  # the first match on a new line
+                scanned_to = max(line_end, 0)
+                line += data.count(b"\n", scanned_to, start)
+                line_start = data.rfind(b"\n", scanned_to, start) + 1
+                line_end = data.find(b"\n", start)
+                if line_end == -1:
+                    line_end = len(data)
+                allowed = data.find(ALLOW_MARKER, line_start, line_end) != -1
+                column_at, column = line_start, 1
+            # Matches start on ASCII bytes, so no slice here cuts a UTF-8 sequence.
+            column += len(data[column_at:start].decode("utf-8", "replace"))
+            column_at = start
             matches.append(
                 Match(
                     rule=self.rules[index],
@@ -288,7 +301,7 @@ class Scanner:
                     line=line,
                     column=column,
                     secret=data[start:end],
-                    allowed=data.find(ALLOW_MARKER, line_start, line_end) != -1,
+                    allowed=allowed,
                 )
             )
         return matches

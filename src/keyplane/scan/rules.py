@@ -17,14 +17,17 @@ Confidence: ``high`` for formats that identify the issuer (prefixes, checksums, 
 
 from __future__ import annotations
 
-import math
-import re
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
 from keyplane import keys
+from keyplane.scan.generic import (
+    GENERIC_MIN_ENTROPY,
+    GENERIC_MIN_LENGTH,
+    generic_secret_plausible,
+    shannon_entropy,
+)
 
 Confidence = Literal["high", "medium", "low"]
 CONFIDENCES: Final[tuple[Confidence, ...]] = ("low", "medium", "high")
@@ -56,14 +59,6 @@ class Rule:
     advice: str = ROTATE_ADVICE
 
 
-def shannon_entropy(value: bytes) -> float:
-    """Bits per character of ``value``'s own character distribution."""
-    if not value:
-        return 0.0
-    n = len(value)
-    return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
-
-
 def _valid_keyplane(secret: bytes) -> bool:
     return keys.parse(secret.decode("ascii")) is not None
 
@@ -88,56 +83,6 @@ def _private_key(match: bytes) -> bool:
     return len(body) >= 32
 
 
-_PLACEHOLDER_WORDS: Final = (
-    b"example",
-    b"xxxx",
-    b"your",
-    b"changeme",
-    b"change-me",
-    b"change_me",
-    b"placeholder",
-    b"dummy",
-    b"redacted",
-    b"sample",
-    b"fake",
-    b"replace",
-    b"insert",
-    b"todo",
-    b"****",
-    b"...",
-)
-# snake_case, kebab-case, dotted.module.paths, CamelCase words: names, not secrets.
-_IDENTIFIER: Final = re.compile(
-    rb"[a-z][a-z0-9]*(?:[_.\-/][a-z0-9]+)+|[A-Za-z]+|[A-Za-z_][A-Za-z0-9_]{0,40}(?:\.[A-Za-z_][A-Za-z0-9_]{0,40})+"
-)
-_HEX: Final = re.compile(rb"[0-9a-fA-F]+")
-GENERIC_MIN_HEX_LENGTH: Final = 32
-_SEPARATORS: Final = re.compile(rb"[-_.]")
-_UUID: Final = re.compile(rb"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
-GENERIC_MIN_LENGTH: Final = 16
-GENERIC_MIN_ENTROPY: Final = 3.5
-
-
-def generic_secret_plausible(value: bytes) -> bool:
-    """The entropy gate of the generic rule: random-looking, not a name, path, id or placeholder."""
-    if len(value) < GENERIC_MIN_LENGTH:
-        return False
-    lowered = value.lower()
-    if any(word in lowered for word in _PLACEHOLDER_WORDS):
-        return False
-    if _IDENTIFIER.fullmatch(value) or _UUID.fullmatch(value):
-        return False
-    if not any(48 <= c <= 57 for c in value):  # no digit: a word, not a random token
-        return False
-    if len(value) < GENERIC_MIN_HEX_LENGTH and _HEX.fullmatch(value):  # short hex: ids, hashes
-        return False
-    segments = _SEPARATORS.split(value)
-    if len(segments) >= 3 and sum(s.isalpha() for s in segments) * 4 >= len(segments) * 3:
-        return False  # words joined by - _ . (a phrase, a slug): random tokens rarely split so
-
-    return shannon_entropy(value) >= GENERIC_MIN_ENTROPY
-
-
 # Boundaries: a token must not be a slice of a longer token.
 _L = r"(?<![A-Za-z0-9_-])"
 _R = r"(?![A-Za-z0-9_-])"
@@ -150,18 +95,23 @@ _GENERIC_NAMES: Final = (
     r"|private[_.-]?key|signing[_.-]?key|encryption[_.-]?key"
 )
 # NAME ["']] = ["'] VALUE, as in .env, YAML, JSON, TOML, Python, JS, shell; Python annotations too.
+# A colon assigns when a blank or a quote follows it (YAML, JSON, annotations), not inside a word
+# such as ``secrets/password.env:rule:hash``.
 _ASSIGN: Final = (
     r"""[a-z0-9_.-]{0,40}["'\]]{0,2}[ \t]{0,8}"""
-    r"""(?:=>|:=|==|!=|=|:(?:[ \t]{0,8}[a-z_][\w.\[\]| ]{0,40}?[ \t]{0,8}=)?)"""
+    r"""(?:=>|:=|==|!=|=|:(?=[ \t"'`])(?:[ \t]{0,8}[a-z_][\w.\[\]| ]{0,40}?[ \t]{0,8}=)?)"""
     r"""[ \t]{0,8}(?:[bru]{0,2}(?P<q>["'`]))?"""
 )
 # A quoted value ends at its closing quote; an unquoted one (.env, YAML) at the end of the line
 # or a comment, so that code such as ``token = make_token(user)`` is not a value.
-_VALUE_END: Final = r"""(?(q)["'`]|[ \t]*(?:\#[^\n]*)?\r?(?:\n|\Z))"""
+_VALUE_END: Final = r"""(?(q)(?P=q)|[ \t]*(?:\#[^\n]*)?\r?(?:\n|\Z))"""
 
 
 def _generic() -> str:
-    value = r"[A-Za-z0-9+/=_.~-]{%d,256}" % GENERIC_MIN_LENGTH
+    # A quoted value is anything up to its closing quote but blanks and quotes. An unquoted one
+    # (.env, YAML) is also code's right-hand side (``x: a?.b``, ``t == p.token0:``), so it takes
+    # only the punctuation that code expressions do not end or chain with.
+    value = r"""(?(q)[^\s"'`]|[A-Za-z0-9+/=_.~!@#$%%^&*-]){%d,256}""" % GENERIC_MIN_LENGTH
     return r"""(?:%s)%s(?=(?P<secret>%s)%s)""" % (_GENERIC_NAMES, _ASSIGN, value, _VALUE_END)
 
 

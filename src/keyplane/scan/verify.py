@@ -68,6 +68,11 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
 
 
+def is_plain_http(url: str) -> bool:
+    """Whether ``url`` is unencrypted http (a URL scheme is case-insensitive: ``HTTP://`` too)."""
+    return urllib.parse.urlsplit(url.strip()).scheme.lower() == "http"
+
+
 def is_loopback(url: str) -> bool:
     host = urllib.parse.urlsplit(url).hostname or ""
     if host == "localhost":

@@ -23,6 +23,7 @@ from starlette.requests import Request
 
 from keyplane import errors
 from keyplane.admin.common import JSONResponse, authenticate_admin, list_response, query_list, runtime
+from keyplane.admin.params import MAX_TIMESTAMP, parse_int, query_bool, query_limit, query_timestamp
 from keyplane.usage import rollups
 from keyplane.usage.models import UsageRequest
 from keyplane.usage.recorder import USAGE_KINDS
@@ -50,31 +51,6 @@ _SQL_DIMS = {"project_id": "project_id", "user_id": "user_id", "api_key_id": "ap
 
 # --- parameters ----------------------------------------------------------------------------------
 
-def _int(request: Request, name: str, required: bool = False) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        if required:
-            raise errors.bad_request(f"Missing required parameter: '{name}'.", param=name,
-                                     code="missing_required_parameter")
-        return None
-    try:
-        n = int(raw)
-    except ValueError:
-        raise errors.bad_request(f"Invalid '{name}': expected an integer, got '{raw[:40]}'.", param=name,
-                                 code="invalid_value") from None
-    if n < 0:
-        raise errors.bad_request(f"Invalid '{name}': must be >= 0.", param=name, code="invalid_value")
-    return n
-
-
-def _limit(request: Request, default: int, maximum: int, what: str = "") -> int:
-    n = _int(request, "limit")
-    if n is None:
-        return default
-    if not 1 <= n <= maximum:
-        raise errors.bad_request(f"Invalid 'limit': must be between 1 and {maximum}{what}.", param="limit",
-                                 code="invalid_value")
-    return n
 
 
 def _group_by(request: Request, allowed: tuple[str, ...]) -> list[str]:
@@ -97,6 +73,8 @@ def _decode_page(value: str) -> tuple[int, int]:
         if not value.startswith("page_"):
             raise ValueError
         end, bucket = struct.unpack(">qq", base64.urlsafe_b64decode(value[5:]))
+        if not (0 <= end <= MAX_TIMESTAMP and 0 <= bucket <= MAX_TIMESTAMP):
+            raise ValueError  # a forged cursor: its arithmetic would leave the int64 range
         return end, bucket
     except (ValueError, struct.error, binascii.Error):
         raise errors.bad_request("Invalid 'page': use the next_page value of the previous response.",
@@ -108,8 +86,8 @@ class Range:
 
     def __init__(self, request: Request, *, costs: bool = False) -> None:
         rt = runtime(request)
-        self.start = _int(request, "start_time", required=True) or 0
-        end = _int(request, "end_time")
+        self.start = query_timestamp(request, "start_time", required=True) or 0
+        end = query_timestamp(request, "end_time")
         bw = request.query_params.get("bucket_width") or "1d"
         if bw not in WIDTHS or (costs and bw != "1d"):
             ok = "1d" if costs else "1m, 1h, 1d"
@@ -118,7 +96,7 @@ class Range:
         self.width, default, maximum = WIDTHS[bw]
         if costs:
             default, maximum = COSTS_LIMIT
-        self.limit = _limit(request, default, maximum, f" for bucket_width={bw}")
+        self.limit = query_limit(request, default, maximum)
         page = request.query_params.get("page")
         cursor: int | None = None
         if page:
@@ -202,7 +180,7 @@ def _usage_handler(kind: str) -> Callable[[Request], Any]:
         authenticate_admin(request)
         rng = Range(request)
         group_by = _group_by(request, allowed)
-        batch_only = request.query_params.get("batch", "").lower() == "true"
+        batch_only = query_bool(request, "batch")
         results: dict[int, list[dict[str, Any]]] = {}
         # Only token-metered kinds have data: keyplane does not count images, characters, seconds or
         # storage, so those endpoints answer with their buckets, empty.
@@ -293,7 +271,7 @@ def _status_clause(values: list[str]) -> Any:
             lo = int(v[0]) * 100
             clauses.append(and_(UsageRequest.status >= lo, UsageRequest.status < lo + 100))
         elif v.isdigit():
-            clauses.append(UsageRequest.status == int(v))
+            clauses.append(UsageRequest.status == parse_int(v, "status", 100, 599))
         else:
             raise errors.bad_request(f"Invalid 'status' value '{v[:20]}': use a status code (429) or a class (5xx).",
                                      param="status", code="invalid_value")
@@ -304,11 +282,11 @@ async def list_requests(request: Request) -> JSONResponse:
     """Extension: individual request records, newest first, for forensics."""
     authenticate_admin(request)
     r = UsageRequest
-    start, end = _int(request, "start_time"), _int(request, "end_time")
+    start, end = query_timestamp(request, "start_time"), query_timestamp(request, "end_time")
     if start is not None and end is not None and end <= start:
         raise errors.bad_request("Invalid 'end_time': it must be after 'start_time'.", param="end_time",
                                  code="invalid_value")
-    limit = _limit(request, 100, 1000)
+    limit = query_limit(request, 100, 1000)
     stmt = select(r)
     conds: list[Any] = []
     if start is not None:

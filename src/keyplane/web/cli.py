@@ -39,7 +39,7 @@ def register(users_app: typer.Typer) -> None:
 
         u = run_store(settings(), go, write=True)
         nxt = "" if u.totp_enabled else " They set up an authenticator app at their first sign-in."
-        out.print(f"password set for {u.email}.{nxt}")
+        out.print(f"password set for {u.email}.{nxt}", markup=False)
 
     @users_app.command("reset-2fa")
     def reset_2fa(user: UserArg) -> None:
@@ -52,4 +52,5 @@ def register(users_app: typer.Typer) -> None:
             return u
 
         u = run_store(settings(), go, write=True)
-        out.print(f"two-factor sign-in reset for {u.email}: they set up a new authenticator at their next sign-in.")
+        out.print(f"two-factor sign-in reset for {u.email}: they set up a new authenticator at their next sign-in.",
+                  markup=False)
