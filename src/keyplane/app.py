@@ -6,18 +6,19 @@ lifespan. Requests are dispatched on the path prefix with no framework in the wa
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from keyplane import errors
+from keyplane import errors, ids, readiness
+from keyplane.admin import store_recovered
+from keyplane.bus import Publisher, make_bus, publishing_sessionmaker
 from keyplane.clock import Clock, SystemClock
 from keyplane.config import Settings
-from keyplane.runtime import Runtime
+from keyplane.runtime import Runtime, heartbeat_seconds
 from keyplane.snapshot import LastUsedRecorder, Snapshot, SnapshotRefresher
 from keyplane.store import db
 
@@ -55,6 +56,35 @@ async def send_error(send: Any, err: errors.APIError, headers: list[tuple[bytes,
     await send_json(send, err.status, err.body(), h)
 
 
+def with_request_id(scope: dict[str, Any], send: Any) -> Any:
+    """``send`` that adds ``x-keyplane-request-id`` to the answer (and puts the id in the scope's state,
+    where the admin API's error log finds it) for the answers keyplane gives itself outside the proxy."""
+    rid = ids.request_id()
+    scope.setdefault("state", {})["request_id"] = rid
+    header = (b"x-keyplane-request-id", rid.encode())
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(k.lower() == header[0] for k, _ in headers):
+                headers.append(header)
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return wrapped
+
+
+def _admin_outcome(send: Any) -> Any:
+    """``send`` that tells the admin API's outage log when a call went through again (a success: a 401 or
+    a 404 may not have needed the store)."""
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and message["status"] < 300:
+            store_recovered()
+        await send(message)
+
+    return wrapped
+
+
 class KeyplaneApp:
     def __init__(self, settings: Settings, *, clock: Clock | None = None, migrate: bool = True) -> None:
         self.settings = settings
@@ -69,17 +99,27 @@ class KeyplaneApp:
 
     async def startup(self) -> None:
         s = self.settings
-        engine = db.make_engine(s.database_url)
-        if self.migrate:
-            await db.migrate(engine)
+        if self.migrate:  # with no statement timeout: a migration may rightly take long
+            migrator = db.make_engine(s.database_url)
+            try:
+                await db.migrate(migrator)
+            finally:
+                await migrator.dispose()
+        engine = db.make_engine(s.database_url, timeout=s.database_timeout_seconds)
         read_engine = db.reader(engine)
+        # The invalidation bus (keyplane.bus): every committed change is published, the snapshot applies them.
+        bus = make_bus(s.redis_url, s.redis_prefix, s.database_url)
+        publisher = Publisher(bus)
         snapshot = Snapshot()
-        refresher = SnapshotRefresher(snapshot, read_engine, s.snapshot_poll_seconds)
+        bus.subscribe(snapshot.apply)
+        refresher = SnapshotRefresher(snapshot, read_engine, s.snapshot_poll_seconds, bus=bus, origin=publisher.origin,
+                                      heartbeat_seconds=heartbeat_seconds(s.max_staleness_seconds))
+        await bus.start()
         await refresher.refresh(force=True)
         rt = Runtime(
-            settings=s, clock=self.clock, engine=engine, sessions=db.sessionmaker(engine), snapshot=snapshot,
-            refresher=refresher, last_used=LastUsedRecorder(engine, s.last_used_flush_seconds),
-            read_engine=read_engine, read_sessions=db.sessionmaker(read_engine),
+            settings=s, clock=self.clock, engine=engine, sessions=publishing_sessionmaker(engine, publisher),
+            snapshot=snapshot, refresher=refresher, last_used=LastUsedRecorder(engine, s.last_used_flush_seconds),
+            read_engine=read_engine, read_sessions=db.sessionmaker(read_engine), bus=bus, publisher=publisher,
         )
         self.runtime = rt
         from keyplane.admin import build_admin_app
@@ -123,23 +163,36 @@ class KeyplaneApp:
         await alerts.close_runtime(rt)
         await rt.refresher.stop()
         await rt.last_used.stop()
+        if rt.publisher is not None:
+            await rt.publisher.drain()
+        if rt.bus is not None:
+            await rt.bus.close()
         await rt.engine.dispose()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
-            if path.startswith("/v1/"):
-                if path.startswith("/v1/organization"):
-                    await self._admin(scope, receive, send)
+            if path.startswith("/v1/") and not path.startswith("/v1/organization"):
+                if (rt := self.runtime) is not None and not rt.snapshot.is_fresh(self.settings.max_staleness_seconds):
+                    # Cannot confirm the keys are current (partitioned): refuse rather than serve stale authority.
+                    await send_error(with_request_id(scope, send), errors.stale_authority(rt.snapshot.staleness()))
                 else:
                     await self._proxy(scope, receive, send)
+                return
+            # Everything else keyplane answers itself: every answer carries its own request id.
+            send = with_request_id(scope, send)
+            if path.startswith("/v1/organization"):
+                # Starlette re-raises what its error handler already answered and logged (a bug with its
+                # traceback, an outage once per change of state): the server must not log a traceback per call.
+                with contextlib.suppress(Exception):
+                    await self._admin(scope, receive, _admin_outcome(send))
                 return
             if path == "/healthz":
                 await send_json(send, 200, b'{"status":"ok"}')
                 return
-            if path == "/readyz":
-                await self._readyz(send)
+            if path in ("/readyz", "/readyz/control"):
+                await readiness.answer(self.runtime, self.settings, send, control=path == "/readyz/control")
                 return
             route = self._routes.get(path)
             if route is not None:
@@ -151,22 +204,6 @@ class KeyplaneApp:
             await send_error(send, errors.unknown_url(scope["method"], path))
         elif kind == "lifespan":
             await self._lifespan(receive, send)
-
-    async def _readyz(self, send: Any) -> None:
-        rt = self.runtime
-        checks: dict[str, str] = {}
-        ok = rt is not None and rt.snapshot.loaded
-        checks["config"] = "ok" if ok else "not loaded"
-        if rt is not None:
-            try:
-                async with rt.engine.connect() as conn:
-                    await db.ping(conn)
-                checks["store"] = "ok"
-            except Exception as e:
-                ok = False
-                checks["store"] = f"unreachable: {type(e).__name__}"
-        body = orjson.dumps({"status": "ok" if ok else "unavailable", "checks": checks})
-        await send_json(send, 200 if ok else 503, body)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:

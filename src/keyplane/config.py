@@ -34,6 +34,13 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "SQL store. Empty: SQLite (WAL) at $KEYPLANE_HOME/keyplane.db. postgresql://... for a fleet."),
     Setting("redis_url", "KEYPLANE_REDIS_URL", "", str,
             "Redis for a fleet: shared rate limits, budget reservations and the invalidation bus."),
+    Setting("database_timeout_seconds", "KEYPLANE_DATABASE_TIMEOUT_SECONDS", 5.0, float,
+            "Longest wait on the SQL store: connecting, each statement (PostgreSQL), waiting for a pooled "
+            "connection, and SQLite's busy wait for the write lock. Past it the admin API answers 503 and "
+            "/readyz/control reports the store unreachable (docs/operations.md \"PostgreSQL loss\")."),
+    Setting("redis_timeout_seconds", "KEYPLANE_REDIS_TIMEOUT_SECONDS", 1.0, float,
+            "Longest wait on Redis: connecting and each command. Past it an admission answers 503 "
+            "(limits_unavailable) rather than hang (docs/operations.md \"Degradation\")."),
     Setting("secret_key", "KEYPLANE_SECRET_KEY", "", str,
             "Server secret keying key digests and encrypting stored credentials. Empty: read from, or "
             "generated into, $KEYPLANE_HOME/secret.key (mode 0600). Never put it in keyplane.toml."),
@@ -44,6 +51,11 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("snapshot_poll_seconds", "KEYPLANE_SNAPSHOT_POLL_SECONDS", 0.5, float,
             "How often each instance checks the store for control-plane changes (key revocations reach "
             "every instance within this time, plus the reload)."),
+    Setting("max_staleness_seconds", "KEYPLANE_MAX_STALENESS_SECONDS", 10.0, float,
+            "Longest time an instance serves /v1 without confirming its keys and limits are current (a "
+            "successful poll of the store, or a bus event or heartbeat it has fully applied); past it, /v1 "
+            "answers 503 until it can confirm again (docs/operations.md \"Partitions and revocation\"). "
+            "0: no bound."),
     Setting("last_used_flush_seconds", "KEYPLANE_LAST_USED_FLUSH_SECONDS", 10.0, float,
             "How often keys' last_used_at is written to the store (batched, never per request)."),
     Setting("log_format", "KEYPLANE_LOG_FORMAT", "text", str, "Log format: text or json (JSON lines)."),
@@ -107,6 +119,10 @@ _METERING: Final = (
 )
 # Settings of limits and billing, passed to Settings by name (docs/limits-and-billing.md).
 _LIMITS: Final = ("redis_prefix", "reservation_ttl_seconds", "ledger_flush_seconds")
+# Timeouts of the stores, passed to Settings by name (docs/operations.md "Degradation").
+_TIMEOUTS: Final = ("database_timeout_seconds", "redis_timeout_seconds")
+# Settings of the invalidation bus, passed to Settings by name (docs/operations.md).
+_BUS: Final = ("max_staleness_seconds",)
 
 
 class ConfigError(ValueError):
@@ -135,6 +151,9 @@ class Upstream(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     breaker_cooldown: float = 30.0
     # Prefix-affinity routing (docs/caching.md): the size of this upstream's prompt cache, in tokens.
     prefix_cache_tokens: int = 262_144
+    # Dedicated upstream (docs/proxy.md "What is isolated between projects"): only these projects (ids or
+    # names) use it, and they use no upstream shared by every project. Empty: shared.
+    projects: list[str] = msgspec.field(default_factory=list)
 
 
 class ModelSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -165,9 +184,16 @@ class CacheSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class Price(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    input: float
+    """One [prices."model"] entry (docs/limits-and-billing.md "Prices"); USD."""
+
+    input: float | None = None  # per 1M tokens; None: not a token-priced model
     output: float = 0.0
     cached_input: float | None = None
+    max_output: int | None = None  # most output tokens in one answer
+    context_window: int | None = None  # most input tokens
+    images: dict[str, float] = msgspec.field(default_factory=dict)  # per image, by "quality size"
+    per_1m_characters: float | None = None  # speech
+    per_minute: float | None = None  # transcription, translation
 
 
 class CreditSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -301,6 +327,11 @@ class Settings:
     redis_prefix: str = "kp"
     reservation_ttl_seconds: float = 900.0
     ledger_flush_seconds: float = 1.0
+    # Timeouts of the stores (docs/operations.md "Degradation")
+    database_timeout_seconds: float = 5.0
+    redis_timeout_seconds: float = 1.0
+    # The invalidation bus (docs/operations.md "Partitions and revocation")
+    max_staleness_seconds: float = 10.0
 
     @property
     def is_sqlite(self) -> bool:
@@ -417,6 +448,8 @@ def load_settings(
         config_path=path if path.exists() else None,
         **{name: flat[name] for name in _METERING},
         **{name: flat[name] for name in _LIMITS},
+        **{name: flat[name] for name in _TIMEOUTS},
+        **{name: flat[name] for name in _BUS},
     )
 
 
@@ -436,7 +469,7 @@ def _validate(cfg: FileConfig, flat: dict[str, Any], path: Path) -> None:
                 f"{where}.api_key_env: looks like a key; name the environment variable that holds it instead"
             )
     for model, price in cfg.prices.items():
-        for field in ("input", "output", "cached_input"):
+        for field in ("input", "output", "cached_input", "per_1m_characters", "per_minute"):
             v = getattr(price, field)
             if v is not None and v < 0:
                 raise ConfigError(f"{path}: $.prices.{model}.{field}: must be >= 0")
@@ -461,6 +494,11 @@ def _validate(cfg: FileConfig, flat: dict[str, Any], path: Path) -> None:
         raise ConfigError("setting `metrics_auth` must be admin_or_token, admin, token or none")
     for name in ("usage_journal_fsync_seconds", "usage_apply_seconds", "usage_apply_batch",
                  "usage_journal_segment_bytes"):
+        if flat[name] <= 0:
+            raise ConfigError(f"setting `{name}` must be > 0")
+    if flat["max_staleness_seconds"] < 0:
+        raise ConfigError("setting `max_staleness_seconds` must be >= 0 (0: no bound)")
+    for name in _TIMEOUTS:
         if flat[name] <= 0:
             raise ConfigError(f"setting `{name}` must be > 0")
     if flat["max_body_bytes"] <= 0:

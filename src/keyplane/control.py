@@ -82,9 +82,13 @@ def check_positive_int(value: Any, param: str) -> int | None:
 # --- revision and audit ------------------------------------------------------------------------
 
 async def bump_revision(s: AsyncSession) -> None:
-    res = await s.execute(update(Meta).where(Meta.name == "revision").values(value=Meta.value + 1))
-    if res.rowcount == 0:  # type: ignore[attr-defined]
+    res = await s.execute(update(Meta).where(Meta.name == "revision").values(value=Meta.value + 1)
+                          .returning(Meta.value))
+    value = res.scalar()
+    if value is None:
         s.add(Meta(name="revision", value=1))
+        value = 1
+    s.info.setdefault("keyplane.revisions", []).append(value)  # published after commit (keyplane.bus)
 
 
 async def audit(

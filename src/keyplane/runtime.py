@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from keyplane.bus import Bus, Publisher
 from keyplane.clock import Clock
 from keyplane.config import Settings
 from keyplane.snapshot import LastUsedRecorder, Snapshot, SnapshotRefresher
@@ -25,18 +26,31 @@ class Runtime:
     last_used: LastUsedRecorder
     read_engine: AsyncEngine
     read_sessions: async_sessionmaker[AsyncSession]
+    # The invalidation bus (keyplane.bus) and the publisher the sessions above publish commits on; None
+    # when a runtime is built without them (the snapshot then learns of changes by polling only).
+    bus: Bus | None = None
+    publisher: Publisher | None = None
     # Filled by the features that own them (proxy, limits, usage, guard) at start-up.
     extras: dict[str, Any] = field(default_factory=dict)
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
-        """One transaction; the snapshot of this instance is refreshed right after it commits."""
+        """One transaction; after it commits, the change is on the bus (sessions publish every commit
+        that bumped the revision, whoever opened them) and this instance's snapshot is refreshed."""
         async with self.sessions() as s, s.begin():
             yield s
         await self.refresher.refresh()
+        if self.publisher is not None:
+            await self.publisher.drain()
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A session for reads only: on SQLite it never takes the write lock."""
         async with self.read_sessions() as s:
             yield s
+
+
+def heartbeat_seconds(max_staleness: float) -> float:
+    """How often an instance that reads the store publishes its revision on the bus: several beats fit in
+    the staleness bound, so that one lost beat does not stop the instances that rely on them."""
+    return min(1.0, max_staleness / 4) if max_staleness > 0 else 1.0

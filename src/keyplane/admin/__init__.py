@@ -15,6 +15,7 @@ from starlette.routing import Route
 from keyplane import errors
 from keyplane.admin import routes as r
 from keyplane.admin.common import JSONResponse
+from keyplane.degrade import Outage, store_outage
 from keyplane.runtime import Runtime
 
 log = logging.getLogger("keyplane.admin")
@@ -109,6 +110,18 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers)
 
 
+# One line when a store the admin API needs goes down, one when it is back: never a traceback per call.
+_outages = {"database": Outage("the SQL store", "admin API (answering 503)", log),
+            "redis": Outage("Redis", "admin API (answering 503)", log)}
+
+
+def store_recovered() -> None:
+    """Called after an admin call that went through: the stores answered again."""
+    for o in _outages.values():
+        if o.down:
+            o.ok()
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
@@ -121,9 +134,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.error("admin API error on %s %s: %s", request.method, request.url.path, type(exc).__name__, exc_info=exc)
-    err = errors.internal_error()
-    return Response(err.body(), status_code=500, media_type="application/json")
+    store = store_outage(exc)
+    if store is not None:  # an outage, not a bug: 503 (retryable), logged once per change of state
+        _outages[store].failed(exc)
+        err = errors.store_unavailable(store)
+    else:
+        rid = request.scope.get("state", {}).get("request_id", "")
+        log.error("admin API error on %s %s (%s): %s", request.method, request.url.path, rid, type(exc).__name__,
+                  exc_info=exc)
+        err = errors.internal_error()
+    return Response(err.body(), status_code=err.status, media_type="application/json", headers=err.headers)
 
 
 def build_admin_app(rt: Runtime, extra: list[Endpoint] | None = None) -> Starlette:

@@ -34,7 +34,8 @@ async def start(rt: Any) -> Any:
     if s.redis_url:
         from keyplane.limits.redis_backend import RedisLimiter
 
-        limiter = RedisLimiter(s.redis_url, s.redis_prefix, s.reservation_ttl_seconds)
+        limiter = RedisLimiter(s.redis_url, s.redis_prefix, s.reservation_ttl_seconds,
+                               timeout=getattr(s, "redis_timeout_seconds", 1.0))
     else:
         from keyplane.limits.memory import MemoryLimiter
 

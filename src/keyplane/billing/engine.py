@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from keyplane.billing import ledger as ledger_mod
@@ -63,6 +64,14 @@ class Billing:
         self._seed_lock = asyncio.Lock()
         self._reload_lock = asyncio.Lock()
         self._alert_tasks: set[asyncio.Task[Any]] = set()
+        from keyplane.usage import journal_folder
+
+        self.journal: Path = journal_folder(s)
+        self.epoch: tuple[int, int] | None = None  # the fleet counters' epoch this instance accounted for
+        self.seen_epoch = False  # counters existed once: their absence now is a loss of Redis's data
+        self._reseed_task: asyncio.Task[None] | None = None
+        ledger.credit_key = lambda: self.credit_key if self.credit_active else None
+        ledger.register()  # the usage applier writes the spend ledger in its own transaction
         self.rollover(rt.clock.now())
 
     # --- configuration ---------------------------------------------------------------------------
@@ -156,25 +165,73 @@ class Billing:
     # --- counters ----------------------------------------------------------------------------------
 
     async def seed(self, only_if_needed: bool = False) -> None:
-        """Budget counters from the SQL ledger: this month's spend and the credit used."""
+        """Budget counters from the SQL ledger plus the journal's unapplied records (ledger.snapshot):
+        this month's spend and the credit used."""
         async with self._seed_lock:
-            is_seeded = getattr(self.limiter, "is_seeded", None)
-            if only_if_needed and is_seeded is not None and await is_seeded():
+            epoch = getattr(self.limiter, "epoch", None)
+            if only_if_needed and epoch is not None and await epoch() is not None:
                 return  # another request (or instance) rebuilt them while this one waited
-            spent = await ledger_mod.period_spend(self.rt.engine, self.period)
-            ttls = dict.fromkeys(spent, MONTH_TTL)
-            if self.cfg.grants:
-                spent[self.credit_key] = self.cfg.credit_used()
-                ttls[self.credit_key] = 0
-            for k in list(spent):  # this instance's own unflushed spend is not in SQL yet
-                spent[k] += self.ledger.unflushed(k)
-            await self.limiter.seed(spent, ttls)
+            await self.reload()  # the grants' used credit as SQL has it now
+            credit = self.credit_key if self.credit_active else None
+            snap = await ledger_mod.snapshot(self.rt.engine, self.period, self.journal, credit)
+            ttls = dict.fromkeys(snap.spent, MONTH_TTL)
+            if credit is not None:
+                ttls[credit] = 0
+            if snap.unapplied:
+                log.info("budget counters include %d usage records not yet applied to the store", snap.unapplied)
+            if epoch is None:
+                await self.limiter.seed(snap.spent, ttls)
+                return
+            after_loss = self.seen_epoch
+            if after_loss:
+                log.warning("the shared budget counters are gone (Redis restarted empty or flushed): requests "
+                            "wait until they are rebuilt from SQL and the journal")
+            await self.limiter.seed(snap.spent, ttls, after_loss=after_loss)
+            self.epoch = await epoch()
+            self.seen_epoch = True
+            if after_loss:
+                log.warning("budget counters rebuilt in Redis from SQL and %d journal records", snap.unapplied)
 
     async def reseed_if_needed(self) -> None:
-        is_seeded = getattr(self.limiter, "is_seeded", None)
-        if is_seeded is not None and not await is_seeded():
-            log.warning("the shared budget counters are gone (Redis flushed?): rebuilding them from SQL")
-            await self.seed()
+        """Fleet: rebuild the counters when Redis lost them; add this instance's unapplied journal records
+        to counters another instance rebuilt (once per rebuild)."""
+        epoch = getattr(self.limiter, "epoch", None)
+        if epoch is None:
+            return
+        current = await epoch()
+        if current is None:
+            await self.seed(only_if_needed=True)
+            return
+        if self.epoch is not None and current != self.epoch and current[1]:
+            await self._top_up(current)
+        self.epoch = current
+        self.seen_epoch = True
+
+    async def _top_up(self, current: tuple[int, int]) -> None:
+        """Another instance rebuilt the counters from SQL after a loss: what this instance's journal holds
+        and the store does not (requests finished before the rebuild) is missing from them."""
+        writer = self.rt.extras.get("usage.writer")
+        if writer is None:
+            return
+        credit = self.credit_key if self.credit_active else None
+        snap = await ledger_mod.snapshot(self.rt.engine, self.period, self.journal, credit, before_us=current[0],
+                                         writer=writer.writer, journal_only=True)
+        extra = {k: v for k, v in snap.spent.items() if v}
+        if extra:
+            await self.limiter.top_up(f"{current[0]}:{writer.writer}", extra)  # type: ignore[attr-defined]
+            log.warning("budget counters rebuilt by another instance: added this instance's %d unapplied "
+                        "usage records", snap.unapplied)
+
+    def reseed_soon(self) -> None:
+        """Admission found no counters: rebuild them in the background (requests are refused meanwhile)."""
+        if self._reseed_task is None or self._reseed_task.done():
+            self._reseed_task = asyncio.get_running_loop().create_task(self._reseed())
+
+    async def _reseed(self) -> None:
+        try:
+            await self.reseed_if_needed()
+        except Exception as e:
+            log.warning("rebuilding the budget counters failed (%s: %s); will retry", type(e).__name__, e)
 
     async def spent(self, scope: str, sid: str, period: str | None = None) -> tuple[int, int]:
         """(spent, reserved) micro-dollars of a scope this month (credit: in total)."""
@@ -205,13 +262,13 @@ class Billing:
                 t = mono()
                 if t >= next_flush:
                     next_flush = t + flush_every
-                    await self.flush()
+                    await self.retry_pending()
                 if t >= next_second:
                     next_second = t + 1.0
                     await self.limiter.sweep()
                     now = self.rt.clock.now()
                     if self.credit_expiry is not None and now >= self.credit_expiry:
-                        self._credit_changed()
+                        await self.reload()  # the grants' used credit as the store has it now
                     if self.fleet:
                         await self.reseed_if_needed()
                     await spend.check_alerts(self)
@@ -224,15 +281,23 @@ class Billing:
                     log.warning("billing background step failed (%s: %s); will retry", type(e).__name__, e,
                                 exc_info=log.isEnabledFor(logging.DEBUG))
 
+    async def retry_pending(self) -> None:
+        """Fleet: replay the settles and releases Redis did not take (idempotent, see redis_backend)."""
+        retry = getattr(self.limiter, "retry_pending", None)
+        if retry is not None and self.limiter.pending:  # type: ignore[attr-defined]
+            n = await retry()
+            if n:
+                log.info("replayed %d settles that Redis had not taken", n)
+
     async def flush(self) -> None:
-        allocated = await self.ledger.flush(self.rt.clock.now())
-        if allocated:
-            grants = [state.Grant(g.id, g.amount_micros, g.used_micros + allocated.get(g.id, 0), g.created_at,
-                                  g.expires_at) for g in self.cfg.grants]
-            self.cfg.grants = tuple(grants)
-            cap = self.cfg.credit_cap(self.rt.clock.now())
-            if cap != self.credit_cap:
-                self._credit_changed()
+        """Bring the SQL ledger up to date now: apply the usage journal (the ledger is written in the same
+        transactions), then reload the grants' used credit. The applier does it on its own every
+        usage_apply_seconds; tests and shutdown call this."""
+        applier = self.rt.extras.get("usage.applier")
+        if applier is not None:
+            await applier.apply_pending()
+        await self.retry_pending()
+        await self.reload()
 
     async def promote(self) -> tuple[str, str] | None:
         now = self.rt.clock.now()
@@ -260,9 +325,15 @@ class Billing:
         for t in list(self._alert_tasks):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(t, 5)
-        try:
-            await self.flush()
-        except Exception:
-            log.error("the last spend ledger flush failed; %d counters not written", len(self.ledger.pending),
-                      exc_info=True)
+        if self._reseed_task is not None:
+            self._reseed_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reseed_task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.retry_pending(), 5)
+        pending = getattr(self.limiter, "pending", None)
+        if pending:
+            log.warning("%d settles never reached Redis; the counters are rebuilt from SQL if Redis lost them",
+                        len(pending))
+        self.ledger.unregister()  # after the usage feature stopped (features stop in reverse order)
         await self.limiter.close()

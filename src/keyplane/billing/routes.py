@@ -14,10 +14,12 @@ from starlette.requests import Request
 from keyplane import control, errors
 from keyplane.admin import Endpoint
 from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, list_response, runtime
+from keyplane.admin.params import query_choice, query_limit
 from keyplane.billing import credit, ratelimits, spend, tiers
 from keyplane.billing.engine import Billing
 from keyplane.billing.models import BillingState, CreditGrant, SpendAlert
 from keyplane.billing.prices import MICROS
+from keyplane.degrade import store_outage
 
 P = "/v1/organization"
 
@@ -59,10 +61,11 @@ async def create_credit_grant(request: Request) -> JSONResponse:
 async def list_credit_grants(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
-    limit = control.check_limit(q.get("limit"))
+    limit = query_limit(request, 20, 100)
     async with runtime(request).read() as s:
         rows, more = await control.page(s, CreditGrant, select(CreditGrant), after=q.get("after"),
-                                        before=q.get("before"), limit=limit, descending=q.get("order") == "desc")
+                                        before=q.get("before"), limit=limit,
+                                        descending=query_choice(request, "order", ("asc", "desc"), "asc") == "desc")
     return JSONResponse(list_response([credit.grant_object(g) for g in rows], more))
 
 
@@ -120,9 +123,35 @@ async def set_spend_limit(request: Request) -> JSONResponse:
     async with runtime(request).write() as s:
         scope, sid, pid = await _scope(request, s, write=True)
         row = await spend.set_limit(s, actor, scope, sid, pid, body, _now(request))
-    await b.reload()
-    spent, _r = await b.spent(scope, sid)
-    return JSONResponse(spend.limit_object(scope, row, spent, _now(request)))
+    # Committed: from here on the answer is a success, whatever a store does next (issue 15, finding 11).
+    notes = await _after_commit(b)
+    try:
+        spent, _r = await b.spent(scope, sid)
+    except Exception as e:
+        if store_outage(e) is None:
+            raise
+        obj = spend.limit_object(scope, row, 0, _now(request))
+        obj["spent"] = None
+        notes.append("The spend limit was saved, but this month's spend could not be read (the limits store is "
+                     "unreachable): `spent` is null.")
+        obj["keyplane_notices"] = notes
+        return JSONResponse(obj)
+    obj = spend.limit_object(scope, row, spent, _now(request))
+    if notes:
+        obj["keyplane_notices"] = notes
+    return JSONResponse(obj)
+
+
+async def _after_commit(b: Billing) -> list[str]:
+    """Reload this instance's billing configuration after a committed change; when a store fails meanwhile,
+    the change stands (the background task reloads it within a tick) and the answer says so."""
+    try:
+        await b.reload()
+    except Exception as e:
+        if store_outage(e) is None:
+            raise
+        return ["The change was saved; this instance applies it as soon as its store answers again."]
+    return []
 
 
 async def delete_spend_limit(request: Request) -> JSONResponse:
@@ -131,8 +160,8 @@ async def delete_spend_limit(request: Request) -> JSONResponse:
     async with runtime(request).write() as s:
         scope, sid, pid = await _scope(request, s)
         await spend.delete_limit(s, actor, scope, sid, pid, _now(request))
-    await b.reload()
-    return JSONResponse(spend.limit_deleted(scope))
+    notes = await _after_commit(b)
+    return JSONResponse({**spend.limit_deleted(scope), **({"keyplane_notices": notes} if notes else {})})
 
 
 # --- spend alerts --------------------------------------------------------------------------------
@@ -140,7 +169,7 @@ async def delete_spend_limit(request: Request) -> JSONResponse:
 async def list_spend_alerts(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
-    limit = control.check_limit(q.get("limit"))
+    limit = query_limit(request, 20, 100)
     order = q.get("order") or "asc"
     if order not in ("asc", "desc"):
         raise errors.bad_request("'order' must be 'asc' or 'desc'.", param="order", code="invalid_value")
@@ -195,7 +224,7 @@ async def delete_spend_alert(request: Request) -> JSONResponse:
 async def list_rate_limits(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
-    limit = control.check_limit(q.get("limit"), default=100, maximum=1000)
+    limit = query_limit(request, 100, 1000)
     async with runtime(request).read() as s:
         scope, sid, _ = await _scope(request, s)
     items, more = ratelimits.page(_b(request), scope, sid, q.get("after"), q.get("before"), limit)

@@ -82,7 +82,8 @@ class Denied:
 
 
 class Unseeded(Exception):
-    """The shared budget counters are gone (Redis was flushed): rebuild them from SQL, then retry."""
+    """The shared budget counters are gone (Redis restarted empty, or was flushed): rebuild them from SQL
+    and the journal, then retry; nothing is admitted meanwhile."""
 
 
 @dataclass(slots=True)
@@ -107,8 +108,9 @@ class Limiter(Protocol):
         """Release the reservation, add the actual cost, correct the token buckets."""
         ...
 
-    async def seed(self, spent: dict[str, int], ttls: dict[str, int]) -> None:
-        """Set counters from the SQL ledger where they are missing (start-up, or Redis flushed)."""
+    async def seed(self, spent: dict[str, int], ttls: dict[str, int], after_loss: bool = False) -> None:
+        """Set counters where they are missing from the SQL ledger plus the journal's unapplied records
+        (start-up, or Redis lost its data: ``after_loss``, rate buckets then start used up)."""
         ...
 
     async def spent(self, keys: list[str]) -> dict[str, tuple[int, int]]:

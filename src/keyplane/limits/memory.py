@@ -99,7 +99,7 @@ class MemoryLimiter:
     async def settle(self, res: Reservation, actual_cost: int, actual_tokens: int) -> None:
         self.settle_now(res, actual_cost, actual_tokens)
 
-    async def seed(self, spent: dict[str, int], ttls: dict[str, int]) -> None:
+    async def seed(self, spent: dict[str, int], ttls: dict[str, int], after_loss: bool = False) -> None:
         for key, value in spent.items():
             if key not in self.budgets:
                 self.budgets[key] = [value, 0]

@@ -7,25 +7,48 @@ or from none. Settle is one more.
 
 Keys, all under one hash tag so that a Redis Cluster keeps them in one slot:
 
-    {prefix}:seeded          set once the budget counters were rebuilt from the SQL ledger
+    {prefix}:epoch           "<E>:<R>": Redis TIME (µs) when the budget counters were rebuilt from SQL; R
+                             is E when that rebuild followed a loss of Redis's data (else 0)
     {prefix}:b:<budget>      hash: spent, reserved (micro-dollars); base (seeded from SQL)
     {prefix}:z:<budget>      sorted set of live reservations: member "<rid>:<amount>", score expiry (µs)
     {prefix}:g:<bucket>      hash: rm, tm, rd, td (GCRA TAT per limit, µs)
 
 A reservation whose process died is dropped by the next admission on that budget once its score
-(expiry) is past. When Redis loses its data the ``seeded`` marker goes with it, admission answers
-:class:`Unseeded`, and the caller rebuilds the counters from SQL (:meth:`RedisLimiter.seed`).
+(expiry) is past. When Redis loses its data the ``epoch`` key goes with it, admission answers
+:class:`Unseeded` (the caller refuses with 503 until it rebuilt the counters from SQL and the
+journal: :meth:`RedisLimiter.seed`). After such a loss (R > 0) a GCRA bucket Redis no longer holds
+starts as if it had been used up at the rebuild: its minute limits refill over the minute after R,
+its day limits start half used. Conservative: a loss never hands out a fresh bucket.
+
+Faults (docs/operations.md "Money across faults"): connections are health-checked and a command that
+fails on a broken connection is retried once on a new one; a settle that still fails is kept in a
+bounded queue and replayed when Redis answers (:meth:`RedisLimiter.retry_pending`), and a failed or
+timed-out admission's reservation is released the same way. Both are *strict*: they only act while
+the reservation is still in Redis, so a replay is idempotent (by request id) and does nothing after
+a rebuild, which counted the cost from SQL and the journal instead.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from keyplane.limits import Bucket, BudgetRef, Denied, Granted, Reservation, Unseeded
 
+log = logging.getLogger("keyplane.limits")
+
 MAX_CONNECTIONS = 64
+PENDING_MAX = 100_000  # settles and releases waiting for Redis to come back (oldest dropped beyond)
+HEALTH_CHECK_SECONDS = 1.0  # a pooled connection idle longer than this is PINGed before use
+# What an unreachable, slow or restarting Redis raises.
+STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
 _COMMON = """
 local t = redis.call('TIME')
@@ -37,8 +60,15 @@ local F = {'rm', 'tm', 'rd', 'td'}
 # KEYS: seeded, nb budget hashes, nb reservation sets, ng buckets
 # ARGV: member, ttl_us, cost, tokens, nb, ng, (limit, key_ttl) * nb, (rpm, tpm, rpd, tpd) * ng
 ADMIT = _COMMON + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
+local ep = redis.call('GET', KEYS[1])
+if not ep then return {-1} end
+local lost = tonumber(string.match(ep, ':(%d+)$')) or 0
 local member = ARGV[1]
+if tonumber(ARGV[5]) > 0 and tonumber(ARGV[3]) > 0 and redis.call('ZSCORE', KEYS[2 + tonumber(ARGV[5])], member) then
+  local out = {1, now}  -- the same admission again (a retried command): already taken
+  for j = 1, 4 * tonumber(ARGV[6]) do out[#out + 1] = '0' end
+  return out
+end
 local ttl = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local tokens = tonumber(ARGV[4])
@@ -50,6 +80,10 @@ local worst = nil
 for j = 1, ng do
   local g = KEYS[1 + 2 * nb + j]
   local st = redis.call('HMGET', g, 'rm', 'tm', 'rd', 'td')
+  if lost > 0 and not st[1] and not st[2] and not st[3] and not st[4] then
+    -- a bucket Redis no longer holds after a loss: as if used up at the rebuild (days: half)
+    st = {lost + PER[1], lost + PER[2], lost + PER[3] / 2, lost + PER[4] / 2}
+  end
   local new = {0, 0, 0, 0}
   for k = 1, 4 do
     local lim = tonumber(ARGV[a + k - 1])
@@ -128,7 +162,8 @@ return out
 """
 
 # KEYS: nb budget hashes, nb reservation sets, ng buckets
-# ARGV: member, amount, actual, token_delta, nb, ng, key_ttl * nb, (tpm, tpd) * ng
+# ARGV: member, amount, actual, token_delta, nb, ng, strict, key_ttl * nb, (tpm, tpd) * ng
+# strict (a replayed settle, a release): only while the reservation is still held; returns 0 otherwise.
 SETTLE = _COMMON + """
 local member = ARGV[1]
 local amount = tonumber(ARGV[2])
@@ -136,19 +171,25 @@ local actual = tonumber(ARGV[3])
 local delta = tonumber(ARGV[4])
 local nb = tonumber(ARGV[5])
 local ng = tonumber(ARGV[6])
+local strict = tonumber(ARGV[7])
+local held = 0
+for i = 1, nb do
+  if amount > 0 and redis.call('ZREM', KEYS[nb + i], member) == 1 then
+    redis.call('HINCRBY', KEYS[i], 'reserved', 0 - amount)
+    held = held + 1
+  end
+end
+if strict == 1 and held == 0 then return 0 end
 for i = 1, nb do
   local h = KEYS[i]
-  if amount > 0 and redis.call('ZREM', KEYS[nb + i], member) == 1 then
-    redis.call('HINCRBY', h, 'reserved', 0 - amount)
-  end
   if actual > 0 then
     redis.call('HINCRBY', h, 'spent', actual)
-    local kttl = tonumber(ARGV[6 + i])
+    local kttl = tonumber(ARGV[7 + i])
     if kttl > 0 then redis.call('EXPIRE', h, kttl) end
   end
 end
 if delta ~= 0 then
-  local a = 7 + nb
+  local a = 8 + nb
   for j = 1, ng do
     local g = KEYS[2 * nb + j]
     for n, k in ipairs({2, 4}) do
@@ -187,18 +228,41 @@ end
 return 1
 """
 
+# KEYS: marker, budget hashes; ARGV: marker ttl, amount per hash. Adds once per marker.
+TOP_UP = """
+if not redis.call('SET', KEYS[1], 1, 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
+for i = 2, #KEYS do
+  local v = tonumber(ARGV[i])
+  if v ~= 0 then redis.call('HINCRBY', KEYS[i], 'spent', v) end
+end
+return 1
+"""
+
 
 class RedisLimiter:
-    def __init__(self, url: str, prefix: str, reservation_ttl: float) -> None:
-        # A bounded pool that waits for a free connection rather than failing under a burst.
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS, timeout=10)
+    def __init__(self, url: str, prefix: str, reservation_ttl: float, timeout: float = 1.0) -> None:
+        # A bounded pool that waits for a free connection rather than failing under a burst. Commands
+        # and connects time out (``timeout``: the redis_timeout_seconds setting); a connection idle
+        # for a second is PINGed before use (a Redis restart leaves the pool full of dead sockets),
+        # and a command that fails on a broken connection is retried once, on a new one.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=max(timeout, 1.0) * 2,
+            socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=HEALTH_CHECK_SECONDS,
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1,
+                        supported_errors=(RedisConnectionError, ConnectionError)),
+            retry_on_error=[RedisConnectionError, ConnectionError])
         self.redis: Any = aioredis.Redis(connection_pool=pool, decode_responses=False)
         self.base = "{" + prefix + "}"
-        self.seeded_key = self.base + ":seeded"
+        self.seeded_key = self.base + ":epoch"
         self.ttl_us = int(reservation_ttl * 1_000_000)
+        self.timeout = timeout
         self._admit = self.redis.register_script(ADMIT)
         self._settle = self.redis.register_script(SETTLE)
         self._seed = self.redis.register_script(SEED)
+        self._top_up = self.redis.register_script(TOP_UP)
+        # (reservation, actual cost, actual tokens) of settles (and releases: cost -1) Redis did not take
+        self.pending: collections.deque[tuple[Reservation, int, int]] = collections.deque(maxlen=PENDING_MAX)
+        self.dropped = 0  # pending settles pushed out of the full queue
 
     def _b(self, key: str) -> str:
         return f"{self.base}:b:{key}"
@@ -236,20 +300,67 @@ class RedisLimiter:
         return Denied("rate", int(r[2]) - 1, int(r[3]) - 1, used=int(r[4]), wait_us=int(r[5]))
 
     async def settle(self, res: Reservation, actual_cost: int, actual_tokens: int) -> None:
+        """Commit a request's cost. When Redis cannot take it the settle is queued (strict) for
+        :meth:`retry_pending`, and the error raised for the caller to log."""
+        try:
+            await self._run_settle(res, actual_cost, actual_tokens - res.tokens, strict=False)
+        except STORE_ERRORS:
+            self._queue(res, actual_cost, actual_tokens)
+            raise
+
+    async def release(self, res: Reservation) -> None:
+        """Undo an admission that failed or timed out on the client side (idempotent: strict). Queued when
+        Redis does not answer; the reservation's TTL remains the last resort."""
+        if not res.amount:
+            return
+        try:
+            await self._run_settle(res, 0, 0, strict=True)
+        except STORE_ERRORS:
+            self._queue(res, -1, 0)
+
+    def _queue(self, res: Reservation, actual_cost: int, actual_tokens: int) -> None:
+        if not res.amount:
+            return  # nothing reserved: a strict replay could not tell it was applied
+        if len(self.pending) == self.pending.maxlen:
+            self.dropped += 1
+        self.pending.append((res, actual_cost, actual_tokens))
+
+    async def retry_pending(self) -> int:
+        """Replay queued settles and releases, oldest first, until Redis fails again; returns how many."""
+        done = 0
+        while self.pending:
+            res, cost, tokens = self.pending[0]
+            if cost < 0:
+                await self._run_settle(res, 0, 0, strict=True)
+            else:
+                await self._run_settle(res, cost, tokens - res.tokens, strict=True)
+            self.pending.popleft()
+            done += 1
+        return done
+
+    async def _run_settle(self, res: Reservation, actual_cost: int, delta: int, strict: bool) -> int:
         keys = [self._b(b.key) for b in res.budgets]
         keys.extend(self._z(b.key) for b in res.budgets)
         keys.extend(self._g(g.key) for g in res.buckets)
-        args: list[Any] = [f"{res.rid}:{res.amount}", res.amount, actual_cost, actual_tokens - res.tokens,
-                           len(res.budgets), len(res.buckets)]
+        args: list[Any] = [f"{res.rid}:{res.amount}", res.amount, actual_cost, delta, len(res.budgets),
+                           len(res.buckets), 1 if strict else 0]
         args.extend(b.ttl for b in res.budgets)
         for g in res.buckets:
             args.extend((g.limits[1], g.limits[3]))
-        await self._settle(keys=keys, args=args)
+        return int(await self._settle(keys=keys, args=args))
 
     async def is_seeded(self) -> bool:
         return bool(await self.redis.exists(self.seeded_key))
 
-    async def seed(self, spent: dict[str, int], ttls: dict[str, int]) -> None:
+    async def epoch(self) -> tuple[int, int] | None:
+        """(E, R) of the current counters (see the module doc), None when Redis lost them."""
+        v = await self.redis.get(self.seeded_key)
+        if v is None:
+            return None
+        e, _, r = v.decode().partition(":")
+        return int(e), int(r or 0)
+
+    async def seed(self, spent: dict[str, int], ttls: dict[str, int], after_loss: bool = False) -> None:
         items = list(spent.items())
         for i in range(0, len(items), 500):
             chunk = items[i:i + 500]
@@ -257,7 +368,14 @@ class RedisLimiter:
             for key, value in chunk:
                 args.extend((value, ttls.get(key, 0)))
             await self._seed(keys=[self._b(k) for k, _ in chunk], args=args)
-        await self.redis.set(self.seeded_key, b"1")
+        sec, us = await self.redis.time()
+        now = int(sec) * 1_000_000 + int(us)
+        await self.redis.set(self.seeded_key, f"{now}:{now if after_loss else 0}".encode(), nx=True)
+
+    async def top_up(self, marker: str, spent: dict[str, int]) -> bool:
+        """Add ``spent`` to the counters once per ``marker`` (an instance's journal after a rebuild)."""
+        keys = [f"{self.base}:t:{marker}"] + [self._b(k) for k in spent]
+        return bool(await self._top_up(keys=keys, args=[86_400, *spent.values()]))
 
     async def spent(self, keys: list[str]) -> dict[str, tuple[int, int]]:
         if not keys:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,12 +23,33 @@ def reader(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(**{READ_ONLY_OPTION: True})
 
 
-def make_engine(url: str, **kw: Any) -> AsyncEngine:
+def private_sqlite_files(path: Path) -> None:
+    """The store holds key digests, users' password hashes and the audit log: it is created 0600,
+    like secret.key, before SQLite opens it (SQLite gives its -wal and -shm files the mode of the
+    database file). Files an older version left readable by others are narrowed to 0600 too."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if name.stat().st_mode & 0o077:
+                os.chmod(name, 0o600)
+        except FileNotFoundError:
+            continue
+
+
+def make_engine(url: str, timeout: float | None = None, **kw: Any) -> AsyncEngine:
+    """An engine for the store. ``timeout`` (the database_timeout_seconds setting) bounds every wait on
+    it: connecting, each statement and the wait for a pooled connection (PostgreSQL), the busy wait for
+    the write lock (SQLite). None: the drivers' own (no statement timeout; 30 s of SQLite busy wait),
+    for migrations and the CLI, whose statements may rightly take long."""
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **kw)
+            private_sqlite_files(Path(path.split("?", 1)[0]))
+        busy = 30.0 if timeout is None else timeout
+        if timeout is not None:
+            kw.setdefault("pool_timeout", timeout)
+        engine = create_async_engine(url, connect_args={"timeout": busy}, **kw)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -35,7 +57,7 @@ def make_engine(url: str, **kw: Any) -> AsyncEngine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
             cur.close()
 
         # Writers take the lock up front (BEGIN IMMEDIATE) so that two processes never deadlock on a
@@ -55,6 +77,12 @@ def make_engine(url: str, **kw: Any) -> AsyncEngine:
     kw.setdefault("pool_size", 10)
     kw.setdefault("max_overflow", 10)
     kw.setdefault("pool_pre_ping", True)
+    if timeout is not None:
+        # asyncpg: ``timeout`` bounds connecting, ``command_timeout`` every statement (the pre-ping included),
+        # so a store that stops answering (a hung server, a black-holed network) fails fast instead of
+        # holding every caller for the whole outage.
+        kw.setdefault("pool_timeout", timeout)
+        kw["connect_args"] = {"timeout": timeout, "command_timeout": timeout, **kw.get("connect_args", {})}
     return create_async_engine(url, **kw)
 
 

@@ -13,10 +13,13 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+from sqlalchemy import Insert, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyplane.usage import rollups
@@ -25,17 +28,71 @@ from keyplane.usage.models import DIMS, ROLLUPS, SUMS, UsageRequest
 
 log = logging.getLogger("keyplane.usage")
 
-_REQUEST_CHUNK = 400  # rows per INSERT: 24 columns, well under the bind-parameter limits
 _ROLLUP_CHUNK = 1000
 ORPHAN_SCAN_SECONDS = 30.0
 PRUNE_SECONDS = 600.0
 
+ApplyStep = Callable[[AsyncConnection, list[Record]], Awaitable[None]]
+# Steps other features run in the same transaction over the records really inserted (billing: the spend
+# ledger), per store engine: what usage_requests holds is then exactly what they counted. Keep this.
+APPLY_STEPS: weakref.WeakKeyDictionary[AsyncEngine, list[ApplyStep]] = weakref.WeakKeyDictionary()
 
-def _insert(conn: AsyncConnection, table: Any) -> Any:
-    """INSERT with ON CONFLICT support, in the dialect of the store."""
-    from sqlalchemy.dialects import postgresql, sqlite
+# Every statement below is built once and has one fixed text whatever the batch size: a multi-row
+# ``INSERT ... VALUES`` per batch (what this module used to build) is a new statement for every batch
+# size, each compiled, prepared and cached by the driver (asyncpg's and sqlite3's statement caches),
+# which grew the process by about 270 bytes per request without levelling off (issue 15, finding 6)
+# and cost ~300 us of event-loop CPU per request. bench/soak_applier.py guards both.
+_COLUMNS: tuple[str, ...] = tuple(c.name for c in UsageRequest.__table__.columns if c.name != "seq")
+_PG_ARRAY = {"BIGINT": "bigint[]", "INTEGER": "integer[]", "FLOAT": "float8[]", "BOOLEAN": "boolean[]"}
 
-    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+def _pg_insert_requests() -> TextClause:
+    """PostgreSQL: one statement for any batch size, each column bound as one array (a single round
+    trip), which tells which rows were new (RETURNING) so replays add nothing to the rollups."""
+    types = {c.name: _PG_ARRAY.get(str(c.type).split("(")[0], "text[]") for c in UsageRequest.__table__.columns}
+    cols = ", ".join(_COLUMNS)
+    arrays = ", ".join(f"CAST(:{c} AS {types[c]})" for c in _COLUMNS)
+    return text(f"INSERT INTO usage_requests ({cols}) SELECT * FROM unnest({arrays}) "  # noqa: S608 - fixed names
+                "ON CONFLICT (id) DO NOTHING RETURNING id")
+
+
+_PG_REQUESTS = _pg_insert_requests()
+# SQLite: the ids already stored, one statement for any batch size (the ids travel as one JSON array).
+# Writers hold the database's write lock for the whole transaction (BEGIN IMMEDIATE), so what this
+# reads stays true until the commit.
+_SQLITE_EXISTING = text("SELECT id FROM usage_requests WHERE id IN (SELECT value FROM json_each(:ids))")
+_statements: dict[str, tuple[Insert, dict[int, Insert]]] = {}
+
+
+def _prepared(dialect: str) -> tuple[Insert, dict[int, Insert]]:
+    """(per-request INSERT, {rollup granularity: upsert that adds}) for a dialect, built once, run as executemany."""
+    got = _statements.get(dialect)
+    if got is None:
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        requests = insert(UsageRequest).on_conflict_do_nothing(index_elements=["id"])
+        upserts: dict[int, Insert] = {}
+        for granularity, table in ROLLUPS:
+            ins = insert(table)
+            upserts[granularity] = ins.on_conflict_do_update(
+                index_elements=["bucket", *DIMS], set_={s: getattr(table, s) + getattr(ins.excluded, s) for s in SUMS})
+        got = _statements[dialect] = (requests, upserts)
+    return got
+
+
+async def _insert_requests(conn: AsyncConnection, records: list[Record]) -> set[str]:
+    """Insert the per-request rows; returns the ids that were not stored yet."""
+    rows = [rollups.request_row(r) for r in records]
+    if conn.dialect.name == "postgresql":
+        params = {c: [row[c] for row in rows] for c in _COLUMNS}
+        return set((await conn.execute(_PG_REQUESTS, params)).scalars())
+    ids = [row["id"] for row in rows]
+    existing = set((await conn.execute(_SQLITE_EXISTING, {"ids": orjson.dumps(ids).decode()})).scalars())
+    new_rows = [row for row in rows if row["id"] not in existing] if existing else rows
+    if new_rows:
+        await conn.execute(_prepared("sqlite")[0], new_rows)
+    return {row["id"] for row in new_rows}
 
 
 async def apply_records(engine: AsyncEngine, records: Sequence[Record]) -> int:
@@ -45,23 +102,17 @@ async def apply_records(engine: AsyncEngine, records: Sequence[Record]) -> int:
         unique.setdefault(r.id, r)
     if not unique:
         return 0
-    rows = [rollups.request_row(r) for r in unique.values()]
     async with engine.begin() as conn:
-        inserted: set[str] = set()
-        for i in range(0, len(rows), _REQUEST_CHUNK):
-            stmt = (_insert(conn, UsageRequest).values(rows[i:i + _REQUEST_CHUNK])
-                    .on_conflict_do_nothing(index_elements=["id"]).returning(UsageRequest.id))
-            inserted.update((await conn.execute(stmt)).scalars())
+        inserted = await _insert_requests(conn, list(unique.values()))
         new = [r for r in unique.values() if r.id in inserted]
         if new:
-            for granularity, table in ROLLUPS:
+            upserts = _prepared(conn.dialect.name)[1]
+            for granularity, _table in ROLLUPS:
                 agg = rollups.rollup_rows(new, granularity)
                 for i in range(0, len(agg), _ROLLUP_CHUNK):
-                    ins = _insert(conn, table).values(agg[i:i + _ROLLUP_CHUNK])
-                    stmt = ins.on_conflict_do_update(
-                        index_elements=["bucket", *DIMS],
-                        set_={s: getattr(table, s) + getattr(ins.excluded, s) for s in SUMS})
-                    await conn.execute(stmt)
+                    await conn.execute(upserts[granularity], agg[i:i + _ROLLUP_CHUNK])
+            for step in APPLY_STEPS.get(engine, ()):  # billing: the spend ledger (billing/ledger.py)
+                await step(conn, new)
     return len(new)
 
 

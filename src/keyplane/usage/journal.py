@@ -391,3 +391,13 @@ class Tail:
                     p.unlink()
         with contextlib.suppress(FileNotFoundError):
             (self.folder / f"{self.writer}.lock").unlink()
+
+
+def unapplied_records(folder: Path) -> list[tuple[str, Record]]:
+    """(writer, record) of every record the applier has not committed yet, in every writer's journal under
+    ``folder``: read-only (no lock taken, no position moved). Billing seeds its budgets with them; a record
+    that was applied just now may still be listed (the caller checks ids against the store)."""
+    out: list[tuple[str, Record]] = []
+    for writer in sorted(writers_in(folder)):
+        out.extend((writer, rec) for rec in Tail(folder, writer, final=False).read(1 << 62))
+    return out
