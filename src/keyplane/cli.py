@@ -14,7 +14,9 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from keyplane import control
 from keyplane.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings
@@ -37,6 +39,9 @@ app.add_typer(projects_app, name="projects")
 app.add_typer(keys_app, name="keys")
 app.add_typer(users_app, name="users")
 
+# Rich markup is for keyplane's own styling only: any text that carries user or config content (names,
+# emails, paths, messages, `[[alerts.sinks]]`...) goes through escape() or Text, or is printed with
+# markup=False, so that its brackets are shown instead of being taken for style tags.
 out = Console()
 err = Console(stderr=True)
 
@@ -58,7 +63,7 @@ def _root(config: ConfigOpt = None) -> None:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 
@@ -74,15 +79,28 @@ def run_store(s: Settings, fn: Callable[[Any], Awaitable[T]], *, write: bool = F
     """Run ``fn(session)`` against the store (migrated first), turning errors into messages."""
     from keyplane.store import db
 
+    sqlite_file = s.database_url.split(":///", 1)[1].split("?", 1)[0] if s.is_sqlite else ":memory:"
+    if need_org and sqlite_file not in ("", ":memory:") and not Path(sqlite_file).exists():  # never create one
+        raise fail(f"no keyplane store here yet ({sqlite_file}): run `keyplane init` (or set KEYPLANE_HOME).")
+
     async def go() -> T:
+        from keyplane import bus
+
         engine = db.make_engine(s.database_url)
+        # A fleet's running instances hear of the change on the bus at once (one node: they poll).
+        fleet = bus.bus_kind(s.redis_url, s.database_url) != "in-process"
+        publisher = bus.Publisher(bus.make_bus(s.redis_url, s.redis_prefix, s.database_url)) if fleet else None
         try:
             await db.migrate(engine)
-            async with db.sessionmaker(engine)() as session, session.begin() if write else contextlib.nullcontext():
+            maker = bus.publishing_sessionmaker(engine, publisher) if publisher else db.sessionmaker(engine)
+            async with maker() as session, session.begin() if write else contextlib.nullcontext():
                 if need_org and await control.get_org(session) is None:
                     raise fail(f"keyplane is not initialized in {s.home.resolve()}; run `keyplane init` first.")
                 return await fn(session)
         finally:
+            if publisher is not None:
+                await publisher.drain()
+                await publisher.bus.close()
             await engine.dispose()
 
     try:
@@ -109,12 +127,18 @@ def ts(t: int | None) -> str:
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    t = Table(title=title, title_justify="left")
+    t = Table(title=escape(title), title_justify="left")
     for c in columns:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*[str(x) if x is not None else "-" for x in r])
-    out.print(t)
+        t.add_column(escape(c))
+    for r in rows:  # cells are names, messages, errors: Text, never markup
+        t.add_row(*[Text(str(x)) if x is not None else Text("-") for x in r])
+    from keyplane.cli_table import fit
+
+    # COLUMNS as it is now (rich reads it once, when the console is made).
+    columns = os.environ.get("COLUMNS", "")
+    width = int(columns) if columns.isdigit() else out.width
+    fit(t, width)  # ids never truncate (cli_table.py)
+    out.print(t, width=width)
 
 
 # --- init / serve ------------------------------------------------------------------------------
@@ -147,14 +171,16 @@ def init(
     if json:
         print_json(res)
         return
-    out.print(f"[bold green]keyplane initialized[/] in {s.home.resolve()}")
-    out.print(f"organization  {res['organization_id']}\nowner         {res['owner_user_id']} ({owner_email})")
-    out.print(f"project       {res['project_id']} (Default project)")
+    out.print(f"[bold green]keyplane initialized[/] in {escape(str(s.home.resolve()))}")
+    out.print(f"organization  {res['organization_id']}\nowner         {res['owner_user_id']} ({owner_email})",
+              markup=False)
+    out.print(f"project       {res['project_id']} (Default project)", markup=False)
     out.print("\n[bold]These keys are shown once. Store them now.[/]")
-    out.print(f"API key (service account, Default project):\n  {res['api_key']}", highlight=False, soft_wrap=True)
-    out.print(f"Admin key (admin API):\n  {res['admin_key']}", highlight=False, soft_wrap=True)
+    out.print(f"API key (service account, Default project):\n  {res['api_key']}", highlight=False, soft_wrap=True,
+              markup=False)
+    out.print(f"Admin key (admin API):\n  {res['admin_key']}", highlight=False, soft_wrap=True, markup=False)
     out.print(f"\nConfig: {cfg_path}. Next: `keyplane serve`, then point an OpenAI SDK at "
-              f"http://{s.host}:{s.port}/v1 with the API key and model demo-echo.")
+              f"http://{s.host}:{s.port}/v1 with the API key and model demo-echo.", markup=False)
 
 
 @app.command()
@@ -181,7 +207,7 @@ def serve(
     from keyplane.logs import setup_logging
 
     setup_logging(s.log_format, s.log_level)
-    err.print(f"keyplane serving on http://{s.host}:{s.port} (store: {_store_name(s)})")
+    err.print(f"keyplane serving on http://{s.host}:{s.port} (store: {_store_name(s)})", markup=False)
     uvicorn.run("keyplane.cli:app_from_env", factory=True, host=s.host, port=s.port, workers=workers,
                 loop="auto", http="auto", log_level=s.log_level, access_log=False, lifespan="on",
                 log_config=None, timeout_graceful_shutdown=10)
@@ -219,7 +245,7 @@ def projects_create(name: Annotated[str, typer.Argument(help="Project name.")], 
     if json:
         print_json(shapes.project(p))
     else:
-        out.print(f"created project {p.id} ({p.name})")
+        out.print(f"created project {p.id} ({p.name})", markup=False)
 
 
 @projects_app.command("list")
@@ -259,7 +285,7 @@ def projects_archive(project: Annotated[str, typer.Argument(help="Project id or 
     if json:
         print_json(shapes.project(p))
     else:
-        out.print(f"archived project {p.id} ({p.name})")
+        out.print(f"archived project {p.id} ({p.name})", markup=False)
 
 
 from keyplane.cli_keys import register as _register_keys  # noqa: E402

@@ -1,6 +1,7 @@
 """`keyplane keys ...`: local key management on the store."""
 
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import orjson
@@ -8,31 +9,50 @@ import typer
 from sqlalchemy import select
 
 from keyplane import control
+from keyplane.store.models import ApiKey, ServiceAccount, User
 
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project id or unique name.")]
 
 
-def _key_dict(row: Any, now: float) -> dict[str, Any]:
+async def _key_dicts(session: Any, rows: Sequence[ApiKey], now: float) -> list[dict[str, Any]]:
+    """The admin API's shapes for ``rows``, with their owners (user or service account) read from the store."""
     from keyplane.admin import shapes
 
-    if row.kind == "admin":
-        return shapes.admin_key(row, None, now)
-    return shapes.project_key(row, None, None, now)
+    uids = {r.owner_user_id for r in rows if r.owner_user_id}
+    sids = {r.service_account_id for r in rows if r.service_account_id}
+    users = {u.id: u for u in (await session.execute(select(User).where(User.id.in_(uids)))).scalars()} if uids \
+        else {}
+    sas = ({a.id: a for a in (await session.execute(select(ServiceAccount).where(ServiceAccount.id.in_(sids))))
+            .scalars()} if sids else {})
+    out = []
+    for r in rows:
+        owner = users.get(r.owner_user_id or "")
+        if r.kind == "admin":
+            out.append(shapes.admin_key(r, owner, now))
+        else:
+            out.append(shapes.project_key(r, owner, sas.get(r.service_account_id or ""), now))
+    return out
+
+
+async def _with_dict(session: Any, row: ApiKey) -> tuple[ApiKey, dict[str, Any]]:
+    import time
+
+    await session.flush()
+    return row, (await _key_dicts(session, [row], time.time()))[0]
 
 
 def register(keys_app: typer.Typer) -> None:
     from keyplane.cli import JsonOpt, out, print_json, run_store, settings, table, ts
 
-    def emit_key(row: Any, json: bool, value: str | None = None, verb: str = "created") -> None:
-        import time
-
-        d = _key_dict(row, time.time())
+    def emit_key(found: tuple[ApiKey, dict[str, Any]], json: bool, value: str | None = None,
+                 verb: str = "created") -> None:
+        row, d = found
         if value is not None:
             d["value"] = value
         if json:
             print_json(d)
             return
-        out.print(f"{verb} key {row.id} ({row.name}) in {row.project_id or 'the organization'}")
+        out.print(f"{verb} key {row.id} ({row.name}) in {row.project_id or 'the organization'}", markup=False)
         if value is not None:
             out.print("[bold]The key is shown once. Store it now:[/]")
             out.print(f"  {value}", highlight=False, soft_wrap=True)
@@ -53,7 +73,7 @@ def register(keys_app: typer.Typer) -> None:
         """Create a user key (or a service account and its key) in a project. The value is shown once."""
         s = settings()
 
-        async def go(session: Any) -> tuple[Any, str]:
+        async def go(session: Any) -> tuple[tuple[ApiKey, dict[str, Any]], str]:
             p = await control.find_project(session, project)
             if service_account:
                 if permissions != "all":
@@ -63,14 +83,15 @@ def register(keys_app: typer.Typer) -> None:
                 row = sa.api_key_row  # type: ignore[attr-defined]
                 if permissions != "all":
                     row = await control.update_key(session, control.CLI_ACTOR, row.id, permissions=permissions)
-                return row, value
+                return await _with_dict(session, row), value
             owner_id = (await control.find_user(session, owner)).id if owner else None
-            return await control.create_project_key(session, control.CLI_ACTOR, s.secret_key, p.id, name=name,
-                                                    owner_user_id=owner_id, permissions=permissions,
-                                                    expires_in_seconds=expires_in)
+            row, value = await control.create_project_key(session, control.CLI_ACTOR, s.secret_key, p.id, name=name,
+                                                          owner_user_id=owner_id, permissions=permissions,
+                                                          expires_in_seconds=expires_in)
+            return await _with_dict(session, row), value
 
-        row, value = run_store(s, go, write=True)
-        emit_key(row, json, value)
+        found, value = run_store(s, go, write=True)
+        emit_key(found, json, value)
 
     @keys_app.command("list")
     def list_(
@@ -83,20 +104,17 @@ def register(keys_app: typer.Typer) -> None:
         """List keys with their status, permissions and last use (never their values)."""
         import time
 
-        from keyplane.store.models import ApiKey
-
-        async def go(session: Any) -> list[Any]:
+        async def go(session: Any) -> tuple[list[ApiKey], list[dict[str, Any]]]:
             stmt = select(ApiKey).order_by(ApiKey.seq)
             stmt = stmt.where(ApiKey.kind == "admin") if admin else stmt.where(ApiKey.kind != "admin")
             if project:
                 stmt = stmt.where(ApiKey.project_id == (await control.find_project(session, project)).id)
             if not all:
                 stmt = stmt.where(ApiKey.revoked_at.is_(None))
-            return list((await session.execute(stmt)).scalars())
+            found = list((await session.execute(stmt)).scalars())
+            return found, await _key_dicts(session, found, time.time())
 
-        rows = run_store(settings(), go)
-        now = time.time()
-        items = [_key_dict(r, now) for r in rows]
+        rows, items = run_store(settings(), go)
         if json:
             print_json(items)
             return
@@ -112,9 +130,9 @@ def register(keys_app: typer.Typer) -> None:
         json: JsonOpt = False,
     ) -> None:
         """Revoke a key for good. It is refused by every instance within a second."""
-        async def go(session: Any) -> Any:
+        async def go(session: Any) -> tuple[ApiKey, dict[str, Any]]:
             row = await control.get_key(session, key_id)
-            return await control.revoke_key(session, control.CLI_ACTOR, row, reason)
+            return await _with_dict(session, await control.revoke_key(session, control.CLI_ACTOR, row, reason))
 
         emit_key(run_store(settings(), go, write=True), json, verb="revoked")
 
@@ -128,13 +146,13 @@ def register(keys_app: typer.Typer) -> None:
         """Issue a new value for a key (same name, project, permissions); the old one stops now or after --grace."""
         s = settings()
 
-        async def go(session: Any) -> tuple[Any, str]:
+        async def go(session: Any) -> tuple[tuple[ApiKey, dict[str, Any]], str]:
             new, value, _old = await control.rotate_key(session, control.CLI_ACTOR, s.secret_key, key_id,
                                                         grace_seconds=grace)
-            return new, value
+            return await _with_dict(session, new), value
 
-        row, value = run_store(s, go, write=True)
-        emit_key(row, json, value, verb="rotated to")
+        found, value = run_store(s, go, write=True)
+        emit_key(found, json, value, verb="rotated to")
 
     @keys_app.command("permissions")
     def permissions_(
@@ -143,8 +161,9 @@ def register(keys_app: typer.Typer) -> None:
         json: JsonOpt = False,
     ) -> None:
         """Change a key's permissions without issuing a new key."""
-        async def go(session: Any) -> Any:
-            return await control.update_key(session, control.CLI_ACTOR, key_id, permissions=permissions)
+        async def go(session: Any) -> tuple[ApiKey, dict[str, Any]]:
+            return await _with_dict(session, await control.update_key(session, control.CLI_ACTOR, key_id,
+                                                                      permissions=permissions))
 
         emit_key(run_store(settings(), go, write=True), json, verb="updated")
 
@@ -155,18 +174,18 @@ def register(keys_app: typer.Typer) -> None:
         json: JsonOpt = False,
     ) -> None:
         """Suspend a key (reversible with `keyplane keys resume`)."""
-        async def go(session: Any) -> Any:
+        async def go(session: Any) -> tuple[ApiKey, dict[str, Any]]:
             row = await control.get_key(session, key_id)
-            return await control.set_suspended(session, control.CLI_ACTOR, row, reason)
+            return await _with_dict(session, await control.set_suspended(session, control.CLI_ACTOR, row, reason))
 
         emit_key(run_store(settings(), go, write=True), json, verb="suspended")
 
     @keys_app.command("resume")
     def resume(key_id: Annotated[str, typer.Argument(help="Key id (key_...).")], json: JsonOpt = False) -> None:
         """Resume a suspended key (for example one the kill switch suspended)."""
-        async def go(session: Any) -> Any:
+        async def go(session: Any) -> tuple[ApiKey, dict[str, Any]]:
             row = await control.get_key(session, key_id)
-            return await control.set_suspended(session, control.CLI_ACTOR, row, None)
+            return await _with_dict(session, await control.set_suspended(session, control.CLI_ACTOR, row, None))
 
         emit_key(run_store(settings(), go, write=True), json, verb="resumed")
 

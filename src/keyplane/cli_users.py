@@ -28,7 +28,7 @@ def register(users_app: typer.Typer, app: typer.Typer) -> None:
         if json:
             print_json(shapes.user(u))
         else:
-            out.print(f"added {u.email} as {u.role} ({u.id})")
+            out.print(f"added {u.email} as {u.role} ({u.id})", markup=False)
 
     @users_app.command("list")
     def list_(json: JsonOpt = False) -> None:
@@ -56,7 +56,7 @@ def register(users_app: typer.Typer, app: typer.Typer) -> None:
         if json:
             print_json(shapes.user(u))
         else:
-            out.print(f"{u.email} is now {u.role}")
+            out.print(f"{u.email} is now {u.role}", markup=False)
 
     @users_app.command("remove")
     def remove(user: UserArg, json: JsonOpt = False) -> None:
@@ -70,7 +70,7 @@ def register(users_app: typer.Typer, app: typer.Typer) -> None:
         if json:
             print_json(shapes.deleted("organization.user", uid))
         else:
-            out.print(f"removed {uid}")
+            out.print(f"removed {uid}", markup=False)
 
     @app.command("audit")
     def audit(

@@ -53,6 +53,16 @@ class Report:
                 "key_info": self.key_info, "checks": [asdict(c) for c in self.checks]}
 
 
+@dataclass(frozen=True)
+class NotAnAPI:
+    """An answer that is not JSON (a dashboard page, a proxy's error page...): never printed as it came."""
+
+    content_type: str
+
+    def __str__(self) -> str:
+        return f"not a keyplane/OpenAI API answer ({self.content_type or 'no content type'})"
+
+
 def _get(url: str, key: str, timeout: float) -> tuple[int, dict[str, str], Any]:
     if not url.startswith(("http://", "https://")):
         raise urllib.error.URLError(f"not an http(s) URL: {url}")
@@ -63,15 +73,19 @@ def _get(url: str, key: str, timeout: float) -> tuple[int, dict[str, str], Any]:
             status, headers, raw = r.status, dict(r.headers.items()), r.read()
     except urllib.error.HTTPError as e:
         status, headers, raw = e.code, dict(e.headers.items()), e.read()
+    headers = {k.lower(): v for k, v in headers.items()}
     try:
         body = json.loads(raw)
     except ValueError:
-        body = raw[:200].decode("utf-8", "replace")
-    return status, {k.lower(): v for k, v in headers.items()}, body
+        body = NotAnAPI(headers.get("content-type", "").split(";", 1)[0].strip())
+    return status, headers, body
 
 
 def explain(status: int, body: Any, headers: dict[str, str]) -> tuple[str, str]:
     """(what happened, the fix) for an error answer, in plain words."""
+    if isinstance(body, NotAnAPI):
+        return str(body), ("Check the base URL: keyplane's API is its /v1 URL (e.g. http://127.0.0.1:8080/v1); "
+                           "this answer came from something else (the dashboard, a proxy, another server).")
     err = body.get("error", {}) if isinstance(body, dict) else {}
     err = err if isinstance(err, dict) else {}
     msg, typ, code = str(err.get("message") or body), err.get("type"), err.get("code")
@@ -147,17 +161,22 @@ def diagnose(base_url: str, key: str | None, key_source: str | None, timeout: fl
     usable = _key_problems(report, key)
     if usable is None:
         return report
-    if not base.endswith("/v1"):
-        report.add("base_url", False, f"The base URL {base} does not end in /v1.",
-                   "The OpenAI SDKs need the /v1 part: e.g. http://127.0.0.1:8080/v1.")
     try:
-        status, headers, body = _get(base + "/keyplane/key", usable, timeout)
+        api, (status, headers, body) = _find_api(base, usable, timeout)
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
         report.add("server", False, f"Could not reach {base}: {reason}.",
                    "Is keyplane running (`keyplane serve`)? Check the host, port and OPENAI_BASE_URL.")
         return report
     report.add("server", True, f"{base} answers.")
+    if api != base:
+        report.base_url = base = api
+        report.add("base_url", True, f"The base URL had no /v1: checked {api} (give the OpenAI SDKs that URL, "
+                   f"e.g. OPENAI_BASE_URL={api}).")
+    if isinstance(body, NotAnAPI):
+        what, fix = explain(status, body, headers)
+        report.add("key", False, f"GET {base}/keyplane/key: HTTP {status}: {what}.", fix)
+        return report
     if status == 200 and isinstance(body, dict):
         report.key_info = body
         p = body.get("project") or {}
@@ -185,16 +204,42 @@ def diagnose(base_url: str, key: str | None, key_source: str | None, timeout: fl
     return report
 
 
+def _find_api(base: str, key: str, timeout: float) -> tuple[str, tuple[int, dict[str, str], Any]]:
+    """The API base to use and its answer to /keyplane/key. A base without /v1 is tried with /v1 first (the
+    usual slip), then as given (a reverse proxy may map another path to /v1): the first JSON answer wins."""
+    bases = [base] if base.endswith("/v1") else [base + "/v1", base]
+    answers: list[tuple[str, tuple[int, dict[str, str], Any]]] = []
+    error: Exception | None = None
+    for b in bases:
+        try:
+            got = _get(b + "/keyplane/key", key, timeout)
+        except (urllib.error.URLError, OSError) as e:
+            error = error or e
+            continue
+        if isinstance(got[2], dict) and got[0] != 404:
+            return b, got
+        answers.append((b, got))
+    for b, got in answers:
+        if isinstance(got[2], dict):
+            return b, got
+    if answers:
+        return answers[-1]  # no JSON anywhere: report on the URL as given
+    assert error is not None
+    raise error
+
+
 def _print(report: Report) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
     c = Console(highlight=False)
     c.print(f"keyplane doctor: {report.base_url}" + (f" with key {report.key} (from {report.key_source})"
-                                                     if report.key else ""))
+                                                     if report.key else ""), markup=False)
     for ch in report.checks:
-        c.print(f"{'[green]ok[/green]  ' if ch.ok else '[red]FAIL[/red]'} {ch.name}: {ch.detail}", markup=True)
+        c.print(f"{'[green]ok[/green]  ' if ch.ok else '[red]FAIL[/red]'} {escape(f'{ch.name}: {ch.detail}')}",
+                markup=True)
         if ch.fix and not ch.ok:
-            c.print(f"      fix: {ch.fix}")
+            c.print(f"      fix: {ch.fix}", markup=False)
     c.print("All checks passed." if report.ok else "Some checks failed; see the fixes above.")
 
 

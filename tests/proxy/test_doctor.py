@@ -96,3 +96,56 @@ def test_cli_json_and_env(srv, monkeypatch):
     res = runner.invoke(app, ["doctor"])
     assert res.exit_code == 1
     assert "Incorrect API key provided" in res.output and "$OPENAI_API_KEY" in res.output
+
+
+def test_base_url_without_v1_is_accepted(srv):
+    r = doctor.diagnose(srv.base_url, srv.api_key, "--key")  # http://127.0.0.1:PORT, as a newcomer types it
+    assert r.ok, r.checks
+    assert r.base_url == srv.v1 and r.key_info["project"]["id"] == srv.project_id
+    note = {c.name: c for c in r.checks}["base_url"]
+    assert f"OPENAI_BASE_URL={srv.v1}" in note.detail
+    assert "models" in {c.name for c in r.checks}
+    assert doctor.diagnose(srv.v1 + "/", srv.api_key, "--key").ok
+
+
+@pytest.fixture
+def html_site():
+    """A server that answers every path with a web page (a dashboard, a proxy's error page)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<!doctype html><html><body><h1>Sign in</h1><script>secret()</script></body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_html_answer_is_summarized_never_printed(html_site):
+    key = keys.generate("svc")
+    r = doctor.diagnose(html_site, key, "--key")
+    bad = failed(r)["key"]
+    assert "not a keyplane/OpenAI API answer (text/html)" in bad.detail and "/v1" in bad.fix
+    assert not r.ok
+
+    app = typer.Typer()
+    doctor.register(app)
+    app.command("noop")(lambda: None)
+    res = CliRunner().invoke(app, ["doctor", "--base-url", html_site, "--key", key])
+    assert res.exit_code == 1
+    assert "not a keyplane/OpenAI API answer (text/html)" in " ".join(res.output.split())
+    assert "<" not in res.output and "Sign in" not in res.output
+    res = CliRunner().invoke(app, ["doctor", "--base-url", html_site + "/v1", "--key", key, "--json"])
+    assert "<html" not in res.output and "text/html" in res.output

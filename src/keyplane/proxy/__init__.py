@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from keyplane.proxy import estimate
+from keyplane.proxy import estimate, skipped
 from keyplane.proxy.forward import Forwarder
 from keyplane.proxy.handler import ProxyApp
 from keyplane.proxy.models import ModelCatalog
-from keyplane.proxy.router import Router, usable_upstreams
+from keyplane.proxy.router import Router, default_upstreams, usable_upstreams
 from keyplane.proxy.upstream import UpstreamClient
 from keyplane.runtime import Runtime
 
@@ -27,6 +27,9 @@ async def build_proxy(rt: Runtime) -> ProxyApp:
     for note in notes:
         log.info("%s", note)
     router = Router(deployments, rt.clock.monotonic)
+    # What was left out for want of a key, so that a request for it says so (proxy/skipped.py).
+    rt.extras[skipped.EXTRA_KEY] = skipped.Skipped.of(rt.settings.file.upstreams or default_upstreams(),
+                                                      (d.name for d in deployments if not d.disabled))
     if any(d.is_demo for d in deployments):
         # The demo counts tokens with o200k_base: load it now, not on the first request.
         await asyncio.to_thread(estimate.count, "warm up")
