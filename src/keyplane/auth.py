@@ -130,10 +130,11 @@ def _not_bearer(auth: bytes) -> errors.APIError:
         )
     if scheme == "bearer":  # "Bearer" with nothing after it
         return errors.missing_key("The Authorization header has the word `Bearer` but no key after it.")
-    return errors.missing_key(
-        f"The Authorization header uses the scheme `{value.split(' ', 1)[0][:20]}`; keyplane expects "
-        "`Authorization: Bearer YOUR_KEY`."
-    )
+    word = value.split(" ", 1)[0]
+    # Only a short alphabetic scheme name is echoed: anything else may be the start of a secret.
+    shown = f"the scheme `{word}`" if word.isascii() and word.isalpha() and len(word) <= 12 else "an unknown scheme"
+    return errors.missing_key(f"The Authorization header uses {shown}; keyplane expects "
+                              "`Authorization: Bearer YOUR_KEY`.")
 
 
 def _bad_token(token: str, query_string: bytes) -> errors.APIError:
@@ -147,6 +148,13 @@ def _bad_token(token: str, query_string: bytes) -> errors.APIError:
             masked,
             "The key is followed (or preceded) by a space or a newline: remove the whitespace around it "
             "(often a trailing newline from a file or an environment variable, e.g. `echo` without -n).",
+        )
+    unquoted = stripped.strip("\"'`").strip()
+    if unquoted != stripped and keys.parse(unquoted) is not None:
+        return errors.invalid_key(
+            keys.mask(unquoted),
+            "The key is wrapped in quotes: send it without them (`Authorization: Bearer sk-kp-...`). Quotes "
+            "often come from an env file or a config value that kept them (`KEY=\"sk-kp-...\"` read as-is).",
         )
     if not stripped:
         return errors.missing_key("The Authorization header has the word `Bearer` but no key after it.")

@@ -112,6 +112,15 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(400, message, param=param, code=code)
 
 
+def invalid_value(param: str, message: str) -> APIError:
+    return APIError(400, message, param=param, code="invalid_value")
+
+
+def headers_too_large(count: int, size: int) -> APIError:
+    return APIError(431, f"Request headers too large: keyplane accepts at most {count} headers and "
+                         f"{size // 1024} KiB of them.", code="headers_too_large")
+
+
 def invalid_json() -> APIError:
     return APIError(
         400,
@@ -214,12 +223,32 @@ def limits_unavailable() -> APIError:
                          "store is unreachable). Try again shortly.", type="server_error", code="limits_unavailable")
 
 
+def stale_authority(seconds: float) -> APIError:
+    """This instance could not confirm its keys and limits are current for longer than its bound
+    (max_staleness_seconds): refuse rather than serve a key that may have been revoked (retryable)."""
+    return APIError(503, f"This keyplane instance has not been able to confirm its API keys and limits are current "
+                         f"for {seconds:.0f}s (it cannot reach its store or the other instances). Try again shortly; "
+                         "another instance may serve the request.", type="server_error", code="authority_stale",
+                    headers={"retry-after": "1"})
+
+
 def model_not_priced(model: str) -> APIError:
     return APIError(
         400,
         f"The model `{model}` has no price in keyplane's price table, so its cost cannot be billed. Ask your "
         f'keyplane administrator to add [prices."{model}"] (or [prices.default]) to keyplane.toml.',
         param="model", code="model_not_priced",
+    )
+
+
+def cost_not_bounded(endpoint: str, why: str) -> APIError:
+    """A spending call whose cost keyplane cannot bound, while a spend limit or credit applies."""
+    return APIError(
+        403,
+        f"keyplane cannot know what POST {endpoint} will cost before the call: {why}. A spend limit or prepaid "
+        "credit applies to this key, its project or the organization, so the call is refused rather than let "
+        "past the limit. Ask your keyplane administrator (docs/limits-and-billing.md).",
+        code="cost_not_bounded",
     )
 
 
@@ -236,6 +265,11 @@ def missing_model() -> APIError:
         param="model",
         code="missing_required_parameter",
     )
+
+
+def object_not_found(noun: str, object_id: str, param: str | None = None) -> APIError:
+    """A provider object another project owns, or one not created through keyplane (docs/proxy.md)."""
+    return APIError(404, f"No such {noun} object: {object_id}", param=param, code="object_not_found")
 
 
 def not_a_json_object() -> APIError:
@@ -262,6 +296,23 @@ def no_upstream(model: str | None) -> APIError:
     )
 
 
+def upstream_skipped(skipped: list[tuple[str, str]], model: str | None) -> APIError:
+    """No upstream for the request because those that serve it were left out at start-up for want of their
+    provider key (name, variable). Not retryable: waiting does not set the variable."""
+    what = f"The model `{model}` is" if model else "This endpoint is"
+    names = ", ".join(f"`{n}`" for n, _ in skipped)
+    envs = ", ".join(f"${e}" for _, e in skipped)
+    return APIError(
+        503,
+        "; ".join(f"upstream {n} skipped: ${e} is not set" for n, e in skipped)
+        + f". {what} served by {names}, which keyplane started without its provider key: the keyplane "
+        f"administrator sets {envs} in keyplane's environment and restarts it.",
+        type="server_error",
+        code="upstream_not_configured",
+        headers={"x-should-retry": "false"},
+    )
+
+
 def upstream_timeout(name: str) -> APIError:
     return APIError(504, f"The upstream `{name}` did not answer in time.", type="server_error",
                     code="upstream_timeout")
@@ -284,6 +335,15 @@ def upstream_bad_response(name: str, status: int) -> APIError:
 def upstream_stream_broken(name: str) -> APIError:
     return APIError(502, f"The upstream `{name}` closed the stream before it was complete.", type="server_error",
                     code="upstream_stream_broken")
+
+
+def store_unavailable(store: str) -> APIError:
+    """The admin API cannot reach a store it needs (``store``: "database" or "redis"): nothing was changed
+    unless the answer says so; retryable. The /v1 proxy keeps serving from its snapshot meanwhile."""
+    what = "configuration store (database)" if store == "database" else "limits store (Redis)"
+    return APIError(503, f"keyplane cannot reach its {what} right now, so this request was not completed. Try "
+                         "again shortly.", type="server_error", code=f"{store}_unavailable",
+                    headers={"retry-after": "1"})
 
 
 def internal_error() -> APIError:

@@ -8,6 +8,15 @@ import time
 
 import orjson
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, 0x85, 0x2028, 0x2029)}
+
+
+def safe(text: str, limit: int = 200) -> str:
+    """Client-supplied text (a path, a model name) fit for a log line: control characters escaped
+    (a CR/LF cannot forge a line), cut at ``limit`` characters."""
+    out = text.translate(_CONTROL)
+    return out if len(out) <= limit else out[:limit] + "..."
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:

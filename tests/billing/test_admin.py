@@ -252,5 +252,5 @@ def test_usage_tier_and_prices(http):
     t = http.get("/usage_tier").json()
     assert t["object"] == "organization.usage_tier" and t["name"] == "free" and t["next"]["name"] == "tier-1"
     prices = {p["model"]: p for p in http.get("/prices").json()["data"]}
-    assert prices["gpt-4o-mini*"] == {"object": "keyplane.price", "id": "gpt-4o-mini*", "model": "gpt-4o-mini*",
-                                      "input": 0.15, "cached_input": 0.075, "output": 0.6}
+    assert prices["gpt-4o-mini"] == {"object": "keyplane.price", "id": "gpt-4o-mini", "model": "gpt-4o-mini",
+                                     "input": 0.15, "cached_input": 0.075, "output": 0.6}

@@ -210,7 +210,9 @@ def test_request_too_large(gw):
 
 
 def test_unpriced_model_is_refused_clearly(make_gateway, fake):
-    srv = make_gateway()
+    srv = make_gateway()  # refused where money controls apply (served at cost 0 otherwise: test_spending.py)
+    with admin_http(srv) as h:
+        h.post(f"/projects/{srv.project_id}/spend_limit", json={**LIMIT, "threshold_amount": 100})
     with pytest.raises(openai.BadRequestError) as e:
         OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0).chat.completions.create(
             model="fake-model", messages=[{"role": "user", "content": "hi"}])

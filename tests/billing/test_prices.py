@@ -22,21 +22,25 @@ def test_bad_prices(value):
         to_micros(value, "x")
 
 
-def test_lookup_exact_then_most_specific_glob_then_default():
+def _tokens(p: Price | None) -> tuple[int, int, int] | None:
+    return None if p is None else (p.input, p.cached_input, p.output)
+
+
+def test_lookup_exact_then_snapshot_then_most_specific_glob_then_default():
     t = PriceTable.from_config({})
-    assert t.lookup("gpt-4o-mini") == Price(150_000, 75_000, 600_000)
+    assert _tokens(t.lookup("gpt-4o-mini")) == (150_000, 75_000, 600_000)
     assert t.lookup("gpt-4o-mini-2024-07-18") == t.lookup("gpt-4o-mini")
-    assert t.lookup("gpt-4o-2024-08-06") == Price(2_500_000, 1_250_000, 10_000_000)
-    assert t.lookup("gpt-4o-2024-05-13") == Price(5_000_000, 5_000_000, 15_000_000)  # exact beats the glob
+    assert _tokens(t.lookup("gpt-4o-2024-08-06")) == (2_500_000, 1_250_000, 10_000_000)
+    assert _tokens(t.lookup("gpt-4o-2024-05-13")) == (5_000_000, 5_000_000, 15_000_000)  # its own entry
     assert t.lookup("o4-mini").input == 1_100_000 and t.lookup("o3-pro").input == 20_000_000
-    assert t.lookup("text-embedding-3-small") == Price(20_000, 20_000, 0)
-    assert t.lookup("demo-echo") == Price(0, 0, 0)
+    assert _tokens(t.lookup("text-embedding-3-small")) == (20_000, 20_000, 0)
+    assert _tokens(t.lookup("demo-echo")) == (0, 0, 0)
     assert t.lookup("llama3") is None
     t2 = PriceTable.from_config({"default": PriceConfig(input=1, output=2),
                                  "gpt-4o-mini": PriceConfig(input=0.2, output=0.8)})
-    assert t2.lookup("llama3") == Price(1_000_000, 1_000_000, 2_000_000)
-    assert t2.lookup("gpt-4o-mini") == Price(200_000, 200_000, 800_000)  # config replaces the shipped entry
-    assert t2.lookup("gpt-4o-mini-2024-07-18") == Price(150_000, 75_000, 600_000)  # the glob still ships
+    assert _tokens(t2.lookup("llama3")) == (1_000_000, 1_000_000, 2_000_000)
+    assert _tokens(t2.lookup("gpt-4o-mini")) == (200_000, 200_000, 800_000)  # config replaces the shipped entry
+    assert t2.lookup("gpt-4o-mini-2024-07-18") == t2.lookup("gpt-4o-mini")  # and its snapshots follow it
 
 
 def test_cost_of_a_usage():

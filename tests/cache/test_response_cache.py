@@ -84,6 +84,11 @@ def test_different_requests_miss(make_gateway, fake, backend):
                                                       messages=[{"role": "user", "content": "Other."}])
     assert raw.headers["x-keyplane-cache"] == "miss"
     assert len(fake.model_requests()) == 3
+    # What else is forwarded and can change the answer is part of the key: the query, other headers.
+    assert ask(c, extra_query={"api-version": "2"})[0] == "miss"
+    assert ask(c, extra_headers={"OpenAI-Beta": "assistants=v2"})[0] == "miss"
+    # ... but not the SDK's telemetry headers or its user agent.
+    assert ask(c, extra_headers={"User-Agent": "other/1.0", "X-Stainless-Retry-Count": "1"})[0] == "hit"
 
 
 def test_entries_expire_after_the_ttl(make_gateway, fake, backend):

@@ -26,7 +26,7 @@ def _ctx():
     key = SimpleNamespace(id="key_1")
     return SimpleNamespace(project_id="proj_1", key=key, stream=False, method="POST", endpoint="/v1/chat/completions",
                            body=b'{"model":"m","temperature":0,"messages":[]}', state={}, extra_headers=[],
-                           request_id="req_1", started=0.0, error=None, usage_estimated=False,
+                           request_id="req_1", started=0.0, error=None, usage_estimated=False, query=b"",
                            prompt_tokens=3, completion_tokens=1)
 
 

@@ -77,4 +77,34 @@ def test_counts():
     assert tokens.prompt_tokens("/v1/responses", "gpt-4o", orjson.dumps({"input": "hello world"})) == 2
     assert tokens.prompt_tokens("/v1/chat/completions", "llama3",  # unknown model: 4 bytes a token
                                 orjson.dumps({"messages": [{"role": "user", "content": "x" * 40}]})) == 3 + 3 + 1 + 10
-    assert tokens.prompt_tokens("/v1/chat/completions", "gpt-4o", b"not json") == 2
+    # what cannot be read counts one token per byte: the most its text can be
+    assert tokens.prompt_tokens("/v1/chat/completions", "gpt-4o", b"not json") == 8
+
+
+def test_counting_is_an_upper_bound_and_names_what_it_cannot_see():
+    c = "/v1/chat/completions"
+    # every string is counted, whatever the key it sits under
+    plain = tokens.measure(c, "gpt-4o", orjson.dumps({"messages": [{"role": "user", "content": "hi"}]}))
+    hidden = tokens.measure(c, "gpt-4o", orjson.dumps({"messages": [
+        {"role": "user", "content": [{"type": "refusal", "refusal": "word " * 500}]}]}))
+    assert hidden.prompt > plain.prompt + 400 and not hidden.unbounded
+    # an image counts as the most one image is billed; files and audio are billed by what is not in the body
+    img = tokens.measure(c, "gpt-4o", orjson.dumps({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 10_000}}]}]}))
+    assert img.prompt >= tokens.IMAGE_TOKENS_MAX and not img.unbounded
+    for part in ({"type": "file", "file": {"file_data": "data:application/pdf;base64,AAAA"}},
+                 {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+                 {"type": "input_file", "file_id": "file-1"}):
+        m = tokens.measure(c, "gpt-4o", orjson.dumps({"messages": [{"role": "user", "content": [part]}]}))
+        assert m.unbounded, part
+    r = tokens.measure("/v1/responses", "gpt-4o", orjson.dumps({"prompt": {"id": "pmpt_1"}, "input": "x"}))
+    assert r.unbounded
+    # hosted tools are billed per call
+    assert tokens.measure("/v1/responses", "gpt-4o", orjson.dumps(
+        {"input": "x", "tools": [{"type": "web_search"}]})).hosted_tools
+    assert not tokens.measure("/v1/responses", "gpt-4o", orjson.dumps(
+        {"input": "x", "tools": [{"type": "function", "name": "f", "parameters": {}}]})).hosted_tools
+    # bodies that crashed counting before (red-team review): a number for messages, deep nesting
+    assert tokens.measure(c, "gpt-4o", b'{"messages": 5}').prompt >= 0
+    deep = b'{"prompt": ' + b"[" * 900 + b'"a"' + b"]" * 900 + b"}"
+    assert tokens.measure("/v1/completions", "gpt-4o", deep).unbounded

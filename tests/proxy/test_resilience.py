@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from keyplane.testing import Behaviour, FakeUpstream
-from tests.proxy.conftest import wait_for
+from tests.proxy.conftest import admin, wait_for
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -135,12 +135,31 @@ def test_garbage_upstream(make_gateway, fake):
     assert ei.value.status_code == 502 and ei.value.code == "upstream_bad_response"
 
 
+def other_tenant(srv) -> openai.OpenAI:
+    """An SDK client with a key of a second project (another tenant)."""
+    p = admin(srv, "POST", "/projects", {"name": "Other tenant"})
+    k = admin(srv, "POST", f"/projects/{p['id']}/api_keys", {"name": "other"})
+    return openai.OpenAI(base_url=srv.v1, api_key=k["value"], max_retries=0)
+
+
+def test_one_tenant_cannot_open_the_breaker_for_others(make_gateway, fake):
+    srv = make_gateway(block("fake", fake.base_url, max_retries=0, breaker_failures=2, breaker_cooldown=30))
+    fake.push(*[Behaviour(status=500)] * 5)
+    for _ in range(5):  # one tenant's requests make the upstream fail, again and again
+        with pytest.raises(openai.InternalServerError) as ei:
+            sdk(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+        assert ei.value.status_code == 500
+    # another tenant is served at once: the breaker stayed closed
+    assert other_tenant(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG).choices
+
+
 def test_circuit_breaker_opens_and_recovers(make_gateway, fake):
     srv = make_gateway(block("fake", fake.base_url, max_retries=0, breaker_failures=2, breaker_cooldown=0.5))
     fake.push(Behaviour(status=500), Behaviour(status=500))
-    for _ in range(2):
-        with pytest.raises(openai.InternalServerError):
-            sdk(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    with pytest.raises(openai.InternalServerError):
+        sdk(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    with pytest.raises(openai.InternalServerError):  # failures seen by two tenants: the upstream is at fault
+        other_tenant(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG)
     with pytest.raises(openai.InternalServerError) as ei:
         sdk(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG)
     assert ei.value.status_code == 503 and ei.value.code == "upstream_unavailable"
@@ -154,10 +173,12 @@ def test_circuit_breaker_opens_and_recovers(make_gateway, fake):
 def test_open_breaker_skips_to_other_upstream(make_gateway, fake, fake2):
     srv = make_gateway(block("a", fake.base_url, weight=1, max_retries=0, breaker_failures=1, breaker_cooldown=30) +
                        block("b", fake2.base_url, weight=0))
-    fake.push(Behaviour(status=500))
+    fake.push(Behaviour(status=500), Behaviour(status=500))
+    assert sdk(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG).choices
+    assert other_tenant(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG).choices  # opens it
     for _ in range(3):
         assert sdk(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG).choices
-    assert len(fake.model_requests()) == 1 and len(fake2.model_requests()) == 3
+    assert len(fake.model_requests()) == 2 and len(fake2.model_requests()) == 5
 
 
 def test_weights_spread_requests(make_gateway, fake, fake2):
@@ -173,8 +194,9 @@ def test_upstream_without_key_not_used(make_gateway, fake):
     srv = make_gateway(block("nokey", fake.base_url, api_key_env="KP_TEST_UNSET_VARIABLE", models=["gpt-4o-mini"]) +
                        block("open", fake.base_url, api_key_env="KP_TEST_UNSET_VARIABLE", require_key=False,
                              models=["gpt-4o"]))
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.InternalServerError) as ei:  # named, and not retried (issue #14 item 5)
         sdk(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert ei.value.code == "upstream_not_configured" and "$KP_TEST_UNSET_VARIABLE" in ei.value.message
     assert sdk(srv).chat.completions.create(model="gpt-4o", messages=MSG).choices
     assert "authorization" not in fake.model_requests()[-1].headers
 

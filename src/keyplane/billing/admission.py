@@ -1,31 +1,35 @@
 """Admission and settle: the two steps limits and billing add to every proxied request.
 
-admit (hooks order 10): the request's tokens (prompt counted with the model's tokenizer + its
-max_tokens, or the default_max_tokens setting) and its most expensive cost are checked and reserved
-against every budget and bucket that applies, in one atomic step of the limiter; the
-x-ratelimit-* headers are added to the response. settle (order 10): the actual cost from the usage
-the proxy saw is committed, the rest released, the token buckets corrected, ``ctx.cost_micros``
-filled for metering, and the cost queued for the SQL ledger.
+admit (hooks order 10) runs for every call the provider bills (``ctx.spending``), with or without a
+``model``: :mod:`keyplane.billing.quote` says what it may cost (tokens, images, characters, minutes,
+or nothing keyplane can price), then that cost and its tokens are checked and reserved against every
+budget and bucket that applies, in one atomic step of the limiter; the x-ratelimit-* headers are
+added to the response. Where a spend limit or enforced credit applies (*money controls*), a call
+that cannot be priced or bounded is refused, and every spending call needs room in the budget;
+where none applies, an unpriced model is served and recorded at cost 0, with a warning the first
+time. settle (order 10): the actual cost is committed, the rest released, the token buckets
+corrected, ``ctx.cost_micros`` filled for metering, and the cost queued for the SQL ledger.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from keyplane import errors
+from keyplane.billing import quote as quote_mod
 from keyplane.billing.engine import Billing, Plan
-from keyplane.limits import MINUTE_US, RPM, TPM, UNITS, Denied, Granted, Reservation, Unseeded, gcra, tokens
+from keyplane.billing.prices import Price
+from keyplane.billing.ratelimits import limits_model
+from keyplane.limits import MINUTE_US, RPM, TPM, UNITS, Denied, Granted, Reservation, Unseeded, gcra
 from keyplane.limits.memory import MemoryLimiter
 
 log = logging.getLogger("keyplane.billing")
 
 STATE_KEY = "billing.reservation"
-# Endpoints whose cost is counted in tokens; other paths with a model (images, audio) count requests only.
-TOKEN_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"})
-NO_OUTPUT = frozenset({"/v1/embeddings"})
 BIG_BODY = 64 * 1024  # bodies larger than this are tokenized in a thread, not on the event loop
 
 
@@ -38,37 +42,63 @@ def _until(now: float, end: int) -> str:
     return f"on {when} (in {gcra.go_duration(max(0.0, end - now))})"
 
 
+def _form(ctx: Any) -> dict[str, str] | None:
+    """The multipart text fields the proxy read (with the Content-Type's boundary), if it kept them."""
+    form = getattr(ctx, "form", None)
+    return form if isinstance(form, dict) else None
+
+
 class Admission:
     def __init__(self, billing: Billing) -> None:
         self.b = billing
         self.clock = billing.rt.clock
         lim = billing.limiter
         self._sync_admit = lim.admit_now if isinstance(lim, MemoryLimiter) else None
+        self._warned: set[str] = set()
+        self._warn_unpriced_upstream_models()
+
+    def _warn_unpriced_upstream_models(self) -> None:
+        """Start-up: name the models the upstreams serve by exact name that have no price."""
+        for up in self.b.rt.settings.file.upstreams:
+            for m in up.models:
+                if not any(c in m for c in "*?[") and self.b.prices.lookup(m) is None:
+                    self._warn_once(m, f"upstream `{up.name}`")
+
+    def _warn_once(self, model: str, where: str) -> None:
+        if model in self._warned or len(self._warned) >= 1000:
+            return
+        self._warned.add(model)
+        log.warning('model `%s` (%s) has no price: it is served and recorded at cost 0 where no spend limit or '
+                    'credit applies, and refused where one does. To price it, add to keyplane.toml under [prices]: '
+                    '"%s" = { input = 0, output = 0 }  (USD per 1M tokens)', model, where, model)
 
     async def admit(self, ctx: Any) -> None:
-        model = ctx.model
-        if model is None:
+        if not getattr(ctx, "spending", ctx.model is not None):
             return
         b = self.b
         now = self.clock.now()
         if now >= b.period_end:
             b.rollover(now)
-        plan = b.plan(ctx.key, model)
-        prompt = out = 0
-        cost = 0
-        if ctx.endpoint in TOKEN_ENDPOINTS:
-            price = plan.price
-            if price is None:
-                raise errors.model_not_priced(model)
-            body = ctx.body
-            if len(body) > BIG_BODY:
-                prompt, n = await asyncio.to_thread(tokens.measure, ctx.endpoint, model, body)
-            else:
-                prompt, n = tokens.measure(ctx.endpoint, model, body)
-            if ctx.endpoint not in NO_OUTPUT:
-                out = (ctx.max_tokens or b.default_max_tokens) * n
-            cost = price.max_cost(prompt, out)
-        want = prompt + out
+        args = (b.prices, ctx.endpoint, ctx.model, ctx.body, ctx.max_tokens, bool(getattr(ctx, "context_ref", False)),
+                _form(ctx), b.default_max_tokens)
+        q = await asyncio.to_thread(quote_mod.quote, *args) if len(ctx.body) > BIG_BODY else quote_mod.quote(*args)
+        model = q.model
+        if model:
+            plan = b.plan(ctx.key, limits_model(b, ctx.key.id, ctx.key.project_id or "", model))
+        else:  # no model: the budgets only (there is no per-model bucket to count it in)
+            plan = dataclasses.replace(b.plan(ctx.key, ""), buckets=(), wheres=())
+        controlled = any(ref.limit is not None for ref in plan.budgets)
+        cost = q.cost
+        if q.unpriced is not None:
+            if controlled:
+                raise q.unpriced
+            self._warn_once(model or f"POST {ctx.endpoint}", "first request")
+            cost = 0
+        elif q.estimate is not None and controlled:
+            raise errors.cost_not_bounded(ctx.endpoint, q.estimate)
+        if controlled and cost < 1:
+            cost = 1  # every spending call needs room: none passes an exhausted budget, free or not
+        want = q.tokens
         rid = ctx.request_id
         if self._sync_admit is not None:  # in-process: no await from check to reserve
             result = self._sync_admit(rid, plan.budgets, plan.buckets, cost, want)
@@ -76,10 +106,14 @@ class Admission:
             result = await self._fleet_admit(rid, plan, cost, want)
         if isinstance(result, Denied):
             raise self._refusal(ctx, plan, result, want, cost, now)
+        if q.body is not None:  # the output limit reserved, given to the upstream (the handler forwards ctx.body)
+            ctx.body = q.body
+            ctx.max_tokens = q.out_limit
         if plan.buckets:
             ctx.extra_headers.extend(_headers(plan, result))
         ctx.state[STATE_KEY] = Reservation(rid, cost, want, plan.budgets, plan.buckets,
-                                           {"plan": plan, "prompt": prompt})
+                                           {"plan": plan, "prompt": q.prompt, "price": q.price,
+                                            "flat": q.cost if q.flat and q.unpriced is None else None})
 
     async def _fleet_admit(self, rid: str, plan: Plan, cost: int, want: int) -> Granted | Denied:
         lim = self.b.limiter
@@ -87,21 +121,25 @@ class Admission:
             try:
                 return await lim.admit(rid, plan.budgets, plan.buckets, cost, want)
             except Unseeded:
-                await self.b.seed(only_if_needed=True)
+                # Redis lost the counters: rebuild them (SQL ledger + unapplied journal) before admitting
+                # anything; refused (503) if that cannot be done now.
+                await self.b.reseed_if_needed()
                 return await lim.admit(rid, plan.budgets, plan.buckets, cost, want)
         except Unseeded:
             raise errors.limits_unavailable() from None
-        except (OSError, ConnectionError, TimeoutError) as e:
-            log.error("limits store unreachable: %s", e)
-            raise errors.limits_unavailable() from None
-        except Exception as e:
-            if type(e).__module__.startswith("redis"):
-                log.error("limits store error: %s: %s", type(e).__name__, e)
+        except BaseException as e:
+            # The script may have reserved before the failure (a timeout, a lost reply, a cancelled
+            # request): release it now, idempotently, instead of holding the budget for the reservation TTL.
+            release = getattr(lim, "release", None)
+            if release is not None and cost:
+                self.b.spawn(release(Reservation(rid, cost, want, plan.budgets, plan.buckets)))
+            if isinstance(e, (OSError, ConnectionError, TimeoutError)) or type(e).__module__.startswith("redis"):
+                _log_store_error("limits store unreachable", e)
                 raise errors.limits_unavailable() from None
             raise
 
     def _refusal(self, ctx: Any, plan: Plan, d: Denied, want: int, cost: int, now: float) -> errors.APIError:
-        model = ctx.model
+        model = ctx.model or ctx.endpoint
         if d.kind == "budget":
             scope, sid = plan.scopes[d.index]
             if scope == "credit":
@@ -142,32 +180,55 @@ class Admission:
         res: Reservation | None = ctx.state.pop(STATE_KEY, None)
         if res is None:
             return
-        plan: Plan = res.extra["plan"]  # type: ignore[assignment]
-        price = plan.price
+        extra = res.extra
+        price: Price | None = extra.get("price")  # type: ignore[assignment]
+        flat: int | None = extra.get("flat")  # type: ignore[assignment]
         prompt, cached, completion = ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens
         used = prompt + completion
         cost = 0
         if ctx.state.get("cache") == "hit":
             # Answered from keyplane's response cache: only the request counts (docs/caching.md).
             used = 0
+        elif flat is not None:  # images, speech, audio minutes: priced from the request, billed on success
+            if ctx.status and ctx.status < 400:
+                cost = flat
+                ctx.state["cost_input_micros"] = 0
         elif price is not None:
             if used:
                 cost = price.cost(prompt, cached, completion)
                 ctx.state["cost_input_micros"] = min(cost, price.cost(prompt, cached, 0))
             elif ctx.status and ctx.status < 400 and res.amount:
                 # A success with no usage reported: bill the prompt as estimated at admission.
-                used = int(res.extra["prompt"])  # type: ignore[call-overload]
+                used = int(extra["prompt"])  # type: ignore[call-overload]
                 cost = price.cost(used, 0, 0)
                 ctx.state["cost_input_micros"] = cost
         ctx.cost_micros = cost
-        if cost:
-            self.b.ledger.add(list(plan.keys), cost, self.clock.now())
         if not res.amount and not res.tokens and not cost:
             return
         try:
             await self.b.limiter.settle(res, cost, used)
-        except Exception as e:  # the reservation expires on its own; the ledger has the cost
-            log.error("settle of %s failed (%s: %s); its reservation will expire", res.rid, type(e).__name__, e)
+        except Exception as e:
+            # The cost is in the usage record (and so in the SQL ledger); the Redis backend queued the
+            # settle and replays it when Redis answers again (billing engine, every ledger_flush_seconds).
+            _log_store_error(f"settle of {res.rid} failed; queued for replay", e)
+
+
+_quiet_until = 0.0
+_quieted = 0
+
+
+def _log_store_error(what: str, e: BaseException) -> None:
+    """One line per 10 s at most while the limits store fails, with how many were not logged."""
+    global _quiet_until, _quieted
+    import time
+
+    now = time.monotonic()
+    if now < _quiet_until:
+        _quieted += 1
+        return
+    more = f" ({_quieted} more since the last message)" if _quieted else ""
+    _quiet_until, _quieted = now + 10, 0
+    log.error("%s: %s: %s%s", what, type(e).__name__, e, more)
 
 
 def _headers(plan: Plan, g: Granted) -> list[tuple[bytes, bytes]]:

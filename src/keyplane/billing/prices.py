@@ -1,64 +1,53 @@
-"""The price table: USD per 1M tokens per model (glob patterns allowed), held as integers.
+"""The price table: what a model's tokens, images, characters or minutes cost, held as integers.
 
-``[prices."gpt-4o-mini"] input = 0.15  cached_input = 0.075  output = 0.60`` in keyplane.toml adds or
-replaces an entry of the shipped table (OpenAI list prices). TOML gives floats; each is read back
-through its shortest decimal form into an integer number of micro-dollars per 1M tokens, so 0.15
-is exactly 150000, never 0.1499999. A request costs, in micro-dollars, rounded up once:
+The shipped table is ``prices.toml`` beside this module (OpenAI list prices, written like
+keyplane.toml's ``[prices."name"]`` entries); an entry in keyplane.toml adds one or replaces one by
+name. TOML gives floats; each is read back through its shortest decimal form into an integer number
+of micro-dollars (per 1M tokens, per image, per 1M characters, per minute), so 0.15 is exactly
+150000, never 0.1499999. A token request costs, in micro-dollars, rounded up once:
 (uncached input x input + cached input x cached_input + output x output) / 1M.
 
-Lookup: an exact name first, then the most specific matching glob (most literal characters), then
-``[prices.default]``. A model with none of these is refused at admission.
+Lookup (:meth:`PriceTable.lookup`): the exact name; then, for a dated snapshot
+(``gpt-4o-mini-2024-07-18``, ``gpt-4-0613``), its model's entry; then the most specific matching glob
+(most literal characters); then ``[prices.default]``. The shipped table has no broad globs: a name it
+does not know (``gpt-5-pro`` once was priced as ``gpt-5`` through ``gpt-5*``) has no price, and
+admission refuses it wherever a spend limit or credit applies (docs/limits-and-billing.md).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import logging
+import re
+import tomllib
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from keyplane.config import Price as PriceConfig
+
+log = logging.getLogger("keyplane.billing")
+
 MICROS = 1_000_000  # micro-dollars per dollar; also tokens per price unit (1M)
-
-# USD per 1M tokens: (input, cached input or None, output). OpenAI list prices; variants a glob
-# covers (audio, realtime, search previews) may cost more: give them their own entry when used.
-DEFAULT_PRICES: dict[str, tuple[str, str | None, str]] = {
-    "gpt-5*": ("1.25", "0.125", "10"),
-    "gpt-5-mini*": ("0.25", "0.025", "2"),
-    "gpt-5-nano*": ("0.05", "0.005", "0.40"),
-    "gpt-4.1*": ("2", "0.50", "8"),
-    "gpt-4.1-mini*": ("0.40", "0.10", "1.60"),
-    "gpt-4.1-nano*": ("0.10", "0.025", "0.40"),
-    "gpt-4o*": ("2.50", "1.25", "10"),
-    "gpt-4o-2024-05-13": ("5", None, "15"),
-    "gpt-4o-mini*": ("0.15", "0.075", "0.60"),
-    "chatgpt-4o-latest": ("5", None, "15"),
-    "o1*": ("15", "7.50", "60"),
-    "o1-mini*": ("1.10", "0.55", "4.40"),
-    "o1-pro*": ("150", None, "600"),
-    "o3*": ("2", "0.50", "8"),
-    "o3-mini*": ("1.10", "0.55", "4.40"),
-    "o3-pro*": ("20", None, "80"),
-    "o3-deep-research*": ("10", "2.50", "40"),
-    "o4-mini*": ("1.10", "0.275", "4.40"),
-    "o4-mini-deep-research*": ("2", "0.50", "8"),
-    "gpt-4-turbo*": ("10", None, "30"),
-    "gpt-4-*-preview": ("10", None, "30"),
-    "gpt-4": ("30", None, "60"),
-    "gpt-4-0613": ("30", None, "60"),
-    "gpt-4-0314": ("30", None, "60"),
-    "gpt-4-32k*": ("60", None, "120"),
-    "gpt-3.5-turbo*": ("0.50", None, "1.50"),
-    "text-embedding-3-small": ("0.02", None, "0"),
-    "text-embedding-3-large": ("0.13", None, "0"),
-    "text-embedding-ada-002": ("0.10", None, "0"),
-    "omni-moderation-*": ("0", None, "0"),
-    "text-moderation-*": ("0", None, "0"),
-    "demo-*": ("0", None, "0"),
-}
+DATA = Path(__file__).with_name("prices.toml")
+# A dated snapshot of a model: -YYYY-MM-DD or -MMDD at the end of its name.
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
 
 
-# Names a glob of the table covers that its stems do not give.
-EXTRA_KNOWN = ("omni-moderation-latest", "text-moderation-latest", "chatgpt-4o-latest", "demo-echo")
+def family(model: str) -> str:
+    """The model a dated snapshot belongs to (``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``)."""
+    m = _SNAPSHOT.search(model)
+    return model[:m.start()] if m and m.start() > 0 else model
+
+
+def shipped() -> dict[str, PriceConfig]:
+    """The entries of prices.toml."""
+    with DATA.open("rb") as f:
+        data = tomllib.load(f)
+    return msgspec.convert(data.get("prices", {}), dict[str, PriceConfig])
 
 
 class PriceError(ValueError):
@@ -83,11 +72,18 @@ def to_micros(value: Any, where: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """Micro-dollars per 1M tokens."""
+    """Micro-dollars: per 1M tokens (input, cached_input, output), per image, per 1M characters, per
+    minute. ``tokens`` is False for an entry that prices no tokens (images, speech, transcription)."""
 
     input: int
     cached_input: int
     output: int
+    max_output: int | None = None
+    context_window: int | None = None
+    images: tuple[tuple[str, str, int], ...] = ()  # (quality, size, micro-dollars per image)
+    per_1m_characters: int | None = None
+    per_minute: int | None = None
+    tokens: bool = True
 
     def cost(self, prompt: int, cached: int, completion: int) -> int:
         """Micro-dollars for a usage (cached tokens are part of the prompt tokens), rounded up."""
@@ -104,28 +100,49 @@ def _specificity(pattern: str) -> int:
     return sum(1 for c in pattern if c not in "*?[]")
 
 
+def _is_glob(name: str) -> bool:
+    return any(c in name for c in "*?[")
+
+
+def _entry(name: str, p: PriceConfig) -> Price:
+    where = f"$.prices.{name}"
+    inp = to_micros(p.input, f"{where}.input") if p.input is not None else 0
+    cached = to_micros(p.cached_input, f"{where}.cached_input") if p.cached_input is not None else inp
+    images: list[tuple[str, str, int]] = []
+    for key, usd in p.images.items():
+        quality, _, size = key.strip().partition(" ")
+        if not size or " " in size.strip():
+            raise PriceError(f"{where}.images: keys are \"quality size\" (e.g. \"hd 1024x1792\"), got {key!r}")
+        images.append((quality, size.strip(), to_micros(usd, f"{where}.images.{key}")))
+    for field in ("max_output", "context_window"):
+        v = getattr(p, field)
+        if v is not None and v < 1:
+            raise PriceError(f"{where}.{field}: must be >= 1")
+    chars = to_micros(p.per_1m_characters, f"{where}.per_1m_characters") if p.per_1m_characters is not None else None
+    minute = to_micros(p.per_minute, f"{where}.per_minute") if p.per_minute is not None else None
+    tokens = p.input is not None and not images and chars is None and minute is None
+    return Price(inp, cached, to_micros(p.output, f"{where}.output"), p.max_output, p.context_window,
+                 tuple(images), chars, minute, tokens)
+
+
 class PriceTable:
-    def __init__(self, entries: dict[str, Price]) -> None:
+    def __init__(self, entries: dict[str, Price], configured: frozenset[str] = frozenset()) -> None:
         self.entries = entries
-        self._exact = {k: v for k, v in entries.items() if not any(c in k for c in "*?[") and k != "default"}
-        self._globs = sorted(((k, v) for k, v in entries.items() if any(c in k for c in "*?[")),
+        self.configured = configured  # names from keyplane.toml (their globs are the administrator's)
+        self._exact = {k: v for k, v in entries.items() if not _is_glob(k) and k != "default"}
+        self._globs = sorted(((k, v) for k, v in entries.items() if _is_glob(k)),
                              key=lambda kv: -_specificity(kv[0]))
         self.default = entries.get("default")
         self._cache: dict[str, Price | None] = {}
+        self._told: set[str] = set()
 
     @classmethod
     def from_config(cls, configured: dict[str, Any]) -> PriceTable:
         """The shipped table with keyplane.toml's [prices.*] entries added or replacing."""
-        entries: dict[str, Price] = {}
-        for name, (i, c, o) in DEFAULT_PRICES.items():
-            inp = to_micros(i, name)
-            entries[name] = Price(inp, to_micros(c, name) if c is not None else inp, to_micros(o, name))
+        entries = {name: _entry(name, p) for name, p in shipped().items()}
         for name, p in configured.items():
-            where = f"$.prices.{name}"
-            inp = to_micros(p.input, f"{where}.input")
-            cached = to_micros(p.cached_input, f"{where}.cached_input") if p.cached_input is not None else inp
-            entries[name] = Price(inp, cached, to_micros(p.output, f"{where}.output"))
-        return cls(entries)
+            entries[name] = _entry(name, p)
+        return cls(entries, frozenset(configured))
 
     def lookup(self, model: str) -> Price | None:
         try:
@@ -134,9 +151,16 @@ class PriceTable:
             pass
         found = self._exact.get(model)
         if found is None:
+            fam = family(model)
+            if fam != model:
+                found = self._exact.get(fam)
+        if found is None:
             for pattern, price in self._globs:
                 if fnmatch.fnmatchcase(model, pattern):
                     found = price
+                    if pattern in self.configured:
+                        self._tell(f"model `{model}` is priced by the glob [prices.\"{pattern}\"] of keyplane.toml; "
+                                   "give it an entry of its own if its list price differs")
                     break
         if found is None:
             found = self.default
@@ -144,15 +168,14 @@ class PriceTable:
             self._cache[model] = found
         return found
 
+    def _tell(self, message: str) -> None:
+        if message not in self._told and len(self._told) < 1000:
+            self._told.add(message)
+            log.warning("%s", message)
+
     def known_models(self) -> list[str]:
-        """Model names the table knows (to list rate limits for the upstreams' globs): its exact names,
-        and the stem of each ``name*`` glob (``gpt-4o-mini*`` -> gpt-4o-mini)."""
-        names = set(self._exact) | set(EXTRA_KNOWN)
-        for pattern, _ in self._globs:
-            stem = pattern[:-1]
-            if pattern.endswith("*") and not any(c in stem for c in "*?[") and not stem.endswith("-"):
-                names.add(stem)
-        return sorted(names)
+        """Model names the table knows (to list rate limits for the upstreams' globs)."""
+        return sorted(set(self._exact) | {"omni-moderation-latest", "text-moderation-latest", "demo-echo"})
 
 
 def check_config(cfg: Any, flat: dict[str, Any]) -> list[str]:

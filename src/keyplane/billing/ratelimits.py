@@ -3,8 +3,10 @@
 Every model a project can use has one, with id ``rl-<model>``: the exact model names the configured
 upstreams serve, and for their glob patterns the known names (price table, tier tables) that match.
 A project's values are its tier's defaults unless set through the API; a key has no limits of its
-own until set (0 means no limit). ``max_tokens_per_1_day`` is a keyplane addition; the image, audio
-and batch fields of the platform's object are accepted and shown as null (not enforced).
+own until set (0 means no limit). A dated snapshot of a model counts against its model's limits
+and bucket unless it has limits of its own (:func:`limits_model`). ``max_tokens_per_1_day`` is a
+keyplane addition; the image, audio and batch fields of the platform's object are accepted and shown
+as null (not enforced).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane import control, errors
 from keyplane.billing.models import RateLimitOverride
-from keyplane.billing.prices import PriceTable
+from keyplane.billing.prices import PriceTable, family
 from keyplane.billing.tiers import TierTable
 
 if TYPE_CHECKING:
@@ -50,6 +52,20 @@ def models_of(settings: Any, prices: PriceTable, table: TierTable, extra: set[st
     if "demo" in {u.base_url for u in ups}:
         out.add("demo-echo")
     return sorted(out)
+
+
+def limits_model(b: Billing, key_id: str, project_id: str, model: str) -> str:
+    """The model whose limits (and bucket) a request counts against: a dated snapshot shares its
+    model's (``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``) unless it has limits of its own."""
+    fam = family(model)
+    if fam == model:
+        return model
+    ov = b.cfg.overrides
+    if ("project", project_id, model) in ov or ("api_key", key_id, model) in ov:
+        return model
+    if any(model in t.rate_limits for t in b.tiers.tiers):
+        return model
+    return fam
 
 
 def merge(base: tuple[int, int, int, int], over: tuple[int | None, int | None, int | None, int | None] | None

@@ -40,6 +40,16 @@ ALWAYS_DETERMINISTIC: Final = frozenset({"/v1/embeddings"})
 _NOT_STORED: Final = frozenset({b"content-length", b"x-request-id", b"openai-processing-ms", HEADER})
 
 
+# Request headers that never change an answer (besides those never forwarded): left out of the cache key.
+_KEY_NEUTRAL_EXTRA: Final = frozenset({b"user-agent", b"accept", b"traceparent", b"tracestate", HEADER})
+
+
+def _key_neutral() -> frozenset[bytes]:
+    from keyplane.proxy.upstream import DROP_REQUEST  # not at import time: keyplane.proxy imports this package
+
+    return DROP_REQUEST | _KEY_NEUTRAL_EXTRA
+
+
 class Entry(msgspec.Struct, array_like=True):
     expires_at: float
     headers: list[tuple[bytes, bytes]]
@@ -136,6 +146,7 @@ class ResponseCache:
         self.store = store
         self.clock = clock
         self.rt = rt
+        self._neutral = _key_neutral()
         self.max_entry_bytes = section.max_entry_bytes
         self.projects = _names(section.projects)
         self.all_projects = "*" in self.projects
@@ -213,8 +224,15 @@ class ResponseCache:
             ctx.extra_headers.append(BYPASS)
             self.on_result(ctx, "bypass")
             return None
-        key = hashlib.blake2b(b"%s\0%s\0%s" % (ns.encode(), ctx.endpoint.encode(), ctx.body),
-                              digest_size=20).hexdigest()
+        # Everything forwarded that can change the answer is in the key: the query string and every
+        # forwarded header but the few that cannot (SDK telemetry, tracing, the client's agent).
+        neutral = self._neutral
+        varying = sorted((k, v) for k, v in headers if k not in neutral and not k.startswith(b"x-stainless-"))
+        h = hashlib.blake2b(b"%s\0%s\0%s\0" % (ns.encode(), ctx.endpoint.encode(), ctx.query), digest_size=20)
+        for k, v in varying:
+            h.update(b"%s:%s\0" % (k, v))
+        h.update(ctx.body)
+        key = h.hexdigest()
         return key, await self._get(key)
 
     async def _get(self, key: str) -> Entry | None:

@@ -9,8 +9,10 @@ o200k_base is built at start-up; another encoding is built on a thread the first
 it, and the estimate stands in until it is ready (settle reconciles to the real usage anyway).
 
 Chat prompts are counted the way OpenAI's cookbook does: 3 tokens per message, the role and content,
-1 for a name, 3 to prime the reply. What cannot be known in advance (images, audio) is charged a
-fixed amount; settle corrects the token buckets to the real usage anyway.
+1 for a name, 3 to prime the reply; every other string a request holds is counted too (an upper
+bound). Images count as the most one image is billed; what the body does not hold (files, audio,
+stored prompts, earlier items) is flagged for admission to reserve the model's context window
+(billing/quote.py). Settle corrects everything to the real usage.
 """
 
 from __future__ import annotations
@@ -30,8 +32,6 @@ log = logging.getLogger("keyplane.limits")
 _O200K = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o", "omni-moderation", "codex-",
           "computer-use", "demo-")
 _CL100K = ("gpt-4", "gpt-3.5", "gpt-35", "text-embedding-3", "text-embedding-ada")
-IMAGE_TOKENS = 765  # one high-detail 512px tile set; low detail is 85
-AUDIO_TOKENS = 1000
 
 # The encodings' split patterns and special tokens, as tiktoken and bpe-openai define them.
 _SPECS: dict[str, tuple[str, dict[str, int]]] = {
@@ -144,52 +144,99 @@ class Counter:
         return len(self._encode(text))
 
     def content(self, v: Any) -> int:
-        """A message content, a responses input item, a prompt: strings, parts, token arrays."""
-        if isinstance(v, str):
-            return self.count(v)
-        if isinstance(v, list):
-            if v and isinstance(v[0], int):
-                return len(v)  # token ids
-            return sum(self.content(x) for x in v)
-        if isinstance(v, dict):
-            t = v.get("type")
-            if t in ("image_url", "input_image", "image"):
-                return IMAGE_TOKENS
-            if t in ("input_audio", "audio"):
-                return AUDIO_TOKENS
-            n = 0
-            for k in ("text", "content", "input_text", "output", "arguments"):
-                if k in v:
-                    n += self.content(v[k])
-            return n
-        return 0
+        """A message content, a responses input item, a prompt: its tokens (see :func:`measure`)."""
+        return self.scan(v).tokens
 
-    def chat(self, req: dict[str, Any]) -> int:
-        n = 3
-        for m in req.get("messages") or ():
-            if not isinstance(m, dict):
+    def scan(self, v: Any, scan: Scan | None = None) -> Scan:
+        """Walks ``v`` without recursion and counts it as an upper bound: every string in it is counted
+        (keys like ``text``, ``content``, ``arguments``, ``summary`` alike), token arrays by length,
+        images at their largest size; parts whose size is not in the body (files, audio, item
+        references, ids of stored files) set ``scan.unbounded``."""
+        scan = scan or Scan()
+        stack: list[tuple[Any, int]] = [(v, 0)]
+        while stack:
+            node, depth = stack.pop()
+            if isinstance(node, str):
+                scan.tokens += self.count(node)
+            elif isinstance(node, bool) or node is None:
                 continue
-            n += 3 + self.count(str(m.get("role") or "")) + self.content(m.get("content"))
-            if m.get("name"):
-                n += 1 + self.count(str(m["name"]))
-            if m.get("tool_calls"):
-                n += self.count(orjson.dumps(m["tool_calls"]).decode())
-        for k in ("tools", "functions", "response_format"):
-            if req.get(k):
-                n += self.count(orjson.dumps(req[k]).decode())
-        return n
+            elif isinstance(node, int | float):
+                scan.tokens += 1
+            elif depth > MAX_DEPTH:
+                scan.unbounded = True  # nothing a model reads nests this deep: not worth guessing
+            elif isinstance(node, list):
+                if node and all(isinstance(x, int) and not isinstance(x, bool) for x in node):
+                    scan.tokens += len(node)  # token ids
+                else:
+                    stack.extend((x, depth + 1) for x in node)
+            elif isinstance(node, dict):
+                t = node.get("type")
+                if t in _IMAGE_TYPES:
+                    scan.tokens += IMAGE_TOKENS_MAX  # the data or URL says nothing of the size billed
+                    continue
+                if t in _UNSEEN_TYPES or any(k in node for k in _UNSEEN_KEYS):
+                    scan.unbounded = True
+                    continue
+                stack.extend((x, depth + 1) for k, x in node.items() if k not in _NOT_TEXT)
+        return scan
 
-    def responses(self, req: dict[str, Any]) -> int:
-        n = self.content(req.get("instructions"))
+    def chat(self, req: dict[str, Any], scan: Scan) -> None:
+        scan.tokens += 3
+        messages = req.get("messages")
+        if isinstance(messages, list):
+            scan.tokens += 4 * len(messages)  # per message: its framing and role
+        self.scan(messages, scan)
+        for k in ("tools", "functions", "response_format", "prediction"):
+            if req.get(k):
+                self.scan(req[k], scan)
+        tools = req.get("tools")
+        if req.get("web_search_options") is not None or _hosted(tools):
+            scan.hosted_tools = True
+
+    def responses(self, req: dict[str, Any], scan: Scan) -> None:
+        self.scan(req.get("instructions"), scan)
         inp = req.get("input")
         if isinstance(inp, list):
-            for item in inp:
-                n += 3 + self.content(item)
-        else:
-            n += self.content(inp)
+            scan.tokens += 3 * len(inp)
+        self.scan(inp, scan)
         if req.get("tools"):
-            n += self.count(orjson.dumps(req["tools"]).decode())
-        return n
+            self.scan(req["tools"], scan)
+        if _hosted(req.get("tools")):
+            scan.hosted_tools = True
+        if req.get("prompt") is not None:  # a stored prompt template: its text is at the provider
+            scan.unbounded = True
+
+
+class Scan:
+    """What counting a request found: its prompt tokens (an upper bound for what is in the body), and
+    whether the provider bills input that is not in the body, or hosted tools billed per call."""
+
+    __slots__ = ("hosted_tools", "tokens", "unbounded")
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.unbounded = False
+        self.hosted_tools = False
+
+
+# Images are billed by their size, which the body does not tell (a URL, or data keyplane does not
+# decode): each counts as the most any current model bills for one image (gpt-4.1-mini's 1536 patches
+# x 1.62, high-detail tiles on gpt-4o: under 2,500) with a margin.
+IMAGE_TOKENS_MAX = 6_000
+MAX_DEPTH = 64
+_IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
+# Parts billed by what is not in the body: stored files, uploads, audio, references to earlier items.
+_UNSEEN_TYPES = frozenset({"file", "input_file", "input_audio", "audio", "item_reference"})
+_UNSEEN_KEYS = ("file_id", "file_url", "file_data")
+# Keys whose values are not read by the model as text (ids and enums): not counted.
+_NOT_TEXT = frozenset({"type", "id", "call_id", "role", "status", "detail", "format"})
+_FUNCTION_TOOLS = frozenset({"function", "custom"})
+
+
+def _hosted(tools: Any) -> bool:
+    """Tools the provider runs and bills per call (web search, file search, code interpreter...)."""
+    return isinstance(tools, list) and any(isinstance(t, dict) and t.get("type") not in _FUNCTION_TOOLS
+                                           for t in tools)
 
 
 _counters: dict[str, Counter] = {}
@@ -204,26 +251,56 @@ def counter(model: str) -> Counter:
     return c
 
 
-def measure(endpoint: str, model: str, body: bytes) -> tuple[int, int]:
-    """(prompt tokens, number of choices ``n``) of a request body."""
+class Measure:
+    """A request body as admission sees it: prompt tokens (an upper bound of what the body holds), the
+    number of answers it asks for, and what it may be billed that the body does not show."""
+
+    __slots__ = ("hosted_tools", "n", "prompt", "unbounded")
+
+    def __init__(self, prompt: int, n: int = 1, unbounded: bool = False, hosted_tools: bool = False) -> None:
+        self.prompt = prompt
+        self.n = n
+        self.unbounded = unbounded
+        self.hosted_tools = hosted_tools
+
+    def __iter__(self) -> Any:  # unpacks as (prompt, n)
+        return iter((self.prompt, self.n))
+
+    def __getitem__(self, i: int) -> int:
+        return (self.prompt, self.n)[i]
+
+
+def measure(endpoint: str, model: str, body: bytes) -> Measure:
+    """The prompt tokens, choices ``n`` and unseen input of a request body (never raises: a body it
+    cannot read is counted as one token per byte, the most its text can be)."""
     try:
         req = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return (len(body) + 3) // 4, 1
+        return Measure(len(body), 1, unbounded=True)
     if not isinstance(req, dict):
-        return 0, 1
-    n = req.get("n")
-    n = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
+        return Measure(len(body))
+    n = 1
+    for field in ("n", "best_of"):  # best_of: completions generates (and bills) that many
+        v = req.get(field)
+        if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 128:
+            n = max(n, v)
     c = counter(model)
+    scan = Scan()
     if endpoint == "/v1/chat/completions":
-        return c.chat(req), n
+        c.chat(req, scan)
+        return Measure(scan.tokens, n, scan.unbounded, scan.hosted_tools)
     if endpoint == "/v1/responses":
-        return c.responses(req), 1
+        c.responses(req, scan)
+        return Measure(scan.tokens, 1, scan.unbounded, scan.hosted_tools)
     if endpoint == "/v1/completions":
-        return c.content(req.get("prompt")), n
+        c.scan(req.get("prompt"), scan)
+        c.scan(req.get("suffix"), scan)
+        return Measure(scan.tokens, n, scan.unbounded)
     if endpoint == "/v1/embeddings":
-        return c.content(req.get("input")), 1
-    return c.content(req.get("input") or req.get("prompt") or req.get("messages")), 1
+        c.scan(req.get("input"), scan)
+        return Measure(scan.tokens, 1, scan.unbounded)
+    c.scan(req.get("input") or req.get("prompt") or req.get("messages"), scan)
+    return Measure(scan.tokens, 1, scan.unbounded)
 
 
 def prompt_tokens(endpoint: str, model: str, body: bytes) -> int:

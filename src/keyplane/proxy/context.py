@@ -31,7 +31,13 @@ class RequestContext:
     stream: bool = False
     # The body as parsed for admission (estimates): max_tokens and friends; None for non-JSON bodies.
     body: bytes = b""
-    max_tokens: int | None = None
+    max_tokens: int | None = None  # the output limit the endpoint reads (validated: 1..MAX_OUTPUT_TOKENS)
+    # The provider bills this call (proxy/canonical.py): admission must price it or refuse it.
+    spending: bool = False
+    # The input refers to stored context (previous_response_id, conversation): its size is not in the body.
+    context_ref: bool = False
+    form: dict[str, str] | None = None  # multipart text fields of an upload (model, n, size, quality...)
+    query: bytes = b""  # the query string as sent (forwarded as is; part of the response-cache key)
     upstream: str | None = None  # name of the upstream that answered
     # The upstream's own x-request-id, shown to the client as x-request-id; ``request_id`` stays
     # keyplane's own (unique: usage records are keyed by it, and a client cannot choose it).

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from keyplane import errors
 from keyplane.proxy import estimate
 
 MODELS = ("demo-echo",)
@@ -144,10 +145,18 @@ def answer(method: str, path_qs: str, body: bytes) -> DemoResponse:
     return DemoResponse(200, events=events)
 
 
+MAX_DIMENSIONS = 3072  # text-embedding-3-large's size, the largest OpenAI serves
+MAX_INPUTS = 2048  # OpenAI's limit on inputs per embeddings request
+
+
 def _embeddings(req: dict[str, Any], name: str) -> DemoResponse:
     inp = req.get("input", "")
     items = inp if isinstance(inp, list) else [inp]
     dims = req.get("dimensions") if isinstance(req.get("dimensions"), int) else 16
+    if not 1 <= dims <= MAX_DIMENSIONS or len(items) > MAX_INPUTS:  # bounded work per request (issue #12)
+        return DemoResponse(400, errors.invalid_value(
+            "dimensions" if len(items) <= MAX_INPUTS else "input",
+            f"`dimensions` must be between 1 and {MAX_DIMENSIONS}, and `input` at most {MAX_INPUTS} items.").body())
     data = []
     tokens = 0
     for i, x in enumerate(items):

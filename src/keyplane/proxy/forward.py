@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
 
+from aiohttp import ClientConnectorError
+
 from keyplane import errors
 from keyplane.proxy import usage as _usage
 from keyplane.proxy.router import Deployment, Router
@@ -27,6 +29,10 @@ from keyplane.proxy.upstream import RETRYABLE_ERRORS, UpstreamClient, UpstreamRe
 JSON: Final = 0  # read the whole body and its usage (non-streaming model endpoints)
 SSE: Final = 1  # read up to the first chunk, then relay (streaming model endpoints)
 RAW: Final = 2  # relay as is (pass-through paths)
+# Object paths whose JSON answer keyplane must see whole (creates, lists: proxy/tenancy.py): read up to
+# MAX_OBJECT_BODY; an answer that is not JSON (a stream, a file's bytes) is relayed as in RAW.
+OBJECT: Final = 3
+MAX_OBJECT_BODY: Final = 32 * 1024 * 1024
 
 _RETRY_STATUS = frozenset({408, 429})
 
@@ -80,9 +86,31 @@ def _attempt_error(dep: Deployment, e: BaseException) -> errors.APIError:
     return errors.upstream_unreachable(dep.name)
 
 
+class TooLarge(Exception):
+    """An upstream answer larger than keyplane reads whole."""
+
+
+async def _read_bounded(resp: UpstreamResponse, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.chunks():
+        size += len(chunk)
+        if size > limit:
+            resp.close()
+            raise TooLarge
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 async def _accept(resp: UpstreamResponse, dep: Deployment, mode: int) -> Outcome:
-    if mode == RAW:
+    if mode == RAW or (mode == OBJECT and resp.content_type != "application/json"):
         return Outcome(dep, resp, rest=resp.chunks())
+    if mode == OBJECT:
+        try:
+            return Outcome(dep, resp, body=await _read_bounded(resp, MAX_OBJECT_BODY))
+        except TooLarge:
+            raise errors.upstream_error(f"The upstream `{dep.name}` answered with more than "
+                                        f"{MAX_OBJECT_BODY // (1024 * 1024)} MiB of JSON.") from None
     if mode == SSE and resp.content_type == "text/event-stream":
         it = resp.chunks().__aiter__()
         first = await it.__anext__()
@@ -114,6 +142,7 @@ class Forwarder:
             err.headers = {"retry-after": str(max(1, int(wait + 0.999)))}
             raise err
         monotonic = router.monotonic
+        tenant = ctx.project_id or ctx.key.id
         waits: dict[str, float | None] = {}
         last: Outcome | errors.APIError | None = None
         n = 0
@@ -145,7 +174,9 @@ class Forwarder:
                 except (*RETRYABLE_ERRORS, *_usage.BadBody, StopAsyncIteration) as e:
                     if resp is not None:
                         resp.close()
-                    dep.breaker.failure(monotonic())
+                    # A connection never made is the upstream's fault alone; anything after the request
+                    # was sent may be the request's doing, and counts against its tenant (router.Breaker).
+                    dep.breaker.failure(monotonic(), None if isinstance(e, ClientConnectorError) else tenant)
                     waits[dep.name] = None
                     last = _attempt_error(dep, e)
                     continue
@@ -156,7 +187,7 @@ class Forwarder:
                 out = Outcome(dep, resp, body=data)
                 if status in _RETRY_STATUS or status >= 500:
                     if status >= 500:
-                        dep.breaker.failure(monotonic())
+                        dep.breaker.failure(monotonic(), tenant)
                     waits[dep.name] = retry_after(resp.headers, time.time())
                     last = out
                     continue

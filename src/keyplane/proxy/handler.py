@@ -17,28 +17,22 @@ from typing import Any, Final
 
 import orjson
 
-from keyplane import errors
+from keyplane import errors, keys, logs
 from keyplane.auth import authenticate
 from keyplane.cache import attach as attach_cache
-from keyplane.proxy import estimate, request, sse
+from keyplane.proxy import canonical, estimate, request, skipped, sse
+from keyplane.proxy.canonical import MODEL_ENDPOINTS
 from keyplane.proxy.context import RequestContext
-from keyplane.proxy.forward import JSON, RAW, SSE, Forwarder, Outcome
+from keyplane.proxy.forward import JSON, OBJECT, RAW, SSE, Forwarder, Outcome
 from keyplane.proxy.models import ModelCatalog
 from keyplane.proxy.router import Router
+from keyplane.proxy.tenancy import Tenancy
 from keyplane.proxy.upstream import RETRYABLE_ERRORS
 from keyplane.runtime import Runtime
-from keyplane.scopes import required_scope
 from keyplane.snapshot import KeyEntry
 
 log = logging.getLogger("keyplane.proxy")
 
-# path -> SSE flavour of the model endpoints whose usage keyplane reads (None: never streams)
-MODEL_ENDPOINTS: Final[dict[str, int | None]] = {
-    "/v1/chat/completions": sse.CHAT,
-    "/v1/completions": sse.CHAT,
-    "/v1/embeddings": None,
-    "/v1/responses": sse.RESPONSES,
-}
 # Endpoints whose streams report usage only when stream_options.include_usage is set.
 _NEEDS_INCLUDE_USAGE: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
 
@@ -94,6 +88,7 @@ class ProxyApp:
         self.catalog = catalog
         self.max_body = rt.settings.max_body_bytes
         self.cache = attach_cache(rt, router)  # prefix routing and response cache (docs/caching.md); None: off
+        self.tenancy = Tenancy(rt, router)  # projects isolated at the provider (proxy/tenancy.py)
 
     async def aclose(self) -> None:
         await self.forwarder.client.aclose()
@@ -106,6 +101,7 @@ class ProxyApp:
                           extra: list[tuple[bytes, bytes]] | None = None) -> None:
         body = err.body()
         h = [_JSON_CT, (b"content-length", b"%d" % len(body)), (b"x-request-id", rid),
+             (b"x-keyplane-request-id", rid),
              (b"openai-processing-ms", b"%d" % int((time.perf_counter() - t0) * 1000))]
         h.extend((k.encode(), v.encode()) for k, v in err.headers.items())
         if extra:
@@ -116,6 +112,7 @@ class ProxyApp:
     async def _send_json(self, send: Any, obj: Any, rid: bytes, t0: float) -> None:
         body = orjson.dumps(obj)
         h = [_JSON_CT, (b"content-length", b"%d" % len(body)), (b"x-request-id", rid),
+             (b"x-keyplane-request-id", rid),
              (b"openai-processing-ms", b"%d" % int((time.perf_counter() - t0) * 1000))]
         await send({"type": "http.response.start", "status": 200, "headers": h})
         await send({"type": "http.response.body", "body": body})
@@ -126,11 +123,12 @@ class ProxyApp:
         rid = None
         h: list[tuple[bytes, bytes]] = [_JSON_CT] if json_ct else []
         drop = _DROP_WITH_CT if json_ct else _DROP_RESPONSE
+        secret = out.dep.api_key
         for k, v in out.resp.headers:
             if k == b"x-request-id":
                 rid = v
             elif k not in drop and not k.startswith(b"x-ratelimit-"):
-                h.append((k, v))
+                h.append((k, _redact(v, secret)))
         own = ctx.request_id.encode()
         if rid:
             ctx.upstream_request_id = rid.decode("latin-1")
@@ -150,52 +148,46 @@ class ProxyApp:
         rt = self.rt
         rid = new_request_id()
         method: str = scope["method"]
-        path: str = scope["path"]
+        path: str = scope["path"]  # replaced by the canonical path as soon as it is known
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
         entry: KeyEntry | None = None
         try:
-            entry = authenticate(rt, scope["headers"], scope["query_string"])
+            request.check_headers(headers)
+            raw = scope.get("raw_path")
+            path = canonical.canonical_path(raw if raw is not None else path.encode("utf-8"))
+            canonical.check_query(scope["query_string"])
+            entry = authenticate(rt, headers, scope["query_string"])
             rt.last_used.touch(entry.id, rt.clock.now())
             if path == KEY_INFO_PATH and method == "GET":
                 await self._send_json(send, self._key_info(entry), rid, t0)
                 return
-            need = required_scope(method, path)
-            if need is None:
+            ep = canonical.classify(method, path)
+            if ep.scope is None:
                 raise errors.path_not_proxied(method, path)
-            if not entry.permissions.allows(need):
-                raise errors.missing_scope(need)
+            if not entry.permissions.allows(ep.scope):
+                raise errors.missing_scope(ep.scope)
             if method == "GET" and path.startswith("/v1/models"):
                 await self._models(send, path, rid, t0)
                 return
             body = await request.read_body(scope, receive, self.max_body)
-            is_model = method == "POST" and path in MODEL_ENDPOINTS
-            flavour = MODEL_ENDPOINTS[path] if is_model else None
-            headers = scope["headers"]
-            model = None
-            stream = False
-            strip_usage = False
-            max_tokens = None
-            if is_model:
-                head = request.parse_head(body)
-                model = head.model
+            fields = request.read_fields(ep, headers, body) if ep.model or ep.spending else None
+            model = fields.model if fields is not None else None
+            stream = strip_usage = False
+            if ep.model:
+                assert fields is not None
                 if not model:
                     raise errors.missing_model()
-                stream = bool(head.stream) and flavour is not None
-                max_tokens = head.output_limit
-                if stream and path in _NEEDS_INCLUDE_USAGE:
-                    so = head.stream_options
-                    if not (so and so.get("include_usage") is True):
-                        body = request.with_include_usage(body)
-                        strip_usage = True
-                pool = self.router.serving(model)
-            elif body and request.is_json(headers):
-                model = request.parse_head(body).model
-                pool = self.router.serving(model) if model else self.router.passthrough
-            else:
-                pool = self.router.passthrough
+                stream = fields.stream and ep.flavour != 0
+                if stream and path in _NEEDS_INCLUDE_USAGE and not fields.include_usage:
+                    body = request.with_include_usage(body)
+                    strip_usage = True
+            elif model is None and body and request.is_json(headers):
+                model = request.parse_head(body).model  # routing only (e.g. a passthrough with a model)
+            # Objects another project owns answer 404 here, before any upstream call (proxy/tenancy.py).
+            pinned = await self.tenancy.check(method, path, entry.project_id, body)
+            pool = self.tenancy.pool(path, entry.project_id, model, pinned)
             if not pool:
-                if model:
-                    raise errors.model_not_found(model)
-                raise errors.no_upstream(None)
+                raise skipped.no_route(rt, model, entry.project_id)
         except errors.APIError as e:
             await self._send_error(send, e, rid, t0)
             if entry is not None and "refused" in rt.extras:  # an authenticated key refused: the kill switch watches
@@ -204,10 +196,16 @@ class ProxyApp:
         except request.ClientGone:
             return
         except Exception:
-            log.exception("proxy error before forwarding %s %s", method, path)
+            log.exception("proxy error before forwarding %s %s", method, logs.safe(path))
             await self._send_error(send, errors.internal_error(), rid, t0)
             return
-        ctx = RequestContext(rid.decode(), entry, entry.project_id, path, method, model, stream, body, max_tokens)
+        ctx = RequestContext(rid.decode(), entry, entry.project_id, path, method, model, stream, body,
+                             fields.output_limit if fields is not None else None)
+        ctx.spending = ep.spending
+        ctx.query = scope["query_string"]
+        if fields is not None:
+            ctx.context_ref = fields.context_ref
+            ctx.form = fields.form
         ctx.started = t0
         client = scope.get("client")
         if client:
@@ -228,13 +226,14 @@ class ProxyApp:
                 log.exception("admission hook failed for %s", ctx.request_id)
                 await self._send_error(send, errors.internal_error(), rid, t0, ctx.extra_headers)
                 return
-        mode = (SSE if stream else JSON) if is_model else RAW
-        if self.cache is not None and is_model:
+        mode = (SSE if stream else JSON) if ep.model else (OBJECT if self.tenancy.wants_body(ctx) else RAW)
+        if self.cache is not None and ep.model:
             send = await self.cache.serve(ctx, headers, send, lambda: self._finish(ctx, t0, _Watch(None)))
             if send is None:  # answered from the response cache
                 return
             pool = self.router.route(pool, ctx)
-        await self._forward(scope, receive, send, ctx, pool, body, mode, flavour or 0, strip_usage, t0)
+        # ctx.body, not body: admission may have set the output limit it reserved (docs/limits-and-billing.md)
+        await self._forward(scope, receive, send, ctx, pool, ctx.body, mode, ep.flavour, strip_usage, t0)
 
     async def _forward(self, scope: dict[str, Any], receive: Any, send: Any, ctx: RequestContext, pool: Any,
                        body: bytes, mode: int, flavour: int, strip_usage: bool, t0: float) -> None:
@@ -258,13 +257,15 @@ class ProxyApp:
             ctx.upstream = out.dep.name
             status = out.resp.status
             if out.body is not None:  # JSON answers and every upstream error
-                payload = out.body
+                payload = _redact(out.body, out.dep.api_key)
                 wrapped = status >= 400 and not _is_openai_error(payload)
                 if wrapped:
                     payload = _wrap_error(out.dep.name, status, payload)
                 if out.usage is not None:
                     ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = out.usage.numbers()
                 ctx.status = status
+                if status < 300:  # record created objects, keep the caller's own in a list (proxy/tenancy.py)
+                    payload = await self.tenancy.after(ctx, status, payload)
                 h = self._headers(out, ctx, t0, len(payload), wrapped)
                 await self._finish(ctx, t0, watch)
                 started = True
@@ -272,11 +273,13 @@ class ProxyApp:
                 await send({"type": "http.response.body", "body": payload})
                 return
             ctx.status = status
-            if mode == RAW:
+            if out.first is None:  # pass-through (RAW, or an object path answered with a stream or bytes)
                 started = True
                 await self._relay_raw(send, out, ctx, t0, watch)
                 return
             relay = sse.StreamRelay(flavour, strip_usage)
+            if out.first is not None:
+                await self.tenancy.streamed(ctx, out.first)  # a stored response's id: owned before it is seen
             started = True
             await send({"type": "http.response.start", "status": status, "headers": self._headers(out, ctx, t0, None)})
             extras = self.rt.extras
@@ -324,17 +327,12 @@ class ProxyApp:
         if data:
             ctx.ttft_ms = (time.perf_counter() - t0) * 1000
             await send({"type": "http.response.body", "body": data, "more_body": True})
-        snap, key = self.rt.snapshot, ctx.key
         try:
             async for chunk in out.rest:
-                now_key = snap.keys_by_id.get(key.id)
-                if now_key is not key and (now_key is None or now_key.revoked_at or now_key.suspended_at):
-                    # Revoked or suspended mid-stream (kill switch, admin): cut it (docs/guard.md).
+                cut = self._authority_ended(ctx)
+                if cut is not None:
                     out.resp.close()
-                    why = now_key.inactive_reason(self.rt.clock.now()) if now_key else "has been deleted."
-                    ctx.error = "key_disabled"
-                    err = errors.key_inactive(key.redacted_value, why or "is no longer active.")
-                    await send({"type": "http.response.body", "body": sse.error_event(err), "more_body": True})
+                    await send({"type": "http.response.body", "body": sse.error_event(cut), "more_body": True})
                     break
                 data = relay.feed(chunk)
                 if data:
@@ -364,6 +362,12 @@ class ProxyApp:
         is_sse = out.resp.content_type == "text/event-stream"
         try:
             async for chunk in out.rest:
+                cut = self._authority_ended(ctx)
+                if cut is not None:
+                    out.resp.close()
+                    if is_sse:
+                        await send({"type": "http.response.body", "body": sse.error_event(cut), "more_body": True})
+                    break
                 if ctx.ttft_ms is None:
                     ctx.ttft_ms = (time.perf_counter() - t0) * 1000
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -376,6 +380,22 @@ class ProxyApp:
         await self._finish(ctx, t0, watch)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    def _authority_ended(self, ctx: RequestContext) -> errors.APIError | None:
+        """Why a stream in flight must be cut now (its key revoked, suspended or deleted, its project
+        archived: docs/guard.md), or None. Two dict lookups and an identity check per chunk."""
+        snap, key = self.rt.snapshot, ctx.key
+        now_key = snap.keys_by_id.get(key.id)
+        if now_key is not key and (now_key is None or now_key.revoked_at or now_key.suspended_at):
+            why = now_key.inactive_reason(self.rt.clock.now()) if now_key else "has been deleted."
+            ctx.error = "key_disabled"
+            return errors.key_inactive(key.redacted_value, why or "is no longer active.")
+        if ctx.project_id is not None:
+            p = snap.projects.get(ctx.project_id)
+            if p is None or p.status != "active":
+                ctx.error = "project_archived"
+                return errors.project_archived(key.redacted_value, p.name if p else ctx.project_id, ctx.project_id)
+        return None
+
     def _usage_from_relay(self, ctx: RequestContext, relay: sse.StreamRelay | None) -> None:
         if relay is not None and relay.usage is not None:
             ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = relay.usage.numbers()
@@ -385,7 +405,9 @@ class ProxyApp:
         # No usage from the upstream: estimate what was generated until the stream stopped.
         ctx.usage_estimated = True
         ctx.prompt_tokens = estimate.prompt_tokens(ctx.body)
-        ctx.completion_tokens = estimate.relayed_tokens(relay.pieces) if relay is not None else 0
+        # Past the text kept, every 3 bytes of events counts as a token: an upper bound, never less.
+        ctx.completion_tokens = estimate.relayed_tokens(relay.pieces) + relay.uncounted // 3 \
+            if relay is not None else 0
 
     async def _refused(self, ctx: RequestContext, e: errors.APIError) -> None:
         """hooks.add_refused steps (the kill switch's error_spike) see refusals of an authenticated key."""
@@ -434,6 +456,15 @@ class ProxyApp:
             return
         model = path[len("/v1/models/"):]
         await self._send_json(send, await self.catalog.get(model), rid, t0)
+
+
+def _redact(data: bytes, secret: str) -> bytes:
+    """The upstream's own credential never reaches a client, even when an upstream echoes it."""
+    if secret and len(secret) >= 8:
+        raw = secret.encode("latin-1", "replace")
+        if raw in data:
+            return data.replace(raw, keys.mask(secret).encode("latin-1", "replace"))
+    return data
 
 
 def _is_openai_error(payload: bytes) -> bool:

@@ -8,15 +8,33 @@ gateway always learns the usage (the relay strips that chunk if the client did n
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 import msgspec
 import orjson
 
 from keyplane import errors
+from keyplane.proxy import multipart
+from keyplane.proxy.canonical import Endpoint
 
 _CONTENT_LENGTH = b"content-length"
 _CONTENT_TYPE = b"content-type"
+_CONTENT_ENCODING = b"content-encoding"
+
+
+# Bounds on what a client controls (issue #12): values outside are refused before they become money.
+MAX_OUTPUT_TOKENS: Final = 1_000_000
+MAX_CHOICES: Final = 128
+MAX_HEADERS: Final = 128
+MAX_HEADER_BYTES: Final = 64 * 1024
+
+# The output-limit fields each endpoint reads (the largest one present is what may be generated).
+_OUTPUT_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "/v1/chat/completions": ("max_completion_tokens", "max_tokens"),
+    "/v1/completions": ("max_tokens",),
+    "/v1/responses": ("max_output_tokens",),
+}
 
 
 class Head(msgspec.Struct):
@@ -26,13 +44,90 @@ class Head(msgspec.Struct):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     max_output_tokens: int | None = None
+    n: int | None = None
+    best_of: int | None = None
+    background: bool | None = None
+    previous_response_id: str | None = None
+    conversation: Any = None
 
     @property
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens or self.max_output_tokens
 
 
+@dataclass(frozen=True, slots=True)
+class Fields:
+    """What keyplane reads of a model or spending request's body (JSON or multipart form)."""
+
+    model: str | None
+    stream: bool = False
+    include_usage: bool = False
+    output_limit: int | None = None  # the limit the endpoint reads; None: the client set none
+    choices: int = 1  # n (and best_of): how many answers are generated
+    context_ref: bool = False  # previous_response_id / conversation: stored input not in the body
+    form: dict[str, str] | None = None  # multipart text fields (images, audio)
+
+
 _decoder = msgspec.json.Decoder(Head)
+
+
+def check_headers(headers: list[tuple[bytes, bytes]]) -> None:
+    """Bound the header count and size a request may make keyplane hold and forward."""
+    if len(headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
+        raise errors.headers_too_large(MAX_HEADERS, MAX_HEADER_BYTES)
+
+
+def read_fields(ep: Endpoint, headers: list[tuple[bytes, bytes]], body: bytes) -> Fields:
+    """The fields of a model or spending request, validated; what cannot be read is refused (never skipped)."""
+    ctype = b""
+    for k, v in headers:
+        if k == _CONTENT_ENCODING and v.strip().lower() not in (b"", b"identity"):
+            raise errors.bad_request("keyplane does not accept compressed request bodies on this endpoint "
+                                     "(Content-Encoding); send the body uncompressed.", code="unsupported_encoding")
+        if k == _CONTENT_TYPE:
+            ctype = v.split(b";", 1)[0].strip().lower()
+    if not ep.model and ctype == b"multipart/form-data":
+        form = multipart.text_fields(headers, body)
+        return _checked(ep.path, Head(model=form.get("model"), n=_form_int(form, "n")), form)
+    if not ep.model and not body:
+        return Fields(None)
+    # JSON whatever the content type says: an upstream may parse it as JSON all the same.
+    return _checked(ep.path, parse_head(body), None)
+
+
+def _form_int(form: dict[str, str], name: str) -> int | None:
+    v = form.get(name)
+    if v is None:
+        return None
+    try:
+        return int(v.strip())
+    except ValueError:
+        raise errors.invalid_value(name, f"`{name}` must be an integer.") from None
+
+
+def _checked(path: str, h: Head, form: dict[str, str] | None) -> Fields:
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        v = getattr(h, name)
+        if v is not None and not 1 <= v <= MAX_OUTPUT_TOKENS:
+            raise errors.invalid_value(name, f"Invalid '{name}': integer below minimum value or too large. "
+                                             f"Expected a value between 1 and {MAX_OUTPUT_TOKENS:,}, got {v}.")
+    for name in ("n", "best_of"):
+        v = getattr(h, name)
+        if v is not None and not 1 <= v <= MAX_CHOICES:
+            raise errors.invalid_value(name, f"Invalid '{name}': expected a value between 1 and {MAX_CHOICES}, "
+                                             f"got {v}.")
+    if h.background:
+        # The answer of a background response comes later, from another call: it cannot be metered
+        # or held to a budget as it runs (docs/security.md).
+        raise errors.invalid_value("background", "keyplane does not proxy background responses "
+                                                 "(`background: true`): their usage cannot be metered.")
+    limits = [getattr(h, f) for f in _OUTPUT_FIELDS.get(path, ()) if getattr(h, f) is not None]
+    so = h.stream_options
+    return Fields(
+        model=h.model, stream=bool(h.stream), include_usage=bool(so and so.get("include_usage") is True),
+        output_limit=max(limits) if limits else None, choices=max(h.n or 1, h.best_of or 1),
+        context_ref=h.previous_response_id is not None or h.conversation is not None, form=form,
+    )
 
 
 async def read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes:
@@ -83,7 +178,7 @@ def parse_head(body: bytes) -> Head:
             raise errors.not_a_json_object() from None
         param = text.rsplit("at `$.", 1)[1].rstrip("`") if "at `$." in text else None
         raise errors.bad_request(f"Invalid request body: {text}", param=param, code="invalid_type") from None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
         raise errors.invalid_json() from None
 
 
@@ -96,7 +191,10 @@ def is_json(headers: list[tuple[bytes, bytes]]) -> bool:
 
 def with_include_usage(body: bytes) -> bytes:
     """The body with stream_options.include_usage set (the one field the gateway must set)."""
-    obj = orjson.loads(body)
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:  # nested deeper than orjson's limit: not a body we forward
+        raise errors.invalid_json() from None
     so = obj.get("stream_options")
     obj["stream_options"] = {**so, "include_usage": True} if isinstance(so, dict) else {"include_usage": True}
     return orjson.dumps(obj)

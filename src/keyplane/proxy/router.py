@@ -1,10 +1,17 @@
 """Which upstream serves a request: model globs, weights, and a circuit breaker per upstream.
 
 Built once at start-up from ``[[upstreams]]`` (or, with none configured, from config.DEFAULT_CONFIG).
-``serving(model)`` names the upstreams whose globs match; ``candidates(pool)`` orders them for one
-request: the healthy ones shuffled by weight (weighted sampling without replacement), then weight-0
-backups; an upstream whose breaker is open is skipped until its cooldown ends. The clock and the
-random source are injected (STYLE.md 6).
+``serving(model, project)`` names the upstreams whose globs match among those the project may use;
+``candidates(pool)`` orders them for one request: the healthy ones shuffled by weight (weighted
+sampling without replacement), then weight-0 backups; an upstream whose breaker is open is skipped
+until its cooldown ends. The clock and the random source are injected (STYLE.md 6).
+
+Projects (docs/proxy.md "What is isolated between projects"): an upstream whose ``projects`` lists
+ids or names is dedicated to them (their own provider credential); a project named by one uses only
+its dedicated upstreams (and the demo), every other project only the shared ones. Paths with no
+model (files, batches...) never go by weight: ``passthrough_for(project)`` is one upstream, the first
+non-demo upstream the project may use in config order, so the objects a project creates are always
+found where they were made.
 """
 
 from __future__ import annotations
@@ -38,22 +45,34 @@ class Breaker:
     cooldown: float
     failures: int = 0
     open_until: float = 0.0
+    # Tenants whose requests failed in the current run (at most 2 kept). A failure that a request can
+    # cause (a 5xx, a timeout after the request was sent) opens the breaker only when two tenants
+    # saw it: one tenant cannot shut an upstream for every other (issue #12 item 9). A connection
+    # that cannot be made is nobody's request: it counts alone.
+    tenants: set[str] = field(default_factory=set)
+    anonymous: bool = False
 
     def available(self, now: float) -> bool:
-        return self.failures < self.threshold or now >= self.open_until
+        return self.failures < self.threshold or self.open_until == 0.0 or now >= self.open_until
 
     def success(self) -> None:
         self.failures = 0
         self.open_until = 0.0
+        self.tenants.clear()
+        self.anonymous = False
 
-    def failure(self, now: float) -> None:
+    def failure(self, now: float, tenant: str | None = None) -> None:
         self.failures += 1
-        if self.failures >= self.threshold:
+        if tenant is None:
+            self.anonymous = True
+        elif len(self.tenants) < 2:
+            self.tenants.add(tenant)
+        if self.failures >= self.threshold and (self.anonymous or len(self.tenants) >= 2):
             self.open_until = now + self.cooldown
 
     @property
     def state(self) -> str:
-        return "closed" if self.failures < self.threshold else "open"
+        return "open" if self.open_until and self.failures >= self.threshold else "closed"
 
 
 @dataclass(slots=True)
@@ -66,6 +85,9 @@ class Deployment:
     pattern: re.Pattern[str]
     models_url: str = ""
     concrete_models: tuple[str, ...] = field(default_factory=tuple)
+    # A dedicated upstream (``projects``) whose key is missing: never used, and its projects fall back to
+    # no other upstream (fail closed: they would reach the shared provider key otherwise).
+    disabled: bool = False
 
     @property
     def name(self) -> str:
@@ -92,34 +114,70 @@ def usable_upstreams(settings: Settings, env: Mapping[str, str] | None = None) -
     notes: list[str] = []
     for up in ups:
         key = env.get(up.api_key_env, "") if up.api_key_env else ""
-        if up.api_key_env and not key and up.require_key and up.base_url != "demo":
+        disabled = bool(up.api_key_env and not key and up.require_key and up.base_url != "demo")
+        if disabled:
             notes.append(f"upstream `{up.name}` is not used: ${up.api_key_env} is not set")
-            continue
+            if not up.projects:
+                continue
         pattern = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in up.models) or r"(?!)")
         concrete = tuple(g for g in up.models if not any(c in g for c in "*?["))
         out.append(Deployment(up, key, Breaker(max(1, up.breaker_failures), up.breaker_cooldown), pattern,
-                              concrete_models=concrete))
+                              concrete_models=concrete, disabled=disabled))
     return out, notes
 
 
 class Router:
     def __init__(self, deployments: list[Deployment], monotonic: Callable[[], float],
                  rng: random.Random | None = None) -> None:
-        self.deployments = deployments
+        self.deployments = [d for d in deployments if not d.disabled]
         self.monotonic = monotonic
         self.rng = rng or random.Random()
-        self._by_model: dict[str, tuple[Deployment, ...]] = {}
-        # For paths with no model (files, batches...): the non-demo upstreams, in config order.
-        self.passthrough = tuple(d for d in deployments if not d.is_demo)
+        self._by_model: dict[tuple[str, str | None], tuple[Deployment, ...]] = {}
+        self._shared = tuple(d for d in self.deployments if not d.config.projects)
+        # project id or name -> the upstreams dedicated to it, plus the demo ones (which hold no data)
+        self._dedicated: dict[str, tuple[Deployment, ...]] = {}
+        for d in deployments:
+            for p in d.config.projects:
+                self._dedicated[p] = (*self._dedicated.get(p, ()), *(() if d.disabled else (d,)))
+        demos = tuple(d for d in self._shared if d.is_demo)
+        self._dedicated = {p: ds + demos for p, ds in self._dedicated.items()}
+        # For paths with no model (files, batches...): ONE upstream, never a pick by weight (issue #12 item 8).
+        self.passthrough = _first_store(self._shared)
         self.affinity: Any = None  # prefix-affinity routing, set by keyplane.cache.attach (docs/caching.md)
 
-    def serving(self, model: str) -> tuple[Deployment, ...]:
-        found = self._by_model.get(model)
+    def _own(self, project_id: str | None, project_name: str | None) -> tuple[str | None, tuple[Deployment, ...]]:
+        """(the config entry naming the project, or None for the shared upstreams; the upstreams it may use)."""
+        if self._dedicated:
+            for p in (project_id, project_name):
+                if p is not None and p in self._dedicated:
+                    return p, self._dedicated[p]
+        return None, self._shared
+
+    def usable(self, project_id: str | None = None, project_name: str | None = None) -> tuple[Deployment, ...]:
+        """The upstreams a project may use, in config order."""
+        return self._own(project_id, project_name)[1]
+
+    def serving(self, model: str, project_id: str | None = None,
+                project_name: str | None = None) -> tuple[Deployment, ...]:
+        """The upstreams that serve ``model`` among those the project may use (the shared ones by default)."""
+        which, usable = self._own(project_id, project_name)
+        found = self._by_model.get((model, which))
         if found is None:
-            found = tuple(d for d in self.deployments if d.serves(model))
+            found = tuple(d for d in usable if d.serves(model))
             if len(self._by_model) < 10_000:  # bounded: model names come from clients
-                self._by_model[model] = found
+                self._by_model[(model, which)] = found
         return found
+
+    def passthrough_for(self, project_id: str | None, project_name: str | None = None,
+                        pinned: str | None = None) -> tuple[Deployment, ...]:
+        """The one upstream for a path with no model: ``pinned`` (the upstream that holds the object the
+        path names) when the project may still use it, else the project's first non-demo upstream."""
+        usable = self._own(project_id, project_name)[1]
+        if pinned is not None:
+            for d in usable:
+                if d.name == pinned:
+                    return (d,)
+        return _first_store(usable) if usable is not self._shared else self.passthrough
 
     def route(self, pool: tuple[Deployment, ...], ctx: Any) -> tuple[Deployment, ...]:
         """``pool`` in prefix-affinity order when the model is routed by prefix; else unchanged."""
@@ -158,3 +216,11 @@ class Router:
             if d.name == name:
                 return d
         return None
+
+
+def _first_store(ds: tuple[Deployment, ...]) -> tuple[Deployment, ...]:
+    """The first upstream that can hold objects (not the demo), as a pool of one; () when there is none."""
+    for d in ds:
+        if not d.is_demo:
+            return (d,)
+    return ()

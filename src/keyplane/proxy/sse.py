@@ -21,6 +21,7 @@ CHAT: Final = 1  # chat/completions and completions chunks
 RESPONSES: Final = 2  # Responses API events
 
 _DONE = b"data: [DONE]\n\n"
+MAX_KEPT: Final = 256 * 1024  # generated text kept per stream for the estimate (then: bytes // 3 tokens)
 _SPLIT = re.compile(rb"\r?\n\r?\n")
 _CHAT_TEXT = re.compile(rb'"(?:content|text|arguments|refusal|reasoning_content)":\s?"((?:[^"\\]|\\.)*)"')
 _RESP_TEXT = re.compile(rb'"delta":\s?"((?:[^"\\]|\\.)*)"')
@@ -46,13 +47,15 @@ def error_event(err: APIError) -> bytes:
 
 
 class StreamRelay:
-    __slots__ = ("_buf", "_text", "held", "kind", "pieces", "strip_usage", "usage")
+    __slots__ = ("_buf", "_kept", "_text", "held", "kind", "pieces", "strip_usage", "uncounted", "usage")
 
     def __init__(self, kind: int, strip_usage: bool) -> None:
         self.kind = kind
         self.strip_usage = strip_usage
         self.usage: Usage | None = None
         self.pieces: list[bytes] = []
+        self._kept = 0  # bytes in pieces; past MAX_KEPT only their length is counted (bounded memory)
+        self.uncounted = 0
         self._buf = b""
         self._text = _RESP_TEXT if kind == RESPONSES else _CHAT_TEXT
         # The final `data: [DONE]` is held back until the usage is settled, so that a client that saw
@@ -80,15 +83,32 @@ class StreamRelay:
     def _inspect(self, out: bytes) -> bytes:
         if out.endswith(_DONE):
             out, self.held = out[: -len(_DONE)], _DONE
-        self.pieces.extend(self._text.findall(out))
+        if self._kept < MAX_KEPT:
+            found = self._text.findall(out)
+            self.pieces.extend(found)
+            self._kept += sum(map(len, found))
+        else:
+            self.uncounted += len(out)
+        if self.kind == RESPONSES and self.held:  # after the terminal event: keep holding, in order
+            self.held += out
+            return b""
         if self.usage is not None:
             return out
         if self.kind == RESPONSES:
             if any(m in out for m in _FINAL_EVENTS):
+                # The terminal event (and anything after it) is held back until the usage is settled,
+                # as chat's [DONE] is: a client that saw response.completed can count on the record.
+                keep: list[bytes] = []
+                hold: list[bytes] = []
                 for ev in _SPLIT.split(out):
-                    if any(m in ev for m in _FINAL_EVENTS):
+                    if not ev:
+                        continue
+                    if not hold and any(m in ev for m in _FINAL_EVENTS):
                         with contextlib.suppress(*_usage.BadBody):
                             self.usage = _usage.from_response_event(_data_of(ev)) or self.usage
+                    (hold if hold or any(m in ev for m in _FINAL_EVENTS) else keep).append(ev + b"\n\n")
+                self.held += b"".join(hold)
+                return b"".join(keep)
             return out
         if not any(m in out for m in _USAGE_MARKS):
             return out

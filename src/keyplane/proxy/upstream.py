@@ -21,11 +21,19 @@ from keyplane.proxy.router import Deployment
 # Request headers never forwarded: hop-by-hop, our own credentials and ids, what aiohttp sets itself.
 # x-request-id: some upstreams (vLLM) echo it back, and keyplane adopts the upstream's id as the
 # request's id (usage records are unique by it), so a client must not be able to choose it.
-_DROP_REQUEST = frozenset({
+DROP_REQUEST = frozenset({
     b"host", b"authorization", b"content-length", b"connection", b"keep-alive", b"transfer-encoding", b"te",
     b"upgrade", b"proxy-authorization", b"proxy-connection", b"openai-organization", b"openai-project",
     b"accept-encoding", b"cookie", b"expect", b"trailer", b"api-key", b"x-api-key",
     b"x-request-id", b"x-keyplane-cache",
+    # Method overrides: some frameworks (and proxies) serve a POST as the method these name, which
+    # would let a request be authorized as one method and run as another.
+    b"x-http-method-override", b"x-method-override", b"x-http-method",
+    # Client-asserted forwarding and rewrite headers: a proxy in front of the upstream could route or
+    # trust by them (x-original-url rewrites the path on some servers).
+    b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-prefix",
+    b"x-forwarded-uri", b"x-forwarded-path", b"x-original-url", b"x-rewrite-url", b"x-real-ip",
+    b"x-envoy-original-path",
 })
 
 # Errors of one attempt that say nothing about the request itself: try again or elsewhere.
@@ -71,7 +79,7 @@ class _HTTPResponse:
 
 
 def forward_headers(headers: list[tuple[bytes, bytes]], dep: Deployment) -> list[tuple[str, str]]:
-    out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k not in _DROP_REQUEST]
+    out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k not in DROP_REQUEST]
     if dep.api_key:
         out.append(("Authorization", "Bearer " + dep.api_key))
     if dep.config.headers:

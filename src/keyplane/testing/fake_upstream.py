@@ -8,7 +8,8 @@ Faults are set per instance (``fake.default``), queued per request (``fake.push(
 consumed first-in first-out), or per request with ``x-fake-*`` headers (``x-fake-status: 503``,
 ``x-fake-latency-ms``, ``x-fake-retry-after``, ``x-fake-retry-after-ms``, ``x-fake-die-after`` (events),
 ``x-fake-garbage: 1``, ``x-fake-chunk-delay-ms``, ``x-fake-text``, ``x-fake-no-usage: 1``,
-``x-fake-cached-tokens``, ``x-fake-close: 1``). Out of process, the same through the control
+``x-fake-cached-tokens``, ``x-fake-close: 1``, ``x-fake-max-output`` (write as many tokens as allowed)).
+Out of process, the same through the control
 endpoints ``POST /_fake/push`` (a JSON list of behaviours), ``POST /_fake/default``, ``POST /_fake/reset``
 and ``GET /_fake/requests``. Every request received is recorded (``fake.requests``).
 
@@ -31,6 +32,7 @@ import httptools
 import orjson
 
 from keyplane.testing import answers
+from keyplane.testing.fake_objects import FakeObjects
 
 _CT_JSON = b"application/json"
 
@@ -51,6 +53,9 @@ class Behaviour:
     request_id: str | None = ""  # "" = a generated one; None = no x-request-id header
     close: bool = False  # close the connection without answering
     hang: bool = False  # never answer
+    # Write as many output tokens as allowed: the request's max_completion_tokens / max_tokens /
+    # max_output_tokens, capped at this (this many when the request sets none).
+    max_output: int | None = None
 
 
 @dataclass
@@ -86,6 +91,7 @@ class FakeUpstream:
         self.port = 0
         self._server: asyncio.base_events.Server | None = None
         self._ids = itertools.count(1)
+        self.objects = FakeObjects()  # files, batches, stored responses (fake_objects.py)
         self._fixed_response = self._fixed()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -175,6 +181,8 @@ class FakeUpstream:
         if "x-fake-cached-tokens" in h:
             b.cached_tokens = int(h["x-fake-cached-tokens"])
         b.close = b.close or h.get("x-fake-close") == "1"
+        if "x-fake-max-output" in h:
+            b.max_output = int(h["x-fake-max-output"])
         return b
 
     async def answer(self, conn: _Conn, req: _Req, rec: Recorded | None) -> None:
@@ -204,12 +212,23 @@ class FakeUpstream:
             body = b"<html><body><h1>502 Bad Gateway</h1>not json at all</body></html>"
             conn.write(_head(200, b"text/html", len(body), extra) + body)
             return
+        obj = self.objects.answer(req.method, path, bytes(req.body))  # files, batches, stored responses
+        if obj is not None:
+            conn.write_json(*obj)
+            if rec is not None:
+                rec.finished = True
+            return
         try:
-            data = orjson.loads(req.body) if req.body else {}
+            multipart = req.headers.get("content-type", "").startswith("multipart/")
+            data = orjson.loads(req.body) if req.body and not multipart else {}
         except orjson.JSONDecodeError:
             conn.write_json(400, {"error": {"message": "We could not parse the JSON body of your request.",
                                             "type": "invalid_request_error", "param": None, "code": None}})
             return
+        if b.max_output is not None and isinstance(data, dict):
+            asked = [v for f in ("max_completion_tokens", "max_tokens", "max_output_tokens")
+                     if isinstance(v := data.get(f), int) and v > 0]
+            b = dataclasses.replace(b, text=" ".join(["tok"] * min([b.max_output, *asked])))
         result = self._route(req.method, path, data, b, rid or "x")
         if result is None:
             body = answers.error_body(404, f"Invalid URL ({req.method} {path})")
@@ -243,13 +262,15 @@ class FakeUpstream:
             if stream:
                 return answers.responses_stream_events(data, b.text, b.cached_tokens, rid, b.send_usage)
             return answers.response_object(data, b.text, b.cached_tokens, rid, with_usage=b.send_usage)
+        if method == "POST" and path.startswith(("/v1/images/", "/v1/audio/", "/v1/batches")):  # billed elsewhere
+            return {"created": 0, "data": [{"url": "https://fake.invalid/1.png"}], "text": "fake", "id": "batch_fake"}
         if method == "GET" and path == "/v1/models":
             return answers.models_list()
         if method == "GET" and path.startswith("/v1/models/"):
             m = path[len("/v1/models/"):]
             return answers.model_object(m) if m in answers.MODELS else None
-        if method == "GET" and path == "/v1/files":
-            return {"object": "list", "data": [], "has_more": False}
+        if method == "GET" and path.startswith("/v1/responses/"):  # a stored response, streamed (pass-through SSE)
+            return answers.responses_stream_events({"model": "gpt-4o-mini"}, b.text, 0, rid, b.send_usage)
         return None
 
     def _control(self, method: str, path: str, body: bytes) -> Any:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from keyplane.logs import safe
+
 log = logging.getLogger("keyplane.access")
 _FORMAT = "%s %s %s %s model=%s tokens=%d/%d cost=$%.6f %.0fms%s"
 _FIELDS = ("request_id", "method", "endpoint", "kind", "status", "project_id", "api_key_id", "user_id", "model",
@@ -57,7 +59,9 @@ class AccessLog:
         for row in pending:
             f = fields(row)
             tail = f" error={f['error']}" if f["error"] else ""
-            args = (f["request_id"], f["method"], f["endpoint"], f["status"], f["model"], f["input_tokens"],
+            # The model name and the path come from the client: escaped, so that a CR/LF cannot forge a line.
+            model = safe(f["model"]) if f["model"] is not None else "-"
+            args = (f["request_id"], f["method"], safe(f["endpoint"]), f["status"], model, f["input_tokens"],
                     f["output_tokens"], f["cost_usd"], f["latency_ms"], tail)
             # makeRecord + handle rather than log.info: no stack walk for the caller (findCaller).
             log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, _FORMAT, args, None, "access",

@@ -1,0 +1,191 @@
+"""What a spending request may cost, read from its body before the call (admission's price step).
+
+Every POST the provider bills comes here (DESIGN.md hot-path rule 0), with or without a ``model``:
+
+- token endpoints (chat, completions, responses, embeddings): the prompt counted with the model's
+  tokenizer, plus the output it may write. A request without an output limit is given one: the
+  model's ``max_output`` from the price table (or ``default_max_tokens`` for a model without one) is
+  reserved *and* written into the forwarded body (``max_completion_tokens``, ``max_tokens``,
+  ``max_output_tokens``), so what is reserved is what the upstream may write;
+- images: per image by model, quality and size (the most expensive the request allows when it says
+  ``auto``), plus the prompt's tokens for gpt-image models;
+- speech: per character of ``input``;
+- transcription and translation: per minute, which cannot be known before the audio is decoded: an
+  estimate from the upload's size (refused where a spend limit or credit applies);
+- everything else that spends (batches, fine-tuning, assistants runs, realtime, videos...): no price.
+
+A :class:`Quote` says which, and admission decides (docs/limits-and-billing.md "What a request may cost").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import orjson
+
+from keyplane import errors
+from keyplane.billing.prices import MICROS, Price, PriceTable
+from keyplane.limits import tokens
+
+TOKEN_ENDPOINTS: Final = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"})
+NO_OUTPUT: Final = frozenset({"/v1/embeddings"})
+# The output-limit field keyplane sets when a request has none (the one the endpoint reads).
+OUTPUT_FIELD: Final = {"/v1/chat/completions": "max_completion_tokens", "/v1/completions": "max_tokens",
+                       "/v1/responses": "max_output_tokens"}
+IMAGES: Final = frozenset({"/v1/images/generations", "/v1/images/edits", "/v1/images/variations"})
+SPEECH: Final = "/v1/audio/speech"
+TRANSCRIBE: Final = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
+MAX_IMAGES: Final = 10  # the images API's largest n
+# Duration estimate of an upload: 32 kbit/s (low-bitrate speech), so most files are over-estimated.
+AUDIO_BYTES_PER_MINUTE: Final = 240_000
+# Tokens charged (at the model's input price) per input image of a gpt-image edit.
+EDIT_IMAGE_TOKENS: Final = 6_000
+
+_WHY: Final = (
+    ("/v1/batches", "its requests are in an uploaded file keyplane does not read"),
+    ("/v1/fine_tuning", "training is billed per token of an uploaded file keyplane does not read"),
+    ("/v1/threads", "a run reads its whole stored thread and may call paid tools"),
+    ("/v1/evals", "an eval run calls models over a stored data set"),
+    ("/v1/realtime", "a realtime session is billed as it runs, outside the request"),
+)
+
+
+@dataclass(slots=True)
+class Quote:
+    model: str | None  # the model billed (the endpoint's default when the request names none)
+    cost: int = 0  # micro-dollars: the most the request can cost
+    tokens: int = 0  # for the token buckets: prompt + output allowed
+    prompt: int = 0  # prompt tokens as counted
+    price: Price | None = None  # token price: settle bills the usage the upstream reports
+    flat: bool = False  # ``cost`` is what the call costs when it succeeds (images, speech, audio minutes)
+    unpriced: errors.APIError | None = None  # no price: the refusal where money controls apply
+    estimate: str | None = None  # the cost is an estimate, not a bound: why (refused under money controls)
+    body: bytes | None = None  # the body with the output limit keyplane set (None: unchanged)
+    out_limit: int | None = None  # that limit
+
+
+def quote(prices: PriceTable, endpoint: str, model: str | None, body: bytes, max_tokens: int | None,
+          context_ref: bool, form: dict[str, str] | None, default_max_tokens: int) -> Quote:
+    if endpoint in TOKEN_ENDPOINTS:
+        return _tokens(prices, endpoint, model, body, max_tokens, context_ref, default_max_tokens)
+    if endpoint in IMAGES:
+        return _images(prices, endpoint, model, body, form)
+    if endpoint == SPEECH:
+        return _speech(prices, model, body)
+    if endpoint in TRANSCRIBE:
+        return _transcribe(prices, endpoint, model, body, form)
+    why = next((w for prefix, w in _WHY if endpoint.startswith(prefix)), "keyplane has no price for this endpoint")
+    return Quote(model, unpriced=errors.cost_not_bounded(endpoint, why))
+
+
+def _tokens(prices: PriceTable, endpoint: str, model: str | None, body: bytes, max_tokens: int | None,
+            context_ref: bool, default_max_tokens: int) -> Quote:
+    price = prices.lookup(model) if model else None
+    if model is None or price is None or not price.tokens:
+        # Counted all the same: the token buckets hold it when it is served at cost 0.
+        prompt = tokens.measure(endpoint, model, body)[0] if model else 0
+        return Quote(model, tokens=prompt, prompt=prompt, unpriced=errors.model_not_priced(model or "(none)"))
+    m = tokens.measure(endpoint, model, body)
+    prompt, n = m.prompt, m.n
+    q = Quote(model, prompt=prompt, price=price)
+    out = 0
+    if endpoint not in NO_OUTPUT:
+        limit = max_tokens
+        if limit is None:
+            limit = price.max_output or default_max_tokens
+            field = OUTPUT_FIELD.get(endpoint)
+            if price.output > 0 and field is not None:
+                q.body = _with_field(body, field, limit)
+                if q.body is not None:
+                    q.out_limit = limit
+        out = limit * n
+    seen = prompt
+    if context_ref or m.unbounded:
+        # Input billed that is not in the body (previous_response_id, conversation, files, audio, stored
+        # prompts, item references): up to the model's context window.
+        if price.context_window:
+            seen = max(prompt, price.context_window)
+        else:
+            q.estimate = ("its input includes content whose size keyplane cannot see (a stored conversation, a "
+                          "file, audio), and the model has no context_window in the price table")
+    if m.hosted_tools:
+        q.estimate = ("it enables hosted tools (web search, file search, code interpreter...) that the provider "
+                      "bills per call, which keyplane does not price yet")
+    q.cost = price.max_cost(seen, out)
+    q.tokens = prompt + out
+    return q
+
+
+def _with_field(body: bytes, field: str, value: int) -> bytes | None:
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    obj[field] = value
+    return orjson.dumps(obj)
+
+
+def _fields(body: bytes, form: dict[str, str] | None) -> dict[str, object]:
+    if form is not None:
+        return dict(form)
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _images(prices: PriceTable, endpoint: str, model: str | None, body: bytes, form: dict[str, str] | None) -> Quote:
+    f = _fields(body, form)
+    name = model or (f.get("model") if isinstance(f.get("model"), str) else None) or "dall-e-2"  # the API's default
+    price = prices.lookup(name)
+    if price is None or not price.images:
+        return Quote(name, unpriced=errors.model_not_priced(name))
+    unread = form is None and not f  # an upload whose fields the proxy did not hand over: assume the most
+    raw_n = f.get("n", MAX_IMAGES if unread else 1)
+    try:
+        n = int(raw_n)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        n = MAX_IMAGES
+    n = n if 1 <= n <= MAX_IMAGES else MAX_IMAGES
+    qualities = {q for q, _, _ in price.images}
+    dall_e = "standard" in qualities and not unread
+    quality = str(f.get("quality") or ("standard" if dall_e else "auto"))
+    size = str(f.get("size") or ("1024x1024" if dall_e else "auto"))
+    cands = [m for q, s, m in price.images if quality in (q, "auto") and size in (s, "auto")]
+    if not cands:  # a quality or size the table does not list: the most expensive of the rest
+        cands = [m for _, s, m in price.images if s == size] or [m for _, _, m in price.images]
+    cost = n * max(cands)
+    prompt = 0
+    if price.input:
+        p = f.get("prompt")
+        prompt = tokens.counter(name).count(p) if isinstance(p, str) else 0
+        if endpoint == "/v1/images/edits":
+            prompt += EDIT_IMAGE_TOKENS * max(1, body.count(b"filename="))
+        cost += -(-prompt * price.input // MICROS)
+    return Quote(name, cost=cost, prompt=prompt, flat=True)
+
+
+def _speech(prices: PriceTable, model: str | None, body: bytes) -> Quote:
+    f = _fields(body, None)
+    name = model or "tts-1"
+    price = prices.lookup(name)
+    if price is None or price.per_1m_characters is None:
+        return Quote(name, unpriced=errors.model_not_priced(name))
+    text = f.get("input")
+    chars = len(text) if isinstance(text, str) else len(body)
+    return Quote(name, cost=-(-chars * price.per_1m_characters // MICROS), flat=True)
+
+
+def _transcribe(prices: PriceTable, endpoint: str, model: str | None, body: bytes,
+                form: dict[str, str] | None) -> Quote:
+    name = model or (form or {}).get("model") or "whisper-1"
+    price = prices.lookup(name)
+    if price is None or price.per_minute is None:
+        return Quote(name, unpriced=errors.model_not_priced(name))
+    minutes = max(1, -(-len(body) // AUDIO_BYTES_PER_MINUTE))
+    return Quote(name, cost=minutes * price.per_minute, flat=True,
+                 estimate="the duration of the audio is not known before it is decoded")

@@ -1,0 +1,111 @@
+"""The text fields of a multipart/form-data body (images and audio uploads), read strictly.
+
+Admission needs ``model``, ``n``, ``size``, ``quality`` and friends from uploads. A body that two
+parsers could read differently is a way to be priced as one model and served as another, so anything
+unusual is refused rather than guessed (400 ``invalid_multipart``):
+
+- the Content-Type's parameters are parsed as RFC 2045 tokens and quoted strings; exactly one
+  ``boundary`` (1-70 characters of the RFC's alphabet);
+- the body starts with the first delimiter and ends with the closing one (no preamble, nothing but
+  a line break after it); every delimiter starts a line;
+- each part has exactly one Content-Disposition, ``form-data`` with a ``name`` and optionally a
+  ``filename`` (nothing else, no RFC 2231 ``*=`` forms) and optionally a Content-Type: any other
+  part header (Content-Transfer-Encoding...) is refused;
+- a text field given twice, or a field admission prices (``model``, ``n``, ``size``, ``quality``...)
+  sent as a file part, is refused.
+File parts are skipped (their bytes are forwarded untouched).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from keyplane import errors
+
+MAX_TEXT_FIELD: Final = 4096  # longer text parts (prompts) are kept cut: admission never needs them whole
+# Fields a price depends on: never accepted as a file part (a parser could read the file as the value).
+PRICED_FIELDS: Final = frozenset({"model", "n", "size", "quality", "background", "output_format",
+                                  "response_format", "duration", "seconds"})
+_TOKEN: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_PARAM: Final = re.compile(rf'\s*;\s*({_TOKEN})\s*=\s*(?:({_TOKEN})|"((?:[^"\\\r\n]|\\.)*)")\s*')
+_BOUNDARY_CHARS: Final = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
+
+
+def _refuse(why: str) -> errors.APIError:
+    return errors.bad_request(f"Invalid multipart/form-data body: {why}.", code="invalid_multipart")
+
+
+def _params(value: str, what: str) -> tuple[str, dict[str, str]]:
+    """(the value before the first ';', {lower-cased name: value}) of a header; duplicates refused."""
+    head, sep, rest = value.partition(";")
+    out: dict[str, str] = {}
+    pos = 0
+    rest = sep + rest if sep else ""
+    while pos < len(rest):
+        m = _PARAM.match(rest, pos)
+        if m is None:
+            raise _refuse(f"the {what} header has a parameter that is not `name=value`")
+        name = m.group(1).lower()
+        if name.endswith("*"):
+            raise _refuse(f"RFC 2231 parameters ({name}=) are not accepted in the {what} header")
+        if name in out:
+            raise _refuse(f"the {what} header names `{name}` twice")
+        raw = m.group(3)
+        out[name] = m.group(2) if raw is None else re.sub(r"\\(.)", r"\1", raw)
+        pos = m.end()
+    return head.strip().lower(), out
+
+
+def text_fields(headers: list[tuple[bytes, bytes]], body: bytes) -> dict[str, str]:
+    ctypes = [v for k, v in headers if k == b"content-type"]
+    if len(ctypes) != 1:
+        raise _refuse("it needs exactly one Content-Type header")
+    _, params = _params(ctypes[0].decode("latin-1"), "Content-Type")
+    boundary = params.get("boundary")
+    if boundary is None or not _BOUNDARY_CHARS.fullmatch(boundary):
+        raise _refuse("the Content-Type needs one boundary of 1 to 70 allowed characters")
+    delim = b"--" + boundary.encode("latin-1")
+    if not body.startswith(delim + b"\r\n"):
+        raise _refuse("the body must start with the boundary (no preamble)")
+    parts = body[len(delim) + 2:].split(b"\r\n" + delim)
+    closing = parts.pop()
+    if not parts or not closing.startswith(b"--") or closing[2:] not in (b"", b"\r\n"):
+        raise _refuse("it must end with the closing boundary and nothing after it")
+    out: dict[str, str] = {}
+    for i, part in enumerate(parts):
+        if i > 0:
+            if not part.startswith(b"\r\n"):
+                raise _refuse("a boundary is not followed by CRLF")
+            part = part[2:]
+        head, sep, content = part.partition(b"\r\n\r\n")
+        if not sep:
+            raise _refuse("a part has no header block")
+        name, filename = _disposition(head)
+        if filename is not None:
+            if name in PRICED_FIELDS:
+                raise _refuse(f"the field `{name}` is sent as a file")
+            continue
+        if name in out:
+            raise _refuse(f"the field `{name}` is given twice")
+        out[name] = content[:MAX_TEXT_FIELD].decode("utf-8", "replace")
+    return out
+
+
+def _disposition(head: bytes) -> tuple[str, str | None]:
+    disposition: str | None = None
+    for line in head.split(b"\r\n"):
+        key, colon, value = line.partition(b":")
+        k = key.strip().lower()
+        if not colon or k not in (b"content-disposition", b"content-type"):
+            raise _refuse("a part has a header other than Content-Disposition and Content-Type")
+        if k == b"content-disposition":
+            if disposition is not None:
+                raise _refuse("a part has two Content-Disposition headers")
+            disposition = value.decode("latin-1")
+    if disposition is None:
+        raise _refuse("a part has no Content-Disposition")
+    kind, params = _params(disposition, "Content-Disposition")
+    if kind != "form-data" or "name" not in params or set(params) - {"name", "filename"}:
+        raise _refuse("a part's Content-Disposition must be form-data with a name (and optionally a filename)")
+    return params["name"], params.get("filename")
