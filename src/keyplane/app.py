@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from keyplane import errors, ids, readiness
+from keyplane import errors, ids, pipeline, readiness
 from keyplane.admin import store_recovered
 from keyplane.bus import Publisher, make_bus, publishing_sessionmaker
 from keyplane.clock import Clock, SystemClock
@@ -26,7 +26,7 @@ log = logging.getLogger("keyplane")
 
 ASGIApp = Any
 
-# Features that plug into the flow (hooks.py) and the admin API. Each module has
+# Features that add steps to the request flow (keyplane.pipeline) and the admin API. Each module has
 # ``async def start(rt: Runtime) -> Feature``; they start in this order, before the proxy is built,
 # and stop in reverse order.
 FEATURES: tuple[str, ...] = ("keyplane.billing", "keyplane.usage", "keyplane.guard")
@@ -34,11 +34,15 @@ FEATURES: tuple[str, ...] = ("keyplane.billing", "keyplane.usage", "keyplane.gua
 
 @dataclass
 class Feature:
-    """What a feature adds: admin API endpoints, top-level ASGI routes (e.g. /metrics), a stop step."""
+    """What a feature adds: admin API endpoints, top-level ASGI routes (e.g. /metrics), a stop step,
+    and its steps of the request flow (keyplane.pipeline: assembled below, in the flow's order)."""
 
     endpoints: list[Any] = field(default_factory=list)
     routes: dict[str, ASGIApp] = field(default_factory=dict)
     stop: Callable[[], Awaitable[None]] | None = None
+    billing: pipeline.Billing | None = None  # admit before the upstream, settle after
+    usage: pipeline.Usage | None = None  # record, observe
+    guard: pipeline.Guard | None = None  # observe
 
 
 async def send_json(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -135,6 +139,13 @@ class KeyplaneApp:
             feature = await module.start(rt)
             self._features.append(feature)
             self._routes.update(feature.routes)
+        # The request flow's steps, in order (DESIGN.md "The pipeline"); the proxy adds prefix routing's.
+        fs = self._features
+        rt.pipeline = pipeline.Pipeline(
+            billing=next((f.billing for f in fs if f.billing is not None), None),
+            usage=next((f.usage for f in fs if f.usage is not None), None),
+            guard=next((f.guard for f in fs if f.guard is not None), None),
+        )
         self._admin = build_admin_app(rt, [e for f in self._features for e in f.endpoints])
         self._proxy = await build_proxy(rt)
         from keyplane.web import build_web_app

@@ -134,11 +134,11 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
         t.add_row(*[Text(str(x)) if x is not None else Text("-") for x in r])
     from keyplane.cli_table import fit
 
-    # COLUMNS as it is now (rich reads it once, when the console is made).
-    columns = os.environ.get("COLUMNS", "")
-    width = int(columns) if columns.isdigit() else out.width
-    fit(t, width)  # ids never truncate (cli_table.py)
-    out.print(t, width=width)
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit():
+        out.width = int(env)  # COLUMNS as it is now: rich reads it once, when the console is made
+    fit(t, out.width)  # ids never truncate (cli_table.py)
+    out.print(t)
 
 
 # --- init / serve ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from keyplane.bus import Bus, Publisher
 from keyplane.clock import Clock
 from keyplane.config import Settings
+from keyplane.pipeline import Pipeline
 from keyplane.snapshot import LastUsedRecorder, Snapshot, SnapshotRefresher
 
 
@@ -30,6 +31,8 @@ class Runtime:
     # when a runtime is built without them (the snapshot then learns of changes by polling only).
     bus: Bus | None = None
     publisher: Publisher | None = None
+    # The request flow's steps (keyplane.pipeline), assembled by the app once the features have started.
+    pipeline: Pipeline = field(default_factory=Pipeline)
     # Filled by the features that own them (proxy, limits, usage, guard) at start-up.
     extras: dict[str, Any] = field(default_factory=dict)
 

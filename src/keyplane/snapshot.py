@@ -6,6 +6,13 @@ change). Changes also arrive on the bus (keyplane.bus): key revocations, suspens
 and project status changes are applied from the event at once, without reading SQL, and a reload
 is scheduled; each instance still polls the revision off the request path as the fallback.
 
+Reloads never hold the event loop for long (issue 13): a full reload reads the rows with the async
+driver in partitions, builds the new maps in a worker thread and swaps them in with one assignment;
+an unchanged key keeps its KeyEntry object (a stream in flight compares its entry by identity), a
+changed one gets a new object. When the events received since the last read name every change up
+to the store's revision (``complete`` events, at most ``INCREMENTAL_MAX_IDS`` ids), the reload reads
+only those keys' and projects' rows. Billing and the kill switch subscribe with :meth:`Snapshot.on_change`.
+
 Freshness: the snapshot remembers when it last confirmed it is current, by a successful poll or by
 a bus event or heartbeat whose revision it has fully applied. Past ``max_staleness_seconds`` without
 that, the app refuses /v1 requests with 503 rather than serve stale authority.
@@ -15,14 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import gc
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
+import msgspec
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyplane.bus import Bus, Event, KeyDelta, ProjectDelta
@@ -32,8 +40,11 @@ from keyplane.store.models import ApiKey, Meta, Organization, Project
 log = logging.getLogger("keyplane.snapshot")
 
 
-@dataclass(slots=True)
-class KeyEntry:
+class KeyEntry(msgspec.Struct, gc=False):
+    """One key as the request path sees it. Not tracked by the garbage collector (``gc=False``: it holds
+    only strings, numbers and a shared Permissions, never a cycle), so 50,000 keys add nothing to the
+    collector's full passes, which would otherwise hold the event loop for tens of milliseconds."""
+
     id: str
     kind: str  # proj | svc | admin
     name: str
@@ -70,11 +81,67 @@ class KeyEntry:
         return "active"
 
 
-@dataclass(slots=True, frozen=True)
-class ProjectEntry:
+class ProjectEntry(msgspec.Struct, frozen=True, gc=False):
     id: str
     name: str
     status: str
+
+
+_E = TypeVar("_E", "KeyEntry", "ProjectEntry")
+PARTITION = 2_000  # rows per step of a full reload's read
+INCREMENTAL_MAX_IDS = 256  # more changed ids than this: a full reload
+KEY_COLUMNS = (ApiKey.id, ApiKey.digest, ApiKey.kind, ApiKey.name, ApiKey.redacted_value, ApiKey.project_id,
+               ApiKey.owner_user_id, ApiKey.service_account_id, ApiKey.permissions, ApiKey.expires_at,
+               ApiKey.revoked_at, ApiKey.revoke_reason, ApiKey.suspended_at, ApiKey.suspend_reason)
+
+
+def key_entry(r: Row[Any], permissions: dict[str, Permissions]) -> KeyEntry:
+    """The entry of one row of KEY_COLUMNS; ``permissions`` memoizes parsing (most keys share a value)."""
+    perms = permissions.get(r.permissions)
+    if perms is None:
+        perms = permissions[r.permissions] = parse_permissions(orjson.loads(r.permissions))
+    return KeyEntry(
+        id=r.id, kind=r.kind, name=r.name, redacted_value=r.redacted_value, project_id=r.project_id,
+        owner_user_id=r.owner_user_id, service_account_id=r.service_account_id, permissions=perms,
+        expires_at=r.expires_at, revoked_at=r.revoked_at, revoke_reason=r.revoke_reason,
+        suspended_at=r.suspended_at, suspend_reason=r.suspend_reason,
+    )
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a full reload holds its rows: their tens of thousands of
+    short-lived objects would otherwise set off a full pass over the heap, in whichever thread
+    allocates, holding the event loop. They are freed by reference counting when the reload ends."""
+    paused = gc.isenabled()
+    if paused:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _same(old: _E | None, new: _E) -> _E:
+    """The entry served so far when nothing in it changed (its identity is the proxy's change check)."""
+    return old if old is not None and old == new else new
+
+
+def build_keys(rows: Iterable[Row[Any]], current: Mapping[str, KeyEntry]) -> tuple[
+        dict[str, KeyEntry], dict[str, KeyEntry], dict[str, str]]:
+    """(by digest, by id, id -> digest) from the rows of a full reload. Runs in a worker thread: it only
+    reads ``current`` (the loop may replace entries meanwhile; the reload's overlay re-applies those)."""
+    keys: dict[str, KeyEntry] = {}
+    by_id: dict[str, KeyEntry] = {}
+    digests: dict[str, str] = {}
+    permissions: dict[str, Permissions] = {}
+    for r in rows:
+        e = _same(current.get(r.id), key_entry(r, permissions))
+        keys[r.digest] = e
+        by_id[r.id] = e
+        digests[r.id] = r.digest
+    return keys, by_id, digests
 
 
 class Snapshot:
@@ -95,6 +162,7 @@ class Snapshot:
         self.confirmed_at = monotonic()  # when the snapshot was last known to be current
         self._digests: dict[str, str] = {}  # key id -> digest
         self._overlay: list[Event] = []  # applied events newer than the loaded revision
+        self._named: list[Event] = []  # complete events newer than the loaded revision
         self._ranges: dict[int, int] = {}  # complete events received out of order: first -> last
         self._listeners: list[Callable[[], None]] = []
         self.reload_wanted: Callable[[], None] = lambda: None  # set by the refresher
@@ -111,38 +179,92 @@ class Snapshot:
                 log.exception("snapshot change listener failed")
 
     async def load(self, engine: AsyncEngine) -> None:
+        """A full reload: rows read with the async driver, maps built off the loop, swapped in at once."""
+        with _collector_paused():
+            await self._load(engine)
+
+    async def _load(self, engine: AsyncEngine) -> None:
         async with engine.connect() as conn:
             rev = (await conn.execute(select(Meta.value).where(Meta.name == "revision"))).scalar()
             org = (await conn.execute(select(Organization.id, Organization.name))).first()
-            rows = (await conn.execute(select(*ApiKey.__table__.c))).all()
+            rows: list[Row[Any]] = []
+            result = await conn.stream(select(*KEY_COLUMNS).execution_options(yield_per=PARTITION))
+            async for part in result.partitions(PARTITION):  # each partition a short step of the loop
+                rows.extend(part)
             projects = (await conn.execute(select(Project.id, Project.name, Project.status))).all()
-        keys: dict[str, KeyEntry] = {}
-        by_id: dict[str, KeyEntry] = {}
-        digests: dict[str, str] = {}
-        for r in rows:
-            e = KeyEntry(
-                id=r.id, kind=r.kind, name=r.name, redacted_value=r.redacted_value,
-                project_id=r.project_id, owner_user_id=r.owner_user_id,
-                service_account_id=r.service_account_id,
-                permissions=parse_permissions(orjson.loads(r.permissions)),
-                expires_at=r.expires_at, revoked_at=r.revoked_at, revoke_reason=r.revoke_reason,
-                suspended_at=r.suspended_at, suspend_reason=r.suspend_reason,
-            )
-            keys[r.digest] = e
-            by_id[r.id] = e
-            digests[r.id] = r.digest
+        keys, by_id, digests = await asyncio.to_thread(build_keys, rows, self.keys_by_id)
         self.keys, self.keys_by_id, self._digests = keys, by_id, digests
-        self.projects = {p.id: ProjectEntry(p.id, p.name, p.status) for p in projects}
+        old_projects = self.projects
+        self.projects = {p.id: _same(old_projects.get(p.id), ProjectEntry(p.id, p.name, p.status))
+                         for p in projects}
         if org is not None:
             self.org_id, self.org_name = org.id, org.name
-        self.revision = rev or 0
+        self._loaded(rev or 0)
+
+    async def load_some(self, engine: AsyncEngine, revision: int, key_ids: Collection[str],
+                        project_ids: Collection[str]) -> bool:
+        """An incremental reload: only the rows of ``key_ids`` and ``project_ids``, provided the store is
+        still at ``revision`` (the changes named up to it); False, having changed nothing, when it is not."""
+        async with engine.connect() as conn:
+            rev = (await conn.execute(select(Meta.value).where(Meta.name == "revision"))).scalar() or 0
+            if rev != revision:
+                return False
+            rows = (await conn.execute(select(*KEY_COLUMNS).where(ApiKey.id.in_(key_ids)))).all() if key_ids else []
+            projects = (await conn.execute(select(Project.id, Project.name, Project.status)
+                                           .where(Project.id.in_(project_ids)))).all() if project_ids else []
+        found = {r.id: r for r in rows}
+        for kid in key_ids:
+            old_digest = self._digests.get(kid)
+            row = found.get(kid)
+            if old_digest is not None and (row is None or row.digest != old_digest):
+                self.keys.pop(old_digest, None)  # deleted, or a new digest
+            if row is None:
+                self.keys_by_id.pop(kid, None)
+                self._digests.pop(kid, None)
+                continue
+            e = _same(self.keys_by_id.get(kid), key_entry(row, {}))
+            self.keys[row.digest] = self.keys_by_id[kid] = e
+            self._digests[kid] = row.digest
+        got = {p.id: p for p in projects}
+        for pid in project_ids:
+            p = got.get(pid)
+            if p is None:
+                self.projects.pop(pid, None)
+            else:
+                self.projects[pid] = _same(self.projects.get(pid), ProjectEntry(p.id, p.name, p.status))
+        self._loaded(rev)
+        return True
+
+    def _loaded(self, rev: int) -> None:
+        self.revision = rev
         self.loaded = True
         # Deltas newer than what was read (a lagging read) stay applied on top.
         self._overlay = [ev for ev in self._overlay if ev.revision > self.revision]
+        self._named = [ev for ev in self._named if ev.revision > self.revision]
         for ev in self._overlay:
             self._apply_deltas(ev)
         self._advance(self.revision)
         self._changed()
+
+    def named_changes(self, to: int) -> tuple[set[str], set[str]] | None:
+        """The key and project ids changed from the loaded revision up to ``to``, when the complete events
+        received name them all and they are few; None when only a full reload will do."""
+        if not self.loaded or to < self.revision:
+            return None
+        at, keys, projects = self.revision, set[str](), set[str]()
+        for ev in sorted(self._named, key=lambda e: e.first or e.revision):
+            if at >= to:
+                break
+            if ev.revision <= at:
+                continue
+            if (ev.first or ev.revision) > at + 1:
+                return None  # a revision nobody told us about
+            keys.update(d.id for d in ev.keys)
+            projects.update(d.id for d in ev.projects)
+            at = ev.revision
+        if at < to or len(keys) + len(projects) > INCREMENTAL_MAX_IDS:
+            return None
+        return keys, projects
 
     async def current_revision(self, engine: AsyncEngine) -> int:
         async with engine.connect() as conn:
@@ -189,6 +311,7 @@ class Snapshot:
             self._apply_deltas(ev)
             self._overlay.append(ev)
         if ev.complete:
+            self._named.append(ev)
             self._ranges[ev.first or ev.revision] = ev.revision
             self._advance(self.applied)
         self.reload_wanted()
@@ -205,15 +328,18 @@ class Snapshot:
         digest = self._digests.get(d.id)
         if old is None or digest is None:
             return  # a key this snapshot has not loaded yet: the reload brings it
+        if (old.revoked_at, old.revoke_reason, old.suspended_at, old.suspend_reason) == (
+                d.revoked_at, d.revoke_reason, d.suspended_at, d.suspend_reason):
+            return  # already so (a delta re-applied after a reload): the entry keeps its identity
         # A new object, so that a stream in flight notices its key changed (identity check in the proxy).
-        new = dataclasses.replace(old, revoked_at=d.revoked_at, revoke_reason=d.revoke_reason,
-                                  suspended_at=d.suspended_at, suspend_reason=d.suspend_reason)
+        new = msgspec.structs.replace(old, revoked_at=d.revoked_at, revoke_reason=d.revoke_reason,
+                                      suspended_at=d.suspended_at, suspend_reason=d.suspend_reason)
         self.keys_by_id[d.id] = new
         self.keys[digest] = new
 
     def _apply_project(self, d: ProjectDelta) -> None:
         old = self.projects.get(d.id)
-        if old is not None:
+        if old is not None and old.status != d.status:
             self.projects[d.id] = ProjectEntry(old.id, old.name, d.status)
 
 
@@ -242,7 +368,9 @@ class SnapshotRefresher:
         async with self._lock:
             rev = await self.snapshot.current_revision(self.engine)
             if force or rev != self.snapshot.revision:
-                await self.snapshot.load(self.engine)
+                named = None if force else self.snapshot.named_changes(rev)
+                if named is None or not await self.snapshot.load_some(self.engine, rev, *named):
+                    await self.snapshot.load(self.engine)
             self.snapshot.confirm()
         self._heartbeat(rev)
 

@@ -11,7 +11,6 @@ import httpx
 import openai
 import pytest
 
-from keyplane import hooks
 from keyplane.clock import FakeClock
 from keyplane.testing import FakeUpstream
 from tests.cache.conftest import upstreams
@@ -31,7 +30,7 @@ def settled(srv: RunningServer) -> list:
     async def keep(ctx) -> None:
         out.append(ctx)
 
-    hooks.add_settle(srv.app.runtime, keep, order=90)
+    srv.app.runtime.pipeline.taps.append(keep)
     return out
 
 
@@ -68,10 +67,10 @@ def test_identical_deterministic_requests_hit(make_gateway, fake, backend):
     # The hit is free and recorded as cached: prompt tokens all cached, nothing generated.
     miss, hit = seen[0], seen[1]
     assert miss.cost_micros > 0 and miss.upstream == "fake"
-    assert hit.state["cache"] == "hit" and hit.upstream == "keyplane-cache" and hit.status == 200
+    assert hit.cache == "hit" and hit.upstream == "keyplane-cache" and hit.status == 200
     assert (hit.prompt_tokens, hit.cached_tokens, hit.completion_tokens, hit.cost_micros) == (
         first.usage.prompt_tokens, first.usage.prompt_tokens, 0, 0)
-    rec = hit.state["usage.record"]
+    rec = hit.record
     assert (rec.cached_tokens, rec.cost_micros) == (first.usage.prompt_tokens, 0)
 
 

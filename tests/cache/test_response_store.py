@@ -26,7 +26,7 @@ def _ctx():
     key = SimpleNamespace(id="key_1")
     return SimpleNamespace(project_id="proj_1", key=key, stream=False, method="POST", endpoint="/v1/chat/completions",
                            body=b'{"model":"m","temperature":0,"messages":[]}', state={}, extra_headers=[],
-                           request_id="req_1", started=0.0, error=None, usage_estimated=False, query=b"",
+                           request_id="req_1", started=0.0, error=None, usage_estimated=False, query=b"", cache=None,
                            prompt_tokens=3, completion_tokens=1)
 
 
@@ -47,7 +47,7 @@ async def test_an_unreachable_redis_is_a_miss_not_an_error():
 
     ctx = _ctx()
     out = await cache.serve(ctx, [], send, finish)
-    assert out is not None and ctx.state["cache"] == "miss"
+    assert out is not None and ctx.cache == "miss"
     await out({"type": "http.response.start", "status": 200, "headers": []})
     await out({"type": "http.response.body", "body": b"{}"})  # the failed write is skipped too
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]

@@ -72,14 +72,14 @@ def gw_module(tmp_path_factory: pytest.TempPathFactory, fake_session: FakeUpstre
 
 
 def record_settled(srv: RunningServer) -> list:
-    """Install a settle hook that keeps every settled RequestContext; returns the list."""
+    """Keep every settled RequestContext (a tap after the pipeline's steps, in place of any earlier one)."""
     settled: list = []
 
     async def settle(ctx) -> None:
         settled.append(ctx)
 
     assert srv.app.runtime is not None
-    srv.app.runtime.extras["settle"] = settle
+    srv.app.runtime.pipeline.taps[:] = [settle]
     srv.extra["settled"] = settled
     return settled
 
@@ -97,9 +97,10 @@ def wait_for(cond: Callable[[], object], timeout: float = 5.0) -> None:
 
 @pytest.fixture
 def gw(gw_module: RunningServer, fake: FakeUpstream) -> RunningServer:
-    """The module's gateway with a fresh settle recorder (``gw.extra["settled"]``) and no admit hook."""
+    """The module's gateway with a fresh settle recorder (``gw.extra["settled"]``) and no billing step:
+    the data plane's own behaviour (tests/billing covers admission)."""
     record_settled(gw_module)
-    gw_module.app.runtime.extras.pop("admit", None)
+    gw_module.app.runtime.pipeline.billing = None
     return gw_module
 
 

@@ -225,14 +225,18 @@ def test_admission_hook_headers_and_refusal(gw, fake):
 
     seen = []
 
-    async def admit(ctx):
-        seen.append((ctx.model, ctx.stream, ctx.max_tokens, ctx.key.id))
-        ctx.extra_headers.append((b"x-ratelimit-remaining-requests", b"41"))
-        if ctx.model == "gpt-4o":
-            raise errors.APIError(429, "Rate limit reached", type="requests", code="rate_limit_exceeded",
-                                  headers={"retry-after": "20"})
+    class Billing:  # a billing step of the pipeline's shape (keyplane.pipeline.Billing)
+        async def admit(self, ctx):
+            seen.append((ctx.model, ctx.stream, ctx.max_tokens, ctx.key.id))
+            ctx.extra_headers.append((b"x-ratelimit-remaining-requests", b"41"))
+            if ctx.model == "gpt-4o":
+                raise errors.APIError(429, "Rate limit reached", type="requests", code="rate_limit_exceeded",
+                                      headers={"retry-after": "20"})
 
-    gw.app.runtime.extras["admit"] = admit
+        async def settle(self, ctx):
+            pass
+
+    gw.app.runtime.pipeline.billing = Billing()
     raw = client(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG, max_tokens=9)
     assert raw.headers["x-ratelimit-remaining-requests"] == "41"
     assert seen[-1][:3] == ("gpt-4o-mini", False, 9)

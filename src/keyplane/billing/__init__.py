@@ -2,8 +2,8 @@
 
 ``start(rt)`` (called by the app before the proxy is built) loads the price table and the
 tokenizers, the billing configuration from SQL, picks the limiter (in-process, or Redis when
-KEYPLANE_REDIS_URL is set), seeds the budget counters from the SQL ledger, registers the admission
-and settle steps (hooks.py, order 10) and returns the admin API endpoints. docs/limits-and-billing.md
+KEYPLANE_REDIS_URL is set), seeds the budget counters from the SQL ledger, and returns the admission
+and settle steps (keyplane.pipeline) and the admin API endpoints. docs/limits-and-billing.md
 describes the behaviour; the modules: prices, tiers, credit, spend, ratelimits (control plane),
 engine (state and background work), admission (the request path), ledger (SQL), routes, cli.
 """
@@ -16,7 +16,6 @@ from typing import Any
 
 
 async def start(rt: Any) -> Any:
-    from keyplane import hooks
     from keyplane.app import Feature
     from keyplane.billing.admission import Admission
     from keyplane.billing.engine import Billing
@@ -53,7 +52,5 @@ async def start(rt: Any) -> Any:
     await billing.promote()
     admission = Admission(billing)
     rt.extras["billing"] = billing
-    hooks.add_admit(rt, admission.admit, order=10)
-    hooks.add_settle(rt, admission.settle, order=10)
     billing.start()
-    return Feature(endpoints=list(ENDPOINTS), stop=billing.stop)
+    return Feature(endpoints=list(ENDPOINTS), stop=billing.stop, billing=admission)

@@ -1,6 +1,6 @@
 """Admission and settle: the two steps limits and billing add to every proxied request.
 
-admit (hooks order 10) runs for every call the provider bills (``ctx.spending``), with or without a
+admit (keyplane.pipeline) runs for every call the provider bills (``ctx.spending``), with or without a
 ``model``: :mod:`keyplane.billing.quote` says what it may cost (tokens, images, characters, minutes,
 or nothing keyplane can price), then that cost and its tokens are checked and reserved against every
 budget and bucket that applies, in one atomic step of the limiter; the x-ratelimit-* headers are
@@ -29,7 +29,6 @@ from keyplane.limits.memory import MemoryLimiter
 
 log = logging.getLogger("keyplane.billing")
 
-STATE_KEY = "billing.reservation"
 BIG_BODY = 64 * 1024  # bodies larger than this are tokenized in a thread, not on the event loop
 
 
@@ -111,7 +110,7 @@ class Admission:
             ctx.max_tokens = q.out_limit
         if plan.buckets:
             ctx.extra_headers.extend(_headers(plan, result))
-        ctx.state[STATE_KEY] = Reservation(rid, cost, want, plan.budgets, plan.buckets,
+        ctx.reservation = Reservation(rid, cost, want, plan.budgets, plan.buckets,
                                            {"plan": plan, "prompt": q.prompt, "price": q.price,
                                             "flat": q.cost if q.flat and q.unpriced is None else None})
 
@@ -177,7 +176,7 @@ class Admission:
         return err
 
     async def settle(self, ctx: Any) -> None:
-        res: Reservation | None = ctx.state.pop(STATE_KEY, None)
+        res, ctx.reservation = ctx.reservation, None
         if res is None:
             return
         extra = res.extra
@@ -186,22 +185,22 @@ class Admission:
         prompt, cached, completion = ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens
         used = prompt + completion
         cost = 0
-        if ctx.state.get("cache") == "hit":
+        if ctx.cache == "hit":
             # Answered from keyplane's response cache: only the request counts (docs/caching.md).
             used = 0
         elif flat is not None:  # images, speech, audio minutes: priced from the request, billed on success
             if ctx.status and ctx.status < 400:
                 cost = flat
-                ctx.state["cost_input_micros"] = 0
+                ctx.cost_input_micros = 0
         elif price is not None:
             if used:
                 cost = price.cost(prompt, cached, completion)
-                ctx.state["cost_input_micros"] = min(cost, price.cost(prompt, cached, 0))
+                ctx.cost_input_micros = min(cost, price.cost(prompt, cached, 0))
             elif ctx.status and ctx.status < 400 and res.amount:
                 # A success with no usage reported: bill the prompt as estimated at admission.
                 used = int(extra["prompt"])  # type: ignore[call-overload]
                 cost = price.cost(used, 0, 0)
-                ctx.state["cost_input_micros"] = cost
+                ctx.cost_input_micros = cost
         ctx.cost_micros = cost
         if not res.amount and not res.tokens and not cost:
             return

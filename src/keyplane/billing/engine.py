@@ -42,6 +42,8 @@ class Plan:
 
 
 class Billing:
+    poll_seconds = TICK  # the background step's period; a snapshot change wakes it at once (on_change)
+
     def __init__(self, rt: Runtime, prices: PriceTable, table: tiers.TierTable, limiter: Limiter,
                  ledger: ledger_mod.Ledger, fleet: bool) -> None:
         self.rt = rt
@@ -244,6 +246,8 @@ class Billing:
     # --- background ------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._snapshot_moved = asyncio.Event()
+        self.rt.snapshot.on_change(self._snapshot_moved.set)  # the revision check below is the fallback
         self._task = asyncio.create_task(self._run(), name="billing")
 
     async def _run(self) -> None:
@@ -255,7 +259,9 @@ class Billing:
         from keyplane.billing import spend
 
         while True:
-            await asyncio.sleep(TICK)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._snapshot_moved.wait(), self.poll_seconds)
+            self._snapshot_moved.clear()
             try:
                 if self.rt.snapshot.revision != self.cfg.revision:
                     await self.reload()

@@ -140,7 +140,8 @@ def _fields(body: bytes, form: dict[str, str] | None) -> dict[str, object]:
 
 def _images(prices: PriceTable, endpoint: str, model: str | None, body: bytes, form: dict[str, str] | None) -> Quote:
     f = _fields(body, form)
-    name = model or (f.get("model") if isinstance(f.get("model"), str) else None) or "dall-e-2"  # the API's default
+    named = f.get("model")
+    name: str = model or (named if isinstance(named, str) else None) or "dall-e-2"  # the API's default
     price = prices.lookup(name)
     if price is None or not price.images:
         return Quote(name, unpriced=errors.model_not_priced(name))

@@ -28,7 +28,6 @@ __all__ = ["CacheFeature", "PrefixRouting", "attach", "check_config"]
 
 # Endpoints with a prompt to route on (embeddings have no prompt cache).
 PROMPT_ENDPOINTS: Final = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
-ROUTE_STATE: Final = "route"  # ctx.state key of the routing Decision until settle
 
 
 class Ordered(tuple):  # type: ignore[type-arg]
@@ -94,7 +93,7 @@ class PrefixRouting:
         except Exception:  # a bug here must not fail a request the upstream can answer
             log.exception("prefix routing failed for %s; routing by weight", ctx.request_id)
             return pool
-        ctx.state[ROUTE_STATE] = decision
+        ctx.route = decision
         first = live[names.index(decision.name)]
         rest = sorted((d for d in live if d is not first), key=lambda d: router.inflight(d.name))
         backups = [d for d in pool if d.config.weight <= 0]
@@ -163,7 +162,7 @@ class CacheFeature:
     # it, its status and tokens (all cached, none generated) come back for metering (order 20).
 
     async def release_route(self, ctx: Any) -> None:
-        d: Decision | None = ctx.state.pop(ROUTE_STATE, None)
+        d, ctx.route = ctx.route, None
         if d is None:
             return
         try:
@@ -226,8 +225,6 @@ def check_config(cfg: Any, flat: dict[str, Any]) -> list[str]:
 
 def attach(rt: Any, router: Any) -> CacheFeature | None:
     """Wire prefix routing into ``router`` and build the response cache, as configured; None when neither is."""
-    from keyplane import hooks
-
     s = rt.settings
     routing = None
     if any(m.routing == "prefix" for m in s.file.models.values()):
@@ -245,5 +242,5 @@ def attach(rt: Any, router: Any) -> CacheFeature | None:
         return None
     feature = CacheFeature(rt, routing, responses, metrics or _Metrics(rt))
     if routing is not None:
-        hooks.add_settle(rt, feature.release_route, order=5)
+        rt.pipeline.routing = feature  # releases the chosen upstream first thing at settle
     return feature

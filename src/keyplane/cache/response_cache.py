@@ -33,7 +33,6 @@ HEADER: Final = b"x-keyplane-cache"
 HIT: Final = (HEADER, b"hit")
 MISS: Final = (HEADER, b"miss")
 BYPASS: Final = (HEADER, b"bypass")
-STATE: Final = "cache"  # ctx.state["cache"]: "hit" | "miss" | "bypass"
 CACHEABLE: Final = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"})
 ALWAYS_DETERMINISTIC: Final = frozenset({"/v1/embeddings"})
 # Response headers not stored: recomputed for each answer, or about the request that filled the cache.
@@ -204,7 +203,7 @@ class ResponseCache:
         if entry is not None:
             await self._answer(ctx, entry, send, finish)
             return None
-        ctx.state[STATE] = "miss"
+        ctx.cache = "miss"
         ctx.extra_headers.append(MISS)
         self.on_result(ctx, "miss")
         return self._filling(ctx, key, send)
@@ -220,7 +219,7 @@ class ResponseCache:
         if ns is None:
             return None
         if asked == b"bypass" or not self.cacheable(ctx):
-            ctx.state[STATE] = "bypass"
+            ctx.cache = "bypass"
             ctx.extra_headers.append(BYPASS)
             self.on_result(ctx, "bypass")
             return None
@@ -250,7 +249,7 @@ class ResponseCache:
         return entry if entry.expires_at > self.clock.now() else None
 
     async def _answer(self, ctx: Any, entry: Entry, send: Any, finish: Callable[[], Awaitable[None]]) -> None:
-        ctx.state[STATE] = "hit"  # billing charges nothing for it (billing/admission.py settle)
+        ctx.cache = "hit"  # billing charges nothing for it (billing/admission.py settle)
         # Recorded in usage as cached input tokens, no output, served by keyplane itself.
         ctx.prompt_tokens = ctx.cached_tokens = entry.prompt_tokens
         ctx.completion_tokens = 0

@@ -16,14 +16,11 @@ from typing import Any
 
 async def start(rt: Any) -> Any:
     """Feature start-up (app.FEATURES): the settle step, the background tasks, the admin endpoints."""
-    from keyplane import hooks
     from keyplane.app import Feature
     from keyplane.guard import engine, routes
 
     guard = await engine.create(rt)
     rt.extras["guard"] = guard
-    if guard.enabled:
-        hooks.add_settle(rt, guard.settle, order=30)
-        hooks.add_refused(rt, guard.settle, order=30)  # 401/403/404/429 before the upstream: probing
     await guard.start()
-    return Feature(endpoints=list(routes.ENDPOINTS), stop=guard.stop)
+    # It observes settled requests and refusals before the upstream (401/403/404/429: probing).
+    return Feature(endpoints=list(routes.ENDPOINTS), stop=guard.stop, guard=guard if guard.enabled else None)

@@ -1,6 +1,6 @@
 """The kill switch at run time: the settle step, the background evaluator, rule reloads, resolves.
 
-The settle step (hooks order 30) only adds the request to in-memory windows and marks its key and
+The observe step (keyplane.pipeline) only adds the request to in-memory windows and marks its key and
 project dirty: no SQL, no Redis, no evaluation on the request path. A background task wakes up,
 flushes the windows (Redis, for a fleet), evaluates the rules on the dirty keys and projects, and
 acts (actions.py). Another loop watches the control-plane revision: rules changed over the API on any
@@ -96,7 +96,7 @@ class Guard:
 
     # --- the settle step (hot path) --------------------------------------------------------------
 
-    async def settle(self, ctx: Any) -> None:
+    async def observe(self, ctx: Any) -> None:
         key = ctx.key
         if not self._plan or key.kind == "admin":
             return
@@ -228,16 +228,18 @@ class Guard:
             log.warning("guard: resolving resumed keys failed; will retry", exc_info=True)
 
     async def _watch(self) -> None:
-        interval = min(1.0, self.rt.settings.snapshot_poll_seconds)
-        since_sweep = 0.0
+        interval = min(1.0, self.rt.settings.snapshot_poll_seconds)  # the fallback: on_change wakes it at once
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + SWEEP_INTERVAL
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._snapshot_moved.wait(), interval)
+            self._snapshot_moved.clear()
             try:
                 if self.rt.snapshot.revision != self._revision:
                     await self.on_revision()
-                since_sweep += interval
-                if since_sweep >= SWEEP_INTERVAL:
-                    since_sweep = 0.0
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + SWEEP_INTERVAL
                     await self.windows.sweep(self.clock.now())
             except Exception:
                 log.warning("guard: watch step failed", exc_info=True)
@@ -270,6 +272,8 @@ class Guard:
             log.warning("guard: could not publish the revision on Redis (instances will poll it)", exc_info=True)
 
     async def start(self) -> None:
+        self._snapshot_moved = asyncio.Event()
+        self.rt.snapshot.on_change(self._snapshot_moved.set)
         await self.on_revision()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._evaluator(), name="guard-evaluator"),

@@ -1,23 +1,23 @@
-"""The per-request context handed to the admission and settle hooks.
+"""The per-request context: what the request is, and what each step of the flow found out about it.
 
-The proxy fills it as the request flows (authenticate -> authorize -> admit -> forward -> settle);
-"Limits and billing" and "Metering" read it through two hooks in ``rt.extras``:
-
-- ``rt.extras["admit"]``: ``async (ctx) -> None``, called after authentication, authorization and
-  body parsing, before any upstream call. It may raise an :class:`keyplane.errors.APIError` (429,
-  quota...) and may append ``(name, value)`` byte pairs to ``ctx.extra_headers`` (x-ratelimit-*);
-  they are added to every response of this request, errors included.
-- ``rt.extras["settle"]``: ``async (ctx) -> None``, called once after the response is complete,
-  streams, client disconnects and failures after the upstream call included. Exceptions it raises
-  are logged, never shown to the client (the response is already sent).
+The proxy fills it as the request flows (authenticate -> authorize -> admit -> forward -> relay) and
+hands it to the features' steps (keyplane.pipeline): billing's admission may add x-ratelimit-* pairs
+to ``extra_headers`` (sent on every response of the request, errors included) and leaves its
+``reservation``; the response cache says ``cache``; prefix routing leaves its ``route``; billing's
+settle fills ``cost_micros``; metering leaves the usage ``record``. Every field is declared here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Literal
 
 from keyplane.snapshot import KeyEntry
+
+if TYPE_CHECKING:
+    from keyplane.cache.affinity import Decision
+    from keyplane.limits import Reservation
+    from keyplane.usage.journal import Record
 
 
 @dataclass(slots=True)
@@ -47,7 +47,7 @@ class RequestContext:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
-    cost_micros: int = 0  # cost in micro-dollars, filled by billing's settle step (hooks.py order 10)
+    cost_micros: int = 0  # cost in micro-dollars, filled by billing's settle step (keyplane.pipeline)
     usage_estimated: bool = False  # True when output tokens were estimated from the relayed text
     started: float = 0.0  # monotonic seconds
     latency_ms: float = 0.0
@@ -59,8 +59,12 @@ class RequestContext:
     user_agent: str | None = None
     # Added to every response of this request (admission's x-ratelimit-* headers).
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    # Free room for the hooks (e.g. the admission's reservation handle, for settle to reconcile).
-    state: dict[str, Any] = field(default_factory=dict)
+    # Left by the steps (keyplane.pipeline) for the ones after them:
+    reservation: Reservation | None = None  # billing's admission, reconciled by its settle
+    cache: Literal["hit", "miss", "bypass"] | None = None  # the response cache's verdict
+    route: Decision | None = None  # prefix routing's choice, released at settle
+    cost_input_micros: int | None = None  # billing: the input part of cost_micros (metering splits it)
+    record: Record | None = None  # metering: the usage record journaled
 
     @property
     def total_tokens(self) -> int:

@@ -152,7 +152,8 @@ MAX_INPUTS = 2048  # OpenAI's limit on inputs per embeddings request
 def _embeddings(req: dict[str, Any], name: str) -> DemoResponse:
     inp = req.get("input", "")
     items = inp if isinstance(inp, list) else [inp]
-    dims = req.get("dimensions") if isinstance(req.get("dimensions"), int) else 16
+    asked = req.get("dimensions")
+    dims: int = asked if isinstance(asked, int) else 16
     if not 1 <= dims <= MAX_DIMENSIONS or len(items) > MAX_INPUTS:  # bounded work per request (issue #12)
         return DemoResponse(400, errors.invalid_value(
             "dimensions" if len(items) <= MAX_INPUTS else "input",

@@ -1,9 +1,13 @@
-"""The /v1 request flow, raw ASGI: authenticate -> authorize -> read -> admit -> forward -> relay -> settle.
+"""The /v1 request flow, raw ASGI, top to bottom in :meth:`ProxyApp.__call__` (DESIGN.md "The pipeline"):
+
+    canonical request -> authenticate -> authorize -> read -> route -> admit -> (cache) -> forward
+    -> relay -> settle -> record -> observe
 
 One handler for every proxied path. Model endpoints (chat/completions, completions, embeddings,
 responses) have their usage read; /v1/models is answered here; any other /v1 path a permission area
-covers is passed through as is. Once admitted, a request is always settled (rt.extras["settle"]),
-client disconnects and upstream failures included (proxy/context.py).
+covers is passed through (object paths checked for their project: proxy/tenancy.py). The features'
+steps are keyplane.pipeline's: once admitted, a request is always settled, recorded and observed,
+client disconnects and upstream failures included (proxy/context.py holds what each step leaves).
 """
 
 from __future__ import annotations
@@ -190,7 +194,7 @@ class ProxyApp:
                 raise skipped.no_route(rt, model, entry.project_id)
         except errors.APIError as e:
             await self._send_error(send, e, rid, t0)
-            if entry is not None and "refused" in rt.extras:  # an authenticated key refused: the kill switch watches
+            if entry is not None:  # an authenticated key refused: metered, and the kill switch watches
                 await self._refused(RequestContext(rid.decode(), entry, entry.project_id, path, method), e)
             return
         except request.ClientGone:
@@ -214,18 +218,16 @@ class ProxyApp:
             if k == b"user-agent":
                 ctx.user_agent = v.decode("latin-1")
                 break
-        admit = rt.extras.get("admit")
-        if admit is not None:
-            try:
-                await admit(ctx)
-            except errors.APIError as e:
-                await self._send_error(send, e, rid, t0, ctx.extra_headers)
-                await self._refused(ctx, e)
-                return
-            except Exception:
-                log.exception("admission hook failed for %s", ctx.request_id)
-                await self._send_error(send, errors.internal_error(), rid, t0, ctx.extra_headers)
-                return
+        try:  # admit: rate limits, budgets, credit, reserved in one atomic step (keyplane.pipeline)
+            await rt.pipeline.admit(ctx)
+        except errors.APIError as e:
+            await self._send_error(send, e, rid, t0, ctx.extra_headers)
+            await self._refused(ctx, e)
+            return
+        except Exception:
+            log.exception("admission failed for %s", ctx.request_id)
+            await self._send_error(send, errors.internal_error(), rid, t0, ctx.extra_headers)
+            return
         mode = (SSE if stream else JSON) if ep.model else (OBJECT if self.tenancy.wants_body(ctx) else RAW)
         if self.cache is not None and ep.model:
             send = await self.cache.serve(ctx, headers, send, lambda: self._finish(ctx, t0, _Watch(None)))
@@ -282,14 +284,12 @@ class ProxyApp:
                 await self.tenancy.streamed(ctx, out.first)  # a stored response's id: owned before it is seen
             started = True
             await send({"type": "http.response.start", "status": status, "headers": self._headers(out, ctx, t0, None)})
-            extras = self.rt.extras
-            if "stream_started" in extras:  # the active-streams gauge (metering)
-                extras["stream_started"]()
+            flow = self.rt.pipeline
+            flow.stream_started()  # the active-streams gauge (metering)
             try:
                 await self._relay_sse(send, out, relay, ctx, t0, watch)
             finally:
-                if "stream_ended" in extras:
-                    extras["stream_ended"]()
+                flow.stream_ended()
         except asyncio.CancelledError:
             if not watch.fired:
                 raise
@@ -410,18 +410,13 @@ class ProxyApp:
             if relay is not None else 0
 
     async def _refused(self, ctx: RequestContext, e: errors.APIError) -> None:
-        """hooks.add_refused steps (the kill switch's error_spike) see refusals of an authenticated key."""
-        refused = self.rt.extras.get("refused")
-        if refused is None:
-            return
+        """An authenticated key refused before the upstream: metered, and watched by the kill switch."""
         ctx.status, ctx.error = e.status, e.code
-        try:
-            await refused(ctx)
-        except Exception:
-            log.exception("refused hook failed for %s", ctx.request_id)
+        await self.rt.pipeline.refused(ctx)
 
     async def _finish(self, ctx: RequestContext, t0: float, watch: _Watch) -> None:
-        """Settle before the last byte goes out (the usage is recorded even if the client vanishes next)."""
+        """settle -> record -> observe, once, before the last byte goes out (the usage is recorded even if
+        the client vanishes next)."""
         watch.armed = False
         if watch.settled:
             return
@@ -429,13 +424,7 @@ class ProxyApp:
         ctx.latency_ms = (time.perf_counter() - t0) * 1000
         if ctx.ttft_ms is None and ctx.status and ctx.status < 400:
             ctx.ttft_ms = ctx.latency_ms
-        settle = self.rt.extras.get("settle")
-        if settle is None:
-            return
-        try:
-            await settle(ctx)
-        except Exception:
-            log.exception("settle hook failed for %s", ctx.request_id)
+        await self.rt.pipeline.settle(ctx)  # never raises: each step's failure is logged
 
     def _key_info(self, entry: KeyEntry) -> dict[str, Any]:
         snap = self.rt.snapshot

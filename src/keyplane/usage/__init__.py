@@ -13,8 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from keyplane import hooks
-
 log = logging.getLogger("keyplane.usage")
 FLUSH_SECONDS = 0.25  # request-path sums -> prometheus_client, pending access-log lines -> the log
 
@@ -88,15 +86,10 @@ async def start(rt: Any) -> Any:
                 log.exception("usage: flushing metrics and access log failed")
 
     tasks.append(asyncio.create_task(flush_loop(), name="usage-flush"))
-    hooks.add_settle(rt, recorder.record, order=20)
-    hooks.add_settle(rt, recorder.observe, order=30)
-    hooks.add_refused(rt, recorder.refused, order=20)
     rt.extras["usage.metrics"] = metrics
     rt.extras["usage.applier"] = applier
     rt.extras["usage.writer"] = writer
     rt.extras["usage.flush"] = flush
-    rt.extras["stream_started"] = metrics.active_streams.inc
-    rt.extras["stream_ended"] = metrics.active_streams.dec
 
     async def stop() -> None:
         for task in tasks:
@@ -113,4 +106,5 @@ async def start(rt: Any) -> Any:
             await asyncio.to_thread(tracing.shutdown)
         metrics.close()
 
-    return Feature(endpoints=api.endpoints(), routes={"/metrics": metrics_mod.metrics_route(rt, metrics)}, stop=stop)
+    return Feature(endpoints=api.endpoints(), routes={"/metrics": metrics_mod.metrics_route(rt, metrics)}, stop=stop,
+                   usage=recorder)

@@ -53,7 +53,7 @@ def kind_of(endpoint: str) -> str:
 class CostSplit:
     """Splits a request's cost into its input and output parts (the costs API's line items).
 
-    Billing may give the parts in ``ctx.state["cost_input_micros"]``; otherwise the cost is split in
+    Billing may give the parts in ``ctx.cost_input_micros``; otherwise the cost is split in
     the ratio of the priced tokens (the price table's globs), or of the raw token counts.
     """
 
@@ -75,7 +75,7 @@ class CostSplit:
         return p
 
     def input_part(self, ctx: Any) -> int:
-        given = ctx.state.get("cost_input_micros")
+        given = ctx.cost_input_micros
         if given is not None:
             return int(given)
         cost = ctx.cost_micros
@@ -119,7 +119,7 @@ class Recorder:
         try:
             now = self.clock.now()
             rec = self.build(ctx, now)
-            ctx.state["usage.record"] = rec
+            ctx.record = rec
             try:
                 self.writer.append(rec)
             except OSError as e:
@@ -132,6 +132,12 @@ class Recorder:
             self.applier.notify()
         except Exception:
             log.exception("usage: could not record request %s", getattr(ctx, "request_id", "?"))
+
+    def stream_started(self) -> None:
+        self.metrics.active_streams.inc()
+
+    def stream_ended(self) -> None:
+        self.metrics.active_streams.dec()
 
     async def refused(self, ctx: Any) -> None:
         """Refused-hook step: a key refused before any upstream call (403 scope, 404 model, 429 limits).
@@ -150,7 +156,7 @@ class Recorder:
     async def observe(self, ctx: Any) -> None:
         """Settle step, order 30: metrics, the access-log line, the trace span."""
         try:
-            rec = ctx.state.get("usage.record")
+            rec = ctx.record
             kind = rec.kind if rec is not None else kind_of(ctx.endpoint)
             self.metrics.observe(ctx, kind)
             now = rec.t if rec is not None else self.clock.now()

@@ -1,0 +1,111 @@
+"""The request flow of the /v1 proxy, and the steps the features add to it (DESIGN.md "The pipeline").
+
+    authenticate -> authorize -> admit -> forward -> relay -> settle -> record -> observe
+
+The proxy runs the flow top to bottom in one function, :meth:`keyplane.proxy.handler.ProxyApp.__call__`
+(its canonical request: proxy/canonical.py). What the features contribute is typed here, and
+assembled once at start-up by the app, in the flow's order:
+
+- ``billing`` (limits and billing) admits a request before the upstream call (rate limits, budgets,
+  credit: reserved in one atomic step) and settles it after (the actual cost, the reservation's rest
+  released);
+- ``usage`` (metering) records it (the usage journal) and observes it (metrics, access log, trace);
+- ``guard`` (the kill switch) observes it (anomaly windows);
+- ``routing`` (prefix-affinity routing) releases the upstream it chose.
+
+Every admitted request is settled exactly once, streams, client disconnects and upstream failures
+included. Refusals of an authenticated key before the upstream (403, 404, 429...) are observed too:
+metering counts them, the kill switch watches them for probing. A settle-side step never fails a
+request: its errors are logged (the response is already on its way).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
+
+log = logging.getLogger("keyplane.proxy")
+
+Step = Callable[["RequestContext"], Awaitable[None]]
+
+
+class Billing(Protocol):
+    async def admit(self, ctx: RequestContext) -> None:
+        """Raise an errors.APIError to refuse; may add x-ratelimit-* pairs to ``ctx.extra_headers``."""
+
+    async def settle(self, ctx: RequestContext) -> None: ...
+
+
+class Usage(Protocol):
+    async def record(self, ctx: RequestContext) -> None: ...
+
+    async def observe(self, ctx: RequestContext) -> None: ...
+
+    async def refused(self, ctx: RequestContext) -> None: ...
+
+    def stream_started(self) -> None: ...
+
+    def stream_ended(self) -> None: ...
+
+
+class Guard(Protocol):
+    async def observe(self, ctx: RequestContext) -> None: ...
+
+
+class Routing(Protocol):
+    async def release_route(self, ctx: RequestContext) -> None: ...
+
+
+@dataclass
+class Pipeline:
+    billing: Billing | None = None
+    usage: Usage | None = None
+    guard: Guard | None = None
+    routing: Routing | None = None
+    # Observers run last, after every feature (tracing exporters, tests that look at settled requests).
+    taps: list[Step] = field(default_factory=list)
+
+    async def admit(self, ctx: RequestContext) -> None:
+        if self.billing is not None:
+            await self.billing.admit(ctx)
+
+    async def settle(self, ctx: RequestContext) -> None:
+        """settle -> record -> observe, in this order, once per admitted request."""
+        if self.routing is not None:
+            await _run(self.routing.release_route, ctx)
+        if self.billing is not None:
+            await _run(self.billing.settle, ctx)  # fills ctx.cost_micros for what follows
+        if self.usage is not None:
+            await _run(self.usage.record, ctx)
+            await _run(self.usage.observe, ctx)
+        if self.guard is not None:
+            await _run(self.guard.observe, ctx)
+        for tap in self.taps:
+            await _run(tap, ctx)
+
+    async def refused(self, ctx: RequestContext) -> None:
+        """An authenticated key refused before any upstream call: counted, and watched for probing."""
+        if self.usage is not None:
+            await _run(self.usage.refused, ctx)
+        if self.guard is not None:
+            await _run(self.guard.observe, ctx)
+
+    def stream_started(self) -> None:
+        if self.usage is not None:
+            self.usage.stream_started()
+
+    def stream_ended(self) -> None:
+        if self.usage is not None:
+            self.usage.stream_ended()
+
+
+async def _run(step: Step, ctx: RequestContext) -> None:
+    try:
+        await step(ctx)
+    except Exception:
+        log.exception("%s failed for %s", getattr(step, "__qualname__", step), ctx.request_id)
