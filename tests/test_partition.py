@@ -7,9 +7,7 @@ proxies this test runs and cuts (blackhole: connections stay open, bytes go nowh
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ import openai
 import pytest
 
 from keyplane.config import DEFAULT_CONFIG
+from tests.faults import FaultProxy
 from tests.support import RunningServer, init_org, make_settings, postgres_database, start_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
@@ -27,82 +26,16 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 STALENESS = 2.0
 
 
-class BlackholeProxy:
-    """A TCP proxy in a thread of its own; ``cut()`` stops every byte both ways (new connections are
-    accepted and held), ``restore()`` closes what was held and relays again."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.cut_now = False
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self.port = 0
-        threading.Thread(target=self._run, daemon=True, name="blackhole-proxy").start()
-        assert self._ready.wait(5)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        async def serve() -> None:
-            server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-            self.port = server.sockets[0].getsockname()[1]
-            self._ready.set()
-            async with server:
-                await server.serve_forever()
-
-        with contextlib.suppress(Exception):
-            self._loop.run_until_complete(serve())
-
-    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            while data := await r.read(65536):
-                if self.cut_now:
-                    continue  # blackholed
-                w.write(data)
-                await w.drain()
-        w.close()
-
-    async def _client(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
-        self._writers.add(cw)
-        while self.cut_now:  # a new connection during the cut: accepted, never answered
-            await asyncio.sleep(0.05)
-            if cw.is_closing():
-                return
-        try:
-            ur, uw = await asyncio.open_connection(*self.target)
-        except OSError:
-            cw.close()
-            return
-        self._writers.add(uw)
-        await asyncio.gather(self._pipe(cr, uw), self._pipe(ur, cw))
-
-    def cut(self) -> None:
-        self.cut_now = True
-
-    def restore(self) -> None:
-        def heal() -> None:
-            for w in list(self._writers):  # what was held during the cut is reset, as after a real partition
-                w.close()
-            self._writers.clear()
-            self.cut_now = False
-
-        self._loop.call_soon_threadsafe(heal)
-
-    def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-
-
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer, BlackholeProxy, BlackholeProxy]]:
+def pair(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer, FaultProxy, FaultProxy]]:
     secret = secrets.token_urlsafe(32)
     prefix = f"kptest-partition-{secrets.token_hex(4)}"
     common = {"KEYPLANE_SECRET_KEY": secret, "KEYPLANE_REDIS_PREFIX": prefix,
               "KEYPLANE_MAX_STALENESS_SECONDS": str(STALENESS)}
     with postgres_database() as url:
         pg = urlsplit(url)
-        pg_proxy = BlackholeProxy(pg.hostname or "127.0.0.1", pg.port or 5432)
-        redis_proxy = BlackholeProxy("127.0.0.1", 6379)
+        pg_proxy = FaultProxy(pg.port or 5432, pg.hostname or "127.0.0.1")
+        redis_proxy = FaultProxy(6379)
         sa = make_settings(tmp_path / "a", url, config_text=DEFAULT_CONFIG, KEYPLANE_REDIS_URL=REDIS_URL, **common)
         init = init_org(sa)
         b_url = url.replace(f"{pg.hostname}:{pg.port}", f"127.0.0.1:{pg_proxy.port}")
@@ -118,8 +51,8 @@ def pair(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer, Blackho
             time.sleep(0.3)
             b.stop()
             a.stop()
-            pg_proxy.stop()
-            redis_proxy.stop()
+            pg_proxy.close()
+            redis_proxy.close()
 
 
 def _chat(srv: RunningServer, key: str) -> openai.types.chat.ChatCompletion:
@@ -148,7 +81,7 @@ def test_a_partitioned_instance_refuses_a_revoked_key_and_stops_when_it_cannot_c
     b.call(asyncio.wait_for(rt.bus.subscribed.wait(), 5))  # type: ignore[attr-defined]
 
     # 1. B loses PostgreSQL but still reaches Redis; the key is revoked through A's admin API.
-    pg_proxy.cut()
+    pg_proxy.blackhole()
     r = admin.post(f"/api_keys/{a.init['api_key_id']}/revoke", json={"reason": "leaked"})
     assert r.status_code == 200, r.text
     t0 = time.monotonic()
@@ -165,7 +98,7 @@ def test_a_partitioned_instance_refuses_a_revoked_key_and_stops_when_it_cannot_c
     assert _chat(b, other).choices
 
     # 2. B loses Redis too: it can confirm nothing, and answers 503 once the bound has passed.
-    redis_proxy.cut()
+    redis_proxy.blackhole()
     cut_at = time.monotonic()
     while True:
         try:

@@ -2,29 +2,19 @@
 was open. A gateway on the project's fake upstream and template home, in-process limiter."""
 from __future__ import annotations
 
-import json
-import shutil
+from collections.abc import Callable
 
 import pytest
 
+from keyplane.testing import FakeUpstream
 from tests.billing.conftest import config
-from tests.support import make_settings, start_server
+from tests.proxy.conftest import make_gateway  # noqa: F401 - the fixture, shared
+from tests.support import RunningServer
 
 
 @pytest.fixture
-def make_gw(template_home, tmp_path, fake):
-    started = []
+def make_gw(make_gateway: Callable[..., RunningServer], fake: FakeUpstream) -> Callable[..., RunningServer]:  # noqa: F811
+    def make(extra: str = "", config_text: str | None = None, **env: str) -> RunningServer:
+        return make_gateway(config_text if config_text is not None else config(fake, extra), **env)
 
-    def make(extra: str = "", config_text: str | None = None, **env: str):
-        home = tmp_path / f"home{len(started)}"
-        shutil.copytree(template_home, home)
-        init = json.loads((home / "init.json").read_text())
-        text = config_text if config_text is not None else config(fake, extra)
-        settings = make_settings(home, "", config_text=text, **env)
-        srv = start_server(settings, init)
-        started.append(srv)
-        return srv
-
-    yield make
-    for s in started:
-        s.stop()
+    return make

@@ -96,6 +96,23 @@ class Owner:
 
 
 def target(path: str) -> Target | None:
+    """The object collection (and id) a canonical path is about, or None; the model endpoints and the
+    few collection paths every request uses are answered from a small memo."""
+    try:
+        return _TARGETS[path]
+    except KeyError:
+        pass
+    t = _target(path)
+    if t is None or t.object_id is None:  # object ids are many: only the paths without one are kept
+        if len(_TARGETS) < 1024:
+            _TARGETS[path] = t
+    return t
+
+
+_TARGETS: dict[str, Target | None] = {}
+
+
+def _target(path: str) -> Target | None:
     for coll, noun in COLLECTIONS.items():
         if path == coll:
             return Target(coll, noun, None)
