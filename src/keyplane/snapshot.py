@@ -88,6 +88,7 @@ class ProjectEntry(msgspec.Struct, frozen=True, gc=False):
 
 
 _E = TypeVar("_E", "KeyEntry", "ProjectEntry")
+KeyRow = Row[*tuple[Any, ...]]  # a row of KEY_COLUMNS
 PARTITION = 2_000  # rows per step of a full reload's read
 INCREMENTAL_MAX_IDS = 256  # more changed ids than this: a full reload
 KEY_COLUMNS = (ApiKey.id, ApiKey.digest, ApiKey.kind, ApiKey.name, ApiKey.redacted_value, ApiKey.project_id,
@@ -95,7 +96,7 @@ KEY_COLUMNS = (ApiKey.id, ApiKey.digest, ApiKey.kind, ApiKey.name, ApiKey.redact
                ApiKey.revoked_at, ApiKey.revoke_reason, ApiKey.suspended_at, ApiKey.suspend_reason)
 
 
-def key_entry(r: Row[Any], permissions: dict[str, Permissions]) -> KeyEntry:
+def key_entry(r: KeyRow, permissions: dict[str, Permissions]) -> KeyEntry:
     """The entry of one row of KEY_COLUMNS; ``permissions`` memoizes parsing (most keys share a value)."""
     perms = permissions.get(r.permissions)
     if perms is None:
@@ -128,7 +129,7 @@ def _same(old: _E | None, new: _E) -> _E:
     return old if old is not None and old == new else new
 
 
-def build_keys(rows: Iterable[Row[Any]], current: Mapping[str, KeyEntry]) -> tuple[
+def build_keys(rows: Iterable[KeyRow], current: Mapping[str, KeyEntry]) -> tuple[
         dict[str, KeyEntry], dict[str, KeyEntry], dict[str, str]]:
     """(by digest, by id, id -> digest) from the rows of a full reload. Runs in a worker thread: it only
     reads ``current`` (the loop may replace entries meanwhile; the reload's overlay re-applies those)."""
@@ -187,7 +188,7 @@ class Snapshot:
         async with engine.connect() as conn:
             rev = (await conn.execute(select(Meta.value).where(Meta.name == "revision"))).scalar()
             org = (await conn.execute(select(Organization.id, Organization.name))).first()
-            rows: list[Row[Any]] = []
+            rows: list[KeyRow] = []
             result = await conn.stream(select(*KEY_COLUMNS).execution_options(yield_per=PARTITION))
             async for part in result.partitions(PARTITION):  # each partition a short step of the loop
                 rows.extend(part)
@@ -389,7 +390,8 @@ class SnapshotRefresher:
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                async with asyncio.timeout(self.interval):  # not wait_for: on 3.11 it can swallow a cancellation
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await asyncio.wait_for(self.refresh(), self.timeout)
