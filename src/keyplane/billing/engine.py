@@ -260,7 +260,8 @@ class Billing:
 
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._snapshot_moved.wait(), self.poll_seconds)
+                async with asyncio.timeout(self.poll_seconds):  # not wait_for: on 3.11 it can swallow a cancellation
+                    await self._snapshot_moved.wait()
             self._snapshot_moved.clear()
             try:
                 if self.rt.snapshot.revision != self.cfg.revision:

@@ -233,7 +233,8 @@ class Guard:
         next_sweep = loop.time() + SWEEP_INTERVAL
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._snapshot_moved.wait(), interval)
+                async with asyncio.timeout(interval):  # not wait_for: on 3.11 it can swallow a cancellation
+                    await self._snapshot_moved.wait()
             self._snapshot_moved.clear()
             try:
                 if self.rt.snapshot.revision != self._revision:

@@ -103,9 +103,8 @@ def target(path: str) -> Target | None:
     except KeyError:
         pass
     t = _target(path)
-    if t is None or t.object_id is None:  # object ids are many: only the paths without one are kept
-        if len(_TARGETS) < 1024:
-            _TARGETS[path] = t
+    if (t is None or t.object_id is None) and len(_TARGETS) < 1024:  # ids are many: kept only without one
+        _TARGETS[path] = t
     return t
 
 
