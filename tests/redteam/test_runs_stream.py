@@ -4,21 +4,19 @@ paid run at the provider, and the client gets a 502. (Assistants "create thread 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import httpx
 from aiohttp import web
 
 from tests.billing.conftest import UPSTREAM_KEY_ENV
+from tests.redteam.conftest import serve_in_thread
 
 
 class Provider:
     def __init__(self) -> None:
         self.port = 0
         self.runs = 0
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
 
         async def runs(req: web.Request) -> web.StreamResponse:
             await req.read()
@@ -31,19 +29,7 @@ class Provider:
             await resp.write(b"event: done\ndata: [DONE]\n\n")
             return resp
 
-        async def main() -> None:
-            app = web.Application()
-            app.router.add_post("/v1/threads/runs", runs)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
-            started.set()
-
-        threading.Thread(target=lambda: (self.loop.run_until_complete(main()), self.loop.run_forever()),
-                         daemon=True).start()
-        started.wait(5)
+        self.port = serve_in_thread("/v1/threads/runs", runs)
 
 
 def test_streamed_thread_runs_are_buffered_and_retried(make_gw):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import threading
 import time
 
 import httpx
@@ -19,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from tests.billing.conftest import UPSTREAM_KEY_ENV, admin_http
+from tests.redteam.conftest import serve_in_thread
 
 PROMPT_BILLED = 200_000  # input tokens the provider bills for the attached document
 
@@ -29,8 +29,6 @@ class Provider:
     def __init__(self) -> None:
         self.port = 0
         self.calls = 0
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
 
         async def chat(req: web.Request) -> web.Response:
             body = await req.json()
@@ -43,19 +41,7 @@ class Provider:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": prompt, "completion_tokens": 1, "total_tokens": prompt + 1}})
 
-        async def main() -> None:
-            app = web.Application(client_max_size=64 * 1024 * 1024)
-            app.router.add_post("/v1/chat/completions", chat)
-            runner = web.AppRunner(app)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]
-            started.set()
-
-        threading.Thread(target=lambda: (self.loop.run_until_complete(main()), self.loop.run_forever()),
-                         daemon=True).start()
-        started.wait(5)
+        self.port = serve_in_thread("/v1/chat/completions", chat, client_max_size=64 * 1024 * 1024)
 
 
 def test_input_not_in_the_body_spends_past_the_hard_limit(make_gw):
