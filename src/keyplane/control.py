@@ -104,18 +104,6 @@ async def audit(
 
 # --- pagination --------------------------------------------------------------------------------
 
-def check_limit(value: Any, default: int = 20, maximum: int = 100) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise bad_request("'limit' must be an integer.", param="limit", code="invalid_value") from None
-    if not 1 <= n <= maximum:
-        raise bad_request(f"'limit' must be between 1 and {maximum}.", param="limit", code="invalid_value")
-    return n
-
-
 async def page(
     s: AsyncSession, model: Any, stmt: Select[Any], *, after: str | None, before: str | None = None,
     limit: int, descending: bool = False,
