@@ -292,7 +292,7 @@ class Dispatcher:
         self._sleep = sleep
         self._rand = rand
         self._http: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
         self.counters: collections.Counter[str] = collections.Counter()
         self.last_error: dict[str, str] = {}
 

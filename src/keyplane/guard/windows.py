@@ -220,7 +220,7 @@ class RedisWindows(MemoryWindows):
         pend.setdefault(origin, now)
 
     async def flush(self, now: float | None = None) -> None:
-        batch: list[tuple[tuple[str, float], float, dict[int, Counters], dict[int, Counters]]] = []
+        batch: list[tuple[tuple[str, float], float | None, dict[int, Counters], dict[int, Counters]]] = []
         for key, s in list(self._series.items()):
             if now is not None:  # what no view can use any more is not worth sending
                 self._prune(s, now)
@@ -258,9 +258,9 @@ class RedisWindows(MemoryWindows):
         except Exception:
             # Put the deltas back so that a Redis blip loses nothing; the next flush retries.
             for key, first, buckets, periods in batch:
-                s = self._series.get(key)
-                if s is None:
-                    s = self._series[key] = _Series(key[1], key[1] / BUCKETS, first or now or 0.0)
+                back = self._series.get(key)
+                if back is None:
+                    back = self._series[key] = _Series(key[1], key[1] / BUCKETS, first or now or 0.0)
                 if first is not None:
                     s.first_sent = False
                 for b, c in buckets.items():

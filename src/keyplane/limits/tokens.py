@@ -86,7 +86,7 @@ def _build(name: str) -> Any:
     enc = tiktoken.Encoding(name=name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=special)
     # tiktoken keeps the Python dict only for pickling; its Rust core holds its own copy. Dropping it
     # saves ~20 MB per encoding.
-    enc._mergeable_ranks = None
+    enc._mergeable_ranks = None  # type: ignore[assignment]
     return enc
 
 

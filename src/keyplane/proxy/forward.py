@@ -15,7 +15,7 @@ import asyncio
 import email.utils
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -25,6 +25,9 @@ from keyplane import errors
 from keyplane.proxy import usage as _usage
 from keyplane.proxy.router import Deployment, Router
 from keyplane.proxy.upstream import RETRYABLE_ERRORS, UpstreamClient, UpstreamResponse
+
+# What a retry may follow: the connection failing, the answer timing out, an unreadable body, a stream cut.
+_RETRY_ON: tuple[type[BaseException], ...] = (*RETRYABLE_ERRORS, *_usage.BadBody, StopAsyncIteration)
 
 JSON: Final = 0  # read the whole body and its usage (non-streaming model endpoints)
 SSE: Final = 1  # read up to the first chunk, then relay (streaming model endpoints)
@@ -121,11 +124,11 @@ async def _accept(resp: UpstreamResponse, dep: Deployment, mode: int) -> Outcome
 
 class Forwarder:
     def __init__(self, client: UpstreamClient, router: Router, rng: random.Random | None = None,
-                 sleep: object = None) -> None:
+                 sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
         self.client = client
         self.router = router
         self.rng = rng or random.Random()
-        self.sleep = sleep or asyncio.sleep
+        self.sleep: Callable[[float], Awaitable[None]] = sleep or asyncio.sleep
 
     async def send(self, pool: tuple[Deployment, ...], method: str, path_qs: str,
                    headers: list[tuple[bytes, bytes]], body: bytes, mode: int, model: str | None,
@@ -155,10 +158,10 @@ class Forwarder:
                 if n > 0:
                     if not dep.breaker.available(monotonic()):
                         continue
-                    wait = waits.get(dep.name)
-                    if wait is not None and wait > c.max_retry_wait:
+                    delay = waits.get(dep.name)
+                    if delay is not None and delay > c.max_retry_wait:
                         continue
-                    await self.sleep(wait if wait is not None else backoff(dep, n, self.rng))
+                    await self.sleep(delay if delay is not None else backoff(dep, n, self.rng))
                 progressed = True
                 ctx.attempts += 1
                 ctx.upstream = dep.name
@@ -171,7 +174,7 @@ class Forwarder:
                         dep.breaker.success()
                         return out
                     data = await resp.read()
-                except (*RETRYABLE_ERRORS, *_usage.BadBody, StopAsyncIteration) as e:
+                except _RETRY_ON as e:
                     if resp is not None:
                         resp.close()
                     # A connection never made is the upstream's fault alone; anything after the request

@@ -140,8 +140,8 @@ class UpstreamClient:
     async def get_json(self, dep: Deployment, path: str, wait: float = 5.0) -> Any:
         """A small GET off the request path (model lists); None when it fails."""
         if dep.is_demo:
-            r = demo.answer("GET", path, b"")
-            return demo.loads(await r.read()) if r.status == 200 else None
+            d = demo.answer("GET", path, b"")
+            return demo.loads(await d.read()) if d.status == 200 else None
         if self.session is None:
             return None
         h = {"Authorization": "Bearer " + dep.api_key} if dep.api_key else {}
