@@ -183,6 +183,15 @@ def journal_lag(t: Target) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def journal_age(t: Target) -> float | None:
+    """keyplane_usage_journal_lag_seconds (the oldest unapplied record's age) from /metrics, or None."""
+    if t.admin is None:
+        return None
+    status, text, _ = call(t.admin[0] + "/metrics", t.admin[1])
+    m = re.search(r"^keyplane_usage_journal_lag_seconds (\S+)$", str(text), re.M) if status == 200 else None
+    return float(m.group(1)) if m else None
+
+
 def metric_sum(t: Target, name: str) -> float:
     assert t.admin is not None
     _, text, _ = call(t.admin[0] + "/metrics", t.admin[1])
@@ -192,12 +201,16 @@ def metric_sum(t: Target, name: str) -> float:
 def sustained(t: Target, seconds: float) -> None:
     """32 connections for ``seconds``: RSS and journal lag sampled every second, then the drain."""
     samples: list[tuple[float, float, float | None]] = []  # (seconds since start, RSS MB, lag records)
+    ages: list[float] = []  # keyplane_usage_journal_lag_seconds samples
     stop = threading.Event()
     t0 = time.monotonic()
 
     def sample() -> None:
         while not stop.wait(1.0 - (time.monotonic() - t0) % 1.0):
             samples.append((time.monotonic() - t0, rss_mb(t.pid), journal_lag(t)))
+            age = journal_age(t)
+            if age is not None:
+                ages.append(age)
 
     sampler = threading.Thread(target=sample, daemon=True)
     wall0 = time.time()
@@ -219,6 +232,8 @@ def sustained(t: Target, seconds: float) -> None:
                    "rss_end": last[1], "half_s": half[0], "end_s": last[0], "peak_rss": peak_rss_mb(t.pid or 0)}
     if lags:
         t.sustained.update(lag_end=last[2] or 0.0, lag_max=max(lags), drain_s=drain)
+    if ages:
+        t.sustained["lag_age_max"] = max(ages)
     stall = longest_stall(t.loop_file, wall0, time.time())
     if stall is not None:
         t.sustained["stall_ms"] = stall

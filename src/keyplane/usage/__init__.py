@@ -21,6 +21,19 @@ def journal_folder(settings: Any) -> Path:
     return Path(settings.usage_journal_dir) if settings.usage_journal_dir else Path(settings.home) / "journal"
 
 
+def _engine_factory(rt: Any) -> Any:
+    """A maker of the applier thread's own engine (None: apply on the serving loop, e.g. in-memory SQLite)."""
+    engine = rt.engine
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and (not url.database or url.database == ":memory:"
+                                               or "mode=memory" in str(url)):
+        return None
+    from keyplane.store import db
+
+    s = rt.settings
+    return lambda: db.make_engine(s.database_url, timeout=s.database_timeout_seconds)
+
+
 async def start(rt: Any) -> Any:
     from keyplane.app import Feature
     from keyplane.usage import api, rollups
@@ -53,7 +66,7 @@ async def start(rt: Any) -> Any:
             metrics.applied.inc(n)
     except Exception as e:
         log.warning("usage journal: replay at start failed (%s); retrying in the background", type(e).__name__)
-    applier.start()
+    applier.start(_engine_factory(rt))
 
     tasks: list[asyncio.Task[None]] = []
     if s.usage_journal_fsync == "interval":
@@ -71,15 +84,26 @@ async def start(rt: Any) -> Any:
     tracing = Tracing.create(s)
     recorder = Recorder(rt, writer, applier, metrics, tracing)
     metrics.lag_source = lambda: applier.lag
+    metrics.lag_seconds_source = lambda: applier.lag_seconds
 
     def flush() -> None:  # what the request path gathered -> prometheus_client and the access log
         metrics.flush(applier.lag)
         if recorder.access_log is not None:
             recorder.access_log.flush()
 
+    loop = asyncio.get_running_loop()
+
     async def flush_loop() -> None:
+        worst, since = 0.0, loop.time()
         while True:
+            t0 = loop.time()
             await asyncio.sleep(FLUSH_SECONDS)
+            # The event-loop lag probe: how late this timer fired, the worst over the last second.
+            t1 = loop.time()
+            worst = max(worst, t1 - t0 - FLUSH_SECONDS)
+            if t1 - since >= 1.0:
+                metrics.loop_lag.set(max(0.0, worst))
+                worst, since = 0.0, t1
             try:
                 flush()
             except Exception:

@@ -27,6 +27,7 @@ import struct
 import threading
 import time
 import zlib
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class Record(msgspec.Struct, array_like=True, gc=False):
     attempts: int = 0
     error: str | None = None
     upstream_request_id: str | None = None  # the upstream's x-request-id; ``id`` is keyplane's own
+    units: int = 0  # images, characters or seconds of audio (the usage API's non-token buckets)
 
     @property
     def model_request(self) -> bool:
@@ -202,6 +204,10 @@ class JournalWriter:
         self._retired: list[int] = []  # fds of closed segments, fsynced and closed by sync()
         self._sync_lock = threading.Lock()  # sync() runs in a thread; close() must not race it
         self._torn = False  # a write() failed half-way: the next append starts a new segment
+        # In-memory handoff to the applier (set by it): (record, segment, end offset, monotonic time) per
+        # append, so the journal is read back only to replay a crash. deque append/popleft are thread-safe.
+        self.handoff: deque[tuple[Record, int, int, float]] | None = None
+        self.handoff_max = 50_000  # beyond (the store is down...): dropped, the applier reads the files back
 
     def open(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -237,6 +243,12 @@ class JournalWriter:
             raise
         self.size += len(frame)
         self.appended += 1
+        handoff = self.handoff
+        if handoff is not None:
+            if len(handoff) < self.handoff_max:
+                handoff.append((rec, self.segment, self.size, time.monotonic()))
+            else:  # bounded memory: the journal holds it all, the applier goes back to reading it
+                self.handoff = None
         if self.fsync_mode == "always":
             os.fsync(self._fd)
         else:

@@ -21,6 +21,7 @@ import hmac
 import logging
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -126,6 +127,12 @@ class Metrics:
                                     registry=r, multiprocess_mode="livesum")
         self.journal_lag = Gauge("keyplane_usage_journal_lag_records", "Usage records journaled but not yet applied "
                                  "to the SQL store.", registry=r, multiprocess_mode="livesum")
+        self.journal_lag_seconds = Gauge("keyplane_usage_journal_lag_seconds", "Age of the oldest usage record "
+                                         "journaled but not yet applied to the SQL store (0: none waits).",
+                                         registry=r, multiprocess_mode="max")
+        self.loop_lag = Gauge("keyplane_event_loop_lag_seconds", "How late the serving event loop ran a 0.25 s "
+                              "timer, worst in the last second: time requests waited behind other work.",
+                              registry=r, multiprocess_mode="max")
         self.journal_records = Counter("keyplane_usage_journal_records", "Usage records appended to the journal.",
                                        registry=r)
         self.journal_errors = Counter("keyplane_usage_journal_errors", "Usage records the journal could not take "
@@ -135,6 +142,7 @@ class Metrics:
         self._pending: dict[tuple[Any, ...], _Acc] = {}
         self.appended = 0  # journal appends since the last flush
         self.lag_source: Any = None  # () -> int, set by start(): the applier's lag, read at flush
+        self.lag_seconds_source: Callable[[], float] | None = None  # () -> the applier's lag in seconds
 
     # --- per request ---------------------------------------------------------------------------
     #
@@ -208,6 +216,8 @@ class Metrics:
             self.journal_records.inc(n)
         if journal_lag is not None:
             self.journal_lag.set(journal_lag)
+        if self.lag_seconds_source is not None:
+            self.journal_lag_seconds.set(self.lag_seconds_source())
 
     def _reason(self, error: str | None, status: int) -> str:
         reason = _REASON_RE.sub("_", (error or f"status_{status}").lower()).strip("_")[:48] or f"status_{status}"

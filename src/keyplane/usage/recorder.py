@@ -15,6 +15,7 @@ from typing import Any
 
 from keyplane.usage.access_log import AccessLog
 from keyplane.usage.journal import Record
+from keyplane.usage.tools import tool_records
 
 log = logging.getLogger("keyplane.usage")
 
@@ -22,6 +23,7 @@ _KINDS = {
     "/v1/chat/completions": "completions",
     "/v1/completions": "completions",
     "/v1/responses": "responses",
+    "/v1/realtime": "completions",  # OpenAI reports realtime sessions' tokens under completions
     "/v1/embeddings": "embeddings",
     "/v1/moderations": "moderations",
     "/v1/audio/speech": "audio_speeches",
@@ -111,7 +113,7 @@ class Recorder:
             ctx.model, ctx.upstream, kind_of(ctx.endpoint), ctx.endpoint, ctx.status, ctx.prompt_tokens,
             ctx.cached_tokens, ctx.completion_tokens, ctx.cost_micros, self.split.input_part(ctx), ctx.latency_ms,
             ctx.ttft_ms, ctx.stream, ctx.disconnected, ctx.usage_estimated, ctx.attempts, ctx.error,
-            getattr(ctx, "upstream_request_id", None),
+            getattr(ctx, "upstream_request_id", None), getattr(ctx, "units", 0),
         )
 
     async def record(self, ctx: Any) -> None:
@@ -120,11 +122,14 @@ class Recorder:
             now = self.clock.now()
             rec = self.build(ctx, now)
             ctx.record = rec
+            tools = tool_records(ctx, rec)  # hosted tool calls: records of their own kinds (usage/tools.py)
             try:
                 self.writer.append(rec)
+                for t in tools:
+                    self.writer.append(t)
             except OSError as e:
                 # The journal cannot take it (disk full...): keep it in memory for the applier, say so loudly.
-                self.applier.fallback.append(rec)
+                self.applier.fallback.extend([rec, *tools])  # ids make a repeated one harmless
                 self.metrics.journal_errors.inc()
                 log.error("usage journal: cannot append (%s); record %s kept in memory only", e, rec.id)
             else:

@@ -1,0 +1,160 @@
+"""The applier in its own thread, fed in memory (issue 13): exact apply, APPLY_STEPS, crash replay, gauges."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import httpx
+from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+
+from keyplane.config import database_url_for
+from keyplane.store import db
+from keyplane.usage.applier import APPLY_STEPS, Applier
+from keyplane.usage.journal import JournalWriter, Record, Tail
+from tests.usage.support import drain
+
+
+def rec(i: int) -> Record:
+    return Record(f"req_t{i}", 1_800_000_000.0 + i, "org_1", "proj_1", "key_1", "user_1", "gpt-4o-mini", "fake",
+                  "completions", "/v1/chat/completions", 200, 10, 0, 5, 100 + i, 60, 12.5)
+
+
+async def _count(engine) -> tuple[int, int]:
+    async with engine.connect() as conn:
+        n = (await conn.execute(text("SELECT count(*) FROM usage_requests"))).scalar_one()
+        total = (await conn.execute(text("SELECT coalesce(sum(cost_micros), 0) FROM usage_requests"))).scalar_one()
+    return int(n), int(total)
+
+
+async def test_threaded_applier_applies_from_memory_and_runs_apply_steps(engine, database_url, tmp_path):
+    url = database_url_for(database_url, tmp_path)
+    folder = tmp_path / "journal"
+    writer = JournalWriter(folder, fsync="never", segment_bytes=4096)  # small segments: rotation mid-batch
+    writer.open()
+    stepped: list[tuple[str, int]] = []
+
+    async def step(conn, records):  # runs in the applier's transaction, on the applier thread
+        stepped.extend((r.id, threading.get_ident()) for r in records)
+
+    APPLY_STEPS.setdefault(engine, []).append(step)
+    applier = Applier(engine, folder, writer, batch=50, interval=3600)
+    assert applier.handoff is not None and writer.handoff is applier.handoff
+    applier.start(lambda: db.make_engine(url))
+    try:
+        for i in range(230):
+            writer.append(rec(i))
+            applier.notify()
+        await applier.apply_pending()  # from the serving loop: runs on the applier's thread
+        assert applier.lag == 0 and applier.lag_seconds == 0.0
+        assert await _count(engine) == (230, sum(100 + i for i in range(230)))
+        assert sorted(i for i, _ in stepped) == sorted(f"req_t{i}" for i in range(230))
+        assert {t for _, t in stepped} == {applier._thread.ident}  # not the serving thread
+        # The applied position is exactly the journal's end: a read-back finds nothing left.
+        assert Tail(folder, writer.writer, final=False).read(10_000) == []
+        writer.append(rec(1000))
+        time.sleep(0.01)
+        assert applier.lag == 1 and applier.lag_seconds >= 0.01
+    finally:
+        drained = await applier.stop()
+        APPLY_STEPS[engine].remove(step)
+    assert drained and applier._thread is None
+    assert await _count(engine) == (231, sum(100 + i for i in range(230)) + 1100)
+    writer.close()
+    writer.release()
+
+
+async def test_crash_with_records_in_memory_replays_exactly_once(engine, database_url, tmp_path):
+    """Records handed over in memory but not applied when the process dies are replayed from the journal;
+    those applied are not applied twice."""
+    url = database_url_for(database_url, tmp_path)
+    folder = tmp_path / "journal"
+    writer = JournalWriter(folder, fsync="never")
+    writer.open()
+    applier = Applier(engine, folder, writer, batch=40, interval=3600)
+    applier.start(lambda: db.make_engine(url))
+    for i in range(100):
+        writer.append(rec(i))
+    await applier.apply_pending()
+    for i in range(100, 175):  # in the journal and in memory, never applied
+        writer.append(rec(i))
+    # "kill -9": the thread stops without draining, the lock is let go, memory is lost.
+    applier.handoff.clear()
+    applier._run_future.cancel()
+    loop, applier._loop = applier._loop, None
+    loop.call_soon_threadsafe(loop.stop)
+    applier._thread.join(5)
+    writer.close()
+    os.close(writer._lock_fd)
+    writer._lock_fd = None
+    assert await _count(engine) == (100, sum(100 + i for i in range(100)))
+
+    w2 = JournalWriter(folder, fsync="never")
+    w2.open()
+    second = Applier(engine, folder, w2, batch=40, interval=3600)
+    assert await second.replay_orphans() == 75
+    assert await _count(engine) == (175, sum(100 + i for i in range(175)))
+    assert await second.stop()
+    w2.close()
+    w2.release()
+
+
+def _scrape(srv) -> dict[str, float]:
+    r = httpx.get(srv.base_url + "/metrics", headers={"authorization": f"Bearer {srv.admin_key}"})
+    assert r.status_code == 200, r.text
+    return {s.name: s.value for fam in text_string_to_metric_families(r.text) for s in fam.samples}
+
+
+def test_lag_gauges(gateway):
+    srv = gateway(KEYPLANE_USAGE_APPLY_SECONDS="3600")
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    drain(srv)
+    assert _scrape(srv)["keyplane_usage_journal_lag_seconds"] == 0.0
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    time.sleep(0.2)
+    m = _scrape(srv)
+    assert m["keyplane_usage_journal_lag_records"] == 1 and m["keyplane_usage_journal_lag_seconds"] >= 0.2
+    drain(srv)
+    m = _scrape(srv)
+    assert m["keyplane_usage_journal_lag_records"] == 0 and m["keyplane_usage_journal_lag_seconds"] == 0.0
+
+    async def block() -> None:
+        time.sleep(0.7)  # blocks the serving loop: the probe's timer fires late
+
+    srv.call(block())
+    deadline = time.monotonic() + 3
+    worst = 0.0
+    while time.monotonic() < deadline and worst < 0.4:
+        worst = max(worst, _scrape(srv)["keyplane_event_loop_lag_seconds"])
+        time.sleep(0.1)
+    assert 0.4 <= worst < 5
+
+
+async def test_handoff_is_bounded_and_the_journal_is_read_back(engine, tmp_path):
+    """Too many records waiting (the store down): the writer drops the in-memory handoff, the applier
+    then reads the journal back from its committed position: nothing lost, nothing applied twice."""
+    folder = tmp_path / "journal"
+    writer = JournalWriter(folder, fsync="never")
+    writer.open()
+    applier = Applier(engine, folder, writer, batch=8, interval=3600)
+    writer.handoff_max = 10
+    for i in range(5):
+        writer.append(rec(i))
+    await applier.apply_pending()  # from memory
+    for i in range(5, 30):
+        writer.append(rec(i))
+    assert writer.handoff is None and len(applier.handoff) == 10
+    time.sleep(0.02)
+    assert applier.lag == 25 and applier.lag_seconds >= 0.02
+    assert await applier.apply_pending() == 25
+    assert applier.handoff is None and applier.lag == 0 and applier.lag_seconds == 0.0
+    assert await _count(engine) == (30, sum(100 + i for i in range(30)))
+    writer.append(rec(30))
+    assert await applier.apply_pending() == 1
+    assert await applier.stop()
+    assert await _count(engine) == (31, sum(100 + i for i in range(31)))
+    writer.close()
+    writer.release()
