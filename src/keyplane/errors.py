@@ -90,8 +90,8 @@ def project_archived(masked: str, project_name: str, project_id: str) -> APIErro
 def missing_scope(scope: str, role_hint: str = "") -> APIError:
     msg = (
         f"You have insufficient permissions for this operation. Missing scopes: {scope}. "
-        "Check that you have the correct role in your organization (Reader, Writer, Owner) and project "
-        "(Member, Owner), and if you're using a restricted API key, that it has the necessary scopes."
+        "Check that this API key's permissions in keyplane (All, Restricted or Read only) allow it: a keyplane "
+        "owner can change them on the key's dashboard page or with `keyplane keys permissions`."
     )
     if role_hint:
         msg = f"{msg} {role_hint}"
@@ -104,6 +104,30 @@ def admin_key_required(hint: str) -> APIError:
 
 def forbidden(message: str, code: str | None = None) -> APIError:
     return APIError(403, message, code=code)
+
+
+# Access policies (keyplane.access, docs/access-control.md): refused before any upstream call.
+def access_refused(message: str, code: str) -> APIError:
+    return APIError(403, message, code=code)
+
+
+def model_not_permitted(model: str, scope: str, target: str, mode: str) -> APIError:
+    where = f"project {target}" if scope == "project" else f"API key {target}"
+    how = "is not in the allow list" if mode == "allow_list" else "is in the deny list"
+    return APIError(403, f"The model `{model}` {how} of the model permissions of {where}. "
+                    "Ask your keyplane administrator to change the policy.", param="model",
+                    code="model_not_permitted")
+
+
+def tool_not_permitted(tool: str, scope: str, target: str) -> APIError:
+    where = f"project {target}" if scope == "project" else f"API key {target}"
+    return APIError(403, f"The hosted tool `{tool}` is disabled by the hosted tool permissions of {where}.",
+                    param="tools", code="tool_not_permitted")
+
+
+def ip_not_allowed(address: str, scope: str) -> APIError:
+    return APIError(403, f"Requests from the address {address} are not allowed by the IP allowlist of this {scope}.",
+                    code="ip_not_allowed")
 
 
 # --- request errors (400/404/409/413/422) ----------------------------------------------------
@@ -179,14 +203,36 @@ def insufficient_quota(detail: str = "") -> APIError:
                     headers=dict(_NO_RETRY))
 
 
-def spend_limit_exceeded(scope: str, what: str, amount: str, spent: str, resets: str) -> APIError:
-    """``scope``: project | organization | api_key; ``what`` names it, e.g. "project `Research` (proj_...)"."""
+def spend_limit_exceeded(scope: str, what: str, amount: str, spent: str, resets: str, cost: str = "") -> APIError:
+    """``scope``: project | organization | api_key; ``what`` names it, e.g. "project `Research` (proj_...)".
+    Amounts and ``resets`` already formatted (keyplane.fmt); see :func:`spend_limit_reached`."""
+    may = f", and this request may cost up to {cost}" if cost else ""
     return APIError(
         429,
         f"You have reached the {scope.replace('_', ' ')} spend limit of {amount} per month for {what}: "
-        f"{spent} spent this month. The limit resets {resets}. Ask your keyplane administrator to raise it.",
+        f"{spent} spent this month{may}. The limit resets {resets}. Ask your keyplane administrator to raise it.",
         type="insufficient_quota", code=f"{scope}_spend_limit_exceeded", headers=dict(_NO_RETRY),
     )
+
+
+def spend_limit_reached(scope: str, what: str, limit_micros: int, spent_micros: int, cost_micros: int,
+                        now: float, period_end: float) -> APIError:
+    """The spend-limit 429 from amounts in micro-dollars: the limit as set, spent rounded up, the refused
+    request's cost (its reservation) rounded up, the reset as a date and a countdown."""
+    from keyplane import fmt
+
+    return spend_limit_exceeded(scope, what, fmt.usd(limit_micros), fmt.usd(spent_micros, "up"),
+                                fmt.until(now, period_end), fmt.usd(cost_micros, "up") if cost_micros else "")
+
+
+def credit_used_up(available_micros: int, cap_micros: int, cost_micros: int) -> APIError:
+    """The prepaid-credit 429: available rounded down (as the credit balance shows it), cost rounded up."""
+    from keyplane import fmt
+
+    return insufficient_quota(
+        f"(keyplane: the organization's prepaid credit is used up: {fmt.usd(max(0, available_micros), 'down')} "
+        f"available of {fmt.usd(cap_micros, 'down')}, and this request may cost up to {fmt.usd(cost_micros, 'up')}. "
+        "Ask your keyplane administrator for a credit grant.)")
 
 
 def rate_limited(model: str, where: str, unit: str, limit: int, used: int, requested: int, wait: str,

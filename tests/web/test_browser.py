@@ -202,13 +202,16 @@ def test_owner_story_and_reader(site: tuple[Any, OffsetClock], browser: Any) -> 
     # Rate limits per model, when limits are there.
     if p.locator("#rate-limit-table").count():
         row = p.locator("#rate-limit-table tbody tr").first
-        model = row.locator("td").first.inner_text()
-        row.get_by_label(f"Max requests per 1 minute for {model}").fill("600")
+        model = row.locator("td .mono").first.inner_text()
+        row.get_by_label(f"Max requests per 1 minute for {model}").fill("613")
         row.get_by_role("button", name="Save").click()
         p.wait_for_url(f"**/projects/{pid}*")
         assert "Rate limit saved" in p.locator("#flash-slot").inner_text()
         assert p.locator("#rate-limit-table tbody tr").first.get_by_label(
-            f"Max requests per 1 minute for {model}").input_value() == "600"
+            f"Max requests per 1 minute for {model}").input_value() == "613"
+        # marked against the tier's defaults (issue 14): this row custom, the others the tier's
+        assert p.locator("#rate-limit-table tbody tr").first.locator(".badge.custom").count() == 1
+        assert p.locator("#rate-limit-table .badge.custom").count() == 1
 
     # Screenshots of every page, both widths.
     pages = {"overview": "/", "projects": "/projects", "project": f"/projects/{pid}", "usage": "/usage",

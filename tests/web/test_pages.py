@@ -142,6 +142,9 @@ def reader(owner, web_server, clock):
 
 def test_reader_sees_everything_changes_nothing(reader, web_server):
     pid = web_server.project_id
+    from tests.members.support import make_member  # a reader sees only the projects they are a member of
+
+    make_member(web_server, pid, "reader@example.com")
     for path in (*PAGES, f"/projects/{pid}"):
         r = reader.get(path)
         assert r.status_code == 200, path

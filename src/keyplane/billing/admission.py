@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from keyplane import errors
@@ -30,15 +29,6 @@ from keyplane.limits.memory import MemoryLimiter
 log = logging.getLogger("keyplane.billing")
 
 BIG_BODY = 64 * 1024  # bodies larger than this are tokenized in a thread, not on the event loop
-
-
-def dollars(micros: int) -> str:
-    return f"${micros / 1_000_000:,.2f}"
-
-
-def _until(now: float, end: int) -> str:
-    when = datetime.fromtimestamp(end, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f"on {when} (in {gcra.go_duration(max(0.0, end - now))})"
 
 
 def _form(ctx: Any) -> dict[str, str] | None:
@@ -112,7 +102,8 @@ class Admission:
             ctx.extra_headers.extend(_headers(plan, result))
         ctx.reservation = Reservation(rid, cost, want, plan.budgets, plan.buckets,
                                            {"plan": plan, "prompt": q.prompt, "price": q.price,
-                                            "flat": q.cost if q.flat and q.unpriced is None else None})
+                                            "flat": q.cost if q.flat and q.unpriced is None else None,
+                                            "units": q.units, "tools": q.tools, "per_minute": q.per_minute})
 
     async def _fleet_admit(self, rid: str, plan: Plan, cost: int, want: int) -> Granted | Denied:
         lim = self.b.limiter
@@ -143,10 +134,7 @@ class Admission:
             scope, sid = plan.scopes[d.index]
             if scope == "credit":
                 b = self.b
-                return errors.insufficient_quota(
-                    f"(keyplane: the organization's prepaid credit is used up: {dollars(b.credit_cap - d.spent)} "
-                    f"available of {dollars(b.credit_cap)}, and this request may cost up to "
-                    f"{dollars(cost)}. Ask your keyplane administrator for a credit grant.)")
+                return errors.credit_used_up(b.credit_cap - d.spent, b.credit_cap, cost)
             limit = plan.budgets[d.index].limit or 0
             if scope == "project":
                 p = self.b.rt.snapshot.projects.get(sid)
@@ -155,8 +143,8 @@ class Admission:
                 what = f"API key `{ctx.key.name}` ({sid})"
             else:
                 what = f"organization {sid}"
-            return errors.spend_limit_exceeded(scope, what, dollars(limit), dollars(d.spent + d.reserved),
-                                               _until(now, self.b.period_end))
+            return errors.spend_limit_reached(scope, what, limit, d.spent + d.reserved, cost, now,
+                                              self.b.period_end)
         where = plan.wheres[d.index]
         bk = plan.buckets[d.index]
         unit = UNITS[d.limit_index]
@@ -192,6 +180,10 @@ class Admission:
             if ctx.status and ctx.status < 400:
                 cost = flat
                 ctx.cost_input_micros = 0
+                per_minute = extra.get("per_minute")
+                if per_minute and ctx.units:  # a transcription longer than estimated: its reported duration
+                    cost = max(cost, -(-ctx.units * per_minute // 60))  # type: ignore[operator]
+                ctx.units = ctx.units or int(extra.get("units") or 0)  # type: ignore[call-overload]
         elif price is not None:
             if used:
                 cost = price.cost(prompt, cached, completion)
@@ -201,6 +193,13 @@ class Admission:
                 used = int(extra["prompt"])  # type: ignore[call-overload]
                 cost = price.cost(used, 0, 0)
                 ctx.cost_input_micros = cost
+            calls = getattr(ctx, "tool_calls", None)
+            if calls:  # hosted tools: per call (code interpreter: per session), at the table's price
+                per = extra.get("tools") or quote_mod.tool_prices(self.b.prices)  # calls the request did not show
+                by_kind = quote_mod.tool_cost(per, {k: v[0] for k, v in calls.items()})  # type: ignore[arg-type]
+                for k, micros in by_kind.items():
+                    calls[k][1] = micros
+                cost += sum(by_kind.values())
         ctx.cost_micros = cost
         if not res.amount and not res.tokens and not cost:
             return

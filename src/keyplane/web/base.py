@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from keyplane import fmt
 from keyplane.control import Actor, get_org
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
@@ -54,17 +54,8 @@ class WebState:
 # --- formatting ------------------------------------------------------------------------------
 
 def usd(value: Any) -> str:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "-"
-    if math.isnan(v):
-        return "-"
-    sign = "-" if v < 0 else ""
-    v = abs(v)
-    if 0 < v < 0.01:
-        return f"{sign}${v:,.4f}"
-    return f"{sign}${v:,.2f}"
+    """Dollars as keyplane.fmt shows money everywhere (the CLI and error messages too)."""
+    return fmt.usd_dollars(value)
 
 
 def cents(value: Any) -> str:
@@ -107,7 +98,8 @@ def day(ts: Any) -> Markup:
 def make_env() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(usd=usd, cents=cents, num=num, when=when, day=day, urlq=lambda v: quote(str(v), safe=""))
+    env.filters.update(usd=usd, cents=cents, num=num, when=when, day=day, urlq=lambda v: quote(str(v), safe=""),
+                       countdown=lambda end, now: fmt.duration(float(end) - float(now)))
     return env
 
 
@@ -165,7 +157,8 @@ class Ctx:
             self.session.dirty = True
         html = self.web.templates.get_template(template).render(
             user=self.user, is_owner=self.is_owner, csrf=self.session.csrf, flash=flash,
-            path=self.request.url.path, org_name=self.web.org_name, htmx=self.is_htmx, **values)
+            path=self.request.url.path, org_name=self.web.org_name, htmx=self.is_htmx,
+            now=self.rt.clock.now(), **values)
         return HTMLResponse(html, status_code=status)
 
     @property

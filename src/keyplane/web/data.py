@@ -230,3 +230,49 @@ def cell(key: str, value: Any) -> Any:
 
 def label(key: str) -> str:
     return key.replace("_", " ").capitalize()
+
+
+def detail_lines(value: Any, limit: int = 40) -> list[tuple[str, str]]:
+    """An audit entry's details as ``key: value`` lines (nested keys dotted, lists joined), bounded."""
+    out: list[tuple[str, str]] = []
+
+    def walk(prefix: str, v: Any) -> None:
+        if len(out) >= limit:
+            return
+        if isinstance(v, dict) and v:
+            for k, x in v.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), x)
+            return
+        if isinstance(v, list) and all(not isinstance(x, dict | list) for x in v):
+            text = ", ".join("-" if x is None else str(x) for x in v) or "(none)"
+        elif isinstance(v, dict | list):
+            text = orjson.dumps(v).decode()
+        elif isinstance(v, bool):
+            text = "yes" if v else "no"
+        else:
+            text = "-" if v is None else str(v)
+        out.append((prefix or "value", text if len(text) <= 200 else text[:197] + "..."))
+
+    walk("", value)
+    return out
+
+
+_LIMIT_INDEX = {"max_requests_per_1_minute": 0, "max_tokens_per_1_minute": 1, "max_requests_per_1_day": 2,
+                "max_tokens_per_1_day": 3}
+
+
+def rate_marks(billing: Any, project_id: str, rates: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per model of a project's rate limits: ``custom`` (set through the API or the dashboard) or the tier's
+    default, and the tier's default of each field, to show beside a custom value. {} without billing."""
+    if billing is None:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for rl in rates:
+        model = str(rl.get("model") or "")
+        over = billing.cfg.overrides.get(("project", project_id, model))
+        tier = billing.tiers.limits(billing.cfg.tier, model)
+        fields = {f: (over is not None and over[i] is not None and over[i] != tier[i]) for f, i in _LIMIT_INDEX.items()}
+        out[model] = {"custom": any(fields.values()), "fields": fields,
+                      "tier": {f: tier[i] for f, i in _LIMIT_INDEX.items()}, "tier_name": billing.cfg.tier}
+    return out
+

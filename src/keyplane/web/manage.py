@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from keyplane import control
 from keyplane.errors import APIError
+from keyplane.members import ops as members
 from keyplane.scopes import AREAS
 from keyplane.store.models import ApiKey, Project, ServiceAccount, User
 from keyplane.web import data
@@ -38,6 +39,9 @@ async def projects_page(ctx: Ctx) -> Response:
         stmt = stmt.where(Project.status == "active")
     async with ctx.rt.read() as s:
         projects = list((await s.execute(stmt)).scalars())
+        reach = await members.reachable_project_ids(s, ctx.user) if ctx.user is not None else None
+        if reach is not None:  # not an organization owner: only the projects they are a member of
+            projects = [p for p in projects if p.id in reach]
         counts = dict((await s.execute(select(ApiKey.project_id, func.count()).where(
             ApiKey.revoked_at.is_(None), ApiKey.kind != "admin").group_by(ApiKey.project_id))).all())
         n_archived = (await s.execute(select(func.count()).select_from(Project).where(
@@ -65,6 +69,7 @@ async def _project_page(ctx: Ctx, pid: str, *, secret: dict[str, Any] | None = N
     async with ctx.rt.read() as s:
         try:
             p = await control.get_project(s, pid)
+            await members.ensure_reachable(s, ctx.user, pid)
         except APIError:
             return error_page(ctx, 404, "Not found", f"There is no project with id {pid}.")
         show_revoked = ctx.request.query_params.get("revoked") == "1"
@@ -80,10 +85,13 @@ async def _project_page(ctx: Ctx, pid: str, *, secret: dict[str, Any] | None = N
     limit = await b.get(f"/projects/{pid}/spend_limit", pr)
     rates = await b.get(f"/projects/{pid}/rate_limits", pr, limit=100)
     rows = [{"k": k, "status": _status(k, now), "perms": data.summary(data.permissions_from(k.permissions)),
-             "owner": _owner(k, users, sas)} for k in keys]
+             "owner": _owner(k, users, sas),
+             # within the first key.expiring notice (7 days; keyplane.access.expiry): marked in the list
+             "expiring": k.expires_at is not None and now < k.expires_at <= now + 7 * 86400} for k in keys]
     return ctx.render("project.html", status=status, nav="projects", p=p, keys=rows, show_revoked=show_revoked,
                       spend_limit=limit.data if limit.ok else None, limit_available=limit.available,
                       rates=rates.items(), rates_available=rates.available, rate_fields=MODEL_LIMIT_FIELDS,
+                      rate_marks=data.rate_marks(ctx.rt.extras.get("billing"), pid, rates.items()),
                       areas=AREAS, levels={a: "none" for a in AREAS}, mode="all", secret=secret,
                       expiry=EXPIRY, label=data.label)
 
@@ -264,6 +272,7 @@ async def key_page(ctx: Ctx) -> Response:
         try:
             k = await _key(ctx, s)
             p = await control.get_project(s, pid)
+            await members.ensure_reachable(s, ctx.user, pid)
         except APIError:
             return error_page(ctx, 404, "Not found", "There is no such key in this project.")
         users = {u.id: u for u in (await s.execute(select(User))).scalars()}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import select
 from starlette.responses import Response
 from starlette.routing import Route
@@ -19,12 +19,33 @@ from keyplane.web import data
 from keyplane.web.base import Ctx, view
 from keyplane.web.features import Result
 
+# Every usage kind keyplane meters (usage/api.py METERED): the pages total them all, as `keyplane usage`
+# and /costs do, not the completions alone.
+USAGE_KINDS = ("completions", "embeddings", "moderations", "images", "audio_speeches", "audio_transcriptions")
+
+
+async def all_usage(ctx: Ctx, **query: Any) -> Result:
+    """The usage buckets of every kind, merged by bucket start; each result says its ``kind``. The answer's
+    status is the completions one (the feature is there or not); another kind that fails is left out."""
+    b = ctx.web.bridge
+    answers = await asyncio.gather(*(b.all_pages(f"/usage/{k}", ctx.principal, **query) for k in USAGE_KINDS))
+    first = answers[0]
+    if not first.ok or not isinstance(first.data, dict):
+        return first
+    merged: dict[int, dict[str, Any]] = {}
+    for kind, r in zip(USAGE_KINDS, answers, strict=True):
+        if not r.ok:
+            continue
+        for bucket in r.items():
+            m = merged.setdefault(int(bucket.get("start_time") or 0), {**bucket, "results": []})
+            m["results"].extend({**x, "kind": kind} for x in bucket.get("results") or [] if isinstance(x, dict))
+    return Result(first.status, {**first.data, "data": [merged[t] for t in sorted(merged)]})
+
 
 async def _usage_and_costs(ctx: Ctx, start: int, end: int, width: str, count: int,
                            **filters: Any) -> tuple[Result, Result]:
     b = ctx.web.bridge
-    usage = await b.all_pages("/usage/completions", ctx.principal, start_time=start, end_time=end,
-                              bucket_width=width, limit=count, **filters)
+    usage = await all_usage(ctx, start_time=start, end_time=end, bucket_width=width, limit=count, **filters)
     cost_filters = {k: v for k, v in filters.items() if k in ("project_ids", "api_key_ids", "models")}
     cost_filters["group_by"] = [g for g in filters.get("group_by", []) if g in ("project_id", "api_key_id")]
     costs = await b.all_pages("/costs", ctx.principal, start_time=start, end_time=end, bucket_width="1d",
@@ -46,8 +67,7 @@ async def overview(ctx: Ctx) -> Response:
     start, end, width, count = data.range_window(now, "30d")
     group = ["project_id", "api_key_id", "model"]
     usage, costs = await _usage_and_costs(ctx, start, end, width, count, group_by=group)
-    month_usage = await b.all_pages("/usage/completions", pr, start_time=mstart, end_time=end, bucket_width="1d",
-                                    limit=31, group_by=group)
+    month_usage = await all_usage(ctx, start_time=mstart, end_time=end, bucket_width="1d", limit=31, group_by=group)
     month_costs = await b.all_pages("/costs", pr, start_time=mstart, end_time=end, bucket_width="1d", limit=31,
                                     group_by=["project_id"])
     org_limit = await b.get("/spend_limit", pr)
@@ -166,7 +186,9 @@ async def guard_page(ctx: Ctx) -> Response:
     rules = await b.get("/guard/rules", pr)
     events = await b.get("/guard/events", pr, limit=50)
     async with ctx.rt.read() as s:
-        _, knames = await data.names(s)
+        pnames, knames = await data.names(s)
+        knames_short = dict((await s.execute(select(ApiKey.id, ApiKey.name))).all())
+
     def rule_columns(items: list[dict[str, Any]]) -> list[str]:
         return data.columns(items, ("object", "id") if all(r.get("id") == r.get("name") for r in items) else
                             ("object",))
@@ -175,6 +197,7 @@ async def guard_page(ctx: Ctx) -> Response:
                       rule_cols=rule_columns,
                       rules_error=None if rules.ok or not rules.available else rules.error,
                       events=events.items(), events_available=events.available, knames=knames,
+                      knames_short=knames_short, pnames=pnames,
                       cols=data.columns, cell=data.cell, label=data.label)
 
 
@@ -211,7 +234,7 @@ async def audit_page(ctx: Ctx) -> Response:
     entries = []
     for r in rows:
         d = shapes.audit_log(r, pnames.get(r.project_id or ""))
-        entries.append({"row": r, "actor": d["actor"], "details": orjson.dumps(d[r.type]).decode(),
+        entries.append({"row": r, "actor": d["actor"], "details": data.detail_lines(d[r.type]),
                         "actor_label": _actor_label(d["actor"], users)})
     nxt = rows[-1].id if more and rows else None
     return ctx.render("audit.html", nav="audit", entries=entries, f=f, types=types, projects=projects,
