@@ -27,7 +27,7 @@ async def start(rt: Any) -> Any:
 
     s = rt.settings
     await asyncio.to_thread(tokens.load)
-    prices = PriceTable.from_config(s.file.prices)
+    prices = PriceTable.from_config(s.file.prices, s.prices_file)
     table = TierTable(s.file.tiers, s.file.limits.tier)
     limiter: Limiter
     if s.redis_url:

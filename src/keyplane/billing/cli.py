@@ -47,7 +47,9 @@ def _when(value: str | None) -> int | None:
 
 
 def _usd(cents: int) -> str:
-    return f"${cents / 100:,.2f}"
+    from keyplane import fmt
+
+    return fmt.usd_cents(cents)
 
 
 async def _scope(session: Any, project: str | None, key: str | None) -> tuple[str, str, str | None, str]:
@@ -76,6 +78,9 @@ def register(app: typer.Typer) -> None:
                              no_args_is_help=True)
     app.add_typer(credit_app, name="credit")
     app.add_typer(limits_app, name="limits")
+    from keyplane.billing.prices_check import register as register_prices
+
+    register_prices(app)  # `keyplane prices check`
 
     @credit_app.command("grant")
     def grant(
@@ -131,6 +136,7 @@ def register(app: typer.Typer) -> None:
     @credit_app.command("list")
     def list_grants(json: JsonOpt = False) -> None:
         """The credit grants, oldest first."""
+        from keyplane import fmt
         from keyplane.billing import credit
         from keyplane.billing.models import CreditGrant
 
@@ -142,7 +148,7 @@ def register(app: typer.Typer) -> None:
             print_json([credit.grant_object(g) for g in rows])
             return
         table("Credit grants", ["id", "amount", "used", "created", "expires", "note"],
-              [(g.id, _usd(g.amount_cents), f"${g.used_micros / 1e6:,.2f}", ts(g.created_at), ts(g.expires_at),
+              [(g.id, _usd(g.amount_cents), fmt.usd(g.used_micros, "up"), ts(g.created_at), ts(g.expires_at),
                 g.note) for g in rows])
 
     @limits_app.command("show")
@@ -163,6 +169,10 @@ def register(app: typer.Typer) -> None:
         if lim:
             status = lim["enforcement"]["status"]
             out.print(f"spend limit       {_usd(lim['threshold_amount'])} per month ({status})")
+            if lim.get("resets_at"):
+                from keyplane import fmt
+
+                out.print(f"resets            {fmt.until(time.time(), lim['resets_at'])}")
         else:
             out.print("spend limit       none")
         rows = [(r["model"], r["max_requests_per_1_minute"] or "-", r["max_tokens_per_1_minute"] or "-",
@@ -237,7 +247,7 @@ def _tables(s: Any) -> tuple[Any, Any]:
     from keyplane.billing.prices import PriceTable
     from keyplane.billing.tiers import TierTable
 
-    return TierTable(s.file.tiers, s.file.limits.tier), PriceTable.from_config(s.file.prices)
+    return TierTable(s.file.tiers, s.file.limits.tier), PriceTable.from_config(s.file.prices, s.prices_file)
 
 
 async def _config(session: Any, s: Any) -> Any:

@@ -16,6 +16,7 @@ admission refuses it wherever a spend limit or credit applies (docs/limits-and-b
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import re
@@ -43,11 +44,43 @@ def family(model: str) -> str:
     return model[:m.start()] if m and m.start() > 0 else model
 
 
-def shipped() -> dict[str, PriceConfig]:
-    """The entries of prices.toml."""
-    with DATA.open("rb") as f:
-        data = tomllib.load(f)
-    return msgspec.convert(data.get("prices", {}), dict[str, PriceConfig])
+MAX_TABLE_BYTES = 4 * 1024 * 1024
+
+
+def load_data(source: str = "") -> dict[str, Any]:
+    """The price table file: ``source`` (a path, or an http(s) URL the operator keeps current), else the
+    shipped prices.toml. Raises PriceError when it cannot be read or is not TOML."""
+    try:
+        if not source:
+            return tomllib.loads(DATA.read_text("utf-8"))
+        if source.startswith(("http://", "https://")):
+            import httpx
+
+            with httpx.stream("GET", source, timeout=10, follow_redirects=True) as r:
+                r.raise_for_status()
+                chunks, size = [], 0
+                for chunk in r.iter_bytes():
+                    size += len(chunk)
+                    if size > MAX_TABLE_BYTES:
+                        raise PriceError(f"prices_file {source}: larger than {MAX_TABLE_BYTES} bytes")
+                    chunks.append(chunk)
+            return tomllib.loads(b"".join(chunks).decode("utf-8"))
+        return tomllib.loads(Path(source).expanduser().read_text("utf-8"))
+    except PriceError:
+        raise
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise PriceError(f"prices_file {source or DATA}: cannot read it: {e}") from None
+    except Exception as e:  # httpx errors
+        raise PriceError(f"prices_file {source}: cannot fetch it: {type(e).__name__}: {e}") from None
+
+
+def shipped(data: dict[str, Any] | None = None) -> dict[str, PriceConfig]:
+    """The entries of prices.toml (or of ``data``, a loaded price table file)."""
+    data = load_data() if data is None else data
+    try:
+        return msgspec.convert(data.get("prices", {}), dict[str, PriceConfig])
+    except msgspec.ValidationError as e:
+        raise PriceError(f"price table: {e}") from None
 
 
 class PriceError(ValueError):
@@ -84,16 +117,32 @@ class Price:
     per_1m_characters: int | None = None
     per_minute: int | None = None
     tokens: bool = True
+    # Long-context tier: a request whose prompt has more than ``long_above`` tokens is billed at
+    # ``long_factor`` (micro-units: 2_000_000 is twice) of these prices, input and output.
+    long_above: int | None = None
+    long_factor: int = MICROS
+
+    def _tier(self, prompt: int, total: int) -> int:
+        if self.long_above is not None and prompt > self.long_above:
+            return -(-total * self.long_factor // MICROS)
+        return total
 
     def cost(self, prompt: int, cached: int, completion: int) -> int:
         """Micro-dollars for a usage (cached tokens are part of the prompt tokens), rounded up."""
         cached = min(max(cached, 0), prompt)
         total = (prompt - cached) * self.input + cached * self.cached_input + completion * self.output
-        return -(-total // MICROS)
+        return -(-self._tier(prompt, total) // MICROS)
 
     def max_cost(self, prompt: int, max_output: int) -> int:
         """The most a request can cost: no cache hit and every allowed output token."""
-        return -(-(prompt * self.input + max_output * self.output) // MICROS)
+        return -(-self._tier(prompt, prompt * self.input + max_output * self.output) // MICROS)
+
+    def scaled(self, factor: int) -> Price:
+        """This price times ``factor`` (micro-units), each rate rounded up (a service tier)."""
+        def up(v: int) -> int:
+            return -(-v * factor // MICROS)
+        return dataclasses.replace(self, input=up(self.input), cached_input=up(self.cached_input),
+                                   output=up(self.output))
 
 
 def _specificity(pattern: str) -> int:
@@ -125,9 +174,32 @@ def _entry(name: str, p: PriceConfig) -> Price:
                  tuple(images), chars, minute, tokens)
 
 
+def shipped_tools(data: dict[str, Any]) -> dict[str, int]:
+    """The [tools] table: micro-dollars per hosted tool call (code_interpreter: per session)."""
+    return {name: to_micros(v, f"$.tools.{name}") for name, v in data.get("tools", {}).items()}
+
+
+def shipped_extras(data: dict[str, Any]) -> tuple[dict[str, dict[str, int]], dict[str, tuple[int, int]]]:
+    """The [service_tiers] ({tier: {model or "default": factor}}) and [long_context] ({model: (above,
+    factor)}) tables; factors in micro-units."""
+    tiers: dict[str, dict[str, int]] = {}
+    for tier, by_model in data.get("service_tiers", {}).items():
+        tiers[tier] = {m: to_micros(v, f"$.service_tiers.{tier}.{m}") for m, v in by_model.items()}
+    long: dict[str, tuple[int, int]] = {}
+    for model, v in data.get("long_context", {}).items():
+        above = v.get("above")
+        if not isinstance(above, int) or above < 1:
+            raise PriceError(f"$.long_context.{model}.above: must be an integer >= 1")
+        long[model] = (above, to_micros(v.get("factor", 1), f"$.long_context.{model}.factor"))
+    return tiers, long
+
+
 class PriceTable:
-    def __init__(self, entries: dict[str, Price], configured: frozenset[str] = frozenset()) -> None:
+    def __init__(self, entries: dict[str, Price], configured: frozenset[str] = frozenset(),
+                 tools: dict[str, int] | None = None) -> None:
         self.entries = entries
+        self.tools = tools if tools is not None else {}  # hosted tool type -> micro-dollars per call
+        self.service_tiers: dict[str, dict[str, int]] = {}  # tier -> model (or "default") -> factor
         self.configured = configured  # names from keyplane.toml (their globs are the administrator's)
         self._exact = {k: v for k, v in entries.items() if not _is_glob(k) and k != "default"}
         self._globs = sorted(((k, v) for k, v in entries.items() if _is_glob(k)),
@@ -137,12 +209,33 @@ class PriceTable:
         self._told: set[str] = set()
 
     @classmethod
-    def from_config(cls, configured: dict[str, Any]) -> PriceTable:
-        """The shipped table with keyplane.toml's [prices.*] entries added or replacing."""
-        entries = {name: _entry(name, p) for name, p in shipped().items()}
+    def from_config(cls, configured: dict[str, Any], source: str = "") -> PriceTable:
+        """The shipped table (or the prices_file setting's) with keyplane.toml's [prices.*] entries
+        added or replacing."""
+        data = load_data(source)
+        entries = {name: _entry(name, p) for name, p in shipped(data).items()}
         for name, p in configured.items():
             entries[name] = _entry(name, p)
-        return cls(entries, frozenset(configured))
+        tiers, long = shipped_extras(data)
+        for model, (above, factor) in long.items():
+            if model in entries and model not in configured:
+                entries[model] = dataclasses.replace(entries[model], long_above=above, long_factor=factor)
+        table = cls(entries, frozenset(configured), shipped_tools(data))
+        table.service_tiers = tiers
+        return table
+
+    def tier_factor(self, model: str, tier: str | None) -> int | None:
+        """The service tier's factor for a model (micro-units), 1x for the standard tiers; None when the
+        tier is one keyplane has no price for."""
+        if tier is None or tier in ("auto", "default"):
+            return MICROS
+        by_model = self.service_tiers.get(tier)
+        if by_model is None:
+            return None
+        for name in (model, family(model)):
+            if name in by_model:
+                return by_model[name]
+        return by_model.get("default")
 
     def lookup(self, model: str) -> Price | None:
         try:
@@ -182,7 +275,7 @@ def check_config(cfg: Any, flat: dict[str, Any]) -> list[str]:
     """Problems in [prices], [[tiers]], [limits] and the limits settings, for config.load_settings."""
     problems: list[str] = []
     try:
-        PriceTable.from_config(cfg.prices)
+        PriceTable.from_config(cfg.prices, flat.get("prices_file") or "")
     except PriceError as e:
         problems.append(str(e))
     from keyplane.billing.tiers import check_tiers

@@ -63,6 +63,10 @@ class Quote:
     estimate: str | None = None  # the cost is an estimate, not a bound: why (refused under money controls)
     body: bytes | None = None  # the body with the output limit keyplane set (None: unchanged)
     out_limit: int | None = None  # that limit
+    units: int = 0  # images asked, characters to speak, seconds of audio estimated (the usage API's buckets)
+    tools: dict[str, int] | None = None  # hosted tools enabled: micro-dollars per call (or session) by usage kind
+    # transcription: micro-dollars per minute, billed by the reported seconds past the estimate
+    per_minute: int | None = None
 
 
 def quote(prices: PriceTable, endpoint: str, model: str | None, body: bytes, max_tokens: int | None,
@@ -88,7 +92,14 @@ def _tokens(prices: PriceTable, endpoint: str, model: str | None, body: bytes, m
         return Quote(model, tokens=prompt, prompt=prompt, unpriced=errors.model_not_priced(model or "(none)"))
     m = tokens.measure(endpoint, model, body)
     prompt, n = m.prompt, m.n
-    q = Quote(model, prompt=prompt, price=price)
+    tier = _service_tier(body)
+    factor = prices.tier_factor(model, tier)
+    q = Quote(model, prompt=prompt)
+    if factor is None:
+        q.estimate = f"it asks for the service tier `{str(tier)[:20]}`, which the price table does not price"
+    elif factor != MICROS:
+        price = price.scaled(factor)  # billed at the tier's rates (flex: half, priority: about twice)
+    q.price = price
     out = 0
     if endpoint not in NO_OUTPUT:
         limit = max_tokens
@@ -109,12 +120,95 @@ def _tokens(prices: PriceTable, endpoint: str, model: str | None, body: bytes, m
         else:
             q.estimate = ("its input includes content whose size keyplane cannot see (a stored conversation, a "
                           "file, audio), and the model has no context_window in the price table")
+    tool_cost = 0
     if m.hosted_tools:
-        q.estimate = ("it enables hosted tools (web search, file search, code interpreter...) that the provider "
-                      "bills per call, which keyplane does not price yet")
-    q.cost = price.max_cost(seen, out)
+        hosted = _hosted_tools(prices, endpoint, q.body or body)
+        if isinstance(hosted, str):
+            q.estimate = hosted
+        else:
+            calls, q.tools, with_calls = hosted
+            if with_calls is not None:  # max_tool_calls set by keyplane (after the output limit, if it set one)
+                q.body = with_calls
+                if q.out_limit is None:
+                    q.out_limit = max_tokens
+            tool_cost = calls * max(q.tools.values())
+            # Each tool call feeds the model again: up to calls + 1 model turns, each reading up to the
+            # context window (search results and file chunks are billed as input tokens).
+            if price.context_window:
+                seen = (calls + 1) * max(prompt, price.context_window)
+            else:
+                q.estimate = "it enables hosted tools and the model has no context_window in the price table"
+    q.cost = price.max_cost(seen, out) + tool_cost
     q.tokens = prompt + out
     return q
+
+
+# Hosted tools of the Responses API keyplane prices: the tool type -> the usage kind it is metered in.
+TOOL_KINDS: Final = {"web_search": "web_search_calls", "web_search_2025_08_26": "web_search_calls",
+                     "web_search_preview": "web_search_calls", "web_search_preview_2025_03_11": "web_search_calls",
+                     "file_search": "file_search_calls", "code_interpreter": "code_interpreter_sessions"}
+# Hosted tool calls a response may make when the request sets no max_tool_calls (keyplane sets it, as
+# it sets the output limit, so that what is reserved bounds what the upstream may do).
+DEFAULT_TOOL_CALLS: Final = 8
+
+
+def _hosted_tools(prices: PriceTable, endpoint: str, body: bytes
+                  ) -> str | tuple[int, dict[str, int], bytes | None]:
+    """(calls allowed, price per call by usage kind, the body with max_tool_calls set or None), or why
+    the request's hosted tools cannot be bounded."""
+    if endpoint != "/v1/responses":
+        return ("it enables hosted tools (web search options, ...) that the provider bills per call, which "
+                "keyplane prices on the Responses API only")
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "its body is not JSON"
+    tools = obj.get("tools") if isinstance(obj, dict) else None
+    per: dict[str, int] = {}
+    for t in tools if isinstance(tools, list) else []:
+        kind = t.get("type") if isinstance(t, dict) else None
+        if kind in ("function", "custom"):
+            continue
+        usage_kind = TOOL_KINDS.get(kind) if isinstance(kind, str) else None
+        price = prices.tools.get(kind) if isinstance(kind, str) else None
+        if usage_kind is None or price is None:
+            return (f"it enables the hosted tool `{str(kind)[:40]}`, which the provider bills in ways keyplane "
+                    "does not price")
+        per[usage_kind] = max(per.get(usage_kind, 0), price)
+    calls = obj.get("max_tool_calls") if isinstance(obj, dict) else None
+    new_body = None
+    if not isinstance(calls, int) or isinstance(calls, bool) or calls < 0:
+        calls = DEFAULT_TOOL_CALLS
+        new_body = _with_field(body, "max_tool_calls", calls)
+    return calls, per, new_body
+
+
+def tool_prices(prices: PriceTable) -> dict[str, int]:
+    """The highest price per call of each usage kind (for calls a request did not declare)."""
+    out: dict[str, int] = {}
+    for tool, kind in TOOL_KINDS.items():
+        if tool in prices.tools:
+            out[kind] = max(out.get(kind, 0), prices.tools[tool])
+    return out
+
+
+def tool_cost(prices: dict[str, int] | None, calls: dict[str, int] | None) -> dict[str, int]:
+    """Micro-dollars by usage kind for the hosted tool calls a response made."""
+    if not prices or not calls:
+        return {}
+    top = max(prices.values())
+    return {kind: n * prices.get(kind, top) for kind, n in calls.items() if n > 0}
+
+
+def _service_tier(body: bytes) -> str | None:
+    if b'"service_tier"' not in body:
+        return None
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    tier = obj.get("service_tier") if isinstance(obj, dict) else None
+    return tier if isinstance(tier, str) else None
 
 
 def _with_field(body: bytes, field: str, value: int) -> bytes | None:
@@ -167,7 +261,7 @@ def _images(prices: PriceTable, endpoint: str, model: str | None, body: bytes, f
         if endpoint == "/v1/images/edits":
             prompt += EDIT_IMAGE_TOKENS * max(1, body.count(b"filename="))
         cost += -(-prompt * price.input // MICROS)
-    return Quote(name, cost=cost, prompt=prompt, flat=True)
+    return Quote(name, cost=cost, prompt=prompt, flat=True, units=n)
 
 
 def _speech(prices: PriceTable, model: str | None, body: bytes) -> Quote:
@@ -178,7 +272,7 @@ def _speech(prices: PriceTable, model: str | None, body: bytes) -> Quote:
         return Quote(name, unpriced=errors.model_not_priced(name))
     text = f.get("input")
     chars = len(text) if isinstance(text, str) else len(body)
-    return Quote(name, cost=-(-chars * price.per_1m_characters // MICROS), flat=True)
+    return Quote(name, cost=-(-chars * price.per_1m_characters // MICROS), flat=True, units=chars)
 
 
 def _transcribe(prices: PriceTable, endpoint: str, model: str | None, body: bytes,
@@ -188,5 +282,5 @@ def _transcribe(prices: PriceTable, endpoint: str, model: str | None, body: byte
     if price is None or price.per_minute is None:
         return Quote(name, unpriced=errors.model_not_priced(name))
     minutes = max(1, -(-len(body) // AUDIO_BYTES_PER_MINUTE))
-    return Quote(name, cost=minutes * price.per_minute, flat=True,
+    return Quote(name, cost=minutes * price.per_minute, flat=True, units=minutes * 60, per_minute=price.per_minute,
                  estimate="the duration of the audio is not known before it is decoded")

@@ -47,6 +47,9 @@ class RequestContext:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    units: int = 0  # images made, characters spoken, seconds of audio transcribed (usage API buckets)
+    # Hosted tool calls of a Responses answer by usage kind (web_search_calls...): [count, micro-dollars].
+    tool_calls: dict[str, list[int]] | None = None
     cost_micros: int = 0  # cost in micro-dollars, filled by billing's settle step (keyplane.pipeline)
     usage_estimated: bool = False  # True when output tokens were estimated from the relayed text
     started: float = 0.0  # monotonic seconds

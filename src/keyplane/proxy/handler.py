@@ -24,7 +24,7 @@ import orjson
 from keyplane import errors, keys, logs
 from keyplane.auth import authenticate
 from keyplane.cache import attach as attach_cache
-from keyplane.proxy import canonical, estimate, request, skipped, sse
+from keyplane.proxy import canonical, client_secrets, estimate, request, skipped, sse
 from keyplane.proxy.canonical import MODEL_ENDPOINTS
 from keyplane.proxy.context import RequestContext
 from keyplane.proxy.forward import JSON, OBJECT, RAW, SSE, Forwarder, Outcome
@@ -32,6 +32,7 @@ from keyplane.proxy.models import ModelCatalog
 from keyplane.proxy.router import Router
 from keyplane.proxy.tenancy import Tenancy
 from keyplane.proxy.upstream import RETRYABLE_ERRORS
+from keyplane.proxy.usage import READ_WHOLE, fill_units, tool_calls
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
 
@@ -93,6 +94,7 @@ class ProxyApp:
         self.max_body = rt.settings.max_body_bytes
         self.cache = attach_cache(rt, router)  # prefix routing and response cache (docs/caching.md); None: off
         self.tenancy = Tenancy(rt, router)  # projects isolated at the provider (proxy/tenancy.py)
+        self.access = rt.extras.get("access")  # model and hosted tool permissions (keyplane.access)
 
     async def aclose(self) -> None:
         await self.forwarder.client.aclose()
@@ -161,9 +163,15 @@ class ProxyApp:
             path = canonical.canonical_path(raw if raw is not None else path.encode("utf-8"))
             canonical.check_query(scope["query_string"])
             entry = authenticate(rt, headers, scope["query_string"])
+            if self.access is not None:  # IP allowlists, before anything else the key may do
+                await self.access.current()  # (a key's policies are never older than the key: keyplane.access)
+                self.access.check_ip(entry.project_id, entry.id, scope.get("client"), headers)
             rt.last_used.touch(entry.id, rt.clock.now())
             if path == KEY_INFO_PATH and method == "GET":
                 await self._send_json(send, self._key_info(entry), rid, t0)
+                return
+            if path == client_secrets.PATH and method == "POST":  # browser Realtime sessions (proxy/realtime.py)
+                await self._send_json(send, await client_secrets.mint(rt, entry, scope, receive), rid, t0)
                 return
             ep = canonical.classify(method, path)
             if ep.scope is None:
@@ -171,7 +179,7 @@ class ProxyApp:
             if not entry.permissions.allows(ep.scope):
                 raise errors.missing_scope(ep.scope)
             if method == "GET" and path.startswith("/v1/models"):
-                await self._models(send, path, rid, t0)
+                await self._models(send, path, rid, t0, entry.project_id)
                 return
             body = await request.read_body(scope, receive, self.max_body)
             fields = request.read_fields(ep, headers, body) if ep.model or ep.spending else None
@@ -187,6 +195,9 @@ class ProxyApp:
                     strip_usage = True
             elif model is None and body and request.is_json(headers):
                 model = request.parse_head(body).model  # routing only (e.g. a passthrough with a model)
+            if self.access is not None:  # model and hosted tool permissions, before any upstream call
+                self.access.check_request(entry.project_id, entry.id, path, method, model, ep.spending, body,
+                                          request.is_json(headers))
             # Objects another project owns answer 404 here, before any upstream call (proxy/tenancy.py).
             pinned = await self.tenancy.check(method, path, entry.project_id, body)
             pool = self.tenancy.pool(path, entry.project_id, model, pinned)
@@ -228,7 +239,9 @@ class ProxyApp:
             log.exception("admission failed for %s", ctx.request_id)
             await self._send_error(send, errors.internal_error(), rid, t0, ctx.extra_headers)
             return
-        mode = (SSE if stream else JSON) if ep.model else (OBJECT if self.tenancy.wants_body(ctx) else RAW)
+        # Transcriptions and moderations: the JSON answer is read whole (small) for its usage.
+        mode = (SSE if stream else JSON) if ep.model else (
+            OBJECT if self.tenancy.wants_body(ctx) or path in READ_WHOLE else RAW)
         if self.cache is not None and ep.model:
             send = await self.cache.serve(ctx, headers, send, lambda: self._finish(ctx, t0, _Watch(None)))
             if send is None:  # answered from the response cache
@@ -265,6 +278,9 @@ class ProxyApp:
                     payload = _wrap_error(out.dep.name, status, payload)
                 if out.usage is not None:
                     ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = out.usage.numbers()
+                    ctx.tool_calls = tool_calls(out.usage)
+                if status < 300:
+                    fill_units(ctx, out.body)
                 ctx.status = status
                 if status < 300:  # record created objects, keep the caller's own in a list (proxy/tenancy.py)
                     payload = await self.tenancy.after(ctx, status, payload)
@@ -399,6 +415,7 @@ class ProxyApp:
     def _usage_from_relay(self, ctx: RequestContext, relay: sse.StreamRelay | None) -> None:
         if relay is not None and relay.usage is not None:
             ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = relay.usage.numbers()
+            ctx.tool_calls = tool_calls(relay.usage)
             return
         if ctx.model is None or ctx.endpoint not in MODEL_ENDPOINTS:
             return
@@ -438,13 +455,19 @@ class ProxyApp:
             "permissions": perms.to_json(), "scopes": sorted(perms.scopes),
         }
 
-    async def _models(self, send: Any, path: str, rid: bytes, t0: float) -> None:
+    async def _models(self, send: Any, path: str, rid: bytes, t0: float, project_id: str | None = None) -> None:
         if path in ("/v1/models", "/v1/models/"):
             data = await self.catalog.list()
             await self._send_json(send, {"object": "list", "data": data}, rid, t0)
             return
         model = path[len("/v1/models/"):]
-        await self._send_json(send, await self.catalog.get(model), rid, t0)
+        try:
+            obj = await self.catalog.get(model)
+        except errors.APIError as e:  # served by an upstream skipped for want of its key: say so (503)
+            if e.code != "model_not_found":
+                raise
+            raise skipped.no_route(self.rt, model, project_id) from None
+        await self._send_json(send, obj, rid, t0)
 
 
 def _redact(data: bytes, secret: str) -> bytes:

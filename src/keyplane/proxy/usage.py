@@ -3,6 +3,10 @@
 Chat and completions report prompt_tokens / completion_tokens and prompt_tokens_details.cached_tokens;
 the Responses API reports input_tokens / output_tokens and input_tokens_details.cached_tokens
 (reference "Streaming usage"). Embeddings report prompt_tokens only.
+
+The usage API's other buckets count units (:func:`units`): images made (the answer's ``data``),
+seconds of audio transcribed (``usage.seconds`` of a duration usage, or verbose_json's ``duration``).
+Characters spoken are counted from the request (billing/quote.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ class Usage(msgspec.Struct):
     output_tokens: int | None = None
     prompt_tokens_details: _Details | None = None
     input_tokens_details: _Details | None = None
+    # Not the upstream's: the hosted tool calls of a Responses answer, by usage kind (filled from ``output``).
+    tools: dict[str, int] | None = msgspec.field(default=None, name="@keyplane_tools")
 
     def numbers(self) -> tuple[int, int, int]:
         """(prompt, cached, completion)."""
@@ -32,8 +38,42 @@ class Usage(msgspec.Struct):
         return p, (d.cached_tokens or 0) if d is not None else 0, c
 
 
+class _UnitUsage(msgspec.Struct):
+    seconds: float | None = None
+
+
+class _Item(msgspec.Struct):
+    type: str | None = None
+    container_id: str | None = None
+
+
+# Output items of a Responses answer that the provider bills per call (code interpreter: per container).
+_TOOL_ITEMS = {"web_search_call": "web_search_calls", "file_search_call": "file_search_calls",
+               "code_interpreter_call": "code_interpreter_sessions"}
+
+
 class _Body(msgspec.Struct):
     usage: Usage | None = None
+    output: list[_Item] | None = None
+
+    def with_tools(self) -> Usage | None:
+        u = self.usage
+        if u is None or not self.output:
+            return u
+        calls: dict[str, int] = {}
+        containers: set[str] = set()
+        for item in self.output:
+            kind = _TOOL_ITEMS.get(item.type or "")
+            if kind is None:
+                continue
+            if kind == "code_interpreter_sessions":
+                if item.container_id in containers:
+                    continue
+                containers.add(item.container_id or f"#{len(containers)}")
+            calls[kind] = calls.get(kind, 0) + 1
+        if calls:
+            u.tools = calls
+        return u
 
 
 class _Chunk(msgspec.Struct):
@@ -53,9 +93,40 @@ _event = msgspec.json.Decoder(_ResponseEvent)
 BadBody = (msgspec.DecodeError, msgspec.ValidationError)
 
 
+class _Units(msgspec.Struct):
+    data: list[msgspec.Raw] | None = None
+    duration: float | None = None
+    usage: _UnitUsage | None = None
+
+
+_units = msgspec.json.Decoder(_Units)
+IMAGES = frozenset({"/v1/images/generations", "/v1/images/edits", "/v1/images/variations"})
+TRANSCRIBE = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
+# Answers the proxy reads whole (small JSON) to meter them; images are relayed as they come (they may be
+# tens of MiB of base64): their count is the ``n`` the request asked for.
+READ_WHOLE = TRANSCRIBE | {"/v1/moderations"}
+MAX_SECONDS = 10 * 86400  # a bound on what an answer may claim
+
+
+def units(endpoint: str, body: bytes) -> int | None:
+    """Images made or whole seconds of audio transcribed, as the answer says; None when it does not."""
+    if endpoint not in IMAGES and endpoint not in TRANSCRIBE:
+        return None
+    try:
+        u = _units.decode(body)
+    except BadBody:
+        return None
+    if endpoint in IMAGES:
+        return len(u.data) if u.data is not None else None
+    secs = u.usage.seconds if u.usage is not None and u.usage.seconds is not None else u.duration
+    if secs is None or not secs >= 0:
+        return None
+    return min(MAX_SECONDS, -int(-secs // 1))
+
+
 def from_body(body: bytes) -> Usage | None:
     """The usage of a whole JSON answer; raises one of BadBody when it is not a JSON object."""
-    return _body.decode(body).usage
+    return _body.decode(body).with_tools()
 
 
 def from_chunk(data: bytes) -> tuple[Usage | None, bool]:
@@ -67,4 +138,29 @@ def from_chunk(data: bytes) -> tuple[Usage | None, bool]:
 def from_response_event(data: bytes) -> Usage | None:
     """The usage of a Responses stream event (response.completed / incomplete / failed)."""
     e = _event.decode(data)
-    return e.response.usage if e.response is not None else None
+    return e.response.with_tools() if e.response is not None else None
+
+
+def fill_units(ctx: Any, body: bytes) -> None:
+    """After a successful JSON answer: the units of the non-token buckets, and the input of a
+    moderation (free, and answered without usage: its tokens estimated from the request)."""
+    n = units(ctx.endpoint, body)
+    if n is not None:
+        ctx.units = n
+        if ctx.endpoint in IMAGES and not (ctx.prompt_tokens or ctx.completion_tokens):  # gpt-image: tokens too
+            try:
+                u = from_body(body)
+            except BadBody:
+                u = None
+            if u is not None:
+                ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = u.numbers()
+    elif ctx.endpoint == "/v1/moderations" and not ctx.prompt_tokens:
+        from keyplane.proxy import estimate
+
+        ctx.prompt_tokens = estimate.prompt_tokens(ctx.body)
+        ctx.usage_estimated = True
+
+
+def tool_calls(u: Usage) -> dict[str, list[int]] | None:
+    """The hosted tool calls of an answer, for the request context: {kind: [count, cost (billing fills)]}."""
+    return {k: [n, 0] for k, n in u.tools.items()} if u.tools else None

@@ -1,7 +1,8 @@
 """An OpenAI-compatible fake upstream with fault injection, for tests and the benchmark.
 
 Raw asyncio + httptools, so it costs the benchmark far less CPU than the gateway it measures.
-Serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses (streaming and not),
+Serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses (streaming and not), images,
+audio (speech, transcriptions, translations), /v1/moderations,
 /v1/models[/{id}] and GET /v1/files, with real-looking usage.
 
 Faults are set per instance (``fake.default``), queued per request (``fake.push(Behaviour(...))``,
@@ -24,6 +25,7 @@ import collections
 import contextlib
 import dataclasses
 import itertools
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -229,10 +231,15 @@ class FakeUpstream:
             asked = [v for f in ("max_completion_tokens", "max_tokens", "max_output_tokens")
                      if isinstance(v := data.get(f), int) and v > 0]
             b = dataclasses.replace(b, text=" ".join(["tok"] * min([b.max_output, *asked])))
-        result = self._route(req.method, path, data, b, rid or "x")
+        if req.method == "POST" and path.startswith(("/v1/images/", "/v1/audio/", "/v1/moderations")):
+            result = _media(path, data if isinstance(data, dict) else {}, bytes(req.body), multipart)
+        else:
+            result = self._route(req.method, path, data, b, rid or "x")
         if result is None:
             body = answers.error_body(404, f"Invalid URL ({req.method} {path})")
             conn.write(_head(404, _CT_JSON, len(body), extra) + body)
+        elif isinstance(result, bytes):  # speech: audio
+            conn.write(_head(200, b"audio/mpeg", len(result), extra) + result)
         elif isinstance(result, list):
             if not await conn.write_stream(result, extra, b):
                 return
@@ -261,8 +268,13 @@ class FakeUpstream:
         if method == "POST" and path == "/v1/responses":
             if stream:
                 return answers.responses_stream_events(data, b.text, b.cached_tokens, rid, b.send_usage)
-            return answers.response_object(data, b.text, b.cached_tokens, rid, with_usage=b.send_usage)
-        if method == "POST" and path.startswith(("/v1/images/", "/v1/audio/", "/v1/batches")):  # billed elsewhere
+            return _with_tool_calls(answers.response_object(data, b.text, b.cached_tokens, rid,
+                                                            with_usage=b.send_usage), data)
+        if method == "POST" and path == "/v1/vector_stores":  # for file_search tools that name one
+            return {"id": f"vs_{rid}", "object": "vector_store", "created_at": 0, "name": data.get("name"),
+                    "usage_bytes": 0, "status": "completed", "last_active_at": 0, "metadata": {},
+                    "file_counts": {"cancelled": 0, "completed": 0, "failed": 0, "in_progress": 0, "total": 0}}
+        if method == "POST" and path.startswith("/v1/batches"):  # billed elsewhere
             return {"created": 0, "data": [{"url": "https://fake.invalid/1.png"}], "text": "fake", "id": "batch_fake"}
         if method == "GET" and path == "/v1/models":
             return answers.models_list()
@@ -285,6 +297,61 @@ class FakeUpstream:
                      "body": r.body.decode("utf-8", "replace"), "finished": r.finished, "disconnected": r.disconnected}
                     for r in self.model_requests()]
         return {"ok": True}
+
+
+_FIELD = re.compile(rb'name="([a-z_]+)"\r\n\r\n([^\r]{0,200})\r\n')
+# A transcription's reported duration: one second per this many bytes of upload.
+AUDIO_BYTES_PER_SECOND = 1000
+
+
+def _media(path: str, data: dict[str, Any], body: bytes, multipart: bool) -> Any:
+    """Images (``n`` of them; gpt-image models report token usage), speech (audio bytes), transcriptions
+    (a duration usage: one second per AUDIO_BYTES_PER_SECOND bytes uploaded) and moderations."""
+    if multipart:
+        data = {k.decode(): v.decode("utf-8", "replace") for k, v in _FIELD.findall(body)}
+    model = str(data.get("model") or "")
+    if path.startswith("/v1/images/"):
+        try:
+            n = max(1, min(10, int(data.get("n") or 1)))
+        except (TypeError, ValueError):
+            n = 1
+        out: dict[str, Any] = {"created": 0, "data": [{"url": f"https://fake.invalid/{i}.png"} for i in range(n)]}
+        if model.startswith("gpt-image"):
+            out["usage"] = {"input_tokens": 50, "output_tokens": 1056 * n, "total_tokens": 50 + 1056 * n,
+                            "input_tokens_details": {"text_tokens": 50, "image_tokens": 0}}
+        return out
+    if path == "/v1/audio/speech":
+        return b"ID3fake-audio" + b"\0" * 64
+    if path.startswith("/v1/audio/"):
+        secs = max(1, len(body) // AUDIO_BYTES_PER_SECOND)
+        return {"text": "fake", "usage": {"type": "duration", "seconds": secs}}
+    if path == "/v1/moderations":
+        inputs = data.get("input")
+        n = len(inputs) if isinstance(inputs, list) else 1
+        return {"id": "modr-fake", "model": model or "omni-moderation-latest",
+                "results": [{"flagged": False, "categories": {}, "category_scores": {}} for _ in range(n)]}
+    return None
+
+
+_TOOL_ITEMS = {"web_search": "web_search_call", "web_search_preview": "web_search_call",
+               "file_search": "file_search_call", "code_interpreter": "code_interpreter_call"}
+
+
+def _with_tool_calls(obj: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """A response that used its hosted tools: one call of each (two code interpreter calls, one container)."""
+    items: list[dict[str, Any]] = []
+    for t in data.get("tools") or []:
+        item = _TOOL_ITEMS.get(t.get("type", "")) if isinstance(t, dict) else None
+        if item is None:
+            continue
+        if item == "code_interpreter_call":
+            items += [{"type": item, "id": f"ci_{i}", "status": "completed", "container_id": "cntr_fake",
+                       "code": "1+1", "outputs": []} for i in range(2)]
+        else:
+            items.append({"type": item, "id": f"{item}_1", "status": "completed"})
+    if items:
+        obj["output"] = items + list(obj.get("output") or [])
+    return obj
 
 
 def _head(status: int, ctype: bytes, length: int | None, extra: list[tuple[bytes, bytes]]) -> bytes:

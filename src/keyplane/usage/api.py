@@ -27,6 +27,7 @@ from keyplane.admin.params import MAX_TIMESTAMP, parse_int, query_bool, query_li
 from keyplane.usage import rollups
 from keyplane.usage.models import UsageRequest
 from keyplane.usage.recorder import USAGE_KINDS
+from keyplane.usage.tools import TOOL_KINDS
 
 P = "/v1/organization"
 # bucket_width -> (seconds, default limit, max limit)
@@ -162,34 +163,55 @@ def _group_fields(kind: str, group_by: list[str], vals: dict[str, Any]) -> dict[
     return out
 
 
+# Kinds counted in units (usage.models ``units``) rather than tokens: the result field that says how many.
+UNIT_FIELDS = {"images": "images", "audio_speeches": "characters", "audio_transcriptions": "seconds",
+               "web_search_calls": "num_requests", "file_search_calls": "num_requests",
+               "code_interpreter_sessions": "num_sessions"}
+# The result object of a kind, where it is not organization.usage.<kind>.result.
+_OBJECTS = {"web_search_calls": "web_searches", "file_search_calls": "file_searches"}
+METERED = ("completions", "embeddings", "moderations", *UNIT_FIELDS)
+
+
 def _usage_result(kind: str, sums: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     n_in, cached = int(sums["input_tokens"]), int(sums["cached_tokens"])
-    r: dict[str, Any] = {"object": f"organization.usage.{kind}.result", "input_tokens": n_in}
+    r: dict[str, Any] = {"object": f"organization.usage.{_OBJECTS.get(kind, kind)}.result"}
+    if kind in UNIT_FIELDS:
+        r[UNIT_FIELDS[kind]] = int(sums["units"])
+    else:
+        r["input_tokens"] = n_in
     if kind == "completions":
         r |= {"output_tokens": int(sums["output_tokens"]), "input_cached_tokens": cached,
               "input_uncached_tokens": n_in - cached, "input_audio_tokens": 0, "output_audio_tokens": 0}
-    r["num_model_requests"] = int(sums["model_requests"])
+    if kind not in ("file_search_calls", "code_interpreter_sessions"):
+        r["num_model_requests"] = int(sums["model_requests"])
     return r | fields
 
 
 def _usage_handler(kind: str) -> Callable[[Request], Any]:
     allowed = GROUP_BY[kind]
-    record_kinds = USAGE_KINDS.get(kind)
+    record_kinds = USAGE_KINDS.get(kind) or ((kind,) if kind in TOOL_KINDS else None)
 
     async def handler(request: Request) -> JSONResponse:
         authenticate_admin(request)
         rng = Range(request)
         group_by = _group_by(request, allowed)
+        if (source := request.query_params.get("source")) is not None:  # ingested provider usage: docs/providers.md
+            from keyplane.providers.usage_api import provider_usage
+
+            return await provider_usage(request, kind, rng, group_by, source)
         batch_only = query_bool(request, "batch")
         results: dict[int, list[dict[str, Any]]] = {}
-        # Only token-metered kinds have data: keyplane does not count images, characters, seconds or
-        # storage, so those endpoints answer with their buckets, empty.
-        if kind in ("completions", "embeddings", "moderations") and record_kinds and not batch_only:
+        for unsupported in ("sizes", "sources"):  # not kept per request: refused rather than ignored
+            if query_list(request, unsupported):
+                raise errors.bad_request(f"keyplane does not keep image {unsupported} per request: '{unsupported}' "
+                                         "is not supported.", param=unsupported, code="invalid_value")
+        # Metered kinds have data; hosted tools and storage are not counted yet: their buckets are empty.
+        if kind in METERED and record_kinds and not batch_only:
             dims = [g for g in group_by if g in _SQL_DIMS]
             acc = await _aggregate(request, rng, dims, _filters(request, record_kinds))
             for key in sorted(acc, key=_order):
                 sums = acc[key]
-                if not sums["model_requests"] and not sums["input_tokens"] and not sums["output_tokens"]:
+                if not (sums["model_requests"] or sums["input_tokens"] or sums["output_tokens"] or sums["units"]):
                     continue
                 vals = dict(zip(dims, key[1:], strict=True))
                 results.setdefault(key[0], []).append(_usage_result(kind, sums, _group_fields(kind, group_by, vals)))
@@ -201,39 +223,58 @@ def _usage_handler(kind: str) -> Callable[[Request], Any]:
 
 # --- costs ---------------------------------------------------------------------------------------
 
+# Line items of the kinds counted in units: (name, quantity unit); tool calls are not per model.
+_UNIT_LINES = {"images": ("{model}, images", "images"), "audio_speeches": ("{model}, characters", "characters"),
+               "audio_transcriptions": ("{model}, audio", "duration_seconds"),
+               "web_search_calls": ("web search tool calls", None),
+               "file_search_calls": ("file search tool calls", None),
+               "code_interpreter_sessions": ("code interpreter sessions", None)}
+
+
+def _line_items(model: str, kind: str, total: int, part_in: int, sums: dict[str, Any]
+                ) -> list[tuple[str | None, int, Any, str | None]]:
+    unit_line = _UNIT_LINES.get(kind)
+    if unit_line is not None:
+        return [(unit_line[0].format(model=model), total, int(sums["units"]), unit_line[1])]
+    return [(f"{model}, input", part_in, sums["input_tokens"], "tokens"),
+            (f"{model}, output", total - part_in, sums["output_tokens"], "tokens")]
+
+
 async def costs(request: Request) -> JSONResponse:
     authenticate_admin(request)
     rng = Range(request, costs=True)
     group_by = _group_by(request, COSTS_GROUP_BY)
+    if (source := request.query_params.get("source")) is not None:  # ingested provider costs: docs/providers.md
+        from keyplane.providers.usage_api import provider_costs
+
+        return await provider_costs(request, rng, group_by, source)
     # Not query_list: a line item has a comma in it ("gpt-4o, input").
     line_items = set(request.query_params.getlist("line_items[]") + request.query_params.getlist("line_items"))
     by_line = "line_item" in group_by or bool(line_items)
     dims = [g for g in group_by if g in _SQL_DIMS]
-    sql_dims = [*dims, "model"] if by_line else dims
+    sql_dims = [*dims, "model", "kind"] if by_line else dims
     acc = await _aggregate(request, rng, sql_dims, _filters(request, ()))
-    out: dict[tuple[Any, ...], list[Any]] = {}  # (bucket, *dims, line_item) -> [micros, quantity]
+    out: dict[tuple[Any, ...], list[Any]] = {}  # (bucket, *dims, line_item) -> [micros, quantity, unit]
     for key, sums in acc.items():
         vals = dict(zip(sql_dims, key[1:], strict=True))
         total, part_in = int(sums["cost_micros"]), int(sums["cost_input_micros"])
         if not total and not sums["model_requests"]:
             continue
-        lines: list[tuple[str | None, int, Any]]
+        lines: list[tuple[str | None, int, Any, str | None]]
         if by_line:
-            model = vals.get("model") or "unknown"
-            lines = [(f"{model}, input", part_in, sums["input_tokens"]),
-                     (f"{model}, output", total - part_in, sums["output_tokens"])]
+            lines = _line_items(vals.get("model") or "unknown", vals.get("kind") or "", total, part_in, sums)
         else:
-            lines = [(None, total, 0)]
-        for item, micros, qty in lines:
+            lines = [(None, total, 0, None)]
+        for item, micros, qty, unit in lines:
             if line_items and item not in line_items:
                 continue
             k = (key[0], *(vals[d] for d in dims), item if "line_item" in group_by else None)
-            slot = out.setdefault(k, [0, 0])
+            slot = out.setdefault(k, [0, 0, unit])
             slot[0] += micros
             slot[1] += qty
     results: dict[int, list[dict[str, Any]]] = {}
     for k in sorted(out, key=_order):
-        micros, qty = out[k]
+        micros, qty, unit = out[k]
         vals = dict(zip(dims, k[1:-1], strict=True))
         grouped_line = "line_item" in group_by
         results.setdefault(k[0], []).append({
@@ -243,7 +284,7 @@ async def costs(request: Request) -> JSONResponse:
             "project_id": vals.get("project_id"), "user_id": vals.get("user_id"),
             "api_key_id": vals.get("api_key_id"),
             "api_source": "unlabeled" if "api_source" in group_by else None,
-            "quantity": qty if grouped_line else None, "quantity_unit": "tokens" if grouped_line else None,
+            "quantity": qty if grouped_line else None, "quantity_unit": unit if grouped_line else None,
         })
     return JSONResponse(_page(rng, results))
 

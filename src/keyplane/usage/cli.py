@@ -102,6 +102,8 @@ def register(app: typer.Typer) -> None:
         from rich.markup import escape
         from rich.table import Table
 
+        from keyplane import fmt
+
         if by not in _BY:
             raise fail(f"--by must be one of: {', '.join(_BY)}", 2)
         if json and as_csv:
@@ -143,16 +145,17 @@ def register(app: typer.Typer) -> None:
 
         t = Table(title=f"Usage by {by}, last {since}", title_justify="left")
         t.add_column(by, overflow="fold")  # long names fold; the numbers never get cut
-        for c in ("requests", "errors", "input", "cached", "output", "cost $", "avg ms"):
+        for c in ("requests", "errors", "input", "cached", "output", "cost", "avg ms"):
             t.add_column(c, justify="right", no_wrap=True)
         for r in rows:
             t.add_row(cell(r), f"{r['requests']:,}", f"{r['errors']:,}", f"{r['input_tokens']:,}",
-                      f"{r['cached_tokens']:,}", f"{r['output_tokens']:,}", f"{r['cost_usd']:.4f}",
+                      f"{r['cached_tokens']:,}", f"{r['output_tokens']:,}", fmt.usd_dollars(r['cost_usd']),
                       "-" if r["avg_latency_ms"] is None else f"{r['avg_latency_ms']:.0f}")
         if rows:
             t.add_section()
             t.add_row("total", f"{total['requests']:,}", f"{total['errors']:,}", f"{total['input_tokens']:,}",
-                      f"{total['cached_tokens']:,}", f"{total['output_tokens']:,}", f"{total['cost_usd']:.4f}", "")
+                      f"{total['cached_tokens']:,}", f"{total['output_tokens']:,}",
+                      fmt.usd_dollars(total['cost_usd']), "")
         out.print(t)
         if not rows:
             out.print("No usage in this window.")
@@ -161,9 +164,9 @@ def register(app: typer.Typer) -> None:
         top = max(value(r) for r in rows)
         width = max(len(label(r)) for r in rows[:_CHART_ROWS])
         bar_width = max(10, min(_BAR_WIDTH, out.width - width - 16))
-        out.print(f"\n[bold]{'spend ($)' if use_cost else 'tokens'} by {by}[/]")
+        out.print(f"\n[bold]{'spend' if use_cost else 'tokens'} by {by}[/]")
         for r in rows[:_CHART_ROWS]:
-            shown = f"{value(r):.4f}" if use_cost else f"{int(value(r)):,}"
+            shown = fmt.usd_dollars(value(r)) if use_cost else f"{int(value(r)):,}"
             pad = " " * (width - len(label(r)))
             out.print(f"{cell(r)}{pad}  [cyan]{bar(value(r), top, bar_width):<{bar_width}}[/] {shown}",
                       highlight=False, soft_wrap=True)

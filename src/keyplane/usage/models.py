@@ -33,6 +33,7 @@ class UsageRequest(Base):
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_input_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    units: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # images, characters, seconds
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     stream: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -65,6 +66,7 @@ class _Rollup:
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_input_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    units: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     latency_ms_sum: Mapped[float] = mapped_column(Float, default=0.0)
 
 
@@ -83,5 +85,5 @@ class UsageDay(_Rollup, Base):
 # (granularity in seconds, table), coarsest first.
 ROLLUPS: tuple[tuple[int, type[_Rollup]], ...] = ((86400, UsageDay), (3600, UsageHour), (60, UsageMinute))
 SUMS: tuple[str, ...] = ("requests", "model_requests", "errors", "input_tokens", "cached_tokens", "output_tokens",
-                         "cost_micros", "cost_input_micros", "latency_ms_sum")
+                         "cost_micros", "cost_input_micros", "units", "latency_ms_sum")
 DIMS: tuple[str, ...] = ("project_id", "api_key_id", "user_id", "model", "kind")

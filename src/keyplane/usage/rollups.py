@@ -64,6 +64,7 @@ def rollup_rows(records: Iterable[Record], granularity: int) -> list[dict[str, A
         row["output_tokens"] += r.output_tokens
         row["cost_micros"] += r.cost_micros
         row["cost_input_micros"] += r.cost_input_micros
+        row["units"] += r.units
         row["latency_ms_sum"] += r.latency_ms
     return [acc[k] for k in sorted(acc)]
 
@@ -74,7 +75,7 @@ def request_row(r: Record) -> dict[str, Any]:
         "api_key_id": r.key_id, "user_id": r.user_id, "model": r.model, "upstream": r.upstream,
         "kind": r.kind, "endpoint": r.endpoint[:256], "status": r.status, "input_tokens": r.input_tokens,
         "cached_tokens": r.cached_tokens, "output_tokens": r.output_tokens, "cost_micros": r.cost_micros,
-        "cost_input_micros": r.cost_input_micros, "latency_ms": r.latency_ms, "ttft_ms": r.ttft_ms,
+        "cost_input_micros": r.cost_input_micros, "units": r.units, "latency_ms": r.latency_ms, "ttft_ms": r.ttft_ms,
         "stream": r.stream, "disconnected": r.disconnected, "estimated": r.estimated, "attempts": r.attempts,
         "error": r.error[:256] if r.error else None,
         "upstream_request_id": r.upstream_request_id[:128] if r.upstream_request_id else None,
@@ -138,7 +139,7 @@ def _raw_select(lo: int, hi: int, width: int | None, group_by: Sequence[str], fi
         func.sum(case((model_request, 1), else_=0)).label("model_requests"),
         func.sum(case((r.status >= 400, 1), else_=0)).label("errors"),
         *[func.sum(getattr(r, c)).label(c) for c in ("input_tokens", "cached_tokens", "output_tokens",
-                                                      "cost_micros", "cost_input_micros")],
+                                                      "cost_micros", "cost_input_micros", "units")],
         func.sum(r.latency_ms).label("latency_ms_sum"),
     ]
     stmt = select(b, *cols, *sums).where(r.created_at >= lo, r.created_at < hi, *filters.clauses(r))

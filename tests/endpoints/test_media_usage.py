@@ -1,0 +1,183 @@
+"""Images, audio and moderations end to end through the official SDK: the Usage API's images,
+audio_speeches, audio_transcriptions and moderations buckets, the Costs API, and a budget for N
+requests letting exactly N through under a race (issue 17 items 2, 3, 6)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+import warnings
+from collections.abc import Awaitable, Callable
+
+import openai
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from tests.billing.conftest import admin_http, admin_sdk, billing_of
+from tests.endpoints.conftest import media
+from tests.usage.support import drain
+
+LIMIT = {"currency": "USD", "interval": "month"}
+
+
+def _limit(srv, cents: int) -> None:
+    with admin_http(srv) as h:
+        r = h.post(f"/projects/{srv.project_id}/spend_limit", json={**LIMIT, "threshold_amount": cents})
+        assert r.status_code == 200, r.text
+
+
+def _spent(srv) -> tuple[int, int]:
+    return srv.call(billing_of(srv).spent("project", srv.project_id))
+
+
+def _one(results):
+    rows = [r for b in results.data for r in b.results]
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def test_images_audio_and_moderations_reach_their_usage_buckets(make_gateway, fake):
+    srv = make_gateway(media(fake))
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    admin = admin_sdk(srv)
+    start = int(time.time()) - 5
+    # images: 3 dall-e-3 ($0.04 each) + 2 dall-e-2 ($0.02 each) + an edit (multipart) of 2 gpt-image-1
+    r = client.images.generate(model="dall-e-3", prompt="a cat", n=1)
+    assert len(r.data) == 1
+    client.images.generate(model="dall-e-3", prompt="a cat")
+    client.images.generate(model="dall-e-3", prompt="a dog")
+    client.images.generate(model="dall-e-2", prompt="a cat", n=2)
+    client.images.edit(model="dall-e-2", image=("in.png", b"\x89PNG" + b"0" * 100), prompt="hat", n=2)
+    # speech: 1000 + 500 characters at $15 per 1M
+    audio = client.audio.speech.create(model="tts-1", voice="alloy", input="x" * 1000)
+    assert audio.content.startswith(b"ID3")
+    client.audio.speech.create(model="tts-1", voice="alloy", input="y" * 500)
+    # transcription: the fake reports a duration of 1 s per 1000 bytes (12 s) and translation 3 s
+    t = client.audio.transcriptions.create(model="whisper-1", file=("a.mp3", b"x" * 12_000))
+    assert t.text == "fake"
+    with warnings.catch_warnings():  # the SDK marks translations deprecated; the endpoint still bills
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client.audio.translations.create(model="whisper-1", file=("b.mp3", b"x" * 3_000))
+    # moderations: free, counted
+    mod = client.moderations.create(model="omni-moderation-latest", input="hello there friend")
+    assert mod.results[0].flagged is False
+    drain(srv)
+
+    kw = {"start_time": start, "bucket_width": "1d", "group_by": ["model", "project_id"]}
+    images = admin.admin.organization.usage.images(**kw)
+    got = {(r.model, r.images, r.num_model_requests) for b in images.data for r in b.results}
+    assert got == {("dall-e-3", 3, 3), ("dall-e-2", 4, 2)}
+    assert all(r.project_id == srv.project_id and r.object == "organization.usage.images.result"
+               for b in images.data for r in b.results)
+    speech = _one(admin.admin.organization.usage.audio_speeches(**kw))
+    assert (speech.model, speech.characters, speech.num_model_requests) == ("tts-1", 1500, 2)
+    tr = _one(admin.admin.organization.usage.audio_transcriptions(**kw))
+    assert (tr.model, tr.seconds, tr.num_model_requests) == ("whisper-1", 15, 2)
+    mo = _one(admin.admin.organization.usage.moderations(**kw))
+    assert mo.model == "omni-moderation-latest" and mo.num_model_requests == 1 and mo.input_tokens > 0
+    # nothing of it is in the completions bucket
+    assert not [r for b in admin.admin.organization.usage.completions(start_time=start).data for r in b.results]
+
+    # Costs: 3 x $0.04 + 4 x $0.02 images, 1500 characters at $15/1M, 2 minutes of whisper at $0.006
+    want = 3 * 40_000 + 4 * 20_000 + 22_500 + 2 * 6_000
+    costs = admin.admin.organization.usage.costs(start_time=start, group_by=["project_id"])
+    total = sum(r.amount.value for b in costs.data for r in b.results)
+    assert round(total * 1e6) == want
+    assert _spent(srv) == (want, 0)
+
+    # filters keyplane cannot apply are refused, not ignored
+    with pytest.raises(openai.BadRequestError):
+        admin.admin.organization.usage.images(start_time=start, sources=["image.edit"])
+
+
+def test_gpt_image_units_and_price(make_gateway, fake):
+    """gpt-image-1 is priced per image by quality and size plus its prompt's tokens; counted in images."""
+    srv = make_gateway(media(fake))
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    start = int(time.time()) - 5
+    client.images.generate(model="gpt-image-1", prompt="a cat", n=2, quality="low", size="1024x1024")
+    drain(srv)
+    row = _one(admin_sdk(srv).admin.organization.usage.images(start_time=start, group_by=["model"]))
+    assert (row.model, row.images, row.num_model_requests) == ("gpt-image-1", 2, 1)
+    assert _spent(srv)[0] >= 2 * 11_000  # $0.011 per low 1024x1024 image, plus the prompt
+
+
+async def _race(srv, n: int, call: Callable[[AsyncOpenAI], Awaitable[object]]) -> collections.Counter:
+    client = AsyncOpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0, timeout=60)
+
+    async def one() -> str:
+        try:
+            await call(client)
+            return "ok"
+        except openai.RateLimitError as e:
+            return str(e.code)
+
+    try:
+        return collections.Counter(await asyncio.gather(*[one() for _ in range(n)]))
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("what", ["image", "speech"])
+def test_a_budget_for_n_requests_lets_exactly_n_through_under_a_race(make_gateway, fake, what):
+    srv = make_gateway(media(fake))
+    if what == "image":  # dall-e-3 standard 1024x1024: $0.04; a $1 budget is 25 images
+        per, ok = 40_000, 25
+
+        def call(c: AsyncOpenAI) -> Awaitable[object]:
+            return c.images.generate(model="dall-e-3", prompt="a cat")
+    else:  # 2000 characters of tts-1: $0.03; a $1 budget is 33 of them
+        per, ok = 30_000, 33
+
+        def call(c: AsyncOpenAI) -> Awaitable[object]:
+            return c.audio.speech.create(model="tts-1", voice="alloy", input="z" * 2000)
+    _limit(srv, 100)
+    before = len(fake.model_requests())
+    counts = asyncio.run(_race(srv, 60, call))
+    assert counts == {"ok": ok, "project_spend_limit_exceeded": 60 - ok}
+    assert len(fake.model_requests()) - before == ok
+    assert _spent(srv) == (ok * per, 0)
+
+
+def test_moderations_pass_an_exhausted_budget_and_are_counted(make_gateway, fake):
+    """Moderation is free: it is not a spending call, so a used-up budget does not stop it."""
+    srv = make_gateway(media(fake))
+    _limit(srv, 4)
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    client.images.generate(model="dall-e-3", prompt="a cat")  # $0.04: the whole budget
+    with pytest.raises(openai.RateLimitError):
+        client.images.generate(model="dall-e-3", prompt="a cat")
+    client.moderations.create(model="omni-moderation-latest", input=["one", "two"])
+    assert _spent(srv) == (40_000, 0)
+
+
+GUARD = ('\n[[guard.rules]]\nname = "image-ceiling"\nkind = "ceiling"\nscope = "key"\nwindow = "1h"\n'
+         'threshold = 0.1\nmetric = "cost_usd"\nmode = "suspend"\n')
+
+
+@pytest.mark.parametrize("what", ["image", "web_search"])
+def test_the_kill_switch_sees_images_and_tool_calls(make_gateway, fake, what):
+    """A cost ceiling of $0.10 per hour: images at $0.04, or web searches at $0.025, trip it."""
+    extra = '[prices."fake-tools"]\ninput = 0\noutput = 0\nmax_output = 5\ncontext_window = 100\n'
+    srv = make_gateway(media(fake) + extra + GUARD)
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    for _ in range(3 if what == "image" else 5):  # $0.12, $0.125
+        if what == "image":
+            client.images.generate(model="dall-e-3", prompt="a cat")
+        else:
+            client.responses.create(model="fake-tools", input="hi", tools=[{"type": "web_search_preview"}],
+                                    max_tool_calls=1)
+    srv.call(srv.app.runtime.extras["guard"].drain())
+    with pytest.raises(openai.AuthenticationError):
+        client.images.generate(model="dall-e-3", prompt="a cat")
+    assert srv.app.runtime.snapshot.keys_by_id[srv.init["api_key_id"]].suspended_at is not None
+
+
+def test_a_transcription_longer_than_estimated_is_billed_its_reported_duration(make_gateway, fake):
+    """The estimate (32 kbit/s) is a floor: a file of 240,000 bytes is estimated at 1 minute; the fake
+    reports 240 s (one per 1000 bytes), billed 4 minutes."""
+    srv = make_gateway(media(fake))
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    client.audio.transcriptions.create(model="whisper-1", file=("a.mp3", b"x" * 240_000))
+    assert _spent(srv) == (4 * 6_000, 0)
