@@ -154,7 +154,8 @@ class RunningServer:
 def start_server(settings: Settings, init: dict[str, Any] | None = None, clock: Clock | None = None) -> RunningServer:
     app = create_app(settings, clock=clock)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning",
-                            loop="asyncio", http="httptools", timeout_graceful_shutdown=5)
+                            loop="asyncio", http="httptools", timeout_graceful_shutdown=5,
+                            proxy_headers=False)  # as `keyplane serve`: trusted_proxies decides (IP allowlists)
     server = uvicorn.Server(config)
     holder: dict[str, Any] = {}
 

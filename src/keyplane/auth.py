@@ -11,6 +11,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl
 
 from keyplane import errors, keys
+from keyplane.identity import tokens as workload_tokens
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
 
@@ -36,15 +37,18 @@ def authenticate(rt: Runtime, headers: list[tuple[bytes, bytes]], query_string: 
         elif name == _H_PROJECT:
             project = value
     token = bearer_token(auth, headers, query_string)
-    kind = token_kind(token, query_string)
-    if kind == "admin":
+    if token.startswith(workload_tokens.PREFIX):  # a workload identity access token (keyplane.identity)
+        entry = workload_tokens.entry_for(rt.settings.secret_key, token, rt.clock.now(),
+                                          rt.extras.get("identity"), rt.snapshot)
+    elif token_kind(token, query_string) == "admin":
         raise errors.invalid_key(
             keys.mask(token),
             "This is a keyplane admin key (sk-kp-admin-...): it works only on the admin API under "
             "/v1/organization. Model requests need a project key (sk-kp-proj-...) or a service-account "
             "key (sk-kp-svc-...).",
         )
-    entry = active_entry(rt, token)
+    else:
+        entry = active_entry(rt, token)
     snap = rt.snapshot
     if entry.project_id is not None:
         p = snap.projects.get(entry.project_id)
@@ -167,6 +171,9 @@ def _bad_token(token: str, query_string: bytes) -> errors.APIError:
             "The provider key belongs on the keyplane server (the `api_key_env` of an upstream); give "
             "clients keyplane keys. If this key was shared by mistake, rotate it at the provider.",
         )
+    if stripped.startswith(workload_tokens.PREFIX):  # reaches here only on the admin API
+        return errors.invalid_key(masked, "This is a workload access token (sk-kp-wit-...): it works only on the "
+                                          "/v1 model endpoints; the admin API needs an admin key (sk-kp-admin-...).")
     if keys.looks_like_keyplane_key(stripped):
         return errors.invalid_key(
             masked,

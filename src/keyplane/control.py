@@ -167,7 +167,7 @@ def check_role(role: Any) -> str:
 
 
 async def add_user(
-    s: AsyncSession, actor: Actor, *, email: str, role: str, name: str = "", password_hash: str | None = None,
+    s: AsyncSession, actor: Actor, *, email: object, role: str, name: str = "", password_hash: str | None = None,
     at: int | None = None,
 ) -> User:
     email = (check_name(email, "email") or "").lower()
@@ -206,6 +206,13 @@ async def update_user_role(s: AsyncSession, actor: Actor, user_id: str, role: An
     role = check_role(role)
     if user.role == "owner" and role != "owner":
         await _keep_one_owner(s, user.id)
+        t = now_s()  # their admin keys act with their role from now on: read only
+        await s.execute(update(ApiKey).where(ApiKey.kind == "admin", ApiKey.owner_user_id == user.id,
+                                             ApiKey.revoked_at.is_(None))
+                        .values(permissions='"read_only"', updated_at=t))
+        from keyplane.members.ops import revoke_unreachable_keys  # and their keys outside their projects go
+
+        await revoke_unreachable_keys(s, user.id, t)
     user.role = role
     await audit(s, actor, "user.updated", {"id": user.id, "changes_requested": {"role": role}},
                 resource_id=user.id)
@@ -229,6 +236,9 @@ async def delete_user(s: AsyncSession, actor: Actor, user_id: str) -> None:
     await s.execute(update(ApiKey).where(ApiKey.owner_user_id == user.id, ApiKey.service_account_id.is_(None),
                                          ApiKey.revoked_at.is_(None))
                     .values(revoked_at=t, revoke_reason="owner removed from the organization", updated_at=t))
+    from keyplane.members.ops import forget_user  # and their project memberships
+
+    await forget_user(s, user.id)
     await s.delete(user)
     await audit(s, actor, "user.deleted", {"id": user.id}, resource_id=user.id, at=t)
     await bump_revision(s)
@@ -322,7 +332,9 @@ async def create_project_key(
     perms = check_permissions(permissions)
     ttl = check_positive_int(expires_in_seconds, "expires_in_seconds")
     if owner_user_id is not None:
-        await get_user(s, owner_user_id)
+        from keyplane.members.ops import require_member_for_key  # a user key only where its user is a member
+
+        await require_member_for_key(s, p.id, owner_user_id)
     else:
         owner = (await s.execute(select(User).where(User.role == "owner").order_by(User.seq))).scalar()
         owner_user_id = owner.id if owner else None
@@ -438,6 +450,9 @@ async def rotate_key(
         permissions=parse_permissions(orjson.loads(old.permissions)), expires_at=old.expires_at, at=t,
     )
     s.add(new)
+    from keyplane.access.models import copy_key_policies  # the key's own access policies go with it
+
+    await copy_key_policies(s, old.id, new.id, t)
     old.rotated_to = new.id
     old.updated_at = t
     if grace:
@@ -503,16 +518,19 @@ async def delete_service_account(s: AsyncSession, actor: Actor, project_id: str,
 
 async def create_admin_key(
     s: AsyncSession, actor: Actor, secret: bytes, name: Any, *, owner_user_id: str | None = None,
-    expires_in_seconds: Any = None, at: int | None = None,
+    expires_in_seconds: Any = None, at: int | None = None, role: Any = None,
 ) -> tuple[ApiKey, str]:
     name = check_name(name)
+    if role not in (None, "owner", "reader"):  # the admin key's role (keyplane.members.permissions)
+        raise bad_request("'role' must be 'owner' or 'reader'.", param="role", code="invalid_value")
     ttl = check_positive_int(expires_in_seconds, "expires_in_seconds")
     t = at if at is not None else now_s()
     if owner_user_id is None:
         owner = (await s.execute(select(User).where(User.role == "owner").order_by(User.seq))).scalar()
         owner_user_id = owner.id if owner else None
     row, value = _new_key_row(secret, "admin", name or "", project_id=None, owner_user_id=owner_user_id,
-                              service_account_id=None, permissions=parse_permissions("all"),
+                              service_account_id=None,
+                              permissions=parse_permissions("read_only" if role == "reader" else "all"),
                               expires_at=t + ttl if ttl else None, at=t)
     s.add(row)
     await audit(s, actor, "api_key.created", {"id": row.id, "data": {"scopes": ["admin"]}}, resource_id=row.id, at=t)

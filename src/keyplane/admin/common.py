@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from keyplane import auth, errors, keys
 from keyplane.control import Actor
+from keyplane.members import permissions as admin_permissions
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
 
@@ -42,6 +43,7 @@ def authenticate_admin(request: Request) -> tuple[KeyEntry, Actor]:
             "project and service-account keys work only on the /v1 model endpoints."
         )
     entry = auth.active_entry(rt, value)
+    admin_permissions.check(entry.permissions, request.method, request.url.path)  # the key's role (owner/reader)
     rt.last_used.touch(entry.id, rt.clock.now())
     actor = Actor("api_key", entry.id, {"id": entry.id, "type": "user",
                                          "user": {"id": entry.owner_user_id}})

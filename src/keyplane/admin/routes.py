@@ -327,7 +327,8 @@ async def create_admin_key(request: Request) -> JSONResponse:
     async with rt.write() as s:
         row, value = await control.create_admin_key(s, actor, rt.settings.secret_key, body.get("name"),
                                                     owner_user_id=entry.owner_user_id,
-                                                    expires_in_seconds=body.get("expires_in_seconds"))
+                                                    expires_in_seconds=body.get("expires_in_seconds"),
+                                                    role=body.get("role"))
         users, _ = await _key_owner_objects(s, [row])
     d = shapes.admin_key(row, users.get(row.owner_user_id or ""), _now(request))
     d["value"] = value
@@ -362,8 +363,8 @@ async def list_audit_logs(request: Request) -> JSONResponse:
         t = query_timestamp(request, f"effective_at[{op}]")
         if t is None:
             continue
-        col = AuditLog.effective_at
-        stmt = stmt.where({"gt": col > t, "gte": col >= t, "lt": col < t, "lte": col <= t}[op])
+        at = AuditLog.effective_at
+        stmt = stmt.where({"gt": at > t, "gte": at >= t, "lt": at < t, "lte": at <= t}[op])
     for param, col in (("project_ids", AuditLog.project_id), ("event_types", AuditLog.type),
                        ("actor_ids", AuditLog.actor_id), ("resource_ids", AuditLog.resource_id)):
         values = query_list(request, param)

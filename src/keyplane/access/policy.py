@@ -1,0 +1,172 @@
+"""The policies as the request path sees them (in memory, reloaded when the control plane moves) and
+the checks the proxy calls: models and hosted tools after the body is read.
+
+Model ids match exactly (case-insensitive), plus the dated snapshots of an id (``gpt-4o`` covers
+``gpt-4o-2024-08-06``) and fine-tunes of it (``ft:gpt-4o:...``); an id ending in ``*`` is a prefix
+(keyplane extension). A request must pass the project's policy and its key's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from keyplane import errors
+from keyplane.access import inspect, ip
+from keyplane.access.models import AccessPolicy
+from keyplane.store.models import Meta
+
+_DATED: Final = re.compile(r"^-(\d{4}-\d{2}-\d{2}|\d{4}|latest|preview)")
+# Spending paths that rightly name no model: the run's, the session's (checked when it connects), containers.
+_NO_MODEL: Final = re.compile(r"^/v1/threads/[^/]+/runs/[^/]+/submit_tool_outputs$|^/v1/realtime/client_secrets$"
+                              r"|^/v1/containers(/|$)")
+_JSON_TOOL_PATHS: Final = ("/v1/responses", "/v1/chat/completions", "/v1/completions", "/v1/realtime",
+                           "/v1/assistants", "/v1/threads", "/v1/evals")
+
+
+@dataclass(frozen=True)
+class ModelPolicy:
+    mode: str  # allow_list | deny_list
+    model_ids: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"object": "project.model_permissions", "mode": self.mode, "model_ids": list(self.model_ids)}
+
+    def allows(self, model: str) -> bool:
+        hit = any(_matches(e, model) for e in self.model_ids)
+        return hit if self.mode == "allow_list" else not hit
+
+
+def _matches(entry: str, model: str) -> bool:
+    e, m = entry.strip().casefold(), model.strip().casefold()
+    if e.endswith("*"):
+        return m.startswith(e[:-1])
+    if m == e:
+        return True
+    if m.startswith(e) and _DATED.match(m[len(e):]):
+        return True
+    return m.startswith(f"ft:{e}:")
+
+
+@dataclass
+class Policies:
+    models: dict[tuple[str, str], ModelPolicy] = field(default_factory=dict)  # (scope, id) -> policy
+    disabled_tools: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    ips: dict[tuple[str, str], tuple[ip.IPNet, ...]] = field(default_factory=dict)  # ("org", "org") too
+    trusted_proxies: tuple[ip.IPNet, ...] = ()
+    revision: int = -1  # the control plane's revision these policies are at least as new as
+    behind: Callable[[int], bool] = lambda rev: False  # True while the snapshot is newer than ``rev``
+    _reloaded: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def load(self, engine: AsyncEngine) -> None:
+        async with engine.connect() as conn:
+            rev = (await conn.execute(select(Meta.value).where(Meta.name == "revision"))).scalar() or 0
+            rows = (await conn.execute(select(AccessPolicy.kind, AccessPolicy.scope, AccessPolicy.target_id,
+                                              AccessPolicy.value))).all()
+        models: dict[tuple[str, str], ModelPolicy] = {}
+        tools: dict[tuple[str, str], frozenset[str]] = {}
+        ips: dict[tuple[str, str], tuple[ip.IPNet, ...]] = {}
+        for kind, scope, target, value in rows:
+            data = orjson.loads(value)
+            if kind == "model":
+                models[(scope, target)] = ModelPolicy(data["mode"], tuple(data["model_ids"]))
+            elif kind == "tools":
+                off = frozenset(t for t in inspect.TOOLS if not data.get(t, {}).get("enabled", True))
+                if off:
+                    tools[(scope, target)] = off
+            elif kind == "ip" and data["cidrs"]:
+                ips[(scope, target)] = ip.parse_cidrs(data["cidrs"])
+        self.models, self.disabled_tools, self.ips = models, tools, ips
+        self.revision = max(self.revision, rev)
+        self._reloaded.set()
+        self._reloaded = asyncio.Event()
+
+    async def current(self, wait: float = 2.0) -> None:
+        """Wait (bounded) while the snapshot has loaded a newer revision than these policies: a key rotated
+        a moment ago must not be served before its policies are (fail closed: 503 past ``wait``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while self.behind(self.revision):
+            left = deadline - loop.time()
+            if left <= 0:
+                raise errors.stale_authority(wait)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reloaded.wait(), left)
+
+    # --- the request path ----------------------------------------------------------------------
+
+    def check_ip(self, project_id: str | None, key_id: str, client: tuple[str, int] | None,
+                 headers: list[tuple[bytes, bytes]]) -> None:
+        """Right after authentication: the 403 naming the address seen when an allowlist refuses it."""
+        if not self.ips:
+            return
+        lists = [(name, c) for name, s in (("organization", ("org", "org")), ("project", ("project", project_id or "")),
+                                            ("API key", ("key", key_id))) if (c := self.ips.get(s)) is not None]
+        if not lists:
+            return
+        address = ip.client_address(client[0] if client else None, headers, self.trusted_proxies)
+        for name, cidrs in lists:
+            if not ip.allows(cidrs, address):
+                raise errors.ip_not_allowed(address, name)
+
+    def check_request(self, project_id: str | None, key_id: str, path: str, method: str, model: str | None,
+                      spending: bool, body: bytes, is_json: bool) -> None:
+        """Raise the 403 (or 400) for a model or hosted tool outside the project's or the key's policy."""
+        if not self.models and not self.disabled_tools:
+            return
+        scopes = [("key", key_id)] + ([("project", project_id)] if project_id else [])
+        mpols = [(s, p) for s in scopes if (p := self.models.get(s)) is not None]
+        off: dict[str, tuple[str, str]] = {}
+        for s in scopes:
+            for t in self.disabled_tools.get(s, ()):
+                off.setdefault(t, s)
+        if not mpols and not off:
+            return
+        if method == "POST" and path == "/v1/batches":
+            # The batch's requests sit in an uploaded file keyplane does not read: no way to hold them to a policy.
+            raise errors.access_refused("Batches cannot be checked against this project's model or hosted tool "
+                                        "permissions, so they are refused while such a policy is set.",
+                                        "batch_not_permitted")
+        if method == "POST" and path.startswith("/v1/containers") and "code_interpreter" in off:
+            raise errors.tool_not_permitted("code_interpreter", *off["code_interpreter"])  # its sandboxes
+        models: set[str] = {model} if model else set()
+        if body and (is_json or body.lstrip()[:1] in (b"{", b"[")):  # whatever content type it claims
+            try:
+                asked = inspect.read(body)
+            except inspect.Unreadable as e:
+                raise errors.bad_request(f"{e} It cannot be checked against this project's access policy.",
+                                         code="invalid_body") from None
+            if asked.duplicated:
+                name = sorted(asked.duplicated)[0]
+                raise errors.bad_request(f"The request body repeats the key '{name}'; with an access policy set, "
+                                         "each key may appear once per object.", param=name, code="duplicate_key")
+            models |= asked.models
+            for t in sorted(asked.tools):
+                if t in off:
+                    raise errors.tool_not_permitted(t, *off[t])
+            if asked.stored_prompt and off:
+                raise errors.access_refused(
+                    "A stored prompt may enable hosted tools keyplane cannot see; while hosted tools ("
+                    + ", ".join(sorted(off)) + ") are disabled for this project or key, send the prompt's "
+                    "content instead of its id.", "tool_not_permitted")
+        elif body and any(path.startswith(p) for p in _JSON_TOOL_PATHS) and off:
+            raise errors.bad_request("The request body must be JSON to be checked against this project's hosted "
+                                     "tool permissions.", code="invalid_body")
+        for m in sorted(models):
+            if "web_search" in off and inspect.search_model(m):
+                raise errors.tool_not_permitted("web_search", *off["web_search"])
+        for scope, pol in mpols:
+            for m in sorted(models):
+                if not pol.allows(m):
+                    raise errors.model_not_permitted(m, scope[0], scope[1], pol.mode)
+            if not models and spending and pol.mode == "allow_list" and not _NO_MODEL.match(path):
+                raise errors.access_refused("This request names no model, and this project's model permissions "
+                                            "allow only listed models: name one.", "model_not_permitted")

@@ -1,0 +1,17 @@
+"""Project members and service-account keys (docs/members-and-roles.md).
+
+A feature (app.FEATURES): its admin endpoints are added at start-up. Imports of the run-time machinery
+stay inside :func:`start`; keyplane.control imports :mod:`keyplane.members.ops` for the member rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+async def start(rt: Any) -> Any:
+    """Feature start-up (app.FEATURES): the admin endpoints."""
+    from keyplane.app import Feature
+    from keyplane.members import routes
+
+    return Feature(endpoints=list(routes.ENDPOINTS))

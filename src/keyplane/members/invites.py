@@ -1,0 +1,137 @@
+"""Invites: an organization role and project memberships for an email, accepted by setting a password
+through a one-time link (no e-mail server: the admin API answer, the CLI and the dashboard show the link).
+
+The link's token is stored only as a keyed digest; it works once, until ``expires_at`` (7 days), and not
+after the invite is deleted.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import orjson
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyplane import control, ids, keys
+from keyplane.control import Actor, audit, bump_revision, now_s
+from keyplane.errors import bad_request, conflict, not_found
+from keyplane.members.models import Invite, ProjectUser
+from keyplane.members.ops import check_project_role
+from keyplane.store.models import Project, User
+
+INVITE_TTL_SECONDS = 7 * 86400
+MAX_INVITE_PROJECTS = 100
+TOKEN_PREFIX = "kpinv_"
+ACCEPT_PATH = "/invite/"
+
+
+def status(inv: Invite, now: float) -> str:
+    if inv.accepted_at is not None:
+        return "accepted"
+    return "expired" if now >= inv.expires_at else "pending"
+
+
+def shape(inv: Invite, now: float) -> dict[str, Any]:
+    return {"object": "organization.invite", "id": inv.id, "email": inv.email, "role": inv.role,
+            "status": status(inv, now), "created_at": inv.created_at, "expires_at": inv.expires_at,
+            "accepted_at": inv.accepted_at, "projects": orjson.loads(inv.projects)}
+
+
+def _token_digest(secret: bytes, token: str) -> str:
+    return keys.digest(secret, token)
+
+
+async def _check_projects(s: AsyncSession, value: Any) -> list[dict[str, str]]:
+    if value is None:  # as on the platform: no list given = the default (oldest active) project
+        p = (await s.execute(select(Project).where(Project.status == "active").order_by(Project.seq))).scalar()
+        return [{"id": p.id, "role": "member"}] if p is not None else []
+    if not isinstance(value, list) or len(value) > MAX_INVITE_PROJECTS:
+        raise bad_request(f"'projects' must be a list of at most {MAX_INVITE_PROJECTS} {{id, role}} objects.",
+                          param="projects", code="invalid_value")
+    out: dict[str, str] = {}
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            raise bad_request("Each entry of 'projects' must be an object with 'id' and 'role'.", param="projects",
+                              code="invalid_value")
+        control.ensure_active(await control.get_project(s, item["id"]))
+        out[item["id"]] = check_project_role(item.get("role"))
+    return [{"id": k, "role": v} for k, v in out.items()]
+
+
+async def create_invite(s: AsyncSession, actor: Actor, secret: bytes, *, email: Any, role: Any,
+                        projects: Any = None) -> tuple[Invite, str]:
+    """A new invite and its one-time token (returned once, never stored)."""
+    addr = (control.check_name(email, "email") or "").lower()
+    if "@" not in addr:
+        raise bad_request("'email' must be an email address.", param="email", code="invalid_value")
+    org_role = control.check_role(role)
+    if (await s.execute(select(User.id).where(User.email == addr))).scalar():
+        raise conflict(f"A user with email {addr} already exists.", code="user_exists")
+    t = now_s()
+    pending = (await s.execute(select(Invite.id).where(Invite.email == addr, Invite.accepted_at.is_(None),
+                                                       Invite.expires_at > t))).scalar()
+    if pending:
+        raise conflict(f"An invite for {addr} is already pending ({pending}); delete it to send a new one.",
+                       code="invite_exists")
+    plist = await _check_projects(s, projects)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    inv = Invite(id=ids.new_id("invite-"), email=addr, role=org_role,
+                 projects=orjson.dumps(plist).decode(), token_digest=_token_digest(secret, token), created_at=t,
+                 expires_at=t + INVITE_TTL_SECONDS)
+    s.add(inv)
+    await audit(s, actor, "invite.sent", {"id": inv.id, "data": {"email": addr, "role": org_role}},
+                resource_id=inv.id, at=t)
+    await bump_revision(s)
+    return inv, token
+
+
+async def get_invite(s: AsyncSession, invite_id: str) -> Invite:
+    inv = (await s.execute(select(Invite).where(Invite.id == invite_id))).scalar()
+    if inv is None:
+        raise not_found(f"No invite found with id '{invite_id}'.", param="invite_id")
+    return inv
+
+
+async def delete_invite(s: AsyncSession, actor: Actor, invite_id: str) -> None:
+    inv = await get_invite(s, invite_id)
+    if inv.accepted_at is not None:
+        raise bad_request("The invite was accepted; remove the user instead.", code="invite_accepted")
+    await s.delete(inv)
+    await audit(s, actor, "invite.deleted", {"id": inv.id}, resource_id=inv.id)
+    await bump_revision(s)
+
+
+async def find_by_token(s: AsyncSession, secret: bytes, token: str, now: float) -> Invite | None:
+    """The pending invite of a link's token, or None (unknown, used, deleted or expired: all alike)."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
+        return None
+    inv = (await s.execute(select(Invite).where(Invite.token_digest == _token_digest(secret, token)))).scalar()
+    if inv is None or status(inv, now) != "pending":
+        return None
+    return inv
+
+
+async def accept_invite(s: AsyncSession, secret: bytes, token: str, *, password_hash: str,
+                        name: str = "") -> User:
+    """Spend the token (once, even under concurrent tries), add the user and their memberships."""
+    t = now_s()
+    inv = await find_by_token(s, secret, token, t)
+    if inv is None:
+        raise bad_request("This invite link is not valid: it was used, deleted, or has expired.",
+                          code="invite_invalid")
+    spent = await s.execute(update(Invite).where(Invite.id == inv.id, Invite.token_digest == inv.token_digest)
+                            .values(token_digest=None, accepted_at=t))
+    if not getattr(spent, "rowcount", 0):
+        raise bad_request("This invite link is not valid: it was used, deleted, or has expired.",
+                          code="invite_invalid")
+    actor = Actor("session", None, {"user": {"email": inv.email}, "via": f"invite {inv.id}"})
+    user = await control.add_user(s, actor, email=inv.email, role=inv.role, name=name, password_hash=password_hash,
+                                  at=t)
+    for p in orjson.loads(inv.projects):
+        if (await s.execute(select(Project.id).where(Project.id == p["id"], Project.status == "active"))).scalar():
+            s.add(ProjectUser(project_id=p["id"], user_id=user.id, role=p["role"], added_at=t))
+    await audit(s, actor, "invite.accepted", {"id": inv.id}, resource_id=inv.id, at=t)
+    await bump_revision(s)
+    return user

@@ -1,0 +1,205 @@
+"""Project membership and service-account key operations, shared by the admin API and the CLI.
+
+Each change runs in the caller's transaction with its audit entry and a revision bump (as keyplane.control).
+The member rule: organization owners reach every project; any other user reaches a project only as its
+member, holds user keys only there, and loses those keys the moment they leave it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyplane import control
+from keyplane.control import Actor, audit, bump_revision, now_s
+from keyplane.errors import bad_request, conflict, not_found
+from keyplane.members.models import ProjectUser
+from keyplane.store.models import ApiKey, ServiceAccount, User
+
+PROJECT_ROLES = ("owner", "member")
+SERVICE_ACCOUNT_ROLES = ("owner", "member")
+
+
+def check_project_role(role: Any, roles: tuple[str, ...] = PROJECT_ROLES) -> str:
+    if role not in roles:
+        raise bad_request(f"'role' must be one of: {', '.join(roles)}.", param="role", code="invalid_value")
+    return str(role)
+
+
+async def membership(s: AsyncSession, project_id: str, user_id: str) -> ProjectUser | None:
+    return (await s.execute(select(ProjectUser).where(ProjectUser.project_id == project_id,
+                                                      ProjectUser.user_id == user_id))).scalar()
+
+
+async def can_reach(s: AsyncSession, user: User, project_id: str) -> bool:
+    """May ``user`` see and use the project (keys, dashboard)? Organization owners always may."""
+    return user.role == "owner" or await membership(s, project_id, user.id) is not None
+
+
+async def reachable_project_ids(s: AsyncSession, user: User) -> set[str] | None:
+    """The projects ``user`` may see, or None for all of them (an organization owner)."""
+    if user.role == "owner":
+        return None
+    rows = await s.execute(select(ProjectUser.project_id).where(ProjectUser.user_id == user.id))
+    return set(rows.scalars())
+
+
+async def require_member_for_key(s: AsyncSession, project_id: str, user_id: str) -> None:
+    """A user key may be created only for a user who can reach the project (400 otherwise)."""
+    user = await control.get_user(s, user_id)
+    if not await can_reach(s, user, project_id):
+        raise bad_request(f"User '{user_id}' is not a member of project '{project_id}'; add them to the project "
+                          "first (POST /v1/organization/projects/{project_id}/users).", param="owner_user_id",
+                          code="not_a_project_member")
+
+
+async def _user_for_add(s: AsyncSession, user_id: Any, email: Any) -> User:
+    if isinstance(user_id, str) and user_id:
+        return await control.get_user(s, user_id)
+    if isinstance(email, str) and email:
+        user = (await s.execute(select(User).where(User.email == email.strip().lower()))).scalar()
+        if user is None:
+            raise not_found(f"No user found with email '{email}'; invite or add them to the organization first.",
+                            param="email")
+        return user
+    raise bad_request("Give 'user_id' or 'email' of an organization user.", param="user_id",
+                      code="missing_required_parameter")
+
+
+async def add_project_user(
+    s: AsyncSession, actor: Actor, project_id: str, *, role: Any, user_id: Any = None, email: Any = None,
+) -> tuple[ProjectUser, User]:
+    p = await control.get_project(s, project_id)
+    control.ensure_active(p)
+    role = check_project_role(role)
+    user = await _user_for_add(s, user_id, email)
+    if await membership(s, p.id, user.id) is not None:
+        raise conflict(f"User '{user.id}' is already a member of project '{p.id}'.", code="user_exists")
+    t = now_s()
+    m = ProjectUser(project_id=p.id, user_id=user.id, role=role, added_at=t)
+    s.add(m)
+    await audit(s, actor, "user.added", {"id": user.id, "data": {"role": role, "project_id": p.id}},
+                project_id=p.id, resource_id=user.id, at=t)
+    await bump_revision(s)
+    return m, user
+
+
+async def get_project_user(s: AsyncSession, project_id: str, user_id: str) -> tuple[ProjectUser, User]:
+    await control.get_project(s, project_id)
+    m = await membership(s, project_id, user_id)
+    user = (await s.execute(select(User).where(User.id == user_id))).scalar()
+    if m is None or user is None:
+        raise not_found(f"No user '{user_id}' in project '{project_id}'.", param="user_id")
+    return m, user
+
+
+async def update_project_user(s: AsyncSession, actor: Actor, project_id: str, user_id: str,
+                              role: Any) -> tuple[ProjectUser, User]:
+    m, user = await get_project_user(s, project_id, user_id)
+    control.ensure_active(await control.get_project(s, project_id))
+    m.role = check_project_role(role)
+    await audit(s, actor, "user.updated", {"id": user.id, "changes_requested": {"role": m.role,
+                                                                                 "project_id": project_id}},
+                project_id=project_id, resource_id=user.id)
+    await bump_revision(s)
+    return m, user
+
+
+async def remove_project_user(s: AsyncSession, actor: Actor, project_id: str, user_id: str) -> int:
+    """Remove a member; their user keys in that project are revoked in the same transaction. Returns how many."""
+    m, user = await get_project_user(s, project_id, user_id)
+    t = now_s()
+    res = await s.execute(
+        update(ApiKey).where(ApiKey.project_id == project_id, ApiKey.owner_user_id == user.id,
+                             ApiKey.service_account_id.is_(None), ApiKey.kind == "proj",
+                             ApiKey.revoked_at.is_(None))
+        .values(revoked_at=t, revoke_reason="owner removed from the project", updated_at=t))
+    await s.delete(m)
+    revoked = int(getattr(res, "rowcount", 0) or 0)
+    await audit(s, actor, "user.deleted", {"id": user.id, "project_id": project_id, "keys_revoked": revoked},
+                project_id=project_id, resource_id=user.id, at=t)
+    await bump_revision(s)
+    return revoked
+
+
+async def list_project_users(s: AsyncSession, project_id: str, *, after: str | None,
+                             limit: int) -> tuple[list[tuple[ProjectUser, User]], bool]:
+    await control.get_project(s, project_id)
+    stmt = (select(ProjectUser, User).join(User, User.id == ProjectUser.user_id)
+            .where(ProjectUser.project_id == project_id))
+    if after:
+        seq = (await s.execute(select(ProjectUser.seq).where(ProjectUser.project_id == project_id,
+                                                             ProjectUser.user_id == after))).scalar()
+        if seq is None:
+            raise bad_request(f"No object with id '{after}' to page from.", param="after")
+        stmt = stmt.where(ProjectUser.seq > seq)
+    rows = [(m, u) for m, u in (await s.execute(stmt.order_by(ProjectUser.seq).limit(limit + 1))).all()]
+    return rows[:limit], len(rows) > limit
+
+
+async def forget_user(s: AsyncSession, user_id: str) -> None:
+    """Drop a removed user's memberships (called when the user leaves the organization)."""
+    await s.execute(delete(ProjectUser).where(ProjectUser.user_id == user_id))
+
+
+# --- service accounts: more keys, role ------------------------------------------------------------
+
+async def create_service_account_key(
+    s: AsyncSession, actor: Actor, secret: bytes, project_id: str, sa_id: str, *, name: Any = None,
+    scopes: Any = None, expires_in_seconds: Any = None,
+) -> tuple[ApiKey, str]:
+    """Another key for a service account (a rotation holds two): same project, its own name and scopes."""
+    p = await control.get_project(s, project_id)
+    control.ensure_active(p)
+    sa = await control.get_service_account(s, project_id, sa_id)
+    key_name = control.check_name(name, required=False) or sa.name
+    perms = control.check_permissions(scopes)
+    ttl = control.check_positive_int(expires_in_seconds, "expires_in_seconds")
+    t = now_s()
+    row, value = control._new_key_row(secret, "svc", key_name, project_id=p.id, owner_user_id=None,
+                                      service_account_id=sa.id, permissions=perms,
+                                      expires_at=t + ttl if ttl else None, at=t)
+    s.add(row)
+    await audit(s, actor, "api_key.created", {"id": row.id, "data": {"scopes": sorted(perms.scopes),
+                                                                     "service_account_id": sa.id}},
+                project_id=p.id, resource_id=row.id, at=t)
+    await bump_revision(s)
+    return row, value
+
+
+async def update_service_account(s: AsyncSession, actor: Actor, project_id: str, sa_id: str, *,
+                                 name: Any = None, role: Any = None) -> ServiceAccount:
+    control.ensure_active(await control.get_project(s, project_id))
+    sa = await control.get_service_account(s, project_id, sa_id)
+    changes: dict[str, Any] = {}
+    if name is not None:
+        sa.name = control.check_name(name) or sa.name
+        changes["name"] = sa.name
+    if role is not None:
+        sa.role = check_project_role(role, SERVICE_ACCOUNT_ROLES)
+        changes["role"] = sa.role
+    if not changes:
+        raise bad_request("Nothing to update: give 'name' and/or 'role'.", code="missing_required_parameter")
+    await audit(s, actor, "service_account.updated", {"id": sa.id, "changes_requested": changes},
+                project_id=project_id, resource_id=sa.id)
+    await bump_revision(s)
+    return sa
+
+
+
+async def ensure_reachable(s: AsyncSession, user: User | None, project_id: str) -> None:
+    """404 (as if absent) when a signed-in user who is not an organization owner is not a member."""
+    if user is not None and not await can_reach(s, user, project_id):
+        raise not_found(f"No project found with id '{project_id}'.", param="project_id")
+
+
+async def revoke_unreachable_keys(s: AsyncSession, user_id: str, at: int) -> None:
+    """After an owner becomes a reader: their user keys in projects they are not a member of are revoked."""
+    member_of = select(ProjectUser.project_id).where(ProjectUser.user_id == user_id)
+    await s.execute(
+        update(ApiKey).where(ApiKey.owner_user_id == user_id, ApiKey.kind == "proj",
+                             ApiKey.service_account_id.is_(None), ApiKey.revoked_at.is_(None),
+                             ApiKey.project_id.not_in(member_of))
+        .values(revoked_at=at, revoke_reason="owner is no longer a member of the project", updated_at=at))

@@ -1,0 +1,60 @@
+"""Two instances, one PostgreSQL and one Redis: a policy set on one is enforced by the other within a second,
+through the bus (the revision poll is slowed to 30 s so it cannot be what carries the change)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from keyplane.testing import FakeUpstream
+from tests.proxy.conftest import fake_config
+from tests.support import RunningServer, init_org, make_settings, postgres_database, start_server
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+
+@pytest.fixture
+def pair(tmp_path: Path, fake: FakeUpstream) -> Iterator[tuple[RunningServer, RunningServer]]:
+    with postgres_database() as url:
+        env = {"KEYPLANE_REDIS_URL": "redis://127.0.0.1:6379/0", "KEYPLANE_REDIS_PREFIX": f"kpt{secrets.token_hex(4)}",
+               "KEYPLANE_SNAPSHOT_POLL_SECONDS": "30", "KEYPLANE_SECRET_KEY": secrets.token_urlsafe(32)}
+        sa = make_settings(tmp_path / "a", url, config_text=fake_config(fake), **env)
+        init = init_org(sa)
+        sb = make_settings(tmp_path / "b", url, config_text=fake_config(fake), **env)
+        a, b = start_server(sa, init), start_server(sb, init)
+        for s in (a, b):
+            s.app.runtime.pipeline.billing = None
+        try:
+            yield a, b
+        finally:
+            a.stop()
+            b.stop()
+
+
+def test_policy_reaches_the_other_instance_within_a_second(pair, fake: FakeUpstream):
+    a, b = pair
+    admin = openai.OpenAI(base_url=a.v1, admin_api_key=a.admin_key, api_key="unused", max_retries=0)
+    on_b = openai.OpenAI(base_url=b.v1, api_key=b.api_key, max_retries=0)
+    assert on_b.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}]).choices
+    admin.admin.organization.projects.model_permissions.update(a.project_id, mode="deny_list", model_ids=["gpt-4o"])
+    admin.admin.organization.projects.hosted_tool_permissions.update(a.project_id, mcp={"enabled": False})
+    t0 = time.monotonic()
+    while True:
+        fake.reset()
+        try:
+            on_b.responses.create(model="gpt-4o-mini", input="hi", tools=[{"type": "mcp", "server_label": "x",
+                                                                           "server_url": "https://example.com"}])
+        except openai.PermissionDeniedError as e:
+            assert e.code == "tool_not_permitted"
+            assert fake.model_requests() == []
+            break
+        assert time.monotonic() - t0 < 1.0, "the policy did not reach the other instance within 1 s"
+        time.sleep(0.02)
+    with pytest.raises(openai.PermissionDeniedError):
+        on_b.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert fake.model_requests() == []
