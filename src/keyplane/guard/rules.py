@@ -23,6 +23,7 @@ from keyplane.config import GuardRule, GuardSection
 
 KINDS = ("token_surge", "spend_surge", "error_spike", "new_origins", "ceiling")
 SURGES = ("token_surge", "spend_surge")
+PROVIDER_SCOPES = ("provider_key", "provider_project")  # evaluated on ingested provider usage (keyplane.providers)
 DEFAULT_METRIC = {"token_surge": "tokens", "spend_surge": "cost_usd", "ceiling": "tokens",
                   "error_spike": "requests", "new_origins": "requests"}
 MIN_WINDOW = 60.0
@@ -162,6 +163,13 @@ def compile_rule(spec: GuardRule, source: str = "config") -> Rule:
         raise RuleError("statuses", "'statuses' must be a non-empty list of 4xx status codes.")
     if spec.scope == "project" and spec.kind == "new_origins":
         raise RuleError("scope", "new_origins works per key only: use scope \"key\".")
+    if spec.scope in PROVIDER_SCOPES:
+        if spec.kind not in ("token_surge", "spend_surge", "ceiling"):
+            raise RuleError("kind", "provider rules take token_surge, spend_surge or ceiling (hourly buckets).")
+        if spec.mode == "suspend":
+            raise RuleError("mode", "a provider key cannot be suspended: use \"revoke\" or \"alert\".")
+        if window % 3600:
+            raise RuleError("window", "'window' of a provider rule is whole hours (the provider's buckets).")
     if name != spec.name:
         spec = msgspec.structs.replace(spec, name=name)
     return Rule(spec=spec, window_s=window, cooldown_s=cooldown, metric=metric, source=source)
@@ -171,6 +179,8 @@ def rule_from_json(data: Any, source: str = "api") -> Rule:
     """A rule from a JSON object of the API; RuleError names the field."""
     if not isinstance(data, dict):
         raise RuleError("body", "The request body must be a JSON object.")
+    if data.get("scope") in PROVIDER_SCOPES:
+        raise RuleError("scope", "provider rules are set in keyplane.toml (docs/providers.md).")
     data = {k: v for k, v in data.items() if k not in ("object", "id", "source", "updated_at")}
     try:
         spec = msgspec.convert(data, GuardRule)
@@ -212,9 +222,17 @@ def config_rules(section: GuardSection) -> dict[str, Rule]:
         for spec in DEFAULT_RULES:
             out[spec.name] = compile_rule(spec, "default")
     for spec in section.rules:
+        if spec.scope in PROVIDER_SCOPES:
+            continue  # keyplane.providers evaluates them (provider_rules)
         rule = compile_rule(spec, "config")
         out[rule.name] = rule
     return out
+
+
+def provider_rules(section: GuardSection) -> list[Rule]:
+    """The enabled provider_key / provider_project rules of keyplane.toml."""
+    return [compile_rule(spec, "config") for spec in section.rules
+            if spec.scope in PROVIDER_SCOPES and spec.enabled]
 
 
 def effective(base: dict[str, Rule], stored: dict[str, Rule | None]) -> dict[str, Rule]:

@@ -285,15 +285,23 @@ def scan(
             verification = verify(report.findings, client, revoke)
         except ScanError as exc:
             failure = str(exc)  # the report still prints: the findings stand without the gateway
+        from keyplane.providers.leaks import verify_provider_keys  # sk-proj-/sk-svcacct- (docs/providers.md)
+
+        try:
+            provider_check = verify_provider_keys(report.findings, client, revoke)
+        except ScanError as exc:
+            failure = failure or str(exc)
     if json_output:
         typer.echo(to_json(report, verification))
     elif sarif:
         typer.echo(to_sarif(report, select(options.min_confidence), verification))
     else:
         render_human(report, Console(highlight=False, soft_wrap=True), verification)
+    for line in provider_check.lines() if client is not None and failure is None else ():
+        typer.echo(printable(line), err=True)
     if failure is not None:
         _fail(f"verification failed: {failure}")
-    if verification is not None and verification.errors:
+    if (verification is not None and verification.errors) or (client is not None and provider_check.errors):
         raise typer.Exit(2)
     raise typer.Exit(1 if report.findings else 0)
 
