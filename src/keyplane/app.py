@@ -30,7 +30,9 @@ ASGIApp = Any
 # Features that add steps to the request flow (keyplane.pipeline) and the admin API. Each module has
 # ``async def start(rt: Runtime) -> Feature``; they start in this order, before the proxy is built,
 # and stop in reverse order.
-FEATURES: tuple[str, ...] = ("keyplane.billing", "keyplane.usage", "keyplane.guard")
+FEATURES: tuple[str, ...] = ("keyplane.billing", "keyplane.usage", "keyplane.guard", "keyplane.members",
+                               "keyplane.access", "keyplane.providers",
+                               "keyplane.identity")
 
 
 @dataclass
@@ -217,6 +219,10 @@ class KeyplaneApp:
                 await self._web(scope, receive, send)
                 return
             await send_error(send, errors.unknown_url(scope["method"], path))
+        elif kind == "websocket":  # the Realtime API (/v1/realtime): proxy/realtime.py
+            from keyplane.proxy import realtime
+
+            await realtime.serve(self.runtime, self._proxy, scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 

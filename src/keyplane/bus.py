@@ -40,8 +40,11 @@ _OPAQUE = "keyplane.opaque"
 _KEY_STATUS = frozenset({"revoked_at", "revoke_reason", "suspended_at", "suspend_reason", "updated_at"})
 _PROJECT_STATUS = frozenset({"status", "archived_at"})
 # Tables a transaction may write next to a change that receivers do not need to serve requests.
+# Tables whose rows the request path never reads: writing them publishes no change for the snapshot.
 _RECORD_ONLY = frozenset({"meta", "audit_logs", "guard_events", "web_session_ends", "web_totp_steps",
-                          "web_login_throttle"})
+                          "web_login_throttle", "project_users", "invites", "access_expiry_notices",
+                          "provider_mirror", "provider_history", "provider_usage", "provider_cursors",
+                          "provider_events"})
 PG_PAYLOAD_MAX = 7900  # NOTIFY payloads are limited to 8000 bytes
 
 

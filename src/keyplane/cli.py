@@ -210,7 +210,10 @@ def serve(
     err.print(f"keyplane serving on http://{s.host}:{s.port} (store: {_store_name(s)})", markup=False)
     uvicorn.run("keyplane.cli:app_from_env", factory=True, host=s.host, port=s.port, workers=workers,
                 loop="auto", http="auto", log_level=s.log_level, access_log=False, lifespan="on",
-                log_config=None, timeout_graceful_shutdown=10)
+                log_config=None, timeout_graceful_shutdown=10,
+                # The client address is the socket's: forwarded-for headers are believed only from
+                # keyplane's own `trusted_proxies` (IP allowlists, docs/access-control.md), not uvicorn's default.
+                proxy_headers=False)
 
 
 def app_from_env() -> Any:
@@ -299,7 +302,7 @@ __import__("keyplane.web.cli", fromlist=["register"]).register(users_app)  # set
 def _register_optional() -> None:
     """Commands owned by other modules register themselves when present."""
     for mod in ("keyplane.doctor", "keyplane.scan.cli", "keyplane.billing.cli", "keyplane.usage.cli",
-                "keyplane.guard.cli"):
+                "keyplane.guard.cli", "keyplane.providers.cli", "keyplane.members.cli"):
         try:
             module = __import__(mod, fromlist=["register"])
         except ModuleNotFoundError as e:

@@ -108,6 +108,27 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "keep it above the longest request."),
     Setting("ledger_flush_seconds", "KEYPLANE_LEDGER_FLUSH_SECONDS", 1.0, float,
             "How often settled costs are written to the SQL spend ledger (in batches, never per request)."),
+    Setting("prices_file", "KEYPLANE_PRICES_FILE", "", str,
+            "The price table to use instead of the shipped one: a file path or an http(s) URL of a TOML file "
+            "written like keyplane's prices.toml, read at start (docs/limits-and-billing.md \"Prices\")."),
+    # Access policies (docs/access-control.md).
+    Setting("trusted_proxies", "KEYPLANE_TRUSTED_PROXIES", "", str,
+            "Comma-separated CIDRs of the reverse proxies whose X-Forwarded-For / Forwarded headers are "
+            "believed for the client address IP allowlists check. Empty: the socket's peer address only."),
+    # Dashboard SSO with OpenID Connect (docs/sso-and-workload-identity.md).
+    Setting("sso_issuer", "KEYPLANE_SSO_ISSUER", "", str,
+            "OpenID Connect issuer URL for dashboard sign-in (authorization code + PKCE). Empty: no SSO; "
+            "password + TOTP always stays available."),
+    Setting("sso_client_id", "KEYPLANE_SSO_CLIENT_ID", "", str, "The dashboard's client id at the SSO issuer."),
+    Setting("sso_client_secret_env", "KEYPLANE_SSO_CLIENT_SECRET_ENV", "KEYPLANE_SSO_CLIENT_SECRET", str,
+            "Name of the environment variable holding the client secret (never in keyplane.toml)."),
+    Setting("sso_groups_claim", "KEYPLANE_SSO_GROUPS_CLAIM", "groups", str,
+            "ID token claim listing the user's groups."),
+    Setting("sso_role_map", "KEYPLANE_SSO_ROLE_MAP", "", str,
+            "Comma-separated group=role pairs (role: owner or reader), e.g. `platform=owner,eng=reader`. A user "
+            "in no mapped group is refused; the highest role wins and is applied at every sign-in."),
+    Setting("sso_create_users", "KEYPLANE_SSO_CREATE_USERS", False, bool,
+            "Create a dashboard user at the first SSO sign-in (just in time); off: only existing users."),
 )
 _BY_NAME: Final = {s.name: s for s in SETTINGS}
 # Settings of metering, passed to Settings by name (docs/metering.md).
@@ -118,11 +139,16 @@ _METERING: Final = (
     "metrics_key_labels", "metrics_models", "log_requests", "otlp_endpoint",
 )
 # Settings of limits and billing, passed to Settings by name (docs/limits-and-billing.md).
-_LIMITS: Final = ("redis_prefix", "reservation_ttl_seconds", "ledger_flush_seconds")
+_LIMITS: Final = ("redis_prefix", "reservation_ttl_seconds", "ledger_flush_seconds", "prices_file")
 # Timeouts of the stores, passed to Settings by name (docs/operations.md "Degradation").
 _TIMEOUTS: Final = ("database_timeout_seconds", "redis_timeout_seconds")
 # Settings of the invalidation bus, passed to Settings by name (docs/operations.md).
 _BUS: Final = ("max_staleness_seconds",)
+# Settings of access policies, passed to Settings by name (docs/access-control.md).
+_ACCESS: Final = ("trusted_proxies",)
+# Dashboard SSO, passed to Settings by name (docs/sso-and-workload-identity.md).
+_SSO: Final = ("sso_issuer", "sso_client_id", "sso_client_secret_env", "sso_groups_claim", "sso_role_map",
+               "sso_create_users")
 
 
 class ConfigError(ValueError):
@@ -230,7 +256,7 @@ class GuardRule(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str
     kind: Literal["token_surge", "spend_surge", "error_spike", "new_origins", "ceiling"]
     threshold: float
-    scope: Literal["key", "project"] = "key"
+    scope: Literal["key", "project", "provider_key", "provider_project"] = "key"  # provider_*: docs/providers.md
     window: str = "1h"
     metric: Literal["tokens", "cost_usd", "requests"] | None = None  # None: the kind's own metric
     min_volume: float = 0
@@ -274,6 +300,18 @@ class AlertsSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     retry_backoff_max: float = 60.0
 
 
+class ProviderSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One ``[[providers]]`` organization keyplane governs through its Admin API (docs/providers.md)."""
+
+    name: str
+    kind: Literal["openai"] = "openai"
+    base_url: str = "https://api.openai.com/v1"
+    admin_key_env: str = ""  # the name of the variable holding the provider admin key, never the key
+    sync_interval: float = 300.0  # seconds between background syncs; 0: on demand only
+    backfill_days: int = 7  # usage fetched on the first sync
+    timeout: float = 30.0
+
+
 class FileConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """The structured parts of keyplane.toml; flat settings are read from SETTINGS."""
 
@@ -288,6 +326,7 @@ class FileConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     metrics: dict[str, Any] = msgspec.field(default_factory=dict)
     models: dict[str, ModelSection] = msgspec.field(default_factory=dict)
     cache: CacheSection = msgspec.field(default_factory=CacheSection)
+    providers: list[ProviderSection] = msgspec.field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,11 +366,21 @@ class Settings:
     redis_prefix: str = "kp"
     reservation_ttl_seconds: float = 900.0
     ledger_flush_seconds: float = 1.0
+    prices_file: str = ""  # the price table's file or URL ("" = the shipped prices.toml)
     # Timeouts of the stores (docs/operations.md "Degradation")
     database_timeout_seconds: float = 5.0
     redis_timeout_seconds: float = 1.0
     # The invalidation bus (docs/operations.md "Partitions and revocation")
     max_staleness_seconds: float = 10.0
+    # Access policies (docs/access-control.md)
+    trusted_proxies: str = ""
+    # Dashboard SSO (docs/sso-and-workload-identity.md)
+    sso_issuer: str = ""
+    sso_client_id: str = ""
+    sso_client_secret_env: str = "KEYPLANE_SSO_CLIENT_SECRET"
+    sso_groups_claim: str = "groups"
+    sso_role_map: str = ""
+    sso_create_users: bool = False
 
     @property
     def is_sqlite(self) -> bool:
@@ -450,6 +499,8 @@ def load_settings(
         **{name: flat[name] for name in _LIMITS},
         **{name: flat[name] for name in _TIMEOUTS},
         **{name: flat[name] for name in _BUS},
+        **{name: flat[name] for name in _ACCESS},
+        **{name: flat[name] for name in _SSO},
     )
 
 
@@ -481,6 +532,10 @@ def _validate(cfg: FileConfig, flat: dict[str, Any], path: Path) -> None:
     from keyplane.guard.rules import check_section
 
     for problem in (*check_section(cfg.guard), *check_sinks(cfg.alerts)):
+        raise ConfigError(f"{path}: {problem}")
+    from keyplane.providers.config import check_providers
+
+    for problem in check_providers(cfg.providers):
         raise ConfigError(f"{path}: {problem}")
     from keyplane.cache import check_config as check_cache
 

@@ -3,7 +3,11 @@
 from alembic import context
 
 from keyplane.store.models import Base
-import keyplane.billing.models  # noqa: F401  (its tables, for autogenerate)
+import keyplane.access.models
+import keyplane.billing.models
+import keyplane.identity.models
+import keyplane.members.models
+import keyplane.providers.models  # noqa: F401
 
 connection = context.config.attributes.get("connection")
 if connection is None:
