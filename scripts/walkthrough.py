@@ -95,6 +95,11 @@ def sign_in(base: str, password: str, shot: Path) -> str:
             say("browser: asked to set up an authenticator app (QR code and setup key shown); entering its code")
             page.get_by_label("Code from the app").fill(pyotp.TOTP(secret).now())
             page.get_by_role("button", name="Turn on and continue").click()
+            # The next page is the recovery codes, or the enrollment page again with what went wrong.
+            page.wait_for_selector("#recovery-codes, #login-error", timeout=60_000)
+            if page.locator("#login-error").count():
+                raise RuntimeError("enrolling the authenticator failed: "
+                                   + page.locator("#login-error").inner_text())
             codes = page.locator("#recovery-codes code").all_inner_texts()
             say(f"browser: shown {len(codes)} recovery codes, once")
             page.locator("#codes-continue").click()
@@ -157,6 +162,8 @@ def main() -> int:
         heading = sign_in(base, password, work / "dashboard.png")
         say(f"dashboard: signed in as {OWNER}; the first page is \"{heading}\" "
             f"(screenshot: {work / 'dashboard.png'})")
+        if heading != "Overview":  # the first page after sign-in; an error page is a failed walk-through
+            raise Failed(f"the dashboard's first page is \"{heading}\", not the Overview")
 
         say("\nwalk-through passed")
         return 0

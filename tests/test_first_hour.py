@@ -63,6 +63,11 @@ def test_keys_create_json_names_the_owner_as_the_admin_api_does(home):
     assert owner["user"]["role"] == "owner"
 
     run("users", "add", "dev@acme.test", "--name", "Dev", "--json")
+    # A reader can hold a key only in a project they are a member of; the error says how to add them.
+    refused = run("keys", "create", "-p", "Default project", "-n", "dev", "--owner", "dev@acme.test", code=1)
+    assert "is not a member of project" in refused.stderr
+    assert f"keyplane members add {init['project_id']} dev@acme.test" in " ".join(refused.stderr.split())
+    run("members", "add", "Default project", "dev@acme.test")
     mine = json.loads(run("keys", "create", "-p", "Default project", "-n", "dev", "--owner", "dev@acme.test",
                           "--json").stdout)
     assert mine["owner"]["user"]["email"] == "dev@acme.test" and mine["owner"]["user"]["name"] == "Dev"

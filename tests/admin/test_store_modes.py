@@ -60,3 +60,29 @@ def test_a_store_left_readable_by_others_is_narrowed(tmp_path: Path) -> None:
     srv = start_server(settings, init)
     srv.stop()
     assert _mode(store) == 0o600
+
+
+def test_making_another_engine_keeps_the_open_stores_locks(tmp_path: Path) -> None:
+    """A second engine made while the store is open (the usage applier's own) must not drop the
+    process's SQLite locks: closing any descriptor of the file would, and a CLI command closing its
+    connection then believed it was the last one and deleted the live WAL ("disk I/O error", then
+    "database disk image is malformed" in the server)."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    path = tmp_path / "keyplane.db"
+    db.private_sqlite_files(path)
+    server = sqlite3.connect(path, isolation_level=None)
+    server.execute("PRAGMA journal_mode=WAL")
+    server.execute("CREATE TABLE t (x INTEGER)")
+    server.execute("INSERT INTO t VALUES (1)")
+    db.private_sqlite_files(path)  # what make_engine does for the second engine
+    cli = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+           "c.execute('INSERT INTO t VALUES (2)'); c.close()")
+    subprocess.run([sys.executable, "-c", cli, str(path)], check=True, timeout=60)
+    assert Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists(), "another process removed the live WAL"
+    server.execute("INSERT INTO t VALUES (3)")
+    assert server.execute("SELECT count(*) FROM t").fetchone()[0] == 3
+    assert server.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    server.close()

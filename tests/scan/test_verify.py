@@ -179,6 +179,8 @@ def test_verify_without_revoke_changes_nothing(tmp_path: Path, gateway: FakeGate
     assert "active (key_live in proj_demo)" in result.stdout
     assert "unknown to the gateway" in result.stdout
     assert "rotate it at the provider" in result.stdout
+    # This gateway has no provider connector: the OpenAI key stays a finding, unverified, and that is said.
+    assert "provider keys were not verified" in result.stderr
 
 
 def test_revoke_reason_names_the_commit_in_history_scans(tmp_path: Path, gateway: FakeGateway) -> None:

@@ -51,7 +51,8 @@ async def require_member_for_key(s: AsyncSession, project_id: str, user_id: str)
     user = await control.get_user(s, user_id)
     if not await can_reach(s, user, project_id):
         raise bad_request(f"User '{user_id}' is not a member of project '{project_id}'; add them to the project "
-                          "first (POST /v1/organization/projects/{project_id}/users).", param="owner_user_id",
+                          f"first: `keyplane members add {project_id} {user.email}`, or POST "
+                          f"/v1/organization/projects/{project_id}/users.", param="owner_user_id",
                           code="not_a_project_member")
 
 

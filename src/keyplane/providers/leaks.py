@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from keyplane.providers.match import SUFFIX_LEN, candidates
+from keyplane.scan.findings import ScanError
 
 RULES = frozenset({"openai-project-key", "openai-service-account-key", "openai-key"})
 MATCH_PATH = "/v1/organization/providers/keys/match"
@@ -49,9 +50,10 @@ class ProviderMatch:
 class ProviderVerification:
     results: list[ProviderMatch] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        out = []
+        out = list(self.notes)
         for r in self.results:
             if not r.matches:
                 out.append(f"{r.location}: provider key {r.redacted}: not a key of a governed organization")
@@ -72,7 +74,16 @@ def verify_provider_keys(findings: Iterable[_Finding], gateway: _Gateway, revoke
     result = ProviderVerification()
     if not found:
         return result
-    answer = gateway._post(MATCH_PATH, {"suffixes": sorted({f.secret[-SUFFIX_LEN:] for f in found})})
+    try:
+        answer = gateway._post(MATCH_PATH, {"suffixes": sorted({f.secret[-SUFFIX_LEN:] for f in found})})
+    except ScanError as e:
+        if getattr(e, "status", None) != 404:
+            raise
+        # A gateway without the provider connector (an older keyplane, or another service): the provider
+        # keys stay findings, unverified; that is said, and is not a failure of the scan.
+        result.notes.append("the gateway has no provider connector (POST /v1/organization/providers/keys/match "
+                            "answered 404): provider keys were not verified")
+        return result
     keys = answer.get("data") if isinstance(answer, dict) else None
     if not isinstance(keys, list):
         result.errors.append("the gateway's provider key answer has no data list")

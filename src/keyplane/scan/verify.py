@@ -39,6 +39,10 @@ _KEY_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
 class GatewayError(ScanError):
     """The gateway could not be reached, refused the admin key, or answered out of contract."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status of a refusal; None when the gateway was not reached
+
 
 @dataclass(frozen=True, slots=True)
 class KeyStatus:
@@ -115,7 +119,7 @@ class Gateway:
             with self._opener.open(request, timeout=self._timeout) as response:
                 body = response.read()
         except urllib.error.HTTPError as exc:
-            raise GatewayError(self._http_error(exc)) from None
+            raise GatewayError(self._http_error(exc), exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise GatewayError(f"cannot reach the gateway at {self.url}: {printable(str(reason))}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -26,8 +27,15 @@ def reader(engine: AsyncEngine) -> AsyncEngine:
 def private_sqlite_files(path: Path) -> None:
     """The store holds key digests, users' password hashes and the audit log: it is created 0600,
     like secret.key, before SQLite opens it (SQLite gives its -wal and -shm files the mode of the
-    database file). Files an older version left readable by others are narrowed to 0600 too."""
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    database file). Files an older version left readable by others are narrowed to 0600 too.
+
+    An existing database file is never opened here: closing any descriptor of a file drops every POSIX
+    lock the process holds on it (fcntl semantics), SQLite's included, so a second engine made while
+    the store is open (the usage applier's) would let another process (a CLI command) decide it is the
+    last connection and delete the live WAL under the server: "disk I/O error", then a malformed store.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         try:
             if name.stat().st_mode & 0o077:
