@@ -17,12 +17,50 @@ def test_sqlite_uses_wal(tmp_path):
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_migrations_are_idempotent(settings):
+def _all_models() -> None:
+    """Import every feature's models so that Base.metadata holds every table."""
+    import importlib
+    import pkgutil
+
+    import keyplane
+
+    for m in pkgutil.walk_packages(keyplane.__path__, "keyplane."):
+        if m.name.endswith(".models"):
+            importlib.import_module(m.name)
+
+
+def test_migrations_are_idempotent_and_match_the_models(settings):
+    """Migrating twice changes nothing, leaves the store at the scripts' head, and the schema the migrations
+    build is the one the models declare (a model changed without its migration fails here)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import inspect, text
+
+    from keyplane.store.models import Base
+
+    _all_models()
+
+    def schema(sync_conn):  # table -> (columns, indexes)
+        i = inspect(sync_conn)
+        return {t: (sorted((c["name"], str(c["type"]), c["nullable"]) for c in i.get_columns(t)),
+                    sorted(ix["name"] or "" for ix in i.get_indexes(t))) for t in sorted(i.get_table_names())}
+
     async def twice() -> None:
         engine = db.make_engine(settings.database_url)
-        await db.migrate(engine)
-        await db.migrate(engine)
-        await engine.dispose()
+        try:
+            await db.migrate(engine)
+            async with engine.connect() as conn:
+                first = await conn.run_sync(schema)
+            await db.migrate(engine)
+            async with engine.connect() as conn:
+                assert await conn.run_sync(schema) == first
+                version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
+                diffs = await conn.run_sync(
+                    lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata))
+        finally:
+            await engine.dispose()
+        assert version == [db.head_revision()]
+        assert diffs == [], f"the migrations and the models differ: {diffs}"
 
     asyncio.run(twice())
 
