@@ -45,14 +45,14 @@ def test_an_encoding_not_loaded_is_built_in_the_background(monkeypatch):
     monkeypatch.setattr(tokens, "_encodings", {"o200k_base": tokens._encodings["o200k_base"]})
     monkeypatch.setattr(tokens, "_counters", {})
     first = tokens.counter("gpt-4-turbo").count("hello world, hello world")
-    assert first == tokens.estimate("hello world, hello world")  # no waiting on the request path
+    assert first == tokens.upper_bound("hello world, hello world")  # no waiting on the request path
     deadline = time.monotonic() + 30
     while tokens._encodings.get("cl100k_base") is None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     text = "hello world, hello world"
     real = len(tokens._encodings["cl100k_base"].encode_ordinary(text))
-    assert real != tokens.estimate(text) and tokens.counter("gpt-4-turbo").count(text) == real
+    assert real < tokens.upper_bound(text) and tokens.counter("gpt-4-turbo").count(text) == real
 
 
 @pytest.mark.parametrize("model,encoding", [
@@ -75,8 +75,9 @@ def test_counts():
     assert tokens.prompt_tokens("/v1/embeddings", "text-embedding-3-small",
                                 orjson.dumps({"input": ["hello world", [1, 2, 3]]})) == 2 + 3
     assert tokens.prompt_tokens("/v1/responses", "gpt-4o", orjson.dumps({"input": "hello world"})) == 2
-    assert tokens.prompt_tokens("/v1/chat/completions", "llama3",  # unknown model: 4 bytes a token
-                                orjson.dumps({"messages": [{"role": "user", "content": "x" * 40}]})) == 3 + 3 + 1 + 10
+    # A model without a tokenizer: a token per byte of content (an upper bound), 4 for the message, 3 for the reply.
+    assert tokens.prompt_tokens("/v1/chat/completions", "llama3",
+                                orjson.dumps({"messages": [{"role": "user", "content": "x" * 40}]})) == 3 + 4 + 40
     # what cannot be read counts one token per byte: the most its text can be
     assert tokens.prompt_tokens("/v1/chat/completions", "gpt-4o", b"not json") == 8
 
@@ -108,3 +109,25 @@ def test_counting_is_an_upper_bound_and_names_what_it_cannot_see():
     assert tokens.measure(c, "gpt-4o", b'{"messages": 5}').prompt >= 0
     deep = b'{"prompt": ' + b"[" * 900 + b'"a"' + b"]" * 900 + b"}"
     assert tokens.measure("/v1/completions", "gpt-4o", deep).unbounded
+
+
+ADVERSARIAL = [
+    "hello world " * 50,
+    "\u6f22\u5b57\u304b\u306a\u4ea4\u3058\u308a\u6587" * 40,  # CJK: 3 bytes a character
+    "\U0001f600\U0001f9d1\u200d\U0001f680\U0001faf6\U0001f3fd" * 40,  # emoji and ZWJ sequences: 4 bytes
+    "".join(chr(c) for c in range(0x4e00, 0x4e00 + 600, 7)),  # rare ideographs: byte-level merges fail
+    "\u0915\u094d\u0937\u093e" * 60 + " x9Q#z!~" * 40,  # Devanagari conjuncts, then symbol soup
+]
+
+
+@pytest.mark.parametrize("text", ADVERSARIAL, ids=["english", "cjk", "emoji", "rare", "mixed"])
+def test_a_model_without_a_tokenizer_reserves_an_upper_bound(text):
+    """A model keyplane has no tokenizer for counts one token per UTF-8 byte: never fewer than a real
+    byte-level tokenizer makes (the usual 4-bytes-a-token estimate under-counts these up to 4x, and a
+    race under a hard limit could spend the difference)."""
+    counted = tokens.counter("my-llama-70b").count(text)
+    assert counted == len(text.encode("utf-8"))
+    for name in ("o200k_base", "cl100k_base"):
+        tokens.load((name,))
+        real = len(tokens._encodings[name].encode_ordinary(text))
+        assert counted >= real, name

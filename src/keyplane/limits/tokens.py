@@ -4,9 +4,10 @@ The encodings come from the ``bpe-openai`` package, which ships the o200k_base a
 files inside its wheel: they are handed to ``tiktoken.Encoding`` directly, so nothing is ever
 downloaded at run time (tiktoken's own loader would fetch them from the internet). o200k_base
 serves gpt-4o, gpt-4.1, gpt-5, o1/o3/o4 and the demo models; cl100k_base the older GPT-4/3.5 and the
-text-embedding models; any other model gets the cheap estimate of one token per four bytes.
-o200k_base is built at start-up; another encoding is built on a thread the first time a model needs
-it, and the estimate stands in until it is ready (settle reconciles to the real usage anyway).
+text-embedding models; any other model counts one token per UTF-8 byte, an upper bound for any
+byte-level tokenizer (``upper_bound``). o200k_base is built at start-up; another encoding is built on
+a thread the first time a model needs it, and the upper bound stands in until it is ready (settle
+reconciles to the real usage).
 
 Chat prompts are counted the way OpenAI's cookbook does: 3 tokens per message, the role and content,
 1 for a name, 3 to prime the reply; every other string a request holds is counted too (an upper
@@ -121,7 +122,16 @@ def _load_in_background(name: str) -> None:
 
 
 def estimate(text: str) -> int:
+    """A typical count (one token per four bytes of English), for display and the demo: never for limits."""
     return (len(text.encode("utf-8", "surrogatepass")) + 3) // 4
+
+
+def upper_bound(text: str) -> int:
+    """The most tokens any byte-level tokenizer makes of ``text``: one per UTF-8 byte (BPE starts from
+    bytes and only merges; byte-fallback tokenizers too). What a model without a known tokenizer
+    reserves: a quarter of it, the usual estimate, under-counts CJK or emoji text up to 4x, and a race
+    of such requests could spend past a hard limit before settle corrects it."""
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 class Counter:
@@ -139,8 +149,8 @@ class Counter:
     def count(self, text: str) -> int:
         if not text:
             return 0
-        if self._encode is None:
-            return estimate(text)
+        if self._encode is None:  # no tokenizer for this model (or not loaded yet): its UTF-8 bytes
+            return upper_bound(text)
         return len(self._encode(text))
 
     def content(self, v: Any) -> int:
