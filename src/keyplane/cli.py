@@ -302,7 +302,7 @@ __import__("keyplane.web.cli", fromlist=["register"]).register(users_app)  # set
 def _register_optional() -> None:
     """Commands owned by other modules register themselves when present."""
     for mod in ("keyplane.doctor", "keyplane.scan.cli", "keyplane.billing.cli", "keyplane.usage.cli",
-                "keyplane.guard.cli", "keyplane.providers.cli", "keyplane.members.cli"):
+                "keyplane.guard.cli", "keyplane.providers.cli", "keyplane.members.cli", "keyplane.access.cli"):
         try:
             module = __import__(mod, fromlist=["register"])
         except ModuleNotFoundError as e:

@@ -34,10 +34,14 @@ def test_realtime_is_held_to_the_policies(make_gateway, fake_rt):  # noqa: F811
     rt_admin(srv, "POST", f"/projects/{pid}/model_permissions", {"mode": "deny_list", "model_ids": ["gpt-realtime"]})
     assert _status(srv, "gpt-realtime") == 403
     assert fake_rt.paths == []
-    rt_admin(srv, "POST", "/ip_allowlist", {"cidrs": ["10.0.0.0/8"]})
-    assert _status(srv, "gpt-realtime-mini") == 403
-    assert fake_rt.paths == []
-    rt_admin(srv, "DELETE", "/ip_allowlist")
+    # The organization's list holds the admin API too: the admin calls come from an address it keeps.
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30,
+                      headers={"Authorization": f"Bearer {srv.admin_key}"}) as at:
+        r = at.post(srv.v1 + "/organization/ip_allowlist", json={"cidrs": ["10.0.0.0/8", "127.0.0.2"]})
+        assert r.status_code == 200, r.text
+        assert _status(srv, "gpt-realtime-mini") == 403
+        assert fake_rt.paths == []
+        assert at.delete(srv.v1 + "/organization/ip_allowlist").status_code == 200
     rt_admin(srv, "POST", f"/projects/{pid}/hosted_tool_permissions", {"mcp": {"enabled": False}})
 
     async def go() -> list[Any]:

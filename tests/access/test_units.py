@@ -42,7 +42,8 @@ def test_containers_and_runs():
     p.check_request("p", "k", "/v1/threads/t/runs/r/submit_tool_outputs", "POST", None, True,
                     b'{"tool_outputs": []}', True)
     with pytest.raises(errors.APIError) as e:
-        p.check_request("p", "k", "/v1/threads/t/runs", "POST", None, True, b'{"assistant_id": "a"}', True)
+        p.check_request("p", "k", "/v1/threads/t/runs", "POST", None, True, b'{"assistant_id": "a", "tools": []}',
+                        True)
     assert e.value.code == "model_not_permitted"
 
 
@@ -76,3 +77,75 @@ def test_requests_wait_for_policies_as_new_as_the_snapshot():
         await asyncio.wait_for(waiter, 1)
 
     asyncio.run(go())
+
+
+def test_model_spellings():
+    deny = ModelPolicy("deny_list", ("gpt-4o",))
+    for m in ("ft:gpt-4o-2024-08-06:acme::x", "FT:GPT-4O:acme::x", "openai/gpt-4o", "models/gpt-4o-2024-08-06",
+              "\uff47\uff50\uff54-4o", "gpt-4o\u200b", "gpt-4\u043e", "gpt-4o\x00"):
+        assert not deny.allows(m), m
+    assert deny.allows("gpt-4o-mini") and deny.allows("ft:gpt-4o-mini-2024-07-18:acme::x")
+    allow = ModelPolicy("allow_list", ("gpt-4o-mini", "gpt-4"))
+    assert allow.allows("ft:gpt-4o-mini-2024-07-18:acme::x") and allow.allows("gpt-4-1106-preview")
+    for m in ("gpt-4o-mini-2024-07-18-x", "gpt-4o-mini-0000-x", "openai/gpt-4o-mini", "ft:gpt-4o:acme::x", "gpt-4-"):
+        assert not allow.allows(m), m
+
+
+def test_cidr_parsing():
+    with pytest.raises(ValueError, match="host bits"):
+        ip.parse_cidrs(["10.0.0.5/8"])  # meant the host or the range? never silently the whole /8
+    assert ip.parse_cidrs(["10.0.0.5/8"], strict=False) == ip.parse_cidrs(["10.0.0.0/8"])
+    # An IPv4-mapped range is its IPv4 range: client addresses are compared as IPv4.
+    mapped = ip.parse_cidrs(["::ffff:10.0.0.0/104"])
+    assert ip.allows(mapped, "10.1.2.3") and ip.allows(mapped, "::ffff:10.1.2.3")
+    assert ip.client_address("::ffff:127.0.0.1", [(b"x-forwarded-for", b"10.1.2.3")],
+                             ip.parse_cidrs(["::ffff:127.0.0.1"])) == "10.1.2.3"
+    # A zone id is local to the sender: not part of the address.
+    assert ip.client_address("fe80::1%eth0", [], ()) == "fe80::1"
+
+
+def test_trusted_proxies_with_host_bits_is_a_config_error(tmp_path):
+    import asyncio
+
+    from keyplane import access
+    from keyplane.config import ConfigError
+
+    class Rt:
+        class settings:
+            trusted_proxies = "10.0.0.5/8"
+
+    with pytest.raises(ConfigError, match=r"trusted_proxies.*host bits"):
+        asyncio.run(access.start(Rt()))
+
+
+def test_forwarded_headers_must_agree():
+    trusted = ip.parse_cidrs(["10.0.0.0/8"])
+    # A proxy that maintains only Forwarded passes the client's own X-Forwarded-For through: they disagree.
+    spoof = [(b"x-forwarded-for", b"192.0.2.1"), (b"forwarded", b"for=198.51.100.7")]
+    got = ip.client_address("10.0.0.1", spoof, trusted)
+    assert "198.51.100.7" in got and not ip.allows(ip.parse_cidrs(["192.0.2.0/24"]), got)
+    both = [(b"x-forwarded-for", b"198.51.100.7, 10.0.0.2"), (b"forwarded", b'for="198.51.100.7:1234", for=10.0.0.2')]
+    assert ip.client_address("10.0.0.1", both, trusted) == "198.51.100.7"
+    # A quoted Forwarded value that swallows a comma cannot hide the element the proxy appended.
+    assert ip.client_address("10.0.0.1", [(b"forwarded", b'for="192.0.2.1, for=192.0.2.2", for=198.51.100.7')],
+                             trusted) == "198.51.100.7"
+    assert ip.client_address("10.0.0.1", [(b"forwarded", b"for=_hidden")], trusted) == "_hidden"
+    assert ip.client_address("10.0.0.1", [(b"x-forwarded-for", b"")], trusted) == "unknown"
+
+
+def test_runs_without_tools_and_requests_without_a_model():
+    p = Policies(models={("project", "p"): ModelPolicy("deny_list", ("gpt-image-1",))},
+                 disabled_tools={("key", "k"): frozenset({"file_search"})})
+    for body in (b'{"assistant_id": "a", "model": "gpt-4o"}',
+                 b'{"assistant_id": "a", "model": "gpt-4o", "tools": null}'):
+        with pytest.raises(errors.APIError) as e:
+            p.check_request("p", "k", "/v1/threads/t/runs", "POST", None, True, body, True)
+        assert e.value.code == "tool_not_permitted" and "file_search" in e.value.message
+    p.check_request("p", "k", "/v1/threads/t/runs", "POST", None, True,
+                    b'{"assistant_id": "a", "model": "gpt-4o", "tools": []}', True)
+    with pytest.raises(errors.APIError) as e:
+        p.check_request("p", "k", "/v1/images/generations", "POST", None, True, b'{"prompt": "x"}', True)
+    assert e.value.code == "model_not_permitted" and "project p" in e.value.message
+    p.check_request("p", "k", "/v1/images/generations", "POST", "dall-e-3", True, b'{"prompt": "x"}', True)
+    assert p.model_visible("p", "k", "gpt-4o") and not p.model_visible("p", "k", "gpt-image-1-2025-04-15")
+    p.check_request("p", "k", "/v1/moderations", "POST", None, False, b'{"input": "x"}', True)  # free: no spend

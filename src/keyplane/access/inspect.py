@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 TOOLS: Final = ("code_interpreter", "file_search", "image_generation", "mcp", "web_search")
+# The model a hosted tool runs when its entry names none: model permissions hold it like a named one.
+TOOL_DEFAULT_MODELS: Final = {"image_generation": "gpt-image-1"}
 _NESTED_JSON_DEPTH: Final = 3  # strings holding JSON holding strings holding JSON...
 _MAX_NODES: Final = 200_000  # bounded work per body (the body itself is bounded by max_body_bytes)
 
@@ -45,6 +47,7 @@ class Asked:
     tools: set[str] = field(default_factory=set)
     duplicated: set[str] = field(default_factory=set)
     stored_prompt: bool = False
+    top_keys: frozenset[str] = frozenset()  # the keys of the top-level object whose value is not null
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> Any:
@@ -67,12 +70,27 @@ def read(body: bytes) -> Asked:
         raise Unreadable("The request body is not valid JSON.") from None
     asked = Asked()
     if isinstance(doc, _Obj):
+        asked.top_keys = frozenset(k for k, v in doc if v is not None)
         prompt = [v for k, v in doc if k == "prompt"]
         asked.stored_prompt = any(isinstance(p, _Obj) and any(k == "id" for k, _ in p) for p in prompt)
     for count, _ in enumerate(_walk(doc, asked, 0)):
         if count > _MAX_NODES:
             raise Unreadable("The request body is too large to check against the access policy.")
     return asked
+
+
+def _default_model(tool: Any) -> str | None:
+    """The model a ``tools`` entry runs without naming it (``{"type": "image_generation"}``: gpt-image-1)."""
+    if not isinstance(tool, _Obj):
+        return None
+    types = [v for k, v in tool if k.strip().lower() == "type" and isinstance(v, str)]
+    if any(k.strip().lower() == "model" and isinstance(v, str) for k, v in tool):
+        return None  # the model it names is checked as every `model` is (a null one is the default)
+    for t in types:
+        name = t.strip().lower().replace("-", "_")
+        if name in TOOL_DEFAULT_MODELS:
+            return TOOL_DEFAULT_MODELS[name]
+    return None
 
 
 def _walk(v: Any, asked: Asked, nested: int) -> Iterator[None]:
@@ -94,6 +112,8 @@ def _walk(v: Any, asked: Asked, nested: int) -> Iterator[None]:
                         asked.models.add(val)
                         if search_model(val):
                             asked.tools.add("web_search")
+                if key == "tools" and isinstance(val, list):
+                    asked.models.update(m for item in val if (m := _default_model(item)) is not None)
                 if key == "web_search_options" and val is not None:
                     asked.tools.add("web_search")
                 if key == "tool_resources" and isinstance(val, _Obj):

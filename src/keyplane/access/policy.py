@@ -24,10 +24,16 @@ from keyplane.access import inspect, ip
 from keyplane.access.models import AccessPolicy
 from keyplane.store.models import Meta
 
-_DATED: Final = re.compile(r"^-(\d{4}-\d{2}-\d{2}|\d{4}|latest|preview)")
+# After an id, what makes one of its snapshots: read loosely for a deny list (anything after it too), exactly
+# for an allow list (``gpt-4o-mini`` allows ``gpt-4o-mini-2024-07-18``, not ``gpt-4o-mini-2024-07-18-x``).
+_DATED: Final = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4}|latest|preview)")
+_SNAPSHOT: Final = re.compile(r"(?=-)(-(\d{4}-\d{2}-\d{2}|\d{4}))?(-(latest|preview))?")
 # Spending paths that rightly name no model: the run's, the session's (checked when it connects), containers.
 _NO_MODEL: Final = re.compile(r"^/v1/threads/[^/]+/runs/[^/]+/submit_tool_outputs$|^/v1/realtime/client_secrets$"
                               r"|^/v1/containers(/|$)")
+# A run uses its assistant's stored tools unless it names its own (``tools`` overrides them).
+_RUN: Final = re.compile(r"^/v1/threads(/[^/]+)?/runs$")
+_ASSISTANT_TOOLS: Final = ("code_interpreter", "file_search")
 _JSON_TOOL_PATHS: Final = ("/v1/responses", "/v1/chat/completions", "/v1/completions", "/v1/realtime",
                            "/v1/assistants", "/v1/threads", "/v1/evals")
 
@@ -41,19 +47,39 @@ class ModelPolicy:
         return {"object": "project.model_permissions", "mode": self.mode, "model_ids": list(self.model_ids)}
 
     def allows(self, model: str) -> bool:
-        hit = any(_matches(e, model) for e in self.model_ids)
-        return hit if self.mode == "allow_list" else not hit
+        if self.mode == "allow_list":
+            return any(_matches(e, model, exact=True) for e in self.model_ids)
+        # A deny list is read generously (what it names, however spelled, stays out): a namespaced id
+        # (``openai/gpt-4o``, ``models/gpt-4o``) and a spelling that is not plain ASCII (fullwidth letters, a
+        # zero-width space, a Cyrillic o) are refused; no provider's model id needs either.
+        if not _plain(model):
+            return False
+        names = {model, model.strip().rsplit("/", 1)[-1]}
+        return not any(_matches(e, m) for e in self.model_ids for m in names)
 
 
-def _matches(entry: str, model: str) -> bool:
+def _plain(model: str) -> bool:
+    m = model.strip()
+    return m.isascii() and m.isprintable() and " " not in m
+
+
+def _matches(entry: str, model: str, exact: bool = False) -> bool:
     e, m = entry.strip().casefold(), model.strip().casefold()
     if e.endswith("*"):
         return m.startswith(e[:-1])
+    if _snapshot_of(e, m, exact):
+        return True
+    # A fine-tune of the id or of one of its snapshots: ft:gpt-4o:acme::id, ft:gpt-4o-2024-08-06:acme::id.
+    return m.startswith("ft:") and not e.startswith("ft:") and _snapshot_of(e, m[3:].split(":", 1)[0], exact)
+
+
+def _snapshot_of(e: str, m: str, exact: bool) -> bool:
     if m == e:
         return True
-    if m.startswith(e) and _DATED.match(m[len(e):]):
-        return True
-    return m.startswith(f"ft:{e}:")
+    if not m.startswith(e):
+        return False
+    rest = m[len(e):]
+    return bool(_SNAPSHOT.fullmatch(rest) if exact else _DATED.match(rest))
 
 
 @dataclass
@@ -83,7 +109,7 @@ class Policies:
                 if off:
                     tools[(scope, target)] = off
             elif kind == "ip" and data["cidrs"]:
-                ips[(scope, target)] = ip.parse_cidrs(data["cidrs"])
+                ips[(scope, target)] = ip.parse_cidrs(data["cidrs"], strict=False)
         self.models, self.disabled_tools, self.ips = models, tools, ips
         self.revision = max(self.revision, rev)
         self._reloaded.set()
@@ -103,6 +129,25 @@ class Policies:
 
     # --- the request path ----------------------------------------------------------------------
 
+    def address(self, client: tuple[str, int] | None, headers: list[tuple[bytes, bytes]]) -> str:
+        """The client's address as the allowlists see it (behind ``trusted_proxies``: the forwarded one)."""
+        return ip.client_address(client[0] if client else None, headers, self.trusted_proxies)
+
+    def check_org_ip(self, client: tuple[str, int] | None, headers: list[tuple[bytes, bytes]]) -> None:
+        """The organization's allowlist on the admin API and the dashboard (the CLI on the server is never
+        held to it: that is how an operator locked out lifts it, docs/access-control.md)."""
+        cidrs = self.ips.get(("org", "org"))
+        if cidrs is None:
+            return
+        address = self.address(client, headers)
+        if not ip.allows(cidrs, address):
+            raise errors.ip_not_allowed(address, "organization")
+
+    def model_visible(self, project_id: str | None, key_id: str, model: str) -> bool:
+        """Whether the key's project's and its own model permissions allow ``model`` (GET /v1/models)."""
+        return all(p.allows(model) for s in (("key", key_id), ("project", project_id or ""))
+                   if (p := self.models.get(s)) is not None)
+
     def check_ip(self, project_id: str | None, key_id: str, client: tuple[str, int] | None,
                  headers: list[tuple[bytes, bytes]]) -> None:
         """Right after authentication: the 403 naming the address seen when an allowlist refuses it."""
@@ -112,7 +157,7 @@ class Policies:
                                             ("API key", ("key", key_id))) if (c := self.ips.get(s)) is not None]
         if not lists:
             return
-        address = ip.client_address(client[0] if client else None, headers, self.trusted_proxies)
+        address = self.address(client, headers)
         for name, cidrs in lists:
             if not ip.allows(cidrs, address):
                 raise errors.ip_not_allowed(address, name)
@@ -152,6 +197,13 @@ class Policies:
             for t in sorted(asked.tools):
                 if t in off:
                     raise errors.tool_not_permitted(t, *off[t])
+            if method == "POST" and _RUN.match(path) and "tools" not in asked.top_keys \
+                    and (held := [t for t in _ASSISTANT_TOOLS if t in off]):
+                # The assistant may have been given the tool before the policy: keyplane cannot see its tools.
+                raise errors.access_refused(
+                    f"A run without `tools` uses its assistant's stored tools, which may include {' or '.join(held)}"
+                    ", disabled for this project or key; pass `tools` (e.g. only function tools) with the run.",
+                    "tool_not_permitted")
             if asked.stored_prompt and off:
                 raise errors.access_refused(
                     "A stored prompt may enable hosted tools keyplane cannot see; while hosted tools ("
@@ -167,6 +219,10 @@ class Policies:
             for m in sorted(models):
                 if not pol.allows(m):
                     raise errors.model_not_permitted(m, scope[0], scope[1], pol.mode)
-            if not models and spending and pol.mode == "allow_list" and not _NO_MODEL.match(path):
-                raise errors.access_refused("This request names no model, and this project's model permissions "
-                                            "allow only listed models: name one.", "model_not_permitted")
+            if not models and spending and not _NO_MODEL.match(path):
+                # The provider would choose the model (images: dall-e-2, or gpt-image-1 when a parameter only it
+                # takes is sent; a run: its assistant's): not one a deny list can be checked against either.
+                where = f"project {scope[1]}" if scope[0] == "project" else f"API key {scope[1]}"
+                raise errors.access_refused(f"This request names no model, so the provider would choose one; with "
+                                            f"model permissions set on {where}, name the model.",
+                                            "model_not_permitted")

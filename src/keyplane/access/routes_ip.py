@@ -19,10 +19,10 @@ from starlette.requests import Request
 from keyplane import control
 from keyplane.access import ip
 from keyplane.access.models import AccessPolicy
-from keyplane.access.routes import K, P, _changed, _now, _save, _stored, _target
+from keyplane.access.routes import K, P, _changed, _now, _save, _stored, _target, policies
 from keyplane.admin import Endpoint
 from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, runtime
-from keyplane.errors import invalid_value
+from keyplane.errors import bad_request, invalid_value
 
 ORG = "/v1/organization/ip_allowlist"
 
@@ -61,6 +61,18 @@ async def set_list(request: Request) -> JSONResponse:
     except ValueError as e:
         raise invalid_value("cidrs", str(e)) from None
     normal = list(dict.fromkeys(str(n) for n in nets))
+    confirm = body.get("confirm_lockout", False)
+    if not isinstance(confirm, bool):
+        raise invalid_value("confirm_lockout", "'confirm_lockout' must be a boolean.")
+    if nets and "project_id" not in request.path_params and not confirm:
+        # The organization's list holds the admin API and the dashboard too: a list that leaves out the
+        # address this call comes from would lock its caller out (the CLI on the server lifts it).
+        seen = policies(request).address(request.scope.get("client"), request.scope["headers"])
+        if not ip.allows(nets, seen):
+            raise bad_request(f"The list does not include the address this call comes from ({seen}): it would "
+                              "lock you out of the admin API and the dashboard. Add that address, or send "
+                              "\"confirm_lockout\": true (the CLI on the server can always lift the list: "
+                              "keyplane access ip-allowlist clear).", param="cidrs", code="ip_allowlist_lockout")
     async with runtime(request).write() as s:
         scope, target, pid = await _where(request, s)
         await _save(s, "ip", scope, target, {"cidrs": normal}, _now(request))

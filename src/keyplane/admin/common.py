@@ -35,6 +35,9 @@ def authenticate_admin(request: Request) -> tuple[KeyEntry, Actor]:
         return internal  # type: ignore[no-any-return]
     rt = runtime(request)
     headers: list[tuple[bytes, bytes]] = request.scope["headers"]
+    access = rt.extras.get("access")
+    if access is not None:  # the organization's IP allowlist, before the key is even looked at (docs/access-control.md)
+        access.check_org_ip(request.scope.get("client"), headers)
     qs: bytes = request.scope.get("query_string", b"")
     value = auth.bearer_token(next((v for k, v in headers if k == b"authorization"), None), headers, qs)
     if auth.token_kind(value, qs) != "admin":

@@ -19,6 +19,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from keyplane import fmt
 from keyplane.control import Actor, get_org
+from keyplane.errors import APIError
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
 from keyplane.store.models import User
@@ -244,6 +245,9 @@ def view(*, owner: bool = False, stage: str = "full") -> Callable[[Handler], Cal
         @functools.wraps(fn)
         async def endpoint(request: Request) -> Response:
             web: WebState = request.app.state.web
+            refused = _outside_allowlist(request, web)  # every page, sign-in included: before the session is read
+            if refused is not None:
+                return refused
             await web.organization_name()
             session = await load_session(request, web)
             ctx = Ctx(request, web, session)
@@ -255,6 +259,22 @@ def view(*, owner: bool = False, stage: str = "full") -> Callable[[Handler], Cal
         return endpoint
 
     return deco
+
+
+def _outside_allowlist(request: Request, web: WebState) -> Response | None:
+    """The 403 page when the organization's IP allowlist refuses the client's address (docs/access-control.md)."""
+    access = web.rt.extras.get("access")
+    if access is None:
+        return None
+    try:
+        access.check_org_ip(request.scope.get("client"), request.scope["headers"])
+    except APIError as e:
+        html = web.templates.get_template("error_bare.html").render(
+            title="Not allowed from this address",
+            message=e.message + " An owner can change the list from an allowed address, or lift it on the server "
+            "with `keyplane access ip-allowlist clear`.")
+        return HTMLResponse(html, status_code=403, headers={"cache-control": "no-store"})
+    return None
 
 
 async def _guarded(ctx: Ctx, fn: Handler, owner: bool, stage: str) -> Response:

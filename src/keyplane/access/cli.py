@@ -1,0 +1,114 @@
+"""`keyplane access show` and `keyplane access ip-allowlist clear`: the access policies from the server's
+command line. The CLI works on the store directly, so no IP allowlist ever applies to it: it is how an
+operator who locked themselves out of the admin API and the dashboard lifts the organization's list.
+"""
+
+from typing import Annotated, Any
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    from keyplane.cli import JsonOpt, out, print_json, run_store, settings, table, ts
+
+    access_app = typer.Typer(help="Access policies: model and hosted tool permissions, IP allowlists.",
+                             no_args_is_help=True)
+    ip_app = typer.Typer(help="IP allowlists of the organization, a project or a key.", no_args_is_help=True)
+    app.add_typer(access_app, name="access")
+    access_app.add_typer(ip_app, name="ip-allowlist")
+
+    @access_app.command("show")
+    def show(json: JsonOpt = False) -> None:
+        """Every access policy set: model permissions, hosted tool permissions and IP allowlists."""
+        items = run_store(settings(), _policies)
+        if json:
+            print_json(items)
+            return
+        if not items:
+            out.print("no access policy set: every key may use every model and hosted tool, from any address.",
+                      markup=False)
+            return
+        table("Access policies", ["kind", "scope", "id", "policy", "updated"],
+              [(i["kind"], i["scope"], i["id"] or "-", i["summary"], ts(i["updated_at"])) for i in items])
+
+    @ip_app.command("clear")
+    def clear(
+        project: Annotated[str | None, typer.Option("--project", "-p", help="A project's list (id or name) "
+                                                    "instead of the organization's.")] = None,
+        key: Annotated[str | None, typer.Option("--key", help="A key's list (key id) instead of the "
+                                                "organization's.")] = None,
+        json: JsonOpt = False,
+    ) -> None:
+        """Lift an IP allowlist (the organization's by default); written to the audit log."""
+        from keyplane.cli import fail
+
+        if project and key:
+            raise fail("give --project or --key, not both.")
+
+        async def go(s: Any) -> dict[str, Any]:
+            return await _clear(s, project, key)
+
+        done = run_store(settings(), go, write=True)
+        if json:
+            print_json(done)
+            return
+        what = "the organization's" if done["scope"] == "organization" else f"{done['scope']} {done['id']}'s"
+        if done["deleted"]:
+            out.print(f"lifted {what} IP allowlist (it was: {', '.join(done['cidrs'])}).", markup=False)
+        else:
+            out.print(f"{what} IP allowlist was not set: nothing to lift.", markup=False)
+
+
+async def _policies(s: Any) -> list[dict[str, Any]]:
+    import orjson
+    from sqlalchemy import select
+
+    from keyplane.access.models import AccessPolicy
+
+    rows = (await s.execute(select(AccessPolicy).order_by(AccessPolicy.kind, AccessPolicy.scope,
+                                                          AccessPolicy.target_id))).scalars()
+    out = []
+    for r in rows:
+        value = orjson.loads(r.value)
+        if r.kind == "ip":
+            summary = ", ".join(value.get("cidrs") or []) or "(none: lifted)"
+        elif r.kind == "model":
+            summary = f"{value['mode']}: " + (", ".join(value["model_ids"]) or "(none)")
+        else:
+            off = sorted(t for t, v in value.items() if isinstance(v, dict) and v.get("enabled") is False)
+            summary = "disabled: " + (", ".join(off) or "(none)")
+        out.append({"kind": r.kind, "scope": "organization" if r.scope == "org" else r.scope,
+                    "id": None if r.scope == "org" else r.target_id, "value": value, "summary": summary,
+                    "updated_at": r.updated_at})
+    return out
+
+
+async def _clear(s: Any, project: str | None, key: str | None) -> dict[str, Any]:
+    import orjson
+    from sqlalchemy import delete, select
+
+    from keyplane import control
+    from keyplane.access.models import AccessPolicy
+    from keyplane.errors import not_found
+    from keyplane.store.models import ApiKey
+
+    scope, target, pid = "org", "org", None
+    if project:
+        p = await control.find_project(s, project)
+        scope, target, pid = "project", p.id, p.id
+    elif key:
+        found = (await s.execute(select(ApiKey.id, ApiKey.project_id).where(ApiKey.id == key))).first()
+        if found is None:
+            raise not_found(f"No API key found with id '{key}'.", param="key_id")
+        scope, target, pid = "key", key, found[1]
+    row = (await s.execute(select(AccessPolicy).where(AccessPolicy.kind == "ip", AccessPolicy.scope == scope,
+                                                      AccessPolicy.target_id == target))).scalar()
+    cidrs: list[str] = (orjson.loads(row.value).get("cidrs") or []) if row is not None else []
+    if row is not None:
+        await s.execute(delete(AccessPolicy).where(AccessPolicy.kind == "ip", AccessPolicy.scope == scope,
+                                                   AccessPolicy.target_id == target))
+        await control.audit(s, control.CLI_ACTOR, "ip_allowlist.deleted", {"id": target, "scope": scope},
+                            project_id=pid, resource_id=target)
+        await control.bump_revision(s)
+    return {"object": "ip_allowlist.deleted", "scope": "organization" if scope == "org" else scope,
+            "id": None if scope == "org" else target, "deleted": row is not None, "cidrs": cidrs}
