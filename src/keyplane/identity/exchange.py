@@ -9,14 +9,20 @@ provider or service account disabled a moment ago is refused at once. Errors are
 
 from __future__ import annotations
 
+import collections
+import ipaddress
+import math
+import time
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 from sqlalchemy import select
 
+from keyplane.access import ip
 from keyplane.identity import oidc, tokens
 from keyplane.identity.models import FederationRuleRow, WorkloadIdentityProviderRow
+from keyplane.identity.state import generation
 from keyplane.runtime import Runtime
 from keyplane.store.models import ServiceAccount
 
@@ -24,11 +30,58 @@ GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 SUBJECT_TYPES = ("urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token")
 MAX_BODY = 32 * 1024
 ACCESS_TOKEN_SECONDS = 900  # 15 minutes; the SDK refreshes at half-life (min(buffer, expires_in / 2))
+# Exchanges are rare (one per workload per ~7 minutes) and each may verify a signature and fetch an issuer's
+# keys: bounded per client address and per provider id, on each instance (docs/sso-and-workload-identity.md).
+PER_IP = (60, 60.0)  # 60 exchanges a minute from one address, all of them at once at most
+PER_PROVIDER = (600, 60.0)  # 600 a minute naming one provider id
+MAX_BUCKETS = 10_000  # addresses and provider ids remembered (least recently seen forgotten first)
+
+
+class RateLimiter:
+    """Token buckets by name, on the monotonic clock, at most ``MAX_BUCKETS`` of them."""
+
+    def __init__(self, limit: int, period: float) -> None:
+        self.limit, self.rate = limit, limit / period
+        self._buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
+
+    def take(self, name: str) -> float:
+        """0 when admitted (one taken), else the seconds until one is."""
+        now = time.monotonic()
+        tokens, at = self._buckets.pop(name, (float(self.limit), now))
+        tokens = min(float(self.limit), tokens + (now - at) * self.rate)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self.rate
+        self._buckets[name] = (tokens, now)
+        while len(self._buckets) > MAX_BUCKETS:
+            self._buckets.popitem(last=False)
+        return wait
 
 
 class _Refused(Exception):
     def __init__(self, status: int, error: str, description: str) -> None:
         self.status, self.error, self.description = status, error, description
+
+
+class _Limited(Exception):
+    def __init__(self, what: str, limit: int, wait: float) -> None:
+        self.what, self.limit, self.wait = what, limit, wait
+
+
+async def _send_limited(send: Any, e: _Limited) -> None:
+    """429 in OpenAI's error shape, with the exact wait (the SDK's token exchange raises on it)."""
+    secs = max(1, math.ceil(e.wait))
+    body = orjson.dumps({"error": {
+        "message": f"Rate limit reached for token exchanges (/oauth/token) {e.what}: limit {e.limit} per minute. "
+                   f"Please try again in {secs}s.",
+        "type": "requests", "param": None, "code": "rate_limit_exceeded"}})
+    await send({"type": "http.response.start", "status": 429, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"), (b"retry-after", str(secs).encode()),
+        (b"retry-after-ms", str(max(1, math.ceil(e.wait * 1000))).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _send(send: Any, status: int, body: dict[str, Any]) -> None:
@@ -73,7 +126,12 @@ def _field(p: dict[str, Any], name: str) -> str:
     return v
 
 
-async def _exchange(rt: Runtime, p: dict[str, Any]) -> dict[str, Any]:
+async def _exchange(rt: Runtime, p: dict[str, Any], per_provider: RateLimiter | None = None) -> dict[str, Any]:
+    pid_named = p.get("identity_provider_id")
+    if per_provider is not None and isinstance(pid_named, str):
+        wait = per_provider.take(pid_named[:128])
+        if wait:
+            raise _Limited("for this identity provider", per_provider.limit, wait)
     if p.get("grant_type") != GRANT_TYPE:
         raise _Refused(400, "unsupported_grant_type", f"grant_type must be '{GRANT_TYPE}'.")
     if p.get("subject_token_type") not in SUBJECT_TYPES:
@@ -105,18 +163,50 @@ async def _exchange(rt: Runtime, p: dict[str, Any]) -> dict[str, Any]:
         raise denied
     ttl = ACCESS_TOKEN_SECONDS
     exp = int(rt.clock.now()) + ttl
-    token = tokens.mint(rt.settings.secret_key, rule_id=rule.id, service_account_id=sa.id, expires_at=exp)
+    gen = generation(issuer=prov.issuer, audience=prov.audience, verification=prov.verification,
+                     transformations=prov.attribute_transformations, project_id=rule.project_id,
+                     service_account_id=rule.service_account_id, matchers=rule.attribute_matchers)
+    token = tokens.mint(rt.settings.secret_key, rule_id=rule.id, service_account_id=sa.id, expires_at=exp,
+                        generation=gen)
     return {"access_token": token, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
             "token_type": "Bearer", "expires_in": ttl}
 
 
+def _trusted(rt: Runtime) -> tuple[ip.IPNet, ...]:
+    try:
+        return ip.parse_cidrs([c for c in getattr(rt.settings, "trusted_proxies", "").split(",") if c.strip()])
+    except ValueError:
+        return ()
+
+
+def _bucket_of(address: str) -> str:
+    """An IPv4 address, or the /64 of an IPv6 one (one host holds a whole /64); unreadable ones share one."""
+    a = ip.parse_address(address)
+    if a is None:
+        return "unknown"
+    if a.version == 6:
+        return str(ipaddress.ip_network(f"{a}/64", strict=False))
+    return str(a)
+
+
 def token_route(rt: Runtime) -> Any:
+    per_ip, per_provider = RateLimiter(*PER_IP), RateLimiter(*PER_PROVIDER)
+    trusted = _trusted(rt)
+
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["method"] != "POST":
             await _send(send, 405, {"error": "invalid_request", "error_description": "Use POST."})
             return
+        client = scope.get("client")
+        address = _bucket_of(ip.client_address(client[0] if client else None, scope["headers"], trusted))
         try:
-            answer = await _exchange(rt, _params(scope, await _read(receive)))
+            wait = per_ip.take(address)
+            if wait:
+                raise _Limited("from this address", per_ip.limit, wait)
+            answer = await _exchange(rt, _params(scope, await _read(receive)), per_provider)
+        except _Limited as e:
+            await _send_limited(send, e)
+            return
         except _Refused as e:
             await _send(send, e.status, {"error": e.error, "error_description": e.description})
             return

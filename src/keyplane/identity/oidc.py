@@ -78,7 +78,8 @@ class JwksCache:
         self._cache: dict[str, _Cached] = {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self.min_refetch = MIN_REFETCH
-        self._lock = asyncio.Lock()
+        self._locks: dict[str, asyncio.Lock] = {}  # one per provider: a slow or dead issuer delays no other
+        self._failed: dict[str, float] = {}  # when a provider's last fetch failed: retried after min_refetch
 
     async def _fetch(self, issuer: str, verification: dict[str, Any]) -> list[dict[str, Any]]:
         async with aiohttp.ClientSession(timeout=self._timeout) as session:
@@ -98,24 +99,37 @@ class JwksCache:
             keys = jwks.get("keys") if isinstance(jwks, dict) else None
             return [k for k in keys if isinstance(k, dict)] if isinstance(keys, list) else []
         now = time.monotonic()
+        # Keyed by what the keys were fetched for, not by the provider alone: an issuer or discovery URL changed
+        # on another instance (which cannot forget() this cache) is never verified with the old issuer's keys.
+        provider_id = f"{provider_id}\x00{issuer}\x00{orjson.dumps(verification, option=orjson.OPT_SORT_KEYS).decode()}"
         cached = self._cache.get(provider_id)
         stale = cached is None or now - cached.fetched > JWKS_TTL
         unknown_kid = cached is not None and kid is not None and not any(k.get("kid") == kid for k in cached.keys)
         if stale or (unknown_kid and cached is not None and now - cached.fetched >= self.min_refetch):
-            async with self._lock:  # one fetch at a time: a burst of exchanges does not become a burst of fetches
+            if now - self._failed.get(provider_id, -1e9) < self.min_refetch:
+                raise TokenRejected("The issuer's keys could not be fetched (recently failed; retried shortly).")
+            lock = self._locks.setdefault(provider_id, asyncio.Lock())
+            async with lock:  # one fetch at a time per provider: a burst of exchanges is not a burst of fetches
                 again = self._cache.get(provider_id)
                 if again is cached:
                     try:
                         cached = self._cache[provider_id] = _Cached(await self._fetch(issuer, verification),
                                                                     time.monotonic())
-                    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                        self._failed.pop(provider_id, None)
+                    except (aiohttp.ClientError, TimeoutError, ValueError, TokenRejected) as e:
+                        self._failed[provider_id] = time.monotonic()
+                        if isinstance(e, TokenRejected):
+                            raise
                         raise TokenRejected(f"The issuer's keys could not be fetched ({type(e).__name__}).") from None
                 else:
                     cached = again
         return cached.keys if cached is not None else []
 
     def forget(self, provider_id: str) -> None:
-        self._cache.pop(provider_id, None)
+        for k in [k for k in self._cache if k.partition("\x00")[0] == provider_id]:
+            del self._cache[k]
+        for k in [k for k in self._failed if k.partition("\x00")[0] == provider_id]:
+            del self._failed[k]
 
 
 def key_id(token: str) -> str | None:
@@ -180,16 +194,31 @@ def verify(token: str, keys: list[dict[str, Any]], *, issuer: str, audience: str
 
 def attributes(claims: dict[str, Any], transformations: list[dict[str, str]]) -> dict[str, Any]:
     """The attributes rules match: every scalar top-level claim under its own name, plus each
-    transformation's ``attribute`` = the claim at ``expression`` (``assertion.<claim>[.<nested>...]``)."""
+    transformation's ``attribute`` = the claim at ``expression`` (``assertion.<claim>[.<nested>...]``). An
+    attribute a transformation names comes from its expression only: absent when that claim is, whatever
+    top-level claim of the same name the token carries."""
     out: dict[str, Any] = {k: v for k, v in claims.items() if isinstance(v, str | bool | int | float)}
+    for t in transformations:  # a transformation owns its attribute: never a top-level claim of the same name
+        out.pop(t["attribute"], None)
     for t in transformations:
-        value: Any = claims
-        path = t["expression"].removeprefix("assertion.")
-        for part in path.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
+        value = _lookup(claims, t["expression"].removeprefix("assertion.").split("."))
         if isinstance(value, str | bool | int | float):
             out[t["attribute"]] = value
     return out
+
+
+def _lookup(value: Any, parts: list[str]) -> Any:
+    """The claim at a dotted path whose keys may hold dots themselves (Kubernetes' ``kubernetes.io``): at each
+    level the longest key that matches is taken. None when there is no such claim."""
+    if not parts:
+        return value
+    if not isinstance(value, dict):
+        return None
+    for n in range(len(parts), 0, -1):
+        key = ".".join(parts[:n])
+        if key in value:
+            return _lookup(value[key], parts[n:])
+    return None
 
 
 def matches(matchers: dict[str, Any], attrs: dict[str, Any]) -> bool:

@@ -132,8 +132,13 @@ async def _rule(s: Any, pid: str, rid: str) -> FederationRuleRow:
 
 
 async def _changed(request: Request) -> None:
-    """This instance's identity state now; the others follow the snapshot's change (keyplane.identity.state)."""
-    await runtime(request).extras["identity"].load()
+    """This instance's identity state now; the others follow the snapshot's change (keyplane.identity.state).
+    The change is committed: should the reload fail, the state's own reload retries until it loads."""
+    state = runtime(request).extras["identity"]
+    try:
+        await state.load()
+    except Exception:
+        state.schedule()
 
 
 def _now(request: Request) -> int:

@@ -2,11 +2,14 @@
 
     sk-kp-wit-<base64url(JSON payload)>.<base64url(HMAC-SHA256)>
 
-The payload names the federation rule, its service account and the expiry (``{"r", "s", "e", "n"}``);
+The payload names the federation rule, its service account, the expiry and the rule's generation
+(``{"r", "s", "e", "g", "n"}``: a digest of the rule's matchers and its provider's issuer, audience, keys
+and transformations when the token was issued, keyplane.identity.state.generation);
 the MAC is HMAC-SHA256 over the payload's base64 text, keyed with a key derived from the server secret
 (KEYPLANE_SECRET_KEY) for this use only. Nothing is stored per token: a token is accepted while its MAC
-checks (constant-time), it has not expired, and its rule, provider and service account are still enabled
-in the in-process identity state (reloaded from every control-plane change: keyplane.identity.state).
+checks (constant-time), it has not expired, its rule, provider and service account are still enabled
+and the rule's generation is unchanged (editing the terms a token was issued under ends it) in the
+in-process identity state (reloaded from every control-plane change: keyplane.identity.state).
 The request then runs as the rule's keyless key row, whose snapshot entry holds permissions and limits.
 
 This module is on the request path and imports nothing heavy (keyplane.auth imports it).
@@ -19,7 +22,7 @@ import binascii
 import hashlib
 import hmac
 import secrets
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -37,6 +40,7 @@ class RuleView(Protocol):
     provider_id: str
     service_account_id: str
     key_id: str
+    generation: str
 
 
 class IdentityView(Protocol):
@@ -59,8 +63,8 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def mint(secret: bytes, *, rule_id: str, service_account_id: str, expires_at: int) -> str:
-    payload = _b64(orjson.dumps({"r": rule_id, "s": service_account_id, "e": expires_at,
+def mint(secret: bytes, *, rule_id: str, service_account_id: str, expires_at: int, generation: str = "") -> str:
+    payload = _b64(orjson.dumps({"r": rule_id, "s": service_account_id, "e": expires_at, "g": generation,
                                  "n": secrets.token_urlsafe(9)}))
     mac = hmac.new(_mac_key(secret), payload.encode(), hashlib.sha256).digest()
     return f"{PREFIX}{payload}.{_b64(mac)}"
@@ -72,6 +76,24 @@ def _refused(why: str) -> errors.APIError:
 
 def verify(secret: bytes, token: str, now: float) -> tuple[str, str]:
     """(rule id, service account id) of a well-formed, authentic, unexpired token, or a 401."""
+    claims = _claims(secret, token, now)
+    return claims["r"], claims["s"]
+
+
+def expires_at(secret: bytes, token: str, now: float) -> int:
+    """When a well-formed, authentic, unexpired token expires (a 401 otherwise): what it mints (a realtime
+    client secret) expires no later."""
+    exp: int = _claims(secret, token, now)["e"]
+    return exp
+
+
+def generation_of(secret: bytes, token: str, now: float) -> str:
+    """The rule generation an authentic, unexpired token was issued under ("" for none; a 401 otherwise)."""
+    gen = _claims(secret, token, now).get("g")
+    return gen if isinstance(gen, str) else ""
+
+
+def _claims(secret: bytes, token: str, now: float) -> dict[str, Any]:
     if len(token) > MAX_TOKEN or not token.startswith(PREFIX) or token.count(".") != 1:
         raise errors.invalid_key(_SHOWN, "The workload access token is malformed.")
     payload, _, mac_text = token[len(PREFIX):].partition(".")
@@ -88,17 +110,22 @@ def verify(secret: bytes, token: str, now: float) -> tuple[str, str]:
         raise errors.invalid_key(_SHOWN, "The workload access token is malformed.")
     if now >= exp:
         raise _refused("has expired: exchange a fresh workload token at /oauth/token.")
-    return rule_id, sa_id
+    return claims
 
 
 def entry_for(secret: bytes, token: str, now: float, state: IdentityView | None, snap: Snapshot) -> KeyEntry:
     """The key entry a workload access token acts as, or a 401 naming why not."""
-    rule_id, sa_id = verify(secret, token, now)
-    rule = state.rule(rule_id) if state is not None else None
+    claims = _claims(secret, token, now)
+    rule_id, sa_id = claims["r"], claims["s"]
+    rule = state.rule(str(rule_id)) if state is not None else None
     if rule is None or rule.service_account_id != sa_id:
         raise _refused("is no longer valid: its federation rule was deleted.")
     if not rule.enabled:
         raise _refused("is no longer valid: its federation rule is disabled.")
+    gen = claims.get("g")
+    if not isinstance(gen, str) or not hmac.compare_digest(gen, rule.generation):
+        raise _refused("is no longer valid: its federation rule or provider changed since it was issued; "
+                       "exchange a fresh workload token at /oauth/token.")
     if not state or not state.provider_enabled(rule.provider_id):
         raise _refused("is no longer valid: its workload identity provider is disabled or deleted.")
     entry = snap.keys_by_id.get(rule.key_id)

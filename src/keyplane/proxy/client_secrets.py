@@ -7,6 +7,10 @@ names the key, its project, its expiry and (when the request named one) the only
 under an HMAC with the instance's secret key (every instance of a fleet shares it). A session opened
 with it is the key's own: authorized, admitted, metered and cut exactly as the key (revoking the key
 ends its secrets and their live sessions; the secret's expiry only bounds when a session may start).
+
+A secret minted with a workload identity access token (``sk-kp-wit-``) expires no later than that token,
+and it (and every session it opened) ends when the token's federation rule or provider is disabled or
+deleted, as the token does (keyplane.identity.state.IdentityState.key_ended).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, Final
 import orjson
 
 from keyplane import errors
+from keyplane.identity import tokens as workload_tokens
 from keyplane.proxy import request
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
@@ -78,8 +83,12 @@ async def mint(rt: Runtime, entry: KeyEntry, scope: dict[str, Any], receive: Any
     kind = (session or {}).get("type", "realtime")
     if kind != "realtime":
         raise errors.invalid_value("session.type", "keyplane relays realtime sessions only (`type: realtime`).")
-    expires_at = int(rt.clock.now()) + seconds
-    claims = {"k": entry.id, "p": entry.project_id, "e": expires_at, "m": model}
+    now = rt.clock.now()
+    expires_at = int(now) + seconds
+    claims: dict[str, Any] = {"k": entry.id, "p": entry.project_id, "e": expires_at, "m": model}
+    if workload_key(rt, entry.id):  # never outlives the workload access token that asked for it, nor its terms
+        token_expiry, claims["g"] = _workload_token(rt, scope, now)
+        claims["e"] = expires_at = min(expires_at, token_expiry)
     payload = _b64(orjson.dumps(claims))
     value = f"{PREFIX}{payload}.{_sign(rt.settings.secret_key, payload)}"
     return {"value": value, "expires_at": expires_at,
@@ -87,8 +96,34 @@ async def mint(rt: Runtime, entry: KeyEntry, scope: dict[str, Any], receive: Any
                         "expires_at": expires_at}}
 
 
-def verify(rt: Runtime, token: str) -> tuple[KeyEntry, str | None]:
-    """The key a client secret was minted for and the model it is bound to, or a 401."""
+def workload_key(rt: Runtime, key_id: str) -> bool:
+    """Whether a key is a federation rule's keyless key (it acts only through workload access tokens)."""
+    identity = rt.extras.get("identity")
+    return identity is not None and key_id in getattr(identity, "by_key", {})
+
+
+def workload_ended(rt: Runtime, key_id: str, generation: str | None = None) -> str | None:
+    """Why a federation rule's key may no longer act (rule or provider disabled or deleted, or changed since
+    the ``generation`` its token was issued under), else None."""
+    identity = rt.extras.get("identity")
+    return identity.key_ended(key_id, generation) if identity is not None else None  # type: ignore[no-any-return]
+
+
+def _workload_token(rt: Runtime, scope: dict[str, Any], now: float) -> tuple[int, str]:
+    """(expiry, rule generation) of the workload access token a request authenticated with."""
+    for _, v in scope["headers"]:
+        value = v.decode("latin-1").strip()
+        value = value[7:].strip() if value[:7].lower() == "bearer " else value
+        if value.startswith(workload_tokens.PREFIX):
+            secret = rt.settings.secret_key
+            return (workload_tokens.expires_at(secret, value, now),
+                    workload_tokens.generation_of(secret, value, now))
+    return int(now), ""  # not found: nothing to bound it by, so nothing usable is minted
+
+
+def verify(rt: Runtime, token: str) -> tuple[KeyEntry, str | None, str | None]:
+    """The key a client secret was minted for, the model it is bound to, and (minted with a workload access
+    token) the rule generation that token was issued under; or a 401."""
     refused = errors.invalid_key(
         PREFIX + "..." + token[-4:] if len(token) > 12 else PREFIX + "...",
         "The realtime client secret is not valid, has expired, or its key is no longer active.")
@@ -110,9 +145,13 @@ def verify(rt: Runtime, token: str) -> tuple[KeyEntry, str | None]:
     entry = snap.keys_by_id.get(str(claims.get("k")))
     if entry is None or entry.project_id != claims.get("p") or entry.inactive_reason(now):
         raise refused
+    gen = claims.get("g")
+    generation = gen if isinstance(gen, str) else None
+    if workload_key(rt, entry.id) and (generation is None or workload_ended(rt, entry.id, generation)):
+        raise refused  # minted with a workload token whose rule or provider was disabled or changed since
     if entry.project_id is not None:
         p = snap.projects.get(entry.project_id)
         if p is None or p.status != "active":
             raise errors.project_archived(entry.redacted_value, p.name if p else entry.project_id, entry.project_id)
     model = claims.get("m")
-    return entry, model if isinstance(model, str) else None
+    return entry, model if isinstance(model, str) else None, generation

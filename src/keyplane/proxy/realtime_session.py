@@ -22,19 +22,25 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from keyplane import errors, keys
+from keyplane.proxy import client_secrets
 from keyplane.proxy.context import RequestContext
 from keyplane.proxy.handler import ProxyApp, new_request_id
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
 
 PATH: Final = "/v1/realtime"
+SCOPE: Final = "api.model.request"
+MAX_IN_FLIGHT: Final = 16  # responses admitted and not yet done, per session: each holds a reservation
+OVERDUE_FRACTION: Final = 0.8  # of reservation_ttl_seconds: a response not done by then ends its session
 DRAIN_SECONDS: Final = 5.0  # after the client left: how long to wait for the upstream's response.done
 CUT: Final = 1008  # policy violation
 # The per-response context is quoted as a Responses call (token prices, input up to the context window),
 # then recorded under the realtime path: the Usage API reports it in the completions bucket, as OpenAI does.
 _QUOTE_AS: Final = "/v1/responses"
 # A rate limit refuses one response; anything else (budget, credit, unpriced model...) ends the session.
-_SOFT: Final = frozenset({"rate_limit_exceeded"})
+# A stale snapshot (this instance cannot confirm the key is still valid) refuses responses, as it refuses
+# every /v1 request (app.py), until it can confirm again.
+_SOFT: Final = frozenset({"rate_limit_exceeded", "authority_stale"})
 
 
 class Session:
@@ -51,6 +57,7 @@ class Session:
         self.upstream: ClientConnection | None = None
         self.upstream_name = ""
         self.secret = ""  # the upstream's API key (8+ characters), redacted from what is relayed
+        self.generation: str | None = None  # a workload identity's rule generation at connect (realtime._check)
         self.pending: collections.deque[RequestContext] = collections.deque()  # admitted, not yet created
         self.asked: dict[str, RequestContext] = {}  # pending ones by the client's event_id (an upstream error names it)
         self.live: dict[str, RequestContext] = {}  # response id -> its context
@@ -108,29 +115,51 @@ class Session:
     # --- client -> upstream ------------------------------------------------------------------------
 
     async def from_client(self, text: str) -> bool:
-        """Relay one client frame; False: the session is to end."""
+        """Relay one client frame; False: the session is to end.
+
+        Every frame is parsed, and what is forwarded is keyplane's own serialization of what it checked, never
+        the client's bytes: a frame another parser would read differently (a duplicated ``type`` key, an
+        escaped ``response\\u002ecreate``) cannot start an unadmitted response. A frame that is not a JSON
+        object with a ``type`` is refused (an error event), not forwarded."""
         assert self.upstream is not None
-        # Every frame is parsed (not searched for a string): an escaped "response\u002ecreate" is one too.
         try:
             ev = orjson.loads(text)
         except orjson.JSONDecodeError:
             ev = None
-        if isinstance(ev, dict) and ev.get("type") == "response.create":
+        if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
+            await self.error_event(errors.invalid_value(
+                "type", "A realtime client event must be a JSON object with a string `type`; this frame was not "
+                        "forwarded."), None)
+            return True
+        kind = ev["type"]
+        if kind == "response.create":
             return await self._response_create(ev)
-        if isinstance(ev, dict) and ev.get("type") == "session.update":
+        refused = self._event_refusal(ev)
+        if refused is not None:  # not forwarded; the session goes on as it was
+            await self.error_event(refused, ev.get("event_id"))
+            return True
+        if kind == "session.update":
             sess = ev.get("session")
             if isinstance(sess, dict):
-                refused = self._session_refusal(sess)
-                if refused is not None:  # not forwarded; the session goes on as it was
-                    await self.error_event(refused, ev.get("event_id"))
-                    return True
                 asked = sess.get("max_output_tokens")
                 if self.out_cap is not None and "max_output_tokens" in sess and not (
                         isinstance(asked, int) and not isinstance(asked, bool) and 0 < asked <= self.out_cap):
                     sess["max_output_tokens"] = self.out_cap  # responses the upstream starts itself write no more
-                    text = orjson.dumps(ev).decode()
-        await self.upstream.send(text)
+        await self.upstream.send(orjson.dumps(ev).decode())
         return True
+
+    def _event_refusal(self, ev: dict[str, Any]) -> errors.APIError | None:
+        """A client event keyplane cannot govern, whatever its shape (GA or beta field names)."""
+        kind = ev["type"]
+        if kind.startswith("transcription_session."):
+            return errors.invalid_value("type", "Transcription sessions are billed per audio minute, which keyplane "
+                                        "does not meter yet, so they are refused.")
+        if kind == "session.update":
+            sess = ev.get("session")
+            if not isinstance(sess, dict):
+                return errors.invalid_value("session", "'session' must be an object.")
+            return self._session_refusal(sess)
+        return None
 
     def _session_refusal(self, sess: dict[str, Any]) -> errors.APIError | None:
         """A session.update keyplane cannot govern: another model (authorized and priced at connect only),
@@ -139,11 +168,31 @@ class Session:
         if model is not None and model != self.model:
             return errors.invalid_value("session.model", f"This session is for `{self.model}`: a realtime session "
                                         "cannot change its model through keyplane (open a new one).")
+        if sess.get("type", "realtime") != "realtime":
+            return errors.invalid_value("session.type", "keyplane relays realtime sessions only (`type: realtime`): "
+                                        "transcription sessions are not metered yet.")
+        for beta in ("max_response_output_tokens", "input_audio_transcription"):  # the beta API's spellings
+            if beta in sess:
+                return errors.invalid_value(f"session.{beta}", f"`session.{beta}` (the beta Realtime API) is not "
+                                            "accepted through keyplane: use `max_output_tokens`; input audio "
+                                            "transcription is not metered yet.")
         audio = sess.get("audio")
         inp = audio.get("input") if isinstance(audio, dict) else None
         if isinstance(inp, dict) and inp.get("transcription") is not None:
             return errors.invalid_value("session.audio.input.transcription", "Input audio transcription in a "
                                         "realtime session is not metered by keyplane yet, so it is refused.")
+        return None
+
+    def _response_refusal(self, resp: dict[str, Any]) -> errors.APIError | None:
+        """A response.create whose output keyplane could not bound or whose model it did not authorize."""
+        if "max_response_output_tokens" in resp:  # the beta spelling: it would not be pinned to the reservation
+            return errors.invalid_value("response.max_response_output_tokens", "`max_response_output_tokens` (the "
+                                        "beta Realtime API) is not accepted through keyplane: use "
+                                        "`max_output_tokens`.")
+        model = resp.get("model")
+        if model is not None and model != self.model:
+            return errors.invalid_value("response.model", f"This session is for `{self.model}`: a response cannot "
+                                        "use another model through keyplane.")
         return None
 
     async def _response_create(self, ev: dict[str, Any]) -> bool:
@@ -152,13 +201,26 @@ class Session:
         if not isinstance(resp, dict):
             resp = {}
             ev["response"] = resp
+        refused = self._response_refusal(resp)
+        if refused is not None:
+            await self.error_event(refused, ev.get("event_id"))
+            return True
         asked = resp.get("max_output_tokens")
         limit = asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else None
         async with self.lock:
-            ended = self.ended()
+            ended = self.ended() or self.model_refused()
             if ended is not None:
                 await self.cut(ended)
                 return False
+            stale = self.stale()
+            if stale is not None:
+                await self.error_event(stale, ev.get("event_id"))
+                return True
+            if len(self.pending) + len(self.live) >= MAX_IN_FLIGHT:
+                await self.error_event(errors.invalid_value(
+                    "response", f"At most {MAX_IN_FLIGHT} responses may be in progress in one realtime session "
+                    "through keyplane: wait for a response.done."), ev.get("event_id"))
+                return True
             try:
                 ctx = await self.admit(limit)
             except errors.APIError as e:
@@ -240,6 +302,12 @@ class Session:
         else:  # created by the upstream itself (turn detection): admitted now, or cancelled
             try:
                 async with self.lock:
+                    refused = self.ended() or self.model_refused() or self.stale()
+                    if refused is not None:
+                        raise refused
+                    if len(self.live) >= MAX_IN_FLIGHT:
+                        raise errors.invalid_value("response", f"At most {MAX_IN_FLIGHT} responses may be in "
+                                                   "progress in one realtime session through keyplane.")
                     ctx = await self.admit(None)
             except errors.APIError as e:
                 assert self.upstream is not None
@@ -267,13 +335,51 @@ class Session:
         await self.settle(ctx, resp.get("usage"), 200 if status in ("completed", "cancelled", "incomplete") else 502)
 
     def ended(self) -> errors.APIError | None:
-        """Why the session must end now: its key revoked, suspended, deleted or expired, its project archived."""
+        """Why the session must end now: its key revoked, suspended, deleted or expired, its project archived,
+        its key's federation rule or provider disabled (a workload identity's), or the key no longer allowed
+        the model scope. The key's current entry is what admits the next response (its limits, permissions)."""
         cut = self.proxy._authority_ended(RequestContext("", self.entry, self.entry.project_id, PATH))
-        if cut is None and self.entry.expires_at is not None:
+        if cut is not None:
+            return cut
+        if self.overdue():
+            return errors.upstream_timeout(self.upstream_name)
+        now_key = self.rt.snapshot.keys_by_id.get(self.entry.id)
+        if now_key is not None:
+            self.entry = now_key
+        if self.entry.expires_at is not None:
             why = self.entry.inactive_reason(self.rt.clock.now())
             if why:
-                cut = errors.key_inactive(self.entry.redacted_value, why)
-        return cut
+                return errors.key_inactive(self.entry.redacted_value, why)
+        why = client_secrets.workload_ended(self.rt, self.entry.id, self.generation)
+        if why:
+            return errors.key_inactive(self.entry.redacted_value, why)
+        if not self.entry.permissions.allows(SCOPE):
+            return errors.missing_scope(SCOPE)
+        return None
+
+    def overdue(self) -> bool:
+        """A response admitted longer ago than its reservation is sure to hold (the limiter drops a reservation
+        never settled after ``reservation_ttl_seconds``): the session ends and it is settled now, at what it
+        reserved, before the budget it holds could be handed to other requests."""
+        ttl = getattr(self.rt.settings, "reservation_ttl_seconds", 900.0)
+        started = [c.started for c in (*self.live.values(), *self.pending)]
+        return bool(started) and time.perf_counter() - min(started) > ttl * OVERDUE_FRACTION
+
+    def stale(self) -> errors.APIError | None:
+        """Refused while this instance cannot confirm its keys are current (a revocation may not have arrived)."""
+        snap, bound = self.rt.snapshot, self.rt.settings.max_staleness_seconds
+        return None if snap.is_fresh(bound) else errors.stale_authority(snap.staleness())
+
+    def model_refused(self) -> errors.APIError | None:
+        """The key's model permissions (keyplane.access) as they are now: a model taken away ends the session."""
+        access = self.rt.extras.get("access")
+        if access is None:
+            return None
+        try:
+            access.check_request(self.entry.project_id, self.entry.id, PATH, "GET", self.model, False, b"", False)
+        except errors.APIError as e:
+            return e
+        return None
 
     # --- ending --------------------------------------------------------------------------------------
 
