@@ -45,6 +45,10 @@ class Admission:
         self._sync_admit = lim.admit_now if isinstance(lim, MemoryLimiter) else None
         self._warned: set[str] = set()
         self._warn_unpriced_upstream_models()
+        from keyplane.billing.batches import Batches
+
+        self.batches = Batches(billing)  # batch files priced, batches reserved and metered (billing/batches.py)
+        billing.rt.extras["batches"] = self.batches
 
     def _warn_unpriced_upstream_models(self) -> None:
         """Start-up: name the models the upstreams serve by exact name that have no price."""
@@ -79,6 +83,9 @@ class Admission:
         controlled = any(ref.limit is not None for ref in plan.budgets)
         cost = q.cost
         if q.unpriced is not None:
+            if ctx.endpoint == "/v1/batches":  # priced from its input file, if keyplane read it
+                await self._admit_batch(ctx, plan, controlled, now)
+                return
             if controlled:
                 raise q.unpriced
             self._warn_once(model or f"POST {ctx.endpoint}", "first request")
@@ -105,16 +112,45 @@ class Admission:
                                             "flat": q.cost if q.flat and q.unpriced is None else None,
                                             "units": q.units, "tools": q.tools, "per_minute": q.per_minute})
 
-    async def _fleet_admit(self, rid: str, plan: Plan, cost: int, want: int) -> Granted | Denied:
+    async def _admit_batch(self, ctx: Any, plan: Plan, controlled: bool, now: float) -> None:
+        """POST /v1/batches: reserve the input file's estimate at the batch price for the batch's life, or
+        refuse it under money controls when keyplane did not read (or could not bound) the file."""
+        from keyplane.billing.batches import RESERVE_SECONDS
+
+        fid, est = await self.batches.input_estimate(ctx)
+        if est is None or est.cost is None:
+            why = est.why if est is not None and est.why else (
+                f"its input file `{(fid or '')[:64]}` was not uploaded through keyplane" if fid
+                else "it names no input file")
+            if controlled:
+                raise errors.cost_not_bounded(ctx.endpoint, f"{why}; upload the input file through keyplane "
+                                              "(POST /v1/files with purpose=batch) so that its requests are priced")
+            self._warn_once(f"POST {ctx.endpoint}", "first request")
+            return  # no money control: served, and not metered (as an unpriced call)
+        cost = max(est.cost, 1) if controlled else est.cost
+        rid = ctx.request_id
+        ttl_us = RESERVE_SECONDS * 1_000_000
+        if self._sync_admit is not None:
+            result = self._sync_admit(rid, plan.budgets, (), cost, 0, ttl_us)
+        else:
+            result = await self._fleet_admit(rid, plan, cost, 0, ttl_us)
+        if isinstance(result, Denied):
+            raise self._refusal(ctx, plan, result, 0, cost, now)
+        ctx.reservation = Reservation(rid, cost, 0, plan.budgets, (),
+                                      {"plan": plan, "batch": est, "input_file_id": fid})
+
+    async def _fleet_admit(self, rid: str, plan: Plan, cost: int, want: int,
+                           ttl_us: int | None = None) -> Granted | Denied:
         lim = self.b.limiter
+        buckets = plan.buckets if ttl_us is None else ()
         try:
             try:
-                return await lim.admit(rid, plan.budgets, plan.buckets, cost, want)
+                return await lim.admit(rid, plan.budgets, buckets, cost, want, ttl_us)
             except Unseeded:
                 # Redis lost the counters: rebuild them (SQL ledger + unapplied journal) before admitting
                 # anything; refused (503) if that cannot be done now.
                 await self.b.reseed_if_needed()
-                return await lim.admit(rid, plan.budgets, plan.buckets, cost, want)
+                return await lim.admit(rid, plan.budgets, buckets, cost, want, ttl_us)
         except Unseeded:
             raise errors.limits_unavailable() from None
         except BaseException as e:
@@ -168,6 +204,11 @@ class Admission:
         if res is None:
             return
         extra = res.extra
+        if "batch" in extra:  # POST /v1/batches: held for the batch once created (billing/batches.py), else freed
+            ctx.cost_micros = 0
+            if not extra.get("kept"):
+                await self._release(res)
+            return
         price: Price | None = extra.get("price")  # type: ignore[assignment]
         flat: int | None = extra.get("flat")  # type: ignore[assignment]
         prompt, cached, completion = ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens
@@ -209,6 +250,13 @@ class Admission:
             # The cost is in the usage record (and so in the SQL ledger); the Redis backend queued the
             # settle and replays it when Redis answers again (billing engine, every ledger_flush_seconds).
             _log_store_error(f"settle of {res.rid} failed; queued for replay", e)
+
+
+    async def _release(self, res: Reservation) -> None:
+        try:
+            await self.b.limiter.settle(res, 0, 0)
+        except Exception as e:
+            _log_store_error(f"release of {res.rid} failed; queued for replay", e)
 
 
 _quiet_until = 0.0

@@ -282,11 +282,22 @@ class Billing:
                 if t >= next_tier:
                     next_tier = t + 60
                     await self.promote()
+                    await self._poll_batches()
             except Exception as e:  # the store or Redis may be briefly unreachable: try again next tick
                 if mono() >= quiet_until:  # once every 30 s at most, not every tick
                     quiet_until = mono() + 30
                     log.warning("billing background step failed (%s: %s); will retry", type(e).__name__, e,
                                 exc_info=log.isEnabledFor(logging.DEBUG))
+
+    async def _poll_batches(self) -> None:
+        """Batches that finished at the provider and nobody read through keyplane: metered (billing/batches.py)."""
+        batches = self.rt.extras.get("batches")
+        if batches is None:
+            return
+        try:
+            await batches.poll()
+        except Exception as e:
+            log.warning("batch poll failed (%s: %s); will retry", type(e).__name__, e)
 
     async def retry_pending(self) -> None:
         """Fleet: replay the settles and releases Redis did not take (idempotent, see redis_backend)."""

@@ -200,6 +200,7 @@ class PriceTable:
         self.entries = entries
         self.tools = tools if tools is not None else {}  # hosted tool type -> micro-dollars per call
         self.service_tiers: dict[str, dict[str, int]] = {}  # tier -> model (or "default") -> factor
+        self.batch: dict[str, int] = {}  # the Batch API's factor by model (or "default"), micro-units
         self.configured = configured  # names from keyplane.toml (their globs are the administrator's)
         self._exact = {k: v for k, v in entries.items() if not _is_glob(k) and k != "default"}
         self._globs = sorted(((k, v) for k, v in entries.items() if _is_glob(k)),
@@ -222,7 +223,16 @@ class PriceTable:
                 entries[model] = dataclasses.replace(entries[model], long_above=above, long_factor=factor)
         table = cls(entries, frozenset(configured), shipped_tools(data))
         table.service_tiers = tiers
+        table.batch = {m: to_micros(v, f"$.batch.{m}") for m, v in data.get("batch", {}).items()}
         return table
+
+    def batch_factor(self, model: str) -> int:
+        """The Batch API's factor for a model (micro-units): the [batch] table's entry for the model (or its
+        family), else its ``default``; the standard price (1x) when the table has none, never less."""
+        for name in (model, family(model)):
+            if name in self.batch:
+                return self.batch[name]
+        return self.batch.get("default", MICROS)
 
     def tier_factor(self, model: str, tier: str | None) -> int | None:
         """The service tier's factor for a model (micro-units), 1x for the standard tiers; None when the

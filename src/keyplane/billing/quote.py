@@ -12,7 +12,9 @@ Every POST the provider bills comes here (DESIGN.md hot-path rule 0), with or wi
 - speech: per character of ``input``;
 - transcription and translation: per minute, which cannot be known before the audio is decoded: an
   estimate from the upload's size (refused where a spend limit or credit applies);
-- everything else that spends (batches, fine-tuning, assistants runs, realtime, videos...): no price.
+- everything else that spends (fine-tuning, assistants runs, realtime, videos...): no price. A batch
+  (``POST /v1/batches``) has none here either: admission prices it from its input file, quoted line by
+  line with this code when it was uploaded (billing/batches.py).
 
 A :class:`Quote` says which, and admission decides (docs/limits-and-billing.md "What a request may cost").
 """
@@ -43,7 +45,7 @@ AUDIO_BYTES_PER_MINUTE: Final = 240_000
 EDIT_IMAGE_TOKENS: Final = 6_000
 
 _WHY: Final = (
-    ("/v1/batches", "its requests are in an uploaded file keyplane does not read"),
+    ("/v1/batches", "a batch is priced only at its creation, from an input file uploaded through keyplane"),
     ("/v1/fine_tuning", "training is billed per token of an uploaded file keyplane does not read"),
     ("/v1/threads", "a run reads its whole stored thread and may call paid tools"),
     ("/v1/evals", "an eval run calls models over a stored data set"),

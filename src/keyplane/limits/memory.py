@@ -24,7 +24,7 @@ class MemoryLimiter:
         return int(self._now() * 1_000_000)
 
     def admit_now(self, rid: str, budgets: tuple[BudgetRef, ...], buckets: tuple[Bucket, ...], cost: int,
-                  tokens: int) -> Granted | Denied:
+                  tokens: int, ttl_us: int | None = None) -> Granted | Denied:
         now = int(self._now() * 1_000_000)
         # Order of refusals: a request too large for a limit (never passes), then budgets (waiting does
         # not help), then rate limits (the longest wait, so that one retry after it is enough).
@@ -68,12 +68,12 @@ class MemoryLimiter:
         if cost:
             for c in rows:
                 c[1] += cost
-            self.reservations[rid] = (now + self.ttl_us, cost, tuple(b.key for b in budgets))
+            self.reservations[rid] = (now + (ttl_us or self.ttl_us), cost, tuple(b.key for b in budgets))
         return Granted(now, news)
 
     async def admit(self, rid: str, budgets: tuple[BudgetRef, ...], buckets: tuple[Bucket, ...], cost: int,
-                    tokens: int) -> Granted | Denied:
-        return self.admit_now(rid, budgets, buckets, cost, tokens)
+                    tokens: int, ttl_us: int | None = None) -> Granted | Denied:
+        return self.admit_now(rid, budgets, buckets, cost, tokens, ttl_us)
 
     def settle_now(self, res: Reservation, actual_cost: int, actual_tokens: int) -> None:
         held = self.reservations.pop(res.rid, None)

@@ -274,12 +274,12 @@ class RedisLimiter:
         return f"{self.base}:g:{key}"
 
     async def admit(self, rid: str, budgets: tuple[BudgetRef, ...], buckets: tuple[Bucket, ...], cost: int,
-                    tokens: int) -> Granted | Denied:
+                    tokens: int, ttl_us: int | None = None) -> Granted | Denied:
         keys = [self.seeded_key]
         keys.extend(self._b(b.key) for b in budgets)
         keys.extend(self._z(b.key) for b in budgets)
         keys.extend(self._g(g.key) for g in buckets)
-        args: list[Any] = [f"{rid}:{cost}", self.ttl_us, cost, tokens, len(budgets), len(buckets)]
+        args: list[Any] = [f"{rid}:{cost}", ttl_us or self.ttl_us, cost, tokens, len(budgets), len(buckets)]
         for b in budgets:
             args.append(-1 if b.limit is None else b.limit)
             args.append(b.ttl)

@@ -37,6 +37,7 @@ class RequestContext:
     # The input refers to stored context (previous_response_id, conversation): its size is not in the body.
     context_ref: bool = False
     form: dict[str, str] | None = None  # multipart text fields of an upload (model, n, size, quality...)
+    content_type: bytes | None = None  # POST /v1/files only: to read a batch input file (billing/batches.py)
     query: bytes = b""  # the query string as sent (forwarded as is; part of the response-cache key)
     upstream: str | None = None  # name of the upstream that answered
     # The upstream's own x-request-id, shown to the client as x-request-id; ``request_id`` stays

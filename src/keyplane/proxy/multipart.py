@@ -58,6 +58,29 @@ def _params(value: str, what: str) -> tuple[str, dict[str, str]]:
 
 
 def text_fields(headers: list[tuple[bytes, bytes]], body: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, filename, content in _parts(headers, body):
+        if filename is not None:
+            if name in PRICED_FIELDS:
+                raise _refuse(f"the field `{name}` is sent as a file")
+            continue
+        if name in out:
+            raise _refuse(f"the field `{name}` is given twice")
+        out[name] = content[:MAX_TEXT_FIELD].decode("utf-8", "replace")
+    return out
+
+
+def file_part(headers: list[tuple[bytes, bytes]], body: bytes, field: str = "file") -> bytes:
+    """The bytes of the one file part named ``field`` (a batch input file), read as strictly as the text
+    fields; a body with none, or two, is refused."""
+    found = [content for name, filename, content in _parts(headers, body) if name == field]
+    if len(found) != 1:
+        raise _refuse(f"it must have exactly one `{field}` part")
+    return found[0]
+
+
+def _parts(headers: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[str, str | None, bytes]]:
+    """(name, filename or None, content) of each part."""
     ctypes = [v for k, v in headers if k == b"content-type"]
     if len(ctypes) != 1:
         raise _refuse("it needs exactly one Content-Type header")
@@ -72,7 +95,7 @@ def text_fields(headers: list[tuple[bytes, bytes]], body: bytes) -> dict[str, st
     closing = parts.pop()
     if not parts or not closing.startswith(b"--") or closing[2:] not in (b"", b"\r\n"):
         raise _refuse("it must end with the closing boundary and nothing after it")
-    out: dict[str, str] = {}
+    out: list[tuple[str, str | None, bytes]] = []
     for i, part in enumerate(parts):
         if i > 0:
             if not part.startswith(b"\r\n"):
@@ -82,13 +105,7 @@ def text_fields(headers: list[tuple[bytes, bytes]], body: bytes) -> dict[str, st
         if not sep:
             raise _refuse("a part has no header block")
         name, filename = _disposition(head)
-        if filename is not None:
-            if name in PRICED_FIELDS:
-                raise _refuse(f"the field `{name}` is sent as a file")
-            continue
-        if name in out:
-            raise _refuse(f"the field `{name}` is given twice")
-        out[name] = content[:MAX_TEXT_FIELD].decode("utf-8", "replace")
+        out.append((name, filename, content))
     return out
 
 

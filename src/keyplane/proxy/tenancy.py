@@ -25,7 +25,7 @@ import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import orjson
 from sqlalchemy import select
@@ -264,6 +264,14 @@ class Tenancy:
         self.rt = rt
         self.router = router
         self.store = OwnerStore(rt)
+        self.client: Any = None  # the upstream client (the proxy's), for batch metering (billing/batches.py)
+
+    def attach_client(self, client: Any) -> None:
+        """The proxy's upstream client: batch metering reads output files with it (billing/batches.py)."""
+        self.client = client
+        batches = self.rt.extras.get("batches")
+        if batches is not None:
+            batches.attach(self.router, client)
 
     def _name(self, project_id: str) -> str | None:
         p = self.rt.snapshot.projects.get(project_id)
@@ -286,6 +294,8 @@ class Tenancy:
             if o is None or o.project_id != pid:
                 raise errors.object_not_found(t.noun, t.object_id)
             pinned = o.upstream
+            if method == "GET" and t.collection == "/v1/files" and endpoint.endswith("/content"):
+                await self._output_read(t.object_id, pid)  # a batch's output read: metered first
         for name, oid in refs:
             o = owners.get(oid)
             if o is None or o.project_id != pid:
@@ -360,7 +370,35 @@ class Tenancy:
             rows.extend(_derived(obj, pid, upstream, now))
         if rows:
             await self.store.record(rows)
+        kind = obj.get("object")
+        if kind == "batch" or (kind == "file" and create):
+            await self._batches(req, obj, create)
         return body
+
+    async def _batches(self, req: TenantRequest, obj: dict[str, Any], create: bool) -> None:
+        """Batch billing (billing/batches.py): a batch input file priced, a batch's reservation kept, a
+        terminal batch metered. Its failures are logged; the answer goes on (an unpriced file fails closed)."""
+        batches = self.rt.extras.get("batches")
+        if batches is None:
+            return
+        try:
+            if obj.get("object") == "file":
+                await batches.file_uploaded(req, obj)
+            elif create and req.endpoint == "/v1/batches":
+                await batches.batch_created(req, obj)
+            else:
+                await batches.batch_seen(req, obj, self.router, self.client)
+        except Exception:
+            log.exception("batch billing failed for %s %s", req.method, req.endpoint)
+
+    async def _output_read(self, file_id: str, project_id: str) -> None:
+        batches = self.rt.extras.get("batches")
+        if batches is None:
+            return
+        try:
+            await batches.output_read(file_id, project_id, self.router, self.client)
+        except Exception:
+            log.exception("batch metering failed on reading %s", file_id)
 
     async def _filter(self, obj: dict[str, object], pid: str, body: bytes) -> bytes:
         data = obj["data"]

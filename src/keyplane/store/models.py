@@ -162,3 +162,25 @@ class ProviderObject(Base):
     object: Mapped[str] = mapped_column(String(64))  # the provider's "object" field: file, response, batch...
     upstream: Mapped[str] = mapped_column(String(128))  # name of the [[upstreams]] entry that answered
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class BatchCost(Base):
+    """What a batch input file may cost, and a batch's reservation and metering (billing/batches.py,
+    docs/limits-and-billing.md "Batches"). One row per file uploaded with purpose=batch through keyplane
+    (``object`` file) and per batch created from one (``object`` batch)."""
+
+    __tablename__ = "batch_costs"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # file-... or batch_...
+    object: Mapped[str] = mapped_column(String(16))  # file | batch
+    project_id: Mapped[str] = mapped_column(String(64))
+    api_key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    estimate_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None: cannot be bounded
+    why: Mapped[str | None] = mapped_column(String(512), nullable=True)  # why it cannot be bounded
+    lines: Mapped[int] = mapped_column(Integer, default=0)
+    data: Mapped[str] = mapped_column(Text, default="{}")  # JSON: file: models; batch: the reservation
+    upstream: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    input_file_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    claimed_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # metering in progress (a lease)
+    settled_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # metered and settled, once
+    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)  # what was metered

@@ -1,7 +1,10 @@
 """The fake upstream's provider objects: files (multipart upload), batches, deleting stored responses.
 
-Just enough of OpenAI's object endpoints for the tenancy tests (keyplane.proxy.tenancy): the fake
-itself keeps no notion of projects, like a provider key shared by every project.
+Just enough of OpenAI's object endpoints for the tenancy tests (keyplane.proxy.tenancy) and batch
+billing (keyplane.billing.batches): the fake itself keeps no notion of projects, like a provider key
+shared by every project. A batch is created with the status ``batch_status`` (default ``completed``;
+a test sets ``batches[id]["status"]`` to move it on); its output file's content is one JSONL line per
+request of its input file, each answered like the synchronous endpoint (with its ``usage``).
 """
 
 from __future__ import annotations
@@ -13,12 +16,17 @@ from typing import Any
 
 _FILE_NAME = re.compile(rb'name="file"; filename="([^"]*)"')
 _PURPOSE = re.compile(rb'name="purpose"\r\n\r\n([^\r]*)\r\n')
+_FILE_CONTENT = re.compile(rb'name="file"; filename="[^"]*"\r\n(?:[^\r\n]+\r\n)*\r\n(.*?)\r\n--', re.S)
 
 
 class FakeObjects:
     def __init__(self) -> None:
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
+        self.contents: dict[str, bytes] = {}  # file id -> the uploaded bytes
+        self.outputs: dict[str, str] = {}  # output file id -> its batch id
+        self.batch_status = "completed"  # the status a new batch starts in
+        self.output_reads = 0  # how many times an output file's content was read
         self._ids = itertools.count(1)
 
     def answer(self, method: str, path: str, body: bytes) -> tuple[int, Any] | None:
@@ -41,6 +49,10 @@ class FakeObjects:
                     out = self._file(b"")
                     out["id"], out["purpose"] = obj["output_file_id"], "batch_output"
                     self.files[out["id"]] = out
+                    self.outputs[out["id"]] = obj["id"]
+                else:
+                    m = _FILE_CONTENT.search(body)
+                    self.contents[obj["id"]] = m.group(1) if m else b""
                 store[obj["id"]] = obj
                 return 200, obj
             return None
@@ -55,6 +67,9 @@ class FakeObjects:
         if sub == "cancel":
             obj["status"] = "cancelled"
         elif sub == "content":
+            if oid in self.outputs:
+                self.output_reads += 1
+                return 200, self.output(self.outputs[oid])
             return 200, {"content": f"the content of {oid}"}
         return 200, obj
 
@@ -74,5 +89,31 @@ class FakeObjects:
         req = orjson.loads(body) if body else {}
         return {"id": f"batch_fake{n:08d}", "object": "batch", "endpoint": req.get("endpoint"),
                 "input_file_id": req.get("input_file_id"), "completion_window": req.get("completion_window", "24h"),
-                "status": "completed", "output_file_id": f"file-out{n:08d}", "error_file_id": None,
+                "status": self.batch_status, "output_file_id": f"file-out{n:08d}", "error_file_id": None,
                 "created_at": int(time.time()) * 1000 + n, "metadata": req.get("metadata")}
+
+    def output(self, batch_id: str) -> bytes:
+        """The JSONL output of a batch: each request of its input file answered, with its usage."""
+        import orjson
+
+        from keyplane.testing import answers
+
+        batch = self.batches[batch_id]
+        lines = []
+        for i, raw in enumerate(self.contents.get(batch.get("input_file_id") or "", b"").splitlines()):
+            if not raw.strip():
+                continue
+            req = orjson.loads(raw)
+            body, url, rid = req.get("body") or {}, req.get("url"), f"req_fakebatch{i}"
+            if url == "/v1/embeddings":
+                answer = answers.embeddings(body)
+            elif url == "/v1/responses":
+                answer = answers.response_object(body, answers.DEFAULT_TEXT, 0, rid)
+            elif url == "/v1/completions":
+                answer = answers.completion(body, answers.DEFAULT_TEXT, 0, rid)
+            else:
+                answer = answers.chat(body, answers.DEFAULT_TEXT, 0, rid)
+            lines.append(orjson.dumps({"id": f"batch_req_{i}", "custom_id": req.get("custom_id"),
+                                       "response": {"status_code": 200, "request_id": rid, "body": answer},
+                                       "error": None}))
+        return b"\n".join(lines) + b"\n" if lines else b""

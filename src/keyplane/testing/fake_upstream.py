@@ -3,7 +3,8 @@
 Raw asyncio + httptools, so it costs the benchmark far less CPU than the gateway it measures.
 Serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses (streaming and not), images,
 audio (speech, transcriptions, translations), /v1/moderations,
-/v1/models[/{id}] and GET /v1/files, with real-looking usage.
+/v1/models[/{id}], files and batches (fake_objects.py: a batch's output file holds each request's answer
+with its usage), with real-looking usage.
 
 Faults are set per instance (``fake.default``), queued per request (``fake.push(Behaviour(...))``,
 consumed first-in first-out), or per request with ``x-fake-*`` headers (``x-fake-status: 503``,
@@ -107,6 +108,7 @@ class FakeUpstream:
         self.queue.clear()
         self.requests.clear()
         self.default = Behaviour()
+        self.objects.batch_status = "completed"
 
     @property
     def base_url(self) -> str:
@@ -215,6 +217,11 @@ class FakeUpstream:
             conn.write(_head(200, b"text/html", len(body), extra) + body)
             return
         obj = self.objects.answer(req.method, path, bytes(req.body))  # files, batches, stored responses
+        if obj is not None and isinstance(obj[1], bytes):  # a file's content (a batch's JSONL output)
+            conn.write(_head(obj[0], b"application/octet-stream", len(obj[1]), extra) + obj[1])
+            if rec is not None:
+                rec.finished = True
+            return
         if obj is not None:
             conn.write_json(*obj)
             if rec is not None:

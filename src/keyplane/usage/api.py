@@ -156,11 +156,18 @@ def _group_fields(kind: str, group_by: list[str], vals: dict[str, Any]) -> dict[
     for g in GROUP_BY[kind]:
         if g not in group_by:
             out[g] = None
-        elif g in _SQL_DIMS:
+        elif g in _SQL_DIMS or g == "batch":
             out[g] = vals.get(g)
-        else:  # keyplane has no batch jobs, service tiers or Agents API attribution
-            out[g] = {"batch": False, "service_tier": "default", "api_source": "unlabeled"}.get(g)
+        else:  # keyplane has no service tiers or Agents API attribution per record
+            out[g] = {"service_tier": "default", "api_source": "unlabeled"}.get(g)
     return out
+
+
+def _batch_kinds(record_kinds: tuple[str, ...], batch: bool | None) -> tuple[str, ...]:
+    """The record kinds of a Usage API kind, all or only the Batch API's (``batch=true``) or only the others."""
+    if batch is None:
+        return record_kinds
+    return tuple(k for k in record_kinds if k.startswith("batch_") == batch)
 
 
 # Kinds counted in units (usage.models ``units``) rather than tokens: the result field that says how many.
@@ -199,16 +206,27 @@ def _usage_handler(kind: str) -> Callable[[Request], Any]:
             from keyplane.providers.usage_api import provider_usage
 
             return await provider_usage(request, kind, rng, group_by, source)
-        batch_only = query_bool(request, "batch")
+        batch = query_bool(request, "batch") if request.query_params.get("batch") else None
         results: dict[int, list[dict[str, Any]]] = {}
         for unsupported in ("sizes", "sources"):  # not kept per request: refused rather than ignored
             if query_list(request, unsupported):
                 raise errors.bad_request(f"keyplane does not keep image {unsupported} per request: '{unsupported}' "
                                          "is not supported.", param=unsupported, code="invalid_value")
         # Metered kinds have data; hosted tools and storage are not counted yet: their buckets are empty.
-        if kind in METERED and record_kinds and not batch_only:
+        kinds = _batch_kinds(record_kinds, batch) if record_kinds else ()
+        if kind in METERED and kinds:
             dims = [g for g in group_by if g in _SQL_DIMS]
-            acc = await _aggregate(request, rng, dims, _filters(request, record_kinds))
+            by_batch = "batch" in group_by
+            acc = await _aggregate(request, rng, [*dims, "kind"] if by_batch else dims, _filters(request, kinds))
+            if by_batch:  # the Batch API's requests are the batch_* record kinds: grouped by that flag
+                merged: dict[Any, Any] = {}
+                for key, sums in acc.items():
+                    k = (*key[:-1], str(key[-1] or "").startswith("batch_"))
+                    into = merged.setdefault(k, rollups.new_sums())
+                    for f, v in sums.items():
+                        into[f] += v
+                acc = merged
+                dims = [*dims, "batch"]
             for key in sorted(acc, key=_order):
                 sums = acc[key]
                 if not (sums["model_requests"] or sums["input_tokens"] or sums["output_tokens"] or sums["units"]):
@@ -236,8 +254,9 @@ def _line_items(model: str, kind: str, total: int, part_in: int, sums: dict[str,
     unit_line = _UNIT_LINES.get(kind)
     if unit_line is not None:
         return [(unit_line[0].format(model=model), total, int(sums["units"]), unit_line[1])]
-    return [(f"{model}, input", part_in, sums["input_tokens"], "tokens"),
-            (f"{model}, output", total - part_in, sums["output_tokens"], "tokens")]
+    tag = " (batch)" if kind.startswith("batch_") else ""  # the platform's line items of the Batch API
+    return [(f"{model}, input{tag}", part_in, sums["input_tokens"], "tokens"),
+            (f"{model}, output{tag}", total - part_in, sums["output_tokens"], "tokens")]
 
 
 async def costs(request: Request) -> JSONResponse:

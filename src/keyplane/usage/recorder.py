@@ -31,9 +31,10 @@ _KINDS = {
     "/v1/audio/translations": "audio_transcriptions",
 }
 # Usage API endpoint -> record kinds it reports.
+# Requests run by the Batch API are records of their own kinds (billing/batches.py): batch_<kind>.
 USAGE_KINDS: dict[str, tuple[str, ...]] = {
-    "completions": ("completions", "responses"),
-    "embeddings": ("embeddings",),
+    "completions": ("completions", "responses", "batch_completions", "batch_responses"),
+    "embeddings": ("embeddings", "batch_embeddings"),
     "moderations": ("moderations",),
     "images": ("images",),
     "audio_speeches": ("audio_speeches",),
@@ -137,6 +138,18 @@ class Recorder:
             self.applier.notify()
         except Exception:
             log.exception("usage: could not record request %s", getattr(ctx, "request_id", "?"))
+
+    def append_records(self, records: list[Record]) -> None:
+        """Journal records made off the request path (a batch's requests, billing/batches.py)."""
+        try:
+            for rec in records:
+                self.writer.append(rec)
+            self.metrics.appended += len(records)
+        except OSError as e:
+            self.applier.fallback.extend(records)  # ids make a repeated one harmless
+            self.metrics.journal_errors.inc()
+            log.error("usage journal: cannot append (%s); %d batch records kept in memory only", e, len(records))
+        self.applier.notify()
 
     def stream_started(self) -> None:
         self.metrics.active_streams.inc()

@@ -1,0 +1,253 @@
+"""Batches (issue 17 item 4), through the official SDK over HTTP: the input file priced at upload at the
+batch price (half), the estimate reserved when the batch is created, the output metered once when the
+batch is read in a terminal state (or its output file is), in the Usage and Costs APIs as batch usage.
+
+The fake upstream answers each request of a batch with 5 output tokens; PRICED prices gpt-4o-mini at
+$0 input and $1600 per 1M output tokens, so a line with max_tokens=10 reserves 10 x 800 = 8000
+micro-dollars at the batch price and costs 5 x 800 = 4000.
+"""
+
+from __future__ import annotations
+
+import time
+
+import openai
+import orjson
+import pytest
+from openai import OpenAI
+
+from keyplane.billing.batches import estimate, parse_output, record_id
+from keyplane.billing.prices import PriceTable
+from tests.billing.conftest import admin_http, admin_sdk, billing_of
+from tests.usage.support import drain
+
+RESERVED, COST = 8000, 4000  # per line: max_tokens=10, and the 5 tokens the fake writes, at half price
+
+
+def _jsonl(n: int, model: str = "gpt-4o-mini", max_tokens: int | None = 10, url: str = "/v1/chat/completions",
+           start: int = 0) -> bytes:
+    lines = []
+    for i in range(start, start + n):
+        body: dict = {"model": model, "messages": [{"role": "user", "content": f"hi {i}"}]}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        lines.append(orjson.dumps({"custom_id": f"req-{i}", "method": "POST", "url": url, "body": body}))
+    return b"\n".join(lines) + b"\n"
+
+
+def _spent(srv) -> tuple[int, int]:
+    return srv.call(billing_of(srv).spent("project", srv.project_id))
+
+
+def _limit(srv, cents: int) -> None:
+    with admin_http(srv) as h:
+        r = h.post(f"/projects/{srv.project_id}/spend_limit",
+                   json={"currency": "USD", "interval": "month", "threshold_amount": cents})
+        assert r.status_code == 200, r.text
+
+
+def _batch(client: OpenAI, n: int, **kw):  # type: ignore[no-untyped-def]
+    f = client.files.create(file=("in.jsonl", _jsonl(n, **kw)), purpose="batch")
+    return client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+
+def _records(srv, start: int) -> list[dict]:
+    drain(srv)
+    with admin_http(srv) as h:
+        r = h.get("/usage/requests", params={"start_time": start, "kinds[]": "batch_completions", "limit": 1000})
+        assert r.status_code == 200, r.text
+        return r.json()["data"]
+
+
+def test_a_budget_for_n_batch_requests_lets_a_batch_fit_and_refuses_a_larger_one(make_gateway, fake):
+    srv = make_gateway()
+    fake.objects.batch_status = "in_progress"
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    _limit(srv, 2)  # 20000 micro-dollars: two lines reserved at the batch price (16000), not three (24000)
+    with pytest.raises(openai.RateLimitError) as e:
+        _batch(client, 3)
+    assert e.value.code == "project_spend_limit_exceeded"
+    b = _batch(client, 2)
+    assert _spent(srv) == (0, 2 * RESERVED)  # reserved while it runs
+    with pytest.raises(openai.RateLimitError):  # 16000 held + 8000 > 20000
+        _batch(client, 1)
+    fake.objects.batches[b.id]["status"] = "completed"
+    assert client.batches.retrieve(b.id).status == "completed"
+    assert _spent(srv) == (2 * COST, 0)  # metered at half price, the rest of the reservation released
+    _batch(client, 1)  # now it fits
+    assert _spent(srv) == (2 * COST, RESERVED)
+
+
+def test_metered_exactly_once_however_often_it_is_polled(make_gateway, fake):
+    srv = make_gateway()
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    start = int(time.time()) - 5
+    b = _batch(client, 3)
+    for _ in range(4):
+        assert client.batches.retrieve(b.id).status == "completed"
+    out = client.files.content(b.output_file_id).read()  # the client reads it too: not metered again
+    assert len(out.splitlines()) == 3
+    client.files.content(b.output_file_id).read()
+    assert _spent(srv) == (3 * COST, 0)
+    recs = _records(srv, start)
+    assert sorted(r["id"] for r in recs) == sorted(record_id(b.id, f"req-{i}") for i in range(3))
+    assert {(r["model"], r["output_tokens"], r["cost"]["value"]) for r in recs} == {("gpt-4o-mini", 5, COST / 1e6)}
+    # a second instance on the same store finds the batch settled: nothing more is recorded or spent
+    other = make_gateway(home=srv.settings.home)
+    other_client = OpenAI(base_url=other.v1, api_key=srv.api_key, max_retries=0)
+    assert other_client.batches.retrieve(b.id).status == "completed"
+    # (its counters start from the SQL ledger, which holds the batch once; metering it again would add to them)
+    assert other.call(billing_of(other).spent("project", srv.project_id)) == (3 * COST, 0)
+    assert len(_records(srv, start)) == 3
+
+
+def test_reading_the_output_file_meters_a_batch_not_polled_through_keyplane(make_gateway, fake):
+    srv = make_gateway()
+    fake.objects.batch_status = "in_progress"
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    b = _batch(client, 2)
+    assert client.batches.retrieve(b.id).status == "in_progress"  # not terminal: nothing metered
+    assert _spent(srv) == (0, 2 * RESERVED)
+    fake.objects.batches[b.id]["status"] = "completed"  # done at the provider; the client reads the output
+    client.files.content(b.output_file_id).read()
+    assert _spent(srv) == (2 * COST, 0)
+
+
+def test_a_cancelled_batch_meters_what_completed_and_releases_the_rest(make_gateway, fake):
+    srv = make_gateway()
+    fake.objects.batch_status = "in_progress"
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    done, lost = _batch(client, 2), _batch(client, 3)
+    assert _spent(srv) == (0, 5 * RESERVED)
+    client.batches.cancel(done.id)  # the fake's output holds both requests: they ran before the cancel
+    assert client.batches.retrieve(done.id).status == "cancelled"
+    fake.objects.batches[lost.id].update(status="expired", output_file_id=None)  # nothing ran
+    assert client.batches.retrieve(lost.id).status == "expired"
+    assert _spent(srv) == (2 * COST, 0)
+
+
+def test_usage_and_costs_apis_show_batches_at_half_price(make_gateway, fake):
+    srv = make_gateway()
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    start = int(time.time()) - 5
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+    b = _batch(client, 3)
+    client.batches.retrieve(b.id)
+    drain(srv)
+    usage = admin_sdk(srv).admin.organization.usage
+    only = [x for bk in usage.completions(start_time=start, batch=True).data for x in bk.results]
+    assert [(x.output_tokens, x.num_model_requests) for x in only] == [(15, 3)]
+    grouped = [x for bk in usage.completions(start_time=start, group_by=["batch"]).data for x in bk.results]
+    assert sorted((x.batch, x.output_tokens, x.num_model_requests) for x in grouped) == [(False, 5, 1), (True, 15, 3)]
+    sync = [x for bk in usage.completions(start_time=start, batch=False).data for x in bk.results]
+    assert [x.num_model_requests for x in sync] == [1]
+    costs = usage.costs(start_time=start, group_by=["line_item"])
+    items = {x.line_item: round(x.amount.value * 1e6) for bk in costs.data for x in bk.results}
+    assert items["gpt-4o-mini, output (batch)"] == 3 * COST  # half of the 8000 three sync requests would cost
+    assert items["gpt-4o-mini, output"] == 8000
+    total = usage.costs(start_time=start)
+    assert round(sum(x.amount.value for bk in total.data for x in bk.results) * 1e6) == 8000 + 3 * COST
+
+
+GUARD = ('\n[[guard.rules]]\nname = "batch-ceiling"\nkind = "ceiling"\nscope = "key"\nwindow = "1h"\n'
+         'threshold = 0.01\nmetric = "cost_usd"\nmode = "suspend"\n')
+
+
+def test_the_kill_switch_sees_a_batch(make_gateway, fake):
+    """A cost ceiling of $0.01 per hour: a batch metered at $0.012 trips it."""
+    srv = make_gateway(GUARD)
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    b = _batch(client, 3)
+    client.batches.retrieve(b.id)
+    assert _spent(srv)[0] == 3 * COST
+    srv.call(srv.app.runtime.extras["guard"].drain())
+    with pytest.raises(openai.AuthenticationError):
+        client.batches.retrieve(b.id)
+    assert srv.app.runtime.snapshot.keys_by_id[srv.init["api_key_id"]].suspended_at is not None
+
+
+def test_a_file_keyplane_cannot_price_is_refused_under_money_controls(make_gateway, fake):
+    srv = make_gateway()
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    unpriced = client.files.create(file=("in.jsonl", _jsonl(1, model="fake-unpriced")), purpose="batch")
+    unlimited = client.files.create(file=("in.jsonl", _jsonl(1, max_tokens=None)), purpose="batch")
+    # no money control: served, not metered (as before)
+    client.batches.create(input_file_id=unpriced.id, endpoint="/v1/chat/completions", completion_window="24h")
+    _limit(srv, 100)
+    seen = len(fake.model_requests())
+    for f, why in ((unpriced, "fake-unpriced"), (unlimited, "no output limit")):
+        with pytest.raises(openai.PermissionDeniedError) as e:
+            client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        assert e.value.code == "cost_not_bounded" and why in e.value.message
+        assert "upload the input file through keyplane" in e.value.message
+    assert len(fake.model_requests()) == seen
+
+
+def test_estimates_of_input_files():
+    t = PriceTable.from_config({})
+    mini = t.lookup("gpt-4o-mini")
+    assert mini is not None and t.batch_factor("gpt-4o-mini-2024-07-18") == 500_000
+    one = estimate(t, _jsonl(1), 4096)
+    assert one.cost is not None and one.lines == 1 and one.models == ["gpt-4o-mini"]
+    assert estimate(t, _jsonl(4), 4096).cost == 4 * one.cost
+    # the synchronous quote halved (rounded up)
+    from keyplane.billing import quote as quote_mod
+
+    body = orjson.loads(_jsonl(1))["body"]
+    sync = quote_mod.quote(t, "/v1/chat/completions", "gpt-4o-mini", orjson.dumps(body), 10, False, None, 4096)
+    assert one.cost == -(-sync.cost // 2)
+    emb = estimate(t, _jsonl(2, model="text-embedding-3-small", url="/v1/embeddings", max_tokens=None), 4096)
+    assert emb.cost is not None and emb.lines == 2
+    assert estimate(t, _jsonl(1, max_tokens=None), 4096).cost is not None  # gpt-4o-mini has a max_output
+    for bad, why in ((b"not json\n", "not JSON"), (_jsonl(1, url="/v1/images/generations"), "does not price"),
+                     (_jsonl(1, model="no-such-model"), "no-such-model"), (b"\n", "no requests")):
+        e = estimate(t, bad, 4096)
+        assert e.cost is None and why in (e.why or ""), (bad, e.why)
+
+
+def test_output_lines_are_read_with_stable_ids():
+    line = {"id": "batch_req_1", "custom_id": "a", "response": {"status_code": 200, "request_id": "req_1", "body": {
+        "model": "gpt-4o-mini", "usage": {"prompt_tokens": 7, "completion_tokens": 3,
+                                          "prompt_tokens_details": {"cached_tokens": 2}}}}, "error": None}
+    failed = {"id": "batch_req_2", "custom_id": "b", "response": None, "error": {"code": "x", "message": "y"}}
+    out = parse_output(b"\n".join(orjson.dumps(x) for x in (line, failed, line)), "batch_1")
+    assert [(x.prompt, x.cached, x.completion) for x in out] == [(7, 2, 3), (7, 2, 3)]
+    assert out[0].rid == record_id("batch_1", "a") and out[1].rid != out[0].rid  # a repeated custom_id
+    assert parse_output(b"\n".join(orjson.dumps(x) for x in (line, failed, line)), "batch_1")[0].rid == out[0].rid
+    assert len(out[0].rid) <= 64
+
+
+def test_a_batch_reservation_outlives_the_request_ttl():
+    """Held for the batch's window (26 h), not reservation_ttl_seconds: a sweep after 15 minutes keeps it."""
+    import asyncio
+
+    from keyplane.billing.batches import RESERVE_SECONDS
+    from keyplane.limits import BudgetRef
+    from keyplane.limits.memory import MemoryLimiter
+
+    now = [1_000_000.0]
+    lim = MemoryLimiter(lambda: now[0], 900)
+    budget = (BudgetRef("2026-01:project:p", 10_000, 0),)
+    lim.admit_now("batch-create", budget, (), 6_000, 0, RESERVE_SECONDS * 1_000_000)
+    lim.admit_now("request", budget, (), 1_000, 0)
+    now[0] += 3600
+    assert asyncio.run(lim.sweep()) == 1  # the request's reservation expired, the batch's is held
+    assert lim.budgets["2026-01:project:p"] == [0, 6_000]
+    now[0] += RESERVE_SECONDS
+    assert asyncio.run(lim.sweep()) == 1 and lim.budgets["2026-01:project:p"] == [0, 0]
+
+
+def test_a_batch_nobody_reads_again_is_metered_by_the_background_poll(make_gateway, fake):
+    srv = make_gateway()
+    fake.objects.batch_status = "in_progress"
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    b = _batch(client, 2)
+    batches = srv.app.runtime.extras["batches"]
+    assert srv.call(batches.poll(min_age=0)) == 0  # still running at the provider
+    fake.objects.batches[b.id]["status"] = "completed"
+    assert srv.call(batches.poll(min_age=0)) == 0  # polled a moment ago: not again before POLL_SECONDS
+    batches._polled.clear()
+    assert srv.call(batches.poll(min_age=0)) == 1
+    assert _spent(srv) == (2 * COST, 0)
+    client.batches.retrieve(b.id)  # read afterwards: nothing more
+    assert _spent(srv) == (2 * COST, 0)
