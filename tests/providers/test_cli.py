@@ -82,7 +82,11 @@ def test_check_sync_report(cli, fake_provider):
     assert [k["id"] for k in report["keys_in_default_project"]] == ["key_dflt"]
     assert [s["id"] for s in report["service_accounts_without_keys"]] == ["svc_idle"]
     assert [k["id"] for k in report["admin_keys_without_expiry"]] == ["admin_1"]
+    assert [p["id"] for p in report["projects_without_spend_limit"]] == ["proj_data", "proj_default", "proj_web"]
+    assert report["projects_spend_limit_unknown"] == [] and report["inventory"]["api_key"] == 3
     assert PROJ_SECRET not in json.dumps(report)
+    text = cli("providers", "report", "acme").stdout
+    assert "projects without spend limit: 3" in text and "3 api keys" in text
 
 
 def test_unknown_provider_and_missing_key(cli, monkeypatch):

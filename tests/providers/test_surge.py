@@ -10,12 +10,14 @@ import math
 from sqlalchemy import select
 
 from keyplane.alerts import Dispatcher
+from keyplane.billing.prices import PriceTable
 from keyplane.config import GuardRule, ProviderSection
 from keyplane.guard.rules import compile_rule
 from keyplane.providers.connector import Connector
-from keyplane.providers.models import ProviderEvent, ProviderObject
+from keyplane.providers.ingest import estimated_cost
+from keyplane.providers.models import ProviderEvent, ProviderObject, ProviderUsage
 from keyplane.providers.rules import find
-from keyplane.providers.service import sync_provider
+from keyplane.providers.service import prices_for, sync_provider
 from keyplane.store import db
 from keyplane.store.models import AuditLog
 from keyplane.testing.fake_provider import Bucket
@@ -87,17 +89,22 @@ class RecordingSink:
         self.alerts.append(alert)
 
 
-def _replay(fake_provider, tmp_path, leak: bool, dry_run: bool = False, sink: RecordingSink | None = None, **kw):
+def _replay(fake_provider, tmp_path, leak: bool, dry_run: bool = False, sink: RecordingSink | None = None, *,
+            swap: bool = False, prices: PriceTable | None = None, extra: tuple[GuardRule, ...] = (), **kw):
+    """A week of hourly usage on key_data1 replayed through the fake provider. The leak hour is five times the
+    tokens, or (``swap``) the same tokens on a model 16x dearer (gpt-4o-mini the week, gpt-4o that hour)."""
     fake = fake_provider.fake
     url = make_settings(tmp_path / "home").database_url
     leak_at = START + 6 * DAY + 14 * HOUR
     last = leak_at if leak else leak_at + 2 * HOUR
     for i in range((last - START) // HOUR + 1):
         t = START + i * HOUR
-        tokens = normal(t) * (5 if leak and t == leak_at else 1)
-        fake.usage.append(Bucket(t, "proj_data", "key_data1", "gpt-4o", tokens // 2, tokens - tokens // 2, 10))
+        hit = leak and t == leak_at
+        tokens = normal(t) * (5 if hit and not swap else 1)
+        model = ("gpt-4o" if hit else "gpt-4o-mini") if swap else "gpt-4o"
+        fake.usage.append(Bucket(t, "proj_data", "key_data1", model, tokens // 2, tokens - tokens // 2, 10))
     cfg = ProviderSection(name="acme", base_url=fake_provider.base_url, admin_key_env="K", backfill_days=7)
-    rules = [compile_rule(rule(dry_run=dry_run, **kw))]
+    rules = [compile_rule(rule(dry_run=dry_run, **kw)), *(compile_rule(r) for r in extra)]
 
     async def go():
         engine = db.make_engine(url)
@@ -109,7 +116,7 @@ def _replay(fake_provider, tmp_path, leak: bool, dry_run: bool = False, sink: Re
         try:
             # First start: backfills the week up to the hour before the last; then one poll per hour.
             for now in (last - HOUR + 600, last + 600, last + HOUR + 60):
-                results.append(await sync_provider(sessions, conn, now, rules, dispatcher))
+                results.append(await sync_provider(sessions, conn, now, rules, dispatcher, prices))
             if dispatcher is not None:
                 await dispatcher.aclose()
             async with sessions() as s:
@@ -167,3 +174,50 @@ def test_project_scope_revokes_every_key_of_the_project(fake_provider, tmp_path)
     assert [(e.scope, e.project_id, e.action) for e in events] == [("provider_project", "proj_data", "revoked")]
     assert fake_provider.fake.api_keys["proj_data"] == []  # key_data1, key_etl, key_old
     assert fake_provider.fake.api_keys["proj_default"]  # other projects untouched
+
+
+# --- spend_surge per provider key: hourly costs estimated from the tokens per model at list prices ------------
+
+def test_estimated_cost_of_an_hour_bucket():
+    prices = PriceTable.from_config({})
+    row = ProviderUsage(model="gpt-4o-2024-08-06", input_tokens=1_000_000, output_tokens=100_000,
+                        data='{"input_cached_tokens": 200000}')
+    assert estimated_cost(row, prices) == 3_250_000  # 800k x $2.50 + 200k x $1.25 + 100k x $10, per 1M
+    assert estimated_cost(row, None) == 0
+    assert estimated_cost(ProviderUsage(model="no-such-model", input_tokens=10, output_tokens=10, data="{}"),
+                          prices) == 0
+
+
+def test_the_price_table_is_loaded_only_for_rules_counting_dollars(tmp_path):
+    settings = make_settings(tmp_path / "home")
+    assert prices_for(settings, [compile_rule(rule())]) is None
+    table = prices_for(settings, [compile_rule(rule(name="s", kind="spend_surge"))])
+    assert table is not None and table.lookup("gpt-4o") is not None
+
+
+def test_a_model_swap_is_a_spend_surge_not_a_token_surge(fake_provider, tmp_path):
+    """Same tokens, a dearer model: token_surge sees nothing, spend_surge on the key revokes it."""
+    sink = RecordingSink()
+    prices = PriceTable.from_config({})
+    _, events, audit, row = _replay(fake_provider, tmp_path, leak=True, swap=True, sink=sink, prices=prices,
+                                    name="provider-spend", kind="spend_surge", min_volume=0.01,
+                                    extra=(rule(name="provider-tokens", dry_run=True),))
+    assert [(e.rule, e.scope, e.key_id, e.action) for e in events] == [
+        ("provider-spend", "provider_key", "key_data1", "revoked")]
+    figures = json.loads(events[0].figures)
+    assert figures["metric"] == "cost_usd" and figures["ratio"] >= 10 and figures["revoked"] == ["key_data1"]
+    assert "key_data1" not in fake_provider.fake.key_ids() and row.removed_at is not None
+    assert [a.event for a in sink.alerts] == ["guard.provider.fired"] and "cost_usd" in sink.alerts[0].summary
+    assert len(audit) == 1
+
+
+def test_a_normal_week_of_spend_raises_nothing(fake_provider, tmp_path):
+    _, events, _, row = _replay(fake_provider, tmp_path, leak=False, swap=True, prices=PriceTable.from_config({}),
+                                name="provider-spend", kind="spend_surge", min_volume=0.01)
+    assert events == [] and row.removed_at is None
+
+
+def test_spend_surge_without_a_price_table_sees_no_cost(fake_provider, tmp_path):
+    _, events, _, _ = _replay(fake_provider, tmp_path, leak=True, swap=True, prices=None,
+                              name="provider-spend", kind="spend_surge", min_volume=0.01)
+    assert events == [] and "key_data1" in fake_provider.fake.key_ids()

@@ -58,21 +58,23 @@ class Connector:
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def request(self, method: str, path: str, params: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    async def request(self, method: str, path: str, params: list[tuple[str, str]] | None = None,
+                      json: dict[str, Any] | None = None, *, retry: bool = True) -> dict[str, Any]:
+        """One call, retried on 429, 5xx and timeouts (``retry=False``: a create that must not run twice)."""
         what = f"{method} {path}"
-        for attempt in range(MAX_RETRIES + 1):
+        for attempt in range(MAX_RETRIES + 1 if retry else 1):
             self.calls += 1
             try:
-                r = await self._http.request(method, path, params=tuple(params or ()))
+                r = await self._http.request(method, path, params=tuple(params or ()), json=json)
             except httpx.TimeoutException:
-                if attempt == MAX_RETRIES:
+                if attempt == MAX_RETRIES or not retry:
                     raise ProviderError(f"provider {self.name}: {what} timed out") from None
                 await self._sleep(min(2.0 ** attempt, MAX_RETRY_AFTER))
                 continue
             except httpx.HTTPError as e:
                 raise ProviderError(f"provider {self.name}: {what} failed ({type(e).__name__})") from None
             if r.status_code == 429 or r.status_code >= 500:
-                if attempt == MAX_RETRIES:
+                if attempt == MAX_RETRIES or not retry:
                     raise ProviderError(f"provider {self.name}: {what} answered {r.status_code}", r.status_code)
                 await self._sleep(_retry_after(r, attempt))
                 continue
@@ -127,6 +129,43 @@ class Connector:
 
     async def delete_key(self, project_id: str, key_id: str) -> dict[str, Any]:
         return await self.request("DELETE", f"/organization/projects/{_seg(project_id)}/api_keys/{_seg(key_id)}")
+
+    async def spend_limit(self, project_id: str) -> dict[str, Any] | None:
+        """The project's hard spend limit (GET /organization/projects/{id}/spend_limit), None when none is set.
+
+        A 404 answer means "no limit set", except OpenAI's "Invalid URL" 404 (an API without the endpoint),
+        which is raised like every other refusal (403: an admin key without the permission): the caller
+        records the limit as unknown, never as missing."""
+        path = f"/organization/projects/{_seg(project_id)}/spend_limit"
+        try:
+            body = await self.request("GET", path)
+        except ProviderError as e:
+            if e.status == 404 and "Invalid URL" not in str(e):
+                return None
+            raise
+        return body if body.get("threshold_amount") is not None else None
+
+
+    # --- provisioning (keyplane.providers.bindings): the answers carry a key value, never logged ---------
+
+    async def get_project(self, project_id: str) -> dict[str, Any]:
+        return await self.request("GET", f"/organization/projects/{_seg(project_id)}")
+
+    async def create_service_account(self, project_id: str, name: str) -> dict[str, Any]:
+        """POST /organization/projects/{id}/service_accounts: the account and its first key (``api_key.value``,
+        shown once). Not retried: a retry after a lost answer would make a second account."""
+        return await self.request("POST", f"/organization/projects/{_seg(project_id)}/service_accounts",
+                                  json={"name": name}, retry=False)
+
+    async def create_service_account_key(self, project_id: str, account_id: str, name: str) -> dict[str, Any]:
+        """POST /organization/projects/{id}/service_accounts/{sa}/api_keys: a new key (``value``) of the account."""
+        return await self.request(
+            "POST", f"/organization/projects/{_seg(project_id)}/service_accounts/{_seg(account_id)}/api_keys",
+            json={"name": name}, retry=False)
+
+    async def delete_service_account(self, project_id: str, account_id: str) -> dict[str, Any]:
+        return await self.request("DELETE",
+                                  f"/organization/projects/{_seg(project_id)}/service_accounts/{_seg(account_id)}")
 
 
 def _seg(value: str) -> str:

@@ -9,7 +9,7 @@ nothing older; on the first poll it starts ``backfill_days`` back.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import delete, select
@@ -17,6 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keyplane.providers.connector import USAGE_KINDS, Connector
 from keyplane.providers.models import ProviderCursor, ProviderUsage
+
+if TYPE_CHECKING:
+    from keyplane.billing.prices import PriceTable
 
 HOUR = 3600
 DAY = 86400
@@ -109,8 +112,29 @@ async def ingest(sessions: async_sessionmaker[AsyncSession], conn: Connector, no
     return out
 
 
-async def hourly_by_key(s: AsyncSession, provider: str, since: int) -> dict[tuple[str, str], dict[int, dict[str, int]]]:
-    """(project, key) -> hour start -> counters (t tokens, r requests, c cost micros: keyplane.guard's names)."""
+def estimated_cost(r: ProviderUsage, prices: PriceTable | None) -> int:
+    """Micro-dollars of one hourly token bucket at the price table's list prices (0 when the model has no
+    token price). The provider's own costs are daily and per project or key: too coarse for an hourly
+    rule, so spend_surge and cost ceilings on provider keys run on this estimate."""
+    if prices is None or not r.model or not (r.input_tokens or r.output_tokens):
+        return 0
+    price = prices.lookup(r.model)
+    if price is None or not price.tokens:
+        return 0
+    try:
+        cached = _int(orjson.loads(r.data).get("input_cached_tokens"))
+    except (orjson.JSONDecodeError, AttributeError):
+        cached = 0
+    # Not price.cost(): its long-context tier is per request, and an hour sums many requests.
+    cached = min(max(cached, 0), r.input_tokens)
+    total = (r.input_tokens - cached) * price.input + cached * price.cached_input + r.output_tokens * price.output
+    return -(-total // 1_000_000)
+
+
+async def hourly_by_key(s: AsyncSession, provider: str, since: int, prices: PriceTable | None = None
+                        ) -> dict[tuple[str, str], dict[int, dict[str, int]]]:
+    """(project, key) -> hour start -> counters (t tokens, r requests, c cost micros: keyplane.guard's names).
+    ``c`` is estimated from the tokens per model with ``prices`` (:func:`estimated_cost`)."""
     q = select(ProviderUsage).where(ProviderUsage.provider == provider, ProviderUsage.start_time >= since,
                                     ProviderUsage.stream != "costs")
     out: dict[tuple[str, str], dict[int, dict[str, int]]] = {}
@@ -118,4 +142,5 @@ async def hourly_by_key(s: AsyncSession, provider: str, since: int) -> dict[tupl
         c = out.setdefault((r.project_id, r.api_key_id), {}).setdefault(r.start_time, {"t": 0, "r": 0, "c": 0})
         c["t"] += r.input_tokens + r.output_tokens
         c["r"] += r.requests
+        c["c"] += estimated_cost(r, prices)
     return out

@@ -105,3 +105,25 @@ class ProviderEvent(Base):
     message: Mapped[str] = mapped_column(Text)
 
     __table_args__ = (Index("ix_provider_events_entity", "provider", "rule", "key_id", "project_id"),)
+
+
+class ProviderBinding(Base):
+    """A keyplane project bound to a provider project: keyplane's own service account there, whose key
+    (sealed with a key derived from the server secret, keyplane.providers.bindings.KeyBox) the proxy
+    forwards the project's traffic with. Migration 0013_provider_bindings."""
+
+    __tablename__ = "provider_bindings"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(String(64), unique=True)  # keyplane's project
+    provider: Mapped[str] = mapped_column(String(64))
+    provider_project_id: Mapped[str] = mapped_column(String(128))
+    service_account_id: Mapped[str] = mapped_column(String(128))
+    key_id: Mapped[str] = mapped_column(String(128))  # the provider's id of the key in use
+    key_redacted: Mapped[str] = mapped_column(String(64))
+    key_sealed: Mapped[str] = mapped_column(Text)  # Fernet token of the key value
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    rotated_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The key a rotation replaced: deleted at the provider once ``retire_at`` has passed (every instance has
+    # reloaded the binding by then).
+    retired_key_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    retire_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

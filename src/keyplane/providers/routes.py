@@ -6,6 +6,11 @@
     POST  /providers/{name}/projects/{project_id}/api_keys/{key_id}/revoke   {"reason"}: delete the key at the
                                                    provider (Admin API), mark it removed, audit it
     GET   /providers/events                        what the provider rules did, newest first
+    GET   /providers/{name}/report                 the inventory summary and the hygiene report (?unused_days=30)
+    GET   /providers/bindings                      keyplane projects bound to provider projects
+    POST  /providers/bindings                      {"project_id", "provider_project_id", "provider"}: bind
+    POST  /providers/bindings/{project_id}/rotate  {"grace_seconds"}: a new service account key, then the old retired
+    DELETE /providers/bindings/{project_id}        unbind (the service account is deleted at the provider)
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from keyplane import control
 from keyplane.admin import Endpoint
 from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, list_response, runtime
 from keyplane.admin.params import query_limit
-from keyplane.errors import bad_request, not_found, upstream_error
+from keyplane.errors import APIError, bad_request, not_found, upstream_error
 from keyplane.providers.connector import Connector, ProviderError
 from keyplane.providers.match import SUFFIX_LEN
 from keyplane.providers.models import ProviderEvent, ProviderObject
+from keyplane.providers.report import report
 
 P = "/v1/organization/providers"
 MAX_SUFFIXES = 1000
@@ -101,6 +107,135 @@ async def revoke_key(request: Request) -> JSONResponse:
                          "deleted": True})
 
 
+async def provider_report(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    rt = runtime(request)
+    name = request.path_params["name"]
+    if not any(p.name == name for p in rt.settings.file.providers):
+        raise not_found(f"No provider named '{name}'.", param="name")
+    raw = request.query_params.get("unused_days") or "30"
+    try:
+        days = int(raw)
+    except ValueError:
+        days = 0
+    if not 1 <= days <= 3650:
+        raise bad_request("'unused_days' must be an integer from 1 to 3650.", param="unused_days",
+                          code="invalid_value")
+    async with rt.read() as s:
+        return JSONResponse(await report(s, name, int(rt.clock.now()), days))
+
+
+def _box(request: Request) -> Any:
+    from keyplane.providers.bindings import KeyBox
+
+    return KeyBox(runtime(request).settings.secret_key)
+
+
+async def _with_provider(request: Request, name: str | None, fn: Any) -> Any:
+    """Run ``fn(connector)`` against the named provider (or the only one); errors in the admin API's shapes."""
+    from keyplane.providers.bindings import BindingError
+
+    rt = runtime(request)
+    providers = rt.settings.file.providers
+    if name is None and len(providers) == 1:
+        name = providers[0].name
+    cfg = next((p for p in providers if p.name == name), None)
+    if cfg is None:
+        raise bad_request("Name the provider ('provider'): one of [[providers]]." if name is None else
+                          f"No provider named '{name}'.", param="provider", code="invalid_value")
+    try:
+        conn = Connector(cfg)
+    except ProviderError as e:
+        raise upstream_error(str(e)) from None
+    try:
+        return await fn(conn)
+    except BindingError as e:
+        if e.status == 404:
+            raise not_found(str(e), param=e.param) from None
+        if e.status == 409:
+            raise APIError(409, str(e), param=e.param, code="conflict") from None
+        raise bad_request(str(e), param=e.param, code="invalid_value") from None
+    except ProviderError as e:
+        raise upstream_error(str(e)) from None
+    finally:
+        await conn.close()
+
+
+async def _reload_keys(request: Request) -> None:
+    keys = runtime(request).extras.get("providers.keys")
+    if keys is not None:
+        async with runtime(request).read() as s:
+            await keys.reload(s)
+
+
+async def list_bindings_(request: Request) -> JSONResponse:
+    from keyplane.providers.bindings import list_bindings
+
+    authenticate_admin(request)
+    async with runtime(request).read() as s:
+        return JSONResponse(list_response(await list_bindings(s), False))
+
+
+async def create_binding(request: Request) -> JSONResponse:
+    from keyplane.providers.bindings import bind
+
+    _, actor = authenticate_admin(request)
+    body = await json_body(request)
+    project, target, name = body.get("project_id"), body.get("provider_project_id"), body.get("provider")
+    for field, v in (("project_id", project), ("provider_project_id", target)):
+        if not isinstance(v, str) or not v or len(v) > 128:
+            raise bad_request(f"'{field}' must be a non-empty string.", param=field, code="invalid_value")
+    if name is not None and not isinstance(name, str):
+        raise bad_request("'provider' must be a string.", param="provider", code="invalid_value")
+    rt = runtime(request)
+    pid, ppid = str(project), str(target)
+    out = await _with_provider(request, name, lambda conn: bind(rt.sessions, conn, _box(request), pid, ppid,
+                                                                 int(rt.clock.now()), actor))
+    await _reload_keys(request)
+    return JSONResponse(out)
+
+
+async def _binding_provider(request: Request, project_ref: str) -> str:
+    from keyplane.providers.bindings import BindingError, _binding
+
+    async with runtime(request).read() as s:
+        try:
+            return (await _binding(s, project_ref)).provider
+        except BindingError as e:
+            raise not_found(str(e), param="project_id") from None
+
+
+async def rotate_binding(request: Request) -> JSONResponse:
+    from keyplane.providers.bindings import DEFAULT_GRACE, MAX_GRACE, rotate
+
+    _, actor = authenticate_admin(request)
+    body = await json_body(request, required=False)
+    grace = body.get("grace_seconds", DEFAULT_GRACE)
+    if not isinstance(grace, int) or isinstance(grace, bool) or not 0 <= grace <= MAX_GRACE:
+        raise bad_request(f"'grace_seconds' must be an integer from 0 to {MAX_GRACE}.", param="grace_seconds",
+                          code="invalid_value")
+    rt = runtime(request)
+    ref = request.path_params["project_id"]
+    provider = await _binding_provider(request, ref)
+    out = await _with_provider(request, provider, lambda conn: rotate(rt.sessions, conn, _box(request), ref,
+                                                                       int(rt.clock.now()), actor, grace))
+    await _reload_keys(request)
+    return JSONResponse(out)
+
+
+async def delete_binding(request: Request) -> JSONResponse:
+    from keyplane.providers.bindings import unbind
+
+    _, actor = authenticate_admin(request)
+    rt = runtime(request)
+    ref = request.path_params["project_id"]
+    provider = await _binding_provider(request, ref)
+    out = await _with_provider(request, provider, lambda conn: unbind(rt.sessions, conn, ref, int(rt.clock.now()),
+                                                                      actor))
+    await _reload_keys(request)
+    return JSONResponse(out)
+
+
 async def list_events(request: Request) -> JSONResponse:
     authenticate_admin(request)
     limit = query_limit(request, 20, 100)
@@ -120,8 +255,17 @@ def event_json(e: ProviderEvent) -> dict[str, Any]:
 
 ENDPOINTS: list[Endpoint] = [
     Endpoint(P, "GET", list_providers, "List the provider organizations keyplane governs", True),
+    Endpoint(f"{P}/bindings", "GET", list_bindings_, "List the projects bound to provider projects", True),
+    Endpoint(f"{P}/bindings", "POST", create_binding,
+             "Bind a project to a provider project (keyplane's own service account there)", True),
+    Endpoint(f"{P}/bindings/{{project_id}}/rotate", "POST", rotate_binding,
+             "Rotate a bound project's provider key (new key first, old one retired after the grace)", True),
+    Endpoint(f"{P}/bindings/{{project_id}}", "DELETE", delete_binding,
+             "Unbind a project (its service account is deleted at the provider)", True),
     Endpoint(f"{P}/keys/match", "POST", match_keys, "Find mirrored provider keys by the last characters", True),
     Endpoint(f"{P}/events", "GET", list_events, "List what the provider rules did, newest first", True),
+    Endpoint(f"{P}/{{name}}/report", "GET", provider_report,
+             "The inventory summary and key hygiene report of a provider organization", True),
     Endpoint(f"{P}/{{name}}/projects/{{project_id}}/api_keys/{{key_id}}/revoke", "POST", revoke_key,
              "Delete a provider key through the provider's Admin API", True),
 ]

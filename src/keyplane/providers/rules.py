@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import select
@@ -27,6 +27,9 @@ from keyplane.guard.windows import Counters, View
 from keyplane.providers.connector import Connector, ProviderError
 from keyplane.providers.ingest import HOUR, hourly_by_key
 from keyplane.providers.models import ProviderEvent, ProviderObject
+
+if TYPE_CHECKING:
+    from keyplane.billing.prices import PriceTable
 
 log = logging.getLogger("keyplane.providers")
 
@@ -92,13 +95,15 @@ async def _recent(s: AsyncSession, provider: str, rule: Rule, pid: str, kid: str
 
 
 async def evaluate_provider(sessions: async_sessionmaker[AsyncSession], conn: Connector, rules: list[Rule], now: int,
-                            alerts: Dispatcher | None) -> list[dict[str, Any]]:
-    """Evaluate the provider rules on the stored buckets and act; returns the events written (as JSON)."""
+                            alerts: Dispatcher | None, prices: PriceTable | None = None) -> list[dict[str, Any]]:
+    """Evaluate the provider rules on the stored buckets and act; returns the events written (as JSON).
+    ``prices`` gives each hourly bucket its estimated cost (spend_surge, cost_usd ceilings): without it
+    a cost rule sees $0 and never fires."""
     if not rules:
         return []
     longest = max(int(r.window_s) * (r.spec.baseline_periods + 2) for r in rules)
     async with sessions() as s:
-        series = await hourly_by_key(s, conn.name, now - longest)
+        series = await hourly_by_key(s, conn.name, now - longest, prices)
         live = {(o.project_id, o.object_id) for o in (await s.execute(select(ProviderObject).where(
             ProviderObject.provider == conn.name, ProviderObject.kind == "api_key",
             ProviderObject.removed_at.is_(None)))).scalars()}

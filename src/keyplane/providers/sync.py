@@ -14,7 +14,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from keyplane.providers.connector import Connector
+from keyplane.providers.connector import Connector, ProviderError
 from keyplane.providers.models import ProviderChange, ProviderObject
 
 KINDS = ("project", "user", "service_account", "api_key", "admin_key")
@@ -43,10 +43,23 @@ async def fetch(conn: Connector) -> Inventory:
         inv.objects[("user", str(u["id"]))] = ("", u)
     for k in await conn.list_all("/organization/admin_api_keys"):
         inv.objects[("admin_key", str(k["id"]))] = ("", k)
+    limits_refused: str | None = None
     for p in projects:
         if p.get("status") == "archived":
             continue
         pid = str(p["id"])
+        # The project's hard spend limit rides on its mirrored object: ``spend_limit`` is the provider's
+        # project.spend_limit or None (none set); when the call is refused it is absent and
+        # ``spend_limit_error`` says why (the report lists the project as unknown, not as unlimited).
+        if limits_refused is None:
+            try:
+                p["spend_limit"] = await conn.spend_limit(pid)
+            except ProviderError as e:
+                if e.status not in (400, 403, 404):
+                    raise
+                limits_refused = f"GET /organization/projects/{{id}}/spend_limit answered {e.status}"
+        if limits_refused is not None:
+            p["spend_limit_error"] = limits_refused
         for sa in await conn.list_all(f"/organization/projects/{pid}/service_accounts"):
             inv.objects[("service_account", str(sa["id"]))] = (pid, sa)
         for k in await conn.list_all(f"/organization/projects/{pid}/api_keys"):

@@ -3,7 +3,10 @@
 Shapes from the official SDK's admin types (openai/types/admin/organization/...): projects, users,
 project service accounts and API keys (cursor paging: ``after``/``limit``, ``has_more``/``last_id``),
 admin API keys, ``DELETE /organization/projects/{p}/api_keys/{k}``, ``/organization/usage/<kind>``
-and ``/organization/costs`` (page paging: ``page``/``next_page``, buckets of ``results``).
+and ``/organization/costs`` (page paging: ``page``/``next_page``, buckets of ``results``), project spend
+limits (``GET /organization/projects/{p}/spend_limit``), service accounts created and deleted with their
+keys (``POST .../service_accounts``, ``POST .../service_accounts/{sa}/api_keys``), and ``POST
+/v1/chat/completions`` accepting ``shared_key`` and every live project key (``model_calls`` says which).
 
 Faults: ``fake.faults`` is a FIFO of (status, retry_after) answered before the next requests
 (``(429, 2)``, ``(503, None)``, ``(0, None)`` = hang past the client's timeout). Every request is
@@ -52,6 +55,12 @@ class FakeProvider:
     admin_keys: list[dict[str, Any]] = field(default_factory=list)
     usage: list[Bucket] = field(default_factory=list)
     costs: list[dict[str, Any]] = field(default_factory=list)  # {start_time, project_id, value}
+    spend_limits: dict[str, dict[str, Any]] = field(default_factory=dict)  # project id -> project.spend_limit
+    spend_limit_status: int = 0  # 403: the admin key may not read limits; 404: an API without the endpoint
+    secrets: dict[str, str] = field(default_factory=dict)  # key id -> value (what /v1/chat/completions accepts)
+    shared_key: str = "sk-proj-shared-upstream-key-0000"  # a key of no project here (keyplane's shared upstream)
+    model_calls: list[tuple[str, str]] = field(default_factory=list)  # (key id or "shared", model) per completion
+    created: int = 0
     faults: collections.deque[tuple[int, float | None]] = field(default_factory=collections.deque)
     requests: list[tuple[str, str, str]] = field(default_factory=list)
     page_size: int = 2  # small, so every test pages
@@ -82,9 +91,16 @@ class FakeProvider:
                 created_at: int = 1_700_000_000) -> None:
         owner: dict[str, Any] = ({"type": "user", "user": user} if user is not None
                                  else {"type": "service_account", "service_account": service_account})
+        self.secrets[kid] = secret
         self.api_keys[pid].append({"object": "organization.project.api_key", "id": kid, "name": kid,
                                    "redacted_value": redact(secret), "created_at": created_at,
                                    "last_used_at": last_used_at, "owner": owner})
+
+    def set_spend_limit(self, pid: str, dollars: int, enforcing: bool = False) -> None:
+        self.spend_limits[pid] = {"object": "project.spend_limit", "currency": "USD", "interval": "month",
+                                  "threshold_amount": dollars * 100,
+                                  "enforcement": {"status": "enforcing" if enforcing else "inactive"},
+                                  "notification_channel": None}
 
     def key_ids(self) -> set[str]:
         return {k["id"] for keys in self.api_keys.values() for k in keys}
@@ -97,9 +113,14 @@ class FakeProvider:
             Route(f"{r}/projects", self._projects),
             Route(f"{r}/users", self._users),
             Route(f"{r}/admin_api_keys", self._admin_keys),
-            Route(f"{r}/projects/{{pid}}/service_accounts", self._service_accounts),
+            Route(f"{r}/projects/{{pid}}", self._project),
+            Route(f"{r}/projects/{{pid}}/service_accounts", self._service_accounts, methods=["GET", "POST"]),
+            Route(f"{r}/projects/{{pid}}/service_accounts/{{sid}}", self._service_account, methods=["DELETE"]),
+            Route(f"{r}/projects/{{pid}}/service_accounts/{{sid}}/api_keys", self._new_key, methods=["POST"]),
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route(f"{r}/projects/{{pid}}/api_keys", self._keys),
             Route(f"{r}/projects/{{pid}}/api_keys/{{kid}}", self._key, methods=["GET", "DELETE"]),
+            Route(f"{r}/projects/{{pid}}/spend_limit", self._spend_limit),
             Route(f"{r}/usage/{{kind}}", self._usage),
             Route(f"{r}/costs", self._costs),
         ])
@@ -140,8 +161,82 @@ class FakeProvider:
         return await self._gate(request) or self._list(request, self.admin_keys)
 
     async def _service_accounts(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self._new_account(request)
         accounts = self.service_accounts.get(request.path_params["pid"], [])
         return await self._gate(request) or self._list(request, accounts)
+
+    # --- provisioning: service accounts and their keys (the value is shown once, in the create's answer) ---
+
+    def _missing(self, what: str) -> Response:
+        return JSONResponse({"error": {"message": f"No such {what}.", "type": "invalid_request_error",
+                                       "param": None, "code": None}}, 404)
+
+    async def _project(self, request: Request) -> Response:
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        found = next((p for p in self.projects if p["id"] == request.path_params["pid"]), None)
+        return JSONResponse(found) if found is not None else self._missing("project")
+
+    def _mint(self, pid: str, sa: dict[str, Any], name: str) -> dict[str, Any]:
+        self.created += 1
+        kid = f"key_sa{self.created}"
+        secret = f"sk-svcacct-{self.created:04d}" + "k" * 40 + f"{self.created:04d}"
+        self.add_key(pid, kid, secret, service_account=sa, created_at=int(time.time()))
+        return {"object": "organization.project.service_account.api_key", "id": kid, "name": name,
+                "value": secret, "created_at": int(time.time()), "expires_at": None, "spend_limit": None}
+
+    async def _new_account(self, request: Request) -> Response:
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        pid = request.path_params["pid"]
+        if pid not in self.service_accounts:
+            return self._missing("project")
+        body = await request.json()
+        self.created += 1
+        sa = self.add_service_account(pid, f"svc_kp{self.created}", str(body.get("name") or "keyplane"))
+        return JSONResponse({**sa, "api_key": self._mint(pid, sa, "Secret Key")})
+
+    async def _service_account(self, request: Request) -> Response:
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        pid, sid = request.path_params["pid"], request.path_params["sid"]
+        accounts = self.service_accounts.get(pid, [])
+        found = next((a for a in accounts if a["id"] == sid), None)
+        if found is None:
+            return self._missing("service account")
+        accounts.remove(found)
+        self.api_keys[pid] = [k for k in self.api_keys[pid]
+                              if (k["owner"].get("service_account") or {}).get("id") != sid]
+        return JSONResponse({"object": "organization.project.service_account.deleted", "id": sid, "deleted": True})
+
+    async def _new_key(self, request: Request) -> Response:
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        pid, sid = request.path_params["pid"], request.path_params["sid"]
+        sa = next((a for a in self.service_accounts.get(pid, []) if a["id"] == sid), None)
+        if sa is None:
+            return self._missing("service account")
+        body = await request.json()
+        return JSONResponse(self._mint(pid, sa, str(body.get("name") or "keyplane")))
+
+    async def _chat(self, request: Request) -> Response:
+        """A model endpoint (the fake as keyplane's upstream): accepts the shared key and every live project
+        key, and records which one each completion came with."""
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        live = {k["id"] for keys in self.api_keys.values() for k in keys}
+        who = "shared" if token == self.shared_key else next(
+            (kid for kid, v in self.secrets.items() if v == token and kid in live), None)
+        if who is None:
+            return JSONResponse({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
+                                           "param": None, "code": "invalid_api_key"}}, 401)
+        body = await request.json()
+        self.model_calls.append((who, str(body.get("model"))))
+        return JSONResponse({"id": f"chatcmpl-fake{len(self.model_calls)}", "object": "chat.completion",
+                             "created": int(time.time()), "model": body.get("model"),
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                          "finish_reason": "stop", "logprobs": None}],
+                             "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
 
     async def _keys(self, request: Request) -> Response:
         return await self._gate(request) or self._list(request, self.api_keys.get(request.path_params["pid"], []))
@@ -159,6 +254,22 @@ class FakeProvider:
             return JSONResponse(found)
         keys.remove(found)
         return JSONResponse({"object": "organization.project.api_key.deleted", "id": kid, "deleted": True})
+
+    async def _spend_limit(self, request: Request) -> Response:
+        if (refused := await self._gate(request)) is not None:
+            return refused
+        if self.spend_limit_status == 404:
+            return JSONResponse({"error": {"message": f"Invalid URL (GET {request.url.path})",
+                                           "type": "invalid_request_error", "param": None, "code": None}}, 404)
+        if self.spend_limit_status:
+            return JSONResponse({"error": {"message": "You do not have permission to read spend limits.",
+                                           "type": "invalid_request_error", "param": None, "code": None}},
+                                self.spend_limit_status)
+        found = self.spend_limits.get(request.path_params["pid"])
+        if found is None:
+            return JSONResponse({"error": {"message": "No spend limit is set for this project.",
+                                           "type": "invalid_request_error", "param": None, "code": None}}, 404)
+        return JSONResponse(found)
 
     def _window(self, request: Request, width: int) -> tuple[list[int], int]:
         q = request.query_params
