@@ -94,7 +94,9 @@ class ProxyApp:
         self.max_body = rt.settings.max_body_bytes
         self.cache = attach_cache(rt, router)  # prefix routing and response cache (docs/caching.md); None: off
         self.tenancy = Tenancy(rt, router)  # projects isolated at the provider (proxy/tenancy.py)
+        self.tenancy.attach_client(forwarder.client)  # batch metering reads output files (billing/batches.py)
         self.access = rt.extras.get("access")  # model and hosted tool permissions (keyplane.access)
+        self.identity = rt.extras.get("identity")  # workload identity rules (keyplane.identity)
 
     async def aclose(self) -> None:
         await self.forwarder.client.aclose()
@@ -178,8 +180,8 @@ class ProxyApp:
                 raise errors.path_not_proxied(method, path)
             if not entry.permissions.allows(ep.scope):
                 raise errors.missing_scope(ep.scope)
-            if method == "GET" and path.startswith("/v1/models"):
-                await self._models(send, path, rid, t0, entry.project_id)
+            if method in ("GET", "HEAD") and path.startswith("/v1/models"):  # filtered by model permissions
+                await self._models(send, path, rid, t0, entry.project_id, entry.id)
                 return
             body = await request.read_body(scope, receive, self.max_body)
             fields = request.read_fields(ep, headers, body) if ep.model or ep.spending else None
@@ -201,6 +203,8 @@ class ProxyApp:
             # Objects another project owns answer 404 here, before any upstream call (proxy/tenancy.py).
             pinned = await self.tenancy.check(method, path, entry.project_id, body)
             pool = self.tenancy.pool(path, entry.project_id, model, pinned)
+            if (bound := rt.extras.get("providers.keys")) is not None:  # a project's own provider key
+                pool = bound.apply(entry.project_id, pool)  # (keyplane.providers.bindings)
             if not pool:
                 raise skipped.no_route(rt, model, entry.project_id)
         except errors.APIError as e:
@@ -218,6 +222,9 @@ class ProxyApp:
                              fields.output_limit if fields is not None else None)
         ctx.spending = ep.spending
         ctx.query = scope["query_string"]
+        if path == "/v1/files" and method == "POST":  # a batch input file is priced from the upload
+            cts = [v for k, v in headers if k == b"content-type"]
+            ctx.content_type = cts[0] if len(cts) == 1 else None
         if fields is not None:
             ctx.context_ref = fields.context_ref
             ctx.form = fields.form
@@ -398,13 +405,17 @@ class ProxyApp:
 
     def _authority_ended(self, ctx: RequestContext) -> errors.APIError | None:
         """Why a stream in flight must be cut now (its key revoked, suspended or deleted, its project
-        archived: docs/guard.md), or None. Two dict lookups and an identity check per chunk."""
+        archived: docs/guard.md; a workload token's federation rule or provider disabled), or None. A few
+        dict lookups and an identity check per chunk."""
         snap, key = self.rt.snapshot, ctx.key
         now_key = snap.keys_by_id.get(key.id)
         if now_key is not key and (now_key is None or now_key.revoked_at or now_key.suspended_at):
             why = now_key.inactive_reason(self.rt.clock.now()) if now_key else "has been deleted."
             ctx.error = "key_disabled"
             return errors.key_inactive(key.redacted_value, why or "is no longer active.")
+        if self.identity is not None and (ended := self.identity.key_ended(key.id)):  # a keyless key's rule
+            ctx.error = "key_disabled"
+            return errors.key_inactive(key.redacted_value, ended)
         if ctx.project_id is not None:
             p = snap.projects.get(ctx.project_id)
             if p is None or p.status != "active":
@@ -455,12 +466,20 @@ class ProxyApp:
             "permissions": perms.to_json(), "scopes": sorted(perms.scopes),
         }
 
-    async def _models(self, send: Any, path: str, rid: bytes, t0: float, project_id: str | None = None) -> None:
+    async def _models(self, send: Any, path: str, rid: bytes, t0: float, project_id: str | None = None,
+                      key_id: str = "") -> None:
+        # Only the models the key's project and key model permissions allow (keyplane.access); the others
+        # are listed nowhere and retrieved as if they did not exist.
+        def visible(model: str) -> bool:
+            return self.access is None or bool(self.access.model_visible(project_id, key_id, model))
+
         if path in ("/v1/models", "/v1/models/"):
-            data = await self.catalog.list()
+            data = [m for m in await self.catalog.list() if visible(m["id"])]
             await self._send_json(send, {"object": "list", "data": data}, rid, t0)
             return
         model = path[len("/v1/models/"):]
+        if not visible(model):
+            raise errors.model_not_found(model)
         try:
             obj = await self.catalog.get(model)
         except errors.APIError as e:  # served by an upstream skipped for want of its key: say so (503)

@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from keyplane import errors
 from keyplane.auth import authenticate
+from keyplane.identity import tokens as workload_tokens
 from keyplane.proxy import client_secrets, skipped
 from keyplane.proxy.handler import ProxyApp
 from keyplane.proxy.realtime_session import CUT, PATH, Session
@@ -69,8 +70,10 @@ class RealtimeApp:
         try:
             if (access := self.rt.extras.get("access")) is not None:
                 await access.current()  # a key's access policies are never older than the key (keyplane.access)
-            entry, model, subprotocol = self._check(scope)
+            entry, model, subprotocol, generation = self._check(scope)
             pool = self.proxy.tenancy.pool("/v1/chat/completions", entry.project_id, model, None)
+            if (bound := self.rt.extras.get("providers.keys")) is not None:  # a project's own provider key
+                pool = bound.apply(entry.project_id, pool)  # (keyplane.providers.bindings)
             deps = [d for d in self.proxy.router.candidates(pool) if not d.is_demo] if pool else []
             if not deps:
                 raise skipped.no_route(self.rt, model, entry.project_id)
@@ -78,6 +81,7 @@ class RealtimeApp:
             await _deny(scope, send, e)
             return
         session = Session(self.rt, self.proxy, entry, model, send, scope)
+        session.generation = generation
         for dep in deps:  # in the router's order; the next one when an upstream cannot be reached
             try:
                 session.upstream = await connect(_ws_url(dep.config.base_url, model),
@@ -108,7 +112,9 @@ class RealtimeApp:
             await session.finish()
             await session.close()
 
-    def _check(self, scope: dict[str, Any]) -> tuple[KeyEntry, str, str | None]:
+    def _check(self, scope: dict[str, Any]) -> tuple[KeyEntry, str, str | None, str | None]:
+        """(the key, the model, the subprotocol to answer, and for a workload identity the rule generation its
+        token was issued under: the session ends when the rule or provider changes, as the token does)."""
         headers: list[tuple[bytes, bytes]] = list(scope["headers"])
         subprotocol = None
         for k, v in scope["headers"]:
@@ -125,14 +131,18 @@ class RealtimeApp:
         auth = next((v for k, v in headers if k == b"authorization"), b"")
         query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
         model = query.get("model", "")
+        generation: str | None = None
         if auth[7:].startswith(client_secrets.PREFIX.encode()):  # a browser's ephemeral client secret
-            entry, bound = client_secrets.verify(self.rt, auth[7:].decode("latin-1"))
+            entry, bound, generation = client_secrets.verify(self.rt, auth[7:].decode("latin-1"))
             if bound is not None:
                 if model and model != bound:
                     raise errors.invalid_value("model", f"This client secret opens sessions of `{bound}` only.")
                 model = bound
         else:
             entry = authenticate(self.rt, headers, scope["query_string"])
+            token = auth[7:].decode("latin-1").strip()
+            if token.startswith(workload_tokens.PREFIX):
+                generation = workload_tokens.generation_of(self.rt.settings.secret_key, token, self.rt.clock.now())
         self.rt.last_used.touch(entry.id, self.rt.clock.now())
         if not entry.permissions.allows(SCOPE):
             raise errors.missing_scope(SCOPE)
@@ -147,7 +157,7 @@ class RealtimeApp:
         if query.get("intent", "conversation") != "conversation":
             raise errors.invalid_value("intent", "keyplane relays conversation sessions only: transcription "
                                        "sessions are billed per audio minute, which it does not meter yet.")
-        return entry, model, subprotocol
+        return entry, model, subprotocol, generation
 
     async def _relay(self, s: Session, receive: Any) -> None:
         up = s.upstream
