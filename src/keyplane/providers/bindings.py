@@ -19,14 +19,12 @@ The key value is never logged, audited, returned by the API or shown by the CLI:
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -36,6 +34,7 @@ from keyplane.config import ProviderSection
 from keyplane.providers.connector import Connector, ProviderError
 from keyplane.providers.models import ProviderBinding
 from keyplane.store.models import Project
+from keyplane.web.auth import SecretBox
 
 log = logging.getLogger("keyplane.providers")
 
@@ -53,22 +52,11 @@ class BindingError(Exception):
         self.param = param
 
 
-class KeyBox:
-    """Fernet with a key derived from the server secret (as keyplane.web.auth.SecretBox, another purpose)."""
+class KeyBox(SecretBox):
+    """The provider keys of bindings, sealed with a key derived from the server secret for this purpose."""
 
     def __init__(self, server_secret: bytes) -> None:
-        from keyplane.web.auth import derive_key
-
-        self._f = Fernet(base64.urlsafe_b64encode(derive_key(server_secret, "provider key encryption")))
-
-    def seal(self, plain: str) -> str:
-        return self._f.encrypt(plain.encode()).decode()
-
-    def open(self, token: str) -> str | None:
-        try:
-            return self._f.decrypt(token.encode()).decode()
-        except (InvalidToken, ValueError):
-            return None
+        super().__init__(server_secret, "provider key encryption")
 
 
 def redact(value: str) -> str:

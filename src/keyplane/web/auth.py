@@ -97,10 +97,11 @@ def generate_password() -> str:
 # --- TOTP and recovery codes -------------------------------------------------------------------
 
 class SecretBox:
-    """Fernet with a key derived from the server secret: the TOTP secret is encrypted at rest."""
+    """Fernet with a key derived from the server secret for one ``purpose``: TOTP secrets at rest (the
+    default), provider keys of project bindings (keyplane.providers.bindings.KeyBox)."""
 
-    def __init__(self, server_secret: bytes) -> None:
-        self._f = Fernet(base64.urlsafe_b64encode(_derive(server_secret, "totp encryption")))
+    def __init__(self, server_secret: bytes, purpose: str = "totp encryption") -> None:
+        self._f = Fernet(base64.urlsafe_b64encode(_derive(server_secret, purpose)))
 
     def seal(self, plain: str) -> str:
         return self._f.encrypt(plain.encode()).decode()
