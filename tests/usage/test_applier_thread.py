@@ -158,3 +158,27 @@ async def test_handoff_is_bounded_and_the_journal_is_read_back(engine, tmp_path)
     assert await _count(engine) == (31, sum(100 + i for i in range(31)))
     writer.close()
     writer.release()
+
+
+async def test_a_clean_stop_replays_a_dead_writers_journal(engine, database_url, tmp_path):
+    """A dead writer's journal that appears after the start replay (or that the start replay could not apply:
+    the store was away) is applied and removed by a clean stop, not left for the next start."""
+    url = database_url_for(database_url, tmp_path)
+    folder = tmp_path / "journal"
+    writer = JournalWriter(folder, fsync="never")
+    writer.open()
+    applier = Applier(engine, folder, writer, batch=40, interval=3600)  # its next orphan scan: an hour away
+    applier.start(lambda: db.make_engine(url))
+    dead = JournalWriter(folder, fsync="never")  # another process's journal, which then dies
+    dead.open()
+    for i in range(30):
+        dead.append(rec(i))
+    dead.close()
+    os.close(dead._lock_fd)
+    dead._lock_fd = None
+    assert await _count(engine) == (0, 0)
+    assert await applier.stop()
+    assert await _count(engine) == (30, sum(100 + i for i in range(30)))
+    assert not [p for p in folder.iterdir() if p.name.startswith(dead.writer)]
+    writer.close()
+    writer.release()

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -195,10 +195,14 @@ class Applier:
 
     async def apply_pending(self) -> int:
         """Apply everything our own journal holds now; returns the records applied. Any loop may call it."""
+        return await self._on_own_loop(self._apply_pending)
+
+    async def _on_own_loop(self, fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
+        """Run ``fn`` on the applier's loop (its engine belongs there), from whichever loop calls."""
         loop = self._loop
         if loop is not None and threading.current_thread() is not self._thread:
-            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._apply_pending(), loop))
-        return await self._apply_pending()
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fn(), loop))
+        return await fn()
 
     async def _apply_pending(self) -> int:
         total = 0
@@ -338,6 +342,9 @@ class Applier:
         drained = False
         try:
             await asyncio.wait_for(self.apply_pending(), drain_seconds)
+            # Dead writers' journals too (the replay at start may have failed, and the next scan is an
+            # interval away): a clean shutdown leaves no journal another start must replay.
+            await asyncio.wait_for(self._on_own_loop(self.replay_orphans), drain_seconds)
             if self.handoff is not None:  # every record appended went through memory: applied == appended
                 drained = self.lag == 0 and not self._inflight and not self.handoff
             else:
