@@ -85,10 +85,11 @@ async def _policies(s: Any) -> list[dict[str, Any]]:
 
 async def _clear(s: Any, project: str | None, key: str | None) -> dict[str, Any]:
     import orjson
-    from sqlalchemy import delete, select
+    from sqlalchemy import select
 
     from keyplane import control
     from keyplane.access.models import AccessPolicy
+    from keyplane.access.routes import drop
     from keyplane.errors import not_found
     from keyplane.store.models import ApiKey
 
@@ -105,10 +106,6 @@ async def _clear(s: Any, project: str | None, key: str | None) -> dict[str, Any]
                                                       AccessPolicy.target_id == target))).scalar()
     cidrs: list[str] = (orjson.loads(row.value).get("cidrs") or []) if row is not None else []
     if row is not None:
-        await s.execute(delete(AccessPolicy).where(AccessPolicy.kind == "ip", AccessPolicy.scope == scope,
-                                                   AccessPolicy.target_id == target))
-        await control.audit(s, control.CLI_ACTOR, "ip_allowlist.deleted", {"id": target, "scope": scope},
-                            project_id=pid, resource_id=target)
-        await control.bump_revision(s)
+        await drop(s, control.CLI_ACTOR, "ip", scope, target, pid, "ip_allowlist.deleted")
     return {"object": "ip_allowlist.deleted", "scope": "organization" if scope == "org" else scope,
             "id": None if scope == "org" else target, "deleted": row is not None, "cidrs": cidrs}

@@ -67,6 +67,15 @@ async def _save(s: AsyncSession, kind: str, scope: str, target: str, value: dict
         row.value, row.updated_at = text, now
 
 
+async def drop(s: AsyncSession, actor: control.Actor, kind: str, scope: str, target: str, project_id: str | None,
+               event: str) -> None:
+    """Delete one policy, audit it and move the revision: the admin API's deletes and the CLI's alike."""
+    await s.execute(delete(AccessPolicy).where(AccessPolicy.kind == kind, AccessPolicy.scope == scope,
+                                               AccessPolicy.target_id == target))
+    await control.audit(s, actor, event, {"id": target, "scope": scope}, project_id=project_id, resource_id=target)
+    await control.bump_revision(s)
+
+
 async def _changed(request: Request) -> None:
     rt = runtime(request)
     await policies(request).load(rt.engine)  # this instance at once; the others through the bus (snapshot)
@@ -125,11 +134,7 @@ async def delete_models(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     async with runtime(request).write() as s:
         scope, target, pid = await _target(request, s)
-        await s.execute(delete(AccessPolicy).where(AccessPolicy.kind == "model", AccessPolicy.scope == scope,
-                                                   AccessPolicy.target_id == target))
-        await control.audit(s, actor, "model_permissions.deleted", {"id": target, "scope": scope},
-                            project_id=pid, resource_id=target)
-        await control.bump_revision(s)
+        await drop(s, actor, "model", scope, target, pid, "model_permissions.deleted")
     await _changed(request)
     return JSONResponse({"object": "project.model_permissions.deleted", "deleted": True})
 

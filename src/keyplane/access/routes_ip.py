@@ -12,14 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 
 from keyplane import control
 from keyplane.access import ip
 from keyplane.access.models import AccessPolicy
-from keyplane.access.routes import K, P, _changed, _now, _save, _stored, _target, policies
+from keyplane.access.routes import K, P, _changed, _now, _save, _stored, _target, drop, policies
 from keyplane.admin import Endpoint
 from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, runtime
 from keyplane.errors import bad_request, invalid_value
@@ -90,11 +89,7 @@ async def delete_list(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     async with runtime(request).write() as s:
         scope, target, pid = await _where(request, s)
-        await s.execute(delete(AccessPolicy).where(AccessPolicy.kind == "ip", AccessPolicy.scope == scope,
-                                                   AccessPolicy.target_id == target))
-        await control.audit(s, actor, "ip_allowlist.deleted", {"id": target, "scope": scope},
-                            project_id=pid, resource_id=target)
-        await control.bump_revision(s)
+        await drop(s, actor, "ip", scope, target, pid, "ip_allowlist.deleted")
     await _changed(request)
     return JSONResponse({"object": "ip_allowlist.deleted", "deleted": True})
 
