@@ -34,6 +34,7 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyplane.bus import Bus, Event, KeyDelta, ProjectDelta
+from keyplane.members import grants as members_grants
 from keyplane.scopes import Permissions, parse_permissions
 from keyplane.store.models import ApiKey, Meta, Organization, Project
 
@@ -156,6 +157,9 @@ class Snapshot:
         self.keys: dict[str, KeyEntry] = {}
         self.keys_by_id: dict[str, KeyEntry] = {}
         self.projects: dict[str, ProjectEntry] = {}
+        # user id -> effective admin permissions (keyplane.members.grants); every full reload rereads them
+        # (a change to roles, groups or users is opaque on the bus, so it always causes a full reload).
+        self.grants: dict[str, frozenset[str]] = {}
         self.loaded = False
         self.monotonic = monotonic
         self.applied = -1  # every change up to this revision is reflected (loaded, or applied from events)
@@ -193,8 +197,10 @@ class Snapshot:
             async for part in result.partitions(PARTITION):  # each partition a short step of the loop
                 rows.extend(part)
             projects = (await conn.execute(select(Project.id, Project.name, Project.status))).all()
+            grants = await members_grants.load(conn)
         keys, by_id, digests = await asyncio.to_thread(build_keys, rows, self.keys_by_id)
         self.keys, self.keys_by_id, self._digests = keys, by_id, digests
+        self.grants = grants
         old_projects = self.projects
         self.projects = {p.id: _same(old_projects.get(p.id), ProjectEntry(p.id, p.name, p.status))
                          for p in projects}

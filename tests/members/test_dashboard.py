@@ -34,3 +34,22 @@ def test_reader_sees_only_member_projects(owner, reader, web_server):
     assert "Default project" in listing and "Secret lab" not in listing
     assert reader.get(f"/projects/{secret_pid}").status_code == 404
     assert owner.get(f"/projects/{secret_pid}").status_code == 200
+
+
+def test_the_dashboard_uses_the_effective_permissions(owner, reader, web_server):
+    """The dashboard's owner pages need every permission of the table: the owner role, or custom roles that
+    add up to it; taking a role away refuses the very next page."""
+    import httpx
+
+    auth = {"Authorization": f"Bearer {web_server.admin_key}"}
+    with httpx.Client(base_url=web_server.v1 + "/organization", headers=auth, timeout=10) as http:
+        uid = next(u["id"] for u in http.get("/users").json()["data"] if u["email"] == "reader@example.com")
+        assert reader.post("/projects", {"name": "as reader"}).status_code == 403
+        half = http.post("/roles", json={"role_name": "half", "permissions": ["api.project.write"]}).json()
+        rest = http.post("/roles", json={"role_name": "rest", "permissions": ["api.organization.write"]}).json()
+        assert http.post(f"/users/{uid}/roles", json={"role_id": half["id"]}).status_code == 200
+        assert reader.post("/projects", {"name": "half"}).status_code == 403  # not every permission yet
+        assert http.post(f"/users/{uid}/roles", json={"role_id": rest["id"]}).status_code == 200
+        assert reader.post("/projects", {"name": "all"}).status_code == 303
+        assert http.delete(f"/users/{uid}/roles/{rest['id']}").status_code == 200
+        assert reader.post("/projects", {"name": "again"}).status_code == 403

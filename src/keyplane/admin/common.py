@@ -15,6 +15,12 @@ from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
 
 MAX_ADMIN_BODY = 1024 * 1024
+GRANTED = "keyplane.granted"  # scope key: the permissions the authenticated admin caller acts with
+
+
+def granted(request: Request) -> frozenset[str]:
+    """What the caller authenticated by :func:`authenticate_admin` may do (empty before it ran)."""
+    return request.scope.get(GRANTED, frozenset())  # type: ignore[no-any-return]
 
 
 class JSONResponse(Response):
@@ -31,9 +37,13 @@ def runtime(request: Request) -> Runtime:
 def authenticate_admin(request: Request) -> tuple[KeyEntry, Actor]:
     """The admin key of the request, or an OpenAI-shaped 401."""
     internal = request.scope.get("keyplane.session")
-    if internal is not None:  # an in-process call from the dashboard (web/features.py), never from the network
-        return internal  # type: ignore[no-any-return]
     rt = runtime(request)
+    if internal is not None:  # an in-process call from the dashboard (web/features.py), never from the network
+        # (the dashboard gated the page with the user's effective permissions, web/base.py; these are what
+        # the escalation guards of roles and groups compare with)
+        request.scope[GRANTED] = admin_permissions.of_key(internal[0].permissions, internal[0].owner_user_id,
+                                                          rt.snapshot.grants)
+        return internal  # type: ignore[no-any-return]
     headers: list[tuple[bytes, bytes]] = request.scope["headers"]
     access = rt.extras.get("access")
     if access is not None:  # the organization's IP allowlist, before the key is even looked at (docs/access-control.md)
@@ -46,7 +56,10 @@ def authenticate_admin(request: Request) -> tuple[KeyEntry, Actor]:
             "project and service-account keys work only on the /v1 model endpoints."
         )
     entry = auth.active_entry(rt, value)
-    admin_permissions.check(entry.permissions, request.method, request.url.path)  # the key's role (owner/reader)
+    # the key's owner's effective permissions (roles, custom roles, groups) capped by the key's own role
+    granted = admin_permissions.of_key(entry.permissions, entry.owner_user_id, rt.snapshot.grants)
+    admin_permissions.check_granted(granted, request.method, request.url.path)
+    request.scope[GRANTED] = granted
     rt.last_used.touch(entry.id, rt.clock.now())
     actor = Actor("api_key", entry.id, {"id": entry.id, "type": "user",
                                          "user": {"id": entry.owner_user_id}})

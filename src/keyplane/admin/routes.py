@@ -13,8 +13,17 @@ from starlette.requests import Request
 
 from keyplane import control, errors
 from keyplane.admin import shapes
-from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, list_response, query_list, runtime
+from keyplane.admin.common import (
+    JSONResponse,
+    authenticate_admin,
+    granted,
+    json_body,
+    list_response,
+    query_list,
+    runtime,
+)
 from keyplane.admin.params import query_bool, query_choice, query_limit, query_timestamp
+from keyplane.members.permissions import require_role_grant
 from keyplane.store.models import ApiKey, AuditLog, Project, ServiceAccount, User
 
 
@@ -274,6 +283,7 @@ async def add_user(request: Request) -> JSONResponse:
     """Extension: add a user directly (the platform invites by email)."""
     _, actor = authenticate_admin(request)
     body = await json_body(request)
+    require_role_grant(granted(request), body.get("role"))  # no escalation (keyplane.members.permissions)
     async with runtime(request).write() as s:
         u = await control.add_user(s, actor, email=body.get("email"), role=body.get("role", "reader"),
                                    name=body.get("name") or "")
@@ -290,6 +300,7 @@ async def get_user(request: Request) -> JSONResponse:
 async def update_user(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     body = await json_body(request)
+    require_role_grant(granted(request), body.get("role"))  # no escalation (keyplane.members.permissions)
     async with runtime(request).write() as s:
         u = await control.update_user_role(s, actor, request.path_params["user_id"], body.get("role"))
     return JSONResponse(shapes.user(u))

@@ -41,3 +41,77 @@ class Invite(Base):
     accepted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
     __table_args__ = (Index("ix_invites_email", "email"),)
+
+
+class CustomRole(Base):
+    """A custom organization role: a name and a set of permissions from the one permission table
+    (keyplane.members.permissions). The predefined owner and reader roles are not stored."""
+
+    __tablename__ = "custom_roles"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    permissions: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of permission names
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class RoleAssignment(Base):
+    """A custom role held by a user directly (principal_type ``user``) or by every member of a group
+    (principal_type ``group``)."""
+
+    __tablename__ = "role_assignments"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    role_id: Mapped[str] = mapped_column(String(64))
+    principal_type: Mapped[str] = mapped_column(String(16))  # user | group
+    principal_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        UniqueConstraint("role_id", "principal_type", "principal_id", name="uq_role_assignments"),
+        Index("ix_role_assignments_principal", "principal_type", "principal_id"),
+    )
+
+
+class Group(Base):
+    """A group of organization users; the custom roles assigned to it reach every member."""
+
+    __tablename__ = "user_groups"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class GroupUser(Base):
+    """A user's membership of a group."""
+
+    __tablename__ = "group_users"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    group_id: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str] = mapped_column(String(64))
+    added_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        UniqueConstraint("group_id", "user_id", name="uq_group_users_member"),
+        Index("ix_group_users_user", "user_id"),
+    )
+
+
+class ProjectGroup(Base):
+    """A group as a project member (projects.groups): every user of the group reaches the project, with
+    the group's project role (owner | member), as a direct member would."""
+
+    __tablename__ = "project_groups"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(String(64))
+    group_id: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))  # owner | member
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        UniqueConstraint("project_id", "group_id", name="uq_project_groups_member"),
+        Index("ix_project_groups_group", "group_id"),
+    )

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyplane import control
 from keyplane.control import Actor, audit, bump_revision, now_s
 from keyplane.errors import bad_request, conflict, not_found
-from keyplane.members.models import ProjectUser
+from keyplane.members.models import GroupUser, ProjectGroup, ProjectUser
 from keyplane.store.models import ApiKey, ServiceAccount, User
 
 PROJECT_ROLES = ("owner", "member")
@@ -33,9 +33,19 @@ async def membership(s: AsyncSession, project_id: str, user_id: str) -> ProjectU
                                                       ProjectUser.user_id == user_id))).scalar()
 
 
+def via_groups(user_id: str) -> Any:
+    """The projects ``user_id`` is a member of through a group (projects.groups)."""
+    return (select(ProjectGroup.project_id).join(GroupUser, GroupUser.group_id == ProjectGroup.group_id)
+            .where(GroupUser.user_id == user_id))
+
+
 async def can_reach(s: AsyncSession, user: User, project_id: str) -> bool:
-    """May ``user`` see and use the project (keys, dashboard)? Organization owners always may."""
-    return user.role == "owner" or await membership(s, project_id, user.id) is not None
+    """May ``user`` see and use the project (keys, dashboard)? Organization owners always may; anyone else
+    as a member, directly or through a group."""
+    if user.role == "owner" or await membership(s, project_id, user.id) is not None:
+        return True
+    return (await s.execute(via_groups(user.id).where(ProjectGroup.project_id == project_id).limit(1))).first() \
+        is not None
 
 
 async def reachable_project_ids(s: AsyncSession, user: User) -> set[str] | None:
@@ -43,7 +53,7 @@ async def reachable_project_ids(s: AsyncSession, user: User) -> set[str] | None:
     if user.role == "owner":
         return None
     rows = await s.execute(select(ProjectUser.project_id).where(ProjectUser.user_id == user.id))
-    return set(rows.scalars())
+    return set(rows.scalars()) | set((await s.execute(via_groups(user.id))).scalars())
 
 
 async def require_member_for_key(s: AsyncSession, project_id: str, user_id: str) -> None:
@@ -143,6 +153,9 @@ async def list_project_users(s: AsyncSession, project_id: str, *, after: str | N
 async def forget_user(s: AsyncSession, user_id: str) -> None:
     """Drop a removed user's memberships (called when the user leaves the organization)."""
     await s.execute(delete(ProjectUser).where(ProjectUser.user_id == user_id))
+    from keyplane.members.roles import forget_user as leave_groups  # and their groups and custom roles
+
+    await leave_groups(s, user_id)
 
 
 # --- service accounts: more keys, role ------------------------------------------------------------
@@ -202,5 +215,14 @@ async def revoke_unreachable_keys(s: AsyncSession, user_id: str, at: int) -> Non
     await s.execute(
         update(ApiKey).where(ApiKey.owner_user_id == user_id, ApiKey.kind == "proj",
                              ApiKey.service_account_id.is_(None), ApiKey.revoked_at.is_(None),
-                             ApiKey.project_id.not_in(member_of))
+                             ApiKey.project_id.not_in(member_of), ApiKey.project_id.not_in(via_groups(user_id)))
         .values(revoked_at=at, revoke_reason="owner is no longer a member of the project", updated_at=at))
+
+
+async def revoke_if_unreachable(s: AsyncSession, user_ids: list[str], at: int) -> None:
+    """After a group left a project, a user left a group or a group was deleted: the user keys of those
+    users (organization owners aside) in projects they no longer reach are revoked, in the same transaction."""
+    await s.flush()
+    readers = (await s.execute(select(User.id).where(User.id.in_(user_ids), User.role != "owner"))).scalars()
+    for uid in list(readers):
+        await revoke_unreachable_keys(s, uid, at)

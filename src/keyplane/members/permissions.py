@@ -1,12 +1,16 @@
 """The ONE permission table of the admin API (docs/members-and-roles.md "Admin API keys and roles").
 
-Every admin call needs one permission, derived from its method and path; an admin key holds the
-permissions of its role. Two predefined roles: ``owner`` (everything) and ``reader`` (every read).
-An admin key's role is stored as its permissions: ``all`` = owner, ``read_only`` = reader.
+Every admin call needs one permission, derived from its method and path. Two predefined roles: ``owner``
+(everything) and ``reader`` (every read); custom roles (keyplane.members.roles) hold any subset of the
+table. A user's effective permissions are their organization role's plus every custom role assigned to
+them directly or through a group. An admin key acts with its owner's effective permissions capped by the
+key's own role (stored as its permissions: ``all`` = owner, ``read_only`` = reader): a key never holds
+what its user lacks, and a reader key never writes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from keyplane import errors
@@ -52,15 +56,69 @@ def key_permissions_of_role(role: str) -> str:
     return "all" if role == "owner" else "read_only"
 
 
-def check(permissions: Permissions, method: str, path: str) -> None:
-    """403 in OpenAI's shape when the key's role lacks the call's permission."""
+def key_cap(permissions: Permissions) -> frozenset[str]:
+    """The most an admin key may do: its own role's permissions."""
+    return ROLES[role_of_key(permissions)]
+
+
+def effective(org_role: str, custom: Iterable[Iterable[str]]) -> frozenset[str]:
+    """A user's effective permissions: their organization role's, plus every custom role's they hold.
+    Names outside the table (none can be stored) are dropped."""
+    out = set(ROLES.get(org_role, frozenset()))
+    for perms in custom:
+        out.update(p for p in perms if p in PERMISSIONS)
+    return frozenset(out)
+
+
+def of_key(permissions: Permissions, owner_user_id: str | None,
+           grants: Mapping[str, frozenset[str]]) -> frozenset[str]:
+    """What an admin key may do now: its owner's effective permissions (``grants``, user id -> set, from
+    the snapshot) capped by the key's role. A key whose owner is gone holds nothing; a key created before
+    keys had owners keeps its role's."""
+    cap = key_cap(permissions)
+    if owner_user_id is None:
+        return cap
+    return cap & grants.get(owner_user_id, frozenset())
+
+
+def check_granted(granted: frozenset[str], method: str, path: str) -> None:
+    """403 in OpenAI's shape when ``granted`` lacks the call's permission."""
     need = required(method, path)
-    role = role_of_key(permissions)
-    if need not in ROLES[role]:
+    if need not in granted:
+        held = ", ".join(sorted(granted)) or "none"
         raise errors.forbidden(
-            f"You have insufficient permissions for this operation. Missing scopes: {need}. This admin key has "
-            f"the '{role}' role, which may only read; an owner's admin key is needed to make changes.",
+            f"You have insufficient permissions for this operation. Missing scopes: {need}. This admin key "
+            f"acts with: {held} (its user's roles, capped by the key's own role).",
             code="insufficient_permissions")
+
+
+def require_held(granted: frozenset[str], wanted: Iterable[str], what: str) -> None:
+    """No privilege escalation: a caller may only create, widen or hand out (to a user, a group, a group's
+    members) permissions it holds itself. 403 ``insufficient_permissions`` naming what is missing."""
+    missing = sorted(set(wanted) - granted)
+    if missing:
+        raise errors.forbidden(
+            f"You cannot {what}: it grants {', '.join(missing)}, which you do not hold yourself.",
+            code="insufficient_permissions")
+
+
+def require_role_grant(granted: frozenset[str], role: object) -> None:
+    """Making someone an organization ``owner`` (users.create/update, invites, users.roles) hands out every
+    permission: only a caller holding them all may."""
+    if isinstance(role, str) and role in ROLES:
+        require_held(granted, ROLES[role], f"give the organization role '{role}'")
+
+
+def check_names(value: object, param: str = "permissions") -> list[str]:
+    """Permission names from the table (400 ``invalid_value`` for anything else), sorted, unique."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise errors.bad_request(f"'{param}' must be an array of permission names: {', '.join(PERMISSIONS)}.",
+                                 param=param, code="invalid_value")
+    unknown = sorted({v for v in value if v not in PERMISSIONS})
+    if unknown:
+        raise errors.bad_request(f"Unknown permission(s): {', '.join(unknown)}. Permissions are: "
+                                 f"{', '.join(PERMISSIONS)}.", param=param, code="invalid_value")
+    return sorted(set(value))
 
 
 DESCRIPTIONS: Final[dict[str, str]] = {

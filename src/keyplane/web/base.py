@@ -20,6 +20,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from keyplane import fmt
 from keyplane.control import Actor, get_org
 from keyplane.errors import APIError
+from keyplane.members import grants, permissions
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
 from keyplane.store.models import User
@@ -113,6 +114,7 @@ class Ctx:
     session: auth.Session
     user: User | None = None
     form: FormData | None = None
+    granted: frozenset[str] = frozenset()  # the user's effective admin permissions (keyplane.members.grants)
 
     @property
     def rt(self) -> Runtime:
@@ -124,7 +126,9 @@ class Ctx:
 
     @property
     def is_owner(self) -> bool:
-        return self.user is not None and self.user.role == "owner"
+        """May change things: holds every permission of the table (the owner role, or custom roles that add
+        up to it); the same effective permissions the admin API checks (keyplane.members.permissions)."""
+        return self.user is not None and permissions.ROLES["owner"] <= self.granted
 
     @property
     def actor(self) -> Actor:
@@ -295,6 +299,7 @@ async def _guarded(ctx: Ctx, fn: Handler, owner: bool, stage: str) -> Response:
         return _to_login(ctx)
     async with ctx.rt.read() as s:
         user = (await s.execute(select(User).where(User.id == session.user_id))).scalar()
+        ctx.granted = await grants.of_user(s, user.id) if user is not None else frozenset()
     if user is None or session.stamp != ctx.web.sessions.stamp(user):
         ctx.session = ctx.web.sessions.anonymous()
         return _to_login(ctx, "Your session has ended. Sign in again.")
@@ -307,7 +312,7 @@ async def _guarded(ctx: Ctx, fn: Handler, owner: bool, stage: str) -> Response:
         return await fn(ctx)
     if session.stage != "full":
         return ctx.redirect("/login/enroll" if session.stage == "enroll" else "/login/totp")
-    if owner and user.role != "owner":
+    if owner and not ctx.is_owner:
         return error_page(ctx, 403, "Not allowed", "Your role (reader) can see everything but change nothing. "
                           "Ask an owner to make this change.")
     return await fn(ctx)
