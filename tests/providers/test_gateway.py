@@ -54,6 +54,7 @@ def test_background_sync_and_scan_revoke(gateway, fake_provider, tmp_path):
     fake = fake_provider.fake
     item = _synced(gateway)
     assert item["last_sync"]["inventory"]["api_key"] == 5 and item["last_sync"]["usage_rows"]["completions"] == 2
+    assert item["poller_leader"] is True  # the only instance holds the provider's poller lease
     want = ('keyplane_provider_tokens_last_hour{api_key_id="key_leak",model="gpt-4o",project_id="proj_web",'
             'provider="acme",type="output"} 50.0')
     deadline = time.monotonic() + 10

@@ -127,3 +127,17 @@ class ProviderBinding(Base):
     # reloaded the binding by then).
     retired_key_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     retire_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class ProviderLease(Base):
+    """Who polls a provider in a fleet (keyplane.providers.lease): one row per provider, taken with an atomic
+    ``UPDATE ... WHERE expires_at < now`` and renewed by its holder; ``synced_at`` is the start of the last
+    background sync, so a new leader keeps the fleet's schedule. Migration 0015_provider_lease."""
+
+    __tablename__ = "provider_leases"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(String(64), unique=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[int] = mapped_column(BigInteger)  # unix milliseconds
+    acquired_at: Mapped[int] = mapped_column(BigInteger)  # unix milliseconds, when this holder took it
+    synced_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # unix seconds

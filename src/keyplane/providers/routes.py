@@ -42,6 +42,8 @@ async def list_providers(request: Request) -> JSONResponse:
     last = poller.last if poller is not None else {}
     items = [{"object": "provider", "id": p.name, "kind": p.kind, "base_url": p.base_url,
               "sync_interval": p.sync_interval,
+              # whether this instance holds the provider's poller lease (None: no background sync here)
+              "poller_leader": poller.leader.get(p.name) if poller is not None else None,
               "last_sync": {k: v for k, v in last[p.name].items() if k != "events"} if p.name in last else None}
              for p in rt.settings.file.providers]
     return JSONResponse(list_response(items, False))

@@ -32,10 +32,11 @@ async def check(conn: Connector) -> dict[str, Any]:
             "visible": inv.counts(), "calls": conn.calls}
 
 
-def prices_for(settings: Settings, rules: list[Rule]) -> PriceTable | None:
+def prices_for(settings: Settings, rules: list[Rule], always: bool = False) -> PriceTable | None:
     """The price table the provider rules estimate hourly costs with (keyplane's own: shipped prices.toml,
-    prices_file, [prices.*]), or None when no provider rule counts dollars."""
-    if not any(r.metric == "cost_usd" for r in rules):
+    prices_file, [prices.*]), or None when no provider rule counts dollars (and not ``always``: the poller
+    loads it for the estimated-cost gauges too)."""
+    if not always and not any(r.metric == "cost_usd" for r in rules):
         return None
     from keyplane.billing.prices import PriceTable
 
