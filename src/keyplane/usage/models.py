@@ -52,6 +52,7 @@ class UsageRequest(Base):
 
 
 class _Rollup:
+    __tablename__: str
     bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # unix seconds, start of the bucket
     project_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     api_key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -87,3 +88,23 @@ ROLLUPS: tuple[tuple[int, type[_Rollup]], ...] = ((86400, UsageDay), (3600, Usag
 SUMS: tuple[str, ...] = ("requests", "model_requests", "errors", "input_tokens", "cached_tokens", "output_tokens",
                          "cost_micros", "cost_input_micros", "units", "latency_ms_sum")
 DIMS: tuple[str, ...] = ("project_id", "api_key_id", "user_id", "model", "kind")
+
+
+class VectorStoreSize(Base):
+    """A vector store's size as the upstream reported it (``usage_bytes`` of the object) when it passed
+    through keyplane: created, retrieved, modified, listed or deleted (usage/storage.py). A row is written
+    when the size or state changes; the Usage API's vector_stores bucket is read from them."""
+
+    __tablename__ = "usage_vector_stores"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    vector_store_id: Mapped[str] = mapped_column(String(128))
+    project_id: Mapped[str] = mapped_column(String(64))
+    observed_at: Mapped[int] = mapped_column(BigInteger)  # unix seconds
+    usage_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # the upstream's, if it said
+    gone: Mapped[bool] = mapped_column(Boolean, default=False)  # deleted or expired
+
+    __table_args__ = (
+        Index("ix_usage_vector_stores_project", "project_id", "observed_at"),
+        Index("ix_usage_vector_stores_store", "vector_store_id", "observed_at"),
+    )

@@ -69,17 +69,54 @@ def rollup_rows(records: Iterable[Record], granularity: int) -> list[dict[str, A
     return [acc[k] for k in sorted(acc)]
 
 
+def coarser(rows: Iterable[dict[str, Any]], granularity: int) -> list[dict[str, Any]]:
+    """Rollup rows of a finer granularity summed into ``granularity`` (a multiple of theirs): the hour
+    and day rows come from the minute rows, so each record is summed once, not once per table."""
+    acc: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for fine in rows:
+        b = fine["bucket"]
+        key = (b - b % granularity, *(fine[d] for d in DIMS))
+        row = acc.get(key)
+        if row is None:
+            acc[key] = {**fine, "bucket": key[0]}
+            continue
+        for s in SUMS:
+            row[s] += fine[s]
+    return [acc[k] for k in sorted(acc)]
+
+
+def rollups_of(records: Iterable[Record]) -> dict[int, list[dict[str, Any]]]:
+    """{granularity: rollup rows} for every table of ROLLUPS, the records summed once (into minutes)."""
+    finest = min(g for g, _t in ROLLUPS)
+    out = {finest: rollup_rows(records, finest)}
+    for g, _t in sorted(ROLLUPS):
+        if g != finest:
+            out[g] = coarser(out[finest], g)
+    return out
+
+
+# The per-request row's columns, in the order :func:`request_values` gives them (every column of
+# usage_requests but ``seq``; tests/usage check the two agree).
+REQUEST_COLUMNS: tuple[str, ...] = (
+    "id", "created_at", "org_id", "project_id", "api_key_id", "user_id", "model", "upstream", "kind", "endpoint",
+    "status", "input_tokens", "cached_tokens", "output_tokens", "cost_micros", "cost_input_micros", "units",
+    "latency_ms", "ttft_ms", "stream", "disconnected", "estimated", "attempts", "error", "upstream_request_id",
+)
+
+
+def request_values(r: Record) -> list[Any]:
+    """A record's usage_requests row as values in REQUEST_COLUMNS order."""
+    return [
+        r.id, int(r.t), r.org_id, r.project_id, r.key_id, r.user_id, r.model, r.upstream, r.kind, r.endpoint[:256],
+        r.status, r.input_tokens, r.cached_tokens, r.output_tokens, r.cost_micros, r.cost_input_micros, r.units,
+        r.latency_ms, r.ttft_ms, bool(r.stream), bool(r.disconnected), bool(r.estimated), r.attempts,
+        r.error[:256] if r.error else None,
+        r.upstream_request_id[:128] if r.upstream_request_id else None,
+    ]
+
+
 def request_row(r: Record) -> dict[str, Any]:
-    return {
-        "id": r.id, "created_at": int(r.t), "org_id": r.org_id, "project_id": r.project_id,
-        "api_key_id": r.key_id, "user_id": r.user_id, "model": r.model, "upstream": r.upstream,
-        "kind": r.kind, "endpoint": r.endpoint[:256], "status": r.status, "input_tokens": r.input_tokens,
-        "cached_tokens": r.cached_tokens, "output_tokens": r.output_tokens, "cost_micros": r.cost_micros,
-        "cost_input_micros": r.cost_input_micros, "units": r.units, "latency_ms": r.latency_ms, "ttft_ms": r.ttft_ms,
-        "stream": r.stream, "disconnected": r.disconnected, "estimated": r.estimated, "attempts": r.attempts,
-        "error": r.error[:256] if r.error else None,
-        "upstream_request_id": r.upstream_request_id[:128] if r.upstream_request_id else None,
-    }
+    return dict(zip(REQUEST_COLUMNS, request_values(r), strict=True))
 
 
 # --- range queries -------------------------------------------------------------------------------
