@@ -174,3 +174,14 @@ def test_a_half_written_frame_does_not_hide_later_records(tmp_path, monkeypatch)
     assert tail.dropped_bytes == 5
     w.close()
     w.release()
+
+
+def test_two_writers_of_one_process_in_one_millisecond_both_open(tmp_path):
+    """Writer ids are unique even within a millisecond (they name the lock file: the second used to fail)."""
+    writers = [JournalWriter(tmp_path, fsync="never") for _ in range(20)]
+    for w in writers:
+        w.open()
+    assert len({w.writer for w in writers}) == 20
+    for w in writers:
+        w.close()
+        w.release()

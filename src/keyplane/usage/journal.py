@@ -112,7 +112,9 @@ def parse_frames(buf: bytes | memoryview, start: int = 0) -> tuple[list[tuple[Re
 
 
 def new_writer_id() -> str:
-    return f"w{os.getpid()}-{int(time.time() * 1000):x}"
+    """Unique per writer: two writers of one process within one millisecond (tests, a restarted worker
+    reusing a pid) must not share a lock file, or the second cannot open."""
+    return f"w{os.getpid()}-{int(time.time() * 1000):x}-{os.urandom(4).hex()}"
 
 
 def _segment_name(writer: str, n: int) -> str:
