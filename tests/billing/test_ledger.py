@@ -99,3 +99,23 @@ def test_unreachable_redis_refuses_rather_than_skipping_limits(template_home, tm
         assert not fake.model_requests()
     finally:
         srv.stop()
+
+
+def test_the_period_of_an_instant_is_its_utc_month_at_every_boundary():
+    """period_of answers from the UTC day (cached): the month boundaries are UTC midnights."""
+    import calendar
+    import random
+    from datetime import UTC, datetime
+
+    from keyplane.billing.state import period_of
+
+    def month(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m")
+
+    rnd = random.Random(3)
+    instants = [rnd.uniform(0, 4e9) for _ in range(20_000)]
+    for y in range(2024, 2031):
+        for m in range(1, 13):
+            start = calendar.timegm((y, m, 1, 0, 0, 0))
+            instants += [start - 0.0005, start, start + 0.25, start + 86399.999]
+    assert [period_of(t) for t in instants] == [month(t) for t in instants]

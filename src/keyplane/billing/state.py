@@ -8,6 +8,7 @@ transaction, like keys and projects), so the request path never runs SQL.
 from __future__ import annotations
 
 import calendar
+import functools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -110,7 +111,13 @@ async def load_from(conn: AsyncConnection, table: tiers.TierTable, revision: int
 
 def period_of(now: float) -> str:
     """The UTC calendar month of ``now``: spend limits and alerts count per month."""
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m")
+    return _period_of_day(int(now // 86400))
+
+
+@functools.lru_cache(maxsize=64)
+def _period_of_day(day: int) -> str:
+    """Months start at a UTC midnight, so the day decides the month (the ledger asks once per record)."""
+    return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m")
 
 
 def period_bounds(now: float) -> tuple[int, int]:
