@@ -30,8 +30,50 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(d).decode()
 
 
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The process's log handler: a StreamHandler that can also write many records at once
+    (:meth:`emit_many`: one write and one flush for a batch, where ``emit`` flushes, a system call, per
+    line). The access log writes its lines this way (usage/access_log.py)."""
+
+    def emit_many(self, records: list[logging.LogRecord]) -> None:
+        lines: list[str] = []
+        for record in records:
+            if record.levelno < self.level or not self.filter(record):
+                continue
+            try:
+                lines.append(self.format(record) + self.terminator)
+            except Exception:
+                self.handleError(record)
+        if not lines:
+            return
+        try:
+            with self.lock:  # type: ignore[union-attr]
+                self.stream.write("".join(lines))
+                self.flush()
+        except Exception:
+            self.handleError(records[-1])
+
+
+def batch_handlers(logger: logging.Logger, level: int) -> list[LineHandler] | None:
+    """The handlers a record of ``logger`` at ``level`` reaches (Logger.callHandlers' walk), when every
+    one of them can write batches; None when any cannot (then log record by record)."""
+    if logger.disabled or not logger.isEnabledFor(level) or logger.filters:
+        return None
+    out: list[LineHandler] = []
+    c: logging.Logger | None = logger
+    while c is not None:
+        for h in c.handlers:
+            if type(h) is not LineHandler:
+                return None
+            out.append(h)
+        if not c.propagate:
+            break
+        c = c.parent
+    return out
+
+
 def setup_logging(fmt: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LineHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

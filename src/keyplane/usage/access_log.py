@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from keyplane.logs import safe
+from keyplane.logs import batch_handlers, safe
 
 log = logging.getLogger("keyplane.access")
 _FORMAT = "%s %s %s %s model=%s tokens=%d/%d cost=$%.6f %.0fms%s"
@@ -56,6 +56,9 @@ class AccessLog:
 
     def flush(self) -> None:
         pending, self.pending = self.pending, []
+        if not pending:
+            return
+        records: list[logging.LogRecord] = []
         for row in pending:
             f = fields(row)
             tail = f" error={f['error']}" if f["error"] else ""
@@ -63,6 +66,13 @@ class AccessLog:
             model = safe(f["model"]) if f["model"] is not None else "-"
             args = (f["request_id"], f["method"], safe(f["endpoint"]), f["status"], model, f["input_tokens"],
                     f["output_tokens"], f["cost_usd"], f["latency_ms"], tail)
-            # makeRecord + handle rather than log.info: no stack walk for the caller (findCaller).
-            log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, _FORMAT, args, None, "access",
-                                      {"fields": f}))
+            # makeRecord rather than log.info: no stack walk for the caller (findCaller).
+            records.append(log.makeRecord(log.name, logging.INFO, __file__, 0, _FORMAT, args, None, "access",
+                                          {"fields": f}))
+        handlers = batch_handlers(log, logging.INFO)
+        if handlers is None:  # a handler keyplane did not set up: the logging module's own way, line by line
+            for record in records:
+                log.handle(record)
+            return
+        for h in handlers:  # keyplane's handler: the batch in one write
+            h.emit_many(records)
