@@ -1,0 +1,112 @@
+"""Profile keyplane as compare.py runs it (every guard on) under wrk, with py-spy, threads included.
+
+    .venv/bin/python bench/profile_keyplane.py [--seconds 20] [--out /tmp/kp-profile]
+
+Starts nginx (the fixed-answer upstream) and keyplane exactly as bench/compare.py does, warms it up,
+then runs compare.py's sustained 32-connection run (RSS and journal lag sampled) while ``py-spy
+record`` samples the process (every thread: the serving loop, the usage applier, aiosqlite's threads).
+Writes a speedscope profile and a flat "top" summary of each thread's own and cumulative time per
+function. Needs py-spy (`.venv/bin/pip install py-spy`)
+and the same tools as compare.py (wrk, nginx with the echo module).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import compare  # noqa: E402
+from compare_kit import Processes  # noqa: E402
+from proxy_bench import cpu_seconds  # noqa: E402
+
+
+def summarize(speedscope: Path, top: int) -> str:
+    """Self and total time per frame, per thread, from py-spy's speedscope output."""
+    doc = json.loads(speedscope.read_text())
+    frames = doc["shared"]["frames"]
+    out: list[str] = []
+    for prof in doc["profiles"]:
+        total = len(prof["samples"]) or 1  # py-spy's weights are seconds: count samples instead
+        own: collections.Counter[int] = collections.Counter()
+        cum: collections.Counter[int] = collections.Counter()
+        for stack in prof["samples"]:
+            w = 1
+            if stack:
+                own[stack[-1]] += w
+            for f in set(stack):
+                cum[f] += w
+        if total < 20:
+            continue
+
+        def name(i: int) -> str:
+            f = frames[i]
+            file = str(f.get("file", "")).split("site-packages/")[-1].split("src/")[-1]
+            return f"{f['name']} ({file}:{f.get('line', '')})"
+
+        out.append(f"\n== {prof['name']}: {total} samples")
+        out.append("-- own time")
+        out += [f"{100 * w / total:5.1f}%  {name(i)}" for i, w in own.most_common(top)]
+        out.append("-- total time")
+        out += [f"{100 * w / total:5.1f}%  {name(i)}" for i, w in cum.most_common(top)]
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--out", default="/tmp/kp-profile")
+    ap.add_argument("--bare", action="store_true", help="profile the bare Python proxy instead (the yardstick)")
+    args = ap.parse_args()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        raise SystemExit("py-spy is needed: .venv/bin/pip install py-spy")
+    compare.ensure_tools()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="kp-profile-") as tmp:
+        ps = Processes(Path(tmp))
+        try:
+            direct = compare.start_nginx(ps)
+            up = direct.url.rsplit("/v1/", 1)[0]
+            t = compare.start_bare(ps, up) if args.bare else compare.start_keyplane(ps, up, notes)
+            compare.wrk(t, 32, 5)  # warm-up
+            time.sleep(3)
+            prof = out / "keyplane.speedscope.json"
+            spy_p = subprocess.Popen([spy, "record", "--pid", str(t.pid), "--rate", str(args.rate), "--format",
+                                      "speedscope", "--threads", "--nonblocking", "--output", str(prof),
+                                      "--duration", str(int(args.seconds + 5))],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            cpu0 = cpu_seconds(t.pid)
+            compare.sustained(t, args.seconds)  # 32 connections; samples RSS and the journal's lag
+            cpu = cpu_seconds(t.pid) - cpu0
+            spy_p.wait(timeout=60)
+            r = t.sustained
+            requests = r["rps"] * args.seconds
+            head = (f"{r['rps']:.0f} req/s at 32 connections, {r['errors']:.0f} errors; CPU per request incl. the "
+                    f"drain and 5 s after: {cpu * 1e6 / max(1, requests):.0f} us; journal lag max "
+                    f"{r.get('lag_max', 0):.0f} records ({r.get('lag_max', 0) / max(1, r['rps']):.2f} s), oldest "
+                    f"{r.get('lag_age_max', 0):.2f} s, drained {r.get('drain_s', 0):.1f} s after; peak RSS "
+                    f"{r['peak_rss']:.0f} MB")
+            text = head + "\n" + summarize(prof, args.top)
+            (out / "summary.txt").write_text(text)
+            print(text)
+            print(f"\nspeedscope profile: {prof} (open at https://www.speedscope.app)")
+        finally:
+            ps.stop_all()
+
+
+if __name__ == "__main__":
+    main()
