@@ -7,7 +7,8 @@ Applies ``--records`` synthetic usage records to a fresh store (SQLite in a temp
 PostgreSQL URL to use that instead, e.g. a scratch database) in batches of varied sizes, as the
 applier sees them under uneven load (1 to 2,000 records, each batch its own size), with a dozen keys,
 models and projects so the rollups upsert as in production. It samples the process RSS after every
-batch, and fails (exit 1) when RSS grows by more than ``--max-growth-mb`` between the end of the
+batch, reports the rows and bytes each usage table holds at the end (docs/metering.md quotes them per
+million requests), and fails (exit 1) when RSS grows by more than ``--max-growth-mb`` between the end of the
 warm-up (the first ``--warmup`` fraction of the records) and the end of the run.
 
 The bug it guards (issue 15, finding 6): the applier built a multi-row ``INSERT ... VALUES`` per
@@ -27,6 +28,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyplane.config import database_url_for
 from keyplane.store import db
@@ -58,6 +62,37 @@ def make_records(n: int, start: int, t0: float, rng: random.Random) -> list[Reco
     return out
 
 
+TABLES = ("usage_requests", "usage_minute", "usage_hour", "usage_day")
+
+
+async def storage_of(engine: AsyncEngine) -> dict[str, tuple[int, int | None]]:
+    """{table: (rows, bytes on disk with its indexes, or None where the store cannot tell)}; on SQLite
+    the database's size (its pages, WAL included) is reported under "(database file)"."""
+    out: dict[str, tuple[int, int | None]] = {}
+    async with engine.connect() as conn:
+        pg = conn.dialect.name == "postgresql"
+        for t in TABLES:
+            n = int((await conn.execute(text(f"SELECT count(*) FROM {t}"))).scalar_one())
+            size = int((await conn.execute(text(f"SELECT pg_total_relation_size('{t}')"))).scalar_one()) \
+                if pg else None
+            out[t] = (n, size)
+        if not pg:
+            pages = int((await conn.execute(text("PRAGMA page_count"))).scalar_one())
+            page = int((await conn.execute(text("PRAGMA page_size"))).scalar_one())
+            out["(database file)"] = (0, pages * page)
+    return out
+
+
+def print_storage(storage: dict[str, tuple[int, int | None]], records: int) -> None:
+    per = 1_000_000 / max(1, records)
+    print("storage (rows and bytes; per million requests for the per-request table, which grows with them):")
+    for t, (n, size) in storage.items():
+        mb = f"{size / 1e6:9.1f} MB" if size is not None else "        - "
+        extra = f"  = {n * per:,.0f} rows, {size * per / 1e6:,.0f} MB per million requests" \
+            if t == "usage_requests" and size is not None else ""
+        print(f"  {t:<18} {n:>9,} rows {mb}{extra}")
+
+
 async def run(args: argparse.Namespace) -> int:
     tmp = tempfile.TemporaryDirectory()
     url = database_url_for(args.database_url, Path(tmp.name))
@@ -83,6 +118,7 @@ async def run(args: argparse.Namespace) -> int:
             warm_rss = rss_mb()
         samples.append((done, rss_mb()))
     cpu = time.process_time() - cpu0
+    storage = await storage_of(engine)
     await engine.dispose()
     tmp.cleanup()
     end_rss = samples[-1][1]
@@ -93,6 +129,7 @@ async def run(args: argparse.Namespace) -> int:
           f"{cpu / max(1, done) * 1e6:.1f} us of process CPU per record (record building included)")
     print(f"RSS: {samples[0][1]:.1f} MB after the first batch, {warm_rss:.1f} MB after warm-up, "
           f"{end_rss:.1f} MB at the end: growth {growth:+.1f} MB (limit {args.max_growth_mb} MB)")
+    print_storage(storage, done)
     for n, mb in samples[:: max(1, len(samples) // 10)]:
         print(f"  {n:>8} records  {mb:8.1f} MB")
     if growth > args.max_growth_mb:
