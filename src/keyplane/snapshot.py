@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyplane.bus import Bus, Event, KeyDelta, ProjectDelta
 from keyplane.members import grants as members_grants
+from keyplane.periodic import Periodic
 from keyplane.scopes import Permissions, parse_permissions
 from keyplane.store.models import ApiKey, Meta, Organization, Project
 
@@ -160,6 +161,8 @@ class Snapshot:
         # user id -> effective admin permissions (keyplane.members.grants); every full reload rereads them
         # (a change to roles, groups or users is opaque on the bus, so it always causes a full reload).
         self.grants: dict[str, frozenset[str]] = {}
+        # user id -> project id -> what their project-scoped roles grant there (members.grants.load_projects)
+        self.project_grants: dict[str, dict[str, frozenset[str]]] = {}
         self.loaded = False
         self.monotonic = monotonic
         self.applied = -1  # every change up to this revision is reflected (loaded, or applied from events)
@@ -198,9 +201,10 @@ class Snapshot:
                 rows.extend(part)
             projects = (await conn.execute(select(Project.id, Project.name, Project.status))).all()
             grants = await members_grants.load(conn)
+            project_grants = await members_grants.load_projects(conn)
         keys, by_id, digests = await asyncio.to_thread(build_keys, rows, self.keys_by_id)
         self.keys, self.keys_by_id, self._digests = keys, by_id, digests
-        self.grants = grants
+        self.grants, self.project_grants = grants, project_grants
         old_projects = self.projects
         self.projects = {p.id: _same(old_projects.get(p.id), ProjectEntry(p.id, p.name, p.status))
                          for p in projects}
@@ -427,7 +431,7 @@ class LastUsedRecorder:
         self.engine = engine
         self.interval = interval
         self.pending: dict[str, int] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("last-used-flusher", self.flush, interval)
 
     def touch(self, key_id: str, now: float) -> None:
         self.pending[key_id] = int(now)
@@ -439,25 +443,18 @@ class LastUsedRecorder:
         by_time: dict[int, list[str]] = {}
         for kid, t in batch.items():
             by_time.setdefault(t, []).append(kid)
-        async with self.engine.begin() as conn:
-            for t, ids in by_time.items():
-                await conn.execute(update(ApiKey).where(ApiKey.id.in_(ids)).values(last_used_at=t))
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.flush()
-            except Exception:
-                log.warning("last_used_at flush failed; will retry", exc_info=True)
+        try:
+            async with self.engine.begin() as conn:
+                for t, ids in by_time.items():
+                    await conn.execute(update(ApiKey).where(ApiKey.id.in_(ids)).values(last_used_at=t))
+        except BaseException:  # the store is away: keep them for the next flush (the newer time wins)
+            for kid, t in batch.items():
+                if self.pending.get(kid, 0) < t:
+                    self.pending[kid] = t
+            raise
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="last-used-flusher")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(Exception):
-            await self.flush()
+        await self._periodic.stop(final_step=True)

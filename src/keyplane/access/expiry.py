@@ -8,8 +8,6 @@ thresholds (created with 2 days to live) gets one notice, for the nearest, and t
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import Any, Final
 
@@ -18,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from keyplane import alerts
 from keyplane.access.models import ExpiryNotice
+from keyplane.periodic import Periodic
 
 log = logging.getLogger("keyplane.access.expiry")
 
@@ -31,7 +30,8 @@ class ExpiryNotifier:
         self.rt = rt
         self.interval = interval
         self._done: set[tuple[str, int]] = set()
-        self._task: asyncio.Task[None] | None = None
+        # A pass at start, then every interval; the store may be away: the next pass retries.
+        self._periodic = Periodic("key-expiry-notices", self.check, interval, first_delay=0)
 
     async def check(self) -> int:
         """One pass; returns how many notices this instance sent."""
@@ -79,19 +79,8 @@ class ExpiryNotifier:
                              "project_id": k.project_id, "expires_at": k.expires_at},
                      "threshold_days": days, "expires_in_seconds": left}))
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.check()
-            except Exception as e:  # the store may be away: the next pass retries
-                log.warning("key expiry check failed (%s)", type(e).__name__)
-            await asyncio.sleep(self.interval)
-
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="key-expiry-notices")
+        self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._periodic.stop()

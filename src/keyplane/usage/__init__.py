@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from keyplane.periodic import Periodic
+
 log = logging.getLogger("keyplane.usage")
 FLUSH_SECONDS = 0.25  # request-path sums -> prometheus_client, pending access-log lines -> the log
 
@@ -69,17 +71,14 @@ async def start(rt: Any) -> Any:
     applier.start(_engine_factory(rt))
 
     tasks: list[asyncio.Task[None]] = []
+    fsync: Periodic | None = None
     if s.usage_journal_fsync == "interval":
-        async def fsync_loop() -> None:
-            while True:
-                await asyncio.sleep(s.usage_journal_fsync_seconds)
-                if writer.dirty or writer._retired:
-                    try:
-                        await asyncio.to_thread(writer.sync)
-                    except OSError as e:
-                        log.error("usage journal: fsync failed: %s", e)
+        async def fsync_step() -> None:  # off the event loop
+            if writer.dirty or writer._retired:
+                await asyncio.to_thread(writer.sync)
 
-        tasks.append(asyncio.create_task(fsync_loop(), name="usage-journal-fsync"))
+        fsync = Periodic("usage journal fsync", fsync_step, s.usage_journal_fsync_seconds, level=logging.ERROR,
+                         cap=s.usage_journal_fsync_seconds).start()
 
     tracing = Tracing.create(s)
     recorder = Recorder(rt, writer, applier, metrics, tracing)
@@ -114,8 +113,13 @@ async def start(rt: Any) -> Any:
     rt.extras["usage.applier"] = applier
     rt.extras["usage.writer"] = writer
     rt.extras["usage.flush"] = flush
+    from keyplane.usage.storage import VectorStores
+
+    rt.extras["usage.vector_stores"] = VectorStores(rt)  # sizes the upstream reports (proxy/tenancy.py)
 
     async def stop() -> None:
+        if fsync is not None:
+            await fsync.stop()
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -24,6 +24,7 @@ import orjson
 from sqlalchemy import Insert, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from keyplane.periodic import backoff
 from keyplane.usage import rollups
 from keyplane.usage.journal import JournalWriter, Position, Record, Tail, try_lock, writers_in
 from keyplane.usage.models import DIMS, ROLLUPS, SUMS, UsageRequest
@@ -341,7 +342,7 @@ class Applier:
                 if self.failures == 1 or self.failures % 20 == 0:
                     log.warning("usage journal: cannot apply to the store (%s: %s); %d records wait in the journal",
                                 type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", self.lag)
-                await asyncio.sleep(min(30.0, self.interval * 2 ** min(self.failures, 6)))
+                await asyncio.sleep(backoff(self.failures, self.interval))
 
     def start(self, engine_factory: Callable[[], AsyncEngine] | None = None) -> None:
         """Start the task: on the running loop, or (``engine_factory``) in a thread with its own loop and engine."""
