@@ -220,6 +220,13 @@ class Price(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     images: dict[str, float] = msgspec.field(default_factory=dict)  # per image, by "quality size"
     per_1m_characters: float | None = None  # speech
     per_minute: float | None = None  # transcription, translation
+    # Audio tokens of realtime (and audio) models, per 1M tokens; ``input``/``cached_input``/``output`` are
+    # then the text rates. cached_audio_input defaults to audio_input.
+    audio_input: float | None = None
+    cached_audio_input: float | None = None
+    audio_output: float | None = None
+    source: str | None = None  # where this entry's prices were read (the price file's own when absent)
+    taken: str | None = None  # when (YYYY-MM or YYYY-MM-DD; the price file's own when absent)
 
 
 class CreditSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -520,7 +527,8 @@ def _validate(cfg: FileConfig, flat: dict[str, Any], path: Path) -> None:
                 f"{where}.api_key_env: looks like a key; name the environment variable that holds it instead"
             )
     for model, price in cfg.prices.items():
-        for field in ("input", "output", "cached_input", "per_1m_characters", "per_minute"):
+        for field in ("input", "output", "cached_input", "per_1m_characters", "per_minute", "audio_input",
+                      "cached_audio_input", "audio_output"):
             v = getattr(price, field)
             if v is not None and v < 0:
                 raise ConfigError(f"{path}: $.prices.{model}.{field}: must be >= 0")

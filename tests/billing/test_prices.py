@@ -67,3 +67,38 @@ def test_config_errors_name_the_field(tmp_path):
         '[limits]\nenabled = false\n[credit]\nenforce = true\n'))
     assert [t.name for t in s.file.tiers] == ["base", "big"] and s.file.tiers[1].rate_limits["gpt-*"].tpm == 5000
     assert s.file.limits.enabled is False and s.file.credit.enforce is True
+
+
+def test_a_usage_by_modality_is_priced_at_each_rate():
+    from keyplane.billing.prices import Tokens
+
+    t = PriceTable.from_config({})
+    rt = t.lookup("gpt-realtime")  # text $4 / $0.40 / $16, audio $32 / $0.40 / $64 per 1M tokens
+    assert rt is not None and (rt.input, rt.audio_input, rt.cached_audio_input, rt.audio_output) == (
+        4_000_000, 32_000_000, 400_000, 64_000_000)
+    by = Tokens(text_in=1000, audio_in=2000, cached_text=400, cached_audio=500, text_out=300, audio_out=700)
+    assert rt.cost_by(by) == (2400 + 160 + 48000 + 200 + 4800 + 44800, 2400 + 160 + 48000 + 200)
+    # Without the details, every token at the dearest rate; and that is what is reserved.
+    assert rt.cost(3000, 900, 1000) == (2100 * 32 + 900 * 0.4 + 1000 * 64)
+    assert rt.max_cost(3000, 1000) == 3000 * 32 + 1000 * 64
+    # Cached tokens the usage does not attribute get the smallest discount they can have: text first here
+    # ($4 -> $0.40), then audio ($32 -> $0.40).
+    rest = Tokens(text_in=100, audio_in=100, cached_rest=150)
+    assert rt.cost_by(rest)[0] == round(100 * 0.4 + 50 * 0.4 + 50 * 32)
+    # A model without audio rates: the text rates for everything, as before.
+    mini = t.lookup("gpt-4o-mini")
+    assert mini is not None and mini.cost_by(Tokens(text_in=1000, cached_rest=400, text_out=500)) == (
+        mini.cost(1000, 400, 500), mini.cost(1000, 400, 0))
+    # A service tier scales the audio rates too.
+    assert rt.scaled(2_000_000).audio_output == 128_000_000
+
+
+def test_audio_rates_in_keyplane_toml(tmp_path):
+    t = PriceTable.from_config({"voice": PriceConfig(input=1, output=2, audio_input=10, audio_output=20)})
+    p = t.lookup("voice")
+    assert p is not None and (p.audio_input, p.cached_audio_input, p.audio_output) == (10_000_000, 10_000_000,
+                                                                                       20_000_000)
+    with pytest.raises(PriceError, match="cached_audio_input: needs audio_input"):
+        PriceTable.from_config({"voice": PriceConfig(input=1, cached_audio_input=1)})
+    with pytest.raises(ConfigError, match=r"\$.prices.v.audio_output: must be >= 0"):
+        make_settings(tmp_path / "h", config_text='[prices."v"]\ninput = 1\naudio_output = -1\n')

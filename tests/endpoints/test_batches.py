@@ -259,3 +259,135 @@ def test_a_batch_nobody_reads_again_is_metered_by_the_background_poll(make_gatew
     assert _spent(srv) == (2 * COST, 0)
     client.batches.retrieve(b.id)  # read afterwards: nothing more
     assert _spent(srv) == (2 * COST, 0)
+
+
+# --- access: scopes, model and hosted tool permissions of every request of the file ------------------
+
+def _line(i: int, model: str, **body: object) -> bytes:
+    b = {"model": model, "messages": [{"role": "user", "content": f"hi {i}"}], "max_tokens": 10, **body}
+    return orjson.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": b})
+
+
+def _create(client: OpenAI, content: bytes, purpose: str = "batch"):  # type: ignore[no-untyped-def]
+    f = client.files.create(file=("in.jsonl", content), purpose=purpose)  # type: ignore[arg-type]
+    return client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+
+def _denied(call, code: str) -> str:  # type: ignore[no-untyped-def]
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        call()
+    assert e.value.code == code, e.value.body
+    return e.value.message
+
+
+def test_a_batch_is_held_to_the_model_permissions_line_by_line(make_gateway, fake):
+    srv = make_gateway()
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    admin_sdk(srv).admin.organization.projects.model_permissions.update(
+        srv.project_id, mode="allow_list", model_ids=["gpt-4o-mini"])
+    before = len(fake.objects.batches)
+    msg = _denied(lambda: _create(client, b"\n".join([_line(1, "gpt-4o-mini"), _line(2, "gpt-4o")])),
+                  "model_not_permitted")
+    assert "`gpt-4o`" in msg and "Line 2 of the batch's input file" in msg and srv.project_id in msg
+    # a second model deeper in a request is one the provider may run too
+    msg = _denied(lambda: _create(client, _line(1, "gpt-4o-mini", metadata={"model": "o3"})), "model_not_permitted")
+    assert "`o3`" in msg and "Line 1" in msg
+    # a file keyplane did not read as a batch file cannot be checked
+    msg = _denied(lambda: _create(client, _line(1, "gpt-4o-mini"), purpose="fine-tune"), "batch_not_permitted")
+    assert "purpose=batch" in msg
+    assert len(fake.objects.batches) == before  # nothing reached the upstream
+    ok = _create(client, b"\n".join([_line(1, "gpt-4o-mini"), _line(2, "gpt-4o-mini-2024-07-18")]))
+    assert ok.id in fake.objects.batches
+
+
+def test_a_batch_is_held_to_the_scopes_of_its_key(make_gateway, fake):
+    """A key allowed batches and files but not model requests cannot run chat completions through a batch."""
+    srv = make_gateway()
+    with admin_http(srv) as h:
+        key = h.post(f"/projects/{srv.project_id}/api_keys", json={
+            "name": "batch-only", "permissions": ["api.batch.write", "api.files.write"]}).json()
+    client = OpenAI(base_url=srv.v1, api_key=key["value"], max_retries=0)
+    before = len(fake.objects.batches)
+    msg = _denied(lambda: _create(client, _line(1, "gpt-4o-mini")), "missing_scope")
+    assert "api.model.request" in msg and "/v1/chat/completions" in msg
+    assert len(fake.objects.batches) == before
+    full = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    assert _create(full, _line(1, "gpt-4o-mini")).id in fake.objects.batches
+
+
+# input $1 and output $1600 per 1M tokens, 5 output tokens at most, 100 tokens of context window.
+TOOLS_PRICE = '[prices."fake-tools"]\ninput = 1\noutput = 1600\nmax_output = 5\ncontext_window = 100\n'
+
+
+def _tool_lines(n: int, **body: object) -> bytes:
+    return b"\n".join(orjson.dumps({"custom_id": f"t-{i}", "method": "POST", "url": "/v1/responses", "body": {
+        "model": "fake-tools", "input": f"search {i}", "tools": [{"type": "web_search"}], "max_output_tokens": 5,
+        **body}}) for i in range(n))
+
+
+def test_hosted_tools_in_a_batch_are_reserved_up_to_max_tool_calls_and_metered(make_gateway, fake):
+    srv = make_gateway(TOOLS_PRICE)
+    fake.objects.batch_status = "in_progress"
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    start = int(time.time()) - 5
+    _limit(srv, 100)
+    # Without max_tool_calls the calls are not bounded: refused under a spend limit, saying what to set.
+    f = client.files.create(file=("in.jsonl", _tool_lines(1)), purpose="batch")
+    msg = _denied(lambda: client.batches.create(input_file_id=f.id, endpoint="/v1/responses",
+                                                completion_window="24h"), "cost_not_bounded")
+    assert "max_tool_calls" in msg
+    # With it: per request 2 calls x $0.01 at full price, plus (2 + 1) turns x 100 input tokens x $1/M and
+    # 5 output tokens x $1600/M at half price: 20000 + ceil(8300 / 2) = 24150 micro-dollars reserved.
+    f = client.files.create(file=("in.jsonl", _tool_lines(2, max_tool_calls=2)), purpose="batch")
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/responses", completion_window="24h")
+    assert _spent(srv) == (0, 2 * 24_150)
+    fake.objects.batches[b.id]["status"] = "completed"
+    client.batches.retrieve(b.id)  # each request searched once (the fake calls each tool it is given once)
+    drain(srv)
+    with admin_http(srv) as h:
+        recs = h.get("/usage/requests", params={"start_time": start, "limit": 100}).json()["data"]
+    toks = [r for r in recs if r["kind"] == "batch_responses"]
+    searches = [r for r in recs if r["kind"] == "web_search_calls"]
+    assert len(toks) == 2 and len(searches) == 2 and len({r["id"] for r in recs}) == len(recs)
+    token_cost = sum(-(-(r["input_tokens"] + 5 * 1600) // 2) for r in toks)
+    assert sum(round(r["cost"]["value"] * 1e6) for r in toks) == token_cost
+    assert _spent(srv) == (token_cost + 2 * 10_000, 0)
+    usage = admin_sdk(srv).admin.organization.usage
+    web = [x for bk in usage.web_search_calls(start_time=start).data for x in bk.results]
+    assert [x.num_requests for x in web] == [2]
+    costs = usage.costs(start_time=start, group_by=["line_item"])
+    items = {x.line_item: round(x.amount.value * 1e6) for bk in costs.data for x in bk.results}
+    assert items["web search tool calls"] == 2 * 10_000
+
+
+def test_a_hosted_tool_disabled_for_the_project_refuses_the_batch(make_gateway, fake):
+    srv = make_gateway(TOOLS_PRICE)
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    admin_sdk(srv).admin.organization.projects.hosted_tool_permissions.update(
+        srv.project_id, web_search={"enabled": False})
+    plain = orjson.dumps({"custom_id": "p", "method": "POST", "url": "/v1/responses", "body": {
+        "model": "fake-tools", "input": "hi", "max_output_tokens": 5}})
+    before = len(fake.objects.batches)
+    for content in (plain + b"\n" + _tool_lines(1, max_tool_calls=1),  # a tool
+                    orjson.dumps({"custom_id": "s", "method": "POST", "url": "/v1/chat/completions", "body": {
+                        "model": "gpt-4o-mini-search-preview", "messages": [], "max_tokens": 5}})):  # a search model
+        f = client.files.create(file=("in.jsonl", content), purpose="batch")
+        msg = _denied(lambda f=f: client.batches.create(input_file_id=f.id, endpoint="/v1/responses",
+                                                        completion_window="24h"), "tool_not_permitted")
+        assert "`web_search`" in msg and "Line" in msg
+    assert len(fake.objects.batches) == before
+    f = client.files.create(file=("in.jsonl", plain), purpose="batch")
+    assert client.batches.create(input_file_id=f.id, endpoint="/v1/responses", completion_window="24h").id
+
+
+def test_estimates_of_input_files_with_hosted_tools():
+    t = PriceTable.from_config({}, "")
+    lines = _tool_lines(1, model="gpt-4.1-mini", max_tool_calls=3).replace(b'"fake-tools"', b'"gpt-4.1-mini"')
+    est = estimate(t, lines, 4096)
+    # 3 web searches at $0.01, plus (3 + 1) x the 1047576-token context window x $0.40/M and 5 output tokens
+    # x $1.60/M, halved and rounded up once
+    assert est.cost == 3 * 10_000 + -(-(-(-(4 * 1_047_576 * 400_000 + 5 * 1_600_000) // 1_000_000)) // 2)
+    assert est.facts.tools == {"web_search": 1} and est.facts.models == {"gpt-4.1-mini": 1}
+    unbounded = estimate(t, _tool_lines(1).replace(b'"fake-tools"', b'"gpt-4.1-mini"'), 4096)
+    assert unbounded.cost is None and "max_tool_calls" in (unbounded.why or "")
+    assert unbounded.facts.unchecked is None and unbounded.facts.tools == {"web_search": 1}  # still read

@@ -211,7 +211,7 @@ def test_passthrough_and_refused_paths(gw, fake):
     assert r.status_code == 200 and r.json()["object"] == "list"
     assert fake.model_requests()[-1].headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     # Covered by an area but not served by the upstream: its 404 comes back in OpenAI's shape.
-    r = httpx.get(gw.v1 + "/vector_stores", headers={"Authorization": f"Bearer {gw.api_key}"})
+    r = httpx.get(gw.v1 + "/assistants", headers={"Authorization": f"Bearer {gw.api_key}"})
     assert r.status_code == 404 and "error" in r.json()
     # No permission area covers it: refused without an upstream call.
     n = len(fake.model_requests())

@@ -12,6 +12,7 @@ import pytest
 import websockets
 from openai import AsyncOpenAI, OpenAI
 
+from keyplane.testing.fake_realtime import Usage
 from tests.billing.conftest import clean_redis, redis_env
 from tests.proxy.conftest import record_settled, wait_for
 from tests.realtime.conftest import COST, TEST_MODEL, UPSTREAM_KEY, admin
@@ -47,8 +48,9 @@ def test_a_session_relays_and_records_each_response(make_gateway, fake_rt):
     for ctx in settled:
         assert ctx.endpoint == "/v1/realtime" and ctx.model == "gpt-realtime" and ctx.status == 200
         assert (ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens) == (100, 20, 40)
-        # audio rates: 80 input x $32/M + 20 cached x $0.4/M + 40 output x $64/M
-        assert ctx.cost_micros == 2560 + 8 + 2560
+        # by modality: 20 text x $4/M + 20 cached text x $0.4/M + 60 audio x $32/M, 10 text out x $16/M
+        # + 30 audio out x $64/M
+        assert ctx.cost_micros == 80 + 8 + 1920 + 160 + 1920
         assert ctx.record is not None and ctx.record.kind == "completions"  # where OpenAI reports realtime
     assert settled[0].request_id != settled[1].request_id
     # The Usage API shows them in the completions bucket.
@@ -328,3 +330,46 @@ def test_a_response_the_upstream_refuses_costs_nothing(make_gateway, fake_rt):
     assert (refused.status, refused.error, refused.cost_micros) == (400, "invalid_value", 0)
     assert not refused.usage_estimated
     assert (done.status, done.completion_tokens) == (200, 40)
+
+
+def test_each_modality_is_priced_at_its_own_rate(make_gateway, fake_rt):
+    """Text and audio input, cached text and audio input, text and audio output: each at the shipped table's
+    rate for the model; image input and a usage without details at the dearest (audio) rates."""
+    srv = make_gateway()
+    settled = record_settled(srv)
+    b = srv.app.runtime.extras["billing"]
+    cases = [
+        # gpt-realtime: text $4 / cached $0.40 / out $16, audio $32 / cached $0.40 / out $64 (per 1M tokens)
+        ("gpt-realtime", Usage(text_in=1000, audio_in=2000, cached_text=400, cached_audio=500, text_out=300,
+                               audio_out=700),
+         (600 * 4 + 400 * 0.4 + 1500 * 32 + 500 * 0.4, 300 * 16 + 700 * 64)),
+        # gpt-realtime-mini: text $0.60 / cached $0.06 / out $2.40, audio $10 / cached $0.30 / out $20
+        ("gpt-realtime-mini", Usage(text_in=1000, audio_in=2000, cached_text=400, cached_audio=500, text_out=300,
+                                    audio_out=700),
+         (600 * 0.6 + 400 * 0.06 + 1500 * 10 + 500 * 0.3, 300 * 2.4 + 700 * 20)),
+        # image input is not a text or audio rate: at the dearest input rate
+        ("gpt-realtime", Usage(text_in=100, audio_in=0, cached_text=0, image_in=50, text_out=10, audio_out=0),
+         (100 * 4 + 50 * 32, 10 * 16)),
+        # no details: every token at the audio rates, never less than the provider bills
+        ("gpt-realtime", Usage(text_in=1000, audio_in=2000, cached_text=400, text_out=300, audio_out=700,
+                               details=False),
+         (3000 * 32, 1000 * 64)),
+    ]
+    total = 0
+    for i, (model, usage, (cost_in, cost_out)) in enumerate(cases):
+        fake_rt.usage = usage
+        events = asyncio.run(_responses(srv, srv.api_key, model, 1))
+        assert [e.type for e in events] == ["response.done"]
+        wait_for(lambda i=i: len(settled) == i + 1)
+        ctx = settled[i]
+        want_in, want = round(cost_in), round(cost_in + cost_out)
+        assert (ctx.model, ctx.cost_micros, ctx.cost_input_micros) == (model, want, want_in), (i, ctx.modalities)
+        assert ctx.record is not None and (ctx.record.cost_micros, ctx.record.cost_input_micros) == (want, want_in)
+        total += want
+    # 100360 + 30254 + 2160 + 160000 micro-dollars, in the project's spend once settled
+    assert total == 100_360 + 30_254 + 2_160 + 160_000
+    wait_for(lambda: srv.call(b.spent("project", srv.project_id)) == (total, 0))
+    listed = {p["model"]: p for p in admin(srv, "GET", "/prices")["data"]}
+    assert {k: listed["gpt-realtime"][k] for k in ("input", "output", "audio_input", "audio_output")} == {
+        "input": 4, "output": 16, "audio_input": 32, "audio_output": 64}
+    assert "audio_input" not in listed["gpt-4o-mini"]

@@ -13,7 +13,7 @@ import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 import orjson
 from sqlalchemy import select
@@ -38,6 +38,16 @@ _JSON_TOOL_PATHS: Final = ("/v1/responses", "/v1/chat/completions", "/v1/complet
                            "/v1/assistants", "/v1/threads", "/v1/evals")
 
 
+class BatchFacts(Protocol):
+    """What the requests of a batch input file ask for (billing/batch_input.Facts): name -> first line."""
+
+    models: dict[str, int]
+    tools: dict[str, int]
+    stored_prompt: int | None
+    unnamed: int | None
+    unchecked: str | None
+
+
 @dataclass(frozen=True)
 class ModelPolicy:
     mode: str  # allow_list | deny_list
@@ -56,6 +66,20 @@ class ModelPolicy:
             return False
         names = {model, model.strip().rsplit("/", 1)[-1]}
         return not any(_matches(e, m) for e in self.model_ids for m in names)
+
+
+def _one_reading(body: bytes) -> inspect.Asked:
+    """What a JSON body asks for, if every parser reads it alike (no duplicated key); else the 400."""
+    try:
+        asked = inspect.read(body)
+    except inspect.Unreadable as e:
+        raise errors.bad_request(f"{e} It cannot be checked against this project's access policy.",
+                                 code="invalid_body") from None
+    if asked.duplicated:
+        name = sorted(asked.duplicated)[0]
+        raise errors.bad_request(f"The request body repeats the key '{name}'; with an access policy set, "
+                                 "each key may appear once per object.", param=name, code="duplicate_key")
+    return asked
 
 
 def _plain(model: str) -> bool:
@@ -88,6 +112,9 @@ class Policies:
     disabled_tools: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     ips: dict[tuple[str, str], tuple[ip.IPNet, ...]] = field(default_factory=dict)  # ("org", "org") too
     trusted_proxies: tuple[ip.IPNet, ...] = ()
+    # True while billing's admission reads batch input files and holds a batch's creation to these policies
+    # (check_batch, from billing/batches.py); else batches are refused while a policy is set.
+    batches_checked: Callable[[], bool] = lambda: False
     revision: int = -1  # the control plane's revision these policies are at least as new as
     behind: Callable[[int], bool] = lambda rev: False  # True while the snapshot is newer than ``rev``
     _reloaded: asyncio.Event = field(default_factory=asyncio.Event)
@@ -162,20 +189,74 @@ class Policies:
             if not ip.allows(cidrs, address):
                 raise errors.ip_not_allowed(address, name)
 
-    def check_request(self, project_id: str | None, key_id: str, path: str, method: str, model: str | None,
-                      spending: bool, body: bytes, is_json: bool) -> None:
-        """Raise the 403 (or 400) for a model or hosted tool outside the project's or the key's policy."""
-        if not self.models and not self.disabled_tools:
-            return
+    def _rules(self, project_id: str | None, key_id: str
+               ) -> tuple[list[tuple[tuple[str, str], ModelPolicy]], dict[str, tuple[str, str]]]:
+        """The model policies that apply (key's, project's) and each disabled hosted tool with who disabled it."""
         scopes = [("key", key_id)] + ([("project", project_id)] if project_id else [])
         mpols = [(s, p) for s in scopes if (p := self.models.get(s)) is not None]
         off: dict[str, tuple[str, str]] = {}
         for s in scopes:
             for t in self.disabled_tools.get(s, ()):
                 off.setdefault(t, s)
+        return mpols, off
+
+    def check_batch(self, project_id: str | None, key_id: str, file_id: str | None, facts: BatchFacts | None) -> None:
+        """POST /v1/batches: every request of its input file held to the policies, as if sent on its own (the
+        403 names the model or tool, and the line of the file). ``facts`` None: the file was not read."""
+        if not self.models and not self.disabled_tools:
+            return
+        mpols, off = self._rules(project_id, key_id)
+        if not mpols and not off:
+            return
+        fid = (file_id or "")[:64]
+        if facts is None or facts.unchecked is not None:
+            why = (f"its input file `{fid}` was not uploaded through keyplane with purpose=batch"
+                   if facts is None and file_id
+                   else "it names no input file" if facts is None else f"its input file `{fid}`: {facts.unchecked}")
+            raise errors.access_refused(
+                f"This batch cannot be checked against the model and hosted tool permissions of its project or key: "
+                f"{why}. Upload the input file through keyplane (POST /v1/files with purpose=batch), with every "
+                "line a JSON object, so that each request it holds is checked.", "batch_not_permitted")
+
+        def at(e: errors.APIError, line: int | None) -> errors.APIError:  # where the request stands in the file
+            if line is not None:
+                e.message = f"{e.message} (Line {line} of the batch's input file `{fid}`.)"
+            return e
+
+        for t, line in sorted(facts.tools.items()):
+            if t in off:
+                raise at(errors.tool_not_permitted(t, *off[t]), line)
+        if facts.stored_prompt is not None and off:
+            raise at(errors.access_refused(
+                "A stored prompt may enable hosted tools keyplane cannot see; while hosted tools ("
+                + ", ".join(sorted(off)) + ") are disabled for this project or key, send the prompt's "
+                "content instead of its id.", "tool_not_permitted"), facts.stored_prompt)
+        if "web_search" in off:
+            for m, line in sorted(facts.models.items()):
+                if inspect.search_model(m):
+                    raise at(errors.tool_not_permitted("web_search", *off["web_search"]), line)
+        for scope, pol in mpols:
+            for m, line in sorted(facts.models.items()):
+                if not pol.allows(m):
+                    raise at(errors.model_not_permitted(m, scope[0], scope[1], pol.mode), line)
+            if facts.unnamed is not None:
+                where = f"project {scope[1]}" if scope[0] == "project" else f"API key {scope[1]}"
+                raise at(errors.access_refused(f"This request names no model, so the provider would choose one; with "
+                                               f"model permissions set on {where}, name the model.",
+                                               "model_not_permitted"), facts.unnamed)
+
+    def check_request(self, project_id: str | None, key_id: str, path: str, method: str, model: str | None,
+                      spending: bool, body: bytes, is_json: bool) -> None:
+        """Raise the 403 (or 400) for a model or hosted tool outside the project's or the key's policy."""
+        if not self.models and not self.disabled_tools:
+            return
+        mpols, off = self._rules(project_id, key_id)
         if not mpols and not off:
             return
         if method == "POST" and path == "/v1/batches":
+            if self.batches_checked():  # its requests, read from its input file, are checked at admission (check_batch)
+                _one_reading(body)  # the input_file_id checked is the one every parser reads
+                return
             # The batch's requests sit in an uploaded file keyplane does not read: no way to hold them to a policy.
             raise errors.access_refused("Batches cannot be checked against this project's model or hosted tool "
                                         "permissions, so they are refused while such a policy is set.",
@@ -184,15 +265,7 @@ class Policies:
             raise errors.tool_not_permitted("code_interpreter", *off["code_interpreter"])  # its sandboxes
         models: set[str] = {model} if model else set()
         if body and (is_json or body.lstrip()[:1] in (b"{", b"[")):  # whatever content type it claims
-            try:
-                asked = inspect.read(body)
-            except inspect.Unreadable as e:
-                raise errors.bad_request(f"{e} It cannot be checked against this project's access policy.",
-                                         code="invalid_body") from None
-            if asked.duplicated:
-                name = sorted(asked.duplicated)[0]
-                raise errors.bad_request(f"The request body repeats the key '{name}'; with an access policy set, "
-                                         "each key may appear once per object.", param=name, code="duplicate_key")
+            asked = _one_reading(body)
             models |= asked.models
             for t in sorted(asked.tools):
                 if t in off:

@@ -118,6 +118,7 @@ class Admission:
         from keyplane.billing.batches import RESERVE_SECONDS
 
         fid, est = await self.batches.input_estimate(ctx)
+        self.batches.check_access(ctx, fid, est)  # scopes, model and hosted tool permissions of every request
         if est is None or est.cost is None:
             why = est.why if est is not None and est.why else (
                 f"its input file `{(fid or '')[:64]}` was not uploaded through keyplane" if fid
@@ -226,7 +227,10 @@ class Admission:
                     cost = max(cost, -(-ctx.units * per_minute // 60))  # type: ignore[operator]
                 ctx.units = ctx.units or int(extra.get("units") or 0)  # type: ignore[call-overload]
         elif price is not None:
-            if used:
+            by = getattr(ctx, "modalities", None)
+            if by is not None and used:  # text and audio each at its rate (a realtime response.done)
+                cost, ctx.cost_input_micros = price.cost_by(by)
+            elif used:
                 cost = price.cost(prompt, cached, completion)
                 ctx.cost_input_micros = min(cost, price.cost(prompt, cached, 0))
             elif ctx.status and ctx.status < 400 and res.amount:

@@ -3,21 +3,26 @@
 docs/limits-and-billing.md "Batches". The flow, for a batch whose input file was uploaded through keyplane:
 
 1. ``POST /v1/files`` with ``purpose=batch``: once the upstream accepted the file (tenancy's after
-   hook), its JSONL is read (at most ``max_body_bytes``, :data:`MAX_LINES` requests) and every line
-   quoted with the synchronous quote code for its endpoint (chat completions, completions, embeddings,
-   responses) at the batch price (the ``[batch]`` factor of the price table: half). The worst-case
-   total is kept against the file id (``batch_costs``, object ``file``) before the client sees the id.
-   A line keyplane cannot price or bound (a model with no price, another endpoint, hosted tools, no
-   output limit for a model without ``max_output``...) makes the file unbounded, with the reason.
-2. ``POST /v1/batches``: admission reserves the file's estimate against every budget (key, project,
-   organization, credit) for the batch's completion window, instead of refusing it; an unknown or
-   unbounded file is refused under money controls (``cost_not_bounded``). Once the upstream created
+   hook), its JSONL is read (at most ``max_body_bytes``, :data:`MAX_LINES` requests; billing/batch_input.py):
+   every line quoted with the synchronous quote code for its endpoint (chat completions, completions,
+   embeddings, responses) at the batch price (the ``[batch]`` factor of the price table: half; hosted
+   tool calls, bounded by each line's ``max_tool_calls``, at their full price), and what every line asks
+   for (models, hosted tools, URLs) noted. Both are kept against the file id (``batch_costs``, object
+   ``file``) before the client sees the id. A line keyplane cannot price or bound (a model with no
+   price, another endpoint, hosted tools without ``max_tool_calls``, no output limit for a model without
+   ``max_output``...) makes the file unbounded, with the reason.
+2. ``POST /v1/batches``: the key's scopes and the project's and key's model and hosted tool permissions
+   are checked against every request of the file (:meth:`Batches.check_access`, a 403 naming the model,
+   tool or scope and the line), then admission reserves the file's estimate against every budget (key,
+   project, organization, credit) for the batch's completion window, instead of refusing it; an unknown
+   or unbounded file is refused under money controls (``cost_not_bounded``). Once the upstream created
    the batch, the reservation is kept against the batch id (object ``batch``).
 3. Retrieving the batch in a terminal state (or billing's background poll finding it so, every few
    minutes, when nobody reads it through keyplane) (``GET /v1/batches/{id}``), or reading its output file's
    content, meters it: one usage record per output line with usage (kind ``batch_completions``,
    ``batch_responses`` or ``batch_embeddings``; id derived from the batch id and the line's
-   ``custom_id``), at the batch price, then the reservation is settled with the total (the rest
+   ``custom_id``), at the batch price, one more per hosted tool kind a line called (``web_search_calls``...,
+   at the full price per call), then the reservation is settled with the total (the rest
    released). A lease on the row (``claimed_at``) and ``settled_at`` make it happen once, across
    polls and instances; the records' ids make a replay harmless in SQL.
 """
@@ -36,15 +41,15 @@ from sqlalchemy import select, update
 
 from keyplane import errors
 from keyplane.billing import quote as quote_mod
+from keyplane.billing.batch_input import LINE_KINDS, MAX_LINES, Estimate, Facts, _unbounded, estimate
 from keyplane.billing.prices import MICROS, Price, PriceTable
 from keyplane.limits import BudgetRef, Reservation
 from keyplane.store.models import BatchCost
 
+__all__ = ["LINE_KINDS", "MAX_LINES", "Batches", "Estimate", "Facts", "estimate", "parse_output", "record_id"]
+
 log = logging.getLogger("keyplane.billing")
 
-MAX_LINES: Final = 50_000  # the Batch API's own limit of requests per file
-LINE_KINDS: Final = {"/v1/chat/completions": "batch_completions", "/v1/completions": "batch_completions",
-                     "/v1/responses": "batch_responses", "/v1/embeddings": "batch_embeddings"}
 BATCH_KINDS: Final = frozenset(LINE_KINDS.values())
 TERMINAL: Final = frozenset({"completed", "failed", "expired", "cancelled"})
 # How long a batch's reservation is held: its 24 h completion window, plus the time to finish and be read.
@@ -53,69 +58,6 @@ LEASE_SECONDS: Final = 600  # a metering that died mid-way is taken over after t
 MAX_OUTPUT_LINE: Final = 16 * 1024 * 1024  # a longer output line is not JSON keyplane reads
 POLL_SECONDS: Final = 300.0  # the background poll retrieves a batch not metered yet at most this often
 POLL_BATCH: Final = 20  # batches retrieved per poll (every minute) and instance
-
-
-@dataclass(slots=True)
-class Estimate:
-    """What a batch input file may cost at the batch price; ``cost`` None: it cannot be bounded (``why``)."""
-
-    cost: int | None
-    why: str | None = None
-    lines: int = 0
-    models: list[str] = field(default_factory=list)
-
-
-def _unbounded(why: str, lines: int = 0) -> Estimate:
-    return Estimate(None, why[:500], lines)
-
-
-def estimate(prices: PriceTable, content: bytes, default_max_tokens: int) -> Estimate:
-    """Quote every line of a batch input file (JSONL) at the batch price: the worst case of the whole file."""
-    from keyplane.proxy import canonical, request
-
-    total = 0
-    n = 0
-    models: set[str] = set()
-    for raw in content.splitlines():
-        if not raw.strip():
-            continue
-        n += 1
-        if n > MAX_LINES:
-            return _unbounded(f"it has more than {MAX_LINES} requests", n)
-        where = f"line {n} of the input file"
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return _unbounded(f"{where} is not JSON", n)
-        url = obj.get("url") if isinstance(obj, dict) else None
-        body = obj.get("body") if isinstance(obj, dict) else None
-        if not isinstance(url, str) or url.split("?", 1)[0] not in LINE_KINDS:
-            return _unbounded(f"{where} calls `{str(url)[:60]}`, which keyplane does not price in a batch", n)
-        if not isinstance(body, dict):
-            return _unbounded(f"{where} has no JSON `body`", n)
-        url = url.split("?", 1)[0]
-        data = orjson.dumps(body)
-        try:
-            f = request.read_fields(canonical.classify("POST", url), [], data)
-        except errors.APIError as e:
-            return _unbounded(f"{where}: {e.message}", n)
-        q = quote_mod.quote(prices, url, f.model, data, f.output_limit, f.context_ref, None, default_max_tokens)
-        if q.unpriced is not None:
-            return _unbounded(f"{where}: {q.unpriced.message}", n)
-        if q.estimate is not None:
-            return _unbounded(f"{where}: {q.estimate}", n)
-        if q.tools:
-            return _unbounded(f"{where} enables hosted tools, which keyplane does not meter in a batch", n)
-        if q.body is not None and q.price is not None and not q.price.max_output:
-            # keyplane cannot write the output limit into an uploaded file: what it reserves must bind the model
-            return _unbounded(f"{where} sets no output limit and the model `{q.model}` has no max_output in the "
-                              "price table", n)
-        model = q.model or ""
-        total += -(-q.cost * prices.batch_factor(model) // MICROS)
-        models.add(model)
-    if n == 0:
-        return _unbounded("the input file has no requests")
-    return Estimate(total, None, n, sorted(models)[:100])
 
 
 # --- output lines ----------------------------------------------------------------------------------
@@ -152,10 +94,13 @@ class Line:
     cached: int
     completion: int
     upstream_request_id: str | None
+    tools: dict[str, int] = field(default_factory=dict)  # hosted tool calls by usage kind (web_search_calls...)
 
 
 def parse_output(content: bytes, batch_id: str) -> list[Line]:
     """The requests of a batch output file that report usage (failed lines bill nothing)."""
+    from keyplane.proxy.usage import tool_counts
+
     out: list[Line] = []
     seen: dict[str, int] = {}
     for raw in content.splitlines():
@@ -183,9 +128,12 @@ def parse_output(content: bytes, batch_id: str) -> list[Line]:
         status = resp.get("status_code") if isinstance(resp, dict) else None
         model = body.get("model") if isinstance(body, dict) else None
         urid = resp.get("request_id") if isinstance(resp, dict) else None
+        items = body.get("output") if isinstance(body, dict) else None
+        tools = tool_counts((it.get("type"), it.get("container_id")) for it in items if isinstance(it, dict)) \
+            if isinstance(items, list) else {}
         out.append(Line(record_id(batch_id, custom, dup), model if isinstance(model, str) else None,
                         status if isinstance(status, int) else 200, p, c, o,
-                        urid[:128] if isinstance(urid, str) else None))
+                        urid[:128] if isinstance(urid, str) else None, tools))
     return out
 
 
@@ -237,7 +185,9 @@ class Batches:
             est = await asyncio.to_thread(estimate, *args) if len(content) > 64 * 1024 else estimate(*args)
         await self._insert(BatchCost(
             id=fid, object="file", project_id=req.project_id or "", api_key_id=req.key.id,
-            estimate_micros=est.cost, why=est.why, lines=est.lines, data=orjson.dumps({"models": est.models}).decode(),
+            estimate_micros=est.cost, why=est.why, lines=est.lines,
+            data=orjson.dumps({"models": est.models, "facts": est.facts.to_json(),
+                               "tool_prices": est.tool_prices}).decode(),
             upstream=req.upstream, created_at=int(self.rt.clock.now()), cost_micros=0))
         self._remember(fid, req.project_id or "", est)
 
@@ -264,7 +214,9 @@ class Batches:
                                                            BatchCost.project_id == project_id))).scalar_one_or_none()
         if row is None:
             return None
-        est = Estimate(row.estimate_micros, row.why, row.lines, list(orjson.loads(row.data).get("models") or []))
+        data = orjson.loads(row.data)
+        est = Estimate(row.estimate_micros, row.why, row.lines, list(data.get("models") or []),
+                       Facts.from_json(data.get("facts")), dict(data.get("tool_prices") or {}))
         self._remember(file_id, project_id, est)
         return est
 
@@ -281,6 +233,32 @@ class Batches:
             return None, None
         return fid, await self.file_estimate(fid, ctx.project_id or "")
 
+    def check_access(self, ctx: Any, file_id: str | None, est: Estimate | None) -> None:
+        """POST /v1/batches, before the upstream: the key's scopes must allow every endpoint its requests call
+        (the batch's ``endpoint`` and each line's ``url``), and the model and hosted tool permissions of its
+        project and key every model and tool they name (keyplane.access: check_batch). Raises the 403."""
+        from keyplane import scopes
+
+        try:
+            body = orjson.loads(ctx.body)
+        except orjson.JSONDecodeError:
+            body = None
+        endpoint = body.get("endpoint") if isinstance(body, dict) else None
+        urls: dict[str, int | None] = {endpoint: None} if isinstance(endpoint, str) else {}
+        if est is not None:
+            for url, line in est.facts.urls.items():
+                urls.setdefault(url, line)
+        perms = ctx.key.permissions
+        for url, at in sorted(urls.items(), key=lambda kv: kv[1] or 0):
+            need = scopes.required_scope("POST", url)
+            if need is not None and not perms.allows(need):
+                where = f"line {at} of the input file `{(file_id or '')[:64]}`" if at else "the batch"
+                raise errors.missing_scope(need, f"The requests of a batch are held to the scopes of the key that "
+                                                 f"creates it: {where} calls {url[:100]}.")
+        access = self.rt.extras.get("access")
+        if access is not None:
+            access.check_batch(ctx.project_id, ctx.key.id, file_id, est.facts if est is not None else None)
+
     async def batch_created(self, req: Any, obj: dict[str, Any]) -> None:
         """The upstream created a batch admission reserved for: the reservation is kept against its id."""
         res: Reservation | None = req.reservation
@@ -289,7 +267,7 @@ class Batches:
             return
         est: Estimate = res.extra["batch"]  # type: ignore[assignment]
         data = {"rid": res.rid, "amount": res.amount, "budgets": [[b.key, b.limit, b.ttl] for b in res.budgets],
-                "models": est.models, "endpoint": obj.get("endpoint")}
+                "models": est.models, "endpoint": obj.get("endpoint"), "tool_prices": est.tool_prices}
         try:
             await self._insert(BatchCost(
                 id=bid, object="batch", project_id=req.project_id or "", api_key_id=req.key.id,
@@ -413,6 +391,8 @@ class Batches:
         now = self.rt.clock.now()
         records: list[Record] = []
         total = tokens_in = tokens_out = 0
+        # each call at the price of the tool its requests enable (any other: the dearest of its kind)
+        per_call = {**quote_mod.tool_prices(prices), **(data.get("tool_prices") or {})}
         for ln in lines:
             price = prices.lookup(ln.model) if ln.model else None
             model = ln.model
@@ -424,11 +404,19 @@ class Batches:
             total += cost
             tokens_in += ln.prompt
             tokens_out += ln.completion
-            records.append(Record(
+            rec = Record(
                 ln.rid, now, snap.org_id or None, row.project_id, row.api_key_id,
                 entry.owner_user_id if entry is not None else None, ln.model or model, row.upstream, kind, endpoint,
                 ln.status, ln.prompt, ln.cached, ln.completion, cost, part_in, 0.0, None, False, False, False, 1,
-                None, ln.upstream_request_id, 0))
+                None, ln.upstream_request_id, 0)
+            records.append(rec)
+            # Hosted tool calls: at their full price per call (per container session), in the tool buckets.
+            for tool_kind, micros in quote_mod.tool_cost(per_call, ln.tools).items():
+                total += micros
+                records.append(msgspec.structs.replace(
+                    rec, id=record_id(row.id, f"{ln.rid}\0{tool_kind}"), kind=tool_kind, input_tokens=0,
+                    cached_tokens=0, output_tokens=0, cost_micros=micros, cost_input_micros=0,
+                    units=ln.tools[tool_kind]))
         usage = self.rt.pipeline.usage if self.rt.pipeline is not None else None
         append = getattr(usage, "append_records", None)
         if append is not None and records:

@@ -93,12 +93,21 @@ async def usage_tier(request: Request) -> JSONResponse:
     return JSONResponse(obj)
 
 
+def _audio_rates(p: Any) -> dict[str, float]:
+    """The audio rates of a realtime model's entry (USD per 1M tokens); none for the others."""
+    if p.audio_input is None:
+        return {}
+    out = p.output if p.audio_output is None else p.audio_output
+    return {"audio_input": p.audio_input / MICROS, "cached_audio_input": p.cached_audio_input / MICROS,
+            "audio_output": out / MICROS}
+
+
 async def list_prices(request: Request) -> JSONResponse:
     """keyplane extension: the price table in use (USD per 1M tokens)."""
     authenticate_admin(request)
     b = _b(request)
     items = [{"object": "keyplane.price", "id": name, "model": name, "input": p.input / MICROS,
-              "cached_input": p.cached_input / MICROS, "output": p.output / MICROS}
+              "cached_input": p.cached_input / MICROS, "output": p.output / MICROS, **_audio_rates(p)}
              for name, p in sorted(b.prices.entries.items())]
     return JSONResponse({"object": "list", "data": items, "has_more": False,
                          "first_id": items[0]["id"] if items else None, "last_id": items[-1]["id"] if items else None})

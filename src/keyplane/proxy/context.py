@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 from keyplane.snapshot import KeyEntry
 
 if TYPE_CHECKING:
+    from keyplane.billing.prices import Tokens
     from keyplane.cache.affinity import Decision
     from keyplane.limits import Reservation
     from keyplane.usage.journal import Record
@@ -49,6 +50,9 @@ class RequestContext:
     cached_tokens: int = 0
     completion_tokens: int = 0
     units: int = 0  # images made, characters spoken, seconds of audio transcribed (usage API buckets)
+    # The usage by modality (text, audio...) where the upstream reports it (a realtime response.done):
+    # billing prices each at its own rate; prompt/cached/completion_tokens above are its sums.
+    modalities: Tokens | None = None
     # Hosted tool calls of a Responses answer by usage kind (web_search_calls...): [count, micro-dollars].
     tool_calls: dict[str, list[int]] | None = None
     cost_micros: int = 0  # cost in micro-dollars, filled by billing's settle step (keyplane.pipeline)

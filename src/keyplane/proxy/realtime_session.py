@@ -3,7 +3,8 @@
 Each response is a RequestContext of its own, admitted when the client asks for it (``response.create``,
 its ``max_output_tokens`` pinned to what was reserved) or when the upstream starts it unasked (server
 VAD: admitted on ``response.created``, else cancelled), and settled -> recorded -> observed on its
-``response.done`` with the usage reported (input including audio and cached, output). The session's own
+``response.done`` with the usage reported, by modality (text and audio input, cached, output: each at its
+own rate of the price table, billing/prices.py). The session's own
 ``max_output_tokens`` is pinned on connect and capped on every ``session.update``, so a response the
 upstream starts writes no more than its reservation. Whatever is admitted is settled exactly once,
 disconnects included (``finish``).
@@ -22,6 +23,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from keyplane import errors, keys
+from keyplane.billing.prices import Tokens
 from keyplane.proxy import client_secrets
 from keyplane.proxy.context import RequestContext
 from keyplane.proxy.handler import ProxyApp, new_request_id
@@ -100,10 +102,9 @@ class Session:
     async def settle(self, ctx: RequestContext, usage: dict[str, Any] | None, status: int) -> None:
         ctx.status = status
         if isinstance(usage, dict):
-            ctx.prompt_tokens = _int(usage.get("input_tokens"))
-            details = usage.get("input_token_details")
-            ctx.cached_tokens = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-            ctx.completion_tokens = _int(usage.get("output_tokens"))
+            by = usage_tokens(usage)  # text and audio billed at their own rates (billing's settle)
+            ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = by.prompt, by.cached, by.completion
+            ctx.modalities = by
         else:  # never reported (the upstream went away): the output reserved is billed, flagged as estimated
             ctx.usage_estimated = True
             ctx.completion_tokens = ctx.max_tokens or 0
@@ -440,6 +441,29 @@ def _output_cap(rt: Runtime, model: str) -> int | None:
     cap = price.max_output if price is not None else None
     default = getattr(billing, "default_max_tokens", None)
     return cap or (default if isinstance(default, int) else None)
+
+
+def usage_tokens(usage: dict[str, Any]) -> Tokens:
+    """A response.done usage by modality: ``input_token_details`` (text, audio, image, cached, and
+    ``cached_tokens_details`` by modality) and ``output_token_details`` (text, audio). The totals stand for
+    what the details do not attribute (image input, details missing), which is billed at the dearest rates."""
+    d = _dict(usage.get("input_token_details"))
+    text, audio = _int(d.get("text_tokens")), _int(d.get("audio_tokens"))
+    prompt = max(_int(usage.get("input_tokens")), text + audio)
+    cached = min(_int(d.get("cached_tokens")), prompt)
+    cd = _dict(d.get("cached_tokens_details"))
+    c_audio = min(_int(cd.get("audio_tokens")), audio, cached)
+    c_text = min(_int(cd.get("text_tokens")), text, cached - c_audio)
+    o = _dict(usage.get("output_token_details"))
+    t_out, a_out = _int(o.get("text_tokens")), _int(o.get("audio_tokens"))
+    completion = max(_int(usage.get("output_tokens")), t_out + a_out)
+    return Tokens(text_in=text, audio_in=audio, other_in=prompt - text - audio, cached_text=c_text,
+                  cached_audio=c_audio, cached_rest=cached - c_text - c_audio, text_out=t_out, audio_out=a_out,
+                  other_out=completion - t_out - a_out)
+
+
+def _dict(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
 
 
 def _int(v: Any) -> int:

@@ -21,6 +21,7 @@ is owned on every instance of a fleet before the client can use it; a cache miss
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Iterable
@@ -32,7 +33,8 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from keyplane import errors
+from keyplane import errors, logs
+from keyplane.proxy import multipart
 from keyplane.proxy.router import Deployment, Router
 from keyplane.runtime import Runtime
 from keyplane.store.models import ProviderObject
@@ -46,6 +48,7 @@ COLLECTIONS: Final[dict[str, str]] = {
     "/v1/evals": "Eval", "/v1/conversations": "Conversation", "/v1/responses": "Response",
     "/v1/chat/completions": "ChatCompletion", "/v1/containers": "Container", "/v1/videos": "Video",
 }
+_STORES: Final = "/v1/vector_stores"
 # Segments right under a collection that are endpoints, not object ids.
 _NOT_IDS: Final = {"/v1/responses": frozenset({"input_tokens", "compact"}), "/v1/threads": frozenset({"runs"})}
 # POST paths that create an object owned by the caller: the collections, and these.
@@ -65,6 +68,12 @@ _REF_RE: Final = re.compile(rb'"(?:' + b"|".join(k.encode() for k in REF_FIELDS)
 _STORE_RE: Final = re.compile(rb'"store"\s*:\s*(true|false)')
 _STREAM_ID_RE: Final = re.compile(rb'"id"\s*:\s*"((?:resp_|chatcmpl-)[A-Za-z0-9_\-]{1,120})"')
 _MAX_REFS: Final = 1000
+_MAX_FILE_REFS: Final = 10_000  # ids the requests of one batch input file may name, all lines together
+# The kind a batch input file is recorded with when keyplane could not hold its requests to the ownership check
+# (unreadable upload, or lines naming another project's objects): a batch may not run it (Tenancy.check).
+UNCHECKED_FILE: Final = "file.unchecked"
+# Eval data sources that select stored objects by a query rather than by id (proxy/tenancy.eval_refs).
+_EVAL_QUERIES: Final = frozenset({"stored_completions", "responses"})
 _CACHE_MAX: Final = 200_000
 _MISS_MAX: Final = 10_000
 _MISS_TTL: Final = 2.0  # seconds an unknown id is remembered as unknown (ids are random: only guesses miss)
@@ -93,6 +102,7 @@ class Target:
 class Owner:
     project_id: str
     upstream: str
+    kind: str = ""  # the object's kind as recorded (UNCHECKED_FILE: a batch may not run it)
 
 
 def target(path: str) -> Target | None:
@@ -138,6 +148,11 @@ def body_refs(body: bytes) -> list[tuple[str, str]]:
         # It names an object but does not parse here (NaN, bad escapes...): a more lenient parser
         # upstream might read it, so it is refused rather than passed on unchecked.
         raise errors.invalid_json() from None
+    return _walk(obj)
+
+
+def _walk(obj: object) -> list[tuple[str, str]]:
+    """(field, id) for each provider object a parsed JSON value names, wherever it stands."""
     out: list[tuple[str, str]] = []
     stack: list[tuple[object, int]] = [(obj, 0)]
     while stack and len(out) <= _MAX_REFS:
@@ -169,6 +184,82 @@ def _ids(v: object) -> Iterable[str]:
     return ()
 
 
+def eval_refs(body: bytes) -> list[tuple[str, str]]:
+    """The files an eval call (POST /v1/evals...) names in its data sources as ``{"type": "file_id", "id": ...}``
+    (field ``file_id``), for the ownership check. A data source that selects stored chat completions or stored
+    responses by a query (``stored_completions``, a ``responses`` source) is refused: the provider would pick them
+    among everything stored under its key, every project's. Read once, strictly (a key given twice is refused:
+    parsers that keep the first and the last value would read two different sources)."""
+    if not body.strip():
+        return []
+    if 0 in body[:4]:
+        raise errors.invalid_json()
+    try:
+        obj = json.loads(body, object_pairs_hook=_one_of_each)
+    except (ValueError, RecursionError):
+        raise errors.invalid_json() from None
+    out: list[tuple[str, str]] = []
+    stack: list[tuple[object, int]] = [(obj, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > 64:
+            raise errors.bad_request("The request body is nested too deeply.", code="invalid_body")
+        if isinstance(node, dict):
+            src = node.get("source")
+            if isinstance(src, dict) and src.get("type") in _EVAL_QUERIES:
+                raise errors.access_refused(
+                    "An eval may not read stored chat completions or stored responses by query through keyplane: "
+                    "the provider would select them among every project's that share its key. Give the items in a "
+                    "file your project uploaded (`file_id`) or inline (`file_content`).", "eval_source_not_permitted")
+            if node.get("type") == "file_id" and "id" in node:
+                fid = node["id"]
+                if not isinstance(fid, str):
+                    raise errors.invalid_value("id", "A data source's file `id` must be a string.")
+                out.append(("file_id", fid))
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+        if len(out) > _MAX_REFS:
+            raise errors.bad_request(f"The request names more than {_MAX_REFS} provider objects.", code="too_many_ids")
+    return out
+
+
+def _one_of_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise errors.bad_request(f"The request body gives the key '{k[:40]}' twice in one object.",
+                                     param=k[:40], code="duplicate_key")
+        out[k] = v
+    return out
+
+
+def batch_file_refs(content: bytes) -> list[tuple[int, str, str]]:
+    """(line, field, id) for each provider object the requests of a batch input file (JSONL) name: the provider
+    runs them under the same key as any request, so they are held to the same ownership check. Read line by
+    line at every LF (a CR is JSON whitespace to a parser that splits at LF only, so it never hides a key from
+    this reading); a line that names an object and does not parse, or a file that is not UTF-8 text, is an
+    APIError (refused rather than passed on unchecked)."""
+    if b"\x00" in content:
+        raise errors.bad_request("A batch input file must be UTF-8 JSONL text.", code="invalid_body")
+    if _REF_RE.search(content) is None:
+        return []
+    out: list[tuple[int, str, str]] = []
+    for n, line in enumerate(content.split(b"\n"), 1):
+        if _REF_RE.search(line) is None:
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise errors.bad_request(f"Line {n} of the batch input file names a provider object and is not one JSON "
+                                     "object keyplane can read.", code="invalid_body") from None
+        out.extend((n, k, i) for k, i in _walk(obj))
+        if len(out) > _MAX_FILE_REFS:
+            raise errors.bad_request(f"The batch input file names more than {_MAX_FILE_REFS} provider objects.",
+                                     code="too_many_ids")
+    return out
+
+
 class OwnerStore:
     """provider_objects: a write-through process cache over SQL; a miss reads SQL."""
 
@@ -192,10 +283,10 @@ class OwnerStore:
                 want.append(i)
         if want:
             async with self.rt.read() as s:
-                rows = (await s.execute(select(ProviderObject.id, ProviderObject.project_id, ProviderObject.upstream)
-                                        .where(ProviderObject.id.in_(want)))).all()
+                rows = (await s.execute(select(ProviderObject.id, ProviderObject.project_id, ProviderObject.upstream,
+                                               ProviderObject.object).where(ProviderObject.id.in_(want)))).all()
             for r in rows:
-                out[r.id] = self._remember(r.id, Owner(r.project_id, r.upstream))
+                out[r.id] = self._remember(r.id, Owner(r.project_id, r.upstream, r.object or ""))
             if len(self.misses) >= _MISS_MAX:
                 self.misses.clear()
             for i in want:
@@ -218,7 +309,7 @@ class OwnerStore:
         if not fresh:
             return
         for r in fresh:
-            self._remember(r.id, Owner(r.project_id, r.upstream))
+            self._remember(r.id, Owner(r.project_id, r.upstream, r.object or ""))
         loop = asyncio.get_running_loop()
         futs = []
         for r in fresh:
@@ -283,6 +374,8 @@ class Tenancy:
         pid = project_id or ""
         t = target(endpoint)
         refs = body_refs(body) if method == "POST" else []
+        if method == "POST" and endpoint.startswith("/v1/evals"):  # data sources name files their own way
+            refs.extend(eval_refs(body))
         if (t is None or t.object_id is None) and not refs:
             return None
         wanted = [t.object_id] if t is not None and t.object_id is not None else []
@@ -300,6 +393,12 @@ class Tenancy:
             o = owners.get(oid)
             if o is None or o.project_id != pid:
                 raise errors.object_not_found(REF_FIELDS[name], oid, param=name)
+            if o.kind == UNCHECKED_FILE and name == "input_file_id" and endpoint == "/v1/batches":
+                raise errors.access_refused(
+                    f"The input file `{oid}` cannot run as a batch: keyplane could not read its requests at the "
+                    "upload, or they name provider objects (responses, files, vector stores...) that your project "
+                    "does not own. Upload it again through POST /v1/files (multipart/form-data, purpose=batch), "
+                    "naming only your project's objects.", "batch_input_unchecked")
             pinned = pinned or o.upstream
         return pinned
 
@@ -331,8 +430,12 @@ class Tenancy:
                                      int(self.rt.clock.now())))
 
     def wants_body(self, req: TenantRequest) -> bool:
-        """True when after() must see the whole JSON answer (creates, lists, batch and job retrievals)."""
+        """True when after() must see the whole JSON answer (creates, lists, batch and job retrievals, a vector
+        store's retrieval, modification or deletion: its size is metered, usage/storage.py)."""
         t = target(req.endpoint)
+        if t is not None and t.collection == _STORES and t.object_id is not None \
+                and req.endpoint == f"{_STORES}/{t.object_id}":
+            return True
         if req.method == "POST":
             return req.endpoint in _CREATES_ALSO or (t is not None and (
                 t.object_id is None or req.endpoint.endswith(("/complete", "/cancel"))))
@@ -364,16 +467,50 @@ class Tenancy:
             body = await self._filter(obj, pid, body)
             for item in obj["data"]:
                 rows.extend(_derived(item, pid, upstream, now))
+            seen = obj["data"]  # the caller's own items only
         else:
             if create:
                 rows.extend(_created(obj, pid, upstream, now))
             rows.extend(_derived(obj, pid, upstream, now))
+            seen = [obj]
+        if create and req.endpoint == "/v1/files" and obj.get("object") == "file" \
+                and str(obj.get("purpose")).strip().lower() == "batch":
+            try:
+                why = await self._batch_input_problem(req, pid)
+            except Exception:  # the store unreachable...: not checked, so not runnable (fail closed)
+                log.exception("could not check the requests of batch input file %s", logs.safe(str(obj.get("id"))))
+                why = "keyplane could not check its requests"
+            if why is not None:  # its requests could not be held to the ownership check: no batch may run it
+                log.warning("batch input file %s of project %s: %s", logs.safe(str(obj.get("id"))), pid, why)
+                rows = [r if r.id != obj.get("id") else _row(r.id, UNCHECKED_FILE, pid, upstream, now)[0]
+                        for r in rows]
         if rows:
             await self.store.record(rows)
+        if t is not None and t.collection == _STORES and (sizes := self.rt.extras.get("usage.vector_stores")):
+            await sizes.observe(pid, seen)  # usage_bytes, for the Usage API's vector_stores bucket
         kind = obj.get("object")
         if kind == "batch" or (kind == "file" and create):
             await self._batches(req, obj, create)
         return body
+
+    async def _batch_input_problem(self, req: TenantRequest, pid: str) -> str | None:
+        """Why the requests of a batch input file just uploaded cannot run for project ``pid`` (an upload keyplane
+        cannot read, or a line naming an object another project owns), or None."""
+        ct = getattr(req, "content_type", None)
+        try:
+            if not ct:
+                raise errors.bad_request("no Content-Type")
+            content = multipart.file_part([(b"content-type", ct)], req.body)
+            refs = await asyncio.to_thread(batch_file_refs, content) if len(content) > 64 * 1024 \
+                else batch_file_refs(content)
+        except errors.APIError as e:
+            return f"keyplane could not read its requests ({e.message})"
+        owners = await self.store.owners({i for _, _, i in refs})
+        for line, name, oid in refs:
+            o = owners.get(oid)
+            if o is None or o.project_id != pid:
+                return f"line {line} names {REF_FIELDS[name]} `{oid[:64]}` ({name}), which the project does not own"
+        return None
 
     async def _batches(self, req: TenantRequest, obj: dict[str, Any], create: bool) -> None:
         """Batch billing (billing/batches.py): a batch input file priced, a batch's reservation kept, a

@@ -11,6 +11,7 @@ Characters spoken are counted from the request (billing/quote.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -60,20 +61,27 @@ class _Body(msgspec.Struct):
         u = self.usage
         if u is None or not self.output:
             return u
-        calls: dict[str, int] = {}
-        containers: set[str] = set()
-        for item in self.output:
-            kind = _TOOL_ITEMS.get(item.type or "")
-            if kind is None:
-                continue
-            if kind == "code_interpreter_sessions":
-                if item.container_id in containers:
-                    continue
-                containers.add(item.container_id or f"#{len(containers)}")
-            calls[kind] = calls.get(kind, 0) + 1
+        calls = tool_counts((item.type, item.container_id) for item in self.output)
         if calls:
             u.tools = calls
         return u
+
+
+def tool_counts(items: Iterable[tuple[Any, Any]]) -> dict[str, int]:
+    """Hosted tool calls by usage kind, from the (type, container_id) of a Responses answer's output items:
+    a code interpreter is billed per container (session), the others per call."""
+    calls: dict[str, int] = {}
+    containers: set[str] = set()
+    for typ, container in items:
+        kind = _TOOL_ITEMS.get(typ) if isinstance(typ, str) else None
+        if kind is None:
+            continue
+        if kind == "code_interpreter_sessions":
+            if container in containers:
+                continue
+            containers.add(container if isinstance(container, str) else f"#{len(containers)}")
+        calls[kind] = calls.get(kind, 0) + 1
+    return calls
 
 
 class _Chunk(msgspec.Struct):

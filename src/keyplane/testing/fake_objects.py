@@ -1,4 +1,5 @@
-"""The fake upstream's provider objects: files (multipart upload), batches, deleting stored responses.
+"""The fake upstream's provider objects: files (multipart upload), batches, vector stores (with their
+``usage_bytes``), deleting stored responses.
 
 Just enough of OpenAI's object endpoints for the tenancy tests (keyplane.proxy.tenancy) and batch
 billing (keyplane.billing.batches): the fake itself keeps no notion of projects, like a provider key
@@ -26,17 +27,23 @@ class FakeObjects:
         self.contents: dict[str, bytes] = {}  # file id -> the uploaded bytes
         self.outputs: dict[str, str] = {}  # output file id -> its batch id
         self.batch_status = "completed"  # the status a new batch starts in
+        # Vector stores: created with usage_bytes = store_bytes (a test sets vector_stores[id]["usage_bytes"]).
+        self.vector_stores: dict[str, dict[str, Any]] = {}
+        self.store_bytes = 0
         self.output_reads = 0  # how many times an output file's content was read
         self._ids = itertools.count(1)
 
     def answer(self, method: str, path: str, body: bytes) -> tuple[int, Any] | None:
         """(status, JSON answer) for an object path, or None when the path is not one of these."""
         parts = path.split("/")[2:]  # /v1/<coll>/<id>/<sub>
-        if not parts or (parts[0] not in ("files", "batches") and not (parts[0] == "responses" and len(parts) > 1)):
+        if not parts or (parts[0] not in ("files", "batches") and not (parts[0] == "responses" and len(parts) > 1)
+                         and not (parts[0] == "vector_stores" and len(parts) <= 2)):
             return None
         coll, oid, sub = parts[0], parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None
         if coll == "responses":  # any id: keyplane decides who may delete one (GET streams it: fake_upstream)
             return (200, {"id": oid, "object": "response", "deleted": True}) if method == "DELETE" else None
+        if coll == "vector_stores":
+            return self._store(method, oid, body)
         store = self.files if coll == "files" else self.batches
         if oid is None:
             if method == "GET":
@@ -73,6 +80,36 @@ class FakeObjects:
             return 200, {"content": f"the content of {oid}"}
         return 200, obj
 
+    def _store(self, method: str, oid: str | None, body: bytes) -> tuple[int, Any] | None:
+        import orjson
+
+        if oid is None:
+            if method == "GET":
+                data = sorted(self.vector_stores.values(), key=lambda o: o["created_at"], reverse=True)
+                return 200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                             "last_id": data[-1]["id"] if data else None, "has_more": False}
+            req = orjson.loads(body) if body else {}
+            n = next(self._ids)
+            obj: dict[str, Any] = {
+                "id": f"vs_fake{n:08d}", "object": "vector_store", "created_at": int(time.time()) * 1000 + n,
+                "name": req.get("name"), "usage_bytes": self.store_bytes, "status": "completed",
+                "last_active_at": int(time.time()), "metadata": req.get("metadata") or {}, "expires_at": None,
+                "file_counts": {"cancelled": 0, "completed": 0, "failed": 0, "in_progress": 0, "total": 0}}
+            self.vector_stores[obj["id"]] = obj
+            return 200, obj
+        found = self.vector_stores.get(oid)
+        if found is None:
+            return 404, {"error": {"message": f"No such vector store: {oid}", "type": "invalid_request_error",
+                                   "param": None, "code": None}}
+        if method == "DELETE":
+            del self.vector_stores[oid]
+            return 200, {"id": oid, "object": "vector_store.deleted", "deleted": True}
+        if method == "POST" and body:
+            req = orjson.loads(body)
+            if "name" in req:
+                found["name"] = req["name"]
+        return 200, found
+
     def _file(self, body: bytes) -> dict[str, Any]:
         n = next(self._ids)
         name = _FILE_NAME.search(body)
@@ -107,8 +144,10 @@ class FakeObjects:
             body, url, rid = req.get("body") or {}, req.get("url"), f"req_fakebatch{i}"
             if url == "/v1/embeddings":
                 answer = answers.embeddings(body)
-            elif url == "/v1/responses":
-                answer = answers.response_object(body, answers.DEFAULT_TEXT, 0, rid)
+            elif url == "/v1/responses":  # with a call of each hosted tool it enables, as the synchronous fake
+                from keyplane.testing.fake_upstream import _with_tool_calls
+
+                answer = _with_tool_calls(answers.response_object(body, answers.DEFAULT_TEXT, 0, rid), body)
             elif url == "/v1/completions":
                 answer = answers.completion(body, answers.DEFAULT_TEXT, 0, rid)
             else:

@@ -28,11 +28,16 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 @dataclass
 class Usage:
+    """What each response.done reports (cached tokens are part of their modality's input)."""
+
     text_in: int = 40
     audio_in: int = 60
-    cached: int = 20
+    cached_text: int = 20
+    cached_audio: int = 0
+    image_in: int = 0
     text_out: int = 10
     audio_out: int = 30
+    details: bool = True  # False: only the totals, no input/output token details
 
 
 @dataclass
@@ -152,12 +157,16 @@ class FakeRealtime:
         u = self.usage
         text_out = min(u.text_out, limit)
         audio_out = min(u.audio_out, limit - text_out)
-        usage = {"total_tokens": u.text_in + u.audio_in + text_out + audio_out,
-                 "input_tokens": u.text_in + u.audio_in, "output_tokens": text_out + audio_out,
-                 "input_token_details": {"text_tokens": u.text_in, "audio_tokens": u.audio_in,
-                                         "cached_tokens": u.cached, "image_tokens": 0,
-                                         "cached_tokens_details": {"text_tokens": u.cached, "audio_tokens": 0}},
-                 "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out}}
+        inp = u.text_in + u.audio_in + u.image_in
+        usage: dict[str, Any] = {"total_tokens": inp + text_out + audio_out, "input_tokens": inp,
+                                 "output_tokens": text_out + audio_out}
+        if u.details:
+            usage["input_token_details"] = {
+                "text_tokens": u.text_in, "audio_tokens": u.audio_in, "image_tokens": u.image_in,
+                "cached_tokens": u.cached_text + u.cached_audio,
+                "cached_tokens_details": {"text_tokens": u.cached_text, "audio_tokens": u.cached_audio,
+                                          "image_tokens": 0}}
+            usage["output_token_details"] = {"text_tokens": text_out, "audio_tokens": audio_out}
         with contextlib.suppress(Exception):  # the relay went away
             await ws.send(orjson.dumps({"type": "response.done", "event_id": f"event_{rid}_d",
                                         "response": {"id": rid, "object": "realtime.response",

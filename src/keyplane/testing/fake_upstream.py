@@ -109,6 +109,7 @@ class FakeUpstream:
         self.requests.clear()
         self.default = Behaviour()
         self.objects.batch_status = "completed"
+        self.objects.store_bytes = 0
 
     @property
     def base_url(self) -> str:
@@ -277,10 +278,6 @@ class FakeUpstream:
                 return answers.responses_stream_events(data, b.text, b.cached_tokens, rid, b.send_usage)
             return _with_tool_calls(answers.response_object(data, b.text, b.cached_tokens, rid,
                                                             with_usage=b.send_usage), data)
-        if method == "POST" and path == "/v1/vector_stores":  # for file_search tools that name one
-            return {"id": f"vs_{rid}", "object": "vector_store", "created_at": 0, "name": data.get("name"),
-                    "usage_bytes": 0, "status": "completed", "last_active_at": 0, "metadata": {},
-                    "file_counts": {"cancelled": 0, "completed": 0, "failed": 0, "in_progress": 0, "total": 0}}
         if method == "POST" and path.startswith("/v1/batches"):  # billed elsewhere
             return {"created": 0, "data": [{"url": "https://fake.invalid/1.png"}], "text": "fake", "id": "batch_fake"}
         if method == "GET" and path == "/v1/models":

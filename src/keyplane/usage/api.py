@@ -206,13 +206,14 @@ def _usage_handler(kind: str) -> Callable[[Request], Any]:
             from keyplane.providers.usage_api import provider_usage
 
             return await provider_usage(request, kind, rng, group_by, source)
+        if kind == "vector_stores":  # a gauge of the sizes the upstream reported (usage/storage.py)
+            return JSONResponse(_page(rng, await _vector_stores(request, rng, group_by)))
         batch = query_bool(request, "batch") if request.query_params.get("batch") else None
         results: dict[int, list[dict[str, Any]]] = {}
         for unsupported in ("sizes", "sources"):  # not kept per request: refused rather than ignored
             if query_list(request, unsupported):
                 raise errors.bad_request(f"keyplane does not keep image {unsupported} per request: '{unsupported}' "
                                          "is not supported.", param=unsupported, code="invalid_value")
-        # Metered kinds have data; hosted tools and storage are not counted yet: their buckets are empty.
         kinds = _batch_kinds(record_kinds, batch) if record_kinds else ()
         if kind in METERED and kinds:
             dims = [g for g in group_by if g in _SQL_DIMS]
@@ -237,6 +238,21 @@ def _usage_handler(kind: str) -> Callable[[Request], Any]:
 
     handler.__name__ = f"usage_{kind}"
     return handler
+
+
+async def _vector_stores(request: Request, rng: Range, group_by: list[str]) -> dict[int, list[dict[str, Any]]]:
+    from keyplane.usage.storage import bucket_sizes
+
+    by_project = "project_id" in group_by
+    async with runtime(request).read() as s:
+        conn = await s.connection()
+        sizes = await bucket_sizes(conn, rng.buckets, rng.width, tuple(query_list(request, "project_ids")),
+                                   by_project)
+    results: dict[int, list[dict[str, Any]]] = {}
+    for bucket, per in sizes.items():
+        results[bucket] = [{"object": "organization.usage.vector_stores.result", "usage_bytes": n,
+                            "project_id": pid} for pid, n in sorted(per.items(), key=lambda kv: str(kv[0]))]
+    return results
 
 
 # --- costs ---------------------------------------------------------------------------------------
