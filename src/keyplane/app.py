@@ -24,6 +24,9 @@ from keyplane.snapshot import LastUsedRecorder, Snapshot, SnapshotRefresher
 from keyplane.store import db
 
 log = logging.getLogger("keyplane")
+# What the admin API answers: /v1/organization, and the SDK's project-scoped role calls (projects.roles,
+# projects.users.roles, projects.groups.roles), which the platform serves under /v1/projects/.
+_ADMIN_PREFIXES = ("/v1/organization", "/v1/projects/")
 
 ASGIApp = Any
 
@@ -190,7 +193,7 @@ class KeyplaneApp:
         kind = scope["type"]
         if kind == "http":
             path: str = scope["path"]
-            if path.startswith("/v1/") and not path.startswith("/v1/organization"):
+            if path.startswith("/v1/") and not path.startswith(_ADMIN_PREFIXES):
                 if (rt := self.runtime) is not None and not rt.snapshot.is_fresh(self.settings.max_staleness_seconds):
                     # Cannot confirm the keys are current (partitioned): refuse rather than serve stale authority.
                     await send_error(with_request_id(scope, send), errors.stale_authority(rt.snapshot.staleness()))
@@ -199,7 +202,7 @@ class KeyplaneApp:
                 return
             # Everything else keyplane answers itself: every answer carries its own request id.
             send = with_request_id(scope, send)
-            if path.startswith("/v1/organization"):
+            if path.startswith(_ADMIN_PREFIXES):
                 # Starlette re-raises what its error handler already answered and logged (a bug with its
                 # traceback, an outage once per change of state): the server must not log a traceback per call.
                 with contextlib.suppress(Exception):

@@ -300,6 +300,9 @@ async def archive_project(s: AsyncSession, actor: Actor, project_id: str) -> Pro
         return p
     t = now_s()
     p.status, p.archived_at = "archived", t
+    from keyplane.members.project_roles import forget_project  # nobody holds its project roles any more
+
+    await forget_project(s, p.id)
     await audit(s, actor, "project.archived", {"id": p.id}, project_id=p.id, resource_id=p.id, at=t)
     await bump_revision(s)
     return p

@@ -34,6 +34,22 @@ def runtime(request: Request) -> Runtime:
     return request.app.state.runtime  # type: ignore[no-any-return]
 
 
+def _project_of(request: Request) -> str | None:
+    """The one project a call acts on: the ``project_id`` its route matched (the id the handler uses), for
+    calls under the project prefixes only. None for the rest (project lists and creation included)."""
+    if not admin_permissions.is_project_call(request.url.path):
+        return None
+    pid = request.path_params.get("project_id")
+    return pid if isinstance(pid, str) and pid else None
+
+
+def _granted(rt: Runtime, entry: KeyEntry, request: Request) -> frozenset[str]:
+    # the key's owner's effective permissions (roles, custom roles, groups, and in a call on one project the
+    # project roles they hold there) capped by the key's own role
+    return admin_permissions.of_key_in_project(entry.permissions, entry.owner_user_id, rt.snapshot.grants,
+                                               rt.snapshot.project_grants, _project_of(request))
+
+
 def authenticate_admin(request: Request) -> tuple[KeyEntry, Actor]:
     """The admin key of the request, or an OpenAI-shaped 401."""
     internal = request.scope.get("keyplane.session")
@@ -41,8 +57,7 @@ def authenticate_admin(request: Request) -> tuple[KeyEntry, Actor]:
     if internal is not None:  # an in-process call from the dashboard (web/features.py), never from the network
         # (the dashboard gated the page with the user's effective permissions, web/base.py; these are what
         # the escalation guards of roles and groups compare with)
-        request.scope[GRANTED] = admin_permissions.of_key(internal[0].permissions, internal[0].owner_user_id,
-                                                          rt.snapshot.grants)
+        request.scope[GRANTED] = _granted(rt, internal[0], request)
         return internal  # type: ignore[no-any-return]
     headers: list[tuple[bytes, bytes]] = request.scope["headers"]
     access = rt.extras.get("access")
@@ -56,8 +71,7 @@ def authenticate_admin(request: Request) -> tuple[KeyEntry, Actor]:
             "project and service-account keys work only on the /v1 model endpoints."
         )
     entry = auth.active_entry(rt, value)
-    # the key's owner's effective permissions (roles, custom roles, groups) capped by the key's own role
-    granted = admin_permissions.of_key(entry.permissions, entry.owner_user_id, rt.snapshot.grants)
+    granted = _granted(rt, entry, request)
     admin_permissions.check_granted(granted, request.method, request.url.path)
     request.scope[GRANTED] = granted
     rt.last_used.touch(entry.id, rt.clock.now())

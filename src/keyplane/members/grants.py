@@ -4,6 +4,10 @@ A user's effective permissions = their organization role's (owner | reader) + ev
 to them directly or through a group they belong to. The snapshot loads them for every user on each full
 reload (any change to roles, assignments, groups or users is an opaque change on the bus, so every
 instance reloads on its next event or poll), and the admin API checks each call against them.
+
+Project-scoped roles (keyplane.members.project_roles) are loaded apart, per user and project: they count
+only in a call on their own project (keyplane.admin.common), only while their holder is a member of it (the
+user directly, or the group), only in an active project, and only with ``api.project.*`` permissions.
 """
 
 from __future__ import annotations
@@ -14,8 +18,16 @@ import orjson
 from sqlalchemy import select
 
 from keyplane.members import permissions
-from keyplane.members.models import CustomRole, GroupUser, RoleAssignment
-from keyplane.store.models import User
+from keyplane.members.models import (
+    CustomRole,
+    GroupUser,
+    ProjectGroup,
+    ProjectRole,
+    ProjectRoleAssignment,
+    ProjectUser,
+    RoleAssignment,
+)
+from keyplane.store.models import Project, User
 
 
 def _perms(raw: str) -> list[str]:
@@ -55,3 +67,32 @@ async def load(conn: Any, user_ids: list[str] | None = None) -> dict[str, frozen
 async def of_user(conn: Any, user_id: str) -> frozenset[str]:
     """One user's effective permissions, fresh from the store (empty when the user is gone)."""
     return (await load(conn, [user_id])).get(user_id, frozenset())
+
+
+async def load_projects(conn: Any) -> dict[str, dict[str, frozenset[str]]]:
+    """user id -> project id -> what the project roles they hold there grant (``api.project.*`` only)."""
+    active = set((await conn.execute(select(Project.id).where(Project.status == "active"))).scalars())
+    roles = {r.id: (r.project_id, [p for p in _perms(r.permissions) if p in permissions.PROJECT_PERMISSIONS])
+             for r in (await conn.execute(select(ProjectRole.id, ProjectRole.project_id,
+                                                 ProjectRole.permissions))).all()}
+    members = {(m.project_id, m.user_id) for m in (await conn.execute(
+        select(ProjectUser.project_id, ProjectUser.user_id))).all()}
+    group_in = {(g.project_id, g.group_id) for g in (await conn.execute(
+        select(ProjectGroup.project_id, ProjectGroup.group_id))).all()}
+    users_of: dict[str, list[str]] = {}
+    for m in (await conn.execute(select(GroupUser.group_id, GroupUser.user_id))).all():
+        users_of.setdefault(m.group_id, []).append(m.user_id)
+    out: dict[str, dict[str, set[str]]] = {}
+    for a in (await conn.execute(select(ProjectRoleAssignment.project_id, ProjectRoleAssignment.role_id,
+                                        ProjectRoleAssignment.principal_type,
+                                        ProjectRoleAssignment.principal_id))).all():
+        role = roles.get(a.role_id)
+        if role is None or role[0] != a.project_id or a.project_id not in active:
+            continue  # never a role of another project, never in an archived one
+        if a.principal_type == "user":
+            holders = [a.principal_id] if (a.project_id, a.principal_id) in members else []
+        else:
+            holders = users_of.get(a.principal_id, []) if (a.project_id, a.principal_id) in group_in else []
+        for uid in holders:
+            out.setdefault(uid, {}).setdefault(a.project_id, set()).update(role[1])
+    return {uid: {pid: frozenset(ps) for pid, ps in by.items()} for uid, by in out.items()}

@@ -2,7 +2,8 @@
 through a one-time link (no e-mail server: the admin API answer, the CLI and the dashboard show the link).
 
 The link's token is stored only as a keyed digest; it works once, until ``expires_at`` (7 days), and not
-after the invite is deleted.
+after the invite is deleted. Nor once its sender (``created_by``) has left the organization or no longer holds
+what sending it took (:func:`sender_problem`): an invite carries its sender's authority, not more.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane import control, ids, keys
 from keyplane.control import Actor, audit, bump_revision, now_s
-from keyplane.errors import bad_request, conflict, not_found
+from keyplane.errors import bad_request, conflict, forbidden, not_found
+from keyplane.members import grants, permissions
 from keyplane.members.models import Invite, ProjectUser
 from keyplane.members.ops import check_project_role
 from keyplane.store.models import Project, User
@@ -36,7 +38,8 @@ def status(inv: Invite, now: float) -> str:
 def shape(inv: Invite, now: float) -> dict[str, Any]:
     return {"object": "organization.invite", "id": inv.id, "email": inv.email, "role": inv.role,
             "status": status(inv, now), "created_at": inv.created_at, "expires_at": inv.expires_at,
-            "accepted_at": inv.accepted_at, "projects": orjson.loads(inv.projects)}
+            "accepted_at": inv.accepted_at, "projects": orjson.loads(inv.projects),
+            "created_by": inv.created_by}  # keyplane extension: the sending user's id (None: the CLI)
 
 
 def _token_digest(secret: bytes, token: str) -> str:
@@ -77,9 +80,11 @@ async def create_invite(s: AsyncSession, actor: Actor, secret: bytes, *, email: 
                        code="invite_exists")
     plist = await _check_projects(s, projects)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    sender = (actor.detail or {}).get("user")
     inv = Invite(id=ids.new_id("invite-"), email=addr, role=org_role,
                  projects=orjson.dumps(plist).decode(), token_digest=_token_digest(secret, token), created_at=t,
-                 expires_at=t + INVITE_TTL_SECONDS)
+                 expires_at=t + INVITE_TTL_SECONDS,
+                 created_by=sender.get("id") if isinstance(sender, dict) else None)
     s.add(inv)
     await audit(s, actor, "invite.sent", {"id": inv.id, "data": {"email": addr, "role": org_role}},
                 resource_id=inv.id, at=t)
@@ -113,14 +118,41 @@ async def find_by_token(s: AsyncSession, secret: bytes, token: str, now: float) 
     return inv
 
 
+def needs(inv: Invite) -> frozenset[str]:
+    """What sending the invite took, and what its sender must still hold for it to be accepted: the
+    organization role it gives (all four permissions for ``owner``, keyplane.members.permissions
+    .require_role_grant), and ``api.organization.write`` (creating invites)."""
+    return permissions.ROLES.get(inv.role, permissions.ROLES["owner"]) | {permissions.ORG_WRITE}
+
+
+async def sender_problem(s: AsyncSession, inv: Invite) -> str | None:
+    """Why the invite can no longer be accepted because of its sender, or None. Invites from the CLI (and
+    those sent before keyplane recorded senders) have none to check."""
+    if inv.created_by is None:
+        return None
+    held = await grants.of_user(s, inv.created_by)  # fresh from the store, as the write it guards
+    if not held:
+        return ("The person who sent this invite is no longer a member of the organization, so it can no "
+                "longer be accepted. Ask an owner for a new invite.")
+    missing = sorted(needs(inv) - held)
+    if missing:
+        return (f"The person who sent this invite no longer holds the authority to invite you as '{inv.role}' "
+                f"(missing: {', '.join(missing)}), so it can no longer be accepted. Ask an owner for a new invite.")
+    return None
+
+
 async def accept_invite(s: AsyncSession, secret: bytes, token: str, *, password_hash: str,
                         name: str = "") -> User:
-    """Spend the token (once, even under concurrent tries), add the user and their memberships."""
+    """Spend the token (once, even under concurrent tries), add the user and their memberships; refused (403
+    ``invite_sender_unauthorized``, nothing spent) when the sender no longer holds what the invite gives."""
     t = now_s()
     inv = await find_by_token(s, secret, token, t)
     if inv is None:
         raise bad_request("This invite link is not valid: it was used, deleted, or has expired.",
                           code="invite_invalid")
+    problem = await sender_problem(s, inv)
+    if problem is not None:
+        raise forbidden(problem, code="invite_sender_unauthorized")
     spent = await s.execute(update(Invite).where(Invite.id == inv.id, Invite.token_digest == inv.token_digest)
                             .values(token_digest=None, accepted_at=t))
     if not getattr(spent, "rowcount", 0):

@@ -39,6 +39,8 @@ class Invite(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger)
     accepted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # the user who sent it (None: the CLI, or before 0016); it cannot be accepted once they lack the authority
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (Index("ix_invites_email", "email"),)
 
@@ -114,4 +116,42 @@ class ProjectGroup(Base):
     __table_args__ = (
         UniqueConstraint("project_id", "group_id", name="uq_project_groups_member"),
         Index("ix_project_groups_group", "group_id"),
+    )
+
+
+class ProjectRole(Base):
+    """A project-scoped custom role (projects.roles): ``api.project.*`` permissions that act inside its
+    project only. Kept apart from the organization's custom roles so that no query of those can ever read
+    one as organization-wide."""
+
+    __tablename__ = "project_roles"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    project_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    permissions: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of api.project.* names
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_project_roles_name"),)
+
+
+class ProjectRoleAssignment(Base):
+    """A project role held in its project by a project member (principal_type ``user``) or by a group that
+    is a project member (``group``)."""
+
+    __tablename__ = "project_role_assignments"
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(String(64))
+    role_id: Mapped[str] = mapped_column(String(64))
+    principal_type: Mapped[str] = mapped_column(String(16))  # user | group
+    principal_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        UniqueConstraint("role_id", "principal_type", "principal_id", name="uq_project_role_assignments"),
+        Index("ix_project_role_assignments_principal", "principal_type", "principal_id"),
+        Index("ix_project_role_assignments_project", "project_id"),
     )

@@ -128,6 +128,9 @@ async def remove_project_user(s: AsyncSession, actor: Actor, project_id: str, us
                              ApiKey.revoked_at.is_(None))
         .values(revoked_at=t, revoke_reason="owner removed from the project", updated_at=t))
     await s.delete(m)
+    from keyplane.members import project_roles  # the project roles they held there go with them
+
+    await project_roles.forget_member(s, project_id, "user", user.id)
     revoked = int(getattr(res, "rowcount", 0) or 0)
     await audit(s, actor, "user.deleted", {"id": user.id, "project_id": project_id, "keys_revoked": revoked},
                 project_id=project_id, resource_id=user.id, at=t)

@@ -5,7 +5,8 @@ Every admin call needs one permission, derived from its method and path. Two pre
 table. A user's effective permissions are their organization role's plus every custom role assigned to
 them directly or through a group. An admin key acts with its owner's effective permissions capped by the
 key's own role (stored as its permissions: ``all`` = owner, ``read_only`` = reader): a key never holds
-what its user lacks, and a reader key never writes.
+what its user lacks, and a reader key never writes. In a call on one project, the project-scoped roles the
+user holds there (keyplane.members.project_roles) add their ``api.project.*`` permissions, under the same cap.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ PERMISSIONS: Final[dict[str, str]] = {
     PROJECT_WRITE: "Create and change projects and what they hold.",
 }
 
+# What a project-scoped role (keyplane.members.project_roles) may hold: it acts inside its project only.
+PROJECT_PERMISSIONS: Final = frozenset({PROJECT_READ, PROJECT_WRITE})
+
 ROLES: Final[dict[str, frozenset[str]]] = {
     "owner": frozenset(PERMISSIONS),
     "reader": frozenset({ORG_READ, PROJECT_READ}),
@@ -35,13 +39,18 @@ ROLES: Final[dict[str, frozenset[str]]] = {
 
 # Calls that read though they POST (their body is a query, not a change).
 _READ_POSTS: Final = ("/v1/organization/api_keys/lookup",)
+# Project calls: keyplane's admin API, and the SDK's project-scoped role calls (``/v1/projects/...``).
+PROJECT_PREFIXES: Final = ("/v1/organization/projects", "/v1/projects/")
+
+
+def is_project_call(path: str) -> bool:
+    return path.startswith(PROJECT_PREFIXES)
 
 
 def required(method: str, path: str) -> str:
     """The permission an admin call needs."""
     write = method not in ("GET", "HEAD", "OPTIONS") and path not in _READ_POSTS
-    project = path.startswith("/v1/organization/projects")
-    if project:
+    if is_project_call(path):
         return PROJECT_WRITE if write else PROJECT_READ
     return ORG_WRITE if write else ORG_READ
 
@@ -81,6 +90,20 @@ def of_key(permissions: Permissions, owner_user_id: str | None,
     return cap & grants.get(owner_user_id, frozenset())
 
 
+def of_key_in_project(permissions: Permissions, owner_user_id: str | None,
+                      grants: Mapping[str, frozenset[str]],
+                      project_grants: Mapping[str, Mapping[str, frozenset[str]]],
+                      project_id: str | None) -> frozenset[str]:
+    """What an admin key may do in a call on ``project_id`` (None: a call outside any one project): its
+    owner's organization-wide permissions plus what the project-scoped roles they hold in that project grant
+    (``api.project.*`` only; never in another project), capped by the key's role, as :func:`of_key`."""
+    held = of_key(permissions, owner_user_id, grants)
+    if project_id is None or owner_user_id is None or owner_user_id not in grants:  # no owner, or gone
+        return held
+    scoped = project_grants.get(owner_user_id, {}).get(project_id, frozenset())
+    return held | (key_cap(permissions) & scoped & PROJECT_PERMISSIONS)
+
+
 def check_granted(granted: frozenset[str], method: str, path: str) -> None:
     """403 in OpenAI's shape when ``granted`` lacks the call's permission."""
     need = required(method, path)
@@ -109,15 +132,17 @@ def require_role_grant(granted: frozenset[str], role: object) -> None:
         require_held(granted, ROLES[role], f"give the organization role '{role}'")
 
 
-def check_names(value: object, param: str = "permissions") -> list[str]:
-    """Permission names from the table (400 ``invalid_value`` for anything else), sorted, unique."""
+def check_names(value: object, param: str = "permissions", allowed: Iterable[str] = PERMISSIONS,
+                what: str = "Permissions") -> list[str]:
+    """Permission names from ``allowed`` (the table; 400 ``invalid_value`` for anything else), sorted, unique."""
+    names = [p for p in PERMISSIONS if p in set(allowed)]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise errors.bad_request(f"'{param}' must be an array of permission names: {', '.join(PERMISSIONS)}.",
+        raise errors.bad_request(f"'{param}' must be an array of permission names: {', '.join(names)}.",
                                  param=param, code="invalid_value")
-    unknown = sorted({v for v in value if v not in PERMISSIONS})
+    unknown = sorted({v for v in value if v not in names})
     if unknown:
-        raise errors.bad_request(f"Unknown permission(s): {', '.join(unknown)}. Permissions are: "
-                                 f"{', '.join(PERMISSIONS)}.", param=param, code="invalid_value")
+        raise errors.bad_request(f"Unknown permission(s): {', '.join(unknown)}. {what} are: "
+                                 f"{', '.join(names)}.", param=param, code="invalid_value")
     return sorted(set(value))
 
 

@@ -290,6 +290,9 @@ async def delete_group(s: AsyncSession, actor: Actor, group_id: str) -> None:
     await s.execute(delete(RoleAssignment).where(RoleAssignment.principal_type == "group",
                                                  RoleAssignment.principal_id == g.id))
     await s.execute(delete(ProjectGroup).where(ProjectGroup.group_id == g.id))
+    from keyplane.members import project_roles  # and the project roles it held
+
+    await project_roles.forget_principal(s, "group", g.id)
     await s.delete(g)
     t = now_s()
     await ops.revoke_if_unreachable(s, members, t)  # its projects are no longer reached through it
@@ -356,6 +359,9 @@ async def forget_user(s: AsyncSession, user_id: str) -> None:
     await s.execute(delete(GroupUser).where(GroupUser.user_id == user_id))
     await s.execute(delete(RoleAssignment).where(RoleAssignment.principal_type == "user",
                                                  RoleAssignment.principal_id == user_id))
+    from keyplane.members import project_roles  # and every project role held directly
+
+    await project_roles.forget_principal(s, "user", user_id)
 
 
 # --- groups as project members (projects.groups) ---------------------------------------------------
@@ -408,6 +414,9 @@ async def remove_project_group(s: AsyncSession, actor: Actor, project_id: str, g
     pg, g = await project_group(s, project_id, group_id)
     members = list((await s.execute(select(GroupUser.user_id).where(GroupUser.group_id == g.id))).scalars())
     await s.delete(pg)
+    from keyplane.members import project_roles  # the project roles it held there go with it
+
+    await project_roles.forget_member(s, project_id, "group", g.id)
     t = now_s()
     await ops.revoke_if_unreachable(s, members, t)
     await audit(s, actor, "role.assignment.deleted", {"id": f"project-{pg.role}", "principal_id": g.id,

@@ -20,8 +20,11 @@ async def invite_page(ctx: Ctx) -> Response:
     token = ctx.request.path_params["token"]
     async with ctx.rt.read() as s:
         inv = await invites.find_by_token(s, ctx.rt.settings.secret_key, token, ctx.rt.clock.now())
+        problem = await invites.sender_problem(s, inv) if inv is not None else None
     if inv is None:
         return ctx.render("invite_accept.html", status=404, invite=None, error=_INVALID)
+    if problem is not None:  # its sender no longer holds what it gives: say so before a password is chosen
+        return ctx.render("invite_accept.html", status=403, invite=None, error=problem)
     return ctx.render("invite_accept.html", invite=inv, error=None)
 
 
@@ -45,7 +48,9 @@ async def invite_submit(ctx: Ctx) -> Response:
         async with rt.write() as s:
             await invites.accept_invite(s, rt.settings.secret_key, token, password_hash=hashed,
                                         name=ctx.field("name")[:256])
-    except APIError:
+    except APIError as e:
+        if e.code == "invite_sender_unauthorized":
+            return ctx.render("invite_accept.html", status=403, invite=None, error=e.message)
         return ctx.render("invite_accept.html", status=400, invite=None, error=_INVALID)
     return ctx.redirect("/login", "Your account is ready: sign in with your email and the new password.")
 
