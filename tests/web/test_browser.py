@@ -2,8 +2,10 @@
 
 Walks the issue's story: first sign-in with TOTP enrolment, a wrong code refused, a project, a
 restricted key read from its once-only dialog and used with the openai SDK, the request on the
-Usage page, a spend limit, revocation, sign-out; a reader who can change nothing; CSRF-less posts
-refused. Writes the screenshots of docs/screenshots/ on the way.
+Usage page, a spend limit, revocation, sign-out; a custom role and a group, a project's model, hosted tool
+and IP policies, the organization's Access page and the SSO status (issue 16), with bad input shown on the
+page; a reader who can change nothing; CSRF-less posts refused. Writes the screenshots of docs/screenshots/
+on the way.
 """
 
 from __future__ import annotations
@@ -213,9 +215,61 @@ def test_owner_story_and_reader(site: tuple[Any, OffsetClock], browser: Any) -> 
         assert p.locator("#rate-limit-table tbody tr").first.locator(".badge.custom").count() == 1
         assert p.locator("#rate-limit-table .badge.custom").count() == 1
 
+    # Roles & groups: a custom role (a bad name first: the error is on the page), then a group holding it.
+    p.locator("nav.nav").get_by_role("link", name="Roles & groups").click()
+    p.wait_for_url("**/roles")
+    p.locator("#new-role summary").click()
+    p.locator("#role-name").fill("Owner")
+    p.locator("#new-api-project-write").check()
+    p.get_by_role("button", name="Create role").click()
+    assert "predefined role" in p.locator("#form-error").inner_text()
+    assert p.locator("#role-name").input_value() == "Owner" and p.locator("#new-api-project-write").is_checked()
+    p.locator("#role-name").fill("deployer")
+    p.get_by_role("button", name="Create role").click()
+    p.wait_for_url("**/roles")
+    assert "Role “deployer” created." in p.locator("#flash-slot").inner_text()
+    assert p.locator("#role-table tbody tr", has_text="deployer").count() == 1
+    p.get_by_label("Group name").fill("platform")
+    p.get_by_role("button", name="Create group").click()
+    p.wait_for_url("**/groups/group_*")
+    p.get_by_label("Role", exact=True).select_option(label="deployer")
+    p.get_by_role("button", name="Give role").click()
+    p.wait_for_url("**/groups/group_*")
+    assert "api.project.write" in p.locator("#group-role-table").inner_text()
+
+    # The project's access: an allow list, a hosted tool off, a bad IP range refused on the page.
+    p.goto(f"/projects/{pid}")
+    p.get_by_role("link", name="Access of this project").click()
+    p.wait_for_url(f"**/projects/{pid}/access")
+    p.get_by_label("Allow only these").check()
+    p.get_by_label("Model ids, one per line").fill("demo-*")
+    p.get_by_role("button", name="Save model permissions").click()
+    p.wait_for_url(f"**/projects/{pid}/access")
+    assert "Model permissions saved." in p.locator("#flash-slot").inner_text()
+    assert "demo-*" in p.locator("#model-ids").inner_text()
+    p.locator("#tool-web_search").uncheck()
+    p.get_by_role("button", name="Save hosted tools").click()
+    p.wait_for_url(f"**/projects/{pid}/access")
+    assert not p.locator("#tool-web_search").is_checked() and p.locator("#tool-mcp").is_checked()
+    p.locator("#ip-cidrs-input").fill("10.0.0.5/8")
+    p.get_by_role("button", name="Save allowlist").click()
+    assert "host bits" in p.locator("#form-error").inner_text()
+    assert p.locator("#ip-cidrs-input").input_value() == "10.0.0.5/8"
+    owner.shot("project-access-desktop")
+    p.locator("nav.nav").get_by_role("link", name="Access", exact=True).click()
+    p.wait_for_url("**/access")
+    assert "allow_list: demo-*" in p.locator("#policy-table").inner_text()
+    assert p.locator("#seen-address").inner_text() == "127.0.0.1"
+    p.locator("nav.nav").get_by_role("link", name="Single sign-on").click()
+    p.wait_for_url("**/sso")
+    assert "off" in p.locator("#sso-state").inner_text()
+    if client is not None:  # the allow list lets the demo model through
+        assert client.chat.completions.create(model="demo-echo", messages=[{"role": "user", "content": "x"}]).choices
+
     # Screenshots of every page, both widths.
     pages = {"overview": "/", "projects": "/projects", "project": f"/projects/{pid}", "usage": "/usage",
-             "credit": "/credit", "kill-switch": "/kill-switch", "audit": "/audit", "users": "/users"}
+             "credit": "/credit", "kill-switch": "/kill-switch", "audit": "/audit", "users": "/users",
+             "roles": "/roles", "access": "/access", "sso": "/sso"}
     phone = Pages(browser, srv.base_url, clock, PHONE, owner.ctx.storage_state())
     for name, path in pages.items():
         p.goto(path)
@@ -260,17 +314,39 @@ def test_owner_story_and_reader(site: tuple[Any, OffsetClock], browser: Any) -> 
     assert r.locator("#spend-amount").count() == 0
     r.goto("/users")
     assert r.get_by_role("button", name="Remove").count() == 0
+    r.locator("nav.nav").get_by_role("link", name="Roles & groups").click()
+    r.wait_for_url("**/roles")
+    assert "deployer" in r.locator("#role-table").inner_text()
+    assert r.get_by_role("button", name="Create role").count() == 0
+    assert r.get_by_role("button", name="Delete").count() == 0
+    r.locator("#group-table").get_by_role("link", name="platform").click()
+    r.wait_for_url("**/groups/group_*")
+    assert r.get_by_role("button", name="Give role").count() == 0
+    r.goto("/access")
+    assert "allow_list: demo-*" not in r.locator("main").inner_text()  # not a member of that project
+    assert r.get_by_role("button", name="Save allowlist").count() == 0
+    r.goto("/sso")
+    assert "off" in r.locator("#sso-state").inner_text()
     # Even with a valid CSRF token, the server refuses a reader's change.
     token = r.locator("body").get_attribute("hx-headers")
     assert token
     csrf = re.search(r'"X-CSRF-Token": "([^"]+)"', token).group(1)  # type: ignore[union-attr]
     res = r.request.post("/projects", form={"name": "nope", "csrf_token": csrf})
     assert res.status == 403
+    res = r.request.post("/roles", form={"role_name": "nope", "csrf_token": csrf})
+    assert res.status == 403 and "api.organization.write" in res.text()
+    res = r.request.post(f"/projects/{pid}/access/models", form={"mode": "deny_list", "model_ids": "demo-echo",
+                                                                 "csrf_token": csrf})
+    assert res.status == 403
     # A post without the CSRF token is refused for the owner too.
     res = p.request.post("/projects", form={"name": "no token"})
     assert res.status == 403
+    res = p.request.post("/access/ip-allowlist", form={"cidrs": "203.0.113.0/24", "confirm_lockout": "on"})
+    assert res.status == 403
     p.goto("/projects")
     assert "no token" not in p.content() and "nope" not in p.content()
+    p.goto("/access")
+    assert p.locator("#org-ip-state").inner_text().startswith("Off")
 
     # Sign out: the dashboard asks to sign in again.
     p.get_by_role("button", name="Sign out").click()

@@ -31,6 +31,10 @@ async def start(rt: Any) -> Any:
 
         raise ConfigError(f"setting `trusted_proxies`: {e}") from None
     pols = Policies(trusted_proxies=trusted)
+    # Billing's admission reads batch input files: a batch's requests are checked when it is created (only
+    # while that step runs: without it, batches are refused under a policy, as keyplane cannot check them).
+    pols.batches_checked = lambda: rt.extras.get("batches") is not None and getattr(
+        rt.pipeline, "billing", None) is not None
     await pols.load(rt.read_engine)
     pols.behind = lambda rev: rt.snapshot.revision > rev  # the snapshot loaded changes these have not
     rt.extras["access"] = pols

@@ -60,27 +60,9 @@ def register(app: typer.Typer) -> None:
 
 
 async def _policies(s: Any) -> list[dict[str, Any]]:
-    import orjson
-    from sqlalchemy import select
+    from keyplane.access.service import all_policies
 
-    from keyplane.access.models import AccessPolicy
-
-    rows = (await s.execute(select(AccessPolicy).order_by(AccessPolicy.kind, AccessPolicy.scope,
-                                                          AccessPolicy.target_id))).scalars()
-    out = []
-    for r in rows:
-        value = orjson.loads(r.value)
-        if r.kind == "ip":
-            summary = ", ".join(value.get("cidrs") or []) or "(none: lifted)"
-        elif r.kind == "model":
-            summary = f"{value['mode']}: " + (", ".join(value["model_ids"]) or "(none)")
-        else:
-            off = sorted(t for t, v in value.items() if isinstance(v, dict) and v.get("enabled") is False)
-            summary = "disabled: " + (", ".join(off) or "(none)")
-        out.append({"kind": r.kind, "scope": "organization" if r.scope == "org" else r.scope,
-                    "id": None if r.scope == "org" else r.target_id, "value": value, "summary": summary,
-                    "updated_at": r.updated_at})
-    return out
+    return await all_policies(s)
 
 
 async def _clear(s: Any, project: str | None, key: str | None) -> dict[str, Any]:
@@ -89,7 +71,7 @@ async def _clear(s: Any, project: str | None, key: str | None) -> dict[str, Any]
 
     from keyplane import control
     from keyplane.access.models import AccessPolicy
-    from keyplane.access.routes import drop
+    from keyplane.access.service import drop
     from keyplane.errors import not_found
     from keyplane.store.models import ApiKey
 

@@ -110,14 +110,14 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 def build_web_app(rt: Runtime, admin_app: Any = None) -> Any:
     import anyio
 
-    from keyplane.web import invites, login, manage, pages, providers, sso, users
+    from keyplane.web import access, invites, login, manage, pages, providers, roles, sso, sso_status, users
 
     # StaticFiles opens files through anyio, which imports that module lazily on first use: load it
     # at start-up rather than in the middle of the first request for a static file.
     anyio.open_file  # noqa: B018
 
     routes: list[Any] = [*login.ROUTES, *sso.ROUTES, *pages.ROUTES, *manage.ROUTES, *users.ROUTES, *invites.ROUTES,
-                         *providers.ROUTES,
+                         *providers.ROUTES, *roles.ROUTES, *access.ROUTES, *sso_status.ROUTES,
                          Route("/favicon.ico", _favicon, methods=["GET"]),
                          Mount("/static", StaticFiles(directory=STATIC), name="static")]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _not_found,

@@ -130,6 +130,11 @@ class Ctx:
         up to it); the same effective permissions the admin API checks (keyplane.members.permissions)."""
         return self.user is not None and permissions.ROLES["owner"] <= self.granted
 
+    def may(self, method: str, api_path: str) -> bool:
+        """Whether the user's effective permissions allow the admin API call ``method api_path`` (a page's twin
+        in the API): the very check the admin API makes (keyplane.members.permissions.required)."""
+        return self.user is not None and permissions.required(method, api_path) in self.granted
+
     @property
     def actor(self) -> Actor:
         return session_actor(self.user, self.ip)
@@ -233,6 +238,15 @@ def error_page(ctx: Ctx, status: int, title: str, message: str) -> Response:
         return HTMLResponse(ctx.web.templates.get_template("_error.html").render(title=title, message=message),
                             status_code=status, headers={"HX-Retarget": "#flash-slot", "HX-Reswap": "innerHTML"})
     return ctx.render("error.html", status=status, title=title, message=message)
+
+
+def not_permitted(ctx: Ctx, method: str, api_path: str) -> Response | None:
+    """The 403 page when the user may not make the admin API call ``method api_path`` (see Ctx.may)."""
+    if ctx.may(method, api_path):
+        return None
+    need = permissions.required(method, api_path)
+    return error_page(ctx, 403, "Not allowed", f"This needs the permission {need}, which your roles do not give "
+                      "you: you can see this page but not change it. Ask an owner to make this change.")
 
 
 Handler = Callable[[Ctx], Awaitable[Response]]
