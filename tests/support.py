@@ -177,3 +177,20 @@ def start_server(settings: Settings, init: dict[str, Any] | None = None, clock: 
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     return RunningServer(f"http://127.0.0.1:{port}", settings, app, init or {}, server, thread, holder)
+
+
+def until_the_kill_switch_refuses(srv: Any, call: Any, seconds: float = 10.0) -> None:
+    """Evaluate the kill switch (drain) and ``call()`` until the key is refused (401). The guard acts when it
+    evaluates; its suspension reaches the snapshot through the bus, and on Redis the windows may need a second
+    evaluation after they flush: one drain then one call races both."""
+    import openai
+
+    deadline = time.monotonic() + seconds
+    while True:
+        srv.call(srv.app.runtime.extras["guard"].drain())
+        try:
+            call()
+        except openai.AuthenticationError:
+            return
+        assert time.monotonic() < deadline, "the kill switch never suspended the key"
+        time.sleep(0.1)

@@ -19,6 +19,7 @@ from openai import OpenAI
 from keyplane.billing.batches import estimate, parse_output, record_id
 from keyplane.billing.prices import PriceTable
 from tests.billing.conftest import admin_http, admin_sdk, billing_of
+from tests.support import until_the_kill_switch_refuses
 from tests.usage.support import drain
 
 RESERVED, COST = 8000, 4000  # per line: max_tokens=10, and the 5 tokens the fake writes, at half price
@@ -160,17 +161,7 @@ def test_the_kill_switch_sees_a_batch(make_gateway, fake):
     b = _batch(client, 3)
     client.batches.retrieve(b.id)
     assert _spent(srv)[0] == 3 * COST
-    # The guard acts when it evaluates (drain); the suspension reaches the snapshot through the bus: poll
-    # for the refusal (on Redis the evaluation may need a second drain after the windows flush).
-    deadline = time.monotonic() + 10
-    while True:
-        srv.call(srv.app.runtime.extras["guard"].drain())
-        try:
-            client.batches.retrieve(b.id)
-        except openai.AuthenticationError:
-            break
-        assert time.monotonic() < deadline, "the kill switch never suspended the key"
-        time.sleep(0.1)
+    until_the_kill_switch_refuses(srv, lambda: client.batches.retrieve(b.id))
     assert srv.app.runtime.snapshot.keys_by_id[srv.init["api_key_id"]].suspended_at is not None
 
 
@@ -179,7 +170,7 @@ def test_a_file_keyplane_cannot_price_is_refused_under_money_controls(make_gatew
     client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
     unpriced = client.files.create(file=("in.jsonl", _jsonl(1, model="fake-unpriced")), purpose="batch")
     unlimited = client.files.create(file=("in.jsonl", _jsonl(1, max_tokens=None)), purpose="batch")
-    # no money control: served, not metered (as before)
+    # no money control: served (nothing reserved; its output metered as any batch's)
     client.batches.create(input_file_id=unpriced.id, endpoint="/v1/chat/completions", completion_window="24h")
     _limit(srv, 100)
     seen = len(fake.model_requests())
@@ -391,3 +382,106 @@ def test_estimates_of_input_files_with_hosted_tools():
     unbounded = estimate(t, _tool_lines(1).replace(b'"fake-tools"', b'"gpt-4.1-mini"'), 4096)
     assert unbounded.cost is None and "max_tool_calls" in (unbounded.why or "")
     assert unbounded.facts.unchecked is None and unbounded.facts.tools == {"web_search": 1}  # still read
+
+
+def test_estimates_of_input_files_with_a_stored_prompt():
+    """A stored prompt may enable any hosted tool: the line needs max_tool_calls, each call at the dearest tool,
+    and the stored prompt is read from the line's body (where it stands), for the access checks."""
+    from keyplane.billing import quote as quote_mod
+
+    t = PriceTable.from_config({}, "")
+
+    def line(**body: object) -> bytes:
+        return orjson.dumps({"custom_id": "s", "method": "POST", "url": "/v1/responses", "body": {
+            "model": "gpt-4.1-mini", "prompt": {"id": "pmpt_1"}, "input": "go", "max_output_tokens": 5, **body}})
+
+    unbounded = estimate(t, line(), 4096)
+    assert unbounded.cost is None and "stored prompt" in (unbounded.why or "") and "max_tool_calls" in unbounded.why
+    assert unbounded.facts.stored_prompt == 1
+    est = estimate(t, line(max_tool_calls=2), 4096)
+    dearest = max(quote_mod.tool_prices(t).values())
+    assert est.cost is not None and est.cost > 2 * dearest and est.facts.stored_prompt == 1
+    assert est.tool_prices == quote_mod.tool_prices(t)  # every kind the prompt may call, priced for metering
+    plain = estimate(t, _jsonl(1), 4096)
+    assert plain.facts.stored_prompt is None
+
+
+def test_a_batch_that_fails_to_meter_is_retried_and_does_not_hold_up_the_others(make_gateway, fake, monkeypatch):
+    """An upstream error reading one batch's output (a 503: not gone) leaves that batch to a later poll,
+    unmetered and unclaimed; the poll meters the others meanwhile."""
+    from keyplane import errors
+
+    srv = make_gateway()
+    fake.objects.batch_status = "in_progress"
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    first, second = _batch(client, 1), _batch(client, 1, start=1)
+    for b in (first, second):
+        fake.objects.batches[b.id]["status"] = "completed"
+    batches = srv.app.runtime.extras["batches"]
+    real = batches._get_bytes
+
+    async def flaky(router, client_, upstream, project_id, path):  # type: ignore[no-untyped-def]
+        if path == f"/v1/files/{first.output_file_id}/content":
+            raise errors.upstream_error("The upstream answered 503.")
+        return await real(router, client_, upstream, project_id, path)
+
+    monkeypatch.setattr(batches, "_get_bytes", flaky)
+    assert srv.call(batches.poll(min_age=0)) == 1
+    assert _spent(srv) == (COST, RESERVED)  # the second metered; the first still held, not billed at its bound
+    monkeypatch.setattr(batches, "_get_bytes", real)
+    batches._polled.clear()
+    assert srv.call(batches.poll(min_age=0)) == 1
+    assert _spent(srv) == (2 * COST, 0)
+
+
+def test_a_running_batch_is_held_again_once_when_the_counters_are_rebuilt(make_gateway, fake):
+    """The counters rebuilt (a restart of the in-process limiter; Redis after a loss of its data): a running
+    batch's reservation is held again, once however often that happens, and no more once it is metered."""
+    srv = make_gateway()
+    fake.objects.batch_status = "in_progress"
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    b = _batch(client, 2)
+    billing = billing_of(srv)
+    if billing.fleet:
+        srv.call(billing.limiter.delete_all())  # Redis lost everything
+        srv.call(billing.reseed_if_needed())
+    else:
+        billing.limiter.budgets.clear()  # as a new process starts
+        billing.limiter.reservations.clear()
+        srv.call(billing.seed())
+    assert _spent(srv) == (0, 2 * RESERVED)
+    for _ in range(2):
+        assert srv.call(billing.hold_batches()) == 0  # held already
+        assert _spent(srv) == (0, 2 * RESERVED)
+    fake.objects.batches[b.id]["status"] = "completed"
+    client.batches.retrieve(b.id)
+    assert srv.call(billing.hold_batches()) == 0  # metered: nothing held again
+    assert _spent(srv) == (2 * COST, 0)
+
+
+def test_a_suspended_keys_batch_is_cancelled_once_audited_and_metered(make_gateway, fake):
+    srv = make_gateway()
+    fake.objects.batch_status = "in_progress"
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    b = _batch(client, 2)
+    batches = srv.app.runtime.extras["batches"]
+    assert srv.call(batches.poll(min_age=0)) == 0
+    assert fake.objects.batches[b.id]["status"] == "in_progress"  # an active key's batch runs on
+    with admin_http(srv) as h:
+        r = h.post(f"/projects/{srv.project_id}/api_keys/{srv.init['api_key_id']}/suspend", json={"reason": "leak"})
+        assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 5
+    while srv.app.runtime.snapshot.keys_by_id[srv.init["api_key_id"]].suspended_at is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    batches._polled.clear()
+    assert srv.call(batches.poll(min_age=0)) == 1  # cancelled, then metered as a cancelled batch
+    assert fake.objects.batches[b.id]["status"] == "cancelled"
+    assert _spent(srv) == (2 * COST, 0)
+    cancels = [r for r in fake.requests if r.path.endswith("/cancel")]
+    batches._polled.clear()
+    srv.call(batches.poll(min_age=0))
+    assert [r for r in fake.requests if r.path.endswith("/cancel")] == cancels == cancels[:1]  # once
+    with admin_http(srv) as h:
+        entries = h.get("/audit_logs", params={"event_types[]": "batch.cancelled"}).json()["data"]
+    assert len(entries) == 1 and b.id in orjson.dumps(entries[0]).decode(), entries

@@ -122,3 +122,14 @@ async def test_redis_unseeded_and_seed_once(redis_prefix):
     assert isinstance(await lim.admit("r1", budgets, (), 31, 0), Denied)
     assert isinstance(await lim.admit("r1", budgets, (), 30, 0), Granted)
     await lim.close()
+
+
+async def test_hold_restores_a_reservation_once_whatever_the_limits(limiter):
+    budgets = (BudgetRef("2026-01:project:p", 100, 3600),)
+    assert isinstance(await limiter.admit("r1", budgets, (), 90, 0), Granted)
+    res = Reservation("batch-1", 50, 0, budgets, ())
+    assert await limiter.hold(res, 60_000_000)  # past the limit: held all the same (the batch runs)
+    assert not await limiter.hold(res, 60_000_000)  # held already: not twice
+    assert (await limiter.spent(["2026-01:project:p"]))["2026-01:project:p"] == (0, 140)
+    await limiter.settle(res, 30, 0)
+    assert (await limiter.spent(["2026-01:project:p"]))["2026-01:project:p"] == (30, 90)

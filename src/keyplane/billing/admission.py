@@ -115,7 +115,7 @@ class Admission:
     async def _admit_batch(self, ctx: Any, plan: Plan, controlled: bool, now: float) -> None:
         """POST /v1/batches: reserve the input file's estimate at the batch price for the batch's life, or
         refuse it under money controls when keyplane did not read (or could not bound) the file."""
-        from keyplane.billing.batches import RESERVE_SECONDS
+        from keyplane.billing.batches import RESERVE_SECONDS, Estimate
 
         fid, est = await self.batches.input_estimate(ctx)
         self.batches.check_access(ctx, fid, est)  # scopes, model and hosted tool permissions of every request
@@ -127,7 +127,11 @@ class Admission:
                 raise errors.cost_not_bounded(ctx.endpoint, f"{why}; upload the input file through keyplane "
                                               "(POST /v1/files with purpose=batch) so that its requests are priced")
             self._warn_once(f"POST {ctx.endpoint}", "first request")
-            return  # no money control: served, and not metered (as an unpriced call)
+            # No money control: served with nothing reserved, but kept against the batch id once created
+            # (batches.batch_created), so that its output is metered all the same.
+            ctx.reservation = Reservation(ctx.request_id, 0, 0, plan.budgets, (), {
+                "plan": plan, "batch": est if est is not None else Estimate(None, why[:500]), "input_file_id": fid})
+            return
         cost = max(est.cost, 1) if controlled else est.cost
         rid = ctx.request_id
         ttl_us = RESERVE_SECONDS * 1_000_000
@@ -207,7 +211,7 @@ class Admission:
         extra = res.extra
         if "batch" in extra:  # POST /v1/batches: held for the batch once created (billing/batches.py), else freed
             ctx.cost_micros = 0
-            if not extra.get("kept"):
+            if not extra.get("kept") and res.amount:
                 await self._release(res)
             return
         price: Price | None = extra.get("price")  # type: ignore[assignment]

@@ -6,7 +6,9 @@ price (the ``[batch]`` factor of the price table); a line keyplane cannot price 
 unbounded, with the reason. Hosted tools of a Responses line are bounded by the line's own
 ``max_tool_calls`` (keyplane cannot write one into an uploaded file, as it does into a synchronous call):
 each call at the dearest enabled tool's full price (the batch factor applies to tokens), plus up to the
-model's context window of input per model turn, as a synchronous call reserves.
+model's context window of input per model turn, as a synchronous call reserves. A line naming a stored prompt
+(``body.prompt.id``: the prompt may enable any hosted tool, which the line does not show) is held to the same:
+it needs ``max_tool_calls``, each call at the dearest tool the price table prices.
 
 :class:`Facts` records what the requests ask for, whatever they cost: every model and hosted tool (read as
 keyplane.access reads a request body: nested models, tool choices, search models...) and every URL, each
@@ -64,9 +66,11 @@ class Facts:
             self.unchecked = f"it names more than {MAX_MODELS} models"
         for t in asked.tools:
             self.tools.setdefault(t, n)
-        if asked.stored_prompt and self.stored_prompt is None:
-            self.stored_prompt = n
         url, body = obj.get("url"), obj.get("body")
+        # The request is the line's `body`: its stored prompt stands there (the top of the line never holds one,
+        # but a provider that reads either is held to it too).
+        if (asked.stored_prompt or stored_prompt(body)) and self.stored_prompt is None:
+            self.stored_prompt = n
         if isinstance(url, str):
             self.urls.setdefault(url.split("?", 1)[0][:200], n)
         if self.unnamed is None and not (isinstance(body, dict) and isinstance(body.get("model"), str)):
@@ -96,6 +100,17 @@ class Estimate:
     facts: Facts = field(default_factory=Facts)
     # Hosted tools the requests enable: micro-dollars per call by usage kind (the dearest type of each kind)
     tool_prices: dict[str, int] = field(default_factory=dict)
+
+
+def stored_prompt(body: Any) -> bool:
+    """A request body naming a stored prompt (``prompt: {"id": ...}``), whose hosted tools the body does not show;
+    a body sent as a string holding JSON is read too (a lenient reader would)."""
+    if isinstance(body, str) and body.strip().startswith("{"):
+        try:
+            body = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return False
+    return isinstance(body, dict) and isinstance(body.get("prompt"), dict)
 
 
 def _unbounded(why: str, lines: int = 0, facts: Facts | None = None) -> Estimate:
@@ -166,16 +181,33 @@ def _line(prices: PriceTable, obj: Any, where: str, default_max_tokens: int
         return f"{where}: {q.unpriced.message}"
     if q.estimate is not None:
         return f"{where}: {q.estimate}"
-    tools = 0
-    if q.tools:
+    per = dict(q.tools or {})
+    stored = stored_prompt(body)  # a stored prompt may enable any hosted tool, which the line does not show
+    token_cost, tools = q.cost, 0
+    if per or stored:
         calls = body.get("max_tool_calls")
         if not isinstance(calls, int) or isinstance(calls, bool) or calls < 0:
-            return (f"{where} enables hosted tools ({', '.join(sorted(q.tools))}) and sets no `max_tool_calls`: "
-                    "keyplane cannot write one into an uploaded file, so their calls are not bounded; set "
-                    "`max_tool_calls` in each request that enables hosted tools")
-        tools = calls * max(q.tools.values())  # at their full price: the batch factor applies to tokens
+            what = (f"enables hosted tools ({', '.join(sorted(per))})" if per
+                    else "names a stored prompt, which may enable hosted tools,")
+            return (f"{where} {what} and sets no `max_tool_calls`: keyplane cannot write one into an uploaded "
+                    "file, so their calls are not bounded; set `max_tool_calls` in each request that enables "
+                    "hosted tools or names a stored prompt")
+        if per:
+            token_cost -= calls * max(per.values())  # the tool calls the quote counted, at their full price
+        if stored:
+            for kind, micros in quote_mod.tool_prices(prices).items():
+                per[kind] = max(per.get(kind, 0), micros)
+            if not per:
+                return f"{where} names a stored prompt, which may enable hosted tools, and the price table prices none"
+            if not q.tools:  # the quote did not count the model turns of the prompt's tool calls: as it would
+                if q.price is None or not q.price.context_window:
+                    return (f"{where} names a stored prompt, which may enable hosted tools, and the model "
+                            f"`{q.model}` has no context_window in the price table")
+                seen = (calls + 1) * max(q.prompt, q.price.context_window)
+                token_cost = max(token_cost, q.price.max_cost(seen, q.tokens - q.prompt))
+        tools = calls * max(per.values())  # at their full price: the batch factor applies to tokens
     if q.body is not None and q.price is not None and not q.price.max_output:
         # keyplane cannot write the output limit into an uploaded file: what it reserves must bind the model
         return f"{where} sets no output limit and the model `{q.model}` has no max_output in the price table"
     model = q.model or ""
-    return -(-(q.cost - tools) * prices.batch_factor(model) // MICROS) + tools, model, q.tools or {}
+    return -(-token_cost * prices.batch_factor(model) // MICROS) + tools, model, per

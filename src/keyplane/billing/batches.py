@@ -24,7 +24,13 @@ docs/limits-and-billing.md "Batches". The flow, for a batch whose input file was
    ``custom_id``), at the batch price, one more per hosted tool kind a line called (``web_search_calls``...,
    at the full price per call), then the reservation is settled with the total (the rest
    released). A lease on the row (``claimed_at``) and ``settled_at`` make it happen once, across
-   polls and instances; the records' ids make a replay harmless in SQL.
+   polls and instances; the records' ids make a replay harmless in SQL. An output that can never be
+   read (404/410, too large) bills the whole reservation as one estimated record; any other failure
+   leaves the batch to a later poll, which goes on with the others. A batch kept with nothing reserved
+   (an unbounded file where no money control applies) is metered the same way.
+4. The background poll cancels at the provider the batches whose key was revoked, suspended or deleted,
+   or whose project is no longer active (audited ``batch.cancelled``); they are metered once cancelled.
+   The reservations of running batches are held again when the counters are rebuilt (engine.hold_batches).
 """
 
 from __future__ import annotations
@@ -58,6 +64,10 @@ LEASE_SECONDS: Final = 600  # a metering that died mid-way is taken over after t
 MAX_OUTPUT_LINE: Final = 16 * 1024 * 1024  # a longer output line is not JSON keyplane reads
 POLL_SECONDS: Final = 300.0  # the background poll retrieves a batch not metered yet at most this often
 POLL_BATCH: Final = 20  # batches retrieved per poll (every minute) and instance
+
+
+class OutputUnreadable(Exception):
+    """A batch's output file that can never be read (gone, or too large): the batch is billed at its reservation."""
 
 
 # --- output lines ----------------------------------------------------------------------------------
@@ -159,9 +169,14 @@ class Batches:
         self.router: Any = None  # the proxy's router and upstream client (attach), for the background poll
         self.client: Any = None
         self._polled: dict[str, float] = {}  # batch id -> when the background poll last retrieved it
+        self._cancelled: set[str] = set()  # batch ids this instance asked the provider to cancel (poll)
 
     def attach(self, router: Any, client: Any) -> None:
         self.router, self.client = router, client
+
+    def busy(self, bid: str) -> bool:
+        """The batch is being metered by this process, or was: its reservation is (being) settled here."""
+        return bid in self.settled or bid in self._locks
 
     # -- 1. the upload ---------------------------------------------------------------------------
 
@@ -266,8 +281,11 @@ class Batches:
         if res is None or "batch" not in res.extra or not isinstance(bid, str) or len(bid) > 128:
             return
         est: Estimate = res.extra["batch"]  # type: ignore[assignment]
+        # An unbounded file (kept with nothing reserved, where no money control applies) priced no model: the
+        # models its lines name price the output lines that name none.
+        models = est.models or sorted(est.facts.models)[:100]
         data = {"rid": res.rid, "amount": res.amount, "budgets": [[b.key, b.limit, b.ttl] for b in res.budgets],
-                "models": est.models, "endpoint": obj.get("endpoint"), "tool_prices": est.tool_prices}
+                "models": models, "endpoint": obj.get("endpoint"), "tool_prices": est.tool_prices}
         try:
             await self._insert(BatchCost(
                 id=bid, object="batch", project_id=req.project_id or "", api_key_id=req.key.id,
@@ -306,20 +324,34 @@ class Batches:
                 return
 
     async def poll(self, limit: int = POLL_BATCH, min_age: int = 30) -> int:
-        """Background (billing's step, every minute): retrieve batches not metered yet from their upstream and
-        meter the terminal ones, so that a batch nobody reads through keyplane again is metered all the same.
-        Each batch at most once per POLL_SECONDS per instance; returns how many were metered."""
+        """Background (billing's step, every minute): cancel at the provider the batches whose key or project
+        was stopped (:meth:`_stop`), then retrieve batches not metered yet from their upstream and meter the
+        terminal ones, so that a batch nobody reads through keyplane again is metered all the same. Each batch
+        at most once per POLL_SECONDS per instance; one that fails is logged and the others go on. Returns how
+        many were metered."""
         if self.router is None or self.client is None:
             return 0
         now = self.rt.clock.now()
         async with self.rt.read() as s:
-            rows = (await s.execute(select(BatchCost.id, BatchCost.upstream, BatchCost.project_id).where(
+            rows = (await s.execute(select(BatchCost.id, BatchCost.upstream, BatchCost.project_id,
+                                           BatchCost.api_key_id).where(
                 BatchCost.object == "batch", BatchCost.settled_at.is_(None),
                 BatchCost.created_at <= int(now) - min_age).order_by(BatchCost.created_at).limit(1000))).all()
-        live = {bid for bid, _, _ in rows}
+        live = {bid for bid, _, _, _ in rows}
         self._polled = {k: v for k, v in self._polled.items() if k in live}
+        self._cancelled &= live
+        for bid, upstream, pid, kid in rows:
+            if bid in self.settled or bid in self._cancelled:
+                continue
+            why = self._stopped(kid, pid)
+            if why is not None:
+                try:
+                    await self._stop(bid, upstream, pid, kid, why)
+                except Exception as e:  # the upstream unreachable: tried again at the next poll
+                    log.warning("batch %s: could not cancel it at the provider (%s: %s); will retry", bid,
+                                type(e).__name__, e)
         done = 0
-        for bid, upstream, pid in rows:
+        for bid, upstream, pid, _ in rows:
             if limit <= 0:
                 break
             if bid in self.settled or now - self._polled.get(bid, 0.0) < POLL_SECONDS:
@@ -328,9 +360,57 @@ class Batches:
             self._polled[bid] = now
             obj = await self._get_json(self.router, self.client, upstream, pid, f"/v1/batches/{bid}")
             if isinstance(obj, dict) and obj.get("id") == bid and obj.get("status") in TERMINAL:
-                await self.meter(bid, obj, self.router, self.client)
+                try:
+                    await self.meter(bid, obj, self.router, self.client)
+                except Exception as e:  # this one is tried again at a later poll; the others are metered now
+                    log.error("batch %s: metering failed (%s: %s); will retry", bid, type(e).__name__, e)
+                    continue
                 done += 1
         return done
+
+    def _stopped(self, key_id: str | None, project_id: str) -> str | None:
+        """Why a batch's key or project may not spend any more (revoked, suspended or deleted key, project not
+        active), or None. Expired keys are not: a batch created before the expiry runs its course."""
+        snap = self.rt.snapshot
+        if not snap.loaded:
+            return None
+        if project_id:
+            p = snap.projects.get(project_id)
+            if p is None or p.status != "active":
+                return f"its project {project_id} is {p.status if p is not None else 'deleted'}"
+        if not key_id:
+            return None
+        e = snap.keys_by_id.get(key_id)
+        if e is None:
+            return f"its API key {key_id} was deleted"
+        if e.revoked_at is not None:
+            return f"its API key {key_id} was revoked" + (f" ({e.revoke_reason})" if e.revoke_reason else "")
+        if e.suspended_at is not None:
+            return f"its API key {key_id} is suspended" + (f" ({e.suspend_reason})" if e.suspend_reason else "")
+        return None
+
+    async def _stop(self, bid: str, upstream: str | None, project_id: str, key_id: str | None, why: str) -> None:
+        """Cancel a running batch at its provider (``POST /v1/batches/{id}/cancel``), once per instance: what it
+        produced until then is metered when it is terminal (cancelled), as any batch. Audited as
+        ``batch.cancelled``."""
+        status, body = await self._call(self.router, self.client, upstream, project_id, "POST",
+                                        f"/v1/batches/{bid}/cancel")
+        if status >= 500 or status == 429:
+            raise errors.upstream_error(f"The upstream answered {status} to the cancel.")
+        self._cancelled.add(bid)  # answered: not asked again (a batch already finished answers an error)
+        if status >= 400:
+            log.info("batch %s: cancel answered %d (%s): %s", bid, status, why, body[:200].decode(errors="replace"))
+            return
+        log.warning("batch %s cancelled at the provider: %s", bid, why)
+        from keyplane import control
+
+        try:
+            async with self.rt.sessions() as s, s.begin():
+                await control.audit(s, control.SYSTEM_ACTOR, "batch.cancelled",
+                                    {"id": bid, "api_key_id": key_id, "reason": why},
+                                    project_id=project_id or None, resource_id=bid, at=int(self.rt.clock.now()))
+        except Exception:
+            log.exception("batch %s: the audit entry of its cancel could not be written", bid)
 
     async def meter(self, bid: str, obj: dict[str, Any], router: Any, client: Any) -> None:
         lock = self._locks.setdefault(bid, asyncio.Lock())
@@ -376,10 +456,15 @@ class Batches:
         data = orjson.loads(row.data)
         out_id = obj.get("output_file_id")
         lines: list[Line] = []
+        unread: str | None = None  # why the output cannot be read, ever: billed at the reservation, estimated
         if isinstance(out_id, str) and out_id:
-            content = await self._get_bytes(router, client, row.upstream, row.project_id,
-                                            f"/v1/files/{out_id}/content")
-            lines = parse_output(content, row.id)
+            try:
+                content = await self._get_bytes(router, client, row.upstream, row.project_id,
+                                                f"/v1/files/{out_id}/content")
+            except OutputUnreadable as e:
+                unread = str(e)
+            else:
+                lines = parse_output(content, row.id)
         prices: PriceTable = self.b.prices
         fallback = _dearest(prices, data.get("models") or [])
         endpoint = str(data.get("endpoint") or obj.get("endpoint") or "/v1/chat/completions")
@@ -417,6 +502,17 @@ class Batches:
                     rec, id=record_id(row.id, f"{ln.rid}\0{tool_kind}"), kind=tool_kind, input_tokens=0,
                     cached_tokens=0, output_tokens=0, cost_micros=micros, cost_input_micros=0,
                     units=ln.tools[tool_kind]))
+        if unread is not None:
+            # The output is gone (deleted before it was metered, expired) or too large to read: the batch ran and
+            # the provider bills it, so it is billed at what was reserved for it (its bound), marked estimated.
+            total = int(data.get("amount") or 0)
+            name = fallback[0] if fallback is not None else next(iter(data.get("models") or []), None)
+            records.append(Record(
+                record_id(row.id, "\0estimated"), now, snap.org_id or None, row.project_id, row.api_key_id,
+                entry.owner_user_id if entry is not None else None, name, row.upstream, kind, endpoint, 200,
+                cost_micros=total, estimated=True, attempts=1, error=unread[:200]))
+            log.warning("batch %s: %s; billed at its reservation, %d micro-dollars (estimated)", row.id, unread,
+                        total)
         usage = self.rt.pipeline.usage if self.rt.pipeline is not None else None
         append = getattr(usage, "append_records", None)
         if append is not None and records:
@@ -452,9 +548,12 @@ class Batches:
             raise errors.upstream_error(f"The upstream `{upstream}` that holds the batch is not usable.")
         return dep
 
-    async def _get_bytes(self, router: Any, client: Any, upstream: str | None, project_id: str, path: str) -> bytes:
+    async def _call(self, router: Any, client: Any, upstream: str | None, project_id: str, method: str,
+                    path: str) -> tuple[int, bytes]:
+        """(status, body) of a call to the upstream holding the batch; raises OutputUnreadable for a body larger
+        than keyplane reads."""
         dep = self._dep(router, upstream, project_id)
-        resp = await client.request(dep, "GET", path, [], b"")
+        resp = await client.request(dep, method, path, [], b"")
         parts: list[bytes] = []
         size = 0
         limit = max(self.rt.settings.max_body_bytes * 4, 256 * 1024 * 1024)
@@ -462,11 +561,19 @@ class Batches:
             size += len(chunk)
             if size > limit:
                 resp.close()
-                raise errors.upstream_error(f"The output file {path} is larger than keyplane reads ({limit} bytes).")
+                raise OutputUnreadable(f"the output file {path} is larger than keyplane reads ({limit} bytes)")
             parts.append(chunk)
-        if resp.status >= 400:
-            raise errors.upstream_error(f"The upstream answered {resp.status} reading {path}.")
-        return b"".join(parts)
+        return resp.status, b"".join(parts)
+
+    async def _get_bytes(self, router: Any, client: Any, upstream: str | None, project_id: str, path: str) -> bytes:
+        """A GET's body; OutputUnreadable when it is gone (404, 410) or too large, an upstream error (tried again
+        later) for any other failure."""
+        status, body = await self._call(router, client, upstream, project_id, "GET", path)
+        if status in (404, 410):
+            raise OutputUnreadable(f"the upstream answered {status} reading {path} (deleted or expired)")
+        if status >= 400:
+            raise errors.upstream_error(f"The upstream answered {status} reading {path}.")
+        return body
 
     async def _get_json(self, router: Any, client: Any, upstream: str | None, project_id: str, path: str) -> Any:
         try:

@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+from sqlalchemy import select
+
 from keyplane.billing import ledger as ledger_mod
 from keyplane.billing import state, tiers
 from keyplane.billing.prices import Price, PriceTable
 from keyplane.billing.ratelimits import merge
-from keyplane.limits import Bucket, BudgetRef, Limiter, Unseeded
+from keyplane.limits import Bucket, BudgetRef, Limiter, Reservation, Unseeded
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
 
@@ -168,7 +171,8 @@ class Billing:
 
     async def seed(self, only_if_needed: bool = False) -> None:
         """Budget counters from the SQL ledger plus the journal's unapplied records (ledger.snapshot):
-        this month's spend and the credit used."""
+        this month's spend and the credit used; then the reservations of the batches still running
+        (:meth:`hold_batches`), which live in the limiter only."""
         async with self._seed_lock:
             epoch = getattr(self.limiter, "epoch", None)
             if only_if_needed and epoch is not None and await epoch() is not None:
@@ -183,6 +187,7 @@ class Billing:
                 log.info("budget counters include %d usage records not yet applied to the store", snap.unapplied)
             if epoch is None:
                 await self.limiter.seed(snap.spent, ttls)
+                await self.hold_batches()
                 return
             after_loss = self.seen_epoch
             if after_loss:
@@ -191,8 +196,51 @@ class Billing:
             await self.limiter.seed(snap.spent, ttls, after_loss=after_loss)
             self.epoch = await epoch()
             self.seen_epoch = True
+            await self.hold_batches()
             if after_loss:
                 log.warning("budget counters rebuilt in Redis from SQL and %d journal records", snap.unapplied)
+
+    async def hold_batches(self) -> int:
+        """Hold again the reservation of every batch not metered yet (its row in ``batch_costs``: request id,
+        amount, budgets) for what is left of its window (billing/batches.py RESERVE_SECONDS): the in-process
+        limiter starts empty after a restart, Redis after a loss of its data, and the batches go on spending.
+        Idempotent: a reservation still held is left as it is (a second seed, another instance). Returns how
+        many were held again."""
+        from keyplane.billing.batches import RESERVE_SECONDS
+        from keyplane.store.models import BatchCost
+
+        now = self.rt.clock.now()
+        async with self.rt.read() as s:
+            rows = (await s.execute(select(BatchCost.id, BatchCost.data, BatchCost.created_at).where(
+                BatchCost.object == "batch", BatchCost.settled_at.is_(None),
+                BatchCost.created_at > int(now) - RESERVE_SECONDS))).all()
+        batches = self.rt.extras.get("batches")
+        held: dict[str, Reservation] = {}
+        for bid, raw, created in rows:
+            if batches is not None and batches.busy(bid):
+                continue  # being metered (or metered) by this process: its settle releases the reservation
+            try:
+                data = orjson.loads(raw)
+                res = Reservation(str(data.get("rid") or bid), int(data.get("amount") or 0), 0, tuple(
+                    BudgetRef(str(k), None, int(ttl)) for k, _, ttl in data.get("budgets") or []), ())
+            except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
+                log.warning("batch %s: its reservation cannot be read from its row; not held again", bid)
+                continue
+            ttl_us = int((created + RESERVE_SECONDS - now) * 1_000_000)
+            if await self.limiter.hold(res, ttl_us):
+                held[bid] = res
+        if held:
+            # A batch metered elsewhere while these were read (its row settled after the read): release it again.
+            ids = list(held)
+            gone: list[str] = []
+            async with self.rt.read() as s:
+                for i in range(0, len(ids), 500):
+                    gone.extend((await s.execute(select(BatchCost.id).where(
+                        BatchCost.id.in_(ids[i:i + 500]), BatchCost.settled_at.is_not(None)))).scalars())
+            for bid in gone:
+                await self.limiter.settle(held.pop(bid), 0, 0)
+            log.info("held the reservations of %d running batches again", len(held))
+        return len(held)
 
     async def reseed_if_needed(self) -> None:
         """Fleet: rebuild the counters when Redis lost them; add this instance's unapplied journal records

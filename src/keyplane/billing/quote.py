@@ -177,6 +177,13 @@ def _hosted_tools(prices: PriceTable, endpoint: str, body: bytes
             return (f"it enables the hosted tool `{str(kind)[:40]}`, which the provider bills in ways keyplane "
                     "does not price")
         per[usage_kind] = max(per.get(usage_kind, 0), price)
+    if isinstance(obj, dict) and obj.get("prompt") is not None:
+        # A stored prompt may enable any hosted tool, which the body does not show: every call is reserved at
+        # the dearest per-call price of each kind, and max_tool_calls bounds them all.
+        for usage_kind, price in tool_prices(prices).items():
+            per[usage_kind] = max(per.get(usage_kind, 0), price)
+    if not per:
+        return "it may use hosted tools, and the price table prices none"
     calls = obj.get("max_tool_calls") if isinstance(obj, dict) else None
     new_body = None
     if not isinstance(calls, int) or isinstance(calls, bool) or calls < 0:

@@ -109,6 +109,11 @@ class Limiter(Protocol):
         """Release the reservation, add the actual cost, correct the token buckets."""
         ...
 
+    async def hold(self, res: Reservation, ttl_us: int) -> bool:
+        """Hold ``res.amount`` on its budgets for ``ttl_us`` whatever their limits (a reservation restored after
+        a restart), unless ``res.rid`` is held already; True when it was added."""
+        ...
+
     async def seed(self, spent: dict[str, int], ttls: dict[str, int], after_loss: bool = False) -> None:
         """Set counters where they are missing from the SQL ledger plus the journal's unapplied records
         (start-up, or Redis lost its data: ``after_loss``, rate buckets then start used up)."""

@@ -75,6 +75,19 @@ class MemoryLimiter:
                     tokens: int, ttl_us: int | None = None) -> Granted | Denied:
         return self.admit_now(rid, budgets, buckets, cost, tokens, ttl_us)
 
+    async def hold(self, res: Reservation, ttl_us: int) -> bool:
+        """Hold ``res.amount`` on every budget of ``res`` for ``ttl_us``, whatever their limits (a reservation
+        taken before, restored: a running batch's after a restart), unless ``res.rid`` is held already."""
+        if res.rid in self.reservations or res.amount <= 0 or ttl_us <= 0:
+            return False
+        for b in res.budgets:
+            c = self.budgets.get(b.key)
+            if c is None:
+                c = self.budgets[b.key] = [0, 0]
+            c[1] += res.amount
+        self.reservations[res.rid] = (self.now_us() + ttl_us, res.amount, tuple(b.key for b in res.budgets))
+        return True
+
     def settle_now(self, res: Reservation, actual_cost: int, actual_tokens: int) -> None:
         held = self.reservations.pop(res.rid, None)
         for b in res.budgets:

@@ -299,6 +299,18 @@ class RedisLimiter:
             return Denied("too_large", int(r[2]) - 1, int(r[3]) - 1, used=int(r[4]))
         return Denied("rate", int(r[2]) - 1, int(r[3]) - 1, used=int(r[4]), wait_us=int(r[5]))
 
+    async def hold(self, res: Reservation, ttl_us: int) -> bool:
+        """Hold ``res.amount`` on every budget of ``res`` for ``ttl_us``, whatever their limits (a reservation
+        taken before, restored: a running batch's after the counters were rebuilt), unless it is held already
+        (the admission script's own check: the same member on the first budget). Raises Unseeded."""
+        if res.amount <= 0 or ttl_us <= 0 or not res.budgets:
+            return False
+        held = await self.redis.zscore(self._z(res.budgets[0].key), f"{res.rid}:{res.amount}")
+        if held is not None:
+            return False
+        free = tuple(BudgetRef(b.key, None, b.ttl) for b in res.budgets)
+        return isinstance(await self.admit(res.rid, free, (), res.amount, 0, ttl_us), Granted)
+
     async def settle(self, res: Reservation, actual_cost: int, actual_tokens: int) -> None:
         """Commit a request's cost. When Redis cannot take it the settle is queued (strict) for
         :meth:`retry_pending`, and the error raised for the caller to log."""

@@ -55,6 +55,7 @@ _SPECS: dict[str, tuple[str, dict[str, int]]] = {
 _encodings: dict[str, Any] = {}
 _loading: set[str] = set()
 _lock = threading.Lock()
+_build_lock = threading.Lock()
 
 
 def encoding_name(model: str) -> str | None:
@@ -85,24 +86,47 @@ def _build(name: str) -> Any:
                 token, rank = line.split()
                 ranks[base64.b64decode(token)] = int(rank)
     enc = tiktoken.Encoding(name=name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=special)
-    # tiktoken keeps the Python dict only for pickling; its Rust core holds its own copy. Dropping it
-    # saves ~20 MB per encoding.
+    # The Rust core (CoreBPE) copies the ranks into its own tables when it is built: tiktoken keeps the
+    # Python dict only for pickling (``Encoding.__getstate__`` is its one reader in tiktoken 0.14), and
+    # keyplane never pickles an encoding. Dropping it frees ~23 MB for o200k_base (200k bytes keys, their
+    # ints and the table) and ~11 MB for cl100k_base; the Rust tables (~43 and ~22 MB) are what stays.
+    # tests/limits/test_tokens.py pins the counts to an Encoding that keeps its dict (issue 13).
     enc._mergeable_ranks = None  # type: ignore[assignment]
     return enc
 
 
 def load(names: tuple[str, ...] = ("o200k_base",)) -> None:
-    """Build encodings now (about half a second each; call it off the event loop)."""
+    """Build encodings now (about half a second each; call it off the event loop). Each is built once per
+    process: a second caller (the feature start after `keyplane serve` built it, a background load)
+    waits for the first and finds it there. While one is built its Python ranks and the Rust tables
+    coexist (~70 MB for o200k_base, ~45 MB once built): builds never run side by side."""
     for name in names:
         if name in _encodings:
             continue
+        with _build_lock:
+            if name in _encodings:  # built while this thread waited
+                continue
+            try:
+                enc = _build(name)
+            except Exception as e:  # the package or its data missing: fall back to the estimate
+                log.warning("tokenizer %s unavailable (%s); estimating 4 bytes per token", name, type(e).__name__)
+                enc = None
+            _encodings[name] = enc
+            _counters.clear()  # counters made before the encoding was there used the estimate
+
+
+def prebuild(name: str = "o200k_base") -> None:
+    """Build ``name`` ahead of the start-up that loads it (keyplane.footprint.prepare), before logging is
+    set up: a failure is not recorded, so that :func:`load` meets it again and says why."""
+    with _build_lock:
+        if name in _encodings:
+            return
         try:
             enc = _build(name)
-        except Exception as e:  # the package or its data missing: fall back to the estimate
-            log.warning("tokenizer %s unavailable (%s); estimating 4 bytes per token", name, type(e).__name__)
-            enc = None
+        except Exception:
+            return
         _encodings[name] = enc
-        _counters.clear()  # counters made before the encoding was there used the estimate
+        _counters.clear()
 
 
 def _load_in_background(name: str) -> None:
@@ -213,8 +237,9 @@ class Counter:
             self.scan(req["tools"], scan)
         if _hosted(req.get("tools")):
             scan.hosted_tools = True
-        if req.get("prompt") is not None:  # a stored prompt template: its text is at the provider
-            scan.unbounded = True
+        if req.get("prompt") is not None:  # a stored prompt template: its text is at the provider, and the
+            scan.unbounded = True  # hosted tools it may enable are not in the body either
+            scan.hosted_tools = True
 
 
 class Scan:
@@ -305,12 +330,23 @@ def measure(endpoint: str, model: str, body: bytes) -> Measure:
     if endpoint == "/v1/completions":
         c.scan(req.get("prompt"), scan)
         c.scan(req.get("suffix"), scan)
-        return Measure(scan.tokens, n, scan.unbounded)
+        # A list of prompts (strings or token arrays; a flat list of ints is one prompt) gets n completions
+        # each: the output reserved is max_tokens x n x prompts.
+        return Measure(scan.tokens, n * _prompt_count(req.get("prompt")), scan.unbounded)
     if endpoint == "/v1/embeddings":
         c.scan(req.get("input"), scan)
         return Measure(scan.tokens, 1, scan.unbounded)
     c.scan(req.get("input") or req.get("prompt") or req.get("messages"), scan)
     return Measure(scan.tokens, 1, scan.unbounded)
+
+
+def _prompt_count(prompt: Any) -> int:
+    """How many prompts /v1/completions' ``prompt`` holds (the provider answers each)."""
+    if not isinstance(prompt, list) or not prompt:
+        return 1
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in prompt):
+        return 1  # one prompt given as token ids
+    return len(prompt)
 
 
 def prompt_tokens(endpoint: str, model: str, body: bytes) -> int:

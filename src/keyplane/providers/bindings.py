@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -221,6 +223,17 @@ async def unbind(sessions: async_sessionmaker[AsyncSession], conn: Connector, pr
 
 # --- the proxy's hook -------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1024)
+def _root(url: str) -> str:
+    """An API root as one string however it is spelled: lower-case scheme and host, explicit port, no trailing /."""
+    try:
+        u = urlsplit(url.strip())
+        port = u.port or {"https": 443, "http": 80}.get(u.scheme.lower(), 0)
+    except ValueError:
+        return url.rstrip("/")
+    return f"{u.scheme.lower()}://{(u.hostname or '').lower()}:{port}{u.path.rstrip('/')}"
+
+
 @dataclass(frozen=True, slots=True)
 class _Bound:
     base_url: str  # the provider's API root: the upstreams with this base_url get the key
@@ -231,7 +244,7 @@ class UpstreamKeys:
     """project id -> its own provider key, in memory (reloaded from SQL every RELOAD_SECONDS)."""
 
     def __init__(self, providers: Sequence[ProviderSection], box: KeyBox) -> None:
-        self._urls = {p.name: p.base_url.rstrip("/") for p in providers}
+        self._urls = {p.name: _root(p.base_url) for p in providers}
         self.box = box
         self.bound: dict[str, _Bound] = {}
         self._copies: dict[tuple[str, str], tuple[Any, str, Any]] = {}
@@ -258,13 +271,17 @@ class UpstreamKeys:
         """The pool the proxy forwards a project's request to: for a bound project, each shared upstream whose
         base_url is the bound provider's API root carries the project's own key; dedicated upstreams
         (``projects = [...]``) and other upstreams are left as they are. A binding whose key cannot be read
-        leaves no such upstream (the request is refused, never sent with the shared key)."""
+        leaves no such upstream, and one to a provider no longer in [[providers]] no shared upstream at all (the
+        request is refused, never sent with the shared key). The API roots are compared as URLs (scheme and host
+        in any case, the default port written or not, a trailing /): one spelled two ways is one API."""
         b = self.bound.get(project_id) if project_id else None
         if b is None or not pool:
             return pool
         out = []
         for d in pool:
-            if d.config.projects or d.is_demo or d.config.base_url.rstrip("/") != b.base_url:
+            if not b.base_url and not (d.config.projects or d.is_demo):
+                continue  # bound to a provider no longer configured: which upstreams are its API is unknown
+            if d.config.projects or d.is_demo or _root(d.config.base_url) != _root(b.base_url):
                 out.append(d)
                 continue
             if b.key is None:

@@ -61,6 +61,9 @@ class RequestContext:
     latency_ms: float = 0.0
     ttft_ms: float | None = None  # time to the first byte of the answer sent to the client
     disconnected: bool = False
+    # The upstream received the call and failed to answer it (a read timeout, a broken answer): it may have run
+    # and billed it, so it was not retried, and it is billed at its estimate (proxy/handler.py).
+    upstream_received: bool = False
     error: str | None = None  # short reason when the request failed after admission
     # Who called (the kill switch's new-origin detector): filled by the proxy from the socket / headers.
     client_ip: str | None = None

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from aiohttp import ClientConnectorError
+from aiohttp import ClientConnectorError, ConnectionTimeoutError
 
 from keyplane import errors
 from keyplane.proxy import usage as _usage
@@ -87,6 +87,12 @@ def _attempt_error(dep: Deployment, e: BaseException) -> errors.APIError:
     if isinstance(e, StopAsyncIteration):
         return errors.upstream_stream_broken(dep.name)
     return errors.upstream_unreachable(dep.name)
+
+
+def _received(e: BaseException, answered: bool) -> bool:
+    """Whether a failed attempt reached the upstream for sure: it answered (then its body failed), or the read
+    timed out while the upstream was working (not a connect timeout: nothing was sent)."""
+    return answered or (isinstance(e, TimeoutError) and not isinstance(e, ConnectionTimeoutError))
 
 
 class TooLarge(Exception):
@@ -181,7 +187,14 @@ class Forwarder:
                     # was sent may be the request's doing, and counts against its tenant (router.Breaker).
                     dep.breaker.failure(monotonic(), None if isinstance(e, ClientConnectorError) else tenant)
                     waits[dep.name] = None
-                    last = _attempt_error(dep, e)
+                    last = err = _attempt_error(dep, e)
+                    if ctx.spending and _received(e, answered=resp is not None):
+                        # The provider has it (it answered, or was still working when the read timed out): it
+                        # may run and bill it, and would again if sent again, metered once. Not retried; the
+                        # handler bills it at its estimate. A connection that closed before any answer (a
+                        # stale keep-alive connection) is retried as before.
+                        ctx.upstream_received = True
+                        raise err from None
                     continue
                 except BaseException:
                     if resp is not None:

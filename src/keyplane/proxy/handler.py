@@ -273,6 +273,8 @@ class ProxyApp:
                                                 ctx.model, ctx)
             except errors.APIError as e:
                 ctx.status, ctx.error = e.status, e.code
+                if ctx.upstream_received:  # the provider may have run (and billed) it: billed at its estimate
+                    self._usage_from_relay(ctx, None)
                 await self._finish(ctx, t0, watch)
                 await self._send_error(send, e, ctx.request_id.encode(), t0, ctx.extra_headers)
                 return
