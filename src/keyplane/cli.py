@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from keyplane import control
+from keyplane import control, footprint
 from keyplane.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings
 from keyplane.errors import APIError
 
@@ -190,6 +190,8 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (each with its own snapshot).")] = 1,
 ) -> None:
     """Run keyplane: the /v1 proxy, the admin API and health endpoints. Migrations apply on start."""
+    if workers == 1:  # this process serves: its malloc settings and tokenizer come first (keyplane.footprint)
+        footprint.prepare()
     import uvicorn
 
     s = settings(create_secret=True, host=host, port=port)
@@ -218,6 +220,7 @@ def serve(
 
 def app_from_env() -> Any:
     """ASGI factory used by `keyplane serve` (and any ASGI server): settings from the environment."""
+    footprint.prepare()  # a worker process of its own (--workers N, `uvicorn --factory`); else done already
     from keyplane.app import create_app
 
     return create_app(load_settings(os.environ.get("KEYPLANE_CONFIG") or None, create_secret=True))

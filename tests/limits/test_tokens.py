@@ -131,3 +131,90 @@ def test_a_model_without_a_tokenizer_reserves_an_upper_bound(text):
         tokens.load((name,))
         real = len(tokens._encodings[name].encode_ordinary(text))
         assert counted >= real, name
+
+
+# --- issue 13: memory. The Python ranks are dropped after the build; each encoding is built once. ---
+
+CORPUS = [
+    *ADVERSARIAL,
+    "Héllo wörld! 12345 tokens, spaces   and\nnewlines; code: def f(x): return x**2 # ünïcode 你好",
+    "<|endoftext|> <|endofprompt|> <|fim_prefix|> plain text that looks special",
+    "    indented\n\n\n\t\ttabs  \r\n trailing   \n" * 10,
+    "1234567890 3.14159 -42 1e10 0x1F 000123 " * 20,
+    "I'm we've they'LL you'D it's THEY'RE " * 20,
+    "https://example.com/path?q=1&r=%20x#frag user@example.com {\"k\": [1, 2, {\"n\": null}]}",
+    "Привет, мир! \u0393\u03b5\u03b9\u03ac \u03c3\u03bf\u03c5 \u03ba\u03cc\u03c3\u03bc\u03b5! مرحبا بالعالم שלום עולם "
+    "こんにちは世界 안녕하세요 세계",  # Greek escaped: ruff's RUF001 reads its letters as Latin look-alikes
+    "\ud800 lone surrogate and \udfff",  # tiktoken re-encodes these: counted, not refused
+    "a" * 5000,
+    "".join(chr(c) for c in range(32, 0x2000, 3)),
+]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Each encoding built the plain tiktoken way, its Python ranks kept."""
+    import base64
+    import gzip
+
+    import tiktoken
+
+    out = {}
+    for name in BOTH:
+        with gzip.open(tokens._rank_file(name), "rb") as f:
+            ranks = {base64.b64decode(t): int(r) for t, r in (line.split() for line in f if line.strip())}
+        pat, special = tokens._SPECS[name]
+        out[name] = tiktoken.Encoding(name=name, pat_str=pat, mergeable_ranks=ranks, special_tokens=special)
+    return out
+
+
+@pytest.mark.parametrize("name", BOTH)
+def test_dropping_the_python_ranks_changes_no_count(name, reference):
+    """limits/tokens.py drops tiktoken's Python copy of the ranks (its Rust core has its own): the tokens,
+    hence every count, are those of an Encoding that keeps it, on every kind of text."""
+    enc = tokens._encodings[name]
+    assert enc._mergeable_ranks is None and reference[name]._mergeable_ranks is not None
+    for text in CORPUS:
+        assert enc.encode_ordinary(text) == reference[name].encode_ordinary(text), text[:40]
+    model = "gpt-4o" if name == "o200k_base" else "gpt-4-turbo"
+    tokens._counters.clear()
+    for text in CORPUS:
+        assert tokens.counter(model).count(text) == len(reference[name].encode_ordinary(text))
+
+
+def test_each_encoding_is_built_once_per_process(monkeypatch):
+    import threading
+    import time
+
+    built: list[str] = []
+
+    def slow_build(name):
+        built.append(name)
+        time.sleep(0.2)  # wide enough for every caller to arrive while the first builds
+        return object()
+
+    monkeypatch.setattr(tokens, "_encodings", {})
+    monkeypatch.setattr(tokens, "_counters", {})
+    monkeypatch.setattr(tokens, "_build", slow_build)
+    callers = [threading.Thread(target=tokens.load, args=(("cl100k_base",),)) for _ in range(4)]
+    callers.append(threading.Thread(target=tokens.prebuild, args=("cl100k_base",)))
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert built == ["cl100k_base"]
+    tokens.load(("cl100k_base",))
+    tokens.prebuild("cl100k_base")
+    assert built == ["cl100k_base"]
+
+
+def test_a_prebuild_that_fails_is_left_for_load_to_report(monkeypatch, caplog):
+    def broken(name):
+        raise FileNotFoundError(name)
+
+    monkeypatch.setattr(tokens, "_encodings", {})
+    monkeypatch.setattr(tokens, "_build", broken)
+    tokens.prebuild()  # before logging is set up (`keyplane serve`): silent, and not recorded
+    assert "o200k_base" not in tokens._encodings
+    tokens.load()  # the billing feature's start: says why, then counts with the upper bound
+    assert tokens._encodings["o200k_base"] is None and "tokenizer o200k_base unavailable" in caplog.text

@@ -4,7 +4,8 @@ The algorithm is pinned by the key, never taken from the token: the JWK's ``alg`
 implies) must equal the header's, and only asymmetric algorithms are accepted (no ``none``, no HMAC with
 a public key as the secret). exp, iat, iss and aud are required and checked, nbf when present, with a small
 leeway. Keys are found by ``kid``; an unknown kid refetches the JWKS (at most every MIN_REFETCH seconds),
-which is how an issuer's key rotation is followed.
+which is how an issuer's key rotation is followed. PyJWT is imported at the first token it reads, not
+at start-up: a node that never exchanges a token does not keep its modules resident (issue 13).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import jwt
 import orjson
 
 LEEWAY_SECONDS = 60
@@ -134,6 +134,8 @@ class JwksCache:
 
 def key_id(token: str) -> str | None:
     """The ``kid`` of a token's header (unverified: only to pick the key), or None."""
+    import jwt
+
     try:
         kid = jwt.get_unverified_header(token).get("kid")
     except jwt.PyJWTError:
@@ -159,6 +161,8 @@ def verify(token: str, keys: list[dict[str, Any]], *, issuer: str, audience: str
     """The claims of a token signed by one of ``keys`` for ``issuer`` and ``audience``, or TokenRejected."""
     if len(token) > MAX_SUBJECT_TOKEN:
         raise TokenRejected("The subject token is too large.")
+    import jwt
+
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:

@@ -3,7 +3,8 @@
 httpx rather than the official SDK: the retries must wait on keyplane's injected clock (tests replay
 429s with ``retry-after`` without sleeping) and errors must never carry the admin key. The admin key is
 read from the environment variable the config names, at each connector's creation, and lives only in
-the Authorization header.
+the Authorization header. httpx is imported when a connector is made: a node with no ``[[providers]]``
+never loads it (~2 MB of resident modules, issue 13).
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from keyplane.config import ProviderSection
+
+if TYPE_CHECKING:
+    import httpx
 
 USAGE_KINDS = ("completions", "embeddings", "moderations", "images", "audio_speeches", "audio_transcriptions",
                "vector_stores", "code_interpreter_sessions", "file_search_calls", "web_search_calls")
@@ -51,6 +53,8 @@ class Connector:
             raise ProviderError(f"provider {cfg.name}: the environment variable {cfg.admin_key_env} "
                                 "(admin_key_env) is not set")
         self._sleep = sleep
+        import httpx
+
         self._http = httpx.AsyncClient(base_url=cfg.base_url.rstrip("/"), timeout=cfg.timeout, transport=transport,
                                        headers={"authorization": f"Bearer {key}"}, follow_redirects=False)
         self.calls = 0
@@ -61,6 +65,8 @@ class Connector:
     async def request(self, method: str, path: str, params: list[tuple[str, str]] | None = None,
                       json: dict[str, Any] | None = None, *, retry: bool = True) -> dict[str, Any]:
         """One call, retried on 429, 5xx and timeouts (``retry=False``: a create that must not run twice)."""
+        import httpx
+
         what = f"{method} {path}"
         for attempt in range(MAX_RETRIES + 1 if retry else 1):
             self.calls += 1
