@@ -23,6 +23,7 @@ from typing import Any
 from keyplane import alerts
 from keyplane.clock import FakeClock
 from keyplane.config import GuardRule, GuardSection
+from keyplane.features import Features
 from keyplane.guard.engine import Guard
 from keyplane.guard.rules import DEFAULT_RULES
 from keyplane.guard.windows import MemoryWindows, RedisWindows
@@ -49,7 +50,7 @@ def _guard(rules: list[GuardRule], windows: MemoryWindows, clock: FakeClock) -> 
     settings = SimpleNamespace(file=SimpleNamespace(guard=GuardSection(defaults=False, rules=rules)),
                                snapshot_poll_seconds=0.5)
     rt = SimpleNamespace(settings=settings, clock=clock, snapshot=SimpleNamespace(org_id="org-bench",
-                         keys_by_id={}, projects={}), extras={})
+                         keys_by_id={}, projects={}), features=Features())
     return Guard(rt, windows, alerts.Dispatcher([]))
 
 

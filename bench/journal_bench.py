@@ -33,6 +33,7 @@ from types import SimpleNamespace
 
 from keyplane.clock import SystemClock
 from keyplane.config import load_settings
+from keyplane.features import Features
 from keyplane.logs import JsonFormatter
 from keyplane.proxy.context import RequestContext
 from keyplane.scopes import parse_permissions
@@ -87,7 +88,8 @@ async def bench_settle(folder: Path, n: int, observe: bool, access_log: bool) ->
     w.open()
     applier = Applier(None, sub, w, batch=2000, interval=0.5)  # type: ignore[arg-type]  # never started
     w.handoff = applier.handoff = None  # nothing takes the in-memory handoff here: do not let it grow
-    rt = SimpleNamespace(settings=settings, clock=SystemClock(), snapshot=SimpleNamespace(org_id="org_1"), extras={})
+    rt = SimpleNamespace(settings=settings, clock=SystemClock(), snapshot=SimpleNamespace(org_id="org_1"),
+                         features=Features())
     metrics = Metrics(settings)
     rec = Recorder(rt, w, applier, metrics, None)
     key = KeyEntry("key_1", "proj", "k", "sk-kp-proj-...abcd", "proj_1", "user_1", None, parse_permissions("all"),

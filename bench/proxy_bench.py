@@ -76,8 +76,9 @@ def make_app() -> Any:
         await startup()
         assert app.runtime is not None
         # The metering feature records usage when it is installed; otherwise stand in for it.
-        if "settle" not in app.runtime.extras:
-            app.runtime.extras["settle"] = settle
+        # (a pipeline tap: settled requests reach it after every feature's steps, keyplane.pipeline)
+        if app.runtime.pipeline.usage is None:
+            app.runtime.pipeline.taps.append(settle)
 
     app.startup = started  # type: ignore[method-assign]
     return app

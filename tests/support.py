@@ -187,7 +187,7 @@ def until_the_kill_switch_refuses(srv: Any, call: Any, seconds: float = 10.0) ->
 
     deadline = time.monotonic() + seconds
     while True:
-        srv.call(srv.app.runtime.extras["guard"].drain())
+        srv.call(srv.app.runtime.features.guard.drain())
         try:
             call()
         except openai.AuthenticationError:

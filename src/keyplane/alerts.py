@@ -375,15 +375,16 @@ class Dispatcher:
 
 def for_runtime(rt: Any) -> Dispatcher:
     """The runtime's one dispatcher (created on first use; features share it). Stop it with :func:`close_runtime`."""
-    d: Dispatcher | None = rt.extras.get("alerts")
+    d: Dispatcher | None = rt.features.alerts
     if d is None:
         d = Dispatcher.from_config(rt.settings.file.alerts)
-        rt.extras["alerts"] = d
+        rt.features.alerts = d
     return d
 
 
 async def close_runtime(rt: Any) -> None:
-    d: Dispatcher | None = rt.extras.pop("alerts", None)
+    d: Dispatcher | None = rt.features.alerts
+    rt.features.alerts = None
     if d is not None:
         await d.aclose()
 

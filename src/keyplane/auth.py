@@ -39,7 +39,7 @@ def authenticate(rt: Runtime, headers: list[tuple[bytes, bytes]], query_string: 
     token = bearer_token(auth, headers, query_string)
     if token.startswith(workload_tokens.PREFIX):  # a workload identity access token (keyplane.identity)
         entry = workload_tokens.entry_for(rt.settings.secret_key, token, rt.clock.now(),
-                                          rt.extras.get("identity"), rt.snapshot)
+                                          rt.features.identity, rt.snapshot)
     elif token_kind(token, query_string) == "admin":
         raise errors.invalid_key(
             keys.mask(token),

@@ -31,8 +31,8 @@ class _Pingable(Protocol):
 
 def _limits_client(rt: Runtime) -> _Pingable | None:
     """The Redis client of the limiter, when limits live in Redis."""
-    limiter = getattr(rt.extras.get("billing"), "limiter", None)
-    client = getattr(limiter, "redis", None)
+    billing = rt.features.billing
+    client = getattr(billing.limiter, "redis", None) if billing is not None else None  # RedisLimiter's
     return client if client is not None and hasattr(client, "ping") else None
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from keyplane.bus import Bus, Publisher
 from keyplane.clock import Clock
 from keyplane.config import Settings
+from keyplane.features import Features
 from keyplane.pipeline import Pipeline
 from keyplane.snapshot import LastUsedRecorder, Snapshot, SnapshotRefresher
 
@@ -33,8 +33,8 @@ class Runtime:
     publisher: Publisher | None = None
     # The request flow's steps (keyplane.pipeline), assembled by the app once the features have started.
     pipeline: Pipeline = field(default_factory=Pipeline)
-    # Filled by the features that own them (proxy, limits, usage, guard) at start-up.
-    extras: dict[str, Any] = field(default_factory=dict)
+    # What the features started offer each other (keyplane.features), each set by its owner at start-up.
+    features: Features = field(default_factory=Features)
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:

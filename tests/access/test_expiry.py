@@ -34,7 +34,7 @@ def srv(tmp_path: Path, database_url: str) -> Iterator[tuple[RunningServer, Fake
     clock = FakeClock(time.time())
     s = start_server(settings, init_org(settings), clock=clock)
     sink = CaptureSink()
-    s.app.runtime.extras["alerts"] = alerts.Dispatcher([sink])
+    s.app.runtime.features.alerts = alerts.Dispatcher([sink])
     try:
         yield s, clock, sink
     finally:
@@ -42,7 +42,7 @@ def srv(tmp_path: Path, database_url: str) -> Iterator[tuple[RunningServer, Fake
 
 
 def _check(s: RunningServer, notifier: ExpiryNotifier | None = None) -> int:
-    n = notifier or s.app.runtime.extras["access.expiry"]
+    n = notifier or s.app.runtime.features.access_expiry
 
     async def run() -> int:
         sent = await n.check()

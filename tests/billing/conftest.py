@@ -120,7 +120,7 @@ def new_key(srv: RunningServer, name: str = "test key") -> dict:
 
 
 def billing_of(srv: RunningServer):
-    return srv.app.runtime.extras["billing"]
+    return srv.app.runtime.features.billing
 
 
 def flush(srv: RunningServer) -> None:

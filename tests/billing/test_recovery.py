@@ -264,7 +264,7 @@ def test_settles_cut_off_from_redis_are_replayed(template_home, tmp_path, fake, 
                 return await asyncio.gather(*tasks)
 
         assert asyncio.run(held()) == [200] * 30
-        assert len(srv.app.runtime.extras["billing"].limiter.pending) == 30
+        assert len(srv.app.runtime.features.billing.limiter.pending) == 30
         proxy.set("open")
         deadline = time.monotonic() + 10
         while billing_of(srv).limiter.pending and time.monotonic() < deadline:

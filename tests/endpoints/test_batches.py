@@ -241,7 +241,7 @@ def test_a_batch_nobody_reads_again_is_metered_by_the_background_poll(make_gatew
     fake.objects.batch_status = "in_progress"
     client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
     b = _batch(client, 2)
-    batches = srv.app.runtime.extras["batches"]
+    batches = srv.app.runtime.features.batches
     assert srv.call(batches.poll(min_age=0)) == 0  # still running at the provider
     fake.objects.batches[b.id]["status"] = "completed"
     assert srv.call(batches.poll(min_age=0)) == 0  # polled a moment ago: not again before POLL_SECONDS
@@ -417,7 +417,7 @@ def test_a_batch_that_fails_to_meter_is_retried_and_does_not_hold_up_the_others(
     first, second = _batch(client, 1), _batch(client, 1, start=1)
     for b in (first, second):
         fake.objects.batches[b.id]["status"] = "completed"
-    batches = srv.app.runtime.extras["batches"]
+    batches = srv.app.runtime.features.batches
     real = batches._get_bytes
 
     async def flaky(router, client_, upstream, project_id, path):  # type: ignore[no-untyped-def]
@@ -464,7 +464,7 @@ def test_a_suspended_keys_batch_is_cancelled_once_audited_and_metered(make_gatew
     fake.objects.batch_status = "in_progress"
     client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
     b = _batch(client, 2)
-    batches = srv.app.runtime.extras["batches"]
+    batches = srv.app.runtime.features.batches
     assert srv.call(batches.poll(min_age=0)) == 0
     assert fake.objects.batches[b.id]["status"] == "in_progress"  # an active key's batch runs on
     with admin_http(srv) as h:

@@ -54,7 +54,7 @@ def test_rules_round_trip(http, server):
     assert http.delete("/rules/cap").status_code == 200
     assert [d["name"] for d in http.get("/rules").json()["data"]] == ["token-surge"]
     # The running guard took every change (same instance: at once).
-    guard = server.app.runtime.extras["guard"]
+    guard = server.app.runtime.features.guard
     assert list(guard.rules) == ["token-surge"] and guard.rules["token-surge"].mode == "alert"
     # Each change is in the audit log.
     with httpx.Client(base_url=server.v1 + "/organization",
@@ -135,7 +135,7 @@ def chat(srv, key: str, text: str = "hello there, how are you today?") -> httpx.
 
 
 def drain(srv) -> None:
-    srv.call(srv.app.runtime.extras["guard"].drain())
+    srv.call(srv.app.runtime.features.guard.drain())
 
 
 def test_ceiling_end_to_end_events_and_audit(capped):
@@ -186,7 +186,7 @@ def test_ceiling_end_to_end_events_and_audit(capped):
     assert r.status_code == 200
     srv.extra["clock"].advance(3600)
     assert chat(srv, key).status_code == 200
-    guard = srv.app.runtime.extras["guard"]
+    guard = srv.app.runtime.features.guard
     srv.call(guard.on_revision())
     e2 = httpx.get(srv.v1 + "/organization/guard/events", headers=admin).json()["data"][0]
     assert e2["resolved_at"] is not None

@@ -95,7 +95,7 @@ def test_replayed_leak_is_revoked_across_the_fleet(tmp_path, pg_url, monkeypatch
             assert time.monotonic() < deadline, "instance B did not become ready"
             time.sleep(0.05)
         key = a.api_key
-        guard = a.app.runtime.extras["guard"]
+        guard = a.app.runtime.features.guard
         assert chat(b_url, key).status_code == 200  # the key works on B
 
         # A steady day and more: six requests an hour.

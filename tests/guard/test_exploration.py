@@ -26,7 +26,7 @@ def srv(tmp_path: Path) -> Iterator[RunningServer]:  # the shipped defaults: no 
 
 
 def _drain(srv: RunningServer) -> None:
-    srv.call(srv.app.runtime.extras["guard"].drain())
+    srv.call(srv.app.runtime.features.guard.drain())
 
 
 def test_exploring_endpoints_the_upstream_lacks_does_not_suspend_the_key(

@@ -92,7 +92,7 @@ url = "{hook.url}/hook"
         rtb, _ = await make_runtime(sb, clock, init=False)
         ga, gb = await engine.create(rta), await engine.create(rtb)
         for rt, g in ((rta, ga), (rtb, gb)):
-            rt.extras["guard"] = g
+            rt.features.guard = g
             await g.start()
             made.append((rt, g))
         probe = aioredis.from_url(REDIS_URL)

@@ -73,7 +73,7 @@ async def make_guard(tmp_path, database_url, monkeypatch):
         clock = clock or FakeClock()
         rt, init = await make_runtime(settings, clock)
         guard = await engine.create(rt)
-        rt.extras["guard"] = guard
+        rt.features.guard = guard
         await guard.start()
         made.append((rt, guard))
         return rt, guard, init, clock

@@ -141,7 +141,7 @@ def _hs256(secret: bytes, claims: dict[str, Any], kid: str) -> str:
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_key_rotation_by_kid_and_rule_claims(gateway, admin, idp):
     pid, sa_id, _ = _setup(gateway, admin, idp, attribute_matchers={"repository": "acme/api", "ref": "refs/heads/main"})
-    gateway.app.runtime.extras["identity_jwks"].min_refetch = 0
+    gateway.app.runtime.features.identity_jwks.min_refetch = 0
     claims = {"sub": "repo:acme/api:ref:refs/heads/main", "aud": AUD, "repository": "acme/api",
               "ref": "refs/heads/main"}
     assert _exchange(gateway, idp.sign(claims), pid, sa_id).status_code == 200

@@ -85,7 +85,7 @@ def chat(p, key: str, n: int = 1) -> list[int]:
 
 def g_sync(g, now: int) -> dict:
     rt = g.app.runtime
-    poller = rt.extras["providers"]
+    poller = rt.features.providers
     cfg = rt.settings.file.providers[0]
 
     async def go() -> dict:
@@ -190,7 +190,7 @@ def test_keyplane_governs_another_keyplane(pair):
     assert 'keyplane_provider_guard_actions_total{action="revoked",provider="p",rule="p-key-surge"} 1.0' in text
     assert 'keyplane_provider_poller_leader' in text
     tin, tout, _ = got[(start + 3 * HOUR, leaky_id)]
-    est = rt.extras["providers"].metrics.estimated[("p", data.id, leaky_id, "demo-echo")]
+    est = rt.features.providers.metrics.estimated[("p", data.id, leaky_id, "demo-echo")]
     assert est == pytest.approx((tin * 1.0 + tout * 2.0) / 1e6) and est > 0
     # The Grafana dashboard's provider panels query only metrics this /metrics exports.
     used = dashboard_metrics("keyplane_provider_")

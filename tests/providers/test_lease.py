@@ -50,7 +50,7 @@ def fleet(tmp_path, fake_provider, monkeypatch):
 
 def tick(srv, now: float) -> bool:
     """One heartbeat of the instance's poller, with the provider's interval set to INTERVAL."""
-    poller = srv.app.runtime.extras["providers"]
+    poller = srv.app.runtime.features.providers
     cfg = msgspec.structs.replace(srv.settings.file.providers[0], sync_interval=INTERVAL)
 
     async def go() -> bool:
@@ -72,7 +72,7 @@ def reads(fake) -> int:
 def test_one_instance_polls_and_the_other_takes_over(fleet):
     a, b, clock, fake = fleet
     t0 = clock.now()
-    pa, pb = (s.app.runtime.extras["providers"] for s in (a, b))
+    pa, pb = (s.app.runtime.features.providers for s in (a, b))
     # Both heartbeat at the same moment: exactly one takes the lease and syncs.
     with ThreadPoolExecutor(2) as ex:
         first = list(ex.map(lambda s: tick(s, t0), (a, b)))
@@ -105,9 +105,9 @@ def test_a_stopping_leader_lets_go_at_once(fleet):
     a, b, clock, fake = fleet
     t0 = clock.now()
     assert tick(a, t0) and not tick(b, t0 + 1)
-    a.call(a.app.runtime.extras["providers"].stop())  # what the server's shutdown runs
+    a.call(a.app.runtime.features.providers.stop())  # what the server's shutdown runs
     assert not tick(b, t0 + 2)  # the lease is B's now, the next sync on schedule
-    assert b.app.runtime.extras["providers"].leader == {"acme": True}
+    assert b.app.runtime.features.providers.leader == {"acme": True}
     assert tick(b, t0 + INTERVAL) and reads(fake) == 2
 
 

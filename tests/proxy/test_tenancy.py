@@ -312,7 +312,7 @@ def test_a_project_whose_own_credential_is_missing_never_falls_back_to_the_share
 def test_owners_are_committed_before_record_returns_and_read_back_on_a_miss(make_gateway, fake):
     srv = make_gateway(fake_config(fake))
     rt = srv.app.runtime
-    store = rt.extras["proxy"].tenancy.store
+    store = rt.features.proxy.tenancy.store
 
     async def go() -> dict:
         rows = [ProviderObject(id=f"file-t{i}", project_id=f"proj_{i % 2}", object="file", upstream="fake",

@@ -151,7 +151,7 @@ def test_a_budget_for_five_responses_lets_exactly_five_through_under_a_race(make
         assert counts == {"ok": 5, "project_spend_limit_exceeded": 7}
         assert len(fake_rt.of_type("response.create")) == 5  # the refused ones never reached the upstream
         assert all(e["response"]["max_output_tokens"] == 5 for e in fake_rt.of_type("response.create"))
-        b = srv.app.runtime.extras["billing"]
+        b = srv.app.runtime.features.billing
         wait_for(lambda: srv.call(b.spent("project", srv.project_id)) == (5 * COST, 0))
     finally:
         if limiter == "redis":
@@ -337,7 +337,7 @@ def test_each_modality_is_priced_at_its_own_rate(make_gateway, fake_rt):
     rate for the model; image input and a usage without details at the dearest (audio) rates."""
     srv = make_gateway()
     settled = record_settled(srv)
-    b = srv.app.runtime.extras["billing"]
+    b = srv.app.runtime.features.billing
     cases = [
         # gpt-realtime: text $4 / cached $0.40 / out $16, audio $32 / cached $0.40 / out $64 (per 1M tokens)
         ("gpt-realtime", Usage(text_in=1000, audio_in=2000, cached_text=400, cached_audio=500, text_out=300,

@@ -33,7 +33,7 @@ def _line(i: int, body: dict, url: str = "/v1/chat/completions") -> bytes:
 
 
 def _spent(srv, project_id: str) -> tuple[int, int]:  # type: ignore[no-untyped-def]
-    return srv.call(srv.app.runtime.extras["billing"].spent("project", project_id))  # type: ignore[no-any-return]
+    return srv.call(srv.app.runtime.features.billing.spent("project", project_id))  # type: ignore[no-any-return]
 
 
 def _limit(srv, project_id: str, cents: int) -> None:  # type: ignore[no-untyped-def]
@@ -109,7 +109,7 @@ def test_an_eval_run_cannot_read_another_projects_data(make_gw, fake):
     _, key_a = _project(srv)
     pb, key_b = _project(srv)
     fa = _client(srv, key_a).files.create(file=("items.jsonl", b'{"item": {"q": "A secret"}}\n'), purpose="evals")
-    store = srv.app.runtime.extras["proxy"].tenancy.store  # B's own eval (the fake has no evals API)
+    store = srv.app.runtime.features.proxy.tenancy.store  # B's own eval (the fake has no evals API)
     srv.call(store.record([ProviderObject(id="eval_b1", project_id=pb, object="eval", upstream="fake", created_at=0)]))
     template = {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]}
     sources = [
@@ -212,7 +212,7 @@ def test_a_batch_keyplane_could_not_bound_is_still_metered(make_gw, fake):
     b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert c.batches.retrieve(b.id).status == "completed"
     c.files.content(b.output_file_id).read()  # type: ignore[arg-type]
-    srv.call(srv.app.runtime.extras["batches"].poll(min_age=0))
+    srv.call(srv.app.runtime.features.batches.poll(min_age=0))
     assert _spent(srv, srv.project_id)[0] > 0, "the batch ran at the provider and was never metered"
 
 
@@ -227,7 +227,7 @@ def test_a_revoked_keys_batches_are_cancelled_at_the_provider(make_gw, fake):
         {"role": "user", "content": "hi"}]})), purpose="batch")
     b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     admin(srv, "DELETE", f"/projects/{srv.project_id}/api_keys/{key['id']}")
-    batches = srv.app.runtime.extras["batches"]
+    batches = srv.app.runtime.features.batches
     deadline = time.monotonic() + 5
     while fake.objects.batches[b.id]["status"] not in ("cancelling", "cancelled"):
         assert time.monotonic() < deadline, "the revoked key's batch still runs at the provider"
@@ -251,7 +251,7 @@ def test_deleting_a_batchs_output_before_it_is_metered_does_not_erase_its_spend(
     listed = {x.id: x for x in c.batches.list()}[b.id]
     assert listed.status == "completed" and listed.output_file_id
     c.files.delete(listed.output_file_id)
-    batches = srv.app.runtime.extras["batches"]
+    batches = srv.app.runtime.features.batches
     for _ in range(3):
         batches._polled.clear()
         with contextlib.suppress(Exception):  # as the billing step: logged, tried again next minute
@@ -277,7 +277,7 @@ def test_one_batch_that_cannot_be_metered_does_not_stop_the_poll_for_the_others(
         fake.objects.batches[b.id]["status"] = "completed"
     c.files.delete(made[0].output_file_id)  # type: ignore[arg-type]  # the older one cannot be read any more
     with contextlib.suppress(Exception):  # as the billing step: logged, tried again next minute
-        srv.call(srv.app.runtime.extras["batches"].poll(min_age=0))
+        srv.call(srv.app.runtime.features.batches.poll(min_age=0))
     assert _spent(srv, srv.project_id)[0] >= 8000, "the readable batch was not metered by the poll"
 
 

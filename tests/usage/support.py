@@ -30,11 +30,11 @@ def fake_config(fake: FakeUpstream, extra: str = "", max_retries: int = 0) -> st
 def drain(srv: Any) -> None:
     """Apply what the server's journal holds now and write the pending access-log lines (instead of
     waiting for the background tasks)."""
-    extras = srv.app.runtime.extras
+    features = srv.app.runtime.features
 
     async def go() -> None:
-        await extras["usage.applier"].apply_pending()
-        extras["usage.flush"]()
+        await features.usage_applier.apply_pending()
+        features.usage_flush()
 
     srv.call(go())
 

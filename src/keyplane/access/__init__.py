@@ -33,11 +33,10 @@ async def start(rt: Any) -> Any:
     pols = Policies(trusted_proxies=trusted)
     # Billing's admission reads batch input files: a batch's requests are checked when it is created (only
     # while that step runs: without it, batches are refused under a policy, as keyplane cannot check them).
-    pols.batches_checked = lambda: rt.extras.get("batches") is not None and getattr(
-        rt.pipeline, "billing", None) is not None
+    pols.batches_checked = lambda: rt.features.batches is not None and rt.pipeline.billing is not None
     await pols.load(rt.read_engine)
     pols.behind = lambda rev: rt.snapshot.revision > rev  # the snapshot loaded changes these have not
-    rt.extras["access"] = pols
+    rt.features.access = pols
     moved = asyncio.Event()
     rt.snapshot.on_change(moved.set)
 
@@ -54,7 +53,7 @@ async def start(rt: Any) -> Any:
 
     task = asyncio.get_running_loop().create_task(follow(), name="access-policies")
     notifier = ExpiryNotifier(rt)
-    rt.extras["access.expiry"] = notifier
+    rt.features.access_expiry = notifier
     notifier.start()
 
     async def stop() -> None:

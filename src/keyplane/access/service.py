@@ -68,7 +68,7 @@ async def drop(s: AsyncSession, actor: control.Actor, kind: str, scope: str, tar
 
 async def changed(rt: Any) -> None:
     """After the commit: this instance's policies at once; the others through the bus (the snapshot)."""
-    pols: Policies | None = rt.extras.get("access")
+    pols: Policies | None = rt.features.access
     if pols is not None:
         await pols.load(rt.engine)
     if rt.publisher is not None:

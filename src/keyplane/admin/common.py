@@ -60,7 +60,7 @@ def authenticate_admin(request: Request) -> tuple[KeyEntry, Actor]:
         request.scope[GRANTED] = _granted(rt, internal[0], request)
         return internal  # type: ignore[no-any-return]
     headers: list[tuple[bytes, bytes]] = request.scope["headers"]
-    access = rt.extras.get("access")
+    access = rt.features.access
     if access is not None:  # the organization's IP allowlist, before the key is even looked at (docs/access-control.md)
         access.check_org_ip(request.scope.get("client"), headers)
     qs: bytes = request.scope.get("query_string", b"")

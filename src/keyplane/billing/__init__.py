@@ -51,6 +51,6 @@ async def start(rt: Any) -> Any:
         await billing.seed()
     await billing.promote()
     admission = Admission(billing)
-    rt.extras["billing"] = billing
+    rt.features.billing = billing
     billing.start()
     return Feature(endpoints=list(ENDPOINTS), stop=billing.stop, billing=admission)

@@ -48,7 +48,7 @@ class Admission:
         from keyplane.billing.batches import Batches
 
         self.batches = Batches(billing)  # batch files priced, batches reserved and metered (billing/batches.py)
-        billing.rt.extras["batches"] = self.batches
+        billing.rt.features.batches = self.batches
 
     def _warn_unpriced_upstream_models(self) -> None:
         """Start-up: name the models the upstreams serve by exact name that have no price."""

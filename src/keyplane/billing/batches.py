@@ -270,7 +270,7 @@ class Batches:
                 where = f"line {at} of the input file `{(file_id or '')[:64]}`" if at else "the batch"
                 raise errors.missing_scope(need, f"The requests of a batch are held to the scopes of the key that "
                                                  f"creates it: {where} calls {url[:100]}.")
-        access = self.rt.extras.get("access")
+        access = self.rt.features.access
         if access is not None:
             access.check_batch(ctx.project_id, ctx.key.id, file_id, est.facts if est is not None else None)
 
@@ -540,7 +540,7 @@ class Batches:
     def _dep(self, router: Any, upstream: str | None, project_id: str) -> Any:
         """The upstream holding the batch, with the credential the project's requests use there."""
         dep = router.by_name(upstream) if upstream else None
-        bound = self.rt.extras.get("providers.keys")  # a project's own provider key (keyplane.providers)
+        bound = self.rt.features.providers_keys  # a project's own provider key (keyplane.providers)
         if dep is not None and bound is not None:
             pool = bound.apply(project_id, (dep,))
             dep = pool[0] if pool else None

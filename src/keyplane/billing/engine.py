@@ -214,7 +214,7 @@ class Billing:
             rows = (await s.execute(select(BatchCost.id, BatchCost.data, BatchCost.created_at).where(
                 BatchCost.object == "batch", BatchCost.settled_at.is_(None),
                 BatchCost.created_at > int(now) - RESERVE_SECONDS))).all()
-        batches = self.rt.extras.get("batches")
+        batches = self.rt.features.batches
         held: dict[str, Reservation] = {}
         for bid, raw, created in rows:
             if batches is not None and batches.busy(bid):
@@ -260,7 +260,7 @@ class Billing:
     async def _top_up(self, current: tuple[int, int]) -> None:
         """Another instance rebuilt the counters from SQL after a loss: what this instance's journal holds
         and the store does not (requests finished before the rebuild) is missing from them."""
-        writer = self.rt.extras.get("usage.writer")
+        writer = self.rt.features.usage_writer
         if writer is None:
             return
         credit = self.credit_key if self.credit_active else None
@@ -339,7 +339,7 @@ class Billing:
 
     async def _poll_batches(self) -> None:
         """Batches that finished at the provider and nobody read through keyplane: metered (billing/batches.py)."""
-        batches = self.rt.extras.get("batches")
+        batches = self.rt.features.batches
         if batches is None:
             return
         try:
@@ -359,7 +359,7 @@ class Billing:
         """Bring the SQL ledger up to date now: apply the usage journal (the ledger is written in the same
         transactions), then reload the grants' used credit. The applier does it on its own every
         usage_apply_seconds; tests and shutdown call this."""
-        applier = self.rt.extras.get("usage.applier")
+        applier = self.rt.features.usage_applier
         if applier is not None:
             await applier.apply_pending()
         await self.retry_pending()

@@ -25,7 +25,10 @@ P = "/v1/organization"
 
 
 def _b(request: Request) -> Billing:
-    return runtime(request).extras["billing"]  # type: ignore[no-any-return]
+    billing = runtime(request).features.billing
+    if billing is None:  # these endpoints are mounted by the billing feature's start
+        raise RuntimeError("the billing feature is not running")
+    return billing
 
 
 def _now(request: Request) -> float:

@@ -106,7 +106,7 @@ class _Metrics:
     def __init__(self, rt: Any) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
-        m = rt.extras.get("usage.metrics")
+        m = rt.features.usage_metrics
         registry = m.registry if m is not None else CollectorRegistry()
         self.label = m.models.label if m is not None else (lambda model, ok: model or "none")
         self.decisions = Counter("keyplane_prefix_routing_decisions", "Prefix-affinity routing choices: affinity "

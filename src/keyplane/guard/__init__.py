@@ -20,7 +20,7 @@ async def start(rt: Any) -> Any:
     from keyplane.guard import engine, routes
 
     guard = await engine.create(rt)
-    rt.extras["guard"] = guard
+    rt.features.guard = guard
     await guard.start()
     # It observes settled requests and refusals before the upstream (401/403/404/429: probing).
     return Feature(endpoints=list(routes.ENDPOINTS), stop=guard.stop, guard=guard if guard.enabled else None)

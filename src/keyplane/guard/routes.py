@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import select
@@ -23,11 +23,17 @@ from keyplane.guard import store
 from keyplane.guard.models import GuardEvent
 from keyplane.guard.rules import Rule, effective
 
+if TYPE_CHECKING:
+    from keyplane.guard.engine import Guard
+
 P = "/v1/organization/guard"
 
 
-def _guard(request: Request) -> Any:
-    return runtime(request).extras["guard"]
+def _guard(request: Request) -> Guard:
+    guard = runtime(request).features.guard
+    if guard is None:  # these endpoints are mounted by the guard feature's start
+        raise RuntimeError("the guard feature is not running")
+    return guard
 
 
 def event_json(e: GuardEvent) -> dict[str, Any]:

@@ -20,7 +20,7 @@ async def start(rt: Runtime) -> Feature:
 
     state = IdentityState(rt.read_engine, rt.snapshot)
     await state.load()
-    rt.extras["identity"] = state
-    rt.extras["identity_jwks"] = oidc.JwksCache()
+    rt.features.identity = state
+    rt.features.identity_jwks = oidc.JwksCache()
     return Feature(endpoints=list(routes.ENDPOINTS), routes={"/oauth/token": exchange.token_route(rt)},
                    stop=state.stop)

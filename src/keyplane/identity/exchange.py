@@ -150,7 +150,9 @@ async def _exchange(rt: Runtime, p: dict[str, Any], per_provider: RateLimiter | 
             FederationRuleRow.enabled.is_(True)).order_by(FederationRuleRow.seq))).scalars().all()
     if prov is None or not prov.enabled or sa is None or not rules:
         raise denied
-    jwks: oidc.JwksCache = rt.extras["identity_jwks"]
+    jwks = rt.features.identity_jwks
+    if jwks is None:  # the token route is mounted by the identity feature's start, which sets it
+        raise RuntimeError("the identity feature is not running")
     try:
         keys = await jwks.keys(prov.id, prov.issuer, orjson.loads(prov.verification), oidc.key_id(subject))
         claims = oidc.verify(subject, keys, issuer=prov.issuer, audience=prov.audience)

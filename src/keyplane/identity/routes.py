@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import select
@@ -19,9 +19,12 @@ from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, l
 from keyplane.admin.params import query_limit
 from keyplane.errors import bad_request, conflict, not_found
 from keyplane.identity.models import FederationRuleRow, WorkloadIdentityProviderRow
-from keyplane.identity.oidc import check_url
+from keyplane.identity.oidc import JwksCache, check_url
 from keyplane.scopes import parse_permissions
 from keyplane.store.models import ApiKey
+
+if TYPE_CHECKING:
+    from keyplane.identity.state import IdentityState
 
 P = "/v1/organization/workload_identity_providers"
 MAX_MATCHERS = 32
@@ -131,10 +134,24 @@ async def _rule(s: Any, pid: str, rid: str) -> FederationRuleRow:
     return r
 
 
+def _state(request: Request) -> IdentityState:
+    state = runtime(request).features.identity
+    if state is None:  # these endpoints are mounted by the identity feature's start
+        raise RuntimeError("the identity feature is not running")
+    return state
+
+
+def _jwks(request: Request) -> JwksCache:
+    jwks = runtime(request).features.identity_jwks
+    if jwks is None:
+        raise RuntimeError("the identity feature is not running")
+    return jwks
+
+
 async def _changed(request: Request) -> None:
     """This instance's identity state now; the others follow the snapshot's change (keyplane.identity.state).
     The change is committed: should the reload fail, the state's own reload retries until it loads."""
-    state = runtime(request).extras["identity"]
+    state = _state(request)
     try:
         await state.load()
     except Exception:
@@ -210,7 +227,7 @@ async def update_provider(request: Request) -> JSONResponse:
         await control.audit(s, actor, "workload_identity_provider.updated", {"id": p.id, "changes": sorted(b)},
                             resource_id=p.id, at=t)
         await control.bump_revision(s)
-    runtime(request).extras["identity_jwks"].forget(p.id)
+    _jwks(request).forget(p.id)
     await _changed(request)
     return JSONResponse(provider_json(p))
 

@@ -35,12 +35,21 @@ _DOMAIN = b"keyplane workload access token v1"
 _SHOWN = "sk-kp-wit-..."
 
 
-class RuleView(Protocol):
-    enabled: bool
-    provider_id: str
-    service_account_id: str
-    key_id: str
-    generation: str
+class RuleView(Protocol):  # read-only: the state's RuleEntry is frozen
+    @property
+    def enabled(self) -> bool: ...
+
+    @property
+    def provider_id(self) -> str: ...
+
+    @property
+    def service_account_id(self) -> str: ...
+
+    @property
+    def key_id(self) -> str: ...
+
+    @property
+    def generation(self) -> str: ...
 
 
 class IdentityView(Protocol):

@@ -36,7 +36,7 @@ class Poller:
         self.metrics.leader = self.leader
         self._rules: list[Any] | None = None
         self._prices_state: tuple[Any, bool] = (None, False)
-        usage_metrics = rt.extras.get("usage.metrics")  # keyplane.usage's registry: served on /metrics
+        usage_metrics = rt.features.usage_metrics  # keyplane.usage's registry: served on /metrics
         if usage_metrics is not None:
             usage_metrics.registry.register(self.metrics)
 
@@ -54,8 +54,8 @@ class Poller:
 
     async def _prices(self, rules: list[Any]) -> Any:
         """The price table: the rules' dollar estimates and the estimated-cost gauges on /metrics."""
-        billing = self.rt.extras.get("billing")  # the billing feature's table, when it runs
-        if getattr(billing, "prices", None) is not None:
+        billing = self.rt.features.billing  # the billing feature's table, when it runs
+        if billing is not None:
             return billing.prices
         try:
             return await asyncio.to_thread(prices_for, self.rt.settings, rules, True)
@@ -157,7 +157,7 @@ class Poller:
         self.keys = UpstreamKeys(self.rt.settings.file.providers, KeyBox(self.rt.settings.secret_key))
         async with self.rt.read() as s:
             await self.keys.reload(s)
-        self.rt.extras["providers.keys"] = self.keys
+        self.rt.features.providers_keys = self.keys
         if self.rt.settings.file.providers:
             self.tasks.append(asyncio.get_running_loop().create_task(self._bindings_loop(), name="provider-bindings"))
 
@@ -201,7 +201,7 @@ async def start_poller(rt: Any) -> Any:
     from keyplane.app import Feature
 
     poller = Poller(rt)
-    rt.extras["providers"] = poller
+    rt.features.providers = poller
     poller.start()
     await poller.start_bindings()
     from keyplane.providers.routes import ENDPOINTS

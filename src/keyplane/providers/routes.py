@@ -38,7 +38,7 @@ MAX_SUFFIXES = 1000
 async def list_providers(request: Request) -> JSONResponse:
     authenticate_admin(request)
     rt = runtime(request)
-    poller = rt.extras.get("providers")
+    poller = rt.features.providers
     last = poller.last if poller is not None else {}
     items = [{"object": "provider", "id": p.name, "kind": p.kind, "base_url": p.base_url,
               "sync_interval": p.sync_interval,
@@ -164,7 +164,7 @@ async def _with_provider(request: Request, name: str | None, fn: Any) -> Any:
 
 
 async def _reload_keys(request: Request) -> None:
-    keys = runtime(request).extras.get("providers.keys")
+    keys = runtime(request).features.providers_keys
     if keys is not None:
         async with runtime(request).read() as s:
             await keys.reload(s)

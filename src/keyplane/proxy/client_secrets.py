@@ -77,7 +77,7 @@ async def mint(rt: Runtime, entry: KeyEntry, scope: dict[str, Any], receive: Any
     model = (session or {}).get("model")
     if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 256):
         raise errors.invalid_value("session.model", "'session.model' must be a model name.")
-    access = rt.extras.get("access")
+    access = rt.features.access
     if access is not None and model is not None:  # a secret for a model the key may not use is refused now
         access.check_request(entry.project_id, entry.id, PATH, "POST", model, True, b"", False)
     kind = (session or {}).get("type", "realtime")
@@ -98,15 +98,15 @@ async def mint(rt: Runtime, entry: KeyEntry, scope: dict[str, Any], receive: Any
 
 def workload_key(rt: Runtime, key_id: str) -> bool:
     """Whether a key is a federation rule's keyless key (it acts only through workload access tokens)."""
-    identity = rt.extras.get("identity")
-    return identity is not None and key_id in getattr(identity, "by_key", {})
+    identity = rt.features.identity
+    return identity is not None and key_id in identity.by_key
 
 
 def workload_ended(rt: Runtime, key_id: str, generation: str | None = None) -> str | None:
     """Why a federation rule's key may no longer act (rule or provider disabled or deleted, or changed since
     the ``generation`` its token was issued under), else None."""
-    identity = rt.extras.get("identity")
-    return identity.key_ended(key_id, generation) if identity is not None else None  # type: ignore[no-any-return]
+    identity = rt.features.identity
+    return identity.key_ended(key_id, generation) if identity is not None else None
 
 
 def _workload_token(rt: Runtime, scope: dict[str, Any], now: float) -> tuple[int, str]:

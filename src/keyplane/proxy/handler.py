@@ -95,8 +95,8 @@ class ProxyApp:
         self.cache = attach_cache(rt, router)  # prefix routing and response cache (docs/caching.md); None: off
         self.tenancy = Tenancy(rt, router)  # projects isolated at the provider (proxy/tenancy.py)
         self.tenancy.attach_client(forwarder.client)  # batch metering reads output files (billing/batches.py)
-        self.access = rt.extras.get("access")  # model and hosted tool permissions (keyplane.access)
-        self.identity = rt.extras.get("identity")  # workload identity rules (keyplane.identity)
+        self.access = rt.features.access  # model and hosted tool permissions (keyplane.access)
+        self.identity = rt.features.identity  # workload identity rules (keyplane.identity)
 
     async def aclose(self) -> None:
         await self.forwarder.client.aclose()
@@ -203,7 +203,7 @@ class ProxyApp:
             # Objects another project owns answer 404 here, before any upstream call (proxy/tenancy.py).
             pinned = await self.tenancy.check(method, path, entry.project_id, body)
             pool = self.tenancy.pool(path, entry.project_id, model, pinned)
-            if (bound := rt.extras.get("providers.keys")) is not None:  # a project's own provider key
+            if (bound := rt.features.providers_keys) is not None:  # a project's own provider key
                 pool = bound.apply(entry.project_id, pool)  # (keyplane.providers.bindings)
             if not pool:
                 raise skipped.no_route(rt, model, entry.project_id)

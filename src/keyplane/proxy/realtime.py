@@ -50,9 +50,9 @@ async def serve(rt: Runtime | None, proxy: ProxyApp | None, scope: dict[str, Any
         await receive()  # websocket.connect
         await _deny(scope, send, errors.stale_authority(rt.snapshot.staleness()))
         return
-    app = rt.extras.get("realtime")
-    if not isinstance(app, RealtimeApp):
-        app = rt.extras["realtime"] = RealtimeApp(rt, proxy)
+    app = rt.features.realtime
+    if app is None:
+        app = rt.features.realtime = RealtimeApp(rt, proxy)
     await app(scope, receive, send)
 
 
@@ -68,11 +68,11 @@ class RealtimeApp:
         if msg["type"] != "websocket.connect":
             return
         try:
-            if (access := self.rt.extras.get("access")) is not None:
+            if (access := self.rt.features.access) is not None:
                 await access.current()  # a key's access policies are never older than the key (keyplane.access)
             entry, model, subprotocol, generation = self._check(scope)
             pool = self.proxy.tenancy.pool("/v1/chat/completions", entry.project_id, model, None)
-            if (bound := self.rt.extras.get("providers.keys")) is not None:  # a project's own provider key
+            if (bound := self.rt.features.providers_keys) is not None:  # a project's own provider key
                 pool = bound.apply(entry.project_id, pool)  # (keyplane.providers.bindings)
             deps = [d for d in self.proxy.router.candidates(pool) if not d.is_demo] if pool else []
             if not deps:
@@ -148,7 +148,7 @@ class RealtimeApp:
             raise errors.missing_scope(SCOPE)
         if not model or len(model) > 256:
             raise errors.missing_model()
-        if (access := self.rt.extras.get("access")) is not None:  # IP allowlists, model permissions (keyplane.access)
+        if (access := self.rt.features.access) is not None:  # IP allowlists, model permissions (keyplane.access)
             access.check_ip(entry.project_id, entry.id, scope.get("client"), scope["headers"])
             access.check_request(entry.project_id, entry.id, PATH, "GET", model, False, b"", False)
         if "call_id" in query:  # a call keyplane did not open may belong to another project at the provider
@@ -163,7 +163,7 @@ class RealtimeApp:
         up = s.upstream
         assert up is not None
 
-        access = self.rt.extras.get("access")
+        access = self.rt.features.access
 
         async def client_side() -> None:
             while True:

@@ -373,7 +373,7 @@ class Session:
 
     def model_refused(self) -> errors.APIError | None:
         """The key's model permissions (keyplane.access) as they are now: a model taken away ends the session."""
-        access = self.rt.extras.get("access")
+        access = self.rt.features.access
         if access is None:
             return None
         try:
@@ -433,14 +433,12 @@ class Session:
 def _output_cap(rt: Runtime, model: str) -> int | None:
     """The output a response of ``model`` may write: the price table's max_output (billing's default
     without one); None without billing."""
-    billing = rt.extras.get("billing")
-    prices = getattr(billing, "prices", None)
-    if prices is None:
+    billing = rt.features.billing
+    if billing is None:
         return None
-    price = prices.lookup(model)
+    price = billing.prices.lookup(model)
     cap = price.max_output if price is not None else None
-    default = getattr(billing, "default_max_tokens", None)
-    return cap or (default if isinstance(default, int) else None)
+    return cap or billing.default_max_tokens
 
 
 def usage_tokens(usage: dict[str, Any]) -> Tokens:

@@ -18,8 +18,6 @@ from keyplane import errors
 from keyplane.config import Upstream
 from keyplane.runtime import Runtime
 
-EXTRA_KEY = "skipped_upstreams"  # rt.extras[EXTRA_KEY]: the Skipped of this process (set by build_proxy)
-
 
 @dataclass(frozen=True, slots=True)
 class SkippedUpstream:
@@ -66,8 +64,8 @@ class Skipped:
 def no_route(rt: Runtime, model: str | None, project_id: str | None) -> errors.APIError:
     """The error for a request no upstream may serve: what is missing when an upstream was skipped for
     want of its key, else ``model_not_found`` (a model) or ``no_upstream`` (a path with no model)."""
-    skipped = rt.extras.get(EXTRA_KEY)
-    if isinstance(skipped, Skipped) and skipped.upstreams:
+    skipped = rt.features.skipped_upstreams  # this process's (set by build_proxy)
+    if skipped is not None and skipped.upstreams:
         p = rt.snapshot.projects.get(project_id or "")
         found = skipped.relevant(model, project_id, p.name if p is not None else None)
         if found:

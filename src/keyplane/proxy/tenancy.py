@@ -360,7 +360,7 @@ class Tenancy:
     def attach_client(self, client: Any) -> None:
         """The proxy's upstream client: batch metering reads output files with it (billing/batches.py)."""
         self.client = client
-        batches = self.rt.extras.get("batches")
+        batches = self.rt.features.batches
         if batches is not None:
             batches.attach(self.router, client)
 
@@ -486,7 +486,7 @@ class Tenancy:
                         for r in rows]
         if rows:
             await self.store.record(rows)
-        if t is not None and t.collection == _STORES and (sizes := self.rt.extras.get("usage.vector_stores")):
+        if t is not None and t.collection == _STORES and (sizes := self.rt.features.usage_vector_stores):
             await sizes.observe(pid, seen)  # usage_bytes, for the Usage API's vector_stores bucket
         kind = obj.get("object")
         if kind == "batch" or (kind == "file" and create):
@@ -515,7 +515,7 @@ class Tenancy:
     async def _batches(self, req: TenantRequest, obj: dict[str, Any], create: bool) -> None:
         """Batch billing (billing/batches.py): a batch input file priced, a batch's reservation kept, a
         terminal batch metered. Its failures are logged; the answer goes on (an unpriced file fails closed)."""
-        batches = self.rt.extras.get("batches")
+        batches = self.rt.features.batches
         if batches is None:
             return
         try:
@@ -529,7 +529,7 @@ class Tenancy:
             log.exception("batch billing failed for %s %s", req.method, req.endpoint)
 
     async def _output_read(self, file_id: str, project_id: str) -> None:
-        batches = self.rt.extras.get("batches")
+        batches = self.rt.features.batches
         if batches is None:
             return
         try:

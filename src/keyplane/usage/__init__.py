@@ -109,13 +109,13 @@ async def start(rt: Any) -> Any:
                 log.exception("usage: flushing metrics and access log failed")
 
     tasks.append(asyncio.create_task(flush_loop(), name="usage-flush"))
-    rt.extras["usage.metrics"] = metrics
-    rt.extras["usage.applier"] = applier
-    rt.extras["usage.writer"] = writer
-    rt.extras["usage.flush"] = flush
+    rt.features.usage_metrics = metrics
+    rt.features.usage_applier = applier
+    rt.features.usage_writer = writer
+    rt.features.usage_flush = flush
     from keyplane.usage.storage import VectorStores
 
-    rt.extras["usage.vector_stores"] = VectorStores(rt)  # sizes the upstream reports (proxy/tenancy.py)
+    rt.features.usage_vector_stores = VectorStores(rt)  # sizes the upstream reports (proxy/tenancy.py)
 
     async def stop() -> None:
         if fsync is not None:

@@ -293,7 +293,7 @@ def metrics_route(rt: Any, metrics: Metrics) -> Any:
 # --- active streams: the proxy's side ----------------------------------------------------------------
 
 def _of(rt: Any) -> Metrics | None:
-    return rt.extras.get("usage.metrics") if rt is not None else None
+    return rt.features.usage_metrics if rt is not None else None
 
 
 def stream_started(rt: Any) -> None:

@@ -65,7 +65,7 @@ def reading(obj: Any) -> tuple[str, int, int | None, bool] | None:
 
 
 class VectorStores:
-    """The observations of one process (rt.extras["usage.vector_stores"])."""
+    """The observations of one process (rt.features.usage_vector_stores)."""
 
     def __init__(self, rt: Any) -> None:
         self.rt = rt

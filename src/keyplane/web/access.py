@@ -44,7 +44,7 @@ def _lines(raw: str) -> list[str]:
 
 def _seen(ctx: Ctx) -> str:
     """The client's address as the allowlists see it (behind ``trusted_proxies``: the forwarded one)."""
-    pols: Policies | None = ctx.rt.extras.get("access")
+    pols: Policies | None = ctx.rt.features.access
     if pols is None:
         return ctx.ip
     return pols.address(ctx.request.scope.get("client"), ctx.request.scope["headers"])

@@ -281,7 +281,7 @@ def view(*, owner: bool = False, stage: str = "full") -> Callable[[Handler], Cal
 
 def _outside_allowlist(request: Request, web: WebState) -> Response | None:
     """The 403 page when the organization's IP allowlist refuses the client's address (docs/access-control.md)."""
-    access = web.rt.extras.get("access")
+    access = web.rt.features.access
     if access is None:
         return None
     try:

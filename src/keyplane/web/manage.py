@@ -91,7 +91,7 @@ async def _project_page(ctx: Ctx, pid: str, *, secret: dict[str, Any] | None = N
     return ctx.render("project.html", status=status, nav="projects", p=p, keys=rows, show_revoked=show_revoked,
                       spend_limit=limit.data if limit.ok else None, limit_available=limit.available,
                       rates=rates.items(), rates_available=rates.available, rate_fields=MODEL_LIMIT_FIELDS,
-                      rate_marks=data.rate_marks(ctx.rt.extras.get("billing"), pid, rates.items()),
+                      rate_marks=data.rate_marks(ctx.rt.features.billing, pid, rates.items()),
                       areas=AREAS, levels={a: "none" for a in AREAS}, mode="all", secret=secret,
                       expiry=EXPIRY, label=data.label)
 

@@ -131,7 +131,7 @@ async def _id_token_claims(ctx: Ctx, code: str, flow: dict[str, Any]) -> dict[st
     id_token = answer.get("id_token") if isinstance(answer, dict) else None
     if not isinstance(id_token, str):
         raise SSOError("The identity provider returned no ID token.")
-    jwks: oidc.JwksCache = ctx.rt.extras.get("identity_jwks") or oidc.JwksCache()
+    jwks = ctx.rt.features.identity_jwks or oidc.JwksCache()
     keys = await jwks.keys("sso", settings.sso_issuer, {"type": "discovery", "discovery_url": None},
                            oidc.key_id(id_token))
     claims = oidc.verify(id_token, keys, issuer=settings.sso_issuer, audience=settings.sso_client_id)
