@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from keyplane.bus import Bus, Publisher
 from keyplane.clock import Clock
 from keyplane.config import Settings
+from keyplane.control.base import write_clock
 from keyplane.features import Features
 from keyplane.pipeline import Pipeline
 from keyplane.snapshot import LastUsedRecorder, Snapshot, SnapshotRefresher
@@ -41,7 +42,8 @@ class Runtime:
         """One transaction; after it commits, the change is on the bus (sessions publish every commit
         that bumped the revision, whoever opened them) and this instance's snapshot is refreshed."""
         async with self.sessions() as s, s.begin():
-            yield s
+            with write_clock(self.clock.now):  # the writes take their time from this runtime's clock
+                yield s
         await self.refresher.refresh()
         if self.publisher is not None:
             await self.publisher.drain()

@@ -279,7 +279,7 @@ async def create_rule(request: Request) -> JSONResponse:
         await control.get_service_account(s, project_id, sa_id)
         rid = ids.new_id("wifr_")
         # The rule's keyless key row: limits, usage and the snapshot entry; its value is discarded unseen.
-        key, _ = control._new_key_row(rt.settings.secret_key, "svc", f"workload identity: {name or rid}",
+        key, _ = control.new_key_row(rt.settings.secret_key, "svc", f"workload identity: {name or rid}",
                                       project_id=project_id, owner_user_id=None, service_account_id=sa_id,
                                       permissions=parse_permissions("all"), expires_at=None, at=t)
         key.permissions = key_perms

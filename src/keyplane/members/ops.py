@@ -175,7 +175,7 @@ async def create_service_account_key(
     perms = control.check_permissions(scopes)
     ttl = control.check_positive_int(expires_in_seconds, "expires_in_seconds")
     t = now_s()
-    row, value = control._new_key_row(secret, "svc", key_name, project_id=p.id, owner_user_id=None,
+    row, value = control.new_key_row(secret, "svc", key_name, project_id=p.id, owner_user_id=None,
                                       service_account_id=sa.id, permissions=perms,
                                       expires_at=t + ttl if ttl else None, at=t)
     s.add(row)

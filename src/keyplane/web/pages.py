@@ -12,7 +12,7 @@ from sqlalchemy import select
 from starlette.responses import Response
 from starlette.routing import Route
 
-from keyplane import control
+from keyplane import control, errors
 from keyplane.admin import shapes
 from keyplane.store.models import ApiKey, AuditLog, Project, User
 from keyplane.web import data
@@ -225,7 +225,7 @@ async def audit_page(ctx: Ctx) -> Response:
         try:
             rows, more = await control.page(s, AuditLog, stmt, after=q.get("after") or None, limit=AUDIT_PAGE,
                                             descending=True)
-        except control.APIError:
+        except errors.APIError:
             rows, more = [], False
         pnames, _ = await data.names(s)
         projects = list((await s.execute(select(Project).order_by(Project.seq))).scalars())

@@ -1,0 +1,123 @@
+"""Organization users: add, find, change role, remove (their own keys are revoked)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyplane import ids
+from keyplane.control.base import (
+    Actor,
+    audit,
+    bump_revision,
+    check_name,
+    now_s,
+)
+from keyplane.errors import bad_request, conflict, not_found
+from keyplane.store.models import ApiKey, User
+
+# --- users -------------------------------------------------------------------------------------
+
+ROLES = ("owner", "reader")
+
+
+def check_role(role: Any) -> str:
+    if role not in ROLES:
+        raise bad_request("'role' must be 'owner' or 'reader'.", param="role", code="invalid_value")
+    return role  # type: ignore[no-any-return]
+
+
+async def add_user(
+    s: AsyncSession,
+    actor: Actor,
+    *,
+    email: object,
+    role: str,
+    name: str = "",
+    password_hash: str | None = None,
+    at: int | None = None,
+) -> User:
+    email = (check_name(email, "email") or "").lower()
+    if "@" not in email:
+        raise bad_request("'email' must be an email address.", param="email", code="invalid_value")
+    check_role(role)
+    if (await s.execute(select(User.id).where(User.email == email))).scalar():
+        raise conflict(f"A user with email {email} already exists.", code="user_exists")
+    t = at if at is not None else now_s()
+    user = User(
+        id=ids.user_id(),
+        email=email,
+        name=name or email.split("@")[0],
+        role=role,
+        password_hash=password_hash,
+        added_at=t,
+    )
+    s.add(user)
+    await audit(s, actor, "user.added", {"id": user.id, "data": {"role": role}}, resource_id=user.id, at=t)
+    await bump_revision(s)
+    return user
+
+
+async def get_user(s: AsyncSession, user_id: str) -> User:
+    user = (await s.execute(select(User).where(User.id == user_id))).scalar()
+    if user is None:
+        raise not_found(f"No user found with id '{user_id}'.", param="user_id")
+    return user
+
+
+async def find_user(s: AsyncSession, id_or_email: str) -> User:
+    user = (
+        await s.execute(select(User).where((User.id == id_or_email) | (User.email == id_or_email.lower())))
+    ).scalar()
+    if user is None:
+        raise not_found(f"No user found with id or email '{id_or_email}'.", param="user_id")
+    return user
+
+
+async def update_user_role(s: AsyncSession, actor: Actor, user_id: str, role: Any) -> User:
+    user = await get_user(s, user_id)
+    role = check_role(role)
+    if user.role == "owner" and role != "owner":
+        await _keep_one_owner(s, user.id)
+        t = now_s()  # their admin keys act with their role from now on: read only
+        await s.execute(
+            update(ApiKey)
+            .where(ApiKey.kind == "admin", ApiKey.owner_user_id == user.id, ApiKey.revoked_at.is_(None))
+            .values(permissions='"read_only"', updated_at=t)
+        )
+        from keyplane.members.ops import revoke_unreachable_keys  # and their keys outside their projects go
+
+        await revoke_unreachable_keys(s, user.id, t)
+    user.role = role
+    await audit(s, actor, "user.updated", {"id": user.id, "changes_requested": {"role": role}}, resource_id=user.id)
+    await bump_revision(s)
+    return user
+
+
+async def _keep_one_owner(s: AsyncSession, leaving: str) -> None:
+    owners = (
+        await s.execute(select(func.count()).select_from(User).where(User.role == "owner", User.id != leaving))
+    ).scalar()
+    if not owners:
+        raise bad_request("The organization must keep at least one owner.", code="last_owner")
+
+
+async def delete_user(s: AsyncSession, actor: Actor, user_id: str) -> None:
+    """Remove a user. Their own keys are revoked; service accounts and their keys live on."""
+    user = await get_user(s, user_id)
+    if user.role == "owner":
+        await _keep_one_owner(s, user.id)
+    t = now_s()
+    await s.execute(
+        update(ApiKey)
+        .where(ApiKey.owner_user_id == user.id, ApiKey.service_account_id.is_(None), ApiKey.revoked_at.is_(None))
+        .values(revoked_at=t, revoke_reason="owner removed from the organization", updated_at=t)
+    )
+    from keyplane.members.ops import forget_user  # and their project memberships
+
+    await forget_user(s, user.id)
+    await s.delete(user)
+    await audit(s, actor, "user.deleted", {"id": user.id}, resource_id=user.id, at=t)
+    await bump_revision(s)
