@@ -95,6 +95,13 @@ def test_admin_api_is_held_to_the_org_allowlist(gw, fake, monkeypatch):
         openai.OpenAI(base_url=gw.v1, api_key=gw.api_key, max_retries=0).chat.completions.create(
             model="gpt-4o-mini", messages=MSG)
     assert fake.model_requests() == []
+    # On /v1 too the organization's list comes before the key: a made-up key from outside gets the same 403
+    # as a valid one (not the 401 that would tell them apart).
+    for key in (gw.api_key, "sk-proj-" + "x" * 40, "not-a-key"):
+        with pytest.raises(openai.PermissionDeniedError) as e:
+            openai.OpenAI(base_url=gw.v1, api_key=key, max_retries=0).chat.completions.create(
+                model="gpt-4o-mini", messages=MSG)
+        assert e.value.code == "ip_not_allowed", e.value.body
     assert openai.OpenAI(base_url=gw.v1, api_key=gw.api_key, max_retries=0, http_client=_from(OTHER)) \
         .chat.completions.create(model="gpt-4o-mini", messages=MSG).choices
 

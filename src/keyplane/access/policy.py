@@ -161,8 +161,9 @@ class Policies:
         return ip.client_address(client[0] if client else None, headers, self.trusted_proxies)
 
     def check_org_ip(self, client: tuple[str, int] | None, headers: list[tuple[bytes, bytes]]) -> None:
-        """The organization's allowlist on the admin API and the dashboard (the CLI on the server is never
-        held to it: that is how an operator locked out lifts it, docs/access-control.md)."""
+        """The organization's allowlist, before any key is looked at (the proxy, realtime, the admin API and the
+        dashboard), so a refused address cannot tell a valid key (403) from an invalid one (401). The CLI on
+        the server is never held to it: that is how an operator locked out lifts it (docs/access-control.md)."""
         cidrs = self.ips.get(("org", "org"))
         if cidrs is None:
             return

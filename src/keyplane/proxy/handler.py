@@ -164,8 +164,10 @@ class ProxyApp:
             raw = scope.get("raw_path")
             path = canonical.canonical_path(raw if raw is not None else path.encode("utf-8"))
             canonical.check_query(scope["query_string"])
+            if self.access is not None:  # the organization's IP allowlist, before the key is even looked at
+                self.access.check_org_ip(scope.get("client"), headers)
             entry = authenticate(rt, headers, scope["query_string"])
-            if self.access is not None:  # IP allowlists, before anything else the key may do
+            if self.access is not None:  # project and key IP allowlists, before anything else the key may do
                 await self.access.current()  # (a key's policies are never older than the key: keyplane.access)
                 self.access.check_ip(entry.project_id, entry.id, scope.get("client"), headers)
             rt.last_used.touch(entry.id, rt.clock.now())

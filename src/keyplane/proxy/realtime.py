@@ -132,6 +132,8 @@ class RealtimeApp:
         query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
         model = query.get("model", "")
         generation: str | None = None
+        if (access := self.rt.features.access) is not None:  # the organization's IP allowlist, before any key
+            access.check_org_ip(scope.get("client"), headers)
         if auth[7:].startswith(client_secrets.PREFIX.encode()):  # a browser's ephemeral client secret
             entry, bound, generation = client_secrets.verify(self.rt, auth[7:].decode("latin-1"))
             if bound is not None:
