@@ -2,8 +2,9 @@
 
 Modules that only some nodes need are imported when first needed, not at start-up: alembic (a migration
 is pending), OpenTelemetry (otlp_endpoint is set), httpx (a [[providers]] section), PyJWT (a workload
-token is exchanged). The tokenizer is built once, before the rest of start-up, without tiktoken's
-Python copy of its ranks; glibc's malloc keeps its initial thresholds (keyplane.footprint).
+token is exchanged), cryptography (the dashboard seals or opens a secret). The tokenizer is built once,
+before the rest of start-up, without tiktoken's Python copy of its ranks; glibc's malloc keeps its
+initial thresholds (keyplane.footprint).
 bench/compare.py measures the RSS itself; this pins what could regress silently.
 """
 
@@ -21,7 +22,7 @@ from tests.support import init_org, make_settings
 
 GLIBC = sys.platform == "linux" and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
 
-LAZY = ("alembic", "opentelemetry", "httpx", "jwt")
+LAZY = ("alembic", "opentelemetry", "httpx", "jwt", "cryptography")
 
 _SERVE = """
 import asyncio, json, sys

@@ -15,13 +15,12 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from cryptography.fernet import Fernet, InvalidToken
 
 from keyplane.clock import Clock
 
@@ -96,19 +95,35 @@ def generate_password() -> str:
 
 # --- TOTP and recovery codes -------------------------------------------------------------------
 
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
+
+
 class SecretBox:
     """Fernet with a key derived from the server secret for one ``purpose``: TOTP secrets at rest (the
     default), provider keys of project bindings (keyplane.providers.bindings.KeyBox)."""
 
     def __init__(self, server_secret: bytes, purpose: str = "totp encryption") -> None:
-        self._f = Fernet(base64.urlsafe_b64encode(_derive(server_secret, purpose)))
+        self._key = base64.urlsafe_b64encode(_derive(server_secret, purpose))
+        self._f: Fernet | None = None
+
+    def _fernet(self) -> Fernet:
+        # cryptography is imported at the first seal or open, not at start-up: ~8 MB a serving process that
+        # never signs anyone in does not need (issue 13, peak RSS).
+        if self._f is None:
+            from cryptography.fernet import Fernet
+
+            self._f = Fernet(self._key)
+        return self._f
 
     def seal(self, plain: str) -> str:
-        return self._f.encrypt(plain.encode()).decode()
+        return self._fernet().encrypt(plain.encode()).decode()
 
     def open(self, token: str) -> str | None:
+        from cryptography.fernet import InvalidToken
+
         try:
-            return self._f.decrypt(token.encode()).decode()
+            return self._fernet().decrypt(token.encode()).decode()
         except (InvalidToken, ValueError):
             return None
 
