@@ -373,3 +373,25 @@ def test_each_modality_is_priced_at_its_own_rate(make_gateway, fake_rt):
     assert {k: listed["gpt-realtime"][k] for k in ("input", "output", "audio_input", "audio_output")} == {
         "input": 4, "output": 16, "audio_input": 32, "audio_output": 64}
     assert "audio_input" not in listed["gpt-4o-mini"]
+
+
+def test_an_ip_allowlist_set_during_a_session_cuts_it(make_gateway, fake_rt):
+    """A project allowlist that leaves out the session's address, set after it opened, ends it (the session
+    does not keep the authority it connected with)."""
+    srv = make_gateway()
+
+    async def go() -> list[Any]:
+        seen: list[Any] = []
+        async with _client(srv, srv.api_key).realtime.connect(model="gpt-realtime") as conn:
+            await asyncio.to_thread(admin, srv, "POST", f"/projects/{srv.project_id}/ip_allowlist",
+                                    {"cidrs": ["10.9.8.0/24"]})
+            try:
+                async for ev in conn:  # nothing more from the upstream: the idle watch cuts it
+                    seen.append(ev)
+            except websockets.exceptions.ConnectionClosedError as e:
+                assert e.rcvd is not None and e.rcvd.code == 1008
+                return seen
+        raise AssertionError("the session was not cut")
+
+    seen = asyncio.run(asyncio.wait_for(go(), 20))
+    assert [e.error.code for e in seen if e.type == "error"] == ["ip_not_allowed"]

@@ -337,11 +337,17 @@ class Session:
 
     def ended(self) -> errors.APIError | None:
         """Why the session must end now: its key revoked, suspended, deleted or expired, its project archived,
-        its key's federation rule or provider disabled (a workload identity's), or the key no longer allowed
-        the model scope. The key's current entry is what admits the next response (its limits, permissions)."""
+        its key's federation rule or provider disabled (a workload identity's), an IP allowlist that now
+        leaves its address out, or the key no longer allowed the model scope. The key's current entry is what
+        admits the next response (its limits, permissions)."""
         cut = self.proxy._authority_ended(RequestContext("", self.entry, self.entry.project_id, PATH))
         if cut is not None:
             return cut
+        if (access := self.rt.features.access) is not None:  # an IP allowlist set since the session opened
+            try:
+                access.check_ip(self.entry.project_id, self.entry.id, self.scope.get("client"), self.scope["headers"])
+            except errors.APIError as e:
+                return e
         if self.overdue():
             return errors.upstream_timeout(self.upstream_name)
         now_key = self.rt.snapshot.keys_by_id.get(self.entry.id)
