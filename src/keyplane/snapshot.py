@@ -429,7 +429,6 @@ class LastUsedRecorder:
 
     def __init__(self, engine: AsyncEngine, interval: float) -> None:
         self.engine = engine
-        self.interval = interval
         self.pending: dict[str, int] = {}
         self._periodic = Periodic("last-used-flusher", self.flush, interval)
 

@@ -28,7 +28,6 @@ CHECK_SECONDS: Final = 60.0
 class ExpiryNotifier:
     def __init__(self, rt: Any, interval: float = CHECK_SECONDS) -> None:
         self.rt = rt
-        self.interval = interval
         self._done: set[tuple[str, int]] = set()
         # A pass at start, then every interval; the store may be away: the next pass retries.
         self._periodic = Periodic("key-expiry-notices", self.check, interval, first_delay=0)
