@@ -19,8 +19,9 @@ Message = MutableMapping[str, Any]
 session: aiohttp.ClientSession | None = None
 
 
-async def app(scope: Message, receive: Callable[[], Awaitable[Message]],
-              send: Callable[[Message], Awaitable[None]]) -> None:
+async def app(
+    scope: Message, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
+) -> None:
     global session
     if scope["type"] == "lifespan":
         while True:
@@ -33,17 +34,20 @@ async def app(scope: Message, receive: Callable[[], Awaitable[Message]],
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     if session is None:
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-                                        auto_decompress=False)
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300), auto_decompress=False
+        )
     body = b""
     more = True
     while more:
         msg = await receive()
         body += msg.get("body", b"")
         more = msg.get("more_body", False)
-    async with session.post(UP + scope["path"], data=body, headers={"Content-Type": "application/json",
-                            "Authorization": "Bearer sk-up"}) as r:
+    async with session.post(
+        UP + scope["path"], data=body, headers={"Content-Type": "application/json", "Authorization": "Bearer sk-up"}
+    ) as r:
         data = await r.read()
-        await send({"type": "http.response.start", "status": r.status,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {"type": "http.response.start", "status": r.status, "headers": [(b"content-type", b"application/json")]}
+        )
         await send({"type": "http.response.body", "body": data})

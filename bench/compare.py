@@ -62,12 +62,17 @@ class Target:
 
 # --- the targets ---------------------------------------------------------------------------------
 
+
 def ensure_tools() -> None:
     if shutil.which("wrk") and shutil.which("nginx") and ECHO_MODULE.exists():
         return
     print("installing wrk and nginx (apt-get)...", flush=True)
-    subprocess.run("apt-get update -qq && apt-get install -y -qq wrk nginx libnginx-mod-http-echo", shell=True,
-                   capture_output=True, check=False)
+    subprocess.run(
+        "apt-get update -qq && apt-get install -y -qq wrk nginx libnginx-mod-http-echo",
+        shell=True,
+        capture_output=True,
+        check=False,
+    )
     if not (shutil.which("wrk") and shutil.which("nginx") and ECHO_MODULE.exists()):
         raise SystemExit("wrk, nginx and its echo module are needed: apt-get install wrk nginx libnginx-mod-http-echo")
 
@@ -75,8 +80,9 @@ def ensure_tools() -> None:
 def start_nginx(ps: Processes) -> Target:
     port = free_port()
     conf = ps.folder / "nginx.conf"
-    conf.write_text((HERE / "upstream-nginx.conf").read_text().replace("@PORT@", str(port))
-                    .replace("@DIR@", str(ps.folder)))
+    conf.write_text(
+        (HERE / "upstream-nginx.conf").read_text().replace("@PORT@", str(port)).replace("@DIR@", str(ps.folder))
+    )
     p = ps.start(["nginx", "-c", str(conf)], "nginx.log")
     base = f"http://127.0.0.1:{port}"
     wait_up(base + "/v1/models", p)
@@ -86,51 +92,74 @@ def start_nginx(ps: Processes) -> Target:
 def start_bare(ps: Processes, upstream: str) -> Target:
     port, loop_file = free_port(), ps.folder / "loop-bare.txt"
     env = {**os.environ, "BENCH_UPSTREAM": upstream}
-    p = ps.start([sys.executable, str(HERE / "loopmon.py"), "bare", "--port", str(port), "--loop-file",
-                  str(loop_file)], "bare.log", env)
+    p = ps.start(
+        [sys.executable, str(HERE / "loopmon.py"), "bare", "--port", str(port), "--loop-file", str(loop_file)],
+        "bare.log",
+        env,
+    )
     wait_up(f"http://127.0.0.1:{port}/", p)
-    return Target("bare Python proxy", f"http://127.0.0.1:{port}/v1/chat/completions", "x", pid=p.pid,
-                  loop_file=loop_file)
+    return Target(
+        "bare Python proxy", f"http://127.0.0.1:{port}/v1/chat/completions", "x", pid=p.pid, loop_file=loop_file
+    )
 
 
 def start_keyplane(ps: Processes, upstream: str, notes: list[str]) -> Target:
     env, info = keyplane_home(ps, "kp-home", upstream, "BENCH_UPSTREAM_KEY")
     env["BENCH_UPSTREAM_KEY"] = UPSTREAM_KEY
     port, loop_file = free_port(), ps.folder / "loop-keyplane.txt"
-    p = ps.start([sys.executable, str(HERE / "loopmon.py"), "keyplane", "--port", str(port), "--loop-file",
-                  str(loop_file)], "keyplane.log", env)
+    p = ps.start(
+        [sys.executable, str(HERE / "loopmon.py"), "keyplane", "--port", str(port), "--loop-file", str(loop_file)],
+        "keyplane.log",
+        env,
+    )
     base, admin, project = f"http://127.0.0.1:{port}", info["admin_key"], info["project_id"]
     wait_up(base + "/healthz", p)
     org = base + "/v1/organization"
     _, limits, _ = call(f"{org}/projects/{project}/rate_limits?limit=1000", admin)
     for rl in limits["data"]:
-        status, _, _ = call(f"{org}/projects/{project}/rate_limits/{rl['id']}", admin, {
-            "max_requests_per_1_minute": RAISED, "max_tokens_per_1_minute": RAISED,
-            "max_requests_per_1_day": RAISED, "max_tokens_per_1_day": RAISED})
+        status, _, _ = call(
+            f"{org}/projects/{project}/rate_limits/{rl['id']}",
+            admin,
+            {
+                "max_requests_per_1_minute": RAISED,
+                "max_tokens_per_1_minute": RAISED,
+                "max_requests_per_1_day": RAISED,
+                "max_tokens_per_1_day": RAISED,
+            },
+        )
         assert status == 200, f"raising rate limit {rl['id']}: {status}"
-    status, spend, _ = call(f"{org}/projects/{project}/spend_limit", admin,
-                            {"currency": "USD", "interval": "month", "threshold_amount": 10**10})
+    status, spend, _ = call(
+        f"{org}/projects/{project}/spend_limit",
+        admin,
+        {"currency": "USD", "interval": "month", "threshold_amount": 10**10},
+    )
     assert status == 200 and spend["enforcement"]["status"] == "enforcing", f"spend limit: {status} {spend}"
     status, grant, _ = call(f"{org}/credit_grants", admin, {"amount": 10**9, "currency": "usd"})
     assert status == 200, f"credit grant: {status} {grant}"
     _, rules, _ = call(f"{org}/guard/rules", admin)
     active = [r["name"] for r in rules.get("data", []) if r.get("enabled", True) and not r.get("dry_run")]
-    target = Target("keyplane", base + "/v1/chat/completions", info["api_key"], pid=p.pid, loop_file=loop_file,
-                    admin=(base, admin))
+    target = Target(
+        "keyplane", base + "/v1/chat/completions", info["api_key"], pid=p.pid, loop_file=loop_file, admin=(base, admin)
+    )
     deadline = time.monotonic() + 10  # the admin changes reach the snapshot (bus or poll)
     while True:
-        status, _, headers = call(target.url, target.key, {"model": "gpt-4o-mini", "max_tokens": 32,
-                                                           "messages": [{"role": "user", "content": "Say hello."}]})
+        status, _, headers = call(
+            target.url,
+            target.key,
+            {"model": "gpt-4o-mini", "max_tokens": 32, "messages": [{"role": "user", "content": "Say hello."}]},
+        )
         limit = {k.lower(): v for k, v in headers.items()}.get("x-ratelimit-limit-requests")
         if status == 200 and limit == str(RAISED):
             break
         if time.monotonic() > deadline:
             raise RuntimeError(f"keyplane probe: {status}, x-ratelimit-limit-requests {limit}")
         time.sleep(0.3)
-    notes.append(f"keyplane guards: rate limits {len(limits['data'])} model(s) raised to {RAISED:,} and enforced "
-                 f"(x-ratelimit-limit-requests {limit}); project spend limit ${10**8:,} enforcing; credit grant "
-                 f"${10**7:,}; kill-switch rules active: {', '.join(active) or 'none'}; journal, applier, "
-                 "metrics and access log as shipped")
+    notes.append(
+        f"keyplane guards: rate limits {len(limits['data'])} model(s) raised to {RAISED:,} and enforced "
+        f"(x-ratelimit-limit-requests {limit}); project spend limit ${10**8:,} enforcing; credit grant "
+        f"${10**7:,}; kill-switch rules active: {', '.join(active) or 'none'}; journal, applier, "
+        "metrics and access log as shipped"
+    )
     return target
 
 
@@ -141,27 +170,48 @@ def start_portkey(ps: Processes, upstream: str, notes: list[str]) -> Target | No
             notes.append("Portkey skipped: npm/node not available (its floor is then not measured)")
             return None
         (PEERS / "portkey").mkdir(parents=True, exist_ok=True)
-        subprocess.run(f"npm init -y >/dev/null && npm install -s {PORTKEY}", shell=True, cwd=PEERS / "portkey",
-                       capture_output=True, check=False)
+        subprocess.run(
+            f"npm init -y >/dev/null && npm install -s {PORTKEY}",
+            shell=True,
+            cwd=PEERS / "portkey",
+            capture_output=True,
+            check=False,
+        )
         if not start.exists():
             notes.append(f"Portkey skipped: `npm install {PORTKEY}` failed")
             return None
     port = free_port()
     p = ps.start(["node", str(start), f"--port={port}", "--headless"], "portkey.log")
     wait_up(f"http://127.0.0.1:{port}/", p)
-    return Target("Portkey 1.15.2", f"http://127.0.0.1:{port}/v1/chat/completions", UPSTREAM_KEY, pid=p.pid,
-                  headers=f"x-portkey-provider: openai|x-portkey-custom-host: {upstream}/v1")
+    return Target(
+        "Portkey 1.15.2",
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        UPSTREAM_KEY,
+        pid=p.pid,
+        headers=f"x-portkey-provider: openai|x-portkey-custom-host: {upstream}/v1",
+    )
 
 
 # --- measuring -----------------------------------------------------------------------------------
 
+
 def wrk(t: Target, connections: int, seconds: float) -> dict[str, float]:
     env = {**os.environ, "KP_KEY": t.key, "KP_HDRS": t.headers}
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s",
-                          str(HERE / "chat.lua"), t.url], capture_output=True, text=True, env=env, check=True).stdout
-    d = json.loads(next(ln for ln in out.splitlines() if ln.startswith("WRKJSON "))[len("WRKJSON "):])
-    return {"p50_ms": d["p50"] / 1000, "p99_ms": d["p99"] / 1000, "rps": d["requests"] / (d["duration"] / 1e6),
-            "requests": d["requests"], "errors": d["errors"] + d["non2xx"]}
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(HERE / "chat.lua"), t.url],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    d = json.loads(next(ln for ln in out.splitlines() if ln.startswith("WRKJSON "))[len("WRKJSON ") :])
+    return {
+        "p50_ms": d["p50"] / 1000,
+        "p99_ms": d["p99"] / 1000,
+        "rps": d["requests"] / (d["duration"] / 1e6),
+        "requests": d["requests"],
+        "errors": d["errors"] + d["non2xx"],
+    }
 
 
 def one_round(t: Target, seconds: float) -> None:
@@ -170,8 +220,15 @@ def one_round(t: Target, seconds: float) -> None:
     c32 = wrk(t, 32, seconds)
     time.sleep(TAIL_SECONDS)  # background work the load left behind (journal applier, ledger, GC)
     cpu = cpu_seconds(t.pid) - cpu0
-    t.rounds.append({"p50_ms": c1["p50_ms"], "p99_ms": c1["p99_ms"], "rps_32": c32["rps"],
-                     "cpu_us": cpu * 1e6 / max(1, c32["requests"]), "errors": c1["errors"] + c32["errors"]})
+    t.rounds.append(
+        {
+            "p50_ms": c1["p50_ms"],
+            "p99_ms": c1["p99_ms"],
+            "rps_32": c32["rps"],
+            "cpu_us": cpu * 1e6 / max(1, c32["requests"]),
+            "errors": c1["errors"] + c32["errors"],
+        }
+    )
 
 
 def journal_lag(t: Target) -> float | None:
@@ -228,8 +285,16 @@ def sustained(t: Target, seconds: float) -> None:
     half = min(samples, key=lambda s: abs(s[0] - seconds / 2)) if samples else (0, float("nan"), None)
     last = max((s for s in samples if s[0] <= seconds + 0.5), key=lambda s: s[0], default=half)
     lags = [s[2] for s in samples if s[2] is not None]
-    t.sustained = {"seconds": seconds, "rps": run["rps"], "errors": run["errors"], "rss_half": half[1],
-                   "rss_end": last[1], "half_s": half[0], "end_s": last[0], "peak_rss": peak_rss_mb(t.pid or 0)}
+    t.sustained = {
+        "seconds": seconds,
+        "rps": run["rps"],
+        "errors": run["errors"],
+        "rss_half": half[1],
+        "rss_end": last[1],
+        "half_s": half[0],
+        "end_s": last[0],
+        "peak_rss": peak_rss_mb(t.pid or 0),
+    }
     if lags:
         t.sustained.update(lag_end=last[2] or 0.0, lag_max=max(lags), drain_s=drain)
     if ages:
@@ -241,13 +306,19 @@ def sustained(t: Target, seconds: float) -> None:
 
 def figures(t: Target) -> Figures:
     r = t.rounds
-    return Figures(name=t.name, p50_ms=min(x["p50_ms"] for x in r), rps_32=max(x["rps_32"] for x in r),
-                   cpu_us=min(x["cpu_us"] for x in r), errors=int(sum(x["errors"] for x in r)),
-                   sustained=dict(t.sustained))
+    return Figures(
+        name=t.name,
+        p50_ms=min(x["p50_ms"] for x in r),
+        rps_32=max(x["rps_32"] for x in r),
+        cpu_us=min(x["cpu_us"] for x in r),
+        errors=int(sum(x["errors"] for x in r)),
+        sustained=dict(t.sustained),
+    )
 
 
-def run(rounds: int, round_s: float, sustain_s: float, warm_s: float,
-        skip_revocation: bool) -> tuple[list[Figures], dict[str, float] | None, list[str]]:
+def run(
+    rounds: int, round_s: float, sustain_s: float, warm_s: float, skip_revocation: bool
+) -> tuple[list[Figures], dict[str, float] | None, list[str]]:
     ensure_tools()
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="kp-compare-") as tmp:
@@ -270,8 +341,11 @@ def run(rounds: int, round_s: float, sustain_s: float, warm_s: float,
             revoke = None if skip_revocation else revocation.measure(ps, upstream, UPSTREAM_KEY)
             kp = targets[2]
             cost = metric_sum(kp, "keyplane_cost_usd_total")
-            notes.append(f"keyplane priced its requests: keyplane_cost_usd_total = ${cost:.4f} at the end"
-                         if cost > 0 else "WARNING: keyplane recorded no cost (the benchmark model was not priced)")
+            notes.append(
+                f"keyplane priced its requests: keyplane_cost_usd_total = ${cost:.4f} at the end"
+                if cost > 0
+                else "WARNING: keyplane recorded no cost (the benchmark model was not priced)"
+            )
         except BaseException:
             for log in sorted(Path(tmp).glob("*.log")):
                 print(f"--- {log.name} (last lines)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]))

@@ -22,8 +22,9 @@ class Processes:
         self.folder = folder
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, args: list[str], log: str, env: dict[str, str] | None = None,
-              cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, args: list[str], log: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         out = (self.folder / log).open("wb")
         p = subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(p)
@@ -43,10 +44,15 @@ class Processes:
 
 # --- HTTP helpers --------------------------------------------------------------------------------
 
+
 def call(url: str, key: str = "", body: Any = None, method: str | None = None) -> tuple[int, Any, dict[str, str]]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method or ("POST" if data else "GET"),
-                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=data,
+        method=method or ("POST" if data else "GET"),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             raw, status, headers = r.read(), r.status, dict(r.headers)
@@ -84,22 +90,32 @@ def longest_stall(loop_file: Path | None, start: float, end: float) -> float | N
     """The largest per-second lateness bench/loopmon.py wrote between two unix times, in ms."""
     if loop_file is None or not loop_file.exists():
         return None
-    worst = [float(ms) for ts, ms in (ln.split() for ln in loop_file.read_text().splitlines() if ln.strip())
-             if start - 1 <= float(ts) <= end]
+    worst = [
+        float(ms)
+        for ts, ms in (ln.split() for ln in loop_file.read_text().splitlines() if ln.strip())
+        if start - 1 <= float(ts) <= end
+    ]
     return max(worst, default=None)
 
 
-def keyplane_home(ps: Processes, name: str, upstream: str, upstream_key_env: str) -> tuple[dict[str, str],
-                                                                                           dict[str, Any]]:
+def keyplane_home(
+    ps: Processes, name: str, upstream: str, upstream_key_env: str
+) -> tuple[dict[str, str], dict[str, Any]]:
     """A fresh KEYPLANE_HOME with `keyplane init` done: (the environment to run keyplane in, init's JSON).
     Its keyplane.toml names only the upstream; every other setting is keyplane's default."""
     home = ps.folder / name
     home.mkdir()
     (home / "keyplane.toml").write_text(
         f'[[upstreams]]\nname = "nginx"\nbase_url = "{upstream}/v1"\napi_key_env = "{upstream_key_env}"\n'
-        'models = ["gpt-4o-mini"]\n')
+        'models = ["gpt-4o-mini"]\n'
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYPLANE_")}
     env["KEYPLANE_HOME"] = str(home)
-    init = subprocess.run([str(Path(sys.executable).parent / "keyplane"), "init", "--json"], env=env,
-                          capture_output=True, text=True, check=True)
+    init = subprocess.run(
+        [str(Path(sys.executable).parent / "keyplane"), "init", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return env, json.loads(init.stdout)

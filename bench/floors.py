@@ -45,29 +45,48 @@ def floors(rows: list[Figures], revoke: dict[str, float] | None) -> list[Check]:
     lag_s = _lag_s(kp)
     ratio = f"{added / bare_added:.2f}x" if bare_added > 0 else "-"
     out = [
-        Check("req/s at 32 connections >= 0.5x the bare proxy's",
-              f"{kp.rps_32:,.0f} vs {bare.rps_32:,.0f}: {kp.rps_32 / bare.rps_32:.2f}x",
-              kp.rps_32 >= 0.5 * bare.rps_32),
-        Check("req/s at 32 connections >= 4x Portkey's",
-              f"{kp.rps_32:,.0f} vs {pk.rps_32:,.0f}: {kp.rps_32 / pk.rps_32:.2f}x" if pk else "Portkey not measured",
-              bool(pk and kp.rps_32 >= 4 * pk.rps_32)),
-        Check("added p50 at 1 connection <= 1.5x the bare proxy's",
-              f"{added:.3f} ms vs {bare_added:.3f} ms: {ratio}", added <= 1.5 * bare_added),
-        Check("CPU per request, background included, <= 3x the bare proxy's",
-              f"{kp.cpu_us:.0f} us vs {bare.cpu_us:.0f} us: {kp.cpu_us / bare.cpu_us:.2f}x",
-              kp.cpu_us <= 3 * bare.cpu_us),
+        Check(
+            "req/s at 32 connections >= 0.5x the bare proxy's",
+            f"{kp.rps_32:,.0f} vs {bare.rps_32:,.0f}: {kp.rps_32 / bare.rps_32:.2f}x",
+            kp.rps_32 >= 0.5 * bare.rps_32,
+        ),
+        Check(
+            "req/s at 32 connections >= 4x Portkey's",
+            f"{kp.rps_32:,.0f} vs {pk.rps_32:,.0f}: {kp.rps_32 / pk.rps_32:.2f}x" if pk else "Portkey not measured",
+            bool(pk and kp.rps_32 >= 4 * pk.rps_32),
+        ),
+        Check(
+            "added p50 at 1 connection <= 1.5x the bare proxy's",
+            f"{added:.3f} ms vs {bare_added:.3f} ms: {ratio}",
+            added <= 1.5 * bare_added,
+        ),
+        Check(
+            "CPU per request, background included, <= 3x the bare proxy's",
+            f"{kp.cpu_us:.0f} us vs {bare.cpu_us:.0f} us: {kp.cpu_us / bare.cpu_us:.2f}x",
+            kp.cpu_us <= 3 * bare.cpu_us,
+        ),
         Check("peak RSS <= 150 MB", f"{s['peak_rss']:.0f} MB", s["peak_rss"] <= 150),
-        Check(f"no RSS growth between the {s['half_s']:.0f}th and the {s['end_s']:.0f}th second "
-              f"(within {RSS_GROWTH_MB:g} MB)", f"{s['rss_half']:.1f} -> {s['rss_end']:.1f} MB ({growth:+.1f})",
-              growth <= RSS_GROWTH_MB),
-        Check("usage journal never more than 2 s behind at the sustained rate",
-              f"at most {s['lag_max']:,.0f} records = {s['lag_max'] / s['rps']:.2f} s at {s['rps']:,.0f} req/s, "
-              f"oldest record {s.get('lag_age_max', float('nan')):.2f} s; "
-              f"caught up {s['drain_s']:.1f} s after the load" if lag_s is not None else "lag not exposed",
-              lag_s is not None and lag_s <= 2),
+        Check(
+            f"no RSS growth between the {s['half_s']:.0f}th and the {s['end_s']:.0f}th second "
+            f"(within {RSS_GROWTH_MB:g} MB)",
+            f"{s['rss_half']:.1f} -> {s['rss_end']:.1f} MB ({growth:+.1f})",
+            growth <= RSS_GROWTH_MB,
+        ),
+        Check(
+            "usage journal never more than 2 s behind at the sustained rate",
+            f"at most {s['lag_max']:,.0f} records = {s['lag_max'] / s['rps']:.2f} s at {s['rps']:,.0f} req/s, "
+            f"oldest record {s.get('lag_age_max', float('nan')):.2f} s; "
+            f"caught up {s['drain_s']:.1f} s after the load"
+            if lag_s is not None
+            else "lag not exposed",
+            lag_s is not None and lag_s <= 2,
+        ),
         _revocation(revoke),
-        Check("every request through keyplane answered 200 (else the figures mean nothing)",
-              f"{kp.errors + int(s.get('errors', 0))} errors", kp.errors + s.get("errors", 0) == 0),
+        Check(
+            "every request through keyplane answered 200 (else the figures mean nothing)",
+            f"{kp.errors + int(s.get('errors', 0))} errors",
+            kp.errors + s.get("errors", 0) == 0,
+        ),
     ]
     return out
 
@@ -77,9 +96,11 @@ def _revocation(r: dict[str, float] | None) -> Check:
     if r is None:
         return Check(name, "not measured (--no-revocation)", False)
     stall = r.get("stall_ms")
-    value = (f"{r['keys']:,.0f} keys, {r['instances']:.0f} instance (single node; a fleet is not measured): "
-             f"refused after {r['refused_s']:.3f} s, longest loop stall "
-             + (f"{stall:.1f} ms" if stall is not None else "not measured"))
+    value = (
+        f"{r['keys']:,.0f} keys, {r['instances']:.0f} instance (single node; a fleet is not measured): "
+        f"refused after {r['refused_s']:.3f} s, longest loop stall "
+        + (f"{stall:.1f} ms" if stall is not None else "not measured")
+    )
     return Check(name, value, r["refused_s"] <= 1 and stall is not None and stall <= 20)
 
 
@@ -87,13 +108,24 @@ def _f(v: float | None, fmt: str, unit: str = "") -> str:
     return "-" if v is None or v != v else f"{v:{fmt}}{unit}"
 
 
-def markdown_table(rows: list[Figures], checks: list[Check], notes: list[str], m: dict[str, Any], rounds: int,
-                   round_s: float, sustain_s: float, took: float, quick: bool) -> str:
+def markdown_table(
+    rows: list[Figures],
+    checks: list[Check],
+    notes: list[str],
+    m: dict[str, Any],
+    rounds: int,
+    round_s: float,
+    sustain_s: float,
+    took: float,
+    quick: bool,
+) -> str:
     d = rows[0]
-    lines = ["| target | added p50 @1 conn | req/s @32 conn | CPU per request (incl. background) | peak RSS "
-             f"| RSS @{sustain_s / 2:g} s -> @{sustain_s:g} s | journal lag at end (max) | longest loop stall "
-             "| errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| target | added p50 @1 conn | req/s @32 conn | CPU per request (incl. background) | peak RSS "
+        f"| RSS @{sustain_s / 2:g} s -> @{sustain_s:g} s | journal lag at end (max) | longest loop stall "
+        "| errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         s = r.sustained
         added = "-" if r is d else f"{r.p50_ms - d.p50_ms:.3f} ms"
@@ -102,16 +134,21 @@ def markdown_table(rows: list[Figures], checks: list[Check], notes: list[str], m
             lag = f"{s['lag_end']:,.0f} ({s['lag_max']:,.0f}) records = {s['lag_max'] / s['rps']:.2f} s max"
         rss = f"{s['rss_half']:.0f} -> {s['rss_end']:.0f} MB" if s else "-"
         cpu = f"{r.cpu_us:.0f} us" + (" (nginx itself)" if r is d else "")
-        lines.append(f"| {r.name} | {added} (p50 {r.p50_ms:.3f} ms) | {r.rps_32:,.0f} | {cpu} | "
-                     f"{_f(s.get('peak_rss'), '.0f', ' MB')} | {rss} | {lag} | {_f(s.get('stall_ms'), '.1f', ' ms')} "
-                     f"| {r.errors + int(s.get('errors', 0))} |")
+        lines.append(
+            f"| {r.name} | {added} (p50 {r.p50_ms:.3f} ms) | {r.rps_32:,.0f} | {cpu} | "
+            f"{_f(s.get('peak_rss'), '.0f', ' MB')} | {rss} | {lag} | {_f(s.get('stall_ms'), '.1f', ' ms')} "
+            f"| {r.errors + int(s.get('errors', 0))} |"
+        )
     lines += ["", "| floor (issue 13) | this run | |", "|---|---|---|"]
     lines += [f"| {c.floor} | {c.value} | {'met' if c.met else '**not met**'} |" for c in checks]
     lines += [""] + [f"- {n}" for n in notes]
-    lines.append(f"- Machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}; {rounds} interleaved round(s) of "
-                 f"{round_s:g} s per wrk measurement (best of the rounds), then a {sustain_s:g} s sustained run per "
-                 f"proxy; took {took / 60:.1f} min; measured {time.strftime('%Y-%m-%d %H:%M')}; 1-minute load "
-                 f"average at the start {m['load_before']:.2f}" + (" (--quick: a smoke check, not figures to quote)"
-                                                                    if quick else "") + ".")
+    lines.append(
+        f"- Machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}; {rounds} interleaved round(s) of "
+        f"{round_s:g} s per wrk measurement (best of the rounds), then a {sustain_s:g} s sustained run per "
+        f"proxy; took {took / 60:.1f} min; measured {time.strftime('%Y-%m-%d %H:%M')}; 1-minute load "
+        f"average at the start {m['load_before']:.2f}"
+        + (" (--quick: a smoke check, not figures to quote)" if quick else "")
+        + "."
+    )
     lines.append(f"- Floors: {sum(c.met for c in checks)} of {len(checks)} met.")
     return "\n".join(lines)

@@ -40,17 +40,33 @@ ALL_KINDS = [
 
 
 def _entry(i: int) -> KeyEntry:
-    return KeyEntry(id=f"key_{i:024d}", kind="proj", name=f"k{i}", redacted_value="sk-kp-...abcd",
-                    project_id=f"proj_{i % 20}", owner_user_id=None, service_account_id=None,
-                    permissions=parse_permissions("all"), expires_at=None, revoked_at=None, revoke_reason=None,
-                    suspended_at=None, suspend_reason=None)
+    return KeyEntry(
+        id=f"key_{i:024d}",
+        kind="proj",
+        name=f"k{i}",
+        redacted_value="sk-kp-...abcd",
+        project_id=f"proj_{i % 20}",
+        owner_user_id=None,
+        service_account_id=None,
+        permissions=parse_permissions("all"),
+        expires_at=None,
+        revoked_at=None,
+        revoke_reason=None,
+        suspended_at=None,
+        suspend_reason=None,
+    )
 
 
 def _guard(rules: list[GuardRule], windows: MemoryWindows, clock: FakeClock) -> Guard:
-    settings = SimpleNamespace(file=SimpleNamespace(guard=GuardSection(defaults=False, rules=rules)),
-                               snapshot_poll_seconds=0.5)
-    rt = SimpleNamespace(settings=settings, clock=clock, snapshot=SimpleNamespace(org_id="org-bench",
-                         keys_by_id={}, projects={}), features=Features())
+    settings = SimpleNamespace(
+        file=SimpleNamespace(guard=GuardSection(defaults=False, rules=rules)), snapshot_poll_seconds=0.5
+    )
+    rt = SimpleNamespace(
+        settings=settings,
+        clock=clock,
+        snapshot=SimpleNamespace(org_id="org-bench", keys_by_id={}, projects={}),
+        features=Features(),
+    )
     return Guard(rt, windows, alerts.Dispatcher([]))
 
 
@@ -91,16 +107,30 @@ async def main() -> None:
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = ap.parse_args()
     entries = [_entry(i) for i in range(args.keys)]
-    ctxs = [RequestContext(request_id="req_bench", key=entries[i % args.keys], project_id=entries[i % args.keys]
-                           .project_id, endpoint="/v1/chat/completions", model="gpt-4o-mini", upstream="openai",
-                           status=404 if i % 50 == 0 else 200, prompt_tokens=420, completion_tokens=180,
-                           cost_micros=900, client_ip=f"10.0.{i % 7}.{i % 5}", user_agent="OpenAI/Python 1.99")
-            for i in range(args.keys * 4)]
+    ctxs = [
+        RequestContext(
+            request_id="req_bench",
+            key=entries[i % args.keys],
+            project_id=entries[i % args.keys].project_id,
+            endpoint="/v1/chat/completions",
+            model="gpt-4o-mini",
+            upstream="openai",
+            status=404 if i % 50 == 0 else 200,
+            prompt_tokens=420,
+            completion_tokens=180,
+            cost_micros=900,
+            client_ip=f"10.0.{i % 7}.{i % 5}",
+            user_agent="OpenAI/Python 1.99",
+        )
+        for i in range(args.keys * 4)
+    ]
     print(f"settle step, {args.requests:,} requests over {args.keys:,} keys (mean and p99 of 1,000-call batches)")
     rows: list[tuple[str, float, float, float]] = []
-    for label, rules, backend in (("defaults, memory", list(DEFAULT_RULES), "memory"),
-                                  ("all five kinds, memory", ALL_KINDS, "memory"),
-                                  ("defaults, Redis", list(DEFAULT_RULES), "redis")):
+    for label, rules, backend in (
+        ("defaults, memory", list(DEFAULT_RULES), "memory"),
+        ("all five kinds, memory", ALL_KINDS, "memory"),
+        ("defaults, Redis", list(DEFAULT_RULES), "redis"),
+    ):
         clock = FakeClock()
         redis: Any = None
         if backend == "redis":

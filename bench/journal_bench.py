@@ -48,8 +48,9 @@ LIMIT_US = 50.0
 
 
 def _ctx(i: int, key: KeyEntry) -> RequestContext:
-    ctx = RequestContext(f"req_{i:032x}", key, key.project_id, "/v1/chat/completions", "POST", "gpt-4o-mini",
-                         bool(i % 2))
+    ctx = RequestContext(
+        f"req_{i:032x}", key, key.project_id, "/v1/chat/completions", "POST", "gpt-4o-mini", bool(i % 2)
+    )
     ctx.upstream, ctx.attempts, ctx.status = "openai", 1, 200
     ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = 812, 256, 143
     ctx.cost_micros, ctx.latency_ms, ctx.ttft_ms = 207, 812.4, 143.2
@@ -64,8 +65,27 @@ def _stats(samples_ns: list[float]) -> tuple[float, float]:
 def bench_append(folder: Path, n: int, fsync: str) -> tuple[float, float]:
     w = JournalWriter(folder / fsync, fsync=fsync)
     w.open()
-    rec = Record("req_x", time.time(), "org_1", "proj_1", "key_1", "user_1", "gpt-4o-mini", "openai", "completions",
-                 "/v1/chat/completions", 200, 812, 256, 143, 207, 120, 812.4, 143.2, True)
+    rec = Record(
+        "req_x",
+        time.time(),
+        "org_1",
+        "proj_1",
+        "key_1",
+        "user_1",
+        "gpt-4o-mini",
+        "openai",
+        "completions",
+        "/v1/chat/completions",
+        200,
+        812,
+        256,
+        143,
+        207,
+        120,
+        812.4,
+        143.2,
+        True,
+    )
     samples = []
     for b in range(n // BATCH):
         t0 = time.perf_counter_ns()
@@ -81,19 +101,38 @@ def bench_append(folder: Path, n: int, fsync: str) -> tuple[float, float]:
 async def bench_settle(folder: Path, n: int, observe: bool, access_log: bool) -> tuple[tuple[float, float], float]:
     """(request path: median, p99 µs per request), background µs per request (flushes to prometheus_client
     and the access-log lines written by the background task)."""
-    settings = load_settings(env={"KEYPLANE_HOME": str(folder), "KEYPLANE_LOG_REQUESTS": str(access_log).lower(),
-                                  "KEYPLANE_METRICS_MODELS": "gpt-4o-mini"})
+    settings = load_settings(
+        env={
+            "KEYPLANE_HOME": str(folder),
+            "KEYPLANE_LOG_REQUESTS": str(access_log).lower(),
+            "KEYPLANE_METRICS_MODELS": "gpt-4o-mini",
+        }
+    )
     sub = folder / f"settle-{observe}-{access_log}"
     w = JournalWriter(sub, fsync="interval")
     w.open()
     applier = Applier(None, sub, w, batch=2000, interval=0.5)  # type: ignore[arg-type]  # never started
     w.handoff = applier.handoff = None  # nothing takes the in-memory handoff here: do not let it grow
-    rt = SimpleNamespace(settings=settings, clock=SystemClock(), snapshot=SimpleNamespace(org_id="org_1"),
-                         features=Features())
+    rt = SimpleNamespace(
+        settings=settings, clock=SystemClock(), snapshot=SimpleNamespace(org_id="org_1"), features=Features()
+    )
     metrics = Metrics(settings)
     rec = Recorder(rt, w, applier, metrics, None)
-    key = KeyEntry("key_1", "proj", "k", "sk-kp-proj-...abcd", "proj_1", "user_1", None, parse_permissions("all"),
-                   None, None, None, None, None)
+    key = KeyEntry(
+        "key_1",
+        "proj",
+        "k",
+        "sk-kp-proj-...abcd",
+        "proj_1",
+        "user_1",
+        None,
+        parse_permissions("all"),
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
     ctxs = [_ctx(i, key) for i in range(BATCH)]
     samples = []
     background = 0
@@ -134,32 +173,51 @@ def main() -> None:
         handler = logging.StreamHandler(log_file)
         handler.setFormatter(JsonFormatter())
         access.addHandler(handler)
-        settle = [(name, asyncio.run(bench_settle(folder, n, observe, log)))
-                  for name, observe, log in (("record step (settle order 20)", False, False),
-                                             ("record + observe, log_requests = false", True, False),
-                                             ("record + observe + access log (all of metering)", True, True))]
+        settle = [
+            (name, asyncio.run(bench_settle(folder, n, observe, log)))
+            for name, observe, log in (
+                ("record step (settle order 20)", False, False),
+                ("record + observe, log_requests = false", True, False),
+                ("record + observe + access log (all of metering)", True, True),
+            )
+        ]
         access.removeHandler(handler)
         log_file.close()
-        appends = [("append (encode + CRC + write)", bench_append(folder, n, "interval")),
-                   ("append + fsync every record (fsync = always)",
-                    bench_append(folder, max(n // 20, BATCH * 5), "always"))]
+        appends = [
+            ("append (encode + CRC + write)", bench_append(folder, n, "interval")),
+            ("append + fsync every record (fsync = always)", bench_append(folder, max(n // 20, BATCH * 5), "always")),
+        ]
 
     lines = [f"| {name} | {med:.2f} | {p99:.2f} | - |" for name, (med, p99) in appends]
     lines += [f"| {name} | {med:.2f} | {p99:.2f} | {bg:.2f} |" for name, ((med, p99), bg) in settle]
-    table = ("| per request | request path, median µs | p99 µs | background µs |\n"
-             "|---|---|---|---|\n" + "\n".join(lines))
+    table = "| per request | request path, median µs | p99 µs | background µs |\n|---|---|---|---|\n" + "\n".join(lines)
     print(table)
     worst = settle[-1][1][0][0]
     verdict = "within" if worst <= LIMIT_US else "OVER"
-    print(f"\nall of metering on the request path: {worst:.2f} µs per request ({verdict} the {LIMIT_US:.0f} µs "
-          f"budget); background: {settle[-1][1][1]:.2f} µs per request")
+    print(
+        f"\nall of metering on the request path: {worst:.2f} µs per request ({verdict} the {LIMIT_US:.0f} µs "
+        f"budget); background: {settle[-1][1][1]:.2f} µs per request"
+    )
     if args.write:
-        machine = (f"{platform.machine()}, {os.cpu_count()} CPU, Python {platform.python_version()}, "
-                   f"{platform.system()}, load average {os.getloadavg()[0]:.1f} at the end")
+        machine = (
+            f"{platform.machine()}, {os.cpu_count()} CPU, Python {platform.python_version()}, "
+            f"{platform.system()}, load average {os.getloadavg()[0]:.1f} at the end"
+        )
         doc = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-metering.md"
-        doc.write_text(DOC.format(table=table, n=f"{n:,}", machine=machine, worst=worst, verdict=verdict,
-                                  limit=LIMIT_US, date=time.strftime("%Y-%m-%d"), bg=settle[-1][1][1],
-                                  record=settle[0][1][0][0], append=appends[0][1][0]))
+        doc.write_text(
+            DOC.format(
+                table=table,
+                n=f"{n:,}",
+                machine=machine,
+                worst=worst,
+                verdict=verdict,
+                limit=LIMIT_US,
+                date=time.strftime("%Y-%m-%d"),
+                bg=settle[-1][1][1],
+                record=settle[0][1][0][0],
+                append=appends[0][1][0],
+            )
+        )
         print(f"wrote {doc}")
 
 

@@ -43,8 +43,9 @@ def wrap(app: ASGIApp, path: Path) -> ASGIApp:
     """The app, plus the monitor started on the server's loop at its first call (the lifespan)."""
     tasks: list[asyncio.Task[None]] = []
 
-    async def wrapped(scope: Message, receive: Callable[[], Awaitable[Message]],
-                      send: Callable[[Message], Awaitable[None]]) -> None:
+    async def wrapped(
+        scope: Message, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
+    ) -> None:
         if not tasks:
             tasks.append(asyncio.get_running_loop().create_task(monitor(path), name="bench-loop-monitor"))
         await app(scope, receive, send)
@@ -58,8 +59,16 @@ def serve_bare(port: int, path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from bare_proxy import app
 
-    uvicorn.run(wrap(app, path), host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                log_level="warning", access_log=False, lifespan="on")
+    uvicorn.run(
+        wrap(app, path),
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
 
 
 def serve_keyplane(port: int, path: Path) -> None:

@@ -95,7 +95,7 @@ def replica_blocks(tokens: list[str]) -> list[int]:
     out = []
     h = 0
     for i in range(0, len(tokens) - len(tokens) % BLOCK, BLOCK):
-        h = hash((h, *tokens[i:i + BLOCK]))
+        h = hash((h, *tokens[i : i + BLOCK]))
         out.append(h)
     return out
 
@@ -108,6 +108,7 @@ def make_request(messages: list[dict[str, str]], output: int, answer: str = "", 
 
 
 # --- workloads ----------------------------------------------------------------------------------
+
 
 @dataclass
 class Workload:
@@ -147,8 +148,10 @@ def multi_turn(rng: random.Random, n: int) -> Workload:
 
 
 def no_sharing(rng: random.Random, n: int) -> Workload:
-    reqs = [make_request([{"role": "user", "content": words(rng, rng.randint(600, 1400))}], rng.randint(50, 150))
-            for _ in range(n)]
+    reqs = [
+        make_request([{"role": "user", "content": words(rng, rng.randint(600, 1400))}], rng.randint(50, 150))
+        for _ in range(n)
+    ]
     return Workload("no sharing", 19.0, reqs)
 
 
@@ -165,11 +168,15 @@ def hot_prefix(rng: random.Random, n: int) -> Workload:
 
 
 WORKLOADS: dict[str, Callable[[random.Random, int], Workload]] = {
-    "shared": shared_prefix, "multiturn": multi_turn, "nosharing": no_sharing, "hot": hot_prefix,
+    "shared": shared_prefix,
+    "multiturn": multi_turn,
+    "nosharing": no_sharing,
+    "hot": hot_prefix,
 }
 
 
 # --- strategies ---------------------------------------------------------------------------------
+
 
 class Strategy:
     name = ""
@@ -254,6 +261,7 @@ STRATEGIES: tuple[type[Strategy], ...] = (RoundRobin, LeastLoaded, ConsistentHas
 
 
 # --- the simulation -----------------------------------------------------------------------------
+
 
 class Replica:
     def __init__(self, p: Params) -> None:
@@ -375,8 +383,14 @@ def simulate(w: Workload, cls: type[Strategy], p: Params, seed: int) -> Result:
     loads = [rep.area / span for rep in reps]
     ttfts.sort()
     return Result(
-        w.name, strat.name, cached / prompt if prompt else 0.0, _pct(ttfts, 0.50), _pct(ttfts, 0.99),
-        done / span, max(loads) / (sum(loads) / len(loads)), _pct(sorted(strat.costs), 0.5) / 1000,
+        w.name,
+        strat.name,
+        cached / prompt if prompt else 0.0,
+        _pct(ttfts, 0.50),
+        _pct(ttfts, 0.99),
+        done / span,
+        max(loads) / (sum(loads) / len(loads)),
+        _pct(sorted(strat.costs), 0.5) / 1000,
         getattr(strat, "reasons", {}),
     )
 
@@ -385,8 +399,9 @@ def _pct(xs: list[Any], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else 0.0
 
 
-def run(n: int = 3000, seed: int = 7, workloads: tuple[str, ...] = tuple(WORKLOADS),
-        params: Params | None = None) -> dict[str, dict[str, Result]]:
+def run(
+    n: int = 3000, seed: int = 7, workloads: tuple[str, ...] = tuple(WORKLOADS), params: Params | None = None
+) -> dict[str, dict[str, Result]]:
     p = params or Params()
     out: dict[str, dict[str, Result]] = {}
     for key in workloads:
@@ -400,16 +415,32 @@ def floors(res: dict[str, dict[str, Result]]) -> list[tuple[str, bool]]:
     for key in ("shared", "multiturn"):
         if key in res:
             rr, kp = res[key][RoundRobin.name], res[key][Keyplane.name]
-            checks.append((f"{kp.workload}: hit rate {kp.hit_rate:.1%} >= 3 x round robin's {rr.hit_rate:.1%}",
-                           kp.hit_rate >= 3 * rr.hit_rate))
-            checks.append((f"{kp.workload}: p99 TTFT {kp.ttft_p99:.3f}s < round robin's {rr.ttft_p99:.3f}s",
-                           kp.ttft_p99 < rr.ttft_p99))
+            checks.append(
+                (
+                    f"{kp.workload}: hit rate {kp.hit_rate:.1%} >= 3 x round robin's {rr.hit_rate:.1%}",
+                    kp.hit_rate >= 3 * rr.hit_rate,
+                )
+            )
+            checks.append(
+                (
+                    f"{kp.workload}: p99 TTFT {kp.ttft_p99:.3f}s < round robin's {rr.ttft_p99:.3f}s",
+                    kp.ttft_p99 < rr.ttft_p99,
+                )
+            )
     if "nosharing" in res:
         ll, kp = res["nosharing"][LeastLoaded.name], res["nosharing"][Keyplane.name]
-        checks.append((f"no sharing: p99 TTFT {kp.ttft_p99:.3f}s within 5% of least loaded's {ll.ttft_p99:.3f}s",
-                       kp.ttft_p99 <= 1.05 * ll.ttft_p99))
-        checks.append((f"no sharing: throughput {kp.throughput:.2f}/s within 5% of least loaded's "
-                       f"{ll.throughput:.2f}/s", kp.throughput >= 0.95 * ll.throughput))
+        checks.append(
+            (
+                f"no sharing: p99 TTFT {kp.ttft_p99:.3f}s within 5% of least loaded's {ll.ttft_p99:.3f}s",
+                kp.ttft_p99 <= 1.05 * ll.ttft_p99,
+            )
+        )
+        checks.append(
+            (
+                f"no sharing: throughput {kp.throughput:.2f}/s within 5% of least loaded's {ll.throughput:.2f}/s",
+                kp.throughput >= 0.95 * ll.throughput,
+            )
+        )
     if "hot" in res:
         kp = res["hot"][Keyplane.name]
         checks.append((f"hot prefix: max/mean load {kp.load_ratio:.2f} <= 1.5", kp.load_ratio <= 1.5))
@@ -417,13 +448,18 @@ def floors(res: dict[str, dict[str, Result]]) -> list[tuple[str, bool]]:
 
 
 def table(res: dict[str, dict[str, Result]]) -> str:
-    rows = ["| workload | strategy | token hit rate | TTFT p50 (s) | TTFT p99 (s) | throughput (req/s) | "
-            "max/mean load | routing cost (µs/req, median) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| workload | strategy | token hit rate | TTFT p50 (s) | TTFT p99 (s) | throughput (req/s) | "
+        "max/mean load | routing cost (µs/req, median) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for by in res.values():
         for r in by.values():
             cost = f"{r.route_us:.0f}" if r.route_us else "-"
-            rows.append(f"| {r.workload} | {r.strategy} | {r.hit_rate:.1%} | {r.ttft_p50:.3f} | {r.ttft_p99:.3f} | "
-                        f"{r.throughput:.2f} | {r.load_ratio:.2f} | {cost} |")
+            rows.append(
+                f"| {r.workload} | {r.strategy} | {r.hit_rate:.1%} | {r.ttft_p50:.3f} | {r.ttft_p99:.3f} | "
+                f"{r.throughput:.2f} | {r.load_ratio:.2f} | {cost} |"
+            )
     return "\n".join(rows)
 
 
@@ -439,9 +475,11 @@ def main() -> int:
     res = run(args.requests, args.seed, tuple(args.workloads.split(",")), p)
     print(table(res))
     print()
-    print(f"{p.replicas} replicas x {p.slots} slots, {p.cache_tokens} cached tokens each; TTFT = wait + {p.a} s x "
-          f"uncached tokens; decode {p.b} s/token; {args.requests} requests per workload, seed {args.seed}; "
-          f"{time.perf_counter() - t0:.1f} s")
+    print(
+        f"{p.replicas} replicas x {p.slots} slots, {p.cache_tokens} cached tokens each; TTFT = wait + {p.a} s x "
+        f"uncached tokens; decode {p.b} s/token; {args.requests} requests per workload, seed {args.seed}; "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
     kp_reasons = {k: by[Keyplane.name].reasons for k, by in res.items()}
     print("keyplane's decisions:", kp_reasons)
     ok = True

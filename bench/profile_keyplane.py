@@ -84,10 +84,26 @@ def main() -> None:
             compare.wrk(t, 32, 5)  # warm-up
             time.sleep(3)
             prof = out / "keyplane.speedscope.json"
-            spy_p = subprocess.Popen([spy, "record", "--pid", str(t.pid), "--rate", str(args.rate), "--format",
-                                      "speedscope", "--threads", "--nonblocking", "--output", str(prof),
-                                      "--duration", str(int(args.seconds + 5))],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spy_p = subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(t.pid),
+                    "--rate",
+                    str(args.rate),
+                    "--format",
+                    "speedscope",
+                    "--threads",
+                    "--nonblocking",
+                    "--output",
+                    str(prof),
+                    "--duration",
+                    str(int(args.seconds + 5)),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(0.5)
             cpu0 = cpu_seconds(t.pid)
             compare.sustained(t, args.seconds)  # 32 connections; samples RSS and the journal's lag
@@ -95,11 +111,13 @@ def main() -> None:
             spy_p.wait(timeout=60)
             r = t.sustained
             requests = r["rps"] * args.seconds
-            head = (f"{r['rps']:.0f} req/s at 32 connections, {r['errors']:.0f} errors; CPU per request incl. the "
-                    f"drain and 5 s after: {cpu * 1e6 / max(1, requests):.0f} us; journal lag max "
-                    f"{r.get('lag_max', 0):.0f} records ({r.get('lag_max', 0) / max(1, r['rps']):.2f} s), oldest "
-                    f"{r.get('lag_age_max', 0):.2f} s, drained {r.get('drain_s', 0):.1f} s after; peak RSS "
-                    f"{r['peak_rss']:.0f} MB")
+            head = (
+                f"{r['rps']:.0f} req/s at 32 connections, {r['errors']:.0f} errors; CPU per request incl. the "
+                f"drain and 5 s after: {cpu * 1e6 / max(1, requests):.0f} us; journal lag max "
+                f"{r.get('lag_max', 0):.0f} records ({r.get('lag_max', 0) / max(1, r['rps']):.2f} s), oldest "
+                f"{r.get('lag_age_max', 0):.2f} s, drained {r.get('drain_s', 0):.1f} s after; peak RSS "
+                f"{r['peak_rss']:.0f} MB"
+            )
             text = head + "\n" + summarize(prof, args.top)
             (out / "summary.txt").write_text(text)
             print(text)

@@ -31,8 +31,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
-BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}],
-                   "max_tokens": 16})
+BODY = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16})
 UPSTREAM_KEY_ENV = "BENCH_UPSTREAM_KEY"
 
 WRK_LUA = """
@@ -50,6 +49,7 @@ end
 
 
 # --- the keyplane process (``serve`` sub-command, run in a child process) ------------------------
+
 
 def make_app() -> Any:
     """keyplane as `keyplane serve` builds it (with whatever features are installed: limits, billing,
@@ -69,8 +69,20 @@ def make_app() -> Any:
     startup = app.startup
 
     async def settle(ctx: Any) -> None:
-        journal.append((ctx.request_id, ctx.key.id, ctx.project_id, ctx.model, ctx.upstream, ctx.status,
-                        ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens, ctx.latency_ms))
+        journal.append(
+            (
+                ctx.request_id,
+                ctx.key.id,
+                ctx.project_id,
+                ctx.model,
+                ctx.upstream,
+                ctx.status,
+                ctx.prompt_tokens,
+                ctx.cached_tokens,
+                ctx.completion_tokens,
+                ctx.latency_ms,
+            )
+        )
 
     async def started() -> None:
         await startup()
@@ -89,16 +101,37 @@ def serve(server: str, port: int) -> None:
         from granian import Granian
 
         sys.path.insert(0, str(Path(__file__).parent))
-        Granian("proxy_bench:make_app", factory=True, address="127.0.0.1", port=port, interface="asgi",
-                workers=1, loop="uvloop", log_enabled=False, backlog=2048).serve()
+        Granian(
+            "proxy_bench:make_app",
+            factory=True,
+            address="127.0.0.1",
+            port=port,
+            interface="asgi",
+            workers=1,
+            loop="uvloop",
+            log_enabled=False,
+            backlog=2048,
+        ).serve()
     else:
         import uvicorn
 
-        uvicorn.run(make_app(), host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="error",
-                    access_log=False, server_header=False, date_header=False, backlog=2048, lifespan="on")
+        uvicorn.run(
+            make_app(),
+            host="127.0.0.1",
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            log_level="error",
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            backlog=2048,
+            lifespan="on",
+        )
 
 
 # --- orchestration -------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -128,7 +161,8 @@ def init_home(home: Path, upstream_port: int) -> str:
     (home / "keyplane.toml").write_text(
         f'[[upstreams]]\nname = "fake"\nbase_url = "http://127.0.0.1:{upstream_port}/v1"\n'
         f'api_key_env = "{UPSTREAM_KEY_ENV}"\nmodels = ["gpt-*"]\n\n'
-        "[limits]\nenabled = false\n\n[guard]\nenabled = false\n\n[credit]\nenforce = false\n")
+        "[limits]\nenabled = false\n\n[guard]\nenabled = false\n\n[credit]\nenforce = false\n"
+    )
     settings = load_settings(env={"KEYPLANE_HOME": str(home)}, create_secret=True)
 
     async def run() -> dict[str, Any]:
@@ -162,14 +196,23 @@ def run_wrk(url: str, key: str, connections: int, duration: float, threads: int 
         f.write(WRK_LUA % (BODY, key))
         script = f.name
     try:
-        out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s",
-                              "-s", script, url], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s", "-s", script, url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     finally:
         os.unlink(script)
     line = next(ln for ln in out.splitlines() if ln.startswith("WRKJSON "))
-    d = json.loads(line[len("WRKJSON "):])
-    return {"p50_ms": d["p50"] / 1000, "p99_ms": d["p99"] / 1000, "rps": d["requests"] / (d["duration"] / 1e6),
-            "errors": d["errors"] + d["non2xx"], "requests": d["requests"]}
+    d = json.loads(line[len("WRKJSON ") :])
+    return {
+        "p50_ms": d["p50"] / 1000,
+        "p99_ms": d["p99"] / 1000,
+        "rps": d["requests"] / (d["duration"] / 1e6),
+        "errors": d["errors"] + d["non2xx"],
+        "requests": d["requests"],
+    }
 
 
 def run_aiohttp(url: str, key: str, connections: int, duration: float) -> dict[str, float]:
@@ -182,6 +225,7 @@ def run_aiohttp(url: str, key: str, connections: int, duration: float) -> dict[s
         stop = time.perf_counter() + duration
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as s:
+
             async def worker() -> None:
                 nonlocal errors
                 while time.perf_counter() < stop:
@@ -191,12 +235,18 @@ def run_aiohttp(url: str, key: str, connections: int, duration: float) -> dict[s
                         if r.status != 200:
                             errors += 1
                     lat.append(time.perf_counter() - t)
+
             t0 = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(connections)))
             elapsed = time.perf_counter() - t0
         lat.sort()
-        return {"p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[int(len(lat) * 0.99)] * 1000,
-                "rps": len(lat) / elapsed, "errors": errors, "requests": len(lat)}
+        return {
+            "p50_ms": lat[len(lat) // 2] * 1000,
+            "p99_ms": lat[int(len(lat) * 0.99)] * 1000,
+            "rps": len(lat) / elapsed,
+            "errors": errors,
+            "requests": len(lat),
+        }
 
     return asyncio.run(main())
 
@@ -226,9 +276,17 @@ def measure(url: str, key: str, duration: float, load: str, pid: int | None = No
     # CPU time per request does not depend on what else runs on the machine: 1e6 / it is the
     # requests/s one dedicated core would sustain.
     us = cpu * 1e6 / many["requests"] if pid is not None and many["requests"] else 0.0
-    return {"p50_ms": one["p50_ms"], "p99_ms": one["p99_ms"], "rps_1": one["rps"], "rps_32": many["rps"],
-            "p50_32_ms": many["p50_ms"], "p99_32_ms": many["p99_ms"], "errors": one["errors"] + many["errors"],
-            "cpu_us_per_req": us, "rps_per_core": 1e6 / us if us else 0.0}
+    return {
+        "p50_ms": one["p50_ms"],
+        "p99_ms": one["p99_ms"],
+        "rps_1": one["rps"],
+        "rps_32": many["rps"],
+        "p50_32_ms": many["p50_ms"],
+        "p99_32_ms": many["p99_ms"],
+        "errors": one["errors"] + many["errors"],
+        "cpu_us_per_req": us,
+        "rps_per_core": 1e6 / us if us else 0.0,
+    }
 
 
 def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -258,9 +316,15 @@ def bench(runs: list[tuple[str, str]], duration: float, load: str) -> dict[str, 
             key = init_home(home, up_port)
             for mode, server in runs:
                 port = free_port()
-                kp = spawn([__file__, "serve", "--server", server, "--port", str(port)],
-                           {**env, "KEYPLANE_HOME": str(home), "KEYPLANE_LOG_LEVEL": "warning",
-                            "BENCH_CORE": "1" if mode == "core" else "0"})
+                kp = spawn(
+                    [__file__, "serve", "--server", server, "--port", str(port)],
+                    {
+                        **env,
+                        "KEYPLANE_HOME": str(home),
+                        "KEYPLANE_LOG_LEVEL": "warning",
+                        "BENCH_CORE": "1" if mode == "core" else "0",
+                    },
+                )
                 try:
                     wait_http(f"http://127.0.0.1:{port}/healthz")
                     row = measure(f"http://127.0.0.1:{port}/v1/chat/completions", key, duration, load, kp.pid)
@@ -277,10 +341,21 @@ def bench(runs: list[tuple[str, str]], duration: float, load: str) -> dict[str, 
 def machine() -> dict[str, Any]:
     cpu = ""
     with contextlib.suppress(OSError):
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), "")
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "system": platform.platform(),
-            "load_before": os.getloadavg()[0]}
+        cpu = next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            "",
+        )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "system": platform.platform(),
+        "load_before": os.getloadavg()[0],
+    }
 
 
 def table(r: dict[str, Any]) -> str:
@@ -299,13 +374,16 @@ def table(r: dict[str, Any]) -> str:
             f"| keyplane ({name}) | {row['p50_ms']:.3f} ms | {row['p99_ms']:.3f} ms | "
             f"{row['p50_ms'] - d['p50_ms']:.3f} ms ({row['p50_ms'] / d['p50_ms']:.1f}x) | {row['rps_32']:,.0f} | "
             f"{row['rps_32'] / d['rps_32']:.2f} | {row['cpu_us_per_req']:.0f} us | {row['rps_per_core']:,.0f} | "
-            f"{row['peak_rss_mb']:.0f} MB | {row['errors']:.0f} |")
+            f"{row['peak_rss_mb']:.0f} MB | {row['errors']:.0f} |"
+        )
     m = r["machine"]
     lines.append("")
-    lines.append(f"Machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, {m['system']}; load generator: "
-                 f"{r['load']}, {r['duration_s']:g} s per measurement, after a warm-up; measured "
-                 f"{time.strftime('%Y-%m-%d %H:%M')}; 1-minute load average when the run started: "
-                 f"{m['load_before']:.2f} (other processes on the machine skew the figures; above ~0.5, rerun).")
+    lines.append(
+        f"Machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}, {m['system']}; load generator: "
+        f"{r['load']}, {r['duration_s']:g} s per measurement, after a warm-up; measured "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; 1-minute load average when the run started: "
+        f"{m['load_before']:.2f} (other processes on the machine skew the figures; above ~0.5, rerun)."
+    )
     return "\n".join(lines)
 
 
@@ -326,8 +404,11 @@ def main() -> None:
     sv.add_argument("--server", default="uvicorn")
     sv.add_argument("--port", type=int, required=True)
     ap.add_argument("--servers", default="uvicorn,granian", help="ASGI servers to compare (data plane alone)")
-    ap.add_argument("--no-full", action="store_true",
-                    help="skip the run with every installed feature (limits, billing, metering) on uvicorn")
+    ap.add_argument(
+        "--no-full",
+        action="store_true",
+        help="skip the run with every installed feature (limits, billing, metering) on uvicorn",
+    )
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
     ap.add_argument("--load", choices=["auto", "wrk", "aiohttp"], default="auto")
     ap.add_argument("--update-docs", action="store_true", help="write the figures into docs/benchmarks.md")

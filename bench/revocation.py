@@ -30,12 +30,24 @@ def seed_keys(db_path: Path, n: int) -> None:
     db = sqlite3.connect(db_path)
     try:
         cols = [r[1] for r in db.execute("PRAGMA table_info(api_keys)") if r[1] != "seq"]
-        template = dict(zip(cols, db.execute(f"SELECT {', '.join(cols)} FROM api_keys WHERE kind = 'svc' LIMIT 1")
-                            .fetchone(), strict=True))
+        template = dict(
+            zip(
+                cols,
+                db.execute(f"SELECT {', '.join(cols)} FROM api_keys WHERE kind = 'svc' LIMIT 1").fetchone(),
+                strict=True,
+            )
+        )
         rows = []
         for i in range(n):
-            rows.append({**template, "id": f"key_bench{i:07d}{secrets.token_hex(4)}", "name": f"bench-{i}",
-                         "digest": secrets.token_hex(32), "last_used_at": None})
+            rows.append(
+                {
+                    **template,
+                    "id": f"key_bench{i:07d}{secrets.token_hex(4)}",
+                    "name": f"bench-{i}",
+                    "digest": secrets.token_hex(32),
+                    "last_used_at": None,
+                }
+            )
         db.executemany(f"INSERT INTO api_keys ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})", rows)
         db.commit()
     finally:
@@ -47,8 +59,11 @@ def measure(ps: Processes, upstream: str, upstream_key: str) -> dict[str, float]
     env["BENCH_UPSTREAM_KEY"] = upstream_key
     seed_keys(Path(env["KEYPLANE_HOME"]) / "keyplane.db", KEYS)
     port, loop_file = free_port(), ps.folder / "loop-revoke.txt"
-    p = ps.start([sys.executable, str(HERE / "loopmon.py"), "keyplane", "--port", str(port), "--loop-file",
-                  str(loop_file)], "keyplane-revoke.log", env)
+    p = ps.start(
+        [sys.executable, str(HERE / "loopmon.py"), "keyplane", "--port", str(port), "--loop-file", str(loop_file)],
+        "keyplane-revoke.log",
+        env,
+    )
     base = f"http://127.0.0.1:{port}"
     wait_up(base + "/healthz", p, 120)
     url, victim = base + "/v1/chat/completions", info["api_key"]
@@ -70,15 +85,17 @@ def measure(ps: Processes, upstream: str, upstream_key: str) -> dict[str, float]
     prober.start()
     time.sleep(0.5)
     wall0, sent = time.time(), time.monotonic()
-    status, _, _ = call(f"{base}/v1/organization/api_keys/{info['api_key_id']}/revoke", info["admin_key"],
-                        {"reason": "bench: revocation with 50,000 keys"})
+    status, _, _ = call(
+        f"{base}/v1/organization/api_keys/{info['api_key_id']}/revoke",
+        info["admin_key"],
+        {"reason": "bench: revocation with 50,000 keys"},
+    )
     if status != 200:
         raise RuntimeError(f"revocation run: the admin API answered {status}")
     prober.join(10)
     stop.set()
     time.sleep(2.5)
-    out = {"keys": float(KEYS + 1), "instances": 1.0,
-           "refused_s": refused[0] - sent if refused else float("inf")}
+    out = {"keys": float(KEYS + 1), "instances": 1.0, "refused_s": refused[0] - sent if refused else float("inf")}
     stall = longest_stall(loop_file, wall0, time.time())
     if stall is not None:
         out["stall_ms"] = stall

@@ -52,13 +52,30 @@ def make_records(n: int, start: int, t0: float, rng: random.Random) -> list[Reco
     out = []
     for i in range(start, start + n):
         k = rng.randrange(12)
-        out.append(Record(
-            id=f"req_soak_{i:012d}", t=t0 + i * 0.001, org_id="org_soak", project_id=f"proj_{k % 4}",
-            key_id=f"key_{k}", user_id=None, model=("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")[k % 3],
-            upstream="fake", kind="completions", endpoint="/v1/chat/completions", status=200 if k else 429,
-            input_tokens=100 + k, output_tokens=20 + k, cost_micros=90 + k, cost_input_micros=15 + k,
-            latency_ms=12.5, ttft_ms=None, stream=bool(k % 2), attempts=1,
-            upstream_request_id=f"up_{i}"))
+        out.append(
+            Record(
+                id=f"req_soak_{i:012d}",
+                t=t0 + i * 0.001,
+                org_id="org_soak",
+                project_id=f"proj_{k % 4}",
+                key_id=f"key_{k}",
+                user_id=None,
+                model=("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")[k % 3],
+                upstream="fake",
+                kind="completions",
+                endpoint="/v1/chat/completions",
+                status=200 if k else 429,
+                input_tokens=100 + k,
+                output_tokens=20 + k,
+                cost_micros=90 + k,
+                cost_input_micros=15 + k,
+                latency_ms=12.5,
+                ttft_ms=None,
+                stream=bool(k % 2),
+                attempts=1,
+                upstream_request_id=f"up_{i}",
+            )
+        )
     return out
 
 
@@ -73,8 +90,7 @@ async def storage_of(engine: AsyncEngine) -> dict[str, tuple[int, int | None]]:
         pg = conn.dialect.name == "postgresql"
         for t in TABLES:
             n = int((await conn.execute(text(f"SELECT count(*) FROM {t}"))).scalar_one())
-            size = int((await conn.execute(text(f"SELECT pg_total_relation_size('{t}')"))).scalar_one()) \
-                if pg else None
+            size = int((await conn.execute(text(f"SELECT pg_total_relation_size('{t}')"))).scalar_one()) if pg else None
             out[t] = (n, size)
         if not pg:
             pages = int((await conn.execute(text("PRAGMA page_count"))).scalar_one())
@@ -88,8 +104,11 @@ def print_storage(storage: dict[str, tuple[int, int | None]], records: int) -> N
     print("storage (rows and bytes; per million requests for the per-request table, which grows with them):")
     for t, (n, size) in storage.items():
         mb = f"{size / 1e6:9.1f} MB" if size is not None else "        - "
-        extra = f"  = {n * per:,.0f} rows, {size * per / 1e6:,.0f} MB per million requests" \
-            if t == "usage_requests" and size is not None else ""
+        extra = (
+            f"  = {n * per:,.0f} rows, {size * per / 1e6:,.0f} MB per million requests"
+            if t == "usage_requests" and size is not None
+            else ""
+        )
         print(f"  {t:<18} {n:>9,} rows {mb}{extra}")
 
 
@@ -107,8 +126,12 @@ async def run(args: argparse.Namespace) -> int:
     busy = 0.0
     cpu0 = time.process_time()
     while done < args.records:
-        size = min(args.records - done, rng.choice((1, 2, 3, 7, 50, 399, 400, 401, 1000, 1999, 2000))
-                   if rng.random() < 0.3 else rng.randint(1, 2000))
+        size = min(
+            args.records - done,
+            rng.choice((1, 2, 3, 7, 50, 399, 400, 401, 1000, 1999, 2000))
+            if rng.random() < 0.3
+            else rng.randint(1, 2000),
+        )
         recs = make_records(size, done, t0, rng)
         start = time.perf_counter()
         await apply_records(engine, recs)
@@ -125,10 +148,14 @@ async def run(args: argparse.Namespace) -> int:
     growth = end_rss - (warm_rss or samples[0][1])
     per_record_us = busy / max(1, done) * 1e6
     print(f"store: {url.split('://', 1)[0]}  records: {done}  batches: {len(samples)}")
-    print(f"apply cost: {per_record_us:.1f} us per record (wall time in apply_records), "
-          f"{cpu / max(1, done) * 1e6:.1f} us of process CPU per record (record building included)")
-    print(f"RSS: {samples[0][1]:.1f} MB after the first batch, {warm_rss:.1f} MB after warm-up, "
-          f"{end_rss:.1f} MB at the end: growth {growth:+.1f} MB (limit {args.max_growth_mb} MB)")
+    print(
+        f"apply cost: {per_record_us:.1f} us per record (wall time in apply_records), "
+        f"{cpu / max(1, done) * 1e6:.1f} us of process CPU per record (record building included)"
+    )
+    print(
+        f"RSS: {samples[0][1]:.1f} MB after the first batch, {warm_rss:.1f} MB after warm-up, "
+        f"{end_rss:.1f} MB at the end: growth {growth:+.1f} MB (limit {args.max_growth_mb} MB)"
+    )
     print_storage(storage, done)
     for n, mb in samples[:: max(1, len(samples) // 10)]:
         print(f"  {n:>8} records  {mb:8.1f} MB")

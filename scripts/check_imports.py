@@ -27,7 +27,8 @@ def module_name(path: Path) -> str:
 def _is_type_checking(node: ast.If) -> bool:
     t = node.test
     return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
-        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
 
 
 def _top_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
@@ -115,8 +116,10 @@ def main() -> int:
     cycles = find_cycles(graph)
     for c in cycles:
         print("import cycle: " + " <-> ".join(c))
-    print(f"check_imports: {len(files)} modules, {sum(map(len, graph.values()))} module-level imports, "
-          f"{len(cycles)} cycle(s)")
+    print(
+        f"check_imports: {len(files)} modules, {sum(map(len, graph.values()))} module-level imports, "
+        f"{len(cycles)} cycle(s)"
+    )
     return 1 if cycles else 0
 
 

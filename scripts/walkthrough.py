@@ -80,8 +80,11 @@ def sign_in(base: str, password: str, shot: Path) -> str:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
+        )
         try:
             page = browser.new_page(base_url=base, viewport={"width": 1280, "height": 800})
             page.set_default_timeout(20_000)
@@ -98,8 +101,7 @@ def sign_in(base: str, password: str, shot: Path) -> str:
             # The next page is the recovery codes, or the enrollment page again with what went wrong.
             page.wait_for_selector("#recovery-codes, #login-error", timeout=60_000)
             if page.locator("#login-error").count():
-                raise RuntimeError("enrolling the authenticator failed: "
-                                   + page.locator("#login-error").inner_text())
+                raise RuntimeError("enrolling the authenticator failed: " + page.locator("#login-error").inner_text())
             codes = page.locator("#recovery-codes code").all_inner_texts()
             say(f"browser: shown {len(codes)} recovery codes, once")
             page.locator("#codes-continue").click()
@@ -114,8 +116,9 @@ def sign_in(base: str, password: str, shot: Path) -> str:
 def main() -> int:
     work = Path(os.environ.get("KEYPLANE_WALKTHROUGH_DIR") or tempfile.mkdtemp(prefix="keyplane-walkthrough-"))
     home = work / "home"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("KEYPLANE_", "OPENAI_"))}  # a newcomer's shell: no keyplane settings yet
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("KEYPLANE_", "OPENAI_"))
+    }  # a newcomer's shell: no keyplane settings yet
     env["KEYPLANE_HOME"] = str(home)
     port = free_port()
     log_path = work / "serve.log"
@@ -132,11 +135,18 @@ def main() -> int:
         step("2. serve, with the built-in demo upstream (no provider key needed)")
         say(f"$ .venv/bin/keyplane serve --port {port} &")
         with open(log_path, "wb") as log:
-            server = subprocess.Popen([KEYPLANE, "serve", "--port", str(port)], env=env, cwd=ROOT, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+            server = subprocess.Popen(
+                [KEYPLANE, "serve", "--port", str(port)],
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         base = f"http://127.0.0.1:{port}"
-        models = retry(lambda: httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"}),
-                       "keyplane serve")
+        models = retry(
+            lambda: httpx.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"}), "keyplane serve"
+        )
         if models.status_code != 200:
             raise Failed(f"GET /v1/models answered {models.status_code}: {models.text[:300]}")
         say(f"  serving on {base}; models: {', '.join(m['id'] for m in models.json()['data'])}")
@@ -144,14 +154,20 @@ def main() -> int:
         step("3. one call with the official Python SDK")
         say(f'client = OpenAI(base_url="{base}/v1", api_key="{key[:14]}...")')
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=key)
-        done = client.chat.completions.create(model="demo-echo",
-                                              messages=[{"role": "user", "content": "hello from Python"}])
+        done = client.chat.completions.create(
+            model="demo-echo", messages=[{"role": "user", "content": "hello from Python"}]
+        )
         say(f"Python SDK: {done.choices[0].message.content}")
 
         step("4. one call with the official Node SDK")
-        res = subprocess.run(["node", "--input-type=module", "-e", NODE_CALL], capture_output=True, text=True,
-                             cwd=ROOT / "tests" / "node", timeout=120,
-                             env={**env, "WALK_BASE_URL": f"{base}/v1", "WALK_API_KEY": key})
+        res = subprocess.run(
+            ["node", "--input-type=module", "-e", NODE_CALL],
+            capture_output=True,
+            text=True,
+            cwd=ROOT / "tests" / "node",
+            timeout=120,
+            env={**env, "WALK_BASE_URL": f"{base}/v1", "WALK_API_KEY": key},
+        )
         if res.returncode != 0:
             raise Failed(f"the Node SDK call failed: {res.stderr.strip()[-800:]}")
         say(f"Node SDK: {res.stdout.strip()}")
@@ -160,10 +176,9 @@ def main() -> int:
         password = "walk-" + secrets.token_urlsafe(12)
         shell(env, KEYPLANE, "users", "set-password", OWNER, "--password-stdin", stdin=password + "\n")
         heading = sign_in(base, password, work / "dashboard.png")
-        say(f"dashboard: signed in as {OWNER}; the first page is \"{heading}\" "
-            f"(screenshot: {work / 'dashboard.png'})")
+        say(f'dashboard: signed in as {OWNER}; the first page is "{heading}" (screenshot: {work / "dashboard.png"})')
         if heading != "Overview":  # the first page after sign-in; an error page is a failed walk-through
-            raise Failed(f"the dashboard's first page is \"{heading}\", not the Overview")
+            raise Failed(f'the dashboard\'s first page is "{heading}", not the Overview')
 
         say("\nwalk-through passed")
         return 0

@@ -81,8 +81,12 @@ def make_settings(home: Path, database_url: str = "", config_text: str | None = 
     home.mkdir(parents=True, exist_ok=True)
     if config_text is not None:
         (home / "keyplane.toml").write_text(config_text)
-    e = {"KEYPLANE_HOME": str(home), "KEYPLANE_DATABASE_URL": database_url,
-         "KEYPLANE_SNAPSHOT_POLL_SECONDS": "0.2", **env}
+    e = {
+        "KEYPLANE_HOME": str(home),
+        "KEYPLANE_DATABASE_URL": database_url,
+        "KEYPLANE_SNAPSHOT_POLL_SECONDS": "0.2",
+        **env,
+    }
     return load_settings(env=e, create_secret=True)
 
 
@@ -153,9 +157,17 @@ class RunningServer:
 
 def start_server(settings: Settings, init: dict[str, Any] | None = None, clock: Clock | None = None) -> RunningServer:
     app = create_app(settings, clock=clock)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning",
-                            loop="asyncio", http="httptools", timeout_graceful_shutdown=5,
-                            proxy_headers=False)  # as `keyplane serve`: trusted_proxies decides (IP allowlists)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        lifespan="on",
+        log_level="warning",
+        loop="asyncio",
+        http="httptools",
+        timeout_graceful_shutdown=5,
+        proxy_headers=False,
+    )  # as `keyplane serve`: trusted_proxies decides (IP allowlists)
     server = uvicorn.Server(config)
     holder: dict[str, Any] = {}
 

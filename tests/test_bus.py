@@ -89,8 +89,21 @@ def _snapshot_with_key(clock: list[float]) -> Snapshot:
     from keyplane.snapshot import KeyEntry
 
     snap = Snapshot(monotonic=lambda: clock[0])
-    e = KeyEntry("key_a", "proj", "a", "sk-kp-proj-...abcd", "proj_1", None, None, parse_permissions(None),
-                 None, None, None, None, None)
+    e = KeyEntry(
+        "key_a",
+        "proj",
+        "a",
+        "sk-kp-proj-...abcd",
+        "proj_1",
+        None,
+        None,
+        parse_permissions(None),
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
     snap.keys, snap.keys_by_id, snap._digests = {"d": e}, {"key_a": e}, {"key_a": "d"}
     snap.revision = snap.applied = 5
     snap.confirm()
@@ -106,8 +119,7 @@ def test_freshness_needs_every_revision_announced() -> None:
     snap.apply(Event(revision=5, kind="heartbeat"))  # the fleet is at 5, as we are
     assert snap.staleness() == 0 and snap.is_fresh(10)
     # Revision 6 is missed; 7 (a suspension) arrives: applied at once, but the snapshot is not current.
-    snap.apply(Event(revision=7, first=7, keys=(KeyDelta("key_a", suspended_at=1, suspend_reason="x"),),
-                     complete=True))
+    snap.apply(Event(revision=7, first=7, keys=(KeyDelta("key_a", suspended_at=1, suspend_reason="x"),), complete=True))
     assert snap.keys["d"].suspended_at == 1 and snap.applied == 5 and wanted
     clock[0] += 11
     snap.apply(Event(revision=7, kind="heartbeat"))
@@ -184,7 +196,10 @@ async def test_postgres_notify_bus_applies_a_revocation(pg_store) -> None:  # ty
 @pytest.mark.redis
 @pytest.mark.parametrize("with_redis", [True, False], ids=["redis", "postgres-notify"])
 def test_the_cli_publishes_so_a_slow_polling_instance_refuses_at_once(
-    tmp_path: Path, pg_url: str, with_redis: bool, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    pg_url: str,
+    with_redis: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     env = {"KEYPLANE_SNAPSHOT_POLL_SECONDS": "60"}
     if with_redis:

@@ -55,8 +55,21 @@ def test_projects_keys_users_audit(cli):
     cli("init", "--json")
     p = _json(cli("projects", "create", "Data team", "--json"))
     assert [x["name"] for x in _json(cli("projects", "list", "--json"))] == ["Default project", "Data team"]
-    k = _json(cli("keys", "create", "-p", "Data team", "-n", "etl", "--permissions",
-                  "api.model.request,api.files.read", "--expires-in", "3600", "--json"))
+    k = _json(
+        cli(
+            "keys",
+            "create",
+            "-p",
+            "Data team",
+            "-n",
+            "etl",
+            "--permissions",
+            "api.model.request,api.files.read",
+            "--expires-in",
+            "3600",
+            "--json",
+        )
+    )
     assert keys.parse(k["value"]) == "proj" and k["expires_at"]
     assert "api.files.read" in k["permissions"]
     listed = _json(cli("keys", "list", "-p", p["id"], "--json"))
@@ -83,9 +96,19 @@ def test_projects_keys_users_audit(cli):
     assert archived["status"] == "archived"
     audit = _json(cli("audit", "--json", "--limit", "200"))
     types = [a["type"] for a in audit]
-    for t in ("project.created", "api_key.created", "api_key.updated", "api_key.suspended", "api_key.resumed",
-              "api_key.deleted", "user.added", "user.updated", "user.deleted", "project.archived",
-              "service_account.created"):
+    for t in (
+        "project.created",
+        "api_key.created",
+        "api_key.updated",
+        "api_key.suspended",
+        "api_key.resumed",
+        "api_key.deleted",
+        "user.added",
+        "user.updated",
+        "user.deleted",
+        "project.archived",
+        "service_account.created",
+    ):
         assert t in types, t
     assert all(a["actor"]["type"] == "cli" for a in audit)
     assert _json(cli("audit", "--json", "--type", "project.archived"))[0]["project"]["id"] == p["id"]
@@ -94,14 +117,17 @@ def test_projects_keys_users_audit(cli):
     assert "etl" in cli("keys", "list", "--all").stdout
 
 
-@pytest.mark.parametrize("args,needle", [
-    (("keys", "create", "-p", "nope", "-n", "x"), "No project found"),
-    (("keys", "create", "-p", "Default project", "-n", "x", "--permissions", "api.nope.read"), "unknown scope"),
-    (("keys", "revoke", "key_missing"), "No API key found"),
-    (("users", "add", "not-an-email"), "email"),
-    (("users", "role", "owner@example.com", "reader"), "at least one owner"),
-    (("projects", "create", "x" * 300), "too long"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("keys", "create", "-p", "nope", "-n", "x"), "No project found"),
+        (("keys", "create", "-p", "Default project", "-n", "x", "--permissions", "api.nope.read"), "unknown scope"),
+        (("keys", "revoke", "key_missing"), "No API key found"),
+        (("users", "add", "not-an-email"), "email"),
+        (("users", "role", "owner@example.com", "reader"), "at least one owner"),
+        (("projects", "create", "x" * 300), "too long"),
+    ],
+)
 def test_errors_are_messages(cli, args, needle):
     cli("init", "--json")
     res = cli(*args, code=1)
@@ -133,8 +159,16 @@ def test_cli_revocation_reaches_running_server_within_a_second(cli):
 
 def test_help_everywhere():
     runner = CliRunner()
-    for args in (["--help"], ["init", "--help"], ["serve", "--help"], ["projects", "--help"], ["keys", "--help"],
-                 ["keys", "create", "--help"], ["users", "--help"], ["audit", "--help"]):
+    for args in (
+        ["--help"],
+        ["init", "--help"],
+        ["serve", "--help"],
+        ["projects", "--help"],
+        ["keys", "--help"],
+        ["keys", "create", "--help"],
+        ["users", "--help"],
+        ["audit", "--help"],
+    ):
         res = runner.invoke(app, args)
         assert res.exit_code == 0 and "Usage" in res.stdout
 

@@ -45,18 +45,21 @@ def test_postgres_url_normalised(tmp_path):
     assert s.database_url == "postgresql+asyncpg://u@h:5432/db" and not s.is_sqlite
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("port = 'x'\n", "`port` must be int"),
-    ("[[upstreams]]\nname = 'a'\nbase_url = 'http://x'\nweight = 'heavy'\n", "$.upstreams[0].weight"),
-    ("[[upstreams]]\nname = 'a'\nbase_url = 'ftp://x'\n", "$.upstreams[0].base_url"),
-    ("[[upstreams]]\nname = 'a'\nbase_url = 'http://x'\nbogus = 1\n", "bogus"),
-    ("[[upstreams]]\nname='a'\nbase_url='http://x'\n[[upstreams]]\nname='a'\nbase_url='http://y'\n", "duplicate"),
-    ("[[upstreams]]\nname = 'a'\nbase_url = 'http://x'\napi_key_env = 'sk-abc'\n", "api_key_env"),
-    ("[prices.m]\ninput = -1\n", "$.prices.m.input"),
-    ("secret_key = 'x'\n", "must not be in the config file"),
-    ("this is = not toml [", "not valid TOML"),
-    ("log_format = 'xml'\n", "log_format"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("port = 'x'\n", "`port` must be int"),
+        ("[[upstreams]]\nname = 'a'\nbase_url = 'http://x'\nweight = 'heavy'\n", "$.upstreams[0].weight"),
+        ("[[upstreams]]\nname = 'a'\nbase_url = 'ftp://x'\n", "$.upstreams[0].base_url"),
+        ("[[upstreams]]\nname = 'a'\nbase_url = 'http://x'\nbogus = 1\n", "bogus"),
+        ("[[upstreams]]\nname='a'\nbase_url='http://x'\n[[upstreams]]\nname='a'\nbase_url='http://y'\n", "duplicate"),
+        ("[[upstreams]]\nname = 'a'\nbase_url = 'http://x'\napi_key_env = 'sk-abc'\n", "api_key_env"),
+        ("[prices.m]\ninput = -1\n", "$.prices.m.input"),
+        ("secret_key = 'x'\n", "must not be in the config file"),
+        ("this is = not toml [", "not valid TOML"),
+        ("log_format = 'xml'\n", "log_format"),
+    ],
+)
 def test_bad_config_names_the_field(tmp_path, text, needle):
     with pytest.raises(ConfigError) as e:
         _load(tmp_path, text)

@@ -32,8 +32,13 @@ class Fleet:
     redis: FaultProxy
 
     def admin(self, method: str, path: str, timeout: float = 30, **kw: object) -> httpx.Response:
-        return httpx.request(method, self.srv.base_url + path, timeout=timeout,
-                             headers={"authorization": f"Bearer {self.srv.admin_key}"}, **kw)  # type: ignore[arg-type]
+        return httpx.request(
+            method,
+            self.srv.base_url + path,
+            timeout=timeout,
+            headers={"authorization": f"Bearer {self.srv.admin_key}"},
+            **kw,
+        )  # type: ignore[arg-type]
 
     def chat(self) -> openai.types.chat.ChatCompletion:
         client = openai.OpenAI(base_url=self.srv.v1, api_key=self.srv.api_key, max_retries=0, timeout=20)
@@ -46,10 +51,15 @@ def fleet(tmp_path: Path, fake: FakeUpstream) -> Iterator[Fleet]:
     redis = FaultProxy(6379)
     with postgres_database() as url:
         settings = make_settings(
-            tmp_path / "home", pg.url_for(url), config_text=fake_config(fake),
+            tmp_path / "home",
+            pg.url_for(url),
+            config_text=fake_config(fake),
             KEYPLANE_REDIS_URL=redis.url_for("redis://127.0.0.1:6379/0"),
-            KEYPLANE_REDIS_PREFIX=f"kpdeg{secrets.token_hex(4)}", KEYPLANE_DATABASE_TIMEOUT_SECONDS="1",
-            KEYPLANE_REDIS_TIMEOUT_SECONDS="0.5", KEYPLANE_LOG_REQUESTS="false")
+            KEYPLANE_REDIS_PREFIX=f"kpdeg{secrets.token_hex(4)}",
+            KEYPLANE_DATABASE_TIMEOUT_SECONDS="1",
+            KEYPLANE_REDIS_TIMEOUT_SECONDS="0.5",
+            KEYPLANE_LOG_REQUESTS="false",
+        )
         srv = start_server(settings, init_org(settings))
         try:
             yield Fleet(srv, pg, redis)
@@ -140,6 +150,7 @@ def test_redis_down_spend_limit_change_is_committed_and_says_so(fleet: Fleet, se
     # /readyz: this instance cannot admit (limits live in Redis), so it is not ready to serve.
     ready = httpx.get(fleet.srv.base_url + "/readyz", timeout=10)
     assert ready.status_code == 503 and ready.json()["checks"]["limits_store"].startswith("unreachable"), ready.text
+
     # Requests meanwhile are refused with a retryable 503; each component that needs Redis logs one line
     # when it goes down, and nothing per request (it was a traceback per request).
     def refused(n: int) -> list[logging.LogRecord]:
@@ -154,7 +165,7 @@ def test_redis_down_spend_limit_change_is_committed_and_says_so(fleet: Fleet, se
     time.sleep(1.0)  # the background steps notice too
     before = refused(1)
     after = refused(40)
-    assert len(after) - len(before) <= 1, [r.getMessage() for r in after[len(before):]]
+    assert len(after) - len(before) <= 1, [r.getMessage() for r in after[len(before) :]]
     tracebacks = [r for r in after if r.exc_info is not None]
     assert len(tracebacks) <= 1, [r.getMessage() for r in tracebacks]
 
@@ -186,8 +197,13 @@ def test_redis_hang_readiness_answers_within_the_timeout(fleet: Fleet) -> None:
 
 def test_keyplane_own_answers_carry_its_request_id(fleet: Fleet) -> None:
     base = fleet.srv.base_url
-    for path, status in (("/healthz", 200), ("/readyz", 200), ("/readyz/control", 200), ("/no/such/path", 404),
-                         ("/v1/organization/no_such_thing", 404)):
+    for path, status in (
+        ("/healthz", 200),
+        ("/readyz", 200),
+        ("/readyz/control", 200),
+        ("/no/such/path", 404),
+        ("/v1/organization/no_such_thing", 404),
+    ):
         r = httpx.get(base + path, headers={"authorization": f"Bearer {fleet.srv.admin_key}"}, timeout=10)
         assert r.status_code == status, (path, r.text)
         _own_id(r)

@@ -79,8 +79,11 @@ def _sample(name: str, annotation: object) -> object:
 
 
 def _constructors() -> dict[str, object]:
-    return {n: f for n, f in inspect.getmembers(errors, inspect.isfunction)
-            if f.__module__ == errors.__name__ and not n.startswith("_")}
+    return {
+        n: f
+        for n, f in inspect.getmembers(errors, inspect.isfunction)
+        if f.__module__ == errors.__name__ and not n.startswith("_")
+    }
 
 
 def test_every_error_is_pinned() -> None:
@@ -91,8 +94,13 @@ def test_every_error_is_pinned() -> None:
 def test_error_shape(name: str) -> None:
     f = _constructors()[name]
     params = inspect.signature(f).parameters  # type: ignore[arg-type]
-    e = f(**{p: _sample(p, v.annotation) for p, v in params.items()  # type: ignore[operator]
-             if v.default is inspect.Parameter.empty})
+    e = f(
+        **{
+            p: _sample(p, v.annotation)
+            for p, v in params.items()  # type: ignore[operator]
+            if v.default is inspect.Parameter.empty
+        }
+    )
     assert isinstance(e, errors.APIError)
     assert (e.status, e.type, e.code) == PINNED[name]
     assert e.type in OPENAI_TYPES

@@ -48,11 +48,13 @@ def run(*args: str, code: int = 0):
 
 
 def sh(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        list(args), capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})}
+    )
 
 
 # --- item 3 ----------------------------------------------------------------------------------------
+
 
 def test_keys_create_json_names_the_owner_as_the_admin_api_does(home):
     init = json.loads(run("init", "--owner-email", "boss@acme.test", "--json").stdout)
@@ -68,21 +70,23 @@ def test_keys_create_json_names_the_owner_as_the_admin_api_does(home):
     assert "is not a member of project" in refused.stderr
     assert f"keyplane members add {init['project_id']} dev@acme.test" in " ".join(refused.stderr.split())
     run("members", "add", "Default project", "dev@acme.test")
-    mine = json.loads(run("keys", "create", "-p", "Default project", "-n", "dev", "--owner", "dev@acme.test",
-                          "--json").stdout)
+    mine = json.loads(
+        run("keys", "create", "-p", "Default project", "-n", "dev", "--owner", "dev@acme.test", "--json").stdout
+    )
     assert mine["owner"]["user"]["email"] == "dev@acme.test" and mine["owner"]["user"]["name"] == "Dev"
     for verb in (("suspend", mine["id"]), ("resume", mine["id"]), ("permissions", mine["id"], "read_only")):
         assert json.loads(run("keys", *verb, "--json").stdout)["owner"]["user"]["email"] == "dev@acme.test"
-    sa = json.loads(run("keys", "create", "-p", "Default project", "-n", "bot", "--service-account",
-                        "--json").stdout)
+    sa = json.loads(run("keys", "create", "-p", "Default project", "-n", "bot", "--service-account", "--json").stdout)
     assert sa["owner"]["service_account"]["name"] == "bot"
 
     # The admin API over HTTP says the same of every key.
     listed = {k["id"]: k for k in json.loads(run("keys", "list", "--json").stdout)}
     srv = start_server(make_settings(home), init)
     try:
-        r = httpx.get(f"{srv.v1}/organization/projects/{init['project_id']}/api_keys?limit=100",
-                      headers={"Authorization": f"Bearer {init['admin_key']}"})
+        r = httpx.get(
+            f"{srv.v1}/organization/projects/{init['project_id']}/api_keys?limit=100",
+            headers={"Authorization": f"Bearer {init['admin_key']}"},
+        )
         assert r.status_code == 200, r.text
         for k in r.json()["data"]:
             assert listed[k["id"]]["owner"] == k["owner"], k["id"]
@@ -91,6 +95,7 @@ def test_keys_create_json_names_the_owner_as_the_admin_api_does(home):
 
 
 # --- item 7 ----------------------------------------------------------------------------------------
+
 
 def test_a_command_before_init_creates_no_store(home):
     res = run("keys", "list", code=1)
@@ -127,9 +132,15 @@ def test_scripts_run_initializes_after_an_earlier_command(tmp_path):
     asyncio.run(migrate())
     assert (home / "keyplane.db").exists()
     port = free_port()
-    proc = subprocess.Popen([str(ROOT / "scripts" / "run"), "--port", str(port)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(ROOT / "scripts" / "run"), "--port", str(port)],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
+        start_new_session=True,
+    )
     try:
         seen = ""
         deadline = time.monotonic() + 120
@@ -158,17 +169,31 @@ def test_scripts_run_initializes_after_an_earlier_command(tmp_path):
 
 # --- item 12 ---------------------------------------------------------------------------------------
 
+
 def test_ids_are_whole_at_80_columns(home):
     run("init", "--json")
     run("projects", "create", "A project with a rather long name", "--json")
-    run("keys", "create", "-p", "A project with a rather long name", "-n", "a-key-with-a-long-name",
-        "--permissions", "api.model.request,api.model.read,api.files.read", "--json")
+    run(
+        "keys",
+        "create",
+        "-p",
+        "A project with a rather long name",
+        "-n",
+        "a-key-with-a-long-name",
+        "--permissions",
+        "api.model.request,api.model.read,api.files.read",
+        "--json",
+    )
     env = {"COLUMNS": "80", "KEYPLANE_HOME": str(home)}
     keys = json.loads(sh(KEYPLANE, "keys", "list", "--json", env=env).stdout)
     projects = json.loads(sh(KEYPLANE, "projects", "list", "--json", env=env).stdout)
     users = json.loads(sh(KEYPLANE, "users", "list", "--json", env=env).stdout)
-    for cmd, ids in ((("keys", "list"), [k["id"] for k in keys]), (("projects", "list"), [p["id"] for p in projects]),
-                     (("users", "list"), [u["id"] for u in users]), (("audit",), [k["id"] for k in keys])):
+    for cmd, ids in (
+        (("keys", "list"), [k["id"] for k in keys]),
+        (("projects", "list"), [p["id"] for p in projects]),
+        (("users", "list"), [u["id"] for u in users]),
+        (("audit",), [k["id"] for k in keys]),
+    ):
         res = sh(KEYPLANE, *cmd, env=env)
         assert res.returncode == 0, res.stderr
         assert max(len(line) for line in res.stdout.splitlines()) <= 80, res.stdout
@@ -182,6 +207,7 @@ def test_ids_are_whole_at_80_columns(home):
 
 
 # --- item 13 ---------------------------------------------------------------------------------------
+
 
 def test_readme_runs_the_cli_one_way():
     text = (ROOT / "README.md").read_text()
@@ -204,6 +230,7 @@ def test_readme_runs_the_cli_one_way():
 
 # --- item 14 ---------------------------------------------------------------------------------------
 
+
 def test_setup_says_what_it_installs(tmp_path):
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "setup", tmp_path / "scripts" / "setup")
@@ -224,6 +251,7 @@ def test_setup_says_what_it_installs(tmp_path):
 
 # --- item 8 ----------------------------------------------------------------------------------------
 
+
 def test_missing_chromium_is_said_loudly():
     env = {"KEYPLANE_CHROMIUM": "/nonexistent/chromium", "KEYPLANE_NO_APT": "1"}
     res = sh(str(ROOT / "scripts" / "chromium"), env=env)
@@ -236,6 +264,7 @@ def test_missing_chromium_is_said_loudly():
 
 # --- the walk-through --------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.node
 def test_walkthrough(tmp_path):
@@ -244,7 +273,12 @@ def test_walkthrough(tmp_path):
     res = sh(str(ROOT / "scripts" / "walkthrough"), env={"KEYPLANE_WALKTHROUGH_DIR": str(tmp_path)}, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
-    for step in ("keyplane initialized", "Python SDK: You said: hello from Python",
-                 "Node SDK: You said: hello from Node", "dashboard: signed in", "walk-through passed"):
+    for step in (
+        "keyplane initialized",
+        "Python SDK: You said: hello from Python",
+        "Node SDK: You said: hello from Node",
+        "dashboard: signed in",
+        "walk-through passed",
+    ):
         assert step in out, (step, out)
     assert (tmp_path / "dashboard.png").exists()

@@ -25,8 +25,12 @@ def test_no_import_cycles() -> None:
 
 def test_a_planted_cycle_is_found() -> None:
     ci = _checker()
-    graph = {"keyplane.a": {"keyplane.b"}, "keyplane.b": {"keyplane.c"}, "keyplane.c": {"keyplane.a"},
-             "keyplane.d": {"keyplane.a"}}
+    graph = {
+        "keyplane.a": {"keyplane.b"},
+        "keyplane.b": {"keyplane.c"},
+        "keyplane.c": {"keyplane.a"},
+        "keyplane.d": {"keyplane.a"},
+    }
     cycles = ci.find_cycles(graph)
     assert len(cycles) == 1
     assert set(cycles[0]) >= {"keyplane.a", "keyplane.b", "keyplane.c"}

@@ -19,14 +19,14 @@ def test_any_single_character_change_fails_the_checksum(kind, data):
     assert keys.parse(k) == kind
     i = data.draw(st.integers(0, len(k) - 1), label="position")
     c = data.draw(PRINTABLE.filter(lambda ch: ch != k[i]), label="new character")
-    assert keys.parse(k[:i] + c + k[i + 1:]) is None
+    assert keys.parse(k[:i] + c + k[i + 1 :]) is None
 
 
 @given(kind=st.sampled_from(keys.KINDS), data=st.data())
 def test_insertions_and_deletions_fail(kind, data):
     k = keys.generate(kind)
     i = data.draw(st.integers(0, len(k) - 1))
-    assert keys.parse(k[:i] + k[i + 1:]) is None
+    assert keys.parse(k[:i] + k[i + 1 :]) is None
     assert keys.parse(k[:i] + data.draw(PRINTABLE) + k[i:]) is None
 
 

@@ -30,8 +30,11 @@ STALENESS = 2.0
 def pair(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer, FaultProxy, FaultProxy]]:
     secret = secrets.token_urlsafe(32)
     prefix = f"kptest-partition-{secrets.token_hex(4)}"
-    common = {"KEYPLANE_SECRET_KEY": secret, "KEYPLANE_REDIS_PREFIX": prefix,
-              "KEYPLANE_MAX_STALENESS_SECONDS": str(STALENESS)}
+    common = {
+        "KEYPLANE_SECRET_KEY": secret,
+        "KEYPLANE_REDIS_PREFIX": prefix,
+        "KEYPLANE_MAX_STALENESS_SECONDS": str(STALENESS),
+    }
     with postgres_database() as url:
         pg = urlsplit(url)
         pg_proxy = FaultProxy(pg.port or 5432, pg.hostname or "127.0.0.1")
@@ -39,8 +42,13 @@ def pair(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer, FaultPr
         sa = make_settings(tmp_path / "a", url, config_text=DEFAULT_CONFIG, KEYPLANE_REDIS_URL=REDIS_URL, **common)
         init = init_org(sa)
         b_url = url.replace(f"{pg.hostname}:{pg.port}", f"127.0.0.1:{pg_proxy.port}")
-        sb = make_settings(tmp_path / "b", b_url, config_text=DEFAULT_CONFIG,
-                           KEYPLANE_REDIS_URL=f"redis://127.0.0.1:{redis_proxy.port}/0", **common)
+        sb = make_settings(
+            tmp_path / "b",
+            b_url,
+            config_text=DEFAULT_CONFIG,
+            KEYPLANE_REDIS_URL=f"redis://127.0.0.1:{redis_proxy.port}/0",
+            **common,
+        )
         a = start_server(sa, init)
         b = start_server(sb, init)
         try:
@@ -57,8 +65,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer, FaultPr
 
 def _chat(srv: RunningServer, key: str) -> openai.types.chat.ChatCompletion:
     client = openai.OpenAI(base_url=srv.v1, api_key=key, max_retries=0, timeout=2.0)
-    return client.chat.completions.create(model="demo-echo", messages=[{"role": "user", "content": "hi"}],
-                                          max_tokens=5)
+    return client.chat.completions.create(model="demo-echo", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
 
 
 def test_a_partitioned_instance_refuses_a_revoked_key_and_stops_when_it_cannot_confirm(pair) -> None:  # type: ignore[no-untyped-def]

@@ -37,9 +37,17 @@ def store(tmp_path: Path) -> tuple[Settings, dict[str, Any], list[str]]:
         engine = db.make_engine(settings.database_url)
         try:
             async with db.sessionmaker(engine)() as s, s.begin():
-                rows = [await control.create_project_key(s, control.SYSTEM_ACTOR, settings.secret_key,
-                                                         init["project_id"], name=f"k{i}", owner_user_id=None)
-                        for i in range(5)]
+                rows = [
+                    await control.create_project_key(
+                        s,
+                        control.SYSTEM_ACTOR,
+                        settings.secret_key,
+                        init["project_id"],
+                        name=f"k{i}",
+                        owner_user_id=None,
+                    )
+                    for i in range(5)
+                ]
             return [row.id for row, _ in rows]
         finally:
             await engine.dispose()
@@ -177,8 +185,9 @@ def test_billing_reloads_its_configuration_when_the_snapshot_changes(slow_pollin
     srv = slow_polling_billing
     billing = billing_of(srv)
     assert not billing.cfg.grants
-    with httpx.Client(base_url=srv.v1 + "/organization", headers={"Authorization": f"Bearer {srv.admin_key}"},
-                      timeout=30) as h:
+    with httpx.Client(
+        base_url=srv.v1 + "/organization", headers={"Authorization": f"Bearer {srv.admin_key}"}, timeout=30
+    ) as h:
         r = h.post("/credit_grants", json={"amount": 100, "currency": "usd"})
         assert r.status_code == 200, r.text
     deadline = time.monotonic() + 20  # far below the hour-long poll: only the subscription can do it

@@ -56,8 +56,14 @@ class Alert:
     created_at: float = field(default_factory=time.time)
 
     def payload(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"object": "keyplane.alert", "id": self.id, "event": self.event,
-                             "created_at": int(self.created_at), "severity": self.severity, "summary": self.summary}
+        d: dict[str, Any] = {
+            "object": "keyplane.alert",
+            "id": self.id,
+            "event": self.event,
+            "created_at": int(self.created_at),
+            "severity": self.severity,
+            "summary": self.summary,
+        }
         d.update(self.details)
         return d
 
@@ -92,8 +98,9 @@ def _accepts(sink: Sink, alert: Alert) -> bool:
 
 async def _post(http: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], seconds: float) -> None:
     try:
-        async with http.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=seconds),
-                             allow_redirects=False) as r:
+        async with http.post(
+            url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=seconds), allow_redirects=False
+        ) as r:
             text = (await r.read())[:300].decode("utf-8", "replace")
             if r.status >= 300:
                 retry = r.status == 429 or r.status >= 500 or r.status == 408
@@ -114,8 +121,12 @@ class WebhookSink:
 
     async def send(self, alert: Alert, http: aiohttp.ClientSession) -> None:
         body = orjson.dumps(alert.payload())
-        headers = {"content-type": "application/json", "user-agent": "keyplane-alerts",
-                   "keyplane-event": alert.event, "keyplane-delivery": alert.id}
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "keyplane-alerts",
+            "keyplane-event": alert.event,
+            "keyplane-delivery": alert.id,
+        }
         if self.secret is not None:
             headers["keyplane-signature"] = sign(self.secret, body)
         await _post(http, self.url, body, headers, self.timeout)
@@ -143,10 +154,13 @@ class SlackSink:
         icon = ":white_check_mark:" if alert.resolve else ":rotating_light:"
         text = f"{icon} *keyplane*: {alert.summary}"
         detail = "\n".join(_detail_lines(alert))
-        body = {"text": text, "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"```{detail}```" if detail else "-"}},
-        ]}
+        body = {
+            "text": text,
+            "blocks": [
+                {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+                {"type": "section", "text": {"type": "mrkdwn", "text": f"```{detail}```" if detail else "-"}},
+            ],
+        }
         await _post(http, self.url, orjson.dumps(body), {"content-type": "application/json"}, self.timeout)
 
 
@@ -161,12 +175,20 @@ class PagerDutySink:
         self.timeout = cfg.timeout
 
     async def send(self, alert: Alert, http: aiohttp.ClientSession) -> None:
-        body: dict[str, Any] = {"routing_key": self.routing_key, "event_action": "resolve" if alert.resolve else
-                                "trigger", "dedup_key": alert.dedup_key or alert.id}
+        body: dict[str, Any] = {
+            "routing_key": self.routing_key,
+            "event_action": "resolve" if alert.resolve else "trigger",
+            "dedup_key": alert.dedup_key or alert.id,
+        }
         if not alert.resolve:
-            body["payload"] = {"summary": alert.summary[:1024], "source": "keyplane", "severity": alert.severity,
-                               "component": "kill switch" if alert.event.startswith("guard.") else "keyplane",
-                               "class": alert.event, "custom_details": alert.payload()}
+            body["payload"] = {
+                "summary": alert.summary[:1024],
+                "source": "keyplane",
+                "severity": alert.severity,
+                "component": "kill switch" if alert.event.startswith("guard.") else "keyplane",
+                "class": alert.event,
+                "custom_details": alert.payload(),
+            }
         await _post(http, self.url, orjson.dumps(body), {"content-type": "application/json"}, self.timeout)
 
 
@@ -186,8 +208,14 @@ class EmailSink:
         msg["From"] = self.cfg.email_from
         msg["To"] = ", ".join(self.cfg.email_to)
         msg["X-Keyplane-Event"] = alert.event
-        body = alert.summary + "\n\n" + "\n".join(_detail_lines(alert)) + "\n\n" + orjson.dumps(
-            alert.payload(), option=orjson.OPT_INDENT_2).decode() + "\n"
+        body = (
+            alert.summary
+            + "\n\n"
+            + "\n".join(_detail_lines(alert))
+            + "\n\n"
+            + orjson.dumps(alert.payload(), option=orjson.OPT_INDENT_2).decode()
+            + "\n"
+        )
         msg.set_content(body)
         return msg
 
@@ -210,8 +238,9 @@ class EmailSink:
         try:
             await asyncio.to_thread(self._send_sync, self._message(alert))
         except smtplib.SMTPResponseException as e:
-            raise DeliveryError(f"SMTP {e.smtp_code}: {e.smtp_error!r}", retry=e.smtp_code >= 400 and
-                                e.smtp_code < 500) from None
+            raise DeliveryError(
+                f"SMTP {e.smtp_code}: {e.smtp_error!r}", retry=e.smtp_code >= 400 and e.smtp_code < 500
+            ) from None
         except (smtplib.SMTPException, OSError) as e:
             raise DeliveryError(f"{type(e).__name__}: {e}") from None
 
@@ -232,8 +261,9 @@ def check_sinks(section: AlertsSection) -> Iterable[str]:
             yield f"{where}.url: a {s.type} sink needs an http:// or https:// url"
         if s.type == "pagerduty":
             if not s.routing_key_env:
-                yield f"{where}.routing_key_env: a pagerduty sink needs the name of the variable holding " \
-                      "its routing key"
+                yield (
+                    f"{where}.routing_key_env: a pagerduty sink needs the name of the variable holding its routing key"
+                )
             if s.url and not s.url.startswith(("http://", "https://")):
                 yield f"{where}.url: must start with http:// or https://"
         if s.type == "email":
@@ -283,8 +313,16 @@ Sleep = Callable[[float], Awaitable[None]]
 class Dispatcher:
     """Delivers alerts to sinks in background tasks, with retries; never raises into the caller."""
 
-    def __init__(self, sinks: list[Sink], *, max_attempts: int = 6, backoff: float = 1.0, backoff_max: float = 60.0,
-                 sleep: Sleep = asyncio.sleep, rand: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        sinks: list[Sink],
+        *,
+        max_attempts: int = 6,
+        backoff: float = 1.0,
+        backoff_max: float = 60.0,
+        sleep: Sleep = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         self.sinks = sinks
         self.max_attempts = max_attempts
         self.backoff = backoff
@@ -298,8 +336,13 @@ class Dispatcher:
 
     @classmethod
     def from_config(cls, section: AlertsSection, env: Mapping[str, str] | None = None, **kw: Any) -> Dispatcher:
-        return cls(build_sinks(section, os.environ if env is None else env), max_attempts=section.max_attempts,
-                   backoff=section.retry_backoff, backoff_max=section.retry_backoff_max, **kw)
+        return cls(
+            build_sinks(section, os.environ if env is None else env),
+            max_attempts=section.max_attempts,
+            backoff=section.retry_backoff,
+            backoff_max=section.retry_backoff_max,
+            **kw,
+        )
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
@@ -340,13 +383,27 @@ class Dispatcher:
                 self.last_error[sink.name] = str(e)
                 if not e.retry or attempt == self.max_attempts:
                     self.counters[f"{sink.type}:failed"] += 1
-                    log.error("alert %s (%s) to %s sink %r failed after %d attempt(s): %s", alert.id, alert.event,
-                              sink.type, sink.name, attempt, e)
+                    log.error(
+                        "alert %s (%s) to %s sink %r failed after %d attempt(s): %s",
+                        alert.id,
+                        alert.event,
+                        sink.type,
+                        sink.name,
+                        attempt,
+                        e,
+                    )
                     return False
                 self.counters[f"{sink.type}:retried"] += 1
                 delay = min(self.backoff * 2 ** (attempt - 1), self.backoff_max) * (1 + 0.25 * self._rand())
-                log.warning("alert %s to %s sink %r failed (%s); retry %d in %.1fs", alert.id, sink.type, sink.name,
-                            e, attempt, delay)
+                log.warning(
+                    "alert %s to %s sink %r failed (%s); retry %d in %.1fs",
+                    alert.id,
+                    sink.type,
+                    sink.name,
+                    e,
+                    attempt,
+                    delay,
+                )
                 await self._sleep(delay)
             except Exception:
                 self.counters[f"{sink.type}:failed"] += 1

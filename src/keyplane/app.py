@@ -33,9 +33,15 @@ ASGIApp = Any
 # Features that add steps to the request flow (keyplane.pipeline) and the admin API. Each module has
 # ``async def start(rt: Runtime) -> Feature``; they start in this order, before the proxy is built,
 # and stop in reverse order.
-FEATURES: tuple[str, ...] = ("keyplane.billing", "keyplane.usage", "keyplane.guard", "keyplane.members",
-                               "keyplane.access", "keyplane.providers",
-                               "keyplane.identity")
+FEATURES: tuple[str, ...] = (
+    "keyplane.billing",
+    "keyplane.usage",
+    "keyplane.guard",
+    "keyplane.members",
+    "keyplane.access",
+    "keyplane.providers",
+    "keyplane.identity",
+)
 
 
 @dataclass
@@ -87,6 +93,7 @@ def with_request_id(scope: dict[str, Any], send: Any) -> Any:
 def _admin_outcome(send: Any) -> Any:
     """``send`` that tells the admin API's outage log when a call went through again (a success: a 401 or
     a 404 may not have needed the store)."""
+
     async def wrapped(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start" and message["status"] < 300:
             store_recovered()
@@ -122,14 +129,28 @@ class KeyplaneApp:
         publisher = Publisher(bus)
         snapshot = Snapshot()
         bus.subscribe(snapshot.apply)
-        refresher = SnapshotRefresher(snapshot, read_engine, s.snapshot_poll_seconds, bus=bus, origin=publisher.origin,
-                                      heartbeat_seconds=heartbeat_seconds(s.max_staleness_seconds))
+        refresher = SnapshotRefresher(
+            snapshot,
+            read_engine,
+            s.snapshot_poll_seconds,
+            bus=bus,
+            origin=publisher.origin,
+            heartbeat_seconds=heartbeat_seconds(s.max_staleness_seconds),
+        )
         await bus.start()
         await refresher.refresh(force=True)
         rt = Runtime(
-            settings=s, clock=self.clock, engine=engine, sessions=publishing_sessionmaker(engine, publisher),
-            snapshot=snapshot, refresher=refresher, last_used=LastUsedRecorder(engine, s.last_used_flush_seconds),
-            read_engine=read_engine, read_sessions=db.sessionmaker(read_engine), bus=bus, publisher=publisher,
+            settings=s,
+            clock=self.clock,
+            engine=engine,
+            sessions=publishing_sessionmaker(engine, publisher),
+            snapshot=snapshot,
+            refresher=refresher,
+            last_used=LastUsedRecorder(engine, s.last_used_flush_seconds),
+            read_engine=read_engine,
+            read_sessions=db.sessionmaker(read_engine),
+            bus=bus,
+            publisher=publisher,
         )
         self.runtime = rt
         from keyplane.admin import build_admin_app

@@ -38,8 +38,9 @@ def authenticate(rt: Runtime, headers: list[tuple[bytes, bytes]], query_string: 
             project = value
     token = bearer_token(auth, headers, query_string)
     if token.startswith(workload_tokens.PREFIX):  # a workload identity access token (keyplane.identity)
-        entry = workload_tokens.entry_for(rt.settings.secret_key, token, rt.clock.now(),
-                                          rt.features.identity, rt.snapshot)
+        entry = workload_tokens.entry_for(
+            rt.settings.secret_key, token, rt.clock.now(), rt.features.identity, rt.snapshot
+        )
     elif token_kind(token, query_string) == "admin":
         raise errors.invalid_key(
             keys.mask(token),
@@ -62,6 +63,7 @@ def authenticate(rt: Runtime, headers: list[tuple[bytes, bytes]], query_string: 
 
 
 # --- the steps, shared with the admin API's authentication (admin/common.py) -------------------
+
 
 def bearer_token(auth: bytes | None, headers: list[tuple[bytes, bytes]], query_string: bytes = b"") -> str:
     """The key of an ``Authorization: Bearer`` header value, or a 401 saying what is wrong with it."""
@@ -93,6 +95,7 @@ def active_entry(rt: Runtime, token: str) -> KeyEntry:
 
 
 # --- diagnostics (only on the way to a 401) -----------------------------------------------------
+
 
 def _query_key(query_string: bytes) -> str | None:
     if not query_string:
@@ -129,16 +132,16 @@ def _not_bearer(auth: bytes) -> errors.APIError:
         )
     if value.startswith("sk-"):
         return errors.missing_key(
-            "The Authorization header holds the key without the word `Bearer`: "
-            "send `Authorization: Bearer sk-kp-...`."
+            "The Authorization header holds the key without the word `Bearer`: send `Authorization: Bearer sk-kp-...`."
         )
     if scheme == "bearer":  # "Bearer" with nothing after it
         return errors.missing_key("The Authorization header has the word `Bearer` but no key after it.")
     word = value.split(" ", 1)[0]
     # Only a short alphabetic scheme name is echoed: anything else may be the start of a secret.
     shown = f"the scheme `{word}`" if word.isascii() and word.isalpha() and len(word) <= 12 else "an unknown scheme"
-    return errors.missing_key(f"The Authorization header uses {shown}; keyplane expects "
-                              "`Authorization: Bearer YOUR_KEY`.")
+    return errors.missing_key(
+        f"The Authorization header uses {shown}; keyplane expects `Authorization: Bearer YOUR_KEY`."
+    )
 
 
 def _bad_token(token: str, query_string: bytes) -> errors.APIError:
@@ -158,7 +161,7 @@ def _bad_token(token: str, query_string: bytes) -> errors.APIError:
         return errors.invalid_key(
             keys.mask(unquoted),
             "The key is wrapped in quotes: send it without them (`Authorization: Bearer sk-kp-...`). Quotes "
-            "often come from an env file or a config value that kept them (`KEY=\"sk-kp-...\"` read as-is).",
+            'often come from an env file or a config value that kept them (`KEY="sk-kp-..."` read as-is).',
         )
     if not stripped:
         return errors.missing_key("The Authorization header has the word `Bearer` but no key after it.")
@@ -172,8 +175,11 @@ def _bad_token(token: str, query_string: bytes) -> errors.APIError:
             "clients keyplane keys. If this key was shared by mistake, rotate it at the provider.",
         )
     if stripped.startswith(workload_tokens.PREFIX):  # reaches here only on the admin API
-        return errors.invalid_key(masked, "This is a workload access token (sk-kp-wit-...): it works only on the "
-                                          "/v1 model endpoints; the admin API needs an admin key (sk-kp-admin-...).")
+        return errors.invalid_key(
+            masked,
+            "This is a workload access token (sk-kp-wit-...): it works only on the "
+            "/v1 model endpoints; the admin API needs an admin key (sk-kp-admin-...).",
+        )
     if keys.looks_like_keyplane_key(stripped):
         return errors.invalid_key(
             masked,

@@ -41,10 +41,24 @@ _KEY_STATUS = frozenset({"revoked_at", "revoke_reason", "suspended_at", "suspend
 _PROJECT_STATUS = frozenset({"status", "archived_at"})
 # Tables a transaction may write next to a change that receivers do not need to serve requests.
 # Tables whose rows the request path never reads: writing them publishes no change for the snapshot.
-_RECORD_ONLY = frozenset({"meta", "audit_logs", "guard_events", "web_session_ends", "web_totp_steps",
-                          "web_login_throttle", "project_users", "invites", "access_expiry_notices",
-                          "provider_mirror", "provider_history", "provider_usage", "provider_cursors",
-                          "provider_events"})
+_RECORD_ONLY = frozenset(
+    {
+        "meta",
+        "audit_logs",
+        "guard_events",
+        "web_session_ends",
+        "web_totp_steps",
+        "web_login_throttle",
+        "project_users",
+        "invites",
+        "access_expiry_notices",
+        "provider_mirror",
+        "provider_history",
+        "provider_usage",
+        "provider_cursors",
+        "provider_events",
+    }
+)
 PG_PAYLOAD_MAX = 7900  # NOTIFY payloads are limited to 8000 bytes
 
 
@@ -266,7 +280,8 @@ class PgNotifyBus(_Subscribers):
                 self._sender = await asyncpg.connect(self.dsn, timeout=5)
             try:
                 await asyncio.wait_for(
-                    self._sender.execute("SELECT pg_notify($1, $2)", self.channel, payload.decode()), 5)
+                    self._sender.execute("SELECT pg_notify($1, $2)", self.channel, payload.decode()), 5
+                )
             except BaseException:
                 with contextlib.suppress(Exception):
                     self._sender.terminate()
@@ -302,6 +317,7 @@ def make_bus(redis_url: str, redis_prefix: str, database_url: str) -> Bus:
 
 # --- publishing after commit ---------------------------------------------------------------------
 
+
 class Publisher:
     """Publishes each committed change; a failed publish is logged (receivers poll as the fallback)."""
 
@@ -324,8 +340,9 @@ class Publisher:
             self._failing = False
         except Exception as e:
             if not self._failing:
-                log.warning("bus: could not publish on %s (%s); other instances will poll", self.bus.name,
-                            type(e).__name__)
+                log.warning(
+                    "bus: could not publish on %s (%s); other instances will poll", self.bus.name, type(e).__name__
+                )
             self._failing = True
 
     async def drain(self) -> None:
@@ -346,8 +363,9 @@ def _collect(session: Session, _ctx: UOWTransaction) -> None:
             if not changed:
                 continue
             if isinstance(obj, ApiKey) and changed <= _KEY_STATUS:
-                changes[("key", obj.id)] = KeyDelta(obj.id, obj.revoked_at, obj.revoke_reason, obj.suspended_at,
-                                                    obj.suspend_reason)
+                changes[("key", obj.id)] = KeyDelta(
+                    obj.id, obj.revoked_at, obj.revoke_reason, obj.suspended_at, obj.suspend_reason
+                )
                 continue
             if isinstance(obj, Project) and changed <= _PROJECT_STATUS:
                 changes[("project", obj.id)] = ProjectDelta(obj.id, obj.status)
@@ -376,8 +394,14 @@ def event_of(info: dict[str, Any], origin: str) -> Event | None:
     changes: dict[tuple[str, str], KeyDelta | ProjectDelta] = info.get(_CHANGES) or {}
     keys = tuple(d for d in changes.values() if isinstance(d, KeyDelta))
     projects = tuple(d for d in changes.values() if isinstance(d, ProjectDelta))
-    return Event(revision=max(revisions), first=min(revisions), keys=keys, projects=projects,
-                 complete=bool(changes) and not info.get(_OPAQUE), origin=origin)
+    return Event(
+        revision=max(revisions),
+        first=min(revisions),
+        keys=keys,
+        projects=projects,
+        complete=bool(changes) and not info.get(_OPAQUE),
+        origin=origin,
+    )
 
 
 def publishing_sessionmaker(engine: AsyncEngine, publisher: Publisher) -> async_sessionmaker[AsyncSession]:

@@ -32,8 +32,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 projects_app = typer.Typer(help="Create, list and archive projects.", no_args_is_help=True)
-keys_app = typer.Typer(help="Create, list, revoke, rotate, suspend keys and change their permissions.",
-                       no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Create, list, revoke, rotate, suspend keys and change their permissions.", no_args_is_help=True
+)
 users_app = typer.Typer(help="Add, list, change and remove users.", no_args_is_help=True)
 app.add_typer(projects_app, name="projects")
 app.add_typer(keys_app, name="keys")
@@ -45,8 +46,12 @@ app.add_typer(users_app, name="users")
 out = Console()
 err = Console(stderr=True)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="keyplane.toml to use "
-                                                "(default: $KEYPLANE_HOME/keyplane.toml).", envvar="KEYPLANE_CONFIG")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="keyplane.toml to use (default: $KEYPLANE_HOME/keyplane.toml).", envvar="KEYPLANE_CONFIG"
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -74,8 +79,7 @@ def settings(create_secret: bool = False, **overrides: Any) -> Settings:
         raise fail(str(e), 2) from None
 
 
-def run_store(s: Settings, fn: Callable[[Any], Awaitable[T]], *, write: bool = False,
-              need_org: bool = True) -> T:
+def run_store(s: Settings, fn: Callable[[Any], Awaitable[T]], *, write: bool = False, need_org: bool = True) -> T:
     """Run ``fn(session)`` against the store (migrated first), turning errors into messages."""
     from keyplane.store import db
 
@@ -143,6 +147,7 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
 
 # --- init / serve ------------------------------------------------------------------------------
 
+
 @app.command()
 def init(
     org_name: Annotated[str, typer.Option(help="Name of the organization.")] = "My organization",
@@ -172,15 +177,23 @@ def init(
         print_json(res)
         return
     out.print(f"[bold green]keyplane initialized[/] in {escape(str(s.home.resolve()))}")
-    out.print(f"organization  {res['organization_id']}\nowner         {res['owner_user_id']} ({owner_email})",
-              markup=False)
+    out.print(
+        f"organization  {res['organization_id']}\nowner         {res['owner_user_id']} ({owner_email})", markup=False
+    )
     out.print(f"project       {res['project_id']} (Default project)", markup=False)
     out.print("\n[bold]These keys are shown once. Store them now.[/]")
-    out.print(f"API key (service account, Default project):\n  {res['api_key']}", highlight=False, soft_wrap=True,
-              markup=False)
+    out.print(
+        f"API key (service account, Default project):\n  {res['api_key']}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+    )
     out.print(f"Admin key (admin API):\n  {res['admin_key']}", highlight=False, soft_wrap=True, markup=False)
-    out.print(f"\nConfig: {cfg_path}. Next: `keyplane serve`, then point an OpenAI SDK at "
-              f"http://{s.host}:{s.port}/v1 with the API key and model demo-echo.", markup=False)
+    out.print(
+        f"\nConfig: {cfg_path}. Next: `keyplane serve`, then point an OpenAI SDK at "
+        f"http://{s.host}:{s.port}/v1 with the API key and model demo-echo.",
+        markup=False,
+    )
 
 
 @app.command()
@@ -203,19 +216,32 @@ def serve(
         os.environ["KEYPLANE_PORT"] = str(port)
     _ensure_org_or_warn(s)
     if workers > 1 and not s.redis_url:
-        err.print(f"[yellow]warning:[/] {workers} workers without KEYPLANE_REDIS_URL: each worker keeps its own rate "
-                  "limits and budget reservations, so together they allow up to "
-                  f"{workers}x the limits. Set KEYPLANE_REDIS_URL to share them.")
+        err.print(
+            f"[yellow]warning:[/] {workers} workers without KEYPLANE_REDIS_URL: each worker keeps its own rate "
+            "limits and budget reservations, so together they allow up to "
+            f"{workers}x the limits. Set KEYPLANE_REDIS_URL to share them."
+        )
     from keyplane.logs import setup_logging
 
     setup_logging(s.log_format, s.log_level)
     err.print(f"keyplane serving on http://{s.host}:{s.port} (store: {_store_name(s)})", markup=False)
-    uvicorn.run("keyplane.cli:app_from_env", factory=True, host=s.host, port=s.port, workers=workers,
-                loop="auto", http="auto", log_level=s.log_level, access_log=False, lifespan="on",
-                log_config=None, timeout_graceful_shutdown=10,
-                # The client address is the socket's: forwarded-for headers are believed only from
-                # keyplane's own `trusted_proxies` (IP allowlists, docs/access-control.md), not uvicorn's default.
-                proxy_headers=False)
+    uvicorn.run(
+        "keyplane.cli:app_from_env",
+        factory=True,
+        host=s.host,
+        port=s.port,
+        workers=workers,
+        loop="auto",
+        http="auto",
+        log_level=s.log_level,
+        access_log=False,
+        lifespan="on",
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        # The client address is the socket's: forwarded-for headers are believed only from
+        # keyplane's own `trusted_proxies` (IP allowlists, docs/access-control.md), not uvicorn's default.
+        proxy_headers=False,
+    )
 
 
 def app_from_env() -> Any:
@@ -242,6 +268,7 @@ def _ensure_org_or_warn(s: Settings) -> None:
 
 # --- projects ----------------------------------------------------------------------------------
 
+
 @projects_app.command("create")
 def projects_create(name: Annotated[str, typer.Argument(help="Project name.")], json: JsonOpt = False) -> None:
     """Create a project."""
@@ -256,7 +283,8 @@ def projects_create(name: Annotated[str, typer.Argument(help="Project name.")], 
 
 @projects_app.command("list")
 def projects_list(
-    all: Annotated[bool, typer.Option("--all", help="Include archived projects.")] = False, json: JsonOpt = False,
+    all: Annotated[bool, typer.Option("--all", help="Include archived projects.")] = False,
+    json: JsonOpt = False,
 ) -> None:
     """List projects."""
     from sqlalchemy import select
@@ -278,8 +306,9 @@ def projects_list(
 
 
 @projects_app.command("archive")
-def projects_archive(project: Annotated[str, typer.Argument(help="Project id or unique name.")],
-                     json: JsonOpt = False) -> None:
+def projects_archive(
+    project: Annotated[str, typer.Argument(help="Project id or unique name.")], json: JsonOpt = False
+) -> None:
     """Archive a project: its keys stop working; it stays for reporting."""
     from keyplane.admin import shapes
 
@@ -304,8 +333,16 @@ __import__("keyplane.web.cli", fromlist=["register"]).register(users_app)  # set
 
 def _register_optional() -> None:
     """Commands owned by other modules register themselves when present."""
-    for mod in ("keyplane.doctor", "keyplane.scan.cli", "keyplane.billing.cli", "keyplane.usage.cli",
-                "keyplane.guard.cli", "keyplane.providers.cli", "keyplane.members.cli", "keyplane.access.cli"):
+    for mod in (
+        "keyplane.doctor",
+        "keyplane.scan.cli",
+        "keyplane.billing.cli",
+        "keyplane.usage.cli",
+        "keyplane.guard.cli",
+        "keyplane.providers.cli",
+        "keyplane.members.cli",
+        "keyplane.access.cli",
+    ):
         try:
             module = __import__(mod, fromlist=["register"])
         except ModuleNotFoundError as e:

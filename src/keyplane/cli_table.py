@@ -18,8 +18,19 @@ from rich.table import Column, Table
 ID = re.compile(r"[a-z][a-z0-9_]*[_-][A-Za-z0-9]{12,}")
 # Left out first when the terminal is narrow (then the rightmost columns that are not ids). A project
 # id is left out before a key's name or status: commands take the project's name too.
-LOW_PRIORITY = ("key", "last used", "kind", "actor", "project", "created", "added", "expires", "note", "used",
-                "permissions")
+LOW_PRIORITY = (
+    "key",
+    "last used",
+    "kind",
+    "actor",
+    "project",
+    "created",
+    "added",
+    "expires",
+    "note",
+    "used",
+    "permissions",
+)
 _MIN_OTHER = 6  # the narrowest a shrinking column gets before columns are dropped
 _CELL_OVERHEAD = 3  # one space of padding on each side and one border
 

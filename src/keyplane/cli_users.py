@@ -1,6 +1,5 @@
 """`keyplane users ...` and `keyplane audit`."""
 
-
 from typing import Annotated, Any
 
 import typer
@@ -23,8 +22,9 @@ def register(users_app: typer.Typer, app: typer.Typer) -> None:
         json: JsonOpt = False,
     ) -> None:
         """Add a user to the organization."""
-        u = run_store(settings(), lambda s: control.add_user(s, control.CLI_ACTOR, email=email, role=role,
-                                                             name=name), write=True)
+        u = run_store(
+            settings(), lambda s: control.add_user(s, control.CLI_ACTOR, email=email, role=role, name=name), write=True
+        )
         if json:
             print_json(shapes.user(u))
         else:
@@ -33,6 +33,7 @@ def register(users_app: typer.Typer, app: typer.Typer) -> None:
     @users_app.command("list")
     def list_(json: JsonOpt = False) -> None:
         """List users."""
+
         async def go(s: Any) -> list[Any]:
             return list((await s.execute(select(User).order_by(User.seq))).scalars())
 
@@ -40,14 +41,20 @@ def register(users_app: typer.Typer, app: typer.Typer) -> None:
         if json:
             print_json([shapes.user(u) for u in rows])
             return
-        table("Users", ["id", "email", "name", "role", "added"], [(u.id, u.email, u.name, u.role, ts(u.added_at))
-                                                                   for u in rows])
+        table(
+            "Users",
+            ["id", "email", "name", "role", "added"],
+            [(u.id, u.email, u.name, u.role, ts(u.added_at)) for u in rows],
+        )
 
     @users_app.command("role")
     def role(
-        user: UserArg, role: Annotated[str, typer.Argument(help="owner or reader.")], json: JsonOpt = False,
+        user: UserArg,
+        role: Annotated[str, typer.Argument(help="owner or reader.")],
+        json: JsonOpt = False,
     ) -> None:
         """Change a user's role (the organization keeps at least one owner)."""
+
         async def go(s: Any) -> Any:
             u = await control.find_user(s, user)
             return await control.update_user_role(s, control.CLI_ACTOR, u.id, role)
@@ -61,6 +68,7 @@ def register(users_app: typer.Typer, app: typer.Typer) -> None:
     @users_app.command("remove")
     def remove(user: UserArg, json: JsonOpt = False) -> None:
         """Remove a user; their user keys are revoked, service accounts are untouched."""
+
         async def go(s: Any) -> str:
             u = await control.find_user(s, user)
             await control.delete_user(s, control.CLI_ACTOR, u.id)
@@ -74,13 +82,15 @@ def register(users_app: typer.Typer, app: typer.Typer) -> None:
 
     @app.command("audit")
     def audit(
-        type: Annotated[list[str] | None, typer.Option("--type", "-t", help="Event type (repeatable), e.g. "
-                                                       "api_key.created.")] = None,
+        type: Annotated[
+            list[str] | None, typer.Option("--type", "-t", help="Event type (repeatable), e.g. api_key.created.")
+        ] = None,
         project: Annotated[str | None, typer.Option("--project", "-p", help="Project id.")] = None,
         limit: Annotated[int, typer.Option(help="How many entries, newest first.", min=1, max=10000)] = 50,
         json: JsonOpt = False,
     ) -> None:
         """Show the audit log, newest first."""
+
         async def go(s: Any) -> list[Any]:
             stmt = select(AuditLog).order_by(AuditLog.seq.desc()).limit(limit)
             if type:
@@ -93,9 +103,14 @@ def register(users_app: typer.Typer, app: typer.Typer) -> None:
         if json:
             print_json([shapes.audit_log(r, None) for r in rows])
             return
-        table("Audit log", ["when (UTC)", "type", "actor", "project", "resource"],
-              [(ts(r.effective_at), r.type, r.actor_id or _actor_type(r.actor), r.project_id, r.resource_id)
-               for r in rows])
+        table(
+            "Audit log",
+            ["when (UTC)", "type", "actor", "project", "resource"],
+            [
+                (ts(r.effective_at), r.type, r.actor_id or _actor_type(r.actor), r.project_id, r.resource_id)
+                for r in rows
+            ],
+        )
 
 
 def _actor_type(raw: str) -> str:

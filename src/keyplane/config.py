@@ -28,115 +28,308 @@ class Setting:
 
 
 SETTINGS: Final[tuple[Setting, ...]] = (
-    Setting("home", "KEYPLANE_HOME", ".keyplane", str,
-            "Folder for the SQLite store, the secret key, the usage journal and keyplane.toml."),
-    Setting("database_url", "KEYPLANE_DATABASE_URL", "", str,
-            "SQL store. Empty: SQLite (WAL) at $KEYPLANE_HOME/keyplane.db. postgresql://... for a fleet."),
-    Setting("redis_url", "KEYPLANE_REDIS_URL", "", str,
-            "Redis for a fleet: shared rate limits, budget reservations and the invalidation bus."),
-    Setting("database_timeout_seconds", "KEYPLANE_DATABASE_TIMEOUT_SECONDS", 5.0, float,
-            "Longest wait on the SQL store: connecting, each statement (PostgreSQL), waiting for a pooled "
-            "connection, and SQLite's busy wait for the write lock. Past it the admin API answers 503 and "
-            "/readyz/control reports the store unreachable (docs/operations.md \"PostgreSQL loss\")."),
-    Setting("redis_timeout_seconds", "KEYPLANE_REDIS_TIMEOUT_SECONDS", 1.0, float,
-            "Longest wait on Redis: connecting and each command. Past it an admission answers 503 "
-            "(limits_unavailable) rather than hang (docs/operations.md \"Degradation\")."),
-    Setting("secret_key", "KEYPLANE_SECRET_KEY", "", str,
-            "Server secret keying key digests and encrypting stored credentials. Empty: read from, or "
-            "generated into, $KEYPLANE_HOME/secret.key (mode 0600). Never put it in keyplane.toml."),
+    Setting(
+        "home",
+        "KEYPLANE_HOME",
+        ".keyplane",
+        str,
+        "Folder for the SQLite store, the secret key, the usage journal and keyplane.toml.",
+    ),
+    Setting(
+        "database_url",
+        "KEYPLANE_DATABASE_URL",
+        "",
+        str,
+        "SQL store. Empty: SQLite (WAL) at $KEYPLANE_HOME/keyplane.db. postgresql://... for a fleet.",
+    ),
+    Setting(
+        "redis_url",
+        "KEYPLANE_REDIS_URL",
+        "",
+        str,
+        "Redis for a fleet: shared rate limits, budget reservations and the invalidation bus.",
+    ),
+    Setting(
+        "database_timeout_seconds",
+        "KEYPLANE_DATABASE_TIMEOUT_SECONDS",
+        5.0,
+        float,
+        "Longest wait on the SQL store: connecting, each statement (PostgreSQL), waiting for a pooled "
+        "connection, and SQLite's busy wait for the write lock. Past it the admin API answers 503 and "
+        '/readyz/control reports the store unreachable (docs/operations.md "PostgreSQL loss").',
+    ),
+    Setting(
+        "redis_timeout_seconds",
+        "KEYPLANE_REDIS_TIMEOUT_SECONDS",
+        1.0,
+        float,
+        "Longest wait on Redis: connecting and each command. Past it an admission answers 503 "
+        '(limits_unavailable) rather than hang (docs/operations.md "Degradation").',
+    ),
+    Setting(
+        "secret_key",
+        "KEYPLANE_SECRET_KEY",
+        "",
+        str,
+        "Server secret keying key digests and encrypting stored credentials. Empty: read from, or "
+        "generated into, $KEYPLANE_HOME/secret.key (mode 0600). Never put it in keyplane.toml.",
+    ),
     Setting("host", "KEYPLANE_HOST", "127.0.0.1", str, "Address `keyplane serve` binds to."),
     Setting("port", "KEYPLANE_PORT", 8080, int, "Port `keyplane serve` listens on."),
-    Setting("max_body_bytes", "KEYPLANE_MAX_BODY_BYTES", 32 * 1024 * 1024, int,
-            "Largest request body accepted; larger ones get 413."),
-    Setting("snapshot_poll_seconds", "KEYPLANE_SNAPSHOT_POLL_SECONDS", 0.5, float,
-            "How often each instance checks the store for control-plane changes (key revocations reach "
-            "every instance within this time, plus the reload)."),
-    Setting("max_staleness_seconds", "KEYPLANE_MAX_STALENESS_SECONDS", 10.0, float,
-            "Longest time an instance serves /v1 without confirming its keys and limits are current (a "
-            "successful poll of the store, or a bus event or heartbeat it has fully applied); past it, /v1 "
-            "answers 503 until it can confirm again (docs/operations.md \"Partitions and revocation\"). "
-            "0: no bound."),
-    Setting("last_used_flush_seconds", "KEYPLANE_LAST_USED_FLUSH_SECONDS", 10.0, float,
-            "How often keys' last_used_at is written to the store (batched, never per request)."),
+    Setting(
+        "max_body_bytes",
+        "KEYPLANE_MAX_BODY_BYTES",
+        32 * 1024 * 1024,
+        int,
+        "Largest request body accepted; larger ones get 413.",
+    ),
+    Setting(
+        "snapshot_poll_seconds",
+        "KEYPLANE_SNAPSHOT_POLL_SECONDS",
+        0.5,
+        float,
+        "How often each instance checks the store for control-plane changes (key revocations reach "
+        "every instance within this time, plus the reload).",
+    ),
+    Setting(
+        "max_staleness_seconds",
+        "KEYPLANE_MAX_STALENESS_SECONDS",
+        10.0,
+        float,
+        "Longest time an instance serves /v1 without confirming its keys and limits are current (a "
+        "successful poll of the store, or a bus event or heartbeat it has fully applied); past it, /v1 "
+        'answers 503 until it can confirm again (docs/operations.md "Partitions and revocation"). '
+        "0: no bound.",
+    ),
+    Setting(
+        "last_used_flush_seconds",
+        "KEYPLANE_LAST_USED_FLUSH_SECONDS",
+        10.0,
+        float,
+        "How often keys' last_used_at is written to the store (batched, never per request).",
+    ),
     Setting("log_format", "KEYPLANE_LOG_FORMAT", "text", str, "Log format: text or json (JSON lines)."),
     Setting("log_level", "KEYPLANE_LOG_LEVEL", "info", str, "Log level: debug, info, warning, error."),
-    Setting("default_max_tokens", "KEYPLANE_DEFAULT_MAX_TOKENS", 4096, int,
-            "Output tokens reserved at admission when a request sets no max_tokens."),
+    Setting(
+        "default_max_tokens",
+        "KEYPLANE_DEFAULT_MAX_TOKENS",
+        4096,
+        int,
+        "Output tokens reserved at admission when a request sets no max_tokens.",
+    ),
     # Metering (docs/metering.md).
-    Setting("usage_journal_dir", "KEYPLANE_USAGE_JOURNAL_DIR", "", str,
-            "Folder of the usage journal (one file set per worker process). Empty: $KEYPLANE_HOME/journal."),
-    Setting("usage_journal_fsync", "KEYPLANE_USAGE_JOURNAL_FSYNC", "interval", str,
-            "When the journal is fsynced: `always` (every record; survives power loss), `interval` (every "
-            "usage_journal_fsync_seconds; a power loss may lose that last interval), `never` (left to the OS). "
-            "In every mode a killed process loses no record once it was written."),
-    Setting("usage_journal_fsync_seconds", "KEYPLANE_USAGE_JOURNAL_FSYNC_SECONDS", 1.0, float,
-            "fsync period of the journal in `interval` mode."),
-    Setting("usage_journal_segment_bytes", "KEYPLANE_USAGE_JOURNAL_SEGMENT_BYTES", 16 * 1024 * 1024, int,
-            "Size at which a journal segment file is closed and a new one started; applied segments are deleted."),
-    Setting("usage_apply_seconds", "KEYPLANE_USAGE_APPLY_SECONDS", 0.5, float,
-            "How often journal records are applied to the SQL store (in batches)."),
-    Setting("usage_apply_batch", "KEYPLANE_USAGE_APPLY_BATCH", 2000, int,
-            "Most records applied to the SQL store in one transaction."),
-    Setting("usage_minute_retention_days", "KEYPLANE_USAGE_MINUTE_RETENTION_DAYS", 7, int,
-            "Days per-minute usage rollups are kept (0: forever)."),
-    Setting("usage_hour_retention_days", "KEYPLANE_USAGE_HOUR_RETENTION_DAYS", 400, int,
-            "Days per-hour usage rollups are kept (0: forever)."),
-    Setting("usage_day_retention_days", "KEYPLANE_USAGE_DAY_RETENTION_DAYS", 0, int,
-            "Days per-day usage rollups are kept (0: forever)."),
-    Setting("usage_request_retention_days", "KEYPLANE_USAGE_REQUEST_RETENTION_DAYS", 30, int,
-            "Days the per-request usage records (GET /v1/organization/usage/requests) are kept (0: forever)."),
-    Setting("metrics_auth", "KEYPLANE_METRICS_AUTH", "admin_or_token", str,
-            "Who may read /metrics: `admin_or_token` (an admin key or the metrics token), `admin`, `token`, "
-            "or `none` (open: only behind a private network)."),
-    Setting("metrics_token_env", "KEYPLANE_METRICS_TOKEN_ENV", "KEYPLANE_METRICS_TOKEN", str,
-            "Name of the environment variable holding the bearer token Prometheus sends to /metrics."),
-    Setting("metrics_key_labels", "KEYPLANE_METRICS_KEY_LABELS", False, bool,
-            "Add an api_key_id label to the per-request metrics (one series per key: mind the cardinality)."),
-    Setting("metrics_models", "KEYPLANE_METRICS_MODELS", "", str,
-            "Comma-separated model names used as metric labels, besides those of the price table and the "
-            "upstreams' exact model names; any other model is labelled `other`."),
-    Setting("log_requests", "KEYPLANE_LOG_REQUESTS", True, bool,
-            "Write one access-log line per request (logger keyplane.access; never a key or a prompt)."),
-    Setting("otlp_endpoint", "KEYPLANE_OTLP_ENDPOINT", "", str,
-            "OTLP/HTTP endpoint for OpenTelemetry traces, e.g. http://127.0.0.1:4318/v1/traces. Empty: no "
-            "tracing. Needs the `otel` extra: pip install 'keyplane[otel]'."),
+    Setting(
+        "usage_journal_dir",
+        "KEYPLANE_USAGE_JOURNAL_DIR",
+        "",
+        str,
+        "Folder of the usage journal (one file set per worker process). Empty: $KEYPLANE_HOME/journal.",
+    ),
+    Setting(
+        "usage_journal_fsync",
+        "KEYPLANE_USAGE_JOURNAL_FSYNC",
+        "interval",
+        str,
+        "When the journal is fsynced: `always` (every record; survives power loss), `interval` (every "
+        "usage_journal_fsync_seconds; a power loss may lose that last interval), `never` (left to the OS). "
+        "In every mode a killed process loses no record once it was written.",
+    ),
+    Setting(
+        "usage_journal_fsync_seconds",
+        "KEYPLANE_USAGE_JOURNAL_FSYNC_SECONDS",
+        1.0,
+        float,
+        "fsync period of the journal in `interval` mode.",
+    ),
+    Setting(
+        "usage_journal_segment_bytes",
+        "KEYPLANE_USAGE_JOURNAL_SEGMENT_BYTES",
+        16 * 1024 * 1024,
+        int,
+        "Size at which a journal segment file is closed and a new one started; applied segments are deleted.",
+    ),
+    Setting(
+        "usage_apply_seconds",
+        "KEYPLANE_USAGE_APPLY_SECONDS",
+        0.5,
+        float,
+        "How often journal records are applied to the SQL store (in batches).",
+    ),
+    Setting(
+        "usage_apply_batch",
+        "KEYPLANE_USAGE_APPLY_BATCH",
+        2000,
+        int,
+        "Most records applied to the SQL store in one transaction.",
+    ),
+    Setting(
+        "usage_minute_retention_days",
+        "KEYPLANE_USAGE_MINUTE_RETENTION_DAYS",
+        7,
+        int,
+        "Days per-minute usage rollups are kept (0: forever).",
+    ),
+    Setting(
+        "usage_hour_retention_days",
+        "KEYPLANE_USAGE_HOUR_RETENTION_DAYS",
+        400,
+        int,
+        "Days per-hour usage rollups are kept (0: forever).",
+    ),
+    Setting(
+        "usage_day_retention_days",
+        "KEYPLANE_USAGE_DAY_RETENTION_DAYS",
+        0,
+        int,
+        "Days per-day usage rollups are kept (0: forever).",
+    ),
+    Setting(
+        "usage_request_retention_days",
+        "KEYPLANE_USAGE_REQUEST_RETENTION_DAYS",
+        30,
+        int,
+        "Days the per-request usage records (GET /v1/organization/usage/requests) are kept (0: forever).",
+    ),
+    Setting(
+        "metrics_auth",
+        "KEYPLANE_METRICS_AUTH",
+        "admin_or_token",
+        str,
+        "Who may read /metrics: `admin_or_token` (an admin key or the metrics token), `admin`, `token`, "
+        "or `none` (open: only behind a private network).",
+    ),
+    Setting(
+        "metrics_token_env",
+        "KEYPLANE_METRICS_TOKEN_ENV",
+        "KEYPLANE_METRICS_TOKEN",
+        str,
+        "Name of the environment variable holding the bearer token Prometheus sends to /metrics.",
+    ),
+    Setting(
+        "metrics_key_labels",
+        "KEYPLANE_METRICS_KEY_LABELS",
+        False,
+        bool,
+        "Add an api_key_id label to the per-request metrics (one series per key: mind the cardinality).",
+    ),
+    Setting(
+        "metrics_models",
+        "KEYPLANE_METRICS_MODELS",
+        "",
+        str,
+        "Comma-separated model names used as metric labels, besides those of the price table and the "
+        "upstreams' exact model names; any other model is labelled `other`.",
+    ),
+    Setting(
+        "log_requests",
+        "KEYPLANE_LOG_REQUESTS",
+        True,
+        bool,
+        "Write one access-log line per request (logger keyplane.access; never a key or a prompt).",
+    ),
+    Setting(
+        "otlp_endpoint",
+        "KEYPLANE_OTLP_ENDPOINT",
+        "",
+        str,
+        "OTLP/HTTP endpoint for OpenTelemetry traces, e.g. http://127.0.0.1:4318/v1/traces. Empty: no "
+        "tracing. Needs the `otel` extra: pip install 'keyplane[otel]'.",
+    ),
     # Limits and billing (docs/limits-and-billing.md).
-    Setting("redis_prefix", "KEYPLANE_REDIS_PREFIX", "kp", str,
-            "Prefix of every Redis key keyplane writes (several deployments, or tests, can share one Redis)."),
-    Setting("reservation_ttl_seconds", "KEYPLANE_RESERVATION_TTL_SECONDS", 900.0, float,
-            "How long a request's budget reservation holds when it is never settled (a crashed process); "
-            "keep it above the longest request."),
-    Setting("ledger_flush_seconds", "KEYPLANE_LEDGER_FLUSH_SECONDS", 1.0, float,
-            "How often settled costs are written to the SQL spend ledger (in batches, never per request)."),
-    Setting("prices_file", "KEYPLANE_PRICES_FILE", "", str,
-            "The price table to use instead of the shipped one: a file path or an http(s) URL of a TOML file "
-            "written like keyplane's prices.toml, read at start (docs/limits-and-billing.md \"Prices\")."),
+    Setting(
+        "redis_prefix",
+        "KEYPLANE_REDIS_PREFIX",
+        "kp",
+        str,
+        "Prefix of every Redis key keyplane writes (several deployments, or tests, can share one Redis).",
+    ),
+    Setting(
+        "reservation_ttl_seconds",
+        "KEYPLANE_RESERVATION_TTL_SECONDS",
+        900.0,
+        float,
+        "How long a request's budget reservation holds when it is never settled (a crashed process); "
+        "keep it above the longest request.",
+    ),
+    Setting(
+        "ledger_flush_seconds",
+        "KEYPLANE_LEDGER_FLUSH_SECONDS",
+        1.0,
+        float,
+        "How often settled costs are written to the SQL spend ledger (in batches, never per request).",
+    ),
+    Setting(
+        "prices_file",
+        "KEYPLANE_PRICES_FILE",
+        "",
+        str,
+        "The price table to use instead of the shipped one: a file path or an http(s) URL of a TOML file "
+        'written like keyplane\'s prices.toml, read at start (docs/limits-and-billing.md "Prices").',
+    ),
     # Access policies (docs/access-control.md).
-    Setting("trusted_proxies", "KEYPLANE_TRUSTED_PROXIES", "", str,
-            "Comma-separated CIDRs of the reverse proxies whose X-Forwarded-For / Forwarded headers are "
-            "believed for the client address IP allowlists check. Empty: the socket's peer address only."),
+    Setting(
+        "trusted_proxies",
+        "KEYPLANE_TRUSTED_PROXIES",
+        "",
+        str,
+        "Comma-separated CIDRs of the reverse proxies whose X-Forwarded-For / Forwarded headers are "
+        "believed for the client address IP allowlists check. Empty: the socket's peer address only.",
+    ),
     # Dashboard SSO with OpenID Connect (docs/sso-and-workload-identity.md).
-    Setting("sso_issuer", "KEYPLANE_SSO_ISSUER", "", str,
-            "OpenID Connect issuer URL for dashboard sign-in (authorization code + PKCE). Empty: no SSO; "
-            "password + TOTP always stays available."),
+    Setting(
+        "sso_issuer",
+        "KEYPLANE_SSO_ISSUER",
+        "",
+        str,
+        "OpenID Connect issuer URL for dashboard sign-in (authorization code + PKCE). Empty: no SSO; "
+        "password + TOTP always stays available.",
+    ),
     Setting("sso_client_id", "KEYPLANE_SSO_CLIENT_ID", "", str, "The dashboard's client id at the SSO issuer."),
-    Setting("sso_client_secret_env", "KEYPLANE_SSO_CLIENT_SECRET_ENV", "KEYPLANE_SSO_CLIENT_SECRET", str,
-            "Name of the environment variable holding the client secret (never in keyplane.toml)."),
-    Setting("sso_groups_claim", "KEYPLANE_SSO_GROUPS_CLAIM", "groups", str,
-            "ID token claim listing the user's groups."),
-    Setting("sso_role_map", "KEYPLANE_SSO_ROLE_MAP", "", str,
-            "Comma-separated group=role pairs (role: owner or reader), e.g. `platform=owner,eng=reader`. A user "
-            "in no mapped group is refused; the highest role wins and is applied at every sign-in."),
-    Setting("sso_create_users", "KEYPLANE_SSO_CREATE_USERS", False, bool,
-            "Create a dashboard user at the first SSO sign-in (just in time); off: only existing users."),
+    Setting(
+        "sso_client_secret_env",
+        "KEYPLANE_SSO_CLIENT_SECRET_ENV",
+        "KEYPLANE_SSO_CLIENT_SECRET",
+        str,
+        "Name of the environment variable holding the client secret (never in keyplane.toml).",
+    ),
+    Setting(
+        "sso_groups_claim", "KEYPLANE_SSO_GROUPS_CLAIM", "groups", str, "ID token claim listing the user's groups."
+    ),
+    Setting(
+        "sso_role_map",
+        "KEYPLANE_SSO_ROLE_MAP",
+        "",
+        str,
+        "Comma-separated group=role pairs (role: owner or reader), e.g. `platform=owner,eng=reader`. A user "
+        "in no mapped group is refused; the highest role wins and is applied at every sign-in.",
+    ),
+    Setting(
+        "sso_create_users",
+        "KEYPLANE_SSO_CREATE_USERS",
+        False,
+        bool,
+        "Create a dashboard user at the first SSO sign-in (just in time); off: only existing users.",
+    ),
 )
 _BY_NAME: Final = {s.name: s for s in SETTINGS}
 # Settings of metering, passed to Settings by name (docs/metering.md).
 _METERING: Final = (
-    "usage_journal_dir", "usage_journal_fsync", "usage_journal_fsync_seconds", "usage_journal_segment_bytes",
-    "usage_apply_seconds", "usage_apply_batch", "usage_minute_retention_days", "usage_hour_retention_days",
-    "usage_day_retention_days", "usage_request_retention_days", "metrics_auth", "metrics_token_env",
-    "metrics_key_labels", "metrics_models", "log_requests", "otlp_endpoint",
+    "usage_journal_dir",
+    "usage_journal_fsync",
+    "usage_journal_fsync_seconds",
+    "usage_journal_segment_bytes",
+    "usage_apply_seconds",
+    "usage_apply_batch",
+    "usage_minute_retention_days",
+    "usage_hour_retention_days",
+    "usage_day_retention_days",
+    "usage_request_retention_days",
+    "metrics_auth",
+    "metrics_token_env",
+    "metrics_key_labels",
+    "metrics_models",
+    "log_requests",
+    "otlp_endpoint",
 )
 # Settings of limits and billing, passed to Settings by name (docs/limits-and-billing.md).
 _LIMITS: Final = ("redis_prefix", "reservation_ttl_seconds", "ledger_flush_seconds", "prices_file")
@@ -147,8 +340,14 @@ _BUS: Final = ("max_staleness_seconds",)
 # Settings of access policies, passed to Settings by name (docs/access-control.md).
 _ACCESS: Final = ("trusted_proxies",)
 # Dashboard SSO, passed to Settings by name (docs/sso-and-workload-identity.md).
-_SSO: Final = ("sso_issuer", "sso_client_id", "sso_client_secret_env", "sso_groups_claim", "sso_role_map",
-               "sso_create_users")
+_SSO: Final = (
+    "sso_issuer",
+    "sso_client_id",
+    "sso_client_secret_env",
+    "sso_groups_claim",
+    "sso_role_map",
+    "sso_create_users",
+)
 
 
 class ConfigError(ValueError):
@@ -402,9 +601,7 @@ def _coerce(setting: Setting, raw: Any, origin: str) -> Any:
             raise TypeError
         return setting.type(raw)
     except (TypeError, ValueError):
-        raise ConfigError(
-            f"{origin}: setting `{setting.name}` must be {setting.type.__name__}, got {raw!r}"
-        ) from None
+        raise ConfigError(f"{origin}: setting `{setting.name}` must be {setting.type.__name__}, got {raw!r}") from None
 
 
 def database_url_for(raw: str, home: Path) -> str:
@@ -414,7 +611,7 @@ def database_url_for(raw: str, home: Path) -> str:
     if raw.startswith(("postgresql://", "postgres://")):
         return "postgresql+asyncpg://" + raw.split("://", 1)[1]
     if raw.startswith("sqlite:///"):
-        return "sqlite+aiosqlite:///" + raw[len("sqlite:///"):]
+        return "sqlite+aiosqlite:///" + raw[len("sqlite:///") :]
     if raw.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
         return raw
     raise ConfigError(
@@ -521,14 +718,22 @@ def _validate(cfg: FileConfig, flat: dict[str, Any], path: Path) -> None:
         if up.weight < 0:
             raise ConfigError(f"{where}.weight: must be >= 0")
         if up.base_url != "demo" and not up.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{where}.base_url: must start with http:// or https:// (or be \"demo\")")
+            raise ConfigError(f'{where}.base_url: must start with http:// or https:// (or be "demo")')
         if up.api_key_env and up.api_key_env.startswith("sk-"):
             raise ConfigError(
                 f"{where}.api_key_env: looks like a key; name the environment variable that holds it instead"
             )
     for model, price in cfg.prices.items():
-        for field in ("input", "output", "cached_input", "per_1m_characters", "per_minute", "audio_input",
-                      "cached_audio_input", "audio_output"):
+        for field in (
+            "input",
+            "output",
+            "cached_input",
+            "per_1m_characters",
+            "per_minute",
+            "audio_input",
+            "cached_audio_input",
+            "audio_output",
+        ):
             v = getattr(price, field)
             if v is not None and v < 0:
                 raise ConfigError(f"{path}: $.prices.{model}.{field}: must be >= 0")
@@ -555,8 +760,12 @@ def _validate(cfg: FileConfig, flat: dict[str, Any], path: Path) -> None:
         raise ConfigError("setting `usage_journal_fsync` must be always, interval or never")
     if flat["metrics_auth"] not in ("admin_or_token", "admin", "token", "none"):
         raise ConfigError("setting `metrics_auth` must be admin_or_token, admin, token or none")
-    for name in ("usage_journal_fsync_seconds", "usage_apply_seconds", "usage_apply_batch",
-                 "usage_journal_segment_bytes"):
+    for name in (
+        "usage_journal_fsync_seconds",
+        "usage_apply_seconds",
+        "usage_apply_batch",
+        "usage_journal_segment_bytes",
+    ):
         if flat[name] <= 0:
             raise ConfigError(f"setting `{name}` must be > 0")
     if flat["max_staleness_seconds"] < 0:

@@ -25,8 +25,12 @@ def _load() -> None:
     try:
         import asyncpg
 
-        db += [asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.exceptions.QueryCanceledError,
-               asyncpg.exceptions.CannotConnectNowError]
+        db += [
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.QueryCanceledError,
+            asyncpg.exceptions.CannotConnectNowError,
+        ]
     except ImportError:  # pragma: no cover - asyncpg is a dependency
         pass
     _DB_ERRORS = tuple(db)
@@ -84,12 +88,22 @@ class Outage:
         if self.down_since is None:
             self.down_since = time.monotonic()
             first = str(e).splitlines()[0][:200] if str(e) else ""
-            self.log.warning("%s unreachable (%s: %s): %s degraded; logging again when it is back",
-                             self.name, type(e).__name__, first, self.what)
+            self.log.warning(
+                "%s unreachable (%s: %s): %s degraded; logging again when it is back",
+                self.name,
+                type(e).__name__,
+                first,
+                self.what,
+            )
 
     def ok(self) -> None:
         if self.down_since is not None:
-            self.log.warning("%s reachable again after %.1fs: %s back to normal (%d failures meanwhile)",
-                             self.name, time.monotonic() - self.down_since, self.what, self.failures)
+            self.log.warning(
+                "%s reachable again after %.1fs: %s back to normal (%d failures meanwhile)",
+                self.name,
+                time.monotonic() - self.down_since,
+                self.what,
+                self.failures,
+            )
             self.down_since = None
             self.failures = 0

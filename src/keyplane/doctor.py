@@ -49,8 +49,14 @@ class Report:
         return ok
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "base_url": self.base_url, "key": self.key, "key_source": self.key_source,
-                "key_info": self.key_info, "checks": [asdict(c) for c in self.checks]}
+        return {
+            "ok": self.ok,
+            "base_url": self.base_url,
+            "key": self.key,
+            "key_source": self.key_source,
+            "key_info": self.key_info,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,8 @@ def _get(url: str, key: str, timeout: float) -> tuple[int, dict[str, str], Any]:
     if not url.startswith(("http://", "https://")):
         raise urllib.error.URLError(f"not an http(s) URL: {url}")
     req = urllib.request.Request(  # noqa: S310 (scheme checked above)
-        url, headers={"Authorization": f"Bearer {key}", "User-Agent": "keyplane-doctor"})
+        url, headers={"Authorization": f"Bearer {key}", "User-Agent": "keyplane-doctor"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310
             status, headers, raw = r.status, dict(r.headers.items()), r.read()
@@ -84,8 +91,10 @@ def _get(url: str, key: str, timeout: float) -> tuple[int, dict[str, str], Any]:
 def explain(status: int, body: Any, headers: dict[str, str]) -> tuple[str, str]:
     """(what happened, the fix) for an error answer, in plain words."""
     if isinstance(body, NotAnAPI):
-        return str(body), ("Check the base URL: keyplane's API is its /v1 URL (e.g. http://127.0.0.1:8080/v1); "
-                           "this answer came from something else (the dashboard, a proxy, another server).")
+        return str(body), (
+            "Check the base URL: keyplane's API is its /v1 URL (e.g. http://127.0.0.1:8080/v1); "
+            "this answer came from something else (the dashboard, a proxy, another server)."
+        )
     err = body.get("error", {}) if isinstance(body, dict) else {}
     err = err if isinstance(err, dict) else {}
     msg, typ, code = str(err.get("message") or body), err.get("type"), err.get("code")
@@ -105,17 +114,25 @@ def explain(status: int, body: Any, headers: dict[str, str]) -> tuple[str, str]:
         return msg, "Check that the key is a live keyplane key, copied whole, sent as `Authorization: Bearer KEY`."
     if status == 403:
         if code == "missing_scope":
-            return msg, ("The key's permissions do not cover this endpoint: an administrator can widen them "
-                         "(`keyplane keys update KEY_ID --permissions ...`) or issue a key with the scope named.")
+            return msg, (
+                "The key's permissions do not cover this endpoint: an administrator can widen them "
+                "(`keyplane keys update KEY_ID --permissions ...`) or issue a key with the scope named."
+            )
         return msg, "Ask an administrator for access."
     if status == 429:
         if typ == "insufficient_quota" or (code or "").endswith(("quota", "spend_limit_exceeded")):
-            return (f"Quota: {msg}", "Waiting does not help: add credit or raise the spend limit "
-                    "(an administrator: `keyplane credit add` / the project's spend limit).")
+            return (
+                f"Quota: {msg}",
+                "Waiting does not help: add credit or raise the spend limit "
+                "(an administrator: `keyplane credit add` / the project's spend limit).",
+            )
         wait = headers.get("retry-after-ms")
         wait_s = f"{int(wait) / 1000:g}s" if wait and wait.isdigit() else headers.get("retry-after", "a moment")
-        return (f"Rate limit: {msg}", f"Waiting helps: retry after {wait_s} (the SDKs do so on their own), or "
-                "send fewer requests at once; an administrator can raise the key's or project's limits.")
+        return (
+            f"Rate limit: {msg}",
+            f"Waiting helps: retry after {wait_s} (the SDKs do so on their own), or "
+            "send fewer requests at once; an administrator can raise the key's or project's limits.",
+        )
     if status == 404:
         return msg, "Check the base URL: it must end in /v1 (e.g. http://127.0.0.1:8080/v1)."
     if status >= 500:
@@ -127,27 +144,48 @@ def _key_problems(report: Report, key: str) -> str | None:
     """Local checks, no network. The key to use next (stripped), or None when it cannot work."""
     stripped = key.strip()
     if stripped != key:
-        report.add("whitespace", False, "The key has spaces or a newline around it.",
-                   "Remove them (a trailing newline often comes from a file or `echo` without -n).")
+        report.add(
+            "whitespace",
+            False,
+            "The key has spaces or a newline around it.",
+            "Remove them (a trailing newline often comes from a file or `echo` without -n).",
+        )
     if OPENAI_MARKER in stripped or stripped.startswith(("sk-proj-", "sk-svcacct-", "sk-admin-")):
-        report.add("format", False, "This is an OpenAI key, not a keyplane key (sk-kp-...).",
-                   "Give clients keyplane keys; the OpenAI key belongs on the server (an upstream's api_key_env).")
+        report.add(
+            "format",
+            False,
+            "This is an OpenAI key, not a keyplane key (sk-kp-...).",
+            "Give clients keyplane keys; the OpenAI key belongs on the server (an upstream's api_key_env).",
+        )
         return None
     if not keys.looks_like_keyplane_key(stripped):
-        report.add("format", False, "This is not a keyplane key: keyplane keys start with sk-kp-.",
-                   "Use the key printed by `keyplane keys create` (or the admin API).")
+        report.add(
+            "format",
+            False,
+            "This is not a keyplane key: keyplane keys start with sk-kp-.",
+            "Use the key printed by `keyplane keys create` (or the admin API).",
+        )
         return None
     kind = keys.parse(stripped)
     if kind is None:
-        report.add("checksum", False, "The key's checksum does not match: it was not copied whole or was changed.",
-                   "Copy the key again, all of it.")
+        report.add(
+            "checksum",
+            False,
+            "The key's checksum does not match: it was not copied whole or was changed.",
+            "Copy the key again, all of it.",
+        )
         return None
     if kind == "admin":
-        report.add("format", False, "This is an admin key: it works on /v1/organization only, not on model calls.",
-                   "Use a project key (sk-kp-proj-...) or a service-account key (sk-kp-svc-...).")
+        report.add(
+            "format",
+            False,
+            "This is an admin key: it works on /v1/organization only, not on model calls.",
+            "Use a project key (sk-kp-proj-...) or a service-account key (sk-kp-svc-...).",
+        )
         return None
-    report.add("format", True, f"Well-formed {'project' if kind == 'proj' else 'service-account'} key "
-               "(checksum valid).")
+    report.add(
+        "format", True, f"Well-formed {'project' if kind == 'proj' else 'service-account'} key (checksum valid)."
+    )
     return stripped
 
 
@@ -155,8 +193,12 @@ def diagnose(base_url: str, key: str | None, key_source: str | None, timeout: fl
     base = base_url.rstrip("/")
     report = Report(base, keys.mask(key.strip()) if key else None, key_source)
     if not key:
-        report.add("key", False, "No key given.",
-                   "Pass --key, or set OPENAI_API_KEY (what the OpenAI SDKs read) or KEYPLANE_API_KEY.")
+        report.add(
+            "key",
+            False,
+            "No key given.",
+            "Pass --key, or set OPENAI_API_KEY (what the OpenAI SDKs read) or KEYPLANE_API_KEY.",
+        )
         return report
     usable = _key_problems(report, key)
     if usable is None:
@@ -165,14 +207,21 @@ def diagnose(base_url: str, key: str | None, key_source: str | None, timeout: fl
         api, (status, headers, body) = _find_api(base, usable, timeout)
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        report.add("server", False, f"Could not reach {base}: {reason}.",
-                   "Is keyplane running (`keyplane serve`)? Check the host, port and OPENAI_BASE_URL.")
+        report.add(
+            "server",
+            False,
+            f"Could not reach {base}: {reason}.",
+            "Is keyplane running (`keyplane serve`)? Check the host, port and OPENAI_BASE_URL.",
+        )
         return report
     report.add("server", True, f"{base} answers.")
     if api != base:
         report.base_url = base = api
-        report.add("base_url", True, f"The base URL had no /v1: checked {api} (give the OpenAI SDKs that URL, "
-                   f"e.g. OPENAI_BASE_URL={api}).")
+        report.add(
+            "base_url",
+            True,
+            f"The base URL had no /v1: checked {api} (give the OpenAI SDKs that URL, e.g. OPENAI_BASE_URL={api}).",
+        )
     if isinstance(body, NotAnAPI):
         what, fix = explain(status, body, headers)
         report.add("key", False, f"GET {base}/keyplane/key: HTTP {status}: {what}.", fix)
@@ -183,12 +232,20 @@ def diagnose(base_url: str, key: str | None, key_source: str | None, timeout: fl
         perms = body.get("permissions")
         perms_s = perms if isinstance(perms, str) else ", ".join(perms or [])
         expires = body.get("expires_at")
-        report.add("key", True, f"Key {body.get('id')} ({body.get('name')}) is {body.get('status')}; project "
-                   f"{p.get('name')} ({p.get('id')}); permissions: {perms_s}"
-                   + (f"; expires at {expires} (unix time)" if expires else "; does not expire") + ".")
+        report.add(
+            "key",
+            True,
+            f"Key {body.get('id')} ({body.get('name')}) is {body.get('status')}; project "
+            f"{p.get('name')} ({p.get('id')}); permissions: {perms_s}"
+            + (f"; expires at {expires} (unix time)" if expires else "; does not expire")
+            + ".",
+        )
     elif status == 404:
-        report.add("key", True, "The server does not tell key details (not keyplane, or an older one); "
-                   "checking with /v1/models only.")
+        report.add(
+            "key",
+            True,
+            "The server does not tell key details (not keyplane, or an older one); checking with /v1/models only.",
+        )
     else:
         what, fix = explain(status, body, headers)
         report.add("key", False, f"HTTP {status}: {what}", fix)
@@ -233,11 +290,15 @@ def _print(report: Report) -> None:
     from rich.markup import escape
 
     c = Console(highlight=False)
-    c.print(f"keyplane doctor: {report.base_url}" + (f" with key {report.key} (from {report.key_source})"
-                                                     if report.key else ""), markup=False)
+    c.print(
+        f"keyplane doctor: {report.base_url}"
+        + (f" with key {report.key} (from {report.key_source})" if report.key else ""),
+        markup=False,
+    )
     for ch in report.checks:
-        c.print(f"{'[green]ok[/green]  ' if ch.ok else '[red]FAIL[/red]'} {escape(f'{ch.name}: {ch.detail}')}",
-                markup=True)
+        c.print(
+            f"{'[green]ok[/green]  ' if ch.ok else '[red]FAIL[/red]'} {escape(f'{ch.name}: {ch.detail}')}", markup=True
+        )
         if ch.fix and not ch.ok:
             c.print(f"      fix: {ch.fix}", markup=False)
     c.print("All checks passed." if report.ok else "Some checks failed; see the fixes above.")
@@ -246,10 +307,16 @@ def _print(report: Report) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("doctor")
     def doctor(
-        base_url: Annotated[str | None, typer.Option("--base-url", help="keyplane's /v1 URL "
-                            "(default: $OPENAI_BASE_URL, else http://127.0.0.1:8080/v1).")] = None,
-        key: Annotated[str | None, typer.Option("--key", help="The key to check "
-                       "(default: $OPENAI_API_KEY, else $KEYPLANE_API_KEY).")] = None,
+        base_url: Annotated[
+            str | None,
+            typer.Option(
+                "--base-url", help="keyplane's /v1 URL (default: $OPENAI_BASE_URL, else http://127.0.0.1:8080/v1)."
+            ),
+        ] = None,
+        key: Annotated[
+            str | None,
+            typer.Option("--key", help="The key to check (default: $OPENAI_API_KEY, else $KEYPLANE_API_KEY)."),
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
         timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request.")] = 10.0,
     ) -> None:

@@ -45,6 +45,7 @@ class APIError(Exception):
 
 # --- authentication (401) --------------------------------------------------------------------
 
+
 def missing_key(hint: str = "") -> APIError:
     msg = (
         "You didn't provide an API key. You need to provide your API key in an Authorization header "
@@ -87,6 +88,7 @@ def project_archived(masked: str, project_name: str, project_id: str) -> APIErro
 
 # --- authorization (403) ---------------------------------------------------------------------
 
+
 def missing_scope(scope: str, role_hint: str = "") -> APIError:
     msg = (
         f"You have insufficient permissions for this operation. Missing scopes: {scope}. "
@@ -114,23 +116,35 @@ def access_refused(message: str, code: str) -> APIError:
 def model_not_permitted(model: str, scope: str, target: str, mode: str) -> APIError:
     where = f"project {target}" if scope == "project" else f"API key {target}"
     how = "is not in the allow list" if mode == "allow_list" else "is in the deny list"
-    return APIError(403, f"The model `{model}` {how} of the model permissions of {where}. "
-                    "Ask your keyplane administrator to change the policy.", param="model",
-                    code="model_not_permitted")
+    return APIError(
+        403,
+        f"The model `{model}` {how} of the model permissions of {where}. "
+        "Ask your keyplane administrator to change the policy.",
+        param="model",
+        code="model_not_permitted",
+    )
 
 
 def tool_not_permitted(tool: str, scope: str, target: str) -> APIError:
     where = f"project {target}" if scope == "project" else f"API key {target}"
-    return APIError(403, f"The hosted tool `{tool}` is disabled by the hosted tool permissions of {where}.",
-                    param="tools", code="tool_not_permitted")
+    return APIError(
+        403,
+        f"The hosted tool `{tool}` is disabled by the hosted tool permissions of {where}.",
+        param="tools",
+        code="tool_not_permitted",
+    )
 
 
 def ip_not_allowed(address: str, scope: str) -> APIError:
-    return APIError(403, f"Requests from the address {address} are not allowed by the IP allowlist of this {scope}.",
-                    code="ip_not_allowed")
+    return APIError(
+        403,
+        f"Requests from the address {address} are not allowed by the IP allowlist of this {scope}.",
+        code="ip_not_allowed",
+    )
 
 
 # --- request errors (400/404/409/413/422) ----------------------------------------------------
+
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
@@ -141,8 +155,11 @@ def invalid_value(param: str, message: str) -> APIError:
 
 
 def headers_too_large(count: int, size: int) -> APIError:
-    return APIError(431, f"Request headers too large: keyplane accepts at most {count} headers and "
-                         f"{size // 1024} KiB of them.", code="headers_too_large")
+    return APIError(
+        431,
+        f"Request headers too large: keyplane accepts at most {count} headers and {size // 1024} KiB of them.",
+        code="headers_too_large",
+    )
 
 
 def invalid_json() -> APIError:
@@ -197,10 +214,13 @@ _RATE_DOCS = "Visit https://platform.openai.com/account/rate-limits to learn mor
 
 
 def insufficient_quota(detail: str = "") -> APIError:
-    msg = ("You exceeded your current quota, please check your plan and billing details. For more information "
-           "on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.")
-    return APIError(429, f"{msg} {detail}".strip(), type="insufficient_quota", code="insufficient_quota",
-                    headers=dict(_NO_RETRY))
+    msg = (
+        "You exceeded your current quota, please check your plan and billing details. For more information "
+        "on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors."
+    )
+    return APIError(
+        429, f"{msg} {detail}".strip(), type="insufficient_quota", code="insufficient_quota", headers=dict(_NO_RETRY)
+    )
 
 
 def spend_limit_exceeded(scope: str, what: str, amount: str, spent: str, resets: str, cost: str = "") -> APIError:
@@ -211,18 +231,27 @@ def spend_limit_exceeded(scope: str, what: str, amount: str, spent: str, resets:
         429,
         f"You have reached the {scope.replace('_', ' ')} spend limit of {amount} per month for {what}: "
         f"{spent} spent this month{may}. The limit resets {resets}. Ask your keyplane administrator to raise it.",
-        type="insufficient_quota", code=f"{scope}_spend_limit_exceeded", headers=dict(_NO_RETRY),
+        type="insufficient_quota",
+        code=f"{scope}_spend_limit_exceeded",
+        headers=dict(_NO_RETRY),
     )
 
 
-def spend_limit_reached(scope: str, what: str, limit_micros: int, spent_micros: int, cost_micros: int,
-                        now: float, period_end: float) -> APIError:
+def spend_limit_reached(
+    scope: str, what: str, limit_micros: int, spent_micros: int, cost_micros: int, now: float, period_end: float
+) -> APIError:
     """The spend-limit 429 from amounts in micro-dollars: the limit as set, spent rounded up, the refused
     request's cost (its reservation) rounded up, the reset as a date and a countdown."""
     from keyplane import fmt
 
-    return spend_limit_exceeded(scope, what, fmt.usd(limit_micros), fmt.usd(spent_micros, "up"),
-                                fmt.until(now, period_end), fmt.usd(cost_micros, "up") if cost_micros else "")
+    return spend_limit_exceeded(
+        scope,
+        what,
+        fmt.usd(limit_micros),
+        fmt.usd(spent_micros, "up"),
+        fmt.until(now, period_end),
+        fmt.usd(cost_micros, "up") if cost_micros else "",
+    )
 
 
 def credit_used_up(available_micros: int, cap_micros: int, cost_micros: int) -> APIError:
@@ -232,11 +261,13 @@ def credit_used_up(available_micros: int, cap_micros: int, cost_micros: int) -> 
     return insufficient_quota(
         f"(keyplane: the organization's prepaid credit is used up: {fmt.usd(max(0, available_micros), 'down')} "
         f"available of {fmt.usd(cap_micros, 'down')}, and this request may cost up to {fmt.usd(cost_micros, 'up')}. "
-        "Ask your keyplane administrator for a credit grant.)")
+        "Ask your keyplane administrator for a credit grant.)"
+    )
 
 
-def rate_limited(model: str, where: str, unit: str, limit: int, used: int, requested: int, wait: str,
-                 wait_s: float) -> APIError:
+def rate_limited(
+    model: str, where: str, unit: str, limit: int, used: int, requested: int, wait: str, wait_s: float
+) -> APIError:
     """``unit`` is one of RPM, RPD, TPM, TPD; ``wait`` the Go-style duration of ``wait_s`` seconds."""
     import math
 
@@ -246,9 +277,12 @@ def rate_limited(model: str, where: str, unit: str, limit: int, used: int, reque
         429,
         f"Rate limit reached for {model} in {where} on {kind} per {per} ({unit}): Limit {limit}, Used {used}, "
         f"Requested {requested}. Please try again in {wait}. {_RATE_DOCS}",
-        type=kind, code="rate_limit_exceeded",
-        headers={"retry-after": str(max(1, math.ceil(wait_s))),
-                 "retry-after-ms": str(max(1, math.ceil(wait_s * 1000)))},
+        type=kind,
+        code="rate_limit_exceeded",
+        headers={
+            "retry-after": str(max(1, math.ceil(wait_s))),
+            "retry-after-ms": str(max(1, math.ceil(wait_s * 1000))),
+        },
     )
 
 
@@ -259,23 +293,35 @@ def request_too_large(model: str, where: str, unit: str, limit: int, requested: 
         429,
         f"Request too large for {model} in {where} on tokens per {per} ({unit}): Limit {limit}, Requested "
         f"{requested}. The input or output tokens must be reduced in order to run successfully. {_RATE_DOCS}",
-        type="tokens", code="rate_limit_exceeded", headers=dict(_NO_RETRY),
+        type="tokens",
+        code="rate_limit_exceeded",
+        headers=dict(_NO_RETRY),
     )
 
 
 def limits_unavailable() -> APIError:
     """The shared limits store (Redis) cannot be reached: refuse rather than let limits go unenforced."""
-    return APIError(503, "keyplane cannot check this request's rate limits and budgets right now (the limits "
-                         "store is unreachable). Try again shortly.", type="server_error", code="limits_unavailable")
+    return APIError(
+        503,
+        "keyplane cannot check this request's rate limits and budgets right now (the limits "
+        "store is unreachable). Try again shortly.",
+        type="server_error",
+        code="limits_unavailable",
+    )
 
 
 def stale_authority(seconds: float) -> APIError:
     """This instance could not confirm its keys and limits are current for longer than its bound
     (max_staleness_seconds): refuse rather than serve a key that may have been revoked (retryable)."""
-    return APIError(503, f"This keyplane instance has not been able to confirm its API keys and limits are current "
-                         f"for {seconds:.0f}s (it cannot reach its store or the other instances). Try again shortly; "
-                         "another instance may serve the request.", type="server_error", code="authority_stale",
-                    headers={"retry-after": "1"})
+    return APIError(
+        503,
+        f"This keyplane instance has not been able to confirm its API keys and limits are current "
+        f"for {seconds:.0f}s (it cannot reach its store or the other instances). Try again shortly; "
+        "another instance may serve the request.",
+        type="server_error",
+        code="authority_stale",
+        headers={"retry-after": "1"},
+    )
 
 
 def model_not_priced(model: str) -> APIError:
@@ -283,7 +329,8 @@ def model_not_priced(model: str) -> APIError:
         400,
         f"The model `{model}` has no price in keyplane's price table, so its cost cannot be billed. Ask your "
         f'keyplane administrator to add [prices."{model}"] (or [prices.default]) to keyplane.toml.',
-        param="model", code="model_not_priced",
+        param="model",
+        code="model_not_priced",
     )
 
 
@@ -299,6 +346,7 @@ def cost_not_bounded(endpoint: str, why: str) -> APIError:
 
 
 # --- upstream (5xx) --------------------------------------------------------------------------
+
 
 def upstream_error(message: str, status: int = 502, code: str | None = "upstream_error") -> APIError:
     return APIError(status, message, type="server_error", code=code)
@@ -360,13 +408,13 @@ def upstream_skipped(skipped: list[tuple[str, str]], model: str | None) -> APIEr
 
 
 def upstream_timeout(name: str) -> APIError:
-    return APIError(504, f"The upstream `{name}` did not answer in time.", type="server_error",
-                    code="upstream_timeout")
+    return APIError(504, f"The upstream `{name}` did not answer in time.", type="server_error", code="upstream_timeout")
 
 
 def upstream_unreachable(name: str) -> APIError:
-    return APIError(502, f"Could not connect to the upstream `{name}`.", type="server_error",
-                    code="upstream_unreachable")
+    return APIError(
+        502, f"Could not connect to the upstream `{name}`.", type="server_error", code="upstream_unreachable"
+    )
 
 
 def upstream_bad_response(name: str, status: int) -> APIError:
@@ -379,17 +427,25 @@ def upstream_bad_response(name: str, status: int) -> APIError:
 
 
 def upstream_stream_broken(name: str) -> APIError:
-    return APIError(502, f"The upstream `{name}` closed the stream before it was complete.", type="server_error",
-                    code="upstream_stream_broken")
+    return APIError(
+        502,
+        f"The upstream `{name}` closed the stream before it was complete.",
+        type="server_error",
+        code="upstream_stream_broken",
+    )
 
 
 def store_unavailable(store: str) -> APIError:
     """The admin API cannot reach a store it needs (``store``: "database" or "redis"): nothing was changed
     unless the answer says so; retryable. The /v1 proxy keeps serving from its snapshot meanwhile."""
     what = "configuration store (database)" if store == "database" else "limits store (Redis)"
-    return APIError(503, f"keyplane cannot reach its {what} right now, so this request was not completed. Try "
-                         "again shortly.", type="server_error", code=f"{store}_unavailable",
-                    headers={"retry-after": "1"})
+    return APIError(
+        503,
+        f"keyplane cannot reach its {what} right now, so this request was not completed. Try again shortly.",
+        type="server_error",
+        code=f"{store}_unavailable",
+        headers={"retry-after": "1"},
+    )
 
 
 def internal_error() -> APIError:

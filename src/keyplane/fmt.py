@@ -88,4 +88,3 @@ def until(now: float, end: float) -> str:
 
     when = datetime.fromtimestamp(end, UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"on {when} (in {duration(max(0.0, end - now))})"
-

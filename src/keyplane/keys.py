@@ -28,9 +28,7 @@ CHECK_LEN: Final = 6
 PREFIX: Final = "sk-kp-"
 
 # One pattern for the gateway and the leak scanner alike.
-KEY_PATTERN: Final = re.compile(
-    r"sk-kp-(proj|svc|admin)-([0-9A-Za-z]{%d})([0-9A-Za-z]{%d})" % (BODY_LEN, CHECK_LEN)
-)
+KEY_PATTERN: Final = re.compile(r"sk-kp-(proj|svc|admin)-([0-9A-Za-z]{%d})([0-9A-Za-z]{%d})" % (BODY_LEN, CHECK_LEN))
 _FULL: Final = re.compile(r"\A" + KEY_PATTERN.pattern + r"\Z")
 
 

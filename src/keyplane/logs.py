@@ -20,8 +20,12 @@ def safe(text: str, limit: int = 200) -> str:
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        d = {"ts": round(time.time(), 3), "level": record.levelname.lower(), "logger": record.name,
-             "msg": record.getMessage()}
+        d = {
+            "ts": round(time.time(), 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             d.update(extra)

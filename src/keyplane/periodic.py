@@ -28,8 +28,16 @@ class Periodic:
     """``step`` every ``interval`` seconds in a task of its own (first after ``first_delay``, default one
     interval). Failures back off up to ``max(cap, interval)``."""
 
-    def __init__(self, name: str, step: Callable[[], Awaitable[object]], interval: float, *,
-                 first_delay: float | None = None, cap: float = 30.0, level: int = logging.WARNING) -> None:
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], Awaitable[object]],
+        interval: float,
+        *,
+        first_delay: float | None = None,
+        cap: float = 30.0,
+        level: int = logging.WARNING,
+    ) -> None:
         self.name = name
         self.step = step
         self.interval = interval
@@ -59,9 +67,15 @@ class Periodic:
             self.failures += 1
             if self.failures == 1 or self.failures % 20 == 0:
                 first_line = str(e).splitlines()[0][:200] if str(e) else ""
-                log.log(self.level, "%s failed (%s%s); retrying in %.0f s (failure %d)", self.name, type(e).__name__,
-                        f": {first_line}" if first_line else "", backoff(self.failures, self.interval, self.cap),
-                        self.failures)
+                log.log(
+                    self.level,
+                    "%s failed (%s%s); retrying in %.0f s (failure %d)",
+                    self.name,
+                    type(e).__name__,
+                    f": {first_line}" if first_line else "",
+                    backoff(self.failures, self.interval, self.cap),
+                    self.failures,
+                )
             return False
         finally:
             self.runs += 1

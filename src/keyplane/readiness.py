@@ -64,6 +64,7 @@ async def control_checks(rt: Runtime | None, s: Settings) -> tuple[bool, dict[st
     if rt is None:
         return False, {"store": "not started"}
     try:
+
         async def ping() -> None:
             async with rt.engine.connect() as conn:
                 await db.ping(conn)
@@ -82,6 +83,10 @@ async def answer(rt: Runtime | None, s: Settings, send: Any, *, control: bool) -
         body = {"status": "ok" if ok else "unavailable", "control_plane_writable": ok, "checks": checks}
     else:
         ok, checks = await serving_checks(rt, s)
-        body = {"status": "ok" if ok else "unavailable", "serving": ok, "checks": checks,
-                "control_plane": "see /readyz/control"}
+        body = {
+            "status": "ok" if ok else "unavailable",
+            "serving": ok,
+            "checks": checks,
+            "control_plane": "see /readyz/control",
+        }
     await send_json(send, 200 if ok else 503, orjson.dumps(body), [(b"cache-control", b"no-store")])

@@ -12,9 +12,18 @@ from typing import Final
 
 # area -> (label, path prefixes under /v1, the scope a write needs)
 AREAS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
-    "model": ("Models and model capabilities", ("/v1/models", "/v1/chat/completions", "/v1/completions",
-                                                "/v1/embeddings", "/v1/images", "/v1/audio",
-                                                "/v1/moderations")),
+    "model": (
+        "Models and model capabilities",
+        (
+            "/v1/models",
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/v1/images",
+            "/v1/audio",
+            "/v1/moderations",
+        ),
+    ),
     "responses": ("Responses", ("/v1/responses", "/v1/conversations")),
     "assistants": ("Assistants", ("/v1/assistants",)),
     "threads": ("Threads", ("/v1/threads",)),
@@ -27,7 +36,12 @@ AREAS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
 
 # Paths whose POST is a model request rather than a write of stored objects.
 _MODEL_REQUEST_PREFIXES: Final = (
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/images", "/v1/audio", "/v1/moderations",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/images",
+    "/v1/audio",
+    "/v1/moderations",
 )
 
 ALL_SCOPES: Final[frozenset[str]] = frozenset(

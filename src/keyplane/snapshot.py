@@ -93,9 +93,22 @@ _E = TypeVar("_E", "KeyEntry", "ProjectEntry")
 KeyRow = Row[*tuple[Any, ...]]  # a row of KEY_COLUMNS
 PARTITION = 2_000  # rows per step of a full reload's read
 INCREMENTAL_MAX_IDS = 256  # more changed ids than this: a full reload
-KEY_COLUMNS = (ApiKey.id, ApiKey.digest, ApiKey.kind, ApiKey.name, ApiKey.redacted_value, ApiKey.project_id,
-               ApiKey.owner_user_id, ApiKey.service_account_id, ApiKey.permissions, ApiKey.expires_at,
-               ApiKey.revoked_at, ApiKey.revoke_reason, ApiKey.suspended_at, ApiKey.suspend_reason)
+KEY_COLUMNS = (
+    ApiKey.id,
+    ApiKey.digest,
+    ApiKey.kind,
+    ApiKey.name,
+    ApiKey.redacted_value,
+    ApiKey.project_id,
+    ApiKey.owner_user_id,
+    ApiKey.service_account_id,
+    ApiKey.permissions,
+    ApiKey.expires_at,
+    ApiKey.revoked_at,
+    ApiKey.revoke_reason,
+    ApiKey.suspended_at,
+    ApiKey.suspend_reason,
+)
 
 
 def key_entry(r: KeyRow, permissions: dict[str, Permissions]) -> KeyEntry:
@@ -104,10 +117,19 @@ def key_entry(r: KeyRow, permissions: dict[str, Permissions]) -> KeyEntry:
     if perms is None:
         perms = permissions[r.permissions] = parse_permissions(orjson.loads(r.permissions))
     return KeyEntry(
-        id=r.id, kind=r.kind, name=r.name, redacted_value=r.redacted_value, project_id=r.project_id,
-        owner_user_id=r.owner_user_id, service_account_id=r.service_account_id, permissions=perms,
-        expires_at=r.expires_at, revoked_at=r.revoked_at, revoke_reason=r.revoke_reason,
-        suspended_at=r.suspended_at, suspend_reason=r.suspend_reason,
+        id=r.id,
+        kind=r.kind,
+        name=r.name,
+        redacted_value=r.redacted_value,
+        project_id=r.project_id,
+        owner_user_id=r.owner_user_id,
+        service_account_id=r.service_account_id,
+        permissions=perms,
+        expires_at=r.expires_at,
+        revoked_at=r.revoked_at,
+        revoke_reason=r.revoke_reason,
+        suspended_at=r.suspended_at,
+        suspend_reason=r.suspend_reason,
     )
 
 
@@ -131,8 +153,9 @@ def _same(old: _E | None, new: _E) -> _E:
     return old if old is not None and old == new else new
 
 
-def build_keys(rows: Iterable[KeyRow], current: Mapping[str, KeyEntry]) -> tuple[
-        dict[str, KeyEntry], dict[str, KeyEntry], dict[str, str]]:
+def build_keys(
+    rows: Iterable[KeyRow], current: Mapping[str, KeyEntry]
+) -> tuple[dict[str, KeyEntry], dict[str, KeyEntry], dict[str, str]]:
     """(by digest, by id, id -> digest) from the rows of a full reload. Runs in a worker thread: it only
     reads ``current`` (the loop may replace entries meanwhile; the reload's overlay re-applies those)."""
     keys: dict[str, KeyEntry] = {}
@@ -206,14 +229,14 @@ class Snapshot:
         self.keys, self.keys_by_id, self._digests = keys, by_id, digests
         self.grants, self.project_grants = grants, project_grants
         old_projects = self.projects
-        self.projects = {p.id: _same(old_projects.get(p.id), ProjectEntry(p.id, p.name, p.status))
-                         for p in projects}
+        self.projects = {p.id: _same(old_projects.get(p.id), ProjectEntry(p.id, p.name, p.status)) for p in projects}
         if org is not None:
             self.org_id, self.org_name = org.id, org.name
         self._loaded(rev or 0)
 
-    async def load_some(self, engine: AsyncEngine, revision: int, key_ids: Collection[str],
-                        project_ids: Collection[str]) -> bool:
+    async def load_some(
+        self, engine: AsyncEngine, revision: int, key_ids: Collection[str], project_ids: Collection[str]
+    ) -> bool:
         """An incremental reload: only the rows of ``key_ids`` and ``project_ids``, provided the store is
         still at ``revision`` (the changes named up to it); False, having changed nothing, when it is not."""
         async with engine.connect() as conn:
@@ -221,8 +244,15 @@ class Snapshot:
             if rev != revision:
                 return False
             rows = (await conn.execute(select(*KEY_COLUMNS).where(ApiKey.id.in_(key_ids)))).all() if key_ids else []
-            projects = (await conn.execute(select(Project.id, Project.name, Project.status)
-                                           .where(Project.id.in_(project_ids)))).all() if project_ids else []
+            projects = (
+                (
+                    await conn.execute(
+                        select(Project.id, Project.name, Project.status).where(Project.id.in_(project_ids))
+                    )
+                ).all()
+                if project_ids
+                else []
+            )
         found = {r.id: r for r in rows}
         for kid in key_ids:
             old_digest = self._digests.get(kid)
@@ -340,11 +370,20 @@ class Snapshot:
         if old is None or digest is None:
             return  # a key this snapshot has not loaded yet: the reload brings it
         if (old.revoked_at, old.revoke_reason, old.suspended_at, old.suspend_reason) == (
-                d.revoked_at, d.revoke_reason, d.suspended_at, d.suspend_reason):
+            d.revoked_at,
+            d.revoke_reason,
+            d.suspended_at,
+            d.suspend_reason,
+        ):
             return  # already so (a delta re-applied after a reload): the entry keeps its identity
         # A new object, so that a stream in flight notices its key changed (identity check in the proxy).
-        new = msgspec.structs.replace(old, revoked_at=d.revoked_at, revoke_reason=d.revoke_reason,
-                                      suspended_at=d.suspended_at, suspend_reason=d.suspend_reason)
+        new = msgspec.structs.replace(
+            old,
+            revoked_at=d.revoked_at,
+            revoke_reason=d.revoke_reason,
+            suspended_at=d.suspended_at,
+            suspend_reason=d.suspend_reason,
+        )
         self.keys_by_id[d.id] = new
         self.keys[digest] = new
 
@@ -358,8 +397,17 @@ class SnapshotRefresher:
     """Polls the revision off the request path and reloads on change (or at once when the bus asks);
     after each successful poll it publishes a heartbeat carrying the revision it read."""
 
-    def __init__(self, snapshot: Snapshot, engine: AsyncEngine, interval: float, *, bus: Bus | None = None,
-                 origin: str = "", heartbeat_seconds: float = 1.0, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        engine: AsyncEngine,
+        interval: float,
+        *,
+        bus: Bus | None = None,
+        origin: str = "",
+        heartbeat_seconds: float = 1.0,
+        timeout: float = 5.0,
+    ) -> None:
         self.snapshot = snapshot
         self.engine = engine
         self.interval = interval

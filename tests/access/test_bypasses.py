@@ -35,8 +35,9 @@ def open_gw(tmp_path: Path, database_url: str, fake: FakeUpstream) -> Iterator[R
 def _policy(srv: RunningServer, body: dict[str, object], key_id: str | None = None, kind: str = "model") -> None:
     path = f"/projects/{srv.project_id}" + (f"/api_keys/{key_id}" if key_id else "")
     what = "model_permissions" if kind == "model" else "hosted_tool_permissions"
-    r = httpx.post(f"{srv.v1}/organization{path}/{what}", json=body,
-                   headers={"Authorization": f"Bearer {srv.admin_key}"})
+    r = httpx.post(
+        f"{srv.v1}/organization{path}/{what}", json=body, headers={"Authorization": f"Bearer {srv.admin_key}"}
+    )
     assert r.status_code == 200, r.text
 
 
@@ -83,13 +84,16 @@ def test_models_list_and_retrieve_follow_model_permissions(open_gw, fake):
     assert client.models.retrieve("text-embedding-3-small").id == "text-embedding-3-small"
 
 
-@pytest.mark.parametrize("model", [
-    "ft:gpt-4o-2024-08-06:acme::abc123",  # a fine-tune of a snapshot: how OpenAI names every fine-tune
-    "openai/gpt-4o",  # a provider namespace (OpenRouter-style upstreams)
-    "\uff47\uff50\uff54-4o",  # fullwidth letters (NFKC folds them to gpt-4o)
-    "gpt-4o\u200b",  # a zero-width space
-    "gpt-4\u043e",  # a Cyrillic o
-])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "ft:gpt-4o-2024-08-06:acme::abc123",  # a fine-tune of a snapshot: how OpenAI names every fine-tune
+        "openai/gpt-4o",  # a provider namespace (OpenRouter-style upstreams)
+        "\uff47\uff50\uff54-4o",  # fullwidth letters (NFKC folds them to gpt-4o)
+        "gpt-4o\u200b",  # a zero-width space
+        "gpt-4\u043e",  # a Cyrillic o
+    ],
+)
 def test_deny_list_spellings(open_gw, fake, model):
     _policy(open_gw, {"mode": "deny_list", "model_ids": ["gpt-4o"]})
     client = openai.OpenAI(base_url=open_gw.v1, api_key=open_gw.api_key, max_retries=0)
@@ -121,8 +125,11 @@ def test_no_model_means_the_provider_picks_one(open_gw, fake):
     png.seek(0)
     _refused(lambda: client.images.edit(image=png, prompt="a hat"), "model_not_permitted", fake)
     # A run without `model` uses its assistant's: refused under a deny list too (the run may name one).
-    _refused(lambda: client.post("/threads/thread_1/runs", cast_to=object, body={"assistant_id": "asst_1"}),
-             "model_not_permitted", fake)
+    _refused(
+        lambda: client.post("/threads/thread_1/runs", cast_to=object, body={"assistant_id": "asst_1"}),
+        "model_not_permitted",
+        fake,
+    )
     assert client.images.generate(model="dall-e-3", prompt="a cat").data
 
 
@@ -134,15 +141,20 @@ def test_runs_use_their_assistants_stored_tools(open_gw, fake):
     for path in ("/threads/thread_1/runs", "/threads/runs"):
         e = _refused(lambda p=path: client.post(p, cast_to=object, body=run), "tool_not_permitted", fake)
         assert "code_interpreter" in e.message and "`tools`" in e.message
-        _refused(lambda p=path: client.post(p, cast_to=object, body={**run, "tools": None}), "tool_not_permitted",
-                 fake)
+        _refused(lambda p=path: client.post(p, cast_to=object, body={**run, "tools": None}), "tool_not_permitted", fake)
     # Naming the run's tools overrides the assistant's: past the policy (then the assistant, which this
     # project does not own, is not found: proxy/tenancy.py), and what it names is checked as usual.
     with pytest.raises(openai.NotFoundError, match="Assistant"):
-        client.post("/threads/runs", cast_to=object, body={**run, "tools": [{"type": "function", "function": {
-            "name": "f", "parameters": {}}}]})
-    _refused(lambda: client.post("/threads/runs", cast_to=object, body={
-        **run, "tools": [{"type": "code_interpreter"}]}), "tool_not_permitted", fake)
+        client.post(
+            "/threads/runs",
+            cast_to=object,
+            body={**run, "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+        )
+    _refused(
+        lambda: client.post("/threads/runs", cast_to=object, body={**run, "tools": [{"type": "code_interpreter"}]}),
+        "tool_not_permitted",
+        fake,
+    )
 
 
 TOOL_VARIANTS = [
@@ -150,10 +162,16 @@ TOOL_VARIANTS = [
     {"tools": [{"type": " Web-Search-Preview "}]},
     {"tools": [{"TYPE": "web_search"}]},
     {"tool_choice": "web_search_preview"},
-    {"tools": [{"type": "function", "name": "f", "parameters": {}}],
-     "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "web_search"}]}},
-    {"input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
-               {"type": "web_search_call", "id": "ws_1", "status": "completed"}]},
+    {
+        "tools": [{"type": "function", "name": "f", "parameters": {}}],
+        "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "web_search"}]},
+    },
+    {
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+            {"type": "web_search_call", "id": "ws_1", "status": "completed"},
+        ]
+    },
 ]
 
 
@@ -169,12 +187,19 @@ def test_a_hosted_tool_runs_its_default_model(open_gw, fake):
     """The image_generation tool runs gpt-image-1 unless its entry names another model."""
     _policy(open_gw, {"mode": "deny_list", "model_ids": ["gpt-image-1"]})
     client = openai.OpenAI(base_url=open_gw.v1, api_key=open_gw.api_key, max_retries=0)
-    for tool in ({"type": "image_generation"}, {"type": "image_generation", "model": None},
-                 {"type": "image_generation", "model": "gpt-image-1"}):
-        e = _refused(lambda t=tool: client.responses.create(model="gpt-4o-mini", input="draw", tools=[t]),
-                     "model_not_permitted", fake)
+    for tool in (
+        {"type": "image_generation"},
+        {"type": "image_generation", "model": None},
+        {"type": "image_generation", "model": "gpt-image-1"},
+    ):
+        e = _refused(
+            lambda t=tool: client.responses.create(model="gpt-4o-mini", input="draw", tools=[t]),
+            "model_not_permitted",
+            fake,
+        )
         assert "gpt-image-1" in e.message
     fake.reset()
-    assert client.responses.create(model="gpt-4o-mini", input="draw",
-                                   tools=[{"type": "image_generation", "model": "gpt-image-1-mini"}])
+    assert client.responses.create(
+        model="gpt-4o-mini", input="draw", tools=[{"type": "image_generation", "model": "gpt-image-1-mini"}]
+    )
     assert len(fake.model_requests()) == 1

@@ -59,12 +59,18 @@ def test_expiry_notices(srv):
     short = new_key(s, expires_in_seconds=2 * DAY)
     gone = new_key(s, expires_in_seconds=2 * DAY)
     admin(s, "DELETE", f"/projects/{s.project_id}/api_keys/{gone['id']}")
-    wait_for(lambda: k["id"] in rt.snapshot.keys_by_id and short["id"] in rt.snapshot.keys_by_id
-             and (gone["id"] not in rt.snapshot.keys_by_id or rt.snapshot.keys_by_id[gone["id"]].revoked_at))
+    wait_for(
+        lambda: (
+            k["id"] in rt.snapshot.keys_by_id
+            and short["id"] in rt.snapshot.keys_by_id
+            and (gone["id"] not in rt.snapshot.keys_by_id or rt.snapshot.keys_by_id[gone["id"]].revoked_at)
+        )
+    )
 
     assert _check(s) == 1  # only the 2-day key: one notice, for the nearest threshold crossed (3 days)
     assert [(a.event, a.details["key"]["id"], a.details["threshold_days"]) for a in sink.got] == [
-        ("key.expiring", short["id"], 3)]
+        ("key.expiring", short["id"], 3)
+    ]
     assert _check(s) == 0  # once per threshold
 
     clock.advance(1.25 * DAY)  # 0.75 day left on the short key, 8.75 on k
@@ -87,4 +93,5 @@ def test_expiry_notices(srv):
     assert len(sink.got) == 5
     assert all(a.details["key"]["id"] != gone["id"] for a in sink.got)
     assert "sk-kp-" not in str([a.summary for a in sink.got]).replace(short["redacted_value"], "").replace(
-        k["redacted_value"], "")
+        k["redacted_value"], ""
+    )

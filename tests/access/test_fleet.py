@@ -21,8 +21,12 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 @pytest.fixture
 def pair(tmp_path: Path, fake: FakeUpstream) -> Iterator[tuple[RunningServer, RunningServer]]:
     with postgres_database() as url:
-        env = {"KEYPLANE_REDIS_URL": "redis://127.0.0.1:6379/0", "KEYPLANE_REDIS_PREFIX": f"kpt{secrets.token_hex(4)}",
-               "KEYPLANE_SNAPSHOT_POLL_SECONDS": "30", "KEYPLANE_SECRET_KEY": secrets.token_urlsafe(32)}
+        env = {
+            "KEYPLANE_REDIS_URL": "redis://127.0.0.1:6379/0",
+            "KEYPLANE_REDIS_PREFIX": f"kpt{secrets.token_hex(4)}",
+            "KEYPLANE_SNAPSHOT_POLL_SECONDS": "30",
+            "KEYPLANE_SECRET_KEY": secrets.token_urlsafe(32),
+        }
         sa = make_settings(tmp_path / "a", url, config_text=fake_config(fake), **env)
         init = init_org(sa)
         sb = make_settings(tmp_path / "b", url, config_text=fake_config(fake), **env)
@@ -47,8 +51,11 @@ def test_policy_reaches_the_other_instance_within_a_second(pair, fake: FakeUpstr
     while True:
         fake.reset()
         try:
-            on_b.responses.create(model="gpt-4o-mini", input="hi", tools=[{"type": "mcp", "server_label": "x",
-                                                                           "server_url": "https://example.com"}])
+            on_b.responses.create(
+                model="gpt-4o-mini",
+                input="hi",
+                tools=[{"type": "mcp", "server_label": "x", "server_url": "https://example.com"}],
+            )
         except openai.PermissionDeniedError as e:
             assert e.code == "tool_not_permitted"
             assert fake.model_requests() == []
@@ -77,8 +84,10 @@ def test_org_allowlist_and_model_list_reach_the_other_instance_within_a_second(p
     with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), headers=auth, timeout=20) as at:
         assert at.post(a.v1 + "/organization/ip_allowlist", json={"cidrs": ["127.0.0.2/32"]}).status_code == 200
         # B's admin API, dashboard and /v1 refuse 127.0.0.1 within a second (the bus, not the 30 s poll).
-        _within_a_second(lambda: httpx.get(b.v1 + "/organization/projects", headers=auth).status_code == 403,
-                         "the organization's IP allowlist (admin API)")
+        _within_a_second(
+            lambda: httpx.get(b.v1 + "/organization/projects", headers=auth).status_code == 403,
+            "the organization's IP allowlist (admin API)",
+        )
         assert httpx.get(b.base_url + "/login").status_code == 403
         fake.reset()
         with pytest.raises(openai.PermissionDeniedError):
@@ -86,11 +95,14 @@ def test_org_allowlist_and_model_list_reach_the_other_instance_within_a_second(p
         assert fake.model_requests() == []
         assert at.get(b.v1 + "/organization/projects").status_code == 200  # the kept address still gets in
         assert at.delete(a.v1 + "/organization/ip_allowlist").status_code == 200
-        _within_a_second(lambda: httpx.get(b.v1 + "/organization/projects", headers=auth).status_code == 200,
-                         "lifting the organization's IP allowlist")
+        _within_a_second(
+            lambda: httpx.get(b.v1 + "/organization/projects", headers=auth).status_code == 200,
+            "lifting the organization's IP allowlist",
+        )
     admin = openai.OpenAI(base_url=a.v1, admin_api_key=a.admin_key, api_key="unused", max_retries=0)
-    admin.admin.organization.projects.model_permissions.update(a.project_id, mode="allow_list",
-                                                                model_ids=["gpt-4o-mini"])
+    admin.admin.organization.projects.model_permissions.update(
+        a.project_id, mode="allow_list", model_ids=["gpt-4o-mini"]
+    )
     _within_a_second(lambda: {m.id for m in on_b.models.list()} == {"gpt-4o-mini"}, "the model permissions (list)")
     with pytest.raises(openai.NotFoundError):
         on_b.models.retrieve("gpt-4o")

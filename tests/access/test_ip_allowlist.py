@@ -19,8 +19,9 @@ MSG = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture
 def trusted_gw(tmp_path: Path, database_url: str, fake: FakeUpstream) -> Iterator[RunningServer]:
-    settings = make_settings(tmp_path / "home", database_url, config_text=fake_config(fake),
-                             KEYPLANE_TRUSTED_PROXIES="127.0.0.1/32, ::1")
+    settings = make_settings(
+        tmp_path / "home", database_url, config_text=fake_config(fake), KEYPLANE_TRUSTED_PROXIES="127.0.0.1/32, ::1"
+    )
     srv = start_server(settings, init_org(settings))
     srv.app.runtime.pipeline.billing = None
     try:

@@ -38,9 +38,12 @@ def test_model_permissions(gw, admin, client, fake: FakeUpstream):
     _refused(lambda: client.responses.create(model="gpt-4.1", input="hi"), "model_not_permitted")
     _refused(lambda: client.embeddings.create(model="text-embedding-3-large", input="hi"), "model_not_permitted")
     # A second model named deeper in the body (e.g. an eval run's data source) is checked too.
-    _refused(lambda: client.chat.completions.create(model="gpt-4o-mini", messages=MSG,
-                                                    extra_body={"metadata": {"model": "gpt-4o"}}),
-             "model_not_permitted")
+    _refused(
+        lambda: client.chat.completions.create(
+            model="gpt-4o-mini", messages=MSG, extra_body={"metadata": {"model": "gpt-4o"}}
+        ),
+        "model_not_permitted",
+    )
     assert fake.model_requests() == []
 
     mp.update(gw.project_id, mode="deny_list", model_ids=["gpt-4o"])
@@ -48,12 +51,17 @@ def test_model_permissions(gw, admin, client, fake: FakeUpstream):
         _refused(lambda m=m: client.chat.completions.create(model=m, messages=MSG), "model_not_permitted")
     # Duplicated keys: a parser keeping the first value and one keeping the last must not disagree.
     raw = b'{"model": "gpt-4o", "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
-    r = httpx.post(gw.v1 + "/chat/completions", content=raw, headers={
-        "Authorization": f"Bearer {gw.api_key}", "Content-Type": "application/json"})
+    r = httpx.post(
+        gw.v1 + "/chat/completions",
+        content=raw,
+        headers={"Authorization": f"Bearer {gw.api_key}", "Content-Type": "application/json"},
+    )
     assert r.status_code in (400, 403) and r.json()["error"]["code"] in ("duplicate_key", "model_not_permitted")
     # Batches carry their requests in a file keyplane does not read: refused while a policy is set.
-    _refused(lambda: client.batches.create(input_file_id="file-x", endpoint="/v1/chat/completions",
-                                           completion_window="24h"), "batch_not_permitted")
+    _refused(
+        lambda: client.batches.create(input_file_id="file-x", endpoint="/v1/chat/completions", completion_window="24h"),
+        "batch_not_permitted",
+    )
     assert fake.model_requests() == []
     assert client.chat.completions.create(model="gpt-4o-mini", messages=MSG).choices
 
@@ -69,9 +77,11 @@ def test_model_permissions(gw, admin, client, fake: FakeUpstream):
 def test_key_model_permissions(gw, admin, client, fake: FakeUpstream):
     other = new_key(gw)
     kid = other["id"]
-    r = httpx.post(f"{gw.v1}/organization/projects/{gw.project_id}/api_keys/{kid}/model_permissions",
-                   json={"mode": "allow_list", "model_ids": ["gpt-4o-mini"]},
-                   headers={"Authorization": f"Bearer {gw.admin_key}"})
+    r = httpx.post(
+        f"{gw.v1}/organization/projects/{gw.project_id}/api_keys/{kid}/model_permissions",
+        json={"mode": "allow_list", "model_ids": ["gpt-4o-mini"]},
+        headers={"Authorization": f"Bearer {gw.admin_key}"},
+    )
     assert r.status_code == 200, r.text
     narrowed = openai.OpenAI(base_url=gw.v1, api_key=other["value"], max_retries=0)
     fake.reset()
@@ -80,22 +90,30 @@ def test_key_model_permissions(gw, admin, client, fake: FakeUpstream):
     assert fake.model_requests() == []
     assert client.chat.completions.create(model="gpt-4o", messages=MSG).choices  # the project's other keys
     # A rotated key keeps its own policy.
-    r = httpx.post(f"{gw.v1}/organization/projects/{gw.project_id}/api_keys/{kid}/rotate", json={},
-                   headers={"Authorization": f"Bearer {gw.admin_key}"})
+    r = httpx.post(
+        f"{gw.v1}/organization/projects/{gw.project_id}/api_keys/{kid}/rotate",
+        json={},
+        headers={"Authorization": f"Bearer {gw.admin_key}"},
+    )
     assert r.status_code == 200, r.text
     rotated = openai.OpenAI(base_url=gw.v1, api_key=r.json()["value"], max_retries=0)
     _refused(lambda: rotated.chat.completions.create(model="gpt-4o", messages=MSG), "model_not_permitted")
     assert rotated.chat.completions.create(model="gpt-4o-mini", messages=MSG).choices
-    r = httpx.post(f"{gw.v1}/organization/projects/{gw.project_id}/api_keys/key_nope/model_permissions",
-                   json={"mode": "allow_list", "model_ids": []}, headers={"Authorization": f"Bearer {gw.admin_key}"})
+    r = httpx.post(
+        f"{gw.v1}/organization/projects/{gw.project_id}/api_keys/key_nope/model_permissions",
+        json={"mode": "allow_list", "model_ids": []},
+        headers={"Authorization": f"Bearer {gw.admin_key}"},
+    )
     assert r.status_code == 404
 
 
 TOOL_ATTACKS = [
     ("web_search", {"tools": [{"type": "web_search_preview"}]}),
     ("web_search", {"tools": [{"type": "web_search_preview_2025_03_11"}]}),
-    ("web_search", {"tools": [{"type": "function", "name": "f", "parameters": {}}],
-                    "tool_choice": {"type": "web_search"}}),
+    (
+        "web_search",
+        {"tools": [{"type": "function", "name": "f", "parameters": {}}], "tool_choice": {"type": "web_search"}},
+    ),
     ("web_search", {"tools": json.dumps([{"type": "web_search"}])}),  # escaped JSON in a string
     ("mcp", {"tools": [{"type": "mcp", "server_label": "x", "server_url": "https://example.com"}]}),
     ("mcp", {"input": [{"type": "mcp_approval_response", "approve": True, "approval_request_id": "mcpr_1"}]}),
@@ -109,8 +127,9 @@ def test_hosted_tool_permissions(gw, admin, client, fake: FakeUpstream):
     htp = admin.admin.organization.projects.hosted_tool_permissions
     assert htp.retrieve(gw.project_id).web_search.enabled
     off = {"enabled": False}
-    got = htp.update(gw.project_id, web_search=off, mcp=off, image_generation=off, code_interpreter=off,
-                     file_search=off)
+    got = htp.update(
+        gw.project_id, web_search=off, mcp=off, image_generation=off, code_interpreter=off, file_search=off
+    )
     assert not got.web_search.enabled and not got.mcp.enabled
     fake.reset()
     for tool, extra in TOOL_ATTACKS:
@@ -118,8 +137,10 @@ def test_hosted_tool_permissions(gw, admin, client, fake: FakeUpstream):
         e = _refused(lambda body=body: client.responses.create(**body), "tool_not_permitted")
         assert f"`{tool}`" in e.message, (tool, e.message)
     # Chat: web_search_options, and the models that always search.
-    _refused(lambda: client.chat.completions.create(model="gpt-4o-mini", messages=MSG, web_search_options={}),
-             "tool_not_permitted")
+    _refused(
+        lambda: client.chat.completions.create(model="gpt-4o-mini", messages=MSG, web_search_options={}),
+        "tool_not_permitted",
+    )
     _refused(lambda: client.chat.completions.create(model="gpt-4o-search-preview", messages=MSG), "tool_not_permitted")
     # Unicode escapes and a duplicated "type" key hiding the tool from a last-value parser.
     raw = b'{"model": "gpt-4o-mini", "input": "hi", "tools": [{"type": "web\\u005fsearch"}]}'
@@ -129,8 +150,11 @@ def test_hosted_tool_permissions(gw, admin, client, fake: FakeUpstream):
     raw = b'{"model": "gpt-4o-mini", "input": "hi", "tools": [{"type": "mcp", "type": "function"}]}'
     r = httpx.post(gw.v1 + "/responses", content=raw, headers=hdr)
     assert r.status_code in (400, 403)
-    r = httpx.post(gw.v1 + "/responses", content=b'{"model": "gpt-4o-mini", "tools": [{"type": "mcp"}]}',
-                   headers={**hdr, "Content-Type": "text/plain"})
+    r = httpx.post(
+        gw.v1 + "/responses",
+        content=b'{"model": "gpt-4o-mini", "tools": [{"type": "mcp"}]}',
+        headers={**hdr, "Content-Type": "text/plain"},
+    )
     assert r.status_code == 403
     assert fake.model_requests() == []
 
@@ -152,16 +176,28 @@ def test_key_tool_permissions_and_stored_prompts(gw, admin, client, fake: FakeUp
     assert httpx.post(url, json={"mcp": {"enabled": "no"}}, headers=h).status_code == 400
     narrowed = openai.OpenAI(base_url=gw.v1, api_key=other["value"], max_retries=0)
     fake.reset()
-    e = _refused(lambda: narrowed.responses.create(model="gpt-4o-mini", input="hi",
-                                                   tools=[{"type": "code_interpreter", "container": {"type": "auto"}}]),
-                 "tool_not_permitted")
+    e = _refused(
+        lambda: narrowed.responses.create(
+            model="gpt-4o-mini", input="hi", tools=[{"type": "code_interpreter", "container": {"type": "auto"}}]
+        ),
+        "tool_not_permitted",
+    )
     assert other["id"] in e.message
     # Assistants' tool_resources, and a stored prompt whose tools keyplane cannot see.
-    _refused(lambda: narrowed.post("/assistants", cast_to=object, body={
-        "model": "gpt-4o-mini", "tool_resources": {"code_interpreter": {"file_ids": []}}}), "tool_not_permitted")
+    _refused(
+        lambda: narrowed.post(
+            "/assistants",
+            cast_to=object,
+            body={"model": "gpt-4o-mini", "tool_resources": {"code_interpreter": {"file_ids": []}}},
+        ),
+        "tool_not_permitted",
+    )
     _refused(lambda: narrowed.responses.create(model="gpt-4o-mini", prompt={"id": "pmpt_123"}), "tool_not_permitted")
     assert fake.model_requests() == []
     assert client.responses.create(model="gpt-4o-mini", input="hi", prompt={"id": "pmpt_123"})  # no policy there
-    bad = httpx.post(f"{gw.v1}/organization/projects/{gw.project_id}/model_permissions",
-                     json={"mode": "block", "model_ids": []}, headers=h)
+    bad = httpx.post(
+        f"{gw.v1}/organization/projects/{gw.project_id}/model_permissions",
+        json={"mode": "block", "model_ids": []},
+        headers=h,
+    )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "mode"

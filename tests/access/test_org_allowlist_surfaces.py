@@ -26,14 +26,22 @@ def _from(address: str) -> httpx.Client:
 
 
 def _admin(srv: RunningServer, address: str | None = None, key: str | None = None) -> openai.OpenAI:
-    return openai.OpenAI(base_url=srv.v1, admin_api_key=key or srv.admin_key, api_key="unused", max_retries=0,
-                         http_client=_from(address) if address else None)
+    return openai.OpenAI(
+        base_url=srv.v1,
+        admin_api_key=key or srv.admin_key,
+        api_key="unused",
+        max_retries=0,
+        http_client=_from(address) if address else None,
+    )
 
 
 def _set_org(srv: RunningServer, cidrs: list[str], address: str | None = None, **extra: object) -> httpx.Response:
     with _from(address or "127.0.0.1") as c:
-        return c.post(f"{srv.v1}/organization/ip_allowlist", json={"cidrs": cidrs, **extra},
-                      headers={"Authorization": f"Bearer {srv.admin_key}"})
+        return c.post(
+            f"{srv.v1}/organization/ip_allowlist",
+            json={"cidrs": cidrs, **extra},
+            headers={"Authorization": f"Bearer {srv.admin_key}"},
+        )
 
 
 def _refused_admin(call: Callable[[], object], address: str) -> None:
@@ -80,8 +88,7 @@ def test_admin_api_is_held_to_the_org_allowlist(gw, fake, monkeypatch):
 
     inside, outside = _admin(gw, OTHER), _admin(gw)
     assert inside.admin.organization.projects.model_permissions.retrieve(gw.project_id).mode == "deny_list"
-    _refused_admin(lambda: outside.admin.organization.projects.model_permissions.retrieve(gw.project_id),
-                   "127.0.0.1")
+    _refused_admin(lambda: outside.admin.organization.projects.model_permissions.retrieve(gw.project_id), "127.0.0.1")
     _refused_admin(lambda: outside.admin.organization.projects.list(), "127.0.0.1")
     # Checked before the key: an outsider cannot even learn whether a key is valid.
     _refused_admin(lambda: _admin(gw, key="sk-kp-admin-not-a-key").admin.organization.projects.list(), "127.0.0.1")
@@ -93,17 +100,22 @@ def test_admin_api_is_held_to_the_org_allowlist(gw, fake, monkeypatch):
     fake.reset()
     with pytest.raises(openai.PermissionDeniedError):
         openai.OpenAI(base_url=gw.v1, api_key=gw.api_key, max_retries=0).chat.completions.create(
-            model="gpt-4o-mini", messages=MSG)
+            model="gpt-4o-mini", messages=MSG
+        )
     assert fake.model_requests() == []
     # On /v1 too the organization's list comes before the key: a made-up key from outside gets the same 403
     # as a valid one (not the 401 that would tell them apart).
     for key in (gw.api_key, "sk-proj-" + "x" * 40, "not-a-key"):
         with pytest.raises(openai.PermissionDeniedError) as e:
             openai.OpenAI(base_url=gw.v1, api_key=key, max_retries=0).chat.completions.create(
-                model="gpt-4o-mini", messages=MSG)
+                model="gpt-4o-mini", messages=MSG
+            )
         assert e.value.code == "ip_not_allowed", e.value.body
-    assert openai.OpenAI(base_url=gw.v1, api_key=gw.api_key, max_retries=0, http_client=_from(OTHER)) \
-        .chat.completions.create(model="gpt-4o-mini", messages=MSG).choices
+    assert (
+        openai.OpenAI(base_url=gw.v1, api_key=gw.api_key, max_retries=0, http_client=_from(OTHER))
+        .chat.completions.create(model="gpt-4o-mini", messages=MSG)
+        .choices
+    )
 
     # Locked out: the CLI on the server lifts the list (and says what it was), audited.
     shown = _run_cli(gw, monkeypatch, "show")
@@ -132,8 +144,9 @@ def test_admin_api_is_held_to_the_org_allowlist(gw, fake, monkeypatch):
 
 def test_project_and_key_lists_do_not_hold_the_admin_api(gw):
     h = {"Authorization": f"Bearer {gw.admin_key}"}
-    r = httpx.post(f"{gw.v1}/organization/projects/{gw.project_id}/ip_allowlist", json={"cidrs": ["10.0.0.0/8"]},
-                   headers=h)
+    r = httpx.post(
+        f"{gw.v1}/organization/projects/{gw.project_id}/ip_allowlist", json={"cidrs": ["10.0.0.0/8"]}, headers=h
+    )
     assert r.status_code == 200, r.text  # no lockout check: a project's list holds only its keys on /v1
     assert _admin(gw).admin.organization.projects.list().data
 
@@ -166,8 +179,9 @@ def trusted(tmp_path: Path, fake):
     from tests.proxy.conftest import fake_config
     from tests.support import init_org, make_settings, start_server
 
-    settings = make_settings(tmp_path / "home", "", config_text=fake_config(fake),
-                             KEYPLANE_TRUSTED_PROXIES="127.0.0.1/32")
+    settings = make_settings(
+        tmp_path / "home", "", config_text=fake_config(fake), KEYPLANE_TRUSTED_PROXIES="127.0.0.1/32"
+    )
     srv = start_server(settings, init_org(settings))
     try:
         yield srv

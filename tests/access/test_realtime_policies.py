@@ -35,8 +35,11 @@ def test_realtime_is_held_to_the_policies(make_gateway, fake_rt):  # noqa: F811
     assert _status(srv, "gpt-realtime") == 403
     assert fake_rt.paths == []
     # The organization's list holds the admin API too: the admin calls come from an address it keeps.
-    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30,
-                      headers={"Authorization": f"Bearer {srv.admin_key}"}) as at:
+    with httpx.Client(
+        transport=httpx.HTTPTransport(local_address="127.0.0.2"),
+        timeout=30,
+        headers={"Authorization": f"Bearer {srv.admin_key}"},
+    ) as at:
         r = at.post(srv.v1 + "/organization/ip_allowlist", json={"cidrs": ["10.0.0.0/8", "127.0.0.2"]})
         assert r.status_code == 200, r.text
         assert _status(srv, "gpt-realtime-mini") == 403
@@ -47,9 +50,14 @@ def test_realtime_is_held_to_the_policies(make_gateway, fake_rt):  # noqa: F811
     async def go() -> list[Any]:
         got: list[Any] = []
         async with AsyncOpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0).realtime.connect(
-                model="gpt-realtime-mini") as conn:
-            await conn.session.update(session={"type": "realtime", "tools": [
-                {"type": "mcp", "server_label": "x", "server_url": "https://example.com"}]})
+            model="gpt-realtime-mini"
+        ) as conn:
+            await conn.session.update(
+                session={
+                    "type": "realtime",
+                    "tools": [{"type": "mcp", "server_label": "x", "server_url": "https://example.com"}],
+                }
+            )
             await conn.response.create()
             async for ev in conn:
                 got.append(ev)
@@ -60,5 +68,9 @@ def test_realtime_is_held_to_the_policies(make_gateway, fake_rt):  # noqa: F811
     got = asyncio.run(asyncio.wait_for(go(), 20))
     assert [e.error.code for e in got if e.type == "error"] == ["tool_not_permitted"]
     assert not any("mcp" in str(ev) for ev in fake_rt.of_type("session.update"))
-    assert httpx.get(srv.v1 + "/organization/ip_allowlist",
-                     headers={"Authorization": f"Bearer {srv.admin_key}"}).json()["enabled"] is False
+    assert (
+        httpx.get(srv.v1 + "/organization/ip_allowlist", headers={"Authorization": f"Bearer {srv.admin_key}"}).json()[
+            "enabled"
+        ]
+        is False
+    )

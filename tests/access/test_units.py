@@ -12,9 +12,17 @@ from keyplane.access.policy import ModelPolicy, Policies
 
 
 def test_inspect_sees_hidden_tools_and_models():
-    a = inspect.read(json.dumps({"model": "m", "input": [{"type": "mcp_approval_response"}],
-                                 "tools": json.dumps(json.dumps([{"type": "Web-Search"}])),
-                                 "tool_resources": {"file_search": {}}, "x": {"model": "other"}}).encode())
+    a = inspect.read(
+        json.dumps(
+            {
+                "model": "m",
+                "input": [{"type": "mcp_approval_response"}],
+                "tools": json.dumps(json.dumps([{"type": "Web-Search"}])),
+                "tool_resources": {"file_search": {}},
+                "x": {"model": "other"},
+            }
+        ).encode()
+    )
     assert a.tools == {"mcp", "web_search", "file_search"} and a.models == {"m", "other"}
     assert inspect.read(b'{"a": {"k": 1, "k": 2}}').duplicated == {"k"}
     assert inspect.read(b'{"prompt": {"id": "pmpt_1"}}').stored_prompt
@@ -34,16 +42,18 @@ def test_model_matching():
 
 
 def test_containers_and_runs():
-    p = Policies(models={("project", "p"): ModelPolicy("allow_list", ("gpt-4o-mini",))},
-                 disabled_tools={("project", "p"): frozenset({"code_interpreter"})})
+    p = Policies(
+        models={("project", "p"): ModelPolicy("allow_list", ("gpt-4o-mini",))},
+        disabled_tools={("project", "p"): frozenset({"code_interpreter"})},
+    )
     with pytest.raises(errors.APIError) as e:
         p.check_request("p", "k", "/v1/containers", "POST", None, True, b'{"name": "c"}', True)
     assert e.value.code == "tool_not_permitted"
-    p.check_request("p", "k", "/v1/threads/t/runs/r/submit_tool_outputs", "POST", None, True,
-                    b'{"tool_outputs": []}', True)
+    p.check_request(
+        "p", "k", "/v1/threads/t/runs/r/submit_tool_outputs", "POST", None, True, b'{"tool_outputs": []}', True
+    )
     with pytest.raises(errors.APIError) as e:
-        p.check_request("p", "k", "/v1/threads/t/runs", "POST", None, True, b'{"assistant_id": "a", "tools": []}',
-                        True)
+        p.check_request("p", "k", "/v1/threads/t/runs", "POST", None, True, b'{"assistant_id": "a", "tools": []}', True)
     assert e.value.code == "model_not_permitted"
 
 
@@ -81,8 +91,16 @@ def test_requests_wait_for_policies_as_new_as_the_snapshot():
 
 def test_model_spellings():
     deny = ModelPolicy("deny_list", ("gpt-4o",))
-    for m in ("ft:gpt-4o-2024-08-06:acme::x", "FT:GPT-4O:acme::x", "openai/gpt-4o", "models/gpt-4o-2024-08-06",
-              "\uff47\uff50\uff54-4o", "gpt-4o\u200b", "gpt-4\u043e", "gpt-4o\x00"):
+    for m in (
+        "ft:gpt-4o-2024-08-06:acme::x",
+        "FT:GPT-4O:acme::x",
+        "openai/gpt-4o",
+        "models/gpt-4o-2024-08-06",
+        "\uff47\uff50\uff54-4o",
+        "gpt-4o\u200b",
+        "gpt-4\u043e",
+        "gpt-4o\x00",
+    ):
         assert not deny.allows(m), m
     assert deny.allows("gpt-4o-mini") and deny.allows("ft:gpt-4o-mini-2024-07-18:acme::x")
     allow = ModelPolicy("allow_list", ("gpt-4o-mini", "gpt-4"))
@@ -98,8 +116,10 @@ def test_cidr_parsing():
     # An IPv4-mapped range is its IPv4 range: client addresses are compared as IPv4.
     mapped = ip.parse_cidrs(["::ffff:10.0.0.0/104"])
     assert ip.allows(mapped, "10.1.2.3") and ip.allows(mapped, "::ffff:10.1.2.3")
-    assert ip.client_address("::ffff:127.0.0.1", [(b"x-forwarded-for", b"10.1.2.3")],
-                             ip.parse_cidrs(["::ffff:127.0.0.1"])) == "10.1.2.3"
+    assert (
+        ip.client_address("::ffff:127.0.0.1", [(b"x-forwarded-for", b"10.1.2.3")], ip.parse_cidrs(["::ffff:127.0.0.1"]))
+        == "10.1.2.3"
+    )
     # A zone id is local to the sender: not part of the address.
     assert ip.client_address("fe80::1%eth0", [], ()) == "fe80::1"
 
@@ -127,22 +147,36 @@ def test_forwarded_headers_must_agree():
     both = [(b"x-forwarded-for", b"198.51.100.7, 10.0.0.2"), (b"forwarded", b'for="198.51.100.7:1234", for=10.0.0.2')]
     assert ip.client_address("10.0.0.1", both, trusted) == "198.51.100.7"
     # A quoted Forwarded value that swallows a comma cannot hide the element the proxy appended.
-    assert ip.client_address("10.0.0.1", [(b"forwarded", b'for="192.0.2.1, for=192.0.2.2", for=198.51.100.7')],
-                             trusted) == "198.51.100.7"
+    assert (
+        ip.client_address("10.0.0.1", [(b"forwarded", b'for="192.0.2.1, for=192.0.2.2", for=198.51.100.7')], trusted)
+        == "198.51.100.7"
+    )
     assert ip.client_address("10.0.0.1", [(b"forwarded", b"for=_hidden")], trusted) == "_hidden"
     assert ip.client_address("10.0.0.1", [(b"x-forwarded-for", b"")], trusted) == "unknown"
 
 
 def test_runs_without_tools_and_requests_without_a_model():
-    p = Policies(models={("project", "p"): ModelPolicy("deny_list", ("gpt-image-1",))},
-                 disabled_tools={("key", "k"): frozenset({"file_search"})})
-    for body in (b'{"assistant_id": "a", "model": "gpt-4o"}',
-                 b'{"assistant_id": "a", "model": "gpt-4o", "tools": null}'):
+    p = Policies(
+        models={("project", "p"): ModelPolicy("deny_list", ("gpt-image-1",))},
+        disabled_tools={("key", "k"): frozenset({"file_search"})},
+    )
+    for body in (
+        b'{"assistant_id": "a", "model": "gpt-4o"}',
+        b'{"assistant_id": "a", "model": "gpt-4o", "tools": null}',
+    ):
         with pytest.raises(errors.APIError) as e:
             p.check_request("p", "k", "/v1/threads/t/runs", "POST", None, True, body, True)
         assert e.value.code == "tool_not_permitted" and "file_search" in e.value.message
-    p.check_request("p", "k", "/v1/threads/t/runs", "POST", None, True,
-                    b'{"assistant_id": "a", "model": "gpt-4o", "tools": []}', True)
+    p.check_request(
+        "p",
+        "k",
+        "/v1/threads/t/runs",
+        "POST",
+        None,
+        True,
+        b'{"assistant_id": "a", "model": "gpt-4o", "tools": []}',
+        True,
+    )
     with pytest.raises(errors.APIError) as e:
         p.check_request("p", "k", "/v1/images/generations", "POST", None, True, b'{"prompt": "x"}', True)
     assert e.value.code == "model_not_permitted" and "project p" in e.value.message

@@ -17,12 +17,16 @@ def test_admin_writes_are_stamped_by_the_injected_clock(settings):
         p = httpx.post(org + "/projects", headers=h, json={"name": "clocked"}).json()
         assert p["created_at"] == 1_900_000_000
         clock.advance(3600)
-        k = httpx.post(f"{org}/projects/{p['id']}/api_keys", headers=h,
-                       json={"name": "k", "expires_in_seconds": 60}).json()
+        k = httpx.post(
+            f"{org}/projects/{p['id']}/api_keys", headers=h, json={"name": "k", "expires_in_seconds": 60}
+        ).json()
         assert k["created_at"] == 1_900_003_600 and k["expires_at"] == 1_900_003_660
         clock.advance(120)  # expired on the runtime's clock: refused, without waiting in real time
-        r = httpx.post(srv.v1 + "/chat/completions", headers={"Authorization": f"Bearer {k['value']}"},
-                       json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        r = httpx.post(
+            srv.v1 + "/chat/completions",
+            headers={"Authorization": f"Bearer {k['value']}"},
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert r.status_code == 401
         audit = httpx.get(org + "/audit_logs", headers=h, params={"limit": 100}).json()["data"]
         times = {(e["type"], (e.get(e["type"]) or {}).get("id")): e["effective_at"] for e in audit}

@@ -36,8 +36,15 @@ def test_auto_pagination(admin):
     assert seen[1:] == made and len(seen) == 8
 
 
-@pytest.mark.parametrize("name,code", [(None, "missing_required_parameter"), ("", "invalid_value"),
-                                       ("x" * 257, "string_above_max_length"), (12, "invalid_type")])
+@pytest.mark.parametrize(
+    "name,code",
+    [
+        (None, "missing_required_parameter"),
+        ("", "invalid_value"),
+        ("x" * 257, "string_above_max_length"),
+        (12, "invalid_type"),
+    ],
+)
 def test_bad_names_change_nothing(http, name, code):
     before = len(http.get("/audit_logs", params={"limit": 100}).json()["data"])
     body = {} if name is None else {"name": name}

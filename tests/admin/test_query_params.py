@@ -27,9 +27,11 @@ def _cases(pid: str) -> list[tuple[str, str, dict[str, str]]]:
         ("/admin_api_keys", "limit", {}),
         ("/audit_logs", "limit", {}),
         *[("/audit_logs", f"effective_at[{op}]", {}) for op in ("gt", "gte", "lt", "lte")],
-        *[(f"/usage/{kind}", name, {} if name == "start_time" else usage)
-          for kind in ("completions", "embeddings", "images")
-          for name in ("start_time", "end_time", "limit")],
+        *[
+            (f"/usage/{kind}", name, {} if name == "start_time" else usage)
+            for kind in ("completions", "embeddings", "images")
+            for name in ("start_time", "end_time", "limit")
+        ],
         *[("/costs", name, {} if name == "start_time" else usage) for name in ("start_time", "end_time", "limit")],
         *[("/usage/requests", name, {}) for name in ("start_time", "end_time", "limit", "status")],
         ("/guard/rules", "limit", {}),
@@ -42,8 +44,9 @@ def _cases(pid: str) -> list[tuple[str, str, dict[str, str]]]:
 
 @pytest.fixture
 def http(server):
-    with httpx.Client(base_url=server.v1 + "/organization",
-                      headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=30) as c:
+    with httpx.Client(
+        base_url=server.v1 + "/organization", headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=30
+    ) as c:
         yield c
 
 
@@ -68,8 +71,9 @@ def test_bad_integers_in_every_query_parameter_answer_400(server, http, caplog) 
                 assert r.status_code in (200, 400), (path, name, r.text[:300])  # blank: the default
                 continue
             _assert_400(r, name)
-    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR], \
-        [rec.getMessage() for rec in caplog.records][:5]
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR], [
+        rec.getMessage() for rec in caplog.records
+    ][:5]
 
 
 def test_bounds_are_inclusive_and_documented_in_the_message(http) -> None:
@@ -89,8 +93,10 @@ def test_forged_usage_page_cursor_answers_400(http) -> None:
 
 
 def test_booleans_and_choices_are_validated_too(server, http) -> None:
-    for path, name in (("/projects", "include_archived"), (f"/projects/{server.project_id}/api_keys",
-                                                           "include_revoked")):
+    for path, name in (
+        ("/projects", "include_archived"),
+        (f"/projects/{server.project_id}/api_keys", "include_revoked"),
+    ):
         assert http.get(path, params={name: "TRUE"}).status_code == 200
         _assert_400(http.get(path, params={name: "maybe"}), name)
     for path in ("/admin_api_keys", "/credit_grants"):

@@ -42,8 +42,13 @@ def test_migrations_are_idempotent_and_match_the_models(settings):
 
     def schema(sync_conn):  # table -> (columns, indexes)
         i = inspect(sync_conn)
-        return {t: (sorted((c["name"], str(c["type"]), c["nullable"]) for c in i.get_columns(t)),
-                    sorted(ix["name"] or "" for ix in i.get_indexes(t))) for t in sorted(i.get_table_names())}
+        return {
+            t: (
+                sorted((c["name"], str(c["type"]), c["nullable"]) for c in i.get_columns(t)),
+                sorted(ix["name"] or "" for ix in i.get_indexes(t)),
+            )
+            for t in sorted(i.get_table_names())
+        }
 
     async def twice() -> None:
         engine = db.make_engine(settings.database_url)
@@ -55,8 +60,7 @@ def test_migrations_are_idempotent_and_match_the_models(settings):
             async with engine.connect() as conn:
                 assert await conn.run_sync(schema) == first
                 version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
-                diffs = await conn.run_sync(
-                    lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata))
+                diffs = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata))
         finally:
             await engine.dispose()
         assert version == [db.head_revision()]
@@ -93,8 +97,10 @@ def test_a_store_at_head_does_not_import_alembic(settings):
     import sys
 
     init_org(settings)  # migrated to head
-    code = ("import asyncio, sys\nfrom keyplane.store import db\n"
-            f"e = db.make_engine({settings.database_url!r})\n"
-            "asyncio.run(db.migrate(e))\nasyncio.run(e.dispose())\nprint('alembic' in sys.modules)")
+    code = (
+        "import asyncio, sys\nfrom keyplane.store import db\n"
+        f"e = db.make_engine({settings.database_url!r})\n"
+        "asyncio.run(db.migrate(e))\nasyncio.run(e.dispose())\nprint('alembic' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

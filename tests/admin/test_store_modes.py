@@ -78,8 +78,10 @@ def test_making_another_engine_keeps_the_open_stores_locks(tmp_path: Path) -> No
     server.execute("CREATE TABLE t (x INTEGER)")
     server.execute("INSERT INTO t VALUES (1)")
     db.private_sqlite_files(path)  # what make_engine does for the second engine
-    cli = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
-           "c.execute('INSERT INTO t VALUES (2)'); c.close()")
+    cli = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+        "c.execute('INSERT INTO t VALUES (2)'); c.close()"
+    )
     subprocess.run([sys.executable, "-c", cli, str(path)], check=True, timeout=60)
     assert Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists(), "another process removed the live WAL"
     server.execute("INSERT INTO t VALUES (3)")

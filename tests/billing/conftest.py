@@ -32,10 +32,11 @@ os.environ.setdefault(UPSTREAM_KEY_ENV, "sk-upstream-billing-test")
 
 
 def config(fake: FakeUpstream, extra: str = "") -> str:
-    return (f'[[upstreams]]\nname = "fake"\nbase_url = "{fake.base_url}"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n'
-            'models = ["gpt-*", "fake-*", "text-embedding-*"]\nretry_backoff = 0.01\nbreaker_failures = 1000\n'
-            'max_retries = 2\n\n[[upstreams]]\nname = "demo"\nbase_url = "demo"\nmodels = ["demo-*"]\n\n'
-            + PRICED + extra)
+    return (
+        f'[[upstreams]]\nname = "fake"\nbase_url = "{fake.base_url}"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n'
+        'models = ["gpt-*", "fake-*", "text-embedding-*"]\nretry_backoff = 0.01\nbreaker_failures = 1000\n'
+        'max_retries = 2\n\n[[upstreams]]\nname = "demo"\nbase_url = "demo"\nmodels = ["demo-*"]\n\n' + PRICED + extra
+    )
 
 
 def unique_prefix() -> str:
@@ -78,8 +79,9 @@ def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture
-def make_gateway(template_home: Path, tmp_path: Path, fake: FakeUpstream, backend: dict[str, str]
-                 ) -> Iterator[Callable[..., RunningServer]]:
+def make_gateway(
+    template_home: Path, tmp_path: Path, fake: FakeUpstream, backend: dict[str, str]
+) -> Iterator[Callable[..., RunningServer]]:
     """Start a keyplane on SQLite routed to the fake upstream (and demo), on the test's backend."""
     started: list[RunningServer] = []
 
@@ -104,8 +106,9 @@ def gw(make_gateway: Callable[..., RunningServer]) -> RunningServer:
 
 
 def admin_http(srv: RunningServer) -> httpx.Client:
-    return httpx.Client(base_url=srv.v1 + "/organization", headers={"Authorization": f"Bearer {srv.admin_key}"},
-                        timeout=30)
+    return httpx.Client(
+        base_url=srv.v1 + "/organization", headers={"Authorization": f"Bearer {srv.admin_key}"}, timeout=30
+    )
 
 
 def admin_sdk(srv: RunningServer) -> OpenAI:

@@ -30,10 +30,20 @@ def _key(http, pid: str) -> dict:
 
 # --- credit ------------------------------------------------------------------------------------
 
+
 def test_credit_grants_and_balance(http, server):
     assert http.get("/credit_balance").json() == {
-        "object": "organization.credit_balance", "currency": "usd", "granted": 0, "used": 0, "available": 0,
-        "expired": 0, "reserved": 0, "enforced": False, "used_micros": 0, "available_micros": 0}
+        "object": "organization.credit_balance",
+        "currency": "usd",
+        "granted": 0,
+        "used": 0,
+        "available": 0,
+        "expired": 0,
+        "reserved": 0,
+        "enforced": False,
+        "used_micros": 0,
+        "available_micros": 0,
+    }
     g = http.post("/credit_grants", json={"amount": 2500, "currency": "usd", "note": "first"}).json()
     assert g["object"] == "organization.credit_grant" and g["id"].startswith("cg_")
     assert (g["amount"], g["currency"], g["note"], g["expires_at"]) == (2500, "usd", "first", None)
@@ -49,11 +59,21 @@ def test_credit_grants_and_balance(http, server):
     assert "credit_grant.created" in types and "usage_tier.promoted" in types
 
 
-@pytest.mark.parametrize("body,param", [
-    ({"amount": -5}, "amount"), ({"amount": 0}, "amount"), ({"amount": "10"}, "amount"), ({"amount": 1.5}, "amount"),
-    ({}, "amount"), ({"amount": 10, "currency": "eur"}, "currency"), ({"amount": 10, "expires_at": 1}, "expires_at"),
-    ({"amount": 10, "note": 5}, "note"), ({"amount": 10, "bogus": 1}, "bogus"), ({"amount": True}, "amount"),
-])
+@pytest.mark.parametrize(
+    "body,param",
+    [
+        ({"amount": -5}, "amount"),
+        ({"amount": 0}, "amount"),
+        ({"amount": "10"}, "amount"),
+        ({"amount": 1.5}, "amount"),
+        ({}, "amount"),
+        ({"amount": 10, "currency": "eur"}, "currency"),
+        ({"amount": 10, "expires_at": 1}, "expires_at"),
+        ({"amount": 10, "note": 5}, "note"),
+        ({"amount": 10, "bogus": 1}, "bogus"),
+        ({"amount": True}, "amount"),
+    ],
+)
 def test_bad_credit_grants_change_nothing(http, body, param):
     before = _audit(http)
     r = http.post("/credit_grants", json=body)
@@ -66,6 +86,7 @@ def test_bad_credit_grants_change_nothing(http, body, param):
 
 # --- spend limits ------------------------------------------------------------------------------
 
+
 def test_organization_spend_limit(admin, http):
     sl = admin.admin.organization.spend_limit
     with pytest.raises(openai.NotFoundError):
@@ -73,7 +94,11 @@ def test_organization_spend_limit(admin, http):
     got = sl.update(currency="USD", interval="month", threshold_amount=50_000)
     assert isinstance(got, OrganizationSpendLimit)
     assert (got.object, got.threshold_amount, got.currency, got.interval) == (
-        "organization.spend_limit", 50_000, "USD", "month")
+        "organization.spend_limit",
+        50_000,
+        "USD",
+        "month",
+    )
     assert got.enforcement.status == "enforcing"
     assert sl.retrieve().threshold_amount == 50_000
     deleted = sl.delete()
@@ -91,8 +116,9 @@ def test_project_and_key_spend_limits(admin, http, server):
     assert isinstance(got, ProjectSpendLimit) and got.object == "project.spend_limit"
     assert sl.retrieve(pid).threshold_amount == 1234
     # keyplane: a limit kept but not enforced
-    r = http.post(f"/projects/{pid}/spend_limit", json={**LIMIT, "threshold_amount": 99,
-                                                        "enforcement": {"status": "inactive"}})
+    r = http.post(
+        f"/projects/{pid}/spend_limit", json={**LIMIT, "threshold_amount": 99, "enforcement": {"status": "inactive"}}
+    )
     assert r.json()["enforcement"] == {"status": "inactive"}
     assert sl.delete(pid).object == "project.spend_limit.deleted"
     k = _key(http, pid)
@@ -105,18 +131,25 @@ def test_project_and_key_spend_limits(admin, http, server):
     assert http.delete(path).json() == {"object": "api_key.spend_limit.deleted", "deleted": True}
 
 
-@pytest.mark.parametrize("path,body,status,param", [
-    ("/projects/{pid}/spend_limit", {**LIMIT, "threshold_amount": -1}, 400, "threshold_amount"),
-    ("/projects/{pid}/spend_limit", {**LIMIT, "threshold_amount": "5"}, 400, "threshold_amount"),
-    ("/projects/{pid}/spend_limit", {**LIMIT}, 400, "threshold_amount"),
-    ("/projects/{pid}/spend_limit", {**LIMIT, "currency": "EUR", "threshold_amount": 5}, 400, "currency"),
-    ("/projects/{pid}/spend_limit", {**LIMIT, "interval": "week", "threshold_amount": 5}, 400, "interval"),
-    ("/projects/{pid}/spend_limit", {**LIMIT, "threshold_amount": 5, "enforcement": {"status": "x"}}, 400,
-     "enforcement"),
-    ("/projects/proj_nope/spend_limit", {**LIMIT, "threshold_amount": 5}, 404, None),
-    ("/projects/{pid}/api_keys/key_nope/spend_limit", {**LIMIT, "threshold_amount": 5}, 404, None),
-    ("/spend_limit", {**LIMIT, "threshold_amount": None}, 400, "threshold_amount"),
-])
+@pytest.mark.parametrize(
+    "path,body,status,param",
+    [
+        ("/projects/{pid}/spend_limit", {**LIMIT, "threshold_amount": -1}, 400, "threshold_amount"),
+        ("/projects/{pid}/spend_limit", {**LIMIT, "threshold_amount": "5"}, 400, "threshold_amount"),
+        ("/projects/{pid}/spend_limit", {**LIMIT}, 400, "threshold_amount"),
+        ("/projects/{pid}/spend_limit", {**LIMIT, "currency": "EUR", "threshold_amount": 5}, 400, "currency"),
+        ("/projects/{pid}/spend_limit", {**LIMIT, "interval": "week", "threshold_amount": 5}, 400, "interval"),
+        (
+            "/projects/{pid}/spend_limit",
+            {**LIMIT, "threshold_amount": 5, "enforcement": {"status": "x"}},
+            400,
+            "enforcement",
+        ),
+        ("/projects/proj_nope/spend_limit", {**LIMIT, "threshold_amount": 5}, 404, None),
+        ("/projects/{pid}/api_keys/key_nope/spend_limit", {**LIMIT, "threshold_amount": 5}, 404, None),
+        ("/spend_limit", {**LIMIT, "threshold_amount": None}, 400, "threshold_amount"),
+    ],
+)
 def test_bad_spend_limits_change_nothing(http, server, path, body, status, param):
     before = _audit(http)
     r = http.post(path.format(pid=server.project_id), json=body)
@@ -132,6 +165,7 @@ def test_bad_spend_limits_change_nothing(http, server, path, body, status, param
 
 # --- spend alerts ------------------------------------------------------------------------------
 
+
 def test_spend_alerts(admin, http, server):
     pid = server.project_id
     org = admin.admin.organization.spend_alerts
@@ -139,15 +173,22 @@ def test_spend_alerts(admin, http, server):
     assert isinstance(a, OrganizationSpendAlert) and a.object == "organization.spend_alert"
     assert a.notification_channel.recipients == ["ops@example.com"] and a.threshold_amount == 10_000
     assert org.retrieve(a.id).id == a.id
-    up = org.update(a.id, currency="USD", interval="month", threshold_amount=20_000,
-                    notification_channel={**EMAIL, "subject_prefix": "[acme]"})
+    up = org.update(
+        a.id,
+        currency="USD",
+        interval="month",
+        threshold_amount=20_000,
+        notification_channel={**EMAIL, "subject_prefix": "[acme]"},
+    )
     assert up.threshold_amount == 20_000 and up.notification_channel.subject_prefix == "[acme]"
     assert [x.id for x in org.list()] == [a.id]
     d = org.delete(a.id)
     assert d.object == "organization.spend_alert.deleted" and d.deleted and d.id == a.id
     prj = admin.admin.organization.projects.spend_alerts
-    made = [prj.create(pid, currency="USD", interval="month", threshold_amount=100 * i, notification_channel=EMAIL)
-            for i in range(1, 4)]
+    made = [
+        prj.create(pid, currency="USD", interval="month", threshold_amount=100 * i, notification_channel=EMAIL)
+        for i in range(1, 4)
+    ]
     assert all(isinstance(x, ProjectSpendAlert) and x.object == "project.spend_alert" for x in made)
     page = prj.list(pid, limit=2)
     assert [x.id for x in page.data] == [m.id for m in made[:2]] and page.has_more
@@ -161,9 +202,16 @@ def test_spend_alerts(admin, http, server):
         org.retrieve(made[1].id)
 
 
-@pytest.mark.parametrize("channel", [None, {"type": "sms", "recipients": ["a@b.c"]},
-                                     {"type": "email", "recipients": []},
-                                     {"type": "email", "recipients": ["not-an-email"]}, {"type": "email"}])
+@pytest.mark.parametrize(
+    "channel",
+    [
+        None,
+        {"type": "sms", "recipients": ["a@b.c"]},
+        {"type": "email", "recipients": []},
+        {"type": "email", "recipients": ["not-an-email"]},
+        {"type": "email"},
+    ],
+)
 def test_bad_spend_alerts_change_nothing(http, server, channel):
     before = _audit(http)
     body = {**LIMIT, "threshold_amount": 5}
@@ -177,6 +225,7 @@ def test_bad_spend_alerts_change_nothing(http, server, channel):
 
 # --- rate limits -------------------------------------------------------------------------------
 
+
 def test_project_rate_limits(admin, http, server):
     pid = server.project_id
     rl = admin.admin.organization.projects.rate_limits
@@ -189,17 +238,23 @@ def test_project_rate_limits(admin, http, server):
     assert by_id["rl-gpt-4o-mini"].max_requests_per_1_minute == 500  # the free tier's default
     page = rl.list_rate_limits(pid, limit=2)
     assert len(page.data) == 2 and page.has_more
-    got = rl.update_rate_limit("rl-gpt-4o-mini", project_id=pid, max_requests_per_1_minute=60,
-                               max_requests_per_1_day=1000)
+    got = rl.update_rate_limit(
+        "rl-gpt-4o-mini", project_id=pid, max_requests_per_1_minute=60, max_requests_per_1_day=1000
+    )
     assert isinstance(got, ProjectRateLimit)
     assert (got.max_requests_per_1_minute, got.max_tokens_per_1_minute, got.max_requests_per_1_day) == (
-        60, 2_000_000, 1000)
+        60,
+        2_000_000,
+        1000,
+    )
     r = http.post(f"/projects/{pid}/rate_limits/rl-gpt-4o-mini", json={"max_tokens_per_1_day": 10_000})
     assert r.json()["max_tokens_per_1_day"] == 10_000 and r.json()["max_requests_per_1_minute"] == 60
     entry = _audit(http)[0]
     assert entry["type"] == "rate_limit.updated"
-    assert entry["rate_limit.updated"] == {"id": "rl-gpt-4o-mini",
-                                           "changes_requested": {"max_tokens_per_1_day": 10_000}}
+    assert entry["rate_limit.updated"] == {
+        "id": "rl-gpt-4o-mini",
+        "changes_requested": {"max_tokens_per_1_day": 10_000},
+    }
     r = http.delete(f"/projects/{pid}/rate_limits/rl-gpt-4o-mini")
     assert r.json()["max_requests_per_1_minute"] == 500 and _audit(http)[0]["type"] == "rate_limit.deleted"
 
@@ -217,16 +272,28 @@ def test_key_rate_limits(http, server):
     assert got["rl-demo-echo"]["max_requests_per_1_minute"] == 5
 
 
-@pytest.mark.parametrize("path,body,status,param", [
-    ("/projects/{pid}/rate_limits/rl-gpt-4o-mini", {"max_requests_per_1_minute": -1}, 400, "max_requests_per_1_minute"),
-    ("/projects/{pid}/rate_limits/rl-gpt-4o-mini", {"max_requests_per_1_minute": "5"}, 400,
-     "max_requests_per_1_minute"),
-    ("/projects/{pid}/rate_limits/rl-gpt-4o-mini", {}, 400, None),
-    ("/projects/{pid}/rate_limits/rl-gpt-4o-mini", {"max_bananas": 3}, 400, "max_bananas"),
-    ("/projects/{pid}/rate_limits/rl-no-such-model", {"max_requests_per_1_minute": 5}, 404, "rate_limit_id"),
-    ("/projects/proj_nope/rate_limits/rl-gpt-4o-mini", {"max_requests_per_1_minute": 5}, 404, None),
-    ("/projects/{pid}/api_keys/key_nope/rate_limits/rl-gpt-4o-mini", {"max_requests_per_1_minute": 5}, 404, None),
-])
+@pytest.mark.parametrize(
+    "path,body,status,param",
+    [
+        (
+            "/projects/{pid}/rate_limits/rl-gpt-4o-mini",
+            {"max_requests_per_1_minute": -1},
+            400,
+            "max_requests_per_1_minute",
+        ),
+        (
+            "/projects/{pid}/rate_limits/rl-gpt-4o-mini",
+            {"max_requests_per_1_minute": "5"},
+            400,
+            "max_requests_per_1_minute",
+        ),
+        ("/projects/{pid}/rate_limits/rl-gpt-4o-mini", {}, 400, None),
+        ("/projects/{pid}/rate_limits/rl-gpt-4o-mini", {"max_bananas": 3}, 400, "max_bananas"),
+        ("/projects/{pid}/rate_limits/rl-no-such-model", {"max_requests_per_1_minute": 5}, 404, "rate_limit_id"),
+        ("/projects/proj_nope/rate_limits/rl-gpt-4o-mini", {"max_requests_per_1_minute": 5}, 404, None),
+        ("/projects/{pid}/api_keys/key_nope/rate_limits/rl-gpt-4o-mini", {"max_requests_per_1_minute": 5}, 404, None),
+    ],
+)
 def test_bad_rate_limits_change_nothing(http, server, path, body, status, param):
     before = _audit(http)
     r = http.post(path.format(pid=server.project_id), json=body)
@@ -240,17 +307,25 @@ def test_bad_rate_limits_change_nothing(http, server, path, body, status, param)
 
 def test_sdk_errors_are_openai_shaped(admin, server):
     with pytest.raises(openai.BadRequestError) as e:
-        admin.admin.organization.projects.spend_limit.update(server.project_id, currency="USD", interval="month",
-                                                             threshold_amount=-1)
+        admin.admin.organization.projects.spend_limit.update(
+            server.project_id, currency="USD", interval="month", threshold_amount=-1
+        )
     assert e.value.code == "invalid_value" and e.value.param == "threshold_amount"
     with pytest.raises(openai.NotFoundError):
-        admin.admin.organization.projects.rate_limits.update_rate_limit("rl-x", project_id=server.project_id,
-                                                                        max_requests_per_1_minute=1)
+        admin.admin.organization.projects.rate_limits.update_rate_limit(
+            "rl-x", project_id=server.project_id, max_requests_per_1_minute=1
+        )
 
 
 def test_usage_tier_and_prices(http):
     t = http.get("/usage_tier").json()
     assert t["object"] == "organization.usage_tier" and t["name"] == "free" and t["next"]["name"] == "tier-1"
     prices = {p["model"]: p for p in http.get("/prices").json()["data"]}
-    assert prices["gpt-4o-mini"] == {"object": "keyplane.price", "id": "gpt-4o-mini", "model": "gpt-4o-mini",
-                                     "input": 0.15, "cached_input": 0.075, "output": 0.6}
+    assert prices["gpt-4o-mini"] == {
+        "object": "keyplane.price",
+        "id": "gpt-4o-mini",
+        "model": "gpt-4o-mini",
+        "input": 0.15,
+        "cached_input": 0.075,
+        "output": 0.6,
+    }

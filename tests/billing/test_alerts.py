@@ -88,16 +88,28 @@ def _wait(cond, seconds: float = 10) -> bool:
 
 def test_spend_alert_fires_once(make_gateway, receivers):
     smtp, hook = receivers
-    extra = (f'[[alerts.sinks]]\ntype = "webhook"\nurl = "http://127.0.0.1:{hook.server_address[1]}/hook"\n'
-             'events = ["spend.*"]\n\n'
-             f'[[alerts.sinks]]\ntype = "email"\nsmtp_host = "127.0.0.1"\nsmtp_port = {smtp.server_address[1]}\n'
-             'smtp_security = "none"\nemail_from = "keyplane@example.com"\nemail_to = ["ops@example.com"]\n')
+    extra = (
+        f'[[alerts.sinks]]\ntype = "webhook"\nurl = "http://127.0.0.1:{hook.server_address[1]}/hook"\n'
+        'events = ["spend.*"]\n\n'
+        f'[[alerts.sinks]]\ntype = "email"\nsmtp_host = "127.0.0.1"\nsmtp_port = {smtp.server_address[1]}\n'
+        'smtp_security = "none"\nemail_from = "keyplane@example.com"\nemail_to = ["ops@example.com"]\n'
+    )
     srv = make_gateway(extra)
     pid = srv.project_id
     with admin_http(srv) as h:
-        r = h.post(f"/projects/{pid}/spend_alerts", json={
-            "currency": "USD", "interval": "month", "threshold_amount": 1,
-            "notification_channel": {"type": "email", "recipients": ["dev@example.com"], "subject_prefix": "[acme]"}})
+        r = h.post(
+            f"/projects/{pid}/spend_alerts",
+            json={
+                "currency": "USD",
+                "interval": "month",
+                "threshold_amount": 1,
+                "notification_channel": {
+                    "type": "email",
+                    "recipients": ["dev@example.com"],
+                    "subject_prefix": "[acme]",
+                },
+            },
+        )
         alert_id = r.json()["id"]
         auth = {"Authorization": f"Bearer {srv.api_key}"}
         assert httpx.post(srv.v1 + "/chat/completions", json=CHAT, headers=auth).status_code == 200

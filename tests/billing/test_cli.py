@@ -49,11 +49,16 @@ def test_limits(cli):
     d = _json(cli("limits", "set", "--project", "Default project", "--spend-limit", "10", "--json"))
     assert d["scope"] == "project" and d["spend_limit"]["threshold_amount"] == 1000
     assert d["spend_limit"]["enforcement"]["status"] == "enforcing"
-    d = _json(cli("limits", "set", "-p", "Default project", "-m", "gpt-4o-mini", "--rpm", "60", "--tpd", "5000",
-                  "--json"))
+    d = _json(
+        cli("limits", "set", "-p", "Default project", "-m", "gpt-4o-mini", "--rpm", "60", "--tpd", "5000", "--json")
+    )
     (rl,) = d["rate_limits"]
     assert (rl["id"], rl["max_requests_per_1_minute"], rl["max_tokens_per_1_day"], rl["source"]) == (
-        "rl-gpt-4o-mini", 60, 5000, "custom")
+        "rl-gpt-4o-mini",
+        60,
+        5000,
+        "custom",
+    )
     shown = _json(cli("limits", "show", "-p", "Default project", "--json"))
     by = {r["model"]: r for r in shown["rate_limits"]}
     assert by["gpt-4o-mini"]["max_requests_per_1_minute"] == 60 and by["gpt-4o"]["source"] == "tier free"
@@ -64,8 +69,23 @@ def test_limits(cli):
     d = _json(cli("limits", "set", "--spend-limit", "100", "--inactive", "--json"))
     assert d["scope"] == "organization" and d["spend_limit"]["enforcement"]["status"] == "inactive"
     key = _json(cli("keys", "create", "-p", "Default project", "-n", "k", "--json"))["id"]
-    d = _json(cli("limits", "set", "-p", "Default project", "-k", key, "--spend-limit", "2", "-m", "demo-echo",
-                  "--rpm", "5", "--json"))
+    d = _json(
+        cli(
+            "limits",
+            "set",
+            "-p",
+            "Default project",
+            "-k",
+            key,
+            "--spend-limit",
+            "2",
+            "-m",
+            "demo-echo",
+            "--rpm",
+            "5",
+            "--json",
+        )
+    )
     assert d["scope"] == "api_key" and d["spend_limit"]["object"] == "api_key.spend_limit"
     assert [r["model"] for r in d["rate_limits"]] == ["demo-echo"]
     d = _json(cli("limits", "set", "-p", "Default project", "-m", "gpt-4o-mini", "--reset", "--json"))
@@ -77,14 +97,23 @@ def test_limits(cli):
     assert entry["actor"]["type"] == "cli"
 
 
-@pytest.mark.parametrize("args,needle", [
-    (("limits", "set", "-p", "nope", "--spend-limit", "5"), "No project"),
-    (("limits", "set", "-p", "Default project", "-m", "no-such-model", "--rpm", "5"), "No rate limit"),
-    (("limits", "set", "-p", "Default project", "--rpm", "5"), "need --model"),
-    (("limits", "set", "--spend-limit", "ten"), "amount in USD"),
-    (("limits", "set",), "Nothing to set"),
-    (("limits", "show", "-k", "key_x"), "--key needs --project"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (("limits", "set", "-p", "nope", "--spend-limit", "5"), "No project"),
+        (("limits", "set", "-p", "Default project", "-m", "no-such-model", "--rpm", "5"), "No rate limit"),
+        (("limits", "set", "-p", "Default project", "--rpm", "5"), "need --model"),
+        (("limits", "set", "--spend-limit", "ten"), "amount in USD"),
+        (
+            (
+                "limits",
+                "set",
+            ),
+            "Nothing to set",
+        ),
+        (("limits", "show", "-k", "key_x"), "--key needs --project"),
+    ],
+)
 def test_limits_errors(cli, args, needle):
     res = cli(*args, code=1)
     assert needle in res.stderr

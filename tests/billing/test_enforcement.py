@@ -46,8 +46,13 @@ def _ledger(srv, key: str) -> int:
 
     async def q() -> int:
         async with srv.app.runtime.engine.connect() as c:
-            v = (await c.execute(select(SpendLedger.micros).where(
-                SpendLedger.period == period, SpendLedger.scope == scope, SpendLedger.scope_id == sid))).scalar()
+            v = (
+                await c.execute(
+                    select(SpendLedger.micros).where(
+                        SpendLedger.period == period, SpendLedger.scope == scope, SpendLedger.scope_id == sid
+                    )
+                )
+            ).scalar()
         return int(v or 0)
 
     return srv.call(q())
@@ -68,13 +73,19 @@ def test_200_concurrent_requests_against_a_budget_for_50(make_gateway, fake, kin
             r = h.post(f"/projects/{pid}/api_keys/{k['id']}/spend_limit", json={**LIMIT, "threshold_amount": 40})
         assert r.status_code == 200, r.text
     counts = asyncio.run(_fire(srv.v1, key, 200))
-    code = {"project": "project_spend_limit_exceeded", "credit": "insufficient_quota",
-            "api_key": "api_key_spend_limit_exceeded"}[kind]
+    code = {
+        "project": "project_spend_limit_exceeded",
+        "credit": "insufficient_quota",
+        "api_key": "api_key_spend_limit_exceeded",
+    }[kind]
     assert counts == {"ok": 50, code: 150}
     assert len(fake.model_requests()) == 50  # the refused ones never reached the upstream
     b = billing_of(srv)
-    budget = {"project": f"{b.period}:project:{pid}", "credit": b.credit_key,
-              "api_key": f"{b.period}:api_key:{k['id'] if kind == 'api_key' else ''}"}
+    budget = {
+        "project": f"{b.period}:project:{pid}",
+        "credit": b.credit_key,
+        "api_key": f"{b.period}:api_key:{k['id'] if kind == 'api_key' else ''}",
+    }
     if kind != "credit":
         spent, reserved = srv.call(b.spent(kind, k["id"] if kind == "api_key" else pid))
         assert (spent, reserved) == (50 * COST, 0)
@@ -94,8 +105,12 @@ def test_quota_errors_are_not_retried_by_the_sdk(make_gateway, fake):
     with admin_http(srv) as h:
         assert h.post("/credit_grants", json={"amount": 1}).status_code == 200  # 10000 µ$: one request
     hits: list[int] = []
-    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=2,
-                    http_client=httpx.Client(event_hooks={"response": [lambda r: hits.append(r.status_code)]}))
+    client = OpenAI(
+        base_url=srv.v1,
+        api_key=srv.api_key,
+        max_retries=2,
+        http_client=httpx.Client(event_hooks={"response": [lambda r: hits.append(r.status_code)]}),
+    )
     client.chat.completions.create(**CHAT)
     with pytest.raises(openai.RateLimitError) as e:
         client.chat.completions.create(**CHAT)
@@ -121,7 +136,8 @@ def test_sdk_retry_on_rate_limit_succeeds_after_the_advertised_wait(make_gateway
     srv = make_gateway()
     pid = srv.project_id
     rl = admin_sdk(srv).admin.organization.projects.rate_limits.update_rate_limit(
-        "rl-demo-echo", project_id=pid, max_requests_per_1_minute=30)
+        "rl-demo-echo", project_id=pid, max_requests_per_1_minute=30
+    )
     assert rl.max_requests_per_1_minute == 30
     body = {**CHAT, "model": "demo-echo"}
     counts = asyncio.run(_fire(srv.v1, srv.api_key, 30, body))  # the whole burst at once
@@ -136,8 +152,12 @@ def test_sdk_retry_on_rate_limit_succeeds_after_the_advertised_wait(make_gateway
     assert 0 < wait_ms <= 2000 and r.headers["retry-after"] in ("1", "2")
     assert r.headers["x-ratelimit-limit-requests"] == "30" and r.headers["x-ratelimit-remaining-requests"] == "0"
     hits: list[int] = []
-    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=2,
-                    http_client=httpx.Client(event_hooks={"response": [lambda r: hits.append(r.status_code)]}))
+    client = OpenAI(
+        base_url=srv.v1,
+        api_key=srv.api_key,
+        max_retries=2,
+        http_client=httpx.Client(event_hooks={"response": [lambda r: hits.append(r.status_code)]}),
+    )
     t0 = time.monotonic()
     out = client.chat.completions.with_raw_response.create(**body)
     assert out.status_code == 200
@@ -171,7 +191,8 @@ def test_tpm_upstream_never_sees_more_than_the_limit(make_gateway, fake, backend
     clock = None if backend else FakeClock(1_800_000_000.0)
     srv = make_gateway(clock=clock)
     admin_sdk(srv).admin.organization.projects.rate_limits.update_rate_limit(
-        "rl-gpt-4o-mini", project_id=srv.project_id, max_tokens_per_1_minute=300)
+        "rl-gpt-4o-mini", project_id=srv.project_id, max_tokens_per_1_minute=300
+    )
     est = tokens.measure("/v1/chat/completions", "gpt-4o-mini", orjson.dumps(CHAT))[0] + 5
     seen = 0
     errors = []
@@ -197,10 +218,15 @@ def test_tpm_upstream_never_sees_more_than_the_limit(make_gateway, fake, backend
 
 def test_request_too_large(gw):
     admin_sdk(gw).admin.organization.projects.rate_limits.update_rate_limit(
-        "rl-gpt-4o-mini", project_id=gw.project_id, max_tokens_per_1_minute=300)
+        "rl-gpt-4o-mini", project_id=gw.project_id, max_tokens_per_1_minute=300
+    )
     hits: list[int] = []
-    client = OpenAI(base_url=gw.v1, api_key=gw.api_key, max_retries=2,
-                    http_client=httpx.Client(event_hooks={"response": [lambda r: hits.append(r.status_code)]}))
+    client = OpenAI(
+        base_url=gw.v1,
+        api_key=gw.api_key,
+        max_retries=2,
+        http_client=httpx.Client(event_hooks={"response": [lambda r: hits.append(r.status_code)]}),
+    )
     with pytest.raises(openai.RateLimitError) as e:
         client.chat.completions.create(**{**CHAT, "max_tokens": 1000})
     assert hits == [429]
@@ -215,12 +241,14 @@ def test_unpriced_model_is_refused_clearly(make_gateway, fake):
         h.post(f"/projects/{srv.project_id}/spend_limit", json={**LIMIT, "threshold_amount": 100})
     with pytest.raises(openai.BadRequestError) as e:
         OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0).chat.completions.create(
-            model="fake-model", messages=[{"role": "user", "content": "hi"}])
+            model="fake-model", messages=[{"role": "user", "content": "hi"}]
+        )
     assert e.value.code == "model_not_priced" and "fake-model" in e.value.message
     assert not fake.model_requests()
-    srv2 = make_gateway('[prices.default]\ninput = 1\noutput = 2\n')
+    srv2 = make_gateway("[prices.default]\ninput = 1\noutput = 2\n")
     r = OpenAI(base_url=srv2.v1, api_key=srv2.api_key, max_retries=0).chat.completions.create(
-        model="fake-model", messages=[{"role": "user", "content": "hi"}])
+        model="fake-model", messages=[{"role": "user", "content": "hi"}]
+    )
     assert r.choices[0].message.content
 
 
@@ -252,9 +280,15 @@ def test_streams_and_disconnects_are_billed(gw, fake):
     assert chunks and _spent(gw) == COST
     # a client that goes away mid-stream: what was generated until then is billed
     fake.push(Behaviour(chunk_delay=0.2, text="one two three four five six seven eight nine ten"))
-    with httpx.Client(timeout=10) as c, c.stream("POST", gw.v1 + "/chat/completions",
-                                                 json={**CHAT, "max_tokens": 50, "stream": True},
-                                                 headers={"Authorization": f"Bearer {gw.api_key}"}) as r:
+    with (
+        httpx.Client(timeout=10) as c,
+        c.stream(
+            "POST",
+            gw.v1 + "/chat/completions",
+            json={**CHAT, "max_tokens": 50, "stream": True},
+            headers={"Authorization": f"Bearer {gw.api_key}"},
+        ) as r,
+    ):
         for line in r.iter_lines():
             if '"content"' in line and "one" in line:
                 break

@@ -28,9 +28,24 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 class Instance:
     def __init__(self, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "keyplane.cli:app_from_env", "--factory", "--host", "127.0.0.1",
-             "--port", "0", "--log-level", "info"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "keyplane.cli:app_from_env",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--log-level",
+                "info",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.port: int | None = None
         self.log: list[str] = []
         self._found = threading.Event()
@@ -72,8 +87,9 @@ def fleet(tmp_path: Path, fake_session) -> Iterator[tuple[list[str], dict]]:
     secret = secrets.token_urlsafe(32)
     fake_session.reset()
     with postgres_database() as db_url:
-        settings = make_settings(tmp_path / "init", db_url, config_text=config(fake_session),
-                                 KEYPLANE_SECRET_KEY=secret)
+        settings = make_settings(
+            tmp_path / "init", db_url, config_text=config(fake_session), KEYPLANE_SECRET_KEY=secret
+        )
         init = init_org(settings)
         instances = []
         try:
@@ -81,9 +97,16 @@ def fleet(tmp_path: Path, fake_session) -> Iterator[tuple[list[str], dict]]:
                 home = tmp_path / f"home{i}"
                 home.mkdir()
                 (home / "keyplane.toml").write_text(config(fake_session))
-                env = {**os.environ, "KEYPLANE_HOME": str(home), "KEYPLANE_DATABASE_URL": db_url,
-                       "KEYPLANE_REDIS_URL": REDIS_URL, "KEYPLANE_REDIS_PREFIX": prefix, "KEYPLANE_SECRET_KEY": secret,
-                       "KEYPLANE_SNAPSHOT_POLL_SECONDS": "0.2", UPSTREAM_KEY_ENV: os.environ[UPSTREAM_KEY_ENV]}
+                env = {
+                    **os.environ,
+                    "KEYPLANE_HOME": str(home),
+                    "KEYPLANE_DATABASE_URL": db_url,
+                    "KEYPLANE_REDIS_URL": REDIS_URL,
+                    "KEYPLANE_REDIS_PREFIX": prefix,
+                    "KEYPLANE_SECRET_KEY": secret,
+                    "KEYPLANE_SNAPSHOT_POLL_SECONDS": "0.2",
+                    UPSTREAM_KEY_ENV: os.environ[UPSTREAM_KEY_ENV],
+                }
                 env.pop("KEYPLANE_CONFIG", None)
                 instances.append(Instance(env))
             urls = [inst.wait_ready() for inst in instances]
@@ -114,8 +137,10 @@ async def _burst(urls: list[str], key: str, n: int, model: str) -> tuple[collect
     for i in range(n):
         host, port = urls[i % len(urls)].rsplit("/", 1)[-1].split(":")
         conns.append(await asyncio.open_connection(host, int(port)))
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {key}\r\n"
-            f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {key}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    ).encode()
     t0 = time.monotonic()
     for _, w in conns:
         w.write(head + body)
@@ -143,15 +168,23 @@ def test_three_instances_enforce_one_rpm_and_one_budget(fleet, fake_session):
     h = {"Authorization": f"Bearer {admin}"}
     # warm up code paths and Redis connection pools, on a project of its own
     other = httpx.post(urls[0] + "/v1/organization/projects", json={"name": "warm-up"}, headers=h).json()["id"]
-    warm_key = httpx.post(urls[0] + f"/v1/organization/projects/{other}/api_keys", json={"name": "w"},
-                          headers=h).json()["value"]
+    warm_key = httpx.post(
+        urls[0] + f"/v1/organization/projects/{other}/api_keys", json={"name": "w"}, headers=h
+    ).json()["value"]
     time.sleep(0.5)  # the new key reaches every instance's snapshot
     asyncio.run(_burst(urls, warm_key, 300, "demo-echo"))
-    r = httpx.post(urls[0] + f"/v1/organization/projects/{pid}/rate_limits/rl-demo-echo",
-                   json={"max_requests_per_1_minute": 60}, headers=h)
+    r = httpx.post(
+        urls[0] + f"/v1/organization/projects/{pid}/rate_limits/rl-demo-echo",
+        json={"max_requests_per_1_minute": 60},
+        headers=h,
+    )
     assert r.status_code == 200
-    _wait_all(urls, admin, f"/projects/{pid}/rate_limits?limit=1000",
-              lambda d: any(x["id"] == "rl-demo-echo" and x["max_requests_per_1_minute"] == 60 for x in d["data"]))
+    _wait_all(
+        urls,
+        admin,
+        f"/projects/{pid}/rate_limits?limit=1000",
+        lambda d: any(x["id"] == "rl-demo-echo" and x["max_requests_per_1_minute"] == 60 for x in d["data"]),
+    )
     counts, window = asyncio.run(_burst(urls, key, 300, "demo-echo"))
     # GCRA lets one more request through every second after the burst (60 per minute, continuously):
     # exactly 60 when every admission happened within a second, as they do on an idle machine.
@@ -159,8 +192,11 @@ def test_three_instances_enforce_one_rpm_and_one_budget(fleet, fake_session):
     assert counts["ok"] + counts["rate_limit_exceeded"] == 300
     assert 0 <= extra <= int(window), (counts, window)
     # one budget across the fleet: 0.8 cents a request, 40 cents of limit
-    r = httpx.post(urls[1] + f"/v1/organization/projects/{pid}/spend_limit",
-                   json={"threshold_amount": 40, "currency": "USD", "interval": "month"}, headers=h)
+    r = httpx.post(
+        urls[1] + f"/v1/organization/projects/{pid}/spend_limit",
+        json={"threshold_amount": 40, "currency": "USD", "interval": "month"},
+        headers=h,
+    )
     assert r.status_code == 200
     # every instance enforces it once a request it could never afford is refused there; until then the
     # probe is admitted, fails upstream and costs nothing (failed attempts are not billed)
@@ -168,8 +204,11 @@ def test_three_instances_enforce_one_rpm_and_one_budget(fleet, fake_session):
     probe = {"Authorization": f"Bearer {key}", "x-fake-status": "500"}
     for url in urls:
         while True:
-            r = httpx.post(url + "/v1/chat/completions", headers=probe,
-                           json={**CHAT, "model": "gpt-4o-mini", "max_tokens": 100_000})
+            r = httpx.post(
+                url + "/v1/chat/completions",
+                headers=probe,
+                json={**CHAT, "model": "gpt-4o-mini", "max_tokens": 100_000},
+            )
             if r.status_code == 429 and r.json()["error"]["code"] == "project_spend_limit_exceeded":
                 break
             assert r.status_code == 500 and time.monotonic() < deadline, r.text

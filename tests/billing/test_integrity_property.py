@@ -21,10 +21,21 @@ from tests.proxy.test_integrity import raw_http
 # 4 cents = 40,000 µ$: five requests of max_tokens=5 at the suite's price (8,000 µ$ each) spend it exactly.
 LIMIT = {"currency": "USD", "interval": "month", "threshold_amount": 4}
 
-SPENDING = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses",
-            "/v1/images/generations", "/v1/images/edits", "/v1/audio/speech", "/v1/audio/transcriptions",
-            "/v1/batches", "/v1/threads/runs", "/v1/threads/thread_1/runs", "/v1/fine_tuning/jobs",
-            "/v1/moderations"]
+SPENDING = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/audio/speech",
+    "/v1/audio/transcriptions",
+    "/v1/batches",
+    "/v1/threads/runs",
+    "/v1/threads/thread_1/runs",
+    "/v1/fine_tuning/jobs",
+    "/v1/moderations",
+]
 
 
 def _escape(c: str, upper: bool) -> str:
@@ -48,14 +59,35 @@ def paths(draw: st.DrawFn) -> str:
 
 
 def bodies() -> st.SearchStrategy[bytes]:
-    model = st.sampled_from(["gpt-4o-mini", "gpt-4o-mini-2024-07-18", "GPT-4O-MINI", "gpt-4o", "whisper-1",
-                             "dall-e-3", "tts-1", "not-a-model", None])
-    limit = st.sampled_from([None, 1, 5, 0, -1, -10**9, 10**9, 2**63, "5", 5.0, True, [], None])
-    fields = st.fixed_dictionaries({}, optional={
-        "model": model, "max_tokens": limit, "max_completion_tokens": limit, "max_output_tokens": limit,
-        "n": st.sampled_from([1, 2, 0, -5, 10**6]), "stream": st.booleans(), "background": st.booleans(),
-        "input": st.just("hi"), "messages": st.just([{"role": "user", "content": "hi"}]), "prompt": st.just("a cat"),
-    })
+    model = st.sampled_from(
+        [
+            "gpt-4o-mini",
+            "gpt-4o-mini-2024-07-18",
+            "GPT-4O-MINI",
+            "gpt-4o",
+            "whisper-1",
+            "dall-e-3",
+            "tts-1",
+            "not-a-model",
+            None,
+        ]
+    )
+    limit = st.sampled_from([None, 1, 5, 0, -1, -(10**9), 10**9, 2**63, "5", 5.0, True, [], None])
+    fields = st.fixed_dictionaries(
+        {},
+        optional={
+            "model": model,
+            "max_tokens": limit,
+            "max_completion_tokens": limit,
+            "max_output_tokens": limit,
+            "n": st.sampled_from([1, 2, 0, -5, 10**6]),
+            "stream": st.booleans(),
+            "background": st.booleans(),
+            "input": st.just("hi"),
+            "messages": st.just([{"role": "user", "content": "hi"}]),
+            "prompt": st.just("a cat"),
+        },
+    )
 
     def encode(d: dict, dup: bool) -> bytes:
         body = orjson.dumps({k: v for k, v in d.items() if v is not None or k != "model"})
@@ -66,8 +98,14 @@ def bodies() -> st.SearchStrategy[bytes]:
     return st.builds(encode, fields, st.booleans())
 
 
-CTYPES = ["application/json", "text/plain", "", "application/x-www-form-urlencoded",
-          "application/json; charset=utf-16", "multipart/form-data; boundary=xyz"]
+CTYPES = [
+    "application/json",
+    "text/plain",
+    "",
+    "application/x-www-form-urlencoded",
+    "application/json; charset=utf-16",
+    "multipart/form-data; boundary=xyz",
+]
 
 
 def _spending_upstream(fake) -> list[str]:
@@ -90,11 +128,13 @@ def test_nothing_reaches_a_spending_endpoint_past_the_hard_limit(make_gateway, f
     auth = {"Authorization": f"Bearer {srv.api_key}"}
     body = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
     for _ in range(5):
-        status, _, answer = raw_http(srv.base_url, "POST", "/v1/chat/completions",
-                                     {**auth, "Content-Type": "application/json"}, body)
+        status, _, answer = raw_http(
+            srv.base_url, "POST", "/v1/chat/completions", {**auth, "Content-Type": "application/json"}, body
+        )
         assert status == 200, answer  # together they spend exactly the limit
-    status, _, answer = raw_http(srv.base_url, "POST", "/v1/chat/completions",
-                                 {**auth, "Content-Type": "application/json"}, body)
+    status, _, answer = raw_http(
+        srv.base_url, "POST", "/v1/chat/completions", {**auth, "Content-Type": "application/json"}, body
+    )
     assert status == 429, answer
     fake.requests.clear()
 

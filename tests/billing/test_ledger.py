@@ -93,8 +93,11 @@ def test_unreachable_redis_refuses_rather_than_skipping_limits(template_home, tm
     settings = make_settings(home, "", config_text=config(fake), KEYPLANE_REDIS_URL="redis://127.0.0.1:1/0")
     srv = start_server(settings, json.loads((home / "init.json").read_text()))
     try:
-        r = httpx.post(srv.v1 + "/chat/completions", headers={"Authorization": f"Bearer {srv.api_key}"},
-                       json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        r = httpx.post(
+            srv.v1 + "/chat/completions",
+            headers={"Authorization": f"Bearer {srv.api_key}"},
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert r.status_code == 503 and r.json()["error"]["code"] == "limits_unavailable"
         assert not fake.model_requests()
     finally:

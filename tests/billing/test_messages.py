@@ -41,24 +41,29 @@ def test_fmt_durations():
     # rate-limit waits keep OpenAI's own (Go) form, with milliseconds
     assert fmt.go_duration(0.644) == "644ms" and fmt.go_duration(86.4) == "1m26.4s"
     e = errors.rate_limited("gpt-4o-mini", "project p", "RPM", 3, 3, 1, fmt.go_duration(20), 20)
-    assert e.message.startswith("Rate limit reached for gpt-4o-mini in project p on requests per min (RPM): "
-                                "Limit 3, Used 3, Requested 1. Please try again in 20s. Visit ")
+    assert e.message.startswith(
+        "Rate limit reached for gpt-4o-mini in project p on requests per min (RPM): "
+        "Limit 3, Used 3, Requested 1. Please try again in 20s. Visit "
+    )
 
 
 def test_spend_limit_message_names_the_cost_and_resets_in_days(make_gateway, backend):
     srv = make_gateway(clock=None if backend else FakeClock(NOW))
     client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
     with admin_http(srv) as h:
-        assert h.post(f"/projects/{srv.project_id}/spend_limit",
-                      json={**LIMIT, "threshold_amount": 5}).status_code == 200
+        assert (
+            h.post(f"/projects/{srv.project_id}/spend_limit", json={**LIMIT, "threshold_amount": 5}).status_code == 200
+        )
     for _ in range(3):
         client.chat.completions.create(**CHAT)  # 24000 µ$ spent
     with pytest.raises(openai.RateLimitError) as e:
         client.chat.completions.create(**BIG)
     assert e.value.code == "project_spend_limit_exceeded"
     msg = e.value.body["message"]  # type: ignore[index]
-    head = (f"You have reached the project spend limit of $0.05 per month for project `Default project` "
-            f"({srv.project_id}): $0.03 spent this month, and this request may cost up to $0.04. The limit resets on ")
+    head = (
+        f"You have reached the project spend limit of $0.05 per month for project `Default project` "
+        f"({srv.project_id}): $0.03 spent this month, and this request may cost up to $0.04. The limit resets on "
+    )
     assert msg.startswith(head), msg
     if not backend:  # the injected clock: an exact countdown
         assert "resets on 2026-12-01 00:00 UTC (in 4d7h12m0s). Ask your keyplane administrator" in msg
@@ -76,8 +81,10 @@ def test_credit_message_agrees_with_the_balance(make_gateway):
     with pytest.raises(openai.RateLimitError) as e:
         client.chat.completions.create(**BIG)
     assert e.value.code == "insufficient_quota"
-    assert ("(keyplane: the organization's prepaid credit is used up: $0.02 available of $0.05, and this "
-            "request may cost up to $0.04. Ask your keyplane administrator for a credit grant.)") in e.value.message
+    assert (
+        "(keyplane: the organization's prepaid credit is used up: $0.02 available of $0.05, and this "
+        "request may cost up to $0.04. Ask your keyplane administrator for a credit grant.)"
+    ) in e.value.message
     flush(srv)
     with admin_http(srv) as h:
         bal = h.get("/credit_balance").json()

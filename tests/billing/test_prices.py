@@ -10,8 +10,19 @@ from keyplane.config import Price as PriceConfig
 from tests.support import make_settings
 
 
-@pytest.mark.parametrize("value,micros", [(0.15, 150_000), (0.075, 75_000), (2.5, 2_500_000), (0.1, 100_000),
-                                          (1e-6, 1), (600, 600_000_000), ("0.30", 300_000), (0.000001, 1)])
+@pytest.mark.parametrize(
+    "value,micros",
+    [
+        (0.15, 150_000),
+        (0.075, 75_000),
+        (2.5, 2_500_000),
+        (0.1, 100_000),
+        (1e-6, 1),
+        (600, 600_000_000),
+        ("0.30", 300_000),
+        (0.000001, 1),
+    ],
+)
 def test_exact_micros(value, micros):
     assert to_micros(value, "x") == micros
 
@@ -36,8 +47,9 @@ def test_lookup_exact_then_snapshot_then_most_specific_glob_then_default():
     assert _tokens(t.lookup("text-embedding-3-small")) == (20_000, 20_000, 0)
     assert _tokens(t.lookup("demo-echo")) == (0, 0, 0)
     assert t.lookup("llama3") is None
-    t2 = PriceTable.from_config({"default": PriceConfig(input=1, output=2),
-                                 "gpt-4o-mini": PriceConfig(input=0.2, output=0.8)})
+    t2 = PriceTable.from_config(
+        {"default": PriceConfig(input=1, output=2), "gpt-4o-mini": PriceConfig(input=0.2, output=0.8)}
+    )
     assert _tokens(t2.lookup("llama3")) == (1_000_000, 1_000_000, 2_000_000)
     assert _tokens(t2.lookup("gpt-4o-mini")) == (200_000, 200_000, 800_000)  # config replaces the shipped entry
     assert t2.lookup("gpt-4o-mini-2024-07-18") == t2.lookup("gpt-4o-mini")  # and its snapshots follow it
@@ -61,10 +73,15 @@ def test_config_errors_name_the_field(tmp_path):
         make_settings(tmp_path / "h3", config_text='[limits]\ntier = "gold"\n')
     with pytest.raises(ConfigError, match="reservation_ttl_seconds"):
         make_settings(tmp_path / "h4", KEYPLANE_RESERVATION_TTL_SECONDS="0")
-    s = make_settings(tmp_path / "h5", config_text=(
-        '[[tiers]]\nname = "base"\n[tiers.rate_limits."*"]\nrpm = 10\n'
-        '[[tiers]]\nname = "big"\nmin_paid = 100\nmin_days = 3\n[tiers.rate_limits."gpt-*"]\nrpm = 100\ntpm = 5000\n'
-        '[limits]\nenabled = false\n[credit]\nenforce = true\n'))
+    s = make_settings(
+        tmp_path / "h5",
+        config_text=(
+            '[[tiers]]\nname = "base"\n[tiers.rate_limits."*"]\nrpm = 10\n'
+            '[[tiers]]\nname = "big"\nmin_paid = 100\nmin_days = 3\n'
+            '[tiers.rate_limits."gpt-*"]\nrpm = 100\ntpm = 5000\n'
+            "[limits]\nenabled = false\n[credit]\nenforce = true\n"
+        ),
+    )
     assert [t.name for t in s.file.tiers] == ["base", "big"] and s.file.tiers[1].rate_limits["gpt-*"].tpm == 5000
     assert s.file.limits.enabled is False and s.file.credit.enforce is True
 
@@ -75,7 +92,11 @@ def test_a_usage_by_modality_is_priced_at_each_rate():
     t = PriceTable.from_config({})
     rt = t.lookup("gpt-realtime")  # text $4 / $0.40 / $16, audio $32 / $0.40 / $64 per 1M tokens
     assert rt is not None and (rt.input, rt.audio_input, rt.cached_audio_input, rt.audio_output) == (
-        4_000_000, 32_000_000, 400_000, 64_000_000)
+        4_000_000,
+        32_000_000,
+        400_000,
+        64_000_000,
+    )
     by = Tokens(text_in=1000, audio_in=2000, cached_text=400, cached_audio=500, text_out=300, audio_out=700)
     assert rt.cost_by(by) == (2400 + 160 + 48000 + 200 + 4800 + 44800, 2400 + 160 + 48000 + 200)
     # Without the details, every token at the dearest rate; and that is what is reserved.
@@ -88,7 +109,9 @@ def test_a_usage_by_modality_is_priced_at_each_rate():
     # A model without audio rates: the text rates for everything, as before.
     mini = t.lookup("gpt-4o-mini")
     assert mini is not None and mini.cost_by(Tokens(text_in=1000, cached_rest=400, text_out=500)) == (
-        mini.cost(1000, 400, 500), mini.cost(1000, 400, 0))
+        mini.cost(1000, 400, 500),
+        mini.cost(1000, 400, 0),
+    )
     # A service tier scales the audio rates too.
     assert rt.scaled(2_000_000).audio_output == 128_000_000
 
@@ -96,8 +119,11 @@ def test_a_usage_by_modality_is_priced_at_each_rate():
 def test_audio_rates_in_keyplane_toml(tmp_path):
     t = PriceTable.from_config({"voice": PriceConfig(input=1, output=2, audio_input=10, audio_output=20)})
     p = t.lookup("voice")
-    assert p is not None and (p.audio_input, p.cached_audio_input, p.audio_output) == (10_000_000, 10_000_000,
-                                                                                       20_000_000)
+    assert p is not None and (p.audio_input, p.cached_audio_input, p.audio_output) == (
+        10_000_000,
+        10_000_000,
+        20_000_000,
+    )
     with pytest.raises(PriceError, match="cached_audio_input: needs audio_input"):
         PriceTable.from_config({"voice": PriceConfig(input=1, cached_audio_input=1)})
     with pytest.raises(ConfigError, match=r"\$.prices.v.audio_output: must be >= 0"):

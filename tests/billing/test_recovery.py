@@ -41,6 +41,7 @@ LIMIT = {"currency": "USD", "interval": "month", "threshold_amount": 40}  # 50 r
 
 # --- helpers -----------------------------------------------------------------------------------------
 
+
 class RedisServer:
     """A redis-server of the test's own (no persistence): kill it, start it again empty."""
 
@@ -54,8 +55,11 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.p = subprocess.Popen(["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no",
-                                   "--dir", str(self.tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.p = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no", "--dir", str(self.tmp)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError):
@@ -151,8 +155,13 @@ async def _money(url: str, period: str, pid: str) -> tuple[int, int]:
     engine = db.make_engine(url)
     try:
         async with engine.connect() as c:
-            ledger = (await c.execute(select(SpendLedger.micros).where(
-                SpendLedger.period == period, SpendLedger.scope == "project", SpendLedger.scope_id == pid))).scalar()
+            ledger = (
+                await c.execute(
+                    select(SpendLedger.micros).where(
+                        SpendLedger.period == period, SpendLedger.scope == "project", SpendLedger.scope_id == pid
+                    )
+                )
+            ).scalar()
             usage = (await c.execute(select(func.coalesce(func.sum(UsageRequest.cost_micros), 0)))).scalar()
         return int(ledger or 0), int(usage or 0)
     finally:
@@ -163,17 +172,25 @@ def _spent(srv: RunningServer) -> tuple[int, int]:
     return srv.call(billing_of(srv).spent("project", srv.project_id))
 
 
-def _gateway(template_home: Path, tmp_path: Path, fake: object, redis_url: str, extra: str = "",
-             **env: str) -> RunningServer:
+def _gateway(
+    template_home: Path, tmp_path: Path, fake: object, redis_url: str, extra: str = "", **env: str
+) -> RunningServer:
     home = tmp_path / "home"
     shutil.copytree(template_home, home)
     init = json.loads((home / "init.json").read_text())
-    settings = make_settings(home, "", config_text=config(fake, extra), KEYPLANE_REDIS_URL=redis_url,  # type: ignore[arg-type]
-                             KEYPLANE_REDIS_PREFIX="kprec", **env)
+    settings = make_settings(
+        home,
+        "",
+        config_text=config(fake, extra),
+        KEYPLANE_REDIS_URL=redis_url,  # type: ignore[arg-type]
+        KEYPLANE_REDIS_PREFIX="kprec",
+        **env,
+    )
     return start_server(settings, init)
 
 
 # --- 1 and 4: kill -9 right after spending ------------------------------------------------------------
+
 
 def test_kill9_right_after_spending_does_not_sell_the_limit_again(template_home, tmp_path, fake):
     home = tmp_path / "home"
@@ -185,8 +202,9 @@ def test_kill9_right_after_spending_does_not_sell_the_limit_again(template_home,
     a = Proc(home, env)
     try:
         a.wait_ready()
-        with httpx.Client(base_url=a.base_url + "/v1/organization",
-                          headers={"Authorization": f"Bearer {init['admin_key']}"}) as h:
+        with httpx.Client(
+            base_url=a.base_url + "/v1/organization", headers={"Authorization": f"Bearer {init['admin_key']}"}
+        ) as h:
             assert h.post(f"/projects/{init['project_id']}/spend_limit", json=LIMIT).status_code == 200
         time.sleep(0.5)  # the snapshot and the billing configuration pick the limit up
         assert asyncio.run(_fire(a.base_url + "/v1", init["api_key"], 30)) == {"ok": 30}
@@ -200,7 +218,9 @@ def test_kill9_right_after_spending_does_not_sell_the_limit_again(template_home,
     try:
         b.wait_ready()
         assert asyncio.run(_fire(b.base_url + "/v1", init["api_key"], 30)) == {
-            "ok": 20, "project_spend_limit_exceeded": 10}
+            "ok": 20,
+            "project_spend_limit_exceeded": 10,
+        }
     finally:
         assert b.terminate()  # drains the journal: the ledger is rebuilt from it
     assert asyncio.run(_money(url, period, init["project_id"])) == (50 * COST, 50 * COST)
@@ -208,9 +228,16 @@ def test_kill9_right_after_spending_does_not_sell_the_limit_again(template_home,
 
 # --- 3: Redis restarted empty ----------------------------------------------------------------------
 
+
 def test_redis_restarted_empty_is_rebuilt_before_admitting(template_home, tmp_path, fake, redis_server):
-    srv = _gateway(template_home, tmp_path, fake, redis_server.url, "[limits]\nenabled = false\n",
-                   KEYPLANE_USAGE_APPLY_SECONDS="30")
+    srv = _gateway(
+        template_home,
+        tmp_path,
+        fake,
+        redis_server.url,
+        "[limits]\nenabled = false\n",
+        KEYPLANE_USAGE_APPLY_SECONDS="30",
+    )
     try:
         with admin_http(srv) as h:
             h.post(f"/projects/{srv.project_id}/spend_limit", json=LIMIT)
@@ -227,8 +254,7 @@ def test_rate_buckets_do_not_come_back_full_after_a_redis_loss(template_home, tm
     srv = _gateway(template_home, tmp_path, fake, redis_server.url)
     try:
         with admin_http(srv) as h:
-            r = h.post(f"/projects/{srv.project_id}/rate_limits/rl-gpt-4o-mini",
-                       json={"max_requests_per_1_minute": 10})
+            r = h.post(f"/projects/{srv.project_id}/rate_limits/rl-gpt-4o-mini", json={"max_requests_per_1_minute": 10})
             assert r.status_code == 200, r.text
         time.sleep(0.5)
         assert asyncio.run(_fire(srv.v1, srv.api_key, 15)) == {"ok": 10, "rate_limit_exceeded": 5}
@@ -243,6 +269,7 @@ def test_rate_buckets_do_not_come_back_full_after_a_redis_loss(template_home, tm
 
 # --- 2: Redis cut during settles -------------------------------------------------------------------
 
+
 def test_settles_cut_off_from_redis_are_replayed(template_home, tmp_path, fake, redis_server):
     proxy = Proxy(redis_server.port)
     srv = _gateway(template_home, tmp_path, fake, proxy.url, "[limits]\nenabled = false\n")
@@ -253,9 +280,13 @@ def test_settles_cut_off_from_redis_are_replayed(template_home, tmp_path, fake, 
 
         async def held() -> list[int]:
             async with httpx.AsyncClient(timeout=30) as c:
+
                 async def one() -> int:
-                    r = await c.post(srv.v1 + "/chat/completions", json=body, headers={
-                        "Authorization": f"Bearer {srv.api_key}", "x-fake-latency-ms": "1500"})
+                    r = await c.post(
+                        srv.v1 + "/chat/completions",
+                        json=body,
+                        headers={"Authorization": f"Bearer {srv.api_key}", "x-fake-latency-ms": "1500"},
+                    )
                     return r.status_code
 
                 tasks = [asyncio.create_task(one()) for _ in range(30)]
@@ -280,6 +311,7 @@ def test_settles_cut_off_from_redis_are_replayed(template_home, tmp_path, fake, 
 
 # --- 7: admissions that time out do not hold budget ---------------------------------------------------
 
+
 def test_timed_out_admissions_release_their_reservations(template_home, tmp_path, fake, redis_server):
     proxy = Proxy(redis_server.port)
     srv = _gateway(template_home, tmp_path, fake, proxy.url, "[limits]\nenabled = false\n")
@@ -288,8 +320,12 @@ def test_timed_out_admissions_release_their_reservations(template_home, tmp_path
             h.post(f"/projects/{srv.project_id}/spend_limit", json=LIMIT)
         assert asyncio.run(_fire(srv.v1, srv.api_key, 45)) == {"ok": 45}
         proxy.set("blackhole")  # Redis takes the commands and answers nothing
-        r = httpx.post(srv.v1 + "/chat/completions", headers={"Authorization": f"Bearer {srv.api_key}"}, timeout=30,
-                       json={"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})
+        r = httpx.post(
+            srv.v1 + "/chat/completions",
+            headers={"Authorization": f"Bearer {srv.api_key}"},
+            timeout=30,
+            json={"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+        )
         assert r.status_code == 503 and r.json()["error"]["code"] == "limits_unavailable"
         proxy.set("cut")
         proxy.set("open")

@@ -23,8 +23,10 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 def _extra_upstream(fake, models: str) -> str:
-    return (f'\n[[upstreams]]\nname = "fake2"\nbase_url = "{fake.base_url}"\n'
-            f'api_key_env = "KP_BILLING_TEST_UPSTREAM_KEY"\nmodels = [{models}]\n')
+    return (
+        f'\n[[upstreams]]\nname = "fake2"\nbase_url = "{fake.base_url}"\n'
+        f'api_key_env = "KP_BILLING_TEST_UPSTREAM_KEY"\nmodels = [{models}]\n'
+    )
 
 
 def _spent(srv) -> tuple[int, int]:
@@ -55,6 +57,7 @@ async def _race(base_url: str, key: str, n: int, body: dict) -> collections.Coun
 
 # --- item 3: requests without an output limit ------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["table", "default"])
 def test_200_requests_without_max_tokens_never_pass_a_hard_limit(make_gateway, fake, variant):
@@ -76,8 +79,14 @@ def test_200_requests_without_max_tokens_never_pass_a_hard_limit(make_gateway, f
     assert len(sent) == ok and all(b["max_completion_tokens"] == allowed for b in sent)
 
 
-@pytest.mark.parametrize("path,field", [("/chat/completions", "max_completion_tokens"),
-                                        ("/completions", "max_tokens"), ("/responses", "max_output_tokens")])
+@pytest.mark.parametrize(
+    "path,field",
+    [
+        ("/chat/completions", "max_completion_tokens"),
+        ("/completions", "max_tokens"),
+        ("/responses", "max_output_tokens"),
+    ],
+)
 def test_the_reserved_output_limit_is_the_field_the_endpoint_reads(make_gateway, fake, path, field):
     srv = make_gateway(KEYPLANE_DEFAULT_MAX_TOKENS="7")
     fake.default = Behaviour(max_output=500)
@@ -85,8 +94,9 @@ def test_the_reserved_output_limit_is_the_field_the_endpoint_reads(make_gateway,
     r = httpx.post(srv.v1 + path, json=body, headers={"Authorization": f"Bearer {srv.api_key}"}, timeout=30)
     assert r.status_code == 200, r.text
     sent = fake.model_requests()[-1].json()
-    assert sent[field] == 7 and sum(f in sent for f in ("max_tokens", "max_completion_tokens",
-                                                        "max_output_tokens")) == 1
+    assert (
+        sent[field] == 7 and sum(f in sent for f in ("max_tokens", "max_completion_tokens", "max_output_tokens")) == 1
+    )
     assert _spent(srv)[0] == 7 * 1600
     # a request that sets its own limit is forwarded untouched
     r = httpx.post(srv.v1 + path, json={**body, field: 3}, headers={"Authorization": f"Bearer {srv.api_key}"})
@@ -94,6 +104,7 @@ def test_the_reserved_output_limit_is_the_field_the_endpoint_reads(make_gateway,
 
 
 # --- item 4: every spending endpoint priced or refused ------------------------------------------------
+
 
 def test_shipped_prices_have_no_broad_globs():
     from keyplane.billing.prices import PriceTable, family
@@ -137,10 +148,11 @@ def test_unpriceable_spending_endpoints_are_refused_under_money_controls(make_ga
     assert _spent(srv) == (6000, 0)  # one minute at $0.006
     _limit(srv, 100)
     seen = len(fake.model_requests())
-    for call in (lambda: client.batches.create(input_file_id=fid, endpoint="/v1/chat/completions",
-                                               completion_window="24h"),
-                 lambda: client.audio.transcriptions.create(model="whisper-1", file=("a.mp3", b"x" * 1000)),
-                 lambda: client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=fid)):
+    for call in (
+        lambda: client.batches.create(input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h"),
+        lambda: client.audio.transcriptions.create(model="whisper-1", file=("a.mp3", b"x" * 1000)),
+        lambda: client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=fid),
+    ):
         with pytest.raises(openai.PermissionDeniedError) as e:
             call()
         assert e.value.code == "cost_not_bounded" and "spend limit" in e.value.message
@@ -182,15 +194,18 @@ def test_unknown_model_refused_under_money_controls_served_free_without(make_gat
     srv2 = make_gateway('\n[prices."fake-*"]\ninput = 0\noutput = 0\n')
     _limit(srv2, 100)
     OpenAI(base_url=srv2.v1, api_key=srv2.api_key, max_retries=0).chat.completions.create(
-        model="fake-model", messages=HI)
+        model="fake-model", messages=HI
+    )
 
 
 # --- item 5: dated snapshots share their model's limits and prices -------------------------------------
 
+
 def test_a_dated_snapshot_shares_its_models_rate_limit_and_price(make_gateway, fake):
     srv = make_gateway()
     admin_sdk(srv).admin.organization.projects.rate_limits.update_rate_limit(
-        "rl-gpt-4o-mini", project_id=srv.project_id, max_requests_per_1_minute=2)
+        "rl-gpt-4o-mini", project_id=srv.project_id, max_requests_per_1_minute=2
+    )
     client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
     client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=5)
     client.chat.completions.create(model="gpt-4o-mini-2024-07-18", messages=HI, max_tokens=5)

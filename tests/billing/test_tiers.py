@@ -46,8 +46,11 @@ def test_promotion_with_an_injected_clock(make_gateway):
     # the new defaults apply at once, to the rate-limit objects and to the requests
     limits = {x.id: x for x in rl.list_rate_limits(pid)}
     assert limits["rl-gpt-4o-mini"].max_requests_per_1_minute == 5_000
-    r = __import__("httpx").post(srv.v1 + "/chat/completions", headers={"Authorization": f"Bearer {srv.api_key}"},
-                                 json={"model": "demo-echo", "messages": [{"role": "user", "content": "hi"}]})
+    r = __import__("httpx").post(
+        srv.v1 + "/chat/completions",
+        headers={"Authorization": f"Bearer {srv.api_key}"},
+        json={"model": "demo-echo", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert r.headers["x-ratelimit-limit-requests"] == "5000"
     h.close()
 

@@ -26,8 +26,10 @@ def upstreams(*fakes: FakeUpstream) -> str:
     out = []
     for i, f in enumerate(fakes):
         name = "fake" if i == 0 else f"fake{i + 1}"
-        out.append(f'[[upstreams]]\nname = "{name}"\nbase_url = "{f.base_url}"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n'
-                   'models = ["gpt-*", "text-embedding-*"]\nretry_backoff = 0.01\nbreaker_failures = 1000\n')
+        out.append(
+            f'[[upstreams]]\nname = "{name}"\nbase_url = "{f.base_url}"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n'
+            'models = ["gpt-*", "text-embedding-*"]\nretry_backoff = 0.01\nbreaker_failures = 1000\n'
+        )
     out.append('[[upstreams]]\nname = "demo"\nbase_url = "demo"\nmodels = ["demo-*"]\n')
     return "\n".join(out) + "\n" + PRICES
 
@@ -57,8 +59,13 @@ def make_gateway(template_home: Path, tmp_path: Path) -> Iterator[Callable[..., 
     started: list[RunningServer] = []
     prefixes: list[str] = []
 
-    def make(config_text: str, clock: object = None, redis: bool = False, home: Path | None = None,
-             redis_prefix: str | None = None) -> RunningServer:
+    def make(
+        config_text: str,
+        clock: object = None,
+        redis: bool = False,
+        home: Path | None = None,
+        redis_prefix: str | None = None,
+    ) -> RunningServer:
         if home is None:
             home = tmp_path / f"home{len(started)}"
             shutil.copytree(template_home, home)

@@ -84,12 +84,22 @@ def test_new_prefixes_are_placed_alike_by_two_instances():
 
 
 def test_placement_is_the_same_in_another_process():
-    code = ("import orjson\nfrom keyplane.cache.affinity import PrefixRouter\n"
-            "r = PrefixRouter([(n, 100000) for n in 'abc'])\np = r.pool(list('abc'))\n"
-            "print(','.join(r.route(p, 'm', orjson.dumps({'model': 'm', 'messages': [{'role': 'user', "
-            "'content': f'document {i} ' * 40}]})).name for i in range(20)))")
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    code = (
+        "import orjson\nfrom keyplane.cache.affinity import PrefixRouter\n"
+        "r = PrefixRouter([(n, 100000) for n in 'abc'])\np = r.pool(list('abc'))\n"
+        "print(','.join(r.route(p, 'm', orjson.dumps({'model': 'm', 'messages': [{'role': 'user', "
+        "'content': f'document {i} ' * 40}]})).name for i in range(20)))"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    }
     assert len(outs) == 1
 
 

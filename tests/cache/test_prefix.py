@@ -21,8 +21,11 @@ def hashes(b: bytes, model: str = "m") -> list[int]:
 
 def test_next_turn_extends_the_previous_one():
     turn1 = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is a prefix cache? " * 4}]
-    turn2 = [*turn1, {"role": "assistant", "content": "A cache of computed attention."},
-             {"role": "user", "content": "And why route on it?"}]
+    turn2 = [
+        *turn1,
+        {"role": "assistant", "content": "A cache of computed attention."},
+        {"role": "user", "content": "And why route on it?"},
+    ]
     h1, h2 = hashes(body(turn1, tools=TOOLS)), hashes(body(turn2, tools=TOOLS))
     assert len(h1) > 5 and h2[: len(h1)] == h1
     # Settings that do not change the prompt do not change the prefix.
@@ -34,8 +37,9 @@ def test_text_parts_and_strings_render_alike_and_images_by_hash():
     parts = [{"role": "user", "content": [{"type": "text", "text": SYSTEM}]}]
     assert hashes(body(text)) == hashes(body(parts))
     img = "data:image/png;base64," + "A" * 100_000
-    a = prefix.canonical(body([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": img}}]}]),
-                         8192)[0]
+    a = prefix.canonical(body([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": img}}]}]), 8192)[
+        0
+    ]
     assert "AAAA" not in a and "<image:" in a and len(a) < 200
 
 
@@ -60,9 +64,16 @@ def test_capped_and_whole_length_counted():
 
 
 def test_responses_and_completions_bodies():
-    r = orjson.dumps({"model": "m", "instructions": SYSTEM, "input": [
-        {"role": "user", "content": [{"type": "input_text", "text": "hi " * 40}]},
-        {"type": "function_call_output", "call_id": "c1", "output": "42"}]})
+    r = orjson.dumps(
+        {
+            "model": "m",
+            "instructions": SYSTEM,
+            "input": [
+                {"role": "user", "content": [{"type": "input_text", "text": "hi " * 40}]},
+                {"type": "function_call_output", "call_id": "c1", "output": "42"},
+            ],
+        }
+    )
     assert len(prefix.of_body(r, "m", 8192, 64).hashes) > 5
     c = orjson.dumps({"model": "m", "prompt": SYSTEM})
     assert len(prefix.of_body(c, "m", 8192, 64).hashes) > 5

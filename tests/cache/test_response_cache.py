@@ -48,8 +48,9 @@ def ask(c: openai.OpenAI, **kw):
 def second_project(srv: RunningServer, name: str) -> tuple[str, str]:
     h = {"Authorization": f"Bearer {srv.admin_key}"}
     p = httpx.post(srv.v1 + "/organization/projects", json={"name": name}, headers=h).json()
-    k = httpx.post(srv.v1 + f"/organization/projects/{p['id']}/api_keys", json={"name": "k", "permissions": "all"},
-                   headers=h).json()
+    k = httpx.post(
+        srv.v1 + f"/organization/projects/{p['id']}/api_keys", json={"name": "k", "permissions": "all"}, headers=h
+    ).json()
     return p["id"], k["value"]
 
 
@@ -69,7 +70,11 @@ def test_identical_deterministic_requests_hit(make_gateway, fake, backend):
     assert miss.cost_micros > 0 and miss.upstream == "fake"
     assert hit.cache == "hit" and hit.upstream == "keyplane-cache" and hit.status == 200
     assert (hit.prompt_tokens, hit.cached_tokens, hit.completion_tokens, hit.cost_micros) == (
-        first.usage.prompt_tokens, first.usage.prompt_tokens, 0, 0)
+        first.usage.prompt_tokens,
+        first.usage.prompt_tokens,
+        0,
+        0,
+    )
     rec = hit.record
     assert (rec.cached_tokens, rec.cost_micros) == (first.usage.prompt_tokens, 0)
 
@@ -79,8 +84,9 @@ def test_different_requests_miss(make_gateway, fake, backend):
     c = client(srv)
     assert ask(c)[0] == "miss"
     assert ask(c, max_tokens=6)[0] == "miss"
-    raw = c.chat.completions.with_raw_response.create(model="gpt-4o-mini", temperature=0,
-                                                      messages=[{"role": "user", "content": "Other."}])
+    raw = c.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", temperature=0, messages=[{"role": "user", "content": "Other."}]
+    )
     assert raw.headers["x-keyplane-cache"] == "miss"
     assert len(fake.model_requests()) == 3
     # What else is forwarded and can change the answer is part of the key: the query, other headers.
@@ -113,8 +119,10 @@ def test_never_across_projects(make_gateway, fake, backend):
 
 
 def test_org_wide_cache_is_shared_by_opted_in_projects_only(make_gateway, fake, backend):
-    srv = make_gateway(config(fake, 'org_wide_projects = ["Default project", "shared"]\nprojects = ["alone"]\n',
-                              backend), redis=backend == "redis")
+    srv = make_gateway(
+        config(fake, 'org_wide_projects = ["Default project", "shared"]\nprojects = ["alone"]\n', backend),
+        redis=backend == "redis",
+    )
     project_name = srv.app.runtime.snapshot.projects[srv.project_id].name
     assert project_name == "Default project", project_name
     _, shared_key = second_project(srv, "shared")
@@ -126,8 +134,7 @@ def test_org_wide_cache_is_shared_by_opted_in_projects_only(make_gateway, fake, 
 
 
 def test_bypass_and_use_headers(make_gateway, fake, backend):
-    srv = make_gateway(config(fake, 'projects = ["nobody"]\nenabled = true\n', backend),
-                       redis=backend == "redis")
+    srv = make_gateway(config(fake, 'projects = ["nobody"]\nenabled = true\n', backend), redis=backend == "redis")
     assert ask(client(srv))[0] is None  # not opted in: untouched, no header
     use = client(srv, **{"x-keyplane-cache": "use"})
     assert ask(use)[0] == "miss"
@@ -147,9 +154,11 @@ def test_key_opt_in(make_gateway, fake, backend, template_home):
     srv = make_gateway(config(fake, f'keys = ["{key_id}"]\n', backend), redis=backend == "redis")
     assert ask(client(srv))[0] == "miss"
     assert ask(client(srv))[0] == "hit"
-    other_key = httpx.post(srv.v1 + f"/organization/projects/{srv.project_id}/api_keys",
-                           json={"name": "k2", "permissions": "all"},
-                           headers={"Authorization": f"Bearer {srv.admin_key}"}).json()["value"]
+    other_key = httpx.post(
+        srv.v1 + f"/organization/projects/{srv.project_id}/api_keys",
+        json={"name": "k2", "permissions": "all"},
+        headers={"Authorization": f"Bearer {srv.admin_key}"},
+    ).json()["value"]
     assert ask(client(srv, other_key))[0] is None  # another key of the project, not listed
 
 
@@ -157,8 +166,7 @@ def test_streams_and_sampled_requests_are_never_cached(make_gateway, fake, backe
     srv = make_gateway(config(fake, 'projects = ["*"]\n', backend), redis=backend == "redis")
     c = client(srv)
     for _ in range(2):
-        raw = c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG, temperature=0,
-                                                          stream=True)
+        raw = c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG, temperature=0, stream=True)
         assert raw.headers["x-keyplane-cache"] == "bypass"
         assert "".join(ch.choices[0].delta.content or "" for ch in raw.parse() if ch.choices)
     assert [ask(c, temperature=0.7)[0] for _ in range(2)] == ["bypass", "bypass"]
@@ -182,8 +190,7 @@ def test_errors_are_not_cached(make_gateway, fake, backend):
 def test_embeddings_are_deterministic(make_gateway, fake, backend):
     srv = make_gateway(config(fake, 'projects = ["*"]\n', backend), redis=backend == "redis")
     c = client(srv)
-    got = [c.embeddings.with_raw_response.create(model="text-embedding-3-small", input="hello")
-           for _ in range(2)]
+    got = [c.embeddings.with_raw_response.create(model="text-embedding-3-small", input="hello") for _ in range(2)]
     assert [r.headers["x-keyplane-cache"] for r in got] == ["miss", "hit"]
     assert got[0].parse().data[0].embedding == got[1].parse().data[0].embedding
 
@@ -193,12 +200,17 @@ def test_hit_counts_as_a_request_for_rate_limits(make_gateway, fake, backend):
     h = {"Authorization": f"Bearer {srv.admin_key}"}
     rl = httpx.get(srv.v1 + f"/organization/projects/{srv.project_id}/rate_limits", headers=h).json()["data"]
     rid = next(r["id"] for r in rl if r["model"] == "gpt-4o-mini")
-    r = httpx.post(srv.v1 + f"/organization/projects/{srv.project_id}/rate_limits/{rid}",
-                   json={"max_requests_per_1_minute": 3, "max_tokens_per_1_minute": 1000}, headers=h)
+    r = httpx.post(
+        srv.v1 + f"/organization/projects/{srv.project_id}/rate_limits/{rid}",
+        json={"max_requests_per_1_minute": 3, "max_tokens_per_1_minute": 1000},
+        headers=h,
+    )
     assert r.status_code == 200, r.text
     c = client(srv)
-    raws = [c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG, max_tokens=5,
-                                                        temperature=0) for _ in range(3)]
+    raws = [
+        c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG, max_tokens=5, temperature=0)
+        for _ in range(3)
+    ]
     assert [x.headers["x-keyplane-cache"] for x in raws] == ["miss", "hit", "hit"]
     # Each hit took a request ...
     assert [int(x.headers["x-ratelimit-remaining-requests"]) for x in raws] == [2, 1, 0]

@@ -24,10 +24,24 @@ async def test_memory_store_is_bounded_by_entries_and_bytes():
 
 def _ctx():
     key = SimpleNamespace(id="key_1")
-    return SimpleNamespace(project_id="proj_1", key=key, stream=False, method="POST", endpoint="/v1/chat/completions",
-                           body=b'{"model":"m","temperature":0,"messages":[]}', state={}, extra_headers=[],
-                           request_id="req_1", started=0.0, error=None, usage_estimated=False, query=b"", cache=None,
-                           prompt_tokens=3, completion_tokens=1)
+    return SimpleNamespace(
+        project_id="proj_1",
+        key=key,
+        stream=False,
+        method="POST",
+        endpoint="/v1/chat/completions",
+        body=b'{"model":"m","temperature":0,"messages":[]}',
+        state={},
+        extra_headers=[],
+        request_id="req_1",
+        started=0.0,
+        error=None,
+        usage_estimated=False,
+        query=b"",
+        cache=None,
+        prompt_tokens=3,
+        completion_tokens=1,
+    )
 
 
 async def test_an_unreachable_redis_is_a_miss_not_an_error():

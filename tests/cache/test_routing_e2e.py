@@ -75,12 +75,19 @@ def test_conversations_stay_on_one_replica(make_gateway, fakes):
 
 def test_a_hot_prefix_spills_over(make_gateway, fakes):
     srv = make_gateway(routed_config(fakes))
-    c = openai.OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0,
-                      default_headers={"x-fake-latency-ms": "400"})  # the fakes answer slowly: requests overlap
+    c = openai.OpenAI(
+        base_url=srv.v1, api_key=srv.api_key, max_retries=0, default_headers={"x-fake-latency-ms": "400"}
+    )  # the fakes answer slowly: requests overlap
     chat(c, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "warm up"}])
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
-        got = list(pool.map(lambda i: chat(c, [{"role": "system", "content": SYSTEM},
-                                               {"role": "user", "content": f"question {i}"}])[0], range(12)))
+        got = list(
+            pool.map(
+                lambda i: chat(
+                    c, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"question {i}"}]
+                )[0],
+                range(12),
+            )
+        )
     counts = [got.count(f"r{i}") for i in range(3)]
     assert min(counts) > 0, counts  # every replica took some
     assert max(counts) <= 1.5 * 12 / 3 + 1, counts  # bounded: none took much more than its share
@@ -91,7 +98,9 @@ def test_a_second_keyplane_places_new_prefixes_alike(make_gateway, fakes):
     second = make_gateway(routed_config(fakes))  # its own app, router and LRUs
     a, b = client(first), client(second)
     for i in range(12):
-        msgs = [{"role": "system", "content": f"Tenant {i} has its own long instructions. " + SYSTEM},
-                {"role": "user", "content": "hello"}]
+        msgs = [
+            {"role": "system", "content": f"Tenant {i} has its own long instructions. " + SYSTEM},
+            {"role": "user", "content": "hello"},
+        ]
         assert chat(a, msgs)[0] == chat(b, msgs)[0]
     assert min(f.served for f in fakes) > 0

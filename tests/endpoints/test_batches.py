@@ -25,8 +25,9 @@ from tests.usage.support import drain
 RESERVED, COST = 8000, 4000  # per line: max_tokens=10, and the 5 tokens the fake writes, at half price
 
 
-def _jsonl(n: int, model: str = "gpt-4o-mini", max_tokens: int | None = 10, url: str = "/v1/chat/completions",
-           start: int = 0) -> bytes:
+def _jsonl(
+    n: int, model: str = "gpt-4o-mini", max_tokens: int | None = 10, url: str = "/v1/chat/completions", start: int = 0
+) -> bytes:
     lines = []
     for i in range(start, start + n):
         body: dict = {"model": model, "messages": [{"role": "user", "content": f"hi {i}"}]}
@@ -42,8 +43,10 @@ def _spent(srv) -> tuple[int, int]:
 
 def _limit(srv, cents: int) -> None:
     with admin_http(srv) as h:
-        r = h.post(f"/projects/{srv.project_id}/spend_limit",
-                   json={"currency": "USD", "interval": "month", "threshold_amount": cents})
+        r = h.post(
+            f"/projects/{srv.project_id}/spend_limit",
+            json={"currency": "USD", "interval": "month", "threshold_amount": cents},
+        )
         assert r.status_code == 200, r.text
 
 
@@ -150,8 +153,10 @@ def test_usage_and_costs_apis_show_batches_at_half_price(make_gateway, fake):
     assert round(sum(x.amount.value for bk in total.data for x in bk.results) * 1e6) == 8000 + 3 * COST
 
 
-GUARD = ('\n[[guard.rules]]\nname = "batch-ceiling"\nkind = "ceiling"\nscope = "key"\nwindow = "1h"\n'
-         'threshold = 0.01\nmetric = "cost_usd"\nmode = "suspend"\n')
+GUARD = (
+    '\n[[guard.rules]]\nname = "batch-ceiling"\nkind = "ceiling"\nscope = "key"\nwindow = "1h"\n'
+    'threshold = 0.01\nmetric = "cost_usd"\nmode = "suspend"\n'
+)
 
 
 def test_the_kill_switch_sees_a_batch(make_gateway, fake):
@@ -198,16 +203,30 @@ def test_estimates_of_input_files():
     emb = estimate(t, _jsonl(2, model="text-embedding-3-small", url="/v1/embeddings", max_tokens=None), 4096)
     assert emb.cost is not None and emb.lines == 2
     assert estimate(t, _jsonl(1, max_tokens=None), 4096).cost is not None  # gpt-4o-mini has a max_output
-    for bad, why in ((b"not json\n", "not JSON"), (_jsonl(1, url="/v1/images/generations"), "does not price"),
-                     (_jsonl(1, model="no-such-model"), "no-such-model"), (b"\n", "no requests")):
+    for bad, why in (
+        (b"not json\n", "not JSON"),
+        (_jsonl(1, url="/v1/images/generations"), "does not price"),
+        (_jsonl(1, model="no-such-model"), "no-such-model"),
+        (b"\n", "no requests"),
+    ):
         e = estimate(t, bad, 4096)
         assert e.cost is None and why in (e.why or ""), (bad, e.why)
 
 
 def test_output_lines_are_read_with_stable_ids():
-    line = {"id": "batch_req_1", "custom_id": "a", "response": {"status_code": 200, "request_id": "req_1", "body": {
-        "model": "gpt-4o-mini", "usage": {"prompt_tokens": 7, "completion_tokens": 3,
-                                          "prompt_tokens_details": {"cached_tokens": 2}}}}, "error": None}
+    line = {
+        "id": "batch_req_1",
+        "custom_id": "a",
+        "response": {
+            "status_code": 200,
+            "request_id": "req_1",
+            "body": {
+                "model": "gpt-4o-mini",
+                "usage": {"prompt_tokens": 7, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 2}},
+            },
+        },
+        "error": None,
+    }
     failed = {"id": "batch_req_2", "custom_id": "b", "response": None, "error": {"code": "x", "message": "y"}}
     out = parse_output(b"\n".join(orjson.dumps(x) for x in (line, failed, line)), "batch_1")
     assert [(x.prompt, x.cached, x.completion) for x in out] == [(7, 2, 3), (7, 2, 3)]
@@ -254,6 +273,7 @@ def test_a_batch_nobody_reads_again_is_metered_by_the_background_poll(make_gatew
 
 # --- access: scopes, model and hosted tool permissions of every request of the file ------------------
 
+
 def _line(i: int, model: str, **body: object) -> bytes:
     b = {"model": model, "messages": [{"role": "user", "content": f"hi {i}"}], "max_tokens": 10, **body}
     return orjson.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": b})
@@ -275,10 +295,12 @@ def test_a_batch_is_held_to_the_model_permissions_line_by_line(make_gateway, fak
     srv = make_gateway()
     client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
     admin_sdk(srv).admin.organization.projects.model_permissions.update(
-        srv.project_id, mode="allow_list", model_ids=["gpt-4o-mini"])
+        srv.project_id, mode="allow_list", model_ids=["gpt-4o-mini"]
+    )
     before = len(fake.objects.batches)
-    msg = _denied(lambda: _create(client, b"\n".join([_line(1, "gpt-4o-mini"), _line(2, "gpt-4o")])),
-                  "model_not_permitted")
+    msg = _denied(
+        lambda: _create(client, b"\n".join([_line(1, "gpt-4o-mini"), _line(2, "gpt-4o")])), "model_not_permitted"
+    )
     assert "`gpt-4o`" in msg and "Line 2 of the batch's input file" in msg and srv.project_id in msg
     # a second model deeper in a request is one the provider may run too
     msg = _denied(lambda: _create(client, _line(1, "gpt-4o-mini", metadata={"model": "o3"})), "model_not_permitted")
@@ -295,8 +317,10 @@ def test_a_batch_is_held_to_the_scopes_of_its_key(make_gateway, fake):
     """A key allowed batches and files but not model requests cannot run chat completions through a batch."""
     srv = make_gateway()
     with admin_http(srv) as h:
-        key = h.post(f"/projects/{srv.project_id}/api_keys", json={
-            "name": "batch-only", "permissions": ["api.batch.write", "api.files.write"]}).json()
+        key = h.post(
+            f"/projects/{srv.project_id}/api_keys",
+            json={"name": "batch-only", "permissions": ["api.batch.write", "api.files.write"]},
+        ).json()
     client = OpenAI(base_url=srv.v1, api_key=key["value"], max_retries=0)
     before = len(fake.objects.batches)
     msg = _denied(lambda: _create(client, _line(1, "gpt-4o-mini")), "missing_scope")
@@ -311,9 +335,23 @@ TOOLS_PRICE = '[prices."fake-tools"]\ninput = 1\noutput = 1600\nmax_output = 5\n
 
 
 def _tool_lines(n: int, **body: object) -> bytes:
-    return b"\n".join(orjson.dumps({"custom_id": f"t-{i}", "method": "POST", "url": "/v1/responses", "body": {
-        "model": "fake-tools", "input": f"search {i}", "tools": [{"type": "web_search"}], "max_output_tokens": 5,
-        **body}}) for i in range(n))
+    return b"\n".join(
+        orjson.dumps(
+            {
+                "custom_id": f"t-{i}",
+                "method": "POST",
+                "url": "/v1/responses",
+                "body": {
+                    "model": "fake-tools",
+                    "input": f"search {i}",
+                    "tools": [{"type": "web_search"}],
+                    "max_output_tokens": 5,
+                    **body,
+                },
+            }
+        )
+        for i in range(n)
+    )
 
 
 def test_hosted_tools_in_a_batch_are_reserved_up_to_max_tool_calls_and_metered(make_gateway, fake):
@@ -324,8 +362,10 @@ def test_hosted_tools_in_a_batch_are_reserved_up_to_max_tool_calls_and_metered(m
     _limit(srv, 100)
     # Without max_tool_calls the calls are not bounded: refused under a spend limit, saying what to set.
     f = client.files.create(file=("in.jsonl", _tool_lines(1)), purpose="batch")
-    msg = _denied(lambda: client.batches.create(input_file_id=f.id, endpoint="/v1/responses",
-                                                completion_window="24h"), "cost_not_bounded")
+    msg = _denied(
+        lambda: client.batches.create(input_file_id=f.id, endpoint="/v1/responses", completion_window="24h"),
+        "cost_not_bounded",
+    )
     assert "max_tool_calls" in msg
     # With it: per request 2 calls x $0.01 at full price, plus (2 + 1) turns x 100 input tokens x $1/M and
     # 5 output tokens x $1600/M at half price: 20000 + ceil(8300 / 2) = 24150 micro-dollars reserved.
@@ -355,16 +395,33 @@ def test_a_hosted_tool_disabled_for_the_project_refuses_the_batch(make_gateway, 
     srv = make_gateway(TOOLS_PRICE)
     client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
     admin_sdk(srv).admin.organization.projects.hosted_tool_permissions.update(
-        srv.project_id, web_search={"enabled": False})
-    plain = orjson.dumps({"custom_id": "p", "method": "POST", "url": "/v1/responses", "body": {
-        "model": "fake-tools", "input": "hi", "max_output_tokens": 5}})
+        srv.project_id, web_search={"enabled": False}
+    )
+    plain = orjson.dumps(
+        {
+            "custom_id": "p",
+            "method": "POST",
+            "url": "/v1/responses",
+            "body": {"model": "fake-tools", "input": "hi", "max_output_tokens": 5},
+        }
+    )
     before = len(fake.objects.batches)
-    for content in (plain + b"\n" + _tool_lines(1, max_tool_calls=1),  # a tool
-                    orjson.dumps({"custom_id": "s", "method": "POST", "url": "/v1/chat/completions", "body": {
-                        "model": "gpt-4o-mini-search-preview", "messages": [], "max_tokens": 5}})):  # a search model
+    for content in (
+        plain + b"\n" + _tool_lines(1, max_tool_calls=1),  # a tool
+        orjson.dumps(
+            {
+                "custom_id": "s",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "gpt-4o-mini-search-preview", "messages": [], "max_tokens": 5},
+            }
+        ),
+    ):  # a search model
         f = client.files.create(file=("in.jsonl", content), purpose="batch")
-        msg = _denied(lambda f=f: client.batches.create(input_file_id=f.id, endpoint="/v1/responses",
-                                                        completion_window="24h"), "tool_not_permitted")
+        msg = _denied(
+            lambda f=f: client.batches.create(input_file_id=f.id, endpoint="/v1/responses", completion_window="24h"),
+            "tool_not_permitted",
+        )
         assert "`web_search`" in msg and "Line" in msg
     assert len(fake.objects.batches) == before
     f = client.files.create(file=("in.jsonl", plain), purpose="batch")
@@ -392,8 +449,20 @@ def test_estimates_of_input_files_with_a_stored_prompt():
     t = PriceTable.from_config({}, "")
 
     def line(**body: object) -> bytes:
-        return orjson.dumps({"custom_id": "s", "method": "POST", "url": "/v1/responses", "body": {
-            "model": "gpt-4.1-mini", "prompt": {"id": "pmpt_1"}, "input": "go", "max_output_tokens": 5, **body}})
+        return orjson.dumps(
+            {
+                "custom_id": "s",
+                "method": "POST",
+                "url": "/v1/responses",
+                "body": {
+                    "model": "gpt-4.1-mini",
+                    "prompt": {"id": "pmpt_1"},
+                    "input": "go",
+                    "max_output_tokens": 5,
+                    **body,
+                },
+            }
+        )
 
     unbounded = estimate(t, line(), 4096)
     assert unbounded.cost is None and "stored prompt" in (unbounded.why or "") and "max_tool_calls" in unbounded.why

@@ -26,8 +26,10 @@ def _spent(srv) -> int:
 
 def _limit(srv, cents: int) -> None:
     with admin_http(srv) as h:
-        r = h.post(f"/projects/{srv.project_id}/spend_limit",
-                   json={"currency": "USD", "interval": "month", "threshold_amount": cents})
+        r = h.post(
+            f"/projects/{srv.project_id}/spend_limit",
+            json={"currency": "USD", "interval": "month", "threshold_amount": cents},
+        )
         assert r.status_code == 200, r.text
 
 
@@ -37,8 +39,12 @@ def test_tool_calls_are_billed_and_metered(make_gateway, fake):
     start = int(time.time()) - 5
     files = {"type": "file_search", "vector_store_ids": [client.vector_stores.create(name="docs").id]}
     r = client.responses.create(model="fake-tools", input="hi", tools=[WEB, CODE, files])
-    assert [o.type for o in r.output][:4] == ["web_search_call", "code_interpreter_call", "code_interpreter_call",
-                                              "file_search_call"]
+    assert [o.type for o in r.output][:4] == [
+        "web_search_call",
+        "code_interpreter_call",
+        "code_interpreter_call",
+        "file_search_call",
+    ]
     sent = fake.model_requests()[-1].json()
     assert sent["max_tool_calls"] == 8 and sent["max_output_tokens"] == 5  # what was reserved is what it may do
     tokens = -(-(r.usage.input_tokens * 1_000_000 + r.usage.output_tokens * 1_600_000_000) // 1_000_000)
@@ -54,7 +60,8 @@ def test_tool_calls_are_billed_and_metered(make_gateway, fake):
     assert [x.num_requests for x in files] == [1]
     comp = [x for b in admin.completions(start_time=start).data for x in b.results]
     assert [(x.input_tokens, x.output_tokens, x.num_model_requests) for x in comp] == [
-        (r.usage.input_tokens, r.usage.output_tokens, 1)]
+        (r.usage.input_tokens, r.usage.output_tokens, 1)
+    ]
     costs = admin.costs(start_time=start, group_by=["line_item"])
     items = {x.line_item: round(x.amount.value * 1e6) for b in costs.data for x in b.results}
     assert items["web search tool calls"] == 10_000 and items["code interpreter sessions"] == 30_000
@@ -89,9 +96,13 @@ def test_a_budget_for_n_tool_requests_lets_exactly_n_through(make_gateway, fake)
     assert 4 * 10_000 < _spent(srv) <= 4 * per
 
 
-@pytest.mark.parametrize("tool", [{"type": "image_generation"}, {"type": "computer_use_preview",
-                                                                  "display_width": 1, "display_height": 1,
-                                                                  "environment": "browser"}])
+@pytest.mark.parametrize(
+    "tool",
+    [
+        {"type": "image_generation"},
+        {"type": "computer_use_preview", "display_width": 1, "display_height": 1, "environment": "browser"},
+    ],
+)
 def test_tools_keyplane_cannot_price_are_refused_under_money_controls(make_gateway, fake, tool):
     srv = make_gateway(PRICE)
     client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)

@@ -69,8 +69,11 @@ def test_images_audio_and_moderations_reach_their_usage_buckets(make_gateway, fa
     images = admin.admin.organization.usage.images(**kw)
     got = {(r.model, r.images, r.num_model_requests) for b in images.data for r in b.results}
     assert got == {("dall-e-3", 3, 3), ("dall-e-2", 4, 2)}
-    assert all(r.project_id == srv.project_id and r.object == "organization.usage.images.result"
-               for b in images.data for r in b.results)
+    assert all(
+        r.project_id == srv.project_id and r.object == "organization.usage.images.result"
+        for b in images.data
+        for r in b.results
+    )
     speech = _one(admin.admin.organization.usage.audio_speeches(**kw))
     assert (speech.model, speech.characters, speech.num_model_requests) == ("tts-1", 1500, 2)
     tr = _one(admin.admin.organization.usage.audio_transcriptions(**kw))
@@ -133,6 +136,7 @@ def test_a_budget_for_n_requests_lets_exactly_n_through_under_a_race(make_gatewa
 
         def call(c: AsyncOpenAI) -> Awaitable[object]:
             return c.audio.speech.create(model="tts-1", voice="alloy", input="z" * 2000)
+
     _limit(srv, 100)
     before = len(fake.model_requests())
     counts = asyncio.run(_race(srv, 60, call))
@@ -153,8 +157,10 @@ def test_moderations_pass_an_exhausted_budget_and_are_counted(make_gateway, fake
     assert _spent(srv) == (40_000, 0)
 
 
-GUARD = ('\n[[guard.rules]]\nname = "image-ceiling"\nkind = "ceiling"\nscope = "key"\nwindow = "1h"\n'
-         'threshold = 0.1\nmetric = "cost_usd"\nmode = "suspend"\n')
+GUARD = (
+    '\n[[guard.rules]]\nname = "image-ceiling"\nkind = "ceiling"\nscope = "key"\nwindow = "1h"\n'
+    'threshold = 0.1\nmetric = "cost_usd"\nmode = "suspend"\n'
+)
 
 
 @pytest.mark.parametrize("what", ["image", "web_search"])
@@ -167,8 +173,9 @@ def test_the_kill_switch_sees_images_and_tool_calls(make_gateway, fake, what):
         if what == "image":
             client.images.generate(model="dall-e-3", prompt="a cat")
         else:
-            client.responses.create(model="fake-tools", input="hi", tools=[{"type": "web_search_preview"}],
-                                    max_tool_calls=1)
+            client.responses.create(
+                model="fake-tools", input="hi", tools=[{"type": "web_search_preview"}], max_tool_calls=1
+            )
     until_the_kill_switch_refuses(srv, lambda: client.images.generate(model="dall-e-3", prompt="a cat"))
     assert srv.app.runtime.snapshot.keys_by_id[srv.init["api_key_id"]].suspended_at is not None
 

@@ -63,9 +63,11 @@ def test_every_shipped_entry_has_its_source_and_date(tmp_path):
     assert src.startswith("https://openai.com/index/") and taken == "2024-10-01"
     assert provenance(data)["gpt-4o-mini"] == (data["source"], data["taken"])  # the file's
     # An operator's file: an entry without a date (the file gives none) or with a source that is no address.
-    odd = tomllib.loads('[prices."a"]\ninput = 1\nsource = "https://example.com/p"\n\n'
-                        '[prices."b"]\ninput = 1\nsource = "my notes"\ntaken = "2025-01"\n\n'
-                        '[prices."c"]\ninput = 1\nsource = "https://example.com/p"\ntaken = "2025-01-31"\n')
+    odd = tomllib.loads(
+        '[prices."a"]\ninput = 1\nsource = "https://example.com/p"\n\n'
+        '[prices."b"]\ninput = 1\nsource = "my notes"\ntaken = "2025-01"\n\n'
+        '[prices."c"]\ninput = 1\nsource = "https://example.com/p"\ntaken = "2025-01-31"\n'
+    )
     assert undated(odd) == ["a", "b"]
 
 
@@ -73,28 +75,89 @@ def test_every_shipped_entry_has_its_source_and_date(tmp_path):
 # completions) the shipped table does not price, and why: a new one in the SDK fails this test until it is
 # priced here (with its list price) or named below.
 UNPRICED = {
-    **dict.fromkeys(["gpt-6-astra", "gpt-6.2-astra", "gpt-6.1-sol", "gpt-6.2-sol", "gpt-6.1-terra", "gpt-6-sol",
-                     "gpt-6-luna", "gpt-5.6-sol", "gpt-5.6-terra", "gpt-5.6-luna", "gpt-5.5", "gpt-5.5-2026-04-23",
-                     "gpt-5.5-pro", "gpt-5.5-pro-2026-04-23", "gpt-5.4", "gpt-5.4-mini", "gpt-5.4-nano",
-                     "gpt-5.4-mini-2026-03-17", "gpt-5.4-nano-2026-03-17", "gpt-5.3-chat-latest", "gpt-5.2",
-                     "gpt-5.2-2025-12-11", "gpt-5.2-chat-latest", "gpt-5.2-pro", "gpt-5.2-pro-2025-12-11",
-                     "gpt-daybreak-blue-latest", "gpt-daybreak-red-latest", "gpt-5.6-cyber", "gpt-6-cyber",
-                     "gpt-rosalind-research", "gpt-6-rosalind", "gpt-6.2-astra-law", "gpt-6-astra-healthcare",
-                     "gpt-6.1-sol-healthcare", "gpt-6.2-astra-healthcare", "gpt-6.2-sol-healthcare",
-                     "gpt-image-1.5", "gpt-image-2", "gpt-image-2-2026-04-21", "gpt-image-2.5-sunburst",
-                     "gpt-image-2.5-sunburst-2026-09-08", "gpt-image-2.5-flare", "gpt-image-2.5-flare-2026-09-08",
-                     "gpt-image-2.6-sunburst", "gpt-image-2.6-flare", "chatgpt-image-latest", "gpt-transcribe",
-                     "gpt-realtime-1.5", "gpt-realtime-2", "gpt-realtime-2.1", "gpt-realtime-2.1-mini",
-                     "gpt-audio-1.5"], "list price not known to this table"),
+    **dict.fromkeys(
+        [
+            "gpt-6-astra",
+            "gpt-6.2-astra",
+            "gpt-6.1-sol",
+            "gpt-6.2-sol",
+            "gpt-6.1-terra",
+            "gpt-6-sol",
+            "gpt-6-luna",
+            "gpt-5.6-sol",
+            "gpt-5.6-terra",
+            "gpt-5.6-luna",
+            "gpt-5.5",
+            "gpt-5.5-2026-04-23",
+            "gpt-5.5-pro",
+            "gpt-5.5-pro-2026-04-23",
+            "gpt-5.4",
+            "gpt-5.4-mini",
+            "gpt-5.4-nano",
+            "gpt-5.4-mini-2026-03-17",
+            "gpt-5.4-nano-2026-03-17",
+            "gpt-5.3-chat-latest",
+            "gpt-5.2",
+            "gpt-5.2-2025-12-11",
+            "gpt-5.2-chat-latest",
+            "gpt-5.2-pro",
+            "gpt-5.2-pro-2025-12-11",
+            "gpt-daybreak-blue-latest",
+            "gpt-daybreak-red-latest",
+            "gpt-5.6-cyber",
+            "gpt-6-cyber",
+            "gpt-rosalind-research",
+            "gpt-6-rosalind",
+            "gpt-6.2-astra-law",
+            "gpt-6-astra-healthcare",
+            "gpt-6.1-sol-healthcare",
+            "gpt-6.2-astra-healthcare",
+            "gpt-6.2-sol-healthcare",
+            "gpt-image-1.5",
+            "gpt-image-2",
+            "gpt-image-2-2026-04-21",
+            "gpt-image-2.5-sunburst",
+            "gpt-image-2.5-sunburst-2026-09-08",
+            "gpt-image-2.5-flare",
+            "gpt-image-2.5-flare-2026-09-08",
+            "gpt-image-2.6-sunburst",
+            "gpt-image-2.6-flare",
+            "chatgpt-image-latest",
+            "gpt-transcribe",
+            "gpt-realtime-1.5",
+            "gpt-realtime-2",
+            "gpt-realtime-2.1",
+            "gpt-realtime-2.1-mini",
+            "gpt-audio-1.5",
+        ],
+        "list price not known to this table",
+    ),
     "gpt-5.1-mini": "not a supported model id (the SDK keeps it for compatibility)",
     # Chat completions with audio: billed by modality, which the proxy does not read from a chat usage yet.
-    **dict.fromkeys(["gpt-audio-mini", "gpt-audio-mini-2025-10-06", "gpt-audio-mini-2025-12-15",
-                     "gpt-4o-audio-preview", "gpt-4o-audio-preview-2024-10-01", "gpt-4o-audio-preview-2024-12-17",
-                     "gpt-4o-audio-preview-2025-06-03", "gpt-4o-mini-audio-preview",
-                     "gpt-4o-mini-audio-preview-2024-12-17"], "audio tokens on chat completions not metered apart"),
+    **dict.fromkeys(
+        [
+            "gpt-audio-mini",
+            "gpt-audio-mini-2025-10-06",
+            "gpt-audio-mini-2025-12-15",
+            "gpt-4o-audio-preview",
+            "gpt-4o-audio-preview-2024-10-01",
+            "gpt-4o-audio-preview-2024-12-17",
+            "gpt-4o-audio-preview-2025-06-03",
+            "gpt-4o-mini-audio-preview",
+            "gpt-4o-mini-audio-preview-2024-12-17",
+        ],
+        "audio tokens on chat completions not metered apart",
+    ),
     # Search models bill a search per request, which chat completions do not price.
-    **dict.fromkeys(["gpt-4o-search-preview", "gpt-4o-mini-search-preview", "gpt-4o-search-preview-2025-03-11",
-                     "gpt-4o-mini-search-preview-2025-03-11"], "a web search fee per request"),
+    **dict.fromkeys(
+        [
+            "gpt-4o-search-preview",
+            "gpt-4o-mini-search-preview",
+            "gpt-4o-search-preview-2025-03-11",
+            "gpt-4o-mini-search-preview-2025-03-11",
+        ],
+        "a web search fee per request",
+    ),
     # Speech billed per token (text in, audio out), which the speech endpoint does not report.
     **dict.fromkeys(["gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-12-15"], "token-priced speech"),
 }
@@ -120,10 +183,15 @@ def test_the_models_the_sdk_lists_are_priced_or_named_as_not():
     from openai.types.realtime.realtime_session_create_request_param import RealtimeSessionCreateRequestParam
     from openai.types.shared.responses_model import ResponsesModel
 
-    models = [*_literals(ResponsesModel), *_literals(ImageModel), *_literals(AudioModel), *_literals(SpeechModel),
-              *_literals(EmbeddingModel),
-              *_literals(typing.get_type_hints(RealtimeSessionCreateRequestParam)["model"]),
-              *_literals(typing.get_type_hints(CompletionCreateParamsBase)["model"])]
+    models = [
+        *_literals(ResponsesModel),
+        *_literals(ImageModel),
+        *_literals(AudioModel),
+        *_literals(SpeechModel),
+        *_literals(EmbeddingModel),
+        *_literals(typing.get_type_hints(RealtimeSessionCreateRequestParam)["model"]),
+        *_literals(typing.get_type_hints(CompletionCreateParamsBase)["model"]),
+    ]
     t = PriceTable.from_config({})
     missing = {m for m in models if t.lookup(m) is None}
     assert missing == set(UNPRICED), (sorted(missing - set(UNPRICED)), sorted(set(UNPRICED) - missing))

@@ -19,8 +19,7 @@ def test_unpriced_models_in_traffic_are_listed(make_gateway, fake):
     client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
     for _ in range(3):
         client.chat.completions.create(model="fake-new-model", messages=[{"role": "user", "content": "hi"}])
-    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
-                                   max_tokens=5)
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
     client.embeddings.create(model="text-embedding-3-small", input="x")  # priced by the shipped table
     drain(srv)
 

@@ -27,8 +27,10 @@ def test_flex_is_half_priority_its_factor_and_an_unknown_tier_is_refused_under_l
     assert _spent(srv) == 4000 + 5 * 2672 + 8000
     client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=5, service_tier="scale")
     with admin_http(srv) as h:
-        r = h.post(f"/projects/{srv.project_id}/spend_limit",
-                   json={"currency": "USD", "interval": "month", "threshold_amount": 100})
+        r = h.post(
+            f"/projects/{srv.project_id}/spend_limit",
+            json={"currency": "USD", "interval": "month", "threshold_amount": 100},
+        )
         assert r.status_code == 200
     with pytest.raises(openai.PermissionDeniedError) as e:
         client.chat.completions.create(model="gpt-4o-mini", messages=HI, max_tokens=5, service_tier="scale")

@@ -44,6 +44,7 @@ def _rows(srv: RunningServer) -> int:
     async def go() -> int:
         async with srv.app.runtime.read() as s:
             return int((await s.execute(select(func.count()).select_from(VectorStoreSize))).scalar_one())
+
     return int(srv.call(go()))
 
 
@@ -92,7 +93,11 @@ def test_vector_store_bytes_per_project_and_day(gw, fake: FakeUpstream):
     ]
     total = usage.vector_stores(start_time=DAY0, end_time=DAY0 + 4 * DAY, bucket_width="1d")
     assert [[(r.project_id, r.usage_bytes) for r in bk.results] for bk in total.data] == [
-        [(None, 10_800)], [(None, 10_800)], [(None, 9000)], [(None, 2000)]]
+        [(None, 10_800)],
+        [(None, 10_800)],
+        [(None, 9000)],
+        [(None, 2000)],
+    ]
     only = usage.vector_stores(start_time=DAY0, end_time=DAY0 + DAY, project_ids=[pid2], group_by=["project_id"])
     assert [(r.project_id, r.usage_bytes) for bk in only.data for r in bk.results] == [(pid2, 7000)]
     hourly = usage.vector_stores(start_time=DAY0, end_time=DAY0 + 3 * 3600, bucket_width="1h")

@@ -187,24 +187,51 @@ async def make_runtime(settings: Settings, clock: Clock, *, init: bool = True) -
     snapshot = Snapshot()
     refresher = SnapshotRefresher(snapshot, engine, settings.snapshot_poll_seconds)
     await refresher.refresh(force=True)
-    rt = Runtime(settings=settings, clock=clock, engine=engine, sessions=db.sessionmaker(engine), snapshot=snapshot,
-                 refresher=refresher, last_used=LastUsedRecorder(engine, 60), read_engine=db.reader(engine),
-                 read_sessions=db.sessionmaker(db.reader(engine)))
+    rt = Runtime(
+        settings=settings,
+        clock=clock,
+        engine=engine,
+        sessions=db.sessionmaker(engine),
+        snapshot=snapshot,
+        refresher=refresher,
+        last_used=LastUsedRecorder(engine, 60),
+        read_engine=db.reader(engine),
+        read_sessions=db.sessionmaker(db.reader(engine)),
+    )
     return rt, out
 
 
 async def new_key(rt: Runtime, project_id: str, name: str = "app") -> str:
     async with rt.write() as s:
-        row, _ = await control.create_project_key(s, control.CLI_ACTOR, rt.settings.secret_key, project_id,
-                                                  name=name, owner_user_id=None)
+        row, _ = await control.create_project_key(
+            s, control.CLI_ACTOR, rt.settings.secret_key, project_id, name=name, owner_user_id=None
+        )
     return row.id
 
 
-def ctx_for(rt: Runtime, key_id: str, *, tokens: int = 0, status: int = 200, cost_micros: int = 0,
-            upstream: str | None = "demo", client_ip: str | None = None, user_agent: str | None = None
-            ) -> RequestContext:
+def ctx_for(
+    rt: Runtime,
+    key_id: str,
+    *,
+    tokens: int = 0,
+    status: int = 200,
+    cost_micros: int = 0,
+    upstream: str | None = "demo",
+    client_ip: str | None = None,
+    user_agent: str | None = None,
+) -> RequestContext:
     entry = rt.snapshot.keys_by_id[key_id]
-    return RequestContext(request_id="req_test", key=entry, project_id=entry.project_id,
-                          endpoint="/v1/chat/completions", model="demo-echo", upstream=upstream, status=status,
-                          prompt_tokens=tokens // 2, completion_tokens=tokens - tokens // 2,
-                          cost_micros=cost_micros, client_ip=client_ip, user_agent=user_agent)
+    return RequestContext(
+        request_id="req_test",
+        key=entry,
+        project_id=entry.project_id,
+        endpoint="/v1/chat/completions",
+        model="demo-echo",
+        upstream=upstream,
+        status=status,
+        prompt_tokens=tokens // 2,
+        completion_tokens=tokens - tokens // 2,
+        cost_micros=cost_micros,
+        client_ip=client_ip,
+        user_agent=user_agent,
+    )

@@ -14,8 +14,9 @@ from tests.support import init_org, make_settings, start_server
 
 @pytest.fixture
 def http(server):
-    with httpx.Client(base_url=server.v1 + "/organization/guard",
-                      headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=10) as c:
+    with httpx.Client(
+        base_url=server.v1 + "/organization/guard", headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=10
+    ) as c:
         yield c
 
 
@@ -26,15 +27,36 @@ def test_defaults_are_listed(http):
     assert body["object"] == "list" and body["has_more"] is False
     assert [d["name"] for d in body["data"]] == ["error-spike", "token-surge"]
     surge = body["data"][1]
-    assert surge == {**surge, "object": "guard.rule", "id": "token-surge", "kind": "token_surge", "scope": "key",
-                     "window": "1h", "threshold": 3.0, "metric": "tokens", "min_volume": 20000, "mode": "suspend",
-                     "cooldown": "1h", "dry_run": False, "source": "default"}
+    assert surge == {
+        **surge,
+        "object": "guard.rule",
+        "id": "token-surge",
+        "kind": "token_surge",
+        "scope": "key",
+        "window": "1h",
+        "threshold": 3.0,
+        "metric": "tokens",
+        "min_volume": 20000,
+        "mode": "suspend",
+        "cooldown": "1h",
+        "dry_run": False,
+        "source": "default",
+    }
     assert body["first_id"] == "error-spike" and body["last_id"] == "token-surge"
 
 
 def test_rules_round_trip(http, server):
-    new = {"name": "cap", "kind": "ceiling", "scope": "key", "window": "1h", "threshold": 100, "metric": "tokens",
-           "mode": "revoke", "cooldown": "30m", "dry_run": True}
+    new = {
+        "name": "cap",
+        "kind": "ceiling",
+        "scope": "key",
+        "window": "1h",
+        "threshold": 100,
+        "metric": "tokens",
+        "mode": "revoke",
+        "cooldown": "30m",
+        "dry_run": True,
+    }
     r = http.post("/rules", json=new)
     assert r.status_code == 200, r.text
     assert r.json() == {**r.json(), **new, "source": "api", "object": "guard.rule"}
@@ -44,8 +66,11 @@ def test_rules_round_trip(http, server):
     assert http.get("/rules/cap").json()["dry_run"] is False
     # A shipped rule changed over the API becomes an API rule; deleting a shipped rule sticks.
     assert http.post("/rules/token-surge", json={"mode": "alert"}).json()["source"] == "api"
-    assert http.delete("/rules/error-spike").json() == {"object": "guard.rule.deleted", "id": "error-spike",
-                                                         "deleted": True}
+    assert http.delete("/rules/error-spike").json() == {
+        "object": "guard.rule.deleted",
+        "id": "error-spike",
+        "deleted": True,
+    }
     assert http.get("/rules/error-spike").status_code == 404
     page1 = http.get("/rules", params={"limit": 1}).json()
     assert [d["name"] for d in page1["data"]] == ["cap"] and page1["has_more"] is True
@@ -57,30 +82,39 @@ def test_rules_round_trip(http, server):
     guard = server.app.runtime.features.guard
     assert list(guard.rules) == ["token-surge"] and guard.rules["token-surge"].mode == "alert"
     # Each change is in the audit log.
-    with httpx.Client(base_url=server.v1 + "/organization",
-                      headers={"Authorization": f"Bearer {server.admin_key}"}) as c:
+    with httpx.Client(
+        base_url=server.v1 + "/organization", headers={"Authorization": f"Bearer {server.admin_key}"}
+    ) as c:
         types = [e["type"] for e in c.get("/audit_logs", params={"limit": 10}).json()["data"]]
-    assert types[:5] == ["guard.rule.deleted", "guard.rule.deleted", "guard.rule.updated", "guard.rule.updated",
-                         "guard.rule.created"]
+    assert types[:5] == [
+        "guard.rule.deleted",
+        "guard.rule.deleted",
+        "guard.rule.updated",
+        "guard.rule.updated",
+        "guard.rule.created",
+    ]
 
 
-@pytest.mark.parametrize("body,field", [
-    ({"name": "x", "kind": "meteor", "threshold": 1}, "kind"),
-    ({"name": "x", "kind": "ceiling", "threshold": 1, "window": "1x"}, "window"),
-    ({"name": "x", "kind": "ceiling", "threshold": 1, "cooldown": "soon"}, "cooldown"),
-    ({"name": "x", "kind": "error_spike", "threshold": 1.5}, "threshold"),
-    ({"name": "x", "kind": "token_surge", "threshold": -1}, "threshold"),
-    ({"name": "x", "kind": "token_surge", "threshold": 3, "mode": "explode"}, "mode"),
-    ({"name": "x", "kind": "token_surge", "threshold": 3, "scope": "org"}, "scope"),
-    ({"name": "x", "kind": "token_surge", "threshold": "high"}, "threshold"),
-    ({"name": "x", "kind": "token_surge"}, "threshold"),
-    ({"kind": "token_surge", "threshold": 3}, "name"),
-    ({"name": "bad name!", "kind": "token_surge", "threshold": 3}, "name"),
-    ({"name": "x", "kind": "token_surge", "threshold": 3, "min_volume": -5}, "min_volume"),
-    ({"name": "x", "kind": "error_spike", "threshold": 0.5, "metric": "tokens"}, "metric"),
-    ({"name": "x", "kind": "token_surge", "threshold": 3, "colour": "red"}, "colour"),
-    ({"name": "token-surge", "kind": "token_surge", "threshold": 3}, "name"),  # duplicate
-])
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"name": "x", "kind": "meteor", "threshold": 1}, "kind"),
+        ({"name": "x", "kind": "ceiling", "threshold": 1, "window": "1x"}, "window"),
+        ({"name": "x", "kind": "ceiling", "threshold": 1, "cooldown": "soon"}, "cooldown"),
+        ({"name": "x", "kind": "error_spike", "threshold": 1.5}, "threshold"),
+        ({"name": "x", "kind": "token_surge", "threshold": -1}, "threshold"),
+        ({"name": "x", "kind": "token_surge", "threshold": 3, "mode": "explode"}, "mode"),
+        ({"name": "x", "kind": "token_surge", "threshold": 3, "scope": "org"}, "scope"),
+        ({"name": "x", "kind": "token_surge", "threshold": "high"}, "threshold"),
+        ({"name": "x", "kind": "token_surge"}, "threshold"),
+        ({"kind": "token_surge", "threshold": 3}, "name"),
+        ({"name": "bad name!", "kind": "token_surge", "threshold": 3}, "name"),
+        ({"name": "x", "kind": "token_surge", "threshold": 3, "min_volume": -5}, "min_volume"),
+        ({"name": "x", "kind": "error_spike", "threshold": 0.5, "metric": "tokens"}, "metric"),
+        ({"name": "x", "kind": "token_surge", "threshold": 3, "colour": "red"}, "colour"),
+        ({"name": "token-surge", "kind": "token_surge", "threshold": 3}, "name"),  # duplicate
+    ],
+)
 def test_bad_rules_are_refused_naming_the_field(http, body, field):
     before = http.get("/rules").json()
     r = http.post("/rules", json=body)
@@ -130,8 +164,12 @@ def capped(tmp_path, database_url):
 
 
 def chat(srv, key: str, text: str = "hello there, how are you today?") -> httpx.Response:
-    return httpx.post(srv.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                      json={"model": "demo-echo", "messages": [{"role": "user", "content": text}]}, timeout=10)
+    return httpx.post(
+        srv.v1 + "/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "demo-echo", "messages": [{"role": "user", "content": text}]},
+        timeout=10,
+    )
 
 
 def drain(srv) -> None:
@@ -162,22 +200,39 @@ def test_ceiling_end_to_end_events_and_audit(capped):
     ev = httpx.get(srv.v1 + "/organization/guard/events", headers=admin).json()
     assert ev["object"] == "list" and len(ev["data"]) == 1 and ev["has_more"] is False
     e = ev["data"][0]
-    assert e == {**e, "object": "guard.event", "rule": "cap", "kind": "ceiling", "key_id": srv.init["api_key_id"],
-                 "project_id": srv.project_id, "mode": "suspend", "action": "suspended", "dry_run": False,
-                 "resolved_at": None}
+    assert e == {
+        **e,
+        "object": "guard.event",
+        "rule": "cap",
+        "kind": "ceiling",
+        "key_id": srv.init["api_key_id"],
+        "project_id": srv.project_id,
+        "mode": "suspend",
+        "action": "suspended",
+        "dry_run": False,
+        "resolved_at": None,
+    }
     assert e["figures"]["current"] == used
     assert ev["first_id"] == ev["last_id"] == e["id"]
-    assert httpx.get(srv.v1 + "/organization/guard/events", headers=admin,
-                     params={"after": e["id"]}).json()["data"] == []
-    assert httpx.get(srv.v1 + "/organization/guard/events", headers=admin,
-                     params={"key_id": "key_other"}).json()["data"] == []
+    assert (
+        httpx.get(srv.v1 + "/organization/guard/events", headers=admin, params={"after": e["id"]}).json()["data"] == []
+    )
+    assert (
+        httpx.get(srv.v1 + "/organization/guard/events", headers=admin, params={"key_id": "key_other"}).json()["data"]
+        == []
+    )
 
-    logs = httpx.get(srv.v1 + "/organization/audit_logs", headers=admin,
-                     params={"event_types[]": ["guard.fired", "api_key.suspended"]}).json()["data"]
+    logs = httpx.get(
+        srv.v1 + "/organization/audit_logs",
+        headers=admin,
+        params={"event_types[]": ["guard.fired", "api_key.suspended"]},
+    ).json()["data"]
     assert [entry["type"] for entry in logs] == ["api_key.suspended", "guard.fired"]
     for entry in logs:
-        assert entry["actor"] == {"type": "guard_rule", "guard_rule": {"name": "cap", "kind": "ceiling",
-                                                                       "event_id": e["id"]}}
+        assert entry["actor"] == {
+            "type": "guard_rule",
+            "guard_rule": {"name": "cap", "kind": "ceiling", "event_id": e["id"]},
+        }
     assert logs[1]["guard.fired"]["figures"]["ceiling"] == 100
 
     # Resume (admin API): the key works again, and the incident is resolved.
@@ -211,15 +266,21 @@ def test_probing_with_a_stolen_key_trips_error_spike(tmp_path):
     srv = start_server(settings, init_org(settings), clock=FakeClock())
     try:
         key, admin = srv.api_key, {"Authorization": f"Bearer {srv.admin_key}"}
-        r = httpx.post(srv.v1 + f"/organization/projects/{srv.project_id}/api_keys", headers=admin,
-                       json={"name": "narrow", "permissions": ["api.model.read"]})
+        r = httpx.post(
+            srv.v1 + f"/organization/projects/{srv.project_id}/api_keys",
+            headers=admin,
+            json={"name": "narrow", "permissions": ["api.model.read"]},
+        )
         narrow = r.json()["value"]
         statuses = []
         for i in range(6):
             statuses.append(chat(srv, key).status_code)
             # the thief tries the endpoints and models the key may not use
-            r = httpx.post(srv.v1 + "/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                           json={"model": f"secret-model-{i}", "messages": []})
+            r = httpx.post(
+                srv.v1 + "/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"model": f"secret-model-{i}", "messages": []},
+            )
             statuses.append(r.status_code)
             statuses.append(httpx.get(srv.v1 + "/files", headers={"Authorization": f"Bearer {narrow}"}).status_code)
         drain(srv)
@@ -239,8 +300,9 @@ def test_config_errors_name_the_field(tmp_path):
         '[[alerts.sinks]]\ntype = "webhook"\nurl = "ftp://x"\n': "$.alerts.sinks[0].url",
         '[[alerts.sinks]]\ntype = "pagerduty"\n': "$.alerts.sinks[0].routing_key_env",
         '[[alerts.sinks]]\ntype = "email"\nsmtp_host = "h"\nemail_from = "a@b"\n': "$.alerts.sinks[0].email_to",
-        '[[alerts.sinks]]\ntype = "webhook"\nurl = "http://x"\nsecret_env = "sk-abc123"\n':
-            "$.alerts.sinks[0].secret_env",
+        '[[alerts.sinks]]\ntype = "webhook"\nurl = "http://x"\nsecret_env = "sk-abc123"\n': (
+            "$.alerts.sinks[0].secret_env"
+        ),
     }
     for i, (text, where) in enumerate(bad.items()):
         with pytest.raises(ConfigError) as e:
@@ -276,8 +338,7 @@ def test_cli_rules_events_and_test_alert(tmp_path, monkeypatch):
         assert json.loads(out.stdout) == []
         out = run(app, ["guard", "test-alert", "--json"])
         assert out.exit_code == 0, out.output
-        assert json.loads(out.stdout) == [{"sink": "webhook", "type": "webhook", "result": "delivered",
-                                           "error": None}]
+        assert json.loads(out.stdout) == [{"sink": "webhook", "type": "webhook", "result": "delivered", "error": None}]
         (got,) = hook.wait_for(1)
         assert got.json()["event"] == "guard.test"
         hook.fail_next, hook.fail_status = 5, 500

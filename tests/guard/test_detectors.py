@@ -15,8 +15,9 @@ from keyplane.guard.windows import MemoryWindows
 HOUR = 3600.0
 DAY = 86400.0
 
-SURGE = compile_rule(GuardRule(name="token-surge", kind="token_surge", threshold=3.0, window="1h",
-                               min_volume=20000, mode="revoke"))
+SURGE = compile_rule(
+    GuardRule(name="token-surge", kind="token_surge", threshold=3.0, window="1h", min_volume=20000, mode="revoke")
+)
 
 
 class Feed:
@@ -44,8 +45,9 @@ class Feed:
         if f is not None:
             self.findings.append(f)
 
-    async def steady(self, seconds: float, per_hour: float, every: float = 300.0,
-                     rate: Callable[[float], float] | None = None) -> None:
+    async def steady(
+        self, seconds: float, per_hour: float, every: float = 300.0, rate: Callable[[float], float] | None = None
+    ) -> None:
         """Requests every ``every`` s for ``seconds``, ``per_hour`` tokens an hour (or rate(t) per hour)."""
         t0 = self.clock.now()
         end = t0 + seconds

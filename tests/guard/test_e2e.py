@@ -54,8 +54,12 @@ def _free_port() -> int:
 
 
 def chat(base: str, key: str) -> httpx.Response:
-    return httpx.post(base + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                      json={"model": "demo-echo", "messages": [{"role": "user", "content": PROMPT}]}, timeout=10)
+    return httpx.post(
+        base + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "demo-echo", "messages": [{"role": "user", "content": PROMPT}]},
+        timeout=10,
+    )
 
 
 @pytest.fixture
@@ -76,12 +80,33 @@ def test_replayed_leak_is_revoked_across_the_fleet(tmp_path, pg_url, monkeypatch
     clock = FakeClock()
     a = start_server(settings, init, clock=clock)  # instance A: in this process, on the test's clock
     port = _free_port()
-    env = {**os.environ, "KEYPLANE_HOME": str(home), "KEYPLANE_DATABASE_URL": pg_url,
-           "KEYPLANE_REDIS_URL": REDIS_URL, "KEYPLANE_PORT": str(port), "KEYPLANE_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "KEYPLANE_HOME": str(home),
+        "KEYPLANE_DATABASE_URL": pg_url,
+        "KEYPLANE_REDIS_URL": REDIS_URL,
+        "KEYPLANE_PORT": str(port),
+        "KEYPLANE_LOG_LEVEL": "warning",
+    }
     env.pop("KEYPLANE_SNAPSHOT_POLL_SECONDS", None)  # B runs on the shipped defaults
-    b = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "keyplane.cli:app_from_env",
-                          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    b = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "keyplane.cli:app_from_env",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     b_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -175,8 +200,11 @@ def test_a_revoked_key_stream_is_cut(tmp_path):
                     events.append(line.encode())
                     break
             sa = srv.init["api_key_id"]
-            rv = httpx.post(srv.v1 + f"/organization/api_keys/{sa}/revoke", json={"reason": "test"},
-                            headers={"Authorization": f"Bearer {srv.admin_key}"})
+            rv = httpx.post(
+                srv.v1 + f"/organization/api_keys/{sa}/revoke",
+                json={"reason": "test"},
+                headers={"Authorization": f"Bearer {srv.admin_key}"},
+            )
             assert rv.status_code == 200
             events.extend(line.encode() for line in lines if line.startswith("data:"))
         assert len(events) < 150, "the stream ran to its end"

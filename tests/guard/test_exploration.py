@@ -55,9 +55,11 @@ def test_exploring_endpoints_the_upstream_lacks_does_not_suspend_the_key(
 
 def test_probing_is_caught_and_the_server_log_says_so(srv: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="keyplane.guard")
-    r = httpx.post(srv.v1 + f"/organization/projects/{srv.project_id}/api_keys",
-                   headers={"Authorization": f"Bearer {srv.admin_key}"},
-                   json={"name": "narrow", "permissions": ["api.model.read"]})
+    r = httpx.post(
+        srv.v1 + f"/organization/projects/{srv.project_id}/api_keys",
+        headers={"Authorization": f"Bearer {srv.admin_key}"},
+        json={"name": "narrow", "permissions": ["api.model.read"]},
+    )
     assert r.status_code == 200, r.text
     narrow, narrow_id = r.json()["value"], r.json()["id"]
     thief = OpenAI(base_url=srv.v1, api_key=narrow, max_retries=0)

@@ -85,8 +85,13 @@ url = "{hook.url}/hook"
         url = pg_url
         # Instance B polls the store slowly: only the Redis message can make it see the revocation at once.
         sa = make_settings(tmp_path / "home", url, config_text=config, KEYPLANE_REDIS_URL=REDIS_URL)
-        sb = make_settings(tmp_path / "home", url, config_text=config, KEYPLANE_REDIS_URL=REDIS_URL,
-                           KEYPLANE_SNAPSHOT_POLL_SECONDS="30")
+        sb = make_settings(
+            tmp_path / "home",
+            url,
+            config_text=config,
+            KEYPLANE_REDIS_URL=REDIS_URL,
+            KEYPLANE_SNAPSHOT_POLL_SECONDS="30",
+        )
         clock = FakeClock()
         rta, init = await make_runtime(sa, clock)
         rtb, _ = await make_runtime(sb, clock, init=False)

@@ -48,10 +48,26 @@ retry_backoff_max = 0.0
 """
 
 
-def rule(name: str = "token-surge", kind: str = "token_surge", window: str = "1h", threshold: float = 3.0,
-         min_volume: float = 20000, mode: str = "revoke", cooldown: str = "1h", dry_run: bool = False) -> str:
-    return RULE.format(name=name, kind=kind, window=window, threshold=threshold, min_volume=min_volume, mode=mode,
-                       cooldown=cooldown, dry_run=str(dry_run).lower())
+def rule(
+    name: str = "token-surge",
+    kind: str = "token_surge",
+    window: str = "1h",
+    threshold: float = 3.0,
+    min_volume: float = 20000,
+    mode: str = "revoke",
+    cooldown: str = "1h",
+    dry_run: bool = False,
+) -> str:
+    return RULE.format(
+        name=name,
+        kind=kind,
+        window=window,
+        threshold=threshold,
+        min_volume=min_volume,
+        mode=mode,
+        cooldown=cooldown,
+        dry_run=str(dry_run).lower(),
+    )
 
 
 @pytest.fixture
@@ -98,8 +114,9 @@ async def events(rt) -> list[GuardEvent]:
 
 async def audit_rows(rt, *types: str) -> list[AuditLog]:
     async with rt.read() as s:
-        return list((await s.execute(select(AuditLog).where(AuditLog.type.in_(types)).order_by(AuditLog.seq)))
-                    .scalars())
+        return list(
+            (await s.execute(select(AuditLog).where(AuditLog.type.in_(types)).order_by(AuditLog.seq))).scalars()
+        )
 
 
 async def test_leak_is_revoked_with_one_signed_webhook(make_guard, hook):
@@ -136,15 +153,18 @@ async def test_leak_is_revoked_with_one_signed_webhook(make_guard, hook):
     assert (ev.rule, ev.key_id, ev.action, ev.mode) == ("token-surge", kid, "revoked", "revoke")
     fired, deleted = await audit_rows(rt, "guard.fired", "api_key.deleted")
     for a in (fired, deleted):
-        assert orjson.loads(a.actor) == {"type": "guard_rule", "guard_rule": {
-            "name": "token-surge", "kind": "token_surge", "event_id": ev.id}}
+        assert orjson.loads(a.actor) == {
+            "type": "guard_rule",
+            "guard_rule": {"name": "token-surge", "kind": "token_surge", "event_id": ev.id},
+        }
         assert a.actor_id == "token-surge" and a.resource_id == kid
     assert orjson.loads(fired.details)["figures"]["ratio"] >= 4.0
 
 
 async def test_probing_trips_error_spike(make_guard, hook):
     rt, guard, init, clock = await make_guard(
-        rule("probe", "error_spike", "10m", 0.5, 20, "suspend") + HOOK.format(url=hook.url))
+        rule("probe", "error_spike", "10m", 0.5, 20, "suspend") + HOOK.format(url=hook.url)
+    )
     kid = await new_key(rt, init["project_id"])
     for i in range(10):
         await guard.observe(ctx_for(rt, kid, tokens=50))
@@ -162,8 +182,10 @@ async def test_probing_trips_error_spike(make_guard, hook):
     assert "rule probe (" in entry.suspend_reason
     (ev,) = await events(rt)
     assert ev.action == "suspended" and orjson.loads(ev.figures)["errors"] >= 20
-    assert [a.type for a in await audit_rows(rt, "guard.fired", "api_key.suspended")] == \
-        ["guard.fired", "api_key.suspended"]
+    assert [a.type for a in await audit_rows(rt, "guard.fired", "api_key.suspended")] == [
+        "guard.fired",
+        "api_key.suspended",
+    ]
 
 
 async def test_upstream_auth_errors_do_not_count(make_guard):
@@ -180,7 +202,8 @@ async def test_upstream_auth_errors_do_not_count(make_guard):
 @pytest.mark.parametrize("mode,dry_run", [("alert", False), ("revoke", True), ("suspend", True)])
 async def test_dry_run_and_alert_mode_only_alert(make_guard, hook, mode, dry_run):
     rt, guard, init, clock = await make_guard(
-        rule("cap", "ceiling", "1h", 100, 0, mode, "1h", dry_run) + HOOK.format(url=hook.url))
+        rule("cap", "ceiling", "1h", 100, 0, mode, "1h", dry_run) + HOOK.format(url=hook.url)
+    )
     kid = await new_key(rt, init["project_id"])
     for _ in range(5):
         await guard.observe(ctx_for(rt, kid, tokens=30))
@@ -199,7 +222,8 @@ async def test_dry_run_and_alert_mode_only_alert(make_guard, hook, mode, dry_run
 
 async def test_cooldown_prevents_repeats(make_guard, hook):
     rt, guard, init, clock = await make_guard(
-        rule("cap", "ceiling", "1h", 100, 0, "alert", "2h") + HOOK.format(url=hook.url))
+        rule("cap", "ceiling", "1h", 100, 0, "alert", "2h") + HOOK.format(url=hook.url)
+    )
     kid = await new_key(rt, init["project_id"])
     for _ in range(100):  # 100 minutes over the ceiling, within the cooldown
         await guard.observe(ctx_for(rt, kid, tokens=50))
@@ -228,17 +252,20 @@ async def test_ceiling_stops_the_key_on_the_request_that_crosses_it(make_guard):
     await guard.drain()
     entry = rt.snapshot.keys_by_id[kid]
     assert entry.status(clock.now()) == "suspended"
-    assert entry.suspend_reason == ("disabled by the keyplane kill switch: rule cap "
-                                    "(tokens 120 over the ceiling of 100 per 1h)")
+    assert entry.suspend_reason == (
+        "disabled by the keyplane kill switch: rule cap (tokens 120 over the ceiling of 100 per 1h)"
+    )
 
 
 async def test_project_scope_stops_the_projects_keys(make_guard):
     rt, guard, init, clock = await make_guard(
-        rule("proj-cap", "ceiling", "1h", 1000, 0, "suspend").replace('kind = "ceiling"',
-                                                                      'kind = "ceiling"\nscope = "project"'))
+        rule("proj-cap", "ceiling", "1h", 1000, 0, "suspend").replace(
+            'kind = "ceiling"', 'kind = "ceiling"\nscope = "project"'
+        )
+    )
     pid = init["project_id"]
     a, b = await new_key(rt, pid, "a"), await new_key(rt, pid, "b")
-    other = (await _other_project_key(rt))
+    other = await _other_project_key(rt)
     for _ in range(6):
         await guard.observe(ctx_for(rt, a, tokens=100))
         await guard.observe(ctx_for(rt, b, tokens=100))
@@ -367,8 +394,9 @@ async def test_rules_reload_from_the_store(make_guard):
     rt, guard, init, clock = await make_guard("")
     assert guard.rules == {}
     async with rt.write() as s:
-        await store.create_rule(s, control.CLI_ACTOR, guard.base_rules,
-                                {"name": "cap", "kind": "ceiling", "threshold": 10}, 0)
+        await store.create_rule(
+            s, control.CLI_ACTOR, guard.base_rules, {"name": "cap", "kind": "ceiling", "threshold": 10}, 0
+        )
     await guard.on_revision()
     assert list(guard.rules) == ["cap"] and guard.rules["cap"].source == "api"
     kid = await new_key(rt, init["project_id"])

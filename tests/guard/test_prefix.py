@@ -35,10 +35,12 @@ async def test_two_prefixes_on_one_redis_do_not_see_each_other(tmp_path: Path) -
     tag = secrets.token_hex(4)
     prefix_a, prefix_b = f"kp-test-a-{tag}", f"kp-test-b-{tag}"
     # One store (so one organization id): only the prefix tells the two deployments apart.
-    sa = make_settings(tmp_path / "home", config_text=CONFIG, KEYPLANE_REDIS_URL=REDIS_URL,
-                       KEYPLANE_REDIS_PREFIX=prefix_a)
-    sb = make_settings(tmp_path / "home", config_text=CONFIG, KEYPLANE_REDIS_URL=REDIS_URL,
-                       KEYPLANE_REDIS_PREFIX=prefix_b)
+    sa = make_settings(
+        tmp_path / "home", config_text=CONFIG, KEYPLANE_REDIS_URL=REDIS_URL, KEYPLANE_REDIS_PREFIX=prefix_a
+    )
+    sb = make_settings(
+        tmp_path / "home", config_text=CONFIG, KEYPLANE_REDIS_URL=REDIS_URL, KEYPLANE_REDIS_PREFIX=prefix_b
+    )
     clock = FakeClock()
     rta, init = await make_runtime(sa, clock)
     rtb, _ = await make_runtime(sb, clock, init=False)

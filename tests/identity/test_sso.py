@@ -15,17 +15,31 @@ from keyplane.testing.fake_oidc import FakeOIDC
 from tests.support import RunningServer, init_org, make_settings, start_server
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 SECRET_ENV = "KP_TEST_SSO_CLIENT_SECRET"
 
 
 @pytest.fixture
 def sso_server(tmp_path: Path, idp: FakeOIDC, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningServer]:
     monkeypatch.setenv(SECRET_ENV, idp.client_secret)
-    settings = make_settings(tmp_path / "home", "", KEYPLANE_SSO_ISSUER=idp.issuer,
-                             KEYPLANE_SSO_CLIENT_ID=idp.client_id, KEYPLANE_SSO_CLIENT_SECRET_ENV=SECRET_ENV,
-                             KEYPLANE_SSO_ROLE_MAP="platform=owner, eng=reader", KEYPLANE_SSO_CREATE_USERS="true")
+    settings = make_settings(
+        tmp_path / "home",
+        "",
+        KEYPLANE_SSO_ISSUER=idp.issuer,
+        KEYPLANE_SSO_CLIENT_ID=idp.client_id,
+        KEYPLANE_SSO_CLIENT_SECRET_ENV=SECRET_ENV,
+        KEYPLANE_SSO_ROLE_MAP="platform=owner, eng=reader",
+        KEYPLANE_SSO_CREATE_USERS="true",
+    )
     srv = start_server(settings, init_org(settings))
     try:
         yield srv
@@ -46,6 +60,7 @@ def test_sso_sign_in_in_chromium(sso_server: RunningServer, idp: FakeOIDC) -> No
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         try:
+
             def sign_in(user: dict[str, Any]) -> Any:
                 idp.next_user = user
                 page = browser.new_context(base_url=sso_server.base_url).new_page()

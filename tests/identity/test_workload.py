@@ -23,20 +23,37 @@ def _setup(gateway: RunningServer, admin: OpenAI, idp: FakeOIDC, **rule: Any) ->
     """(provider id, service account id, rule id)."""
     org = admin.admin.organization
     sa = org.projects.service_accounts.create(project_id=gateway.project_id, name="ci")
-    prov = org.workload_identity_providers.create(name="k8s", type="oidc", issuer=idp.issuer, audience=AUD,
-                                                  verification={"type": "discovery", "discovery_url": None})
+    prov = org.workload_identity_providers.create(
+        name="k8s",
+        type="oidc",
+        issuer=idp.issuer,
+        audience=AUD,
+        verification={"type": "discovery", "discovery_url": None},
+    )
     assert prov.enabled and prov.verification.type == "discovery"
     r = org.workload_identity_providers.federation_rules.create(
-        prov.id, project_id=gateway.project_id, service_account_id=sa.id,
-        attribute_matchers=rule.pop("attribute_matchers", {"sub": SUB}), **rule)
+        prov.id,
+        project_id=gateway.project_id,
+        service_account_id=sa.id,
+        attribute_matchers=rule.pop("attribute_matchers", {"sub": SUB}),
+        **rule,
+    )
     assert r.object == "organization.workload_identity_federation_rule" and r.enabled
     return prov.id, sa.id, r.id
 
 
 def _exchange(gateway: RunningServer, subject: str, pid: str, sa_id: str) -> httpx.Response:
-    return httpx.post(gateway.base_url + "/oauth/token", json={
-        "grant_type": GRANT, "subject_token": subject, "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
-        "identity_provider_id": pid, "service_account_id": sa_id}, timeout=10)
+    return httpx.post(
+        gateway.base_url + "/oauth/token",
+        json={
+            "grant_type": GRANT,
+            "subject_token": subject,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "identity_provider_id": pid,
+            "service_account_id": sa_id,
+        },
+        timeout=10,
+    )
 
 
 def _chat(client: OpenAI) -> str | None:
@@ -47,9 +64,15 @@ def _chat(client: OpenAI) -> str | None:
 def test_sdk_workload_identity_then_rule_disabled_then_sa_deleted(gateway, admin, idp):
     pid, sa_id, rid = _setup(gateway, admin, idp)
     rules = admin.admin.organization.workload_identity_providers.federation_rules
-    client = OpenAI(base_url=gateway.v1, max_retries=0, workload_identity={
-        "identity_provider_id": pid, "service_account_id": sa_id,
-        "provider": {"token_type": "jwt", "get_token": lambda: idp.sign({"sub": SUB, "aud": AUD})}})
+    client = OpenAI(
+        base_url=gateway.v1,
+        max_retries=0,
+        workload_identity={
+            "identity_provider_id": pid,
+            "service_account_id": sa_id,
+            "provider": {"token_type": "jwt", "get_token": lambda: idp.sign({"sub": SUB, "aud": AUD})},
+        },
+    )
     client._workload_identity_auth.token_exchange_url = gateway.base_url + "/oauth/token"  # the one documented line
     assert _chat(client)
 
@@ -94,20 +117,31 @@ def test_subject_tokens_that_must_be_refused(gateway, admin, idp):
     now = int(time.time())
     pub = idp.keys[-1].private.public_key()
     from cryptography.hazmat.primitives import serialization
+
     pem = pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     forged = {
         "wrong audience": idp.sign({"sub": SUB, "aud": "someone-else"}),
         "wrong issuer": idp.sign({"sub": SUB, "aud": AUD, "iss": "https://evil.example"}),
         "expired": idp.sign({"sub": SUB, "aud": AUD, "iat": now - 3600, "exp": now - 600}),
         "not yet valid": idp.sign({"sub": SUB, "aud": AUD, "nbf": now + 600}),
-        "no exp": jwt.encode({"sub": SUB, "aud": AUD, "iss": idp.issuer, "iat": now}, idp.keys[-1].private,
-                             algorithm="RS256", headers={"kid": idp.keys[-1].kid}),
-        "other key, same kid": other.sign({"sub": SUB, "aud": AUD, "iss": idp.issuer},
-                                          headers={"kid": idp.keys[-1].kid}),
-        "alg none": jwt.encode({"sub": SUB, "aud": AUD, "iss": idp.issuer, "iat": now, "exp": now + 60}, None,
-                               algorithm="none", headers={"kid": idp.keys[-1].kid}),
-        "HS256 with the public key": _hs256(pem, {"sub": SUB, "aud": AUD, "iss": idp.issuer, "iat": now,
-                                                  "exp": now + 60}, idp.keys[-1].kid),
+        "no exp": jwt.encode(
+            {"sub": SUB, "aud": AUD, "iss": idp.issuer, "iat": now},
+            idp.keys[-1].private,
+            algorithm="RS256",
+            headers={"kid": idp.keys[-1].kid},
+        ),
+        "other key, same kid": other.sign(
+            {"sub": SUB, "aud": AUD, "iss": idp.issuer}, headers={"kid": idp.keys[-1].kid}
+        ),
+        "alg none": jwt.encode(
+            {"sub": SUB, "aud": AUD, "iss": idp.issuer, "iat": now, "exp": now + 60},
+            None,
+            algorithm="none",
+            headers={"kid": idp.keys[-1].kid},
+        ),
+        "HS256 with the public key": _hs256(
+            pem, {"sub": SUB, "aud": AUD, "iss": idp.issuer, "iat": now, "exp": now + 60}, idp.keys[-1].kid
+        ),
         "unknown kid": idp.sign({"sub": SUB, "aud": AUD}, headers={"kid": "nope"}),
         "garbage": "not-a-jwt",
     }
@@ -142,13 +176,18 @@ def _hs256(secret: bytes, claims: dict[str, Any], kid: str) -> str:
 def test_key_rotation_by_kid_and_rule_claims(gateway, admin, idp):
     pid, sa_id, _ = _setup(gateway, admin, idp, attribute_matchers={"repository": "acme/api", "ref": "refs/heads/main"})
     gateway.app.runtime.features.identity_jwks.min_refetch = 0
-    claims = {"sub": "repo:acme/api:ref:refs/heads/main", "aud": AUD, "repository": "acme/api",
-              "ref": "refs/heads/main"}
+    claims = {
+        "sub": "repo:acme/api:ref:refs/heads/main",
+        "aud": AUD,
+        "repository": "acme/api",
+        "ref": "refs/heads/main",
+    }
     assert _exchange(gateway, idp.sign(claims), pid, sa_id).status_code == 200
     idp.rotate()  # a new key the cached JWKS does not have: fetched again by its kid
     assert _exchange(gateway, idp.sign(claims), pid, sa_id).status_code == 200
-    assert _exchange(gateway, idp.sign({**claims, "ref": "refs/heads/dev"}), pid, sa_id).json()["error"] == \
-        "invalid_grant"
+    assert (
+        _exchange(gateway, idp.sign({**claims, "ref": "refs/heads/dev"}), pid, sa_id).json()["error"] == "invalid_grant"
+    )
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -159,7 +198,8 @@ def test_admin_shapes_and_validation(gateway, admin, idp):
     pid, sa_id, rid = _setup(gateway, admin, idp, permissions={"type": "restricted", "scopes": ["api.model.request"]})
     with pytest.raises(openai.BadRequestError):  # a rule that would match every token of the issuer
         org.workload_identity_providers.federation_rules.create(
-            pid, project_id=gateway.project_id, service_account_id=sa_id, attribute_matchers={})
+            pid, project_id=gateway.project_id, service_account_id=sa_id, attribute_matchers={}
+        )
     assert [p.id for p in org.workload_identity_providers.list()] == [pid]
     got = org.workload_identity_providers.federation_rules.retrieve(rid, workload_identity_provider_id=pid)
     assert got.permissions.type == "restricted" and got.service_account_id == sa_id
@@ -175,8 +215,9 @@ def test_restricted_rule_and_streaming(gateway, admin, idp):
     pid, sa_id, _ = _setup(gateway, admin, idp, permissions={"type": "restricted", "scopes": ["api.model.request"]})
     tok = _exchange(gateway, idp.sign({"sub": SUB, "aud": AUD}), pid, sa_id).json()["access_token"]
     client = OpenAI(base_url=gateway.v1, max_retries=0, api_key=tok)
-    stream = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
-                                            stream=True)
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     with pytest.raises(openai.PermissionDeniedError):
         client.files.list()
@@ -192,7 +233,8 @@ def test_rule_disabled_reaches_another_instance_within_a_second(gateway, admin, 
         on_other = OpenAI(base_url=other.v1, max_retries=0, api_key=tok)
         assert _chat(on_other)
         admin.admin.organization.workload_identity_providers.federation_rules.update(
-            rid, workload_identity_provider_id=pid, enabled=False)
+            rid, workload_identity_provider_id=pid, enabled=False
+        )
         deadline = time.monotonic() + 1.0
         while True:  # polls the other instance until it refuses (bounded: the promise is < 1 s)
             try:

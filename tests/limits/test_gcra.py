@@ -7,10 +7,23 @@ import pytest
 from keyplane.limits import MINUTE_US, gcra
 
 
-@pytest.mark.parametrize("seconds,text", [
-    (20, "20s"), (0.644, "644ms"), (432, "7m12s"), (86.4, "1m26.4s"), (360, "6m0s"), (0.012, "12ms"),
-    (1, "1s"), (0, "0s"), (3600, "1h0m0s"), (3725.5, "1h2m5.5s"), (0.0001, "1ms"), (59.9996, "1m0s"),
-])
+@pytest.mark.parametrize(
+    "seconds,text",
+    [
+        (20, "20s"),
+        (0.644, "644ms"),
+        (432, "7m12s"),
+        (86.4, "1m26.4s"),
+        (360, "6m0s"),
+        (0.012, "12ms"),
+        (1, "1s"),
+        (0, "0s"),
+        (3600, "1h0m0s"),
+        (3725.5, "1h2m5.5s"),
+        (0.0001, "1ms"),
+        (59.9996, "1m0s"),
+    ],
+)
 def test_go_duration(seconds, text):
     assert gcra.go_duration(seconds) == text
 

@@ -55,29 +55,53 @@ def test_an_encoding_not_loaded_is_built_in_the_background(monkeypatch):
     assert real < tokens.upper_bound(text) and tokens.counter("gpt-4-turbo").count(text) == real
 
 
-@pytest.mark.parametrize("model,encoding", [
-    ("gpt-4o-mini", "o200k_base"), ("gpt-4.1-nano", "o200k_base"), ("o3-mini", "o200k_base"),
-    ("o4-mini", "o200k_base"), ("gpt-5", "o200k_base"), ("demo-echo", "o200k_base"),
-    ("gpt-4-turbo", "cl100k_base"), ("gpt-3.5-turbo", "cl100k_base"), ("text-embedding-3-small", "cl100k_base"),
-    ("llama3", None),
-])
+@pytest.mark.parametrize(
+    "model,encoding",
+    [
+        ("gpt-4o-mini", "o200k_base"),
+        ("gpt-4.1-nano", "o200k_base"),
+        ("o3-mini", "o200k_base"),
+        ("o4-mini", "o200k_base"),
+        ("gpt-5", "o200k_base"),
+        ("demo-echo", "o200k_base"),
+        ("gpt-4-turbo", "cl100k_base"),
+        ("gpt-3.5-turbo", "cl100k_base"),
+        ("text-embedding-3-small", "cl100k_base"),
+        ("llama3", None),
+    ],
+)
 def test_encoding_per_model(model, encoding):
     assert tokens.encoding_name(model) == encoding
 
 
 def test_counts():
-    body = orjson.dumps({"model": "gpt-4o", "messages": [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "Hello, how are you?"}], "n": 2})
+    body = orjson.dumps(
+        {
+            "model": "gpt-4o",
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "Hello, how are you?"},
+            ],
+            "n": 2,
+        }
+    )
     n, choices = tokens.measure("/v1/chat/completions", "gpt-4o", body)
     # the cookbook's count: 3 per message + role + content, 3 to prime the reply
     assert n == 3 + (3 + 1 + 6) + (3 + 1 + 6) + 0 and choices == 2
-    assert tokens.prompt_tokens("/v1/embeddings", "text-embedding-3-small",
-                                orjson.dumps({"input": ["hello world", [1, 2, 3]]})) == 2 + 3
+    assert (
+        tokens.prompt_tokens(
+            "/v1/embeddings", "text-embedding-3-small", orjson.dumps({"input": ["hello world", [1, 2, 3]]})
+        )
+        == 2 + 3
+    )
     assert tokens.prompt_tokens("/v1/responses", "gpt-4o", orjson.dumps({"input": "hello world"})) == 2
     # A model without a tokenizer: a token per byte of content (an upper bound), 4 for the message, 3 for the reply.
-    assert tokens.prompt_tokens("/v1/chat/completions", "llama3",
-                                orjson.dumps({"messages": [{"role": "user", "content": "x" * 40}]})) == 3 + 4 + 40
+    assert (
+        tokens.prompt_tokens(
+            "/v1/chat/completions", "llama3", orjson.dumps({"messages": [{"role": "user", "content": "x" * 40}]})
+        )
+        == 3 + 4 + 40
+    )
     # what cannot be read counts one token per byte: the most its text can be
     assert tokens.prompt_tokens("/v1/chat/completions", "gpt-4o", b"not json") == 8
 
@@ -86,25 +110,48 @@ def test_counting_is_an_upper_bound_and_names_what_it_cannot_see():
     c = "/v1/chat/completions"
     # every string is counted, whatever the key it sits under
     plain = tokens.measure(c, "gpt-4o", orjson.dumps({"messages": [{"role": "user", "content": "hi"}]}))
-    hidden = tokens.measure(c, "gpt-4o", orjson.dumps({"messages": [
-        {"role": "user", "content": [{"type": "refusal", "refusal": "word " * 500}]}]}))
+    hidden = tokens.measure(
+        c,
+        "gpt-4o",
+        orjson.dumps({"messages": [{"role": "user", "content": [{"type": "refusal", "refusal": "word " * 500}]}]}),
+    )
     assert hidden.prompt > plain.prompt + 400 and not hidden.unbounded
     # an image counts as the most one image is billed; files and audio are billed by what is not in the body
-    img = tokens.measure(c, "gpt-4o", orjson.dumps({"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 10_000}}]}]}))
+    img = tokens.measure(
+        c,
+        "gpt-4o",
+        orjson.dumps(
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 10_000}}
+                        ],
+                    }
+                ]
+            }
+        ),
+    )
     assert img.prompt >= tokens.IMAGE_TOKENS_MAX and not img.unbounded
-    for part in ({"type": "file", "file": {"file_data": "data:application/pdf;base64,AAAA"}},
-                 {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
-                 {"type": "input_file", "file_id": "file-1"}):
+    for part in (
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64,AAAA"}},
+        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+        {"type": "input_file", "file_id": "file-1"},
+    ):
         m = tokens.measure(c, "gpt-4o", orjson.dumps({"messages": [{"role": "user", "content": [part]}]}))
         assert m.unbounded, part
     r = tokens.measure("/v1/responses", "gpt-4o", orjson.dumps({"prompt": {"id": "pmpt_1"}, "input": "x"}))
     assert r.unbounded
     # hosted tools are billed per call
-    assert tokens.measure("/v1/responses", "gpt-4o", orjson.dumps(
-        {"input": "x", "tools": [{"type": "web_search"}]})).hosted_tools
-    assert not tokens.measure("/v1/responses", "gpt-4o", orjson.dumps(
-        {"input": "x", "tools": [{"type": "function", "name": "f", "parameters": {}}]})).hosted_tools
+    assert tokens.measure(
+        "/v1/responses", "gpt-4o", orjson.dumps({"input": "x", "tools": [{"type": "web_search"}]})
+    ).hosted_tools
+    assert not tokens.measure(
+        "/v1/responses",
+        "gpt-4o",
+        orjson.dumps({"input": "x", "tools": [{"type": "function", "name": "f", "parameters": {}}]}),
+    ).hosted_tools
     # bodies that crashed counting before (red-team review): a number for messages, deep nesting
     assert tokens.measure(c, "gpt-4o", b'{"messages": 5}').prompt >= 0
     deep = b'{"prompt": ' + b"[" * 900 + b'"a"' + b"]" * 900 + b"}"
@@ -115,7 +162,7 @@ ADVERSARIAL = [
     "hello world " * 50,
     "\u6f22\u5b57\u304b\u306a\u4ea4\u3058\u308a\u6587" * 40,  # CJK: 3 bytes a character
     "\U0001f600\U0001f9d1\u200d\U0001f680\U0001faf6\U0001f3fd" * 40,  # emoji and ZWJ sequences: 4 bytes
-    "".join(chr(c) for c in range(0x4e00, 0x4e00 + 600, 7)),  # rare ideographs: byte-level merges fail
+    "".join(chr(c) for c in range(0x4E00, 0x4E00 + 600, 7)),  # rare ideographs: byte-level merges fail
     "\u0915\u094d\u0937\u093e" * 60 + " x9Q#z!~" * 40,  # Devanagari conjuncts, then symbol soup
 ]
 
@@ -142,7 +189,7 @@ CORPUS = [
     "    indented\n\n\n\t\ttabs  \r\n trailing   \n" * 10,
     "1234567890 3.14159 -42 1e10 0x1F 000123 " * 20,
     "I'm we've they'LL you'D it's THEY'RE " * 20,
-    "https://example.com/path?q=1&r=%20x#frag user@example.com {\"k\": [1, 2, {\"n\": null}]}",
+    'https://example.com/path?q=1&r=%20x#frag user@example.com {"k": [1, 2, {"n": null}]}',
     "Привет, мир! \u0393\u03b5\u03b9\u03ac \u03c3\u03bf\u03c5 \u03ba\u03cc\u03c3\u03bc\u03b5! مرحبا بالعالم שלום עולם "
     "こんにちは世界 안녕하세요 세계",  # Greek escaped: ruff's RUF001 reads its letters as Latin look-alikes
     "\ud800 lone surrogate and \udfff",  # tiktoken re-encodes these: counted, not refused

@@ -14,8 +14,9 @@ def admin(server) -> OpenAI:
 @pytest.fixture
 def http(server):
     """A raw HTTP client with the admin key, for keyplane's extension endpoints and error cases."""
-    with httpx.Client(base_url=server.v1 + "/organization",
-                      headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=10) as c:
+    with httpx.Client(
+        base_url=server.v1 + "/organization", headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=10
+    ) as c:
         yield c
 
 

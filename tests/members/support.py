@@ -10,6 +10,7 @@ from keyplane.members import ops
 
 def make_member(server: Any, project_id: str, email: str, role: str = "member") -> None:
     """Add the user with ``email`` to the project, on the server's own loop and store."""
+
     async def go() -> None:
         async with server.app.runtime.write() as s:
             user = await control.find_user(s, email)
@@ -18,8 +19,9 @@ def make_member(server: Any, project_id: str, email: str, role: str = "member") 
     server.call(go())
 
 
-def user_with_key(server: Any, http: Any, email: str, role: str = "reader",
-                  key_role: str | None = None) -> tuple[dict[str, Any], Any]:
+def user_with_key(
+    server: Any, http: Any, email: str, role: str = "reader", key_role: str | None = None
+) -> tuple[dict[str, Any], Any]:
     """A new organization user and the SDK's admin resource for an admin key of theirs."""
     from openai import OpenAI
 
@@ -27,8 +29,14 @@ def user_with_key(server: Any, http: Any, email: str, role: str = "reader",
 
     async def make_key() -> str:
         async with server.app.runtime.write() as s:
-            _, value = await control.create_admin_key(s, control.CLI_ACTOR, server.settings.secret_key,
-                                                      f"{email} key", owner_user_id=user["id"], role=key_role)
+            _, value = await control.create_admin_key(
+                s,
+                control.CLI_ACTOR,
+                server.settings.secret_key,
+                f"{email} key",
+                owner_user_id=user["id"],
+                role=key_role,
+            )
             return value
 
     key = server.call(make_key())

@@ -40,9 +40,15 @@ def test_reader_admin_key_reads_but_never_writes(admin, http, server):
     _refused(lambda: org.projects.api_keys.delete(server.init["api_key_id"], project_id=pid))
     _refused(lambda: org.admin_api_keys.delete(server.init["admin_key_id"]))
     # a lookup is a read, though it POSTs
-    assert _client(server, r.json()["value"]).post(
-        "/organization/api_keys/lookup", body={"sha256": ["0" * 64]}, cast_to=object,
-        options={"headers": {"Authorization": f"Bearer {r.json()['value']}"}}) is not None
+    assert (
+        _client(server, r.json()["value"]).post(
+            "/organization/api_keys/lookup",
+            body={"sha256": ["0" * 64]},
+            cast_to=object,
+            options={"headers": {"Authorization": f"Bearer {r.json()['value']}"}},
+        )
+        is not None
+    )
     assert admin.admin.organization.projects.retrieve(pid).name == "Default project"  # nothing changed
     assert http.post("/admin_api_keys", json={"name": "x", "role": "emperor"}).status_code == 400
 
@@ -52,8 +58,9 @@ def test_demoted_owner_keeps_only_read(admin, http, server):
 
     async def make_key() -> str:
         async with server.app.runtime.write() as s:
-            _, value = await control.create_admin_key(s, control.CLI_ACTOR, server.settings.secret_key, "boss key",
-                                                      owner_user_id=boss["id"])
+            _, value = await control.create_admin_key(
+                s, control.CLI_ACTOR, server.settings.secret_key, "boss key", owner_user_id=boss["id"]
+            )
             return value
 
     org = _client(server, server.call(make_key())).admin.organization
@@ -93,8 +100,7 @@ def test_user_roles_are_the_organization_role(admin, http):
     dev = http.post("/users", json={"email": "dev@example.com", "role": "reader"}).json()
     roles = admin.admin.organization.users.roles
     assert [r.name for r in roles.list(dev["id"])] == ["reader"]
-    assert roles.retrieve("role-reader", user_id=dev["id"]).permissions == ["api.organization.read",
-                                                                            "api.project.read"]
+    assert roles.retrieve("role-reader", user_id=dev["id"]).permissions == ["api.organization.read", "api.project.read"]
     with pytest.raises(openai.NotFoundError):
         roles.retrieve("role-owner", user_id=dev["id"])
     with pytest.raises(openai.BadRequestError):

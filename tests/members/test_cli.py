@@ -32,7 +32,8 @@ def test_invites_and_members(cli):
     assert "https://kp.test/invite/kpinv_" in res.stdout
     listed = json.loads(cli("invites", "list", "--json").stdout)
     assert [(i["email"], i["status"], i["projects"]) for i in listed] == [
-        ("new@example.com", "pending", [{"id": pid, "role": "owner"}])]
+        ("new@example.com", "pending", [{"id": pid, "role": "owner"}])
+    ]
     cli("invites", "delete", listed[0]["id"])
     assert json.loads(cli("invites", "list", "--json").stdout) == []
     cli("invites", "create", "x@example.com", "--role", "emperor", code=1)
@@ -40,8 +41,9 @@ def test_invites_and_members(cli):
     cli("users", "add", "dev@example.com")
     added = json.loads(cli("members", "add", pid, "dev@example.com", "--json").stdout)
     assert added["object"] == "organization.project.user" and added["role"] == "member"
-    key = json.loads(cli("keys", "create", "--project", pid, "--name", "dev", "--owner", "dev@example.com",
-                         "--json").stdout)
+    key = json.loads(
+        cli("keys", "create", "--project", pid, "--name", "dev", "--owner", "dev@example.com", "--json").stdout
+    )
     assert [m["email"] for m in json.loads(cli("members", "list", pid, "--json").stdout)] == ["dev@example.com"]
     assert "1 key(s) revoked" in cli("members", "remove", pid, "dev@example.com").stdout
     keys_now = json.loads(cli("keys", "list", "--project", pid, "--json", "--all").stdout)

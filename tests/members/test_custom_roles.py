@@ -29,8 +29,14 @@ def _user_with_key(server, http, email: str, role: str = "reader", key_role: str
 
     async def make_key() -> str:
         async with server.app.runtime.write() as s:
-            _, value = await control.create_admin_key(s, control.CLI_ACTOR, server.settings.secret_key,
-                                                      f"{email} key", owner_user_id=user["id"], role=key_role)
+            _, value = await control.create_admin_key(
+                s,
+                control.CLI_ACTOR,
+                server.settings.secret_key,
+                f"{email} key",
+                owner_user_id=user["id"],
+                role=key_role,
+            )
             return value
 
     return user, _client(server, server.call(make_key())).admin.organization
@@ -42,8 +48,9 @@ def _types(admin: OpenAI, *types: str) -> list[str]:
 
 def test_custom_role_crud(admin, http):
     roles = admin.admin.organization.roles
-    made = roles.create(role_name="Project writer", permissions=[PROJECT_WRITE, PROJECT_READ],
-                        description="Changes projects")
+    made = roles.create(
+        role_name="Project writer", permissions=[PROJECT_WRITE, PROJECT_READ], description="Changes projects"
+    )
     assert made.object == "role" and made.id.startswith("role_") and not made.predefined_role
     assert made.permissions == [PROJECT_READ, PROJECT_WRITE] and made.resource_type == "api.organization"
     assert roles.retrieve(made.id).name == "Project writer"
@@ -78,8 +85,11 @@ def test_custom_role_crud(admin, http):
     assert gone.deleted and gone.object == "role.deleted" and gone.id == made.id
     with pytest.raises(openai.NotFoundError):
         roles.retrieve(made.id)
-    assert _types(admin, "role.created", "role.updated", "role.deleted") == ["role.deleted", "role.updated",
-                                                                              "role.created"]
+    assert _types(admin, "role.created", "role.updated", "role.deleted") == [
+        "role.deleted",
+        "role.updated",
+        "role.created",
+    ]
 
 
 def test_custom_role_grants_on_the_next_call_and_is_taken_away_on_the_next(admin, http, server):
@@ -101,7 +111,9 @@ def test_custom_role_grants_on_the_next_call_and_is_taken_away_on_the_next(admin
     with pytest.raises(openai.NotFoundError):
         admin.admin.organization.users.roles.delete(writer.id, user_id=dev["id"])
     assert _types(admin, "role.assignment.created", "role.assignment.deleted") == [
-        "role.assignment.deleted", "role.assignment.created"]
+        "role.assignment.deleted",
+        "role.assignment.created",
+    ]
 
 
 def test_a_reader_key_stays_read_only_whatever_its_user_holds(admin, http, server):
@@ -202,7 +214,10 @@ def test_groups_crud_and_membership_takes_effect_on_the_next_call(admin, http, s
     with pytest.raises(openai.NotFoundError):
         groups.users.list(g.id)
     assert set(_types(admin, "group.created", "group.updated", "group.deleted")) == {
-        "group.created", "group.updated", "group.deleted"}
+        "group.created",
+        "group.updated",
+        "group.deleted",
+    }
 
 
 def test_a_role_deleted_while_assigned(admin, http, server):
@@ -245,17 +260,20 @@ def test_custom_roles_add_up(admin, http, server):
     assert org.users.update(other["id"], role="owner").role == "owner"
 
 
-@pytest.mark.parametrize("body", [
-    {"role_name": "x", "permissions": "api.project.read"},
-    {"role_name": "x", "permissions": [1, 2]},
-    {"role_name": "x", "permissions": [{"a": 1}]},
-    {"role_name": "x"},
-    {"role_name": ["x"], "permissions": []},
-    {"role_name": "", "permissions": []},
-    {"role_name": "x" * 129, "permissions": []},
-    {"role_name": "x", "permissions": [], "description": 5},
-    {"role_name": "x", "permissions": ["api.project.read"] * 10_000 + ["api.x"]},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"role_name": "x", "permissions": "api.project.read"},
+        {"role_name": "x", "permissions": [1, 2]},
+        {"role_name": "x", "permissions": [{"a": 1}]},
+        {"role_name": "x"},
+        {"role_name": ["x"], "permissions": []},
+        {"role_name": "", "permissions": []},
+        {"role_name": "x" * 129, "permissions": []},
+        {"role_name": "x", "permissions": [], "description": 5},
+        {"role_name": "x", "permissions": ["api.project.read"] * 10_000 + ["api.x"]},
+    ],
+)
 def test_role_bodies_are_refused_in_openai_shape(http, body):
     r = http.post("/roles", json=body)
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text

@@ -22,8 +22,12 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer]]:
     with postgres_database() as url:
-        env = {"KEYPLANE_REDIS_URL": "redis://127.0.0.1:6379/0", "KEYPLANE_REDIS_PREFIX": f"kpt{secrets.token_hex(4)}",
-               "KEYPLANE_SNAPSHOT_POLL_SECONDS": "30", "KEYPLANE_SECRET_KEY": secrets.token_urlsafe(32)}
+        env = {
+            "KEYPLANE_REDIS_URL": "redis://127.0.0.1:6379/0",
+            "KEYPLANE_REDIS_PREFIX": f"kpt{secrets.token_hex(4)}",
+            "KEYPLANE_SNAPSHOT_POLL_SECONDS": "30",
+            "KEYPLANE_SECRET_KEY": secrets.token_urlsafe(32),
+        }
         sa = make_settings(tmp_path / "a", url, **env)
         init = init_org(sa)
         sb = make_settings(tmp_path / "b", url, **env)
@@ -65,13 +69,17 @@ def _can_write(org) -> bool:
 def test_a_removal_reaches_the_other_instance_within_a_second(pair):
     a, b = pair
     admin = _client(a, a.admin_key).admin.organization
-    user = httpx.post(a.v1 + "/organization/users", headers={"Authorization": f"Bearer {a.admin_key}"},
-                      json={"email": "fleet@example.com", "role": "reader"}).json()
+    user = httpx.post(
+        a.v1 + "/organization/users",
+        headers={"Authorization": f"Bearer {a.admin_key}"},
+        json={"email": "fleet@example.com", "role": "reader"},
+    ).json()
 
     async def make_key() -> str:
         async with a.app.runtime.write() as s:
-            _, value = await control.create_admin_key(s, control.CLI_ACTOR, a.settings.secret_key, "fleet",
-                                                      owner_user_id=user["id"])
+            _, value = await control.create_admin_key(
+                s, control.CLI_ACTOR, a.settings.secret_key, "fleet", owner_user_id=user["id"]
+            )
             return value
 
     on_b = _client(b, a.call(make_key())).admin.organization

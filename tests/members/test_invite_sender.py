@@ -18,15 +18,16 @@ ORG_READ, ORG_WRITE = "api.organization.read", "api.organization.write"
 
 def _accept(server, url: str, meanwhile: Callable[[], None] | None = None) -> tuple[httpx.Response, httpx.Response]:
     """Open the link, run ``meanwhile`` (the sender loses their authority while the page is open), submit."""
-    path = url[len(server.base_url):] if url.startswith("http") else url
+    path = url[len(server.base_url) :] if url.startswith("http") else url
     with httpx.Client(base_url=server.base_url, follow_redirects=False, timeout=10) as c:
         page = c.get(path)
         assert page.status_code == 200, page.text
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
         if meanwhile is not None:
             meanwhile()
-        done = c.post(path, data={"csrf_token": csrf, "password": "a long enough password",
-                                  "password2": "a long enough password"})
+        done = c.post(
+            path, data={"csrf_token": csrf, "password": "a long enough password", "password2": "a long enough password"}
+        )
         return done, c.get(path)
 
 
@@ -43,8 +44,9 @@ def test_an_owner_invite_dies_with_its_senders_owner_role(admin, http, server):
     reader_inv = theirs.invites.create(email="clerk@example.com", role="reader", projects=[])
     assert owner_inv.model_extra["created_by"] == boss["id"]
 
-    done, again = _accept(server, owner_inv.model_extra["accept_url"],
-                          meanwhile=lambda: org.users.update(boss["id"], role="reader"))
+    done, again = _accept(
+        server, owner_inv.model_extra["accept_url"], meanwhile=lambda: org.users.update(boss["id"], role="reader")
+    )
     assert done.status_code == 403 and "no longer holds the authority to invite you as &#39;owner&#39;" in done.text
     assert "api.project.write" in done.text
     assert again.status_code == 403 and 'id="invite-error"' in again.text and "<form" not in again.text
@@ -76,8 +78,9 @@ def test_an_invite_dies_with_its_senders_right_to_invite(admin, http, server):
     people = org.roles.create(role_name="people", permissions=[ORG_READ, ORG_WRITE])
     org.users.roles.create(hr["id"], role_id=people.id)
     inv = theirs.invites.create(email="hire@example.com", role="reader", projects=[])
-    done, _ = _accept(server, inv.model_extra["accept_url"],
-                      meanwhile=lambda: org.users.roles.delete(people.id, user_id=hr["id"]))
+    done, _ = _accept(
+        server, inv.model_extra["accept_url"], meanwhile=lambda: org.users.roles.delete(people.id, user_id=hr["id"])
+    )
     assert done.status_code == 403 and "api.organization.write" in done.text
     assert "hire@example.com" not in _emails(admin)
 
@@ -87,8 +90,9 @@ def test_invites_without_a_sender_are_not_checked(admin, server):
 
     async def make() -> str:
         async with server.app.runtime.write() as s:
-            inv, token = await invites.create_invite(s, control.CLI_ACTOR, server.settings.secret_key,
-                                                     email="cli@example.com", role="owner", projects=[])
+            inv, token = await invites.create_invite(
+                s, control.CLI_ACTOR, server.settings.secret_key, email="cli@example.com", role="owner", projects=[]
+            )
             assert inv.created_by is None
             return token
 

@@ -15,8 +15,9 @@ def _accept(server, url: str, password: str = "a long enough password", again: s
         if page.status_code != 200:
             return page
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
-        return c.post(url, data={"csrf_token": csrf, "password": password, "password2": again or password,
-                                 "name": "Newcomer"})
+        return c.post(
+            url, data={"csrf_token": csrf, "password": password, "password2": again or password, "name": "Newcomer"}
+        )
 
 
 def test_invite_lifecycle(admin, server):
@@ -36,7 +37,7 @@ def test_invite_lifecycle(admin, server):
     with pytest.raises(openai.NotFoundError):
         invites.create(email="x@example.com", role="reader", projects=[{"id": "proj_missing", "role": "member"}])
 
-    path = url[len(server.base_url):]
+    path = url[len(server.base_url) :]
     assert _accept(server, path, "short").status_code == 400
     assert _accept(server, path, again="another long password").status_code == 400
     done = _accept(server, path)
@@ -64,6 +65,6 @@ def test_deleted_invite_link_is_dead_and_default_project(admin, server):
     assert d.deleted and d.object == "organization.invite.deleted"
     with pytest.raises(openai.NotFoundError):
         invites.retrieve(inv.id)
-    assert _accept(server, inv.model_extra["accept_url"][len(server.base_url):]).status_code == 404
+    assert _accept(server, inv.model_extra["accept_url"][len(server.base_url) :]).status_code == 404
     assert _accept(server, "/invite/kpinv_forged").status_code == 404
     assert not [u for u in admin.admin.organization.users.list() if u.email == "gone@example.com"]

@@ -64,8 +64,9 @@ def test_joining_a_project_group_needs_project_write(admin, http, server):
     from tests.members.test_custom_roles import _refused, _user_with_key
 
     dev, org = _user_with_key(server, http, "ow@example.com")
-    people = admin.admin.organization.roles.create(role_name="people", permissions=["api.organization.read",
-                                                                                    "api.organization.write"])
+    people = admin.admin.organization.roles.create(
+        role_name="people", permissions=["api.organization.read", "api.organization.write"]
+    )
     admin.admin.organization.users.roles.create(dev["id"], role_id=people.id)
     g = admin.admin.organization.groups.create(name="on a project")
     admin.admin.organization.projects.groups.create(server.project_id, group_id=g.id, role="owner")

@@ -52,8 +52,9 @@ def _assignments(server) -> int:
 def test_project_role_crud_in_the_sdk_shapes(admin, http, server):
     org = admin.admin.organization
     pid, other = server.project_id, org.projects.create(name="other").id
-    made = org.projects.roles.create(pid, role_name="Deployer", permissions=[PROJECT_WRITE, PROJECT_READ],
-                                     description="Ships things")
+    made = org.projects.roles.create(
+        pid, role_name="Deployer", permissions=[PROJECT_WRITE, PROJECT_READ], description="Ships things"
+    )
     assert made.object == "role" and made.id.startswith("role_") and not made.predefined_role
     assert made.resource_type == "api.project" and made.permissions == [PROJECT_READ, PROJECT_WRITE]
     assert made.model_extra["project_id"] == pid
@@ -62,8 +63,9 @@ def test_project_role_crud_in_the_sdk_shapes(admin, http, server):
     assert [r.id for r in org.projects.roles.list(pid)] == [made.id, second.id]
     assert [r.id for r in org.projects.roles.list(pid, limit=1)] == [made.id, second.id]  # pages by `next`
     assert next(iter(org.projects.roles.list(pid, order="desc"))).id == second.id
-    up = org.projects.roles.update(made.id, project_id=pid, role_name="Releaser", permissions=[PROJECT_READ],
-                                   description=None)
+    up = org.projects.roles.update(
+        made.id, project_id=pid, role_name="Releaser", permissions=[PROJECT_READ], description=None
+    )
     assert (up.name, up.permissions, up.description) == ("Releaser", [PROJECT_READ], None)
     # the same calls in keyplane's admin namespace
     assert [r["id"] for r in http.get(f"/projects/{pid}/roles").json()["data"]] == [made.id, second.id]
@@ -80,10 +82,12 @@ def test_project_role_crud_in_the_sdk_shapes(admin, http, server):
         org.projects.roles.create(pid, role_name="Owner", permissions=[PROJECT_READ])
     # names are the project's own; ids never reach another project, nor the organization's roles
     assert org.projects.roles.create(other, role_name="Releaser", permissions=[PROJECT_READ]).name == "Releaser"
-    for call in (lambda: org.projects.roles.retrieve(made.id, project_id=other),
-                 lambda: org.projects.roles.update(made.id, project_id=other, role_name="x"),
-                 lambda: org.projects.roles.delete(made.id, project_id=other),
-                 lambda: org.roles.retrieve(made.id)):
+    for call in (
+        lambda: org.projects.roles.retrieve(made.id, project_id=other),
+        lambda: org.projects.roles.update(made.id, project_id=other, role_name="x"),
+        lambda: org.projects.roles.delete(made.id, project_id=other),
+        lambda: org.roles.retrieve(made.id),
+    ):
         with pytest.raises(openai.NotFoundError):
             call()
     assert made.id not in [r.id for r in org.roles.list()]
@@ -91,8 +95,9 @@ def test_project_role_crud_in_the_sdk_shapes(admin, http, server):
     assert gone.deleted and gone.object == "role.deleted" and gone.id == made.id
     with pytest.raises(openai.NotFoundError):
         org.projects.roles.retrieve(made.id, project_id=pid)
-    events = list(org.audit_logs.list(event_types=["role.created", "role.updated", "role.deleted"],
-                                      resource_ids=[made.id]))
+    events = list(
+        org.audit_logs.list(event_types=["role.created", "role.updated", "role.deleted"], resource_ids=[made.id])
+    )
     assert [e.type for e in events] == ["role.deleted", "role.updated", "role.created"]
     assert events[-1].role_created.resource_type == "api.project" and events[-1].role_created.resource_id == pid
     assert events[-1].project.id == pid
@@ -135,12 +140,19 @@ def test_a_project_role_grants_in_its_project_only(admin, http, server):
         org.projects.users.roles.retrieve(writer.id, project_id=a, user_id=dev["id"])
     with pytest.raises(openai.NotFoundError):
         org.projects.users.roles.delete(writer.id, project_id=a, user_id=dev["id"])
-    events = list(org.audit_logs.list(event_types=["role.assignment.created", "role.assignment.deleted"],
-                                      resource_ids=[writer.id]))
+    events = list(
+        org.audit_logs.list(
+            event_types=["role.assignment.created", "role.assignment.deleted"], resource_ids=[writer.id]
+        )
+    )
     assert [e.type for e in events] == ["role.assignment.deleted", "role.assignment.created"]
     created = events[1].role_assignment_created
     assert (created.principal_type, created.principal_id, created.resource_type, created.resource_id) == (
-        "user", dev["id"], "api.project", a)
+        "user",
+        dev["id"],
+        "api.project",
+        a,
+    )
 
 
 def test_a_reader_key_stays_read_only_in_the_project(admin, http, server):
@@ -194,8 +206,7 @@ def test_a_groups_project_role_reaches_its_users_in_that_project(admin, http, se
     assert not gr.group.scim_managed
     assert _can_write(theirs, pid)  # the very next call
     assert [r.id for r in org.projects.groups.roles.list(g.id, project_id=pid)] == [writer.id]
-    assert org.projects.groups.roles.retrieve(writer.id, project_id=pid, group_id=g.id).permissions == [
-        PROJECT_WRITE]
+    assert org.projects.groups.roles.retrieve(writer.id, project_id=pid, group_id=g.id).permissions == [PROJECT_WRITE]
     via = list(org.projects.users.roles.list(dev["id"], project_id=pid))
     assert [(s.principal_type, s.principal_id) for s in via[0].assignment_sources] == [("group", g.id)]
     org.groups.users.delete(dev["id"], group_id=g.id)
@@ -302,22 +313,39 @@ def test_a_tampered_row_never_grants_organization_permissions(server):
             old = await control.create_project(s, control.CLI_ACTOR, "old")
             await ops.add_project_user(s, control.CLI_ACTOR, old.id, role="member", user_id=user.id)
             old.status = "archived"
-            rows = [("role_tampered", pid, [ORG_WRITE, PROJECT_WRITE]),
-                    ("role_elsewhere", "proj_other", [PROJECT_READ]), ("role_old", old.id, [PROJECT_WRITE])]
+            rows = [
+                ("role_tampered", pid, [ORG_WRITE, PROJECT_WRITE]),
+                ("role_elsewhere", "proj_other", [PROJECT_READ]),
+                ("role_old", old.id, [PROJECT_WRITE]),
+            ]
             for rid, in_project, perms in rows:
-                s.add(ProjectRole(id=rid, project_id=in_project, name=rid, permissions=orjson.dumps(perms).decode(),
-                                  created_at=0, updated_at=0))
-            for rid, in_project, who in (("role_tampered", pid, user.id), ("role_elsewhere", pid, user.id),
-                                         ("role_old", old.id, user.id), ("role_tampered", pid, "user-stranger")):
-                s.add(ProjectRoleAssignment(project_id=in_project, role_id=rid, principal_type="user",
-                                            principal_id=who, created_at=0))
+                s.add(
+                    ProjectRole(
+                        id=rid,
+                        project_id=in_project,
+                        name=rid,
+                        permissions=orjson.dumps(perms).decode(),
+                        created_at=0,
+                        updated_at=0,
+                    )
+                )
+            for rid, in_project, who in (
+                ("role_tampered", pid, user.id),
+                ("role_elsewhere", pid, user.id),
+                ("role_old", old.id, user.id),
+                ("role_tampered", pid, "user-stranger"),
+            ):
+                s.add(
+                    ProjectRoleAssignment(
+                        project_id=in_project, role_id=rid, principal_type="user", principal_id=who, created_at=0
+                    )
+                )
             await s.flush()
             loaded = await grants.load_projects(s)
             return {uid: dict(by) for uid, by in loaded.items()}
 
     loaded = server.call(go())
     assert list(loaded.values()) == [{pid: frozenset({PROJECT_WRITE})}]
-
 
 
 @pytest.mark.postgres
@@ -333,8 +361,9 @@ def test_a_project_role_reaches_the_other_instance_within_a_second(pair):  # noq
     async def make_key() -> str:
         async with a.app.runtime.write() as s:
             await ops.add_project_user(s, control.CLI_ACTOR, a.project_id, role="member", user_id=dev["id"])
-            _, value = await control.create_admin_key(s, control.CLI_ACTOR, a.settings.secret_key, "fleet",
-                                                      owner_user_id=dev["id"])
+            _, value = await control.create_admin_key(
+                s, control.CLI_ACTOR, a.settings.secret_key, "fleet", owner_user_id=dev["id"]
+            )
             return value
 
     on_b = _sdk(b, a.call(make_key()))

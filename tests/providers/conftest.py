@@ -23,11 +23,19 @@ def build_org(fake: FakeProvider) -> None:
     fake.add_key("proj_data", "key_data1", PROJ_SECRET, user=alice, last_used_at=1_800_000_000)
     fake.add_key("proj_data", "key_etl", SVC_SECRET, service_account=sa, last_used_at=1_800_000_000)
     fake.add_key("proj_data", "key_old", "sk-proj-" + "c" * 40 + "OLD1", user=alice, last_used_at=None)
-    fake.add_key("proj_default", "key_dflt", "sk-proj-" + "d" * 40 + "DFLT", user=carol,
-                 last_used_at=1_800_000_000)
-    fake.admin_keys.append({"object": "organization.admin_api_key", "id": "admin_1", "name": "ops",
-                            "redacted_value": "sk-admin-****abcd", "created_at": 1_700_000_000, "expires_at": None,
-                            "last_used_at": None, "owner": {"type": "user", "id": "user_alice"}})
+    fake.add_key("proj_default", "key_dflt", "sk-proj-" + "d" * 40 + "DFLT", user=carol, last_used_at=1_800_000_000)
+    fake.admin_keys.append(
+        {
+            "object": "organization.admin_api_key",
+            "id": "admin_1",
+            "name": "ops",
+            "redacted_value": "sk-admin-****abcd",
+            "created_at": 1_700_000_000,
+            "expires_at": None,
+            "last_used_at": None,
+            "owner": {"type": "user", "id": "user_alice"},
+        }
+    )
 
 
 @pytest.fixture

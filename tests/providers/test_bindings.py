@@ -25,9 +25,11 @@ SHARED = "sk-proj-shared-upstream-key-0000"
 
 
 def _config(url: str) -> str:
-    return (f'[[providers]]\nname = "acme"\nbase_url = "{url}"\nadmin_key_env = "ACME_ADMIN_KEY"\nsync_interval = 0\n\n'
-            f'[[upstreams]]\nname = "openai"\nbase_url = "{url}"\napi_key_env = "KP_SHARED_KEY"\n'
-            'models = ["gpt-*"]\nretry_backoff = 0.01\n')
+    return (
+        f'[[providers]]\nname = "acme"\nbase_url = "{url}"\nadmin_key_env = "ACME_ADMIN_KEY"\nsync_interval = 0\n\n'
+        f'[[upstreams]]\nname = "openai"\nbase_url = "{url}"\napi_key_env = "KP_SHARED_KEY"\n'
+        'models = ["gpt-*"]\nretry_backoff = 0.01\n'
+    )
 
 
 @pytest.fixture
@@ -43,8 +45,13 @@ def gateway(tmp_path, fake_provider, monkeypatch):
 
 
 def _admin(srv, method: str, path: str, body: dict | None = None, status: int = 200) -> dict:
-    r = httpx.request(method, f"{srv.v1}/organization{path}", json=body,
-                      headers={"Authorization": f"Bearer {srv.admin_key}"}, timeout=20)
+    r = httpx.request(
+        method,
+        f"{srv.v1}/organization{path}",
+        json=body,
+        headers={"Authorization": f"Bearer {srv.admin_key}"},
+        timeout=20,
+    )
     assert r.status_code == status, r.text
     return r.json()
 
@@ -77,11 +84,17 @@ def test_bind_forward_rotate_unbind(gateway, fake_provider):
     _chat(srv, srv.api_key)  # the default project: the shared key, as before
     assert fake.model_calls[1:] == [(first, "gpt-4o"), ("shared", "gpt-4o")]
 
-    _admin(srv, "POST", "/providers/bindings", {"project_id": other["id"], "provider_project_id": "proj_web"},
-           status=409)
+    _admin(
+        srv, "POST", "/providers/bindings", {"project_id": other["id"], "provider_project_id": "proj_web"}, status=409
+    )
     _admin(srv, "POST", "/providers/bindings", {"project_id": "nope", "provider_project_id": "proj_web"}, status=404)
-    _admin(srv, "POST", "/providers/bindings", {"project_id": srv.project_id, "provider_project_id": "proj_none"},
-           status=404)
+    _admin(
+        srv,
+        "POST",
+        "/providers/bindings",
+        {"project_id": srv.project_id, "provider_project_id": "proj_none"},
+        status=404,
+    )
 
     rotated = _admin(srv, "POST", f"/providers/bindings/{other['id']}/rotate", {"grace_seconds": 0})
     second = rotated["key_id"]
@@ -120,15 +133,18 @@ def test_bind_forward_rotate_unbind(gateway, fake_provider):
 def test_reader_admin_key_cannot_bind(gateway):
     srv = gateway
     reader = _admin(srv, "POST", "/admin_api_keys", {"name": "ro", "role": "reader"})
-    r = httpx.post(f"{srv.v1}/organization/providers/bindings", json={"project_id": srv.project_id,
-                                                                      "provider_project_id": "proj_web"},
-                   headers={"Authorization": f"Bearer {reader['value']}"})
+    r = httpx.post(
+        f"{srv.v1}/organization/providers/bindings",
+        json={"project_id": srv.project_id, "provider_project_id": "proj_web"},
+        headers={"Authorization": f"Bearer {reader['value']}"},
+    )
     assert r.status_code == 403
 
 
 def _dep(name: str, url: str, projects: list[str] | None = None) -> Deployment:
-    return Deployment(Upstream(name=name, base_url=url, projects=projects or []), "shared", Breaker(5, 30.0),
-                      re.compile(".*"))
+    return Deployment(
+        Upstream(name=name, base_url=url, projects=projects or []), "shared", Breaker(5, 30.0), re.compile(".*")
+    )
 
 
 def test_hook_swaps_only_the_bound_providers_shared_upstreams():
@@ -138,10 +154,15 @@ def test_hook_swaps_only_the_bound_providers_shared_upstreams():
     keys = UpstreamKeys([ProviderSection(name="acme", base_url="https://api.openai.com/v1/", admin_key_env="K")], box)
     from keyplane.providers.bindings import _Bound
 
-    keys.bound = {"proj_a": _Bound("https://api.openai.com/v1", "sk-own"), "proj_b": _Bound("https://api.openai.com/v1",
-                                                                                            None)}
-    openai, other, dedicated = (_dep("openai", "https://api.openai.com/v1"), _dep("azure", "https://x.example/v1"),
-                                _dep("mine", "https://api.openai.com/v1", ["proj_a"]))
+    keys.bound = {
+        "proj_a": _Bound("https://api.openai.com/v1", "sk-own"),
+        "proj_b": _Bound("https://api.openai.com/v1", None),
+    }
+    openai, other, dedicated = (
+        _dep("openai", "https://api.openai.com/v1"),
+        _dep("azure", "https://x.example/v1"),
+        _dep("mine", "https://api.openai.com/v1", ["proj_a"]),
+    )
     pool = (openai, other, dedicated)
     out = keys.apply("proj_a", pool)
     assert [d.api_key for d in out] == ["sk-own", "shared", "shared"] and out[0].breaker is openai.breaker

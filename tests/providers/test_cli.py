@@ -55,8 +55,16 @@ def cli(tmp_path, database_url, monkeypatch, fake_provider):
 def test_check_sync_report(cli, fake_provider):
     cli("init", "--json")
     listed = json.loads(cli("providers", "list", "--json").stdout)
-    assert listed == [{"name": "acme", "kind": "openai", "base_url": fake_provider.base_url,
-                       "admin_key_env": "ACME_ADMIN_KEY", "sync_interval": 300.0, "backfill_days": 1}]
+    assert listed == [
+        {
+            "name": "acme",
+            "kind": "openai",
+            "base_url": fake_provider.base_url,
+            "admin_key_env": "ACME_ADMIN_KEY",
+            "sync_interval": 300.0,
+            "backfill_days": 1,
+        }
+    ]
     checked = json.loads(cli("providers", "check", "--json").stdout)
     assert checked[0]["ok"] and checked[0]["visible"]["api_key"] == 4
     assert "admin key works" in cli("providers", "check").stdout
@@ -72,8 +80,9 @@ def test_check_sync_report(cli, fake_provider):
 
     # Bob leaves, a key is deleted at the provider: the next sync records both in the history.
     fake_provider.fake.users[:] = [u for u in fake_provider.fake.users if u["id"] != "user_bob"]
-    fake_provider.fake.api_keys["proj_data"] = [k for k in fake_provider.fake.api_keys["proj_data"]
-                                                if k["id"] != "key_old"]
+    fake_provider.fake.api_keys["proj_data"] = [
+        k for k in fake_provider.fake.api_keys["proj_data"] if k["id"] != "key_old"
+    ]
     again = json.loads(cli("providers", "sync", "--json").stdout)[0]
     assert again["changes"]["removed"] == 2 and again["events"] == []  # the cooldown holds the dry-run finding
 
@@ -96,14 +105,26 @@ def test_unknown_provider_and_missing_key(cli, monkeypatch):
     assert "ACME_ADMIN_KEY" in cli("providers", "check", code=1).stderr
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ('[[providers]]\nname = "a"\nadmin_key_env = "sk-proj-abc"\n', "looks like a key"),
-    ('[[providers]]\nname = "a"\nadmin_key_env = "K"\n[[providers]]\nname = "a"\nadmin_key_env = "K"\n', "duplicate"),
-    ('[[guard.rules]]\nname = "x"\nkind = "token_surge"\nscope = "provider_key"\nthreshold = 3\nmode = "suspend"\n',
-     "cannot be suspended"),
-    ('[[guard.rules]]\nname = "x"\nkind = "ceiling"\nscope = "provider_key"\nthreshold = 3\nwindow = "90m"\n'
-     'mode = "alert"\n', "whole hours"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('[[providers]]\nname = "a"\nadmin_key_env = "sk-proj-abc"\n', "looks like a key"),
+        (
+            '[[providers]]\nname = "a"\nadmin_key_env = "K"\n[[providers]]\nname = "a"\nadmin_key_env = "K"\n',
+            "duplicate",
+        ),
+        (
+            '[[guard.rules]]\nname = "x"\nkind = "token_surge"\nscope = "provider_key"\n'
+            'threshold = 3\nmode = "suspend"\n',
+            "cannot be suspended",
+        ),
+        (
+            '[[guard.rules]]\nname = "x"\nkind = "ceiling"\nscope = "provider_key"\nthreshold = 3\nwindow = "90m"\n'
+            'mode = "alert"\n',
+            "whole hours",
+        ),
+    ],
+)
 def test_config_validation(tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):
         make_settings(tmp_path / "home", config_text=extra)

@@ -36,9 +36,15 @@ def _sync_and_report(fake_provider, tmp_path, syncs: int = 1, between=None) -> t
                 await store(sessions, "acme", await fetch(conn), NOW + i)
             async with sessions() as s:
                 rep = await report(s, "acme", NOW + 10, 30)
-                history = list((await s.execute(select(ProviderChange).where(ProviderChange.kind == "project",
-                                                                             ProviderChange.change == "changed")))
-                               .scalars())
+                history = list(
+                    (
+                        await s.execute(
+                            select(ProviderChange).where(
+                                ProviderChange.kind == "project", ProviderChange.change == "changed"
+                            )
+                        )
+                    ).scalars()
+                )
             return rep, history
         finally:
             await conn.close()
@@ -85,8 +91,10 @@ def test_an_api_without_the_endpoint_is_unknown(fake_provider, tmp_path):
     fake_provider.fake.spend_limit_status = 404  # OpenAI's "Invalid URL (GET ...)" 404
     rep, _ = _sync_and_report(fake_provider, tmp_path)
     assert rep["projects_without_spend_limit"] == []
-    assert len(rep["projects_spend_limit_unknown"]) == 3 and "answered 404" in rep["projects_spend_limit_unknown"][0][
-        "reason"]
+    assert (
+        len(rep["projects_spend_limit_unknown"]) == 3
+        and "answered 404" in rep["projects_spend_limit_unknown"][0]["reason"]
+    )
 
 
 def test_a_removed_limit_is_in_the_history(fake_provider, tmp_path):

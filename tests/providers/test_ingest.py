@@ -36,8 +36,13 @@ async def _totals(url: str) -> tuple[int, int, int | None]:
     engine = db.make_engine(url)
     try:
         async with db.sessionmaker(engine)() as s:
-            tokens = (await s.execute(select(func.sum(ProviderUsage.input_tokens + ProviderUsage.output_tokens))
-                                      .where(ProviderUsage.stream == "completions"))).scalar() or 0
+            tokens = (
+                await s.execute(
+                    select(func.sum(ProviderUsage.input_tokens + ProviderUsage.output_tokens)).where(
+                        ProviderUsage.stream == "completions"
+                    )
+                )
+            ).scalar() or 0
             cost = (await s.execute(select(func.sum(ProviderUsage.cost_micros)))).scalar() or 0
             return int(tokens), int(cost), await cursor(s, "acme", "completions")
     finally:
@@ -48,10 +53,12 @@ def test_backfill_cursor_and_idempotent_repoll(fake_provider, settings):
     database_url = settings.database_url
     fake = fake_provider.fake
     hour = NOW // 3600 * 3600
-    fake.usage += [Bucket(hour - 3 * 86400, "proj_data", "key_data1", "gpt-4o", 999, 999),  # before the backfill
-                   Bucket(hour - 5 * 3600, "proj_data", "key_data1", "gpt-4o", 100, 50),
-                   Bucket(hour - 5 * 3600, "proj_data", "key_etl", "gpt-4o", 10, 5),
-                   Bucket(hour, "proj_data", "key_data1", "gpt-4o-mini", 1000, 500)]
+    fake.usage += [
+        Bucket(hour - 3 * 86400, "proj_data", "key_data1", "gpt-4o", 999, 999),  # before the backfill
+        Bucket(hour - 5 * 3600, "proj_data", "key_data1", "gpt-4o", 100, 50),
+        Bucket(hour - 5 * 3600, "proj_data", "key_etl", "gpt-4o", 10, 5),
+        Bucket(hour, "proj_data", "key_data1", "gpt-4o-mini", 1000, 500),
+    ]
     fake.costs.append({"start_time": hour // 86400 * 86400, "project_id": "proj_data", "value": 1.25})
 
     rows = asyncio.run(_poll(database_url, fake_provider, NOW))

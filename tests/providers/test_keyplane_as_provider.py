@@ -77,8 +77,15 @@ def chat(p, key: str, n: int = 1) -> list[int]:
     codes = []
     with httpx.Client(base_url=p.v1, headers={"Authorization": f"Bearer {key}"}) as c:
         for _ in range(n):
-            r = c.post("/chat/completions", json={"model": "demo-echo", "messages": [
-                {"role": "user", "content": "a question of some twenty tokens or so, to make the hours count"}]})
+            r = c.post(
+                "/chat/completions",
+                json={
+                    "model": "demo-echo",
+                    "messages": [
+                        {"role": "user", "content": "a question of some twenty tokens or so, to make the hours count"}
+                    ],
+                },
+            )
             codes.append(r.status_code)
     return codes
 
@@ -127,8 +134,10 @@ def test_keyplane_governs_another_keyplane(pair):
 
     async def mirrored() -> dict:  # live or removed (the sync's rules revoke before this reads)
         async with rt.read() as s:
-            return {(o.kind, o.object_id): (o.project_id, orjson.loads(o.data), o.removed_at)
-                    for o in await sync.mirror(s, "p", live=False)}
+            return {
+                (o.kind, o.object_id): (o.project_id, orjson.loads(o.data), o.removed_at)
+                for o in await sync.mirror(s, "p", live=False)
+            }
 
     m = g.call(mirrored())
     assert m[("project", data.id)][1]["name"] == "Data"
@@ -151,20 +160,30 @@ def test_keyplane_governs_another_keyplane(pair):
     ga = OpenAI(base_url=g.v1, admin_api_key=g.admin_key, api_key="unused", max_retries=0).admin.organization
     start = T0 // HOUR * HOUR
     mine = pa.usage.completions(start_time=start, bucket_width="1h", limit=5, group_by=["api_key_id"])
-    theirs = ga.usage.completions(start_time=start, bucket_width="1h", limit=5, group_by=["api_key_id"],
-                                  extra_query={"source": "provider:p"})
-    want = {(b.start_time, r.api_key_id): (r.input_tokens, r.output_tokens, r.num_model_requests)
-            for b in mine.data for r in b.results}
-    got = {(b.start_time, r.api_key_id): (r.input_tokens, r.output_tokens, r.num_model_requests)
-           for b in theirs.data for r in b.results}
+    theirs = ga.usage.completions(
+        start_time=start, bucket_width="1h", limit=5, group_by=["api_key_id"], extra_query={"source": "provider:p"}
+    )
+    want = {
+        (b.start_time, r.api_key_id): (r.input_tokens, r.output_tokens, r.num_model_requests)
+        for b in mine.data
+        for r in b.results
+    }
+    got = {
+        (b.start_time, r.api_key_id): (r.input_tokens, r.output_tokens, r.num_model_requests)
+        for b in theirs.data
+        for r in b.results
+    }
     assert got == want and got[(start + 3 * HOUR, leaky_id)][2] == 30 and len(got) == 8
 
     # The rule fired on the surge and deleted the key AT P, through P's admin API; the quiet key stays.
     assert [(e["rule"], e["entity"], e["action"]) for e in out["events"]] == [("p-key-surge", leaky_id, "revoked")]
     assert out["events"][0]["figures"]["ratio"] >= 3.0
     assert leaky_id not in [k.id for k in pa.projects.api_keys.list(data.id).data]
-    refused = httpx.post(p.v1 + "/chat/completions", headers={"Authorization": f"Bearer {leaky}"},
-                         json={"model": "demo-echo", "messages": [{"role": "user", "content": "hi"}]})
+    refused = httpx.post(
+        p.v1 + "/chat/completions",
+        headers={"Authorization": f"Bearer {leaky}"},
+        json={"model": "demo-echo", "messages": [{"role": "user", "content": "hi"}]},
+    )
     assert refused.status_code == 401, refused.text
     assert chat(p, quiet, 1) == [200]
     audit = pa.audit_logs.list(resource_ids=[leaky_id]).data
@@ -185,10 +204,12 @@ def test_keyplane_governs_another_keyplane(pair):
 
     # /metrics of G: the hour of the surge per key, and the rule's action.
     text = httpx.get(g.base_url + "/metrics", headers={"Authorization": f"Bearer {g.admin_key}"}).text
-    assert (f'keyplane_provider_requests_last_hour{{api_key_id="{leaky_id}",model="demo-echo",'
-            f'project_id="{data.id}",provider="p"}}') in text
+    assert (
+        f'keyplane_provider_requests_last_hour{{api_key_id="{leaky_id}",model="demo-echo",'
+        f'project_id="{data.id}",provider="p"}}'
+    ) in text
     assert 'keyplane_provider_guard_actions_total{action="revoked",provider="p",rule="p-key-surge"} 1.0' in text
-    assert 'keyplane_provider_poller_leader' in text
+    assert "keyplane_provider_poller_leader" in text
     tin, tout, _ = got[(start + 3 * HOUR, leaky_id)]
     est = rt.features.providers.metrics.estimated[("p", data.id, leaky_id, "demo-echo")]
     assert est == pytest.approx((tin * 1.0 + tout * 2.0) / 1e6) and est > 0
@@ -210,7 +231,6 @@ def dashboard_metrics(prefix: str) -> set[str]:
     exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
     exprs += [v["definition"] for v in dash["templating"]["list"] if v.get("definition")]
     titles = " ".join(p["title"].lower() for p in dash["panels"])
-    for needle in ("provider tokens per provider project", "per key", "per model", "estimated cost",
-                   "rule actions"):
+    for needle in ("provider tokens per provider project", "per key", "per model", "estimated cost", "rule actions"):
         assert needle in titles, needle
     return {m for e in exprs for m in re.findall(r"\bkeyplane_[a-z0-9_]+", e) if m.startswith(prefix)}

@@ -29,8 +29,10 @@ def fleet(tmp_path, fake_provider, monkeypatch):
     hour = int(time.time()) // 3600 * 3600
     fake_provider.fake.usage.append(Bucket(hour - 3600, "proj_data", "key_data1", "gpt-4o", 100, 50))
     # sync_interval = 0: no background loop; the test runs each instance's heartbeat (Poller.tick) itself
-    config = (f'[[providers]]\nname = "acme"\nbase_url = "{fake_provider.base_url}"\n'
-              'admin_key_env = "ACME_ADMIN_KEY"\nsync_interval = 0\nbackfill_days = 1\n')
+    config = (
+        f'[[providers]]\nname = "acme"\nbase_url = "{fake_provider.base_url}"\n'
+        'admin_key_env = "ACME_ADMIN_KEY"\nsync_interval = 0\nbackfill_days = 1\n'
+    )
     secret = secrets.token_urlsafe(32)
     clock = FakeClock(float(hour + 60))
     with postgres_database() as url:
@@ -123,15 +125,17 @@ def test_racing_instances_never_both_take_an_expired_lease(tmp_path, backend):
             s1, s2 = db.sessionmaker(e1), db.sessionmaker(e2)
             for i in range(40):
                 now = 1_800_000_000 + i * 100.0  # every earlier lease has expired (ttl 10 s)
-                got = await asyncio.gather(lease.acquire(s1, "acme", "one", now, 10),
-                                           lease.acquire(s2, "acme", "two", now, 10))
+                got = await asyncio.gather(
+                    lease.acquire(s1, "acme", "one", now, 10), lease.acquire(s2, "acme", "two", now, 10)
+                )
                 assert sorted(g.held for g in got) == [False, True], (i, got)
                 assert got[0].holder == got[1].holder
                 # the holder renews, the other cannot
                 winner = got[0].holder
                 assert await lease.renew(s1 if winner == "one" else s2, "acme", winner, now + 1, 10)
-                assert not await lease.renew(s2 if winner == "one" else s1, "acme",
-                                             "two" if winner == "one" else "one", now + 1, 10)
+                assert not await lease.renew(
+                    s2 if winner == "one" else s1, "acme", "two" if winner == "one" else "one", now + 1, 10
+                )
         finally:
             await e1.dispose()
             await e2.dispose()
@@ -148,8 +152,10 @@ def test_two_serving_instances_run_one_background_poller(tmp_path, fake_provider
     """The real background loops (keyplane serve) of two instances: one syncs at start-up, the other follows;
     when the leader shuts down, the other holds the lease at its next heartbeat (every 5 s here)."""
     monkeypatch.setenv("ACME_ADMIN_KEY", fake_provider.fake.admin_key)
-    config = (f'[[providers]]\nname = "acme"\nbase_url = "{fake_provider.base_url}"\n'
-              'admin_key_env = "ACME_ADMIN_KEY"\nsync_interval = 30\nbackfill_days = 1\n')
+    config = (
+        f'[[providers]]\nname = "acme"\nbase_url = "{fake_provider.base_url}"\n'
+        'admin_key_env = "ACME_ADMIN_KEY"\nsync_interval = 30\nbackfill_days = 1\n'
+    )
     secret = secrets.token_urlsafe(32)
 
     def state(srv) -> dict:

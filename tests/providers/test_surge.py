@@ -35,8 +35,16 @@ def normal(t: int) -> int:
 
 
 def rule(**kw) -> GuardRule:
-    base = {"name": "provider-surge", "kind": "token_surge", "scope": "provider_key", "threshold": 3.0,
-            "window": "1h", "min_volume": 2000, "mode": "revoke", "cooldown": "6h"}
+    base = {
+        "name": "provider-surge",
+        "kind": "token_surge",
+        "scope": "provider_key",
+        "threshold": 3.0,
+        "window": "1h",
+        "min_volume": 2000,
+        "mode": "revoke",
+        "cooldown": "6h",
+    }
     base.update(kw)
     return GuardRule(**base)
 
@@ -89,8 +97,18 @@ class RecordingSink:
         self.alerts.append(alert)
 
 
-def _replay(fake_provider, tmp_path, leak: bool, dry_run: bool = False, sink: RecordingSink | None = None, *,
-            swap: bool = False, prices: PriceTable | None = None, extra: tuple[GuardRule, ...] = (), **kw):
+def _replay(
+    fake_provider,
+    tmp_path,
+    leak: bool,
+    dry_run: bool = False,
+    sink: RecordingSink | None = None,
+    *,
+    swap: bool = False,
+    prices: PriceTable | None = None,
+    extra: tuple[GuardRule, ...] = (),
+    **kw,
+):
     """A week of hourly usage on key_data1 replayed through the fake provider. The leak hour is five times the
     tokens, or (``swap``) the same tokens on a model 16x dearer (gpt-4o-mini the week, gpt-4o that hour)."""
     fake = fake_provider.fake
@@ -121,8 +139,9 @@ def _replay(fake_provider, tmp_path, leak: bool, dry_run: bool = False, sink: Re
                 await dispatcher.aclose()
             async with sessions() as s:
                 events = list((await s.execute(select(ProviderEvent))).scalars())
-                audit = list((await s.execute(select(AuditLog).where(AuditLog.type == "provider.guard.fired")))
-                             .scalars())
+                audit = list(
+                    (await s.execute(select(AuditLog).where(AuditLog.type == "provider.guard.fired"))).scalars()
+                )
                 row = (await s.execute(select(ProviderObject).where(ProviderObject.object_id == "key_data1"))).scalar()
             return results, events, audit, row
         finally:
@@ -178,14 +197,17 @@ def test_project_scope_revokes_every_key_of_the_project(fake_provider, tmp_path)
 
 # --- spend_surge per provider key: hourly costs estimated from the tokens per model at list prices ------------
 
+
 def test_estimated_cost_of_an_hour_bucket():
     prices = PriceTable.from_config({})
-    row = ProviderUsage(model="gpt-4o-2024-08-06", input_tokens=1_000_000, output_tokens=100_000,
-                        data='{"input_cached_tokens": 200000}')
+    row = ProviderUsage(
+        model="gpt-4o-2024-08-06", input_tokens=1_000_000, output_tokens=100_000, data='{"input_cached_tokens": 200000}'
+    )
     assert estimated_cost(row, prices) == 3_250_000  # 800k x $2.50 + 200k x $1.25 + 100k x $10, per 1M
     assert estimated_cost(row, None) == 0
-    assert estimated_cost(ProviderUsage(model="no-such-model", input_tokens=10, output_tokens=10, data="{}"),
-                          prices) == 0
+    assert (
+        estimated_cost(ProviderUsage(model="no-such-model", input_tokens=10, output_tokens=10, data="{}"), prices) == 0
+    )
 
 
 def test_the_price_table_is_loaded_only_for_rules_counting_dollars(tmp_path):
@@ -199,11 +221,21 @@ def test_a_model_swap_is_a_spend_surge_not_a_token_surge(fake_provider, tmp_path
     """Same tokens, a dearer model: token_surge sees nothing, spend_surge on the key revokes it."""
     sink = RecordingSink()
     prices = PriceTable.from_config({})
-    _, events, audit, row = _replay(fake_provider, tmp_path, leak=True, swap=True, sink=sink, prices=prices,
-                                    name="provider-spend", kind="spend_surge", min_volume=0.01,
-                                    extra=(rule(name="provider-tokens", dry_run=True),))
+    _, events, audit, row = _replay(
+        fake_provider,
+        tmp_path,
+        leak=True,
+        swap=True,
+        sink=sink,
+        prices=prices,
+        name="provider-spend",
+        kind="spend_surge",
+        min_volume=0.01,
+        extra=(rule(name="provider-tokens", dry_run=True),),
+    )
     assert [(e.rule, e.scope, e.key_id, e.action) for e in events] == [
-        ("provider-spend", "provider_key", "key_data1", "revoked")]
+        ("provider-spend", "provider_key", "key_data1", "revoked")
+    ]
     figures = json.loads(events[0].figures)
     assert figures["metric"] == "cost_usd" and figures["ratio"] >= 10 and figures["revoked"] == ["key_data1"]
     assert "key_data1" not in fake_provider.fake.key_ids() and row.removed_at is not None
@@ -212,12 +244,28 @@ def test_a_model_swap_is_a_spend_surge_not_a_token_surge(fake_provider, tmp_path
 
 
 def test_a_normal_week_of_spend_raises_nothing(fake_provider, tmp_path):
-    _, events, _, row = _replay(fake_provider, tmp_path, leak=False, swap=True, prices=PriceTable.from_config({}),
-                                name="provider-spend", kind="spend_surge", min_volume=0.01)
+    _, events, _, row = _replay(
+        fake_provider,
+        tmp_path,
+        leak=False,
+        swap=True,
+        prices=PriceTable.from_config({}),
+        name="provider-spend",
+        kind="spend_surge",
+        min_volume=0.01,
+    )
     assert events == [] and row.removed_at is None
 
 
 def test_spend_surge_without_a_price_table_sees_no_cost(fake_provider, tmp_path):
-    _, events, _, _ = _replay(fake_provider, tmp_path, leak=True, swap=True, prices=None,
-                              name="provider-spend", kind="spend_surge", min_volume=0.01)
+    _, events, _, _ = _replay(
+        fake_provider,
+        tmp_path,
+        leak=True,
+        swap=True,
+        prices=None,
+        name="provider-spend",
+        kind="spend_surge",
+        min_volume=0.01,
+    )
     assert events == [] and "key_data1" in fake_provider.fake.key_ids()

@@ -22,8 +22,13 @@ def fake_config(*fakes: FakeUpstream, extra: str = "", **fields: object) -> str:
     out = []
     for i, f in enumerate(fakes):
         name = "fake" if i == 0 else f"fake{i + 1}"
-        opts = {"models": ["gpt-*", "fake-*", "text-embedding-*"], "retry_backoff": 0.01,
-                "breaker_failures": 1000, "max_retries": 2, **fields}
+        opts = {
+            "models": ["gpt-*", "fake-*", "text-embedding-*"],
+            "retry_backoff": 0.01,
+            "breaker_failures": 1000,
+            "max_retries": 2,
+            **fields,
+        }
         lines = [f'name = "{name}"', f'base_url = "{f.base_url}"', 'api_key_env = "KP_TEST_UPSTREAM_KEY"']
         for k, v in opts.items():
             lines.append(f"{k} = {_toml(v)}")
@@ -105,12 +110,14 @@ def gw(gw_module: RunningServer, fake: FakeUpstream) -> RunningServer:
 
 
 def admin(srv: RunningServer, method: str, path: str, json: object = None) -> dict:
-    r = httpx.request(method, srv.v1 + "/organization" + path, json=json,
-                      headers={"Authorization": f"Bearer {srv.admin_key}"})
+    r = httpx.request(
+        method, srv.v1 + "/organization" + path, json=json, headers={"Authorization": f"Bearer {srv.admin_key}"}
+    )
     assert r.status_code < 300, r.text
     return r.json()
 
 
 def new_key(srv: RunningServer, permissions: object = "all", **kw: object) -> dict:
-    return admin(srv, "POST", f"/projects/{srv.project_id}/api_keys",
-                 {"name": "test key", "permissions": permissions, **kw})
+    return admin(
+        srv, "POST", f"/projects/{srv.project_id}/api_keys", {"name": "test key", "permissions": permissions, **kw}
+    )

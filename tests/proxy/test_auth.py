@@ -105,14 +105,16 @@ def test_org_and_project_headers(server):
     assert ok.chat.completions.create(**CHAT).choices
 
     with pytest.raises(openai.AuthenticationError) as ei:
-        openai.OpenAI(base_url=server.v1, api_key=server.api_key, organization="org-other",
-                      max_retries=0).chat.completions.create(**CHAT)
+        openai.OpenAI(
+            base_url=server.v1, api_key=server.api_key, organization="org-other", max_retries=0
+        ).chat.completions.create(**CHAT)
     assert ei.value.code == "mismatched_organization"
     assert "OpenAI-Organization header should match organization for API key" in ei.value.message
 
     with pytest.raises(openai.AuthenticationError) as ei:
-        openai.OpenAI(base_url=server.v1, api_key=server.api_key, project="proj_other",
-                      max_retries=0).chat.completions.create(**CHAT)
+        openai.OpenAI(
+            base_url=server.v1, api_key=server.api_key, project="proj_other", max_retries=0
+        ).chat.completions.create(**CHAT)
     assert ei.value.code == "mismatched_project"
 
 
@@ -166,7 +168,8 @@ def test_missing_scope_before_upstream(server):
     ro = new_key(server, permissions="read_only")
     with pytest.raises(openai.PermissionDeniedError) as ei:
         openai.OpenAI(base_url=server.v1, api_key=ro["value"], max_retries=0).responses.create(
-            model="demo-echo", input="hi")
+            model="demo-echo", input="hi"
+        )
     assert "api.responses.write" in ei.value.message
 
     responses_only = new_key(server, permissions=["api.responses.write"])

@@ -57,8 +57,10 @@ def test_local_checks_need_no_server():
     good = keys.generate("svc")
     typo = good[:-1] + ("x" if good[-1] != "x" else "y")
     assert "checksum" in failed(doctor.diagnose(url, typo, "--key"))
-    assert "OpenAI key" in failed(doctor.diagnose(url, "sk-proj-" + "a" * 70 + "T3BlbkFJ" + "b" * 70, "x"))[
-        "format"].detail
+    assert (
+        "OpenAI key"
+        in failed(doctor.diagnose(url, "sk-proj-" + "a" * 70 + "T3BlbkFJ" + "b" * 70, "x"))["format"].detail
+    )
     assert "admin key" in failed(doctor.diagnose(url, keys.generate("admin"), "x"))["format"].detail
     assert "whitespace" in failed(doctor.diagnose(url, good + "\n", "x"))
     assert "key" in failed(doctor.diagnose(url, None, None))
@@ -67,16 +69,34 @@ def test_local_checks_need_no_server():
 
 
 def test_explains_quota_vs_rate_limit():
-    quota = {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
-                       "code": "insufficient_quota", "param": None}}
+    quota = {
+        "error": {
+            "message": "You exceeded your current quota",
+            "type": "insufficient_quota",
+            "code": "insufficient_quota",
+            "param": None,
+        }
+    }
     what, fix = doctor.explain(429, quota, {"x-should-retry": "false"})
     assert what.startswith("Quota") and "Waiting does not help" in fix
-    rate = {"error": {"message": "Rate limit reached for gpt-4o-mini", "type": "requests",
-                      "code": "rate_limit_exceeded", "param": None}}
+    rate = {
+        "error": {
+            "message": "Rate limit reached for gpt-4o-mini",
+            "type": "requests",
+            "code": "rate_limit_exceeded",
+            "param": None,
+        }
+    }
     what, fix = doctor.explain(429, rate, {"retry-after-ms": "644"})
     assert what.startswith("Rate limit") and "Waiting helps" in fix and "0.644s" in fix
-    spend = {"error": {"message": "Project spend limit", "type": "insufficient_quota",
-                       "code": "project_spend_limit_exceeded", "param": None}}
+    spend = {
+        "error": {
+            "message": "Project spend limit",
+            "type": "insufficient_quota",
+            "code": "project_spend_limit_exceeded",
+            "param": None,
+        }
+    }
     assert doctor.explain(429, spend, {})[0].startswith("Quota")
     assert "/v1" in doctor.explain(404, {"error": {"message": "Invalid URL"}}, {})[1]
 

@@ -23,8 +23,11 @@ def client(gw, **kw) -> openai.OpenAI:
 
 def test_chat_forwarded_as_sent_with_upstream_key(gw, fake):
     raw = client(gw).chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=MSG, max_tokens=7,
-        extra_headers={"x-request-id": "req_chosen_by_client", "x-keyplane-cache": "bypass"})
+        model="gpt-4o-mini",
+        messages=MSG,
+        max_tokens=7,
+        extra_headers={"x-request-id": "req_chosen_by_client", "x-keyplane-cache": "bypass"},
+    )
     done = raw.parse()
     assert done.choices[0].message.content == "Hello from the fake upstream."
     assert done.usage.prompt_tokens > 0 and done.usage.completion_tokens == 5
@@ -49,8 +52,11 @@ def test_chat_forwarded_as_sent_with_upstream_key(gw, fake):
 
 def test_body_bytes_forwarded_unchanged(gw, fake):
     body = b'{"model": "gpt-4o-mini",   "messages": [{"role": "user", "content": "caf\\u00e9"}], "x_custom": 1}'
-    r = httpx.post(gw.v1 + "/chat/completions", content=body,
-                   headers={"Authorization": f"Bearer {gw.api_key}", "Content-Type": "application/json"})
+    r = httpx.post(
+        gw.v1 + "/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {gw.api_key}", "Content-Type": "application/json"},
+    )
     assert r.status_code == 200
     assert fake.model_requests()[-1].body == body
 
@@ -73,8 +79,11 @@ def test_chat_stream_strips_usage_chunk_unless_asked(gw, fake):
     assert ctx.stream and ctx.completion_tokens == 5 and ctx.prompt_tokens > 0 and not ctx.usage_estimated
     assert ctx.ttft_ms is not None and ctx.ttft_ms <= ctx.latency_ms
 
-    kept = list(client(gw).chat.completions.create(model="gpt-4o-mini", messages=MSG, stream=True,
-                                                   stream_options={"include_usage": True}))
+    kept = list(
+        client(gw).chat.completions.create(
+            model="gpt-4o-mini", messages=MSG, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert kept[-1].choices == [] and kept[-1].usage.completion_tokens == 5
     # Asked for by the client: forwarded as sent.
     assert fake.model_requests()[-1].json()["stream_options"] == {"include_usage": True}
@@ -82,14 +91,16 @@ def test_chat_stream_strips_usage_chunk_unless_asked(gw, fake):
 
 def test_completions_embeddings_cached_tokens(gw, fake):
     c = client(gw)
-    done = c.completions.create(model="gpt-4o-mini", prompt="Once upon a time", extra_headers={
-        "x-fake-cached-tokens": "2"})
+    done = c.completions.create(
+        model="gpt-4o-mini", prompt="Once upon a time", extra_headers={"x-fake-cached-tokens": "2"}
+    )
     assert done.choices[0].text == "Hello from the fake upstream."
     ctx = gw.extra["settled"][-1]
     assert ctx.cached_tokens == 2 and ctx.endpoint == "/v1/completions"
 
-    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
-        model="gpt-4o-mini", prompt="hi", stream=True) if ch.choices)
+    streamed = "".join(
+        ch.choices[0].text for ch in c.completions.create(model="gpt-4o-mini", prompt="hi", stream=True) if ch.choices
+    )
     assert streamed == "Hello from the fake upstream."
     assert gw.extra["settled"][-1].completion_tokens == 5
 
@@ -128,10 +139,19 @@ async def test_async_sdk_streaming_and_not(gw, fake):
 
 def test_demo_upstream_everything(gw):
     c = client(gw)
-    assert c.chat.completions.create(model="demo-echo", messages=[{"role": "user", "content": "ping"}]) \
-        .choices[0].message.content == "You said: ping"
-    text = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
-        model="demo-echo", messages=[{"role": "user", "content": "ping pong"}], stream=True) if ch.choices)
+    assert (
+        c.chat.completions.create(model="demo-echo", messages=[{"role": "user", "content": "ping"}])
+        .choices[0]
+        .message.content
+        == "You said: ping"
+    )
+    text = "".join(
+        ch.choices[0].delta.content or ""
+        for ch in c.chat.completions.create(
+            model="demo-echo", messages=[{"role": "user", "content": "ping pong"}], stream=True
+        )
+        if ch.choices
+    )
     assert text == "You said: ping pong"
     ctx = gw.extra["settled"][-1]
     assert ctx.upstream == "demo" and ctx.completion_tokens > 0 and ctx.prompt_tokens > 0
@@ -163,9 +183,11 @@ def test_model_not_found(gw, fake):
 
 
 def _post(gw, content: bytes, **headers: str) -> httpx.Response:
-    return httpx.post(gw.v1 + "/chat/completions", content=content,
-                      headers={"Authorization": f"Bearer {gw.api_key}", "Content-Type": "application/json",
-                               **headers})
+    return httpx.post(
+        gw.v1 + "/chat/completions",
+        content=content,
+        headers={"Authorization": f"Bearer {gw.api_key}", "Content-Type": "application/json", **headers},
+    )
 
 
 def test_malformed_json_and_missing_model(gw, fake):
@@ -197,8 +219,11 @@ def test_body_too_large(make_gateway, fake):
             yield b"y" * 5000
         yield b'"}'
 
-    r = httpx.post(srv.v1 + "/chat/completions", content=chunks(),
-                   headers={"Authorization": f"Bearer {srv.api_key}", "Content-Type": "application/json"})
+    r = httpx.post(
+        srv.v1 + "/chat/completions",
+        content=chunks(),
+        headers={"Authorization": f"Bearer {srv.api_key}", "Content-Type": "application/json"},
+    )
     assert r.request.headers.get("transfer-encoding") == "chunked"
     assert r.status_code == 413
     assert fake.model_requests() == []
@@ -230,8 +255,13 @@ def test_admission_hook_headers_and_refusal(gw, fake):
             seen.append((ctx.model, ctx.stream, ctx.max_tokens, ctx.key.id))
             ctx.extra_headers.append((b"x-ratelimit-remaining-requests", b"41"))
             if ctx.model == "gpt-4o":
-                raise errors.APIError(429, "Rate limit reached", type="requests", code="rate_limit_exceeded",
-                                      headers={"retry-after": "20"})
+                raise errors.APIError(
+                    429,
+                    "Rate limit reached",
+                    type="requests",
+                    code="rate_limit_exceeded",
+                    headers={"retry-after": "20"},
+                )
 
         async def settle(self, ctx):
             pass

@@ -12,8 +12,11 @@ def test_control_endpoints_and_headers(fake):
     httpx.post(base + "/_fake/push", json=[{"status": 429, "retry_after_ms": "250"}])
     r = httpx.post(fake.base_url + "/chat/completions", json={"model": "m", "messages": []})
     assert r.status_code == 429 and r.headers["retry-after-ms"] == "250" and r.json()["error"]["code"]
-    r = httpx.post(fake.base_url + "/chat/completions", json={"model": "m", "messages": [{"content": "12345678"}]},
-                   headers={"x-fake-text": "a b c"})
+    r = httpx.post(
+        fake.base_url + "/chat/completions",
+        json={"model": "m", "messages": [{"content": "12345678"}]},
+        headers={"x-fake-text": "a b c"},
+    )
     assert r.json()["choices"][0]["message"]["content"] == "a b c"
     assert r.json()["usage"]["prompt_tokens"] == 2 and r.json()["usage"]["completion_tokens"] == 3
     r = httpx.post(fake.base_url + "/responses", json={"model": "m", "input": "x"}, headers={"x-fake-garbage": "1"})

@@ -16,11 +16,20 @@ from tests.proxy.conftest import new_key
 
 MISSING = "KP_TEST_FIRST_HOUR_DEMO_UNSET_KEY"
 MSG = [{"role": "user", "content": "book a table for two"}]
-TOOLS = [{"type": "function", "function": {
-    "name": "book", "parameters": {"type": "object", "properties": {"what": {"type": "string"},
-                                                                   "people": {"type": "integer"}},
-                                   "required": ["what", "people"]}}},
-         {"type": "function", "function": {"name": "cancel", "parameters": {"type": "object", "properties": {}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "book",
+            "parameters": {
+                "type": "object",
+                "properties": {"what": {"type": "string"}, "people": {"type": "integer"}},
+                "required": ["what", "people"],
+            },
+        },
+    },
+    {"type": "function", "function": {"name": "cancel", "parameters": {"type": "object", "properties": {}}}},
+]
 
 
 @pytest.fixture
@@ -58,8 +67,9 @@ def test_demo_n_choices_and_logprobs(readme_setup):
     assert three.usage and one.usage and three.usage.completion_tokens == 3 * one.usage.completion_tokens
     lp = three.choices[0].logprobs
     assert lp and lp.content and "".join(t.token for t in lp.content) == "You said: book a table for two"
-    assert all(t.logprob == 0.0 and len(t.top_logprobs) == 1 and bytes(t.bytes or []) == t.token.encode()
-               for t in lp.content)
+    assert all(
+        t.logprob == 0.0 and len(t.top_logprobs) == 1 and bytes(t.bytes or []) == t.token.encode() for t in lp.content
+    )
     assert one.choices[0].logprobs is None
     done = c.completions.create(model="demo-echo", prompt="hi there", logprobs=1)
     assert done.choices[0].logprobs and "".join(done.choices[0].logprobs.tokens or []) == "You said: hi there"
@@ -78,18 +88,26 @@ def test_demo_tool_calls(readme_setup):
     call = ch.message.tool_calls[0]
     assert call.function.name == "book"
     assert json.loads(call.function.arguments) == {"what": "book a table for two", "people": 0}
-    named = c.chat.completions.create(model="demo-echo", messages=MSG, tools=TOOLS,
-                                      tool_choice={"type": "function", "function": {"name": "cancel"}})
+    named = c.chat.completions.create(
+        model="demo-echo", messages=MSG, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "cancel"}}
+    )
     assert named.choices[0].message.tool_calls[0].function.name == "cancel"
     none = c.chat.completions.create(model="demo-echo", messages=MSG, tools=TOOLS, tool_choice="none")
     assert none.choices[0].message.tool_calls is None and none.choices[0].finish_reason == "stop"
     # the tool's result sent back: the demo answers in text, so an agent loop ends
-    after = c.chat.completions.create(model="demo-echo", tools=TOOLS, messages=[
-        *MSG, {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
-        {"role": "tool", "tool_call_id": call.id, "content": "booked"}])
+    after = c.chat.completions.create(
+        model="demo-echo",
+        tools=TOOLS,
+        messages=[
+            *MSG,
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": "booked"},
+        ],
+    )
     assert after.choices[0].finish_reason == "stop" and after.choices[0].message.content
-    streamed = [x for x in c.chat.completions.create(model="demo-echo", messages=MSG, tools=TOOLS, stream=True)
-                if x.choices]
+    streamed = [
+        x for x in c.chat.completions.create(model="demo-echo", messages=MSG, tools=TOOLS, stream=True) if x.choices
+    ]
     assert streamed[0].choices[0].delta.tool_calls[0].function.name == "book"
     assert streamed[-1].choices[0].finish_reason == "tool_calls"
 

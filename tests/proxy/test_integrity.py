@@ -23,8 +23,9 @@ MSG = [{"role": "user", "content": "hi"}]
 CHAT = {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 5}
 
 
-def raw_http(base: str, method: str, target: str, headers: dict[str, str] | None = None,
-             body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+def raw_http(
+    base: str, method: str, target: str, headers: dict[str, str] | None = None, body: bytes = b""
+) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 request with the request target exactly as given (no client-side normalization)."""
     u = urlsplit(base)
     h = {"Host": u.netloc, "Content-Length": str(len(body)), "Connection": "close", **(headers or {})}
@@ -53,7 +54,7 @@ def _dechunk(data: bytes) -> bytes:
         if n == 0:
             break
         out += data[:n]
-        data = data[n + 2:]
+        data = data[n + 2 :]
     return out
 
 
@@ -62,11 +63,25 @@ def auth(gw) -> dict[str, str]:
 
 
 AMBIGUOUS = [
-    "/v1/chat/completions%3F", "/v1/chat/completions%3Fx=1", "/v1/chat/completions%23", "/v1/chat%2Fcompletions",
-    "/v1/files/%2e%2e/chat/completions", "/v1/files/../chat/completions", "/v1/files/./x", "/v1/files/%2E%2E",
-    "/v1//chat/completions", "/v1/chat/completions/", "/v1/chat/completions%00", "/v1/chat/completions%0d%0a",
-    "/v1/chat/completions%20", "/v1/chat/completions%5c", "/v1/chat/completions%25", "/v1/chat/completions%2",
-    "/v1/chat/completions%zz", "/v1/chat/completions%C3%A9", "/v1/chat/completions;x=1",
+    "/v1/chat/completions%3F",
+    "/v1/chat/completions%3Fx=1",
+    "/v1/chat/completions%23",
+    "/v1/chat%2Fcompletions",
+    "/v1/files/%2e%2e/chat/completions",
+    "/v1/files/../chat/completions",
+    "/v1/files/./x",
+    "/v1/files/%2E%2E",
+    "/v1//chat/completions",
+    "/v1/chat/completions/",
+    "/v1/chat/completions%00",
+    "/v1/chat/completions%0d%0a",
+    "/v1/chat/completions%20",
+    "/v1/chat/completions%5c",
+    "/v1/chat/completions%25",
+    "/v1/chat/completions%2",
+    "/v1/chat/completions%zz",
+    "/v1/chat/completions%C3%A9",
+    "/v1/chat/completions;x=1",
 ]
 
 
@@ -122,10 +137,21 @@ def test_compressed_bodies_are_refused_on_spending_endpoints(gw, fake):
     assert fake.model_requests() == []
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("max_tokens", 0), ("max_tokens", -1), ("max_tokens", -10**6), ("max_tokens", 10**7), ("max_tokens", 10**30),
-    ("max_completion_tokens", 0), ("max_output_tokens", -5), ("n", 0), ("n", -3), ("n", 10**6),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_tokens", 0),
+        ("max_tokens", -1),
+        ("max_tokens", -(10**6)),
+        ("max_tokens", 10**7),
+        ("max_tokens", 10**30),
+        ("max_completion_tokens", 0),
+        ("max_output_tokens", -5),
+        ("n", 0),
+        ("n", -3),
+        ("n", 10**6),
+    ],
+)
 def test_output_limits_and_choices_are_validated_before_admission(gw, fake, field, value):
     c = openai.OpenAI(base_url=gw.v1, api_key=gw.api_key, max_retries=0)
     with pytest.raises(openai.BadRequestError) as e:
@@ -169,20 +195,41 @@ def test_too_many_headers_are_refused(gw, fake):
 
 
 def test_method_override_and_rewrite_headers_are_not_forwarded(gw, fake):
-    h = {**auth(gw), "X-HTTP-Method-Override": "DELETE", "X-Method-Override": "DELETE", "X-HTTP-Method": "DELETE",
-         "X-Original-URL": "/v1/chat/completions", "X-Rewrite-URL": "/v1/chat/completions",
-         "X-Forwarded-Host": "evil.example", "Forwarded": "host=evil.example"}
+    h = {
+        **auth(gw),
+        "X-HTTP-Method-Override": "DELETE",
+        "X-Method-Override": "DELETE",
+        "X-HTTP-Method": "DELETE",
+        "X-Original-URL": "/v1/chat/completions",
+        "X-Rewrite-URL": "/v1/chat/completions",
+        "X-Forwarded-Host": "evil.example",
+        "Forwarded": "host=evil.example",
+    }
     r = httpx.get(gw.v1 + "/files", headers=h)
     assert r.status_code == 200, r.text
     (rec,) = fake.model_requests()
-    assert not any(k.lower().startswith(("x-http-method", "x-method", "x-original", "x-rewrite", "x-forwarded",
-                                         "forwarded")) for k in rec.headers)
+    assert not any(
+        k.lower().startswith(("x-http-method", "x-method", "x-original", "x-rewrite", "x-forwarded", "forwarded"))
+        for k in rec.headers
+    )
 
 
 def test_upstream_credential_is_redacted_from_relayed_errors(gw, fake):
-    fake.push(Behaviour(status=401, error_body=orjson.dumps({"error": {
-        "message": f"Incorrect API key provided: {UPSTREAM_KEY}.", "type": "invalid_request_error",
-        "param": None, "code": "invalid_api_key"}}).decode()))
+    fake.push(
+        Behaviour(
+            status=401,
+            error_body=orjson.dumps(
+                {
+                    "error": {
+                        "message": f"Incorrect API key provided: {UPSTREAM_KEY}.",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "invalid_api_key",
+                    }
+                }
+            ).decode(),
+        )
+    )
     r = httpx.post(gw.v1 + "/chat/completions", json=CHAT, headers=auth(gw))
     assert r.status_code == 401
     assert UPSTREAM_KEY not in r.text and UPSTREAM_KEY[:8] in r.text
@@ -254,13 +301,14 @@ def test_passthrough_streams_end_when_the_key_is_revoked(gw, fake, own_project):
     (k,) = admin(gw, "GET", f"/projects/{pid}/api_keys")["data"]
     fake.default = Behaviour(chunk_delay=0.05, text=" ".join(["word"] * 200))
     # A response of this project's own: another's (or an unknown id) is refused (proxy/tenancy.py).
-    rid = openai.OpenAI(base_url=gw.v1, api_key=key, max_retries=0).responses.create(model="gpt-4o-mini",
-                                                                                     input="hi").id
+    rid = openai.OpenAI(base_url=gw.v1, api_key=key, max_retries=0).responses.create(model="gpt-4o-mini", input="hi").id
 
     async def go() -> bytes:
         out = b""
-        async with httpx.AsyncClient(timeout=30) as h, h.stream(
-                "GET", f"{gw.v1}/responses/{rid}", headers={"Authorization": f"Bearer {key}"}) as r:
+        async with (
+            httpx.AsyncClient(timeout=30) as h,
+            h.stream("GET", f"{gw.v1}/responses/{rid}", headers={"Authorization": f"Bearer {key}"}) as r,
+        ):
             assert r.status_code == 200
             async for chunk in r.aiter_raw():
                 out += chunk

@@ -20,14 +20,20 @@ def node_sdk() -> Path:
     if not npm or not node:
         pytest.skip("npm/node are not installed: the Node SDK tests need Node.js 20+ and npm")
     if not (NODE_DIR / "node_modules" / "openai").exists():
-        subprocess.run([npm, "install", "--no-package-lock", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True,
-                       capture_output=True, timeout=300)
+        subprocess.run(
+            [npm, "install", "--no-package-lock", "--no-audit", "--no-fund"],
+            cwd=NODE_DIR,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
     return Path(node)
 
 
 def test_node_sdk(node_sdk, gw, fake):
-    res = subprocess.run([str(node_sdk), "client.mjs", gw.v1, gw.api_key], cwd=NODE_DIR, capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        [str(node_sdk), "client.mjs", gw.v1, gw.api_key], cwd=NODE_DIR, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["chat"] == "Hello from the fake upstream." and out["chatUsage"] == 5

@@ -17,13 +17,24 @@ MSG = [{"role": "user", "content": "hi"}]
 
 
 def block(name: str, base_url: str, **fields: object) -> str:
-    opts = {"api_key_env": "KP_TEST_UPSTREAM_KEY", "models": ["gpt-*"], "retry_backoff": 0.01,
-            "breaker_failures": 1000, **fields}
+    opts = {
+        "api_key_env": "KP_TEST_UPSTREAM_KEY",
+        "models": ["gpt-*"],
+        "retry_backoff": 0.01,
+        "breaker_failures": 1000,
+        **fields,
+    }
     lines = [f'name = "{name}"', f'base_url = "{base_url}"']
     for k, v in opts.items():
-        val = ("true" if v else "false") if isinstance(v, bool) else (
-            f'"{v}"' if isinstance(v, str) else ("[" + ", ".join(f'"{x}"' for x in v) + "]" if isinstance(v, list)
-                                                 else str(v)))
+        val = (
+            ("true" if v else "false")
+            if isinstance(v, bool)
+            else (
+                f'"{v}"'
+                if isinstance(v, str)
+                else ("[" + ", ".join(f'"{x}"' for x in v) + "]" if isinstance(v, list) else str(v))
+            )
+        )
         lines.append(f"{k} = {val}")
     return "[[upstreams]]\n" + "\n".join(lines) + "\n\n"
 
@@ -53,8 +64,9 @@ def settled(srv) -> list:
 
 
 def test_fallback_on_5xx_to_next_upstream(make_gateway, fake, fake2):
-    srv = make_gateway(block("primary", fake.base_url, weight=1, max_retries=0) +
-                       block("backup", fake2.base_url, weight=0))
+    srv = make_gateway(
+        block("primary", fake.base_url, weight=1, max_retries=0) + block("backup", fake2.base_url, weight=0)
+    )
     rec = settled(srv)
     fake.push(Behaviour(status=503))
     done = sdk(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG)
@@ -67,13 +79,16 @@ def test_fallback_on_connection_refused_but_never_after_a_read_timeout(make_gate
     """A connection refused is retried on the next upstream. A read timeout is not: the provider has the call,
     may run and bill it, and would again if sent again (metered once). It is answered 504 and billed at its
     estimate (tests/redteam/test_wk49_round4.py has the attack this closes)."""
-    srv = make_gateway(block("dead", closed_port_url(), weight=1, max_retries=0) +
-                       block("good", fake.base_url, weight=0))
+    srv = make_gateway(
+        block("dead", closed_port_url(), weight=1, max_retries=0) + block("good", fake.base_url, weight=0)
+    )
     done = sdk(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG)
     assert done.choices[0].message.content and len(fake.model_requests()) == 1
 
-    srv = make_gateway(block("slow", fake2.base_url, weight=1, read_timeout=0.3, max_retries=2) +
-                       block("good", fake.base_url, weight=0))
+    srv = make_gateway(
+        block("slow", fake2.base_url, weight=1, read_timeout=0.3, max_retries=2)
+        + block("good", fake.base_url, weight=0)
+    )
     rec = settled(srv)
     fake2.default = Behaviour(latency=2.0)
     before = len(fake.model_requests())
@@ -110,8 +125,14 @@ def test_retries_honour_retry_after(make_gateway, fake):
 
 def test_retry_after_too_long_passes_429_through(make_gateway, fake):
     srv = make_gateway(block("fake", fake.base_url, max_retries=3, max_retry_wait=5))
-    fake.push(Behaviour(status=429, retry_after="120", error_body='{"error": {"message": "slow down", '
-                        '"type": "requests", "param": null, "code": "rate_limit_exceeded"}}'))
+    fake.push(
+        Behaviour(
+            status=429,
+            retry_after="120",
+            error_body='{"error": {"message": "slow down", '
+            '"type": "requests", "param": null, "code": "rate_limit_exceeded"}}',
+        )
+    )
     t = time.monotonic()
     with pytest.raises(openai.RateLimitError) as ei:
         sdk(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG)
@@ -184,8 +205,10 @@ def test_circuit_breaker_opens_and_recovers(make_gateway, fake):
 
 
 def test_open_breaker_skips_to_other_upstream(make_gateway, fake, fake2):
-    srv = make_gateway(block("a", fake.base_url, weight=1, max_retries=0, breaker_failures=1, breaker_cooldown=30) +
-                       block("b", fake2.base_url, weight=0))
+    srv = make_gateway(
+        block("a", fake.base_url, weight=1, max_retries=0, breaker_failures=1, breaker_cooldown=30)
+        + block("b", fake2.base_url, weight=0)
+    )
     fake.push(Behaviour(status=500), Behaviour(status=500))
     assert sdk(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG).choices
     assert other_tenant(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG).choices  # opens it
@@ -204,9 +227,10 @@ def test_weights_spread_requests(make_gateway, fake, fake2):
 
 
 def test_upstream_without_key_not_used(make_gateway, fake):
-    srv = make_gateway(block("nokey", fake.base_url, api_key_env="KP_TEST_UNSET_VARIABLE", models=["gpt-4o-mini"]) +
-                       block("open", fake.base_url, api_key_env="KP_TEST_UNSET_VARIABLE", require_key=False,
-                             models=["gpt-4o"]))
+    srv = make_gateway(
+        block("nokey", fake.base_url, api_key_env="KP_TEST_UNSET_VARIABLE", models=["gpt-4o-mini"])
+        + block("open", fake.base_url, api_key_env="KP_TEST_UNSET_VARIABLE", require_key=False, models=["gpt-4o"])
+    )
     with pytest.raises(openai.InternalServerError) as ei:  # named, and not retried (issue #14 item 5)
         sdk(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG)
     assert ei.value.code == "upstream_not_configured" and "$KP_TEST_UNSET_VARIABLE" in ei.value.message
@@ -247,8 +271,12 @@ def test_upstream_stream_without_usage_is_estimated(gw, fake):
 
 def test_client_disconnect_cancels_stream_and_is_settled(gw, fake):
     fake.push(Behaviour(chunk_delay=0.05, text=" ".join(["word"] * 200)))
-    with httpx.stream("POST", gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {gw.api_key}"},
-                      json={"model": "gpt-4o-mini", "messages": MSG, "stream": True}) as r:
+    with httpx.stream(
+        "POST",
+        gw.v1 + "/chat/completions",
+        headers={"Authorization": f"Bearer {gw.api_key}"},
+        json={"model": "gpt-4o-mini", "messages": MSG, "stream": True},
+    ) as r:
         it = r.iter_bytes()
         seen = b""
         while seen.count(b"word") < 3:
@@ -264,8 +292,12 @@ def test_client_disconnect_cancels_stream_and_is_settled(gw, fake):
 def test_client_disconnect_cancels_non_stream_call(gw, fake):
     fake.push(Behaviour(latency=5.0))
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(gw.v1 + "/chat/completions", headers={"Authorization": f"Bearer {gw.api_key}"},
-                   json={"model": "gpt-4o-mini", "messages": MSG}, timeout=0.5)
+        httpx.post(
+            gw.v1 + "/chat/completions",
+            headers={"Authorization": f"Bearer {gw.api_key}"},
+            json={"model": "gpt-4o-mini", "messages": MSG},
+            timeout=0.5,
+        )
     wait_for(lambda: fake.model_requests() and fake.model_requests()[-1].disconnected, timeout=3)
     wait_for(lambda: gw.extra["settled"] and gw.extra["settled"][-1].disconnected)
     assert gw.extra["settled"][-1].status == 499

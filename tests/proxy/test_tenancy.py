@@ -24,14 +24,20 @@ from tests.proxy.conftest import admin, fake_config
 from tests.support import RunningServer, init_org, make_settings, postgres_database, start_server
 
 
-def _dep(name: str, base_url: str = "http://u.example/v1", models: tuple[str, ...] = ("*",), weight: int = 1,
-         projects: tuple[str, ...] = ()) -> Deployment:
+def _dep(
+    name: str,
+    base_url: str = "http://u.example/v1",
+    models: tuple[str, ...] = ("*",),
+    weight: int = 1,
+    projects: tuple[str, ...] = (),
+) -> Deployment:
     up = Upstream(name=name, base_url=base_url, models=list(models), weight=weight, projects=list(projects))
     pattern = re.compile("|".join(f"(?:{re.escape(m).replace(chr(92) + '*', '.*')})" for m in models))
     return Deployment(up, "", Breaker(5, 30.0), pattern)
 
 
 # --- paths and bodies --------------------------------------------------------------------------------
+
 
 def test_target_names_the_object_a_path_is_about():
     t = target("/v1/files/file-abc/content")
@@ -50,18 +56,29 @@ def test_target_names_the_object_a_path_is_about():
 
 
 def test_body_refs_finds_ids_wherever_they_grant_access():
-    body = (b'{"model": "gpt-4o", "previous_response_id": "resp_1", "conversation": {"id": "conv_1"},'
-            b' "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"},'
-            b' {"type": "output_text", "text": "x",'
-            b'  "annotations": [{"type": "file_citation", "file_id": "file-cited"}]}]}],'
-            b' "tools": [{"type": "file_search", "vector_store_ids": ["vs_1", "vs_2"]}]}')
-    assert sorted(body_refs(body)) == sorted([
-        ("previous_response_id", "resp_1"), ("conversation", "conv_1"), ("file_id", "file-1"),
-        ("vector_store_ids", "vs_1"), ("vector_store_ids", "vs_2")])
+    body = (
+        b'{"model": "gpt-4o", "previous_response_id": "resp_1", "conversation": {"id": "conv_1"},'
+        b' "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"},'
+        b' {"type": "output_text", "text": "x",'
+        b'  "annotations": [{"type": "file_citation", "file_id": "file-cited"}]}]}],'
+        b' "tools": [{"type": "file_search", "vector_store_ids": ["vs_1", "vs_2"]}]}'
+    )
+    assert sorted(body_refs(body)) == sorted(
+        [
+            ("previous_response_id", "resp_1"),
+            ("conversation", "conv_1"),
+            ("file_id", "file-1"),
+            ("vector_store_ids", "vs_1"),
+            ("vector_store_ids", "vs_2"),
+        ]
+    )
     assert body_refs(b'{"input_file_id": "file-2", "endpoint": "/v1/chat/completions"}') == [
-        ("input_file_id", "file-2")]
+        ("input_file_id", "file-2")
+    ]
     assert sorted(body_refs(b'{"training_file": "file-t", "validation_file": "file-v"}')) == [
-        ("training_file", "file-t"), ("validation_file", "file-v")]
+        ("training_file", "file-t"),
+        ("validation_file", "file-v"),
+    ]
     assert body_refs(b'{"model": "gpt-4o", "messages": []}') == []  # the common case: no parse at all
     assert body_refs(b'--boundary\r\nContent-Disposition: form-data; name="file_id"') == []  # not JSON
 
@@ -70,13 +87,16 @@ def test_body_refs_cannot_be_hidden_from_the_check():
     # A "type" that names a citation hides nothing outside an annotations list (red-team finding).
     assert body_refs(b'{"type": "file_citation", "input_file_id": "file-a"}') == [("input_file_id", "file-a")]
     assert body_refs(b'{"type": "file", "file": {"type": "file_citation", "file_id": "file-b"}}') == [
-        ("file_id", "file-b")]
+        ("file_id", "file-b")
+    ]
     # An escaped field name is the same field to every JSON parser.
     assert body_refs(b'{"previous_response\\u005fid": "resp_x"}') == [("previous_response_id", "resp_x")]
     # What keyplane cannot parse but a lenient upstream parser could is refused, not passed on unchecked.
-    for body in (b'{"previous_response_id": "resp_x", "t": NaN}',
-                 '{"previous_response_id": "resp_x"}'.encode("utf-16-le"),
-                 '{"file_id": "file-x"}'.encode("utf-32")):
+    for body in (
+        b'{"previous_response_id": "resp_x", "t": NaN}',
+        '{"previous_response_id": "resp_x"}'.encode("utf-16-le"),
+        '{"file_id": "file-x"}'.encode("utf-32"),
+    ):
         with pytest.raises(errors.APIError) as e:
             body_refs(body)
         assert e.value.status == 400
@@ -91,6 +111,7 @@ def test_body_refs_is_bounded():
 
 # --- routing (item 8, and a project's own provider credential) -----------------------------------------
 
+
 def test_paths_without_a_model_go_to_one_upstream_whatever_the_weights():
     deps = [_dep("demo", base_url="demo", models=("demo-*",)), _dep("a", weight=1), _dep("b", weight=100)]
     for seed in range(50):
@@ -103,9 +124,12 @@ def test_paths_without_a_model_go_to_one_upstream_whatever_the_weights():
 
 
 def test_a_project_with_its_own_upstream_uses_only_it():
-    deps = [_dep("demo", base_url="demo", models=("demo-*",)), _dep("shared"),
-            _dep("own-a", models=("gpt-*",), projects=("proj_a",)),
-            _dep("own-b", projects=("Team B",))]
+    deps = [
+        _dep("demo", base_url="demo", models=("demo-*",)),
+        _dep("shared"),
+        _dep("own-a", models=("gpt-*",), projects=("proj_a",)),
+        _dep("own-b", projects=("Team B",)),
+    ]
     router = Router(deps, lambda: 0.0)
     assert [d.name for d in router.serving("gpt-4o", "proj_a", "A")] == ["own-a"]
     assert [d.name for d in router.serving("gpt-4o", "proj_b", "Team B")] == ["own-b"]  # named by its name
@@ -166,8 +190,10 @@ def test_a_project_cannot_reach_another_projects_files(two, fake):
 def test_a_project_cannot_reach_another_projects_batches(two, fake):
     a, b = two
     f = a.files.create(file=("in.jsonl", JSONL), purpose="batch")
-    e = _not_found(lambda: b.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
-                                            completion_window="24h"), f"No such File object: {f.id}")
+    e = _not_found(
+        lambda: b.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"),
+        f"No such File object: {f.id}",
+    )
     assert e.body["param"] == "input_file_id"  # type: ignore[index]
     batch = a.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     _not_found(lambda: b.batches.retrieve(batch.id), f"No such Batch object: {batch.id}")
@@ -191,8 +217,9 @@ def test_a_project_cannot_reach_another_projects_stored_responses(gw, two, fake)
         assert got.status_code == 200 and b"response.created" in got.content  # the fake streams it back
         _not_found(lambda rid=rid: b.responses.retrieve(rid), f"No such Response object: {rid}")
         _not_found(lambda rid=rid: b.responses.delete(rid), f"No such Response object: {rid}")
-        e = _not_found(lambda rid=rid: b.responses.create(model="gpt-4o-mini", input="more",
-                                                          previous_response_id=rid), rid)
+        e = _not_found(
+            lambda rid=rid: b.responses.create(model="gpt-4o-mini", input="more", previous_response_id=rid), rid
+        )
         assert e.body["param"] == "previous_response_id"  # type: ignore[index]
     assert a.responses.create(model="gpt-4o-mini", input="more", previous_response_id=r.id).id
     # store=false creates nothing to own: no one may read it back through keyplane.
@@ -210,8 +237,9 @@ def test_stored_chat_completions_belong_to_their_project(two, fake):
         a.chat.completions.retrieve(c.id)
     assert "Invalid URL" in e.value.message and _upstream_saw(fake, c.id)
     # streamed: owned from its first chunk
-    stream = a.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
-                                       store=True, stream=True)
+    stream = a.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], store=True, stream=True
+    )
     sid = next(iter(stream)).id
     stream.close()
     _not_found(lambda: b.chat.completions.retrieve(sid), f"No such ChatCompletion object: {sid}")
@@ -227,8 +255,14 @@ def test_ids_not_created_through_keyplane_are_refused(gw, fake):
     _, a = _project(gw)
     r = httpx.get(gw.v1 + "/files/file-made-elsewhere", headers={"Authorization": f"Bearer {a.api_key}"})
     assert r.status_code == 404
-    assert r.json() == {"error": {"message": "No such File object: file-made-elsewhere",
-                                  "type": "invalid_request_error", "param": None, "code": "object_not_found"}}
+    assert r.json() == {
+        "error": {
+            "message": "No such File object: file-made-elsewhere",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "object_not_found",
+        }
+    }
 
 
 def test_object_paths_go_to_one_upstream_never_by_weight(make_gateway, fake):
@@ -251,8 +285,10 @@ def test_a_project_can_have_its_own_provider_credential(make_gateway, fake, monk
     own = FakeUpstream().start_in_thread()
     monkeypatch.setenv("KP_TEAM_A_KEY", "sk-team-a-0123456789")
     try:
-        extra = (f'[[upstreams]]\nname = "team-a"\nbase_url = "{own.base_url}"\napi_key_env = "KP_TEAM_A_KEY"\n'
-                 'models = ["gpt-*"]\nprojects = ["team-a"]\nretry_backoff = 0.01\n')
+        extra = (
+            f'[[upstreams]]\nname = "team-a"\nbase_url = "{own.base_url}"\napi_key_env = "KP_TEAM_A_KEY"\n'
+            'models = ["gpt-*"]\nprojects = ["team-a"]\nretry_backoff = 0.01\n'
+        )
         srv = make_gateway(fake_config(fake, extra=extra))
         _, a = _project(srv, "team-a")
         _, b = _project(srv)
@@ -275,8 +311,9 @@ def test_ownership_is_shared_by_a_fleet(tmp_path, fake):
     with postgres_database() as url:
         s1 = make_settings(tmp_path / "h1", url, config_text=fake_config(fake))
         init = init_org(s1)
-        s2 = make_settings(tmp_path / "h2", url, config_text=fake_config(fake),
-                           KEYPLANE_SECRET_KEY=s1.secret_key.decode())
+        s2 = make_settings(
+            tmp_path / "h2", url, config_text=fake_config(fake), KEYPLANE_SECRET_KEY=s1.secret_key.decode()
+        )
         n1, n2 = start_server(s1, init), start_server(s2, init)
         try:
             _, a1 = _project(n1)
@@ -287,8 +324,10 @@ def test_ownership_is_shared_by_a_fleet(tmp_path, fake):
             r = a1.responses.create(model="gpt-4o-mini", input="hi")
             # The other instance knows at once: the create was answered after its owner was committed.
             assert a2.files.retrieve(f.id).id == f.id
-            assert httpx.get(f"{n2.v1}/responses/{r.id}", headers={"Authorization": f"Bearer {a2.api_key}"}
-                             ).status_code == 200
+            assert (
+                httpx.get(f"{n2.v1}/responses/{r.id}", headers={"Authorization": f"Bearer {a2.api_key}"}).status_code
+                == 200
+            )
             _not_found(lambda: b2.files.retrieve(f.id), f.id)
             _not_found(lambda: b2.responses.retrieve(r.id), r.id)
         finally:
@@ -297,8 +336,10 @@ def test_ownership_is_shared_by_a_fleet(tmp_path, fake):
 
 
 def test_a_project_whose_own_credential_is_missing_never_falls_back_to_the_shared_key(make_gateway, fake):
-    extra = ('[[upstreams]]\nname = "team-x"\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "KP_UNSET_KEY_X"\n'
-             'projects = ["team-x"]\n')
+    extra = (
+        '[[upstreams]]\nname = "team-x"\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "KP_UNSET_KEY_X"\n'
+        'projects = ["team-x"]\n'
+    )
     srv = make_gateway(fake_config(fake, extra=extra))
     _, x = _project(srv, "team-x")
     fake.reset()
@@ -315,11 +356,14 @@ def test_owners_are_committed_before_record_returns_and_read_back_on_a_miss(make
     store = rt.features.proxy.tenancy.store
 
     async def go() -> dict:
-        rows = [ProviderObject(id=f"file-t{i}", project_id=f"proj_{i % 2}", object="file", upstream="fake",
-                               created_at=0) for i in range(100)]
+        rows = [
+            ProviderObject(id=f"file-t{i}", project_id=f"proj_{i % 2}", object="file", upstream="fake", created_at=0)
+            for i in range(100)
+        ]
         await asyncio.gather(*(store.record([r]) for r in rows))  # concurrent creates: group commits
-        await store.record([ProviderObject(id="file-t0", project_id="proj_x", object="file", upstream="x",
-                                           created_at=0)])  # an id keeps its first owner
+        await store.record(
+            [ProviderObject(id="file-t0", project_id="proj_x", object="file", upstream="x", created_at=0)]
+        )  # an id keeps its first owner
         fresh = OwnerStore(rt)  # another instance: an empty cache reads SQL
         return await fresh.owners([f"file-t{i}" for i in range(100)] + ["file-unknown"])
 

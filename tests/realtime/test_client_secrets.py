@@ -32,8 +32,9 @@ def test_a_client_secret_opens_sessions_of_its_model_until_its_key_is_revoked(ma
     srv = make_gateway()
     key = admin(srv, "POST", f"/projects/{srv.project_id}/api_keys", {"name": "browser backend"})
     client = OpenAI(base_url=srv.v1, api_key=key["value"], max_retries=0)
-    cs = client.realtime.client_secrets.create(session={"type": "realtime", "model": "gpt-realtime"},
-                                               expires_after={"anchor": "created_at", "seconds": 60})
+    cs = client.realtime.client_secrets.create(
+        session={"type": "realtime", "model": "gpt-realtime"}, expires_after={"anchor": "created_at", "seconds": 60}
+    )
     assert cs.value.startswith("ek_kp_") and key["value"] not in cs.value
     assert cs.session.model == "gpt-realtime"
     assert _open(srv, cs.value) == 101  # the model comes from the secret
@@ -71,7 +72,8 @@ def test_a_client_secret_expires(make_gateway):
     clock = FakeClock(__import__("time").time())
     srv = make_gateway(clock=clock)
     cs = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0).realtime.client_secrets.create(
-        session={"type": "realtime", "model": "gpt-realtime"}, expires_after={"anchor": "created_at", "seconds": 10})
+        session={"type": "realtime", "model": "gpt-realtime"}, expires_after={"anchor": "created_at", "seconds": 10}
+    )
     assert cs.expires_at == int(clock.now()) + 10
     clock.advance(9)
     assert _open(srv, cs.value) == 101

@@ -59,8 +59,12 @@ def test_a_session_relays_and_records_each_response(make_gateway, fake_rt):
     def reported() -> tuple[int, int, int, int]:
         page = usage.completions(start_time=int(time.time()) - 3600, bucket_width="1h", group_by=["model"])
         rows = [r for b in page.data for r in b.results if r.model == "gpt-realtime"]
-        return (sum(r.num_model_requests for r in rows), sum(r.input_tokens for r in rows),
-                sum(r.input_cached_tokens for r in rows), sum(r.output_tokens for r in rows))
+        return (
+            sum(r.num_model_requests for r in rows),
+            sum(r.input_tokens for r in rows),
+            sum(r.input_cached_tokens for r in rows),
+            sum(r.output_tokens for r in rows),
+        )
 
     wait_for(lambda: reported() == (2, 200, 40, 80), timeout=15)
 
@@ -130,8 +134,12 @@ def test_a_budget_for_five_responses_lets_exactly_five_through_under_a_race(make
     # A prefix of its own: the billing tests' end-of-session sweep (kptest-<worker>-*) must not reach it.
     prefix = f"kprealtime-{secrets.token_hex(4)}"
     srv = make_gateway(**(redis_env(prefix) if limiter == "redis" else {}))
-    admin(srv, "POST", f"/projects/{srv.project_id}/spend_limit",
-          {"currency": "USD", "interval": "month", "threshold_amount": 4})
+    admin(
+        srv,
+        "POST",
+        f"/projects/{srv.project_id}/spend_limit",
+        {"currency": "USD", "interval": "month", "threshold_amount": 4},
+    )
 
     async def one() -> str:
         try:
@@ -164,8 +172,12 @@ def test_responses_the_upstream_starts_itself_are_admitted_or_cancelled(make_gat
     once the budget refuses one it is cancelled at the upstream and the session cut."""
     srv = make_gateway()
     settled = record_settled(srv)
-    admin(srv, "POST", f"/projects/{srv.project_id}/spend_limit",
-          {"currency": "USD", "interval": "month", "threshold_amount": 2})  # room for 2 responses
+    admin(
+        srv,
+        "POST",
+        f"/projects/{srv.project_id}/spend_limit",
+        {"currency": "USD", "interval": "month", "threshold_amount": 2},
+    )  # room for 2 responses
 
     seen: list[Any] = []
 
@@ -240,8 +252,9 @@ def test_what_keyplane_cannot_govern_is_refused_not_dropped(make_gateway, fake_r
         got: list[Any] = []
         async with _client(srv, srv.api_key).realtime.connect(model="gpt-realtime-mini") as conn:
             await conn.session.update(session={"type": "realtime", "model": "gpt-realtime"})
-            await conn.session.update(session={"type": "realtime", "audio": {
-                "input": {"transcription": {"model": "gpt-4o-transcribe"}}}})
+            await conn.session.update(
+                session={"type": "realtime", "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe"}}}}
+            )
             await conn.response.create()
             async for ev in conn:
                 got.append(ev)
@@ -252,8 +265,9 @@ def test_what_keyplane_cannot_govern_is_refused_not_dropped(make_gateway, fake_r
     got = asyncio.run(asyncio.wait_for(go(), 20))
     errs = [e.error.param for e in got if e.type == "error"]
     assert errs == ["session.model", "session.audio.input.transcription"]
-    assert fake_rt.of_type("session.update") == [{"type": "session.update", "session": {
-        "type": "realtime", "max_output_tokens": 4096}}]  # only keyplane's own pin went through
+    assert fake_rt.of_type("session.update") == [
+        {"type": "session.update", "session": {"type": "realtime", "max_output_tokens": 4096}}
+    ]  # only keyplane's own pin went through
     assert fake_rt.paths == ["/v1/realtime?model=gpt-realtime-mini"]
 
     async def status(query: str) -> int:
@@ -340,20 +354,29 @@ def test_each_modality_is_priced_at_its_own_rate(make_gateway, fake_rt):
     b = srv.app.runtime.features.billing
     cases = [
         # gpt-realtime: text $4 / cached $0.40 / out $16, audio $32 / cached $0.40 / out $64 (per 1M tokens)
-        ("gpt-realtime", Usage(text_in=1000, audio_in=2000, cached_text=400, cached_audio=500, text_out=300,
-                               audio_out=700),
-         (600 * 4 + 400 * 0.4 + 1500 * 32 + 500 * 0.4, 300 * 16 + 700 * 64)),
+        (
+            "gpt-realtime",
+            Usage(text_in=1000, audio_in=2000, cached_text=400, cached_audio=500, text_out=300, audio_out=700),
+            (600 * 4 + 400 * 0.4 + 1500 * 32 + 500 * 0.4, 300 * 16 + 700 * 64),
+        ),
         # gpt-realtime-mini: text $0.60 / cached $0.06 / out $2.40, audio $10 / cached $0.30 / out $20
-        ("gpt-realtime-mini", Usage(text_in=1000, audio_in=2000, cached_text=400, cached_audio=500, text_out=300,
-                                    audio_out=700),
-         (600 * 0.6 + 400 * 0.06 + 1500 * 10 + 500 * 0.3, 300 * 2.4 + 700 * 20)),
+        (
+            "gpt-realtime-mini",
+            Usage(text_in=1000, audio_in=2000, cached_text=400, cached_audio=500, text_out=300, audio_out=700),
+            (600 * 0.6 + 400 * 0.06 + 1500 * 10 + 500 * 0.3, 300 * 2.4 + 700 * 20),
+        ),
         # image input is not a text or audio rate: at the dearest input rate
-        ("gpt-realtime", Usage(text_in=100, audio_in=0, cached_text=0, image_in=50, text_out=10, audio_out=0),
-         (100 * 4 + 50 * 32, 10 * 16)),
+        (
+            "gpt-realtime",
+            Usage(text_in=100, audio_in=0, cached_text=0, image_in=50, text_out=10, audio_out=0),
+            (100 * 4 + 50 * 32, 10 * 16),
+        ),
         # no details: every token at the audio rates, never less than the provider bills
-        ("gpt-realtime", Usage(text_in=1000, audio_in=2000, cached_text=400, text_out=300, audio_out=700,
-                               details=False),
-         (3000 * 32, 1000 * 64)),
+        (
+            "gpt-realtime",
+            Usage(text_in=1000, audio_in=2000, cached_text=400, text_out=300, audio_out=700, details=False),
+            (3000 * 32, 1000 * 64),
+        ),
     ]
     total = 0
     for i, (model, usage, (cost_in, cost_out)) in enumerate(cases):
@@ -371,7 +394,11 @@ def test_each_modality_is_priced_at_its_own_rate(make_gateway, fake_rt):
     wait_for(lambda: srv.call(b.spent("project", srv.project_id)) == (total, 0))
     listed = {p["model"]: p for p in admin(srv, "GET", "/prices")["data"]}
     assert {k: listed["gpt-realtime"][k] for k in ("input", "output", "audio_input", "audio_output")} == {
-        "input": 4, "output": 16, "audio_input": 32, "audio_output": 64}
+        "input": 4,
+        "output": 16,
+        "audio_input": 32,
+        "audio_output": 64,
+    }
     assert "audio_input" not in listed["gpt-4o-mini"]
 
 
@@ -383,8 +410,9 @@ def test_an_ip_allowlist_set_during_a_session_cuts_it(make_gateway, fake_rt):
     async def go() -> list[Any]:
         seen: list[Any] = []
         async with _client(srv, srv.api_key).realtime.connect(model="gpt-realtime") as conn:
-            await asyncio.to_thread(admin, srv, "POST", f"/projects/{srv.project_id}/ip_allowlist",
-                                    {"cidrs": ["10.9.8.0/24"]})
+            await asyncio.to_thread(
+                admin, srv, "POST", f"/projects/{srv.project_id}/ip_allowlist", {"cidrs": ["10.9.8.0/24"]}
+            )
             try:
                 async for ev in conn:  # nothing more from the upstream: the idle watch cuts it
                     seen.append(ev)

@@ -1,5 +1,6 @@
 """The red-team review's findings (issue #12 round 2), kept as regression tests: each failed while its hole
 was open. A gateway on the project's fake upstream and template home, in-process limiter."""
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,9 @@ def make_gw(make_gateway: Callable[..., RunningServer], fake: FakeUpstream) -> C
     return make
 
 
-def serve_in_thread(path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                    client_max_size: int = 1024 ** 2) -> int:
+def serve_in_thread(
+    path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]], client_max_size: int = 1024**2
+) -> int:
     """A stand-in upstream answering POST ``path`` with ``handler`` on its own loop and thread; its port."""
     loop = asyncio.new_event_loop()
     started = threading.Event()

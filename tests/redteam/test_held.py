@@ -1,4 +1,5 @@
 """Probes that held (kept as regression checks): parser differentials on the JSON head, duplicate headers."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,7 +22,12 @@ CASES = [
 @pytest.mark.parametrize("body", CASES)
 def test_refused_before_the_upstream(make_gw, fake, body):
     srv = make_gw()
-    status, _, answer = raw_http(srv.base_url, "POST", "/v1/chat/completions",
-                                 {"Authorization": f"Bearer {srv.api_key}", "Content-Type": "application/json"}, body)
+    status, _, answer = raw_http(
+        srv.base_url,
+        "POST",
+        "/v1/chat/completions",
+        {"Authorization": f"Bearer {srv.api_key}", "Content-Type": "application/json"},
+        body,
+    )
     assert 400 <= status < 500, (status, answer)
     assert fake.model_requests() == []

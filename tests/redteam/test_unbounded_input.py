@@ -6,6 +6,7 @@ as file_data) is billed 200,000 input tokens, as the provider counts the PDF's t
 keyplane counts that part as 0 tokens (limits/tokens.py Counter.content), reserves ~$0.0001, and 20
 concurrent requests spend $8 on a $0.10 project limit.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,32 +37,59 @@ class Provider:
             await asyncio.sleep(0.3)  # generation time: the requests overlap
             parts = [p for m in body["messages"] for p in (m["content"] if isinstance(m["content"], list) else [])]
             prompt = PROMPT_BILLED if any(p.get("type") == "file" for p in parts) else 10
-            return web.json_response({
-                "id": f"chatcmpl-{self.calls}", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": prompt, "completion_tokens": 1, "total_tokens": prompt + 1}})
+            return web.json_response(
+                {
+                    "id": f"chatcmpl-{self.calls}",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+                    ],
+                    "usage": {"prompt_tokens": prompt, "completion_tokens": 1, "total_tokens": prompt + 1},
+                }
+            )
 
         self.port = serve_in_thread("/v1/chat/completions", chat, client_max_size=64 * 1024 * 1024)
 
 
 def test_input_not_in_the_body_spends_past_the_hard_limit(make_gw):
     p = Provider()
-    cfg = (f'[[upstreams]]\nname = "openai"\nbase_url = "http://127.0.0.1:{p.port}/v1"\n'
-           f'api_key_env = "{UPSTREAM_KEY_ENV}"\nmodels = ["gpt-*"]\nmax_retries = 0\n')
+    cfg = (
+        f'[[upstreams]]\nname = "openai"\nbase_url = "http://127.0.0.1:{p.port}/v1"\n'
+        f'api_key_env = "{UPSTREAM_KEY_ENV}"\nmodels = ["gpt-*"]\nmax_retries = 0\n'
+    )
     srv = make_gw(config_text=cfg)
     with admin_http(srv) as h:  # $0.10 per month for the project
-        r = h.post(f"/projects/{srv.project_id}/spend_limit",
-                   json={"currency": "USD", "interval": "month", "threshold_amount": 10})
+        r = h.post(
+            f"/projects/{srv.project_id}/spend_limit",
+            json={"currency": "USD", "interval": "month", "threshold_amount": 10},
+        )
         assert r.status_code == 200, r.text
     pdf = "data:application/pdf;base64," + base64.b64encode(b"%PDF-1.7 " + b"x" * 3000).decode()
-    body = orjson.dumps({"model": "gpt-4.1", "max_tokens": 5, "messages": [{"role": "user", "content": [
-        {"type": "text", "text": "Summarize this report."},
-        {"type": "file", "file": {"filename": "report.pdf", "file_data": pdf}}]}]})
+    body = orjson.dumps(
+        {
+            "model": "gpt-4.1",
+            "max_tokens": 5,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Summarize this report."},
+                        {"type": "file", "file": {"filename": "report.pdf", "file_data": pdf}},
+                    ],
+                }
+            ],
+        }
+    )
 
     def one(_: int) -> int:
-        return httpx.post(srv.v1 + "/chat/completions", content=body, timeout=30,
-                          headers={"Authorization": f"Bearer {srv.api_key}",
-                                   "Content-Type": "application/json"}).status_code
+        return httpx.post(
+            srv.v1 + "/chat/completions",
+            content=body,
+            timeout=30,
+            headers={"Authorization": f"Bearer {srv.api_key}", "Content-Type": "application/json"},
+        ).status_code
 
     with concurrent.futures.ThreadPoolExecutor(20) as ex:
         statuses = list(ex.map(one, range(20)))

@@ -26,8 +26,13 @@ GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 
 
 def _adm(srv: RunningServer, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    r = httpx.request(method, srv.v1 + "/organization" + path, json=body,
-                      headers={"Authorization": f"Bearer {srv.admin_key}"}, timeout=30)
+    r = httpx.request(
+        method,
+        srv.v1 + "/organization" + path,
+        json=body,
+        headers={"Authorization": f"Bearer {srv.admin_key}"},
+        timeout=30,
+    )
     assert r.status_code < 300, r.text
     return r.json()  # type: ignore[no-any-return]
 
@@ -35,18 +40,40 @@ def _adm(srv: RunningServer, method: str, path: str, body: Any = None) -> dict[s
 def _setup(srv: RunningServer, idp: FakeOIDC, matchers: dict[str, Any] | None = None) -> tuple[str, str, str]:
     """(provider id, service account id, rule id)."""
     sa = _adm(srv, "POST", f"/projects/{srv.project_id}/service_accounts", {"name": "ci"})
-    prov = _adm(srv, "POST", "/workload_identity_providers", {
-        "name": "k8s", "type": "oidc", "issuer": idp.issuer, "audience": AUD,
-        "verification": {"type": "discovery", "discovery_url": None}})
-    rule = _adm(srv, "POST", f"/workload_identity_providers/{prov['id']}/federation_rules", {
-        "project_id": srv.project_id, "service_account_id": sa["id"], "attribute_matchers": matchers or {"sub": SUB}})
+    prov = _adm(
+        srv,
+        "POST",
+        "/workload_identity_providers",
+        {
+            "name": "k8s",
+            "type": "oidc",
+            "issuer": idp.issuer,
+            "audience": AUD,
+            "verification": {"type": "discovery", "discovery_url": None},
+        },
+    )
+    rule = _adm(
+        srv,
+        "POST",
+        f"/workload_identity_providers/{prov['id']}/federation_rules",
+        {"project_id": srv.project_id, "service_account_id": sa["id"], "attribute_matchers": matchers or {"sub": SUB}},
+    )
     return prov["id"], sa["id"], rule["id"]
 
 
 def _exchange(srv: RunningServer, subject: str, pid: str, sa_id: str, **headers: str) -> httpx.Response:
-    return httpx.post(srv.base_url + "/oauth/token", headers=headers, json={
-        "grant_type": GRANT, "subject_token": subject, "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
-        "identity_provider_id": pid, "service_account_id": sa_id}, timeout=10)
+    return httpx.post(
+        srv.base_url + "/oauth/token",
+        headers=headers,
+        json={
+            "grant_type": GRANT,
+            "subject_token": subject,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "identity_provider_id": pid,
+            "service_account_id": sa_id,
+        },
+        timeout=10,
+    )
 
 
 def _token(srv: RunningServer, idp: FakeOIDC, pid: str, sa_id: str, claims: dict[str, Any] | None = None) -> str:
@@ -62,8 +89,9 @@ def _ws(srv: RunningServer) -> str:
 def _open_with_secret(srv: RunningServer, secret: str) -> int:
     async def go() -> int:
         try:
-            async with websockets.connect(_ws(srv).split("?")[0],
-                                          subprotocols=["realtime", f"openai-insecure-api-key.{secret}"]) as ws:
+            async with websockets.connect(
+                _ws(srv).split("?")[0], subprotocols=["realtime", f"openai-insecure-api-key.{secret}"]
+            ) as ws:
                 assert '"session.created"' in await ws.recv()
                 return 101
         except websockets.exceptions.InvalidStatus as e:
@@ -89,6 +117,7 @@ async def _held_until_cut(url: str, seconds: float, **kw: Any) -> int | None:
 
 # --- a realtime client secret minted with a workload token ----------------------------------------------------
 
+
 def test_wk49_a_client_secret_minted_with_a_workload_token_dies_with_its_rule(make_gateway, idp):
     """Before: the secret (up to 2 h) was checked against the rule's keyless key only, which a disabled rule
     does not revoke: it outlived the 15-minute token, and the rule's disabling, and opened sessions after it."""
@@ -96,15 +125,18 @@ def test_wk49_a_client_secret_minted_with_a_workload_token_dies_with_its_rule(ma
     pid, sa_id, rid = _setup(srv, idp)
     tok = _token(srv, idp, pid, sa_id)
     cs = OpenAI(base_url=srv.v1, api_key=tok, max_retries=0).realtime.client_secrets.create(
-        session={"type": "realtime", "model": "gpt-realtime"}, expires_after={"anchor": "created_at", "seconds": 7200})
+        session={"type": "realtime", "model": "gpt-realtime"}, expires_after={"anchor": "created_at", "seconds": 7200}
+    )
     assert _open_with_secret(srv, cs.value) == 101
 
     async def scenario() -> int | None:
-        session = asyncio.ensure_future(_held_until_cut(
-            _ws(srv).split("?")[0], 6, subprotocols=["realtime", f"openai-insecure-api-key.{cs.value}"]))
+        session = asyncio.ensure_future(
+            _held_until_cut(_ws(srv).split("?")[0], 6, subprotocols=["realtime", f"openai-insecure-api-key.{cs.value}"])
+        )
         await asyncio.sleep(1.0)
-        await asyncio.to_thread(_adm, srv, "POST", f"/workload_identity_providers/{pid}/federation_rules/{rid}",
-                                {"enabled": False})
+        await asyncio.to_thread(
+            _adm, srv, "POST", f"/workload_identity_providers/{pid}/federation_rules/{rid}", {"enabled": False}
+        )
         return await session
 
     assert asyncio.run(scenario()) == 1008  # the live session is cut
@@ -119,8 +151,9 @@ def test_wk49_a_realtime_session_of_a_workload_token_ends_when_its_provider_is_d
     tok = _token(srv, idp, pid, sa_id)
 
     async def scenario() -> int | None:
-        session = asyncio.ensure_future(_held_until_cut(_ws(srv), 6,
-                                                        additional_headers={"Authorization": f"Bearer {tok}"}))
+        session = asyncio.ensure_future(
+            _held_until_cut(_ws(srv), 6, additional_headers={"Authorization": f"Bearer {tok}"})
+        )
         await asyncio.sleep(1.0)
         await asyncio.to_thread(_adm, srv, "POST", f"/workload_identity_providers/{pid}", {"enabled": False})
         return await session
@@ -129,6 +162,7 @@ def test_wk49_a_realtime_session_of_a_workload_token_ends_when_its_provider_is_d
 
 
 # --- access tokens issued under terms that changed ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_wk49_narrowing_a_rule_ends_the_tokens_it_no_longer_matches(gateway, admin, idp):
@@ -139,8 +173,12 @@ def test_wk49_narrowing_a_rule_ends_the_tokens_it_no_longer_matches(gateway, adm
     tok = _token(gateway, idp, pid, sa_id, claims)
     client = OpenAI(base_url=gateway.v1, max_retries=0, api_key=tok)
     client.models.list()
-    _adm(gateway, "POST", f"/workload_identity_providers/{pid}/federation_rules/{rid}",
-         {"attribute_matchers": {"repository": "acme/api", "ref": "refs/heads/main"}})
+    _adm(
+        gateway,
+        "POST",
+        f"/workload_identity_providers/{pid}/federation_rules/{rid}",
+        {"attribute_matchers": {"repository": "acme/api", "ref": "refs/heads/main"}},
+    )
     with pytest.raises(openai.AuthenticationError, match="changed since it was issued"):
         client.models.list()
     # A token issued under the new terms works; one under an audience changed afterwards does not.
@@ -153,6 +191,7 @@ def test_wk49_narrowing_a_rule_ends_the_tokens_it_no_longer_matches(gateway, adm
 
 # --- /oauth/token is bounded ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_wk49_token_exchange_is_rate_limited_per_address(gateway, admin, idp):
     """Before: /oauth/token had no limit at all (each call a signature check, SQL reads, maybe a JWKS fetch)."""
@@ -160,18 +199,30 @@ def test_wk49_token_exchange_is_rate_limited_per_address(gateway, admin, idp):
 
     pid, sa_id, _ = _setup(gateway, idp)
     junk = idp.sign({"sub": "someone-else", "aud": AUD})
-    client = OpenAI(base_url=gateway.v1, max_retries=0, workload_identity={
-        "identity_provider_id": pid, "service_account_id": sa_id,
-        "provider": {"token_type": "jwt", "get_token": lambda: idp.sign({"sub": SUB, "aud": AUD})}})
+    client = OpenAI(
+        base_url=gateway.v1,
+        max_retries=0,
+        workload_identity={
+            "identity_provider_id": pid,
+            "service_account_id": sa_id,
+            "provider": {"token_type": "jwt", "get_token": lambda: idp.sign({"sub": SUB, "aud": AUD})},
+        },
+    )
     client._workload_identity_auth.token_exchange_url = gateway.base_url + "/oauth/token"
     codes: list[int] = []
     t0 = time.monotonic()
     with httpx.Client(timeout=10) as c:
         for _ in range(2 * PER_IP[0]):
-            r = c.post(gateway.base_url + "/oauth/token", json={
-                "grant_type": GRANT, "subject_token": junk,
-                "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
-                "identity_provider_id": pid, "service_account_id": sa_id})
+            r = c.post(
+                gateway.base_url + "/oauth/token",
+                json={
+                    "grant_type": GRANT,
+                    "subject_token": junk,
+                    "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                    "identity_provider_id": pid,
+                    "service_account_id": sa_id,
+                },
+            )
             codes.append(r.status_code)
             if r.status_code == 429:
                 break
@@ -202,10 +253,17 @@ def test_wk49_token_exchange_is_rate_limited_per_provider(tmp_path, idp, fake):
         t0 = time.monotonic()
         with httpx.Client(timeout=10) as c:
             for i in range(2 * PER_PROVIDER[0]):
-                r = c.post(srv.base_url + "/oauth/token", headers={"X-Forwarded-For": f"198.51.{i // 250}.{i % 250}"},
-                           json={"grant_type": GRANT, "subject_token": junk,
-                                 "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
-                                 "identity_provider_id": pid, "service_account_id": sa_id})
+                r = c.post(
+                    srv.base_url + "/oauth/token",
+                    headers={"X-Forwarded-For": f"198.51.{i // 250}.{i % 250}"},
+                    json={
+                        "grant_type": GRANT,
+                        "subject_token": junk,
+                        "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                        "identity_provider_id": pid,
+                        "service_account_id": sa_id,
+                    },
+                )
                 codes.append(r.status_code)
                 if r.status_code == 429:
                     break
@@ -219,6 +277,7 @@ def test_wk49_token_exchange_is_rate_limited_per_provider(tmp_path, idp, fake):
 
 
 # --- the JWKS cache follows the provider's issuer on every instance ---------------------------------------------------
+
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
@@ -246,7 +305,8 @@ def test_wk49_access_tokens_and_secrets_stay_out_of_error_bodies(make_gateway, i
     pid, sa_id, rid = _setup(srv, idp)
     tok = _token(srv, idp, pid, sa_id)
     cs = OpenAI(base_url=srv.v1, api_key=tok, max_retries=0).realtime.client_secrets.create(
-        session={"type": "realtime", "model": "gpt-realtime"})
+        session={"type": "realtime", "model": "gpt-realtime"}
+    )
     _adm(srv, "POST", f"/workload_identity_providers/{pid}/federation_rules/{rid}", {"enabled": False})
     r = httpx.get(srv.v1 + "/models", headers={"Authorization": f"Bearer {tok}"}, timeout=10)
     assert r.status_code == 401 and tok not in r.text and tok[10:40] not in r.text
@@ -255,6 +315,7 @@ def test_wk49_access_tokens_and_secrets_stay_out_of_error_bodies(make_gateway, i
 
 
 # --- one slow issuer delays no other provider's exchanges -------------------------------------------------------------
+
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_wk49_a_slow_issuer_does_not_stall_every_other_providers_exchange(gateway, admin, idp):
@@ -277,10 +338,18 @@ def test_wk49_a_slow_issuer_does_not_stall_every_other_providers_exchange(gatewa
     threading.Thread(target=tarpit.serve_forever, daemon=True).start()
     try:
         sa = _adm(gateway, "POST", f"/projects/{gateway.project_id}/service_accounts", {"name": "slow"})
-        slow = _adm(gateway, "POST", "/workload_identity_providers", {
-            "name": "slow", "type": "oidc", "issuer": f"http://127.0.0.1:{tarpit.server_address[1]}", "audience": AUD})
-        _adm(gateway, "POST", f"/workload_identity_providers/{slow['id']}/federation_rules", {
-            "project_id": gateway.project_id, "service_account_id": sa["id"], "attribute_matchers": {"sub": SUB}})
+        slow = _adm(
+            gateway,
+            "POST",
+            "/workload_identity_providers",
+            {"name": "slow", "type": "oidc", "issuer": f"http://127.0.0.1:{tarpit.server_address[1]}", "audience": AUD},
+        )
+        _adm(
+            gateway,
+            "POST",
+            f"/workload_identity_providers/{slow['id']}/federation_rules",
+            {"project_id": gateway.project_id, "service_account_id": sa["id"], "attribute_matchers": {"sub": SUB}},
+        )
         pid, sa_id, _ = _setup(gateway, idp)
 
         def stall() -> None:
@@ -305,16 +374,32 @@ def test_wk49_a_slow_issuer_does_not_stall_every_other_providers_exchange(gatewa
 
 # --- a transformed attribute comes from its expression only ----------------------------------------------------
 
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_wk49_a_top_level_claim_cannot_stand_in_for_a_transformed_attribute(gateway, admin, idp):
     """Before: a rule matching `namespace` (transformed from `assertion.kubernetes.io.namespace`) also matched
     a token with no such nested claim but a top-level `namespace` claim of that value."""
     sa = _adm(gateway, "POST", f"/projects/{gateway.project_id}/service_accounts", {"name": "k8s"})
-    prov = _adm(gateway, "POST", "/workload_identity_providers", {
-        "name": "k8s", "type": "oidc", "issuer": idp.issuer, "audience": AUD,
-        "attribute_transformations": [{"attribute": "namespace", "expression": "assertion.kubernetes.io.namespace"}]})
-    _adm(gateway, "POST", f"/workload_identity_providers/{prov['id']}/federation_rules", {
-        "project_id": gateway.project_id, "service_account_id": sa["id"], "attribute_matchers": {"namespace": "prod"}})
+    prov = _adm(
+        gateway,
+        "POST",
+        "/workload_identity_providers",
+        {
+            "name": "k8s",
+            "type": "oidc",
+            "issuer": idp.issuer,
+            "audience": AUD,
+            "attribute_transformations": [
+                {"attribute": "namespace", "expression": "assertion.kubernetes.io.namespace"}
+            ],
+        },
+    )
+    _adm(
+        gateway,
+        "POST",
+        f"/workload_identity_providers/{prov['id']}/federation_rules",
+        {"project_id": gateway.project_id, "service_account_id": sa["id"], "attribute_matchers": {"namespace": "prod"}},
+    )
     missing = {"sub": SUB, "aud": AUD, "namespace": "prod"}
     assert _exchange(gateway, idp.sign(missing), prov["id"], sa["id"]).json()["error"] == "invalid_grant"
     flat = {"sub": SUB, "aud": AUD, "namespace": "prod", "kubernetes.io": {"namespace": "dev"}}
@@ -325,6 +410,7 @@ def test_wk49_a_top_level_claim_cannot_stand_in_for_a_transformed_attribute(gate
 
 
 # --- a disabled rule is applied even when the first reload after it fails -----------------------------------------
+
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
@@ -348,8 +434,12 @@ def test_wk49_a_rule_disabled_while_the_reload_fails_is_still_applied(gateway, a
 
     asyncio.run(sql("ALTER TABLE workload_identity_providers RENAME TO wip_hidden"))  # every reload fails now
     try:
-        r = httpx.post(gateway.v1 + f"/organization/workload_identity_providers/{pid}/federation_rules/{rid}",
-                       json={"enabled": False}, headers={"Authorization": f"Bearer {gateway.admin_key}"}, timeout=30)
+        r = httpx.post(
+            gateway.v1 + f"/organization/workload_identity_providers/{pid}/federation_rules/{rid}",
+            json={"enabled": False},
+            headers={"Authorization": f"Bearer {gateway.admin_key}"},
+            timeout=30,
+        )
         assert r.status_code == 200, r.text  # committed (and answered) although this instance could not reload
         time.sleep(1.0)
     finally:
@@ -372,14 +462,21 @@ def test_wk49_narrowing_a_rule_ends_its_realtime_sessions_and_client_secrets(mak
     pid, sa_id, rid = _setup(srv, idp, {"repository": "acme/api"})
     tok = _token(srv, idp, pid, sa_id, {"sub": SUB, "aud": AUD, "repository": "acme/api"})
     cs = OpenAI(base_url=srv.v1, api_key=tok, max_retries=0).realtime.client_secrets.create(
-        session={"type": "realtime", "model": "gpt-realtime"})
+        session={"type": "realtime", "model": "gpt-realtime"}
+    )
 
     async def scenario() -> int | None:
-        session = asyncio.ensure_future(_held_until_cut(_ws(srv), 6,
-                                                        additional_headers={"Authorization": f"Bearer {tok}"}))
+        session = asyncio.ensure_future(
+            _held_until_cut(_ws(srv), 6, additional_headers={"Authorization": f"Bearer {tok}"})
+        )
         await asyncio.sleep(1.0)
-        await asyncio.to_thread(_adm, srv, "POST", f"/workload_identity_providers/{pid}/federation_rules/{rid}",
-                                {"attribute_matchers": {"repository": "acme/api", "ref": "refs/heads/main"}})
+        await asyncio.to_thread(
+            _adm,
+            srv,
+            "POST",
+            f"/workload_identity_providers/{pid}/federation_rules/{rid}",
+            {"attribute_matchers": {"repository": "acme/api", "ref": "refs/heads/main"}},
+        )
         return await session
 
     assert _open_with_secret(srv, cs.value) == 101
@@ -395,18 +492,30 @@ def test_wk49_an_http_stream_of_a_workload_token_is_cut_when_its_rule_is_disable
 
     async def go() -> bytes:
         out = b""
-        async with httpx.AsyncClient(timeout=30) as h, h.stream(
-                "POST", f"{gateway.v1}/chat/completions",
-                headers={"Authorization": f"Bearer {tok}", "x-fake-chunk-delay-ms": "50",
-                         "x-fake-text": " ".join(["word"] * 200)},
-                json={"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}) as r:
+        async with (
+            httpx.AsyncClient(timeout=30) as h,
+            h.stream(
+                "POST",
+                f"{gateway.v1}/chat/completions",
+                headers={
+                    "Authorization": f"Bearer {tok}",
+                    "x-fake-chunk-delay-ms": "50",
+                    "x-fake-text": " ".join(["word"] * 200),
+                },
+                json={"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+            ) as r,
+        ):
             assert r.status_code == 200
             async for chunk in r.aiter_raw():
                 out += chunk
                 if out.count(b"\n\n") == 3:
-                    await asyncio.to_thread(_adm, gateway, "POST",
-                                            f"/workload_identity_providers/{pid}/federation_rules/{rid}",
-                                            {"enabled": False})
+                    await asyncio.to_thread(
+                        _adm,
+                        gateway,
+                        "POST",
+                        f"/workload_identity_providers/{pid}/federation_rules/{rid}",
+                        {"enabled": False},
+                    )
         return out
 
     out = asyncio.run(go())

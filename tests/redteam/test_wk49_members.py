@@ -13,8 +13,12 @@ from keyplane.members import invites
 
 
 def _reader(server) -> str:  # type: ignore[no-untyped-def]
-    r = httpx.post(server.v1 + "/organization/admin_api_keys", json={"name": "auditor", "role": "reader"},
-                   headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=10)
+    r = httpx.post(
+        server.v1 + "/organization/admin_api_keys",
+        json={"name": "auditor", "role": "reader"},
+        headers={"Authorization": f"Bearer {server.admin_key}"},
+        timeout=10,
+    )
     assert r.status_code == 200, r.text
     return r.json()["value"]  # type: ignore[no-any-return]
 
@@ -50,8 +54,12 @@ def test_wk49_a_reader_admin_key_writes_through_no_request_shape(server):
 
 
 def test_wk49_an_invite_link_works_once_even_when_raced(server):
-    r = httpx.post(server.v1 + "/organization/invites", json={"email": "race@example.com", "role": "reader"},
-                   headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=10)
+    r = httpx.post(
+        server.v1 + "/organization/invites",
+        json={"email": "race@example.com", "role": "reader"},
+        headers={"Authorization": f"Bearer {server.admin_key}"},
+        timeout=10,
+    )
     assert r.status_code == 200, r.text
     url = r.json()["accept_url"]
     token = url.rsplit("/", 1)[1]
@@ -60,8 +68,12 @@ def test_wk49_an_invite_link_works_once_even_when_raced(server):
     assert page.status_code == 200
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
     cookies = page.cookies
-    form = {"password": "correct horse battery staple 9", "password2": "correct horse battery staple 9",
-            "name": "Race", **({"csrf_token": csrf.group(1)} if csrf else {})}
+    form = {
+        "password": "correct horse battery staple 9",
+        "password2": "correct horse battery staple 9",
+        "name": "Race",
+        **({"csrf_token": csrf.group(1)} if csrf else {}),
+    }
 
     def accept(_: int) -> int:
         return httpx.post(server.base_url + "/invite/" + token, data=form, cookies=cookies, timeout=30).status_code
@@ -69,8 +81,9 @@ def test_wk49_an_invite_link_works_once_even_when_raced(server):
     with concurrent.futures.ThreadPoolExecutor(8) as ex:
         codes = list(ex.map(accept, range(8)))
     assert sum(1 for c in codes if c in (200, 303)) == 1, codes
-    users = httpx.get(server.v1 + "/organization/users", headers={"Authorization": f"Bearer {server.admin_key}"},
-                      timeout=10).json()["data"]
+    users = httpx.get(
+        server.v1 + "/organization/users", headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=10
+    ).json()["data"]
     assert [u["role"] for u in users if u["email"] == "race@example.com"] == ["reader"]
     # Used, a guessed neighbour, and a malformed one: all the same 404, nothing learned.
     for t in (token, token[:-1] + ("A" if token[-1] != "A" else "B"), "kpinv_", "x" * 200):

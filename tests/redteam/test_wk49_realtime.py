@@ -47,6 +47,7 @@ async def _until(ws: Any, kinds: tuple[str, ...], limit: int = 50) -> dict[str, 
 
 # --- a parser differential: the upstream reads the first of two `type` keys --------------------------------
 
+
 class FirstWinsUpstream:
     """A realtime upstream whose JSON parser keeps the FIRST of duplicated keys (as some parsers do), and
     answers a response.create with as many output tokens as its max_output_tokens lets it (1000 for "inf")."""
@@ -87,9 +88,18 @@ class FirstWinsUpstream:
                 limit = (ev.get("response") or {}).get("max_output_tokens")
                 out = limit if isinstance(limit, int) else 1000
                 await ws.send(orjson.dumps({"type": "response.created", "response": {"id": rid}}).decode())
-                await ws.send(orjson.dumps({"type": "response.done", "response": {
-                    "id": rid, "status": "completed",
-                    "usage": {"input_tokens": 0, "output_tokens": out}}}).decode())
+                await ws.send(
+                    orjson.dumps(
+                        {
+                            "type": "response.done",
+                            "response": {
+                                "id": rid,
+                                "status": "completed",
+                                "usage": {"input_tokens": 0, "output_tokens": out},
+                            },
+                        }
+                    ).decode()
+                )
 
 
 @pytest.fixture
@@ -98,8 +108,10 @@ def first_wins_gateway(template_home: Path, tmp_path: Path) -> Iterator[tuple[Ru
     home = tmp_path / "home"
     shutil.copytree(template_home, home)
     init = json.loads((home / "init.json").read_text())
-    text = (f'[[upstreams]]\nname = "firstwins"\nbase_url = "http://127.0.0.1:{up.port}/v1"\n'
-            f'api_key_env = "{UPSTREAM_KEY_ENV}"\nmodels = ["gpt-*"]\n\n' + PRICED)
+    text = (
+        f'[[upstreams]]\nname = "firstwins"\nbase_url = "http://127.0.0.1:{up.port}/v1"\n'
+        f'api_key_env = "{UPSTREAM_KEY_ENV}"\nmodels = ["gpt-*"]\n\n' + PRICED
+    )
     srv = start_server(make_settings(home, "", config_text=text), init)
     try:
         yield srv, up
@@ -114,8 +126,10 @@ def test_wk49_a_duplicated_type_key_cannot_start_an_unpinned_response(first_wins
     serialization of what it checked."""
     srv, up = first_wins_gateway
     settled = record_settled(srv)
-    smuggled = ('{"type":"response.create","response":{"max_output_tokens":"inf"},'
-                '"type":"conversation.item.create","item":{"type":"message","role":"user","content":[]}}')
+    smuggled = (
+        '{"type":"response.create","response":{"max_output_tokens":"inf"},'
+        '"type":"conversation.item.create","item":{"type":"message","role":"user","content":[]}}'
+    )
 
     async def go() -> None:
         async with websockets.connect(_url(srv), additional_headers=_hdr(srv.api_key)) as ws:
@@ -133,6 +147,7 @@ def test_wk49_a_duplicated_type_key_cannot_start_an_unpinned_response(first_wins
 
 
 # --- fields of the beta API, transcription sessions, frames that are not events -----------------------------
+
 
 def test_wk49_beta_output_limit_and_transcription_spellings_are_refused_not_forwarded(make_gateway, fake_rt):
     """Before: `response.max_response_output_tokens`, `session.max_response_output_tokens`,
@@ -182,6 +197,7 @@ def test_wk49_frames_that_are_not_json_events_are_not_forwarded(make_gateway, fa
 
 # --- concurrency: responses in flight ------------------------------------------------------------------------
 
+
 def test_wk49_responses_in_flight_per_session_are_bounded(make_gateway, fake_rt):
     """Before: a session could hold any number of admitted, never-finished responses (each a reservation and
     an upstream generation); now at most MAX_IN_FLIGHT, the rest refused with an error event."""
@@ -212,6 +228,7 @@ def test_wk49_responses_in_flight_per_session_are_bounded(make_gateway, fake_rt)
 
 # --- a session lives no longer than its key's permissions ------------------------------------------------------
 
+
 def test_wk49_a_session_ends_when_its_key_loses_the_model_scope(make_gateway, fake_rt):
     """Before: a key made read-only (or restricted away from api.model.request) kept its open realtime session,
     and every response.create in it was still admitted and forwarded."""
@@ -223,8 +240,9 @@ def test_wk49_a_session_ends_when_its_key_loses_the_model_scope(make_gateway, fa
             await _until(ws, ("session.created",))
             await ws.send(orjson.dumps({"type": "response.create"}).decode())
             await _until(ws, ("response.done",))
-            await asyncio.to_thread(admin, srv, "POST", f"/projects/{srv.project_id}/api_keys/{key['id']}",
-                                    {"permissions": "read_only"})
+            await asyncio.to_thread(
+                admin, srv, "POST", f"/projects/{srv.project_id}/api_keys/{key['id']}", {"permissions": "read_only"}
+            )
             await asyncio.sleep(1.5)  # the change reaches the snapshot; the watch sees it
             try:
                 await ws.send(orjson.dumps({"type": "response.create"}).decode())
@@ -247,6 +265,7 @@ def test_wk49_a_session_ends_when_its_key_loses_the_model_scope(make_gateway, fa
 
 # --- an instance that cannot confirm its keys admits no response ------------------------------------------------
 
+
 @pytest.mark.postgres
 def test_wk49_a_stale_instance_admits_no_realtime_response(tmp_path, fake_rt):
     """Before: staleness was checked when a session opened, never again; an instance cut off from its store
@@ -260,12 +279,19 @@ def test_wk49_a_stale_instance_admits_no_realtime_response(tmp_path, fake_rt):
     with postgres_database() as url:
         pg = urlsplit(url)
         proxy = FaultProxy(pg.port or 5432, pg.hostname or "127.0.0.1")
-        text = (f'[[upstreams]]\nname = "fake"\nbase_url = "{fake_rt.base_url}"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n'
-                'models = ["gpt-*"]\n\n' + PRICED)
-        settings = make_settings(tmp_path / "home", url.replace(f"{pg.hostname}:{pg.port}", f"127.0.0.1:{proxy.port}"),
-                                 config_text=text, KEYPLANE_MAX_STALENESS_SECONDS="2")
+        text = (
+            f'[[upstreams]]\nname = "fake"\nbase_url = "{fake_rt.base_url}"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n'
+            'models = ["gpt-*"]\n\n' + PRICED
+        )
+        settings = make_settings(
+            tmp_path / "home",
+            url.replace(f"{pg.hostname}:{pg.port}", f"127.0.0.1:{proxy.port}"),
+            config_text=text,
+            KEYPLANE_MAX_STALENESS_SECONDS="2",
+        )
         srv = start_server(settings, init_org(settings))
         try:
+
             async def go() -> dict[str, Any]:
                 async with websockets.connect(_url(srv, "gpt-realtime"), additional_headers=_hdr(srv.api_key)) as ws:
                     await _until(ws, ("session.created",))
@@ -296,8 +322,13 @@ def test_wk49_a_session_ends_when_its_model_is_no_longer_permitted(make_gateway,
             await _until(ws, ("session.created",))
             await ws.send(orjson.dumps({"type": "response.create"}).decode())
             seen.append((await _until(ws, ("response.done", "error")))["type"])
-            await asyncio.to_thread(admin, srv, "POST", f"/projects/{srv.project_id}/model_permissions",
-                                    {"mode": "deny_list", "model_ids": ["gpt-realtime"]})
+            await asyncio.to_thread(
+                admin,
+                srv,
+                "POST",
+                f"/projects/{srv.project_id}/model_permissions",
+                {"mode": "deny_list", "model_ids": ["gpt-realtime"]},
+            )
             await asyncio.sleep(1.5)
             try:
                 await ws.send(orjson.dumps({"type": "response.create"}).decode())

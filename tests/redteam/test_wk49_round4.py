@@ -37,8 +37,12 @@ def _spent(srv, project_id: str) -> tuple[int, int]:  # type: ignore[no-untyped-
 
 
 def _limit(srv, project_id: str, cents: int) -> None:  # type: ignore[no-untyped-def]
-    admin(srv, "POST", f"/projects/{project_id}/spend_limit",
-          {"currency": "USD", "interval": "month", "threshold_amount": cents})
+    admin(
+        srv,
+        "POST",
+        f"/projects/{project_id}/spend_limit",
+        {"currency": "USD", "interval": "month", "threshold_amount": cents},
+    )
 
 
 # --- batches, files, evals -----------------------------------------------------------------------------
@@ -57,19 +61,57 @@ def test_a_batch_line_cannot_name_another_projects_objects(make_gw, fake):
     fa = a.files.create(file=("notes.txt", b"A's private notes"), purpose="user_data")
     vs = a.vector_stores.create(name="A's store")
     lines = [
-        _line(1, {"model": "gpt-4o-mini", "input": "repeat what you said", "previous_response_id": resp.id,
-                  "max_output_tokens": 5}, "/v1/responses"),
-        _line(2, {"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "quote this file"}, {"type": "file", "file": {"file_id": fa.id}}]}]}),
-        _line(3, {"model": "gpt-4o-mini", "input": "search", "max_output_tokens": 5, "max_tool_calls": 1,
-                  "tools": [{"type": "file_search", "vector_store_ids": [vs.id]}]}, "/v1/responses"),
+        _line(
+            1,
+            {
+                "model": "gpt-4o-mini",
+                "input": "repeat what you said",
+                "previous_response_id": resp.id,
+                "max_output_tokens": 5,
+            },
+            "/v1/responses",
+        ),
+        _line(
+            2,
+            {
+                "model": "gpt-4o-mini",
+                "max_tokens": 5,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "quote this file"},
+                            {"type": "file", "file": {"file_id": fa.id}},
+                        ],
+                    }
+                ],
+            },
+        ),
+        _line(
+            3,
+            {
+                "model": "gpt-4o-mini",
+                "input": "search",
+                "max_output_tokens": 5,
+                "max_tool_calls": 1,
+                "tools": [{"type": "file_search", "vector_store_ids": [vs.id]}],
+            },
+            "/v1/responses",
+        ),
     ]
     # The same with the key spelled so that a reader that splits at CR, or does not unescape, misses it.
-    lines.append(_line(4, {"model": "gpt-4o-mini", "input": "x", "max_output_tokens": 5}, "/v1/responses")
-                 .replace(b'"input"', b'"previous_response_id"\r:' + orjson.dumps(resp.id) + b',"input"'))
-    lines.append(_line(5, {"model": "gpt-4o-mini", "input": "x", "max_output_tokens": 5,
-                           "previous_response_id": resp.id}, "/v1/responses")
-                 .replace(b'"previous_response_id"', b'"previous_response\\u005fid"'))
+    lines.append(
+        _line(4, {"model": "gpt-4o-mini", "input": "x", "max_output_tokens": 5}, "/v1/responses").replace(
+            b'"input"', b'"previous_response_id"\r:' + orjson.dumps(resp.id) + b',"input"'
+        )
+    )
+    lines.append(
+        _line(
+            5,
+            {"model": "gpt-4o-mini", "input": "x", "max_output_tokens": 5, "previous_response_id": resp.id},
+            "/v1/responses",
+        ).replace(b'"previous_response_id"', b'"previous_response\\u005fid"')
+    )
     ran = []
     for i, content in enumerate(lines):
         endpoint = "/v1/responses" if b'"/v1/responses"' in content else "/v1/chat/completions"
@@ -81,11 +123,17 @@ def test_a_batch_line_cannot_name_another_projects_objects(make_gw, fake):
         ran.append((i, batch.id))
     # An upload keyplane's strict multipart reader refuses (a part header it does not accept) but a lenient
     # provider reads: its requests were never seen, so they cannot run as a batch.
-    body = (b'--xyz\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--xyz\r\n'
-            b'Content-Disposition: form-data; name="file"; filename="in.jsonl"\r\nContent-Transfer-Encoding: 8bit\r\n'
-            b'\r\n' + lines[0] + b'\n\r\n--xyz--\r\n')
-    r = httpx.post(srv.v1 + "/files", content=body, timeout=30, headers={
-        "Authorization": f"Bearer {key_b}", "Content-Type": "multipart/form-data; boundary=xyz"})
+    body = (
+        b'--xyz\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--xyz\r\n'
+        b'Content-Disposition: form-data; name="file"; filename="in.jsonl"\r\nContent-Transfer-Encoding: 8bit\r\n'
+        b"\r\n" + lines[0] + b"\n\r\n--xyz--\r\n"
+    )
+    r = httpx.post(
+        srv.v1 + "/files",
+        content=body,
+        timeout=30,
+        headers={"Authorization": f"Bearer {key_b}", "Content-Type": "multipart/form-data; boundary=xyz"},
+    )
     assert r.status_code == 200, r.text  # the upload itself goes through
     try:
         batch = b.batches.create(input_file_id=r.json()["id"], endpoint="/v1/responses", completion_window="24h")
@@ -114,24 +162,46 @@ def test_an_eval_run_cannot_read_another_projects_data(make_gw, fake):
     template = {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]}
     sources = [
         {"type": "jsonl", "source": {"type": "file_id", "id": fa.id}},
-        {"type": "completions", "model": "gpt-4o-mini", "input_messages": template,
-         "source": {"type": "file_id", "id": fa.id}},
-        {"type": "completions", "model": "gpt-4o-mini", "source": {"type": "stored_completions", "limit": 1000},
-         "input_messages": {"type": "item_reference", "item_reference": "item.input"}},
-        {"type": "responses", "model": "gpt-4o-mini", "input_messages": template,
-         "source": {"type": "responses", "created_after": 0}},
+        {
+            "type": "completions",
+            "model": "gpt-4o-mini",
+            "input_messages": template,
+            "source": {"type": "file_id", "id": fa.id},
+        },
+        {
+            "type": "completions",
+            "model": "gpt-4o-mini",
+            "source": {"type": "stored_completions", "limit": 1000},
+            "input_messages": {"type": "item_reference", "item_reference": "item.input"},
+        },
+        {
+            "type": "responses",
+            "model": "gpt-4o-mini",
+            "input_messages": template,
+            "source": {"type": "responses", "created_after": 0},
+        },
     ]
     for ds in sources:
         fake.requests.clear()
-        r = httpx.post(srv.v1 + "/evals/eval_b1/runs", json={"name": "r", "data_source": ds}, timeout=30,
-                       headers={"Authorization": f"Bearer {key_b}"})
+        r = httpx.post(
+            srv.v1 + "/evals/eval_b1/runs",
+            json={"name": "r", "data_source": ds},
+            timeout=30,
+            headers={"Authorization": f"Bearer {key_b}"},
+        )
         sent = [x.path for x in fake.model_requests() if x.path.startswith("/v1/evals")]
         assert sent == [], f"an eval run over data project B does not own reached the provider: {ds} ({r.text[:200]})"
         assert r.status_code in (403, 404), r.text
     # B's own inline items still run (reaching the fake, which has no evals API: its 404)
-    r = httpx.post(srv.v1 + "/evals/eval_b1/runs", timeout=30, headers={"Authorization": f"Bearer {key_b}"},
-                   json={"name": "r", "data_source": {"type": "jsonl", "source": {
-                       "type": "file_content", "content": [{"item": {"q": "mine"}}]}}})
+    r = httpx.post(
+        srv.v1 + "/evals/eval_b1/runs",
+        timeout=30,
+        headers={"Authorization": f"Bearer {key_b}"},
+        json={
+            "name": "r",
+            "data_source": {"type": "jsonl", "source": {"type": "file_content", "content": [{"item": {"q": "mine"}}]}},
+        },
+    )
     assert [x.path for x in fake.model_requests()][-1] == "/v1/evals/eval_b1/runs", r.text
 
 
@@ -148,8 +218,15 @@ def test_a_completions_prompt_list_is_reserved_for_every_prompt(make_gw, fake):
     with pytest.raises(openai.RateLimitError):  # token arrays are prompts too
         c.completions.create(model="gpt-4o-mini", prompt=[[1, 2, 3]] * 50, max_tokens=5)
     assert len(fake.model_requests()) == seen
-    f = c.files.create(file=("in.jsonl", _line(1, {"model": "gpt-4o-mini", "prompt": [f"p{i}" for i in range(50)],
-                                                     "max_tokens": 5}, "/v1/completions")), purpose="batch")
+    f = c.files.create(
+        file=(
+            "in.jsonl",
+            _line(
+                1, {"model": "gpt-4o-mini", "prompt": [f"p{i}" for i in range(50)], "max_tokens": 5}, "/v1/completions"
+            ),
+        ),
+        purpose="batch",
+    )
     with pytest.raises(openai.RateLimitError):  # 50 x 5 tokens at the batch price: 200000 > 10000
         c.batches.create(input_file_id=f.id, endpoint="/v1/completions", completion_window="24h")
     c.completions.create(model="gpt-4o-mini", prompt=["one"], max_tokens=5)  # one prompt still fits
@@ -186,8 +263,13 @@ def test_a_batch_line_with_a_stored_prompt_is_held_to_disabled_hosted_tools(make
     srv = make_gw(CTX)
     admin(srv, "POST", f"/projects/{srv.project_id}/hosted_tool_permissions", {"web_search": {"enabled": False}})
     c = _client(srv, srv.api_key)
-    body = {"model": "fake-ctx", "prompt": {"id": "pmpt_with_web_search"}, "input": "go", "max_output_tokens": 5,
-            "max_tool_calls": 1}
+    body = {
+        "model": "fake-ctx",
+        "prompt": {"id": "pmpt_with_web_search"},
+        "input": "go",
+        "max_output_tokens": 5,
+        "max_tool_calls": 1,
+    }
     with pytest.raises(openai.PermissionDeniedError):
         c.responses.create(**body)  # type: ignore[arg-type]
     f = c.files.create(file=("in.jsonl", _line(1, body, "/v1/responses")), purpose="batch")
@@ -207,8 +289,10 @@ def test_a_batch_keyplane_could_not_bound_is_still_metered(make_gw, fake):
     nothing (no usage, no cost), and a spend limit set afterwards started from a total that left it out."""
     srv = make_gw(NOMAX)
     c = _client(srv, srv.api_key)
-    f = c.files.create(file=("in.jsonl", _line(1, {"model": "fake-nomax", "messages": [
-        {"role": "user", "content": "hi"}]})), purpose="batch")
+    f = c.files.create(
+        file=("in.jsonl", _line(1, {"model": "fake-nomax", "messages": [{"role": "user", "content": "hi"}]})),
+        purpose="batch",
+    )
     b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert c.batches.retrieve(b.id).status == "completed"
     c.files.content(b.output_file_id).read()  # type: ignore[arg-type]
@@ -223,8 +307,13 @@ def test_a_revoked_keys_batches_are_cancelled_at_the_provider(make_gw, fake):
     fake.objects.batch_status = "in_progress"
     key = admin(srv, "POST", f"/projects/{srv.project_id}/api_keys", {"name": "leaky"})
     c = _client(srv, key["value"])
-    f = c.files.create(file=("in.jsonl", _line(1, {"model": "gpt-4o-mini", "max_tokens": 5, "messages": [
-        {"role": "user", "content": "hi"}]})), purpose="batch")
+    f = c.files.create(
+        file=(
+            "in.jsonl",
+            _line(1, {"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        purpose="batch",
+    )
     b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     admin(srv, "DELETE", f"/projects/{srv.project_id}/api_keys/{key['id']}")
     batches = srv.app.runtime.features.batches
@@ -244,8 +333,16 @@ def test_deleting_a_batchs_output_before_it_is_metered_does_not_erase_its_spend(
     srv = make_gw()
     fake.objects.batch_status = "in_progress"
     c = _client(srv, srv.api_key)
-    f = c.files.create(file=("in.jsonl", b"\n".join(_line(i, {"model": "gpt-4o-mini", "max_tokens": 10, "messages": [
-        {"role": "user", "content": "hi"}]}) for i in range(2))), purpose="batch")
+    f = c.files.create(
+        file=(
+            "in.jsonl",
+            b"\n".join(
+                _line(i, {"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+                for i in range(2)
+            ),
+        ),
+        purpose="batch",
+    )
     b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     fake.objects.batches[b.id]["status"] = "completed"  # done at the provider
     listed = {x.id: x for x in c.batches.list()}[b.id]
@@ -267,8 +364,10 @@ def test_one_batch_that_cannot_be_metered_does_not_stop_the_poll_for_the_others(
     srv = make_gw()
     fake.objects.batch_status = "in_progress"
     c = _client(srv, srv.api_key)
-    content = b"\n".join(_line(i, {"model": "gpt-4o-mini", "max_tokens": 10, "messages": [
-        {"role": "user", "content": "hi"}]}) for i in range(2))
+    content = b"\n".join(
+        _line(i, {"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+        for i in range(2)
+    )
     made = []
     for _ in range(2):
         f = c.files.create(file=("in.jsonl", content), purpose="batch")
@@ -289,8 +388,16 @@ def test_a_running_batchs_reservation_survives_a_restart(make_gw, fake):
     fake.objects.batch_status = "in_progress"
     _limit(srv, srv.project_id, 2)  # 20000 micro-dollars
     c = _client(srv, srv.api_key)
-    f = c.files.create(file=("in.jsonl", b"\n".join(_line(i, {"model": "gpt-4o-mini", "max_tokens": 10, "messages": [
-        {"role": "user", "content": "hi"}]}) for i in range(2))), purpose="batch")
+    f = c.files.create(
+        file=(
+            "in.jsonl",
+            b"\n".join(
+                _line(i, {"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+                for i in range(2)
+            ),
+        ),
+        purpose="batch",
+    )
     c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     assert _spent(srv, srv.project_id) == (0, 16000)  # 2 x 10 tokens at half of $1600/M
     srv.stop()
@@ -298,7 +405,8 @@ def test_a_running_batchs_reservation_survives_a_restart(make_gw, fake):
     try:
         with pytest.raises(openai.RateLimitError):  # 16000 held for the batch + 8000 > 20000
             _client(again, srv.api_key).chat.completions.create(
-                model="gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+                model="gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+            )
     finally:
         again.stop()
 
@@ -358,7 +466,8 @@ def test_a_bound_project_never_falls_back_to_the_shared_key(tmp_path, fake_provi
     try:
         with pytest.raises(openai.APIStatusError):
             _client(srv, srv.api_key).chat.completions.create(
-                model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+            )
     finally:
         srv.stop()
     assert ("shared", "gpt-4o") not in fake_provider.fake.model_calls
@@ -372,8 +481,9 @@ def test_a_bound_projects_key_goes_to_its_provider_however_the_url_is_spelled():
     from tests.providers.test_bindings import _dep
 
     box = KeyBox(b"s" * 32)
-    keys = UpstreamKeys([ProviderSection(name="acme", base_url="https://API.openai.com:443/v1/",
-                                         admin_key_env="K")], box)
+    keys = UpstreamKeys(
+        [ProviderSection(name="acme", base_url="https://API.openai.com:443/v1/", admin_key_env="K")], box
+    )
 
     class _Row:
         project_id, provider, key_sealed = "proj_a", "acme", box.seal("sk-own")
@@ -383,6 +493,7 @@ def test_a_bound_projects_key_goes_to_its_provider_however_the_url_is_spelled():
             class R:
                 def scalars(self):  # type: ignore[no-untyped-def]
                     return [_Row()]
+
             return R()
 
     import asyncio

@@ -39,8 +39,9 @@ def gateway(tmp_path, database_url, fake):
     started = []
 
     def make(extra: str = "", **env: str):
-        settings = make_settings(tmp_path / f"home{len(started)}", database_url,
-                                 config_text=fake_config(fake, extra), **env)
+        settings = make_settings(
+            tmp_path / f"home{len(started)}", database_url, config_text=fake_config(fake, extra), **env
+        )
         srv = start_server(settings, init_org(settings) if not started else started[0].init)
         started.append(srv)
         return srv

@@ -20,11 +20,13 @@ FAKE_MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
 
 def fake_config(fake: FakeUpstream, extra: str = "", max_retries: int = 0) -> str:
     models = ", ".join(f'"{m}"' for m in FAKE_MODELS)
-    return (f'[[upstreams]]\nname = "fake"\nbase_url = "{fake.base_url}"\nmodels = [{models}]\n'
-            f"max_retries = {max_retries}\nretry_backoff = 0.01\nbreaker_failures = 100000\n\n"
-            '[[upstreams]]\nname = "demo"\nbase_url = "demo"\nmodels = ["demo-*"]\n\n'
-            '[prices."gpt-4o-mini"]\ninput = 0.15\noutput = 0.6\ncached_input = 0.075\n\n'
-            '[prices."text-embedding-*"]\ninput = 0.02\n' + extra)
+    return (
+        f'[[upstreams]]\nname = "fake"\nbase_url = "{fake.base_url}"\nmodels = [{models}]\n'
+        f"max_retries = {max_retries}\nretry_backoff = 0.01\nbreaker_failures = 100000\n\n"
+        '[[upstreams]]\nname = "demo"\nbase_url = "demo"\nmodels = ["demo-*"]\n\n'
+        '[prices."gpt-4o-mini"]\ninput = 0.15\noutput = 0.6\ncached_input = 0.075\n\n'
+        '[prices."text-embedding-*"]\ninput = 0.02\n' + extra
+    )
 
 
 def drain(srv: Any) -> None:
@@ -41,6 +43,7 @@ def drain(srv: Any) -> None:
 
 # --- keyplane as a real process ------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,13 +58,25 @@ class Proc:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = log or home / f"server-{self.port}.log"
         full = {**os.environ, "KEYPLANE_HOME": str(home), **env}
-        cmd = [sys.executable, "-m", "uvicorn", "keyplane.cli:app_from_env", "--factory", "--host", "127.0.0.1",
-               "--port", str(self.port), "--log-level", "warning", "--timeout-graceful-shutdown", "10"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "keyplane.cli:app_from_env",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            "--timeout-graceful-shutdown",
+            "10",
+        ]
         if workers > 1:
             cmd += ["--workers", str(workers)]
         self._out = open(self.log, "ab")  # noqa: SIM115 - closed in wait()
-        self.p = subprocess.Popen(cmd, env=full, stdout=self._out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        self.p = subprocess.Popen(cmd, env=full, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -15,10 +15,26 @@ from keyplane.usage.access_log import AccessLog
 
 
 def _ctx(i: int, **kw: object) -> SimpleNamespace:
-    d = dict(request_id=f"req_{i}", method="POST", endpoint="/v1/chat/completions", status=200, project_id="proj_1",
-             key=SimpleNamespace(id="key_1", owner_user_id=None), model="gpt-4o-mini\r\nforged", upstream="u",
-             stream=False, prompt_tokens=10 + i, cached_tokens=0, completion_tokens=5, cost_micros=123,
-             latency_ms=1.234, ttft_ms=None, attempts=1, disconnected=False, error=None)
+    d = dict(
+        request_id=f"req_{i}",
+        method="POST",
+        endpoint="/v1/chat/completions",
+        status=200,
+        project_id="proj_1",
+        key=SimpleNamespace(id="key_1", owner_user_id=None),
+        model="gpt-4o-mini\r\nforged",
+        upstream="u",
+        stream=False,
+        prompt_tokens=10 + i,
+        cached_tokens=0,
+        completion_tokens=5,
+        cost_micros=123,
+        latency_ms=1.234,
+        ttft_ms=None,
+        attempts=1,
+        disconnected=False,
+        error=None,
+    )
     d.update(kw)
     return SimpleNamespace(**d)
 

@@ -44,7 +44,8 @@ def test_completions_by_day_grouped(usage_server, records):
     from keyplane.usage.rollups import Filters
 
     page = admin(usage_server).admin.organization.usage.completions(
-        start_time=T0, end_time=T0 + 3 * DAY, bucket_width="1d", group_by=["model", "project_id"])
+        start_time=T0, end_time=T0 + 3 * DAY, bucket_width="1d", group_by=["model", "project_id"]
+    )
     assert page.object == "page" and not page.has_more and page.next_page is None
     assert [(b.start_time, b.end_time) for b in page.data] == [(T0 + i * DAY, T0 + (i + 1) * DAY) for i in range(3)]
     want = brute(records, T0, T0 + 3 * DAY, DAY, ("model", "project_id"), Filters(kinds=("completions",)))
@@ -54,8 +55,11 @@ def test_completions_by_day_grouped(usage_server, records):
             assert r.object == "organization.usage.completions.result"
             assert r.api_key_id is None and r.user_id is None and r.batch is None
             got[(b.start_time, r.model, r.project_id)] = (r.num_model_requests, r.input_tokens, r.output_tokens)
-    assert got == {k: (v["model_requests"], v["input_tokens"], v["output_tokens"]) for k, v in want.items()
-                   if v["model_requests"] or v["input_tokens"] or v["output_tokens"]}
+    assert got == {
+        k: (v["model_requests"], v["input_tokens"], v["output_tokens"])
+        for k, v in want.items()
+        if v["model_requests"] or v["input_tokens"] or v["output_tokens"]
+    }
     cached = sum(r.input_cached_tokens for b in page.data for r in b.results)
     assert cached == sum(r.cached_tokens for r in _completions(records))
 
@@ -85,7 +89,8 @@ def test_paging_follows_next_page_to_the_end(usage_server, records):
 def test_minute_buckets(usage_server, records):
     start = T0 + 2 * DAY + 7 * 3600 + 31
     page = admin(usage_server).admin.organization.usage.completions(
-        start_time=start, end_time=start + 3 * 3600, bucket_width="1m", limit=1440, group_by=["api_key_id"])
+        start_time=start, end_time=start + 3 * 3600, bucket_width="1m", limit=1440, group_by=["api_key_id"]
+    )
     assert len(page.data) == 181 and not page.has_more  # 3 h from second 31: 181 minute buckets
     n = sum(r.num_model_requests for b in page.data for r in b.results)
     assert n == sum(1 for r in _completions(records) if start <= int(r.t) < start + 3 * 3600 and r.model_request)
@@ -94,13 +99,20 @@ def test_minute_buckets(usage_server, records):
 
 def test_embeddings_and_filters(usage_server, records):
     client = admin(usage_server)
-    page = client.admin.organization.usage.embeddings(start_time=T0, end_time=T0 + 3 * DAY,
-                                                      project_ids=["proj_a"], models=["text-embedding-3-small"])
+    page = client.admin.organization.usage.embeddings(
+        start_time=T0, end_time=T0 + 3 * DAY, project_ids=["proj_a"], models=["text-embedding-3-small"]
+    )
     got = sum(r.input_tokens for b in page.data for r in b.results)
     assert got == sum(r.input_tokens for r in records if r.kind == "embeddings" and r.project_id == "proj_a")
     assert all(r.object == "organization.usage.embeddings.result" for b in page.data for r in b.results)
-    for kind in ("images", "audio_speeches", "audio_transcriptions", "vector_stores", "code_interpreter_sessions",
-                 "moderations"):
+    for kind in (
+        "images",
+        "audio_speeches",
+        "audio_transcriptions",
+        "vector_stores",
+        "code_interpreter_sessions",
+        "moderations",
+    ):
         page = getattr(client.admin.organization.usage, kind)(start_time=T0, end_time=T0 + 2 * DAY)
         assert len(page.data) == 2 and all(b.results == [] for b in page.data)
 
@@ -118,8 +130,9 @@ def test_costs(usage_server, records):
         for r in b.results:
             assert r.quantity_unit == "tokens" and r.project_id in ("proj_a", "proj_b")
             items[r.line_item] = items.get(r.line_item, 0) + r.amount.value
-    assert set(items) == {f"{m}, {d}" for m in ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
-                          for d in ("input", "output")}
+    assert set(items) == {
+        f"{m}, {d}" for m in ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small") for d in ("input", "output")
+    }
     gpt4o_in = sum(r.cost_input_micros for r in records if r.model == "gpt-4o") / 1e6
     assert items["gpt-4o, input"] == pytest.approx(gpt4o_in)
     page = client.admin.organization.usage.costs(start_time=T0, end_time=end, line_items=["gpt-4o, output"])
@@ -127,20 +140,24 @@ def test_costs(usage_server, records):
     assert sum(r.amount.value for b in page.data for r in b.results) == pytest.approx(want)
 
 
-@pytest.mark.parametrize("params,param", [
-    ({"start_time": T0, "bucket_width": "2h"}, "bucket_width"),
-    ({"start_time": T0, "bucket_width": "1d", "limit": 32}, "limit"),
-    ({"start_time": T0, "bucket_width": "1h", "limit": 0}, "limit"),
-    ({"start_time": T0, "end_time": T0 - 10}, "end_time"),
-    ({"start_time": T0, "group_by": ["colour"]}, "group_by"),
-    ({"start_time": T0, "page": "page_garbage!"}, "page"),
-    ({}, "start_time"),
-])
+@pytest.mark.parametrize(
+    "params,param",
+    [
+        ({"start_time": T0, "bucket_width": "2h"}, "bucket_width"),
+        ({"start_time": T0, "bucket_width": "1d", "limit": 32}, "limit"),
+        ({"start_time": T0, "bucket_width": "1h", "limit": 0}, "limit"),
+        ({"start_time": T0, "end_time": T0 - 10}, "end_time"),
+        ({"start_time": T0, "group_by": ["colour"]}, "group_by"),
+        ({"start_time": T0, "page": "page_garbage!"}, "page"),
+        ({}, "start_time"),
+    ],
+)
 def test_bad_parameters_are_400(usage_server, params, param):
     client = admin(usage_server)
     with pytest.raises(openai.BadRequestError) as e:
         client.admin.organization.usage.completions(**params) if params else client.get(
-            "/organization/usage/completions", cast_to=object, options={"security": {"admin_api_key_auth": True}})
+            "/organization/usage/completions", cast_to=object, options={"security": {"admin_api_key_auth": True}}
+        )
     err = e.value.body
     assert e.value.status_code == 400 and err["param"] == param and err["type"] == "invalid_request_error"
 
@@ -148,15 +165,21 @@ def test_bad_parameters_are_400(usage_server, params, param):
 def test_costs_only_daily_and_limit_180(usage_server):
     client = admin(usage_server)
     with pytest.raises(openai.BadRequestError):
-        client.get("/organization/costs?start_time=%d&bucket_width=1h" % T0, cast_to=object,
-                   options={"security": {"admin_api_key_auth": True}})
+        client.get(
+            "/organization/costs?start_time=%d&bucket_width=1h" % T0,
+            cast_to=object,
+            options={"security": {"admin_api_key_auth": True}},
+        )
     page = client.admin.organization.usage.costs(start_time=T0 - 170 * DAY, limit=180)
     assert len(page.data) == 174 and not page.has_more
 
 
 def test_a_project_key_is_refused(usage_server):
-    r = httpx.get(usage_server.v1 + "/organization/usage/completions", params={"start_time": T0},
-                  headers={"authorization": f"Bearer {usage_server.api_key}"})
+    r = httpx.get(
+        usage_server.v1 + "/organization/usage/completions",
+        params={"start_time": T0},
+        headers={"authorization": f"Bearer {usage_server.api_key}"},
+    )
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
 
 
@@ -178,6 +201,7 @@ def test_request_listing(usage_server, records):
     assert all(g["object"] == "organization.usage.request" and g["status"] == 500 for g in got)
     r = httpx.get(url, params={"models": "gpt-4o", "start_time": T0 + DAY, "end_time": T0 + DAY + 3600}, headers=h)
     assert {x["id"] for x in r.json()["data"]} == {
-        x.id for x in records if x.model == "gpt-4o" and T0 + DAY <= int(x.t) < T0 + DAY + 3600}
+        x.id for x in records if x.model == "gpt-4o" and T0 + DAY <= int(x.t) < T0 + DAY + 3600
+    }
     r = httpx.get(url, params={"status": "teapot"}, headers=h)
     assert r.status_code == 400 and r.json()["error"]["param"] == "status"

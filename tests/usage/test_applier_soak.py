@@ -34,13 +34,13 @@ async def test_statement_texts_do_not_grow_with_batch_sizes(engine):
     sizes = [1, 2, 3, 17, 64, 399, 400, 401, 512, 603]  # sums to 2402
     done = 0
     for n in sizes:
-        assert await apply_records(engine, records[done:done + n]) == n
+        assert await apply_records(engine, records[done : done + n]) == n
         done += n
     after_first = len(seen)
     rnd = random.Random(3)
     while done < len(records):
         n = min(len(records) - done, rnd.randint(1, 90))
-        await apply_records(engine, records[done:done + n])
+        await apply_records(engine, records[done : done + n])
         done += n
     event.remove(engine.sync_engine, "before_cursor_execute", remember)
     # begin/commit aside, a handful of fixed statements: the request insert (and on SQLite the lookup of
@@ -63,8 +63,17 @@ async def test_null_and_long_fields_round_trip(engine):
     r = make_records(1, seed=5)[0]
     import msgspec
 
-    odd = msgspec.structs.replace(r, id="req_odd", model=None, user_id=None, ttft_ms=None, error="e" * 300,
-                                  upstream_request_id="u" * 200, stream=True, estimated=True)
+    odd = msgspec.structs.replace(
+        r,
+        id="req_odd",
+        model=None,
+        user_id=None,
+        ttft_ms=None,
+        error="e" * 300,
+        upstream_request_id="u" * 200,
+        stream=True,
+        estimated=True,
+    )
     assert await apply_records(engine, [odd]) == 1
     async with engine.connect() as conn:
         row = (await conn.execute(select(UsageRequest).where(UsageRequest.id == "req_odd"))).one()
@@ -75,6 +84,11 @@ async def test_null_and_long_fields_round_trip(engine):
 @pytest.mark.slow
 def test_soak_benchmark_memory_levels_off(tmp_path):
     """The soak benchmark itself (SQLite), shortened: it exits 1 when RSS grows after warm-up."""
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "soak_applier.py"), "--records", "60000"],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "soak_applier.py"), "--records", "60000"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stdout + out.stderr

@@ -20,8 +20,25 @@ from tests.usage.support import drain
 
 
 def rec(i: int) -> Record:
-    return Record(f"req_t{i}", 1_800_000_000.0 + i, "org_1", "proj_1", "key_1", "user_1", "gpt-4o-mini", "fake",
-                  "completions", "/v1/chat/completions", 200, 10, 0, 5, 100 + i, 60, 12.5)
+    return Record(
+        f"req_t{i}",
+        1_800_000_000.0 + i,
+        "org_1",
+        "proj_1",
+        "key_1",
+        "user_1",
+        "gpt-4o-mini",
+        "fake",
+        "completions",
+        "/v1/chat/completions",
+        200,
+        10,
+        0,
+        5,
+        100 + i,
+        60,
+        12.5,
+    )
 
 
 async def _count(engine) -> tuple[int, int]:
@@ -193,19 +210,50 @@ async def test_applied_rows_are_the_records_exactly(engine):
     from keyplane.usage.rollups import REQUEST_COLUMNS, request_row, rollup_rows
 
     assert sorted(REQUEST_COLUMNS) == sorted(c.name for c in UsageRequest.__table__.columns if c.name != "seq")
-    odd = Record("req_odd", 1_800_000_061.75, None, "proj_2", None, None, 'gpt-"4o"\u00e9', None, "embeddings",
-                 "/v1/embeddings?q='x'", 429, 0, 0, 0, 0, 0, 0.125, None, stream=True, disconnected=True,
-                 estimated=True, attempts=3, error="rate_limit_exceeded \u2603", upstream_request_id="up_1")
+    odd = Record(
+        "req_odd",
+        1_800_000_061.75,
+        None,
+        "proj_2",
+        None,
+        None,
+        'gpt-"4o"\u00e9',
+        None,
+        "embeddings",
+        "/v1/embeddings?q='x'",
+        429,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0.125,
+        None,
+        stream=True,
+        disconnected=True,
+        estimated=True,
+        attempts=3,
+        error="rate_limit_exceeded \u2603",
+        upstream_request_id="up_1",
+    )
     records = [rec(i) for i in range(5)] + [odd, msgspec.structs.replace(odd, id="req_odd2", units=7)]
     assert await apply_records(engine, records) == 7
     assert await apply_records(engine, records) == 0  # replayed: nothing new, rollups unchanged
     cols = ", ".join(REQUEST_COLUMNS)
     async with engine.connect() as conn:
-        got = {r[0]: dict(zip(REQUEST_COLUMNS, r, strict=True)) for r in
-               await conn.execute(text(f"SELECT {cols} FROM usage_requests"))}
-        minute = {tuple(r[:6]): r[6:] for r in await conn.execute(text(
-            "SELECT bucket, project_id, api_key_id, user_id, model, kind, requests, errors, input_tokens, "
-            "cost_micros, units, latency_ms_sum FROM usage_minute"))}
+        got = {
+            r[0]: dict(zip(REQUEST_COLUMNS, r, strict=True))
+            for r in await conn.execute(text(f"SELECT {cols} FROM usage_requests"))
+        }
+        minute = {
+            tuple(r[:6]): r[6:]
+            for r in await conn.execute(
+                text(
+                    "SELECT bucket, project_id, api_key_id, user_id, model, kind, requests, errors, input_tokens, "
+                    "cost_micros, units, latency_ms_sum FROM usage_minute"
+                )
+            )
+        }
         day = (await conn.execute(text("SELECT sum(requests), sum(cost_micros), sum(units) FROM usage_day"))).one()
     for r in records:
         want = request_row(r)
@@ -213,9 +261,17 @@ async def test_applied_rows_are_the_records_exactly(engine):
         for c in ("stream", "disconnected", "estimated"):
             row[c] = bool(row[c])
         assert row == want, r.id
-    expected = {(x["bucket"], x["project_id"], x["api_key_id"], x["user_id"], x["model"], x["kind"]):
-                (x["requests"], x["errors"], x["input_tokens"], x["cost_micros"], x["units"], x["latency_ms_sum"])
-                for x in rollup_rows(records, 60)}
+    expected = {
+        (x["bucket"], x["project_id"], x["api_key_id"], x["user_id"], x["model"], x["kind"]): (
+            x["requests"],
+            x["errors"],
+            x["input_tokens"],
+            x["cost_micros"],
+            x["units"],
+            x["latency_ms_sum"],
+        )
+        for x in rollup_rows(records, 60)
+    }
     assert {k: tuple(v) for k, v in minute.items()} == expected
     assert tuple(day) == (7, sum(r.cost_micros for r in records), 7)
 
@@ -226,12 +282,31 @@ def test_hour_and_day_rollups_from_minutes_equal_summing_the_records():
     from keyplane.usage.rollups import rollup_rows, rollups_of
 
     rnd = random.Random(7)
-    records = [Record(f"r{i}", 1_800_000_000.0 + rnd.randrange(0, 3 * 86400), "org", rnd.choice(["p1", "p2"]),
-                      rnd.choice(["k1", "k2", None]), None, rnd.choice(["m1", "m2"]), "up", "completions", "/v1/x",
-                      rnd.choice([200, 500]), rnd.randrange(100), 0, rnd.randrange(50), rnd.randrange(1000), 0,
-                      rnd.random() * 100) for i in range(3000)]
+    records = [
+        Record(
+            f"r{i}",
+            1_800_000_000.0 + rnd.randrange(0, 3 * 86400),
+            "org",
+            rnd.choice(["p1", "p2"]),
+            rnd.choice(["k1", "k2", None]),
+            None,
+            rnd.choice(["m1", "m2"]),
+            "up",
+            "completions",
+            "/v1/x",
+            rnd.choice([200, 500]),
+            rnd.randrange(100),
+            0,
+            rnd.randrange(50),
+            rnd.randrange(1000),
+            0,
+            rnd.random() * 100,
+        )
+        for i in range(3000)
+    ]
     got = rollups_of(records)
     for g in (60, 3600, 86400):
         want = rollup_rows(records, g)
-        assert [{**x, "latency_ms_sum": round(x["latency_ms_sum"], 6)} for x in got[g]] == \
-            [{**x, "latency_ms_sum": round(x["latency_ms_sum"], 6)} for x in want]
+        assert [{**x, "latency_ms_sum": round(x["latency_ms_sum"], 6)} for x in got[g]] == [
+            {**x, "latency_ms_sum": round(x["latency_ms_sum"], 6)} for x in want
+        ]

@@ -49,10 +49,25 @@ def _put(url: str, records: list[Record]) -> None:
 
 
 def _rec(i: int, t: float, project: str, key: str, model: str, cost: int) -> Record:
-    return Record(id=f"req_cli_{i}", t=t, org_id=None, project_id=project, key_id=key, user_id=None, model=model,
-                  upstream="fake", kind="completions", endpoint="/v1/chat/completions", status=200,
-                  input_tokens=100, cached_tokens=10, output_tokens=50, cost_micros=cost, cost_input_micros=cost // 2,
-                  latency_ms=20.0)
+    return Record(
+        id=f"req_cli_{i}",
+        t=t,
+        org_id=None,
+        project_id=project,
+        key_id=key,
+        user_id=None,
+        model=model,
+        upstream="fake",
+        kind="completions",
+        endpoint="/v1/chat/completions",
+        status=200,
+        input_tokens=100,
+        cached_tokens=10,
+        output_tokens=50,
+        cost_micros=cost,
+        cost_input_micros=cost // 2,
+        latency_ms=20.0,
+    )
 
 
 def test_parse_duration_and_bar():

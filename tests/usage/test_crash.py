@@ -58,8 +58,14 @@ async def _fire(base: str, key: str, kill: Callable[[], None]) -> tuple[set[str]
             kind = i % 3
             hh = {**h, "x-fake-latency-ms": lat}
             if kind == 0:
-                r = await c.post("/v1/chat/completions", headers=hh, json={
-                    "model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"fast {i} " * (1 + i % 7)}]})
+                r = await c.post(
+                    "/v1/chat/completions",
+                    headers=hh,
+                    json={
+                        "model": "gpt-4o-mini",
+                        "messages": [{"role": "user", "content": f"fast {i} " * (1 + i % 7)}],
+                    },
+                )
                 assert r.status_code == 200, r.text
                 return r.headers["x-keyplane-request-id"]
             if kind == 1:
@@ -69,8 +75,9 @@ async def _fire(base: str, key: str, kill: Callable[[], None]) -> tuple[set[str]
                     data = b"".join([x async for x in r.aiter_bytes()])
                     assert data.rstrip().endswith(b"data: [DONE]")
                     return r.headers["x-keyplane-request-id"]
-            r = await c.post("/v1/embeddings", headers=hh, json={"model": "text-embedding-3-small",
-                                                                 "input": f"embed {i}"})
+            r = await c.post(
+                "/v1/embeddings", headers=hh, json={"model": "text-embedding-3-small", "input": f"embed {i}"}
+            )
             assert r.status_code == 200, r.text
             return r.headers["x-keyplane-request-id"]
 
@@ -88,12 +95,18 @@ async def _db_state(url: str) -> dict:
     try:
         async with engine.connect() as conn:
             ids = set((await conn.execute(select(UsageRequest.id))).scalars())
-            raw = (await conn.execute(select(func.count(), func.sum(UsageRequest.input_tokens),
-                                             func.sum(UsageRequest.output_tokens)))).one()
+            raw = (
+                await conn.execute(
+                    select(func.count(), func.sum(UsageRequest.input_tokens), func.sum(UsageRequest.output_tokens))
+                )
+            ).one()
             rolls = {}
             for t in (UsageMinute, UsageHour, UsageDay):
-                r = (await conn.execute(select(func.sum(t.requests), func.sum(t.input_tokens),
-                                               func.sum(t.output_tokens)))).one()
+                r = (
+                    await conn.execute(
+                        select(func.sum(t.requests), func.sum(t.input_tokens), func.sum(t.output_tokens))
+                    )
+                ).one()
                 rolls[t.__tablename__] = tuple(int(x or 0) for x in r)
         return {"ids": ids, "raw": tuple(int(x or 0) for x in raw), "rollups": rolls}
     finally:
@@ -117,8 +130,12 @@ def test_kill9_with_requests_in_flight_loses_nothing_and_counts_nothing_twice(tm
     settings = make_settings(home, database_url, config_text=fake_config(fake))
     init = init_org(settings)
     url = database_url_for(database_url, home)
-    env = {"KEYPLANE_DATABASE_URL": database_url, "KEYPLANE_USAGE_APPLY_SECONDS": "30",
-           "KEYPLANE_LOG_REQUESTS": "false", "KEYPLANE_USAGE_JOURNAL_FSYNC": "interval"}
+    env = {
+        "KEYPLANE_DATABASE_URL": database_url,
+        "KEYPLANE_USAGE_APPLY_SECONDS": "30",
+        "KEYPLANE_LOG_REQUESTS": "false",
+        "KEYPLANE_USAGE_JOURNAL_FSYNC": "interval",
+    }
     journal = home / "journal"
 
     a = Proc(home, env)

@@ -18,8 +18,10 @@ from tests.usage.support import drain
 
 
 def clients(srv):
-    return (OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0),
-            OpenAI(base_url=srv.v1, admin_api_key=srv.admin_key, api_key="x", max_retries=0))
+    return (
+        OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0),
+        OpenAI(base_url=srv.v1, admin_api_key=srv.admin_key, api_key="x", max_retries=0),
+    )
 
 
 def scrape(srv, token: str | None = None) -> dict[str, float]:
@@ -54,14 +56,17 @@ def test_usage_api_matches_the_requests_made(gateway):
 
     for i in range(3):
         raw = client.chat.completions.with_raw_response.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": f"hello number {i} " * (i + 1)}],
-            extra_headers={"x-fake-cached-tokens": "2"})
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": f"hello number {i} " * (i + 1)}],
+            extra_headers={"x-fake-cached-tokens": "2"},
+        )
         count(raw.parse().usage, raw.headers["x-keyplane-request-id"])
     # Streamed, with usage asked for and not: keyplane learns the usage either way.
     for include in (True, False):
         kw = {"stream_options": {"include_usage": True}} if include else {}
         with client.chat.completions.with_streaming_response.create(
-                model="gpt-4o", messages=[{"role": "user", "content": "stream please"}], stream=True, **kw) as resp:
+            model="gpt-4o", messages=[{"role": "user", "content": "stream please"}], stream=True, **kw
+        ) as resp:
             chunks = list(resp.parse())
             rid = resp.headers["x-keyplane-request-id"]
         if include:
@@ -79,12 +84,16 @@ def test_usage_api_matches_the_requests_made(gateway):
     upstream_ids = {r.headers["x-keyplane-request-id"]: r.headers["x-request-id"]}
     emb = client.embeddings.create(model="text-embedding-3-small", input=["one two three", "four"])
     with pytest.raises(openai.InternalServerError):
-        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
-                                       extra_headers={"x-fake-status": "500"})
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], extra_headers={"x-fake-status": "500"}
+        )
     drain(srv)
 
-    listed = httpx.get(srv.v1 + "/organization/usage/requests", params={"limit": 100},
-                       headers={"authorization": f"Bearer {srv.admin_key}"}).json()["data"]
+    listed = httpx.get(
+        srv.v1 + "/organization/usage/requests",
+        params={"limit": 100},
+        headers={"authorization": f"Bearer {srv.admin_key}"},
+    ).json()["data"]
     by_id = {x["id"]: x for x in listed}
     assert len(listed) == made["n"] + 2  # + the embeddings call + the failed one
     assert set(ids) <= set(by_id)
@@ -102,21 +111,24 @@ def test_usage_api_matches_the_requests_made(gateway):
     assert sum(r.output_tokens for r in res) == made["output"] + stream_plain["output_tokens"]
     assert sum(r.input_cached_tokens for r in res) == made["cached"]
     assert sum(r.num_model_requests for r in res) == made["n"]  # the 500 answered nothing: not a model request
-    page = admin.admin.organization.usage.embeddings(start_time=start, bucket_width="1m", limit=10,
-                                                     group_by=["api_key_id", "model"])
+    page = admin.admin.organization.usage.embeddings(
+        start_time=start, bucket_width="1m", limit=10, group_by=["api_key_id", "model"]
+    )
     res = [r for b in page.data for r in b.results]
     assert sum(r.input_tokens for r in res) == emb.usage.prompt_tokens
     assert {(r.model, r.api_key_id) for r in res} == {("text-embedding-3-small", by_id[ids[0]]["api_key_id"])}
     costs = admin.admin.organization.usage.costs(start_time=start, group_by=["project_id"])
     assert sum(r.amount.value for b in costs.data for r in b.results) == pytest.approx(
-        sum(x["cost"]["value"] for x in listed))
+        sum(x["cost"]["value"] for x in listed)
+    )
 
     m = scrape(srv)
     assert total(m, "keyplane_requests_total") == len(listed)
     assert total(m, "keyplane_requests_total", status_class="5xx") == 1
     assert total(m, "keyplane_tokens_total", type="output") == sum(x["output_tokens"] for x in listed)
     assert total(m, "keyplane_tokens_total", type="input", model="gpt-4o-mini") == sum(
-        x["input_tokens"] for x in listed if x["model"] == "gpt-4o-mini")
+        x["input_tokens"] for x in listed if x["model"] == "gpt-4o-mini"
+    )
     assert total(m, "keyplane_time_to_first_token_seconds_count") >= 2
     assert total(m, "keyplane_upstream_errors_total", upstream="fake", status_class="5xx") == 1
     assert total(m, "keyplane_usage_journal_records_total") == len(listed)
@@ -128,8 +140,11 @@ def test_cancelled_stream_is_recorded(gateway):
     srv = gateway()
     client, _ = clients(srv)
     with client.chat.completions.with_streaming_response.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "a long answer"}], stream=True,
-            extra_headers={"x-fake-chunk-delay-ms": "200", "x-fake-text": " ".join(["word"] * 40)}) as resp:
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "a long answer"}],
+        stream=True,
+        extra_headers={"x-fake-chunk-delay-ms": "200", "x-fake-text": " ".join(["word"] * 40)},
+    ) as resp:
         rid = resp.headers["x-keyplane-request-id"]
         it = resp.iter_lines()
         for _ in range(4):
@@ -152,7 +167,8 @@ def test_access_log_has_ids_but_never_a_key_or_prompt(gateway, caplog):
     secret_prompt = "the-launch-code-is-PLUTO-4417"
     caplog.set_level(logging.INFO, logger="keyplane.access")
     raw = client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": secret_prompt}])
+        model="gpt-4o-mini", messages=[{"role": "user", "content": secret_prompt}]
+    )
     rid = raw.headers["x-keyplane-request-id"]
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": secret_prompt}])
@@ -185,8 +201,10 @@ def test_metrics_auth_modes(gateway, monkeypatch):
     r = httpx.get(url, headers={"authorization": f"Bearer {srv.admin_key}"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     only_token = gateway(KEYPLANE_METRICS_AUTH="token", KEYPLANE_METRICS_TOKEN_ENV="KP_TEST_METRICS_TOKEN")
-    assert httpx.get(only_token.base_url + "/metrics",
-                     headers={"authorization": f"Bearer {srv.admin_key}"}).status_code == 401
+    assert (
+        httpx.get(only_token.base_url + "/metrics", headers={"authorization": f"Bearer {srv.admin_key}"}).status_code
+        == 401
+    )
     open_ = gateway(KEYPLANE_METRICS_AUTH="none")
     assert httpx.get(open_.base_url + "/metrics").status_code == 200
 
@@ -205,8 +223,9 @@ def test_metric_labels_are_bounded(gateway):
     assert total(m, "keyplane_admission_rejections_total", reason="model_not_found") == 1
     assert total(m, "keyplane_requests_total", status_class="4xx", model="none") == 1  # no model known yet
     drain(srv)
-    listed = httpx.get(srv.v1 + "/organization/usage/requests",
-                       headers={"authorization": f"Bearer {srv.admin_key}"}).json()["data"]
+    listed = httpx.get(
+        srv.v1 + "/organization/usage/requests", headers={"authorization": f"Bearer {srv.admin_key}"}
+    ).json()["data"]
     assert [x["status"] for x in listed] == [200]
 
 
@@ -219,12 +238,14 @@ def test_grafana_dashboard_queries_exported_metrics(gateway):
     srv = gateway()
     client, _ = clients(srv)
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-    with client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "s"}],
-                                        stream=True) as stream:
+    with client.chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "s"}], stream=True
+    ) as stream:
         list(stream)
     with pytest.raises(openai.InternalServerError):
-        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
-                                       extra_headers={"x-fake-status": "503"})
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], extra_headers={"x-fake-status": "503"}
+        )
     text = httpx.get(srv.base_url + "/metrics", headers={"authorization": f"Bearer {srv.admin_key}"}).text
     exported: set[str] = set()
     for fam in text_string_to_metric_families(text):
@@ -255,8 +276,13 @@ def test_grafana_dashboard_queries_exported_metrics(gateway):
     for needle in ("spend per project", "tokens", "latency", "first token", "4xx", "rejections"):
         assert needle in titles
     # The sample-bearing series after that traffic include the core ones.
-    for name in ("keyplane_requests_total", "keyplane_cost_usd_total", "keyplane_request_duration_seconds_bucket",
-                 "keyplane_time_to_first_token_seconds_bucket", "keyplane_upstream_errors_total"):
+    for name in (
+        "keyplane_requests_total",
+        "keyplane_cost_usd_total",
+        "keyplane_request_duration_seconds_bucket",
+        "keyplane_time_to_first_token_seconds_bucket",
+        "keyplane_upstream_errors_total",
+    ):
         assert f"\n{name}{{" in text, name
 
 
@@ -265,8 +291,11 @@ def test_active_streams_gauge(gateway):
     client, _ = clients(srv)
     assert total(scrape(srv), "keyplane_active_streams") == 0
     with client.chat.completions.with_streaming_response.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
-            extra_headers={"x-fake-chunk-delay-ms": "100", "x-fake-text": " ".join(["word"] * 10)}) as resp:
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        extra_headers={"x-fake-chunk-delay-ms": "100", "x-fake-text": " ".join(["word"] * 10)},
+    ) as resp:
         it = resp.iter_lines()
         next(it)
         assert total(scrape(srv), "keyplane_active_streams") == 1

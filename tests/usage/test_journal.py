@@ -20,10 +20,26 @@ from keyplane.usage.journal import (
 
 
 def rec(i: int, **kw) -> Record:
-    d = dict(id=f"req_{i}", t=1_800_000_000.0 + i, org_id="org_1", project_id="proj_1", key_id="key_1",
-             user_id="user_1", model="gpt-4o-mini", upstream="fake", kind="completions",
-             endpoint="/v1/chat/completions", status=200, input_tokens=10 + i, cached_tokens=2, output_tokens=5,
-             cost_micros=100 + i, cost_input_micros=60, latency_ms=12.5, ttft_ms=3.0)
+    d = dict(
+        id=f"req_{i}",
+        t=1_800_000_000.0 + i,
+        org_id="org_1",
+        project_id="proj_1",
+        key_id="key_1",
+        user_id="user_1",
+        model="gpt-4o-mini",
+        upstream="fake",
+        kind="completions",
+        endpoint="/v1/chat/completions",
+        status=200,
+        input_tokens=10 + i,
+        cached_tokens=2,
+        output_tokens=5,
+        cost_micros=100 + i,
+        cost_input_micros=60,
+        latency_ms=12.5,
+        ttft_ms=3.0,
+    )
     d.update(kw)
     return Record(**d)
 

@@ -12,9 +12,14 @@ from keyplane.usage.metrics import LATENCY_BUCKETS, MAX_GLOB_MODELS, MAX_REASONS
 
 
 def _settings(**kw):
-    base = dict(metrics_models="house-model", metrics_key_labels=False, file=SimpleNamespace(
-        prices={"gpt-4o-mini": None, "text-embedding-*": None},
-        upstreams=[Upstream(name="u", base_url="http://x/v1", models=["gpt-4o", "llama-*"])]))
+    base = dict(
+        metrics_models="house-model",
+        metrics_key_labels=False,
+        file=SimpleNamespace(
+            prices={"gpt-4o-mini": None, "text-embedding-*": None},
+            upstreams=[Upstream(name="u", base_url="http://x/v1", models=["gpt-4o", "llama-*"])],
+        ),
+    )
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -33,11 +38,22 @@ def test_model_labels_are_bounded():
 
 
 def _ctx(i, rnd, status=200, **kw):
-    d = dict(status=status, model="gpt-4o-mini", project_id="proj_1", key=SimpleNamespace(id="key_1"),
-             prompt_tokens=rnd.randint(0, 900), cached_tokens=rnd.randint(0, 9), completion_tokens=rnd.randint(0, 99),
-             cost_micros=rnd.randint(0, 5000), latency_ms=rnd.uniform(0, 400_000),
-             ttft_ms=rnd.choice([None, 3.5, 90.0]),
-             disconnected=False, upstream="u", attempts=1, error=None)
+    d = dict(
+        status=status,
+        model="gpt-4o-mini",
+        project_id="proj_1",
+        key=SimpleNamespace(id="key_1"),
+        prompt_tokens=rnd.randint(0, 900),
+        cached_tokens=rnd.randint(0, 9),
+        completion_tokens=rnd.randint(0, 99),
+        cost_micros=rnd.randint(0, 5000),
+        latency_ms=rnd.uniform(0, 400_000),
+        ttft_ms=rnd.choice([None, 3.5, 90.0]),
+        disconnected=False,
+        upstream="u",
+        attempts=1,
+        error=None,
+    )
     d.update(kw)
     return SimpleNamespace(**d)
 
@@ -55,10 +71,18 @@ def test_flushed_sums_equal_direct_observations():
         if i % 97 == 0:
             m.flush()
     m.flush()
-    ours = {(s.name, s.labels.get("le")): s.value for f in m.registry.collect() for s in f.samples
-            if s.name.startswith("keyplane_request_duration_seconds")}
-    theirs = {(s.name.replace("ref_seconds", "keyplane_request_duration_seconds"), s.labels.get("le")): s.value
-              for f in ref_reg.collect() for s in f.samples if not s.name.endswith("_created")}
+    ours = {
+        (s.name, s.labels.get("le")): s.value
+        for f in m.registry.collect()
+        for s in f.samples
+        if s.name.startswith("keyplane_request_duration_seconds")
+    }
+    theirs = {
+        (s.name.replace("ref_seconds", "keyplane_request_duration_seconds"), s.labels.get("le")): s.value
+        for f in ref_reg.collect()
+        for s in f.samples
+        if not s.name.endswith("_created")
+    }
     ours = {k: v for k, v in ours.items() if not k[0].endswith("_created")}
     assert ours.keys() == theirs.keys()
     for k, v in theirs.items():

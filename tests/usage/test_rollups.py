@@ -26,13 +26,27 @@ def make_records(n: int, seed: int = 7, span: int = 3 * 86400) -> list[Record]:
         model = rnd.choice(MODELS)
         status = rnd.choice([200, 200, 200, 200, 429, 500])
         tin = rnd.randint(1, 500) if status == 200 else 0
-        out.append(Record(
-            id=f"req_{seed}_{i}", t=T0 + rnd.uniform(0, span), org_id="org", project_id=project, key_id=key,
-            user_id=user, model=model, upstream="fake",
-            kind="embeddings" if model.startswith("text-") else "completions",
-            endpoint="/v1/x", status=status, input_tokens=tin, cached_tokens=tin // 4,
-            output_tokens=rnd.randint(0, 300) if status == 200 else 0, cost_micros=rnd.randint(0, 5000),
-            cost_input_micros=rnd.randint(0, 100), latency_ms=rnd.uniform(1, 900)))
+        out.append(
+            Record(
+                id=f"req_{seed}_{i}",
+                t=T0 + rnd.uniform(0, span),
+                org_id="org",
+                project_id=project,
+                key_id=key,
+                user_id=user,
+                model=model,
+                upstream="fake",
+                kind="embeddings" if model.startswith("text-") else "completions",
+                endpoint="/v1/x",
+                status=status,
+                input_tokens=tin,
+                cached_tokens=tin // 4,
+                output_tokens=rnd.randint(0, 300) if status == 200 else 0,
+                cost_micros=rnd.randint(0, 5000),
+                cost_input_micros=rnd.randint(0, 100),
+                latency_ms=rnd.uniform(1, 900),
+            )
+        )
     return out
 
 
@@ -42,8 +56,13 @@ def brute(records, start, end, width, group_by, flt: rollups.Filters):
         t = int(r.t)
         if not start <= t < end:
             continue
-        vals = {"project_id": r.project_id, "api_key_id": r.key_id, "user_id": r.user_id, "model": r.model,
-                "kind": r.kind}
+        vals = {
+            "project_id": r.project_id,
+            "api_key_id": r.key_id,
+            "user_id": r.user_id,
+            "model": r.model,
+            "kind": r.kind,
+        }
         if flt.project_ids and r.project_id not in flt.project_ids:
             continue
         if flt.models and r.model not in flt.models:
@@ -52,8 +71,9 @@ def brute(records, start, end, width, group_by, flt: rollups.Filters):
             continue
         b = t - t % width if width else 0
         key = (b, *(vals[g] for g in group_by))
-        s = acc.setdefault(key, {"requests": 0, "model_requests": 0, "input_tokens": 0, "output_tokens": 0,
-                                 "cost_micros": 0})
+        s = acc.setdefault(
+            key, {"requests": 0, "model_requests": 0, "input_tokens": 0, "output_tokens": 0, "cost_micros": 0}
+        )
         s["requests"] += 1
         s["model_requests"] += 1 if r.model_request else 0
         s["input_tokens"] += r.input_tokens
@@ -102,14 +122,18 @@ async def test_range_queries_match_the_records(engine, seed):
         a = T0 + rnd.randint(-3600, 2 * 86400)
         b = a + rnd.randint(1, 86400 * 2)
         group_by = tuple(rnd.sample(["project_id", "api_key_id", "user_id", "model", "kind"], rnd.randint(0, 2)))
-        flt = rnd.choice([rollups.Filters(), rollups.Filters(project_ids=("proj_a",)),
-                          rollups.Filters(models=("gpt-4o", "text-embedding-3-small"), kinds=("completions",))])
+        flt = rnd.choice(
+            [
+                rollups.Filters(),
+                rollups.Filters(project_ids=("proj_a",)),
+                rollups.Filters(models=("gpt-4o", "text-embedding-3-small"), kinds=("completions",)),
+            ]
+        )
         cases.append((a, b, width, group_by, flt))
     async with engine.connect() as conn:
         for a, b, width, group_by, flt in cases:
             cutoff = rnd.choice([0, a + 7200])
-            got = await rollups.aggregate(conn, a, b, width=width, group_by=group_by, filters=flt,
-                                          minute_cutoff=cutoff)
+            got = await rollups.aggregate(conn, a, b, width=width, group_by=group_by, filters=flt, minute_cutoff=cutoff)
             want = brute(records, a, b, width, group_by, flt)
             assert set(got) == set(want), (a, b, width, group_by)
             for k, w in want.items():
@@ -123,8 +147,12 @@ async def test_retention_prunes_each_table(engine):
     records = make_records(300, span=40 * 86400)
     await apply_records(engine, records)
     now = T0 + 40 * 86400
-    cfg = SimpleNamespace(usage_minute_retention_days=7, usage_hour_retention_days=20, usage_day_retention_days=0,
-                          usage_request_retention_days=30)
+    cfg = SimpleNamespace(
+        usage_minute_retention_days=7,
+        usage_hour_retention_days=20,
+        usage_day_retention_days=0,
+        usage_request_retention_days=30,
+    )
     deleted = await rollups.prune(engine, cfg, now)
     assert deleted["usage_minute"] > 0 and deleted["usage_requests"] > 0 and "usage_day" not in deleted
     async with engine.connect() as conn:

@@ -49,7 +49,8 @@ def test_spans_reach_an_otlp_collector(gateway):
         srv = gateway(KEYPLANE_OTLP_ENDPOINT=f"http://127.0.0.1:{httpd.server_port}/v1/traces")
         client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
         raw = client.chat.completions.with_raw_response.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "secret prompt 8812"}])
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "secret prompt 8812"}]
+        )
         rid = raw.headers["x-keyplane-request-id"]
         srv.stop()  # shutting down flushes the batch of spans
         deadline = time.monotonic() + 10

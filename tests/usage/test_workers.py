@@ -26,8 +26,12 @@ def test_two_workers_each_journal_and_one_metrics_view(tmp_path, database_url, f
     init = init_org(settings)
     mp = tmp_path / "prom"
     mp.mkdir()
-    env = {"KEYPLANE_DATABASE_URL": database_url, "PROMETHEUS_MULTIPROC_DIR": str(mp),
-           "KEYPLANE_USAGE_APPLY_SECONDS": "0.2", "KEYPLANE_LOG_REQUESTS": "false"}
+    env = {
+        "KEYPLANE_DATABASE_URL": database_url,
+        "PROMETHEUS_MULTIPROC_DIR": str(mp),
+        "KEYPLANE_USAGE_APPLY_SECONDS": "0.2",
+        "KEYPLANE_LOG_REQUESTS": "false",
+    }
     srv = Proc(home, env, workers=2)
     srv.wait_ready()
     journal = home / "journal"
@@ -40,11 +44,16 @@ def test_two_workers_each_journal_and_one_metrics_view(tmp_path, database_url, f
 
     async def fire() -> set[str]:
         h = {"authorization": f"Bearer {init['api_key']}"}
-        async with httpx.AsyncClient(base_url=srv.base_url, timeout=60,
-                                     limits=httpx.Limits(max_keepalive_connections=0)) as c:
+        async with httpx.AsyncClient(
+            base_url=srv.base_url, timeout=60, limits=httpx.Limits(max_keepalive_connections=0)
+        ) as c:
+
             async def one(i: int) -> str:
-                r = await c.post("/v1/chat/completions", headers={**h, "x-fake-latency-ms": "30"},
-                                 json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"w {i}"}]})
+                r = await c.post(
+                    "/v1/chat/completions",
+                    headers={**h, "x-fake-latency-ms": "30"},
+                    json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"w {i}"}]},
+                )
                 assert r.status_code == 200, r.text
                 return r.headers["x-keyplane-request-id"]
 
@@ -62,8 +71,12 @@ def test_two_workers_each_journal_and_one_metrics_view(tmp_path, database_url, f
 
         def scrape_total() -> float:
             text = httpx.get(srv.base_url + "/metrics", headers={"authorization": f"Bearer {init['admin_key']}"}).text
-            return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-                       if s.name == "keyplane_requests_total")
+            return sum(
+                s.value
+                for fam in text_string_to_metric_families(text)
+                for s in fam.samples
+                if s.name == "keyplane_requests_total"
+            )
 
         deadline = time.monotonic() + 5  # each worker moves its sums to the shared files every 0.25 s
         while scrape_total() != len(ids) and time.monotonic() < deadline:

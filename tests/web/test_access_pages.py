@@ -21,16 +21,23 @@ READER = "reader@example.com"
 
 
 def api(srv: Any, method: str, path: str, body: Any = None) -> httpx.Response:
-    return httpx.request(method, srv.v1 + "/organization" + path, json=body, timeout=10,
-                         headers={"Authorization": f"Bearer {srv.admin_key}"})
+    return httpx.request(
+        method,
+        srv.v1 + "/organization" + path,
+        json=body,
+        timeout=10,
+        headers={"Authorization": f"Bearer {srv.admin_key}"},
+    )
 
 
 def audits(srv: Any, event: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(actor, details) of every audit entry of ``event``, oldest first."""
+
     async def go() -> list[AuditLog]:
         async with srv.app.runtime.read() as s:
-            return list((await s.execute(select(AuditLog).where(AuditLog.type == event)
-                                         .order_by(AuditLog.seq))).scalars())
+            return list(
+                (await s.execute(select(AuditLog).where(AuditLog.type == event).order_by(AuditLog.seq))).scalars()
+            )
 
     return [(orjson.loads(a.actor), orjson.loads(a.details)) for a in srv.call(go())]
 
@@ -85,9 +92,14 @@ def test_pages_render_and_are_in_the_navigation(owner, web_server):
     nav = owner.get("/").text
     for href, text in (("/roles", "Roles &amp; groups"), ("/access", "Access"), ("/sso", "Single sign-on")):
         assert f'<a href="{href}">{text}</a>' in nav
-    for path, h1 in (("/roles", "Roles &amp; groups"), (f"/groups/{gid}", "Group platform"), ("/access", "Access"),
-                     (f"/projects/{pid}/access", "Access of Default project"),
-                     (f"/projects/{pid}/keys/{kid}/access", "Access of default"), ("/sso", "Single sign-on")):
+    for path, h1 in (
+        ("/roles", "Roles &amp; groups"),
+        (f"/groups/{gid}", "Group platform"),
+        ("/access", "Access"),
+        (f"/projects/{pid}/access", "Access of Default project"),
+        (f"/projects/{pid}/keys/{kid}/access", "Access of default"),
+        ("/sso", "Single sign-on"),
+    ):
         r = owner.get(path)
         assert r.status_code == 200, (path, r.text[:1000])
         assert r.headers["cache-control"] == "no-store"
@@ -115,15 +127,19 @@ def test_roles_created_changed_given_and_deleted(owner, reader, web_server):
     r = owner.post("/roles", {"role_name": "Owner", "description": "mine", "permissions": ["api.project.read"]})
     refused_clearly(r, 400, "is a predefined role")
     assert 'value="Owner"' in r.text and 'value="mine"' in r.text
-    refused_clearly(owner.post("/roles", {"role_name": "x", "permissions": ["api.everything"]}), 400,
-                    "Unknown permission(s): api.everything")
+    refused_clearly(
+        owner.post("/roles", {"role_name": "x", "permissions": ["api.everything"]}),
+        400,
+        "Unknown permission(s): api.everything",
+    )
     refused_clearly(owner.post("/roles", {"role_name": "deployer"}), 409, "already exists")
     refused_clearly(owner.post("/roles", {"role_name": ""}), 400, "non-empty string")
     assert [x["name"] for x in api(web_server, "GET", "/roles").json()["data"]] == ["owner", "reader", "deployer"]
 
     # Changed: name, description, fewer permissions.
-    r = owner.post(f"/roles/{rid}", {"role_name": "shipper", "description": "ships",
-                                     "permissions": ["api.project.read"]})
+    r = owner.post(
+        f"/roles/{rid}", {"role_name": "shipper", "description": "ships", "permissions": ["api.project.read"]}
+    )
     assert r.status_code == 303
     got = api(web_server, "GET", f"/roles/{rid}").json()
     assert (got["name"], got["description"], got["permissions"]) == ("shipper", "ships", ["api.project.read"])
@@ -171,8 +187,9 @@ def test_groups_users_roles_and_projects(owner, reader, web_server):
     assert held[-1]["assignment_sources"] == [{"principal_id": gid, "principal_type": "group"}]
 
     # A member of a project, from the project's Access page.
-    refused_clearly(owner.post(f"/projects/{pid}/access/groups", {"group_id": gid, "role": "boss"}), 400,
-                    "'role' must be one of")
+    refused_clearly(
+        owner.post(f"/projects/{pid}/access/groups", {"group_id": gid, "role": "boss"}), 400, "'role' must be one of"
+    )
     assert owner.post(f"/projects/{pid}/access/groups", {"group_id": gid, "role": "member"}).status_code == 303
     assert [g["group_id"] for g in api(web_server, "GET", f"/projects/{pid}/groups").json()["data"]] == [gid]
     assert by_dashboard(audits(web_server, "role.assignment.created")[-1][0])
@@ -196,8 +213,12 @@ def test_groups_users_roles_and_projects(owner, reader, web_server):
 
 
 def _v1(srv: Any, model: str = "gpt-4o") -> httpx.Response:
-    return httpx.post(srv.v1 + "/chat/completions", headers={"Authorization": f"Bearer {srv.api_key}"},
-                      json={"model": model, "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+    return httpx.post(
+        srv.v1 + "/chat/completions",
+        headers={"Authorization": f"Bearer {srv.api_key}"},
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+        timeout=10,
+    )
 
 
 def test_project_and_key_policies(owner, web_server):
@@ -206,8 +227,12 @@ def test_project_and_key_policies(owner, web_server):
     owner.get(url)
 
     # Model permissions.
-    assert owner.post(f"{url}/models", {"mode": "allow_list", "model_ids": "gpt-4o-mini\n gpt-4.1*, gpt-4o-mini"}) \
-        .status_code == 303
+    assert (
+        owner.post(
+            f"{url}/models", {"mode": "allow_list", "model_ids": "gpt-4o-mini\n gpt-4.1*, gpt-4o-mini"}
+        ).status_code
+        == 303
+    )
     got = api(web_server, "GET", f"/projects/{pid}/model_permissions").json()
     assert (got["mode"], got["model_ids"]) == ("allow_list", ["gpt-4o-mini", "gpt-4.1*"])
     actor, details = audits(web_server, "model_permissions.updated")[-1]
@@ -301,29 +326,48 @@ def _change_routes(srv: Any, gid: str, rid: str, uid: str) -> list[tuple[str, di
     out: list[tuple[str, dict[str, Any]]] = [
         ("/roles", {"role_name": "sneaky", "permissions": ["api.project.read"]}),
         (f"/roles/{rid}", {"role_name": "sneaky", "permissions": []}),
-        (f"/roles/{rid}/delete", {}), (f"/roles/{rid}/users", {"user_id": uid}),
+        (f"/roles/{rid}/delete", {}),
+        (f"/roles/{rid}/users", {"user_id": uid}),
         (f"/roles/{rid}/users/{uid}/remove", {}),
-        ("/groups", {"name": "sneaky"}), (f"/groups/{gid}", {"name": "sneaky"}), (f"/groups/{gid}/delete", {}),
-        (f"/groups/{gid}/users", {"user_id": uid}), (f"/groups/{gid}/users/{uid}/remove", {}),
-        (f"/groups/{gid}/roles", {"role_id": rid}), (f"/groups/{gid}/roles/{rid}/remove", {}),
+        ("/groups", {"name": "sneaky"}),
+        (f"/groups/{gid}", {"name": "sneaky"}),
+        (f"/groups/{gid}/delete", {}),
+        (f"/groups/{gid}/users", {"user_id": uid}),
+        (f"/groups/{gid}/users/{uid}/remove", {}),
+        (f"/groups/{gid}/roles", {"role_id": rid}),
+        (f"/groups/{gid}/roles/{rid}/remove", {}),
         ("/access/ip-allowlist", {"cidrs": "203.0.113.0/24", "confirm_lockout": "on"}),
         ("/access/ip-allowlist/lift", {}),
         (f"/projects/{pid}/access/groups", {"group_id": gid, "role": "owner"}),
         (f"/projects/{pid}/access/groups/{gid}/remove", {}),
     ]
     for base in (f"/projects/{pid}/access", f"/projects/{pid}/keys/{kid}/access"):
-        out += [(f"{base}/models", {"mode": "allow_list", "model_ids": "sneaky"}), (f"{base}/models/delete", {}),
-                (f"{base}/tools", {}), (f"{base}/ip-allowlist", {"cidrs": "203.0.113.0/24"}),
-                (f"{base}/ip-allowlist/lift", {})]
+        out += [
+            (f"{base}/models", {"mode": "allow_list", "model_ids": "sneaky"}),
+            (f"{base}/models/delete", {}),
+            (f"{base}/tools", {}),
+            (f"{base}/ip-allowlist", {"cidrs": "203.0.113.0/24"}),
+            (f"{base}/ip-allowlist/lift", {}),
+        ]
     return out
 
 
 def _state(srv: Any, gid: str) -> Any:
     pid = srv.project_id
-    return [api(srv, "GET", p).json() for p in (
-        "/roles", "/groups", f"/groups/{gid}/users", f"/groups/{gid}/roles", "/ip_allowlist",
-        f"/projects/{pid}/groups", f"/projects/{pid}/model_permissions", f"/projects/{pid}/hosted_tool_permissions",
-        f"/projects/{pid}/ip_allowlist")]
+    return [
+        api(srv, "GET", p).json()
+        for p in (
+            "/roles",
+            "/groups",
+            f"/groups/{gid}/users",
+            f"/groups/{gid}/roles",
+            "/ip_allowlist",
+            f"/projects/{pid}/groups",
+            f"/projects/{pid}/model_permissions",
+            f"/projects/{pid}/hosted_tool_permissions",
+            f"/projects/{pid}/ip_allowlist",
+        )
+    ]
 
 
 def test_a_reader_sees_but_cannot_change(owner, reader, web_server):
@@ -332,8 +376,14 @@ def test_a_reader_sees_but_cannot_change(owner, reader, web_server):
     owner.get(f"/projects/{pid}/access")
     assert owner.post(f"/projects/{pid}/access/models", {"mode": "deny_list", "model_ids": "gpt-4o"}).status_code == 303
     make_member(web_server, pid, READER)
-    for path in ("/roles", f"/groups/{gid}", "/access", f"/projects/{pid}/access", f"/projects/{pid}/keys/{kid}/access",
-                 "/sso"):
+    for path in (
+        "/roles",
+        f"/groups/{gid}",
+        "/access",
+        f"/projects/{pid}/access",
+        f"/projects/{pid}/keys/{kid}/access",
+        "/sso",
+    ):
         r = reader.get(path)
         assert r.status_code == 200, path
         assert not re.search(r'<form method="post" action="/(roles|groups|access|projects)', r.text), path
@@ -368,21 +418,30 @@ def test_the_permission_is_the_admin_apis(owner, reader, web_server):
     make_member(web_server, pid, READER)
     page = reader.get(f"/projects/{pid}/access").text
     assert f'action="/projects/{pid}/access/models"' in page
-    assert reader.post(f"/projects/{pid}/access/models", {"mode": "allow_list", "model_ids": "gpt-4o-mini"}) \
-        .status_code == 303
+    assert (
+        reader.post(f"/projects/{pid}/access/models", {"mode": "allow_list", "model_ids": "gpt-4o-mini"}).status_code
+        == 303
+    )
     assert by_dashboard(audits(web_server, "model_permissions.updated")[-1][0], READER)
     assert 'action="/roles"' not in reader.get("/roles").text
-    refused_clearly(reader.post("/roles", {"role_name": "mine", "permissions": []}), 403,
-                    "needs the permission api.organization.write")
+    refused_clearly(
+        reader.post("/roles", {"role_name": "mine", "permissions": []}),
+        403,
+        "needs the permission api.organization.write",
+    )
     refused_clearly(reader.post("/access/ip-allowlist", {"cidrs": "127.0.0.1"}), 403, "api.organization.write")
 
     # With api.organization.write but without api.project.write: no role that grants the latter.
     assert owner.post(f"/roles/{org_writer}/users", {"user_id": reader.uid}).status_code == 303
     assert owner.post(f"/roles/{writer}/users/{reader.uid}/remove").status_code == 303
     reader.get("/roles")
-    refused_clearly(reader.post("/roles", {"role_name": "mine", "permissions": ["api.project.write"]}), 403,
-                    "which you do not hold yourself")
-    refused_clearly(reader.post(f"/roles/{writer}/users", {"user_id": reader.uid}), 403,
-                    "which you do not hold yourself")
+    refused_clearly(
+        reader.post("/roles", {"role_name": "mine", "permissions": ["api.project.write"]}),
+        403,
+        "which you do not hold yourself",
+    )
+    refused_clearly(
+        reader.post(f"/roles/{writer}/users", {"user_id": reader.uid}), 403, "which you do not hold yourself"
+    )
     assert reader.post("/roles", {"role_name": "mine", "permissions": ["api.organization.read"]}).status_code == 303
     refused_clearly(reader.post(f"/projects/{pid}/access/tools", {}), 403, "needs the permission api.project.write")

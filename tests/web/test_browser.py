@@ -28,18 +28,30 @@ from tests.web.conftest import OWNER, PASSWORD, OffsetClock, set_password
 CHROMIUM = "/usr/bin/chromium"
 # The docs' screenshots are rewritten only when asked (KEYPLANE_UPDATE_SCREENSHOTS=1): a test run must not
 # leave the working tree changed. Otherwise they go to a scratch folder.
-SHOTS = (Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-         if os.environ.get("KEYPLANE_UPDATE_SCREENSHOTS") == "1"
-         else Path(tempfile.gettempdir()) / "keyplane-screenshots")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+SHOTS = (
+    Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+    if os.environ.get("KEYPLANE_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "keyplane-screenshots"
+)
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                       reason=f"{CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium"),
+    pytest.mark.skipif(
+        not os.path.exists(CHROMIUM),
+        reason=f"{CHROMIUM} is missing: apt-get install -y --no-install-recommends chromium",
+    ),
 ]
 
 CONFIG = DEFAULT_CONFIG + '\n[prices."demo-*"]\ninput = 2.5\noutput = 10\n'
@@ -73,10 +85,12 @@ def site(tmp_path: Path) -> Iterator[tuple[Any, OffsetClock]]:
 class Pages:
     """One browser context (one person) on the dashboard, with the console watched for CSP errors."""
 
-    def __init__(self, browser: Any, base: str, clock: OffsetClock, viewport: dict[str, int] = DESKTOP,
-                 storage: Any = None) -> None:
-        self.ctx = browser.new_context(viewport=viewport, base_url=base, storage_state=storage, locale="en-US",
-                                       timezone_id="Europe/Paris")
+    def __init__(
+        self, browser: Any, base: str, clock: OffsetClock, viewport: dict[str, int] = DESKTOP, storage: Any = None
+    ) -> None:
+        self.ctx = browser.new_context(
+            viewport=viewport, base_url=base, storage_state=storage, locale="en-US", timezone_id="Europe/Paris"
+        )
         self.page = self.ctx.new_page()
         self.page.set_default_timeout(15_000)
         self.clock = clock
@@ -128,8 +142,12 @@ class Pages:
 def _proxy_works(base: str, key: str) -> bool:
     import httpx
 
-    r = httpx.post(base + "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                   json={"model": "demo-echo", "messages": [{"role": "user", "content": "ping"}]}, timeout=20)
+    r = httpx.post(
+        base + "/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "demo-echo", "messages": [{"role": "user", "content": "ping"}]},
+        timeout=20,
+    )
     return r.status_code == 200
 
 
@@ -168,8 +186,9 @@ def test_owner_story_and_reader(site: tuple[Any, OffsetClock], browser: Any) -> 
 
         client = OpenAI(base_url=srv.v1, api_key=key, max_retries=0)
         for i in range(3):
-            out = client.chat.completions.create(model="demo-echo",
-                                                 messages=[{"role": "user", "content": f"hello {i}"}])
+            out = client.chat.completions.create(
+                model="demo-echo", messages=[{"role": "user", "content": f"hello {i}"}]
+            )
             assert out.choices[0].message.content
         with pytest.raises(PermissionDeniedError):
             client.files.list()
@@ -177,6 +196,7 @@ def test_owner_story_and_reader(site: tuple[Any, OffsetClock], browser: Any) -> 
         # The requests show on the Usage page once metering applied them.
         p.get_by_role("link", name="Usage").click()
         if p.locator("#total-requests").count():
+
             def total() -> int:
                 return int(p.locator("#total-requests").inner_text().replace(",", "") or 0)
 
@@ -209,8 +229,12 @@ def test_owner_story_and_reader(site: tuple[Any, OffsetClock], browser: Any) -> 
         row.get_by_role("button", name="Save").click()
         p.wait_for_url(f"**/projects/{pid}*")
         assert "Rate limit saved" in p.locator("#flash-slot").inner_text()
-        assert p.locator("#rate-limit-table tbody tr").first.get_by_label(
-            f"Max requests per 1 minute for {model}").input_value() == "613"
+        assert (
+            p.locator("#rate-limit-table tbody tr")
+            .first.get_by_label(f"Max requests per 1 minute for {model}")
+            .input_value()
+            == "613"
+        )
         # marked against the tier's defaults (issue 14): this row custom, the others the tier's
         assert p.locator("#rate-limit-table tbody tr").first.locator(".badge.custom").count() == 1
         assert p.locator("#rate-limit-table .badge.custom").count() == 1
@@ -267,9 +291,19 @@ def test_owner_story_and_reader(site: tuple[Any, OffsetClock], browser: Any) -> 
         assert client.chat.completions.create(model="demo-echo", messages=[{"role": "user", "content": "x"}]).choices
 
     # Screenshots of every page, both widths.
-    pages = {"overview": "/", "projects": "/projects", "project": f"/projects/{pid}", "usage": "/usage",
-             "credit": "/credit", "kill-switch": "/kill-switch", "audit": "/audit", "users": "/users",
-             "roles": "/roles", "access": "/access", "sso": "/sso"}
+    pages = {
+        "overview": "/",
+        "projects": "/projects",
+        "project": f"/projects/{pid}",
+        "usage": "/usage",
+        "credit": "/credit",
+        "kill-switch": "/kill-switch",
+        "audit": "/audit",
+        "users": "/users",
+        "roles": "/roles",
+        "access": "/access",
+        "sso": "/sso",
+    }
     phone = Pages(browser, srv.base_url, clock, PHONE, owner.ctx.storage_state())
     for name, path in pages.items():
         p.goto(path)
@@ -335,8 +369,9 @@ def test_owner_story_and_reader(site: tuple[Any, OffsetClock], browser: Any) -> 
     assert res.status == 403
     res = r.request.post("/roles", form={"role_name": "nope", "csrf_token": csrf})
     assert res.status == 403 and "api.organization.write" in res.text()
-    res = r.request.post(f"/projects/{pid}/access/models", form={"mode": "deny_list", "model_ids": "demo-echo",
-                                                                 "csrf_token": csrf})
+    res = r.request.post(
+        f"/projects/{pid}/access/models", form={"mode": "deny_list", "model_ids": "demo-echo", "csrf_token": csrf}
+    )
     assert res.status == 403
     # A post without the CSRF token is refused for the owner too.
     res = p.request.post("/projects", form={"name": "no token"})

@@ -15,8 +15,9 @@ from tests.web.conftest import OWNER, PASSWORD
 
 
 def _admin(srv, method: str, path: str, json: object = None) -> dict:
-    r = httpx.request(method, f"{srv.base_url}/v1/organization{path}", json=json,
-                      headers={"Authorization": f"Bearer {srv.admin_key}"})
+    r = httpx.request(
+        method, f"{srv.base_url}/v1/organization{path}", json=json, headers={"Authorization": f"Bearer {srv.admin_key}"}
+    )
     assert r.status_code < 300, r.text
     return r.json()
 
@@ -38,10 +39,23 @@ def test_kill_switch_events_show_names(owner, web_server):
 
     async def add() -> None:
         async with srv.app.runtime.engine.begin() as c:
-            await c.execute(GuardEvent.__table__.insert().values(
-                id="gev_test1", created_at=1_800_000_000, rule="spend_spike", kind="anomaly", scope="key",
-                key_id=key["id"], project_id=srv.project_id, mode="suspend", action="suspended", dry_run=False,
-                figures=orjson.dumps({"spend": 12.5}).decode(), message="Spend 25x the usual rate", resolved_at=None))
+            await c.execute(
+                GuardEvent.__table__.insert().values(
+                    id="gev_test1",
+                    created_at=1_800_000_000,
+                    rule="spend_spike",
+                    kind="anomaly",
+                    scope="key",
+                    key_id=key["id"],
+                    project_id=srv.project_id,
+                    mode="suspend",
+                    action="suspended",
+                    dry_run=False,
+                    figures=orjson.dumps({"spend": 12.5}).decode(),
+                    message="Spend 25x the usual rate",
+                    resolved_at=None,
+                )
+            )
 
     srv.call(add())
     page = owner.get("/kill-switch").text
@@ -49,7 +63,7 @@ def test_kill_switch_events_show_names(owner, web_server):
     assert "leaky-ci-key" in table and "Default project" in table  # names shown...
     assert f'title="{key["id"]}"' in table  # ...the id as a title and a secondary line
     assert "Spend 25x the usual rate" in table and "suspended" in table
-    assert "<th scope=\"col\">Key id</th>" not in table and "Figures" not in table
+    assert '<th scope="col">Key id</th>' not in table and "Figures" not in table
 
 
 def test_audit_details_are_key_value_lines(owner, web_server):
@@ -58,8 +72,9 @@ def test_audit_details_are_key_value_lines(owner, web_server):
     page = owner.get("/audit").text
     cells = re.findall(r'<td data-label="Details" class="small details">(.*?)</td>', page, re.S)
     assert cells
-    lines = [html.unescape(re.sub(r"<[^>]+>", "", x))
-             for c in cells for x in re.findall(r'<div class="kv">.*?</div>', c)]
+    lines = [
+        html.unescape(re.sub(r"<[^>]+>", "", x)) for c in cells for x in re.findall(r'<div class="kv">.*?</div>', c)
+    ]
     assert any(line.startswith("id: key_") for line in lines), lines
     assert not any(c.strip().startswith("{") for c in cells)  # no raw JSON
 
@@ -80,7 +95,7 @@ def test_custom_rate_limits_marked_against_tier_defaults(owner, web_server):
     assert re.search(r'class="num custom-value" title="custom; tier default [\d,]+"', rows[custom["model"]])
     # every input of a row belongs to that row's Save form
     body = table.split("<tbody>")[1]
-    for m in re.finditer(r'<tr>.*?</tr>', body, re.S):
+    for m in re.finditer(r"<tr>.*?</tr>", body, re.S):
         forms = set(re.findall(r'form="(rl-[^"]+)"', m.group(0)))
         ids = set(re.findall(r'<form id="(rl-[^"]+)"', m.group(0)))
         assert forms == ids and len(ids) == 1
@@ -90,5 +105,5 @@ def test_resets_read_as_a_countdown_in_days(owner, web_server):
     _admin(web_server, "POST", "/spend_limit", {"currency": "USD", "interval": "month", "threshold_amount": 5000})
     page = owner.get("/credit").text
     m = re.search(r"resets <time[^>]*>[^<]*</time> \(in ((\d+d)?(\d+h)?(\d+m)?\d+s)\)", page)
-    assert m, page[page.find("resets") - 200:page.find("resets") + 300]
+    assert m, page[page.find("resets") - 200 : page.find("resets") + 300]
     assert "." not in m.group(1)  # whole seconds, never 727h40m11.059s

@@ -48,6 +48,7 @@ def _totp(w: Web, code: str) -> int:
 
 # --- one node on SQLite, restarted -----------------------------------------------------------------
 
+
 def test_sign_out_and_used_code_survive_a_restart(tmp_path: Path) -> None:
     clock = OffsetClock()
     settings = make_settings(tmp_path / "home", "")
@@ -91,6 +92,7 @@ def test_sign_out_and_used_code_survive_a_restart(tmp_path: Path) -> None:
 
 
 # --- two instances on one PostgreSQL database ----------------------------------------------------
+
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer, OffsetClock]]:

@@ -16,8 +16,9 @@ from tests.web.conftest import OWNER, PASSWORD, Web
 def _audit(server, type_: str) -> list[AuditLog]:
     async def go():
         async with server.app.runtime.read() as s:
-            return list((await s.execute(select(AuditLog).where(AuditLog.type == type_)
-                                         .order_by(AuditLog.seq))).scalars())
+            return list(
+                (await s.execute(select(AuditLog).where(AuditLog.type == type_).order_by(AuditLog.seq))).scalars()
+            )
 
     return server.call(go())
 

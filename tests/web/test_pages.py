@@ -17,8 +17,9 @@ PAGES = ("/", "/projects", "/usage", "/credit", "/kill-switch", "/audit", "/user
 def _keys(server, project_id):
     async def go():
         async with server.app.runtime.read() as s:
-            return list((await s.execute(select(ApiKey).where(ApiKey.project_id == project_id)
-                                         .order_by(ApiKey.seq))).scalars())
+            return list(
+                (await s.execute(select(ApiKey).where(ApiKey.project_id == project_id).order_by(ApiKey.seq))).scalars()
+            )
 
     return server.call(go())
 
@@ -49,9 +50,11 @@ def test_post_without_csrf_is_refused(owner, web_server):
 def test_create_key_shown_once_then_never(owner, web_server):
     pid = web_server.project_id
     owner.get(f"/projects/{pid}")
-    r = owner.post(f"/projects/{pid}/keys", {"name": "etl", "kind": "user", "mode": "restricted",
-                                             "area_model": "request", "area_files": "read"},
-                   headers={"HX-Request": "true"})
+    r = owner.post(
+        f"/projects/{pid}/keys",
+        {"name": "etl", "kind": "user", "mode": "restricted", "area_model": "request", "area_files": "read"},
+        headers={"HX-Request": "true"},
+    )
     assert r.status_code == 200, r.text
     value = re.search(r'id="secret-value"[^>]*value="([^"]+)"', r.text).group(1)
     assert value.startswith("sk-kp-proj-") and "will not be shown again" in r.text
@@ -99,8 +102,15 @@ def test_changes_are_audited_with_the_session_actor(owner, web_server):
 
     async def go():
         async with web_server.app.runtime.read() as s:
-            return (await s.execute(select(AuditLog).where(AuditLog.type == "project.created")
-                                    .order_by(AuditLog.seq.desc()))).scalars().first()
+            return (
+                (
+                    await s.execute(
+                        select(AuditLog).where(AuditLog.type == "project.created").order_by(AuditLog.seq.desc())
+                    )
+                )
+                .scalars()
+                .first()
+            )
 
     a = web_server.call(go())
     actor = orjson.loads(a.actor)
@@ -153,11 +163,21 @@ def test_reader_sees_everything_changes_nothing(reader, web_server):
     assert "Add user" not in reader.get("/users").text
     assert "New project" not in reader.get("/projects").text
     key = _keys(web_server, pid)[0]
-    posts = ["/projects", f"/projects/{pid}/archive", f"/projects/{pid}/keys", f"/projects/{pid}/spend-limit",
-             f"/projects/{pid}/keys/{key.id}/revoke", f"/projects/{pid}/keys/{key.id}/suspend",
-             f"/projects/{pid}/keys/{key.id}/rotate", f"/projects/{pid}/keys/{key.id}/permissions",
-             f"/projects/{pid}/rate-limits/rl-x", "/users", "/users/user-x/role", "/users/user-x/reset-2fa",
-             "/users/user-x/remove"]
+    posts = [
+        "/projects",
+        f"/projects/{pid}/archive",
+        f"/projects/{pid}/keys",
+        f"/projects/{pid}/spend-limit",
+        f"/projects/{pid}/keys/{key.id}/revoke",
+        f"/projects/{pid}/keys/{key.id}/suspend",
+        f"/projects/{pid}/keys/{key.id}/rotate",
+        f"/projects/{pid}/keys/{key.id}/permissions",
+        f"/projects/{pid}/rate-limits/rl-x",
+        "/users",
+        "/users/user-x/role",
+        "/users/user-x/reset-2fa",
+        "/users/user-x/remove",
+    ]
     for path in posts:
         r = reader.post(path, {"name": "x", "mode": "all", "role": "owner", "email": "z@example.com"})
         assert r.status_code == 403, path
@@ -169,8 +189,10 @@ def test_reader_sees_everything_changes_nothing(reader, web_server):
 
 def test_account_password_change(owner, web_server):
     owner.get("/account")
-    r = owner.post("/account/password", {"current": "correct horse battery staple", "new": "a new password here",
-                                         "again": "a new password here"})
+    r = owner.post(
+        "/account/password",
+        {"current": "correct horse battery staple", "new": "a new password here", "again": "a new password here"},
+    )
     assert r.status_code == 303
     assert owner.get("/").status_code == 200  # this session goes on
     csrf_of(owner.get("/account").text)

@@ -55,8 +55,9 @@ def web_settings(tmp_path, fake, monkeypatch):
 
 
 def _report(srv, query: str = "") -> httpx.Response:
-    return httpx.get(f"{srv.v1}/organization/providers/acme/report{query}",
-                     headers={"Authorization": f"Bearer {srv.admin_key}"})
+    return httpx.get(
+        f"{srv.v1}/organization/providers/acme/report{query}", headers={"Authorization": f"Bearer {srv.admin_key}"}
+    )
 
 
 def _synced(srv) -> dict:
@@ -66,8 +67,9 @@ def _synced(srv) -> dict:
         assert r.status_code == 200, r.text
         body = r.json()
         if body["last_synced_at"] is not None and body["inventory"]["api_key"]:
-            events = httpx.get(f"{srv.v1}/organization/providers/events",
-                               headers={"Authorization": f"Bearer {srv.admin_key}"}).json()["data"]
+            events = httpx.get(
+                f"{srv.v1}/organization/providers/events", headers={"Authorization": f"Bearer {srv.admin_key}"}
+            ).json()["data"]
             if events:
                 return body
         time.sleep(0.05)
@@ -118,7 +120,7 @@ def test_reader_may_view(owner, web_server, clock):
         reader.sign_in("reader@example.com", password)
         page = reader.get("/providers")
         assert page.status_code == 200 and "Projects without a spend limit" in page.text
-        assert "<form method=\"post\"" not in page.text.split("<main")[1].split("</main>")[0]  # nothing to change
+        assert '<form method="post"' not in page.text.split("<main")[1].split("</main>")[0]  # nothing to change
     finally:
         reader.close()
 
@@ -130,8 +132,10 @@ def test_signed_out_is_sent_to_login(web):
 
 def test_report_endpoint_errors(web_server):
     assert _report(web_server, "?unused_days=0").status_code == 400
-    r = httpx.get(f"{web_server.v1}/organization/providers/nope/report",
-                  headers={"Authorization": f"Bearer {web_server.admin_key}"})
+    r = httpx.get(
+        f"{web_server.v1}/organization/providers/nope/report",
+        headers={"Authorization": f"Bearer {web_server.admin_key}"},
+    )
     assert r.status_code == 404 and r.json()["error"]["param"] == "name"
     assert httpx.get(f"{web_server.v1}/organization/providers/acme/report").status_code == 401
 

@@ -22,8 +22,10 @@ from tests.support import RunningServer, init_org, make_settings, start_server
 from tests.usage.support import drain
 from tests.web.conftest import OWNER, PASSWORD, OffsetClock, Web, set_password
 
-CONFIG = ('[[upstreams]]\nname = "demo"\nbase_url = "demo"\nmodels = ["demo-*"]\n\n'
-          '[prices."demo-*"]\ninput = 1000\noutput = 2000\n')  # USD per 1M tokens: costs worth seeing
+CONFIG = (
+    '[[upstreams]]\nname = "demo"\nbase_url = "demo"\nmodels = ["demo-*"]\n\n'
+    '[prices."demo-*"]\ninput = 1000\noutput = 2000\n'
+)  # USD per 1M tokens: costs worth seeing
 
 
 @pytest.fixture
@@ -57,8 +59,9 @@ def test_embeddings_and_chat_agree_everywhere(priced_server, clock, monkeypatch)
 
     # the Usage API: completions + embeddings, and the costs
     start = int(time.time()) - 86400
-    with httpx.Client(base_url=f"{srv.base_url}/v1/organization",
-                      headers={"Authorization": f"Bearer {srv.admin_key}"}) as h:
+    with httpx.Client(
+        base_url=f"{srv.base_url}/v1/organization", headers={"Authorization": f"Bearer {srv.admin_key}"}
+    ) as h:
         api_req = api_in = api_out = 0
         for kind in ("completions", "embeddings"):
             for b in h.get(f"/usage/{kind}", params={"start_time": start, "limit": 2}).json()["data"]:
@@ -107,7 +110,8 @@ def test_embeddings_and_chat_agree_everywhere(priced_server, clock, monkeypatch)
     assert res.exit_code == 0, res.stdout
     cli_total = json.loads(res.stdout)["total"]
     assert {k: cli_total[k] for k in ("requests", "input_tokens", "output_tokens")} == {
-        k: total[k] for k in ("requests", "input_tokens", "output_tokens")}
+        k: total[k] for k in ("requests", "input_tokens", "output_tokens")
+    }
     assert cli_total["cost_usd"] == pytest.approx(api_cost)
     table = CliRunner().invoke(app, ["usage", "--since", "1h"], catch_exceptions=False).stdout
     assert fmt.usd_dollars(api_cost) in table  # the CLI shows money as the dashboard does

@@ -11,8 +11,9 @@ import typer
 def register(app: typer.Typer) -> None:
     from keyplane.cli import JsonOpt, out, print_json, run_store, settings, table, ts
 
-    access_app = typer.Typer(help="Access policies: model and hosted tool permissions, IP allowlists.",
-                             no_args_is_help=True)
+    access_app = typer.Typer(
+        help="Access policies: model and hosted tool permissions, IP allowlists.", no_args_is_help=True
+    )
     ip_app = typer.Typer(help="IP allowlists of the organization, a project or a key.", no_args_is_help=True)
     app.add_typer(access_app, name="access")
     access_app.add_typer(ip_app, name="ip-allowlist")
@@ -25,18 +26,25 @@ def register(app: typer.Typer) -> None:
             print_json(items)
             return
         if not items:
-            out.print("no access policy set: every key may use every model and hosted tool, from any address.",
-                      markup=False)
+            out.print(
+                "no access policy set: every key may use every model and hosted tool, from any address.", markup=False
+            )
             return
-        table("Access policies", ["kind", "scope", "id", "policy", "updated"],
-              [(i["kind"], i["scope"], i["id"] or "-", i["summary"], ts(i["updated_at"])) for i in items])
+        table(
+            "Access policies",
+            ["kind", "scope", "id", "policy", "updated"],
+            [(i["kind"], i["scope"], i["id"] or "-", i["summary"], ts(i["updated_at"])) for i in items],
+        )
 
     @ip_app.command("clear")
     def clear(
-        project: Annotated[str | None, typer.Option("--project", "-p", help="A project's list (id or name) "
-                                                    "instead of the organization's.")] = None,
-        key: Annotated[str | None, typer.Option("--key", help="A key's list (key id) instead of the "
-                                                "organization's.")] = None,
+        project: Annotated[
+            str | None,
+            typer.Option("--project", "-p", help="A project's list (id or name) instead of the organization's."),
+        ] = None,
+        key: Annotated[
+            str | None, typer.Option("--key", help="A key's list (key id) instead of the organization's.")
+        ] = None,
         json: JsonOpt = False,
     ) -> None:
         """Lift an IP allowlist (the organization's by default); written to the audit log."""
@@ -84,10 +92,20 @@ async def _clear(s: Any, project: str | None, key: str | None) -> dict[str, Any]
         if found is None:
             raise not_found(f"No API key found with id '{key}'.", param="key_id")
         scope, target, pid = "key", key, found[1]
-    row = (await s.execute(select(AccessPolicy).where(AccessPolicy.kind == "ip", AccessPolicy.scope == scope,
-                                                      AccessPolicy.target_id == target))).scalar()
+    row = (
+        await s.execute(
+            select(AccessPolicy).where(
+                AccessPolicy.kind == "ip", AccessPolicy.scope == scope, AccessPolicy.target_id == target
+            )
+        )
+    ).scalar()
     cidrs: list[str] = (orjson.loads(row.value).get("cidrs") or []) if row is not None else []
     if row is not None:
         await drop(s, control.CLI_ACTOR, "ip", scope, target, pid, "ip_allowlist.deleted")
-    return {"object": "ip_allowlist.deleted", "scope": "organization" if scope == "org" else scope,
-            "id": None if scope == "org" else target, "deleted": row is not None, "cidrs": cidrs}
+    return {
+        "object": "ip_allowlist.deleted",
+        "scope": "organization" if scope == "org" else scope,
+        "id": None if scope == "org" else target,
+        "deleted": row is not None,
+        "cidrs": cidrs,
+    }

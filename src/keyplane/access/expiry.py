@@ -45,8 +45,11 @@ class ExpiryNotifier:
         if not due:
             return 0
         async with self.rt.read() as s:
-            rows = (await s.execute(select(ExpiryNotice.key_id, ExpiryNotice.days)
-                                    .where(ExpiryNotice.key_id.in_(list(due))))).all()
+            rows = (
+                await s.execute(
+                    select(ExpiryNotice.key_id, ExpiryNotice.days).where(ExpiryNotice.key_id.in_(list(due)))
+                )
+            ).all()
         self._done.update((r.key_id, r.days) for r in rows)
         sent = 0
         for kid, crossed in due.items():
@@ -70,13 +73,27 @@ class ExpiryNotifier:
         if k is None:
             return
         left = max(0, int(k.expires_at - now))
-        alerts.for_runtime(self.rt).send(alerts.Alert(
-            event="key.expiring", severity="warning", dedup_key=f"key.expiring:{kid}",
-            summary=f"API key '{k.name}' ({k.redacted_value}) expires in {left // 3600} hours "
-                    f"(the {days}-day notice).",
-            details={"key": {"id": k.id, "name": k.name, "kind": k.kind, "redacted_value": k.redacted_value,
-                             "project_id": k.project_id, "expires_at": k.expires_at},
-                     "threshold_days": days, "expires_in_seconds": left}))
+        alerts.for_runtime(self.rt).send(
+            alerts.Alert(
+                event="key.expiring",
+                severity="warning",
+                dedup_key=f"key.expiring:{kid}",
+                summary=f"API key '{k.name}' ({k.redacted_value}) expires in {left // 3600} hours "
+                f"(the {days}-day notice).",
+                details={
+                    "key": {
+                        "id": k.id,
+                        "name": k.name,
+                        "kind": k.kind,
+                        "redacted_value": k.redacted_value,
+                        "project_id": k.project_id,
+                        "expires_at": k.expires_at,
+                    },
+                    "threshold_days": days,
+                    "expires_in_seconds": left,
+                },
+            )
+        )
 
     def start(self) -> None:
         self._periodic.start()

@@ -34,8 +34,10 @@ def parse_cidrs(values: Sequence[str], strict: bool = True) -> tuple[IPNet, ...]
         except ValueError:
             raise ValueError(f"'{v}' is not an IP address or CIDR range (e.g. 203.0.113.0/24).") from None
         if strict and "/" in text and net.network_address != ipaddress.ip_address(text.split("/", 1)[0]):
-            raise ValueError(f"'{v}' has host bits set: write {net} for the range, or "
-                             f"{text.split('/', 1)[0]}/{net.max_prefixlen} for the one address.")
+            raise ValueError(
+                f"'{v}' has host bits set: write {net} for the range, or "
+                f"{text.split('/', 1)[0]}/{net.max_prefixlen} for the one address."
+            )
         out.append(_unmapped(net))
     return tuple(out)
 

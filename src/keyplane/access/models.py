@@ -34,7 +34,11 @@ class ExpiryNotice(Base):
 
 async def copy_key_policies(s: AsyncSession, old_key_id: str, new_key_id: str, now: int) -> None:
     """A rotated key keeps its own model, hosted tool and IP policies (control.rotate_key)."""
-    rows = (await s.execute(select(AccessPolicy).where(AccessPolicy.scope == "key",
-                                                       AccessPolicy.target_id == old_key_id))).scalars().all()
-    s.add_all([AccessPolicy(kind=r.kind, scope="key", target_id=new_key_id, value=r.value, updated_at=now)
-               for r in rows])
+    rows = (
+        (await s.execute(select(AccessPolicy).where(AccessPolicy.scope == "key", AccessPolicy.target_id == old_key_id)))
+        .scalars()
+        .all()
+    )
+    s.add_all(
+        [AccessPolicy(kind=r.kind, scope="key", target_id=new_key_id, value=r.value, updated_at=now) for r in rows]
+    )

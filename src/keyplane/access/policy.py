@@ -29,13 +29,22 @@ from keyplane.store.models import Meta
 _DATED: Final = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4}|latest|preview)")
 _SNAPSHOT: Final = re.compile(r"(?=-)(-(\d{4}-\d{2}-\d{2}|\d{4}))?(-(latest|preview))?")
 # Spending paths that rightly name no model: the run's, the session's (checked when it connects), containers.
-_NO_MODEL: Final = re.compile(r"^/v1/threads/[^/]+/runs/[^/]+/submit_tool_outputs$|^/v1/realtime/client_secrets$"
-                              r"|^/v1/containers(/|$)")
+_NO_MODEL: Final = re.compile(
+    r"^/v1/threads/[^/]+/runs/[^/]+/submit_tool_outputs$|^/v1/realtime/client_secrets$"
+    r"|^/v1/containers(/|$)"
+)
 # A run uses its assistant's stored tools unless it names its own (``tools`` overrides them).
 _RUN: Final = re.compile(r"^/v1/threads(/[^/]+)?/runs$")
 _ASSISTANT_TOOLS: Final = ("code_interpreter", "file_search")
-_JSON_TOOL_PATHS: Final = ("/v1/responses", "/v1/chat/completions", "/v1/completions", "/v1/realtime",
-                           "/v1/assistants", "/v1/threads", "/v1/evals")
+_JSON_TOOL_PATHS: Final = (
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/realtime",
+    "/v1/assistants",
+    "/v1/threads",
+    "/v1/evals",
+)
 
 
 class BatchFacts(Protocol):
@@ -73,12 +82,17 @@ def _one_reading(body: bytes) -> inspect.Asked:
     try:
         asked = inspect.read(body)
     except inspect.Unreadable as e:
-        raise errors.bad_request(f"{e} It cannot be checked against this project's access policy.",
-                                 code="invalid_body") from None
+        raise errors.bad_request(
+            f"{e} It cannot be checked against this project's access policy.", code="invalid_body"
+        ) from None
     if asked.duplicated:
         name = sorted(asked.duplicated)[0]
-        raise errors.bad_request(f"The request body repeats the key '{name}'; with an access policy set, "
-                                 "each key may appear once per object.", param=name, code="duplicate_key")
+        raise errors.bad_request(
+            f"The request body repeats the key '{name}'; with an access policy set, "
+            "each key may appear once per object.",
+            param=name,
+            code="duplicate_key",
+        )
     return asked
 
 
@@ -102,7 +116,7 @@ def _snapshot_of(e: str, m: str, exact: bool) -> bool:
         return True
     if not m.startswith(e):
         return False
-    rest = m[len(e):]
+    rest = m[len(e) :]
     return bool(_SNAPSHOT.fullmatch(rest) if exact else _DATED.match(rest))
 
 
@@ -122,8 +136,11 @@ class Policies:
     async def load(self, engine: AsyncEngine) -> None:
         async with engine.connect() as conn:
             rev = (await conn.execute(select(Meta.value).where(Meta.name == "revision"))).scalar() or 0
-            rows = (await conn.execute(select(AccessPolicy.kind, AccessPolicy.scope, AccessPolicy.target_id,
-                                              AccessPolicy.value))).all()
+            rows = (
+                await conn.execute(
+                    select(AccessPolicy.kind, AccessPolicy.scope, AccessPolicy.target_id, AccessPolicy.value)
+                )
+            ).all()
         models: dict[tuple[str, str], ModelPolicy] = {}
         tools: dict[tuple[str, str], frozenset[str]] = {}
         ips: dict[tuple[str, str], tuple[ip.IPNet, ...]] = {}
@@ -173,16 +190,27 @@ class Policies:
 
     def model_visible(self, project_id: str | None, key_id: str, model: str) -> bool:
         """Whether the key's project's and its own model permissions allow ``model`` (GET /v1/models)."""
-        return all(p.allows(model) for s in (("key", key_id), ("project", project_id or ""))
-                   if (p := self.models.get(s)) is not None)
+        return all(
+            p.allows(model)
+            for s in (("key", key_id), ("project", project_id or ""))
+            if (p := self.models.get(s)) is not None
+        )
 
-    def check_ip(self, project_id: str | None, key_id: str, client: tuple[str, int] | None,
-                 headers: list[tuple[bytes, bytes]]) -> None:
+    def check_ip(
+        self, project_id: str | None, key_id: str, client: tuple[str, int] | None, headers: list[tuple[bytes, bytes]]
+    ) -> None:
         """Right after authentication: the 403 naming the address seen when an allowlist refuses it."""
         if not self.ips:
             return
-        lists = [(name, c) for name, s in (("organization", ("org", "org")), ("project", ("project", project_id or "")),
-                                            ("API key", ("key", key_id))) if (c := self.ips.get(s)) is not None]
+        lists = [
+            (name, c)
+            for name, s in (
+                ("organization", ("org", "org")),
+                ("project", ("project", project_id or "")),
+                ("API key", ("key", key_id)),
+            )
+            if (c := self.ips.get(s)) is not None
+        ]
         if not lists:
             return
         address = self.address(client, headers)
@@ -190,8 +218,9 @@ class Policies:
             if not ip.allows(cidrs, address):
                 raise errors.ip_not_allowed(address, name)
 
-    def _rules(self, project_id: str | None, key_id: str
-               ) -> tuple[list[tuple[tuple[str, str], ModelPolicy]], dict[str, tuple[str, str]]]:
+    def _rules(
+        self, project_id: str | None, key_id: str
+    ) -> tuple[list[tuple[tuple[str, str], ModelPolicy]], dict[str, tuple[str, str]]]:
         """The model policies that apply (key's, project's) and each disabled hosted tool with who disabled it."""
         scopes = [("key", key_id)] + ([("project", project_id)] if project_id else [])
         mpols = [(s, p) for s in scopes if (p := self.models.get(s)) is not None]
@@ -211,13 +240,19 @@ class Policies:
             return
         fid = (file_id or "")[:64]
         if facts is None or facts.unchecked is not None:
-            why = (f"its input file `{fid}` was not uploaded through keyplane with purpose=batch"
-                   if facts is None and file_id
-                   else "it names no input file" if facts is None else f"its input file `{fid}`: {facts.unchecked}")
+            why = (
+                f"its input file `{fid}` was not uploaded through keyplane with purpose=batch"
+                if facts is None and file_id
+                else "it names no input file"
+                if facts is None
+                else f"its input file `{fid}`: {facts.unchecked}"
+            )
             raise errors.access_refused(
                 f"This batch cannot be checked against the model and hosted tool permissions of its project or key: "
                 f"{why}. Upload the input file through keyplane (POST /v1/files with purpose=batch), with every "
-                "line a JSON object, so that each request it holds is checked.", "batch_not_permitted")
+                "line a JSON object, so that each request it holds is checked.",
+                "batch_not_permitted",
+            )
 
         def at(e: errors.APIError, line: int | None) -> errors.APIError:  # where the request stands in the file
             if line is not None:
@@ -228,10 +263,16 @@ class Policies:
             if t in off:
                 raise at(errors.tool_not_permitted(t, *off[t]), line)
         if facts.stored_prompt is not None and off:
-            raise at(errors.access_refused(
-                "A stored prompt may enable hosted tools keyplane cannot see; while hosted tools ("
-                + ", ".join(sorted(off)) + ") are disabled for this project or key, send the prompt's "
-                "content instead of its id.", "tool_not_permitted"), facts.stored_prompt)
+            raise at(
+                errors.access_refused(
+                    "A stored prompt may enable hosted tools keyplane cannot see; while hosted tools ("
+                    + ", ".join(sorted(off))
+                    + ") are disabled for this project or key, send the prompt's "
+                    "content instead of its id.",
+                    "tool_not_permitted",
+                ),
+                facts.stored_prompt,
+            )
         if "web_search" in off:
             for m, line in sorted(facts.models.items()):
                 if inspect.search_model(m):
@@ -242,12 +283,26 @@ class Policies:
                     raise at(errors.model_not_permitted(m, scope[0], scope[1], pol.mode), line)
             if facts.unnamed is not None:
                 where = f"project {scope[1]}" if scope[0] == "project" else f"API key {scope[1]}"
-                raise at(errors.access_refused(f"This request names no model, so the provider would choose one; with "
-                                               f"model permissions set on {where}, name the model.",
-                                               "model_not_permitted"), facts.unnamed)
+                raise at(
+                    errors.access_refused(
+                        f"This request names no model, so the provider would choose one; with "
+                        f"model permissions set on {where}, name the model.",
+                        "model_not_permitted",
+                    ),
+                    facts.unnamed,
+                )
 
-    def check_request(self, project_id: str | None, key_id: str, path: str, method: str, model: str | None,
-                      spending: bool, body: bytes, is_json: bool) -> None:
+    def check_request(
+        self,
+        project_id: str | None,
+        key_id: str,
+        path: str,
+        method: str,
+        model: str | None,
+        spending: bool,
+        body: bytes,
+        is_json: bool,
+    ) -> None:
         """Raise the 403 (or 400) for a model or hosted tool outside the project's or the key's policy."""
         if not self.models and not self.disabled_tools:
             return
@@ -259,9 +314,11 @@ class Policies:
                 _one_reading(body)  # the input_file_id checked is the one every parser reads
                 return
             # The batch's requests sit in an uploaded file keyplane does not read: no way to hold them to a policy.
-            raise errors.access_refused("Batches cannot be checked against this project's model or hosted tool "
-                                        "permissions, so they are refused while such a policy is set.",
-                                        "batch_not_permitted")
+            raise errors.access_refused(
+                "Batches cannot be checked against this project's model or hosted tool "
+                "permissions, so they are refused while such a policy is set.",
+                "batch_not_permitted",
+            )
         if method == "POST" and path.startswith("/v1/containers") and "code_interpreter" in off:
             raise errors.tool_not_permitted("code_interpreter", *off["code_interpreter"])  # its sandboxes
         models: set[str] = {model} if model else set()
@@ -271,21 +328,31 @@ class Policies:
             for t in sorted(asked.tools):
                 if t in off:
                     raise errors.tool_not_permitted(t, *off[t])
-            if method == "POST" and _RUN.match(path) and "tools" not in asked.top_keys \
-                    and (held := [t for t in _ASSISTANT_TOOLS if t in off]):
+            if (
+                method == "POST"
+                and _RUN.match(path)
+                and "tools" not in asked.top_keys
+                and (held := [t for t in _ASSISTANT_TOOLS if t in off])
+            ):
                 # The assistant may have been given the tool before the policy: keyplane cannot see its tools.
                 raise errors.access_refused(
                     f"A run without `tools` uses its assistant's stored tools, which may include {' or '.join(held)}"
                     ", disabled for this project or key; pass `tools` (e.g. only function tools) with the run.",
-                    "tool_not_permitted")
+                    "tool_not_permitted",
+                )
             if asked.stored_prompt and off:
                 raise errors.access_refused(
                     "A stored prompt may enable hosted tools keyplane cannot see; while hosted tools ("
-                    + ", ".join(sorted(off)) + ") are disabled for this project or key, send the prompt's "
-                    "content instead of its id.", "tool_not_permitted")
+                    + ", ".join(sorted(off))
+                    + ") are disabled for this project or key, send the prompt's "
+                    "content instead of its id.",
+                    "tool_not_permitted",
+                )
         elif body and any(path.startswith(p) for p in _JSON_TOOL_PATHS) and off:
-            raise errors.bad_request("The request body must be JSON to be checked against this project's hosted "
-                                     "tool permissions.", code="invalid_body")
+            raise errors.bad_request(
+                "The request body must be JSON to be checked against this project's hosted tool permissions.",
+                code="invalid_body",
+            )
         for m in sorted(models):
             if "web_search" in off and inspect.search_model(m):
                 raise errors.tool_not_permitted("web_search", *off["web_search"])
@@ -297,6 +364,8 @@ class Policies:
                 # The provider would choose the model (images: dall-e-2, or gpt-image-1 when a parameter only it
                 # takes is sent; a run: its assistant's): not one a deny list can be checked against either.
                 where = f"project {scope[1]}" if scope[0] == "project" else f"API key {scope[1]}"
-                raise errors.access_refused(f"This request names no model, so the provider would choose one; with "
-                                            f"model permissions set on {where}, name the model.",
-                                            "model_not_permitted")
+                raise errors.access_refused(
+                    f"This request names no model, so the provider would choose one; with "
+                    f"model permissions set on {where}, name the model.",
+                    "model_not_permitted",
+                )

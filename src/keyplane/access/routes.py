@@ -51,6 +51,7 @@ def _now(request: Request) -> int:
 
 # --- model permissions -----------------------------------------------------------------------
 
+
 async def get_models(request: Request) -> JSONResponse:
     authenticate_admin(request)
     async with runtime(request).read() as s:
@@ -78,6 +79,7 @@ async def delete_models(request: Request) -> JSONResponse:
 
 # --- hosted tool permissions -----------------------------------------------------------------
 
+
 async def get_tools(request: Request) -> JSONResponse:
     authenticate_admin(request)
     async with runtime(request).read() as s:
@@ -104,6 +106,5 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint(f"{K}/model_permissions", "POST", update_models, "Update an API key's model permissions", True),
     Endpoint(f"{K}/model_permissions", "DELETE", delete_models, "Delete an API key's model permissions", True),
     Endpoint(f"{K}/hosted_tool_permissions", "GET", get_tools, "Retrieve an API key's hosted tool permissions", True),
-    Endpoint(f"{K}/hosted_tool_permissions", "POST", update_tools, "Update an API key's hosted tool permissions",
-             True),
+    Endpoint(f"{K}/hosted_tool_permissions", "POST", update_tools, "Update an API key's hosted tool permissions", True),
 ]

@@ -52,9 +52,15 @@ async def delete_list(request: Request) -> JSONResponse:
 
 
 ENDPOINTS: list[Endpoint] = [
-    e for path, what in ((ORG, "the organization's"), (f"{P}/ip_allowlist", "a project's"),
-                         (f"{K}/ip_allowlist", "an API key's"))
-    for e in (Endpoint(path, "GET", get_list, f"Retrieve {what} IP allowlist", True),
-              Endpoint(path, "POST", set_list, f"Replace {what} IP allowlist", True),
-              Endpoint(path, "DELETE", delete_list, f"Lift {what} IP allowlist", True))
+    e
+    for path, what in (
+        (ORG, "the organization's"),
+        (f"{P}/ip_allowlist", "a project's"),
+        (f"{K}/ip_allowlist", "an API key's"),
+    )
+    for e in (
+        Endpoint(path, "GET", get_list, f"Retrieve {what} IP allowlist", True),
+        Endpoint(path, "POST", set_list, f"Replace {what} IP allowlist", True),
+        Endpoint(path, "DELETE", delete_list, f"Lift {what} IP allowlist", True),
+    )
 ]

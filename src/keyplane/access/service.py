@@ -43,8 +43,13 @@ async def target(s: AsyncSession, project_id: str | None, key_id: str | None = N
 
 
 async def stored(s: AsyncSession, kind: str, scope: str, target_id: str) -> AccessPolicy | None:
-    return (await s.execute(select(AccessPolicy).where(
-        AccessPolicy.kind == kind, AccessPolicy.scope == scope, AccessPolicy.target_id == target_id))).scalar()
+    return (
+        await s.execute(
+            select(AccessPolicy).where(
+                AccessPolicy.kind == kind, AccessPolicy.scope == scope, AccessPolicy.target_id == target_id
+            )
+        )
+    ).scalar()
 
 
 async def save(s: AsyncSession, kind: str, scope: str, target_id: str, value: dict[str, Any], now: int) -> None:
@@ -56,13 +61,18 @@ async def save(s: AsyncSession, kind: str, scope: str, target_id: str, value: di
         row.value, row.updated_at = text, now
 
 
-async def drop(s: AsyncSession, actor: control.Actor, kind: str, scope: str, target_id: str,
-               project_id: str | None, event: str) -> None:
+async def drop(
+    s: AsyncSession, actor: control.Actor, kind: str, scope: str, target_id: str, project_id: str | None, event: str
+) -> None:
     """Delete one policy, audit it and move the revision: the admin API's deletes and the CLI's alike."""
-    await s.execute(delete(AccessPolicy).where(AccessPolicy.kind == kind, AccessPolicy.scope == scope,
-                                               AccessPolicy.target_id == target_id))
-    await control.audit(s, actor, event, {"id": target_id, "scope": scope}, project_id=project_id,
-                        resource_id=target_id)
+    await s.execute(
+        delete(AccessPolicy).where(
+            AccessPolicy.kind == kind, AccessPolicy.scope == scope, AccessPolicy.target_id == target_id
+        )
+    )
+    await control.audit(
+        s, actor, event, {"id": target_id, "scope": scope}, project_id=project_id, resource_id=target_id
+    )
     await control.bump_revision(s)
 
 
@@ -77,12 +87,12 @@ async def changed(rt: Any) -> None:
 
 # --- model permissions -----------------------------------------------------------------------------
 
+
 def model_policy(mode: Any, model_ids: Any) -> ModelPolicy:
     """A checked policy (400 ``invalid_value`` naming the field otherwise); ids stripped, duplicates dropped."""
     if mode not in ("allow_list", "deny_list"):
         raise invalid_value("mode", "'mode' must be 'allow_list' or 'deny_list'.")
-    if not isinstance(model_ids, list) or not all(isinstance(m, str) and 0 < len(m.strip()) <= 256
-                                                  for m in model_ids):
+    if not isinstance(model_ids, list) or not all(isinstance(m, str) and 0 < len(m.strip()) <= 256 for m in model_ids):
         raise invalid_value("model_ids", "'model_ids' must be a list of model ids (strings of 1 to 256 characters).")
     if len(model_ids) > MAX_MODEL_IDS:
         raise invalid_value("model_ids", f"'model_ids' may hold at most {MAX_MODEL_IDS} ids.")
@@ -98,13 +108,19 @@ async def model_permissions(s: AsyncSession, where: Where) -> ModelPolicy | None
     return ModelPolicy(data["mode"], tuple(data["model_ids"]))
 
 
-async def set_model_permissions(s: AsyncSession, actor: control.Actor, where: Where, pol: ModelPolicy,
-                                now: int) -> None:
+async def set_model_permissions(
+    s: AsyncSession, actor: control.Actor, where: Where, pol: ModelPolicy, now: int
+) -> None:
     scope, target_id, pid = where
     await save(s, "model", scope, target_id, {"mode": pol.mode, "model_ids": list(pol.model_ids)}, now)
-    await control.audit(s, actor, "model_permissions.updated",
-                        {"id": target_id, "scope": scope, "changes_requested": pol.to_json()},
-                        project_id=pid, resource_id=target_id)
+    await control.audit(
+        s,
+        actor,
+        "model_permissions.updated",
+        {"id": target_id, "scope": scope, "changes_requested": pol.to_json()},
+        project_id=pid,
+        resource_id=target_id,
+    )
     await control.bump_revision(s)
 
 
@@ -114,6 +130,7 @@ async def delete_model_permissions(s: AsyncSession, actor: control.Actor, where:
 
 # --- hosted tool permissions ---------------------------------------------------------------------
 
+
 def _tools_json(value: dict[str, Any]) -> dict[str, Any]:
     return {t: {"enabled": bool(value.get(t, {}).get("enabled", True))} for t in inspect.TOOLS}
 
@@ -122,8 +139,11 @@ def tool_changes(body: dict[str, Any]) -> dict[str, bool]:
     """``{"web_search": {"enabled": false}, ...}`` checked: tool name -> enabled (a None value changes nothing)."""
     unknown = sorted(set(body) - set(inspect.TOOLS))
     if unknown:
-        raise bad_request(f"Unknown hosted tool '{unknown[0]}'; known: {', '.join(inspect.TOOLS)}.",
-                          param=unknown[0], code="invalid_value")
+        raise bad_request(
+            f"Unknown hosted tool '{unknown[0]}'; known: {', '.join(inspect.TOOLS)}.",
+            param=unknown[0],
+            code="invalid_value",
+        )
     out: dict[str, bool] = {}
     for t, v in body.items():
         if v is None:
@@ -140,22 +160,28 @@ async def tool_permissions(s: AsyncSession, where: Where) -> dict[str, Any]:
     return _tools_json({} if row is None else orjson.loads(row.value))
 
 
-async def set_tool_permissions(s: AsyncSession, actor: control.Actor, where: Where, changes: dict[str, bool],
-                               now: int) -> dict[str, Any]:
+async def set_tool_permissions(
+    s: AsyncSession, actor: control.Actor, where: Where, changes: dict[str, bool], now: int
+) -> dict[str, Any]:
     scope, target_id, pid = where
     value = await tool_permissions(s, where)
     for t, enabled in changes.items():
         value[t] = {"enabled": enabled}
     await save(s, "tools", scope, target_id, value, now)
-    await control.audit(s, actor, "hosted_tool_permissions.updated",
-                        {"id": target_id, "scope": scope,
-                         "changes_requested": {t: {"enabled": e} for t, e in changes.items()}},
-                        project_id=pid, resource_id=target_id)
+    await control.audit(
+        s,
+        actor,
+        "hosted_tool_permissions.updated",
+        {"id": target_id, "scope": scope, "changes_requested": {t: {"enabled": e} for t, e in changes.items()}},
+        project_id=pid,
+        resource_id=target_id,
+    )
     await control.bump_revision(s)
     return value
 
 
 # --- IP allowlists -------------------------------------------------------------------------------
+
 
 def cidr_list(cidrs: Any) -> tuple[tuple[ip.IPNet, ...], list[str]]:
     """The parsed ranges and their normal text (400 ``invalid_value`` naming the bad entry)."""
@@ -174,32 +200,47 @@ def check_lockout(where: Where, nets: tuple[ip.IPNet, ...], seen: str, confirm: 
     """The organization's list holds the admin API and the dashboard too: a list that leaves out ``seen``,
     the address the change comes from, would lock its caller out (the CLI on the server lifts it)."""
     if nets and where[0] == "org" and not confirm and not ip.allows(nets, seen):
-        raise bad_request(f"The list does not include the address this call comes from ({seen}): it would "
-                          "lock you out of the admin API and the dashboard. Add that address, or send "
-                          "\"confirm_lockout\": true (the CLI on the server can always lift the list: "
-                          "keyplane access ip-allowlist clear).", param="cidrs", code="ip_allowlist_lockout")
+        raise bad_request(
+            f"The list does not include the address this call comes from ({seen}): it would "
+            "lock you out of the admin API and the dashboard. Add that address, or send "
+            '"confirm_lockout": true (the CLI on the server can always lift the list: '
+            "keyplane access ip-allowlist clear).",
+            param="cidrs",
+            code="ip_allowlist_lockout",
+        )
 
 
 def _ip_json(where: Where, row: AccessPolicy | None) -> dict[str, Any]:
     scope, target_id, _ = where
     cidrs = orjson.loads(row.value)["cidrs"] if row is not None else []
-    return {"object": "ip_allowlist", "scope": "organization" if scope == "org" else scope,
-            "id": None if scope == "org" else target_id, "cidrs": cidrs, "enabled": bool(cidrs),
-            "updated_at": row.updated_at if row is not None else None}
+    return {
+        "object": "ip_allowlist",
+        "scope": "organization" if scope == "org" else scope,
+        "id": None if scope == "org" else target_id,
+        "cidrs": cidrs,
+        "enabled": bool(cidrs),
+        "updated_at": row.updated_at if row is not None else None,
+    }
 
 
 async def ip_allowlist(s: AsyncSession, where: Where) -> dict[str, Any]:
     return _ip_json(where, await stored(s, "ip", where[0], where[1]))
 
 
-async def set_ip_allowlist(s: AsyncSession, actor: control.Actor, where: Where, normal: list[str],
-                           now: int) -> dict[str, Any]:
+async def set_ip_allowlist(
+    s: AsyncSession, actor: control.Actor, where: Where, normal: list[str], now: int
+) -> dict[str, Any]:
     """Replace the list (an empty one lifts it) with ``normal`` (from :func:`cidr_list`)."""
     scope, target_id, pid = where
     await save(s, "ip", scope, target_id, {"cidrs": normal}, now)
-    await control.audit(s, actor, "ip_allowlist.updated", {"id": target_id, "scope": scope,
-                                                           "changes_requested": {"cidrs": normal}},
-                        project_id=pid, resource_id=target_id)
+    await control.audit(
+        s,
+        actor,
+        "ip_allowlist.updated",
+        {"id": target_id, "scope": scope, "changes_requested": {"cidrs": normal}},
+        project_id=pid,
+        resource_id=target_id,
+    )
     await control.bump_revision(s)
     return await ip_allowlist(s, where)
 
@@ -209,6 +250,7 @@ async def delete_ip_allowlist(s: AsyncSession, actor: control.Actor, where: Wher
 
 
 # --- every policy ----------------------------------------------------------------------------------
+
 
 def summary(kind: str, value: dict[str, Any]) -> str:
     if kind == "ip":
@@ -221,12 +263,20 @@ def summary(kind: str, value: dict[str, Any]) -> str:
 
 async def all_policies(s: AsyncSession) -> list[dict[str, Any]]:
     """Every policy set, with a one-line summary (``keyplane access show``, the dashboard's Access page)."""
-    rows = (await s.execute(select(AccessPolicy).order_by(AccessPolicy.kind, AccessPolicy.scope,
-                                                          AccessPolicy.target_id))).scalars()
+    rows = (
+        await s.execute(select(AccessPolicy).order_by(AccessPolicy.kind, AccessPolicy.scope, AccessPolicy.target_id))
+    ).scalars()
     out = []
     for r in rows:
         value = orjson.loads(r.value)
-        out.append({"kind": r.kind, "scope": "organization" if r.scope == "org" else r.scope,
-                    "id": None if r.scope == "org" else r.target_id, "value": value, "summary": summary(r.kind, value),
-                    "updated_at": r.updated_at})
+        out.append(
+            {
+                "kind": r.kind,
+                "scope": "organization" if r.scope == "org" else r.scope,
+                "id": None if r.scope == "org" else r.target_id,
+                "value": value,
+                "summary": summary(r.kind, value),
+                "updated_at": r.updated_at,
+            }
+        )
     return out

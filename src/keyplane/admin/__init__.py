@@ -39,28 +39,67 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(f"{P}/projects/{{project_id}}", "POST", r.update_project, "Modify a project"),
     Endpoint(f"{P}/projects/{{project_id}}/archive", "POST", r.archive_project, "Archive a project"),
     Endpoint(f"{P}/projects/{{project_id}}/api_keys", "GET", r.list_project_keys, "List project API keys"),
-    Endpoint(f"{P}/projects/{{project_id}}/api_keys", "POST", r.create_project_key,
-             "Create a user API key in a project (value shown once)", True),
-    Endpoint(f"{P}/projects/{{project_id}}/api_keys/{{key_id}}", "GET", r.get_project_key,
-             "Retrieve a project API key"),
-    Endpoint(f"{P}/projects/{{project_id}}/api_keys/{{key_id}}", "POST", r.update_project_key,
-             "Update a key's name or permissions (no new key issued)", True),
-    Endpoint(f"{P}/projects/{{project_id}}/api_keys/{{key_id}}", "DELETE", r.delete_project_key,
-             "Delete (revoke) a project API key"),
-    Endpoint(f"{P}/projects/{{project_id}}/api_keys/{{key_id}}/rotate", "POST", r.rotate_project_key,
-             "Rotate a key: new value once, old one revoked now or after grace_period_seconds", True),
-    Endpoint(f"{P}/projects/{{project_id}}/api_keys/{{key_id}}/suspend", "POST", r.suspend_key,
-             "Suspend a key (reversible)", True),
-    Endpoint(f"{P}/projects/{{project_id}}/api_keys/{{key_id}}/resume", "POST", r.resume_key,
-             "Resume a suspended key", True),
-    Endpoint(f"{P}/projects/{{project_id}}/service_accounts", "GET", r.list_service_accounts,
-             "List project service accounts"),
-    Endpoint(f"{P}/projects/{{project_id}}/service_accounts", "POST", r.create_service_account,
-             "Create a service account (its key value shown once)"),
-    Endpoint(f"{P}/projects/{{project_id}}/service_accounts/{{service_account_id}}", "GET", r.get_service_account,
-             "Retrieve a service account"),
-    Endpoint(f"{P}/projects/{{project_id}}/service_accounts/{{service_account_id}}", "DELETE",
-             r.delete_service_account, "Delete a service account (its keys are revoked)"),
+    Endpoint(
+        f"{P}/projects/{{project_id}}/api_keys",
+        "POST",
+        r.create_project_key,
+        "Create a user API key in a project (value shown once)",
+        True,
+    ),
+    Endpoint(
+        f"{P}/projects/{{project_id}}/api_keys/{{key_id}}", "GET", r.get_project_key, "Retrieve a project API key"
+    ),
+    Endpoint(
+        f"{P}/projects/{{project_id}}/api_keys/{{key_id}}",
+        "POST",
+        r.update_project_key,
+        "Update a key's name or permissions (no new key issued)",
+        True,
+    ),
+    Endpoint(
+        f"{P}/projects/{{project_id}}/api_keys/{{key_id}}",
+        "DELETE",
+        r.delete_project_key,
+        "Delete (revoke) a project API key",
+    ),
+    Endpoint(
+        f"{P}/projects/{{project_id}}/api_keys/{{key_id}}/rotate",
+        "POST",
+        r.rotate_project_key,
+        "Rotate a key: new value once, old one revoked now or after grace_period_seconds",
+        True,
+    ),
+    Endpoint(
+        f"{P}/projects/{{project_id}}/api_keys/{{key_id}}/suspend",
+        "POST",
+        r.suspend_key,
+        "Suspend a key (reversible)",
+        True,
+    ),
+    Endpoint(
+        f"{P}/projects/{{project_id}}/api_keys/{{key_id}}/resume", "POST", r.resume_key, "Resume a suspended key", True
+    ),
+    Endpoint(
+        f"{P}/projects/{{project_id}}/service_accounts", "GET", r.list_service_accounts, "List project service accounts"
+    ),
+    Endpoint(
+        f"{P}/projects/{{project_id}}/service_accounts",
+        "POST",
+        r.create_service_account,
+        "Create a service account (its key value shown once)",
+    ),
+    Endpoint(
+        f"{P}/projects/{{project_id}}/service_accounts/{{service_account_id}}",
+        "GET",
+        r.get_service_account,
+        "Retrieve a service account",
+    ),
+    Endpoint(
+        f"{P}/projects/{{project_id}}/service_accounts/{{service_account_id}}",
+        "DELETE",
+        r.delete_service_account,
+        "Delete a service account (its keys are revoked)",
+    ),
     Endpoint(f"{P}/users", "GET", r.list_users, "List users"),
     Endpoint(f"{P}/users", "POST", r.add_user, "Add a user", True),
     Endpoint(f"{P}/users/{{user_id}}", "GET", r.get_user, "Retrieve a user"),
@@ -70,37 +109,65 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(f"{P}/admin_api_keys", "POST", r.create_admin_key, "Create an admin API key (value shown once)"),
     Endpoint(f"{P}/admin_api_keys/{{key_id}}", "GET", r.get_admin_key, "Retrieve an admin API key"),
     Endpoint(f"{P}/admin_api_keys/{{key_id}}", "DELETE", r.delete_admin_key, "Delete an admin API key"),
-    Endpoint(f"{P}/api_keys/lookup", "POST", r.lookup_keys,
-             "Look keys up by SHA-256 of their value (for leak scanners; the key itself is never sent)", True),
-    Endpoint(f"{P}/api_keys/{{key_id}}/revoke", "POST", r.revoke_any_key, "Revoke any key by id, with a reason",
-             True),
+    Endpoint(
+        f"{P}/api_keys/lookup",
+        "POST",
+        r.lookup_keys,
+        "Look keys up by SHA-256 of their value (for leak scanners; the key itself is never sent)",
+        True,
+    ),
+    Endpoint(f"{P}/api_keys/{{key_id}}/revoke", "POST", r.revoke_any_key, "Revoke any key by id, with a reason", True),
     Endpoint(f"{P}/audit_logs", "GET", r.list_audit_logs, "List audit logs"),
 )
+
 
 def openapi_document(endpoints: tuple[Endpoint, ...] | list[Endpoint]) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for e in endpoints:
-        params = [{"name": n.split("}")[0], "in": "path", "required": True, "schema": {"type": "string"}}
-                  for n in e.path.split("{")[1:]]
+        params = [
+            {"name": n.split("}")[0], "in": "path", "required": True, "schema": {"type": "string"}}
+            for n in e.path.split("{")[1:]
+        ]
         paths.setdefault(e.path, {})[e.method.lower()] = {
             "summary": e.summary,
             "operationId": e.handler.__name__,
             "parameters": params,
             "tags": ["keyplane extension" if e.extension else "OpenAI Admin API"],
             "security": [{"adminKey": []}],
-            "responses": {"200": {"description": "OK"}, "default": {"description": "Error", "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+            "responses": {
+                "200": {"description": "OK"},
+                "default": {
+                    "description": "Error",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                },
+            },
         }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "keyplane admin API", "version": "1",
-                 "description": "OpenAI Admin API shapes under /v1/organization, plus keyplane extensions."},
+        "info": {
+            "title": "keyplane admin API",
+            "version": "1",
+            "description": "OpenAI Admin API shapes under /v1/organization, plus keyplane extensions.",
+        },
         "paths": paths,
         "components": {
             "securitySchemes": {"adminKey": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
-                "message": {"type": "string"}, "type": {"type": "string"},
-                "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "properties": {
+                                "message": {"type": "string"},
+                                "type": {"type": "string"},
+                                "param": {"type": ["string", "null"]},
+                                "code": {"type": ["string", "null"]},
+                            },
+                        }
+                    },
+                }
+            },
         },
     }
 
@@ -111,8 +178,10 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 
 # One line when a store the admin API needs goes down, one when it is back: never a traceback per call.
-_outages = {"database": Outage("the SQL store", "admin API (answering 503)", log),
-            "redis": Outage("Redis", "admin API (answering 503)", log)}
+_outages = {
+    "database": Outage("the SQL store", "admin API (answering 503)", log),
+    "redis": Outage("Redis", "admin API (answering 503)", log),
+}
 
 
 def store_recovered() -> None:
@@ -140,8 +209,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
         err = errors.store_unavailable(store)
     else:
         rid = request.scope.get("state", {}).get("request_id", "")
-        log.error("admin API error on %s %s (%s): %s", request.method, request.url.path, rid, type(exc).__name__,
-                  exc_info=exc)
+        log.error(
+            "admin API error on %s %s (%s): %s", request.method, request.url.path, rid, type(exc).__name__, exc_info=exc
+        )
         err = errors.internal_error()
     return Response(err.body(), status_code=err.status, media_type="application/json", headers=err.headers)
 
@@ -156,7 +226,9 @@ def build_admin_app(rt: Runtime, extra: list[Endpoint] | None = None) -> Starlet
 
     routes = [Route(e.path, e.handler, methods=[e.method]) for e in endpoints]
     routes.append(Route(f"{P}/openapi.json", openapi, methods=["GET"]))
-    app = Starlette(routes=routes, exception_handlers={
-        errors.APIError: _api_error, HTTPException: _http_error, Exception: _unexpected})
+    app = Starlette(
+        routes=routes,
+        exception_handlers={errors.APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
+    )
     app.state.runtime = rt
     return app

@@ -46,8 +46,9 @@ def _project_of(request: Request) -> str | None:
 def _granted(rt: Runtime, entry: KeyEntry, request: Request) -> frozenset[str]:
     # the key's owner's effective permissions (roles, custom roles, groups, and in a call on one project the
     # project roles they hold there) capped by the key's own role
-    return admin_permissions.of_key_in_project(entry.permissions, entry.owner_user_id, rt.snapshot.grants,
-                                               rt.snapshot.project_grants, _project_of(request))
+    return admin_permissions.of_key_in_project(
+        entry.permissions, entry.owner_user_id, rt.snapshot.grants, rt.snapshot.project_grants, _project_of(request)
+    )
 
 
 def authenticate_admin(request: Request) -> tuple[KeyEntry, Actor]:
@@ -75,8 +76,7 @@ def authenticate_admin(request: Request) -> tuple[KeyEntry, Actor]:
     admin_permissions.check_granted(granted, request.method, request.url.path)
     request.scope[GRANTED] = granted
     rt.last_used.touch(entry.id, rt.clock.now())
-    actor = Actor("api_key", entry.id, {"id": entry.id, "type": "user",
-                                         "user": {"id": entry.owner_user_id}})
+    actor = Actor("api_key", entry.id, {"id": entry.id, "type": "user", "user": {"id": entry.owner_user_id}})
     return entry, actor
 
 
@@ -99,7 +99,8 @@ async def json_body(request: Request, required: bool = True) -> dict[str, Any]:
 
 def list_response(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     return {
-        "object": "list", "data": items,
+        "object": "list",
+        "data": items,
         "first_id": items[0]["id"] if items else None,
         "last_id": items[-1]["id"] if items else None,
         "has_more": has_more,

@@ -33,23 +33,25 @@ def parse_int(raw: str, name: str, minimum: int, maximum: int) -> int:
     """``raw`` as an integer in [minimum, maximum], or a 400 naming ``name``."""
     value = raw.strip()
     if not _INTEGER.fullmatch(value):
-        raise errors.invalid_value(name, f"Invalid '{name}': expected an integer from {minimum} to {maximum}, "
-                                         f"got '{_shown(raw)}'.")
+        raise errors.invalid_value(
+            name, f"Invalid '{name}': expected an integer from {minimum} to {maximum}, got '{_shown(raw)}'."
+        )
     n = int(value)
     if not minimum <= n <= maximum:
-        raise errors.invalid_value(name, f"Invalid '{name}': must be from {minimum} to {maximum}, "
-                                         f"got '{_shown(raw)}'.")
+        raise errors.invalid_value(name, f"Invalid '{name}': must be from {minimum} to {maximum}, got '{_shown(raw)}'.")
     return n
 
 
-def query_int(request: Request, name: str, *, minimum: int, maximum: int, default: int | None = None,
-              required: bool = False) -> int | None:
+def query_int(
+    request: Request, name: str, *, minimum: int, maximum: int, default: int | None = None, required: bool = False
+) -> int | None:
     """The integer query parameter ``name`` (``default`` when absent or empty)."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         if required:
-            raise errors.bad_request(f"Missing required parameter: '{name}'.", param=name,
-                                     code="missing_required_parameter")
+            raise errors.bad_request(
+                f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter"
+            )
         return default
     return parse_int(raw, name, minimum, maximum)
 
@@ -83,6 +85,7 @@ def query_choice(request: Request, name: str, choices: Iterable[str], default: s
     if raw is None or raw == "":
         return default
     if raw not in allowed:
-        raise errors.invalid_value(name, f"Invalid '{name}': expected one of {', '.join(allowed)}, "
-                                         f"got '{_shown(raw)}'.")
+        raise errors.invalid_value(
+            name, f"Invalid '{name}': expected one of {', '.join(allowed)}, got '{_shown(raw)}'."
+        )
     return raw

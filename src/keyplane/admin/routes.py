@@ -35,19 +35,24 @@ async def _key_owner_objects(s: Any, rows: list[ApiKey]) -> tuple[dict[str, User
     uids = {r.owner_user_id for r in rows if r.owner_user_id}
     sids = {r.service_account_id for r in rows if r.service_account_id}
     users = {u.id: u for u in (await s.execute(select(User).where(User.id.in_(uids)))).scalars()} if uids else {}
-    sas = ({a.id: a for a in (await s.execute(select(ServiceAccount).where(ServiceAccount.id.in_(sids)))).scalars()}
-           if sids else {})
+    sas = (
+        {a.id: a for a in (await s.execute(select(ServiceAccount).where(ServiceAccount.id.in_(sids)))).scalars()}
+        if sids
+        else {}
+    )
     return users, sas
 
 
 async def _project_key_dicts(request: Request, s: Any, rows: list[ApiKey]) -> list[dict[str, Any]]:
     users, sas = await _key_owner_objects(s, rows)
     now = _now(request)
-    return [shapes.project_key(r, users.get(r.owner_user_id or ""), sas.get(r.service_account_id or ""), now)
-            for r in rows]
+    return [
+        shapes.project_key(r, users.get(r.owner_user_id or ""), sas.get(r.service_account_id or ""), now) for r in rows
+    ]
 
 
 # --- projects ----------------------------------------------------------------------------------
+
 
 async def list_projects(request: Request) -> JSONResponse:
     authenticate_admin(request)
@@ -93,6 +98,7 @@ async def archive_project(request: Request) -> JSONResponse:
 
 # --- project api keys --------------------------------------------------------------------------
 
+
 async def list_project_keys(request: Request) -> JSONResponse:
     authenticate_admin(request)
     pid = request.path_params["project_id"]
@@ -132,8 +138,13 @@ async def create_project_key(request: Request) -> JSONResponse:
     rt = runtime(request)
     async with rt.write() as s:
         row, value = await control.create_project_key(
-            s, actor, rt.settings.secret_key, request.path_params["project_id"], name=body.get("name"),
-            owner_user_id=body.get("owner_user_id"), permissions=body.get("permissions"),
+            s,
+            actor,
+            rt.settings.secret_key,
+            request.path_params["project_id"],
+            name=body.get("name"),
+            owner_user_id=body.get("owner_user_id"),
+            permissions=body.get("permissions"),
             expires_in_seconds=body.get("expires_in_seconds"),
         )
         (item,) = await _project_key_dicts(request, s, [row])
@@ -147,9 +158,15 @@ async def update_project_key(request: Request) -> JSONResponse:
     async with runtime(request).write() as s:
         # The SDK sends `scopes` ([] = all, ["api.all.read"] = read only); keyplane also takes `permissions`.
         perms = body["scopes"] if "scopes" in body else body.get("permissions")
-        row = await control.update_key(s, actor, request.path_params["key_id"],
-                                       project_id=request.path_params["project_id"], name=body.get("name"),
-                                       permissions=perms, expires_in_seconds=body.get("expires_in_seconds"))
+        row = await control.update_key(
+            s,
+            actor,
+            request.path_params["key_id"],
+            project_id=request.path_params["project_id"],
+            name=body.get("name"),
+            permissions=perms,
+            expires_in_seconds=body.get("expires_in_seconds"),
+        )
         (item,) = await _project_key_dicts(request, s, [row])
     return JSONResponse(item)
 
@@ -160,8 +177,13 @@ async def rotate_project_key(request: Request) -> JSONResponse:
     rt = runtime(request)
     async with rt.write() as s:
         new, value, old = await control.rotate_key(
-            s, actor, rt.settings.secret_key, request.path_params["key_id"],
-            project_id=request.path_params["project_id"], grace_seconds=body.get("grace_period_seconds"))
+            s,
+            actor,
+            rt.settings.secret_key,
+            request.path_params["key_id"],
+            project_id=request.path_params["project_id"],
+            grace_seconds=body.get("grace_period_seconds"),
+        )
         (item,) = await _project_key_dicts(request, s, [new])
     item["value"] = value
     item["rotated_from"] = {"id": old.id, "expires_at": old.expires_at, "revoked_at": old.revoked_at}
@@ -175,8 +197,7 @@ async def _suspend_or_resume(request: Request, suspend: bool) -> JSONResponse:
     if not isinstance(reason, str) or len(reason) > 1000:
         raise errors.bad_request("'reason' must be a string of at most 1000 characters.", param="reason")
     async with runtime(request).write() as s:
-        row = await control.get_key(s, request.path_params["key_id"], request.path_params.get("project_id"),
-                                    "project")
+        row = await control.get_key(s, request.path_params["key_id"], request.path_params.get("project_id"), "project")
         await control.set_suspended(s, actor, row, reason if suspend else None)
         (item,) = await _project_key_dicts(request, s, [row])
     return JSONResponse(item)
@@ -217,12 +238,23 @@ async def lookup_keys(request: Request) -> JSONResponse:
     async with rt.read() as s:
         found = await control.lookup_sha256(s, rt.settings.secret_key, hashes)
     now = _now(request)
-    data = [{"object": "organization.api_key.lookup", "sha256": h, "id": r.id, "project_id": r.project_id,
-             "kind": r.kind, "name": r.name, "status": shapes.key_status(r, now)} for h, r in found]
+    data = [
+        {
+            "object": "organization.api_key.lookup",
+            "sha256": h,
+            "id": r.id,
+            "project_id": r.project_id,
+            "kind": r.kind,
+            "name": r.name,
+            "status": shapes.key_status(r, now),
+        }
+        for h, r in found
+    ]
     return JSONResponse({"object": "list", "data": data})
 
 
 # --- service accounts --------------------------------------------------------------------------
+
 
 async def list_service_accounts(request: Request) -> JSONResponse:
     authenticate_admin(request)
@@ -243,16 +275,22 @@ async def create_service_account(request: Request) -> JSONResponse:
     async with rt.write() as s:
         p = await control.get_project(s, request.path_params["project_id"])
         sa, value = await control.create_service_account(
-            s, actor, p, body.get("name"), secret=rt.settings.secret_key,
-            expires_in_seconds=body.get("expires_in_seconds"))
+            s,
+            actor,
+            p,
+            body.get("name"),
+            secret=rt.settings.secret_key,
+            expires_in_seconds=body.get("expires_in_seconds"),
+        )
     return JSONResponse(shapes.service_account_created(sa, sa.api_key_row, value))  # type: ignore[attr-defined]
 
 
 async def get_service_account(request: Request) -> JSONResponse:
     authenticate_admin(request)
     async with runtime(request).read() as s:
-        sa = await control.get_service_account(s, request.path_params["project_id"],
-                                               request.path_params["service_account_id"])
+        sa = await control.get_service_account(
+            s, request.path_params["project_id"], request.path_params["service_account_id"]
+        )
     return JSONResponse(shapes.service_account(sa))
 
 
@@ -265,6 +303,7 @@ async def delete_service_account(request: Request) -> JSONResponse:
 
 
 # --- users -------------------------------------------------------------------------------------
+
 
 async def list_users(request: Request) -> JSONResponse:
     authenticate_admin(request)
@@ -285,8 +324,9 @@ async def add_user(request: Request) -> JSONResponse:
     body = await json_body(request)
     require_role_grant(granted(request), body.get("role"))  # no escalation (keyplane.members.permissions)
     async with runtime(request).write() as s:
-        u = await control.add_user(s, actor, email=body.get("email"), role=body.get("role", "reader"),
-                                   name=body.get("name") or "")
+        u = await control.add_user(
+            s, actor, email=body.get("email"), role=body.get("role", "reader"), name=body.get("name") or ""
+        )
     return JSONResponse(shapes.user(u))
 
 
@@ -316,6 +356,7 @@ async def delete_user(request: Request) -> JSONResponse:
 
 # --- admin api keys ----------------------------------------------------------------------------
 
+
 async def list_admin_keys(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
@@ -323,12 +364,10 @@ async def list_admin_keys(request: Request) -> JSONResponse:
     descending = query_choice(request, "order", ("asc", "desc"), "asc") == "desc"
     stmt = select(ApiKey).where(ApiKey.kind == "admin", ApiKey.revoked_at.is_(None))
     async with runtime(request).read() as s:
-        rows, more = await control.page(s, ApiKey, stmt, after=q.get("after"), limit=limit,
-                                        descending=descending)
+        rows, more = await control.page(s, ApiKey, stmt, after=q.get("after"), limit=limit, descending=descending)
         users, _ = await _key_owner_objects(s, rows)
     now = _now(request)
-    return JSONResponse(list_response([shapes.admin_key(r, users.get(r.owner_user_id or ""), now) for r in rows],
-                                      more))
+    return JSONResponse(list_response([shapes.admin_key(r, users.get(r.owner_user_id or ""), now) for r in rows], more))
 
 
 async def create_admin_key(request: Request) -> JSONResponse:
@@ -336,10 +375,15 @@ async def create_admin_key(request: Request) -> JSONResponse:
     body = await json_body(request)
     rt = runtime(request)
     async with rt.write() as s:
-        row, value = await control.create_admin_key(s, actor, rt.settings.secret_key, body.get("name"),
-                                                    owner_user_id=entry.owner_user_id,
-                                                    expires_in_seconds=body.get("expires_in_seconds"),
-                                                    role=body.get("role"))
+        row, value = await control.create_admin_key(
+            s,
+            actor,
+            rt.settings.secret_key,
+            body.get("name"),
+            owner_user_id=entry.owner_user_id,
+            expires_in_seconds=body.get("expires_in_seconds"),
+            role=body.get("role"),
+        )
         users, _ = await _key_owner_objects(s, [row])
     d = shapes.admin_key(row, users.get(row.owner_user_id or ""), _now(request))
     d["value"] = value
@@ -365,6 +409,7 @@ async def delete_admin_key(request: Request) -> JSONResponse:
 
 # --- audit logs --------------------------------------------------------------------------------
 
+
 async def list_audit_logs(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
@@ -376,15 +421,21 @@ async def list_audit_logs(request: Request) -> JSONResponse:
             continue
         at = AuditLog.effective_at
         stmt = stmt.where({"gt": at > t, "gte": at >= t, "lt": at < t, "lte": at <= t}[op])
-    for param, col in (("project_ids", AuditLog.project_id), ("event_types", AuditLog.type),
-                       ("actor_ids", AuditLog.actor_id), ("resource_ids", AuditLog.resource_id)):
+    for param, col in (
+        ("project_ids", AuditLog.project_id),
+        ("event_types", AuditLog.type),
+        ("actor_ids", AuditLog.actor_id),
+        ("resource_ids", AuditLog.resource_id),
+    ):
         values = query_list(request, param)
         if values:
             stmt = stmt.where(col.in_(values))
     async with runtime(request).read() as s:
-        rows, more = await control.page(s, AuditLog, stmt, after=q.get("after"), before=q.get("before"),
-                                        limit=limit, descending=True)
+        rows, more = await control.page(
+            s, AuditLog, stmt, after=q.get("after"), before=q.get("before"), limit=limit, descending=True
+        )
         pids = {r.project_id for r in rows if r.project_id}
-        names = dict((await s.execute(select(Project.id, Project.name).where(Project.id.in_(pids)))).all()) \
-            if pids else {}
+        names = (
+            dict((await s.execute(select(Project.id, Project.name).where(Project.id.in_(pids)))).all()) if pids else {}
+        )
     return JSONResponse(list_response([shapes.audit_log(r, names.get(r.project_id or "")) for r in rows], more))

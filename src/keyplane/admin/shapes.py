@@ -10,13 +10,25 @@ from keyplane.store.models import ApiKey, AuditLog, Project, ServiceAccount, Use
 
 
 def project(p: Project) -> dict[str, Any]:
-    return {"id": p.id, "object": "organization.project", "name": p.name, "created_at": p.created_at,
-            "archived_at": p.archived_at, "status": p.status}
+    return {
+        "id": p.id,
+        "object": "organization.project",
+        "name": p.name,
+        "created_at": p.created_at,
+        "archived_at": p.archived_at,
+        "status": p.status,
+    }
 
 
 def user(u: User) -> dict[str, Any]:
-    return {"id": u.id, "object": "organization.user", "name": u.name, "email": u.email, "role": u.role,
-            "added_at": u.added_at}
+    return {
+        "id": u.id,
+        "object": "organization.user",
+        "name": u.name,
+        "email": u.email,
+        "role": u.role,
+        "added_at": u.added_at,
+    }
 
 
 def key_status(k: ApiKey, now: float) -> str:
@@ -32,28 +44,48 @@ def key_status(k: ApiKey, now: float) -> str:
 def _keyplane_ext(k: ApiKey, now: float) -> dict[str, Any]:
     """keyplane's extension fields on a key object (documented in docs/admin-api.md)."""
     return {
-        "permissions": orjson.loads(k.permissions), "status": key_status(k, now), "revoked_at": k.revoked_at,
-        "revoke_reason": k.revoke_reason, "suspended_at": k.suspended_at, "project_id": k.project_id,
+        "permissions": orjson.loads(k.permissions),
+        "status": key_status(k, now),
+        "revoked_at": k.revoked_at,
+        "revoke_reason": k.revoke_reason,
+        "suspended_at": k.suspended_at,
+        "project_id": k.project_id,
     }
 
 
 def project_key(k: ApiKey, owner_user: User | None, sa: ServiceAccount | None, now: float) -> dict[str, Any]:
     owner: dict[str, Any]
     if sa is not None or k.kind == "svc":
-        owner = {"type": "service_account", "service_account": {
-            "id": sa.id if sa else k.service_account_id, "name": sa.name if sa else k.name,
-            "created_at": sa.created_at if sa else k.created_at, "role": sa.role if sa else "member"}}
+        owner = {
+            "type": "service_account",
+            "service_account": {
+                "id": sa.id if sa else k.service_account_id,
+                "name": sa.name if sa else k.name,
+                "created_at": sa.created_at if sa else k.created_at,
+                "role": sa.role if sa else "member",
+            },
+        }
     else:
-        owner = {"type": "user", "user": {
-            "id": owner_user.id if owner_user else k.owner_user_id,
-            "name": owner_user.name if owner_user else "(removed user)",
-            "email": owner_user.email if owner_user else "",
-            "created_at": owner_user.added_at if owner_user else 0,
-            "role": "owner" if owner_user and owner_user.role == "owner" else "member"}}
+        owner = {
+            "type": "user",
+            "user": {
+                "id": owner_user.id if owner_user else k.owner_user_id,
+                "name": owner_user.name if owner_user else "(removed user)",
+                "email": owner_user.email if owner_user else "",
+                "created_at": owner_user.added_at if owner_user else 0,
+                "role": "owner" if owner_user and owner_user.role == "owner" else "member",
+            },
+        }
     d = {
-        "object": "organization.project.api_key", "id": k.id, "name": k.name, "redacted_value": k.redacted_value,
-        "created_at": k.created_at, "last_used_at": k.last_used_at, "expires_at": k.expires_at,
-        "owner": owner, "owner_project_access": "active" if key_status(k, now) == "active" else "inactive",
+        "object": "organization.project.api_key",
+        "id": k.id,
+        "name": k.name,
+        "redacted_value": k.redacted_value,
+        "created_at": k.created_at,
+        "last_used_at": k.last_used_at,
+        "expires_at": k.expires_at,
+        "owner": owner,
+        "owner_project_access": "active" if key_status(k, now) == "active" else "inactive",
     }
     d.update(_keyplane_ext(k, now))
     return d
@@ -61,31 +93,55 @@ def project_key(k: ApiKey, owner_user: User | None, sa: ServiceAccount | None, n
 
 def admin_key(k: ApiKey, owner_user: User | None, now: float) -> dict[str, Any]:
     d = {
-        "object": "organization.admin_api_key", "id": k.id, "name": k.name, "redacted_value": k.redacted_value,
-        "created_at": k.created_at, "last_used_at": k.last_used_at, "expires_at": k.expires_at,
-        "owner": {"type": "user", "object": "organization.user", "id": k.owner_user_id,
-                  "name": owner_user.name if owner_user else None, "created_at": owner_user.added_at if owner_user
-                  else None, "role": "owner"},
+        "object": "organization.admin_api_key",
+        "id": k.id,
+        "name": k.name,
+        "redacted_value": k.redacted_value,
+        "created_at": k.created_at,
+        "last_used_at": k.last_used_at,
+        "expires_at": k.expires_at,
+        "owner": {
+            "type": "user",
+            "object": "organization.user",
+            "id": k.owner_user_id,
+            "name": owner_user.name if owner_user else None,
+            "created_at": owner_user.added_at if owner_user else None,
+            "role": "owner",
+        },
     }
     d.update(_keyplane_ext(k, now))
     return d
 
 
 def service_account(sa: ServiceAccount) -> dict[str, Any]:
-    return {"object": "organization.project.service_account", "id": sa.id, "name": sa.name, "role": sa.role,
-            "created_at": sa.created_at}
+    return {
+        "object": "organization.project.service_account",
+        "id": sa.id,
+        "name": sa.name,
+        "role": sa.role,
+        "created_at": sa.created_at,
+    }
 
 
 def service_account_created(sa: ServiceAccount, k: ApiKey, value: str) -> dict[str, Any]:
     d = service_account(sa)
-    d["api_key"] = {"object": "organization.project.service_account.api_key", "value": value, "name": k.name,
-                    "created_at": k.created_at, "id": k.id, "expires_at": k.expires_at}
+    d["api_key"] = {
+        "object": "organization.project.service_account.api_key",
+        "value": value,
+        "name": k.name,
+        "created_at": k.created_at,
+        "id": k.id,
+        "expires_at": k.expires_at,
+    }
     return d
 
 
 def audit_log(a: AuditLog, project_name: str | None) -> dict[str, Any]:
     d: dict[str, Any] = {
-        "id": a.id, "object": "organization.audit_log", "type": a.type, "effective_at": a.effective_at,
+        "id": a.id,
+        "object": "organization.audit_log",
+        "type": a.type,
+        "effective_at": a.effective_at,
         "actor": orjson.loads(a.actor),
         "project": {"id": a.project_id, "name": project_name} if a.project_id else None,
     }

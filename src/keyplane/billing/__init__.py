@@ -33,8 +33,9 @@ async def start(rt: Any) -> Any:
     if s.redis_url:
         from keyplane.limits.redis_backend import RedisLimiter
 
-        limiter = RedisLimiter(s.redis_url, s.redis_prefix, s.reservation_ttl_seconds,
-                               timeout=getattr(s, "redis_timeout_seconds", 1.0))
+        limiter = RedisLimiter(
+            s.redis_url, s.redis_prefix, s.reservation_ttl_seconds, timeout=getattr(s, "redis_timeout_seconds", 1.0)
+        )
     else:
         from keyplane.limits.memory import MemoryLimiter
 
@@ -45,8 +46,9 @@ async def start(rt: Any) -> Any:
         try:
             await billing.reseed_if_needed()
         except Exception as e:  # Redis down at start: admission answers 503 until it is back
-            logging.getLogger("keyplane.billing").error("Redis unreachable at start (%s: %s); requests are "
-                                                        "refused until it answers", type(e).__name__, e)
+            logging.getLogger("keyplane.billing").error(
+                "Redis unreachable at start (%s: %s); requests are refused until it answers", type(e).__name__, e
+            )
     else:
         await billing.seed()
     await billing.promote()

@@ -61,9 +61,14 @@ class Admission:
         if model in self._warned or len(self._warned) >= 1000:
             return
         self._warned.add(model)
-        log.warning('model `%s` (%s) has no price: it is served and recorded at cost 0 where no spend limit or '
-                    'credit applies, and refused where one does. To price it, add to keyplane.toml under [prices]: '
-                    '"%s" = { input = 0, output = 0 }  (USD per 1M tokens)', model, where, model)
+        log.warning(
+            "model `%s` (%s) has no price: it is served and recorded at cost 0 where no spend limit or "
+            "credit applies, and refused where one does. To price it, add to keyplane.toml under [prices]: "
+            '"%s" = { input = 0, output = 0 }  (USD per 1M tokens)',
+            model,
+            where,
+            model,
+        )
 
     async def admit(self, ctx: Any) -> None:
         if not getattr(ctx, "spending", ctx.model is not None):
@@ -72,8 +77,16 @@ class Admission:
         now = self.clock.now()
         if now >= b.period_end:
             b.rollover(now)
-        args = (b.prices, ctx.endpoint, ctx.model, ctx.body, ctx.max_tokens, bool(getattr(ctx, "context_ref", False)),
-                _form(ctx), b.default_max_tokens)
+        args = (
+            b.prices,
+            ctx.endpoint,
+            ctx.model,
+            ctx.body,
+            ctx.max_tokens,
+            bool(getattr(ctx, "context_ref", False)),
+            _form(ctx),
+            b.default_max_tokens,
+        )
         q = await asyncio.to_thread(quote_mod.quote, *args) if len(ctx.body) > BIG_BODY else quote_mod.quote(*args)
         model = q.model
         if model:
@@ -107,10 +120,22 @@ class Admission:
             ctx.max_tokens = q.out_limit
         if plan.buckets:
             ctx.extra_headers.extend(_headers(plan, result))
-        ctx.reservation = Reservation(rid, cost, want, plan.budgets, plan.buckets,
-                                           {"plan": plan, "prompt": q.prompt, "price": q.price,
-                                            "flat": q.cost if q.flat and q.unpriced is None else None,
-                                            "units": q.units, "tools": q.tools, "per_minute": q.per_minute})
+        ctx.reservation = Reservation(
+            rid,
+            cost,
+            want,
+            plan.budgets,
+            plan.buckets,
+            {
+                "plan": plan,
+                "prompt": q.prompt,
+                "price": q.price,
+                "flat": q.cost if q.flat and q.unpriced is None else None,
+                "units": q.units,
+                "tools": q.tools,
+                "per_minute": q.per_minute,
+            },
+        )
 
     async def _admit_batch(self, ctx: Any, plan: Plan, controlled: bool, now: float) -> None:
         """POST /v1/batches: reserve the input file's estimate at the batch price for the batch's life, or
@@ -120,17 +145,32 @@ class Admission:
         fid, est = await self.batches.input_estimate(ctx)
         self.batches.check_access(ctx, fid, est)  # scopes, model and hosted tool permissions of every request
         if est is None or est.cost is None:
-            why = est.why if est is not None and est.why else (
-                f"its input file `{(fid or '')[:64]}` was not uploaded through keyplane" if fid
-                else "it names no input file")
+            why = (
+                est.why
+                if est is not None and est.why
+                else (
+                    f"its input file `{(fid or '')[:64]}` was not uploaded through keyplane"
+                    if fid
+                    else "it names no input file"
+                )
+            )
             if controlled:
-                raise errors.cost_not_bounded(ctx.endpoint, f"{why}; upload the input file through keyplane "
-                                              "(POST /v1/files with purpose=batch) so that its requests are priced")
+                raise errors.cost_not_bounded(
+                    ctx.endpoint,
+                    f"{why}; upload the input file through keyplane "
+                    "(POST /v1/files with purpose=batch) so that its requests are priced",
+                )
             self._warn_once(f"POST {ctx.endpoint}", "first request")
             # No money control: served with nothing reserved, but kept against the batch id once created
             # (batches.batch_created), so that its output is metered all the same.
-            ctx.reservation = Reservation(ctx.request_id, 0, 0, plan.budgets, (), {
-                "plan": plan, "batch": est if est is not None else Estimate(None, why[:500]), "input_file_id": fid})
+            ctx.reservation = Reservation(
+                ctx.request_id,
+                0,
+                0,
+                plan.budgets,
+                (),
+                {"plan": plan, "batch": est if est is not None else Estimate(None, why[:500]), "input_file_id": fid},
+            )
             return
         cost = max(est.cost, 1) if controlled else est.cost
         rid = ctx.request_id
@@ -141,11 +181,13 @@ class Admission:
             result = await self._fleet_admit(rid, plan, cost, 0, ttl_us)
         if isinstance(result, Denied):
             raise self._refusal(ctx, plan, result, 0, cost, now)
-        ctx.reservation = Reservation(rid, cost, 0, plan.budgets, (),
-                                      {"plan": plan, "batch": est, "input_file_id": fid})
+        ctx.reservation = Reservation(
+            rid, cost, 0, plan.budgets, (), {"plan": plan, "batch": est, "input_file_id": fid}
+        )
 
-    async def _fleet_admit(self, rid: str, plan: Plan, cost: int, want: int,
-                           ttl_us: int | None = None) -> Granted | Denied:
+    async def _fleet_admit(
+        self, rid: str, plan: Plan, cost: int, want: int, ttl_us: int | None = None
+    ) -> Granted | Denied:
         lim = self.b.limiter
         buckets = plan.buckets if ttl_us is None else ()
         try:
@@ -184,8 +226,7 @@ class Admission:
                 what = f"API key `{ctx.key.name}` ({sid})"
             else:
                 what = f"organization {sid}"
-            return errors.spend_limit_reached(scope, what, limit, d.spent + d.reserved, cost, now,
-                                              self.b.period_end)
+            return errors.spend_limit_reached(scope, what, limit, d.spent + d.reserved, cost, now, self.b.period_end)
         where = plan.wheres[d.index]
         bk = plan.buckets[d.index]
         unit = UNITS[d.limit_index]
@@ -197,11 +238,13 @@ class Admission:
         err = errors.rate_limited(model, where, unit, limit, d.used, requested, gcra.go_duration(wait), wait)
         kind = "requests" if d.limit_index in (0, 2) else "tokens"
         if d.limit_index in (0, 1):
-            ctx.extra_headers.extend([
-                (f"x-ratelimit-limit-{kind}".encode(), b"%d" % limit),
-                (f"x-ratelimit-remaining-{kind}".encode(), b"0"),
-                (f"x-ratelimit-reset-{kind}".encode(), gcra.go_duration(wait).encode()),
-            ])
+            ctx.extra_headers.extend(
+                [
+                    (f"x-ratelimit-limit-{kind}".encode(), b"%d" % limit),
+                    (f"x-ratelimit-remaining-{kind}".encode(), b"0"),
+                    (f"x-ratelimit-reset-{kind}".encode(), gcra.go_duration(wait).encode()),
+                ]
+            )
         return err
 
     async def settle(self, ctx: Any) -> None:
@@ -258,7 +301,6 @@ class Admission:
             # The cost is in the usage record (and so in the SQL ledger); the Redis backend queued the
             # settle and replays it when Redis answers again (billing engine, every ledger_flush_seconds).
             _log_store_error(f"settle of {res.rid} failed; queued for replay", e)
-
 
     async def _release(self, res: Reservation) -> None:
         try:

@@ -29,8 +29,12 @@ from keyplane.billing.prices import MICROS, PriceTable
 
 MAX_LINES: Final = 50_000  # the Batch API's own limit of requests per file
 MAX_MODELS: Final = 1000  # distinct models a file may name and still be checked against model permissions
-LINE_KINDS: Final = {"/v1/chat/completions": "batch_completions", "/v1/completions": "batch_completions",
-                     "/v1/responses": "batch_responses", "/v1/embeddings": "batch_embeddings"}
+LINE_KINDS: Final = {
+    "/v1/chat/completions": "batch_completions",
+    "/v1/completions": "batch_completions",
+    "/v1/responses": "batch_responses",
+    "/v1/embeddings": "batch_embeddings",
+}
 
 
 @dataclass(slots=True)
@@ -57,8 +61,11 @@ class Facts:
             self.unchecked = f"line {n}: {e}"
             return
         if asked.duplicated or not isinstance(obj, dict):
-            self.unchecked = (f"line {n} repeats the key '{sorted(asked.duplicated)[0][:40]}'" if asked.duplicated
-                              else f"line {n} is not a JSON object")
+            self.unchecked = (
+                f"line {n} repeats the key '{sorted(asked.duplicated)[0][:40]}'"
+                if asked.duplicated
+                else f"line {n} is not a JSON object"
+            )
             return
         for m in asked.models:
             self.models.setdefault(m, n)
@@ -77,16 +84,28 @@ class Facts:
             self.unnamed = n
 
     def to_json(self) -> dict[str, Any]:
-        return {"models": self.models, "tools": self.tools, "urls": self.urls, "stored_prompt": self.stored_prompt,
-                "unnamed": self.unnamed, "unchecked": self.unchecked}
+        return {
+            "models": self.models,
+            "tools": self.tools,
+            "urls": self.urls,
+            "stored_prompt": self.stored_prompt,
+            "unnamed": self.unnamed,
+            "unchecked": self.unchecked,
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> Facts:
         """As kept in the file's row; a row written before keyplane kept them is unchecked."""
         if not isinstance(data, dict):
             return cls(unchecked="it was uploaded before keyplane read the requests of batch files")
-        return cls(dict(data.get("models") or {}), dict(data.get("tools") or {}), dict(data.get("urls") or {}),
-                   data.get("stored_prompt"), data.get("unnamed"), data.get("unchecked"))
+        return cls(
+            dict(data.get("models") or {}),
+            dict(data.get("tools") or {}),
+            dict(data.get("urls") or {}),
+            data.get("stored_prompt"),
+            data.get("unnamed"),
+            data.get("unchecked"),
+        )
 
 
 @dataclass(slots=True)
@@ -156,8 +175,7 @@ def estimate(prices: PriceTable, content: bytes, default_max_tokens: int) -> Est
     return Estimate(total, None, n, sorted(models)[:100], facts, per_call)
 
 
-def _line(prices: PriceTable, obj: Any, where: str, default_max_tokens: int
-          ) -> tuple[int, str, dict[str, int]] | str:
+def _line(prices: PriceTable, obj: Any, where: str, default_max_tokens: int) -> tuple[int, str, dict[str, int]] | str:
     """(micro-dollars at the batch price, the model, its hosted tools' price per call by usage kind) of one
     request of a batch, or why it cannot be bounded."""
     from keyplane.proxy import canonical, request
@@ -187,11 +205,16 @@ def _line(prices: PriceTable, obj: Any, where: str, default_max_tokens: int
     if per or stored:
         calls = body.get("max_tool_calls")
         if not isinstance(calls, int) or isinstance(calls, bool) or calls < 0:
-            what = (f"enables hosted tools ({', '.join(sorted(per))})" if per
-                    else "names a stored prompt, which may enable hosted tools,")
-            return (f"{where} {what} and sets no `max_tool_calls`: keyplane cannot write one into an uploaded "
-                    "file, so their calls are not bounded; set `max_tool_calls` in each request that enables "
-                    "hosted tools or names a stored prompt")
+            what = (
+                f"enables hosted tools ({', '.join(sorted(per))})"
+                if per
+                else "names a stored prompt, which may enable hosted tools,"
+            )
+            return (
+                f"{where} {what} and sets no `max_tool_calls`: keyplane cannot write one into an uploaded "
+                "file, so their calls are not bounded; set `max_tool_calls` in each request that enables "
+                "hosted tools or names a stored prompt"
+            )
         if per:
             token_cost -= calls * max(per.values())  # the tool calls the quote counted, at their full price
         if stored:
@@ -201,8 +224,10 @@ def _line(prices: PriceTable, obj: Any, where: str, default_max_tokens: int
                 return f"{where} names a stored prompt, which may enable hosted tools, and the price table prices none"
             if not q.tools:  # the quote did not count the model turns of the prompt's tool calls: as it would
                 if q.price is None or not q.price.context_window:
-                    return (f"{where} names a stored prompt, which may enable hosted tools, and the model "
-                            f"`{q.model}` has no context_window in the price table")
+                    return (
+                        f"{where} names a stored prompt, which may enable hosted tools, and the model "
+                        f"`{q.model}` has no context_window in the price table"
+                    )
                 seen = (calls + 1) * max(q.prompt, q.price.context_window)
                 token_cost = max(token_cost, q.price.max_cost(seen, q.tokens - q.prompt))
         tools = calls * max(per.values())  # at their full price: the batch factor applies to tokens

@@ -139,11 +139,23 @@ def parse_output(content: bytes, batch_id: str) -> list[Line]:
         model = body.get("model") if isinstance(body, dict) else None
         urid = resp.get("request_id") if isinstance(resp, dict) else None
         items = body.get("output") if isinstance(body, dict) else None
-        tools = tool_counts((it.get("type"), it.get("container_id")) for it in items if isinstance(it, dict)) \
-            if isinstance(items, list) else {}
-        out.append(Line(record_id(batch_id, custom, dup), model if isinstance(model, str) else None,
-                        status if isinstance(status, int) else 200, p, c, o,
-                        urid[:128] if isinstance(urid, str) else None, tools))
+        tools = (
+            tool_counts((it.get("type"), it.get("container_id")) for it in items if isinstance(it, dict))
+            if isinstance(items, list)
+            else {}
+        )
+        out.append(
+            Line(
+                record_id(batch_id, custom, dup),
+                model if isinstance(model, str) else None,
+                status if isinstance(status, int) else 200,
+                p,
+                c,
+                o,
+                urid[:128] if isinstance(urid, str) else None,
+                tools,
+            )
+        )
     return out
 
 
@@ -198,12 +210,23 @@ class Batches:
         else:
             args = (self.b.prices, content, self.b.default_max_tokens)
             est = await asyncio.to_thread(estimate, *args) if len(content) > 64 * 1024 else estimate(*args)
-        await self._insert(BatchCost(
-            id=fid, object="file", project_id=req.project_id or "", api_key_id=req.key.id,
-            estimate_micros=est.cost, why=est.why, lines=est.lines,
-            data=orjson.dumps({"models": est.models, "facts": est.facts.to_json(),
-                               "tool_prices": est.tool_prices}).decode(),
-            upstream=req.upstream, created_at=int(self.rt.clock.now()), cost_micros=0))
+        await self._insert(
+            BatchCost(
+                id=fid,
+                object="file",
+                project_id=req.project_id or "",
+                api_key_id=req.key.id,
+                estimate_micros=est.cost,
+                why=est.why,
+                lines=est.lines,
+                data=orjson.dumps(
+                    {"models": est.models, "facts": est.facts.to_json(), "tool_prices": est.tool_prices}
+                ).decode(),
+                upstream=req.upstream,
+                created_at=int(self.rt.clock.now()),
+                cost_micros=0,
+            )
+        )
         self._remember(fid, req.project_id or "", est)
 
     def _remember(self, fid: str, project_id: str, est: Estimate) -> None:
@@ -225,13 +248,24 @@ class Batches:
         if est is not None:
             return est
         async with self.rt.read() as s:
-            row = (await s.execute(select(BatchCost).where(BatchCost.id == file_id, BatchCost.object == "file",
-                                                           BatchCost.project_id == project_id))).scalar_one_or_none()
+            row = (
+                await s.execute(
+                    select(BatchCost).where(
+                        BatchCost.id == file_id, BatchCost.object == "file", BatchCost.project_id == project_id
+                    )
+                )
+            ).scalar_one_or_none()
         if row is None:
             return None
         data = orjson.loads(row.data)
-        est = Estimate(row.estimate_micros, row.why, row.lines, list(data.get("models") or []),
-                       Facts.from_json(data.get("facts")), dict(data.get("tool_prices") or {}))
+        est = Estimate(
+            row.estimate_micros,
+            row.why,
+            row.lines,
+            list(data.get("models") or []),
+            Facts.from_json(data.get("facts")),
+            dict(data.get("tool_prices") or {}),
+        )
         self._remember(file_id, project_id, est)
         return est
 
@@ -268,8 +302,11 @@ class Batches:
             need = scopes.required_scope("POST", url)
             if need is not None and not perms.allows(need):
                 where = f"line {at} of the input file `{(file_id or '')[:64]}`" if at else "the batch"
-                raise errors.missing_scope(need, f"The requests of a batch are held to the scopes of the key that "
-                                                 f"creates it: {where} calls {url[:100]}.")
+                raise errors.missing_scope(
+                    need,
+                    f"The requests of a batch are held to the scopes of the key that "
+                    f"creates it: {where} calls {url[:100]}.",
+                )
         access = self.rt.features.access
         if access is not None:
             access.check_batch(ctx.project_id, ctx.key.id, file_id, est.facts if est is not None else None)
@@ -284,17 +321,33 @@ class Batches:
         # An unbounded file (kept with nothing reserved, where no money control applies) priced no model: the
         # models its lines name price the output lines that name none.
         models = est.models or sorted(est.facts.models)[:100]
-        data = {"rid": res.rid, "amount": res.amount, "budgets": [[b.key, b.limit, b.ttl] for b in res.budgets],
-                "models": models, "endpoint": obj.get("endpoint"), "tool_prices": est.tool_prices}
+        data = {
+            "rid": res.rid,
+            "amount": res.amount,
+            "budgets": [[b.key, b.limit, b.ttl] for b in res.budgets],
+            "models": models,
+            "endpoint": obj.get("endpoint"),
+            "tool_prices": est.tool_prices,
+        }
         try:
-            await self._insert(BatchCost(
-                id=bid, object="batch", project_id=req.project_id or "", api_key_id=req.key.id,
-                estimate_micros=res.amount, why=None, lines=est.lines, data=orjson.dumps(data).decode(),
-                upstream=req.upstream, input_file_id=res.extra.get("input_file_id"),
-                created_at=int(self.rt.clock.now()), cost_micros=0))
+            await self._insert(
+                BatchCost(
+                    id=bid,
+                    object="batch",
+                    project_id=req.project_id or "",
+                    api_key_id=req.key.id,
+                    estimate_micros=res.amount,
+                    why=None,
+                    lines=est.lines,
+                    data=orjson.dumps(data).decode(),
+                    upstream=req.upstream,
+                    input_file_id=res.extra.get("input_file_id"),
+                    created_at=int(self.rt.clock.now()),
+                    cost_micros=0,
+                )
+            )
         except Exception:
-            log.exception("batch %s: could not keep its reservation; it is released and the batch is not metered",
-                          bid)
+            log.exception("batch %s: could not keep its reservation; it is released and the batch is not metered", bid)
             return
         res.extra["kept"] = True  # settle of the create leaves it held (billing.admission)
 
@@ -311,9 +364,16 @@ class Batches:
         """A file's content read through keyplane: if it is the output of a batch not metered yet, the batch is
         retrieved from the upstream and metered when it is terminal."""
         async with self.rt.read() as s:
-            rows = (await s.execute(select(BatchCost.id, BatchCost.upstream).where(
-                BatchCost.object == "batch", BatchCost.project_id == project_id, BatchCost.settled_at.is_(None))
-                .order_by(BatchCost.created_at.desc()).limit(20))).all()
+            rows = (
+                await s.execute(
+                    select(BatchCost.id, BatchCost.upstream)
+                    .where(
+                        BatchCost.object == "batch", BatchCost.project_id == project_id, BatchCost.settled_at.is_(None)
+                    )
+                    .order_by(BatchCost.created_at.desc())
+                    .limit(20)
+                )
+            ).all()
         for bid, upstream in rows:
             if bid in self.settled:
                 continue
@@ -333,10 +393,18 @@ class Batches:
             return 0
         now = self.rt.clock.now()
         async with self.rt.read() as s:
-            rows = (await s.execute(select(BatchCost.id, BatchCost.upstream, BatchCost.project_id,
-                                           BatchCost.api_key_id).where(
-                BatchCost.object == "batch", BatchCost.settled_at.is_(None),
-                BatchCost.created_at <= int(now) - min_age).order_by(BatchCost.created_at).limit(1000))).all()
+            rows = (
+                await s.execute(
+                    select(BatchCost.id, BatchCost.upstream, BatchCost.project_id, BatchCost.api_key_id)
+                    .where(
+                        BatchCost.object == "batch",
+                        BatchCost.settled_at.is_(None),
+                        BatchCost.created_at <= int(now) - min_age,
+                    )
+                    .order_by(BatchCost.created_at)
+                    .limit(1000)
+                )
+            ).all()
         live = {bid for bid, _, _, _ in rows}
         self._polled = {k: v for k, v in self._polled.items() if k in live}
         self._cancelled &= live
@@ -348,8 +416,9 @@ class Batches:
                 try:
                     await self._stop(bid, upstream, pid, kid, why)
                 except Exception as e:  # the upstream unreachable: tried again at the next poll
-                    log.warning("batch %s: could not cancel it at the provider (%s: %s); will retry", bid,
-                                type(e).__name__, e)
+                    log.warning(
+                        "batch %s: could not cancel it at the provider (%s: %s); will retry", bid, type(e).__name__, e
+                    )
         done = 0
         for bid, upstream, pid, _ in rows:
             if limit <= 0:
@@ -393,8 +462,9 @@ class Batches:
         """Cancel a running batch at its provider (``POST /v1/batches/{id}/cancel``), once per instance: what it
         produced until then is metered when it is terminal (cancelled), as any batch. Audited as
         ``batch.cancelled``."""
-        status, body = await self._call(self.router, self.client, upstream, project_id, "POST",
-                                        f"/v1/batches/{bid}/cancel")
+        status, body = await self._call(
+            self.router, self.client, upstream, project_id, "POST", f"/v1/batches/{bid}/cancel"
+        )
         if status >= 500 or status == 429:
             raise errors.upstream_error(f"The upstream answered {status} to the cancel.")
         self._cancelled.add(bid)  # answered: not asked again (a batch already finished answers an error)
@@ -406,9 +476,15 @@ class Batches:
 
         try:
             async with self.rt.sessions() as s, s.begin():
-                await control.audit(s, control.SYSTEM_ACTOR, "batch.cancelled",
-                                    {"id": bid, "api_key_id": key_id, "reason": why},
-                                    project_id=project_id or None, resource_id=bid, at=int(self.rt.clock.now()))
+                await control.audit(
+                    s,
+                    control.SYSTEM_ACTOR,
+                    "batch.cancelled",
+                    {"id": bid, "api_key_id": key_id, "reason": why},
+                    project_id=project_id or None,
+                    resource_id=bid,
+                    at=int(self.rt.clock.now()),
+                )
         except Exception:
             log.exception("batch %s: the audit entry of its cancel could not be written", bid)
 
@@ -426,10 +502,15 @@ class Batches:
         now = int(self.rt.clock.now())
         async with self.rt.sessions() as s, s.begin():
             claimed = await s.execute(
-                update(BatchCost).where(BatchCost.id == bid, BatchCost.object == "batch",
-                                        BatchCost.settled_at.is_(None),
-                                        (BatchCost.claimed_at.is_(None)) | (BatchCost.claimed_at < now - LEASE_SECONDS))
-                .values(claimed_at=now))
+                update(BatchCost)
+                .where(
+                    BatchCost.id == bid,
+                    BatchCost.object == "batch",
+                    BatchCost.settled_at.is_(None),
+                    (BatchCost.claimed_at.is_(None)) | (BatchCost.claimed_at < now - LEASE_SECONDS),
+                )
+                .values(claimed_at=now)
+            )
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             async with self.rt.read() as s:
                 done = (await s.execute(select(BatchCost.settled_at).where(BatchCost.id == bid))).scalar_one_or_none()
@@ -445,8 +526,11 @@ class Batches:
                 await s.execute(update(BatchCost).where(BatchCost.id == bid).values(claimed_at=None))
             raise
         async with self.rt.sessions() as s, s.begin():
-            await s.execute(update(BatchCost).where(BatchCost.id == bid)
-                            .values(settled_at=int(self.rt.clock.now()), cost_micros=total))
+            await s.execute(
+                update(BatchCost)
+                .where(BatchCost.id == bid)
+                .values(settled_at=int(self.rt.clock.now()), cost_micros=total)
+            )
         self.settled.add(bid)
         if len(self.settled) > 100_000:
             self.settled.clear()
@@ -459,8 +543,9 @@ class Batches:
         unread: str | None = None  # why the output cannot be read, ever: billed at the reservation, estimated
         if isinstance(out_id, str) and out_id:
             try:
-                content = await self._get_bytes(router, client, row.upstream, row.project_id,
-                                                f"/v1/files/{out_id}/content")
+                content = await self._get_bytes(
+                    router, client, row.upstream, row.project_id, f"/v1/files/{out_id}/content"
+                )
             except OutputUnreadable as e:
                 unread = str(e)
             else:
@@ -490,35 +575,85 @@ class Batches:
             tokens_in += ln.prompt
             tokens_out += ln.completion
             rec = Record(
-                ln.rid, now, snap.org_id or None, row.project_id, row.api_key_id,
-                entry.owner_user_id if entry is not None else None, ln.model or model, row.upstream, kind, endpoint,
-                ln.status, ln.prompt, ln.cached, ln.completion, cost, part_in, 0.0, None, False, False, False, 1,
-                None, ln.upstream_request_id, 0)
+                ln.rid,
+                now,
+                snap.org_id or None,
+                row.project_id,
+                row.api_key_id,
+                entry.owner_user_id if entry is not None else None,
+                ln.model or model,
+                row.upstream,
+                kind,
+                endpoint,
+                ln.status,
+                ln.prompt,
+                ln.cached,
+                ln.completion,
+                cost,
+                part_in,
+                0.0,
+                None,
+                False,
+                False,
+                False,
+                1,
+                None,
+                ln.upstream_request_id,
+                0,
+            )
             records.append(rec)
             # Hosted tool calls: at their full price per call (per container session), in the tool buckets.
             for tool_kind, micros in quote_mod.tool_cost(per_call, ln.tools).items():
                 total += micros
-                records.append(msgspec.structs.replace(
-                    rec, id=record_id(row.id, f"{ln.rid}\0{tool_kind}"), kind=tool_kind, input_tokens=0,
-                    cached_tokens=0, output_tokens=0, cost_micros=micros, cost_input_micros=0,
-                    units=ln.tools[tool_kind]))
+                records.append(
+                    msgspec.structs.replace(
+                        rec,
+                        id=record_id(row.id, f"{ln.rid}\0{tool_kind}"),
+                        kind=tool_kind,
+                        input_tokens=0,
+                        cached_tokens=0,
+                        output_tokens=0,
+                        cost_micros=micros,
+                        cost_input_micros=0,
+                        units=ln.tools[tool_kind],
+                    )
+                )
         if unread is not None:
             # The output is gone (deleted before it was metered, expired) or too large to read: the batch ran and
             # the provider bills it, so it is billed at what was reserved for it (its bound), marked estimated.
             total = int(data.get("amount") or 0)
             name = fallback[0] if fallback is not None else next(iter(data.get("models") or []), None)
-            records.append(Record(
-                record_id(row.id, "\0estimated"), now, snap.org_id or None, row.project_id, row.api_key_id,
-                entry.owner_user_id if entry is not None else None, name, row.upstream, kind, endpoint, 200,
-                cost_micros=total, estimated=True, attempts=1, error=unread[:200]))
-            log.warning("batch %s: %s; billed at its reservation, %d micro-dollars (estimated)", row.id, unread,
-                        total)
+            records.append(
+                Record(
+                    record_id(row.id, "\0estimated"),
+                    now,
+                    snap.org_id or None,
+                    row.project_id,
+                    row.api_key_id,
+                    entry.owner_user_id if entry is not None else None,
+                    name,
+                    row.upstream,
+                    kind,
+                    endpoint,
+                    200,
+                    cost_micros=total,
+                    estimated=True,
+                    attempts=1,
+                    error=unread[:200],
+                )
+            )
+            log.warning("batch %s: %s; billed at its reservation, %d micro-dollars (estimated)", row.id, unread, total)
         usage = self.rt.pipeline.usage if self.rt.pipeline is not None else None
         append = getattr(usage, "append_records", None)
         if append is not None and records:
             append(records)
-        res = Reservation(str(data.get("rid") or row.id), int(data.get("amount") or 0), 0,
-                          tuple(BudgetRef(k, lim, ttl) for k, lim, ttl in data.get("budgets") or []), ())
+        res = Reservation(
+            str(data.get("rid") or row.id),
+            int(data.get("amount") or 0),
+            0,
+            tuple(BudgetRef(k, lim, ttl) for k, lim, ttl in data.get("budgets") or []),
+            (),
+        )
         try:
             await self.b.limiter.settle(res, total, 0)
         except Exception as e:  # queued for replay by the Redis backend; the SQL ledger has it from the records
@@ -527,14 +662,28 @@ class Batches:
         if guard is not None and entry is not None and records:  # the kill switch sees a batch's spend
             from keyplane.proxy.context import RequestContext
 
-            ctx = RequestContext(row.id, entry, row.project_id, endpoint, "POST", status=200,
-                                 prompt_tokens=tokens_in, completion_tokens=tokens_out, cost_micros=total)
+            ctx = RequestContext(
+                row.id,
+                entry,
+                row.project_id,
+                endpoint,
+                "POST",
+                status=200,
+                prompt_tokens=tokens_in,
+                completion_tokens=tokens_out,
+                cost_micros=total,
+            )
             try:
                 await guard.observe(ctx)
             except Exception:
                 log.exception("batch %s: the kill switch could not observe it", row.id)
-        log.info("batch %s metered: %d requests, %d micro-dollars (reserved %s)", row.id, len(records), total,
-                 data.get("amount"))
+        log.info(
+            "batch %s metered: %d requests, %d micro-dollars (reserved %s)",
+            row.id,
+            len(records),
+            total,
+            data.get("amount"),
+        )
         return total
 
     def _dep(self, router: Any, upstream: str | None, project_id: str) -> Any:
@@ -548,8 +697,9 @@ class Batches:
             raise errors.upstream_error(f"The upstream `{upstream}` that holds the batch is not usable.")
         return dep
 
-    async def _call(self, router: Any, client: Any, upstream: str | None, project_id: str, method: str,
-                    path: str) -> tuple[int, bytes]:
+    async def _call(
+        self, router: Any, client: Any, upstream: str | None, project_id: str, method: str, path: str
+    ) -> tuple[int, bytes]:
         """(status, body) of a call to the upstream holding the batch; raises OutputUnreadable for a body larger
         than keyplane reads."""
         dep = self._dep(router, upstream, project_id)

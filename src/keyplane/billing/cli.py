@@ -5,7 +5,6 @@ the revision, so running instances apply them within a poll interval. Spend show
 SQL ledger holds (settled costs are written every ledger_flush_seconds).
 """
 
-
 import time
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -74,8 +73,9 @@ def register(app: typer.Typer) -> None:
     from keyplane.cli import JsonOpt, out, print_json, run_store, settings, table, ts
 
     credit_app = typer.Typer(help="Prepaid credit: add grants, show the balance.", no_args_is_help=True)
-    limits_app = typer.Typer(help="Spend limits and rate limits of the organization, projects and keys.",
-                             no_args_is_help=True)
+    limits_app = typer.Typer(
+        help="Spend limits and rate limits of the organization, projects and keys.", no_args_is_help=True
+    )
     app.add_typer(credit_app, name="credit")
     app.add_typer(limits_app, name="limits")
     from keyplane.billing.prices_check import register as register_prices
@@ -122,16 +122,19 @@ def register(app: typer.Typer) -> None:
             cfg = await _config(session, s)
             granted = sum(g.amount_micros for g in cfg.grants) // state.CENT
             now = time.time()
-            return credit.balance_object(granted, cfg.credit_used(), cfg.credit_cap(now), 0,
-                                         enforce if enforce is not None else bool(cfg.grants))
+            return credit.balance_object(
+                granted, cfg.credit_used(), cfg.credit_cap(now), 0, enforce if enforce is not None else bool(cfg.grants)
+            )
 
         b = run_store(s, go)
         if json:
             print_json(b)
             return
-        out.print(f"granted    {_usd(b['granted'])}\nused       {_usd(b['used'])}\n"
-                  f"expired    {_usd(b['expired'])}\navailable  {_usd(b['available'])}\n"
-                  f"enforced   {'yes' if b['enforced'] else 'no'}")
+        out.print(
+            f"granted    {_usd(b['granted'])}\nused       {_usd(b['used'])}\n"
+            f"expired    {_usd(b['expired'])}\navailable  {_usd(b['available'])}\n"
+            f"enforced   {'yes' if b['enforced'] else 'no'}"
+        )
 
     @credit_app.command("list")
     def list_grants(json: JsonOpt = False) -> None:
@@ -147,9 +150,14 @@ def register(app: typer.Typer) -> None:
         if json:
             print_json([credit.grant_object(g) for g in rows])
             return
-        table("Credit grants", ["id", "amount", "used", "created", "expires", "note"],
-              [(g.id, _usd(g.amount_cents), fmt.usd(g.used_micros, "up"), ts(g.created_at), ts(g.expires_at),
-                g.note) for g in rows])
+        table(
+            "Credit grants",
+            ["id", "amount", "used", "created", "expires", "note"],
+            [
+                (g.id, _usd(g.amount_cents), fmt.usd(g.used_micros, "up"), ts(g.created_at), ts(g.expires_at), g.note)
+                for g in rows
+            ],
+        )
 
     @limits_app.command("show")
     def show(project: ProjectOpt = None, key: KeyOpt = None, json: JsonOpt = False) -> None:
@@ -175,9 +183,17 @@ def register(app: typer.Typer) -> None:
                 out.print(f"resets            {fmt.until(time.time(), lim['resets_at'])}")
         else:
             out.print("spend limit       none")
-        rows = [(r["model"], r["max_requests_per_1_minute"] or "-", r["max_tokens_per_1_minute"] or "-",
-                 r["max_requests_per_1_day"] or "-", r["max_tokens_per_1_day"] or "-", r["source"])
-                for r in d["rate_limits"]]
+        rows = [
+            (
+                r["model"],
+                r["max_requests_per_1_minute"] or "-",
+                r["max_tokens_per_1_minute"] or "-",
+                r["max_requests_per_1_day"] or "-",
+                r["max_tokens_per_1_day"] or "-",
+                r["source"],
+            )
+            for r in d["rate_limits"]
+        ]
         if rows:
             table("Rate limits (0 or -: none)", ["model", "RPM", "TPM", "RPD", "TPD", "from"], rows)
 
@@ -187,8 +203,9 @@ def register(app: typer.Typer) -> None:
         key: KeyOpt = None,
         spend_limit: Annotated[str | None, typer.Option(help="Monthly hard spend limit in USD.")] = None,
         no_spend_limit: Annotated[bool, typer.Option("--no-spend-limit", help="Remove the spend limit.")] = False,
-        inactive: Annotated[bool, typer.Option("--inactive", help="Keep the spend limit without enforcing it.")]
-        = False,
+        inactive: Annotated[
+            bool, typer.Option("--inactive", help="Keep the spend limit without enforcing it.")
+        ] = False,
         model: Annotated[str | None, typer.Option("--model", "-m", help="Model whose rate limits to set.")] = None,
         rpm: Annotated[int | None, typer.Option(help="Requests per minute (0: no limit).", min=0)] = None,
         tpm: Annotated[int | None, typer.Option(help="Tokens per minute (0: no limit).", min=0)] = None,
@@ -203,8 +220,10 @@ def register(app: typer.Typer) -> None:
 
         rates = {n: v for n, v in zip(ratelimits.FIELDS, (rpm, tpm, rpd, tpd), strict=True) if v is not None}
         if spend_limit is None and not no_spend_limit and not rates and not reset:
-            raise fail("Nothing to set: give --spend-limit, --no-spend-limit, or --model with --rpm/--tpm/--rpd/--tpd "
-                       "(or --reset).")
+            raise fail(
+                "Nothing to set: give --spend-limit, --no-spend-limit, or --model with --rpm/--tpm/--rpd/--tpd "
+                "(or --reset)."
+            )
         if (rates or reset) and not model:
             raise fail("--rpm, --tpm, --rpd, --tpd and --reset need --model.")
         if (rates or reset) and not project:
@@ -258,8 +277,7 @@ async def _config(session: Any, s: Any) -> Any:
     return await state.load_from(await session.connection(), tbl, -1)
 
 
-async def _show(session: Any, s: Any, project: str | None, key: str | None, only: str | None = None
-                ) -> dict[str, Any]:
+async def _show(session: Any, s: Any, project: str | None, key: str | None, only: str | None = None) -> dict[str, Any]:
     from keyplane.billing import ratelimits, spend, state
     from keyplane.billing.models import SpendLedger, SpendLimit
 
@@ -268,14 +286,26 @@ async def _show(session: Any, s: Any, project: str | None, key: str | None, only
     period = state.period_of(now)
     tbl, prices = _tables(s)
     cfg = await _config(session, s)
-    micros = (await session.execute(select(func.coalesce(func.sum(SpendLedger.micros), 0)).where(
-        SpendLedger.period == period, SpendLedger.scope == scope, SpendLedger.scope_id == sid))).scalar() or 0
-    row = (await session.execute(select(SpendLimit).where(SpendLimit.scope == scope,
-                                                          SpendLimit.scope_id == sid))).scalar()
-    out: dict[str, Any] = {"scope": scope, "id": sid, "label": label, "tier": cfg.tier, "period": period,
-                           "spent": -(-int(micros) // state.CENT),
-                           "spend_limit": spend.limit_object(scope, row, int(micros), now) if row else None,
-                           "rate_limits": []}
+    micros = (
+        await session.execute(
+            select(func.coalesce(func.sum(SpendLedger.micros), 0)).where(
+                SpendLedger.period == period, SpendLedger.scope == scope, SpendLedger.scope_id == sid
+            )
+        )
+    ).scalar() or 0
+    row = (
+        await session.execute(select(SpendLimit).where(SpendLimit.scope == scope, SpendLimit.scope_id == sid))
+    ).scalar()
+    out: dict[str, Any] = {
+        "scope": scope,
+        "id": sid,
+        "label": label,
+        "tier": cfg.tier,
+        "period": period,
+        "spent": -(-int(micros) // state.CENT),
+        "spend_limit": spend.limit_object(scope, row, int(micros), now) if row else None,
+        "rate_limits": [],
+    }
     if scope != "organization":
         models = ratelimits.models_of(s, prices, tbl, {m for (_, _, m) in cfg.overrides})
         for m in models:

@@ -23,29 +23,35 @@ MAX_CENTS = 10**11  # a billion dollars: larger is a typo
 def check_grant(body: dict[str, Any], now: float) -> tuple[int, str, int | None, str | None]:
     amount = body.get("amount")
     if amount is None:
-        raise errors.bad_request("Missing required parameter: 'amount' (integer cents).", param="amount",
-                                 code="missing_required_parameter")
+        raise errors.bad_request(
+            "Missing required parameter: 'amount' (integer cents).", param="amount", code="missing_required_parameter"
+        )
     if isinstance(amount, bool) or not isinstance(amount, int):
-        raise errors.bad_request("'amount' must be an integer number of cents, e.g. 2500 for $25.00.",
-                                 param="amount", code="invalid_type")
+        raise errors.bad_request(
+            "'amount' must be an integer number of cents, e.g. 2500 for $25.00.", param="amount", code="invalid_type"
+        )
     if not 0 < amount <= MAX_CENTS:
-        raise errors.bad_request(f"'amount' must be between 1 and {MAX_CENTS} cents.", param="amount",
-                                 code="invalid_value")
+        raise errors.bad_request(
+            f"'amount' must be between 1 and {MAX_CENTS} cents.", param="amount", code="invalid_value"
+        )
     currency = body.get("currency", "usd")
     if not isinstance(currency, str) or currency.lower() != "usd":
-        raise errors.bad_request("'currency' must be 'usd' (the only currency keyplane bills in).",
-                                 param="currency", code="invalid_value")
+        raise errors.bad_request(
+            "'currency' must be 'usd' (the only currency keyplane bills in).", param="currency", code="invalid_value"
+        )
     expires_at = body.get("expires_at")
     if expires_at is not None:
         if isinstance(expires_at, bool) or not isinstance(expires_at, int):
-            raise errors.bad_request("'expires_at' must be a unix time in seconds.", param="expires_at",
-                                     code="invalid_type")
+            raise errors.bad_request(
+                "'expires_at' must be a unix time in seconds.", param="expires_at", code="invalid_type"
+            )
         if expires_at <= now:
             raise errors.bad_request("'expires_at' must be in the future.", param="expires_at", code="invalid_value")
     note = body.get("note")
     if note is not None and (not isinstance(note, str) or len(note) > 1000):
-        raise errors.bad_request("'note' must be a string of at most 1000 characters.", param="note",
-                                 code="invalid_value")
+        raise errors.bad_request(
+            "'note' must be a string of at most 1000 characters.", param="note", code="invalid_value"
+        )
     unknown = set(body) - {"amount", "currency", "expires_at", "note"}
     if unknown:
         name = sorted(unknown)[0]
@@ -53,36 +59,64 @@ def check_grant(body: dict[str, Any], now: float) -> tuple[int, str, int | None,
     return amount, "usd", expires_at, note
 
 
-async def create_grant(s: AsyncSession, actor: control.Actor, body: dict[str, Any], now: float,
-                       table: tiers.TierTable) -> CreditGrant:
+async def create_grant(
+    s: AsyncSession, actor: control.Actor, body: dict[str, Any], now: float, table: tiers.TierTable
+) -> CreditGrant:
     amount, currency, expires_at, note = check_grant(body, now)
     if await control.get_org(s) is None:
         raise errors.bad_request("keyplane is not initialized; run `keyplane init` first.")
     t = int(now)
-    g = CreditGrant(id=ids.new_id("cg_"), amount_cents=amount, currency=currency, created_at=t,
-                    expires_at=expires_at, note=note, used_micros=0)
+    g = CreditGrant(
+        id=ids.new_id("cg_"),
+        amount_cents=amount,
+        currency=currency,
+        created_at=t,
+        expires_at=expires_at,
+        note=note,
+        used_micros=0,
+    )
     s.add(g)
     await s.flush()
-    await control.audit(s, actor, "credit_grant.created", {"id": g.id, "data": {
-        "amount": amount, "currency": currency, "expires_at": expires_at, "note": note}}, resource_id=g.id, at=t)
+    await control.audit(
+        s,
+        actor,
+        "credit_grant.created",
+        {"id": g.id, "data": {"amount": amount, "currency": currency, "expires_at": expires_at, "note": note}},
+        resource_id=g.id,
+        at=t,
+    )
     await control.bump_revision(s)
     await tiers.promote(s, table, now)
     return g
 
 
 def grant_object(g: CreditGrant) -> dict[str, Any]:
-    return {"object": "organization.credit_grant", "id": g.id, "amount": g.amount_cents, "currency": g.currency,
-            "created_at": g.created_at, "expires_at": g.expires_at, "note": g.note}
+    return {
+        "object": "organization.credit_grant",
+        "id": g.id,
+        "amount": g.amount_cents,
+        "currency": g.currency,
+        "created_at": g.created_at,
+        "expires_at": g.expires_at,
+        "note": g.note,
+    }
 
 
-def balance_object(granted_cents: int, used_micros: int, cap_micros: int, reserved_micros: int,
-                   enforced: bool) -> dict[str, Any]:
+def balance_object(
+    granted_cents: int, used_micros: int, cap_micros: int, reserved_micros: int, enforced: bool
+) -> dict[str, Any]:
     """Cents for the API (used rounded up, available down: never more than there is), micro-dollars beside."""
     expired = granted_cents * CENT - cap_micros
     available = cap_micros - used_micros
     return {
-        "object": "organization.credit_balance", "currency": "usd",
-        "granted": granted_cents, "used": -(-used_micros // CENT), "available": max(0, available // CENT),
-        "expired": max(0, expired // CENT), "reserved": -(-reserved_micros // CENT), "enforced": enforced,
-        "used_micros": used_micros, "available_micros": available,
+        "object": "organization.credit_balance",
+        "currency": "usd",
+        "granted": granted_cents,
+        "used": -(-used_micros // CENT),
+        "available": max(0, available // CENT),
+        "expired": max(0, expired // CENT),
+        "reserved": -(-reserved_micros // CENT),
+        "enforced": enforced,
+        "used_micros": used_micros,
+        "available_micros": available,
     }

@@ -47,8 +47,15 @@ class Plan:
 class Billing:
     poll_seconds = TICK  # the background step's period; a snapshot change wakes it at once (on_change)
 
-    def __init__(self, rt: Runtime, prices: PriceTable, table: tiers.TierTable, limiter: Limiter,
-                 ledger: ledger_mod.Ledger, fleet: bool) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        prices: PriceTable,
+        table: tiers.TierTable,
+        limiter: Limiter,
+        ledger: ledger_mod.Ledger,
+        fleet: bool,
+    ) -> None:
         self.rt = rt
         self.prices = prices
         self.tiers = table
@@ -156,8 +163,15 @@ class Billing:
                 if any(klimits):
                     buckets.append(Bucket(f"k:{entry.id}:{model}", klimits))
                     wheres.append(f"API key `{entry.name}` ({entry.id})")
-        return Plan(self.period, self.prices.lookup(model), tuple(budgets), tuple(scopes), tuple(buckets),
-                    tuple(wheres), tuple(b.key for b in budgets))
+        return Plan(
+            self.period,
+            self.prices.lookup(model),
+            tuple(budgets),
+            tuple(scopes),
+            tuple(buckets),
+            tuple(wheres),
+            tuple(b.key for b in budgets),
+        )
 
     def effective_limits(self, scope: str, sid: str, model: str) -> tuple[int, int, int, int]:
         """A project's limits for a model: its overrides over the tier's defaults."""
@@ -191,8 +205,10 @@ class Billing:
                 return
             after_loss = self.seen_epoch
             if after_loss:
-                log.warning("the shared budget counters are gone (Redis restarted empty or flushed): requests "
-                            "wait until they are rebuilt from SQL and the journal")
+                log.warning(
+                    "the shared budget counters are gone (Redis restarted empty or flushed): requests "
+                    "wait until they are rebuilt from SQL and the journal"
+                )
             await self.limiter.seed(snap.spent, ttls, after_loss=after_loss)
             self.epoch = await epoch()
             self.seen_epoch = True
@@ -211,9 +227,15 @@ class Billing:
 
         now = self.rt.clock.now()
         async with self.rt.read() as s:
-            rows = (await s.execute(select(BatchCost.id, BatchCost.data, BatchCost.created_at).where(
-                BatchCost.object == "batch", BatchCost.settled_at.is_(None),
-                BatchCost.created_at > int(now) - RESERVE_SECONDS))).all()
+            rows = (
+                await s.execute(
+                    select(BatchCost.id, BatchCost.data, BatchCost.created_at).where(
+                        BatchCost.object == "batch",
+                        BatchCost.settled_at.is_(None),
+                        BatchCost.created_at > int(now) - RESERVE_SECONDS,
+                    )
+                )
+            ).all()
         batches = self.rt.features.batches
         held: dict[str, Reservation] = {}
         for bid, raw, created in rows:
@@ -221,8 +243,13 @@ class Billing:
                 continue  # being metered (or metered) by this process: its settle releases the reservation
             try:
                 data = orjson.loads(raw)
-                res = Reservation(str(data.get("rid") or bid), int(data.get("amount") or 0), 0, tuple(
-                    BudgetRef(str(k), None, int(ttl)) for k, _, ttl in data.get("budgets") or []), ())
+                res = Reservation(
+                    str(data.get("rid") or bid),
+                    int(data.get("amount") or 0),
+                    0,
+                    tuple(BudgetRef(str(k), None, int(ttl)) for k, _, ttl in data.get("budgets") or []),
+                    (),
+                )
             except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
                 log.warning("batch %s: its reservation cannot be read from its row; not held again", bid)
                 continue
@@ -235,8 +262,15 @@ class Billing:
             gone: list[str] = []
             async with self.rt.read() as s:
                 for i in range(0, len(ids), 500):
-                    gone.extend((await s.execute(select(BatchCost.id).where(
-                        BatchCost.id.in_(ids[i:i + 500]), BatchCost.settled_at.is_not(None)))).scalars())
+                    gone.extend(
+                        (
+                            await s.execute(
+                                select(BatchCost.id).where(
+                                    BatchCost.id.in_(ids[i : i + 500]), BatchCost.settled_at.is_not(None)
+                                )
+                            )
+                        ).scalars()
+                    )
             for bid in gone:
                 await self.limiter.settle(held.pop(bid), 0, 0)
             log.info("held the reservations of %d running batches again", len(held))
@@ -264,13 +298,22 @@ class Billing:
         if writer is None:
             return
         credit = self.credit_key if self.credit_active else None
-        snap = await ledger_mod.snapshot(self.rt.engine, self.period, self.journal, credit, before_us=current[0],
-                                         writer=writer.writer, journal_only=True)
+        snap = await ledger_mod.snapshot(
+            self.rt.engine,
+            self.period,
+            self.journal,
+            credit,
+            before_us=current[0],
+            writer=writer.writer,
+            journal_only=True,
+        )
         extra = {k: v for k, v in snap.spent.items() if v}
         if extra:
             await self.limiter.top_up(f"{current[0]}:{writer.writer}", extra)  # type: ignore[attr-defined]
-            log.warning("budget counters rebuilt by another instance: added this instance's %d unapplied "
-                        "usage records", snap.unapplied)
+            log.warning(
+                "budget counters rebuilt by another instance: added this instance's %d unapplied usage records",
+                snap.unapplied,
+            )
 
     def reseed_soon(self) -> None:
         """Admission found no counters: rebuild them in the background (requests are refused meanwhile)."""
@@ -334,8 +377,12 @@ class Billing:
             except Exception as e:  # the store or Redis may be briefly unreachable: try again next tick
                 if mono() >= quiet_until:  # once every 30 s at most, not every tick
                     quiet_until = mono() + 30
-                    log.warning("billing background step failed (%s: %s); will retry", type(e).__name__, e,
-                                exc_info=log.isEnabledFor(logging.DEBUG))
+                    log.warning(
+                        "billing background step failed (%s: %s); will retry",
+                        type(e).__name__,
+                        e,
+                        exc_info=log.isEnabledFor(logging.DEBUG),
+                    )
 
     async def _poll_batches(self) -> None:
         """Batches that finished at the provider and nobody read through keyplane: metered (billing/batches.py)."""
@@ -399,7 +446,8 @@ class Billing:
             await asyncio.wait_for(self.retry_pending(), 5)
         pending = getattr(self.limiter, "pending", None)
         if pending:
-            log.warning("%d settles never reached Redis; the counters are rebuilt from SQL if Redis lost them",
-                        len(pending))
+            log.warning(
+                "%d settles never reached Redis; the counters are rebuilt from SQL if Redis lost them", len(pending)
+            )
         self.ledger.unregister()  # after the usage feature stopped (features stop in reverse order)
         await self.limiter.close()

@@ -58,8 +58,11 @@ def started(rec: Record) -> float:
 def budget_keys(rec: Record) -> tuple[str, str, str]:
     """The api_key, project and organization counters a record's cost went to (as admission's plan)."""
     period = period_of(started(rec))
-    return (f"{period}:api_key:{rec.key_id or ''}", f"{period}:project:{rec.project_id or ''}",
-            f"{period}:organization:{rec.org_id or ''}")
+    return (
+        f"{period}:api_key:{rec.key_id or ''}",
+        f"{period}:project:{rec.project_id or ''}",
+        f"{period}:organization:{rec.org_id or ''}",
+    )
 
 
 def add_spend(out: dict[str, int], records: Iterable[Record], credit_key: str | None) -> int:
@@ -119,15 +122,19 @@ class Ledger:
         for key in sorted(sums):
             period, scope, sid = key.split(":", 2)
             micros, n = sums[key]
-            rows.append({"period": period, "scope": scope, "scope_id": sid, "micros": micros, "requests": n,
-                         "updated_at": t})
+            rows.append(
+                {"period": period, "scope": scope, "scope_id": sid, "micros": micros, "requests": n, "updated_at": t}
+            )
         insert = upsert(conn.dialect.name)
         stmt = insert(SpendLedger)
         stmt = stmt.on_conflict_do_update(
             index_elements=["period", "scope", "scope_id"],
-            set_={"micros": SpendLedger.micros + stmt.excluded.micros,
-                  "requests": SpendLedger.requests + stmt.excluded.requests,
-                  "updated_at": stmt.excluded.updated_at})
+            set_={
+                "micros": SpendLedger.micros + stmt.excluded.micros,
+                "requests": SpendLedger.requests + stmt.excluded.requests,
+                "updated_at": stmt.excluded.updated_at,
+            },
+        )
         await conn.execute(stmt, rows)
         if credit_key is not None:
             await allocate(conn, sum(r.cost_micros for r in costs), min(started(r) for r in costs))
@@ -136,9 +143,13 @@ class Ledger:
 
 async def allocate(conn: AsyncConnection, micros: int, at: float) -> dict[str, int]:
     """Draw ``micros`` from the grants that were live at ``at``, soonest-expiring first."""
-    rows = (await conn.execute(
-        select(CreditGrant.id, CreditGrant.amount_cents, CreditGrant.used_micros, CreditGrant.expires_at)
-        .order_by(CreditGrant.expires_at.is_(None), CreditGrant.expires_at, CreditGrant.seq))).all()
+    rows = (
+        await conn.execute(
+            select(CreditGrant.id, CreditGrant.amount_cents, CreditGrant.used_micros, CreditGrant.expires_at).order_by(
+                CreditGrant.expires_at.is_(None), CreditGrant.expires_at, CreditGrant.seq
+            )
+        )
+    ).all()
     live = [r for r in rows if r.expires_at is None or r.expires_at > at] or rows[-1:]
     out: dict[str, int] = {}
     left = micros
@@ -151,8 +162,9 @@ async def allocate(conn: AsyncConnection, micros: int, at: float) -> dict[str, i
         if not left:
             break
     for gid, take in out.items():
-        await conn.execute(update(CreditGrant).where(CreditGrant.id == gid)
-                           .values(used_micros=CreditGrant.used_micros + take))
+        await conn.execute(
+            update(CreditGrant).where(CreditGrant.id == gid).values(used_micros=CreditGrant.used_micros + take)
+        )
     return out
 
 
@@ -163,8 +175,11 @@ async def period_spend(engine: AsyncEngine, period: str) -> dict[str, int]:
 
 
 async def _period_rows(conn: AsyncConnection, period: str) -> dict[str, int]:
-    rows = (await conn.execute(select(SpendLedger.scope, SpendLedger.scope_id, SpendLedger.micros)
-                               .where(SpendLedger.period == period))).all()
+    rows = (
+        await conn.execute(
+            select(SpendLedger.scope, SpendLedger.scope_id, SpendLedger.micros).where(SpendLedger.period == period)
+        )
+    ).all()
     return {f"{period}:{r.scope}:{r.scope_id}": int(r.micros) for r in rows}
 
 
@@ -178,8 +193,15 @@ class Snapshot:
     writers: set[str] = field(default_factory=set)
 
 
-async def snapshot(engine: AsyncEngine, period: str, folder: Path | None, credit_key: str | None,
-                   before_us: int | None = None, writer: str | None = None, journal_only: bool = False) -> Snapshot:
+async def snapshot(
+    engine: AsyncEngine,
+    period: str,
+    folder: Path | None,
+    credit_key: str | None,
+    before_us: int | None = None,
+    writer: str | None = None,
+    journal_only: bool = False,
+) -> Snapshot:
     """Ledger rows of ``period`` plus the journal's unapplied records (of this period), in one read.
 
     The journal is read first, the store after, in one transaction: a record applied between the two
@@ -192,17 +214,19 @@ async def snapshot(engine: AsyncEngine, period: str, folder: Path | None, credit
     from keyplane.usage.models import UsageRequest
 
     pending = await asyncio.to_thread(unapplied_records, folder) if folder is not None else []
-    recs = [(w, r) for w, r in pending if r.cost_micros > 0 and (before_us is None or r.t * 1e6 < before_us)
-            and (writer is None or w == writer)]
+    recs = [
+        (w, r)
+        for w, r in pending
+        if r.cost_micros > 0 and (before_us is None or r.t * 1e6 < before_us) and (writer is None or w == writer)
+    ]
     async with engine.connect() as conn, conn.begin():
         spent = {} if journal_only else await _period_rows(conn, period)
         grants = [] if journal_only else (await conn.execute(select(CreditGrant.used_micros))).scalars().all()
         applied: set[str] = set()
         ids = list({r.id for _, r in recs})
         for i in range(0, len(ids), _ID_CHUNK):
-            chunk = ids[i:i + _ID_CHUNK]
-            applied.update((await conn.execute(select(UsageRequest.id).where(UsageRequest.id.in_(chunk))))
-                           .scalars())
+            chunk = ids[i : i + _ID_CHUNK]
+            applied.update((await conn.execute(select(UsageRequest.id).where(UsageRequest.id.in_(chunk)))).scalars())
     seen: set[str] = set()
     todo: list[Record] = []
     writers: set[str] = set()

@@ -47,7 +47,7 @@ _SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
 def family(model: str) -> str:
     """The model a dated snapshot belongs to (``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``)."""
     m = _SNAPSHOT.search(model)
-    return model[:m.start()] if m and m.start() > 0 else model
+    return model[: m.start()] if m and m.start() > 0 else model
 
 
 MAX_TABLE_BYTES = 4 * 1024 * 1024
@@ -188,15 +188,21 @@ class Price:
         """(micro-dollars, their input part) for a usage by modality, each rounded up: text at the text rates,
         audio at the audio rates, the rest at the dearest (module docstring)."""
         a_in = self.audio_input if self.audio_input is not None else self.input
-        a_cached = self.cached_audio_input if self.cached_audio_input is not None else (
-            self.audio_input if self.audio_input is not None else self.cached_input)
+        a_cached = (
+            self.cached_audio_input
+            if self.cached_audio_input is not None
+            else (self.audio_input if self.audio_input is not None else self.cached_input)
+        )
         a_out = self.audio_output if self.audio_output is not None else self.output
         ct, ca = min(max(t.cached_text, 0), t.text_in), min(max(t.cached_audio, 0), t.audio_in)
         total_in = ct * self.cached_input + ca * a_cached
         # [uncached tokens, rate, cached rate] per modality; unattributed cached tokens go where their
         # discount is smallest, so that the bill is the largest the usage allows.
-        pools = [[t.text_in - ct, self.input, self.cached_input], [t.audio_in - ca, a_in, a_cached],
-                 [t.other_in, self.top_input, self.top_cached]]
+        pools = [
+            [t.text_in - ct, self.input, self.cached_input],
+            [t.audio_in - ca, a_in, a_cached],
+            [t.other_in, self.top_input, self.top_cached],
+        ]
         rest = max(t.cached_rest, 0)
         for pool in sorted(pools, key=lambda p: p[1] - p[2]):
             take = min(rest, max(pool[0], 0))
@@ -215,15 +221,22 @@ class Price:
 
     def scaled(self, factor: int) -> Price:
         """This price times ``factor`` (micro-units), each rate rounded up (a service tier)."""
+
         def up(v: int) -> int:
             return -(-v * factor // MICROS)
 
         def up_opt(v: int | None) -> int | None:
             return None if v is None else up(v)
-        return dataclasses.replace(self, input=up(self.input), cached_input=up(self.cached_input),
-                                   output=up(self.output), audio_input=up_opt(self.audio_input),
-                                   cached_audio_input=up_opt(self.cached_audio_input),
-                                   audio_output=up_opt(self.audio_output))
+
+        return dataclasses.replace(
+            self,
+            input=up(self.input),
+            cached_input=up(self.cached_input),
+            output=up(self.output),
+            audio_input=up_opt(self.audio_input),
+            cached_audio_input=up_opt(self.cached_audio_input),
+            audio_output=up_opt(self.audio_output),
+        )
 
 
 def _specificity(pattern: str) -> int:
@@ -242,7 +255,7 @@ def _entry(name: str, p: PriceConfig) -> Price:
     for key, usd in p.images.items():
         quality, _, size = key.strip().partition(" ")
         if not size or " " in size.strip():
-            raise PriceError(f"{where}.images: keys are \"quality size\" (e.g. \"hd 1024x1792\"), got {key!r}")
+            raise PriceError(f'{where}.images: keys are "quality size" (e.g. "hd 1024x1792"), got {key!r}')
         images.append((quality, size.strip(), to_micros(usd, f"{where}.images.{key}")))
     for field in ("max_output", "context_window"):
         v = getattr(p, field)
@@ -251,15 +264,28 @@ def _entry(name: str, p: PriceConfig) -> Price:
     chars = to_micros(p.per_1m_characters, f"{where}.per_1m_characters") if p.per_1m_characters is not None else None
     minute = to_micros(p.per_minute, f"{where}.per_minute") if p.per_minute is not None else None
     tokens = p.input is not None and not images and chars is None and minute is None
-    a_in, a_cached, a_out = (to_micros(v, f"{where}.{f}") if (v := getattr(p, f)) is not None else None
-                             for f in ("audio_input", "cached_audio_input", "audio_output"))
+    a_in, a_cached, a_out = (
+        to_micros(v, f"{where}.{f}") if (v := getattr(p, f)) is not None else None
+        for f in ("audio_input", "cached_audio_input", "audio_output")
+    )
     if a_cached is not None and a_in is None:
         raise PriceError(f"{where}.cached_audio_input: needs audio_input")
     if a_cached is None:
         a_cached = a_in  # as cached_input defaults to input
-    return Price(inp, cached, to_micros(p.output, f"{where}.output"), p.max_output, p.context_window,
-                 tuple(images), chars, minute, tokens, audio_input=a_in, cached_audio_input=a_cached,
-                 audio_output=a_out)
+    return Price(
+        inp,
+        cached,
+        to_micros(p.output, f"{where}.output"),
+        p.max_output,
+        p.context_window,
+        tuple(images),
+        chars,
+        minute,
+        tokens,
+        audio_input=a_in,
+        cached_audio_input=a_cached,
+        audio_output=a_out,
+    )
 
 
 _TAKEN = re.compile(r"^\d{4}-\d{2}(-\d{2})?$")
@@ -270,15 +296,20 @@ def provenance(data: dict[str, Any]) -> dict[str, tuple[str | None, str | None]]
     top_source, top_taken = data.get("source"), data.get("taken")
     out: dict[str, tuple[str | None, str | None]] = {}
     for name, p in shipped(data).items():
-        out[name] = (p.source or (top_source if isinstance(top_source, str) else None),
-                     p.taken or (top_taken if isinstance(top_taken, str) else None))
+        out[name] = (
+            p.source or (top_source if isinstance(top_source, str) else None),
+            p.taken or (top_taken if isinstance(top_taken, str) else None),
+        )
     return out
 
 
 def undated(data: dict[str, Any]) -> list[str]:
     """Entries of a price file without a source URL or a date (YYYY-MM or YYYY-MM-DD) they were taken."""
-    return sorted(name for name, (src, taken) in provenance(data).items()
-                  if not (src and src.startswith(("https://", "http://"))) or not (taken and _TAKEN.match(taken)))
+    return sorted(
+        name
+        for name, (src, taken) in provenance(data).items()
+        if not (src and src.startswith(("https://", "http://"))) or not (taken and _TAKEN.match(taken))
+    )
 
 
 def shipped_tools(data: dict[str, Any]) -> dict[str, int]:
@@ -302,16 +333,16 @@ def shipped_extras(data: dict[str, Any]) -> tuple[dict[str, dict[str, int]], dic
 
 
 class PriceTable:
-    def __init__(self, entries: dict[str, Price], configured: frozenset[str] = frozenset(),
-                 tools: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, entries: dict[str, Price], configured: frozenset[str] = frozenset(), tools: dict[str, int] | None = None
+    ) -> None:
         self.entries = entries
         self.tools = tools if tools is not None else {}  # hosted tool type -> micro-dollars per call
         self.service_tiers: dict[str, dict[str, int]] = {}  # tier -> model (or "default") -> factor
         self.batch: dict[str, int] = {}  # the Batch API's factor by model (or "default"), micro-units
         self.configured = configured  # names from keyplane.toml (their globs are the administrator's)
         self._exact = {k: v for k, v in entries.items() if not _is_glob(k) and k != "default"}
-        self._globs = sorted(((k, v) for k, v in entries.items() if _is_glob(k)),
-                             key=lambda kv: -_specificity(kv[0]))
+        self._globs = sorted(((k, v) for k, v in entries.items() if _is_glob(k)), key=lambda kv: -_specificity(kv[0]))
         self.default = entries.get("default")
         self._cache: dict[str, Price | None] = {}
         self._told: set[str] = set()
@@ -369,8 +400,10 @@ class PriceTable:
                 if fnmatch.fnmatchcase(model, pattern):
                     found = price
                     if pattern in self.configured:
-                        self._tell(f"model `{model}` is priced by the glob [prices.\"{pattern}\"] of keyplane.toml; "
-                                   "give it an entry of its own if its list price differs")
+                        self._tell(
+                            f'model `{model}` is priced by the glob [prices."{pattern}"] of keyplane.toml; '
+                            "give it an entry of its own if its list price differs"
+                        )
                     break
         if found is None:
             found = self.default

@@ -21,10 +21,13 @@ async def unpriced(session: Any, prices: Any, since: int) -> list[dict[str, Any]
     from keyplane.usage.models import UsageDay
 
     d = UsageDay
-    rows = (await session.execute(
-        select(d.model, d.kind, func.sum(d.requests), func.max(d.bucket))
-        .where(d.bucket >= since - since % DAY, d.model != "", d.kind.not_in(_FREE_KINDS))
-        .group_by(d.model, d.kind))).all()
+    rows = (
+        await session.execute(
+            select(d.model, d.kind, func.sum(d.requests), func.max(d.bucket))
+            .where(d.bucket >= since - since % DAY, d.model != "", d.kind.not_in(_FREE_KINDS))
+            .group_by(d.model, d.kind)
+        )
+    ).all()
     found: dict[str, dict[str, Any]] = {}
     for model, kind, n, last in rows:
         if model.startswith("demo-") or prices.lookup(model) is not None:
@@ -41,8 +44,9 @@ async def unpriced(session: Any, prices: Any, since: int) -> list[dict[str, Any]
 def register(app: typer.Typer) -> None:
     from keyplane.cli import JsonOpt, out, print_json, run_store, settings, table, ts
 
-    prices_app = typer.Typer(help="The price table: what keyplane charges each model, endpoint and tool.",
-                             no_args_is_help=True)
+    prices_app = typer.Typer(
+        help="The price table: what keyplane charges each model, endpoint and tool.", no_args_is_help=True
+    )
     app.add_typer(prices_app, name="prices")
 
     @prices_app.command("check")
@@ -67,7 +71,10 @@ def register(app: typer.Typer) -> None:
         elif not found:
             out.print(f"every model seen in the last {days} days has a price")
         else:
-            table(f"models with no price (last {days} days)", ["model", "requests", "last seen (day)", "kinds"],
-                  [(e["model"], e["requests"], ts(e["last_seen"]), ", ".join(e["kinds"])) for e in found])
+            table(
+                f"models with no price (last {days} days)",
+                ["model", "requests", "last seen (day)", "kinds"],
+                [(e["model"], e["requests"], ts(e["last_seen"]), ", ".join(e["kinds"])) for e in found],
+            )
         if found:
             raise typer.Exit(1)

@@ -33,8 +33,11 @@ from keyplane.limits import tokens
 TOKEN_ENDPOINTS: Final = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"})
 NO_OUTPUT: Final = frozenset({"/v1/embeddings"})
 # The output-limit field keyplane sets when a request has none (the one the endpoint reads).
-OUTPUT_FIELD: Final = {"/v1/chat/completions": "max_completion_tokens", "/v1/completions": "max_tokens",
-                       "/v1/responses": "max_output_tokens"}
+OUTPUT_FIELD: Final = {
+    "/v1/chat/completions": "max_completion_tokens",
+    "/v1/completions": "max_tokens",
+    "/v1/responses": "max_output_tokens",
+}
 IMAGES: Final = frozenset({"/v1/images/generations", "/v1/images/edits", "/v1/images/variations"})
 SPEECH: Final = "/v1/audio/speech"
 TRANSCRIBE: Final = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
@@ -71,8 +74,16 @@ class Quote:
     per_minute: int | None = None
 
 
-def quote(prices: PriceTable, endpoint: str, model: str | None, body: bytes, max_tokens: int | None,
-          context_ref: bool, form: dict[str, str] | None, default_max_tokens: int) -> Quote:
+def quote(
+    prices: PriceTable,
+    endpoint: str,
+    model: str | None,
+    body: bytes,
+    max_tokens: int | None,
+    context_ref: bool,
+    form: dict[str, str] | None,
+    default_max_tokens: int,
+) -> Quote:
     if endpoint in TOKEN_ENDPOINTS:
         return _tokens(prices, endpoint, model, body, max_tokens, context_ref, default_max_tokens)
     if endpoint in IMAGES:
@@ -85,8 +96,15 @@ def quote(prices: PriceTable, endpoint: str, model: str | None, body: bytes, max
     return Quote(model, unpriced=errors.cost_not_bounded(endpoint, why))
 
 
-def _tokens(prices: PriceTable, endpoint: str, model: str | None, body: bytes, max_tokens: int | None,
-            context_ref: bool, default_max_tokens: int) -> Quote:
+def _tokens(
+    prices: PriceTable,
+    endpoint: str,
+    model: str | None,
+    body: bytes,
+    max_tokens: int | None,
+    context_ref: bool,
+    default_max_tokens: int,
+) -> Quote:
     price = prices.lookup(model) if model else None
     if model is None or price is None or not price.tokens:
         # Counted all the same: the token buckets hold it when it is served at cost 0.
@@ -120,8 +138,10 @@ def _tokens(prices: PriceTable, endpoint: str, model: str | None, body: bytes, m
         if price.context_window:
             seen = max(prompt, price.context_window)
         else:
-            q.estimate = ("its input includes content whose size keyplane cannot see (a stored conversation, a "
-                          "file, audio), and the model has no context_window in the price table")
+            q.estimate = (
+                "its input includes content whose size keyplane cannot see (a stored conversation, a "
+                "file, audio), and the model has no context_window in the price table"
+            )
     tool_cost = 0
     if m.hosted_tools:
         hosted = _hosted_tools(prices, endpoint, q.body or body)
@@ -146,21 +166,27 @@ def _tokens(prices: PriceTable, endpoint: str, model: str | None, body: bytes, m
 
 
 # Hosted tools of the Responses API keyplane prices: the tool type -> the usage kind it is metered in.
-TOOL_KINDS: Final = {"web_search": "web_search_calls", "web_search_2025_08_26": "web_search_calls",
-                     "web_search_preview": "web_search_calls", "web_search_preview_2025_03_11": "web_search_calls",
-                     "file_search": "file_search_calls", "code_interpreter": "code_interpreter_sessions"}
+TOOL_KINDS: Final = {
+    "web_search": "web_search_calls",
+    "web_search_2025_08_26": "web_search_calls",
+    "web_search_preview": "web_search_calls",
+    "web_search_preview_2025_03_11": "web_search_calls",
+    "file_search": "file_search_calls",
+    "code_interpreter": "code_interpreter_sessions",
+}
 # Hosted tool calls a response may make when the request sets no max_tool_calls (keyplane sets it, as
 # it sets the output limit, so that what is reserved bounds what the upstream may do).
 DEFAULT_TOOL_CALLS: Final = 8
 
 
-def _hosted_tools(prices: PriceTable, endpoint: str, body: bytes
-                  ) -> str | tuple[int, dict[str, int], bytes | None]:
+def _hosted_tools(prices: PriceTable, endpoint: str, body: bytes) -> str | tuple[int, dict[str, int], bytes | None]:
     """(calls allowed, price per call by usage kind, the body with max_tool_calls set or None), or why
     the request's hosted tools cannot be bounded."""
     if endpoint != "/v1/responses":
-        return ("it enables hosted tools (web search options, ...) that the provider bills per call, which "
-                "keyplane prices on the Responses API only")
+        return (
+            "it enables hosted tools (web search options, ...) that the provider bills per call, which "
+            "keyplane prices on the Responses API only"
+        )
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -174,8 +200,10 @@ def _hosted_tools(prices: PriceTable, endpoint: str, body: bytes
         usage_kind = TOOL_KINDS.get(kind) if isinstance(kind, str) else None
         price = prices.tools.get(kind) if isinstance(kind, str) else None
         if usage_kind is None or price is None:
-            return (f"it enables the hosted tool `{str(kind)[:40]}`, which the provider bills in ways keyplane "
-                    "does not price")
+            return (
+                f"it enables the hosted tool `{str(kind)[:40]}`, which the provider bills in ways keyplane "
+                "does not price"
+            )
         per[usage_kind] = max(per.get(usage_kind, 0), price)
     if isinstance(obj, dict) and obj.get("prompt") is not None:
         # A stored prompt may enable any hosted tool, which the body does not show: every call is reserved at
@@ -284,12 +312,19 @@ def _speech(prices: PriceTable, model: str | None, body: bytes) -> Quote:
     return Quote(name, cost=-(-chars * price.per_1m_characters // MICROS), flat=True, units=chars)
 
 
-def _transcribe(prices: PriceTable, endpoint: str, model: str | None, body: bytes,
-                form: dict[str, str] | None) -> Quote:
+def _transcribe(
+    prices: PriceTable, endpoint: str, model: str | None, body: bytes, form: dict[str, str] | None
+) -> Quote:
     name = model or (form or {}).get("model") or "whisper-1"
     price = prices.lookup(name)
     if price is None or price.per_minute is None:
         return Quote(name, unpriced=errors.model_not_priced(name))
     minutes = max(1, -(-len(body) // AUDIO_BYTES_PER_MINUTE))
-    return Quote(name, cost=minutes * price.per_minute, flat=True, units=minutes * 60, per_minute=price.per_minute,
-                 estimate="the duration of the audio is not known before it is decoded")
+    return Quote(
+        name,
+        cost=minutes * price.per_minute,
+        flat=True,
+        units=minutes * 60,
+        per_minute=price.per_minute,
+        estimate="the duration of the audio is not known before it is decoded",
+    )

@@ -68,13 +68,18 @@ def limits_model(b: Billing, key_id: str, project_id: str, model: str) -> str:
     return fam
 
 
-def merge(base: tuple[int, int, int, int], over: tuple[int | None, int | None, int | None, int | None] | None
-          ) -> tuple[int, int, int, int]:
+def merge(
+    base: tuple[int, int, int, int], over: tuple[int | None, int | None, int | None, int | None] | None
+) -> tuple[int, int, int, int]:
     """Overrides over defaults, field by field."""
     if over is None:
         return base
-    return (over[0] if over[0] is not None else base[0], over[1] if over[1] is not None else base[1],
-            over[2] if over[2] is not None else base[2], over[3] if over[3] is not None else base[3])
+    return (
+        over[0] if over[0] is not None else base[0],
+        over[1] if over[1] is not None else base[1],
+        over[2] if over[2] is not None else base[2],
+        over[3] if over[3] is not None else base[3],
+    )
 
 
 def rl_id(model: str) -> str:
@@ -84,18 +89,25 @@ def rl_id(model: str) -> str:
 def model_of(rate_limit_id: str, models: list[str]) -> str:
     model = rate_limit_id[3:] if rate_limit_id.startswith("rl-") else ""
     if model not in models:
-        raise errors.not_found(f"No rate limit found with id '{rate_limit_id}': no upstream serves a model of that "
-                               "name.", param="rate_limit_id", code="rate_limit_not_found")
+        raise errors.not_found(
+            f"No rate limit found with id '{rate_limit_id}': no upstream serves a model of that name.",
+            param="rate_limit_id",
+            code="rate_limit_not_found",
+        )
     return model
 
 
 def rate_limit_object(scope: str, model: str, limits: tuple[int, int, int, int]) -> dict[str, Any]:
     return {
         "object": "project.rate_limit" if scope == "project" else "api_key.rate_limit",
-        "id": rl_id(model), "model": model,
-        "max_requests_per_1_minute": limits[0], "max_tokens_per_1_minute": limits[1],
-        "max_requests_per_1_day": limits[2], "max_tokens_per_1_day": limits[3],
-        "max_images_per_1_minute": None, "max_audio_megabytes_per_1_minute": None,
+        "id": rl_id(model),
+        "model": model,
+        "max_requests_per_1_minute": limits[0],
+        "max_tokens_per_1_minute": limits[1],
+        "max_requests_per_1_day": limits[2],
+        "max_tokens_per_1_day": limits[3],
+        "max_images_per_1_minute": None,
+        "max_audio_megabytes_per_1_minute": None,
         "batch_1_day_max_input_tokens": None,
     }
 
@@ -104,8 +116,9 @@ def limits_of(b: Billing, scope: str, sid: str, model: str) -> tuple[int, int, i
     return b.effective_limits(scope, sid, model) if scope == "project" else b.key_limits(sid, model)
 
 
-def page(b: Billing, scope: str, sid: str, after: str | None, before: str | None, limit: int
-         ) -> tuple[list[dict[str, Any]], bool]:
+def page(
+    b: Billing, scope: str, sid: str, after: str | None, before: str | None, limit: int
+) -> tuple[list[dict[str, Any]], bool]:
     models = catalog(b)
     ids = [rl_id(m) for m in models]
     start, end = 0, len(models)
@@ -133,13 +146,15 @@ def check_update(body: dict[str, Any]) -> dict[str, int]:
         if isinstance(v, bool) or not isinstance(v, int):
             raise errors.bad_request(f"'{name}' must be an integer (0: no limit).", param=name, code="invalid_type")
         if not 0 <= v <= MAX_LIMIT:
-            raise errors.bad_request(f"'{name}' must be between 0 (no limit) and {MAX_LIMIT}.", param=name,
-                                     code="invalid_value")
+            raise errors.bad_request(
+                f"'{name}' must be between 0 (no limit) and {MAX_LIMIT}.", param=name, code="invalid_value"
+            )
         if name in FIELDS:
             changes[name] = v
     if not changes:
-        raise errors.bad_request(f"Nothing to update: give at least one of {', '.join(FIELDS)}.",
-                                 code="missing_required_parameter")
+        raise errors.bad_request(
+            f"Nothing to update: give at least one of {', '.join(FIELDS)}.", code="missing_required_parameter"
+        )
     return changes
 
 
@@ -148,8 +163,16 @@ async def _row(s: AsyncSession, scope: str, sid: str, model: str) -> RateLimitOv
     return (await s.execute(select(r).where(r.scope == scope, r.scope_id == sid, r.model == model))).scalar()
 
 
-async def update(s: AsyncSession, actor: control.Actor, scope: str, sid: str, project_id: str, model: str,
-                 changes: dict[str, int], now: float) -> None:
+async def update(
+    s: AsyncSession,
+    actor: control.Actor,
+    scope: str,
+    sid: str,
+    project_id: str,
+    model: str,
+    changes: dict[str, int],
+    now: float,
+) -> None:
     t = int(now)
     row = await _row(s, scope, sid, model)
     if row is None:
@@ -161,13 +184,13 @@ async def update(s: AsyncSession, actor: control.Actor, scope: str, sid: str, pr
     details: dict[str, Any] = {"id": rl_id(model), "changes_requested": dict(changes)}
     if scope == "api_key":
         details["api_key_id"] = sid
-    await control.audit(s, actor, "rate_limit.updated", details, project_id=project_id, resource_id=rl_id(model),
-                        at=t)
+    await control.audit(s, actor, "rate_limit.updated", details, project_id=project_id, resource_id=rl_id(model), at=t)
     await control.bump_revision(s)
 
 
-async def reset(s: AsyncSession, actor: control.Actor, scope: str, sid: str, project_id: str, model: str,
-                now: float) -> None:
+async def reset(
+    s: AsyncSession, actor: control.Actor, scope: str, sid: str, project_id: str, model: str, now: float
+) -> None:
     """keyplane extension: back to the defaults (the tier's for a project, none for a key)."""
     row = await _row(s, scope, sid, model)
     if row is not None:
@@ -175,6 +198,7 @@ async def reset(s: AsyncSession, actor: control.Actor, scope: str, sid: str, pro
     details: dict[str, Any] = {"id": rl_id(model)}
     if scope == "api_key":
         details["api_key_id"] = sid
-    await control.audit(s, actor, "rate_limit.deleted", details, project_id=project_id, resource_id=rl_id(model),
-                        at=int(now))
+    await control.audit(
+        s, actor, "rate_limit.deleted", details, project_id=project_id, resource_id=rl_id(model), at=int(now)
+    )
     await control.bump_revision(s)

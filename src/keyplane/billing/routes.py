@@ -51,6 +51,7 @@ async def _scope(request: Request, s: Any, write: bool = False) -> tuple[str, st
 
 # --- credit --------------------------------------------------------------------------------------
 
+
 async def create_credit_grant(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     body = await json_body(request)
@@ -66,9 +67,15 @@ async def list_credit_grants(request: Request) -> JSONResponse:
     q = request.query_params
     limit = query_limit(request, 20, 100)
     async with runtime(request).read() as s:
-        rows, more = await control.page(s, CreditGrant, select(CreditGrant), after=q.get("after"),
-                                        before=q.get("before"), limit=limit,
-                                        descending=query_choice(request, "order", ("asc", "desc"), "asc") == "desc")
+        rows, more = await control.page(
+            s,
+            CreditGrant,
+            select(CreditGrant),
+            after=q.get("after"),
+            before=q.get("before"),
+            limit=limit,
+            descending=query_choice(request, "order", ("asc", "desc"), "asc") == "desc",
+        )
     return JSONResponse(list_response([credit.grant_object(g) for g in rows], more))
 
 
@@ -91,8 +98,9 @@ async def usage_tier(request: Request) -> JSONResponse:
         name = await tiers.current_tier(s, b.tiers)
         since = (await s.execute(select(BillingState.value).where(BillingState.name == "usage_tier_at"))).scalar()
     obj = tiers.tier_object(b.tiers, name, st, now, int(since) if since else None)
-    obj["tiers"] = [{"name": t.name, "min_paid": round(t.min_paid * 100), "min_days": t.min_days}
-                    for t in b.tiers.tiers]
+    obj["tiers"] = [
+        {"name": t.name, "min_paid": round(t.min_paid * 100), "min_days": t.min_days} for t in b.tiers.tiers
+    ]
     return JSONResponse(obj)
 
 
@@ -101,22 +109,42 @@ def _audio_rates(p: Any) -> dict[str, float]:
     if p.audio_input is None:
         return {}
     out = p.output if p.audio_output is None else p.audio_output
-    return {"audio_input": p.audio_input / MICROS, "cached_audio_input": p.cached_audio_input / MICROS,
-            "audio_output": out / MICROS}
+    return {
+        "audio_input": p.audio_input / MICROS,
+        "cached_audio_input": p.cached_audio_input / MICROS,
+        "audio_output": out / MICROS,
+    }
 
 
 async def list_prices(request: Request) -> JSONResponse:
     """keyplane extension: the price table in use (USD per 1M tokens)."""
     authenticate_admin(request)
     b = _b(request)
-    items = [{"object": "keyplane.price", "id": name, "model": name, "input": p.input / MICROS,
-              "cached_input": p.cached_input / MICROS, "output": p.output / MICROS, **_audio_rates(p)}
-             for name, p in sorted(b.prices.entries.items())]
-    return JSONResponse({"object": "list", "data": items, "has_more": False,
-                         "first_id": items[0]["id"] if items else None, "last_id": items[-1]["id"] if items else None})
+    items = [
+        {
+            "object": "keyplane.price",
+            "id": name,
+            "model": name,
+            "input": p.input / MICROS,
+            "cached_input": p.cached_input / MICROS,
+            "output": p.output / MICROS,
+            **_audio_rates(p),
+        }
+        for name, p in sorted(b.prices.entries.items())
+    ]
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": items,
+            "has_more": False,
+            "first_id": items[0]["id"] if items else None,
+            "last_id": items[-1]["id"] if items else None,
+        }
+    )
 
 
 # --- spend limits --------------------------------------------------------------------------------
+
 
 async def get_spend_limit(request: Request) -> JSONResponse:
     authenticate_admin(request)
@@ -144,8 +172,10 @@ async def set_spend_limit(request: Request) -> JSONResponse:
             raise
         obj = spend.limit_object(scope, row, 0, _now(request))
         obj["spent"] = None
-        notes.append("The spend limit was saved, but this month's spend could not be read (the limits store is "
-                     "unreachable): `spent` is null.")
+        notes.append(
+            "The spend limit was saved, but this month's spend could not be read (the limits store is "
+            "unreachable): `spent` is null."
+        )
         obj["keyplane_notices"] = notes
         return JSONResponse(obj)
     obj = spend.limit_object(scope, row, spent, _now(request))
@@ -178,6 +208,7 @@ async def delete_spend_limit(request: Request) -> JSONResponse:
 
 # --- spend alerts --------------------------------------------------------------------------------
 
+
 async def list_spend_alerts(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
@@ -188,8 +219,9 @@ async def list_spend_alerts(request: Request) -> JSONResponse:
     async with runtime(request).read() as s:
         scope, sid, _ = await _scope(request, s)
         stmt = select(SpendAlert).where(SpendAlert.scope == scope, SpendAlert.scope_id == sid)
-        rows, more = await control.page(s, SpendAlert, stmt, after=q.get("after"), before=q.get("before"),
-                                        limit=limit, descending=order == "desc")
+        rows, more = await control.page(
+            s, SpendAlert, stmt, after=q.get("after"), before=q.get("before"), limit=limit, descending=order == "desc"
+        )
     return JSONResponse(list_response([spend.alert_object(scope, a) for a in rows], more))
 
 
@@ -232,6 +264,7 @@ async def delete_spend_alert(request: Request) -> JSONResponse:
 
 
 # --- rate limits ---------------------------------------------------------------------------------
+
 
 async def list_rate_limits(request: Request) -> JSONResponse:
     authenticate_admin(request)
@@ -297,10 +330,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(f"{_PRJ}/spend_alerts/{{alert_id}}", "DELETE", delete_spend_alert, "Delete a project spend alert"),
     Endpoint(f"{_PRJ}/rate_limits", "GET", list_rate_limits, "List a project's rate limits per model"),
     Endpoint(f"{_PRJ}/rate_limits/{{rate_limit_id}}", "POST", update_rate_limit, "Modify a project rate limit"),
-    Endpoint(f"{_PRJ}/rate_limits/{{rate_limit_id}}", "DELETE", delete_rate_limit,
-             "Reset a project rate limit to its tier's defaults", True),
+    Endpoint(
+        f"{_PRJ}/rate_limits/{{rate_limit_id}}",
+        "DELETE",
+        delete_rate_limit,
+        "Reset a project rate limit to its tier's defaults",
+        True,
+    ),
     Endpoint(f"{_KEY}/rate_limits", "GET", list_rate_limits, "List a key's own rate limits per model", True),
     Endpoint(f"{_KEY}/rate_limits/{{rate_limit_id}}", "POST", update_rate_limit, "Modify a key's rate limit", True),
-    Endpoint(f"{_KEY}/rate_limits/{{rate_limit_id}}", "DELETE", delete_rate_limit, "Remove a key's own rate limit",
-             True),
+    Endpoint(
+        f"{_KEY}/rate_limits/{{rate_limit_id}}", "DELETE", delete_rate_limit, "Remove a key's own rate limit", True
+    ),
 )

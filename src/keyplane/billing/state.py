@@ -51,8 +51,9 @@ class BillingConfig:
     # (scope, scope_id) -> (threshold in micro-dollars, enforcing)
     spend_limits: dict[tuple[str, str], tuple[int, bool]] = field(default_factory=dict)
     # (scope, scope_id, model) -> (rpm, tpm, rpd, tpd), None where the default applies
-    overrides: dict[tuple[str, str, str], tuple[int | None, int | None, int | None, int | None]] = \
-        field(default_factory=dict)
+    overrides: dict[tuple[str, str, str], tuple[int | None, int | None, int | None, int | None]] = field(
+        default_factory=dict
+    )
     keys_with_limits: frozenset[str] = frozenset()
     grants: tuple[Grant, ...] = ()
     alerts: tuple[Alert, ...] = ()
@@ -80,26 +81,62 @@ async def load(engine: AsyncEngine, table: tiers.TierTable, revision: int) -> Bi
 
 
 async def load_from(conn: AsyncConnection, table: tiers.TierTable, revision: int) -> BillingConfig:
-    limits = (await conn.execute(select(SpendLimit.scope, SpendLimit.scope_id, SpendLimit.threshold_cents,
-                                        SpendLimit.enforcing))).all()
+    limits = (
+        await conn.execute(
+            select(SpendLimit.scope, SpendLimit.scope_id, SpendLimit.threshold_cents, SpendLimit.enforcing)
+        )
+    ).all()
     overrides = (await conn.execute(select(*RateLimitOverride.__table__.c))).all()
-    grants = (await conn.execute(select(CreditGrant.id, CreditGrant.amount_cents, CreditGrant.used_micros,
-                                        CreditGrant.created_at, CreditGrant.expires_at)
-                                 .order_by(CreditGrant.seq))).all()
-    alerts = (await conn.execute(select(SpendAlert.id, SpendAlert.scope, SpendAlert.scope_id,
-                                        SpendAlert.threshold_cents, SpendAlert.recipients,
-                                        SpendAlert.subject_prefix, SpendAlert.fired_period)
-                                 .order_by(SpendAlert.seq))).all()
+    grants = (
+        await conn.execute(
+            select(
+                CreditGrant.id,
+                CreditGrant.amount_cents,
+                CreditGrant.used_micros,
+                CreditGrant.created_at,
+                CreditGrant.expires_at,
+            ).order_by(CreditGrant.seq)
+        )
+    ).all()
+    alerts = (
+        await conn.execute(
+            select(
+                SpendAlert.id,
+                SpendAlert.scope,
+                SpendAlert.scope_id,
+                SpendAlert.threshold_cents,
+                SpendAlert.recipients,
+                SpendAlert.subject_prefix,
+                SpendAlert.fired_period,
+            ).order_by(SpendAlert.seq)
+        )
+    ).all()
     state = dict((await conn.execute(select(BillingState.name, BillingState.value))).all())
     cfg = BillingConfig(revision=revision)
     cfg.spend_limits = {(r.scope, r.scope_id): (r.threshold_cents * CENT, bool(r.enforcing)) for r in limits}
-    cfg.overrides = {(r.scope, r.scope_id, r.model): (r.max_requests_per_1_minute, r.max_tokens_per_1_minute,
-                                                      r.max_requests_per_1_day, r.max_tokens_per_1_day)
-                     for r in overrides}
+    cfg.overrides = {
+        (r.scope, r.scope_id, r.model): (
+            r.max_requests_per_1_minute,
+            r.max_tokens_per_1_minute,
+            r.max_requests_per_1_day,
+            r.max_tokens_per_1_day,
+        )
+        for r in overrides
+    }
     cfg.keys_with_limits = frozenset(r.scope_id for r in overrides if r.scope == "api_key")
     cfg.grants = tuple(Grant(g.id, g.amount_cents * CENT, g.used_micros, g.created_at, g.expires_at) for g in grants)
-    cfg.alerts = tuple(Alert(a.id, a.scope, a.scope_id, a.threshold_cents * CENT, tuple(orjson.loads(a.recipients)),
-                             a.subject_prefix, a.fired_period) for a in alerts)
+    cfg.alerts = tuple(
+        Alert(
+            a.id,
+            a.scope,
+            a.scope_id,
+            a.threshold_cents * CENT,
+            tuple(orjson.loads(a.recipients)),
+            a.subject_prefix,
+            a.fired_period,
+        )
+        for a in alerts
+    )
     tier = table.pinned or state.get("usage_tier") or table.lowest
     cfg.tier = tier if tier in table.by_name else table.lowest
     paid = sum(g.amount_cents for g in grants)
@@ -108,6 +145,7 @@ async def load_from(conn: AsyncConnection, table: tiers.TierTable, revision: int
 
 
 # --- periods ---------------------------------------------------------------------------------------
+
 
 def period_of(now: float) -> str:
     """The UTC calendar month of ``now``: spend limits and alerts count per month."""

@@ -26,8 +26,13 @@ DAY = 86_400
 
 
 def _t(name: str, paid: float, days: int, usage: float, rpm: int, tpm: int, rpd: int = 0) -> Tier:
-    return Tier(name=name, min_paid=paid, min_days=days, usage_limit=usage,
-                rate_limits={"*": TierRateLimit(rpm=rpm, tpm=tpm, rpd=rpd)})
+    return Tier(
+        name=name,
+        min_paid=paid,
+        min_days=days,
+        usage_limit=usage,
+        rate_limits={"*": TierRateLimit(rpm=rpm, tpm=tpm, rpd=rpd)},
+    )
 
 
 # The platform's qualification figures; limits generous enough for a self-hosted gateway's own
@@ -93,8 +98,11 @@ class TierTable:
         """The highest tier whose thresholds are all met."""
         best = self.tiers[0]
         for t in self.tiers:
-            if standing.paid_cents >= round(t.min_paid * 100) and standing.days(now) >= t.min_days and \
-                    (t.min_paid <= 0 or standing.first_payment_at is not None):
+            if (
+                standing.paid_cents >= round(t.min_paid * 100)
+                and standing.days(now) >= t.min_days
+                and (t.min_paid <= 0 or standing.first_payment_at is not None)
+            ):
                 best = t
         return best
 
@@ -123,8 +131,9 @@ class TierTable:
 
 
 async def standing(s: AsyncSession) -> Standing:
-    paid, first = (await s.execute(select(func.coalesce(func.sum(CreditGrant.amount_cents), 0),
-                                          func.min(CreditGrant.created_at)))).one()
+    paid, first = (
+        await s.execute(select(func.coalesce(func.sum(CreditGrant.amount_cents), 0), func.min(CreditGrant.created_at)))
+    ).one()
     return Standing(int(paid or 0), first)
 
 
@@ -158,8 +167,13 @@ async def promote(s: AsyncSession, table: TierTable, now: float) -> tuple[str, s
         s.add(BillingState(name="usage_tier_at", value=str(at)))
     else:
         since.value = str(at)
-    details: dict[str, Any] = {"id": "usage_tier", "from": old, "to": new.name,
-                               "paid_cents": st.paid_cents, "days_since_first_payment": st.days(now)}
+    details: dict[str, Any] = {
+        "id": "usage_tier",
+        "from": old,
+        "to": new.name,
+        "paid_cents": st.paid_cents,
+        "days_since_first_payment": st.days(now),
+    }
     await control.audit(s, control.SYSTEM_ACTOR, "usage_tier.promoted", details, resource_id="usage_tier", at=at)
     await control.bump_revision(s)
     return old, new.name
@@ -169,9 +183,15 @@ def tier_object(table: TierTable, name: str, st: Standing, now: float, since: in
     t = table.by_name.get(name) or table.tiers[0]
     nxt = table.next_after(t.name)
     return {
-        "object": "organization.usage_tier", "name": t.name, "since": since, "pinned": bool(table.pinned),
-        "paid": st.paid_cents, "first_payment_at": st.first_payment_at, "days_since_first_payment": st.days(now),
+        "object": "organization.usage_tier",
+        "name": t.name,
+        "since": since,
+        "pinned": bool(table.pinned),
+        "paid": st.paid_cents,
+        "first_payment_at": st.first_payment_at,
+        "days_since_first_payment": st.days(now),
         "usage_limit": round(t.usage_limit * 100) if t.usage_limit is not None else None,
-        "next": None if nxt is None else {"name": nxt.name, "min_paid": round(nxt.min_paid * 100),
-                                          "min_days": nxt.min_days},
+        "next": None
+        if nxt is None
+        else {"name": nxt.name, "min_paid": round(nxt.min_paid * 100), "min_days": nxt.min_days},
     }

@@ -37,10 +37,15 @@ class Ordered(tuple):  # type: ignore[type-arg]
 
 
 def _config(m: Any) -> AffinityConfig:
-    return AffinityConfig(block_chars=m.block_chars, max_prefix_tokens=m.max_prefix_tokens,
-                          min_match_tokens=m.min_match_tokens, load_factor=m.load_factor,
-                          hash_load_factor=m.hash_load_factor, balance_abs=m.balance_abs,
-                          balance_rel=m.balance_rel)
+    return AffinityConfig(
+        block_chars=m.block_chars,
+        max_prefix_tokens=m.max_prefix_tokens,
+        min_match_tokens=m.min_match_tokens,
+        load_factor=m.load_factor,
+        hash_load_factor=m.hash_load_factor,
+        balance_abs=m.balance_abs,
+        balance_rel=m.balance_rel,
+    )
 
 
 class PrefixRouting:
@@ -50,7 +55,8 @@ class PrefixRouting:
         replicas = [(d.name, d.config.prefix_cache_tokens) for d in deployments]
         # One router per [models."<glob>"] section with routing = "prefix", in the file's order.
         self.rules: list[tuple[str, PrefixRouter]] = [
-            (glob, PrefixRouter(replicas, _config(m))) for glob, m in models.items() if m.routing == "prefix"]
+            (glob, PrefixRouter(replicas, _config(m))) for glob, m in models.items() if m.routing == "prefix"
+        ]
         self.monotonic = monotonic
         self._by_model: dict[str, tuple[PrefixRouter, dict[tuple[str, ...], Pool]] | None] = {}
 
@@ -109,19 +115,39 @@ class _Metrics:
         m = rt.features.usage_metrics
         registry = m.registry if m is not None else CollectorRegistry()
         self.label = m.models.label if m is not None else (lambda model, ok: model or "none")
-        self.decisions = Counter("keyplane_prefix_routing_decisions", "Prefix-affinity routing choices: affinity "
-                                 "(longest cached prefix), hash (new prefix, consistent hashing), least_loaded.",
-                                 ("model", "decision"), registry=registry)
-        self.prompt = Counter("keyplane_prefix_routing_prompt_tokens", "Prompt tokens of prefix-routed requests, "
-                              "by the upstream that answered.", ("model", "upstream"), registry=registry)
-        self.cached = Counter("keyplane_prefix_routing_cached_tokens", "Of those, the tokens the upstream reported "
-                              "cached (usage.prompt_tokens_details.cached_tokens).", ("model", "upstream"),
-                              registry=registry)
-        self.ratio = Gauge("keyplane_prompt_cache_hit_ratio", "Cached / prompt tokens of prefix-routed requests, "
-                           "over about the last 100 requests of the model (decaying).", ("model",),
-                           registry=registry, multiprocess_mode="mostrecent")
-        self.responses = Counter("keyplane_response_cache_lookups", "Response cache: hit, miss, or bypass "
-                                 "(asked, streaming or not deterministic).", ("model", "result"), registry=registry)
+        self.decisions = Counter(
+            "keyplane_prefix_routing_decisions",
+            "Prefix-affinity routing choices: affinity "
+            "(longest cached prefix), hash (new prefix, consistent hashing), least_loaded.",
+            ("model", "decision"),
+            registry=registry,
+        )
+        self.prompt = Counter(
+            "keyplane_prefix_routing_prompt_tokens",
+            "Prompt tokens of prefix-routed requests, by the upstream that answered.",
+            ("model", "upstream"),
+            registry=registry,
+        )
+        self.cached = Counter(
+            "keyplane_prefix_routing_cached_tokens",
+            "Of those, the tokens the upstream reported cached (usage.prompt_tokens_details.cached_tokens).",
+            ("model", "upstream"),
+            registry=registry,
+        )
+        self.ratio = Gauge(
+            "keyplane_prompt_cache_hit_ratio",
+            "Cached / prompt tokens of prefix-routed requests, "
+            "over about the last 100 requests of the model (decaying).",
+            ("model",),
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.responses = Counter(
+            "keyplane_response_cache_lookups",
+            "Response cache: hit, miss, or bypass (asked, streaming or not deterministic).",
+            ("model", "result"),
+            registry=registry,
+        )
         self._decayed: dict[str, list[float]] = {}
 
     def observe_route(self, ctx: Any, d: Decision) -> None:
@@ -143,8 +169,9 @@ class _Metrics:
 
 
 class CacheFeature:
-    def __init__(self, rt: Any, routing: PrefixRouting | None, responses: ResponseCache | None,
-                 metrics: _Metrics) -> None:
+    def __init__(
+        self, rt: Any, routing: PrefixRouting | None, responses: ResponseCache | None, metrics: _Metrics
+    ) -> None:
         self.rt = rt
         self.routing = routing
         self.responses = responses
@@ -219,7 +246,7 @@ def check_config(cfg: Any, flat: dict[str, Any]) -> list[str]:
         if getattr(c, name) <= 0:
             out.append(f"$.cache.{name}: must be > 0")
     if cache_enabled(c) and c.backend == "redis" and not flat.get("redis_url"):
-        out.append("$.cache.backend: \"redis\" needs the redis_url setting (KEYPLANE_REDIS_URL)")
+        out.append('$.cache.backend: "redis" needs the redis_url setting (KEYPLANE_REDIS_URL)')
     return out
 
 
@@ -235,8 +262,11 @@ def attach(rt: Any, router: Any) -> CacheFeature | None:
     section = s.file.cache
     if cache_enabled(section):
         metrics = _Metrics(rt)
-        store = (RedisStore(s.redis_url, s.redis_prefix) if section.backend == "redis"
-                 else MemoryStore(section.max_entries, section.max_bytes))
+        store = (
+            RedisStore(s.redis_url, s.redis_prefix)
+            if section.backend == "redis"
+            else MemoryStore(section.max_entries, section.max_bytes)
+        )
         responses = ResponseCache(section, _ttl(section.ttl), store, rt.clock, rt, metrics.observe_response)
     if routing is None and responses is None:
         return None

@@ -84,8 +84,9 @@ class Decision:
 
     __slots__ = ("matched_tokens", "name", "prefix", "reason", "replica", "router")
 
-    def __init__(self, router: PrefixRouter, replica: int, reason: str, matched_tokens: int,
-                 prefix: _prefix.Prefix) -> None:
+    def __init__(
+        self, router: PrefixRouter, replica: int, reason: str, matched_tokens: int, prefix: _prefix.Prefix
+    ) -> None:
         self.router: PrefixRouter | None = router
         self.replica = replica
         self.name = router.replicas[replica].name
@@ -122,7 +123,8 @@ class PrefixRouter:
         self.index: dict[int, int] = {}  # block hash -> bit mask of the replicas holding it
         points = sorted(
             (xxhash.xxh3_64_intdigest(f"{r.name}#{v}".encode()), r.i)
-            for r in self.replicas for v in range(self.config.vnodes)
+            for r in self.replicas
+            for v in range(self.config.vnodes)
         )
         self._ring_points = [p for p, _ in points]
         self._ring_owner = [i for _, i in points]

@@ -167,7 +167,7 @@ def block_hashes(text: str, chain_seed: int, block_chars: int) -> tuple[list[int
     out: list[int] = []
     h = chain_seed
     for i in range(0, n, block_chars):
-        h = _xxh(data[i:i + block_chars], h)
+        h = _xxh(data[i : i + block_chars], h)
         out.append(h)
     ring = out[0] if out else _xxh(data, chain_seed)
     return out, ring

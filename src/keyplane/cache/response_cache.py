@@ -119,8 +119,7 @@ class RedisStore:
     def __init__(self, url: str, prefix: str) -> None:
         import redis.asyncio as aioredis
 
-        self.redis: Any = aioredis.from_url(url, decode_responses=False, socket_timeout=1.0,
-                                            socket_connect_timeout=1.0)
+        self.redis: Any = aioredis.from_url(url, decode_responses=False, socket_timeout=1.0, socket_connect_timeout=1.0)
         self.prefix = f"{prefix}:rc:"
 
     async def get(self, key: str) -> bytes | None:
@@ -139,8 +138,15 @@ def _names(values: list[str]) -> frozenset[str]:
 
 
 class ResponseCache:
-    def __init__(self, section: CacheSection, ttl: float, store: Store, clock: Clock, rt: Any,
-                 on_result: Callable[[Any, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        section: CacheSection,
+        ttl: float,
+        store: Store,
+        clock: Clock,
+        rt: Any,
+        on_result: Callable[[Any, str], None] | None = None,
+    ) -> None:
         self.ttl = ttl
         self.store = store
         self.clock = clock
@@ -169,8 +175,7 @@ class ResponseCache:
         pid = ctx.project_id
         if self._listed(self.org_wide, pid):
             return f"o:{self.rt.snapshot.org_id}"
-        opted = (asked == b"use" or self.all_projects or ctx.key.id in self.keys
-                 or self._listed(self.projects, pid))
+        opted = asked == b"use" or self.all_projects or ctx.key.id in self.keys or self._listed(self.projects, pid)
         if not opted:
             return None
         return f"p:{pid}" if pid else f"k:{ctx.key.id}"
@@ -189,8 +194,9 @@ class ResponseCache:
 
     # --- the request path -------------------------------------------------------------------------
 
-    async def serve(self, ctx: Any, headers: list[tuple[bytes, bytes]], send: Any,
-                    finish: Callable[[], Awaitable[None]]) -> Any:
+    async def serve(
+        self, ctx: Any, headers: list[tuple[bytes, bytes]], send: Any, finish: Callable[[], Awaitable[None]]
+    ) -> Any:
         """Answer ``ctx`` from the cache and return None, or return the ``send`` to use (which fills it)."""
         try:
             found = await self._lookup(ctx, headers)
@@ -284,8 +290,11 @@ class ResponseCache:
             await send(msg)
             if msg["type"] == "http.response.start":
                 status = msg["status"]
-                kept.extend((k, v) for k, v in msg.get("headers", ())
-                            if k not in _NOT_STORED and (k, v) not in extra and not k.startswith(b"x-ratelimit-"))
+                kept.extend(
+                    (k, v)
+                    for k, v in msg.get("headers", ())
+                    if k not in _NOT_STORED and (k, v) not in extra and not k.startswith(b"x-ratelimit-")
+                )
                 return
             if status != 200 or msg["type"] != "http.response.body":
                 return
@@ -294,8 +303,9 @@ class ResponseCache:
             if size <= limit:
                 parts.append(body)
             if not msg.get("more_body", False) and size <= limit and ctx.error is None and not ctx.usage_estimated:
-                await self._put(key, Entry(now + self.ttl, kept, b"".join(parts),
-                                           ctx.prompt_tokens, ctx.completion_tokens))
+                await self._put(
+                    key, Entry(now + self.ttl, kept, b"".join(parts), ctx.prompt_tokens, ctx.completion_tokens)
+                )
 
         return filling
 

@@ -39,9 +39,17 @@ def dedup_key(rule_name: str, key_id: str) -> str:
 
 def rule_summary(finding: Finding) -> dict[str, Any]:
     r = finding.rule
-    return {"name": r.name, "kind": r.kind, "scope": r.scope, "window": format_duration(r.window_s),
-            "threshold": r.threshold, "metric": r.metric, "min_volume": r.min_volume, "mode": r.mode,
-            "dry_run": r.dry_run}
+    return {
+        "name": r.name,
+        "kind": r.kind,
+        "scope": r.scope,
+        "window": format_duration(r.window_s),
+        "threshold": r.threshold,
+        "metric": r.metric,
+        "min_volume": r.min_volume,
+        "mode": r.mode,
+        "dry_run": r.dry_run,
+    }
 
 
 async def fire(guard: Any, finding: Finding, targets: list[Any], now: float) -> list[GuardEvent]:
@@ -68,19 +76,42 @@ async def fire(guard: Any, finding: Finding, targets: list[Any], now: float) -> 
             if finding.scope == "project":
                 figures["project_id"] = finding.entity_id
             # Detection first, then the action: the audit log reads in that order.
-            await control.audit(s, actor, "guard.fired", {
-                "id": ev_id, "rule": rule_summary(finding), "key_id": row.id, "action": action,
-                "dry_run": rule.dry_run, "figures": figures, "message": reason,
-            }, project_id=row.project_id, resource_id=row.id)
+            await control.audit(
+                s,
+                actor,
+                "guard.fired",
+                {
+                    "id": ev_id,
+                    "rule": rule_summary(finding),
+                    "key_id": row.id,
+                    "action": action,
+                    "dry_run": rule.dry_run,
+                    "figures": figures,
+                    "message": reason,
+                },
+                project_id=row.project_id,
+                resource_id=row.id,
+            )
             if action == "revoked":
                 await control.revoke_key(s, actor, row, reason)
                 changed = True
             elif action == "suspended":
                 await control.set_suspended(s, actor, row, reason)
                 changed = True
-            ev = GuardEvent(id=ev_id, created_at=int(now), rule=rule.name, kind=rule.kind, scope=rule.scope,
-                            key_id=row.id, project_id=row.project_id, mode=rule.mode, action=action,
-                            dry_run=rule.dry_run, figures=orjson.dumps(figures).decode(), message=reason)
+            ev = GuardEvent(
+                id=ev_id,
+                created_at=int(now),
+                rule=rule.name,
+                kind=rule.kind,
+                scope=rule.scope,
+                key_id=row.id,
+                project_id=row.project_id,
+                mode=rule.mode,
+                action=action,
+                dry_run=rule.dry_run,
+                figures=orjson.dumps(figures).decode(),
+                message=reason,
+            )
             s.add(ev)
             events.append(ev)
     if changed:
@@ -103,8 +134,17 @@ def log_firing(finding: Finding, ev: GuardEvent, entry: Any) -> None:
         did = "alerted on"
     else:
         did = "fired on (already off)"
-    log.warning("kill switch: rule %s (%s) %s key %s (%s, project %s): %s; figures %s", rule.name, rule.kind,
-                did, entry.redacted_value, entry.id, entry.project_id or "-", finding.summary, ev.figures)
+    log.warning(
+        "kill switch: rule %s (%s) %s key %s (%s, project %s): %s; figures %s",
+        rule.name,
+        rule.kind,
+        did,
+        entry.redacted_value,
+        entry.id,
+        entry.project_id or "-",
+        finding.summary,
+        ev.figures,
+    )
 
 
 def _key_obj(entry: Any) -> dict[str, Any]:
@@ -130,13 +170,25 @@ def fired_alert(guard: Any, finding: Finding, ev: GuardEvent, entry: Any) -> Ale
         head = f"kill switch rule {rule.name} fired on"
     summary = f"{head} key {entry.name} ({entry.id}): {finding.summary}"
     details = {
-        "rule": rule_summary(finding), "key": _key_obj(entry), "project": _project_obj(guard, entry.project_id),
-        "figures": orjson.loads(ev.figures), "action": ev.action, "dry_run": rule.dry_run, "event_id": ev.id,
+        "rule": rule_summary(finding),
+        "key": _key_obj(entry),
+        "project": _project_obj(guard, entry.project_id),
+        "figures": orjson.loads(ev.figures),
+        "action": ev.action,
+        "dry_run": rule.dry_run,
+        "event_id": ev.id,
         "message": ev.message,
     }
     severity = "critical" if ev.action in ("revoked", "suspended") else "warning"
-    return Alert("guard.fired", summary, details, severity=severity, dedup_key=dedup_key(rule.name, entry.id),
-                 id=ev.id.replace("gevt_", "alert_"), created_at=ev.created_at)
+    return Alert(
+        "guard.fired",
+        summary,
+        details,
+        severity=severity,
+        dedup_key=dedup_key(rule.name, entry.id),
+        id=ev.id.replace("gevt_", "alert_"),
+        created_at=ev.created_at,
+    )
 
 
 async def resolve_resumed(guard: Any) -> int:
@@ -150,18 +202,32 @@ async def resolve_resumed(guard: Any) -> int:
     now = int(guard.clock.now())
     for ev in incidents:
         async with rt.sessions() as s, s.begin():
-            res = await s.execute(update(GuardEvent).where(GuardEvent.id == ev.id, GuardEvent.resolved_at.is_(None))
-                                  .values(resolved_at=now))
+            res = await s.execute(
+                update(GuardEvent)
+                .where(GuardEvent.id == ev.id, GuardEvent.resolved_at.is_(None))
+                .values(resolved_at=now)
+            )
             if res.rowcount != 1:  # type: ignore[attr-defined]
                 continue  # another instance resolved it
         entry = rt.snapshot.keys_by_id.get(ev.key_id)
         key = _key_obj(entry) if entry is not None else {"id": ev.key_id}
-        guard.alerts.send(Alert(
-            "guard.resolved", f"key {key.get('name', ev.key_id)} ({ev.key_id}) was resumed: kill switch rule "
-            f"{ev.rule} resolved", {"rule": {"name": ev.rule, "kind": ev.kind}, "key": key,
-                                    "project": _project_obj(guard, ev.project_id), "event_id": ev.id,
-                                    "action": "resumed"},
-            severity="info", dedup_key=dedup_key(ev.rule, ev.key_id), resolve=True, created_at=now))
+        guard.alerts.send(
+            Alert(
+                "guard.resolved",
+                f"key {key.get('name', ev.key_id)} ({ev.key_id}) was resumed: kill switch rule {ev.rule} resolved",
+                {
+                    "rule": {"name": ev.rule, "kind": ev.kind},
+                    "key": key,
+                    "project": _project_obj(guard, ev.project_id),
+                    "event_id": ev.id,
+                    "action": "resumed",
+                },
+                severity="info",
+                dedup_key=dedup_key(ev.rule, ev.key_id),
+                resolve=True,
+                created_at=now,
+            )
+        )
         guard.counters["resolved"] += 1
         n += 1
     return n

@@ -8,8 +8,9 @@ import typer
 def register(app: typer.Typer) -> None:
     from keyplane.cli import JsonOpt, fail, out, print_json, run_store, settings, table, ts
 
-    guard_app = typer.Typer(help="The kill switch: its rules, what they did, and a test alert to every sink.",
-                            no_args_is_help=True)
+    guard_app = typer.Typer(
+        help="The kill switch: its rules, what they did, and a test alert to every sink.", no_args_is_help=True
+    )
     app.add_typer(guard_app, name="guard")
 
     @guard_app.command("rules")
@@ -31,11 +32,40 @@ def register(app: typer.Typer) -> None:
             return
         if not s.file.guard.enabled:
             out.print("[yellow]The kill switch is off (guard.enabled = false): no rule is evaluated.[/]")
-        table("Kill switch rules", ["name", "kind", "scope", "window", "threshold", "metric", "min volume", "mode",
-                                    "cooldown", "dry run", "enabled", "source"],
-              [(d["name"], d["kind"], d["scope"], d["window"], d["threshold"], d["metric"], d["min_volume"],
-                d["mode"], d["cooldown"], "yes" if d["dry_run"] else "no", "yes" if d["enabled"] else "no",
-                d["source"]) for d in items])
+        table(
+            "Kill switch rules",
+            [
+                "name",
+                "kind",
+                "scope",
+                "window",
+                "threshold",
+                "metric",
+                "min volume",
+                "mode",
+                "cooldown",
+                "dry run",
+                "enabled",
+                "source",
+            ],
+            [
+                (
+                    d["name"],
+                    d["kind"],
+                    d["scope"],
+                    d["window"],
+                    d["threshold"],
+                    d["metric"],
+                    d["min_volume"],
+                    d["mode"],
+                    d["cooldown"],
+                    "yes" if d["dry_run"] else "no",
+                    "yes" if d["enabled"] else "no",
+                    d["source"],
+                )
+                for d in items
+            ],
+        )
 
     @guard_app.command("events")
     def events(
@@ -62,9 +92,23 @@ def register(app: typer.Typer) -> None:
         if json:
             print_json(items)
             return
-        table("Kill switch events", ["id", "when", "rule", "key", "action", "dry run", "message", "resolved"],
-              [(d["id"], ts(d["created_at"]), d["rule"], d["key_id"], d["action"], "yes" if d["dry_run"] else "no",
-                d["message"], ts(d["resolved_at"])) for d in items])
+        table(
+            "Kill switch events",
+            ["id", "when", "rule", "key", "action", "dry run", "message", "resolved"],
+            [
+                (
+                    d["id"],
+                    ts(d["created_at"]),
+                    d["rule"],
+                    d["key_id"],
+                    d["action"],
+                    "yes" if d["dry_run"] else "no",
+                    d["message"],
+                    ts(d["resolved_at"]),
+                )
+                for d in items
+            ],
+        )
 
     @guard_app.command("test-alert")
     def test_alert(
@@ -84,9 +128,13 @@ def register(app: typer.Typer) -> None:
         except AlertConfigError as e:
             raise fail(str(e)) from None
         d.max_attempts = attempts
-        alert = Alert("guard.test", "keyplane test alert: the kill switch can reach this sink",
-                      {"rule": {"name": "test"}, "key": None, "project": None, "figures": {}, "action": "none",
-                       "dry_run": True}, severity="info", dedup_key="keyplane:test")
+        alert = Alert(
+            "guard.test",
+            "keyplane test alert: the kill switch can reach this sink",
+            {"rule": {"name": "test"}, "key": None, "project": None, "figures": {}, "action": "none", "dry_run": True},
+            severity="info",
+            dedup_key="keyplane:test",
+        )
 
         async def go() -> list[tuple[str, str, str | None]]:
             try:
@@ -95,13 +143,18 @@ def register(app: typer.Typer) -> None:
                 await d.aclose()
 
         results = asyncio.run(go())
-        items = [{"sink": n, "type": sk.type, "result": r, "error": e}
-                 for (n, r, e), sk in zip(results, [x for x in d.sinks if _takes(x, alert)], strict=True)]
+        items = [
+            {"sink": n, "type": sk.type, "result": r, "error": e}
+            for (n, r, e), sk in zip(results, [x for x in d.sinks if _takes(x, alert)], strict=True)
+        ]
         if json:
             print_json(items)
         else:
-            table("Test alert", ["sink", "type", "result", "error"],
-                  [(i["sink"], i["type"], i["result"], i["error"]) for i in items])
+            table(
+                "Test alert",
+                ["sink", "type", "result", "error"],
+                [(i["sink"], i["type"], i["result"], i["error"]) for i in items],
+            )
         if any(i["result"] != "delivered" for i in items):
             raise typer.Exit(1)
 

@@ -71,8 +71,15 @@ def surge(rule: Rule, view: View, entity: str) -> Finding | None:
     if ratio < 1 + rule.threshold:
         return None
     w = format_duration(rule.window_s)
-    figures = {"metric": m, "window": w, "current": round(cur, 6), "baseline": round(base, 6),
-               "ratio": round(ratio, 2), "threshold": rule.threshold, "periods": len(history)}
+    figures = {
+        "metric": m,
+        "window": w,
+        "current": round(cur, 6),
+        "baseline": round(base, 6),
+        "ratio": round(ratio, 2),
+        "threshold": rule.threshold,
+        "periods": len(history),
+    }
     return Finding(rule, rule.scope, entity, figures, f"{m} {ratio:.1f}x baseline")
 
 
@@ -86,9 +93,15 @@ def error_spike(rule: Rule, view: View, entity: str) -> Finding | None:
     if errors == 0 or share < rule.threshold:
         return None
     w = format_duration(rule.window_s)
-    figures = {"metric": "requests", "window": w, "requests": requests, "errors": errors,
-               "share": round(share, 4), "threshold": rule.threshold,
-               "by_status": {str(s): n for s, n in by_status.items() if n}}
+    figures = {
+        "metric": "requests",
+        "window": w,
+        "requests": requests,
+        "errors": errors,
+        "share": round(share, 4),
+        "threshold": rule.threshold,
+        "by_status": {str(s): n for s, n in by_status.items() if n},
+    }
     codes = "/".join(str(s) for s, n in by_status.items() if n)
     return Finding(rule, rule.scope, entity, figures, f"{errors} of {requests} requests answered {codes} in {w}")
 
@@ -100,12 +113,14 @@ def ceiling(rule: Rule, view: View, entity: str) -> Finding | None:
         return None
     w = format_duration(rule.window_s)
     figures = {"metric": m, "window": w, "current": round(cur, 6), "ceiling": rule.threshold}
-    return Finding(rule, rule.scope, entity, figures,
-                   f"{m} {_fmt(cur, m)} over the ceiling of {_fmt(rule.threshold, m)} per {w}")
+    return Finding(
+        rule, rule.scope, entity, figures, f"{m} {_fmt(cur, m)} over the ceiling of {_fmt(rule.threshold, m)} per {w}"
+    )
 
 
-def new_origins(rule: Rule, view: View, entity: str, ips: int, uas: int, first_seen: float | None,
-                now: float) -> Finding | None:
+def new_origins(
+    rule: Rule, view: View, entity: str, ips: int, uas: int, first_seen: float | None, now: float
+) -> Finding | None:
     if first_seen is None or first_seen > now - rule.window_s:
         return None  # every origin of a key's first window is new
     requests = view.current.get("r", 0)
@@ -115,8 +130,14 @@ def new_origins(rule: Rule, view: View, entity: str, ips: int, uas: int, first_s
     if worst < rule.threshold:
         return None
     w = format_duration(rule.window_s)
-    figures = {"metric": "origins", "window": w, "new_ips": ips, "new_user_agents": uas, "requests": requests,
-               "threshold": rule.threshold}
+    figures = {
+        "metric": "origins",
+        "window": w,
+        "new_ips": ips,
+        "new_user_agents": uas,
+        "requests": requests,
+        "threshold": rule.threshold,
+    }
     what = f"{ips} new client IPs" if ips >= uas else f"{uas} new user agents"
     return Finding(rule, rule.scope, entity, figures, f"{what} in {w}")
 

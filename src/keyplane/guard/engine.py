@@ -37,6 +37,7 @@ def _failed(outage: Outage, e: Exception, what: str) -> None:
     else:
         log.warning("guard: %s failed; will retry", what, exc_info=True)
 
+
 UPSTREAM_NOT_PROBING = frozenset({401, 403, 404})  # upstream answers error_spike never counts
 MIN_PASS_INTERVAL = 0.05  # seconds between evaluation passes under load (coalesces bursts)
 SWEEP_INTERVAL = 60.0
@@ -73,8 +74,10 @@ class Guard:
         active = [r for r in rules.values() if r.spec.enabled] if self.enabled else []
         self._plan = tuple(sorted({(r.scope, r.window_s) for r in active}))
         self._origins = any(r.kind == "new_origins" for r in active)
-        self._by_scope = {"key": [r for r in active if r.scope == "key"],
-                          "project": [r for r in active if r.scope == "project"]}
+        self._by_scope = {
+            "key": [r for r in active if r.scope == "key"],
+            "project": [r for r in active if r.scope == "project"],
+        }
         retention: dict[float, int] = {}
         for r in active:
             n = r.spec.baseline_periods if r.kind in ("token_surge", "spend_surge") else 0
@@ -170,8 +173,11 @@ class Guard:
         if scope == "key":
             e = snap.keys_by_id.get(eid)
             return [e] if e is not None and e.status(now) == "active" else []
-        return [e for e in snap.keys_by_id.values()
-                if e.project_id == eid and e.kind != "admin" and e.status(now) == "active"]
+        return [
+            e
+            for e in snap.keys_by_id.values()
+            if e.project_id == eid and e.kind != "admin" and e.status(now) == "active"
+        ]
 
     async def _evaluate(self, ent: str, now: float, views: dict[tuple[str, float], View]) -> int:
         scope = _scope(ent)
@@ -277,8 +283,10 @@ class Guard:
         self.rt.snapshot.on_change(self._snapshot_moved.set)
         await self.on_revision()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._evaluator(), name="guard-evaluator"),
-                       loop.create_task(self._watch(), name="guard-watch")]
+        self._tasks = [
+            loop.create_task(self._evaluator(), name="guard-evaluator"),
+            loop.create_task(self._watch(), name="guard-watch"),
+        ]
         if self.redis is not None:
             self._tasks.append(loop.create_task(self._listen(), name="guard-pubsub"))
 
@@ -323,7 +331,14 @@ async def open_incidents(s: Any) -> list[Any]:
     from keyplane.guard.models import GuardEvent
     from keyplane.store.models import ApiKey
 
-    stmt = (select(GuardEvent).join(ApiKey, ApiKey.id == GuardEvent.key_id)
-            .where(GuardEvent.action == "suspended", GuardEvent.resolved_at.is_(None), ApiKey.revoked_at.is_(None),
-                   ApiKey.suspended_at.is_(None)))
+    stmt = (
+        select(GuardEvent)
+        .join(ApiKey, ApiKey.id == GuardEvent.key_id)
+        .where(
+            GuardEvent.action == "suspended",
+            GuardEvent.resolved_at.is_(None),
+            ApiKey.revoked_at.is_(None),
+            ApiKey.suspended_at.is_(None),
+        )
+    )
     return list((await s.execute(stmt)).scalars())

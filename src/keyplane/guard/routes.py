@@ -1,9 +1,9 @@
 """Admin API of the kill switch (keyplane extension), under /v1/organization/guard.
 
-    GET/POST          /guard/rules            list the effective rules / create one
-    GET/POST/DELETE   /guard/rules/{name}     read / change (fields merged) / delete one
-    GET               /guard/events           what the rules did, newest first (after, limit, key_id,
-                                              rule, project_id)
+GET/POST          /guard/rules            list the effective rules / create one
+GET/POST/DELETE   /guard/rules/{name}     read / change (fields merged) / delete one
+GET               /guard/events           what the rules did, newest first (after, limit, key_id,
+                                          rule, project_id)
 """
 
 from __future__ import annotations
@@ -37,10 +37,22 @@ def _guard(request: Request) -> Guard:
 
 
 def event_json(e: GuardEvent) -> dict[str, Any]:
-    return {"object": "guard.event", "id": e.id, "created_at": e.created_at, "rule": e.rule, "kind": e.kind,
-            "scope": e.scope, "key_id": e.key_id, "project_id": e.project_id, "mode": e.mode, "action": e.action,
-            "dry_run": e.dry_run, "figures": orjson.loads(e.figures), "message": e.message,
-            "resolved_at": e.resolved_at}
+    return {
+        "object": "guard.event",
+        "id": e.id,
+        "created_at": e.created_at,
+        "rule": e.rule,
+        "kind": e.kind,
+        "scope": e.scope,
+        "key_id": e.key_id,
+        "project_id": e.project_id,
+        "mode": e.mode,
+        "action": e.action,
+        "dry_run": e.dry_run,
+        "figures": orjson.loads(e.figures),
+        "message": e.message,
+        "resolved_at": e.resolved_at,
+    }
 
 
 async def _effective(request: Request) -> tuple[dict[str, Rule], dict[str, int]]:
@@ -69,7 +81,7 @@ async def list_rules(request: Request) -> JSONResponse:
     if after:
         if after not in rules:
             raise bad_request(f"No guard rule named '{after}' to page from.", param="after")
-        names = names[names.index(after) + 1:]
+        names = names[names.index(after) + 1 :]
     page = names[:limit]
     return JSONResponse(list_response([rules[n].to_json(times.get(n)) for n in page], len(names) > limit))
 
@@ -116,8 +128,7 @@ async def list_events(request: Request) -> JSONResponse:
     q = request.query_params
     limit = query_limit(request, 20, 100)
     stmt = select(GuardEvent)
-    for param, col in (("key_id", GuardEvent.key_id), ("rule", GuardEvent.rule),
-                       ("project_id", GuardEvent.project_id)):
+    for param, col in (("key_id", GuardEvent.key_id), ("rule", GuardEvent.rule), ("project_id", GuardEvent.project_id)):
         if q.get(param):
             stmt = stmt.where(col == q[param])
     async with runtime(request).read() as s:

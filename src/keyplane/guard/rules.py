@@ -24,8 +24,13 @@ from keyplane.config import GuardRule, GuardSection
 KINDS = ("token_surge", "spend_surge", "error_spike", "new_origins", "ceiling")
 SURGES = ("token_surge", "spend_surge")
 PROVIDER_SCOPES = ("provider_key", "provider_project")  # evaluated on ingested provider usage (keyplane.providers)
-DEFAULT_METRIC = {"token_surge": "tokens", "spend_surge": "cost_usd", "ceiling": "tokens",
-                  "error_spike": "requests", "new_origins": "requests"}
+DEFAULT_METRIC = {
+    "token_surge": "tokens",
+    "spend_surge": "cost_usd",
+    "ceiling": "tokens",
+    "error_spike": "requests",
+    "new_origins": "requests",
+}
 MIN_WINDOW = 60.0
 MAX_WINDOW = 7 * 86400.0
 MAX_COOLDOWN = 30 * 86400.0
@@ -36,14 +41,32 @@ _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 8
 
 # Shipped defaults (docs/guard.md): on unless `guard.defaults = false` or replaced by a rule of the same name.
 DEFAULT_RULES: tuple[GuardRule, ...] = (
-    GuardRule(name="token-surge", kind="token_surge", scope="key", window="1h", threshold=3.0, metric="tokens",
-              min_volume=20000, mode="suspend", cooldown="1h"),
+    GuardRule(
+        name="token-surge",
+        kind="token_surge",
+        scope="key",
+        window="1h",
+        threshold=3.0,
+        metric="tokens",
+        min_volume=20000,
+        mode="suspend",
+        cooldown="1h",
+    ),
     # keyplane's own auth and permission refusals of an authenticated key (401/403): the signature of
     # a stolen key tried on what it may not do. 404 is left out (a new user calling endpoints that
     # keyplane or the upstream does not serve is exploring, not probing), and so is 429 (keyplane's
     # own rate limits answer it to honest clients too).
-    GuardRule(name="error-spike", kind="error_spike", scope="key", window="10m", threshold=0.5,
-              min_volume=30, mode="suspend", cooldown="1h", statuses=[401, 403]),
+    GuardRule(
+        name="error-spike",
+        kind="error_spike",
+        scope="key",
+        window="10m",
+        threshold=0.5,
+        min_volume=30,
+        mode="suspend",
+        cooldown="1h",
+        statuses=[401, 403],
+    ),
 )
 
 
@@ -59,7 +82,7 @@ class RuleError(ValueError):
 def parse_duration(value: str, field: str = "window") -> float:
     """Go-style durations: 90s, 10m, 1h, 1h30m, 1d, 2w (seconds as a float)."""
     if not isinstance(value, str) or not value.strip():
-        raise RuleError(field, f"'{field}' must be a duration such as \"10m\", \"1h\" or \"1d\".")
+        raise RuleError(field, f'\'{field}\' must be a duration such as "10m", "1h" or "1d".')
     text = value.strip()
     pos, total = 0, 0.0
     for m in _DUR_RE.finditer(text):
@@ -68,7 +91,7 @@ def parse_duration(value: str, field: str = "window") -> float:
         total += float(m.group(1)) * _UNIT[m.group(2)]
         pos = m.end()
     if pos != len(text) or pos == 0:
-        raise RuleError(field, f"'{field}' is not a duration: {value!r} (use e.g. \"10m\", \"1h\", \"1d\").")
+        raise RuleError(field, f'\'{field}\' is not a duration: {value!r} (use e.g. "10m", "1h", "1d").')
     return total
 
 
@@ -131,8 +154,9 @@ def compile_rule(spec: GuardRule, source: str = "config") -> Rule:
     """Check a rule beyond its types; RuleError names the field."""
     name = spec.name.strip() if isinstance(spec.name, str) else ""
     if not name or len(name) > MAX_NAME or not _NAME_RE.match(name):
-        raise RuleError("name", f"'name' must be 1 to {MAX_NAME} letters, digits, '-', '_' or '.', "
-                                "starting with a letter or digit.")
+        raise RuleError(
+            "name", f"'name' must be 1 to {MAX_NAME} letters, digits, '-', '_' or '.', starting with a letter or digit."
+        )
     window = parse_duration(spec.window, "window")
     if not MIN_WINDOW <= window <= MAX_WINDOW:
         raise RuleError("window", "'window' must be from 1m to 7d.")
@@ -143,13 +167,17 @@ def compile_rule(spec: GuardRule, source: str = "config") -> Rule:
     if t != t:  # NaN
         raise RuleError("threshold", "'threshold' must be a number.")
     if spec.kind in SURGES and not 0 < t <= 1000:
-        raise RuleError("threshold", "'threshold' of a surge is the growth over the baseline (3.0 = +300%): "
-                                     "it must be above 0 and at most 1000.")
+        raise RuleError(
+            "threshold",
+            "'threshold' of a surge is the growth over the baseline (3.0 = +300%): "
+            "it must be above 0 and at most 1000.",
+        )
     if spec.kind == "error_spike" and not 0 < t <= 1:
         raise RuleError("threshold", "'threshold' of error_spike is the share of errors: above 0 and at most 1.")
     if spec.kind == "new_origins" and not 1 <= t <= 1_000_000:
-        raise RuleError("threshold", "'threshold' of new_origins is a number of new client IPs or user agents: "
-                                     "at least 1.")
+        raise RuleError(
+            "threshold", "'threshold' of new_origins is a number of new client IPs or user agents: at least 1."
+        )
     if spec.kind == "ceiling" and not 0 < t < 1e15:
         raise RuleError("threshold", "'threshold' of a ceiling is an amount of `metric` per window: above 0.")
     if not 0 <= spec.min_volume < 1e15:
@@ -162,12 +190,12 @@ def compile_rule(spec: GuardRule, source: str = "config") -> Rule:
     if spec.kind == "error_spike" and (not spec.statuses or any(not 400 <= s <= 499 for s in spec.statuses)):
         raise RuleError("statuses", "'statuses' must be a non-empty list of 4xx status codes.")
     if spec.scope == "project" and spec.kind == "new_origins":
-        raise RuleError("scope", "new_origins works per key only: use scope \"key\".")
+        raise RuleError("scope", 'new_origins works per key only: use scope "key".')
     if spec.scope in PROVIDER_SCOPES:
         if spec.kind not in ("token_surge", "spend_surge", "ceiling"):
             raise RuleError("kind", "provider rules take token_surge, spend_surge or ceiling (hourly buckets).")
         if spec.mode == "suspend":
-            raise RuleError("mode", "a provider key cannot be suspended: use \"revoke\" or \"alert\".")
+            raise RuleError("mode", 'a provider key cannot be suspended: use "revoke" or "alert".')
         if window % 3600:
             raise RuleError("window", "'window' of a provider rule is whole hours (the provider's buckets).")
     if name != spec.name:
@@ -231,8 +259,7 @@ def config_rules(section: GuardSection) -> dict[str, Rule]:
 
 def provider_rules(section: GuardSection) -> list[Rule]:
     """The enabled provider_key / provider_project rules of keyplane.toml."""
-    return [compile_rule(spec, "config") for spec in section.rules
-            if spec.scope in PROVIDER_SCOPES and spec.enabled]
+    return [compile_rule(spec, "config") for spec in section.rules if spec.scope in PROVIDER_SCOPES and spec.enabled]
 
 
 def effective(base: dict[str, Rule], stored: dict[str, Rule | None]) -> dict[str, Rule]:

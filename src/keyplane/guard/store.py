@@ -55,17 +55,23 @@ async def create_rule(s: AsyncSession, actor: control.Actor, base: dict[str, Rul
         raise _bad(e) from None
     stored, _ = await load_stored(s)
     if rule.name in effective(base, stored):
-        raise bad_request(f"A guard rule named '{rule.name}' already exists; change it with "
-                          f"POST /v1/organization/guard/rules/{rule.name}.", param="name", code="duplicate_name")
+        raise bad_request(
+            f"A guard rule named '{rule.name}' already exists; change it with "
+            f"POST /v1/organization/guard/rules/{rule.name}.",
+            param="name",
+            code="duplicate_name",
+        )
     await _upsert(s, rule.name, _definition(rule), now)
-    await control.audit(s, actor, "guard.rule.created", {"id": rule.name, "data": msgspec.to_builtins(rule.spec)},
-                        resource_id=rule.name)
+    await control.audit(
+        s, actor, "guard.rule.created", {"id": rule.name, "data": msgspec.to_builtins(rule.spec)}, resource_id=rule.name
+    )
     await control.bump_revision(s)
     return rule
 
 
-async def update_rule(s: AsyncSession, actor: control.Actor, base: dict[str, Rule], name: str, body: Any,
-                      now: int) -> Rule:
+async def update_rule(
+    s: AsyncSession, actor: control.Actor, base: dict[str, Rule], name: str, body: Any, now: int
+) -> Rule:
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_body")
     stored, _ = await load_stored(s)
@@ -73,8 +79,11 @@ async def update_rule(s: AsyncSession, actor: control.Actor, base: dict[str, Rul
     if current is None:
         raise not_found(f"No guard rule named '{name}'.", param="name")
     if "name" in body and body["name"] != name:
-        raise bad_request("'name' cannot be changed; create a rule with the new name and delete this one.",
-                          param="name", code="invalid_value")
+        raise bad_request(
+            "'name' cannot be changed; create a rule with the new name and delete this one.",
+            param="name",
+            code="invalid_value",
+        )
     merged = msgspec.to_builtins(current.spec)
     merged.update({k: v for k, v in body.items() if k not in ("object", "id", "source", "updated_at")})
     try:

@@ -52,8 +52,14 @@ def _add(target: Counters, sample: Counters) -> None:
 
 
 def build_view(
-    buckets: dict[int, Counters], periods: dict[int, Counters], first_seen: float | None, window: float,
-    n_periods: int, now: float, current: Counters | None = None, periods_complete: bool = False,
+    buckets: dict[int, Counters],
+    periods: dict[int, Counters],
+    first_seen: float | None,
+    window: float,
+    n_periods: int,
+    now: float,
+    current: Counters | None = None,
+    periods_complete: bool = False,
 ) -> View:
     """The window's sum and the complete periods; buckets still in the window count in their period too."""
     b_now = int(now // (window / BUCKETS))
@@ -113,7 +119,7 @@ class MemoryWindows:
         if origin not in known:
             known[origin] = now
             if len(known) > MAX_ORIGINS:
-                keep = sorted(known.items(), key=lambda kv: kv[1])[len(known) // 2:]
+                keep = sorted(known.items(), key=lambda kv: kv[1])[len(known) // 2 :]
                 self._origins[entity] = dict(keep)
 
     # --- the evaluator (background) --------------------------------------------------------------

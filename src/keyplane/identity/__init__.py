@@ -22,5 +22,4 @@ async def start(rt: Runtime) -> Feature:
     await state.load()
     rt.features.identity = state
     rt.features.identity_jwks = oidc.JwksCache()
-    return Feature(endpoints=list(routes.ENDPOINTS), routes={"/oauth/token": exchange.token_route(rt)},
-                   stop=state.stop)
+    return Feature(endpoints=list(routes.ENDPOINTS), routes={"/oauth/token": exchange.token_route(rt)}, stop=state.stop)

@@ -73,22 +73,47 @@ class _Limited(Exception):
 async def _send_limited(send: Any, e: _Limited) -> None:
     """429 in OpenAI's error shape, with the exact wait (the SDK's token exchange raises on it)."""
     secs = max(1, math.ceil(e.wait))
-    body = orjson.dumps({"error": {
-        "message": f"Rate limit reached for token exchanges (/oauth/token) {e.what}: limit {e.limit} per minute. "
-                   f"Please try again in {secs}s.",
-        "type": "requests", "param": None, "code": "rate_limit_exceeded"}})
-    await send({"type": "http.response.start", "status": 429, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"), (b"retry-after", str(secs).encode()),
-        (b"retry-after-ms", str(max(1, math.ceil(e.wait * 1000))).encode())]})
+    body = orjson.dumps(
+        {
+            "error": {
+                "message": f"Rate limit reached for token exchanges (/oauth/token) {e.what}: "
+                f"limit {e.limit} per minute. "
+                f"Please try again in {secs}s.",
+                "type": "requests",
+                "param": None,
+                "code": "rate_limit_exceeded",
+            }
+        }
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 429,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+                (b"retry-after", str(secs).encode()),
+                (b"retry-after-ms", str(max(1, math.ceil(e.wait * 1000))).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
 async def _send(send: Any, status: int, body: dict[str, Any]) -> None:
     data = orjson.dumps(body)
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-        (b"cache-control", b"no-store")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": data})
 
 
@@ -138,16 +163,33 @@ async def _exchange(rt: Runtime, p: dict[str, Any], per_provider: RateLimiter | 
         raise _Refused(400, "invalid_request", "subject_token_type must be a JWT or an ID token.")
     subject, pid, sa_id = _field(p, "subject_token"), _field(p, "identity_provider_id"), _field(p, "service_account_id")
     # One refusal for an unknown, disabled or mismatched provider/account: the caller learns nothing about ids.
-    denied = _Refused(400, "invalid_grant", "No enabled federation rule of this provider binds this token to "
-                                            "this service account.")
+    denied = _Refused(
+        400, "invalid_grant", "No enabled federation rule of this provider binds this token to this service account."
+    )
     async with rt.read() as s:
-        prov = (await s.execute(select(WorkloadIdentityProviderRow).where(
-            WorkloadIdentityProviderRow.id == pid))).scalar()
-        sa = (await s.execute(select(ServiceAccount).where(ServiceAccount.id == sa_id,
-                                                           ServiceAccount.deleted_at.is_(None)))).scalar()
-        rules = (await s.execute(select(FederationRuleRow).where(
-            FederationRuleRow.provider_id == pid, FederationRuleRow.service_account_id == sa_id,
-            FederationRuleRow.enabled.is_(True)).order_by(FederationRuleRow.seq))).scalars().all()
+        prov = (
+            await s.execute(select(WorkloadIdentityProviderRow).where(WorkloadIdentityProviderRow.id == pid))
+        ).scalar()
+        sa = (
+            await s.execute(
+                select(ServiceAccount).where(ServiceAccount.id == sa_id, ServiceAccount.deleted_at.is_(None))
+            )
+        ).scalar()
+        rules = (
+            (
+                await s.execute(
+                    select(FederationRuleRow)
+                    .where(
+                        FederationRuleRow.provider_id == pid,
+                        FederationRuleRow.service_account_id == sa_id,
+                        FederationRuleRow.enabled.is_(True),
+                    )
+                    .order_by(FederationRuleRow.seq)
+                )
+            )
+            .scalars()
+            .all()
+        )
     if prov is None or not prov.enabled or sa is None or not rules:
         raise denied
     jwks = rt.features.identity_jwks
@@ -159,19 +201,32 @@ async def _exchange(rt: Runtime, p: dict[str, Any], per_provider: RateLimiter | 
     except oidc.TokenRejected as e:
         raise _Refused(400, "invalid_subject_token", str(e)) from None
     attrs = oidc.attributes(claims, orjson.loads(prov.attribute_transformations))
-    rule = next((r for r in rules if r.project_id == sa.project_id
-                 and oidc.matches(orjson.loads(r.attribute_matchers), attrs)), None)
+    rule = next(
+        (r for r in rules if r.project_id == sa.project_id and oidc.matches(orjson.loads(r.attribute_matchers), attrs)),
+        None,
+    )
     if rule is None:
         raise denied
     ttl = ACCESS_TOKEN_SECONDS
     exp = int(rt.clock.now()) + ttl
-    gen = generation(issuer=prov.issuer, audience=prov.audience, verification=prov.verification,
-                     transformations=prov.attribute_transformations, project_id=rule.project_id,
-                     service_account_id=rule.service_account_id, matchers=rule.attribute_matchers)
-    token = tokens.mint(rt.settings.secret_key, rule_id=rule.id, service_account_id=sa.id, expires_at=exp,
-                        generation=gen)
-    return {"access_token": token, "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
-            "token_type": "Bearer", "expires_in": ttl}
+    gen = generation(
+        issuer=prov.issuer,
+        audience=prov.audience,
+        verification=prov.verification,
+        transformations=prov.attribute_transformations,
+        project_id=rule.project_id,
+        service_account_id=rule.service_account_id,
+        matchers=rule.attribute_matchers,
+    )
+    token = tokens.mint(
+        rt.settings.secret_key, rule_id=rule.id, service_account_id=sa.id, expires_at=exp, generation=gen
+    )
+    return {
+        "access_token": token,
+        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "token_type": "Bearer",
+        "expires_in": ttl,
+    }
 
 
 def _trusted(rt: Runtime) -> tuple[ip.IPNet, ...]:

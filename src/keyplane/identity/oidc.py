@@ -25,8 +25,7 @@ MAX_SUBJECT_TOKEN = 16 * 1024
 MAX_DOCUMENT = 512 * 1024
 JWKS_TTL = 300.0
 MIN_REFETCH = 10.0
-ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
-                        "EdDSA"})
+ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
 
 
 class TokenRejected(Exception):
@@ -92,8 +91,9 @@ class JwksCache:
         keys = jwks.get("keys")
         return [k for k in keys if isinstance(k, dict)] if isinstance(keys, list) else []
 
-    async def keys(self, provider_id: str, issuer: str, verification: dict[str, Any], kid: str | None) -> list[
-            dict[str, Any]]:
+    async def keys(
+        self, provider_id: str, issuer: str, verification: dict[str, Any], kid: str | None
+    ) -> list[dict[str, Any]]:
         if verification.get("type") == "uploaded_jwks":
             jwks = verification.get("jwks") or {}
             keys = jwks.get("keys") if isinstance(jwks, dict) else None
@@ -113,8 +113,9 @@ class JwksCache:
                 again = self._cache.get(provider_id)
                 if again is cached:
                     try:
-                        cached = self._cache[provider_id] = _Cached(await self._fetch(issuer, verification),
-                                                                    time.monotonic())
+                        cached = self._cache[provider_id] = _Cached(
+                            await self._fetch(issuer, verification), time.monotonic()
+                        )
                         self._failed.pop(provider_id, None)
                     except (aiohttp.ClientError, TimeoutError, ValueError, TokenRejected) as e:
                         self._failed[provider_id] = time.monotonic()
@@ -178,7 +179,12 @@ def verify(token: str, keys: list[dict[str, Any]], *, issuer: str, audience: str
     try:
         key = jwt.PyJWK(jwk, algorithm=pinned).key
         claims: dict[str, Any] = jwt.decode(
-            token, key, algorithms=[pinned], audience=audience, issuer=issuer, leeway=LEEWAY_SECONDS,
+            token,
+            key,
+            algorithms=[pinned],
+            audience=audience,
+            issuer=issuer,
+            leeway=LEEWAY_SECONDS,
             options={"require": ["exp", "iat", "iss", "aud", "sub"], "verify_iat": True},
         )
     except jwt.ExpiredSignatureError:

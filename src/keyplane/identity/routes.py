@@ -31,22 +31,41 @@ MAX_MATCHERS = 32
 
 
 def provider_json(p: WorkloadIdentityProviderRow) -> dict[str, Any]:
-    return {"object": "organization.workload_identity_provider", "id": p.id, "type": "oidc", "name": p.name,
-            "description": p.description, "issuer": p.issuer, "audience": p.audience, "enabled": p.enabled,
-            "verification": orjson.loads(p.verification),
-            "attribute_transformations": orjson.loads(p.attribute_transformations),
-            "created_at": p.created_at, "updated_at": p.updated_at}
+    return {
+        "object": "organization.workload_identity_provider",
+        "id": p.id,
+        "type": "oidc",
+        "name": p.name,
+        "description": p.description,
+        "issuer": p.issuer,
+        "audience": p.audience,
+        "enabled": p.enabled,
+        "verification": orjson.loads(p.verification),
+        "attribute_transformations": orjson.loads(p.attribute_transformations),
+        "created_at": p.created_at,
+        "updated_at": p.updated_at,
+    }
 
 
 def rule_json(r: FederationRuleRow) -> dict[str, Any]:
-    return {"object": "organization.workload_identity_federation_rule", "id": r.id, "name": r.name,
-            "description": r.description, "enabled": r.enabled, "workload_identity_provider_id": r.provider_id,
-            "project_id": r.project_id, "service_account_id": r.service_account_id,
-            "attribute_matchers": orjson.loads(r.attribute_matchers), "permissions": orjson.loads(r.permissions),
-            "created_at": r.created_at, "updated_at": r.updated_at}
+    return {
+        "object": "organization.workload_identity_federation_rule",
+        "id": r.id,
+        "name": r.name,
+        "description": r.description,
+        "enabled": r.enabled,
+        "workload_identity_provider_id": r.provider_id,
+        "project_id": r.project_id,
+        "service_account_id": r.service_account_id,
+        "attribute_matchers": orjson.loads(r.attribute_matchers),
+        "permissions": orjson.loads(r.permissions),
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+    }
 
 
 # --- validation --------------------------------------------------------------------------------
+
 
 def _url(value: Any, param: str) -> str:
     if not isinstance(value, str) or not value.strip():
@@ -80,21 +99,37 @@ def _verification(value: Any) -> dict[str, Any]:
 def _transformations(value: Any) -> list[dict[str, str]]:
     if value is None:
         return []
-    ok = isinstance(value, list) and len(value) <= MAX_MATCHERS and all(
-        isinstance(t, dict) and isinstance(t.get("attribute"), str) and isinstance(t.get("expression"), str)
-        and t["expression"].startswith("assertion.") for t in value)
+    ok = (
+        isinstance(value, list)
+        and len(value) <= MAX_MATCHERS
+        and all(
+            isinstance(t, dict)
+            and isinstance(t.get("attribute"), str)
+            and isinstance(t.get("expression"), str)
+            and t["expression"].startswith("assertion.")
+            for t in value
+        )
+    )
     if not ok:
-        raise bad_request("'attribute_transformations' must be a list of {attribute, expression: "
-                          "'assertion.<claim>'}.", param="attribute_transformations")
+        raise bad_request(
+            "'attribute_transformations' must be a list of {attribute, expression: 'assertion.<claim>'}.",
+            param="attribute_transformations",
+        )
     return [{"attribute": t["attribute"], "expression": t["expression"]} for t in value]
 
 
 def _matchers(value: Any) -> dict[str, Any]:
-    ok = isinstance(value, dict) and 0 < len(value) <= MAX_MATCHERS and all(
-        isinstance(k, str) and isinstance(v, str | bool | int | float) for k, v in value.items())
+    ok = (
+        isinstance(value, dict)
+        and 0 < len(value) <= MAX_MATCHERS
+        and all(isinstance(k, str) and isinstance(v, str | bool | int | float) for k, v in value.items())
+    )
     if not ok:
-        raise bad_request("'attribute_matchers' must map at least one attribute to the value it must have: "
-                          "a rule that matches every token of an issuer is refused.", param="attribute_matchers")
+        raise bad_request(
+            "'attribute_matchers' must map at least one attribute to the value it must have: "
+            "a rule that matches every token of an issuer is refused.",
+            param="attribute_matchers",
+        )
     return dict(value)
 
 
@@ -105,8 +140,9 @@ def _permissions(value: Any) -> tuple[dict[str, Any], str]:
     if isinstance(value, dict) and value.get("type") == "restricted" and isinstance(value.get("scopes"), list):
         perms = control.check_permissions(value["scopes"])
         return {"type": "restricted", "scopes": list(value["scopes"])}, orjson.dumps(perms.to_json()).decode()
-    raise bad_request("'permissions' must be {type: service_account_default} or {type: restricted, scopes}.",
-                      param="permissions")
+    raise bad_request(
+        "'permissions' must be {type: service_account_default} or {type: restricted, scopes}.", param="permissions"
+    )
 
 
 def _enabled(value: Any, default: bool) -> bool:
@@ -119,6 +155,7 @@ def _enabled(value: Any, default: bool) -> bool:
 
 # --- helpers -----------------------------------------------------------------------------------
 
+
 async def _provider(s: Any, pid: str) -> WorkloadIdentityProviderRow:
     p = (await s.execute(select(WorkloadIdentityProviderRow).where(WorkloadIdentityProviderRow.id == pid))).scalar()
     if p is None:
@@ -127,8 +164,11 @@ async def _provider(s: Any, pid: str) -> WorkloadIdentityProviderRow:
 
 
 async def _rule(s: Any, pid: str, rid: str) -> FederationRuleRow:
-    r = (await s.execute(select(FederationRuleRow).where(FederationRuleRow.id == rid,
-                                                         FederationRuleRow.provider_id == pid))).scalar()
+    r = (
+        await s.execute(
+            select(FederationRuleRow).where(FederationRuleRow.id == rid, FederationRuleRow.provider_id == pid)
+        )
+    ).scalar()
     if r is None:
         raise not_found(f"No federation rule found with id '{rid}' for provider '{pid}'.")
     return r
@@ -164,13 +204,20 @@ def _now(request: Request) -> int:
 
 # --- providers ---------------------------------------------------------------------------------
 
+
 async def list_providers(request: Request) -> JSONResponse:
     authenticate_admin(request)
     limit = query_limit(request, 20, 100)
     desc = request.query_params.get("order", "desc") != "asc"
     async with runtime(request).read() as s:
-        rows, more = await control.page(s, WorkloadIdentityProviderRow, select(WorkloadIdentityProviderRow),
-                                        after=request.query_params.get("after"), limit=limit, descending=desc)
+        rows, more = await control.page(
+            s,
+            WorkloadIdentityProviderRow,
+            select(WorkloadIdentityProviderRow),
+            after=request.query_params.get("after"),
+            limit=limit,
+            descending=desc,
+        )
     return JSONResponse(list_response([provider_json(p) for p in rows], more))
 
 
@@ -181,16 +228,22 @@ async def create_provider(request: Request) -> JSONResponse:
         raise bad_request("'type' must be 'oidc'.", param="type", code="invalid_value")
     t = _now(request)
     p = WorkloadIdentityProviderRow(
-        id=ids.new_id("wip_"), name=control.check_name(b.get("name")), description=b.get("description"),
-        issuer=_url(b.get("issuer"), "issuer"), audience=_text(b.get("audience"), "audience"),
+        id=ids.new_id("wip_"),
+        name=control.check_name(b.get("name")),
+        description=b.get("description"),
+        issuer=_url(b.get("issuer"), "issuer"),
+        audience=_text(b.get("audience"), "audience"),
         enabled=_enabled(b.get("enabled"), True),
         verification=orjson.dumps(_verification(b.get("verification"))).decode(),
         attribute_transformations=orjson.dumps(_transformations(b.get("attribute_transformations"))).decode(),
-        created_at=t, updated_at=t)
+        created_at=t,
+        updated_at=t,
+    )
     async with runtime(request).write() as s:
         s.add(p)
-        await control.audit(s, actor, "workload_identity_provider.created", {"id": p.id, "issuer": p.issuer},
-                            resource_id=p.id, at=t)
+        await control.audit(
+            s, actor, "workload_identity_provider.created", {"id": p.id, "issuer": p.issuer}, resource_id=p.id, at=t
+        )
         await control.bump_revision(s)
     await _changed(request)
     return JSONResponse(provider_json(p))
@@ -224,8 +277,9 @@ async def update_provider(request: Request) -> JSONResponse:
         if "attribute_transformations" in b:
             p.attribute_transformations = orjson.dumps(_transformations(b["attribute_transformations"])).decode()
         p.updated_at = t
-        await control.audit(s, actor, "workload_identity_provider.updated", {"id": p.id, "changes": sorted(b)},
-                            resource_id=p.id, at=t)
+        await control.audit(
+            s, actor, "workload_identity_provider.updated", {"id": p.id, "changes": sorted(b)}, resource_id=p.id, at=t
+        )
         await control.bump_revision(s)
     _jwks(request).forget(p.id)
     await _changed(request)
@@ -248,6 +302,7 @@ async def delete_provider(request: Request) -> JSONResponse:
 
 # --- federation rules --------------------------------------------------------------------------
 
+
 async def list_rules(request: Request) -> JSONResponse:
     authenticate_admin(request)
     pid = request.path_params["provider_id"]
@@ -257,8 +312,14 @@ async def list_rules(request: Request) -> JSONResponse:
         stmt = stmt.where(FederationRuleRow.service_account_id == q["service_account_id"])
     async with runtime(request).read() as s:
         await _provider(s, pid)
-        rows, more = await control.page(s, FederationRuleRow, stmt, after=q.get("after"),
-                                        limit=query_limit(request, 20, 100), descending=q.get("order", "desc") != "asc")
+        rows, more = await control.page(
+            s,
+            FederationRuleRow,
+            stmt,
+            after=q.get("after"),
+            limit=query_limit(request, 20, 100),
+            descending=q.get("order", "desc") != "asc",
+        )
     return JSONResponse(list_response([rule_json(r) for r in rows], more))
 
 
@@ -267,8 +328,10 @@ async def create_rule(request: Request) -> JSONResponse:
     rt = runtime(request)
     b = await json_body(request)
     pid = request.path_params["provider_id"]
-    project_id, sa_id = _text(b.get("project_id"), "project_id"), _text(b.get("service_account_id"),
-                                                                        "service_account_id")
+    project_id, sa_id = (
+        _text(b.get("project_id"), "project_id"),
+        _text(b.get("service_account_id"), "service_account_id"),
+    )
     matchers = _matchers(b.get("attribute_matchers"))
     shown, key_perms = _permissions(b.get("permissions"))
     name = control.check_name(b.get("name"), required=False)
@@ -279,20 +342,43 @@ async def create_rule(request: Request) -> JSONResponse:
         await control.get_service_account(s, project_id, sa_id)
         rid = ids.new_id("wifr_")
         # The rule's keyless key row: limits, usage and the snapshot entry; its value is discarded unseen.
-        key, _ = control.new_key_row(rt.settings.secret_key, "svc", f"workload identity: {name or rid}",
-                                      project_id=project_id, owner_user_id=None, service_account_id=sa_id,
-                                      permissions=parse_permissions("all"), expires_at=None, at=t)
+        key, _ = control.new_key_row(
+            rt.settings.secret_key,
+            "svc",
+            f"workload identity: {name or rid}",
+            project_id=project_id,
+            owner_user_id=None,
+            service_account_id=sa_id,
+            permissions=parse_permissions("all"),
+            expires_at=None,
+            at=t,
+        )
         key.permissions = key_perms
         s.add(key)
-        r = FederationRuleRow(id=rid, provider_id=pid, project_id=project_id, service_account_id=sa_id,
-                              key_id=key.id, name=name, description=b.get("description"),
-                              enabled=_enabled(b.get("enabled"), True),
-                              attribute_matchers=orjson.dumps(matchers).decode(),
-                              permissions=orjson.dumps(shown).decode(), created_at=t, updated_at=t)
+        r = FederationRuleRow(
+            id=rid,
+            provider_id=pid,
+            project_id=project_id,
+            service_account_id=sa_id,
+            key_id=key.id,
+            name=name,
+            description=b.get("description"),
+            enabled=_enabled(b.get("enabled"), True),
+            attribute_matchers=orjson.dumps(matchers).decode(),
+            permissions=orjson.dumps(shown).decode(),
+            created_at=t,
+            updated_at=t,
+        )
         s.add(r)
-        await control.audit(s, actor, "workload_identity_federation_rule.created",
-                            {"id": rid, "provider_id": pid, "service_account_id": sa_id, "matchers": matchers},
-                            project_id=project_id, resource_id=rid, at=t)
+        await control.audit(
+            s,
+            actor,
+            "workload_identity_federation_rule.created",
+            {"id": rid, "provider_id": pid, "service_account_id": sa_id, "matchers": matchers},
+            project_id=project_id,
+            resource_id=rid,
+            at=t,
+        )
         await control.bump_revision(s)
     await _changed(request)
     return JSONResponse(rule_json(r))
@@ -326,8 +412,15 @@ async def update_rule(request: Request) -> JSONResponse:
             if key is not None:
                 key.permissions, key.updated_at = key_perms, t
         r.updated_at = t
-        await control.audit(s, actor, "workload_identity_federation_rule.updated", {"id": r.id, "changes": sorted(b)},
-                            project_id=r.project_id, resource_id=r.id, at=t)
+        await control.audit(
+            s,
+            actor,
+            "workload_identity_federation_rule.updated",
+            {"id": r.id, "changes": sorted(b)},
+            project_id=r.project_id,
+            resource_id=r.id,
+            at=t,
+        )
         await control.bump_revision(s)
     await _changed(request)
     return JSONResponse(rule_json(r))
@@ -342,12 +435,20 @@ async def delete_rule(request: Request) -> JSONResponse:
         if key is not None and key.revoked_at is None:
             key.revoked_at, key.revoke_reason, key.updated_at = t, "federation rule deleted", t
         await s.delete(r)
-        await control.audit(s, actor, "workload_identity_federation_rule.deleted", {"id": r.id},
-                            project_id=r.project_id, resource_id=r.id, at=t)
+        await control.audit(
+            s,
+            actor,
+            "workload_identity_federation_rule.deleted",
+            {"id": r.id},
+            project_id=r.project_id,
+            resource_id=r.id,
+            at=t,
+        )
         await control.bump_revision(s)
     await _changed(request)
-    return JSONResponse({"object": "organization.workload_identity_federation_rule.deleted", "id": r.id,
-                         "deleted": True})
+    return JSONResponse(
+        {"object": "organization.workload_identity_federation_rule.deleted", "id": r.id, "deleted": True}
+    )
 
 
 R = f"{P}/{{provider_id}}/federation_rules"

@@ -32,8 +32,16 @@ class RuleEntry:
     generation: str = ""  # what the rule and its provider were when a token was issued (tokens.generation)
 
 
-def generation(*, issuer: str, audience: str, verification: str, transformations: str, project_id: str,
-               service_account_id: str, matchers: str) -> str:
+def generation(
+    *,
+    issuer: str,
+    audience: str,
+    verification: str,
+    transformations: str,
+    project_id: str,
+    service_account_id: str,
+    matchers: str,
+) -> str:
     """A digest of everything that decided whether a subject token earned an access token: change any of it
     (the rule's matchers, the provider's issuer, audience, keys or transformations) and the access tokens
     issued under the old terms stop working at once, as a disabled rule's do."""
@@ -81,22 +89,48 @@ class IdentityState:
 
     async def load(self) -> None:
         async with self.engine.connect() as conn:
-            prows = (await conn.execute(select(
-                WorkloadIdentityProviderRow.id, WorkloadIdentityProviderRow.enabled,
-                WorkloadIdentityProviderRow.issuer, WorkloadIdentityProviderRow.audience,
-                WorkloadIdentityProviderRow.verification,
-                WorkloadIdentityProviderRow.attribute_transformations))).all()
-            rrows = (await conn.execute(select(
-                FederationRuleRow.id, FederationRuleRow.enabled, FederationRuleRow.provider_id,
-                FederationRuleRow.service_account_id, FederationRuleRow.key_id, FederationRuleRow.project_id,
-                FederationRuleRow.attribute_matchers))).all()
+            prows = (
+                await conn.execute(
+                    select(
+                        WorkloadIdentityProviderRow.id,
+                        WorkloadIdentityProviderRow.enabled,
+                        WorkloadIdentityProviderRow.issuer,
+                        WorkloadIdentityProviderRow.audience,
+                        WorkloadIdentityProviderRow.verification,
+                        WorkloadIdentityProviderRow.attribute_transformations,
+                    )
+                )
+            ).all()
+            rrows = (
+                await conn.execute(
+                    select(
+                        FederationRuleRow.id,
+                        FederationRuleRow.enabled,
+                        FederationRuleRow.provider_id,
+                        FederationRuleRow.service_account_id,
+                        FederationRuleRow.key_id,
+                        FederationRuleRow.project_id,
+                        FederationRuleRow.attribute_matchers,
+                    )
+                )
+            ).all()
         provs = {r.id: r for r in prows}
         rules: dict[str, RuleEntry] = {}
         for r in rrows:
             p = provs.get(r.provider_id)
-            gen = generation(issuer=p.issuer, audience=p.audience, verification=p.verification,
-                             transformations=p.attribute_transformations, project_id=r.project_id,
-                             service_account_id=r.service_account_id, matchers=r.attribute_matchers) if p else ""
+            gen = (
+                generation(
+                    issuer=p.issuer,
+                    audience=p.audience,
+                    verification=p.verification,
+                    transformations=p.attribute_transformations,
+                    project_id=r.project_id,
+                    service_account_id=r.service_account_id,
+                    matchers=r.attribute_matchers,
+                )
+                if p
+                else ""
+            )
             rules[r.id] = RuleEntry(bool(r.enabled), r.provider_id, r.service_account_id, r.key_id, gen)
         self.providers = {r.id: bool(r.enabled) for r in prows}
         self.rules = rules

@@ -73,8 +73,11 @@ def _unb64(text: str) -> bytes:
 
 
 def mint(secret: bytes, *, rule_id: str, service_account_id: str, expires_at: int, generation: str = "") -> str:
-    payload = _b64(orjson.dumps({"r": rule_id, "s": service_account_id, "e": expires_at, "g": generation,
-                                 "n": secrets.token_urlsafe(9)}))
+    payload = _b64(
+        orjson.dumps(
+            {"r": rule_id, "s": service_account_id, "e": expires_at, "g": generation, "n": secrets.token_urlsafe(9)}
+        )
+    )
     mac = hmac.new(_mac_key(secret), payload.encode(), hashlib.sha256).digest()
     return f"{PREFIX}{payload}.{_b64(mac)}"
 
@@ -105,7 +108,7 @@ def generation_of(secret: bytes, token: str, now: float) -> str:
 def _claims(secret: bytes, token: str, now: float) -> dict[str, Any]:
     if len(token) > MAX_TOKEN or not token.startswith(PREFIX) or token.count(".") != 1:
         raise errors.invalid_key(_SHOWN, "The workload access token is malformed.")
-    payload, _, mac_text = token[len(PREFIX):].partition(".")
+    payload, _, mac_text = token[len(PREFIX) :].partition(".")
     expected = hmac.new(_mac_key(secret), payload.encode(), hashlib.sha256).digest()
     try:
         mac = _unb64(mac_text)
@@ -133,8 +136,10 @@ def entry_for(secret: bytes, token: str, now: float, state: IdentityView | None,
         raise _refused("is no longer valid: its federation rule is disabled.")
     gen = claims.get("g")
     if not isinstance(gen, str) or not hmac.compare_digest(gen, rule.generation):
-        raise _refused("is no longer valid: its federation rule or provider changed since it was issued; "
-                       "exchange a fresh workload token at /oauth/token.")
+        raise _refused(
+            "is no longer valid: its federation rule or provider changed since it was issued; "
+            "exchange a fresh workload token at /oauth/token."
+        )
     if not state or not state.provider_enabled(rule.provider_id):
         raise _refused("is no longer valid: its workload identity provider is disabled or deleted.")
     entry = snap.keys_by_id.get(rule.key_id)

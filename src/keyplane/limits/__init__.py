@@ -99,8 +99,15 @@ class Reservation:
 
 
 class Limiter(Protocol):
-    async def admit(self, rid: str, budgets: tuple[BudgetRef, ...], buckets: tuple[Bucket, ...], cost: int,
-                    tokens: int, ttl_us: int | None = None) -> Granted | Denied:
+    async def admit(
+        self,
+        rid: str,
+        budgets: tuple[BudgetRef, ...],
+        buckets: tuple[Bucket, ...],
+        cost: int,
+        tokens: int,
+        ttl_us: int | None = None,
+    ) -> Granted | Denied:
         """Check every budget and bucket and take ``cost`` and ``tokens`` from all of them, or none; the
         reservation is held ``ttl_us`` (default: reservation_ttl_seconds) unless settled before."""
         ...

@@ -23,8 +23,15 @@ class MemoryLimiter:
     def now_us(self) -> int:
         return int(self._now() * 1_000_000)
 
-    def admit_now(self, rid: str, budgets: tuple[BudgetRef, ...], buckets: tuple[Bucket, ...], cost: int,
-                  tokens: int, ttl_us: int | None = None) -> Granted | Denied:
+    def admit_now(
+        self,
+        rid: str,
+        budgets: tuple[BudgetRef, ...],
+        buckets: tuple[Bucket, ...],
+        cost: int,
+        tokens: int,
+        ttl_us: int | None = None,
+    ) -> Granted | Denied:
         now = int(self._now() * 1_000_000)
         # Order of refusals: a request too large for a limit (never passes), then budgets (waiting does
         # not help), then rate limits (the longest wait, so that one retry after it is enough).
@@ -71,8 +78,15 @@ class MemoryLimiter:
             self.reservations[rid] = (now + (ttl_us or self.ttl_us), cost, tuple(b.key for b in budgets))
         return Granted(now, news)
 
-    async def admit(self, rid: str, budgets: tuple[BudgetRef, ...], buckets: tuple[Bucket, ...], cost: int,
-                    tokens: int, ttl_us: int | None = None) -> Granted | Denied:
+    async def admit(
+        self,
+        rid: str,
+        budgets: tuple[BudgetRef, ...],
+        buckets: tuple[Bucket, ...],
+        cost: int,
+        tokens: int,
+        ttl_us: int | None = None,
+    ) -> Granted | Denied:
         return self.admit_now(rid, budgets, buckets, cost, tokens, ttl_us)
 
     async def hold(self, res: Reservation, ttl_us: int) -> bool:

@@ -59,7 +59,9 @@ local F = {'rm', 'tm', 'rd', 'td'}
 
 # KEYS: seeded, nb budget hashes, nb reservation sets, ng buckets
 # ARGV: member, ttl_us, cost, tokens, nb, ng, (limit, key_ttl) * nb, (rpm, tpm, rpd, tpd) * ng
-ADMIT = _COMMON + """
+ADMIT = (
+    _COMMON
+    + """
 local ep = redis.call('GET', KEYS[1])
 if not ep then return {-1} end
 local lost = tonumber(string.match(ep, ':(%d+)$')) or 0
@@ -160,11 +162,14 @@ for j = 1, ng do
 end
 return out
 """
+)
 
 # KEYS: nb budget hashes, nb reservation sets, ng buckets
 # ARGV: member, amount, actual, token_delta, nb, ng, strict, key_ttl * nb, (tpm, tpd) * ng
 # strict (a replayed settle, a release): only while the reservation is still held; returns 0 otherwise.
-SETTLE = _COMMON + """
+SETTLE = (
+    _COMMON
+    + """
 local member = ARGV[1]
 local amount = tonumber(ARGV[2])
 local actual = tonumber(ARGV[3])
@@ -213,6 +218,7 @@ if delta ~= 0 then
 end
 return 1
 """
+)
 
 # KEYS: budget hashes; ARGV: (spent, key_ttl) per key. A counter is seeded once (field `base`).
 SEED = """
@@ -246,11 +252,17 @@ class RedisLimiter:
         # for a second is PINGed before use (a Redis restart leaves the pool full of dead sockets),
         # and a command that fails on a broken connection is retried once, on a new one.
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=MAX_CONNECTIONS, timeout=max(timeout, 1.0) * 2,
-            socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=HEALTH_CHECK_SECONDS,
-            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1,
-                        supported_errors=(RedisConnectionError, ConnectionError)),
-            retry_on_error=[RedisConnectionError, ConnectionError])
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=max(timeout, 1.0) * 2,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=HEALTH_CHECK_SECONDS,
+            retry=Retry(
+                ExponentialBackoff(cap=0.1, base=0.01), 1, supported_errors=(RedisConnectionError, ConnectionError)
+            ),
+            retry_on_error=[RedisConnectionError, ConnectionError],
+        )
         self.redis: Any = aioredis.Redis(connection_pool=pool, decode_responses=False)
         self.base = "{" + prefix + "}"
         self.seeded_key = self.base + ":epoch"
@@ -273,8 +285,15 @@ class RedisLimiter:
     def _g(self, key: str) -> str:
         return f"{self.base}:g:{key}"
 
-    async def admit(self, rid: str, budgets: tuple[BudgetRef, ...], buckets: tuple[Bucket, ...], cost: int,
-                    tokens: int, ttl_us: int | None = None) -> Granted | Denied:
+    async def admit(
+        self,
+        rid: str,
+        budgets: tuple[BudgetRef, ...],
+        buckets: tuple[Bucket, ...],
+        cost: int,
+        tokens: int,
+        ttl_us: int | None = None,
+    ) -> Granted | Denied:
         keys = [self.seeded_key]
         keys.extend(self._b(b.key) for b in budgets)
         keys.extend(self._z(b.key) for b in budgets)
@@ -354,8 +373,15 @@ class RedisLimiter:
         keys = [self._b(b.key) for b in res.budgets]
         keys.extend(self._z(b.key) for b in res.budgets)
         keys.extend(self._g(g.key) for g in res.buckets)
-        args: list[Any] = [f"{res.rid}:{res.amount}", res.amount, actual_cost, delta, len(res.budgets),
-                           len(res.buckets), 1 if strict else 0]
+        args: list[Any] = [
+            f"{res.rid}:{res.amount}",
+            res.amount,
+            actual_cost,
+            delta,
+            len(res.budgets),
+            len(res.buckets),
+            1 if strict else 0,
+        ]
         args.extend(b.ttl for b in res.budgets)
         for g in res.buckets:
             args.extend((g.limits[1], g.limits[3]))
@@ -375,7 +401,7 @@ class RedisLimiter:
     async def seed(self, spent: dict[str, int], ttls: dict[str, int], after_loss: bool = False) -> None:
         items = list(spent.items())
         for i in range(0, len(items), 500):
-            chunk = items[i:i + 500]
+            chunk = items[i : i + 500]
             args: list[Any] = []
             for key, value in chunk:
                 args.extend((value, ttls.get(key, 0)))

@@ -30,25 +30,48 @@ import orjson
 
 log = logging.getLogger("keyplane.limits")
 
-_O200K = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o", "omni-moderation", "codex-",
-          "computer-use", "demo-")
+_O200K = (
+    "gpt-4o",
+    "gpt-4.1",
+    "gpt-4.5",
+    "gpt-5",
+    "o1",
+    "o3",
+    "o4",
+    "chatgpt-4o",
+    "omni-moderation",
+    "codex-",
+    "computer-use",
+    "demo-",
+)
 _CL100K = ("gpt-4", "gpt-3.5", "gpt-35", "text-embedding-3", "text-embedding-ada")
 
 # The encodings' split patterns and special tokens, as tiktoken and bpe-openai define them.
 _SPECS: dict[str, tuple[str, dict[str, int]]] = {
-    "o200k_base": ("|".join([
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""\p{N}{1,3}""",
-        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-        r"""\s*[\r\n]+""",
-        r"""\s+(?!\S)""",
-        r"""\s+""",
-    ]), {"<|endoftext|>": 199_999, "<|endofprompt|>": 200_018}),
+    "o200k_base": (
+        "|".join(
+            [
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""\p{N}{1,3}""",
+                r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+                r"""\s*[\r\n]+""",
+                r"""\s+(?!\S)""",
+                r"""\s+""",
+            ]
+        ),
+        {"<|endoftext|>": 199_999, "<|endofprompt|>": 200_018},
+    ),
     "cl100k_base": (
         r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",  # noqa: E501
-        {"<|endoftext|>": 100_257, "<|fim_prefix|>": 100_258, "<|fim_middle|>": 100_259, "<|fim_suffix|>": 100_260,
-         "<|endofprompt|>": 100_276}),
+        {
+            "<|endoftext|>": 100_257,
+            "<|fim_prefix|>": 100_258,
+            "<|fim_middle|>": 100_259,
+            "<|fim_suffix|>": 100_260,
+            "<|endofprompt|>": 100_276,
+        },
+    ),
 }
 # name -> tiktoken Encoding, or None when it could not be built. Process-wide: the tables are large
 # and immutable. Written by the loader thread, read by the request path (a dict lookup).
@@ -270,8 +293,7 @@ _FUNCTION_TOOLS = frozenset({"function", "custom"})
 
 def _hosted(tools: Any) -> bool:
     """Tools the provider runs and bills per call (web search, file search, code interpreter...)."""
-    return isinstance(tools, list) and any(isinstance(t, dict) and t.get("type") not in _FUNCTION_TOOLS
-                                           for t in tools)
+    return isinstance(tools, list) and any(isinstance(t, dict) and t.get("type") not in _FUNCTION_TOOLS for t in tools)
 
 
 _counters: dict[str, Counter] = {}

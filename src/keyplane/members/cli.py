@@ -1,6 +1,5 @@
 """`keyplane invites ...` and `keyplane members ...` (project members), registered by keyplane.cli."""
 
-
 from typing import Annotated, Any
 
 import typer
@@ -15,10 +14,12 @@ def register(app: typer.Typer) -> None:
     from keyplane.members.models import Invite
     from keyplane.members.routes import project_user
 
-    invites_app = typer.Typer(help="Invite people: each invite has a one-time link to set a password.",
-                              no_args_is_help=True)
-    members_app = typer.Typer(help="Project members (owner or member): who may hold keys in a project.",
-                              no_args_is_help=True)
+    invites_app = typer.Typer(
+        help="Invite people: each invite has a one-time link to set a password.", no_args_is_help=True
+    )
+    members_app = typer.Typer(
+        help="Project members (owner or member): who may hold keys in a project.", no_args_is_help=True
+    )
     app.add_typer(invites_app, name="invites")
     app.add_typer(members_app, name="members")
 
@@ -26,12 +27,18 @@ def register(app: typer.Typer) -> None:
     def create(
         email: Annotated[str, typer.Argument(help="Email address of the person to invite.")],
         role: Annotated[str, typer.Option(help="Organization role: owner or reader.")] = "reader",
-        project: Annotated[list[str] | None, typer.Option(
-            help="PROJECT_ID[:owner|member] to join on acceptance (repeatable). None given: the default "
-                 "project; give --no-projects for none.")] = None,
+        project: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="PROJECT_ID[:owner|member] to join on acceptance (repeatable). None given: the default "
+                "project; give --no-projects for none."
+            ),
+        ] = None,
         no_projects: Annotated[bool, typer.Option(help="Join no project.")] = False,
-        base_url: Annotated[str | None, typer.Option(
-            help="The dashboard's address for the link (default: http://HOST:PORT of the settings).")] = None,
+        base_url: Annotated[
+            str | None,
+            typer.Option(help="The dashboard's address for the link (default: http://HOST:PORT of the settings)."),
+        ] = None,
         json: JsonOpt = False,
     ) -> None:
         """Create an invite and print its one-time link (valid 7 days; no e-mail is sent)."""
@@ -40,20 +47,29 @@ def register(app: typer.Typer) -> None:
         if no_projects:
             projects = []
         elif project:
-            projects = [{"id": p.split(":", 1)[0], "role": p.split(":", 1)[1] if ":" in p else "member"}
-                        for p in project]
-        inv, token = run_store(s, lambda db: invites.create_invite(db, control.CLI_ACTOR, s.secret_key, email=email,
-                                                                   role=role, projects=projects), write=True)
+            projects = [
+                {"id": p.split(":", 1)[0], "role": p.split(":", 1)[1] if ":" in p else "member"} for p in project
+            ]
+        inv, token = run_store(
+            s,
+            lambda db: invites.create_invite(
+                db, control.CLI_ACTOR, s.secret_key, email=email, role=role, projects=projects
+            ),
+            write=True,
+        )
         url = (base_url or f"http://{s.host}:{s.port}").rstrip("/") + invites.ACCEPT_PATH + token
         if json:
             print_json({**invites.shape(inv, control.now_s()), "accept_url": url})
         else:
-            out.print(f"invited {inv.email} as {inv.role} ({inv.id}); send them this one-time link "
-                      f"(valid 7 days):\n{url}", markup=False)
+            out.print(
+                f"invited {inv.email} as {inv.role} ({inv.id}); send them this one-time link (valid 7 days):\n{url}",
+                markup=False,
+            )
 
     @invites_app.command("list")
     def list_(json: JsonOpt = False) -> None:
         """List invites (pending, accepted, expired)."""
+
         async def go(db: Any) -> list[Invite]:
             return list((await db.execute(select(Invite).order_by(Invite.seq))).scalars())
 
@@ -62,8 +78,11 @@ def register(app: typer.Typer) -> None:
         if json:
             print_json([invites.shape(i, now) for i in rows])
             return
-        table("Invites", ["id", "email", "role", "status", "created", "expires"],
-              [(i.id, i.email, i.role, invites.status(i, now), ts(i.created_at), ts(i.expires_at)) for i in rows])
+        table(
+            "Invites",
+            ["id", "email", "role", "status", "created", "expires"],
+            [(i.id, i.email, i.role, invites.status(i, now), ts(i.created_at), ts(i.expires_at)) for i in rows],
+        )
 
     @invites_app.command("delete")
     def delete(invite_id: Annotated[str, typer.Argument(help="Invite id (invite-...).")]) -> None:
@@ -75,9 +94,14 @@ def register(app: typer.Typer) -> None:
     UserArg = Annotated[str, typer.Argument(help="User id (user-...) or email.")]
 
     @members_app.command("add")
-    def add(project: ProjectArg, user: UserArg,
-            role: Annotated[str, typer.Option(help="owner or member.")] = "member", json: JsonOpt = False) -> None:
+    def add(
+        project: ProjectArg,
+        user: UserArg,
+        role: Annotated[str, typer.Option(help="owner or member.")] = "member",
+        json: JsonOpt = False,
+    ) -> None:
         """Add an organization user to a project."""
+
         async def go(db: Any) -> Any:
             p, u = await control.find_project(db, project), await control.find_user(db, user)
             return await ops.add_project_user(db, control.CLI_ACTOR, p.id, role=role, user_id=u.id)
@@ -91,6 +115,7 @@ def register(app: typer.Typer) -> None:
     @members_app.command("list")
     def members(project: ProjectArg, json: JsonOpt = False) -> None:
         """List a project's members (organization owners reach every project without being listed)."""
+
         async def go(db: Any) -> Any:
             p = await control.find_project(db, project)
             rows, _ = await ops.list_project_users(db, p.id, after=None, limit=10_000)
@@ -100,12 +125,16 @@ def register(app: typer.Typer) -> None:
         if json:
             print_json([project_user(m, u) for m, u in rows])
             return
-        table("Project members", ["id", "email", "role", "added"], [(u.id, u.email, m.role, ts(m.added_at))
-                                                                     for m, u in rows])
+        table(
+            "Project members",
+            ["id", "email", "role", "added"],
+            [(u.id, u.email, m.role, ts(m.added_at)) for m, u in rows],
+        )
 
     @members_app.command("remove")
     def remove(project: ProjectArg, user: UserArg) -> None:
         """Remove a user from a project: their user keys in it are revoked at once."""
+
         async def go(db: Any) -> int:
             p, u = await control.find_project(db, project), await control.find_user(db, user)
             return await ops.remove_project_user(db, control.CLI_ACTOR, p.id, u.id)

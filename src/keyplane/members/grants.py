@@ -44,12 +44,14 @@ async def load(conn: Any, user_ids: list[str] | None = None) -> dict[str, frozen
     users = select(User.id, User.role)
     if user_ids is not None:
         users = users.where(User.id.in_(user_ids))
-    roles = {r.id: _perms(r.permissions) for r in (await conn.execute(
-        select(CustomRole.id, CustomRole.permissions))).all()}
+    roles = {
+        r.id: _perms(r.permissions) for r in (await conn.execute(select(CustomRole.id, CustomRole.permissions))).all()
+    }
     direct: dict[str, list[str]] = {}
     by_group: dict[str, list[str]] = {}
-    for a in (await conn.execute(select(RoleAssignment.role_id, RoleAssignment.principal_type,
-                                        RoleAssignment.principal_id))).all():
+    for a in (
+        await conn.execute(select(RoleAssignment.role_id, RoleAssignment.principal_type, RoleAssignment.principal_id))
+    ).all():
         target = direct if a.principal_type == "user" else by_group
         target.setdefault(a.principal_id, []).append(a.role_id)
     groups_of: dict[str, list[str]] = {}
@@ -72,20 +74,32 @@ async def of_user(conn: Any, user_id: str) -> frozenset[str]:
 async def load_projects(conn: Any) -> dict[str, dict[str, frozenset[str]]]:
     """user id -> project id -> what the project roles they hold there grant (``api.project.*`` only)."""
     active = set((await conn.execute(select(Project.id).where(Project.status == "active"))).scalars())
-    roles = {r.id: (r.project_id, [p for p in _perms(r.permissions) if p in permissions.PROJECT_PERMISSIONS])
-             for r in (await conn.execute(select(ProjectRole.id, ProjectRole.project_id,
-                                                 ProjectRole.permissions))).all()}
-    members = {(m.project_id, m.user_id) for m in (await conn.execute(
-        select(ProjectUser.project_id, ProjectUser.user_id))).all()}
-    group_in = {(g.project_id, g.group_id) for g in (await conn.execute(
-        select(ProjectGroup.project_id, ProjectGroup.group_id))).all()}
+    roles = {
+        r.id: (r.project_id, [p for p in _perms(r.permissions) if p in permissions.PROJECT_PERMISSIONS])
+        for r in (await conn.execute(select(ProjectRole.id, ProjectRole.project_id, ProjectRole.permissions))).all()
+    }
+    members = {
+        (m.project_id, m.user_id)
+        for m in (await conn.execute(select(ProjectUser.project_id, ProjectUser.user_id))).all()
+    }
+    group_in = {
+        (g.project_id, g.group_id)
+        for g in (await conn.execute(select(ProjectGroup.project_id, ProjectGroup.group_id))).all()
+    }
     users_of: dict[str, list[str]] = {}
     for m in (await conn.execute(select(GroupUser.group_id, GroupUser.user_id))).all():
         users_of.setdefault(m.group_id, []).append(m.user_id)
     out: dict[str, dict[str, set[str]]] = {}
-    for a in (await conn.execute(select(ProjectRoleAssignment.project_id, ProjectRoleAssignment.role_id,
-                                        ProjectRoleAssignment.principal_type,
-                                        ProjectRoleAssignment.principal_id))).all():
+    for a in (
+        await conn.execute(
+            select(
+                ProjectRoleAssignment.project_id,
+                ProjectRoleAssignment.role_id,
+                ProjectRoleAssignment.principal_type,
+                ProjectRoleAssignment.principal_id,
+            )
+        )
+    ).all():
         role = roles.get(a.role_id)
         if role is None or role[0] != a.project_id or a.project_id not in active:
             continue  # never a role of another project, never in an archived one

@@ -36,10 +36,18 @@ def status(inv: Invite, now: float) -> str:
 
 
 def shape(inv: Invite, now: float) -> dict[str, Any]:
-    return {"object": "organization.invite", "id": inv.id, "email": inv.email, "role": inv.role,
-            "status": status(inv, now), "created_at": inv.created_at, "expires_at": inv.expires_at,
-            "accepted_at": inv.accepted_at, "projects": orjson.loads(inv.projects),
-            "created_by": inv.created_by}  # keyplane extension: the sending user's id (None: the CLI)
+    return {
+        "object": "organization.invite",
+        "id": inv.id,
+        "email": inv.email,
+        "role": inv.role,
+        "status": status(inv, now),
+        "created_at": inv.created_at,
+        "expires_at": inv.expires_at,
+        "accepted_at": inv.accepted_at,
+        "projects": orjson.loads(inv.projects),
+        "created_by": inv.created_by,
+    }  # keyplane extension: the sending user's id (None: the CLI)
 
 
 def _token_digest(secret: bytes, token: str) -> str:
@@ -51,20 +59,27 @@ async def _check_projects(s: AsyncSession, value: Any) -> list[dict[str, str]]:
         p = (await s.execute(select(Project).where(Project.status == "active").order_by(Project.seq))).scalar()
         return [{"id": p.id, "role": "member"}] if p is not None else []
     if not isinstance(value, list) or len(value) > MAX_INVITE_PROJECTS:
-        raise bad_request(f"'projects' must be a list of at most {MAX_INVITE_PROJECTS} {{id, role}} objects.",
-                          param="projects", code="invalid_value")
+        raise bad_request(
+            f"'projects' must be a list of at most {MAX_INVITE_PROJECTS} {{id, role}} objects.",
+            param="projects",
+            code="invalid_value",
+        )
     out: dict[str, str] = {}
     for item in value:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
-            raise bad_request("Each entry of 'projects' must be an object with 'id' and 'role'.", param="projects",
-                              code="invalid_value")
+            raise bad_request(
+                "Each entry of 'projects' must be an object with 'id' and 'role'.",
+                param="projects",
+                code="invalid_value",
+            )
         control.ensure_active(await control.get_project(s, item["id"]))
         out[item["id"]] = check_project_role(item.get("role"))
     return [{"id": k, "role": v} for k, v in out.items()]
 
 
-async def create_invite(s: AsyncSession, actor: Actor, secret: bytes, *, email: Any, role: Any,
-                        projects: Any = None) -> tuple[Invite, str]:
+async def create_invite(
+    s: AsyncSession, actor: Actor, secret: bytes, *, email: Any, role: Any, projects: Any = None
+) -> tuple[Invite, str]:
     """A new invite and its one-time token (returned once, never stored)."""
     addr = (control.check_name(email, "email") or "").lower()
     if "@" not in addr:
@@ -73,21 +88,32 @@ async def create_invite(s: AsyncSession, actor: Actor, secret: bytes, *, email: 
     if (await s.execute(select(User.id).where(User.email == addr))).scalar():
         raise conflict(f"A user with email {addr} already exists.", code="user_exists")
     t = now_s()
-    pending = (await s.execute(select(Invite.id).where(Invite.email == addr, Invite.accepted_at.is_(None),
-                                                       Invite.expires_at > t))).scalar()
+    pending = (
+        await s.execute(
+            select(Invite.id).where(Invite.email == addr, Invite.accepted_at.is_(None), Invite.expires_at > t)
+        )
+    ).scalar()
     if pending:
-        raise conflict(f"An invite for {addr} is already pending ({pending}); delete it to send a new one.",
-                       code="invite_exists")
+        raise conflict(
+            f"An invite for {addr} is already pending ({pending}); delete it to send a new one.", code="invite_exists"
+        )
     plist = await _check_projects(s, projects)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     sender = (actor.detail or {}).get("user")
-    inv = Invite(id=ids.new_id("invite-"), email=addr, role=org_role,
-                 projects=orjson.dumps(plist).decode(), token_digest=_token_digest(secret, token), created_at=t,
-                 expires_at=t + INVITE_TTL_SECONDS,
-                 created_by=sender.get("id") if isinstance(sender, dict) else None)
+    inv = Invite(
+        id=ids.new_id("invite-"),
+        email=addr,
+        role=org_role,
+        projects=orjson.dumps(plist).decode(),
+        token_digest=_token_digest(secret, token),
+        created_at=t,
+        expires_at=t + INVITE_TTL_SECONDS,
+        created_by=sender.get("id") if isinstance(sender, dict) else None,
+    )
     s.add(inv)
-    await audit(s, actor, "invite.sent", {"id": inv.id, "data": {"email": addr, "role": org_role}},
-                resource_id=inv.id, at=t)
+    await audit(
+        s, actor, "invite.sent", {"id": inv.id, "data": {"email": addr, "role": org_role}}, resource_id=inv.id, at=t
+    )
     await bump_revision(s)
     return inv, token
 
@@ -132,35 +158,40 @@ async def sender_problem(s: AsyncSession, inv: Invite) -> str | None:
         return None
     held = await grants.of_user(s, inv.created_by)  # fresh from the store, as the write it guards
     if not held:
-        return ("The person who sent this invite is no longer a member of the organization, so it can no "
-                "longer be accepted. Ask an owner for a new invite.")
+        return (
+            "The person who sent this invite is no longer a member of the organization, so it can no "
+            "longer be accepted. Ask an owner for a new invite."
+        )
     missing = sorted(needs(inv) - held)
     if missing:
-        return (f"The person who sent this invite no longer holds the authority to invite you as '{inv.role}' "
-                f"(missing: {', '.join(missing)}), so it can no longer be accepted. Ask an owner for a new invite.")
+        return (
+            f"The person who sent this invite no longer holds the authority to invite you as '{inv.role}' "
+            f"(missing: {', '.join(missing)}), so it can no longer be accepted. Ask an owner for a new invite."
+        )
     return None
 
 
-async def accept_invite(s: AsyncSession, secret: bytes, token: str, *, password_hash: str,
-                        name: str = "") -> User:
+async def accept_invite(s: AsyncSession, secret: bytes, token: str, *, password_hash: str, name: str = "") -> User:
     """Spend the token (once, even under concurrent tries), add the user and their memberships; refused (403
     ``invite_sender_unauthorized``, nothing spent) when the sender no longer holds what the invite gives."""
     t = now_s()
     inv = await find_by_token(s, secret, token, t)
     if inv is None:
-        raise bad_request("This invite link is not valid: it was used, deleted, or has expired.",
-                          code="invite_invalid")
+        raise bad_request("This invite link is not valid: it was used, deleted, or has expired.", code="invite_invalid")
     problem = await sender_problem(s, inv)
     if problem is not None:
         raise forbidden(problem, code="invite_sender_unauthorized")
-    spent = await s.execute(update(Invite).where(Invite.id == inv.id, Invite.token_digest == inv.token_digest)
-                            .values(token_digest=None, accepted_at=t))
+    spent = await s.execute(
+        update(Invite)
+        .where(Invite.id == inv.id, Invite.token_digest == inv.token_digest)
+        .values(token_digest=None, accepted_at=t)
+    )
     if not getattr(spent, "rowcount", 0):
-        raise bad_request("This invite link is not valid: it was used, deleted, or has expired.",
-                          code="invite_invalid")
+        raise bad_request("This invite link is not valid: it was used, deleted, or has expired.", code="invite_invalid")
     actor = Actor("session", None, {"user": {"email": inv.email}, "via": f"invite {inv.id}"})
-    user = await control.add_user(s, actor, email=inv.email, role=inv.role, name=name, password_hash=password_hash,
-                                  at=t)
+    user = await control.add_user(
+        s, actor, email=inv.email, role=inv.role, name=name, password_hash=password_hash, at=t
+    )
     for p in orjson.loads(inv.projects):
         if (await s.execute(select(Project.id).where(Project.id == p["id"], Project.status == "active"))).scalar():
             s.add(ProjectUser(project_id=p["id"], user_id=user.id, role=p["role"], added_at=t))

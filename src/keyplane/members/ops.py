@@ -29,14 +29,18 @@ def check_project_role(role: Any, roles: tuple[str, ...] = PROJECT_ROLES) -> str
 
 
 async def membership(s: AsyncSession, project_id: str, user_id: str) -> ProjectUser | None:
-    return (await s.execute(select(ProjectUser).where(ProjectUser.project_id == project_id,
-                                                      ProjectUser.user_id == user_id))).scalar()
+    return (
+        await s.execute(select(ProjectUser).where(ProjectUser.project_id == project_id, ProjectUser.user_id == user_id))
+    ).scalar()
 
 
 def via_groups(user_id: str) -> Any:
     """The projects ``user_id`` is a member of through a group (projects.groups)."""
-    return (select(ProjectGroup.project_id).join(GroupUser, GroupUser.group_id == ProjectGroup.group_id)
-            .where(GroupUser.user_id == user_id))
+    return (
+        select(ProjectGroup.project_id)
+        .join(GroupUser, GroupUser.group_id == ProjectGroup.group_id)
+        .where(GroupUser.user_id == user_id)
+    )
 
 
 async def can_reach(s: AsyncSession, user: User, project_id: str) -> bool:
@@ -44,8 +48,9 @@ async def can_reach(s: AsyncSession, user: User, project_id: str) -> bool:
     as a member, directly or through a group."""
     if user.role == "owner" or await membership(s, project_id, user.id) is not None:
         return True
-    return (await s.execute(via_groups(user.id).where(ProjectGroup.project_id == project_id).limit(1))).first() \
-        is not None
+    return (
+        await s.execute(via_groups(user.id).where(ProjectGroup.project_id == project_id).limit(1))
+    ).first() is not None
 
 
 async def reachable_project_ids(s: AsyncSession, user: User) -> set[str] | None:
@@ -60,10 +65,13 @@ async def require_member_for_key(s: AsyncSession, project_id: str, user_id: str)
     """A user key may be created only for a user who can reach the project (400 otherwise)."""
     user = await control.get_user(s, user_id)
     if not await can_reach(s, user, project_id):
-        raise bad_request(f"User '{user_id}' is not a member of project '{project_id}'; add them to the project "
-                          f"first: `keyplane members add {project_id} {user.email}`, or POST "
-                          f"/v1/organization/projects/{project_id}/users.", param="owner_user_id",
-                          code="not_a_project_member")
+        raise bad_request(
+            f"User '{user_id}' is not a member of project '{project_id}'; add them to the project "
+            f"first: `keyplane members add {project_id} {user.email}`, or POST "
+            f"/v1/organization/projects/{project_id}/users.",
+            param="owner_user_id",
+            code="not_a_project_member",
+        )
 
 
 async def _user_for_add(s: AsyncSession, user_id: Any, email: Any) -> User:
@@ -72,15 +80,23 @@ async def _user_for_add(s: AsyncSession, user_id: Any, email: Any) -> User:
     if isinstance(email, str) and email:
         user = (await s.execute(select(User).where(User.email == email.strip().lower()))).scalar()
         if user is None:
-            raise not_found(f"No user found with email '{email}'; invite or add them to the organization first.",
-                            param="email")
+            raise not_found(
+                f"No user found with email '{email}'; invite or add them to the organization first.", param="email"
+            )
         return user
-    raise bad_request("Give 'user_id' or 'email' of an organization user.", param="user_id",
-                      code="missing_required_parameter")
+    raise bad_request(
+        "Give 'user_id' or 'email' of an organization user.", param="user_id", code="missing_required_parameter"
+    )
 
 
 async def add_project_user(
-    s: AsyncSession, actor: Actor, project_id: str, *, role: Any, user_id: Any = None, email: Any = None,
+    s: AsyncSession,
+    actor: Actor,
+    project_id: str,
+    *,
+    role: Any,
+    user_id: Any = None,
+    email: Any = None,
 ) -> tuple[ProjectUser, User]:
     p = await control.get_project(s, project_id)
     control.ensure_active(p)
@@ -91,8 +107,15 @@ async def add_project_user(
     t = now_s()
     m = ProjectUser(project_id=p.id, user_id=user.id, role=role, added_at=t)
     s.add(m)
-    await audit(s, actor, "user.added", {"id": user.id, "data": {"role": role, "project_id": p.id}},
-                project_id=p.id, resource_id=user.id, at=t)
+    await audit(
+        s,
+        actor,
+        "user.added",
+        {"id": user.id, "data": {"role": role, "project_id": p.id}},
+        project_id=p.id,
+        resource_id=user.id,
+        at=t,
+    )
     await bump_revision(s)
     return m, user
 
@@ -106,14 +129,20 @@ async def get_project_user(s: AsyncSession, project_id: str, user_id: str) -> tu
     return m, user
 
 
-async def update_project_user(s: AsyncSession, actor: Actor, project_id: str, user_id: str,
-                              role: Any) -> tuple[ProjectUser, User]:
+async def update_project_user(
+    s: AsyncSession, actor: Actor, project_id: str, user_id: str, role: Any
+) -> tuple[ProjectUser, User]:
     m, user = await get_project_user(s, project_id, user_id)
     control.ensure_active(await control.get_project(s, project_id))
     m.role = check_project_role(role)
-    await audit(s, actor, "user.updated", {"id": user.id, "changes_requested": {"role": m.role,
-                                                                                 "project_id": project_id}},
-                project_id=project_id, resource_id=user.id)
+    await audit(
+        s,
+        actor,
+        "user.updated",
+        {"id": user.id, "changes_requested": {"role": m.role, "project_id": project_id}},
+        project_id=project_id,
+        resource_id=user.id,
+    )
     await bump_revision(s)
     return m, user
 
@@ -123,29 +152,47 @@ async def remove_project_user(s: AsyncSession, actor: Actor, project_id: str, us
     m, user = await get_project_user(s, project_id, user_id)
     t = now_s()
     res = await s.execute(
-        update(ApiKey).where(ApiKey.project_id == project_id, ApiKey.owner_user_id == user.id,
-                             ApiKey.service_account_id.is_(None), ApiKey.kind == "proj",
-                             ApiKey.revoked_at.is_(None))
-        .values(revoked_at=t, revoke_reason="owner removed from the project", updated_at=t))
+        update(ApiKey)
+        .where(
+            ApiKey.project_id == project_id,
+            ApiKey.owner_user_id == user.id,
+            ApiKey.service_account_id.is_(None),
+            ApiKey.kind == "proj",
+            ApiKey.revoked_at.is_(None),
+        )
+        .values(revoked_at=t, revoke_reason="owner removed from the project", updated_at=t)
+    )
     await s.delete(m)
     from keyplane.members import project_roles  # the project roles they held there go with them
 
     await project_roles.forget_member(s, project_id, "user", user.id)
     revoked = int(getattr(res, "rowcount", 0) or 0)
-    await audit(s, actor, "user.deleted", {"id": user.id, "project_id": project_id, "keys_revoked": revoked},
-                project_id=project_id, resource_id=user.id, at=t)
+    await audit(
+        s,
+        actor,
+        "user.deleted",
+        {"id": user.id, "project_id": project_id, "keys_revoked": revoked},
+        project_id=project_id,
+        resource_id=user.id,
+        at=t,
+    )
     await bump_revision(s)
     return revoked
 
 
-async def list_project_users(s: AsyncSession, project_id: str, *, after: str | None,
-                             limit: int) -> tuple[list[tuple[ProjectUser, User]], bool]:
+async def list_project_users(
+    s: AsyncSession, project_id: str, *, after: str | None, limit: int
+) -> tuple[list[tuple[ProjectUser, User]], bool]:
     await control.get_project(s, project_id)
-    stmt = (select(ProjectUser, User).join(User, User.id == ProjectUser.user_id)
-            .where(ProjectUser.project_id == project_id))
+    stmt = (
+        select(ProjectUser, User).join(User, User.id == ProjectUser.user_id).where(ProjectUser.project_id == project_id)
+    )
     if after:
-        seq = (await s.execute(select(ProjectUser.seq).where(ProjectUser.project_id == project_id,
-                                                             ProjectUser.user_id == after))).scalar()
+        seq = (
+            await s.execute(
+                select(ProjectUser.seq).where(ProjectUser.project_id == project_id, ProjectUser.user_id == after)
+            )
+        ).scalar()
         if seq is None:
             raise bad_request(f"No object with id '{after}' to page from.", param="after")
         stmt = stmt.where(ProjectUser.seq > seq)
@@ -163,9 +210,17 @@ async def forget_user(s: AsyncSession, user_id: str) -> None:
 
 # --- service accounts: more keys, role ------------------------------------------------------------
 
+
 async def create_service_account_key(
-    s: AsyncSession, actor: Actor, secret: bytes, project_id: str, sa_id: str, *, name: Any = None,
-    scopes: Any = None, expires_in_seconds: Any = None,
+    s: AsyncSession,
+    actor: Actor,
+    secret: bytes,
+    project_id: str,
+    sa_id: str,
+    *,
+    name: Any = None,
+    scopes: Any = None,
+    expires_in_seconds: Any = None,
 ) -> tuple[ApiKey, str]:
     """Another key for a service account (a rotation holds two): same project, its own name and scopes."""
     p = await control.get_project(s, project_id)
@@ -175,19 +230,34 @@ async def create_service_account_key(
     perms = control.check_permissions(scopes)
     ttl = control.check_positive_int(expires_in_seconds, "expires_in_seconds")
     t = now_s()
-    row, value = control.new_key_row(secret, "svc", key_name, project_id=p.id, owner_user_id=None,
-                                      service_account_id=sa.id, permissions=perms,
-                                      expires_at=t + ttl if ttl else None, at=t)
+    row, value = control.new_key_row(
+        secret,
+        "svc",
+        key_name,
+        project_id=p.id,
+        owner_user_id=None,
+        service_account_id=sa.id,
+        permissions=perms,
+        expires_at=t + ttl if ttl else None,
+        at=t,
+    )
     s.add(row)
-    await audit(s, actor, "api_key.created", {"id": row.id, "data": {"scopes": sorted(perms.scopes),
-                                                                     "service_account_id": sa.id}},
-                project_id=p.id, resource_id=row.id, at=t)
+    await audit(
+        s,
+        actor,
+        "api_key.created",
+        {"id": row.id, "data": {"scopes": sorted(perms.scopes), "service_account_id": sa.id}},
+        project_id=p.id,
+        resource_id=row.id,
+        at=t,
+    )
     await bump_revision(s)
     return row, value
 
 
-async def update_service_account(s: AsyncSession, actor: Actor, project_id: str, sa_id: str, *,
-                                 name: Any = None, role: Any = None) -> ServiceAccount:
+async def update_service_account(
+    s: AsyncSession, actor: Actor, project_id: str, sa_id: str, *, name: Any = None, role: Any = None
+) -> ServiceAccount:
     control.ensure_active(await control.get_project(s, project_id))
     sa = await control.get_service_account(s, project_id, sa_id)
     changes: dict[str, Any] = {}
@@ -199,11 +269,16 @@ async def update_service_account(s: AsyncSession, actor: Actor, project_id: str,
         changes["role"] = sa.role
     if not changes:
         raise bad_request("Nothing to update: give 'name' and/or 'role'.", code="missing_required_parameter")
-    await audit(s, actor, "service_account.updated", {"id": sa.id, "changes_requested": changes},
-                project_id=project_id, resource_id=sa.id)
+    await audit(
+        s,
+        actor,
+        "service_account.updated",
+        {"id": sa.id, "changes_requested": changes},
+        project_id=project_id,
+        resource_id=sa.id,
+    )
     await bump_revision(s)
     return sa
-
 
 
 async def ensure_reachable(s: AsyncSession, user: User | None, project_id: str) -> None:
@@ -216,10 +291,17 @@ async def revoke_unreachable_keys(s: AsyncSession, user_id: str, at: int) -> Non
     """After an owner becomes a reader: their user keys in projects they are not a member of are revoked."""
     member_of = select(ProjectUser.project_id).where(ProjectUser.user_id == user_id)
     await s.execute(
-        update(ApiKey).where(ApiKey.owner_user_id == user_id, ApiKey.kind == "proj",
-                             ApiKey.service_account_id.is_(None), ApiKey.revoked_at.is_(None),
-                             ApiKey.project_id.not_in(member_of), ApiKey.project_id.not_in(via_groups(user_id)))
-        .values(revoked_at=at, revoke_reason="owner is no longer a member of the project", updated_at=at))
+        update(ApiKey)
+        .where(
+            ApiKey.owner_user_id == user_id,
+            ApiKey.kind == "proj",
+            ApiKey.service_account_id.is_(None),
+            ApiKey.revoked_at.is_(None),
+            ApiKey.project_id.not_in(member_of),
+            ApiKey.project_id.not_in(via_groups(user_id)),
+        )
+        .values(revoked_at=at, revoke_reason="owner is no longer a member of the project", updated_at=at)
+    )
 
 
 async def revoke_if_unreachable(s: AsyncSession, user_ids: list[str], at: int) -> None:

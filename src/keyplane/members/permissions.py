@@ -79,8 +79,7 @@ def effective(org_role: str, custom: Iterable[Iterable[str]]) -> frozenset[str]:
     return frozenset(out)
 
 
-def of_key(permissions: Permissions, owner_user_id: str | None,
-           grants: Mapping[str, frozenset[str]]) -> frozenset[str]:
+def of_key(permissions: Permissions, owner_user_id: str | None, grants: Mapping[str, frozenset[str]]) -> frozenset[str]:
     """What an admin key may do now: its owner's effective permissions (``grants``, user id -> set, from
     the snapshot) capped by the key's role. A key whose owner is gone holds nothing; a key created before
     keys had owners keeps its role's."""
@@ -90,10 +89,13 @@ def of_key(permissions: Permissions, owner_user_id: str | None,
     return cap & grants.get(owner_user_id, frozenset())
 
 
-def of_key_in_project(permissions: Permissions, owner_user_id: str | None,
-                      grants: Mapping[str, frozenset[str]],
-                      project_grants: Mapping[str, Mapping[str, frozenset[str]]],
-                      project_id: str | None) -> frozenset[str]:
+def of_key_in_project(
+    permissions: Permissions,
+    owner_user_id: str | None,
+    grants: Mapping[str, frozenset[str]],
+    project_grants: Mapping[str, Mapping[str, frozenset[str]]],
+    project_id: str | None,
+) -> frozenset[str]:
     """What an admin key may do in a call on ``project_id`` (None: a call outside any one project): its
     owner's organization-wide permissions plus what the project-scoped roles they hold in that project grant
     (``api.project.*`` only; never in another project), capped by the key's role, as :func:`of_key`."""
@@ -112,7 +114,8 @@ def check_granted(granted: frozenset[str], method: str, path: str) -> None:
         raise errors.forbidden(
             f"You have insufficient permissions for this operation. Missing scopes: {need}. This admin key "
             f"acts with: {held} (its user's roles, capped by the key's own role).",
-            code="insufficient_permissions")
+            code="insufficient_permissions",
+        )
 
 
 def require_held(granted: frozenset[str], wanted: Iterable[str], what: str) -> None:
@@ -122,7 +125,8 @@ def require_held(granted: frozenset[str], wanted: Iterable[str], what: str) -> N
     if missing:
         raise errors.forbidden(
             f"You cannot {what}: it grants {', '.join(missing)}, which you do not hold yourself.",
-            code="insufficient_permissions")
+            code="insufficient_permissions",
+        )
 
 
 def require_role_grant(granted: frozenset[str], role: object) -> None:
@@ -132,17 +136,22 @@ def require_role_grant(granted: frozenset[str], role: object) -> None:
         require_held(granted, ROLES[role], f"give the organization role '{role}'")
 
 
-def check_names(value: object, param: str = "permissions", allowed: Iterable[str] = PERMISSIONS,
-                what: str = "Permissions") -> list[str]:
+def check_names(
+    value: object, param: str = "permissions", allowed: Iterable[str] = PERMISSIONS, what: str = "Permissions"
+) -> list[str]:
     """Permission names from ``allowed`` (the table; 400 ``invalid_value`` for anything else), sorted, unique."""
     names = [p for p in PERMISSIONS if p in set(allowed)]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise errors.bad_request(f"'{param}' must be an array of permission names: {', '.join(names)}.",
-                                 param=param, code="invalid_value")
+        raise errors.bad_request(
+            f"'{param}' must be an array of permission names: {', '.join(names)}.", param=param, code="invalid_value"
+        )
     unknown = sorted({v for v in value if v not in names})
     if unknown:
-        raise errors.bad_request(f"Unknown permission(s): {', '.join(unknown)}. {what} are: "
-                                 f"{', '.join(names)}.", param=param, code="invalid_value")
+        raise errors.bad_request(
+            f"Unknown permission(s): {', '.join(unknown)}. {what} are: {', '.join(names)}.",
+            param=param,
+            code="invalid_value",
+        )
     return sorted(set(value))
 
 
@@ -154,6 +163,15 @@ DESCRIPTIONS: Final[dict[str, str]] = {
 
 def role_objects() -> list[dict[str, object]]:
     """The predefined roles in the SDK's ``Role`` shape (``roles.list()``)."""
-    return [{"object": "role", "id": f"role-{name}", "name": name, "description": DESCRIPTIONS[name],
-             "permissions": sorted(perms), "predefined_role": True, "resource_type": "api.organization"}
-            for name, perms in ROLES.items()]
+    return [
+        {
+            "object": "role",
+            "id": f"role-{name}",
+            "name": name,
+            "description": DESCRIPTIONS[name],
+            "permissions": sorted(perms),
+            "predefined_role": True,
+            "resource_type": "api.organization",
+        }
+        for name, perms in ROLES.items()
+    ]

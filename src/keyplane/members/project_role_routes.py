@@ -20,8 +20,14 @@ from keyplane.members import project_roles, roles
 
 
 def _page(request: Request, items: list[dict[str, Any]]) -> JSONResponse:
-    return JSONResponse(roles.page_of(items, request.query_params.get("after"), query_limit(request, 1000, 1000),
-                                      request.query_params.get("order")))
+    return JSONResponse(
+        roles.page_of(
+            items,
+            request.query_params.get("after"),
+            query_limit(request, 1000, 1000),
+            request.query_params.get("order"),
+        )
+    )
 
 
 def _found(items: list[dict[str, Any]], role_id: str, who: str) -> dict[str, Any]:
@@ -32,6 +38,7 @@ def _found(items: list[dict[str, Any]], role_id: str, who: str) -> dict[str, Any
 
 
 # --- projects.roles ----------------------------------------------------------------------------------
+
 
 async def list_project_roles(request: Request) -> JSONResponse:
     authenticate_admin(request)
@@ -44,9 +51,15 @@ async def create_project_role(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     body = await json_body(request)
     async with runtime(request).write() as s:
-        r = await project_roles.create_role(s, actor, granted(request), request.path_params["project_id"],
-                                            role_name=body.get("role_name"), perms=body.get("permissions"),
-                                            description=body.get("description"))
+        r = await project_roles.create_role(
+            s,
+            actor,
+            granted(request),
+            request.path_params["project_id"],
+            role_name=body.get("role_name"),
+            perms=body.get("permissions"),
+            description=body.get("description"),
+        )
     return JSONResponse(project_roles.shape(r))
 
 
@@ -62,9 +75,16 @@ async def update_project_role(request: Request) -> JSONResponse:
     body = await json_body(request)
     async with runtime(request).write() as s:
         r = await project_roles.update_role(
-            s, actor, granted(request), request.path_params["project_id"], request.path_params["role_id"],
-            role_name=body.get("role_name"), perms=body.get("permissions"), description=body.get("description"),
-            description_given="description" in body)
+            s,
+            actor,
+            granted(request),
+            request.path_params["project_id"],
+            request.path_params["role_id"],
+            role_name=body.get("role_name"),
+            perms=body.get("permissions"),
+            description=body.get("description"),
+            description_given="description" in body,
+        )
     return JSONResponse(project_roles.shape(r))
 
 
@@ -78,11 +98,11 @@ async def delete_project_role(request: Request) -> JSONResponse:
 
 # --- projects.users.roles ------------------------------------------------------------------------------
 
+
 async def list_project_user_roles(request: Request) -> JSONResponse:
     authenticate_admin(request)
     async with runtime(request).read() as s:
-        items = await project_roles.roles_of_user(s, request.path_params["project_id"],
-                                                  request.path_params["user_id"])
+        items = await project_roles.roles_of_user(s, request.path_params["project_id"], request.path_params["user_id"])
     return _page(request, items)
 
 
@@ -107,18 +127,26 @@ async def assign_project_user_role(request: Request) -> JSONResponse:
 async def unassign_project_user_role(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     async with runtime(request).write() as s:
-        await project_roles.unassign(s, actor, request.path_params["project_id"], request.path_params["role_id"],
-                                     "user", request.path_params["user_id"])
+        await project_roles.unassign(
+            s,
+            actor,
+            request.path_params["project_id"],
+            request.path_params["role_id"],
+            "user",
+            request.path_params["user_id"],
+        )
     return JSONResponse({"object": "user.role.deleted", "deleted": True})
 
 
 # --- projects.groups.roles -----------------------------------------------------------------------------
 
+
 async def list_project_group_roles(request: Request) -> JSONResponse:
     authenticate_admin(request)
     async with runtime(request).read() as s:
-        items = await project_roles.roles_of_group(s, request.path_params["project_id"],
-                                                   request.path_params["group_id"])
+        items = await project_roles.roles_of_group(
+            s, request.path_params["project_id"], request.path_params["group_id"]
+        )
     return _page(request, items)
 
 
@@ -143,8 +171,14 @@ async def assign_project_group_role(request: Request) -> JSONResponse:
 async def unassign_project_group_role(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     async with runtime(request).write() as s:
-        await project_roles.unassign(s, actor, request.path_params["project_id"], request.path_params["role_id"],
-                                     "group", request.path_params["group_id"])
+        await project_roles.unassign(
+            s,
+            actor,
+            request.path_params["project_id"],
+            request.path_params["role_id"],
+            "group",
+            request.path_params["group_id"],
+        )
     return JSONResponse({"object": "group.role.deleted", "deleted": True})
 
 
@@ -168,6 +202,7 @@ _TABLE: tuple[tuple[str, str, Any, str], ...] = (
 
 def _alias(handler: Any) -> Any:
     """The same handler under another name (each OpenAPI operation keeps its own ``operationId``)."""
+
     async def alias(request: Request) -> JSONResponse:
         return await handler(request)
 

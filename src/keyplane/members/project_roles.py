@@ -41,10 +41,19 @@ def perms_of(r: ProjectRole) -> list[str]:
 def shape(r: ProjectRole) -> dict[str, Any]:
     """The SDK's ``Role`` (``resource_type: "api.project"``), plus the assignment listings' ``created_at``,
     ``updated_at``, ``created_by`` and keyplane's ``project_id``."""
-    return {"object": "role", "id": r.id, "name": r.name, "description": r.description,
-            "permissions": perms_of(r), "predefined_role": False, "resource_type": RESOURCE_TYPE,
-            "created_at": r.created_at, "updated_at": r.updated_at, "created_by": r.created_by,
-            "project_id": r.project_id}
+    return {
+        "object": "role",
+        "id": r.id,
+        "name": r.name,
+        "description": r.description,
+        "permissions": perms_of(r),
+        "predefined_role": False,
+        "resource_type": RESOURCE_TYPE,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "created_by": r.created_by,
+        "project_id": r.project_id,
+    }
 
 
 def _check_perms(value: Any) -> list[str]:
@@ -54,8 +63,9 @@ def _check_perms(value: Any) -> list[str]:
 async def get_role(s: AsyncSession, project_id: str, role_id: str) -> ProjectRole:
     """The role ``role_id`` of this project (404 for an unknown one, or one of another project)."""
     await control.get_project(s, project_id)
-    r = (await s.execute(select(ProjectRole).where(ProjectRole.id == role_id,
-                                                   ProjectRole.project_id == project_id))).scalar()
+    r = (
+        await s.execute(select(ProjectRole).where(ProjectRole.id == role_id, ProjectRole.project_id == project_id))
+    ).scalar()
     if r is None:
         raise not_found(f"No role found with id '{role_id}' in project '{project_id}'.", param="role_id")
     return r
@@ -63,24 +73,32 @@ async def get_role(s: AsyncSession, project_id: str, role_id: str) -> ProjectRol
 
 async def list_roles(s: AsyncSession, project_id: str) -> list[dict[str, Any]]:
     await control.get_project(s, project_id)
-    rows = await s.execute(select(ProjectRole).where(ProjectRole.project_id == project_id)
-                           .order_by(ProjectRole.seq))
+    rows = await s.execute(select(ProjectRole).where(ProjectRole.project_id == project_id).order_by(ProjectRole.seq))
     return [shape(r) for r in rows.scalars()]
 
 
 async def _name_free(s: AsyncSession, project_id: str, name: str, but: str | None = None) -> None:
     if name.lower() in RESERVED:
         raise bad_request(f"'{name}' is a predefined role's name.", param="role_name", code="invalid_value")
-    stmt = select(ProjectRole.id).where(ProjectRole.project_id == project_id,
-                                        func.lower(ProjectRole.name) == name.lower())
+    stmt = select(ProjectRole.id).where(
+        ProjectRole.project_id == project_id, func.lower(ProjectRole.name) == name.lower()
+    )
     if but:
         stmt = stmt.where(ProjectRole.id != but)
     if (await s.execute(stmt)).scalar() is not None:
         raise conflict(f"A role named '{name}' already exists in project '{project_id}'.", code="role_exists")
 
 
-async def create_role(s: AsyncSession, actor: Actor, granted: frozenset[str], project_id: str, *,
-                      role_name: Any, perms: Any, description: Any = None) -> ProjectRole:
+async def create_role(
+    s: AsyncSession,
+    actor: Actor,
+    granted: frozenset[str],
+    project_id: str,
+    *,
+    role_name: Any,
+    perms: Any,
+    description: Any = None,
+) -> ProjectRole:
     p = await control.get_project(s, project_id)
     control.ensure_active(p)
     name = _check_name(role_name, "role_name")
@@ -88,20 +106,42 @@ async def create_role(s: AsyncSession, actor: Actor, granted: frozenset[str], pr
     permissions.require_held(granted, names, f"create the role '{name}'")
     await _name_free(s, p.id, name)
     t = now_s()
-    r = ProjectRole(id=ids.new_id("role_"), project_id=p.id, name=name, description=_check_description(description),
-                    permissions=orjson.dumps(names).decode(), created_at=t, updated_at=t,
-                    created_by=_actor_user(actor))
+    r = ProjectRole(
+        id=ids.new_id("role_"),
+        project_id=p.id,
+        name=name,
+        description=_check_description(description),
+        permissions=orjson.dumps(names).decode(),
+        created_at=t,
+        updated_at=t,
+        created_by=_actor_user(actor),
+    )
     s.add(r)
-    await audit(s, actor, "role.created", {"id": r.id, "role_name": name, "permissions": names,
-                                           "resource_id": p.id, "resource_type": RESOURCE_TYPE},
-                project_id=p.id, resource_id=r.id, at=t)
+    await audit(
+        s,
+        actor,
+        "role.created",
+        {"id": r.id, "role_name": name, "permissions": names, "resource_id": p.id, "resource_type": RESOURCE_TYPE},
+        project_id=p.id,
+        resource_id=r.id,
+        at=t,
+    )
     await bump_revision(s)
     return r
 
 
-async def update_role(s: AsyncSession, actor: Actor, granted: frozenset[str], project_id: str, role_id: str, *,
-                      role_name: Any = None, perms: Any = None, description: Any = None,
-                      description_given: bool = False) -> ProjectRole:
+async def update_role(
+    s: AsyncSession,
+    actor: Actor,
+    granted: frozenset[str],
+    project_id: str,
+    role_id: str,
+    *,
+    role_name: Any = None,
+    perms: Any = None,
+    description: Any = None,
+    description_given: bool = False,
+) -> ProjectRole:
     control.ensure_active(await control.get_project(s, project_id))
     r = await get_role(s, project_id, role_id)
     changes: dict[str, Any] = {}
@@ -119,12 +159,21 @@ async def update_role(s: AsyncSession, actor: Actor, granted: frozenset[str], pr
     if description_given:
         r.description = changes["description"] = _check_description(description)
     if not changes:
-        raise bad_request("Nothing to update: give 'role_name', 'permissions' and/or 'description'.",
-                          code="missing_required_parameter")
+        raise bad_request(
+            "Nothing to update: give 'role_name', 'permissions' and/or 'description'.",
+            code="missing_required_parameter",
+        )
     r.updated_at = now_s()
     changes |= {"resource_id": project_id, "resource_type": RESOURCE_TYPE}
-    await audit(s, actor, "role.updated", {"id": r.id, "changes_requested": changes}, project_id=project_id,
-                resource_id=r.id, at=r.updated_at)
+    await audit(
+        s,
+        actor,
+        "role.updated",
+        {"id": r.id, "changes_requested": changes},
+        project_id=project_id,
+        resource_id=r.id,
+        at=r.updated_at,
+    )
     await bump_revision(s)
     return r
 
@@ -135,13 +184,20 @@ async def delete_role(s: AsyncSession, actor: Actor, project_id: str, role_id: s
     res = await s.execute(delete(ProjectRoleAssignment).where(ProjectRoleAssignment.role_id == r.id))
     n = int(getattr(res, "rowcount", 0) or 0)
     await s.delete(r)
-    await audit(s, actor, "role.deleted", {"id": r.id, "assignments_removed": n, "resource_id": project_id,
-                                           "resource_type": RESOURCE_TYPE}, project_id=project_id, resource_id=r.id)
+    await audit(
+        s,
+        actor,
+        "role.deleted",
+        {"id": r.id, "assignments_removed": n, "resource_id": project_id, "resource_type": RESOURCE_TYPE},
+        project_id=project_id,
+        resource_id=r.id,
+    )
     await bump_revision(s)
     return n
 
 
 # --- assignments --------------------------------------------------------------------------------
+
 
 async def _member(s: AsyncSession, project_id: str, ptype: str, pid: str) -> None:
     """404 unless ``pid`` is a member of the project: a user directly (projects.users), or a group."""
@@ -149,25 +205,42 @@ async def _member(s: AsyncSession, project_id: str, ptype: str, pid: str) -> Non
         await ops.get_project_user(s, project_id, pid)
         return
     await control.get_project(s, project_id)
-    if (await s.execute(select(ProjectGroup.seq).where(ProjectGroup.project_id == project_id,
-                                                       ProjectGroup.group_id == pid))).first() is None:
+    if (
+        await s.execute(
+            select(ProjectGroup.seq).where(ProjectGroup.project_id == project_id, ProjectGroup.group_id == pid)
+        )
+    ).first() is None:
         raise not_found(f"No group '{pid}' in project '{project_id}'.", param="group_id")
 
 
-async def _assignment(s: AsyncSession, project_id: str, role_id: str, ptype: str,
-                      pid: str) -> ProjectRoleAssignment | None:
-    return (await s.execute(select(ProjectRoleAssignment).where(
-        ProjectRoleAssignment.project_id == project_id, ProjectRoleAssignment.role_id == role_id,
-        ProjectRoleAssignment.principal_type == ptype, ProjectRoleAssignment.principal_id == pid))).scalar()
+async def _assignment(
+    s: AsyncSession, project_id: str, role_id: str, ptype: str, pid: str
+) -> ProjectRoleAssignment | None:
+    return (
+        await s.execute(
+            select(ProjectRoleAssignment).where(
+                ProjectRoleAssignment.project_id == project_id,
+                ProjectRoleAssignment.role_id == role_id,
+                ProjectRoleAssignment.principal_type == ptype,
+                ProjectRoleAssignment.principal_id == pid,
+            )
+        )
+    ).scalar()
 
 
 def _assignment_audit(role_id: str, project_id: str, ptype: str, pid: str) -> dict[str, Any]:
-    return {"id": role_id, "principal_id": pid, "principal_type": ptype, "resource_id": project_id,
-            "resource_type": RESOURCE_TYPE}
+    return {
+        "id": role_id,
+        "principal_id": pid,
+        "principal_type": ptype,
+        "resource_id": project_id,
+        "resource_type": RESOURCE_TYPE,
+    }
 
 
-async def assign(s: AsyncSession, actor: Actor, granted: frozenset[str], project_id: str, role_id: Any,
-                 ptype: str, pid: str) -> ProjectRole:
+async def assign(
+    s: AsyncSession, actor: Actor, granted: frozenset[str], project_id: str, role_id: Any, ptype: str, pid: str
+) -> ProjectRole:
     """Give a project member (a user, or a group) one of the project's roles; the caller must hold all its
     permissions in this project."""
     if not isinstance(role_id, str) or not role_id:
@@ -177,13 +250,22 @@ async def assign(s: AsyncSession, actor: Actor, granted: frozenset[str], project
     r = await get_role(s, project_id, role_id)
     permissions.require_held(granted, perms_of(r), f"assign the role '{r.name}'")
     if await _assignment(s, project_id, r.id, ptype, pid) is not None:
-        raise conflict(f"The {ptype} '{pid}' already holds the role '{r.id}' in project '{project_id}'.",
-                       code="role_assigned")
+        raise conflict(
+            f"The {ptype} '{pid}' already holds the role '{r.id}' in project '{project_id}'.", code="role_assigned"
+        )
     t = now_s()
-    s.add(ProjectRoleAssignment(project_id=project_id, role_id=r.id, principal_type=ptype, principal_id=pid,
-                                created_at=t))
-    await audit(s, actor, "role.assignment.created", _assignment_audit(r.id, project_id, ptype, pid),
-                project_id=project_id, resource_id=r.id, at=t)
+    s.add(
+        ProjectRoleAssignment(project_id=project_id, role_id=r.id, principal_type=ptype, principal_id=pid, created_at=t)
+    )
+    await audit(
+        s,
+        actor,
+        "role.assignment.created",
+        _assignment_audit(r.id, project_id, ptype, pid),
+        project_id=project_id,
+        resource_id=r.id,
+        at=t,
+    )
     await bump_revision(s)
     return r
 
@@ -192,17 +274,31 @@ async def unassign(s: AsyncSession, actor: Actor, project_id: str, role_id: str,
     await control.get_project(s, project_id)
     a = await _assignment(s, project_id, role_id, ptype, pid)
     if a is None:
-        raise not_found(f"The {ptype} '{pid}' does not hold the role '{role_id}' in project '{project_id}' "
-                        "directly.", param="role_id")
+        raise not_found(
+            f"The {ptype} '{pid}' does not hold the role '{role_id}' in project '{project_id}' directly.",
+            param="role_id",
+        )
     await s.delete(a)
-    await audit(s, actor, "role.assignment.deleted", _assignment_audit(role_id, project_id, ptype, pid),
-                project_id=project_id, resource_id=role_id)
+    await audit(
+        s,
+        actor,
+        "role.assignment.deleted",
+        _assignment_audit(role_id, project_id, ptype, pid),
+        project_id=project_id,
+        resource_id=role_id,
+    )
     await bump_revision(s)
 
 
 async def _held(s: AsyncSession, project_id: str, sources: dict[str, list[dict[str, str]]]) -> list[dict[str, Any]]:
-    rows = {r.id: r for r in (await s.execute(select(ProjectRole).where(
-        ProjectRole.project_id == project_id, ProjectRole.id.in_(list(sources))))).scalars()}
+    rows = {
+        r.id: r
+        for r in (
+            await s.execute(
+                select(ProjectRole).where(ProjectRole.project_id == project_id, ProjectRole.id.in_(list(sources)))
+            )
+        ).scalars()
+    }
     return [shape(rows[rid]) | {"assignment_sources": src} for rid, src in sources.items() if rid in rows]
 
 
@@ -213,15 +309,34 @@ async def roles_of_user(s: AsyncSession, project_id: str, user_id: str) -> list[
     await control.get_user(s, user_id)
     sources: dict[str, list[dict[str, str]]] = {}
     if await ops.membership(s, project_id, user_id) is not None:
-        for a in (await s.execute(select(ProjectRoleAssignment).where(
-                ProjectRoleAssignment.project_id == project_id, ProjectRoleAssignment.principal_type == "user",
-                ProjectRoleAssignment.principal_id == user_id).order_by(ProjectRoleAssignment.seq))).scalars():
+        for a in (
+            await s.execute(
+                select(ProjectRoleAssignment)
+                .where(
+                    ProjectRoleAssignment.project_id == project_id,
+                    ProjectRoleAssignment.principal_type == "user",
+                    ProjectRoleAssignment.principal_id == user_id,
+                )
+                .order_by(ProjectRoleAssignment.seq)
+            )
+        ).scalars():
             sources.setdefault(a.role_id, []).append({"principal_id": user_id, "principal_type": "user"})
-    groups = (select(GroupUser.group_id).join(ProjectGroup, ProjectGroup.group_id == GroupUser.group_id)
-              .where(GroupUser.user_id == user_id, ProjectGroup.project_id == project_id))
-    for a in (await s.execute(select(ProjectRoleAssignment).where(
-            ProjectRoleAssignment.project_id == project_id, ProjectRoleAssignment.principal_type == "group",
-            ProjectRoleAssignment.principal_id.in_(groups)).order_by(ProjectRoleAssignment.seq))).scalars():
+    groups = (
+        select(GroupUser.group_id)
+        .join(ProjectGroup, ProjectGroup.group_id == GroupUser.group_id)
+        .where(GroupUser.user_id == user_id, ProjectGroup.project_id == project_id)
+    )
+    for a in (
+        await s.execute(
+            select(ProjectRoleAssignment)
+            .where(
+                ProjectRoleAssignment.project_id == project_id,
+                ProjectRoleAssignment.principal_type == "group",
+                ProjectRoleAssignment.principal_id.in_(groups),
+            )
+            .order_by(ProjectRoleAssignment.seq)
+        )
+    ).scalars():
         sources.setdefault(a.role_id, []).append({"principal_id": a.principal_id, "principal_type": "group"})
     return await _held(s, project_id, sources)
 
@@ -230,29 +345,44 @@ async def roles_of_group(s: AsyncSession, project_id: str, group_id: str) -> lis
     """The project roles a group (a project member) holds in the project."""
     await _member(s, project_id, "group", group_id)
     sources: dict[str, list[dict[str, str]]] = {}
-    for a in (await s.execute(select(ProjectRoleAssignment).where(
-            ProjectRoleAssignment.project_id == project_id, ProjectRoleAssignment.principal_type == "group",
-            ProjectRoleAssignment.principal_id == group_id).order_by(ProjectRoleAssignment.seq))).scalars():
+    for a in (
+        await s.execute(
+            select(ProjectRoleAssignment)
+            .where(
+                ProjectRoleAssignment.project_id == project_id,
+                ProjectRoleAssignment.principal_type == "group",
+                ProjectRoleAssignment.principal_id == group_id,
+            )
+            .order_by(ProjectRoleAssignment.seq)
+        )
+    ).scalars():
         sources.setdefault(a.role_id, []).append({"principal_id": group_id, "principal_type": "group"})
     return await _held(s, project_id, sources)
 
 
 # --- what goes with a member, a user, a group, a project ---------------------------------------------------
 
+
 async def forget_member(s: AsyncSession, project_id: str, ptype: str, pid: str) -> None:
     """A user or a group left the project: the project roles it held there go."""
-    await s.execute(delete(ProjectRoleAssignment).where(
-        ProjectRoleAssignment.project_id == project_id, ProjectRoleAssignment.principal_type == ptype,
-        ProjectRoleAssignment.principal_id == pid))
+    await s.execute(
+        delete(ProjectRoleAssignment).where(
+            ProjectRoleAssignment.project_id == project_id,
+            ProjectRoleAssignment.principal_type == ptype,
+            ProjectRoleAssignment.principal_id == pid,
+        )
+    )
 
 
 async def forget_principal(s: AsyncSession, ptype: str, pid: str) -> None:
     """A user left the organization, or a group was deleted: its project roles go, in every project."""
-    await s.execute(delete(ProjectRoleAssignment).where(ProjectRoleAssignment.principal_type == ptype,
-                                                        ProjectRoleAssignment.principal_id == pid))
+    await s.execute(
+        delete(ProjectRoleAssignment).where(
+            ProjectRoleAssignment.principal_type == ptype, ProjectRoleAssignment.principal_id == pid
+        )
+    )
 
 
 async def forget_project(s: AsyncSession, project_id: str) -> None:
     """The project was archived: nobody holds its roles any more (the roles stay, to be read)."""
     await s.execute(delete(ProjectRoleAssignment).where(ProjectRoleAssignment.project_id == project_id))
-

@@ -30,6 +30,7 @@ MAX_NAME = 128
 
 # --- shapes -------------------------------------------------------------------------------------
 
+
 def role_perms(r: CustomRole) -> list[str]:
     value = orjson.loads(r.permissions)
     return [p for p in value if isinstance(p, str)] if isinstance(value, list) else []
@@ -37,9 +38,18 @@ def role_perms(r: CustomRole) -> list[str]:
 
 def role_shape(r: CustomRole) -> dict[str, Any]:
     """The SDK's ``Role`` (plus the assignment listings' ``created_at``/``updated_at``/``created_by``)."""
-    return {"object": "role", "id": r.id, "name": r.name, "description": r.description,
-            "permissions": role_perms(r), "predefined_role": False, "resource_type": "api.organization",
-            "created_at": r.created_at, "updated_at": r.updated_at, "created_by": r.created_by}
+    return {
+        "object": "role",
+        "id": r.id,
+        "name": r.name,
+        "description": r.description,
+        "permissions": role_perms(r),
+        "predefined_role": False,
+        "resource_type": "api.organization",
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "created_by": r.created_by,
+    }
 
 
 def predefined_shape(role_id: str) -> dict[str, Any]:
@@ -48,13 +58,26 @@ def predefined_shape(role_id: str) -> dict[str, Any]:
 
 def group_shape(g: Group) -> dict[str, Any]:
     """The SDK's ``Group`` (and the ``group`` of ``group.role``: ``object``, ``scim_managed``)."""
-    return {"object": "group", "id": g.id, "name": g.name, "created_at": g.created_at, "group_type": "group",
-            "is_scim_managed": False, "scim_managed": False}
+    return {
+        "object": "group",
+        "id": g.id,
+        "name": g.name,
+        "created_at": g.created_at,
+        "group_type": "group",
+        "is_scim_managed": False,
+        "scim_managed": False,
+    }
 
 
 def group_user_shape(u: User) -> dict[str, Any]:
-    return {"object": "organization.group.user", "id": u.id, "name": u.name, "email": u.email,
-            "user_type": "user", "is_service_account": False}
+    return {
+        "object": "organization.group.user",
+        "id": u.id,
+        "name": u.name,
+        "email": u.email,
+        "user_type": "user",
+        "is_service_account": False,
+    }
 
 
 def page_of(items: list[dict[str, Any]], after: str | None, limit: int, order: str | None) -> dict[str, Any]:
@@ -67,10 +90,16 @@ def page_of(items: list[dict[str, Any]], after: str | None, limit: int, order: s
         at = next((i for i, x in enumerate(items) if x["id"] == after), None)
         if at is None:
             raise bad_request(f"No object with id '{after}' to page from.", param="after")
-        items = items[at + 1:]
+        items = items[at + 1 :]
     shown, more = items[:limit], len(items) > limit
-    return {"object": "list", "data": shown, "has_more": more, "next": shown[-1]["id"] if more and shown else None,
-            "first_id": shown[0]["id"] if shown else None, "last_id": shown[-1]["id"] if shown else None}
+    return {
+        "object": "list",
+        "data": shown,
+        "has_more": more,
+        "next": shown[-1]["id"] if more and shown else None,
+        "first_id": shown[0]["id"] if shown else None,
+        "last_id": shown[-1]["id"] if shown else None,
+    }
 
 
 def _actor_user(actor: Actor) -> str | None:
@@ -80,10 +109,12 @@ def _actor_user(actor: Actor) -> str | None:
 
 # --- roles --------------------------------------------------------------------------------------
 
+
 def _check_name(value: Any, param: str) -> str:
     if not isinstance(value, str) or not value.strip() or len(value.strip()) > MAX_NAME:
-        raise bad_request(f"'{param}' must be a non-empty string of at most {MAX_NAME} characters.", param=param,
-                          code="invalid_value")
+        raise bad_request(
+            f"'{param}' must be a non-empty string of at most {MAX_NAME} characters.", param=param, code="invalid_value"
+        )
     return value.strip()
 
 
@@ -91,8 +122,9 @@ def _check_description(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or len(value) > 1000:
-        raise bad_request("'description' must be a string of at most 1000 characters.", param="description",
-                          code="invalid_value")
+        raise bad_request(
+            "'description' must be a string of at most 1000 characters.", param="description", code="invalid_value"
+        )
     return value
 
 
@@ -121,8 +153,11 @@ async def role_object(s: AsyncSession, role_id: str) -> dict[str, Any]:
 
 def _editable(role_id: str) -> None:
     if role_id in PREDEFINED:
-        raise bad_request(f"'{role_id}' is a predefined role: it cannot be changed or deleted.", param="role_id",
-                          code="predefined_role")
+        raise bad_request(
+            f"'{role_id}' is a predefined role: it cannot be changed or deleted.",
+            param="role_id",
+            code="predefined_role",
+        )
 
 
 async def all_roles(s: AsyncSession) -> list[dict[str, Any]]:
@@ -131,26 +166,47 @@ async def all_roles(s: AsyncSession) -> list[dict[str, Any]]:
     return permissions.role_objects() + [role_shape(r) for r in rows]
 
 
-async def create_role(s: AsyncSession, actor: Actor, granted: frozenset[str], *, role_name: Any,
-                      perms: Any, description: Any = None) -> CustomRole:
+async def create_role(
+    s: AsyncSession, actor: Actor, granted: frozenset[str], *, role_name: Any, perms: Any, description: Any = None
+) -> CustomRole:
     name = _check_name(role_name, "role_name")
     names = permissions.check_names(perms)
     permissions.require_held(granted, names, f"create the role '{name}'")
     await _role_name_free(s, name)
     t = now_s()
-    r = CustomRole(id=ids.new_id("role_"), name=name, description=_check_description(description),
-                   permissions=orjson.dumps(names).decode(), created_at=t, updated_at=t,
-                   created_by=_actor_user(actor))
+    r = CustomRole(
+        id=ids.new_id("role_"),
+        name=name,
+        description=_check_description(description),
+        permissions=orjson.dumps(names).decode(),
+        created_at=t,
+        updated_at=t,
+        created_by=_actor_user(actor),
+    )
     s.add(r)
-    await audit(s, actor, "role.created", {"id": r.id, "role_name": name, "permissions": names,
-                                           "resource_type": "api.organization"}, resource_id=r.id, at=t)
+    await audit(
+        s,
+        actor,
+        "role.created",
+        {"id": r.id, "role_name": name, "permissions": names, "resource_type": "api.organization"},
+        resource_id=r.id,
+        at=t,
+    )
     await bump_revision(s)
     return r
 
 
-async def update_role(s: AsyncSession, actor: Actor, granted: frozenset[str], role_id: str, *,
-                      role_name: Any = None, perms: Any = None, description: Any = None,
-                      description_given: bool = False) -> CustomRole:
+async def update_role(
+    s: AsyncSession,
+    actor: Actor,
+    granted: frozenset[str],
+    role_id: str,
+    *,
+    role_name: Any = None,
+    perms: Any = None,
+    description: Any = None,
+    description_given: bool = False,
+) -> CustomRole:
     _editable(role_id)
     r = await custom_role(s, role_id)
     changes: dict[str, Any] = {}
@@ -168,8 +224,10 @@ async def update_role(s: AsyncSession, actor: Actor, granted: frozenset[str], ro
     if description_given:
         r.description = changes["description"] = _check_description(description)
     if not changes:
-        raise bad_request("Nothing to update: give 'role_name', 'permissions' and/or 'description'.",
-                          code="missing_required_parameter")
+        raise bad_request(
+            "Nothing to update: give 'role_name', 'permissions' and/or 'description'.",
+            code="missing_required_parameter",
+        )
     r.updated_at = now_s()
     await audit(s, actor, "role.updated", {"id": r.id, "changes_requested": changes}, resource_id=r.id)
     await bump_revision(s)
@@ -190,26 +248,44 @@ async def delete_role(s: AsyncSession, actor: Actor, role_id: str) -> int:
 
 # --- assignments --------------------------------------------------------------------------------
 
+
 async def _assignment(s: AsyncSession, role_id: str, ptype: str, pid: str) -> RoleAssignment | None:
-    return (await s.execute(select(RoleAssignment).where(
-        RoleAssignment.role_id == role_id, RoleAssignment.principal_type == ptype,
-        RoleAssignment.principal_id == pid))).scalar()
+    return (
+        await s.execute(
+            select(RoleAssignment).where(
+                RoleAssignment.role_id == role_id,
+                RoleAssignment.principal_type == ptype,
+                RoleAssignment.principal_id == pid,
+            )
+        )
+    ).scalar()
 
 
-async def assign(s: AsyncSession, actor: Actor, granted: frozenset[str], role_id: str, ptype: str,
-                 pid: str) -> CustomRole:
+async def assign(
+    s: AsyncSession, actor: Actor, granted: frozenset[str], role_id: str, ptype: str, pid: str
+) -> CustomRole:
     """Assign a custom role to a user or a group (the caller must hold all its permissions)."""
     if role_id in PREDEFINED:
-        raise bad_request(f"'{role_id}' is a predefined role: groups are assigned custom roles only (a user's "
-                          "organization role is set with users.update).", param="role_id", code="invalid_value")
+        raise bad_request(
+            f"'{role_id}' is a predefined role: groups are assigned custom roles only (a user's "
+            "organization role is set with users.update).",
+            param="role_id",
+            code="invalid_value",
+        )
     r = await custom_role(s, role_id)
     permissions.require_held(granted, role_perms(r), f"assign the role '{r.name}'")
     if await _assignment(s, r.id, ptype, pid) is not None:
         raise conflict(f"The {ptype} '{pid}' already holds the role '{r.id}'.", code="role_assigned")
     t = now_s()
     s.add(RoleAssignment(role_id=r.id, principal_type=ptype, principal_id=pid, created_at=t))
-    await audit(s, actor, "role.assignment.created", {"id": r.id, "principal_id": pid, "principal_type": ptype,
-                                                      "resource_type": "api.organization"}, resource_id=r.id, at=t)
+    await audit(
+        s,
+        actor,
+        "role.assignment.created",
+        {"id": r.id, "principal_id": pid, "principal_type": ptype, "resource_type": "api.organization"},
+        resource_id=r.id,
+        at=t,
+    )
     await bump_revision(s)
     return r
 
@@ -219,8 +295,13 @@ async def unassign(s: AsyncSession, actor: Actor, role_id: str, ptype: str, pid:
     if a is None:
         raise not_found(f"The {ptype} '{pid}' does not hold the role '{role_id}' directly.", param="role_id")
     await s.delete(a)
-    await audit(s, actor, "role.assignment.deleted", {"id": role_id, "principal_id": pid, "principal_type": ptype,
-                                                      "resource_type": "api.organization"}, resource_id=role_id)
+    await audit(
+        s,
+        actor,
+        "role.assignment.deleted",
+        {"id": role_id, "principal_id": pid, "principal_type": ptype, "resource_type": "api.organization"},
+        resource_id=role_id,
+    )
     await bump_revision(s)
 
 
@@ -228,14 +309,22 @@ async def roles_of_user(s: AsyncSession, user: User) -> list[dict[str, Any]]:
     """The user's organization role, then every custom role they hold, with ``assignment_sources``
     (the user itself, and/or each group it reaches them through)."""
     sources: dict[str, list[dict[str, str]]] = {}
-    for a in (await s.execute(select(RoleAssignment).where(RoleAssignment.principal_type == "user",
-                                                           RoleAssignment.principal_id == user.id)
-                              .order_by(RoleAssignment.seq))).scalars():
+    for a in (
+        await s.execute(
+            select(RoleAssignment)
+            .where(RoleAssignment.principal_type == "user", RoleAssignment.principal_id == user.id)
+            .order_by(RoleAssignment.seq)
+        )
+    ).scalars():
         sources.setdefault(a.role_id, []).append({"principal_id": user.id, "principal_type": "user"})
     groups = select(GroupUser.group_id).where(GroupUser.user_id == user.id)
-    for a in (await s.execute(select(RoleAssignment).where(RoleAssignment.principal_type == "group",
-                                                           RoleAssignment.principal_id.in_(groups))
-                              .order_by(RoleAssignment.seq))).scalars():
+    for a in (
+        await s.execute(
+            select(RoleAssignment)
+            .where(RoleAssignment.principal_type == "group", RoleAssignment.principal_id.in_(groups))
+            .order_by(RoleAssignment.seq)
+        )
+    ).scalars():
         sources.setdefault(a.role_id, []).append({"principal_id": a.principal_id, "principal_type": "group"})
     org = predefined_shape(f"role-{user.role}")
     org["assignment_sources"] = [{"principal_id": user.id, "principal_type": "user"}]
@@ -248,14 +337,21 @@ async def roles_of_user(s: AsyncSession, user: User) -> list[dict[str, Any]]:
 
 
 async def roles_of_group(s: AsyncSession, group_id: str) -> list[dict[str, Any]]:
-    rows = (await s.execute(select(CustomRole).join(RoleAssignment, RoleAssignment.role_id == CustomRole.id)
-                            .where(RoleAssignment.principal_type == "group", RoleAssignment.principal_id == group_id)
-                            .order_by(RoleAssignment.seq))).scalars()
-    return [role_shape(r) | {"assignment_sources": [{"principal_id": group_id, "principal_type": "group"}]}
-            for r in rows]
+    rows = (
+        await s.execute(
+            select(CustomRole)
+            .join(RoleAssignment, RoleAssignment.role_id == CustomRole.id)
+            .where(RoleAssignment.principal_type == "group", RoleAssignment.principal_id == group_id)
+            .order_by(RoleAssignment.seq)
+        )
+    ).scalars()
+    return [
+        role_shape(r) | {"assignment_sources": [{"principal_id": group_id, "principal_type": "group"}]} for r in rows
+    ]
 
 
 # --- groups -------------------------------------------------------------------------------------
+
 
 async def get_group(s: AsyncSession, group_id: str) -> Group:
     g = (await s.execute(select(Group).where(Group.id == group_id))).scalar()
@@ -267,8 +363,9 @@ async def get_group(s: AsyncSession, group_id: str) -> Group:
 async def create_group(s: AsyncSession, actor: Actor, name: Any) -> Group:
     g = Group(id=ids.new_id("group_"), name=_check_name(name, "name"), created_at=now_s())
     s.add(g)
-    await audit(s, actor, "group.created", {"id": g.id, "data": {"group_name": g.name}}, resource_id=g.id,
-                at=g.created_at)
+    await audit(
+        s, actor, "group.created", {"id": g.id, "data": {"group_name": g.name}}, resource_id=g.id, at=g.created_at
+    )
     await bump_revision(s)
     return g
 
@@ -276,8 +373,7 @@ async def create_group(s: AsyncSession, actor: Actor, name: Any) -> Group:
 async def update_group(s: AsyncSession, actor: Actor, group_id: str, name: Any) -> Group:
     g = await get_group(s, group_id)
     g.name = _check_name(name, "name")
-    await audit(s, actor, "group.updated", {"id": g.id, "changes_requested": {"group_name": g.name}},
-                resource_id=g.id)
+    await audit(s, actor, "group.updated", {"id": g.id, "changes_requested": {"group_name": g.name}}, resource_id=g.id)
     await bump_revision(s)
     return g
 
@@ -287,8 +383,9 @@ async def delete_group(s: AsyncSession, actor: Actor, group_id: str) -> None:
     g = await get_group(s, group_id)
     members = list((await s.execute(select(GroupUser.user_id).where(GroupUser.group_id == g.id))).scalars())
     await s.execute(delete(GroupUser).where(GroupUser.group_id == g.id))
-    await s.execute(delete(RoleAssignment).where(RoleAssignment.principal_type == "group",
-                                                 RoleAssignment.principal_id == g.id))
+    await s.execute(
+        delete(RoleAssignment).where(RoleAssignment.principal_type == "group", RoleAssignment.principal_id == g.id)
+    )
     await s.execute(delete(ProjectGroup).where(ProjectGroup.group_id == g.id))
     from keyplane.members import project_roles  # and the project roles it held
 
@@ -301,24 +398,29 @@ async def delete_group(s: AsyncSession, actor: Actor, group_id: str) -> None:
 
 
 async def group_permissions(s: AsyncSession, group_id: str) -> list[str]:
-    rows = (await s.execute(select(CustomRole).join(RoleAssignment, RoleAssignment.role_id == CustomRole.id)
-                            .where(RoleAssignment.principal_type == "group",
-                                   RoleAssignment.principal_id == group_id))).scalars()
+    rows = (
+        await s.execute(
+            select(CustomRole)
+            .join(RoleAssignment, RoleAssignment.role_id == CustomRole.id)
+            .where(RoleAssignment.principal_type == "group", RoleAssignment.principal_id == group_id)
+        )
+    ).scalars()
     return sorted({p for r in rows for p in role_perms(r)})
 
 
 async def group_member(s: AsyncSession, group_id: str, user_id: str) -> GroupUser | None:
-    return (await s.execute(select(GroupUser).where(GroupUser.group_id == group_id,
-                                                    GroupUser.user_id == user_id))).scalar()
+    return (
+        await s.execute(select(GroupUser).where(GroupUser.group_id == group_id, GroupUser.user_id == user_id))
+    ).scalar()
 
 
-async def add_group_user(s: AsyncSession, actor: Actor, granted: frozenset[str], group_id: str,
-                         user_id: Any) -> GroupUser:
+async def add_group_user(
+    s: AsyncSession, actor: Actor, granted: frozenset[str], group_id: str, user_id: Any
+) -> GroupUser:
     """Add a user to a group: they gain its roles, so the caller must hold all their permissions."""
     g = await get_group(s, group_id)
     if not isinstance(user_id, str) or not user_id:
-        raise bad_request("Give 'user_id' of an organization user.", param="user_id",
-                          code="missing_required_parameter")
+        raise bad_request("Give 'user_id' of an organization user.", param="user_id", code="missing_required_parameter")
     user = await control.get_user(s, user_id)
     wanted = set(await group_permissions(s, g.id))
     if (await s.execute(select(ProjectGroup.seq).where(ProjectGroup.group_id == g.id).limit(1))).first():
@@ -328,8 +430,14 @@ async def add_group_user(s: AsyncSession, actor: Actor, granted: frozenset[str],
         raise conflict(f"User '{user.id}' is already a member of group '{g.id}'.", code="user_exists")
     m = GroupUser(group_id=g.id, user_id=user.id, added_at=now_s())
     s.add(m)
-    await audit(s, actor, "group.updated", {"id": g.id, "changes_requested": {"user_added": user.id}},
-                resource_id=g.id, at=m.added_at)
+    await audit(
+        s,
+        actor,
+        "group.updated",
+        {"id": g.id, "changes_requested": {"user_added": user.id}},
+        resource_id=g.id,
+        at=m.added_at,
+    )
     await bump_revision(s)
     return m
 
@@ -342,23 +450,29 @@ async def remove_group_user(s: AsyncSession, actor: Actor, group_id: str, user_i
     await s.delete(m)
     t = now_s()
     await ops.revoke_if_unreachable(s, [user_id], t)  # the group's projects are no longer reached through it
-    await audit(s, actor, "group.updated", {"id": g.id, "changes_requested": {"user_removed": user_id}},
-                resource_id=g.id, at=t)
+    await audit(
+        s, actor, "group.updated", {"id": g.id, "changes_requested": {"user_removed": user_id}}, resource_id=g.id, at=t
+    )
     await bump_revision(s)
 
 
 async def group_users(s: AsyncSession, group_id: str) -> list[User]:
     await get_group(s, group_id)
-    rows = await s.execute(select(User).join(GroupUser, GroupUser.user_id == User.id)
-                           .where(GroupUser.group_id == group_id).order_by(GroupUser.seq))
+    rows = await s.execute(
+        select(User)
+        .join(GroupUser, GroupUser.user_id == User.id)
+        .where(GroupUser.group_id == group_id)
+        .order_by(GroupUser.seq)
+    )
     return list(rows.scalars())
 
 
 async def forget_user(s: AsyncSession, user_id: str) -> None:
     """A user leaving the organization leaves every group and loses every custom role held directly."""
     await s.execute(delete(GroupUser).where(GroupUser.user_id == user_id))
-    await s.execute(delete(RoleAssignment).where(RoleAssignment.principal_type == "user",
-                                                 RoleAssignment.principal_id == user_id))
+    await s.execute(
+        delete(RoleAssignment).where(RoleAssignment.principal_type == "user", RoleAssignment.principal_id == user_id)
+    )
     from keyplane.members import project_roles  # and every project role held directly
 
     await project_roles.forget_principal(s, "user", user_id)
@@ -366,16 +480,29 @@ async def forget_user(s: AsyncSession, user_id: str) -> None:
 
 # --- groups as project members (projects.groups) ---------------------------------------------------
 
+
 def project_group_shape(pg: ProjectGroup, g: Group) -> dict[str, Any]:
     """The SDK's ``ProjectGroup`` (plus keyplane's ``role``: the project role its members reach it with)."""
-    return {"object": "project.group", "project_id": pg.project_id, "group_id": g.id, "group_name": g.name,
-            "group_type": "group", "created_at": pg.created_at, "role": pg.role}
+    return {
+        "object": "project.group",
+        "project_id": pg.project_id,
+        "group_id": g.id,
+        "group_name": g.name,
+        "group_type": "group",
+        "created_at": pg.created_at,
+        "role": pg.role,
+    }
 
 
 async def project_group(s: AsyncSession, project_id: str, group_id: str) -> tuple[ProjectGroup, Group]:
     await control.get_project(s, project_id)
-    row = (await s.execute(select(ProjectGroup, Group).join(Group, Group.id == ProjectGroup.group_id)
-                           .where(ProjectGroup.project_id == project_id, ProjectGroup.group_id == group_id))).first()
+    row = (
+        await s.execute(
+            select(ProjectGroup, Group)
+            .join(Group, Group.id == ProjectGroup.group_id)
+            .where(ProjectGroup.project_id == project_id, ProjectGroup.group_id == group_id)
+        )
+    ).first()
     if row is None:
         raise not_found(f"No group '{group_id}' in project '{project_id}'.", param="group_id")
     return row[0], row[1]
@@ -383,28 +510,45 @@ async def project_group(s: AsyncSession, project_id: str, group_id: str) -> tupl
 
 async def project_groups(s: AsyncSession, project_id: str) -> list[tuple[ProjectGroup, Group]]:
     await control.get_project(s, project_id)
-    rows = await s.execute(select(ProjectGroup, Group).join(Group, Group.id == ProjectGroup.group_id)
-                           .where(ProjectGroup.project_id == project_id).order_by(ProjectGroup.seq))
+    rows = await s.execute(
+        select(ProjectGroup, Group)
+        .join(Group, Group.id == ProjectGroup.group_id)
+        .where(ProjectGroup.project_id == project_id)
+        .order_by(ProjectGroup.seq)
+    )
     return [(pg, g) for pg, g in rows.all()]
 
 
-async def add_project_group(s: AsyncSession, actor: Actor, project_id: str, group_id: Any,
-                            role: Any) -> tuple[ProjectGroup, Group]:
+async def add_project_group(
+    s: AsyncSession, actor: Actor, project_id: str, group_id: Any, role: Any
+) -> tuple[ProjectGroup, Group]:
     p = await control.get_project(s, project_id)
     control.ensure_active(p)
     if not isinstance(group_id, str) or not group_id:
         raise bad_request("Give 'group_id'.", param="group_id", code="missing_required_parameter")
     g = await get_group(s, group_id)
     role = ops.check_project_role(role)
-    if (await s.execute(select(ProjectGroup.seq).where(ProjectGroup.project_id == p.id,
-                                                       ProjectGroup.group_id == g.id))).first():
+    if (
+        await s.execute(select(ProjectGroup.seq).where(ProjectGroup.project_id == p.id, ProjectGroup.group_id == g.id))
+    ).first():
         raise conflict(f"Group '{g.id}' is already a member of project '{p.id}'.", code="group_exists")
     pg = ProjectGroup(project_id=p.id, group_id=g.id, role=role, created_at=now_s())
     s.add(pg)
-    await audit(s, actor, "role.assignment.created", {"id": f"project-{role}", "principal_id": g.id,
-                                                      "principal_type": "group", "resource_id": p.id,
-                                                      "resource_type": "api.project"},
-                project_id=p.id, resource_id=g.id, at=pg.created_at)
+    await audit(
+        s,
+        actor,
+        "role.assignment.created",
+        {
+            "id": f"project-{role}",
+            "principal_id": g.id,
+            "principal_type": "group",
+            "resource_id": p.id,
+            "resource_type": "api.project",
+        },
+        project_id=p.id,
+        resource_id=g.id,
+        at=pg.created_at,
+    )
     await bump_revision(s)
     return pg, g
 
@@ -419,8 +563,19 @@ async def remove_project_group(s: AsyncSession, actor: Actor, project_id: str, g
     await project_roles.forget_member(s, project_id, "group", g.id)
     t = now_s()
     await ops.revoke_if_unreachable(s, members, t)
-    await audit(s, actor, "role.assignment.deleted", {"id": f"project-{pg.role}", "principal_id": g.id,
-                                                      "principal_type": "group", "resource_id": project_id,
-                                                      "resource_type": "api.project"},
-                project_id=project_id, resource_id=g.id, at=t)
+    await audit(
+        s,
+        actor,
+        "role.assignment.deleted",
+        {
+            "id": f"project-{pg.role}",
+            "principal_id": g.id,
+            "principal_type": "group",
+            "resource_id": project_id,
+            "resource_type": "api.project",
+        },
+        project_id=project_id,
+        resource_id=g.id,
+        at=t,
+    )
     await bump_revision(s)

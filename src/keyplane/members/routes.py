@@ -19,21 +19,34 @@ from keyplane.store.models import ApiKey, User
 
 
 def project_user(m: ProjectUser, u: User) -> dict[str, Any]:
-    return {"object": "organization.project.user", "id": u.id, "name": u.name, "email": u.email,
-            "role": m.role, "added_at": m.added_at}
+    return {
+        "object": "organization.project.user",
+        "id": u.id,
+        "name": u.name,
+        "email": u.email,
+        "role": m.role,
+        "added_at": m.added_at,
+    }
 
 
 def service_account_key(k: ApiKey, value: str) -> dict[str, Any]:
-    return {"object": "organization.project.service_account.api_key", "id": k.id, "name": k.name,
-            "value": value, "created_at": k.created_at, "expires_at": k.expires_at}
+    return {
+        "object": "organization.project.service_account.api_key",
+        "id": k.id,
+        "name": k.name,
+        "value": value,
+        "created_at": k.created_at,
+        "expires_at": k.expires_at,
+    }
 
 
 async def list_project_users(request: Request) -> JSONResponse:
     authenticate_admin(request)
     limit = query_limit(request, 20, 100)
     async with runtime(request).read() as s:
-        rows, more = await ops.list_project_users(s, request.path_params["project_id"],
-                                                  after=request.query_params.get("after"), limit=limit)
+        rows, more = await ops.list_project_users(
+            s, request.path_params["project_id"], after=request.query_params.get("after"), limit=limit
+        )
     return JSONResponse(list_response([project_user(m, u) for m, u in rows], more))
 
 
@@ -41,8 +54,14 @@ async def create_project_user(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     body = await json_body(request)
     async with runtime(request).write() as s:
-        m, u = await ops.add_project_user(s, actor, request.path_params["project_id"], role=body.get("role"),
-                                          user_id=body.get("user_id"), email=body.get("email"))
+        m, u = await ops.add_project_user(
+            s,
+            actor,
+            request.path_params["project_id"],
+            role=body.get("role"),
+            user_id=body.get("user_id"),
+            email=body.get("email"),
+        )
     return JSONResponse(project_user(m, u))
 
 
@@ -57,8 +76,9 @@ async def update_project_user(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     body = await json_body(request)
     async with runtime(request).write() as s:
-        m, u = await ops.update_project_user(s, actor, request.path_params["project_id"],
-                                             request.path_params["user_id"], body.get("role"))
+        m, u = await ops.update_project_user(
+            s, actor, request.path_params["project_id"], request.path_params["user_id"], body.get("role")
+        )
     return JSONResponse(project_user(m, u))
 
 
@@ -76,9 +96,15 @@ async def create_service_account_key(request: Request) -> JSONResponse:
     rt = runtime(request)
     async with rt.write() as s:
         row, value = await ops.create_service_account_key(
-            s, actor, rt.settings.secret_key, request.path_params["project_id"],
-            request.path_params["service_account_id"], name=body.get("name"), scopes=body.get("scopes"),
-            expires_in_seconds=body.get("expires_in_seconds"))
+            s,
+            actor,
+            rt.settings.secret_key,
+            request.path_params["project_id"],
+            request.path_params["service_account_id"],
+            name=body.get("name"),
+            scopes=body.get("scopes"),
+            expires_in_seconds=body.get("expires_in_seconds"),
+        )
     return JSONResponse(service_account_key(row, value))
 
 
@@ -86,9 +112,14 @@ async def update_service_account(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     body = await json_body(request)
     async with runtime(request).write() as s:
-        sa = await ops.update_service_account(s, actor, request.path_params["project_id"],
-                                              request.path_params["service_account_id"], name=body.get("name"),
-                                              role=body.get("role"))
+        sa = await ops.update_service_account(
+            s,
+            actor,
+            request.path_params["project_id"],
+            request.path_params["service_account_id"],
+            name=body.get("name"),
+            role=body.get("role"),
+        )
     return JSONResponse(admin_shapes.service_account(sa))
 
 
@@ -97,8 +128,7 @@ async def list_invites(request: Request) -> JSONResponse:
     limit = query_limit(request, 20, 100)
     rt = runtime(request)
     async with rt.read() as s:
-        rows, more = await control.page(s, Invite, select(Invite), after=request.query_params.get("after"),
-                                        limit=limit)
+        rows, more = await control.page(s, Invite, select(Invite), after=request.query_params.get("after"), limit=limit)
     now = rt.clock.now()
     return JSONResponse(list_response([invites.shape(i, now) for i in rows], more))
 
@@ -110,8 +140,14 @@ async def create_invite(request: Request) -> JSONResponse:
     permissions.require_role_grant(granted(request), body.get("role"))
     rt = runtime(request)
     async with rt.write() as s:
-        inv, token = await invites.create_invite(s, actor, rt.settings.secret_key, email=body.get("email"),
-                                                 role=body.get("role"), projects=body.get("projects"))
+        inv, token = await invites.create_invite(
+            s,
+            actor,
+            rt.settings.secret_key,
+            email=body.get("email"),
+            role=body.get("role"),
+            projects=body.get("projects"),
+        )
     d = invites.shape(inv, rt.clock.now())
     d["accept_url"] = str(request.base_url).rstrip("/") + invites.ACCEPT_PATH + token
     return JSONResponse(d)
@@ -138,8 +174,9 @@ def _limit(request: Request) -> int:
 
 
 def _page(request: Request, items: list[dict[str, Any]]) -> JSONResponse:
-    return JSONResponse(roles.page_of(items, request.query_params.get("after"), _limit(request),
-                                      request.query_params.get("order")))
+    return JSONResponse(
+        roles.page_of(items, request.query_params.get("after"), _limit(request), request.query_params.get("order"))
+    )
 
 
 async def list_roles(request: Request) -> JSONResponse:
@@ -154,8 +191,14 @@ async def create_role(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     body = await json_body(request)
     async with runtime(request).write() as s:
-        r = await roles.create_role(s, actor, granted(request), role_name=body.get("role_name"),
-                                    perms=body.get("permissions"), description=body.get("description"))
+        r = await roles.create_role(
+            s,
+            actor,
+            granted(request),
+            role_name=body.get("role_name"),
+            perms=body.get("permissions"),
+            description=body.get("description"),
+        )
     return JSONResponse(roles.role_shape(r))
 
 
@@ -169,9 +212,16 @@ async def update_role(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     body = await json_body(request)
     async with runtime(request).write() as s:
-        r = await roles.update_role(s, actor, granted(request), request.path_params["role_id"],
-                                    role_name=body.get("role_name"), perms=body.get("permissions"),
-                                    description=body.get("description"), description_given="description" in body)
+        r = await roles.update_role(
+            s,
+            actor,
+            granted(request),
+            request.path_params["role_id"],
+            role_name=body.get("role_name"),
+            perms=body.get("permissions"),
+            description=body.get("description"),
+            description_given="description" in body,
+        )
     return JSONResponse(roles.role_shape(r))
 
 
@@ -236,13 +286,17 @@ async def unassign_user_role(request: Request) -> JSONResponse:
         if roles.PREDEFINED[rid] != u.role:
             raise errors.not_found(f"User '{u.id}' does not hold role '{rid}'.", param="role_id")
         if u.role == "reader":
-            raise errors.bad_request("Every user holds at least the reader role; remove the user instead.",
-                                     param="role_id", code="invalid_value")
+            raise errors.bad_request(
+                "Every user holds at least the reader role; remove the user instead.",
+                param="role_id",
+                code="invalid_value",
+            )
         await control.update_user_role(s, actor, u.id, "reader")
     return JSONResponse({"object": "user.role.deleted", "deleted": True})
 
 
 # --- groups ---------------------------------------------------------------------------------------
+
 
 async def list_groups(request: Request) -> JSONResponse:
     authenticate_admin(request)
@@ -294,8 +348,7 @@ async def add_group_user(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     body = await json_body(request)
     async with runtime(request).write() as s:
-        m = await roles.add_group_user(s, actor, granted(request), request.path_params["group_id"],
-                                       body.get("user_id"))
+        m = await roles.add_group_user(s, actor, granted(request), request.path_params["group_id"], body.get("user_id"))
     return JSONResponse({"object": "group.user", "group_id": m.group_id, "user_id": m.user_id})
 
 
@@ -363,8 +416,9 @@ async def list_project_groups(request: Request) -> JSONResponse:
     async with runtime(request).read() as s:
         rows = await roles.project_groups(s, request.path_params["project_id"])
     items = [roles.project_group_shape(pg, g) | {"id": g.id} for pg, g in rows]
-    page = roles.page_of(items, request.query_params.get("after"), query_limit(request, 100, 1000),
-                         request.query_params.get("order"))
+    page = roles.page_of(
+        items, request.query_params.get("after"), query_limit(request, 100, 1000), request.query_params.get("order")
+    )
     for d in page["data"]:
         d.pop("id")
     return JSONResponse(page)
@@ -374,8 +428,9 @@ async def add_project_group(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     body = await json_body(request)
     async with runtime(request).write() as s:
-        pg, g = await roles.add_project_group(s, actor, request.path_params["project_id"], body.get("group_id"),
-                                              body.get("role"))
+        pg, g = await roles.add_project_group(
+            s, actor, request.path_params["project_id"], body.get("group_id"), body.get("role")
+        )
     return JSONResponse(roles.project_group_shape(pg, g))
 
 
@@ -389,8 +444,7 @@ async def get_project_group(request: Request) -> JSONResponse:
 async def remove_project_group(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     async with runtime(request).write() as s:
-        await roles.remove_project_group(s, actor, request.path_params["project_id"],
-                                         request.path_params["group_id"])
+        await roles.remove_project_group(s, actor, request.path_params["project_id"], request.path_params["group_id"])
     return JSONResponse({"object": "project.group.deleted", "deleted": True})
 
 
@@ -404,30 +458,53 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(_PU, "POST", create_project_user, "Add a user to a project (role owner or member)"),
     Endpoint(f"{_PU}/{{user_id}}", "GET", get_project_user, "Retrieve a project user"),
     Endpoint(f"{_PU}/{{user_id}}", "POST", update_project_user, "Modify a project user's role"),
-    Endpoint(f"{_PU}/{{user_id}}", "DELETE", delete_project_user,
-             "Remove a user from a project (their user keys in it are revoked)"),
+    Endpoint(
+        f"{_PU}/{{user_id}}",
+        "DELETE",
+        delete_project_user,
+        "Remove a user from a project (their user keys in it are revoked)",
+    ),
     Endpoint(_PG, "GET", list_project_groups, "List the groups that are members of a project"),
     Endpoint(_PG, "POST", add_project_group, "Add a group to a project (role owner or member)"),
     Endpoint(f"{_PG}/{{group_id}}", "GET", get_project_group, "Retrieve a project group"),
-    Endpoint(f"{_PG}/{{group_id}}", "DELETE", remove_project_group,
-             "Remove a group from a project (its users' keys there are revoked unless they still reach it)"),
+    Endpoint(
+        f"{_PG}/{{group_id}}",
+        "DELETE",
+        remove_project_group,
+        "Remove a group from a project (its users' keys there are revoked unless they still reach it)",
+    ),
     Endpoint(_SA, "POST", update_service_account, "Modify a service account (name, role)"),
-    Endpoint(f"{_SA}/api_keys", "POST", create_service_account_key,
-             "Create another API key for a service account (value shown once)"),
+    Endpoint(
+        f"{_SA}/api_keys",
+        "POST",
+        create_service_account_key,
+        "Create another API key for a service account (value shown once)",
+    ),
     Endpoint(f"{P}/invites", "GET", list_invites, "List invites"),
-    Endpoint(f"{P}/users/{{user_id}}/roles", "GET", list_user_roles,
-             "List a user's roles (organization role, custom roles direct and through groups)"),
-    Endpoint(f"{P}/users/{{user_id}}/roles", "POST", assign_user_role,
-             "Assign a role to a user (a predefined one replaces their organization role)"),
+    Endpoint(
+        f"{P}/users/{{user_id}}/roles",
+        "GET",
+        list_user_roles,
+        "List a user's roles (organization role, custom roles direct and through groups)",
+    ),
+    Endpoint(
+        f"{P}/users/{{user_id}}/roles",
+        "POST",
+        assign_user_role,
+        "Assign a role to a user (a predefined one replaces their organization role)",
+    ),
     Endpoint(f"{P}/users/{{user_id}}/roles/{{role_id}}", "GET", get_user_role, "Retrieve a user's role"),
-    Endpoint(f"{P}/users/{{user_id}}/roles/{{role_id}}", "DELETE", unassign_user_role,
-             "Unassign a custom role, or role-owner (the user becomes a reader)"),
+    Endpoint(
+        f"{P}/users/{{user_id}}/roles/{{role_id}}",
+        "DELETE",
+        unassign_user_role,
+        "Unassign a custom role, or role-owner (the user becomes a reader)",
+    ),
     Endpoint(f"{P}/roles", "GET", list_roles, "List roles (the predefined owner and reader, then custom roles)"),
     Endpoint(f"{P}/roles", "POST", create_role, "Create a custom role (permissions from the permission table)"),
     Endpoint(f"{P}/roles/{{role_id}}", "GET", get_role, "Retrieve a role"),
     Endpoint(f"{P}/roles/{{role_id}}", "POST", update_role, "Modify a custom role (name, permissions, description)"),
-    Endpoint(f"{P}/roles/{{role_id}}", "DELETE", delete_role,
-             "Delete a custom role (its assignments go with it)"),
+    Endpoint(f"{P}/roles/{{role_id}}", "DELETE", delete_role, "Delete a custom role (its assignments go with it)"),
     Endpoint(f"{P}/groups", "GET", list_groups, "List groups"),
     Endpoint(f"{P}/groups", "POST", create_group, "Create a group"),
     Endpoint(_G, "GET", get_group, "Retrieve a group"),

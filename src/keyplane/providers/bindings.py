@@ -67,10 +67,20 @@ def redact(value: str) -> str:
 
 
 def binding_json(b: ProviderBinding) -> dict[str, Any]:
-    return {"object": "provider.binding", "id": b.project_id, "project_id": b.project_id, "provider": b.provider,
-            "provider_project_id": b.provider_project_id, "service_account_id": b.service_account_id,
-            "key_id": b.key_id, "redacted_value": b.key_redacted, "created_at": b.created_at,
-            "rotated_at": b.rotated_at, "retired_key_id": b.retired_key_id, "retire_at": b.retire_at}
+    return {
+        "object": "provider.binding",
+        "id": b.project_id,
+        "project_id": b.project_id,
+        "provider": b.provider,
+        "provider_project_id": b.provider_project_id,
+        "service_account_id": b.service_account_id,
+        "key_id": b.key_id,
+        "redacted_value": b.key_redacted,
+        "created_at": b.created_at,
+        "rotated_at": b.rotated_at,
+        "retired_key_id": b.retired_key_id,
+        "retire_at": b.retire_at,
+    }
 
 
 async def _project(s: AsyncSession, ref: str) -> Project:
@@ -100,8 +110,15 @@ async def list_bindings(s: AsyncSession) -> list[dict[str, Any]]:
     return [binding_json(b) for b in rows]
 
 
-async def bind(sessions: async_sessionmaker[AsyncSession], conn: Connector, box: KeyBox, project_ref: str,
-               provider_project_id: str, now: int, actor: control.Actor) -> dict[str, Any]:
+async def bind(
+    sessions: async_sessionmaker[AsyncSession],
+    conn: Connector,
+    box: KeyBox,
+    project_ref: str,
+    provider_project_id: str,
+    now: int,
+    actor: control.Actor,
+) -> dict[str, Any]:
     """Create keyplane's service account in the provider project and bind the keyplane project to it."""
     async with sessions() as s:
         project = await _project(s, project_ref)
@@ -111,8 +128,9 @@ async def bind(sessions: async_sessionmaker[AsyncSession], conn: Connector, box:
         target = await conn.get_project(provider_project_id)
     except ProviderError as e:
         if e.status == 404:
-            raise BindingError(f"provider {conn.name} has no project '{provider_project_id}'.", 404,
-                               "provider_project_id") from None
+            raise BindingError(
+                f"provider {conn.name} has no project '{provider_project_id}'.", 404, "provider_project_id"
+            ) from None
         raise
     if target.get("status") == "archived":
         raise BindingError(f"provider project '{provider_project_id}' is archived.", 400, "provider_project_id")
@@ -120,16 +138,31 @@ async def bind(sessions: async_sessionmaker[AsyncSession], conn: Connector, box:
     key = created.get("api_key") or {}
     value, key_id, sa_id = str(key.get("value") or ""), str(key.get("id") or ""), str(created.get("id") or "")
     if not value or not key_id or not sa_id:
-        raise ProviderError(f"provider {conn.name}: POST /organization/projects/{{id}}/service_accounts answered "
-                            "no service account key")
-    row = ProviderBinding(project_id=project.id, provider=conn.name, provider_project_id=provider_project_id,
-                          service_account_id=sa_id, key_id=key_id, key_redacted=redact(value),
-                          key_sealed=box.seal(value), created_at=now)
+        raise ProviderError(
+            f"provider {conn.name}: POST /organization/projects/{{id}}/service_accounts answered no service account key"
+        )
+    row = ProviderBinding(
+        project_id=project.id,
+        provider=conn.name,
+        provider_project_id=provider_project_id,
+        service_account_id=sa_id,
+        key_id=key_id,
+        key_redacted=redact(value),
+        key_sealed=box.seal(value),
+        created_at=now,
+    )
     try:
         async with sessions() as s, s.begin():
             s.add(row)
-            await control.audit(s, actor, "provider.binding.created", binding_json(row), project_id=project.id,
-                                resource_id=project.id, at=now)
+            await control.audit(
+                s,
+                actor,
+                "provider.binding.created",
+                binding_json(row),
+                project_id=project.id,
+                resource_id=project.id,
+                at=now,
+            )
     except Exception as exc:
         # Not stored (a concurrent bind of the same project won the unique row): leave no account behind.
         try:
@@ -137,21 +170,28 @@ async def bind(sessions: async_sessionmaker[AsyncSession], conn: Connector, box:
         except ProviderError as e:
             log.error("provider %s: could not delete the unused service account %s: %s", conn.name, sa_id, e)
         if isinstance(exc, IntegrityError):
-            raise BindingError(f"Project '{project.name}' is already bound; unbind it first.", 409,
-                               "project_id") from None
+            raise BindingError(
+                f"Project '{project.name}' is already bound; unbind it first.", 409, "project_id"
+            ) from None
         raise
     return binding_json(row)
 
 
-async def rotate(sessions: async_sessionmaker[AsyncSession], conn: Connector, box: KeyBox, project_ref: str, now: int,
-                 actor: control.Actor, grace: int = DEFAULT_GRACE) -> dict[str, Any]:
+async def rotate(
+    sessions: async_sessionmaker[AsyncSession],
+    conn: Connector,
+    box: KeyBox,
+    project_ref: str,
+    now: int,
+    actor: control.Actor,
+    grace: int = DEFAULT_GRACE,
+) -> dict[str, Any]:
     """A new key first, then the swap; the old key is retired (deleted at the provider) ``grace`` seconds later."""
     async with sessions() as s:
         b = await _binding(s, project_ref)
     if b.retired_key_id:  # a rotation still in its grace: retire that key now, before it is forgotten
         await _delete_old(conn, b.provider_project_id, b.retired_key_id)
-    key = await conn.create_service_account_key(b.provider_project_id, b.service_account_id,
-                                                f"keyplane rotation {now}")
+    key = await conn.create_service_account_key(b.provider_project_id, b.service_account_id, f"keyplane rotation {now}")
     value, key_id = str(key.get("value") or ""), str(key.get("id") or "")
     if not value or not key_id:
         raise ProviderError(f"provider {conn.name}: POST .../service_accounts/{{id}}/api_keys answered no key")
@@ -160,8 +200,15 @@ async def rotate(sessions: async_sessionmaker[AsyncSession], conn: Connector, bo
         old = row.key_id
         row.key_id, row.key_redacted, row.key_sealed, row.rotated_at = key_id, redact(value), box.seal(value), now
         row.retired_key_id, row.retire_at = old, now + max(0, grace)
-        await control.audit(s, actor, "provider.binding.rotated", {**binding_json(row), "old_key_id": old},
-                            project_id=row.project_id, resource_id=row.project_id, at=now)
+        await control.audit(
+            s,
+            actor,
+            "provider.binding.rotated",
+            {**binding_json(row), "old_key_id": old},
+            project_id=row.project_id,
+            resource_id=row.project_id,
+            at=now,
+        )
         out = binding_json(row)
     return out
 
@@ -178,8 +225,15 @@ async def retire_due(sessions: async_sessionmaker[AsyncSession], conns: dict[str
     """Delete at the provider the old keys whose grace has passed; returns their ids. A failure is logged and
     retried at the next call."""
     async with sessions() as s:
-        due = list((await s.execute(select(ProviderBinding).where(
-            ProviderBinding.retired_key_id.is_not(None), ProviderBinding.retire_at <= now))).scalars())
+        due = list(
+            (
+                await s.execute(
+                    select(ProviderBinding).where(
+                        ProviderBinding.retired_key_id.is_not(None), ProviderBinding.retire_at <= now
+                    )
+                )
+            ).scalars()
+        )
     done: list[str] = []
     for b in due:
         conn = conns.get(b.provider)
@@ -188,8 +242,13 @@ async def retire_due(sessions: async_sessionmaker[AsyncSession], conns: dict[str
         try:
             await _delete_old(conn, b.provider_project_id, b.retired_key_id)
         except ProviderError as e:
-            log.error("provider %s: could not delete the rotated-out key %s of project %s: %s", b.provider,
-                      b.retired_key_id, b.project_id, e)
+            log.error(
+                "provider %s: could not delete the rotated-out key %s of project %s: %s",
+                b.provider,
+                b.retired_key_id,
+                b.project_id,
+                e,
+            )
             continue
         async with sessions() as s, s.begin():
             row = (await s.execute(select(ProviderBinding).where(ProviderBinding.seq == b.seq))).scalar()
@@ -199,8 +258,14 @@ async def retire_due(sessions: async_sessionmaker[AsyncSession], conns: dict[str
     return done
 
 
-async def unbind(sessions: async_sessionmaker[AsyncSession], conn: Connector, project_ref: str, now: int,
-                 actor: control.Actor, grace: float = 0) -> dict[str, Any]:
+async def unbind(
+    sessions: async_sessionmaker[AsyncSession],
+    conn: Connector,
+    project_ref: str,
+    now: int,
+    actor: control.Actor,
+    grace: float = 0,
+) -> dict[str, Any]:
     """Drop the binding (the project goes back to the shared key), wait ``grace`` seconds (other instances
     reload meanwhile), then delete keyplane's service account at the provider, its keys with it."""
     async with sessions() as s:
@@ -209,8 +274,15 @@ async def unbind(sessions: async_sessionmaker[AsyncSession], conn: Connector, pr
         row = (await s.execute(select(ProviderBinding).where(ProviderBinding.seq == b.seq))).scalar()
         if row is not None:
             await s.delete(row)
-        await control.audit(s, actor, "provider.binding.deleted", binding_json(b), project_id=b.project_id,
-                            resource_id=b.project_id, at=now)
+        await control.audit(
+            s,
+            actor,
+            "provider.binding.deleted",
+            binding_json(b),
+            project_id=b.project_id,
+            resource_id=b.project_id,
+            at=now,
+        )
     if grace > 0:
         await asyncio.sleep(grace)
     try:
@@ -222,6 +294,7 @@ async def unbind(sessions: async_sessionmaker[AsyncSession], conn: Connector, pr
 
 
 # --- the proxy's hook -------------------------------------------------------------------------------------
+
 
 @functools.lru_cache(maxsize=1024)
 def _root(url: str) -> str:
@@ -254,14 +327,21 @@ class UpstreamKeys:
         for b in (await s.execute(select(ProviderBinding))).scalars():
             url = self._urls.get(b.provider)
             if url is None:
-                log.error("project %s is bound to provider %s, which is not in [[providers]]: its requests are "
-                          "refused", b.project_id, b.provider)
+                log.error(
+                    "project %s is bound to provider %s, which is not in [[providers]]: its requests are refused",
+                    b.project_id,
+                    b.provider,
+                )
                 bound[b.project_id] = _Bound("", None)
                 continue
             key = self.box.open(b.key_sealed)
             if key is None:
-                log.error("project %s: its provider key does not decrypt (was the server secret changed?); its "
-                          "requests are refused until `keyplane providers rotate %s`", b.project_id, b.project_id)
+                log.error(
+                    "project %s: its provider key does not decrypt (was the server secret changed?); its "
+                    "requests are refused until `keyplane providers rotate %s`",
+                    b.project_id,
+                    b.project_id,
+                )
             bound[b.project_id] = _Bound(url, key)
         self.bound = bound
         if len(self._copies) > 10_000:

@@ -18,9 +18,11 @@ T = TypeVar("T")
 def register(app: typer.Typer) -> None:
     from keyplane.cli import JsonOpt, fail, out, print_json, settings, table
 
-    providers_app = typer.Typer(help="Provider organizations (OpenAI) governed through their Admin API: check the "
-                                     "admin key, sync the inventory and usage, report on key hygiene.",
-                                no_args_is_help=True)
+    providers_app = typer.Typer(
+        help="Provider organizations (OpenAI) governed through their Admin API: check the "
+        "admin key, sync the inventory and usage, report on key hygiene.",
+        no_args_is_help=True,
+    )
     app.add_typer(providers_app, name="providers")
     NameArg = Annotated[str | None, typer.Argument(help="The provider's name in [[providers]] (default: all).")]
 
@@ -28,8 +30,11 @@ def register(app: typer.Typer) -> None:
         s = settings()
         chosen = [p for p in s.file.providers if name is None or p.name == name]
         if not chosen:
-            raise fail(f"no provider named {name!r} in [[providers]]" if name else
-                       "no [[providers]] in keyplane.toml (docs/providers.md)")
+            raise fail(
+                f"no provider named {name!r} in [[providers]]"
+                if name
+                else "no [[providers]] in keyplane.toml (docs/providers.md)"
+            )
         return chosen
 
     def _run(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -53,14 +58,25 @@ def register(app: typer.Typer) -> None:
     @providers_app.command("list")
     def list_(json: JsonOpt = False) -> None:
         """The configured providers (never their keys)."""
-        items = [{"name": p.name, "kind": p.kind, "base_url": p.base_url, "admin_key_env": p.admin_key_env,
-                  "sync_interval": p.sync_interval, "backfill_days": p.backfill_days}
-                 for p in settings().file.providers]
+        items = [
+            {
+                "name": p.name,
+                "kind": p.kind,
+                "base_url": p.base_url,
+                "admin_key_env": p.admin_key_env,
+                "sync_interval": p.sync_interval,
+                "backfill_days": p.backfill_days,
+            }
+            for p in settings().file.providers
+        ]
         if json:
             print_json(items)
         else:
-            table("providers", ["name", "kind", "base_url", "admin_key_env", "sync every (s)"],
-                  [[i["name"], i["kind"], i["base_url"], i["admin_key_env"], i["sync_interval"]] for i in items])
+            table(
+                "providers",
+                ["name", "kind", "base_url", "admin_key_env", "sync every (s)"],
+                [[i["name"], i["kind"], i["base_url"], i["admin_key_env"], i["sync_interval"]] for i in items],
+            )
 
     @providers_app.command("check")
     def check_(name: NameArg = None, json: JsonOpt = False) -> None:
@@ -105,8 +121,7 @@ def register(app: typer.Typer) -> None:
                 for cfg in _pick(name):
                     conn = Connector(cfg)
                     try:
-                        results.append(await sync_provider(sessions, conn, int(time.time()), rules, dispatcher,
-                                                           prices))
+                        results.append(await sync_provider(sessions, conn, int(time.time()), rules, dispatcher, prices))
                     finally:
                         await conn.close()
                 return results
@@ -122,17 +137,28 @@ def register(app: typer.Typer) -> None:
             return
         for r in results:
             c = r["changes"]
-            out.print(f"provider {r['provider']}: {sum(r['inventory'].values())} objects ({c['added']} added, "
-                      f"{c['changed']} changed, {c['removed']} removed), {sum(r['usage_rows'].values())} usage rows, "
-                      f"{len(r['events'])} rule firings", markup=False, highlight=False)
+            out.print(
+                f"provider {r['provider']}: {sum(r['inventory'].values())} objects ({c['added']} added, "
+                f"{c['changed']} changed, {c['removed']} removed), {sum(r['usage_rows'].values())} usage rows, "
+                f"{len(r['events'])} rule firings",
+                markup=False,
+                highlight=False,
+            )
             for ev in r["events"]:
-                out.print(f"  {ev['message']}: {ev['action']}{' (dry run)' if ev['dry_run'] else ''}", markup=False,
-                          highlight=False)
+                out.print(
+                    f"  {ev['message']}: {ev['action']}{' (dry run)' if ev['dry_run'] else ''}",
+                    markup=False,
+                    highlight=False,
+                )
 
     @providers_app.command("report")
-    def report_(name: NameArg = None, unused_days: Annotated[int, typer.Option(
-            "--unused-days", min=1, max=3650, help="A key unused this many days is reported.")] = 30,
-            json: JsonOpt = False) -> None:
+    def report_(
+        name: NameArg = None,
+        unused_days: Annotated[
+            int, typer.Option("--unused-days", min=1, max=3650, help="A key unused this many days is reported.")
+        ] = 30,
+        json: JsonOpt = False,
+    ) -> None:
         """Key hygiene from the last sync: unused keys, keys of departed users, keys in the default project,
         service accounts without keys, admin keys without expiry, projects without a spend limit."""
         from keyplane.providers.report import FINDINGS, report
@@ -152,15 +178,17 @@ def register(app: typer.Typer) -> None:
             return
         for r in results:
             seen = ", ".join(f"{n} {k.replace('_', ' ')}s" for k, n in r["inventory"].items())
-            out.print(f"provider {r['provider']} (last sync: {seen or 'never synced'}):", markup=False,
-                      highlight=False)
+            out.print(f"provider {r['provider']} (last sync: {seen or 'never synced'}):", markup=False, highlight=False)
             for field in FINDINGS:
                 items = r[field]
                 out.print(f"  {field.replace('_', ' ')}: {len(items)}", markup=False, highlight=False)
                 for i in items:
                     extra = f" ({i['reason']})" if i.get("reason") else ""
-                    out.print(f"    {i.get('id')} {i.get('redacted_value') or i.get('name') or ''}{extra}",
-                              markup=False, highlight=False)
+                    out.print(
+                        f"    {i.get('id')} {i.get('redacted_value') or i.get('name') or ''}{extra}",
+                        markup=False,
+                        highlight=False,
+                    )
 
     ProjectArg = Annotated[str, typer.Argument(help="The keyplane project (id or name).")]
 
@@ -168,9 +196,12 @@ def register(app: typer.Typer) -> None:
         if json:
             print_json(b)
             return
-        out.print(f"project {b['project_id']} {verb} provider {b['provider']} project {b['provider_project_id']}: "
-                  f"service account {b['service_account_id']}, key {b['key_id']} ({b['redacted_value']})",
-                  markup=False, highlight=False)
+        out.print(
+            f"project {b['project_id']} {verb} provider {b['provider']} project {b['provider_project_id']}: "
+            f"service account {b['service_account_id']}, key {b['key_id']} ({b['redacted_value']})",
+            markup=False,
+            highlight=False,
+        )
 
     def _bound_provider(project: str) -> str:
         from keyplane.providers.bindings import BindingError, _binding
@@ -206,25 +237,42 @@ def register(app: typer.Typer) -> None:
             raise fail(str(e)) from None
 
     @providers_app.command("bind")
-    def bind_(project: ProjectArg, provider_project_id: Annotated[str, typer.Argument(
-            help="The provider project's id (proj_...).")],
-            provider: Annotated[str | None, typer.Option("--provider", help="The provider's name (default: the "
-                                                                            "only one).")] = None,
-            json: JsonOpt = False) -> None:
+    def bind_(
+        project: ProjectArg,
+        provider_project_id: Annotated[str, typer.Argument(help="The provider project's id (proj_...).")],
+        provider: Annotated[
+            str | None, typer.Option("--provider", help="The provider's name (default: the only one).")
+        ] = None,
+        json: JsonOpt = False,
+    ) -> None:
         """Bind a project to a provider project: keyplane creates its own service account there and forwards the
         project's traffic with its key (stored encrypted, never shown)."""
         from keyplane import control
         from keyplane.providers.bindings import bind
 
-        b = _provisioning(provider, lambda sessions, conn, box: bind(
-            sessions, conn, box, project, provider_project_id, int(time.time()), control.CLI_ACTOR))
+        b = _provisioning(
+            provider,
+            lambda sessions, conn, box: bind(
+                sessions, conn, box, project, provider_project_id, int(time.time()), control.CLI_ACTOR
+            ),
+        )
         _binding_out(b, json, "bound to")
 
     @providers_app.command("rotate")
-    def rotate_(project: ProjectArg, grace: Annotated[int, typer.Option(
-            "--grace", min=0, max=86400, help="Seconds the old key keeps working after the swap (every instance "
-                                             "reloads the bindings every 5 s).")] = 15,
-            json: JsonOpt = False) -> None:
+    def rotate_(
+        project: ProjectArg,
+        grace: Annotated[
+            int,
+            typer.Option(
+                "--grace",
+                min=0,
+                max=86400,
+                help="Seconds the old key keeps working after the swap (every instance "
+                "reloads the bindings every 5 s).",
+            ),
+        ] = 15,
+        json: JsonOpt = False,
+    ) -> None:
         """Rotate a bound project's provider key: a new key of its service account first, the swap, then the old
         key deleted at the provider after --grace seconds (this command waits for it)."""
         from keyplane import control
@@ -242,17 +290,29 @@ def register(app: typer.Typer) -> None:
             out.print(f"old key {', '.join(b['retired'])} deleted at the provider", markup=False, highlight=False)
 
     @providers_app.command("unbind")
-    def unbind_(project: ProjectArg, grace: Annotated[int, typer.Option(
-            "--grace", min=0, max=86400, help="Seconds between the switch back to the shared key and the deletion "
-                                             "of the service account (every instance reloads every 5 s).")] = 6,
-            json: JsonOpt = False) -> None:
+    def unbind_(
+        project: ProjectArg,
+        grace: Annotated[
+            int,
+            typer.Option(
+                "--grace",
+                min=0,
+                max=86400,
+                help="Seconds between the switch back to the shared key and the deletion "
+                "of the service account (every instance reloads every 5 s).",
+            ),
+        ] = 6,
+        json: JsonOpt = False,
+    ) -> None:
         """Unbind a project: it goes back to the shared upstream key, then its service account (and key) is
         deleted at the provider after --grace seconds (this command waits)."""
         from keyplane import control
         from keyplane.providers.bindings import unbind
 
-        b = _provisioning(_bound_provider(project), lambda sessions, conn, box: unbind(
-            sessions, conn, project, int(time.time()), control.CLI_ACTOR, grace))
+        b = _provisioning(
+            _bound_provider(project),
+            lambda sessions, conn, box: unbind(sessions, conn, project, int(time.time()), control.CLI_ACTOR, grace),
+        )
         _binding_out(b, json, "unbound from")
 
     @providers_app.command("bindings")
@@ -268,6 +328,17 @@ def register(app: typer.Typer) -> None:
         if json:
             print_json(items)
         else:
-            table("provider bindings", ["project", "provider", "provider project", "service account", "key"],
-                  [[b["project_id"], b["provider"], b["provider_project_id"], b["service_account_id"],
-                    b["redacted_value"]] for b in items])
+            table(
+                "provider bindings",
+                ["project", "provider", "provider project", "service account", "key"],
+                [
+                    [
+                        b["project_id"],
+                        b["provider"],
+                        b["provider_project_id"],
+                        b["service_account_id"],
+                        b["redacted_value"],
+                    ]
+                    for b in items
+                ],
+            )

@@ -19,15 +19,30 @@ from keyplane.config import ProviderSection
 if TYPE_CHECKING:
     import httpx
 
-USAGE_KINDS = ("completions", "embeddings", "moderations", "images", "audio_speeches", "audio_transcriptions",
-               "vector_stores", "code_interpreter_sessions", "file_search_calls", "web_search_calls")
-_GROUP_BY = {"completions": ("project_id", "api_key_id", "model"), "embeddings": ("project_id", "api_key_id", "model"),
-             "moderations": ("project_id", "api_key_id", "model"), "images": ("project_id", "api_key_id", "model"),
-             "audio_speeches": ("project_id", "api_key_id", "model"),
-             "audio_transcriptions": ("project_id", "api_key_id", "model"),
-             "vector_stores": ("project_id",), "code_interpreter_sessions": ("project_id",),
-             "file_search_calls": ("project_id", "api_key_id"),
-             "web_search_calls": ("project_id", "api_key_id", "model")}
+USAGE_KINDS = (
+    "completions",
+    "embeddings",
+    "moderations",
+    "images",
+    "audio_speeches",
+    "audio_transcriptions",
+    "vector_stores",
+    "code_interpreter_sessions",
+    "file_search_calls",
+    "web_search_calls",
+)
+_GROUP_BY = {
+    "completions": ("project_id", "api_key_id", "model"),
+    "embeddings": ("project_id", "api_key_id", "model"),
+    "moderations": ("project_id", "api_key_id", "model"),
+    "images": ("project_id", "api_key_id", "model"),
+    "audio_speeches": ("project_id", "api_key_id", "model"),
+    "audio_transcriptions": ("project_id", "api_key_id", "model"),
+    "vector_stores": ("project_id",),
+    "code_interpreter_sessions": ("project_id",),
+    "file_search_calls": ("project_id", "api_key_id"),
+    "web_search_calls": ("project_id", "api_key_id", "model"),
+}
 MAX_PAGES = 1000  # a provider that pages forever is a bug, not a reason to loop forever
 MAX_RETRIES = 4
 MAX_RETRY_AFTER = 60.0
@@ -44,26 +59,45 @@ class ProviderError(Exception):
 
 
 class Connector:
-    def __init__(self, cfg: ProviderSection, env: Mapping[str, str] | None = None, *, sleep: Sleep = asyncio.sleep,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ProviderSection,
+        env: Mapping[str, str] | None = None,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.cfg = cfg
         self.name = cfg.name
         key = (env if env is not None else os.environ).get(cfg.admin_key_env, "")
         if not key:
-            raise ProviderError(f"provider {cfg.name}: the environment variable {cfg.admin_key_env} "
-                                "(admin_key_env) is not set")
+            raise ProviderError(
+                f"provider {cfg.name}: the environment variable {cfg.admin_key_env} (admin_key_env) is not set"
+            )
         self._sleep = sleep
         import httpx
 
-        self._http = httpx.AsyncClient(base_url=cfg.base_url.rstrip("/"), timeout=cfg.timeout, transport=transport,
-                                       headers={"authorization": f"Bearer {key}"}, follow_redirects=False)
+        self._http = httpx.AsyncClient(
+            base_url=cfg.base_url.rstrip("/"),
+            timeout=cfg.timeout,
+            transport=transport,
+            headers={"authorization": f"Bearer {key}"},
+            follow_redirects=False,
+        )
         self.calls = 0
 
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def request(self, method: str, path: str, params: list[tuple[str, str]] | None = None,
-                      json: dict[str, Any] | None = None, *, retry: bool = True) -> dict[str, Any]:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        params: list[tuple[str, str]] | None = None,
+        json: dict[str, Any] | None = None,
+        *,
+        retry: bool = True,
+    ) -> dict[str, Any]:
         """One call, retried on 429, 5xx and timeouts (``retry=False``: a create that must not run twice)."""
         import httpx
 
@@ -75,7 +109,7 @@ class Connector:
             except httpx.TimeoutException:
                 if attempt == MAX_RETRIES or not retry:
                     raise ProviderError(f"provider {self.name}: {what} timed out") from None
-                await self._sleep(min(2.0 ** attempt, MAX_RETRY_AFTER))
+                await self._sleep(min(2.0**attempt, MAX_RETRY_AFTER))
                 continue
             except httpx.HTTPError as e:
                 raise ProviderError(f"provider {self.name}: {what} failed ({type(e).__name__})") from None
@@ -85,8 +119,9 @@ class Connector:
                 await self._sleep(_retry_after(r, attempt))
                 continue
             if r.status_code >= 400:
-                raise ProviderError(f"provider {self.name}: {what} answered {r.status_code}: {_message(r)}",
-                                    r.status_code)
+                raise ProviderError(
+                    f"provider {self.name}: {what} answered {r.status_code}: {_message(r)}", r.status_code
+                )
             try:
                 body = r.json()
             except ValueError:
@@ -129,8 +164,13 @@ class Connector:
         return self.buckets(f"/organization/usage/{kind}", params)
 
     def costs(self, start: int, end: int) -> AsyncIterator[dict[str, Any]]:
-        params = [("start_time", str(start)), ("end_time", str(end)), ("bucket_width", "1d"), ("limit", "30"),
-                  ("group_by", "project_id")]
+        params = [
+            ("start_time", str(start)),
+            ("end_time", str(end)),
+            ("bucket_width", "1d"),
+            ("limit", "30"),
+            ("group_by", "project_id"),
+        ]
         return self.buckets("/organization/costs", params)
 
     async def delete_key(self, project_id: str, key_id: str) -> dict[str, Any]:
@@ -151,7 +191,6 @@ class Connector:
             raise
         return body if body.get("threshold_amount") is not None else None
 
-
     # --- provisioning (keyplane.providers.bindings): the answers carry a key value, never logged ---------
 
     async def get_project(self, project_id: str) -> dict[str, Any]:
@@ -160,18 +199,23 @@ class Connector:
     async def create_service_account(self, project_id: str, name: str) -> dict[str, Any]:
         """POST /organization/projects/{id}/service_accounts: the account and its first key (``api_key.value``,
         shown once). Not retried: a retry after a lost answer would make a second account."""
-        return await self.request("POST", f"/organization/projects/{_seg(project_id)}/service_accounts",
-                                  json={"name": name}, retry=False)
+        return await self.request(
+            "POST", f"/organization/projects/{_seg(project_id)}/service_accounts", json={"name": name}, retry=False
+        )
 
     async def create_service_account_key(self, project_id: str, account_id: str, name: str) -> dict[str, Any]:
         """POST /organization/projects/{id}/service_accounts/{sa}/api_keys: a new key (``value``) of the account."""
         return await self.request(
-            "POST", f"/organization/projects/{_seg(project_id)}/service_accounts/{_seg(account_id)}/api_keys",
-            json={"name": name}, retry=False)
+            "POST",
+            f"/organization/projects/{_seg(project_id)}/service_accounts/{_seg(account_id)}/api_keys",
+            json={"name": name},
+            retry=False,
+        )
 
     async def delete_service_account(self, project_id: str, account_id: str) -> dict[str, Any]:
-        return await self.request("DELETE",
-                                  f"/organization/projects/{_seg(project_id)}/service_accounts/{_seg(account_id)}")
+        return await self.request(
+            "DELETE", f"/organization/projects/{_seg(project_id)}/service_accounts/{_seg(account_id)}"
+        )
 
 
 def _seg(value: str) -> str:
@@ -191,7 +235,7 @@ def _retry_after(r: httpx.Response, attempt: int) -> float:
             return min(max(float(raw), 0.0), MAX_RETRY_AFTER)
     except ValueError:
         pass
-    return min(0.5 * 2.0 ** attempt, MAX_RETRY_AFTER)
+    return min(0.5 * 2.0**attempt, MAX_RETRY_AFTER)
 
 
 def _message(r: httpx.Response) -> str:

@@ -46,27 +46,50 @@ def _row(provider: str, stream: str, bucket: dict[str, Any], r: dict[str, Any]) 
             micros = round(float(amount.get("value") or 0) * 1_000_000)
         except (TypeError, ValueError):
             micros = 0
-        return ProviderUsage(provider=provider, stream=stream, start_time=start, end_time=end,
-                             project_id=_str(r.get("project_id")), api_key_id="", model=_str(r.get("line_item")),
-                             input_tokens=0, output_tokens=0, requests=0, cost_micros=micros,
-                             data=orjson.dumps(r).decode())
-    return ProviderUsage(provider=provider, stream=stream, start_time=start, end_time=end,
-                         project_id=_str(r.get("project_id")), api_key_id=_str(r.get("api_key_id")),
-                         model=_str(r.get("model")), input_tokens=_int(r.get("input_tokens")),
-                         output_tokens=_int(r.get("output_tokens")),
-                         requests=_int(r.get("num_model_requests") or r.get("num_requests") or r.get("num_images")
-                                       or r.get("num_sessions")),
-                         cost_micros=0, data=orjson.dumps(r).decode())
+        return ProviderUsage(
+            provider=provider,
+            stream=stream,
+            start_time=start,
+            end_time=end,
+            project_id=_str(r.get("project_id")),
+            api_key_id="",
+            model=_str(r.get("line_item")),
+            input_tokens=0,
+            output_tokens=0,
+            requests=0,
+            cost_micros=micros,
+            data=orjson.dumps(r).decode(),
+        )
+    return ProviderUsage(
+        provider=provider,
+        stream=stream,
+        start_time=start,
+        end_time=end,
+        project_id=_str(r.get("project_id")),
+        api_key_id=_str(r.get("api_key_id")),
+        model=_str(r.get("model")),
+        input_tokens=_int(r.get("input_tokens")),
+        output_tokens=_int(r.get("output_tokens")),
+        requests=_int(
+            r.get("num_model_requests") or r.get("num_requests") or r.get("num_images") or r.get("num_sessions")
+        ),
+        cost_micros=0,
+        data=orjson.dumps(r).decode(),
+    )
 
 
 async def cursor(s: AsyncSession, provider: str, stream: str) -> int | None:
-    row = (await s.execute(select(ProviderCursor).where(ProviderCursor.provider == provider,
-                                                        ProviderCursor.stream == stream))).scalar()
+    row = (
+        await s.execute(
+            select(ProviderCursor).where(ProviderCursor.provider == provider, ProviderCursor.stream == stream)
+        )
+    ).scalar()
     return row.next_start if row else None
 
 
-async def ingest_stream(sessions: async_sessionmaker[AsyncSession], conn: Connector, stream: str, now: int,
-                        backfill_days: int) -> int:
+async def ingest_stream(
+    sessions: async_sessionmaker[AsyncSession], conn: Connector, stream: str, now: int, backfill_days: int
+) -> int:
     """Poll one stream from its cursor to now; returns how many buckets (rows) were written."""
     width = _WIDTH.get(stream, HOUR)
     async with sessions() as s:
@@ -90,13 +113,22 @@ async def ingest_stream(sessions: async_sessionmaker[AsyncSession], conn: Connec
     next_start = max(start, newest, min(end, now // width * width) - width)
     async with sessions() as s, s.begin():
         for r in rows:
-            await s.execute(delete(ProviderUsage).where(
-                ProviderUsage.provider == r.provider, ProviderUsage.stream == r.stream,
-                ProviderUsage.start_time == r.start_time, ProviderUsage.project_id == r.project_id,
-                ProviderUsage.api_key_id == r.api_key_id, ProviderUsage.model == r.model))
+            await s.execute(
+                delete(ProviderUsage).where(
+                    ProviderUsage.provider == r.provider,
+                    ProviderUsage.stream == r.stream,
+                    ProviderUsage.start_time == r.start_time,
+                    ProviderUsage.project_id == r.project_id,
+                    ProviderUsage.api_key_id == r.api_key_id,
+                    ProviderUsage.model == r.model,
+                )
+            )
             s.add(r)
-        row = (await s.execute(select(ProviderCursor).where(ProviderCursor.provider == conn.name,
-                                                            ProviderCursor.stream == stream))).scalar()
+        row = (
+            await s.execute(
+                select(ProviderCursor).where(ProviderCursor.provider == conn.name, ProviderCursor.stream == stream)
+            )
+        ).scalar()
         if row is None:
             s.add(ProviderCursor(provider=conn.name, stream=stream, next_start=next_start, updated_at=now))
         else:
@@ -104,8 +136,9 @@ async def ingest_stream(sessions: async_sessionmaker[AsyncSession], conn: Connec
     return len(rows)
 
 
-async def ingest(sessions: async_sessionmaker[AsyncSession], conn: Connector, now: int,
-                 backfill_days: int) -> dict[str, int]:
+async def ingest(
+    sessions: async_sessionmaker[AsyncSession], conn: Connector, now: int, backfill_days: int
+) -> dict[str, int]:
     out: dict[str, int] = {}
     for stream in (*USAGE_KINDS, "costs"):
         out[stream] = await ingest_stream(sessions, conn, stream, now, backfill_days)
@@ -131,12 +164,14 @@ def estimated_cost(r: ProviderUsage, prices: PriceTable | None) -> int:
     return -(-total // 1_000_000)
 
 
-async def hourly_by_key(s: AsyncSession, provider: str, since: int, prices: PriceTable | None = None
-                        ) -> dict[tuple[str, str], dict[int, dict[str, int]]]:
+async def hourly_by_key(
+    s: AsyncSession, provider: str, since: int, prices: PriceTable | None = None
+) -> dict[tuple[str, str], dict[int, dict[str, int]]]:
     """(project, key) -> hour start -> counters (t tokens, r requests, c cost micros: keyplane.guard's names).
     ``c`` is estimated from the tokens per model with ``prices`` (:func:`estimated_cost`)."""
-    q = select(ProviderUsage).where(ProviderUsage.provider == provider, ProviderUsage.start_time >= since,
-                                    ProviderUsage.stream != "costs")
+    q = select(ProviderUsage).where(
+        ProviderUsage.provider == provider, ProviderUsage.start_time >= since, ProviderUsage.stream != "costs"
+    )
     out: dict[tuple[str, str], dict[int, dict[str, int]]] = {}
     for r in (await s.execute(q)).scalars():
         c = out.setdefault((r.project_id, r.api_key_id), {}).setdefault(r.start_time, {"t": 0, "r": 0, "c": 0})

@@ -68,8 +68,9 @@ class ProviderVerification:
         return out
 
 
-def verify_provider_keys(findings: Iterable[_Finding], gateway: _Gateway, revoke: bool,
-                         rule_of: Any = lambda f: f.rule.id) -> ProviderVerification:
+def verify_provider_keys(
+    findings: Iterable[_Finding], gateway: _Gateway, revoke: bool, rule_of: Any = lambda f: f.rule.id
+) -> ProviderVerification:
     found = [f for f in findings if rule_of(f) in RULES and len(f.secret) > SUFFIX_LEN]
     result = ProviderVerification()
     if not found:
@@ -81,8 +82,10 @@ def verify_provider_keys(findings: Iterable[_Finding], gateway: _Gateway, revoke
             raise
         # A gateway without the provider connector (an older keyplane, or another service): the provider
         # keys stay findings, unverified; that is said, and is not a failure of the scan.
-        result.notes.append("the gateway has no provider connector (POST /v1/organization/providers/keys/match "
-                            "answered 404): provider keys were not verified")
+        result.notes.append(
+            "the gateway has no provider connector (POST /v1/organization/providers/keys/match "
+            "answered 404): provider keys were not verified"
+        )
         return result
     keys = answer.get("data") if isinstance(answer, dict) else None
     if not isinstance(keys, list):
@@ -103,9 +106,15 @@ def verify_provider_keys(findings: Iterable[_Finding], gateway: _Gateway, revoke
             m.revoked = True
             continue
         try:
-            gateway._post(REVOKE_PATH.format(**{n: urllib.parse.quote(v, safe="") for n, v in
-                                                zip(("name", "project_id", "key_id"), ident, strict=True)}),
-                          {"reason": f"leaked: {f.location}"})
+            gateway._post(
+                REVOKE_PATH.format(
+                    **{
+                        n: urllib.parse.quote(v, safe="")
+                        for n, v in zip(("name", "project_id", "key_id"), ident, strict=True)
+                    }
+                ),
+                {"reason": f"leaked: {f.location}"},
+            )
         except Exception as e:  # GatewayError: reported beside the finding, the scan goes on
             m.error = str(e)
             result.errors.append(f"{ident[2]}: {e}")

@@ -58,18 +58,23 @@ async def _read(s: AsyncSession, provider: str) -> ProviderLease | None:
     return (await s.execute(select(ProviderLease).where(ProviderLease.provider == provider))).scalar()
 
 
-async def acquire(sessions: async_sessionmaker[AsyncSession], provider: str, holder: str, now: float,
-                  ttl: float) -> LeaseState:
+async def acquire(
+    sessions: async_sessionmaker[AsyncSession], provider: str, holder: str, now: float, ttl: float
+) -> LeaseState:
     """Take the lease if it is free or expired, renew it if ``holder`` has it; say who holds it after."""
     exp = _ms(now + ttl)
     async with sessions() as s, s.begin():
         mine = ProviderLease.holder == holder
         res = await s.execute(
-            update(ProviderLease).where(ProviderLease.provider == provider,
-                                        or_(ProviderLease.expires_at < _ms(now), mine))
-            .values(holder=holder, expires_at=exp,
-                    # acquired_at moves only when the lease changes hands
-                    acquired_at=case((mine, ProviderLease.acquired_at), else_=_ms(now))))
+            update(ProviderLease)
+            .where(ProviderLease.provider == provider, or_(ProviderLease.expires_at < _ms(now), mine))
+            .values(
+                holder=holder,
+                expires_at=exp,
+                # acquired_at moves only when the lease changes hands
+                acquired_at=case((mine, ProviderLease.acquired_at), else_=_ms(now)),
+            )
+        )
         taken = getattr(res, "rowcount", 0) == 1
         row = await _read(s, provider)
         if row is not None:
@@ -85,25 +90,32 @@ async def acquire(sessions: async_sessionmaker[AsyncSession], provider: str, hol
     return LeaseState(True, holder, exp / 1000, None)
 
 
-async def renew(sessions: async_sessionmaker[AsyncSession], provider: str, holder: str, now: float,
-                ttl: float) -> bool:
+async def renew(sessions: async_sessionmaker[AsyncSession], provider: str, holder: str, now: float, ttl: float) -> bool:
     """Extend the lease ``holder`` still has (False: it was lost to another instance)."""
     async with sessions() as s, s.begin():
-        res = await s.execute(update(ProviderLease).where(ProviderLease.provider == provider,
-                                                          ProviderLease.holder == holder)
-                              .values(expires_at=_ms(now + ttl)))
+        res = await s.execute(
+            update(ProviderLease)
+            .where(ProviderLease.provider == provider, ProviderLease.holder == holder)
+            .values(expires_at=_ms(now + ttl))
+        )
         return getattr(res, "rowcount", 0) == 1
 
 
 async def mark_synced(sessions: async_sessionmaker[AsyncSession], provider: str, holder: str, at: int) -> bool:
     async with sessions() as s, s.begin():
-        res = await s.execute(update(ProviderLease).where(ProviderLease.provider == provider,
-                                                          ProviderLease.holder == holder).values(synced_at=at))
+        res = await s.execute(
+            update(ProviderLease)
+            .where(ProviderLease.provider == provider, ProviderLease.holder == holder)
+            .values(synced_at=at)
+        )
         return getattr(res, "rowcount", 0) == 1
 
 
 async def release(sessions: async_sessionmaker[AsyncSession], provider: str, holder: str) -> None:
     """Let go (a stopping instance): the lease expires now, so another instance takes it at its next heartbeat."""
     async with sessions() as s, s.begin():
-        await s.execute(update(ProviderLease).where(ProviderLease.provider == provider,
-                                                    ProviderLease.holder == holder).values(expires_at=0))
+        await s.execute(
+            update(ProviderLease)
+            .where(ProviderLease.provider == provider, ProviderLease.holder == holder)
+            .values(expires_at=0)
+        )

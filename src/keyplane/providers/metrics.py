@@ -42,31 +42,45 @@ class ProviderCollector(Collector):
         self.leader: Mapping[str, bool] = {}
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        t = GaugeMetricFamily("keyplane_provider_tokens_last_hour", "Tokens the provider reported for the last "
-                              "complete hour, by provider, project, key, model and direction.",
-                              labels=["provider", "project_id", "api_key_id", "model", "type"])
+        t = GaugeMetricFamily(
+            "keyplane_provider_tokens_last_hour",
+            "Tokens the provider reported for the last complete hour, by provider, project, key, model and direction.",
+            labels=["provider", "project_id", "api_key_id", "model", "type"],
+        )
         for labels, v in self.tokens.items():
             t.add_metric(list(labels), v)
         yield t
-        rq = GaugeMetricFamily("keyplane_provider_requests_last_hour", "Requests the provider reported for the last "
-                               "complete hour, by provider, project, key and model.",
-                               labels=["provider", "project_id", "api_key_id", "model"])
+        rq = GaugeMetricFamily(
+            "keyplane_provider_requests_last_hour",
+            "Requests the provider reported for the last complete hour, by provider, project, key and model.",
+            labels=["provider", "project_id", "api_key_id", "model"],
+        )
         for labels4, n in self.requests.items():
             rq.add_metric(list(labels4), n)
         yield rq
-        e = GaugeMetricFamily("keyplane_provider_estimated_cost_usd_last_hour", "The last complete hour's tokens "
-                              "priced at keyplane's price table (an estimate, not the invoice), by provider, "
-                              "project, key and model.", labels=["provider", "project_id", "api_key_id", "model"])
+        e = GaugeMetricFamily(
+            "keyplane_provider_estimated_cost_usd_last_hour",
+            "The last complete hour's tokens "
+            "priced at keyplane's price table (an estimate, not the invoice), by provider, "
+            "project, key and model.",
+            labels=["provider", "project_id", "api_key_id", "model"],
+        )
         for labels4, usd in self.estimated.items():
             e.add_metric(list(labels4), usd)
         yield e
-        c = GaugeMetricFamily("keyplane_provider_cost_usd_today", "The provider's cost today (UTC), by project.",
-                              labels=["provider", "project_id"])
+        c = GaugeMetricFamily(
+            "keyplane_provider_cost_usd_today",
+            "The provider's cost today (UTC), by project.",
+            labels=["provider", "project_id"],
+        )
         for where, usd in self.cost.items():
             c.add_metric(list(where), usd)
         yield c
-        s = GaugeMetricFamily("keyplane_provider_last_sync_timestamp_seconds", "When the last successful sync of "
-                              "each provider ended.", labels=["provider"])
+        s = GaugeMetricFamily(
+            "keyplane_provider_last_sync_timestamp_seconds",
+            "When the last successful sync of each provider ended.",
+            labels=["provider"],
+        )
         for name, at in self.synced.items():
             s.add_metric([name], at)
         yield s
@@ -74,14 +88,20 @@ class ProviderCollector(Collector):
         for name, n in self.failures.items():
             f.add_metric([name], n)
         yield f
-        a = CounterMetricFamily("keyplane_provider_guard_actions", "Firings of provider rules on this instance, by "
-                                "provider, rule and action (revoked, alerted, failed, none: dry run).",
-                                labels=["provider", "rule", "action"])
+        a = CounterMetricFamily(
+            "keyplane_provider_guard_actions",
+            "Firings of provider rules on this instance, by "
+            "provider, rule and action (revoked, alerted, failed, none: dry run).",
+            labels=["provider", "rule", "action"],
+        )
         for (prov, rule, action), n in self.actions.items():
             a.add_metric([prov, rule, action], n)
         yield a
-        ld = GaugeMetricFamily("keyplane_provider_poller_leader", "1 when this instance holds the provider's poller "
-                               "lease (it syncs the provider), else 0.", labels=["provider"])
+        ld = GaugeMetricFamily(
+            "keyplane_provider_poller_leader",
+            "1 when this instance holds the provider's poller lease (it syncs the provider), else 0.",
+            labels=["provider"],
+        )
         for name, held in self.leader.items():
             ld.add_metric([name], 1 if held else 0)
         yield ld
@@ -91,13 +111,22 @@ class ProviderCollector(Collector):
             key = (provider, str(ev.get("rule")), str(ev.get("action")))
             self.actions[key] = self.actions.get(key, 0) + 1
 
-    async def refresh(self, s: AsyncSession, provider: str, now: int, prices: PriceTable | None = None, *,
-                      synced: bool = True) -> None:
+    async def refresh(
+        self, s: AsyncSession, provider: str, now: int, prices: PriceTable | None = None, *, synced: bool = True
+    ) -> None:
         """Reload the provider's gauges from SQL; ``synced``: this instance has just synced it successfully."""
         hour = now // 3600 * 3600 - 3600
-        rows = (await s.execute(select(ProviderUsage).where(
-            ProviderUsage.provider == provider, ProviderUsage.start_time == hour, ProviderUsage.stream != "costs")
-            .order_by(ProviderUsage.project_id, ProviderUsage.api_key_id, ProviderUsage.model))).scalars()
+        rows = (
+            await s.execute(
+                select(ProviderUsage)
+                .where(
+                    ProviderUsage.provider == provider,
+                    ProviderUsage.start_time == hour,
+                    ProviderUsage.stream != "costs",
+                )
+                .order_by(ProviderUsage.project_id, ProviderUsage.api_key_id, ProviderUsage.model)
+            )
+        ).scalars()
         tokens = {k: v for k, v in self.tokens.items() if k[0] != provider}
         requests = {k: v for k, v in self.requests.items() if k[0] != provider}
         estimated = {k: v for k, v in self.estimated.items() if k[0] != provider}
@@ -111,9 +140,15 @@ class ProviderCollector(Collector):
             estimated[where] = estimated.get(where, 0.0) + estimated_cost(r, prices) / 1e6
         self.tokens, self.requests, self.estimated = tokens, requests, estimated
         day = now // 86400 * 86400
-        costs = (await s.execute(select(ProviderUsage.project_id, func.sum(ProviderUsage.cost_micros)).where(
-            ProviderUsage.provider == provider, ProviderUsage.stream == "costs", ProviderUsage.start_time == day)
-            .group_by(ProviderUsage.project_id))).all()
+        costs = (
+            await s.execute(
+                select(ProviderUsage.project_id, func.sum(ProviderUsage.cost_micros))
+                .where(
+                    ProviderUsage.provider == provider, ProviderUsage.stream == "costs", ProviderUsage.start_time == day
+                )
+                .group_by(ProviderUsage.project_id)
+            )
+        ).all()
         cost = {k: v for k, v in self.cost.items() if k[0] != provider}
         cost.update({(provider, pid): int(m or 0) / 1e6 for pid, m in costs})
         self.cost = cost

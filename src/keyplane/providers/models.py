@@ -66,8 +66,9 @@ class ProviderUsage(Base):
     data: Mapped[str] = mapped_column(Text, default="{}")
 
     __table_args__ = (
-        UniqueConstraint("provider", "stream", "start_time", "project_id", "api_key_id", "model",
-                         name="uq_provider_usage_bucket"),
+        UniqueConstraint(
+            "provider", "stream", "start_time", "project_id", "api_key_id", "model", name="uq_provider_usage_bucket"
+        ),
         Index("ix_provider_usage_time", "provider", "start_time"),
     )
 

@@ -98,8 +98,7 @@ class Poller:
         was = self.leader.get(cfg.name)
         self.leader[cfg.name] = state.held
         if state.held != was and was is not None:
-            log.info("provider %s: this instance %s its poller lease", cfg.name,
-                     "took over" if state.held else "lost")
+            log.info("provider %s: this instance %s its poller lease", cfg.name, "took over" if state.held else "lost")
         if not state.held:
             _, prices = await self._rules_prices()
             async with self.rt.read() as s:
@@ -113,8 +112,9 @@ class Poller:
         try:
             while not task.done():
                 await asyncio.wait({task}, timeout=ttl / 3)
-                if not task.done() and not await lease.renew(self.rt.sessions, cfg.name, self.holder,
-                                                             self.rt.clock.now(), ttl):
+                if not task.done() and not await lease.renew(
+                    self.rt.sessions, cfg.name, self.holder, self.rt.clock.now(), ttl
+                ):
                     log.error("provider %s: the poller lease was lost during a sync; stopping it", cfg.name)
                     self.leader[cfg.name] = False
                     task.cancel()

@@ -30,8 +30,13 @@ def hygiene(objects: list[tuple[str, str, str, dict[str, Any]]], now: int, unuse
     cutoff = now - unused_days * 86400
     unused, orphaned, default, owners = [], [], [], set()
     for kid, pid, k in keys:
-        item = {"id": kid, "project_id": pid, "redacted_value": k.get("redacted_value"),
-                "created_at": k.get("created_at"), "last_used_at": k.get("last_used_at")}
+        item = {
+            "id": kid,
+            "project_id": pid,
+            "redacted_value": k.get("redacted_value"),
+            "created_at": k.get("created_at"),
+            "last_used_at": k.get("last_used_at"),
+        }
         last = k.get("last_used_at") or k.get("created_at") or 0
         if last < cutoff:
             unused.append(item)
@@ -41,10 +46,16 @@ def hygiene(objects: list[tuple[str, str, str, dict[str, Any]]], now: int, unuse
             orphaned.append({**item, "owner_user_id": who})
         if (projects.get(pid) or {}).get("name") in DEFAULT_PROJECT_NAMES:
             default.append(item)
-    idle_accounts = [{"id": sid, "project_id": pid, "name": d.get("name")}
-                     for sid, pid, d in by_kind.get("service_account", []) if sid not in owners]
-    no_expiry = [{"id": oid, "name": d.get("name"), "redacted_value": d.get("redacted_value")}
-                 for oid, _, d in by_kind.get("admin_key", []) if not d.get("expires_at")]
+    idle_accounts = [
+        {"id": sid, "project_id": pid, "name": d.get("name")}
+        for sid, pid, d in by_kind.get("service_account", [])
+        if sid not in owners
+    ]
+    no_expiry = [
+        {"id": oid, "name": d.get("name"), "redacted_value": d.get("redacted_value")}
+        for oid, _, d in by_kind.get("admin_key", [])
+        if not d.get("expires_at")
+    ]
     no_limit, limit_unknown = [], []
     for oid, d in projects.items():
         if d.get("status") == "archived":
@@ -54,14 +65,27 @@ def hygiene(objects: list[tuple[str, str, str, dict[str, Any]]], now: int, unuse
             limit_unknown.append({**item, "reason": d.get("spend_limit_error") or "not read yet"})
         elif not d["spend_limit"]:
             no_limit.append(item)
-    return {"unused_keys": unused, "keys_of_departed_users": orphaned, "keys_in_default_project": default,
-            "service_accounts_without_keys": idle_accounts, "admin_keys_without_expiry": no_expiry,
-            "projects_without_spend_limit": no_limit, "projects_spend_limit_unknown": limit_unknown,
-            "unused_days": unused_days}
+    return {
+        "unused_keys": unused,
+        "keys_of_departed_users": orphaned,
+        "keys_in_default_project": default,
+        "service_accounts_without_keys": idle_accounts,
+        "admin_keys_without_expiry": no_expiry,
+        "projects_without_spend_limit": no_limit,
+        "projects_spend_limit_unknown": limit_unknown,
+        "unused_days": unused_days,
+    }
 
 
-FINDINGS = ("unused_keys", "keys_of_departed_users", "keys_in_default_project", "service_accounts_without_keys",
-            "admin_keys_without_expiry", "projects_without_spend_limit", "projects_spend_limit_unknown")
+FINDINGS = (
+    "unused_keys",
+    "keys_of_departed_users",
+    "keys_in_default_project",
+    "service_accounts_without_keys",
+    "admin_keys_without_expiry",
+    "projects_without_spend_limit",
+    "projects_spend_limit_unknown",
+)
 
 
 async def report(s: AsyncSession, provider: str, now: int, unused_days: int) -> dict[str, Any]:
@@ -73,5 +97,11 @@ async def report(s: AsyncSession, provider: str, now: int, unused_days: int) -> 
     for r in rows:
         inventory[r.kind] = inventory.get(r.kind, 0) + 1
     synced = max((r.last_seen for r in rows), default=None)
-    return {"object": "provider.report", "provider": provider, "generated_at": now, "last_synced_at": synced,
-            "inventory": inventory, **hygiene(objects, now, unused_days)}
+    return {
+        "object": "provider.report",
+        "provider": provider,
+        "generated_at": now,
+        "last_synced_at": synced,
+        "inventory": inventory,
+        **hygiene(objects, now, unused_days),
+    }

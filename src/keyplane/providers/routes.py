@@ -1,16 +1,16 @@
 """Admin API of the provider connector (keyplane extension), under /v1/organization/providers.
 
-    GET   /providers                               the configured providers and their last background sync
-    POST  /providers/keys/match                    {"suffixes": ["WXYZ", ...]}: mirrored provider keys whose
-                                                   redacted value ends with one of them (for `scan --verify`)
-    POST  /providers/{name}/projects/{project_id}/api_keys/{key_id}/revoke   {"reason"}: delete the key at the
-                                                   provider (Admin API), mark it removed, audit it
-    GET   /providers/events                        what the provider rules did, newest first
-    GET   /providers/{name}/report                 the inventory summary and the hygiene report (?unused_days=30)
-    GET   /providers/bindings                      keyplane projects bound to provider projects
-    POST  /providers/bindings                      {"project_id", "provider_project_id", "provider"}: bind
-    POST  /providers/bindings/{project_id}/rotate  {"grace_seconds"}: a new service account key, then the old retired
-    DELETE /providers/bindings/{project_id}        unbind (the service account is deleted at the provider)
+GET   /providers                               the configured providers and their last background sync
+POST  /providers/keys/match                    {"suffixes": ["WXYZ", ...]}: mirrored provider keys whose
+                                               redacted value ends with one of them (for `scan --verify`)
+POST  /providers/{name}/projects/{project_id}/api_keys/{key_id}/revoke   {"reason"}: delete the key at the
+                                               provider (Admin API), mark it removed, audit it
+GET   /providers/events                        what the provider rules did, newest first
+GET   /providers/{name}/report                 the inventory summary and the hygiene report (?unused_days=30)
+GET   /providers/bindings                      keyplane projects bound to provider projects
+POST  /providers/bindings                      {"project_id", "provider_project_id", "provider"}: bind
+POST  /providers/bindings/{project_id}/rotate  {"grace_seconds"}: a new service account key, then the old retired
+DELETE /providers/bindings/{project_id}        unbind (the service account is deleted at the provider)
 """
 
 from __future__ import annotations
@@ -40,12 +40,19 @@ async def list_providers(request: Request) -> JSONResponse:
     rt = runtime(request)
     poller = rt.features.providers
     last = poller.last if poller is not None else {}
-    items = [{"object": "provider", "id": p.name, "kind": p.kind, "base_url": p.base_url,
-              "sync_interval": p.sync_interval,
-              # whether this instance holds the provider's poller lease (None: no background sync here)
-              "poller_leader": poller.leader.get(p.name) if poller is not None else None,
-              "last_sync": {k: v for k, v in last[p.name].items() if k != "events"} if p.name in last else None}
-             for p in rt.settings.file.providers]
+    items = [
+        {
+            "object": "provider",
+            "id": p.name,
+            "kind": p.kind,
+            "base_url": p.base_url,
+            "sync_interval": p.sync_interval,
+            # whether this instance holds the provider's poller lease (None: no background sync here)
+            "poller_leader": poller.leader.get(p.name) if poller is not None else None,
+            "last_sync": {k: v for k, v in last[p.name].items() if k != "events"} if p.name in last else None,
+        }
+        for p in rt.settings.file.providers
+    ]
     return JSONResponse(list_response(items, False))
 
 
@@ -53,22 +60,39 @@ async def match_keys(request: Request) -> JSONResponse:
     authenticate_admin(request)
     body = await json_body(request)
     suffixes = body.get("suffixes")
-    if (not isinstance(suffixes, list) or len(suffixes) > MAX_SUFFIXES
-            or not all(isinstance(x, str) and len(x) == SUFFIX_LEN for x in suffixes)):
-        raise bad_request(f"'suffixes' must be a list of at most {MAX_SUFFIXES} strings of {SUFFIX_LEN} characters.",
-                          param="suffixes", code="invalid_value")
+    if (
+        not isinstance(suffixes, list)
+        or len(suffixes) > MAX_SUFFIXES
+        or not all(isinstance(x, str) and len(x) == SUFFIX_LEN for x in suffixes)
+    ):
+        raise bad_request(
+            f"'suffixes' must be a list of at most {MAX_SUFFIXES} strings of {SUFFIX_LEN} characters.",
+            param="suffixes",
+            code="invalid_value",
+        )
     wanted = set(suffixes)
     async with runtime(request).read() as s:
-        rows = (await s.execute(select(ProviderObject).where(ProviderObject.kind == "api_key",
-                                                             ProviderObject.removed_at.is_(None)))).scalars()
+        rows = (
+            await s.execute(
+                select(ProviderObject).where(ProviderObject.kind == "api_key", ProviderObject.removed_at.is_(None))
+            )
+        ).scalars()
         items = []
         for r in rows:
             data = orjson.loads(r.data)
             red = data.get("redacted_value")
             if isinstance(red, str) and red[-SUFFIX_LEN:] in wanted:
-                items.append({"object": "provider.api_key", "id": r.object_id, "provider": r.provider,
-                              "project_id": r.project_id, "redacted_value": red, "name": data.get("name"),
-                              "last_used_at": data.get("last_used_at")})
+                items.append(
+                    {
+                        "object": "provider.api_key",
+                        "id": r.object_id,
+                        "provider": r.provider,
+                        "project_id": r.project_id,
+                        "redacted_value": red,
+                        "name": data.get("name"),
+                        "last_used_at": data.get("last_used_at"),
+                    }
+                )
     return JSONResponse(list_response(items, False))
 
 
@@ -82,9 +106,16 @@ async def revoke_key(request: Request) -> JSONResponse:
     if cfg is None:
         raise not_found(f"No provider named '{name}'.", param="name")
     async with rt.read() as s:
-        row = (await s.execute(select(ProviderObject).where(
-            ProviderObject.provider == name, ProviderObject.kind == "api_key", ProviderObject.object_id == kid,
-            ProviderObject.project_id == pid))).scalar()
+        row = (
+            await s.execute(
+                select(ProviderObject).where(
+                    ProviderObject.provider == name,
+                    ProviderObject.kind == "api_key",
+                    ProviderObject.object_id == kid,
+                    ProviderObject.project_id == pid,
+                )
+            )
+        ).scalar()
     if row is None:
         raise not_found(f"No mirrored key '{kid}' in provider project '{pid}'.", param="key_id")
     try:
@@ -103,10 +134,17 @@ async def revoke_key(request: Request) -> JSONResponse:
         obj = (await s.execute(select(ProviderObject).where(ProviderObject.seq == row.seq))).scalar()
         if obj is not None and obj.removed_at is None:
             obj.removed_at = now
-        await control.audit(s, actor, "provider.api_key.deleted", {"provider": name, "project_id": pid, "id": kid,
-                                                                   "reason": reason}, resource_id=kid, at=now)
-    return JSONResponse({"object": "provider.api_key.deleted", "id": kid, "provider": name, "project_id": pid,
-                         "deleted": True})
+        await control.audit(
+            s,
+            actor,
+            "provider.api_key.deleted",
+            {"provider": name, "project_id": pid, "id": kid, "reason": reason},
+            resource_id=kid,
+            at=now,
+        )
+    return JSONResponse(
+        {"object": "provider.api_key.deleted", "id": kid, "provider": name, "project_id": pid, "deleted": True}
+    )
 
 
 async def provider_report(request: Request) -> JSONResponse:
@@ -121,8 +159,7 @@ async def provider_report(request: Request) -> JSONResponse:
     except ValueError:
         days = 0
     if not 1 <= days <= 3650:
-        raise bad_request("'unused_days' must be an integer from 1 to 3650.", param="unused_days",
-                          code="invalid_value")
+        raise bad_request("'unused_days' must be an integer from 1 to 3650.", param="unused_days", code="invalid_value")
     async with rt.read() as s:
         return JSONResponse(await report(s, name, int(rt.clock.now()), days))
 
@@ -143,8 +180,11 @@ async def _with_provider(request: Request, name: str | None, fn: Any) -> Any:
         name = providers[0].name
     cfg = next((p for p in providers if p.name == name), None)
     if cfg is None:
-        raise bad_request("Name the provider ('provider'): one of [[providers]]." if name is None else
-                          f"No provider named '{name}'.", param="provider", code="invalid_value")
+        raise bad_request(
+            "Name the provider ('provider'): one of [[providers]]." if name is None else f"No provider named '{name}'.",
+            param="provider",
+            code="invalid_value",
+        )
     try:
         conn = Connector(cfg)
     except ProviderError as e:
@@ -191,8 +231,9 @@ async def create_binding(request: Request) -> JSONResponse:
         raise bad_request("'provider' must be a string.", param="provider", code="invalid_value")
     rt = runtime(request)
     pid, ppid = str(project), str(target)
-    out = await _with_provider(request, name, lambda conn: bind(rt.sessions, conn, _box(request), pid, ppid,
-                                                                 int(rt.clock.now()), actor))
+    out = await _with_provider(
+        request, name, lambda conn: bind(rt.sessions, conn, _box(request), pid, ppid, int(rt.clock.now()), actor)
+    )
     await _reload_keys(request)
     return JSONResponse(out)
 
@@ -214,13 +255,15 @@ async def rotate_binding(request: Request) -> JSONResponse:
     body = await json_body(request, required=False)
     grace = body.get("grace_seconds", DEFAULT_GRACE)
     if not isinstance(grace, int) or isinstance(grace, bool) or not 0 <= grace <= MAX_GRACE:
-        raise bad_request(f"'grace_seconds' must be an integer from 0 to {MAX_GRACE}.", param="grace_seconds",
-                          code="invalid_value")
+        raise bad_request(
+            f"'grace_seconds' must be an integer from 0 to {MAX_GRACE}.", param="grace_seconds", code="invalid_value"
+        )
     rt = runtime(request)
     ref = request.path_params["project_id"]
     provider = await _binding_provider(request, ref)
-    out = await _with_provider(request, provider, lambda conn: rotate(rt.sessions, conn, _box(request), ref,
-                                                                       int(rt.clock.now()), actor, grace))
+    out = await _with_provider(
+        request, provider, lambda conn: rotate(rt.sessions, conn, _box(request), ref, int(rt.clock.now()), actor, grace)
+    )
     await _reload_keys(request)
     return JSONResponse(out)
 
@@ -232,8 +275,9 @@ async def delete_binding(request: Request) -> JSONResponse:
     rt = runtime(request)
     ref = request.path_params["project_id"]
     provider = await _binding_provider(request, ref)
-    out = await _with_provider(request, provider, lambda conn: unbind(rt.sessions, conn, ref, int(rt.clock.now()),
-                                                                      actor))
+    out = await _with_provider(
+        request, provider, lambda conn: unbind(rt.sessions, conn, ref, int(rt.clock.now()), actor)
+    )
     await _reload_keys(request)
     return JSONResponse(out)
 
@@ -243,31 +287,69 @@ async def list_events(request: Request) -> JSONResponse:
     limit = query_limit(request, 20, 100)
     stmt = select(ProviderEvent)
     async with runtime(request).read() as s:
-        rows, more = await control.page(s, ProviderEvent, stmt, after=request.query_params.get("after"), limit=limit,
-                                        descending=True)
+        rows, more = await control.page(
+            s, ProviderEvent, stmt, after=request.query_params.get("after"), limit=limit, descending=True
+        )
     return JSONResponse(list_response([event_json(e) for e in rows], more))
 
 
 def event_json(e: ProviderEvent) -> dict[str, Any]:
-    return {"object": "provider.event", "id": e.id, "created_at": e.created_at, "provider": e.provider,
-            "rule": e.rule, "kind": e.kind, "scope": e.scope, "project_id": e.project_id, "key_id": e.key_id,
-            "mode": e.mode, "action": e.action, "dry_run": e.dry_run, "figures": orjson.loads(e.figures),
-            "message": e.message}
+    return {
+        "object": "provider.event",
+        "id": e.id,
+        "created_at": e.created_at,
+        "provider": e.provider,
+        "rule": e.rule,
+        "kind": e.kind,
+        "scope": e.scope,
+        "project_id": e.project_id,
+        "key_id": e.key_id,
+        "mode": e.mode,
+        "action": e.action,
+        "dry_run": e.dry_run,
+        "figures": orjson.loads(e.figures),
+        "message": e.message,
+    }
 
 
 ENDPOINTS: list[Endpoint] = [
     Endpoint(P, "GET", list_providers, "List the provider organizations keyplane governs", True),
     Endpoint(f"{P}/bindings", "GET", list_bindings_, "List the projects bound to provider projects", True),
-    Endpoint(f"{P}/bindings", "POST", create_binding,
-             "Bind a project to a provider project (keyplane's own service account there)", True),
-    Endpoint(f"{P}/bindings/{{project_id}}/rotate", "POST", rotate_binding,
-             "Rotate a bound project's provider key (new key first, old one retired after the grace)", True),
-    Endpoint(f"{P}/bindings/{{project_id}}", "DELETE", delete_binding,
-             "Unbind a project (its service account is deleted at the provider)", True),
+    Endpoint(
+        f"{P}/bindings",
+        "POST",
+        create_binding,
+        "Bind a project to a provider project (keyplane's own service account there)",
+        True,
+    ),
+    Endpoint(
+        f"{P}/bindings/{{project_id}}/rotate",
+        "POST",
+        rotate_binding,
+        "Rotate a bound project's provider key (new key first, old one retired after the grace)",
+        True,
+    ),
+    Endpoint(
+        f"{P}/bindings/{{project_id}}",
+        "DELETE",
+        delete_binding,
+        "Unbind a project (its service account is deleted at the provider)",
+        True,
+    ),
     Endpoint(f"{P}/keys/match", "POST", match_keys, "Find mirrored provider keys by the last characters", True),
     Endpoint(f"{P}/events", "GET", list_events, "List what the provider rules did, newest first", True),
-    Endpoint(f"{P}/{{name}}/report", "GET", provider_report,
-             "The inventory summary and key hygiene report of a provider organization", True),
-    Endpoint(f"{P}/{{name}}/projects/{{project_id}}/api_keys/{{key_id}}/revoke", "POST", revoke_key,
-             "Delete a provider key through the provider's Admin API", True),
+    Endpoint(
+        f"{P}/{{name}}/report",
+        "GET",
+        provider_report,
+        "The inventory summary and key hygiene report of a provider organization",
+        True,
+    ),
+    Endpoint(
+        f"{P}/{{name}}/projects/{{project_id}}/api_keys/{{key_id}}/revoke",
+        "POST",
+        revoke_key,
+        "Delete a provider key through the provider's Admin API",
+        True,
+    ),
 ]

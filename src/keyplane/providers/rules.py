@@ -76,8 +76,10 @@ def find(rules: list[Rule], series: dict[tuple[str, str], dict[int, Counters]], 
     for rule in rules:
         window, n = int(rule.window_s), rule.spec.baseline_periods
         entities: list[tuple[str, str, dict[int, Counters]]] = (
-            [(pid, kid, h) for (pid, kid), h in series.items() if kid] if rule.scope == "provider_key"
-            else [(pid, "", h) for pid, h in by_project.items() if pid])
+            [(pid, kid, h) for (pid, kid), h in series.items() if kid]
+            if rule.scope == "provider_key"
+            else [(pid, "", h) for pid, h in by_project.items() if pid]
+        )
         for pid, kid, hours in entities:
             for end in ends:
                 f = evaluate(rule, view_at(hours, window, n, end), kid or pid)
@@ -89,13 +91,23 @@ def find(rules: list[Rule], series: dict[tuple[str, str], dict[int, Counters]], 
 
 async def _recent(s: AsyncSession, provider: str, rule: Rule, pid: str, kid: str, now: int) -> bool:
     q = select(ProviderEvent.created_at).where(
-        ProviderEvent.provider == provider, ProviderEvent.rule == rule.name, ProviderEvent.key_id == kid,
-        ProviderEvent.project_id == pid, ProviderEvent.created_at > now - max(rule.cooldown_s, 1))
+        ProviderEvent.provider == provider,
+        ProviderEvent.rule == rule.name,
+        ProviderEvent.key_id == kid,
+        ProviderEvent.project_id == pid,
+        ProviderEvent.created_at > now - max(rule.cooldown_s, 1),
+    )
     return (await s.execute(q.limit(1))).first() is not None
 
 
-async def evaluate_provider(sessions: async_sessionmaker[AsyncSession], conn: Connector, rules: list[Rule], now: int,
-                            alerts: Dispatcher | None, prices: PriceTable | None = None) -> list[dict[str, Any]]:
+async def evaluate_provider(
+    sessions: async_sessionmaker[AsyncSession],
+    conn: Connector,
+    rules: list[Rule],
+    now: int,
+    alerts: Dispatcher | None,
+    prices: PriceTable | None = None,
+) -> list[dict[str, Any]]:
     """Evaluate the provider rules on the stored buckets and act; returns the events written (as JSON).
     ``prices`` gives each hourly bucket its estimated cost (spend_surge, cost_usd ceilings): without it
     a cost rule sees $0 and never fires."""
@@ -104,9 +116,18 @@ async def evaluate_provider(sessions: async_sessionmaker[AsyncSession], conn: Co
     longest = max(int(r.window_s) * (r.spec.baseline_periods + 2) for r in rules)
     async with sessions() as s:
         series = await hourly_by_key(s, conn.name, now - longest, prices)
-        live = {(o.project_id, o.object_id) for o in (await s.execute(select(ProviderObject).where(
-            ProviderObject.provider == conn.name, ProviderObject.kind == "api_key",
-            ProviderObject.removed_at.is_(None)))).scalars()}
+        live = {
+            (o.project_id, o.object_id)
+            for o in (
+                await s.execute(
+                    select(ProviderObject).where(
+                        ProviderObject.provider == conn.name,
+                        ProviderObject.kind == "api_key",
+                        ProviderObject.removed_at.is_(None),
+                    )
+                )
+            ).scalars()
+        }
     events: list[dict[str, Any]] = []
     for firing in find(rules, series, now):
         rule, pid = firing.finding.rule, firing.project_id
@@ -122,8 +143,14 @@ async def evaluate_provider(sessions: async_sessionmaker[AsyncSession], conn: Co
     return events
 
 
-async def _act(sessions: async_sessionmaker[AsyncSession], conn: Connector, firing: Firing, targets: list[str],
-               now: int, alerts: Dispatcher | None) -> dict[str, Any]:
+async def _act(
+    sessions: async_sessionmaker[AsyncSession],
+    conn: Connector,
+    firing: Firing,
+    targets: list[str],
+    now: int,
+    alerts: Dispatcher | None,
+) -> dict[str, Any]:
     f = firing.finding
     rule = f.rule
     action, done, failed = "none", [], []
@@ -143,39 +170,111 @@ async def _act(sessions: async_sessionmaker[AsyncSession], conn: Connector, firi
                     failed.append(kid)
                     log.error("provider %s: could not revoke key %s: %s", conn.name, kid, e)
         action = "failed" if failed else "revoked"
-    figures = {**f.figures, "provider": conn.name, "project_id": firing.project_id, "keys": targets,
-               "revoked": done, "failed": failed}
+    figures = {
+        **f.figures,
+        "provider": conn.name,
+        "project_id": firing.project_id,
+        "keys": targets,
+        "revoked": done,
+        "failed": failed,
+    }
     ev_id = ids.new_id("pevt_")
     message = f"provider {conn.name}: rule {rule.name} ({f.summary})"
     async with sessions() as s, s.begin():
         actor = control.Actor("guard_rule", rule.name, {"name": rule.name, "kind": rule.kind, "event_id": ev_id})
-        await control.audit(s, actor, "provider.guard.fired", {
-            "id": ev_id, "provider": conn.name, "rule": {"name": rule.name, "kind": rule.kind, "scope": rule.scope,
-                                                          "window": format_duration(rule.window_s),
-                                                          "threshold": rule.threshold, "mode": rule.mode},
-            "action": action, "dry_run": rule.dry_run, "figures": figures, "message": message,
-        }, resource_id=f.entity_id, at=now)
+        await control.audit(
+            s,
+            actor,
+            "provider.guard.fired",
+            {
+                "id": ev_id,
+                "provider": conn.name,
+                "rule": {
+                    "name": rule.name,
+                    "kind": rule.kind,
+                    "scope": rule.scope,
+                    "window": format_duration(rule.window_s),
+                    "threshold": rule.threshold,
+                    "mode": rule.mode,
+                },
+                "action": action,
+                "dry_run": rule.dry_run,
+                "figures": figures,
+                "message": message,
+            },
+            resource_id=f.entity_id,
+            at=now,
+        )
         if done:
-            rows = (await s.execute(select(ProviderObject).where(
-                ProviderObject.provider == conn.name, ProviderObject.kind == "api_key",
-                ProviderObject.object_id.in_(done)))).scalars()
+            rows = (
+                await s.execute(
+                    select(ProviderObject).where(
+                        ProviderObject.provider == conn.name,
+                        ProviderObject.kind == "api_key",
+                        ProviderObject.object_id.in_(done),
+                    )
+                )
+            ).scalars()
             for row in rows:
                 row.removed_at = now
-        s.add(ProviderEvent(id=ev_id, created_at=now, provider=conn.name, rule=rule.name, kind=rule.kind,
-                            scope=rule.scope, project_id=firing.project_id, key_id=targets[0] if firing.key_ids else "",
-                            mode=rule.mode, action=action, dry_run=rule.dry_run,
-                            figures=orjson.dumps(figures).decode(), message=message))
+        s.add(
+            ProviderEvent(
+                id=ev_id,
+                created_at=now,
+                provider=conn.name,
+                rule=rule.name,
+                kind=rule.kind,
+                scope=rule.scope,
+                project_id=firing.project_id,
+                key_id=targets[0] if firing.key_ids else "",
+                mode=rule.mode,
+                action=action,
+                dry_run=rule.dry_run,
+                figures=orjson.dumps(figures).decode(),
+                message=message,
+            )
+        )
     verb = "would have revoked (dry run)" if rule.dry_run and rule.mode == "revoke" else action
-    log.warning("provider kill switch: rule %s (%s) %s %s %s (project %s): %s; figures %s", rule.name, rule.kind,
-                verb, "key" if firing.key_ids else "project", f.entity_id, firing.project_id, f.summary,
-                orjson.dumps(figures).decode())
+    log.warning(
+        "provider kill switch: rule %s (%s) %s %s %s (project %s): %s; figures %s",
+        rule.name,
+        rule.kind,
+        verb,
+        "key" if firing.key_ids else "project",
+        f.entity_id,
+        firing.project_id,
+        f.summary,
+        orjson.dumps(figures).decode(),
+    )
     if alerts is not None:
-        head = (f"[dry run] provider rule {rule.name} fired on" if rule.dry_run
-                else f"provider rule {rule.name} {action}")
-        alerts.send(Alert("guard.provider.fired", f"{head} {conn.name} {f.entity_id}: {f.summary}",
-                          {"provider": conn.name, "rule": {"name": rule.name, "kind": rule.kind, "scope": rule.scope},
-                           "figures": figures, "action": action, "dry_run": rule.dry_run, "event_id": ev_id},
-                          severity="critical" if action in ("revoked", "failed") else "warning",
-                          dedup_key=f"provider:{conn.name}:{rule.name}:{f.entity_id}", created_at=now))
-    return {"id": ev_id, "rule": rule.name, "scope": rule.scope, "entity": f.entity_id, "project_id": firing.project_id,
-            "action": action, "dry_run": rule.dry_run, "figures": figures, "message": message}
+        head = (
+            f"[dry run] provider rule {rule.name} fired on" if rule.dry_run else f"provider rule {rule.name} {action}"
+        )
+        alerts.send(
+            Alert(
+                "guard.provider.fired",
+                f"{head} {conn.name} {f.entity_id}: {f.summary}",
+                {
+                    "provider": conn.name,
+                    "rule": {"name": rule.name, "kind": rule.kind, "scope": rule.scope},
+                    "figures": figures,
+                    "action": action,
+                    "dry_run": rule.dry_run,
+                    "event_id": ev_id,
+                },
+                severity="critical" if action in ("revoked", "failed") else "warning",
+                dedup_key=f"provider:{conn.name}:{rule.name}:{f.entity_id}",
+                created_at=now,
+            )
+        )
+    return {
+        "id": ev_id,
+        "rule": rule.name,
+        "scope": rule.scope,
+        "entity": f.entity_id,
+        "project_id": firing.project_id,
+        "action": action,
+        "dry_run": rule.dry_run,
+        "figures": figures,
+        "message": message,
+    }

@@ -28,8 +28,14 @@ def find_provider(settings: Settings, name: str) -> ProviderSection | None:
 async def check(conn: Connector) -> dict[str, Any]:
     """Prove the admin key works and show what it can see (counts only, no object content)."""
     inv = await sync.fetch(conn)
-    return {"object": "provider.check", "provider": conn.name, "base_url": conn.cfg.base_url, "ok": True,
-            "visible": inv.counts(), "calls": conn.calls}
+    return {
+        "object": "provider.check",
+        "provider": conn.name,
+        "base_url": conn.cfg.base_url,
+        "ok": True,
+        "visible": inv.counts(),
+        "calls": conn.calls,
+    }
 
 
 def prices_for(settings: Settings, rules: list[Rule], always: bool = False) -> PriceTable | None:
@@ -43,11 +49,24 @@ def prices_for(settings: Settings, rules: list[Rule], always: bool = False) -> P
     return PriceTable.from_config(settings.file.prices, settings.prices_file)
 
 
-async def sync_provider(sessions: async_sessionmaker[AsyncSession], conn: Connector, now: int, rules: list[Rule],
-                        alerts: Dispatcher | None, prices: PriceTable | None = None) -> dict[str, Any]:
+async def sync_provider(
+    sessions: async_sessionmaker[AsyncSession],
+    conn: Connector,
+    now: int,
+    rules: list[Rule],
+    alerts: Dispatcher | None,
+    prices: PriceTable | None = None,
+) -> dict[str, Any]:
     inv = await sync.fetch(conn)
     changes = await sync.store(sessions, conn.name, inv, now)
     usage = await ingest.ingest(sessions, conn, now, conn.cfg.backfill_days)
     events = await evaluate_provider(sessions, conn, rules, now, alerts, prices)
-    return {"object": "provider.sync", "provider": conn.name, "synced_at": now, "inventory": inv.counts(),
-            "changes": changes, "usage_rows": usage, "events": events}
+    return {
+        "object": "provider.sync",
+        "provider": conn.name,
+        "synced_at": now,
+        "inventory": inv.counts(),
+        "changes": changes,
+        "usage_rows": usage,
+        "events": events,
+    }

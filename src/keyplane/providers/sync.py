@@ -75,14 +75,25 @@ async def store(sessions: async_sessionmaker[AsyncSession], provider: str, inv: 
     """Apply one fetch to the mirror; returns how many objects were added, changed and removed."""
     stats = {"added": 0, "changed": 0, "removed": 0}
     async with sessions() as s, s.begin():
-        rows = {(r.kind, r.object_id): r for r in (await s.execute(
-            select(ProviderObject).where(ProviderObject.provider == provider))).scalars()}
+        rows = {
+            (r.kind, r.object_id): r
+            for r in (await s.execute(select(ProviderObject).where(ProviderObject.provider == provider))).scalars()
+        }
         for (kind, oid), (pid, data) in inv.objects.items():
             text = orjson.dumps(data).decode()
             row = rows.get((kind, oid))
             if row is None:
-                s.add(ProviderObject(provider=provider, kind=kind, object_id=oid, project_id=pid, data=text,
-                                     first_seen=now, last_seen=now))
+                s.add(
+                    ProviderObject(
+                        provider=provider,
+                        kind=kind,
+                        object_id=oid,
+                        project_id=pid,
+                        data=text,
+                        first_seen=now,
+                        last_seen=now,
+                    )
+                )
                 s.add(ProviderChange(provider=provider, kind=kind, object_id=oid, change="added", at=now, data=text))
                 stats["added"] += 1
                 continue
@@ -93,8 +104,16 @@ async def store(sessions: async_sessionmaker[AsyncSession], provider: str, inv: 
         for key, row in rows.items():
             if key not in inv.objects and row.removed_at is None:
                 row.removed_at = now
-                s.add(ProviderChange(provider=provider, kind=row.kind, object_id=row.object_id, change="removed",
-                                     at=now, data=row.data))
+                s.add(
+                    ProviderChange(
+                        provider=provider,
+                        kind=row.kind,
+                        object_id=row.object_id,
+                        change="removed",
+                        at=now,
+                        data=row.data,
+                    )
+                )
                 stats["removed"] += 1
     return stats
 

@@ -23,20 +23,30 @@ def _provider(request: Request, source: str, width: int) -> str:
     rt = runtime(request)
     name = source.removeprefix("provider:") if source.startswith("provider:") else ""
     if not any(p.name == name for p in rt.settings.file.providers):
-        raise errors.bad_request("Invalid 'source': use provider:<name> of a provider in [[providers]].",
-                                 param="source", code="invalid_value")
+        raise errors.bad_request(
+            "Invalid 'source': use provider:<name> of a provider in [[providers]].",
+            param="source",
+            code="invalid_value",
+        )
     if width < 3600:
-        raise errors.bad_request("Provider usage is hourly: use bucket_width 1h or 1d.", param="bucket_width",
-                                 code="invalid_value")
+        raise errors.bad_request(
+            "Provider usage is hourly: use bucket_width 1h or 1d.", param="bucket_width", code="invalid_value"
+        )
     return name
 
 
 async def _rows(request: Request, name: str, rng: Any, costs: bool) -> list[ProviderUsage]:
-    q = select(ProviderUsage).where(ProviderUsage.provider == name, ProviderUsage.start_time >= rng.q_lo
-                                    - rng.q_lo % 3600, ProviderUsage.start_time < rng.q_hi)
+    q = select(ProviderUsage).where(
+        ProviderUsage.provider == name,
+        ProviderUsage.start_time >= rng.q_lo - rng.q_lo % 3600,
+        ProviderUsage.start_time < rng.q_hi,
+    )
     q = q.where(ProviderUsage.stream == "costs") if costs else q.where(ProviderUsage.stream != "costs")
-    for param, col in (("project_ids", ProviderUsage.project_id), ("api_key_ids", ProviderUsage.api_key_id),
-                       ("models", ProviderUsage.model)):
+    for param, col in (
+        ("project_ids", ProviderUsage.project_id),
+        ("api_key_ids", ProviderUsage.api_key_id),
+        ("models", ProviderUsage.model),
+    ):
         values = query_list(request, param)
         if values:
             q = q.where(col.in_(values))
@@ -45,8 +55,10 @@ async def _rows(request: Request, name: str, rng: Any, costs: bool) -> list[Prov
 
 
 def _page(rng: Any, results: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
-    data = [{"object": "bucket", "start_time": b, "end_time": b + rng.width, "results": results.get(b, [])}
-            for b in rng.buckets]
+    data = [
+        {"object": "bucket", "start_time": b, "end_time": b + rng.width, "results": results.get(b, [])}
+        for b in rng.buckets
+    ]
     return {"object": "page", "data": data, "has_more": rng.has_more, "next_page": rng.next_page}
 
 
@@ -67,8 +79,12 @@ async def provider_usage(request: Request, kind: str, rng: Any, group_by: list[s
     for key in sorted(sums, key=lambda k: tuple(str(x) for x in k)):
         tin, tout, n = sums[key]
         fields = dict(zip(dims, key[1:], strict=True))
-        item: dict[str, Any] = {"object": f"organization.usage.{kind}.result", "input_tokens": tin,
-                                "num_model_requests": n, "source": f"provider:{name}"}
+        item: dict[str, Any] = {
+            "object": f"organization.usage.{kind}.result",
+            "input_tokens": tin,
+            "num_model_requests": n,
+            "source": f"provider:{name}",
+        }
         if kind == "completions":
             item["output_tokens"] = tout
         item |= {d: fields.get(d) for d in _DIMS}
@@ -85,7 +101,13 @@ async def provider_costs(request: Request, rng: Any, group_by: list[str], source
         sums[key] = sums.get(key, 0) + r.cost_micros
     results: dict[int, list[dict[str, Any]]] = {}
     for (bucket, pid), micros in sorted(sums.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
-        results.setdefault(bucket, []).append({
-            "object": "organization.costs.result", "amount": {"value": micros / 1e6, "currency": "usd"},
-            "line_item": None, "project_id": pid, "source": f"provider:{name}"})
+        results.setdefault(bucket, []).append(
+            {
+                "object": "organization.costs.result",
+                "amount": {"value": micros / 1e6, "currency": "usd"},
+                "line_item": None,
+                "project_id": pid,
+                "source": f"provider:{name}",
+            }
+        )
     return JSONResponse(_page(rng, results))

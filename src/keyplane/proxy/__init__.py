@@ -28,8 +28,9 @@ async def build_proxy(rt: Runtime) -> ProxyApp:
         log.info("%s", note)
     router = Router(deployments, rt.clock.monotonic)
     # What was left out for want of a key, so that a request for it says so (proxy/skipped.py).
-    rt.features.skipped_upstreams = skipped.Skipped.of(rt.settings.file.upstreams or default_upstreams(),
-                                                       (d.name for d in deployments if not d.disabled))
+    rt.features.skipped_upstreams = skipped.Skipped.of(
+        rt.settings.file.upstreams or default_upstreams(), (d.name for d in deployments if not d.disabled)
+    )
     if any(d.is_demo for d in deployments):
         # The demo counts tokens with o200k_base: load it now, not on the first request.
         await asyncio.to_thread(estimate.count, "warm up")

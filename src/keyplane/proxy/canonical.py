@@ -48,25 +48,58 @@ MODEL_ENDPOINTS: Final[dict[str, int | None]] = {
 # POST paths that the provider bills (a model runs, an image or audio is made, a job is started).
 # '*' stands for one id segment.
 _SPENDING: Final = (
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/responses/compact",
-    "/v1/images/generations", "/v1/images/edits", "/v1/images/variations",
-    "/v1/audio/speech", "/v1/audio/transcriptions", "/v1/audio/translations",
-    "/v1/batches", "/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs/*/resume",
-    "/v1/threads/runs", "/v1/threads/*/runs", "/v1/threads/*/runs/*/submit_tool_outputs",
-    "/v1/evals/*/runs", "/v1/realtime/sessions", "/v1/realtime/client_secrets",
-    "/v1/realtime/transcription_sessions", "/v1/videos", "/v1/videos/*/remix", "/v1/containers",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/responses/compact",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/images/variations",
+    "/v1/audio/speech",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/batches",
+    "/v1/fine_tuning/jobs",
+    "/v1/fine_tuning/jobs/*/resume",
+    "/v1/threads/runs",
+    "/v1/threads/*/runs",
+    "/v1/threads/*/runs/*/submit_tool_outputs",
+    "/v1/evals/*/runs",
+    "/v1/realtime/sessions",
+    "/v1/realtime/client_secrets",
+    "/v1/realtime/transcription_sessions",
+    "/v1/videos",
+    "/v1/videos/*/remix",
+    "/v1/containers",
 )
 # POST paths under a spending area that bill nothing (cancels, metadata updates, counting, free moderation).
 _FREE: Final = (
-    "/v1/moderations", "/v1/responses/input_tokens", "/v1/responses/*/cancel", "/v1/chat/completions/*",
-    "/v1/batches/*/cancel", "/v1/fine_tuning/jobs/*/cancel", "/v1/fine_tuning/jobs/*/pause",
-    "/v1/threads/*/runs/*/cancel", "/v1/threads/*/runs/*", "/v1/evals/*/runs/*",
+    "/v1/moderations",
+    "/v1/responses/input_tokens",
+    "/v1/responses/*/cancel",
+    "/v1/chat/completions/*",
+    "/v1/batches/*/cancel",
+    "/v1/fine_tuning/jobs/*/cancel",
+    "/v1/fine_tuning/jobs/*/pause",
+    "/v1/threads/*/runs/*/cancel",
+    "/v1/threads/*/runs/*",
+    "/v1/evals/*/runs/*",
 )
 # Areas whose unknown POST paths are counted as spending (fail closed): model capabilities,
 # responses, batches, fine-tuning, runs of threads and evals, realtime, videos, containers.
 _SPENDING_PREFIXES: Final = (
-    "/v1/chat/", "/v1/completions", "/v1/embeddings", "/v1/images", "/v1/audio", "/v1/responses",
-    "/v1/batches", "/v1/fine_tuning", "/v1/realtime", "/v1/videos", "/v1/containers",
+    "/v1/chat/",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/images",
+    "/v1/audio",
+    "/v1/responses",
+    "/v1/batches",
+    "/v1/fine_tuning",
+    "/v1/realtime",
+    "/v1/videos",
+    "/v1/containers",
 )
 _RUNS: Final = re.compile(r"^/v1/(threads|evals)/[^/]+/runs(/|$)|^/v1/threads/runs$")
 
@@ -93,8 +126,10 @@ class Endpoint:
 
 
 def _bad_path(why: str) -> errors.APIError:
-    return errors.bad_request(f"Invalid request path: {why}. keyplane refuses paths that could be read more "
-                              "than one way.", code="invalid_path")
+    return errors.bad_request(
+        f"Invalid request path: {why}. keyplane refuses paths that could be read more than one way.",
+        code="invalid_path",
+    )
 
 
 def canonical_path(raw: bytes) -> str:
@@ -128,8 +163,9 @@ def canonical_path(raw: bytes) -> str:
 
 def check_query(qs: bytes) -> None:
     if qs and _QUERY_BAD.search(qs):
-        raise errors.bad_request("Invalid query string: it has control, space or non-ASCII bytes, or a '#'.",
-                                 code="invalid_path")
+        raise errors.bad_request(
+            "Invalid query string: it has control, space or non-ASCII bytes, or a '#'.", code="invalid_path"
+        )
 
 
 def _show(c: str) -> str:

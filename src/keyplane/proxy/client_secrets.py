@@ -68,8 +68,10 @@ async def mint(rt: Runtime, entry: KeyEntry, scope: dict[str, Any], receive: Any
     if after is not None:
         s = after.get("seconds") if isinstance(after, dict) else None
         if not isinstance(s, int) or isinstance(s, bool) or not MIN_SECONDS <= s <= MAX_SECONDS:
-            raise errors.invalid_value("expires_after.seconds", "'expires_after.seconds' must be an integer "
-                                       f"from {MIN_SECONDS} to {MAX_SECONDS}.")
+            raise errors.invalid_value(
+                "expires_after.seconds",
+                f"'expires_after.seconds' must be an integer from {MIN_SECONDS} to {MAX_SECONDS}.",
+            )
         seconds = s
     session = obj.get("session")
     if session is not None and not isinstance(session, dict):
@@ -91,9 +93,11 @@ async def mint(rt: Runtime, entry: KeyEntry, scope: dict[str, Any], receive: Any
         claims["e"] = expires_at = min(expires_at, token_expiry)
     payload = _b64(orjson.dumps(claims))
     value = f"{PREFIX}{payload}.{_sign(rt.settings.secret_key, payload)}"
-    return {"value": value, "expires_at": expires_at,
-            "session": {"type": "realtime", "object": "realtime.session", "model": model,
-                        "expires_at": expires_at}}
+    return {
+        "value": value,
+        "expires_at": expires_at,
+        "session": {"type": "realtime", "object": "realtime.session", "model": model, "expires_at": expires_at},
+    }
 
 
 def workload_key(rt: Runtime, key_id: str) -> bool:
@@ -116,8 +120,7 @@ def _workload_token(rt: Runtime, scope: dict[str, Any], now: float) -> tuple[int
         value = value[7:].strip() if value[:7].lower() == "bearer " else value
         if value.startswith(workload_tokens.PREFIX):
             secret = rt.settings.secret_key
-            return (workload_tokens.expires_at(secret, value, now),
-                    workload_tokens.generation_of(secret, value, now))
+            return (workload_tokens.expires_at(secret, value, now), workload_tokens.generation_of(secret, value, now))
     return int(now), ""  # not found: nothing to bound it by, so nothing usable is minted
 
 
@@ -126,8 +129,9 @@ def verify(rt: Runtime, token: str) -> tuple[KeyEntry, str | None, str | None]:
     token) the rule generation that token was issued under; or a 401."""
     refused = errors.invalid_key(
         PREFIX + "..." + token[-4:] if len(token) > 12 else PREFIX + "...",
-        "The realtime client secret is not valid, has expired, or its key is no longer active.")
-    payload, _, sig = token[len(PREFIX):].partition(".")
+        "The realtime client secret is not valid, has expired, or its key is no longer active.",
+    )
+    payload, _, sig = token[len(PREFIX) :].partition(".")
     if not payload or not sig or len(token) > 1024 or not payload.isascii() or not sig.isascii():
         raise refused
     if not hmac.compare_digest(sig, _sign(rt.settings.secret_key, payload)):

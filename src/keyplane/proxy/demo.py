@@ -82,10 +82,18 @@ def _pieces(text: str) -> list[str]:
 
 
 def _chat_usage(p: int, c: int) -> dict[str, Any]:
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+    return {
+        "prompt_tokens": p,
+        "completion_tokens": c,
+        "total_tokens": p + c,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
 
 
 def _sse(obj: dict[str, Any], event: str | None = None) -> bytes:
@@ -100,8 +108,12 @@ def answer(method: str, path_qs: str, body: bytes) -> DemoResponse:
     if method == "GET" and path.startswith("/v1/models/"):
         return DemoResponse(200, orjson.dumps(model(path.rsplit("/", 1)[1])))
     if method != "POST" or path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"):
-        return _error(404, f"Invalid URL ({method} {path}): the demo upstream serves only chat completions, "
-                           "completions, embeddings, responses and models.", code="unknown_url")
+        return _error(
+            404,
+            f"Invalid URL ({method} {path}): the demo upstream serves only chat completions, "
+            "completions, embeddings, responses and models.",
+            code="unknown_url",
+        )
     try:
         req = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -126,8 +138,13 @@ def answer(method: str, path_qs: str, body: bytes) -> DemoResponse:
     if n is None:
         n = 1
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N or n * len(text) > MAX_OUTPUT:
-        return _error(400, f"`n` must be an integer between 1 and {MAX_N} (and the demo's answers at most "
-                           f"{MAX_OUTPUT} characters in all).", code="invalid_value", param="n")
+        return _error(
+            400,
+            f"`n` must be an integer between 1 and {MAX_N} (and the demo's answers at most "
+            f"{MAX_OUTPUT} characters in all).",
+            code="invalid_value",
+            param="n",
+        )
     call = _tool_call(req, rid) if chat else None
     if call is not None:
         out_tokens = estimate.count(call["function"]["name"] + call["function"]["arguments"])
@@ -143,12 +160,28 @@ def answer(method: str, path_qs: str, body: bytes) -> DemoResponse:
             else:
                 choice["text"] = text
             choices.append(choice)
-        return DemoResponse(200, orjson.dumps({
-            "id": f"{'chatcmpl' if chat else 'cmpl'}-demo{rid}", "object": obj, "created": created, "model": name,
-            "system_fingerprint": "fp_demo", "choices": choices, "usage": _chat_usage(prompt, out_tokens * n)}))
+        return DemoResponse(
+            200,
+            orjson.dumps(
+                {
+                    "id": f"{'chatcmpl' if chat else 'cmpl'}-demo{rid}",
+                    "object": obj,
+                    "created": created,
+                    "model": name,
+                    "system_fingerprint": "fp_demo",
+                    "choices": choices,
+                    "usage": _chat_usage(prompt, out_tokens * n),
+                }
+            ),
+        )
     include = bool((req.get("stream_options") or {}).get("include_usage"))
-    base = {"id": f"{'chatcmpl' if chat else 'cmpl'}-demo{rid}", "object": f"{obj}.chunk" if chat else obj,
-            "created": created, "model": name, "system_fingerprint": "fp_demo"}
+    base = {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-demo{rid}",
+        "object": f"{obj}.chunk" if chat else obj,
+        "created": created,
+        "model": name,
+        "system_fingerprint": "fp_demo",
+    }
     events = []
     deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}] if chat else []
     if call is not None:
@@ -192,15 +225,24 @@ def _tool_call(req: dict[str, Any], rid: str) -> dict[str, Any] | None:
     required = params.get("required")
     names = [k for k in required if isinstance(k, str)] if isinstance(required, list) else list(props)[:1]
     said = _last_user_text(req).strip()
-    placeholder: dict[str, Any] = {"string": said, "number": 0, "integer": 0, "boolean": False, "array": [],
-                                   "object": {}}
+    placeholder: dict[str, Any] = {
+        "string": said,
+        "number": 0,
+        "integer": 0,
+        "boolean": False,
+        "array": [],
+        "object": {},
+    }
     args: dict[str, Any] = {}
     for k in names[:64]:
         spec = props.get(k)
         kind = spec.get("type") if isinstance(spec, dict) else "string"
         args[k] = placeholder.get(kind, said) if isinstance(kind, str) else said
-    return {"id": f"call_demo{rid[:16]}", "type": "function",
-            "function": {"name": str(fn.get("name") or "tool"), "arguments": orjson.dumps(args).decode()}}
+    return {
+        "id": f"call_demo{rid[:16]}",
+        "type": "function",
+        "function": {"name": str(fn.get("name") or "tool"), "arguments": orjson.dumps(args).decode()},
+    }
 
 
 def _logprobs(req: dict[str, Any], pieces: list[str], chat: bool) -> dict[str, Any] | None:
@@ -222,8 +264,12 @@ def _logprobs(req: dict[str, Any], pieces: list[str], chat: bool) -> dict[str, A
     for p in pieces:
         offsets.append(at)
         at += len(p)
-    return {"tokens": pieces, "token_logprobs": [0.0] * len(pieces),
-            "top_logprobs": [{p: 0.0} if want else {} for p in pieces], "text_offset": offsets}
+    return {
+        "tokens": pieces,
+        "token_logprobs": [0.0] * len(pieces),
+        "top_logprobs": [{p: 0.0} if want else {} for p in pieces],
+        "text_offset": offsets,
+    }
 
 
 MAX_DIMENSIONS = 3072  # text-embedding-3-large's size, the largest OpenAI serves
@@ -236,13 +282,18 @@ def _embeddings(req: dict[str, Any], name: str) -> DemoResponse:
     asked = req.get("dimensions")
     dims: int = asked if isinstance(asked, int) else 16
     if not 1 <= dims <= MAX_DIMENSIONS or len(items) > MAX_INPUTS:  # bounded work per request (issue #12)
-        return DemoResponse(400, errors.invalid_value(
-            "dimensions" if len(items) <= MAX_INPUTS else "input",
-            f"`dimensions` must be between 1 and {MAX_DIMENSIONS}, and `input` at most {MAX_INPUTS} items.").body())
+        return DemoResponse(
+            400,
+            errors.invalid_value(
+                "dimensions" if len(items) <= MAX_INPUTS else "input",
+                f"`dimensions` must be between 1 and {MAX_DIMENSIONS}, and `input` at most {MAX_INPUTS} items.",
+            ).body(),
+        )
     encoding = req.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
-        return _error(400, "`encoding_format` must be 'float' or 'base64'.", code="invalid_value",
-                      param="encoding_format")
+        return _error(
+            400, "`encoding_format` must be 'float' or 'base64'.", code="invalid_value", param="encoding_format"
+        )
     data = []
     tokens = 0
     for i, x in enumerate(items):
@@ -253,21 +304,56 @@ def _embeddings(req: dict[str, Any], name: str) -> DemoResponse:
         if encoding == "base64":  # little-endian float32, as OpenAI sends it
             vec = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()
         data.append({"object": "embedding", "index": i, "embedding": vec})
-    return DemoResponse(200, orjson.dumps({"object": "list", "data": data, "model": name,
-                                           "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+    return DemoResponse(
+        200,
+        orjson.dumps(
+            {"object": "list", "data": data, "model": name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        ),
+    )
 
 
-def _responses(req: dict[str, Any], name: str, rid: str, created: int, text: str, pieces: list[str],
-               prompt: int, out_tokens: int, stream: bool) -> DemoResponse:
-    usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": out_tokens,
-             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + out_tokens}
-    msg = {"type": "message", "id": f"msg_demo{rid}", "status": "completed", "role": "assistant",
-           "content": [{"type": "output_text", "text": text, "annotations": []}]}
+def _responses(
+    req: dict[str, Any],
+    name: str,
+    rid: str,
+    created: int,
+    text: str,
+    pieces: list[str],
+    prompt: int,
+    out_tokens: int,
+    stream: bool,
+) -> DemoResponse:
+    usage = {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": out_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + out_tokens,
+    }
+    msg = {
+        "type": "message",
+        "id": f"msg_demo{rid}",
+        "status": "completed",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+    }
     resp: dict[str, Any] = {
-        "id": f"resp_demo{rid}", "object": "response", "created_at": created, "status": "completed", "model": name,
-        "error": None, "incomplete_details": None, "instructions": req.get("instructions"), "metadata": {},
-        "parallel_tool_calls": True, "temperature": 1.0, "tool_choice": "auto", "tools": [], "top_p": 1.0,
-        "output": [msg], "usage": usage,
+        "id": f"resp_demo{rid}",
+        "object": "response",
+        "created_at": created,
+        "status": "completed",
+        "model": name,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": req.get("instructions"),
+        "metadata": {},
+        "parallel_tool_calls": True,
+        "temperature": 1.0,
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "output": [msg],
+        "usage": usage,
     }
     if not stream:
         return DemoResponse(200, orjson.dumps(resp))
@@ -275,20 +361,44 @@ def _responses(req: dict[str, Any], name: str, rid: str, created: int, text: str
     n = iter(range(1_000_000))
     ev = [_sse({"type": "response.created", "response": pending, "sequence_number": next(n)}, "response.created")]
     item = {**msg, "status": "in_progress", "content": []}
-    ev.append(_sse({"type": "response.output_item.added", "output_index": 0, "item": item,
-                    "sequence_number": next(n)}, "response.output_item.added"))
+    ev.append(
+        _sse(
+            {"type": "response.output_item.added", "output_index": 0, "item": item, "sequence_number": next(n)},
+            "response.output_item.added",
+        )
+    )
     ids = {"item_id": msg["id"], "output_index": 0, "content_index": 0}
-    ev.append(_sse({"type": "response.content_part.added", **ids, "part": {"type": "output_text", "text": "",
-                    "annotations": []}, "sequence_number": next(n)}, "response.content_part.added"))
+    ev.append(
+        _sse(
+            {
+                "type": "response.content_part.added",
+                **ids,
+                "part": {"type": "output_text", "text": "", "annotations": []},
+                "sequence_number": next(n),
+            },
+            "response.content_part.added",
+        )
+    )
     for p in pieces:
-        ev.append(_sse({"type": "response.output_text.delta", **ids, "delta": p, "logprobs": [],
-                        "sequence_number": next(n)}, "response.output_text.delta"))
-    ev.append(_sse({"type": "response.output_text.done", **ids, "text": text, "logprobs": [],
-                    "sequence_number": next(n)}, "response.output_text.done"))
-    ev.append(_sse({"type": "response.output_item.done", "output_index": 0, "item": msg,
-                    "sequence_number": next(n)}, "response.output_item.done"))
-    ev.append(_sse({"type": "response.completed", "response": resp, "sequence_number": next(n)},
-                   "response.completed"))
+        ev.append(
+            _sse(
+                {"type": "response.output_text.delta", **ids, "delta": p, "logprobs": [], "sequence_number": next(n)},
+                "response.output_text.delta",
+            )
+        )
+    ev.append(
+        _sse(
+            {"type": "response.output_text.done", **ids, "text": text, "logprobs": [], "sequence_number": next(n)},
+            "response.output_text.done",
+        )
+    )
+    ev.append(
+        _sse(
+            {"type": "response.output_item.done", "output_index": 0, "item": msg, "sequence_number": next(n)},
+            "response.output_item.done",
+        )
+    )
+    ev.append(_sse({"type": "response.completed", "response": resp, "sequence_number": next(n)}, "response.completed"))
     return DemoResponse(200, events=ev)
 
 

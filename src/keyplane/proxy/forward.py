@@ -118,8 +118,9 @@ async def _accept(resp: UpstreamResponse, dep: Deployment, mode: int) -> Outcome
         try:
             return Outcome(dep, resp, body=await _read_bounded(resp, MAX_OBJECT_BODY))
         except TooLarge:
-            raise errors.upstream_error(f"The upstream `{dep.name}` answered with more than "
-                                        f"{MAX_OBJECT_BODY // (1024 * 1024)} MiB of JSON.") from None
+            raise errors.upstream_error(
+                f"The upstream `{dep.name}` answered with more than {MAX_OBJECT_BODY // (1024 * 1024)} MiB of JSON."
+            ) from None
     if mode == SSE and resp.content_type == "text/event-stream":
         it = resp.chunks().__aiter__()
         first = await it.__anext__()
@@ -129,16 +130,29 @@ async def _accept(resp: UpstreamResponse, dep: Deployment, mode: int) -> Outcome
 
 
 class Forwarder:
-    def __init__(self, client: UpstreamClient, router: Router, rng: random.Random | None = None,
-                 sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        router: Router,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
         self.client = client
         self.router = router
         self.rng = rng or random.Random()
         self.sleep: Callable[[float], Awaitable[None]] = sleep or asyncio.sleep
 
-    async def send(self, pool: tuple[Deployment, ...], method: str, path_qs: str,
-                   headers: list[tuple[bytes, bytes]], body: bytes, mode: int, model: str | None,
-                   ctx: Any) -> Outcome:
+    async def send(
+        self,
+        pool: tuple[Deployment, ...],
+        method: str,
+        path_qs: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        mode: int,
+        model: str | None,
+        ctx: Any,
+    ) -> Outcome:
         """The accepted answer (2xx, a final 4xx, or the last retryable error) or an APIError.
 
         ``ctx.attempts`` counts the attempts (and ``ctx.upstream`` names the last one tried).

@@ -43,11 +43,25 @@ _NEEDS_INCLUDE_USAGE: Final = frozenset({"/v1/chat/completions", "/v1/completion
 
 # Upstream response headers not passed on: hop-by-hop, recomputed here, or about the provider
 # account rather than the client's key (its rate limits, organization, project).
-_DROP_RESPONSE: Final = frozenset({
-    b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"content-encoding", b"date",
-    b"server", b"x-request-id", b"openai-processing-ms", b"openai-organization", b"openai-project",
-    b"set-cookie", b"alt-svc", b"strict-transport-security", b"via",
-})
+_DROP_RESPONSE: Final = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"content-encoding",
+        b"date",
+        b"server",
+        b"x-request-id",
+        b"openai-processing-ms",
+        b"openai-organization",
+        b"openai-project",
+        b"set-cookie",
+        b"alt-svc",
+        b"strict-transport-security",
+        b"via",
+    }
+)
 _DROP_WITH_CT: Final = _DROP_RESPONSE | {b"content-type"}
 _JSON_CT: Final = (b"content-type", b"application/json")
 
@@ -105,12 +119,17 @@ class ProxyApp:
 
     # --- responses -------------------------------------------------------------------------------
 
-    async def _send_error(self, send: Any, err: errors.APIError, rid: bytes, t0: float,
-                          extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    async def _send_error(
+        self, send: Any, err: errors.APIError, rid: bytes, t0: float, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         body = err.body()
-        h = [_JSON_CT, (b"content-length", b"%d" % len(body)), (b"x-request-id", rid),
-             (b"x-keyplane-request-id", rid),
-             (b"openai-processing-ms", b"%d" % int((time.perf_counter() - t0) * 1000))]
+        h = [
+            _JSON_CT,
+            (b"content-length", b"%d" % len(body)),
+            (b"x-request-id", rid),
+            (b"x-keyplane-request-id", rid),
+            (b"openai-processing-ms", b"%d" % int((time.perf_counter() - t0) * 1000)),
+        ]
         h.extend((k.encode(), v.encode()) for k, v in err.headers.items())
         if extra:
             h.extend(extra)
@@ -119,15 +138,20 @@ class ProxyApp:
 
     async def _send_json(self, send: Any, obj: Any, rid: bytes, t0: float) -> None:
         body = orjson.dumps(obj)
-        h = [_JSON_CT, (b"content-length", b"%d" % len(body)), (b"x-request-id", rid),
-             (b"x-keyplane-request-id", rid),
-             (b"openai-processing-ms", b"%d" % int((time.perf_counter() - t0) * 1000))]
+        h = [
+            _JSON_CT,
+            (b"content-length", b"%d" % len(body)),
+            (b"x-request-id", rid),
+            (b"x-keyplane-request-id", rid),
+            (b"openai-processing-ms", b"%d" % int((time.perf_counter() - t0) * 1000)),
+        ]
         await send({"type": "http.response.start", "status": 200, "headers": h})
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod
-    def _headers(out: Outcome, ctx: RequestContext, t0: float, length: int | None,
-                 json_ct: bool = False) -> list[tuple[bytes, bytes]]:
+    def _headers(
+        out: Outcome, ctx: RequestContext, t0: float, length: int | None, json_ct: bool = False
+    ) -> list[tuple[bytes, bytes]]:
         rid = None
         h: list[tuple[bytes, bytes]] = [_JSON_CT] if json_ct else []
         drop = _DROP_WITH_CT if json_ct else _DROP_RESPONSE
@@ -200,8 +224,9 @@ class ProxyApp:
             elif model is None and body and request.is_json(headers):
                 model = request.parse_head(body).model  # routing only (e.g. a passthrough with a model)
             if self.access is not None:  # model and hosted tool permissions, before any upstream call
-                self.access.check_request(entry.project_id, entry.id, path, method, model, ep.spending, body,
-                                          request.is_json(headers))
+                self.access.check_request(
+                    entry.project_id, entry.id, path, method, model, ep.spending, body, request.is_json(headers)
+                )
             # Objects another project owns answer 404 here, before any upstream call (proxy/tenancy.py).
             pinned = await self.tenancy.check(method, path, entry.project_id, body)
             pool = self.tenancy.pool(path, entry.project_id, model, pinned)
@@ -220,8 +245,17 @@ class ProxyApp:
             log.exception("proxy error before forwarding %s %s", method, logs.safe(path))
             await self._send_error(send, errors.internal_error(), rid, t0)
             return
-        ctx = RequestContext(rid.decode(), entry, entry.project_id, path, method, model, stream, body,
-                             fields.output_limit if fields is not None else None)
+        ctx = RequestContext(
+            rid.decode(),
+            entry,
+            entry.project_id,
+            path,
+            method,
+            model,
+            stream,
+            body,
+            fields.output_limit if fields is not None else None,
+        )
         ctx.spending = ep.spending
         ctx.query = scope["query_string"]
         if path == "/v1/files" and method == "POST":  # a batch input file is priced from the upload
@@ -249,8 +283,11 @@ class ProxyApp:
             await self._send_error(send, errors.internal_error(), rid, t0, ctx.extra_headers)
             return
         # Transcriptions and moderations: the JSON answer is read whole (small) for its usage.
-        mode = (SSE if stream else JSON) if ep.model else (
-            OBJECT if self.tenancy.wants_body(ctx) or path in READ_WHOLE else RAW)
+        mode = (
+            (SSE if stream else JSON)
+            if ep.model
+            else (OBJECT if self.tenancy.wants_body(ctx) or path in READ_WHOLE else RAW)
+        )
         if self.cache is not None and ep.model:
             send = await self.cache.serve(ctx, headers, send, lambda: self._finish(ctx, t0, _Watch(None)))
             if send is None:  # answered from the response cache
@@ -259,8 +296,19 @@ class ProxyApp:
         # ctx.body, not body: admission may have set the output limit it reserved (docs/limits-and-billing.md)
         await self._forward(scope, receive, send, ctx, pool, ctx.body, mode, ep.flavour, strip_usage, t0)
 
-    async def _forward(self, scope: dict[str, Any], receive: Any, send: Any, ctx: RequestContext, pool: Any,
-                       body: bytes, mode: int, flavour: int, strip_usage: bool, t0: float) -> None:
+    async def _forward(
+        self,
+        scope: dict[str, Any],
+        receive: Any,
+        send: Any,
+        ctx: RequestContext,
+        pool: Any,
+        body: bytes,
+        mode: int,
+        flavour: int,
+        strip_usage: bool,
+        t0: float,
+    ) -> None:
         watch = _Watch(asyncio.current_task())
         waiter = asyncio.ensure_future(receive())
         waiter.add_done_callback(watch)
@@ -271,8 +319,7 @@ class ProxyApp:
             qs = scope["query_string"]
             path_qs = ctx.endpoint + "?" + qs.decode("latin-1") if qs else ctx.endpoint
             try:
-                out = await self.forwarder.send(pool, ctx.method, path_qs, scope["headers"], body, mode,
-                                                ctx.model, ctx)
+                out = await self.forwarder.send(pool, ctx.method, path_qs, scope["headers"], body, mode, ctx.model, ctx)
             except errors.APIError as e:
                 ctx.status, ctx.error = e.status, e.code
                 if ctx.upstream_received:  # the provider may have run (and billed) it: billed at its estimate
@@ -347,8 +394,9 @@ class ProxyApp:
             if not waiter.done():
                 waiter.cancel()
 
-    async def _relay_sse(self, send: Any, out: Outcome, relay: sse.StreamRelay, ctx: RequestContext, t0: float,
-                         watch: _Watch) -> None:
+    async def _relay_sse(
+        self, send: Any, out: Outcome, relay: sse.StreamRelay, ctx: RequestContext, t0: float, watch: _Watch
+    ) -> None:
         assert out.first is not None and out.rest is not None
         data = relay.feed(out.first)
         if data:
@@ -372,11 +420,13 @@ class ProxyApp:
             final = relay.held
         except RETRYABLE_ERRORS as e:
             out.resp.close()
-            err = errors.upstream_timeout(out.dep.name) if isinstance(e, TimeoutError) \
+            err = (
+                errors.upstream_timeout(out.dep.name)
+                if isinstance(e, TimeoutError)
                 else errors.upstream_stream_broken(out.dep.name)
+            )
             ctx.error = err.code
-            log.warning("upstream %s broke a stream mid-way (%s): %s", out.dep.name, ctx.request_id,
-                        type(e).__name__)
+            log.warning("upstream %s broke a stream mid-way (%s): %s", out.dep.name, ctx.request_id, type(e).__name__)
             final = relay.held + sse.error_event(err)
         self._usage_from_relay(ctx, relay)
         await self._finish(ctx, t0, watch)
@@ -384,8 +434,9 @@ class ProxyApp:
 
     async def _relay_raw(self, send: Any, out: Outcome, ctx: RequestContext, t0: float, watch: _Watch) -> None:
         assert out.rest is not None
-        await send({"type": "http.response.start", "status": out.resp.status,
-                    "headers": self._headers(out, ctx, t0, None)})
+        await send(
+            {"type": "http.response.start", "status": out.resp.status, "headers": self._headers(out, ctx, t0, None)}
+        )
         is_sse = out.resp.content_type == "text/event-stream"
         try:
             async for chunk in out.rest:
@@ -438,8 +489,7 @@ class ProxyApp:
         ctx.usage_estimated = True
         ctx.prompt_tokens = estimate.prompt_tokens(ctx.body)
         # Past the text kept, every 3 bytes of events counts as a token: an upper bound, never less.
-        ctx.completion_tokens = estimate.relayed_tokens(relay.pieces) + relay.uncounted // 3 \
-            if relay is not None else 0
+        ctx.completion_tokens = estimate.relayed_tokens(relay.pieces) + relay.uncounted // 3 if relay is not None else 0
 
     async def _refused(self, ctx: RequestContext, e: errors.APIError) -> None:
         """An authenticated key refused before the upstream: metered, and watched by the kill switch."""
@@ -463,15 +513,22 @@ class ProxyApp:
         p = snap.projects.get(entry.project_id) if entry.project_id else None
         perms = entry.permissions
         return {
-            "object": "keyplane.key", "id": entry.id, "name": entry.name, "kind": entry.kind,
-            "redacted_value": entry.redacted_value, "status": entry.status(self.rt.clock.now()),
-            "expires_at": entry.expires_at, "organization": {"id": snap.org_id, "name": snap.org_name},
+            "object": "keyplane.key",
+            "id": entry.id,
+            "name": entry.name,
+            "kind": entry.kind,
+            "redacted_value": entry.redacted_value,
+            "status": entry.status(self.rt.clock.now()),
+            "expires_at": entry.expires_at,
+            "organization": {"id": snap.org_id, "name": snap.org_name},
             "project": {"id": p.id, "name": p.name, "status": p.status} if p else None,
-            "permissions": perms.to_json(), "scopes": sorted(perms.scopes),
+            "permissions": perms.to_json(),
+            "scopes": sorted(perms.scopes),
         }
 
-    async def _models(self, send: Any, path: str, rid: bytes, t0: float, project_id: str | None = None,
-                      key_id: str = "") -> None:
+    async def _models(
+        self, send: Any, path: str, rid: bytes, t0: float, project_id: str | None = None, key_id: str = ""
+    ) -> None:
         # Only the models the key's project and key model permissions allow (keyplane.access); the others
         # are listed nowhere and retrieved as if they did not exist.
         def visible(model: str) -> bool:
@@ -481,7 +538,7 @@ class ProxyApp:
             data = [m for m in await self.catalog.list() if visible(m["id"])]
             await self._send_json(send, {"object": "list", "data": data}, rid, t0)
             return
-        model = path[len("/v1/models/"):]
+        model = path[len("/v1/models/") :]
         if not visible(model):
             raise errors.model_not_found(model)
         try:
@@ -514,7 +571,9 @@ def _wrap_error(name: str, status: int, payload: bytes) -> bytes:
     """An upstream error that is not in OpenAI's shape, put in it (with the start of what it said)."""
     snippet = payload[:200].decode("utf-8", "replace").strip()
     err = errors.APIError(
-        status, f"The upstream `{name}` answered HTTP {status}" + (f": {snippet}" if snippet else "."),
-        type="server_error" if status >= 500 else "invalid_request_error", code="upstream_error",
+        status,
+        f"The upstream `{name}` answered HTTP {status}" + (f": {snippet}" if snippet else "."),
+        type="server_error" if status >= 500 else "invalid_request_error",
+        code="upstream_error",
     )
     return err.body()

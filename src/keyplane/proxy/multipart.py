@@ -25,8 +25,9 @@ from keyplane import errors
 
 MAX_TEXT_FIELD: Final = 4096  # longer text parts (prompts) are kept cut: admission never needs them whole
 # Fields a price depends on: never accepted as a file part (a parser could read the file as the value).
-PRICED_FIELDS: Final = frozenset({"model", "n", "size", "quality", "background", "output_format",
-                                  "response_format", "duration", "seconds"})
+PRICED_FIELDS: Final = frozenset(
+    {"model", "n", "size", "quality", "background", "output_format", "response_format", "duration", "seconds"}
+)
 _TOKEN: Final = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _PARAM: Final = re.compile(rf'\s*;\s*({_TOKEN})\s*=\s*(?:({_TOKEN})|"((?:[^"\\\r\n]|\\.)*)")\s*')
 _BOUNDARY_CHARS: Final = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
@@ -91,7 +92,7 @@ def _parts(headers: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[str, s
     delim = b"--" + boundary.encode("latin-1")
     if not body.startswith(delim + b"\r\n"):
         raise _refuse("the body must start with the boundary (no preamble)")
-    parts = body[len(delim) + 2:].split(b"\r\n" + delim)
+    parts = body[len(delim) + 2 :].split(b"\r\n" + delim)
     closing = parts.pop()
     if not parts or not closing.startswith(b"--") or closing[2:] not in (b"", b"\r\n"):
         raise _refuse("it must end with the closing boundary and nothing after it")

@@ -84,9 +84,12 @@ class RealtimeApp:
         session.generation = generation
         for dep in deps:  # in the router's order; the next one when an upstream cannot be reached
             try:
-                session.upstream = await connect(_ws_url(dep.config.base_url, model),
-                                                 additional_headers={"Authorization": f"Bearer {dep.api_key}"},
-                                                 max_size=MAX_FRAME, open_timeout=10)
+                session.upstream = await connect(
+                    _ws_url(dep.config.base_url, model),
+                    additional_headers={"Authorization": f"Bearer {dep.api_key}"},
+                    max_size=MAX_FRAME,
+                    open_timeout=10,
+                )
                 break
             except (OSError, TimeoutError, InvalidStatus) as exc:
                 log.warning("realtime upstream %s refused the session: %s", dep.name, type(exc).__name__)
@@ -122,7 +125,7 @@ class RealtimeApp:
                 for p in v.decode("latin-1").split(","):
                     p = p.strip()
                     if p.startswith(_SUBPROTOCOL_KEY) and not any(n == b"authorization" for n, _ in headers):
-                        headers.append((b"authorization", b"Bearer " + p[len(_SUBPROTOCOL_KEY):].encode("latin-1")))
+                        headers.append((b"authorization", b"Bearer " + p[len(_SUBPROTOCOL_KEY) :].encode("latin-1")))
                     elif p == "realtime":
                         subprotocol = "realtime"
         path = scope["path"].rstrip("/")
@@ -154,11 +157,15 @@ class RealtimeApp:
             access.check_ip(entry.project_id, entry.id, scope.get("client"), scope["headers"])
             access.check_request(entry.project_id, entry.id, PATH, "GET", model, False, b"", False)
         if "call_id" in query:  # a call keyplane did not open may belong to another project at the provider
-            raise errors.invalid_value("call_id", "Joining an existing call (call_id) is not supported through "
-                                       "keyplane.")
+            raise errors.invalid_value(
+                "call_id", "Joining an existing call (call_id) is not supported through keyplane."
+            )
         if query.get("intent", "conversation") != "conversation":
-            raise errors.invalid_value("intent", "keyplane relays conversation sessions only: transcription "
-                                       "sessions are billed per audio minute, which it does not meter yet.")
+            raise errors.invalid_value(
+                "intent",
+                "keyplane relays conversation sessions only: transcription "
+                "sessions are billed per audio minute, which it does not meter yet.",
+            )
         return entry, model, subprotocol, generation
 
     async def _relay(self, s: Session, receive: Any) -> None:
@@ -181,8 +188,9 @@ class RealtimeApp:
                     return
                 if access is not None:  # hosted tool and model permissions of each client event (keyplane.access)
                     try:
-                        access.check_request(s.entry.project_id, s.entry.id, PATH, "POST", None, False,
-                                             text.encode(), True)
+                        access.check_request(
+                            s.entry.project_id, s.entry.id, PATH, "POST", None, False, text.encode(), True
+                        )
                     except errors.APIError as e:  # refused, not forwarded: the session goes on
                         await s.error_event(e, None)
                         continue

@@ -48,8 +48,9 @@ _SOFT: Final = frozenset({"rate_limit_exceeded", "authority_stale"})
 class Session:
     """One client socket, its upstream socket, and its responses in flight (admitted, not yet done)."""
 
-    def __init__(self, rt: Runtime, proxy: ProxyApp, entry: KeyEntry, model: str, send: Any,
-                 scope: dict[str, Any]) -> None:
+    def __init__(
+        self, rt: Runtime, proxy: ProxyApp, entry: KeyEntry, model: str, send: Any, scope: dict[str, Any]
+    ) -> None:
         self.rt = rt
         self.proxy = proxy
         self.entry = entry
@@ -77,8 +78,17 @@ class Session:
     # --- per response ------------------------------------------------------------------------------
 
     def _context(self, limit: int | None) -> RequestContext:
-        ctx = RequestContext(new_request_id().decode(), self.entry, self.entry.project_id, _QUOTE_AS, "POST",
-                             self.model, True, orjson.dumps({"model": self.model, "input": ""}), limit)
+        ctx = RequestContext(
+            new_request_id().decode(),
+            self.entry,
+            self.entry.project_id,
+            _QUOTE_AS,
+            "POST",
+            self.model,
+            True,
+            orjson.dumps({"model": self.model, "input": ""}),
+            limit,
+        )
         ctx.spending = True
         ctx.context_ref = True
         ctx.started = time.perf_counter()
@@ -128,9 +138,13 @@ class Session:
         except orjson.JSONDecodeError:
             ev = None
         if not isinstance(ev, dict) or not isinstance(ev.get("type"), str):
-            await self.error_event(errors.invalid_value(
-                "type", "A realtime client event must be a JSON object with a string `type`; this frame was not "
-                        "forwarded."), None)
+            await self.error_event(
+                errors.invalid_value(
+                    "type",
+                    "A realtime client event must be a JSON object with a string `type`; this frame was not forwarded.",
+                ),
+                None,
+            )
             return True
         kind = ev["type"]
         if kind == "response.create":
@@ -143,8 +157,11 @@ class Session:
             sess = ev.get("session")
             if isinstance(sess, dict):
                 asked = sess.get("max_output_tokens")
-                if self.out_cap is not None and "max_output_tokens" in sess and not (
-                        isinstance(asked, int) and not isinstance(asked, bool) and 0 < asked <= self.out_cap):
+                if (
+                    self.out_cap is not None
+                    and "max_output_tokens" in sess
+                    and not (isinstance(asked, int) and not isinstance(asked, bool) and 0 < asked <= self.out_cap)
+                ):
                     sess["max_output_tokens"] = self.out_cap  # responses the upstream starts itself write no more
         await self.upstream.send(orjson.dumps(ev).decode())
         return True
@@ -153,8 +170,11 @@ class Session:
         """A client event keyplane cannot govern, whatever its shape (GA or beta field names)."""
         kind = ev["type"]
         if kind.startswith("transcription_session."):
-            return errors.invalid_value("type", "Transcription sessions are billed per audio minute, which keyplane "
-                                        "does not meter yet, so they are refused.")
+            return errors.invalid_value(
+                "type",
+                "Transcription sessions are billed per audio minute, which keyplane "
+                "does not meter yet, so they are refused.",
+            )
         if kind == "session.update":
             sess = ev.get("session")
             if not isinstance(sess, dict):
@@ -167,33 +187,49 @@ class Session:
         or input transcription (billed apart by the provider, not metered here yet)."""
         model = sess.get("model")
         if model is not None and model != self.model:
-            return errors.invalid_value("session.model", f"This session is for `{self.model}`: a realtime session "
-                                        "cannot change its model through keyplane (open a new one).")
+            return errors.invalid_value(
+                "session.model",
+                f"This session is for `{self.model}`: a realtime session "
+                "cannot change its model through keyplane (open a new one).",
+            )
         if sess.get("type", "realtime") != "realtime":
-            return errors.invalid_value("session.type", "keyplane relays realtime sessions only (`type: realtime`): "
-                                        "transcription sessions are not metered yet.")
+            return errors.invalid_value(
+                "session.type",
+                "keyplane relays realtime sessions only (`type: realtime`): "
+                "transcription sessions are not metered yet.",
+            )
         for beta in ("max_response_output_tokens", "input_audio_transcription"):  # the beta API's spellings
             if beta in sess:
-                return errors.invalid_value(f"session.{beta}", f"`session.{beta}` (the beta Realtime API) is not "
-                                            "accepted through keyplane: use `max_output_tokens`; input audio "
-                                            "transcription is not metered yet.")
+                return errors.invalid_value(
+                    f"session.{beta}",
+                    f"`session.{beta}` (the beta Realtime API) is not "
+                    "accepted through keyplane: use `max_output_tokens`; input audio "
+                    "transcription is not metered yet.",
+                )
         audio = sess.get("audio")
         inp = audio.get("input") if isinstance(audio, dict) else None
         if isinstance(inp, dict) and inp.get("transcription") is not None:
-            return errors.invalid_value("session.audio.input.transcription", "Input audio transcription in a "
-                                        "realtime session is not metered by keyplane yet, so it is refused.")
+            return errors.invalid_value(
+                "session.audio.input.transcription",
+                "Input audio transcription in a realtime session is not metered by keyplane yet, so it is refused.",
+            )
         return None
 
     def _response_refusal(self, resp: dict[str, Any]) -> errors.APIError | None:
         """A response.create whose output keyplane could not bound or whose model it did not authorize."""
         if "max_response_output_tokens" in resp:  # the beta spelling: it would not be pinned to the reservation
-            return errors.invalid_value("response.max_response_output_tokens", "`max_response_output_tokens` (the "
-                                        "beta Realtime API) is not accepted through keyplane: use "
-                                        "`max_output_tokens`.")
+            return errors.invalid_value(
+                "response.max_response_output_tokens",
+                "`max_response_output_tokens` (the "
+                "beta Realtime API) is not accepted through keyplane: use "
+                "`max_output_tokens`.",
+            )
         model = resp.get("model")
         if model is not None and model != self.model:
-            return errors.invalid_value("response.model", f"This session is for `{self.model}`: a response cannot "
-                                        "use another model through keyplane.")
+            return errors.invalid_value(
+                "response.model",
+                f"This session is for `{self.model}`: a response cannot use another model through keyplane.",
+            )
         return None
 
     async def _response_create(self, ev: dict[str, Any]) -> bool:
@@ -218,9 +254,14 @@ class Session:
                 await self.error_event(stale, ev.get("event_id"))
                 return True
             if len(self.pending) + len(self.live) >= MAX_IN_FLIGHT:
-                await self.error_event(errors.invalid_value(
-                    "response", f"At most {MAX_IN_FLIGHT} responses may be in progress in one realtime session "
-                    "through keyplane: wait for a response.done."), ev.get("event_id"))
+                await self.error_event(
+                    errors.invalid_value(
+                        "response",
+                        f"At most {MAX_IN_FLIGHT} responses may be in progress in one realtime session "
+                        "through keyplane: wait for a response.done.",
+                    ),
+                    ev.get("event_id"),
+                )
                 return True
             try:
                 ctx = await self.admit(limit)
@@ -247,8 +288,11 @@ class Session:
     async def pin(self) -> None:
         """Before the client speaks: the session's own output limit set to what a response reserves."""
         if self.out_cap is not None and self.upstream is not None:
-            await self.upstream.send(orjson.dumps({"type": "session.update", "session": {
-                "type": "realtime", "max_output_tokens": self.out_cap}}).decode())
+            await self.upstream.send(
+                orjson.dumps(
+                    {"type": "session.update", "session": {"type": "realtime", "max_output_tokens": self.out_cap}}
+                ).decode()
+            )
             self.swallow_updated = True
 
     async def from_upstream(self, text: str) -> bool:
@@ -307,8 +351,11 @@ class Session:
                     if refused is not None:
                         raise refused
                     if len(self.live) >= MAX_IN_FLIGHT:
-                        raise errors.invalid_value("response", f"At most {MAX_IN_FLIGHT} responses may be in "
-                                                   "progress in one realtime session through keyplane.")
+                        raise errors.invalid_value(
+                            "response",
+                            f"At most {MAX_IN_FLIGHT} responses may be in "
+                            "progress in one realtime session through keyplane.",
+                        )
                     ctx = await self.admit(None)
             except errors.APIError as e:
                 assert self.upstream is not None
@@ -397,9 +444,14 @@ class Session:
         if isinstance(event_id, str):
             err["event_id"] = event_id[:128]
         with contextlib.suppress(Exception):
-            await self.send({"type": "websocket.send",
-                             "text": orjson.dumps({"type": "error", "event_id": "event_" + new_request_id().decode(),
-                                                   "error": err}).decode()})
+            await self.send(
+                {
+                    "type": "websocket.send",
+                    "text": orjson.dumps(
+                        {"type": "error", "event_id": "event_" + new_request_id().decode(), "error": err}
+                    ).decode(),
+                }
+            )
 
     async def cut(self, e: errors.APIError) -> None:
         await self.error_event(e, None)
@@ -461,9 +513,17 @@ def usage_tokens(usage: dict[str, Any]) -> Tokens:
     o = _dict(usage.get("output_token_details"))
     t_out, a_out = _int(o.get("text_tokens")), _int(o.get("audio_tokens"))
     completion = max(_int(usage.get("output_tokens")), t_out + a_out)
-    return Tokens(text_in=text, audio_in=audio, other_in=prompt - text - audio, cached_text=c_text,
-                  cached_audio=c_audio, cached_rest=cached - c_text - c_audio, text_out=t_out, audio_out=a_out,
-                  other_out=completion - t_out - a_out)
+    return Tokens(
+        text_in=text,
+        audio_in=audio,
+        other_in=prompt - text - audio,
+        cached_text=c_text,
+        cached_audio=c_audio,
+        cached_rest=cached - c_text - c_audio,
+        text_out=t_out,
+        audio_out=a_out,
+        other_out=completion - t_out - a_out,
+    )
 
 
 def _dict(v: Any) -> dict[str, Any]:

@@ -82,8 +82,11 @@ def read_fields(ep: Endpoint, headers: list[tuple[bytes, bytes]], body: bytes) -
     ctype = b""
     for k, v in headers:
         if k == _CONTENT_ENCODING and v.strip().lower() not in (b"", b"identity"):
-            raise errors.bad_request("keyplane does not accept compressed request bodies on this endpoint "
-                                     "(Content-Encoding); send the body uncompressed.", code="unsupported_encoding")
+            raise errors.bad_request(
+                "keyplane does not accept compressed request bodies on this endpoint "
+                "(Content-Encoding); send the body uncompressed.",
+                code="unsupported_encoding",
+            )
         if k == _CONTENT_TYPE:
             ctype = v.split(b";", 1)[0].strip().lower()
     if not ep.model and ctype == b"multipart/form-data":
@@ -109,24 +112,34 @@ def _checked(path: str, h: Head, form: dict[str, str] | None) -> Fields:
     for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         v = getattr(h, name)
         if v is not None and not 1 <= v <= MAX_OUTPUT_TOKENS:
-            raise errors.invalid_value(name, f"Invalid '{name}': integer below minimum value or too large. "
-                                             f"Expected a value between 1 and {MAX_OUTPUT_TOKENS:,}, got {v}.")
+            raise errors.invalid_value(
+                name,
+                f"Invalid '{name}': integer below minimum value or too large. "
+                f"Expected a value between 1 and {MAX_OUTPUT_TOKENS:,}, got {v}.",
+            )
     for name in ("n", "best_of"):
         v = getattr(h, name)
         if v is not None and not 1 <= v <= MAX_CHOICES:
-            raise errors.invalid_value(name, f"Invalid '{name}': expected a value between 1 and {MAX_CHOICES}, "
-                                             f"got {v}.")
+            raise errors.invalid_value(
+                name, f"Invalid '{name}': expected a value between 1 and {MAX_CHOICES}, got {v}."
+            )
     if h.background:
         # The answer of a background response comes later, from another call: it cannot be metered
         # or held to a budget as it runs (docs/security.md).
-        raise errors.invalid_value("background", "keyplane does not proxy background responses "
-                                                 "(`background: true`): their usage cannot be metered.")
+        raise errors.invalid_value(
+            "background",
+            "keyplane does not proxy background responses (`background: true`): their usage cannot be metered.",
+        )
     limits = [getattr(h, f) for f in _OUTPUT_FIELDS.get(path, ()) if getattr(h, f) is not None]
     so = h.stream_options
     return Fields(
-        model=h.model, stream=bool(h.stream), include_usage=bool(so and so.get("include_usage") is True),
-        output_limit=max(limits) if limits else None, choices=max(h.n or 1, h.best_of or 1),
-        context_ref=h.previous_response_id is not None or h.conversation is not None, form=form,
+        model=h.model,
+        stream=bool(h.stream),
+        include_usage=bool(so and so.get("include_usage") is True),
+        output_limit=max(limits) if limits else None,
+        choices=max(h.n or 1, h.best_of or 1),
+        context_ref=h.previous_response_id is not None or h.conversation is not None,
+        form=form,
     )
 
 
@@ -169,7 +182,9 @@ def parse_head(body: bytes) -> Head:
     if not body:
         raise errors.bad_request(
             "We could not parse the JSON body of your request: the body is empty. The OpenAI API expects a JSON "
-            "payload.", code="invalid_body")
+            "payload.",
+            code="invalid_body",
+        )
     try:
         return _decoder.decode(body)
     except msgspec.ValidationError as e:

@@ -121,14 +121,23 @@ def usable_upstreams(settings: Settings, env: Mapping[str, str] | None = None) -
                 continue
         pattern = re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in up.models) or r"(?!)")
         concrete = tuple(g for g in up.models if not any(c in g for c in "*?["))
-        out.append(Deployment(up, key, Breaker(max(1, up.breaker_failures), up.breaker_cooldown), pattern,
-                              concrete_models=concrete, disabled=disabled))
+        out.append(
+            Deployment(
+                up,
+                key,
+                Breaker(max(1, up.breaker_failures), up.breaker_cooldown),
+                pattern,
+                concrete_models=concrete,
+                disabled=disabled,
+            )
+        )
     return out, notes
 
 
 class Router:
-    def __init__(self, deployments: list[Deployment], monotonic: Callable[[], float],
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self, deployments: list[Deployment], monotonic: Callable[[], float], rng: random.Random | None = None
+    ) -> None:
         self.deployments = [d for d in deployments if not d.disabled]
         self.monotonic = monotonic
         self.rng = rng or random.Random()
@@ -157,8 +166,9 @@ class Router:
         """The upstreams a project may use, in config order."""
         return self._own(project_id, project_name)[1]
 
-    def serving(self, model: str, project_id: str | None = None,
-                project_name: str | None = None) -> tuple[Deployment, ...]:
+    def serving(
+        self, model: str, project_id: str | None = None, project_name: str | None = None
+    ) -> tuple[Deployment, ...]:
         """The upstreams that serve ``model`` among those the project may use (the shared ones by default)."""
         which, usable = self._own(project_id, project_name)
         found = self._by_model.get((model, which))
@@ -168,8 +178,9 @@ class Router:
                 self._by_model[(model, which)] = found
         return found
 
-    def passthrough_for(self, project_id: str | None, project_name: str | None = None,
-                        pinned: str | None = None) -> tuple[Deployment, ...]:
+    def passthrough_for(
+        self, project_id: str | None, project_name: str | None = None, pinned: str | None = None
+    ) -> tuple[Deployment, ...]:
         """The one upstream for a path with no model: ``pinned`` (the upstream that holds the object the
         path names) when the project may still use it, else the project's first non-demo upstream."""
         usable = self._own(project_id, project_name)[1]

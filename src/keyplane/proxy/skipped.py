@@ -56,7 +56,8 @@ class Skipped:
         found = []
         for up in self.upstreams:
             if (bool(mine & set(up.projects)) if dedicated else not up.projects) and (
-                    up.serves(model) if model else up.stores_objects):
+                up.serves(model) if model else up.stores_objects
+            ):
                 found.append(up)
         return found
 

@@ -43,10 +43,19 @@ log = logging.getLogger("keyplane.proxy")
 
 # Collections of provider objects -> the noun of OpenAI's "No such <noun> object" message.
 COLLECTIONS: Final[dict[str, str]] = {
-    "/v1/files": "File", "/v1/uploads": "Upload", "/v1/batches": "Batch", "/v1/vector_stores": "VectorStore",
-    "/v1/assistants": "Assistant", "/v1/threads": "Thread", "/v1/fine_tuning/jobs": "FineTuningJob",
-    "/v1/evals": "Eval", "/v1/conversations": "Conversation", "/v1/responses": "Response",
-    "/v1/chat/completions": "ChatCompletion", "/v1/containers": "Container", "/v1/videos": "Video",
+    "/v1/files": "File",
+    "/v1/uploads": "Upload",
+    "/v1/batches": "Batch",
+    "/v1/vector_stores": "VectorStore",
+    "/v1/assistants": "Assistant",
+    "/v1/threads": "Thread",
+    "/v1/fine_tuning/jobs": "FineTuningJob",
+    "/v1/evals": "Eval",
+    "/v1/conversations": "Conversation",
+    "/v1/responses": "Response",
+    "/v1/chat/completions": "ChatCompletion",
+    "/v1/containers": "Container",
+    "/v1/videos": "Video",
 }
 _STORES: Final = "/v1/vector_stores"
 # Segments right under a collection that are endpoints, not object ids.
@@ -57,9 +66,16 @@ _CREATES_ALSO: Final = frozenset({"/v1/threads/runs"})
 _STORED_IF: Final = {"/v1/chat/completions": False, "/v1/responses": True}  # the default of `store`
 # Request-body fields that name a provider object the request would read or use.
 REF_FIELDS: Final[dict[str, str]] = {
-    "previous_response_id": "Response", "conversation": "Conversation", "input_file_id": "File",
-    "training_file": "File", "validation_file": "File", "file_id": "File", "file_ids": "File",
-    "vector_store_ids": "VectorStore", "vector_store_id": "VectorStore", "assistant_id": "Assistant",
+    "previous_response_id": "Response",
+    "conversation": "Conversation",
+    "input_file_id": "File",
+    "training_file": "File",
+    "validation_file": "File",
+    "file_id": "File",
+    "file_ids": "File",
+    "vector_store_ids": "VectorStore",
+    "vector_store_id": "VectorStore",
+    "assistant_id": "Assistant",
     "container": "Container",  # code_interpreter's container (a string id; {"type": "auto"} names none)
 }
 # A body is parsed when it names a field that refers to an object, or has a \u escape (a field name
@@ -126,7 +142,7 @@ def _target(path: str) -> Target | None:
         if path == coll:
             return Target(coll, noun, None)
         if path.startswith(coll) and path[len(coll)] == "/":
-            oid = path[len(coll) + 1:].split("/", 1)[0]
+            oid = path[len(coll) + 1 :].split("/", 1)[0]
             if oid in _NOT_IDS.get(coll, ()):
                 return None
             return Target(coll, noun, oid)
@@ -210,7 +226,9 @@ def eval_refs(body: bytes) -> list[tuple[str, str]]:
                 raise errors.access_refused(
                     "An eval may not read stored chat completions or stored responses by query through keyplane: "
                     "the provider would select them among every project's that share its key. Give the items in a "
-                    "file your project uploaded (`file_id`) or inline (`file_content`).", "eval_source_not_permitted")
+                    "file your project uploaded (`file_id`) or inline (`file_content`).",
+                    "eval_source_not_permitted",
+                )
             if node.get("type") == "file_id" and "id" in node:
                 fid = node["id"]
                 if not isinstance(fid, str):
@@ -228,8 +246,9 @@ def _one_of_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
-            raise errors.bad_request(f"The request body gives the key '{k[:40]}' twice in one object.",
-                                     param=k[:40], code="duplicate_key")
+            raise errors.bad_request(
+                f"The request body gives the key '{k[:40]}' twice in one object.", param=k[:40], code="duplicate_key"
+            )
         out[k] = v
     return out
 
@@ -251,12 +270,16 @@ def batch_file_refs(content: bytes) -> list[tuple[int, str, str]]:
         try:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError:
-            raise errors.bad_request(f"Line {n} of the batch input file names a provider object and is not one JSON "
-                                     "object keyplane can read.", code="invalid_body") from None
+            raise errors.bad_request(
+                f"Line {n} of the batch input file names a provider object and is not one JSON "
+                "object keyplane can read.",
+                code="invalid_body",
+            ) from None
         out.extend((n, k, i) for k, i in _walk(obj))
         if len(out) > _MAX_FILE_REFS:
-            raise errors.bad_request(f"The batch input file names more than {_MAX_FILE_REFS} provider objects.",
-                                     code="too_many_ids")
+            raise errors.bad_request(
+                f"The batch input file names more than {_MAX_FILE_REFS} provider objects.", code="too_many_ids"
+            )
     return out
 
 
@@ -283,8 +306,13 @@ class OwnerStore:
                 want.append(i)
         if want:
             async with self.rt.read() as s:
-                rows = (await s.execute(select(ProviderObject.id, ProviderObject.project_id, ProviderObject.upstream,
-                                               ProviderObject.object).where(ProviderObject.id.in_(want)))).all()
+                rows = (
+                    await s.execute(
+                        select(
+                            ProviderObject.id, ProviderObject.project_id, ProviderObject.upstream, ProviderObject.object
+                        ).where(ProviderObject.id.in_(want))
+                    )
+                ).all()
             for r in rows:
                 out[r.id] = self._remember(r.id, Owner(r.project_id, r.upstream, r.object or ""))
             if len(self.misses) >= _MISS_MAX:
@@ -326,8 +354,16 @@ class OwnerStore:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                values = [{"id": r.id, "project_id": r.project_id, "object": r.object, "upstream": r.upstream,
-                           "created_at": r.created_at} for r, _ in batch]
+                values = [
+                    {
+                        "id": r.id,
+                        "project_id": r.project_id,
+                        "object": r.object,
+                        "upstream": r.upstream,
+                        "created_at": r.created_at,
+                    }
+                    for r, _ in batch
+                ]
                 ins = pg_insert if self.rt.engine.dialect.name == "postgresql" else sqlite_insert
                 try:
                     async with self.rt.sessions() as s, s.begin():
@@ -398,12 +434,15 @@ class Tenancy:
                     f"The input file `{oid}` cannot run as a batch: keyplane could not read its requests at the "
                     "upload, or they name provider objects (responses, files, vector stores...) that your project "
                     "does not own. Upload it again through POST /v1/files (multipart/form-data, purpose=batch), "
-                    "naming only your project's objects.", "batch_input_unchecked")
+                    "naming only your project's objects.",
+                    "batch_input_unchecked",
+                )
             pinned = pinned or o.upstream
         return pinned
 
-    def pool(self, endpoint: str, project_id: str | None, model: str | None,
-             pinned: str | None) -> tuple[Deployment, ...]:
+    def pool(
+        self, endpoint: str, project_id: str | None, model: str | None, pinned: str | None
+    ) -> tuple[Deployment, ...]:
         """The upstreams to try: a model request among the project's upstreams serving the model (only the
         one holding a referenced object, e.g. previous_response_id, when it serves it); any other request
         under an object collection, or with no model, one upstream (DESIGN.md "Tenants at the provider")."""
@@ -425,22 +464,36 @@ class Tenancy:
         if m is None:
             log.warning("no object id in the first event of a stored stream: it stays unowned (%s)", req.endpoint)
             return
-        await self.store.record(_row(m.group(1).decode("ascii"), "response" if req.endpoint == "/v1/responses"
-                                     else "chat.completion", req.project_id or "", req.upstream or "",
-                                     int(self.rt.clock.now())))
+        await self.store.record(
+            _row(
+                m.group(1).decode("ascii"),
+                "response" if req.endpoint == "/v1/responses" else "chat.completion",
+                req.project_id or "",
+                req.upstream or "",
+                int(self.rt.clock.now()),
+            )
+        )
 
     def wants_body(self, req: TenantRequest) -> bool:
         """True when after() must see the whole JSON answer (creates, lists, batch and job retrievals, a vector
         store's retrieval, modification or deletion: its size is metered, usage/storage.py)."""
         t = target(req.endpoint)
-        if t is not None and t.collection == _STORES and t.object_id is not None \
-                and req.endpoint == f"{_STORES}/{t.object_id}":
+        if (
+            t is not None
+            and t.collection == _STORES
+            and t.object_id is not None
+            and req.endpoint == f"{_STORES}/{t.object_id}"
+        ):
             return True
         if req.method == "POST":
-            return req.endpoint in _CREATES_ALSO or (t is not None and (
-                t.object_id is None or req.endpoint.endswith(("/complete", "/cancel"))))
-        return req.method == "GET" and t is not None and (
-            t.object_id is None or t.collection in ("/v1/batches", "/v1/fine_tuning/jobs"))
+            return req.endpoint in _CREATES_ALSO or (
+                t is not None and (t.object_id is None or req.endpoint.endswith(("/complete", "/cancel")))
+            )
+        return (
+            req.method == "GET"
+            and t is not None
+            and (t.object_id is None or t.collection in ("/v1/batches", "/v1/fine_tuning/jobs"))
+        )
 
     async def after(self, req: TenantRequest, status: int, body: bytes) -> bytes:
         """Record the objects a successful answer created; keep only the caller's items of a list."""
@@ -473,8 +526,12 @@ class Tenancy:
                 rows.extend(_created(obj, pid, upstream, now))
             rows.extend(_derived(obj, pid, upstream, now))
             seen = [obj]
-        if create and req.endpoint == "/v1/files" and obj.get("object") == "file" \
-                and str(obj.get("purpose")).strip().lower() == "batch":
+        if (
+            create
+            and req.endpoint == "/v1/files"
+            and obj.get("object") == "file"
+            and str(obj.get("purpose")).strip().lower() == "batch"
+        ):
             try:
                 why = await self._batch_input_problem(req, pid)
             except Exception:  # the store unreachable...: not checked, so not runnable (fail closed)
@@ -482,8 +539,7 @@ class Tenancy:
                 why = "keyplane could not check its requests"
             if why is not None:  # its requests could not be held to the ownership check: no batch may run it
                 log.warning("batch input file %s of project %s: %s", logs.safe(str(obj.get("id"))), pid, why)
-                rows = [r if r.id != obj.get("id") else _row(r.id, UNCHECKED_FILE, pid, upstream, now)[0]
-                        for r in rows]
+                rows = [r if r.id != obj.get("id") else _row(r.id, UNCHECKED_FILE, pid, upstream, now)[0] for r in rows]
         if rows:
             await self.store.record(rows)
         if t is not None and t.collection == _STORES and (sizes := self.rt.features.usage_vector_stores):
@@ -501,8 +557,11 @@ class Tenancy:
             if not ct:
                 raise errors.bad_request("no Content-Type")
             content = multipart.file_part([(b"content-type", ct)], req.body)
-            refs = await asyncio.to_thread(batch_file_refs, content) if len(content) > 64 * 1024 \
+            refs = (
+                await asyncio.to_thread(batch_file_refs, content)
+                if len(content) > 64 * 1024
                 else batch_file_refs(content)
+            )
         except errors.APIError as e:
             return f"keyplane could not read its requests ({e.message})"
         owners = await self.store.owners({i for _, _, i in refs})
@@ -542,8 +601,11 @@ class Tenancy:
         assert isinstance(data, list)
         ids = [it["id"] for it in data if isinstance(it, dict) and isinstance(it.get("id"), str)]
         owners = await self.store.owners(ids)
-        kept = [it for it in data if isinstance(it, dict) and (o := owners.get(str(it.get("id")))) is not None
-                and o.project_id == pid]
+        kept = [
+            it
+            for it in data
+            if isinstance(it, dict) and (o := owners.get(str(it.get("id")))) is not None and o.project_id == pid
+        ]
         if len(kept) == len(data):
             return body
         obj["data"] = kept

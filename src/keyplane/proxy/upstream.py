@@ -21,24 +21,55 @@ from keyplane.proxy.router import Deployment
 # Request headers never forwarded: hop-by-hop, our own credentials and ids, what aiohttp sets itself.
 # x-request-id: some upstreams (vLLM) echo it back, and keyplane adopts the upstream's id as the
 # request's id (usage records are unique by it), so a client must not be able to choose it.
-DROP_REQUEST = frozenset({
-    b"host", b"authorization", b"content-length", b"connection", b"keep-alive", b"transfer-encoding", b"te",
-    b"upgrade", b"proxy-authorization", b"proxy-connection", b"openai-organization", b"openai-project",
-    b"accept-encoding", b"cookie", b"expect", b"trailer", b"api-key", b"x-api-key",
-    b"x-request-id", b"x-keyplane-cache",
-    # Method overrides: some frameworks (and proxies) serve a POST as the method these name, which
-    # would let a request be authorized as one method and run as another.
-    b"x-http-method-override", b"x-method-override", b"x-http-method",
-    # Client-asserted forwarding and rewrite headers: a proxy in front of the upstream could route or
-    # trust by them (x-original-url rewrites the path on some servers).
-    b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-prefix",
-    b"x-forwarded-uri", b"x-forwarded-path", b"x-original-url", b"x-rewrite-url", b"x-real-ip",
-    b"x-envoy-original-path",
-})
+DROP_REQUEST = frozenset(
+    {
+        b"host",
+        b"authorization",
+        b"content-length",
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"openai-organization",
+        b"openai-project",
+        b"accept-encoding",
+        b"cookie",
+        b"expect",
+        b"trailer",
+        b"api-key",
+        b"x-api-key",
+        b"x-request-id",
+        b"x-keyplane-cache",
+        # Method overrides: some frameworks (and proxies) serve a POST as the method these name, which
+        # would let a request be authorized as one method and run as another.
+        b"x-http-method-override",
+        b"x-method-override",
+        b"x-http-method",
+        # Client-asserted forwarding and rewrite headers: a proxy in front of the upstream could route or
+        # trust by them (x-original-url rewrites the path on some servers).
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-forwarded-prefix",
+        b"x-forwarded-uri",
+        b"x-forwarded-path",
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-real-ip",
+        b"x-envoy-original-path",
+    }
+)
 
 # Errors of one attempt that say nothing about the request itself: try again or elsewhere.
-RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientConnectionError, asyncio.TimeoutError,
-                                                     aiohttp.ClientPayloadError)
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectionError,
+    asyncio.TimeoutError,
+    aiohttp.ClientPayloadError,
+)
 
 
 class UpstreamResponse(Protocol):
@@ -95,11 +126,16 @@ class UpstreamClient:
         self._urls: dict[tuple[str, str], URL] = {}
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.limit, limit_per_host=0, ttl_dns_cache=300,
-                                         keepalive_timeout=30, force_close=False)
+        connector = aiohttp.TCPConnector(
+            limit=self.limit, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30, force_close=False
+        )
         self.session = aiohttp.ClientSession(
-            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=None),
-            auto_decompress=True, trust_env=False, skip_auto_headers=("User-Agent",),
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=True,
+            trust_env=False,
+            skip_auto_headers=("User-Agent",),
         )
 
     async def aclose(self) -> None:
@@ -121,19 +157,26 @@ class UpstreamClient:
         t = self._timeouts.get(dep.name)
         if t is None:
             c = dep.config
-            t = aiohttp.ClientTimeout(total=None, connect=c.connect_timeout, sock_connect=c.connect_timeout,
-                                      sock_read=c.read_timeout)
+            t = aiohttp.ClientTimeout(
+                total=None, connect=c.connect_timeout, sock_connect=c.connect_timeout, sock_read=c.read_timeout
+            )
             self._timeouts[dep.name] = t
         return t
 
-    async def request(self, dep: Deployment, method: str, path_qs: str, headers: list[tuple[bytes, bytes]],
-                      body: bytes) -> UpstreamResponse:
+    async def request(
+        self, dep: Deployment, method: str, path_qs: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> UpstreamResponse:
         if dep.is_demo:
             return demo.answer(method, path_qs, body)
         assert self.session is not None, "UpstreamClient.start() was not called"
         r = await self.session.request(
-            method, self._url(dep, path_qs), data=body if body else None, headers=forward_headers(headers, dep),
-            timeout=self._timeout(dep), allow_redirects=False, compress=None,
+            method,
+            self._url(dep, path_qs),
+            data=body if body else None,
+            headers=forward_headers(headers, dep),
+            timeout=self._timeout(dep),
+            allow_redirects=False,
+            compress=None,
         )
         return _HTTPResponse(r)
 
@@ -147,8 +190,9 @@ class UpstreamClient:
         h = {"Authorization": "Bearer " + dep.api_key} if dep.api_key else {}
         h.update(dep.config.headers)
         with contextlib.suppress(Exception):
-            async with self.session.get(self._url(dep, path), headers=h,
-                                        timeout=aiohttp.ClientTimeout(total=wait)) as r:
+            async with self.session.get(
+                self._url(dep, path), headers=h, timeout=aiohttp.ClientTimeout(total=wait)
+            ) as r:
                 if r.status == 200:
                     return await r.json(content_type=None)
         return None

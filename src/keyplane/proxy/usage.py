@@ -49,8 +49,11 @@ class _Item(msgspec.Struct):
 
 
 # Output items of a Responses answer that the provider bills per call (code interpreter: per container).
-_TOOL_ITEMS = {"web_search_call": "web_search_calls", "file_search_call": "file_search_calls",
-               "code_interpreter_call": "code_interpreter_sessions"}
+_TOOL_ITEMS = {
+    "web_search_call": "web_search_calls",
+    "file_search_call": "file_search_calls",
+    "code_interpreter_call": "code_interpreter_sessions",
+}
 
 
 class _Body(msgspec.Struct):

@@ -117,6 +117,7 @@ class AuditLog(Base):
 
 # --- dashboard sign-in state shared by every instance (keyplane.web.fleet) ---------------------------
 
+
 class WebSessionEnd(Base):
     """A dashboard session signed out before it expired: every instance refuses its cookie until expires_at."""
 

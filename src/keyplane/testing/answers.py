@@ -49,17 +49,25 @@ def words(text: str) -> list[str]:
 
 def chat_usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
     return {
-        "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     }
 
 
 def responses_usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
     return {
-        "input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached},
-        "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": prompt + completion,
     }
 
@@ -67,18 +75,30 @@ def responses_usage(prompt: int, completion: int, cached: int) -> dict[str, Any]
 def chat(req: dict[str, Any], text: str, cached: int, rid: str) -> dict[str, Any]:
     p = count_tokens(input_text(req))
     return {
-        "id": f"chatcmpl-{rid}", "object": "chat.completion", "created": int(time.time()),
-        "model": req.get("model", "fake-model"), "system_fingerprint": "fp_fake",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                     "logprobs": None, "finish_reason": "stop"}],
-        "usage": chat_usage(p, len(words(text)), min(cached, p)), "service_tier": "default",
+        "id": f"chatcmpl-{rid}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": req.get("model", "fake-model"),
+        "system_fingerprint": "fp_fake",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": chat_usage(p, len(words(text)), min(cached, p)),
+        "service_tier": "default",
     }
 
 
 def completion(req: dict[str, Any], text: str, cached: int, rid: str) -> dict[str, Any]:
     p = count_tokens(input_text(req))
     return {
-        "id": f"cmpl-{rid}", "object": "text_completion", "created": int(time.time()),
+        "id": f"cmpl-{rid}",
+        "object": "text_completion",
+        "created": int(time.time()),
         "model": req.get("model", "fake-model"),
         "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop"}],
         "usage": chat_usage(p, len(words(text)), min(cached, p)),
@@ -97,33 +117,59 @@ def embeddings(req: dict[str, Any]) -> dict[str, Any]:
     dims = req.get("dimensions") or 8
     p = sum(count_tokens(x) for x in items)
     return {
-        "object": "list", "model": req.get("model", "fake-model"),
-        "data": [{"object": "embedding", "index": i, "embedding": embedding_vector(x, dims)}
-                 for i, x in enumerate(items)],
+        "object": "list",
+        "model": req.get("model", "fake-model"),
+        "data": [
+            {"object": "embedding", "index": i, "embedding": embedding_vector(x, dims)} for i, x in enumerate(items)
+        ],
         "usage": {"prompt_tokens": p, "total_tokens": p},
     }
 
 
-def response_object(req: dict[str, Any], text: str, cached: int, rid: str, status: str = "completed",
-                    with_usage: bool = True) -> dict[str, Any]:
+def response_object(
+    req: dict[str, Any], text: str, cached: int, rid: str, status: str = "completed", with_usage: bool = True
+) -> dict[str, Any]:
     p = count_tokens(input_text(req))
     done = status == "completed"
     return {
-        "id": f"resp_{rid}", "object": "response", "created_at": int(time.time()), "status": status,
-        "model": req.get("model", "fake-model"), "error": None, "incomplete_details": None,
-        "instructions": req.get("instructions"), "metadata": {}, "parallel_tool_calls": True,
-        "temperature": 1.0, "tool_choice": "auto", "tools": [], "top_p": 1.0,
-        "output": [{"type": "message", "id": f"msg_{rid}", "status": "completed", "role": "assistant",
-                    "content": [{"type": "output_text", "text": text, "annotations": []}]}] if done else [],
+        "id": f"resp_{rid}",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "model": req.get("model", "fake-model"),
+        "error": None,
+        "incomplete_details": None,
+        "instructions": req.get("instructions"),
+        "metadata": {},
+        "parallel_tool_calls": True,
+        "temperature": 1.0,
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "output": [
+            {
+                "type": "message",
+                "id": f"msg_{rid}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ]
+        if done
+        else [],
         "usage": responses_usage(p, len(words(text)), min(cached, p)) if (done and with_usage) else None,
     }
 
 
-def chat_chunk(req: dict[str, Any], rid: str, delta: dict[str, Any], finish: str | None,
-               usage_null: bool) -> bytes:
-    c: dict[str, Any] = {"id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "created": int(time.time()),
-                         "model": req.get("model", "fake-model"), "system_fingerprint": "fp_fake",
-                         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+def chat_chunk(req: dict[str, Any], rid: str, delta: dict[str, Any], finish: str | None, usage_null: bool) -> bytes:
+    c: dict[str, Any] = {
+        "id": f"chatcmpl-{rid}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": req.get("model", "fake-model"),
+        "system_fingerprint": "fp_fake",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
     if usage_null:
         c["usage"] = None
     return b"data: " + orjson.dumps(c) + b"\n\n"
@@ -137,9 +183,15 @@ def chat_stream_events(req: dict[str, Any], text: str, cached: int, rid: str, se
     ev.append(chat_chunk(req, rid, {}, "stop", include))
     if include:
         p = count_tokens(input_text(req))
-        u = {"id": f"chatcmpl-{rid}", "object": "chat.completion.chunk", "created": int(time.time()),
-             "model": req.get("model", "fake-model"), "system_fingerprint": "fp_fake", "choices": [],
-             "usage": chat_usage(p, len(ws), min(cached, p))}
+        u = {
+            "id": f"chatcmpl-{rid}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": req.get("model", "fake-model"),
+            "system_fingerprint": "fp_fake",
+            "choices": [],
+            "usage": chat_usage(p, len(ws), min(cached, p)),
+        }
         ev.append(b"data: " + orjson.dumps(u) + b"\n\n")
     ev.append(b"data: [DONE]\n\n")
     return ev
@@ -150,17 +202,28 @@ def completion_stream_events(req: dict[str, Any], text: str, cached: int, rid: s
     ws = words(text)
     ev = []
     for i, w in enumerate(ws):
-        c: dict[str, Any] = {"id": f"cmpl-{rid}", "object": "text_completion", "created": int(time.time()),
-                             "model": req.get("model", "fake-model"),
-                             "choices": [{"index": 0, "text": w, "logprobs": None,
-                                          "finish_reason": "stop" if i == len(ws) - 1 else None}]}
+        c: dict[str, Any] = {
+            "id": f"cmpl-{rid}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": req.get("model", "fake-model"),
+            "choices": [
+                {"index": 0, "text": w, "logprobs": None, "finish_reason": "stop" if i == len(ws) - 1 else None}
+            ],
+        }
         if include:
             c["usage"] = None
         ev.append(b"data: " + orjson.dumps(c) + b"\n\n")
     if include:
         p = count_tokens(input_text(req))
-        u = {"id": f"cmpl-{rid}", "object": "text_completion", "created": int(time.time()),
-             "model": req.get("model", "fake-model"), "choices": [], "usage": chat_usage(p, len(ws), min(cached, p))}
+        u = {
+            "id": f"cmpl-{rid}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": req.get("model", "fake-model"),
+            "choices": [],
+            "usage": chat_usage(p, len(ws), min(cached, p)),
+        }
         ev.append(b"data: " + orjson.dumps(u) + b"\n\n")
     ev.append(b"data: [DONE]\n\n")
     return ev
@@ -173,22 +236,52 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
 def responses_stream_events(req: dict[str, Any], text: str, cached: int, rid: str, send_usage: bool) -> list[bytes]:
     base = response_object(req, text, cached, rid, status="in_progress")
     seq = iter(range(10_000))
-    ev = [_event("response.created", {"response": base, "sequence_number": next(seq)}),
-          _event("response.in_progress", {"response": base, "sequence_number": next(seq)})]
+    ev = [
+        _event("response.created", {"response": base, "sequence_number": next(seq)}),
+        _event("response.in_progress", {"response": base, "sequence_number": next(seq)}),
+    ]
     item = {"type": "message", "id": f"msg_{rid}", "status": "in_progress", "role": "assistant", "content": []}
     ev.append(_event("response.output_item.added", {"output_index": 0, "item": item, "sequence_number": next(seq)}))
     part = {"type": "output_text", "text": "", "annotations": []}
-    ev.append(_event("response.content_part.added", {"item_id": item["id"], "output_index": 0, "content_index": 0,
-                                                     "part": part, "sequence_number": next(seq)}))
+    ev.append(
+        _event(
+            "response.content_part.added",
+            {"item_id": item["id"], "output_index": 0, "content_index": 0, "part": part, "sequence_number": next(seq)},
+        )
+    )
     for w in words(text):
-        ev.append(_event("response.output_text.delta", {"item_id": item["id"], "output_index": 0,
-                                                        "content_index": 0, "delta": w, "logprobs": [],
-                                                        "sequence_number": next(seq)}))
-    ev.append(_event("response.output_text.done", {"item_id": item["id"], "output_index": 0, "content_index": 0,
-                                                   "text": text, "logprobs": [], "sequence_number": next(seq)}))
+        ev.append(
+            _event(
+                "response.output_text.delta",
+                {
+                    "item_id": item["id"],
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": w,
+                    "logprobs": [],
+                    "sequence_number": next(seq),
+                },
+            )
+        )
+    ev.append(
+        _event(
+            "response.output_text.done",
+            {
+                "item_id": item["id"],
+                "output_index": 0,
+                "content_index": 0,
+                "text": text,
+                "logprobs": [],
+                "sequence_number": next(seq),
+            },
+        )
+    )
     done = response_object(req, text, cached, rid, with_usage=send_usage)
-    ev.append(_event("response.output_item.done", {"output_index": 0, "item": done["output"][0],
-                                                   "sequence_number": next(seq)}))
+    ev.append(
+        _event(
+            "response.output_item.done", {"output_index": 0, "item": done["output"][0], "sequence_number": next(seq)}
+        )
+    )
     ev.append(_event("response.completed", {"response": done, "sequence_number": next(seq)}))
     return ev
 
@@ -202,8 +295,12 @@ def model_object(m: str) -> dict[str, Any]:
 
 
 def error_body(status: int, message: str | None = None) -> bytes:
-    kind = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-            429: "requests"}.get(status, "server_error")
+    kind = {
+        400: "invalid_request_error",
+        401: "invalid_request_error",
+        404: "invalid_request_error",
+        429: "requests",
+    }.get(status, "server_error")
     code = {401: "invalid_api_key", 429: "rate_limit_exceeded", 404: "unknown_url"}.get(status)
     msg = message or f"Fake upstream error {status}."
     return orjson.dumps({"error": {"message": msg, "type": kind, "param": None, "code": code}})

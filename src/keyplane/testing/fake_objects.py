@@ -36,8 +36,11 @@ class FakeObjects:
     def answer(self, method: str, path: str, body: bytes) -> tuple[int, Any] | None:
         """(status, JSON answer) for an object path, or None when the path is not one of these."""
         parts = path.split("/")[2:]  # /v1/<coll>/<id>/<sub>
-        if not parts or (parts[0] not in ("files", "batches") and not (parts[0] == "responses" and len(parts) > 1)
-                         and not (parts[0] == "vector_stores" and len(parts) <= 2)):
+        if not parts or (
+            parts[0] not in ("files", "batches")
+            and not (parts[0] == "responses" and len(parts) > 1)
+            and not (parts[0] == "vector_stores" and len(parts) <= 2)
+        ):
             return None
         coll, oid, sub = parts[0], parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None
         if coll == "responses":  # any id: keyplane decides who may delete one (GET streams it: fake_upstream)
@@ -48,8 +51,13 @@ class FakeObjects:
         if oid is None:
             if method == "GET":
                 data = sorted(store.values(), key=lambda o: o["created_at"], reverse=True)
-                return 200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                             "last_id": data[-1]["id"] if data else None, "has_more": False}
+                return 200, {
+                    "object": "list",
+                    "data": data,
+                    "first_id": data[0]["id"] if data else None,
+                    "last_id": data[-1]["id"] if data else None,
+                    "has_more": False,
+                }
             if method == "POST":
                 obj = self._file(body) if coll == "files" else self._batch(body)
                 if coll == "batches":  # its output, made by the provider
@@ -65,8 +73,14 @@ class FakeObjects:
             return None
         found = store.get(oid)
         if found is None:
-            return 404, {"error": {"message": f"No such object: {oid}", "type": "invalid_request_error",
-                                   "param": "id", "code": None}}
+            return 404, {
+                "error": {
+                    "message": f"No such object: {oid}",
+                    "type": "invalid_request_error",
+                    "param": "id",
+                    "code": None,
+                }
+            }
         obj = found
         if method == "DELETE":
             del store[oid]
@@ -86,21 +100,39 @@ class FakeObjects:
         if oid is None:
             if method == "GET":
                 data = sorted(self.vector_stores.values(), key=lambda o: o["created_at"], reverse=True)
-                return 200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                             "last_id": data[-1]["id"] if data else None, "has_more": False}
+                return 200, {
+                    "object": "list",
+                    "data": data,
+                    "first_id": data[0]["id"] if data else None,
+                    "last_id": data[-1]["id"] if data else None,
+                    "has_more": False,
+                }
             req = orjson.loads(body) if body else {}
             n = next(self._ids)
             obj: dict[str, Any] = {
-                "id": f"vs_fake{n:08d}", "object": "vector_store", "created_at": int(time.time()) * 1000 + n,
-                "name": req.get("name"), "usage_bytes": self.store_bytes, "status": "completed",
-                "last_active_at": int(time.time()), "metadata": req.get("metadata") or {}, "expires_at": None,
-                "file_counts": {"cancelled": 0, "completed": 0, "failed": 0, "in_progress": 0, "total": 0}}
+                "id": f"vs_fake{n:08d}",
+                "object": "vector_store",
+                "created_at": int(time.time()) * 1000 + n,
+                "name": req.get("name"),
+                "usage_bytes": self.store_bytes,
+                "status": "completed",
+                "last_active_at": int(time.time()),
+                "metadata": req.get("metadata") or {},
+                "expires_at": None,
+                "file_counts": {"cancelled": 0, "completed": 0, "failed": 0, "in_progress": 0, "total": 0},
+            }
             self.vector_stores[obj["id"]] = obj
             return 200, obj
         found = self.vector_stores.get(oid)
         if found is None:
-            return 404, {"error": {"message": f"No such vector store: {oid}", "type": "invalid_request_error",
-                                   "param": None, "code": None}}
+            return 404, {
+                "error": {
+                    "message": f"No such vector store: {oid}",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
         if method == "DELETE":
             del self.vector_stores[oid]
             return 200, {"id": oid, "object": "vector_store.deleted", "deleted": True}
@@ -114,20 +146,33 @@ class FakeObjects:
         n = next(self._ids)
         name = _FILE_NAME.search(body)
         purpose = _PURPOSE.search(body)
-        return {"id": f"file-fake{n:08d}", "object": "file", "bytes": len(body),
-                "created_at": int(time.time()) * 1000 + n,
-                "filename": name.group(1).decode() if name else "upload", "status": "processed",
-                "purpose": purpose.group(1).decode() if purpose else "batch"}
+        return {
+            "id": f"file-fake{n:08d}",
+            "object": "file",
+            "bytes": len(body),
+            "created_at": int(time.time()) * 1000 + n,
+            "filename": name.group(1).decode() if name else "upload",
+            "status": "processed",
+            "purpose": purpose.group(1).decode() if purpose else "batch",
+        }
 
     def _batch(self, body: bytes) -> dict[str, Any]:
         import orjson
 
         n = next(self._ids)
         req = orjson.loads(body) if body else {}
-        return {"id": f"batch_fake{n:08d}", "object": "batch", "endpoint": req.get("endpoint"),
-                "input_file_id": req.get("input_file_id"), "completion_window": req.get("completion_window", "24h"),
-                "status": self.batch_status, "output_file_id": f"file-out{n:08d}", "error_file_id": None,
-                "created_at": int(time.time()) * 1000 + n, "metadata": req.get("metadata")}
+        return {
+            "id": f"batch_fake{n:08d}",
+            "object": "batch",
+            "endpoint": req.get("endpoint"),
+            "input_file_id": req.get("input_file_id"),
+            "completion_window": req.get("completion_window", "24h"),
+            "status": self.batch_status,
+            "output_file_id": f"file-out{n:08d}",
+            "error_file_id": None,
+            "created_at": int(time.time()) * 1000 + n,
+            "metadata": req.get("metadata"),
+        }
 
     def output(self, batch_id: str) -> bytes:
         """The JSONL output of a batch: each request of its input file answered, with its usage."""
@@ -152,7 +197,14 @@ class FakeObjects:
                 answer = answers.completion(body, answers.DEFAULT_TEXT, 0, rid)
             else:
                 answer = answers.chat(body, answers.DEFAULT_TEXT, 0, rid)
-            lines.append(orjson.dumps({"id": f"batch_req_{i}", "custom_id": req.get("custom_id"),
-                                       "response": {"status_code": 200, "request_id": rid, "body": answer},
-                                       "error": None}))
+            lines.append(
+                orjson.dumps(
+                    {
+                        "id": f"batch_req_{i}",
+                        "custom_id": req.get("custom_id"),
+                        "response": {"status_code": 200, "request_id": rid, "body": answer},
+                        "error": None,
+                    }
+                )
+            )
         return b"\n".join(lines) + b"\n" if lines else b""

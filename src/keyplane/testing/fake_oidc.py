@@ -51,8 +51,12 @@ class FakeOIDC:
         self.issuer = ""
         self.client_id = "keyplane-dashboard"
         self.client_secret = secrets.token_urlsafe(24)
-        self.next_user: dict[str, Any] = {"sub": "user-1", "email": "alice@example.com", "email_verified": True,
-                                          "groups": ["platform"]}
+        self.next_user: dict[str, Any] = {
+            "sub": "user-1",
+            "email": "alice@example.com",
+            "email_verified": True,
+            "groups": ["platform"],
+        }
         self.codes: dict[str, dict[str, Any]] = {}
         self.token_errors: list[str] = []
 
@@ -61,8 +65,15 @@ class FakeOIDC:
     def jwks(self) -> dict[str, Any]:
         return {"keys": [k.jwk() for k in self.keys]}
 
-    def sign(self, claims: dict[str, Any], *, key: _Key | None = None, headers: dict[str, Any] | None = None,
-             algorithm: str = "RS256", ttl: int = 300) -> str:
+    def sign(
+        self,
+        claims: dict[str, Any],
+        *,
+        key: _Key | None = None,
+        headers: dict[str, Any] | None = None,
+        algorithm: str = "RS256",
+        ttl: int = 300,
+    ) -> str:
         k = key or self.keys[-1]
         now = int(time.time())
         body = {"iss": self.issuer, "iat": now, "exp": now + ttl, **claims}
@@ -78,22 +89,35 @@ class FakeOIDC:
 
     def _document(self, path: str) -> dict[str, Any] | None:
         if path == "/.well-known/openid-configuration":
-            return {"issuer": self.issuer, "jwks_uri": f"{self.issuer}/jwks",
-                    "authorization_endpoint": f"{self.issuer}/authorize", "token_endpoint": f"{self.issuer}/token",
-                    "id_token_signing_alg_values_supported": ["RS256"],
-                    "response_types_supported": ["code"], "subject_types_supported": ["public"]}
+            return {
+                "issuer": self.issuer,
+                "jwks_uri": f"{self.issuer}/jwks",
+                "authorization_endpoint": f"{self.issuer}/authorize",
+                "token_endpoint": f"{self.issuer}/token",
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+            }
         if path == "/jwks":
             return self.jwks()
         return None
 
     def _authorize(self, query: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-        if (query.get("client_id") != self.client_id or query.get("response_type") != "code"
-                or query.get("code_challenge_method") != "S256" or not query.get("code_challenge")
-                or "openid" not in query.get("scope", "").split()):
+        if (
+            query.get("client_id") != self.client_id
+            or query.get("response_type") != "code"
+            or query.get("code_challenge_method") != "S256"
+            or not query.get("code_challenge")
+            or "openid" not in query.get("scope", "").split()
+        ):
             return 400, {}, b"bad authorization request"
         code = secrets.token_urlsafe(16)
-        self.codes[code] = {"redirect_uri": query.get("redirect_uri", ""), "nonce": query.get("nonce"),
-                            "challenge": query["code_challenge"], "claims": dict(self.next_user)}
+        self.codes[code] = {
+            "redirect_uri": query.get("redirect_uri", ""),
+            "nonce": query.get("nonce"),
+            "challenge": query["code_challenge"],
+            "claims": dict(self.next_user),
+        }
         sep = "&" if "?" in query.get("redirect_uri", "") else "?"
         target = query.get("redirect_uri", "") + sep + urlencode({"code": code, "state": query.get("state", "")})
         return 302, {"location": target}, b""
@@ -105,20 +129,31 @@ class FakeOIDC:
         grant = self.codes.pop(form.get("code", ""), None)
         verifier = form.get("code_verifier", "")
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-        problems = [why for why, bad in (
-            ("unknown or used code", grant is None),
-            ("wrong client", client_id != self.client_id or not hmac.compare_digest(secret or "", self.client_secret)),
-            ("redirect_uri differs", grant is not None and form.get("redirect_uri") != grant["redirect_uri"]),
-            ("PKCE verifier does not match", grant is not None and challenge != grant["challenge"]),
-        ) if bad]
+        problems = [
+            why
+            for why, bad in (
+                ("unknown or used code", grant is None),
+                (
+                    "wrong client",
+                    client_id != self.client_id or not hmac.compare_digest(secret or "", self.client_secret),
+                ),
+                ("redirect_uri differs", grant is not None and form.get("redirect_uri") != grant["redirect_uri"]),
+                ("PKCE verifier does not match", grant is not None and challenge != grant["challenge"]),
+            )
+            if bad
+        ]
         if problems or grant is None:
             self.token_errors.extend(problems)
             return 400, {"error": "invalid_grant", "error_description": "; ".join(problems)}
         claims = {**grant["claims"], "aud": self.client_id}
         if grant["nonce"]:
             claims["nonce"] = grant["nonce"]
-        return 200, {"access_token": secrets.token_urlsafe(16), "token_type": "Bearer", "expires_in": 300,
-                     "id_token": self.sign(claims)}
+        return 200, {
+            "access_token": secrets.token_urlsafe(16),
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "id_token": self.sign(claims),
+        }
 
     def start(self) -> FakeOIDC:
         owner = self

@@ -113,9 +113,20 @@ class FakeRealtime:
         self.auth.append(req.headers.get("Authorization") if req is not None else None)
         self.paths.append(req.path if req is not None else "")
         n = next(self._ids)
-        await ws.send(orjson.dumps({"type": "session.created", "event_id": f"event_{n}_0",
-                                    "session": {"id": f"sess_{n}", "object": "realtime.session",
-                                                "type": "realtime", "model": "gpt-realtime"}}).decode())
+        await ws.send(
+            orjson.dumps(
+                {
+                    "type": "session.created",
+                    "event_id": f"event_{n}_0",
+                    "session": {
+                        "id": f"sess_{n}",
+                        "object": "realtime.session",
+                        "type": "realtime",
+                        "model": "gpt-realtime",
+                    },
+                }
+            ).decode()
+        )
         session_limit: object = None
         async for raw in ws:
             try:
@@ -126,12 +137,27 @@ class FakeRealtime:
             kind = ev.get("type")
             if kind == "session.update":
                 session_limit = (ev.get("session") or {}).get("max_output_tokens", session_limit)
-                await ws.send(orjson.dumps({"type": "session.updated", "event_id": "event_u",
-                                            "session": ev.get("session") or {}}).decode())
+                await ws.send(
+                    orjson.dumps(
+                        {"type": "session.updated", "event_id": "event_u", "session": ev.get("session") or {}}
+                    ).decode()
+                )
             elif kind == "response.create" and ((ev.get("response") or {}).get("metadata") or {}).get("fake_error"):
-                await ws.send(orjson.dumps({"type": "error", "event_id": "event_err", "error": {
-                    "type": "invalid_request_error", "code": "invalid_value", "message": "refused by the fake",
-                    "param": None, "event_id": ev.get("event_id")}}).decode())
+                await ws.send(
+                    orjson.dumps(
+                        {
+                            "type": "error",
+                            "event_id": "event_err",
+                            "error": {
+                                "type": "invalid_request_error",
+                                "code": "invalid_value",
+                                "message": "refused by the fake",
+                                "param": None,
+                                "event_id": ev.get("event_id"),
+                            },
+                        }
+                    ).decode()
+                )
             elif kind == "response.create":
                 await self._respond(ws, n, (ev.get("response") or {}).get("max_output_tokens", session_limit))
             elif kind == "response.cancel" and self.honour_cancel:  # held responses end, cancelled
@@ -144,9 +170,15 @@ class FakeRealtime:
 
     async def _respond(self, ws: ServerConnection, n: int, limit: object) -> None:
         rid = f"resp_{n}_{next(self._ids)}"
-        await ws.send(orjson.dumps({"type": "response.created", "event_id": f"event_{rid}_c",
-                                    "response": {"id": rid, "object": "realtime.response",
-                                                 "status": "in_progress"}}).decode())
+        await ws.send(
+            orjson.dumps(
+                {
+                    "type": "response.created",
+                    "event_id": f"event_{rid}_c",
+                    "response": {"id": rid, "object": "realtime.response", "status": "in_progress"},
+                }
+            ).decode()
+        )
         out = limit if isinstance(limit, int) else 1 << 30
         if self.hold:
             self._held.append((ws, rid, out))
@@ -158,17 +190,37 @@ class FakeRealtime:
         text_out = min(u.text_out, limit)
         audio_out = min(u.audio_out, limit - text_out)
         inp = u.text_in + u.audio_in + u.image_in
-        usage: dict[str, Any] = {"total_tokens": inp + text_out + audio_out, "input_tokens": inp,
-                                 "output_tokens": text_out + audio_out}
+        usage: dict[str, Any] = {
+            "total_tokens": inp + text_out + audio_out,
+            "input_tokens": inp,
+            "output_tokens": text_out + audio_out,
+        }
         if u.details:
             usage["input_token_details"] = {
-                "text_tokens": u.text_in, "audio_tokens": u.audio_in, "image_tokens": u.image_in,
+                "text_tokens": u.text_in,
+                "audio_tokens": u.audio_in,
+                "image_tokens": u.image_in,
                 "cached_tokens": u.cached_text + u.cached_audio,
-                "cached_tokens_details": {"text_tokens": u.cached_text, "audio_tokens": u.cached_audio,
-                                          "image_tokens": 0}}
+                "cached_tokens_details": {
+                    "text_tokens": u.cached_text,
+                    "audio_tokens": u.cached_audio,
+                    "image_tokens": 0,
+                },
+            }
             usage["output_token_details"] = {"text_tokens": text_out, "audio_tokens": audio_out}
         with contextlib.suppress(Exception):  # the relay went away
-            await ws.send(orjson.dumps({"type": "response.done", "event_id": f"event_{rid}_d",
-                                        "response": {"id": rid, "object": "realtime.response",
-                                                     "status": status, "output": [],
-                                                     "usage": usage}}).decode())
+            await ws.send(
+                orjson.dumps(
+                    {
+                        "type": "response.done",
+                        "event_id": f"event_{rid}_d",
+                        "response": {
+                            "id": rid,
+                            "object": "realtime.response",
+                            "status": status,
+                            "output": [],
+                            "usage": usage,
+                        },
+                    }
+                ).decode()
+            )

@@ -51,7 +51,7 @@ class FakeReplica(FakeUpstream):
         blocks = []
         h = 0
         for i in range(0, len(text) - len(text) % BLOCK_CHARS, BLOCK_CHARS):
-            h = hash((h, text[i:i + BLOCK_CHARS]))
+            h = hash((h, text[i : i + BLOCK_CHARS]))
             blocks.append(h)
         hit = 0
         for b in blocks:

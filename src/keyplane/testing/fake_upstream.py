@@ -160,8 +160,9 @@ class FakeUpstream:
     # --- answering ---------------------------------------------------------------------------
 
     def _fixed(self) -> bytes:
-        body = orjson.dumps(answers.chat({"model": "gpt-4o-mini", "messages": [{"content": "hi"}]},
-                                         answers.DEFAULT_TEXT, 0, "fixed"))
+        body = orjson.dumps(
+            answers.chat({"model": "gpt-4o-mini", "messages": [{"content": "hi"}]}, answers.DEFAULT_TEXT, 0, "fixed")
+        )
         return _head(200, _CT_JSON, len(body), [(b"x-request-id", b"req_fixed")]) + body
 
     def behaviour_for(self, headers: dict[str, str]) -> Behaviour:
@@ -232,12 +233,24 @@ class FakeUpstream:
             multipart = req.headers.get("content-type", "").startswith("multipart/")
             data = orjson.loads(req.body) if req.body and not multipart else {}
         except orjson.JSONDecodeError:
-            conn.write_json(400, {"error": {"message": "We could not parse the JSON body of your request.",
-                                            "type": "invalid_request_error", "param": None, "code": None}})
+            conn.write_json(
+                400,
+                {
+                    "error": {
+                        "message": "We could not parse the JSON body of your request.",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+            )
             return
         if b.max_output is not None and isinstance(data, dict):
-            asked = [v for f in ("max_completion_tokens", "max_tokens", "max_output_tokens")
-                     if isinstance(v := data.get(f), int) and v > 0]
+            asked = [
+                v
+                for f in ("max_completion_tokens", "max_tokens", "max_output_tokens")
+                if isinstance(v := data.get(f), int) and v > 0
+            ]
             b = dataclasses.replace(b, text=" ".join(["tok"] * min([b.max_output, *asked])))
         if req.method == "POST" and path.startswith(("/v1/images/", "/v1/audio/", "/v1/moderations")):
             result = _media(path, data if isinstance(data, dict) else {}, bytes(req.body), multipart)
@@ -276,14 +289,15 @@ class FakeUpstream:
         if method == "POST" and path == "/v1/responses":
             if stream:
                 return answers.responses_stream_events(data, b.text, b.cached_tokens, rid, b.send_usage)
-            return _with_tool_calls(answers.response_object(data, b.text, b.cached_tokens, rid,
-                                                            with_usage=b.send_usage), data)
+            return _with_tool_calls(
+                answers.response_object(data, b.text, b.cached_tokens, rid, with_usage=b.send_usage), data
+            )
         if method == "POST" and path.startswith("/v1/batches"):  # billed elsewhere
             return {"created": 0, "data": [{"url": "https://fake.invalid/1.png"}], "text": "fake", "id": "batch_fake"}
         if method == "GET" and path == "/v1/models":
             return answers.models_list()
         if method == "GET" and path.startswith("/v1/models/"):
-            m = path[len("/v1/models/"):]
+            m = path[len("/v1/models/") :]
             return answers.model_object(m) if m in answers.MODELS else None
         if method == "GET" and path.startswith("/v1/responses/"):  # a stored response, streamed (pass-through SSE)
             return answers.responses_stream_events({"model": "gpt-4o-mini"}, b.text, 0, rid, b.send_usage)
@@ -297,9 +311,17 @@ class FakeUpstream:
         elif path == "/_fake/reset":
             self.reset()
         elif path == "/_fake/requests":
-            return [{"method": r.method, "path": r.path, "headers": r.headers,
-                     "body": r.body.decode("utf-8", "replace"), "finished": r.finished, "disconnected": r.disconnected}
-                    for r in self.model_requests()]
+            return [
+                {
+                    "method": r.method,
+                    "path": r.path,
+                    "headers": r.headers,
+                    "body": r.body.decode("utf-8", "replace"),
+                    "finished": r.finished,
+                    "disconnected": r.disconnected,
+                }
+                for r in self.model_requests()
+            ]
         return {"ok": True}
 
 
@@ -321,8 +343,12 @@ def _media(path: str, data: dict[str, Any], body: bytes, multipart: bool) -> Any
             n = 1
         out: dict[str, Any] = {"created": 0, "data": [{"url": f"https://fake.invalid/{i}.png"} for i in range(n)]}
         if model.startswith("gpt-image"):
-            out["usage"] = {"input_tokens": 50, "output_tokens": 1056 * n, "total_tokens": 50 + 1056 * n,
-                            "input_tokens_details": {"text_tokens": 50, "image_tokens": 0}}
+            out["usage"] = {
+                "input_tokens": 50,
+                "output_tokens": 1056 * n,
+                "total_tokens": 50 + 1056 * n,
+                "input_tokens_details": {"text_tokens": 50, "image_tokens": 0},
+            }
         return out
     if path == "/v1/audio/speech":
         return b"ID3fake-audio" + b"\0" * 64
@@ -332,13 +358,20 @@ def _media(path: str, data: dict[str, Any], body: bytes, multipart: bool) -> Any
     if path == "/v1/moderations":
         inputs = data.get("input")
         n = len(inputs) if isinstance(inputs, list) else 1
-        return {"id": "modr-fake", "model": model or "omni-moderation-latest",
-                "results": [{"flagged": False, "categories": {}, "category_scores": {}} for _ in range(n)]}
+        return {
+            "id": "modr-fake",
+            "model": model or "omni-moderation-latest",
+            "results": [{"flagged": False, "categories": {}, "category_scores": {}} for _ in range(n)],
+        }
     return None
 
 
-_TOOL_ITEMS = {"web_search": "web_search_call", "web_search_preview": "web_search_call",
-               "file_search": "file_search_call", "code_interpreter": "code_interpreter_call"}
+_TOOL_ITEMS = {
+    "web_search": "web_search_call",
+    "web_search_preview": "web_search_call",
+    "file_search": "file_search_call",
+    "code_interpreter": "code_interpreter_call",
+}
 
 
 def _with_tool_calls(obj: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
@@ -349,8 +382,17 @@ def _with_tool_calls(obj: dict[str, Any], data: dict[str, Any]) -> dict[str, Any
         if item is None:
             continue
         if item == "code_interpreter_call":
-            items += [{"type": item, "id": f"ci_{i}", "status": "completed", "container_id": "cntr_fake",
-                       "code": "1+1", "outputs": []} for i in range(2)]
+            items += [
+                {
+                    "type": item,
+                    "id": f"ci_{i}",
+                    "status": "completed",
+                    "container_id": "cntr_fake",
+                    "code": "1+1",
+                    "outputs": [],
+                }
+                for i in range(2)
+            ]
         else:
             items.append({"type": item, "id": f"{item}_1", "status": "completed"})
     if items:
@@ -414,8 +456,9 @@ class _Conn(asyncio.Protocol):
             return
         rec = None
         if fake.record:
-            rec = Recorded(req.method, req.url.decode(), dict(req.headers), bytes(req.body),
-                           asyncio.get_running_loop().time())
+            rec = Recorded(
+                req.method, req.url.decode(), dict(req.headers), bytes(req.body), asyncio.get_running_loop().time()
+            )
             fake.requests.append(rec)
         self.current = rec
         prev = self.busy

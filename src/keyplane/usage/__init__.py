@@ -27,8 +27,9 @@ def _engine_factory(rt: Any) -> Any:
     """A maker of the applier thread's own engine (None: apply on the serving loop, e.g. in-memory SQLite)."""
     engine = rt.engine
     url = engine.url
-    if url.get_backend_name() == "sqlite" and (not url.database or url.database == ":memory:"
-                                               or "mode=memory" in str(url)):
+    if url.get_backend_name() == "sqlite" and (
+        not url.database or url.database == ":memory:" or "mode=memory" in str(url)
+    ):
         return None
     from keyplane.store import db
 
@@ -60,8 +61,15 @@ async def start(rt: Any) -> Any:
         if any(deleted.values()):
             log.info("usage retention: deleted %s", ", ".join(f"{n} rows of {t}" for t, n in deleted.items() if n))
 
-    applier = Applier(rt.engine, folder, writer, batch=s.usage_apply_batch, interval=s.usage_apply_seconds,
-                      prune=prune, on_applied=on_applied)
+    applier = Applier(
+        rt.engine,
+        folder,
+        writer,
+        batch=s.usage_apply_batch,
+        interval=s.usage_apply_seconds,
+        prune=prune,
+        on_applied=on_applied,
+    )
     try:  # what a previous run (or a dead worker) left in its journal, before serving
         n = await applier.replay_orphans()
         if n:
@@ -73,12 +81,18 @@ async def start(rt: Any) -> Any:
     tasks: list[asyncio.Task[None]] = []
     fsync: Periodic | None = None
     if s.usage_journal_fsync == "interval":
+
         async def fsync_step() -> None:  # off the event loop
             if writer.dirty or writer._retired:
                 await asyncio.to_thread(writer.sync)
 
-        fsync = Periodic("usage journal fsync", fsync_step, s.usage_journal_fsync_seconds, level=logging.ERROR,
-                         cap=s.usage_journal_fsync_seconds).start()
+        fsync = Periodic(
+            "usage journal fsync",
+            fsync_step,
+            s.usage_journal_fsync_seconds,
+            level=logging.ERROR,
+            cap=s.usage_journal_fsync_seconds,
+        ).start()
 
     tracing = Tracing.create(s)
     recorder = Recorder(rt, writer, applier, metrics, tracing)
@@ -134,5 +148,9 @@ async def start(rt: Any) -> Any:
             await asyncio.to_thread(tracing.shutdown)
         metrics.close()
 
-    return Feature(endpoints=api.endpoints(), routes={"/metrics": metrics_mod.metrics_route(rt, metrics)}, stop=stop,
-                   usage=recorder)
+    return Feature(
+        endpoints=api.endpoints(),
+        routes={"/metrics": metrics_mod.metrics_route(rt, metrics)},
+        stop=stop,
+        usage=recorder,
+    )

@@ -20,9 +20,29 @@ from keyplane.logs import batch_handlers, safe
 
 log = logging.getLogger("keyplane.access")
 _FORMAT = "%s %s %s %s model=%s tokens=%d/%d cost=$%.6f %.0fms%s"
-_FIELDS = ("request_id", "method", "endpoint", "kind", "status", "project_id", "api_key_id", "user_id", "model",
-           "upstream", "stream", "input_tokens", "cached_tokens", "output_tokens", "cost_usd", "latency_ms",
-           "ttft_ms", "attempts", "disconnected", "error", "completed_at")
+_FIELDS = (
+    "request_id",
+    "method",
+    "endpoint",
+    "kind",
+    "status",
+    "project_id",
+    "api_key_id",
+    "user_id",
+    "model",
+    "upstream",
+    "stream",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "cost_usd",
+    "latency_ms",
+    "ttft_ms",
+    "attempts",
+    "disconnected",
+    "error",
+    "completed_at",
+)
 MAX_PENDING = 2048
 
 
@@ -45,12 +65,31 @@ class AccessLog:
     def add(self, ctx: Any, kind: str, now: float) -> None:
         if not log.isEnabledFor(logging.INFO):
             return
-        self.pending.append((
-            ctx.request_id, ctx.method, ctx.endpoint, kind, ctx.status, ctx.project_id, ctx.key.id,
-            ctx.key.owner_user_id, ctx.model, ctx.upstream, ctx.stream, ctx.prompt_tokens, ctx.cached_tokens,
-            ctx.completion_tokens, ctx.cost_micros, ctx.latency_ms, ctx.ttft_ms, ctx.attempts, ctx.disconnected,
-            ctx.error, now,
-        ))
+        self.pending.append(
+            (
+                ctx.request_id,
+                ctx.method,
+                ctx.endpoint,
+                kind,
+                ctx.status,
+                ctx.project_id,
+                ctx.key.id,
+                ctx.key.owner_user_id,
+                ctx.model,
+                ctx.upstream,
+                ctx.stream,
+                ctx.prompt_tokens,
+                ctx.cached_tokens,
+                ctx.completion_tokens,
+                ctx.cost_micros,
+                ctx.latency_ms,
+                ctx.ttft_ms,
+                ctx.attempts,
+                ctx.disconnected,
+                ctx.error,
+                now,
+            )
+        )
         if len(self.pending) >= MAX_PENDING:
             self.flush()  # bounded memory, even if the background task is starved
 
@@ -64,11 +103,22 @@ class AccessLog:
             tail = f" error={f['error']}" if f["error"] else ""
             # The model name and the path come from the client: escaped, so that a CR/LF cannot forge a line.
             model = safe(f["model"]) if f["model"] is not None else "-"
-            args = (f["request_id"], f["method"], safe(f["endpoint"]), f["status"], model, f["input_tokens"],
-                    f["output_tokens"], f["cost_usd"], f["latency_ms"], tail)
+            args = (
+                f["request_id"],
+                f["method"],
+                safe(f["endpoint"]),
+                f["status"],
+                model,
+                f["input_tokens"],
+                f["output_tokens"],
+                f["cost_usd"],
+                f["latency_ms"],
+                tail,
+            )
             # makeRecord rather than log.info: no stack walk for the caller (findCaller).
-            records.append(log.makeRecord(log.name, logging.INFO, __file__, 0, _FORMAT, args, None, "access",
-                                          {"fields": f}))
+            records.append(
+                log.makeRecord(log.name, logging.INFO, __file__, 0, _FORMAT, args, None, "access", {"fields": f})
+            )
         handlers = batch_handlers(log, logging.INFO)
         if handlers is None:  # a handler keyplane did not set up: the logging module's own way, line by line
             for record in records:

@@ -53,13 +53,15 @@ _SQL_DIMS = {"project_id": "project_id", "user_id": "user_id", "api_key_id": "ap
 # --- parameters ----------------------------------------------------------------------------------
 
 
-
 def _group_by(request: Request, allowed: tuple[str, ...]) -> list[str]:
     out: list[str] = []
     for g in query_list(request, "group_by"):
         if g not in allowed:
-            raise errors.bad_request(f"Invalid 'group_by' value '{g[:40]}': supported values are "
-                                     f"{', '.join(allowed)}.", param="group_by", code="invalid_value")
+            raise errors.bad_request(
+                f"Invalid 'group_by' value '{g[:40]}': supported values are {', '.join(allowed)}.",
+                param="group_by",
+                code="invalid_value",
+            )
         if g not in out:
             out.append(g)
     return out
@@ -78,8 +80,9 @@ def _decode_page(value: str) -> tuple[int, int]:
             raise ValueError  # a forged cursor: its arithmetic would leave the int64 range
         return end, bucket
     except (ValueError, struct.error, binascii.Error):
-        raise errors.bad_request("Invalid 'page': use the next_page value of the previous response.",
-                                 param="page", code="invalid_value") from None
+        raise errors.bad_request(
+            "Invalid 'page': use the next_page value of the previous response.", param="page", code="invalid_value"
+        ) from None
 
 
 class Range:
@@ -92,8 +95,11 @@ class Range:
         bw = request.query_params.get("bucket_width") or "1d"
         if bw not in WIDTHS or (costs and bw != "1d"):
             ok = "1d" if costs else "1m, 1h, 1d"
-            raise errors.bad_request(f"Invalid 'bucket_width' '{bw[:20]}': supported values are {ok}.",
-                                     param="bucket_width", code="invalid_value")
+            raise errors.bad_request(
+                f"Invalid 'bucket_width' '{bw[:20]}': supported values are {ok}.",
+                param="bucket_width",
+                code="invalid_value",
+            )
         self.width, default, maximum = WIDTHS[bw]
         if costs:
             default, maximum = COSTS_LIMIT
@@ -107,15 +113,17 @@ class Range:
         if end is None:
             end = int(rt.clock.now()) + 1  # "now", the current second included
         if end <= self.start:
-            raise errors.bad_request("Invalid 'end_time': it must be after 'start_time'.", param="end_time",
-                                     code="invalid_value")
+            raise errors.bad_request(
+                "Invalid 'end_time': it must be after 'start_time'.", param="end_time", code="invalid_value"
+            )
         self.end = end
         first = self.start - self.start % self.width
         if cursor is None:
             cursor = first
         elif cursor % self.width or not first <= cursor < end:
-            raise errors.bad_request("Invalid 'page': it does not belong to this time range.", param="page",
-                                     code="invalid_value")
+            raise errors.bad_request(
+                "Invalid 'page': it does not belong to this time range.", param="page", code="invalid_value"
+            )
         total = -(-(end - cursor) // self.width)
         self.count = min(self.limit, total)
         self.buckets = [cursor + i * self.width for i in range(self.count)]
@@ -128,13 +136,19 @@ class Range:
 
 def _filters(request: Request, kinds: tuple[str, ...]) -> rollups.Filters:
     return rollups.Filters(
-        project_ids=tuple(query_list(request, "project_ids")), api_key_ids=tuple(query_list(request, "api_key_ids")),
-        user_ids=tuple(query_list(request, "user_ids")), models=tuple(query_list(request, "models")), kinds=kinds)
+        project_ids=tuple(query_list(request, "project_ids")),
+        api_key_ids=tuple(query_list(request, "api_key_ids")),
+        user_ids=tuple(query_list(request, "user_ids")),
+        models=tuple(query_list(request, "models")),
+        kinds=kinds,
+    )
 
 
 def _page(rng: Range, results: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
-    data = [{"object": "bucket", "start_time": b, "end_time": b + rng.width, "results": results.get(b, [])}
-            for b in rng.buckets]
+    data = [
+        {"object": "bucket", "start_time": b, "end_time": b + rng.width, "results": results.get(b, [])}
+        for b in rng.buckets
+    ]
     return {"object": "page", "data": data, "has_more": rng.has_more, "next_page": rng.next_page}
 
 
@@ -145,11 +159,13 @@ def _order(key: tuple[Any, ...]) -> tuple[Any, ...]:
 async def _aggregate(request: Request, rng: Range, dims: list[str], filters: rollups.Filters) -> dict[Any, Any]:
     async with runtime(request).read() as s:
         conn = await s.connection()
-        return await rollups.aggregate(conn, rng.q_lo, rng.q_hi, width=rng.width, group_by=dims, filters=filters,
-                                       minute_cutoff=rng.minute_cutoff)
+        return await rollups.aggregate(
+            conn, rng.q_lo, rng.q_hi, width=rng.width, group_by=dims, filters=filters, minute_cutoff=rng.minute_cutoff
+        )
 
 
 # --- usage ---------------------------------------------------------------------------------------
+
 
 def _group_fields(kind: str, group_by: list[str], vals: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -171,9 +187,14 @@ def _batch_kinds(record_kinds: tuple[str, ...], batch: bool | None) -> tuple[str
 
 
 # Kinds counted in units (usage.models ``units``) rather than tokens: the result field that says how many.
-UNIT_FIELDS = {"images": "images", "audio_speeches": "characters", "audio_transcriptions": "seconds",
-               "web_search_calls": "num_requests", "file_search_calls": "num_requests",
-               "code_interpreter_sessions": "num_sessions"}
+UNIT_FIELDS = {
+    "images": "images",
+    "audio_speeches": "characters",
+    "audio_transcriptions": "seconds",
+    "web_search_calls": "num_requests",
+    "file_search_calls": "num_requests",
+    "code_interpreter_sessions": "num_sessions",
+}
 # The result object of a kind, where it is not organization.usage.<kind>.result.
 _OBJECTS = {"web_search_calls": "web_searches", "file_search_calls": "file_searches"}
 METERED = ("completions", "embeddings", "moderations", *UNIT_FIELDS)
@@ -187,8 +208,13 @@ def _usage_result(kind: str, sums: dict[str, Any], fields: dict[str, Any]) -> di
     else:
         r["input_tokens"] = n_in
     if kind == "completions":
-        r |= {"output_tokens": int(sums["output_tokens"]), "input_cached_tokens": cached,
-              "input_uncached_tokens": n_in - cached, "input_audio_tokens": 0, "output_audio_tokens": 0}
+        r |= {
+            "output_tokens": int(sums["output_tokens"]),
+            "input_cached_tokens": cached,
+            "input_uncached_tokens": n_in - cached,
+            "input_audio_tokens": 0,
+            "output_audio_tokens": 0,
+        }
     if kind not in ("file_search_calls", "code_interpreter_sessions"):
         r["num_model_requests"] = int(sums["model_requests"])
     return r | fields
@@ -212,8 +238,11 @@ def _usage_handler(kind: str) -> Callable[[Request], Any]:
         results: dict[int, list[dict[str, Any]]] = {}
         for unsupported in ("sizes", "sources"):  # not kept per request: refused rather than ignored
             if query_list(request, unsupported):
-                raise errors.bad_request(f"keyplane does not keep image {unsupported} per request: '{unsupported}' "
-                                         "is not supported.", param=unsupported, code="invalid_value")
+                raise errors.bad_request(
+                    f"keyplane does not keep image {unsupported} per request: '{unsupported}' is not supported.",
+                    param=unsupported,
+                    code="invalid_value",
+                )
         kinds = _batch_kinds(record_kinds, batch) if record_kinds else ()
         if kind in METERED and kinds:
             dims = [g for g in group_by if g in _SQL_DIMS]
@@ -246,33 +275,40 @@ async def _vector_stores(request: Request, rng: Range, group_by: list[str]) -> d
     by_project = "project_id" in group_by
     async with runtime(request).read() as s:
         conn = await s.connection()
-        sizes = await bucket_sizes(conn, rng.buckets, rng.width, tuple(query_list(request, "project_ids")),
-                                   by_project)
+        sizes = await bucket_sizes(conn, rng.buckets, rng.width, tuple(query_list(request, "project_ids")), by_project)
     results: dict[int, list[dict[str, Any]]] = {}
     for bucket, per in sizes.items():
-        results[bucket] = [{"object": "organization.usage.vector_stores.result", "usage_bytes": n,
-                            "project_id": pid} for pid, n in sorted(per.items(), key=lambda kv: str(kv[0]))]
+        results[bucket] = [
+            {"object": "organization.usage.vector_stores.result", "usage_bytes": n, "project_id": pid}
+            for pid, n in sorted(per.items(), key=lambda kv: str(kv[0]))
+        ]
     return results
 
 
 # --- costs ---------------------------------------------------------------------------------------
 
 # Line items of the kinds counted in units: (name, quantity unit); tool calls are not per model.
-_UNIT_LINES = {"images": ("{model}, images", "images"), "audio_speeches": ("{model}, characters", "characters"),
-               "audio_transcriptions": ("{model}, audio", "duration_seconds"),
-               "web_search_calls": ("web search tool calls", None),
-               "file_search_calls": ("file search tool calls", None),
-               "code_interpreter_sessions": ("code interpreter sessions", None)}
+_UNIT_LINES = {
+    "images": ("{model}, images", "images"),
+    "audio_speeches": ("{model}, characters", "characters"),
+    "audio_transcriptions": ("{model}, audio", "duration_seconds"),
+    "web_search_calls": ("web search tool calls", None),
+    "file_search_calls": ("file search tool calls", None),
+    "code_interpreter_sessions": ("code interpreter sessions", None),
+}
 
 
-def _line_items(model: str, kind: str, total: int, part_in: int, sums: dict[str, Any]
-                ) -> list[tuple[str | None, int, Any, str | None]]:
+def _line_items(
+    model: str, kind: str, total: int, part_in: int, sums: dict[str, Any]
+) -> list[tuple[str | None, int, Any, str | None]]:
     unit_line = _UNIT_LINES.get(kind)
     if unit_line is not None:
         return [(unit_line[0].format(model=model), total, int(sums["units"]), unit_line[1])]
     tag = " (batch)" if kind.startswith("batch_") else ""  # the platform's line items of the Batch API
-    return [(f"{model}, input{tag}", part_in, sums["input_tokens"], "tokens"),
-            (f"{model}, output{tag}", total - part_in, sums["output_tokens"], "tokens")]
+    return [
+        (f"{model}, input{tag}", part_in, sums["input_tokens"], "tokens"),
+        (f"{model}, output{tag}", total - part_in, sums["output_tokens"], "tokens"),
+    ]
 
 
 async def costs(request: Request) -> JSONResponse:
@@ -312,29 +348,49 @@ async def costs(request: Request) -> JSONResponse:
         micros, qty, unit = out[k]
         vals = dict(zip(dims, k[1:-1], strict=True))
         grouped_line = "line_item" in group_by
-        results.setdefault(k[0], []).append({
-            "object": "organization.costs.result",
-            "amount": {"value": micros / 1e6, "currency": "usd"},
-            "line_item": k[-1] if grouped_line else None,
-            "project_id": vals.get("project_id"), "user_id": vals.get("user_id"),
-            "api_key_id": vals.get("api_key_id"),
-            "api_source": "unlabeled" if "api_source" in group_by else None,
-            "quantity": qty if grouped_line else None, "quantity_unit": unit if grouped_line else None,
-        })
+        results.setdefault(k[0], []).append(
+            {
+                "object": "organization.costs.result",
+                "amount": {"value": micros / 1e6, "currency": "usd"},
+                "line_item": k[-1] if grouped_line else None,
+                "project_id": vals.get("project_id"),
+                "user_id": vals.get("user_id"),
+                "api_key_id": vals.get("api_key_id"),
+                "api_source": "unlabeled" if "api_source" in group_by else None,
+                "quantity": qty if grouped_line else None,
+                "quantity_unit": unit if grouped_line else None,
+            }
+        )
     return JSONResponse(_page(rng, results))
 
 
 # --- per-request records (extension) -------------------------------------------------------------
 
+
 def request_object(r: Any) -> dict[str, Any]:
     return {
-        "object": "organization.usage.request", "id": r.id, "created_at": r.created_at,
-        "project_id": r.project_id, "api_key_id": r.api_key_id, "user_id": r.user_id, "model": r.model,
-        "upstream": r.upstream, "endpoint": r.endpoint, "kind": r.kind, "status": r.status,
-        "input_tokens": r.input_tokens, "input_cached_tokens": r.cached_tokens, "output_tokens": r.output_tokens,
+        "object": "organization.usage.request",
+        "id": r.id,
+        "created_at": r.created_at,
+        "project_id": r.project_id,
+        "api_key_id": r.api_key_id,
+        "user_id": r.user_id,
+        "model": r.model,
+        "upstream": r.upstream,
+        "endpoint": r.endpoint,
+        "kind": r.kind,
+        "status": r.status,
+        "input_tokens": r.input_tokens,
+        "input_cached_tokens": r.cached_tokens,
+        "output_tokens": r.output_tokens,
         "cost": {"value": r.cost_micros / 1e6, "currency": "usd"},
-        "latency_ms": r.latency_ms, "ttft_ms": r.ttft_ms, "stream": r.stream, "disconnected": r.disconnected,
-        "usage_estimated": r.estimated, "attempts": r.attempts, "error": r.error,
+        "latency_ms": r.latency_ms,
+        "ttft_ms": r.ttft_ms,
+        "stream": r.stream,
+        "disconnected": r.disconnected,
+        "usage_estimated": r.estimated,
+        "attempts": r.attempts,
+        "error": r.error,
         "upstream_request_id": r.upstream_request_id,
     }
 
@@ -349,8 +405,11 @@ def _status_clause(values: list[str]) -> Any:
         elif v.isdigit():
             clauses.append(UsageRequest.status == parse_int(v, "status", 100, 599))
         else:
-            raise errors.bad_request(f"Invalid 'status' value '{v[:20]}': use a status code (429) or a class (5xx).",
-                                     param="status", code="invalid_value")
+            raise errors.bad_request(
+                f"Invalid 'status' value '{v[:20]}': use a status code (429) or a class (5xx).",
+                param="status",
+                code="invalid_value",
+            )
     return or_(*clauses)
 
 
@@ -360,8 +419,9 @@ async def list_requests(request: Request) -> JSONResponse:
     r = UsageRequest
     start, end = query_timestamp(request, "start_time"), query_timestamp(request, "end_time")
     if start is not None and end is not None and end <= start:
-        raise errors.bad_request("Invalid 'end_time': it must be after 'start_time'.", param="end_time",
-                                 code="invalid_value")
+        raise errors.bad_request(
+            "Invalid 'end_time': it must be after 'start_time'.", param="end_time", code="invalid_value"
+        )
     limit = query_limit(request, 100, 1000)
     stmt = select(r)
     conds: list[Any] = []
@@ -369,8 +429,14 @@ async def list_requests(request: Request) -> JSONResponse:
         conds.append(r.created_at >= start)
     if end is not None:
         conds.append(r.created_at < end)
-    for param, col in (("project_ids", r.project_id), ("api_key_ids", r.api_key_id), ("user_ids", r.user_id),
-                       ("models", r.model), ("kinds", r.kind), ("upstreams", r.upstream)):
+    for param, col in (
+        ("project_ids", r.project_id),
+        ("api_key_ids", r.api_key_id),
+        ("user_ids", r.user_id),
+        ("models", r.model),
+        ("kinds", r.kind),
+        ("upstreams", r.upstream),
+    ):
         values = query_list(request, param)
         if values:
             conds.append(col.in_(values))
@@ -382,8 +448,9 @@ async def list_requests(request: Request) -> JSONResponse:
         if after:
             row = (await s.execute(select(r.created_at, r.seq).where(r.id == after))).first()
             if row is None:
-                raise errors.bad_request(f"No request record with id '{after[:64]}' to page from.", param="after",
-                                         code="invalid_value")
+                raise errors.bad_request(
+                    f"No request record with id '{after[:64]}' to page from.", param="after", code="invalid_value"
+                )
             conds.append(or_(r.created_at < row.created_at, and_(r.created_at == row.created_at, r.seq < row.seq)))
         stmt = stmt.where(*conds).order_by(r.created_at.desc(), r.seq.desc()).limit(limit + 1)
         rows = list((await s.execute(stmt)).scalars())
@@ -393,10 +460,18 @@ async def list_requests(request: Request) -> JSONResponse:
 def endpoints() -> list[Any]:
     from keyplane.admin import Endpoint
 
-    out = [Endpoint(f"{P}/usage/{kind}", "GET", _usage_handler(kind), f"Usage: {kind.replace('_', ' ')}")
-           for kind in GROUP_BY]
+    out = [
+        Endpoint(f"{P}/usage/{kind}", "GET", _usage_handler(kind), f"Usage: {kind.replace('_', ' ')}")
+        for kind in GROUP_BY
+    ]
     out.append(Endpoint(f"{P}/costs", "GET", costs, "Costs"))
-    out.append(Endpoint(f"{P}/usage/requests", "GET", list_requests,
-                        "Individual request records (usage, cost, status, timings), newest first, for forensics",
-                        True))
+    out.append(
+        Endpoint(
+            f"{P}/usage/requests",
+            "GET",
+            list_requests,
+            "Individual request records (usage, cost, status, timings), newest first, for forensics",
+            True,
+        )
+    )
     return out

@@ -62,16 +62,20 @@ def _pg_insert_requests() -> TextClause:
     types = {c.name: _PG_ARRAY.get(str(c.type).split("(")[0], "text[]") for c in UsageRequest.__table__.columns}
     cols = ", ".join(_COLUMNS)
     arrays = ", ".join(f"CAST(:{c} AS {types[c]})" for c in _COLUMNS)
-    return text(f"INSERT INTO usage_requests ({cols}) SELECT * FROM unnest({arrays}) "  # noqa: S608 - fixed names
-                "ON CONFLICT (id) DO NOTHING RETURNING id")
+    return text(
+        f"INSERT INTO usage_requests ({cols}) SELECT * FROM unnest({arrays}) "  # noqa: S608 - fixed names
+        "ON CONFLICT (id) DO NOTHING RETURNING id"
+    )
 
 
 def _sqlite_insert(table: str, columns: Sequence[str], conflict: str) -> TextClause:
     """SQLite: ``INSERT ... SELECT`` over the rows given as one JSON array of arrays (``:rows``), in
     ``columns`` order. JSON true/false arrive as 1/0, null as NULL."""
     picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
-    return text(f"INSERT INTO {table} ({', '.join(columns)}) SELECT {picks} "  # noqa: S608 - fixed names
-                f"FROM json_each(:rows) WHERE true {conflict}")
+    return text(
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {picks} "  # noqa: S608 - fixed names
+        f"FROM json_each(:rows) WHERE true {conflict}"
+    )
 
 
 _PG_REQUESTS = _pg_insert_requests()
@@ -82,9 +86,12 @@ _SQLITE_EXISTING = text("SELECT id FROM usage_requests WHERE id IN (SELECT value
 _SQLITE_REQUESTS = _sqlite_insert("usage_requests", _COLUMNS, "ON CONFLICT (id) DO NOTHING")
 _ROLLUP_COLUMNS: tuple[str, ...] = ("bucket", *DIMS, *SUMS)
 _SQLITE_ROLLUPS: dict[int, TextClause] = {
-    g: _sqlite_insert(t.__tablename__, _ROLLUP_COLUMNS,
-                      f"ON CONFLICT (bucket, {', '.join(DIMS)}) DO UPDATE SET "
-                      + ", ".join(f"{c} = {c} + excluded.{c}" for c in SUMS))
+    g: _sqlite_insert(
+        t.__tablename__,
+        _ROLLUP_COLUMNS,
+        f"ON CONFLICT (bucket, {', '.join(DIMS)}) DO UPDATE SET "
+        + ", ".join(f"{c} = {c} + excluded.{c}" for c in SUMS),
+    )
     for g, t in ROLLUPS
 }
 _statements: dict[str, dict[int, Insert]] = {}
@@ -100,7 +107,8 @@ def _pg_upserts() -> dict[int, Insert]:
         for granularity, table in ROLLUPS:
             ins = postgresql.insert(table)
             got[granularity] = ins.on_conflict_do_update(
-                index_elements=["bucket", *DIMS], set_={s: getattr(table, s) + getattr(ins.excluded, s) for s in SUMS})
+                index_elements=["bucket", *DIMS], set_={s: getattr(table, s) + getattr(ins.excluded, s) for s in SUMS}
+            )
         _statements["postgresql"] = got
     return got
 
@@ -126,7 +134,7 @@ async def _upsert_rollups(conn: AsyncConnection, records: list[Record]) -> None:
     for granularity, _table in ROLLUPS:
         agg = by_granularity[granularity]
         for i in range(0, len(agg), _ROLLUP_CHUNK):
-            chunk = agg[i:i + _ROLLUP_CHUNK]
+            chunk = agg[i : i + _ROLLUP_CHUNK]
             if sqlite:
                 values = [[row[c] for c in _ROLLUP_COLUMNS] for row in chunk]
                 await conn.execute(_SQLITE_ROLLUPS[granularity], {"rows": orjson.dumps(values).decode()})
@@ -163,8 +171,17 @@ class Applier:
     task of the serving loop (issue 13: the journal lagged 30 s behind under sustained load).
     """
 
-    def __init__(self, engine: AsyncEngine, folder: Path, writer: JournalWriter, *, batch: int, interval: float,
-                 prune: Callable[[], Any] | None = None, on_applied: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        folder: Path,
+        writer: JournalWriter,
+        *,
+        batch: int,
+        interval: float,
+        prune: Callable[[], Any] | None = None,
+        on_applied: Callable[[int], None] | None = None,
+    ) -> None:
         self.engine = engine  # the store's engine: APPLY_STEPS are registered on it
         self.folder = folder
         self.writer = writer
@@ -340,8 +357,12 @@ class Applier:
             except Exception as e:
                 self.failures += 1
                 if self.failures == 1 or self.failures % 20 == 0:
-                    log.warning("usage journal: cannot apply to the store (%s: %s); %d records wait in the journal",
-                                type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "", self.lag)
+                    log.warning(
+                        "usage journal: cannot apply to the store (%s: %s); %d records wait in the journal",
+                        type(e).__name__,
+                        str(e).splitlines()[0][:200] if str(e) else "",
+                        self.lag,
+                    )
                 await asyncio.sleep(backoff(self.failures, self.interval))
 
     def start(self, engine_factory: Callable[[], AsyncEngine] | None = None) -> None:
@@ -383,8 +404,11 @@ class Applier:
             else:
                 drained = not self.fallback and self.own.at_end()
         except Exception as e:  # the store is down: the journal keeps the records for the next start
-            log.warning("usage journal: could not drain at shutdown (%s); %d records will be applied at the next "
-                        "start", type(e).__name__, self.lag)
+            log.warning(
+                "usage journal: could not drain at shutdown (%s); %d records will be applied at the next start",
+                type(e).__name__,
+                self.lag,
+            )
         if loop is not None and self._thread is not None:
             engine, self._apply_engine = self._apply_engine, self.engine
             with contextlib.suppress(Exception):

@@ -40,8 +40,9 @@ def bar(value: float, maximum: float, width: int = _BAR_WIDTH) -> str:
     return "█" * full + (_PARTIAL[part] if part else "")
 
 
-async def collect(session: Any, settings: Any, *, start: int, end: int, by: str, project: str | None,
-                  key: str | None) -> list[dict[str, Any]]:
+async def collect(
+    session: Any, settings: Any, *, start: int, end: int, by: str, project: str | None, key: str | None
+) -> list[dict[str, Any]]:
     """Rows of the report, biggest spend (then tokens) first."""
     from sqlalchemy import select
 
@@ -64,9 +65,14 @@ async def collect(session: Any, settings: Any, *, start: int, end: int, by: str,
     dim = _BY[by]
     conn = await session.connection()
     acc = await rollups.aggregate(
-        conn, start, end, width=None, group_by=(dim,),
+        conn,
+        start,
+        end,
+        width=None,
+        group_by=(dim,),
         filters=rollups.Filters(project_ids=project_ids, api_key_ids=key_ids),
-        minute_cutoff=rollups.cutoffs(settings, time.time())["usage_minute"])
+        minute_cutoff=rollups.cutoffs(settings, time.time())["usage_minute"],
+    )
     names: dict[str, str] = {}
     if by == "project":
         names = {p.id: p.name for p in (await session.execute(select(Project.id, Project.name))).all()}
@@ -75,13 +81,19 @@ async def collect(session: Any, settings: Any, *, start: int, end: int, by: str,
     rows = []
     for (_, value), s in acc.items():
         n = int(s["requests"])
-        rows.append({
-            by: value, "name": names.get(value or "") if by != "model" else None,
-            "requests": n, "errors": int(s["errors"]), "input_tokens": int(s["input_tokens"]),
-            "cached_tokens": int(s["cached_tokens"]), "output_tokens": int(s["output_tokens"]),
-            "cost_usd": round(s["cost_micros"] / 1e6, 6),
-            "avg_latency_ms": round(s["latency_ms_sum"] / n, 1) if n else None,
-        })
+        rows.append(
+            {
+                by: value,
+                "name": names.get(value or "") if by != "model" else None,
+                "requests": n,
+                "errors": int(s["errors"]),
+                "input_tokens": int(s["input_tokens"]),
+                "cached_tokens": int(s["cached_tokens"]),
+                "output_tokens": int(s["output_tokens"]),
+                "cost_usd": round(s["cost_micros"] / 1e6, 6),
+                "avg_latency_ms": round(s["latency_ms_sum"] / n, 1) if n else None,
+            }
+        )
     rows.sort(key=lambda r: (-r["cost_usd"], -(r["input_tokens"] + r["output_tokens"]), str(r[by])))
     return rows
 
@@ -115,16 +127,25 @@ def register(app: typer.Typer) -> None:
         s = settings()
         now = time.time()
         start, end = int(now) - seconds, int(now) + 1
-        rows = run_store(s, lambda session: collect(session, s, start=start, end=end, by=by, project=project,
-                                                    key=key))
-        total = {f: sum(r[f] for r in rows) for f in ("requests", "errors", "input_tokens", "cached_tokens",
-                                                     "output_tokens")}
+        rows = run_store(s, lambda session: collect(session, s, start=start, end=end, by=by, project=project, key=key))
+        total = {
+            f: sum(r[f] for r in rows) for f in ("requests", "errors", "input_tokens", "cached_tokens", "output_tokens")
+        }
         total["cost_usd"] = round(sum(r["cost_usd"] for r in rows), 6)
         if json:
             print_json({"since": since, "start_time": start, "end_time": end, "by": by, "rows": rows, "total": total})
             return
-        fields = [by, "name", "requests", "errors", "input_tokens", "cached_tokens", "output_tokens", "cost_usd",
-                  "avg_latency_ms"]
+        fields = [
+            by,
+            "name",
+            "requests",
+            "errors",
+            "input_tokens",
+            "cached_tokens",
+            "output_tokens",
+            "cost_usd",
+            "avg_latency_ms",
+        ]
         if as_csv:
             w = csv.writer(sys.stdout, lineterminator="\n")
             w.writerow(fields)
@@ -148,14 +169,28 @@ def register(app: typer.Typer) -> None:
         for c in ("requests", "errors", "input", "cached", "output", "cost", "avg ms"):
             t.add_column(c, justify="right", no_wrap=True)
         for r in rows:
-            t.add_row(cell(r), f"{r['requests']:,}", f"{r['errors']:,}", f"{r['input_tokens']:,}",
-                      f"{r['cached_tokens']:,}", f"{r['output_tokens']:,}", fmt.usd_dollars(r['cost_usd']),
-                      "-" if r["avg_latency_ms"] is None else f"{r['avg_latency_ms']:.0f}")
+            t.add_row(
+                cell(r),
+                f"{r['requests']:,}",
+                f"{r['errors']:,}",
+                f"{r['input_tokens']:,}",
+                f"{r['cached_tokens']:,}",
+                f"{r['output_tokens']:,}",
+                fmt.usd_dollars(r["cost_usd"]),
+                "-" if r["avg_latency_ms"] is None else f"{r['avg_latency_ms']:.0f}",
+            )
         if rows:
             t.add_section()
-            t.add_row("total", f"{total['requests']:,}", f"{total['errors']:,}", f"{total['input_tokens']:,}",
-                      f"{total['cached_tokens']:,}", f"{total['output_tokens']:,}",
-                      fmt.usd_dollars(total['cost_usd']), "")
+            t.add_row(
+                "total",
+                f"{total['requests']:,}",
+                f"{total['errors']:,}",
+                f"{total['input_tokens']:,}",
+                f"{total['cached_tokens']:,}",
+                f"{total['output_tokens']:,}",
+                fmt.usd_dollars(total["cost_usd"]),
+                "",
+            )
         out.print(t)
         if not rows:
             out.print("No usage in this window.")
@@ -168,7 +203,10 @@ def register(app: typer.Typer) -> None:
         for r in rows[:_CHART_ROWS]:
             shown = fmt.usd_dollars(value(r)) if use_cost else f"{int(value(r)):,}"
             pad = " " * (width - len(label(r)))
-            out.print(f"{cell(r)}{pad}  [cyan]{bar(value(r), top, bar_width):<{bar_width}}[/] {shown}",
-                      highlight=False, soft_wrap=True)
+            out.print(
+                f"{cell(r)}{pad}  [cyan]{bar(value(r), top, bar_width):<{bar_width}}[/] {shown}",
+                highlight=False,
+                soft_wrap=True,
+            )
         if len(rows) > _CHART_ROWS:
             out.print(f"... and {len(rows) - _CHART_ROWS} more (see --json or --csv)")

@@ -100,7 +100,7 @@ def parse_frames(buf: bytes | memoryview, start: int = 0) -> tuple[list[tuple[Re
         end = pos + 8 + length
         if end > n:
             break
-        payload = buf[pos + 8:end]
+        payload = buf[pos + 8 : end]
         if zlib.crc32(payload) != crc:
             return out, pos, True
         try:
@@ -125,7 +125,7 @@ def segments_of(folder: Path, writer: str) -> list[int]:
     out = []
     for p in folder.glob(f"{writer}.*.seg"):
         with contextlib.suppress(ValueError):
-            out.append(int(p.name[len(writer) + 1:-4]))
+            out.append(int(p.name[len(writer) + 1 : -4]))
     return sorted(out)
 
 
@@ -191,8 +191,9 @@ def write_applied(folder: Path, writer: str, pos: Position) -> None:
 class JournalWriter:
     """Appends records for this process. Not thread-safe: one event loop writes."""
 
-    def __init__(self, folder: Path, *, fsync: str = "interval", segment_bytes: int = 16 << 20,
-                 writer_id: str | None = None) -> None:
+    def __init__(
+        self, folder: Path, *, fsync: str = "interval", segment_bytes: int = 16 << 20, writer_id: str | None = None
+    ) -> None:
         self.folder = folder
         self.fsync_mode = fsync
         self.segment_bytes = segment_bytes
@@ -323,8 +324,9 @@ class Tail:
             if seg != cur.segment:
                 cur = Position(seg, 0)
             last = i == len(segs) - 1
-            recs, cur.offset, complete = self._read_segment(seg, cur.offset, max_records - len(out),
-                                                            may_drop=self.final or not last)
+            recs, cur.offset, complete = self._read_segment(
+                seg, cur.offset, max_records - len(out), may_drop=self.final or not last
+            )
             out.extend(recs)
             if len(out) >= max_records or not complete:
                 break

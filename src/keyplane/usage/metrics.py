@@ -90,8 +90,10 @@ class Metrics:
         self.settings = settings
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         if self.multiprocess and _values.ValueClass.__name__ == "MutexValue":
-            log.warning("PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported: metrics stay "
-                        "per process; set it before keyplane starts")
+            log.warning(
+                "PROMETHEUS_MULTIPROC_DIR was set after prometheus_client was imported: metrics stay "
+                "per process; set it before keyplane starts"
+            )
             self.multiprocess = False
         self.registry = CollectorRegistry(auto_describe=True)  # where the collectors live
         if self.multiprocess:
@@ -106,39 +108,79 @@ class Metrics:
         self._reasons: set[str] = set()
         r = self.registry
         k = ("api_key_id",) if self.key_labels else ()
-        self.requests = Counter("keyplane_requests", "Requests finished, by project, model, status class and kind.",
-                                ("project_id", "model", "status_class", "kind", *k), registry=r)
-        self.tokens = Counter("keyplane_tokens", "Tokens by direction (input includes cached; cached is a part "
-                              "of input).", ("project_id", "model", "type", *k), registry=r)
+        self.requests = Counter(
+            "keyplane_requests",
+            "Requests finished, by project, model, status class and kind.",
+            ("project_id", "model", "status_class", "kind", *k),
+            registry=r,
+        )
+        self.tokens = Counter(
+            "keyplane_tokens",
+            "Tokens by direction (input includes cached; cached is a part of input).",
+            ("project_id", "model", "type", *k),
+            registry=r,
+        )
         self.cost = Counter("keyplane_cost_usd", "Spend in US dollars.", ("project_id", "model", *k), registry=r)
-        self.latency = Histogram("keyplane_request_duration_seconds", "Time from request to the end of the response.",
-                                 ("model", "kind"), buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("keyplane_time_to_first_token_seconds", "Time to the first byte of the answer.",
-                              ("model",), buckets=TTFT_BUCKETS, registry=r)
-        self.upstream_errors = Counter("keyplane_upstream_errors", "Error answers after the upstream was called.",
-                                       ("upstream", "status_class"), registry=r)
-        self.upstream_retries = Counter("keyplane_upstream_retries", "Upstream attempts beyond the first.",
-                                        ("upstream",), registry=r)
-        self.rejections = Counter("keyplane_admission_rejections", "Requests refused before any upstream call.",
-                                  ("reason",), registry=r)
-        self.disconnects = Counter("keyplane_client_disconnects", "Requests whose client went away before the end.",
-                                   ("model",), registry=r)
-        self.active_streams = Gauge("keyplane_active_streams", "Streamed responses in progress.",
-                                    registry=r, multiprocess_mode="livesum")
-        self.journal_lag = Gauge("keyplane_usage_journal_lag_records", "Usage records journaled but not yet applied "
-                                 "to the SQL store.", registry=r, multiprocess_mode="livesum")
-        self.journal_lag_seconds = Gauge("keyplane_usage_journal_lag_seconds", "Age of the oldest usage record "
-                                         "journaled but not yet applied to the SQL store (0: none waits).",
-                                         registry=r, multiprocess_mode="max")
-        self.loop_lag = Gauge("keyplane_event_loop_lag_seconds", "How late the serving event loop ran a 0.25 s "
-                              "timer, worst in the last second: time requests waited behind other work.",
-                              registry=r, multiprocess_mode="max")
-        self.journal_records = Counter("keyplane_usage_journal_records", "Usage records appended to the journal.",
-                                       registry=r)
-        self.journal_errors = Counter("keyplane_usage_journal_errors", "Usage records the journal could not take "
-                                      "(kept in memory and applied from there).", registry=r)
-        self.applied = Counter("keyplane_usage_applied_records", "Usage records applied to the SQL store.",
-                               registry=r)
+        self.latency = Histogram(
+            "keyplane_request_duration_seconds",
+            "Time from request to the end of the response.",
+            ("model", "kind"),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "keyplane_time_to_first_token_seconds",
+            "Time to the first byte of the answer.",
+            ("model",),
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "keyplane_upstream_errors",
+            "Error answers after the upstream was called.",
+            ("upstream", "status_class"),
+            registry=r,
+        )
+        self.upstream_retries = Counter(
+            "keyplane_upstream_retries", "Upstream attempts beyond the first.", ("upstream",), registry=r
+        )
+        self.rejections = Counter(
+            "keyplane_admission_rejections", "Requests refused before any upstream call.", ("reason",), registry=r
+        )
+        self.disconnects = Counter(
+            "keyplane_client_disconnects", "Requests whose client went away before the end.", ("model",), registry=r
+        )
+        self.active_streams = Gauge(
+            "keyplane_active_streams", "Streamed responses in progress.", registry=r, multiprocess_mode="livesum"
+        )
+        self.journal_lag = Gauge(
+            "keyplane_usage_journal_lag_records",
+            "Usage records journaled but not yet applied to the SQL store.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.journal_lag_seconds = Gauge(
+            "keyplane_usage_journal_lag_seconds",
+            "Age of the oldest usage record journaled but not yet applied to the SQL store (0: none waits).",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.loop_lag = Gauge(
+            "keyplane_event_loop_lag_seconds",
+            "How late the serving event loop ran a 0.25 s "
+            "timer, worst in the last second: time requests waited behind other work.",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.journal_records = Counter(
+            "keyplane_usage_journal_records", "Usage records appended to the journal.", registry=r
+        )
+        self.journal_errors = Counter(
+            "keyplane_usage_journal_errors",
+            "Usage records the journal could not take (kept in memory and applied from there).",
+            registry=r,
+        )
+        self.applied = Counter("keyplane_usage_applied_records", "Usage records applied to the SQL store.", registry=r)
         self._pending: dict[tuple[Any, ...], _Acc] = {}
         self.appended = 0  # journal appends since the last flush
         self.lag_source: Any = None  # () -> int, set by start(): the applier's lag, read at flush
@@ -155,8 +197,13 @@ class Metrics:
         """Count a finished request; ``timed=False`` for a refusal (no latency to observe)."""
         status = ctx.status
         model = self.models.label(ctx.model, 0 < status < 400)
-        ck = (ctx.project_id or "none", model, _status_class(status), kind,
-              (ctx.key.id or "none") if self.key_labels else None)
+        ck = (
+            ctx.project_id or "none",
+            model,
+            _status_class(status),
+            kind,
+            (ctx.key.id or "none") if self.key_labels else None,
+        )
         acc = self._pending.get(ck)
         if acc is None:
             acc = self._pending[ck] = _Acc()
@@ -202,8 +249,10 @@ class Metrics:
             for direction, n in (("input", acc.tin), ("cached", acc.tcached), ("output", acc.tout)):
                 self.tokens.labels(project, model, direction, *k).inc(n)
             self.cost.labels(project, model, *k).inc(acc.cost / 1e6)
-            for hist, counts, total in ((self.latency.labels(model, kind), acc.lat, acc.lat_sum),
-                                        (self.ttft.labels(model), acc.ttft, acc.ttft_sum)):
+            for hist, counts, total in (
+                (self.latency.labels(model, kind), acc.lat, acc.lat_sum),
+                (self.ttft.labels(model), acc.ttft, acc.ttft_sum),
+            ):
                 if not any(counts):
                     continue
                 # Histogram internals (non-cumulative counts per bucket, as observe() keeps them).
@@ -277,20 +326,34 @@ def metrics_route(rt: Any, metrics: Metrics) -> Any:
             if k == b"authorization":
                 header = v.decode("latin-1")
         if not _authorized(rt, header):
-            msg = ("/metrics needs an admin key or the metrics token "
-                   f"(${rt.settings.metrics_token_env}) as a Bearer token.")
-            await send_error(send, errors.APIError(401, msg, code="invalid_api_key"),
-                             [(b"www-authenticate", b'Bearer realm="keyplane metrics"')])
+            msg = (
+                "/metrics needs an admin key or the metrics token "
+                f"(${rt.settings.metrics_token_env}) as a Bearer token."
+            )
+            await send_error(
+                send,
+                errors.APIError(401, msg, code="invalid_api_key"),
+                [(b"www-authenticate", b'Bearer realm="keyplane metrics"')],
+            )
             return
         body = await asyncio.to_thread(metrics.render) if metrics.multiprocess else metrics.render()
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", CONTENT_TYPE_LATEST.encode()), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", CONTENT_TYPE_LATEST.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
     return app
 
 
 # --- active streams: the proxy's side ----------------------------------------------------------------
+
 
 def _of(rt: Any) -> Metrics | None:
     return rt.features.usage_metrics if rt is not None else None

@@ -85,8 +85,18 @@ class UsageDay(_Rollup, Base):
 
 # (granularity in seconds, table), coarsest first.
 ROLLUPS: tuple[tuple[int, type[_Rollup]], ...] = ((86400, UsageDay), (3600, UsageHour), (60, UsageMinute))
-SUMS: tuple[str, ...] = ("requests", "model_requests", "errors", "input_tokens", "cached_tokens", "output_tokens",
-                         "cost_micros", "cost_input_micros", "units", "latency_ms_sum")
+SUMS: tuple[str, ...] = (
+    "requests",
+    "model_requests",
+    "errors",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "cost_micros",
+    "cost_input_micros",
+    "units",
+    "latency_ms_sum",
+)
 DIMS: tuple[str, ...] = ("project_id", "api_key_id", "user_id", "model", "kind")
 
 

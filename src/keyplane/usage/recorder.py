@@ -110,11 +110,31 @@ class Recorder:
     def build(self, ctx: Any, now: float) -> Record:
         key = ctx.key
         return Record(
-            ctx.request_id, now, self.rt.snapshot.org_id or None, ctx.project_id, key.id, key.owner_user_id,
-            ctx.model, ctx.upstream, kind_of(ctx.endpoint), ctx.endpoint, ctx.status, ctx.prompt_tokens,
-            ctx.cached_tokens, ctx.completion_tokens, ctx.cost_micros, self.split.input_part(ctx), ctx.latency_ms,
-            ctx.ttft_ms, ctx.stream, ctx.disconnected, ctx.usage_estimated, ctx.attempts, ctx.error,
-            getattr(ctx, "upstream_request_id", None), getattr(ctx, "units", 0),
+            ctx.request_id,
+            now,
+            self.rt.snapshot.org_id or None,
+            ctx.project_id,
+            key.id,
+            key.owner_user_id,
+            ctx.model,
+            ctx.upstream,
+            kind_of(ctx.endpoint),
+            ctx.endpoint,
+            ctx.status,
+            ctx.prompt_tokens,
+            ctx.cached_tokens,
+            ctx.completion_tokens,
+            ctx.cost_micros,
+            self.split.input_part(ctx),
+            ctx.latency_ms,
+            ctx.ttft_ms,
+            ctx.stream,
+            ctx.disconnected,
+            ctx.usage_estimated,
+            ctx.attempts,
+            ctx.error,
+            getattr(ctx, "upstream_request_id", None),
+            getattr(ctx, "units", 0),
         )
 
     async def record(self, ctx: Any) -> None:

@@ -34,8 +34,13 @@ class Filters:
 
     def clauses(self, table: Any) -> list[Any]:
         out = []
-        for col, values in (("project_id", self.project_ids), ("api_key_id", self.api_key_ids),
-                            ("user_id", self.user_ids), ("model", self.models), ("kind", self.kinds)):
+        for col, values in (
+            ("project_id", self.project_ids),
+            ("api_key_id", self.api_key_ids),
+            ("user_id", self.user_ids),
+            ("model", self.models),
+            ("kind", self.kinds),
+        ):
             if values:
                 out.append(getattr(table, col).in_(values))
         return out
@@ -46,6 +51,7 @@ def new_sums() -> dict[str, float]:
 
 
 # --- records -> rollup rows ----------------------------------------------------------------------
+
 
 def rollup_rows(records: Iterable[Record], granularity: int) -> list[dict[str, Any]]:
     """Sum records into rollup rows of one granularity, sorted by key (upserts in a stable order)."""
@@ -98,18 +104,60 @@ def rollups_of(records: Iterable[Record]) -> dict[int, list[dict[str, Any]]]:
 # The per-request row's columns, in the order :func:`request_values` gives them (every column of
 # usage_requests but ``seq``; tests/usage check the two agree).
 REQUEST_COLUMNS: tuple[str, ...] = (
-    "id", "created_at", "org_id", "project_id", "api_key_id", "user_id", "model", "upstream", "kind", "endpoint",
-    "status", "input_tokens", "cached_tokens", "output_tokens", "cost_micros", "cost_input_micros", "units",
-    "latency_ms", "ttft_ms", "stream", "disconnected", "estimated", "attempts", "error", "upstream_request_id",
+    "id",
+    "created_at",
+    "org_id",
+    "project_id",
+    "api_key_id",
+    "user_id",
+    "model",
+    "upstream",
+    "kind",
+    "endpoint",
+    "status",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "cost_micros",
+    "cost_input_micros",
+    "units",
+    "latency_ms",
+    "ttft_ms",
+    "stream",
+    "disconnected",
+    "estimated",
+    "attempts",
+    "error",
+    "upstream_request_id",
 )
 
 
 def request_values(r: Record) -> list[Any]:
     """A record's usage_requests row as values in REQUEST_COLUMNS order."""
     return [
-        r.id, int(r.t), r.org_id, r.project_id, r.key_id, r.user_id, r.model, r.upstream, r.kind, r.endpoint[:256],
-        r.status, r.input_tokens, r.cached_tokens, r.output_tokens, r.cost_micros, r.cost_input_micros, r.units,
-        r.latency_ms, r.ttft_ms, bool(r.stream), bool(r.disconnected), bool(r.estimated), r.attempts,
+        r.id,
+        int(r.t),
+        r.org_id,
+        r.project_id,
+        r.key_id,
+        r.user_id,
+        r.model,
+        r.upstream,
+        r.kind,
+        r.endpoint[:256],
+        r.status,
+        r.input_tokens,
+        r.cached_tokens,
+        r.output_tokens,
+        r.cost_micros,
+        r.cost_input_micros,
+        r.units,
+        r.latency_ms,
+        r.ttft_ms,
+        bool(r.stream),
+        bool(r.disconnected),
+        bool(r.estimated),
+        r.attempts,
         r.error[:256] if r.error else None,
         r.upstream_request_id[:128] if r.upstream_request_id else None,
     ]
@@ -120,6 +168,7 @@ def request_row(r: Record) -> dict[str, Any]:
 
 
 # --- range queries -------------------------------------------------------------------------------
+
 
 def _ceil(a: int, g: int) -> int:
     return -(-a // g) * g
@@ -157,12 +206,12 @@ def _bucket_expr(col: Any, width: int | None) -> Any:
     return col - col % w
 
 
-def _rollup_select(table: Any, lo: int, hi: int, width: int | None, group_by: Sequence[str],
-                   filters: Filters) -> Any:
+def _rollup_select(table: Any, lo: int, hi: int, width: int | None, group_by: Sequence[str], filters: Filters) -> Any:
     b = _bucket_expr(table.bucket, width).label("b")
     cols = [getattr(table, g) for g in group_by]
-    stmt = (select(b, *cols, *[func.sum(getattr(table, s)).label(s) for s in SUMS])
-            .where(table.bucket >= lo, table.bucket < hi, *filters.clauses(table)))
+    stmt = select(b, *cols, *[func.sum(getattr(table, s)).label(s) for s in SUMS]).where(
+        table.bucket >= lo, table.bucket < hi, *filters.clauses(table)
+    )
     return stmt.group_by(*([b] if width is not None else []), *cols)
 
 
@@ -175,8 +224,10 @@ def _raw_select(lo: int, hi: int, width: int | None, group_by: Sequence[str], fi
         func.count().label("requests"),
         func.sum(case((model_request, 1), else_=0)).label("model_requests"),
         func.sum(case((r.status >= 400, 1), else_=0)).label("errors"),
-        *[func.sum(getattr(r, c)).label(c) for c in ("input_tokens", "cached_tokens", "output_tokens",
-                                                      "cost_micros", "cost_input_micros", "units")],
+        *[
+            func.sum(getattr(r, c)).label(c)
+            for c in ("input_tokens", "cached_tokens", "output_tokens", "cost_micros", "cost_input_micros", "units")
+        ],
         func.sum(r.latency_ms).label("latency_ms_sum"),
     ]
     stmt = select(b, *cols, *sums).where(r.created_at >= lo, r.created_at < hi, *filters.clauses(r))
@@ -184,8 +235,14 @@ def _raw_select(lo: int, hi: int, width: int | None, group_by: Sequence[str], fi
 
 
 async def aggregate(
-    conn: AsyncConnection, start: int, end: int, *, width: int | None, group_by: Sequence[str] = (),
-    filters: Filters = Filters(), minute_cutoff: int = 0,
+    conn: AsyncConnection,
+    start: int,
+    end: int,
+    *,
+    width: int | None,
+    group_by: Sequence[str] = (),
+    filters: Filters = Filters(),
+    minute_cutoff: int = 0,
 ) -> dict[tuple[Any, ...], dict[str, float]]:
     """Sums over [start, end) by (bucket start, *group values); bucket start is 0 when width is None.
 
@@ -197,8 +254,11 @@ async def aggregate(
             raise ValueError(f"cannot group by {g}")
     acc: dict[tuple[Any, ...], dict[str, float]] = {}
     for table, lo, hi in pieces(start, end, width, minute_cutoff):
-        stmt = (_raw_select(lo, hi, width, group_by, filters) if table is None
-                else _rollup_select(table, lo, hi, width, group_by, filters))
+        stmt = (
+            _raw_select(lo, hi, width, group_by, filters)
+            if table is None
+            else _rollup_select(table, lo, hi, width, group_by, filters)
+        )
         for row in await conn.execute(stmt):
             m = row._mapping
             key = (int(m["b"]), *((m[g] or None) for g in group_by))
@@ -213,8 +273,10 @@ async def aggregate(
 
 # --- retention -----------------------------------------------------------------------------------
 
+
 def cutoffs(settings: Any, now: float) -> dict[str, int]:
     """Unix second before which each table's rows are deleted (0: kept forever)."""
+
     def cut(days: int) -> int:
         return int(now) - days * DAY if days > 0 else 0
 

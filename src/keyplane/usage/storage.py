@@ -85,8 +85,16 @@ class VectorStores:
             if len(self.last) >= _CACHE_MAX:
                 self.last.clear()
             self.last[vid] = (size, expires, gone)
-            rows.append({"vector_store_id": vid, "project_id": project_id, "observed_at": now,
-                         "usage_bytes": size, "expires_at": expires, "gone": gone})
+            rows.append(
+                {
+                    "vector_store_id": vid,
+                    "project_id": project_id,
+                    "observed_at": now,
+                    "usage_bytes": size,
+                    "expires_at": expires,
+                    "gone": gone,
+                }
+            )
         if not rows:
             return
         try:
@@ -98,8 +106,9 @@ class VectorStores:
             log.exception("could not record the size of %d vector stores", len(rows))
 
 
-async def bucket_sizes(conn: AsyncConnection, buckets: list[int], width: int, project_ids: tuple[str, ...],
-                       by_project: bool) -> dict[int, dict[str | None, int]]:
+async def bucket_sizes(
+    conn: AsyncConnection, buckets: list[int], width: int, project_ids: tuple[str, ...], by_project: bool
+) -> dict[int, dict[str | None, int]]:
     """bucket start -> (project id, or None when not grouped) -> bytes (module docstring)."""
     if not buckets:
         return {}
@@ -107,13 +116,20 @@ async def bucket_sizes(conn: AsyncConnection, buckets: list[int], width: int, pr
     t = VectorStoreSize.__table__.c
     where = [t.project_id.in_(project_ids)] if project_ids else []
     # Each store's last report before the range, then every report in it.
-    last = (select(t.vector_store_id, func.max(t.observed_at).label("at"))
-            .where(t.observed_at < lo, *where).group_by(t.vector_store_id).subquery())
-    cols = (t.seq, t.vector_store_id, t.project_id, t.observed_at, t.usage_bytes, t.expires_at,
-            t.gone)
-    before = (await conn.execute(select(*cols).join(last, and_(t.vector_store_id == last.c.vector_store_id,
-                                                                t.observed_at == last.c.at))
-                                 .where(*where))).all()
+    last = (
+        select(t.vector_store_id, func.max(t.observed_at).label("at"))
+        .where(t.observed_at < lo, *where)
+        .group_by(t.vector_store_id)
+        .subquery()
+    )
+    cols = (t.seq, t.vector_store_id, t.project_id, t.observed_at, t.usage_bytes, t.expires_at, t.gone)
+    before = (
+        await conn.execute(
+            select(*cols)
+            .join(last, and_(t.vector_store_id == last.c.vector_store_id, t.observed_at == last.c.at))
+            .where(*where)
+        )
+    ).all()
     within = (await conn.execute(select(*cols).where(t.observed_at >= lo, t.observed_at < hi, *where))).all()
     series: dict[str, tuple[str, list[Seen]]] = {}
     for r in sorted([*before, *within], key=lambda r: (r.observed_at, r.seq)):

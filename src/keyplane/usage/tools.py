@@ -30,7 +30,20 @@ def tool_records(ctx: Any, rec: Record) -> list[Record]:
         micros = min(micros, rec.cost_micros)
         rec.cost_micros -= micros
         rec.cost_input_micros = min(rec.cost_input_micros, rec.cost_micros)
-        out.append(msgspec.structs.replace(
-            rec, id=f"{rec.id}.{kind}"[:64], kind=kind, endpoint=rec.endpoint, input_tokens=0, cached_tokens=0,
-            output_tokens=0, cost_micros=micros, cost_input_micros=0, latency_ms=0.0, ttft_ms=None, units=n))
+        out.append(
+            msgspec.structs.replace(
+                rec,
+                id=f"{rec.id}.{kind}"[:64],
+                kind=kind,
+                endpoint=rec.endpoint,
+                input_tokens=0,
+                cached_tokens=0,
+                output_tokens=0,
+                cost_micros=micros,
+                cost_input_micros=0,
+                latency_ms=0.0,
+                ttft_ms=None,
+                units=n,
+            )
+        )
     return out

@@ -35,8 +35,13 @@ class Tracing:
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
             from opentelemetry.trace import SpanKind, Status, StatusCode
         except ImportError as e:
-            log.warning("otlp_endpoint is set (%s) but the OpenTelemetry packages are not installed (%s): tracing is "
-                        "off. Install them with: %s", endpoint, e.name or e, INSTALL_HINT)
+            log.warning(
+                "otlp_endpoint is set (%s) but the OpenTelemetry packages are not installed (%s): tracing is "
+                "off. Install them with: %s",
+                endpoint,
+                e.name or e,
+                INSTALL_HINT,
+            )
             return None
         provider = TracerProvider(resource=Resource.create({"service.name": "keyplane"}), shutdown_on_exit=False)
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
@@ -47,16 +52,25 @@ class Tracing:
         end_ns = int(end_s * 1e9)
         start_ns = end_ns - int(ctx.latency_ms * 1e6)
         attrs = {
-            "http.request.method": ctx.method, "url.path": ctx.endpoint, "http.response.status_code": ctx.status,
-            "keyplane.request_id": ctx.request_id, "keyplane.project_id": ctx.project_id or "",
-            "keyplane.api_key_id": ctx.key.id, "keyplane.kind": kind, "keyplane.stream": ctx.stream,
-            "keyplane.upstream": ctx.upstream or "", "keyplane.attempts": ctx.attempts,
-            "keyplane.disconnected": ctx.disconnected, "keyplane.cost_usd": ctx.cost_micros / 1e6,
-            "gen_ai.request.model": ctx.model or "", "gen_ai.usage.input_tokens": ctx.prompt_tokens,
+            "http.request.method": ctx.method,
+            "url.path": ctx.endpoint,
+            "http.response.status_code": ctx.status,
+            "keyplane.request_id": ctx.request_id,
+            "keyplane.project_id": ctx.project_id or "",
+            "keyplane.api_key_id": ctx.key.id,
+            "keyplane.kind": kind,
+            "keyplane.stream": ctx.stream,
+            "keyplane.upstream": ctx.upstream or "",
+            "keyplane.attempts": ctx.attempts,
+            "keyplane.disconnected": ctx.disconnected,
+            "keyplane.cost_usd": ctx.cost_micros / 1e6,
+            "gen_ai.request.model": ctx.model or "",
+            "gen_ai.usage.input_tokens": ctx.prompt_tokens,
             "gen_ai.usage.output_tokens": ctx.completion_tokens,
         }
-        span = self.tracer.start_span(f"{ctx.method} {ctx.endpoint}", kind=self._server, start_time=start_ns,
-                                      attributes=attrs)
+        span = self.tracer.start_span(
+            f"{ctx.method} {ctx.endpoint}", kind=self._server, start_time=start_ns, attributes=attrs
+        )
         if ctx.ttft_ms is not None:
             span.add_event("first_token", timestamp=start_ns + int(ctx.ttft_ms * 1e6))
         if ctx.status >= 500 or ctx.error:

@@ -24,8 +24,10 @@ log = logging.getLogger("keyplane.web")
 STATIC = Path(__file__).with_name("static")
 MAX_BODY = 64 * 1024  # the largest form the dashboard takes
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 
 
 class _Guard:
@@ -65,10 +67,14 @@ class _Guard:
             if msg["type"] == "http.response.start":
                 started = True
                 h = list(msg.get("headers") or [])
-                h += [(b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-                      (b"x-frame-options", b"DENY"), (b"referrer-policy", b"same-origin"),
-                      (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
-                      (b"cross-origin-opener-policy", b"same-origin")]
+                h += [
+                    (b"content-security-policy", CSP.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"same-origin"),
+                    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+                    (b"cross-origin-opener-policy", b"same-origin"),
+                ]
                 if secure:
                     h.append((b"strict-transport-security", b"max-age=31536000"))
                 msg = {**msg, "headers": h}
@@ -85,8 +91,13 @@ class _Guard:
 
 async def _too_large(send: Any) -> None:
     body = b"Request too large."
-    await send({"type": "http.response.start", "status": 413, "headers": [
-        (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -95,7 +106,8 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     web: WebState = request.app.state.web
     title = {404: "Not found", 405: "Method not allowed", 413: "Too large"}.get(code, "Error")
     message = {404: "There is no page at this address.", 413: "The form is too large."}.get(
-        code, "The request could not be handled.")
+        code, "The request could not be handled."
+    )
     html = web.templates.get_template("error_bare.html").render(title=title, message=message)
     return HTMLResponse(html, status_code=code)
 
@@ -103,7 +115,8 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.error("dashboard error on %s %s: %s", request.method, request.url.path, type(exc).__name__, exc_info=exc)
     html = request.app.state.web.templates.get_template("error_bare.html").render(
-        title="Something went wrong", message="The page could not be shown; the error is in the server log.")
+        title="Something went wrong", message="The page could not be shown; the error is in the server log."
+    )
     return HTMLResponse(html, status_code=500)
 
 
@@ -116,12 +129,21 @@ def build_web_app(rt: Runtime, admin_app: Any = None) -> Any:
     # at start-up rather than in the middle of the first request for a static file.
     anyio.open_file  # noqa: B018
 
-    routes: list[Any] = [*login.ROUTES, *sso.ROUTES, *pages.ROUTES, *manage.ROUTES, *users.ROUTES, *invites.ROUTES,
-                         *providers.ROUTES, *roles.ROUTES, *access.ROUTES, *sso_status.ROUTES,
-                         Route("/favicon.ico", _favicon, methods=["GET"]),
-                         Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _not_found,
-                                                             Exception: _server_error})
+    routes: list[Any] = [
+        *login.ROUTES,
+        *sso.ROUTES,
+        *pages.ROUTES,
+        *manage.ROUTES,
+        *users.ROUTES,
+        *invites.ROUTES,
+        *providers.ROUTES,
+        *roles.ROUTES,
+        *access.ROUTES,
+        *sso_status.ROUTES,
+        Route("/favicon.ico", _favicon, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _not_found, Exception: _server_error})
     app.state.web = WebState(rt, admin_app)
     app.state.web.templates.globals["sso_enabled"] = sso.enabled(rt.settings)  # the login page's SSO button
     app.state.web.templates.globals["providers_enabled"] = bool(rt.settings.file.providers)  # the nav's Providers
@@ -129,5 +151,8 @@ def build_web_app(rt: Runtime, admin_app: Any = None) -> Any:
 
 
 async def _favicon(request: Request) -> Response:
-    return Response((STATIC / "favicon.svg").read_bytes(), media_type="image/svg+xml",
-                    headers={"cache-control": "public, max-age=86400"})
+    return Response(
+        (STATIC / "favicon.svg").read_bytes(),
+        media_type="image/svg+xml",
+        headers={"cache-control": "public, max-age=86400"},
+    )

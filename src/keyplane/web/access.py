@@ -30,8 +30,13 @@ from keyplane.store.models import ApiKey, Project
 from keyplane.web.base import Ctx, error_page, not_permitted, view
 
 ORG_API = "/v1/organization/ip_allowlist"
-TOOL_LABELS = {"code_interpreter": "Code interpreter", "file_search": "File search",
-               "image_generation": "Image generation", "mcp": "Remote MCP servers", "web_search": "Web search"}
+TOOL_LABELS = {
+    "code_interpreter": "Code interpreter",
+    "file_search": "File search",
+    "image_generation": "Image generation",
+    "mcp": "Remote MCP servers",
+    "web_search": "Web search",
+}
 _SPLIT = re.compile(r"[\s,]+")
 
 Apply = Callable[[AsyncSession, service.Where], Awaitable[str | None]]
@@ -52,13 +57,19 @@ def _seen(ctx: Ctx) -> str:
 
 # --- the organization: its IP allowlist, every policy set ------------------------------------------
 
-async def _org_page(ctx: Ctx, *, error: str | None = None, draft: dict[str, Any] | None = None,
-                    status: int = 200) -> Response:
+
+async def _org_page(
+    ctx: Ctx, *, error: str | None = None, draft: dict[str, Any] | None = None, status: int = 200
+) -> Response:
     async with ctx.rt.read() as s:
         allowlist = await service.ip_allowlist(s, service.ORG)
         policies = await service.all_policies(s)
-        keys = {k.id: k for k in (await s.execute(select(ApiKey).where(ApiKey.id.in_(
-            [p["id"] for p in policies if p["scope"] == "key"])))).scalars()}
+        keys = {
+            k.id: k
+            for k in (
+                await s.execute(select(ApiKey).where(ApiKey.id.in_([p["id"] for p in policies if p["scope"] == "key"])))
+            ).scalars()
+        }
         projects = {p.id: p for p in (await s.execute(select(Project))).scalars()}
         reach = await members.reachable_project_ids(s, ctx.user) if ctx.user is not None else None
     rows = []
@@ -67,8 +78,17 @@ async def _org_page(ctx: Ctx, *, error: str | None = None, draft: dict[str, Any]
         if p["scope"] != "organization" and (pid is None or (reach is not None and pid not in reach)):
             continue  # a project they are not a member of is not shown to them (the member rule)
         rows.append(p | {"project": projects.get(pid or ""), "key": keys.get(p["id"] or "")})
-    return ctx.render("access.html", status=status, nav="access", allowlist=allowlist, policies=rows,
-                      seen=_seen(ctx), can_change=ctx.may("POST", ORG_API), error=error, draft=draft or {})
+    return ctx.render(
+        "access.html",
+        status=status,
+        nav="access",
+        allowlist=allowlist,
+        policies=rows,
+        seen=_seen(ctx),
+        can_change=ctx.may("POST", ORG_API),
+        error=error,
+        draft=draft or {},
+    )
 
 
 @view()
@@ -107,6 +127,7 @@ async def org_ip_lift(ctx: Ctx) -> Response:
 
 # --- a project's or a key's policies ----------------------------------------------------------------
 
+
 def _ids(ctx: Ctx) -> tuple[str, str | None]:
     return ctx.request.path_params["pid"], ctx.request.path_params.get("kid")
 
@@ -128,8 +149,9 @@ async def _where(ctx: Ctx, s: AsyncSession) -> service.Where:
     return await service.target(s, pid, kid)
 
 
-async def _target_page(ctx: Ctx, *, error: str | None = None, draft: dict[str, Any] | None = None,
-                       status: int = 200) -> Response:
+async def _target_page(
+    ctx: Ctx, *, error: str | None = None, draft: dict[str, Any] | None = None, status: int = 200
+) -> Response:
     pid, kid = _ids(ctx)
     async with ctx.rt.read() as s:
         try:
@@ -144,11 +166,23 @@ async def _target_page(ctx: Ctx, *, error: str | None = None, draft: dict[str, A
         groups = await roles.project_groups(s, pid) if kid is None else []
         all_groups = list((await s.execute(select(Group).order_by(Group.seq))).scalars()) if kid is None else []
     member_ids = {g.id for _, g in groups}
-    return ctx.render("access_target.html", status=status, nav="projects", p=p, k=k, models=models, tools=tools,
-                      tool_labels=TOOL_LABELS, allowlist=allowlist, groups=groups,
-                      free_groups=[g for g in all_groups if g.id not in member_ids], url=_page_url(pid, kid),
-                      can_change=ctx.may("POST", _api(pid, kid, "model_permissions")),
-                      error=error, draft=draft or {})
+    return ctx.render(
+        "access_target.html",
+        status=status,
+        nav="projects",
+        p=p,
+        k=k,
+        models=models,
+        tools=tools,
+        tool_labels=TOOL_LABELS,
+        allowlist=allowlist,
+        groups=groups,
+        free_groups=[g for g in all_groups if g.id not in member_ids],
+        url=_page_url(pid, kid),
+        can_change=ctx.may("POST", _api(pid, kid, "model_permissions")),
+        error=error,
+        draft=draft or {},
+    )
 
 
 @view()
@@ -191,8 +225,9 @@ async def models_set(ctx: Ctx) -> Response:
         pol = service.model_policy(mode, _lines(raw))
         await service.set_model_permissions(s, ctx.actor, where, pol, _now(ctx))
 
-    return await _change(ctx, "POST", "model_permissions", {"model_ids": raw, "mode": mode},
-                         "Model permissions saved.", apply)
+    return await _change(
+        ctx, "POST", "model_permissions", {"model_ids": raw, "mode": mode}, "Model permissions saved.", apply
+    )
 
 
 @view()
@@ -200,8 +235,14 @@ async def models_delete(ctx: Ctx) -> Response:
     async def apply(s: AsyncSession, where: service.Where) -> None:
         await service.delete_model_permissions(s, ctx.actor, where)
 
-    return await _change(ctx, "DELETE", "model_permissions", {}, "Model permissions removed: every model is "
-                         "allowed again (within the project's own).", apply)
+    return await _change(
+        ctx,
+        "DELETE",
+        "model_permissions",
+        {},
+        "Model permissions removed: every model is allowed again (within the project's own).",
+        apply,
+    )
 
 
 @view()

@@ -55,6 +55,7 @@ def _unb64(text: str) -> bytes:
 
 # --- passwords ---------------------------------------------------------------------------------
 
+
 def password_problem(password: str) -> str | None:
     """Why a new password is refused, or None."""
     if len(password) < MIN_PASSWORD:
@@ -133,8 +134,7 @@ def new_totp_secret() -> str:
 
 
 def provisioning_uri(secret: str, email: str, org_name: str) -> str:
-    return pyotp.TOTP(secret).provisioning_uri(name=email, issuer_name=f"{ISSUER} ({org_name})" if org_name
-                                               else ISSUER)
+    return pyotp.TOTP(secret).provisioning_uri(name=email, issuer_name=f"{ISSUER} ({org_name})" if org_name else ISSUER)
 
 
 def normalize_code(code: str) -> str:
@@ -156,13 +156,13 @@ def totp_step(secret: str, code: str, now: float) -> int | None:
 
 def new_recovery_codes() -> list[str]:
     alphabet = "abcdefghjkmnpqrstuvwxyz23456789"
-    return ["-".join("".join(secrets.choice(alphabet) for _ in range(5)) for _ in range(2))
-            for _ in range(RECOVERY_CODES)]
+    return [
+        "-".join("".join(secrets.choice(alphabet) for _ in range(5)) for _ in range(2)) for _ in range(RECOVERY_CODES)
+    ]
 
 
 def recovery_digest(server_secret: bytes, code: str) -> str:
-    return hmac.new(_derive(server_secret, "recovery codes"), normalize_code(code).encode(),
-                    hashlib.sha256).hexdigest()
+    return hmac.new(_derive(server_secret, "recovery codes"), normalize_code(code).encode(), hashlib.sha256).hexdigest()
 
 
 def use_recovery_code(server_secret: bytes, stored: str | None, code: str) -> str | None:
@@ -173,11 +173,12 @@ def use_recovery_code(server_secret: bytes, stored: str | None, code: str) -> st
     d = recovery_digest(server_secret, code)
     for i, x in enumerate(digests):
         if hmac.compare_digest(x, d):
-            return orjson.dumps(digests[:i] + digests[i + 1:]).decode()
+            return orjson.dumps(digests[:i] + digests[i + 1 :]).decode()
     return None
 
 
 # --- sessions ----------------------------------------------------------------------------------
+
 
 @dataclass
 class Session:
@@ -194,15 +195,32 @@ class Session:
     dirty: bool = False  # set when the cookie must be sent again
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"s": self.stage, "u": self.user_id, "c": self.csrf, "n": self.nonce,
-                             "i": self.issued_at, "e": self.expires_at, "k": self.stamp, "f": self.flash})
+        return orjson.dumps(
+            {
+                "s": self.stage,
+                "u": self.user_id,
+                "c": self.csrf,
+                "n": self.nonce,
+                "i": self.issued_at,
+                "e": self.expires_at,
+                "k": self.stamp,
+                "f": self.flash,
+            }
+        )
 
     @classmethod
     def from_json(cls, raw: bytes) -> Session:
         d: dict[str, Any] = orjson.loads(raw)
-        return cls(stage=str(d["s"]), user_id=d.get("u"), csrf=str(d["c"]), nonce=str(d["n"]),
-                   issued_at=float(d["i"]), expires_at=float(d["e"]), stamp=str(d.get("k") or ""),
-                   flash=d.get("f"))
+        return cls(
+            stage=str(d["s"]),
+            user_id=d.get("u"),
+            csrf=str(d["c"]),
+            nonce=str(d["n"]),
+            issued_at=float(d["i"]),
+            expires_at=float(d["e"]),
+            stamp=str(d.get("k") or ""),
+            flash=d.get("f"),
+        )
 
 
 class Sessions:
@@ -250,8 +268,9 @@ class Sessions:
         """A fresh session (new nonce and CSRF token: no fixation across the login)."""
         now = self.clock.now()
         ttl = SESSION_SECONDS if stage == "full" else PENDING_SECONDS
-        return Session(stage=stage, user_id=user.id, issued_at=now, expires_at=now + ttl, stamp=self.stamp(user),
-                       dirty=True)
+        return Session(
+            stage=stage, user_id=user.id, issued_at=now, expires_at=now + ttl, stamp=self.stamp(user), dirty=True
+        )
 
 
 def csrf_ok(session: Session, given: str | None) -> bool:
@@ -260,6 +279,6 @@ def csrf_ok(session: Session, given: str | None) -> bool:
 
 # --- throttling (the counters live in keyplane.web.fleet) ---------------------------------------
 
+
 def minutes(seconds: float) -> int:
     return max(1, int(-(-seconds // 60)))
-

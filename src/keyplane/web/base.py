@@ -55,6 +55,7 @@ class WebState:
 
 # --- formatting ------------------------------------------------------------------------------
 
+
 def usd(value: Any) -> str:
     """Dollars as keyplane.fmt shows money everywhere (the CLI and error messages too)."""
     return fmt.usd_dollars(value)
@@ -84,7 +85,8 @@ def when(ts: Any, empty: str = "never") -> Markup:
     except (TypeError, ValueError, OverflowError, OSError):
         return Markup("{}").format(ts)
     return Markup('<time datetime="{}">{} UTC</time>').format(
-        dt.strftime("%Y-%m-%dT%H:%M:%SZ"), dt.strftime("%Y-%m-%d %H:%M"))
+        dt.strftime("%Y-%m-%dT%H:%M:%SZ"), dt.strftime("%Y-%m-%d %H:%M")
+    )
 
 
 def day(ts: Any) -> Markup:
@@ -93,19 +95,31 @@ def day(ts: Any) -> Markup:
         dt = datetime.fromtimestamp(float(ts), UTC)
     except (TypeError, ValueError, OverflowError, OSError):
         return Markup("-")
-    return Markup('<time datetime="{}" data-day="1">{}</time>').format(dt.strftime("%Y-%m-%d"),
-                                                                       dt.strftime("%Y-%m-%d"))
+    return Markup('<time datetime="{}" data-day="1">{}</time>').format(dt.strftime("%Y-%m-%d"), dt.strftime("%Y-%m-%d"))
 
 
 def make_env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(usd=usd, cents=cents, num=num, when=when, day=day, urlq=lambda v: quote(str(v), safe=""),
-                       countdown=lambda end, now: fmt.duration(float(end) - float(now)))
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        usd=usd,
+        cents=cents,
+        num=num,
+        when=when,
+        day=day,
+        urlq=lambda v: quote(str(v), safe=""),
+        countdown=lambda end, now: fmt.duration(float(end) - float(now)),
+    )
     return env
 
 
 # --- the session on a request ----------------------------------------------------------------
+
 
 @dataclass
 class Ctx:
@@ -166,9 +180,16 @@ class Ctx:
             self.session.flash = None
             self.session.dirty = True
         html = self.web.templates.get_template(template).render(
-            user=self.user, is_owner=self.is_owner, csrf=self.session.csrf, flash=flash,
-            path=self.request.url.path, org_name=self.web.org_name, htmx=self.is_htmx,
-            now=self.rt.clock.now(), **values)
+            user=self.user,
+            is_owner=self.is_owner,
+            csrf=self.session.csrf,
+            flash=flash,
+            path=self.request.url.path,
+            org_name=self.web.org_name,
+            htmx=self.is_htmx,
+            now=self.rt.clock.now(),
+            **values,
+        )
         return HTMLResponse(html, status_code=status)
 
     @property
@@ -189,16 +210,23 @@ def secure_request(request: Request) -> bool:
 def save_session(request: Request, web: WebState, session: auth.Session, response: Response) -> Response:
     if session.dirty:
         secure = secure_request(request)
-        response.set_cookie(auth.COOKIE_SECURE if secure else auth.COOKIE, web.sessions.dump(session),
-                            max_age=int(max(60, session.expires_at - web.rt.clock.now())), path="/",
-                            secure=secure, httponly=True, samesite="lax")
+        response.set_cookie(
+            auth.COOKIE_SECURE if secure else auth.COOKIE,
+            web.sessions.dump(session),
+            max_age=int(max(60, session.expires_at - web.rt.clock.now())),
+            path="/",
+            secure=secure,
+            httponly=True,
+            samesite="lax",
+        )
     return response
 
 
 def clear_session(request: Request, response: Response) -> Response:
     secure = secure_request(request)
-    response.delete_cookie(auth.COOKIE_SECURE if secure else auth.COOKIE, path="/", secure=secure, httponly=True,
-                           samesite="lax")
+    response.delete_cookie(
+        auth.COOKIE_SECURE if secure else auth.COOKIE, path="/", secure=secure, httponly=True, samesite="lax"
+    )
     return response
 
 
@@ -235,8 +263,11 @@ async def read_form(request: Request) -> FormData:
 
 def error_page(ctx: Ctx, status: int, title: str, message: str) -> Response:
     if ctx.is_htmx:
-        return HTMLResponse(ctx.web.templates.get_template("_error.html").render(title=title, message=message),
-                            status_code=status, headers={"HX-Retarget": "#flash-slot", "HX-Reswap": "innerHTML"})
+        return HTMLResponse(
+            ctx.web.templates.get_template("_error.html").render(title=title, message=message),
+            status_code=status,
+            headers={"HX-Retarget": "#flash-slot", "HX-Reswap": "innerHTML"},
+        )
     return ctx.render("error.html", status=status, title=title, message=message)
 
 
@@ -245,8 +276,13 @@ def not_permitted(ctx: Ctx, method: str, api_path: str) -> Response | None:
     if ctx.may(method, api_path):
         return None
     need = permissions.required(method, api_path)
-    return error_page(ctx, 403, "Not allowed", f"This needs the permission {need}, which your roles do not give "
-                      "you: you can see this page but not change it. Ask an owner to make this change.")
+    return error_page(
+        ctx,
+        403,
+        "Not allowed",
+        f"This needs the permission {need}, which your roles do not give "
+        "you: you can see this page but not change it. Ask an owner to make this change.",
+    )
 
 
 Handler = Callable[[Ctx], Awaitable[Response]]
@@ -290,7 +326,8 @@ def _outside_allowlist(request: Request, web: WebState) -> Response | None:
         html = web.templates.get_template("error_bare.html").render(
             title="Not allowed from this address",
             message=e.message + " An owner can change the list from an allowed address, or lift it on the server "
-            "with `keyplane access ip-allowlist clear`.")
+            "with `keyplane access ip-allowlist clear`.",
+        )
         return HTMLResponse(html, status_code=403, headers={"cache-control": "no-store"})
     return None
 
@@ -304,9 +341,12 @@ async def _guarded(ctx: Ctx, fn: Handler, owner: bool, stage: str) -> Response:
             return error_page(ctx, 400, "Bad request", "The form could not be read (too many or too large fields).")
         given = request.headers.get("x-csrf-token") or ctx.field("csrf_token")
         if not auth.csrf_ok(session, given):
-            return error_page(ctx, 403, "Form expired",
-                              "The form was not accepted (missing or stale security token). Reload the page and "
-                              "try again.")
+            return error_page(
+                ctx,
+                403,
+                "Form expired",
+                "The form was not accepted (missing or stale security token). Reload the page and try again.",
+            )
     if stage == "anon":
         return await fn(ctx)
     if session.user_id is None:
@@ -327,8 +367,12 @@ async def _guarded(ctx: Ctx, fn: Handler, owner: bool, stage: str) -> Response:
     if session.stage != "full":
         return ctx.redirect("/login/enroll" if session.stage == "enroll" else "/login/totp")
     if owner and not ctx.is_owner:
-        return error_page(ctx, 403, "Not allowed", "Your role (reader) can see everything but change nothing. "
-                          "Ask an owner to make this change.")
+        return error_page(
+            ctx,
+            403,
+            "Not allowed",
+            "Your role (reader) can see everything but change nothing. Ask an owner to make this change.",
+        )
     return await fn(ctx)
 
 

@@ -1,6 +1,5 @@
 """`keyplane users set-password` and `keyplane users reset-2fa`: dashboard sign-in recovery on the server."""
 
-
 import sys
 from typing import Annotated, Any
 
@@ -17,8 +16,12 @@ def register(users_app: typer.Typer) -> None:
     @users_app.command("set-password")
     def set_password(
         user: UserArg,
-        password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from standard "
-                                                     "input (one line) instead of prompting.")] = False,
+        password_stdin: Annotated[
+            bool,
+            typer.Option(
+                "--password-stdin", help="Read the password from standard input (one line) instead of prompting."
+            ),
+        ] = False,
     ) -> None:
         """Set a user's dashboard password (prompted twice, hidden). Their open sessions end."""
         if password_stdin:
@@ -33,8 +36,13 @@ def register(users_app: typer.Typer) -> None:
         async def go(s: Any) -> Any:
             u = await control.find_user(s, user)
             u.password_hash = hashed
-            await control.audit(s, control.CLI_ACTOR, "user.updated",
-                                {"id": u.id, "changes_requested": {"password": "set"}}, resource_id=u.id)
+            await control.audit(
+                s,
+                control.CLI_ACTOR,
+                "user.updated",
+                {"id": u.id, "changes_requested": {"password": "set"}},
+                resource_id=u.id,
+            )
             return u
 
         u = run_store(settings(), go, write=True)
@@ -44,13 +52,21 @@ def register(users_app: typer.Typer) -> None:
     @users_app.command("reset-2fa")
     def reset_2fa(user: UserArg) -> None:
         """Remove a user's authenticator and recovery codes; they enrol again at their next sign-in."""
+
         async def go(s: Any) -> Any:
             u = await control.find_user(s, user)
             u.totp_secret, u.totp_enabled, u.recovery_codes = None, False, None
-            await control.audit(s, control.CLI_ACTOR, "user.updated",
-                                {"id": u.id, "changes_requested": {"mfa": "reset"}}, resource_id=u.id)
+            await control.audit(
+                s,
+                control.CLI_ACTOR,
+                "user.updated",
+                {"id": u.id, "changes_requested": {"mfa": "reset"}},
+                resource_id=u.id,
+            )
             return u
 
         u = run_store(settings(), go, write=True)
-        out.print(f"two-factor sign-in reset for {u.email}: they set up a new authenticator at their next sign-in.",
-                  markup=False)
+        out.print(
+            f"two-factor sign-in reset for {u.email}: they set up a new authenticator at their next sign-in.",
+            markup=False,
+        )

@@ -15,8 +15,12 @@ from keyplane.scopes import AREAS, Permissions, parse_permissions
 from keyplane.store.models import ApiKey, Project
 from keyplane.web.base import cents, num, usd, when
 
-RANGES = {"24h": ("Last 24 hours", 1, "1h"), "7d": ("Last 7 days", 7, "1d"), "30d": ("Last 30 days", 30, "1d"),
-          "90d": ("Last 90 days", 90, "1d")}
+RANGES = {
+    "24h": ("Last 24 hours", 1, "1h"),
+    "7d": ("Last 7 days", 7, "1d"),
+    "30d": ("Last 30 days", 30, "1d"),
+    "90d": ("Last 90 days", 90, "1d"),
+}
 
 
 def month_start(now: float) -> int:
@@ -65,19 +69,26 @@ class UsageView:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def chart_json(self) -> Markup:
-        data = {"t": self.times, "requests": self.requests, "input": self.input_tokens, "output": self.output_tokens,
-                "cost": self.cost}
+        data = {
+            "t": self.times,
+            "requests": self.requests,
+            "input": self.input_tokens,
+            "output": self.output_tokens,
+            "cost": self.cost,
+        }
         # Inside <script type="application/json">: "<" escaped so no "</script>" can close it.
         return Markup(orjson.dumps(data).decode().replace("<", "\\u003c"))  # noqa: S704
 
 
-def usage_view(usage: list[dict[str, Any]], costs: list[dict[str, Any]], start: int, width: str,
-               count: int) -> UsageView:
+def usage_view(
+    usage: list[dict[str, Any]], costs: list[dict[str, Any]], start: int, width: str, count: int
+) -> UsageView:
     step = 3600 if width == "1h" else 86400
     times = [start + i * step for i in range(count)]
     index = {t: i for i, t in enumerate(times)}
-    v = UsageView(times=times, requests=[0] * count, input_tokens=[0] * count, output_tokens=[0] * count,
-                  cost=[0.0] * count)
+    v = UsageView(
+        times=times, requests=[0] * count, input_tokens=[0] * count, output_tokens=[0] * count, cost=[0.0] * count
+    )
     for b in usage:
         i = index.get(int(b.get("start_time") or 0))
         for r in b.get("results") or []:
@@ -145,6 +156,7 @@ async def names(s: Any) -> tuple[dict[str, str], dict[str, str]]:
 
 # --- permissions (the editor's All / Restricted per area / Read only) --------------------------
 
+
 def area_levels(p: Permissions) -> dict[str, str]:
     out = {}
     for a in AREAS:
@@ -191,12 +203,14 @@ def permissions_from_form(mode: str, levels: dict[str, str]) -> str | list[str]:
         else:
             raise PermissionsError(f"Unknown level {lvl!r} for {AREAS[a][0]}.")
     if not scopes:
-        raise PermissionsError("A restricted key needs at least one area set to Read or Write; "
-                               "choose Read only or All otherwise.")
+        raise PermissionsError(
+            "A restricted key needs at least one area set to Read or Write; choose Read only or All otherwise."
+        )
     return scopes
 
 
 # --- lists of a shape the dashboard does not know in advance ----------------------------------
+
 
 def columns(items: list[dict[str, Any]], hide: tuple[str, ...] = ("object",)) -> list[str]:
     cols: list[str] = []
@@ -257,8 +271,12 @@ def detail_lines(value: Any, limit: int = 40) -> list[tuple[str, str]]:
     return out
 
 
-_LIMIT_INDEX = {"max_requests_per_1_minute": 0, "max_tokens_per_1_minute": 1, "max_requests_per_1_day": 2,
-                "max_tokens_per_1_day": 3}
+_LIMIT_INDEX = {
+    "max_requests_per_1_minute": 0,
+    "max_tokens_per_1_minute": 1,
+    "max_requests_per_1_day": 2,
+    "max_tokens_per_1_day": 3,
+}
 
 
 def rate_marks(billing: Any, project_id: str, rates: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -272,7 +290,10 @@ def rate_marks(billing: Any, project_id: str, rates: list[dict[str, Any]]) -> di
         over = billing.cfg.overrides.get(("project", project_id, model))
         tier = billing.tiers.limits(billing.cfg.tier, model)
         fields = {f: (over is not None and over[i] is not None and over[i] != tier[i]) for f, i in _LIMIT_INDEX.items()}
-        out[model] = {"custom": any(fields.values()), "fields": fields,
-                      "tier": {f: tier[i] for f, i in _LIMIT_INDEX.items()}, "tier_name": billing.cfg.tier}
+        out[model] = {
+            "custom": any(fields.values()),
+            "fields": fields,
+            "tier": {f: tier[i] for f, i in _LIMIT_INDEX.items()},
+            "tier_name": billing.cfg.tier,
+        }
     return out
-

@@ -60,9 +60,21 @@ UNAVAILABLE = Result(404, {"error": {"code": "unknown_url", "message": "not avai
 
 def session_principal(user_id: str, email: str, ip: str) -> tuple[KeyEntry, Actor]:
     """What authenticate_admin returns for an in-process call made for a dashboard user."""
-    entry = KeyEntry(id=f"session:{user_id}", kind="admin", name="dashboard session", redacted_value="",
-                     project_id=None, owner_user_id=user_id, service_account_id=None, permissions=ALL,
-                     expires_at=None, revoked_at=None, revoke_reason=None, suspended_at=None, suspend_reason=None)
+    entry = KeyEntry(
+        id=f"session:{user_id}",
+        kind="admin",
+        name="dashboard session",
+        redacted_value="",
+        project_id=None,
+        owner_user_id=user_id,
+        service_account_id=None,
+        permissions=ALL,
+        expires_at=None,
+        revoked_at=None,
+        revoke_reason=None,
+        suspended_at=None,
+        suspend_reason=None,
+    )
     return entry, Actor("session", user_id, {"user": {"id": user_id, "email": email}, "ip_address": ip})
 
 
@@ -82,15 +94,30 @@ class AdminBridge:
     def __init__(self, admin_app: Any) -> None:
         self.app = admin_app
 
-    async def call(self, method: str, path: str, principal: tuple[KeyEntry, Actor], *,
-                   query: dict[str, Any] | None = None, body: dict[str, Any] | None = None) -> Result:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        principal: tuple[KeyEntry, Actor],
+        *,
+        query: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> Result:
         if self.app is None:
             return UNAVAILABLE
         raw = orjson.dumps(body) if body is not None else b""
         scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
-            "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
-            "query_string": _query(query).encode(), "client": ("127.0.0.1", 0), "server": ("keyplane", 0),
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": _query(query).encode(),
+            "client": ("127.0.0.1", 0),
+            "server": ("keyplane", 0),
             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())],
             "keyplane.session": principal,
         }
@@ -135,8 +162,9 @@ class AdminBridge:
     async def delete(self, path: str, principal: tuple[KeyEntry, Actor]) -> Result:
         return await self.call("DELETE", P + path, principal)
 
-    async def all_pages(self, path: str, principal: tuple[KeyEntry, Actor], max_pages: int = 20,
-                        **query: Any) -> Result:
+    async def all_pages(
+        self, path: str, principal: tuple[KeyEntry, Actor], max_pages: int = 20, **query: Any
+    ) -> Result:
         """Follow ``next_page`` (usage and costs) up to a bound; the buckets are concatenated."""
         first = await self.get(path, principal, **query)
         if not first.ok or not isinstance(first.data, dict):

@@ -65,13 +65,15 @@ class SharedSignIn:
             return
         async with self.rt.sessions() as db, db.begin():
             await db.execute(delete(WebSessionEnd).where(WebSessionEnd.expires_at < int(now)))
-            await db.execute(_insert_ignore(db, WebSessionEnd, nonce=s.nonce[:64], user_id=s.user_id,
-                                            expires_at=expires))
+            await db.execute(
+                _insert_ignore(db, WebSessionEnd, nonce=s.nonce[:64], user_id=s.user_id, expires_at=expires)
+            )
 
     async def session_ended(self, s: auth.Session) -> bool:
         async with self.rt.read() as db:
-            row = (await db.execute(select(WebSessionEnd.expires_at)
-                                    .where(WebSessionEnd.nonce == s.nonce[:64]))).scalar()
+            row = (
+                await db.execute(select(WebSessionEnd.expires_at).where(WebSessionEnd.nonce == s.nonce[:64]))
+            ).scalar()
         return row is not None
 
     # --- TOTP steps --------------------------------------------------------------------------
@@ -101,8 +103,15 @@ class SharedSignIn:
         """Seconds before this address may try this email again (0: now)."""
         now = self._now()
         async with self.rt.read() as db:
-            until = (await db.execute(select(WebLoginThrottle.blocked_until)
-                                      .where(WebLoginThrottle.key.in_(self._keys(email, ip))))).scalars().all()
+            until = (
+                (
+                    await db.execute(
+                        select(WebLoginThrottle.blocked_until).where(WebLoginThrottle.key.in_(self._keys(email, ip)))
+                    )
+                )
+                .scalars()
+                .all()
+            )
         return max([0.0, *(u - now for u in until)])
 
     async def failure(self, email: str, ip: str) -> None:
@@ -111,10 +120,14 @@ class SharedSignIn:
         pair, address = self._keys(email, ip)
         async with self.rt.sessions() as db, db.begin():
             for key in sorted((pair, address)):  # one lock order for every instance
-                await db.execute(_insert_ignore(db, WebLoginThrottle, key=key, failures=0, first_at=now,
-                                                last_at=now, blocked_until=0.0))
-                row = (await db.execute(select(WebLoginThrottle).where(WebLoginThrottle.key == key)
-                                        .with_for_update())).scalar_one()
+                await db.execute(
+                    _insert_ignore(
+                        db, WebLoginThrottle, key=key, failures=0, first_at=now, last_at=now, blocked_until=0.0
+                    )
+                )
+                row = (
+                    await db.execute(select(WebLoginThrottle).where(WebLoginThrottle.key == key).with_for_update())
+                ).scalar_one()
                 if key == pair:
                     if now - row.last_at > r.pair_forget:
                         row.failures, row.first_at = 0, now
@@ -133,8 +146,11 @@ class SharedSignIn:
             if self.rt.clock.monotonic() - self._pruned_at > PRUNE_EVERY:
                 self._pruned_at = self.rt.clock.monotonic()
                 horizon = now - max(r.pair_forget, r.address_window)
-                await db.execute(delete(WebLoginThrottle).where(WebLoginThrottle.last_at < horizon,
-                                                                 WebLoginThrottle.blocked_until < now))
+                await db.execute(
+                    delete(WebLoginThrottle).where(
+                        WebLoginThrottle.last_at < horizon, WebLoginThrottle.blocked_until < now
+                    )
+                )
 
     async def success(self, email: str, ip: str) -> None:
         """A full sign-in (password and second factor) clears the pair; the address keeps its count."""
@@ -143,8 +159,9 @@ class SharedSignIn:
             await db.execute(delete(WebLoginThrottle).where(WebLoginThrottle.key == pair))
 
 
-def _insert_ignore(db: AsyncSession, table: type[WebSessionEnd] | type[WebLoginThrottle],
-                   **values: str | float | None) -> postgresql.Insert | sqlite.Insert:
+def _insert_ignore(
+    db: AsyncSession, table: type[WebSessionEnd] | type[WebLoginThrottle], **values: str | float | None
+) -> postgresql.Insert | sqlite.Insert:
     """INSERT ... ON CONFLICT DO NOTHING on either store."""
     if db.get_bind().dialect.name == "postgresql":
         return postgresql.insert(table).values(**values).on_conflict_do_nothing()

@@ -46,8 +46,9 @@ async def invite_submit(ctx: Ctx) -> Response:
     hashed = await anyio.to_thread.run_sync(auth.hash_password, password)
     try:
         async with rt.write() as s:
-            await invites.accept_invite(s, rt.settings.secret_key, token, password_hash=hashed,
-                                        name=ctx.field("name")[:256])
+            await invites.accept_invite(
+                s, rt.settings.secret_key, token, password_hash=hashed, name=ctx.field("name")[:256]
+            )
     except APIError as e:
         if e.code == "invite_sender_unauthorized":
             return ctx.render("invite_accept.html", status=403, invite=None, error=e.message)

@@ -23,14 +23,15 @@ from keyplane.web import auth
 from keyplane.web.base import Ctx, safe_next, session_actor, view
 
 _LOCKED = "Too many failed sign-in attempts from your address. Try again in {n} {unit}{s}."
-_NO_PASSWORD = ("This account has no password yet. An administrator sets one on the server with "
-                "`keyplane users set-password {email}`.")
+_NO_PASSWORD = (
+    "This account has no password yet. An administrator sets one on the server with "
+    "`keyplane users set-password {email}`."
+)
 
 
 async def _audit(ctx: Ctx, type: str, user: User | None, details: dict[str, Any], email: str | None = None) -> None:
     async with ctx.rt.write() as s:
-        await control.audit(s, session_actor(user, ctx.ip, email), type, details,
-                            resource_id=user.id if user else None)
+        await control.audit(s, session_actor(user, ctx.ip, email), type, details, resource_id=user.id if user else None)
 
 
 def _locked_message(wait: float) -> str:
@@ -59,6 +60,7 @@ def _next_q(nxt: str) -> str:
 
 # --- step 1: password --------------------------------------------------------------------------
 
+
 @view(stage="anon")
 async def login_page(ctx: Ctx) -> Response:
     if ctx.session.stage == "full" and ctx.session.user_id:
@@ -82,8 +84,9 @@ async def login_submit(ctx: Ctx) -> Response:
         user = (await s.execute(select(User).where(User.email == email))).scalar()
     wait = await _throttled(ctx, email)
     if wait:
-        await _audit(ctx, "login.failed", user, {"error_code": "locked_out",
-                                                 "error_message": "too many failed attempts"}, email)
+        await _audit(
+            ctx, "login.failed", user, {"error_code": "locked_out", "error_message": "too many failed attempts"}, email
+        )
         return again(_locked_message(wait), 429)
     ok = auth.verify_password(user.password_hash if user else None, password)
     if user is not None and not user.password_hash:
@@ -97,6 +100,7 @@ async def login_submit(ctx: Ctx) -> Response:
 
 
 # --- step 2: TOTP or a recovery code -----------------------------------------------------------
+
 
 @view(stage="pending")
 async def totp_page(ctx: Ctx) -> Response:
@@ -115,8 +119,9 @@ async def totp_submit(ctx: Ctx) -> Response:
     code = ctx.field("code")[:64]
     wait = await _throttled(ctx, user.email)
     if wait:
-        await _audit(ctx, "login.failed", user, {"error_code": "locked_out",
-                                                 "error_message": "too many failed attempts"})
+        await _audit(
+            ctx, "login.failed", user, {"error_code": "locked_out", "error_message": "too many failed attempts"}
+        )
         return ctx.render("login_totp.html", status=429, error=_locked_message(wait), next=nxt)
     secret = ctx.web.box.open(user.totp_secret or "")
     step = auth.totp_step(secret, code, ctx.rt.clock.now()) if secret else None
@@ -132,9 +137,13 @@ async def totp_submit(ctx: Ctx) -> Response:
                 method = "recovery_code"
     if method is None:
         await _fail(ctx, user, user.email, "invalid_mfa_code", "wrong or already used authentication code")
-        return ctx.render("login_totp.html", status=401, next=nxt,
-                          error="That code is not valid. Enter the current 6-digit code from your authenticator app "
-                                "(each code works once), or one of your recovery codes.")
+        return ctx.render(
+            "login_totp.html",
+            status=401,
+            next=nxt,
+            error="That code is not valid. Enter the current 6-digit code from your authenticator app "
+            "(each code works once), or one of your recovery codes.",
+        )
     return await _signed_in(ctx, user, method, nxt)
 
 
@@ -144,12 +153,15 @@ async def _signed_in(ctx: Ctx, user: User, method: str, nxt: str) -> Response:
     ctx.session = ctx.web.sessions.start(user, "full")
     remaining = len(orjson.loads(user.recovery_codes or "[]"))
     if method == "recovery_code":
-        ctx.flash(f"Signed in with a recovery code; {remaining - 1 if remaining else 0} left. "
-                  "Reset your second factor from the Users page if you lost your authenticator.")
+        ctx.flash(
+            f"Signed in with a recovery code; {remaining - 1 if remaining else 0} left. "
+            "Reset your second factor from the Users page if you lost your authenticator."
+        )
     return ctx.redirect(nxt)
 
 
 # --- enrolment ---------------------------------------------------------------------------------
+
 
 async def _pending_secret(ctx: Ctx, user: User) -> str:
     """The secret being enrolled: kept (encrypted) on the user until confirmed, so a reload keeps it."""
@@ -164,8 +176,9 @@ async def _pending_secret(ctx: Ctx, user: User) -> str:
 
 
 def _qr_svg(uri: str) -> Markup:
-    svg = segno.make(uri, error="m").svg_inline(scale=5, border=3, dark="#111", light="#fff", omitsize=True,
-                                                title="QR code for your authenticator app")
+    svg = segno.make(uri, error="m").svg_inline(
+        scale=5, border=3, dark="#111", light="#fff", omitsize=True, title="QR code for your authenticator app"
+    )
     return Markup(svg)  # noqa: S704 - generated by segno from our own URI, no user markup
 
 
@@ -181,7 +194,7 @@ async def _enroll(ctx: Ctx, error: str | None, status: int) -> Response:
         return ctx.redirect("/login/totp")
     secret = await _pending_secret(ctx, user)
     uri = auth.provisioning_uri(secret, user.email, ctx.web.org_name)
-    grouped = " ".join(secret[i:i + 4] for i in range(0, len(secret), 4))
+    grouped = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
     nxt = safe_next(ctx.field("next") or ctx.request.query_params.get("next"))
     return ctx.render("login_enroll.html", status=status, qr=_qr_svg(uri), secret=grouped, error=error, next=nxt)
 
@@ -199,16 +212,17 @@ async def enroll_submit(ctx: Ctx) -> Response:
     step = auth.totp_step(secret, ctx.field("code")[:64], ctx.rt.clock.now()) if secret else None
     if step is None or not await ctx.web.shared.claim_step(user.id, step):
         await _fail(ctx, user, user.email, "invalid_mfa_code", "wrong code while enrolling an authenticator")
-        return await _enroll(ctx, "That code does not match. Check the time on your phone and enter the current "
-                             "6-digit code.", 401)
+        return await _enroll(
+            ctx, "That code does not match. Check the time on your phone and enter the current 6-digit code.", 401
+        )
     codes = auth.new_recovery_codes()
     async with ctx.rt.write() as s:
         row = (await s.execute(select(User).where(User.id == user.id))).scalar_one()
         row.totp_enabled = True
-        row.recovery_codes = orjson.dumps([auth.recovery_digest(ctx.rt.settings.secret_key, c)
-                                           for c in codes]).decode()
-        await control.audit(s, ctx.actor, "user.updated", {"id": row.id, "changes_requested": {"mfa": "enrolled"}},
-                            resource_id=row.id)
+        row.recovery_codes = orjson.dumps([auth.recovery_digest(ctx.rt.settings.secret_key, c) for c in codes]).decode()
+        await control.audit(
+            s, ctx.actor, "user.updated", {"id": row.id, "changes_requested": {"mfa": "enrolled"}}, resource_id=row.id
+        )
         await control.audit(s, ctx.actor, "login.succeeded", {"method": "totp_enrollment"}, resource_id=row.id)
         user = row
     await ctx.web.shared.success(user.email, ctx.ip)
@@ -218,6 +232,7 @@ async def enroll_submit(ctx: Ctx) -> Response:
 
 
 # --- sign-out ----------------------------------------------------------------------------------
+
 
 @view(stage="any")
 async def logout(ctx: Ctx) -> Response:

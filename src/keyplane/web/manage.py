@@ -31,6 +31,7 @@ def _problem(ctx: Ctx, message: str, status: int = 400) -> Response:
 
 # --- projects ----------------------------------------------------------------------------------
 
+
 @view()
 async def projects_page(ctx: Ctx) -> Response:
     show_archived = ctx.request.query_params.get("archived") == "1"
@@ -42,17 +43,38 @@ async def projects_page(ctx: Ctx) -> Response:
         reach = await members.reachable_project_ids(s, ctx.user) if ctx.user is not None else None
         if reach is not None:  # not an organization owner: only the projects they are a member of
             projects = [p for p in projects if p.id in reach]
-        counts = dict((await s.execute(select(ApiKey.project_id, func.count()).where(
-            ApiKey.revoked_at.is_(None), ApiKey.kind != "admin").group_by(ApiKey.project_id))).all())
-        n_archived = (await s.execute(select(func.count()).select_from(Project).where(
-            Project.status == "archived"))).scalar()
+        counts = dict(
+            (
+                await s.execute(
+                    select(ApiKey.project_id, func.count())
+                    .where(ApiKey.revoked_at.is_(None), ApiKey.kind != "admin")
+                    .group_by(ApiKey.project_id)
+                )
+            ).all()
+        )
+        n_archived = (
+            await s.execute(select(func.count()).select_from(Project).where(Project.status == "archived"))
+        ).scalar()
     now = ctx.rt.clock.now()
-    costs = await ctx.web.bridge.all_pages("/costs", ctx.principal, start_time=data.month_start(now),
-                                           end_time=int(now) + 86400, bucket_width="1d", limit=31,
-                                           group_by=["project_id"])
+    costs = await ctx.web.bridge.all_pages(
+        "/costs",
+        ctx.principal,
+        start_time=data.month_start(now),
+        end_time=int(now) + 86400,
+        bucket_width="1d",
+        limit=31,
+        group_by=["project_id"],
+    )
     spend = data.grouped_costs(costs.items(), "project_id") if costs.ok else None
-    return ctx.render("projects.html", nav="projects", projects=projects, counts=counts, spend=spend,
-                      show_archived=show_archived, n_archived=n_archived or 0)
+    return ctx.render(
+        "projects.html",
+        nav="projects",
+        projects=projects,
+        counts=counts,
+        spend=spend,
+        show_archived=show_archived,
+        n_archived=n_archived or 0,
+    )
 
 
 @view(owner=True)
@@ -78,22 +100,44 @@ async def _project_page(ctx: Ctx, pid: str, *, secret: dict[str, Any] | None = N
             stmt = stmt.where(ApiKey.revoked_at.is_(None))
         keys = list((await s.execute(stmt)).scalars())
         users = {u.id: u for u in (await s.execute(select(User))).scalars()}
-        sas = {a.id: a for a in (await s.execute(select(ServiceAccount).where(
-            ServiceAccount.project_id == pid))).scalars()}
+        sas = {
+            a.id: a for a in (await s.execute(select(ServiceAccount).where(ServiceAccount.project_id == pid))).scalars()
+        }
     now = ctx.rt.clock.now()
     b, pr = ctx.web.bridge, ctx.principal
     limit = await b.get(f"/projects/{pid}/spend_limit", pr)
     rates = await b.get(f"/projects/{pid}/rate_limits", pr, limit=100)
-    rows = [{"k": k, "status": _status(k, now), "perms": data.summary(data.permissions_from(k.permissions)),
-             "owner": _owner(k, users, sas),
-             # within the first key.expiring notice (7 days; keyplane.access.expiry): marked in the list
-             "expiring": k.expires_at is not None and now < k.expires_at <= now + 7 * 86400} for k in keys]
-    return ctx.render("project.html", status=status, nav="projects", p=p, keys=rows, show_revoked=show_revoked,
-                      spend_limit=limit.data if limit.ok else None, limit_available=limit.available,
-                      rates=rates.items(), rates_available=rates.available, rate_fields=MODEL_LIMIT_FIELDS,
-                      rate_marks=data.rate_marks(ctx.rt.features.billing, pid, rates.items()),
-                      areas=AREAS, levels={a: "none" for a in AREAS}, mode="all", secret=secret,
-                      expiry=EXPIRY, label=data.label)
+    rows = [
+        {
+            "k": k,
+            "status": _status(k, now),
+            "perms": data.summary(data.permissions_from(k.permissions)),
+            "owner": _owner(k, users, sas),
+            # within the first key.expiring notice (7 days; keyplane.access.expiry): marked in the list
+            "expiring": k.expires_at is not None and now < k.expires_at <= now + 7 * 86400,
+        }
+        for k in keys
+    ]
+    return ctx.render(
+        "project.html",
+        status=status,
+        nav="projects",
+        p=p,
+        keys=rows,
+        show_revoked=show_revoked,
+        spend_limit=limit.data if limit.ok else None,
+        limit_available=limit.available,
+        rates=rates.items(),
+        rates_available=rates.available,
+        rate_fields=MODEL_LIMIT_FIELDS,
+        rate_marks=data.rate_marks(ctx.rt.features.billing, pid, rates.items()),
+        areas=AREAS,
+        levels={a: "none" for a in AREAS},
+        mode="all",
+        secret=secret,
+        expiry=EXPIRY,
+        label=data.label,
+    )
 
 
 def _status(k: ApiKey, now: float) -> str:
@@ -214,6 +258,7 @@ async def rate_limit_set(ctx: Ctx) -> Response:
 
 # --- keys --------------------------------------------------------------------------------------
 
+
 def _perms_from_form(ctx: Ctx) -> str | list[str]:
     return data.permissions_from_form(ctx.field("mode"), {a: ctx.field(f"area_{a}") for a in AREAS})
 
@@ -244,21 +289,39 @@ async def key_create(ctx: Ctx) -> Response:
         async with ctx.rt.write() as s:
             if kind == "service_account":
                 p = await control.get_project(s, pid)
-                sa, value = await control.create_service_account(s, ctx.actor, p, ctx.field("name"), secret=secret_key,
-                                                                 expires_in_seconds=expiry)
+                sa, value = await control.create_service_account(
+                    s, ctx.actor, p, ctx.field("name"), secret=secret_key, expires_in_seconds=expiry
+                )
                 key_id = sa.api_key_id  # type: ignore[attr-defined]
                 if perms != "all":
                     await control.update_key(s, ctx.actor, key_id, project_id=pid, permissions=perms)
                 name = sa.name
             else:
-                row, value = await control.create_project_key(s, ctx.actor, secret_key, pid, name=ctx.field("name"),
-                                                              owner_user_id=ctx.user.id, permissions=perms,
-                                                              expires_in_seconds=expiry)
+                row, value = await control.create_project_key(
+                    s,
+                    ctx.actor,
+                    secret_key,
+                    pid,
+                    name=ctx.field("name"),
+                    owner_user_id=ctx.user.id,
+                    permissions=perms,
+                    expires_in_seconds=expiry,
+                )
                 key_id, name = row.id, row.name
     except APIError as e:
         return _problem(ctx, e.message)
-    return await _secret_answer(ctx, pid, {"title": "Your new key", "name": name, "id": key_id, "value": value,
-                                           "kind": "key", "back": f"/projects/{pid}"})
+    return await _secret_answer(
+        ctx,
+        pid,
+        {
+            "title": "Your new key",
+            "name": name,
+            "id": key_id,
+            "value": value,
+            "kind": "key",
+            "back": f"/projects/{pid}",
+        },
+    )
 
 
 async def _key(ctx: Ctx, s: Any) -> ApiKey:
@@ -276,12 +339,22 @@ async def key_page(ctx: Ctx) -> Response:
         except APIError:
             return error_page(ctx, 404, "Not found", "There is no such key in this project.")
         users = {u.id: u for u in (await s.execute(select(User))).scalars()}
-        sas = {a.id: a for a in (await s.execute(select(ServiceAccount).where(
-            ServiceAccount.project_id == pid))).scalars()}
+        sas = {
+            a.id: a for a in (await s.execute(select(ServiceAccount).where(ServiceAccount.project_id == pid))).scalars()
+        }
     perms = data.permissions_from(k.permissions)
-    return ctx.render("key.html", nav="projects", p=p, k=k, key_status=_status(k, ctx.rt.clock.now()),
-                      owner=_owner(k, users, sas), perms=data.summary(perms), areas=AREAS,
-                      levels=data.area_levels(perms), mode=perms.mode)
+    return ctx.render(
+        "key.html",
+        nav="projects",
+        p=p,
+        k=k,
+        key_status=_status(k, ctx.rt.clock.now()),
+        owner=_owner(k, users, sas),
+        perms=data.summary(perms),
+        areas=AREAS,
+        levels=data.area_levels(perms),
+        mode=perms.mode,
+    )
 
 
 @view(owner=True)
@@ -290,8 +363,9 @@ async def key_permissions(ctx: Ctx) -> Response:
     try:
         perms = _perms_from_form(ctx)
         async with ctx.rt.write() as s:
-            k = await control.update_key(s, ctx.actor, kid, project_id=pid, permissions=perms,
-                                         name=ctx.field("name") or None)
+            k = await control.update_key(
+                s, ctx.actor, kid, project_id=pid, permissions=perms, name=ctx.field("name") or None
+            )
     except data.PermissionsError as e:
         return _problem(ctx, str(e))
     except APIError as e:
@@ -305,14 +379,25 @@ async def key_rotate(ctx: Ctx) -> Response:
     grace = {"0": 0, "1h": 3600, "24h": 86400}.get(ctx.field("grace", "0"), 0)
     try:
         async with ctx.rt.write() as s:
-            new, value, _old = await control.rotate_key(s, ctx.actor, ctx.rt.settings.secret_key, kid, project_id=pid,
-                                                       grace_seconds=grace)
+            new, value, _old = await control.rotate_key(
+                s, ctx.actor, ctx.rt.settings.secret_key, kid, project_id=pid, grace_seconds=grace
+            )
     except APIError as e:
         return _problem(ctx, e.message)
     note = "The old key stops working now." if not grace else "The old key keeps working during the grace period."
-    return await _secret_answer(ctx, pid, {"title": "The rotated key", "name": new.name, "id": new.id, "value": value,
-                                           "kind": "key", "note": note,
-                                           "back": f"/projects/{pid}"})
+    return await _secret_answer(
+        ctx,
+        pid,
+        {
+            "title": "The rotated key",
+            "name": new.name,
+            "id": new.id,
+            "value": value,
+            "kind": "key",
+            "note": note,
+            "back": f"/projects/{pid}",
+        },
+    )
 
 
 async def _key_change(ctx: Ctx, action: str) -> Response:
@@ -324,8 +409,9 @@ async def _key_change(ctx: Ctx, action: str) -> Response:
             if action == "revoke":
                 await control.revoke_key(s, ctx.actor, k, reason or "revoked from the dashboard")
             else:
-                await control.set_suspended(s, ctx.actor, k, (reason or "suspended from the dashboard")
-                                            if action == "suspend" else None)
+                await control.set_suspended(
+                    s, ctx.actor, k, (reason or "suspended from the dashboard") if action == "suspend" else None
+                )
     except APIError as e:
         return _problem(ctx, e.message)
     done = {"revoke": "revoked", "suspend": "suspended", "resume": "resumed"}[action]

@@ -42,14 +42,22 @@ async def all_usage(ctx: Ctx, **query: Any) -> Result:
     return Result(first.status, {**first.data, "data": [merged[t] for t in sorted(merged)]})
 
 
-async def _usage_and_costs(ctx: Ctx, start: int, end: int, width: str, count: int,
-                           **filters: Any) -> tuple[Result, Result]:
+async def _usage_and_costs(
+    ctx: Ctx, start: int, end: int, width: str, count: int, **filters: Any
+) -> tuple[Result, Result]:
     b = ctx.web.bridge
     usage = await all_usage(ctx, start_time=start, end_time=end, bucket_width=width, limit=count, **filters)
     cost_filters = {k: v for k, v in filters.items() if k in ("project_ids", "api_key_ids", "models")}
     cost_filters["group_by"] = [g for g in filters.get("group_by", []) if g in ("project_id", "api_key_id")]
-    costs = await b.all_pages("/costs", ctx.principal, start_time=start, end_time=end, bucket_width="1d",
-                              limit=min(count, 31) if width == "1d" else 2, **cost_filters)
+    costs = await b.all_pages(
+        "/costs",
+        ctx.principal,
+        start_time=start,
+        end_time=end,
+        bucket_width="1d",
+        limit=min(count, 31) if width == "1d" else 2,
+        **cost_filters,
+    )
     return usage, costs
 
 
@@ -58,6 +66,7 @@ def _buckets(r: Result) -> list[dict[str, Any]]:
 
 
 # --- overview ----------------------------------------------------------------------------------
+
 
 @view()
 async def overview(ctx: Ctx) -> Response:
@@ -68,8 +77,9 @@ async def overview(ctx: Ctx) -> Response:
     group = ["project_id", "api_key_id", "model"]
     usage, costs = await _usage_and_costs(ctx, start, end, width, count, group_by=group)
     month_usage = await all_usage(ctx, start_time=mstart, end_time=end, bucket_width="1d", limit=31, group_by=group)
-    month_costs = await b.all_pages("/costs", pr, start_time=mstart, end_time=end, bucket_width="1d", limit=31,
-                                    group_by=["project_id"])
+    month_costs = await b.all_pages(
+        "/costs", pr, start_time=mstart, end_time=end, bucket_width="1d", limit=31, group_by=["project_id"]
+    )
     org_limit = await b.get("/spend_limit", pr)
     balance = await b.get("/credit_balance", pr)
     events = await b.get("/guard/events", pr, limit=5)
@@ -78,28 +88,49 @@ async def overview(ctx: Ctx) -> Response:
     async with ctx.rt.read() as s:
         pnames, knames = await data.names(s)
         n_projects = len((await s.execute(select(Project.id).where(Project.status == "active"))).all())
-        n_keys = len((await s.execute(select(ApiKey.id).where(ApiKey.kind != "admin",
-                                                              ApiKey.revoked_at.is_(None)))).all())
+        n_keys = len(
+            (await s.execute(select(ApiKey.id).where(ApiKey.kind != "admin", ApiKey.revoked_at.is_(None)))).all()
+        )
     spend_by_project = data.grouped_costs(_buckets(month_costs), "project_id")
     return ctx.render(
-        "overview.html", nav="overview", chart=chart, month=month, month_start=mstart,
-        usage_available=usage.available, costs_available=month_costs.available and month_costs.ok,
-        org_limit=org_limit.data if org_limit.ok else None, limit_available=org_limit.available,
-        balance=data.balance_value(balance.data) if balance.ok else None, balance_available=balance.available,
-        events=events.items()[:5] if events.ok else [], events_available=events.available,
+        "overview.html",
+        nav="overview",
+        chart=chart,
+        month=month,
+        month_start=mstart,
+        usage_available=usage.available,
+        costs_available=month_costs.available and month_costs.ok,
+        org_limit=org_limit.data if org_limit.ok else None,
+        limit_available=org_limit.available,
+        balance=data.balance_value(balance.data) if balance.ok else None,
+        balance_available=balance.available,
+        events=events.items()[:5] if events.ok else [],
+        events_available=events.available,
         top_projects=data.grouped(_buckets(month_usage), "project_id")[:5],
         top_keys=data.grouped(_buckets(month_usage), "api_key_id")[:5],
         top_models=data.grouped(_buckets(month_usage), "model")[:5],
-        spend_by_project=spend_by_project, pnames=pnames, knames=knames, n_projects=n_projects, n_keys=n_keys,
-        cols=data.columns, cell=data.cell, label=data.label)
+        spend_by_project=spend_by_project,
+        pnames=pnames,
+        knames=knames,
+        n_projects=n_projects,
+        n_keys=n_keys,
+        cols=data.columns,
+        cell=data.cell,
+        label=data.label,
+    )
 
 
 # --- usage -------------------------------------------------------------------------------------
 
+
 async def _usage_query(ctx: Ctx) -> dict[str, Any]:
     q = ctx.request.query_params
-    f = {"project": q.get("project", "")[:64], "key": q.get("key", "")[:64], "model": q.get("model", "")[:128],
-         "range": q.get("range", "30d") if q.get("range") in data.RANGES else "30d"}
+    f = {
+        "project": q.get("project", "")[:64],
+        "key": q.get("key", "")[:64],
+        "model": q.get("model", "")[:128],
+        "range": q.get("range", "30d") if q.get("range") in data.RANGES else "30d",
+    }
     start, end, width, count = data.range_window(ctx.rt.clock.now(), f["range"])
     filters: dict[str, Any] = {"group_by": ["project_id", "api_key_id", "model"]}
     if f["project"]:
@@ -123,18 +154,38 @@ async def usage_page(ctx: Ctx) -> Response:
         if u["f"]["project"]:
             key_stmt = key_stmt.where(ApiKey.project_id == u["f"]["project"])
         keys = list((await s.execute(key_stmt)).scalars())
-    models = sorted({str(r.get("model")) for r in u["view"].rows if r.get("model")} |
-                    ({u["f"]["model"]} if u["f"]["model"] else set()))
-    requests = await ctx.web.bridge.get("/usage/requests", ctx.principal, limit=20, start_time=u["start"],
-                                        project_ids=[u["f"]["project"]] if u["f"]["project"] else None,
-                                        api_key_ids=[u["f"]["key"]] if u["f"]["key"] else None,
-                                        models=[u["f"]["model"]] if u["f"]["model"] else None)
-    return ctx.render("usage.html", nav="usage", ranges=data.RANGES, projects=projects, keys=keys, models=models,
-                      pnames=pnames, knames=knames, usage_available=u["usage"].available,
-                      usage_error=None if u["usage"].ok or not u["usage"].available else u["usage"].error,
-                      costs_available=u["costs"].available and u["costs"].ok,
-                      requests=requests.items() if requests.ok else [], requests_available=requests.ok,
-                      cols=data.columns, cell=data.cell, label=data.label, **u)
+    models = sorted(
+        {str(r.get("model")) for r in u["view"].rows if r.get("model")}
+        | ({u["f"]["model"]} if u["f"]["model"] else set())
+    )
+    requests = await ctx.web.bridge.get(
+        "/usage/requests",
+        ctx.principal,
+        limit=20,
+        start_time=u["start"],
+        project_ids=[u["f"]["project"]] if u["f"]["project"] else None,
+        api_key_ids=[u["f"]["key"]] if u["f"]["key"] else None,
+        models=[u["f"]["model"]] if u["f"]["model"] else None,
+    )
+    return ctx.render(
+        "usage.html",
+        nav="usage",
+        ranges=data.RANGES,
+        projects=projects,
+        keys=keys,
+        models=models,
+        pnames=pnames,
+        knames=knames,
+        usage_available=u["usage"].available,
+        usage_error=None if u["usage"].ok or not u["usage"].available else u["usage"].error,
+        costs_available=u["costs"].available and u["costs"].ok,
+        requests=requests.items() if requests.ok else [],
+        requests_available=requests.ok,
+        cols=data.columns,
+        cell=data.cell,
+        label=data.label,
+        **u,
+    )
 
 
 @view()
@@ -144,17 +195,43 @@ async def usage_csv(ctx: Ctx) -> Response:
         pnames, knames = await data.names(s)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["bucket_start_utc", "project_id", "project", "api_key_id", "api_key", "model", "requests",
-                "input_tokens", "output_tokens", "input_cached_tokens"])
+    w.writerow(
+        [
+            "bucket_start_utc",
+            "project_id",
+            "project",
+            "api_key_id",
+            "api_key",
+            "model",
+            "requests",
+            "input_tokens",
+            "output_tokens",
+            "input_cached_tokens",
+        ]
+    )
     for r in u["view"].rows:
         t = datetime.fromtimestamp(int(r.get("start_time") or 0), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         pid, kid = r.get("project_id") or "", r.get("api_key_id") or ""
-        w.writerow([t, pid, _csv_safe(pnames.get(pid, "")), kid, _csv_safe(knames.get(kid, "")),
-                    _csv_safe(r.get("model") or ""), r.get("num_model_requests") or 0, r.get("input_tokens") or 0,
-                    r.get("output_tokens") or 0, r.get("input_cached_tokens") or 0])
+        w.writerow(
+            [
+                t,
+                pid,
+                _csv_safe(pnames.get(pid, "")),
+                kid,
+                _csv_safe(knames.get(kid, "")),
+                _csv_safe(r.get("model") or ""),
+                r.get("num_model_requests") or 0,
+                r.get("input_tokens") or 0,
+                r.get("output_tokens") or 0,
+                r.get("input_cached_tokens") or 0,
+            ]
+        )
     name = f"keyplane-usage-{u['f']['range']}.csv"
-    return Response(buf.getvalue(), media_type="text/csv; charset=utf-8",
-                    headers={"content-disposition": f'attachment; filename="{name}"', "cache-control": "no-store"})
+    return Response(
+        buf.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{name}"', "cache-control": "no-store"},
+    )
 
 
 def _csv_safe(value: str) -> str:
@@ -164,21 +241,32 @@ def _csv_safe(value: str) -> str:
 
 # --- credit ------------------------------------------------------------------------------------
 
+
 @view()
 async def credit_page(ctx: Ctx) -> Response:
     b, pr = ctx.web.bridge, ctx.principal
     balance = await b.get("/credit_balance", pr)
     grants = await b.get("/credit_grants", pr, limit=100)
     org_limit = await b.get("/spend_limit", pr)
-    return ctx.render("credit.html", nav="credit", balance=data.balance_value(balance.data) if balance.ok else None,
-                      balance_raw=balance.data if balance.ok and isinstance(balance.data, dict) else {},
-                      balance_available=balance.available, grants=grants.items(), grants_available=grants.available,
-                      grants_error=None if grants.ok or not grants.available else grants.error,
-                      org_limit=org_limit.data if org_limit.ok else None, limit_available=org_limit.available,
-                      cols=data.columns, cell=data.cell, label=data.label)
+    return ctx.render(
+        "credit.html",
+        nav="credit",
+        balance=data.balance_value(balance.data) if balance.ok else None,
+        balance_raw=balance.data if balance.ok and isinstance(balance.data, dict) else {},
+        balance_available=balance.available,
+        grants=grants.items(),
+        grants_available=grants.available,
+        grants_error=None if grants.ok or not grants.available else grants.error,
+        org_limit=org_limit.data if org_limit.ok else None,
+        limit_available=org_limit.available,
+        cols=data.columns,
+        cell=data.cell,
+        label=data.label,
+    )
 
 
 # --- kill switch -------------------------------------------------------------------------------
+
 
 @view()
 async def guard_page(ctx: Ctx) -> Response:
@@ -190,15 +278,26 @@ async def guard_page(ctx: Ctx) -> Response:
         knames_short = dict((await s.execute(select(ApiKey.id, ApiKey.name))).all())
 
     def rule_columns(items: list[dict[str, Any]]) -> list[str]:
-        return data.columns(items, ("object", "id") if all(r.get("id") == r.get("name") for r in items) else
-                            ("object",))
+        return data.columns(
+            items, ("object", "id") if all(r.get("id") == r.get("name") for r in items) else ("object",)
+        )
 
-    return ctx.render("guard.html", nav="guard", rules=rules.items(), rules_available=rules.available,
-                      rule_cols=rule_columns,
-                      rules_error=None if rules.ok or not rules.available else rules.error,
-                      events=events.items(), events_available=events.available, knames=knames,
-                      knames_short=knames_short, pnames=pnames,
-                      cols=data.columns, cell=data.cell, label=data.label)
+    return ctx.render(
+        "guard.html",
+        nav="guard",
+        rules=rules.items(),
+        rules_available=rules.available,
+        rule_cols=rule_columns,
+        rules_error=None if rules.ok or not rules.available else rules.error,
+        events=events.items(),
+        events_available=events.available,
+        knames=knames,
+        knames_short=knames_short,
+        pnames=pnames,
+        cols=data.columns,
+        cell=data.cell,
+        label=data.label,
+    )
 
 
 # --- audit log ---------------------------------------------------------------------------------
@@ -209,12 +308,17 @@ AUDIT_PAGE = 50
 @view()
 async def audit_page(ctx: Ctx) -> Response:
     q = ctx.request.query_params
-    f = {"type": q.get("type", "")[:64], "project": q.get("project", "")[:64], "actor": q.get("actor", "")[:64],
-         "resource": q.get("resource", "")[:64]}
+    f = {
+        "type": q.get("type", "")[:64],
+        "project": q.get("project", "")[:64],
+        "actor": q.get("actor", "")[:64],
+        "resource": q.get("resource", "")[:64],
+    }
     stmt = select(AuditLog)
     if f["type"]:
-        stmt = stmt.where(AuditLog.type.like(f["type"].replace("*", "%")) if "*" in f["type"]
-                          else AuditLog.type == f["type"])
+        stmt = stmt.where(
+            AuditLog.type.like(f["type"].replace("*", "%")) if "*" in f["type"] else AuditLog.type == f["type"]
+        )
     if f["project"]:
         stmt = stmt.where(AuditLog.project_id == f["project"])
     if f["actor"]:
@@ -223,8 +327,9 @@ async def audit_page(ctx: Ctx) -> Response:
         stmt = stmt.where(AuditLog.resource_id == f["resource"])
     async with ctx.rt.read() as s:
         try:
-            rows, more = await control.page(s, AuditLog, stmt, after=q.get("after") or None, limit=AUDIT_PAGE,
-                                            descending=True)
+            rows, more = await control.page(
+                s, AuditLog, stmt, after=q.get("after") or None, limit=AUDIT_PAGE, descending=True
+            )
         except errors.APIError:
             rows, more = [], False
         pnames, _ = await data.names(s)
@@ -234,11 +339,18 @@ async def audit_page(ctx: Ctx) -> Response:
     entries = []
     for r in rows:
         d = shapes.audit_log(r, pnames.get(r.project_id or ""))
-        entries.append({"row": r, "actor": d["actor"], "details": data.detail_lines(d[r.type]),
-                        "actor_label": _actor_label(d["actor"], users)})
+        entries.append(
+            {
+                "row": r,
+                "actor": d["actor"],
+                "details": data.detail_lines(d[r.type]),
+                "actor_label": _actor_label(d["actor"], users),
+            }
+        )
     nxt = rows[-1].id if more and rows else None
-    return ctx.render("audit.html", nav="audit", entries=entries, f=f, types=types, projects=projects,
-                      pnames=pnames, next_after=nxt)
+    return ctx.render(
+        "audit.html", nav="audit", entries=entries, f=f, types=types, projects=projects, pnames=pnames, next_after=nxt
+    )
 
 
 def _actor_label(actor: dict[str, Any], users: dict[str, str]) -> str:

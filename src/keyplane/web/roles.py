@@ -33,8 +33,10 @@ Apply = Callable[[Any], Awaitable[str]]
 
 # --- roles: the page -------------------------------------------------------------------------------
 
-async def _roles_page(ctx: Ctx, *, error: str | None = None, draft: dict[str, Any] | None = None,
-                      status: int = 200) -> Response:
+
+async def _roles_page(
+    ctx: Ctx, *, error: str | None = None, draft: dict[str, Any] | None = None, status: int = 200
+) -> Response:
     async with ctx.rt.read() as s:
         all_roles = await svc.all_roles(s)
         users = list((await s.execute(select(User).order_by(User.seq))).scalars())
@@ -42,8 +44,7 @@ async def _roles_page(ctx: Ctx, *, error: str | None = None, draft: dict[str, An
         direct: dict[str, list[User]] = {}
         for u in users:
             for r in await svc.roles_of_user(s, u):
-                if any(src["principal_type"] == "user" for src in r["assignment_sources"]) \
-                        and not r["predefined_role"]:
+                if any(src["principal_type"] == "user" for src in r["assignment_sources"]) and not r["predefined_role"]:
                     direct.setdefault(r["id"], []).append(u)
         by_group: dict[str, list[Group]] = {}
         group_rows = []
@@ -53,10 +54,22 @@ async def _roles_page(ctx: Ctx, *, error: str | None = None, draft: dict[str, An
                 by_group.setdefault(r["id"], []).append(g)
             group_rows.append({"g": g, "roles": held, "members": len(await svc.group_users(s, g.id))})
     custom = [r for r in all_roles if not r["predefined_role"]]
-    return ctx.render("roles.html", status=status, nav="roles", roles=all_roles, custom=custom, users=users,
-                      direct=direct, by_group=by_group, groups=group_rows, perms=permissions.PERMISSIONS,
-                      can_change=ctx.may("POST", ROLES_API), can_groups=ctx.may("POST", GROUPS_API),
-                      error=error, draft=draft or {})
+    return ctx.render(
+        "roles.html",
+        status=status,
+        nav="roles",
+        roles=all_roles,
+        custom=custom,
+        users=users,
+        direct=direct,
+        by_group=by_group,
+        groups=group_rows,
+        perms=permissions.PERMISSIONS,
+        can_change=ctx.may("POST", ROLES_API),
+        can_groups=ctx.may("POST", GROUPS_API),
+        error=error,
+        draft=draft or {},
+    )
 
 
 @view()
@@ -64,8 +77,14 @@ async def roles_page(ctx: Ctx) -> Response:
     return not_permitted(ctx, "GET", ROLES_API) or await _roles_page(ctx)
 
 
-async def _on_roles_page(ctx: Ctx, api_path: str, apply: Apply, draft: dict[str, Any] | None = None,
-                         method: str = "POST", back: str = "/roles") -> Response:
+async def _on_roles_page(
+    ctx: Ctx,
+    api_path: str,
+    apply: Apply,
+    draft: dict[str, Any] | None = None,
+    method: str = "POST",
+    back: str = "/roles",
+) -> Response:
     """Check the twin call's permission, run ``apply(session)`` in one transaction (it returns the message
     shown after the redirect); an APIError re-renders the Roles page with it."""
     refused = not_permitted(ctx, method, api_path)
@@ -80,19 +99,29 @@ async def _on_roles_page(ctx: Ctx, api_path: str, apply: Apply, draft: dict[str,
 
 
 def _role_form(ctx: Ctx) -> dict[str, Any]:
-    return {"role_name": ctx.field("role_name"), "description": ctx.field("description") or None,
-            "permissions": ctx.fields("permissions")}
+    return {
+        "role_name": ctx.field("role_name"),
+        "description": ctx.field("description") or None,
+        "permissions": ctx.fields("permissions"),
+    }
 
 
 # --- roles: the changes ----------------------------------------------------------------------------
+
 
 @view()
 async def role_create(ctx: Ctx) -> Response:
     form = _role_form(ctx)
 
     async def apply(s: Any) -> str:
-        r = await svc.create_role(s, ctx.actor, ctx.granted, role_name=form["role_name"],
-                                  perms=form["permissions"], description=form["description"])
+        r = await svc.create_role(
+            s,
+            ctx.actor,
+            ctx.granted,
+            role_name=form["role_name"],
+            perms=form["permissions"],
+            description=form["description"],
+        )
         return f"Role “{r.name}” created."
 
     return await _on_roles_page(ctx, ROLES_API, apply, draft=form)
@@ -104,9 +133,16 @@ async def role_update(ctx: Ctx) -> Response:
     form = _role_form(ctx)
 
     async def apply(s: Any) -> str:
-        r = await svc.update_role(s, ctx.actor, ctx.granted, rid, role_name=form["role_name"],
-                                  perms=form["permissions"], description=form["description"],
-                                  description_given=True)
+        r = await svc.update_role(
+            s,
+            ctx.actor,
+            ctx.granted,
+            rid,
+            role_name=form["role_name"],
+            perms=form["permissions"],
+            description=form["description"],
+            description_given=True,
+        )
         return f"Role “{r.name}” saved: its holders have its permissions on their next call."
 
     return await _on_roles_page(ctx, f"{ROLES_API}/{rid}", apply)
@@ -150,6 +186,7 @@ async def role_unassign_user(ctx: Ctx) -> Response:
 
 # --- groups ----------------------------------------------------------------------------------------
 
+
 @view()
 async def group_create(ctx: Ctx) -> Response:
     refused = not_permitted(ctx, "POST", GROUPS_API)
@@ -176,16 +213,33 @@ async def _group_page(ctx: Ctx, *, error: str | None = None, status: int = 200) 
         held = await svc.roles_of_group(s, gid)
         users = list((await s.execute(select(User).order_by(User.seq))).scalars())
         custom = [r for r in await svc.all_roles(s) if not r["predefined_role"]]
-        projects = list((await s.execute(select(ProjectGroup, Project).join(
-            Project, Project.id == ProjectGroup.project_id).where(ProjectGroup.group_id == gid)
-            .order_by(ProjectGroup.seq))).all())
+        projects = list(
+            (
+                await s.execute(
+                    select(ProjectGroup, Project)
+                    .join(Project, Project.id == ProjectGroup.project_id)
+                    .where(ProjectGroup.group_id == gid)
+                    .order_by(ProjectGroup.seq)
+                )
+            ).all()
+        )
         perms = await svc.group_permissions(s, gid)
     in_group = {u.id for u in members}
     has_role = {r["id"] for r in held}
-    return ctx.render("group.html", status=status, nav="roles", g=g, members=members, held=held, perms=perms,
-                      projects=projects, free_users=[u for u in users if u.id not in in_group],
-                      free_roles=[r for r in custom if r["id"] not in has_role],
-                      can_change=ctx.may("POST", f"{GROUPS_API}/{gid}"), error=error)
+    return ctx.render(
+        "group.html",
+        status=status,
+        nav="roles",
+        g=g,
+        members=members,
+        held=held,
+        perms=perms,
+        projects=projects,
+        free_users=[u for u in users if u.id not in in_group],
+        free_roles=[r for r in custom if r["id"] not in has_role],
+        can_change=ctx.may("POST", f"{GROUPS_API}/{gid}"),
+        error=error,
+    )
 
 
 @view()
@@ -193,8 +247,9 @@ async def group_page(ctx: Ctx) -> Response:
     return not_permitted(ctx, "GET", f"{GROUPS_API}/{ctx.request.path_params['gid']}") or await _group_page(ctx)
 
 
-async def _on_group_page(ctx: Ctx, api_path: str, apply: Apply, method: str = "POST",
-                         back: str | None = None) -> Response:
+async def _on_group_page(
+    ctx: Ctx, api_path: str, apply: Apply, method: str = "POST", back: str | None = None
+) -> Response:
     gid = ctx.request.path_params["gid"]
     refused = not_permitted(ctx, method, api_path)
     if refused is not None:

@@ -100,30 +100,59 @@ async def sso_start(ctx: Ctx) -> Response:
     try:
         doc = await _discovery(settings)
     except (SSOError, oidc.TokenRejected, ValueError, aiohttp.ClientError, TimeoutError):
-        return _failed(ctx, "Single sign-on is unavailable: the identity provider could not be reached. "
-                            "Sign in with your password.", 503)
+        return _failed(
+            ctx,
+            "Single sign-on is unavailable: the identity provider could not be reached. Sign in with your password.",
+            503,
+        )
     state, nonce, verifier = secrets.token_urlsafe(24), secrets.token_urlsafe(24), secrets.token_urlsafe(48)
-    flow = {"state": state, "nonce": nonce, "verifier": verifier, "exp": int(ctx.rt.clock.now()) + FLOW_SECONDS,
-            "next": safe_next(ctx.request.query_params.get("next"))}
-    query = urlencode({
-        "response_type": "code", "client_id": settings.sso_client_id, "redirect_uri": _callback_url(ctx),
-        "scope": "openid email profile", "state": state, "nonce": nonce,
-        "code_challenge": _b64(hashlib.sha256(verifier.encode()).digest()), "code_challenge_method": "S256"})
+    flow = {
+        "state": state,
+        "nonce": nonce,
+        "verifier": verifier,
+        "exp": int(ctx.rt.clock.now()) + FLOW_SECONDS,
+        "next": safe_next(ctx.request.query_params.get("next")),
+    }
+    query = urlencode(
+        {
+            "response_type": "code",
+            "client_id": settings.sso_client_id,
+            "redirect_uri": _callback_url(ctx),
+            "scope": "openid email profile",
+            "state": state,
+            "nonce": nonce,
+            "code_challenge": _b64(hashlib.sha256(verifier.encode()).digest()),
+            "code_challenge_method": "S256",
+        }
+    )
     response = RedirectResponse(f"{doc['authorization_endpoint']}?{query}", status_code=303)
-    response.set_cookie(COOKIE, ctx.web.box.seal(orjson.dumps(flow).decode()), max_age=FLOW_SECONDS,
-                        path="/login/sso", httponly=True, samesite="lax",
-                        secure=ctx.request.url.scheme == "https")
+    response.set_cookie(
+        COOKIE,
+        ctx.web.box.seal(orjson.dumps(flow).decode()),
+        max_age=FLOW_SECONDS,
+        path="/login/sso",
+        httponly=True,
+        samesite="lax",
+        secure=ctx.request.url.scheme == "https",
+    )
     return response
 
 
 async def _id_token_claims(ctx: Ctx, code: str, flow: dict[str, Any]) -> dict[str, Any]:
     settings = ctx.rt.settings
     doc = await _discovery(settings)
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": _callback_url(ctx),
-            "code_verifier": flow["verifier"], "client_id": settings.sso_client_id,
-            "client_secret": os.environ.get(settings.sso_client_secret_env, "")}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session, \
-            session.post(doc["token_endpoint"], data=form, allow_redirects=False) as r:
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": _callback_url(ctx),
+        "code_verifier": flow["verifier"],
+        "client_id": settings.sso_client_id,
+        "client_secret": os.environ.get(settings.sso_client_secret_env, ""),
+    }
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+        session.post(doc["token_endpoint"], data=form, allow_redirects=False) as r,
+    ):
         body = await r.content.read(oidc.MAX_DOCUMENT)
     if r.status != 200:
         raise SSOError(f"The identity provider refused the sign-in (HTTP {r.status}).")
@@ -132,8 +161,9 @@ async def _id_token_claims(ctx: Ctx, code: str, flow: dict[str, Any]) -> dict[st
     if not isinstance(id_token, str):
         raise SSOError("The identity provider returned no ID token.")
     jwks = ctx.rt.features.identity_jwks or oidc.JwksCache()
-    keys = await jwks.keys("sso", settings.sso_issuer, {"type": "discovery", "discovery_url": None},
-                           oidc.key_id(id_token))
+    keys = await jwks.keys(
+        "sso", settings.sso_issuer, {"type": "discovery", "discovery_url": None}, oidc.key_id(id_token)
+    )
     claims = oidc.verify(id_token, keys, issuer=settings.sso_issuer, audience=settings.sso_client_id)
     if not hmac.compare_digest(str(claims.get("nonce", "")), flow["nonce"]):
         raise SSOError("The ID token's nonce does not match this sign-in.")
@@ -170,8 +200,11 @@ async def sso_callback(ctx: Ctx) -> Response:
     sealed = ctx.request.cookies.get(COOKIE)
     raw = ctx.web.box.open(sealed) if sealed else None
     flow = orjson.loads(raw) if raw else None
-    if not isinstance(flow, dict) or flow.get("exp", 0) < ctx.rt.clock.now() \
-            or not hmac.compare_digest(str(q.get("state", "")), str(flow.get("state"))):
+    if (
+        not isinstance(flow, dict)
+        or flow.get("exp", 0) < ctx.rt.clock.now()
+        or not hmac.compare_digest(str(q.get("state", "")), str(flow.get("state")))
+    ):
         return _failed(ctx, "The single sign-on attempt expired or did not start here. Try again.", 400)
     if q.get("error") or not q.get("code"):
         return _failed(ctx, "The identity provider did not sign you in.")

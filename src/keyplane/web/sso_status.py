@@ -30,12 +30,20 @@ async def sso_page(ctx: Ctx) -> Response:
     entries = [e.strip() for e in settings.sso_role_map.split(",") if e.strip()]
     # an entry the sign-in drops (no '=', or a role other than owner/reader): read by the same parser
     ignored = [e for e in entries if not sso.role_map(dataclasses.replace(settings, sso_role_map=e))]
-    return ctx.render("sso.html", nav="sso", enabled=sso.enabled(settings), issuer=settings.sso_issuer,
-                      client_id=settings.sso_client_id, secret_env=settings.sso_client_secret_env,
-                      secret_set=bool(os.environ.get(settings.sso_client_secret_env)),
-                      groups_claim=settings.sso_groups_claim, mapping=mapping, ignored=ignored,
-                      create_users=settings.sso_create_users,
-                      callback=str(ctx.request.url_for("sso_callback")))
+    return ctx.render(
+        "sso.html",
+        nav="sso",
+        enabled=sso.enabled(settings),
+        issuer=settings.sso_issuer,
+        client_id=settings.sso_client_id,
+        secret_env=settings.sso_client_secret_env,
+        secret_set=bool(os.environ.get(settings.sso_client_secret_env)),
+        groups_claim=settings.sso_groups_claim,
+        mapping=mapping,
+        ignored=ignored,
+        create_users=settings.sso_create_users,
+        callback=str(ctx.request.url_for("sso_callback")),
+    )
 
 
 ROUTES = [Route("/sso", sso_page, methods=["GET"])]

@@ -21,6 +21,7 @@ def _problem(ctx: Ctx, message: str, status: int = 400) -> Response:
 
 # --- users -------------------------------------------------------------------------------------
 
+
 async def _users_page(ctx: Ctx, secret: dict[str, Any] | None = None) -> Response:
     async with ctx.rt.read() as s:
         users = list((await s.execute(select(User).order_by(User.seq))).scalars())
@@ -37,12 +38,24 @@ async def user_add(ctx: Ctx) -> Response:
     password = auth.generate_password()
     try:
         async with ctx.rt.write() as s:
-            u = await control.add_user(s, ctx.actor, email=ctx.field("email"), role=ctx.field("role", "reader"),
-                                       name=ctx.field("name"), password_hash=auth.hash_password(password))
+            u = await control.add_user(
+                s,
+                ctx.actor,
+                email=ctx.field("email"),
+                role=ctx.field("role", "reader"),
+                name=ctx.field("name"),
+                password_hash=auth.hash_password(password),
+            )
     except APIError as e:
         return _problem(ctx, e.message)
-    secret = {"title": "User added", "name": u.email, "id": u.id, "value": password, "kind": "password",
-              "back": "/users"}
+    secret = {
+        "title": "User added",
+        "name": u.email,
+        "id": u.id,
+        "value": password,
+        "kind": "password",
+        "back": "/users",
+    }
     if ctx.is_htmx:
         return ctx.render("_secret.html", secret=secret)
     return await _users_page(ctx, secret)
@@ -60,8 +73,9 @@ async def _user_change(ctx: Ctx, action: str) -> Response:
                 msg = f"{email} is now {u.role}."
             elif action == "reset-2fa":
                 u.totp_secret, u.totp_enabled, u.recovery_codes = None, False, None
-                await control.audit(s, ctx.actor, "user.updated", {"id": uid, "changes_requested": {"mfa": "reset"}},
-                                    resource_id=uid)
+                await control.audit(
+                    s, ctx.actor, "user.updated", {"id": uid, "changes_requested": {"mfa": "reset"}}, resource_id=uid
+                )
                 msg = f"Second factor of {email} reset: they enrol a new authenticator at their next sign-in."
             else:
                 await control.delete_user(s, ctx.actor, uid)
@@ -90,6 +104,7 @@ async def user_remove(ctx: Ctx) -> Response:
 
 # --- the signed-in user's own account ------------------------------------------------------------
 
+
 @view()
 async def account_page(ctx: Ctx) -> Response:
     return ctx.render("account.html", nav="account", error=None)
@@ -114,8 +129,13 @@ async def account_password(ctx: Ctx) -> Response:
     async with ctx.rt.write() as s:
         row = await control.get_user(s, user.id)
         row.password_hash = auth.hash_password(new)
-        await control.audit(s, ctx.actor, "user.updated", {"id": row.id, "changes_requested": {"password": "changed"}},
-                            resource_id=row.id)
+        await control.audit(
+            s,
+            ctx.actor,
+            "user.updated",
+            {"id": row.id, "changes_requested": {"password": "changed"}},
+            resource_id=row.id,
+        )
     ctx.session = ctx.web.sessions.start(row, "full")  # other sessions of this user end with the old password
     return ctx.redirect("/account", "Password changed. Other sessions of yours are signed out.")
 
