@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Any
 
 import orjson
 
@@ -16,6 +17,22 @@ def safe(text: str, limit: int = 200) -> str:
     (a CR/LF cannot forge a line), cut at ``limit`` characters."""
     out = text.translate(_CONTROL)
     return out if len(out) <= limit else out[:limit] + "..."
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class TextFormatter(logging.Formatter):
+    """keyplane's text lines. :meth:`batch` formats many plain messages of one logger, written at one
+    instant (the access log's batches), as :meth:`format` would, without a LogRecord each."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def batch(self, name: str, level: int, messages: list[str], fields: list[dict[str, Any]] | None) -> list[str]:
+        rec = logging.LogRecord(name, level, "", 0, "", None, None)  # for its time: one for the batch
+        head = f"{self.formatTime(rec, self.datefmt)} {rec.levelname} {name}: "
+        return [head + m for m in messages]
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,11 +50,36 @@ class JsonFormatter(logging.Formatter):
             d["error"] = record.exc_info[0].__name__
         return orjson.dumps(d).decode()
 
+    def batch(self, name: str, level: int, messages: list[str], fields: list[dict[str, Any]] | None) -> list[str]:
+        """What :meth:`format` makes of records of ``messages`` with ``fields``, made at one instant."""
+        assert fields is not None
+        head = {"ts": round(time.time(), 3), "level": logging.getLevelName(level).lower(), "logger": name}
+        out = []
+        for m, f in zip(messages, fields, strict=True):
+            d = {**head, "msg": m}
+            d.update(f)
+            out.append(orjson.dumps(d).decode())
+        return out
+
+
+BatchFormatter = TextFormatter | JsonFormatter
+
 
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The process's log handler: a StreamHandler that can also write many records at once
     (:meth:`emit_many`: one write and one flush for a batch, where ``emit`` flushes, a system call, per
     line). The access log writes its lines this way (usage/access_log.py)."""
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Lines already formatted (:meth:`TextFormatter.batch`, :meth:`JsonFormatter.batch`), in one write."""
+        if not lines:
+            return
+        try:
+            with self.lock:  # type: ignore[union-attr]
+                self.stream.write(self.terminator.join(lines) + self.terminator)
+                self.flush()
+        except Exception:
+            self.handleError(logging.LogRecord("keyplane", logging.ERROR, "", 0, "batch write failed", None, None))
 
     def emit_many(self, records: list[logging.LogRecord]) -> None:
         lines: list[str] = []
@@ -81,7 +123,7 @@ def setup_logging(fmt: str, level: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from keyplane.logs import batch_handlers, safe
+from keyplane.logs import BatchFormatter, JsonFormatter, batch_handlers, safe
 
 log = logging.getLogger("keyplane.access")
 _FORMAT = "%s %s %s %s model=%s tokens=%d/%d cost=$%.6f %.0fms%s"
@@ -97,32 +97,44 @@ class AccessLog:
         pending, self.pending = self.pending, []
         if not pending:
             return
-        records: list[logging.LogRecord] = []
-        for row in pending:
-            f = fields(row)
-            tail = f" error={f['error']}" if f["error"] else ""
-            # The model name and the path come from the client: escaped, so that a CR/LF cannot forge a line.
-            model = safe(f["model"]) if f["model"] is not None else "-"
-            args = (
-                f["request_id"],
-                f["method"],
-                safe(f["endpoint"]),
-                f["status"],
-                model,
-                f["input_tokens"],
-                f["output_tokens"],
-                f["cost_usd"],
-                f["latency_ms"],
-                tail,
-            )
-            # makeRecord rather than log.info: no stack walk for the caller (findCaller).
-            records.append(
-                log.makeRecord(log.name, logging.INFO, __file__, 0, _FORMAT, args, None, "access", {"fields": f})
-            )
         handlers = batch_handlers(log, logging.INFO)
+        fast = [(h, h.formatter) for h in handlers or () if isinstance(h.formatter, BatchFormatter) and not h.filters]
+        if handlers is not None and len(fast) == len(handlers):
+            # keyplane's handlers and formatters: the lines made without a LogRecord each, one write per handler
+            messages = [_FORMAT % _args(row) for row in pending]
+            wanted = any(isinstance(fmt, JsonFormatter) for _, fmt in fast)
+            rows = [fields(row) for row in pending] if wanted else None
+            for h, fmt in fast:
+                if h.level <= logging.INFO:
+                    h.write_lines(fmt.batch(log.name, logging.INFO, messages, rows))
+            return
+        records = [
+            # makeRecord rather than log.info: no stack walk for the caller (findCaller).
+            log.makeRecord(log.name, logging.INFO, __file__, 0, _FORMAT, _args(row), None, "access", {"fields": f})
+            for row in pending
+            for f in (fields(row),)
+        ]
         if handlers is None:  # a handler keyplane did not set up: the logging module's own way, line by line
             for record in records:
                 log.handle(record)
             return
-        for h in handlers:  # keyplane's handler: the batch in one write
+        for h in handlers:  # keyplane's handler with a formatter of its own: the batch in one write
             h.emit_many(records)
+
+
+def _args(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The text line's values (``_FORMAT``) of a pending row (the order of ``_FIELDS``)."""
+    error = row[19]
+    return (
+        row[0],
+        row[1],
+        # The path and the model name come from the client: escaped, so that a CR/LF cannot forge a line.
+        safe(row[2]),
+        row[4],
+        safe(row[8]) if row[8] is not None else "-",
+        row[11],
+        row[13],
+        row[14] / 1e6,
+        round(row[15], 2),
+        f" error={error}" if error else "",
+    )
