@@ -1,7 +1,7 @@
 """Servers of bench/compare.py, each with an event-loop stall monitor, run as child processes.
 
     python bench/loopmon.py bare --port N --loop-file F       the bare proxy (bare_proxy.py)
-    python bench/loopmon.py keyplane --port N --loop-file F   `keyplane serve` itself (KEYPLANE_HOME set)
+    python bench/loopmon.py keyplane --port N --loop-file F   keyplane's serving process (KEYPLANE_HOME set)
 
 The monitor is a task that sleeps 10 ms and notes how late it wakes up: a callback that holds the
 loop (a big SQL statement built on the loop, a snapshot reload, an fsync) shows up as lateness.
@@ -72,17 +72,12 @@ def serve_bare(port: int, path: Path) -> None:
 
 
 def serve_keyplane(port: int, path: Path) -> None:
-    """`keyplane serve --host 127.0.0.1 --port N`, its ASGI factory wrapped (one worker: same process)."""
-    import keyplane.cli as cli
+    """The serving process `keyplane serve --host 127.0.0.1 --port N` execs into (keyplane.serving), its
+    app wrapped (one worker: same process)."""
+    from keyplane import serving
 
-    real = cli.app_from_env
-
-    def app_from_env() -> ASGIApp:
-        return wrap(real(), path)
-
-    cli.app_from_env = app_from_env  # uvicorn imports "keyplane.cli:app_from_env" from this module
-    sys.argv = ["keyplane", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    cli.app()
+    opts = serving.ServeOptions(host="127.0.0.1", port=port, workers=1)
+    serving.run(opts, factory=lambda: wrap(serving.build_app(opts), path))
 
 
 def main() -> None:

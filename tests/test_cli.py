@@ -174,15 +174,40 @@ def test_help_everywhere():
 
 
 def test_serve_warns_about_workers_without_redis(cli, monkeypatch):
-    import uvicorn
+    import os
 
     cli("init", "--json")
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: calls.append(k))
+    monkeypatch.setattr(os, "execv", lambda path, argv: calls.append(argv))
     monkeypatch.delenv("KEYPLANE_REDIS_URL", raising=False)
-    monkeypatch.setenv("KEYPLANE_PORT", "18999")  # serve exports it for its workers; restored after the test
     res = cli("serve", "--workers", "2", "--port", "18999")
-    assert "2x the limits" in res.stderr and calls and calls[0]["workers"] == 2
+    assert "2x the limits" in res.stderr and calls and calls[0][calls[0].index("--workers") + 1] == "2"
     monkeypatch.setenv("KEYPLANE_REDIS_URL", "redis://127.0.0.1:6379/0")
     res = cli("serve", "--workers", "2", "--port", "18999")
     assert "x the limits" not in res.stderr
+
+
+def test_serve_hands_its_settings_to_the_serving_process_on_its_command_line(cli, monkeypatch, tmp_path):
+    """`keyplane serve` becomes `python -m keyplane.serving` (os.execv: the same process) with the config,
+    host, port and workers it resolved as arguments; it sets no variable for it."""
+    import os
+    import sys
+
+    from keyplane import serving
+
+    cli("init", "--json")
+    cfg = cli.home / "keyplane.toml"
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda path, argv: calls.append((path, argv)))
+    before = {k: v for k, v in os.environ.items() if k.startswith("KEYPLANE_")}
+    res = cli("--config", str(cfg), "serve", "--host", "127.0.0.2", "--port", "18998", "--workers", "3")
+    assert "keyplane serving on http://127.0.0.2:18998" in res.stderr
+    [(path, argv)] = calls
+    assert path == sys.executable and argv[:3] == [sys.executable, "-m", "keyplane.serving"]
+    opts = serving.parse_args(argv[3:])
+    assert opts == serving.ServeOptions(config=str(cfg), host="127.0.0.2", port=18998, workers=3)
+    assert {k: v for k, v in os.environ.items() if k.startswith("KEYPLANE_")} == before
+    calls.clear()
+    cli("serve")  # no options: the settings' host and port, one worker, the default keyplane.toml
+    opts = serving.parse_args(calls[0][1][3:])
+    assert opts.config is None and opts.workers == 1 and opts.host and opts.port

@@ -19,7 +19,8 @@ def test_every_core_admin_endpoint_is_documented():
 
 
 def test_every_cli_command_is_documented():
-    lines = [line for p in DOCS.glob("*.md") for line in p.read_text().splitlines()]
+    # In prose: docs/cli-reference.md, generated from --help (tests/test_cli_reference.py), names them all.
+    lines = [line for p in DOCS.glob("*.md") if p.name != "cli-reference.md" for line in p.read_text().splitlines()]
     group = get_command(app)
     missing = []
     for name, cmd in group.commands.items():  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ PINNED: dict[str, tuple[int, str, str | None]] = {
     "access_refused": (403, "invalid_request_error", "<code>"),
     "admin_key_required": (401, "invalid_request_error", "invalid_api_key"),
     "bad_request": (400, "invalid_request_error", None),
+    "client_closed": (499, "invalid_request_error", "client_closed"),
     "conflict": (409, "invalid_request_error", None),
     "cost_not_bounded": (403, "invalid_request_error", "cost_not_bounded"),
     "credit_used_up": (429, "insufficient_quota", "insufficient_quota"),

@@ -54,7 +54,7 @@ async def test_it_runs_every_interval_and_stops_cleanly_with_a_last_step():
 
 
 async def test_last_used_times_survive_a_failed_flush(tmp_path):
-    from keyplane.snapshot import LastUsedRecorder
+    from keyplane.last_used import LastUsedRecorder
 
     class Down:
         def begin(self):

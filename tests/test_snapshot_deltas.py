@@ -21,7 +21,8 @@ from keyplane import control
 from keyplane.billing.engine import Billing
 from keyplane.bus import Event, InProcessBus, KeyDelta, Publisher, publishing_sessionmaker
 from keyplane.config import Settings
-from keyplane.snapshot import Snapshot, SnapshotRefresher
+from keyplane.snapshot import Snapshot
+from keyplane.snapshot_refresh import SnapshotRefresher
 from keyplane.store import db
 from tests.billing.conftest import billing_of
 from tests.support import init_org, make_settings, start_server

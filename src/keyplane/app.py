@@ -19,8 +19,10 @@ from keyplane.admin import store_recovered
 from keyplane.bus import Publisher, make_bus, publishing_sessionmaker
 from keyplane.clock import Clock, SystemClock
 from keyplane.config import Settings
+from keyplane.last_used import LastUsedRecorder
 from keyplane.runtime import Runtime, heartbeat_seconds
-from keyplane.snapshot import LastUsedRecorder, Snapshot, SnapshotRefresher
+from keyplane.snapshot import Snapshot
+from keyplane.snapshot_refresh import SnapshotRefresher
 from keyplane.store import db
 
 log = logging.getLogger("keyplane")
@@ -177,7 +179,7 @@ class KeyplaneApp:
         self._proxy = await build_proxy(rt)
         from keyplane.web import build_web_app
 
-        self._web = build_web_app(rt, self._admin)
+        self._web = build_web_app(rt)
         refresher.start()
         # What start-up built (tokenizer tables, the snapshot, modules) lives as long as the process: kept out
         # of the garbage collector's full passes, which otherwise stall the event loop for tens of ms.

@@ -199,6 +199,11 @@ def conflict(message: str, code: str | None = None) -> APIError:
     return APIError(409, message, code=code)
 
 
+def client_closed() -> APIError:
+    """The client went away while its upload was streaming to the upstream (nginx's 499; nobody reads it)."""
+    return APIError(499, "The client closed the connection before its request body was sent.", code="client_closed")
+
+
 def too_large(limit: int) -> APIError:
     return APIError(
         413,

@@ -13,8 +13,10 @@ from keyplane.clock import Clock
 from keyplane.config import Settings
 from keyplane.control.base import write_clock
 from keyplane.features import Features
+from keyplane.last_used import LastUsedRecorder
 from keyplane.pipeline import Pipeline
-from keyplane.snapshot import LastUsedRecorder, Snapshot, SnapshotRefresher
+from keyplane.snapshot import Snapshot
+from keyplane.snapshot_refresh import SnapshotRefresher
 
 
 @dataclass

@@ -12,6 +12,7 @@ an unchanged key keeps its KeyEntry object (a stream in flight compares its entr
 changed one gets a new object. When the events received since the last read name every change up
 to the store's revision (``complete`` events, at most ``INCREMENTAL_MAX_IDS`` ids), the reload reads
 only those keys' and projects' rows. Billing and the kill switch subscribe with :meth:`Snapshot.on_change`.
+keyplane.snapshot_refresh polls the revision; keyplane.last_used records when keys were used.
 
 Freshness: the snapshot remembers when it last confirmed it is current, by a successful poll or by
 a bus event or heartbeat whose revision it has fully applied. Past ``max_staleness_seconds`` without
@@ -30,12 +31,11 @@ from typing import Any, TypeVar
 
 import msgspec
 import orjson
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from keyplane.bus import Bus, Event, KeyDelta, ProjectDelta
+from keyplane.bus import Event, KeyDelta, ProjectDelta
 from keyplane.members import grants as members_grants
-from keyplane.periodic import Periodic
 from keyplane.scopes import Permissions, parse_permissions
 from keyplane.store.models import ApiKey, Meta, Organization, Project
 
@@ -391,117 +391,3 @@ class Snapshot:
         old = self.projects.get(d.id)
         if old is not None and old.status != d.status:
             self.projects[d.id] = ProjectEntry(old.id, old.name, d.status)
-
-
-class SnapshotRefresher:
-    """Polls the revision off the request path and reloads on change (or at once when the bus asks);
-    after each successful poll it publishes a heartbeat carrying the revision it read."""
-
-    def __init__(
-        self,
-        snapshot: Snapshot,
-        engine: AsyncEngine,
-        interval: float,
-        *,
-        bus: Bus | None = None,
-        origin: str = "",
-        heartbeat_seconds: float = 1.0,
-        timeout: float = 5.0,
-    ) -> None:
-        self.snapshot = snapshot
-        self.engine = engine
-        self.interval = interval
-        self.bus = bus
-        self.origin = origin
-        self.heartbeat_seconds = heartbeat_seconds
-        self.timeout = max(timeout, interval)
-        self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
-        self._beat_at = 0.0
-        self._beat: asyncio.Task[None] | None = None
-        self._failing = False
-        snapshot.reload_wanted = self._wake.set
-
-    async def refresh(self, force: bool = False) -> None:
-        async with self._lock:
-            rev = await self.snapshot.current_revision(self.engine)
-            if force or rev != self.snapshot.revision:
-                named = None if force else self.snapshot.named_changes(rev)
-                if named is None or not await self.snapshot.load_some(self.engine, rev, *named):
-                    await self.snapshot.load(self.engine)
-            self.snapshot.confirm()
-        self._heartbeat(rev)
-
-    def _heartbeat(self, rev: int) -> None:
-        now = time.monotonic()
-        if self.bus is None or now - self._beat_at < self.heartbeat_seconds or (self._beat and not self._beat.done()):
-            return
-        self._beat_at = now
-        self._beat = asyncio.get_running_loop().create_task(self._send_beat(rev))
-
-    async def _send_beat(self, rev: int) -> None:
-        assert self.bus is not None
-        with contextlib.suppress(Exception):  # the publisher logs bus trouble; a lost beat is harmless
-            await asyncio.wait_for(self.bus.publish(Event(revision=rev, kind="heartbeat", origin=self.origin)), 2)
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval):  # not wait_for: on 3.11 it can swallow a cancellation
-                    await self._wake.wait()
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self.refresh(), self.timeout)
-                if self._failing:
-                    log.info("snapshot refresh works again")
-                self._failing = False
-            except Exception as e:  # the store may be unreachable; keep serving the last snapshot
-                if not self._failing:  # one line per state change, not one per poll
-                    log.warning("snapshot refresh failed (%s); serving the previous snapshot", type(e).__name__)
-                self._failing = True
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="snapshot-refresher")
-
-    async def stop(self) -> None:
-        for task in (self._task, self._beat):
-            if task:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-
-
-class LastUsedRecorder:
-    """Collects the keys used since the last flush and writes last_used_at in one batch."""
-
-    def __init__(self, engine: AsyncEngine, interval: float) -> None:
-        self.engine = engine
-        self.pending: dict[str, int] = {}
-        self._periodic = Periodic("last-used-flusher", self.flush, interval)
-
-    def touch(self, key_id: str, now: float) -> None:
-        self.pending[key_id] = int(now)
-
-    async def flush(self) -> None:
-        if not self.pending:
-            return
-        batch, self.pending = self.pending, {}
-        by_time: dict[int, list[str]] = {}
-        for kid, t in batch.items():
-            by_time.setdefault(t, []).append(kid)
-        try:
-            async with self.engine.begin() as conn:
-                for t, ids in by_time.items():
-                    await conn.execute(update(ApiKey).where(ApiKey.id.in_(ids)).values(last_used_at=t))
-        except BaseException:  # the store is away: keep them for the next flush (the newer time wins)
-            for kid, t in batch.items():
-                if self.pending.get(kid, 0) < t:
-                    self.pending[kid] = t
-            raise
-
-    def start(self) -> None:
-        self._periodic.start()
-
-    async def stop(self) -> None:
-        await self._periodic.stop(final_step=True)

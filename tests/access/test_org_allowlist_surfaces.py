@@ -10,10 +10,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from keyplane.access import cli as access_cli
+from keyplane.cli import app
 from tests.support import RunningServer
 from tests.web.conftest import OWNER, PASSWORD, Web, clock, owner, web, web_server, web_settings  # noqa: F401
 
@@ -54,14 +53,7 @@ def _refused_admin(call: Callable[[], object], address: str) -> None:
 
 
 def _run_cli(srv: RunningServer, monkeypatch: pytest.MonkeyPatch, *args: str) -> str:
-    """`keyplane access ...` on the server's store (a Typer app with only the access commands registered)."""
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        pass
-
-    access_cli.register(app)
+    """`keyplane access ...` on the server's store."""
     monkeypatch.setenv("KEYPLANE_HOME", str(srv.settings.home))
     monkeypatch.setenv("KEYPLANE_DATABASE_URL", srv.settings.database_url)
     monkeypatch.delenv("KEYPLANE_CONFIG", raising=False)

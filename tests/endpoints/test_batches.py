@@ -16,7 +16,8 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from keyplane.billing.batches import estimate, parse_output, record_id
+from keyplane.billing.batch_input import estimate
+from keyplane.billing.batch_output import parse_output, record_id
 from keyplane.billing.prices import PriceTable
 from tests.billing.conftest import admin_http, admin_sdk, billing_of
 from tests.support import until_the_kill_switch_refuses
@@ -264,7 +265,7 @@ def test_a_batch_nobody_reads_again_is_metered_by_the_background_poll(make_gatew
     assert srv.call(batches.poll(min_age=0)) == 0  # still running at the provider
     fake.objects.batches[b.id]["status"] = "completed"
     assert srv.call(batches.poll(min_age=0)) == 0  # polled a moment ago: not again before POLL_SECONDS
-    batches._polled.clear()
+    batches.poller.polled.clear()
     assert srv.call(batches.poll(min_age=0)) == 1
     assert _spent(srv) == (2 * COST, 0)
     client.batches.retrieve(b.id)  # read afterwards: nothing more
@@ -487,18 +488,18 @@ def test_a_batch_that_fails_to_meter_is_retried_and_does_not_hold_up_the_others(
     for b in (first, second):
         fake.objects.batches[b.id]["status"] = "completed"
     batches = srv.app.runtime.features.batches
-    real = batches._get_bytes
+    real = batches.upstream.get_bytes
 
     async def flaky(router, client_, upstream, project_id, path):  # type: ignore[no-untyped-def]
         if path == f"/v1/files/{first.output_file_id}/content":
             raise errors.upstream_error("The upstream answered 503.")
         return await real(router, client_, upstream, project_id, path)
 
-    monkeypatch.setattr(batches, "_get_bytes", flaky)
+    monkeypatch.setattr(batches.upstream, "get_bytes", flaky)
     assert srv.call(batches.poll(min_age=0)) == 1
     assert _spent(srv) == (COST, RESERVED)  # the second metered; the first still held, not billed at its bound
-    monkeypatch.setattr(batches, "_get_bytes", real)
-    batches._polled.clear()
+    monkeypatch.setattr(batches.upstream, "get_bytes", real)
+    batches.poller.polled.clear()
     assert srv.call(batches.poll(min_age=0)) == 1
     assert _spent(srv) == (2 * COST, 0)
 
@@ -543,12 +544,12 @@ def test_a_suspended_keys_batch_is_cancelled_once_audited_and_metered(make_gatew
     while srv.app.runtime.snapshot.keys_by_id[srv.init["api_key_id"]].suspended_at is None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    batches._polled.clear()
+    batches.poller.polled.clear()
     assert srv.call(batches.poll(min_age=0)) == 1  # cancelled, then metered as a cancelled batch
     assert fake.objects.batches[b.id]["status"] == "cancelled"
     assert _spent(srv) == (2 * COST, 0)
     cancels = [r for r in fake.requests if r.path.endswith("/cancel")]
-    batches._polled.clear()
+    batches.poller.polled.clear()
     srv.call(batches.poll(min_age=0))
     assert [r for r in fake.requests if r.path.endswith("/cancel")] == cancels == cancels[:1]  # once
     with admin_http(srv) as h:

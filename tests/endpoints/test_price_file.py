@@ -133,21 +133,6 @@ UNPRICED = {
         "list price not known to this table",
     ),
     "gpt-5.1-mini": "not a supported model id (the SDK keeps it for compatibility)",
-    # Chat completions with audio: billed by modality, which the proxy does not read from a chat usage yet.
-    **dict.fromkeys(
-        [
-            "gpt-audio-mini",
-            "gpt-audio-mini-2025-10-06",
-            "gpt-audio-mini-2025-12-15",
-            "gpt-4o-audio-preview",
-            "gpt-4o-audio-preview-2024-10-01",
-            "gpt-4o-audio-preview-2024-12-17",
-            "gpt-4o-audio-preview-2025-06-03",
-            "gpt-4o-mini-audio-preview",
-            "gpt-4o-mini-audio-preview-2024-12-17",
-        ],
-        "audio tokens on chat completions not metered apart",
-    ),
     # Search models bill a search per request, which chat completions do not price.
     **dict.fromkeys(
         [

@@ -13,9 +13,11 @@ from aiohttp import web
 from keyplane import control
 from keyplane.clock import Clock
 from keyplane.config import Settings
+from keyplane.last_used import LastUsedRecorder
 from keyplane.proxy.context import RequestContext
 from keyplane.runtime import Runtime
-from keyplane.snapshot import LastUsedRecorder, Snapshot, SnapshotRefresher
+from keyplane.snapshot import Snapshot
+from keyplane.snapshot_refresh import SnapshotRefresher
 from keyplane.store import db
 from tests.support import make_settings
 

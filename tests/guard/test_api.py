@@ -314,11 +314,15 @@ def test_cli_rules_events_and_test_alert(tmp_path, monkeypatch):
     import typer
     from typer.testing import CliRunner
 
-    from keyplane.guard.cli import register
+    from keyplane.guard import cli as guard
     from tests.guard.support import Receiver
 
     app = typer.Typer()  # only the guard commands: the test does not depend on other modules' commands
-    register(app)
+    g = typer.Typer()
+    app.add_typer(g, name="guard")
+    g.command("rules")(guard.rules_)
+    g.command("events")(guard.events)
+    g.command("test-alert")(guard.test_alert)
     run = CliRunner().invoke
     hook = Receiver().start()
     try:

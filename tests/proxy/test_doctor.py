@@ -9,6 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from keyplane import doctor, keys
+from keyplane.cli.doctor import doctor as doctor_command
 from tests.proxy.conftest import admin, new_key
 from tests.proxy.test_resilience import closed_port_url
 
@@ -103,7 +104,7 @@ def test_explains_quota_vs_rate_limit():
 
 def test_cli_json_and_env(srv, monkeypatch):
     app = typer.Typer()
-    doctor.register(app)
+    app.command("doctor")(doctor_command)
     app.command("noop")(lambda: None)  # a second command so that `doctor` is a sub-command
     runner = CliRunner()
     res = runner.invoke(app, ["doctor", "--base-url", srv.v1, "--key", srv.api_key, "--json"])
@@ -161,7 +162,7 @@ def test_html_answer_is_summarized_never_printed(html_site):
     assert not r.ok
 
     app = typer.Typer()
-    doctor.register(app)
+    app.command("doctor")(doctor_command)
     app.command("noop")(lambda: None)
     res = CliRunner().invoke(app, ["doctor", "--base-url", html_site, "--key", key])
     assert res.exit_code == 1

@@ -16,8 +16,9 @@ import pytest
 
 from keyplane import errors
 from keyplane.config import Upstream
+from keyplane.proxy.object_refs import body_refs, target
+from keyplane.proxy.owners import OwnerStore
 from keyplane.proxy.router import Breaker, Deployment, Router
-from keyplane.proxy.tenancy import OwnerStore, body_refs, target
 from keyplane.store.models import ProviderObject
 from keyplane.testing import FakeUpstream
 from tests.proxy.conftest import admin, fake_config

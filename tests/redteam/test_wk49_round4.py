@@ -320,7 +320,7 @@ def test_a_revoked_keys_batches_are_cancelled_at_the_provider(make_gw, fake):
     deadline = time.monotonic() + 5
     while fake.objects.batches[b.id]["status"] not in ("cancelling", "cancelled"):
         assert time.monotonic() < deadline, "the revoked key's batch still runs at the provider"
-        batches._polled.clear()
+        batches.poller.polled.clear()
         srv.call(batches.poll(min_age=0))
         time.sleep(0.1)
 
@@ -350,7 +350,7 @@ def test_deleting_a_batchs_output_before_it_is_metered_does_not_erase_its_spend(
     c.files.delete(listed.output_file_id)
     batches = srv.app.runtime.features.batches
     for _ in range(3):
-        batches._polled.clear()
+        batches.poller.polled.clear()
         with contextlib.suppress(Exception):  # as the billing step: logged, tried again next minute
             srv.call(batches.poll(min_age=0))
     spent, held = _spent(srv, srv.project_id)

@@ -15,7 +15,8 @@ from sqlalchemy import text
 from keyplane.config import database_url_for
 from keyplane.store import db
 from keyplane.usage.applier import APPLY_STEPS, Applier
-from keyplane.usage.journal import JournalWriter, Record, Tail
+from keyplane.usage.journal import JournalWriter, Record
+from keyplane.usage.journal_tail import Tail
 from tests.usage.support import drain
 
 

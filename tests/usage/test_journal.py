@@ -9,7 +9,6 @@ import pytest
 from keyplane.usage.journal import (
     JournalWriter,
     Record,
-    Tail,
     encode_frame,
     parse_frames,
     read_applied,
@@ -17,6 +16,7 @@ from keyplane.usage.journal import (
     try_lock,
     writers_in,
 )
+from keyplane.usage.journal_tail import Tail
 
 
 def rec(i: int, **kw) -> Record:

@@ -27,7 +27,7 @@ async def start(rt: Any) -> Any:
     try:
         trusted = ip.parse_cidrs([c for c in getattr(rt.settings, "trusted_proxies", "").split(",") if c.strip()])
     except ValueError as e:
-        from keyplane.config import ConfigError
+        from keyplane.configspec import ConfigError
 
         raise ConfigError(f"setting `trusted_proxies`: {e}") from None
     pols = Policies(trusted_proxies=trusted)

@@ -7,64 +7,53 @@ from typing import Annotated, Any
 
 import typer
 
+from keyplane.cli.common import JsonOpt, fail, out, print_json, run_store, settings, table, ts
 
-def register(app: typer.Typer) -> None:
-    from keyplane.cli import JsonOpt, out, print_json, run_store, settings, table, ts
 
-    access_app = typer.Typer(
-        help="Access policies: model and hosted tool permissions, IP allowlists.", no_args_is_help=True
-    )
-    ip_app = typer.Typer(help="IP allowlists of the organization, a project or a key.", no_args_is_help=True)
-    app.add_typer(access_app, name="access")
-    access_app.add_typer(ip_app, name="ip-allowlist")
-
-    @access_app.command("show")
-    def show(json: JsonOpt = False) -> None:
-        """Every access policy set: model permissions, hosted tool permissions and IP allowlists."""
-        items = run_store(settings(), _policies)
-        if json:
-            print_json(items)
-            return
-        if not items:
-            out.print(
-                "no access policy set: every key may use every model and hosted tool, from any address.", markup=False
-            )
-            return
-        table(
-            "Access policies",
-            ["kind", "scope", "id", "policy", "updated"],
-            [(i["kind"], i["scope"], i["id"] or "-", i["summary"], ts(i["updated_at"])) for i in items],
+def show(json: JsonOpt = False) -> None:
+    """Every access policy set: model permissions, hosted tool permissions and IP allowlists."""
+    items = run_store(settings(), _policies)
+    if json:
+        print_json(items)
+        return
+    if not items:
+        out.print(
+            "no access policy set: every key may use every model and hosted tool, from any address.", markup=False
         )
+        return
+    table(
+        "Access policies",
+        ["kind", "scope", "id", "policy", "updated"],
+        [(i["kind"], i["scope"], i["id"] or "-", i["summary"], ts(i["updated_at"])) for i in items],
+    )
 
-    @ip_app.command("clear")
-    def clear(
-        project: Annotated[
-            str | None,
-            typer.Option("--project", "-p", help="A project's list (id or name) instead of the organization's."),
-        ] = None,
-        key: Annotated[
-            str | None, typer.Option("--key", help="A key's list (key id) instead of the organization's.")
-        ] = None,
-        json: JsonOpt = False,
-    ) -> None:
-        """Lift an IP allowlist (the organization's by default); written to the audit log."""
-        from keyplane.cli import fail
 
-        if project and key:
-            raise fail("give --project or --key, not both.")
+def clear(
+    project: Annotated[
+        str | None,
+        typer.Option("--project", "-p", help="A project's list (id or name) instead of the organization's."),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="A key's list (key id) instead of the organization's.")
+    ] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Lift an IP allowlist (the organization's by default); written to the audit log."""
+    if project and key:
+        raise fail("give --project or --key, not both.")
 
-        async def go(s: Any) -> dict[str, Any]:
-            return await _clear(s, project, key)
+    async def go(s: Any) -> dict[str, Any]:
+        return await _clear(s, project, key)
 
-        done = run_store(settings(), go, write=True)
-        if json:
-            print_json(done)
-            return
-        what = "the organization's" if done["scope"] == "organization" else f"{done['scope']} {done['id']}'s"
-        if done["deleted"]:
-            out.print(f"lifted {what} IP allowlist (it was: {', '.join(done['cidrs'])}).", markup=False)
-        else:
-            out.print(f"{what} IP allowlist was not set: nothing to lift.", markup=False)
+    done = run_store(settings(), go, write=True)
+    if json:
+        print_json(done)
+        return
+    what = "the organization's" if done["scope"] == "organization" else f"{done['scope']} {done['id']}'s"
+    if done["deleted"]:
+        out.print(f"lifted {what} IP allowlist (it was: {', '.join(done['cidrs'])}).", markup=False)
+    else:
+        out.print(f"{what} IP allowlist was not set: nothing to lift.", markup=False)
 
 
 async def _policies(s: Any) -> list[dict[str, Any]]:

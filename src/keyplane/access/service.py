@@ -19,7 +19,7 @@ from keyplane import control
 from keyplane.access import inspect, ip
 from keyplane.access.models import AccessPolicy
 from keyplane.access.policy import ModelPolicy, Policies
-from keyplane.errors import bad_request, invalid_value, not_found
+from keyplane.domain import Invalid, NotFound
 from keyplane.store.models import ApiKey, Project
 
 MAX_MODEL_IDS = 1000
@@ -33,12 +33,12 @@ async def target(s: AsyncSession, project_id: str | None, key_id: str | None = N
     if project_id is None:
         return ORG
     if (await s.execute(select(Project.id).where(Project.id == project_id))).scalar() is None:
-        raise not_found(f"No project found with id '{project_id}'.", param="project_id")
+        raise NotFound(f"No project found with id '{project_id}'.", param="project_id")
     if key_id is None:
         return "project", project_id, project_id
     found = (await s.execute(select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.project_id == project_id))).scalar()
     if found is None:
-        raise not_found(f"No API key found with id '{key_id}' in project '{project_id}'.", param="key_id")
+        raise NotFound(f"No API key found with id '{key_id}' in project '{project_id}'.", param="key_id")
     return "key", key_id, project_id
 
 
@@ -91,11 +91,15 @@ async def changed(rt: Any) -> None:
 def model_policy(mode: Any, model_ids: Any) -> ModelPolicy:
     """A checked policy (400 ``invalid_value`` naming the field otherwise); ids stripped, duplicates dropped."""
     if mode not in ("allow_list", "deny_list"):
-        raise invalid_value("mode", "'mode' must be 'allow_list' or 'deny_list'.")
+        raise Invalid("'mode' must be 'allow_list' or 'deny_list'.", param="mode", code="invalid_value")
     if not isinstance(model_ids, list) or not all(isinstance(m, str) and 0 < len(m.strip()) <= 256 for m in model_ids):
-        raise invalid_value("model_ids", "'model_ids' must be a list of model ids (strings of 1 to 256 characters).")
+        raise Invalid(
+            "'model_ids' must be a list of model ids (strings of 1 to 256 characters).",
+            param="model_ids",
+            code="invalid_value",
+        )
     if len(model_ids) > MAX_MODEL_IDS:
-        raise invalid_value("model_ids", f"'model_ids' may hold at most {MAX_MODEL_IDS} ids.")
+        raise Invalid(f"'model_ids' may hold at most {MAX_MODEL_IDS} ids.", param="model_ids", code="invalid_value")
     return ModelPolicy(str(mode), tuple(dict.fromkeys(m.strip() for m in model_ids)))
 
 
@@ -139,7 +143,7 @@ def tool_changes(body: dict[str, Any]) -> dict[str, bool]:
     """``{"web_search": {"enabled": false}, ...}`` checked: tool name -> enabled (a None value changes nothing)."""
     unknown = sorted(set(body) - set(inspect.TOOLS))
     if unknown:
-        raise bad_request(
+        raise Invalid(
             f"Unknown hosted tool '{unknown[0]}'; known: {', '.join(inspect.TOOLS)}.",
             param=unknown[0],
             code="invalid_value",
@@ -149,7 +153,7 @@ def tool_changes(body: dict[str, Any]) -> dict[str, bool]:
         if v is None:
             continue
         if not isinstance(v, dict) or not isinstance(v.get("enabled"), bool):
-            raise invalid_value(t, f"'{t}' must be an object with a boolean 'enabled'.")
+            raise Invalid(f"'{t}' must be an object with a boolean 'enabled'.", param=t, code="invalid_value")
         out[t] = v["enabled"]
     return out
 
@@ -186,13 +190,13 @@ async def set_tool_permissions(
 def cidr_list(cidrs: Any) -> tuple[tuple[ip.IPNet, ...], list[str]]:
     """The parsed ranges and their normal text (400 ``invalid_value`` naming the bad entry)."""
     if not isinstance(cidrs, list) or not all(isinstance(c, str) for c in cidrs):
-        raise invalid_value("cidrs", "'cidrs' must be a list of IP addresses or CIDR ranges.")
+        raise Invalid("'cidrs' must be a list of IP addresses or CIDR ranges.", param="cidrs", code="invalid_value")
     if len(cidrs) > ip.MAX_CIDRS:
-        raise invalid_value("cidrs", f"'cidrs' may hold at most {ip.MAX_CIDRS} ranges.")
+        raise Invalid(f"'cidrs' may hold at most {ip.MAX_CIDRS} ranges.", param="cidrs", code="invalid_value")
     try:
         nets = ip.parse_cidrs(cidrs)
     except ValueError as e:
-        raise invalid_value("cidrs", str(e)) from None
+        raise Invalid(str(e), param="cidrs", code="invalid_value") from None
     return nets, list(dict.fromkeys(str(n) for n in nets))
 
 
@@ -200,7 +204,7 @@ def check_lockout(where: Where, nets: tuple[ip.IPNet, ...], seen: str, confirm: 
     """The organization's list holds the admin API and the dashboard too: a list that leaves out ``seen``,
     the address the change comes from, would lock its caller out (the CLI on the server lifts it)."""
     if nets and where[0] == "org" and not confirm and not ip.allows(nets, seen):
-        raise bad_request(
+        raise Invalid(
             f"The list does not include the address this call comes from ({seen}): it would "
             "lock you out of the admin API and the dashboard. Add that address, or send "
             '"confirm_lockout": true (the CLI on the server can always lift the list: '

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from keyplane import errors
+from keyplane import domain, errors
 from keyplane.admin import routes as r
 from keyplane.admin.common import JSONResponse
 from keyplane.degrade import Outage, store_outage
@@ -177,6 +177,12 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers)
 
 
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    """A refusal of the domain (keyplane.domain): the OpenAI error body of its kind, as any APIError."""
+    assert isinstance(exc, domain.DomainError)
+    return await _api_error(request, domain.api_error(exc))
+
+
 # One line when a store the admin API needs goes down, one when it is back: never a traceback per call.
 _outages = {
     "database": Outage("the SQL store", "admin API (answering 503)", log),
@@ -228,7 +234,12 @@ def build_admin_app(rt: Runtime, extra: list[Endpoint] | None = None) -> Starlet
     routes.append(Route(f"{P}/openapi.json", openapi, methods=["GET"]))
     app = Starlette(
         routes=routes,
-        exception_handlers={errors.APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers={
+            errors.APIError: _api_error,
+            domain.DomainError: _domain_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
     )
     app.state.runtime = rt
     return app

@@ -53,13 +53,7 @@ def _granted(rt: Runtime, entry: KeyEntry, request: Request) -> frozenset[str]:
 
 def authenticate_admin(request: Request) -> tuple[KeyEntry, Actor]:
     """The admin key of the request, or an OpenAI-shaped 401."""
-    internal = request.scope.get("keyplane.session")
     rt = runtime(request)
-    if internal is not None:  # an in-process call from the dashboard (web/features.py), never from the network
-        # (the dashboard gated the page with the user's effective permissions, web/base.py; these are what
-        # the escalation guards of roles and groups compare with)
-        request.scope[GRANTED] = _granted(rt, internal[0], request)
-        return internal  # type: ignore[no-any-return]
     headers: list[tuple[bytes, bytes]] = request.scope["headers"]
     access = rt.features.access
     if access is not None:  # the organization's IP allowlist, before the key is even looked at (docs/access-control.md)
@@ -105,6 +99,21 @@ def list_response(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]
         "last_id": items[-1]["id"] if items else None,
         "has_more": has_more,
     }
+
+
+def cursor_page(items: list[dict[str, Any]], after: str | None, limit: int, order: str | None) -> dict[str, Any]:
+    """A ``SyncNextCursorPage`` (a list response plus ``next``) over a small, fully read list."""
+    if order == "desc":
+        items = items[::-1]
+    elif order not in (None, "asc"):
+        raise errors.bad_request("'order' must be 'asc' or 'desc'.", param="order", code="invalid_value")
+    if after:
+        at = next((i for i, x in enumerate(items) if x["id"] == after), None)
+        if at is None:
+            raise errors.bad_request(f"No object with id '{after}' to page from.", param="after")
+        items = items[at + 1 :]
+    shown, more = items[:limit], len(items) > limit
+    return {**list_response(shown, more), "next": shown[-1]["id"] if more and shown else None}
 
 
 def query_list(request: Request, name: str) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 from keyplane import errors
 from keyplane.billing import quote as quote_mod
 from keyplane.billing.engine import Billing, Plan
-from keyplane.billing.prices import Price
+from keyplane.billing.prices import Price, Tokens
 from keyplane.billing.ratelimits import limits_model
 from keyplane.limits import MINUTE_US, RPM, TPM, UNITS, Denied, Granted, Reservation, Unseeded, gcra
 from keyplane.limits.memory import MemoryLimiter
@@ -86,6 +86,7 @@ class Admission:
             bool(getattr(ctx, "context_ref", False)),
             _form(ctx),
             b.default_max_tokens,
+            getattr(ctx, "upload", None),
         )
         q = await asyncio.to_thread(quote_mod.quote, *args) if len(ctx.body) > BIG_BODY else quote_mod.quote(*args)
         model = q.model
@@ -140,10 +141,13 @@ class Admission:
     async def _admit_batch(self, ctx: Any, plan: Plan, controlled: bool, now: float) -> None:
         """POST /v1/batches: reserve the input file's estimate at the batch price for the batch's life, or
         refuse it under money controls when keyplane did not read (or could not bound) the file."""
-        from keyplane.billing.batches import RESERVE_SECONDS, Estimate
+        from keyplane.billing.batch_input import Estimate
+        from keyplane.billing.batches import RESERVE_SECONDS
 
         fid, est = await self.batches.input_estimate(ctx)
         self.batches.check_access(ctx, fid, est)  # scopes, model and hosted tool permissions of every request
+        if est is not None:  # a fine-tuned model another project made runs in no line (proxy/owners.py)
+            await self._own_models(ctx, sorted(est.facts.models))
         if est is None or est.cost is None:
             why = (
                 est.why
@@ -184,6 +188,21 @@ class Admission:
         ctx.reservation = Reservation(
             rid, cost, 0, plan.budgets, (), {"plan": plan, "batch": est, "input_file_id": fid}
         )
+
+    async def _own_models(self, ctx: Any, models: list[str]) -> None:
+        """404 ``model_not_found`` for the first fine-tuned model of ``models`` another project's job made."""
+        tuned = [m for m in models if m.startswith("ft:")]
+        proxy = self.b.rt.features.proxy
+        if not tuned or proxy is None:
+            return
+        from keyplane.proxy.owners import fine_tuned_ids
+
+        found = await proxy.tenancy.store.owners({i for m in tuned for i in fine_tuned_ids(m)})
+        for m in tuned:
+            if any(
+                (o := found.get(i)) is not None and o.project_id != (ctx.project_id or "") for i in fine_tuned_ids(m)
+            ):
+                raise errors.model_not_found(m)
 
     async def _fleet_admit(
         self, rid: str, plan: Plan, cost: int, want: int, ttl_us: int | None = None
@@ -266,15 +285,24 @@ class Admission:
             # Answered from keyplane's response cache: only the request counts (docs/caching.md).
             used = 0
         elif flat is not None:  # images, speech, audio minutes: priced from the request, billed on success
-            if ctx.status and ctx.status < 400:
+            # Billed on success, and when the provider received the call whole but its answer failed (it may
+            # have run it: an upload is never sent twice, proxy/uploads.py).
+            if (ctx.status and ctx.status < 400) or getattr(ctx, "upstream_received", False):
                 cost = flat
                 ctx.cost_input_micros = 0
                 per_minute = extra.get("per_minute")
+                up = getattr(ctx, "upload", None)
+                if per_minute and up is not None and up.finished:  # streamed: priced at most by the size received
+                    minutes = quote_mod.minutes_of(up.size)
+                    cost = min(cost, minutes * per_minute)  # type: ignore[operator]
+                    extra["units"] = min(int(extra.get("units") or 0), minutes * 60)  # type: ignore[call-overload]
                 if per_minute and ctx.units:  # a transcription longer than estimated: its reported duration
                     cost = max(cost, -(-ctx.units * per_minute // 60))  # type: ignore[operator]
                 ctx.units = ctx.units or int(extra.get("units") or 0)  # type: ignore[call-overload]
         elif price is not None:
             by = getattr(ctx, "modalities", None)
+            if by is None and used and (price.audio_input is not None or price.audio_output is not None):
+                by = _chat_audio(ctx, prompt, cached, completion)  # audio on chat completions: by its details
             if by is not None and used:  # text and audio each at its rate (a realtime response.done)
                 cost, ctx.cost_input_micros = price.cost_by(by)
             elif used:
@@ -307,6 +335,18 @@ class Admission:
             await self.b.limiter.settle(res, 0, 0)
         except Exception as e:
             _log_store_error(f"release of {res.rid} failed; queued for replay", e)
+
+
+def _chat_audio(ctx: Any, prompt: int, cached: int, completion: int) -> Tokens | None:
+    """A chat usage that reports its audio tokens, by modality (the rest is text; cached tokens unattributed);
+    None when it does not report them or was estimated (then billed at the dearest rates)."""
+    audio = getattr(ctx, "audio_tokens", None)
+    if audio is None or ctx.usage_estimated:
+        return None
+    a_in, a_out = min(audio[0], prompt), min(audio[1], completion)
+    return Tokens(
+        text_in=prompt - a_in, audio_in=a_in, cached_rest=cached, text_out=completion - a_out, audio_out=a_out
+    )
 
 
 _quiet_until = 0.0

@@ -11,17 +11,17 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from sqlalchemy import func, select
 
 from keyplane import control
+from keyplane.cli.common import JsonOpt, fail, out, print_json, run_store, settings, table, ts
 
 ProjectOpt = Annotated[str | None, typer.Option("--project", "-p", help="Project id or unique name.")]
 KeyOpt = Annotated[str | None, typer.Option("--key", "-k", help="Key id (key_...) of the project.")]
 
 
 def _cents(usd: str, what: str) -> int:
-    from keyplane.cli import fail
-
     try:
         d = Decimal(usd.replace("$", "").replace(",", ""))
     except InvalidOperation:
@@ -32,8 +32,6 @@ def _cents(usd: str, what: str) -> int:
 
 
 def _when(value: str | None) -> int | None:
-    from keyplane.cli import fail
-
     if value is None:
         return None
     if value.isdigit():
@@ -53,8 +51,6 @@ def _usd(cents: int) -> str:
 
 async def _scope(session: Any, project: str | None, key: str | None) -> tuple[str, str, str | None, str]:
     """(scope, id, project id, label) from the options."""
-    from keyplane.cli import fail
-
     if key and not project:
         raise fail("--key needs --project (the key's project).")
     if not project:
@@ -67,199 +63,180 @@ async def _scope(session: Any, project: str | None, key: str | None) -> tuple[st
     return "project", p.id, p.id, f"project {p.id} ({p.name})"
 
 
-def register(app: typer.Typer) -> None:
-    from rich.markup import escape
+def grant(
+    amount_usd: Annotated[str, typer.Argument(help="Amount in USD, e.g. 25 or 99.50.")],
+    note: Annotated[str | None, typer.Option(help="Why (shown with the grant).")] = None,
+    expires_at: Annotated[str | None, typer.Option(help="When it expires: unix time or ISO date.")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Add prepaid credit. Requests are refused once the credit is used up (the first grant turns it on)."""
+    from keyplane.billing import credit
+    from keyplane.billing.tiers import TierTable
 
-    from keyplane.cli import JsonOpt, out, print_json, run_store, settings, table, ts
+    s = settings()
+    body: dict[str, Any] = {"amount": _cents(amount_usd, "AMOUNT_USD"), "currency": "usd"}
+    if note is not None:
+        body["note"] = note
+    if expires_at is not None:
+        body["expires_at"] = _when(expires_at)
+    table_ = TierTable(s.file.tiers, s.file.limits.tier)
 
-    credit_app = typer.Typer(help="Prepaid credit: add grants, show the balance.", no_args_is_help=True)
-    limits_app = typer.Typer(
-        help="Spend limits and rate limits of the organization, projects and keys.", no_args_is_help=True
+    async def go(session: Any) -> Any:
+        return await credit.create_grant(session, control.CLI_ACTOR, body, time.time(), table_)
+
+    g = run_store(s, go, write=True)
+    if json:
+        print_json(credit.grant_object(g))
+    else:
+        out.print(f"granted {_usd(g.amount_cents)} of credit ({g.id})")
+
+
+def balance(json: JsonOpt = False) -> None:
+    """Credit granted, used (as of the last ledger flush) and available, in USD."""
+    from keyplane.billing import credit, state
+
+    s = settings()
+    enforce = s.file.credit.enforce
+
+    async def go(session: Any) -> dict[str, Any]:
+        cfg = await _config(session, s)
+        granted = sum(g.amount_micros for g in cfg.grants) // state.CENT
+        now = time.time()
+        return credit.balance_object(
+            granted, cfg.credit_used(), cfg.credit_cap(now), 0, enforce if enforce is not None else bool(cfg.grants)
+        )
+
+    b = run_store(s, go)
+    if json:
+        print_json(b)
+        return
+    out.print(
+        f"granted    {_usd(b['granted'])}\nused       {_usd(b['used'])}\n"
+        f"expired    {_usd(b['expired'])}\navailable  {_usd(b['available'])}\n"
+        f"enforced   {'yes' if b['enforced'] else 'no'}"
     )
-    app.add_typer(credit_app, name="credit")
-    app.add_typer(limits_app, name="limits")
-    from keyplane.billing.prices_check import register as register_prices
 
-    register_prices(app)  # `keyplane prices check`
 
-    @credit_app.command("grant")
-    def grant(
-        amount_usd: Annotated[str, typer.Argument(help="Amount in USD, e.g. 25 or 99.50.")],
-        note: Annotated[str | None, typer.Option(help="Why (shown with the grant).")] = None,
-        expires_at: Annotated[str | None, typer.Option(help="When it expires: unix time or ISO date.")] = None,
-        json: JsonOpt = False,
-    ) -> None:
-        """Add prepaid credit. Requests are refused once the credit is used up (the first grant turns it on)."""
-        from keyplane.billing import credit
-        from keyplane.billing.tiers import TierTable
+def list_grants(json: JsonOpt = False) -> None:
+    """The credit grants, oldest first."""
+    from keyplane import fmt
+    from keyplane.billing import credit
+    from keyplane.billing.models import CreditGrant
 
-        s = settings()
-        body: dict[str, Any] = {"amount": _cents(amount_usd, "AMOUNT_USD"), "currency": "usd"}
-        if note is not None:
-            body["note"] = note
-        if expires_at is not None:
-            body["expires_at"] = _when(expires_at)
-        table_ = TierTable(s.file.tiers, s.file.limits.tier)
+    async def go(session: Any) -> list[Any]:
+        return list((await session.execute(select(CreditGrant).order_by(CreditGrant.seq))).scalars())
 
-        async def go(session: Any) -> Any:
-            return await credit.create_grant(session, control.CLI_ACTOR, body, time.time(), table_)
+    rows = run_store(settings(), go)
+    if json:
+        print_json([credit.grant_object(g) for g in rows])
+        return
+    table(
+        "Credit grants",
+        ["id", "amount", "used", "created", "expires", "note"],
+        [
+            (g.id, _usd(g.amount_cents), fmt.usd(g.used_micros, "up"), ts(g.created_at), ts(g.expires_at), g.note)
+            for g in rows
+        ],
+    )
 
-        g = run_store(s, go, write=True)
-        if json:
-            print_json(credit.grant_object(g))
-        else:
-            out.print(f"granted {_usd(g.amount_cents)} of credit ({g.id})")
 
-    @credit_app.command("balance")
-    def balance(json: JsonOpt = False) -> None:
-        """Credit granted, used (as of the last ledger flush) and available, in USD."""
-        from keyplane.billing import credit, state
+def show(project: ProjectOpt = None, key: KeyOpt = None, json: JsonOpt = False) -> None:
+    """The spend limit, this month's spend and the rate limits of the organization, a project or a key."""
+    s = settings()
 
-        s = settings()
-        enforce = s.file.credit.enforce
+    async def go(session: Any) -> dict[str, Any]:
+        return await _show(session, s, project, key)
 
-        async def go(session: Any) -> dict[str, Any]:
+    d = run_store(s, go)
+    if json:
+        print_json(d)
+        return
+    lim = d["spend_limit"]
+    out.print(f"[bold]{escape(str(d['label']))}[/] (usage tier {d['tier']}, month {d['period']})")
+    out.print(f"spent this month  {_usd(d['spent'])}")
+    if lim:
+        status = lim["enforcement"]["status"]
+        out.print(f"spend limit       {_usd(lim['threshold_amount'])} per month ({status})")
+        if lim.get("resets_at"):
+            from keyplane import fmt
+
+            out.print(f"resets            {fmt.until(time.time(), lim['resets_at'])}")
+    else:
+        out.print("spend limit       none")
+    rows = [
+        (
+            r["model"],
+            r["max_requests_per_1_minute"] or "-",
+            r["max_tokens_per_1_minute"] or "-",
+            r["max_requests_per_1_day"] or "-",
+            r["max_tokens_per_1_day"] or "-",
+            r["source"],
+        )
+        for r in d["rate_limits"]
+    ]
+    if rows:
+        table("Rate limits (0 or -: none)", ["model", "RPM", "TPM", "RPD", "TPD", "from"], rows)
+
+
+def set_(
+    project: ProjectOpt = None,
+    key: KeyOpt = None,
+    spend_limit: Annotated[str | None, typer.Option(help="Monthly hard spend limit in USD.")] = None,
+    no_spend_limit: Annotated[bool, typer.Option("--no-spend-limit", help="Remove the spend limit.")] = False,
+    inactive: Annotated[bool, typer.Option("--inactive", help="Keep the spend limit without enforcing it.")] = False,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Model whose rate limits to set.")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute (0: no limit).", min=0)] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute (0: no limit).", min=0)] = None,
+    rpd: Annotated[int | None, typer.Option(help="Requests per day (0: no limit).", min=0)] = None,
+    tpd: Annotated[int | None, typer.Option(help="Tokens per day (0: no limit).", min=0)] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="Back to the defaults for --model.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Set the spend limit (organization, --project or --key) and/or the rate limits of a model."""
+    from keyplane.billing import ratelimits, spend
+
+    rates = {n: v for n, v in zip(ratelimits.FIELDS, (rpm, tpm, rpd, tpd), strict=True) if v is not None}
+    if spend_limit is None and not no_spend_limit and not rates and not reset:
+        raise fail(
+            "Nothing to set: give --spend-limit, --no-spend-limit, or --model with --rpm/--tpm/--rpd/--tpd "
+            "(or --reset)."
+        )
+    if (rates or reset) and not model:
+        raise fail("--rpm, --tpm, --rpd, --tpd and --reset need --model.")
+    if (rates or reset) and not project:
+        raise fail("Rate limits belong to a project or a key: give --project (and --key).")
+    s = settings()
+    cents = _cents(spend_limit, "--spend-limit") if spend_limit is not None else None
+
+    async def go(session: Any) -> dict[str, Any]:
+        scope, sid, pid, _label = await _scope(session, project, key)
+        now = time.time()
+        if cents is not None:
+            body: dict[str, Any] = {"threshold_amount": cents, "currency": "USD", "interval": "month"}
+            if inactive:
+                body["enforcement"] = {"status": "inactive"}
+            await spend.set_limit(session, control.CLI_ACTOR, scope, sid, pid, body, now)
+        elif no_spend_limit:
+            await spend.delete_limit(session, control.CLI_ACTOR, scope, sid, pid, now)
+        if model and (rates or reset):
+            if scope == "organization":
+                raise fail("Rate limits belong to a project or a key.")
             cfg = await _config(session, s)
-            granted = sum(g.amount_micros for g in cfg.grants) // state.CENT
-            now = time.time()
-            return credit.balance_object(
-                granted, cfg.credit_used(), cfg.credit_cap(now), 0, enforce if enforce is not None else bool(cfg.grants)
-            )
+            tbl, prices = _tables(s)
+            known = ratelimits.models_of(s, prices, tbl, {m for (_, _, m) in cfg.overrides})
+            ratelimits.model_of(ratelimits.rl_id(model), known)
+            if reset:
+                await ratelimits.reset(session, control.CLI_ACTOR, scope, sid, pid or "", model, now)
+            else:
+                await ratelimits.update(session, control.CLI_ACTOR, scope, sid, pid or "", model, rates, now)
+        await session.flush()
+        return await _show(session, s, project, key, only=model)
 
-        b = run_store(s, go)
-        if json:
-            print_json(b)
-            return
-        out.print(
-            f"granted    {_usd(b['granted'])}\nused       {_usd(b['used'])}\n"
-            f"expired    {_usd(b['expired'])}\navailable  {_usd(b['available'])}\n"
-            f"enforced   {'yes' if b['enforced'] else 'no'}"
-        )
-
-    @credit_app.command("list")
-    def list_grants(json: JsonOpt = False) -> None:
-        """The credit grants, oldest first."""
-        from keyplane import fmt
-        from keyplane.billing import credit
-        from keyplane.billing.models import CreditGrant
-
-        async def go(session: Any) -> list[Any]:
-            return list((await session.execute(select(CreditGrant).order_by(CreditGrant.seq))).scalars())
-
-        rows = run_store(settings(), go)
-        if json:
-            print_json([credit.grant_object(g) for g in rows])
-            return
-        table(
-            "Credit grants",
-            ["id", "amount", "used", "created", "expires", "note"],
-            [
-                (g.id, _usd(g.amount_cents), fmt.usd(g.used_micros, "up"), ts(g.created_at), ts(g.expires_at), g.note)
-                for g in rows
-            ],
-        )
-
-    @limits_app.command("show")
-    def show(project: ProjectOpt = None, key: KeyOpt = None, json: JsonOpt = False) -> None:
-        """The spend limit, this month's spend and the rate limits of the organization, a project or a key."""
-        s = settings()
-
-        async def go(session: Any) -> dict[str, Any]:
-            return await _show(session, s, project, key)
-
-        d = run_store(s, go)
-        if json:
-            print_json(d)
-            return
-        lim = d["spend_limit"]
-        out.print(f"[bold]{escape(str(d['label']))}[/] (usage tier {d['tier']}, month {d['period']})")
-        out.print(f"spent this month  {_usd(d['spent'])}")
-        if lim:
-            status = lim["enforcement"]["status"]
-            out.print(f"spend limit       {_usd(lim['threshold_amount'])} per month ({status})")
-            if lim.get("resets_at"):
-                from keyplane import fmt
-
-                out.print(f"resets            {fmt.until(time.time(), lim['resets_at'])}")
-        else:
-            out.print("spend limit       none")
-        rows = [
-            (
-                r["model"],
-                r["max_requests_per_1_minute"] or "-",
-                r["max_tokens_per_1_minute"] or "-",
-                r["max_requests_per_1_day"] or "-",
-                r["max_tokens_per_1_day"] or "-",
-                r["source"],
-            )
-            for r in d["rate_limits"]
-        ]
-        if rows:
-            table("Rate limits (0 or -: none)", ["model", "RPM", "TPM", "RPD", "TPD", "from"], rows)
-
-    @limits_app.command("set")
-    def set_(
-        project: ProjectOpt = None,
-        key: KeyOpt = None,
-        spend_limit: Annotated[str | None, typer.Option(help="Monthly hard spend limit in USD.")] = None,
-        no_spend_limit: Annotated[bool, typer.Option("--no-spend-limit", help="Remove the spend limit.")] = False,
-        inactive: Annotated[
-            bool, typer.Option("--inactive", help="Keep the spend limit without enforcing it.")
-        ] = False,
-        model: Annotated[str | None, typer.Option("--model", "-m", help="Model whose rate limits to set.")] = None,
-        rpm: Annotated[int | None, typer.Option(help="Requests per minute (0: no limit).", min=0)] = None,
-        tpm: Annotated[int | None, typer.Option(help="Tokens per minute (0: no limit).", min=0)] = None,
-        rpd: Annotated[int | None, typer.Option(help="Requests per day (0: no limit).", min=0)] = None,
-        tpd: Annotated[int | None, typer.Option(help="Tokens per day (0: no limit).", min=0)] = None,
-        reset: Annotated[bool, typer.Option("--reset", help="Back to the defaults for --model.")] = False,
-        json: JsonOpt = False,
-    ) -> None:
-        """Set the spend limit (organization, --project or --key) and/or the rate limits of a model."""
-        from keyplane.billing import ratelimits, spend
-        from keyplane.cli import fail
-
-        rates = {n: v for n, v in zip(ratelimits.FIELDS, (rpm, tpm, rpd, tpd), strict=True) if v is not None}
-        if spend_limit is None and not no_spend_limit and not rates and not reset:
-            raise fail(
-                "Nothing to set: give --spend-limit, --no-spend-limit, or --model with --rpm/--tpm/--rpd/--tpd "
-                "(or --reset)."
-            )
-        if (rates or reset) and not model:
-            raise fail("--rpm, --tpm, --rpd, --tpd and --reset need --model.")
-        if (rates or reset) and not project:
-            raise fail("Rate limits belong to a project or a key: give --project (and --key).")
-        s = settings()
-        cents = _cents(spend_limit, "--spend-limit") if spend_limit is not None else None
-
-        async def go(session: Any) -> dict[str, Any]:
-            scope, sid, pid, _label = await _scope(session, project, key)
-            now = time.time()
-            if cents is not None:
-                body: dict[str, Any] = {"threshold_amount": cents, "currency": "USD", "interval": "month"}
-                if inactive:
-                    body["enforcement"] = {"status": "inactive"}
-                await spend.set_limit(session, control.CLI_ACTOR, scope, sid, pid, body, now)
-            elif no_spend_limit:
-                await spend.delete_limit(session, control.CLI_ACTOR, scope, sid, pid, now)
-            if model and (rates or reset):
-                if scope == "organization":
-                    raise fail("Rate limits belong to a project or a key.")
-                cfg = await _config(session, s)
-                tbl, prices = _tables(s)
-                known = ratelimits.models_of(s, prices, tbl, {m for (_, _, m) in cfg.overrides})
-                ratelimits.model_of(ratelimits.rl_id(model), known)
-                if reset:
-                    await ratelimits.reset(session, control.CLI_ACTOR, scope, sid, pid or "", model, now)
-                else:
-                    await ratelimits.update(session, control.CLI_ACTOR, scope, sid, pid or "", model, rates, now)
-            await session.flush()
-            return await _show(session, s, project, key, only=model)
-
-        d = run_store(s, go, write=True)
-        if json:
-            print_json(d)
-        else:
-            out.print(f"updated the limits of {d['label']}", markup=False)
+    d = run_store(s, go, write=True)
+    if json:
+        print_json(d)
+    else:
+        out.print(f"updated the limits of {d['label']}", markup=False)
 
 
 def _tables(s: Any) -> tuple[Any, Any]:

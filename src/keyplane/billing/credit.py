@@ -12,10 +12,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyplane import control, errors, ids
+from keyplane import control, ids
 from keyplane.billing import tiers
 from keyplane.billing.models import CreditGrant
 from keyplane.billing.state import CENT
+from keyplane.domain import Invalid
 
 MAX_CENTS = 10**11  # a billion dollars: larger is a typo
 
@@ -23,39 +24,33 @@ MAX_CENTS = 10**11  # a billion dollars: larger is a typo
 def check_grant(body: dict[str, Any], now: float) -> tuple[int, str, int | None, str | None]:
     amount = body.get("amount")
     if amount is None:
-        raise errors.bad_request(
+        raise Invalid(
             "Missing required parameter: 'amount' (integer cents).", param="amount", code="missing_required_parameter"
         )
     if isinstance(amount, bool) or not isinstance(amount, int):
-        raise errors.bad_request(
+        raise Invalid(
             "'amount' must be an integer number of cents, e.g. 2500 for $25.00.", param="amount", code="invalid_type"
         )
     if not 0 < amount <= MAX_CENTS:
-        raise errors.bad_request(
-            f"'amount' must be between 1 and {MAX_CENTS} cents.", param="amount", code="invalid_value"
-        )
+        raise Invalid(f"'amount' must be between 1 and {MAX_CENTS} cents.", param="amount", code="invalid_value")
     currency = body.get("currency", "usd")
     if not isinstance(currency, str) or currency.lower() != "usd":
-        raise errors.bad_request(
+        raise Invalid(
             "'currency' must be 'usd' (the only currency keyplane bills in).", param="currency", code="invalid_value"
         )
     expires_at = body.get("expires_at")
     if expires_at is not None:
         if isinstance(expires_at, bool) or not isinstance(expires_at, int):
-            raise errors.bad_request(
-                "'expires_at' must be a unix time in seconds.", param="expires_at", code="invalid_type"
-            )
+            raise Invalid("'expires_at' must be a unix time in seconds.", param="expires_at", code="invalid_type")
         if expires_at <= now:
-            raise errors.bad_request("'expires_at' must be in the future.", param="expires_at", code="invalid_value")
+            raise Invalid("'expires_at' must be in the future.", param="expires_at", code="invalid_value")
     note = body.get("note")
     if note is not None and (not isinstance(note, str) or len(note) > 1000):
-        raise errors.bad_request(
-            "'note' must be a string of at most 1000 characters.", param="note", code="invalid_value"
-        )
+        raise Invalid("'note' must be a string of at most 1000 characters.", param="note", code="invalid_value")
     unknown = set(body) - {"amount", "currency", "expires_at", "note"}
     if unknown:
         name = sorted(unknown)[0]
-        raise errors.bad_request(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
+        raise Invalid(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
     return amount, "usd", expires_at, note
 
 
@@ -64,7 +59,7 @@ async def create_grant(
 ) -> CreditGrant:
     amount, currency, expires_at, note = check_grant(body, now)
     if await control.get_org(s) is None:
-        raise errors.bad_request("keyplane is not initialized; run `keyplane init` first.")
+        raise Invalid("keyplane is not initialized; run `keyplane init` first.")
     t = int(now)
     g = CreditGrant(
         id=ids.new_id("cg_"),

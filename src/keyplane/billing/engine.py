@@ -14,14 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-from sqlalchemy import select
-
 from keyplane.billing import ledger as ledger_mod
 from keyplane.billing import state, tiers
 from keyplane.billing.prices import Price, PriceTable
 from keyplane.billing.ratelimits import merge
-from keyplane.limits import Bucket, BudgetRef, Limiter, Reservation, Unseeded
+from keyplane.limits import Bucket, BudgetRef, Limiter, Unseeded
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
 
@@ -217,64 +214,10 @@ class Billing:
                 log.warning("budget counters rebuilt in Redis from SQL and %d journal records", snap.unapplied)
 
     async def hold_batches(self) -> int:
-        """Hold again the reservation of every batch not metered yet (its row in ``batch_costs``: request id,
-        amount, budgets) for what is left of its window (billing/batches.py RESERVE_SECONDS): the in-process
-        limiter starts empty after a restart, Redis after a loss of its data, and the batches go on spending.
-        Idempotent: a reservation still held is left as it is (a second seed, another instance). Returns how
-        many were held again."""
-        from keyplane.billing.batches import RESERVE_SECONDS
-        from keyplane.store.models import BatchCost
+        """Hold again the reservations of the batches still running (billing/batches.py hold_reservations)."""
+        from keyplane.billing.batches import hold_reservations
 
-        now = self.rt.clock.now()
-        async with self.rt.read() as s:
-            rows = (
-                await s.execute(
-                    select(BatchCost.id, BatchCost.data, BatchCost.created_at).where(
-                        BatchCost.object == "batch",
-                        BatchCost.settled_at.is_(None),
-                        BatchCost.created_at > int(now) - RESERVE_SECONDS,
-                    )
-                )
-            ).all()
-        batches = self.rt.features.batches
-        held: dict[str, Reservation] = {}
-        for bid, raw, created in rows:
-            if batches is not None and batches.busy(bid):
-                continue  # being metered (or metered) by this process: its settle releases the reservation
-            try:
-                data = orjson.loads(raw)
-                res = Reservation(
-                    str(data.get("rid") or bid),
-                    int(data.get("amount") or 0),
-                    0,
-                    tuple(BudgetRef(str(k), None, int(ttl)) for k, _, ttl in data.get("budgets") or []),
-                    (),
-                )
-            except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
-                log.warning("batch %s: its reservation cannot be read from its row; not held again", bid)
-                continue
-            ttl_us = int((created + RESERVE_SECONDS - now) * 1_000_000)
-            if await self.limiter.hold(res, ttl_us):
-                held[bid] = res
-        if held:
-            # A batch metered elsewhere while these were read (its row settled after the read): release it again.
-            ids = list(held)
-            gone: list[str] = []
-            async with self.rt.read() as s:
-                for i in range(0, len(ids), 500):
-                    gone.extend(
-                        (
-                            await s.execute(
-                                select(BatchCost.id).where(
-                                    BatchCost.id.in_(ids[i : i + 500]), BatchCost.settled_at.is_not(None)
-                                )
-                            )
-                        ).scalars()
-                    )
-            for bid in gone:
-                await self.limiter.settle(held.pop(bid), 0, 0)
-            log.info("held the reservations of %d running batches again", len(held))
-        return len(held)
+        return await hold_reservations(self.rt, self.limiter)
 
     async def reseed_if_needed(self) -> None:
         """Fleet: rebuild the counters when Redis lost them; add this instance's unapplied journal records

@@ -210,7 +210,7 @@ async def snapshot(
     """
     import asyncio
 
-    from keyplane.usage.journal import unapplied_records
+    from keyplane.usage.journal_tail import unapplied_records
     from keyplane.usage.models import UsageRequest
 
     pending = await asyncio.to_thread(unapplied_records, folder) if folder is not None else []

@@ -34,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from keyplane.config import Price as PriceConfig
+from keyplane.billing.config import Price as PriceConfig
 
 log = logging.getLogger("keyplane.billing")
 

@@ -21,8 +21,9 @@ A :class:`Quote` says which, and admission decides (docs/limits-and-billing.md "
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -83,15 +84,19 @@ def quote(
     context_ref: bool,
     form: dict[str, str] | None,
     default_max_tokens: int,
+    upload: Any = None,
 ) -> Quote:
+    """``upload``: a multipart upload not held in ``body`` (proxy/uploads.py: ``estimate_bytes``, ``files``);
+    ``body`` is then its beginning (the text fields)."""
     if endpoint in TOKEN_ENDPOINTS:
         return _tokens(prices, endpoint, model, body, max_tokens, context_ref, default_max_tokens)
     if endpoint in IMAGES:
-        return _images(prices, endpoint, model, body, form)
+        files = upload.files if upload is not None else body.count(b"filename=")
+        return _images(prices, endpoint, model, body, form, files)
     if endpoint == SPEECH:
         return _speech(prices, model, body)
     if endpoint in TRANSCRIBE:
-        return _transcribe(prices, endpoint, model, body, form)
+        return _transcribe(prices, model, form, upload.estimate_bytes if upload is not None else len(body))
     why = next((w for prefix, w in _WHY if endpoint.startswith(prefix)), "keyplane has no price for this endpoint")
     return Quote(model, unpriced=errors.cost_not_bounded(endpoint, why))
 
@@ -160,7 +165,7 @@ def _tokens(
                 seen = (calls + 1) * max(prompt, price.context_window)
             else:
                 q.estimate = "it enables hosted tools and the model has no context_window in the price table"
-    q.cost = price.max_cost(seen, out) + tool_cost
+    q.cost = _output_priced(price, endpoint, q.body or body).max_cost(seen, out) + tool_cost
     q.tokens = prompt + out
     return q
 
@@ -237,8 +242,38 @@ def tool_cost(prices: dict[str, int] | None, calls: dict[str, int] | None) -> di
     return {kind: n * prices.get(kind, top) for kind, n in calls.items() if n > 0}
 
 
+class _Pairs(list[tuple[str, object]]):
+    """A JSON object as all of its pairs, a key given twice included."""
+
+
+def _output_priced(price: Price, endpoint: str, body: bytes) -> Price:
+    """The price a reservation's output is counted at: an audio model on chat completions writes audio only
+    when the request's ``modalities`` include it (or it sets ``audio``); otherwise its output is text, and is
+    reserved at the text rate. Anything unclear keeps the dearest (audio) rate."""
+    if price.audio_output is None or price.audio_output <= price.output or endpoint != "/v1/chat/completions":
+        return price
+    import json  # every pair of the top-level object: a key given twice is read as audio (parsers disagree)
+
+    try:
+        pairs = json.loads(body, object_pairs_hook=_Pairs)
+    except (ValueError, RecursionError):
+        return price
+    if not isinstance(pairs, _Pairs):
+        return price
+    keys = [k for k, _ in pairs]
+    if keys.count("modalities") > 1 or "audio" in keys:
+        return price
+    modalities = next((v for k, v in pairs if k == "modalities"), None)
+    if modalities is not None and (
+        not isinstance(modalities, list) or any(not isinstance(m, str) or m != "text" for m in modalities)
+    ):
+        return price  # audio asked for (or a value keyplane does not read): the audio output rate
+    return dataclasses.replace(price, audio_output=None)
+
+
 def _service_tier(body: bytes) -> str | None:
-    if b'"service_tier"' not in body:
+    # The fast path only when no key can be spelled with an escape (`"service\\u005ftier"` is the same key).
+    if b'"service_tier"' not in body and b"\\u" not in body:
         return None
     try:
         obj = orjson.loads(body)
@@ -269,7 +304,9 @@ def _fields(body: bytes, form: dict[str, str] | None) -> dict[str, object]:
     return obj if isinstance(obj, dict) else {}
 
 
-def _images(prices: PriceTable, endpoint: str, model: str | None, body: bytes, form: dict[str, str] | None) -> Quote:
+def _images(
+    prices: PriceTable, endpoint: str, model: str | None, body: bytes, form: dict[str, str] | None, files: int
+) -> Quote:
     f = _fields(body, form)
     named = f.get("model")
     name: str = model or (named if isinstance(named, str) else None) or "dall-e-2"  # the API's default
@@ -296,7 +333,7 @@ def _images(prices: PriceTable, endpoint: str, model: str | None, body: bytes, f
         p = f.get("prompt")
         prompt = tokens.counter(name).count(p) if isinstance(p, str) else 0
         if endpoint == "/v1/images/edits":
-            prompt += EDIT_IMAGE_TOKENS * max(1, body.count(b"filename="))
+            prompt += EDIT_IMAGE_TOKENS * max(1, files)
         cost += -(-prompt * price.input // MICROS)
     return Quote(name, cost=cost, prompt=prompt, flat=True, units=n)
 
@@ -312,14 +349,17 @@ def _speech(prices: PriceTable, model: str | None, body: bytes) -> Quote:
     return Quote(name, cost=-(-chars * price.per_1m_characters // MICROS), flat=True, units=chars)
 
 
-def _transcribe(
-    prices: PriceTable, endpoint: str, model: str | None, body: bytes, form: dict[str, str] | None
-) -> Quote:
+def minutes_of(size: int) -> int:
+    """Minutes of audio estimated from an upload's size (at least one)."""
+    return max(1, -(-size // AUDIO_BYTES_PER_MINUTE))
+
+
+def _transcribe(prices: PriceTable, model: str | None, form: dict[str, str] | None, size: int) -> Quote:
     name = model or (form or {}).get("model") or "whisper-1"
     price = prices.lookup(name)
     if price is None or price.per_minute is None:
         return Quote(name, unpriced=errors.model_not_priced(name))
-    minutes = max(1, -(-len(body) // AUDIO_BYTES_PER_MINUTE))
+    minutes = minutes_of(size)
     return Quote(
         name,
         cost=minutes * price.per_minute,

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyplane import control, errors
+from keyplane import control
 from keyplane.billing.models import RateLimitOverride
 from keyplane.billing.prices import PriceTable, family
 from keyplane.billing.tiers import TierTable
+from keyplane.domain import Invalid, NotFound
 
 if TYPE_CHECKING:
     from keyplane.billing.engine import Billing
@@ -89,7 +90,7 @@ def rl_id(model: str) -> str:
 def model_of(rate_limit_id: str, models: list[str]) -> str:
     model = rate_limit_id[3:] if rate_limit_id.startswith("rl-") else ""
     if model not in models:
-        raise errors.not_found(
+        raise NotFound(
             f"No rate limit found with id '{rate_limit_id}': no upstream serves a model of that name.",
             param="rate_limit_id",
             code="rate_limit_not_found",
@@ -124,11 +125,11 @@ def page(
     start, end = 0, len(models)
     if after:
         if after not in ids:
-            raise errors.bad_request(f"No object with id '{after}' to page from.", param="after")
+            raise Invalid(f"No object with id '{after}' to page from.", param="after")
         start = ids.index(after) + 1
     if before:
         if before not in ids:
-            raise errors.bad_request(f"No object with id '{before}' to page from.", param="before")
+            raise Invalid(f"No object with id '{before}' to page from.", param="before")
         end = ids.index(before)
         start = max(start, end - limit) if not after else start
     chosen = models[start:end][:limit]
@@ -140,19 +141,17 @@ def check_update(body: dict[str, Any]) -> dict[str, int]:
     changes: dict[str, int] = {}
     for name, v in body.items():
         if name not in FIELDS and name not in IGNORED:
-            raise errors.bad_request(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
+            raise Invalid(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
         if v is None and name in IGNORED:
             continue
         if isinstance(v, bool) or not isinstance(v, int):
-            raise errors.bad_request(f"'{name}' must be an integer (0: no limit).", param=name, code="invalid_type")
+            raise Invalid(f"'{name}' must be an integer (0: no limit).", param=name, code="invalid_type")
         if not 0 <= v <= MAX_LIMIT:
-            raise errors.bad_request(
-                f"'{name}' must be between 0 (no limit) and {MAX_LIMIT}.", param=name, code="invalid_value"
-            )
+            raise Invalid(f"'{name}' must be between 0 (no limit) and {MAX_LIMIT}.", param=name, code="invalid_value")
         if name in FIELDS:
             changes[name] = v
     if not changes:
-        raise errors.bad_request(
+        raise Invalid(
             f"Nothing to update: give at least one of {', '.join(FIELDS)}.", code="missing_required_parameter"
         )
     return changes

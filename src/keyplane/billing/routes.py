@@ -15,20 +15,16 @@ from keyplane import control, errors
 from keyplane.admin import Endpoint
 from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, list_response, runtime
 from keyplane.admin.params import query_choice, query_limit
-from keyplane.billing import credit, ratelimits, spend, tiers
+from keyplane.billing import service, spend, tiers
 from keyplane.billing.engine import Billing
-from keyplane.billing.models import BillingState, CreditGrant, SpendAlert
+from keyplane.billing.models import BillingState, SpendAlert
 from keyplane.billing.prices import MICROS
-from keyplane.degrade import store_outage
 
 P = "/v1/organization"
 
 
 def _b(request: Request) -> Billing:
-    billing = runtime(request).features.billing
-    if billing is None:  # these endpoints are mounted by the billing feature's start
-        raise RuntimeError("the billing feature is not running")
-    return billing
+    return service.billing_of(runtime(request))
 
 
 def _now(request: Request) -> float:
@@ -38,15 +34,13 @@ def _now(request: Request) -> float:
 async def _scope(request: Request, s: Any, write: bool = False) -> tuple[str, str, str | None]:
     """(scope, scope id, project id) of a path: the organization, a project, or a key of a project."""
     pp = request.path_params
-    if "project_id" not in pp:
-        return "organization", runtime(request).snapshot.org_id, None
-    p = await control.get_project(s, pp["project_id"])
-    if write:
-        control.ensure_active(p)
-    if "key_id" in pp:
-        k = await control.get_key(s, pp["key_id"], p.id, "project")
-        return "api_key", k.id, p.id
-    return "project", p.id, p.id
+    return await service.scope_of(runtime(request), s, pp.get("project_id"), pp.get("key_id"), write)
+
+
+def _where(request: Request) -> dict[str, str | None]:
+    """The project and key ids of a path (none: the organization), as the service functions take them."""
+    pp = request.path_params
+    return {"project_id": pp.get("project_id"), "key_id": pp.get("key_id")}
 
 
 # --- credit --------------------------------------------------------------------------------------
@@ -55,36 +49,23 @@ async def _scope(request: Request, s: Any, write: bool = False) -> tuple[str, st
 async def create_credit_grant(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     body = await json_body(request)
-    b = _b(request)
-    async with runtime(request).write() as s:
-        g = await credit.create_grant(s, actor, body, _now(request), b.tiers)
-    await b.reload()
-    return JSONResponse(credit.grant_object(g))
+    return JSONResponse(await service.add_credit_grant(runtime(request), actor, body))
 
 
 async def list_credit_grants(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
     limit = query_limit(request, 20, 100)
-    async with runtime(request).read() as s:
-        rows, more = await control.page(
-            s,
-            CreditGrant,
-            select(CreditGrant),
-            after=q.get("after"),
-            before=q.get("before"),
-            limit=limit,
-            descending=query_choice(request, "order", ("asc", "desc"), "asc") == "desc",
-        )
-    return JSONResponse(list_response([credit.grant_object(g) for g in rows], more))
+    descending = query_choice(request, "order", ("asc", "desc"), "asc") == "desc"
+    items, more = await service.credit_grants(
+        runtime(request), after=q.get("after"), before=q.get("before"), limit=limit, descending=descending
+    )
+    return JSONResponse(list_response(items, more))
 
 
 async def credit_balance(request: Request) -> JSONResponse:
     authenticate_admin(request)
-    b = _b(request)
-    granted = sum(g.amount_micros for g in b.cfg.grants) // 10_000
-    used, reserved = await b.spent("credit", b.org_id) if b.credit_active else (0, 0)
-    return JSONResponse(credit.balance_object(granted, used, b.credit_cap, reserved, b.credit_enforced))
+    return JSONResponse(await service.credit_balance(runtime(request)))
 
 
 async def usage_tier(request: Request) -> JSONResponse:
@@ -148,62 +129,18 @@ async def list_prices(request: Request) -> JSONResponse:
 
 async def get_spend_limit(request: Request) -> JSONResponse:
     authenticate_admin(request)
-    b = _b(request)
-    async with runtime(request).read() as s:
-        scope, sid, _ = await _scope(request, s)
-        row = await spend.get_limit(s, scope, sid)
-    spent, _r = await b.spent(scope, sid)
-    return JSONResponse(spend.limit_object(scope, row, spent, _now(request)))
+    return JSONResponse(await service.spend_limit(runtime(request), **_where(request)))
 
 
 async def set_spend_limit(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     body = await json_body(request)
-    b = _b(request)
-    async with runtime(request).write() as s:
-        scope, sid, pid = await _scope(request, s, write=True)
-        row = await spend.set_limit(s, actor, scope, sid, pid, body, _now(request))
-    # Committed: from here on the answer is a success, whatever a store does next (issue 15, finding 11).
-    notes = await _after_commit(b)
-    try:
-        spent, _r = await b.spent(scope, sid)
-    except Exception as e:
-        if store_outage(e) is None:
-            raise
-        obj = spend.limit_object(scope, row, 0, _now(request))
-        obj["spent"] = None
-        notes.append(
-            "The spend limit was saved, but this month's spend could not be read (the limits store is "
-            "unreachable): `spent` is null."
-        )
-        obj["keyplane_notices"] = notes
-        return JSONResponse(obj)
-    obj = spend.limit_object(scope, row, spent, _now(request))
-    if notes:
-        obj["keyplane_notices"] = notes
-    return JSONResponse(obj)
-
-
-async def _after_commit(b: Billing) -> list[str]:
-    """Reload this instance's billing configuration after a committed change; when a store fails meanwhile,
-    the change stands (the background task reloads it within a tick) and the answer says so."""
-    try:
-        await b.reload()
-    except Exception as e:
-        if store_outage(e) is None:
-            raise
-        return ["The change was saved; this instance applies it as soon as its store answers again."]
-    return []
+    return JSONResponse(await service.set_spend_limit(runtime(request), actor, body, **_where(request)))
 
 
 async def delete_spend_limit(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
-    b = _b(request)
-    async with runtime(request).write() as s:
-        scope, sid, pid = await _scope(request, s)
-        await spend.delete_limit(s, actor, scope, sid, pid, _now(request))
-    notes = await _after_commit(b)
-    return JSONResponse({**spend.limit_deleted(scope), **({"keyplane_notices": notes} if notes else {})})
+    return JSONResponse(await service.delete_spend_limit(runtime(request), actor, **_where(request)))
 
 
 # --- spend alerts --------------------------------------------------------------------------------
@@ -270,34 +207,30 @@ async def list_rate_limits(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
     limit = query_limit(request, 100, 1000)
-    async with runtime(request).read() as s:
-        scope, sid, _ = await _scope(request, s)
-    items, more = ratelimits.page(_b(request), scope, sid, q.get("after"), q.get("before"), limit)
+    pp = request.path_params
+    items, more = await service.rate_limits(
+        runtime(request), pp["project_id"], pp.get("key_id"), after=q.get("after"), before=q.get("before"), limit=limit
+    )
     return JSONResponse(list_response(items, more))
 
 
 async def update_rate_limit(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     body = await json_body(request)
-    b = _b(request)
-    model = ratelimits.model_of(request.path_params["rate_limit_id"], ratelimits.catalog(b))
-    changes = ratelimits.check_update(body)
-    async with runtime(request).write() as s:
-        scope, sid, pid = await _scope(request, s, write=True)
-        await ratelimits.update(s, actor, scope, sid, pid or "", model, changes, _now(request))
-    await b.reload()
-    return JSONResponse(ratelimits.rate_limit_object(scope, model, ratelimits.limits_of(b, scope, sid, model)))
+    pp = request.path_params
+    rid = pp["rate_limit_id"]
+    return JSONResponse(
+        await service.set_rate_limit(runtime(request), actor, rid, body, pp["project_id"], pp.get("key_id"))
+    )
 
 
 async def delete_rate_limit(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
-    b = _b(request)
-    model = ratelimits.model_of(request.path_params["rate_limit_id"], ratelimits.catalog(b))
-    async with runtime(request).write() as s:
-        scope, sid, pid = await _scope(request, s)
-        await ratelimits.reset(s, actor, scope, sid, pid or "", model, _now(request))
-    await b.reload()
-    return JSONResponse(ratelimits.rate_limit_object(scope, model, ratelimits.limits_of(b, scope, sid, model)))
+    pp = request.path_params
+    rid = pp["rate_limit_id"]
+    return JSONResponse(
+        await service.reset_rate_limit(runtime(request), actor, rid, pp["project_id"], pp.get("key_id"))
+    )
 
 
 _PRJ = f"{P}/projects/{{project_id}}"

@@ -17,9 +17,10 @@ import orjson
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from keyplane import control, errors, ids
+from keyplane import control, ids
 from keyplane.billing.models import SpendAlert, SpendLimit
 from keyplane.billing.state import CENT, period_bounds, period_of
+from keyplane.domain import Invalid, NotFound
 
 if TYPE_CHECKING:
     from keyplane.billing.engine import Billing
@@ -33,10 +34,10 @@ MAX_CENTS = 10**11
 def _currency(body: dict[str, Any]) -> None:
     c = body.get("currency", "USD")
     if not isinstance(c, str) or c.upper() != "USD":
-        raise errors.bad_request("'currency' must be 'USD'.", param="currency", code="invalid_value")
+        raise Invalid("'currency' must be 'USD'.", param="currency", code="invalid_value")
     i = body.get("interval", "month")
     if i != "month":
-        raise errors.bad_request(
+        raise Invalid(
             "'interval' must be 'month' (spend is counted per calendar month, UTC).",
             param="interval",
             code="invalid_value",
@@ -46,17 +47,17 @@ def _currency(body: dict[str, Any]) -> None:
 def _amount(body: dict[str, Any]) -> int:
     v = body.get("threshold_amount")
     if v is None:
-        raise errors.bad_request(
+        raise Invalid(
             "Missing required parameter: 'threshold_amount' (integer cents).",
             param="threshold_amount",
             code="missing_required_parameter",
         )
     if isinstance(v, bool) or not isinstance(v, int):
-        raise errors.bad_request(
+        raise Invalid(
             "'threshold_amount' must be an integer number of cents.", param="threshold_amount", code="invalid_type"
         )
     if not 0 <= v <= MAX_CENTS:
-        raise errors.bad_request(
+        raise Invalid(
             f"'threshold_amount' must be between 0 and {MAX_CENTS} cents.",
             param="threshold_amount",
             code="invalid_value",
@@ -70,7 +71,7 @@ def _enforcing(body: dict[str, Any]) -> bool:
         return True
     status = e.get("status") if isinstance(e, dict) else None
     if status not in ("enforcing", "inactive"):
-        raise errors.bad_request(
+        raise Invalid(
             "'enforcement.status' must be 'enforcing' or 'inactive'.", param="enforcement", code="invalid_value"
         )
     return status == "enforcing"
@@ -83,7 +84,7 @@ async def get_limit(s: AsyncSession, scope: str, sid: str) -> SpendLimit:
     row = (await s.execute(select(SpendLimit).where(SpendLimit.scope == scope, SpendLimit.scope_id == sid))).scalar()
     if row is None:
         what = {"organization": "the organization", "project": f"project '{sid}'", "api_key": f"API key '{sid}'"}
-        raise errors.not_found(f"No spend limit is set for {what[scope]}.", code="spend_limit_not_found")
+        raise NotFound(f"No spend limit is set for {what[scope]}.", code="spend_limit_not_found")
     return row
 
 
@@ -171,13 +172,13 @@ def limit_deleted(scope: str) -> dict[str, Any]:
 def _channel(body: dict[str, Any]) -> tuple[list[str], str | None]:
     ch = body.get("notification_channel")
     if ch is None:
-        raise errors.bad_request(
+        raise Invalid(
             "Missing required parameter: 'notification_channel'.",
             param="notification_channel",
             code="missing_required_parameter",
         )
     if not isinstance(ch, dict) or ch.get("type") != "email":
-        raise errors.bad_request(
+        raise Invalid(
             "'notification_channel.type' must be 'email'.", param="notification_channel", code="invalid_value"
         )
     rec = ch.get("recipients")
@@ -187,14 +188,14 @@ def _channel(body: dict[str, Any]) -> tuple[list[str], str | None]:
         or len(rec) > 100
         or any(not isinstance(r, str) or "@" not in r or len(r) > 320 for r in rec)
     ):
-        raise errors.bad_request(
+        raise Invalid(
             "'notification_channel.recipients' must be a list of 1 to 100 email addresses.",
             param="notification_channel",
             code="invalid_value",
         )
     prefix = ch.get("subject_prefix")
     if prefix is not None and (not isinstance(prefix, str) or len(prefix) > 200):
-        raise errors.bad_request(
+        raise Invalid(
             "'notification_channel.subject_prefix' must be a string of at most 200 characters.",
             param="notification_channel",
             code="invalid_value",
@@ -241,7 +242,7 @@ async def get_alert(s: AsyncSession, scope: str, sid: str, alert_id: str) -> Spe
         )
     ).scalar()
     if a is None:
-        raise errors.not_found(f"No spend alert found with id '{alert_id}'.", param="alert_id")
+        raise NotFound(f"No spend alert found with id '{alert_id}'.", param="alert_id")
     return a
 
 

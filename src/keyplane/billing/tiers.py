@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane import control
+from keyplane.billing.config import Tier, TierRateLimit
 from keyplane.billing.models import BillingState, CreditGrant
-from keyplane.config import Tier, TierRateLimit
 
 DAY = 86_400
 

@@ -20,6 +20,7 @@ from typing import Any, Final
 import msgspec
 
 from keyplane.cache.affinity import AffinityConfig, Decision, Pool, PrefixRouter
+from keyplane.cache.config import cache_enabled, check_config, ttl_seconds
 from keyplane.cache.response_cache import MemoryStore, RedisStore, ResponseCache
 
 log = logging.getLogger("keyplane.cache")
@@ -206,50 +207,6 @@ class CacheFeature:
             await self.responses.aclose()
 
 
-def _ttl(text: str) -> float:
-    from keyplane.guard.rules import parse_duration
-
-    return parse_duration(text, "cache.ttl")
-
-
-def cache_enabled(section: Any) -> bool:
-    if section.enabled is not None:
-        return bool(section.enabled)
-    return bool(section.projects or section.keys or section.org_wide_projects)
-
-
-def check_config(cfg: Any, flat: dict[str, Any]) -> list[str]:
-    """Problems in ``[models.*]`` and ``[cache]``, each naming its field (config.py raises the first)."""
-    out: list[str] = []
-    for glob, m in cfg.models.items():
-        where = f'$.models."{glob}"'
-        if m.block_chars < 16:
-            out.append(f"{where}.block_chars: must be >= 16")
-        if m.max_prefix_tokens * 4 < m.block_chars:
-            out.append(f"{where}.max_prefix_tokens: must cover at least one block")
-        if m.min_match_tokens < 0 or m.balance_abs < 0:
-            out.append(f"{where}: min_match_tokens and balance_abs must be >= 0")
-        if m.load_factor < 1 or m.hash_load_factor < 1:
-            out.append(f"{where}: load_factor and hash_load_factor must be >= 1")
-        if m.balance_rel < 1:
-            out.append(f"{where}.balance_rel: must be >= 1")
-    for i, up in enumerate(cfg.upstreams):
-        if up.prefix_cache_tokens < 0:
-            out.append(f"$.upstreams[{i}].prefix_cache_tokens: must be >= 0")
-    c = cfg.cache
-    try:
-        if _ttl(c.ttl) <= 0:
-            out.append("$.cache.ttl: must be > 0")
-    except ValueError as e:
-        out.append(f"$.cache.ttl: {e}")
-    for name in ("max_entries", "max_bytes", "max_entry_bytes"):
-        if getattr(c, name) <= 0:
-            out.append(f"$.cache.{name}: must be > 0")
-    if cache_enabled(c) and c.backend == "redis" and not flat.get("redis_url"):
-        out.append('$.cache.backend: "redis" needs the redis_url setting (KEYPLANE_REDIS_URL)')
-    return out
-
-
 def attach(rt: Any, router: Any) -> CacheFeature | None:
     """Wire prefix routing into ``router`` and build the response cache, as configured; None when neither is."""
     s = rt.settings
@@ -267,7 +224,7 @@ def attach(rt: Any, router: Any) -> CacheFeature | None:
             if section.backend == "redis"
             else MemoryStore(section.max_entries, section.max_bytes)
         )
-        responses = ResponseCache(section, _ttl(section.ttl), store, rt.clock, rt, metrics.observe_response)
+        responses = ResponseCache(section, ttl_seconds(section.ttl), store, rt.clock, rt, metrics.observe_response)
     if routing is None and responses is None:
         return None
     feature = CacheFeature(rt, routing, responses, metrics or _Metrics(rt))

@@ -24,8 +24,8 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
+from keyplane.cache.config import CacheSection
 from keyplane.clock import Clock
-from keyplane.config import CacheSection
 
 log = logging.getLogger("keyplane.cache")
 

@@ -19,7 +19,7 @@ from keyplane.control.base import (
 from keyplane.control.keys import (
     new_key_row,
 )
-from keyplane.errors import bad_request
+from keyplane.domain import Invalid
 from keyplane.scopes import parse_permissions
 from keyplane.store.models import ApiKey, User
 
@@ -39,7 +39,7 @@ async def create_admin_key(
 ) -> tuple[ApiKey, str]:
     name = check_name(name)
     if role not in (None, "owner", "reader"):  # the admin key's role (keyplane.members.permissions)
-        raise bad_request("'role' must be 'owner' or 'reader'.", param="role", code="invalid_value")
+        raise Invalid("'role' must be 'owner' or 'reader'.", param="role", code="invalid_value")
     ttl = check_positive_int(expires_in_seconds, "expires_in_seconds")
     t = at if at is not None else now_s()
     if owner_user_id is None:
@@ -71,14 +71,14 @@ async def lookup_sha256(s: AsyncSession, secret: bytes, hashes: list[str]) -> li
 
 def validate_sha256_list(value: Any) -> list[str]:
     if not isinstance(value, list) or not value or len(value) > 1000:
-        raise bad_request("'sha256' must be a list of 1 to 1000 hex SHA-256 digests.", param="sha256")
+        raise Invalid("'sha256' must be a list of 1 to 1000 hex SHA-256 digests.", param="sha256")
     out = []
     for h in value:
         if not isinstance(h, str) or len(h) != 64:
-            raise bad_request("'sha256' entries must be 64 hex characters.", param="sha256")
+            raise Invalid("'sha256' entries must be 64 hex characters.", param="sha256")
         try:
             bytes.fromhex(h)
         except ValueError:
-            raise bad_request("'sha256' entries must be 64 hex characters.", param="sha256") from None
+            raise Invalid("'sha256' entries must be 64 hex characters.", param="sha256") from None
         out.append(h.lower())
     return out

@@ -15,7 +15,7 @@ from sqlalchemy import Select, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane import ids
-from keyplane.errors import bad_request
+from keyplane.domain import Invalid
 from keyplane.scopes import InvalidPermissions, Permissions, parse_permissions
 from keyplane.store.models import AuditLog, Meta
 
@@ -71,15 +71,15 @@ def write_clock(now: Callable[[], float]) -> Iterator[None]:
 def check_name(value: Any, param: str = "name", required: bool = True) -> str | None:
     if value is None:
         if required:
-            raise bad_request(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+            raise Invalid(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
         return None
     if not isinstance(value, str):
-        raise bad_request(f"Invalid type for '{param}': expected a string.", param=param, code="invalid_type")
+        raise Invalid(f"Invalid type for '{param}': expected a string.", param=param, code="invalid_type")
     value = value.strip()
     if not value:
-        raise bad_request(f"'{param}' must not be empty.", param=param, code="invalid_value")
+        raise Invalid(f"'{param}' must not be empty.", param=param, code="invalid_value")
     if len(value) > MAX_NAME:
-        raise bad_request(
+        raise Invalid(
             f"'{param}' is too long: at most {MAX_NAME} characters.", param=param, code="string_above_max_length"
         )
     return value
@@ -89,14 +89,14 @@ def check_permissions(value: Any) -> Permissions:
     try:
         return parse_permissions(value)
     except InvalidPermissions as e:
-        raise bad_request(str(e), param="permissions", code="invalid_value") from None
+        raise Invalid(str(e), param="permissions", code="invalid_value") from None
 
 
 def check_positive_int(value: Any, param: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise bad_request(f"'{param}' must be a positive integer.", param=param, code="invalid_value")
+        raise Invalid(f"'{param}' must be a positive integer.", param=param, code="invalid_value")
     return value
 
 
@@ -157,7 +157,7 @@ async def page(
             continue
         seq = (await s.execute(select(model.seq).where(model.id == cursor))).scalar()
         if seq is None:
-            raise bad_request(f"No object with id '{cursor}' to page from.", param="after" if is_after else "before")
+            raise Invalid(f"No object with id '{cursor}' to page from.", param="after" if is_after else "before")
         forward = is_after != descending
         stmt = stmt.where(model.seq > seq if forward else model.seq < seq)
     stmt = stmt.order_by(model.seq.desc() if descending else model.seq.asc()).limit(limit + 1)

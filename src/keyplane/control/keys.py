@@ -22,7 +22,7 @@ from keyplane.control.projects import (
     ensure_active,
     get_project,
 )
-from keyplane.errors import bad_request, not_found
+from keyplane.domain import Invalid, NotFound
 from keyplane.scopes import Permissions, parse_permissions
 from keyplane.store.models import ApiKey, User
 
@@ -120,7 +120,7 @@ async def get_key(s: AsyncSession, key_id: str, project_id: str | None = None, k
         stmt = stmt.where(ApiKey.kind != "admin")
     row = (await s.execute(stmt)).scalar()
     if row is None:
-        raise not_found(f"No API key found with id '{key_id}'.", param="key_id")
+        raise NotFound(f"No API key found with id '{key_id}'.", param="key_id")
     return row
 
 
@@ -148,11 +148,11 @@ async def update_key(
     t = now_s()
     if expires_in_seconds is not None:
         if row.expires_at is not None and t >= row.expires_at:
-            raise bad_request("The key has expired; expired keys cannot be updated.", code="key_expired")
+            raise Invalid("The key has expired; expired keys cannot be updated.", code="key_expired")
         row.expires_at = t + (check_positive_int(expires_in_seconds, "expires_in_seconds") or 0)
         changes["expires_at"] = row.expires_at
     if not changes:
-        raise bad_request(
+        raise Invalid(
             "Nothing to update: give 'name', 'scopes' (or 'permissions') and/or 'expires_in_seconds'.",
             code="missing_required_parameter",
         )
@@ -191,12 +191,12 @@ async def set_suspended(s: AsyncSession, actor: Actor, row: ApiKey, reason: str 
     t = now_s()
     if reason is not None:
         if row.revoked_at is not None:
-            raise bad_request("The key is revoked; a revoked key cannot be suspended or resumed.")
+            raise Invalid("The key is revoked; a revoked key cannot be suspended or resumed.")
         row.suspended_at, row.suspend_reason = t, reason
         event = "api_key.suspended"
     else:
         if row.revoked_at is not None:
-            raise bad_request("The key is revoked; a revoked key cannot be resumed. Create a new key.")
+            raise Invalid("The key is revoked; a revoked key cannot be resumed. Create a new key.")
         row.suspended_at, row.suspend_reason = None, None
         event = "api_key.resumed"
     row.updated_at = t
@@ -217,14 +217,14 @@ async def rotate_key(
     """A new value for a key: same name, owner, permissions; the old one stops now or after a grace."""
     old = await get_key(s, key_id, project_id, kind="project")
     if old.revoked_at is not None:
-        raise bad_request("The key is revoked; create a new key instead of rotating it.", code="key_revoked")
+        raise Invalid("The key is revoked; create a new key instead of rotating it.", code="key_revoked")
     if old.project_id:
         ensure_active(await get_project(s, old.project_id))
     grace = 0
     if grace_seconds is not None:
         ok = isinstance(grace_seconds, int) and not isinstance(grace_seconds, bool)
         if not ok or not 0 <= grace_seconds <= 30 * 86400:
-            raise bad_request(
+            raise Invalid(
                 "'grace_period_seconds' must be an integer from 0 to 2592000 (30 days).",
                 param="grace_period_seconds",
                 code="invalid_value",

@@ -15,7 +15,7 @@ from keyplane.control.base import (
     check_name,
     now_s,
 )
-from keyplane.errors import bad_request, not_found
+from keyplane.domain import Invalid, NotFound
 from keyplane.store.models import Project
 
 # --- projects ----------------------------------------------------------------------------------
@@ -42,7 +42,7 @@ async def create_project(s: AsyncSession, actor: Actor, name: Any, at: int | Non
 async def get_project(s: AsyncSession, project_id: str) -> Project:
     p = (await s.execute(select(Project).where(Project.id == project_id))).scalar()
     if p is None:
-        raise not_found(f"No project found with id '{project_id}'.", param="project_id")
+        raise NotFound(f"No project found with id '{project_id}'.", param="project_id")
     return p
 
 
@@ -55,13 +55,13 @@ async def find_project(s: AsyncSession, id_or_name: str) -> Project:
     if len(rows) == 1:
         return rows[0]
     if len(rows) > 1:
-        raise bad_request(f"Several projects are named '{id_or_name}'; use the project id.", param="project")
-    raise not_found(f"No project found with id or name '{id_or_name}'.", param="project_id")
+        raise Invalid(f"Several projects are named '{id_or_name}'; use the project id.", param="project")
+    raise NotFound(f"No project found with id or name '{id_or_name}'.", param="project_id")
 
 
 def ensure_active(p: Project) -> None:
     if p.status != "active":
-        raise bad_request(
+        raise Invalid(
             f"Project '{p.id}' is archived; archived projects cannot be changed.",
             param="project_id",
             code="project_archived",

@@ -22,7 +22,7 @@ from keyplane.control.keys import (
 from keyplane.control.projects import (
     ensure_active,
 )
-from keyplane.errors import not_found
+from keyplane.domain import NotFound
 from keyplane.scopes import parse_permissions
 from keyplane.store.models import ApiKey, Project, ServiceAccount
 
@@ -90,7 +90,7 @@ async def get_service_account(s: AsyncSession, project_id: str, sa_id: str) -> S
         )
     ).scalar()
     if sa is None:
-        raise not_found(
+        raise NotFound(
             f"No service account found with id '{sa_id}' in project '{project_id}'.", param="service_account_id"
         )
     return sa

@@ -15,7 +15,7 @@ from keyplane.control.base import (
     check_name,
     now_s,
 )
-from keyplane.errors import bad_request, conflict, not_found
+from keyplane.domain import Conflict, Invalid, NotFound
 from keyplane.store.models import ApiKey, User
 
 # --- users -------------------------------------------------------------------------------------
@@ -25,7 +25,7 @@ ROLES = ("owner", "reader")
 
 def check_role(role: Any) -> str:
     if role not in ROLES:
-        raise bad_request("'role' must be 'owner' or 'reader'.", param="role", code="invalid_value")
+        raise Invalid("'role' must be 'owner' or 'reader'.", param="role", code="invalid_value")
     return role  # type: ignore[no-any-return]
 
 
@@ -41,10 +41,10 @@ async def add_user(
 ) -> User:
     email = (check_name(email, "email") or "").lower()
     if "@" not in email:
-        raise bad_request("'email' must be an email address.", param="email", code="invalid_value")
+        raise Invalid("'email' must be an email address.", param="email", code="invalid_value")
     check_role(role)
     if (await s.execute(select(User.id).where(User.email == email))).scalar():
-        raise conflict(f"A user with email {email} already exists.", code="user_exists")
+        raise Conflict(f"A user with email {email} already exists.", code="user_exists")
     t = at if at is not None else now_s()
     user = User(
         id=ids.user_id(),
@@ -63,7 +63,7 @@ async def add_user(
 async def get_user(s: AsyncSession, user_id: str) -> User:
     user = (await s.execute(select(User).where(User.id == user_id))).scalar()
     if user is None:
-        raise not_found(f"No user found with id '{user_id}'.", param="user_id")
+        raise NotFound(f"No user found with id '{user_id}'.", param="user_id")
     return user
 
 
@@ -72,7 +72,7 @@ async def find_user(s: AsyncSession, id_or_email: str) -> User:
         await s.execute(select(User).where((User.id == id_or_email) | (User.email == id_or_email.lower())))
     ).scalar()
     if user is None:
-        raise not_found(f"No user found with id or email '{id_or_email}'.", param="user_id")
+        raise NotFound(f"No user found with id or email '{id_or_email}'.", param="user_id")
     return user
 
 
@@ -101,7 +101,7 @@ async def _keep_one_owner(s: AsyncSession, leaving: str) -> None:
         await s.execute(select(func.count()).select_from(User).where(User.role == "owner", User.id != leaving))
     ).scalar()
     if not owners:
-        raise bad_request("The organization must keep at least one owner.", code="last_owner")
+        raise Invalid("The organization must keep at least one owner.", code="last_owner")
 
 
 async def delete_user(s: AsyncSession, actor: Actor, user_id: str) -> None:

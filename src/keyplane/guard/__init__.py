@@ -5,8 +5,9 @@ memory or Redis), detectors.py (pure detection), engine.py (settle step + backgr
 actions.py (revoke / suspend / alert, audit, events), store.py + models.py (SQL), routes.py (admin
 API), cli.py (`keyplane guard ...`). User docs: docs/guard.md.
 
-Imports stay inside :func:`start`: keyplane.config imports keyplane.guard.rules for validation, and
-the CLI imports keyplane.guard.cli, neither of which needs the run-time machinery.
+Imports stay inside :func:`start`: keyplane.config imports keyplane.guard.config (the [guard] schema)
+and keyplane.guard.rules (its validation), and the CLI imports keyplane.guard.cli, none of which needs
+the run-time machinery.
 """
 
 from __future__ import annotations

@@ -8,57 +8,32 @@ GET               /guard/events           what the rules did, newest first (afte
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import orjson
-from sqlalchemy import select
 from starlette.requests import Request
 
-from keyplane import control
 from keyplane.admin import Endpoint
 from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, list_response, runtime
 from keyplane.admin.params import query_limit
-from keyplane.errors import bad_request, not_found
-from keyplane.guard import store
-from keyplane.guard.models import GuardEvent
-from keyplane.guard.rules import Rule, effective
+from keyplane.errors import not_found
+from keyplane.guard import service, store
+from keyplane.guard.rules import Rule
+from keyplane.guard.service import event_json
 
 if TYPE_CHECKING:
     from keyplane.guard.engine import Guard
+
+__all__ = ["ENDPOINTS", "event_json"]  # event_json: for `keyplane guard events`
 
 P = "/v1/organization/guard"
 
 
 def _guard(request: Request) -> Guard:
-    guard = runtime(request).features.guard
-    if guard is None:  # these endpoints are mounted by the guard feature's start
-        raise RuntimeError("the guard feature is not running")
-    return guard
-
-
-def event_json(e: GuardEvent) -> dict[str, Any]:
-    return {
-        "object": "guard.event",
-        "id": e.id,
-        "created_at": e.created_at,
-        "rule": e.rule,
-        "kind": e.kind,
-        "scope": e.scope,
-        "key_id": e.key_id,
-        "project_id": e.project_id,
-        "mode": e.mode,
-        "action": e.action,
-        "dry_run": e.dry_run,
-        "figures": orjson.loads(e.figures),
-        "message": e.message,
-        "resolved_at": e.resolved_at,
-    }
+    return service.guard_of(runtime(request))
 
 
 async def _effective(request: Request) -> tuple[dict[str, Rule], dict[str, int]]:
-    async with runtime(request).read() as s:
-        stored, times = await store.load_stored(s)
-    return effective(_guard(request).base_rules, stored), times
+    return await service.effective_rules(runtime(request))
 
 
 async def _after_change(request: Request) -> None:
@@ -73,17 +48,9 @@ def _now(request: Request) -> int:
 
 async def list_rules(request: Request) -> JSONResponse:
     authenticate_admin(request)
-    q = request.query_params
     limit = query_limit(request, 20, 100)
-    rules, times = await _effective(request)
-    names = list(rules)
-    after = q.get("after")
-    if after:
-        if after not in rules:
-            raise bad_request(f"No guard rule named '{after}' to page from.", param="after")
-        names = names[names.index(after) + 1 :]
-    page = names[:limit]
-    return JSONResponse(list_response([rules[n].to_json(times.get(n)) for n in page], len(names) > limit))
+    items, more = await service.rules(runtime(request), after=request.query_params.get("after"), limit=limit)
+    return JSONResponse(list_response(items, more))
 
 
 async def create_rule(request: Request) -> JSONResponse:
@@ -127,13 +94,15 @@ async def list_events(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
     limit = query_limit(request, 20, 100)
-    stmt = select(GuardEvent)
-    for param, col in (("key_id", GuardEvent.key_id), ("rule", GuardEvent.rule), ("project_id", GuardEvent.project_id)):
-        if q.get(param):
-            stmt = stmt.where(col == q[param])
-    async with runtime(request).read() as s:
-        rows, more = await control.page(s, GuardEvent, stmt, after=q.get("after"), limit=limit, descending=True)
-    return JSONResponse(list_response([event_json(e) for e in rows], more))
+    items, more = await service.events(
+        runtime(request),
+        after=q.get("after"),
+        limit=limit,
+        key_id=q.get("key_id"),
+        rule=q.get("rule"),
+        project_id=q.get("project_id"),
+    )
+    return JSONResponse(list_response(items, more))
 
 
 ENDPOINTS: list[Endpoint] = [

@@ -1,6 +1,6 @@
 """Kill-switch rules: parsing, validation, the shipped defaults and the effective set.
 
-A rule is the ``[[guard.rules]]`` table of keyplane.toml (config.GuardRule), the same fields as JSON
+A rule is the ``[[guard.rules]]`` table of keyplane.toml (keyplane.guard.config.GuardRule), the same fields as JSON
 over the admin API. :func:`compile_rule` checks what msgspec's types cannot (durations, ranges,
 which metric a kind takes) and raises :class:`RuleError` naming the field; the result is a
 :class:`Rule` with durations in seconds, which the detectors use.
@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from keyplane.config import GuardRule, GuardSection
+from keyplane.guard.config import GuardRule, GuardSection
 
 KINDS = ("token_surge", "spend_surge", "error_spike", "new_origins", "ceiling")
 SURGES = ("token_surge", "spend_surge")

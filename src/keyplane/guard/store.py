@@ -10,13 +10,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane import control
-from keyplane.errors import APIError, bad_request, not_found
+from keyplane.domain import Invalid, NotFound
 from keyplane.guard.models import GuardRuleRow
 from keyplane.guard.rules import Rule, RuleError, effective, rule_from_json
 
 
-def _bad(e: RuleError) -> APIError:
-    return bad_request(e.message, param=e.field, code="invalid_value")
+def _bad(e: RuleError) -> Invalid:
+    return Invalid(e.message, param=e.field, code="invalid_value")
 
 
 async def load_stored(s: AsyncSession) -> tuple[dict[str, Rule | None], dict[str, int]]:
@@ -55,7 +55,7 @@ async def create_rule(s: AsyncSession, actor: control.Actor, base: dict[str, Rul
         raise _bad(e) from None
     stored, _ = await load_stored(s)
     if rule.name in effective(base, stored):
-        raise bad_request(
+        raise Invalid(
             f"A guard rule named '{rule.name}' already exists; change it with "
             f"POST /v1/organization/guard/rules/{rule.name}.",
             param="name",
@@ -73,13 +73,13 @@ async def update_rule(
     s: AsyncSession, actor: control.Actor, base: dict[str, Rule], name: str, body: Any, now: int
 ) -> Rule:
     if not isinstance(body, dict):
-        raise bad_request("The request body must be a JSON object.", code="invalid_body")
+        raise Invalid("The request body must be a JSON object.", code="invalid_body")
     stored, _ = await load_stored(s)
     current = effective(base, stored).get(name)
     if current is None:
-        raise not_found(f"No guard rule named '{name}'.", param="name")
+        raise NotFound(f"No guard rule named '{name}'.", param="name")
     if "name" in body and body["name"] != name:
-        raise bad_request(
+        raise Invalid(
             "'name' cannot be changed; create a rule with the new name and delete this one.",
             param="name",
             code="invalid_value",
@@ -99,7 +99,7 @@ async def update_rule(
 async def delete_rule(s: AsyncSession, actor: control.Actor, base: dict[str, Rule], name: str, now: int) -> None:
     stored, _ = await load_stored(s)
     if name not in effective(base, stored):
-        raise not_found(f"No guard rule named '{name}'.", param="name")
+        raise NotFound(f"No guard rule named '{name}'.", param="name")
     if name in base:
         await _upsert(s, name, None, now)  # a tombstone: the config rule stays deleted
     else:

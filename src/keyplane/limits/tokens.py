@@ -204,7 +204,7 @@ class Counter:
         """A message content, a responses input item, a prompt: its tokens (see :func:`measure`)."""
         return self.scan(v).tokens
 
-    def scan(self, v: Any, scan: Scan | None = None) -> Scan:
+    def scan(self, v: Any, scan: Scan | None = None, keys: bool = False) -> Scan:
         """Walks ``v`` without recursion and counts it as an upper bound: every string in it is counted
         (keys like ``text``, ``content``, ``arguments``, ``summary`` alike), token arrays by length,
         images at their largest size; parts whose size is not in the body (files, audio, item
@@ -228,13 +228,19 @@ class Counter:
                     stack.extend((x, depth + 1) for x in node)
             elif isinstance(node, dict):
                 t = node.get("type")
+                if not isinstance(t, str):  # a schema property may be named "type" (its value an object)
+                    t = None
                 if t in _IMAGE_TYPES:
                     scan.tokens += IMAGE_TOKENS_MAX  # the data or URL says nothing of the size billed
                     continue
                 if t in _UNSEEN_TYPES or any(k in node for k in _UNSEEN_KEYS):
                     scan.unbounded = True
                     continue
-                stack.extend((x, depth + 1) for k, x in node.items() if k not in _NOT_TEXT)
+                if keys:  # a schema's property names are read by the model, and billed, too
+                    scan.tokens += sum(self.count(k) for k in node if isinstance(k, str))
+                # ids and enums are not counted; whatever else stands under those keys is (a tool's or a
+                # format's schema may name a property `id`, `type` or `format`, its description under it)
+                stack.extend((x, depth + 1) for k, x in node.items() if k not in _NOT_TEXT or not _short(x))
         return scan
 
     def chat(self, req: dict[str, Any], scan: Scan) -> None:
@@ -245,7 +251,7 @@ class Counter:
         self.scan(messages, scan)
         for k in ("tools", "functions", "response_format", "prediction"):
             if req.get(k):
-                self.scan(req[k], scan)
+                self.scan(req[k], scan, keys=k != "prediction")
         tools = req.get("tools")
         if req.get("web_search_options") is not None or _hosted(tools):
             scan.hosted_tools = True
@@ -257,7 +263,9 @@ class Counter:
             scan.tokens += 3 * len(inp)
         self.scan(inp, scan)
         if req.get("tools"):
-            self.scan(req["tools"], scan)
+            self.scan(req["tools"], scan, keys=True)
+        if req.get("text"):  # a structured output's schema (text.format) is read by the model, and billed
+            self.scan(req["text"], scan, keys=True)
         if _hosted(req.get("tools")):
             scan.hosted_tools = True
         if req.get("prompt") is not None:  # a stored prompt template: its text is at the provider, and the
@@ -289,6 +297,11 @@ _UNSEEN_KEYS = ("file_id", "file_url", "file_data")
 # Keys whose values are not read by the model as text (ids and enums): not counted.
 _NOT_TEXT = frozenset({"type", "id", "call_id", "role", "status", "detail", "format"})
 _FUNCTION_TOOLS = frozenset({"function", "custom"})
+
+
+def _short(v: Any) -> bool:
+    """An id or an enum value (left out of the count under the keys of ``_NOT_TEXT``)."""
+    return isinstance(v, str) and len(v) <= 128
 
 
 def _hosted(tools: Any) -> bool:

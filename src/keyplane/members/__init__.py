@@ -12,6 +12,6 @@ from typing import Any
 async def start(rt: Any) -> Any:
     """Feature start-up (app.FEATURES): the admin endpoints."""
     from keyplane.app import Feature
-    from keyplane.members import project_role_routes, routes
+    from keyplane.members import project_role_routes, role_routes, routes
 
-    return Feature(endpoints=[*routes.ENDPOINTS, *project_role_routes.ENDPOINTS])
+    return Feature(endpoints=[*routes.ENDPOINTS, *role_routes.ENDPOINTS, *project_role_routes.ENDPOINTS])

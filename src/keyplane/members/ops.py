@@ -203,7 +203,7 @@ async def list_project_users(
 async def forget_user(s: AsyncSession, user_id: str) -> None:
     """Drop a removed user's memberships (called when the user leaves the organization)."""
     await s.execute(delete(ProjectUser).where(ProjectUser.user_id == user_id))
-    from keyplane.members.roles import forget_user as leave_groups  # and their groups and custom roles
+    from keyplane.members.groups import forget_user as leave_groups  # and their groups and custom roles
 
     await leave_groups(s, user_id)
 

@@ -15,19 +15,8 @@ from keyplane import control, errors
 from keyplane.admin import Endpoint, P
 from keyplane.admin import shapes as admin_shapes
 from keyplane.admin.common import JSONResponse, authenticate_admin, granted, json_body, runtime
-from keyplane.admin.params import query_limit
-from keyplane.members import project_roles, roles
-
-
-def _page(request: Request, items: list[dict[str, Any]]) -> JSONResponse:
-    return JSONResponse(
-        roles.page_of(
-            items,
-            request.query_params.get("after"),
-            query_limit(request, 1000, 1000),
-            request.query_params.get("order"),
-        )
-    )
+from keyplane.members import groups, project_roles
+from keyplane.members.routes import page
 
 
 def _found(items: list[dict[str, Any]], role_id: str, who: str) -> dict[str, Any]:
@@ -44,7 +33,7 @@ async def list_project_roles(request: Request) -> JSONResponse:
     authenticate_admin(request)
     async with runtime(request).read() as s:
         items = await project_roles.list_roles(s, request.path_params["project_id"])
-    return _page(request, items)
+    return page(request, items)
 
 
 async def create_project_role(request: Request) -> JSONResponse:
@@ -103,7 +92,7 @@ async def list_project_user_roles(request: Request) -> JSONResponse:
     authenticate_admin(request)
     async with runtime(request).read() as s:
         items = await project_roles.roles_of_user(s, request.path_params["project_id"], request.path_params["user_id"])
-    return _page(request, items)
+    return page(request, items)
 
 
 async def get_project_user_role(request: Request) -> JSONResponse:
@@ -147,7 +136,7 @@ async def list_project_group_roles(request: Request) -> JSONResponse:
         items = await project_roles.roles_of_group(
             s, request.path_params["project_id"], request.path_params["group_id"]
         )
-    return _page(request, items)
+    return page(request, items)
 
 
 async def get_project_group_role(request: Request) -> JSONResponse:
@@ -164,8 +153,8 @@ async def assign_project_group_role(request: Request) -> JSONResponse:
     pid, gid = request.path_params["project_id"], request.path_params["group_id"]
     async with runtime(request).write() as s:
         r = await project_roles.assign(s, actor, granted(request), pid, body.get("role_id"), "group", gid)
-        g = await roles.get_group(s, gid)
-    return JSONResponse({"object": "group.role", "group": roles.group_shape(g), "role": project_roles.shape(r)})
+        g = await groups.get_group(s, gid)
+    return JSONResponse({"object": "group.role", "group": groups.group_shape(g), "role": project_roles.shape(r)})
 
 
 async def unassign_project_group_role(request: Request) -> JSONResponse:

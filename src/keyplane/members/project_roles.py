@@ -26,8 +26,8 @@ from keyplane import control, ids
 from keyplane.control import Actor, audit, bump_revision, now_s
 from keyplane.errors import bad_request, conflict, not_found
 from keyplane.members import ops, permissions
+from keyplane.members.fields import actor_user, check_description, check_name
 from keyplane.members.models import GroupUser, ProjectGroup, ProjectRole, ProjectRoleAssignment
-from keyplane.members.roles import _actor_user, _check_description, _check_name
 
 RESOURCE_TYPE = "api.project"
 RESERVED = ("owner", "member", "reader")  # the project membership roles and the organization's
@@ -101,7 +101,7 @@ async def create_role(
 ) -> ProjectRole:
     p = await control.get_project(s, project_id)
     control.ensure_active(p)
-    name = _check_name(role_name, "role_name")
+    name = check_name(role_name, "role_name")
     names = _check_perms(perms)
     permissions.require_held(granted, names, f"create the role '{name}'")
     await _name_free(s, p.id, name)
@@ -110,11 +110,11 @@ async def create_role(
         id=ids.new_id("role_"),
         project_id=p.id,
         name=name,
-        description=_check_description(description),
+        description=check_description(description),
         permissions=orjson.dumps(names).decode(),
         created_at=t,
         updated_at=t,
-        created_by=_actor_user(actor),
+        created_by=actor_user(actor),
     )
     s.add(r)
     await audit(
@@ -146,7 +146,7 @@ async def update_role(
     r = await get_role(s, project_id, role_id)
     changes: dict[str, Any] = {}
     if role_name is not None:
-        name = _check_name(role_name, "role_name")
+        name = check_name(role_name, "role_name")
         await _name_free(s, project_id, name, but=r.id)
         r.name = changes["role_name"] = name
     if perms is not None:
@@ -157,7 +157,7 @@ async def update_role(
         r.permissions = orjson.dumps(names).decode()
         changes["permissions_added"], changes["permissions_removed"] = added, removed
     if description_given:
-        r.description = changes["description"] = _check_description(description)
+        r.description = changes["description"] = check_description(description)
     if not changes:
         raise bad_request(
             "Nothing to update: give 'role_name', 'permissions' and/or 'description'.",

@@ -1,6 +1,6 @@
 """Provider organizations governed through their Admin API (issue #18, docs/providers.md).
 
-Layout: config.py (validation of ``[[providers]]``), connector.py (the Admin API client: paging,
+Layout: config.py (schema and validation of ``[[providers]]``), connector.py (the Admin API client: paging,
 retries), models.py (SQL: mirror, history, usage buckets, cursors, events), sync.py (inventory sync),
 ingest.py (usage and costs, incremental), rules.py (the kill switch on provider keys), poller.py
 (the background Feature), report.py (hygiene), cli.py (`keyplane providers ...`).

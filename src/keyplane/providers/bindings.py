@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from keyplane import control
-from keyplane.config import ProviderSection
+from keyplane.providers.config import ProviderSection
 from keyplane.providers.connector import Connector, ProviderError
 from keyplane.providers.models import ProviderBinding
 from keyplane.store.models import Project

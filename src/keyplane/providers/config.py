@@ -1,14 +1,27 @@
-"""Validation of keyplane.toml's ``[[providers]]`` tables (config._validate calls it)."""
+"""keyplane.toml's ``[[providers]]`` tables (docs/providers.md): their schema and validation (config.py calls it)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Literal
 
-from keyplane.config import ProviderSection
+import msgspec
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+class ProviderSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One ``[[providers]]`` organization keyplane governs through its Admin API (docs/providers.md)."""
+
+    name: str
+    kind: Literal["openai"] = "openai"
+    base_url: str = "https://api.openai.com/v1"
+    admin_key_env: str = ""  # the name of the variable holding the provider admin key, never the key
+    sync_interval: float = 300.0  # seconds between background syncs; 0: on demand only
+    backfill_days: int = 7  # usage fetched on the first sync
+    timeout: float = 30.0
 
 
 def check_providers(providers: list[ProviderSection]) -> Iterable[str]:

@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from keyplane.config import ProviderSection
+from keyplane.providers.config import ProviderSection
 
 if TYPE_CHECKING:
     import httpx

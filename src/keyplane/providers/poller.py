@@ -15,8 +15,8 @@ import logging
 from typing import Any
 
 from keyplane import alerts
-from keyplane.config import ProviderSection
 from keyplane.providers import lease
+from keyplane.providers.config import ProviderSection
 from keyplane.providers.connector import Connector, ProviderError
 from keyplane.providers.metrics import ProviderCollector
 from keyplane.providers.service import prices_for, rules_for, sync_provider

@@ -26,34 +26,13 @@ from keyplane.admin import Endpoint
 from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, list_response, runtime
 from keyplane.admin.params import query_limit
 from keyplane.errors import APIError, bad_request, not_found, upstream_error
+from keyplane.providers import service
 from keyplane.providers.connector import Connector, ProviderError
 from keyplane.providers.match import SUFFIX_LEN
-from keyplane.providers.models import ProviderEvent, ProviderObject
-from keyplane.providers.report import report
+from keyplane.providers.models import ProviderObject
 
 P = "/v1/organization/providers"
 MAX_SUFFIXES = 1000
-
-
-async def list_providers(request: Request) -> JSONResponse:
-    authenticate_admin(request)
-    rt = runtime(request)
-    poller = rt.features.providers
-    last = poller.last if poller is not None else {}
-    items = [
-        {
-            "object": "provider",
-            "id": p.name,
-            "kind": p.kind,
-            "base_url": p.base_url,
-            "sync_interval": p.sync_interval,
-            # whether this instance holds the provider's poller lease (None: no background sync here)
-            "poller_leader": poller.leader.get(p.name) if poller is not None else None,
-            "last_sync": {k: v for k, v in last[p.name].items() if k != "events"} if p.name in last else None,
-        }
-        for p in rt.settings.file.providers
-    ]
-    return JSONResponse(list_response(items, False))
 
 
 async def match_keys(request: Request) -> JSONResponse:
@@ -145,23 +124,6 @@ async def revoke_key(request: Request) -> JSONResponse:
     return JSONResponse(
         {"object": "provider.api_key.deleted", "id": kid, "provider": name, "project_id": pid, "deleted": True}
     )
-
-
-async def provider_report(request: Request) -> JSONResponse:
-    authenticate_admin(request)
-    rt = runtime(request)
-    name = request.path_params["name"]
-    if not any(p.name == name for p in rt.settings.file.providers):
-        raise not_found(f"No provider named '{name}'.", param="name")
-    raw = request.query_params.get("unused_days") or "30"
-    try:
-        days = int(raw)
-    except ValueError:
-        days = 0
-    if not 1 <= days <= 3650:
-        raise bad_request("'unused_days' must be an integer from 1 to 3650.", param="unused_days", code="invalid_value")
-    async with rt.read() as s:
-        return JSONResponse(await report(s, name, int(rt.clock.now()), days))
 
 
 def _box(request: Request) -> Any:
@@ -282,34 +244,23 @@ async def delete_binding(request: Request) -> JSONResponse:
     return JSONResponse(out)
 
 
+async def list_providers(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    return JSONResponse(list_response(service.providers(runtime(request)), False))
+
+
+async def provider_report(request: Request) -> JSONResponse:
+    authenticate_admin(request)
+    name = request.path_params["name"]
+    raw = request.query_params.get("unused_days") or "30"
+    return JSONResponse(await service.provider_report(runtime(request), name, raw))
+
+
 async def list_events(request: Request) -> JSONResponse:
     authenticate_admin(request)
     limit = query_limit(request, 20, 100)
-    stmt = select(ProviderEvent)
-    async with runtime(request).read() as s:
-        rows, more = await control.page(
-            s, ProviderEvent, stmt, after=request.query_params.get("after"), limit=limit, descending=True
-        )
-    return JSONResponse(list_response([event_json(e) for e in rows], more))
-
-
-def event_json(e: ProviderEvent) -> dict[str, Any]:
-    return {
-        "object": "provider.event",
-        "id": e.id,
-        "created_at": e.created_at,
-        "provider": e.provider,
-        "rule": e.rule,
-        "kind": e.kind,
-        "scope": e.scope,
-        "project_id": e.project_id,
-        "key_id": e.key_id,
-        "mode": e.mode,
-        "action": e.action,
-        "dry_run": e.dry_run,
-        "figures": orjson.loads(e.figures),
-        "message": e.message,
-    }
+    items, more = await service.events(runtime(request), after=request.query_params.get("after"), limit=limit)
+    return JSONResponse(list_response(items, more))
 
 
 ENDPOINTS: list[Endpoint] = [

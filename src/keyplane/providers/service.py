@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import orjson
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from keyplane import control
 from keyplane.alerts import Dispatcher
-from keyplane.config import ProviderSection, Settings
+from keyplane.config import Settings
+from keyplane.domain import Invalid, NotFound
 from keyplane.guard.rules import Rule, provider_rules
 from keyplane.providers import ingest, sync
+from keyplane.providers.config import ProviderSection
 from keyplane.providers.connector import Connector
+from keyplane.providers.models import ProviderEvent
+from keyplane.providers.report import report
 from keyplane.providers.rules import evaluate_provider
+from keyplane.runtime import Runtime
 
 if TYPE_CHECKING:
     from keyplane.billing.prices import PriceTable
@@ -69,4 +77,68 @@ async def sync_provider(
         "changes": changes,
         "usage_rows": usage,
         "events": events,
+    }
+
+
+# --- what the admin API (providers/routes.py) and the dashboard's Providers page read ---------------
+
+
+def providers(rt: Runtime) -> list[dict[str, Any]]:
+    """The configured providers and this instance's last background sync of each."""
+    poller = rt.features.providers
+    last = poller.last if poller is not None else {}
+    return [
+        {
+            "object": "provider",
+            "id": p.name,
+            "kind": p.kind,
+            "base_url": p.base_url,
+            "sync_interval": p.sync_interval,
+            # whether this instance holds the provider's poller lease (None: no background sync here)
+            "poller_leader": poller.leader.get(p.name) if poller is not None else None,
+            "last_sync": {k: v for k, v in last[p.name].items() if k != "events"} if p.name in last else None,
+        }
+        for p in rt.settings.file.providers
+    ]
+
+
+async def provider_report(rt: Runtime, name: str, unused_days: str | int = 30) -> dict[str, Any]:
+    """The inventory summary and the hygiene report of one provider (``unused_days``: 1 to 3650)."""
+    if find_provider(rt.settings, name) is None:
+        raise NotFound(f"No provider named '{name}'.", param="name")
+    try:
+        days = int(unused_days)
+    except ValueError:
+        days = 0
+    if not 1 <= days <= 3650:
+        raise Invalid("'unused_days' must be an integer from 1 to 3650.", param="unused_days", code="invalid_value")
+    async with rt.read() as s:
+        return await report(s, name, int(rt.clock.now()), days)
+
+
+async def events(rt: Runtime, *, after: str | None = None, limit: int = 20) -> tuple[list[dict[str, Any]], bool]:
+    """What the provider rules did, newest first: (events, has_more)."""
+    async with rt.read() as s:
+        rows, more = await control.page(
+            s, ProviderEvent, select(ProviderEvent), after=after, limit=limit, descending=True
+        )
+    return [event_json(e) for e in rows], more
+
+
+def event_json(e: ProviderEvent) -> dict[str, Any]:
+    return {
+        "object": "provider.event",
+        "id": e.id,
+        "created_at": e.created_at,
+        "provider": e.provider,
+        "rule": e.rule,
+        "kind": e.kind,
+        "scope": e.scope,
+        "project_id": e.project_id,
+        "key_id": e.key_id,
+        "mode": e.mode,
+        "action": e.action,
+        "dry_run": e.dry_run,
+        "figures": orjson.loads(e.figures),
+        "message": e.message,
     }

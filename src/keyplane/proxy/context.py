@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from keyplane.billing.prices import Tokens
     from keyplane.cache.affinity import Decision
     from keyplane.limits import Reservation
+    from keyplane.proxy.uploads import Upload
     from keyplane.usage.journal import Record
 
 
@@ -38,6 +39,7 @@ class RequestContext:
     # The input refers to stored context (previous_response_id, conversation): its size is not in the body.
     context_ref: bool = False
     form: dict[str, str] | None = None  # multipart text fields of an upload (model, n, size, quality...)
+    upload: Upload | None = None  # a multipart upload streamed or spooled, not held in ``body`` (proxy/uploads.py)
     content_type: bytes | None = None  # POST /v1/files only: to read a batch input file (billing/batches.py)
     query: bytes = b""  # the query string as sent (forwarded as is; part of the response-cache key)
     upstream: str | None = None  # name of the upstream that answered
@@ -53,6 +55,9 @@ class RequestContext:
     # The usage by modality (text, audio...) where the upstream reports it (a realtime response.done):
     # billing prices each at its own rate; prompt/cached/completion_tokens above are its sums.
     modalities: Tokens | None = None
+    # (audio input, audio output) tokens of a chat usage that reports them (audio models on chat completions):
+    # billing prices them at the audio rates and the rest at the text rates; metering records them.
+    audio_tokens: tuple[int, int] | None = None
     # Hosted tool calls of a Responses answer by usage kind (web_search_calls...): [count, micro-dollars].
     tool_calls: dict[str, list[int]] | None = None
     cost_micros: int = 0  # cost in micro-dollars, filled by billing's settle step (keyplane.pipeline)

@@ -42,7 +42,8 @@ def prompt_text(req: dict[str, Any]) -> str:
     parts: list[str] = []
     if isinstance(req.get("instructions"), str):
         parts.append(req["instructions"])
-    for m in req.get("messages") or []:
+    messages = req.get("messages")  # what the client sent: not necessarily a list
+    for m in messages if isinstance(messages, list) else ():
         if isinstance(m, dict):
             parts.append(flatten(m.get("content")))
     for k in ("prompt", "input"):

@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import ClientConnectorError, ConnectionTimeoutError
 
@@ -25,6 +25,9 @@ from keyplane import errors
 from keyplane.proxy import usage as _usage
 from keyplane.proxy.router import Deployment, Router
 from keyplane.proxy.upstream import RETRYABLE_ERRORS, UpstreamClient, UpstreamResponse
+
+if TYPE_CHECKING:
+    from keyplane.proxy.uploads import Upload
 
 # What a retry may follow: the connection failing, the answer timing out, an unreadable body, a stream cut.
 _RETRY_ON: tuple[type[BaseException], ...] = (*RETRYABLE_ERRORS, *_usage.BadBody, StopAsyncIteration)
@@ -148,7 +151,7 @@ class Forwarder:
         method: str,
         path_qs: str,
         headers: list[tuple[bytes, bytes]],
-        body: bytes,
+        body: bytes | Upload,
         mode: int,
         model: str | None,
         ctx: Any,
@@ -175,6 +178,8 @@ class Forwarder:
                 c = dep.config
                 if n > c.max_retries:
                     continue
+                if not isinstance(body, bytes) and not body.replayable:
+                    continue  # a streamed upload went out once: never sent again (proxy/uploads.py)
                 if n > 0:
                     if not dep.breaker.available(monotonic()):
                         continue
@@ -197,12 +202,15 @@ class Forwarder:
                 except _RETRY_ON as e:
                     if resp is not None:
                         resp.close()
+                    if not isinstance(body, bytes) and body.error is not None:
+                        raise body.error from None  # keyplane cut the upload (too large, malformed, client gone)
                     # A connection never made is the upstream's fault alone; anything after the request
                     # was sent may be the request's doing, and counts against its tenant (router.Breaker).
                     dep.breaker.failure(monotonic(), None if isinstance(e, ClientConnectorError) else tenant)
                     waits[dep.name] = None
                     last = err = _attempt_error(dep, e)
-                    if ctx.spending and _received(e, answered=resp is not None):
+                    whole = not isinstance(body, bytes) and body.finished  # an upload that went out whole
+                    if ctx.spending and (whole or _received(e, answered=resp is not None)):
                         # The provider has it (it answered, or was still working when the read timed out): it
                         # may run and bill it, and would again if sent again, metered once. Not retried; the
                         # handler bills it at its estimate. A connection that closed before any answer (a

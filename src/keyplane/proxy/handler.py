@@ -24,11 +24,12 @@ import orjson
 from keyplane import errors, keys, logs
 from keyplane.auth import authenticate
 from keyplane.cache import attach as attach_cache
-from keyplane.proxy import canonical, client_secrets, estimate, request, skipped, sse
+from keyplane.proxy import canonical, client_secrets, estimate, request, skipped, sse, uploads
 from keyplane.proxy.canonical import MODEL_ENDPOINTS
 from keyplane.proxy.context import RequestContext
 from keyplane.proxy.forward import JSON, OBJECT, RAW, SSE, Forwarder, Outcome
 from keyplane.proxy.models import ModelCatalog
+from keyplane.proxy.owners import fine_tuned_ids
 from keyplane.proxy.router import Router
 from keyplane.proxy.tenancy import Tenancy
 from keyplane.proxy.upstream import RETRYABLE_ERRORS
@@ -118,6 +119,13 @@ class ProxyApp:
             await self.cache.aclose()
 
     # --- responses -------------------------------------------------------------------------------
+
+    async def _own_model(self, model: str, project_id: str | None) -> None:
+        """404, as for a model that does not exist, when another project's fine-tuning job made ``model`` (or
+        the model a checkpoint belongs to). A fine-tuned model not made through keyplane has no owner here."""
+        found = await self.tenancy.store.owners(fine_tuned_ids(model))
+        if any(o.project_id != (project_id or "") for o in found.values()):
+            raise errors.model_not_found(model)
 
     async def _send_error(
         self, send: Any, err: errors.APIError, rid: bytes, t0: float, extra: list[tuple[bytes, bytes]] | None = None
@@ -209,8 +217,14 @@ class ProxyApp:
             if method in ("GET", "HEAD") and path.startswith("/v1/models"):  # filtered by model permissions
                 await self._models(send, path, rid, t0, entry.project_id, entry.id)
                 return
-            body = await request.read_body(scope, receive, self.max_body)
-            fields = request.read_fields(ep, headers, body) if ep.model or ep.spending else None
+            if method == "POST" and path in uploads.STREAMED:  # large multipart uploads stream (proxy/uploads.py)
+                body, upload = await uploads.begin(scope, receive, self.max_body, path)
+            else:
+                body, upload = await request.read_body(scope, receive, self.max_body), None
+            if upload is not None:
+                fields = upload.fields if ep.model or ep.spending else None
+            else:
+                fields = request.read_fields(ep, headers, body) if ep.model or ep.spending else None
             model = fields.model if fields is not None else None
             stream = strip_usage = False
             if ep.model:
@@ -229,6 +243,8 @@ class ProxyApp:
                 )
             # Objects another project owns answer 404 here, before any upstream call (proxy/tenancy.py).
             pinned = await self.tenancy.check(method, path, entry.project_id, body)
+            if model and model.startswith("ft:"):  # a fine-tuned model is its project's own (proxy/owners.py)
+                await self._own_model(model, entry.project_id)
             pool = self.tenancy.pool(path, entry.project_id, model, pinned)
             if (bound := rt.features.providers_keys) is not None:  # a project's own provider key
                 pool = bound.apply(entry.project_id, pool)  # (keyplane.providers.bindings)
@@ -264,6 +280,7 @@ class ProxyApp:
         if fields is not None:
             ctx.context_ref = fields.context_ref
             ctx.form = fields.form
+        ctx.upload = upload
         ctx.started = t0
         client = scope.get("client")
         if client:
@@ -294,7 +311,10 @@ class ProxyApp:
                 return
             pool = self.router.route(pool, ctx)
         # ctx.body, not body: admission may have set the output limit it reserved (docs/limits-and-billing.md)
-        await self._forward(scope, receive, send, ctx, pool, ctx.body, mode, ep.flavour, strip_usage, t0)
+        sent: bytes | uploads.Upload = ctx.body
+        if upload is not None:  # the rest of the body streams upstream; the disconnect watch waits for its end
+            receive, sent = upload.receive_after, upload
+        await self._forward(scope, receive, send, ctx, pool, sent, mode, ep.flavour, strip_usage, t0)
 
     async def _forward(
         self,
@@ -303,7 +323,7 @@ class ProxyApp:
         send: Any,
         ctx: RequestContext,
         pool: Any,
-        body: bytes,
+        body: bytes | uploads.Upload,
         mode: int,
         flavour: int,
         strip_usage: bool,
@@ -337,6 +357,7 @@ class ProxyApp:
                 if out.usage is not None:
                     ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = out.usage.numbers()
                     ctx.tool_calls = tool_calls(out.usage)
+                    ctx.audio_tokens = out.usage.audio()
                 if status < 300:
                     fill_units(ctx, out.body)
                 ctx.status = status
@@ -482,6 +503,7 @@ class ProxyApp:
         if relay is not None and relay.usage is not None:
             ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = relay.usage.numbers()
             ctx.tool_calls = tool_calls(relay.usage)
+            ctx.audio_tokens = relay.usage.audio()
             return
         if ctx.model is None or ctx.endpoint not in MODEL_ENDPOINTS:
             return
@@ -536,11 +558,17 @@ class ProxyApp:
 
         if path in ("/v1/models", "/v1/models/"):
             data = [m for m in await self.catalog.list() if visible(m["id"])]
+            tuned = [m["id"] for m in data if isinstance(m.get("id"), str) and m["id"].startswith("ft:")]
+            if tuned:  # another project's fine-tuned models are listed nowhere either
+                found = await self.tenancy.store.owners(tuned)
+                data = [m for m in data if (o := found.get(m["id"])) is None or o.project_id == (project_id or "")]
             await self._send_json(send, {"object": "list", "data": data}, rid, t0)
             return
         model = path[len("/v1/models/") :]
         if not visible(model):
             raise errors.model_not_found(model)
+        if model.startswith("ft:"):
+            await self._own_model(model, project_id)
         try:
             obj = await self.catalog.get(model)
         except errors.APIError as e:  # served by an upstream skipped for want of its key: say so (503)

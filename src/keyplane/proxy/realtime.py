@@ -27,9 +27,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from keyplane import errors
 from keyplane.auth import authenticate
 from keyplane.identity import tokens as workload_tokens
-from keyplane.proxy import client_secrets, skipped
+from keyplane.proxy import client_secrets, realtime_policy, skipped
 from keyplane.proxy.handler import ProxyApp
-from keyplane.proxy.realtime_session import CUT, PATH, Session
+from keyplane.proxy.realtime_policy import PATH
+from keyplane.proxy.realtime_session import CUT, Session
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
 
@@ -200,7 +201,7 @@ class RealtimeApp:
 
         async def upstream_side() -> None:
             async for raw in up:
-                cut = s.ended()
+                cut = realtime_policy.ended(s)
                 if cut is not None:
                     await s.cut(cut)
                     return
@@ -213,7 +214,7 @@ class RealtimeApp:
         async def watch() -> None:
             while True:
                 await asyncio.sleep(WATCH_SECONDS)
-                cut = s.ended()
+                cut = realtime_policy.ended(s)
                 if cut is not None:
                     await s.cut(cut)
                     return

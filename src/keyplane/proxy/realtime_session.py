@@ -8,6 +8,9 @@ own rate of the price table, billing/prices.py). The session's own
 ``max_output_tokens`` is pinned on connect and capped on every ``session.update``, so a response the
 upstream starts writes no more than its reservation. Whatever is admitted is settled exactly once,
 disconnects included (``finish``).
+
+What a session may do (refused events, what ends it) is proxy/realtime_policy.py; what a response
+reports and may write, proxy/realtime_usage.py.
 """
 
 from __future__ import annotations
@@ -23,17 +26,15 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from keyplane import errors, keys
-from keyplane.billing.prices import Tokens
-from keyplane.proxy import client_secrets
+from keyplane.proxy import realtime_policy as policy
 from keyplane.proxy.context import RequestContext
 from keyplane.proxy.handler import ProxyApp, new_request_id
+from keyplane.proxy.realtime_policy import PATH, event_refusal, response_refusal
+from keyplane.proxy.realtime_usage import output_cap, usage_tokens
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
 
-PATH: Final = "/v1/realtime"
-SCOPE: Final = "api.model.request"
 MAX_IN_FLIGHT: Final = 16  # responses admitted and not yet done, per session: each holds a reservation
-OVERDUE_FRACTION: Final = 0.8  # of reservation_ttl_seconds: a response not done by then ends its session
 DRAIN_SECONDS: Final = 5.0  # after the client left: how long to wait for the upstream's response.done
 CUT: Final = 1008  # policy violation
 # The per-response context is quoted as a Responses call (token prices, input up to the context window),
@@ -65,7 +66,7 @@ class Session:
         self.asked: dict[str, RequestContext] = {}  # pending ones by the client's event_id (an upstream error names it)
         self.live: dict[str, RequestContext] = {}  # response id -> its context
         self.closed = False
-        self.out_cap = _output_cap(rt, model)  # what a response may write: its reservation covers this
+        self.out_cap = output_cap(rt, model)  # what a response may write: its reservation covers this
         self.swallow_updated = False  # the session.updated answering keyplane's own pin is not the client's
         self.lock = asyncio.Lock()  # one admission at a time per session: responses in order
         client = scope.get("client")
@@ -149,7 +150,7 @@ class Session:
         kind = ev["type"]
         if kind == "response.create":
             return await self._response_create(ev)
-        refused = self._event_refusal(ev)
+        refused = event_refusal(ev, self.model)
         if refused is not None:  # not forwarded; the session goes on as it was
             await self.error_event(refused, ev.get("event_id"))
             return True
@@ -166,90 +167,24 @@ class Session:
         await self.upstream.send(orjson.dumps(ev).decode())
         return True
 
-    def _event_refusal(self, ev: dict[str, Any]) -> errors.APIError | None:
-        """A client event keyplane cannot govern, whatever its shape (GA or beta field names)."""
-        kind = ev["type"]
-        if kind.startswith("transcription_session."):
-            return errors.invalid_value(
-                "type",
-                "Transcription sessions are billed per audio minute, which keyplane "
-                "does not meter yet, so they are refused.",
-            )
-        if kind == "session.update":
-            sess = ev.get("session")
-            if not isinstance(sess, dict):
-                return errors.invalid_value("session", "'session' must be an object.")
-            return self._session_refusal(sess)
-        return None
-
-    def _session_refusal(self, sess: dict[str, Any]) -> errors.APIError | None:
-        """A session.update keyplane cannot govern: another model (authorized and priced at connect only),
-        or input transcription (billed apart by the provider, not metered here yet)."""
-        model = sess.get("model")
-        if model is not None and model != self.model:
-            return errors.invalid_value(
-                "session.model",
-                f"This session is for `{self.model}`: a realtime session "
-                "cannot change its model through keyplane (open a new one).",
-            )
-        if sess.get("type", "realtime") != "realtime":
-            return errors.invalid_value(
-                "session.type",
-                "keyplane relays realtime sessions only (`type: realtime`): "
-                "transcription sessions are not metered yet.",
-            )
-        for beta in ("max_response_output_tokens", "input_audio_transcription"):  # the beta API's spellings
-            if beta in sess:
-                return errors.invalid_value(
-                    f"session.{beta}",
-                    f"`session.{beta}` (the beta Realtime API) is not "
-                    "accepted through keyplane: use `max_output_tokens`; input audio "
-                    "transcription is not metered yet.",
-                )
-        audio = sess.get("audio")
-        inp = audio.get("input") if isinstance(audio, dict) else None
-        if isinstance(inp, dict) and inp.get("transcription") is not None:
-            return errors.invalid_value(
-                "session.audio.input.transcription",
-                "Input audio transcription in a realtime session is not metered by keyplane yet, so it is refused.",
-            )
-        return None
-
-    def _response_refusal(self, resp: dict[str, Any]) -> errors.APIError | None:
-        """A response.create whose output keyplane could not bound or whose model it did not authorize."""
-        if "max_response_output_tokens" in resp:  # the beta spelling: it would not be pinned to the reservation
-            return errors.invalid_value(
-                "response.max_response_output_tokens",
-                "`max_response_output_tokens` (the "
-                "beta Realtime API) is not accepted through keyplane: use "
-                "`max_output_tokens`.",
-            )
-        model = resp.get("model")
-        if model is not None and model != self.model:
-            return errors.invalid_value(
-                "response.model",
-                f"This session is for `{self.model}`: a response cannot use another model through keyplane.",
-            )
-        return None
-
     async def _response_create(self, ev: dict[str, Any]) -> bool:
         assert self.upstream is not None
         resp = ev.get("response")
         if not isinstance(resp, dict):
             resp = {}
             ev["response"] = resp
-        refused = self._response_refusal(resp)
+        refused = response_refusal(resp, self.model)
         if refused is not None:
             await self.error_event(refused, ev.get("event_id"))
             return True
         asked = resp.get("max_output_tokens")
         limit = asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else None
         async with self.lock:
-            ended = self.ended() or self.model_refused()
+            ended = policy.ended(self) or policy.model_refused(self)
             if ended is not None:
                 await self.cut(ended)
                 return False
-            stale = self.stale()
+            stale = policy.stale(self.rt)
             if stale is not None:
                 await self.error_event(stale, ev.get("event_id"))
                 return True
@@ -347,7 +282,7 @@ class Session:
         else:  # created by the upstream itself (turn detection): admitted now, or cancelled
             try:
                 async with self.lock:
-                    refused = self.ended() or self.model_refused() or self.stale()
+                    refused = policy.ended(self) or policy.model_refused(self) or policy.stale(self.rt)
                     if refused is not None:
                         raise refused
                     if len(self.live) >= MAX_IN_FLIGHT:
@@ -381,59 +316,6 @@ class Session:
             return
         status = resp.get("status")
         await self.settle(ctx, resp.get("usage"), 200 if status in ("completed", "cancelled", "incomplete") else 502)
-
-    def ended(self) -> errors.APIError | None:
-        """Why the session must end now: its key revoked, suspended, deleted or expired, its project archived,
-        its key's federation rule or provider disabled (a workload identity's), an IP allowlist that now
-        leaves its address out, or the key no longer allowed the model scope. The key's current entry is what
-        admits the next response (its limits, permissions)."""
-        cut = self.proxy._authority_ended(RequestContext("", self.entry, self.entry.project_id, PATH))
-        if cut is not None:
-            return cut
-        if (access := self.rt.features.access) is not None:  # an IP allowlist set since the session opened
-            try:
-                access.check_ip(self.entry.project_id, self.entry.id, self.scope.get("client"), self.scope["headers"])
-            except errors.APIError as e:
-                return e
-        if self.overdue():
-            return errors.upstream_timeout(self.upstream_name)
-        now_key = self.rt.snapshot.keys_by_id.get(self.entry.id)
-        if now_key is not None:
-            self.entry = now_key
-        if self.entry.expires_at is not None:
-            why = self.entry.inactive_reason(self.rt.clock.now())
-            if why:
-                return errors.key_inactive(self.entry.redacted_value, why)
-        why = client_secrets.workload_ended(self.rt, self.entry.id, self.generation)
-        if why:
-            return errors.key_inactive(self.entry.redacted_value, why)
-        if not self.entry.permissions.allows(SCOPE):
-            return errors.missing_scope(SCOPE)
-        return None
-
-    def overdue(self) -> bool:
-        """A response admitted longer ago than its reservation is sure to hold (the limiter drops a reservation
-        never settled after ``reservation_ttl_seconds``): the session ends and it is settled now, at what it
-        reserved, before the budget it holds could be handed to other requests."""
-        ttl = getattr(self.rt.settings, "reservation_ttl_seconds", 900.0)
-        started = [c.started for c in (*self.live.values(), *self.pending)]
-        return bool(started) and time.perf_counter() - min(started) > ttl * OVERDUE_FRACTION
-
-    def stale(self) -> errors.APIError | None:
-        """Refused while this instance cannot confirm its keys are current (a revocation may not have arrived)."""
-        snap, bound = self.rt.snapshot, self.rt.settings.max_staleness_seconds
-        return None if snap.is_fresh(bound) else errors.stale_authority(snap.staleness())
-
-    def model_refused(self) -> errors.APIError | None:
-        """The key's model permissions (keyplane.access) as they are now: a model taken away ends the session."""
-        access = self.rt.features.access
-        if access is None:
-            return None
-        try:
-            access.check_request(self.entry.project_id, self.entry.id, PATH, "GET", self.model, False, b"", False)
-        except errors.APIError as e:
-            return e
-        return None
 
     # --- ending --------------------------------------------------------------------------------------
 
@@ -486,49 +368,3 @@ class Session:
         if up is not None:
             with contextlib.suppress(Exception):
                 await up.close()
-
-
-def _output_cap(rt: Runtime, model: str) -> int | None:
-    """The output a response of ``model`` may write: the price table's max_output (billing's default
-    without one); None without billing."""
-    billing = rt.features.billing
-    if billing is None:
-        return None
-    price = billing.prices.lookup(model)
-    cap = price.max_output if price is not None else None
-    return cap or billing.default_max_tokens
-
-
-def usage_tokens(usage: dict[str, Any]) -> Tokens:
-    """A response.done usage by modality: ``input_token_details`` (text, audio, image, cached, and
-    ``cached_tokens_details`` by modality) and ``output_token_details`` (text, audio). The totals stand for
-    what the details do not attribute (image input, details missing), which is billed at the dearest rates."""
-    d = _dict(usage.get("input_token_details"))
-    text, audio = _int(d.get("text_tokens")), _int(d.get("audio_tokens"))
-    prompt = max(_int(usage.get("input_tokens")), text + audio)
-    cached = min(_int(d.get("cached_tokens")), prompt)
-    cd = _dict(d.get("cached_tokens_details"))
-    c_audio = min(_int(cd.get("audio_tokens")), audio, cached)
-    c_text = min(_int(cd.get("text_tokens")), text, cached - c_audio)
-    o = _dict(usage.get("output_token_details"))
-    t_out, a_out = _int(o.get("text_tokens")), _int(o.get("audio_tokens"))
-    completion = max(_int(usage.get("output_tokens")), t_out + a_out)
-    return Tokens(
-        text_in=text,
-        audio_in=audio,
-        other_in=prompt - text - audio,
-        cached_text=c_text,
-        cached_audio=c_audio,
-        cached_rest=cached - c_text - c_audio,
-        text_out=t_out,
-        audio_out=a_out,
-        other_out=completion - t_out - a_out,
-    )
-
-
-def _dict(v: Any) -> dict[str, Any]:
-    return v if isinstance(v, dict) else {}
-
-
-def _int(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0

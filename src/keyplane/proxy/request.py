@@ -98,6 +98,11 @@ def read_fields(ep: Endpoint, headers: list[tuple[bytes, bytes]], body: bytes) -
     return _checked(ep.path, parse_head(body), None)
 
 
+def form_fields(path: str, form: dict[str, str]) -> Fields:
+    """The fields of an upload read as it streams (proxy/uploads.py): from its text fields."""
+    return _checked(path, Head(model=form.get("model"), n=_form_int(form, "n")), form)
+
+
 def _form_int(form: dict[str, str], name: str) -> int | None:
     v = form.get(name)
     if v is None:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from yarl import URL
 
 from keyplane.proxy import demo
 from keyplane.proxy.router import Deployment
+
+if TYPE_CHECKING:
+    from keyplane.proxy.uploads import Upload
 
 # Request headers never forwarded: hop-by-hop, our own credentials and ids, what aiohttp sets itself.
 # x-request-id: some upstreams (vLLM) echo it back, and keyplane adopts the upstream's id as the
@@ -164,16 +167,22 @@ class UpstreamClient:
         return t
 
     async def request(
-        self, dep: Deployment, method: str, path_qs: str, headers: list[tuple[bytes, bytes]], body: bytes
+        self, dep: Deployment, method: str, path_qs: str, headers: list[tuple[bytes, bytes]], body: bytes | Upload
     ) -> UpstreamResponse:
         if dep.is_demo:
-            return demo.answer(method, path_qs, body)
+            return demo.answer(method, path_qs, body if isinstance(body, bytes) else await body.read_all())
         assert self.session is not None, "UpstreamClient.start() was not called"
+        h = forward_headers(headers, dep)
+        data: Any = body if body else None
+        if not isinstance(body, bytes):  # a multipart upload streamed as it arrives (proxy/uploads.py)
+            data = body.iterate()
+            if body.length is not None:
+                h.append(("Content-Length", str(body.length)))
         r = await self.session.request(
             method,
             self._url(dep, path_qs),
-            data=body if body else None,
-            headers=forward_headers(headers, dep),
+            data=data,
+            headers=h,
             timeout=self._timeout(dep),
             allow_redirects=False,
             compress=None,

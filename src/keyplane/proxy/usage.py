@@ -2,7 +2,9 @@
 
 Chat and completions report prompt_tokens / completion_tokens and prompt_tokens_details.cached_tokens;
 the Responses API reports input_tokens / output_tokens and input_tokens_details.cached_tokens
-(reference "Streaming usage"). Embeddings report prompt_tokens only.
+(reference "Streaming usage"). Embeddings report prompt_tokens only. Audio models on chat completions
+also report prompt_tokens_details.audio_tokens and completion_tokens_details.audio_tokens
+(:meth:`Usage.audio`): billing prices those at the model's audio rates.
 
 The usage API's other buckets count units (:func:`units`): images made (the answer's ``data``),
 seconds of audio transcribed (``usage.seconds`` of a duration usage, or verbose_json's ``duration``).
@@ -19,6 +21,14 @@ import msgspec
 
 class _Details(msgspec.Struct):
     cached_tokens: int | None = None
+    audio_tokens: int | None = None  # chat: the audio part of prompt_tokens / completion_tokens
+
+
+class _OutDetails(msgspec.Struct):
+    audio_tokens: int | None = None
+
+
+_NO_AUDIO: tuple[int, int] = (0, 0)
 
 
 class Usage(msgspec.Struct):
@@ -28,6 +38,7 @@ class Usage(msgspec.Struct):
     output_tokens: int | None = None
     prompt_tokens_details: _Details | None = None
     input_tokens_details: _Details | None = None
+    completion_tokens_details: _OutDetails | None = None
     # Not the upstream's: the hosted tool calls of a Responses answer, by usage kind (filled from ``output``).
     tools: dict[str, int] | None = msgspec.field(default=None, name="@keyplane_tools")
 
@@ -37,6 +48,19 @@ class Usage(msgspec.Struct):
         c = self.completion_tokens if self.completion_tokens is not None else (self.output_tokens or 0)
         d = self.prompt_tokens_details or self.input_tokens_details
         return p, (d.cached_tokens or 0) if d is not None else 0, c
+
+    def audio(self) -> tuple[int, int] | None:
+        """(audio input, audio output) tokens of a chat usage (audio models on chat completions), or None unless
+        the usage says both (then billing prices every token at the model's dearest rates)."""
+        pd, cd = self.prompt_tokens_details, self.completion_tokens_details
+        if pd is None or cd is None:
+            return None
+        a_in, a_out = pd.audio_tokens, cd.audio_tokens
+        if a_in is None or a_out is None:
+            return None
+        if not a_in and not a_out:
+            return _NO_AUDIO
+        return (a_in if a_in > 0 else 0, a_out if a_out > 0 else 0)
 
 
 class _UnitUsage(msgspec.Struct):

@@ -7,10 +7,13 @@ HTTP and fault injection.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from typing import Any
 
 import orjson
+
+from keyplane.testing import audio_chat
 
 DEFAULT_TEXT = "Hello from the fake upstream."
 MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "fake-model")
@@ -74,7 +77,7 @@ def responses_usage(prompt: int, completion: int, cached: int) -> dict[str, Any]
 
 def chat(req: dict[str, Any], text: str, cached: int, rid: str) -> dict[str, Any]:
     p = count_tokens(input_text(req))
-    return {
+    obj = {
         "id": f"chatcmpl-{rid}",
         "object": "chat.completion",
         "created": int(time.time()),
@@ -91,6 +94,8 @@ def chat(req: dict[str, Any], text: str, cached: int, rid: str) -> dict[str, Any
         "usage": chat_usage(p, len(words(text)), min(cached, p)),
         "service_tier": "default",
     }
+    audio_chat.apply(req, obj["usage"], obj["choices"][0]["message"], rid)  # modalities: audio
+    return obj
 
 
 def completion(req: dict[str, Any], text: str, cached: int, rid: str) -> dict[str, Any]:
@@ -192,6 +197,7 @@ def chat_stream_events(req: dict[str, Any], text: str, cached: int, rid: str, se
             "choices": [],
             "usage": chat_usage(p, len(ws), min(cached, p)),
         }
+        audio_chat.apply(req, u["usage"], None, rid)
         ev.append(b"data: " + orjson.dumps(u) + b"\n\n")
     ev.append(b"data: [DONE]\n\n")
     return ev
@@ -304,3 +310,80 @@ def error_body(status: int, message: str | None = None) -> bytes:
     code = {401: "invalid_api_key", 429: "rate_limit_exceeded", 404: "unknown_url"}.get(status)
     msg = message or f"Fake upstream error {status}."
     return orjson.dumps({"error": {"message": msg, "type": kind, "param": None, "code": code}})
+
+
+# --- media and hosted tools ----------------------------------------------------------------------
+
+_FIELD = re.compile(rb'name="([a-z_]+)"\r\n\r\n([^\r]{0,200})\r\n')
+# A transcription's reported duration: one second per this many bytes of upload.
+AUDIO_BYTES_PER_SECOND = 1000
+
+
+def media(path: str, data: dict[str, Any], body: bytes, multipart: bool) -> Any:
+    """Images (``n`` of them; gpt-image models report token usage), speech (audio bytes), transcriptions
+    (a duration usage: one second per AUDIO_BYTES_PER_SECOND bytes uploaded) and moderations."""
+    if multipart:
+        data = {k.decode(): v.decode("utf-8", "replace") for k, v in _FIELD.findall(body)}
+    model = str(data.get("model") or "")
+    if path.startswith("/v1/images/"):
+        try:
+            n = max(1, min(10, int(data.get("n") or 1)))
+        except (TypeError, ValueError):
+            n = 1
+        out: dict[str, Any] = {"created": 0, "data": [{"url": f"https://fake.invalid/{i}.png"} for i in range(n)]}
+        if model.startswith("gpt-image"):
+            out["usage"] = {
+                "input_tokens": 50,
+                "output_tokens": 1056 * n,
+                "total_tokens": 50 + 1056 * n,
+                "input_tokens_details": {"text_tokens": 50, "image_tokens": 0},
+            }
+        return out
+    if path == "/v1/audio/speech":
+        return b"ID3fake-audio" + b"\0" * 64
+    if path.startswith("/v1/audio/"):
+        secs = max(1, len(body) // AUDIO_BYTES_PER_SECOND)
+        return {"text": "fake", "usage": {"type": "duration", "seconds": secs}}
+    if path == "/v1/moderations":
+        inputs = data.get("input")
+        n = len(inputs) if isinstance(inputs, list) else 1
+        return {
+            "id": "modr-fake",
+            "model": model or "omni-moderation-latest",
+            "results": [{"flagged": False, "categories": {}, "category_scores": {}} for _ in range(n)],
+        }
+    return None
+
+
+_TOOL_ITEMS = {
+    "web_search": "web_search_call",
+    "web_search_preview": "web_search_call",
+    "file_search": "file_search_call",
+    "code_interpreter": "code_interpreter_call",
+}
+
+
+def with_tool_calls(obj: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """A response that used its hosted tools: one call of each (two code interpreter calls, one container)."""
+    items: list[dict[str, Any]] = []
+    for t in data.get("tools") or []:
+        item = _TOOL_ITEMS.get(t.get("type", "")) if isinstance(t, dict) else None
+        if item is None:
+            continue
+        if item == "code_interpreter_call":
+            items += [
+                {
+                    "type": item,
+                    "id": f"ci_{i}",
+                    "status": "completed",
+                    "container_id": "cntr_fake",
+                    "code": "1+1",
+                    "outputs": [],
+                }
+                for i in range(2)
+            ]
+        else:
+            items.append({"type": item, "id": f"{item}_1", "status": "completed"})
+    if items:
+        obj["output"] = items + list(obj.get("output") or [])
+    return obj

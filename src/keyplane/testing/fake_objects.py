@@ -190,9 +190,7 @@ class FakeObjects:
             if url == "/v1/embeddings":
                 answer = answers.embeddings(body)
             elif url == "/v1/responses":  # with a call of each hosted tool it enables, as the synchronous fake
-                from keyplane.testing.fake_upstream import _with_tool_calls
-
-                answer = _with_tool_calls(answers.response_object(body, answers.DEFAULT_TEXT, 0, rid), body)
+                answer = answers.with_tool_calls(answers.response_object(body, answers.DEFAULT_TEXT, 0, rid), body)
             elif url == "/v1/completions":
                 answer = answers.completion(body, answers.DEFAULT_TEXT, 0, rid)
             else:

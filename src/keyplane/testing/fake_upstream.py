@@ -26,18 +26,15 @@ import collections
 import contextlib
 import dataclasses
 import itertools
-import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import httptools
 import orjson
 
 from keyplane.testing import answers
+from keyplane.testing.fake_http import CT_JSON, Conn, HttpRequest, Recorded, head
 from keyplane.testing.fake_objects import FakeObjects
-
-_CT_JSON = b"application/json"
 
 
 @dataclass
@@ -59,29 +56,6 @@ class Behaviour:
     # Write as many output tokens as allowed: the request's max_completion_tokens / max_tokens /
     # max_output_tokens, capped at this (this many when the request sets none).
     max_output: int | None = None
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    started: float = 0.0
-    finished: bool = False  # the whole answer was written
-    disconnected: bool = False  # the client went away before the answer was complete
-
-    def json(self) -> Any:
-        return orjson.loads(self.body) if self.body else None
-
-
-@dataclass
-class _Req:
-    method: str = ""
-    url: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytearray = field(default_factory=bytearray)
-    keep_alive: bool = True
 
 
 class FakeUpstream:
@@ -122,7 +96,7 @@ class FakeUpstream:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Conn(self), host, port, backlog=1024)
+        self._server = await loop.create_server(lambda: Conn(self), host, port, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -163,7 +137,7 @@ class FakeUpstream:
         body = orjson.dumps(
             answers.chat({"model": "gpt-4o-mini", "messages": [{"content": "hi"}]}, answers.DEFAULT_TEXT, 0, "fixed")
         )
-        return _head(200, _CT_JSON, len(body), [(b"x-request-id", b"req_fixed")]) + body
+        return head(200, CT_JSON, len(body), [(b"x-request-id", b"req_fixed")]) + body
 
     def behaviour_for(self, headers: dict[str, str]) -> Behaviour:
         b = self.queue.popleft() if self.queue else self.default
@@ -191,7 +165,7 @@ class FakeUpstream:
             b.max_output = int(h["x-fake-max-output"])
         return b
 
-    async def answer(self, conn: _Conn, req: _Req, rec: Recorded | None) -> None:
+    async def answer(self, conn: Conn, req: HttpRequest, rec: Recorded | None) -> None:
         path = req.url.split(b"?", 1)[0].decode()
         if path.startswith("/_fake/"):
             conn.write_json(200, self._control(req.method, path, bytes(req.body)))
@@ -212,15 +186,15 @@ class FakeUpstream:
             if b.retry_after_ms is not None:
                 extra.append((b"retry-after-ms", b.retry_after_ms.encode()))
             body = b.error_body.encode() if b.error_body is not None else answers.error_body(b.status)
-            conn.write(_head(b.status, _CT_JSON, len(body), extra) + body)
+            conn.write(head(b.status, CT_JSON, len(body), extra) + body)
             return
         if b.garbage:
             body = b"<html><body><h1>502 Bad Gateway</h1>not json at all</body></html>"
-            conn.write(_head(200, b"text/html", len(body), extra) + body)
+            conn.write(head(200, b"text/html", len(body), extra) + body)
             return
         obj = self.objects.answer(req.method, path, bytes(req.body))  # files, batches, stored responses
         if obj is not None and isinstance(obj[1], bytes):  # a file's content (a batch's JSONL output)
-            conn.write(_head(obj[0], b"application/octet-stream", len(obj[1]), extra) + obj[1])
+            conn.write(head(obj[0], b"application/octet-stream", len(obj[1]), extra) + obj[1])
             if rec is not None:
                 rec.finished = True
             return
@@ -253,24 +227,24 @@ class FakeUpstream:
             ]
             b = dataclasses.replace(b, text=" ".join(["tok"] * min([b.max_output, *asked])))
         if req.method == "POST" and path.startswith(("/v1/images/", "/v1/audio/", "/v1/moderations")):
-            result = _media(path, data if isinstance(data, dict) else {}, bytes(req.body), multipart)
+            result = answers.media(path, data if isinstance(data, dict) else {}, bytes(req.body), multipart)
         else:
             result = self._route(req.method, path, data, b, rid or "x")
         if result is None:
             body = answers.error_body(404, f"Invalid URL ({req.method} {path})")
-            conn.write(_head(404, _CT_JSON, len(body), extra) + body)
+            conn.write(head(404, CT_JSON, len(body), extra) + body)
         elif isinstance(result, bytes):  # speech: audio
-            conn.write(_head(200, b"audio/mpeg", len(result), extra) + result)
+            conn.write(head(200, b"audio/mpeg", len(result), extra) + result)
         elif isinstance(result, list):
             if not await conn.write_stream(result, extra, b):
                 return
         else:
             body = orjson.dumps(result)
             if b.die_after is not None:  # a body cut short: promised length, half sent
-                conn.write(_head(200, _CT_JSON, len(body), extra) + body[: len(body) // 2])
+                conn.write(head(200, CT_JSON, len(body), extra) + body[: len(body) // 2])
                 conn.transport.close()
                 return
-            conn.write(_head(200, _CT_JSON, len(body), extra) + body)
+            conn.write(head(200, CT_JSON, len(body), extra) + body)
         if rec is not None:
             rec.finished = True
 
@@ -289,7 +263,7 @@ class FakeUpstream:
         if method == "POST" and path == "/v1/responses":
             if stream:
                 return answers.responses_stream_events(data, b.text, b.cached_tokens, rid, b.send_usage)
-            return _with_tool_calls(
+            return answers.with_tool_calls(
                 answers.response_object(data, b.text, b.cached_tokens, rid, with_usage=b.send_usage), data
             )
         if method == "POST" and path.startswith("/v1/batches"):  # billed elsewhere
@@ -323,179 +297,6 @@ class FakeUpstream:
                 for r in self.model_requests()
             ]
         return {"ok": True}
-
-
-_FIELD = re.compile(rb'name="([a-z_]+)"\r\n\r\n([^\r]{0,200})\r\n')
-# A transcription's reported duration: one second per this many bytes of upload.
-AUDIO_BYTES_PER_SECOND = 1000
-
-
-def _media(path: str, data: dict[str, Any], body: bytes, multipart: bool) -> Any:
-    """Images (``n`` of them; gpt-image models report token usage), speech (audio bytes), transcriptions
-    (a duration usage: one second per AUDIO_BYTES_PER_SECOND bytes uploaded) and moderations."""
-    if multipart:
-        data = {k.decode(): v.decode("utf-8", "replace") for k, v in _FIELD.findall(body)}
-    model = str(data.get("model") or "")
-    if path.startswith("/v1/images/"):
-        try:
-            n = max(1, min(10, int(data.get("n") or 1)))
-        except (TypeError, ValueError):
-            n = 1
-        out: dict[str, Any] = {"created": 0, "data": [{"url": f"https://fake.invalid/{i}.png"} for i in range(n)]}
-        if model.startswith("gpt-image"):
-            out["usage"] = {
-                "input_tokens": 50,
-                "output_tokens": 1056 * n,
-                "total_tokens": 50 + 1056 * n,
-                "input_tokens_details": {"text_tokens": 50, "image_tokens": 0},
-            }
-        return out
-    if path == "/v1/audio/speech":
-        return b"ID3fake-audio" + b"\0" * 64
-    if path.startswith("/v1/audio/"):
-        secs = max(1, len(body) // AUDIO_BYTES_PER_SECOND)
-        return {"text": "fake", "usage": {"type": "duration", "seconds": secs}}
-    if path == "/v1/moderations":
-        inputs = data.get("input")
-        n = len(inputs) if isinstance(inputs, list) else 1
-        return {
-            "id": "modr-fake",
-            "model": model or "omni-moderation-latest",
-            "results": [{"flagged": False, "categories": {}, "category_scores": {}} for _ in range(n)],
-        }
-    return None
-
-
-_TOOL_ITEMS = {
-    "web_search": "web_search_call",
-    "web_search_preview": "web_search_call",
-    "file_search": "file_search_call",
-    "code_interpreter": "code_interpreter_call",
-}
-
-
-def _with_tool_calls(obj: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    """A response that used its hosted tools: one call of each (two code interpreter calls, one container)."""
-    items: list[dict[str, Any]] = []
-    for t in data.get("tools") or []:
-        item = _TOOL_ITEMS.get(t.get("type", "")) if isinstance(t, dict) else None
-        if item is None:
-            continue
-        if item == "code_interpreter_call":
-            items += [
-                {
-                    "type": item,
-                    "id": f"ci_{i}",
-                    "status": "completed",
-                    "container_id": "cntr_fake",
-                    "code": "1+1",
-                    "outputs": [],
-                }
-                for i in range(2)
-            ]
-        else:
-            items.append({"type": item, "id": f"{item}_1", "status": "completed"})
-    if items:
-        obj["output"] = items + list(obj.get("output") or [])
-    return obj
-
-
-def _head(status: int, ctype: bytes, length: int | None, extra: list[tuple[bytes, bytes]]) -> bytes:
-    lines = [b"HTTP/1.1 %d X" % status, b"content-type: " + ctype]
-    lines.append(b"content-length: %d" % length if length is not None else b"transfer-encoding: chunked")
-    lines.extend(k + b": " + v for k, v in extra)
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-class _Conn(asyncio.Protocol):
-    def __init__(self, fake: FakeUpstream) -> None:
-        self.fake = fake
-        self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.req = _Req()
-        self.busy: asyncio.Task[None] | None = None
-        self.current: Recorded | None = None
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.current is not None and not self.current.finished:
-            self.current.disconnected = True
-        if self.busy is not None:
-            self.busy.cancel()
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.transport.close()
-
-    # httptools callbacks
-    def on_message_begin(self) -> None:
-        self.req = _Req()
-
-    def on_url(self, url: bytes) -> None:
-        self.req.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.req.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-
-    def on_body(self, body: bytes) -> None:
-        self.req.body += body
-
-    def on_message_complete(self) -> None:
-        req = self.req
-        req.method = self.parser.get_method().decode()
-        req.keep_alive = self.parser.should_keep_alive()
-        fake = self.fake
-        if fake.fixed and req.method == "POST":  # benchmark fast path: no parsing, no task
-            self.transport.write(fake._fixed_response)
-            return
-        rec = None
-        if fake.record:
-            rec = Recorded(
-                req.method, req.url.decode(), dict(req.headers), bytes(req.body), asyncio.get_running_loop().time()
-            )
-            fake.requests.append(rec)
-        self.current = rec
-        prev = self.busy
-
-        async def run() -> None:
-            if prev is not None and not prev.done():
-                await asyncio.wait({prev})
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await fake.answer(self, req, rec)
-            if not req.keep_alive and not self.closed:
-                self.transport.close()
-
-        self.busy = asyncio.get_running_loop().create_task(run())
-
-    # writing
-    def write(self, data: bytes) -> None:
-        if not self.closed:
-            self.transport.write(data)
-
-    def write_json(self, status: int, obj: Any) -> None:
-        body = orjson.dumps(obj)
-        self.write(_head(status, _CT_JSON, len(body), []) + body)
-
-    async def write_stream(self, events: list[bytes], extra: list[tuple[bytes, bytes]], b: Behaviour) -> bool:
-        """True when the whole stream was written."""
-        self.write(_head(200, b"text/event-stream; charset=utf-8", None, extra))
-        for i, ev in enumerate(events):
-            if b.die_after is not None and i >= b.die_after:
-                self.transport.close()  # no terminating chunk: the client sees a broken stream
-                return False
-            if b.chunk_delay and i:
-                await asyncio.sleep(b.chunk_delay)
-            if self.closed:
-                return False
-            self.write(b"%x\r\n%s\r\n" % (len(ev), ev))
-        self.write(b"0\r\n\r\n")
-        return True
 
 
 def main() -> None:

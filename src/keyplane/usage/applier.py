@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyplane.periodic import backoff
 from keyplane.usage import rollups
-from keyplane.usage.journal import JournalWriter, Position, Record, Tail, try_lock, writers_in
+from keyplane.usage.journal import JournalWriter, Position, Record, try_lock, writers_in
+from keyplane.usage.journal_tail import Tail
 from keyplane.usage.models import DIMS, ROLLUPS, SUMS, UsageRequest
 
 log = logging.getLogger("keyplane.usage")

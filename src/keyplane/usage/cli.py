@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from keyplane.cli.common import JsonOpt, fail, out, print_json, run_store, settings
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _BY = {"model": "model", "key": "api_key_id", "project": "project_id"}
@@ -98,115 +100,111 @@ async def collect(
     return rows
 
 
-def register(app: typer.Typer) -> None:
-    from keyplane.cli import JsonOpt, fail, out, print_json, run_store, settings
+def usage(
+    project: Annotated[str | None, typer.Option("--project", "-p", help="Project id or unique name.")] = None,
+    key: Annotated[str | None, typer.Option("--key", "-k", help="Key id (key_...) or name.")] = None,
+    since: Annotated[str, typer.Option(help="Time window back from now: 30m, 24h, 7d, 1h30m...")] = "24h",
+    by: Annotated[str, typer.Option(help="Group by model, key or project.")] = "model",
+    json: JsonOpt = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (for spreadsheets).")] = False,
+) -> None:
+    """Usage and spend per model, key or project: a table and a bar chart (or --json, --csv)."""
+    from rich.markup import escape
+    from rich.table import Table
 
-    @app.command("usage")
-    def usage(
-        project: Annotated[str | None, typer.Option("--project", "-p", help="Project id or unique name.")] = None,
-        key: Annotated[str | None, typer.Option("--key", "-k", help="Key id (key_...) or name.")] = None,
-        since: Annotated[str, typer.Option(help="Time window back from now: 30m, 24h, 7d, 1h30m...")] = "24h",
-        by: Annotated[str, typer.Option(help="Group by model, key or project.")] = "model",
-        json: JsonOpt = False,
-        as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV (for spreadsheets).")] = False,
-    ) -> None:
-        """Usage and spend per model, key or project: a table and a bar chart (or --json, --csv)."""
-        from rich.markup import escape
-        from rich.table import Table
+    from keyplane import fmt
 
-        from keyplane import fmt
-
-        if by not in _BY:
-            raise fail(f"--by must be one of: {', '.join(_BY)}", 2)
-        if json and as_csv:
-            raise fail("choose one of --json and --csv", 2)
-        try:
-            seconds = parse_duration(since)
-        except ValueError as e:
-            raise fail(str(e), 2) from None
-        s = settings()
-        now = time.time()
-        start, end = int(now) - seconds, int(now) + 1
-        rows = run_store(s, lambda session: collect(session, s, start=start, end=end, by=by, project=project, key=key))
-        total = {
-            f: sum(r[f] for r in rows) for f in ("requests", "errors", "input_tokens", "cached_tokens", "output_tokens")
-        }
-        total["cost_usd"] = round(sum(r["cost_usd"] for r in rows), 6)
-        if json:
-            print_json({"since": since, "start_time": start, "end_time": end, "by": by, "rows": rows, "total": total})
-            return
-        fields = [
-            by,
-            "name",
-            "requests",
-            "errors",
-            "input_tokens",
-            "cached_tokens",
-            "output_tokens",
-            "cost_usd",
-            "avg_latency_ms",
-        ]
-        if as_csv:
-            w = csv.writer(sys.stdout, lineterminator="\n")
-            w.writerow(fields)
-            for r in rows:
-                w.writerow(["" if r[f] is None else r[f] for f in fields])
-            return
-        use_cost = total["cost_usd"] > 0
-
-        def value(r: dict[str, Any]) -> float:
-            return float(r["cost_usd"]) if use_cost else float(r["input_tokens"] + r["output_tokens"])
-
-        def label(r: dict[str, Any]) -> str:
-            name = r[by] or "-"
-            return f"{r['name']} ({name})" if r.get("name") else name
-
-        def cell(r: dict[str, Any]) -> str:
-            return escape(label(r))  # a project or key name is not Rich markup
-
-        t = Table(title=f"Usage by {by}, last {since}", title_justify="left")
-        t.add_column(by, overflow="fold")  # long names fold; the numbers never get cut
-        for c in ("requests", "errors", "input", "cached", "output", "cost", "avg ms"):
-            t.add_column(c, justify="right", no_wrap=True)
+    if by not in _BY:
+        raise fail(f"--by must be one of: {', '.join(_BY)}", 2)
+    if json and as_csv:
+        raise fail("choose one of --json and --csv", 2)
+    try:
+        seconds = parse_duration(since)
+    except ValueError as e:
+        raise fail(str(e), 2) from None
+    s = settings()
+    now = time.time()
+    start, end = int(now) - seconds, int(now) + 1
+    rows = run_store(s, lambda session: collect(session, s, start=start, end=end, by=by, project=project, key=key))
+    total = {
+        f: sum(r[f] for r in rows) for f in ("requests", "errors", "input_tokens", "cached_tokens", "output_tokens")
+    }
+    total["cost_usd"] = round(sum(r["cost_usd"] for r in rows), 6)
+    if json:
+        print_json({"since": since, "start_time": start, "end_time": end, "by": by, "rows": rows, "total": total})
+        return
+    fields = [
+        by,
+        "name",
+        "requests",
+        "errors",
+        "input_tokens",
+        "cached_tokens",
+        "output_tokens",
+        "cost_usd",
+        "avg_latency_ms",
+    ]
+    if as_csv:
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(fields)
         for r in rows:
-            t.add_row(
-                cell(r),
-                f"{r['requests']:,}",
-                f"{r['errors']:,}",
-                f"{r['input_tokens']:,}",
-                f"{r['cached_tokens']:,}",
-                f"{r['output_tokens']:,}",
-                fmt.usd_dollars(r["cost_usd"]),
-                "-" if r["avg_latency_ms"] is None else f"{r['avg_latency_ms']:.0f}",
-            )
-        if rows:
-            t.add_section()
-            t.add_row(
-                "total",
-                f"{total['requests']:,}",
-                f"{total['errors']:,}",
-                f"{total['input_tokens']:,}",
-                f"{total['cached_tokens']:,}",
-                f"{total['output_tokens']:,}",
-                fmt.usd_dollars(total["cost_usd"]),
-                "",
-            )
-        out.print(t)
-        if not rows:
-            out.print("No usage in this window.")
-            return
-        # The bar chart: spend per group (tokens when nothing was priced).
-        top = max(value(r) for r in rows)
-        width = max(len(label(r)) for r in rows[:_CHART_ROWS])
-        bar_width = max(10, min(_BAR_WIDTH, out.width - width - 16))
-        out.print(f"\n[bold]{'spend' if use_cost else 'tokens'} by {by}[/]")
-        for r in rows[:_CHART_ROWS]:
-            shown = fmt.usd_dollars(value(r)) if use_cost else f"{int(value(r)):,}"
-            pad = " " * (width - len(label(r)))
-            out.print(
-                f"{cell(r)}{pad}  [cyan]{bar(value(r), top, bar_width):<{bar_width}}[/] {shown}",
-                highlight=False,
-                soft_wrap=True,
-            )
-        if len(rows) > _CHART_ROWS:
-            out.print(f"... and {len(rows) - _CHART_ROWS} more (see --json or --csv)")
+            w.writerow(["" if r[f] is None else r[f] for f in fields])
+        return
+    use_cost = total["cost_usd"] > 0
+
+    def value(r: dict[str, Any]) -> float:
+        return float(r["cost_usd"]) if use_cost else float(r["input_tokens"] + r["output_tokens"])
+
+    def label(r: dict[str, Any]) -> str:
+        name = r[by] or "-"
+        return f"{r['name']} ({name})" if r.get("name") else name
+
+    def cell(r: dict[str, Any]) -> str:
+        return escape(label(r))  # a project or key name is not Rich markup
+
+    t = Table(title=f"Usage by {by}, last {since}", title_justify="left")
+    t.add_column(by, overflow="fold")  # long names fold; the numbers never get cut
+    for c in ("requests", "errors", "input", "cached", "output", "cost", "avg ms"):
+        t.add_column(c, justify="right", no_wrap=True)
+    for r in rows:
+        t.add_row(
+            cell(r),
+            f"{r['requests']:,}",
+            f"{r['errors']:,}",
+            f"{r['input_tokens']:,}",
+            f"{r['cached_tokens']:,}",
+            f"{r['output_tokens']:,}",
+            fmt.usd_dollars(r["cost_usd"]),
+            "-" if r["avg_latency_ms"] is None else f"{r['avg_latency_ms']:.0f}",
+        )
+    if rows:
+        t.add_section()
+        t.add_row(
+            "total",
+            f"{total['requests']:,}",
+            f"{total['errors']:,}",
+            f"{total['input_tokens']:,}",
+            f"{total['cached_tokens']:,}",
+            f"{total['output_tokens']:,}",
+            fmt.usd_dollars(total["cost_usd"]),
+            "",
+        )
+    out.print(t)
+    if not rows:
+        out.print("No usage in this window.")
+        return
+    # The bar chart: spend per group (tokens when nothing was priced).
+    top = max(value(r) for r in rows)
+    width = max(len(label(r)) for r in rows[:_CHART_ROWS])
+    bar_width = max(10, min(_BAR_WIDTH, out.width - width - 16))
+    out.print(f"\n[bold]{'spend' if use_cost else 'tokens'} by {by}[/]")
+    for r in rows[:_CHART_ROWS]:
+        shown = fmt.usd_dollars(value(r)) if use_cost else f"{int(value(r)):,}"
+        pad = " " * (width - len(label(r)))
+        out.print(
+            f"{cell(r)}{pad}  [cyan]{bar(value(r), top, bar_width):<{bar_width}}[/] {shown}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if len(rows) > _CHART_ROWS:
+        out.print(f"... and {len(rows) - _CHART_ROWS} more (see --json or --csv)")

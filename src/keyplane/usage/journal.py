@@ -15,6 +15,8 @@ loss cares about: ``always`` fsyncs each record, ``interval`` every few hundred 
 A torn last frame (a crash in the middle of write(), or a power loss) fails its length or CRC check
 and is dropped when the file is replayed. A writer whose lock is free is dead: any process may claim
 its files (flock the lock) and replay them; the SQL side is idempotent by request id.
+
+This module writes the journal; keyplane.usage.journal_tail reads it back.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import zlib
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -38,7 +39,7 @@ log = logging.getLogger("keyplane.usage")
 
 _HEADER = struct.Struct("<II")
 _MAX_FRAME = 1 << 20  # a record is a few hundred bytes; anything larger is a corrupt length
-_READ_CHUNK = 1 << 22
+READ_CHUNK = 1 << 22
 
 
 class Record(msgspec.Struct, array_like=True, gc=False):
@@ -69,6 +70,8 @@ class Record(msgspec.Struct, array_like=True, gc=False):
     error: str | None = None
     upstream_request_id: str | None = None  # the upstream's x-request-id; ``id`` is keyplane's own
     units: int = 0  # images, characters or seconds of audio (the usage API's non-token buckets)
+    input_audio_tokens: int = 0  # the audio part of input_tokens (audio models on chat completions, realtime)
+    output_audio_tokens: int = 0  # the audio part of output_tokens
 
     @property
     def model_request(self) -> bool:
@@ -117,7 +120,7 @@ def new_writer_id() -> str:
     return f"w{os.getpid()}-{int(time.time() * 1000):x}-{os.urandom(4).hex()}"
 
 
-def _segment_name(writer: str, n: int) -> str:
+def segment_name(writer: str, n: int) -> str:
     return f"{writer}.{n:08d}.seg"
 
 
@@ -221,7 +224,7 @@ class JournalWriter:
 
     def _open_segment(self, n: int) -> None:
         self.segment = n
-        path = self.folder / _segment_name(self.writer, n)
+        path = self.folder / segment_name(self.writer, n)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.size = os.fstat(self._fd).st_size
 
@@ -296,124 +299,3 @@ class JournalWriter:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-
-class Tail:
-    """Reads one writer's records from the last applied position; ``commit`` moves that position.
-
-    ``final`` is for dead writers: an incomplete or bad frame at the end of their last segment is a
-    torn write and is dropped. For the live writer an incomplete frame cannot happen (one write()
-    per frame, in the same thread), so the reader simply waits for more.
-    """
-
-    def __init__(self, folder: Path, writer: str, *, final: bool, live: Any = None) -> None:
-        self.folder = folder
-        self.writer = writer
-        self.final = final
-        self.live = live  # the JournalWriter when this is our own journal
-        self.pos = read_applied(folder, writer)
-        self._next = Position(self.pos.segment, self.pos.offset)
-        self.dropped_bytes = 0
-
-    def read(self, max_records: int) -> list[Record]:
-        """Up to ``max_records`` records after the committed position (not committed yet)."""
-        out: list[Record] = []
-        cur = Position(self.pos.segment, self.pos.offset)
-        segs = [s for s in segments_of(self.folder, self.writer) if s >= cur.segment]
-        for i, seg in enumerate(segs):
-            if seg != cur.segment:
-                cur = Position(seg, 0)
-            last = i == len(segs) - 1
-            recs, cur.offset, complete = self._read_segment(
-                seg, cur.offset, max_records - len(out), may_drop=self.final or not last
-            )
-            out.extend(recs)
-            if len(out) >= max_records or not complete:
-                break
-        self._next = cur
-        return out
-
-    def _read_segment(self, seg: int, offset: int, room: int, may_drop: bool) -> tuple[list[Record], int, bool]:
-        """(records, offset reached, reached the end of the file)."""
-        out: list[Record] = []
-        path = self.folder / _segment_name(self.writer, seg)
-        try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below, the loop returns from several places
-        except FileNotFoundError:
-            return out, offset, True
-        with f:
-            f.seek(offset)
-            buf = b""
-            while True:
-                chunk = f.read(_READ_CHUNK)
-                if not chunk:
-                    break
-                buf = buf + chunk if buf else chunk
-                frames, used, bad = parse_frames(buf)
-                take = frames[: room - len(out)]
-                out.extend(rec for rec, _ in take)
-                if len(take) < len(frames):
-                    return out, offset + take[-1][1] if take else offset, False
-                offset += used
-                buf = buf[used:]
-                if bad:
-                    # Corrupt bytes (a bad length or CRC): nothing after them can be trusted.
-                    rest = len(buf) + len(f.read())
-                    self._drop(path, rest, "a corrupt record")
-                    return out, offset + rest, True
-                if len(out) >= room:
-                    return out, offset, not buf and not f.read(1)
-        if buf:  # an incomplete frame at the end of the file
-            if not may_drop:
-                return out, offset, False  # the live writer is not done with it
-            self._drop(path, len(buf), "a torn last record")
-            return out, offset + len(buf), True
-        return out, offset, True
-
-    def _drop(self, path: Path, n: int, what: str) -> None:
-        self.dropped_bytes += n
-        log.warning("usage journal %s: dropped %d bytes of %s", path.name, n, what)
-
-    def commit(self) -> None:
-        """Persist the position reached by the last read; delete segments left behind."""
-        if (self._next.segment, self._next.offset) == (self.pos.segment, self.pos.offset):
-            return
-        self.pos = Position(self._next.segment, self._next.offset)
-        write_applied(self.folder, self.writer, self.pos)
-        current = self.live.segment if self.live is not None else None
-        for seg in segments_of(self.folder, self.writer):
-            if seg < self.pos.segment and seg != current:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.folder / _segment_name(self.writer, seg)).unlink()
-
-    def at_end(self) -> bool:
-        segs = segments_of(self.folder, self.writer)
-        if not segs:
-            return True
-        last = segs[-1]
-        if self.pos.segment < last:
-            return False
-        try:
-            size = (self.folder / _segment_name(self.writer, last)).stat().st_size
-        except FileNotFoundError:
-            return True
-        return self.pos.offset >= size
-
-    def remove_files(self) -> None:
-        """Delete every file of a dead, fully applied writer (the lock last)."""
-        for p in self.folder.glob(f"{self.writer}.*"):
-            if not p.name.endswith(".lock"):
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (self.folder / f"{self.writer}.lock").unlink()
-
-
-def unapplied_records(folder: Path) -> list[tuple[str, Record]]:
-    """(writer, record) of every record the applier has not committed yet, in every writer's journal under
-    ``folder``: read-only (no lock taken, no position moved). Billing seeds its budgets with them; a record
-    that was applied just now may still be listed (the caller checks ids against the store)."""
-    out: list[tuple[str, Record]] = []
-    for writer in sorted(writers_in(folder)):
-        out.extend((writer, rec) for rec in Tail(folder, writer, final=False).read(1 << 62))
-    return out

@@ -34,6 +34,8 @@ class UsageRequest(Base):
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_input_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     units: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # images, characters, seconds
+    input_audio_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # part of input
+    output_audio_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # part of output
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     stream: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -68,6 +70,8 @@ class _Rollup:
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     cost_input_micros: Mapped[int] = mapped_column(BigInteger, default=0)
     units: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    input_audio_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    output_audio_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     latency_ms_sum: Mapped[float] = mapped_column(Float, default=0.0)
 
 
@@ -95,6 +99,8 @@ SUMS: tuple[str, ...] = (
     "cost_micros",
     "cost_input_micros",
     "units",
+    "input_audio_tokens",
+    "output_audio_tokens",
     "latency_ms_sum",
 )
 DIMS: tuple[str, ...] = ("project_id", "api_key_id", "user_id", "model", "kind")

@@ -109,6 +109,9 @@ class Recorder:
 
     def build(self, ctx: Any, now: float) -> Record:
         key = ctx.key
+        by = getattr(ctx, "modalities", None)  # a realtime response's usage by modality
+        audio = (by.audio_in, by.audio_out) if by is not None else getattr(ctx, "audio_tokens", None)
+        a_in, a_out = audio if audio is not None else (0, 0)
         return Record(
             ctx.request_id,
             now,
@@ -135,6 +138,8 @@ class Recorder:
             ctx.error,
             getattr(ctx, "upstream_request_id", None),
             getattr(ctx, "units", 0),
+            a_in,
+            a_out,
         )
 
     async def record(self, ctx: Any) -> None:

@@ -71,6 +71,8 @@ def rollup_rows(records: Iterable[Record], granularity: int) -> list[dict[str, A
         row["cost_micros"] += r.cost_micros
         row["cost_input_micros"] += r.cost_input_micros
         row["units"] += r.units
+        row["input_audio_tokens"] += r.input_audio_tokens
+        row["output_audio_tokens"] += r.output_audio_tokens
         row["latency_ms_sum"] += r.latency_ms
     return [acc[k] for k in sorted(acc)]
 
@@ -129,6 +131,8 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "attempts",
     "error",
     "upstream_request_id",
+    "input_audio_tokens",
+    "output_audio_tokens",
 )
 
 
@@ -160,6 +164,8 @@ def request_values(r: Record) -> list[Any]:
         r.attempts,
         r.error[:256] if r.error else None,
         r.upstream_request_id[:128] if r.upstream_request_id else None,
+        r.input_audio_tokens,
+        r.output_audio_tokens,
     ]
 
 
@@ -226,7 +232,16 @@ def _raw_select(lo: int, hi: int, width: int | None, group_by: Sequence[str], fi
         func.sum(case((r.status >= 400, 1), else_=0)).label("errors"),
         *[
             func.sum(getattr(r, c)).label(c)
-            for c in ("input_tokens", "cached_tokens", "output_tokens", "cost_micros", "cost_input_micros", "units")
+            for c in (
+                "input_tokens",
+                "cached_tokens",
+                "output_tokens",
+                "cost_micros",
+                "cost_input_micros",
+                "units",
+                "input_audio_tokens",
+                "output_audio_tokens",
+            )
         ],
         func.sum(r.latency_ms).label("latency_ms_sum"),
     ]

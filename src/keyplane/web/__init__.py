@@ -1,6 +1,6 @@
 """The web dashboard at / (server-rendered Jinja pages, htmx, uPlot; every asset vendored in static/).
 
-``build_web_app(rt, admin_app)`` is called once at start-up by app.py, which hands it every path
+``build_web_app(rt)`` is called once at start-up by app.py, which hands it every path
 outside /v1 that no feature route claimed.
 """
 
@@ -120,10 +120,10 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return HTMLResponse(html, status_code=500)
 
 
-def build_web_app(rt: Runtime, admin_app: Any = None) -> Any:
+def build_web_app(rt: Runtime) -> Any:
     import anyio
 
-    from keyplane.web import access, invites, login, manage, pages, providers, roles, sso, sso_status, users
+    from keyplane.web import access, invites, keys, login, manage, pages, providers, roles, sso, sso_status, users
 
     # StaticFiles opens files through anyio, which imports that module lazily on first use: load it
     # at start-up rather than in the middle of the first request for a static file.
@@ -134,6 +134,7 @@ def build_web_app(rt: Runtime, admin_app: Any = None) -> Any:
         *sso.ROUTES,
         *pages.ROUTES,
         *manage.ROUTES,
+        *keys.ROUTES,
         *users.ROUTES,
         *invites.ROUTES,
         *providers.ROUTES,
@@ -144,7 +145,7 @@ def build_web_app(rt: Runtime, admin_app: Any = None) -> Any:
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _not_found, Exception: _server_error})
-    app.state.web = WebState(rt, admin_app)
+    app.state.web = WebState(rt)
     app.state.web.templates.globals["sso_enabled"] = sso.enabled(rt.settings)  # the login page's SSO button
     app.state.web.templates.globals["providers_enabled"] = bool(rt.settings.file.providers)  # the nav's Providers
     return _Guard(app)

@@ -22,12 +22,11 @@ from starlette.routing import Route
 from keyplane import control
 from keyplane.access import inspect, service
 from keyplane.access.policy import Policies
-from keyplane.errors import APIError
 from keyplane.members import ops as members
 from keyplane.members import roles
 from keyplane.members.models import Group
 from keyplane.store.models import ApiKey, Project
-from keyplane.web.base import Ctx, error_page, not_permitted, view
+from keyplane.web.base import Ctx, Refused, error_page, not_permitted, refused_status, view
 
 ORG_API = "/v1/organization/ip_allowlist"
 TOOL_LABELS = {
@@ -107,8 +106,8 @@ async def org_ip_set(ctx: Ctx) -> Response:
         service.check_lockout(service.ORG, nets, _seen(ctx), ctx.field("confirm_lockout") == "on")
         async with ctx.rt.write() as s:
             await service.set_ip_allowlist(s, ctx.actor, service.ORG, normal, int(ctx.rt.clock.now()))
-    except APIError as e:
-        return await _org_page(ctx, error=e.message, draft={"cidrs": raw}, status=e.status)
+    except Refused as e:
+        return await _org_page(ctx, error=e.message, draft={"cidrs": raw}, status=refused_status(e))
     await service.changed(ctx.rt)
     done = "The organization's IP allowlist is saved." if normal else "The organization's IP allowlist is lifted."
     return ctx.redirect("/access", done)
@@ -158,7 +157,7 @@ async def _target_page(
             where = await _where(ctx, s)
             p = await control.get_project(s, pid)
             k = await control.get_key(s, kid, pid, "project") if kid else None
-        except APIError:
+        except Refused:
             return error_page(ctx, 404, "Not found", "There is no such project or key.")
         models = await service.model_permissions(s, where)
         tools = await service.tool_permissions(s, where)
@@ -194,7 +193,7 @@ async def target_page(ctx: Ctx) -> Response:
 async def _change(ctx: Ctx, method: str, what: str, draft: dict[str, Any], done: str, apply: Apply) -> Response:
     """Check the permission of the twin call, run ``apply(s, where)`` in one transaction (it may return the
     message to show instead of ``done``), reload the policies. An unknown project or key is the 404 page; any
-    other APIError (bad input, a missing group) re-renders the page with it and what was typed."""
+    other refusal (bad input, a missing group) re-renders the page with it and what was typed."""
     pid, kid = _ids(ctx)
     refused = not_permitted(ctx, method, _api(pid, kid, what))
     if refused is not None:
@@ -202,13 +201,13 @@ async def _change(ctx: Ctx, method: str, what: str, draft: dict[str, Any], done:
     async with ctx.rt.read() as s:
         try:
             await _where(ctx, s)
-        except APIError:
+        except Refused:
             return error_page(ctx, 404, "Not found", "There is no such project or key.")
     try:
         async with ctx.rt.write() as s:
             done = await apply(s, await _where(ctx, s)) or done
-    except APIError as e:
-        return await _target_page(ctx, error=e.message, draft=draft, status=e.status)
+    except Refused as e:
+        return await _target_page(ctx, error=e.message, draft=draft, status=refused_status(e))
     await service.changed(ctx.rt)
     return ctx.redirect(_page_url(pid, kid), done)
 

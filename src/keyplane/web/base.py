@@ -19,16 +19,26 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from keyplane import fmt
 from keyplane.control import Actor, get_org
+from keyplane.domain import DomainError, status_of
 from keyplane.errors import APIError
 from keyplane.members import grants, permissions
 from keyplane.runtime import Runtime
-from keyplane.snapshot import KeyEntry
 from keyplane.store.models import User
 from keyplane.web import auth
-from keyplane.web.features import AdminBridge, session_principal
 from keyplane.web.fleet import SharedSignIn
 
 TEMPLATES = Path(__file__).with_name("templates")
+
+# What a dashboard action may be refused with: the domain's refusals (keyplane.domain) and the HTTP-shaped
+# errors of the code the dashboard shares with the admin API. A page shows ``e.message`` (and answers with
+# :func:`refused_status`): the dashboard's one mapping of the domain's errors.
+Refused = (DomainError, APIError)
+
+
+def refused_status(e: DomainError | APIError) -> int:
+    return e.status if isinstance(e, APIError) else status_of(e)
+
+
 MAX_FORM_FIELDS = 200
 MAX_FIELD = 4096
 
@@ -36,12 +46,11 @@ MAX_FIELD = 4096
 class WebState:
     """Everything the dashboard keeps for the life of the process."""
 
-    def __init__(self, rt: Runtime, admin_app: Any) -> None:
+    def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.sessions = auth.Sessions(rt.settings.secret_key, rt.clock)
         self.shared = SharedSignIn(rt)  # ended sessions, used TOTP steps, throttle: fleet-wide
         self.box = auth.SecretBox(rt.settings.secret_key)
-        self.bridge = AdminBridge(admin_app)
         self.templates = make_env()
         self.org_name = ""
 
@@ -152,11 +161,6 @@ class Ctx:
     @property
     def actor(self) -> Actor:
         return session_actor(self.user, self.ip)
-
-    @property
-    def principal(self) -> tuple[KeyEntry, Actor]:
-        assert self.user is not None
-        return session_principal(self.user.id, self.user.email, self.ip)
 
     def field(self, name: str, default: str = "") -> str:
         v = self.form.get(name) if self.form is not None else None

@@ -7,10 +7,9 @@ import anyio
 from starlette.responses import Response
 from starlette.routing import Route
 
-from keyplane.errors import APIError
 from keyplane.members import invites
 from keyplane.web import auth
-from keyplane.web.base import Ctx, view
+from keyplane.web.base import Ctx, Refused, view
 
 _INVALID = "This invite link is not valid: it was used, deleted, or has expired. Ask an owner for a new invite."
 
@@ -49,7 +48,7 @@ async def invite_submit(ctx: Ctx) -> Response:
             await invites.accept_invite(
                 s, rt.settings.secret_key, token, password_hash=hashed, name=ctx.field("name")[:256]
             )
-    except APIError as e:
+    except Refused as e:
         if e.code == "invite_sender_unauthorized":
             return ctx.render("invite_accept.html", status=403, invite=None, error=e.message)
         return ctx.render("invite_accept.html", status=400, invite=None, error=_INVALID)

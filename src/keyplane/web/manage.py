@@ -1,6 +1,7 @@
-"""Pages that change things: Projects (spend limit, rate limits), Keys, Credit. Owners only for changes.
+"""Pages that change things: Projects (spend limit, rate limits), Credit (keys: web/keys.py). Owners only
+for changes.
 
-Every change goes through keyplane.control (or a feature's admin endpoint) with the signed-in user
+Every change goes through keyplane.control (or a feature's service, keyplane.web.features) with the signed-in user
 as a ``session`` actor, so it is in the audit log like any API change. A key value appears once, in
 the dialog answering its creation or rotation, and nowhere else.
 """
@@ -14,12 +15,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keyplane import control
-from keyplane.errors import APIError
 from keyplane.members import ops as members
 from keyplane.scopes import AREAS
 from keyplane.store.models import ApiKey, Project, ServiceAccount, User
-from keyplane.web import data
-from keyplane.web.base import Ctx, error_page, view
+from keyplane.web import data, features
+from keyplane.web.base import Ctx, Refused, error_page, view
 
 EXPIRY = {"never": None, "30d": 30 * 86400, "90d": 90 * 86400, "365d": 365 * 86400}
 MODEL_LIMIT_FIELDS = ("max_requests_per_1_minute", "max_tokens_per_1_minute", "max_requests_per_1_day")
@@ -56,14 +56,8 @@ async def projects_page(ctx: Ctx) -> Response:
             await s.execute(select(func.count()).select_from(Project).where(Project.status == "archived"))
         ).scalar()
     now = ctx.rt.clock.now()
-    costs = await ctx.web.bridge.all_pages(
-        "/costs",
-        ctx.principal,
-        start_time=data.month_start(now),
-        end_time=int(now) + 86400,
-        bucket_width="1d",
-        limit=31,
-        group_by=["project_id"],
+    costs = await features.costs(
+        ctx, start=data.month_start(now), end=int(now) + 86400, limit=31, group_by=["project_id"]
     )
     spend = data.grouped_costs(costs.items(), "project_id") if costs.ok else None
     return ctx.render(
@@ -82,7 +76,7 @@ async def project_create(ctx: Ctx) -> Response:
     try:
         async with ctx.rt.write() as s:
             p = await control.create_project(s, ctx.actor, ctx.field("name"))
-    except APIError as e:
+    except Refused as e:
         return _problem(ctx, e.message)
     return ctx.redirect(f"/projects/{p.id}", f"Project “{p.name}” created. Next: create a key for it.")
 
@@ -92,7 +86,7 @@ async def _project_page(ctx: Ctx, pid: str, *, secret: dict[str, Any] | None = N
         try:
             p = await control.get_project(s, pid)
             await members.ensure_reachable(s, ctx.user, pid)
-        except APIError:
+        except Refused:
             return error_page(ctx, 404, "Not found", f"There is no project with id {pid}.")
         show_revoked = ctx.request.query_params.get("revoked") == "1"
         stmt = select(ApiKey).where(ApiKey.project_id == pid, ApiKey.kind != "admin").order_by(ApiKey.seq.desc())
@@ -104,9 +98,8 @@ async def _project_page(ctx: Ctx, pid: str, *, secret: dict[str, Any] | None = N
             a.id: a for a in (await s.execute(select(ServiceAccount).where(ServiceAccount.project_id == pid))).scalars()
         }
     now = ctx.rt.clock.now()
-    b, pr = ctx.web.bridge, ctx.principal
-    limit = await b.get(f"/projects/{pid}/spend_limit", pr)
-    rates = await b.get(f"/projects/{pid}/rate_limits", pr, limit=100)
+    limit = await features.spend_limit(ctx, pid)
+    rates = await features.rate_limits(ctx, pid, limit=100)
     rows = [
         {
             "k": k,
@@ -165,7 +158,7 @@ async def project_archive(ctx: Ctx) -> Response:
     try:
         async with ctx.rt.write() as s:
             p = await control.archive_project(s, ctx.actor, pid)
-    except APIError as e:
+    except Refused as e:
         return _problem(ctx, e.message)
     return ctx.redirect("/projects", f"Project “{p.name}” archived: its keys no longer work.")
 
@@ -181,10 +174,10 @@ def _dollars_to_cents(raw: str) -> int:
     return round(dollars * 100)
 
 
-async def _set_spend_limit(ctx: Ctx, api_path: str, back: str) -> Response:
+async def _set_spend_limit(ctx: Ctx, pid: str | None, back: str) -> Response:
     raw = ctx.field("amount")
     if raw == "":
-        r = await ctx.web.bridge.delete(api_path, ctx.principal)
+        r = await features.delete_spend_limit(ctx, pid)
         if r.status == 404 and r.available:
             return ctx.redirect(back, "There was no spend limit to remove.")
     else:
@@ -194,7 +187,7 @@ async def _set_spend_limit(ctx: Ctx, api_path: str, back: str) -> Response:
             return _problem(ctx, str(e))
         enforce = "enforcing" if ctx.field("enforce") == "on" else "inactive"
         body = {"threshold_amount": cents_, "currency": "USD", "interval": "month", "enforcement": {"status": enforce}}
-        r = await ctx.web.bridge.post(api_path, ctx.principal, body)
+        r = await features.set_spend_limit(ctx, body, pid)
     if not r.available:
         return _problem(ctx, "Spend limits are not available in this build of keyplane.", 501)
     if not r.ok:
@@ -205,12 +198,12 @@ async def _set_spend_limit(ctx: Ctx, api_path: str, back: str) -> Response:
 @view(owner=True)
 async def spend_limit_set(ctx: Ctx) -> Response:
     pid = ctx.request.path_params["pid"]
-    return await _set_spend_limit(ctx, f"/projects/{pid}/spend_limit", f"/projects/{pid}#spend-limit")
+    return await _set_spend_limit(ctx, pid, f"/projects/{pid}#spend-limit")
 
 
 @view(owner=True)
 async def org_spend_limit_set(ctx: Ctx) -> Response:
-    return await _set_spend_limit(ctx, "/spend_limit", "/credit")
+    return await _set_spend_limit(ctx, None, "/credit")
 
 
 @view(owner=True)
@@ -227,7 +220,7 @@ async def credit_grant_add(ctx: Ctx) -> Response:
         body["expires_at"] = int(ctx.rt.clock.now()) + int(days) * 86400
     if ctx.field("note"):
         body["note"] = ctx.field("note")[:1000]
-    r = await ctx.web.bridge.post("/credit_grants", ctx.principal, body)
+    r = await features.add_credit_grant(ctx, body)
     if not r.available:
         return _problem(ctx, "Prepaid credit is not available in this build of keyplane.", 501)
     if not r.ok:
@@ -248,189 +241,12 @@ async def rate_limit_set(ctx: Ctx) -> Response:
         body[name] = int(raw)
     if not body:
         return _problem(ctx, "Enter at least one limit.")
-    r = await ctx.web.bridge.post(f"/projects/{pid}/rate_limits/{rid}", ctx.principal, body)
+    r = await features.set_rate_limit(ctx, pid, rid, body)
     if not r.available:
         return _problem(ctx, "Rate limits are not available in this build of keyplane.", 501)
     if not r.ok:
         return _problem(ctx, r.error, r.status)
     return ctx.redirect(f"/projects/{pid}#rate-limits", "Rate limit saved.")
-
-
-# --- keys --------------------------------------------------------------------------------------
-
-
-def _perms_from_form(ctx: Ctx) -> str | list[str]:
-    return data.permissions_from_form(ctx.field("mode"), {a: ctx.field(f"area_{a}") for a in AREAS})
-
-
-async def _secret_answer(ctx: Ctx, pid: str, secret: dict[str, Any]) -> Response:
-    """The once-only dialog: a fragment for htmx, else the whole project page with the dialog open."""
-    r: Response
-    if ctx.is_htmx:
-        r = ctx.render("_secret.html", secret=secret)
-    else:
-        r = await _project_page(ctx, pid, secret=secret)
-    r.headers["cache-control"] = "no-store"
-    return r
-
-
-@view(owner=True)
-async def key_create(ctx: Ctx) -> Response:
-    pid = ctx.request.path_params["pid"]
-    assert ctx.user is not None
-    try:
-        perms = _perms_from_form(ctx)
-    except data.PermissionsError as e:
-        return _problem(ctx, str(e))
-    kind = ctx.field("kind", "user")
-    expiry = EXPIRY.get(ctx.field("expires", "never"))
-    secret_key = ctx.rt.settings.secret_key
-    try:
-        async with ctx.rt.write() as s:
-            if kind == "service_account":
-                p = await control.get_project(s, pid)
-                sa, value = await control.create_service_account(
-                    s, ctx.actor, p, ctx.field("name"), secret=secret_key, expires_in_seconds=expiry
-                )
-                key_id = sa.api_key_id  # type: ignore[attr-defined]
-                if perms != "all":
-                    await control.update_key(s, ctx.actor, key_id, project_id=pid, permissions=perms)
-                name = sa.name
-            else:
-                row, value = await control.create_project_key(
-                    s,
-                    ctx.actor,
-                    secret_key,
-                    pid,
-                    name=ctx.field("name"),
-                    owner_user_id=ctx.user.id,
-                    permissions=perms,
-                    expires_in_seconds=expiry,
-                )
-                key_id, name = row.id, row.name
-    except APIError as e:
-        return _problem(ctx, e.message)
-    return await _secret_answer(
-        ctx,
-        pid,
-        {
-            "title": "Your new key",
-            "name": name,
-            "id": key_id,
-            "value": value,
-            "kind": "key",
-            "back": f"/projects/{pid}",
-        },
-    )
-
-
-async def _key(ctx: Ctx, s: Any) -> ApiKey:
-    return await control.get_key(s, ctx.request.path_params["kid"], ctx.request.path_params["pid"], "project")
-
-
-@view()
-async def key_page(ctx: Ctx) -> Response:
-    pid = ctx.request.path_params["pid"]
-    async with ctx.rt.read() as s:
-        try:
-            k = await _key(ctx, s)
-            p = await control.get_project(s, pid)
-            await members.ensure_reachable(s, ctx.user, pid)
-        except APIError:
-            return error_page(ctx, 404, "Not found", "There is no such key in this project.")
-        users = {u.id: u for u in (await s.execute(select(User))).scalars()}
-        sas = {
-            a.id: a for a in (await s.execute(select(ServiceAccount).where(ServiceAccount.project_id == pid))).scalars()
-        }
-    perms = data.permissions_from(k.permissions)
-    return ctx.render(
-        "key.html",
-        nav="projects",
-        p=p,
-        k=k,
-        key_status=_status(k, ctx.rt.clock.now()),
-        owner=_owner(k, users, sas),
-        perms=data.summary(perms),
-        areas=AREAS,
-        levels=data.area_levels(perms),
-        mode=perms.mode,
-    )
-
-
-@view(owner=True)
-async def key_permissions(ctx: Ctx) -> Response:
-    pid, kid = ctx.request.path_params["pid"], ctx.request.path_params["kid"]
-    try:
-        perms = _perms_from_form(ctx)
-        async with ctx.rt.write() as s:
-            k = await control.update_key(
-                s, ctx.actor, kid, project_id=pid, permissions=perms, name=ctx.field("name") or None
-            )
-    except data.PermissionsError as e:
-        return _problem(ctx, str(e))
-    except APIError as e:
-        return _problem(ctx, e.message)
-    return ctx.redirect(f"/projects/{pid}", f"Permissions of “{k.name}” updated; the key value is unchanged.")
-
-
-@view(owner=True)
-async def key_rotate(ctx: Ctx) -> Response:
-    pid, kid = ctx.request.path_params["pid"], ctx.request.path_params["kid"]
-    grace = {"0": 0, "1h": 3600, "24h": 86400}.get(ctx.field("grace", "0"), 0)
-    try:
-        async with ctx.rt.write() as s:
-            new, value, _old = await control.rotate_key(
-                s, ctx.actor, ctx.rt.settings.secret_key, kid, project_id=pid, grace_seconds=grace
-            )
-    except APIError as e:
-        return _problem(ctx, e.message)
-    note = "The old key stops working now." if not grace else "The old key keeps working during the grace period."
-    return await _secret_answer(
-        ctx,
-        pid,
-        {
-            "title": "The rotated key",
-            "name": new.name,
-            "id": new.id,
-            "value": value,
-            "kind": "key",
-            "note": note,
-            "back": f"/projects/{pid}",
-        },
-    )
-
-
-async def _key_change(ctx: Ctx, action: str) -> Response:
-    pid = ctx.request.path_params["pid"]
-    reason = ctx.field("reason")[:500]
-    try:
-        async with ctx.rt.write() as s:
-            k = await _key(ctx, s)
-            if action == "revoke":
-                await control.revoke_key(s, ctx.actor, k, reason or "revoked from the dashboard")
-            else:
-                await control.set_suspended(
-                    s, ctx.actor, k, (reason or "suspended from the dashboard") if action == "suspend" else None
-                )
-    except APIError as e:
-        return _problem(ctx, e.message)
-    done = {"revoke": "revoked", "suspend": "suspended", "resume": "resumed"}[action]
-    return ctx.redirect(f"/projects/{pid}", f"Key “{k.name}” {done}.")
-
-
-@view(owner=True)
-async def key_revoke(ctx: Ctx) -> Response:
-    return await _key_change(ctx, "revoke")
-
-
-@view(owner=True)
-async def key_suspend(ctx: Ctx) -> Response:
-    return await _key_change(ctx, "suspend")
-
-
-@view(owner=True)
-async def key_resume(ctx: Ctx) -> Response:
-    return await _key_change(ctx, "resume")
 
 
 ROUTES = [
@@ -442,11 +258,4 @@ ROUTES = [
     Route("/projects/{pid}/rate-limits/{rid}", rate_limit_set, methods=["POST"]),
     Route("/credit/spend-limit", org_spend_limit_set, methods=["POST"]),
     Route("/credit/grants", credit_grant_add, methods=["POST"]),
-    Route("/projects/{pid}/keys", key_create, methods=["POST"]),
-    Route("/projects/{pid}/keys/{kid}", key_page, methods=["GET"]),
-    Route("/projects/{pid}/keys/{kid}/permissions", key_permissions, methods=["POST"]),
-    Route("/projects/{pid}/keys/{kid}/rotate", key_rotate, methods=["POST"]),
-    Route("/projects/{pid}/keys/{kid}/revoke", key_revoke, methods=["POST"]),
-    Route("/projects/{pid}/keys/{kid}/suspend", key_suspend, methods=["POST"]),
-    Route("/projects/{pid}/keys/{kid}/resume", key_resume, methods=["POST"]),
 ]

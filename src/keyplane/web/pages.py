@@ -12,23 +12,31 @@ from sqlalchemy import select
 from starlette.responses import Response
 from starlette.routing import Route
 
-from keyplane import control, errors
+from keyplane import control
 from keyplane.admin import shapes
 from keyplane.store.models import ApiKey, AuditLog, Project, User
-from keyplane.web import data
-from keyplane.web.base import Ctx, view
+from keyplane.web import data, features
+from keyplane.web.base import Ctx, Refused, view
 from keyplane.web.features import Result
 
-# Every usage kind keyplane meters (usage/api.py METERED): the pages total them all, as `keyplane usage`
+# Every usage kind keyplane meters (usage/queries.py METERED): the pages total them all, as `keyplane usage`
 # and /costs do, not the completions alone.
 USAGE_KINDS = ("completions", "embeddings", "moderations", "images", "audio_speeches", "audio_transcriptions")
 
 
-async def all_usage(ctx: Ctx, **query: Any) -> Result:
+async def all_usage(
+    ctx: Ctx, *, start: int, end: int, bucket_width: str, limit: int, group_by: list[str], **filters: Any
+) -> Result:
     """The usage buckets of every kind, merged by bucket start; each result says its ``kind``. The answer's
     status is the completions one (the feature is there or not); another kind that fails is left out."""
-    b = ctx.web.bridge
-    answers = await asyncio.gather(*(b.all_pages(f"/usage/{k}", ctx.principal, **query) for k in USAGE_KINDS))
+    answers = await asyncio.gather(
+        *(
+            features.usage(
+                ctx, k, start=start, end=end, bucket_width=bucket_width, limit=limit, group_by=group_by, **filters
+            )
+            for k in USAGE_KINDS
+        )
+    )
     first = answers[0]
     if not first.ok or not isinstance(first.data, dict):
         return first
@@ -45,17 +53,16 @@ async def all_usage(ctx: Ctx, **query: Any) -> Result:
 async def _usage_and_costs(
     ctx: Ctx, start: int, end: int, width: str, count: int, **filters: Any
 ) -> tuple[Result, Result]:
-    b = ctx.web.bridge
-    usage = await all_usage(ctx, start_time=start, end_time=end, bucket_width=width, limit=count, **filters)
+    group_by = filters.pop("group_by", [])
+    usage = await all_usage(ctx, start=start, end=end, bucket_width=width, limit=count, group_by=group_by, **filters)
     cost_filters = {k: v for k, v in filters.items() if k in ("project_ids", "api_key_ids", "models")}
-    cost_filters["group_by"] = [g for g in filters.get("group_by", []) if g in ("project_id", "api_key_id")]
-    costs = await b.all_pages(
-        "/costs",
-        ctx.principal,
-        start_time=start,
-        end_time=end,
-        bucket_width="1d",
+    cost_group = [g for g in group_by if g in ("project_id", "api_key_id")]
+    costs = await features.costs(
+        ctx,
+        start=start,
+        end=end,
         limit=min(count, 31) if width == "1d" else 2,
+        group_by=cost_group,
         **cost_filters,
     )
     return usage, costs
@@ -71,18 +78,15 @@ def _buckets(r: Result) -> list[dict[str, Any]]:
 @view()
 async def overview(ctx: Ctx) -> Response:
     now = ctx.rt.clock.now()
-    b, pr = ctx.web.bridge, ctx.principal
     mstart = data.month_start(now)
     start, end, width, count = data.range_window(now, "30d")
     group = ["project_id", "api_key_id", "model"]
     usage, costs = await _usage_and_costs(ctx, start, end, width, count, group_by=group)
-    month_usage = await all_usage(ctx, start_time=mstart, end_time=end, bucket_width="1d", limit=31, group_by=group)
-    month_costs = await b.all_pages(
-        "/costs", pr, start_time=mstart, end_time=end, bucket_width="1d", limit=31, group_by=["project_id"]
-    )
-    org_limit = await b.get("/spend_limit", pr)
-    balance = await b.get("/credit_balance", pr)
-    events = await b.get("/guard/events", pr, limit=5)
+    month_usage = await all_usage(ctx, start=mstart, end=end, bucket_width="1d", limit=31, group_by=group)
+    month_costs = await features.costs(ctx, start=mstart, end=end, limit=31, group_by=["project_id"])
+    org_limit = await features.spend_limit(ctx)
+    balance = await features.credit_balance(ctx)
+    events = await features.guard_events(ctx, limit=5)
     chart = data.usage_view(_buckets(usage), _buckets(costs), start, width, count)
     month = data.usage_view(_buckets(month_usage), _buckets(month_costs), mstart, "1d", 31)
     async with ctx.rt.read() as s:
@@ -158,11 +162,10 @@ async def usage_page(ctx: Ctx) -> Response:
         {str(r.get("model")) for r in u["view"].rows if r.get("model")}
         | ({u["f"]["model"]} if u["f"]["model"] else set())
     )
-    requests = await ctx.web.bridge.get(
-        "/usage/requests",
-        ctx.principal,
+    requests = await features.usage_requests(
+        ctx,
         limit=20,
-        start_time=u["start"],
+        start=u["start"],
         project_ids=[u["f"]["project"]] if u["f"]["project"] else None,
         api_key_ids=[u["f"]["key"]] if u["f"]["key"] else None,
         models=[u["f"]["model"]] if u["f"]["model"] else None,
@@ -244,10 +247,9 @@ def _csv_safe(value: str) -> str:
 
 @view()
 async def credit_page(ctx: Ctx) -> Response:
-    b, pr = ctx.web.bridge, ctx.principal
-    balance = await b.get("/credit_balance", pr)
-    grants = await b.get("/credit_grants", pr, limit=100)
-    org_limit = await b.get("/spend_limit", pr)
+    balance = await features.credit_balance(ctx)
+    grants = await features.credit_grants(ctx, limit=100)
+    org_limit = await features.spend_limit(ctx)
     return ctx.render(
         "credit.html",
         nav="credit",
@@ -270,9 +272,8 @@ async def credit_page(ctx: Ctx) -> Response:
 
 @view()
 async def guard_page(ctx: Ctx) -> Response:
-    b, pr = ctx.web.bridge, ctx.principal
-    rules = await b.get("/guard/rules", pr)
-    events = await b.get("/guard/events", pr, limit=50)
+    rules = await features.guard_rules(ctx)
+    events = await features.guard_events(ctx, limit=50)
     async with ctx.rt.read() as s:
         pnames, knames = await data.names(s)
         knames_short = dict((await s.execute(select(ApiKey.id, ApiKey.name))).all())
@@ -330,7 +331,7 @@ async def audit_page(ctx: Ctx) -> Response:
             rows, more = await control.page(
                 s, AuditLog, stmt, after=q.get("after") or None, limit=AUDIT_PAGE, descending=True
             )
-        except errors.APIError:
+        except Refused:
             rows, more = [], False
         pnames, _ = await data.names(s)
         projects = list((await s.execute(select(Project).order_by(Project.seq))).scalars())

@@ -2,17 +2,18 @@
 its key hygiene report from the last sync, and what the provider rules did.
 
 It reads what the admin API shows (GET /v1/organization/providers, .../providers/{name}/report,
-.../providers/events), which `keyplane providers report --json` shares through keyplane.providers.report.
+.../providers/events) through the same service functions (keyplane.providers.service, by way of
+keyplane.web.features); `keyplane providers report --json` shares the report through keyplane.providers.report.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 from starlette.responses import Response
 from starlette.routing import Route
 
+from keyplane.web import features
 from keyplane.web.base import Ctx, view
 
 DEFAULT_UNUSED_DAYS = 30
@@ -82,13 +83,11 @@ def _days(raw: str | None) -> int:
 
 @view()
 async def providers_page(ctx: Ctx) -> Response:
-    b, pr = ctx.web.bridge, ctx.principal
     days = _days(ctx.request.query_params.get("unused_days"))
-    listed = await b.get("/providers", pr)
+    listed = await features.providers(ctx)
     items: list[dict[str, Any]] = []
     for p in listed.items():
-        name = str(p.get("id") or "")
-        rep = await b.get(f"/providers/{quote(name, safe='')}/report", pr, unused_days=days)
+        rep = await features.provider_report(ctx, str(p.get("id") or ""), days)
         items.append(
             {
                 "provider": p,
@@ -96,7 +95,7 @@ async def providers_page(ctx: Ctx) -> Response:
                 "error": None if rep.ok else rep.error,
             }
         )
-    events = await b.get("/providers/events", pr, limit=20) if items else None
+    events = await features.provider_events(ctx, limit=20) if items else None
     return ctx.render(
         "providers.html",
         nav="providers",

@@ -18,12 +18,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keyplane import control
-from keyplane.errors import APIError
 from keyplane.members import permissions
 from keyplane.members import roles as svc
 from keyplane.members.models import Group, ProjectGroup
 from keyplane.store.models import Project, User
-from keyplane.web.base import Ctx, error_page, not_permitted, view
+from keyplane.web.base import Ctx, Refused, error_page, not_permitted, refused_status, view
 
 ROLES_API = "/v1/organization/roles"
 GROUPS_API = "/v1/organization/groups"
@@ -86,15 +85,15 @@ async def _on_roles_page(
     back: str = "/roles",
 ) -> Response:
     """Check the twin call's permission, run ``apply(session)`` in one transaction (it returns the message
-    shown after the redirect); an APIError re-renders the Roles page with it."""
+    shown after the redirect); a refusal (web.base.Refused) re-renders the Roles page with it."""
     refused = not_permitted(ctx, method, api_path)
     if refused is not None:
         return refused
     try:
         async with ctx.rt.write() as s:
             done = await apply(s)
-    except APIError as e:
-        return await _roles_page(ctx, error=e.message, draft=draft, status=e.status)
+    except Refused as e:
+        return await _roles_page(ctx, error=e.message, draft=draft, status=refused_status(e))
     return ctx.redirect(back, done)
 
 
@@ -197,8 +196,8 @@ async def group_create(ctx: Ctx) -> Response:
         async with ctx.rt.write() as s:
             g = await svc.create_group(s, ctx.actor, name)
             gid, done = g.id, f"Group “{g.name}” created. Add its users and roles below."
-    except APIError as e:
-        return await _roles_page(ctx, error=e.message, draft={"group_name": name}, status=e.status)
+    except Refused as e:
+        return await _roles_page(ctx, error=e.message, draft={"group_name": name}, status=refused_status(e))
     return ctx.redirect(f"/groups/{gid}", done)
 
 
@@ -207,7 +206,7 @@ async def _group_page(ctx: Ctx, *, error: str | None = None, status: int = 200) 
     async with ctx.rt.read() as s:
         try:
             g = await svc.get_group(s, gid)
-        except APIError:
+        except Refused:
             return error_page(ctx, 404, "Not found", f"There is no group with id {gid}.")
         members = await svc.group_users(s, gid)
         held = await svc.roles_of_group(s, gid)
@@ -257,8 +256,8 @@ async def _on_group_page(
     try:
         async with ctx.rt.write() as s:
             done = await apply(s)
-    except APIError as e:
-        return await _group_page(ctx, error=e.message, status=e.status)
+    except Refused as e:
+        return await _group_page(ctx, error=e.message, status=refused_status(e))
     return ctx.redirect(back or f"/groups/{gid}", done)
 
 

@@ -28,10 +28,9 @@ from starlette.routing import Route
 
 from keyplane import control
 from keyplane.config import Settings
-from keyplane.errors import APIError
 from keyplane.identity import oidc
 from keyplane.store.models import User
-from keyplane.web.base import Ctx, safe_next, session_actor, view
+from keyplane.web.base import Ctx, Refused, safe_next, session_actor, view
 from keyplane.web.login import _signed_in
 
 COOKIE = "kp_sso"
@@ -213,7 +212,7 @@ async def sso_callback(ctx: Ctx) -> Response:
         user = await _user_for(ctx, claims)
     except (SSOError, oidc.TokenRejected) as e:
         return _failed(ctx, str(e), 403)
-    except APIError as e:  # e.g. the last owner would lose the role
+    except Refused as e:  # e.g. the last owner would lose the role
         return _failed(ctx, e.message, 403)
     except (aiohttp.ClientError, TimeoutError, ValueError, orjson.JSONDecodeError):
         return _failed(ctx, "The identity provider could not be reached. Sign in with your password.", 503)

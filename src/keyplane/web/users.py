@@ -9,10 +9,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keyplane import control
-from keyplane.errors import APIError
 from keyplane.store.models import User
 from keyplane.web import auth
-from keyplane.web.base import Ctx, error_page, view
+from keyplane.web.base import Ctx, Refused, error_page, view
 
 
 def _problem(ctx: Ctx, message: str, status: int = 400) -> Response:
@@ -46,7 +45,7 @@ async def user_add(ctx: Ctx) -> Response:
                 name=ctx.field("name"),
                 password_hash=auth.hash_password(password),
             )
-    except APIError as e:
+    except Refused as e:
         return _problem(ctx, e.message)
     secret = {
         "title": "User added",
@@ -80,7 +79,7 @@ async def _user_change(ctx: Ctx, action: str) -> Response:
             else:
                 await control.delete_user(s, ctx.actor, uid)
                 msg = f"{email} removed; their user keys are revoked."
-    except APIError as e:
+    except Refused as e:
         return _problem(ctx, e.message)
     if uid == ctx.user.id and action != "role":
         return ctx.redirect("/login", msg)

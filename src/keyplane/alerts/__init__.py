@@ -5,8 +5,8 @@ Any feature sends an :class:`Alert` through the runtime's one :class:`Dispatcher
 patterns match the alert's event gets it in a background task, retried with exponential backoff and
 jitter on connection errors, timeouts, 429 and 5xx. Outcomes are counted in ``Dispatcher.counters``
 (``{"<sink type>:<delivered|retried|failed|dropped>": n}``) for the metrics endpoint, and failures are
-logged. Sinks come from ``[[alerts.sinks]]`` in keyplane.toml (config.AlertSink); their secrets from
-environment variables named there, never the file.
+logged. Sinks come from ``[[alerts.sinks]]`` in keyplane.toml (schema and checks: config.py); their
+secrets from environment variables named there, never the file.
 
 Webhook body: ``{"object": "keyplane.alert", "id", "event", "created_at", "severity", "summary", ...details}``,
 signed with ``keyplane-signature: sha256=<hex HMAC-SHA256(secret, body)>`` (docs/guard.md shows how
@@ -27,7 +27,7 @@ import random
 import smtplib
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any, Protocol
@@ -36,7 +36,7 @@ import aiohttp
 import orjson
 
 from keyplane import ids
-from keyplane.config import AlertSink, AlertsSection
+from keyplane.alerts.config import AlertSink, AlertsSection, check_sinks
 
 log = logging.getLogger("keyplane.alerts")
 
@@ -247,40 +247,6 @@ class EmailSink:
 
 class AlertConfigError(ValueError):
     pass
-
-
-def check_sinks(section: AlertsSection) -> Iterable[str]:
-    """Problems of keyplane.toml's [alerts] section, each naming its field (config._validate)."""
-    if section.max_attempts < 1:
-        yield "$.alerts.max_attempts: must be at least 1"
-    if section.retry_backoff < 0 or section.retry_backoff_max < section.retry_backoff:
-        yield "$.alerts.retry_backoff: must be >= 0 and at most retry_backoff_max"
-    for i, s in enumerate(section.sinks):
-        where = f"$.alerts.sinks[{i}]"
-        if s.type in ("webhook", "slack") and not s.url.startswith(("http://", "https://")):
-            yield f"{where}.url: a {s.type} sink needs an http:// or https:// url"
-        if s.type == "pagerduty":
-            if not s.routing_key_env:
-                yield (
-                    f"{where}.routing_key_env: a pagerduty sink needs the name of the variable holding its routing key"
-                )
-            if s.url and not s.url.startswith(("http://", "https://")):
-                yield f"{where}.url: must start with http:// or https://"
-        if s.type == "email":
-            if not s.smtp_host:
-                yield f"{where}.smtp_host: an email sink needs an SMTP host"
-            if "@" not in s.email_from:
-                yield f"{where}.email_from: an email sink needs a sender address"
-            if not s.email_to or any("@" not in a for a in s.email_to):
-                yield f"{where}.email_to: an email sink needs a list of recipient addresses"
-            if not 0 < s.smtp_port < 65536:
-                yield f"{where}.smtp_port: must be between 1 and 65535"
-        for env_field in ("secret_env", "routing_key_env", "smtp_password_env"):
-            v = getattr(s, env_field)
-            if v and (v.startswith(("sk-", "http")) or len(v) > 128):
-                yield f"{where}.{env_field}: name the environment variable that holds the secret, not the secret"
-        if s.timeout <= 0:
-            yield f"{where}.timeout: must be > 0"
 
 
 def build_sinks(section: AlertsSection, env: Mapping[str, str]) -> list[Sink]:

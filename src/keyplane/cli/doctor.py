@@ -1,0 +1,60 @@
+"""`keyplane doctor` (registered by keyplane.cli.registry); the checks are keyplane.doctor's."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated
+
+import typer
+
+from keyplane.doctor import DEFAULT_BASE_URL, Report, diagnose
+
+
+def _print(report: Report) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    c = Console(highlight=False)
+    c.print(
+        f"keyplane doctor: {report.base_url}"
+        + (f" with key {report.key} (from {report.key_source})" if report.key else ""),
+        markup=False,
+    )
+    for ch in report.checks:
+        c.print(
+            f"{'[green]ok[/green]  ' if ch.ok else '[red]FAIL[/red]'} {escape(f'{ch.name}: {ch.detail}')}", markup=True
+        )
+        if ch.fix and not ch.ok:
+            c.print(f"      fix: {ch.fix}", markup=False)
+    c.print("All checks passed." if report.ok else "Some checks failed; see the fixes above.")
+
+
+def doctor(
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--base-url", help="keyplane's /v1 URL (default: $OPENAI_BASE_URL, else http://127.0.0.1:8080/v1)."
+        ),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option("--key", help="The key to check (default: $OPENAI_API_KEY, else $KEYPLANE_API_KEY)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request.")] = 10.0,
+) -> None:
+    """Check a key and the way to keyplane, and explain any 401/403/429 with its fix."""
+    source = "--key" if key else None
+    if key is None:
+        for var in ("OPENAI_API_KEY", "KEYPLANE_API_KEY"):
+            if os.environ.get(var):
+                key, source = os.environ[var], f"${var}"
+                break
+    url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    report = diagnose(url, key, source, timeout)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+    else:
+        _print(report)
+    raise typer.Exit(0 if report.ok else 1)

@@ -1,0 +1,100 @@
+"""`keyplane init` and `keyplane serve`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from keyplane import control
+from keyplane.cli.common import JsonOpt, err, fail, out, print_json, run_store, settings, state
+from keyplane.config import DEFAULT_CONFIG, Settings
+from keyplane.serving import ServeOptions
+
+
+def init(
+    org_name: Annotated[str, typer.Option(help="Name of the organization.")] = "My organization",
+    owner_email: Annotated[str, typer.Option(help="Email of the owner user.")] = "owner@example.com",
+    json: JsonOpt = False,
+) -> None:
+    """Create the store, the organization, its owner, "Default project", a service-account key and an
+    admin key, and print both key values once. Refuses to run twice."""
+    s = settings(create_secret=True)
+    s.home.mkdir(parents=True, exist_ok=True)
+    cfg_path = state.config or s.home / "keyplane.toml"
+    if not cfg_path.exists():
+        cfg_path.write_text(DEFAULT_CONFIG)
+        s = settings()
+
+    async def go(session: Any) -> dict[str, Any]:
+        try:
+            return await control.init_org(session, s.secret_key, org_name, owner_email)
+        except control.AlreadyInitialized:
+            raise fail(
+                f"keyplane is already initialized in {s.home.resolve()}. Its keys were shown once at init and "
+                "cannot be shown again; create new ones with `keyplane keys create` if they are lost."
+            ) from None
+
+    res = run_store(s, go, write=True, need_org=False)
+    if json:
+        print_json(res)
+        return
+    out.print(f"[bold green]keyplane initialized[/] in {escape(str(s.home.resolve()))}")
+    out.print(
+        f"organization  {res['organization_id']}\nowner         {res['owner_user_id']} ({owner_email})", markup=False
+    )
+    out.print(f"project       {res['project_id']} (Default project)", markup=False)
+    out.print("\n[bold]These keys are shown once. Store them now.[/]")
+    out.print(
+        f"API key (service account, Default project):\n  {res['api_key']}",
+        highlight=False,
+        soft_wrap=True,
+        markup=False,
+    )
+    out.print(f"Admin key (admin API):\n  {res['admin_key']}", highlight=False, soft_wrap=True, markup=False)
+    out.print(
+        f"\nConfig: {cfg_path}. Next: `keyplane serve`, then point an OpenAI SDK at "
+        f"http://{s.host}:{s.port}/v1 with the API key and model demo-echo.",
+        markup=False,
+    )
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (setting host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (setting port).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (each with its own snapshot).")] = 1,
+) -> None:
+    """Run keyplane: the /v1 proxy, the admin API and health endpoints. Migrations apply on start."""
+    s = settings(create_secret=True, host=host, port=port)
+    _ensure_org_or_warn(s)
+    if workers > 1 and not s.redis_url:
+        err.print(
+            f"[yellow]warning:[/] {workers} workers without KEYPLANE_REDIS_URL: each worker keeps its own rate "
+            "limits and budget reservations, so together they allow up to "
+            f"{workers}x the limits. Set KEYPLANE_REDIS_URL to share them."
+        )
+    err.print(f"keyplane serving on http://{s.host}:{s.port} (store: {_store_name(s)})", markup=False)
+    # The serving process is keyplane.serving, given its settings on its command line: this process
+    # becomes it (same pid), leaving typer, click and rich behind (keyplane/serving.py).
+    opts = ServeOptions(config=str(state.config) if state.config else None, host=s.host, port=s.port, workers=workers)
+    argv = opts.argv()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)  # noqa: S606 (no shell: this interpreter, arguments as a list)
+
+
+def _store_name(s: Settings) -> str:
+    if s.is_sqlite:
+        return "SQLite " + s.database_url.split(":///", 1)[1]
+    return "PostgreSQL"
+
+
+def _ensure_org_or_warn(s: Settings) -> None:
+    async def has_org(session: Any) -> bool:
+        return await control.get_org(session) is not None
+
+    if not run_store(s, has_org, need_org=False):
+        err.print("[yellow]warning:[/] no organization yet: every key will be refused. Run `keyplane init`.")

@@ -1,0 +1,61 @@
+"""`keyplane projects ...` (registered by keyplane.cli.registry)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from keyplane import control
+from keyplane.cli.common import JsonOpt, out, print_json, run_store, settings, table, ts
+
+
+def projects_create(name: Annotated[str, typer.Argument(help="Project name.")], json: JsonOpt = False) -> None:
+    """Create a project."""
+    from keyplane.admin import shapes
+
+    p = run_store(settings(), lambda s: control.create_project(s, control.CLI_ACTOR, name), write=True)
+    if json:
+        print_json(shapes.project(p))
+    else:
+        out.print(f"created project {p.id} ({p.name})", markup=False)
+
+
+def projects_list(
+    all: Annotated[bool, typer.Option("--all", help="Include archived projects.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """List projects."""
+    from sqlalchemy import select
+
+    from keyplane.admin import shapes
+    from keyplane.store.models import Project
+
+    async def go(s: Any) -> list[Any]:
+        stmt = select(Project).order_by(Project.seq)
+        if not all:
+            stmt = stmt.where(Project.status == "active")
+        return list((await s.execute(stmt)).scalars())
+
+    rows = run_store(settings(), go)
+    if json:
+        print_json([shapes.project(p) for p in rows])
+        return
+    table("Projects", ["id", "name", "status", "created"], [(p.id, p.name, p.status, ts(p.created_at)) for p in rows])
+
+
+def projects_archive(
+    project: Annotated[str, typer.Argument(help="Project id or unique name.")], json: JsonOpt = False
+) -> None:
+    """Archive a project: its keys stop working; it stays for reporting."""
+    from keyplane.admin import shapes
+
+    async def go(s: Any) -> Any:
+        p = await control.find_project(s, project)
+        return await control.archive_project(s, control.CLI_ACTOR, p.id)
+
+    p = run_store(settings(), go, write=True)
+    if json:
+        print_json(shapes.project(p))
+    else:
+        out.print(f"archived project {p.id} ({p.name})", markup=False)

@@ -1,0 +1,233 @@
+"""Which provider objects a request names (proxy/tenancy.py checks the caller's project owns each).
+
+- a canonical path under an object collection (``/v1/files/{id}``...): :func:`target`;
+- the ids a JSON body refers to (``previous_response_id``, ``input_file_id``, ``vector_store_ids``...):
+  :func:`body_refs`;
+- the files an eval's data sources name: :func:`eval_refs`;
+- the ids the requests of a batch input file (JSONL) name: :func:`batch_file_refs`.
+
+What cannot be read is refused (an APIError), never passed on unchecked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from keyplane import errors
+
+# Collections of provider objects -> the noun of OpenAI's "No such <noun> object" message.
+COLLECTIONS: Final[dict[str, str]] = {
+    "/v1/files": "File",
+    "/v1/uploads": "Upload",
+    "/v1/batches": "Batch",
+    "/v1/vector_stores": "VectorStore",
+    "/v1/assistants": "Assistant",
+    "/v1/threads": "Thread",
+    "/v1/fine_tuning/jobs": "FineTuningJob",
+    "/v1/evals": "Eval",
+    "/v1/conversations": "Conversation",
+    "/v1/responses": "Response",
+    "/v1/chat/completions": "ChatCompletion",
+    "/v1/containers": "Container",
+    "/v1/videos": "Video",
+}
+# Segments right under a collection that are endpoints, not object ids.
+_NOT_IDS: Final = {"/v1/responses": frozenset({"input_tokens", "compact"}), "/v1/threads": frozenset({"runs"})}
+# Request-body fields that name a provider object the request would read or use.
+REF_FIELDS: Final[dict[str, str]] = {
+    "previous_response_id": "Response",
+    "conversation": "Conversation",
+    "input_file_id": "File",
+    "training_file": "File",
+    "validation_file": "File",
+    "file_id": "File",
+    "file_ids": "File",
+    "vector_store_ids": "VectorStore",
+    "vector_store_id": "VectorStore",
+    "assistant_id": "Assistant",
+    "container": "Container",  # code_interpreter's container (a string id; {"type": "auto"} names none)
+}
+# A body is parsed when it names a field that refers to an object, or has a \u escape (a field name
+# can be spelled with escapes: "previous_response\u005fid" is previous_response_id to any JSON parser).
+_REF_RE: Final = re.compile(rb'"(?:' + b"|".join(k.encode() for k in REF_FIELDS) + rb')"\s*:|\\u')
+_MAX_REFS: Final = 1000
+_MAX_FILE_REFS: Final = 10_000  # ids the requests of one batch input file may name, all lines together
+# Eval data sources that select stored objects by a query rather than by id (eval_refs).
+_EVAL_QUERIES: Final = frozenset({"stored_completions", "responses"})
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The collection a path is under and the object id it names (None: the collection itself)."""
+
+    collection: str
+    noun: str
+    object_id: str | None
+
+
+def target(path: str) -> Target | None:
+    """The object collection (and id) a canonical path is about, or None; the model endpoints and the
+    few collection paths every request uses are answered from a small memo."""
+    try:
+        return _TARGETS[path]
+    except KeyError:
+        pass
+    t = _target(path)
+    if (t is None or t.object_id is None) and len(_TARGETS) < 1024:  # ids are many: kept only without one
+        _TARGETS[path] = t
+    return t
+
+
+_TARGETS: dict[str, Target | None] = {}
+
+
+def _target(path: str) -> Target | None:
+    for coll, noun in COLLECTIONS.items():
+        if path == coll:
+            return Target(coll, noun, None)
+        if path.startswith(coll) and path[len(coll)] == "/":
+            oid = path[len(coll) + 1 :].split("/", 1)[0]
+            if oid in _NOT_IDS.get(coll, ()):
+                return None
+            return Target(coll, noun, oid)
+    return None
+
+
+def body_refs(body: bytes) -> list[tuple[str, str]]:
+    """(field, id) for each provider object a JSON body names; [] when it names none or is not JSON."""
+    if not body or body.startswith(b"--"):  # empty, or multipart (uploads): no JSON to name objects in
+        return []
+    if 0 in body[:4]:
+        # UTF-16/32 JSON: some upstream parsers (Python's json) detect and read it; keyplane does not.
+        raise errors.invalid_json()
+    if _REF_RE.search(body) is None:
+        return []
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # It names an object but does not parse here (NaN, bad escapes...): a more lenient parser
+        # upstream might read it, so it is refused rather than passed on unchecked.
+        raise errors.invalid_json() from None
+    return _walk(obj)
+
+
+def _walk(obj: object) -> list[tuple[str, str]]:
+    """(field, id) for each provider object a parsed JSON value names, wherever it stands."""
+    out: list[tuple[str, str]] = []
+    stack: list[tuple[object, int]] = [(obj, 0)]
+    while stack and len(out) <= _MAX_REFS:
+        node, depth = stack.pop()
+        if depth > 64:  # no id stands this deep in any request schema: refused rather than left unchecked
+            raise errors.bad_request("The request body is nested too deeply.", code="invalid_body")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in REF_FIELDS:
+                    out.extend((k, i) for i in _ids(v))
+                # The annotations of an answer replayed as input (file citations) grant nothing; any other
+                # place an id can stand is checked, whatever a "type" field says.
+                if k != "annotations" and isinstance(v, (dict, list)):
+                    stack.append((v, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+    if len(out) > _MAX_REFS:
+        raise errors.bad_request(f"The request names more than {_MAX_REFS} provider objects.", code="too_many_ids")
+    return out
+
+
+def _ids(v: object) -> Iterable[str]:
+    if isinstance(v, str):
+        return (v,)
+    if isinstance(v, list):
+        return (x for x in v if isinstance(x, str))
+    if isinstance(v, dict) and isinstance(v.get("id"), str):  # conversation: {"id": "conv_..."}
+        return (v["id"],)
+    return ()
+
+
+def eval_refs(body: bytes) -> list[tuple[str, str]]:
+    """The files an eval call (POST /v1/evals...) names in its data sources as ``{"type": "file_id", "id": ...}``
+    (field ``file_id``), for the ownership check. A data source that selects stored chat completions or stored
+    responses by a query (``stored_completions``, a ``responses`` source) is refused: the provider would pick them
+    among everything stored under its key, every project's. Read once, strictly (a key given twice is refused:
+    parsers that keep the first and the last value would read two different sources)."""
+    if not body.strip():
+        return []
+    if 0 in body[:4]:
+        raise errors.invalid_json()
+    try:
+        obj = json.loads(body, object_pairs_hook=_one_of_each)
+    except (ValueError, RecursionError):
+        raise errors.invalid_json() from None
+    out: list[tuple[str, str]] = []
+    stack: list[tuple[object, int]] = [(obj, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > 64:
+            raise errors.bad_request("The request body is nested too deeply.", code="invalid_body")
+        if isinstance(node, dict):
+            src = node.get("source")
+            if isinstance(src, dict) and src.get("type") in _EVAL_QUERIES:
+                raise errors.access_refused(
+                    "An eval may not read stored chat completions or stored responses by query through keyplane: "
+                    "the provider would select them among every project's that share its key. Give the items in a "
+                    "file your project uploaded (`file_id`) or inline (`file_content`).",
+                    "eval_source_not_permitted",
+                )
+            if node.get("type") == "file_id" and "id" in node:
+                fid = node["id"]
+                if not isinstance(fid, str):
+                    raise errors.invalid_value("id", "A data source's file `id` must be a string.")
+                out.append(("file_id", fid))
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+        if len(out) > _MAX_REFS:
+            raise errors.bad_request(f"The request names more than {_MAX_REFS} provider objects.", code="too_many_ids")
+    return out
+
+
+def _one_of_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise errors.bad_request(
+                f"The request body gives the key '{k[:40]}' twice in one object.", param=k[:40], code="duplicate_key"
+            )
+        out[k] = v
+    return out
+
+
+def batch_file_refs(content: bytes) -> list[tuple[int, str, str]]:
+    """(line, field, id) for each provider object the requests of a batch input file (JSONL) name: the provider
+    runs them under the same key as any request, so they are held to the same ownership check. Read line by
+    line at every LF (a CR is JSON whitespace to a parser that splits at LF only, so it never hides a key from
+    this reading); a line that names an object and does not parse, or a file that is not UTF-8 text, is an
+    APIError (refused rather than passed on unchecked)."""
+    if b"\x00" in content:
+        raise errors.bad_request("A batch input file must be UTF-8 JSONL text.", code="invalid_body")
+    if _REF_RE.search(content) is None:
+        return []
+    out: list[tuple[int, str, str]] = []
+    for n, line in enumerate(content.split(b"\n"), 1):
+        if _REF_RE.search(line) is None:
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise errors.bad_request(
+                f"Line {n} of the batch input file names a provider object and is not one JSON "
+                "object keyplane can read.",
+                code="invalid_body",
+            ) from None
+        out.extend((n, k, i) for k, i in _walk(obj))
+        if len(out) > _MAX_FILE_REFS:
+            raise errors.bad_request(
+                f"The batch input file names more than {_MAX_FILE_REFS} provider objects.", code="too_many_ids"
+            )
+    return out

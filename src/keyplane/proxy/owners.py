@@ -1,0 +1,184 @@
+"""Who owns each provider object created through keyplane (proxy/tenancy.py): the project that created it and
+the upstream that holds it.
+
+Kept in the store (``provider_objects``) and cached in process (:class:`OwnerStore`). Writes of concurrent
+creates share one transaction (group commit), and a create's answer waits for its row, so an id is owned on
+every instance of a fleet before the client can use it; a cache miss reads SQL. The row builders say which
+objects an answer creates (:func:`created_rows`) or derives (:func:`derived_rows`: a batch's output files...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from keyplane.runtime import Runtime
+from keyplane.store.models import ProviderObject
+
+log = logging.getLogger("keyplane.proxy")
+
+# The kind a batch input file is recorded with when keyplane could not hold its requests to the ownership check
+# (unreadable upload, or lines naming another project's objects): a batch may not run it (Tenancy.check).
+UNCHECKED_FILE: Final = "file.unchecked"
+_CACHE_MAX: Final = 200_000
+_MISS_MAX: Final = 10_000
+_MISS_TTL: Final = 2.0  # seconds an unknown id is remembered as unknown (ids are random: only guesses miss)
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    project_id: str
+    upstream: str
+    kind: str = ""  # the object's kind as recorded (UNCHECKED_FILE: a batch may not run it)
+
+
+class OwnerStore:
+    """provider_objects: a write-through process cache over SQL; a miss reads SQL."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.cache: dict[str, Owner] = {}
+        self.misses: dict[str, float] = {}
+        self._pending: list[tuple[ProviderObject, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def owners(self, ids: Iterable[str]) -> dict[str, Owner]:
+        """The owner of each id known to the store (ids not created through keyplane are left out)."""
+        out: dict[str, Owner] = {}
+        want: list[str] = []
+        now = self.rt.clock.monotonic()
+        for i in ids:
+            o = self.cache.get(i)
+            if o is not None:
+                out[i] = o
+            elif self.misses.get(i, 0.0) <= now and len(i) <= 128:
+                want.append(i)
+        if want:
+            async with self.rt.read() as s:
+                rows = (
+                    await s.execute(
+                        select(
+                            ProviderObject.id, ProviderObject.project_id, ProviderObject.upstream, ProviderObject.object
+                        ).where(ProviderObject.id.in_(want))
+                    )
+                ).all()
+            for r in rows:
+                out[r.id] = self._remember(r.id, Owner(r.project_id, r.upstream, r.object or ""))
+            if len(self.misses) >= _MISS_MAX:
+                self.misses.clear()
+            for i in want:
+                if i not in out:
+                    self.misses[i] = now + _MISS_TTL
+        return out
+
+    def _remember(self, oid: str, owner: Owner) -> Owner:
+        if len(self.cache) >= _CACHE_MAX:  # drop the oldest tenth (dicts keep insertion order)
+            for k in list(self.cache)[: _CACHE_MAX // 10]:
+                del self.cache[k]
+        self.cache[oid] = owner
+        self.misses.pop(oid, None)
+        return owner
+
+    async def record(self, rows: list[ProviderObject]) -> None:
+        """Own these objects now in this process, and once committed on every instance (awaited).
+        An id already owned keeps its first owner."""
+        fresh = [r for r in rows if r.id not in self.cache]
+        if not fresh:
+            return
+        for r in fresh:
+            self._remember(r.id, Owner(r.project_id, r.upstream, r.object or ""))
+        loop = asyncio.get_running_loop()
+        futs = []
+        for r in fresh:
+            fut: asyncio.Future[None] = loop.create_future()
+            self._pending.append((r, fut))
+            futs.append(fut)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await asyncio.shield(asyncio.gather(*futs))
+
+    async def _flush(self) -> None:
+        """Commit what is pending in one transaction (group commit); repeat while creates keep coming."""
+        batch: list[tuple[ProviderObject, asyncio.Future[None]]] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                values = [
+                    {
+                        "id": r.id,
+                        "project_id": r.project_id,
+                        "object": r.object,
+                        "upstream": r.upstream,
+                        "created_at": r.created_at,
+                    }
+                    for r, _ in batch
+                ]
+                ins = pg_insert if self.rt.engine.dialect.name == "postgresql" else sqlite_insert
+                try:
+                    async with self.rt.sessions() as s, s.begin():
+                        await s.execute(ins(ProviderObject).on_conflict_do_nothing(index_elements=["id"]), values)
+                except Exception:
+                    # Kept in this process's cache; after a restart (or on another instance) the objects are
+                    # owned by nobody: refused, never shown to another project (fail closed).
+                    log.exception("could not record the owners of %d provider objects", len(batch))
+                _release(batch)
+        finally:  # cancelled (shutdown): nobody waits forever
+            _release(batch)
+            _release(self._pending)
+
+
+def _release(batch: list[tuple[ProviderObject, asyncio.Future[None]]]) -> None:
+    for _, fut in batch:
+        if not fut.done():
+            fut.set_result(None)
+
+
+def object_row(oid: object, kind: object, pid: str, upstream: str, now: int) -> list[ProviderObject]:
+    """The row owning one object to project ``pid`` (none for an id that is not a short string)."""
+    if not isinstance(oid, str) or not oid or len(oid) > 128:
+        return []
+    return [ProviderObject(id=oid, project_id=pid, object=str(kind or "")[:64], upstream=upstream, created_at=now)]
+
+
+def created_rows(obj: dict[str, object], pid: str, upstream: str, now: int) -> list[ProviderObject]:
+    """The objects a create's answer made: the object itself, an upload's file, a run's thread."""
+    rows = object_row(obj.get("id"), obj.get("object"), pid, upstream, now)
+    f = obj.get("file")  # a completed upload carries the file it made
+    if isinstance(f, dict):
+        rows += object_row(f.get("id"), f.get("object") or "file", pid, upstream, now)
+    rows += object_row(obj.get("thread_id"), "thread", pid, upstream, now)  # POST /v1/threads/runs
+    return rows
+
+
+def derived_rows(obj: object, pid: str, upstream: str, now: int) -> list[ProviderObject]:
+    """Files the provider made for an object the caller owns: a batch's output and errors, a job's results."""
+    if not isinstance(obj, dict):
+        return []
+    rows: list[ProviderObject] = []
+    if obj.get("object") == "batch":
+        for k in ("output_file_id", "error_file_id"):
+            rows += object_row(obj.get(k), "file", pid, upstream, now)
+    elif obj.get("object") == "fine_tuning.job":
+        if isinstance(obj.get("result_files"), list):
+            for f in obj["result_files"]:
+                rows += object_row(f, "file", pid, upstream, now)
+        # The model the job made is the project's own too (trained on its data): proxy/handler.py checks its use.
+        if isinstance(m := obj.get("fine_tuned_model"), str) and m.startswith("ft:"):
+            rows += object_row(m, "model", pid, upstream, now)
+    return rows
+
+
+def fine_tuned_ids(model: str) -> list[str]:
+    """The ids a fine-tuned model request may be owned under: the model itself, and for a checkpoint
+    (``ft:<base>:<org>:<suffix>:<id>:ckpt-step-<n>``) the model its job made."""
+    if not model.startswith("ft:"):
+        return []
+    parts = model.split(":")
+    return [model] if len(parts) <= 5 else [model, ":".join(parts[:5])]
