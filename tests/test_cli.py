@@ -211,3 +211,14 @@ def test_serve_hands_its_settings_to_the_serving_process_on_its_command_line(cli
     cli("serve")  # no options: the settings' host and port, one worker, the default keyplane.toml
     opts = serving.parse_args(calls[0][1][3:])
     assert opts.config is None and opts.workers == 1 and opts.host and opts.port
+
+
+@pytest.mark.parametrize("depth", [1, 5, 9])
+def test_an_error_is_one_line_whatever_its_length(tmp_path, monkeypatch, depth):
+    """scripts/run matches "keyplane init" in the error: a console wrap must not split it."""
+    home = tmp_path.joinpath(*["d" * depth] * depth)
+    monkeypatch.setenv("KEYPLANE_HOME", str(home))
+    r = CliRunner().invoke(app, ["projects", "list", "--json"])
+    assert r.exit_code == 1
+    (line,) = r.stderr.strip().splitlines()
+    assert "no keyplane store here yet" in line and "run `keyplane init`" in line

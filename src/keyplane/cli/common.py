@@ -57,7 +57,9 @@ def root(config: ConfigOpt = None) -> None:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    err.print(
+        f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True
+    )  # one line: scripts match it (scripts/run)
     return typer.Exit(code)
 
 
