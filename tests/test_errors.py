@@ -2,12 +2,15 @@
 
 Changing one of these changes what the official SDKs raise (401 AuthenticationError, 403
 PermissionDeniedError, 429 RateLimitError with or without retries...): do it on purpose, here too.
-A new error in errors.py must be added to PINNED.
+A new error in keyplane.errors (any of its family modules: auth, request, quota, upstream) must be added
+to PINNED, and exported by the package (``from keyplane import errors; errors.<name>(...)``).
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
 
 import orjson
 import pytest
@@ -80,20 +83,31 @@ def _sample(name: str, annotation: object) -> object:
 
 
 def _constructors() -> dict[str, object]:
-    return {
-        n: f
-        for n, f in inspect.getmembers(errors, inspect.isfunction)
-        if f.__module__ == errors.__name__ and not n.startswith("_")
-    }
+    """Every public function defined in a module of the errors package (not only those it exports)."""
+    found: dict[str, object] = {}
+    for info in pkgutil.iter_modules(errors.__path__, errors.__name__ + "."):
+        module = importlib.import_module(info.name)
+        for n, f in inspect.getmembers(module, inspect.isfunction):
+            if f.__module__ == module.__name__ and not n.startswith("_"):
+                assert n not in found, f"{n} is defined twice in keyplane.errors"
+                found[n] = f
+    return found
 
 
 def test_every_error_is_pinned() -> None:
     assert sorted(_constructors()) == sorted(PINNED), "add the new error to PINNED (or remove the old one)"
 
 
+def test_every_error_is_exported_by_the_package() -> None:
+    """Callers write ``errors.bad_request(...)``: each constructor (and APIError) is the package's own name."""
+    assert sorted(errors.__all__) == sorted([*PINNED, "APIError"])
+    for name, f in _constructors().items():
+        assert getattr(errors, name) is f
+
+
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_error_shape(name: str) -> None:
-    f = _constructors()[name]
+    f = getattr(errors, name)
     params = inspect.signature(f).parameters  # type: ignore[arg-type]
     e = f(
         **{

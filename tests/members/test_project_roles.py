@@ -10,8 +10,7 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from keyplane import control
-from keyplane.errors import APIError
+from keyplane import control, domain
 from keyplane.members import grants, ops, project_roles
 from keyplane.members.models import ProjectRole, ProjectRoleAssignment
 from tests.members.support import make_member, user_with_key
@@ -278,21 +277,21 @@ def test_no_grant_beyond_the_callers_own_permissions_in_the_project(server):
     read, write, both = frozenset({PROJECT_READ}), frozenset({PROJECT_WRITE}), frozenset({PROJECT_READ, PROJECT_WRITE})
     who = control.CLI_ACTOR
 
-    def refused(e: pytest.ExceptionInfo[APIError]) -> None:
-        assert e.value.status == 403 and e.value.code == "insufficient_permissions"
+    def refused(e: pytest.ExceptionInfo[domain.Forbidden]) -> None:  # the admin API answers it with a 403
+        assert domain.status_of(e.value) == 403 and e.value.code == "insufficient_permissions"
 
     async def go() -> None:
         async with server.app.runtime.write() as s:
             user = await control.find_user(s, "owner@example.com")
             await ops.add_project_user(s, who, pid, role="member", user_id=user.id)
-            with pytest.raises(APIError) as e:
+            with pytest.raises(domain.Forbidden) as e:
                 await project_roles.create_role(s, who, write, pid, role_name="r", perms=[PROJECT_READ])
             refused(e)
             r = await project_roles.create_role(s, who, both, pid, role_name="w", perms=[PROJECT_WRITE])
-            with pytest.raises(APIError) as e:  # widening it
+            with pytest.raises(domain.Forbidden) as e:  # widening it
                 await project_roles.update_role(s, who, write, pid, r.id, perms=[PROJECT_READ, PROJECT_WRITE])
             refused(e)
-            with pytest.raises(APIError) as e:  # handing it out
+            with pytest.raises(domain.Forbidden) as e:  # handing it out
                 await project_roles.assign(s, who, read, pid, r.id, "user", user.id)
             refused(e)
             await project_roles.update_role(s, who, read, pid, r.id, perms=[])  # narrowing needs nothing held

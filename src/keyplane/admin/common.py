@@ -1,4 +1,4 @@
-"""Admin API plumbing: admin-key authentication, JSON bodies, list responses, error mapping."""
+"""Admin API plumbing: admin-key authentication, JSON bodies, query parameters (list shapes: keyplane.lists)."""
 
 from __future__ import annotations
 
@@ -43,12 +43,25 @@ def _project_of(request: Request) -> str | None:
     return pid if isinstance(pid, str) and pid else None
 
 
-def _granted(rt: Runtime, entry: KeyEntry, request: Request) -> frozenset[str]:
+def _granted(rt: Runtime, entry: KeyEntry, project_id: str | None) -> frozenset[str]:
     # the key's owner's effective permissions (roles, custom roles, groups, and in a call on one project the
     # project roles they hold there) capped by the key's own role
     return admin_permissions.of_key_in_project(
-        entry.permissions, entry.owner_user_id, rt.snapshot.grants, rt.snapshot.project_grants, _project_of(request)
+        entry.permissions, entry.owner_user_id, rt.snapshot.grants, rt.snapshot.project_grants, project_id
     )
+
+
+def granted_in(request: Request, entry: KeyEntry, project_id: str) -> frozenset[str]:
+    """What the caller authenticated as ``entry`` could do in a call on ``project_id``: for a call that acts on
+    projects its body names (an invite's ``projects``), checked as the direct call on each would be."""
+    return _granted(runtime(request), entry, project_id)
+
+
+def require_in_project(request: Request, entry: KeyEntry, project_id: str, method: str, path: str) -> None:
+    """403 ``insufficient_permissions`` unless the caller could make the call ``method path`` on ``project_id``
+    directly: for calls outside the project prefixes that hand out something inside a project (an invite's
+    memberships, a federation rule's keys), which would otherwise take only an organization permission."""
+    admin_permissions.check_granted(granted_in(request, entry, project_id), method, path)
 
 
 def authenticate_admin(request: Request) -> tuple[KeyEntry, Actor]:
@@ -66,7 +79,7 @@ def authenticate_admin(request: Request) -> tuple[KeyEntry, Actor]:
             "project and service-account keys work only on the /v1 model endpoints."
         )
     entry = auth.active_entry(rt, value)
-    granted = _granted(rt, entry, request)
+    granted = _granted(rt, entry, _project_of(request))
     admin_permissions.check_granted(granted, request.method, request.url.path)
     request.scope[GRANTED] = granted
     rt.last_used.touch(entry.id, rt.clock.now())
@@ -89,31 +102,6 @@ async def json_body(request: Request, required: bool = True) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise errors.bad_request("The request body must be a JSON object.", code="invalid_body")
     return data
-
-
-def list_response(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": items,
-        "first_id": items[0]["id"] if items else None,
-        "last_id": items[-1]["id"] if items else None,
-        "has_more": has_more,
-    }
-
-
-def cursor_page(items: list[dict[str, Any]], after: str | None, limit: int, order: str | None) -> dict[str, Any]:
-    """A ``SyncNextCursorPage`` (a list response plus ``next``) over a small, fully read list."""
-    if order == "desc":
-        items = items[::-1]
-    elif order not in (None, "asc"):
-        raise errors.bad_request("'order' must be 'asc' or 'desc'.", param="order", code="invalid_value")
-    if after:
-        at = next((i for i, x in enumerate(items) if x["id"] == after), None)
-        if at is None:
-            raise errors.bad_request(f"No object with id '{after}' to page from.", param="after")
-        items = items[at + 1 :]
-    shown, more = items[:limit], len(items) > limit
-    return {**list_response(shown, more), "next": shown[-1]["id"] if more and shown else None}
 
 
 def query_list(request: Request, name: str) -> list[str]:

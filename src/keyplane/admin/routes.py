@@ -18,33 +18,21 @@ from keyplane.admin.common import (
     authenticate_admin,
     granted,
     json_body,
-    list_response,
     query_list,
     runtime,
 )
 from keyplane.admin.params import query_bool, query_choice, query_limit, query_timestamp
+from keyplane.lists import list_response
 from keyplane.members.permissions import require_role_grant
-from keyplane.store.models import ApiKey, AuditLog, Project, ServiceAccount, User
+from keyplane.store.models import ApiKey, ServiceAccount
 
 
 def _now(request: Request) -> float:
     return runtime(request).clock.now()
 
 
-async def _key_owner_objects(s: Any, rows: list[ApiKey]) -> tuple[dict[str, User], dict[str, ServiceAccount]]:
-    uids = {r.owner_user_id for r in rows if r.owner_user_id}
-    sids = {r.service_account_id for r in rows if r.service_account_id}
-    users = {u.id: u for u in (await s.execute(select(User).where(User.id.in_(uids)))).scalars()} if uids else {}
-    sas = (
-        {a.id: a for a in (await s.execute(select(ServiceAccount).where(ServiceAccount.id.in_(sids)))).scalars()}
-        if sids
-        else {}
-    )
-    return users, sas
-
-
 async def _project_key_dicts(request: Request, s: Any, rows: list[ApiKey]) -> list[dict[str, Any]]:
-    users, sas = await _key_owner_objects(s, rows)
+    users, sas = await control.key_owners(s, rows)
     now = _now(request)
     return [
         shapes.project_key(r, users.get(r.owner_user_id or ""), sas.get(r.service_account_id or ""), now) for r in rows
@@ -58,11 +46,11 @@ async def list_projects(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
     limit = query_limit(request, 20, 100)
-    stmt = select(Project)
-    if not query_bool(request, "include_archived"):
-        stmt = stmt.where(Project.status == "active")
+    include_archived = query_bool(request, "include_archived")
     async with runtime(request).read() as s:
-        rows, more = await control.page(s, Project, stmt, after=q.get("after"), limit=limit)
+        rows, more = await control.list_projects(
+            s, include_archived=include_archived, after=q.get("after"), limit=limit
+        )
     return JSONResponse(list_response([shapes.project(p) for p in rows], more))
 
 
@@ -106,11 +94,9 @@ async def list_project_keys(request: Request) -> JSONResponse:
     limit = query_limit(request, 20, 100)
     include_revoked = query_bool(request, "include_revoked")
     async with runtime(request).read() as s:
-        await control.get_project(s, pid)
-        stmt = select(ApiKey).where(ApiKey.project_id == pid, ApiKey.kind != "admin")
-        if not include_revoked:
-            stmt = stmt.where(ApiKey.revoked_at.is_(None))
-        rows, more = await control.page(s, ApiKey, stmt, after=q.get("after"), limit=limit)
+        rows, more = await control.list_project_keys(
+            s, pid, include_revoked=include_revoked, after=q.get("after"), limit=limit
+        )
         items = await _project_key_dicts(request, s, rows)
     return JSONResponse(list_response(items, more))
 
@@ -222,7 +208,7 @@ async def revoke_any_key(request: Request) -> JSONResponse:
         row = await control.get_key(s, request.path_params["key_id"])
         await control.revoke_key(s, actor, row, reason)
         if row.kind == "admin":
-            users, _ = await _key_owner_objects(s, [row])
+            users, _ = await control.key_owners(s, [row])
             item = shapes.admin_key(row, users.get(row.owner_user_id or ""), _now(request))
         else:
             (item,) = await _project_key_dicts(request, s, [row])
@@ -309,12 +295,9 @@ async def list_users(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
     limit = query_limit(request, 20, 100)
-    stmt = select(User)
     emails = query_list(request, "emails")
-    if emails:
-        stmt = stmt.where(User.email.in_([e.lower() for e in emails]))
     async with runtime(request).read() as s:
-        rows, more = await control.page(s, User, stmt, after=q.get("after"), limit=limit)
+        rows, more = await control.list_users(s, emails=emails, after=q.get("after"), limit=limit)
     return JSONResponse(list_response([shapes.user(u) for u in rows], more))
 
 
@@ -365,7 +348,7 @@ async def list_admin_keys(request: Request) -> JSONResponse:
     stmt = select(ApiKey).where(ApiKey.kind == "admin", ApiKey.revoked_at.is_(None))
     async with runtime(request).read() as s:
         rows, more = await control.page(s, ApiKey, stmt, after=q.get("after"), limit=limit, descending=descending)
-        users, _ = await _key_owner_objects(s, rows)
+        users, _ = await control.key_owners(s, rows)
     now = _now(request)
     return JSONResponse(list_response([shapes.admin_key(r, users.get(r.owner_user_id or ""), now) for r in rows], more))
 
@@ -384,7 +367,7 @@ async def create_admin_key(request: Request) -> JSONResponse:
             expires_in_seconds=body.get("expires_in_seconds"),
             role=body.get("role"),
         )
-        users, _ = await _key_owner_objects(s, [row])
+        users, _ = await control.key_owners(s, [row])
     d = shapes.admin_key(row, users.get(row.owner_user_id or ""), _now(request))
     d["value"] = value
     return JSONResponse(d)
@@ -394,7 +377,7 @@ async def get_admin_key(request: Request) -> JSONResponse:
     authenticate_admin(request)
     async with runtime(request).read() as s:
         row = await control.get_key(s, request.path_params["key_id"], kind="admin")
-        users, _ = await _key_owner_objects(s, [row])
+        users, _ = await control.key_owners(s, [row])
     return JSONResponse(shapes.admin_key(row, users.get(row.owner_user_id or ""), _now(request)))
 
 
@@ -414,28 +397,18 @@ async def list_audit_logs(request: Request) -> JSONResponse:
     authenticate_admin(request)
     q = request.query_params
     limit = query_limit(request, 20, 100)
-    stmt = select(AuditLog)
-    for op in ("gt", "gte", "lt", "lte"):
-        t = query_timestamp(request, f"effective_at[{op}]")
-        if t is None:
-            continue
-        at = AuditLog.effective_at
-        stmt = stmt.where({"gt": at > t, "gte": at >= t, "lt": at < t, "lte": at <= t}[op])
-    for param, col in (
-        ("project_ids", AuditLog.project_id),
-        ("event_types", AuditLog.type),
-        ("actor_ids", AuditLog.actor_id),
-        ("resource_ids", AuditLog.resource_id),
-    ):
-        values = query_list(request, param)
-        if values:
-            stmt = stmt.where(col.in_(values))
+    bounds = {op: query_timestamp(request, f"effective_at[{op}]") for op in ("gt", "gte", "lt", "lte")}
     async with runtime(request).read() as s:
-        rows, more = await control.page(
-            s, AuditLog, stmt, after=q.get("after"), before=q.get("before"), limit=limit, descending=True
+        rows, more = await control.list_audit_logs(
+            s,
+            after=q.get("after"),
+            before=q.get("before"),
+            limit=limit,
+            effective_at={op: t for op, t in bounds.items() if t is not None},
+            project_ids=query_list(request, "project_ids"),
+            event_types=query_list(request, "event_types"),
+            actor_ids=query_list(request, "actor_ids"),
+            resource_ids=query_list(request, "resource_ids"),
         )
-        pids = {r.project_id for r in rows if r.project_id}
-        names = (
-            dict((await s.execute(select(Project.id, Project.name).where(Project.id.in_(pids)))).all()) if pids else {}
-        )
+        names = await control.project_names(s, {r.project_id for r in rows if r.project_id})
     return JSONResponse(list_response([shapes.audit_log(r, names.get(r.project_id or "")) for r in rows], more))

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy import func, select
 
+from keyplane.cli.common import JsonOpt, out, print_json, run_store, settings, table, ts
+
 DAY = 86400
 # Kinds that bill nothing or that keyplane counts apart from a model's price.
 _FREE_KINDS = ("moderations", "web_search_calls", "file_search_calls", "code_interpreter_sessions")
@@ -101,78 +103,67 @@ def _grouped(rows: list[dict[str, Any]], *keys: str) -> list[tuple[Any, ...]]:
     return out
 
 
-def register(app: typer.Typer) -> None:
-    from keyplane.cli.common import JsonOpt, out, print_json, run_store, settings, table, ts
+def check(
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Look at the traffic of the last DAYS days.")] = 30,
+    max_age_days: Annotated[
+        int,
+        typer.Option(min=1, max=36500, help="List the entries whose prices were taken more than this many days ago."),
+    ] = MAX_AGE_DAYS,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 also when an entry is undated (no source or date) or stale.")
+    ] = False,
+    json: JsonOpt = False,
+) -> None:
+    """List the models seen in traffic that have no price (served at cost 0 without a spend limit,
+    refused under one), and the price entries with no source or date (undated) or taken more than
+    --max-age-days ago (stale). Exits 1 when a model has no price (with --strict, also when an entry is
+    undated or stale): price them in keyplane.toml or keep the prices_file current
+    (docs/limits-and-billing.md "Keeping the table current")."""
+    from keyplane.billing.prices import PriceTable, load_data
 
-    prices_app = typer.Typer(
-        help="The price table: what keyplane charges each model, endpoint and tool.", no_args_is_help=True
-    )
-    app.add_typer(prices_app, name="prices")
+    s = settings()
+    table_ = PriceTable.from_config(s.file.prices, s.prices_file)
+    now = time.time()
+    since = int(now) - days * DAY
+    undated, stale = provenance_issues(load_data(s.prices_file), s.file.prices, now, max_age_days)
 
-    @prices_app.command("check")
-    def check(
-        days: Annotated[int, typer.Option(min=1, max=3650, help="Look at the traffic of the last DAYS days.")] = 30,
-        max_age_days: Annotated[
-            int,
-            typer.Option(
-                min=1, max=36500, help="List the entries whose prices were taken more than this many days ago."
-            ),
-        ] = MAX_AGE_DAYS,
-        strict: Annotated[
-            bool, typer.Option("--strict", help="Exit 1 also when an entry is undated (no source or date) or stale.")
-        ] = False,
-        json: JsonOpt = False,
-    ) -> None:
-        """List the models seen in traffic that have no price (served at cost 0 without a spend limit,
-        refused under one), and the price entries with no source or date (undated) or taken more than
-        --max-age-days ago (stale). Exits 1 when a model has no price (with --strict, also when an entry is
-        undated or stale): price them in keyplane.toml or keep the prices_file current
-        (docs/limits-and-billing.md "Keeping the table current")."""
-        from keyplane.billing.prices import PriceTable, load_data
+    async def go(session: Any) -> list[dict[str, Any]]:
+        return await unpriced(session, table_, since)
 
-        s = settings()
-        table_ = PriceTable.from_config(s.file.prices, s.prices_file)
-        now = time.time()
-        since = int(now) - days * DAY
-        undated, stale = provenance_issues(load_data(s.prices_file), s.file.prices, now, max_age_days)
-
-        async def go(session: Any) -> list[dict[str, Any]]:
-            return await unpriced(session, table_, since)
-
-        found = run_store(s, go)
-        if json:
-            print_json(
-                {
-                    "object": "list",
-                    "data": found,
-                    "days": days,
-                    "undated": undated,
-                    "stale": stale,
-                    "max_age_days": max_age_days,
-                }
-            )
+    found = run_store(s, go)
+    if json:
+        print_json(
+            {
+                "object": "list",
+                "data": found,
+                "days": days,
+                "undated": undated,
+                "stale": stale,
+                "max_age_days": max_age_days,
+            }
+        )
+    else:
+        if not found:
+            out.print(f"every model seen in the last {days} days has a price")
         else:
-            if not found:
-                out.print(f"every model seen in the last {days} days has a price")
-            else:
-                table(
-                    f"models with no price (last {days} days)",
-                    ["model", "requests", "last seen (day)", "kinds"],
-                    [(e["model"], e["requests"], ts(e["last_seen"]), ", ".join(e["kinds"])) for e in found],
-                )
-            if undated:
-                table(
-                    "price entries with no source or date (undated)",
-                    ["origin", "why", "entries", "models"],
-                    _grouped(undated, "origin", "why"),
-                )
-            if stale:
-                table(
-                    f"price entries taken more than {max_age_days} days ago (stale)",
-                    ["origin", "taken", "age (days)", "entries", "models"],
-                    _grouped(stale, "origin", "taken", "age_days"),
-                )
-            if not undated and not stale:
-                out.print(f"every price entry has a source and a date within the last {max_age_days} days")
-        if found or (strict and (undated or stale)):
-            raise typer.Exit(1)
+            table(
+                f"models with no price (last {days} days)",
+                ["model", "requests", "last seen (day)", "kinds"],
+                [(e["model"], e["requests"], ts(e["last_seen"]), ", ".join(e["kinds"])) for e in found],
+            )
+        if undated:
+            table(
+                "price entries with no source or date (undated)",
+                ["origin", "why", "entries", "models"],
+                _grouped(undated, "origin", "why"),
+            )
+        if stale:
+            table(
+                f"price entries taken more than {max_age_days} days ago (stale)",
+                ["origin", "taken", "age (days)", "entries", "models"],
+                _grouped(stale, "origin", "taken", "age_days"),
+            )
+        if not undated and not stale:
+            out.print(f"every price entry has a source and a date within the last {max_age_days} days")
+    if found or (strict and (undated or stale)):
+        raise typer.Exit(1)

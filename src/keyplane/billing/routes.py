@@ -13,12 +13,13 @@ from starlette.requests import Request
 
 from keyplane import control, errors
 from keyplane.admin import Endpoint
-from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, list_response, runtime
+from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, runtime
 from keyplane.admin.params import query_choice, query_limit
 from keyplane.billing import service, spend, tiers
 from keyplane.billing.engine import Billing
 from keyplane.billing.models import BillingState, SpendAlert
 from keyplane.billing.prices import MICROS
+from keyplane.lists import list_response
 
 P = "/v1/organization"
 
@@ -113,15 +114,7 @@ async def list_prices(request: Request) -> JSONResponse:
         }
         for name, p in sorted(b.prices.entries.items())
     ]
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": items,
-            "has_more": False,
-            "first_id": items[0]["id"] if items else None,
-            "last_id": items[-1]["id"] if items else None,
-        }
-    )
+    return JSONResponse(list_response(items, False))
 
 
 # --- spend limits --------------------------------------------------------------------------------

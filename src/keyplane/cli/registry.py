@@ -72,7 +72,8 @@ credit_app.command("list")(billing.list_grants)
 limits_app = _group(app, "limits", "Spend limits and rate limits of the organization, projects and keys.")
 limits_app.command("show")(billing.show)
 limits_app.command("set")(billing.set_)
-prices_check.register(app)  # `keyplane prices check`
+prices_app = _group(app, "prices", "The price table: what keyplane charges each model, endpoint and tool.")
+prices_app.command("check")(prices_check.check)
 
 app.command("usage")(usage.usage)
 

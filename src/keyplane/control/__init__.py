@@ -8,6 +8,7 @@ time from the clock of the runtime that opened the transaction (:func:`keyplane.
 from __future__ import annotations
 
 from keyplane.control.admin_keys import create_admin_key, lookup_sha256, validate_sha256_list
+from keyplane.control.audit_log import audit_event_types, list_audit_logs
 from keyplane.control.base import (
     CLI_ACTOR,
     MAX_NAME,
@@ -23,8 +24,15 @@ from keyplane.control.base import (
     write_clock,
 )
 from keyplane.control.keys import (
+    active_key_counts,
+    all_keys,
+    all_project_keys,
+    count_active_keys,
     create_project_key,
     get_key,
+    key_names,
+    key_owners,
+    list_project_keys,
     new_key_row,
     revoke_key,
     rotate_key,
@@ -33,15 +41,29 @@ from keyplane.control.keys import (
 )
 from keyplane.control.organizations import AlreadyInitialized, get_org, init_org
 from keyplane.control.projects import (
+    all_projects,
     archive_project,
+    count_projects,
     create_project,
     ensure_active,
     find_project,
     get_project,
+    list_projects,
+    project_names,
     update_project,
 )
 from keyplane.control.service_accounts import create_service_account, delete_service_account, get_service_account
-from keyplane.control.users import ROLES, add_user, check_role, delete_user, find_user, get_user, update_user_role
+from keyplane.control.users import (
+    ROLES,
+    add_user,
+    all_users,
+    check_role,
+    delete_user,
+    find_user,
+    get_user,
+    list_users,
+    update_user_role,
+)
 
 __all__ = [
     "CLI_ACTOR",
@@ -50,14 +72,22 @@ __all__ = [
     "SYSTEM_ACTOR",
     "Actor",
     "AlreadyInitialized",
+    "active_key_counts",
     "add_user",
+    "all_keys",
+    "all_project_keys",
+    "all_projects",
+    "all_users",
     "archive_project",
     "audit",
+    "audit_event_types",
     "bump_revision",
     "check_name",
     "check_permissions",
     "check_positive_int",
     "check_role",
+    "count_active_keys",
+    "count_projects",
     "create_admin_key",
     "create_project",
     "create_project_key",
@@ -73,10 +103,17 @@ __all__ = [
     "get_service_account",
     "get_user",
     "init_org",
+    "key_names",
+    "key_owners",
+    "list_audit_logs",
+    "list_project_keys",
+    "list_projects",
+    "list_users",
     "lookup_sha256",
     "new_key_row",
     "now_s",
     "page",
+    "project_names",
     "revoke_key",
     "rotate_key",
     "set_suspended",

@@ -1,11 +1,11 @@
-"""Project API keys: create, update permissions, revoke, suspend, rotate."""
+"""Project API keys: create, list, update permissions, revoke, suspend, rotate."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane import ids, keys
@@ -17,6 +17,7 @@ from keyplane.control.base import (
     check_permissions,
     check_positive_int,
     now_s,
+    page,
 )
 from keyplane.control.projects import (
     ensure_active,
@@ -24,7 +25,7 @@ from keyplane.control.projects import (
 )
 from keyplane.domain import Invalid, NotFound
 from keyplane.scopes import Permissions, parse_permissions
-from keyplane.store.models import ApiKey, User
+from keyplane.store.models import ApiKey, ServiceAccount, User
 
 # --- keys --------------------------------------------------------------------------------------
 
@@ -122,6 +123,73 @@ async def get_key(s: AsyncSession, key_id: str, project_id: str | None = None, k
     if row is None:
         raise NotFound(f"No API key found with id '{key_id}'.", param="key_id")
     return row
+
+
+# --- reading: the admin API (a page at a time) and the dashboard (all at once) share these -------------
+
+
+def _project_keys(project_id: str, include_revoked: bool) -> Select[Any]:
+    stmt = select(ApiKey).where(ApiKey.project_id == project_id, ApiKey.kind != "admin")
+    return stmt if include_revoked else stmt.where(ApiKey.revoked_at.is_(None))
+
+
+async def list_project_keys(
+    s: AsyncSession, project_id: str, *, include_revoked: bool = False, after: str | None = None, limit: int = 20
+) -> tuple[list[ApiKey], bool]:
+    """A page of a project's keys (user and service-account keys) in creation order: (keys, has_more)."""
+    await get_project(s, project_id)
+    return await page(s, ApiKey, _project_keys(project_id, include_revoked), after=after, limit=limit)
+
+
+async def all_project_keys(s: AsyncSession, project_id: str, *, include_revoked: bool = False) -> list[ApiKey]:
+    """Every key of a project, newest first."""
+    stmt = _project_keys(project_id, include_revoked).order_by(ApiKey.seq.desc())
+    return list((await s.execute(stmt)).scalars())
+
+
+async def all_keys(s: AsyncSession, *, project_id: str | None = None) -> list[ApiKey]:
+    """Every key but the admin keys (revoked ones too) in creation order, only ``project_id``'s when given."""
+    stmt = select(ApiKey).where(ApiKey.kind != "admin").order_by(ApiKey.seq)
+    if project_id is not None:
+        stmt = stmt.where(ApiKey.project_id == project_id)
+    return list((await s.execute(stmt)).scalars())
+
+
+async def key_owners(s: AsyncSession, rows: list[ApiKey]) -> tuple[dict[str, User], dict[str, ServiceAccount]]:
+    """The users and service accounts owning ``rows``, by id."""
+    uids = {r.owner_user_id for r in rows if r.owner_user_id}
+    sids = {r.service_account_id for r in rows if r.service_account_id}
+    users = {u.id: u for u in (await s.execute(select(User).where(User.id.in_(uids)))).scalars()} if uids else {}
+    sas = (
+        {a.id: a for a in (await s.execute(select(ServiceAccount).where(ServiceAccount.id.in_(sids)))).scalars()}
+        if sids
+        else {}
+    )
+    return users, sas
+
+
+async def active_key_counts(s: AsyncSession) -> dict[str, int]:
+    """How many keys each project has that are not revoked (admin keys aside), by project id."""
+    stmt = (
+        select(ApiKey.project_id, func.count())
+        .where(ApiKey.revoked_at.is_(None), ApiKey.kind != "admin")
+        .group_by(ApiKey.project_id)
+    )
+    return {pid: int(n) for pid, n in (await s.execute(stmt)).all() if pid is not None}
+
+
+async def count_active_keys(s: AsyncSession) -> int:
+    """How many keys are not revoked, admin keys aside."""
+    stmt = select(func.count()).select_from(ApiKey).where(ApiKey.kind != "admin", ApiKey.revoked_at.is_(None))
+    return int((await s.execute(stmt)).scalar() or 0)
+
+
+async def key_names(s: AsyncSession) -> dict[str, tuple[str, str]]:
+    """Every key's (name, redacted value) by id, to label usage and events."""
+    return {
+        kid: (name, redacted)
+        for kid, name, redacted in (await s.execute(select(ApiKey.id, ApiKey.name, ApiKey.redacted_value))).all()
+    }
 
 
 async def update_key(

@@ -1,10 +1,11 @@
-"""Projects: create, find, rename, archive."""
+"""Projects: create, find, list, rename, archive."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane import ids
@@ -14,6 +15,7 @@ from keyplane.control.base import (
     bump_revision,
     check_name,
     now_s,
+    page,
 )
 from keyplane.domain import Invalid, NotFound
 from keyplane.store.models import Project
@@ -57,6 +59,43 @@ async def find_project(s: AsyncSession, id_or_name: str) -> Project:
     if len(rows) > 1:
         raise Invalid(f"Several projects are named '{id_or_name}'; use the project id.", param="project")
     raise NotFound(f"No project found with id or name '{id_or_name}'.", param="project_id")
+
+
+# --- reading: the admin API (a page at a time) and the dashboard (all at once) share these -------------
+
+
+def _projects(include_archived: bool) -> Select[Any]:
+    stmt = select(Project)
+    return stmt if include_archived else stmt.where(Project.status == "active")
+
+
+async def list_projects(
+    s: AsyncSession, *, include_archived: bool = False, after: str | None = None, limit: int = 20
+) -> tuple[list[Project], bool]:
+    """A page of projects in creation order: (projects, has_more)."""
+    return await page(s, Project, _projects(include_archived), after=after, limit=limit)
+
+
+async def all_projects(s: AsyncSession, *, include_archived: bool = True) -> list[Project]:
+    """Every project in creation order."""
+    return list((await s.execute(_projects(include_archived).order_by(Project.seq))).scalars())
+
+
+async def count_projects(s: AsyncSession, status: str) -> int:
+    """How many projects are ``active`` (or ``archived``)."""
+    n = (await s.execute(select(func.count()).select_from(Project).where(Project.status == status))).scalar()
+    return int(n or 0)
+
+
+async def project_names(s: AsyncSession, project_ids: Iterable[str] | None = None) -> dict[str, str]:
+    """Project names by id: of ``project_ids``, or of every project when None."""
+    stmt = select(Project.id, Project.name)
+    if project_ids is not None:
+        wanted = set(project_ids)
+        if not wanted:
+            return {}
+        stmt = stmt.where(Project.id.in_(wanted))
+    return {pid: name for pid, name in (await s.execute(stmt)).all()}
 
 
 def ensure_active(p: Project) -> None:

@@ -1,7 +1,8 @@
-"""Organization users: add, find, change role, remove (their own keys are revoked)."""
+"""Organization users: add, find, list, change role, remove (their own keys are revoked)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -14,6 +15,7 @@ from keyplane.control.base import (
     bump_revision,
     check_name,
     now_s,
+    page,
 )
 from keyplane.domain import Conflict, Invalid, NotFound
 from keyplane.store.models import ApiKey, User
@@ -74,6 +76,22 @@ async def find_user(s: AsyncSession, id_or_email: str) -> User:
     if user is None:
         raise NotFound(f"No user found with id or email '{id_or_email}'.", param="user_id")
     return user
+
+
+async def list_users(
+    s: AsyncSession, *, emails: Iterable[str] = (), after: str | None = None, limit: int = 20
+) -> tuple[list[User], bool]:
+    """A page of users in the order they were added, only those of ``emails`` when given: (users, has_more)."""
+    stmt = select(User)
+    wanted = [e.lower() for e in emails]
+    if wanted:
+        stmt = stmt.where(User.email.in_(wanted))
+    return await page(s, User, stmt, after=after, limit=limit)
+
+
+async def all_users(s: AsyncSession) -> list[User]:
+    """Every user, in the order they were added."""
+    return list((await s.execute(select(User).order_by(User.seq))).scalars())
 
 
 async def update_user_role(s: AsyncSession, actor: Actor, user_id: str, role: Any) -> User:

@@ -68,20 +68,12 @@ def events(
     json: JsonOpt = False,
 ) -> None:
     """What the rules did, newest first: the key, the figures, the action."""
-    from sqlalchemy import select
+    from keyplane.guard.service import events_in
 
-    from keyplane.guard.models import GuardEvent
-    from keyplane.guard.routes import event_json
+    async def go(session: Any) -> list[dict[str, Any]]:
+        return (await events_in(session, limit=limit, key_id=key, rule=rule))[0]
 
-    async def go(session: Any) -> list[Any]:
-        stmt = select(GuardEvent).order_by(GuardEvent.seq.desc()).limit(limit)
-        if key:
-            stmt = stmt.where(GuardEvent.key_id == key)
-        if rule:
-            stmt = stmt.where(GuardEvent.rule == rule)
-        return list((await session.execute(stmt)).scalars())
-
-    items = [event_json(e) for e in run_store(settings(), go)]
+    items = run_store(settings(), go)
     if json:
         print_json(items)
         return

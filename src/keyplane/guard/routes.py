@@ -13,17 +13,15 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 
 from keyplane.admin import Endpoint
-from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, list_response, runtime
+from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, runtime
 from keyplane.admin.params import query_limit
 from keyplane.errors import not_found
 from keyplane.guard import service, store
 from keyplane.guard.rules import Rule
-from keyplane.guard.service import event_json
+from keyplane.lists import list_response
 
 if TYPE_CHECKING:
     from keyplane.guard.engine import Guard
-
-__all__ = ["ENDPOINTS", "event_json"]  # event_json: for `keyplane guard events`
 
 P = "/v1/organization/guard"
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane import control
 from keyplane.domain import Invalid
@@ -72,10 +73,23 @@ async def events(
     project_id: str | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """What the rules did, newest first: (events, has_more)."""
+    async with rt.read() as s:
+        return await events_in(s, after=after, limit=limit, key_id=key_id, rule=rule, project_id=project_id)
+
+
+async def events_in(
+    s: AsyncSession,
+    *,
+    after: str | None = None,
+    limit: int = 20,
+    key_id: str | None = None,
+    rule: str | None = None,
+    project_id: str | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """:func:`events` in the caller's session (`keyplane guard events` opens its own store)."""
     stmt = select(GuardEvent)
     for value, col in ((key_id, GuardEvent.key_id), (rule, GuardEvent.rule), (project_id, GuardEvent.project_id)):
         if value:
             stmt = stmt.where(col == value)
-    async with rt.read() as s:
-        rows, more = await control.page(s, GuardEvent, stmt, after=after, limit=limit, descending=True)
+    rows, more = await control.page(s, GuardEvent, stmt, after=after, limit=limit, descending=True)
     return [event_json(e) for e in rows], more

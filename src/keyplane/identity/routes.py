@@ -15,16 +15,18 @@ from starlette.requests import Request
 
 from keyplane import control, ids
 from keyplane.admin import Endpoint
-from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, list_response, runtime
+from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, require_in_project, runtime
 from keyplane.admin.params import query_limit
 from keyplane.errors import bad_request, conflict, not_found
 from keyplane.identity.models import FederationRuleRow, WorkloadIdentityProviderRow
 from keyplane.identity.oidc import JwksCache, check_url
+from keyplane.lists import list_response
 from keyplane.scopes import parse_permissions
 from keyplane.store.models import ApiKey
 
 if TYPE_CHECKING:
     from keyplane.identity.state import IdentityState
+    from keyplane.snapshot import KeyEntry
 
 P = "/v1/organization/workload_identity_providers"
 MAX_MATCHERS = 32
@@ -145,6 +147,23 @@ def _permissions(value: Any) -> tuple[dict[str, Any], str]:
     )
 
 
+# What widens who gets a rule's keys (a provider's: every rule of it), vs. names and descriptions.
+_WIDENS_RULE = ("attribute_matchers", "permissions")
+_WIDENS_PROVIDER = ("issuer", "audience", "verification", "attribute_transformations")
+
+
+def _widens(b: dict[str, Any], fields: tuple[str, ...]) -> bool:
+    return any(f in b for f in fields) or b.get("enabled") is True
+
+
+def _require_keys_of(request: Request, entry: KeyEntry, project_id: str, sa_id: str) -> None:
+    """A rule hands out keys of a project's service account: creating or widening one (or its provider) takes
+    what creating such a key directly takes in that project (api.project.write there, organization-wide or from
+    a project role), not only api.organization.write."""
+    path = f"/v1/organization/projects/{project_id}/service_accounts/{sa_id}/api_keys"
+    require_in_project(request, entry, project_id, "POST", path)
+
+
 def _enabled(value: Any, default: bool) -> bool:
     if value is None:
         return default
@@ -257,11 +276,19 @@ async def get_provider(request: Request) -> JSONResponse:
 
 
 async def update_provider(request: Request) -> JSONResponse:
-    _, actor = authenticate_admin(request)
+    entry, actor = authenticate_admin(request)
     b = await json_body(request)
     t = _now(request)
     async with runtime(request).write() as s:
         p = await _provider(s, request.path_params["provider_id"])
+        if _widens(b, _WIDENS_PROVIDER):  # another issuer or audience: other tokens match every rule of it
+            rules = await s.execute(
+                select(FederationRuleRow.project_id, FederationRuleRow.service_account_id).where(
+                    FederationRuleRow.provider_id == p.id
+                )
+            )
+            for project_id, sa_id in sorted({(r.project_id, r.service_account_id) for r in rules.all()}):
+                _require_keys_of(request, entry, project_id, sa_id)
         if "name" in b:
             p.name = control.check_name(b["name"]) or p.name
         if "description" in b:
@@ -324,7 +351,7 @@ async def list_rules(request: Request) -> JSONResponse:
 
 
 async def create_rule(request: Request) -> JSONResponse:
-    _, actor = authenticate_admin(request)
+    entry, actor = authenticate_admin(request)
     rt = runtime(request)
     b = await json_body(request)
     pid = request.path_params["provider_id"]
@@ -332,6 +359,7 @@ async def create_rule(request: Request) -> JSONResponse:
         _text(b.get("project_id"), "project_id"),
         _text(b.get("service_account_id"), "service_account_id"),
     )
+    _require_keys_of(request, entry, project_id, sa_id)
     matchers = _matchers(b.get("attribute_matchers"))
     shown, key_perms = _permissions(b.get("permissions"))
     name = control.check_name(b.get("name"), required=False)
@@ -392,11 +420,13 @@ async def get_rule(request: Request) -> JSONResponse:
 
 
 async def update_rule(request: Request) -> JSONResponse:
-    _, actor = authenticate_admin(request)
+    entry, actor = authenticate_admin(request)
     b = await json_body(request)
     t = _now(request)
     async with runtime(request).write() as s:
         r = await _rule(s, request.path_params["provider_id"], request.path_params["rule_id"])
+        if _widens(b, _WIDENS_RULE):
+            _require_keys_of(request, entry, r.project_id, r.service_account_id)
         if "attribute_matchers" in b:
             r.attribute_matchers = orjson.dumps(_matchers(b["attribute_matchers"])).decode()
         if "enabled" in b:

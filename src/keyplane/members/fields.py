@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from keyplane.control import Actor
-from keyplane.errors import bad_request
+from keyplane.domain import Invalid
 from keyplane.members.models import CustomRole
 
 MAX_NAME = 128
@@ -26,7 +26,7 @@ def actor_user(actor: Actor) -> str | None:
 
 def check_name(value: Any, param: str) -> str:
     if not isinstance(value, str) or not value.strip() or len(value.strip()) > MAX_NAME:
-        raise bad_request(
+        raise Invalid(
             f"'{param}' must be a non-empty string of at most {MAX_NAME} characters.", param=param, code="invalid_value"
         )
     return value.strip()
@@ -36,7 +36,7 @@ def check_description(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or len(value) > 1000:
-        raise bad_request(
+        raise Invalid(
             "'description' must be a string of at most 1000 characters.", param="description", code="invalid_value"
         )
     return value

@@ -15,11 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane import control, ids
 from keyplane.control import Actor, audit, bump_revision, now_s
-from keyplane.errors import bad_request, conflict, not_found
+from keyplane.domain import Conflict, Invalid, NotFound
 from keyplane.members import ops, permissions
 from keyplane.members.fields import check_name, role_perms
 from keyplane.members.models import CustomRole, Group, GroupUser, ProjectGroup, RoleAssignment
-from keyplane.store.models import User
+from keyplane.store.models import Project, User
 
 
 def group_shape(g: Group) -> dict[str, Any]:
@@ -49,8 +49,13 @@ def group_user_shape(u: User) -> dict[str, Any]:
 async def get_group(s: AsyncSession, group_id: str) -> Group:
     g = (await s.execute(select(Group).where(Group.id == group_id))).scalar()
     if g is None:
-        raise not_found(f"No group found with id '{group_id}'.", param="group_id")
+        raise NotFound(f"No group found with id '{group_id}'.", param="group_id")
     return g
+
+
+async def all_groups(s: AsyncSession) -> list[Group]:
+    """Every group, in creation order."""
+    return list((await s.execute(select(Group).order_by(Group.seq))).scalars())
 
 
 async def create_group(s: AsyncSession, actor: Actor, name: Any) -> Group:
@@ -113,14 +118,14 @@ async def add_group_user(
     """Add a user to a group: they gain its roles, so the caller must hold all their permissions."""
     g = await get_group(s, group_id)
     if not isinstance(user_id, str) or not user_id:
-        raise bad_request("Give 'user_id' of an organization user.", param="user_id", code="missing_required_parameter")
+        raise Invalid("Give 'user_id' of an organization user.", param="user_id", code="missing_required_parameter")
     user = await control.get_user(s, user_id)
     wanted = set(await group_permissions(s, g.id))
     if (await s.execute(select(ProjectGroup.seq).where(ProjectGroup.group_id == g.id).limit(1))).first():
         wanted.add(permissions.PROJECT_WRITE)  # the group is a project member: joining it joins projects
     permissions.require_held(granted, wanted, f"add a user to the group '{g.name}'")
     if await group_member(s, g.id, user.id) is not None:
-        raise conflict(f"User '{user.id}' is already a member of group '{g.id}'.", code="user_exists")
+        raise Conflict(f"User '{user.id}' is already a member of group '{g.id}'.", code="user_exists")
     m = GroupUser(group_id=g.id, user_id=user.id, added_at=now_s())
     s.add(m)
     await audit(
@@ -139,7 +144,7 @@ async def remove_group_user(s: AsyncSession, actor: Actor, group_id: str, user_i
     g = await get_group(s, group_id)
     m = await group_member(s, g.id, user_id)
     if m is None:
-        raise not_found(f"User '{user_id}' is not a member of group '{g.id}'.", param="user_id")
+        raise NotFound(f"User '{user_id}' is not a member of group '{g.id}'.", param="user_id")
     await s.delete(m)
     t = now_s()
     await ops.revoke_if_unreachable(s, [user_id], t)  # the group's projects are no longer reached through it
@@ -197,7 +202,7 @@ async def project_group(s: AsyncSession, project_id: str, group_id: str) -> tupl
         )
     ).first()
     if row is None:
-        raise not_found(f"No group '{group_id}' in project '{project_id}'.", param="group_id")
+        raise NotFound(f"No group '{group_id}' in project '{project_id}'.", param="group_id")
     return row[0], row[1]
 
 
@@ -212,19 +217,30 @@ async def project_groups(s: AsyncSession, project_id: str) -> list[tuple[Project
     return [(pg, g) for pg, g in rows.all()]
 
 
+async def projects_of_group(s: AsyncSession, group_id: str) -> list[tuple[ProjectGroup, Project]]:
+    """The projects a group is a member of, in the order it joined them."""
+    rows = await s.execute(
+        select(ProjectGroup, Project)
+        .join(Project, Project.id == ProjectGroup.project_id)
+        .where(ProjectGroup.group_id == group_id)
+        .order_by(ProjectGroup.seq)
+    )
+    return [(pg, p) for pg, p in rows.all()]
+
+
 async def add_project_group(
     s: AsyncSession, actor: Actor, project_id: str, group_id: Any, role: Any
 ) -> tuple[ProjectGroup, Group]:
     p = await control.get_project(s, project_id)
     control.ensure_active(p)
     if not isinstance(group_id, str) or not group_id:
-        raise bad_request("Give 'group_id'.", param="group_id", code="missing_required_parameter")
+        raise Invalid("Give 'group_id'.", param="group_id", code="missing_required_parameter")
     g = await get_group(s, group_id)
     role = ops.check_project_role(role)
     if (
         await s.execute(select(ProjectGroup.seq).where(ProjectGroup.project_id == p.id, ProjectGroup.group_id == g.id))
     ).first():
-        raise conflict(f"Group '{g.id}' is already a member of project '{p.id}'.", code="group_exists")
+        raise Conflict(f"Group '{g.id}' is already a member of project '{p.id}'.", code="group_exists")
     pg = ProjectGroup(project_id=p.id, group_id=g.id, role=role, created_at=now_s())
     s.add(pg)
     await audit(

@@ -3,12 +3,16 @@ through a one-time link (no e-mail server: the admin API answer, the CLI and the
 
 The link's token is stored only as a keyed digest; it works once, until ``expires_at`` (7 days), and not
 after the invite is deleted. Nor once its sender (``created_by``) has left the organization or no longer holds
-what sending it took (:func:`sender_problem`): an invite carries its sender's authority, not more.
+what sending it took (:func:`sender_problem`): an invite carries its sender's authority, not more. That
+includes its ``projects``: accepting adds the invitee to each, so sending it takes, for every listed project,
+what adding a member there directly takes (``api.project.write`` in that project, organization-wide or from a
+project role held there), at send time and again at acceptance.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -21,6 +25,7 @@ from keyplane.errors import bad_request, conflict, forbidden, not_found
 from keyplane.members import grants, permissions
 from keyplane.members.models import Invite, ProjectUser
 from keyplane.members.ops import check_project_role
+from keyplane.scopes import ALL
 from keyplane.store.models import Project, User
 
 INVITE_TTL_SECONDS = 7 * 86400
@@ -48,6 +53,16 @@ def shape(inv: Invite, now: float) -> dict[str, Any]:
         "projects": orjson.loads(inv.projects),
         "created_by": inv.created_by,
     }  # keyplane extension: the sending user's id (None: the CLI)
+
+
+def project_need(project_id: str) -> str:
+    """What adding a member to the project takes: the permission of the direct call (projects.users.create)."""
+    return permissions.required("POST", f"/v1/organization/projects/{project_id}/users")
+
+
+def _projects_missing(plist: list[dict[str, str]], granted_in: Callable[[str], frozenset[str]]) -> list[str]:
+    """The listed projects whose members the holder of ``granted_in`` (project id -> permissions) may not add."""
+    return [p["id"] for p in plist if project_need(p["id"]) not in granted_in(p["id"])]
 
 
 def _token_digest(secret: bytes, token: str) -> str:
@@ -78,9 +93,18 @@ async def _check_projects(s: AsyncSession, value: Any) -> list[dict[str, str]]:
 
 
 async def create_invite(
-    s: AsyncSession, actor: Actor, secret: bytes, *, email: Any, role: Any, projects: Any = None
+    s: AsyncSession,
+    actor: Actor,
+    secret: bytes,
+    *,
+    email: Any,
+    role: Any,
+    projects: Any = None,
+    granted_in: Callable[[str], frozenset[str]] | None = None,
 ) -> tuple[Invite, str]:
-    """A new invite and its one-time token (returned once, never stored)."""
+    """A new invite and its one-time token (returned once, never stored). ``granted_in``: what the sender may
+    do in a call on a given project (None: the CLI, unchecked); 403 ``insufficient_permissions`` when a listed
+    project (the default one included) is one they could not add a member to directly."""
     addr = (control.check_name(email, "email") or "").lower()
     if "@" not in addr:
         raise bad_request("'email' must be an email address.", param="email", code="invalid_value")
@@ -98,6 +122,14 @@ async def create_invite(
             f"An invite for {addr} is already pending ({pending}); delete it to send a new one.", code="invite_exists"
         )
     plist = await _check_projects(s, projects)
+    missing = _projects_missing(plist, granted_in) if granted_in is not None else []
+    if missing:
+        raise forbidden(
+            f"You cannot invite someone into project(s) {', '.join(missing)}: adding a member there takes "
+            f"{project_need(missing[0])} in that project, which you do not hold. List only projects you manage "
+            "in 'projects' (an empty list for none; no list means the default project).",
+            code="insufficient_permissions",
+        )
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     sender = (actor.detail or {}).get("user")
     inv = Invite(
@@ -168,6 +200,27 @@ async def sender_problem(s: AsyncSession, inv: Invite) -> str | None:
             f"The person who sent this invite no longer holds the authority to invite you as '{inv.role}' "
             f"(missing: {', '.join(missing)}), so it can no longer be accepted. Ask an owner for a new invite."
         )
+    listed = [p for p in orjson.loads(inv.projects) if isinstance(p, dict) and isinstance(p.get("id"), str)]
+    active = set(
+        (
+            await s.execute(
+                select(Project.id).where(Project.id.in_([p["id"] for p in listed]), Project.status == "active")
+            )
+        ).scalars()
+    )  # accepting skips the others: nobody is added there
+    if active:
+        uid = inv.created_by
+        scoped = {uid: (await grants.load_projects(s)).get(uid, {})}
+        lost = _projects_missing(
+            [p for p in listed if p["id"] in active],
+            lambda pid: permissions.of_key_in_project(ALL, uid, {uid: held}, scoped, pid),
+        )
+        if lost:
+            return (
+                f"The person who sent this invite no longer holds the authority to add members to project(s) "
+                f"{', '.join(lost)} (missing: {project_need(lost[0])} there), so it can no longer be accepted. "
+                "Ask an owner for a new invite."
+            )
     return None
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane import control
 from keyplane.control import Actor, audit, bump_revision, now_s
-from keyplane.errors import bad_request, conflict, not_found
+from keyplane.domain import Conflict, Invalid, NotFound
 from keyplane.members.models import GroupUser, ProjectGroup, ProjectUser
 from keyplane.store.models import ApiKey, ServiceAccount, User
 
@@ -24,7 +24,7 @@ SERVICE_ACCOUNT_ROLES = ("owner", "member")
 
 def check_project_role(role: Any, roles: tuple[str, ...] = PROJECT_ROLES) -> str:
     if role not in roles:
-        raise bad_request(f"'role' must be one of: {', '.join(roles)}.", param="role", code="invalid_value")
+        raise Invalid(f"'role' must be one of: {', '.join(roles)}.", param="role", code="invalid_value")
     return str(role)
 
 
@@ -65,7 +65,7 @@ async def require_member_for_key(s: AsyncSession, project_id: str, user_id: str)
     """A user key may be created only for a user who can reach the project (400 otherwise)."""
     user = await control.get_user(s, user_id)
     if not await can_reach(s, user, project_id):
-        raise bad_request(
+        raise Invalid(
             f"User '{user_id}' is not a member of project '{project_id}'; add them to the project "
             f"first: `keyplane members add {project_id} {user.email}`, or POST "
             f"/v1/organization/projects/{project_id}/users.",
@@ -80,11 +80,11 @@ async def _user_for_add(s: AsyncSession, user_id: Any, email: Any) -> User:
     if isinstance(email, str) and email:
         user = (await s.execute(select(User).where(User.email == email.strip().lower()))).scalar()
         if user is None:
-            raise not_found(
+            raise NotFound(
                 f"No user found with email '{email}'; invite or add them to the organization first.", param="email"
             )
         return user
-    raise bad_request(
+    raise Invalid(
         "Give 'user_id' or 'email' of an organization user.", param="user_id", code="missing_required_parameter"
     )
 
@@ -103,7 +103,7 @@ async def add_project_user(
     role = check_project_role(role)
     user = await _user_for_add(s, user_id, email)
     if await membership(s, p.id, user.id) is not None:
-        raise conflict(f"User '{user.id}' is already a member of project '{p.id}'.", code="user_exists")
+        raise Conflict(f"User '{user.id}' is already a member of project '{p.id}'.", code="user_exists")
     t = now_s()
     m = ProjectUser(project_id=p.id, user_id=user.id, role=role, added_at=t)
     s.add(m)
@@ -125,7 +125,7 @@ async def get_project_user(s: AsyncSession, project_id: str, user_id: str) -> tu
     m = await membership(s, project_id, user_id)
     user = (await s.execute(select(User).where(User.id == user_id))).scalar()
     if m is None or user is None:
-        raise not_found(f"No user '{user_id}' in project '{project_id}'.", param="user_id")
+        raise NotFound(f"No user '{user_id}' in project '{project_id}'.", param="user_id")
     return m, user
 
 
@@ -194,7 +194,7 @@ async def list_project_users(
             )
         ).scalar()
         if seq is None:
-            raise bad_request(f"No object with id '{after}' to page from.", param="after")
+            raise Invalid(f"No object with id '{after}' to page from.", param="after")
         stmt = stmt.where(ProjectUser.seq > seq)
     rows = [(m, u) for m, u in (await s.execute(stmt.order_by(ProjectUser.seq).limit(limit + 1))).all()]
     return rows[:limit], len(rows) > limit
@@ -268,7 +268,7 @@ async def update_service_account(
         sa.role = check_project_role(role, SERVICE_ACCOUNT_ROLES)
         changes["role"] = sa.role
     if not changes:
-        raise bad_request("Nothing to update: give 'name' and/or 'role'.", code="missing_required_parameter")
+        raise Invalid("Nothing to update: give 'name' and/or 'role'.", code="missing_required_parameter")
     await audit(
         s,
         actor,
@@ -284,7 +284,7 @@ async def update_service_account(
 async def ensure_reachable(s: AsyncSession, user: User | None, project_id: str) -> None:
     """404 (as if absent) when a signed-in user who is not an organization owner is not a member."""
     if user is not None and not await can_reach(s, user, project_id):
-        raise not_found(f"No project found with id '{project_id}'.", param="project_id")
+        raise NotFound(f"No project found with id '{project_id}'.", param="project_id")
 
 
 async def revoke_unreachable_keys(s: AsyncSession, user_id: str, at: int) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from keyplane import errors
+from keyplane.domain import Forbidden, Invalid
 from keyplane.scopes import Permissions
 
 ORG_READ: Final = "api.organization.read"
@@ -111,7 +111,7 @@ def check_granted(granted: frozenset[str], method: str, path: str) -> None:
     need = required(method, path)
     if need not in granted:
         held = ", ".join(sorted(granted)) or "none"
-        raise errors.forbidden(
+        raise Forbidden(
             f"You have insufficient permissions for this operation. Missing scopes: {need}. This admin key "
             f"acts with: {held} (its user's roles, capped by the key's own role).",
             code="insufficient_permissions",
@@ -123,7 +123,7 @@ def require_held(granted: frozenset[str], wanted: Iterable[str], what: str) -> N
     members) permissions it holds itself. 403 ``insufficient_permissions`` naming what is missing."""
     missing = sorted(set(wanted) - granted)
     if missing:
-        raise errors.forbidden(
+        raise Forbidden(
             f"You cannot {what}: it grants {', '.join(missing)}, which you do not hold yourself.",
             code="insufficient_permissions",
         )
@@ -142,12 +142,12 @@ def check_names(
     """Permission names from ``allowed`` (the table; 400 ``invalid_value`` for anything else), sorted, unique."""
     names = [p for p in PERMISSIONS if p in set(allowed)]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise errors.bad_request(
+        raise Invalid(
             f"'{param}' must be an array of permission names: {', '.join(names)}.", param=param, code="invalid_value"
         )
     unknown = sorted({v for v in value if v not in names})
     if unknown:
-        raise errors.bad_request(
+        raise Invalid(
             f"Unknown permission(s): {', '.join(unknown)}. {what} are: {', '.join(names)}.",
             param=param,
             code="invalid_value",

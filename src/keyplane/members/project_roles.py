@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane import control, ids
 from keyplane.control import Actor, audit, bump_revision, now_s
-from keyplane.errors import bad_request, conflict, not_found
+from keyplane.domain import Conflict, Invalid, NotFound
 from keyplane.members import ops, permissions
 from keyplane.members.fields import actor_user, check_description, check_name
 from keyplane.members.models import GroupUser, ProjectGroup, ProjectRole, ProjectRoleAssignment
@@ -67,7 +67,7 @@ async def get_role(s: AsyncSession, project_id: str, role_id: str) -> ProjectRol
         await s.execute(select(ProjectRole).where(ProjectRole.id == role_id, ProjectRole.project_id == project_id))
     ).scalar()
     if r is None:
-        raise not_found(f"No role found with id '{role_id}' in project '{project_id}'.", param="role_id")
+        raise NotFound(f"No role found with id '{role_id}' in project '{project_id}'.", param="role_id")
     return r
 
 
@@ -79,14 +79,14 @@ async def list_roles(s: AsyncSession, project_id: str) -> list[dict[str, Any]]:
 
 async def _name_free(s: AsyncSession, project_id: str, name: str, but: str | None = None) -> None:
     if name.lower() in RESERVED:
-        raise bad_request(f"'{name}' is a predefined role's name.", param="role_name", code="invalid_value")
+        raise Invalid(f"'{name}' is a predefined role's name.", param="role_name", code="invalid_value")
     stmt = select(ProjectRole.id).where(
         ProjectRole.project_id == project_id, func.lower(ProjectRole.name) == name.lower()
     )
     if but:
         stmt = stmt.where(ProjectRole.id != but)
     if (await s.execute(stmt)).scalar() is not None:
-        raise conflict(f"A role named '{name}' already exists in project '{project_id}'.", code="role_exists")
+        raise Conflict(f"A role named '{name}' already exists in project '{project_id}'.", code="role_exists")
 
 
 async def create_role(
@@ -159,7 +159,7 @@ async def update_role(
     if description_given:
         r.description = changes["description"] = check_description(description)
     if not changes:
-        raise bad_request(
+        raise Invalid(
             "Nothing to update: give 'role_name', 'permissions' and/or 'description'.",
             code="missing_required_parameter",
         )
@@ -210,7 +210,7 @@ async def _member(s: AsyncSession, project_id: str, ptype: str, pid: str) -> Non
             select(ProjectGroup.seq).where(ProjectGroup.project_id == project_id, ProjectGroup.group_id == pid)
         )
     ).first() is None:
-        raise not_found(f"No group '{pid}' in project '{project_id}'.", param="group_id")
+        raise NotFound(f"No group '{pid}' in project '{project_id}'.", param="group_id")
 
 
 async def _assignment(
@@ -244,13 +244,13 @@ async def assign(
     """Give a project member (a user, or a group) one of the project's roles; the caller must hold all its
     permissions in this project."""
     if not isinstance(role_id, str) or not role_id:
-        raise bad_request("Give 'role_id'.", param="role_id", code="missing_required_parameter")
+        raise Invalid("Give 'role_id'.", param="role_id", code="missing_required_parameter")
     control.ensure_active(await control.get_project(s, project_id))
     await _member(s, project_id, ptype, pid)
     r = await get_role(s, project_id, role_id)
     permissions.require_held(granted, perms_of(r), f"assign the role '{r.name}'")
     if await _assignment(s, project_id, r.id, ptype, pid) is not None:
-        raise conflict(
+        raise Conflict(
             f"The {ptype} '{pid}' already holds the role '{r.id}' in project '{project_id}'.", code="role_assigned"
         )
     t = now_s()
@@ -274,7 +274,7 @@ async def unassign(s: AsyncSession, actor: Actor, project_id: str, role_id: str,
     await control.get_project(s, project_id)
     a = await _assignment(s, project_id, role_id, ptype, pid)
     if a is None:
-        raise not_found(
+        raise NotFound(
             f"The {ptype} '{pid}' does not hold the role '{role_id}' in project '{project_id}' directly.",
             param="role_id",
         )

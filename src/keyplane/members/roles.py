@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane import ids
 from keyplane.control import Actor, audit, bump_revision, now_s
-from keyplane.errors import bad_request, conflict, not_found
+from keyplane.domain import Conflict, Invalid, NotFound
 from keyplane.members import permissions
 from keyplane.members.fields import actor_user, check_description, check_name, role_perms
 from keyplane.members.models import CustomRole, GroupUser, RoleAssignment
@@ -57,18 +57,18 @@ def predefined_shape(role_id: str) -> dict[str, Any]:
 
 async def _role_name_free(s: AsyncSession, name: str, but: str | None = None) -> None:
     if name.lower() in permissions.ROLES:
-        raise bad_request(f"'{name}' is a predefined role's name.", param="role_name", code="invalid_value")
+        raise Invalid(f"'{name}' is a predefined role's name.", param="role_name", code="invalid_value")
     stmt = select(CustomRole.id).where(func.lower(CustomRole.name) == name.lower())
     if but:
         stmt = stmt.where(CustomRole.id != but)
     if (await s.execute(stmt)).scalar() is not None:
-        raise conflict(f"A role named '{name}' already exists.", code="role_exists")
+        raise Conflict(f"A role named '{name}' already exists.", code="role_exists")
 
 
 async def custom_role(s: AsyncSession, role_id: str) -> CustomRole:
     r = (await s.execute(select(CustomRole).where(CustomRole.id == role_id))).scalar()
     if r is None:
-        raise not_found(f"No role found with id '{role_id}'.", param="role_id")
+        raise NotFound(f"No role found with id '{role_id}'.", param="role_id")
     return r
 
 
@@ -80,7 +80,7 @@ async def role_object(s: AsyncSession, role_id: str) -> dict[str, Any]:
 
 def _editable(role_id: str) -> None:
     if role_id in PREDEFINED:
-        raise bad_request(
+        raise Invalid(
             f"'{role_id}' is a predefined role: it cannot be changed or deleted.",
             param="role_id",
             code="predefined_role",
@@ -151,7 +151,7 @@ async def update_role(
     if description_given:
         r.description = changes["description"] = check_description(description)
     if not changes:
-        raise bad_request(
+        raise Invalid(
             "Nothing to update: give 'role_name', 'permissions' and/or 'description'.",
             code="missing_required_parameter",
         )
@@ -193,7 +193,7 @@ async def assign(
 ) -> CustomRole:
     """Assign a custom role to a user or a group (the caller must hold all its permissions)."""
     if role_id in PREDEFINED:
-        raise bad_request(
+        raise Invalid(
             f"'{role_id}' is a predefined role: groups are assigned custom roles only (a user's "
             "organization role is set with users.update).",
             param="role_id",
@@ -202,7 +202,7 @@ async def assign(
     r = await custom_role(s, role_id)
     permissions.require_held(granted, role_perms(r), f"assign the role '{r.name}'")
     if await _assignment(s, r.id, ptype, pid) is not None:
-        raise conflict(f"The {ptype} '{pid}' already holds the role '{r.id}'.", code="role_assigned")
+        raise Conflict(f"The {ptype} '{pid}' already holds the role '{r.id}'.", code="role_assigned")
     t = now_s()
     s.add(RoleAssignment(role_id=r.id, principal_type=ptype, principal_id=pid, created_at=t))
     await audit(
@@ -220,7 +220,7 @@ async def assign(
 async def unassign(s: AsyncSession, actor: Actor, role_id: str, ptype: str, pid: str) -> None:
     a = await _assignment(s, role_id, ptype, pid)
     if a is None:
-        raise not_found(f"The {ptype} '{pid}' does not hold the role '{role_id}' directly.", param="role_id")
+        raise NotFound(f"The {ptype} '{pid}' does not hold the role '{role_id}' directly.", param="role_id")
     await s.delete(a)
     await audit(
         s,
@@ -275,20 +275,3 @@ async def roles_of_group(s: AsyncSession, group_id: str) -> list[dict[str, Any]]
     return [
         role_shape(r) | {"assignment_sources": [{"principal_id": group_id, "principal_type": "group"}]} for r in rows
     ]
-
-
-# The dashboard (web/roles.py, web/access.py) still reaches the group functions through this module; they are
-# keyplane.members.groups' (web/ was outside the change that split them out: point its calls there, then drop this).
-from keyplane.members.groups import (  # noqa: E402, F401
-    add_group_user,
-    add_project_group,
-    create_group,
-    delete_group,
-    get_group,
-    group_permissions,
-    group_users,
-    project_groups,
-    remove_group_user,
-    remove_project_group,
-    update_group,
-)

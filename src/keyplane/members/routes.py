@@ -14,13 +14,13 @@ from keyplane.admin import shapes as admin_shapes
 from keyplane.admin.common import (
     JSONResponse,
     authenticate_admin,
-    cursor_page,
     granted,
+    granted_in,
     json_body,
-    list_response,
     runtime,
 )
 from keyplane.admin.params import query_limit
+from keyplane.lists import cursor_page, list_response
 from keyplane.members import groups, invites, ops, permissions
 from keyplane.members.models import Invite, ProjectUser
 from keyplane.store.models import ApiKey, User
@@ -143,7 +143,7 @@ async def list_invites(request: Request) -> JSONResponse:
 
 async def create_invite(request: Request) -> JSONResponse:
     """The invite, plus (keyplane extension, shown once) ``accept_url``: the one-time link to set a password."""
-    _, actor = authenticate_admin(request)
+    entry, actor = authenticate_admin(request)
     body = await json_body(request)
     permissions.require_role_grant(granted(request), body.get("role"))
     rt = runtime(request)
@@ -155,6 +155,7 @@ async def create_invite(request: Request) -> JSONResponse:
             email=body.get("email"),
             role=body.get("role"),
             projects=body.get("projects"),
+            granted_in=lambda pid: granted_in(request, entry, pid),
         )
     d = invites.shape(inv, rt.clock.now())
     d["accept_url"] = str(request.base_url).rstrip("/") + invites.ACCEPT_PATH + token

@@ -72,21 +72,23 @@ _decoder = msgspec.json.Decoder(Head)
 
 
 def check_headers(headers: list[tuple[bytes, bytes]]) -> None:
-    """Bound the header count and size a request may make keyplane hold and forward."""
+    """Bound the header count and size a request may make keyplane hold and forward, and refuse a compressed
+    body (Content-Encoding) on every endpoint: keyplane reads bodies as sent (the output limit, the ids the
+    ownership check looks for, a batch file's lines), and an upstream that inflates it would read another."""
     if len(headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
         raise errors.headers_too_large(MAX_HEADERS, MAX_HEADER_BYTES)
+    for k, v in headers:
+        if k == _CONTENT_ENCODING and v.strip().lower() not in (b"", b"identity"):
+            raise errors.bad_request(
+                "keyplane does not accept compressed request bodies (Content-Encoding); send the body uncompressed.",
+                code="unsupported_encoding",
+            )
 
 
 def read_fields(ep: Endpoint, headers: list[tuple[bytes, bytes]], body: bytes) -> Fields:
     """The fields of a model or spending request, validated; what cannot be read is refused (never skipped)."""
-    ctype = b""
+    ctype = b""  # a compressed body never gets here (check_headers)
     for k, v in headers:
-        if k == _CONTENT_ENCODING and v.strip().lower() not in (b"", b"identity"):
-            raise errors.bad_request(
-                "keyplane does not accept compressed request bodies on this endpoint "
-                "(Content-Encoding); send the body uncompressed.",
-                code="unsupported_encoding",
-            )
         if k == _CONTENT_TYPE:
             ctype = v.split(b";", 1)[0].strip().lower()
     if not ep.model and ctype == b"multipart/form-data":

@@ -22,8 +22,9 @@ from sqlalchemy import and_, or_
 from starlette.requests import Request
 
 from keyplane import errors
-from keyplane.admin.common import JSONResponse, authenticate_admin, list_response, query_list, runtime
+from keyplane.admin.common import JSONResponse, authenticate_admin, query_list, runtime
 from keyplane.admin.params import parse_int, query_bool, query_limit, query_timestamp
+from keyplane.lists import list_response
 from keyplane.usage import queries, records, rollups
 from keyplane.usage.models import UsageRequest
 from keyplane.usage.queries import COSTS_GROUP_BY, GROUP_BY, Range

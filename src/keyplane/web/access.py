@@ -22,10 +22,9 @@ from starlette.routing import Route
 from keyplane import control
 from keyplane.access import inspect, service
 from keyplane.access.policy import Policies
+from keyplane.members import groups as member_groups
 from keyplane.members import ops as members
-from keyplane.members import roles
-from keyplane.members.models import Group
-from keyplane.store.models import ApiKey, Project
+from keyplane.store.models import ApiKey
 from keyplane.web.base import Ctx, Refused, error_page, not_permitted, refused_status, view
 
 ORG_API = "/v1/organization/ip_allowlist"
@@ -69,7 +68,7 @@ async def _org_page(
                 await s.execute(select(ApiKey).where(ApiKey.id.in_([p["id"] for p in policies if p["scope"] == "key"])))
             ).scalars()
         }
-        projects = {p.id: p for p in (await s.execute(select(Project))).scalars()}
+        projects = {p.id: p for p in await control.all_projects(s)}
         reach = await members.reachable_project_ids(s, ctx.user) if ctx.user is not None else None
     rows = []
     for p in policies:
@@ -162,8 +161,8 @@ async def _target_page(
         models = await service.model_permissions(s, where)
         tools = await service.tool_permissions(s, where)
         allowlist = await service.ip_allowlist(s, where)
-        groups = await roles.project_groups(s, pid) if kid is None else []
-        all_groups = list((await s.execute(select(Group).order_by(Group.seq))).scalars()) if kid is None else []
+        groups = await member_groups.project_groups(s, pid) if kid is None else []
+        all_groups = await member_groups.all_groups(s) if kid is None else []
     member_ids = {g.id for _, g in groups}
     return ctx.render(
         "access_target.html",
@@ -276,7 +275,7 @@ async def ip_lift(ctx: Ctx) -> Response:
 @view()
 async def project_group_add(ctx: Ctx) -> Response:
     async def apply(s: AsyncSession, where: service.Where) -> str:
-        _, g = await roles.add_project_group(s, ctx.actor, where[1], ctx.field("group_id"), ctx.field("role"))
+        _, g = await member_groups.add_project_group(s, ctx.actor, where[1], ctx.field("group_id"), ctx.field("role"))
         return f"Group “{g.name}” added: its users reach this project."
 
     return await _change(ctx, "POST", "groups", {}, "", apply)
@@ -287,7 +286,7 @@ async def project_group_remove(ctx: Ctx) -> Response:
     gid = ctx.request.path_params["gid"]
 
     async def apply(s: AsyncSession, where: service.Where) -> str:
-        await roles.remove_project_group(s, ctx.actor, where[1], gid)
+        await member_groups.remove_project_group(s, ctx.actor, where[1], gid)
         return "Group removed from the project."
 
     return await _change(ctx, "DELETE", f"groups/{gid}", {}, "", apply)

@@ -9,10 +9,9 @@ from typing import Any
 
 import orjson
 from markupsafe import Markup
-from sqlalchemy import select
 
+from keyplane import control
 from keyplane.scopes import AREAS, Permissions, parse_permissions
-from keyplane.store.models import ApiKey, Project
 from keyplane.web.base import cents, num, usd, when
 
 RANGES = {
@@ -148,9 +147,8 @@ def grouped_costs(costs: list[dict[str, Any]], key: str) -> dict[str, float]:
 
 async def names(s: Any) -> tuple[dict[str, str], dict[str, str]]:
     """Project and key names by id, to label usage rows."""
-    projects = dict((await s.execute(select(Project.id, Project.name))).all())
-    rows = (await s.execute(select(ApiKey.id, ApiKey.name, ApiKey.redacted_value))).all()
-    keys = {k: f"{n} ({r})" for k, n, r in rows}
+    projects = await control.project_names(s)
+    keys = {k: f"{n} ({r})" for k, (n, r) in (await control.key_names(s)).items()}
     return projects, keys
 
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from keyplane import errors
-from keyplane.admin.common import list_response
 from keyplane.billing import service as billing
 from keyplane.degrade import store_outage
 from keyplane.domain import DomainError, api_error
 from keyplane.guard import service as guard
+from keyplane.lists import list_response
 from keyplane.members import permissions
 from keyplane.providers import service as providers_service
 from keyplane.scopes import ALL

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from starlette.responses import Response
 from starlette.routing import Route
 
 from keyplane import control
 from keyplane.members import ops as members
 from keyplane.scopes import AREAS
-from keyplane.store.models import ApiKey, ServiceAccount, User
+from keyplane.store.models import ApiKey
 from keyplane.web import data
 from keyplane.web.base import Ctx, Refused, error_page, view
 from keyplane.web.manage import EXPIRY, _owner, _problem, _project_page, _status
@@ -102,10 +101,7 @@ async def key_page(ctx: Ctx) -> Response:
             await members.ensure_reachable(s, ctx.user, pid)
         except Refused:
             return error_page(ctx, 404, "Not found", "There is no such key in this project.")
-        users = {u.id: u for u in (await s.execute(select(User))).scalars()}
-        sas = {
-            a.id: a for a in (await s.execute(select(ServiceAccount).where(ServiceAccount.project_id == pid))).scalars()
-        }
+        users, sas = await control.key_owners(s, [k])
     perms = data.permissions_from(k.permissions)
     return ctx.render(
         "key.html",

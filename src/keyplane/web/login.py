@@ -13,7 +13,7 @@ from urllib.parse import quote
 import orjson
 import segno
 from markupsafe import Markup
-from sqlalchemy import select
+from sqlalchemy import select, update
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -128,13 +128,8 @@ async def totp_submit(ctx: Ctx) -> Response:
     method = None
     if step is not None and await ctx.web.shared.claim_step(user.id, step):
         method = "totp"
-    elif step is None and len(auth.normalize_code(code)) == 10:
-        async with ctx.rt.write() as s:
-            row = (await s.execute(select(User).where(User.id == user.id))).scalar_one()
-            rest = auth.use_recovery_code(ctx.rt.settings.secret_key, row.recovery_codes, code)
-            if rest is not None:
-                row.recovery_codes = rest
-                method = "recovery_code"
+    elif step is None and len(auth.normalize_code(code)) == 10 and await _spend_recovery_code(ctx, user.id, code):
+        method = "recovery_code"
     if method is None:
         await _fail(ctx, user, user.email, "invalid_mfa_code", "wrong or already used authentication code")
         return ctx.render(
@@ -145,6 +140,24 @@ async def totp_submit(ctx: Ctx) -> Response:
             "(each code works once), or one of your recovery codes.",
         )
     return await _signed_in(ctx, user, method, nxt)
+
+
+async def _spend_recovery_code(ctx: Ctx, user_id: str, code: str) -> bool:
+    """Spend one of the user's recovery codes: True once per code, even when sign-ins on several instances send
+    it at the same moment. PostgreSQL lets concurrent transactions read the same list (SQLite's BEGIN IMMEDIATE
+    does not), so the row is locked as it is read, and the new list is written only over the very list read
+    (the UPDATE's rowcount says whether it was): never two sign-ins on one code."""
+    async with ctx.rt.write() as s:
+        stored = (
+            await s.execute(select(User.recovery_codes).where(User.id == user_id).with_for_update())
+        ).scalar_one_or_none()
+        rest = auth.use_recovery_code(ctx.rt.settings.secret_key, stored, code)
+        if rest is None:
+            return False
+        spent = await s.execute(
+            update(User).where(User.id == user_id, User.recovery_codes == stored).values(recovery_codes=rest)
+        )
+        return int(getattr(spent, "rowcount", 0) or 0) == 1
 
 
 async def _signed_in(ctx: Ctx, user: User, method: str, nxt: str) -> Response:

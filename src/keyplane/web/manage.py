@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
 from starlette.responses import Response
 from starlette.routing import Route
 
 from keyplane import control
 from keyplane.members import ops as members
 from keyplane.scopes import AREAS
-from keyplane.store.models import ApiKey, Project, ServiceAccount, User
+from keyplane.store.models import ApiKey, ServiceAccount, User
 from keyplane.web import data, features
 from keyplane.web.base import Ctx, Refused, error_page, view
 
@@ -35,26 +34,13 @@ def _problem(ctx: Ctx, message: str, status: int = 400) -> Response:
 @view()
 async def projects_page(ctx: Ctx) -> Response:
     show_archived = ctx.request.query_params.get("archived") == "1"
-    stmt = select(Project).order_by(Project.seq)
-    if not show_archived:
-        stmt = stmt.where(Project.status == "active")
     async with ctx.rt.read() as s:
-        projects = list((await s.execute(stmt)).scalars())
+        projects = await control.all_projects(s, include_archived=show_archived)
         reach = await members.reachable_project_ids(s, ctx.user) if ctx.user is not None else None
         if reach is not None:  # not an organization owner: only the projects they are a member of
             projects = [p for p in projects if p.id in reach]
-        counts = dict(
-            (
-                await s.execute(
-                    select(ApiKey.project_id, func.count())
-                    .where(ApiKey.revoked_at.is_(None), ApiKey.kind != "admin")
-                    .group_by(ApiKey.project_id)
-                )
-            ).all()
-        )
-        n_archived = (
-            await s.execute(select(func.count()).select_from(Project).where(Project.status == "archived"))
-        ).scalar()
+        counts = await control.active_key_counts(s)
+        n_archived = await control.count_projects(s, "archived")
     now = ctx.rt.clock.now()
     costs = await features.costs(
         ctx, start=data.month_start(now), end=int(now) + 86400, limit=31, group_by=["project_id"]
@@ -89,14 +75,8 @@ async def _project_page(ctx: Ctx, pid: str, *, secret: dict[str, Any] | None = N
         except Refused:
             return error_page(ctx, 404, "Not found", f"There is no project with id {pid}.")
         show_revoked = ctx.request.query_params.get("revoked") == "1"
-        stmt = select(ApiKey).where(ApiKey.project_id == pid, ApiKey.kind != "admin").order_by(ApiKey.seq.desc())
-        if not show_revoked:
-            stmt = stmt.where(ApiKey.revoked_at.is_(None))
-        keys = list((await s.execute(stmt)).scalars())
-        users = {u.id: u for u in (await s.execute(select(User))).scalars()}
-        sas = {
-            a.id: a for a in (await s.execute(select(ServiceAccount).where(ServiceAccount.project_id == pid))).scalars()
-        }
+        keys = await control.all_project_keys(s, pid, include_revoked=show_revoked)
+        users, sas = await control.key_owners(s, keys)
     now = ctx.rt.clock.now()
     limit = await features.spend_limit(ctx, pid)
     rates = await features.rate_limits(ctx, pid, limit=100)

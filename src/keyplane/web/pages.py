@@ -8,13 +8,11 @@ import io
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
 from starlette.responses import Response
 from starlette.routing import Route
 
 from keyplane import control
 from keyplane.admin import shapes
-from keyplane.store.models import ApiKey, AuditLog, Project, User
 from keyplane.web import data, features
 from keyplane.web.base import Ctx, Refused, view
 from keyplane.web.features import Result
@@ -91,10 +89,8 @@ async def overview(ctx: Ctx) -> Response:
     month = data.usage_view(_buckets(month_usage), _buckets(month_costs), mstart, "1d", 31)
     async with ctx.rt.read() as s:
         pnames, knames = await data.names(s)
-        n_projects = len((await s.execute(select(Project.id).where(Project.status == "active"))).all())
-        n_keys = len(
-            (await s.execute(select(ApiKey.id).where(ApiKey.kind != "admin", ApiKey.revoked_at.is_(None)))).all()
-        )
+        n_projects = await control.count_projects(s, "active")
+        n_keys = await control.count_active_keys(s)
     spend_by_project = data.grouped_costs(_buckets(month_costs), "project_id")
     return ctx.render(
         "overview.html",
@@ -153,11 +149,8 @@ async def usage_page(ctx: Ctx) -> Response:
     u = await _usage_query(ctx)
     async with ctx.rt.read() as s:
         pnames, knames = await data.names(s)
-        projects = list((await s.execute(select(Project).order_by(Project.seq))).scalars())
-        key_stmt = select(ApiKey).where(ApiKey.kind != "admin").order_by(ApiKey.seq)
-        if u["f"]["project"]:
-            key_stmt = key_stmt.where(ApiKey.project_id == u["f"]["project"])
-        keys = list((await s.execute(key_stmt)).scalars())
+        projects = await control.all_projects(s)
+        keys = await control.all_keys(s, project_id=u["f"]["project"] or None)
     models = sorted(
         {str(r.get("model")) for r in u["view"].rows if r.get("model")}
         | ({u["f"]["model"]} if u["f"]["model"] else set())
@@ -276,7 +269,7 @@ async def guard_page(ctx: Ctx) -> Response:
     events = await features.guard_events(ctx, limit=50)
     async with ctx.rt.read() as s:
         pnames, knames = await data.names(s)
-        knames_short = dict((await s.execute(select(ApiKey.id, ApiKey.name))).all())
+        knames_short = {kid: name for kid, (name, _) in (await control.key_names(s)).items()}
 
     def rule_columns(items: list[dict[str, Any]]) -> list[str]:
         return data.columns(
@@ -315,28 +308,25 @@ async def audit_page(ctx: Ctx) -> Response:
         "actor": q.get("actor", "")[:64],
         "resource": q.get("resource", "")[:64],
     }
-    stmt = select(AuditLog)
-    if f["type"]:
-        stmt = stmt.where(
-            AuditLog.type.like(f["type"].replace("*", "%")) if "*" in f["type"] else AuditLog.type == f["type"]
-        )
-    if f["project"]:
-        stmt = stmt.where(AuditLog.project_id == f["project"])
-    if f["actor"]:
-        stmt = stmt.where(AuditLog.actor_id == f["actor"])
-    if f["resource"]:
-        stmt = stmt.where(AuditLog.resource_id == f["resource"])
+    wildcard = "*" in f["type"]
     async with ctx.rt.read() as s:
         try:
-            rows, more = await control.page(
-                s, AuditLog, stmt, after=q.get("after") or None, limit=AUDIT_PAGE, descending=True
+            rows, more = await control.list_audit_logs(
+                s,
+                after=q.get("after") or None,
+                limit=AUDIT_PAGE,
+                type_like=f["type"].replace("*", "%") if wildcard else None,
+                event_types=[f["type"]] if f["type"] and not wildcard else [],
+                project_ids=[f["project"]] if f["project"] else [],
+                actor_ids=[f["actor"]] if f["actor"] else [],
+                resource_ids=[f["resource"]] if f["resource"] else [],
             )
         except Refused:
             rows, more = [], False
         pnames, _ = await data.names(s)
-        projects = list((await s.execute(select(Project).order_by(Project.seq))).scalars())
-        users = {u.id: u.email for u in (await s.execute(select(User))).scalars()}
-        types = sorted(t for (t,) in (await s.execute(select(AuditLog.type).distinct())).all())
+        projects = await control.all_projects(s)
+        users = {u.id: u.email for u in await control.all_users(s)}
+        types = await control.audit_event_types(s)
     entries = []
     for r in rows:
         d = shapes.audit_log(r, pnames.get(r.project_id or ""))

@@ -13,15 +13,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import select
 from starlette.responses import Response
 from starlette.routing import Route
 
 from keyplane import control
+from keyplane.members import groups as group_svc
 from keyplane.members import permissions
 from keyplane.members import roles as svc
-from keyplane.members.models import Group, ProjectGroup
-from keyplane.store.models import Project, User
+from keyplane.members.models import Group
+from keyplane.store.models import User
 from keyplane.web.base import Ctx, Refused, error_page, not_permitted, refused_status, view
 
 ROLES_API = "/v1/organization/roles"
@@ -38,8 +38,8 @@ async def _roles_page(
 ) -> Response:
     async with ctx.rt.read() as s:
         all_roles = await svc.all_roles(s)
-        users = list((await s.execute(select(User).order_by(User.seq))).scalars())
-        groups = list((await s.execute(select(Group).order_by(Group.seq))).scalars())
+        users = await control.all_users(s)
+        groups = await group_svc.all_groups(s)
         direct: dict[str, list[User]] = {}
         for u in users:
             for r in await svc.roles_of_user(s, u):
@@ -51,7 +51,7 @@ async def _roles_page(
             held = await svc.roles_of_group(s, g.id)
             for r in held:
                 by_group.setdefault(r["id"], []).append(g)
-            group_rows.append({"g": g, "roles": held, "members": len(await svc.group_users(s, g.id))})
+            group_rows.append({"g": g, "roles": held, "members": len(await group_svc.group_users(s, g.id))})
     custom = [r for r in all_roles if not r["predefined_role"]]
     return ctx.render(
         "roles.html",
@@ -194,7 +194,7 @@ async def group_create(ctx: Ctx) -> Response:
     name = ctx.field("name")
     try:
         async with ctx.rt.write() as s:
-            g = await svc.create_group(s, ctx.actor, name)
+            g = await group_svc.create_group(s, ctx.actor, name)
             gid, done = g.id, f"Group “{g.name}” created. Add its users and roles below."
     except Refused as e:
         return await _roles_page(ctx, error=e.message, draft={"group_name": name}, status=refused_status(e))
@@ -205,24 +205,15 @@ async def _group_page(ctx: Ctx, *, error: str | None = None, status: int = 200) 
     gid = ctx.request.path_params["gid"]
     async with ctx.rt.read() as s:
         try:
-            g = await svc.get_group(s, gid)
+            g = await group_svc.get_group(s, gid)
         except Refused:
             return error_page(ctx, 404, "Not found", f"There is no group with id {gid}.")
-        members = await svc.group_users(s, gid)
+        members = await group_svc.group_users(s, gid)
         held = await svc.roles_of_group(s, gid)
-        users = list((await s.execute(select(User).order_by(User.seq))).scalars())
+        users = await control.all_users(s)
         custom = [r for r in await svc.all_roles(s) if not r["predefined_role"]]
-        projects = list(
-            (
-                await s.execute(
-                    select(ProjectGroup, Project)
-                    .join(Project, Project.id == ProjectGroup.project_id)
-                    .where(ProjectGroup.group_id == gid)
-                    .order_by(ProjectGroup.seq)
-                )
-            ).all()
-        )
-        perms = await svc.group_permissions(s, gid)
+        projects = await group_svc.projects_of_group(s, gid)
+        perms = await group_svc.group_permissions(s, gid)
     in_group = {u.id for u in members}
     has_role = {r["id"] for r in held}
     return ctx.render(
@@ -266,7 +257,7 @@ async def group_rename(ctx: Ctx) -> Response:
     gid = ctx.request.path_params["gid"]
 
     async def apply(s: Any) -> str:
-        g = await svc.update_group(s, ctx.actor, gid, ctx.field("name"))
+        g = await group_svc.update_group(s, ctx.actor, gid, ctx.field("name"))
         return f"Group renamed “{g.name}”."
 
     return await _on_group_page(ctx, f"{GROUPS_API}/{gid}", apply)
@@ -277,8 +268,8 @@ async def group_delete(ctx: Ctx) -> Response:
     gid = ctx.request.path_params["gid"]
 
     async def apply(s: Any) -> str:
-        g = await svc.get_group(s, gid)
-        await svc.delete_group(s, ctx.actor, gid)
+        g = await group_svc.get_group(s, gid)
+        await group_svc.delete_group(s, ctx.actor, gid)
         return f"Group “{g.name}” deleted: its members lost its roles and projects."
 
     return await _on_group_page(ctx, f"{GROUPS_API}/{gid}", apply, method="DELETE", back="/roles#groups")
@@ -289,7 +280,7 @@ async def group_user_add(ctx: Ctx) -> Response:
     gid = ctx.request.path_params["gid"]
 
     async def apply(s: Any) -> str:
-        m = await svc.add_group_user(s, ctx.actor, ctx.granted, gid, ctx.field("user_id"))
+        m = await group_svc.add_group_user(s, ctx.actor, ctx.granted, gid, ctx.field("user_id"))
         u = await control.get_user(s, m.user_id)
         return f"{u.email} added to the group."
 
@@ -301,7 +292,7 @@ async def group_user_remove(ctx: Ctx) -> Response:
     gid, uid = ctx.request.path_params["gid"], ctx.request.path_params["uid"]
 
     async def apply(s: Any) -> str:
-        await svc.remove_group_user(s, ctx.actor, gid, uid)
+        await group_svc.remove_group_user(s, ctx.actor, gid, uid)
         return "User removed from the group."
 
     return await _on_group_page(ctx, f"{GROUPS_API}/{gid}/users/{uid}", apply, method="DELETE")
@@ -313,7 +304,7 @@ async def group_role_assign(ctx: Ctx) -> Response:
     rid = ctx.field("role_id")
 
     async def apply(s: Any) -> str:
-        g = await svc.get_group(s, gid)
+        g = await group_svc.get_group(s, gid)
         r = await svc.assign(s, ctx.actor, ctx.granted, rid, "group", g.id)
         return f"The group now holds the role “{r.name}”."
 
@@ -325,7 +316,7 @@ async def group_role_remove(ctx: Ctx) -> Response:
     gid, rid = ctx.request.path_params["gid"], ctx.request.path_params["rid"]
 
     async def apply(s: Any) -> str:
-        g = await svc.get_group(s, gid)
+        g = await group_svc.get_group(s, gid)
         await svc.unassign(s, ctx.actor, rid, "group", g.id)
         return "Role removed from the group."
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from starlette.responses import Response
 from starlette.routing import Route
 
 from keyplane import control
-from keyplane.store.models import User
 from keyplane.web import auth
 from keyplane.web.base import Ctx, Refused, error_page, view
 
@@ -23,7 +21,7 @@ def _problem(ctx: Ctx, message: str, status: int = 400) -> Response:
 
 async def _users_page(ctx: Ctx, secret: dict[str, Any] | None = None) -> Response:
     async with ctx.rt.read() as s:
-        users = list((await s.execute(select(User).order_by(User.seq))).scalars())
+        users = await control.all_users(s)
     return ctx.render("users.html", nav="users", users=users, secret=secret)
 
 
