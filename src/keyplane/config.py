@@ -153,6 +153,10 @@ class Upstream(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     projects: list[str] = msgspec.field(default_factory=list)
     """project ids or names this upstream is dedicated to (their own provider credential); empty: shared
     ([proxy.md](proxy.md#what-is-isolated-between-projects))"""
+    service_tier: str = ""
+    """the service tier the provider project serves a request that names none (or `auto`) at, when dearer than
+    the standard one (`priority`): such requests are reserved at its price; empty: learned from the answers
+    ([limits-and-billing.md](limits-and-billing.md#prices))"""
 
 
 class FileConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -9,6 +9,11 @@ that cannot be priced or bounded is refused, and every spending call needs room 
 where none applies, an unpriced model is served and recorded at cost 0, with a warning the first
 time. settle (order 10): the actual cost is committed, the rest released, the token buckets
 corrected, ``ctx.cost_micros`` filled for metering, and the cost queued for the SQL ledger.
+
+Service tiers: a token request is billed at the tier its answer says served it (``ctx.service_tier``), not
+the one it asked for: one naming none (or `auto`) is served at the provider project's default tier, which
+may be priority. Such a request is reserved at the dearest tier its upstreams are known to serve by default
+(their ``service_tier`` setting, or a dearer tier an earlier answer reported: :meth:`Admission._learn`).
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from keyplane import errors
 from keyplane.billing import quote as quote_mod
 from keyplane.billing.engine import Billing, Plan
-from keyplane.billing.prices import Price, Tokens
+from keyplane.billing.prices import MICROS, Price, Tokens
+from keyplane.billing.quote import TierPricing
 from keyplane.billing.ratelimits import limits_model
 from keyplane.limits import MINUTE_US, RPM, TPM, UNITS, Denied, Granted, Reservation, Unseeded, gcra
 from keyplane.limits.memory import MemoryLimiter
@@ -29,6 +35,15 @@ from keyplane.limits.memory import MemoryLimiter
 log = logging.getLogger("keyplane.billing")
 
 BIG_BODY = 64 * 1024  # bodies larger than this are tokenized in a thread, not on the event loop
+
+
+class _Upstream(Protocol):
+    """What billing reads and teaches of an upstream a request may go to (keyplane.proxy.router.Deployment)."""
+
+    @property
+    def name(self) -> str: ...
+
+    default_tier: str | None
 
 
 def _form(ctx: Any) -> dict[str, str] | None:
@@ -87,6 +102,7 @@ class Admission:
             _form(ctx),
             b.default_max_tokens,
             getattr(ctx, "upload", None),
+            self._default_tier(ctx),
         )
         q = await asyncio.to_thread(quote_mod.quote, *args) if len(ctx.body) > BIG_BODY else quote_mod.quote(*args)
         model = q.model
@@ -135,8 +151,28 @@ class Admission:
                 "units": q.units,
                 "tools": q.tools,
                 "per_minute": q.per_minute,
+                "tier": q.tier,
             },
         )
+
+    def _default_tier(self, ctx: Any) -> str | None:
+        """The dearest tier the request's upstreams are known to serve a request naming none at, if dearer than
+        the standard one (a tier the table does not price for the model wins: the quote is then an estimate).
+        Usually no upstream has one: a few attribute reads."""
+        pool: tuple[_Upstream, ...] = getattr(ctx, "pool", ())
+        model: str | None = ctx.model
+        best: str | None = None
+        best_factor = MICROS
+        for d in pool:
+            tier = d.default_tier
+            if tier is None or model is None:
+                continue
+            factor = self.b.prices.tier_factor(model, tier)
+            if factor is None:
+                return tier
+            if factor > best_factor:
+                best, best_factor = tier, factor
+        return best
 
     async def _admit_batch(self, ctx: Any, plan: Plan, controlled: bool, now: float) -> None:
         """POST /v1/batches: reserve the input file's estimate at the batch price for the batch's life, or
@@ -300,6 +336,10 @@ class Admission:
                     cost = max(cost, -(-ctx.units * per_minute // 60))  # type: ignore[operator]
                 ctx.units = ctx.units or int(extra.get("units") or 0)  # type: ignore[call-overload]
         elif price is not None:
+            tier: TierPricing | None = extra.get("tier")  # type: ignore[assignment]
+            served = getattr(ctx, "service_tier", None)
+            if served is not None and tier is not None:
+                price = self._served_price(ctx, tier, served, price)
             by = getattr(ctx, "modalities", None)
             if by is None and used and (price.audio_input is not None or price.audio_output is not None):
                 by = _chat_audio(ctx, prompt, cached, completion)  # audio on chat completions: by its details
@@ -329,6 +369,37 @@ class Admission:
             # The cost is in the usage record (and so in the SQL ledger); the Redis backend queued the
             # settle and replays it when Redis answers again (billing engine, every ledger_flush_seconds).
             _log_store_error(f"settle of {res.rid} failed; queued for replay", e)
+
+    def _served_price(self, ctx: Any, tier: TierPricing, served: str, price: Price) -> Price:
+        """The price at the tier the answer reports (cheaper or dearer than the one reserved: the provider bills
+        the one that served); ``price`` when the table has no price for it or it is the one reserved."""
+        factor = self.b.prices.tier_factor(tier.model, served)
+        if factor is None or factor == tier.factor:
+            return price
+        if tier.at_default and tier.factor is not None and factor > tier.factor:
+            self._learn(ctx, tier.model, served, factor)
+        return tier.base if factor == MICROS else tier.base.scaled(factor)
+
+    def _learn(self, ctx: Any, model: str, served: str, factor: int) -> None:
+        """The upstream that answered served a request naming no tier at a dearer tier than it was reserved at:
+        its default tier is that one, and the next such requests reserve at it (until a restart; the first ones
+        in flight before this answer may still overshoot a limit: docs/limits-and-billing.md)."""
+        pool: tuple[_Upstream, ...] = getattr(ctx, "pool", ())
+        for d in pool:
+            if d.name != ctx.upstream:
+                continue
+            known = self.b.prices.tier_factor(model, d.default_tier) if d.default_tier else MICROS
+            if known is not None and factor > known:
+                d.default_tier = served
+                log.warning(
+                    "upstream `%s` served a request that named no service tier at `%s`: such requests are "
+                    'reserved at that tier from now on in this process (set service_tier = "%s" in its '
+                    "[[upstreams]] entry so that they are from the start)",
+                    d.name,
+                    served[:20],
+                    served[:20],
+                )
+            return
 
     async def _release(self, res: Reservation) -> None:
         try:

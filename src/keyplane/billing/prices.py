@@ -425,9 +425,11 @@ def check_config(cfg: Any, flat: dict[str, Any]) -> list[str]:
     """Problems in [prices], [[tiers]], [limits] and the limits settings, for config.load_settings."""
     problems: list[str] = []
     try:
-        PriceTable.from_config(cfg.prices, flat.get("prices_file") or "")
+        table = PriceTable.from_config(cfg.prices, flat.get("prices_file") or "")
     except PriceError as e:
         problems.append(str(e))
+    else:
+        problems.extend(_unpriced_upstream_tiers(table, cfg.upstreams))
     from keyplane.billing.tiers import check_tiers
 
     problems.extend(check_tiers(cfg.tiers, cfg.limits.tier))
@@ -435,3 +437,15 @@ def check_config(cfg: Any, flat: dict[str, Any]) -> list[str]:
         if flat.get(name, 1) <= 0:
             problems.append(f"setting `{name}` must be > 0")
     return problems
+
+
+def _unpriced_upstream_tiers(table: PriceTable, upstreams: list[Any]) -> list[str]:
+    """An upstream's ``service_tier`` must be one the table prices: every request it serves naming no tier is
+    reserved at it, and a tier without a price would refuse them all under money controls."""
+    known = sorted(table.service_tiers)
+    return [
+        f"$.upstreams[{i}].service_tier: `{up.service_tier}` is not a tier of the price table "
+        f"(its [service_tiers]: {', '.join(known) or 'none'}; or `default`)"
+        for i, up in enumerate(upstreams)
+        if up.service_tier not in ("", "default") and up.service_tier not in known
+    ]

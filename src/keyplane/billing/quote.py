@@ -57,6 +57,17 @@ _WHY: Final = (
 )
 
 
+@dataclass(slots=True)  # not frozen: a frozen dataclass is built ~5x slower, and one is built per token request
+class TierPricing:
+    """How a token quote's service tier was priced, for settle to bill the tier the answer reports instead."""
+
+    model: str
+    base: Price  # the model's price at the standard tier (re-scaled at the tier that served)
+    factor: int | None  # the tier's factor the reservation was priced at (None: a tier the table does not price)
+    # The request named no tier (or `auto`): the upstream served it at its default, which settle learns from.
+    at_default: bool
+
+
 @dataclass(slots=True)
 class Quote:
     model: str | None  # the model billed (the endpoint's default when the request names none)
@@ -73,6 +84,7 @@ class Quote:
     tools: dict[str, int] | None = None  # hosted tools enabled: micro-dollars per call (or session) by usage kind
     # transcription: micro-dollars per minute, billed by the reported seconds past the estimate
     per_minute: int | None = None
+    tier: TierPricing | None = None  # token quotes: the service tier priced (settle bills the one that served)
 
 
 def quote(
@@ -85,11 +97,13 @@ def quote(
     form: dict[str, str] | None,
     default_max_tokens: int,
     upload: Any = None,
+    default_tier: str | None = None,
 ) -> Quote:
     """``upload``: a multipart upload not held in ``body`` (proxy/uploads.py: ``estimate_bytes``, ``files``);
-    ``body`` is then its beginning (the text fields)."""
+    ``body`` is then its beginning (the text fields). ``default_tier``: the tier the upstreams serve a request
+    that names none (or `auto`) at, when it is not the standard one; such a request is priced at it."""
     if endpoint in TOKEN_ENDPOINTS:
-        return _tokens(prices, endpoint, model, body, max_tokens, context_ref, default_max_tokens)
+        return _tokens(prices, endpoint, model, body, max_tokens, context_ref, default_max_tokens, default_tier)
     if endpoint in IMAGES:
         files = upload.files if upload is not None else body.count(b"filename=")
         return _images(prices, endpoint, model, body, form, files)
@@ -109,6 +123,7 @@ def _tokens(
     max_tokens: int | None,
     context_ref: bool,
     default_max_tokens: int,
+    default_tier: str | None = None,
 ) -> Quote:
     price = prices.lookup(model) if model else None
     if model is None or price is None or not price.tokens:
@@ -118,8 +133,11 @@ def _tokens(
     m = tokens.measure(endpoint, model, body)
     prompt, n = m.prompt, m.n
     tier = _service_tier(body)
+    at_default = tier is None or tier == "auto"
+    if at_default and default_tier is not None:
+        tier = default_tier  # served at the upstream's default tier, which is known not to be the standard one
     factor = prices.tier_factor(model, tier)
-    q = Quote(model, prompt=prompt)
+    q = Quote(model, prompt=prompt, tier=TierPricing(model, price, factor, at_default))
     if factor is None:
         q.estimate = f"it asks for the service tier `{str(tier)[:20]}`, which the price table does not price"
     elif factor != MICROS:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from keyplane.billing.prices import Tokens
     from keyplane.cache.affinity import Decision
     from keyplane.limits import Reservation
+    from keyplane.proxy.router import Deployment
     from keyplane.proxy.uploads import Upload
     from keyplane.usage.journal import Record
 
@@ -43,6 +44,9 @@ class RequestContext:
     content_type: bytes | None = None  # POST /v1/files only: to read a batch input file (billing/batches.py)
     query: bytes = b""  # the query string as sent (forwarded as is; part of the response-cache key)
     upstream: str | None = None  # name of the upstream that answered
+    # The upstreams the request may go to (set before admission): billing reserves a request that names no
+    # service tier at the dearest tier they are known to serve by default, and teaches the one that answered.
+    pool: tuple[Deployment, ...] = ()
     # The upstream's own x-request-id, shown to the client as x-request-id; ``request_id`` stays
     # keyplane's own (unique: usage records are keyed by it, and a client cannot choose it).
     upstream_request_id: str | None = None
@@ -60,6 +64,8 @@ class RequestContext:
     audio_tokens: tuple[int, int] | None = None
     # Hosted tool calls of a Responses answer by usage kind (web_search_calls...): [count, micro-dollars].
     tool_calls: dict[str, list[int]] | None = None
+    # The service tier the answer says served it (its ``service_tier``): billing settles at it, whatever was asked.
+    service_tier: str | None = None
     cost_micros: int = 0  # cost in micro-dollars, filled by billing's settle step (keyplane.pipeline)
     usage_estimated: bool = False  # True when output tokens were estimated from the relayed text
     started: float = 0.0  # monotonic seconds

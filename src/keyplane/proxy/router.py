@@ -88,6 +88,14 @@ class Deployment:
     # A dedicated upstream (``projects``) whose key is missing: never used, and its projects fall back to
     # no other upstream (fail closed: they would reach the shared provider key otherwise).
     disabled: bool = False
+    # The service tier this upstream serves a request naming none at, when not the standard one: its
+    # ``service_tier`` setting, raised by billing's settle when an answer to such a request reports a dearer one
+    # (billing/admission.py). Admission reserves tier-less requests at it; kept in this process only.
+    default_tier: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.default_tier is None and self.config.service_tier not in ("", "default"):
+            self.default_tier = self.config.service_tier
 
     @property
     def name(self) -> str:

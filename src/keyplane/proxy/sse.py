@@ -2,7 +2,9 @@
 
 Each upstream chunk is cut at its last event boundary; the complete events go to the client at once,
 the partial tail waits for the next chunk. Only an event that mentions ``"usage":{`` (chat and
-completions) or a final ``response.*`` event (Responses API) is parsed (DESIGN.md hot-path rule 4).
+completions) or a final ``response.*`` event (Responses API) is parsed (DESIGN.md hot-path rule 4);
+the same decode reads the ``service_tier`` that served the request (every chat chunk carries it, the
+usage chunk included; ``response.service_tier`` of the final event), which billing settles at.
 The generated text is collected as raw JSON strings, to estimate output tokens should the stream end
 without usage (client disconnect, upstream death).
 """

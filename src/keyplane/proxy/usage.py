@@ -6,6 +6,10 @@ the Responses API reports input_tokens / output_tokens and input_tokens_details.
 also report prompt_tokens_details.audio_tokens and completion_tokens_details.audio_tokens
 (:meth:`Usage.audio`): billing prices those at the model's audio rates.
 
+The answer's top-level ``service_tier`` (the tier that served it: a request naming none is served at the
+provider project's default, which may be priority) is read in the same decode and kept on the
+:class:`Usage` (``service_tier``): billing settles at that tier, not the one the request asked for.
+
 The usage API's other buckets count units (:func:`units`): images made (the answer's ``data``),
 seconds of audio transcribed (``usage.seconds`` of a duration usage, or verbose_json's ``duration``).
 Characters spoken are counted from the request (billing/quote.py).
@@ -41,6 +45,8 @@ class Usage(msgspec.Struct):
     completion_tokens_details: _OutDetails | None = None
     # Not the upstream's: the hosted tool calls of a Responses answer, by usage kind (filled from ``output``).
     tools: dict[str, int] | None = msgspec.field(default=None, name="@keyplane_tools")
+    # Not in the upstream's usage object either: the answer's top-level ``service_tier`` (filled by the decoders).
+    service_tier: str | None = msgspec.field(default=None, name="@keyplane_service_tier")
 
     def numbers(self) -> tuple[int, int, int]:
         """(prompt, cached, completion)."""
@@ -83,10 +89,14 @@ _TOOL_ITEMS = {
 class _Body(msgspec.Struct):
     usage: Usage | None = None
     output: list[_Item] | None = None
+    service_tier: str | None = None
 
     def with_tools(self) -> Usage | None:
         u = self.usage
-        if u is None or not self.output:
+        if u is None:
+            return u
+        u.service_tier = self.service_tier
+        if not self.output:
             return u
         calls = tool_counts((item.type, item.container_id) for item in self.output)
         if calls:
@@ -114,6 +124,7 @@ def tool_counts(items: Iterable[tuple[Any, Any]]) -> dict[str, int]:
 class _Chunk(msgspec.Struct):
     choices: list[Any] | None = None
     usage: Usage | None = None
+    service_tier: str | None = None  # on every chat chunk, the usage chunk included
 
 
 class _ResponseEvent(msgspec.Struct):
@@ -167,7 +178,11 @@ def from_body(body: bytes) -> Usage | None:
 def from_chunk(data: bytes) -> tuple[Usage | None, bool]:
     """(usage, is_usage_only_chunk) of one chat/completions stream chunk's data."""
     c = _chunk.decode(data)
-    return c.usage, c.usage is not None and not c.choices
+    u = c.usage
+    if u is None:
+        return None, False
+    u.service_tier = c.service_tier
+    return u, not c.choices
 
 
 def from_response_event(data: bytes) -> Usage | None:

@@ -75,6 +75,13 @@ def responses_usage(prompt: int, completion: int, cached: int) -> dict[str, Any]
     }
 
 
+def served_tier(req: dict[str, Any]) -> str:
+    """The service tier the provider reports having served a request at: the one asked for when it offers it,
+    else its project's default (``default`` here; tests patch the answers for a project defaulting to priority)."""
+    tier = req.get("service_tier")
+    return tier if tier in ("flex", "priority") else "default"
+
+
 def chat(req: dict[str, Any], text: str, cached: int, rid: str) -> dict[str, Any]:
     p = count_tokens(input_text(req))
     obj = {
@@ -92,7 +99,7 @@ def chat(req: dict[str, Any], text: str, cached: int, rid: str) -> dict[str, Any
             }
         ],
         "usage": chat_usage(p, len(words(text)), min(cached, p)),
-        "service_tier": "default",
+        "service_tier": served_tier(req),
     }
     audio_chat.apply(req, obj["usage"], obj["choices"][0]["message"], rid)  # modalities: audio
     return obj
@@ -163,6 +170,7 @@ def response_object(
         if done
         else [],
         "usage": responses_usage(p, len(words(text)), min(cached, p)) if (done and with_usage) else None,
+        "service_tier": served_tier(req),
     }
 
 
@@ -172,6 +180,7 @@ def chat_chunk(req: dict[str, Any], rid: str, delta: dict[str, Any], finish: str
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": req.get("model", "fake-model"),
+        "service_tier": served_tier(req),
         "system_fingerprint": "fp_fake",
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
     }
@@ -193,6 +202,7 @@ def chat_stream_events(req: dict[str, Any], text: str, cached: int, rid: str, se
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": req.get("model", "fake-model"),
+            "service_tier": served_tier(req),
             "system_fingerprint": "fp_fake",
             "choices": [],
             "usage": chat_usage(p, len(ws), min(cached, p)),
