@@ -70,3 +70,30 @@ async def test_last_used_times_survive_a_failed_flush(tmp_path):
     with pytest.raises(ConnectionError):
         await r.flush()
     assert r.pending["key_a"] == 200  # a newer use is never replaced by the older one
+
+
+def test_a_task_that_swallows_a_cancellation_is_still_stopped() -> None:
+    """Python 3.11's wait_for can swallow a cancellation; a loop that lost one ran on and hung keyplane's
+    shutdown (the snapshot refresher). cancel_and_wait cancels again until the task has ended."""
+    from keyplane.periodic import cancel_and_wait
+
+    async def go() -> int:
+        swallowed = 0
+
+        async def stubborn() -> None:
+            nonlocal swallowed
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    if swallowed:
+                        raise
+                    swallowed += 1  # as wait_for on 3.11 when its awaitable just finished
+
+        task = asyncio.get_running_loop().create_task(stubborn())
+        await asyncio.sleep(0)
+        await asyncio.wait_for(cancel_and_wait(task, again=0.01), 5)
+        assert task.cancelled()
+        return swallowed
+
+    assert asyncio.run(go()) == 1

@@ -30,6 +30,7 @@ from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstanceState, ORMExecuteState, Session, UOWTransaction
 
+from keyplane.periodic import cancel_and_wait
 from keyplane.store.models import ApiKey, Meta, Project
 
 log = logging.getLogger("keyplane.bus")
@@ -203,10 +204,7 @@ class RedisBus(_Subscribers):
                 delay = min(delay * 2, 5.0)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await cancel_and_wait(self._task)
         for client in (self._redis, self._sub):
             with contextlib.suppress(Exception):
                 await client.aclose()
@@ -289,10 +287,7 @@ class PgNotifyBus(_Subscribers):
                 raise
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._sender is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._sender.close(), 2)

@@ -4,16 +4,32 @@ A :class:`Periodic` is a named asyncio task that awaits its step every ``interva
 that raises is logged (the first failure, then every 20th, never with the secret-bearing exception
 text beyond its first line) and retried after :func:`backoff`; the first success after failures says
 so. ``stop`` cancels it cleanly, and optionally runs the step once more (a last flush).
+
+:func:`cancel_and_wait` stops any background task for good: on Python 3.11 a cancellation that meets an inner
+``asyncio.wait_for`` whose awaitable just finished is swallowed, and a loop that lost it runs on, so that a plain
+``task.cancel(); await task`` hung keyplane's shutdown (seen in the test suite under load: the snapshot
+refresher went on polling while the lifespan waited for it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("keyplane")
+
+
+async def cancel_and_wait(task: asyncio.Task[object] | asyncio.Task[None] | None, again: float = 0.5) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling it again every ``again`` seconds in case a
+    cancellation was swallowed; what it ends with (a cancellation, an exception) is consumed."""
+    if task is None:
+        return
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=again)
+    if not task.cancelled():
+        task.exception()  # retrieved: never "exception was never retrieved"
 
 
 def backoff(failures: int, base: float, cap: float = 30.0) -> float:
@@ -92,9 +108,6 @@ class Periodic:
 
     async def stop(self, final_step: bool = False) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if final_step:
             await self.run_once()

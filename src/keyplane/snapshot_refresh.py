@@ -12,6 +12,7 @@ import time
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyplane.bus import Bus, Event
+from keyplane.periodic import cancel_and_wait
 from keyplane.snapshot import Snapshot
 
 log = logging.getLogger("keyplane.snapshot")
@@ -76,7 +77,8 @@ class SnapshotRefresher:
                     await self._wake.wait()
             self._wake.clear()
             try:
-                await asyncio.wait_for(self.refresh(), self.timeout)
+                async with asyncio.timeout(self.timeout):  # not wait_for (see _run's first lines)
+                    await self.refresh()
                 if self._failing:
                     log.info("snapshot refresh works again")
                 self._failing = False
@@ -90,7 +92,4 @@ class SnapshotRefresher:
 
     async def stop(self) -> None:
         for task in (self._task, self._beat):
-            if task:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait(task)

@@ -188,6 +188,29 @@ def test_a_file_keyplane_cannot_price_is_refused_under_money_controls(make_gatew
     assert len(fake.model_requests()) == seen
 
 
+def test_a_file_made_through_the_uploads_api_is_the_projects_but_runs_no_batch(make_gateway, fake):
+    """The Uploads API's parts stream through unread (proxy/uploads.py). The file a completed upload makes is the
+    project's own (it was a 404 to its own project), but as a batch input file its requests (models, tools, the
+    objects they name) were never checked nor priced: no batch may run it, with or without money controls."""
+    srv = make_gateway()
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    notes = client.uploads.upload_file_chunked(
+        file=b"notes", filename="n.txt", bytes=5, mime_type="text/plain", purpose="assistants"
+    )
+    assert notes.file is not None and client.files.retrieve(notes.file.id).id == notes.file.id
+    data = _jsonl(3)
+    up = client.uploads.upload_file_chunked(
+        file=data, filename="in.jsonl", bytes=len(data), mime_type="application/jsonl", purpose="batch"
+    )
+    assert up.file is not None and fake.objects.contents[up.file.id] == data
+    assert client.files.retrieve(up.file.id).id == up.file.id
+    seen = len(fake.model_requests())
+    with pytest.raises(openai.PermissionDeniedError) as e:
+        client.batches.create(input_file_id=up.file.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert e.value.code == "batch_input_unchecked"
+    assert len(fake.model_requests()) == seen
+
+
 def test_estimates_of_input_files():
     t = PriceTable.from_config({})
     mini = t.lookup("gpt-4o-mini")

@@ -236,3 +236,47 @@ def test_a_chunked_transcription_is_billed_on_the_bytes_received_not_the_bound(m
     (got,) = _received(fake, "/v1/audio/transcriptions")
     assert len(got.body) // 100_000 == 20
     assert _spent(srv) == -(-len(got.body) // 240_000) * 6_000 == 9 * 6_000
+
+
+def test_a_streamed_upload_never_goes_out_on_a_pooled_connection(make_gateway, fake, streams):
+    """A streamed upload cannot be sent twice (proxy/uploads.py), so it must not meet a keep-alive connection the
+    upstream closed while it sat idle in the pool: that first write fails, and a body held whole survives it by
+    being sent again, a stream does not (it was a 502). Each streamed upload opens a connection of its own; small
+    requests keep sharing the pool."""
+    srv = _gw(make_gateway, fake)
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    client.embeddings.create(model="text-embedding-3-small", input="warm the pool")
+    before = fake.connections
+    for _ in range(3):
+        client.embeddings.create(model="text-embedding-3-small", input="pooled")
+    assert fake.connections == before  # kept alive and reused
+    for _ in range(2):
+        client.audio.transcriptions.create(model="whisper-1", file=("a.wav", WAV))
+    assert streams == ["stream", "stream"]
+    assert fake.connections == before + 2  # one new connection per streamed upload
+    client.embeddings.create(model="text-embedding-3-small", input="pooled again")
+    assert fake.connections == before + 2
+
+
+def test_the_parts_of_an_upload_stream_through(make_gateway, fake, streams):
+    """The Uploads API's parts (``/v1/uploads/{id}/parts``, up to 64 MB each) stream like the other uploads:
+    the provider gets every byte, keyplane holds one chunk at a time, and the size bound holds per part."""
+    srv = _gw(make_gateway, fake)
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    data = os.urandom(5 * MB)
+    up = client.uploads.upload_file_chunked(
+        file=data, filename="big.bin", bytes=len(data), mime_type="application/octet-stream",
+        purpose="assistants", part_size=2 * MB,
+    )  # fmt: skip
+    assert up.status == "completed" and up.file is not None
+    assert streams == ["stream"] * 3  # every part is above STREAM_ABOVE with its multipart framing
+    assert fake.objects.contents[up.file.id] == data
+    # A part past the size bound is cut mid-stream (413): the provider never has it whole.
+    big = client.uploads.create(
+        bytes=4 * MB, filename="x.bin", mime_type="application/octet-stream", purpose="assistants"
+    )
+    seen = len(fake.objects.parts)
+    with pytest.raises(openai.APIStatusError) as e:
+        client.uploads.parts.create(upload_id=big.id, data=os.urandom(LIMIT + MB))
+    assert e.value.status_code == 413
+    assert len(fake.objects.parts) == seen

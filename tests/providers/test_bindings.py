@@ -215,3 +215,33 @@ def test_cli_bind_rotate_unbind(cli, fake_provider):
     u = json.loads(cli("providers", "unbind", "Default project", "--grace", "0", "--json").stdout)
     assert u["deleted"] and r["key_id"] not in fake.key_ids()
     assert json.loads(cli("providers", "bindings", "--json").stdout) == []
+
+
+def test_binding_a_project_takes_authority_over_that_project(gateway, fake_provider):
+    """Binding decides where a project's traffic goes and on which provider key; rotating or removing a binding
+    changes that too. An organization permission alone (a custom role with api.organization.write, the
+    permission of the /providers calls) is not enough: each takes what changing the project directly takes."""
+    from tests.members.support import user_with_key
+    from tests.redteam.test_wk50_round6 import _admin_key_of
+
+    srv = gateway
+    owner = {"Authorization": f"Bearer {srv.admin_key}"}
+    with httpx.Client(base_url=srv.v1 + "/organization", headers=owner, timeout=20) as http:
+        other = http.post("/projects", json={"name": "billing-svc"}).json()
+        people = http.post(
+            "/roles", json={"role_name": "ops", "permissions": ["api.organization.read", "api.organization.write"]}
+        ).json()
+        user, _ = user_with_key(srv, http, "ops@example.com")
+        assert http.post(f"/users/{user['id']}/roles", json={"role_id": people["id"]}).status_code == 200
+        ops = {"Authorization": f"Bearer {_admin_key_of(srv, user['id'])}"}
+        terms = {"project_id": other["id"], "provider_project_id": "proj_web"}
+        r = http.post("/providers/bindings", headers=ops, json=terms)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_permissions", r.text
+        assert http.post("/providers/bindings", json=terms).status_code == 200  # the owner binds it
+        for method, path in (
+            ("POST", f"/providers/bindings/{other['id']}/rotate"),
+            ("DELETE", f"/providers/bindings/{other['id']}"),
+        ):
+            r = http.request(method, path, headers=ops, json={} if method == "POST" else None)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_permissions", (path, r.text)
+        assert [b["project_id"] for b in http.get("/providers/bindings").json()["data"]] == [other["id"]]

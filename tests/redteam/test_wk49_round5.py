@@ -219,11 +219,6 @@ def test_a_fine_tuned_model_is_its_projects_own(make_gw, fake):
     assert a.chat.completions.create(model=FT_MODEL, max_tokens=5, messages=msg).choices  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: a revoked key's fine-tuning jobs go on training (and billing) at the provider; only batches "
-    "are cancelled (billing/batch_poll.py)",
-)
 def test_a_revoked_keys_fine_tuning_jobs_are_cancelled_at_the_provider(make_gw, fake):
     """Round 4 made revoking a key cancel the batches it started. A fine-tuning job runs at the provider for hours
     after the call that created it, billed per training token (no money control applies where no spend limit or
@@ -322,10 +317,6 @@ def test_input_in_tool_and_format_schemas_is_reserved(make_gw, fake):
     assert r.status_code == 200, r.text  # a small tool still fits
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: settle bills the tier the request asked for, never the `service_tier` the provider reports",
-)
 def test_a_response_served_at_the_priority_tier_is_billed_at_it(make_gw, fake, monkeypatch):
     """A request that names no tier (or `auto`) is served at the provider project's default tier, which an
     administrator may have set to priority (about twice the standard rates); the answer says which tier served it
@@ -346,7 +337,114 @@ def test_a_response_served_at_the_priority_tier_is_billed_at_it(make_gw, fake, m
     deadline = time.monotonic() + 5
     while _spent(srv, srv.project_id)[1] and time.monotonic() < deadline:  # settled
         time.sleep(0.05)
-    assert _spent(srv, srv.project_id)[0] >= 16000, "a priority-tier answer billed at the standard price (8000)"
+    # gpt-4o-mini's priority factor is 1.67 (prices.toml [service_tiers.priority]): 5 tokens at 2672 each.
+    assert _spent(srv, srv.project_id)[0] == PRIORITY, "a priority-tier answer billed at the standard price (8000)"
+
+
+# gpt-4o-mini, 5 output tokens (tests/billing/conftest.py): 8000 micro-dollars at the standard tier, at flex 0.5x,
+# at priority 1.67x. A spend limit of 1 cent (10000) admits a standard request and refuses a priority one.
+STANDARD, FLEX, PRIORITY = 8000, 4000, 13360
+
+
+def _project_default(monkeypatch, tier: str) -> None:  # type: ignore[no-untyped-def]
+    """The fake upstream's provider project serves a request naming no tier (or `auto`) at ``tier``, in every
+    answer: chat (and each chunk of its stream), Responses (and its stream's response.completed)."""
+    from keyplane.testing import answers
+
+    asked = answers.served_tier
+    monkeypatch.setattr(
+        answers, "served_tier", lambda req: tier if req.get("service_tier") in (None, "auto") else asked(req)
+    )
+
+
+def _settled(srv, project_id: str) -> int:  # type: ignore[no-untyped-def]
+    """What a project spent once nothing is reserved any more (the last request settled)."""
+    deadline = time.monotonic() + 5
+    while _spent(srv, project_id)[1] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _spent(srv, project_id)[0]
+
+
+def test_a_streamed_chat_answer_at_the_priority_tier_is_billed_at_it(make_gw, fake, monkeypatch):
+    """Each chunk of a chat stream says the tier that served it (the usage chunk included): a stream served at
+    the project's default priority tier was billed at the standard price."""
+    _project_default(monkeypatch, "priority")
+    srv = make_gw()
+    c = _client(srv, srv.api_key)
+    chunks = list(
+        c.chat.completions.create(
+            model="gpt-4o-mini", max_tokens=5, stream=True, messages=[{"role": "user", "content": "hi"}]
+        )
+    )
+    assert chunks[0].service_tier == "priority"
+    assert _settled(srv, srv.project_id) == PRIORITY
+
+
+def test_an_answer_at_a_cheaper_tier_than_asked_is_billed_at_it(make_gw, fake, monkeypatch):
+    """Both directions: a Responses answer (whole or streamed: response.completed) served at flex is billed at
+    flex, and a priority request the provider serves at `default` at the standard price."""
+    _project_default(monkeypatch, "flex")
+    srv = make_gw()
+    c = _client(srv, srv.api_key)
+    r = c.responses.create(model="gpt-4o-mini", input="hi", max_output_tokens=5)
+    assert r.service_tier == "flex"
+    assert _settled(srv, srv.project_id) == FLEX
+    events = list(c.responses.create(model="gpt-4o-mini", input="hi", max_output_tokens=5, stream=True))
+    assert events[-1].type == "response.completed" and events[-1].response.service_tier == "flex"
+    assert _settled(srv, srv.project_id) == 2 * FLEX
+    from keyplane.testing import answers
+
+    monkeypatch.setattr(answers, "served_tier", lambda req: "default")  # priority asked, not granted
+    r = c.responses.create(model="gpt-4o-mini", input="hi", max_output_tokens=5, service_tier="priority")
+    assert r.service_tier == "default"
+    assert _settled(srv, srv.project_id) == 2 * FLEX + STANDARD
+
+
+def test_after_a_priority_answer_a_request_naming_no_tier_is_reserved_at_priority(make_gw, fake, monkeypatch):
+    """Reserving at the standard price a request the upstream then serves at priority takes a hard limit past
+    itself by the difference: once an upstream answered one request naming no tier at priority, the next ones
+    to it are reserved at priority (any project's), and a limit that holds a standard request refuses them."""
+    _project_default(monkeypatch, "priority")
+    srv = make_gw()
+    hi = [{"role": "user", "content": "hi"}]
+    _client(srv, srv.api_key).chat.completions.create(model="gpt-4o-mini", max_tokens=5, messages=hi)
+    assert _settled(srv, srv.project_id) == PRIORITY
+    pid, key = _project(srv)
+    _limit(srv, pid, 1)  # 10000: a standard request (8000) fits, a priority one (13360) not
+    c = _client(srv, key)
+    seen = len(fake.model_requests())
+    for tier in (None, "auto"):
+        with pytest.raises(openai.RateLimitError) as e:
+            c.chat.completions.create(
+                model="gpt-4o-mini", max_tokens=5, messages=hi, **({"service_tier": tier} if tier else {})
+            )
+        assert e.value.code == "project_spend_limit_exceeded"
+    assert len(fake.model_requests()) == seen
+    r = c.chat.completions.create(model="gpt-4o-mini", max_tokens=5, messages=hi, service_tier="default")
+    assert r.service_tier == "default"
+    assert _settled(srv, pid) == STANDARD
+
+
+def test_an_upstream_set_to_the_priority_tier_reserves_at_it_from_the_start(make_gw, fake, monkeypatch):
+    """`service_tier = "priority"` on an upstream: its requests naming no tier are reserved at priority before
+    any answer said so (no first request past the limit). A tier the price table does not price is refused."""
+    from keyplane.config import ConfigError
+    from tests.billing.conftest import config
+
+    _project_default(monkeypatch, "priority")
+    text = config(fake).replace("max_retries = 2\n", 'max_retries = 2\nservice_tier = "priority"\n', 1)
+    srv = make_gw(config_text=text)
+    _limit(srv, srv.project_id, 1)
+    c = _client(srv, srv.api_key)
+    hi = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model="gpt-4o-mini", max_tokens=5, messages=hi)
+    assert e.value.code == "project_spend_limit_exceeded"
+    assert fake.model_requests() == []
+    c.chat.completions.create(model="gpt-4o-mini", max_tokens=5, messages=hi, service_tier="flex")
+    assert _settled(srv, srv.project_id) == FLEX
+    with pytest.raises(ConfigError, match=r"upstreams\[0\]\.service_tier: `turbo` is not a tier"):
+        make_gw(config_text=text.replace('"priority"', '"turbo"', 1))
 
 
 def test_a_batch_line_cannot_run_another_projects_fine_tuned_model(make_gw, fake):

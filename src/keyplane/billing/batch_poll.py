@@ -3,7 +3,8 @@
 It cancels at the provider the batches whose key was revoked, suspended or deleted, or whose project is no
 longer active (audited ``batch.cancelled``), and retrieves the batches not metered yet from their upstream,
 metering the terminal ones (billing/batch_meter.py): a batch nobody reads through keyplane again is metered
-all the same.
+all the same. Which keys and projects are stopped (:func:`stop_reason`) and the audit entry of a cancel
+(:func:`audit_cancel`) are shared with the poll of fine-tuning jobs and eval runs (billing/job_poll.py).
 """
 
 from __future__ import annotations
@@ -94,25 +95,8 @@ class BatchPoller:
         return done
 
     def _stopped(self, key_id: str | None, project_id: str) -> str | None:
-        """Why a batch's key or project may not spend any more (revoked, suspended or deleted key, project not
-        active), or None. Expired keys are not: a batch created before the expiry runs its course."""
-        snap = self.rt.snapshot
-        if not snap.loaded:
-            return None
-        if project_id:
-            p = snap.projects.get(project_id)
-            if p is None or p.status != "active":
-                return f"its project {project_id} is {p.status if p is not None else 'deleted'}"
-        if not key_id:
-            return None
-        e = snap.keys_by_id.get(key_id)
-        if e is None:
-            return f"its API key {key_id} was deleted"
-        if e.revoked_at is not None:
-            return f"its API key {key_id} was revoked" + (f" ({e.revoke_reason})" if e.revoke_reason else "")
-        if e.suspended_at is not None:
-            return f"its API key {key_id} is suspended" + (f" ({e.suspend_reason})" if e.suspend_reason else "")
-        return None
+        """Why a batch's key or project may not spend any more, or None (:func:`stop_reason`)."""
+        return stop_reason(self.rt, key_id, project_id)
 
     async def _stop(self, bid: str, upstream: str | None, project_id: str, key_id: str | None, why: str) -> None:
         """Cancel a running batch at its provider (``POST /v1/batches/{id}/cancel``), once per instance: what it
@@ -128,18 +112,48 @@ class BatchPoller:
             log.info("batch %s: cancel answered %d (%s): %s", bid, status, why, body[:200].decode(errors="replace"))
             return
         log.warning("batch %s cancelled at the provider: %s", bid, why)
-        from keyplane import control
+        await audit_cancel(
+            self.rt, "batch.cancelled", bid, project_id, {"id": bid, "api_key_id": key_id, "reason": why}
+        )
 
-        try:
-            async with self.rt.sessions() as s, s.begin():
-                await control.audit(
-                    s,
-                    control.SYSTEM_ACTOR,
-                    "batch.cancelled",
-                    {"id": bid, "api_key_id": key_id, "reason": why},
-                    project_id=project_id or None,
-                    resource_id=bid,
-                    at=int(self.rt.clock.now()),
-                )
-        except Exception:
-            log.exception("batch %s: the audit entry of its cancel could not be written", bid)
+
+def stop_reason(rt: Runtime, key_id: str | None, project_id: str) -> str | None:
+    """Why an object's key or project may not spend any more (revoked, suspended or deleted key, project not
+    active), or None. Expired keys are not: a batch or job created before the expiry runs its course."""
+    snap = rt.snapshot
+    if not snap.loaded:
+        return None
+    if project_id:
+        p = snap.projects.get(project_id)
+        if p is None or p.status != "active":
+            return f"its project {project_id} is {p.status if p is not None else 'deleted'}"
+    if not key_id:
+        return None
+    e = snap.keys_by_id.get(key_id)
+    if e is None:
+        return f"its API key {key_id} was deleted"
+    if e.revoked_at is not None:
+        return f"its API key {key_id} was revoked" + (f" ({e.revoke_reason})" if e.revoke_reason else "")
+    if e.suspended_at is not None:
+        return f"its API key {key_id} is suspended" + (f" ({e.suspend_reason})" if e.suspend_reason else "")
+    return None
+
+
+async def audit_cancel(rt: Runtime, event: str, oid: str, project_id: str, details: dict[str, object]) -> None:
+    """The audit entry of a cancel the background poll sent for a stopped key or project (actor ``system``).
+    A failure is logged, never raised: the cancel happened all the same."""
+    from keyplane import control
+
+    try:
+        async with rt.sessions() as s, s.begin():
+            await control.audit(
+                s,
+                control.SYSTEM_ACTOR,
+                event,
+                details,
+                project_id=project_id or None,
+                resource_id=oid,
+                at=int(rt.clock.now()),
+            )
+    except Exception:
+        log.exception("%s: the audit entry %s could not be written", oid, event)

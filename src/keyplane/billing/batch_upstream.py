@@ -1,5 +1,6 @@
 """Calls to the upstream that holds a batch (billing/batches.py): retrieving it, reading its output file,
-cancelling it. Made with the credential the batch's project uses there (its own provider key, if any)."""
+cancelling it; and a fine-tuning job or eval run (billing/job_poll.py). Made with the credential the object's
+project uses there (its own provider key, if any)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class BatchUpstream:
             pool = bound.apply(project_id, (dep,))
             dep = pool[0] if pool else None
         if dep is None:
-            raise errors.upstream_error(f"The upstream `{upstream}` that holds the batch is not usable.")
+            raise errors.upstream_error(f"The upstream `{upstream}` that holds the batch or job is not usable.")
         return dep
 
     async def call(

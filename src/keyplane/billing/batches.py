@@ -31,10 +31,12 @@ docs/limits-and-billing.md "Batches". The flow, for a batch whose input file was
 4. The background poll cancels at the provider the batches whose key was revoked, suspended or deleted,
    or whose project is no longer active (audited ``batch.cancelled``); they are metered once cancelled.
    The reservations of running batches are held again when the counters are rebuilt (hold_reservations).
+   The same step cancels the fine-tuning jobs and eval runs of such keys and projects (billing/job_poll.py).
 
 This module is steps 1 and 2 (and the entry points of 3); billing/batch_input.py reads an input file,
 billing/batch_meter.py meters a batch from its output (billing/batch_output.py), billing/batch_poll.py is the
-background poll, billing/batch_upstream.py makes their calls to the upstream holding a batch.
+background poll (billing/job_poll.py its part for fine-tuning jobs and eval runs), billing/batch_upstream.py makes
+their calls to the upstream holding a batch.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from keyplane.billing.batch_input import Estimate, Facts, _unbounded, estimate
 from keyplane.billing.batch_meter import TERMINAL, BatchMeter
 from keyplane.billing.batch_poll import POLL_BATCH, BatchPoller
 from keyplane.billing.batch_upstream import BatchUpstream
+from keyplane.billing.job_poll import JobPoller
 from keyplane.limits import BudgetRef, Limiter, Reservation
 from keyplane.store.models import BatchCost
 
@@ -74,19 +77,24 @@ class Batches:
         self.upstream = BatchUpstream(self.rt)
         self.metering = BatchMeter(billing, self.upstream)
         self.poller = BatchPoller(self.rt, self.metering, self.upstream)
+        self.jobs = JobPoller(self.rt, self.upstream)  # fine-tuning jobs and eval runs of stopped keys
 
     def attach(self, router: Any, client: Any) -> None:
         """The proxy's router and upstream client, for the background poll."""
         self.poller.router, self.poller.client = router, client
+        self.jobs.router, self.jobs.client = router, client
 
     def busy(self, bid: str) -> bool:
         """The batch is being metered by this process, or was: its reservation is (being) settled here."""
         return self.metering.busy(bid)
 
     async def poll(self, limit: int = POLL_BATCH, min_age: int = 30) -> int:
-        """Background: cancel the batches of stopped keys and projects, meter the terminal ones (billing/batch_poll.py).
-        Returns how many were metered."""
-        return await self.poller.poll(limit, min_age)
+        """Background: cancel the batches of stopped keys and projects, meter the terminal ones (billing/batch_poll.py),
+        then the same for fine-tuning jobs and eval runs, which are only cancelled (billing/job_poll.py). Returns how
+        many batches were metered."""
+        metered = await self.poller.poll(limit, min_age)
+        await self.jobs.poll(limit, min_age)
+        return metered
 
     # -- 1. the upload ---------------------------------------------------------------------------
 

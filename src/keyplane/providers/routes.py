@@ -15,6 +15,7 @@ DELETE /providers/bindings/{project_id}        unbind (the service account is de
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import orjson
@@ -23,13 +24,15 @@ from starlette.requests import Request
 
 from keyplane import control
 from keyplane.admin import Endpoint
-from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, list_response, runtime
+from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, require_in_project, runtime
 from keyplane.admin.params import query_limit
 from keyplane.errors import APIError, bad_request, not_found, upstream_error
+from keyplane.lists import list_response
 from keyplane.providers import service
 from keyplane.providers.connector import Connector, ProviderError
 from keyplane.providers.match import SUFFIX_LEN
 from keyplane.providers.models import ProviderObject
+from keyplane.snapshot import KeyEntry
 
 P = "/v1/organization/providers"
 MAX_SUFFIXES = 1000
@@ -183,7 +186,7 @@ async def list_bindings_(request: Request) -> JSONResponse:
 async def create_binding(request: Request) -> JSONResponse:
     from keyplane.providers.bindings import bind
 
-    _, actor = authenticate_admin(request)
+    entry, actor = authenticate_admin(request)
     body = await json_body(request)
     project, target, name = body.get("project_id"), body.get("provider_project_id"), body.get("provider")
     for field, v in (("project_id", project), ("provider_project_id", target)):
@@ -193,6 +196,11 @@ async def create_binding(request: Request) -> JSONResponse:
         raise bad_request("'provider' must be a string.", param="provider", code="invalid_value")
     rt = runtime(request)
     pid, ppid = str(project), str(target)
+    from keyplane.providers.bindings import BindingError, _project
+
+    async with rt.read() as s:
+        with contextlib.suppress(BindingError):  # no such project, archived: bind() answers it
+            _require_project(request, entry, (await _project(s, pid)).id)
     out = await _with_provider(
         request, name, lambda conn: bind(rt.sessions, conn, _box(request), pid, ppid, int(rt.clock.now()), actor)
     )
@@ -200,20 +208,30 @@ async def create_binding(request: Request) -> JSONResponse:
     return JSONResponse(out)
 
 
-async def _binding_provider(request: Request, project_ref: str) -> str:
+async def _binding_provider(request: Request, entry: KeyEntry, project_ref: str) -> str:
+    """The provider of a project's binding, once the caller may change that project (:func:`_require_project`)."""
     from keyplane.providers.bindings import BindingError, _binding
 
     async with runtime(request).read() as s:
         try:
-            return (await _binding(s, project_ref)).provider
+            b = await _binding(s, project_ref)
         except BindingError as e:
             raise not_found(str(e), param="project_id") from None
+    _require_project(request, entry, b.project_id)
+    return b.provider
+
+
+def _require_project(request: Request, entry: KeyEntry, project_id: str) -> None:
+    """Binding a project (or rotating or removing its binding) decides where its traffic goes and with which
+    provider key: it takes what changing that project directly takes (api.project.write there, organization-wide
+    or from a project role), not only the organization permission of the /providers calls."""
+    require_in_project(request, entry, project_id, "POST", f"/v1/organization/projects/{project_id}")
 
 
 async def rotate_binding(request: Request) -> JSONResponse:
     from keyplane.providers.bindings import DEFAULT_GRACE, MAX_GRACE, rotate
 
-    _, actor = authenticate_admin(request)
+    entry, actor = authenticate_admin(request)
     body = await json_body(request, required=False)
     grace = body.get("grace_seconds", DEFAULT_GRACE)
     if not isinstance(grace, int) or isinstance(grace, bool) or not 0 <= grace <= MAX_GRACE:
@@ -222,7 +240,7 @@ async def rotate_binding(request: Request) -> JSONResponse:
         )
     rt = runtime(request)
     ref = request.path_params["project_id"]
-    provider = await _binding_provider(request, ref)
+    provider = await _binding_provider(request, entry, ref)
     out = await _with_provider(
         request, provider, lambda conn: rotate(rt.sessions, conn, _box(request), ref, int(rt.clock.now()), actor, grace)
     )
@@ -233,10 +251,10 @@ async def rotate_binding(request: Request) -> JSONResponse:
 async def delete_binding(request: Request) -> JSONResponse:
     from keyplane.providers.bindings import unbind
 
-    _, actor = authenticate_admin(request)
+    entry, actor = authenticate_admin(request)
     rt = runtime(request)
     ref = request.path_params["project_id"]
-    provider = await _binding_provider(request, ref)
+    provider = await _binding_provider(request, entry, ref)
     out = await _with_provider(
         request, provider, lambda conn: unbind(rt.sessions, conn, ref, int(rt.clock.now()), actor)
     )

@@ -217,7 +217,7 @@ class ProxyApp:
             if method in ("GET", "HEAD") and path.startswith("/v1/models"):  # filtered by model permissions
                 await self._models(send, path, rid, t0, entry.project_id, entry.id)
                 return
-            if method == "POST" and path in uploads.STREAMED:  # large multipart uploads stream (proxy/uploads.py)
+            if method == "POST" and uploads.streamed(path):  # large multipart uploads stream (proxy/uploads.py)
                 body, upload = await uploads.begin(scope, receive, self.max_body, path)
             else:
                 body, upload = await request.read_body(scope, receive, self.max_body), None
@@ -281,6 +281,7 @@ class ProxyApp:
             ctx.context_ref = fields.context_ref
             ctx.form = fields.form
         ctx.upload = upload
+        ctx.pool = pool  # billing reserves a request naming no service tier at its upstreams' default tier
         ctx.started = t0
         client = scope.get("client")
         if client:
@@ -358,11 +359,18 @@ class ProxyApp:
                     ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = out.usage.numbers()
                     ctx.tool_calls = tool_calls(out.usage)
                     ctx.audio_tokens = out.usage.audio()
+                    ctx.service_tier = out.usage.service_tier
                 if status < 300:
                     fill_units(ctx, out.body)
                 ctx.status = status
                 if status < 300:  # record created objects, keep the caller's own in a list (proxy/tenancy.py)
-                    payload = await self.tenancy.after(ctx, status, payload)
+                    try:
+                        payload = await self.tenancy.after(ctx, status, payload)
+                    except errors.APIError as e:  # what the answer started could not be kept (fail closed)
+                        ctx.status, ctx.error = e.status, e.code
+                        await self._finish(ctx, t0, watch)
+                        await self._send_error(send, e, ctx.request_id.encode(), t0, ctx.extra_headers)
+                        return
                 h = self._headers(out, ctx, t0, len(payload), wrapped)
                 await self._finish(ctx, t0, watch)
                 started = True
@@ -504,6 +512,7 @@ class ProxyApp:
             ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = relay.usage.numbers()
             ctx.tool_calls = tool_calls(relay.usage)
             ctx.audio_tokens = relay.usage.audio()
+            ctx.service_tier = relay.usage.service_tier
             return
         if ctx.model is None or ctx.endpoint not in MODEL_ENDPOINTS:
             return

@@ -158,13 +158,19 @@ def created_rows(obj: dict[str, object], pid: str, upstream: str, now: int) -> l
 
 
 def derived_rows(obj: object, pid: str, upstream: str, now: int) -> list[ProviderObject]:
-    """Files the provider made for an object the caller owns: a batch's output and errors, a job's results."""
+    """Files the provider made for an object the caller owns: a batch's output and errors, a job's results, a
+    completed upload's file."""
     if not isinstance(obj, dict):
         return []
     rows: list[ProviderObject] = []
     if obj.get("object") == "batch":
         for k in ("output_file_id", "error_file_id"):
             rows += object_row(obj.get(k), "file", pid, upstream, now)
+    elif obj.get("object") == "upload" and isinstance(f := obj.get("file"), dict):
+        # A completed upload's file (POST /v1/uploads/{id}/complete): its parts streamed through unread
+        # (proxy/uploads.py), so as a batch input file its requests were never checked: no batch may run it.
+        batch = str(f.get("purpose") or obj.get("purpose")).strip().lower() == "batch"
+        rows += object_row(f.get("id"), UNCHECKED_FILE if batch else "file", pid, upstream, now)
     elif obj.get("object") == "fine_tuning.job":
         if isinstance(obj.get("result_files"), list):
             for f in obj["result_files"]:

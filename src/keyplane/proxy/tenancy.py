@@ -18,7 +18,10 @@ sent only once its row is committed (writes of concurrent creates share one tran
 is owned on every instance of a fleet before the client can use it; a cache miss reads SQL.
 
 This module holds the per-endpoint rules (what to check, where to route, what an answer creates);
-proxy/object_refs.py reads which objects a path or body names, proxy/owners.py keeps who owns them.
+proxy/object_refs.py reads which objects a path or body names, proxy/owners.py keeps who owns them. Its after
+hook also hands billing what outlives the request at the provider: batch input files and batches
+(billing/batches.py), and the fine-tuning jobs and eval runs a key starts, cancelled once the key or its
+project is stopped (billing/job_poll.py).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from keyplane.proxy.object_refs import REF_FIELDS, batch_file_refs, body_refs, e
 from keyplane.proxy.owners import UNCHECKED_FILE, OwnerStore, created_rows, derived_rows, object_row
 from keyplane.proxy.router import Deployment, Router
 from keyplane.runtime import Runtime
+from keyplane.snapshot import KeyEntry
 from keyplane.store.models import ProviderObject
 
 log = logging.getLogger("keyplane.proxy")
@@ -43,6 +47,9 @@ log = logging.getLogger("keyplane.proxy")
 _STORES: Final = "/v1/vector_stores"
 # POST paths that create an object owned by the caller: the collections, and these.
 _CREATES_ALSO: Final = frozenset({"/v1/threads/runs"})
+# POST paths that start a job running at the provider for hours: kept with the key that started it, so that it
+# is cancelled once the key or its project is stopped (billing/job_poll.py).
+_STARTS_JOB: Final = re.compile(r"^/v1/(?:fine_tuning/jobs|evals/[^/]+/runs)$")
 # Model endpoints whose answer is stored at the provider only when asked (chat) or unless refused (responses).
 _STORED_IF: Final = {"/v1/chat/completions": False, "/v1/responses": True}  # the default of `store`
 _STORE_RE: Final = re.compile(rb'"store"\s*:\s*(true|false)')
@@ -55,6 +62,7 @@ class TenantRequest(Protocol):
     endpoint: str  # the canonical path
     method: str
     project_id: str | None
+    key: KeyEntry  # the key that sent it
     body: bytes
     upstream: str | None  # the upstream that answered (after())
 
@@ -150,8 +158,8 @@ class Tenancy:
         )
 
     def wants_body(self, req: TenantRequest) -> bool:
-        """True when after() must see the whole JSON answer (creates, lists, batch and job retrievals, a vector
-        store's retrieval, modification or deletion: its size is metered, usage/storage.py)."""
+        """True when after() must see the whole JSON answer (creates, eval runs started, lists, batch and job
+        retrievals, a vector store's retrieval, modification or deletion: its size is metered, usage/storage.py)."""
         t = target(req.endpoint)
         if (
             t is not None
@@ -161,8 +169,10 @@ class Tenancy:
         ):
             return True
         if req.method == "POST":
-            return req.endpoint in _CREATES_ALSO or (
-                t is not None and (t.object_id is None or req.endpoint.endswith(("/complete", "/cancel")))
+            return (
+                req.endpoint in _CREATES_ALSO
+                or _STARTS_JOB.match(req.endpoint) is not None
+                or (t is not None and (t.object_id is None or req.endpoint.endswith(("/complete", "/cancel"))))
             )
         return (
             req.method == "GET"
@@ -225,6 +235,8 @@ class Tenancy:
         kind = obj.get("object")
         if kind == "batch" or (kind == "file" and create):
             await self._batches(req, obj, create)
+        elif req.method == "POST" and _STARTS_JOB.match(req.endpoint):
+            await self._job_started(req, obj)
         return body
 
     async def _batch_input_problem(self, req: TenantRequest, pid: str) -> str | None:
@@ -264,6 +276,21 @@ class Tenancy:
                 await batches.batch_seen(req, obj, self.router, self.client)
         except Exception:
             log.exception("batch billing failed for %s %s", req.method, req.endpoint)
+
+    async def _job_started(self, req: TenantRequest, obj: dict[str, Any]) -> None:
+        """A fine-tuning job or eval run just started: kept with the key that started it, so that billing's
+        background poll cancels it at the provider once that key or its project is stopped (billing/job_poll.py).
+        When it cannot be kept (the store down), the job is cancelled at once and the call fails (503): a job
+        that would outlive a revocation never starts (fail closed)."""
+        batches = self.rt.features.batches
+        if batches is None:
+            return
+        try:
+            await batches.jobs.started(req.endpoint, obj, req.project_id or "", req.key.id, req.upstream)
+        except Exception:
+            log.exception("could not keep the job %s started by key %s", logs.safe(str(obj.get("id"))), req.key.id)
+            await batches.jobs.cancel_unkept(req.endpoint, obj, req.project_id or "", req.key.id, req.upstream)
+            raise errors.store_unavailable("database") from None
 
     async def _output_read(self, file_id: str, project_id: str) -> None:
         batches = self.rt.features.batches

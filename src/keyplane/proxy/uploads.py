@@ -16,6 +16,9 @@ before, and JSON requests never come here. What each endpoint does once the firs
 - file uploads (``/v1/files``): streamed when ``purpose`` came first and is not ``batch``; a batch input file
   (or an upload whose purpose comes after the file) is read whole as before, since keyplane prices and checks
   its requests (billing/batches.py, proxy/tenancy.py).
+- the parts of an Uploads API upload (``/v1/uploads/{id}/parts``, up to 64 MB each): streamed. keyplane reads
+  nothing of them: the file a completed upload makes is recorded unchecked when its purpose is batch, and no
+  batch may run it (proxy/owners.py derived_rows).
 
 Any violation while streaming (the size bound, a malformed body, a field that comes too late, the client going
 away) cuts the upload: the generator raises, aiohttp drops the upstream connection before the body is complete
@@ -27,6 +30,7 @@ billed at its estimate (ctx.upstream_received).
 from __future__ import annotations
 
 import asyncio
+import re
 import tempfile
 from collections.abc import AsyncIterator
 from typing import IO, Any, Final
@@ -39,9 +43,15 @@ from keyplane.proxy.request import ClientGone, Fields
 STREAMED: Final = frozenset(
     {"/v1/audio/transcriptions", "/v1/audio/translations", "/v1/images/edits", "/v1/images/variations", "/v1/files"}
 )
+_PARTS: Final = re.compile(r"/v1/uploads/[^/]+/parts")
 STREAM_ABOVE: Final = 1024 * 1024  # bodies declared at most this large are read whole (and can be retried)
 _AUDIO: Final = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
 _SPOOL_CHUNK: Final = 256 * 1024
+
+
+def streamed(path: str) -> bool:
+    """A POST to ``path`` is an upload that streams when large (the canonical path)."""
+    return path in STREAMED or _PARTS.fullmatch(path) is not None
 
 
 class _Cut(Exception):
@@ -205,7 +215,7 @@ async def begin(scope: dict[str, Any], receive: Any, limit: int, path: str) -> t
         elif k == b"content-type":
             ctypes.append(v)
         elif k == b"content-encoding" and v.strip().lower() not in (b"", b"identity"):
-            ctypes = []  # refused by request.read_fields once read
+            ctypes = []  # request.check_headers refused it already; never stream a compressed body unread
             break
     boundary = _boundary(ctypes)
     if boundary is None or (declared is not None and declared <= STREAM_ABOVE):
@@ -221,6 +231,8 @@ async def begin(scope: dict[str, Any], receive: Any, limit: int, path: str) -> t
             up.late = frozenset({"purpose"})
         elif path == "/v1/files":  # a batch input file is read whole (its requests are priced and checked)
             return await up._read_rest(), None
+        elif path not in STREAMED:  # an upload's part: nothing in it is read
+            pass
         else:
             await up._spool_rest()
         up.fields = request.form_fields(path, up.form)

@@ -1,5 +1,10 @@
 """The upstream client: one aiohttp ClientSession with a pooled TCPConnector, opened at start-up.
 
+A multipart upload streamed as it arrives (proxy/uploads.py) goes out on a connection of its own instead
+(a second session that never keeps one): it cannot be sent twice, so it must not meet a pooled keep-alive
+connection the upstream closed while it sat idle (a stale connection fails the first write, which a body
+held whole survives by being sent again, proxy/forward.py).
+
 :meth:`UpstreamClient.request` sends one attempt and returns an :class:`UpstreamResponse` (status,
 raw headers, body as a whole or as chunks); retries and fallback live in :mod:`keyplane.proxy.forward`.
 The built-in ``demo`` upstream answers through the same interface without a socket.
@@ -112,6 +117,17 @@ class _HTTPResponse:
         self._r.close()
 
 
+def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None),
+        auto_decompress=True,
+        trust_env=False,
+        skip_auto_headers=("User-Agent",),
+    )
+
+
 def forward_headers(headers: list[tuple[bytes, bytes]], dep: Deployment) -> list[tuple[str, str]]:
     out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k not in DROP_REQUEST]
     if dep.api_key:
@@ -125,26 +141,22 @@ class UpstreamClient:
     def __init__(self, *, limit: int = 512) -> None:
         self.limit = limit
         self.session: aiohttp.ClientSession | None = None
+        self.fresh: aiohttp.ClientSession | None = None  # streamed uploads: a new connection each
         self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
         self._urls: dict[tuple[str, str], URL] = {}
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
+        pooled = aiohttp.TCPConnector(
             limit=self.limit, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30, force_close=False
         )
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None),
-            auto_decompress=True,
-            trust_env=False,
-            skip_auto_headers=("User-Agent",),
-        )
+        self.session = _session(pooled)
+        self.fresh = _session(aiohttp.TCPConnector(limit=self.limit, ttl_dns_cache=300, force_close=True))
 
     async def aclose(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        for s in (self.session, self.fresh):
+            if s is not None:
+                await s.close()
+        self.session = self.fresh = None
 
     def _url(self, dep: Deployment, path_qs: str) -> URL:
         k = (dep.name, path_qs)
@@ -171,14 +183,17 @@ class UpstreamClient:
     ) -> UpstreamResponse:
         if dep.is_demo:
             return demo.answer(method, path_qs, body if isinstance(body, bytes) else await body.read_all())
-        assert self.session is not None, "UpstreamClient.start() was not called"
+        assert self.session is not None and self.fresh is not None, "UpstreamClient.start() was not called"
         h = forward_headers(headers, dep)
         data: Any = body if body else None
+        session = self.session
         if not isinstance(body, bytes):  # a multipart upload streamed as it arrives (proxy/uploads.py)
             data = body.iterate()
             if body.length is not None:
                 h.append(("Content-Length", str(body.length)))
-        r = await self.session.request(
+            if body.streaming:  # sent once only: never on a pooled connection that may have gone stale
+                session = self.fresh
+        r = await session.request(
             method,
             self._url(dep, path_qs),
             data=data,

@@ -168,20 +168,24 @@ class ProviderObject(Base):
 class BatchCost(Base):
     """What a batch input file may cost, and a batch's reservation and metering (billing/batches.py,
     docs/limits-and-billing.md "Batches"). One row per file uploaded with purpose=batch through keyplane
-    (``object`` file) and per batch created from one (``object`` batch)."""
+    (``object`` file) and per batch created from one (``object`` batch). Fine-tuning jobs and eval runs started
+    through keyplane have one too (``object`` fine_tuning.job, eval.run: nothing estimated or metered), so that
+    the background poll cancels them once their key is stopped (billing/job_poll.py); every query selects its
+    ``object``."""
 
     __tablename__ = "batch_costs"
-    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # file-... or batch_...
-    object: Mapped[str] = mapped_column(String(16))  # file | batch
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # file-..., batch_..., ftjob-..., evalrun_...
+    object: Mapped[str] = mapped_column(String(16))  # file | batch | fine_tuning.job | eval.run
     project_id: Mapped[str] = mapped_column(String(64))
     api_key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     estimate_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None: cannot be bounded
     why: Mapped[str | None] = mapped_column(String(512), nullable=True)  # why it cannot be bounded
     lines: Mapped[int] = mapped_column(Integer, default=0)
-    data: Mapped[str] = mapped_column(Text, default="{}")  # JSON: file: models; batch: the reservation
+    # JSON: file: models; batch: the reservation; eval.run: its eval_id
+    data: Mapped[str] = mapped_column(Text, default="{}")
     upstream: Mapped[str | None] = mapped_column(String(128), nullable=True)
     input_file_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
     claimed_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # metering in progress (a lease)
-    settled_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # metered and settled, once
+    settled_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # metered and settled (a job: done), once
     cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)  # what was metered

@@ -60,6 +60,7 @@ class Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.fake.connections += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -1,5 +1,5 @@
 """The fake upstream's provider objects: files (multipart upload), batches, vector stores (with their
-``usage_bytes``), deleting stored responses.
+``usage_bytes``), deleting stored responses; fine-tuning jobs, evals and eval runs (fake_jobs.py).
 
 Just enough of OpenAI's object endpoints for the tenancy tests (keyplane.proxy.tenancy) and batch
 billing (keyplane.billing.batches): the fake itself keeps no notion of projects, like a provider key
@@ -15,9 +15,14 @@ import re
 import time
 from typing import Any
 
+from keyplane.testing.fake_jobs import FakeJobs
+
 _FILE_NAME = re.compile(rb'name="file"; filename="([^"]*)"')
 _PURPOSE = re.compile(rb'name="purpose"\r\n\r\n([^\r]*)\r\n')
 _FILE_CONTENT = re.compile(rb'name="file"; filename="[^"]*"\r\n(?:[^\r\n]+\r\n)*\r\n(.*?)\r\n--', re.S)
+
+
+_DATA_CONTENT = re.compile(rb'name="data"(?:; filename="[^"]*")?\r\n(?:[^\r\n]+\r\n)*\r\n(.*)\r\n--', re.S)
 
 
 class FakeObjects:
@@ -31,11 +36,18 @@ class FakeObjects:
         self.vector_stores: dict[str, dict[str, Any]] = {}
         self.store_bytes = 0
         self.output_reads = 0  # how many times an output file's content was read
+        self.jobs = FakeJobs()  # fine-tuning jobs, evals and their runs
+        self.uploads: dict[str, dict[str, Any]] = {}  # the Uploads API: upload id -> the upload
+        self.parts: dict[str, bytes] = {}  # part id -> its bytes
         self._ids = itertools.count(1)
 
     def answer(self, method: str, path: str, body: bytes) -> tuple[int, Any] | None:
         """(status, JSON answer) for an object path, or None when the path is not one of these."""
         parts = path.split("/")[2:]  # /v1/<coll>/<id>/<sub>
+        if parts[:1] in (["fine_tuning"], ["evals"]):
+            return self.jobs.answer(method, parts, body)
+        if parts and parts[0] == "uploads" and method == "POST":
+            return self._upload(parts[1:], body)
         if not parts or (
             parts[0] not in ("files", "batches")
             and not (parts[0] == "responses" and len(parts) > 1)
@@ -93,6 +105,45 @@ class FakeObjects:
                 return 200, self.output(self.outputs[oid])
             return 200, {"content": f"the content of {oid}"}
         return 200, obj
+
+    def _upload(self, rest: list[str], body: bytes) -> tuple[int, Any]:
+        """The Uploads API: create, add a part (its ``data`` bytes kept), complete (a file of the parts)."""
+        import orjson
+
+        n = next(self._ids)
+        if not rest:
+            req = orjson.loads(body)
+            up = {
+                "id": f"upload_fake{n:08d}",
+                "object": "upload",
+                "bytes": req.get("bytes"),
+                "created_at": int(time.time()),
+                "expires_at": int(time.time()) + 3600,
+                "filename": req.get("filename"),
+                "purpose": req.get("purpose"),
+                "status": "pending",
+                "file": None,
+            }
+            self.uploads[up["id"]] = up
+            return 200, up
+        up = self.uploads.get(rest[0])  # type: ignore[assignment]
+        if up is None:
+            return 404, {"error": {"message": "No such upload", "type": "invalid_request_error", "code": None}}
+        if rest[1:] == ["parts"]:
+            m = _DATA_CONTENT.search(body)
+            pid = f"part_fake{n:08d}"
+            self.parts[pid] = m.group(1) if m else b""
+            return 200, {"id": pid, "object": "upload.part", "upload_id": up["id"], "created_at": int(time.time())}
+        if rest[1:] == ["complete"]:
+            ids = orjson.loads(body).get("part_ids") or []
+            f = self._file(b"")
+            f.update(bytes=sum(len(self.parts.get(i, b"")) for i in ids), filename=up["filename"])
+            f["purpose"] = up["purpose"]
+            self.files[f["id"]] = f
+            self.contents[f["id"]] = b"".join(self.parts.get(i, b"") for i in ids)
+            up.update(status="completed", file=f)
+            return 200, up
+        return 404, {"error": {"message": "Not found", "type": "invalid_request_error", "code": None}}
 
     def _store(self, method: str, oid: str | None, body: bytes) -> tuple[int, Any] | None:
         import orjson

@@ -4,7 +4,7 @@ Raw asyncio + httptools, so it costs the benchmark far less CPU than the gateway
 Serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses (streaming and not), images,
 audio (speech, transcriptions, translations), /v1/moderations,
 /v1/models[/{id}], files and batches (fake_objects.py: a batch's output file holds each request's answer
-with its usage), with real-looking usage.
+with its usage), fine-tuning jobs, evals and eval runs (fake_jobs.py), with real-looking usage.
 
 Faults are set per instance (``fake.default``), queued per request (``fake.push(Behaviour(...))``,
 consumed first-in first-out), or per request with ``x-fake-*`` headers (``x-fake-status: 503``,
@@ -69,6 +69,7 @@ class FakeUpstream:
         self._server: asyncio.base_events.Server | None = None
         self._ids = itertools.count(1)
         self.objects = FakeObjects()  # files, batches, stored responses (fake_objects.py)
+        self.connections = 0  # TCP connections accepted so far
         self._fixed_response = self._fixed()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -84,6 +85,7 @@ class FakeUpstream:
         self.default = Behaviour()
         self.objects.batch_status = "completed"
         self.objects.store_bytes = 0
+        vars(self.objects).pop("answer", None)  # a test's wrapper of the object endpoints ends with the test
 
     @property
     def base_url(self) -> str:
