@@ -8,28 +8,26 @@ responses) have their usage read; /v1/models is answered here; any other /v1 pat
 covers is passed through (object paths checked for their project: proxy/tenancy.py). The features'
 steps are keyplane.pipeline's: once admitted, a request is always settled, recorded and observed,
 client disconnects and upstream failures included (proxy/context.py holds what each step leaves).
+proxy/replies.py writes keyplane's own answers and passes the upstream's headers on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
 import time
 from typing import Any, Final
 
-import orjson
-
-from keyplane import errors, keys, logs
+from keyplane import errors, logs
 from keyplane.auth import authenticate
 from keyplane.cache import attach as attach_cache
-from keyplane.proxy import canonical, client_secrets, estimate, request, skipped, sse, uploads
+from keyplane.proxy import canonical, client_secrets, estimate, replies, request, skipped, sse, uploads
 from keyplane.proxy.canonical import MODEL_ENDPOINTS
 from keyplane.proxy.context import RequestContext
 from keyplane.proxy.forward import JSON, OBJECT, RAW, SSE, Forwarder, Outcome
 from keyplane.proxy.models import ModelCatalog
 from keyplane.proxy.owners import fine_tuned_ids
+from keyplane.proxy.replies import new_request_id
 from keyplane.proxy.router import Router
 from keyplane.proxy.tenancy import Tenancy
 from keyplane.proxy.upstream import RETRYABLE_ERRORS
@@ -42,43 +40,8 @@ log = logging.getLogger("keyplane.proxy")
 # Endpoints whose streams report usage only when stream_options.include_usage is set.
 _NEEDS_INCLUDE_USAGE: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
 
-# Upstream response headers not passed on: hop-by-hop, recomputed here, or about the provider
-# account rather than the client's key (its rate limits, organization, project).
-_DROP_RESPONSE: Final = frozenset(
-    {
-        b"content-length",
-        b"transfer-encoding",
-        b"connection",
-        b"keep-alive",
-        b"content-encoding",
-        b"date",
-        b"server",
-        b"x-request-id",
-        b"openai-processing-ms",
-        b"openai-organization",
-        b"openai-project",
-        b"set-cookie",
-        b"alt-svc",
-        b"strict-transport-security",
-        b"via",
-    }
-)
-_DROP_WITH_CT: Final = _DROP_RESPONSE | {b"content-type"}
-_JSON_CT: Final = (b"content-type", b"application/json")
-
-
 # keyplane extension: any live key may read its own metadata (what `keyplane doctor` shows).
 KEY_INFO_PATH: Final = "/v1/keyplane/key"
-
-
-# req_ + 16 random hex digits per process + a 16-digit counter: unique across a fleet, one format
-# operation per request instead of reading the OS's random source.
-_RID_PREFIX: Final = b"req_" + os.urandom(8).hex().encode()
-_rid_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
-
-
-def new_request_id() -> bytes:
-    return b"%s%016x" % (_RID_PREFIX, next(_rid_counter))
 
 
 class _Watch:
@@ -127,60 +90,6 @@ class ProxyApp:
         if any(o.project_id != (project_id or "") for o in found.values()):
             raise errors.model_not_found(model)
 
-    async def _send_error(
-        self, send: Any, err: errors.APIError, rid: bytes, t0: float, extra: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        body = err.body()
-        h = [
-            _JSON_CT,
-            (b"content-length", b"%d" % len(body)),
-            (b"x-request-id", rid),
-            (b"x-keyplane-request-id", rid),
-            (b"openai-processing-ms", b"%d" % int((time.perf_counter() - t0) * 1000)),
-        ]
-        h.extend((k.encode(), v.encode()) for k, v in err.headers.items())
-        if extra:
-            h.extend(extra)
-        await send({"type": "http.response.start", "status": err.status, "headers": h})
-        await send({"type": "http.response.body", "body": body})
-
-    async def _send_json(self, send: Any, obj: Any, rid: bytes, t0: float) -> None:
-        body = orjson.dumps(obj)
-        h = [
-            _JSON_CT,
-            (b"content-length", b"%d" % len(body)),
-            (b"x-request-id", rid),
-            (b"x-keyplane-request-id", rid),
-            (b"openai-processing-ms", b"%d" % int((time.perf_counter() - t0) * 1000)),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": h})
-        await send({"type": "http.response.body", "body": body})
-
-    @staticmethod
-    def _headers(
-        out: Outcome, ctx: RequestContext, t0: float, length: int | None, json_ct: bool = False
-    ) -> list[tuple[bytes, bytes]]:
-        rid = None
-        h: list[tuple[bytes, bytes]] = [_JSON_CT] if json_ct else []
-        drop = _DROP_WITH_CT if json_ct else _DROP_RESPONSE
-        secret = out.dep.api_key
-        for k, v in out.resp.headers:
-            if k == b"x-request-id":
-                rid = v
-            elif k not in drop and not k.startswith(b"x-ratelimit-"):
-                h.append((k, _redact(v, secret)))
-        own = ctx.request_id.encode()
-        if rid:
-            ctx.upstream_request_id = rid.decode("latin-1")
-        h.append((b"x-request-id", rid or own))
-        h.append((b"x-keyplane-request-id", own))
-        h.append((b"openai-processing-ms", b"%d" % int((time.perf_counter() - t0) * 1000)))
-        if length is not None:
-            h.append((b"content-length", b"%d" % length))
-        if ctx.extra_headers:
-            h.extend(ctx.extra_headers)
-        return h
-
     # --- the flow -------------------------------------------------------------------------------
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -204,10 +113,10 @@ class ProxyApp:
                 self.access.check_ip(entry.project_id, entry.id, scope.get("client"), headers)
             rt.last_used.touch(entry.id, rt.clock.now())
             if path == KEY_INFO_PATH and method == "GET":
-                await self._send_json(send, self._key_info(entry), rid, t0)
+                await replies.send_json(send, replies.key_info(rt, entry), rid, t0)
                 return
             if path == client_secrets.PATH and method == "POST":  # browser Realtime sessions (proxy/realtime.py)
-                await self._send_json(send, await client_secrets.mint(rt, entry, scope, receive), rid, t0)
+                await replies.send_json(send, await client_secrets.mint(rt, entry, scope, receive), rid, t0)
                 return
             ep = canonical.classify(method, path)
             if ep.scope is None:
@@ -251,7 +160,7 @@ class ProxyApp:
             if not pool:
                 raise skipped.no_route(rt, model, entry.project_id)
         except errors.APIError as e:
-            await self._send_error(send, e, rid, t0)
+            await replies.send_error(send, e, rid, t0)
             if entry is not None:  # an authenticated key refused: metered, and the kill switch watches
                 await self._refused(RequestContext(rid.decode(), entry, entry.project_id, path, method), e)
             return
@@ -259,7 +168,7 @@ class ProxyApp:
             return
         except Exception:
             log.exception("proxy error before forwarding %s %s", method, logs.safe(path))
-            await self._send_error(send, errors.internal_error(), rid, t0)
+            await replies.send_error(send, errors.internal_error(), rid, t0)
             return
         ctx = RequestContext(
             rid.decode(),
@@ -293,12 +202,12 @@ class ProxyApp:
         try:  # admit: rate limits, budgets, credit, reserved in one atomic step (keyplane.pipeline)
             await rt.pipeline.admit(ctx)
         except errors.APIError as e:
-            await self._send_error(send, e, rid, t0, ctx.extra_headers)
+            await replies.send_error(send, e, rid, t0, ctx.extra_headers)
             await self._refused(ctx, e)
             return
         except Exception:
             log.exception("admission failed for %s", ctx.request_id)
-            await self._send_error(send, errors.internal_error(), rid, t0, ctx.extra_headers)
+            await replies.send_error(send, errors.internal_error(), rid, t0, ctx.extra_headers)
             return
         # Transcriptions and moderations: the JSON answer is read whole (small) for its usage.
         mode = (
@@ -346,15 +255,15 @@ class ProxyApp:
                 if ctx.upstream_received:  # the provider may have run (and billed) it: billed at its estimate
                     self._usage_from_relay(ctx, None)
                 await self._finish(ctx, t0, watch)
-                await self._send_error(send, e, ctx.request_id.encode(), t0, ctx.extra_headers)
+                await replies.send_error(send, e, ctx.request_id.encode(), t0, ctx.extra_headers)
                 return
             ctx.upstream = out.dep.name
             status = out.resp.status
             if out.body is not None:  # JSON answers and every upstream error
-                payload = _redact(out.body, out.dep.api_key)
-                wrapped = status >= 400 and not _is_openai_error(payload)
+                payload = replies.redact(out.body, out.dep.api_key)
+                wrapped = status >= 400 and not replies.is_openai_error(payload)
                 if wrapped:
-                    payload = _wrap_error(out.dep.name, status, payload)
+                    payload = replies.wrap_error(out.dep.name, status, payload)
                 if out.usage is not None:
                     ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = out.usage.numbers()
                     ctx.tool_calls = tool_calls(out.usage)
@@ -369,9 +278,9 @@ class ProxyApp:
                     except errors.APIError as e:  # what the answer started could not be kept (fail closed)
                         ctx.status, ctx.error = e.status, e.code
                         await self._finish(ctx, t0, watch)
-                        await self._send_error(send, e, ctx.request_id.encode(), t0, ctx.extra_headers)
+                        await replies.send_error(send, e, ctx.request_id.encode(), t0, ctx.extra_headers)
                         return
-                h = self._headers(out, ctx, t0, len(payload), wrapped)
+                h = replies.response_headers(out, ctx, t0, len(payload), wrapped)
                 await self._finish(ctx, t0, watch)
                 started = True
                 await send({"type": "http.response.start", "status": status, "headers": h})
@@ -386,7 +295,13 @@ class ProxyApp:
             if out.first is not None:
                 await self.tenancy.streamed(ctx, out.first)  # a stored response's id: owned before it is seen
             started = True
-            await send({"type": "http.response.start", "status": status, "headers": self._headers(out, ctx, t0, None)})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": replies.response_headers(out, ctx, t0, None),
+                }
+            )
             flow = self.rt.pipeline
             flow.stream_started()  # the active-streams gauge (metering)
             try:
@@ -417,7 +332,7 @@ class ProxyApp:
             self._usage_from_relay(ctx, relay)
             await self._finish(ctx, t0, watch)
             if not started:
-                await self._send_error(send, errors.internal_error(), ctx.request_id.encode(), t0, ctx.extra_headers)
+                await replies.send_error(send, errors.internal_error(), ctx.request_id.encode(), t0, ctx.extra_headers)
         finally:
             watch.armed = False
             if not waiter.done():
@@ -464,7 +379,11 @@ class ProxyApp:
     async def _relay_raw(self, send: Any, out: Outcome, ctx: RequestContext, t0: float, watch: _Watch) -> None:
         assert out.rest is not None
         await send(
-            {"type": "http.response.start", "status": out.resp.status, "headers": self._headers(out, ctx, t0, None)}
+            {
+                "type": "http.response.start",
+                "status": out.resp.status,
+                "headers": replies.response_headers(out, ctx, t0, None),
+            }
         )
         is_sse = out.resp.content_type == "text/event-stream"
         try:
@@ -539,24 +458,6 @@ class ProxyApp:
             ctx.ttft_ms = ctx.latency_ms
         await self.rt.pipeline.settle(ctx)  # never raises: each step's failure is logged
 
-    def _key_info(self, entry: KeyEntry) -> dict[str, Any]:
-        snap = self.rt.snapshot
-        p = snap.projects.get(entry.project_id) if entry.project_id else None
-        perms = entry.permissions
-        return {
-            "object": "keyplane.key",
-            "id": entry.id,
-            "name": entry.name,
-            "kind": entry.kind,
-            "redacted_value": entry.redacted_value,
-            "status": entry.status(self.rt.clock.now()),
-            "expires_at": entry.expires_at,
-            "organization": {"id": snap.org_id, "name": snap.org_name},
-            "project": {"id": p.id, "name": p.name, "status": p.status} if p else None,
-            "permissions": perms.to_json(),
-            "scopes": sorted(perms.scopes),
-        }
-
     async def _models(
         self, send: Any, path: str, rid: bytes, t0: float, project_id: str | None = None, key_id: str = ""
     ) -> None:
@@ -571,7 +472,7 @@ class ProxyApp:
             if tuned:  # another project's fine-tuned models are listed nowhere either
                 found = await self.tenancy.store.owners(tuned)
                 data = [m for m in data if (o := found.get(m["id"])) is None or o.project_id == (project_id or "")]
-            await self._send_json(send, {"object": "list", "data": data}, rid, t0)
+            await replies.send_json(send, {"object": "list", "data": data}, rid, t0)
             return
         model = path[len("/v1/models/") :]
         if not visible(model):
@@ -584,33 +485,4 @@ class ProxyApp:
             if e.code != "model_not_found":
                 raise
             raise skipped.no_route(self.rt, model, project_id) from None
-        await self._send_json(send, obj, rid, t0)
-
-
-def _redact(data: bytes, secret: str) -> bytes:
-    """The upstream's own credential never reaches a client, even when an upstream echoes it."""
-    if secret and len(secret) >= 8:
-        raw = secret.encode("latin-1", "replace")
-        if raw in data:
-            return data.replace(raw, keys.mask(secret).encode("latin-1", "replace"))
-    return data
-
-
-def _is_openai_error(payload: bytes) -> bool:
-    try:
-        obj = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(obj, dict) and isinstance(obj.get("error"), dict)
-
-
-def _wrap_error(name: str, status: int, payload: bytes) -> bytes:
-    """An upstream error that is not in OpenAI's shape, put in it (with the start of what it said)."""
-    snippet = payload[:200].decode("utf-8", "replace").strip()
-    err = errors.APIError(
-        status,
-        f"The upstream `{name}` answered HTTP {status}" + (f": {snippet}" if snippet else "."),
-        type="server_error" if status >= 500 else "invalid_request_error",
-        code="upstream_error",
-    )
-    return err.body()
+        await replies.send_json(send, obj, rid, t0)
