@@ -68,7 +68,7 @@ def write_clock(now: Callable[[], float]) -> Iterator[None]:
 # --- validation helpers ------------------------------------------------------------------------
 
 
-def check_name(value: Any, param: str = "name", required: bool = True) -> str | None:
+def check_name(value: object, param: str = "name", required: bool = True) -> str | None:
     if value is None:
         if required:
             raise Invalid(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")

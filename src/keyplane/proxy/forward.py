@@ -78,7 +78,7 @@ def retry_after(headers: list[tuple[bytes, bytes]], now: float) -> float | None:
 def backoff(dep: Deployment, n: int, rng: random.Random) -> float:
     """Exponential from retry_backoff, doubling, capped, minus up to 25% jitter (as the OpenAI SDKs do)."""
     c = dep.config
-    base = min(c.retry_backoff * (2 ** (n - 1)), c.retry_backoff_max)
+    base = min(c.retry_backoff * (2.0 ** (n - 1)), c.retry_backoff_max)
     return base * (1 - 0.25 * rng.random())
 
 

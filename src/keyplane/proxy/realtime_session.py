@@ -28,9 +28,10 @@ from websockets.exceptions import ConnectionClosed
 from keyplane import errors, keys
 from keyplane.proxy import realtime_policy as policy
 from keyplane.proxy.context import RequestContext
-from keyplane.proxy.handler import ProxyApp, new_request_id
+from keyplane.proxy.handler import ProxyApp
 from keyplane.proxy.realtime_policy import PATH, event_refusal, response_refusal
 from keyplane.proxy.realtime_usage import output_cap, usage_tokens
+from keyplane.proxy.replies import new_request_id
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
 

@@ -161,7 +161,7 @@ async def read_body(scope: dict[str, Any], receive: Any, limit: int) -> bytes:
                 raise errors.bad_request("Invalid Content-Length header.") from None
             break
     msg = await receive()
-    body = msg.get("body", b"")
+    body: bytes = msg.get("body", b"")
     if not msg.get("more_body"):
         if len(body) > limit:
             raise errors.too_large(limit)
