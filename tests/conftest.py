@@ -59,3 +59,16 @@ def server(settings) -> Iterator[RunningServer]:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def _cli_state_of_this_test() -> Iterator[None]:
+    """The CLI's global options (``--config``, kept by the root callback in keyplane.cli.common.state) start
+    unset in every test: a test that builds its own Typer app without the root callback read whatever config
+    an earlier CLI test of the same worker had named (an order-dependent failure)."""
+    import sys
+
+    common = sys.modules.get("keyplane.cli.common")
+    if common is not None:
+        common.state.config = None
+    yield
