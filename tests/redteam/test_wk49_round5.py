@@ -147,45 +147,20 @@ FT_MODEL = "ft:gpt-4o-mini-2024-07-18:acme:a-private:AbC123"
 
 
 def _with_fine_tuning(fake, hold: bool = False) -> dict:  # type: ignore[no-untyped-def]
-    """The fake upstream answering fine-tuning jobs, as the provider: a job succeeds (its model made) when read,
-    or (``hold``) runs until cancelled. The jobs, by id."""
+    """The fake upstream's fine-tuning jobs (keyplane.testing.fake_jobs), as the provider: a job succeeds (its
+    model made) when read, or (``hold``) runs until cancelled. The jobs, by id."""
     objects = fake.objects
     answer = objects.answer
-    jobs: dict[str, dict] = {}
+    jobs: dict[str, dict] = objects.jobs.fine_tuning
 
-    def with_jobs(method: str, path: str, body: bytes):  # type: ignore[no-untyped-def]
+    def succeeding(method: str, path: str, body: bytes):  # type: ignore[no-untyped-def]
         seg = path.split("/")[2:]
-        if seg[:2] != ["fine_tuning", "jobs"]:
-            return answer(method, path, body)
-        if len(seg) == 2 and method == "POST":
-            req = orjson.loads(body)
-            job = {
-                "id": f"ftjob-{len(jobs) + 1}",
-                "object": "fine_tuning.job",
-                "created_at": int(time.time()),
-                "model": req["model"],
-                "training_file": req["training_file"],
-                "validation_file": None,
-                "status": "validating_files",
-                "fine_tuned_model": None,
-                "finished_at": None,
-                "error": None,
-                "hyperparameters": {"n_epochs": "auto"},
-                "organization_id": "org-fake",
-                "result_files": [],
-                "seed": 1,
-                "trained_tokens": None,
-            }
-            jobs[job["id"]] = job
-            return 200, job
-        job = jobs[seg[2]]
-        if seg[3:] == ["cancel"] and method == "POST":
-            job.update(status="cancelled")
-        elif job["status"] == "validating_files" and not hold:
+        job = jobs.get(seg[2]) if seg[:2] == ["fine_tuning", "jobs"] and len(seg) == 3 else None
+        if job is not None and method == "GET" and not hold and job["status"] == "validating_files":
             job.update(status="succeeded", fine_tuned_model=FT_MODEL, finished_at=int(time.time()))
-        return 200, job
+        return answer(method, path, body)
 
-    objects.answer = with_jobs
+    objects.answer = succeeding
     return jobs
 
 

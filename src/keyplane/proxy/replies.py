@@ -58,17 +58,22 @@ def new_request_id() -> bytes:
     return b"%s%016x" % (_RID_PREFIX, next(_rid_counter))
 
 
-async def send_error(
-    send: Any, err: errors.APIError, rid: bytes, t0: float, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    body = err.body()
-    h = [
+def _own_headers(body: bytes, rid: bytes, t0: float) -> list[tuple[bytes, bytes]]:
+    """The headers of an answer keyplane writes itself: JSON, its length, the request ids, the time taken."""
+    return [
         JSON_CT,
         (b"content-length", b"%d" % len(body)),
         (b"x-request-id", rid),
         (b"x-keyplane-request-id", rid),
         (b"openai-processing-ms", b"%d" % int((time.perf_counter() - t0) * 1000)),
     ]
+
+
+async def send_error(
+    send: Any, err: errors.APIError, rid: bytes, t0: float, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = err.body()
+    h = _own_headers(body, rid, t0)
     h.extend((k.encode(), v.encode()) for k, v in err.headers.items())
     if extra:
         h.extend(extra)
@@ -78,14 +83,7 @@ async def send_error(
 
 async def send_json(send: Any, obj: Any, rid: bytes, t0: float) -> None:
     body = orjson.dumps(obj)
-    h = [
-        JSON_CT,
-        (b"content-length", b"%d" % len(body)),
-        (b"x-request-id", rid),
-        (b"x-keyplane-request-id", rid),
-        (b"openai-processing-ms", b"%d" % int((time.perf_counter() - t0) * 1000)),
-    ]
-    await send({"type": "http.response.start", "status": 200, "headers": h})
+    await send({"type": "http.response.start", "status": 200, "headers": _own_headers(body, rid, t0)})
     await send({"type": "http.response.body", "body": body})
 
 

@@ -51,7 +51,7 @@ _SPOOL_CHUNK: Final = 256 * 1024
 
 def streamed(path: str) -> bool:
     """A POST to ``path`` is an upload that streams when large (the canonical path)."""
-    return path in STREAMED or _PARTS.fullmatch(path) is not None
+    return path in STREAMED or (path.startswith("/v1/uploads/") and _PARTS.fullmatch(path) is not None)
 
 
 class _Cut(Exception):
