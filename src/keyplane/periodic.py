@@ -22,14 +22,15 @@ log = logging.getLogger("keyplane")
 
 async def cancel_and_wait(task: asyncio.Task[object] | asyncio.Task[None] | None, again: float = 0.5) -> None:
     """Cancel ``task`` and wait until it has ended, cancelling it again every ``again`` seconds in case a
-    cancellation was swallowed; what it ends with (a cancellation, an exception) is consumed."""
+    cancellation was swallowed; what it ends with is consumed (an exception is logged, not raised: a stop goes
+    on with the rest of the shutdown)."""
     if task is None:
         return
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=again)
-    if not task.cancelled():
-        task.exception()  # retrieved: never "exception was never retrieved"
+    if not task.cancelled() and (e := task.exception()) is not None:  # retrieved, and said
+        log.warning("background task %s ended with %s: %s", task.get_name(), type(e).__name__, str(e)[:200])
 
 
 def backoff(failures: int, base: float, cap: float = 30.0) -> float:

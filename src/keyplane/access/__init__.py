@@ -10,7 +10,6 @@ bumps the revision and is published on the bus), so the request path never reads
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -23,6 +22,7 @@ async def start(rt: Any) -> Any:
     from keyplane.access.expiry import ExpiryNotifier
     from keyplane.access.policy import Policies
     from keyplane.app import Feature
+    from keyplane.periodic import cancel_and_wait
 
     try:
         trusted = ip.parse_cidrs([c for c in getattr(rt.settings, "trusted_proxies", "").split(",") if c.strip()])
@@ -58,8 +58,6 @@ async def start(rt: Any) -> Any:
 
     async def stop() -> None:
         await notifier.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
     return Feature(endpoints=[*routes.ENDPOINTS, *routes_ip.ENDPOINTS], stop=stop)

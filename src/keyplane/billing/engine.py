@@ -19,6 +19,7 @@ from keyplane.billing import state, tiers
 from keyplane.billing.prices import Price, PriceTable
 from keyplane.billing.ratelimits import merge
 from keyplane.limits import Bucket, BudgetRef, Limiter, Unseeded
+from keyplane.periodic import cancel_and_wait
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
 
@@ -374,10 +375,7 @@ class Billing:
         task.add_done_callback(self._alert_tasks.discard)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         for t in list(self._alert_tasks):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(t, 5)

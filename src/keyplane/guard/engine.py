@@ -23,6 +23,7 @@ from keyplane.degrade import Outage, store_outage
 from keyplane.guard import actions, detectors
 from keyplane.guard.rules import Rule, config_rules, effective
 from keyplane.guard.windows import MemoryWindows, RedisWindows, View
+from keyplane.periodic import cancel_and_wait
 
 log = logging.getLogger("keyplane.guard")
 # A Redis outage is logged once when it starts and once when it ends, not on every pass (a pass runs
@@ -292,10 +293,7 @@ class Guard:
 
     async def stop(self) -> None:
         for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+            await cancel_and_wait(t)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.run_pass(), 5)
         await self.windows.aclose()

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyplane.identity.models import FederationRuleRow, WorkloadIdentityProviderRow
+from keyplane.periodic import cancel_and_wait
 from keyplane.snapshot import Snapshot
 
 log = logging.getLogger("keyplane.identity")
@@ -162,7 +163,4 @@ class IdentityState:
                 return
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)

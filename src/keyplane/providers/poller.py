@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from keyplane import alerts
+from keyplane.periodic import cancel_and_wait
 from keyplane.providers import lease
 from keyplane.providers.config import ProviderSection
 from keyplane.providers.connector import Connector, ProviderError
@@ -184,10 +185,7 @@ class Poller:
 
     async def stop(self) -> None:
         for t in self.tasks:
-            t.cancel()
-        for t in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            await cancel_and_wait(t)
         for name, held in list(self.leader.items()):  # let go: another instance takes over at its next heartbeat
             if held:
                 self.leader[name] = False

@@ -8,12 +8,11 @@ See docs/metering.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any
 
-from keyplane.periodic import Periodic
+from keyplane.periodic import Periodic, cancel_and_wait
 
 log = logging.getLogger("keyplane.usage")
 FLUSH_SECONDS = 0.25  # request-path sums -> prometheus_client, pending access-log lines -> the log
@@ -135,9 +134,7 @@ async def start(rt: Any) -> Any:
         if fsync is not None:
             await fsync.stop()
         for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         flush()
         drained = await applier.stop()
         writer.close()

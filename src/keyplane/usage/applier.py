@@ -24,7 +24,7 @@ import orjson
 from sqlalchemy import Insert, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from keyplane.periodic import backoff
+from keyplane.periodic import backoff, cancel_and_wait
 from keyplane.usage import rollups
 from keyplane.usage.journal import JournalWriter, Position, Record, try_lock, writers_in
 from keyplane.usage.journal_tail import Tail
@@ -383,11 +383,8 @@ class Applier:
 
     async def stop(self, drain_seconds: float = 15.0) -> bool:
         """Stop the task and drain: True when everything was applied (the files are then removed)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         loop = self._loop
         if self._run_future is not None:
             self._run_future.cancel()
