@@ -141,11 +141,11 @@ def test_images_and_speech_are_priced_from_the_request(make_gateway, fake):
 def test_unpriceable_spending_endpoints_are_refused_under_money_controls(make_gateway, fake):
     srv = make_gateway(_extra_upstream(fake, '"whisper-*"'))
     client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
-    # no money control: served; a batch costs 0 here, a transcription an estimate from its size
+    # no money control: served; a batch costs 0 here, a transcription the duration its answer reports
     fid = client.files.create(file=("in.jsonl", b"{}\n"), purpose="batch").id
     client.batches.create(input_file_id=fid, endpoint="/v1/chat/completions", completion_window="24h")
     client.audio.transcriptions.create(model="whisper-1", file=("a.mp3", b"x" * 1000))
-    assert _spent(srv) == (6000, 0)  # one minute at $0.006
+    assert _spent(srv) == (100, 0)  # the fake's 1 s (one per 1,000 bytes) at $0.006 a minute
     _limit(srv, 100)
     seen = len(fake.model_requests())
     for call in (

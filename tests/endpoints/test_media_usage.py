@@ -83,8 +83,8 @@ def test_images_audio_and_moderations_reach_their_usage_buckets(make_gateway, fa
     # nothing of it is in the completions bucket
     assert not [r for b in admin.admin.organization.usage.completions(start_time=start).data for r in b.results]
 
-    # Costs: 3 x $0.04 + 4 x $0.02 images, 1500 characters at $15/1M, 2 minutes of whisper at $0.006
-    want = 3 * 40_000 + 4 * 20_000 + 22_500 + 2 * 6_000
+    # Costs: 3 x $0.04 + 4 x $0.02 images, 1500 characters at $15/1M, 12 s + 3 s of whisper at $0.006/minute
+    want = 3 * 40_000 + 4 * 20_000 + 22_500 + 1_200 + 300
     costs = admin.admin.organization.usage.costs(start_time=start, group_by=["project_id"])
     total = sum(r.amount.value for b in costs.data for r in b.results)
     assert round(total * 1e6) == want
@@ -180,10 +180,43 @@ def test_the_kill_switch_sees_images_and_tool_calls(make_gateway, fake, what):
     assert srv.app.runtime.snapshot.keys_by_id[srv.init["api_key_id"]].suspended_at is not None
 
 
-def test_a_transcription_longer_than_estimated_is_billed_its_reported_duration(make_gateway, fake):
-    """The estimate (32 kbit/s) is a floor: a file of 240,000 bytes is estimated at 1 minute; the fake
-    reports 240 s (one per 1000 bytes), billed 4 minutes."""
+def test_a_transcription_is_billed_the_duration_its_answer_reports(make_gateway, fake, monkeypatch):
+    """Reserved at 8 kbit/s (240,000 bytes: 4 minutes), billed the seconds the answer reports, shorter or
+    longer: 240 s at 8 kbit/s, 60 s at 32 kbit/s."""
+    from keyplane.testing import answers
+
     srv = make_gateway(media(fake))
     client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
-    client.audio.transcriptions.create(model="whisper-1", file=("a.mp3", b"x" * 240_000))
+    client.audio.transcriptions.create(model="whisper-1", file=("a.ogg", b"x" * 240_000))
     assert _spent(srv) == (4 * 6_000, 0)
+    monkeypatch.setattr(answers, "AUDIO_BYTES_PER_SECOND", 4_000)
+    client.audio.transcriptions.create(model="whisper-1", file=("a.mp3", b"x" * 240_000))
+    assert _spent(srv) == (5 * 6_000, 0)
+
+
+def test_a_transcription_whose_answer_reports_no_duration_is_billed_its_reservation(make_gateway, fake):
+    """`response_format=text` answers plain text with no usage: billed what was reserved, the most audio
+    the file can hold (8 kbit/s), so no bitrate makes it cheaper than the provider's bill."""
+    srv = make_gateway(media(fake))
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    text = client.audio.transcriptions.create(model="whisper-1", file=("a.ogg", b"x" * 130_000), response_format="text")
+    assert text.strip() == "fake"
+    assert _spent(srv) == (3 * 6_000, 0)  # 130,000 bytes: 2.17 minutes at 8 kbit/s, 3 started minutes
+
+
+def test_a_transcription_reserves_at_most_the_models_longest_audio():
+    """gpt-4o-transcribe takes at most 1,500 s (its price entry's max_seconds; the API refuses a longer file):
+    a 24 MB upload reserves 25 minutes, not the 400 that 8 kbit/s makes of it. whisper-1 has no such bound."""
+    from keyplane.billing.prices import PriceTable
+    from keyplane.billing.quote import quote
+
+    prices = PriceTable.from_config({})
+
+    def reserved(model: str, size: int) -> int:
+        q = quote(prices, "/v1/audio/transcriptions", model, b"x" * size, None, False, None, 4096)
+        return q.cost
+
+    assert reserved("gpt-4o-transcribe", 24_000_000) == 25 * 6_000
+    assert reserved("gpt-4o-transcribe-diarize", 24_000_000) == 24 * 6_000  # 1,400 s: 24 started minutes
+    assert reserved("gpt-4o-mini-transcribe", 60_001) == 2 * 3_000
+    assert reserved("whisper-1", 24_000_000) == 400 * 6_000

@@ -56,7 +56,7 @@ def test_a_transcription_streams_through_whole_and_is_billed(make_gateway, fake,
     assert t.text == "fake" and streams == ["stream"]
     (got,) = _received(fake, "/v1/audio/transcriptions")
     assert WAV in got.body and got.headers.get("content-length") == str(len(got.body))
-    # The fake reports one second per 1000 bytes of body: 2098 s, 35 minutes at $0.006 (more than the estimate).
+    # The fake reports one second per 1000 bytes of body: 2098 s at $0.006 a minute, billed as reported.
     secs = len(got.body) // 1000
     assert _spent(srv) == -(-secs * 6_000 // 60)
 
@@ -224,18 +224,16 @@ def test_model_permissions_hold_for_streamed_and_spooled_uploads(make_gateway, f
     assert client.audio.transcriptions.create(model="whisper-1", file=("a.wav", WAV)).text == "fake"
 
 
-def test_a_chunked_transcription_is_billed_on_the_bytes_received_not_the_bound(make_gateway, fake, monkeypatch):
-    """Without a Content-Length the estimate reserves up to max_body_bytes (3 MiB: 14 minutes); once the body
-    has arrived it is billed on its size (2 MiB: 9 minutes), here more than the 20 s the upstream reports."""
-    from keyplane.testing import answers
-
-    monkeypatch.setattr(answers, "AUDIO_BYTES_PER_SECOND", 100_000)
+def test_a_chunked_transcription_is_billed_on_the_bytes_received_not_the_bound(make_gateway, fake):
+    """Without a Content-Length the estimate reserves up to max_body_bytes (3 MiB: 53 minutes at 8 kbit/s);
+    once the body has arrived, an answer that reports no duration (`response_format=text`) is billed on its
+    size (2 MiB: 35 minutes)."""
     srv = _gw(make_gateway, fake)
-    r = _post_chunked(srv, _body("kpb", [("model", b"whisper-1")], WAV))
+    r = _post_chunked(srv, _body("kpb", [("model", b"whisper-1"), ("response_format", b"text")], WAV))
     assert r is not None and r.status_code == 200, r
+    assert r.text.strip() == "fake"
     (got,) = _received(fake, "/v1/audio/transcriptions")
-    assert len(got.body) // 100_000 == 20
-    assert _spent(srv) == -(-len(got.body) // 240_000) * 6_000 == 9 * 6_000
+    assert _spent(srv) == -(-len(got.body) // 60_000) * 6_000 == 35 * 6_000
 
 
 def test_a_streamed_upload_never_goes_out_on_a_pooled_connection(make_gateway, fake, streams):

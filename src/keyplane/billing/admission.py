@@ -332,8 +332,8 @@ class Admission:
                     minutes = quote_mod.minutes_of(up.size)
                     cost = min(cost, minutes * per_minute)  # type: ignore[operator]
                     extra["units"] = min(int(extra.get("units") or 0), minutes * 60)  # type: ignore[call-overload]
-                if per_minute and ctx.units:  # a transcription longer than estimated: its reported duration
-                    cost = max(cost, -(-ctx.units * per_minute // 60))  # type: ignore[operator]
+                if per_minute and ctx.units:  # the duration the answer reports is what the provider bills
+                    cost = -(-ctx.units * per_minute // 60)  # type: ignore[operator]
                 ctx.units = ctx.units or int(extra.get("units") or 0)  # type: ignore[call-overload]
         elif price is not None:
             tier: TierPricing | None = extra.get("tier")  # type: ignore[assignment]

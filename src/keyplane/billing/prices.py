@@ -153,6 +153,7 @@ class Price:
     per_1m_characters: int | None = None
     per_minute: int | None = None
     tokens: bool = True
+    max_seconds: int | None = None  # most seconds of audio one transcription may carry
     # Long-context tier: a request whose prompt has more than ``long_above`` tokens is billed at
     # ``long_factor`` (micro-units: 2_000_000 is twice) of these prices, input and output.
     long_above: int | None = None
@@ -257,7 +258,7 @@ def _entry(name: str, p: PriceConfig) -> Price:
         if not size or " " in size.strip():
             raise PriceError(f'{where}.images: keys are "quality size" (e.g. "hd 1024x1792"), got {key!r}')
         images.append((quality, size.strip(), to_micros(usd, f"{where}.images.{key}")))
-    for field in ("max_output", "context_window"):
+    for field in ("max_output", "context_window", "max_seconds"):
         v = getattr(p, field)
         if v is not None and v < 1:
             raise PriceError(f"{where}.{field}: must be >= 1")
@@ -285,6 +286,7 @@ def _entry(name: str, p: PriceConfig) -> Price:
         audio_input=a_in,
         cached_audio_input=a_cached,
         audio_output=a_out,
+        max_seconds=p.max_seconds,
     )
 
 

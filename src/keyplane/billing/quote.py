@@ -43,8 +43,9 @@ IMAGES: Final = frozenset({"/v1/images/generations", "/v1/images/edits", "/v1/im
 SPEECH: Final = "/v1/audio/speech"
 TRANSCRIBE: Final = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
 MAX_IMAGES: Final = 10  # the images API's largest n
-# Duration estimate of an upload: 32 kbit/s (low-bitrate speech), so most files are over-estimated.
-AUDIO_BYTES_PER_MINUTE: Final = 240_000
+# The duration an upload is reserved at: 8 kbit/s, the least bitrate speech codecs are used at (opus and
+# mp3 go down to 6-8 kbit/s), so a file cannot carry more audio than it reserves; most are over-estimated.
+AUDIO_BYTES_PER_MINUTE: Final = 60_000
 # Tokens charged (at the model's input price) per input image of a gpt-image edit.
 EDIT_IMAGE_TOKENS: Final = 6_000
 
@@ -82,7 +83,7 @@ class Quote:
     out_limit: int | None = None  # that limit
     units: int = 0  # images asked, characters to speak, seconds of audio estimated (the usage API's buckets)
     tools: dict[str, int] | None = None  # hosted tools enabled: micro-dollars per call (or session) by usage kind
-    # transcription: micro-dollars per minute, billed by the reported seconds past the estimate
+    # transcription: micro-dollars per minute, billed by the seconds the answer reports (else the estimate)
     per_minute: int | None = None
     tier: TierPricing | None = None  # token quotes: the service tier priced (settle bills the one that served)
 
@@ -367,9 +368,11 @@ def _speech(prices: PriceTable, model: str | None, body: bytes) -> Quote:
     return Quote(name, cost=-(-chars * price.per_1m_characters // MICROS), flat=True, units=chars)
 
 
-def minutes_of(size: int) -> int:
-    """Minutes of audio estimated from an upload's size (at least one)."""
-    return max(1, -(-size // AUDIO_BYTES_PER_MINUTE))
+def minutes_of(size: int, max_seconds: int | None = None) -> int:
+    """The most minutes of audio an upload of ``size`` bytes may hold (at least one), at most the model's
+    ``max_seconds`` (a longer file is refused by the provider)."""
+    minutes = max(1, -(-size // AUDIO_BYTES_PER_MINUTE))
+    return min(minutes, max(1, -(-max_seconds // 60))) if max_seconds else minutes
 
 
 def _transcribe(prices: PriceTable, model: str | None, form: dict[str, str] | None, size: int) -> Quote:
@@ -377,7 +380,7 @@ def _transcribe(prices: PriceTable, model: str | None, form: dict[str, str] | No
     price = prices.lookup(name)
     if price is None or price.per_minute is None:
         return Quote(name, unpriced=errors.model_not_priced(name))
-    minutes = minutes_of(size)
+    minutes = minutes_of(size, price.max_seconds)
     return Quote(
         name,
         cost=minutes * price.per_minute,

@@ -331,7 +331,8 @@ AUDIO_BYTES_PER_SECOND = 1000
 
 def media(path: str, data: dict[str, Any], body: bytes, multipart: bool) -> Any:
     """Images (``n`` of them; gpt-image models report token usage), speech (audio bytes), transcriptions
-    (a duration usage: one second per AUDIO_BYTES_PER_SECOND bytes uploaded) and moderations."""
+    (a duration usage: one second per AUDIO_BYTES_PER_SECOND bytes uploaded; plain text without usage for
+    ``response_format`` text, srt or vtt) and moderations."""
     if multipart:
         data = {k.decode(): v.decode("utf-8", "replace") for k, v in _FIELD.findall(body)}
     model = str(data.get("model") or "")
@@ -352,6 +353,8 @@ def media(path: str, data: dict[str, Any], body: bytes, multipart: bool) -> Any:
     if path == "/v1/audio/speech":
         return b"ID3fake-audio" + b"\0" * 64
     if path.startswith("/v1/audio/"):
+        if data.get("response_format") in ("text", "srt", "vtt"):  # plain text: no usage to read
+            return "fake\n"
         secs = max(1, len(body) // AUDIO_BYTES_PER_SECOND)
         return {"text": "fake", "usage": {"type": "duration", "seconds": secs}}
     if path == "/v1/moderations":

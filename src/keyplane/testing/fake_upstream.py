@@ -237,6 +237,9 @@ class FakeUpstream:
             conn.write(head(404, CT_JSON, len(body), extra) + body)
         elif isinstance(result, bytes):  # speech: audio
             conn.write(head(200, b"audio/mpeg", len(result), extra) + result)
+        elif isinstance(result, str):  # a transcription as plain text
+            text = result.encode()
+            conn.write(head(200, b"text/plain; charset=utf-8", len(text), extra) + text)
         elif isinstance(result, list):
             if not await conn.write_stream(result, extra, b):
                 return
