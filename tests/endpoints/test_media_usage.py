@@ -216,7 +216,54 @@ def test_a_transcription_reserves_at_most_the_models_longest_audio():
         q = quote(prices, "/v1/audio/transcriptions", model, b"x" * size, None, False, None, 4096)
         return q.cost
 
-    assert reserved("gpt-4o-transcribe", 24_000_000) == 25 * 6_000
     assert reserved("gpt-4o-transcribe-diarize", 24_000_000) == 24 * 6_000  # 1,400 s: 24 started minutes
-    assert reserved("gpt-4o-mini-transcribe", 60_001) == 2 * 3_000
+    assert reserved("gpt-4o-transcribe-diarize", 60_001) == 2 * 6_000
     assert reserved("whisper-1", 24_000_000) == 400 * 6_000
+    # token-priced: its context window of audio and its output limit, whatever the file's size
+    assert reserved("gpt-4o-transcribe", 24_000_000) == reserved("gpt-4o-transcribe", 10) == 16_000 * 6 + 2_000 * 10
+    assert reserved("gpt-4o-mini-transcribe", 10) == 16_000 * 3 + 2_000 * 5
+
+
+def test_a_token_priced_transcription_is_served_under_a_spend_limit_and_billed_its_tokens(make_gateway, fake):
+    """gpt-4o-transcribe is bounded (16,000 audio tokens at $6/1M + 2,000 out at $10/1M: $0.116 reserved), so a
+    spend limit serves it (whisper-1, priced per minute of a duration no file size bounds, is refused there).
+    The fake reports 10 audio tokens a second (150,000 bytes: 1,500), 5 text tokens in and 20 out: $0.009213.
+    A $0.20 limit admits while spend + $0.116 fits: 10 of them; the 11th is refused before the upstream."""
+    srv = make_gateway(media(fake))
+    _limit(srv, 20)
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    per = -(-(5 * 2_500_000 + 1_500 * 6_000_000 + 20 * 10_000_000) // 1_000_000)
+    assert per == 9_213
+    for _ in range(10):
+        client.audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.ogg", b"x" * 150_000))
+    seen = len(fake.model_requests())
+    with pytest.raises(openai.RateLimitError) as e:
+        client.audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.ogg", b"x" * 150_000))
+    assert e.value.code == "project_spend_limit_exceeded"
+    assert len(fake.model_requests()) == seen
+    assert _spent(srv) == (10 * per, 0)
+    with pytest.raises(openai.PermissionDeniedError) as d:
+        client.audio.transcriptions.create(model="whisper-1", file=("a.ogg", b"x" * 1_000))
+    assert d.value.code == "cost_not_bounded"
+
+
+def test_a_token_priced_transcription_without_usage_is_billed_its_minutes_and_races_stay_under_the_limit(
+    make_gateway, fake
+):
+    """`response_format=text` reports no tokens: billed the per-minute estimate (150,000 bytes at 8 kbit/s: 3
+    minutes at $0.006). Twelve at once under a $0.30 limit: never more admitted than the bound allows."""
+    srv = make_gateway(media(fake))
+    client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    text = client.audio.transcriptions.create(
+        model="gpt-4o-transcribe", file=("a.ogg", b"x" * 150_000), response_format="text"
+    )
+    assert text.strip() == "fake"
+    assert _spent(srv) == (3 * 6_000, 0)
+    _limit(srv, 30)
+
+    def call(c: AsyncOpenAI) -> Awaitable[object]:
+        return c.audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.ogg", b"x" * 150_000))
+
+    counts = asyncio.run(_race(srv, 12, call))
+    assert set(counts) <= {"ok", "project_spend_limit_exceeded"} and counts["ok"] >= 2
+    assert _spent(srv)[0] == 3 * 6_000 + counts["ok"] * 9_213 <= 300_000

@@ -64,7 +64,7 @@ def test_a_transcription_streams_through_whole_and_is_billed(make_gateway, fake,
 def test_a_model_after_the_file_is_read_before_admission(make_gateway, fake, streams):
     """openai-node sends the fields in the order they are given ({file, model}): the rest of the body is then
     spooled to a private temporary file so that the model (here the cheaper mini transcriber) is known."""
-    srv = _gw(make_gateway, fake, '\n[prices."gpt-4o-mini-transcribe"]\nper_minute = 0.003\n')
+    srv = _gw(make_gateway, fake)
     files = [("file", ("a.wav", WAV, "audio/wav")), ("model", (None, b"gpt-4o-mini-transcribe"))]
     r = httpx.post(
         srv.v1 + "/audio/transcriptions", headers={"Authorization": f"Bearer {srv.api_key}"}, files=files, timeout=30
@@ -73,7 +73,8 @@ def test_a_model_after_the_file_is_read_before_admission(make_gateway, fake, str
     assert streams == ["spool"]
     (got,) = _received(fake, "/v1/audio/transcriptions")
     assert WAV in got.body
-    assert _spent(srv) == -(-(len(got.body) // 1000) * 3_000 // 60)
+    # billed its tokens at the mini's rates: 15,000 audio tokens at $3/1M, 5 text at $1.25/1M, 20 out at $5/1M
+    assert _spent(srv) == -(-(15_000 * 3_000_000 + 5 * 1_250_000 + 20 * 5_000_000) // 1_000_000) == 45_107
 
 
 def _chunked(parts: list[bytes]):  # a body with no Content-Length: only counted as it arrives

@@ -83,7 +83,8 @@ class Quote:
     out_limit: int | None = None  # that limit
     units: int = 0  # images asked, characters to speak, seconds of audio estimated (the usage API's buckets)
     tools: dict[str, int] | None = None  # hosted tools enabled: micro-dollars per call (or session) by usage kind
-    # transcription: micro-dollars per minute, billed by the seconds the answer reports (else the estimate)
+    # transcription: micro-dollars per minute, billed by the seconds the answer reports (else the estimate;
+    # a token-priced one: by its tokens, else the estimate, at most ``cost``)
     per_minute: int | None = None
     tier: TierPricing | None = None  # token quotes: the service tier priced (settle bills the one that served)
 
@@ -381,6 +382,11 @@ def _transcribe(prices: PriceTable, model: str | None, form: dict[str, str] | No
     if price is None or price.per_minute is None:
         return Quote(name, unpriced=errors.model_not_priced(name))
     minutes = minutes_of(size, price.max_seconds)
+    if price.audio_input is not None and price.context_window and price.max_output:
+        # Billed per token (gpt-4o-transcribe): bounded by a context window of audio and the output limit;
+        # settle bills the tokens the answer reports, else the per-minute estimate (at most this bound).
+        bound = price.max_cost(price.context_window, price.max_output)
+        return Quote(name, cost=bound, price=price, units=minutes * 60, per_minute=price.per_minute)
     return Quote(
         name,
         cost=minutes * price.per_minute,

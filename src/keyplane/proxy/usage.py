@@ -4,7 +4,8 @@ Chat and completions report prompt_tokens / completion_tokens and prompt_tokens_
 the Responses API reports input_tokens / output_tokens and input_tokens_details.cached_tokens
 (reference "Streaming usage"). Embeddings report prompt_tokens only. Audio models on chat completions
 also report prompt_tokens_details.audio_tokens and completion_tokens_details.audio_tokens
-(:meth:`Usage.audio`): billing prices those at the model's audio rates.
+(:meth:`Usage.audio`): billing prices those at the model's audio rates. Token-priced transcriptions
+(gpt-4o-transcribe) report input_tokens / output_tokens and input_token_details.audio_tokens.
 
 The answer's top-level ``service_tier`` (the tier that served it: a request naming none is served at the
 provider project's default, which may be priority) is read in the same decode and kept on the
@@ -43,6 +44,7 @@ class Usage(msgspec.Struct):
     prompt_tokens_details: _Details | None = None
     input_tokens_details: _Details | None = None
     completion_tokens_details: _OutDetails | None = None
+    input_token_details: _Details | None = None  # a transcription's (audio_tokens of input_tokens; text out)
     # Not the upstream's: the hosted tool calls of a Responses answer, by usage kind (filled from ``output``).
     tools: dict[str, int] | None = msgspec.field(default=None, name="@keyplane_tools")
     # Not in the upstream's usage object either: the answer's top-level ``service_tier`` (filled by the decoders).
@@ -57,7 +59,10 @@ class Usage(msgspec.Struct):
 
     def audio(self) -> tuple[int, int] | None:
         """(audio input, audio output) tokens of a chat usage (audio models on chat completions), or None unless
-        the usage says both (then billing prices every token at the model's dearest rates)."""
+        the usage says both (then billing prices every token at the model's dearest rates). A transcription's
+        usage says its audio input; its output is text."""
+        if self.input_token_details is not None and self.input_token_details.audio_tokens is not None:
+            return (max(self.input_token_details.audio_tokens, 0), 0)
         pd, cd = self.prompt_tokens_details, self.completion_tokens_details
         if pd is None or cd is None:
             return None
@@ -192,8 +197,9 @@ def from_response_event(data: bytes) -> Usage | None:
 
 
 def fill_units(ctx: Any, body: bytes) -> None:
-    """After a successful JSON answer: the units of the non-token buckets, and the input of a
-    moderation (free, and answered without usage: its tokens estimated from the request)."""
+    """After a successful JSON answer: the units of the non-token buckets, the tokens of a transcription
+    that reports tokens instead of seconds, and the input of a moderation (free, and answered without usage:
+    its tokens estimated from the request)."""
     n = units(ctx.endpoint, body)
     if n is not None:
         ctx.units = n
@@ -204,6 +210,14 @@ def fill_units(ctx: Any, body: bytes) -> None:
                 u = None
             if u is not None:
                 ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = u.numbers()
+    elif ctx.endpoint in TRANSCRIBE and not (ctx.prompt_tokens or ctx.completion_tokens):  # token-priced
+        try:
+            u = from_body(body)
+        except BadBody:  # `text`, `srt`, `vtt`: no usage (billed per minute)
+            return
+        if u is not None:
+            ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = u.numbers()
+            ctx.audio_tokens = u.audio()
     elif ctx.endpoint == "/v1/moderations" and not ctx.prompt_tokens:
         from keyplane.proxy import estimate
 

@@ -331,7 +331,8 @@ AUDIO_BYTES_PER_SECOND = 1000
 
 def media(path: str, data: dict[str, Any], body: bytes, multipart: bool) -> Any:
     """Images (``n`` of them; gpt-image models report token usage), speech (audio bytes), transcriptions
-    (a duration usage: one second per AUDIO_BYTES_PER_SECOND bytes uploaded; plain text without usage for
+    (a duration usage: one second per AUDIO_BYTES_PER_SECOND bytes uploaded; gpt-4o-transcribe and its mini
+    report tokens instead: 10 audio tokens a second, 5 text tokens in, 20 out; plain text without usage for
     ``response_format`` text, srt or vtt) and moderations."""
     if multipart:
         data = {k.decode(): v.decode("utf-8", "replace") for k, v in _FIELD.findall(body)}
@@ -356,6 +357,11 @@ def media(path: str, data: dict[str, Any], body: bytes, multipart: bool) -> Any:
         if data.get("response_format") in ("text", "srt", "vtt"):  # plain text: no usage to read
             return "fake\n"
         secs = max(1, len(body) // AUDIO_BYTES_PER_SECOND)
+        if model in ("gpt-4o-transcribe", "gpt-4o-mini-transcribe"):  # token usage: 10 audio tokens a second
+            audio = min(15_000, secs * 10)
+            usage = {"input_tokens": audio + 5, "output_tokens": 20, "total_tokens": audio + 25}
+            details = {"input_token_details": {"audio_tokens": audio, "text_tokens": 5}}
+            return {"text": "fake", "usage": {"type": "tokens", **usage, **details}}
         return {"text": "fake", "usage": {"type": "duration", "seconds": secs}}
     if path == "/v1/moderations":
         inputs = data.get("input")
