@@ -140,12 +140,18 @@ class Upload:
         self.head = b"".join(parts)
 
     async def _spool_rest(self) -> None:
-        self.spool = tempfile.TemporaryFile(prefix="keyplane-upload-")  # noqa: SIM115 - closed by close()
+        """The rest of the body to a private unnamed file, written off the event loop in _SPOOL_CHUNK pieces
+        (a slow or full disk stalls this upload, not every request of the process)."""
+        spool = self.spool = await asyncio.to_thread(tempfile.TemporaryFile, prefix="keyplane-upload-")
+        buf = bytearray()
         while self.more:
-            chunk = await self._read()
-            if chunk:
-                self.spool.write(chunk)  # page cache: a memcpy; the event loop does not wait on the disk
-        self.spool.flush()
+            buf += await self._read()
+            if len(buf) >= _SPOOL_CHUNK:
+                await asyncio.to_thread(spool.write, bytes(buf))
+                buf.clear()
+        if buf:
+            await asyncio.to_thread(spool.write, bytes(buf))
+        await asyncio.to_thread(spool.flush)
 
     async def _read_rest(self) -> bytes:
         parts = [self.head]
@@ -171,7 +177,7 @@ class Upload:
         yield self.head
         if self.spool is not None:
             self.spool.seek(0)
-            while chunk := self.spool.read(_SPOOL_CHUNK):
+            while chunk := await asyncio.to_thread(self.spool.read, _SPOOL_CHUNK):
                 yield chunk
             self.spool.close()  # all of it went upstream: never sent again (deleted: it had no name)
         else:
