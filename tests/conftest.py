@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from keyplane.testing import FakeUpstream
-from tests.support import RunningServer, init_org, make_settings, postgres_database, start_server
+from tests.support import Gateways, RunningServer, init_org, make_settings, postgres_database, start_server
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +33,14 @@ def template_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     settings = make_settings(home, "")
     (home / "init.json").write_text(json.dumps(init_org(settings)))
     return home
+
+
+@pytest.fixture
+def gateways(template_home: Path, tmp_path: Path) -> Iterator[Gateways]:
+    """The test's gateway factory (tests/support.py Gateways): every server it started is stopped after."""
+    g = Gateways(template_home, tmp_path)
+    yield g
+    g.stop_all()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -206,3 +206,41 @@ def until_the_kill_switch_refuses(srv: Any, call: Any, seconds: float = 10.0) ->
             return
         assert time.monotonic() < deadline, "the kill switch never suspended the key"
         time.sleep(0.1)
+
+
+class Gateways:
+    """The one gateway factory of the tests: each ``start`` copies the session's initialized SQLite home
+    (tests/conftest.py ``template_home``; migrating is the slow part), starts a real server on it, and
+    ``stop_all`` stops every one. The directories' conftests only compose their keyplane.toml text and
+    environment (fake upstreams, limiter backend) on top of it."""
+
+    def __init__(self, template_home: Path, tmp_path: Path) -> None:
+        self.template_home = template_home
+        self.tmp_path = tmp_path
+        self.started: list[RunningServer] = []
+
+    def home(self) -> Path:
+        """A fresh copy of the template home."""
+        import shutil
+
+        home = self.tmp_path / f"home{len(self.started)}"
+        while home.exists():
+            home = home.with_name(home.name + "x")
+        shutil.copytree(self.template_home, home)
+        return home
+
+    def start(
+        self, config_text: str, clock: Clock | None = None, home: Path | None = None, **env: str
+    ) -> RunningServer:
+        import json
+
+        home = home if home is not None else self.home()
+        init = json.loads((home / "init.json").read_text())
+        srv = start_server(make_settings(home, "", config_text=config_text, **env), init, clock=clock)
+        self.started.append(srv)
+        return srv
+
+    def stop_all(self) -> None:
+        for s in self.started:
+            s.stop()
+        self.started.clear()

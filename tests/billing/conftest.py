@@ -9,10 +9,8 @@ a request with max_tokens=5 reserves, and costs, exactly 8000 micro-dollars (0.8
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,9 +18,10 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from keyplane.clock import Clock
 from keyplane.limits.redis_backend import RedisLimiter
 from keyplane.testing import FakeUpstream
-from tests.support import RunningServer, make_settings, start_server
+from tests.support import Gateways, RunningServer
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 UPSTREAM_KEY_ENV = "KP_BILLING_TEST_UPSTREAM_KEY"
@@ -79,25 +78,13 @@ def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture
-def make_gateway(
-    template_home: Path, tmp_path: Path, fake: FakeUpstream, backend: dict[str, str]
-) -> Iterator[Callable[..., RunningServer]]:
+def make_gateway(gateways: Gateways, fake: FakeUpstream, backend: dict[str, str]) -> Callable[..., RunningServer]:
     """Start a keyplane on SQLite routed to the fake upstream (and demo), on the test's backend."""
-    started: list[RunningServer] = []
 
-    def make(extra: str = "", clock: object = None, home: Path | None = None, **env: str) -> RunningServer:
-        if home is None:
-            home = tmp_path / f"home{len(started)}"
-            shutil.copytree(template_home, home)
-        init = json.loads((home / "init.json").read_text())
-        settings = make_settings(home, "", config_text=config(fake, extra), **{**backend, **env})
-        srv = start_server(settings, init, clock=clock)  # type: ignore[arg-type]
-        started.append(srv)
-        return srv
+    def make(extra: str = "", clock: Clock | None = None, home: Path | None = None, **env: str) -> RunningServer:
+        return gateways.start(config(fake, extra), clock, home, **{**backend, **env})
 
-    yield make
-    for s in started:
-        s.stop()
+    return make
 
 
 @pytest.fixture

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from keyplane.clock import Clock
 from keyplane.testing import FakeUpstream
-from tests.support import RunningServer, make_settings, start_server
+from tests.support import Gateways, RunningServer
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 UPSTREAM_KEY_ENV = "KP_CACHE_TEST_UPSTREAM_KEY"
@@ -54,34 +53,26 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture
-def make_gateway(template_home: Path, tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+def make_gateway(gateways: Gateways) -> Iterator[Callable[..., RunningServer]]:
     """Start a keyplane (SQLite) with the given keyplane.toml text; ``redis_prefix`` puts it on Redis."""
-    started: list[RunningServer] = []
     prefixes: list[str] = []
 
     def make(
         config_text: str,
-        clock: object = None,
+        clock: Clock | None = None,
         redis: bool = False,
         home: Path | None = None,
         redis_prefix: str | None = None,
     ) -> RunningServer:
-        if home is None:
-            home = tmp_path / f"home{len(started)}"
-            shutil.copytree(template_home, home)
         env: dict[str, str] = {}
         if redis:
             if redis_prefix is None:
                 redis_prefix = f"kpcache-{secrets.token_hex(4)}"
                 prefixes.append(redis_prefix)
             env = {"KEYPLANE_REDIS_URL": REDIS_URL, "KEYPLANE_REDIS_PREFIX": redis_prefix}
-        settings = make_settings(home, "", config_text=config_text, **env)
-        srv = start_server(settings, json.loads((home / "init.json").read_text()), clock=clock)  # type: ignore[arg-type]
-        started.append(srv)
-        return srv
+        return gateways.start(config_text, clock, home, **env)
 
     yield make
-    for s in started:
-        s.stop()
+    gateways.stop_all()  # before their Redis keys go
     for p in prefixes:
         _clean_redis(p)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from keyplane.testing import FakeUpstream
-from tests.support import RunningServer, init_org, make_settings, start_server
+from tests.support import Gateways, RunningServer, init_org, make_settings, start_server
 
 UPSTREAM_KEY = "sk-upstream-test-0123456789"
 os.environ.setdefault("KP_TEST_UPSTREAM_KEY", UPSTREAM_KEY)
@@ -48,22 +46,13 @@ def _toml(v: object) -> str:
 
 
 @pytest.fixture
-def make_gateway(template_home: Path, tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+def make_gateway(gateways: Gateways) -> Callable[..., RunningServer]:
     """Start a keyplane (SQLite) with the given keyplane.toml text; stopped after the test."""
-    started: list[RunningServer] = []
 
     def make(config_text: str, **env: str) -> RunningServer:
-        home = tmp_path / f"home{len(started)}"
-        shutil.copytree(template_home, home)
-        init = __import__("json").loads((home / "init.json").read_text())
-        settings = make_settings(home, "", config_text=config_text, **env)
-        srv = start_server(settings, init)
-        started.append(srv)
-        return srv
+        return gateways.start(config_text, **env)
 
-    yield make
-    for s in started:
-        s.stop()
+    return make
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
+from keyplane.clock import Clock
 from keyplane.testing.fake_realtime import FakeRealtime
-from tests.support import RunningServer, make_settings, start_server
+from tests.support import Gateways, RunningServer
 
 UPSTREAM_KEY_ENV = "KP_REALTIME_TEST_UPSTREAM_KEY"
 UPSTREAM_KEY = "sk-upstream-realtime-test-0123456789"
@@ -31,24 +29,15 @@ def fake_rt() -> Iterator[FakeRealtime]:
 
 
 @pytest.fixture
-def make_gateway(template_home: Path, tmp_path: Path, fake_rt: FakeRealtime) -> Iterator[Callable[..., RunningServer]]:
-    started: list[RunningServer] = []
-
-    def make(extra: str = "", clock: object = None, **env: str) -> RunningServer:
-        home = tmp_path / f"home{len(started)}"
-        shutil.copytree(template_home, home)
-        init = json.loads((home / "init.json").read_text())
+def make_gateway(gateways: Gateways, fake_rt: FakeRealtime) -> Callable[..., RunningServer]:
+    def make(extra: str = "", clock: Clock | None = None, **env: str) -> RunningServer:
         text = (
             f'[[upstreams]]\nname = "fake"\nbase_url = "{fake_rt.base_url}"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n'
             'models = ["gpt-*"]\n\n' + PRICED + extra
         )
-        srv = start_server(make_settings(home, "", config_text=text, **env), init, clock=clock)  # type: ignore[arg-type]
-        started.append(srv)
-        return srv
+        return gateways.start(text, clock, **env)
 
-    yield make
-    for s in started:
-        s.stop()
+    return make
 
 
 def admin(srv: RunningServer, method: str, path: str, body: object = None) -> dict:

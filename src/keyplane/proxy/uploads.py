@@ -142,7 +142,8 @@ class Upload:
     async def _spool_rest(self) -> None:
         """The rest of the body to a private unnamed file, written off the event loop in _SPOOL_CHUNK pieces
         (a slow or full disk stalls this upload, not every request of the process)."""
-        spool = self.spool = await asyncio.to_thread(tempfile.TemporaryFile, prefix="keyplane-upload-")
+        spool: IO[bytes] = await asyncio.to_thread(tempfile.TemporaryFile, prefix="keyplane-upload-")
+        self.spool = spool  # closed by close()
         buf = bytearray()
         while self.more:
             buf += await self._read()
