@@ -1,9 +1,8 @@
-"""Applies journal records to SQL in batches, idempotently by request id, and replays dead writers.
+"""Applies journal records to SQL in batches, and replays dead writers.
 
-One transaction per batch: insert the per-request rows with ON CONFLICT (id) DO NOTHING RETURNING
-id, then add only the rows really inserted to the minute/hour/day rollups (upserts that add). A
-batch applied twice (a crash between the commit and the "applied" offset file, or two processes
-replaying the same orphan) therefore changes nothing the second time.
+Records reach the applier in memory from this process's journal writer (the journal append stays the
+durability point) or, after a crash, by reading journal files back. Each batch is written by
+keyplane.usage.apply_sql in one idempotent transaction (by request id), so applying one twice is harmless.
 """
 
 from __future__ import annotations
@@ -15,150 +14,23 @@ import logging
 import os
 import threading
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-import orjson
-from sqlalchemy import Insert, TextClause, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyplane.periodic import backoff, cancel_and_wait
-from keyplane.usage import rollups
+from keyplane.usage.apply_sql import APPLY_STEPS, ApplyStep, apply_records
 from keyplane.usage.journal import JournalWriter, Position, Record, try_lock, writers_in
 from keyplane.usage.journal_tail import Tail
-from keyplane.usage.models import DIMS, ROLLUPS, SUMS, UsageRequest
+
+__all__ = ["APPLY_STEPS", "Applier", "ApplyStep", "apply_records"]  # billing/ledger.py, tests, bench import these here
 
 log = logging.getLogger("keyplane.usage")
 
-_ROLLUP_CHUNK = 1000
 ORPHAN_SCAN_SECONDS = 30.0
 PRUNE_SECONDS = 600.0
-
-ApplyStep = Callable[[AsyncConnection, list[Record]], Awaitable[None]]
-# Steps other features run in the same transaction over the records really inserted (billing: the spend
-# ledger), per store engine: what usage_requests holds is then exactly what they counted. Keep this.
-APPLY_STEPS: weakref.WeakKeyDictionary[AsyncEngine, list[ApplyStep]] = weakref.WeakKeyDictionary()
-
-# Every statement below is built once and has one fixed text whatever the batch size: a multi-row
-# ``INSERT ... VALUES`` per batch (what this module used to build) is a new statement for every batch
-# size, each compiled, prepared and cached by the driver (asyncpg's and sqlite3's statement caches),
-# which grew the process by about 270 bytes per request without levelling off (issue 15, finding 6)
-# and cost ~300 us of event-loop CPU per request. bench/soak_applier.py guards both.
-#
-# Rows travel as arrays, never one statement execution per row: on PostgreSQL each column is bound as
-# one array (unnest), on SQLite the rows as one JSON array (json_each). One execution per statement
-# matters on SQLite beyond speed: sqlite3 releases the GIL around every step, an executemany steps once
-# per row, and in the applier's thread each step's return waits for the GIL behind the CPU-bound serving
-# thread (up to the 5 ms switch interval). Per row, that kept the journal seconds behind under load
-# (issue 13); per statement it is a handful of waits per batch.
-_COLUMNS: tuple[str, ...] = rollups.REQUEST_COLUMNS
-_PG_ARRAY = {"BIGINT": "bigint[]", "INTEGER": "integer[]", "FLOAT": "float8[]", "BOOLEAN": "boolean[]"}
-
-
-def _pg_insert_requests() -> TextClause:
-    """PostgreSQL: one statement for any batch size, each column bound as one array (a single round
-    trip), which tells which rows were new (RETURNING) so replays add nothing to the rollups."""
-    types = {c.name: _PG_ARRAY.get(str(c.type).split("(")[0], "text[]") for c in UsageRequest.__table__.columns}
-    cols = ", ".join(_COLUMNS)
-    arrays = ", ".join(f"CAST(:{c} AS {types[c]})" for c in _COLUMNS)
-    return text(
-        f"INSERT INTO usage_requests ({cols}) SELECT * FROM unnest({arrays}) "  # noqa: S608 - fixed names
-        "ON CONFLICT (id) DO NOTHING RETURNING id"
-    )
-
-
-def _sqlite_insert(table: str, columns: Sequence[str], conflict: str) -> TextClause:
-    """SQLite: ``INSERT ... SELECT`` over the rows given as one JSON array of arrays (``:rows``), in
-    ``columns`` order. JSON true/false arrive as 1/0, null as NULL."""
-    picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
-    return text(
-        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {picks} "  # noqa: S608 - fixed names
-        f"FROM json_each(:rows) WHERE true {conflict}"
-    )
-
-
-_PG_REQUESTS = _pg_insert_requests()
-# SQLite: the ids already stored, one statement for any batch size (the ids travel as one JSON array).
-# Writers hold the database's write lock for the whole transaction (BEGIN IMMEDIATE), so what this
-# reads stays true until the commit.
-_SQLITE_EXISTING = text("SELECT id FROM usage_requests WHERE id IN (SELECT value FROM json_each(:ids))")
-_SQLITE_REQUESTS = _sqlite_insert("usage_requests", _COLUMNS, "ON CONFLICT (id) DO NOTHING")
-_ROLLUP_COLUMNS: tuple[str, ...] = ("bucket", *DIMS, *SUMS)
-_SQLITE_ROLLUPS: dict[int, TextClause] = {
-    g: _sqlite_insert(
-        t.__tablename__,
-        _ROLLUP_COLUMNS,
-        f"ON CONFLICT (bucket, {', '.join(DIMS)}) DO UPDATE SET "
-        + ", ".join(f"{c} = {c} + excluded.{c}" for c in SUMS),
-    )
-    for g, t in ROLLUPS
-}
-_statements: dict[str, dict[int, Insert]] = {}
-
-
-def _pg_upserts() -> dict[int, Insert]:
-    """{rollup granularity: upsert that adds} for PostgreSQL, built once, run as executemany."""
-    got = _statements.get("postgresql")
-    if got is None:
-        from sqlalchemy.dialects import postgresql
-
-        got = {}
-        for granularity, table in ROLLUPS:
-            ins = postgresql.insert(table)
-            got[granularity] = ins.on_conflict_do_update(
-                index_elements=["bucket", *DIMS], set_={s: getattr(table, s) + getattr(ins.excluded, s) for s in SUMS}
-            )
-        _statements["postgresql"] = got
-    return got
-
-
-async def _insert_requests(conn: AsyncConnection, records: list[Record]) -> set[str]:
-    """Insert the per-request rows; returns the ids that were not stored yet."""
-    rows = [rollups.request_values(r) for r in records]
-    if conn.dialect.name == "postgresql":
-        params = {c: [row[i] for row in rows] for i, c in enumerate(_COLUMNS)}
-        return set((await conn.execute(_PG_REQUESTS, params)).scalars())
-    ids = [row[0] for row in rows]
-    existing = set((await conn.execute(_SQLITE_EXISTING, {"ids": orjson.dumps(ids).decode()})).scalars())
-    new_rows = [row for row in rows if row[0] not in existing] if existing else rows
-    if new_rows:
-        await conn.execute(_SQLITE_REQUESTS, {"rows": orjson.dumps(new_rows).decode()})
-    return {row[0] for row in new_rows}
-
-
-async def _upsert_rollups(conn: AsyncConnection, records: list[Record]) -> None:
-    """Add the records to the minute, hour and day rollups (one statement per table on SQLite)."""
-    by_granularity = rollups.rollups_of(records)
-    sqlite = conn.dialect.name != "postgresql"
-    for granularity, _table in ROLLUPS:
-        agg = by_granularity[granularity]
-        for i in range(0, len(agg), _ROLLUP_CHUNK):
-            chunk = agg[i : i + _ROLLUP_CHUNK]
-            if sqlite:
-                values = [[row[c] for c in _ROLLUP_COLUMNS] for row in chunk]
-                await conn.execute(_SQLITE_ROLLUPS[granularity], {"rows": orjson.dumps(values).decode()})
-            else:
-                await conn.execute(_pg_upserts()[granularity], chunk)
-
-
-async def apply_records(engine: AsyncEngine, records: Sequence[Record], steps_of: AsyncEngine | None = None) -> int:
-    """Write records to SQL in one transaction; returns how many were new. ``steps_of``: the engine whose
-    APPLY_STEPS run (the store's main engine when ``engine`` is the applier thread's own)."""
-    unique: dict[str, Record] = {}
-    for r in records:
-        unique.setdefault(r.id, r)
-    if not unique:
-        return 0
-    async with engine.begin() as conn:
-        inserted = await _insert_requests(conn, list(unique.values()))
-        new = [r for r in unique.values() if r.id in inserted]
-        if new:
-            await _upsert_rollups(conn, new)
-            for step in APPLY_STEPS.get(steps_of or engine, ()):  # billing: the spend ledger (billing/ledger.py)
-                await step(conn, new)
-    return len(new)
 
 
 class Applier:

@@ -72,11 +72,29 @@ class Record(msgspec.Struct, array_like=True, gc=False):
     units: int = 0  # images, characters or seconds of audio (the usage API's non-token buckets)
     input_audio_tokens: int = 0  # the audio part of input_tokens (audio models on chat completions, realtime)
     output_audio_tokens: int = 0  # the audio part of output_tokens
+    service_tier: str = "default"  # the tier the answer says served it (served_tier); older journals: default
 
     @property
     def model_request(self) -> bool:
         """Counted in the usage API's num_model_requests: a model answered (even partly)."""
         return self.status < 400 or self.input_tokens + self.output_tokens > 0
+
+
+# The service tiers a record keeps as they are; any other plausible name (a tier OpenAI adds later) too.
+SERVICE_TIERS = ("default", "flex", "priority", "scale")
+_TIER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def served_tier(reported: object) -> str:
+    """The tier a record keeps of the ``service_tier`` an answer reported: ``default`` for none, ``auto`` (not a
+    tier that serves) or anything that is not a short lowercase name (the rollups key on it: no junk there)."""
+    if not isinstance(reported, str) or not reported or reported == "auto":
+        return "default"
+    if reported in SERVICE_TIERS:
+        return reported
+    if len(reported) <= 32 and reported[0].isalpha() and _TIER_CHARS.issuperset(reported):
+        return reported
+    return "default"
 
 
 _encoder = msgspec.msgpack.Encoder()

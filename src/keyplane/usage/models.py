@@ -1,7 +1,8 @@
 """SQL tables of metering: one row per request, and rollups per minute, hour and day.
 
-Rollup rows are keyed by (bucket, project, key, user, model, kind); an absent dimension is stored as
-"" rather than NULL, because NULLs never conflict in a unique index and the upserts need them to.
+Rollup rows are keyed by (bucket, project, key, user, model, kind, service tier); an absent dimension is
+stored as "" rather than NULL, because NULLs never conflict in a unique index and the upserts need them to
+(the tier is never absent: ``default`` when the answer named none).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class UsageRequest(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(String(256), nullable=True)
     upstream_request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # The tier the answer says served it (journal.served_tier): the Usage API's service_tier grouping.
+    service_tier: Mapped[str] = mapped_column(String(32), default="default", server_default="default")
 
     __table_args__ = (
         Index("ix_usage_requests_created", "created_at"),
@@ -61,6 +64,7 @@ class _Rollup:
     user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     model: Mapped[str] = mapped_column(String(256), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    service_tier: Mapped[str] = mapped_column(String(32), primary_key=True, default="default", server_default="default")
     requests: Mapped[int] = mapped_column(BigInteger, default=0)
     model_requests: Mapped[int] = mapped_column(BigInteger, default=0)  # answered by a model (usage API)
     errors: Mapped[int] = mapped_column(BigInteger, default=0)  # status >= 400
@@ -103,7 +107,7 @@ SUMS: tuple[str, ...] = (
     "output_audio_tokens",
     "latency_ms_sum",
 )
-DIMS: tuple[str, ...] = ("project_id", "api_key_id", "user_id", "model", "kind")
+DIMS: tuple[str, ...] = ("project_id", "api_key_id", "user_id", "model", "kind", "service_tier")
 
 
 class VectorStoreSize(Base):

@@ -37,7 +37,8 @@ GROUP_BY: dict[str, tuple[str, ...]] = {
     "web_search_calls": (*_STD, "context_level", "api_source"),
 }
 COSTS_GROUP_BY = ("project_id", "user_id", "line_item", "api_key_id", "api_source")
-_SQL_DIMS = {"project_id": "project_id", "user_id": "user_id", "api_key_id": "api_key_id", "model": "model"}
+# group_by values that are rollup dimensions (service_tier: only the completions bucket accepts it).
+_SQL_DIMS = ("project_id", "user_id", "api_key_id", "model", "service_tier")
 
 
 # --- parameters ----------------------------------------------------------------------------------
@@ -162,8 +163,8 @@ def _group_fields(kind: str, group_by: list[str], vals: dict[str, Any]) -> dict[
             out[g] = None
         elif g in _SQL_DIMS or g == "batch":
             out[g] = vals.get(g)
-        else:  # keyplane has no service tiers or Agents API attribution per record
-            out[g] = {"service_tier": "default", "api_source": "unlabeled"}.get(g)
+        else:  # keyplane has no Agents API attribution per record
+            out[g] = {"api_source": "unlabeled"}.get(g)
     return out
 
 

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from keyplane.usage.access_log import AccessLog
-from keyplane.usage.journal import Record
+from keyplane.usage.journal import Record, served_tier
 from keyplane.usage.tools import tool_records
 
 log = logging.getLogger("keyplane.usage")
@@ -140,6 +140,7 @@ class Recorder:
             getattr(ctx, "units", 0),
             a_in,
             a_out,
+            served_tier(getattr(ctx, "service_tier", None)),
         )
 
     async def record(self, ctx: Any) -> None:

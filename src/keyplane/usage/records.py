@@ -94,4 +94,5 @@ def request_object(r: Any) -> dict[str, Any]:
         "attempts": r.attempts,
         "error": r.error,
         "upstream_request_id": r.upstream_request_id,
+        "service_tier": r.service_tier,
     }

@@ -20,7 +20,7 @@ from keyplane.usage.journal import Record
 from keyplane.usage.models import DIMS, ROLLUPS, SUMS, UsageDay, UsageHour, UsageMinute, UsageRequest
 
 DAY = 86400
-GROUPABLE = DIMS  # project_id, api_key_id, user_id, model, kind
+GROUPABLE = DIMS  # project_id, api_key_id, user_id, model, kind, service_tier
 _INT_SUMS = tuple(s for s in SUMS if s != "latency_ms_sum")
 
 
@@ -58,7 +58,15 @@ def rollup_rows(records: Iterable[Record], granularity: int) -> list[dict[str, A
     acc: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in records:
         t = int(r.t)
-        key = (t - t % granularity, r.project_id or "", r.key_id or "", r.user_id or "", r.model or "", r.kind)
+        key = (
+            t - t % granularity,
+            r.project_id or "",
+            r.key_id or "",
+            r.user_id or "",
+            r.model or "",
+            r.kind,
+            r.service_tier or "default",
+        )
         row: dict[str, Any] | None = acc.get(key)
         if row is None:
             row = acc[key] = {**dict(zip(("bucket", *DIMS), key, strict=True)), **new_sums()}
@@ -133,6 +141,7 @@ REQUEST_COLUMNS: tuple[str, ...] = (
     "upstream_request_id",
     "input_audio_tokens",
     "output_audio_tokens",
+    "service_tier",
 )
 
 
@@ -166,6 +175,7 @@ def request_values(r: Record) -> list[Any]:
         r.upstream_request_id[:128] if r.upstream_request_id else None,
         r.input_audio_tokens,
         r.output_audio_tokens,
+        r.service_tier or "default",
     ]
 
 
