@@ -15,7 +15,11 @@ import pytest
 from typer.testing import CliRunner
 
 from keyplane import control
-from keyplane.bus import Event, InProcessBus, KeyDelta, PgNotifyBus, Publisher, RedisBus, publishing_sessionmaker
+from keyplane.bus.events import Event, KeyDelta
+from keyplane.bus.in_process import InProcessBus
+from keyplane.bus.pg_notify import PgNotifyBus
+from keyplane.bus.publish import Publisher, publishing_sessionmaker
+from keyplane.bus.redis_pubsub import RedisBus
 from keyplane.config import Settings
 from keyplane.snapshot import Snapshot
 from keyplane.store import db

@@ -19,7 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import keyplane.snapshot as snapshot_mod
 from keyplane import control
 from keyplane.billing.engine import Billing
-from keyplane.bus import Event, InProcessBus, KeyDelta, Publisher, publishing_sessionmaker
+from keyplane.bus.events import Event, KeyDelta
+from keyplane.bus.in_process import InProcessBus
+from keyplane.bus.publish import Publisher, publishing_sessionmaker
 from keyplane.config import Settings
 from keyplane.snapshot import Snapshot
 from keyplane.snapshot_refresh import SnapshotRefresher

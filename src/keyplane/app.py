@@ -16,7 +16,8 @@ from typing import Any
 
 from keyplane import errors, ids, pipeline, readiness
 from keyplane.admin import store_recovered
-from keyplane.bus import Publisher, make_bus, publishing_sessionmaker
+from keyplane.bus import make_bus
+from keyplane.bus.publish import Publisher, publishing_sessionmaker
 from keyplane.clock import Clock, SystemClock
 from keyplane.config import Settings
 from keyplane.last_used import LastUsedRecorder

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from keyplane.bus import Bus, Publisher
+from keyplane.bus.base import Bus
+from keyplane.bus.publish import Publisher
 from keyplane.clock import Clock
 from keyplane.config import Settings
 from keyplane.control.base import write_clock

@@ -34,7 +34,7 @@ import orjson
 from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from keyplane.bus import Event, KeyDelta, ProjectDelta
+from keyplane.bus.events import Event, KeyDelta, ProjectDelta
 from keyplane.members import grants as members_grants
 from keyplane.scopes import Permissions, parse_permissions
 from keyplane.store.models import ApiKey, Meta, Organization, Project

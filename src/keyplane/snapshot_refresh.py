@@ -11,7 +11,8 @@ import time
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from keyplane.bus import Bus, Event
+from keyplane.bus.base import Bus
+from keyplane.bus.events import Event
 from keyplane.periodic import cancel_and_wait
 from keyplane.snapshot import Snapshot
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from keyplane.cli import app
 from keyplane.config import ConfigError
 from keyplane.guard.rules import RuleError, config_rules, rule_from_json
-from keyplane.testing.fake_provider import Bucket
+from keyplane.testing.fake_org import Bucket
 from tests.providers.conftest import PROJ_SECRET
 from tests.support import make_settings
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from openai import BadRequestError, OpenAI
 
-from keyplane.testing.fake_provider import Bucket
+from keyplane.testing.fake_org import Bucket
 from tests.scan.helpers import cli as scan_cli
 from tests.support import init_org, make_settings, start_server
 

@@ -12,7 +12,7 @@ from keyplane.providers.connector import Connector
 from keyplane.providers.ingest import cursor, ingest
 from keyplane.providers.models import ProviderUsage
 from keyplane.store import db
-from keyplane.testing.fake_provider import Bucket
+from keyplane.testing.fake_org import Bucket
 from tests.support import make_settings
 
 NOW = 1_800_000_000 // 3600 * 3600 + 1800  # half past an hour

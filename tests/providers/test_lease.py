@@ -17,7 +17,7 @@ from keyplane.clock import FakeClock
 from keyplane.providers import lease
 from keyplane.providers.connector import Connector
 from keyplane.store import db
-from keyplane.testing.fake_provider import Bucket
+from keyplane.testing.fake_org import Bucket
 from tests.support import init_org, make_settings, postgres_database, start_server
 
 INTERVAL = 30

@@ -20,7 +20,7 @@ from keyplane.providers.rules import find
 from keyplane.providers.service import prices_for, sync_provider
 from keyplane.store import db
 from keyplane.store.models import AuditLog
-from keyplane.testing.fake_provider import Bucket
+from keyplane.testing.fake_org import Bucket
 from tests.support import make_settings
 
 DAY, HOUR = 86400, 3600

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from keyplane.testing.fake_provider import Bucket, FakeProvider, RunningFake
+from keyplane.testing.fake_org import Bucket
+from keyplane.testing.fake_provider import FakeProvider, RunningFake
 from tests.providers.conftest import PROJ_SECRET, build_org
 from tests.support import init_org, make_settings, start_server
 from tests.web.conftest import Web

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keyplane import domain, errors
+from keyplane.admin import key_routes as k
 from keyplane.admin import routes as r
 from keyplane.admin.common import JSONResponse
 from keyplane.degrade import Outage, store_outage
@@ -38,46 +39,46 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(f"{P}/projects/{{project_id}}", "GET", r.get_project, "Retrieve a project"),
     Endpoint(f"{P}/projects/{{project_id}}", "POST", r.update_project, "Modify a project"),
     Endpoint(f"{P}/projects/{{project_id}}/archive", "POST", r.archive_project, "Archive a project"),
-    Endpoint(f"{P}/projects/{{project_id}}/api_keys", "GET", r.list_project_keys, "List project API keys"),
+    Endpoint(f"{P}/projects/{{project_id}}/api_keys", "GET", k.list_project_keys, "List project API keys"),
     Endpoint(
         f"{P}/projects/{{project_id}}/api_keys",
         "POST",
-        r.create_project_key,
+        k.create_project_key,
         "Create a user API key in a project (value shown once)",
         True,
     ),
     Endpoint(
-        f"{P}/projects/{{project_id}}/api_keys/{{key_id}}", "GET", r.get_project_key, "Retrieve a project API key"
+        f"{P}/projects/{{project_id}}/api_keys/{{key_id}}", "GET", k.get_project_key, "Retrieve a project API key"
     ),
     Endpoint(
         f"{P}/projects/{{project_id}}/api_keys/{{key_id}}",
         "POST",
-        r.update_project_key,
+        k.update_project_key,
         "Update a key's name or permissions (no new key issued)",
         True,
     ),
     Endpoint(
         f"{P}/projects/{{project_id}}/api_keys/{{key_id}}",
         "DELETE",
-        r.delete_project_key,
+        k.delete_project_key,
         "Delete (revoke) a project API key",
     ),
     Endpoint(
         f"{P}/projects/{{project_id}}/api_keys/{{key_id}}/rotate",
         "POST",
-        r.rotate_project_key,
+        k.rotate_project_key,
         "Rotate a key: new value once, old one revoked now or after grace_period_seconds",
         True,
     ),
     Endpoint(
         f"{P}/projects/{{project_id}}/api_keys/{{key_id}}/suspend",
         "POST",
-        r.suspend_key,
+        k.suspend_key,
         "Suspend a key (reversible)",
         True,
     ),
     Endpoint(
-        f"{P}/projects/{{project_id}}/api_keys/{{key_id}}/resume", "POST", r.resume_key, "Resume a suspended key", True
+        f"{P}/projects/{{project_id}}/api_keys/{{key_id}}/resume", "POST", k.resume_key, "Resume a suspended key", True
     ),
     Endpoint(
         f"{P}/projects/{{project_id}}/service_accounts", "GET", r.list_service_accounts, "List project service accounts"
@@ -105,18 +106,18 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(f"{P}/users/{{user_id}}", "GET", r.get_user, "Retrieve a user"),
     Endpoint(f"{P}/users/{{user_id}}", "POST", r.update_user, "Modify a user's role"),
     Endpoint(f"{P}/users/{{user_id}}", "DELETE", r.delete_user, "Remove a user (their user keys are revoked)"),
-    Endpoint(f"{P}/admin_api_keys", "GET", r.list_admin_keys, "List admin API keys"),
-    Endpoint(f"{P}/admin_api_keys", "POST", r.create_admin_key, "Create an admin API key (value shown once)"),
-    Endpoint(f"{P}/admin_api_keys/{{key_id}}", "GET", r.get_admin_key, "Retrieve an admin API key"),
-    Endpoint(f"{P}/admin_api_keys/{{key_id}}", "DELETE", r.delete_admin_key, "Delete an admin API key"),
+    Endpoint(f"{P}/admin_api_keys", "GET", k.list_admin_keys, "List admin API keys"),
+    Endpoint(f"{P}/admin_api_keys", "POST", k.create_admin_key, "Create an admin API key (value shown once)"),
+    Endpoint(f"{P}/admin_api_keys/{{key_id}}", "GET", k.get_admin_key, "Retrieve an admin API key"),
+    Endpoint(f"{P}/admin_api_keys/{{key_id}}", "DELETE", k.delete_admin_key, "Delete an admin API key"),
     Endpoint(
         f"{P}/api_keys/lookup",
         "POST",
-        r.lookup_keys,
+        k.lookup_keys,
         "Look keys up by SHA-256 of their value (for leak scanners; the key itself is never sent)",
         True,
     ),
-    Endpoint(f"{P}/api_keys/{{key_id}}/revoke", "POST", r.revoke_any_key, "Revoke any key by id, with a reason", True),
+    Endpoint(f"{P}/api_keys/{{key_id}}/revoke", "POST", k.revoke_any_key, "Revoke any key by id, with a reason", True),
     Endpoint(f"{P}/audit_logs", "GET", r.list_audit_logs, "List audit logs"),
 )
 

@@ -291,7 +291,7 @@ class Billing:
         next_tier = mono() + 5
         quiet_until = 0.0
         flush_every = self.rt.settings.ledger_flush_seconds
-        from keyplane.billing import spend
+        from keyplane.billing import spend_firing
 
         while True:
             with contextlib.suppress(TimeoutError):
@@ -313,7 +313,7 @@ class Billing:
                         await self.reload()  # the grants' used credit as the store has it now
                     if self.fleet:
                         await self.reseed_if_needed()
-                    await spend.check_alerts(self)
+                    await spend_firing.check_alerts(self)
                 if t >= next_tier:
                     next_tier = t + 60
                     await self.promote()

@@ -15,7 +15,7 @@ from keyplane import control, errors
 from keyplane.admin import Endpoint
 from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, runtime
 from keyplane.admin.params import query_choice, query_limit
-from keyplane.billing import service, spend, tiers
+from keyplane.billing import service, spend_alerts, tiers
 from keyplane.billing.engine import Billing
 from keyplane.billing.models import BillingState, SpendAlert
 from keyplane.billing.prices import MICROS
@@ -152,7 +152,7 @@ async def list_spend_alerts(request: Request) -> JSONResponse:
         rows, more = await control.page(
             s, SpendAlert, stmt, after=q.get("after"), before=q.get("before"), limit=limit, descending=order == "desc"
         )
-    return JSONResponse(list_response([spend.alert_object(scope, a) for a in rows], more))
+    return JSONResponse(list_response([spend_alerts.alert_object(scope, a) for a in rows], more))
 
 
 async def create_spend_alert(request: Request) -> JSONResponse:
@@ -160,17 +160,17 @@ async def create_spend_alert(request: Request) -> JSONResponse:
     body = await json_body(request)
     async with runtime(request).write() as s:
         scope, sid, _ = await _scope(request, s, write=True)
-        a = await spend.create_alert(s, actor, scope, sid, body, _now(request))
+        a = await spend_alerts.create_alert(s, actor, scope, sid, body, _now(request))
     await _b(request).reload()
-    return JSONResponse(spend.alert_object(scope, a))
+    return JSONResponse(spend_alerts.alert_object(scope, a))
 
 
 async def get_spend_alert(request: Request) -> JSONResponse:
     authenticate_admin(request)
     async with runtime(request).read() as s:
         scope, sid, _ = await _scope(request, s)
-        a = await spend.get_alert(s, scope, sid, request.path_params["alert_id"])
-    return JSONResponse(spend.alert_object(scope, a))
+        a = await spend_alerts.get_alert(s, scope, sid, request.path_params["alert_id"])
+    return JSONResponse(spend_alerts.alert_object(scope, a))
 
 
 async def update_spend_alert(request: Request) -> JSONResponse:
@@ -178,9 +178,9 @@ async def update_spend_alert(request: Request) -> JSONResponse:
     body = await json_body(request)
     async with runtime(request).write() as s:
         scope, sid, _ = await _scope(request, s, write=True)
-        a = await spend.update_alert(s, actor, scope, sid, request.path_params["alert_id"], body, _now(request))
+        a = await spend_alerts.update_alert(s, actor, scope, sid, request.path_params["alert_id"], body, _now(request))
     await _b(request).reload()
-    return JSONResponse(spend.alert_object(scope, a))
+    return JSONResponse(spend_alerts.alert_object(scope, a))
 
 
 async def delete_spend_alert(request: Request) -> JSONResponse:
@@ -188,9 +188,9 @@ async def delete_spend_alert(request: Request) -> JSONResponse:
     aid = request.path_params["alert_id"]
     async with runtime(request).write() as s:
         scope, sid, _ = await _scope(request, s)
-        await spend.delete_alert(s, actor, scope, sid, aid, _now(request))
+        await spend_alerts.delete_alert(s, actor, scope, sid, aid, _now(request))
     await _b(request).reload()
-    return JSONResponse(spend.alert_deleted(scope, aid))
+    return JSONResponse(spend_alerts.alert_deleted(scope, aid))
 
 
 # --- rate limits ---------------------------------------------------------------------------------

@@ -79,15 +79,16 @@ def run_store(s: Settings, fn: Callable[[Any], Awaitable[T]], *, write: bool = F
         raise fail(f"no keyplane store here yet ({sqlite_file}): run `keyplane init` (or set KEYPLANE_HOME).")
 
     async def go() -> T:
-        from keyplane import bus
+        from keyplane.bus import bus_kind, make_bus
+        from keyplane.bus.publish import Publisher, publishing_sessionmaker
 
         engine = db.make_engine(s.database_url)
         # A fleet's running instances hear of the change on the bus at once (one node: they poll).
-        fleet = bus.bus_kind(s.redis_url, s.database_url) != "in-process"
-        publisher = bus.Publisher(bus.make_bus(s.redis_url, s.redis_prefix, s.database_url)) if fleet else None
+        fleet = bus_kind(s.redis_url, s.database_url) != "in-process"
+        publisher = Publisher(make_bus(s.redis_url, s.redis_prefix, s.database_url)) if fleet else None
         try:
             await db.migrate(engine)
-            maker = bus.publishing_sessionmaker(engine, publisher) if publisher else db.sessionmaker(engine)
+            maker = publishing_sessionmaker(engine, publisher) if publisher else db.sessionmaker(engine)
             async with maker() as session, session.begin() if write else contextlib.nullcontext():
                 if need_org and await control.get_org(session) is None:
                     raise fail(f"keyplane is not initialized in {s.home.resolve()}; run `keyplane init` first.")

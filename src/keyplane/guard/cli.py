@@ -145,6 +145,6 @@ def test_alert(
 
 
 def _takes(sink: Any, alert: Any) -> bool:
-    from keyplane.alerts import _accepts
+    from keyplane.alerts.model import _accepts
 
     return _accepts(sink, alert)
