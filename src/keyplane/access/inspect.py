@@ -36,9 +36,10 @@ def tool_of(value: str) -> str | None:
 
 
 def search_model(model: str) -> bool:
-    """Models that search the web on every call, with no tool named (gpt-4o-search-preview, gpt-5-search-api)."""
+    """Models that search the web on every call, with no tool named (gpt-4o-search-preview, gpt-5-search-api, and
+    OpenRouter's `:online` variants of any model)."""
     m = model.lower()
-    return "search-preview" in m or "search-api" in m or "-search-" in m or m.endswith("-search")
+    return "search-preview" in m or "search-api" in m or "-search-" in m or m.endswith("-search") or ":online" in m
 
 
 @dataclass

@@ -74,7 +74,11 @@ class ModelPolicy:
         if not _plain(model):
             return False
         names = {model, model.strip().rsplit("/", 1)[-1]}
-        return not any(_matches(e, m) for e in self.model_ids for m in names)
+        # A variant an upstream serves as the same model: Ollama's `llama3.1:latest` is `llama3.1`, OpenRouter's
+        # `openai/gpt-4o:nitro` / `:online` is `openai/gpt-4o` (a fine-tune, ft:base:org::id, is _matches').
+        names |= {n.split("@", 1)[0] for n in names}
+        names |= {n.split(":", 1)[0] for n in names if not n.strip().casefold().startswith("ft:")}
+        return not any(_matches(e, m) for e in self.model_ids for m in names if m)
 
 
 def _one_reading(body: bytes) -> inspect.Asked:

@@ -351,14 +351,11 @@ class Admission:
             elif extra.get("per_minute") and (
                 (ctx.status and ctx.status < 400) or getattr(ctx, "upstream_received", False)
             ):
-                # A token-priced transcription whose answer reports no usage (`text`), or that the provider
-                # received whole before its answer failed: its minutes estimated, at most the reservation.
-                minutes = int(extra.get("units") or 0) // 60  # type: ignore[call-overload]
-                up = getattr(ctx, "upload", None)
-                if up is not None and up.finished:  # streamed: at most what the bytes received can hold
-                    minutes = min(minutes, quote_mod.minutes_of(up.size))
-                cost = ctx.cost_input_micros = min(res.amount, minutes * extra["per_minute"])  # type: ignore[operator]
-                ctx.units = minutes * 60
+                # A token-priced transcription whose usage keyplane did not read (`text`, `srt`, `vtt`, a
+                # `stream`), or that the provider received whole before its answer failed: billed its bound
+                # (its prompt and output tokens are billed too, which no per-minute estimate bounds).
+                cost = ctx.cost_input_micros = res.amount
+                ctx.units = int(extra.get("units") or 0)  # type: ignore[call-overload]
             elif ctx.status and ctx.status < 400 and res.amount:
                 # A success with no usage reported: bill the prompt as estimated at admission.
                 used = int(extra["prompt"])  # type: ignore[call-overload]

@@ -84,7 +84,7 @@ class Quote:
     units: int = 0  # images asked, characters to speak, seconds of audio estimated (the usage API's buckets)
     tools: dict[str, int] | None = None  # hosted tools enabled: micro-dollars per call (or session) by usage kind
     # transcription: micro-dollars per minute, billed by the seconds the answer reports (else the estimate;
-    # a token-priced one: by its tokens, else the estimate, at most ``cost``)
+    # a token-priced one: by its tokens, else ``cost``, its bound)
     per_minute: int | None = None
     tier: TierPricing | None = None  # token quotes: the service tier priced (settle bills the one that served)
 
@@ -155,7 +155,7 @@ def _tokens(
                 q.body = _with_field(body, field, limit)
                 if q.body is not None:
                     q.out_limit = limit
-        out = limit * n
+        out = (limit + m.predicted) * n  # a prediction's unused tokens are billed as output, past the limit
     seen = prompt
     if context_ref or m.unbounded:
         # Input billed that is not in the body (previous_response_id, conversation, files, audio, stored
@@ -324,6 +324,18 @@ def _fields(body: bytes, form: dict[str, str] | None) -> dict[str, object]:
     return obj if isinstance(obj, dict) else {}
 
 
+def _json_images(f: dict[str, object]) -> int:
+    """The input images of a JSON image edit: each entry of ``images``, and ``image`` and ``mask`` when given."""
+    n = 0
+    for key in ("images", "image", "mask"):
+        v = f.get(key)
+        if isinstance(v, list):
+            n += len(v)
+        elif v is not None:
+            n += 1
+    return n
+
+
 def _images(
     prices: PriceTable, endpoint: str, model: str | None, body: bytes, form: dict[str, str] | None, files: int
 ) -> Quote:
@@ -353,6 +365,8 @@ def _images(
         p = f.get("prompt")
         prompt = tokens.counter(name).count(p) if isinstance(p, str) else 0
         if endpoint == "/v1/images/edits":
+            if form is None and f:  # a JSON edit: its inputs are `images` (and `image`, `mask`), not file parts
+                files = _json_images(f)
             prompt += EDIT_IMAGE_TOKENS * max(1, files)
         cost += -(-prompt * price.input // MICROS)
     return Quote(name, cost=cost, prompt=prompt, flat=True, units=n)
@@ -384,7 +398,7 @@ def _transcribe(prices: PriceTable, model: str | None, form: dict[str, str] | No
     minutes = minutes_of(size, price.max_seconds)
     if price.audio_input is not None and price.context_window and price.max_output:
         # Billed per token (gpt-4o-transcribe): bounded by a context window of audio and the output limit;
-        # settle bills the tokens the answer reports, else the per-minute estimate (at most this bound).
+        # settle bills the tokens the answer reports, else this bound.
         bound = price.max_cost(price.context_window, price.max_output)
         return Quote(name, cost=bound, price=price, units=minutes * 60, per_minute=price.per_minute)
     return Quote(

@@ -55,10 +55,20 @@ def models_of(settings: Any, prices: PriceTable, table: TierTable, extra: set[st
     return sorted(out)
 
 
+def base_model(model: str) -> str:
+    """The model a variant name runs: a provider prefix (``openai/gpt-4o``) and a tag (Ollama's ``:latest``,
+    OpenRouter's ``:nitro``, ``@latest``) name the same model; a fine-tune (``ft:gpt-4o:acme::id``) is its own."""
+    m = model.rsplit("/", 1)[-1]
+    if not m.startswith("ft:"):
+        m = m.split("@", 1)[0].split(":", 1)[0]
+    return m or model
+
+
 def limits_model(b: Billing, key_id: str, project_id: str, model: str) -> str:
-    """The model whose limits (and bucket) a request counts against: a dated snapshot shares its
-    model's (``gpt-4o-mini-2024-07-18`` -> ``gpt-4o-mini``) unless it has limits of its own."""
-    fam = family(model)
+    """The model whose limits (and bucket) a request counts against: a dated snapshot and a variant name share
+    their model's (``gpt-4o-mini-2024-07-18``, ``openai/gpt-4o-mini:nitro`` -> ``gpt-4o-mini``) unless it has
+    limits of its own (so a name does not escape its model's limits)."""
+    fam = family(base_model(model))
     if fam == model:
         return model
     ov = b.cfg.overrides

@@ -52,10 +52,12 @@ def upstream_unreachable(name: str) -> APIError:
     )
 
 
-def upstream_bad_response(name: str, status: int) -> APIError:
+def upstream_bad_response(name: str, status: int | None) -> APIError:
+    """``status`` None: the answer was not even HTTP (a garbled status line or headers)."""
+    what = f"HTTP {status}, not the JSON expected" if status is not None else "not a valid HTTP answer"
     return APIError(
         502,
-        f"The upstream `{name}` returned a malformed response (HTTP {status}, not the JSON expected).",
+        f"The upstream `{name}` returned a malformed response ({what}).",
         type="server_error",
         code="upstream_bad_response",
     )

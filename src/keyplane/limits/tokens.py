@@ -249,9 +249,14 @@ class Counter:
         if isinstance(messages, list):
             scan.tokens += 4 * len(messages)  # per message: its framing and role
         self.scan(messages, scan)
-        for k in ("tools", "functions", "response_format", "prediction"):
+        for k in ("tools", "functions", "response_format"):
             if req.get(k):
-                self.scan(req[k], scan, keys=k != "prediction")
+                self.scan(req[k], scan, keys=True)
+        if req.get("prediction"):  # Predicted Outputs: what is not used is billed as completion tokens
+            predicted = Scan()
+            self.scan(req["prediction"], predicted)
+            scan.predicted = predicted.tokens
+            scan.unbounded = scan.unbounded or predicted.unbounded
         tools = req.get("tools")
         if req.get("web_search_options") is not None or _hosted(tools):
             scan.hosted_tools = True
@@ -277,12 +282,13 @@ class Scan:
     """What counting a request found: its prompt tokens (an upper bound for what is in the body), and
     whether the provider bills input that is not in the body, or hosted tools billed per call."""
 
-    __slots__ = ("hosted_tools", "tokens", "unbounded")
+    __slots__ = ("hosted_tools", "predicted", "tokens", "unbounded")
 
     def __init__(self) -> None:
         self.tokens = 0
         self.unbounded = False
         self.hosted_tools = False
+        self.predicted = 0  # a chat prediction's tokens: billed as output (rejected_prediction_tokens)
 
 
 # Images are billed by their size, which the body does not tell (a URL, or data keyplane does not
@@ -325,13 +331,18 @@ class Measure:
     """A request body as admission sees it: prompt tokens (an upper bound of what the body holds), the
     number of answers it asks for, and what it may be billed that the body does not show."""
 
-    __slots__ = ("hosted_tools", "n", "prompt", "unbounded")
+    __slots__ = ("hosted_tools", "n", "predicted", "prompt", "unbounded")
 
-    def __init__(self, prompt: int, n: int = 1, unbounded: bool = False, hosted_tools: bool = False) -> None:
+    def __init__(
+        self, prompt: int, n: int = 1, unbounded: bool = False, hosted_tools: bool = False, predicted: int = 0
+    ) -> None:
         self.prompt = prompt
         self.n = n
         self.unbounded = unbounded
         self.hosted_tools = hosted_tools
+        # Output tokens the request may be billed past its output limit, per answer: a chat prediction's
+        # tokens that the answer does not use are billed as completion tokens.
+        self.predicted = predicted
 
     def __iter__(self) -> Any:  # unpacks as (prompt, n)
         return iter((self.prompt, self.n))
@@ -358,7 +369,7 @@ def measure(endpoint: str, model: str, body: bytes) -> Measure:
     scan = Scan()
     if endpoint == "/v1/chat/completions":
         c.chat(req, scan)
-        return Measure(scan.tokens, n, scan.unbounded, scan.hosted_tools)
+        return Measure(scan.tokens, n, scan.unbounded, scan.hosted_tools, scan.predicted)
     if endpoint == "/v1/responses":
         c.responses(req, scan)
         return Measure(scan.tokens, 1, scan.unbounded, scan.hosted_tools)

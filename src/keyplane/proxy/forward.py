@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from aiohttp import ClientConnectorError, ConnectionTimeoutError
+from aiohttp import ClientConnectorError, ClientResponseError, ConnectionTimeoutError
 
 from keyplane import errors
 from keyplane.proxy import usage as _usage
@@ -89,13 +89,18 @@ def _attempt_error(dep: Deployment, e: BaseException) -> errors.APIError:
         return errors.upstream_bad_response(dep.name, 200)
     if isinstance(e, StopAsyncIteration):
         return errors.upstream_stream_broken(dep.name)
+    if isinstance(e, ClientResponseError):
+        return errors.upstream_bad_response(dep.name, None)
     return errors.upstream_unreachable(dep.name)
 
 
 def _received(e: BaseException, answered: bool) -> bool:
     """Whether a failed attempt reached the upstream for sure: it answered (then its body failed), or the read
-    timed out while the upstream was working (not a connect timeout: nothing was sent)."""
-    return answered or (isinstance(e, TimeoutError) and not isinstance(e, ConnectionTimeoutError))
+    timed out while the upstream was working (not a connect timeout: nothing was sent), or its answer was not
+    valid HTTP (it answered something)."""
+    if answered or isinstance(e, ClientResponseError):
+        return True
+    return isinstance(e, TimeoutError) and not isinstance(e, ConnectionTimeoutError)
 
 
 class TooLarge(Exception):

@@ -44,6 +44,9 @@ _NEEDS_INCLUDE_USAGE: Final = frozenset({"/v1/chat/completions", "/v1/completion
 KEY_INFO_PATH: Final = "/v1/keyplane/key"
 
 
+_NO_BODY: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+
+
 class _Watch:
     """Cancels the handler task when the client disconnects (DESIGN.md hot-path rule 7)."""
 
@@ -130,10 +133,18 @@ class ProxyApp:
                 body, upload = await uploads.begin(scope, receive, self.max_body, path)
             else:
                 body, upload = await request.read_body(scope, receive, self.max_body), None
+                if body and method in _NO_BODY:  # never admitted nor checked: not forwarded either
+                    raise errors.bad_request(
+                        f"A request with method {method} takes no body; keyplane refuses one rather than "
+                        "forward it unchecked.",
+                        code="unexpected_body",
+                    )
             if upload is not None:
                 fields = upload.fields if ep.model or ep.spending else None
             else:
                 fields = request.read_fields(ep, headers, body) if ep.model or ep.spending else None
+                if body and method == "POST" and (fields is None or fields.form is None):  # read alike by all
+                    await request.one_reading(body, strict=fields is not None)  # (not JSON: no ids to read)
             model = fields.model if fields is not None else None
             stream = strip_usage = False
             if ep.model:
@@ -407,7 +418,7 @@ class ProxyApp:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _authority_ended(self, ctx: RequestContext) -> errors.APIError | None:
-        """Why a stream in flight must be cut now (its key revoked, suspended or deleted, its project
+        """Why a stream in flight must be cut now (its key revoked, suspended, deleted or expired, its project
         archived: docs/guard.md; a workload token's federation rule or provider disabled), or None. A few
         dict lookups and an identity check per chunk."""
         snap, key = self.rt.snapshot, ctx.key
@@ -416,6 +427,11 @@ class ProxyApp:
             why = now_key.inactive_reason(self.rt.clock.now()) if now_key else "has been deleted."
             ctx.error = "key_disabled"
             return errors.key_inactive(key.redacted_value, why or "is no longer active.")
+        if now_key is not None and now_key.expires_at is not None:  # a key that expires mid-stream
+            why = now_key.inactive_reason(self.rt.clock.now())
+            if why:
+                ctx.error = "key_disabled"
+                return errors.key_inactive(key.redacted_value, why)
         if self.identity is not None and (ended := self.identity.key_ended(key.id)):  # a keyless key's rule
             ctx.error = "key_disabled"
             return errors.key_inactive(key.redacted_value, ended)

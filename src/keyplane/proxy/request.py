@@ -2,14 +2,17 @@
 
 The body is kept as the bytes the client sent (DESIGN.md hot-path rule 3); msgspec reads only
 ``model``, ``stream``, ``stream_options`` and the max-token fields admission estimates from.
+A JSON body that repeats a key is refused (:func:`check_one_reading`): every parser must read it alike.
 The one rewrite: a chat/completions stream gets ``stream_options.include_usage = true`` so that the
 gateway always learns the usage (the relay strips that chunk if the client did not ask for it).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import msgspec
 import orjson
@@ -202,6 +205,66 @@ def parse_head(body: bytes) -> Head:
         raise errors.bad_request(f"Invalid request body: {text}", param=param, code="invalid_type") from None
     except (msgspec.DecodeError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
         raise errors.invalid_json() from None
+
+
+class _Repeated(ValueError):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _Repeated(k)
+            seen.add(k)
+    return d
+
+
+BIG_BODY: Final = 64 * 1024  # a body larger than this is checked in a thread, not on the event loop
+
+
+def check_one_reading(body: bytes, strict: bool = True) -> None:
+    """Refuse a JSON body that repeats a key in any object (``{"max_tokens": 100000, "max_tokens": 5}``), or two
+    top-level keys that differ only in case (``"MAX_TOKENS"``: Go's encoding/json, which Ollama and LocalAI use,
+    matches fields case-insensitively): keyplane's parsers keep the last exact key and an upstream may keep
+    another, so the request would be admitted, priced and checked as one thing and run as another (or name one
+    project's object to the ownership check and another's upstream). ``strict``: a body that is not JSON is
+    refused too (a model or spending request; parse_head read it already). About 7 us for a small body."""
+    try:
+        top = json.loads(body, object_pairs_hook=_unique)
+    except _Repeated as e:
+        _refuse(e.key)
+    except (ValueError, RecursionError):  # read by parse_head already; anything else it reads differently
+        if strict:
+            raise errors.invalid_json() from None
+        return
+    if isinstance(top, dict):
+        folded: dict[str, str] = {}
+        for k in top:
+            if (seen := folded.setdefault(k.casefold(), k)) != k:
+                _refuse(k, seen)
+
+
+def _refuse(key: str, other: str | None = None) -> NoReturn:
+    key = key if len(key) <= 64 else key[:64] + "..."
+    what = f"'{key}' twice" if other is None else f"'{key}' and '{other[:64]}' (one key to a case-insensitive parser)"
+    raise errors.bad_request(
+        f"The request body names {what} in one object: parsers disagree about which value counts, "
+        "so keyplane refuses it. Send each key once.",
+        param=key,
+        code="duplicate_key",
+    ) from None
+
+
+async def one_reading(body: bytes, strict: bool = True) -> None:
+    """:func:`check_one_reading`, in a thread for a large body."""
+    if len(body) > BIG_BODY:
+        await asyncio.to_thread(check_one_reading, body, strict)
+    else:
+        check_one_reading(body, strict)
 
 
 def is_json(headers: list[tuple[bytes, bytes]]) -> bool:

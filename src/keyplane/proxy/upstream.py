@@ -77,6 +77,7 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectionError,
     asyncio.TimeoutError,
     aiohttp.ClientPayloadError,
+    aiohttp.ClientResponseError,  # an answer that is not valid HTTP (the request went out: see forward._received)
 )
 
 

@@ -57,6 +57,7 @@ class Conn(asyncio.Protocol):
         self.busy: asyncio.Task[None] | None = None
         self.current: Recorded | None = None
         self.closed = False
+        self.head_only = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -108,8 +109,10 @@ class Conn(asyncio.Protocol):
         async def run() -> None:
             if prev is not None and not prev.done():
                 await asyncio.wait({prev})
+            self.head_only = req.method == "HEAD"  # an answer to HEAD is its status and headers only (RFC 9110)
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await fake.answer(self, req, rec)
+            self.head_only = False
             if not req.keep_alive and not self.closed:
                 self.transport.close()
 
@@ -117,8 +120,14 @@ class Conn(asyncio.Protocol):
 
     # writing
     def write(self, data: bytes) -> None:
-        if not self.closed:
-            self.transport.write(data)
+        if self.closed:
+            return
+        if self.head_only:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                return  # a body piece
+            data = data[: end + 4]
+        self.transport.write(data)
 
     def write_json(self, status: int, obj: Any) -> None:
         body = orjson.dumps(obj)
