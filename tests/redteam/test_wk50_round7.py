@@ -243,3 +243,11 @@ def test_a_variant_name_counts_against_its_models_rate_limit(make_gw, fake):
     for m in ("gpt-4o-mini:latest", "gpt-4o-mini@x"):  # (openai/... is not routed here: no upstream serves it)
         r = _post(srv, srv.api_key, "/chat/completions", {"model": m, "max_tokens": 5, "messages": MSG})
         assert r.status_code == 429 and _code(r) == "rate_limit_exceeded", (m, r.status_code, r.text[:200])
+
+
+def test_the_model_a_variant_name_counts_against():
+    from keyplane.billing.ratelimits import base_model
+
+    assert base_model("openai/gpt-4o-mini:nitro") == base_model("GPT-4o-mini") == "gpt-4o-mini"
+    assert base_model("llama3.1:latest") == base_model("llama3.1@8b") == "llama3.1"
+    assert base_model("ft:gpt-4o-mini:acme::abc") == "ft:gpt-4o-mini:acme::abc"  # a fine-tune is its own model

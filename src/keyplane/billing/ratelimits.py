@@ -57,8 +57,9 @@ def models_of(settings: Any, prices: PriceTable, table: TierTable, extra: set[st
 
 def base_model(model: str) -> str:
     """The model a variant name runs: a provider prefix (``openai/gpt-4o``) and a tag (Ollama's ``:latest``,
-    OpenRouter's ``:nitro``, ``@latest``) name the same model; a fine-tune (``ft:gpt-4o:acme::id``) is its own."""
-    m = model.rsplit("/", 1)[-1]
+    OpenRouter's ``:nitro``, ``@latest``) and another case (an upstream may match names case-insensitively) name the
+    same model; a fine-tune (``ft:gpt-4o:acme::id``) is its own."""
+    m = model.rsplit("/", 1)[-1].strip().casefold()
     if not m.startswith("ft:"):
         m = m.split("@", 1)[0].split(":", 1)[0]
     return m or model
