@@ -3,6 +3,8 @@
     canonical request -> authenticate -> authorize -> read -> route -> admit -> (cache) -> forward
     -> relay -> settle -> record -> observe
 
+The steps up to routing are proxy/intake.py's :class:`Intake` (everything checked before admission).
+
 One handler for every proxied path. Model endpoints (chat/completions, completions, embeddings,
 responses) have their usage read; /v1/models is answered here; any other /v1 path a permission area
 covers is passed through (object paths checked for their project: proxy/tenancy.py). The features'
@@ -16,35 +18,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Final
+from typing import Any
 
 from keyplane import errors, logs
-from keyplane.auth import authenticate
 from keyplane.cache import attach as attach_cache
-from keyplane.proxy import canonical, client_secrets, estimate, replies, request, skipped, sse, uploads
+from keyplane.proxy import estimate, replies, request, sse, uploads
 from keyplane.proxy.canonical import MODEL_ENDPOINTS
 from keyplane.proxy.context import RequestContext
 from keyplane.proxy.forward import JSON, OBJECT, RAW, SSE, Forwarder, Outcome
+from keyplane.proxy.intake import Intake
 from keyplane.proxy.models import ModelCatalog
-from keyplane.proxy.owners import fine_tuned_ids
 from keyplane.proxy.replies import new_request_id
 from keyplane.proxy.router import Router
 from keyplane.proxy.tenancy import Tenancy
 from keyplane.proxy.upstream import RETRYABLE_ERRORS
 from keyplane.proxy.usage import READ_WHOLE, fill_units, tool_calls
 from keyplane.runtime import Runtime
-from keyplane.snapshot import KeyEntry
 
 log = logging.getLogger("keyplane.proxy")
-
-# Endpoints whose streams report usage only when stream_options.include_usage is set.
-_NEEDS_INCLUDE_USAGE: Final = frozenset({"/v1/chat/completions", "/v1/completions"})
-
-# keyplane extension: any live key may read its own metadata (what `keyplane doctor` shows).
-KEY_INFO_PATH: Final = "/v1/keyplane/key"
-
-
-_NO_BODY: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 
 class _Watch:
@@ -84,111 +75,48 @@ class ProxyApp:
         if self.cache is not None:
             await self.cache.aclose()
 
-    # --- responses -------------------------------------------------------------------------------
-
-    async def _own_model(self, model: str, project_id: str | None) -> None:
-        """404, as for a model that does not exist, when another project's fine-tuning job made ``model`` (or
-        the model a checkpoint belongs to). A fine-tuned model not made through keyplane has no owner here."""
-        found = await self.tenancy.store.owners(fine_tuned_ids(model))
-        if any(o.project_id != (project_id or "") for o in found.values()):
-            raise errors.model_not_found(model)
-
     # --- the flow -------------------------------------------------------------------------------
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         t0 = time.perf_counter()
         rt = self.rt
         rid = new_request_id()
-        method: str = scope["method"]
-        path: str = scope["path"]  # replaced by the canonical path as soon as it is known
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        entry: KeyEntry | None = None
+        req = Intake(scope)  # the canonical request: checked and read before admission (proxy/intake.py)
         try:
-            request.check_headers(headers)
-            raw = scope.get("raw_path")
-            path = canonical.canonical_path(raw if raw is not None else path.encode("utf-8"))
-            canonical.check_query(scope["query_string"])
-            if self.access is not None:  # the organization's IP allowlist, before the key is even looked at
-                self.access.check_org_ip(scope.get("client"), headers)
-            entry = authenticate(rt, headers, scope["query_string"])
-            if self.access is not None:  # project and key IP allowlists, before anything else the key may do
-                await self.access.current()  # (a key's policies are never older than the key: keyplane.access)
-                self.access.check_ip(entry.project_id, entry.id, scope.get("client"), headers)
-            rt.last_used.touch(entry.id, rt.clock.now())
-            if path == KEY_INFO_PATH and method == "GET":
-                await replies.send_json(send, replies.key_info(rt, entry), rid, t0)
-                return
-            if path == client_secrets.PATH and method == "POST":  # browser Realtime sessions (proxy/realtime.py)
-                await replies.send_json(send, await client_secrets.mint(rt, entry, scope, receive), rid, t0)
-                return
-            ep = canonical.classify(method, path)
-            if ep.scope is None:
-                raise errors.path_not_proxied(method, path)
-            if not entry.permissions.allows(ep.scope):
-                raise errors.missing_scope(ep.scope)
-            if method in ("GET", "HEAD") and path.startswith("/v1/models"):  # filtered by model permissions
-                await self._models(send, path, rid, t0, entry.project_id, entry.id)
-                return
-            if method == "POST" and uploads.streamed(path):  # large multipart uploads stream (proxy/uploads.py)
-                body, upload = await uploads.begin(scope, receive, self.max_body, path)
-            else:
-                body, upload = await request.read_body(scope, receive, self.max_body), None
-                if body and method in _NO_BODY:  # never admitted nor checked: not forwarded either
-                    raise errors.bad_request(
-                        f"A request with method {method} takes no body; keyplane refuses one rather than "
-                        "forward it unchecked.",
-                        code="unexpected_body",
-                    )
-            if upload is not None:
-                fields = upload.fields if ep.model or ep.spending else None
-            else:
-                fields = request.read_fields(ep, headers, body) if ep.model or ep.spending else None
-                if body and method == "POST" and (fields is None or fields.form is None):  # read alike by all
-                    await request.one_reading(body, strict=fields is not None)  # (not JSON: no ids to read)
-            model = fields.model if fields is not None else None
-            stream = strip_usage = False
-            if ep.model:
-                assert fields is not None
-                if not model:
-                    raise errors.missing_model()
-                stream = fields.stream and ep.flavour != 0
-                if stream and path in _NEEDS_INCLUDE_USAGE and not fields.include_usage:
-                    body = request.with_include_usage(body)
-                    strip_usage = True
-            elif model is None and body and request.is_json(headers):
-                model = request.parse_head(body).model  # routing only (e.g. a passthrough with a model)
-            if self.access is not None:  # model and hosted tool permissions, before any upstream call
-                self.access.check_request(
-                    entry.project_id, entry.id, path, method, model, ep.spending, body, request.is_json(headers)
-                )
-            # Objects another project owns answer 404 here, before any upstream call (proxy/tenancy.py).
-            pinned = await self.tenancy.check(method, path, entry.project_id, body)
-            if model and model.startswith("ft:"):  # a fine-tuned model is its project's own (proxy/owners.py)
-                await self._own_model(model, entry.project_id)
-            pool = self.tenancy.pool(path, entry.project_id, model, pinned)
-            if (bound := rt.features.providers_keys) is not None:  # a project's own provider key
-                pool = bound.apply(entry.project_id, pool)  # (keyplane.providers.bindings)
-            if not pool:
-                raise skipped.no_route(rt, model, entry.project_id)
+            if not await req.read(self, scope, receive, send, rid, t0):
+                return  # answered there (the key's metadata, a client secret, /v1/models)
         except errors.APIError as e:
             await replies.send_error(send, e, rid, t0)
-            if entry is not None:  # an authenticated key refused: metered, and the kill switch watches
-                await self._refused(RequestContext(rid.decode(), entry, entry.project_id, path, method), e)
+            if req.entry is not None:  # an authenticated key refused: metered, and the kill switch watches
+                known = req.entry
+                await self._refused(RequestContext(rid.decode(), known, known.project_id, req.path, req.method), e)
             return
         except request.ClientGone:
             return
         except Exception:
-            log.exception("proxy error before forwarding %s %s", method, logs.safe(path))
+            log.exception("proxy error before forwarding %s %s", req.method, logs.safe(req.path))
             await replies.send_error(send, errors.internal_error(), rid, t0)
             return
+        entry, ep, path, method, body, fields, upload, pool = (
+            req.entry,
+            req.ep,
+            req.path,
+            req.method,
+            req.body,
+            req.fields,
+            req.upload,
+            req.pool,
+        )
+        assert entry is not None
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
         ctx = RequestContext(
             rid.decode(),
             entry,
             entry.project_id,
             path,
             method,
-            model,
-            stream,
+            req.model,
+            req.stream,
             body,
             fields.output_limit if fields is not None else None,
         )
@@ -222,7 +150,7 @@ class ProxyApp:
             return
         # Transcriptions and moderations: the JSON answer is read whole (small) for its usage.
         mode = (
-            (SSE if stream else JSON)
+            (SSE if req.stream else JSON)
             if ep.model
             else (OBJECT if self.tenancy.wants_body(ctx) or path in READ_WHOLE else RAW)
         )
@@ -235,7 +163,7 @@ class ProxyApp:
         sent: bytes | uploads.Upload = ctx.body
         if upload is not None:  # the rest of the body streams upstream; the disconnect watch waits for its end
             receive, sent = upload.receive_after, upload
-        await self._forward(scope, receive, send, ctx, pool, sent, mode, ep.flavour, strip_usage, t0)
+        await self._forward(scope, receive, send, ctx, pool, sent, mode, ep.flavour, req.strip_usage, t0)
 
     async def _forward(
         self,
@@ -473,32 +401,3 @@ class ProxyApp:
         if ctx.ttft_ms is None and ctx.status and ctx.status < 400:
             ctx.ttft_ms = ctx.latency_ms
         await self.rt.pipeline.settle(ctx)  # never raises: each step's failure is logged
-
-    async def _models(
-        self, send: Any, path: str, rid: bytes, t0: float, project_id: str | None = None, key_id: str = ""
-    ) -> None:
-        # Only the models the key's project and key model permissions allow (keyplane.access); the others
-        # are listed nowhere and retrieved as if they did not exist.
-        def visible(model: str) -> bool:
-            return self.access is None or bool(self.access.model_visible(project_id, key_id, model))
-
-        if path in ("/v1/models", "/v1/models/"):
-            data = [m for m in await self.catalog.list() if visible(m["id"])]
-            tuned = [m["id"] for m in data if isinstance(m.get("id"), str) and m["id"].startswith("ft:")]
-            if tuned:  # another project's fine-tuned models are listed nowhere either
-                found = await self.tenancy.store.owners(tuned)
-                data = [m for m in data if (o := found.get(m["id"])) is None or o.project_id == (project_id or "")]
-            await replies.send_json(send, {"object": "list", "data": data}, rid, t0)
-            return
-        model = path[len("/v1/models/") :]
-        if not visible(model):
-            raise errors.model_not_found(model)
-        if model.startswith("ft:"):
-            await self._own_model(model, project_id)
-        try:
-            obj = await self.catalog.get(model)
-        except errors.APIError as e:  # served by an upstream skipped for want of its key: say so (503)
-            if e.code != "model_not_found":
-                raise
-            raise skipped.no_route(self.rt, model, project_id) from None
-        await replies.send_json(send, obj, rid, t0)
