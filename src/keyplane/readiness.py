@@ -32,7 +32,7 @@ class _Pingable(Protocol):
 def _limits_client(rt: Runtime) -> _Pingable | None:
     """The Redis client of the limiter, when limits live in Redis."""
     billing = rt.features.billing
-    client = getattr(billing.limiter, "redis", None) if billing is not None else None  # RedisLimiter's
+    client = billing.limiter.ping_client() if billing is not None else None
     return client if client is not None and hasattr(client, "ping") else None
 
 

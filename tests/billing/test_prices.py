@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from keyplane.billing.prices import Price, PriceError, PriceTable, to_micros
+from keyplane.billing.price import Price
+from keyplane.billing.prices import PriceTable
+from keyplane.billing.prices_file import PriceError, to_micros
 from keyplane.config import ConfigError
 from keyplane.config import Price as PriceConfig
 from tests.support import make_settings
@@ -87,7 +89,7 @@ def test_config_errors_name_the_field(tmp_path):
 
 
 def test_a_usage_by_modality_is_priced_at_each_rate():
-    from keyplane.billing.prices import Tokens
+    from keyplane.billing.price import Tokens
 
     t = PriceTable.from_config({})
     rt = t.lookup("gpt-realtime")  # text $4 / $0.40 / $16, audio $32 / $0.40 / $64 per 1M tokens

@@ -138,7 +138,7 @@ def test_asking_for_audio_cannot_spend_past_a_hard_limit(make_gateway, fake):
 
 def test_the_output_is_reserved_at_the_audio_rate_whenever_audio_may_be_written():
     from keyplane.billing.prices import PriceTable
-    from keyplane.billing.quote import _output_priced
+    from keyplane.billing.quote_tokens import _output_priced
 
     price = PriceTable.from_config({}).lookup("gpt-4o-audio-preview")
     text, audio = 10_000_000, 80_000_000  # per 1M output tokens, in micro-dollars

@@ -468,7 +468,7 @@ def test_estimates_of_input_files_with_hosted_tools():
 def test_estimates_of_input_files_with_a_stored_prompt():
     """A stored prompt may enable any hosted tool: the line needs max_tool_calls, each call at the dearest tool,
     and the stored prompt is read from the line's body (where it stands), for the access checks."""
-    from keyplane.billing import quote as quote_mod
+    from keyplane.billing import quote_tools
 
     t = PriceTable.from_config({}, "")
 
@@ -492,9 +492,9 @@ def test_estimates_of_input_files_with_a_stored_prompt():
     assert unbounded.cost is None and "stored prompt" in (unbounded.why or "") and "max_tool_calls" in unbounded.why
     assert unbounded.facts.stored_prompt == 1
     est = estimate(t, line(max_tool_calls=2), 4096)
-    dearest = max(quote_mod.tool_prices(t).values())
+    dearest = max(quote_tools.tool_prices(t).values())
     assert est.cost is not None and est.cost > 2 * dearest and est.facts.stored_prompt == 1
-    assert est.tool_prices == quote_mod.tool_prices(t)  # every kind the prompt may call, priced for metering
+    assert est.tool_prices == quote_tools.tool_prices(t)  # every kind the prompt may call, priced for metering
     plain = estimate(t, _jsonl(1), 4096)
     assert plain.facts.stored_prompt is None
 

@@ -183,13 +183,13 @@ def test_the_kill_switch_sees_images_and_tool_calls(make_gateway, fake, what):
 def test_a_transcription_is_billed_the_duration_its_answer_reports(make_gateway, fake, monkeypatch):
     """Reserved at 8 kbit/s (240,000 bytes: 4 minutes), billed the seconds the answer reports, shorter or
     longer: 240 s at 8 kbit/s, 60 s at 32 kbit/s."""
-    from keyplane.testing import answers
+    from keyplane.testing import answers_media
 
     srv = make_gateway(media(fake))
     client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
     client.audio.transcriptions.create(model="whisper-1", file=("a.ogg", b"x" * 240_000))
     assert _spent(srv) == (4 * 6_000, 0)
-    monkeypatch.setattr(answers, "AUDIO_BYTES_PER_SECOND", 4_000)
+    monkeypatch.setattr(answers_media, "AUDIO_BYTES_PER_SECOND", 4_000)
     client.audio.transcriptions.create(model="whisper-1", file=("a.mp3", b"x" * 240_000))
     assert _spent(srv) == (5 * 6_000, 0)
 

@@ -9,7 +9,8 @@ import threading
 import pytest
 from openai import OpenAI
 
-from keyplane.billing.prices import DATA, PriceError, PriceTable
+from keyplane.billing.prices import PriceTable
+from keyplane.billing.prices_file import DATA, PriceError
 from tests.billing.conftest import billing_of
 
 TABLE = '[prices."fake-listed"]\ninput = 0\noutput = 3200\n\n[tools]\nweb_search = 0.02\n'
@@ -55,7 +56,7 @@ def test_the_shipped_table_notes_its_source_and_date():
 def test_every_shipped_entry_has_its_source_and_date(tmp_path):
     import tomllib
 
-    from keyplane.billing.prices import provenance, undated
+    from keyplane.billing.prices_file import provenance, undated
 
     data = tomllib.loads(DATA.read_text())
     assert undated(data) == []

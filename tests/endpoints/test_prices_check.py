@@ -108,8 +108,8 @@ def test_the_shipped_table_is_checked_against_its_date():
     """The shipped table has no undated entry; it is stale once its date is older than the threshold."""
     import time
 
-    from keyplane.billing.prices import load_data
     from keyplane.billing.prices_check import provenance_issues
+    from keyplane.billing.prices_file import load_data
 
     data = load_data()
     undated, stale = provenance_issues(data, {}, time.time(), 36500)

@@ -6,7 +6,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from keyplane.billing.prices import MICROS, Price, PriceTable
+from keyplane.billing.price import MICROS, Price
+from keyplane.billing.prices import PriceTable
 from tests.billing.conftest import admin_http, billing_of
 
 HI = [{"role": "user", "content": "hi"}]

@@ -135,7 +135,8 @@ def test_a_prediction_is_reserved_at_the_output_rate_and_a_json_edit_per_image()
     """The quotes behind the two reservation fixes: a chat prediction's tokens are added to the output reserved
     (at the output rate, per answer); each input image of a JSON image edit gets the edit allowance."""
     from keyplane.billing.prices import PriceTable
-    from keyplane.billing.quote import EDIT_IMAGE_TOKENS, quote
+    from keyplane.billing.quote import quote
+    from keyplane.billing.quote_media import EDIT_IMAGE_TOKENS
 
     prices = PriceTable.from_config({})
     price = prices.lookup("gpt-4o-mini")

@@ -4,8 +4,10 @@
 tokenizers, the billing configuration from SQL, picks the limiter (in-process, or Redis when
 KEYPLANE_REDIS_URL is set), seeds the budget counters from the SQL ledger, and returns the admission
 and settle steps (keyplane.pipeline) and the admin API endpoints. docs/limits-and-billing.md
-describes the behaviour; the modules: prices, tiers, credit, spend, ratelimits (control plane),
-engine (state and background work), admission (the request path), ledger (SQL), routes, cli.
+describes the behaviour; the modules: price (the arithmetic), prices and prices_file (the table), quote and
+quote_* (what a request may cost), tiers, credit, spend, spend_alerts, spend_firing, ratelimits (control
+plane), engine (state and background work), admission and settle (the request path; admission_replies its
+refusals), batches and batch_* (batch jobs), job_poll, ledger (SQL), routes, cli.
 """
 
 from __future__ import annotations

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 import orjson
 
-from keyplane.billing import quote as quote_mod
+from keyplane.billing import quote_tools
 from keyplane.billing.batch_input import LINE_KINDS
-from keyplane.billing.prices import MICROS, Price, PriceTable
+from keyplane.billing.price import MICROS, Price
+from keyplane.billing.prices import PriceTable
 from keyplane.store.models import BatchCost
 
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ def usage_records(
     records: list[Record] = []
     total = tokens_in = tokens_out = 0
     # each call at the price of the tool its requests enable (any other: the dearest of its kind)
-    per_call = {**quote_mod.tool_prices(prices), **(data.get("tool_prices") or {})}
+    per_call = {**quote_tools.tool_prices(prices), **(data.get("tool_prices") or {})}
     for ln in lines:
         price = prices.lookup(ln.model) if ln.model else None
         model = ln.model
@@ -200,7 +201,7 @@ def usage_records(
         )
         records.append(rec)
         # Hosted tool calls: at their full price per call (per container session), in the tool buckets.
-        for tool_kind, micros in quote_mod.tool_cost(per_call, ln.tools).items():
+        for tool_kind, micros in quote_tools.tool_cost(per_call, ln.tools).items():
             total += micros
             records.append(
                 msgspec.structs.replace(

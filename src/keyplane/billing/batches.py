@@ -255,7 +255,7 @@ class Batches:
         except Exception:
             log.exception("batch %s: could not keep its reservation; it is released and the batch is not metered", bid)
             return
-        res.extra["kept"] = True  # settle of the create leaves it held (billing.admission)
+        res.extra["kept"] = True  # settle of the create leaves it held (billing.settle)
 
     # -- 3. metering -----------------------------------------------------------------------------
 

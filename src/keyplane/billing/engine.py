@@ -16,7 +16,8 @@ from typing import Any
 
 from keyplane.billing import ledger as ledger_mod
 from keyplane.billing import state, tiers
-from keyplane.billing.prices import Price, PriceTable
+from keyplane.billing.price import Price
+from keyplane.billing.prices import PriceTable
 from keyplane.billing.ratelimits import merge
 from keyplane.limits import Bucket, BudgetRef, Limiter, Unseeded
 from keyplane.periodic import cancel_and_wait
@@ -123,9 +124,7 @@ class Billing:
         self.period = state.period_of(now)
         self.period_end = state.period_bounds(now)[1]
         self.plans = {}
-        forget = getattr(self.limiter, "forget_before", None)
-        if forget is not None:  # in-process counters of past months that nothing holds any more
-            forget({self.period, "all"})
+        self.limiter.forget_before({self.period, "all"})  # counters of past months that nothing holds any more
 
     def plan(self, entry: KeyEntry, model: str) -> Plan:
         p = self.plans.get((entry.id, model))
@@ -186,8 +185,7 @@ class Billing:
         this month's spend and the credit used; then the reservations of the batches still running
         (:meth:`hold_batches`), which live in the limiter only."""
         async with self._seed_lock:
-            epoch = getattr(self.limiter, "epoch", None)
-            if only_if_needed and epoch is not None and await epoch() is not None:
+            if only_if_needed and await self.limiter.epoch() is not None:
                 return  # another request (or instance) rebuilt them while this one waited
             await self.reload()  # the grants' used credit as SQL has it now
             credit = self.credit_key if self.credit_active else None
@@ -197,18 +195,14 @@ class Billing:
                 ttls[credit] = 0
             if snap.unapplied:
                 log.info("budget counters include %d usage records not yet applied to the store", snap.unapplied)
-            if epoch is None:
-                await self.limiter.seed(snap.spent, ttls)
-                await self.hold_batches()
-                return
-            after_loss = self.seen_epoch
+            after_loss = self.seen_epoch  # seeded before: the counters were lost (Redis; never in process)
             if after_loss:
                 log.warning(
                     "the shared budget counters are gone (Redis restarted empty or flushed): requests "
                     "wait until they are rebuilt from SQL and the journal"
                 )
             await self.limiter.seed(snap.spent, ttls, after_loss=after_loss)
-            self.epoch = await epoch()
+            self.epoch = await self.limiter.epoch()
             self.seen_epoch = True
             await self.hold_batches()
             if after_loss:
@@ -223,10 +217,7 @@ class Billing:
     async def reseed_if_needed(self) -> None:
         """Fleet: rebuild the counters when Redis lost them; add this instance's unapplied journal records
         to counters another instance rebuilt (once per rebuild)."""
-        epoch = getattr(self.limiter, "epoch", None)
-        if epoch is None:
-            return
-        current = await epoch()
+        current = await self.limiter.epoch()
         if current is None:
             await self.seed(only_if_needed=True)
             return
@@ -340,9 +331,8 @@ class Billing:
 
     async def retry_pending(self) -> None:
         """Fleet: replay the settles and releases Redis did not take (idempotent, see redis_backend)."""
-        retry = getattr(self.limiter, "retry_pending", None)
-        if retry is not None and self.limiter.pending:  # type: ignore[attr-defined]
-            n = await retry()
+        if self.limiter.pending_settles():
+            n = await self.limiter.retry_pending()
             if n:
                 log.info("replayed %d settles that Redis had not taken", n)
 
@@ -385,10 +375,7 @@ class Billing:
                 await self._reseed_task
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.retry_pending(), 5)
-        pending = getattr(self.limiter, "pending", None)
-        if pending:
-            log.warning(
-                "%d settles never reached Redis; the counters are rebuilt from SQL if Redis lost them", len(pending)
-            )
+        if pending := self.limiter.pending_settles():
+            log.warning("%d settles never reached Redis; the counters are rebuilt from SQL if Redis lost them", pending)
         self.ledger.unregister()  # after the usage feature stopped (features stop in reverse order)
         await self.limiter.close()

@@ -68,7 +68,7 @@ def provenance_issues(
     """(undated, stale) entries of the table in use: the price file's (``data``: the shipped one or the
     prices_file setting's; its top-level source/taken apply to entries without their own) and keyplane.toml's
     ``[prices]`` entries (``configured``: their own source/taken only), each {model, origin, source, taken, ...}."""
-    from keyplane.billing.prices import provenance
+    from keyplane.billing.prices_file import provenance
 
     entries: dict[str, tuple[str, str | None, str | None]] = {
         name: ("price file", src, taken) for name, (src, taken) in provenance(data).items()
@@ -119,7 +119,8 @@ def check(
     --max-age-days ago (stale). Exits 1 when a model has no price (with --strict, also when an entry is
     undated or stale): price them in keyplane.toml or keep the prices_file current
     (docs/limits-and-billing.md "Keeping the table current")."""
-    from keyplane.billing.prices import PriceTable, load_data
+    from keyplane.billing.prices import PriceTable
+    from keyplane.billing.prices_file import load_data
 
     s = settings()
     table_ = PriceTable.from_config(s.file.prices, s.prices_file)

@@ -18,7 +18,7 @@ from keyplane.admin.params import query_choice, query_limit
 from keyplane.billing import service, spend_alerts, tiers
 from keyplane.billing.engine import Billing
 from keyplane.billing.models import BillingState, SpendAlert
-from keyplane.billing.prices import MICROS
+from keyplane.billing.price import MICROS
 from keyplane.lists import list_response
 
 P = "/v1/organization"

@@ -14,7 +14,7 @@ TIME as the clock).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 # Indexes of the four limits of a bucket, in this order everywhere (memory state, Redis fields, Lua).
 RPM, TPM, RPD, TPD = 0, 1, 2, 3
@@ -98,6 +98,20 @@ class Reservation:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+class SyncAdmit(Protocol):
+    """:meth:`Limiter.admit` as a plain call (the in-process limiter's ``admit_now``)."""
+
+    def __call__(
+        self,
+        rid: str,
+        budgets: tuple[BudgetRef, ...],
+        buckets: tuple[Bucket, ...],
+        cost: int,
+        tokens: int,
+        ttl_us: int | None = None,
+    ) -> Granted | Denied: ...
+
+
 class Limiter(Protocol):
     async def admit(
         self,
@@ -132,6 +146,34 @@ class Limiter(Protocol):
 
     async def sweep(self) -> int:
         """Release reservations past their TTL; returns how many (the Redis backend does it in admit)."""
+        ...
+
+    def forget_before(self, period_prefixes: set[str]) -> None:
+        """Drop budget counters of periods other than these that nothing holds (in-process memory; Redis
+        expires its own)."""
+        ...
+
+    async def epoch(self) -> tuple[int, int] | None:
+        """(E, R) of the current counters: None when they were lost (Redis flushed: rebuild them from SQL);
+        another value than last time when another instance rebuilt them (redis_backend's module doc). The
+        in-process counters live and die with the process: always one epoch."""
+        ...
+
+    def pending_settles(self) -> int:
+        """Settles and releases not taken yet (Redis was unreachable), replayed by :meth:`retry_pending`."""
+        ...
+
+    async def retry_pending(self) -> int:
+        """Replay the pending settles (idempotent); how many went through."""
+        ...
+
+    def synchronous(self) -> SyncAdmit | None:
+        """:meth:`admit` as a plain call, when the counters are in this process (no await between the check
+        and the reservation, none for the event loop to schedule); None when they live elsewhere (Redis)."""
+        ...
+
+    def ping_client(self) -> Any:
+        """The client the readiness check pings (Redis), or None when limits live in this process."""
         ...
 
     async def close(self) -> None: ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from keyplane.limits import PERIODS_US, TPD, TPM, Bucket, BudgetRef, Denied, Granted, Reservation, gcra
+from keyplane.limits import PERIODS_US, TPD, TPM, Bucket, BudgetRef, Denied, Granted, Reservation, SyncAdmit, gcra
 
 
 class MemoryLimiter:
@@ -157,6 +157,23 @@ class MemoryLimiter:
         """Drop budget counters of past periods that nothing holds any more."""
         for key in [k for k, c in self.budgets.items() if k.split(":", 1)[0] not in period_prefixes and not c[1]]:
             del self.budgets[key]
+
+    _EPOCH: tuple[int, int] = (0, 0)
+
+    async def epoch(self) -> tuple[int, int] | None:
+        return self._EPOCH  # never lost while the process lives (it is seeded at start)
+
+    def pending_settles(self) -> int:
+        return 0  # settles cannot fail in process
+
+    async def retry_pending(self) -> int:
+        return 0
+
+    def synchronous(self) -> SyncAdmit:
+        return self.admit_now
+
+    def ping_client(self) -> None:
+        return None
 
     async def close(self) -> None:
         return None

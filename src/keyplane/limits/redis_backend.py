@@ -199,6 +199,18 @@ class RedisLimiter:
     async def is_seeded(self) -> bool:
         return bool(await self.redis.exists(self.seeded_key))
 
+    def forget_before(self, period_prefixes: set[str]) -> None:
+        return None  # past months' counters expire in Redis (their TTL)
+
+    def pending_settles(self) -> int:
+        return len(self.pending)
+
+    def synchronous(self) -> None:
+        return None  # every admission is a round trip to Redis
+
+    def ping_client(self) -> Any:
+        return self.redis
+
     async def epoch(self) -> tuple[int, int] | None:
         """(E, R) of the current counters (see the module doc), None when Redis lost them."""
         v = await self.redis.get(self.seeded_key)

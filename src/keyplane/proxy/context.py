@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 from keyplane.snapshot import KeyEntry
 
 if TYPE_CHECKING:
-    from keyplane.billing.prices import Tokens
+    from keyplane.billing.price import Tokens
     from keyplane.cache.affinity import Decision
     from keyplane.limits import Reservation
     from keyplane.proxy.router import Deployment

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from keyplane.billing.prices import Tokens
+from keyplane.billing.price import Tokens
 
 if TYPE_CHECKING:
     from keyplane.runtime import Runtime

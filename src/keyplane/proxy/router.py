@@ -90,7 +90,7 @@ class Deployment:
     disabled: bool = False
     # The service tier this upstream serves a request naming none at, when not the standard one: its
     # ``service_tier`` setting, raised by billing's settle when an answer to such a request reports a dearer one
-    # (billing/admission.py). Admission reserves tier-less requests at it; kept in this process only.
+    # (billing/settle.py). Admission reserves tier-less requests at it; kept in this process only.
     default_tier: str | None = None
 
     def __post_init__(self) -> None:

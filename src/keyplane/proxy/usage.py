@@ -13,7 +13,7 @@ provider project's default, which may be priority) is read in the same decode an
 
 The usage API's other buckets count units (:func:`units`): images made (the answer's ``data``),
 seconds of audio transcribed (``usage.seconds`` of a duration usage, or verbose_json's ``duration``).
-Characters spoken are counted from the request (billing/quote.py).
+Characters spoken are counted from the request (billing/quote_media.py).
 """
 
 from __future__ import annotations

@@ -229,7 +229,7 @@ class FakeObjects:
         """The JSONL output of a batch: each request of its input file answered, with its usage."""
         import orjson
 
-        from keyplane.testing import answers
+        from keyplane.testing import answers, answers_media
 
         batch = self.batches[batch_id]
         lines = []
@@ -241,7 +241,9 @@ class FakeObjects:
             if url == "/v1/embeddings":
                 answer = answers.embeddings(body)
             elif url == "/v1/responses":  # with a call of each hosted tool it enables, as the synchronous fake
-                answer = answers.with_tool_calls(answers.response_object(body, answers.DEFAULT_TEXT, 0, rid), body)
+                answer = answers_media.with_tool_calls(
+                    answers.response_object(body, answers.DEFAULT_TEXT, 0, rid), body
+                )
             elif url == "/v1/completions":
                 answer = answers.completion(body, answers.DEFAULT_TEXT, 0, rid)
             else:

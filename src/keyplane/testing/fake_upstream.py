@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from keyplane.testing import answers
+from keyplane.testing import answers, answers_errors, answers_media
 from keyplane.testing.fake_http import CT_JSON, Conn, HttpRequest, Recorded, head
 from keyplane.testing.fake_objects import FakeObjects
 
@@ -187,7 +187,7 @@ class FakeUpstream:
                 extra.append((b"retry-after", b.retry_after.encode()))
             if b.retry_after_ms is not None:
                 extra.append((b"retry-after-ms", b.retry_after_ms.encode()))
-            body = b.error_body.encode() if b.error_body is not None else answers.error_body(b.status)
+            body = b.error_body.encode() if b.error_body is not None else answers_errors.error_body(b.status)
             conn.write(head(b.status, CT_JSON, len(body), extra) + body)
             return
         if b.garbage:
@@ -229,11 +229,11 @@ class FakeUpstream:
             ]
             b = dataclasses.replace(b, text=" ".join(["tok"] * min([b.max_output, *asked])))
         if req.method == "POST" and path.startswith(("/v1/images/", "/v1/audio/", "/v1/moderations")):
-            result = answers.media(path, data if isinstance(data, dict) else {}, bytes(req.body), multipart)
+            result = answers_media.media(path, data if isinstance(data, dict) else {}, bytes(req.body), multipart)
         else:
             result = self._route(req.method, path, data, b, rid or "x")
         if result is None:
-            body = answers.error_body(404, f"Invalid URL ({req.method} {path})")
+            body = answers_errors.error_body(404, f"Invalid URL ({req.method} {path})")
             conn.write(head(404, CT_JSON, len(body), extra) + body)
         elif isinstance(result, bytes):  # speech: audio
             conn.write(head(200, b"audio/mpeg", len(result), extra) + result)
@@ -268,7 +268,7 @@ class FakeUpstream:
         if method == "POST" and path == "/v1/responses":
             if stream:
                 return answers.responses_stream_events(data, b.text, b.cached_tokens, rid, b.send_usage)
-            return answers.with_tool_calls(
+            return answers_media.with_tool_calls(
                 answers.response_object(data, b.text, b.cached_tokens, rid, with_usage=b.send_usage), data
             )
         if method == "POST" and path.startswith("/v1/batches"):  # billed elsewhere

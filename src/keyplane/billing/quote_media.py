@@ -1,0 +1,125 @@
+"""Quotes of the media endpoints, each priced from the request and billed flat on success: images (per
+image by model, quality and size, the most expensive the request allows when it says ``auto``, plus the
+prompt's tokens for gpt-image models), speech (per character of ``input``) and transcription and
+translation (per minute, which cannot be known before the audio is decoded: an estimate from the upload's
+size, refused where a spend limit or credit applies; a token-priced model is bounded instead).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import orjson
+
+from keyplane import errors
+from keyplane.billing.price import MICROS
+from keyplane.billing.prices import PriceTable
+from keyplane.billing.quote_record import Quote
+from keyplane.limits import tokens
+
+IMAGES: Final = frozenset({"/v1/images/generations", "/v1/images/edits", "/v1/images/variations"})
+SPEECH: Final = "/v1/audio/speech"
+TRANSCRIBE: Final = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
+MAX_IMAGES: Final = 10  # the images API's largest n
+# The duration an upload is reserved at: 8 kbit/s, the least bitrate speech codecs are used at (opus and
+# mp3 go down to 6-8 kbit/s), so a file cannot carry more audio than it reserves; most are over-estimated.
+AUDIO_BYTES_PER_MINUTE: Final = 60_000
+# Tokens charged (at the model's input price) per input image of a gpt-image edit.
+EDIT_IMAGE_TOKENS: Final = 6_000
+
+
+def _fields(body: bytes, form: dict[str, str] | None) -> dict[str, object]:
+    if form is not None:
+        return dict(form)
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _json_images(f: dict[str, object]) -> int:
+    """The input images of a JSON image edit: each entry of ``images``, and ``image`` and ``mask`` when given."""
+    n = 0
+    for key in ("images", "image", "mask"):
+        v = f.get(key)
+        if isinstance(v, list):
+            n += len(v)
+        elif v is not None:
+            n += 1
+    return n
+
+
+def quote_images(
+    prices: PriceTable, endpoint: str, model: str | None, body: bytes, form: dict[str, str] | None, files: int
+) -> Quote:
+    f = _fields(body, form)
+    named = f.get("model")
+    name: str = model or (named if isinstance(named, str) else None) or "dall-e-2"  # the API's default
+    price = prices.lookup(name)
+    if price is None or not price.images:
+        return Quote(name, unpriced=errors.model_not_priced(name))
+    unread = form is None and not f  # an upload whose fields the proxy did not hand over: assume the most
+    raw_n = f.get("n", MAX_IMAGES if unread else 1)
+    try:
+        n = int(raw_n)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        n = MAX_IMAGES
+    n = n if 1 <= n <= MAX_IMAGES else MAX_IMAGES
+    qualities = {q for q, _, _ in price.images}
+    dall_e = "standard" in qualities and not unread
+    quality = str(f.get("quality") or ("standard" if dall_e else "auto"))
+    size = str(f.get("size") or ("1024x1024" if dall_e else "auto"))
+    cands = [m for q, s, m in price.images if quality in (q, "auto") and size in (s, "auto")]
+    if not cands:  # a quality or size the table does not list: the most expensive of the rest
+        cands = [m for _, s, m in price.images if s == size] or [m for _, _, m in price.images]
+    cost = n * max(cands)
+    prompt = 0
+    if price.input:
+        p = f.get("prompt")
+        prompt = tokens.counter(name).count(p) if isinstance(p, str) else 0
+        if endpoint == "/v1/images/edits":
+            if form is None and f:  # a JSON edit: its inputs are `images` (and `image`, `mask`), not file parts
+                files = _json_images(f)
+            prompt += EDIT_IMAGE_TOKENS * max(1, files)
+        cost += -(-prompt * price.input // MICROS)
+    return Quote(name, cost=cost, prompt=prompt, flat=True, units=n)
+
+
+def quote_speech(prices: PriceTable, model: str | None, body: bytes) -> Quote:
+    f = _fields(body, None)
+    name = model or "tts-1"
+    price = prices.lookup(name)
+    if price is None or price.per_1m_characters is None:
+        return Quote(name, unpriced=errors.model_not_priced(name))
+    text = f.get("input")
+    chars = len(text) if isinstance(text, str) else len(body)
+    return Quote(name, cost=-(-chars * price.per_1m_characters // MICROS), flat=True, units=chars)
+
+
+def minutes_of(size: int, max_seconds: int | None = None) -> int:
+    """The most minutes of audio an upload of ``size`` bytes may hold (at least one), at most the model's
+    ``max_seconds`` (a longer file is refused by the provider)."""
+    minutes = max(1, -(-size // AUDIO_BYTES_PER_MINUTE))
+    return min(minutes, max(1, -(-max_seconds // 60))) if max_seconds else minutes
+
+
+def quote_transcription(prices: PriceTable, model: str | None, form: dict[str, str] | None, size: int) -> Quote:
+    name = model or (form or {}).get("model") or "whisper-1"
+    price = prices.lookup(name)
+    if price is None or price.per_minute is None:
+        return Quote(name, unpriced=errors.model_not_priced(name))
+    minutes = minutes_of(size, price.max_seconds)
+    if price.audio_input is not None and price.context_window and price.max_output:
+        # Billed per token (gpt-4o-transcribe): bounded by a context window of audio and the output limit;
+        # settle bills the tokens the answer reports, else this bound.
+        bound = price.max_cost(price.context_window, price.max_output)
+        return Quote(name, cost=bound, price=price, units=minutes * 60, per_minute=price.per_minute)
+    return Quote(
+        name,
+        cost=minutes * price.per_minute,
+        flat=True,
+        units=minutes * 60,
+        per_minute=price.per_minute,
+        estimate="the duration of the audio is not known before it is decoded",
+    )
