@@ -93,7 +93,7 @@ def test_a_streamed_token_priced_transcription_is_billed_the_tokens_it_reports(m
     """gpt-4o-transcribe is "billed the tokens the answer reports, else the per-minute estimate" (docs/limits-and-
     billing.md). Its `stream=true` form answers `text/event-stream`, whose `transcript.text.done` event carries
     the usage. proxy/handler.py sends transcriptions in OBJECT mode (usage.READ_WHOLE): an answer that is not
-    application/json goes out RAW (forward._accept), fill_units never sees it, and settle (billing/admission.py,
+    application/json goes out RAW (forward._accept), fill_units never sees it, and settle (billing/settle.py,
     the `per_minute` branch) bills the per-minute estimate of the upload's SIZE (here 65 KB: two minutes, $0.012),
     whatever the `prompt` (text input tokens, up to the 16,000-token context) and the output. The provider bills
     the tokens it reports: $0.0585 here, ~5x. Each call fits

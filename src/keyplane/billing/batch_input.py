@@ -25,7 +25,9 @@ import orjson
 
 from keyplane import errors
 from keyplane.billing import quote as quote_mod
-from keyplane.billing.prices import MICROS, PriceTable
+from keyplane.billing import quote_tools
+from keyplane.billing.price import MICROS
+from keyplane.billing.prices import PriceTable
 
 MAX_LINES: Final = 50_000  # the Batch API's own limit of requests per file
 MAX_MODELS: Final = 1000  # distinct models a file may name and still be checked against model permissions
@@ -67,6 +69,13 @@ class Facts:
                 else f"line {n} is not a JSON object"
             )
             return
+        body = obj.get("body")
+        if isinstance(body, dict):  # two keys one a case-insensitive parser reads as one (Go's encoding/json)
+            folded: dict[str, str] = {}
+            for k in body:
+                if isinstance(k, str) and (seen := folded.setdefault(k.casefold(), k)) != k:
+                    self.unchecked = f"line {n} names both '{seen[:40]}' and '{k[:40]}' in its body"
+                    return
         for m in asked.models:
             self.models.setdefault(m, n)
         if len(self.models) > MAX_MODELS:
@@ -163,6 +172,9 @@ def estimate(prices: PriceTable, content: bytes, default_max_tokens: int) -> Est
         if isinstance(priced, str):
             why = priced
             continue
+        if facts.unchecked is not None:  # read two ways (a repeated key): priced neither way
+            why = facts.unchecked
+            continue
         cost, model, tools = priced
         total += cost
         models.add(model)
@@ -218,7 +230,7 @@ def _line(prices: PriceTable, obj: Any, where: str, default_max_tokens: int) -> 
         if per:
             token_cost -= calls * max(per.values())  # the tool calls the quote counted, at their full price
         if stored:
-            for kind, micros in quote_mod.tool_prices(prices).items():
+            for kind, micros in quote_tools.tool_prices(prices).items():
                 per[kind] = max(per.get(kind, 0), micros)
             if not per:
                 return f"{where} names a stored prompt, which may enable hosted tools, and the price table prices none"

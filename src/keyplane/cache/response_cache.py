@@ -36,7 +36,9 @@ BYPASS: Final = (HEADER, b"bypass")
 CACHEABLE: Final = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"})
 ALWAYS_DETERMINISTIC: Final = frozenset({"/v1/embeddings"})
 # Response headers not stored: recomputed for each answer, or about the request that filled the cache.
-_NOT_STORED: Final = frozenset({b"content-length", b"x-request-id", b"openai-processing-ms", HEADER})
+_NOT_STORED: Final = frozenset(
+    {b"content-length", b"x-request-id", b"x-keyplane-request-id", b"openai-processing-ms", HEADER}
+)
 
 
 # Request headers that never change an answer (besides those never forwarded): left out of the cache key.
@@ -255,7 +257,7 @@ class ResponseCache:
         return entry if entry.expires_at > self.clock.now() else None
 
     async def _answer(self, ctx: Any, entry: Entry, send: Any, finish: Callable[[], Awaitable[None]]) -> None:
-        ctx.cache = "hit"  # billing charges nothing for it (billing/admission.py settle)
+        ctx.cache = "hit"  # billing charges nothing for it (billing/settle.py)
         # Recorded in usage as cached input tokens, no output, served by keyplane itself.
         ctx.prompt_tokens = ctx.cached_tokens = entry.prompt_tokens
         ctx.completion_tokens = 0
@@ -267,7 +269,9 @@ class ResponseCache:
         await finish()
         h = list(entry.headers)
         h.append((b"content-length", b"%d" % len(entry.body)))
-        h.append((b"x-request-id", ctx.request_id.encode()))
+        own = ctx.request_id.encode()
+        h.append((b"x-request-id", own))
+        h.append((b"x-keyplane-request-id", own))
         h.append((b"openai-processing-ms", b"%d" % int((time.perf_counter() - ctx.started) * 1000)))
         h.extend(ctx.extra_headers)
         await send({"type": "http.response.start", "status": 200, "headers": h})

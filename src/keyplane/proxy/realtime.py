@@ -30,7 +30,7 @@ from keyplane.identity import tokens as workload_tokens
 from keyplane.proxy import client_secrets, realtime_policy, skipped
 from keyplane.proxy.handler import ProxyApp
 from keyplane.proxy.realtime_policy import PATH
-from keyplane.proxy.realtime_session import CUT, Session
+from keyplane.proxy.realtime_session import CUT, Session, handshake_refused
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
 
@@ -68,10 +68,11 @@ class RealtimeApp:
         msg = await receive()
         if msg["type"] != "websocket.connect":
             return
+        known: list[KeyEntry] = []  # the key, once authenticated: its refusals are metered and watched
         try:
             if (access := self.rt.features.access) is not None:
                 await access.current()  # a key's access policies are never older than the key (keyplane.access)
-            entry, model, subprotocol, generation = self._check(scope)
+            entry, model, subprotocol, generation = self._check(scope, known)
             pool = self.proxy.tenancy.pool("/v1/chat/completions", entry.project_id, model, None)
             if (bound := self.rt.features.providers_keys) is not None:  # a project's own provider key
                 pool = bound.apply(entry.project_id, pool)  # (keyplane.providers.bindings)
@@ -80,6 +81,8 @@ class RealtimeApp:
                 raise skipped.no_route(self.rt, model, entry.project_id)
         except errors.APIError as e:
             await _deny(scope, send, e)
+            if known:
+                await handshake_refused(self.rt, known[0], e, scope)
             return
         session = Session(self.rt, self.proxy, entry, model, send, scope)
         session.generation = generation
@@ -116,7 +119,7 @@ class RealtimeApp:
             await session.finish()
             await session.close()
 
-    def _check(self, scope: dict[str, Any]) -> tuple[KeyEntry, str, str | None, str | None]:
+    def _check(self, scope: dict[str, Any], known: list[KeyEntry]) -> tuple[KeyEntry, str, str | None, str | None]:
         """(the key, the model, the subprotocol to answer, and for a workload identity the rule generation its
         token was issued under: the session ends when the rule or provider changes, as the token does)."""
         headers: list[tuple[bytes, bytes]] = list(scope["headers"])
@@ -149,6 +152,7 @@ class RealtimeApp:
             token = auth[7:].decode("latin-1").strip()
             if token.startswith(workload_tokens.PREFIX):
                 generation = workload_tokens.generation_of(self.rt.settings.secret_key, token, self.rt.clock.now())
+        known.append(entry)
         self.rt.last_used.touch(entry.id, self.rt.clock.now())
         if not entry.permissions.allows(SCOPE):
             raise errors.missing_scope(SCOPE)
@@ -194,6 +198,7 @@ class RealtimeApp:
                         )
                     except errors.APIError as e:  # refused, not forwarded: the session goes on
                         await s.error_event(e, None)
+                        await s.refused(e)
                         continue
                 if not await s.from_client(text):
                     await s.close(CUT, "refused")

@@ -104,12 +104,20 @@ class Session:
         try:
             await self.rt.pipeline.admit(ctx)
         except errors.APIError as e:
-            ctx.endpoint = PATH
+            ctx.endpoint, ctx.upstream = PATH, None  # keyplane's refusal, not the upstream's error
             ctx.status, ctx.error = e.status, e.code
             await self.rt.pipeline.refused(ctx)
             raise
         ctx.endpoint = PATH
         return ctx
+
+    async def refused(self, e: errors.APIError) -> None:
+        """A client event refused, not forwarded: metered like any refusal of the key, and watched by the kill
+        switch (a key probing models or tools over a session is seen as over HTTP)."""
+        ctx = self._context(None)
+        ctx.endpoint, ctx.upstream = PATH, None
+        ctx.status, ctx.error = e.status, e.code
+        await self.rt.pipeline.refused(ctx)
 
     async def settle(self, ctx: RequestContext, usage: dict[str, Any] | None, status: int) -> None:
         ctx.status = status
@@ -154,6 +162,7 @@ class Session:
         refused = event_refusal(ev, self.model)
         if refused is not None:  # not forwarded; the session goes on as it was
             await self.error_event(refused, ev.get("event_id"))
+            await self.refused(refused)
             return True
         if kind == "session.update":
             sess = ev.get("session")
@@ -177,6 +186,7 @@ class Session:
         refused = response_refusal(resp, self.model)
         if refused is not None:
             await self.error_event(refused, ev.get("event_id"))
+            await self.refused(refused)
             return True
         asked = resp.get("max_output_tokens")
         limit = asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else None
@@ -369,3 +379,14 @@ class Session:
         if up is not None:
             with contextlib.suppress(Exception):
                 await up.close()
+
+
+async def handshake_refused(rt: Runtime, entry: KeyEntry, e: errors.APIError, scope: dict[str, Any]) -> None:
+    """A session refused at its handshake once its key was known (scope, model permission, no upstream):
+    metered and watched by the kill switch, as an HTTP request refused is."""
+    ctx = RequestContext(new_request_id().decode(), entry, entry.project_id, PATH, "GET")
+    ctx.status, ctx.error = e.status, e.code
+    ctx.started = time.perf_counter()
+    client = scope.get("client")
+    ctx.client_ip = client[0] if client else None
+    await rt.pipeline.refused(ctx)
