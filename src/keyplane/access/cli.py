@@ -64,30 +64,18 @@ async def _policies(s: Any) -> list[dict[str, Any]]:
 
 async def _clear(s: Any, project: str | None, key: str | None) -> dict[str, Any]:
     import orjson
-    from sqlalchemy import select
 
     from keyplane import control
-    from keyplane.access.models import AccessPolicy
-    from keyplane.access.service import drop
-    from keyplane.errors import not_found
-    from keyplane.store.models import ApiKey
+    from keyplane.access.service import drop, stored
 
     scope, target, pid = "org", "org", None
     if project:
         p = await control.find_project(s, project)
         scope, target, pid = "project", p.id, p.id
     elif key:
-        found = (await s.execute(select(ApiKey.id, ApiKey.project_id).where(ApiKey.id == key))).first()
-        if found is None:
-            raise not_found(f"No API key found with id '{key}'.", param="key_id")
-        scope, target, pid = "key", key, found[1]
-    row = (
-        await s.execute(
-            select(AccessPolicy).where(
-                AccessPolicy.kind == "ip", AccessPolicy.scope == scope, AccessPolicy.target_id == target
-            )
-        )
-    ).scalar()
+        found = await control.get_key(s, key)  # "No API key found with id '...'." when there is none
+        scope, target, pid = "key", key, found.project_id
+    row = await stored(s, "ip", scope, target)
     cidrs: list[str] = (orjson.loads(row.value).get("cidrs") or []) if row is not None else []
     if row is not None:
         await drop(s, control.CLI_ACTOR, "ip", scope, target, pid, "ip_allowlist.deleted")

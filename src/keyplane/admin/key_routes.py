@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from starlette.requests import Request
 
 from keyplane import control, errors
@@ -193,9 +192,8 @@ async def list_admin_keys(request: Request) -> JSONResponse:
     q = request.query_params
     limit = query_limit(request, 20, 100)
     descending = query_choice(request, "order", ("asc", "desc"), "asc") == "desc"
-    stmt = select(ApiKey).where(ApiKey.kind == "admin", ApiKey.revoked_at.is_(None))
     async with runtime(request).read() as s:
-        rows, more = await control.page(s, ApiKey, stmt, after=q.get("after"), limit=limit, descending=descending)
+        rows, more = await control.list_admin_keys(s, after=q.get("after"), limit=limit, descending=descending)
         users, _ = await control.key_owners(s, rows)
     now = _now(request)
     return JSONResponse(list_response([shapes.admin_key(r, users.get(r.owner_user_id or ""), now) for r in rows], more))

@@ -5,7 +5,6 @@ The routes of API keys are key_routes.py; the endpoint table is keyplane.admin.
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from starlette.requests import Request
 
 from keyplane import control
@@ -21,7 +20,6 @@ from keyplane.admin.common import (
 from keyplane.admin.params import query_bool, query_limit, query_timestamp
 from keyplane.lists import list_response
 from keyplane.members.permissions import require_role_grant
-from keyplane.store.models import ServiceAccount
 
 # --- projects ----------------------------------------------------------------------------------
 
@@ -77,9 +75,7 @@ async def list_service_accounts(request: Request) -> JSONResponse:
     q = request.query_params
     limit = query_limit(request, 20, 100)
     async with runtime(request).read() as s:
-        await control.get_project(s, pid)
-        stmt = select(ServiceAccount).where(ServiceAccount.project_id == pid, ServiceAccount.deleted_at.is_(None))
-        rows, more = await control.page(s, ServiceAccount, stmt, after=q.get("after"), limit=limit)
+        rows, more = await control.list_service_accounts(s, pid, after=q.get("after"), limit=limit)
     return JSONResponse(list_response([shapes.service_account(a) for a in rows], more))
 
 

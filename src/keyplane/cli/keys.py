@@ -5,11 +5,10 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from sqlalchemy import select
 
 from keyplane import control
 from keyplane.cli.common import JsonOpt, out, print_json, run_store, settings, table, ts
-from keyplane.store.models import ApiKey, ServiceAccount, User
+from keyplane.store.models import ApiKey
 
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project id or unique name.")]
 
@@ -18,14 +17,7 @@ async def _key_dicts(session: Any, rows: Sequence[ApiKey], now: float) -> list[d
     """The admin API's shapes for ``rows``, with their owners (user or service account) read from the store."""
     from keyplane.admin import shapes
 
-    uids = {r.owner_user_id for r in rows if r.owner_user_id}
-    sids = {r.service_account_id for r in rows if r.service_account_id}
-    users = {u.id: u for u in (await session.execute(select(User).where(User.id.in_(uids)))).scalars()} if uids else {}
-    sas = (
-        {a.id: a for a in (await session.execute(select(ServiceAccount).where(ServiceAccount.id.in_(sids)))).scalars()}
-        if sids
-        else {}
-    )
+    users, sas = await control.key_owners(session, rows)
     out = []
     for r in rows:
         owner = users.get(r.owner_user_id or "")
@@ -117,13 +109,8 @@ def list_(
     import time
 
     async def go(session: Any) -> tuple[list[ApiKey], list[dict[str, Any]]]:
-        stmt = select(ApiKey).order_by(ApiKey.seq)
-        stmt = stmt.where(ApiKey.kind == "admin") if admin else stmt.where(ApiKey.kind != "admin")
-        if project:
-            stmt = stmt.where(ApiKey.project_id == (await control.find_project(session, project)).id)
-        if not all:
-            stmt = stmt.where(ApiKey.revoked_at.is_(None))
-        found = list((await session.execute(stmt)).scalars())
+        project_id = (await control.find_project(session, project)).id if project else None
+        found = await control.all_keys(session, project_id=project_id, admin=admin, include_revoked=all)
         return found, await _key_dicts(session, found, time.time())
 
     rows, items = run_store(settings(), go)

@@ -26,16 +26,10 @@ def projects_list(
     json: JsonOpt = False,
 ) -> None:
     """List projects."""
-    from sqlalchemy import select
-
     from keyplane.admin import shapes
-    from keyplane.store.models import Project
 
     async def go(s: Any) -> list[Any]:
-        stmt = select(Project).order_by(Project.seq)
-        if not all:
-            stmt = stmt.where(Project.status == "active")
-        return list((await s.execute(stmt)).scalars())
+        return await control.all_projects(s, include_archived=all)
 
     rows = run_store(settings(), go)
     if json:

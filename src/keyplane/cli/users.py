@@ -3,12 +3,10 @@
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy import select
 
 from keyplane import control
 from keyplane.admin import shapes
 from keyplane.cli.common import JsonOpt, out, print_json, run_store, settings, table, ts
-from keyplane.store.models import AuditLog, User
 
 UserArg = Annotated[str, typer.Argument(help="User id (user-...) or email.")]
 
@@ -33,7 +31,7 @@ def list_(json: JsonOpt = False) -> None:
     """List users."""
 
     async def go(s: Any) -> list[Any]:
-        return list((await s.execute(select(User).order_by(User.seq))).scalars())
+        return await control.all_users(s)
 
     rows = run_store(settings(), go)
     if json:
@@ -90,12 +88,10 @@ def audit(
     """Show the audit log, newest first."""
 
     async def go(s: Any) -> list[Any]:
-        stmt = select(AuditLog).order_by(AuditLog.seq.desc()).limit(limit)
-        if type:
-            stmt = stmt.where(AuditLog.type.in_(type))
-        if project:
-            stmt = stmt.where(AuditLog.project_id == project)
-        return list((await s.execute(stmt)).scalars())
+        rows, _ = await control.list_audit_logs(
+            s, limit=limit, event_types=type or (), project_ids=(project,) if project else ()
+        )
+        return rows
 
     rows = run_store(settings(), go)
     if json:

@@ -7,7 +7,7 @@ time from the clock of the runtime that opened the transaction (:func:`keyplane.
 
 from __future__ import annotations
 
-from keyplane.control.admin_keys import create_admin_key, lookup_sha256, validate_sha256_list
+from keyplane.control.admin_keys import create_admin_key, list_admin_keys, lookup_sha256, validate_sha256_list
 from keyplane.control.audit_log import audit_event_types, list_audit_logs
 from keyplane.control.base import (
     CLI_ACTOR,
@@ -29,9 +29,12 @@ from keyplane.control.keys import (
     all_project_keys,
     count_active_keys,
     create_project_key,
+    find_key_ids,
     get_key,
+    key_by_id,
     key_names,
     key_owners,
+    keys_by_id,
     list_project_keys,
     new_key_row,
     revoke_key,
@@ -52,7 +55,12 @@ from keyplane.control.projects import (
     project_names,
     update_project,
 )
-from keyplane.control.service_accounts import create_service_account, delete_service_account, get_service_account
+from keyplane.control.service_accounts import (
+    create_service_account,
+    delete_service_account,
+    get_service_account,
+    list_service_accounts,
+)
 from keyplane.control.users import (
     ROLES,
     add_user,
@@ -62,7 +70,11 @@ from keyplane.control.users import (
     find_user,
     get_user,
     list_users,
+    recovery_codes_for_update,
+    replace_recovery_codes,
     update_user_role,
+    user_by_email,
+    user_by_id,
 )
 
 __all__ = [
@@ -95,6 +107,7 @@ __all__ = [
     "delete_service_account",
     "delete_user",
     "ensure_active",
+    "find_key_ids",
     "find_project",
     "find_user",
     "get_key",
@@ -103,23 +116,31 @@ __all__ = [
     "get_service_account",
     "get_user",
     "init_org",
+    "key_by_id",
     "key_names",
     "key_owners",
+    "keys_by_id",
+    "list_admin_keys",
     "list_audit_logs",
     "list_project_keys",
     "list_projects",
+    "list_service_accounts",
     "list_users",
     "lookup_sha256",
     "new_key_row",
     "now_s",
     "page",
     "project_names",
+    "recovery_codes_for_update",
+    "replace_recovery_codes",
     "revoke_key",
     "rotate_key",
     "set_suspended",
     "update_key",
     "update_project",
     "update_user_role",
+    "user_by_email",
+    "user_by_id",
     "validate_sha256_list",
     "write_clock",
 ]

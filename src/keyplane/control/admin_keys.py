@@ -15,6 +15,7 @@ from keyplane.control.base import (
     check_name,
     check_positive_int,
     now_s,
+    page,
 )
 from keyplane.control.keys import (
     new_key_row,
@@ -60,6 +61,15 @@ async def create_admin_key(
     await audit(s, actor, "api_key.created", {"id": row.id, "data": {"scopes": ["admin"]}}, resource_id=row.id, at=t)
     await bump_revision(s)
     return row, value
+
+
+async def list_admin_keys(
+    s: AsyncSession, *, after: str | None = None, limit: int = 20, descending: bool = False
+) -> tuple[list[ApiKey], bool]:
+    """A page of the admin keys not revoked, in creation order (newest first when ``descending``):
+    (keys, has_more)."""
+    stmt = select(ApiKey).where(ApiKey.kind == "admin", ApiKey.revoked_at.is_(None))
+    return await page(s, ApiKey, stmt, after=after, limit=limit, descending=descending)
 
 
 async def lookup_sha256(s: AsyncSession, secret: bytes, hashes: list[str]) -> list[tuple[str, ApiKey]]:

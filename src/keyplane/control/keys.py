@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -147,15 +148,38 @@ async def all_project_keys(s: AsyncSession, project_id: str, *, include_revoked:
     return list((await s.execute(stmt)).scalars())
 
 
-async def all_keys(s: AsyncSession, *, project_id: str | None = None) -> list[ApiKey]:
-    """Every key but the admin keys (revoked ones too) in creation order, only ``project_id``'s when given."""
-    stmt = select(ApiKey).where(ApiKey.kind != "admin").order_by(ApiKey.seq)
+async def all_keys(
+    s: AsyncSession, *, project_id: str | None = None, admin: bool = False, include_revoked: bool = True
+) -> list[ApiKey]:
+    """Every key but the admin keys (only the admin keys when ``admin``), revoked ones too unless not
+    ``include_revoked``, in creation order; only ``project_id``'s when given."""
+    stmt = select(ApiKey).where(ApiKey.kind == "admin" if admin else ApiKey.kind != "admin").order_by(ApiKey.seq)
     if project_id is not None:
         stmt = stmt.where(ApiKey.project_id == project_id)
+    if not include_revoked:
+        stmt = stmt.where(ApiKey.revoked_at.is_(None))
     return list((await s.execute(stmt)).scalars())
 
 
-async def key_owners(s: AsyncSession, rows: list[ApiKey]) -> tuple[dict[str, User], dict[str, ServiceAccount]]:
+async def key_by_id(s: AsyncSession, key_id: str) -> ApiKey | None:
+    """The key of that id, whatever its kind, or None."""
+    return (await s.execute(select(ApiKey).where(ApiKey.id == key_id))).scalar()
+
+
+async def keys_by_id(s: AsyncSession, key_ids: Iterable[str]) -> dict[str, ApiKey]:
+    """The keys of ``key_ids`` (of any kind) by id; unknown ids are left out."""
+    return {k.id: k for k in (await s.execute(select(ApiKey).where(ApiKey.id.in_(list(key_ids))))).scalars()}
+
+
+async def find_key_ids(s: AsyncSession, id_or_name: str, *, project_ids: Sequence[str] = ()) -> list[str]:
+    """The ids of the keys (of any kind) whose id or name is ``id_or_name``, only in ``project_ids`` when given."""
+    stmt = select(ApiKey.id).where((ApiKey.id == id_or_name) | (ApiKey.name == id_or_name))
+    if project_ids:
+        stmt = stmt.where(ApiKey.project_id.in_(project_ids))
+    return list((await s.execute(stmt)).scalars())
+
+
+async def key_owners(s: AsyncSession, rows: Sequence[ApiKey]) -> tuple[dict[str, User], dict[str, ServiceAccount]]:
     """The users and service accounts owning ``rows``, by id."""
     uids = {r.owner_user_id for r in rows if r.owner_user_id}
     sids = {r.service_account_id for r in rows if r.service_account_id}

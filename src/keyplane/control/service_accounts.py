@@ -15,12 +15,14 @@ from keyplane.control.base import (
     check_name,
     check_positive_int,
     now_s,
+    page,
 )
 from keyplane.control.keys import (
     new_key_row,
 )
 from keyplane.control.projects import (
     ensure_active,
+    get_project,
 )
 from keyplane.domain import NotFound
 from keyplane.scopes import parse_permissions
@@ -94,6 +96,15 @@ async def get_service_account(s: AsyncSession, project_id: str, sa_id: str) -> S
             f"No service account found with id '{sa_id}' in project '{project_id}'.", param="service_account_id"
         )
     return sa
+
+
+async def list_service_accounts(
+    s: AsyncSession, project_id: str, *, after: str | None = None, limit: int = 20
+) -> tuple[list[ServiceAccount], bool]:
+    """A page of a project's service accounts (deleted ones aside) in creation order: (accounts, has_more)."""
+    await get_project(s, project_id)
+    stmt = select(ServiceAccount).where(ServiceAccount.project_id == project_id, ServiceAccount.deleted_at.is_(None))
+    return await page(s, ServiceAccount, stmt, after=after, limit=limit)
 
 
 async def delete_service_account(s: AsyncSession, actor: Actor, project_id: str, sa_id: str) -> None:

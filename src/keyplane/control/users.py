@@ -62,8 +62,18 @@ async def add_user(
     return user
 
 
+async def user_by_id(s: AsyncSession, user_id: str) -> User | None:
+    """The user of that id, or None."""
+    return (await s.execute(select(User).where(User.id == user_id))).scalar()
+
+
+async def user_by_email(s: AsyncSession, email: str) -> User | None:
+    """The user of that email as given (emails are stored in lower case), or None."""
+    return (await s.execute(select(User).where(User.email == email))).scalar()
+
+
 async def get_user(s: AsyncSession, user_id: str) -> User:
-    user = (await s.execute(select(User).where(User.id == user_id))).scalar()
+    user = await user_by_id(s, user_id)
     if user is None:
         raise NotFound(f"No user found with id '{user_id}'.", param="user_id")
     return user
@@ -92,6 +102,22 @@ async def list_users(
 async def all_users(s: AsyncSession) -> list[User]:
     """Every user, in the order they were added."""
     return list((await s.execute(select(User).order_by(User.seq))).scalars())
+
+
+async def recovery_codes_for_update(s: AsyncSession, user_id: str) -> str | None:
+    """The user's stored recovery codes, the row locked until the transaction ends (PostgreSQL: FOR UPDATE);
+    None when there are none or no such user."""
+    return (
+        await s.execute(select(User.recovery_codes).where(User.id == user_id).with_for_update())
+    ).scalar_one_or_none()
+
+
+async def replace_recovery_codes(s: AsyncSession, user_id: str, stored: str | None, codes: str) -> bool:
+    """Write ``codes`` over the user's recovery codes only if they still are ``stored``: True when written."""
+    done = await s.execute(
+        update(User).where(User.id == user_id, User.recovery_codes == stored).values(recovery_codes=codes)
+    )
+    return int(getattr(done, "rowcount", 0) or 0) == 1
 
 
 async def update_user_role(s: AsyncSession, actor: Actor, user_id: str, role: Any) -> User:

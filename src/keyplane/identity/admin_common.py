@@ -1,17 +1,14 @@
-"""What the identity admin routes share: who may widen a rule or a provider, the lookups of both, and
-this instance's identity state reloaded after a change (keyplane.identity.routes, rule_routes).
+"""What the identity admin routes share: who may widen a rule or a provider, and this instance's identity
+state reloaded after a change (keyplane.identity.routes, rule_routes). Their queries are queries.py.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
 from starlette.requests import Request
 
 from keyplane.admin.common import require_in_project, runtime
-from keyplane.errors import not_found
-from keyplane.identity.models import FederationRuleRow, WorkloadIdentityProviderRow
 
 if TYPE_CHECKING:
     from keyplane.identity.oidc import JwksCache
@@ -33,24 +30,6 @@ def require_keys_of(request: Request, entry: KeyEntry, project_id: str, sa_id: s
     a project role), not only api.organization.write."""
     path = f"/v1/organization/projects/{project_id}/service_accounts/{sa_id}/api_keys"
     require_in_project(request, entry, project_id, "POST", path)
-
-
-async def find_provider(s: Any, pid: str) -> WorkloadIdentityProviderRow:
-    p = (await s.execute(select(WorkloadIdentityProviderRow).where(WorkloadIdentityProviderRow.id == pid))).scalar()
-    if p is None:
-        raise not_found(f"No workload identity provider found with id '{pid}'.")
-    return p
-
-
-async def find_rule(s: Any, pid: str, rid: str) -> FederationRuleRow:
-    r = (
-        await s.execute(
-            select(FederationRuleRow).where(FederationRuleRow.id == rid, FederationRuleRow.provider_id == pid)
-        )
-    ).scalar()
-    if r is None:
-        raise not_found(f"No federation rule found with id '{rid}' for provider '{pid}'.")
-    return r
 
 
 def _state(request: Request) -> IdentityState:

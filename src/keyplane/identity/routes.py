@@ -5,13 +5,13 @@
     GET/POST          /v1/organization/workload_identity_providers/{id}/federation_rules[/{rule_id}]
 
 This module holds the providers' routes and the endpoint table of both; the rules' routes are
-rule_routes.py, the JSON shapes and field checks admin_shapes.py, what they share admin_common.py.
+rule_routes.py, the JSON shapes and field checks admin_shapes.py, what they share admin_common.py, their
+queries queries.py.
 """
 
 from __future__ import annotations
 
 import orjson
-from sqlalchemy import select
 from starlette.requests import Request
 
 from keyplane import control, ids
@@ -19,10 +19,10 @@ from keyplane.admin import Endpoint
 from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, runtime
 from keyplane.admin.params import query_limit
 from keyplane.errors import bad_request, conflict
+from keyplane.identity import queries
 from keyplane.identity.admin_common import (
     WIDENS_PROVIDER,
     changed,
-    find_provider,
     jwks,
     now,
     require_keys_of,
@@ -36,7 +36,8 @@ from keyplane.identity.admin_shapes import (
     valid_url,
     valid_verification,
 )
-from keyplane.identity.models import FederationRuleRow, WorkloadIdentityProviderRow
+from keyplane.identity.models import WorkloadIdentityProviderRow
+from keyplane.identity.queries import find_provider, has_rules, rule_targets
 from keyplane.identity.rule_routes import create_rule, delete_rule, get_rule, list_rules, update_rule
 from keyplane.lists import list_response
 
@@ -48,13 +49,8 @@ async def list_providers(request: Request) -> JSONResponse:
     limit = query_limit(request, 20, 100)
     desc = request.query_params.get("order", "desc") != "asc"
     async with runtime(request).read() as s:
-        rows, more = await control.page(
-            s,
-            WorkloadIdentityProviderRow,
-            select(WorkloadIdentityProviderRow),
-            after=request.query_params.get("after"),
-            limit=limit,
-            descending=desc,
+        rows, more = await queries.list_providers(
+            s, after=request.query_params.get("after"), limit=limit, descending=desc
         )
     return JSONResponse(list_response([provider_json(p) for p in rows], more))
 
@@ -101,12 +97,7 @@ async def update_provider(request: Request) -> JSONResponse:
     async with runtime(request).write() as s:
         p = await find_provider(s, request.path_params["provider_id"])
         if widens(b, WIDENS_PROVIDER):  # another issuer or audience: other tokens match every rule of it
-            rules = await s.execute(
-                select(FederationRuleRow.project_id, FederationRuleRow.service_account_id).where(
-                    FederationRuleRow.provider_id == p.id
-                )
-            )
-            for project_id, sa_id in sorted({(r.project_id, r.service_account_id) for r in rules.all()}):
+            for project_id, sa_id in sorted(set(await rule_targets(s, p.id))):
                 require_keys_of(request, entry, project_id, sa_id)
         if "name" in b:
             p.name = control.check_name(b["name"]) or p.name
@@ -137,7 +128,7 @@ async def delete_provider(request: Request) -> JSONResponse:
     pid = request.path_params["provider_id"]
     async with runtime(request).write() as s:
         p = await find_provider(s, pid)
-        if (await s.execute(select(FederationRuleRow.id).where(FederationRuleRow.provider_id == pid))).first():
+        if await has_rules(s, pid):
             raise conflict("Delete the provider's federation rules first.", code="provider_has_rules")
         await s.delete(p)
         await control.audit(s, actor, "workload_identity_provider.deleted", {"id": pid}, resource_id=pid)

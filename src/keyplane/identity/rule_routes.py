@@ -9,41 +9,35 @@ The endpoint table is keyplane.identity.routes.
 from __future__ import annotations
 
 import orjson
-from sqlalchemy import select
 from starlette.requests import Request
 
 from keyplane import control, ids
 from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, runtime
 from keyplane.admin.params import query_limit
+from keyplane.identity import queries
 from keyplane.identity.admin_common import (
     WIDENS_RULE,
     changed,
-    find_provider,
-    find_rule,
     now,
     require_keys_of,
     widens,
 )
 from keyplane.identity.admin_shapes import rule_json, valid_enabled, valid_matchers, valid_permissions, valid_text
 from keyplane.identity.models import FederationRuleRow
+from keyplane.identity.queries import find_provider, find_rule
 from keyplane.lists import list_response
 from keyplane.scopes import parse_permissions
-from keyplane.store.models import ApiKey
 
 
 async def list_rules(request: Request) -> JSONResponse:
     authenticate_admin(request)
     pid = request.path_params["provider_id"]
     q = request.query_params
-    stmt = select(FederationRuleRow).where(FederationRuleRow.provider_id == pid)
-    if q.get("service_account_id"):
-        stmt = stmt.where(FederationRuleRow.service_account_id == q["service_account_id"])
     async with runtime(request).read() as s:
-        await find_provider(s, pid)
-        rows, more = await control.page(
+        rows, more = await queries.list_rules(
             s,
-            FederationRuleRow,
-            stmt,
+            pid,
+            service_account_id=q.get("service_account_id"),
             after=q.get("after"),
             limit=query_limit(request, 20, 100),
             descending=q.get("order", "desc") != "asc",
@@ -139,7 +133,7 @@ async def update_rule(request: Request) -> JSONResponse:
         if "permissions" in b:
             shown, key_perms = valid_permissions(b["permissions"])
             r.permissions = orjson.dumps(shown).decode()
-            key = (await s.execute(select(ApiKey).where(ApiKey.id == r.key_id))).scalar()
+            key = await control.key_by_id(s, r.key_id)
             if key is not None:
                 key.permissions, key.updated_at = key_perms, t
         r.updated_at = t
@@ -162,7 +156,7 @@ async def delete_rule(request: Request) -> JSONResponse:
     t = now(request)
     async with runtime(request).write() as s:
         r = await find_rule(s, request.path_params["provider_id"], request.path_params["rule_id"])
-        key = (await s.execute(select(ApiKey).where(ApiKey.id == r.key_id))).scalar()
+        key = await control.key_by_id(s, r.key_id)
         if key is not None and key.revoked_at is None:
             key.revoked_at, key.revoke_reason, key.updated_at = t, "federation rule deleted", t
         await s.delete(r)

@@ -3,7 +3,6 @@
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy import select
 
 from keyplane import control
 from keyplane.cli.common import JsonOpt, out, print_json, run_store, settings, table, ts
@@ -57,7 +56,7 @@ def list_(json: JsonOpt = False) -> None:
     """List invites (pending, accepted, expired)."""
 
     async def go(db: Any) -> list[Invite]:
-        return list((await db.execute(select(Invite).order_by(Invite.seq))).scalars())
+        return await invites.all_invites(db)
 
     rows = run_store(settings(), go)
     now = control.now_s()

@@ -157,6 +157,16 @@ async def get_invite(s: AsyncSession, invite_id: str) -> Invite:
     return inv
 
 
+async def list_invites(s: AsyncSession, *, after: str | None = None, limit: int = 20) -> tuple[list[Invite], bool]:
+    """A page of invites (pending, accepted, expired) in creation order: (invites, has_more)."""
+    return await control.page(s, Invite, select(Invite), after=after, limit=limit)
+
+
+async def all_invites(s: AsyncSession) -> list[Invite]:
+    """Every invite (pending, accepted, expired) in creation order."""
+    return list((await s.execute(select(Invite).order_by(Invite.seq))).scalars())
+
+
 async def delete_invite(s: AsyncSession, actor: Actor, invite_id: str) -> None:
     inv = await get_invite(s, invite_id)
     if inv.accepted_at is not None:

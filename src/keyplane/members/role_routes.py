@@ -4,7 +4,6 @@ keyplane.members.groups."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from starlette.requests import Request
 
 from keyplane import control, errors
@@ -12,7 +11,6 @@ from keyplane.admin import Endpoint, P
 from keyplane.admin import shapes as admin_shapes
 from keyplane.admin.common import JSONResponse, authenticate_admin, granted, json_body, runtime
 from keyplane.members import groups, permissions, roles
-from keyplane.members.models import Group
 from keyplane.members.routes import page
 
 
@@ -138,7 +136,7 @@ async def unassign_user_role(request: Request) -> JSONResponse:
 async def list_groups(request: Request) -> JSONResponse:
     authenticate_admin(request)
     async with runtime(request).read() as s:
-        rows = (await s.execute(select(Group).order_by(Group.seq))).scalars()
+        rows = await groups.all_groups(s)
         items = [groups.group_shape(g) for g in rows]
     return page(request, items)
 

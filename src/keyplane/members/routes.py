@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from starlette.requests import Request
 
-from keyplane import control
 from keyplane.admin import Endpoint, P
 from keyplane.admin import shapes as admin_shapes
 from keyplane.admin.common import (
@@ -22,7 +20,7 @@ from keyplane.admin.common import (
 from keyplane.admin.params import query_limit
 from keyplane.lists import cursor_page, list_response
 from keyplane.members import groups, invites, ops, permissions
-from keyplane.members.models import Invite, ProjectUser
+from keyplane.members.models import ProjectUser
 from keyplane.store.models import ApiKey, User
 
 
@@ -136,7 +134,7 @@ async def list_invites(request: Request) -> JSONResponse:
     limit = query_limit(request, 20, 100)
     rt = runtime(request)
     async with rt.read() as s:
-        rows, more = await control.page(s, Invite, select(Invite), after=request.query_params.get("after"), limit=limit)
+        rows, more = await invites.list_invites(s, after=request.query_params.get("after"), limit=limit)
     now = rt.clock.now()
     return JSONResponse(list_response([invites.shape(i, now) for i in rows], more))
 

@@ -19,7 +19,6 @@ import contextlib
 from typing import Any
 
 import orjson
-from sqlalchemy import select
 from starlette.requests import Request
 
 from keyplane import control
@@ -28,10 +27,9 @@ from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, r
 from keyplane.admin.params import query_limit
 from keyplane.errors import APIError, bad_request, not_found, upstream_error
 from keyplane.lists import list_response
-from keyplane.providers import service
+from keyplane.providers import service, sync
 from keyplane.providers.connector import Connector, ProviderError
 from keyplane.providers.match import SUFFIX_LEN
-from keyplane.providers.models import ProviderObject
 from keyplane.snapshot import KeyEntry
 
 P = "/v1/organization/providers"
@@ -54,11 +52,7 @@ async def match_keys(request: Request) -> JSONResponse:
         )
     wanted = set(suffixes)
     async with runtime(request).read() as s:
-        rows = (
-            await s.execute(
-                select(ProviderObject).where(ProviderObject.kind == "api_key", ProviderObject.removed_at.is_(None))
-            )
-        ).scalars()
+        rows = await sync.live_api_keys(s)
         items = []
         for r in rows:
             data = orjson.loads(r.data)
@@ -88,16 +82,7 @@ async def revoke_key(request: Request) -> JSONResponse:
     if cfg is None:
         raise not_found(f"No provider named '{name}'.", param="name")
     async with rt.read() as s:
-        row = (
-            await s.execute(
-                select(ProviderObject).where(
-                    ProviderObject.provider == name,
-                    ProviderObject.kind == "api_key",
-                    ProviderObject.object_id == kid,
-                    ProviderObject.project_id == pid,
-                )
-            )
-        ).scalar()
+        row = await sync.mirrored_key(s, name, pid, kid)
     if row is None:
         raise not_found(f"No mirrored key '{kid}' in provider project '{pid}'.", param="key_id")
     try:
@@ -113,7 +98,7 @@ async def revoke_key(request: Request) -> JSONResponse:
         await conn.close()
     now = int(rt.clock.now())
     async with rt.write() as s:
-        obj = (await s.execute(select(ProviderObject).where(ProviderObject.seq == row.seq))).scalar()
+        obj = await sync.object_at(s, row.seq)
         if obj is not None and obj.removed_at is None:
             obj.removed_at = now
         await control.audit(

@@ -125,3 +125,33 @@ async def mirror(s: AsyncSession, provider: str | None = None, *, live: bool = T
     if live:
         q = q.where(ProviderObject.removed_at.is_(None))
     return list((await s.execute(q)).scalars())
+
+
+async def live_api_keys(s: AsyncSession) -> list[ProviderObject]:
+    """Every mirrored API key not removed at its provider, of every provider (in no particular order)."""
+    return list(
+        (
+            await s.execute(
+                select(ProviderObject).where(ProviderObject.kind == "api_key", ProviderObject.removed_at.is_(None))
+            )
+        ).scalars()
+    )
+
+
+async def mirrored_key(s: AsyncSession, provider: str, project_id: str, key_id: str) -> ProviderObject | None:
+    """One mirrored API key of a provider project (removed or not), or None."""
+    return (
+        await s.execute(
+            select(ProviderObject).where(
+                ProviderObject.provider == provider,
+                ProviderObject.kind == "api_key",
+                ProviderObject.object_id == key_id,
+                ProviderObject.project_id == project_id,
+            )
+        )
+    ).scalar()
+
+
+async def object_at(s: AsyncSession, seq: int) -> ProviderObject | None:
+    """The mirrored object of that row number, or None (to read it again in another transaction)."""
+    return (await s.execute(select(ProviderObject).where(ProviderObject.seq == seq))).scalar()

@@ -46,11 +46,8 @@ async def collect(
     session: Any, settings: Any, *, start: int, end: int, by: str, project: str | None, key: str | None
 ) -> list[dict[str, Any]]:
     """Rows of the report, biggest spend (then tokens) first."""
-    from sqlalchemy import select
-
     from keyplane import control
     from keyplane.errors import not_found
-    from keyplane.store.models import ApiKey, Project
     from keyplane.usage import rollups
 
     project_ids: tuple[str, ...] = ()
@@ -58,10 +55,7 @@ async def collect(
     if project:
         project_ids = ((await control.find_project(session, project)).id,)
     if key:
-        stmt = select(ApiKey.id).where((ApiKey.id == key) | (ApiKey.name == key))
-        if project_ids:
-            stmt = stmt.where(ApiKey.project_id.in_(project_ids))
-        key_ids = tuple((await session.execute(stmt)).scalars())
+        key_ids = tuple(await control.find_key_ids(session, key, project_ids=project_ids))
         if not key_ids:
             raise not_found(f"No key found with id or name '{key}'.")
     dim = _BY[by]
@@ -77,9 +71,9 @@ async def collect(
     )
     names: dict[str, str] = {}
     if by == "project":
-        names = {p.id: p.name for p in (await session.execute(select(Project.id, Project.name))).all()}
+        names = await control.project_names(session)
     elif by == "key":
-        names = {k.id: k.name for k in (await session.execute(select(ApiKey.id, ApiKey.name))).all()}
+        names = {kid: name for kid, (name, _) in (await control.key_names(session)).items()}
     rows = []
     for (_, value), s in acc.items():
         n = int(s["requests"])

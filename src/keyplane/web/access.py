@@ -14,7 +14,6 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 from starlette.routing import Route
@@ -24,7 +23,6 @@ from keyplane.access import inspect, service
 from keyplane.access.policy import Policies
 from keyplane.members import groups as member_groups
 from keyplane.members import ops as members
-from keyplane.store.models import ApiKey
 from keyplane.web.base import Ctx, Refused, error_page, not_permitted, refused_status, view
 
 ORG_API = "/v1/organization/ip_allowlist"
@@ -62,12 +60,7 @@ async def _org_page(
     async with ctx.rt.read() as s:
         allowlist = await service.ip_allowlist(s, service.ORG)
         policies = await service.all_policies(s)
-        keys = {
-            k.id: k
-            for k in (
-                await s.execute(select(ApiKey).where(ApiKey.id.in_([p["id"] for p in policies if p["scope"] == "key"])))
-            ).scalars()
-        }
+        keys = await control.keys_by_id(s, [p["id"] for p in policies if p["scope"] == "key"])
         projects = {p.id: p for p in await control.all_projects(s)}
         reach = await members.reachable_project_ids(s, ctx.user) if ctx.user is not None else None
     rows = []

@@ -12,13 +12,12 @@ from urllib.parse import parse_qsl, quote
 
 import jinja2
 from markupsafe import Markup
-from sqlalchemy import select
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from keyplane import fmt
-from keyplane.control import Actor, get_org
+from keyplane.control import Actor, get_org, user_by_id
 from keyplane.domain import DomainError, status_of
 from keyplane.errors import APIError
 from keyplane.members import grants, permissions
@@ -356,7 +355,7 @@ async def _guarded(ctx: Ctx, fn: Handler, owner: bool, stage: str) -> Response:
     if session.user_id is None:
         return _to_login(ctx)
     async with ctx.rt.read() as s:
-        user = (await s.execute(select(User).where(User.id == session.user_id))).scalar()
+        user = await user_by_id(s, session.user_id)
         ctx.granted = await grants.of_user(s, user.id) if user is not None else frozenset()
     if user is None or session.stamp != ctx.web.sessions.stamp(user):
         ctx.session = ctx.web.sessions.anonymous()

@@ -13,7 +13,6 @@ from urllib.parse import quote
 import orjson
 import segno
 from markupsafe import Markup
-from sqlalchemy import select, update
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -81,7 +80,7 @@ async def login_submit(ctx: Ctx) -> Response:
     if not email or not password:
         return again("Enter your email and password.", 400)
     async with ctx.rt.read() as s:
-        user = (await s.execute(select(User).where(User.email == email))).scalar()
+        user = await control.user_by_email(s, email)
     wait = await _throttled(ctx, email)
     if wait:
         await _audit(
@@ -148,16 +147,11 @@ async def _spend_recovery_code(ctx: Ctx, user_id: str, code: str) -> bool:
     does not), so the row is locked as it is read, and the new list is written only over the very list read
     (the UPDATE's rowcount says whether it was): never two sign-ins on one code."""
     async with ctx.rt.write() as s:
-        stored = (
-            await s.execute(select(User.recovery_codes).where(User.id == user_id).with_for_update())
-        ).scalar_one_or_none()
+        stored = await control.recovery_codes_for_update(s, user_id)
         rest = auth.use_recovery_code(ctx.rt.settings.secret_key, stored, code)
         if rest is None:
             return False
-        spent = await s.execute(
-            update(User).where(User.id == user_id, User.recovery_codes == stored).values(recovery_codes=rest)
-        )
-        return int(getattr(spent, "rowcount", 0) or 0) == 1
+        return await control.replace_recovery_codes(s, user_id, stored, rest)
 
 
 async def _signed_in(ctx: Ctx, user: User, method: str, nxt: str) -> Response:
@@ -183,7 +177,7 @@ async def _pending_secret(ctx: Ctx, user: User) -> str:
         return existing
     secret = auth.new_totp_secret()
     async with ctx.rt.write() as s:
-        row = (await s.execute(select(User).where(User.id == user.id))).scalar_one()
+        row = await control.get_user(s, user.id)
         row.totp_secret, row.totp_enabled = ctx.web.box.seal(secret), False
     return secret
 
@@ -230,7 +224,7 @@ async def enroll_submit(ctx: Ctx) -> Response:
         )
     codes = auth.new_recovery_codes()
     async with ctx.rt.write() as s:
-        row = (await s.execute(select(User).where(User.id == user.id))).scalar_one()
+        row = await control.get_user(s, user.id)
         row.totp_enabled = True
         row.recovery_codes = orjson.dumps([auth.recovery_digest(ctx.rt.settings.secret_key, c) for c in codes]).decode()
         await control.audit(

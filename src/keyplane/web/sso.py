@@ -22,7 +22,6 @@ from urllib.parse import urlencode
 
 import aiohttp
 import orjson
-from sqlalchemy import select
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
@@ -180,7 +179,7 @@ async def _user_for(ctx: Ctx, claims: dict[str, Any]) -> User:
         raise SSOError("Your account is in no group allowed to use this dashboard.")
     actor = session_actor(None, ctx.ip, email)
     async with ctx.rt.write() as s:
-        user = (await s.execute(select(User).where(User.email == email))).scalar()
+        user = await control.user_by_email(s, email)
         if user is None:
             if not settings.sso_create_users:
                 raise SSOError("There is no dashboard user with this email; an administrator must add you first.")
