@@ -118,7 +118,7 @@ def test_postgres_refused_admin_answers_503_and_the_proxy_keeps_serving(fleet: F
     deadline = time.monotonic() + 15
     while (r := fleet.admin("GET", "/v1/organization/projects")).status_code != 200:
         assert time.monotonic() < deadline, r.text
-        time.sleep(0.2)
+        time.sleep(0.2)  # poll interval (a deadline loop)
     assert httpx.get(fleet.srv.base_url + "/readyz/control", timeout=10).status_code == 200
     assert any("reachable again" in r.getMessage() for r in caplog.records if r.name == "keyplane.admin")
 
@@ -162,7 +162,9 @@ def test_redis_down_spend_limit_change_is_committed_and_says_so(fleet: Fleet, se
         return [r for r in caplog.records if r.levelno >= logging.WARNING]
 
     refused(5)
-    time.sleep(1.0)  # the background steps notice too
+    # The background steps notice too. Kept as a sleep: no one condition says every step that touches Redis
+    # has run (and logged its one line) yet; they run on their own periods, and this gives them one.
+    time.sleep(1.0)
     before = refused(1)
     after = refused(40)
     assert len(after) - len(before) <= 1, [r.getMessage() for r in after[len(before) :]]
@@ -177,7 +179,7 @@ def test_redis_down_spend_limit_change_is_committed_and_says_so(fleet: Fleet, se
     deadline = time.monotonic() + 15
     while (got := fleet.admin("GET", "/v1/organization/spend_limit")).status_code != 200:
         assert time.monotonic() < deadline, got.text
-        time.sleep(0.2)
+        time.sleep(0.2)  # poll interval (a deadline loop)
     assert got.json()["threshold_amount"] == 500 and got.json()["spent"] == 0
 
 

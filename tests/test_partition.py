@@ -56,7 +56,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer, FaultPr
         finally:
             pg_proxy.restore()
             redis_proxy.restore()
-            time.sleep(0.3)
+            time.sleep(0.3)  # teardown: the restored proxies' connections settle before the servers stop
             b.stop()
             a.stop()
             pg_proxy.close()
@@ -81,7 +81,7 @@ def test_a_partitioned_instance_refuses_a_revoked_key_and_stops_when_it_cannot_c
             break
         except openai.AuthenticationError:
             assert time.monotonic() - t0 < 5
-            time.sleep(0.05)
+            time.sleep(0.05)  # poll interval (a deadline loop)
     _chat(b, a.api_key)
     rt = b.app.runtime
     assert rt is not None and rt.bus is not None
@@ -99,9 +99,9 @@ def test_a_partitioned_instance_refuses_a_revoked_key_and_stops_when_it_cannot_c
             assert "leaked" in e.message
             break
         assert time.monotonic() - t0 < 1.0, "the partitioned instance served the revoked key"
-        time.sleep(0.02)
+        time.sleep(0.02)  # poll interval (a deadline loop)
     # A's heartbeats tell B it missed nothing: it keeps serving other keys past the staleness bound.
-    time.sleep(STALENESS + 1)
+    time.sleep(STALENESS + 1)  # real time past the staleness bound (monotonic clock): B must go on serving
     assert _chat(b, other).choices
 
     # 2. B loses Redis too: it can confirm nothing, and answers 503 once the bound has passed.
@@ -117,9 +117,9 @@ def test_a_partitioned_instance_refuses_a_revoked_key_and_stops_when_it_cannot_c
         except (openai.APITimeoutError, openai.APIStatusError):
             pass  # the limits store hangs (blackholed) until the bound refuses first
         assert time.monotonic() - cut_at < STALENESS + 4, "B kept admitting with no way to confirm its keys"
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll interval (a deadline loop)
     assert time.monotonic() - cut_at >= STALENESS - 1.0
-    assert a.call(asyncio.sleep(0, result=True))
+    assert a.call(asyncio.sleep(0, result=True))  # not a wait: A's event loop still runs
     assert _chat(a, other).choices  # A, which reaches everything, serves on
 
     # 3. The partition heals: B confirms from the store and serves again.
@@ -132,6 +132,6 @@ def test_a_partitioned_instance_refuses_a_revoked_key_and_stops_when_it_cannot_c
             break
         except (openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError):
             assert time.monotonic() - t0 < 20, "B did not recover after the partition healed"
-            time.sleep(0.2)
+            time.sleep(0.2)  # poll interval (a deadline loop)
     with pytest.raises(openai.AuthenticationError):
         _chat(b, a.api_key)

@@ -72,7 +72,7 @@ def test_expired_admin_key(http, server):
         r = _get(server, {"Authorization": f"Bearer {value}"})
         if r.status_code == 401:
             break
-        time.sleep(0.2)
+        time.sleep(0.2)  # poll interval: the key expires on the wall clock (1 s), which no test can inject
     assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
 
 

@@ -82,7 +82,7 @@ def _wait(cond, seconds: float = 10) -> bool:
     while time.monotonic() < deadline:
         if cond():
             return True
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll interval (a deadline loop)
     return False
 
 
@@ -113,7 +113,7 @@ def test_spend_alert_fires_once(make_gateway, receivers):
         alert_id = r.json()["id"]
         auth = {"Authorization": f"Bearer {srv.api_key}"}
         assert httpx.post(srv.v1 + "/chat/completions", json=CHAT, headers=auth).status_code == 200
-        time.sleep(1.5)
+        time.sleep(1.5)  # a window in which no alert may fire (asserting it does not)
         assert hook.hooks == []  # 0.8 cents: not yet
         assert httpx.post(srv.v1 + "/chat/completions", json=CHAT, headers=auth).status_code == 200
         assert _wait(lambda: len(hook.hooks) == 1 and len(smtp.mails) == 2)
@@ -124,7 +124,7 @@ def test_spend_alert_fires_once(make_gateway, receivers):
         # more spend this month: no second notification
         for _ in range(3):
             httpx.post(srv.v1 + "/chat/completions", json=CHAT, headers=auth)
-        time.sleep(1.5)
+        time.sleep(1.5)  # a window in which no second notification may come (asserting none does)
         assert len(hook.hooks) == 1 and len(smtp.mails) == 2
         types = [e["type"] for e in h.get("/audit_logs", params={"resource_ids[]": alert_id}).json()["data"]]
         assert types == ["spend_alert.triggered", "spend_alert.created"]

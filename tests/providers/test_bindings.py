@@ -104,7 +104,7 @@ def test_bind_forward_rotate_unbind(gateway, fake_provider):
     deadline = time.monotonic() + 15
     while first in fake.key_ids():  # the old key is deleted at the provider after the grace (reload loop)
         assert time.monotonic() < deadline, "the rotated-out key was never deleted"
-        time.sleep(0.1)
+        time.sleep(0.1)  # poll interval (a deadline loop)
     assert _admin(srv, "GET", "/providers/bindings")["data"][0]["retired_key_id"] is None
 
     listed = _admin(srv, "GET", "/providers/bindings")["data"]

@@ -26,7 +26,7 @@ class Provider:
             await resp.prepare(req)
             for i in range(5):
                 await resp.write(b'event: thread.message.delta\ndata: {"id":"msg_1","delta":{"i":%d}}\n\n' % i)
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # the point: a provider streaming slowly
             await resp.write(b"event: done\ndata: [DONE]\n\n")
             return resp
 
@@ -46,6 +46,6 @@ def test_streamed_thread_runs_are_buffered_and_retried(make_gw):
         headers={"Authorization": f"Bearer {srv.api_key}"},
         json={"assistant_id": None, "stream": True, "thread": {"messages": []}},
     )
-    time.sleep(0.2)
+    time.sleep(0.2)  # a window for a duplicate run to reach the provider: the assertion is that none does
     print(r.status_code, r.headers.get("content-type"), r.text[:200], "runs started upstream:", p.runs)
     assert p.runs == 1 and r.status_code == 200, (r.status_code, p.runs)

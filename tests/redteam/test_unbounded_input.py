@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import time
 
 import httpx
 import orjson
 from aiohttp import web
 
 from tests.billing.conftest import UPSTREAM_KEY_ENV, admin_http
+from tests.proxy.conftest import wait_for
 from tests.redteam.conftest import serve_in_thread
 
 PROMPT_BILLED = 200_000  # input tokens the provider bills for the attached document
@@ -93,7 +93,9 @@ def test_input_not_in_the_body_spends_past_the_hard_limit(make_gw):
 
     with concurrent.futures.ThreadPoolExecutor(20) as ex:
         statuses = list(ex.map(one, range(20)))
-    time.sleep(0.5)
+    billing = srv.app.runtime.features.billing
+    # Every answered request settled (nothing reserved any more): its spend is counted.
+    wait_for(lambda: srv.call(billing.spent("project", srv.project_id))[1] == 0, timeout=10)
     with admin_http(srv) as h:
         spent = h.get(f"/projects/{srv.project_id}/spend_limit").json()["spent"]
     print("statuses", statuses, "upstream calls", p.calls, "spent cents", spent)

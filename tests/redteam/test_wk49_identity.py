@@ -17,6 +17,7 @@ from openai import OpenAI
 
 from keyplane.testing.fake_oidc import FakeOIDC
 from tests.identity.conftest import admin, gateway, idp, idp_session  # noqa: F401 - the fixtures, shared
+from tests.proxy.conftest import wait_for
 from tests.realtime.conftest import fake_rt, make_gateway  # noqa: F401 - the fixtures, shared
 from tests.support import RunningServer, start_server
 
@@ -100,10 +101,13 @@ def _open_with_secret(srv: RunningServer, secret: str) -> int:
     return asyncio.run(go())
 
 
-async def _held_until_cut(url: str, seconds: float, **kw: Any) -> int | None:
-    """Open a session, then wait (the caller disables something meanwhile): its close code, None if still open."""
+async def _held_until_cut(url: str, seconds: float, opened: asyncio.Event | None = None, **kw: Any) -> int | None:
+    """Open a session (``opened`` is set once it is), then wait (the caller disables something meanwhile): its
+    close code, None if still open."""
     async with websockets.connect(url, **kw) as ws:
         assert '"session.created"' in await ws.recv()
+        if opened is not None:
+            opened.set()
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             try:
@@ -130,10 +134,16 @@ def test_wk49_a_client_secret_minted_with_a_workload_token_dies_with_its_rule(ma
     assert _open_with_secret(srv, cs.value) == 101
 
     async def scenario() -> int | None:
+        opened = asyncio.Event()
         session = asyncio.ensure_future(
-            _held_until_cut(_ws(srv).split("?")[0], 6, subprotocols=["realtime", f"openai-insecure-api-key.{cs.value}"])
+            _held_until_cut(
+                _ws(srv).split("?")[0],
+                6,
+                opened,
+                subprotocols=["realtime", f"openai-insecure-api-key.{cs.value}"],
+            )
         )
-        await asyncio.sleep(1.0)
+        await asyncio.wait_for(opened.wait(), 10)  # the session is open (session.created) before the change
         await asyncio.to_thread(
             _adm, srv, "POST", f"/workload_identity_providers/{pid}/federation_rules/{rid}", {"enabled": False}
         )
@@ -151,10 +161,11 @@ def test_wk49_a_realtime_session_of_a_workload_token_ends_when_its_provider_is_d
     tok = _token(srv, idp, pid, sa_id)
 
     async def scenario() -> int | None:
+        opened = asyncio.Event()
         session = asyncio.ensure_future(
-            _held_until_cut(_ws(srv), 6, additional_headers={"Authorization": f"Bearer {tok}"})
+            _held_until_cut(_ws(srv), 6, opened, additional_headers={"Authorization": f"Bearer {tok}"})
         )
-        await asyncio.sleep(1.0)
+        await asyncio.wait_for(opened.wait(), 10)  # the session is open (session.created) before the change
         await asyncio.to_thread(_adm, srv, "POST", f"/workload_identity_providers/{pid}", {"enabled": False})
         return await session
 
@@ -285,13 +296,16 @@ def test_wk49_an_issuer_changed_elsewhere_is_never_verified_with_the_old_issuers
     """Before: the JWKS cache was keyed by provider id alone; only the instance that took the update forgot it.
     Another instance went on verifying tokens claiming the NEW issuer with the OLD issuer's keys (for up to
     the cache's 5 minutes): whoever held the old issuer's signing key got access tokens."""
-    pid, sa_id, _ = _setup(gateway, idp)
+    pid, sa_id, rid = _setup(gateway, idp)
     other = start_server(gateway.settings, gateway.init)
     with FakeOIDC() as new_idp:
         try:
             assert _exchange(other, idp.sign({"sub": SUB, "aud": AUD}), pid, sa_id).status_code == 200  # cached
+            identity = other.app.runtime.features.identity
+            before = identity.rule(rid).generation
             _adm(gateway, "POST", f"/workload_identity_providers/{pid}", {"issuer": new_idp.issuer})
-            time.sleep(1.5)  # the change reaches the other instance's identity state
+            # The change reaches the other instance's identity state (the rule's terms there name the new issuer).
+            wait_for(lambda: identity.rule(rid).generation != before, timeout=10)
             forged = idp.sign({"sub": SUB, "aud": AUD, "iss": new_idp.issuer})  # old key, new issuer's name
             r = _exchange(other, forged, pid, sa_id)
             assert r.status_code == 400 and r.json()["error"] == "invalid_subject_token", r.text
@@ -324,9 +338,12 @@ def test_wk49_a_slow_issuer_does_not_stall_every_other_providers_exchange(gatewa
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+    fetching = threading.Event()
+
     class Tarpit(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            time.sleep(4)
+            fetching.set()
+            time.sleep(4)  # the point: a slow issuer (its JWKS fetch holds the provider's lock meanwhile)
             self.send_response(404)
             self.send_header("content-length", "0")
             self.end_headers()
@@ -357,7 +374,7 @@ def test_wk49_a_slow_issuer_does_not_stall_every_other_providers_exchange(gatewa
 
         t = threading.Thread(target=stall)
         t.start()
-        time.sleep(0.5)  # the slow provider's fetch holds its lock now
+        assert fetching.wait(10)  # the slow provider's fetch reached its issuer: it holds its lock now
         t0 = time.monotonic()
         r = _exchange(gateway, idp.sign({"sub": SUB, "aud": AUD}), pid, sa_id)
         took = time.monotonic() - t0
@@ -432,6 +449,18 @@ def test_wk49_a_rule_disabled_while_the_reload_fails_is_still_applied(gateway, a
         finally:
             await conn.close()
 
+    import logging
+    import threading
+
+    reload_failed = threading.Event()
+
+    class _Failed(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "reloading federation rules failed" in record.getMessage():
+                reload_failed.set()
+
+    failed = _Failed(logging.WARNING)
+    logging.getLogger("keyplane.identity").addHandler(failed)
     asyncio.run(sql("ALTER TABLE workload_identity_providers RENAME TO wip_hidden"))  # every reload fails now
     try:
         r = httpx.post(
@@ -441,8 +470,9 @@ def test_wk49_a_rule_disabled_while_the_reload_fails_is_still_applied(gateway, a
             timeout=30,
         )
         assert r.status_code == 200, r.text  # committed (and answered) although this instance could not reload
-        time.sleep(1.0)
+        assert reload_failed.wait(10), "the identity state never tried (and failed) to reload"
     finally:
+        logging.getLogger("keyplane.identity").removeHandler(failed)
         asyncio.run(sql("ALTER TABLE wip_hidden RENAME TO workload_identity_providers"))
     deadline = time.monotonic() + 8
     while True:  # no other change comes: the state must retry on its own
@@ -452,7 +482,7 @@ def test_wk49_a_rule_disabled_while_the_reload_fails_is_still_applied(gateway, a
             assert "disabled" in e.message
             break
         assert time.monotonic() < deadline, "the disabled rule's token still works"
-        time.sleep(0.2)
+        time.sleep(0.2)  # poll interval (a deadline loop)
 
 
 def test_wk49_narrowing_a_rule_ends_its_realtime_sessions_and_client_secrets(make_gateway, idp):
@@ -466,10 +496,11 @@ def test_wk49_narrowing_a_rule_ends_its_realtime_sessions_and_client_secrets(mak
     )
 
     async def scenario() -> int | None:
+        opened = asyncio.Event()
         session = asyncio.ensure_future(
-            _held_until_cut(_ws(srv), 6, additional_headers={"Authorization": f"Bearer {tok}"})
+            _held_until_cut(_ws(srv), 6, opened, additional_headers={"Authorization": f"Bearer {tok}"})
         )
-        await asyncio.sleep(1.0)
+        await asyncio.wait_for(opened.wait(), 10)  # the session is open (session.created) before the change
         await asyncio.to_thread(
             _adm,
             srv,

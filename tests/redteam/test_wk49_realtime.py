@@ -45,6 +45,19 @@ async def _until(ws: Any, kinds: tuple[str, ...], limit: int = 50) -> dict[str, 
     raise AssertionError(f"none of {kinds}")
 
 
+def _model_refused(srv: RunningServer, model: str) -> bool:
+    """Whether this instance's model permissions now refuse ``model`` to the gateway's own key."""
+    from keyplane import errors
+
+    access = srv.app.runtime.features.access
+    assert access is not None
+    try:
+        access.check_request(srv.project_id, srv.init["api_key_id"], "/v1/realtime", "GET", model, False, b"", False)
+    except errors.APIError:
+        return True
+    return False
+
+
 # --- a parser differential: the upstream reads the first of two `type` keys --------------------------------
 
 
@@ -137,6 +150,7 @@ def test_wk49_a_duplicated_type_key_cannot_start_an_unpinned_response(first_wins
             await ws.send(smuggled)
             await ws.send(orjson.dumps({"type": "response.create"}).decode())  # a proper one, to sync on
             await _until(ws, ("response.done",))
+            # A window for a late create at the upstream: the assertion is that none arrives unpinned.
             await asyncio.sleep(0.3)
 
     asyncio.run(go())
@@ -212,8 +226,9 @@ def test_wk49_responses_in_flight_per_session_are_bounded(make_gateway, fake_rt)
             await _until(ws, ("session.created",))
             for i in range(MAX_IN_FLIGHT + 4):
                 await ws.send(orjson.dumps({"type": "response.create", "event_id": f"c{i}"}).decode())
-            await asyncio.sleep(1.0)
-            while True:
+            while errors < 4:  # the refusals of the creates past the bound (each recv times out loudly)
+                errors += json.loads(await asyncio.wait_for(ws.recv(), 10)).get("type") == "error"
+            while True:  # and nothing more: the session stays quiet
                 try:
                     ev = json.loads(await asyncio.wait_for(ws.recv(), 0.5))
                 except TimeoutError:
@@ -222,6 +237,7 @@ def test_wk49_responses_in_flight_per_session_are_bounded(make_gateway, fake_rt)
         return errors
 
     assert asyncio.run(go()) == 4
+    wait_for(lambda: len(fake_rt.of_type("response.create")) >= MAX_IN_FLIGHT)  # the admitted ones reach it
     assert len(fake_rt.of_type("response.create")) == MAX_IN_FLIGHT
     fake_rt.release()
 
@@ -243,7 +259,11 @@ def test_wk49_a_session_ends_when_its_key_loses_the_model_scope(make_gateway, fa
             await asyncio.to_thread(
                 admin, srv, "POST", f"/projects/{srv.project_id}/api_keys/{key['id']}", {"permissions": "read_only"}
             )
-            await asyncio.sleep(1.5)  # the change reaches the snapshot; the watch sees it
+            snapshot = srv.app.runtime.snapshot
+            # The change reaches the snapshot (the session checks it at the next response.create).
+            await asyncio.to_thread(
+                wait_for, lambda: not snapshot.keys_by_id[key["id"]].permissions.allows("api.model.request"), 10
+            )
             try:
                 await ws.send(orjson.dumps({"type": "response.create"}).decode())
                 ev = await _until(ws, ("error", "response.done"))
@@ -298,7 +318,9 @@ def test_wk49_a_stale_instance_admits_no_realtime_response(tmp_path, fake_rt):
                     await ws.send(orjson.dumps({"type": "response.create"}).decode())
                     await _until(ws, ("response.done",))
                     proxy.blackhole()
-                    await asyncio.sleep(3.5)
+                    # Real time passes (the snapshot's staleness reads the monotonic clock): until past the bound.
+                    snap, bound = srv.app.runtime.snapshot, srv.app.runtime.settings.max_staleness_seconds
+                    await asyncio.to_thread(wait_for, lambda: not snap.is_fresh(bound), 10)
                     await ws.send(orjson.dumps({"type": "response.create", "event_id": "late"}).decode())
                     return await _until(ws, ("error", "response.done"))
 
@@ -322,6 +344,7 @@ def test_wk49_a_session_ends_when_its_model_is_no_longer_permitted(make_gateway,
             await _until(ws, ("session.created",))
             await ws.send(orjson.dumps({"type": "response.create"}).decode())
             seen.append((await _until(ws, ("response.done", "error")))["type"])
+            assert not _model_refused(srv, "gpt-realtime")
             await asyncio.to_thread(
                 admin,
                 srv,
@@ -329,7 +352,8 @@ def test_wk49_a_session_ends_when_its_model_is_no_longer_permitted(make_gateway,
                 f"/projects/{srv.project_id}/model_permissions",
                 {"mode": "deny_list", "model_ids": ["gpt-realtime"]},
             )
-            await asyncio.sleep(1.5)
+            # The deny list reaches this instance's access state (the session checks it at the next create).
+            await asyncio.to_thread(wait_for, lambda: _model_refused(srv, "gpt-realtime"), 10)
             try:
                 await ws.send(orjson.dumps({"type": "response.create"}).decode())
                 seen.append((await _until(ws, ("response.done", "error")))["type"])

@@ -322,7 +322,7 @@ def test_a_revoked_keys_batches_are_cancelled_at_the_provider(make_gw, fake):
         assert time.monotonic() < deadline, "the revoked key's batch still runs at the provider"
         batches.poller.polled.clear()
         srv.call(batches.poll(min_age=0))
-        time.sleep(0.1)
+        time.sleep(0.1)  # poll interval (a deadline loop)
 
 
 def test_deleting_a_batchs_output_before_it_is_metered_does_not_erase_its_spend(make_gw, fake):

@@ -210,7 +210,7 @@ def test_a_revoked_keys_fine_tuning_jobs_are_cancelled_at_the_provider(make_gw, 
     while jobs[job.id]["status"] != "cancelled":
         assert time.monotonic() < deadline, "the revoked key's fine-tuning job still trains at the provider"
         srv.call(batches.poll(min_age=0))  # the background poll, as for batches
-        time.sleep(0.2)
+        time.sleep(0.2)  # poll interval (a deadline loop)
 
 
 # --- input billed that admission did not count ---------------------------------------------------------------
@@ -311,7 +311,7 @@ def test_a_response_served_at_the_priority_tier_is_billed_at_it(make_gw, fake, m
     assert r.service_tier == "priority"
     deadline = time.monotonic() + 5
     while _spent(srv, srv.project_id)[1] and time.monotonic() < deadline:  # settled
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll interval (a deadline loop)
     # gpt-4o-mini's priority factor is 1.67 (prices.toml [service_tiers.priority]): 5 tokens at 2672 each.
     assert _spent(srv, srv.project_id)[0] == PRIORITY, "a priority-tier answer billed at the standard price (8000)"
 
@@ -336,7 +336,7 @@ def _settled(srv, project_id: str) -> int:  # type: ignore[no-untyped-def]
     """What a project spent once nothing is reserved any more (the last request settled)."""
     deadline = time.monotonic() + 5
     while _spent(srv, project_id)[1] and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.05)  # poll interval (a deadline loop)
     return _spent(srv, project_id)[0]
 
 

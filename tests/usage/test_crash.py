@@ -30,10 +30,13 @@ N_FAST = 250
 N_HELD = 250
 
 
-async def _fire(base: str, key: str, kill: Callable[[], None]) -> tuple[set[str], int]:
-    """Start the held requests, then the fast ones; once all fast ones are answered, ``kill`` the server
-    (with the held ones still in flight: the client keeps their connections open). Returns the fast
-    ones' request ids and how many held ones were still in flight at the kill."""
+async def _fire(
+    base: str, key: str, kill: Callable[[], None], upstream_holds: Callable[[], int]
+) -> tuple[set[str], int]:
+    """Start the held requests, and once the upstream holds them all (``upstream_holds()``) the fast ones;
+    once all fast ones are answered, ``kill`` the server (with the held ones still in flight: the client
+    keeps their connections open). Returns the fast ones' request ids and how many held ones were still in
+    flight at the kill."""
     h = {"authorization": f"Bearer {key}"}
     rnd = random.Random(5)
     limits = httpx.Limits(max_connections=N_FAST + N_HELD + 10, max_keepalive_connections=0)
@@ -82,7 +85,10 @@ async def _fire(base: str, key: str, kill: Callable[[], None]) -> tuple[set[str]
             return r.headers["x-keyplane-request-id"]
 
         held_tasks = [asyncio.create_task(held(i)) for i in range(N_HELD)]
-        await asyncio.sleep(0.5)
+        deadline = asyncio.get_running_loop().time() + 30
+        while upstream_holds() < N_HELD:  # every held request reached the upstream: in flight at the kill
+            assert asyncio.get_running_loop().time() < deadline, f"{upstream_holds()} of {N_HELD} held requests"
+            await asyncio.sleep(0.02)  # poll interval (a deadline loop)
         ids = await asyncio.gather(*(fast(i) for i in range(N_FAST)))
         in_flight = sum(1 for t in held_tasks if not t.done())
         kill()  # before the client closes anything: the held requests die with the server
@@ -121,7 +127,7 @@ def _wait_rows(url: str, n: int, timeout: float = 60) -> dict:
         state = asyncio.run(_db_state(url))
         if len(state["ids"]) >= n or time.monotonic() > deadline:
             return state
-        time.sleep(0.2)
+        time.sleep(0.2)  # poll interval (a deadline loop)
 
 
 def test_kill9_with_requests_in_flight_loses_nothing_and_counts_nothing_twice(tmp_path, database_url, fake):
@@ -141,7 +147,10 @@ def test_kill9_with_requests_in_flight_loses_nothing_and_counts_nothing_twice(tm
     a = Proc(home, env)
     a.wait_ready()
 
-    answered_ids, in_flight = asyncio.run(_fire(a.base_url, init["api_key"], a.kill9))
+    def held() -> int:  # a copy (atomic): the upstream's thread records requests meanwhile
+        return sum(1 for r in fake.requests.copy() if not r.finished and not r.path.startswith("/_fake"))
+
+    answered_ids, in_flight = asyncio.run(_fire(a.base_url, init["api_key"], a.kill9, held))
     assert len(answered_ids) == N_FAST and in_flight == N_HELD
     answered_upstream = [r for r in fake.model_requests() if r.finished]
     assert len(answered_upstream) == N_FAST  # the upstream answered exactly the fast ones

@@ -37,7 +37,7 @@ def test_two_workers_each_journal_and_one_metrics_view(tmp_path, database_url, f
     journal = home / "journal"
     deadline = time.monotonic() + 60  # /readyz answers as soon as one worker is up: wait for the other
     while len(list(journal.glob("*.lock"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.1)  # poll interval (a deadline loop)
 
     def busy_writers() -> int:
         return sum(1 for p in journal.glob("*.seg") if p.stat().st_size > 0)
@@ -80,7 +80,7 @@ def test_two_workers_each_journal_and_one_metrics_view(tmp_path, database_url, f
 
         deadline = time.monotonic() + 5  # each worker moves its sums to the shared files every 0.25 s
         while scrape_total() != len(ids) and time.monotonic() < deadline:
-            time.sleep(0.1)
+            time.sleep(0.1)  # poll interval (a deadline loop)
         # Whichever worker answers the scrape, it reports every worker's counts.
         assert {scrape_total() for _ in range(6)} == {len(ids)}
     finally:
