@@ -293,3 +293,19 @@ def test_held_an_organization_writer_cannot_join_a_group_holding_project_authori
     assert r.status_code == 403 and _code(r) == "insufficient_permissions", r.text
     assert me.post(f"/projects/{b}/api_keys", json={"name": "x"}).status_code == 403
     assert me.post(f"/groups/{g2['id']}/users", json={"user_id": u["id"]}).status_code == 200
+
+
+def test_a_nested_key_named_in_two_cases_is_refused(make_gw, fake):
+    """The case check holds in every object, not only at the top: `{"content": "hi", "CONTENT": <a long
+    document>}` in a message was counted as "hi" (keyplane reads the exact key) and read as the document by a
+    case-insensitive parser (Go's encoding/json: the last match wins), so the prompt reserved was not the one run."""
+    srv = make_gw()
+    fake.requests.clear()
+    body = (
+        b'{"model":"gpt-4o-mini","max_tokens":5,"messages":[{"role":"user","content":"hi","CONTENT":"'
+        + b"long " * 1000
+        + b'"}]}'
+    )
+    r = _post(srv, srv.api_key, "/chat/completions", body)
+    assert r.status_code == 400 and _code(r) == "duplicate_key", (r.status_code, r.text[:200])
+    assert fake.model_requests() == []

@@ -208,8 +208,8 @@ def parse_head(body: bytes) -> Head:
 
 
 class _Repeated(ValueError):
-    def __init__(self, key: str) -> None:
-        self.key = key
+    def __init__(self, key: str, other: str | None = None) -> None:
+        self.key, self.other = key, other
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -220,6 +220,11 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             if k in seen:
                 raise _Repeated(k)
             seen.add(k)
+    if len(d) > 1 and len({k.casefold() for k in d}) != len(d):
+        folded: dict[str, str] = {}
+        for k in d:
+            if (first := folded.setdefault(k.casefold(), k)) != k:
+                raise _Repeated(k, first)
     return d
 
 
@@ -227,25 +232,20 @@ BIG_BODY: Final = 64 * 1024  # a body larger than this is checked in a thread, n
 
 
 def check_one_reading(body: bytes, strict: bool = True) -> None:
-    """Refuse a JSON body that repeats a key in any object (``{"max_tokens": 100000, "max_tokens": 5}``), or two
-    top-level keys that differ only in case (``"MAX_TOKENS"``: Go's encoding/json, which Ollama and LocalAI use,
-    matches fields case-insensitively): keyplane's parsers keep the last exact key and an upstream may keep
-    another, so the request would be admitted, priced and checked as one thing and run as another (or name one
-    project's object to the ownership check and another's upstream). ``strict``: a body that is not JSON is
-    refused too (a model or spending request; parse_head read it already). About 7 us for a small body."""
+    """Refuse a JSON body that repeats a key in any object (``{"max_tokens": 100000, "max_tokens": 5}``), or names
+    two keys of one object that differ only in case (``"MAX_TOKENS"``, ``"CONTENT"``: Go's encoding/json, which
+    Ollama and LocalAI use, matches fields case-insensitively, the last one winning): keyplane's parsers keep the
+    last exact key and an upstream may keep another, so the request would be admitted, priced and checked as one
+    thing and run as another (or name one project's object to the ownership check and another's upstream).
+    ``strict``: a body that is not JSON is refused too (a model or spending request; parse_head read it
+    already). About 8 us for a small body."""
     try:
-        top = json.loads(body, object_pairs_hook=_unique)
+        json.loads(body, object_pairs_hook=_unique)
     except _Repeated as e:
-        _refuse(e.key)
+        _refuse(e.key, e.other)
     except (ValueError, RecursionError):  # read by parse_head already; anything else it reads differently
         if strict:
             raise errors.invalid_json() from None
-        return
-    if isinstance(top, dict):
-        folded: dict[str, str] = {}
-        for k in top:
-            if (seen := folded.setdefault(k.casefold(), k)) != k:
-                _refuse(k, seen)
 
 
 def _refuse(key: str, other: str | None = None) -> NoReturn:
