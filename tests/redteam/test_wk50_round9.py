@@ -197,3 +197,19 @@ def test_held_a_cache_hit_is_refused_to_a_revoked_key_and_across_namespaces(make
     assert r.status_code == 401, r.text
     assert "x-keyplane-cache" not in _ask(srv, alone_key).headers  # not opted in: never reads the shared entry
     assert len(fake.model_requests()) == 2
+
+
+def test_a_batch_line_naming_a_key_in_two_cases_is_priced_neither_way():
+    """The batch form of round 8's case-insensitive keys: a line whose body (or a message in it) names a key in
+    two cases is not priced, so it is refused under money controls, like the same body sent on its own."""
+    from keyplane.billing.batch_input import estimate
+    from keyplane.billing.prices import PriceTable
+
+    t = PriceTable.from_config({})
+    for body in (
+        b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"max_tokens":1,"MAX_TOKENS":16000}',
+        b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x","CONTENT":"long"}],"max_tokens":1}',
+    ):
+        line = b'{"custom_id":"r-1","method":"POST","url":"/v1/chat/completions","body":' + body + b"}\n"
+        e = estimate(t, line, 4096)
+        assert e.cost is None and "case-insensitive" in (e.why or ""), e.why

@@ -69,13 +69,13 @@ class Facts:
                 else f"line {n} is not a JSON object"
             )
             return
-        body = obj.get("body")
-        if isinstance(body, dict):  # two keys one a case-insensitive parser reads as one (Go's encoding/json)
-            folded: dict[str, str] = {}
-            for k in body:
-                if isinstance(k, str) and (seen := folded.setdefault(k.casefold(), k)) != k:
-                    self.unchecked = f"line {n} names both '{seen[:40]}' and '{k[:40]}' in its body"
-                    return
+        from keyplane.proxy.request import check_one_reading
+
+        try:  # two keys of one object a case-insensitive parser reads as one (Go's encoding/json)
+            check_one_reading(raw, strict=False)
+        except errors.APIError as e:
+            self.unchecked = f"line {n}: {e.message[:200]}"
+            return
         for m in asked.models:
             self.models.setdefault(m, n)
         if len(self.models) > MAX_MODELS:
