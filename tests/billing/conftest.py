@@ -78,13 +78,16 @@ def backend(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture
-def make_gateway(gateways: Gateways, fake: FakeUpstream, backend: dict[str, str]) -> Callable[..., RunningServer]:
+def make_gateway(
+    gateways: Gateways, fake: FakeUpstream, backend: dict[str, str]
+) -> Iterator[Callable[..., RunningServer]]:
     """Start a keyplane on SQLite routed to the fake upstream (and demo), on the test's backend."""
 
     def make(extra: str = "", clock: Clock | None = None, home: Path | None = None, **env: str) -> RunningServer:
         return gateways.start(config(fake, extra), clock, home, **{**backend, **env})
 
-    return make
+    yield make
+    gateways.stop_all()  # before the backend's teardown deletes the test's Redis keys under a live server
 
 
 @pytest.fixture
