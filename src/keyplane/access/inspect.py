@@ -1,10 +1,11 @@
 """What a request body asks for: every model it names and every hosted tool it would use.
 
 Read as an attacker would write it: the whole JSON body is walked (not only ``tools``), with every
-duplicated key seen (``object_pairs_hook``; a parser that keeps the first value and one that keeps the
-last must not disagree about a policy), strings holding JSON parsed again (a lenient upstream might),
-``tool_choice``, replayed tool calls (``web_search_call``, ``mcp_approval_response``...), Assistants'
-``tool_resources``, chat's ``web_search_options`` and the search models that always search.
+duplicated key seen, keys compared case-insensitively (``object_pairs_hook``; a parser that keeps the first
+value and one that keeps the last, or matches keys in any case, must not disagree about a policy), strings
+holding JSON parsed again (a lenient upstream might), ``tool_choice``, replayed tool calls
+(``web_search_call``, ``mcp_approval_response``...), Assistants' ``tool_resources``, chat's
+``web_search_options`` and the search models that always search.
 """
 
 from __future__ import annotations
@@ -102,9 +103,10 @@ def _walk(v: Any, asked: Asked, nested: int) -> Iterator[None]:
         if isinstance(node, _Obj):
             seen: set[str] = set()
             for k, val in node:
-                if k in seen:
+                folded = k.casefold()  # a case-insensitive parser (Go's encoding/json) reads `N` as `n`
+                if folded in seen:
                     asked.duplicated.add(k)
-                seen.add(k)
+                seen.add(folded)
                 key = k.strip().lower()
                 if isinstance(val, str):
                     if key in ("type", "tool_choice") and (t := tool_of(val)) is not None:

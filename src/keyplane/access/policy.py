@@ -93,7 +93,7 @@ def _one_reading(body: bytes) -> inspect.Asked:
         name = sorted(asked.duplicated)[0]
         raise errors.bad_request(
             f"The request body repeats the key '{name}'; with an access policy set, "
-            "each key may appear once per object.",
+            "each key may appear once per object (keys that differ only in case count as one).",
             param=name,
             code="duplicate_key",
         )
