@@ -104,9 +104,7 @@ class Session:
         try:
             await self.rt.pipeline.admit(ctx)
         except errors.APIError as e:
-            ctx.endpoint, ctx.upstream = PATH, None  # keyplane's refusal, not the upstream's error
-            ctx.status, ctx.error = e.status, e.code
-            await self.rt.pipeline.refused(ctx)
+            await _refused(self.rt, ctx, e)
             raise
         ctx.endpoint = PATH
         return ctx
@@ -114,10 +112,7 @@ class Session:
     async def refused(self, e: errors.APIError) -> None:
         """A client event refused, not forwarded: metered like any refusal of the key, and watched by the kill
         switch (a key probing models or tools over a session is seen as over HTTP)."""
-        ctx = self._context(None)
-        ctx.endpoint, ctx.upstream = PATH, None
-        ctx.status, ctx.error = e.status, e.code
-        await self.rt.pipeline.refused(ctx)
+        await _refused(self.rt, self._context(None), e)
 
     async def settle(self, ctx: RequestContext, usage: dict[str, Any] | None, status: int) -> None:
         ctx.status = status
@@ -385,8 +380,15 @@ async def handshake_refused(rt: Runtime, entry: KeyEntry, e: errors.APIError, sc
     """A session refused at its handshake once its key was known (scope, model permission, no upstream):
     metered and watched by the kill switch, as an HTTP request refused is."""
     ctx = RequestContext(new_request_id().decode(), entry, entry.project_id, PATH, "GET")
-    ctx.status, ctx.error = e.status, e.code
     ctx.started = time.perf_counter()
     client = scope.get("client")
     ctx.client_ip = client[0] if client else None
+    await _refused(rt, ctx, e)
+
+
+async def _refused(rt: Runtime, ctx: RequestContext, e: errors.APIError) -> None:
+    """Meter a refusal of the session's key (pipeline.refused: counted, and watched by the kill switch), as
+    keyplane's own: not an upstream's error, which error_spike leaves out."""
+    ctx.endpoint, ctx.upstream = PATH, None
+    ctx.status, ctx.error = e.status, e.code
     await rt.pipeline.refused(ctx)

@@ -15,6 +15,12 @@ from starlette.responses import JSONResponse, Response
 from keyplane.testing.fake_org import FakeOrganization
 
 
+def invalid_key() -> JSONResponse:
+    """The provider's 401 for a key it does not know (admin API and model calls alike)."""
+    error = {"message": "Incorrect API key provided.", "type": "invalid_request_error", "param": None}
+    return JSONResponse({"error": {**error, "code": "invalid_api_key"}}, 401)
+
+
 class FakeAdminApi(FakeOrganization):
     """The Admin API's handlers over the organization (routed by FakeProvider.app)."""
 
@@ -33,17 +39,7 @@ class FakeAdminApi(FakeOrganization):
             )
         auth = request.headers.get("authorization", "")
         if auth != f"Bearer {self.admin_key}":
-            return JSONResponse(
-                {
-                    "error": {
-                        "message": "Incorrect API key provided.",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "invalid_api_key",
-                    }
-                },
-                401,
-            )
+            return invalid_key()
         return None
 
     def _list(self, request: Request, items: list[dict[str, Any]]) -> Response:

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from keyplane.testing.fake_admin_api import invalid_key
 from keyplane.testing.fake_usage_api import FakeUsageApi
 
 
@@ -64,17 +65,7 @@ class FakeProvider(FakeUsageApi):
             else next((kid for kid, v in self.secrets.items() if v == token and kid in live), None)
         )
         if who is None:
-            return JSONResponse(
-                {
-                    "error": {
-                        "message": "Incorrect API key provided.",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "invalid_api_key",
-                    }
-                },
-                401,
-            )
+            return invalid_key()
         body = await request.json()
         self.model_calls.append((who, str(body.get("model"))))
         return JSONResponse(
