@@ -103,6 +103,31 @@ def test_body_refs_cannot_be_hidden_from_the_check():
         assert e.value.status == 400
 
 
+def test_body_refs_finds_the_stored_items_an_input_references():
+    def items(body: bytes) -> list[tuple[str, str]]:
+        return sorted(body_refs(body))
+
+    # An explicit reference, an item with an id and no type (or a null one), wherever the input list stands.
+    assert items(
+        b'{"model": "gpt-4o", "input": [{"type": "item_reference", "id": "msg_1"}, {"id": "msg_2"},'
+        b' {"id": "msg_3", "type": null}, {"role": "user", "content": "hi"}]}'
+    ) == [("input", "msg_1"), ("input", "msg_2"), ("input", "msg_3")]
+    assert items(b'{"items": [{"id": "msg_4"}]}') == [("input", "msg_4")]  # POST /v1/conversations/{id}/items
+    # A reasoning item is read by id unless its encrypted content comes with it.
+    assert items(b'{"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}') == [("input", "rs_1")]
+    assert items(b'{"input": [{"type": "reasoning", "id": "rs_2", "summary": [], "encrypted_content": "x"}]}') == []
+    # An MCP approval names the approval request item it answers.
+    assert items(b'{"input": [{"type": "mcp_approval_response", "approval_request_id": "mcpr_1"}]}') == [
+        ("approval_request_id", "mcpr_1")
+    ]
+    # Items given whole (an answer replayed) and chat's tool call ids read nothing stored.
+    assert items(b'{"input": [{"type": "message", "id": "msg_5", "role": "assistant", "content": []}]}') == []
+    assert items(b'{"messages": [{"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function"}]}]}') == []
+    # Escaped, nested or in an unusual place: still found.
+    assert items(b'{"input": [{"type": "item\\u005freference", "id": "msg_6"}]}') == [("input", "msg_6")]
+    assert items(b'{"x": {"y": [{"type": "item_reference", "id": "msg_7"}]}}') == [("input", "msg_7")]
+
+
 def test_body_refs_is_bounded():
     body = b'{"file_ids": [' + b",".join(b'"file-%d"' % i for i in range(1001)) + b"]}"
     with pytest.raises(errors.APIError) as e:
@@ -226,6 +251,37 @@ def test_a_project_cannot_reach_another_projects_stored_responses(gw, two, fake)
     # store=false creates nothing to own: no one may read it back through keyplane.
     gone = a.responses.create(model="gpt-4o-mini", input="hi", store=False)
     _not_found(lambda: a.responses.retrieve(gone.id), gone.id)
+
+
+def _reference(client: openai.OpenAI, item_id: str, store: bool = True) -> str:
+    return client.responses.create(
+        model="gpt-4o-mini",
+        input=[{"type": "item_reference", "id": item_id}],
+        store=store,  # type: ignore[list-item]
+    ).id
+
+
+def test_a_project_cannot_reference_another_projects_stored_items(gw, two, fake):
+    a, b = two
+    r = a.responses.create(model="gpt-4o-mini", input="hi")
+    msg = r.output[0].id
+    with a.responses.create(model="gpt-4o-mini", input="hi", stream=True) as stream:
+        streamed = next(ev.response for ev in stream if ev.type == "response.completed")
+    smsg = streamed.output[0].id
+    listed = a.responses.input_items.list(r.id).data[0].id  # a response's input items, shown to its project
+    for item in (msg, smsg, listed):
+        assert _reference(a, item)  # the project's own items: referenced freely
+        fake.reset()
+        e = _not_found(lambda item=item: _reference(b, item), f"No such Item object: {item}")
+        assert e.body["param"] == "input"  # type: ignore[index]
+        assert not _upstream_saw(fake, item)  # refused before any upstream call
+        # The untyped form and a bare reasoning item are references too.
+        for shape in ({"id": item}, {"type": "reasoning", "id": item, "summary": []}):
+            _not_found(lambda shape=shape: b.responses.create(model="gpt-4o-mini", input=[shape]), item)
+    # An item id keyplane never saw shown (made elsewhere, or of a response not stored) is nobody's.
+    _not_found(lambda: _reference(a, "msg_made_elsewhere"), "No such Item object: msg_made_elsewhere")
+    gone = a.responses.create(model="gpt-4o-mini", input="hi", store=False)
+    _not_found(lambda: _reference(a, gone.output[0].id), gone.output[0].id)
 
 
 def test_stored_chat_completions_belong_to_their_project(two, fake):

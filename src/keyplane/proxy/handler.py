@@ -311,6 +311,8 @@ class ProxyApp:
             ctx.error = err.code
             log.warning("upstream %s broke a stream mid-way (%s): %s", out.dep.name, ctx.request_id, type(e).__name__)
             final = relay.held + sse.error_event(err)
+        if relay.item_ids:  # a stored response's output items: the project's own before it sees them
+            await self.tenancy.stream_items(ctx, relay.item_ids)
         self._usage_from_relay(ctx, relay)
         await self._finish(ctx, t0, watch)
         await send({"type": "http.response.body", "body": final, "more_body": False})

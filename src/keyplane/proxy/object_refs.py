@@ -1,8 +1,8 @@
 """Which provider objects a request names (proxy/tenancy.py checks the caller's project owns each).
 
 - a canonical path under an object collection (``/v1/files/{id}``...): :func:`target`;
-- the ids a JSON body refers to (``previous_response_id``, ``input_file_id``, ``vector_store_ids``...):
-  :func:`body_refs`;
+- the ids a JSON body refers to (``previous_response_id``, ``input_file_id``, ``vector_store_ids``..., and the
+  stored items a Responses input references by id): :func:`body_refs`;
 - the files an eval's data sources name: :func:`eval_refs`;
 - the ids the requests of a batch input file (JSONL) name: :func:`batch_file_refs`.
 
@@ -52,10 +52,19 @@ REF_FIELDS: Final[dict[str, str]] = {
     "vector_store_id": "VectorStore",
     "assistant_id": "Assistant",
     "container": "Container",  # code_interpreter's container (a string id; {"type": "auto"} names none)
+    "approval_request_id": "Item",  # an MCP approval answers an approval request item of a stored response
 }
-# A body is parsed when it names a field that refers to an object, or has a \u escape (a field name
-# can be spelled with escapes: "previous_response\u005fid" is previous_response_id to any JSON parser).
-_REF_RE: Final = re.compile(rb'"(?:' + b"|".join(k.encode() for k in REF_FIELDS) + rb')"\s*:|\\u')
+# Items of a Responses input (or of a conversation's items) that the provider reads by id from what is stored
+# under its key, every project's: ``{"type": "item_reference", "id": ...}``, an item with an ``id`` and no
+# ``type`` (or a null one: the API reads it as a reference), and a reasoning item without its
+# ``encrypted_content``. Reported under this field name (the request's ``input``), with the noun "Item".
+ITEM_FIELD: Final = "input"
+NOUNS: Final[dict[str, str]] = {**REF_FIELDS, ITEM_FIELD: "Item"}
+_ITEM_LISTS: Final = frozenset({"input", "items"})
+# A body is parsed when it names a field that refers to an object, an ``id`` (an item reference), or has a \u
+# escape (a field name can be spelled with escapes: "previous_response\u005fid" is previous_response_id to any
+# JSON parser).
+_REF_RE: Final = re.compile(rb'"(?:id|' + b"|".join(k.encode() for k in REF_FIELDS) + rb')"\s*:|\\u')
 _MAX_REFS: Final = 1000
 _MAX_FILE_REFS: Final = 10_000  # ids the requests of one batch input file may name, all lines together
 # Eval data sources that select stored objects by a query rather than by id (eval_refs).
@@ -126,9 +135,17 @@ def _walk(obj: object) -> list[tuple[str, str]]:
         if depth > 64:  # no id stands this deep in any request schema: refused rather than left unchecked
             raise errors.bad_request("The request body is nested too deeply.", code="invalid_body")
         if isinstance(node, dict):
+            if _is_item_reference(node):  # wherever it stands: a reference reads the item whatever holds it
+                out.append((ITEM_FIELD, node["id"]))
             for k, v in node.items():
                 if k in REF_FIELDS:
                     out.extend((k, i) for i in _ids(v))
+                elif k in _ITEM_LISTS and isinstance(v, list):  # an untyped item with an id is a reference
+                    out.extend(
+                        (ITEM_FIELD, e["id"])
+                        for e in v
+                        if isinstance(e, dict) and e.get("type") is None and isinstance(e.get("id"), str)
+                    )
                 # The annotations of an answer replayed as input (file citations) grant nothing; any other
                 # place an id can stand is checked, whatever a "type" field says.
                 if k != "annotations" and isinstance(v, (dict, list)):
@@ -138,6 +155,15 @@ def _walk(obj: object) -> list[tuple[str, str]]:
     if len(out) > _MAX_REFS:
         raise errors.bad_request(f"The request names more than {_MAX_REFS} provider objects.", code="too_many_ids")
     return out
+
+
+def _is_item_reference(node: dict[str, Any]) -> bool:
+    """An item the provider would read by its ``id``: an explicit item reference, or a reasoning item given
+    without its ``encrypted_content`` (a stored one is looked up by id)."""
+    t = node.get("type")
+    if t == "item_reference":
+        return isinstance(node.get("id"), str)
+    return t == "reasoning" and isinstance(node.get("id"), str) and node.get("encrypted_content") is None
 
 
 def _ids(v: object) -> Iterable[str]:

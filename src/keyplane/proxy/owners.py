@@ -29,6 +29,7 @@ log = logging.getLogger("keyplane.proxy")
 UNCHECKED_FILE: Final = "file.unchecked"
 _CACHE_MAX: Final = 200_000
 _MISS_MAX: Final = 10_000
+_MAX_ITEMS: Final = 1000  # items recorded from one answer (a list page holds at most 100)
 _MISS_TTL: Final = 2.0  # seconds an unknown id is remembered as unknown (ids are random: only guesses miss)
 
 
@@ -178,6 +179,26 @@ def derived_rows(obj: object, pid: str, upstream: str, now: int) -> list[Provide
         # The model the job made is the project's own too (trained on its data): proxy/handler.py checks its use.
         if isinstance(m := obj.get("fine_tuned_model"), str) and m.startswith("ft:"):
             rows += object_row(m, "model", pid, upstream, now)
+    return rows
+
+
+def item_rows(obj: dict[str, object], pid: str, upstream: str, now: int) -> list[ProviderObject]:
+    """The stored items an answer shows project ``pid`` (an input may reference them by id, object_refs.py): the
+    output items of a response, the items of a list (a response's input items, a conversation's items), or the
+    item itself (one conversation item)."""
+    kind = obj.get("object")
+    if kind == "response":
+        items = obj.get("output")
+    elif kind == "list":
+        items = obj.get("data")
+    else:
+        items = [obj] if isinstance(obj.get("type"), str) else None
+    if not isinstance(items, list):
+        return []
+    rows: list[ProviderObject] = []
+    for it in items[:_MAX_ITEMS]:
+        if isinstance(it, dict):
+            rows += object_row(it.get("id"), "item", pid, upstream, now)
     return rows
 
 

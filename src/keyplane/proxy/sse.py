@@ -49,12 +49,13 @@ def error_event(err: APIError) -> bytes:
 
 
 class StreamRelay:
-    __slots__ = ("_buf", "_kept", "_text", "held", "kind", "pieces", "strip_usage", "uncounted", "usage")
+    __slots__ = ("_buf", "_kept", "_text", "held", "item_ids", "kind", "pieces", "strip_usage", "uncounted", "usage")
 
     def __init__(self, kind: int, strip_usage: bool) -> None:
         self.kind = kind
         self.strip_usage = strip_usage
         self.usage: Usage | None = None
+        self.item_ids: list[str] = []  # the output items a Responses stream's terminal event shows
         self.pieces: list[bytes] = []
         self._kept = 0  # bytes in pieces; past MAX_KEPT only their length is counted (bounded memory)
         self.uncounted = 0
@@ -107,7 +108,8 @@ class StreamRelay:
                         continue
                     if not hold and any(m in ev for m in _FINAL_EVENTS):
                         with contextlib.suppress(*_usage.BadBody):
-                            self.usage = _usage.from_response_event(_data_of(ev)) or self.usage
+                            u, self.item_ids = _usage.from_response_event(_data_of(ev))
+                            self.usage = u or self.usage
                     (hold if hold or any(m in ev for m in _FINAL_EVENTS) else keep).append(ev + b"\n\n")
                 self.held += b"".join(hold)
                 return b"".join(keep)

@@ -35,8 +35,8 @@ import orjson
 
 from keyplane import errors, logs
 from keyplane.proxy import multipart
-from keyplane.proxy.object_refs import REF_FIELDS, batch_file_refs, body_refs, eval_refs, target
-from keyplane.proxy.owners import UNCHECKED_FILE, OwnerStore, created_rows, derived_rows, object_row
+from keyplane.proxy.object_refs import NOUNS, batch_file_refs, body_refs, eval_refs, target
+from keyplane.proxy.owners import UNCHECKED_FILE, OwnerStore, created_rows, derived_rows, item_rows, object_row
 from keyplane.proxy.router import Deployment, Router
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
@@ -54,6 +54,9 @@ _STARTS_JOB: Final = re.compile(r"^/v1/(?:fine_tuning/jobs|evals/[^/]+/runs)$")
 _STORED_IF: Final = {"/v1/chat/completions": False, "/v1/responses": True}  # the default of `store`
 _STORE_RE: Final = re.compile(rb'"store"\s*:\s*(true|false)')
 _STREAM_ID_RE: Final = re.compile(rb'"id"\s*:\s*"((?:resp_|chatcmpl-)[A-Za-z0-9_\-]{1,120})"')
+# Answers that show stored items of an object the caller owns (a response retrieved, its input items, a
+# conversation's items): their ids are recorded, so that an input may reference them (object_refs.py).
+_SHOWS_ITEMS: Final = re.compile(r"^/v1/(?:responses/[^/]+(?:/input_items)?|conversations/[^/]+/items(?:/[^/]+)?)$")
 
 
 class TenantRequest(Protocol):
@@ -111,7 +114,7 @@ class Tenancy:
         for name, oid in refs:
             o = owners.get(oid)
             if o is None or o.project_id != pid:
-                raise errors.object_not_found(REF_FIELDS[name], oid, param=name)
+                raise errors.object_not_found(NOUNS[name], oid, param=name)
             if o.kind == UNCHECKED_FILE and name == "input_file_id" and endpoint == "/v1/batches":
                 raise errors.access_refused(
                     f"The input file `{oid}` cannot run as a batch: keyplane could not read its requests at the "
@@ -157,9 +160,24 @@ class Tenancy:
             )
         )
 
+    async def stream_items(self, req: TenantRequest, item_ids: list[str]) -> None:
+        """Record the output items of a stored response's stream (from its terminal event), before the client
+        sees that event: an input may then reference them by id (object_refs.py)."""
+        if req.method != "POST" or req.endpoint != "/v1/responses" or not _stored(req.endpoint, req.body):
+            return
+        now = int(self.rt.clock.now())
+        rows = [r for i in item_ids for r in object_row(i, "item", req.project_id or "", req.upstream or "", now)]
+        try:  # never in the way of the stream's settle: an item not recorded is refused later (fail closed)
+            await self.store.record(rows[:1000])
+        except Exception:
+            log.exception("could not record the output items of a stored response stream")
+
     def wants_body(self, req: TenantRequest) -> bool:
         """True when after() must see the whole JSON answer (creates, eval runs started, lists, batch and job
-        retrievals, a vector store's retrieval, modification or deletion: its size is metered, usage/storage.py)."""
+        retrievals, a vector store's retrieval, modification or deletion: its size is metered, usage/storage.py;
+        answers that show stored items)."""
+        if _shows_items(req.method, req.endpoint):
+            return True
         t = target(req.endpoint)
         if (
             t is not None
@@ -187,6 +205,7 @@ class Tenancy:
         t = target(req.endpoint)
         create = req.method == "POST" and (req.endpoint in _CREATES_ALSO or (t is not None and t.object_id is None))
         listing = req.method == "GET" and t is not None and t.object_id is None
+        shows_items = (create and req.endpoint == "/v1/responses") or _shows_items(req.method, req.endpoint)
         if not (create or listing or self.wants_body(req)):
             return body
         if create and req.endpoint in _STORED_IF and not _stored(req.endpoint, req.body):
@@ -210,6 +229,8 @@ class Tenancy:
             if create:
                 rows.extend(created_rows(obj, pid, upstream, now))
             rows.extend(derived_rows(obj, pid, upstream, now))
+            if shows_items:  # the path's object is the caller's (checked): so are the items it shows
+                rows.extend(item_rows(obj, pid, upstream, now))
             seen = [obj]
         if (
             create
@@ -258,7 +279,7 @@ class Tenancy:
         for line, name, oid in refs:
             o = owners.get(oid)
             if o is None or o.project_id != pid:
-                return f"line {line} names {REF_FIELDS[name]} `{oid[:64]}` ({name}), which the project does not own"
+                return f"line {line} names {NOUNS[name]} `{oid[:64]}` ({name}), which the project does not own"
         return None
 
     async def _batches(self, req: TenantRequest, obj: dict[str, Any], create: bool) -> None:
@@ -319,6 +340,13 @@ class Tenancy:
         if "last_id" in obj:
             obj["last_id"] = kept[-1]["id"] if kept else None
         return orjson.dumps(obj)
+
+
+def _shows_items(method: str, endpoint: str) -> bool:
+    """A retrieval of a response, its input items or a conversation's items, or items added to a conversation."""
+    if method == "GET":
+        return _SHOWS_ITEMS.match(endpoint) is not None
+    return method == "POST" and endpoint.startswith("/v1/conversations/") and _SHOWS_ITEMS.match(endpoint) is not None
 
 
 def _stored(endpoint: str, body: bytes) -> bool:

@@ -81,6 +81,7 @@ class _UnitUsage(msgspec.Struct):
 class _Item(msgspec.Struct):
     type: str | None = None
     container_id: str | None = None
+    id: str | None = None
 
 
 # Output items of a Responses answer that the provider bills per call (code interpreter: per container).
@@ -190,10 +191,14 @@ def from_chunk(data: bytes) -> tuple[Usage | None, bool]:
     return u, not c.choices
 
 
-def from_response_event(data: bytes) -> Usage | None:
-    """The usage of a Responses stream event (response.completed / incomplete / failed)."""
+def from_response_event(data: bytes) -> tuple[Usage | None, list[str]]:
+    """The usage of a Responses stream event (response.completed / incomplete / failed), and the ids of the
+    output items it shows (recorded as the project's own when the response is stored: proxy/tenancy.py)."""
     e = _event.decode(data)
-    return e.response.with_tools() if e.response is not None else None
+    if e.response is None:
+        return None, []
+    ids = [item.id for item in e.response.output or () if item.id]
+    return e.response.with_tools(), ids
 
 
 def fill_units(ctx: Any, body: bytes) -> None:
