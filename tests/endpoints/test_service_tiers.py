@@ -52,3 +52,20 @@ def test_long_context_tier_prices_by_prompt_size():
     assert p.cost(1000, 0, 10) == 1000 + 20  # at the threshold: standard
     assert p.cost(1001, 0, 10) == 2 * (1001 + 20)  # above: the whole request at the long-context rates
     assert p.max_cost(5000, 10) == 2 * (5000 + 20)
+
+
+def test_long_context_tier_may_price_output_apart():
+    """gpt-5.4 past 272K prompt tokens: input at 2x, output at 1.5x, the whole request (the shipped table)."""
+    t = PriceTable.from_config({})
+    p = t.lookup("gpt-5.4-2026-03-05")
+    assert (p.long_above, p.long_factor, p.long_output_factor) == (272_000, 2 * MICROS, 3 * MICROS // 2)
+    assert p.cost(272_000, 0, 1000) == 272_000 * 2_500_000 // MICROS + 1000 * 15  # at the threshold: standard
+    assert p.cost(272_001, 1, 1000) == -(-(272_000 * 5 + 1 * 0.5 + 1000 * 22.5) // 1)  # micro-dollars
+    assert p.max_cost(300_000, 128_000) == 300_000 * 5 + 128_000 * 45 // 2
+    assert t.lookup("gpt-5.4-mini").long_above is None
+    # A price file's [long_context] entry is read strictly.
+    from keyplane.billing.prices_file import PriceError, shipped_extras
+
+    assert shipped_extras({"long_context": {"m": {"above": 10, "factor": 2}}})[1] == {"m": (10, 2 * MICROS, None)}
+    with pytest.raises(PriceError, match="output_factr"):
+        shipped_extras({"long_context": {"m": {"above": 10, "output_factr": 1.5}}})

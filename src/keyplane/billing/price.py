@@ -65,18 +65,22 @@ class Price:
     tokens: bool = True
     max_seconds: int | None = None  # most seconds of audio one transcription may carry
     # Long-context tier: a request whose prompt has more than ``long_above`` tokens is billed at
-    # ``long_factor`` (micro-units: 2_000_000 is twice) of these prices, input and output.
+    # ``long_factor`` (micro-units: 2_000_000 is twice) of these prices, its output at
+    # ``long_output_factor`` (None: ``long_factor`` too).
     long_above: int | None = None
     long_factor: int = MICROS
+    long_output_factor: int | None = None
     # Audio tokens (realtime models): per 1M tokens; None: the model has no separate audio rate.
     audio_input: int | None = None
     cached_audio_input: int | None = None
     audio_output: int | None = None
 
-    def _tier(self, prompt: int, total: int) -> int:
+    def _tier(self, prompt: int, total_in: int, total_out: int = 0) -> int:
+        """The input and output totals at the rates of the request's tier (long context past ``long_above``)."""
         if self.long_above is not None and prompt > self.long_above:
-            return -(-total * self.long_factor // MICROS)
-        return total
+            out_factor = self.long_factor if self.long_output_factor is None else self.long_output_factor
+            return -(-(total_in * self.long_factor + total_out * out_factor) // MICROS)
+        return total_in + total_out
 
     # The dearest rates (audio or text): what tokens of an unknown modality are billed at (set from the above).
     top_input: int = dataclasses.field(init=False, default=0)
@@ -92,8 +96,8 @@ class Price:
         """Micro-dollars for a usage (cached tokens are part of the prompt tokens), rounded up. Its modality
         unknown, a model with audio rates bills it at the dearest ones (:meth:`cost_by` knows better)."""
         cached = min(max(cached, 0), prompt)
-        total = (prompt - cached) * self.top_input + cached * self.top_cached + completion * self.top_output
-        return -(-self._tier(prompt, total) // MICROS)
+        total_in = (prompt - cached) * self.top_input + cached * self.top_cached
+        return -(-self._tier(prompt, total_in, completion * self.top_output) // MICROS)
 
     def cost_by(self, t: Tokens) -> tuple[int, int]:
         """(micro-dollars, their input part) for a usage by modality, each rounded up: text at the text rates,
@@ -123,12 +127,12 @@ class Price:
         total_in += sum(max(n, 0) * rate for n, rate, _ in pools)
         out = t.text_out * self.output + t.audio_out * a_out + t.other_out * self.top_output
         prompt = t.prompt
-        cost = -(-self._tier(prompt, total_in + out) // MICROS)
+        cost = -(-self._tier(prompt, total_in, out) // MICROS)
         return cost, min(cost, -(-self._tier(prompt, total_in) // MICROS))
 
     def max_cost(self, prompt: int, max_output: int) -> int:
         """The most a request can cost: no cache hit and every allowed output token, at the dearest rates."""
-        return -(-self._tier(prompt, prompt * self.top_input + max_output * self.top_output) // MICROS)
+        return -(-self._tier(prompt, prompt * self.top_input, max_output * self.top_output) // MICROS)
 
     def scaled(self, factor: int) -> Price:
         """This price times ``factor`` (micro-units), each rate rounded up (a service tier)."""

@@ -67,9 +67,11 @@ class PriceTable:
         for name, p in configured.items():
             entries[name] = entry(name, p)
         tiers, long = shipped_extras(data)
-        for model, (above, factor) in long.items():
+        for model, (above, factor, out_factor) in long.items():
             if model in entries and model not in configured:
-                entries[model] = dataclasses.replace(entries[model], long_above=above, long_factor=factor)
+                entries[model] = dataclasses.replace(
+                    entries[model], long_above=above, long_factor=factor, long_output_factor=out_factor
+                )
         table = cls(entries, frozenset(configured), shipped_tools(data))
         table.service_tiers = tiers
         table.batch = {m: to_micros(v, f"$.batch.{m}") for m, v in data.get("batch", {}).items()}

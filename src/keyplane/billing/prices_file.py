@@ -154,16 +154,26 @@ def shipped_tools(data: dict[str, Any]) -> dict[str, int]:
     return {name: to_micros(v, f"$.tools.{name}") for name, v in data.get("tools", {}).items()}
 
 
-def shipped_extras(data: dict[str, Any]) -> tuple[dict[str, dict[str, int]], dict[str, tuple[int, int]]]:
+def shipped_extras(
+    data: dict[str, Any],
+) -> tuple[dict[str, dict[str, int]], dict[str, tuple[int, int, int | None]]]:
     """The [service_tiers] ({tier: {model or "default": factor}}) and [long_context] ({model: (above,
-    factor)}) tables; factors in micro-units."""
+    factor, output factor or None)}) tables; factors in micro-units."""
     tiers: dict[str, dict[str, int]] = {}
     for tier, by_model in data.get("service_tiers", {}).items():
         tiers[tier] = {m: to_micros(v, f"$.service_tiers.{tier}.{m}") for m, v in by_model.items()}
-    long: dict[str, tuple[int, int]] = {}
+    long: dict[str, tuple[int, int, int | None]] = {}
     for model, v in data.get("long_context", {}).items():
         above = v.get("above")
         if not isinstance(above, int) or above < 1:
             raise PriceError(f"$.long_context.{model}.above: must be an integer >= 1")
-        long[model] = (above, to_micros(v.get("factor", 1), f"$.long_context.{model}.factor"))
+        unknown = sorted(set(v) - {"above", "factor", "output_factor"})
+        if unknown:
+            raise PriceError(f"$.long_context.{model}.{unknown[0]}: unknown field (above, factor, output_factor)")
+        out = v.get("output_factor")
+        long[model] = (
+            above,
+            to_micros(v.get("factor", 1), f"$.long_context.{model}.factor"),
+            None if out is None else to_micros(out, f"$.long_context.{model}.output_factor"),
+        )
     return tiers, long
