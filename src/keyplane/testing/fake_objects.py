@@ -57,8 +57,8 @@ class FakeObjects:
         coll, oid, sub = parts[0], parts[1] if len(parts) > 1 else None, parts[2] if len(parts) > 2 else None
         if coll == "responses":  # any id: keyplane decides who may delete one (GET streams it: fake_upstream)
             if method == "GET" and sub == "input_items":  # one input message per response
-                item = {"id": f"msg_in_{oid}", "type": "message", "role": "user", "status": "completed"}
-                item["content"] = [{"type": "input_text", "text": "hi"}]
+                item: dict[str, object] = {"id": f"msg_in_{oid}", "type": "message", "role": "user"}
+                item |= {"status": "completed", "content": [{"type": "input_text", "text": "hi"}]}
                 return 200, {"object": "list", "data": [item], "first_id": item["id"], "last_id": item["id"]}
             return (200, {"id": oid, "object": "response", "deleted": True}) if method == "DELETE" else None
         if coll == "vector_stores":
