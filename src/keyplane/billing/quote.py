@@ -8,8 +8,9 @@ goes to its endpoint family's quote:
   written into the forwarded body (billing/quote_tokens.py), and the hosted tools it enables are bounded
   and priced per call (billing/quote_tools.py);
 - images, speech, transcription and translation: priced from the request, billed flat on success
-  (billing/quote_media.py); a transcription's minutes are an estimate from the upload's size (refused
-  where a spend limit or credit applies);
+  (billing/quote_media.py); a transcription's minutes are measured from a WAV or MP3 upload held whole
+  (billing/audio_length.py), otherwise estimated from the upload's size (refused where a spend limit or
+  credit applies);
 - everything else that spends (fine-tuning, assistants runs, realtime, videos...): no price. A batch
   (``POST /v1/batches``) has none here either: admission prices it from its input file, quoted line by
   line with this code when it was uploaded (billing/batches.py).

@@ -1,17 +1,20 @@
 """Quotes of the media endpoints, each priced from the request and billed flat on success: images (per
 image by model, quality and size, the most expensive the request allows when it says ``auto``, plus the
 prompt's tokens for gpt-image models), speech (per character of ``input``) and transcription and
-translation (per minute, which cannot be known before the audio is decoded: an estimate from the upload's
-size, refused where a spend limit or credit applies; a token-priced model is bounded instead).
+translation (per minute: by the length of the uploaded file when keyplane read it whole before admission and
+can bound it, billing/audio_length.py, a WAV or MP3 file; else an estimate from the upload's size, refused
+where a spend limit or credit applies; a token-priced model is bounded by its tokens instead).
 """
 
 from __future__ import annotations
 
-from typing import Final
+from fractions import Fraction
+from typing import Any, Final
 
 import orjson
 
 from keyplane import errors
+from keyplane.billing.audio_length import ceil_seconds
 from keyplane.billing.price import MICROS
 from keyplane.billing.prices import PriceTable
 from keyplane.billing.quote_record import Quote
@@ -104,6 +107,21 @@ def minutes_of(size: int, max_seconds: int | None = None) -> int:
     return min(minutes, max(1, -(-max_seconds // 60))) if max_seconds else minutes
 
 
+def audio_length(form: Any) -> Fraction | None:
+    """The length of the upload's audio file when keyplane measured it before admission (an upper bound of
+    what it decodes to: proxy/multipart.py Form, billing/audio_length.py); None when it is not known."""
+    measure = getattr(form, "audio_length", None)
+    length = measure() if callable(measure) else None
+    return length if isinstance(length, Fraction) else None
+
+
+def seconds_of(length: Fraction, max_seconds: int | None = None) -> int:
+    """The whole seconds a measured file is billed (rounded up, at least one), at most the model's
+    ``max_seconds`` (a longer file is refused by the provider)."""
+    seconds = max(1, ceil_seconds(length))
+    return min(seconds, max_seconds) if max_seconds else seconds
+
+
 def quote_transcription(prices: PriceTable, model: str | None, form: dict[str, str] | None, size: int) -> Quote:
     name = model or (form or {}).get("model") or "whisper-1"
     price = prices.lookup(name)
@@ -115,11 +133,22 @@ def quote_transcription(prices: PriceTable, model: str | None, form: dict[str, s
         # settle bills the tokens the answer reports, else this bound.
         bound = price.max_cost(price.context_window, price.max_output)
         return Quote(name, cost=bound, price=price, units=minutes * 60, per_minute=price.per_minute)
+    length = audio_length(form)
+    if length is not None:
+        # Measured: the file cannot decode to more than this, so it is a bound (served under money
+        # controls). Priced per second, rounded up, as settle prices the duration an answer reports.
+        seconds = seconds_of(length, price.max_seconds)
+        cost = -(-seconds * price.per_minute // 60)
+        return Quote(name, cost=cost, flat=True, units=seconds, per_minute=price.per_minute)
     return Quote(
         name,
         cost=minutes * price.per_minute,
         flat=True,
         units=minutes * 60,
         per_minute=price.per_minute,
-        estimate="the duration of the audio is not known before it is decoded",
+        estimate=(
+            "the duration of the audio is not known before it is decoded (keyplane measures a WAV or MP3 "
+            "file it reads whole before the call: one of at most 1 MiB, or a larger one whose `model` field "
+            "comes after the file)"
+        ),
     )

@@ -2,9 +2,10 @@
 
 The actual cost is computed from the reservation admission made (:mod:`keyplane.billing.admission`) and
 what the answer reports: images, speech and audio minutes flat, billed on success (a transcription by the
-duration its answer reports); token usage at the model's price, text and audio each at its rate; hosted tool
-calls per call (code interpreter: per session). It is committed, the rest released, the token buckets
-corrected, ``ctx.cost_micros`` filled for metering, and the cost queued for the SQL ledger.
+duration its answer reports, else by the file's measured length or its estimate); token usage at the
+model's price, text and audio each at its rate; hosted tool calls per call (code interpreter: per
+session). It is committed, the rest released, the token buckets corrected, ``ctx.cost_micros`` filled for
+metering, and the cost queued for the SQL ledger.
 
 Service tiers: a token request is billed at the tier its answer says served it (``ctx.service_tier``), not
 the one it asked for: one naming none (or `auto`) is served at the provider project's default tier, which
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 from keyplane.billing.engine import Billing
 from keyplane.billing.price import MICROS, Price, Tokens
-from keyplane.billing.quote_media import minutes_of
+from keyplane.billing.quote_media import audio_length, minutes_of
 from keyplane.billing.quote_record import TierPricing
 from keyplane.billing.quote_tools import tool_cost, tool_prices
 from keyplane.limits import Reservation
@@ -67,7 +68,8 @@ class Settle:
                 ctx.cost_input_micros = 0
                 per_minute = extra.get("per_minute")
                 up = getattr(ctx, "upload", None)
-                if per_minute and up is not None and up.finished:  # streamed: priced at most by the size received
+                # streamed: priced at most by the size received (a file measured before admission, by its length)
+                if per_minute and up is not None and up.finished and audio_length(getattr(ctx, "form", None)) is None:
                     minutes = minutes_of(up.size)
                     cost = min(cost, minutes * per_minute)  # type: ignore[operator]
                     extra["units"] = min(int(extra.get("units") or 0), minutes * 60)  # type: ignore[call-overload]

@@ -19,9 +19,11 @@ File parts are skipped (their bytes are forwarded untouched).
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from typing import Final
 
 from keyplane import errors
+from keyplane.billing.audio_length import duration
 
 MAX_TEXT_FIELD: Final = 4096  # longer text parts (prompts) are kept cut: admission never needs them whole
 # Fields a price depends on: never accepted as a file part (a parser could read the file as the value).
@@ -58,16 +60,47 @@ def _params(value: str, what: str) -> tuple[str, dict[str, str]]:
     return head.strip().lower(), out
 
 
-def text_fields(headers: list[tuple[bytes, bytes]], body: bytes) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, filename, content in _parts(headers, body):
+class Form(dict[str, str]):
+    """The text fields of a multipart body, and the length of its audio (billing/audio_length.py) for the
+    per-minute price of a transcription: :meth:`audio_length` is an upper bound of the seconds the body's one
+    file part, named ``file`` (its filename's extension naming the format found), decodes to, when keyplane
+    read that part whole before admission; None when it
+    did not (an upload streaming through), when the body has other file parts (which one the provider reads
+    is not keyplane's to guess), or when the file is not one keyplane can bound."""
+
+    __slots__ = ("_file", "_filename", "_length")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._file: memoryview | None = None  # the file part, measured on first use (admission, off the loop)
+        self._filename = ""
+        self._length: Fraction | None = None
+
+    def audio_length(self) -> Fraction | None:
+        if self._file is not None:
+            self._length, self._file = duration(self._file, self._filename), None
+        return self._length
+
+    def set_audio_length(self, length: Fraction | None) -> None:
+        """The length measured as the file part streamed in (proxy/uploads.py)."""
+        self._file, self._length = None, length
+
+
+def text_fields(headers: list[tuple[bytes, bytes]], body: bytes) -> Form:
+    out = Form()
+    files: list[tuple[str, str, int, int]] = []
+    for name, filename, start, end in _spans(headers, body):
         if filename is not None:
             if name in PRICED_FIELDS:
                 raise _refuse(f"the field `{name}` is sent as a file")
+            files.append((name, filename, start, end))
             continue
         if name in out:
             raise _refuse(f"the field `{name}` is given twice")
-        out[name] = content[:MAX_TEXT_FIELD].decode("utf-8", "replace")
+        out[name] = body[start : min(end, start + MAX_TEXT_FIELD)].decode("utf-8", "replace")
+    if len(files) == 1 and files[0][0] == "file" and "file" not in out:
+        _, out._filename, start, end = files[0]
+        out._file = memoryview(body)[start:end]  # no copy: the body is held for the request anyway
     return out
 
 
@@ -82,6 +115,11 @@ def file_part(headers: list[tuple[bytes, bytes]], body: bytes, field: str = "fil
 
 def _parts(headers: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[str, str | None, bytes]]:
     """(name, filename or None, content) of each part."""
+    return [(name, filename, body[start:end]) for name, filename, start, end in _spans(headers, body)]
+
+
+def _spans(headers: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[str, str | None, int, int]]:
+    """(name, filename or None, where its content starts and ends in ``body``) of each part."""
     ctypes = [v for k, v in headers if k == b"content-type"]
     if len(ctypes) != 1:
         raise _refuse("it needs exactly one Content-Type header")
@@ -96,17 +134,22 @@ def _parts(headers: list[tuple[bytes, bytes]], body: bytes) -> list[tuple[str, s
     closing = parts.pop()
     if not parts or not closing.startswith(b"--") or closing[2:] not in (b"", b"\r\n"):
         raise _refuse("it must end with the closing boundary and nothing after it")
-    out: list[tuple[str, str | None, bytes]] = []
+    out: list[tuple[str, str | None, int, int]] = []
+    at = len(delim) + 2  # where the part starts in the body
     for i, part in enumerate(parts):
+        next_at = at + len(part) + 2 + len(delim)
         if i > 0:
             if not part.startswith(b"\r\n"):
                 raise _refuse("a boundary is not followed by CRLF")
             part = part[2:]
+            at += 2
         head, sep, content = part.partition(b"\r\n\r\n")
         if not sep:
             raise _refuse("a part has no header block")
         name, filename = _disposition(head)
-        out.append((name, filename, content))
+        start = at + len(head) + 4
+        out.append((name, filename, start, start + len(content)))
+        at = next_at
     return out
 
 

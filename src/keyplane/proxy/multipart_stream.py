@@ -7,14 +7,18 @@ start a delimiter split across two chunks. The same refusals as the whole-body r
 line break after it), every delimiter is followed by CRLF or ``--``, each part has one Content-Disposition
 (form-data, a name, optionally a filename) and optionally a Content-Type, a priced field is never a file
 part, a text field is never given twice. ``on_field`` is told each text field as it ends: it may refuse it
-(a field that comes too late for a body already streaming upstream: proxy/uploads.py).
+(a field that comes too late for a body already streaming upstream: proxy/uploads.py). With ``audio``, the
+content of the body's one file part, named ``file``, is measured as it passes (billing/audio_length.py:
+:meth:`Parser.audio_length`, for a transcription's per-minute price).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Final
 
+from keyplane.billing.audio_length import Meter
 from keyplane.proxy.multipart import MAX_TEXT_FIELD, PRICED_FIELDS, _disposition, _refuse
 
 MAX_PART_HEADER: Final = 16 * 1024  # a part's header block (Content-Disposition, Content-Type)
@@ -24,7 +28,7 @@ _START, _HEADERS, _CONTENT, _AFTER, _CLOSED = range(5)
 
 
 class Parser:
-    def __init__(self, boundary: bytes, on_field: Callable[[str, str, int], None]) -> None:
+    def __init__(self, boundary: bytes, on_field: Callable[[str, str, int], None], audio: bool = False) -> None:
         self.open = b"--" + boundary + b"\r\n"  # the first delimiter and its line break
         self.delim = b"\r\n--" + boundary  # every later one
         self.on_field = on_field  # (name, value, file parts seen before it)
@@ -35,6 +39,21 @@ class Parser:
         self._name = ""
         self._file = False
         self._text = bytearray()
+        # The audio file part's length, measured as it passes: None once it cannot be (a second file part,
+        # a text field named `file`, or stop_audio()); complete once its part ended.
+        self._audio: Meter | None = Meter() if audio else None
+        self._metering = False
+        self._audio_done = False
+
+    def audio_length(self) -> Fraction | None:
+        """The length of the one file part, named ``file``, once it ended whole; else None."""
+        if self._audio is None or not self._audio_done or self._metering or self.files != 1:
+            return None
+        return self._audio.result()
+
+    def stop_audio(self) -> None:
+        """Measure no more (the upload streams upstream unmeasured)."""
+        self._audio, self._metering = None, False
 
     def feed(self, data: bytes) -> None:
         self.buf += data
@@ -100,11 +119,21 @@ class Parser:
             if name in PRICED_FIELDS:
                 raise _refuse(f"the field `{name}` is sent as a file")
             self.files += 1
+        if self._audio is not None:
+            if self._file and self.files == 1 and name == "file":
+                self._metering = True
+                self._audio.filename = filename or ""
+            elif self._file or name == "file":
+                self.stop_audio()
 
     def _content(self, data: bytearray) -> None:
-        if not self._file and len(self._text) < MAX_TEXT_FIELD:
+        if self._metering and self._audio is not None:
+            self._audio.feed(data)
+        elif not self._file and len(self._text) < MAX_TEXT_FIELD:
             self._text += data[: MAX_TEXT_FIELD - len(self._text)]
 
     def _part_end(self) -> None:
+        if self._metering:
+            self._metering, self._audio_done = False, True
         if not self._file:
             self.on_field(self._name, self._text.decode("utf-8", "replace"), self.files)

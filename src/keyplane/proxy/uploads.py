@@ -8,7 +8,10 @@ before, and JSON requests never come here. What each endpoint does once the firs
 
 - audio transcriptions and translations: streamed when ``model`` came first (the official SDKs send the text
   fields first); priced per minute from the upload's size (its Content-Length, or ``max_body_bytes`` when
-  chunked, settled on the size received). A text field after the file that names ``model`` again is refused.
+  chunked, settled on the size received), an estimate refused under money controls: the file's length is not
+  known before it went upstream. A text field after the file that names ``model`` again is refused. Spooled
+  audio (below) is read whole first: its file part is measured as it is read (billing/audio_length.py), and a
+  WAV or MP3 file is priced by its length, a bound.
 - image edits and variations, and audio whose ``model`` comes after the file: *spooled*, the rest of the body
   written to a private temporary file (created 0600 and unlinked at once, tempfile.TemporaryFile) while it is
   parsed, so every field (model, n, size, quality, prompt) and the number of images are known before admission
@@ -37,6 +40,7 @@ from typing import IO, Any, Final
 
 from keyplane import errors
 from keyplane.proxy import multipart, request
+from keyplane.proxy.multipart import Form
 from keyplane.proxy.multipart_stream import Parser
 from keyplane.proxy.request import ClientGone, Fields
 
@@ -66,8 +70,8 @@ class Upload:
         self.limit = limit
         self.declared = declared  # Content-Length, if the client sent one
         self.path = path
-        self.parser = Parser(boundary, self._field)
-        self.form: dict[str, str] = {}
+        self.parser = Parser(boundary, self._field, audio=path in _AUDIO)  # measures the audio file part
+        self.form = Form()
         self.fields: Fields | None = None
         self.head = b""  # what was read before admission: text fields and the start of the first file
         self.size = 0  # bytes received so far
@@ -242,6 +246,10 @@ async def begin(scope: dict[str, Any], receive: Any, limit: int, path: str) -> t
             pass
         else:
             await up._spool_rest()
+        if up.more:  # streams upstream before it is read whole: its length is not known at admission
+            up.parser.stop_audio()
+        else:
+            up.form.set_audio_length(up.parser.audio_length())
         up.fields = request.form_fields(path, up.form)
         return up.head, up
     except _Cut:

@@ -1,0 +1,410 @@
+"""How long an uploaded audio file can play: an upper bound of what a decoder (ffmpeg, which the provider
+uses) decodes from the bytes actually sent, or None when keyplane cannot bound it (issue 17).
+
+The bytes are the client's: nothing the file *declares* about its own length is used (a WAV data chunk's
+size, a ``fact`` sample count, an MP3 Xing/Info/VBRI frame count), since a lying header must never make the
+file reserve less than it plays. What is counted instead:
+
+- **WAV** (``RIFF``/``RF64``/``BW64`` ... ``WAVE``; PCM, IEEE float, A-law, mu-law, also as
+  WAVE_FORMAT_EXTENSIBLE): every byte from the start of the first ``data`` chunk's content to the end of
+  the file, at the sample size and rate of the ``fmt`` chunk (the decoder's own: ``channels x ceil(bits/8)``
+  bytes per sample frame, never the declared byte rate or block align). ffmpeg reads a data chunk whose size
+  is past the end until the end, and goes on to any later data chunk: every byte after the first one's start
+  is an upper bound of them all. Refused (None): a ``fmt`` chunk after ``data`` or given twice, a chunk before
+  ``data`` that is not a known metadata chunk (XMA2, SMV0...) or has an odd or unknown (0xFFFFFFFF) size, a
+  data chunk that does not start within the first MiB, other codecs, a file the ACT demuxer would claim
+  (ffmpeg scores it above WAV: G.729 at 1 ms of audio per byte), and one carrying IEC 61937 (S/PDIF) burst
+  sync words (ffmpeg decodes those as the compressed stream inside, at another rate).
+- **MPEG audio** (layer I, II, III; MPEG-1, 2, 2.5; ID3v2 tags first): the most audio *any* sequence of
+  frames the bytes hold can decode to. ffmpeg's parser takes a frame at every valid header it meets, skipping
+  the bytes between; which headers it meets depends on where it starts and what it skipped, so every byte
+  that begins a valid header (by ffmpeg's own test, ff_mpa_check_header, free-format frames excluded as its
+  parser does) is a candidate and the longest chain of non-overlapping candidates is counted (a frame cut
+  short by the end of the file counts whole). Junk between frames therefore counts only as far as it could
+  be decoded, and a lying Xing header changes nothing. The file must start (after its ID3v2 tags) with four
+  chained frames of one version, layer and sample rate, as ffmpeg's MP3 probe wants to be sure of it, and
+  its first MiB (what ffmpeg probes) must show nothing another demuxer could claim first: MPEG-PS/ES and
+  H.264 start codes (00 00 01, three or more), S/PDIF, TrueHD/MLP or DTS sync words, MPEG-TS sync bytes at
+  a packet stride, an ISO BMFF box name at offset 4. Else None.
+- Anything else (mp4/m4a, webm, ogg, flac, MPEG audio with junk first...): None. So is a file whose name
+  (when one is given) does not end in ``.wav`` for WAV, or ``.mp3``/``.mpga`` for MPEG audio: a provider
+  that picks the demuxer by the extension would read other bytes than keyplane measured (an MPEG audio
+  parser finds frames in PCM samples).
+
+:class:`Meter` is incremental (``feed`` chunks in order, then ``result``) so that an upload streaming
+through keyplane is measured without being held: it keeps at most the first MiB (and the frames in
+flight). :func:`duration` measures bytes held whole. Results are exact fractions of a second.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import re
+from fractions import Fraction
+from typing import Final
+
+log = logging.getLogger("keyplane.billing")
+
+PROBE_WINDOW: Final = (1 << 20) + 64  # ffmpeg probes at most 1 MiB (its PROBE_BUF_MAX) to pick a demuxer
+TICKS: Final = 14_112_000  # per second: the lcm of every MPEG audio sample rate (ffmpeg's mp3 time base)
+_FIRST_FRAMES: Final = 4  # chained frames the MPEG audio data must start with
+
+_WAV_MAGIC: Final = (b"RIFF", b"RF64", b"BW64")
+# Chunks allowed before `data` besides `fmt `: metadata ffmpeg reads past (anything else may change the codec
+# or the demuxer's reading: XMA2, SMV0, ...).
+_WAV_META: Final = frozenset(
+    {
+        b"fact", b"LIST", b"JUNK", b"junk", b"PAD ", b"bext", b"cue ", b"iXML", b"ds64", b"id3 ", b"ID3 ",
+        b"smpl", b"inst", b"acid", b"PEAK", b"FLLR", b"axml", b"cart", b"chna", b"umid", b"levl", b"minf",
+        b"elm1", b"regn", b"DGDA",
+    }
+)  # fmt: skip
+_PCM_GUID_TAIL: Final = bytes.fromhex("000000001000800000aa00389b71")  # KSDATAFORMAT_SUBTYPE_* after the tag
+_SPDIF_SYNC: Final = b"\x72\xf8\x1f\x4e"  # IEC 61937 Pa Pb, as ffmpeg's spdif probe looks for it
+# Sync words of the formats ffmpeg's probes find anywhere in a buffer, and how many make MPEG audio unsure:
+# MPEG-PS/ES, H.264/HEVC and VC-1 start codes (their probes need several; one or two turn up by chance, in a
+# Xing header's frame count for one), S/PDIF bursts, TrueHD/MLP and DTS (raw and 14-bit) frames.
+_FOREIGN_SYNCS: Final = (
+    (b"\x00\x00\x01", 3),
+    (b"\x72\xf8\x1f\x4e", 1),
+    (b"\xf8\x72\x6f\xba", 4),
+    (b"\xf8\x72\x6f\xbb", 4),
+    (b"\x7f\xfe\x80\x01", 4),
+    (b"\xfe\x7f\x01\x80", 4),
+    (b"\x1f\xff\xe8\x00", 4),
+    (b"\xff\x1f\x00\xe8", 4),
+)
+_BOX_NAMES: Final = frozenset(
+    {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"udta", b"junk", b"pict", b"meta", b"uuid"}
+)
+_TS_STRIDES: Final = (188, 192, 204)
+_EXTENSIONS: Final = {"wav": frozenset({"wav"}), "mpa": frozenset({"mp3", "mpga"})}
+_TS_SYNC: Final = re.compile(b"\x47")
+
+
+def _mpa_table() -> list[tuple[int, int] | None]:
+    """(frame bytes, duration in TICKS) by the header's second and third bytes (``b1 << 8 | b2``), None where
+    ffmpeg's parser does not take the header (ff_mpa_check_header, free format)."""
+    rates = (44100, 48000, 32000)
+    kbps = {
+        (0, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+        (0, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+        (0, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+        (1, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+        (1, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+        (1, 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+    }
+    table: list[tuple[int, int] | None] = [None] * 65536
+    for b1 in range(0xE0, 0x100):
+        version, layer_bits = (b1 >> 3) & 3, (b1 >> 1) & 3
+        if version == 1 or layer_bits == 0:
+            continue
+        lsf, mpeg25 = (0, 0) if version == 3 else (1, int(version == 0))
+        layer = 4 - layer_bits
+        for b2 in range(256):
+            br_index, sr_index, padding = b2 >> 4, (b2 >> 2) & 3, (b2 >> 1) & 1
+            if br_index in (0, 15) or sr_index == 3:
+                continue
+            rate = rates[sr_index] >> (lsf + mpeg25)
+            br = kbps[(lsf, layer)][br_index]
+            if layer == 1:
+                size, samples = (br * 12000 // rate + padding) * 4, 384
+            elif layer == 2:
+                size, samples = br * 144000 // rate + padding, 1152
+            else:
+                size, samples = br * 144000 // (rate << lsf) + padding, 576 if lsf else 1152
+            table[b1 << 8 | b2] = (size, samples * (TICKS // rate))
+    return table
+
+
+_MPA: Final = _mpa_table()
+
+
+class Meter:
+    """The audio length of one file fed in order: ``feed`` each chunk, then ``result`` once (None: unknown)."""
+
+    def __init__(self, filename: str | None = None) -> None:
+        self.filename = filename  # the upload's: its extension must name the format found (None: not checked)
+        self.size = 0  # bytes fed
+        self._kind = ""  # "" until the first bytes say: "wav", "mpa", or "void" (unknown)
+        self._head = bytearray()  # the first PROBE_WINDOW bytes (freed once checked)
+        self._checked = False
+        # WAV: where the data chunk's content starts, and the decoder's bytes per sample frame and rate
+        self._data_at = -1
+        self._frame_bytes = 0
+        self._rate = 0
+        self._carry = b""  # the last bytes of the previous chunk (a pattern or header across two chunks)
+        # MPEG audio: the longest chain of frames
+        self._best = 0  # the longest chain (TICKS) of frames that ended at or before the scan position
+        self._pending: list[tuple[int, int]] = []  # (end, chain length) of frames not yet ended
+        self._candidates = 0
+
+    # --- feeding ---------------------------------------------------------------------------------
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._kind == "void" or not data:
+            return
+        try:
+            self._feed(data)
+        except Exception:  # never fail an upload over its measuring: it is then priced as unmeasured
+            log.exception("audio length: measuring failed")
+            self._void()
+
+    def result(self) -> Fraction | None:
+        """Seconds (an upper bound), or None when the file is not one keyplane can bound."""
+        try:
+            return self._result()
+        except Exception:
+            log.exception("audio length: measuring failed")
+            self._void()
+            return None
+
+    def _feed(self, data: bytes | bytearray | memoryview) -> None:
+        chunk = bytes(data)
+        start = self.size
+        self.size += len(chunk)
+        if len(self._head) < PROBE_WINDOW and not self._checked:
+            self._head += chunk[: PROBE_WINDOW - len(self._head)]
+        if not self._kind:
+            self._sniff()
+            if self._kind in ("", "void"):
+                return
+            # the kind is known (within its first 12 bytes): scan from the beginning of the file
+            chunk, start = bytes(self._head[:start]) + chunk, 0
+        if self._kind == "wav":
+            self._scan_wav(chunk)
+        else:
+            self._scan_mpa(chunk, start)
+        if not self._checked and len(self._head) >= PROBE_WINDOW and self._kind != "void":
+            self._check_head()
+
+    def _result(self) -> Fraction | None:
+        if not self._kind:
+            self._sniff(final=True)
+        if self._kind in ("", "void") or not _named(self._kind, self.filename):
+            return None
+        if not self._checked:
+            self._check_head()
+            if self._kind == "void":
+                return None
+        if self._kind == "wav":
+            if self._data_at < 0:
+                return None
+            data = max(0, self.size - self._data_at)
+            return Fraction(-(-data // self._frame_bytes), self._rate)
+        best = max([self._best, *(v for _, v in self._pending)])
+        return Fraction(best, TICKS) if best else None
+
+    # --- which format ----------------------------------------------------------------------------
+
+    def _sniff(self, final: bool = False) -> None:
+        h = bytes(self._head[:12])
+        if len(h) < 12 and not final:
+            if not any(h[: len(m)] == m[: len(h)] for m in (*_WAV_MAGIC, b"ID3")) and not _mpa_start(h):
+                self._kind = "void"
+            return
+        if h[:4] in _WAV_MAGIC and h[8:12] == b"WAVE":
+            self._kind = "wav"
+        elif h[:3] == b"ID3" or _mpa_start(h):
+            self._kind = "mpa"
+        else:
+            self._kind = "void"
+
+    def _void(self) -> None:
+        self._kind = "void"
+        self._head = bytearray()
+        self._pending = []
+
+    def _check_head(self) -> None:
+        """The checks of the first MiB (the demuxer ffmpeg picks, the WAV header, the first MPEG frames)."""
+        self._checked = True
+        head = bytes(self._head)
+        self._head = bytearray()
+        if self._kind == "wav":
+            if not self._wav_header(head) or _act(head):
+                self._void()
+            return
+        at = _after_id3(head)
+        if at is None or not _first_frames(head, at) or _foreign(head[at:]):
+            self._void()
+
+    # --- WAV -------------------------------------------------------------------------------------
+
+    def _wav_header(self, head: bytes) -> bool:
+        """Find the fmt and data chunks in the first MiB; False when the file is not a WAV keyplane bounds."""
+        if head[4:8] in _BOX_NAMES:  # an ISO BMFF box name where ffmpeg's mov probe looks
+            return False
+        pos, fmt, n = 12, False, len(head)
+        riff = head[:4] == b"RIFF"
+        if not riff and head[12:16] != b"ds64":  # RF64 and BW64 start with ds64 (ffmpeg requires it)
+            return False
+        while pos + 8 <= n:
+            cid, size = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
+            if cid == b"data":
+                if not fmt:
+                    return False
+                self._data_at = pos + 8
+                return True
+            if size & 1 or size == 0xFFFFFFFF:  # padding ffmpeg may read otherwise; a size only ds64 knows
+                return False
+            if cid == b"fmt ":
+                if fmt or pos + 8 + size > n or not self._fmt(head[pos + 8 : pos + 8 + size]):
+                    return False
+                fmt = True
+            elif cid not in _WAV_META:
+                return False
+            pos += 8 + size
+        return False  # no data chunk in the first MiB (or the file ends before it)
+
+    def _fmt(self, f: bytes) -> bool:
+        if len(f) < 16:
+            return False
+        tag, channels, rate = int.from_bytes(f[0:2], "little"), int.from_bytes(f[2:4], "little"), _u32(f, 4)
+        bits = int.from_bytes(f[14:16], "little")
+        if tag == 0xFFFE:  # WAVE_FORMAT_EXTENSIBLE: the codec is the sub-format's
+            if len(f) < 40 or int.from_bytes(f[16:18], "little") < 22 or f[26:40] != _PCM_GUID_TAIL:
+                return False
+            tag = int.from_bytes(f[24:26], "little")
+        if tag == 1 and 1 <= bits <= 64 and (bits + 7) // 8 in (1, 2, 3, 4, 8):  # PCM: u8, s16, s24, s32, s64
+            sample = (bits + 7) // 8
+        elif tag == 3 and bits in (32, 64):  # IEEE float
+            sample = bits // 8
+        elif tag in (6, 7):  # A-law, mu-law: one byte a sample whatever `bits` says
+            sample = 1
+        else:
+            return False
+        if not 1 <= channels <= 256 or rate < 1:
+            return False
+        self._frame_bytes, self._rate = channels * sample, rate
+        return True
+
+    def _scan_wav(self, chunk: bytes) -> None:
+        """IEC 61937 sync words anywhere in the file: ffmpeg would decode the bursts, not the PCM."""
+        if _SPDIF_SYNC in self._carry + chunk:
+            self._void()
+            return
+        self._carry = (self._carry + chunk)[-3:]
+
+    # --- MPEG audio ------------------------------------------------------------------------------
+
+    def _scan_mpa(self, chunk: bytes, start: int) -> None:
+        """Every valid header of ``chunk`` (at ``start`` in the file) extends the longest chains of frames."""
+        carry = self._carry
+        buf = carry + chunk
+        base = start - len(carry)
+        end = len(buf) - 3  # a header needs its 4 bytes
+        table, pending, best = _MPA, self._pending, self._best
+        pop, push = heapq.heappop, heapq.heappush
+        found = 0
+        p = buf.find(b"\xff", 0, max(0, end))
+        while p >= 0:
+            b1 = buf[p + 1]
+            if b1 >= 0xE0:
+                e = table[b1 << 8 | buf[p + 2]]
+                if e is not None:
+                    at = base + p
+                    while pending and pending[0][0] <= at:  # frames ended before this one: chains it may extend
+                        v = pop(pending)[1]
+                        if v > best:
+                            best = v
+                    push(pending, (at + e[0], best + e[1]))
+                    found += 1
+            p = buf.find(b"\xff", p + 1, end)
+        self._best = best
+        self._carry = buf[max(0, end) :]
+        self._candidates += found
+        # Headers every few bytes are no audio anyone encoded: stop before it costs more than it is worth.
+        if self._candidates > (self.size >> 4) + 4096:
+            self._void()
+
+
+def duration(data: bytes | bytearray | memoryview, filename: str | None = None) -> Fraction | None:
+    """The audio length of a file held whole (:class:`Meter`)."""
+    m = Meter(filename)
+    m.feed(data)
+    return m.result()
+
+
+def _named(kind: str, filename: str | None) -> bool:
+    """The file's name agrees with what its bytes are: a provider that picks the demuxer by the extension
+    reads what keyplane measured (MPEG audio named .wav, or a WAV named .mp3, could be read otherwise)."""
+    if filename is None:
+        return True
+    ext = filename.rpartition(".")[2].lower() if "." in filename else ""
+    return ext in _EXTENSIONS[kind]
+
+
+def ceil_seconds(length: Fraction) -> int:
+    return -(-length.numerator // length.denominator)
+
+
+def _u32(b: bytes, at: int) -> int:
+    return int.from_bytes(b[at : at + 4], "little")
+
+
+def _mpa_start(h: bytes | bytearray) -> bool:
+    return len(h) >= 1 and h[0] == 0xFF and (len(h) < 2 or h[1] >= 0xE0)
+
+
+def _act(head: bytes) -> bool:
+    """ffmpeg's ACT probe (a G.729 recording with a WAV header) scores above WAV: a file it could claim."""
+    return head[:4] == b"RIFF" and _u32(head, 16) == 16 and len(head) > 256 and head[256] == 0x84
+
+
+def _after_id3(head: bytes) -> int | None:
+    """Where the audio starts after the ID3v2 tags at the start (ffmpeg skips them all); None when they end
+    past the first MiB (the frames ffmpeg probes could not be checked)."""
+    at = 0
+    while head[at : at + 3] == b"ID3":
+        h = head[at : at + 10]
+        if len(h) < 10 or h[3] == 0xFF or h[4] == 0xFF or any(x & 0x80 for x in h[6:10]):
+            return None  # not a tag ffmpeg skips: its bytes would be probed as audio
+        size = (h[6] << 21) | (h[7] << 14) | (h[8] << 7) | h[9]
+        at += 10 + size + (10 if h[5] & 0x10 else 0)
+        if at >= len(head):
+            return None
+    return at
+
+
+def _first_frames(head: bytes, at: int) -> bool:
+    """The audio starts with _FIRST_FRAMES chained frames of one version, layer and sample rate."""
+    first = None
+    for _ in range(_FIRST_FRAMES):
+        if at + 4 > len(head) or head[at] != 0xFF or head[at + 1] < 0xE0:
+            return False
+        e = _MPA[head[at + 1] << 8 | head[at + 2]]
+        if e is None:
+            return False
+        same = (head[at + 1] & 0xFE, head[at + 2] & 0x0C)
+        if first is None:
+            first = same
+        elif same != first:
+            return False
+        at += e[0]
+    return True
+
+
+def _foreign(window: bytes) -> bool:
+    """What another demuxer could claim in the bytes ffmpeg probes: the sync words of _FOREIGN_SYNCS,
+    MPEG-TS packets (0x47 at one offset of a packet stride in over a fifth of the packets of some probe
+    size), an ISO BMFF box name at offset 4."""
+    if window[4:8] in _BOX_NAMES or any(window.count(sync) >= n for sync, n in _FOREIGN_SYNCS):
+        return True
+    syncs = [m.start() for m in _TS_SYNC.finditer(window, 0, len(window) - 3)]
+    if len(syncs) > len(window) // 16 + 64:  # 1 in 256 by chance
+        return True
+    for stride in _TS_STRIDES:
+        at_offset = [0] * stride  # sync bytes at each offset of the stride, in the probe size so far
+        size, i = 2048, 0
+        while True:  # each probe size ffmpeg may try, doubling
+            while i < len(syncs) and syncs[i] < size:
+                at_offset[syncs[i] % stride] += 1
+                i += 1
+            packets = min(size, len(window)) // stride
+            if packets >= 5 and max(at_offset) >= max(5, packets // 5):
+                return True
+            if size >= len(window):
+                break
+            size *= 2
+    return False
