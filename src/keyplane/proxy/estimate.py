@@ -7,11 +7,14 @@ process); about four bytes per token if it cannot be loaded. Only used off the f
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from keyplane.limits import tokens
+
+if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
 
 # The generated text of a stream, in the JSON strings that carry it: chat `content`, completions `text`,
 # responses `delta`, tool call `arguments`, `refusal`. A `"delta":{` object does not match.
@@ -70,3 +73,24 @@ def relayed_tokens(pieces: list[bytes]) -> int:
     except orjson.JSONDecodeError:
         text = b"".join(pieces).decode("utf-8", "replace")
     return count(text)
+
+
+# Models that reason before they answer, writing output tokens they never stream (OpenAI's o-series, gpt-5 and
+# gpt-oss, codex, and open models named for it), and the request fields that ask for reasoning.
+_REASONING_MODEL = re.compile(r"(?i)(?:^|[/:@])(?:o[1-9]|gpt-5|gpt-oss|codex)|reason|think|deepseek-r|qwq|-r1\b")
+_REASONING_FIELD = re.compile(rb'"reasoning(?:_effort)?"\s*:')
+
+
+def may_reason(model: str | None, body: bytes) -> bool:
+    """True when the call may generate output it does not stream (reasoning): a stream cut before its usage
+    is then billed at the output it reserved (proxy/handler.py)."""
+    return bool(model and _REASONING_MODEL.search(model)) or _REASONING_FIELD.search(body) is not None
+
+
+def reserved_output(ctx: RequestContext) -> int:
+    """The output tokens admission reserved for a call (its output limit x choices), 0 when nothing was."""
+    res = ctx.reservation
+    if res is None:
+        return 0
+    prompt = res.extra.get("prompt")
+    return max(0, int(res.tokens) - (prompt if isinstance(prompt, int) else 0))

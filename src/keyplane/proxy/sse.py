@@ -29,6 +29,10 @@ _CHAT_TEXT = re.compile(rb'"(?:content|text|arguments|refusal|reasoning_content)
 _RESP_TEXT = re.compile(rb'"delta":\s?"((?:[^"\\]|\\.)*)"')
 _USAGE_MARKS = (b'"usage":{', b'"usage": {')
 _FINAL_EVENTS = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"')
+_FINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# Output the model may write without streaming it (reasoning): a stream cut before its usage may have cost more
+# than its text shows (proxy/handler.py bills such a cut at the output it reserved).
+_REASONING = b"reasoning"
 
 
 def _boundary(buf: bytes) -> int:
@@ -49,13 +53,26 @@ def error_event(err: APIError) -> bytes:
 
 
 class StreamRelay:
-    __slots__ = ("_buf", "_kept", "_text", "held", "item_ids", "kind", "pieces", "strip_usage", "uncounted", "usage")
+    __slots__ = (
+        "_buf",
+        "_kept",
+        "_text",
+        "held",
+        "item_ids",
+        "kind",
+        "pieces",
+        "reasoned",
+        "strip_usage",
+        "uncounted",
+        "usage",
+    )
 
     def __init__(self, kind: int, strip_usage: bool) -> None:
         self.kind = kind
         self.strip_usage = strip_usage
         self.usage: Usage | None = None
         self.item_ids: list[str] = []  # the output items a Responses stream's terminal event shows
+        self.reasoned = False  # the stream showed reasoning (items, summaries, reasoning_content deltas)
         self.pieces: list[bytes] = []
         self._kept = 0  # bytes in pieces; past MAX_KEPT only their length is counted (bounded memory)
         self.uncounted = 0
@@ -84,6 +101,8 @@ class StreamRelay:
         return self._inspect(out) if out else b""
 
     def _inspect(self, out: bytes) -> bytes:
+        if not self.reasoned and _REASONING in out:
+            self.reasoned = True
         if out.endswith(_DONE):
             out, self.held = out[: -len(_DONE)], _DONE
         if self._kept < MAX_KEPT:
@@ -100,17 +119,25 @@ class StreamRelay:
         if self.kind == RESPONSES:
             if any(m in out for m in _FINAL_EVENTS):
                 # The terminal event (and anything after it) is held back until the usage is settled,
-                # as chat's [DONE] is: a client that saw response.completed can count on the record.
+                # as chat's [DONE] is: a client that saw response.completed can count on the record. It is
+                # known by its `type`: the name may stand in any event as a string the request echoes
+                # (`instructions`, `metadata` in response.created), which must neither hide the usage nor hold.
                 keep: list[bytes] = []
                 hold: list[bytes] = []
                 for ev in _SPLIT.split(out):
                     if not ev:
                         continue
                     if not hold and any(m in ev for m in _FINAL_EVENTS):
+                        kind: str | None = None
+                        u: _usage.Usage | None = None
+                        ids: list[str] = []
                         with contextlib.suppress(*_usage.BadBody):
-                            u, self.item_ids = _usage.from_response_event(_data_of(ev))
-                            self.usage = u or self.usage
-                    (hold if hold or any(m in ev for m in _FINAL_EVENTS) else keep).append(ev + b"\n\n")
+                            kind, u, ids = _usage.from_response_event(_data_of(ev))
+                        if kind in _FINAL_TYPES:
+                            self.usage, self.item_ids = u or self.usage, ids
+                            hold.append(ev + b"\n\n")
+                            continue
+                    (hold if hold else keep).append(ev + b"\n\n")
                 self.held += b"".join(hold)
                 return b"".join(keep)
             return out

@@ -191,14 +191,15 @@ def from_chunk(data: bytes) -> tuple[Usage | None, bool]:
     return u, not c.choices
 
 
-def from_response_event(data: bytes) -> tuple[Usage | None, list[str]]:
-    """The usage of a Responses stream event (response.completed / incomplete / failed), and the ids of the
-    output items it shows (recorded as the project's own when the response is stored: proxy/tenancy.py)."""
+def from_response_event(data: bytes) -> tuple[str | None, Usage | None, list[str]]:
+    """The ``type`` of a Responses stream event, its usage (response.completed / incomplete / failed), and the
+    ids of the output items it shows (recorded as the project's own when the response is stored:
+    proxy/tenancy.py)."""
     e = _event.decode(data)
     if e.response is None:
-        return None, []
+        return e.type, None, []
     ids = [item.id for item in e.response.output or () if item.id]
-    return e.response.with_tools(), ids
+    return e.type, e.response.with_tools(), ids
 
 
 def fill_units(ctx: Any, body: bytes) -> None:
