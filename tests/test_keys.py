@@ -58,3 +58,25 @@ def test_redact_and_mask():
 def test_parse_rejects_garbage():
     for v in ["", "sk-kp-", "sk-kp-user-" + "a" * 39, "Bearer x", "sk-kp-proj-" + "a" * 38]:
         assert keys.parse(v) is None
+
+
+@given(n=st.integers(0, 2**32 - 1))
+def test_checksum_digits_are_crc32_in_base62(n):
+    """checksum() builds the 6 digits by pairs: the same as the digit-by-digit _b62 of the CRC32."""
+    head = "sk-kp-svc-" + keys._b62(n, keys.BODY_LEN)
+    import zlib
+
+    assert keys.checksum(head) == keys._b62(zlib.crc32(head.encode("ascii")), keys.CHECK_LEN)
+    assert keys._PAIRS[n % 3844] == keys._b62(n % 3844, 2)
+
+
+@given(value=st.text(max_size=80), secret=st.binary(min_size=0, max_size=100))
+def test_digest_is_hmac_sha256_of_sha256(value, secret):
+    """digest() reuses one keyed HMAC per secret (a copy per key): the same bytes as a fresh hmac.new."""
+    want = hmac.new(secret, hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest(), hashlib.sha256)
+    try:
+        got = keys.digest(secret, value)
+    except UnicodeEncodeError:
+        return  # lone surrogates: refused before and after alike
+    assert got == want.hexdigest()
+    assert keys.digest(secret, value) == got  # twice, from the kept HMAC

@@ -40,9 +40,16 @@ def _b62(n: int, width: int) -> str:
     return "".join(reversed(out))
 
 
+# Every two-digit base62 string, in order: CRC32 (under 62**6) as 6 digits is three lookups, not 6 divmods.
+_PAIRS: Final = tuple(a + b for a in ALPHABET for b in ALPHABET)
+
+
 def checksum(head: str) -> str:
-    """Checksum of everything before it (``sk-kp-<kind>-<body>``)."""
-    return _b62(zlib.crc32(head.encode("ascii")), CHECK_LEN)
+    """Checksum of everything before it (``sk-kp-<kind>-<body>``): ``_b62(crc32, CHECK_LEN)``, by pairs of
+    digits (CRC32 < 2**32 < 62**6, so the highest pair is below 62**2)."""
+    hi, rest = divmod(zlib.crc32(head.encode("ascii")), 62**4)
+    mid, lo = divmod(rest, 62**2)
+    return _PAIRS[hi] + _PAIRS[mid] + _PAIRS[lo]
 
 
 def generate(kind: KeyKind) -> str:
@@ -83,9 +90,20 @@ def digest_of_sha256(secret: bytes, sha256_hexdigest: str) -> str:
     return hmac.new(secret, bytes.fromhex(sha256_hexdigest), hashlib.sha256).hexdigest()
 
 
+# HMAC-SHA256 keyed with each server secret seen, its key schedule done once: a copy per digest.
+_HMACS: dict[bytes, hmac.HMAC] = {}
+
+
 def digest(secret: bytes, value: str) -> str:
     """The stored, keyed digest of a key."""
-    return hmac.new(secret, hashlib.sha256(value.encode("utf-8")).digest(), hashlib.sha256).hexdigest()
+    base = _HMACS.get(secret)
+    if base is None:
+        base = hmac.new(secret, digestmod=hashlib.sha256)
+        if len(_HMACS) < 16:  # one server secret in practice (tests make more)
+            _HMACS[secret] = base
+    h = base.copy()
+    h.update(hashlib.sha256(value.encode("utf-8")).digest())
+    return h.hexdigest()
 
 
 def redact(value: str) -> str:

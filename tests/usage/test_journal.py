@@ -201,3 +201,22 @@ def test_two_writers_of_one_process_in_one_millisecond_both_open(tmp_path):
     for w in writers:
         w.close()
         w.release()
+
+
+def test_short_writes_are_completed(tmp_path, monkeypatch):
+    """os.write taking a few bytes at a time: append writes the rest until the frame is whole."""
+    import keyplane.usage.journal as journal
+
+    w = JournalWriter(tmp_path, fsync="never")
+    w.open()
+    real_write = os.write
+    monkeypatch.setattr(journal.os, "write", lambda fd, data: real_write(fd, bytes(data[:3])))
+    w.append(rec(1))
+    w.append(rec(2))
+    monkeypatch.setattr(journal.os, "write", real_write)
+    w.append(rec(3))
+    tail = Tail(tmp_path, w.writer, final=False, live=w)
+    assert [r.id for r in tail.read(10)] == ["req_1", "req_2", "req_3"]
+    assert tail.dropped_bytes == 0 and w.size == (tmp_path / journal.segment_name(w.writer, 1)).stat().st_size
+    w.close()
+    w.release()

@@ -99,7 +99,11 @@ class Admission(Settle):
             plan = b.plan(ctx.key, limits_model(b, ctx.key.id, ctx.key.project_id or "", model))
         else:  # no model: the budgets only (there is no per-model bucket to count it in)
             plan = dataclasses.replace(b.plan(ctx.key, ""), buckets=(), wheres=())
-        controlled = any(ref.limit is not None for ref in plan.budgets)
+        controlled = False  # a spend limit or enforced credit applies
+        for ref in plan.budgets:
+            if ref.limit is not None:
+                controlled = True
+                break
         cost = q.cost
         if q.unpriced is not None:
             if ctx.endpoint == "/v1/batches":  # priced from its input file, if keyplane read it

@@ -4,6 +4,7 @@ headers of the limit it hit), and the x-ratelimit-* headers of the tightest per-
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from keyplane import errors
@@ -51,14 +52,17 @@ def refusal(b: Billing, ctx: Any, plan: Plan, d: Denied, want: int, cost: int, n
 def headers(plan: Plan, g: Granted) -> list[tuple[bytes, bytes]]:
     """x-ratelimit-* of the tightest per-minute limits (reference/openai-surface.md)."""
     now = g.now_us
+    buckets, tats = plan.buckets, g.tats
+    if len(buckets) != len(tats):
+        raise ValueError("a Granted's TATs do not match the plan's buckets")
     out: list[tuple[bytes, bytes]] = []
-    for idx, names in ((RPM, _REQUEST_HEADERS), (TPM, _TOKEN_HEADERS)):
+    for idx, names in _PER_MINUTE:
         best_rem = best_lim = best_reset = -1
-        for bk, tats in zip(plan.buckets, g.tats, strict=True):
+        for j, bk in enumerate(buckets):
             lim = bk.limits[idx]
             if lim <= 0:
                 continue
-            held = tats[idx] - now
+            held = tats[j][idx] - now
             if held < 0:
                 held = 0
             rem = (MINUTE_US - held) * lim // MINUTE_US
@@ -67,9 +71,32 @@ def headers(plan: Plan, g: Granted) -> list[tuple[bytes, bytes]]:
         if best_lim > 0:
             out.append((names[0], b"%d" % best_lim))
             out.append((names[1], b"%d" % best_rem))
-            out.append((names[2], gcra.go_duration(best_reset / 1_000_000).encode()))
+            out.append((names[2], _reset(best_reset)))
     return out
+
+
+_resets: dict[int, bytes] = {}  # ms -> text
+_resets_us: dict[int, bytes] = {}  # µs -> text: a bucket far from its limits shows the same few values
+
+
+def _reset(held_us: int) -> bytes:
+    """``gcra.go_duration(held_us / 1_000_000).encode()``, kept per µs (a few values) and per millisecond (as
+    go_duration keeps its text): the float rounding is done once per value."""
+    v = _resets_us.get(held_us)
+    if v is not None:
+        return v
+    seconds = held_us / 1_000_000
+    ms = math.ceil(round(seconds * 1000, 6))  # go_duration's own rounding: its text depends on ms alone
+    v = _resets.get(ms)
+    if v is None:
+        v = gcra.go_duration(seconds).encode()
+        if len(_resets) < 100_000:
+            _resets[ms] = v
+    if len(_resets_us) < 4096:
+        _resets_us[held_us] = v
+    return v
 
 
 _REQUEST_HEADERS = (b"x-ratelimit-limit-requests", b"x-ratelimit-remaining-requests", b"x-ratelimit-reset-requests")
 _TOKEN_HEADERS = (b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-tokens", b"x-ratelimit-reset-tokens")
+_PER_MINUTE = ((RPM, _REQUEST_HEADERS), (TPM, _TOKEN_HEADERS))

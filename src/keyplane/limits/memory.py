@@ -54,7 +54,7 @@ class MemoryLimiter:
                     new[k] = nt
                 elif worst is None or nt - period - now > worst.wait_us:
                     worst = Denied("rate", j, k, used=gcra.used(tat, now, limit, period), wait_us=nt - period - now)
-            news.append((new[0], new[1], new[2], new[3]))
+            news.append(tuple(new))  # type: ignore[arg-type]  # four ints
             states.append(st)
         counters = self.budgets
         rows: list[list[int]] = []
@@ -68,14 +68,13 @@ class MemoryLimiter:
         if worst is not None:
             return worst
         # Everything passed: take it all (still no await since the first check).
-        for st, taken in zip(states, news, strict=True):
-            for k in range(4):
-                if taken[k]:
-                    st[k] = taken[k]
+        for bk, st, taken in zip(buckets, states, news, strict=True):
+            for k, _, _, _ in bk.checks:  # every limit checked passed; the others are not taken (0 in news)
+                st[k] = taken[k]
         if cost:
             for c in rows:
                 c[1] += cost
-            self.reservations[rid] = (now + (ttl_us or self.ttl_us), cost, tuple(b.key for b in budgets))
+            self.reservations[rid] = (now + (ttl_us or self.ttl_us), cost, tuple([b.key for b in budgets]))
         return Granted(now, news)
 
     async def admit(

@@ -184,7 +184,7 @@ def upper_bound(text: str) -> int:
 class Counter:
     """Counts the prompt of one model; ``count`` is the hot function."""
 
-    __slots__ = ("_encode",)
+    __slots__ = ("_core", "_encode")
 
     def __init__(self, model: str) -> None:
         name = encoding_name(model)
@@ -192,56 +192,76 @@ class Counter:
         if name and name not in _encodings:
             _load_in_background(name)
         self._encode = enc.encode_ordinary if enc is not None else None
+        # tiktoken's Rust encoder itself, without Encoding.encode_ordinary's Python frame around it; that
+        # frame's one other job (text with lone surrogates, which the Rust side refuses) is :meth:`count`'s.
+        core = getattr(getattr(enc, "_core_bpe", None), "encode_ordinary", None)
+        self._core = core if core is not None else self._encode
 
     def count(self, text: str) -> int:
         if not text:
             return 0
-        if self._encode is None:  # no tokenizer for this model (or not loaded yet): its UTF-8 bytes
+        if self._core is None:  # no tokenizer for this model (or not loaded yet): its UTF-8 bytes
             return upper_bound(text)
-        return len(self._encode(text))
+        try:
+            return len(self._core(text))
+        except UnicodeEncodeError:  # lone surrogates: Encoding.encode_ordinary replaces them, then encodes
+            assert self._encode is not None
+            return len(self._encode(text))
 
     def content(self, v: Any) -> int:
         """A message content, a responses input item, a prompt: its tokens (see :func:`measure`)."""
         return self.scan(v).tokens
 
     def scan(self, v: Any, scan: Scan | None = None, keys: bool = False) -> Scan:
-        """Walks ``v`` without recursion and counts it as an upper bound: every string in it is counted
-        (keys like ``text``, ``content``, ``arguments``, ``summary`` alike), token arrays by length,
-        images at their largest size; parts whose size is not in the body (files, audio, item
-        references, ids of stored files) set ``scan.unbounded``."""
+        """Walks ``v`` and counts it as an upper bound: every string in it is counted (keys like ``text``,
+        ``content``, ``arguments``, ``summary`` alike), token arrays by length, images at their largest size;
+        parts whose size is not in the body (files, audio, item references, ids of stored files) set
+        ``scan.unbounded``. Recursion is bounded by ``MAX_DEPTH`` (nothing deeper is walked)."""
         scan = scan or Scan()
-        stack: list[tuple[Any, int]] = [(v, 0)]
-        while stack:
-            node, depth = stack.pop()
-            if isinstance(node, str):
-                scan.tokens += self.count(node)
-            elif isinstance(node, bool) or node is None:
-                continue
-            elif isinstance(node, int | float):
-                scan.tokens += 1
-            elif depth > MAX_DEPTH:
-                scan.unbounded = True  # nothing a model reads nests this deep: not worth guessing
-            elif isinstance(node, list):
-                if node and all(isinstance(x, int) and not isinstance(x, bool) for x in node):
-                    scan.tokens += len(node)  # token ids
-                else:
-                    stack.extend((x, depth + 1) for x in node)
-            elif isinstance(node, dict):
-                t = node.get("type")
-                if not isinstance(t, str):  # a schema property may be named "type" (its value an object)
-                    t = None
-                if t in _IMAGE_TYPES:
-                    scan.tokens += IMAGE_TOKENS_MAX  # the data or URL says nothing of the size billed
-                    continue
-                if t in _UNSEEN_TYPES or any(k in node for k in _UNSEEN_KEYS):
-                    scan.unbounded = True
-                    continue
-                if keys:  # a schema's property names are read by the model, and billed, too
-                    scan.tokens += sum(self.count(k) for k in node if isinstance(k, str))
-                # ids and enums are not counted; whatever else stands under those keys is (a tool's or a
-                # format's schema may name a property `id`, `type` or `format`, its description under it)
-                stack.extend((x, depth + 1) for k, x in node.items() if k not in _NOT_TEXT or not _short(x))
+        scan.tokens += self._walk(v, 0, scan, keys)
         return scan
+
+    def _walk(self, node: Any, depth: int, scan: Scan, keys: bool) -> int:
+        """The tokens of ``node`` at ``depth`` (what :meth:`scan` adds up); sets ``scan.unbounded``."""
+        if isinstance(node, str):
+            return self.count(node)
+        if isinstance(node, bool) or node is None:
+            return 0
+        if isinstance(node, int | float):
+            return 1
+        if depth > MAX_DEPTH:
+            scan.unbounded = True  # nothing a model reads nests this deep: not worth guessing
+            return 0
+        n = 0
+        depth += 1
+        if isinstance(node, list):
+            if node and _is_int(node[0]) and all(_is_int(x) for x in node):
+                return len(node)  # token ids
+            for x in node:
+                n += self.count(x) if isinstance(x, str) else self._walk(x, depth, scan, keys)
+            return n
+        if isinstance(node, dict):
+            t = node.get("type")
+            if not isinstance(t, str):  # a schema property may be named "type" (its value an object)
+                t = None
+            if t in _IMAGE_TYPES:
+                return IMAGE_TOKENS_MAX  # the data or URL says nothing of the size billed
+            if t in _UNSEEN_TYPES or not _UNSEEN_KEYS.isdisjoint(node):
+                scan.unbounded = True
+                return 0
+            if keys:  # a schema's property names are read by the model, and billed, too
+                for k in node:
+                    if isinstance(k, str):
+                        n += self.count(k)
+            # ids and enums are not counted; whatever else stands under those keys is (a tool's or a
+            # format's schema may name a property `id`, `type` or `format`, its description under it)
+            for k, x in node.items():
+                if isinstance(x, str):
+                    if k not in _NOT_TEXT or len(x) > 128:  # not _short(x)
+                        n += self.count(x)
+                elif k not in _NOT_TEXT or not _short(x):
+                    n += self._walk(x, depth, scan, keys)
+        return n
 
     def chat(self, req: dict[str, Any], scan: Scan) -> None:
         scan.tokens += 3
@@ -299,10 +319,14 @@ MAX_DEPTH = 64
 _IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
 # Parts billed by what is not in the body: stored files, uploads, audio, references to earlier items.
 _UNSEEN_TYPES = frozenset({"file", "input_file", "input_audio", "audio", "item_reference"})
-_UNSEEN_KEYS = ("file_id", "file_url", "file_data")
+_UNSEEN_KEYS = frozenset({"file_id", "file_url", "file_data"})
 # Keys whose values are not read by the model as text (ids and enums): not counted.
 _NOT_TEXT = frozenset({"type", "id", "call_id", "role", "status", "detail", "format"})
 _FUNCTION_TOOLS = frozenset({"function", "custom"})
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _short(v: Any) -> bool:

@@ -84,7 +84,9 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
 class UpstreamResponse(Protocol):
     status: int
     headers: list[tuple[bytes, bytes]]  # names lower-cased
-    content_type: str
+
+    @property
+    def content_type(self) -> str: ...
 
     async def read(self) -> bytes: ...
 
@@ -94,13 +96,17 @@ class UpstreamResponse(Protocol):
 
 
 class _HTTPResponse:
-    __slots__ = ("_r", "content_type", "headers", "status")
+    __slots__ = ("_r", "headers", "status")
 
     def __init__(self, r: aiohttp.ClientResponse) -> None:
         self._r = r
         self.status = r.status
         self.headers = [(k.lower(), v) for k, v in r.raw_headers]
-        self.content_type = r.content_type
+
+    @property
+    def content_type(self) -> str:
+        """Parsed when asked (streams, pass-through, object paths): a JSON answer read whole never asks."""
+        return self._r.content_type
 
     async def read(self) -> bytes:
         try:

@@ -253,13 +253,15 @@ class JournalWriter:
             self._torn = False
         payload = _encoder.encode(rec)
         frame = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-        view = memoryview(frame)
         written = 0
         try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
-                written += n
+            written = os.write(self._fd, frame)  # whole, nearly always (a regular file)
+            if written < len(frame):  # a short write: the rest, as it goes
+                view = memoryview(frame)[written:]
+                while view:
+                    n = os.write(self._fd, view)
+                    view = view[n:]
+                    written += n
         except OSError:
             if written:
                 self.size += written

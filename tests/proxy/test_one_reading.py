@@ -1,0 +1,182 @@
+"""The duplicate-key check of JSON bodies (proxy/request.check_one_reading): its fast path
+(``_plainly_one_reading``, orjson) must give exactly the verdicts of the exact reading (json.loads with an
+object_pairs_hook) on every body: accepted, refused as a repeated key (the same key named), or refused as
+not JSON (strict) / passed (not strict)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from keyplane import errors
+from keyplane.proxy import request
+
+
+def _exact(body: bytes, strict: bool) -> tuple[str, str | None]:
+    """The verdict of the exact reading alone (what check_one_reading gave before its fast path)."""
+    try:
+        json.loads(body, object_pairs_hook=request._unique)
+    except request._Repeated as e:
+        try:
+            request._refuse(e.key, e.other)
+        except errors.APIError as err:
+            return f"{err.status} {err.code}", err.message
+    except (ValueError, RecursionError):
+        if not strict:
+            return "ok", None
+        err = errors.invalid_json()
+        return f"{err.status} {err.code}", err.message
+    return "ok", None
+
+
+def _verdict(body: bytes, strict: bool) -> tuple[str, str | None]:
+    try:
+        request.check_one_reading(body, strict)
+    except errors.APIError as e:
+        return f"{e.status} {e.code}", e.message
+    return "ok", None
+
+
+def _same(body: bytes) -> None:
+    for strict in (True, False):
+        assert _verdict(body, strict) == _exact(body, strict), (body[:200], strict)
+
+
+ACCEPTED = [
+    b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"max_tokens":32}',
+    b'{"a":"x:y","b":{"c:d":["e:f",{"g":"h"}]},"i":[{"a":1},{"a":2}]}',  # colons in strings, same key in siblings
+    b' {"a" : [ 1 , 2.5e3 , -0 , true , false , null ] } \r\n\t',
+    b'{"a":"\\n\\t\\"\\\\\\/\\b\\f\\r"}',
+    b'{"\\"a":1,"a":2}',
+    b'{"a":18446744073709551616,"b":-9223372036854775809,"c":1e300}',
+    '{"caf\u00e9":1,"\u00c9t\u00e9":2,"\u03c3":3,"stra\u00dfe":4}'.encode(),
+    '{"content":"\u4f60\u597d:\U0001f600","x":"\u00df"}'.encode(),
+    b"[]",
+    b"{}",
+    b'"just a string"',
+    b"12",
+    b"null",
+    b'[{"a":1,"A ":2}]',
+    b'{"":1," ":2}',
+]
+
+REFUSED = [
+    b'{"max_tokens":100000,"max_tokens":5}',  # repeated at the top
+    b'{"model":"m","messages":[{"role":"user","content":"a","content":"b"}]}',  # repeated deep down
+    b'{"a":{"b":{"c":{"d":[{"e":1,"e":2}]}}}}',
+    b'{"MAX_TOKENS":1,"max_tokens":2}',  # case variants at the top
+    b'{"x":[{"Content":"a","content":"b"}]}',  # case variants deep down
+    b'{"a":"x:y:z","a":"w"}',  # the dropped value holds colons
+    b'{"a":{"k:1":"v:2"},"a":{}}',
+    b'{"max\\u005ftokens":1,"max_tokens":2}',  # a key spelled with an escape
+    b'{"MAX\\u005fTOKENS":1,"max_tokens":2}',
+    b'{"a\\/b":1,"a/b":2}',  # the same key, one escaped
+    b'{"\\u00c4":1,"\\u00e4":2}',  # case variants, escaped
+    '{"\u00c4":1,"\u00e4":2}'.encode(),  # case variants, not ASCII
+    '{"stra\u00dfe":1,"STRASSE":2}'.encode(),  # full case folding (\u00df -> ss)
+    '{"\u03a3":1,"\u03c2":2}'.encode(),  # sigma and final sigma fold alike
+    b'{"a":1,"b":2,"a":3,"B":4}',  # the first one json.loads meets is named
+    b'{"\\u0061":1,"a":2}',
+]
+
+NOT_JSON = [
+    b"",
+    b"not json",
+    b'{"a":1,}',
+    b'{"a":"\x1f"}',  # a control character in a string
+    b'{"a": 01}',
+    b'{"a":"\\x"}',
+    b"{'a':1}",
+    b'{"a":1}\xc2\xa0',
+    b'{"a":"\xc0\x80"}',  # invalid UTF-8
+    b'{"a":1} {"b":2}',
+    b'{"a":TRUE}',  # valid once lower-cased: not before
+    b'{"a":"\\N"}',
+    b'{"a":"\\U0041"}',
+    b"\x00\x00\x00[",
+    b'{"a":' + b"9" * 5000 + b"}",  # json.loads refuses an integer this long; orjson reads a float
+]
+
+# json.loads reads these and orjson does not: the exact reading decides
+ONLY_JSON_LOADS = [
+    b'{"a":NaN,"b":Infinity,"c":-Infinity}',
+    b'{"a":NaN,"a":1}',
+    b'{"a":"\\ud800"}',  # a lone surrogate
+    b'{"\\ud800":1,"\\ud800":2}',
+    b'{"a":"\xed\xa0\x80"}',  # an encoded surrogate (json.loads decodes with surrogatepass)
+    b'\xef\xbb\xbf{"a":1}',  # a UTF-8 BOM
+    b'\xef\xbb\xbf{"a":1,"A":2}',
+    b'{"a":1e400}',
+    '{"a":1}'.encode("utf-16"),
+    '{"a":1,"a":2}'.encode("utf-16-le"),
+    '{"a":1}'.encode("utf-32"),
+]
+
+
+@pytest.mark.parametrize("body", ACCEPTED + REFUSED + NOT_JSON + ONLY_JSON_LOADS)
+def test_same_verdict_as_exact_reading(body: bytes) -> None:
+    _same(body)
+
+
+@pytest.mark.parametrize("body", ACCEPTED)
+def test_accepted_bodies_take_the_fast_path(body: bytes) -> None:
+    assert request._plainly_one_reading(body)
+    request.check_one_reading(body)
+
+
+@pytest.mark.parametrize("body", REFUSED)
+def test_refused(body: bytes) -> None:
+    assert not request._plainly_one_reading(body)
+    with pytest.raises(errors.APIError) as e:
+        request.check_one_reading(body, strict=False)
+    assert e.value.code == "duplicate_key"
+
+
+def test_refusal_names_the_key() -> None:
+    with pytest.raises(errors.APIError) as e:
+        request.check_one_reading(b'{"model":"m","messages":[{"role":"user","content":"a","content":"b"}]}')
+    assert e.value.param == "content"
+    with pytest.raises(errors.APIError) as e:
+        request.check_one_reading(b'{"max_tokens":1,"MAX_TOKENS":2}')
+    assert e.value.param == "MAX_TOKENS" and "'max_tokens'" in e.value.message
+
+
+@pytest.mark.parametrize("depth", [10, 200, 500, 1023, 1024, 1025, 5000])
+def test_deep_nesting(depth: int) -> None:
+    for body in (
+        b"[" * depth + b"]" * depth,
+        b'{"a":' * depth + b"1" + b"}" * depth,
+        b'{"a":' * depth + b'{"b":1,"b":2}' + b"}" * depth,
+        b'{"a":' * depth + b'{"B":1,"b":2}' + b"}" * depth,
+    ):
+        _same(body)
+
+
+def test_many_objects_side_by_side() -> None:
+    msgs = ",".join('{"role":"user","content":"m%d: hi"}' % i for i in range(2000))
+    _same(('{"model":"m","messages":[%s]}' % msgs).encode())
+    _same(('{"model":"m","messages":[%s],"model":"n"}' % msgs).encode())
+
+
+def test_random_bodies_agree() -> None:
+    """Random JSON objects, some with a repeated or case-varied key at a random depth, escaped keys,
+    colons and non-ASCII text: the fast path and the exact reading agree on every one."""
+    rng = random.Random(13)
+    keys = ["a", "A", "b", "content", "Content", "x:y", "\u00e9", "\u00c9", "\u00df", "SS", "ss", "k\\u0041", "kA"]
+    strings = ["", "v", "a:b", ":", "\u4f60:", "\\n", "\\u003a", "\\\\u", "Z\u00df"]
+
+    def value(depth: int) -> str:
+        r = rng.random()
+        if depth > 4 or r < 0.3:
+            return rng.choice(['"%s"' % rng.choice(strings), "1", "-2.5", "true", "null"])
+        if r < 0.6:
+            return "[" + ",".join(value(depth + 1) for _ in range(rng.randint(0, 3))) + "]"
+        names = rng.sample(keys, rng.randint(0, 4))
+        if names and rng.random() < 0.3:
+            names.append(rng.choice(names))  # a repeat
+        return "{" + ",".join('"%s":%s' % (k, value(depth + 1)) for k in names) + "}"
+
+    for _ in range(3000):
+        _same(value(0).encode())
