@@ -8,7 +8,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,35 +208,101 @@ def until_the_kill_switch_refuses(srv: Any, call: Any, seconds: float = 10.0) ->
         time.sleep(0.1)
 
 
+@dataclass(frozen=True)
+class _Store:
+    """A store some gateway of the test initialized: its org (``init_org``'s keys) and the server secret every
+    other gateway on it must share (the keys' digests are keyed with it)."""
+
+    init: dict[str, Any]
+    secret_key: bytes
+
+
 class Gateways:
-    """The one gateway factory of the tests: each ``start`` copies the session's initialized SQLite home
-    (tests/conftest.py ``template_home``; migrating is the slow part), starts a real server on it, and
-    ``stop_all`` stops every one. The directories' conftests only compose their keyplane.toml text and
-    environment (fake upstreams, limiter backend) on top of it."""
+    """The one gateway factory of the tests: each ``start`` starts a real server and ``stop_all`` stops every one
+    (in the order they started). The directories' conftests only compose their keyplane.toml text and
+    environment (fake upstreams, limiter backend, a store) on top of it.
+
+    Where a gateway's store is:
+
+    - SQLite (``store=""``, the default): a copy of the session's initialized home (tests/conftest.py
+      ``template_home``; migrating is the slow part), or the ``home`` given (a restart on an earlier one's).
+    - PostgreSQL (``store`` a URL, e.g. the ``database_url`` fixture's): a home of its own on that database; the
+      first gateway on it initializes the org, every later one shares that org and the first's secret key (a
+      fleet). The database must outlive the gateways: a fixture calls ``stop_all`` after its yield; a test asks
+      for ``database_url`` before ``gateways`` (pytest tears fixtures down in the reverse order).
+    - ``org`` names an org of its own: a fresh, empty store initialized for this gateway alone (two instances
+      that must not share keys, e.g. one governing the other as its provider).
+    """
 
     def __init__(self, template_home: Path, tmp_path: Path) -> None:
         self.template_home = template_home
         self.tmp_path = tmp_path
         self.started: list[RunningServer] = []
+        self._stores: dict[str, _Store] = {}  # database URL -> the org and secret of its first gateway
+
+    def _new_home(self) -> Path:
+        home = self.tmp_path / f"home{len(self.started)}"
+        while home.exists():
+            home = home.with_name(home.name + "x")
+        return home
 
     def home(self) -> Path:
         """A fresh copy of the template home."""
         import shutil
 
-        home = self.tmp_path / f"home{len(self.started)}"
-        while home.exists():
-            home = home.with_name(home.name + "x")
+        home = self._new_home()
         shutil.copytree(self.template_home, home)
         return home
 
     def start(
-        self, config_text: str, clock: Clock | None = None, home: Path | None = None, **env: str
+        self,
+        config_text: str | None = None,
+        clock: Clock | None = None,
+        home: Path | None = None,
+        *,
+        store: str = "",
+        org: str | None = None,
+        seed: Callable[[Settings], None] | None = None,
+        **env: str,
     ) -> RunningServer:
+        """Start a gateway with this keyplane.toml text (None: no file) and environment; see the class for
+        ``store`` and ``org``. ``clock`` may be shared by several gateways of a test; ``seed`` writes to the
+        store (its org initialized) before the server starts (e.g. a user's password)."""
         import json
 
-        home = home if home is not None else self.home()
-        init = json.loads((home / "init.json").read_text())
-        srv = start_server(make_settings(home, "", config_text=config_text, **env), init, clock=clock)
+        if org is not None:
+            if home is not None or store:
+                raise ValueError("org: a fresh store of its own (no home, no store)")
+            settings = make_settings(self._new_home(), "", config_text=config_text, **env)
+            return self._run(settings, init_org(settings, org), clock, seed)
+        if not store:
+            home = home if home is not None else self.home()
+            init = json.loads((home / "init.json").read_text())
+            return self._run(make_settings(home, "", config_text=config_text, **env), init, clock, seed)
+        home = home if home is not None else self._new_home()
+        shared = self._stores.get(store)
+        if shared is None:
+            settings = make_settings(home, store, config_text=config_text, **env)
+            shared = self._stores[store] = _Store(init_org(settings), settings.secret_key)
+        else:
+            env = {"KEYPLANE_SECRET_KEY": shared.secret_key.decode(), **env}
+            settings = make_settings(home, store, config_text=config_text, **env)
+        return self._run(settings, shared.init, clock, seed)
+
+    def another(self, srv: RunningServer, clock: Clock | None = None) -> RunningServer:
+        """Another instance of a started gateway: its settings (home, store, secret, keyplane.toml) and org."""
+        return self._run(srv.settings, srv.init, clock)
+
+    def _run(
+        self,
+        settings: Settings,
+        init: dict[str, Any],
+        clock: Clock | None,
+        seed: Callable[[Settings], None] | None = None,
+    ) -> RunningServer:
+        if seed is not None:
+            seed(settings)
+        srv = start_server(settings, init, clock=clock)
         self.started.append(srv)
         return srv
 

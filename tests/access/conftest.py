@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from openai import OpenAI
 
 from keyplane.testing import FakeUpstream
 from tests.proxy.conftest import fake_config
-from tests.support import RunningServer, init_org, make_settings, start_server
+from tests.support import Gateways, RunningServer
 
 
 @pytest.fixture
-def gw(tmp_path: Path, database_url: str, fake: FakeUpstream) -> Iterator[RunningServer]:
-    settings = make_settings(tmp_path / "home", database_url, config_text=fake_config(fake))
-    srv = start_server(settings, init_org(settings))
+def gw(database_url: str, gateways: Gateways, fake: FakeUpstream) -> Iterator[RunningServer]:
+    srv = gateways.start(fake_config(fake), store=database_url)
     srv.app.runtime.pipeline.billing = None  # admission is tests/billing's; here only the refusals matter
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    yield srv
+    gateways.stop_all()  # before the test's PostgreSQL database is dropped
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -16,20 +15,17 @@ import pytest
 
 from keyplane.testing import FakeUpstream
 from tests.proxy.conftest import fake_config, new_key
-from tests.support import RunningServer, init_org, make_settings, start_server
+from tests.support import Gateways, RunningServer
 
 MSG = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
-def open_gw(tmp_path: Path, database_url: str, fake: FakeUpstream) -> Iterator[RunningServer]:
-    settings = make_settings(tmp_path / "home", database_url, config_text=fake_config(fake, models=["*"]))
-    srv = start_server(settings, init_org(settings))
+def open_gw(database_url: str, gateways: Gateways, fake: FakeUpstream) -> Iterator[RunningServer]:
+    srv = gateways.start(fake_config(fake, models=["*"]), store=database_url)
     srv.app.runtime.pipeline.billing = None
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    yield srv
+    gateways.stop_all()  # before the test's PostgreSQL database is dropped
 
 
 def _policy(srv: RunningServer, body: dict[str, object], key_id: str | None = None, kind: str = "model") -> None:

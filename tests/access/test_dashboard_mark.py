@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from tests.proxy.conftest import new_key
-from tests.web.conftest import clock, owner, web, web_server, web_settings  # noqa: F401  (fixtures)
+from tests.web.conftest import clock, owner, web, web_env, web_server  # noqa: F401  (fixtures)
 
 
 def test_expiring_keys_are_marked(owner, web_server):  # noqa: F811

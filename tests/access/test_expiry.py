@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,7 @@ from keyplane import alerts
 from keyplane.access.expiry import DAY, ExpiryNotifier
 from keyplane.clock import FakeClock
 from tests.proxy.conftest import admin, new_key, wait_for
-from tests.support import RunningServer, init_org, make_settings, start_server
+from tests.support import Gateways, RunningServer
 
 
 class CaptureSink:
@@ -29,16 +28,13 @@ class CaptureSink:
 
 
 @pytest.fixture
-def srv(tmp_path: Path, database_url: str) -> Iterator[tuple[RunningServer, FakeClock, CaptureSink]]:
-    settings = make_settings(tmp_path / "home", database_url)
+def srv(database_url: str, gateways: Gateways) -> Iterator[tuple[RunningServer, FakeClock, CaptureSink]]:
     clock = FakeClock(time.time())
-    s = start_server(settings, init_org(settings), clock=clock)
+    s = gateways.start(clock=clock, store=database_url)
     sink = CaptureSink()
     s.app.runtime.features.alerts = alerts.Dispatcher([sink])
-    try:
-        yield s, clock, sink
-    finally:
-        s.stop()
+    yield s, clock, sink
+    gateways.stop_all()  # before the test's PostgreSQL database is dropped
 
 
 def _check(s: RunningServer, notifier: ExpiryNotifier | None = None) -> int:

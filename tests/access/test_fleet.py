@@ -6,38 +6,33 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
 
 from keyplane.testing import FakeUpstream
 from tests.proxy.conftest import fake_config
-from tests.support import RunningServer, init_org, make_settings, postgres_database, start_server
+from tests.support import Gateways, RunningServer, postgres_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
 @pytest.fixture
-def pair(tmp_path: Path, fake: FakeUpstream) -> Iterator[tuple[RunningServer, RunningServer]]:
+def pair(gateways: Gateways, fake: FakeUpstream) -> Iterator[tuple[RunningServer, RunningServer]]:
     with postgres_database() as url:
         env = {
             "KEYPLANE_REDIS_URL": "redis://127.0.0.1:6379/0",
             "KEYPLANE_REDIS_PREFIX": f"kpt{secrets.token_hex(4)}",
             "KEYPLANE_SNAPSHOT_POLL_SECONDS": "30",
-            "KEYPLANE_SECRET_KEY": secrets.token_urlsafe(32),
         }
-        sa = make_settings(tmp_path / "a", url, config_text=fake_config(fake), **env)
-        init = init_org(sa)
-        sb = make_settings(tmp_path / "b", url, config_text=fake_config(fake), **env)
-        a, b = start_server(sa, init), start_server(sb, init)
-        for s in (a, b):
-            s.app.runtime.pipeline.billing = None
-        try:
+        try:  # two instances of one store and org (one secret)
+            a = gateways.start(fake_config(fake), store=url, **env)
+            b = gateways.start(fake_config(fake), store=url, **env)
+            for s in (a, b):
+                s.app.runtime.pipeline.billing = None
             yield a, b
         finally:
-            a.stop()
-            b.stop()
+            gateways.stop_all()  # before the database is dropped
 
 
 def test_policy_reaches_the_other_instance_within_a_second(pair, fake: FakeUpstream):

@@ -4,7 +4,6 @@ upstream call; forwarded-for headers believed only from configured trusted proxi
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -12,22 +11,17 @@ import pytest
 
 from keyplane.testing import FakeUpstream
 from tests.proxy.conftest import fake_config, new_key
-from tests.support import RunningServer, init_org, make_settings, start_server
+from tests.support import Gateways, RunningServer
 
 MSG = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
-def trusted_gw(tmp_path: Path, database_url: str, fake: FakeUpstream) -> Iterator[RunningServer]:
-    settings = make_settings(
-        tmp_path / "home", database_url, config_text=fake_config(fake), KEYPLANE_TRUSTED_PROXIES="127.0.0.1/32, ::1"
-    )
-    srv = start_server(settings, init_org(settings))
+def trusted_gw(database_url: str, gateways: Gateways, fake: FakeUpstream) -> Iterator[RunningServer]:
+    srv = gateways.start(fake_config(fake), store=database_url, KEYPLANE_TRUSTED_PROXIES="127.0.0.1/32, ::1")
     srv.app.runtime.pipeline.billing = None
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    yield srv
+    gateways.stop_all()  # before the test's PostgreSQL database is dropped
 
 
 ADMIN_AT = "127.0.0.2"  # the admin calls come from here; the organization's lists keep it (they hold the admin API)

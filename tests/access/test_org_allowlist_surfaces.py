@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import httpx
 import openai
@@ -14,7 +13,7 @@ from typer.testing import CliRunner
 
 from keyplane.cli import app
 from tests.support import RunningServer
-from tests.web.conftest import OWNER, PASSWORD, Web, clock, owner, web, web_server, web_settings  # noqa: F401
+from tests.web.conftest import OWNER, PASSWORD, Web, clock, owner, web, web_env, web_server  # noqa: F401
 
 MSG = [{"role": "user", "content": "hi"}]
 OTHER = "127.0.0.2"  # a second local address: the one the allowlist keeps (Linux routes 127/8 to loopback)
@@ -167,18 +166,10 @@ def test_dashboard_is_held_to_the_org_allowlist(owner, web_server, clock):  # no
 
 
 @pytest.fixture
-def trusted(tmp_path: Path, fake):
+def trusted(gateways, fake):
     from tests.proxy.conftest import fake_config
-    from tests.support import init_org, make_settings, start_server
 
-    settings = make_settings(
-        tmp_path / "home", "", config_text=fake_config(fake), KEYPLANE_TRUSTED_PROXIES="127.0.0.1/32"
-    )
-    srv = start_server(settings, init_org(settings))
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    return gateways.start(fake_config(fake), KEYPLANE_TRUSTED_PROXIES="127.0.0.1/32")
 
 
 def test_admin_api_behind_a_trusted_proxy(trusted):

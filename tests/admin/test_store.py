@@ -7,7 +7,7 @@ import sqlite3
 import time
 
 from keyplane.store import db
-from tests.support import init_org, make_settings, start_server
+from tests.support import init_org, make_settings
 
 
 def test_sqlite_uses_wal(tmp_path):
@@ -69,21 +69,16 @@ def test_migrations_are_idempotent_and_match_the_models(settings):
     asyncio.run(twice())
 
 
-def test_last_used_at_is_batched(tmp_path, database_url):
-    settings = make_settings(tmp_path / "h", database_url, KEYPLANE_LAST_USED_FLUSH_SECONDS="0.2")
-    init = init_org(settings)
-    srv = start_server(settings, init)
-    try:
-        import httpx
+def test_last_used_at_is_batched(database_url, gateways):
+    import httpx
 
-        h = {"Authorization": f"Bearer {init['admin_key']}"}
-        key_url = srv.v1 + f"/organization/admin_api_keys/{init['admin_key_id']}"
-        deadline = time.monotonic() + 5
-        while httpx.get(key_url, headers=h).json()["last_used_at"] is None:
-            assert time.monotonic() < deadline, "last_used_at never flushed"
-            time.sleep(0.05)
-    finally:
-        srv.stop()
+    srv = gateways.start(store=database_url, KEYPLANE_LAST_USED_FLUSH_SECONDS="0.2")
+    h = {"Authorization": f"Bearer {srv.admin_key}"}
+    key_url = srv.v1 + f"/organization/admin_api_keys/{srv.init['admin_key_id']}"
+    deadline = time.monotonic() + 5
+    while httpx.get(key_url, headers=h).json()["last_used_at"] is None:
+        assert time.monotonic() < deadline, "last_used_at never flushed"
+        time.sleep(0.05)
 
 
 def test_head_revision_matches_alembic():

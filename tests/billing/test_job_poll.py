@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import orjson
@@ -20,20 +19,16 @@ from keyplane.billing.batch_poll import stop_reason
 from keyplane.testing import FakeUpstream
 from keyplane.testing.fake_upstream import Behaviour
 from tests.billing.conftest import admin_http, billing_of, config, new_key
-from tests.support import RunningServer, init_org, make_settings, start_server
+from tests.support import Gateways, RunningServer
 
 FT_BASE = "gpt-4o-mini-2024-07-18"
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, database_url: str, fake: FakeUpstream) -> Iterator[RunningServer]:
+def gateway(database_url: str, gateways: Gateways, fake: FakeUpstream) -> Iterator[RunningServer]:
     """keyplane routed to the fake upstream (in-process limiter), on SQLite and PostgreSQL."""
-    settings = make_settings(tmp_path / "home", database_url, config_text=config(fake))
-    srv = start_server(settings, init_org(settings))
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    yield gateways.start(config(fake), store=database_url)
+    gateways.stop_all()  # before the test's PostgreSQL database is dropped
 
 
 def _key(srv: RunningServer) -> tuple[str, OpenAI]:

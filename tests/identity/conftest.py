@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from openai import OpenAI
@@ -9,7 +8,7 @@ from openai import OpenAI
 from keyplane.testing import FakeUpstream
 from keyplane.testing.fake_oidc import FakeOIDC
 from tests.proxy.conftest import fake_config
-from tests.support import RunningServer, init_org, make_settings, start_server
+from tests.support import Gateways, RunningServer
 
 
 @pytest.fixture(scope="session")
@@ -25,14 +24,10 @@ def idp(idp_session: FakeOIDC) -> FakeOIDC:
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, database_url: str, fake: FakeUpstream) -> Iterator[RunningServer]:
+def gateway(database_url: str, gateways: Gateways, fake: FakeUpstream) -> Iterator[RunningServer]:
     """keyplane routed to the fake upstream, on SQLite and PostgreSQL."""
-    settings = make_settings(tmp_path / "home", database_url, config_text=fake_config(fake))
-    srv = start_server(settings, init_org(settings))
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    yield gateways.start(fake_config(fake), store=database_url)
+    gateways.stop_all()  # before the test's PostgreSQL database is dropped
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,7 +11,7 @@ import pytest
 from openai import OpenAI
 
 from keyplane.testing.fake_oidc import FakeOIDC
-from tests.support import RunningServer, init_org, make_settings, start_server
+from tests.support import Gateways, RunningServer
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -29,22 +28,16 @@ SECRET_ENV = "KP_TEST_SSO_CLIENT_SECRET"
 
 
 @pytest.fixture
-def sso_server(tmp_path: Path, idp: FakeOIDC, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningServer]:
+def sso_server(gateways: Gateways, idp: FakeOIDC, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningServer]:
     monkeypatch.setenv(SECRET_ENV, idp.client_secret)
-    settings = make_settings(
-        tmp_path / "home",
-        "",
+    yield gateways.start(
         KEYPLANE_SSO_ISSUER=idp.issuer,
         KEYPLANE_SSO_CLIENT_ID=idp.client_id,
         KEYPLANE_SSO_CLIENT_SECRET_ENV=SECRET_ENV,
         KEYPLANE_SSO_ROLE_MAP="platform=owner, eng=reader",
         KEYPLANE_SSO_CREATE_USERS="true",
     )
-    srv = start_server(settings, init_org(settings))
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    gateways.stop_all()  # before the client secret's variable goes
 
 
 def _roles(srv: RunningServer) -> dict[str, str]:

@@ -12,7 +12,7 @@ import pytest
 from openai import OpenAI
 
 from keyplane.testing.fake_oidc import FakeOIDC
-from tests.support import RunningServer, start_server
+from tests.support import RunningServer
 
 AUD = "keyplane-test"
 SUB = "system:serviceaccount:ci:runner"
@@ -225,9 +225,9 @@ def test_restricted_rule_and_streaming(gateway, admin, idp):
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-def test_rule_disabled_reaches_another_instance_within_a_second(gateway, admin, idp):
+def test_rule_disabled_reaches_another_instance_within_a_second(gateway, admin, idp, gateways):
     pid, sa_id, rid = _setup(gateway, admin, idp)
-    other = start_server(gateway.settings, gateway.init)
+    other = gateways.another(gateway)
     try:
         tok = _exchange(gateway, idp.sign({"sub": SUB, "aud": AUD}), pid, sa_id).json()["access_token"]
         on_other = OpenAI(base_url=other.v1, max_retries=0, api_key=tok)

@@ -20,4 +20,4 @@ def http(server):
         yield c
 
 
-from tests.web.conftest import clock, owner, web, web_server, web_settings  # noqa: E402, F401  (dashboard fixtures)
+from tests.web.conftest import clock, owner, web, web_env, web_server  # noqa: E402, F401  (dashboard fixtures)

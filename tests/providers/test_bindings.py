@@ -19,7 +19,6 @@ from keyplane.config import Upstream
 from keyplane.providers.bindings import KeyBox, UpstreamKeys
 from keyplane.providers.models import ProviderBinding
 from keyplane.proxy.router import Breaker, Deployment
-from tests.support import init_org, make_settings, start_server
 
 SHARED = "sk-proj-shared-upstream-key-0000"
 
@@ -33,15 +32,11 @@ def _config(url: str) -> str:
 
 
 @pytest.fixture
-def gateway(tmp_path, fake_provider, monkeypatch):
+def gateway(gateways, fake_provider, monkeypatch):
     monkeypatch.setenv("ACME_ADMIN_KEY", fake_provider.fake.admin_key)
     monkeypatch.setenv("KP_SHARED_KEY", SHARED)
-    settings = make_settings(tmp_path / "home", config_text=_config(fake_provider.base_url))
-    server = start_server(settings, init_org(settings))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield gateways.start(_config(fake_provider.base_url))
+    gateways.stop_all()  # before the fake provider stops
 
 
 def _admin(srv, method: str, path: str, body: dict | None = None, status: int = 200) -> dict:

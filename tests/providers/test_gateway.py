@@ -11,7 +11,6 @@ from openai import BadRequestError, OpenAI
 
 from keyplane.testing.fake_org import Bucket
 from tests.scan.helpers import cli as scan_cli
-from tests.support import init_org, make_settings, start_server
 
 B64 = ("AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_" * 2)[:74]
 
@@ -21,7 +20,7 @@ def _leaked(tail: str) -> str:
 
 
 @pytest.fixture
-def gateway(tmp_path, fake_provider, monkeypatch):
+def gateway(gateways, fake_provider, monkeypatch):
     monkeypatch.setenv("ACME_ADMIN_KEY", fake_provider.fake.admin_key)
     fake = fake_provider.fake
     fake.add_key("proj_web", "key_leak", _leaked("LEAK"), user=fake.users[0])
@@ -32,12 +31,8 @@ def gateway(tmp_path, fake_provider, monkeypatch):
         f'[[providers]]\nname = "acme"\nbase_url = "{fake_provider.base_url}"\n'
         'admin_key_env = "ACME_ADMIN_KEY"\nsync_interval = 30\nbackfill_days = 1\n'
     )
-    settings = make_settings(tmp_path / "home", config_text=config)
-    server = start_server(settings, init_org(settings))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield gateways.start(config)
+    gateways.stop_all()  # before the fake provider stops
 
 
 def _synced(server) -> dict:

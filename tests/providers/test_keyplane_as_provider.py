@@ -22,7 +22,6 @@ from keyplane.clock import FakeClock
 from keyplane.providers import sync
 from keyplane.providers.connector import Connector
 from keyplane.providers.models import ProviderEvent
-from tests.support import init_org, make_settings, start_server
 from tests.usage.support import drain
 
 HOUR = 3600
@@ -55,22 +54,15 @@ output = 2.0
 
 
 @pytest.fixture
-def pair(tmp_path, monkeypatch):
+def pair(gateways, monkeypatch):
+    """P and G, each an org of its own (their keys differ), on one FakeClock."""
     clock = FakeClock(float(T0))
-    ps = make_settings(tmp_path / "p")
-    p = start_server(ps, init_org(ps, "Provider org"), clock=clock)
+    p = gateways.start(clock=clock, org="Provider org")
     monkeypatch.setenv(ENV, p.admin_key)
-    gs = make_settings(tmp_path / "g", config_text=G_CONFIG.format(base=p.v1))
-    try:
-        g = start_server(gs, init_org(gs, "Gateway org"), clock=clock)
-    except BaseException:
-        p.stop()
-        raise
-    try:
-        yield p, g, clock
-    finally:
-        g.stop()
-        p.stop()
+    g = gateways.start(G_CONFIG.format(base=p.v1), clock, org="Gateway org")
+    yield p, g, clock
+    g.stop()  # G before the P it governs
+    gateways.stop_all()
 
 
 def chat(p, key: str, n: int = 1) -> list[int]:

@@ -5,7 +5,6 @@ leader lets go at once. The heartbeats are driven by the test on an injected clo
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,13 +17,13 @@ from keyplane.providers import lease
 from keyplane.providers.connector import Connector
 from keyplane.store import db
 from keyplane.testing.fake_org import Bucket
-from tests.support import init_org, make_settings, postgres_database, start_server
+from tests.support import make_settings, postgres_database
 
 INTERVAL = 30
 
 
 @pytest.fixture
-def fleet(tmp_path, fake_provider, monkeypatch):
+def fleet(gateways, fake_provider, monkeypatch):
     monkeypatch.setenv("ACME_ADMIN_KEY", fake_provider.fake.admin_key)
     hour = int(time.time()) // 3600 * 3600
     fake_provider.fake.usage.append(Bucket(hour - 3600, "proj_data", "key_data1", "gpt-4o", 100, 50))
@@ -33,21 +32,14 @@ def fleet(tmp_path, fake_provider, monkeypatch):
         f'[[providers]]\nname = "acme"\nbase_url = "{fake_provider.base_url}"\n'
         'admin_key_env = "ACME_ADMIN_KEY"\nsync_interval = 0\nbackfill_days = 1\n'
     )
-    secret = secrets.token_urlsafe(32)
     clock = FakeClock(float(hour + 60))
     with postgres_database() as url:
-        a_settings = make_settings(tmp_path / "a", url, config, KEYPLANE_SECRET_KEY=secret)
-        b_settings = make_settings(tmp_path / "b", url, config, KEYPLANE_SECRET_KEY=secret)
-        init = init_org(a_settings)
-        a = start_server(a_settings, init, clock=clock)
-        try:
-            b = start_server(b_settings, init, clock=clock)
-            try:
-                yield a, b, clock, fake_provider.fake
-            finally:
-                b.stop()
+        try:  # two instances of one store and org (one secret), one clock
+            a = gateways.start(config, clock, store=url)
+            b = gateways.start(config, clock, store=url)
+            yield a, b, clock, fake_provider.fake
         finally:
-            a.stop()
+            gateways.stop_all()  # before the database is dropped
 
 
 def tick(srv, now: float) -> bool:
@@ -148,7 +140,7 @@ def test_racing_instances_never_both_take_an_expired_lease(tmp_path, backend):
 
 
 @pytest.mark.postgres
-def test_two_serving_instances_run_one_background_poller(tmp_path, fake_provider, monkeypatch):
+def test_two_serving_instances_run_one_background_poller(gateways, fake_provider, monkeypatch):
     """The real background loops (keyplane serve) of two instances: one syncs at start-up, the other follows;
     when the leader shuts down, the other holds the lease at its next heartbeat (every 5 s here)."""
     monkeypatch.setenv("ACME_ADMIN_KEY", fake_provider.fake.admin_key)
@@ -156,7 +148,6 @@ def test_two_serving_instances_run_one_background_poller(tmp_path, fake_provider
         f'[[providers]]\nname = "acme"\nbase_url = "{fake_provider.base_url}"\n'
         'admin_key_env = "ACME_ADMIN_KEY"\nsync_interval = 30\nbackfill_days = 1\n'
     )
-    secret = secrets.token_urlsafe(32)
 
     def state(srv) -> dict:
         h = {"Authorization": f"Bearer {srv.admin_key}"}
@@ -170,13 +161,9 @@ def test_two_serving_instances_run_one_background_poller(tmp_path, fake_provider
         return got
 
     with postgres_database() as url:
-        a_settings = make_settings(tmp_path / "a", url, config, KEYPLANE_SECRET_KEY=secret)
-        b_settings = make_settings(tmp_path / "b", url, config, KEYPLANE_SECRET_KEY=secret)
-        init = init_org(a_settings)
-        a = start_server(a_settings, init)
-        b = None
         try:
-            b = start_server(b_settings, init)
+            a = gateways.start(config, store=url)
+            b = gateways.start(config, store=url)
             until(lambda: state(a)["last_sync"] or state(b)["last_sync"])
 
             def both() -> tuple | None:  # each instance has run its first heartbeat
@@ -190,6 +177,4 @@ def test_two_serving_instances_run_one_background_poller(tmp_path, fake_provider
             until(lambda: state(follower)["poller_leader"])
             assert reads(fake_provider.fake) == 1  # the new leader keeps the schedule: next sync at +30 s
         finally:
-            for srv in (a, b):
-                if srv is not None:
-                    srv.stop()
+            gateways.stop_all()  # before the database is dropped

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -9,7 +9,7 @@ import pytest
 from keyplane.config import database_url_for
 from keyplane.store import db
 from keyplane.testing import FakeUpstream
-from tests.support import init_org, make_settings, start_server
+from tests.support import Gateways, RunningServer
 from tests.usage.support import fake_config
 
 
@@ -33,19 +33,12 @@ def fake():
 
 
 @pytest.fixture
-def gateway(tmp_path, database_url, fake):
+def gateway(database_url: str, gateways: Gateways, fake: FakeUpstream) -> Iterator[Callable[..., RunningServer]]:
     """Start keyplane servers (sharing one store and org) routed to the fake upstream."""
     fake.reset()
-    started = []
 
-    def make(extra: str = "", **env: str):
-        settings = make_settings(
-            tmp_path / f"home{len(started)}", database_url, config_text=fake_config(fake, extra), **env
-        )
-        srv = start_server(settings, init_org(settings) if not started else started[0].init)
-        started.append(srv)
-        return srv
+    def make(extra: str = "", **env: str) -> RunningServer:
+        return gateways.start(fake_config(fake, extra), store=database_url, **env)
 
     yield make
-    for s in started:
-        s.stop()
+    gateways.stop_all()  # before the test's PostgreSQL database is dropped

@@ -9,7 +9,6 @@ from openai import OpenAI
 
 from keyplane.clock import FakeClock
 from keyplane.usage.applier import apply_records
-from tests.support import init_org, start_server
 from tests.usage.test_rollups import T0, brute, make_records
 
 DAY = 86400
@@ -17,12 +16,9 @@ NOW = T0 + 3 * DAY + 5 * 3600 + 17  # "now" for the server: three days and a bit
 
 
 @pytest.fixture
-def usage_server(settings):
-    srv = start_server(settings, init_org(settings), clock=FakeClock(NOW))
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def usage_server(database_url, gateways):
+    yield gateways.start(clock=FakeClock(NOW), store=database_url)
+    gateways.stop_all()  # before the test's PostgreSQL database is dropped
 
 
 @pytest.fixture

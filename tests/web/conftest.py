@@ -5,7 +5,6 @@ import html
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +15,7 @@ from sqlalchemy import select
 from keyplane.store import db
 from keyplane.store.models import User
 from keyplane.web import auth
-from tests.support import RunningServer, init_org, make_settings, start_server
+from tests.support import Gateways, RunningServer
 
 OWNER = "owner@example.com"
 PASSWORD = "correct horse battery staple"
@@ -120,20 +119,22 @@ def clock() -> OffsetClock:
 
 
 @pytest.fixture
-def web_settings(tmp_path: Path):
-    return make_settings(tmp_path / "home", "")
+def web_env() -> tuple[str | None, dict[str, str]]:
+    """The web server's keyplane.toml text (None: none) and environment; a test module overrides it."""
+    return None, {}
+
+
+def with_owner_password(settings: Any) -> None:
+    """Gateways' seed for the dashboard: the owner signs in with PASSWORD."""
+    set_password(settings, OWNER, PASSWORD)
 
 
 @pytest.fixture
-def web_server(web_settings, clock) -> Iterator[RunningServer]:
+def web_server(gateways: Gateways, web_env: tuple[str | None, dict[str, str]], clock) -> Iterator[RunningServer]:
     """A real server on SQLite, org initialized, the owner with a password (no TOTP yet)."""
-    init = init_org(web_settings)
-    set_password(web_settings, OWNER, PASSWORD)
-    srv = start_server(web_settings, init, clock=clock)
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    config_text, env = web_env
+    yield gateways.start(config_text, clock, seed=with_owner_password, **env)
+    gateways.stop_all()  # before the module's fakes and environment go
 
 
 @pytest.fixture

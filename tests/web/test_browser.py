@@ -22,8 +22,8 @@ import pyotp
 import pytest
 
 from keyplane.config import DEFAULT_CONFIG
-from tests.support import init_org, make_settings, start_server
-from tests.web.conftest import OWNER, PASSWORD, OffsetClock, set_password
+from tests.support import Gateways
+from tests.web.conftest import OWNER, PASSWORD, OffsetClock, with_owner_password
 
 CHROMIUM = "/usr/bin/chromium"
 # The docs' screenshots are rewritten only when asked (KEYPLANE_UPDATE_SCREENSHOTS=1): a test run must not
@@ -70,16 +70,9 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[tuple[Any, OffsetClock]]:
-    settings = make_settings(tmp_path / "home", "", config_text=CONFIG)
-    init = init_org(settings)
-    set_password(settings, OWNER, PASSWORD)
+def site(gateways: Gateways) -> tuple[Any, OffsetClock]:
     clock = OffsetClock()
-    srv = start_server(settings, init, clock=clock)
-    try:
-        yield srv, clock
-    finally:
-        srv.stop()
+    return gateways.start(CONFIG, clock, seed=with_owner_password), clock
 
 
 class Pages:

@@ -3,9 +3,7 @@ and across two instances sharing one PostgreSQL database."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyotp
 import pytest
@@ -13,8 +11,8 @@ from sqlalchemy import func, select
 
 from keyplane.store.models import WebLoginThrottle, WebSessionEnd, WebTotpStep
 from keyplane.web import auth
-from tests.support import RunningServer, init_org, make_settings, postgres_database, start_server
-from tests.web.conftest import OWNER, PASSWORD, OffsetClock, Web, set_password
+from tests.support import Gateways, RunningServer, postgres_database
+from tests.web.conftest import OWNER, PASSWORD, OffsetClock, Web, with_owner_password
 
 
 def _count(server: RunningServer, table: type) -> int:
@@ -49,12 +47,9 @@ def _totp(w: Web, code: str) -> int:
 # --- one node on SQLite, restarted -----------------------------------------------------------------
 
 
-def test_sign_out_and_used_code_survive_a_restart(tmp_path: Path) -> None:
+def test_sign_out_and_used_code_survive_a_restart(gateways: Gateways) -> None:
     clock = OffsetClock()
-    settings = make_settings(tmp_path / "home", "")
-    init = init_org(settings)
-    set_password(settings, OWNER, PASSWORD)
-    srv = start_server(settings, init, clock=clock)
+    srv = gateways.start(clock=clock, seed=with_owner_password)
     w = Web(srv, clock)
     try:
         w.sign_in()  # enrols
@@ -70,7 +65,7 @@ def test_sign_out_and_used_code_survive_a_restart(tmp_path: Path) -> None:
         w.close()
         srv.stop()
 
-    srv = start_server(settings, init, clock=clock)  # the same store, a new process state
+    srv = gateways.another(srv, clock)  # the same home and store, a new process state
     old = _with_cookie(srv, clock, signed_out)
     w = Web(srv, clock)
     w.totp_secret = secret
@@ -95,23 +90,15 @@ def test_sign_out_and_used_code_survive_a_restart(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer, OffsetClock]]:
+def pair(gateways: Gateways) -> Iterator[tuple[RunningServer, RunningServer, OffsetClock]]:
     clock = OffsetClock()
-    secret = secrets.token_urlsafe(32)
     with postgres_database() as url:
-        a_settings = make_settings(tmp_path / "a", url, KEYPLANE_SECRET_KEY=secret)
-        b_settings = make_settings(tmp_path / "b", url, KEYPLANE_SECRET_KEY=secret)
-        init = init_org(a_settings)
-        set_password(a_settings, OWNER, PASSWORD)
-        a = start_server(a_settings, init, clock=clock)
-        try:
-            b = start_server(b_settings, init, clock=clock)
-            try:
-                yield a, b, clock
-            finally:
-                b.stop()
+        try:  # two instances of one store and org (one secret), one clock
+            a = gateways.start(clock=clock, store=url, seed=with_owner_password)
+            b = gateways.start(clock=clock, store=url)
+            yield a, b, clock
         finally:
-            a.stop()
+            gateways.stop_all()  # before the database is dropped
 
 
 @pytest.mark.postgres

@@ -15,7 +15,6 @@ import pytest
 from keyplane.testing.fake_org import Bucket
 from keyplane.testing.fake_provider import FakeProvider, RunningFake
 from tests.providers.conftest import PROJ_SECRET, build_org
-from tests.support import init_org, make_settings, start_server
 from tests.web.conftest import Web
 
 CONFIG = """
@@ -50,9 +49,9 @@ def fake() -> Iterator[RunningFake]:
 
 
 @pytest.fixture
-def web_settings(tmp_path, fake, monkeypatch):
+def web_env(fake, monkeypatch):
     monkeypatch.setenv("ACME_ADMIN_KEY", fake.fake.admin_key)
-    return make_settings(tmp_path / "home", "", config_text=CONFIG.format(url=fake.base_url))
+    return CONFIG.format(url=fake.base_url), {}
 
 
 def _report(srv, query: str = "") -> httpx.Response:
@@ -141,13 +140,10 @@ def test_report_endpoint_errors(web_server):
     assert httpx.get(f"{web_server.v1}/organization/providers/acme/report").status_code == 401
 
 
-def test_without_providers_the_page_says_so(tmp_path, clock):
-    settings = make_settings(tmp_path / "plain", "")
-    init = init_org(settings)
-    from tests.web.conftest import OWNER, PASSWORD, set_password
+def test_without_providers_the_page_says_so(gateways, clock):
+    from tests.web.conftest import with_owner_password
 
-    set_password(settings, OWNER, PASSWORD)
-    srv = start_server(settings, init, clock=clock)
+    srv = gateways.start(clock=clock, seed=with_owner_password)
     w = Web(srv, clock)
     try:
         w.sign_in()
@@ -156,4 +152,3 @@ def test_without_providers_the_page_says_so(tmp_path, clock):
         assert "No provider organizations" in page
     finally:
         w.close()
-        srv.stop()

@@ -7,30 +7,25 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
 from sqlalchemy import select
 
 from keyplane.store.models import User
-from tests.support import RunningServer, init_org, make_settings, postgres_database, start_server
-from tests.web.conftest import OWNER, PASSWORD, OffsetClock, Web, set_password
+from tests.support import Gateways, RunningServer, postgres_database
+from tests.web.conftest import OWNER, PASSWORD, OffsetClock, Web, with_owner_password
 
 RACERS = 8
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_server(request: pytest.FixtureRequest, tmp_path: Path, clock: OffsetClock) -> Iterator[RunningServer]:
+def store_server(request: pytest.FixtureRequest, gateways: Gateways, clock: OffsetClock) -> Iterator[RunningServer]:
     with postgres_database() if request.param == "postgres" else _sqlite() as url:
-        settings = make_settings(tmp_path / "home", url)
-        init = init_org(settings)
-        set_password(settings, OWNER, PASSWORD)
-        srv = start_server(settings, init, clock=clock)
         try:
-            yield srv
+            yield gateways.start(clock=clock, store=url, seed=with_owner_password)
         finally:
-            srv.stop()
+            gateways.stop_all()  # before the database is dropped
 
 
 class _sqlite:

@@ -4,28 +4,24 @@ from __future__ import annotations
 
 import html
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.support import make_settings
 from tests.web.conftest import Web
 
 SECRET = "kp-test-sso-client-secret-4f1c9a"
 
 
 @pytest.fixture
-def web_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def web_env(monkeypatch: pytest.MonkeyPatch) -> tuple[str | None, dict[str, str]]:
     monkeypatch.setenv("KP_TEST_SSO_SECRET", SECRET)  # the server runs in this process: it reads this variable
-    return make_settings(
-        tmp_path / "home",
-        "",
-        KEYPLANE_SSO_ISSUER="https://idp.example.com/realms/acme",
-        KEYPLANE_SSO_CLIENT_ID="keyplane-dashboard",
-        KEYPLANE_SSO_CLIENT_SECRET_ENV="KP_TEST_SSO_SECRET",
-        KEYPLANE_SSO_GROUPS_CLAIM="roles",
-        KEYPLANE_SSO_ROLE_MAP="platform=owner, eng=reader,ops=admin,broken",
-    )
+    return None, {
+        "KEYPLANE_SSO_ISSUER": "https://idp.example.com/realms/acme",
+        "KEYPLANE_SSO_CLIENT_ID": "keyplane-dashboard",
+        "KEYPLANE_SSO_CLIENT_SECRET_ENV": "KP_TEST_SSO_SECRET",
+        "KEYPLANE_SSO_GROUPS_CLAIM": "roles",
+        "KEYPLANE_SSO_ROLE_MAP": "platform=owner, eng=reader,ops=admin,broken",
+    }
 
 
 def _map(page: str) -> dict[str, str]:

@@ -7,8 +7,6 @@ import html
 import json
 import re
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,9 +16,9 @@ from typer.testing import CliRunner
 from keyplane import fmt
 from keyplane.cli import app
 from keyplane.usage.cli import collect
-from tests.support import RunningServer, init_org, make_settings, start_server
+from tests.support import Gateways, RunningServer
 from tests.usage.support import drain
-from tests.web.conftest import OWNER, PASSWORD, OffsetClock, Web, set_password
+from tests.web.conftest import OffsetClock, Web, with_owner_password
 
 CONFIG = (
     '[[upstreams]]\nname = "demo"\nbase_url = "demo"\nmodels = ["demo-*"]\n\n'
@@ -29,15 +27,8 @@ CONFIG = (
 
 
 @pytest.fixture
-def priced_server(tmp_path: Path, clock: OffsetClock) -> Iterator[RunningServer]:
-    settings = make_settings(tmp_path / "home", "", CONFIG)
-    init = init_org(settings)
-    set_password(settings, OWNER, PASSWORD)
-    srv = start_server(settings, init, clock=clock)
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def priced_server(gateways: Gateways, clock: OffsetClock) -> RunningServer:
+    return gateways.start(CONFIG, clock, seed=with_owner_password)
 
 
 def _text(page: str, id_: str) -> str:

@@ -19,7 +19,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from keyplane import errors
+from keyplane import errors, model_names
 from keyplane.access import inspect, ip
 from keyplane.access.models import AccessPolicy
 from keyplane.store.models import Meta
@@ -73,12 +73,10 @@ class ModelPolicy:
         # zero-width space, a Cyrillic o) are refused; no provider's model id needs either.
         if not _plain(model):
             return False
-        names = {model, model.strip().rsplit("/", 1)[-1]}
-        # A variant an upstream serves as the same model: Ollama's `llama3.1:latest` is `llama3.1`, OpenRouter's
-        # `openai/gpt-4o:nitro` / `:online` is `openai/gpt-4o` (a fine-tune, ft:base:org::id, is _matches').
-        names |= {n.split("@", 1)[0] for n in names}
-        names |= {n.split(":", 1)[0] for n in names if not n.strip().casefold().startswith("ft:")}
-        return not any(_matches(e, m) for e in self.model_ids for m in names if m)
+        # Every name the request counts as (keyplane.model_names): Ollama's `llama3.1:latest` is `llama3.1`,
+        # OpenRouter's `openai/gpt-4o:nitro` / `:online` is `openai/gpt-4o` (a fine-tune, ft:base:org::id, is
+        # _matches').
+        return not any(_matches(e, m) for e in self.model_ids for m in model_names.names(model))
 
 
 def _one_reading(body: bytes) -> inspect.Asked:

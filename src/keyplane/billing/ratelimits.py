@@ -3,10 +3,10 @@
 Every model a project can use has one, with id ``rl-<model>``: the exact model names the configured
 upstreams serve, and for their glob patterns the known names (price table, tier tables) that match.
 A project's values are its tier's defaults unless set through the API; a key has no limits of its
-own until set (0 means no limit). A dated snapshot of a model counts against its model's limits
-and bucket unless it has limits of its own (:func:`limits_model`). ``max_tokens_per_1_day`` is a
-keyplane addition; the image, audio and batch fields of the platform's object are accepted and shown
-as null (not enforced).
+own until set (0 means no limit). A dated snapshot of a model and a variant name of it
+(keyplane.model_names) count against its model's limits and bucket unless it has limits of its own
+(:func:`limits_model`). ``max_tokens_per_1_day`` is a keyplane addition; the image, audio and batch
+fields of the platform's object are accepted and shown as null (not enforced).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from keyplane.billing.models import RateLimitOverride
 from keyplane.billing.prices import PriceTable, family
 from keyplane.billing.tiers import TierTable
 from keyplane.domain import Invalid, NotFound
+from keyplane.model_names import base_model
 
 if TYPE_CHECKING:
     from keyplane.billing.engine import Billing
@@ -53,16 +54,6 @@ def models_of(settings: Any, prices: PriceTable, table: TierTable, extra: set[st
     if "demo" in {u.base_url for u in ups}:
         out.add("demo-echo")
     return sorted(out)
-
-
-def base_model(model: str) -> str:
-    """The model a variant name runs: a provider prefix (``openai/gpt-4o``) and a tag (Ollama's ``:latest``,
-    OpenRouter's ``:nitro``, ``@latest``) and another case (an upstream may match names case-insensitively) name the
-    same model; a fine-tune (``ft:gpt-4o:acme::id``) is its own."""
-    m = model.rsplit("/", 1)[-1].strip().casefold()
-    if not m.startswith("ft:"):
-        m = m.split("@", 1)[0].split(":", 1)[0]
-    return m or model
 
 
 def limits_model(b: Billing, key_id: str, project_id: str, model: str) -> str:
