@@ -95,6 +95,7 @@ class Price:
     def cost(self, prompt: int, cached: int, completion: int) -> int:
         """Micro-dollars for a usage (cached tokens are part of the prompt tokens), rounded up. Its modality
         unknown, a model with audio rates bills it at the dearest ones (:meth:`cost_by` knows better)."""
+        prompt, completion = max(prompt, 0), max(completion, 0)  # never less than nothing (a refund)
         cached = min(max(cached, 0), prompt)
         total_in = (prompt - cached) * self.top_input + cached * self.top_cached
         return -(-self._tier(prompt, total_in, completion * self.top_output) // MICROS)
@@ -125,8 +126,8 @@ class Price:
             rest -= take
             total_in += take * pool[2]
         total_in += sum(max(n, 0) * rate for n, rate, _ in pools)
-        out = t.text_out * self.output + t.audio_out * a_out + t.other_out * self.top_output
-        prompt = t.prompt
+        out = max(t.text_out, 0) * self.output + max(t.audio_out, 0) * a_out + max(t.other_out, 0) * self.top_output
+        prompt = max(t.prompt, 0)
         cost = -(-self._tier(prompt, total_in, out) // MICROS)
         return cost, min(cost, -(-self._tier(prompt, total_in) // MICROS))
 

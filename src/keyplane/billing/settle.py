@@ -109,6 +109,7 @@ class Settle:
                 for k, micros in by_kind.items():
                     calls[k][1] = micros
                 cost += sum(by_kind.values())
+        cost = max(cost, 0)  # whatever an answer reports, a call never refunds a budget
         ctx.cost_micros = cost
         if not res.amount and not res.tokens and not cost:
             return

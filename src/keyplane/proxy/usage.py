@@ -51,11 +51,15 @@ class Usage(msgspec.Struct):
     service_tier: str | None = msgspec.field(default=None, name="@keyplane_service_tier")
 
     def numbers(self) -> tuple[int, int, int]:
-        """(prompt, cached, completion)."""
+        """(prompt, cached, completion), each at least 0 and cached at most the prompt: an upstream answering a
+        negative count (a local server's bug, a proxy in front of one) must not make a call cost less than
+        nothing, which would hand a budget back."""
         p = self.prompt_tokens if self.prompt_tokens is not None else (self.input_tokens or 0)
         c = self.completion_tokens if self.completion_tokens is not None else (self.output_tokens or 0)
         d = self.prompt_tokens_details or self.input_tokens_details
-        return p, (d.cached_tokens or 0) if d is not None else 0, c
+        p = p if p > 0 else 0
+        cached = (d.cached_tokens or 0) if d is not None else 0
+        return p, min(cached, p) if cached > 0 else 0, c if c > 0 else 0
 
     def audio(self) -> tuple[int, int] | None:
         """(audio input, audio output) tokens of a chat usage (audio models on chat completions), or None unless
