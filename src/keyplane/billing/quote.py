@@ -21,6 +21,7 @@ A :class:`~keyplane.billing.quote_record.Quote` says which, and admission decide
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 from keyplane import errors
@@ -36,6 +37,13 @@ _WHY: Final = (
     ("/v1/evals", "an eval run calls models over a stored data set"),
     ("/v1/realtime", "a realtime session is billed as it runs, outside the request"),
 )
+
+
+_FILENAME: Final = re.compile(rb"(?i)filename\*?=")
+
+
+def _count_files(body: bytes) -> int:
+    return len(_FILENAME.findall(body))
 
 
 def quote(
@@ -56,7 +64,11 @@ def quote(
     if endpoint in TOKEN_ENDPOINTS:
         return quote_tokens(prices, endpoint, model, body, max_tokens, context_ref, default_max_tokens, default_tier)
     if endpoint in IMAGES:
-        files = upload.files if upload is not None else body.count(b"filename=")
+        # The file parts as the multipart parser read them (RFC 7578 parameter names are case-insensitive: a
+        # byte count of `filename=` missed `FILENAME=`); a form from elsewhere: every spelling counted.
+        parsed = getattr(form, "files", None)
+        files = upload.files if upload is not None else parsed if isinstance(parsed, int) else _count_files(body)
+
         return quote_images(prices, endpoint, model, body, form, files)
     if endpoint == SPEECH:
         return quote_speech(prices, model, body)

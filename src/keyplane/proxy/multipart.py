@@ -68,10 +68,11 @@ class Form(dict[str, str]):
     did not (an upload streaming through), when the body has other file parts (which one the provider reads
     is not keyplane's to guess), or when the file is not one keyplane can bound."""
 
-    __slots__ = ("_file", "_filename", "_length")
+    __slots__ = ("_file", "_filename", "_length", "files")
 
     def __init__(self) -> None:
         super().__init__()
+        self.files = 0  # the body's file parts (an edit's input images), as parsed: never a byte count
         self._file: memoryview | None = None  # the file part, measured on first use (admission, off the loop)
         self._filename = ""
         self._length: Fraction | None = None
@@ -98,6 +99,7 @@ def text_fields(headers: list[tuple[bytes, bytes]], body: bytes) -> Form:
         if name in out:
             raise _refuse(f"the field `{name}` is given twice")
         out[name] = body[start : min(end, start + MAX_TEXT_FIELD)].decode("utf-8", "replace")
+    out.files = len(files)
     if len(files) == 1 and files[0][0] == "file" and "file" not in out:
         _, out._filename, start, end = files[0]
         out._file = memoryview(body)[start:end]  # no copy: the body is held for the request anyway
