@@ -134,7 +134,7 @@ class Upstream(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_retries: int = 2
     """further attempts on other upstreams (or this one) on connection errors, timeouts, 429 and 5xx"""
     headers: dict[str, str] = msgspec.field(default_factory=dict)
-    """extra headers sent upstream (e.g. `api-version` for Azure)"""
+    """extra headers sent upstream (e.g. `api-version` for Azure); a client header of that name is dropped"""
     require_key: bool = True
     """skip this upstream while `api_key_env` is unset"""
     retry_backoff: float = 0.5

@@ -136,11 +136,20 @@ def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
 
 
 def forward_headers(headers: list[tuple[bytes, bytes]], dep: Deployment) -> list[tuple[str, str]]:
-    out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k not in DROP_REQUEST]
+    """The client's headers (names lower-case, as the ASGI server gives them) less the hop-by-hop and
+    credential ones, then the deployment's key and its configured ``headers``. A client header of a configured
+    name is dropped, whatever its case: those are the operator's (an Azure `api-version`, a gateway's virtual
+    key or tenant header), and a server reading the first value would take the client's."""
+    configured = dep.config.headers
+    if configured:
+        own = {k.lower().encode("latin-1") for k in configured}
+        out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k not in DROP_REQUEST and k not in own]
+    else:
+        out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k not in DROP_REQUEST]
     if dep.api_key:
         out.append(("Authorization", "Bearer " + dep.api_key))
-    if dep.config.headers:
-        out.extend(dep.config.headers.items())
+    if configured:
+        out.extend(configured.items())
     return out
 
 
