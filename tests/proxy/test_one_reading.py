@@ -1,13 +1,15 @@
 """The duplicate-key check of JSON bodies (proxy/request.check_one_reading): its fast path
 (``_plainly_one_reading``, orjson) must give exactly the verdicts of the exact reading (json.loads with an
 object_pairs_hook) on every body: accepted, refused as a repeated key (the same key named), or refused as
-not JSON (strict) / passed (not strict)."""
+not JSON (strict) / passed (not strict). Strict, a body orjson cannot read (admission's reader) is refused as
+not JSON too."""
 
 from __future__ import annotations
 
 import json
 import random
 
+import orjson
 import pytest
 
 from keyplane import errors
@@ -28,6 +30,12 @@ def _exact(body: bytes, strict: bool) -> tuple[str, str | None]:
             return "ok", None
         err = errors.invalid_json()
         return f"{err.status} {err.code}", err.message
+    if strict:  # a spending body admission's orjson cannot read is refused too (quoted blind otherwise)
+        try:
+            orjson.loads(body)
+        except orjson.JSONDecodeError:
+            err = errors.invalid_json()
+            return f"{err.status} {err.code}", err.message
     return "ok", None
 
 
@@ -180,3 +188,16 @@ def test_random_bodies_agree() -> None:
 
     for _ in range(3000):
         _same(value(0).encode())
+
+
+@pytest.mark.parametrize("body", ONLY_JSON_LOADS)
+def test_a_body_only_a_lenient_parser_reads_is_refused_when_strict(body: bytes) -> None:
+    """Admission reads a spending body with orjson: one it cannot read (`1e400`, NaN, a lone surrogate...) would be
+    quoted blind (its `n`, tools and tier unread), so a model or spending request refuses it (red team round 10)."""
+    with pytest.raises(errors.APIError) as e:
+        request.check_one_reading(body, strict=True)
+    assert e.value.status == 400 and (e.value.code == "duplicate_key" or "could not parse" in e.value.message)
+    try:
+        request.check_one_reading(body, strict=False)  # not a spending body: passed on, as before ...
+    except errors.APIError as e:
+        assert e.code == "duplicate_key"  # ... unless it repeats a key
