@@ -192,6 +192,14 @@ def test_key_tool_permissions_and_stored_prompts(gw, admin, client, fake: FakeUp
         ),
         "tool_not_permitted",
     )
+    # (The stored prompt is the project's: made in the provider's dashboard, it is assigned by the operator.)
+    admin_post = {"Authorization": f"Bearer {gw.admin_key}"}
+    r = httpx.post(
+        f"{gw.v1}/organization/provider_objects",
+        json={"id": "pmpt_123", "project_id": gw.project_id},
+        headers=admin_post,
+    )
+    assert r.status_code == 200, r.text
     _refused(lambda: narrowed.responses.create(model="gpt-4o-mini", prompt={"id": "pmpt_123"}), "tool_not_permitted")
     assert fake.model_requests() == []
     assert client.responses.create(model="gpt-4o-mini", input="hi", prompt={"id": "pmpt_123"})  # no policy there

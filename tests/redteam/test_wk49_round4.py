@@ -232,6 +232,12 @@ def test_a_completions_prompt_list_is_reserved_for_every_prompt(make_gw, fake):
     c.completions.create(model="gpt-4o-mini", prompt=["one"], max_tokens=5)  # one prompt still fits
 
 
+def _assign_prompt(srv, prompt_id: str) -> None:  # type: ignore[no-untyped-def]
+    """A stored prompt is made in the provider's dashboard, never through keyplane: owned by no project (refused,
+    404) until the operator assigns it to one (docs/proxy.md "Assigning an object made outside keyplane")."""
+    admin(srv, "POST", "/provider_objects", {"id": prompt_id, "project_id": srv.project_id})
+
+
 CTX = '[prices."fake-ctx"]\ninput = 1\noutput = 1600\nmax_output = 5\ncontext_window = 100\n'
 
 
@@ -241,7 +247,9 @@ def test_a_stored_prompts_hosted_tools_are_bounded_or_refused(make_gw, fake):
     call for it and wrote no max_tool_calls into it, so under a spend limit its searches were unbounded, in a
     synchronous call and in a batch line alike. Either bounded (max_tool_calls set and reserved) or refused."""
     srv = make_gw(CTX)
-    _limit(srv, srv.project_id, 100)
+    # $20: room for keyplane's bound (each unseen tool call at the dearest hosted tool, a 64 GB container $1.92)
+    _limit(srv, srv.project_id, 2000)
+    _assign_prompt(srv, "pmpt_with_web_search")  # made in the provider's dashboard: the project's by assignment
     c = _client(srv, srv.api_key)
     body = {"model": "fake-ctx", "prompt": {"id": "pmpt_with_web_search"}, "input": "go", "max_output_tokens": 5}
     try:
@@ -262,6 +270,7 @@ def test_a_batch_line_with_a_stored_prompt_is_held_to_disabled_hosted_tools(make
     the line ({custom_id, method, url, body}), where it never stands, so the same request in a batch ran."""
     srv = make_gw(CTX)
     admin(srv, "POST", f"/projects/{srv.project_id}/hosted_tool_permissions", {"web_search": {"enabled": False}})
+    _assign_prompt(srv, "pmpt_with_web_search")
     c = _client(srv, srv.api_key)
     body = {
         "model": "fake-ctx",

@@ -119,6 +119,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(f"{P}/api_keys/{{key_id}}/revoke", "POST", k.revoke_any_key, "Revoke any key by id, with a reason", True),
     Endpoint(f"{P}/audit_logs", "GET", r.list_audit_logs, "List audit logs"),
+    Endpoint(
+        f"{P}/provider_objects",
+        "POST",
+        r.assign_provider_object,
+        "Assign a provider object made outside keyplane (a stored prompt, a fine-tuned model...) to a project",
+        True,
+    ),
 )
 
 

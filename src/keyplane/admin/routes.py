@@ -1,5 +1,6 @@
 """Admin API routes under /v1/organization, in the OpenAI Admin API shapes: projects, their service
-accounts, users and the audit log; adding a user directly is a keyplane extension (docs/admin-api.md).
+accounts, users and the audit log; adding a user directly and assigning a provider object made outside keyplane
+to a project are keyplane extensions (docs/admin-api.md).
 The routes of API keys are key_routes.py; the endpoint table is keyplane.admin.
 """
 
@@ -184,3 +185,32 @@ async def list_audit_logs(request: Request) -> JSONResponse:
         )
         names = await control.project_names(s, {r.project_id for r in rows if r.project_id})
     return JSONResponse(list_response([shapes.audit_log(r, names.get(r.project_id or "")) for r in rows], more))
+
+
+# --- provider objects made outside keyplane (keyplane extension) ---------------------------------------
+
+
+async def assign_provider_object(request: Request) -> JSONResponse:
+    """Own a provider object keyplane never saw created (a stored prompt, a fine-tuned model...) to a project
+    (keyplane.control.provider_objects). An organization write: it hands a project an object of the provider
+    account every project shares, so no project-scoped role may call it."""
+    _, actor = authenticate_admin(request)
+    body = await json_body(request)
+    rt = runtime(request)
+    from keyplane.proxy.router import default_upstreams
+
+    names = [u.name for u in (rt.settings.file.upstreams or default_upstreams())]
+    async with rt.write() as s:
+        row, _ = await control.assign_provider_object(
+            s,
+            actor,
+            body.get("id"),
+            body.get("project_id"),
+            kind=body.get("kind"),
+            upstream=body.get("upstream"),
+            upstreams=names,
+        )
+    proxy = rt.features.proxy
+    if proxy is not None:  # this process's proxy forgets it took the id for unknown (other instances: within 2 s)
+        proxy.tenancy.store.forget_miss(row.id)
+    return JSONResponse(shapes.provider_object(row))

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from keyplane.store.models import ApiKey, AuditLog, Project, ServiceAccount, User
+from keyplane.store.models import ApiKey, AuditLog, Project, ProviderObject, ServiceAccount, User
 
 
 def project(p: Project) -> dict[str, Any]:
@@ -151,3 +151,15 @@ def audit_log(a: AuditLog, project_name: str | None) -> dict[str, Any]:
 
 def deleted(obj: str, id: str) -> dict[str, Any]:
     return {"object": f"{obj}.deleted", "id": id, "deleted": True}
+
+
+def provider_object(o: ProviderObject) -> dict[str, Any]:
+    """keyplane extension: a provider object's owner (POST /v1/organization/provider_objects)."""
+    return {
+        "id": o.id,
+        "object": "organization.provider_object",
+        "kind": o.object,
+        "project_id": o.project_id,
+        "upstream": o.upstream or None,
+        "created_at": o.created_at,
+    }

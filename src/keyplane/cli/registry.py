@@ -12,7 +12,7 @@ import typer
 from keyplane.access import cli as access
 from keyplane.billing import cli as billing
 from keyplane.billing import prices_check
-from keyplane.cli import common, doctor, init, keys, projects, users
+from keyplane.cli import common, doctor, init, keys, objects, projects, users
 from keyplane.guard import cli as guard
 from keyplane.members import cli as members
 from keyplane.providers import cli as providers
@@ -43,6 +43,11 @@ projects_app = _group(app, "projects", "Create, list and archive projects.")
 projects_app.command("create")(projects.projects_create)
 projects_app.command("list")(projects.projects_list)
 projects_app.command("archive")(projects.projects_archive)
+
+objects_app = _group(
+    app, "objects", "Provider objects made outside keyplane (stored prompts...): assign them to a project."
+)
+objects_app.command("assign")(objects.assign)
 
 keys_app = _group(app, "keys", "Create, list, revoke, rotate, suspend keys and change their permissions.")
 keys_app.command("create")(keys.create)

@@ -55,6 +55,7 @@ from keyplane.control.projects import (
     project_names,
     update_project,
 )
+from keyplane.control.provider_objects import assign_provider_object
 from keyplane.control.service_accounts import (
     create_service_account,
     delete_service_account,
@@ -91,6 +92,7 @@ __all__ = [
     "all_projects",
     "all_users",
     "archive_project",
+    "assign_provider_object",
     "audit",
     "audit_event_types",
     "bump_revision",

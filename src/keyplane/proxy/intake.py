@@ -18,7 +18,7 @@ from keyplane import errors
 from keyplane.auth import authenticate
 from keyplane.proxy import canonical, client_secrets, replies, request, skipped, uploads
 from keyplane.proxy.canonical import Endpoint
-from keyplane.proxy.owners import fine_tuned_ids
+from keyplane.proxy.owners import fine_tuned_ids, foreign_model
 from keyplane.proxy.request import Fields
 from keyplane.snapshot import KeyEntry
 
@@ -128,9 +128,10 @@ class Intake:
 
 async def own_model(app: ProxyApp, model: str, project_id: str | None) -> None:
     """404, as for a model that does not exist, when another project's fine-tuning job made ``model`` (or
-    the model a checkpoint belongs to). A fine-tuned model not made through keyplane has no owner here."""
+    the model a checkpoint belongs to). A fine-tuned model not made through keyplane (nor assigned to a project)
+    has no owner here. The same rule holds a fine-tuned model named deeper in a JSON body (proxy/tenancy.py)."""
     found = await app.tenancy.store.owners(fine_tuned_ids(model))
-    if any(o.project_id != (project_id or "") for o in found.values()):
+    if foreign_model(found, model, project_id or ""):
         raise errors.model_not_found(model)
 
 

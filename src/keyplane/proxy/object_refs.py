@@ -1,10 +1,12 @@
 """Which provider objects a request names (proxy/tenancy.py checks the caller's project owns each).
 
 - a canonical path under an object collection (``/v1/files/{id}``...): :func:`target`;
-- the ids a JSON body refers to (``previous_response_id``, ``input_file_id``, ``vector_store_ids``..., and the
-  stored items a Responses input references by id): :func:`body_refs`;
+- the ids a JSON body refers to (``previous_response_id``, ``input_file_id``, ``vector_store_ids``..., the
+  stored items a Responses input references by id, a stored prompt ``{"id": "pmpt_..."}``) and the fine-tuned
+  models (``ft:...``) it names anywhere (an eval run's data source, a grader, a batch line...): :func:`body_refs`;
 - the files an eval's data sources name: :func:`eval_refs`;
-- the ids the requests of a batch input file (JSONL) name: :func:`batch_file_refs`.
+- the ids the requests of a batch input file (JSONL) name: :func:`batch_file_refs`;
+- the stored prompts and fine-tuned models a realtime client event names: :func:`event_refs`.
 
 What cannot be read is refused (an APIError), never passed on unchecked.
 """
@@ -59,12 +61,23 @@ REF_FIELDS: Final[dict[str, str]] = {
 # ``type`` (or a null one: the API reads it as a reference), and a reasoning item without its
 # ``encrypted_content``. Reported under this field name (the request's ``input``), with the noun "Item".
 ITEM_FIELD: Final = "input"
-NOUNS: Final[dict[str, str]] = {**REF_FIELDS, ITEM_FIELD: "Item"}
+# A stored prompt (``"prompt": {"id": "pmpt_...", "version": ...}``: Responses, and a batch line's body): made in
+# the provider's dashboard, never through keyplane, so owned only once an operator assigns it to a project
+# (POST /v1/organization/provider_objects, `keyplane objects assign`). A ``prompt`` that is text (completions,
+# images, audio) names nothing.
+PROMPT_FIELD: Final = "prompt"
+# A fine-tuned model named anywhere in a body (any string value that starts with ``ft:``, whatever its key: the
+# top-level ``model``, an eval run's ``data_source.model``, a grader's ``model``, a batch line's...): reported
+# under this field name; proxy/tenancy.py holds it to the fine-tuned model rule (404 ``model_not_found`` when
+# another project's job made it, proxy/owners.py fine_tuned_ids), not to the object rule.
+MODEL_FIELD: Final = "model"
+FINE_TUNED: Final = "ft:"
+NOUNS: Final[dict[str, str]] = {**REF_FIELDS, ITEM_FIELD: "Item", PROMPT_FIELD: "Prompt", MODEL_FIELD: "Model"}
 _ITEM_LISTS: Final = frozenset({"input", "items"})
-# A body is parsed when it names a field that refers to an object, an ``id`` (an item reference), or has a \u
-# escape (a field name can be spelled with escapes: "previous_response\u005fid" is previous_response_id to any
-# JSON parser).
-_REF_RE: Final = re.compile(rb'"(?:id|' + b"|".join(k.encode() for k in REF_FIELDS) + rb')"\s*:|\\u')
+# A body is parsed when it names a field that refers to an object, an ``id`` (an item reference, a stored
+# prompt), a string that starts with ``ft:`` (a fine-tuned model), or has a \u escape (a field name or a value
+# can be spelled with escapes: "previous_response\u005fid" is previous_response_id to any JSON parser).
+_REF_RE: Final = re.compile(rb'"(?:id|' + b"|".join(k.encode() for k in REF_FIELDS) + rb')"\s*:|"ft:|\\u')
 _MAX_REFS: Final = 1000
 _MAX_FILE_REFS: Final = 10_000  # ids the requests of one batch input file may name, all lines together
 # Eval data sources that select stored objects by a query rather than by id (eval_refs).
@@ -109,7 +122,8 @@ def _target(path: str) -> Target | None:
 
 
 def body_refs(body: bytes) -> list[tuple[str, str]]:
-    """(field, id) for each provider object a JSON body names; [] when it names none or is not JSON."""
+    """(field, id) for each provider object a JSON body names, and (``model``, name) for each fine-tuned model
+    it names (:data:`MODEL_FIELD`); [] when it names none or is not JSON."""
     if not body or body.startswith(b"--"):  # empty, or multipart (uploads): no JSON to name objects in
         return []
     if 0 in body[:4]:
@@ -126,8 +140,16 @@ def body_refs(body: bytes) -> list[tuple[str, str]]:
     return _walk(obj)
 
 
+def event_refs(event: dict[str, Any]) -> list[tuple[str, str]]:
+    """The stored prompts and fine-tuned models a realtime client event (already parsed: session.update,
+    response.create) names, for the ownership check. The items it names are the session's own conversation's,
+    not stored objects of the provider's: not reported."""
+    return [(k, i) for k, i in _walk(event) if k in (PROMPT_FIELD, MODEL_FIELD)]
+
+
 def _walk(obj: object) -> list[tuple[str, str]]:
-    """(field, id) for each provider object a parsed JSON value names, wherever it stands."""
+    """(field, id) for each provider object a parsed JSON value names, wherever it stands; (``model``, name)
+    for each string value that starts with ``ft:`` (a fine-tuned model, under any key or in any list)."""
     out: list[tuple[str, str]] = []
     stack: list[tuple[object, int]] = [(obj, 0)]
     while stack and len(out) <= _MAX_REFS:
@@ -146,12 +168,21 @@ def _walk(obj: object) -> list[tuple[str, str]]:
                         for e in v
                         if isinstance(e, dict) and e.get("type") is None and isinstance(e.get("id"), str)
                     )
+                elif k == PROMPT_FIELD and isinstance(v, dict) and isinstance(v.get("id"), str):
+                    out.append((PROMPT_FIELD, v["id"]))  # a stored prompt, wherever it stands
+                if isinstance(v, str):
+                    if v.startswith(FINE_TUNED):
+                        out.append((MODEL_FIELD, v))
                 # The annotations of an answer replayed as input (file citations) grant nothing; any other
                 # place an id can stand is checked, whatever a "type" field says.
-                if k != "annotations" and isinstance(v, (dict, list)):
+                elif k != "annotations" and isinstance(v, (dict, list)):
                     stack.append((v, depth + 1))
         elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+            for v in node:
+                if isinstance(v, (dict, list)):
+                    stack.append((v, depth + 1))
+                elif isinstance(v, str) and v.startswith(FINE_TUNED):
+                    out.append((MODEL_FIELD, v))
     if len(out) > _MAX_REFS:
         raise errors.bad_request(f"The request names more than {_MAX_REFS} provider objects.", code="too_many_ids")
     return out
@@ -230,11 +261,11 @@ def _one_of_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def batch_file_refs(content: bytes) -> list[tuple[int, str, str]]:
-    """(line, field, id) for each provider object the requests of a batch input file (JSONL) name: the provider
-    runs them under the same key as any request, so they are held to the same ownership check. Read line by
-    line at every LF (a CR is JSON whitespace to a parser that splits at LF only, so it never hides a key from
-    this reading); a line that names an object and does not parse, or a file that is not UTF-8 text, is an
-    APIError (refused rather than passed on unchecked)."""
+    """(line, field, id) for each provider object (and fine-tuned model, field ``model``) the requests of a batch
+    input file (JSONL) name: the provider runs them under the same key as any request, so they are held to the
+    same ownership check. Read line by line at every LF (a CR is JSON whitespace to a parser that splits at LF
+    only, so it never hides a key from this reading); a line that names an object and does not parse, or a file
+    that is not UTF-8 text, is an APIError (refused rather than passed on unchecked)."""
     if b"\x00" in content:
         raise errors.bad_request("A batch input file must be UTF-8 JSONL text.", code="invalid_body")
     if _REF_RE.search(content) is None:

@@ -79,6 +79,10 @@ class OwnerStore:
                     self.misses[i] = now + _MISS_TTL
         return out
 
+    def forget_miss(self, oid: str) -> None:
+        """Stop taking ``oid`` for unknown (an operator just assigned it: the next lookup reads SQL)."""
+        self.misses.pop(oid, None)
+
     def _remember(self, oid: str, owner: Owner) -> Owner:
         if len(self.cache) >= _CACHE_MAX:  # drop the oldest tenth (dicts keep insertion order)
             for k in list(self.cache)[: _CACHE_MAX // 10]:
@@ -209,3 +213,9 @@ def fine_tuned_ids(model: str) -> list[str]:
         return []
     parts = model.split(":")
     return [model] if len(parts) <= 5 else [model, ":".join(parts[:5])]
+
+
+def foreign_model(owners: dict[str, Owner], model: str, project_id: str) -> bool:
+    """True when another project owns the fine-tuned ``model`` (or the model its checkpoint belongs to), given
+    the owners of its :func:`fine_tuned_ids`. One made elsewhere and never assigned to a project has no owner."""
+    return any((o := owners.get(i)) is not None and o.project_id != project_id for i in fine_tuned_ids(model))

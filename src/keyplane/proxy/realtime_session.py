@@ -29,6 +29,7 @@ from keyplane import errors, keys
 from keyplane.proxy import realtime_policy as policy
 from keyplane.proxy.context import RequestContext
 from keyplane.proxy.handler import ProxyApp
+from keyplane.proxy.object_refs import event_refs
 from keyplane.proxy.realtime_policy import PATH, event_refusal, response_refusal
 from keyplane.proxy.realtime_usage import output_cap, usage_tokens
 from keyplane.proxy.replies import new_request_id
@@ -45,6 +46,8 @@ _QUOTE_AS: Final = "/v1/responses"
 # A stale snapshot (this instance cannot confirm the key is still valid) refuses responses, as it refuses
 # every /v1 request (app.py), until it can confirm again.
 _SOFT: Final = frozenset({"rate_limit_exceeded", "authority_stale"})
+# Client events that may name a stored prompt (``prompt: {"id": ...}``) or a model: checked for ownership.
+_NAMES_OBJECTS: Final = frozenset({"session.update", "response.create"})
 
 
 class Session:
@@ -152,6 +155,13 @@ class Session:
             )
             return True
         kind = ev["type"]
+        if kind in _NAMES_OBJECTS:  # a stored prompt or fine-tuned model the project may not use (tenancy.py)
+            try:
+                await self.proxy.tenancy.check_refs(event_refs(ev), self.entry.project_id)
+            except errors.APIError as e:  # not forwarded; the session goes on as it was
+                await self.error_event(e, ev.get("event_id"))
+                await self.refused(e)
+                return True
         if kind == "response.create":
             return await self._response_create(ev)
         refused = event_refusal(ev, self.model)

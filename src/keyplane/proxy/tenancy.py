@@ -35,8 +35,18 @@ import orjson
 
 from keyplane import errors, logs
 from keyplane.proxy import multipart
-from keyplane.proxy.object_refs import NOUNS, batch_file_refs, body_refs, eval_refs, target
-from keyplane.proxy.owners import UNCHECKED_FILE, OwnerStore, created_rows, derived_rows, item_rows, object_row
+from keyplane.proxy.object_refs import MODEL_FIELD, NOUNS, batch_file_refs, body_refs, eval_refs, target
+from keyplane.proxy.owners import (
+    UNCHECKED_FILE,
+    Owner,
+    OwnerStore,
+    created_rows,
+    derived_rows,
+    fine_tuned_ids,
+    foreign_model,
+    item_rows,
+    object_row,
+)
 from keyplane.proxy.router import Deployment, Router
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
@@ -101,7 +111,7 @@ class Tenancy:
         if (t is None or t.object_id is None) and not refs:
             return None
         wanted = [t.object_id] if t is not None and t.object_id is not None else []
-        wanted.extend(i for _, i in refs)
+        wanted.extend(j for name, i in refs for j in (fine_tuned_ids(i) if name == MODEL_FIELD else (i,)))
         owners = await self.store.owners(wanted)
         pinned: str | None = None
         if t is not None and t.object_id is not None:
@@ -112,9 +122,9 @@ class Tenancy:
             if method == "GET" and t.collection == "/v1/files" and endpoint.endswith("/content"):
                 await self._output_read(t.object_id, pid)  # a batch's output read: metered first
         for name, oid in refs:
-            o = owners.get(oid)
-            if o is None or o.project_id != pid:
-                raise errors.object_not_found(NOUNS[name], oid, param=name)
+            o = _owned(owners, name, oid, pid)
+            if o is None:  # a fine-tuned model no other project made
+                continue
             if o.kind == UNCHECKED_FILE and name == "input_file_id" and endpoint == "/v1/batches":
                 raise errors.access_refused(
                     f"The input file `{oid}` cannot run as a batch: keyplane could not read its requests at the "
@@ -125,6 +135,18 @@ class Tenancy:
                 )
             pinned = pinned or o.upstream
         return pinned
+
+    async def check_refs(self, refs: list[tuple[str, str]], project_id: str | None) -> None:
+        """Refuse, as :meth:`check` does, the first of ``refs`` (object_refs.event_refs: a realtime client event's
+        stored prompts and fine-tuned models) the caller's project may not use."""
+        if not refs:
+            return
+        pid = project_id or ""
+        owners = await self.store.owners(
+            {j for name, i in refs for j in (fine_tuned_ids(i) if name == MODEL_FIELD else (i,))}
+        )
+        for name, oid in refs:
+            _owned(owners, name, oid, pid)
 
     def pool(
         self, endpoint: str, project_id: str | None, model: str | None, pinned: str | None
@@ -275,8 +297,14 @@ class Tenancy:
             )
         except errors.APIError as e:
             return f"keyplane could not read its requests ({e.message})"
-        owners = await self.store.owners({i for _, _, i in refs})
+        owners = await self.store.owners(
+            {j for _, name, i in refs for j in (fine_tuned_ids(i) if name == MODEL_FIELD else (i,))}
+        )
         for line, name, oid in refs:
+            if name == MODEL_FIELD:
+                if foreign_model(owners, oid, pid):
+                    return f"line {line} names the fine-tuned model `{oid[:128]}`, which another project made"
+                continue
             o = owners.get(oid)
             if o is None or o.project_id != pid:
                 return f"line {line} names {NOUNS[name]} `{oid[:64]}` ({name}), which the project does not own"
@@ -352,3 +380,17 @@ def _shows_items(method: str, endpoint: str) -> bool:
 def _stored(endpoint: str, body: bytes) -> bool:
     m = _STORE_RE.search(body)
     return _STORED_IF[endpoint] if m is None else m.group(1) == b"true"
+
+
+def _owned(owners: dict[str, Owner], name: str, oid: str, pid: str) -> Owner | None:
+    """The owner of ``oid`` (named in field ``name``) when it is project ``pid``'s, else a refusal (404): an
+    object another project owns or none does; a fine-tuned model (field ``model``) another project made, by the
+    rule of a top-level one (None when no other project made it)."""
+    if name == MODEL_FIELD:  # a fine-tuned model named anywhere in the body (an eval run's, a grader's...)
+        if foreign_model(owners, oid, pid):
+            raise errors.model_not_found(oid)
+        return None
+    o = owners.get(oid)
+    if o is None or o.project_id != pid:
+        raise errors.object_not_found(NOUNS[name], oid, param=name)
+    return o
