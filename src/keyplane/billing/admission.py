@@ -130,7 +130,7 @@ class Admission(Settle):
             ctx.max_tokens = q.out_limit
         if plan.buckets:
             ctx.extra_headers.extend(headers(plan, result))
-        ctx.reservation = Reservation(
+        ctx.reservation = res = Reservation(
             rid,
             cost,
             want,
@@ -145,8 +145,11 @@ class Admission(Settle):
                 "tools": q.tools,
                 "per_minute": q.per_minute,
                 "tier": q.tier,
+                "task": asyncio.current_task(),  # renewal stops if it ends unsettled (billing/engine.py)
             },
         )
+        if cost:  # held until settled, however long the request runs (renewed: billing/engine.py)
+            b.in_flight[rid] = res
 
     def _default_tier(self, ctx: Any) -> str | None:
         """The dearest tier the request's upstreams are known to serve a request naming none at, if dearer than

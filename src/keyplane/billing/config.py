@@ -18,8 +18,9 @@ from keyplane.configspec import POSITIVE, setting
 class BillingSettings:
     reservation_ttl_seconds: float = setting(
         900.0,
-        "How long a request's budget reservation holds when it is never settled (a crashed process); "
-        "keep it above the longest request.",
+        "How long a request's budget reservation holds without renewal: the process running a request "
+        "renews it every min(TTL / 3, 60 s) until it is settled, so this is how long a crashed process's "
+        "reservations hold budget, not a bound on requests.",
         valid=POSITIVE,
     )
     ledger_flush_seconds: float = setting(

@@ -13,6 +13,7 @@ TIME as the clock).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -133,6 +134,13 @@ class Limiter(Protocol):
     async def hold(self, res: Reservation, ttl_us: int) -> bool:
         """Hold ``res.amount`` on its budgets for ``ttl_us`` whatever their limits (a reservation restored after
         a restart), unless ``res.rid`` is held already; True when it was added."""
+        ...
+
+    async def renew(self, reservations: Collection[Reservation], ttl_us: int) -> int:
+        """Extend every one of ``reservations`` still held to now + ``ttl_us`` (never shortening one held longer),
+        in one step (one Redis call): the requests still running in this process (billing/engine.py
+        renew_reservations). One no longer held (settled, or dropped at its TTL) is not taken again. Returns how
+        many are held."""
         ...
 
     async def seed(self, spent: dict[str, int], ttls: dict[str, int], after_loss: bool = False) -> None:

@@ -2,12 +2,13 @@
 
 ``admit`` runs start to end without yielding to the event loop, so it is atomic with respect to every
 other request of this process; it costs one dict lookup per budget and per bucket. Reservations that
-are never settled (a bug, a cancelled task) are released by :meth:`sweep` after their TTL.
+are never settled (the process lost them: a bug) are released by :meth:`sweep` after their TTL; those of
+requests still running are renewed by :meth:`renew` (billing/engine.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from keyplane.limits import PERIODS_US, TPD, TPM, Bucket, BudgetRef, Denied, Granted, Reservation, SyncAdmit, gcra
 
@@ -100,6 +101,20 @@ class MemoryLimiter:
             c[1] += res.amount
         self.reservations[res.rid] = (self.now_us() + ttl_us, res.amount, tuple(b.key for b in res.budgets))
         return True
+
+    async def renew(self, reservations: Collection[Reservation], ttl_us: int) -> int:
+        """Extend each reservation still held to now + ``ttl_us`` (one held longer, a batch's, is left as it is)."""
+        held = self.reservations
+        until = self.now_us() + ttl_us
+        n = 0
+        for res in reservations:
+            r = held.get(res.rid)
+            if r is None:
+                continue  # settled, or dropped at its TTL: not taken again
+            n += 1
+            if r[0] < until:
+                held[res.rid] = (until, r[1], r[2])
+        return n
 
     def settle_now(self, res: Reservation, actual_cost: int, actual_tokens: int) -> None:
         held = self.reservations.pop(res.rid, None)

@@ -14,8 +14,9 @@ Keys, all under one hash tag so that a Redis Cluster keeps them in one slot:
     {prefix}:g:<bucket>      hash: rm, tm, rd, td (GCRA TAT per limit, µs)
 
 A reservation whose process died is dropped by the next admission on that budget once its score
-(expiry) is past. When Redis loses its data the ``epoch`` key goes with it, admission answers
-:class:`Unseeded` (the caller refuses with 503 until it rebuilt the counters from SQL and the
+(expiry) is past; the process running a request renews its reservation while it runs
+(:meth:`RedisLimiter.renew`). When Redis loses its data the ``epoch`` key goes with it, admission
+answers :class:`Unseeded` (the caller refuses with 503 until it rebuilt the counters from SQL and the
 journal: :meth:`RedisLimiter.seed`). After such a loss (R > 0) a GCRA bucket Redis no longer holds
 starts as if it had been used up at the rebuild: its minute limits refill over the minute after R,
 its day limits start half used. Conservative: a loss never hands out a fresh bucket.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -43,11 +45,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from keyplane.limits import Bucket, BudgetRef, Denied, Granted, Reservation, Unseeded
-from keyplane.limits.redis_scripts import ADMIT, SEED, SETTLE, TOP_UP
+from keyplane.limits.redis_scripts import ADMIT, RENEW, SEED, SETTLE, TOP_UP
 
 log = logging.getLogger("keyplane.limits")
 
 MAX_CONNECTIONS = 64
+RENEW_BATCH = 2_000  # reservations renewed per script call (a script blocks Redis while it runs)
 PENDING_MAX = 100_000  # settles and releases waiting for Redis to come back (oldest dropped beyond)
 HEALTH_CHECK_SECONDS = 1.0  # a pooled connection idle longer than this is PINGed before use
 # What an unreachable, slow or restarting Redis raises.
@@ -81,6 +84,7 @@ class RedisLimiter:
         self._settle = self.redis.register_script(SETTLE)
         self._seed = self.redis.register_script(SEED)
         self._top_up = self.redis.register_script(TOP_UP)
+        self._renew = self.redis.register_script(RENEW)
         # (reservation, actual cost, actual tokens) of settles (and releases: cost -1) Redis did not take
         self.pending: collections.deque[tuple[Reservation, int, int]] = collections.deque(maxlen=PENDING_MAX)
         self.dropped = 0  # pending settles pushed out of the full queue
@@ -138,6 +142,23 @@ class RedisLimiter:
             return False
         free = tuple(BudgetRef(b.key, None, b.ttl) for b in res.budgets)
         return isinstance(await self.admit(res.rid, free, (), res.amount, 0, ttl_us), Granted)
+
+    async def renew(self, reservations: Collection[Reservation], ttl_us: int) -> int:
+        """Extend the reservations still held to Redis TIME + ``ttl_us``: one EVALSHA per RENEW_BATCH of them."""
+        n = 0
+        keys: list[str] = []
+        args: list[Any] = [ttl_us]
+        for res in reservations:
+            if res.amount <= 0 or not res.budgets:
+                continue  # nothing reserved, nothing to hold
+            keys.extend(self._z(b.key) for b in res.budgets)
+            args.extend((f"{res.rid}:{res.amount}", len(res.budgets)))
+            if len(args) > 2 * RENEW_BATCH:
+                n += int(await self._renew(keys=keys, args=args))
+                keys, args = [], [ttl_us]
+        if len(args) > 1:
+            n += int(await self._renew(keys=keys, args=args))
+        return n
 
     async def settle(self, res: Reservation, actual_cost: int, actual_tokens: int) -> None:
         """Commit a request's cost. When Redis cannot take it the settle is queued (strict) for

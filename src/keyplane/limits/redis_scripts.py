@@ -178,6 +178,32 @@ return 1
 """
 )
 
+# KEYS: the reservation sets of each reservation's budgets, in turn; ARGV: ttl_us, (member, nb) per reservation.
+# A member still in a set (its amount still counted in the budget's `reserved`) gets the expiry now + ttl_us, unless
+# it has a later one; a member no longer there (settled, dropped) is not added again. Returns how many are held.
+RENEW = (
+    _COMMON
+    + """
+local expiry = now + tonumber(ARGV[1])
+local k = 0
+local n = 0
+for a = 2, #ARGV, 2 do
+  local member = ARGV[a]
+  local held = 0
+  for i = 1, tonumber(ARGV[a + 1]) do
+    k = k + 1
+    local score = redis.call('ZSCORE', KEYS[k], member)
+    if score then
+      held = 1
+      if tonumber(score) < expiry then redis.call('ZADD', KEYS[k], 'XX', expiry, member) end
+    end
+  end
+  n = n + held
+end
+return n
+"""
+)
+
 # KEYS: budget hashes; ARGV: (spent, key_ttl) per key. A counter is seeded once (field `base`).
 SEED = """
 for i = 1, #KEYS do
