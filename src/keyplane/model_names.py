@@ -9,11 +9,48 @@ Two readers, one derivation: the access policy's deny list refuses a request und
 (:func:`names`), and billing's rate limits count it against the one model it runs (:func:`base_model`, which is
 always one of those names, compared case-insensitively). Neither reads dated snapshots (``-2024-07-18``): the
 policy's matching and the price table's ``family`` do. Imports nothing of keyplane (both may import it).
+
+Also the model an Images API call runs when it names none (:func:`default_image_model`): billing prices it and
+counts it against that model's rate limits; the access policy refuses such a call under model permissions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Final
+
 FINE_TUNE = "ft:"
+
+# The Images API's `model` "defaults to `dall-e-2` unless a parameter specific to the GPT image models is used"
+# (OpenAI's API reference); then a GPT image model runs: gpt-image-1, the one the reference documents.
+DALL_E_2: Final = "dall-e-2"
+GPT_IMAGE: Final = "gpt-image-1"
+# Parameters only the GPT image models take: any value but null sends one (a JSON edit's `images` too).
+_GPT_IMAGE_PARAMS: Final = frozenset(
+    {
+        "background",
+        "images",
+        "input_fidelity",
+        "moderation",
+        "output_compression",
+        "output_format",
+        "partial_images",
+        "stream",
+    }
+)
+# The parameters dall-e-2 takes (generations, edits), and the values of `quality` and `size` only it or only the
+# GPT image models take (dall-e-3's `hd`, `1792x1024`... are neither: a call naming no model cannot be told).
+_DALL_E_2_PARAMS: Final = frozenset(
+    {"model", "prompt", "n", "size", "quality", "response_format", "user", "image", "mask"}
+)
+_DALL_E_2_VALUES: Final = {
+    "quality": frozenset({"standard", "auto"}),
+    "size": frozenset({"256x256", "512x512", "1024x1024"}),
+}
+_GPT_IMAGE_VALUES: Final = {
+    "quality": frozenset({"low", "medium", "high"}),
+    "size": frozenset({"1536x1024", "1024x1536", "auto"}),
+}
 
 
 def unprefixed(model: str) -> str:
@@ -45,3 +82,27 @@ def base_model(model: str) -> str:
     if not is_fine_tune(m):
         m = m.split("@", 1)[0].split(":", 1)[0]
     return m or model
+
+
+def default_image_model(fields: Mapping[str, object], files: int = 0, variation: bool = False) -> str | None:
+    """The model the Images API runs for a call that names none, from its ``fields`` (a JSON body's, a multipart
+    form's text fields) and the ``files`` of a multipart edit: dall-e-2, or gpt-image-1 when a parameter or value
+    only the GPT image models take is sent, or more input images than dall-e-2's one and its mask; a variation
+    is always dall-e-2 (the only model that makes them). None when it cannot be told: a parameter or a value
+    neither is known to take (then the caller should refuse to guess where a wrong guess costs)."""
+    if variation:
+        return DALL_E_2
+    given = {k: v for k, v in fields.items() if v is not None}
+    if files > 2 or any(k in _GPT_IMAGE_PARAMS for k in given):
+        return GPT_IMAGE
+    for key, values in _GPT_IMAGE_VALUES.items():
+        v = given.get(key)
+        if isinstance(v, str) and v.strip().lower() in values:
+            return GPT_IMAGE
+    if any(k not in _DALL_E_2_PARAMS for k in given):
+        return None
+    for key, values in _DALL_E_2_VALUES.items():
+        v = given.get(key)
+        if v is not None and not (isinstance(v, str) and v.strip().lower() in values):
+            return None
+    return DALL_E_2

@@ -148,7 +148,6 @@ def test_a_responses_stream_echoing_a_terminal_event_name_is_billed_its_usage(ma
 # --- 2. stored prompts: provider objects no project owns -----------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="round 10 hole: `prompt.id` (a stored prompt) is never ownership-checked")
 def test_a_stored_prompt_keyplane_never_saw_is_refused_like_any_unowned_object(make_gw, fake):
     """docs/proxy.md: "An id keyplane never saw created (made at the provider directly ...) is owned by no project
     and is refused the same way: fail closed", and security.md #9: "every id a body names (in any field ...) is
@@ -337,7 +336,6 @@ class _ImageStreamer:
         self.port = _serve({"/v1/images/generations": generate})
 
 
-@pytest.mark.xfail(strict=True, reason="round 10 hole: gpt-image `partial_images` are neither reserved nor billed")
 def test_partial_images_of_a_streamed_generation_are_reserved(make_gw):
     """gpt-image generations may stream (`stream: true`) with `partial_images` 1 to 3, each billed as 100 more image
     output tokens. billing/quote_media.py quote_images prices n x the table's per-image price (+ the prompt) and
@@ -428,7 +426,6 @@ _SNAPSHOT_PRICE = f'[prices."{_SNAPSHOT}"]\ninput = 0\noutput = 1600\ncontext_wi
 _CONTAINER_64G = 1_920_000  # micro-dollars: OpenAI's price of a 64 GB container session ($1.92; 1 GB: $0.03)
 
 
-@pytest.mark.xfail(strict=True, reason="round 10 hole: a code interpreter's `memory_limit` is priced as a 1 GB session")
 def test_a_large_code_interpreter_container_is_reserved_at_its_price(make_gw, fake):
     """OpenAI prices a code interpreter container session by its memory: 1 GB (the default) $0.03, 4 GB $0.12,
     16 GB $0.48, 64 GB $1.92, chosen by the request (`tools: [{"type": "code_interpreter", "container": {"type":
@@ -466,9 +463,6 @@ def test_held_the_default_container_is_billed_per_session(make_gw, fake):
 # --- 8. an image call that names no model --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="round 10 hole: a model-less image call with GPT-image parameters is priced as dall-e-2"
-)
 def test_an_image_call_naming_no_model_is_priced_as_the_model_that_runs_it(make_gw, fake):
     """The Images API's `model` "defaults to `dall-e-2` unless a parameter specific to the GPT image models is used"
     (OpenAI's API reference; keyplane.access.policy says the same, and refuses such a call under model
@@ -531,7 +525,6 @@ class _SlowChat:
         self.port = _serve({"/v1/chat/completions": chat})
 
 
-@pytest.mark.xfail(strict=True, reason="round 10 hole: an HTTP request's reservation lapses while it still runs")
 def test_a_request_running_past_the_reservation_ttl_keeps_its_budget_held(make_gw):
     """Admission reserves for `reservation_ttl_seconds` (900 s by default; "keep it above the longest request"), and
     billing's background step sweeps lapsed reservations every second (limits/memory.py sweep; Redis drops them
@@ -583,9 +576,6 @@ def _owned(srv, oid: str, project_id: str, kind: str) -> None:  # type: ignore[n
     srv.call(store.record([ProviderObject(id=oid, project_id=project_id, object=kind, upstream="fake", created_at=0)]))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="round 10 hole: a fine-tuned model named inside an eval run is not owner-checked"
-)
 def test_an_eval_run_cannot_sample_another_projects_fine_tuned_model(make_gw, fake):
     """Round 5 made a fine-tuned model its project's own: proxy/intake.py own_model checks the request's top-level
     `model` (and admission checks the models of a batch file's lines). An eval run names the model it samples
@@ -750,9 +740,6 @@ class _PromptedImages:
         self.port = _serve({"/v1/responses": responses})
 
 
-@pytest.mark.xfail(
-    strict=True, reason="round 10 hole: a stored prompt runs hosted tools keyplane neither prices nor bills"
-)
 def test_a_stored_prompts_unpriced_tools_are_not_run_unbilled(make_gw):
     """A request naming the image_generation (or mcp, computer_use...) tool in its body is refused under money
     controls: "Other hosted tools (image generation, MCP, computer use, shell...) ... cannot be bounded". A stored
@@ -771,12 +758,34 @@ def test_a_stored_prompts_unpriced_tools_are_not_run_unbilled(make_gw):
     control = {"model": "gpt-4o-mini", "input": "draw", "tools": [{"type": "image_generation"}], "max_output_tokens": 5}
     r = _post(srv, key, "/responses", control)
     assert r.status_code == 403 and _code(r) == "cost_not_bounded", r.text[:200]  # named in the body: refused
+    _owned(srv, "pmpt_draws", pid, "prompt")  # the project's own stored prompt (round 10: prompts are owned)
     body = {"model": "gpt-4o-mini", "prompt": {"id": "pmpt_draws"}, "max_tool_calls": 2, "max_output_tokens": 5}
     r = _post(srv, key, "/responses", body)
     if r.status_code == 200:
         assert _spent(srv, pid)[0] >= 2 * _IMAGE_CALL, f"billed {_spent(srv, pid)[0]} micros for 2 image calls"
     else:
         assert r.status_code in (403, 429) and up.bodies == [], r.text[:200]
+
+
+def test_a_stored_prompts_image_calls_are_billed(make_gw):
+    """The same stored prompt under a limit with room for keyplane's bound (each unseen call reserved at the dearest
+    hosted tool): served, and each `image_generation_call` of the answer billed at the dearest image of the tool's
+    default model (gpt-image-1 high 1536x1024, $0.25: an upper bound; the item's quality and size are not read),
+    metered as images."""
+    up = _PromptedImages()
+    srv = make_gw(config_text=_upstream(up.port, prices=_PRICED_WINDOW))
+    pid, key = _project(srv)
+    _limit(srv, pid, 2000)
+    _owned(srv, "pmpt_draws", pid, "prompt")
+    body = {"model": "gpt-4o-mini", "prompt": {"id": "pmpt_draws"}, "max_tool_calls": 2, "max_output_tokens": 5}
+    r = _post(srv, key, "/responses", body)
+    assert r.status_code == 200, r.text[:200]
+    assert up.bodies[-1]["max_tool_calls"] == 2
+    deadline = time.monotonic() + 5
+    while _spent(srv, pid)[1]:
+        assert time.monotonic() < deadline, _spent(srv, pid)
+        time.sleep(0.05)
+    assert _spent(srv, pid)[0] == 2 * 250_000 + 5 * 1600, _spent(srv, pid)
 
 
 # --- 14. an upstream's usage that no provider bills ---------------------------------------------------------------

@@ -21,7 +21,16 @@ import re
 from typing import Any
 
 from keyplane.billing.price import MICROS, Price
-from keyplane.billing.prices_file import PriceError, entry, load_data, shipped, shipped_extras, shipped_tools, to_micros
+from keyplane.billing.prices_file import (
+    PriceError,
+    entry,
+    load_data,
+    shipped,
+    shipped_containers,
+    shipped_extras,
+    shipped_tools,
+    to_micros,
+)
 
 log = logging.getLogger("keyplane.billing")
 
@@ -49,6 +58,9 @@ class PriceTable:
     ) -> None:
         self.entries = entries
         self.tools = tools if tools is not None else {}  # hosted tool type -> micro-dollars per call
+        # code interpreter container memory ("1g", "4g"...) -> micro-dollars per session; the default
+        # container's price is tools["code_interpreter"]
+        self.containers: dict[str, int] = {}
         self.service_tiers: dict[str, dict[str, int]] = {}  # tier -> model (or "default") -> factor
         self.batch: dict[str, int] = {}  # the Batch API's factor by model (or "default"), micro-units
         self.configured = configured  # names from keyplane.toml (their globs are the administrator's)
@@ -73,6 +85,7 @@ class PriceTable:
                     entries[model], long_above=above, long_factor=factor, long_output_factor=out_factor
                 )
         table = cls(entries, frozenset(configured), shipped_tools(data))
+        table.containers = shipped_containers(data)
         table.service_tiers = tiers
         table.batch = {m: to_micros(v, f"$.batch.{m}") for m, v in data.get("batch", {}).items()}
         return table

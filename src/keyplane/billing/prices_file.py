@@ -1,6 +1,6 @@
 """The price table file: reading it (the shipped ``prices.toml``, a path or an http(s) URL) and parsing its
-entries into :class:`~keyplane.billing.price.Price` values, its [tools], [service_tiers] and [long_context]
-tables, and each entry's provenance.
+entries into :class:`~keyplane.billing.price.Price` values, its [tools] (code interpreter containers by
+memory), [service_tiers] and [long_context] tables, and each entry's provenance.
 
 The shipped table is ``prices.toml`` beside this module (OpenAI list prices, written like
 keyplane.toml's ``[prices."name"]`` entries); an entry in keyplane.toml adds one or replaces one by
@@ -149,9 +149,46 @@ def undated(data: dict[str, Any]) -> list[str]:
     )
 
 
+# The memory of a code interpreter container whose request names none (OpenAI's default).
+DEFAULT_CONTAINER = "1g"
+_MEMORY = re.compile(r"^[0-9]+[kmgt]$")
+
+
 def shipped_tools(data: dict[str, Any]) -> dict[str, int]:
-    """The [tools] table: micro-dollars per hosted tool call (code_interpreter: per session)."""
-    return {name: to_micros(v, f"$.tools.{name}") for name, v in data.get("tools", {}).items()}
+    """The [tools] table: micro-dollars per hosted tool call; ``code_interpreter``: the session price of
+    its default container (the container prices by memory: :func:`shipped_containers`)."""
+    out: dict[str, int] = {}
+    for name, v in data.get("tools", {}).items():
+        if name == "code_interpreter":
+            default = shipped_containers(data).get(DEFAULT_CONTAINER)
+            if default is not None:
+                out[name] = default
+        else:
+            out[name] = to_micros(v, f"$.tools.{name}")
+    return out
+
+
+def shipped_containers(data: dict[str, Any]) -> dict[str, int]:
+    """Micro-dollars per code interpreter container session by its ``memory_limit`` ("1g", "4g"...): the
+    ``[tools.code_interpreter]`` table (its ``source`` and ``taken`` are its provenance, not prices), or, for
+    a number (``code_interpreter = 0.03``, the form of older price files), the default container's price
+    only, so that a larger container is not priced at it."""
+    v = data.get("tools", {}).get("code_interpreter")
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        return {DEFAULT_CONTAINER: to_micros(v, "$.tools.code_interpreter")}
+    out: dict[str, int] = {}
+    for memory, usd in v.items():
+        where = f"$.tools.code_interpreter.{memory}"
+        if memory in ("source", "taken"):
+            if not isinstance(usd, str):
+                raise PriceError(f"{where}: must be a string")
+            continue
+        if not _MEMORY.match(memory):
+            raise PriceError(f'{where}: keys are container memory limits ("1g", "4g", "16g"...), got {memory!r}')
+        out[memory] = to_micros(usd, where)
+    return out
 
 
 def shipped_extras(

@@ -1,9 +1,11 @@
 """Quotes of the media endpoints, each priced from the request and billed flat on success: images (per
 image by model, quality and size, the most expensive the request allows when it says ``auto``, plus the
-prompt's tokens for gpt-image models), speech (per character of ``input``) and transcription and
-translation (per minute: by the length of the uploaded file when keyplane read it whole before admission and
-can bound it, billing/audio_length.py, a WAV or MP3 file; else an estimate from the upload's size, refused
-where a spend limit or credit applies; a token-priced model is bounded by its tokens instead).
+prompt's tokens for gpt-image models and, for a streamed one, 100 image output tokens per partial image; a
+call naming no model is priced as the model the provider runs for it, keyplane.model_names), speech (per
+character of ``input``) and transcription and translation (per minute: by the length of the uploaded file
+when keyplane read it whole before admission and can bound it, billing/audio_length.py, a WAV or MP3 file;
+else an estimate from the upload's size, refused where a spend limit or credit applies; a token-priced model
+is bounded by its tokens instead).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Final
 
 import orjson
 
-from keyplane import errors
+from keyplane import errors, model_names
 from keyplane.billing.audio_length import ceil_seconds
 from keyplane.billing.price import MICROS
 from keyplane.billing.prices import PriceTable
@@ -29,6 +31,11 @@ MAX_IMAGES: Final = 10  # the images API's largest n
 AUDIO_BYTES_PER_MINUTE: Final = 60_000
 # Tokens charged (at the model's input price) per input image of a gpt-image edit.
 EDIT_IMAGE_TOKENS: Final = 6_000
+# A streamed gpt-image call's `partial_images` (0 to 3): "each partial image incurs an additional 100 image
+# output tokens" (OpenAI's image generation guide), at the model's `output` rate (its image output tokens).
+MAX_PARTIAL_IMAGES: Final = 3
+PARTIAL_IMAGE_TOKENS: Final = 100
+_NOT_STREAMED: Final = frozenset({"", "0", "false"})
 
 
 def _fields(body: bytes, form: dict[str, str] | None) -> dict[str, object]:
@@ -53,16 +60,64 @@ def _json_images(f: dict[str, object]) -> int:
     return n
 
 
+def _partial_images(f: dict[str, object]) -> int:
+    """The request's ``partial_images``: 0 to 3 (a JSON integer, or its digits in a form field or a string);
+    0 when absent or null. Anything else is refused (the provider would refuse it too, after the call began)."""
+    v = f.get("partial_images")
+    if v is None:
+        return 0
+    if isinstance(v, str) and v.strip() in ("0", "1", "2", "3"):
+        return int(v.strip())
+    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_PARTIAL_IMAGES:
+        return v
+    raise errors.invalid_value(
+        "partial_images",
+        f"Invalid value for 'partial_images': expected an integer from 0 to {MAX_PARTIAL_IMAGES}.",
+    )
+
+
+def _streamed(f: dict[str, object]) -> bool:
+    """The request asks for a stream: any ``stream`` but absent, null, false, 0 or the strings false and 0 (a
+    value the provider might read either way counts as a stream: its partial images are reserved)."""
+    v = f.get("stream")
+    if v is None or v is False or (isinstance(v, int) and v == 0):
+        return False
+    return not (isinstance(v, str) and v.strip().lower() in _NOT_STREAMED)
+
+
 def quote_images(
     prices: PriceTable, endpoint: str, model: str | None, body: bytes, form: dict[str, str] | None, files: int
 ) -> Quote:
     f = _fields(body, form)
+    unread = form is None and not f  # an upload whose fields the proxy did not hand over: assume the most
+    partials = MAX_PARTIAL_IMAGES
+    if not unread:
+        asked = _partial_images(f)  # an invalid value is refused, streamed or not
+        partials = asked if _streamed(f) else 0
     named = f.get("model")
-    name: str = model or (named if isinstance(named, str) else None) or "dall-e-2"  # the API's default
+    name = model or (named if isinstance(named, str) else None)
+    estimate: str | None = None
+    if not name:
+        # The model the provider runs (dall-e-2, or a GPT image model when a parameter only those take is
+        # sent): priced as it and counted against its rate limits (the quote's model). Not known: priced as
+        # the GPT image model, an estimate (refused under money controls until the call names its model).
+        default = None
+        if not unread:
+            default = model_names.default_image_model(
+                f, files if form is not None else 0, variation=endpoint == "/v1/images/variations"
+            )
+        name = default or model_names.GPT_IMAGE
+        if default is None:
+            estimate = (
+                "the request names no `model`, and which model the provider runs for it (dall-e-2, or a GPT image "
+                "model when a parameter only those take is sent) cannot be told from its fields; name the model"
+            )
+        if prices.lookup(name) is None:
+            why = f"it names no `model`, and the provider would run {name}, which keyplane has no price for"
+            return Quote(name, unpriced=errors.cost_not_bounded(endpoint, why + "; name a priced model"))
     price = prices.lookup(name)
     if price is None or not price.images:
         return Quote(name, unpriced=errors.model_not_priced(name))
-    unread = form is None and not f  # an upload whose fields the proxy did not hand over: assume the most
     raw_n = f.get("n", MAX_IMAGES if unread else 1)
     try:
         n = int(raw_n)  # type: ignore[call-overload]
@@ -86,7 +141,15 @@ def quote_images(
                 files = _json_images(f)
             prompt += EDIT_IMAGE_TOKENS * max(1, files)
         cost += -(-prompt * price.input // MICROS)
-    return Quote(name, cost=cost, prompt=prompt, flat=True, units=n)
+    if partials:
+        if price.output > 0:  # each image's partial images, at the image output rate
+            cost += -(-n * partials * PARTIAL_IMAGE_TOKENS * price.output // MICROS)
+        elif estimate is None:
+            estimate = (
+                f"its partial images (`partial_images`, each billed as {PARTIAL_IMAGE_TOKENS} image output tokens) "
+                f"have no price: the price table gives {name} no `output` rate (its image output tokens)"
+            )
+    return Quote(name, cost=cost, prompt=prompt, flat=True, units=n, estimate=estimate)
 
 
 def quote_speech(prices: PriceTable, model: str | None, body: bytes) -> Quote:

@@ -93,6 +93,9 @@ _TOOL_ITEMS = {
     "web_search_call": "web_search_calls",
     "file_search_call": "file_search_calls",
     "code_interpreter_call": "code_interpreter_sessions",
+    # The image generation tool (one a stored prompt enables: one named in the body is refused under money
+    # controls): each call an image, metered in the images bucket (billing/quote_tools.py image_call_price).
+    "image_generation_call": "images",
 }
 
 

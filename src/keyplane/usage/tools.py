@@ -2,7 +2,8 @@
 
 A response that searched the web twice is one ``responses`` record (its tokens, and its cost without
 the tools) and one ``web_search_calls`` record (``units`` = 2, the calls' cost), so the Usage API's
-web_search_calls, file_search_calls and code_interpreter_sessions buckets and the Costs API see them.
+web_search_calls, file_search_calls and code_interpreter_sessions buckets and the Costs API see them. The
+image generation tool's calls are an ``images`` record (``units`` = the images made).
 Their ids are the request's with the kind appended: replays stay idempotent.
 """
 
@@ -14,7 +15,7 @@ import msgspec
 
 from keyplane.usage.journal import Record
 
-TOOL_KINDS = ("web_search_calls", "file_search_calls", "code_interpreter_sessions")
+TOOL_KINDS = ("web_search_calls", "file_search_calls", "code_interpreter_sessions", "images")
 
 
 def tool_records(ctx: Any, rec: Record) -> list[Record]:
