@@ -126,8 +126,10 @@ def test_foreign_model_is_the_rule_of_a_top_level_fine_tuned_model():
 
 def test_a_body_naming_too_many_fine_tuned_models_is_refused():
     with pytest.raises(errors.APIError) as e:
-        body_refs(orjson.dumps({"input": [f"ft:m:o:s:{i}" for i in range(1001)]}))
+        body_refs(orjson.dumps({"models": [f"ft:m:o:s:{i}" for i in range(1001)]}))
     assert e.value.code == "too_many_ids"
+    # A user's text that starts with `ft:` is no model (round 11): neither counted nor looked up.
+    assert body_refs(orjson.dumps({"input": [f"ft:m:o:s:{i}" for i in range(1001)], "model": "gpt-4o"})) == []
 
 
 # --- end to end ---------------------------------------------------------------------------------------------
@@ -197,7 +199,7 @@ def test_the_assignment_is_validated_and_an_organization_write(srv):
     cases = [
         ({"id": "pmpt 1", "project_id": pa}, 400, "id"),
         ({"id": "", "project_id": pa}, 400, "id"),
-        ({"id": "x" * 129, "project_id": pa}, 400, "id"),
+        ({"id": "x" * 1025, "project_id": pa}, 400, "id"),  # past PROVIDER_ID_LIMIT (129 is owned by its digest)
         ({"id": "pmpt_ok", "project_id": "proj_nope"}, 404, "project_id"),
         ({"id": "pmpt_ok", "project_id": pa, "upstream": "elsewhere"}, 400, "upstream"),
         ({"id": "pmpt_ok", "project_id": pa, "kind": "Not A Kind"}, 400, "kind"),

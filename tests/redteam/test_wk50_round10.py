@@ -770,8 +770,9 @@ def test_a_stored_prompts_unpriced_tools_are_not_run_unbilled(make_gw):
 def test_a_stored_prompts_image_calls_are_billed(make_gw):
     """The same stored prompt under a limit with room for keyplane's bound (each unseen call reserved at the dearest
     hosted tool): served, and each `image_generation_call` of the answer billed at the dearest image of the tool's
-    default model (gpt-image-1 high 1536x1024, $0.25: an upper bound; the item's quality and size are not read),
-    metered as images."""
+    default model (gpt-image-1 high 1536x1024, $0.25) with the most partial images it may stream (3 x 100 image
+    output tokens, $0.012): an upper bound (round 11); the item's quality and size are not read; metered as
+    images."""
     up = _PromptedImages()
     srv = make_gw(config_text=_upstream(up.port, prices=_PRICED_WINDOW))
     pid, key = _project(srv)
@@ -785,7 +786,7 @@ def test_a_stored_prompts_image_calls_are_billed(make_gw):
     while _spent(srv, pid)[1]:
         assert time.monotonic() < deadline, _spent(srv, pid)
         time.sleep(0.05)
-    assert _spent(srv, pid)[0] == 2 * 250_000 + 5 * 1600, _spent(srv, pid)
+    assert _spent(srv, pid)[0] == 2 * 262_000 + 5 * 1600, _spent(srv, pid)  # $0.25 + 3 partial images each
 
 
 # --- 14. an upstream's usage that no provider bills ---------------------------------------------------------------

@@ -213,4 +213,4 @@ async def assign_provider_object(request: Request) -> JSONResponse:
     proxy = rt.features.proxy
     if proxy is not None:  # this process's proxy forgets it took the id for unknown (other instances: within 2 s)
         proxy.tenancy.store.forget_miss(row.id)
-    return JSONResponse(shapes.provider_object(row))
+    return JSONResponse(shapes.provider_object(row, body.get("id")))

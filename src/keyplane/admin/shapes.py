@@ -153,10 +153,11 @@ def deleted(obj: str, id: str) -> dict[str, Any]:
     return {"object": f"{obj}.deleted", "id": id, "deleted": True}
 
 
-def provider_object(o: ProviderObject) -> dict[str, Any]:
-    """keyplane extension: a provider object's owner (POST /v1/organization/provider_objects)."""
+def provider_object(o: ProviderObject, provider_id: str | None = None) -> dict[str, Any]:
+    """keyplane extension: a provider object's owner (POST /v1/organization/provider_objects). ``provider_id``:
+    the provider's id, when the row holds its digest (an id longer than 128 characters)."""
     return {
-        "id": o.id,
+        "id": provider_id or o.id,
         "object": "organization.provider_object",
         "kind": o.object,
         "project_id": o.project_id,

@@ -13,8 +13,10 @@ from typing import Final
 
 import orjson
 
+from keyplane.billing.price import MICROS
 from keyplane.billing.prices import PriceTable
 from keyplane.billing.prices_file import DEFAULT_CONTAINER
+from keyplane.billing.quote_media import MAX_PARTIAL_IMAGES, PARTIAL_IMAGE_TOKENS
 from keyplane.billing.quote_record import with_field
 
 # Hosted tools of the Responses API keyplane prices: the tool type -> the usage kind it is metered in.
@@ -136,12 +138,14 @@ IMAGE_TOOL_MODEL: Final = "gpt-image-1"
 
 def image_call_price(prices: PriceTable) -> int | None:
     """Micro-dollars billed per image generation tool call (an ``image_generation_call`` output item): the
-    dearest image of the tool's default model, an upper bound (its quality and size are not read). None when
-    the table prices no image of it: the call is then billed at the dearest tool price reserved."""
+    dearest image of the tool's default model and the most partial images the tool may stream (3, each 100
+    image output tokens), an upper bound (the item's quality, size and partial images are not read). None
+    when the table prices no image of it: the call is then billed at the dearest tool price reserved."""
     p = prices.lookup(IMAGE_TOOL_MODEL)
     if p is None or not p.images:
         return None
-    return max(micros for _, _, micros in p.images)
+    partials = -(-MAX_PARTIAL_IMAGES * PARTIAL_IMAGE_TOKENS * p.output // MICROS) if p.output else 0
+    return max(micros for _, _, micros in p.images) + partials
 
 
 def tool_cost(prices: dict[str, int] | None, calls: dict[str, int] | None) -> dict[str, int]:

@@ -37,8 +37,8 @@ def assign(
 
     row, fresh = run_store(s, go, write=True)
     if json:
-        print_json(shapes.provider_object(row))
+        print_json(shapes.provider_object(row, object_id))
     elif fresh:
-        out.print(f"assigned {row.id} ({row.object}) to project {row.project_id}", markup=False, soft_wrap=True)
+        out.print(f"assigned {object_id} ({row.object}) to project {row.project_id}", markup=False, soft_wrap=True)
     else:
-        out.print(f"{row.id} is already owned by project {row.project_id}", markup=False, soft_wrap=True)
+        out.print(f"{object_id} is already owned by project {row.project_id}", markup=False, soft_wrap=True)

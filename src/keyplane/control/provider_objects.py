@@ -21,11 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyplane.control.base import Actor, audit, now_s
 from keyplane.control.projects import ensure_active, get_project
 from keyplane.domain import Conflict, Invalid
-from keyplane.store.models import ProviderObject
+from keyplane.store.models import ProviderObject, provider_object_key
 
 EVENT: Final = "provider_object.assigned"
 # What an operator may assign: a provider id as the provider spells it (ft: models carry colons).
-_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-:.]{0,127}$")
+_ID_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-:.]{0,1023}$")  # PROVIDER_ID_LIMIT
 _KIND_RE: Final = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 # The kind recorded when none is given, by the id's prefix.
 _KINDS: Final = (
@@ -69,7 +69,9 @@ async def assign_provider_object(
     already owns is answered as it is (False); one another project owns is refused (409). A file is recorded as
     unchecked: keyplane never read its lines, so no batch may run it."""
     if not isinstance(object_id, str) or not _ID_RE.match(object_id):
-        raise Invalid("'id' must be a provider object id (1 to 128 letters, digits, '_', '-', ':' or '.').", param="id")
+        raise Invalid(
+            "'id' must be a provider object id (1 to 1024 letters, digits, '_', '-', ':' or '.').", param="id"
+        )
     if not isinstance(project_id, str) or not project_id:
         raise Invalid("'project_id' must be a project id.", param="project_id")
     if kind is None:
@@ -87,7 +89,8 @@ async def assign_provider_object(
         )
     p = await get_project(s, project_id)
     ensure_active(p)
-    row = (await s.execute(select(ProviderObject).where(ProviderObject.id == object_id))).scalar()
+    key = provider_object_key(object_id)  # a long id (a fine-tuned model's name) is owned by its digest
+    row = (await s.execute(select(ProviderObject).where(ProviderObject.id == key))).scalar()
     if row is not None:
         if row.project_id == p.id:
             return row, False
@@ -97,7 +100,7 @@ async def assign_provider_object(
             code="object_already_owned",
         )
     t = now_s()
-    row = ProviderObject(id=object_id, project_id=p.id, object=kind, upstream=upstream, created_at=t)
+    row = ProviderObject(id=key, project_id=p.id, object=kind, upstream=upstream, created_at=t)
     s.add(row)
     await audit(
         s,

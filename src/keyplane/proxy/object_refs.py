@@ -66,12 +66,15 @@ ITEM_FIELD: Final = "input"
 # (POST /v1/organization/provider_objects, `keyplane objects assign`). A ``prompt`` that is text (completions,
 # images, audio) names nothing.
 PROMPT_FIELD: Final = "prompt"
-# A fine-tuned model named anywhere in a body (any string value that starts with ``ft:``, whatever its key: the
-# top-level ``model``, an eval run's ``data_source.model``, a grader's ``model``, a batch line's...): reported
+# A fine-tuned model named anywhere in a body (a string value that starts with ``ft:`` under a key naming a model:
+# the top-level ``model``, an eval run's ``data_source.model``, a grader's ``model``, a batch line's...): reported
 # under this field name; proxy/tenancy.py holds it to the fine-tuned model rule (404 ``model_not_found`` when
 # another project's job made it, proxy/owners.py fine_tuned_ids), not to the object rule.
 MODEL_FIELD: Final = "model"
 FINE_TUNED: Final = "ft:"
+# Only under a key that names a model (`model`, `grader_model`, `models`..., any case: a case-insensitive upstream
+# reads `MODEL` as `model`): a user's text that happens to start with `ft:` is no model, and costs no lookup.
+_MODEL_KEY: Final = "model"
 NOUNS: Final[dict[str, str]] = {**REF_FIELDS, ITEM_FIELD: "Item", PROMPT_FIELD: "Prompt", MODEL_FIELD: "Model"}
 _ITEM_LISTS: Final = frozenset({"input", "items"})
 # A body is parsed when it names a field that refers to an object, an ``id`` (an item reference, a stored
@@ -149,7 +152,8 @@ def event_refs(event: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _walk(obj: object) -> list[tuple[str, str]]:
     """(field, id) for each provider object a parsed JSON value names, wherever it stands; (``model``, name)
-    for each string value that starts with ``ft:`` (a fine-tuned model, under any key or in any list)."""
+    for each string value that starts with ``ft:`` under a key naming a model (``model``, ``grader_model``, a
+    ``models`` list...), at any depth."""
     out: list[tuple[str, str]] = []
     stack: list[tuple[object, int]] = [(obj, 0)]
     while stack and len(out) <= _MAX_REFS:
@@ -171,18 +175,16 @@ def _walk(obj: object) -> list[tuple[str, str]]:
                 elif k == PROMPT_FIELD and isinstance(v, dict) and isinstance(v.get("id"), str):
                     out.append((PROMPT_FIELD, v["id"]))  # a stored prompt, wherever it stands
                 if isinstance(v, str):
-                    if v.startswith(FINE_TUNED):
+                    if v.startswith(FINE_TUNED) and _MODEL_KEY in k.lower():
                         out.append((MODEL_FIELD, v))
                 # The annotations of an answer replayed as input (file citations) grant nothing; any other
                 # place an id can stand is checked, whatever a "type" field says.
                 elif k != "annotations" and isinstance(v, (dict, list)):
+                    if isinstance(v, list) and _MODEL_KEY in k.lower():  # "models": [...]
+                        out.extend((MODEL_FIELD, e) for e in v if isinstance(e, str) and e.startswith(FINE_TUNED))
                     stack.append((v, depth + 1))
         elif isinstance(node, list):
-            for v in node:
-                if isinstance(v, (dict, list)):
-                    stack.append((v, depth + 1))
-                elif isinstance(v, str) and v.startswith(FINE_TUNED):
-                    out.append((MODEL_FIELD, v))
+            stack.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
     if len(out) > _MAX_REFS:
         raise errors.bad_request(f"The request names more than {_MAX_REFS} provider objects.", code="too_many_ids")
     return out

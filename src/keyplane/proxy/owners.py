@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from keyplane.runtime import Runtime
-from keyplane.store.models import ProviderObject
+from keyplane.store.models import PROVIDER_ID_LIMIT, PROVIDER_ID_MAX, ProviderObject, provider_object_key
 
 log = logging.getLogger("keyplane.proxy")
 
@@ -53,35 +53,36 @@ class OwnerStore:
     async def owners(self, ids: Iterable[str]) -> dict[str, Owner]:
         """The owner of each id known to the store (ids not created through keyplane are left out)."""
         out: dict[str, Owner] = {}
-        want: list[str] = []
+        want: dict[str, str] = {}  # stored key -> the id asked (they differ for an id past PROVIDER_ID_MAX)
         now = self.rt.clock.monotonic()
         for i in ids:
-            o = self.cache.get(i)
+            k = i if len(i) <= PROVIDER_ID_MAX else provider_object_key(i)
+            o = self.cache.get(k)
             if o is not None:
                 out[i] = o
-            elif self.misses.get(i, 0.0) <= now and len(i) <= 128:
-                want.append(i)
+            elif self.misses.get(k, 0.0) <= now:
+                want[k] = i
         if want:
             async with self.rt.read() as s:
                 rows = (
                     await s.execute(
                         select(
                             ProviderObject.id, ProviderObject.project_id, ProviderObject.upstream, ProviderObject.object
-                        ).where(ProviderObject.id.in_(want))
+                        ).where(ProviderObject.id.in_(list(want)))
                     )
                 ).all()
             for r in rows:
-                out[r.id] = self._remember(r.id, Owner(r.project_id, r.upstream, r.object or ""))
+                out[want[r.id]] = self._remember(r.id, Owner(r.project_id, r.upstream, r.object or ""))
             if len(self.misses) >= _MISS_MAX:
                 self.misses.clear()
-            for i in want:
+            for k, i in want.items():
                 if i not in out:
-                    self.misses[i] = now + _MISS_TTL
+                    self.misses[k] = now + _MISS_TTL
         return out
 
     def forget_miss(self, oid: str) -> None:
         """Stop taking ``oid`` for unknown (an operator just assigned it: the next lookup reads SQL)."""
-        self.misses.pop(oid, None)
+        self.misses.pop(provider_object_key(oid), None)
 
     def _remember(self, oid: str, owner: Owner) -> Owner:
         if len(self.cache) >= _CACHE_MAX:  # drop the oldest tenth (dicts keep insertion order)
@@ -146,10 +147,12 @@ def _release(batch: list[tuple[ProviderObject, asyncio.Future[None]]]) -> None:
 
 
 def object_row(oid: object, kind: object, pid: str, upstream: str, now: int) -> list[ProviderObject]:
-    """The row owning one object to project ``pid`` (none for an id that is not a short string)."""
-    if not isinstance(oid, str) or not oid or len(oid) > 128:
+    """The row owning one object to project ``pid`` (none for an id that is not a string of at most
+    PROVIDER_ID_LIMIT characters); a long id (a fine-tuned model's name may pass 128) is owned by its digest."""
+    if not isinstance(oid, str) or not oid or len(oid) > PROVIDER_ID_LIMIT:
         return []
-    return [ProviderObject(id=oid, project_id=pid, object=str(kind or "")[:64], upstream=upstream, created_at=now)]
+    key = provider_object_key(oid)
+    return [ProviderObject(id=key, project_id=pid, object=str(kind or "")[:64], upstream=upstream, created_at=now)]
 
 
 def created_rows(obj: dict[str, object], pid: str, upstream: str, now: int) -> list[ProviderObject]:

@@ -153,9 +153,26 @@ class WebLoginThrottle(Base):
     __table_args__ = (Index("ix_web_login_throttle_last", "last_at"),)
 
 
+# Provider ids longer than this (a fine-tuned model's name reaches 129 characters and more) are stored by digest.
+PROVIDER_ID_MAX = 128
+# The longest provider id keyplane owns at all (an id past it is refused where it is named, never unowned).
+PROVIDER_ID_LIMIT = 1024
+
+
+def provider_object_key(oid: str) -> str:
+    """The ``provider_objects.id`` an object is owned under: its id, or for an id longer than the column
+    (:data:`PROVIDER_ID_MAX`) ``sha256:`` and its digest, so that no id is too long to be owned."""
+    if len(oid) <= PROVIDER_ID_MAX:
+        return oid
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(oid.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 class ProviderObject(Base):
     """A provider object (file, stored response, batch...) created through keyplane: the project that owns
-    it and the upstream that holds it (proxy/tenancy.py, docs/proxy.md "What is isolated between projects")."""
+    it and the upstream that holds it (proxy/tenancy.py, docs/proxy.md "What is isolated between projects").
+    Its ``id`` is :func:`provider_object_key` of the provider's id."""
 
     __tablename__ = "provider_objects"
     id: Mapped[str] = mapped_column(String(128), primary_key=True)  # the provider's id: file-..., resp_...
