@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 import orjson
+import pytest
 from aiohttp import web
 
 from tests.billing.conftest import PRICED, UPSTREAM_KEY_ENV
@@ -272,3 +273,54 @@ def test_held_a_stored_prompt_in_a_realtime_session_update_is_checked(make_gw):
 
     ev = {"type": "session.update", "session": {"type": "realtime", "prompt": {"id": "pmpt_team_a"}}}
     assert ("prompt", "pmpt_team_a") in event_refs(ev)
+
+
+# --- 4. a reasoning model the names miss ------------------------------------------------------------------------
+
+
+class _QuietReasoner:
+    """A provider serving a reasoning model under an operator's alias: it streams one visible delta (its reasoning
+    never streamed, no reasoning item shown), then goes on slowly; the usage would come at the end."""
+
+    def __init__(self) -> None:
+        async def chat(req: web.Request) -> web.StreamResponse:
+            body = await req.json()
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(req)
+            chunk = {
+                "id": "chatcmpl-q",
+                "object": "chat.completion.chunk",
+                "model": body["model"],
+                "choices": [{"index": 0, "delta": {"content": "The"}, "finish_reason": None}],
+            }
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            for _ in range(50):
+                await asyncio.sleep(0.1)
+                await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            return resp
+
+        self.port = _serve({("POST", "/v1/chat/completions"): chat})
+
+
+@pytest.mark.parametrize("declared", [True, None], ids=["reasoning-true", "undeclared"])
+def test_a_price_entry_declares_a_reasoning_model_the_names_miss(make_gw, declared):
+    """A stream cut before its usage is billed at least the output it reserved when the model may reason unseen;
+    the model is known by its name (o-series, gpt-5, Gemini 2.5+, Grok 4, Qwen 3...), the request's fields, or a
+    stream that showed reasoning. An operator's alias (`house-model` in front of a reasoning model) is none of
+    these: its price entry's `reasoning = true` says so. Without it the cut stream is billed the text it showed."""
+    flag = "reasoning = true\n" if declared else ""
+    prices = f'[prices."house-model"]\ninput = 0\noutput = 1600\n{flag}'
+    srv = make_gw(config_text=_upstream(_QuietReasoner().port, models='["house-*"]', prices=prices))
+    pid, key = _project(srv)
+    body = {"model": "house-model", "messages": MSG, "max_tokens": 5_000, "stream": True}
+    h = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(timeout=10) as c, c.stream("POST", srv.v1 + "/chat/completions", json=body, headers=h) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if '"content"' in line:
+                break
+    billed = _settled(srv, pid)
+    if declared:
+        assert billed >= 5_000 * 1600, billed
+    else:
+        assert 0 < billed < 100 * 1600, billed

@@ -52,6 +52,9 @@ class Price(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     audio_input: float | None = None
     cached_audio_input: float | None = None
     audio_output: float | None = None
+    # The model reasons unseen (output tokens it never streams): a stream cut before its usage is billed the
+    # output it reserved. None: decided by the model's name and the request (proxy/estimate.py may_reason).
+    reasoning: bool | None = None
     source: str | None = None  # where this entry's prices were read (the price file's own when absent)
     taken: str | None = None  # when (YYYY-MM or YYYY-MM-DD; the price file's own when absent)
 

@@ -122,6 +122,7 @@ def entry(name: str, p: PriceConfig) -> Price:
         cached_audio_input=a_cached,
         audio_output=a_out,
         max_seconds=p.max_seconds,
+        reasoning=p.reasoning,
     )
 
 

@@ -76,15 +76,32 @@ def relayed_tokens(pieces: list[bytes]) -> int:
 
 
 # Models that reason before they answer, writing output tokens they never stream (OpenAI's o-series, gpt-5 and
-# gpt-oss, codex, and open models named for it), and the request fields that ask for reasoning.
-_REASONING_MODEL = re.compile(r"(?i)(?:^|[/:@])(?:o[1-9]|gpt-5|gpt-oss|codex)|reason|think|deepseek-r|qwq|-r1\b")
-_REASONING_FIELD = re.compile(rb'"reasoning(?:_effort)?"\s*:')
+# gpt-oss, codex; Gemini 2.5 and later, Grok 3 mini and 4, Qwen 3, Magistral, GLM 4.5+, and open models named for
+# it), and the request fields that ask for reasoning (OpenAI's, Anthropic's and Gemini's `thinking`, vLLM's and
+# Qwen's `enable_thinking`). A name these miss: the price entry's `reasoning = true` (docs/limits-and-billing.md).
+_REASONING_MODEL = re.compile(
+    r"(?i)(?:^|[/:@])(?:o[1-9]|gpt-5|gpt-oss|codex)|reason|think|deepseek-r|qwq|-r1\b"
+    r"|gemini-(?:2\.5|[3-9])|grok-(?:3-mini|[4-9])|qwen3|magistral|glm-4\.[5-9]|glm-[5-9]"
+)
+_REASONING_FIELD = re.compile(
+    rb'"(?:reasoning(?:_effort)?|thinking(?:_config|_budget)?|enable_thinking|include_thoughts)"\s*:'
+)
 
 
-def may_reason(model: str | None, body: bytes) -> bool:
+def may_reason(model: str | None, body: bytes, declared: bool | None = None) -> bool:
     """True when the call may generate output it does not stream (reasoning): a stream cut before its usage
-    is then billed at the output it reserved (proxy/handler.py)."""
+    is then billed at the output it reserved (proxy/handler.py). ``declared``: the model's price entry's
+    ``reasoning`` (True or False decides; None: the model's name and the request's fields do)."""
+    if declared is not None:
+        return declared
     return bool(model and _REASONING_MODEL.search(model)) or _REASONING_FIELD.search(body) is not None
+
+
+def declared(ctx: RequestContext) -> bool | None:
+    """The ``reasoning`` of the price admission priced the call at (None: not declared, or not priced)."""
+    res = ctx.reservation
+    price = res.extra.get("price") if res is not None else None
+    return getattr(price, "reasoning", None)
 
 
 def reserved_output(ctx: RequestContext) -> int:

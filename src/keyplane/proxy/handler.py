@@ -388,7 +388,7 @@ class ProxyApp:
         ctx.completion_tokens = estimate.relayed_tokens(relay.pieces) + relay.uncounted // 3 if relay is not None else 0
         # What the provider generated without showing it is billed at the output reserved: a call it received
         # whose answer never came (nothing relayed to count), or a stream of a model that reasons unseen.
-        if relay is None or relay.reasoned or estimate.may_reason(ctx.model, ctx.body):
+        if relay is None or relay.reasoned or estimate.may_reason(ctx.model, ctx.body, estimate.declared(ctx)):
             ctx.completion_tokens = max(ctx.completion_tokens, estimate.reserved_output(ctx))
 
     async def _refused(self, ctx: RequestContext, e: errors.APIError) -> None:
