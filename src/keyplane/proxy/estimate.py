@@ -1,4 +1,5 @@
-"""Token counts when the upstream gives none: an interrupted stream, or the demo upstream.
+"""Token counts when the upstream gives none: an interrupted stream, or the demo upstream
+(:func:`usage_from_relay` fills a call's usage, reported or estimated).
 
 Counts with the o200k_base tokenizer of ``keyplane.limits.tokens`` (one copy of the tables per
 process); about four bytes per token if it cannot be loaded. Only used off the fast path.
@@ -12,9 +13,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from keyplane.limits import tokens
+from keyplane.proxy.canonical import MODEL_ENDPOINTS
+from keyplane.proxy.usage import tool_calls
 
 if TYPE_CHECKING:
     from keyplane.proxy.context import RequestContext
+    from keyplane.proxy.sse import StreamRelay
 
 # The generated text of a stream, in the JSON strings that carry it: chat `content`, completions `text`,
 # responses `delta`, tool call `arguments`, `refusal`. A `"delta":{` object does not match.
@@ -111,3 +115,25 @@ def reserved_output(ctx: RequestContext) -> int:
         return 0
     prompt = res.extra.get("prompt")
     return max(0, int(res.tokens) - (prompt if isinstance(prompt, int) else 0))
+
+
+def usage_from_relay(ctx: RequestContext, relay: StreamRelay | None) -> None:
+    """The usage of a call into ``ctx``: the usage its stream (or answer) reported, else an estimate of what was
+    generated until it stopped (``relay`` None: nothing relayed, the answer never came)."""
+    if relay is not None and relay.usage is not None:
+        ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = relay.usage.numbers()
+        ctx.tool_calls = tool_calls(relay.usage)
+        ctx.audio_tokens = relay.usage.audio()
+        ctx.service_tier = relay.usage.service_tier
+        return
+    if ctx.model is None or ctx.endpoint not in MODEL_ENDPOINTS:
+        return
+    # No usage from the upstream: estimate what was generated until the stream stopped.
+    ctx.usage_estimated = True
+    ctx.prompt_tokens = prompt_tokens(ctx.body)
+    # Past the text kept, every 3 bytes of events counts as a token: an upper bound, never less.
+    ctx.completion_tokens = relayed_tokens(relay.pieces) + relay.uncounted // 3 if relay is not None else 0
+    # What the provider generated without showing it is billed at the output reserved: a call it received
+    # whose answer never came (nothing relayed to count), or a stream of a model that reasons unseen.
+    if relay is None or relay.reasoned or may_reason(ctx.model, ctx.body, declared(ctx)):
+        ctx.completion_tokens = max(ctx.completion_tokens, reserved_output(ctx))

@@ -23,7 +23,6 @@ from typing import Any
 from keyplane import errors, logs
 from keyplane.cache import attach as attach_cache
 from keyplane.proxy import estimate, replies, request, sse, uploads
-from keyplane.proxy.canonical import MODEL_ENDPOINTS
 from keyplane.proxy.context import RequestContext
 from keyplane.proxy.forward import JSON, OBJECT, RAW, SSE, Forwarder, Outcome
 from keyplane.proxy.intake import Intake
@@ -192,7 +191,7 @@ class ProxyApp:
             except errors.APIError as e:
                 ctx.status, ctx.error = e.status, e.code
                 if ctx.upstream_received:  # the provider may have run (and billed) it: billed at its estimate
-                    self._usage_from_relay(ctx, None)
+                    estimate.usage_from_relay(ctx, None)
                 await self._finish(ctx, t0, watch)
                 await replies.send_error(send, e, ctx.request_id.encode(), t0, ctx.extra_headers)
                 return
@@ -258,7 +257,7 @@ class ProxyApp:
             ctx.disconnected = True
             if not started:
                 ctx.status = 499  # client closed the request (nginx's convention)
-            self._usage_from_relay(ctx, relay)
+            estimate.usage_from_relay(ctx, relay)
             await self._finish(ctx, t0, watch)
         except Exception:
             # A bug, not the upstream's fault: answer in OpenAI's shape if nothing was sent yet, settle anyway.
@@ -268,7 +267,7 @@ class ProxyApp:
             ctx.error = ctx.error or "internal_error"
             if not started:
                 ctx.status = 500
-            self._usage_from_relay(ctx, relay)
+            estimate.usage_from_relay(ctx, relay)
             await self._finish(ctx, t0, watch)
             if not started:
                 await replies.send_error(send, errors.internal_error(), ctx.request_id.encode(), t0, ctx.extra_headers)
@@ -313,7 +312,7 @@ class ProxyApp:
             final = relay.held + sse.error_event(err)
         if relay.item_ids:  # a stored response's output items: the project's own before it sees them
             await self.tenancy.stream_items(ctx, relay.item_ids)
-        self._usage_from_relay(ctx, relay)
+        estimate.usage_from_relay(ctx, relay)
         await self._finish(ctx, t0, watch)
         await send({"type": "http.response.body", "body": final, "more_body": False})
 
@@ -371,25 +370,6 @@ class ProxyApp:
                 ctx.error = "project_archived"
                 return errors.project_archived(key.redacted_value, p.name if p else ctx.project_id, ctx.project_id)
         return None
-
-    def _usage_from_relay(self, ctx: RequestContext, relay: sse.StreamRelay | None) -> None:
-        if relay is not None and relay.usage is not None:
-            ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = relay.usage.numbers()
-            ctx.tool_calls = tool_calls(relay.usage)
-            ctx.audio_tokens = relay.usage.audio()
-            ctx.service_tier = relay.usage.service_tier
-            return
-        if ctx.model is None or ctx.endpoint not in MODEL_ENDPOINTS:
-            return
-        # No usage from the upstream: estimate what was generated until the stream stopped.
-        ctx.usage_estimated = True
-        ctx.prompt_tokens = estimate.prompt_tokens(ctx.body)
-        # Past the text kept, every 3 bytes of events counts as a token: an upper bound, never less.
-        ctx.completion_tokens = estimate.relayed_tokens(relay.pieces) + relay.uncounted // 3 if relay is not None else 0
-        # What the provider generated without showing it is billed at the output reserved: a call it received
-        # whose answer never came (nothing relayed to count), or a stream of a model that reasons unseen.
-        if relay is None or relay.reasoned or estimate.may_reason(ctx.model, ctx.body, estimate.declared(ctx)):
-            ctx.completion_tokens = max(ctx.completion_tokens, estimate.reserved_output(ctx))
 
     async def _refused(self, ctx: RequestContext, e: errors.APIError) -> None:
         """An authenticated key refused before the upstream: metered, and watched by the kill switch."""
