@@ -8,7 +8,8 @@ file reserve less than it plays. What is counted instead:
 - **WAV** (``RIFF``/``RF64``/``BW64`` ... ``WAVE``; PCM, IEEE float, A-law, mu-law, also as
   WAVE_FORMAT_EXTENSIBLE): every byte from the start of the first ``data`` chunk's content to the end of
   the file, at the sample size and rate of the ``fmt`` chunk (the decoder's own: ``channels x ceil(bits/8)``
-  bytes per sample frame, never the declared byte rate or block align). ffmpeg reads a data chunk whose size
+  bytes per sample frame, the bits an extensible format's valid bits when set; never the declared byte rate
+  or block align). ffmpeg reads a data chunk whose size
   is past the end until the end, and goes on to any later data chunk: every byte after the first one's start
   is an upper bound of them all. Refused (None): a ``fmt`` chunk after ``data`` or given twice, a chunk before
   ``data`` that is not a known metadata chunk (XMA2, SMV0...) or has an odd or unknown (0xFFFFFFFF) size, a
@@ -22,9 +23,10 @@ file reserve less than it plays. What is counted instead:
   parser does) is a candidate and the longest chain of non-overlapping candidates is counted (a frame cut
   short by the end of the file counts whole). Junk between frames therefore counts only as far as it could
   be decoded, and a lying Xing header changes nothing. The file must start (after its ID3v2 tags) with four
-  chained frames of one version, layer and sample rate, as ffmpeg's MP3 probe wants to be sure of it, and
+  chained frames of one version, layer and sample rate, and seven of any (ffmpeg's MP3 probe), and
   its first MiB (what ffmpeg probes) must show nothing another demuxer could claim first: MPEG-PS/ES and
-  H.264 start codes (00 00 01, three or more), S/PDIF, TrueHD/MLP or DTS sync words, MPEG-TS sync bytes at
+  H.264 start codes (00 00 01, three or more), S/PDIF, TrueHD/MLP or DTS sync words, AAC ADTS/LOAS
+  frame runs, GSM blocks, MPEG-TS sync bytes at
   a packet stride, an ISO BMFF box name at offset 4. Else None.
 - Anything else (mp4/m4a, webm, ogg, flac, MPEG audio with junk first...): None. So is a file whose name
   (when one is given) does not end in ``.wav`` for WAV, or ``.mp3``/``.mpga`` for MPEG audio: a provider
@@ -40,15 +42,29 @@ from __future__ import annotations
 
 import heapq
 import logging
-import re
 from fractions import Fraction
 from typing import Final
+
+from keyplane.billing.audio_formats import (
+    BOX_NAMES,
+    MPA,
+    SPDIF_SYNC,
+    TICKS,
+    act,
+    after_id3,
+    first_frames,
+    foreign,
+    mpa_start,
+    u32,
+)
 
 log = logging.getLogger("keyplane.billing")
 
 PROBE_WINDOW: Final = (1 << 20) + 64  # ffmpeg probes at most 1 MiB (its PROBE_BUF_MAX) to pick a demuxer
-TICKS: Final = 14_112_000  # per second: the lcm of every MPEG audio sample rate (ffmpeg's mp3 time base)
-_FIRST_FRAMES: Final = 4  # chained frames the MPEG audio data must start with
+# Where the sample rate changes between two chained frames, a decoder that resamples (ffmpeg's filter graph is
+# rebuilt, its resampler flushed) writes more than the frames hold: 16 to 51 ms per switch measured with ffmpeg
+# 5.1 (to 16 kHz mono and natively); each switch counts this much more, twice the most seen.
+_SWITCH_TICKS: Final = TICKS // 10
 
 _WAV_MAGIC: Final = (b"RIFF", b"RF64", b"BW64")
 # Chunks allowed before `data` besides `fmt `: metadata ffmpeg reads past (anything else may change the codec
@@ -61,64 +77,7 @@ _WAV_META: Final = frozenset(
     }
 )  # fmt: skip
 _PCM_GUID_TAIL: Final = bytes.fromhex("000000001000800000aa00389b71")  # KSDATAFORMAT_SUBTYPE_* after the tag
-_SPDIF_SYNC: Final = b"\x72\xf8\x1f\x4e"  # IEC 61937 Pa Pb, as ffmpeg's spdif probe looks for it
-# Sync words of the formats ffmpeg's probes find anywhere in a buffer, and how many make MPEG audio unsure:
-# MPEG-PS/ES, H.264/HEVC and VC-1 start codes (their probes need several; one or two turn up by chance, in a
-# Xing header's frame count for one), S/PDIF bursts, TrueHD/MLP and DTS (raw and 14-bit) frames.
-_FOREIGN_SYNCS: Final = (
-    (b"\x00\x00\x01", 3),
-    (b"\x72\xf8\x1f\x4e", 1),
-    (b"\xf8\x72\x6f\xba", 4),
-    (b"\xf8\x72\x6f\xbb", 4),
-    (b"\x7f\xfe\x80\x01", 4),
-    (b"\xfe\x7f\x01\x80", 4),
-    (b"\x1f\xff\xe8\x00", 4),
-    (b"\xff\x1f\x00\xe8", 4),
-)
-_BOX_NAMES: Final = frozenset(
-    {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"udta", b"junk", b"pict", b"meta", b"uuid"}
-)
-_TS_STRIDES: Final = (188, 192, 204)
 _EXTENSIONS: Final = {"wav": frozenset({"wav"}), "mpa": frozenset({"mp3", "mpga"})}
-_TS_SYNC: Final = re.compile(b"\x47")
-
-
-def _mpa_table() -> list[tuple[int, int] | None]:
-    """(frame bytes, duration in TICKS) by the header's second and third bytes (``b1 << 8 | b2``), None where
-    ffmpeg's parser does not take the header (ff_mpa_check_header, free format)."""
-    rates = (44100, 48000, 32000)
-    kbps = {
-        (0, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
-        (0, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
-        (0, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
-        (1, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
-        (1, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
-        (1, 3): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
-    }
-    table: list[tuple[int, int] | None] = [None] * 65536
-    for b1 in range(0xE0, 0x100):
-        version, layer_bits = (b1 >> 3) & 3, (b1 >> 1) & 3
-        if version == 1 or layer_bits == 0:
-            continue
-        lsf, mpeg25 = (0, 0) if version == 3 else (1, int(version == 0))
-        layer = 4 - layer_bits
-        for b2 in range(256):
-            br_index, sr_index, padding = b2 >> 4, (b2 >> 2) & 3, (b2 >> 1) & 1
-            if br_index in (0, 15) or sr_index == 3:
-                continue
-            rate = rates[sr_index] >> (lsf + mpeg25)
-            br = kbps[(lsf, layer)][br_index]
-            if layer == 1:
-                size, samples = (br * 12000 // rate + padding) * 4, 384
-            elif layer == 2:
-                size, samples = br * 144000 // rate + padding, 1152
-            else:
-                size, samples = br * 144000 // (rate << lsf) + padding, 576 if lsf else 1152
-            table[b1 << 8 | b2] = (size, samples * (TICKS // rate))
-    return table
-
-
-_MPA: Final = _mpa_table()
 
 
 class Meter:
@@ -136,8 +95,10 @@ class Meter:
         self._rate = 0
         self._carry = b""  # the last bytes of the previous chunk (a pattern or header across two chunks)
         # MPEG audio: the longest chain of frames
-        self._best = 0  # the longest chain (TICKS) of frames that ended at or before the scan position
-        self._pending: list[tuple[int, int]] = []  # (end, chain length) of frames not yet ended
+        # by the sample rate of its last frame: the longest chain (TICKS) of frames that ended at or before the
+        # scan position (a chain that changes rate counts _SWITCH_TICKS more per change)
+        self._best: dict[int, int] = {}
+        self._pending: list[tuple[int, int, int]] = []  # (end, chain length, rate) of frames not yet ended
         self._candidates = 0
 
     # --- feeding ---------------------------------------------------------------------------------
@@ -193,7 +154,7 @@ class Meter:
                 return None
             data = max(0, self.size - self._data_at)
             return Fraction(-(-data // self._frame_bytes), self._rate)
-        best = max([self._best, *(v for _, v in self._pending)])
+        best = max([*self._best.values(), *(v for _, v, _ in self._pending)], default=0)
         return Fraction(best, TICKS) if best else None
 
     # --- which format ----------------------------------------------------------------------------
@@ -201,12 +162,12 @@ class Meter:
     def _sniff(self, final: bool = False) -> None:
         h = bytes(self._head[:12])
         if len(h) < 12 and not final:
-            if not any(h[: len(m)] == m[: len(h)] for m in (*_WAV_MAGIC, b"ID3")) and not _mpa_start(h):
+            if not any(h[: len(m)] == m[: len(h)] for m in (*_WAV_MAGIC, b"ID3")) and not mpa_start(h):
                 self._kind = "void"
             return
         if h[:4] in _WAV_MAGIC and h[8:12] == b"WAVE":
             self._kind = "wav"
-        elif h[:3] == b"ID3" or _mpa_start(h):
+        elif h[:3] == b"ID3" or mpa_start(h):
             self._kind = "mpa"
         else:
             self._kind = "void"
@@ -222,18 +183,18 @@ class Meter:
         head = bytes(self._head)
         self._head = bytearray()
         if self._kind == "wav":
-            if not self._wav_header(head) or _act(head):
+            if not self._wav_header(head) or act(head):
                 self._void()
             return
-        at = _after_id3(head)
-        if at is None or not _first_frames(head, at) or _foreign(head[at:]):
+        at, probed = after_id3(head), after_id3(head, 1)  # ffmpeg's probe skips the first tag only
+        if at is None or probed is None or not first_frames(head, at) or foreign(head[probed:]):
             self._void()
 
     # --- WAV -------------------------------------------------------------------------------------
 
     def _wav_header(self, head: bytes) -> bool:
         """Find the fmt and data chunks in the first MiB; False when the file is not a WAV keyplane bounds."""
-        if head[4:8] in _BOX_NAMES:  # an ISO BMFF box name where ffmpeg's mov probe looks
+        if head[4:8] in BOX_NAMES:  # an ISO BMFF box name where ffmpeg's mov probe looks
             return False
         pos, fmt, n = 12, False, len(head)
         riff = head[:4] == b"RIFF"
@@ -260,12 +221,13 @@ class Meter:
     def _fmt(self, f: bytes) -> bool:
         if len(f) < 16:
             return False
-        tag, channels, rate = int.from_bytes(f[0:2], "little"), int.from_bytes(f[2:4], "little"), _u32(f, 4)
+        tag, channels, rate = int.from_bytes(f[0:2], "little"), int.from_bytes(f[2:4], "little"), u32(f, 4)
         bits = int.from_bytes(f[14:16], "little")
-        if tag == 0xFFFE:  # WAVE_FORMAT_EXTENSIBLE: the codec is the sub-format's
+        if tag == 0xFFFE:  # WAVE_FORMAT_EXTENSIBLE: the codec is the sub-format's, the sample size its valid
+            # bits (ffmpeg's parse_waveformatex takes wValidBitsPerSample when it is not 0)
             if len(f) < 40 or int.from_bytes(f[16:18], "little") < 22 or f[26:40] != _PCM_GUID_TAIL:
                 return False
-            tag = int.from_bytes(f[24:26], "little")
+            tag, bits = int.from_bytes(f[24:26], "little"), int.from_bytes(f[18:20], "little") or bits
         if tag == 1 and 1 <= bits <= 64 and (bits + 7) // 8 in (1, 2, 3, 4, 8):  # PCM: u8, s16, s24, s32, s64
             sample = (bits + 7) // 8
         elif tag == 3 and bits in (32, 64):  # IEEE float
@@ -281,7 +243,7 @@ class Meter:
 
     def _scan_wav(self, chunk: bytes) -> None:
         """IEC 61937 sync words anywhere in the file: ffmpeg would decode the bursts, not the PCM."""
-        if _SPDIF_SYNC in self._carry + chunk:
+        if SPDIF_SYNC in self._carry + chunk:
             self._void()
             return
         self._carry = (self._carry + chunk)[-3:]
@@ -294,7 +256,7 @@ class Meter:
         buf = carry + chunk
         base = start - len(carry)
         end = len(buf) - 3  # a header needs its 4 bytes
-        table, pending, best = _MPA, self._pending, self._best
+        table, pending, best = MPA, self._pending, self._best
         pop, push = heapq.heappop, heapq.heappush
         found = 0
         p = buf.find(b"\xff", 0, max(0, end))
@@ -305,10 +267,15 @@ class Meter:
                 if e is not None:
                     at = base + p
                     while pending and pending[0][0] <= at:  # frames ended before this one: chains it may extend
-                        v = pop(pending)[1]
-                        if v > best:
-                            best = v
-                    push(pending, (at + e[0], best + e[1]))
+                        _, v, r = pop(pending)
+                        if v > best.get(r, 0):
+                            best[r] = v
+                    rate = e[2]
+                    prior = best.get(rate, 0)
+                    for r, v in best.items():  # a chain of another rate: this frame switches it
+                        if r != rate and v + _SWITCH_TICKS > prior:
+                            prior = v + _SWITCH_TICKS
+                    push(pending, (at + e[0], prior + e[1], rate))
                     found += 1
             p = buf.find(b"\xff", p + 1, end)
         self._best = best
@@ -337,74 +304,3 @@ def _named(kind: str, filename: str | None) -> bool:
 
 def ceil_seconds(length: Fraction) -> int:
     return -(-length.numerator // length.denominator)
-
-
-def _u32(b: bytes, at: int) -> int:
-    return int.from_bytes(b[at : at + 4], "little")
-
-
-def _mpa_start(h: bytes | bytearray) -> bool:
-    return len(h) >= 1 and h[0] == 0xFF and (len(h) < 2 or h[1] >= 0xE0)
-
-
-def _act(head: bytes) -> bool:
-    """ffmpeg's ACT probe (a G.729 recording with a WAV header) scores above WAV: a file it could claim."""
-    return head[:4] == b"RIFF" and _u32(head, 16) == 16 and len(head) > 256 and head[256] == 0x84
-
-
-def _after_id3(head: bytes) -> int | None:
-    """Where the audio starts after the ID3v2 tags at the start (ffmpeg skips them all); None when they end
-    past the first MiB (the frames ffmpeg probes could not be checked)."""
-    at = 0
-    while head[at : at + 3] == b"ID3":
-        h = head[at : at + 10]
-        if len(h) < 10 or h[3] == 0xFF or h[4] == 0xFF or any(x & 0x80 for x in h[6:10]):
-            return None  # not a tag ffmpeg skips: its bytes would be probed as audio
-        size = (h[6] << 21) | (h[7] << 14) | (h[8] << 7) | h[9]
-        at += 10 + size + (10 if h[5] & 0x10 else 0)
-        if at >= len(head):
-            return None
-    return at
-
-
-def _first_frames(head: bytes, at: int) -> bool:
-    """The audio starts with _FIRST_FRAMES chained frames of one version, layer and sample rate."""
-    first = None
-    for _ in range(_FIRST_FRAMES):
-        if at + 4 > len(head) or head[at] != 0xFF or head[at + 1] < 0xE0:
-            return False
-        e = _MPA[head[at + 1] << 8 | head[at + 2]]
-        if e is None:
-            return False
-        same = (head[at + 1] & 0xFE, head[at + 2] & 0x0C)
-        if first is None:
-            first = same
-        elif same != first:
-            return False
-        at += e[0]
-    return True
-
-
-def _foreign(window: bytes) -> bool:
-    """What another demuxer could claim in the bytes ffmpeg probes: the sync words of _FOREIGN_SYNCS,
-    MPEG-TS packets (0x47 at one offset of a packet stride in over a fifth of the packets of some probe
-    size), an ISO BMFF box name at offset 4."""
-    if window[4:8] in _BOX_NAMES or any(window.count(sync) >= n for sync, n in _FOREIGN_SYNCS):
-        return True
-    syncs = [m.start() for m in _TS_SYNC.finditer(window, 0, len(window) - 3)]
-    if len(syncs) > len(window) // 16 + 64:  # 1 in 256 by chance
-        return True
-    for stride in _TS_STRIDES:
-        at_offset = [0] * stride  # sync bytes at each offset of the stride, in the probe size so far
-        size, i = 2048, 0
-        while True:  # each probe size ffmpeg may try, doubling
-            while i < len(syncs) and syncs[i] < size:
-                at_offset[syncs[i] % stride] += 1
-                i += 1
-            packets = min(size, len(window)) // stride
-            if packets >= 5 and max(at_offset) >= max(5, packets // 5):
-                return True
-            if size >= len(window):
-                break
-            size *= 2
-    return False
