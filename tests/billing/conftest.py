@@ -116,6 +116,16 @@ def billing_of(srv: RunningServer):
     return srv.app.runtime.features.billing
 
 
+def set_spend_limit(srv: RunningServer, cents: int) -> None:
+    """The monthly spend limit of the gateway's project, in cents (the admin API, as an operator sets it)."""
+    with admin_http(srv) as h:
+        r = h.post(
+            f"/projects/{srv.project_id}/spend_limit",
+            json={"currency": "USD", "interval": "month", "threshold_amount": cents},
+        )
+        assert r.status_code == 200, r.text
+
+
 def flush(srv: RunningServer) -> None:
     srv.call(billing_of(srv).flush())
 

@@ -16,7 +16,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.billing.conftest import admin_http, billing_of
+from tests.billing.conftest import billing_of
+from tests.billing.conftest import set_spend_limit as _limit
 
 PER_SECOND = 100  # whisper-1: $0.006 a minute, in micro-dollars a second
 
@@ -26,15 +27,6 @@ def _upstream(fake) -> str:
         f'\n[[upstreams]]\nname = "fake2"\nbase_url = "{fake.base_url}"\n'
         'api_key_env = "KP_BILLING_TEST_UPSTREAM_KEY"\nmodels = ["whisper-*"]\n'
     )
-
-
-def _limit(srv, cents: int) -> None:
-    with admin_http(srv) as h:
-        r = h.post(
-            f"/projects/{srv.project_id}/spend_limit",
-            json={"currency": "USD", "interval": "month", "threshold_amount": cents},
-        )
-        assert r.status_code == 200, r.text
 
 
 def _spent(srv) -> tuple[int, int]:

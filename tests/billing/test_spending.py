@@ -16,9 +16,9 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 
 from keyplane.testing import Behaviour
-from tests.billing.conftest import COST, admin_http, admin_sdk, billing_of
+from tests.billing.conftest import COST, admin_sdk, billing_of
+from tests.billing.conftest import set_spend_limit as _limit
 
-LIMIT = {"currency": "USD", "interval": "month"}
 HI = [{"role": "user", "content": "hi"}]
 
 
@@ -31,12 +31,6 @@ def _extra_upstream(fake, models: str) -> str:
 
 def _spent(srv) -> tuple[int, int]:
     return srv.call(billing_of(srv).spent("project", srv.project_id))
-
-
-def _limit(srv, cents: int) -> None:
-    with admin_http(srv) as h:
-        r = h.post(f"/projects/{srv.project_id}/spend_limit", json={**LIMIT, "threshold_amount": cents})
-        assert r.status_code == 200, r.text
 
 
 async def _race(base_url: str, key: str, n: int, body: dict) -> collections.Counter:

@@ -20,6 +20,7 @@ from keyplane.billing.batch_input import estimate
 from keyplane.billing.batch_output import parse_output, record_id
 from keyplane.billing.prices import PriceTable
 from tests.billing.conftest import admin_http, admin_sdk, billing_of
+from tests.billing.conftest import set_spend_limit as _limit
 from tests.support import until_the_kill_switch_refuses
 from tests.usage.support import drain
 
@@ -40,15 +41,6 @@ def _jsonl(
 
 def _spent(srv) -> tuple[int, int]:
     return srv.call(billing_of(srv).spent("project", srv.project_id))
-
-
-def _limit(srv, cents: int) -> None:
-    with admin_http(srv) as h:
-        r = h.post(
-            f"/projects/{srv.project_id}/spend_limit",
-            json={"currency": "USD", "interval": "month", "threshold_amount": cents},
-        )
-        assert r.status_code == 200, r.text
 
 
 def _batch(client: OpenAI, n: int, **kw):  # type: ignore[no-untyped-def]

@@ -12,7 +12,8 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.billing.conftest import admin_http, admin_sdk, billing_of
+from tests.billing.conftest import admin_sdk, billing_of
+from tests.billing.conftest import set_spend_limit as _limit
 from tests.usage.support import drain
 
 # input $1 and output $1600 per 1M tokens; the fake writes 5 output tokens when allowed 5.
@@ -22,15 +23,6 @@ WEB, CODE = {"type": "web_search"}, {"type": "code_interpreter", "container": {"
 
 def _spent(srv) -> int:
     return srv.call(billing_of(srv).spent("project", srv.project_id))[0]
-
-
-def _limit(srv, cents: int) -> None:
-    with admin_http(srv) as h:
-        r = h.post(
-            f"/projects/{srv.project_id}/spend_limit",
-            json={"currency": "USD", "interval": "month", "threshold_amount": cents},
-        )
-        assert r.status_code == 200, r.text
 
 
 def test_tool_calls_are_billed_and_metered(make_gateway, fake):

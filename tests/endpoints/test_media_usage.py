@@ -14,18 +14,11 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.billing.conftest import admin_http, admin_sdk, billing_of
+from tests.billing.conftest import admin_sdk, billing_of
+from tests.billing.conftest import set_spend_limit as _limit
 from tests.endpoints.conftest import media
 from tests.support import until_the_kill_switch_refuses
 from tests.usage.support import drain
-
-LIMIT = {"currency": "USD", "interval": "month"}
-
-
-def _limit(srv, cents: int) -> None:
-    with admin_http(srv) as h:
-        r = h.post(f"/projects/{srv.project_id}/spend_limit", json={**LIMIT, "threshold_amount": cents})
-        assert r.status_code == 200, r.text
 
 
 def _spent(srv) -> tuple[int, int]:

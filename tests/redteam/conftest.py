@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import pytest
 from aiohttp import web
@@ -28,6 +28,15 @@ def serve_in_thread(
     path: str, handler: Callable[[web.Request], Awaitable[web.StreamResponse]], client_max_size: int = 1024**2
 ) -> int:
     """A stand-in upstream answering POST ``path`` with ``handler`` on its own loop and thread; its port."""
+    return serve_routes({path: handler}, client_max_size)
+
+
+def serve_routes(
+    routes: Mapping[str | tuple[str, str], Callable[[web.Request], Awaitable[web.StreamResponse]]],
+    client_max_size: int = 8 * 1024**2,
+) -> int:
+    """A stand-in provider answering each route of ``routes`` (a path: POST; or a (method, path)) on its own loop
+    and thread; its port."""
     loop = asyncio.new_event_loop()
     started = threading.Event()
     port = 0
@@ -35,7 +44,9 @@ def serve_in_thread(
     async def main() -> None:
         nonlocal port
         app = web.Application(client_max_size=client_max_size)
-        app.router.add_post(path, handler)
+        for route, handler in routes.items():
+            method, path = ("POST", route) if isinstance(route, str) else route
+            app.router.add_route(method, path, handler)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

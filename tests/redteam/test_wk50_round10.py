@@ -17,33 +17,11 @@ import pytest
 from aiohttp import web
 
 from tests.billing.conftest import PRICED, UPSTREAM_KEY_ENV
+from tests.redteam.conftest import serve_routes as _serve
 from tests.redteam.test_wk49_round4 import _limit, _project, _spent
 
 MSG = [{"role": "user", "content": "hi"}]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _serve(routes: dict[str, Handler]) -> int:
-    """A stand-in provider answering POST on each path of ``routes``, on its own loop and thread; its port."""
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    port = 0
-
-    async def main() -> None:
-        nonlocal port
-        app = web.Application(client_max_size=8 * 1024**2)
-        for path, handler in routes.items():
-            app.router.add_post(path, handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        started.set()
-
-    threading.Thread(target=lambda: (loop.run_until_complete(main()), loop.run_forever()), daemon=True).start()
-    assert started.wait(5)
-    return port
 
 
 def _upstream(port: int, extra: str = "", prices: str = PRICED) -> str:

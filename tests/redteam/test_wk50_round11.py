@@ -7,9 +7,7 @@ $0 input, $1600 per 1M output tokens, in-process limiter)."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import Awaitable, Callable
 
 import httpx
 import orjson
@@ -17,33 +15,9 @@ import pytest
 from aiohttp import web
 
 from tests.billing.conftest import PRICED, UPSTREAM_KEY_ENV
+from tests.redteam.conftest import serve_routes as _serve
 from tests.redteam.test_wk49_round4 import _limit, _project, _spent
-
-MSG = [{"role": "user", "content": "hi"}]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _serve(routes: dict[tuple[str, str], Handler]) -> int:
-    """A stand-in provider answering each (method, path) of ``routes`` on its own loop and thread; its port."""
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    port = 0
-
-    async def main() -> None:
-        nonlocal port
-        app = web.Application(client_max_size=8 * 1024**2)
-        for (method, path), handler in routes.items():
-            app.router.add_route(method, path, handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        started.set()
-
-    threading.Thread(target=lambda: (loop.run_until_complete(main()), loop.run_forever()), daemon=True).start()
-    assert started.wait(5)
-    return port
+from tests.redteam.test_wk50_round10 import MSG, _code, _event, _post
 
 
 def _upstream(port: int, models: str = '["gpt-*"]', prices: str = PRICED) -> str:
@@ -51,16 +25,6 @@ def _upstream(port: int, models: str = '["gpt-*"]', prices: str = PRICED) -> str
         f'[[upstreams]]\nname = "openai"\nbase_url = "http://127.0.0.1:{port}/v1"\n'
         f'api_key_env = "{UPSTREAM_KEY_ENV}"\nmodels = {models}\nmax_retries = 0\n\n' + prices
     )
-
-
-def _post(srv, key: str, path: str, body: bytes | dict, headers: dict | None = None):  # type: ignore[no-untyped-def]
-    raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    h = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", **(headers or {})}
-    return httpx.post(srv.v1 + path, content=raw, headers=h, timeout=30)
-
-
-def _code(r: httpx.Response) -> str | None:
-    return r.json().get("error", {}).get("code") if r.status_code >= 400 else None
 
 
 def _settled(srv, pid: str) -> int:  # type: ignore[no-untyped-def]
@@ -164,10 +128,6 @@ _PRICED_WINDOW = '[prices."gpt-4o-mini"]\ninput = 0\noutput = 1600\ncontext_wind
 # gpt-image-1 high 1536x1024: 6,240 image output tokens ($0.25 at $40 per 1M, the table's dearest image); each
 # partial image "incurs an additional 100 image output tokens" (OpenAI's image generation guide, Responses tool).
 _HIGH_TOKENS, _PARTIAL_TOKENS, _IMAGE_RATE = 6_240, 100, 40
-
-
-def _event(kind: str, **fields: object) -> bytes:
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **fields}) + b"\n\n"
 
 
 class _PromptedPartials:
