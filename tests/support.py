@@ -155,6 +155,23 @@ class RunningServer:
             self.thread.join(20)
 
 
+def _close_like_asyncio_run(loop: asyncio.AbstractEventLoop) -> None:
+    """Close the server's loop as ``asyncio.run`` (and so ``keyplane serve``) does: the tasks still pending are
+    cancelled and awaited first, so that one cut mid-query (a group commit, a fire-and-forget write) gives its
+    database connection back before the loop is gone; else the driver's worker thread (aiosqlite) delivers its
+    result to a closed loop and fails in a later test."""
+    try:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
+
+
 def start_server(settings: Settings, init: dict[str, Any] | None = None, clock: Clock | None = None) -> RunningServer:
     app = create_app(settings, clock=clock)
     config = uvicorn.Config(
@@ -178,7 +195,7 @@ def start_server(settings: Settings, init: dict[str, Any] | None = None, clock: 
         try:
             loop.run_until_complete(server.serve())
         finally:
-            loop.close()
+            _close_like_asyncio_run(loop)
 
     thread = threading.Thread(target=run, daemon=True, name="keyplane-test-server")
     thread.start()

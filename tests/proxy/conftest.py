@@ -66,14 +66,20 @@ def gw_module(tmp_path_factory: pytest.TempPathFactory, fake_session: FakeUpstre
 
 
 def record_settled(srv: RunningServer) -> list:
-    """Keep every settled RequestContext (a tap after the pipeline's steps, in place of any earlier one)."""
+    """Keep every settled RequestContext: one more tap after the pipeline's steps (the server's own taps still
+    run); a module's shared gateway records into a fresh list each time (the earlier recorder is taken off)."""
     settled: list = []
 
     async def settle(ctx) -> None:
         settled.append(ctx)
 
     assert srv.app.runtime is not None
-    srv.app.runtime.pipeline.taps[:] = [settle]
+    taps = srv.app.runtime.pipeline.taps
+    earlier = srv.extra.get("recorder")
+    if earlier in taps:
+        taps.remove(earlier)
+    taps.append(settle)
+    srv.extra["recorder"] = settle
     srv.extra["settled"] = settled
     return settled
 
@@ -92,7 +98,8 @@ def wait_for(cond: Callable[[], object], timeout: float = 5.0) -> None:
 @pytest.fixture
 def gw(gw_module: RunningServer, fake: FakeUpstream) -> RunningServer:
     """The module's gateway with a fresh settle recorder (``gw.extra["settled"]``) and no billing step:
-    the data plane's own behaviour (tests/billing covers admission)."""
+    the data plane's own behaviour (tests/billing covers admission: billing writes the output limit it
+    reserves into the forwarded body, which these tests compare byte for byte)."""
     record_settled(gw_module)
     gw_module.app.runtime.pipeline.billing = None
     return gw_module
