@@ -133,3 +133,25 @@ async def test_hold_restores_a_reservation_once_whatever_the_limits(limiter):
     assert (await limiter.spent(["2026-01:project:p"]))["2026-01:project:p"] == (0, 140)
     await limiter.settle(res, 30, 0)
     assert (await limiter.spent(["2026-01:project:p"]))["2026-01:project:p"] == (30, 90)
+
+
+async def test_release_frees_a_reservation_once_and_spends_nothing(limiter):
+    """Limiter.release (admission's undo of a call that failed before it knew the answer), on both limiters."""
+    budgets = (BudgetRef("2026-01:project:p", 100, 3600),)
+    assert isinstance(await limiter.admit("r1", budgets, (), 90, 0), Granted)
+    assert isinstance(await limiter.admit("r2", budgets, (), 20, 0), Denied)
+    res = Reservation("r1", 90, 0, budgets, ())
+    await limiter.release(res)
+    await limiter.release(res)  # idempotent: nothing freed twice
+    assert (await limiter.spent(["2026-01:project:p"]))["2026-01:project:p"] == (0, 0)
+    assert isinstance(await limiter.admit("r3", budgets, (), 90, 0), Granted)
+    assert (await limiter.spent(["2026-01:project:p"]))["2026-01:project:p"] == (0, 90)
+
+
+async def test_top_up_adds_once_per_marker(limiter):
+    """Limiter.top_up (an instance's unapplied usage after another rebuilt the counters), on both limiters."""
+    budgets = (BudgetRef("2026-01:project:p", 100, 3600),)
+    assert isinstance(await limiter.admit("r1", budgets, (), 10, 0), Granted)
+    assert await limiter.top_up("e1:w1", {"2026-01:project:p": 25})
+    assert not await limiter.top_up("e1:w1", {"2026-01:project:p": 25})  # the same marker: not twice
+    assert (await limiter.spent(["2026-01:project:p"]))["2026-01:project:p"] == (25, 10)

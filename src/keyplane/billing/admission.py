@@ -254,9 +254,8 @@ class Admission(Settle):
         except BaseException as e:
             # The script may have reserved before the failure (a timeout, a lost reply, a cancelled
             # request): release it now, idempotently, instead of holding the budget for the reservation TTL.
-            release = getattr(lim, "release", None)
-            if release is not None and cost:
-                self.b.spawn(release(Reservation(rid, cost, want, plan.budgets, plan.buckets)))
+            if cost:
+                self.b.spawn(lim.release(Reservation(rid, cost, want, plan.budgets, plan.buckets)))
             if isinstance(e, (OSError, ConnectionError, TimeoutError)) or type(e).__module__.startswith("redis"):
                 log_store_error("limits store unreachable", e)
                 raise errors.limits_unavailable() from None

@@ -261,7 +261,7 @@ class Billing:
         )
         extra = {k: v for k, v in snap.spent.items() if v}
         if extra:
-            await self.limiter.top_up(f"{current[0]}:{writer.writer}", extra)  # type: ignore[attr-defined]
+            await self.limiter.top_up(f"{current[0]}:{writer.writer}", extra)
             log.warning(
                 "budget counters rebuilt by another instance: added this instance's %d unapplied usage records",
                 snap.unapplied,

@@ -131,6 +131,16 @@ class Limiter(Protocol):
         """Release the reservation, add the actual cost, correct the token buckets."""
         ...
 
+    async def release(self, res: Reservation) -> None:
+        """Undo an admission whose request failed before it knew the answer (a timeout, a lost reply, a
+        cancelled request): its reservation freed, nothing spent, its tokens given back; idempotent."""
+        ...
+
+    async def top_up(self, marker: str, spent: dict[str, int]) -> bool:
+        """Add ``spent`` to the budget counters once per ``marker`` (an instance's unapplied journal after
+        another instance rebuilt the counters); True when added."""
+        ...
+
     async def hold(self, res: Reservation, ttl_us: int) -> bool:
         """Hold ``res.amount`` on its budgets for ``ttl_us`` whatever their limits (a reservation restored after
         a restart), unless ``res.rid`` is held already; True when it was added."""

@@ -18,6 +18,7 @@ class MemoryLimiter:
         self._now = now
         self.ttl_us = int(reservation_ttl * 1_000_000)
         self.budgets: dict[str, list[int]] = {}  # key -> [spent, reserved] (micro-dollars)
+        self._topped: set[str] = set()  # top_up markers taken
         self.tats: dict[str, list[int]] = {}  # bucket key -> TAT per limit (µs)
         self.reservations: dict[str, tuple[int, int, tuple[str, ...]]] = {}  # rid -> (expires, amount, keys)
 
@@ -139,6 +140,20 @@ class MemoryLimiter:
 
     async def settle(self, res: Reservation, actual_cost: int, actual_tokens: int) -> None:
         self.settle_now(res, actual_cost, actual_tokens)
+
+    async def release(self, res: Reservation) -> None:
+        if res.rid in self.reservations:  # idempotent: a second release finds nothing held
+            self.settle_now(res, 0, 0)
+
+    async def top_up(self, marker: str, spent: dict[str, int]) -> bool:
+        """The in-process counters are never rebuilt by another instance (one epoch): once per marker all
+        the same, as the Redis backend does."""
+        if marker in self._topped:
+            return False
+        self._topped.add(marker)
+        for key, value in spent.items():
+            self.budgets.setdefault(key, [0, 0])[0] += value
+        return True
 
     async def seed(self, spent: dict[str, int], ttls: dict[str, int], after_loss: bool = False) -> None:
         for key, value in spent.items():
