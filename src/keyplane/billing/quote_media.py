@@ -17,7 +17,7 @@ import orjson
 
 from keyplane import errors, model_names
 from keyplane.billing.audio_length import ceil_seconds
-from keyplane.billing.price import MICROS
+from keyplane.billing.price import MICROS, Price
 from keyplane.billing.prices import PriceTable
 from keyplane.billing.quote_record import Quote
 from keyplane.limits import tokens
@@ -58,6 +58,11 @@ def _json_images(f: dict[str, object]) -> int:
         elif v is not None:
             n += 1
     return n
+
+
+def partial_images_cost(price: Price, partials: int) -> int:
+    """Micro-dollars of ``partials`` partial images at the model's ``output`` rate (its image output tokens)."""
+    return -(-partials * PARTIAL_IMAGE_TOKENS * price.output // MICROS)
 
 
 def _partial_images(f: dict[str, object]) -> int:
@@ -143,7 +148,7 @@ def quote_images(
         cost += -(-prompt * price.input // MICROS)
     if partials:
         if price.output > 0:  # each image's partial images, at the image output rate
-            cost += -(-n * partials * PARTIAL_IMAGE_TOKENS * price.output // MICROS)
+            cost += partial_images_cost(price, n * partials)
         elif estimate is None:
             estimate = (
                 f"its partial images (`partial_images`, each billed as {PARTIAL_IMAGE_TOKENS} image output tokens) "

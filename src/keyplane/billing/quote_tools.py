@@ -13,10 +13,10 @@ from typing import Final
 
 import orjson
 
-from keyplane.billing.price import MICROS
+from keyplane import model_names
 from keyplane.billing.prices import PriceTable
 from keyplane.billing.prices_file import DEFAULT_CONTAINER
-from keyplane.billing.quote_media import MAX_PARTIAL_IMAGES, PARTIAL_IMAGE_TOKENS
+from keyplane.billing.quote_media import MAX_PARTIAL_IMAGES, partial_images_cost
 from keyplane.billing.quote_record import with_field
 
 # Hosted tools of the Responses API keyplane prices: the tool type -> the usage kind it is metered in.
@@ -132,20 +132,15 @@ def tool_prices(prices: PriceTable) -> dict[str, int]:
     return out
 
 
-# The model the Responses image generation tool runs when it names none (OpenAI's image generation guide).
-IMAGE_TOOL_MODEL: Final = "gpt-image-1"
-
-
 def image_call_price(prices: PriceTable) -> int | None:
     """Micro-dollars billed per image generation tool call (an ``image_generation_call`` output item): the
     dearest image of the tool's default model and the most partial images the tool may stream (3, each 100
     image output tokens), an upper bound (the item's quality, size and partial images are not read). None
     when the table prices no image of it: the call is then billed at the dearest tool price reserved."""
-    p = prices.lookup(IMAGE_TOOL_MODEL)
+    p = prices.lookup(model_names.GPT_IMAGE)  # the tool's model when it names none (the image generation guide)
     if p is None or not p.images:
         return None
-    partials = -(-MAX_PARTIAL_IMAGES * PARTIAL_IMAGE_TOKENS * p.output // MICROS) if p.output else 0
-    return max(micros for _, _, micros in p.images) + partials
+    return max(micros for _, _, micros in p.images) + partial_images_cost(p, MAX_PARTIAL_IMAGES)
 
 
 def tool_cost(prices: dict[str, int] | None, calls: dict[str, int] | None) -> dict[str, int]:

@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from keyplane.runtime import Runtime
-from keyplane.store.models import PROVIDER_ID_LIMIT, PROVIDER_ID_MAX, ProviderObject, provider_object_key
+from keyplane.store.models import PROVIDER_ID_LIMIT, ProviderObject, provider_object_key
 
 log = logging.getLogger("keyplane.proxy")
 
@@ -53,10 +53,10 @@ class OwnerStore:
     async def owners(self, ids: Iterable[str]) -> dict[str, Owner]:
         """The owner of each id known to the store (ids not created through keyplane are left out)."""
         out: dict[str, Owner] = {}
-        want: dict[str, str] = {}  # stored key -> the id asked (they differ for an id past PROVIDER_ID_MAX)
+        want: dict[str, str] = {}  # stored key -> the id asked (they differ for an id past 128 characters)
         now = self.rt.clock.monotonic()
         for i in ids:
-            k = i if len(i) <= PROVIDER_ID_MAX else provider_object_key(i)
+            k = provider_object_key(i)
             o = self.cache.get(k)
             if o is not None:
                 out[i] = o

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from typing import Any, Final, Protocol
 
 import orjson
@@ -111,7 +112,7 @@ class Tenancy:
         if (t is None or t.object_id is None) and not refs:
             return None
         wanted = [t.object_id] if t is not None and t.object_id is not None else []
-        wanted.extend(j for name, i in refs for j in (fine_tuned_ids(i) if name == MODEL_FIELD else (i,)))
+        wanted.extend(_lookup_ids(refs))
         owners = await self.store.owners(wanted)
         pinned: str | None = None
         if t is not None and t.object_id is not None:
@@ -142,9 +143,7 @@ class Tenancy:
         if not refs:
             return
         pid = project_id or ""
-        owners = await self.store.owners(
-            {j for name, i in refs for j in (fine_tuned_ids(i) if name == MODEL_FIELD else (i,))}
-        )
+        owners = await self.store.owners(set(_lookup_ids(refs)))
         for name, oid in refs:
             _owned(owners, name, oid, pid)
 
@@ -297,9 +296,7 @@ class Tenancy:
             )
         except errors.APIError as e:
             return f"keyplane could not read its requests ({e.message})"
-        owners = await self.store.owners(
-            {j for _, name, i in refs for j in (fine_tuned_ids(i) if name == MODEL_FIELD else (i,))}
-        )
+        owners = await self.store.owners(set(_lookup_ids((name, i) for _, name, i in refs)))
         for line, name, oid in refs:
             if name == MODEL_FIELD:
                 if foreign_model(owners, oid, pid):
@@ -380,6 +377,16 @@ def _shows_items(method: str, endpoint: str) -> bool:
 def _stored(endpoint: str, body: bytes) -> bool:
     m = _STORE_RE.search(body)
     return _STORED_IF[endpoint] if m is None else m.group(1) == b"true"
+
+
+def _lookup_ids(refs: Iterable[tuple[str, str]]) -> Iterator[str]:
+    """The ids whose owners decide the (field, id) ``refs``: each object's own, and for a fine-tuned model (field
+    ``model``) its :func:`fine_tuned_ids` (the model, and the model a checkpoint belongs to)."""
+    for name, i in refs:
+        if name == MODEL_FIELD:
+            yield from fine_tuned_ids(i)
+        else:
+            yield i
 
 
 def _owned(owners: dict[str, Owner], name: str, oid: str, pid: str) -> Owner | None:
