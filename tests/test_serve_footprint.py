@@ -35,13 +35,13 @@ CLI_ONLY = ("typer", "rich", "pydantic", "pydantic_core", "shellingham", "annota
 _SERVE = """
 import asyncio, json, sys
 from keyplane import footprint, serving
-from keyplane.limits import tokens
+from keyplane.limits import encodings
 
 opts = serving.parse_args(sys.argv[1:])  # as `keyplane serve` runs it: python -m keyplane.serving ...
 footprint.prepare()
 import uvicorn
 app = serving.build_app(opts)  # the factory each worker runs; one process: the same steps
-early = sorted(tokens._encodings)
+early = sorted(encodings._encodings)
 
 def maps():  # the process's mappings of 2 MB or more, but its heap
     if sys.platform != "linux":
@@ -58,8 +58,8 @@ before = maps()
 block = bytearray(2 << 20)  # above glibc's initial mmap threshold: mapped on its own, not kept in the heap
 mapped = bool(maps() - before)
 print(json.dumps({"modules": sorted({m.split(".")[0] for m in sys.modules}), "early": early,
-                  "encodings": sorted(tokens._encodings), "mapped": mapped,
-                  "ranks": [e._mergeable_ranks is None for e in tokens._encodings.values()]}))
+                  "encodings": sorted(encodings._encodings), "mapped": mapped,
+                  "ranks": [e._mergeable_ranks is None for e in encodings._encodings.values()]}))
 """
 
 

@@ -4,7 +4,7 @@
 factory (each worker process). Both steps change where memory goes, never what keyplane does:
 
 - The o200k_base tokenizer is built before the rest of start-up. While it is built, its Python ranks
-  (~25 MB) sit beside the Rust tables they are copied into (~45 MB, limits/tokens.py). Built halfway
+  (~25 MB) sit beside the Rust tables they are copied into (~45 MB, limits/encodings.py). Built halfway
   through start-up, on top of every module and the store, that transient was the process's peak (173 MB,
   13 MB above where it settles); built first, the memory it frees is reused by the imports that follow.
 - glibc's malloc keeps its initial thresholds. By default it raises its mmap threshold to the size of the
@@ -36,9 +36,9 @@ MALLOC_SETTINGS: tuple[tuple[str, int, int], ...] = (
 def prepare() -> None:
     """Before the app is built, in a process that serves: malloc's settings, then the tokenizer."""
     tune_malloc()
-    from keyplane.limits import tokens
+    from keyplane.limits import encodings
 
-    tokens.prebuild()
+    encodings.prebuild()
 
 
 def tune_malloc(env: Mapping[str, str] | None = None) -> dict[str, int]:

@@ -1,18 +1,19 @@
-"""Prompt tokens at admission: the model's tokenizer from the bpe-openai wheel, never a download."""
+"""Prompt tokens at admission: the model's tokenizer from the bpe-openai wheel (limits/encodings.py), never a
+download, and counting with it (limits/tokens.py)."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
 
-from keyplane.limits import tokens
+from keyplane.limits import encodings, tokens
 
 BOTH = ("o200k_base", "cl100k_base")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def loaded():
-    tokens.load(BOTH)
+    encodings.load(BOTH)
 
 
 def test_encodings_come_from_the_wheel_offline(monkeypatch):
@@ -22,9 +23,9 @@ def test_encodings_come_from_the_wheel_offline(monkeypatch):
         raise AssertionError("tiktoken tried to fetch an encoding")
 
     monkeypatch.setattr(tiktoken.load, "read_file", no_download)
-    monkeypatch.setattr(tokens, "_encodings", {})
-    tokens.load(BOTH)
-    assert tokens._encodings["o200k_base"] is not None and tokens._encodings["cl100k_base"] is not None
+    monkeypatch.setattr(encodings, "_encodings", {})
+    encodings.load(BOTH)
+    assert encodings._encodings["o200k_base"] is not None and encodings._encodings["cl100k_base"] is not None
 
 
 def test_same_counts_as_bpe_openai():
@@ -36,22 +37,22 @@ def test_same_counts_as_bpe_openai():
 
     text = "Héllo wörld! 12345 tokens, spaces   and\nnewlines; code: def f(x): return x**2 # ünïcode 你好"
     for name in BOTH:
-        assert tokens._encodings[name].encode_ordinary(text) == bpe_openai.get_encoding(name).encode_ordinary(text)
+        assert encodings._encodings[name].encode_ordinary(text) == bpe_openai.get_encoding(name).encode_ordinary(text)
 
 
 def test_an_encoding_not_loaded_is_built_in_the_background(monkeypatch):
     import time
 
-    monkeypatch.setattr(tokens, "_encodings", {"o200k_base": tokens._encodings["o200k_base"]})
+    monkeypatch.setattr(encodings, "_encodings", {"o200k_base": encodings._encodings["o200k_base"]})
     monkeypatch.setattr(tokens, "_counters", {})
     first = tokens.counter("gpt-4-turbo").count("hello world, hello world")
     assert first == tokens.upper_bound("hello world, hello world")  # no waiting on the request path
     deadline = time.monotonic() + 30
-    while tokens._encodings.get("cl100k_base") is None:
+    while encodings._encodings.get("cl100k_base") is None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     text = "hello world, hello world"
-    real = len(tokens._encodings["cl100k_base"].encode_ordinary(text))
+    real = len(encodings._encodings["cl100k_base"].encode_ordinary(text))
     assert real < tokens.upper_bound(text) and tokens.counter("gpt-4-turbo").count(text) == real
 
 
@@ -71,7 +72,7 @@ def test_an_encoding_not_loaded_is_built_in_the_background(monkeypatch):
     ],
 )
 def test_encoding_per_model(model, encoding):
-    assert tokens.encoding_name(model) == encoding
+    assert encodings.encoding_name(model) == encoding
 
 
 def test_counts():
@@ -175,8 +176,8 @@ def test_a_model_without_a_tokenizer_reserves_an_upper_bound(text):
     counted = tokens.counter("my-llama-70b").count(text)
     assert counted == len(text.encode("utf-8"))
     for name in ("o200k_base", "cl100k_base"):
-        tokens.load((name,))
-        real = len(tokens._encodings[name].encode_ordinary(text))
+        encodings.load((name,))
+        real = len(encodings._encodings[name].encode_ordinary(text))
         assert counted >= real, name
 
 
@@ -208,18 +209,18 @@ def reference():
 
     out = {}
     for name in BOTH:
-        with gzip.open(tokens._rank_file(name), "rb") as f:
+        with gzip.open(encodings._rank_file(name), "rb") as f:
             ranks = {base64.b64decode(t): int(r) for t, r in (line.split() for line in f if line.strip())}
-        pat, special = tokens._SPECS[name]
+        pat, special = encodings._SPECS[name]
         out[name] = tiktoken.Encoding(name=name, pat_str=pat, mergeable_ranks=ranks, special_tokens=special)
     return out
 
 
 @pytest.mark.parametrize("name", BOTH)
 def test_dropping_the_python_ranks_changes_no_count(name, reference):
-    """limits/tokens.py drops tiktoken's Python copy of the ranks (its Rust core has its own): the tokens,
+    """limits/encodings.py drops tiktoken's Python copy of the ranks (its Rust core has its own): the tokens,
     hence every count, are those of an Encoding that keeps it, on every kind of text."""
-    enc = tokens._encodings[name]
+    enc = encodings._encodings[name]
     assert enc._mergeable_ranks is None and reference[name]._mergeable_ranks is not None
     for text in CORPUS:
         assert enc.encode_ordinary(text) == reference[name].encode_ordinary(text), text[:40]
@@ -240,18 +241,18 @@ def test_each_encoding_is_built_once_per_process(monkeypatch):
         time.sleep(0.2)  # wide enough for every caller to arrive while the first builds
         return object()
 
-    monkeypatch.setattr(tokens, "_encodings", {})
+    monkeypatch.setattr(encodings, "_encodings", {})
     monkeypatch.setattr(tokens, "_counters", {})
-    monkeypatch.setattr(tokens, "_build", slow_build)
-    callers = [threading.Thread(target=tokens.load, args=(("cl100k_base",),)) for _ in range(4)]
-    callers.append(threading.Thread(target=tokens.prebuild, args=("cl100k_base",)))
+    monkeypatch.setattr(encodings, "_build", slow_build)
+    callers = [threading.Thread(target=encodings.load, args=(("cl100k_base",),)) for _ in range(4)]
+    callers.append(threading.Thread(target=encodings.prebuild, args=("cl100k_base",)))
     for t in callers:
         t.start()
     for t in callers:
         t.join()
     assert built == ["cl100k_base"]
-    tokens.load(("cl100k_base",))
-    tokens.prebuild("cl100k_base")
+    encodings.load(("cl100k_base",))
+    encodings.prebuild("cl100k_base")
     assert built == ["cl100k_base"]
 
 
@@ -259,9 +260,9 @@ def test_a_prebuild_that_fails_is_left_for_load_to_report(monkeypatch, caplog):
     def broken(name):
         raise FileNotFoundError(name)
 
-    monkeypatch.setattr(tokens, "_encodings", {})
-    monkeypatch.setattr(tokens, "_build", broken)
-    tokens.prebuild()  # before logging is set up (`keyplane serve`): silent, and not recorded
-    assert "o200k_base" not in tokens._encodings
-    tokens.load()  # the billing feature's start: says why, then counts with the upper bound
-    assert tokens._encodings["o200k_base"] is None and "tokenizer o200k_base unavailable" in caplog.text
+    monkeypatch.setattr(encodings, "_encodings", {})
+    monkeypatch.setattr(encodings, "_build", broken)
+    encodings.prebuild()  # before logging is set up (`keyplane serve`): silent, and not recorded
+    assert "o200k_base" not in encodings._encodings
+    encodings.load()  # the billing feature's start: says why, then counts with the upper bound
+    assert encodings._encodings["o200k_base"] is None and "tokenizer o200k_base unavailable" in caplog.text

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from keyplane.limits import tokens
+from keyplane.limits import encodings, tokens
 from keyplane.limits.tokens import _IMAGE_TYPES, _NOT_TEXT, _UNSEEN_TYPES, IMAGE_TOKENS_MAX, MAX_DEPTH, Scan
 
 
 @pytest.fixture(scope="module", autouse=True)
 def loaded():
-    tokens.load(("o200k_base",))
+    encodings.load(("o200k_base",))
 
 
 def reference_scan(c: tokens.Counter, v: Any, scan: Scan | None = None, keys: bool = False) -> Scan:
@@ -98,7 +98,7 @@ def test_past_max_depth_is_unbounded_as_before() -> None:
 
 
 def test_lone_surrogates_count_as_tiktoken_counts_them() -> None:
-    enc = tokens._encodings["o200k_base"]
+    enc = encodings._encodings["o200k_base"]
     c = tokens.Counter("gpt-4o")
     for text in ("a\ud800b", "\udfff", "ok \ud83d\ude00 \ud83d"):
         assert c.count(text) == len(enc.encode_ordinary(text))

@@ -25,10 +25,10 @@ async def start(rt: Any) -> Any:
     from keyplane.billing.prices import PriceTable
     from keyplane.billing.routes import ENDPOINTS
     from keyplane.billing.tiers import TierTable
-    from keyplane.limits import Limiter, tokens
+    from keyplane.limits import Limiter, encodings
 
     s = rt.settings
-    await asyncio.to_thread(tokens.load)
+    await asyncio.to_thread(encodings.load)
     prices = PriceTable.from_config(s.file.prices, s.prices_file)
     table = TierTable(s.file.tiers, s.file.limits.tier)
     limiter: Limiter
