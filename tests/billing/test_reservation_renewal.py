@@ -1,5 +1,5 @@
-"""Reservations of requests still running are renewed until they are settled (billing/engine.py
-renew_reservations, the limiters' ``renew``); those of a process that stopped renewing lapse at their TTL.
+"""Reservations of requests still running are renewed until they are settled (billing/renewal.py
+Renewal.renew, the limiters' ``renew``); those of a process that stopped renewing lapse at their TTL.
 
 The in-process limiter runs on an injected clock; the Redis one on Redis TIME (its scores are read, and one test
 waits a few hundred milliseconds for a short TTL to pass, as tests/limits does).
@@ -176,16 +176,16 @@ def _reserved(srv) -> int:  # type: ignore[no-untyped-def]
 
 def _renewed_while_it_runs(srv, clock: FakeClock | None) -> None:  # type: ignore[no-untyped-def]
     b = billing_of(srv)
-    (rid, res), *more = list(b.in_flight.items())  # added at admission
+    (rid, res), *more = list(b.renewal.in_flight.items())  # added at admission
     assert not more and res.amount == _reserved(srv) > 0
     if clock is not None:  # in process: the clock moves past the admission's TTL, the reservation stays
         clock.advance(20)
-        assert srv.call(b.renew_reservations()) == 1
+        assert srv.call(b.renewal.renew()) == 1
         clock.advance(20)
         assert srv.call(b.limiter.sweep()) == 0
     else:  # Redis: its expiry moved to Redis TIME + TTL (here an hour, to tell it from the admission's)
-        b.reservation_ttl_us = 3600 * SECOND
-        assert srv.call(b.renew_reservations()) == 1
+        b.renewal.ttl_us = 3600 * SECOND
+        assert srv.call(b.renewal.renew()) == 1
         score = srv.call(b.limiter.redis.zscore(b.limiter._z(res.budgets[0].key), f"{rid}:{res.amount}"))
         assert score > srv.call(_redis_now(b.limiter)) + 3500 * SECOND
     assert _reserved(srv) == res.amount
@@ -195,7 +195,7 @@ def test_a_running_request_is_renewed_until_it_is_settled(make_gateway, fake, ba
     clock = None if backend else FakeClock(1_800_000_000.0)
     srv = make_gateway(clock=clock, KEYPLANE_RESERVATION_TTL_SECONDS="30")
     b = billing_of(srv)
-    assert b._renewer.interval == 10  # min(TTL / 3, 60 s)
+    assert b.renewal.periodic.interval == 10  # min(TTL / 3, 60 s)
     fake.push(Behaviour(chunk_delay=0.2, text=WORDS))  # a stream of ~4 s; this test reads its first word only
     with (
         httpx.Client(timeout=10) as c,
@@ -209,10 +209,10 @@ def test_a_running_request_is_renewed_until_it_is_settled(make_gateway, fake, ba
                 break
     # the client went away: the request is settled, no longer renewed, its reservation released
     deadline = time.monotonic() + 5
-    while (b.in_flight or _reserved(srv)) and time.monotonic() < deadline:
+    while (b.renewal.in_flight or _reserved(srv)) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert b.in_flight == {} and _reserved(srv) == 0
-    assert srv.call(b.renew_reservations()) == 0
+    assert b.renewal.in_flight == {} and _reserved(srv) == 0
+    assert srv.call(b.renewal.renew()) == 0
     m = srv.app.runtime.features.usage_metrics
     assert m.registry.get_sample_value("keyplane_reservation_renewals_total") == 1
 
@@ -224,19 +224,19 @@ def test_a_request_ended_without_settle_is_no_longer_renewed_and_lapses(make_gat
     b = billing_of(srv)
     key = f"{b.period}:project:{srv.project_id}"
     budgets = (BudgetRef(key, None, 3600),)
-    b.reservation_ttl_us = 3600 * SECOND  # a renewal would show (Redis: its score an hour ahead)
+    b.renewal.ttl_us = 3600 * SECOND  # a renewal would show (Redis: its score an hour ahead)
 
     async def admit_in_a_task() -> None:
         async def request() -> None:
             assert isinstance(await b.limiter.admit("ghost", budgets, (), 500, 0), Granted)
-            b.in_flight["ghost"] = Reservation("ghost", 500, 0, budgets, (), {"task": asyncio.current_task()})
+            b.renewal.in_flight["ghost"] = Reservation("ghost", 500, 0, budgets, (), {"task": asyncio.current_task()})
             # ...and the task ends, never settled
 
         await asyncio.get_running_loop().create_task(request())
 
     srv.call(admit_in_a_task())
-    assert srv.call(b.renew_reservations()) == 0
-    assert "ghost" not in b.in_flight
+    assert srv.call(b.renewal.renew()) == 0
+    assert "ghost" not in b.renewal.in_flight
     if clock is not None:  # its TTL (30 s) passes: swept
         clock.advance(31)
         assert srv.call(b.limiter.sweep()) == 1
@@ -251,23 +251,23 @@ def test_renewal_failures_are_logged_and_survived(make_gateway, caplog):
     b = billing_of(srv)
     real = b.limiter
     broken = RedisLimiter("redis://127.0.0.1:1/0", "kptest-down", 30, timeout=0.2)
-    b.in_flight["r1"] = _res("r1", 10)
-    b.limiter = broken  # Redis down
+    b.renewal.in_flight["r1"] = _res("r1", 10)
+    b.renewal.limiter = broken  # Redis down
     try:
         with caplog.at_level(logging.WARNING, logger="keyplane"):
-            assert srv.call(b._renewer.run_once()) is False  # the periodic step: logged, not raised
+            assert srv.call(b.renewal.periodic.run_once()) is False  # the periodic step: logged, not raised
         assert any("reservation renewal failed" in r.getMessage() for r in caplog.records)
     finally:
-        b.limiter = real
+        b.renewal.limiter = real
         srv.call(broken.close())
-        b.in_flight.pop("r1", None)
-    assert srv.call(b._renewer.run_once()) is True  # and it works again when the store answers
+        b.renewal.in_flight.pop("r1", None)
+    assert srv.call(b.renewal.periodic.run_once()) is True  # and it works again when the store answers
 
 
 def test_the_renewal_task_runs_while_billing_runs(make_gateway):
     srv = make_gateway(KEYPLANE_RESERVATION_TTL_SECONDS="900")
     b = billing_of(srv)
-    assert b._renewer.interval == 60 and b._renewer.running  # min(900 / 3, 60 s)
+    assert b.renewal.periodic.interval == 60 and b.renewal.periodic.running  # min(900 / 3, 60 s)
 
 
 def test_a_finished_request_leaves_nothing_to_renew(gw):
@@ -280,4 +280,4 @@ def test_a_finished_request_leaves_nothing_to_renew(gw):
         timeout=10,
     )
     assert r.status_code == 200
-    assert b.in_flight == {}
+    assert b.renewal.in_flight == {}

@@ -145,11 +145,11 @@ class Admission(Settle):
                 "tools": q.tools,
                 "per_minute": q.per_minute,
                 "tier": q.tier,
-                "task": asyncio.current_task(),  # renewal stops if it ends unsettled (billing/engine.py)
+                "task": asyncio.current_task(),  # renewal stops if it ends unsettled (billing/renewal.py)
             },
         )
-        if cost:  # held until settled, however long the request runs (renewed: billing/engine.py)
-            b.in_flight[rid] = res
+        if cost:  # held until settled, however long the request runs (renewed: billing/renewal.py)
+            b.renewal.in_flight[rid] = res
 
     def _default_tier(self, ctx: Any) -> str | None:
         """The dearest tier the request's upstreams are known to serve a request naming none at, if dearer than

@@ -1,15 +1,9 @@
 """The billing engine of one process: configuration in memory, the limiter, the ledger, and the
 background task that keeps them in step (reload on revision change, ledger flush, reservation sweep,
 credit expiry, spend alerts, tier promotion). Nothing here runs on the request path except
-:meth:`Billing.plan` (a dict lookup), :meth:`Billing.rollover` (once a month) and :attr:`Billing.in_flight`
-(a dict insert at admission, a pop at settle).
-
-Reservations of requests still running: a reservation lives ``reservation_ttl_seconds`` unless settled, and a
-request may run longer (a slow reasoning call, a stream read slowly). The requests this process admitted and has
-not settled are :attr:`Billing.in_flight`; one periodic task (:meth:`Billing.renew_reservations`, every
-min(TTL / 3, 60 s)) extends all their reservations to now + TTL in one limiter call. While the process lives a
-request's budget stays held until it is settled; when it dies the renewals stop and its reservations lapse at
-their TTL, as before. A request whose task ended without a settle (a bug) is not renewed.
+:meth:`Billing.plan` (a dict lookup), :meth:`Billing.rollover` (once a month) and :attr:`Billing.renewal`
+(a dict insert at admission, a pop at settle: the reservations of running requests, renewed until settled,
+billing/renewal.py).
 """
 
 from __future__ import annotations
@@ -27,8 +21,9 @@ from keyplane.billing import state, tiers
 from keyplane.billing.price import Price
 from keyplane.billing.prices import PriceTable
 from keyplane.billing.ratelimits import merge
-from keyplane.limits import Bucket, BudgetRef, Limiter, Reservation, Unseeded
-from keyplane.periodic import Periodic, cancel_and_wait
+from keyplane.billing.renewal import Renewal
+from keyplane.limits import Bucket, BudgetRef, Limiter, Unseeded
+from keyplane.periodic import cancel_and_wait
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
 
@@ -36,7 +31,6 @@ log = logging.getLogger("keyplane.billing")
 
 MONTH_TTL = 40 * 86_400  # budget counters of a month outlive it a little (late settles)
 TICK = 0.1
-RENEW_MAX_SECONDS = 60.0  # reservations of running requests are renewed every min(TTL / 3, this)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +84,7 @@ class Billing:
         self.epoch: tuple[int, int] | None = None  # the fleet counters' epoch this instance accounted for
         self.seen_epoch = False  # counters existed once: their absence now is a loss of Redis's data
         self._reseed_task: asyncio.Task[None] | None = None
-        # Requests admitted and not settled yet (rid -> reservation): their reservations are renewed until settled.
-        self.in_flight: dict[str, Reservation] = {}
-        self.reservation_ttl_us = int(s.reservation_ttl_seconds * 1_000_000)
-        self.renewed = 0  # reservations renewed (all renewals), for keyplane_reservation_renewals
-        self._renewals: Any = None  # that counter, once the metrics registry exists
-        self._counted = 0  # renewals it has counted
-        every = min(s.reservation_ttl_seconds / 3, RENEW_MAX_SECONDS)
-        self._renewer = Periodic("reservation renewal", self.renew_reservations, every, cap=every)
+        self.renewal = Renewal(rt, limiter, s.reservation_ttl_seconds)  # requests admitted, not settled yet
         ledger.credit_key = lambda: self.credit_key if self.credit_active else None
         ledger.register()  # the usage applier writes the spend ledger in its own transaction
         self.rollover(rt.clock.now())
@@ -292,44 +279,7 @@ class Billing:
         self._snapshot_moved = asyncio.Event()
         self.rt.snapshot.on_change(self._snapshot_moved.set)  # the revision check below is the fallback
         self._task = asyncio.create_task(self._run(), name="billing")
-        self._renewer.start()
-
-    async def renew_reservations(self) -> int:
-        """Extend the reservations of the requests still running in this process to now + reservation_ttl_seconds,
-        in one limiter call (one Redis script); returns how many the limiter still held. A failure (Redis down)
-        raises: the periodic task logs it and tries again at the next interval, the TTL still ahead."""
-        live = self.in_flight
-        ended = []
-        for rid, res in live.items():
-            task = res.extra.get("task")  # the request's task (billing/admission.py)
-            if isinstance(task, asyncio.Task) and task.done():
-                ended.append(rid)
-        for rid in ended:  # its request ended without a settle (a bug): left to lapse at its TTL, as without renewal
-            del live[rid]
-        if ended:
-            log.warning("%d reservations of requests that ended unsettled are no longer renewed", len(ended))
-        if not live:
-            return 0
-        n = await self.limiter.renew(list(live.values()), self.reservation_ttl_us)
-        self.renewed += n
-        self._count()
-        return n
-
-    def _count(self) -> None:
-        """keyplane_reservation_renewals on the metrics registry (the usage feature starts after billing)."""
-        if self._renewals is None:
-            m = self.rt.features.usage_metrics
-            if m is None:
-                return
-            from prometheus_client import Counter
-
-            self._renewals = Counter(
-                "keyplane_reservation_renewals",
-                "Reservations of running requests renewed (extended to now + reservation_ttl_seconds).",
-                registry=m.registry,
-            )
-        self._renewals.inc(self.renewed - self._counted)
-        self._counted = self.renewed
+        self.renewal.start()
 
     async def _run(self) -> None:
         mono = time.monotonic
@@ -421,7 +371,7 @@ class Billing:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
-        await self._renewer.stop()
+        await self.renewal.stop()
         for t in list(self._alert_tasks):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(t, 5)

@@ -46,7 +46,7 @@ class Settle:
         res, ctx.reservation = ctx.reservation, None
         if res is None:
             return
-        self.b.in_flight.pop(res.rid, None)  # no longer renewed (billing/engine.py)
+        self.b.renewal.in_flight.pop(res.rid, None)  # no longer renewed (billing/renewal.py)
         extra = res.extra
         if "batch" in extra:  # POST /v1/batches: held for the batch once created (billing/batches.py), else freed
             ctx.cost_micros = 0

@@ -148,8 +148,8 @@ class Limiter(Protocol):
 
     async def renew(self, reservations: Collection[Reservation], ttl_us: int) -> int:
         """Extend every one of ``reservations`` still held to now + ``ttl_us`` (never shortening one held longer),
-        in one step (one Redis call): the requests still running in this process (billing/engine.py
-        renew_reservations). One no longer held (settled, or dropped at its TTL) is not taken again. Returns how
+        in one step (one Redis call): the requests still running in this process (billing/renewal.py
+        Renewal.renew). One no longer held (settled, or dropped at its TTL) is not taken again. Returns how
         many are held."""
         ...
 
