@@ -15,7 +15,6 @@ from tests.support import Gateways, RunningServer
 @pytest.fixture
 def gw(database_url: str, gateways: Gateways, fake: FakeUpstream) -> Iterator[RunningServer]:
     srv = gateways.start(fake_config(fake), store=database_url)
-    srv.app.runtime.pipeline.billing = None  # admission is tests/billing's; here only the refusals matter
     yield srv
     gateways.stop_all()  # before the test's PostgreSQL database is dropped
 

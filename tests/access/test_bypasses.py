@@ -23,7 +23,6 @@ MSG = [{"role": "user", "content": "hi"}]
 @pytest.fixture
 def open_gw(database_url: str, gateways: Gateways, fake: FakeUpstream) -> Iterator[RunningServer]:
     srv = gateways.start(fake_config(fake, models=["*"]), store=database_url)
-    srv.app.runtime.pipeline.billing = None
     yield srv
     gateways.stop_all()  # before the test's PostgreSQL database is dropped
 

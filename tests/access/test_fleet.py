@@ -28,8 +28,6 @@ def pair(gateways: Gateways, fake: FakeUpstream) -> Iterator[tuple[RunningServer
         try:  # two instances of one store and org (one secret)
             a = gateways.start(fake_config(fake), store=url, **env)
             b = gateways.start(fake_config(fake), store=url, **env)
-            for s in (a, b):
-                s.app.runtime.pipeline.billing = None
             yield a, b
         finally:
             gateways.stop_all()  # before the database is dropped

@@ -19,7 +19,6 @@ MSG = [{"role": "user", "content": "hi"}]
 @pytest.fixture
 def trusted_gw(database_url: str, gateways: Gateways, fake: FakeUpstream) -> Iterator[RunningServer]:
     srv = gateways.start(fake_config(fake), store=database_url, KEYPLANE_TRUSTED_PROXIES="127.0.0.1/32, ::1")
-    srv.app.runtime.pipeline.billing = None
     yield srv
     gateways.stop_all()  # before the test's PostgreSQL database is dropped
 

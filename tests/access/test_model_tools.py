@@ -57,11 +57,24 @@ def test_model_permissions(gw, admin, client, fake: FakeUpstream):
         headers={"Authorization": f"Bearer {gw.api_key}", "Content-Type": "application/json"},
     )
     assert r.status_code in (400, 403) and r.json()["error"]["code"] in ("duplicate_key", "model_not_permitted")
-    # Batches carry their requests in a file keyplane does not read: refused while a policy is set.
-    _refused(
-        lambda: client.batches.create(input_file_id="file-x", endpoint="/v1/chat/completions", completion_window="24h"),
-        "batch_not_permitted",
-    )
+    # A batch's requests are read from its input file (uploaded through keyplane) and held to the policy line by
+    # line; a file keyplane did not read as a batch file cannot be checked, and is refused while a policy is set.
+    line = {
+        "custom_id": "1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o", "messages": MSG},
+    }
+    denied = client.files.create(file=("in.jsonl", json.dumps(line).encode() + b"\n"), purpose="batch")
+    unread = client.files.create(file=("in.jsonl", json.dumps(line).encode() + b"\n"), purpose="fine-tune")
+    fake.reset()
+    for f, code in ((denied, "model_not_permitted"), (unread, "batch_not_permitted")):
+        _refused(
+            lambda f=f: client.batches.create(
+                input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
+            ),
+            code,
+        )
     assert fake.model_requests() == []
     assert client.chat.completions.create(model="gpt-4o-mini", messages=MSG).choices
 

@@ -57,6 +57,19 @@ def test_containers_and_runs():
     assert e.value.code == "model_not_permitted"
 
 
+def test_batches_are_refused_under_a_policy_unless_billing_reads_their_files():
+    """A gateway without billing cannot read a batch's input file (the gateway tests run with billing, which
+    holds each line to the policy: tests/access/test_model_tools.py): its batches are refused while a policy is set."""
+    body = b'{"input_file_id": "file-1", "endpoint": "/v1/chat/completions", "completion_window": "24h"}'
+    p = Policies(models={("project", "p"): ModelPolicy("deny_list", ("gpt-4o",))})
+    with pytest.raises(errors.APIError) as e:
+        p.check_request("p", "k", "/v1/batches", "POST", None, True, body, True)
+    assert e.value.code == "batch_not_permitted"
+    p.batches_checked = lambda: True
+    p.check_request("p", "k", "/v1/batches", "POST", None, True, body, True)  # left to admission's check_batch
+    Policies().check_request("p", "k", "/v1/batches", "POST", None, True, body, True)  # no policy: nothing to hold
+
+
 def test_client_address():
     trusted = ip.parse_cidrs(["10.0.0.0/8"])
     xff = [(b"x-forwarded-for", b"1.2.3.4, 10.0.0.9")]

@@ -97,12 +97,21 @@ def wait_for(cond: Callable[[], object], timeout: float = 5.0) -> None:
 
 @pytest.fixture
 def gw(gw_module: RunningServer, fake: FakeUpstream) -> RunningServer:
-    """The module's gateway with a fresh settle recorder (``gw.extra["settled"]``) and no billing step:
-    the data plane's own behaviour (tests/billing covers admission: billing writes the output limit it
-    reserves into the forwarded body, which these tests compare byte for byte)."""
+    """The module's gateway, every step on as users run it, with a fresh settle recorder
+    (``gw.extra["settled"]``). Billing writes the output limit it reserves into a forwarded body that has
+    none (:func:`output_limit`): tests that compare forwarded bytes send a limit of their own."""
     record_settled(gw_module)
-    gw_module.app.runtime.pipeline.billing = None
     return gw_module
+
+
+def output_limit(srv: RunningServer, model: str) -> int:
+    """The output limit admission reserves, and writes into the forwarded body, for a request to ``model`` that
+    sets none (billing/quote_tokens.py): the model's ``max_output`` in the price table, else default_max_tokens."""
+    billing = srv.app.runtime.features.billing
+    assert billing is not None
+    price = billing.prices.lookup(model)
+    assert price is not None and price.output > 0, f"{model} is not priced: billing adds no limit"
+    return price.max_output or billing.default_max_tokens
 
 
 def admin(srv: RunningServer, method: str, path: str, json: object = None) -> dict:

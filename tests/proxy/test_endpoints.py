@@ -10,9 +10,10 @@ import asyncio
 
 import httpx
 import openai
+import orjson
 import pytest
 
-from tests.proxy.conftest import UPSTREAM_KEY, fake_config, wait_for
+from tests.proxy.conftest import UPSTREAM_KEY, fake_config, output_limit, wait_for
 
 MSG = [{"role": "user", "content": "Tell me something."}]
 
@@ -51,14 +52,27 @@ def test_chat_forwarded_as_sent_with_upstream_key(gw, fake):
 
 
 def test_body_bytes_forwarded_unchanged(gw, fake):
-    body = b'{"model": "gpt-4o-mini",   "messages": [{"role": "user", "content": "caf\\u00e9"}], "x_custom": 1}'
-    r = httpx.post(
-        gw.v1 + "/chat/completions",
-        content=body,
-        headers={"Authorization": f"Bearer {gw.api_key}", "Content-Type": "application/json"},
+    """A body that sets its own output limit reaches the upstream byte for byte (spacing, escapes, unknown fields)."""
+    body = (
+        b'{"model": "gpt-4o-mini",   "messages": [{"role": "user", "content": "caf\\u00e9"}], "x_custom": 1,'
+        b' "max_completion_tokens": 50}'
     )
+    headers = {"Authorization": f"Bearer {gw.api_key}", "Content-Type": "application/json"}
+    r = httpx.post(gw.v1 + "/chat/completions", content=body, headers=headers)
     assert r.status_code == 200
     assert fake.model_requests()[-1].body == body
+
+
+def test_a_body_without_an_output_limit_gets_the_one_reserved_and_nothing_else(gw, fake):
+    """Billing writes the output limit it reserves into a body that sets none (so the upstream writes no more than
+    was reserved): the forwarded object is the one sent plus that one field."""
+    sent = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "caf\u00e9"}], "x_custom": 1}
+    r = httpx.post(gw.v1 + "/chat/completions", json=sent, headers={"Authorization": f"Bearer {gw.api_key}"})
+    assert r.status_code == 200
+    assert orjson.loads(fake.model_requests()[-1].body) == {
+        **sent,
+        "max_completion_tokens": output_limit(gw, "gpt-4o-mini"),
+    }
 
 
 def test_request_id_generated_when_upstream_gives_none(gw, fake):

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from keyplane.testing.fake_upstream import Behaviour
-from tests.proxy.conftest import UPSTREAM_KEY, admin, new_key, wait_for
+from tests.proxy.conftest import UPSTREAM_KEY, admin, new_key, output_limit, wait_for
 
 MSG = [{"role": "user", "content": "hi"}]
 CHAT = {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 5}
@@ -166,8 +166,13 @@ def test_the_output_limit_is_the_field_the_endpoint_reads(gw, fake):
     c.responses.create(model="gpt-4o-mini", input="hi", extra_body={"max_tokens": 1})
     c.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=3, max_completion_tokens=50)
     first, second = gw.extra["settled"]
-    assert first.max_tokens is None  # no limit the upstream reads: admission must reserve the model's maximum
+    # no limit the upstream reads: admission reserves the model's maximum, and gives it to the upstream
+    most = output_limit(gw, "gpt-4o-mini")
+    assert first.max_tokens == most
+    responses, chat = (orjson.loads(r.body) for r in fake.model_requests())
+    assert responses["max_output_tokens"] == most and responses["max_tokens"] == 1
     assert second.max_tokens == 50  # the larger of the two chat limits
+    assert "max_output_tokens" not in chat and (chat["max_tokens"], chat["max_completion_tokens"]) == (3, 50)
 
 
 def test_background_responses_are_refused(gw, fake):
