@@ -128,6 +128,13 @@ def _wait_all(urls: list[str], admin_key: str, path: str, check) -> None:
             time.sleep(0.1)
 
 
+def _wait_key(url: str, key: str) -> None:
+    deadline = time.monotonic() + 15
+    while (r := httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {key}"})).status_code == 401:
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.05)  # poll interval (a deadline loop)
+
+
 async def _burst(urls: list[str], key: str, n: int, model: str) -> tuple[collections.Counter, float]:
     """``n`` requests at once, spread over the instances. The connections are opened first and the
     requests then written in one go on raw sockets, so that every admission happens well within the
@@ -171,7 +178,8 @@ def test_three_instances_enforce_one_rpm_and_one_budget(fleet, fake_session):
     warm_key = httpx.post(
         urls[0] + f"/v1/organization/projects/{other}/api_keys", json={"name": "w"}, headers=h
     ).json()["value"]
-    time.sleep(0.5)  # the new key reaches every instance's snapshot
+    for url in urls:  # the new key reaches every instance's snapshot
+        _wait_key(url, warm_key)
     asyncio.run(_burst(urls, warm_key, 300, "demo-echo"))
     r = httpx.post(
         urls[0] + f"/v1/organization/projects/{pid}/rate_limits/rl-demo-echo",

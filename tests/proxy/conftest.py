@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from keyplane.clock import Clock
 from keyplane.testing import FakeUpstream
 from tests.support import Gateways, RunningServer, init_org, make_settings, start_server
 
@@ -47,10 +48,11 @@ def _toml(v: object) -> str:
 
 @pytest.fixture
 def make_gateway(gateways: Gateways) -> Callable[..., RunningServer]:
-    """Start a keyplane (SQLite) with the given keyplane.toml text; stopped after the test."""
+    """Start a keyplane (SQLite) with the given keyplane.toml text (and ``clock``, default the real one); stopped
+    after the test."""
 
-    def make(config_text: str, **env: str) -> RunningServer:
-        return gateways.start(config_text, **env)
+    def make(config_text: str, clock: Clock | None = None, **env: str) -> RunningServer:
+        return gateways.start(config_text, clock, **env)
 
     return make
 

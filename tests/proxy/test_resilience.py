@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from keyplane.clock import FakeClock
 from keyplane.testing import Behaviour, FakeUpstream
 from tests.proxy.conftest import admin, wait_for
 
@@ -188,7 +189,8 @@ def test_one_tenant_cannot_open_the_breaker_for_others(make_gateway, fake):
 
 
 def test_circuit_breaker_opens_and_recovers(make_gateway, fake):
-    srv = make_gateway(block("fake", fake.base_url, max_retries=0, breaker_failures=2, breaker_cooldown=0.5))
+    clock = FakeClock()  # the router's monotonic clock: the cooldown passes when the test says so
+    srv = make_gateway(block("fake", fake.base_url, max_retries=0, breaker_failures=2, breaker_cooldown=0.5), clock)
     fake.push(Behaviour(status=500), Behaviour(status=500))
     with pytest.raises(openai.InternalServerError):
         sdk(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG)
@@ -199,7 +201,11 @@ def test_circuit_breaker_opens_and_recovers(make_gateway, fake):
     assert ei.value.status_code == 503 and ei.value.code == "upstream_unavailable"
     assert int(ei.value.response.headers["retry-after"]) >= 1
     assert len(fake.model_requests()) == 2  # the open breaker spared the upstream
-    time.sleep(0.6)
+    clock.advance(0.4)
+    with pytest.raises(openai.InternalServerError) as ei:  # still within the cooldown
+        sdk(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert ei.value.status_code == 503 and len(fake.model_requests()) == 2
+    clock.advance(0.2)
     assert sdk(srv).chat.completions.create(model="gpt-4o-mini", messages=MSG).choices  # half-open probe
     assert len(fake.model_requests()) == 3
 
