@@ -38,6 +38,7 @@ PEERS = Path("/tmp/peers")
 PORTKEY = "@portkey-ai/gateway@1.15.2"
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
 UPSTREAM_KEY = "sk-up"
+BARE_HTTP1 = "bare proxy, keyplane's client"  # measured in the rounds only: not a floor's yardstick
 TAIL_SECONDS = 5.0  # CPU per request counts the process's CPU for this long after the load stops
 RAISED = 10**12  # rate limits: raised, still enforced (0 would mean "no limit")
 sys.path.insert(0, str(HERE))
@@ -89,18 +90,19 @@ def start_nginx(ps: Processes) -> Target:
     return Target("direct", base + "/v1/chat/completions", UPSTREAM_KEY, pid=p.pid)
 
 
-def start_bare(ps: Processes, upstream: str) -> Target:
-    port, loop_file = free_port(), ps.folder / "loop-bare.txt"
-    env = {**os.environ, "BENCH_UPSTREAM": upstream}
+def start_bare(ps: Processes, upstream: str, client: str = "aiohttp") -> Target:
+    """The bare proxy; ``client="http1"``: the same on keyplane's upstream client (bench/bare_proxy.py)."""
+    suffix = "" if client == "aiohttp" else f"-{client}"
+    port, loop_file = free_port(), ps.folder / f"loop-bare{suffix}.txt"
+    env = {**os.environ, "BENCH_UPSTREAM": upstream, "BENCH_CLIENT": client}
     p = ps.start(
         [sys.executable, str(HERE / "loopmon.py"), "bare", "--port", str(port), "--loop-file", str(loop_file)],
-        "bare.log",
+        f"bare{suffix}.log",
         env,
     )
     wait_up(f"http://127.0.0.1:{port}/", p)
-    return Target(
-        "bare Python proxy", f"http://127.0.0.1:{port}/v1/chat/completions", "x", pid=p.pid, loop_file=loop_file
-    )
+    name = "bare Python proxy" if client == "aiohttp" else BARE_HTTP1
+    return Target(name, f"http://127.0.0.1:{port}/v1/chat/completions", "x", pid=p.pid, loop_file=loop_file)
 
 
 def start_keyplane(ps: Processes, upstream: str, notes: list[str]) -> Target:
@@ -329,6 +331,7 @@ def run(
             targets = [direct, start_bare(ps, upstream), start_keyplane(ps, upstream, notes)]
             portkey = start_portkey(ps, upstream, notes)
             targets += [portkey] if portkey else []
+            targets.append(start_bare(ps, upstream, "http1"))
             for t in targets:
                 wrk(t, 8, warm_s)
             for i in range(rounds):
@@ -336,6 +339,8 @@ def run(
                     one_round(t, round_s)
                 print(f"round {i + 1}/{rounds} done", flush=True)
             for t in targets[1:]:
+                if t.name == BARE_HTTP1:
+                    continue
                 sustained(t, sustain_s)
                 print(f"sustained run of {t.name} done", flush=True)
             revoke = None if skip_revocation else revocation.measure(ps, upstream, UPSTREAM_KEY)

@@ -142,6 +142,17 @@ def markdown_table(
     lines += ["", "| floor (issue 13) | this run | |", "|---|---|---|"]
     lines += [f"| {c.floor} | {c.value} | {'met' if c.met else '**not met**'} |" for c in checks]
     lines += [""] + [f"- {n}" for n in notes]
+    by = {r.name: r for r in rows}
+    same = by.get("bare proxy, keyplane's client")
+    if same is not None and "keyplane" in by and same.rps_32 > 0:
+        kp = by["keyplane"]
+        lines.append(
+            "- keyplane forwards on its own HTTP/1.1 client (keyplane/proxy/http1.py), the bare proxy on aiohttp's, "
+            'as issue 13 defines it; the row "bare proxy, keyplane\'s client" is the same no-logic hop on '
+            f"keyplane's client: keyplane serves {kp.rps_32 / same.rps_32:.2f}x its req/s at 32 connections and "
+            f"adds {kp.p50_ms - same.p50_ms:.3f} ms to its p50 (what keyplane's checks, metering and logs cost "
+            "over the same hop)."
+        )
     lines.append(
         f"- Machine: {m['cpus']} CPUs ({m['cpu']}), Python {m['python']}; {rounds} interleaved round(s) of "
         f"{round_s:g} s per wrk measurement (best of the rounds), then a {sustain_s:g} s sustained run per "

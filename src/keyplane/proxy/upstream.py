@@ -1,4 +1,6 @@
-"""The upstream client: one aiohttp ClientSession with a pooled TCPConnector, opened at start-up.
+"""The upstream client: keyplane's own pooled HTTP/1.1 client (proxy/http1.py) for a body held whole,
+one aiohttp ClientSession with a pooled TCPConnector for the rest (HEAD, a target http1 does not accept,
+model lists), opened at start-up.
 
 A multipart upload streamed as it arrives (proxy/uploads.py) goes out on a connection of its own instead
 (a second session that never keeps one): it cannot be sent twice, so it must not meet a pooled keep-alive
@@ -14,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from yarl import URL
 
-from keyplane.proxy import demo
+from keyplane.proxy import demo, http1
 from keyplane.proxy.router import Deployment
 
 if TYPE_CHECKING:
@@ -153,13 +156,44 @@ def forward_headers(headers: list[tuple[bytes, bytes]], dep: Deployment) -> list
     return out
 
 
+_UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f-\xff#]")  # a request target sent as is: printable ASCII only
+
+
+def header_block(headers: list[tuple[bytes, bytes]], dep: Deployment) -> bytes:
+    """:func:`forward_headers` as the lines of an HTTP/1.1 head ("name: value\\r\\n" each), for proxy/http1.py."""
+    configured = dep.config.headers
+    if configured:
+        own = {k.lower().encode("latin-1") for k in configured}
+        lines = [k + b": " + v + b"\r\n" for k, v in headers if k not in DROP_REQUEST and k not in own]
+    else:
+        lines = [k + b": " + v + b"\r\n" for k, v in headers if k not in DROP_REQUEST]
+    if dep.api_key:
+        lines.append(b"Authorization: Bearer " + dep.api_key.encode("latin-1") + b"\r\n")
+    for k, v in configured.items():
+        lines.append(k.encode("latin-1") + b": " + v.encode("latin-1") + b"\r\n")
+    return b"".join(lines)
+
+
+class _Target:
+    """Where a deployment's requests go on http1: its origin's pool and the path its base URL starts with."""
+
+    __slots__ = ("base", "config", "origin")
+
+    def __init__(self, config: object, origin: http1.Origin | None, base: str) -> None:
+        self.config = config
+        self.origin = origin  # None: not an origin http1 serves (aiohttp does)
+        self.base = base
+
+
 class UpstreamClient:
     def __init__(self, *, limit: int = 512) -> None:
         self.limit = limit
         self.session: aiohttp.ClientSession | None = None
         self.fresh: aiohttp.ClientSession | None = None  # streamed uploads: a new connection each
+        self.http1: http1.Client | None = None
         self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
         self._urls: dict[tuple[str, str], URL] = {}
+        self._targets: dict[str, _Target] = {}
 
     async def start(self) -> None:
         pooled = aiohttp.TCPConnector(
@@ -167,12 +201,27 @@ class UpstreamClient:
         )
         self.session = _session(pooled)
         self.fresh = _session(aiohttp.TCPConnector(limit=self.limit, ttl_dns_cache=300, force_close=True))
+        self.http1 = http1.Client(limit=self.limit, keepalive=30.0)
 
     async def aclose(self) -> None:
+        if self.http1 is not None:
+            await self.http1.aclose()
+            self.http1 = None
         for s in (self.session, self.fresh):
             if s is not None:
                 await s.close()
         self.session = self.fresh = None
+
+    def _target(self, dep: Deployment) -> _Target:
+        t = self._targets.get(dep.name)
+        if t is None or t.config is not dep.config:
+            assert self.http1 is not None
+            u = URL(dep.config.base_url)
+            ok = u.scheme in ("http", "https") and u.host is not None and u.port is not None and not u.user
+            ok = ok and not u.query_string and not u.fragment
+            origin = self.http1.origin(u.scheme, u.host or "", u.port or 0) if ok else None
+            t = self._targets[dep.name] = _Target(dep.config, origin, u.raw_path.rstrip("/"))
+        return t
 
     def _url(self, dep: Deployment, path_qs: str) -> URL:
         k = (dep.name, path_qs)
@@ -200,6 +249,30 @@ class UpstreamClient:
         if dep.is_demo:
             return demo.answer(method, path_qs, body if isinstance(body, bytes) else await body.read_all())
         assert self.session is not None and self.fresh is not None, "UpstreamClient.start() was not called"
+        if isinstance(body, bytes) and method != "HEAD" and self.http1 is not None:
+            t = self._target(dep)
+            if t.origin is not None:
+                path = t.base + path_qs[3:]
+                target = path.encode("latin-1", "replace")
+                head = b"%s %s HTTP/1.1\r\n%s" % (method.encode("latin-1"), target, header_block(headers, dep))
+                # One line per header, each ended by CRLF, no other CR or LF anywhere (no header, target or method
+                # can split the request); a target outside printable ASCII goes by aiohttp, which quotes it.
+                lines = head.count(b"\r\n")
+                if (
+                    path.isascii()
+                    and method.isalpha()
+                    and _UNSAFE_TARGET.search(target) is None
+                    and head.count(b"\n") == lines
+                    and head.count(b"\r") == lines
+                ):
+                    c = dep.config
+                    return await self.http1.request(
+                        t.origin,
+                        head[:-2],
+                        body,
+                        connect_timeout=c.connect_timeout,
+                        read_timeout=c.read_timeout,
+                    )
         h = forward_headers(headers, dep)
         data: Any = body if body else None
         session = self.session
