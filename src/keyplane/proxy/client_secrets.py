@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import orjson
@@ -50,8 +51,17 @@ def _sign(secret: bytes, payload: str) -> str:
     return _b64(hmac.new(secret, _DOMAIN + payload.encode("ascii"), hashlib.sha256).digest())
 
 
-async def mint(rt: Runtime, entry: KeyEntry, scope: dict[str, Any], receive: Any) -> dict[str, Any]:
-    """The answer to POST /v1/realtime/client_secrets (OpenAI's ClientSecretCreateResponse shape)."""
+async def mint(
+    rt: Runtime,
+    entry: KeyEntry,
+    scope: dict[str, Any],
+    receive: Any,
+    own_model: Callable[[str], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """The answer to POST /v1/realtime/client_secrets (OpenAI's ClientSecretCreateResponse shape).
+
+    ``own_model`` refuses a fine-tuned model another project made (proxy/intake.own_model); the handshake
+    checks the secret's model again."""
     if not entry.permissions.allows(SCOPE):
         raise errors.missing_scope(SCOPE)
     body = await request.read_body(scope, receive, MAX_BODY)
@@ -82,6 +92,8 @@ async def mint(rt: Runtime, entry: KeyEntry, scope: dict[str, Any], receive: Any
     access = rt.features.access
     if access is not None and model is not None:  # a secret for a model the key may not use is refused now
         access.check_request(entry.project_id, entry.id, PATH, "POST", model, True, b"", False)
+    if own_model is not None and model is not None:
+        await own_model(model)
     kind = (session or {}).get("type", "realtime")
     if kind != "realtime":
         raise errors.invalid_value("session.type", "keyplane relays realtime sessions only (`type: realtime`).")

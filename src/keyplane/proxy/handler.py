@@ -22,7 +22,8 @@ from typing import Any
 
 from keyplane import errors, logs
 from keyplane.cache import attach as attach_cache
-from keyplane.proxy import estimate, replies, request, sse, uploads
+from keyplane.proxy import authority, estimate, replies, request, sse, uploads
+from keyplane.proxy.authority import Patrol, Watch
 from keyplane.proxy.context import RequestContext
 from keyplane.proxy.forward import JSON, OBJECT, RAW, SSE, Forwarder, Outcome
 from keyplane.proxy.intake import Intake
@@ -37,25 +38,6 @@ from keyplane.runtime import Runtime
 log = logging.getLogger("keyplane.proxy")
 
 
-class _Watch:
-    """Cancels the handler task when the client disconnects (DESIGN.md hot-path rule 7)."""
-
-    __slots__ = ("armed", "fired", "settled", "task")
-
-    def __init__(self, task: asyncio.Task[Any] | None) -> None:
-        self.task = task
-        self.armed = True
-        self.fired = False
-        self.settled = False
-
-    def __call__(self, fut: asyncio.Future[Any]) -> None:
-        if not self.armed or fut.cancelled() or fut.exception() is not None:
-            return
-        if fut.result().get("type") == "http.disconnect" and self.task is not None:
-            self.fired = True
-            self.task.cancel()
-
-
 class ProxyApp:
     def __init__(self, rt: Runtime, router: Router, forwarder: Forwarder, catalog: ModelCatalog) -> None:
         self.rt = rt
@@ -67,9 +49,10 @@ class ProxyApp:
         self.tenancy = Tenancy(rt, router)  # projects isolated at the provider (proxy/tenancy.py)
         self.tenancy.attach_client(forwarder.client)  # batch metering reads output files (billing/batches.py)
         self.access = rt.features.access  # model and hosted tool permissions (keyplane.access)
-        self.identity = rt.features.identity  # workload identity rules (keyplane.identity)
+        self.patrol = Patrol(rt)  # a running request whose key or project ends is cut (proxy/authority.py)
 
     async def aclose(self) -> None:
+        await self.patrol.aclose()
         await self.forwarder.client.aclose()
         if self.cache is not None:
             await self.cache.aclose()
@@ -154,7 +137,7 @@ class ProxyApp:
             else (OBJECT if self.tenancy.wants_body(ctx) or path in READ_WHOLE else RAW)
         )
         if self.cache is not None and ep.model:
-            send = await self.cache.serve(ctx, headers, send, lambda: self._finish(ctx, t0, _Watch(None)))
+            send = await self.cache.serve(ctx, headers, send, lambda: self._finish(ctx, t0, Watch(None)))
             if send is None:  # answered from the response cache
                 return
             pool = self.router.route(pool, ctx)
@@ -177,7 +160,8 @@ class ProxyApp:
         strip_usage: bool,
         t0: float,
     ) -> None:
-        watch = _Watch(asyncio.current_task())
+        watch = Watch(asyncio.current_task(), ctx)
+        self.patrol.add(watch)
         waiter = asyncio.ensure_future(receive())
         waiter.add_done_callback(watch)
         relay: sse.StreamRelay | None = None
@@ -254,11 +238,19 @@ class ProxyApp:
                 task.uncancel()
             if out is not None:
                 out.resp.close()
-            ctx.disconnected = True
+            cut = watch.cut  # the key or project ended while the call waited (proxy/authority.py), else the client left
+            ctx.disconnected = cut is None
             if not started:
-                ctx.status = 499  # client closed the request (nginx's convention)
+                ctx.status = 499 if cut is None else cut.status  # 499: client closed the request (nginx's)
             estimate.usage_from_relay(ctx, relay)
             await self._finish(ctx, t0, watch)
+            if cut is not None and not started:
+                await replies.send_error(send, cut, ctx.request_id.encode(), t0, ctx.extra_headers)
+            elif cut is not None:  # a stream under way: an error event where the answer is events, then its end
+                events = relay is not None or (out is not None and out.resp.content_type == "text/event-stream")
+                await send(
+                    {"type": "http.response.body", "body": sse.error_event(cut) if events else b"", "more_body": False}
+                )
         except Exception:
             # A bug, not the upstream's fault: answer in OpenAI's shape if nothing was sent yet, settle anyway.
             log.exception("proxy error for %s", ctx.request_id)
@@ -273,11 +265,12 @@ class ProxyApp:
                 await replies.send_error(send, errors.internal_error(), ctx.request_id.encode(), t0, ctx.extra_headers)
         finally:
             watch.armed = False
+            self.patrol.discard(watch)
             if not waiter.done():
                 waiter.cancel()
 
     async def _relay_sse(
-        self, send: Any, out: Outcome, relay: sse.StreamRelay, ctx: RequestContext, t0: float, watch: _Watch
+        self, send: Any, out: Outcome, relay: sse.StreamRelay, ctx: RequestContext, t0: float, watch: Watch
     ) -> None:
         assert out.first is not None and out.rest is not None
         data = relay.feed(out.first)
@@ -286,7 +279,7 @@ class ProxyApp:
             await send({"type": "http.response.body", "body": data, "more_body": True})
         try:
             async for chunk in out.rest:
-                cut = self._authority_ended(ctx)
+                cut = authority.ended(self.rt, ctx)
                 if cut is not None:
                     out.resp.close()
                     await send({"type": "http.response.body", "body": sse.error_event(cut), "more_body": True})
@@ -312,11 +305,13 @@ class ProxyApp:
             final = relay.held + sse.error_event(err)
         if relay.item_ids:  # a stored response's output items: the project's own before it sees them
             await self.tenancy.stream_items(ctx, relay.item_ids)
+        if relay.audio_ids:  # a chat answer's audio: the project's own (a later turn may name it)
+            await self.tenancy.audio_answers(ctx, relay.audio_ids)
         estimate.usage_from_relay(ctx, relay)
         await self._finish(ctx, t0, watch)
         await send({"type": "http.response.body", "body": final, "more_body": False})
 
-    async def _relay_raw(self, send: Any, out: Outcome, ctx: RequestContext, t0: float, watch: _Watch) -> None:
+    async def _relay_raw(self, send: Any, out: Outcome, ctx: RequestContext, t0: float, watch: Watch) -> None:
         assert out.rest is not None
         await send(
             {
@@ -328,7 +323,7 @@ class ProxyApp:
         is_sse = out.resp.content_type == "text/event-stream"
         try:
             async for chunk in out.rest:
-                cut = self._authority_ended(ctx)
+                cut = authority.ended(self.rt, ctx)
                 if cut is not None:
                     out.resp.close()
                     if is_sse:
@@ -346,37 +341,12 @@ class ProxyApp:
         await self._finish(ctx, t0, watch)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    def _authority_ended(self, ctx: RequestContext) -> errors.APIError | None:
-        """Why a stream in flight must be cut now (its key revoked, suspended, deleted or expired, its project
-        archived: docs/guard.md; a workload token's federation rule or provider disabled), or None. A few
-        dict lookups and an identity check per chunk."""
-        snap, key = self.rt.snapshot, ctx.key
-        now_key = snap.keys_by_id.get(key.id)
-        if now_key is not key and (now_key is None or now_key.revoked_at or now_key.suspended_at):
-            why = now_key.inactive_reason(self.rt.clock.now()) if now_key else "has been deleted."
-            ctx.error = "key_disabled"
-            return errors.key_inactive(key.redacted_value, why or "is no longer active.")
-        if now_key is not None and now_key.expires_at is not None:  # a key that expires mid-stream
-            why = now_key.inactive_reason(self.rt.clock.now())
-            if why:
-                ctx.error = "key_disabled"
-                return errors.key_inactive(key.redacted_value, why)
-        if self.identity is not None and (ended := self.identity.key_ended(key.id)):  # a keyless key's rule
-            ctx.error = "key_disabled"
-            return errors.key_inactive(key.redacted_value, ended)
-        if ctx.project_id is not None:
-            p = snap.projects.get(ctx.project_id)
-            if p is None or p.status != "active":
-                ctx.error = "project_archived"
-                return errors.project_archived(key.redacted_value, p.name if p else ctx.project_id, ctx.project_id)
-        return None
-
     async def _refused(self, ctx: RequestContext, e: errors.APIError) -> None:
         """An authenticated key refused before the upstream: metered, and watched by the kill switch."""
         ctx.status, ctx.error = e.status, e.code
         await self.rt.pipeline.refused(ctx)
 
-    async def _finish(self, ctx: RequestContext, t0: float, watch: _Watch) -> None:
+    async def _finish(self, ctx: RequestContext, t0: float, watch: Watch) -> None:
         """settle -> record -> observe, once, before the last byte goes out (the usage is recorded even if
         the client vanishes next)."""
         watch.armed = False

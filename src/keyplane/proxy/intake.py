@@ -72,7 +72,9 @@ class Intake:
             await replies.send_json(send, replies.key_info(rt, entry), rid, t0)
             return False
         if path == client_secrets.PATH and method == "POST":  # browser Realtime sessions (proxy/realtime.py)
-            await replies.send_json(send, await client_secrets.mint(rt, entry, scope, receive), rid, t0)
+            pid = entry.project_id
+            answer = await client_secrets.mint(rt, entry, scope, receive, lambda m: own_model(app, m, pid))
+            await replies.send_json(send, answer, rid, t0)
             return False
         ep = self.ep = canonical.classify(method, path)
         if ep.scope is None:

@@ -58,8 +58,9 @@ REF_FIELDS: Final[dict[str, str]] = {
 }
 # Items of a Responses input (or of a conversation's items) that the provider reads by id from what is stored
 # under its key, every project's: ``{"type": "item_reference", "id": ...}``, an item with an ``id`` and no
-# ``type`` (or a null one: the API reads it as a reference), and a reasoning item without its
-# ``encrypted_content``. Reported under this field name (the request's ``input``), with the noun "Item".
+# ``type`` (or a null one: the API reads it as a reference), and an item given by its id without its content
+# (a reasoning item without its ``encrypted_content``, an image generation call without its ``result``...:
+# _CONTENT_OF). Reported under this field name (the request's ``input``), with the noun "Item".
 ITEM_FIELD: Final = "input"
 # A stored prompt (``"prompt": {"id": "pmpt_...", "version": ...}``: Responses, and a batch line's body): made in
 # the provider's dashboard, never through keyplane, so owned only once an operator assigns it to a project
@@ -75,8 +76,47 @@ FINE_TUNED: Final = "ft:"
 # Only under a key that names a model (`model`, `grader_model`, `models`..., any case: a case-insensitive upstream
 # reads `MODEL` as `model`): a user's text that happens to start with `ft:` is no model, and costs no lookup.
 _MODEL_KEY: Final = "model"
-NOUNS: Final[dict[str, str]] = {**REF_FIELDS, ITEM_FIELD: "Item", PROMPT_FIELD: "Prompt", MODEL_FIELD: "Model"}
+# A previous audio answer of chat completions, given back as ``{"role": "assistant", "audio": {"id": "audio_..."}}``:
+# the provider reads the audio and its transcript from what it keeps under its key (proxy/tenancy.py records the
+# audio ids of the caller's answers, streamed or not).
+AUDIO_FIELD: Final = "audio"
+NOUNS: Final[dict[str, str]] = {
+    **REF_FIELDS,
+    ITEM_FIELD: "Item",
+    PROMPT_FIELD: "Prompt",
+    MODEL_FIELD: "Model",
+    AUDIO_FIELD: "Audio",
+}
 _ITEM_LISTS: Final = frozenset({"input", "items"})
+# Item types and the fields that carry their content. An item given with its ``id`` and none of them is read from
+# what the provider stored under that id (OpenAI's multi-turn image editing passes an earlier image back as
+# ``{"type": "image_generation_call", "id": "ig_..."}``); given with its content (a stateless replay of a
+# response's output), it is what it says and names nothing.
+_CONTENT_OF: Final[dict[str, tuple[str, ...]]] = {
+    "message": ("content",),
+    "function_call": ("arguments",),
+    "function_call_output": ("output",),
+    "custom_tool_call": ("input",),
+    "custom_tool_call_output": ("output",),
+    "computer_call": ("action",),
+    "computer_call_output": ("output",),
+    "local_shell_call": ("action",),
+    "local_shell_call_output": ("output",),
+    "shell_call": ("action",),
+    "shell_call_output": ("output",),
+    "apply_patch_call": ("operation",),
+    "apply_patch_call_output": ("output",),
+    "image_generation_call": ("result",),
+    "web_search_call": ("action",),
+    "file_search_call": ("queries", "results"),
+    "code_interpreter_call": ("code", "outputs"),
+    "mcp_call": ("arguments", "output"),
+    "mcp_list_tools": ("tools",),
+    "mcp_approval_request": ("arguments",),
+    "reasoning": ("encrypted_content",),  # a summary is not the item: without its encrypted content, it is read
+    "compaction": ("encrypted_content",),
+}
+_BARE_ITEM: Final = frozenset({"type", "id", "status"})  # an item of a type not listed above, reduced to its id
 # A body is parsed when it names a field that refers to an object, an ``id`` (an item reference, a stored
 # prompt), a string that starts with ``ft:`` (a fine-tuned model), or has a \u escape (a field name or a value
 # can be spelled with escapes: "previous_response\u005fid" is previous_response_id to any JSON parser).
@@ -166,14 +206,12 @@ def _walk(obj: object) -> list[tuple[str, str]]:
             for k, v in node.items():
                 if k in REF_FIELDS:
                     out.extend((k, i) for i in _ids(v))
-                elif k in _ITEM_LISTS and isinstance(v, list):  # an untyped item with an id is a reference
-                    out.extend(
-                        (ITEM_FIELD, e["id"])
-                        for e in v
-                        if isinstance(e, dict) and e.get("type") is None and isinstance(e.get("id"), str)
-                    )
+                elif k in _ITEM_LISTS and isinstance(v, list):  # an untyped or bare item with an id: a reference
+                    out.extend((ITEM_FIELD, e["id"]) for e in v if isinstance(e, dict) and _is_bare_item(e))
                 elif k == PROMPT_FIELD and isinstance(v, dict) and isinstance(v.get("id"), str):
                     out.append((PROMPT_FIELD, v["id"]))  # a stored prompt, wherever it stands
+                elif k == AUDIO_FIELD and isinstance(v, dict) and isinstance(v.get("id"), str):
+                    out.append((AUDIO_FIELD, v["id"]))  # a previous audio answer, wherever it stands
                 if isinstance(v, str):
                     if v.startswith(FINE_TUNED) and _MODEL_KEY in k.lower():
                         out.append((MODEL_FIELD, v))
@@ -191,12 +229,25 @@ def _walk(obj: object) -> list[tuple[str, str]]:
 
 
 def _is_item_reference(node: dict[str, Any]) -> bool:
-    """An item the provider would read by its ``id``: an explicit item reference, or a reasoning item given
-    without its ``encrypted_content`` (a stored one is looked up by id)."""
+    """An item the provider would read by its ``id``: an explicit item reference, or an item of a known type
+    given without any of its content (:data:`_CONTENT_OF`; a reasoning item without its ``encrypted_content``)."""
+    if not isinstance(node.get("id"), str):
+        return False
     t = node.get("type")
     if t == "item_reference":
-        return isinstance(node.get("id"), str)
-    return t == "reasoning" and isinstance(node.get("id"), str) and node.get("encrypted_content") is None
+        return True
+    fields = _CONTENT_OF.get(t) if isinstance(t, str) else None
+    return fields is not None and all(node.get(f) is None for f in fields)
+
+
+def _is_bare_item(e: dict[str, Any]) -> bool:
+    """An item of an input list that is only an id: untyped (the API reads it as a reference), or of a type
+    :data:`_CONTENT_OF` does not know with nothing but its type and status beside its id. (An item of a known type
+    is :func:`_is_item_reference`'s, wherever it stands.)"""
+    if not isinstance(e.get("id"), str):
+        return False
+    t = e.get("type")
+    return t is None or (t not in _CONTENT_OF and t != "item_reference" and _BARE_ITEM.issuperset(e))
 
 
 def _ids(v: object) -> Iterable[str]:

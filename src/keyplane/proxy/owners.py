@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -19,6 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from keyplane import errors
+from keyplane.proxy.object_refs import MODEL_FIELD, NOUNS
 from keyplane.runtime import Runtime
 from keyplane.store.models import PROVIDER_ID_LIMIT, ProviderObject, provider_object_key
 
@@ -222,3 +224,27 @@ def foreign_model(owners: dict[str, Owner], model: str, project_id: str) -> bool
     """True when another project owns the fine-tuned ``model`` (or the model its checkpoint belongs to), given
     the owners of its :func:`fine_tuned_ids`. One made elsewhere and never assigned to a project has no owner."""
     return any((o := owners.get(i)) is not None and o.project_id != project_id for i in fine_tuned_ids(model))
+
+
+def lookup_ids(refs: Iterable[tuple[str, str]]) -> Iterator[str]:
+    """The ids whose owners decide the (field, id) ``refs``: each object's own, and for a fine-tuned model (field
+    ``model``) its :func:`fine_tuned_ids` (the model, and the model a checkpoint belongs to)."""
+    for name, i in refs:
+        if name == MODEL_FIELD:
+            yield from fine_tuned_ids(i)
+        else:
+            yield i
+
+
+def owned(owners: dict[str, Owner], name: str, oid: str, pid: str) -> Owner | None:
+    """The owner of ``oid`` (named in field ``name``) when it is project ``pid``'s, else a refusal (404): an
+    object another project owns or none does; a fine-tuned model (field ``model``) another project made, by the
+    rule of a top-level one (None when no other project made it)."""
+    if name == MODEL_FIELD:  # a fine-tuned model named anywhere in the body (an eval run's, a grader's...)
+        if foreign_model(owners, oid, pid):
+            raise errors.model_not_found(oid)
+        return None
+    o = owners.get(oid)
+    if o is None or o.project_id != pid:
+        raise errors.object_not_found(NOUNS[name], oid, param=name)
+    return o

@@ -29,6 +29,7 @@ from keyplane.auth import authenticate
 from keyplane.identity import tokens as workload_tokens
 from keyplane.proxy import client_secrets, realtime_policy, skipped
 from keyplane.proxy.handler import ProxyApp
+from keyplane.proxy.intake import own_model
 from keyplane.proxy.realtime_policy import PATH
 from keyplane.proxy.realtime_session import CUT, Session, handshake_refused
 from keyplane.runtime import Runtime
@@ -73,6 +74,7 @@ class RealtimeApp:
             if (access := self.rt.features.access) is not None:
                 await access.current()  # a key's access policies are never older than the key (keyplane.access)
             entry, model, subprotocol, generation = self._check(scope, known)
+            await own_model(self.proxy, model, entry.project_id)  # another project's fine-tuned model: 404
             pool = self.proxy.tenancy.pool("/v1/chat/completions", entry.project_id, model, None)
             if (bound := self.rt.features.providers_keys) is not None:  # a project's own provider key
                 pool = bound.apply(entry.project_id, pool)  # (keyplane.providers.bindings)

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any, Final
 
 from keyplane import errors
-from keyplane.proxy import client_secrets
+from keyplane.proxy import authority, client_secrets
 from keyplane.proxy.context import RequestContext
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def ended(s: Session) -> errors.APIError | None:
     its key's federation rule or provider disabled (a workload identity's), an IP allowlist that now
     leaves its address out, or the key no longer allowed the model scope. The key's current entry is what
     admits the next response (its limits, permissions)."""
-    cut = s.proxy._authority_ended(RequestContext("", s.entry, s.entry.project_id, PATH))
+    cut = authority.ended(s.proxy.rt, RequestContext("", s.entry, s.entry.project_id, PATH))
     if cut is not None:
         return cut
     if (access := s.rt.features.access) is not None:  # an IP allowlist set since the session opened

@@ -33,6 +33,10 @@ _FINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response
 # Output the model may write without streaming it (reasoning): a stream cut before its usage may have cost more
 # than its text shows (proxy/handler.py bills such a cut at the output it reserved).
 _REASONING = b"reasoning"
+# A chat answer's audio (``delta.audio.id``): the project's own, so that a later turn may give it back by id
+# (proxy/object_refs.py AUDIO_FIELD). An id the pattern misses stays unowned: refused when named (fail closed).
+_AUDIO = b'"audio"'
+_AUDIO_ID = re.compile(rb'"audio":\s?\{[^{}]*?"id":\s?"([A-Za-z0-9_\-]{1,128})"')
 
 
 def _boundary(buf: bytes) -> int:
@@ -57,6 +61,7 @@ class StreamRelay:
         "_buf",
         "_kept",
         "_text",
+        "audio_ids",
         "held",
         "item_ids",
         "kind",
@@ -72,6 +77,7 @@ class StreamRelay:
         self.strip_usage = strip_usage
         self.usage: Usage | None = None
         self.item_ids: list[str] = []  # the output items a Responses stream's terminal event shows
+        self.audio_ids: list[str] = []  # the audio answers a chat stream carries
         self.reasoned = False  # the stream showed reasoning (items, summaries, reasoning_content deltas)
         self.pieces: list[bytes] = []
         self._kept = 0  # bytes in pieces; past MAX_KEPT only their length is counted (bounded memory)
@@ -105,6 +111,11 @@ class StreamRelay:
             self.reasoned = True
         if out.endswith(_DONE):
             out, self.held = out[: -len(_DONE)], _DONE
+        if self.kind == CHAT and _AUDIO in out:
+            for m in _AUDIO_ID.finditer(out):
+                aid = m.group(1).decode("ascii")
+                if aid not in self.audio_ids and len(self.audio_ids) < 64:
+                    self.audio_ids.append(aid)
         if self._kept < MAX_KEPT:
             found = self._text.findall(out)
             self.pieces.extend(found)

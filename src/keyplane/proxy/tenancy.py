@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Iterable, Iterator
 from typing import Any, Final, Protocol
 
 import orjson
@@ -39,14 +38,14 @@ from keyplane.proxy import multipart
 from keyplane.proxy.object_refs import MODEL_FIELD, NOUNS, batch_file_refs, body_refs, eval_refs, target
 from keyplane.proxy.owners import (
     UNCHECKED_FILE,
-    Owner,
     OwnerStore,
     created_rows,
     derived_rows,
-    fine_tuned_ids,
     foreign_model,
     item_rows,
+    lookup_ids,
     object_row,
+    owned,
 )
 from keyplane.proxy.router import Deployment, Router
 from keyplane.runtime import Runtime
@@ -64,6 +63,10 @@ _STARTS_JOB: Final = re.compile(r"^/v1/(?:fine_tuning/jobs|evals/[^/]+/runs)$")
 # Model endpoints whose answer is stored at the provider only when asked (chat) or unless refused (responses).
 _STORED_IF: Final = {"/v1/chat/completions": False, "/v1/responses": True}  # the default of `store`
 _STORE_RE: Final = re.compile(rb'"store"\s*:\s*(true|false)')
+_CHAT: Final = "/v1/chat/completions"
+# A chat answer's audio (``choices[].message.audio.id``): recorded as the project's (Tenancy.audio_answers).
+_AUDIO_ANSWER: Final = re.compile(rb'"audio"\s*:\s*\{')
+_AUDIO_ANSWER_ID: Final = re.compile(rb'"audio"\s*:\s*\{[^{}]*?"id"\s*:\s*"([A-Za-z0-9_\-]{1,128})"')
 _STREAM_ID_RE: Final = re.compile(rb'"id"\s*:\s*"((?:resp_|chatcmpl-)[A-Za-z0-9_\-]{1,120})"')
 # Answers that show stored items of an object the caller owns (a response retrieved, its input items, a
 # conversation's items): their ids are recorded, so that an input may reference them (object_refs.py).
@@ -112,7 +115,7 @@ class Tenancy:
         if (t is None or t.object_id is None) and not refs:
             return None
         wanted = [t.object_id] if t is not None and t.object_id is not None else []
-        wanted.extend(_lookup_ids(refs))
+        wanted.extend(lookup_ids(refs))
         owners = await self.store.owners(wanted)
         pinned: str | None = None
         if t is not None and t.object_id is not None:
@@ -123,7 +126,7 @@ class Tenancy:
             if method == "GET" and t.collection == "/v1/files" and endpoint.endswith("/content"):
                 await self._output_read(t.object_id, pid)  # a batch's output read: metered first
         for name, oid in refs:
-            o = _owned(owners, name, oid, pid)
+            o = owned(owners, name, oid, pid)
             if o is None:  # a fine-tuned model no other project made
                 continue
             if o.kind == UNCHECKED_FILE and name == "input_file_id" and endpoint == "/v1/batches":
@@ -143,9 +146,9 @@ class Tenancy:
         if not refs:
             return
         pid = project_id or ""
-        owners = await self.store.owners(set(_lookup_ids(refs)))
+        owners = await self.store.owners(set(lookup_ids(refs)))
         for name, oid in refs:
-            _owned(owners, name, oid, pid)
+            owned(owners, name, oid, pid)
 
     def pool(
         self, endpoint: str, project_id: str | None, model: str | None, pinned: str | None
@@ -193,6 +196,19 @@ class Tenancy:
         except Exception:
             log.exception("could not record the output items of a stored response stream")
 
+    async def audio_answers(self, req: TenantRequest, audio_ids: list[str]) -> None:
+        """Record the audio answers of a chat completion (streamed or not) as the project's own: a later turn may
+        give one back by id (``{"role": "assistant", "audio": {"id": ...}}``, object_refs.AUDIO_FIELD). The
+        provider keeps them whatever ``store`` says."""
+        now = int(self.rt.clock.now())
+        rows = [
+            r for i in audio_ids[:64] for r in object_row(i, "audio", req.project_id or "", req.upstream or "", now)
+        ]
+        try:  # never in the way of the answer's settle: an audio answer not recorded is refused later (fail closed)
+            await self.store.record(rows)
+        except Exception:
+            log.exception("could not record the audio answers of a chat completion")
+
     def wants_body(self, req: TenantRequest) -> bool:
         """True when after() must see the whole JSON answer (creates, eval runs started, lists, batch and job
         retrievals, a vector store's retrieval, modification or deletion: its size is metered, usage/storage.py;
@@ -229,6 +245,8 @@ class Tenancy:
         shows_items = (create and req.endpoint == "/v1/responses") or _shows_items(req.method, req.endpoint)
         if not (create or listing or self.wants_body(req)):
             return body
+        if req.endpoint == _CHAT and b'"audio"' in body and _AUDIO_ANSWER.search(body) and req.method == "POST":
+            await self.audio_answers(req, [m.decode("ascii") for m in _AUDIO_ANSWER_ID.findall(body)])
         if create and req.endpoint in _STORED_IF and not _stored(req.endpoint, req.body):
             return body
         try:
@@ -296,7 +314,7 @@ class Tenancy:
             )
         except errors.APIError as e:
             return f"keyplane could not read its requests ({e.message})"
-        owners = await self.store.owners(set(_lookup_ids((name, i) for _, name, i in refs)))
+        owners = await self.store.owners(set(lookup_ids((name, i) for _, name, i in refs)))
         for line, name, oid in refs:
             if name == MODEL_FIELD:
                 if foreign_model(owners, oid, pid):
@@ -377,27 +395,3 @@ def _shows_items(method: str, endpoint: str) -> bool:
 def _stored(endpoint: str, body: bytes) -> bool:
     m = _STORE_RE.search(body)
     return _STORED_IF[endpoint] if m is None else m.group(1) == b"true"
-
-
-def _lookup_ids(refs: Iterable[tuple[str, str]]) -> Iterator[str]:
-    """The ids whose owners decide the (field, id) ``refs``: each object's own, and for a fine-tuned model (field
-    ``model``) its :func:`fine_tuned_ids` (the model, and the model a checkpoint belongs to)."""
-    for name, i in refs:
-        if name == MODEL_FIELD:
-            yield from fine_tuned_ids(i)
-        else:
-            yield i
-
-
-def _owned(owners: dict[str, Owner], name: str, oid: str, pid: str) -> Owner | None:
-    """The owner of ``oid`` (named in field ``name``) when it is project ``pid``'s, else a refusal (404): an
-    object another project owns or none does; a fine-tuned model (field ``model``) another project made, by the
-    rule of a top-level one (None when no other project made it)."""
-    if name == MODEL_FIELD:  # a fine-tuned model named anywhere in the body (an eval run's, a grader's...)
-        if foreign_model(owners, oid, pid):
-            raise errors.model_not_found(oid)
-        return None
-    o = owners.get(oid)
-    if o is None or o.project_id != pid:
-        raise errors.object_not_found(NOUNS[name], oid, param=name)
-    return o
