@@ -130,3 +130,29 @@ def test_audio_rates_in_keyplane_toml(tmp_path):
         PriceTable.from_config({"voice": PriceConfig(input=1, cached_audio_input=1)})
     with pytest.raises(ConfigError, match=r"\$.prices.v.audio_output: must be >= 0"):
         make_settings(tmp_path / "h", config_text='[prices."v"]\ninput = 1\naudio_output = -1\n')
+
+
+def test_a_price_entry_may_say_its_model_bills_images_dearer(tmp_path):
+    """`image_tokens` in a price entry: an alias keyplane cannot know by name (here of gpt-4o-mini) reserves each
+    input image at that many tokens; less than what the name already tells changes nothing; < 1 is refused."""
+    import orjson
+
+    from keyplane.billing.quote_tokens import quote_tokens
+
+    t = PriceTable.from_config(
+        {
+            "vision-cheap": PriceConfig(input=1, output=1, image_tokens=48_169),
+            "plain": PriceConfig(input=1, output=1),
+            "gpt-4o-mini": PriceConfig(input=1, output=1, image_tokens=10),
+        }
+    )
+    img = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    body = orjson.dumps({"messages": [{"role": "user", "content": [img, img, img]}]})
+
+    def prompt(model: str) -> int:
+        return quote_tokens(t, "/v1/chat/completions", model, body, 1, False, 1).prompt
+
+    assert prompt("vision-cheap") - prompt("plain") == 3 * (48_169 - 6_000)
+    assert prompt("gpt-4o-mini") == prompt("vision-cheap")  # known by its name: never less
+    with pytest.raises(ConfigError, match=r"image_tokens: must be >= 1"):
+        make_settings(tmp_path / "h", config_text='[prices."v"]\ninput = 1\nimage_tokens = 0\n')

@@ -266,3 +266,17 @@ def test_a_prebuild_that_fails_is_left_for_load_to_report(monkeypatch, caplog):
     assert "o200k_base" not in encodings._encodings
     encodings.load()  # the billing feature's start: says why, then counts with the upper bound
     assert encodings._encodings["o200k_base"] is None and "tokenizer o200k_base unavailable" in caplog.text
+
+
+def test_an_image_counts_what_its_model_may_bill() -> None:
+    """gpt-4o-mini bills an image at up to 48,169 tokens (2,833 + 5,667 per tile, 8 tiles), under any of its names;
+    other models at IMAGE_TOKENS_MAX."""
+    img = {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "high"}}
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": [img, img]}]})
+    for name in ("gpt-4o-mini", "gpt-4o-mini-2024-07-18", "openai/GPT-4o-mini", "ft:gpt-4o-mini-2024-07-18:acme::x1"):
+        assert tokens.image_tokens(name) == 48_169, name
+        m = tokens.measure("/v1/chat/completions", name, body)
+        assert m.images == 2 and m.prompt >= 2 * 48_169, name
+    for name in ("gpt-4o", "gpt-4.1-mini", "llava"):
+        assert tokens.image_tokens(name) == tokens.IMAGE_TOKENS_MAX
+        assert tokens.measure("/v1/chat/completions", name, body).prompt < 2 * 48_169

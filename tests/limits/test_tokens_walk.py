@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from keyplane.limits import encodings, tokens
-from keyplane.limits.tokens import _IMAGE_TYPES, _NOT_TEXT, _UNSEEN_TYPES, IMAGE_TOKENS_MAX, MAX_DEPTH, Scan
+from keyplane.limits.tokens import _IMAGE_TYPES, _NOT_TEXT, _UNSEEN_TYPES, MAX_DEPTH, Scan
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,7 +41,7 @@ def reference_scan(c: tokens.Counter, v: Any, scan: Scan | None = None, keys: bo
             if not isinstance(t, str):
                 t = None
             if t in _IMAGE_TYPES:
-                scan.tokens += IMAGE_TOKENS_MAX
+                scan.tokens += c.image  # its model's image_tokens (the walk as it was: IMAGE_TOKENS_MAX for all)
                 continue
             if t in _UNSEEN_TYPES or any(k in node for k in ("file_id", "file_url", "file_data")):
                 scan.unbounded = True

@@ -47,6 +47,7 @@ class Price(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     per_1m_characters: float | None = None  # speech
     per_minute: float | None = None  # transcription, translation
     max_seconds: int | None = None  # most seconds of audio one transcription may carry (what it reserves at most)
+    image_tokens: int | None = None  # most input tokens one image is billed (None: limits/tokens.IMAGE_TOKENS_MAX)
     # Audio tokens of realtime (and audio) models, per 1M tokens; ``input``/``cached_input``/``output`` are
     # then the text rates. cached_audio_input defaults to audio_input.
     audio_input: float | None = None

@@ -76,6 +76,8 @@ class Price:
     audio_output: int | None = None
     # Reasons unseen (True), never (False), or by its name and request (None): proxy/estimate.py may_reason.
     reasoning: bool | None = None
+    # The most input tokens one image is billed on this model, when more than limits/tokens.image_tokens knows.
+    image_tokens: int | None = None
 
     def _tier(self, prompt: int, total_in: int, total_out: int = 0) -> int:
         """The input and output totals at the rates of the request's tier (long context past ``long_above``)."""

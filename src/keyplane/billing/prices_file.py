@@ -93,7 +93,7 @@ def entry(name: str, p: PriceConfig) -> Price:
         if not size or " " in size.strip():
             raise PriceError(f'{where}.images: keys are "quality size" (e.g. "hd 1024x1792"), got {key!r}')
         images.append((quality, size.strip(), to_micros(usd, f"{where}.images.{key}")))
-    for field in ("max_output", "context_window", "max_seconds"):
+    for field in ("max_output", "context_window", "max_seconds", "image_tokens"):
         v = getattr(p, field)
         if v is not None and v < 1:
             raise PriceError(f"{where}.{field}: must be >= 1")
@@ -122,6 +122,7 @@ def entry(name: str, p: PriceConfig) -> Price:
         cached_audio_input=a_cached,
         audio_output=a_out,
         max_seconds=p.max_seconds,
+        image_tokens=p.image_tokens,
         reasoning=p.reasoning,
     )
 

@@ -48,6 +48,8 @@ def quote_tokens(
         return Quote(model, tokens=prompt, prompt=prompt, unpriced=errors.model_not_priced(model or "(none)"))
     m = tokens.measure(endpoint, model, body)
     prompt, n = m.prompt, m.n
+    if m.images and price.image_tokens is not None and price.image_tokens > (known := tokens.image_tokens(model)):
+        prompt += m.images * (price.image_tokens - known)  # its price entry says its images are dearer
     tier = _service_tier(body)
     at_default = tier is None or tier == "auto"
     if at_default and default_tier is not None:

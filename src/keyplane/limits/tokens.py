@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from keyplane import model_names
 from keyplane.limits import encodings
 
 
@@ -35,9 +36,10 @@ def upper_bound(text: str) -> int:
 class Counter:
     """Counts the prompt of one model; ``count`` is the hot function."""
 
-    __slots__ = ("_core", "_encode")
+    __slots__ = ("_core", "_encode", "image")
 
     def __init__(self, model: str) -> None:
+        self.image = image_tokens(model)  # what one input image counts
         name = encodings.encoding_name(model)
         enc = encodings.get(name) if name else None
         self._encode = enc.encode_ordinary if enc is not None else None
@@ -94,7 +96,8 @@ class Counter:
             if not isinstance(t, str):  # a schema property may be named "type" (its value an object)
                 t = None
             if t in _IMAGE_TYPES:
-                return IMAGE_TOKENS_MAX  # the data or URL says nothing of the size billed
+                scan.images += 1
+                return self.image  # the data or URL says nothing of the size billed: the most it may be
             if t in _UNSEEN_TYPES or not _UNSEEN_KEYS.isdisjoint(node):
                 scan.unbounded = True
                 return 0
@@ -151,19 +154,38 @@ class Scan:
     """What counting a request found: its prompt tokens (an upper bound for what is in the body), and
     whether the provider bills input that is not in the body, or hosted tools billed per call."""
 
-    __slots__ = ("hosted_tools", "predicted", "tokens", "unbounded")
+    __slots__ = ("hosted_tools", "images", "predicted", "tokens", "unbounded")
 
     def __init__(self) -> None:
         self.tokens = 0
+        self.images = 0  # input images, each counted at its model's image_tokens
         self.unbounded = False
         self.hosted_tools = False
         self.predicted = 0  # a chat prediction's tokens: billed as output (rejected_prediction_tokens)
 
 
 # Images are billed by their size, which the body does not tell (a URL, or data keyplane does not
-# decode): each counts as the most any current model bills for one image (gpt-4.1-mini's 1536 patches
-# x 1.62, high-detail tiles on gpt-4o: under 2,500) with a margin.
+# decode): each counts as the most a model bills for one image: IMAGE_TOKENS_MAX for most (gpt-4.1-mini's
+# 1536 patches x 1.62, high-detail tiles on gpt-4o: under 2,500, with a margin), more for the models known to
+# bill more (_DEAR_IMAGES: OpenAI's vision pricing bills gpt-4o-mini's images at 2,833 base + 5,667 tokens per
+# 512 px tile, up to 8 tiles at detail high, so that they cost what gpt-4o's do). A model known by another name
+# (an operator's alias) sets `image_tokens` in its price entry (billing/quote_tokens.py reserves the rest).
 IMAGE_TOKENS_MAX = 6_000
+_DEAR_IMAGES: tuple[tuple[str, int], ...] = (("gpt-4o-mini", 2_833 + 8 * 5_667),)
+
+
+def image_tokens(model: str) -> int:
+    """The most tokens one input image is billed on ``model`` (a dated snapshot, a provider prefix, a tag or a
+    fine-tune of a model bill as it does)."""
+    m = model_names.base_model(model)
+    if model_names.is_fine_tune(m):
+        m = m[len(model_names.FINE_TUNE) :]
+    for prefix, n in _DEAR_IMAGES:
+        if m.startswith(prefix):
+            return n
+    return IMAGE_TOKENS_MAX
+
+
 MAX_DEPTH = 64
 _IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
 # Parts billed by what is not in the body: stored files, uploads, audio, references to earlier items.
@@ -212,12 +234,19 @@ class Measure:
     """A request body as admission sees it: prompt tokens (an upper bound of what the body holds), the
     number of answers it asks for, and what it may be billed that the body does not show."""
 
-    __slots__ = ("hosted_tools", "n", "predicted", "prompt", "unbounded")
+    __slots__ = ("hosted_tools", "images", "n", "predicted", "prompt", "unbounded")
 
     def __init__(
-        self, prompt: int, n: int = 1, unbounded: bool = False, hosted_tools: bool = False, predicted: int = 0
+        self,
+        prompt: int,
+        n: int = 1,
+        unbounded: bool = False,
+        hosted_tools: bool = False,
+        predicted: int = 0,
+        images: int = 0,
     ) -> None:
         self.prompt = prompt
+        self.images = images  # input images in ``prompt``, each at its model's image_tokens
         self.n = n
         self.unbounded = unbounded
         self.hosted_tools = hosted_tools
@@ -250,21 +279,21 @@ def measure(endpoint: str, model: str, body: bytes) -> Measure:
     scan = Scan()
     if endpoint == "/v1/chat/completions":
         c.chat(req, scan)
-        return Measure(scan.tokens, n, scan.unbounded, scan.hosted_tools, scan.predicted)
+        return Measure(scan.tokens, n, scan.unbounded, scan.hosted_tools, scan.predicted, scan.images)
     if endpoint == "/v1/responses":
         c.responses(req, scan)
-        return Measure(scan.tokens, 1, scan.unbounded, scan.hosted_tools)
+        return Measure(scan.tokens, 1, scan.unbounded, scan.hosted_tools, images=scan.images)
     if endpoint == "/v1/completions":
         c.scan(req.get("prompt"), scan)
         c.scan(req.get("suffix"), scan)
         # A list of prompts (strings or token arrays; a flat list of ints is one prompt) gets n completions
         # each: the output reserved is max_tokens x n x prompts.
-        return Measure(scan.tokens, n * _prompt_count(req.get("prompt")), scan.unbounded)
+        return Measure(scan.tokens, n * _prompt_count(req.get("prompt")), scan.unbounded, images=scan.images)
     if endpoint == "/v1/embeddings":
         c.scan(req.get("input"), scan)
-        return Measure(scan.tokens, 1, scan.unbounded)
+        return Measure(scan.tokens, 1, scan.unbounded, images=scan.images)
     c.scan(req.get("input") or req.get("prompt") or req.get("messages"), scan)
-    return Measure(scan.tokens, 1, scan.unbounded)
+    return Measure(scan.tokens, 1, scan.unbounded, images=scan.images)
 
 
 def _prompt_count(prompt: Any) -> int:
