@@ -280,3 +280,13 @@ def test_an_image_counts_what_its_model_may_bill() -> None:
     for name in ("gpt-4o", "gpt-4.1-mini", "llava"):
         assert tokens.image_tokens(name) == tokens.IMAGE_TOKENS_MAX
         assert tokens.measure("/v1/chat/completions", name, body).prompt < 2 * 48_169
+
+
+def test_an_item_given_by_id_without_its_content_is_unseen_input() -> None:
+    """keyplane/items.py: an image generation call given by its id alone (the provider reads the stored image) is
+    input the body does not show (the context window is reserved); the same item with its result is not."""
+    by_id = {"type": "image_generation_call", "id": "ig_1"}
+    whole = {**by_id, "result": "aGk=", "status": "completed"}
+    for item, unseen in ((by_id, True), (whole, False), ({"type": "reasoning", "id": "rs_1", "summary": []}, True)):
+        body = orjson.dumps({"model": "gpt-4o", "input": [{"role": "user", "content": "hi"}, item]})
+        assert tokens.measure("/v1/responses", "gpt-4o", body).unbounded is unseen, item

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from keyplane import model_names
+from keyplane import items, model_names
 from keyplane.limits import encodings
 
 
@@ -98,7 +98,7 @@ class Counter:
             if t in _IMAGE_TYPES:
                 scan.images += 1
                 return self.image  # the data or URL says nothing of the size billed: the most it may be
-            if t in _UNSEEN_TYPES or not _UNSEEN_KEYS.isdisjoint(node):
+            if t in _UNSEEN_TYPES or not _UNSEEN_KEYS.isdisjoint(node) or (t is not None and items.by_id(node)):
                 scan.unbounded = True
                 return 0
             if keys:  # a schema's property names are read by the model, and billed, too
@@ -188,7 +188,8 @@ def image_tokens(model: str) -> int:
 
 MAX_DEPTH = 64
 _IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
-# Parts billed by what is not in the body: stored files, uploads, audio, references to earlier items.
+# Parts billed by what is not in the body: stored files, uploads, audio, references to earlier items (and any
+# item given by its id without its content: keyplane/items.py).
 _UNSEEN_TYPES = frozenset({"file", "input_file", "input_audio", "audio", "item_reference"})
 _UNSEEN_KEYS = frozenset({"file_id", "file_url", "file_data"})
 # Keys whose values are not read by the model as text (ids and enums): not counted.

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import orjson
 
-from keyplane import errors
+from keyplane import errors, items
 
 # Collections of provider objects -> the noun of OpenAI's "No such <noun> object" message.
 COLLECTIONS: Final[dict[str, str]] = {
@@ -60,7 +60,7 @@ REF_FIELDS: Final[dict[str, str]] = {
 # under its key, every project's: ``{"type": "item_reference", "id": ...}``, an item with an ``id`` and no
 # ``type`` (or a null one: the API reads it as a reference), and an item given by its id without its content
 # (a reasoning item without its ``encrypted_content``, an image generation call without its ``result``...:
-# _CONTENT_OF). Reported under this field name (the request's ``input``), with the noun "Item".
+# keyplane/items.py). Reported under this field name (the request's ``input``), with the noun "Item".
 ITEM_FIELD: Final = "input"
 # A stored prompt (``"prompt": {"id": "pmpt_...", "version": ...}``: Responses, and a batch line's body): made in
 # the provider's dashboard, never through keyplane, so owned only once an operator assigns it to a project
@@ -88,35 +88,6 @@ NOUNS: Final[dict[str, str]] = {
     AUDIO_FIELD: "Audio",
 }
 _ITEM_LISTS: Final = frozenset({"input", "items"})
-# Item types and the fields that carry their content. An item given with its ``id`` and none of them is read from
-# what the provider stored under that id (OpenAI's multi-turn image editing passes an earlier image back as
-# ``{"type": "image_generation_call", "id": "ig_..."}``); given with its content (a stateless replay of a
-# response's output), it is what it says and names nothing.
-_CONTENT_OF: Final[dict[str, tuple[str, ...]]] = {
-    "message": ("content",),
-    "function_call": ("arguments",),
-    "function_call_output": ("output",),
-    "custom_tool_call": ("input",),
-    "custom_tool_call_output": ("output",),
-    "computer_call": ("action",),
-    "computer_call_output": ("output",),
-    "local_shell_call": ("action",),
-    "local_shell_call_output": ("output",),
-    "shell_call": ("action",),
-    "shell_call_output": ("output",),
-    "apply_patch_call": ("operation",),
-    "apply_patch_call_output": ("output",),
-    "image_generation_call": ("result",),
-    "web_search_call": ("action",),
-    "file_search_call": ("queries", "results"),
-    "code_interpreter_call": ("code", "outputs"),
-    "mcp_call": ("arguments", "output"),
-    "mcp_list_tools": ("tools",),
-    "mcp_approval_request": ("arguments",),
-    "reasoning": ("encrypted_content",),  # a summary is not the item: without its encrypted content, it is read
-    "compaction": ("encrypted_content",),
-}
-_BARE_ITEM: Final = frozenset({"type", "id", "status"})  # an item of a type not listed above, reduced to its id
 # A body is parsed when it names a field that refers to an object, an ``id`` (an item reference, a stored
 # prompt), a string that starts with ``ft:`` (a fine-tuned model), or has a \u escape (a field name or a value
 # can be spelled with escapes: "previous_response\u005fid" is previous_response_id to any JSON parser).
@@ -201,13 +172,13 @@ def _walk(obj: object) -> list[tuple[str, str]]:
         if depth > 64:  # no id stands this deep in any request schema: refused rather than left unchecked
             raise errors.bad_request("The request body is nested too deeply.", code="invalid_body")
         if isinstance(node, dict):
-            if _is_item_reference(node):  # wherever it stands: a reference reads the item whatever holds it
+            if items.by_id(node):  # wherever it stands: a reference reads the item whatever holds it
                 out.append((ITEM_FIELD, node["id"]))
             for k, v in node.items():
                 if k in REF_FIELDS:
                     out.extend((k, i) for i in _ids(v))
                 elif k in _ITEM_LISTS and isinstance(v, list):  # an untyped or bare item with an id: a reference
-                    out.extend((ITEM_FIELD, e["id"]) for e in v if isinstance(e, dict) and _is_bare_item(e))
+                    out.extend((ITEM_FIELD, e["id"]) for e in v if isinstance(e, dict) and items.bare(e))
                 elif k == PROMPT_FIELD and isinstance(v, dict) and isinstance(v.get("id"), str):
                     out.append((PROMPT_FIELD, v["id"]))  # a stored prompt, wherever it stands
                 elif k == AUDIO_FIELD and isinstance(v, dict) and isinstance(v.get("id"), str):
@@ -226,28 +197,6 @@ def _walk(obj: object) -> list[tuple[str, str]]:
     if len(out) > _MAX_REFS:
         raise errors.bad_request(f"The request names more than {_MAX_REFS} provider objects.", code="too_many_ids")
     return out
-
-
-def _is_item_reference(node: dict[str, Any]) -> bool:
-    """An item the provider would read by its ``id``: an explicit item reference, or an item of a known type
-    given without any of its content (:data:`_CONTENT_OF`; a reasoning item without its ``encrypted_content``)."""
-    if not isinstance(node.get("id"), str):
-        return False
-    t = node.get("type")
-    if t == "item_reference":
-        return True
-    fields = _CONTENT_OF.get(t) if isinstance(t, str) else None
-    return fields is not None and all(node.get(f) is None for f in fields)
-
-
-def _is_bare_item(e: dict[str, Any]) -> bool:
-    """An item of an input list that is only an id: untyped (the API reads it as a reference), or of a type
-    :data:`_CONTENT_OF` does not know with nothing but its type and status beside its id. (An item of a known type
-    is :func:`_is_item_reference`'s, wherever it stands.)"""
-    if not isinstance(e.get("id"), str):
-        return False
-    t = e.get("type")
-    return t is None or (t not in _CONTENT_OF and t != "item_reference" and _BARE_ITEM.issuperset(e))
 
 
 def _ids(v: object) -> Iterable[str]:
