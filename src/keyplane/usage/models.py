@@ -44,13 +44,14 @@ class UsageRequest(Base):
     estimated: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(String(256), nullable=True)
-    upstream_request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    upstream_request_id: Mapped[str | None] = mapped_column(
+        String(128), nullable=True
+    )  # not indexed: no query reads by it
     # The tier the answer says served it (journal.served_tier): the Usage API's service_tier grouping.
     service_tier: Mapped[str] = mapped_column(String(32), default="default", server_default="default")
 
     __table_args__ = (
         Index("ix_usage_requests_created", "created_at"),
-        Index("ix_usage_requests_upstream_id", "upstream_request_id"),
         Index("ix_usage_requests_key", "api_key_id", "created_at"),
         Index("ix_usage_requests_project", "project_id", "created_at"),
     )
