@@ -339,3 +339,50 @@ def test_the_connection_limit_waits_and_evicts_idle_connections_of_other_origins
         b.close()
 
     _run(main())
+
+
+def test_bytes_after_an_answer_retire_the_connection() -> None:
+    """An upstream that writes a second answer (or any bytes) after the one asked for: the next request never reads
+    them as its own answer; it goes out on a new connection."""
+    connections = 0
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        n = connections
+        while True:
+            try:
+                await _read_request(r)
+            except asyncio.IncompleteReadError:
+                return
+            w.write(_answer(b"mine %d" % n) + b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")  # a stray head
+            await w.drain()
+
+    async def main() -> None:
+        srv, port = await _serve(handler)
+        c = http1.Client()
+        o = c.origin("http", "127.0.0.1", port)
+        got = []
+        for _ in range(2):
+            resp = await c.request(o, b"POST / HTTP/1.1", b"", connect_timeout=1, read_timeout=5)
+            got.append(await resp.read())
+        assert got == [b"mine 1", b"mine 2"]
+        await c.aclose()
+        srv.close()
+
+    _run(main())
+    assert connections == 2
+
+
+def test_a_compressed_answer_is_cut_at_its_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gzip answer that decodes to more than MAX_DECODED fails (ClientPayloadError) without being decoded whole."""
+    monkeypatch.setattr(http1_answer, "MAX_DECODED", 1024 * 1024)
+    bomb = gzip.compress(b"\0" * (8 * 1024 * 1024))  # 8 MiB of zeros, ~8 KiB on the wire
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await _read_request(r)
+        w.write(_answer(bomb, b"Content-Encoding: gzip"))
+        await w.drain()
+
+    err = _failure(handler)
+    assert isinstance(err, aiohttp.ClientPayloadError) and "decodes to more than" in str(err)

@@ -131,6 +131,8 @@ class _Conn(asyncio.Protocol):
     # --- httptools callbacks --------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.headers_waiter is None:  # an answer nobody asked for (bytes after the last one): never reused
+            raise httptools.HttpParserError("an answer to no request")
         self.headers = []
         self.header_bytes = 0
 
@@ -286,6 +288,10 @@ class Client:
             self._waiters.append(w)
             try:
                 await w
+            except asyncio.CancelledError:
+                if w.done() and not w.cancelled():
+                    self._wake()  # woken, then cancelled: the room it was told of goes to the next waiter
+                raise
             finally:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(w)

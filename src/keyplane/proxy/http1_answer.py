@@ -15,6 +15,7 @@ from typing import Final, Protocol
 import aiohttp
 
 HIGH_WATER: Final = 256 * 1024  # answer bytes buffered before reading from the socket pauses
+MAX_DECODED: Final = 256 * 1024 * 1024  # the most a compressed answer may decode to (a gzip bomb is cut)
 
 
 class Source(Protocol):
@@ -44,7 +45,19 @@ class InvalidAnswer(aiohttp.ClientResponseError):
 class Response:
     """An upstream answer: status and headers at once, the body as it arrives (proxy/upstream.UpstreamResponse)."""
 
-    __slots__ = ("_conn", "_decoder", "_exc", "_parts", "_size", "_waiter", "done", "headers", "read_timeout", "status")
+    __slots__ = (
+        "_conn",
+        "_decoded",
+        "_decoder",
+        "_exc",
+        "_parts",
+        "_size",
+        "_waiter",
+        "done",
+        "headers",
+        "read_timeout",
+        "status",
+    )
 
     def __init__(self, conn: Source, status: int, headers: list[tuple[bytes, bytes]], read_timeout: float | None):
         self._conn: Source | None = conn
@@ -57,6 +70,7 @@ class Response:
         self._exc: BaseException | None = None
         self.done = False
         self._decoder: zlib._Decompress | None = None
+        self._decoded = 0  # bytes the decoder made
         for k, v in headers:
             if k == b"content-encoding":
                 enc = v.strip().lower()
@@ -79,10 +93,18 @@ class Response:
 
     def _feed(self, data: bytes) -> None:
         if self._decoder is not None:
-            try:
-                data = self._decoder.decompress(data)
+            try:  # never more than the cap, whatever one compressed chunk expands to
+                data = self._decoder.decompress(data, MAX_DECODED - self._decoded + 1)
             except zlib.error:
                 self._fail(aiohttp.ClientPayloadError("the answer's compressed body is corrupt"))
+                return
+            self._decoded += len(data)
+            if self._decoded > MAX_DECODED:
+                self._fail(
+                    aiohttp.ClientPayloadError(
+                        f"the answer's compressed body decodes to more than {MAX_DECODED // (1024 * 1024)} MiB"
+                    )
+                )
                 return
             if not data:
                 return
