@@ -139,6 +139,7 @@ class Admission(Settle):
             {
                 "plan": plan,
                 "prompt": q.prompt,
+                "unseen_input": q.unseen_input,
                 "price": q.price,
                 "flat": q.cost if q.flat and q.unpriced is None else None,
                 "units": q.units,

@@ -30,6 +30,9 @@ class Quote:
     cost: int = 0  # micro-dollars: the most the request can cost
     tokens: int = 0  # for the token buckets: prompt + output allowed
     prompt: int = 0  # prompt tokens as counted
+    # Input tokens reserved for input the body does not show (a previous response, a conversation, files...: up
+    # to the context window), 0 when all of it is in the body: what a call cut before its usage is billed as input.
+    unseen_input: int = 0
     price: Price | None = None  # token price: settle bills the usage the upstream reports
     flat: bool = False  # ``cost`` is what the call costs when it succeeds (images, speech, audio minutes)
     unpriced: errors.APIError | None = None  # no price: the refusal where money controls apply

@@ -77,7 +77,7 @@ def quote_tokens(
         # Input billed that is not in the body (previous_response_id, conversation, files, audio, stored
         # prompts, item references): up to the model's context window.
         if price.context_window:
-            seen = max(prompt, price.context_window)
+            seen = q.unseen_input = max(prompt, price.context_window)
         else:
             q.estimate = (
                 "its input includes content whose size keyplane cannot see (a stored conversation, a "

@@ -18,6 +18,10 @@ from keyplane.proxy.context import RequestContext
 from keyplane.runtime import Runtime
 
 PATROL_SECONDS: Final = 0.5
+# A forwarded request starts listening for its client's disconnect this long after it went upstream: most
+# answers are in by then, and a listener (a task reading the ASGI receive channel) costs each request a task
+# and its wake-ups. A client gone sooner is seen then (its request cut at most this late).
+LISTEN_AFTER: Final = 0.02
 
 
 def ended(rt: Runtime, ctx: RequestContext) -> errors.APIError | None:
@@ -51,7 +55,7 @@ class Watch:
     """One forwarded request's watch: cancels its task when the client disconnects (DESIGN.md hot-path rule 7)
     or, through :class:`Patrol`, when its authority ends (``cut`` then says why)."""
 
-    __slots__ = ("armed", "ctx", "cut", "fired", "settled", "task")
+    __slots__ = ("_receive", "_timer", "_waiter", "armed", "ctx", "cut", "fired", "settled", "task")
 
     def __init__(self, task: asyncio.Task[Any] | None, ctx: RequestContext | None = None) -> None:
         self.task = task
@@ -60,6 +64,29 @@ class Watch:
         self.fired = False
         self.settled = False
         self.cut: errors.APIError | None = None
+        self._receive: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Future[Any] | None = None
+
+    def listen(self, receive: Any, after: float = LISTEN_AFTER) -> None:
+        """Reads the client's side (``receive``, the ASGI channel) for its disconnect, from ``after`` seconds on."""
+        self._receive = receive
+        self._timer = asyncio.get_running_loop().call_later(after, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        if self.armed:
+            self._waiter = asyncio.ensure_future(self._receive())
+            self._waiter.add_done_callback(self)
+
+    def stop(self) -> None:
+        """Stops listening (the request is over)."""
+        self.armed = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.cancel()
 
     def __call__(self, fut: asyncio.Future[Any]) -> None:
         if not self.armed or fut.cancelled() or fut.exception() is not None:

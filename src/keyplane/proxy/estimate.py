@@ -117,6 +117,13 @@ def reserved_output(ctx: RequestContext) -> int:
     return max(0, int(res.tokens) - (prompt if isinstance(prompt, int) else 0))
 
 
+def reserved_unseen_input(ctx: RequestContext) -> int:
+    """The input tokens admission reserved for input the body does not show (0 when all of it is in the body)."""
+    res = ctx.reservation
+    unseen = res.extra.get("unseen_input") if res is not None else None
+    return unseen if isinstance(unseen, int) else 0
+
+
 def usage_from_relay(ctx: RequestContext, relay: StreamRelay | None) -> None:
     """The usage of a call into ``ctx``: the usage its stream (or answer) reported, else an estimate of what was
     generated until it stopped (``relay`` None: nothing relayed, the answer never came)."""
@@ -130,7 +137,9 @@ def usage_from_relay(ctx: RequestContext, relay: StreamRelay | None) -> None:
         return
     # No usage from the upstream: estimate what was generated until the stream stopped.
     ctx.usage_estimated = True
-    ctx.prompt_tokens = prompt_tokens(ctx.body)
+    # Input the body does not show (a previous response, a conversation, files) was read by the provider as soon
+    # as it took the call: billed at what admission reserved for it (up to the context window).
+    ctx.prompt_tokens = max(prompt_tokens(ctx.body), reserved_unseen_input(ctx))
     # Past the text kept, every 3 bytes of events counts as a token: an upper bound, never less.
     ctx.completion_tokens = relayed_tokens(relay.pieces) + relay.uncounted // 3 if relay is not None else 0
     # What the provider generated without showing it is billed at the output reserved: a call it received

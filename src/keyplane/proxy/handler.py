@@ -162,8 +162,7 @@ class ProxyApp:
     ) -> None:
         watch = Watch(asyncio.current_task(), ctx)
         self.patrol.add(watch)
-        waiter = asyncio.ensure_future(receive())
-        waiter.add_done_callback(watch)
+        watch.listen(receive)  # the client's disconnect cancels this task (proxy/authority.py)
         relay: sse.StreamRelay | None = None
         out: Outcome | None = None
         started = False
@@ -182,6 +181,9 @@ class ProxyApp:
             ctx.upstream = out.dep.name
             status = out.resp.status
             if out.body is not None:  # JSON answers and every upstream error
+                # The whole answer is in: recording what it created (a batch, a file...) and settling its usage
+                # are never cut by a disconnect or a revocation from here on (proxy/authority.py).
+                watch.armed = False
                 payload = replies.redact(out.body, out.dep.api_key)
                 wrapped = status >= 400 and not replies.is_openai_error(payload)
                 if wrapped:
@@ -264,10 +266,8 @@ class ProxyApp:
             if not started:
                 await replies.send_error(send, errors.internal_error(), ctx.request_id.encode(), t0, ctx.extra_headers)
         finally:
-            watch.armed = False
+            watch.stop()
             self.patrol.discard(watch)
-            if not waiter.done():
-                waiter.cancel()
 
     async def _relay_sse(
         self, send: Any, out: Outcome, relay: sse.StreamRelay, ctx: RequestContext, t0: float, watch: Watch

@@ -33,7 +33,8 @@ import httptools
 
 from keyplane.proxy.http1_answer import InvalidAnswer, Response
 
-MAX_HEADER_BYTES: Final = 64 * 1024  # an answer's header block, all of it
+MAX_HEADER_BYTES: Final = 64 * 1024  # the bytes an answer's head may take to arrive (interim answers included)
+MAX_HEADERS: Final = 256  # header lines in one answer
 ACCEPT_ENCODING: Final = b"gzip, deflate"  # what aiohttp asks for (it has no brotli here either)
 
 
@@ -107,8 +108,13 @@ class _Conn(asyncio.Protocol):
         if self.headers_waiter is None and self.resp is None:
             self.abort()  # bytes nobody asked for: the connection cannot be trusted with the next request
             return
+        waiting = self.headers_waiter is not None  # the head of the answer is still coming
+        if waiting:
+            self.header_bytes += len(data)
         try:
             self.parser.feed_data(data)
+            if waiting and self.headers_waiter is not None and self.header_bytes > MAX_HEADER_BYTES:
+                raise httptools.HttpParserError("header block too large")  # one header that never ends
         except httptools.HttpParserUpgrade:
             self._error(InvalidAnswer("the upstream switched protocols"))
         except httptools.HttpParserError as e:
@@ -134,12 +140,10 @@ class _Conn(asyncio.Protocol):
         if self.headers_waiter is None:  # an answer nobody asked for (bytes after the last one): never reused
             raise httptools.HttpParserError("an answer to no request")
         self.headers = []
-        self.header_bytes = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_bytes += len(name) + len(value)
-        if self.header_bytes > MAX_HEADER_BYTES:
-            raise httptools.HttpParserError("header block too large")
+        if len(self.headers) >= MAX_HEADERS:
+            raise httptools.HttpParserError("too many headers")
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -209,6 +213,11 @@ class _Conn(asyncio.Protocol):
             self.client._forget(self)
 
 
+def _no_room(w: asyncio.Future[None], origin: Origin) -> None:
+    if not w.done():
+        w.set_exception(aiohttp.ConnectionTimeoutError(f"no connection to {origin.name} was free within its timeout"))
+
+
 def _expire(w: asyncio.Future[Response]) -> None:
     if not w.done():
         w.set_exception(aiohttp.SocketTimeoutError("the upstream did not answer within its read timeout"))
@@ -256,6 +265,7 @@ class Client:
         loop = asyncio.get_running_loop()
         w: asyncio.Future[Response] = loop.create_future()
         conn.headers_waiter = w
+        conn.header_bytes = 0
         conn.read_timeout = read_timeout
         conn.transport.write(
             b"%s\r\nHost: %s\r\nContent-Length: %d\r\nAccept-Encoding: %s\r\n\r\n%s"
@@ -272,7 +282,11 @@ class Client:
                 timer.cancel()
 
     async def _acquire(self, origin: Origin, connect_timeout: float | None) -> _Conn:
+        """A connection to ``origin``: an idle one, a new one, or the first room the pool makes, within
+        ``connect_timeout`` (as aiohttp's ``connect`` timeout bounds its wait for a pooled connection)."""
         idle = origin.idle
+        loop = asyncio.get_running_loop()
+        deadline = None if connect_timeout is None else loop.time() + connect_timeout
         while True:
             if self._closed:
                 raise aiohttp.ClientConnectionError("the upstream client is closed")
@@ -284,8 +298,9 @@ class Client:
                 conn.abort()
             if self.open < self.limit or self._evict():
                 break
-            w = asyncio.get_running_loop().create_future()
+            w = loop.create_future()
             self._waiters.append(w)
+            timer = None if deadline is None else loop.call_later(max(0.0, deadline - loop.time()), _no_room, w, origin)
             try:
                 await w
             except asyncio.CancelledError:
@@ -293,12 +308,13 @@ class Client:
                     self._wake()  # woken, then cancelled: the room it was told of goes to the next waiter
                 raise
             finally:
+                if timer is not None:
+                    timer.cancel()
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(w)
         self.open += 1
         conn = _Conn(self, origin)
         self._members.add(conn)
-        loop = asyncio.get_running_loop()
         try:
             connect = loop.create_connection(
                 lambda: conn,
@@ -307,10 +323,10 @@ class Client:
                 ssl=origin.ssl,
                 server_hostname=origin.host if origin.ssl else None,
             )
-            if connect_timeout is None:
+            if deadline is None:
                 await connect
             else:
-                await asyncio.wait_for(connect, connect_timeout)
+                await asyncio.wait_for(connect, max(0.001, deadline - loop.time()))
         except TimeoutError:
             conn.abort()
             raise aiohttp.ConnectionTimeoutError(f"connecting to {origin.name} timed out") from None

@@ -53,6 +53,8 @@ class Response:
         "_parts",
         "_size",
         "_waiter",
+        "_wire_done",
+        "_zin",
         "done",
         "headers",
         "read_timeout",
@@ -71,6 +73,8 @@ class Response:
         self.done = False
         self._decoder: zlib._Decompress | None = None
         self._decoded = 0  # bytes the decoder made
+        self._zin = b""  # compressed bytes not decoded yet (decoded a step at a time: _inflate)
+        self._wire_done = False  # the whole answer is off the wire (its decoding may not be)
         for k, v in headers:
             if k == b"content-encoding":
                 enc = v.strip().lower()
@@ -92,39 +96,65 @@ class Response:
     # --- fed by the connection ------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        if self._decoder is not None:
-            try:  # never more than the cap, whatever one compressed chunk expands to
-                data = self._decoder.decompress(data, MAX_DECODED - self._decoded + 1)
-            except zlib.error:
-                self._fail(aiohttp.ClientPayloadError("the answer's compressed body is corrupt"))
+        if self._decoder is None:
+            self._parts.append(data)
+            self._size += len(data)
+        else:
+            self._zin = self._zin + data if self._zin else data
+            self._inflate()
+            if self.done:
                 return
-            self._decoded += len(data)
-            if self._decoded > MAX_DECODED:
-                self._fail(
-                    aiohttp.ClientPayloadError(
-                        f"the answer's compressed body decodes to more than {MAX_DECODED // (1024 * 1024)} MiB"
-                    )
-                )
-                return
-            if not data:
-                return
-        self._parts.append(data)
-        self._size += len(data)
-        if self._size > HIGH_WATER and self._conn is not None:
+        if (self._size > HIGH_WATER or self._zin) and self._conn is not None:
             self._conn.pause()
         self._wake()
 
+    def _inflate(self) -> None:
+        """Decodes the compressed bytes waiting, a step of HIGH_WATER at a time, until HIGH_WATER bytes wait for
+        the proxy: however much a socket read expands to, no more of it is in memory at once (a gzip bomb is
+        paused, then cut at MAX_DECODED)."""
+        d = self._decoder
+        assert d is not None
+        while self._zin and self._size <= HIGH_WATER:
+            try:
+                out = d.decompress(self._zin, HIGH_WATER)
+            except zlib.error:
+                self._fail(aiohttp.ClientPayloadError("the answer's compressed body is corrupt"))
+                return
+            self._zin = d.unconsumed_tail
+            if out:
+                self._decoded += len(out)
+                if self._decoded > MAX_DECODED:
+                    self._fail(
+                        aiohttp.ClientPayloadError(
+                            f"the answer's compressed body decodes to more than {MAX_DECODED // (1024 * 1024)} MiB"
+                        )
+                    )
+                    return
+                self._parts.append(out)
+                self._size += len(out)
+        if not self._zin and self._wire_done and not self.done:
+            self._end()
+
     def _finish(self) -> None:
+        """The whole answer is off the wire (the connection is free again)."""
+        self._wire_done = True
+        self._conn = None
+        if not self._zin:
+            self._end()
+        self._wake()
+
+    def _end(self) -> None:
         if self._decoder is not None:
             with contextlib.suppress(zlib.error):
                 tail = self._decoder.flush()
                 if tail:
                     self._parts.append(tail)
+                    self._size += len(tail)
         self.done = True
-        self._conn = None
         self._wake()
 
     def _fail(self, exc: BaseException) -> None:
+        self._zin = b""
         if not self.done:
             self._exc = exc
             self.done = True
@@ -165,7 +195,9 @@ class Response:
         data = self._parts.popleft() if len(self._parts) == 1 else b"".join(self._parts)
         self._parts.clear()
         self._size = 0
-        if self._conn is not None:
+        if self._zin:
+            self._inflate()  # the next step of a paused compressed answer
+        if self._conn is not None and not self._zin:
             self._conn.resume()
         return data
 
@@ -189,6 +221,7 @@ class Response:
 
     def close(self) -> None:
         """Drops the connection if the answer is still coming: the upstream sees the cancel and stops."""
+        self._zin = b""
         if not self.done:
             self.done = True
             conn, self._conn = self._conn, None
