@@ -15,6 +15,8 @@ _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, 0x85, 0x2028, 0x2029)
 def safe(text: str, limit: int = 200) -> str:
     """Client-supplied text (a path, a model name) fit for a log line: control characters escaped
     (a CR/LF cannot forge a line), cut at ``limit`` characters."""
+    if len(text) <= limit and text.isprintable():  # the usual case: nothing to escape (isprintable is False for
+        return text  # every character _CONTROL escapes), without translate's lookup per character
     out = text.translate(_CONTROL)
     return out if len(out) <= limit else out[:limit] + "..."
 

@@ -75,18 +75,29 @@ class Pipeline:
             await self.billing.admit(ctx)
 
     async def settle(self, ctx: RequestContext) -> None:
-        """settle -> record -> observe, in this order, once per admitted request."""
+        """settle -> record -> observe, in this order, once per admitted request; a step's failure is logged
+        and the next one runs."""
+        for step in self.settle_steps():
+            try:
+                await step(ctx)
+            except Exception:
+                log.exception("%s failed for %s", getattr(step, "__qualname__", step), ctx.request_id)
+
+    def settle_steps(self) -> list[Step]:
+        """The steps :meth:`settle` runs, in order: the route released, billing settled (it fills
+        ``ctx.cost_micros`` for what follows), the usage recorded and observed, the guard's observation, the taps.
+        Built per call from the features set now (tests switch them), a list of a few bound methods."""
+        steps: list[Step] = []
         if self.routing is not None:
-            await _run(self.routing.release_route, ctx)
+            steps.append(self.routing.release_route)
         if self.billing is not None:
-            await _run(self.billing.settle, ctx)  # fills ctx.cost_micros for what follows
+            steps.append(self.billing.settle)
         if self.usage is not None:
-            await _run(self.usage.record, ctx)
-            await _run(self.usage.observe, ctx)
+            steps += (self.usage.record, self.usage.observe)
         if self.guard is not None:
-            await _run(self.guard.observe, ctx)
-        for tap in self.taps:
-            await _run(tap, ctx)
+            steps.append(self.guard.observe)
+        steps += self.taps
+        return steps
 
     async def refused(self, ctx: RequestContext) -> None:
         """An authenticated key refused before any upstream call: counted, and watched for probing."""

@@ -154,10 +154,11 @@ class _Conn(asyncio.Protocol):
         if w is None or w.done():
             return
         self.headers_waiter = None
-        names = {k for k, _ in self.headers}
-        self.until_close = (
-            b"content-length" not in names and b"transfer-encoding" not in names and status not in (204, 304)
-        )
+        self.until_close = status not in (204, 304)
+        for k, _ in self.headers:
+            if k == b"content-length" or k == b"transfer-encoding":
+                self.until_close = False  # its end is known: its length, or its last chunk
+                break
         try:
             resp = Response(self, status, self.headers, self.read_timeout)
         except InvalidAnswer as e:
@@ -260,7 +261,7 @@ class Client:
     ) -> Response:
         """Sends ``head`` (the request line and headers, no Host, no Content-Length, no final blank line)
         and ``body``; returns once the answer's status and headers are in."""
-        conn = await self._acquire(origin, connect_timeout)
+        conn = self._idle(origin) or await self._acquire(origin, connect_timeout)
         assert conn.transport is not None
         loop = asyncio.get_running_loop()
         w: asyncio.Future[Response] = loop.create_future()
@@ -281,21 +282,30 @@ class Client:
             if timer is not None:
                 timer.cancel()
 
+    def _idle(self, origin: Origin) -> _Conn | None:
+        """The most recently used idle connection to ``origin`` still fit to use (the others are closed)."""
+        idle = origin.idle
+        if not idle or self._closed:
+            return None
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < self.keepalive:
+                return conn
+            conn.abort()
+        return None
+
     async def _acquire(self, origin: Origin, connect_timeout: float | None) -> _Conn:
         """A connection to ``origin``: an idle one, a new one, or the first room the pool makes, within
         ``connect_timeout`` (as aiohttp's ``connect`` timeout bounds its wait for a pooled connection)."""
-        idle = origin.idle
         loop = asyncio.get_running_loop()
         deadline = None if connect_timeout is None else loop.time() + connect_timeout
         while True:
             if self._closed:
                 raise aiohttp.ClientConnectionError("the upstream client is closed")
-            now = time.monotonic()
-            while idle:
-                conn = idle.pop()
-                if not conn.closed and now - conn.idle_since < self.keepalive:
-                    return conn
-                conn.abort()
+            conn = self._idle(origin)
+            if conn is not None:
+                return conn
             if self.open < self.limit or self._evict():
                 break
             w = loop.create_future()
