@@ -46,12 +46,7 @@ async def app(
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300), auto_decompress=False
         )
-    body = b""
-    more = True
-    while more:
-        msg = await receive()
-        body += msg.get("body", b"")
-        more = msg.get("more_body", False)
+    body = await _body(receive)
     async with session.post(
         UP + scope["path"], data=body, headers={"Content-Type": "application/json", "Authorization": "Bearer sk-up"}
     ) as r:
@@ -74,14 +69,19 @@ async def _http1(
         u = URL(UP)
         client = http1.Client()
         fast = (client, client.origin(u.scheme, u.host or "", u.port or 80))
+    body = await _body(receive)
+    head = b"POST %s HTTP/1.1\r\ncontent-type: application/json\r\nauthorization: Bearer sk-up" % scope["path"].encode()
+    r = await fast[0].request(fast[1], head, body, connect_timeout=5, read_timeout=600)
+    data = await r.read()
+    await send({"type": "http.response.start", "status": r.status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _body(receive: Callable[[], Awaitable[Message]]) -> bytes:
     body = b""
     more = True
     while more:
         msg = await receive()
         body += msg.get("body", b"")
         more = msg.get("more_body", False)
-    head = b"POST %s HTTP/1.1\r\ncontent-type: application/json\r\nauthorization: Bearer sk-up" % scope["path"].encode()
-    r = await fast[0].request(fast[1], head, body, connect_timeout=5, read_timeout=600)
-    data = await r.read()
-    await send({"type": "http.response.start", "status": r.status, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": data})
+    return body

@@ -15,8 +15,9 @@ from aiohttp import web
 
 from tests.billing.conftest import PRICED, UPSTREAM_KEY_ENV
 from tests.redteam.conftest import serve_routes as _serve
-from tests.redteam.test_wk49_round4 import _limit, _project, _spent
+from tests.redteam.test_wk49_round4 import _limit, _project
 from tests.redteam.test_wk50_round10 import MSG, _code, _post
+from tests.redteam.test_wk50_round11 import _settled
 
 
 def _upstream(port: int, models: str = '["gpt-*"]', prices: str = PRICED, extra: str = "") -> str:
@@ -208,16 +209,6 @@ def test_a_revoked_keys_call_ends_within_a_second_even_when_the_upstream_is_sile
 # OpenAI's vision guide: gpt-4o-mini bills an image at detail high as 2,833 base tokens + 5,667 per 512 px tile
 # (priced at its input rate, so that an image costs what it does on gpt-4o); a 2048x768 image is 8 tiles: 48,169.
 _MINI_IMAGE_TOKENS = 2_833 + 8 * 5_667
-
-
-def _settled(srv, pid: str) -> int:  # type: ignore[no-untyped-def]
-    import time
-
-    deadline = time.monotonic() + 5
-    while _spent(srv, pid)[1]:
-        assert time.monotonic() < deadline, _spent(srv, pid)
-        time.sleep(0.05)
-    return _spent(srv, pid)[0]
 
 
 def test_an_input_image_is_reserved_at_what_its_model_may_bill(make_gw):

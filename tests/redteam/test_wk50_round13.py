@@ -16,7 +16,9 @@ import httpx
 
 from keyplane.proxy import http1, http1_answer
 from tests.billing.conftest import PRICED, UPSTREAM_KEY_ENV
+from tests.proxy.test_http1 import _read_request
 from tests.redteam.test_wk49_round4 import _project
+from tests.redteam.test_wk50_round11 import _settled
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -26,15 +28,6 @@ def _upstream(port: int, extra: str = "", prices: str = PRICED) -> str:
         f'[[upstreams]]\nname = "openai"\nbase_url = "http://127.0.0.1:{port}/v1"\n'
         f'api_key_env = "{UPSTREAM_KEY_ENV}"\nmodels = ["gpt-*"]\nmax_retries = 0\n{extra}\n\n' + prices
     )
-
-
-async def _read_request(r: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    head = await r.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    return head, await r.readexactly(length)
 
 
 # --- 1. a header that never ends -----------------------------------------------------------------------------------
@@ -136,16 +129,6 @@ def test_a_request_waiting_for_room_in_the_pool_fails_at_its_connect_timeout():
 
 _CONTEXT = 128_000
 _INPUT_PRICED = f'[prices."gpt-4o-mini"]\ninput = 16\noutput = 1600\ncontext_window = {_CONTEXT}\n'
-
-
-def _settled(srv, pid: str) -> int:  # type: ignore[no-untyped-def]
-    from tests.redteam.test_wk49_round4 import _spent
-
-    deadline = time.monotonic() + 5
-    while _spent(srv, pid)[1]:
-        assert time.monotonic() < deadline, _spent(srv, pid)
-        time.sleep(0.05)
-    return _spent(srv, pid)[0]  # type: ignore[no-any-return]
 
 
 def test_a_call_cut_by_revocation_is_billed_the_stored_input_it_named(make_gw):
