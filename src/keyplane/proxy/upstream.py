@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
@@ -243,36 +243,51 @@ class UpstreamClient:
             self._timeouts[dep.name] = t
         return t
 
-    async def request(
+    def request(
+        self, dep: Deployment, method: str, path_qs: str, headers: list[tuple[bytes, bytes]], body: bytes | Upload
+    ) -> Awaitable[UpstreamResponse]:
+        """One attempt. A body held whole goes by http1, whose own coroutine is returned (one frame less on each
+        resumption of the request's await chain); the rest by :meth:`_request`."""
+        if isinstance(body, bytes) and method != "HEAD" and self.http1 is not None and not dep.is_demo:
+            fast = self._http1(dep, method, path_qs, headers, body)
+            if fast is not None:
+                return fast
+        return self._request(dep, method, path_qs, headers, body)
+
+    def _http1(
+        self, dep: Deployment, method: str, path_qs: str, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> Awaitable[UpstreamResponse] | None:
+        """The attempt on http1, or None when its target or head is not one to send as is."""
+        assert self.http1 is not None
+        t = self._target(dep)
+        if t.origin is None:
+            return None
+        path = t.base + path_qs[3:]
+        target = path.encode("latin-1", "replace")
+        head = b"%s %s HTTP/1.1\r\n%s" % (method.encode("latin-1"), target, header_block(headers, dep))
+        # One line per header, each ended by CRLF, no other CR or LF anywhere (no header, target or method can
+        # split the request); a target outside printable ASCII goes by aiohttp, which quotes it.
+        lines = head.count(b"\r\n")
+        if (
+            not path.isascii()
+            or not method.isalpha()
+            or _UNSAFE_TARGET.search(target) is not None
+            or head.count(b"\n") != lines
+            or head.count(b"\r") != lines
+        ):
+            return None
+        c = dep.config
+        return self.http1.request(
+            t.origin, head[:-2], body, connect_timeout=c.connect_timeout, read_timeout=c.read_timeout
+        )
+
+    async def _request(
         self, dep: Deployment, method: str, path_qs: str, headers: list[tuple[bytes, bytes]], body: bytes | Upload
     ) -> UpstreamResponse:
+        """One attempt by aiohttp (a streamed upload, HEAD, a target http1 does not send) or the demo upstream."""
         if dep.is_demo:
             return demo.answer(method, path_qs, body if isinstance(body, bytes) else await body.read_all())
         assert self.session is not None and self.fresh is not None, "UpstreamClient.start() was not called"
-        if isinstance(body, bytes) and method != "HEAD" and self.http1 is not None:
-            t = self._target(dep)
-            if t.origin is not None:
-                path = t.base + path_qs[3:]
-                target = path.encode("latin-1", "replace")
-                head = b"%s %s HTTP/1.1\r\n%s" % (method.encode("latin-1"), target, header_block(headers, dep))
-                # One line per header, each ended by CRLF, no other CR or LF anywhere (no header, target or method
-                # can split the request); a target outside printable ASCII goes by aiohttp, which quotes it.
-                lines = head.count(b"\r\n")
-                if (
-                    path.isascii()
-                    and method.isalpha()
-                    and _UNSAFE_TARGET.search(target) is None
-                    and head.count(b"\n") == lines
-                    and head.count(b"\r") == lines
-                ):
-                    c = dep.config
-                    return await self.http1.request(
-                        t.origin,
-                        head[:-2],
-                        body,
-                        connect_timeout=c.connect_timeout,
-                        read_timeout=c.read_timeout,
-                    )
         h = forward_headers(headers, dep)
         data: Any = body if body else None
         session = self.session
