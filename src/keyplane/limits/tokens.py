@@ -120,6 +120,10 @@ class Counter:
         messages = req.get("messages")
         if isinstance(messages, list):
             scan.tokens += 4 * len(messages)  # per message: its framing and role
+            for m in messages:  # a previous audio answer given back by id: its audio is read from the provider's
+                if isinstance(m, dict) and isinstance(a := m.get("audio"), dict) and a.get("id") is not None:
+                    scan.unbounded = True
+                    break
         self.scan(messages, scan)
         for k in ("tools", "functions", "response_format"):
             if req.get(k):
@@ -138,6 +142,8 @@ class Counter:
         inp = req.get("input")
         if isinstance(inp, list):
             scan.tokens += 3 * len(inp)
+            if any(isinstance(e, dict) and items.bare(e) for e in inp):  # an item that is only its id
+                scan.unbounded = True
         self.scan(inp, scan)
         if req.get("tools"):
             self.scan(req["tools"], scan, keys=True)

@@ -117,6 +117,13 @@ def reserved_output(ctx: RequestContext) -> int:
     return max(0, int(res.tokens) - (prompt if isinstance(prompt, int) else 0))
 
 
+def reserved_prompt(ctx: RequestContext) -> int:
+    """The prompt tokens admission measured in the body (an upper bound; 0 when nothing was reserved)."""
+    res = ctx.reservation
+    prompt = res.extra.get("prompt") if res is not None else None
+    return prompt if isinstance(prompt, int) else 0
+
+
 def reserved_unseen_input(ctx: RequestContext) -> int:
     """The input tokens admission reserved for input the body does not show (0 when all of it is in the body)."""
     res = ctx.reservation
@@ -137,9 +144,10 @@ def usage_from_relay(ctx: RequestContext, relay: StreamRelay | None) -> None:
         return
     # No usage from the upstream: estimate what was generated until the stream stopped.
     ctx.usage_estimated = True
-    # Input the body does not show (a previous response, a conversation, files) was read by the provider as soon
-    # as it took the call: billed at what admission reserved for it (up to the context window).
-    ctx.prompt_tokens = max(prompt_tokens(ctx.body), reserved_unseen_input(ctx))
+    # The input was read by the provider as soon as it took the call: billed at the most admission measured of it
+    # (every string of the body, images at their bound) and, for input the body does not show (a previous
+    # response, a conversation, files, items given by id), what admission reserved for that (the context window).
+    ctx.prompt_tokens = max(prompt_tokens(ctx.body), reserved_prompt(ctx), reserved_unseen_input(ctx))
     # Past the text kept, every 3 bytes of events counts as a token: an upper bound, never less.
     ctx.completion_tokens = relayed_tokens(relay.pieces) + relay.uncounted // 3 if relay is not None else 0
     # What the provider generated without showing it is billed at the output reserved: a call it received

@@ -95,13 +95,12 @@ class OwnerStore:
         return owner
 
     async def record(self, rows: list[ProviderObject]) -> None:
-        """Own these objects now in this process, and once committed on every instance (awaited).
-        An id already owned keeps its first owner."""
+        """Own these objects, committed (awaited): then this process's cache holds what the store holds. An id
+        already owned keeps its first owner, whatever this process had cached (another instance, a restart, a
+        cache that rolled over): the cache learns the owner from the store, never from the row offered."""
         fresh = [r for r in rows if r.id not in self.cache]
         if not fresh:
             return
-        for r in fresh:
-            self._remember(r.id, Owner(r.project_id, r.upstream, r.object or ""))
         loop = asyncio.get_running_loop()
         futs = []
         for r in fresh:
@@ -129,12 +128,33 @@ class OwnerStore:
                     for r, _ in batch
                 ]
                 ins = pg_insert if self.rt.engine.dialect.name == "postgresql" else sqlite_insert
+                stmt = ins(ProviderObject).on_conflict_do_nothing(index_elements=["id"]).returning(ProviderObject.id)
                 try:
                     async with self.rt.sessions() as s, s.begin():
-                        await s.execute(ins(ProviderObject).on_conflict_do_nothing(index_elements=["id"]), values)
+                        inserted = set((await s.execute(stmt, values)).scalars())
+                        taken = [r.id for r, _ in batch if r.id not in inserted]  # owned before: read who owns it
+                        found = (
+                            (
+                                await s.execute(
+                                    select(
+                                        ProviderObject.id,
+                                        ProviderObject.project_id,
+                                        ProviderObject.upstream,
+                                        ProviderObject.object,
+                                    ).where(ProviderObject.id.in_(taken))
+                                )
+                            ).all()
+                            if taken
+                            else []
+                        )
+                    for r, _ in batch:
+                        if r.id in inserted:
+                            self._remember(r.id, Owner(r.project_id, r.upstream, r.object or ""))
+                    for f in found:
+                        self._remember(f.id, Owner(f.project_id, f.upstream, f.object or ""))
                 except Exception:
-                    # Kept in this process's cache; after a restart (or on another instance) the objects are
-                    # owned by nobody: refused, never shown to another project (fail closed).
+                    # Not recorded: owned by nobody, here and everywhere, so refused, never shown to another
+                    # project (fail closed); the caller's create went through at the provider all the same.
                     log.exception("could not record the owners of %d provider objects", len(batch))
                 _release(batch)
         finally:  # cancelled (shutdown): nobody waits forever
