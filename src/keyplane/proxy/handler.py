@@ -244,7 +244,8 @@ class ProxyApp:
             ctx.disconnected = cut is None
             if not started:
                 ctx.status = 499 if cut is None else cut.status  # 499: client closed the request (nginx's)
-            estimate.usage_from_relay(ctx, relay)
+            if out is None or out.usage is None:  # an answer read whole keeps the usage it reported
+                estimate.usage_from_relay(ctx, relay)
             await self._finish(ctx, t0, watch)
             if cut is not None and not started:
                 await replies.send_error(send, cut, ctx.request_id.encode(), t0, ctx.extra_headers)
@@ -261,7 +262,8 @@ class ProxyApp:
             ctx.error = ctx.error or "internal_error"
             if not started:
                 ctx.status = 500
-            estimate.usage_from_relay(ctx, relay)
+            if out is None or out.usage is None:  # an answer read whole keeps the usage it reported
+                estimate.usage_from_relay(ctx, relay)
             await self._finish(ctx, t0, watch)
             if not started:
                 await replies.send_error(send, errors.internal_error(), ctx.request_id.encode(), t0, ctx.extra_headers)
