@@ -89,8 +89,8 @@ class Watch:
             self._waiter.cancel()
 
     def __call__(self, fut: asyncio.Future[Any]) -> None:
-        if not self.armed or fut.cancelled() or fut.exception() is not None:
-            return
+        if not self.armed or self.fired or fut.cancelled() or fut.exception() is not None:
+            return  # settled, or already cut (by the patrol): cancelled once
         if fut.result().get("type") == "http.disconnect" and self.task is not None:
             self.fired = True
             self.task.cancel()
