@@ -828,3 +828,21 @@ def test_held_a_project_key_reaches_no_admin_route(make_gw, fake, method, path):
     r = httpx.request(method, srv.v1 + path, headers={"Authorization": f"Bearer {key}"}, json=None, timeout=10)
     assert r.status_code in (400, 401, 403, 404), (path, r.status_code, r.text[:200])
     assert fake.model_requests() == []
+
+
+def test_an_image_call_naming_no_model_is_recorded_as_the_model_billed(make_gw, fake):
+    """The usage record (and the Usage API's model grouping) of a call naming no model shows the model it was
+    priced as, the one the provider runs: here gpt-image-1 (a parameter only the GPT image models take)."""
+    srv = make_gw()
+    pid, key = _project(srv)
+    r = _post(srv, key, "/images/generations", {"prompt": "a cat", "quality": "high", "size": "1536x1024"})
+    assert r.status_code == 200, r.text[:200]
+    url = srv.v1 + "/organization/usage/requests"
+    deadline = time.monotonic() + 10
+    while True:
+        got = httpx.get(url, headers={"Authorization": f"Bearer {srv.admin_key}"}).json()["data"]
+        images = [x for x in got if x.get("endpoint") == "/v1/images/generations" and x.get("project_id") == pid]
+        if images or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert [x["model"] for x in images] == ["gpt-image-1"], images

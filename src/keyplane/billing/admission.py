@@ -95,6 +95,8 @@ class Admission(Settle):
         )
         q = await asyncio.to_thread(quote_mod.quote, *args) if len(ctx.body) > BIG_BODY else quote_mod.quote(*args)
         model = q.model
+        if ctx.model is None and model:  # a call naming no model (an image call): recorded as the model billed
+            ctx.model = model
         if model:
             plan = b.plan(ctx.key, limits_model(b, ctx.key.id, ctx.key.project_id or "", model))
         else:  # no model: the budgets only (there is no per-model bucket to count it in)
