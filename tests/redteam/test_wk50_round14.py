@@ -45,6 +45,19 @@ _BY_ID = {
 }
 
 
+def _slow_provider() -> tuple[int, list[bytes]]:
+    """A provider that takes a call (its body kept in the list) and answers a 500 only after 6 s: long enough for
+    a cut while it waits."""
+    received: list[bytes] = []
+
+    async def slow(req: web.Request) -> web.StreamResponse:
+        received.append(await req.read())
+        await asyncio.sleep(6)
+        return web.json_response({"error": {"message": "late", "type": "server_error"}}, status=500)
+
+    return serve_routes({("POST", "/v1/responses"): slow, ("POST", "/v1/chat/completions"): slow}), received
+
+
 @pytest.mark.parametrize("shape", list(_BY_ID))
 def test_a_cut_call_naming_a_stored_item_by_any_shape_is_billed_the_unseen_input(make_gw, shape):
     """The provider reads an item given only by its id (object_refs.py reports each of these as a reference and
@@ -57,14 +70,7 @@ def test_a_cut_call_naming_a_stored_item_by_any_shape_is_billed_the_unseen_input
     billed at prompt_tokens(body) (estimate.reserved_unseen_input is 0). Expected: billed at least the context
     window's input ($16 per 1M x 128k = $2.05), as for an item_reference (round 13's test)."""
     path, kind, extra = _BY_ID[shape]
-    received: list[bytes] = []
-
-    async def slow(req: web.Request) -> web.StreamResponse:
-        received.append(await req.read())
-        await asyncio.sleep(6)
-        return web.json_response({"error": {"message": "late", "type": "server_error"}}, status=500)
-
-    port = serve_routes({("POST", "/v1/responses"): slow, ("POST", "/v1/chat/completions"): slow})
+    port, received = _slow_provider()
     srv = make_gw(config_text=_upstream(port, prices=_INPUT_PRICED))
     pid, _ = _project(srv)
     k = admin(srv, "POST", f"/projects/{pid}/api_keys", {"name": "soon revoked"})
@@ -180,14 +186,7 @@ def test_a_call_the_client_leaves_is_billed_the_input_admission_measured(make_gw
     unbounded by any hard limit. Expected: the input billed at least at what admission measured (here >= 40k
     tokens at $16 per 1M: 640,000 micro-dollars)."""
     path, extra = _INLINE[shape]
-    received: list[bytes] = []
-
-    async def slow(req: web.Request) -> web.StreamResponse:
-        received.append(await req.read())
-        await asyncio.sleep(6)
-        return web.json_response({"error": {"message": "late", "type": "server_error"}}, status=500)
-
-    port = serve_routes({("POST", "/v1/responses"): slow, ("POST", "/v1/chat/completions"): slow})
+    port, received = _slow_provider()
     srv = make_gw(config_text=_upstream(port, prices=_INPUT_PRICED))
     pid, key = _project(srv)
     body = {"model": "gpt-4o-mini", **extra}

@@ -111,10 +111,7 @@ def declared(ctx: RequestContext) -> bool | None:
 def reserved_output(ctx: RequestContext) -> int:
     """The output tokens admission reserved for a call (its output limit x choices), 0 when nothing was."""
     res = ctx.reservation
-    if res is None:
-        return 0
-    prompt = res.extra.get("prompt")
-    return max(0, int(res.tokens) - (prompt if isinstance(prompt, int) else 0))
+    return 0 if res is None else max(0, int(res.tokens) - reserved_prompt(ctx))
 
 
 def reserved_prompt(ctx: RequestContext) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -66,13 +66,7 @@ class OwnerStore:
                 want[k] = i
         if want:
             async with self.rt.read() as s:
-                rows = (
-                    await s.execute(
-                        select(
-                            ProviderObject.id, ProviderObject.project_id, ProviderObject.upstream, ProviderObject.object
-                        ).where(ProviderObject.id.in_(list(want)))
-                    )
-                ).all()
+                rows = (await s.execute(_owners_of(list(want)))).all()
             for r in rows:
                 out[want[r.id]] = self._remember(r.id, Owner(r.project_id, r.upstream, r.object or ""))
             if len(self.misses) >= _MISS_MAX:
@@ -133,20 +127,7 @@ class OwnerStore:
                     async with self.rt.sessions() as s, s.begin():
                         inserted = set((await s.execute(stmt, values)).scalars())
                         taken = [r.id for r, _ in batch if r.id not in inserted]  # owned before: read who owns it
-                        found = (
-                            (
-                                await s.execute(
-                                    select(
-                                        ProviderObject.id,
-                                        ProviderObject.project_id,
-                                        ProviderObject.upstream,
-                                        ProviderObject.object,
-                                    ).where(ProviderObject.id.in_(taken))
-                                )
-                            ).all()
-                            if taken
-                            else []
-                        )
+                        found = (await s.execute(_owners_of(taken))).all() if taken else []
                     for r, _ in batch:
                         if r.id in inserted:
                             self._remember(r.id, Owner(r.project_id, r.upstream, r.object or ""))
@@ -160,6 +141,13 @@ class OwnerStore:
         finally:  # cancelled (shutdown): nobody waits forever
             _release(batch)
             _release(self._pending)
+
+
+def _owners_of(keys: list[str]) -> Select[str, str, str, str]:
+    """The owner rows (id, project, upstream, kind) of these stored keys."""
+    return select(ProviderObject.id, ProviderObject.project_id, ProviderObject.upstream, ProviderObject.object).where(
+        ProviderObject.id.in_(keys)
+    )
 
 
 def _release(batch: list[tuple[ProviderObject, asyncio.Future[None]]]) -> None:

@@ -65,7 +65,6 @@ _STORED_IF: Final = {"/v1/chat/completions": False, "/v1/responses": True}  # th
 _STORE_RE: Final = re.compile(rb'"store"\s*:\s*(true|false)')
 _CHAT: Final = "/v1/chat/completions"
 # A chat answer's audio (``choices[].message.audio.id``): recorded as the project's (Tenancy.audio_answers).
-_AUDIO_ANSWER: Final = re.compile(rb'"audio"\s*:\s*\{')
 _AUDIO_ANSWER_ID: Final = re.compile(rb'"audio"\s*:\s*\{[^{}]*?"id"\s*:\s*"([A-Za-z0-9_\-]{1,128})"')
 _STREAM_ID_RE: Final = re.compile(rb'"id"\s*:\s*"((?:resp_|chatcmpl-)[A-Za-z0-9_\-]{1,120})"')
 # Answers that show stored items of an object the caller owns (a response retrieved, its input items, a
@@ -189,25 +188,23 @@ class Tenancy:
         sees that event: an input may then reference them by id (object_refs.py)."""
         if req.method != "POST" or req.endpoint != "/v1/responses" or not _stored(req.endpoint, req.body):
             return
-        now = int(self.rt.clock.now())
-        rows = [r for i in item_ids for r in object_row(i, "item", req.project_id or "", req.upstream or "", now)]
-        try:  # never in the way of the stream's settle: an item not recorded is refused later (fail closed)
-            await self.store.record(rows[:1000])
-        except Exception:
-            log.exception("could not record the output items of a stored response stream")
+        await self._own_quietly(req, item_ids, "item", 1000, "output items of a stored response stream")
 
     async def audio_answers(self, req: TenantRequest, audio_ids: list[str]) -> None:
         """Record the audio answers of a chat completion (streamed or not) as the project's own: a later turn may
         give one back by id (``{"role": "assistant", "audio": {"id": ...}}``, object_refs.AUDIO_FIELD). The
         provider keeps them whatever ``store`` says."""
+        await self._own_quietly(req, audio_ids[:64], "audio", 64, "audio answers of a chat completion")
+
+    async def _own_quietly(self, req: TenantRequest, ids: list[str], kind: str, limit: int, what: str) -> None:
+        """Record ``ids`` (at most ``limit`` rows of ``kind``) as the caller's project's, never in the way of the
+        answer's settle: an id not recorded is refused later (fail closed)."""
         now = int(self.rt.clock.now())
-        rows = [
-            r for i in audio_ids[:64] for r in object_row(i, "audio", req.project_id or "", req.upstream or "", now)
-        ]
-        try:  # never in the way of the answer's settle: an audio answer not recorded is refused later (fail closed)
-            await self.store.record(rows)
+        rows = [r for i in ids for r in object_row(i, kind, req.project_id or "", req.upstream or "", now)]
+        try:
+            await self.store.record(rows[:limit])
         except Exception:
-            log.exception("could not record the audio answers of a chat completion")
+            log.exception("could not record the %s", what)
 
     def wants_body(self, req: TenantRequest) -> bool:
         """True when after() must see the whole JSON answer (creates, eval runs started, lists, batch and job
@@ -245,8 +242,10 @@ class Tenancy:
         shows_items = (create and req.endpoint == "/v1/responses") or _shows_items(req.method, req.endpoint)
         if not (create or listing or self.wants_body(req)):
             return body
-        if req.endpoint == _CHAT and b'"audio"' in body and _AUDIO_ANSWER.search(body) and req.method == "POST":
-            await self.audio_answers(req, [m.decode("ascii") for m in _AUDIO_ANSWER_ID.findall(body)])
+        if req.endpoint == _CHAT and req.method == "POST" and b'"audio"' in body:
+            audio = [m.decode("ascii") for m in _AUDIO_ANSWER_ID.findall(body)]
+            if audio:
+                await self.audio_answers(req, audio)
         if create and req.endpoint in _STORED_IF and not _stored(req.endpoint, req.body):
             return body
         try:

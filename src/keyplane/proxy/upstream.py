@@ -143,17 +143,20 @@ def forward_headers(headers: list[tuple[bytes, bytes]], dep: Deployment) -> list
     credential ones, then the deployment's key and its configured ``headers``. A client header of a configured
     name is dropped, whatever its case: those are the operator's (an Azure `api-version`, a gateway's virtual
     key or tenant header), and a server reading the first value would take the client's."""
+    out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in _kept(headers, dep)]
+    if dep.api_key:
+        out.append(("Authorization", "Bearer " + dep.api_key))
+    out.extend(dep.config.headers.items())
+    return out
+
+
+def _kept(headers: list[tuple[bytes, bytes]], dep: Deployment) -> list[tuple[bytes, bytes]]:
+    """The client's headers that go upstream (:func:`forward_headers`' rule, for both clients)."""
     configured = dep.config.headers
     if configured:
         own = {k.lower().encode("latin-1") for k in configured}
-        out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k not in DROP_REQUEST and k not in own]
-    else:
-        out = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers if k not in DROP_REQUEST]
-    if dep.api_key:
-        out.append(("Authorization", "Bearer " + dep.api_key))
-    if configured:
-        out.extend(configured.items())
-    return out
+        return [(k, v) for k, v in headers if k not in DROP_REQUEST and k not in own]
+    return [(k, v) for k, v in headers if k not in DROP_REQUEST]
 
 
 _UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f-\xff#]")  # a request target sent as is: printable ASCII only
@@ -161,15 +164,10 @@ _UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f-\xff#]")  # a request target sent 
 
 def header_block(headers: list[tuple[bytes, bytes]], dep: Deployment) -> bytes:
     """:func:`forward_headers` as the lines of an HTTP/1.1 head ("name: value\\r\\n" each), for proxy/http1.py."""
-    configured = dep.config.headers
-    if configured:
-        own = {k.lower().encode("latin-1") for k in configured}
-        lines = [k + b": " + v + b"\r\n" for k, v in headers if k not in DROP_REQUEST and k not in own]
-    else:
-        lines = [k + b": " + v + b"\r\n" for k, v in headers if k not in DROP_REQUEST]
+    lines = [k + b": " + v + b"\r\n" for k, v in _kept(headers, dep)]
     if dep.api_key:
         lines.append(b"Authorization: Bearer " + dep.api_key.encode("latin-1") + b"\r\n")
-    for k, v in configured.items():
+    for k, v in dep.config.headers.items():
         lines.append(k.encode("latin-1") + b": " + v.encode("latin-1") + b"\r\n")
     return b"".join(lines)
 
