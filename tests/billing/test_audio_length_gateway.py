@@ -101,10 +101,10 @@ def test_a_wav_whose_header_lies_is_billed_by_its_real_length(make_gateway, fake
     assert _spent(srv) == ((26 + reported) * PER_SECOND, 0)
 
 
-def test_a_spooled_upload_is_measured_a_streamed_one_is_not(make_gateway, fake):
+def test_a_large_upload_is_measured_whatever_the_order_of_its_fields(make_gateway, fake):
     """Over 1 MiB: a body whose `model` follows the file is read whole (spooled) before admission, and its
-    file measured as it is read; one whose `model` comes first (the Python SDK's order) streams upstream
-    unread, so its length is not known at admission: refused under the limit, as before."""
+    file measured as it is read; so, under a spend limit, is one whose `model` comes first (the Python SDK's
+    order), which would otherwise stream upstream unread (tests/billing/test_audio_spool_gateway.py)."""
     srv = make_gateway(_upstream(fake))
     _limit(srv, 100)
     f = wav(40, rate=16000, width=2)  # 1.28 MB
@@ -125,8 +125,11 @@ def test_a_spooled_upload_is_measured_a_streamed_one_is_not(make_gateway, fake):
     )
     assert r.status_code == 200, r.text
     assert _spent(srv) == (40 * PER_SECOND, 0)
+    _client(srv).audio.transcriptions.create(model="whisper-1", file=("a.wav", f), response_format="text")
+    assert _spent(srv) == (80 * PER_SECOND, 0)
+    # a file keyplane cannot measure is still refused, before the upstream
     sent = len(fake.model_requests())
     with pytest.raises(openai.PermissionDeniedError) as e:
-        _client(srv).audio.transcriptions.create(model="whisper-1", file=("a.wav", f), response_format="text")
+        _client(srv).audio.transcriptions.create(model="whisper-1", file=("a.m4a", f), response_format="text")
     assert e.value.code == "cost_not_bounded"
     assert len(fake.model_requests()) == sent

@@ -7,7 +7,8 @@ and settle steps (keyplane.pipeline) and the admin API endpoints. docs/limits-an
 describes the behaviour; the modules: price (the arithmetic), prices and prices_file (the table), quote and
 quote_* (what a request may cost), tiers, credit, spend, spend_alerts, spend_firing, ratelimits (control
 plane), engine (state and background work), admission and settle (the request path; admission_replies its
-refusals), batches and batch_* (batch jobs), job_poll, ledger (SQL), routes, cli.
+refusals, admission_audio its large per-minute audio uploads), batches and batch_* (batch jobs), job_poll,
+ledger (SQL), routes, cli.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 async def start(rt: Any) -> Any:
     from keyplane.app import Feature
-    from keyplane.billing.admission import Admission
+    from keyplane.billing.admission_audio import MeasuringAdmission
     from keyplane.billing.engine import Billing
     from keyplane.billing.ledger import Ledger
     from keyplane.billing.prices import PriceTable
@@ -54,7 +55,7 @@ async def start(rt: Any) -> Any:
     else:
         await billing.seed()
     await billing.promote()
-    admission = Admission(billing)
+    admission = MeasuringAdmission(billing)  # admission, large per-minute audio measured first (admission_audio)
     rt.features.billing = billing
     billing.start()
     return Feature(endpoints=list(ENDPOINTS), stop=billing.stop, billing=admission)

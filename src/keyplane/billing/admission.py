@@ -28,7 +28,7 @@ from keyplane.billing.engine import Billing, Plan
 from keyplane.billing.price import MICROS
 from keyplane.billing.ratelimits import limits_model
 from keyplane.billing.settle import Settle, Upstream, log_store_error
-from keyplane.limits import Denied, Granted, Reservation, Unseeded
+from keyplane.limits import BudgetRef, Denied, Granted, Reservation, Unseeded
 
 log = logging.getLogger("keyplane.billing")
 
@@ -39,6 +39,11 @@ def _form(ctx: Any) -> dict[str, str] | None:
     """The multipart text fields the proxy read (with the Content-Type's boundary), if it kept them."""
     form = getattr(ctx, "form", None)
     return form if isinstance(form, dict) else None
+
+
+def money_controlled(budgets: tuple[BudgetRef, ...]) -> bool:
+    """A spend limit or enforced credit applies: one of the request's budgets has a limit."""
+    return any(ref.limit is not None for ref in budgets)
 
 
 class Admission(Settle):
@@ -101,11 +106,7 @@ class Admission(Settle):
             plan = b.plan(ctx.key, limits_model(b, ctx.key.id, ctx.key.project_id or "", model))
         else:  # no model: the budgets only (there is no per-model bucket to count it in)
             plan = dataclasses.replace(b.plan(ctx.key, ""), buckets=(), wheres=())
-        controlled = False  # a spend limit or enforced credit applies
-        for ref in plan.budgets:
-            if ref.limit is not None:
-                controlled = True
-                break
+        controlled = money_controlled(plan.budgets)
         cost = q.cost
         if q.unpriced is not None:
             if ctx.endpoint == "/v1/batches":  # priced from its input file, if keyplane read it

@@ -28,10 +28,13 @@ file reserve less than it plays. What is counted instead:
   H.264 start codes (00 00 01, three or more), S/PDIF, TrueHD/MLP or DTS sync words, AAC ADTS/LOAS
   frame runs, GSM blocks, MPEG-TS sync bytes at
   a packet stride, an ISO BMFF box name at offset 4. Else None.
-- Anything else (mp4/m4a, webm, ogg, flac, MPEG audio with junk first...): None. So is a file whose name
-  (when one is given) does not end in ``.wav`` for WAV, or ``.mp3``/``.mpga`` for MPEG audio: a provider
-  that picks the demuxer by the extension would read other bytes than keyplane measured (an MPEG audio
-  parser finds frames in PCM samples).
+- **FLAC** (``fLaC`` and a STREAMINFO block ffmpeg's probe takes): the block sizes of every byte that starts a
+  frame header ffmpeg parses (CRC-8 included), at STREAMINFO's rate; None when one names another rate or
+  channel count (billing/audio_flac.py).
+- Anything else (mp4/m4a, webm, ogg, MPEG audio with junk first...): None. So is a file whose name
+  (when one is given) does not end in ``.wav`` for WAV, ``.mp3``/``.mpga`` for MPEG audio, ``.flac`` for
+  FLAC: a provider that picks the demuxer by the extension would read other bytes than keyplane measured (an
+  MPEG audio parser finds frames in PCM samples).
 
 :class:`Meter` is incremental (``feed`` chunks in order, then ``result``) so that an upload streaming
 through keyplane is measured without being held: it keeps at most the first MiB (and the frames in
@@ -45,6 +48,7 @@ import logging
 from fractions import Fraction
 from typing import Final
 
+from keyplane.billing import audio_flac
 from keyplane.billing.audio_formats import (
     BOX_NAMES,
     MPA,
@@ -77,7 +81,7 @@ _WAV_META: Final = frozenset(
     }
 )  # fmt: skip
 _PCM_GUID_TAIL: Final = bytes.fromhex("000000001000800000aa00389b71")  # KSDATAFORMAT_SUBTYPE_* after the tag
-_EXTENSIONS: Final = {"wav": frozenset({"wav"}), "mpa": frozenset({"mp3", "mpga"})}
+_EXTENSIONS: Final = {"wav": frozenset({"wav"}), "mpa": frozenset({"mp3", "mpga"}), "flac": frozenset({"flac"})}
 
 
 class Meter:
@@ -86,7 +90,7 @@ class Meter:
     def __init__(self, filename: str | None = None) -> None:
         self.filename = filename  # the upload's: its extension must name the format found (None: not checked)
         self.size = 0  # bytes fed
-        self._kind = ""  # "" until the first bytes say: "wav", "mpa", or "void" (unknown)
+        self._kind = ""  # "" until the first bytes say: "wav", "mpa", "flac", or "void" (unknown)
         self._head = bytearray()  # the first PROBE_WINDOW bytes (freed once checked)
         self._checked = False
         # WAV: where the data chunk's content starts, and the decoder's bytes per sample frame and rate
@@ -100,6 +104,17 @@ class Meter:
         self._best: dict[int, int] = {}
         self._pending: list[tuple[int, int, int]] = []  # (end, chain length, rate) of frames not yet ended
         self._candidates = 0
+        self._flac = audio_flac.Flac()  # FLAC: every frame header candidate (billing/audio_flac.py)
+        self._info: tuple[int, int] | None = None  # FLAC: STREAMINFO's sample rate and channels
+
+    @property
+    def hopeful(self) -> bool:
+        """What was fed so far may still be measured: not a format keyplane cannot bound, nor one its file name
+        belies (an upload is spooled to be measured only while this holds: proxy/uploads.py)."""
+        if self._kind == "void":
+            return False
+        kinds = [self._kind] if self._kind else list(_EXTENSIONS)
+        return any(_named(k, self.filename) for k in kinds)
 
     # --- feeding ---------------------------------------------------------------------------------
 
@@ -135,6 +150,10 @@ class Meter:
             chunk, start = bytes(self._head[:start]) + chunk, 0
         if self._kind == "wav":
             self._scan_wav(chunk)
+        elif self._kind == "flac":
+            self._flac.feed(chunk)
+            if self._flac.syncs > (self.size >> 8) + 4096:  # sync codes every few hundred bytes: not audio
+                self._void()
         else:
             self._scan_mpa(chunk, start)
         if not self._checked and len(self._head) >= PROBE_WINDOW and self._kind != "void":
@@ -149,6 +168,10 @@ class Meter:
             self._check_head()
             if self._kind == "void":
                 return None
+        if self._kind == "flac":
+            assert self._info is not None
+            self._flac.end()
+            return self._flac.result(*self._info)
         if self._kind == "wav":
             if self._data_at < 0:
                 return None
@@ -162,11 +185,13 @@ class Meter:
     def _sniff(self, final: bool = False) -> None:
         h = bytes(self._head[:12])
         if len(h) < 12 and not final:
-            if not any(h[: len(m)] == m[: len(h)] for m in (*_WAV_MAGIC, b"ID3")) and not mpa_start(h):
+            if not any(h[: len(m)] == m[: len(h)] for m in (*_WAV_MAGIC, b"ID3", b"fLaC")) and not mpa_start(h):
                 self._kind = "void"
             return
         if h[:4] in _WAV_MAGIC and h[8:12] == b"WAVE":
             self._kind = "wav"
+        elif h[:4] == audio_flac.MAGIC:
+            self._kind = "flac"
         elif h[:3] == b"ID3" or mpa_start(h):
             self._kind = "mpa"
         else:
@@ -176,6 +201,7 @@ class Meter:
         self._kind = "void"
         self._head = bytearray()
         self._pending = []
+        self._flac = audio_flac.Flac()
 
     def _check_head(self) -> None:
         """The checks of the first MiB (the demuxer ffmpeg picks, the WAV header, the first MPEG frames)."""
@@ -184,6 +210,11 @@ class Meter:
         self._head = bytearray()
         if self._kind == "wav":
             if not self._wav_header(head) or act(head):
+                self._void()
+            return
+        if self._kind == "flac":
+            self._info = audio_flac.streaminfo(head)
+            if self._info is None:
                 self._void()
             return
         at, probed = after_id3(head), after_id3(head, 1)  # ffmpeg's probe skips the first tag only

@@ -3,9 +3,9 @@ image by model, quality and size, the most expensive the request allows when it 
 prompt's tokens for gpt-image models and, for a streamed one, 100 image output tokens per partial image; a
 call naming no model is priced as the model the provider runs for it, keyplane.model_names), speech (per
 character of ``input``) and transcription and translation (per minute: by the length of the uploaded file
-when keyplane read it whole before admission and can bound it, billing/audio_length.py, a WAV or MP3 file;
-else an estimate from the upload's size, refused where a spend limit or credit applies; a token-priced model
-is bounded by its tokens instead).
+when keyplane read it whole before admission and can bound it, billing/audio_length.py, a WAV, MP3 or FLAC
+file; else an estimate from the upload's size, refused where a spend limit or credit applies; a token-priced
+model is bounded by its tokens instead).
 """
 
 from __future__ import annotations
@@ -190,13 +190,25 @@ def seconds_of(length: Fraction, max_seconds: int | None = None) -> int:
     return min(seconds, max_seconds) if max_seconds else seconds
 
 
+def token_bounded(price: Price) -> bool:
+    """A transcription model billed per token (gpt-4o-transcribe): bounded by its tokens, not its audio's length."""
+    return price.audio_input is not None and bool(price.context_window) and bool(price.max_output)
+
+
+def priced_by_length(prices: PriceTable, model: str) -> bool:
+    """A transcription of ``model`` is priced by the audio's length (per minute: whisper-1), which keyplane
+    bounds only by measuring the file before the call."""
+    price = prices.lookup(model)
+    return price is not None and price.per_minute is not None and not token_bounded(price)
+
+
 def quote_transcription(prices: PriceTable, model: str | None, form: dict[str, str] | None, size: int) -> Quote:
     name = model or (form or {}).get("model") or "whisper-1"
     price = prices.lookup(name)
     if price is None or price.per_minute is None:
         return Quote(name, unpriced=errors.model_not_priced(name))
     minutes = minutes_of(size, price.max_seconds)
-    if price.audio_input is not None and price.context_window and price.max_output:
+    if price.audio_input is not None and price.context_window and price.max_output:  # token_bounded(price)
         # Billed per token (gpt-4o-transcribe): bounded by a context window of audio and the output limit;
         # settle bills the tokens the answer reports, else this bound.
         bound = price.max_cost(price.context_window, price.max_output)
@@ -215,8 +227,7 @@ def quote_transcription(prices: PriceTable, model: str | None, form: dict[str, s
         units=minutes * 60,
         per_minute=price.per_minute,
         estimate=(
-            "the duration of the audio is not known before it is decoded (keyplane measures a WAV or MP3 "
-            "file it reads whole before the call: one of at most 1 MiB, or a larger one whose `model` field "
-            "comes after the file)"
+            "the duration of the audio is not known before it is decoded (keyplane measures a WAV, MP3 or "
+            "FLAC file, named .wav, .mp3, .mpga or .flac, that it reads whole before the call)"
         ),
     )

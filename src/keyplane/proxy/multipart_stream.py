@@ -51,6 +51,11 @@ class Parser:
             return None
         return self._audio.result()
 
+    @property
+    def measuring(self) -> bool:
+        """The one file part, named ``file``, is being measured, and what was read of it may yet bound it."""
+        return self._metering and self._audio is not None and self._audio.hopeful
+
     def stop_audio(self) -> None:
         """Measure no more (the upload streams upstream unmeasured)."""
         self._audio, self._metering = None, False

@@ -11,7 +11,9 @@ before, and JSON requests never come here. What each endpoint does once the firs
   chunked, settled on the size received), an estimate refused under money controls: the file's length is not
   known before it went upstream. A text field after the file that names ``model`` again is refused. Spooled
   audio (below) is read whole first: its file part is measured as it is read (billing/audio_length.py), and a
-  WAV or MP3 file is priced by its length, a bound.
+  WAV, MP3 or FLAC file is priced by its length, a bound. Where money controls apply and the model is priced by the
+  minute, admission spools a streaming audio upload before it quotes it (:meth:`Upload.spool_measured`,
+  billing/admission_audio.py): it is then measured and sent like one whose ``model`` came last.
 - image edits and variations, and audio whose ``model`` comes after the file: *spooled*, the rest of the body
   written to a private temporary file (created 0600 and unlinked at once, tempfile.TemporaryFile) while it is
   parsed, so every field (model, n, size, quality, prompt) and the number of images are known before admission
@@ -94,6 +96,12 @@ class Upload:
         return self.parser.files
 
     @property
+    def measurable(self) -> bool:
+        """Audio still streaming in, nothing sent yet, whose file may yet be measured (:meth:`spool_measured`):
+        its one file part, named ``file``, is being read, and its first bytes do not already rule it out."""
+        return self.spool is None and self.more and not self.sent and self.parser.measuring
+
+    @property
     def estimate_bytes(self) -> int:
         """The size admission prices (audio minutes): known when spooled or declared, else the bound."""
         if not self.more or self.spool is not None:
@@ -158,6 +166,21 @@ class Upload:
             await asyncio.to_thread(spool.write, bytes(buf))
         await asyncio.to_thread(spool.flush)
 
+    async def spool_measured(self) -> None:
+        """Spool the rest of a streaming audio upload before admission (where money controls apply and the model
+        is priced by the minute: billing/admission_audio.py), its file measured as it is read, so that it is
+        priced by its length; then it is sent from the spool. The upload's own error (413, 400, 499) when cut."""
+        try:
+            await self._spool_rest()
+        except _Cut:
+            self.close()
+            assert self.error is not None
+            raise self.error from None
+        except BaseException:
+            self.close()
+            raise
+        self.form.set_audio_length(self.parser.audio_length())
+
     async def _read_rest(self) -> bytes:
         parts = [self.head]
         while self.more:
@@ -186,6 +209,7 @@ class Upload:
                 yield chunk
             self.spool.close()  # all of it went upstream: never sent again (deleted: it had no name)
         else:
+            self.parser.stop_audio()  # it streams unmeasured: priced by its size
             while self.more:
                 chunk = await self._read()  # raises _Cut: aiohttp drops the upstream connection
                 if chunk:
@@ -246,10 +270,11 @@ async def begin(scope: dict[str, Any], receive: Any, limit: int, path: str) -> t
             pass
         else:
             await up._spool_rest()
-        if up.more:  # streams upstream before it is read whole: its length is not known at admission
-            up.parser.stop_audio()
-        else:
+        if not up.more:  # read whole (spooled): measured
             up.form.set_audio_length(up.parser.audio_length())
+        elif path not in _AUDIO:  # streams upstream before it is read whole: its length is not known at admission
+            up.parser.stop_audio()
+        # (streaming audio is measured on if admission spools it: spool_measured; else iterate stops it)
         up.fields = request.form_fields(path, up.form)
         return up.head, up
     except _Cut:
