@@ -3,9 +3,11 @@ same tokens and the same ``unbounded`` flag for any JSON value, keys counted or 
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Any
 
+import orjson
 import pytest
 
 from keyplane.limits import encodings, tokens
@@ -20,6 +22,7 @@ def loaded():
 def reference_scan(c: tokens.Counter, v: Any, scan: Scan | None = None, keys: bool = False) -> Scan:
     """The walk as it was (an explicit stack), kept here as the reference."""
     scan = scan or Scan()
+    before = scan.tokens
     stack: list[tuple[Any, int]] = [(v, 0)]
     while stack:
         node, depth = stack.pop()
@@ -28,14 +31,11 @@ def reference_scan(c: tokens.Counter, v: Any, scan: Scan | None = None, keys: bo
         elif isinstance(node, bool) or node is None:
             continue
         elif isinstance(node, int | float):
-            scan.tokens += 1
+            scan.tokens += c.count(str(node))  # a number's text (a schema's enum is no token ids)
         elif depth > MAX_DEPTH:
             scan.unbounded = True
         elif isinstance(node, list):
-            if node and all(isinstance(x, int) and not isinstance(x, bool) for x in node):
-                scan.tokens += len(node)
-            else:
-                stack.extend((x, depth + 1) for x in node)
+            stack.extend((x, depth + 1) for x in node)
         elif isinstance(node, dict):
             t = node.get("type")
             if not isinstance(t, str):
@@ -53,6 +53,9 @@ def reference_scan(c: tokens.Counter, v: Any, scan: Scan | None = None, keys: bo
                 for k, x in node.items()
                 if k not in _NOT_TEXT or not (isinstance(x, str) and len(x) <= 128)
             )
+    if keys and scan.tokens > before:  # a schema: at least its JSON text (when orjson writes it)
+        with contextlib.suppress(orjson.JSONEncodeError, TypeError):
+            scan.tokens = before + max(scan.tokens - before, c.count(orjson.dumps(v).decode()))
     return scan
 
 

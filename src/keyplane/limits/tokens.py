@@ -12,6 +12,7 @@ stored prompts, earlier items) is flagged for admission to reserve the model's c
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import orjson
@@ -65,11 +66,17 @@ class Counter:
 
     def scan(self, v: Any, scan: Scan | None = None, keys: bool = False) -> Scan:
         """Walks ``v`` and counts it as an upper bound: every string in it is counted (keys like ``text``,
-        ``content``, ``arguments``, ``summary`` alike), token arrays by length, images at their largest size;
+        ``content``, ``arguments``, ``summary`` alike), numbers by their text, images at their largest size;
         parts whose size is not in the body (files, audio, item references, ids of stored files) set
         ``scan.unbounded``. Recursion is bounded by ``MAX_DEPTH`` (nothing deeper is walked)."""
         scan = scan or Scan()
-        scan.tokens += self._walk(v, 0, scan, keys)
+        n = self._walk(v, 0, scan, keys)
+        if keys and n:
+            # A schema is rendered into the prompt whole, its structure too: the separators of an `enum` of 2,000
+            # short values are 2,000 tokens or more that no string holds. Its JSON text bounds that rendering.
+            with contextlib.suppress(orjson.JSONEncodeError, TypeError):  # nested past orjson's limit (unbounded)
+                n = max(n, self.count(orjson.dumps(v).decode()))
+        scan.tokens += n
         return scan
 
     def _walk(self, node: Any, depth: int, scan: Scan, keys: bool) -> int:
@@ -79,15 +86,15 @@ class Counter:
         if isinstance(node, bool) or node is None:
             return 0
         if isinstance(node, int | float):
-            return 1
+            # Its text, as the provider renders it (a tool schema's `enum`, `minimum`, `default`...): a 19-digit
+            # integer is seven tokens, not one.
+            return self.count(str(node))
         if depth > MAX_DEPTH:
             scan.unbounded = True  # nothing a model reads nests this deep: not worth guessing
             return 0
         n = 0
         depth += 1
         if isinstance(node, list):
-            if node and _is_int(node[0]) and all(_is_int(x) for x in node):
-                return len(node)  # token ids
             for x in node:
                 n += self.count(x) if isinstance(x, str) else self._walk(x, depth, scan, keys)
             return n
@@ -114,6 +121,19 @@ class Counter:
                 elif k not in _NOT_TEXT or not _short(x):
                     n += self._walk(x, depth, scan, keys)
         return n
+
+    def prompt(self, v: Any, scan: Scan) -> None:
+        """A prompt that may be given as token ids (completions' ``prompt``, embeddings' ``input``): an array of
+        integers, or an array of such arrays, counts one token per id; anything else is :meth:`scan`'s. (Elsewhere
+        a list of integers is text the model reads: a schema's ``enum``.)"""
+        if isinstance(v, list) and v:
+            if all(_is_int(x) for x in v):
+                scan.tokens += len(v)
+                return
+            if all(isinstance(x, list) and x and all(_is_int(i) for i in x) for x in v):
+                scan.tokens += sum(len(x) for x in v)
+                return
+        self.scan(v, scan)
 
     def chat(self, req: dict[str, Any], scan: Scan) -> None:
         scan.tokens += 3
@@ -291,13 +311,13 @@ def measure(endpoint: str, model: str, body: bytes) -> Measure:
         c.responses(req, scan)
         return Measure(scan.tokens, 1, scan.unbounded, scan.hosted_tools, images=scan.images)
     if endpoint == "/v1/completions":
-        c.scan(req.get("prompt"), scan)
+        c.prompt(req.get("prompt"), scan)
         c.scan(req.get("suffix"), scan)
         # A list of prompts (strings or token arrays; a flat list of ints is one prompt) gets n completions
         # each: the output reserved is max_tokens x n x prompts.
         return Measure(scan.tokens, n * _prompt_count(req.get("prompt")), scan.unbounded, images=scan.images)
     if endpoint == "/v1/embeddings":
-        c.scan(req.get("input"), scan)
+        c.prompt(req.get("input"), scan)
         return Measure(scan.tokens, 1, scan.unbounded, images=scan.images)
     c.scan(req.get("input") or req.get("prompt") or req.get("messages"), scan)
     return Measure(scan.tokens, 1, scan.unbounded, images=scan.images)

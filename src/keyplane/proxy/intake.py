@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from keyplane import errors
 from keyplane.auth import authenticate
-from keyplane.proxy import canonical, client_secrets, replies, request, skipped, uploads
+from keyplane.proxy import authority, canonical, client_secrets, replies, request, skipped, uploads
 from keyplane.proxy.canonical import Endpoint
+from keyplane.proxy.context import RequestContext
 from keyplane.proxy.owners import fine_tuned_ids, foreign_model
 from keyplane.proxy.request import Fields
 from keyplane.snapshot import KeyEntry
@@ -65,7 +66,8 @@ class Intake:
             access.check_org_ip(scope.get("client"), headers)
         entry = self.entry = authenticate(rt, headers, scope["query_string"])
         if access is not None:  # project and key IP allowlists, before anything else the key may do
-            await access.current()  # (a key's policies are never older than the key: keyplane.access)
+            if access.behind(access.revision):  # (a key's policies are never older than the key: keyplane.access)
+                await access.current()
             access.check_ip(entry.project_id, entry.id, scope.get("client"), headers)
         rt.last_used.touch(entry.id, rt.clock.now())
         if path == KEY_INFO_PATH and method == "GET":
@@ -99,7 +101,10 @@ class Intake:
         else:
             fields = request.read_fields(ep, headers, body) if ep.model or ep.spending else None
             if body and method == "POST" and (fields is None or fields.form is None):  # read alike by all
-                await request.one_reading(body, strict=fields is not None)  # (not JSON: no ids to read)
+                if len(body) > request.BIG_BODY:  # (not JSON: no ids to read)
+                    await request.one_reading(body, strict=fields is not None)
+                else:
+                    request.check_one_reading(body, strict=fields is not None)
         model = fields.model if fields is not None else None
         if ep.model:
             assert fields is not None
@@ -124,8 +129,30 @@ class Intake:
             pool = bound.apply(entry.project_id, pool)  # (keyplane.providers.bindings)
         if not pool:
             raise skipped.no_route(rt, model, entry.project_id)
+        # The body took as long as the client liked, and the checks since may have waited: the key is looked at
+        # again, so a request finished after its key's revocation never goes upstream, and one whose key changed
+        # meanwhile (narrower permissions, a new IP allowlist) is held to the key as it is now.
+        if rt.snapshot.keys_by_id.get(entry.id) is not entry:
+            entry = self.entry = self._still(app, entry, scope, headers)
+        elif access is not None:
+            access.check_ip(entry.project_id, entry.id, scope.get("client"), headers)
         self.body, self.upload, self.fields, self.model, self.pool = body, upload, fields, model, pool
         return True
+
+    def _still(
+        self, app: ProxyApp, entry: KeyEntry, scope: dict[str, Any], headers: list[tuple[bytes, bytes]]
+    ) -> KeyEntry:
+        """The key's entry now, if it may still make this request: a 401/403 if it was revoked, suspended, deleted or
+        expired (or its project archived) since it was authenticated, or if it no longer has the endpoint's scope."""
+        cut = authority.ended(app.rt, RequestContext("", entry, entry.project_id, self.path))
+        if cut is not None:
+            raise cut
+        now = app.rt.snapshot.keys_by_id[entry.id]
+        if self.ep.scope is not None and not now.permissions.allows(self.ep.scope):
+            raise errors.missing_scope(self.ep.scope)
+        if app.access is not None:
+            app.access.check_ip(now.project_id, now.id, scope.get("client"), headers)
+        return now
 
 
 async def own_model(app: ProxyApp, model: str, project_id: str | None) -> None:

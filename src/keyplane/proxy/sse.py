@@ -56,6 +56,16 @@ def error_event(err: APIError) -> bytes:
     return b"data: " + err.body() + b"\n\n"
 
 
+def _later(kept: Usage | None, u: Usage) -> Usage:
+    """The usage to bill of two a chat stream reported, ``u`` the later: a usage is the request's so far, so the
+    later one, unless it reports fewer output tokens (or as many and fewer input tokens) than the one kept."""
+    if kept is None:
+        return u
+    p0, _, c0 = kept.numbers()
+    p1, _, c1 = u.numbers()
+    return u if (c1, p1) >= (c0, p0) else kept
+
+
 class StreamRelay:
     __slots__ = (
         "_buf",
@@ -125,8 +135,6 @@ class StreamRelay:
         if self.kind == RESPONSES and self.held:  # after the terminal event: keep holding, in order
             self.held += out
             return b""
-        if self.usage is not None:
-            return out
         if self.kind == RESPONSES:
             if any(m in out for m in _FINAL_EVENTS):
                 # The terminal event (and anything after it) is held back until the usage is settled,
@@ -152,6 +160,8 @@ class StreamRelay:
                 self.held += b"".join(hold)
                 return b"".join(keep)
             return out
+        # Every usage a chat stream reports is read, not only the first: a server asked for
+        # `continuous_usage_stats` (vLLM, SGLang) puts the usage so far in every chunk, the whole request's last.
         if not any(m in out for m in _USAGE_MARKS):
             return out
         kept: list[bytes] = []
@@ -165,7 +175,7 @@ class StreamRelay:
                 except _usage.BadBody:
                     u, only = None, False
                 if u is not None:
-                    self.usage = u
+                    self.usage = _later(self.usage, u)
                 if only and self.strip_usage:
                     dropped = True
                     continue
