@@ -174,6 +174,14 @@ class FileConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cache: CacheSection = msgspec.field(default_factory=CacheSection)
     providers: list[ProviderSection] = msgspec.field(default_factory=list)
 
+    def project_refs(self) -> frozenset[str]:
+        """The project ids and names the sections name (an upstream's ``projects``, the response cache's lists).
+        A name there gives whichever project bears it what the section gives, so the admin API never moves one
+        between projects (control.update_project)."""
+        refs = [p for up in self.upstreams for p in up.projects]
+        refs += [*self.cache.projects, *self.cache.org_wide_projects]
+        return frozenset(r.strip() for r in refs if r.strip() and r.strip() != "*")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Settings(CoreSettings, UsageSettings, LimitsSettings, BillingSettings, AccessSettings, SsoSettings):

@@ -55,8 +55,10 @@ async def get_project(request: Request) -> JSONResponse:
 async def update_project(request: Request) -> JSONResponse:
     _, actor = authenticate_admin(request)
     body = await json_body(request)
-    async with runtime(request).write() as s:
-        p = await control.update_project(s, actor, request.path_params["project_id"], body.get("name"))
+    rt = runtime(request)
+    async with rt.write() as s:
+        reserved = rt.settings.file.project_refs()
+        p = await control.update_project(s, actor, request.path_params["project_id"], body.get("name"), reserved)
     return JSONResponse(shapes.project(p))
 
 

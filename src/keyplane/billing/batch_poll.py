@@ -119,7 +119,9 @@ class BatchPoller:
 
 def stop_reason(rt: Runtime, key_id: str | None, project_id: str) -> str | None:
     """Why an object's key or project may not spend any more (revoked, suspended or deleted key, project not
-    active), or None. Expired keys are not: a batch or job created before the expiry runs its course."""
+    active; a federation rule's keyless key whose rule or provider is disabled or deleted: its workload tokens
+    are refused, so what they started stops too), or None. Expired keys are not: a batch or job created before
+    the expiry runs its course."""
     snap = rt.snapshot
     if not snap.loaded:
         return None
@@ -136,6 +138,9 @@ def stop_reason(rt: Runtime, key_id: str | None, project_id: str) -> str | None:
         return f"its API key {key_id} was revoked" + (f" ({e.revoke_reason})" if e.revoke_reason else "")
     if e.suspended_at is not None:
         return f"its API key {key_id} is suspended" + (f" ({e.suspend_reason})" if e.suspend_reason else "")
+    identity = rt.features.identity
+    if identity is not None and (gone := identity.key_ended(key_id)):
+        return f"its workload identity key {key_id} {gone}"
     return None
 
 

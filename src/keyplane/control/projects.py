@@ -107,10 +107,25 @@ def ensure_active(p: Project) -> None:
         )
 
 
-async def update_project(s: AsyncSession, actor: Actor, project_id: str, name: Any) -> Project:
+async def update_project(
+    s: AsyncSession, actor: Actor, project_id: str, name: Any, reserved: frozenset[str] = frozenset()
+) -> Project:
+    """Rename a project. ``reserved``: the names the configuration gives something to (a dedicated upstream, the
+    response cache: FileConfig.project_refs); a project may neither take one nor leave one (400
+    ``project_name_reserved``), since renaming takes only ``api.project.write`` in the project renamed."""
     p = await get_project(s, project_id)
     ensure_active(p)
     name = check_name(name)
+    moved = {n for n in (p.name, name) if n in reserved} if name != p.name else set()
+    if moved:
+        raise Invalid(
+            f"The name '{sorted(moved)[0]}' is named in keyplane's configuration (a dedicated upstream or the "
+            "response cache's project lists), which gives the project bearing it what it configures: it can be "
+            "given to or taken from a project only by changing the configuration (name the project by its id "
+            "there to rename it freely).",
+            param="name",
+            code="project_name_reserved",
+        )
     p.name = name
     await audit(
         s,

@@ -291,7 +291,9 @@ class Metrics:
             multiprocess.mark_process_dead(os.getpid())
 
 
-def _authorized(rt: Any, header: str | None) -> bool:
+def _authorized(rt: Any, header: str | None, scope: dict[str, Any]) -> bool:
+    """Whether the request may read the metrics. An admin key is held to the organization's IP allowlist, as on
+    the admin API (docs/access-control.md): a 403 ``ip_not_allowed`` is raised off it."""
     mode = rt.settings.metrics_auth
     if mode == "none":
         return True
@@ -306,6 +308,9 @@ def _authorized(rt: Any, header: str | None) -> bool:
         if token and hmac.compare_digest(value.encode(), token.encode()):
             return True
     if mode in ("admin", "admin_or_token") and keys.parse(value) == "admin":
+        access = rt.features.access
+        if access is not None:  # before the key is looked at, as authenticate_admin does
+            access.check_org_ip(scope.get("client"), scope.get("headers") or [])
         entry = rt.snapshot.keys.get(keys.digest(rt.settings.secret_key, value))
         return entry is not None and entry.kind == "admin" and entry.inactive_reason(rt.clock.now()) is None
     return False
@@ -325,7 +330,12 @@ def metrics_route(rt: Any, metrics: Metrics) -> Any:
         for k, v in scope.get("headers", ()):
             if k == b"authorization":
                 header = v.decode("latin-1")
-        if not _authorized(rt, header):
+        try:
+            authorized = _authorized(rt, header, scope)
+        except errors.APIError as e:
+            await send_error(send, e)
+            return
+        if not authorized:
             msg = (
                 "/metrics needs an admin key or the metrics token "
                 f"(${rt.settings.metrics_token_env}) as a Bearer token."
