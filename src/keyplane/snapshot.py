@@ -60,6 +60,12 @@ class KeyEntry(msgspec.Struct, gc=False):
     revoke_reason: str | None
     suspended_at: int | None
     suspend_reason: str | None
+    lineage: str | None = None  # the first key of its rotation line (None: itself)
+
+    @property
+    def budget_id(self) -> str:
+        """The id its key-scope spend and rate limits are counted under, shared by its line (billing/engine.py)."""
+        return self.lineage or self.id
 
     def inactive_reason(self, now: float) -> str | None:
         """Why this key may not be used now, in words for the 401 message; None when it may."""
@@ -108,6 +114,7 @@ KEY_COLUMNS = (
     ApiKey.revoke_reason,
     ApiKey.suspended_at,
     ApiKey.suspend_reason,
+    ApiKey.lineage_id,
 )
 
 
@@ -130,6 +137,7 @@ def key_entry(r: KeyRow, permissions: dict[str, Permissions]) -> KeyEntry:
         revoke_reason=r.revoke_reason,
         suspended_at=r.suspended_at,
         suspend_reason=r.suspend_reason,
+        lineage=r.lineage_id,
     )
 
 

@@ -172,7 +172,7 @@ def test_an_older_journal_record_reads_as_default():
     """Segments written before the field existed (27 fields) decode with service_tier default."""
     rec = _rec(1, T0 + 1.0, "priority")
     fields = msgspec.to_builtins(rec)  # array_like: the fields in order
-    old = msgspec.msgpack.encode(fields[:-1])
+    old = msgspec.msgpack.encode(fields[: type(rec).__struct_fields__.index("service_tier")])
     frame = struct.pack("<II", len(old), zlib.crc32(old)) + old
     (got, _end), *_ = parse_frames(frame + encode_frame(rec))[0]
     assert got.service_tier == "default" and got.input_tokens == rec.input_tokens

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
 import orjson
 from sqlalchemy import select, update
 
@@ -120,6 +121,8 @@ class BatchMeter:
             self.rt.clock.now(),
         )
         records, total, tokens_in, tokens_out = m.records, m.total, m.tokens_in, m.tokens_out
+        if entry is not None and entry.lineage:  # a rotated key's: counted under its line, as it was reserved
+            records = [msgspec.structs.replace(r, key_lineage=entry.lineage) for r in records]
         if unread is not None:
             log.warning("batch %s: %s; billed at its reservation, %d micro-dollars (estimated)", row.id, unread, total)
         usage = self.rt.pipeline.usage if self.rt.pipeline is not None else None

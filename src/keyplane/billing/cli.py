@@ -258,7 +258,10 @@ async def _show(session: Any, s: Any, project: str | None, key: str | None, only
     from keyplane.billing import ratelimits, spend, state
     from keyplane.billing.models import SpendLedger, SpendLimit
 
-    scope, sid, _pid, label = await _scope(session, project, key)
+    scope, sid, pid, label = await _scope(session, project, key)
+    counter = sid  # the id its spend is counted under: a rotated key's line's first key (KeyEntry.budget_id)
+    if scope == "api_key":
+        counter = (await control.get_key(session, sid, pid, "project")).lineage_id or sid
     now = time.time()
     period = state.period_of(now)
     tbl, prices = _tables(s)
@@ -266,7 +269,7 @@ async def _show(session: Any, s: Any, project: str | None, key: str | None, only
     micros = (
         await session.execute(
             select(func.coalesce(func.sum(SpendLedger.micros), 0)).where(
-                SpendLedger.period == period, SpendLedger.scope == scope, SpendLedger.scope_id == sid
+                SpendLedger.period == period, SpendLedger.scope == scope, SpendLedger.scope_id == counter
             )
         )
     ).scalar() or 0

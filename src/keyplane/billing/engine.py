@@ -139,15 +139,22 @@ class Billing:
             self.plans[(entry.id, model)] = p
         return p
 
-    def _budget(self, scope: str, sid: str) -> BudgetRef:
+    def _budget(self, scope: str, sid: str, counter: str | None = None) -> BudgetRef:
+        """The budget of a scope: its limit, counted under ``counter`` (a key's line: KeyEntry.budget_id)."""
         lim = self.cfg.spend_limits.get((scope, sid))
         limit = lim[0] if lim is not None and lim[1] else None
-        return BudgetRef(f"{self.period}:{scope}:{sid}", limit, MONTH_TTL)
+        return BudgetRef(f"{self.period}:{scope}:{counter or sid}", limit, MONTH_TTL)
+
+    def counter_id(self, scope: str, sid: str) -> str:
+        """The id a scope's spend is counted under: a key's line's first key (its rotated values share it)."""
+        if scope == "api_key" and (e := self.rt.snapshot.keys_by_id.get(sid)) is not None:
+            return e.budget_id
+        return sid
 
     def _build(self, entry: KeyEntry, model: str) -> Plan:
         pid = entry.project_id or ""
         scopes: list[tuple[str, str]] = [("api_key", entry.id), ("project", pid), ("organization", self.org_id)]
-        budgets = [self._budget(s, i) for s, i in scopes]
+        budgets = [self._budget("api_key", entry.id, entry.budget_id)] + [self._budget(s, i) for s, i in scopes[1:]]
         if self.credit_active:
             budgets.append(BudgetRef(self.credit_key, self.credit_cap if self.credit_enforced else None, 0))
             scopes.append(("credit", self.org_id))
@@ -162,7 +169,7 @@ class Billing:
             if entry.id in self.cfg.keys_with_limits:
                 klimits = self.key_limits(entry.id, model)
                 if any(klimits):
-                    buckets.append(Bucket(f"k:{entry.id}:{model}", klimits))
+                    buckets.append(Bucket(f"k:{entry.budget_id}:{model}", klimits))  # one per rotation line
                     wheres.append(f"API key `{entry.name}` ({entry.id})")
         return Plan(
             self.period,
@@ -267,7 +274,7 @@ class Billing:
 
     async def spent(self, scope: str, sid: str, period: str | None = None) -> tuple[int, int]:
         """(spent, reserved) micro-dollars of a scope this month (credit: in total)."""
-        key = self.credit_key if scope == "credit" else f"{period or self.period}:{scope}:{sid}"
+        key = self.credit_key if scope == "credit" else f"{period or self.period}:{scope}:{self.counter_id(scope, sid)}"
         try:
             return (await self.limiter.spent([key]))[key]
         except Unseeded:

@@ -59,7 +59,7 @@ def budget_keys(rec: Record) -> tuple[str, str, str]:
     """The api_key, project and organization counters a record's cost went to (as admission's plan)."""
     period = period_of(started(rec))
     return (
-        f"{period}:api_key:{rec.key_id or ''}",
+        f"{period}:api_key:{rec.key_lineage or rec.key_id or ''}",  # a rotated key's: its line's (KeyEntry.budget_id)
         f"{period}:project:{rec.project_id or ''}",
         f"{period}:organization:{rec.org_id or ''}",
     )

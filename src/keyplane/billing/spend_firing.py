@@ -31,10 +31,10 @@ async def check_alerts(b: Billing) -> None:
     due = [a for a in alerts if a.fired_period != period]
     if not due:
         return
-    keys = sorted({f"{period}:{a.scope}:{a.scope_id}" for a in due})
-    spent = await b.limiter.spent(keys)
+    counter = {a.id: f"{period}:{a.scope}:{b.counter_id(a.scope, a.scope_id)}" for a in due}  # a key's: its line's
+    spent = await b.limiter.spent(sorted(set(counter.values())))
     for a in due:
-        value = spent.get(f"{period}:{a.scope}:{a.scope_id}", (0, 0))[0]
+        value = spent.get(counter[a.id], (0, 0))[0]
         if value < a.threshold_micros:
             continue
         async with b.rt.sessions() as s, s.begin():

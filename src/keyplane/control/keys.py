@@ -310,6 +310,12 @@ async def rotate_key(
     old = await get_key(s, key_id, project_id, kind="project")
     if old.revoked_at is not None:
         raise Invalid("The key is revoked; create a new key instead of rotating it.", code="key_revoked")
+    if old.suspended_at is not None:  # a new value would be an active key: the suspension's review skipped
+        raise Invalid(
+            "The key is suspended (by the kill switch or an administrator); resume it before rotating it, or "
+            "create a new key.",
+            code="key_suspended",
+        )
     if old.project_id:
         ensure_active(await get_project(s, old.project_id))
     grace = 0
@@ -334,10 +340,13 @@ async def rotate_key(
         expires_at=old.expires_at,
         at=t,
     )
+    new.lineage_id = old.lineage_id or old.id  # one line: one spend counter and rate-limit bucket
     s.add(new)
     from keyplane.access.models import copy_key_policies  # the key's own access policies go with it
+    from keyplane.billing.models import copy_key_limits  # and its spend limit and rate limits
 
     await copy_key_policies(s, old.id, new.id, t)
+    await copy_key_limits(s, old.id, new.id, t)
     old.rotated_to = new.id
     old.updated_at = t
     if grace:

@@ -91,6 +91,9 @@ class ApiKey(Base):
     suspend_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Set on the old key of a rotation: it stops working at expires_at (the grace period).
     rotated_to: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Set on the new key of a rotation: the first key of its line. Its old and new values share one spend
+    # counter and one rate-limit bucket under that id (billing/engine.py), so a rotation resets neither.
+    lineage_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     updated_at: Mapped[int] = mapped_column(BigInteger)
 
     __table_args__ = (Index("ix_api_keys_project", "project_id", "seq"),)

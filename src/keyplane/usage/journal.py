@@ -73,6 +73,7 @@ class Record(msgspec.Struct, array_like=True, gc=False):
     input_audio_tokens: int = 0  # the audio part of input_tokens (audio models on chat completions, realtime)
     output_audio_tokens: int = 0  # the audio part of output_tokens
     service_tier: str = "default"  # the tier the answer says served it (served_tier); older journals: default
+    key_lineage: str | None = None  # a rotated key's line (KeyEntry.lineage): its key-scope spend is counted there
 
     @property
     def model_request(self) -> bool:

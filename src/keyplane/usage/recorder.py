@@ -141,6 +141,7 @@ class Recorder:
             a_in,
             a_out,
             served_tier(getattr(ctx, "service_tier", None)),
+            key.lineage,
         )
 
     async def record(self, ctx: Any) -> None:
