@@ -208,6 +208,18 @@ def start_server(settings: Settings, init: dict[str, Any] | None = None, clock: 
     return RunningServer(f"http://127.0.0.1:{port}", settings, app, init or {}, server, thread, holder)
 
 
+async def until_redis_time_passes(redis: Any, deadline_us: int, seconds: float = 10.0) -> None:
+    """Poll Redis TIME, the Redis limiter's clock (its Lua scripts read it; no test can inject it), until it is
+    past ``deadline_us``: a reservation whose expiry score is ``deadline_us`` lapses at the next admission."""
+    give_up = time.monotonic() + seconds
+    while True:
+        sec, us = await redis.time()
+        if int(sec) * 1_000_000 + int(us) > deadline_us:
+            return
+        assert time.monotonic() < give_up, "Redis TIME never passed the deadline"
+        await asyncio.sleep(0.01)  # poll interval (a deadline loop)
+
+
 def until_the_kill_switch_refuses(srv: Any, call: Any, seconds: float = 10.0) -> None:
     """Evaluate the kill switch (drain) and ``call()`` until the key is refused (401). The guard acts when it
     evaluates; its suspension reaches the snapshot through the bus, and on Redis the windows may need a second

@@ -8,6 +8,8 @@ upstream provider key sent to the proxy), in OpenAI's error shape (reference "Er
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import parse_qsl
 
 from keyplane import errors, keys
@@ -80,6 +82,24 @@ def token_kind(token: str, query_string: bytes = b"") -> keys.KeyKind:
     if kind is None:
         raise _bad_token(token, query_string)
     return kind
+
+
+def admin_entry(rt: Runtime, scope: Mapping[str, Any]) -> KeyEntry:
+    """The active admin key of a request (the admin API, /metrics): the organization's IP allowlist first, before
+    the key is even looked at (docs/access-control.md), then an OpenAI-shaped 401 for anything but an admin key
+    that may be used now. What the key may do is its caller's to check (keyplane.members.permissions)."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    access = rt.features.access
+    if access is not None:
+        access.check_org_ip(scope.get("client"), headers)
+    qs: bytes = scope.get("query_string", b"")
+    value = bearer_token(next((v for k, v in headers if k == _H_AUTH), None), headers, qs)
+    if token_kind(value, qs) != "admin":
+        raise errors.admin_key_required(
+            f"Incorrect API key provided: {keys.mask(value)}. The admin API needs an admin key (sk-kp-admin-...); "
+            "project and service-account keys work only on the /v1 model endpoints."
+        )
+    return active_entry(rt, value)
 
 
 def active_entry(rt: Runtime, token: str) -> KeyEntry:

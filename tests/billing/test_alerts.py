@@ -13,7 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from tests.billing.conftest import admin_http
+from keyplane.billing import spend_firing
+from tests.billing.conftest import COST, admin_http, billing_of
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 
@@ -86,6 +87,20 @@ def _wait(cond, seconds: float = 10) -> bool:
     return False
 
 
+def _checked_at(srv, spent: int) -> None:
+    """Once the project's spend this month is ``spent`` (settled, nothing reserved), the alerts are checked as
+    the billing task checks them: whatever was to fire at that spend has fired (its audit record is written
+    before any notification is sent)."""
+    billing = billing_of(srv)
+    assert _wait(lambda: srv.call(billing.spent("project", srv.project_id)) == (spent, 0))
+    srv.call(spend_firing.check_alerts(billing))
+
+
+def _triggered(h, alert_id: str) -> int:
+    data = h.get("/audit_logs", params={"resource_ids[]": alert_id}).json()["data"]
+    return sum(e["type"] == "spend_alert.triggered" for e in data)
+
+
 def test_spend_alert_fires_once(make_gateway, receivers):
     smtp, hook = receivers
     extra = (
@@ -113,8 +128,8 @@ def test_spend_alert_fires_once(make_gateway, receivers):
         alert_id = r.json()["id"]
         auth = {"Authorization": f"Bearer {srv.api_key}"}
         assert httpx.post(srv.v1 + "/chat/completions", json=CHAT, headers=auth).status_code == 200
-        time.sleep(1.5)  # a window in which no alert may fire (asserting it does not)
-        assert hook.hooks == []  # 0.8 cents: not yet
+        _checked_at(srv, COST)
+        assert _triggered(h, alert_id) == 0 and hook.hooks == []  # 0.8 cents: not yet
         assert httpx.post(srv.v1 + "/chat/completions", json=CHAT, headers=auth).status_code == 200
         assert _wait(lambda: len(hook.hooks) == 1 and len(smtp.mails) == 2)
         body = hook.hooks[0]
@@ -124,7 +139,8 @@ def test_spend_alert_fires_once(make_gateway, receivers):
         # more spend this month: no second notification
         for _ in range(3):
             httpx.post(srv.v1 + "/chat/completions", json=CHAT, headers=auth)
-        time.sleep(1.5)  # a window in which no second notification may come (asserting none does)
+        _checked_at(srv, 5 * COST)
+        assert _triggered(h, alert_id) == 1
         assert len(hook.hooks) == 1 and len(smtp.mails) == 2
         types = [e["type"] for e in h.get("/audit_logs", params={"resource_ids[]": alert_id}).json()["data"]]
         assert types == ["spend_alert.triggered", "spend_alert.created"]

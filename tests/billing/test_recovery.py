@@ -289,7 +289,10 @@ def test_settles_cut_off_from_redis_are_replayed(template_home, tmp_path, fake, 
                     return r.status_code
 
                 tasks = [asyncio.create_task(one()) for _ in range(30)]
-                await asyncio.sleep(0.8)  # all admitted, none answered yet
+                deadline = time.monotonic() + 10
+                while await asyncio.to_thread(_spent, srv) != (0, 30 * COST):  # all admitted, none answered yet
+                    assert time.monotonic() < deadline, "the 30 requests were never all admitted"
+                    await asyncio.sleep(0.02)  # poll interval (a deadline loop)
                 proxy.set("cut")  # the settles fail
                 return await asyncio.gather(*tasks)
 

@@ -2,7 +2,7 @@
 Renewal.renew, the limiters' ``renew``); those of a process that stopped renewing lapse at their TTL.
 
 The in-process limiter runs on an injected clock; the Redis one on Redis TIME (its scores are read, and one test
-waits a few hundred milliseconds for a short TTL to pass, as tests/limits does).
+polls Redis TIME until a short TTL has passed, as tests/limits does).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from keyplane.limits.memory import MemoryLimiter
 from keyplane.limits.redis_backend import STORE_ERRORS, RedisLimiter
 from keyplane.testing import Behaviour
 from tests.billing.conftest import REDIS_URL, billing_of, clean_redis, unique_prefix
+from tests.support import until_redis_time_passes
 
 BUDGETS = (BudgetRef("2026-01:project:p", 100, 3600), BudgetRef("all:credit:o", None, 0))
 KEY = "2026-01:project:p"
@@ -122,7 +123,9 @@ async def test_redis_reservations_of_a_dead_process_lapse_while_the_live_ones_ar
     assert isinstance(await a.admit("dead", BUDGETS, (), 40, 0, ttl_us=300_000), Granted)
     assert isinstance(await b.admit("live", BUDGETS, (), 40, 0, ttl_us=300_000), Granted)
     assert await b.renew([_res("live", 40)], 30 * SECOND) == 1
-    await asyncio.sleep(0.4)  # Redis TIME past both admissions' TTL
+    dead_until = await _score(b, KEY, "dead:40")
+    assert dead_until is not None
+    await until_redis_time_passes(b.redis, dead_until)  # Redis TIME past both admissions' TTL (300 ms)
     assert isinstance(await b.admit("next", BUDGETS, (), 60, 0), Granted)  # 40 (live) + 60: A's 40 dropped
     assert await _score(b, KEY, "dead:40") is None
     assert await _score(b, KEY, "live:40") is not None

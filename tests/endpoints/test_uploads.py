@@ -186,7 +186,9 @@ def test_a_client_that_leaves_mid_upload_cancels_the_upstream_request(make_gatew
         )
         for p in parts:
             sock.sendall(b"%x\r\n%s\r\n" % (len(p), p))
-        time.sleep(0.5)  # it streams upstream
+        deadline = time.monotonic() + 5
+        while not streams and time.monotonic() < deadline:  # it streams upstream, then the client leaves
+            time.sleep(0.02)  # poll interval (a deadline loop)
     deadline = time.monotonic() + 5
     while not srv.call(_settled(srv)) and time.monotonic() < deadline:
         time.sleep(0.05)

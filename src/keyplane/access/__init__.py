@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from keyplane.app import Feature
+    from keyplane.runtime import Runtime
 
 log = logging.getLogger("keyplane.access")
 
 
-async def start(rt: Any) -> Any:
+async def start(rt: Runtime) -> Feature:
     """Feature start-up (app.FEATURES): load the policies, follow the snapshot, the admin endpoints."""
     from keyplane.access import ip, routes, routes_ip
     from keyplane.access.expiry import ExpiryNotifier

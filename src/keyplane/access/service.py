@@ -9,7 +9,7 @@ follow through the bus. A policy is addressed by ``Where``: (scope, target id, p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import delete, select
@@ -21,6 +21,9 @@ from keyplane.access.models import AccessPolicy
 from keyplane.access.policy import ModelPolicy, Policies
 from keyplane.domain import Invalid, NotFound
 from keyplane.store.models import ApiKey, Project
+
+if TYPE_CHECKING:
+    from keyplane.runtime import Runtime
 
 MAX_MODEL_IDS = 1000
 ORG: tuple[str, str, str | None] = ("org", "org", None)
@@ -76,7 +79,7 @@ async def drop(
     await control.bump_revision(s)
 
 
-async def changed(rt: Any) -> None:
+async def changed(rt: Runtime) -> None:
     """After the commit: this instance's policies at once; the others through the bus (the snapshot)."""
     pols: Policies | None = rt.features.access
     if pols is not None:

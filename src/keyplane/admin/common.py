@@ -8,7 +8,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from keyplane import auth, errors, keys
+from keyplane import auth, errors
 from keyplane.control import Actor
 from keyplane.members import permissions as admin_permissions
 from keyplane.runtime import Runtime
@@ -67,18 +67,7 @@ def require_in_project(request: Request, entry: KeyEntry, project_id: str, metho
 def authenticate_admin(request: Request) -> tuple[KeyEntry, Actor]:
     """The admin key of the request, or an OpenAI-shaped 401."""
     rt = runtime(request)
-    headers: list[tuple[bytes, bytes]] = request.scope["headers"]
-    access = rt.features.access
-    if access is not None:  # the organization's IP allowlist, before the key is even looked at (docs/access-control.md)
-        access.check_org_ip(request.scope.get("client"), headers)
-    qs: bytes = request.scope.get("query_string", b"")
-    value = auth.bearer_token(next((v for k, v in headers if k == b"authorization"), None), headers, qs)
-    if auth.token_kind(value, qs) != "admin":
-        raise errors.admin_key_required(
-            f"Incorrect API key provided: {keys.mask(value)}. The admin API needs an admin key (sk-kp-admin-...); "
-            "project and service-account keys work only on the /v1 model endpoints."
-        )
-    entry = auth.active_entry(rt, value)
+    entry = auth.admin_entry(rt, request.scope)  # the IP allowlist, then the key (the one admin-key check)
     granted = _granted(rt, entry, _project_of(request))
     admin_permissions.check_granted(granted, request.method, request.url.path)
     request.scope[GRANTED] = granted

@@ -12,13 +12,17 @@ import logging
 import os
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from keyplane.alerts.config import AlertsSection
 from keyplane.alerts.model import Alert, DeliveryError, Sink, _accepts
 from keyplane.alerts.sinks import build_sinks
+from keyplane.periodic import backoff
+
+if TYPE_CHECKING:
+    from keyplane.runtime import Runtime
 
 log = logging.getLogger("keyplane.alerts")
 
@@ -112,7 +116,8 @@ class Dispatcher:
                     )
                     return False
                 self.counters[f"{sink.type}:retried"] += 1
-                delay = min(self.backoff * 2 ** (attempt - 1), self.backoff_max) * (1 + 0.25 * self._rand())
+                # doubled per retry up to backoff_max (keyplane.periodic), plus up to 25% jitter
+                delay = backoff(attempt - 1, self.backoff, self.backoff_max) * (1 + 0.25 * self._rand())
                 log.warning(
                     "alert %s to %s sink %r failed (%s); retry %d in %.1fs",
                     alert.id,
@@ -148,7 +153,7 @@ class Dispatcher:
             self._http = None
 
 
-def for_runtime(rt: Any) -> Dispatcher:
+def for_runtime(rt: Runtime) -> Dispatcher:
     """The runtime's one dispatcher (created on first use; features share it). Stop it with :func:`close_runtime`."""
     d: Dispatcher | None = rt.features.alerts
     if d is None:
@@ -157,7 +162,7 @@ def for_runtime(rt: Any) -> Dispatcher:
     return d
 
 
-async def close_runtime(rt: Any) -> None:
+async def close_runtime(rt: Runtime) -> None:
     d: Dispatcher | None = rt.features.alerts
     rt.features.alerts = None
     if d is not None:

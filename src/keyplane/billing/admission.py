@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sys
 from typing import Any
 
 from keyplane import errors
@@ -39,6 +40,13 @@ def _form(ctx: Any) -> dict[str, str] | None:
     """The multipart text fields the proxy read (with the Content-Type's boundary), if it kept them."""
     form = getattr(ctx, "form", None)
     return form if isinstance(form, dict) else None
+
+
+def _redis_error(e: BaseException) -> bool:
+    """A redis-py error, by its type. redis is imported only where a Redis store is configured (a serving process
+    without one never loads it, nor what it pulls in), and an error from it means it was."""
+    mod = sys.modules.get("redis.exceptions")
+    return mod is not None and isinstance(e, mod.RedisError)
 
 
 def money_controlled(budgets: tuple[BudgetRef, ...]) -> bool:
@@ -260,7 +268,7 @@ class Admission(Settle):
             # request): release it now, idempotently, instead of holding the budget for the reservation TTL.
             if cost:
                 self.b.spawn(lim.release(Reservation(rid, cost, want, plan.budgets, plan.buckets)))
-            if isinstance(e, (OSError, ConnectionError, TimeoutError)) or type(e).__module__.startswith("redis"):
+            if isinstance(e, (OSError, ConnectionError, TimeoutError)) or _redis_error(e):
                 log_store_error("limits store unreachable", e)
                 raise errors.limits_unavailable() from None
             raise

@@ -9,7 +9,7 @@ from typing import Any
 
 from keyplane.bus.base import Subscribers
 from keyplane.bus.events import Event, decode, encode
-from keyplane.periodic import cancel_and_wait
+from keyplane.periodic import backoff, cancel_and_wait
 
 log = logging.getLogger("keyplane.bus")
 
@@ -47,7 +47,7 @@ class PgNotifyBus(Subscribers):
     async def _listen(self) -> None:
         import asyncpg
 
-        delay, failing = 0.5, False
+        retries, failing = 0, False
         while True:
             try:
                 conn = await asyncpg.connect(self.dsn, timeout=5)
@@ -56,7 +56,7 @@ class PgNotifyBus(Subscribers):
                     self.subscribed.set()
                     if failing:
                         log.info("bus: PostgreSQL LISTEN restored")
-                    delay, failing = 0.5, False
+                    retries, failing = 0, False
                     while not conn.is_closed():
                         await asyncio.sleep(1.0)
                         await asyncio.wait_for(conn.execute("SELECT 1"), 5)  # notices a dead connection
@@ -70,8 +70,8 @@ class PgNotifyBus(Subscribers):
                 if not failing:
                     log.warning("bus: PostgreSQL LISTEN lost (%s); retrying, polling meanwhile", type(e).__name__)
                 failing = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(backoff(retries, 0.5, 5.0))  # 0.5 s, doubled per retry, at most 5 s
+                retries += 1
 
     async def publish(self, event: Event) -> None:
         import asyncpg

@@ -9,7 +9,7 @@ from typing import Any
 
 from keyplane.bus.base import Subscribers
 from keyplane.bus.events import Event, decode, encode
-from keyplane.periodic import cancel_and_wait
+from keyplane.periodic import backoff, cancel_and_wait
 
 log = logging.getLogger("keyplane.bus")
 
@@ -36,7 +36,7 @@ class RedisBus(Subscribers):
         await self._redis.publish(self.channel, encode(event))
 
     async def _listen(self) -> None:
-        delay, failing = 0.5, False
+        retries, failing = 0, False
         while True:
             try:
                 async with self._sub.pubsub(ignore_subscribe_messages=True) as ps:
@@ -44,7 +44,7 @@ class RedisBus(Subscribers):
                     self.subscribed.set()
                     if failing:
                         log.info("bus: Redis subscription restored")
-                    delay, failing = 0.5, False
+                    retries, failing = 0, False
                     while True:
                         msg = await ps.get_message(timeout=1.0)
                         if msg is not None and msg.get("type") == "message":
@@ -58,8 +58,8 @@ class RedisBus(Subscribers):
                 if not failing:  # one line per state change, not one per retry
                     log.warning("bus: Redis subscription lost (%s); retrying, polling meanwhile", type(e).__name__)
                 failing = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(backoff(retries, 0.5, 5.0))  # 0.5 s, doubled per retry, at most 5 s
+                retries += 1
 
     async def close(self) -> None:
         await cancel_and_wait(self._task)

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from keyplane.cache.affinity import AffinityConfig, Decision, Pool, PrefixRouter
 from keyplane.cache.config import cache_enabled, check_config, ttl_seconds
 from keyplane.cache.response_cache import MemoryStore, RedisStore, ResponseCache
+
+if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
+    from keyplane.runtime import Runtime
 
 log = logging.getLogger("keyplane.cache")
 
@@ -75,7 +79,7 @@ class PrefixRouting:
             self._by_model[model] = found
         return found
 
-    def route(self, pool: tuple[Any, ...], ctx: Any) -> tuple[Any, ...]:
+    def route(self, pool: tuple[Any, ...], ctx: RequestContext) -> tuple[Any, ...]:
         """``pool`` in the order to try for this request; unchanged when its model is routed by weight."""
         if len(pool) < 2 or ctx.endpoint not in PROMPT_ENDPOINTS or ctx.model is None:
             return pool
@@ -110,7 +114,7 @@ class PrefixRouting:
 class _Metrics:
     """Counters on the metrics registry of keyplane.usage (one of our own when it is absent)."""
 
-    def __init__(self, rt: Any) -> None:
+    def __init__(self, rt: Runtime) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
         m = rt.features.usage_metrics
@@ -151,7 +155,7 @@ class _Metrics:
         )
         self._decayed: dict[str, list[float]] = {}
 
-    def observe_route(self, ctx: Any, d: Decision) -> None:
+    def observe_route(self, ctx: RequestContext, d: Decision) -> None:
         model = self.label(ctx.model, True)
         self.decisions.labels(model, d.reason).inc()
         if not (0 < ctx.status < 400) or not ctx.prompt_tokens or ctx.usage_estimated:
@@ -165,20 +169,20 @@ class _Metrics:
         acc[1] = acc[1] * 0.99 + ctx.prompt_tokens
         self.ratio.labels(model).set(acc[0] / acc[1])
 
-    def observe_response(self, ctx: Any, result: str) -> None:
+    def observe_response(self, ctx: RequestContext, result: str) -> None:
         self.responses.labels(self.label(ctx.model, True), result).inc()
 
 
 class CacheFeature:
     def __init__(
-        self, rt: Any, routing: PrefixRouting | None, responses: ResponseCache | None, metrics: _Metrics
+        self, rt: Runtime, routing: PrefixRouting | None, responses: ResponseCache | None, metrics: _Metrics
     ) -> None:
         self.rt = rt
         self.routing = routing
         self.responses = responses
         self.metrics = metrics
 
-    async def serve(self, ctx: Any, headers: list[tuple[bytes, bytes]], send: Any, finish: Any) -> Any:
+    async def serve(self, ctx: RequestContext, headers: list[tuple[bytes, bytes]], send: Any, finish: Any) -> Any:
         """The response cache's step (see ResponseCache.serve): None when answered, else the send to use."""
         if self.responses is None:
             return send
@@ -189,7 +193,7 @@ class CacheFeature:
     # got no answer (status 0, no tokens: cost 0, reservation and token buckets released); right after
     # it, its status and tokens (all cached, none generated) come back for metering (order 20).
 
-    async def release_route(self, ctx: Any) -> None:
+    async def release_route(self, ctx: RequestContext) -> None:
         d, ctx.route = ctx.route, None
         if d is None:
             return
@@ -207,7 +211,7 @@ class CacheFeature:
             await self.responses.aclose()
 
 
-def attach(rt: Any, router: Any) -> CacheFeature | None:
+def attach(rt: Runtime, router: Any) -> CacheFeature | None:
     """Wire prefix routing into ``router`` and build the response cache, as configured; None when neither is."""
     s = rt.settings
     routing = None

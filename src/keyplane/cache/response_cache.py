@@ -20,12 +20,16 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgspec
 
 from keyplane.cache.config import CacheSection
 from keyplane.clock import Clock
+
+if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
+    from keyplane.runtime import Runtime
 
 log = logging.getLogger("keyplane.cache")
 
@@ -146,7 +150,7 @@ class ResponseCache:
         ttl: float,
         store: Store,
         clock: Clock,
-        rt: Any,
+        rt: Runtime,
         on_result: Callable[[Any, str], None] | None = None,
     ) -> None:
         self.ttl = ttl
@@ -172,7 +176,7 @@ class ResponseCache:
         p = self.rt.snapshot.projects.get(project_id)
         return p is not None and p.name in names
 
-    def namespace(self, ctx: Any, asked: bytes | None) -> str | None:
+    def namespace(self, ctx: RequestContext, asked: bytes | None) -> str | None:
         """The cache namespace of this request, or None when the cache does not apply to it."""
         pid = ctx.project_id
         if self._listed(self.org_wide, pid):
@@ -183,7 +187,7 @@ class ResponseCache:
         return f"p:{pid}" if pid else f"k:{ctx.key.id}"
 
     @staticmethod
-    def cacheable(ctx: Any) -> bool:
+    def cacheable(ctx: RequestContext) -> bool:
         if ctx.stream or ctx.method != "POST" or ctx.endpoint not in CACHEABLE:
             return False
         try:
@@ -197,7 +201,7 @@ class ResponseCache:
     # --- the request path -------------------------------------------------------------------------
 
     async def serve(
-        self, ctx: Any, headers: list[tuple[bytes, bytes]], send: Any, finish: Callable[[], Awaitable[None]]
+        self, ctx: RequestContext, headers: list[tuple[bytes, bytes]], send: Any, finish: Callable[[], Awaitable[None]]
     ) -> Any:
         """Answer ``ctx`` from the cache and return None, or return the ``send`` to use (which fills it)."""
         try:
@@ -216,7 +220,7 @@ class ResponseCache:
         self.on_result(ctx, "miss")
         return self._filling(ctx, key, send)
 
-    async def _lookup(self, ctx: Any, headers: list[tuple[bytes, bytes]]) -> tuple[str, Entry | None] | None:
+    async def _lookup(self, ctx: RequestContext, headers: list[tuple[bytes, bytes]]) -> tuple[str, Entry | None] | None:
         """(key, entry found or None), or None when the cache does not apply to this request."""
         asked = None
         for k, v in headers:
@@ -256,7 +260,9 @@ class ResponseCache:
             return None
         return entry if entry.expires_at > self.clock.now() else None
 
-    async def _answer(self, ctx: Any, entry: Entry, send: Any, finish: Callable[[], Awaitable[None]]) -> None:
+    async def _answer(
+        self, ctx: RequestContext, entry: Entry, send: Any, finish: Callable[[], Awaitable[None]]
+    ) -> None:
         ctx.cache = "hit"  # billing charges nothing for it (billing/settle.py)
         # Recorded in usage as cached input tokens, no output, served by keyplane itself.
         ctx.prompt_tokens = ctx.cached_tokens = entry.prompt_tokens
@@ -277,7 +283,7 @@ class ResponseCache:
         await send({"type": "http.response.start", "status": 200, "headers": h})
         await send({"type": "http.response.body", "body": entry.body})
 
-    def _filling(self, ctx: Any, key: str, send: Any) -> Any:
+    def _filling(self, ctx: RequestContext, key: str, send: Any) -> Any:
         """``send``, also keeping a copy of a 200 answer to store once it is sent."""
         status = 0
         kept: list[tuple[bytes, bytes]] = []

@@ -12,10 +12,14 @@ the run-time machinery.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from keyplane.app import Feature
+    from keyplane.runtime import Runtime
 
 
-async def start(rt: Any) -> Any:
+async def start(rt: Runtime) -> Feature:
     """Feature start-up (app.FEATURES): the settle step, the background tasks, the admin endpoints."""
     from keyplane.app import Feature
     from keyplane.guard import engine, routes

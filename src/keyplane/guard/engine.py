@@ -14,7 +14,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -23,7 +23,11 @@ from keyplane.degrade import Outage, store_outage
 from keyplane.guard import actions, detectors
 from keyplane.guard.rules import Rule, config_rules, effective
 from keyplane.guard.windows import MemoryWindows, RedisWindows, View
-from keyplane.periodic import cancel_and_wait
+from keyplane.periodic import backoff, cancel_and_wait
+
+if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
+    from keyplane.runtime import Runtime
 
 log = logging.getLogger("keyplane.guard")
 # A Redis outage is logged once when it starts and once when it ends, not on every pass (a pass runs
@@ -45,7 +49,7 @@ SWEEP_INTERVAL = 60.0
 
 
 class Guard:
-    def __init__(self, rt: Any, windows: MemoryWindows, dispatcher: alerts.Dispatcher, redis: Any = None) -> None:
+    def __init__(self, rt: Runtime, windows: MemoryWindows, dispatcher: alerts.Dispatcher, redis: Any = None) -> None:
         self.rt = rt
         self.clock = rt.clock
         self.windows = windows
@@ -100,7 +104,7 @@ class Guard:
 
     # --- the settle step (hot path) --------------------------------------------------------------
 
-    async def observe(self, ctx: Any) -> None:
+    async def observe(self, ctx: RequestContext) -> None:
         key = ctx.key
         if not self._plan or key.kind == "admin":
             return
@@ -254,13 +258,13 @@ class Guard:
 
     async def _listen(self) -> None:
         """Redis pub/sub: another instance changed something; reload the snapshot now."""
-        delay = 0.5
+        retries = 0
         while True:
             try:
                 async with self.redis.pubsub() as pubsub:
                     await pubsub.subscribe(self.channel)
                     _subscription_outage.ok()
-                    delay = 0.5
+                    retries = 0
                     async for msg in pubsub.listen():
                         if msg.get("type") == "message":
                             await self.rt.refresher.refresh()
@@ -268,8 +272,8 @@ class Guard:
                 raise
             except Exception as e:
                 _failed(_subscription_outage, e, "the Redis subscription")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                await asyncio.sleep(backoff(retries, 0.5, 10.0))  # 0.5 s, doubled per retry, at most 10 s
+                retries += 1
 
     async def publish(self) -> None:
         if self.redis is None:
@@ -301,7 +305,7 @@ class Guard:
             await self.redis.aclose()
 
 
-def redis_namespace(rt: Any) -> str:
+def redis_namespace(rt: Runtime) -> str:
     """Where the kill switch's Redis keys and pub/sub channel live: under ``redis_prefix``, like every
     other key keyplane writes, so that deployments (or tests) sharing one Redis never see each other."""
     return f"{rt.settings.redis_prefix}:guard:{rt.snapshot.org_id or 'org'}"
@@ -311,7 +315,7 @@ def _scope(ent: str) -> str:
     return "key" if ent[0] == "k" else "project"
 
 
-async def create(rt: Any) -> Guard:
+async def create(rt: Runtime) -> Guard:
     dispatcher = alerts.for_runtime(rt)
     windows: MemoryWindows
     redis = None

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyplane.identity.models import FederationRuleRow, WorkloadIdentityProviderRow
-from keyplane.periodic import cancel_and_wait
+from keyplane.periodic import backoff, cancel_and_wait
 from keyplane.snapshot import Snapshot
 
 log = logging.getLogger("keyplane.identity")
@@ -147,7 +147,7 @@ class IdentityState:
             self._task = asyncio.get_running_loop().create_task(self._reload())
 
     async def _reload(self) -> None:
-        delay = 0.2
+        retries = 0
         while True:
             self._again = False
             try:
@@ -155,9 +155,10 @@ class IdentityState:
             except Exception:
                 # Not left for the next change to fix: a rule disabled in the change that failed to load would
                 # keep its tokens working on this instance until then. Retried until it loads.
+                delay = backoff(retries, 0.2, 5.0)  # 0.2 s, doubled per retry, at most 5 s
                 log.warning("identity: reloading federation rules failed; retrying in %.1fs", delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                retries += 1
                 self._again = True
             if not self._again:
                 return

@@ -51,11 +51,11 @@ class MemoryLimiter:
                 if units > limit:
                     return Denied("too_large", j, k, used=units)
                 tat = st[k]
-                nt = (tat if tat > now else now) + -(-units * period // limit)
-                if nt - now <= period:
-                    new[k] = nt
-                elif worst is None or nt - period - now > worst.wait_us:
-                    worst = Denied("rate", j, k, used=gcra.used(tat, now, limit, period), wait_us=nt - period - now)
+                ok, got = gcra.try_take(tat, now, units, limit, period)  # the new TAT, or the wait (µs)
+                if ok:
+                    new[k] = got
+                elif worst is None or got > worst.wait_us:
+                    worst = Denied("rate", j, k, used=gcra.used(tat, now, limit, period), wait_us=got)
             news.append(tuple(new))  # type: ignore[arg-type]  # four ints
             states.append(st)
         counters = self.budgets

@@ -6,10 +6,14 @@ stay inside :func:`start`; keyplane.control imports :mod:`keyplane.members.ops` 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from keyplane.app import Feature
+    from keyplane.runtime import Runtime
 
 
-async def start(rt: Any) -> Any:
+async def start(rt: Runtime) -> Feature:
     """Feature start-up (app.FEATURES): the admin endpoints."""
     from keyplane.app import Feature
     from keyplane.members import project_role_routes, role_routes, routes

@@ -10,10 +10,14 @@ Imports stay inside :func:`start`: keyplane.config imports keyplane.providers.co
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from keyplane.app import Feature
+    from keyplane.runtime import Runtime
 
 
-async def start(rt: Any) -> Any:
+async def start(rt: Runtime) -> Feature:
     """Feature start-up (app.FEATURES): the background poller of every configured provider."""
     from keyplane.providers.poller import start_poller
 

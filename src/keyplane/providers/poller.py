@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keyplane import alerts
 from keyplane.periodic import cancel_and_wait
@@ -22,11 +22,15 @@ from keyplane.providers.connector import Connector, ProviderError
 from keyplane.providers.metrics import ProviderCollector
 from keyplane.providers.service import prices_for, rules_for, sync_provider
 
+if TYPE_CHECKING:
+    from keyplane.app import Feature
+    from keyplane.runtime import Runtime
+
 log = logging.getLogger("keyplane.providers")
 
 
 class Poller:
-    def __init__(self, rt: Any) -> None:
+    def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.tasks: list[asyncio.Task[None]] = []
         self.keys: Any = None
@@ -195,7 +199,7 @@ class Poller:
                     log.warning("provider %s: could not release the poller lease (%s)", name, type(e).__name__)
 
 
-async def start_poller(rt: Any) -> Any:
+async def start_poller(rt: Runtime) -> Feature:
     from keyplane.app import Feature
 
     poller = Poller(rt)

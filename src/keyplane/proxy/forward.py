@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import ClientConnectorError, ClientResponseError, ConnectionTimeoutError
 
-from keyplane import errors
+from keyplane import errors, periodic
 from keyplane.proxy import usage as _usage
 from keyplane.proxy.router import Deployment, Router
 from keyplane.proxy.upstream import RETRYABLE_ERRORS, UpstreamClient, UpstreamResponse
@@ -78,8 +78,7 @@ def retry_after(headers: list[tuple[bytes, bytes]], now: float) -> float | None:
 def backoff(dep: Deployment, n: int, rng: random.Random) -> float:
     """Exponential from retry_backoff, doubling, capped, minus up to 25% jitter (as the OpenAI SDKs do)."""
     c = dep.config
-    base = min(c.retry_backoff * (2.0 ** (n - 1)), c.retry_backoff_max)
-    return base * (1 - 0.25 * rng.random())
+    return periodic.backoff(n - 1, c.retry_backoff, c.retry_backoff_max) * (1 - 0.25 * rng.random())
 
 
 def _attempt_error(dep: Deployment, e: BaseException) -> errors.APIError:

@@ -1,16 +1,15 @@
 """One Realtime session (proxy/realtime.py): the client socket, the upstream socket, the responses in flight.
 
-Each response is a RequestContext of its own, admitted when the client asks for it (``response.create``,
-its ``max_output_tokens`` pinned to what was reserved) or when the upstream starts it unasked (server
-VAD: admitted on ``response.created``, else cancelled), and settled -> recorded -> observed on its
-``response.done`` with the usage reported, by modality (text and audio input, cached, output: each at its
-own rate of the price table, billing/prices.py). The session's own
+Each response is admitted when the client asks for it (``response.create``, its ``max_output_tokens``
+pinned to what was reserved) or when the upstream starts it unasked (server VAD: admitted on
+``response.created``, else cancelled), and settled on its ``response.done``. The session's own
 ``max_output_tokens`` is pinned on connect and capped on every ``session.update``, so a response the
 upstream starts writes no more than its reservation. Whatever is admitted is settled exactly once,
 disconnects included (``finish``).
 
 What a session may do (refused events, what ends it) is proxy/realtime_policy.py; what a response
-reports and may write, proxy/realtime_usage.py.
+reports and may write, proxy/realtime_usage.py; how a response is admitted, metered and settled,
+proxy/realtime_meter.py.
 """
 
 from __future__ import annotations
@@ -26,12 +25,14 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from keyplane import errors, keys
+from keyplane.proxy import realtime_meter as meter
 from keyplane.proxy import realtime_policy as policy
 from keyplane.proxy.context import RequestContext
 from keyplane.proxy.handler import ProxyApp
 from keyplane.proxy.object_refs import event_refs
-from keyplane.proxy.realtime_policy import PATH, event_refusal, response_refusal
-from keyplane.proxy.realtime_usage import output_cap, usage_tokens
+from keyplane.proxy.realtime_meter import handshake_refused
+from keyplane.proxy.realtime_policy import event_refusal, response_refusal
+from keyplane.proxy.realtime_usage import output_cap
 from keyplane.proxy.replies import new_request_id
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
@@ -39,15 +40,15 @@ from keyplane.snapshot import KeyEntry
 MAX_IN_FLIGHT: Final = 16  # responses admitted and not yet done, per session: each holds a reservation
 DRAIN_SECONDS: Final = 5.0  # after the client left: how long to wait for the upstream's response.done
 CUT: Final = 1008  # policy violation
-# The per-response context is quoted as a Responses call (token prices, input up to the context window),
-# then recorded under the realtime path: the Usage API reports it in the completions bucket, as OpenAI does.
-_QUOTE_AS: Final = "/v1/responses"
 # A rate limit refuses one response; anything else (budget, credit, unpriced model...) ends the session.
 # A stale snapshot (this instance cannot confirm the key is still valid) refuses responses, as it refuses
 # every /v1 request (app.py), until it can confirm again.
 _SOFT: Final = frozenset({"rate_limit_exceeded", "authority_stale"})
 # Client events that may name a stored prompt (``prompt: {"id": ...}``) or a model: checked for ownership.
 _NAMES_OBJECTS: Final = frozenset({"session.update", "response.create"})
+
+# realtime.py refuses a handshake through this module (handshake_refused is realtime_meter's).
+__all__ = ["CUT", "MAX_IN_FLIGHT", "Session", "handshake_refused"]
 
 
 class Session:
@@ -83,53 +84,21 @@ class Session:
     # --- per response ------------------------------------------------------------------------------
 
     def _context(self, limit: int | None) -> RequestContext:
-        ctx = RequestContext(
-            new_request_id().decode(),
-            self.entry,
-            self.entry.project_id,
-            _QUOTE_AS,
-            "POST",
-            self.model,
-            True,
-            orjson.dumps({"model": self.model, "input": ""}),
-            limit,
+        return meter.response_context(
+            self.entry, self.model, limit, self.client_ip, self.user_agent, self.upstream_name
         )
-        ctx.spending = True
-        ctx.context_ref = True
-        ctx.started = time.perf_counter()
-        ctx.client_ip, ctx.user_agent = self.client_ip, self.user_agent
-        ctx.upstream = self.upstream_name
-        return ctx
 
     async def admit(self, limit: int | None) -> RequestContext:
         """A response admitted (raises errors.APIError when refused, after metering the refusal)."""
-        ctx = self._context(limit)
-        try:
-            await self.rt.pipeline.admit(ctx)
-        except errors.APIError as e:
-            await _refused(self.rt, ctx, e)
-            raise
-        ctx.endpoint = PATH
-        return ctx
+        return await meter.admit(self.rt, self._context(limit))
 
     async def refused(self, e: errors.APIError) -> None:
         """A client event refused, not forwarded: metered like any refusal of the key, and watched by the kill
         switch (a key probing models or tools over a session is seen as over HTTP)."""
-        await _refused(self.rt, self._context(None), e)
+        await meter.refused(self.rt, self._context(None), e)
 
     async def settle(self, ctx: RequestContext, usage: dict[str, Any] | None, status: int) -> None:
-        ctx.status = status
-        if isinstance(usage, dict):
-            by = usage_tokens(usage)  # text and audio billed at their own rates (billing's settle)
-            ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = by.prompt, by.cached, by.completion
-            ctx.modalities = by
-        else:  # never reported (the upstream went away): the output reserved is billed, flagged as estimated
-            ctx.usage_estimated = True
-            ctx.completion_tokens = ctx.max_tokens or 0
-        ctx.latency_ms = (time.perf_counter() - ctx.started) * 1000
-        if ctx.ttft_ms is None:
-            ctx.ttft_ms = ctx.latency_ms
-        await self.rt.pipeline.settle(ctx)  # never raises
+        await meter.settle(self.rt, ctx, usage, status)
 
     # --- client -> upstream ------------------------------------------------------------------------
 
@@ -384,21 +353,3 @@ class Session:
         if up is not None:
             with contextlib.suppress(Exception):
                 await up.close()
-
-
-async def handshake_refused(rt: Runtime, entry: KeyEntry, e: errors.APIError, scope: dict[str, Any]) -> None:
-    """A session refused at its handshake once its key was known (scope, model permission, no upstream):
-    metered and watched by the kill switch, as an HTTP request refused is."""
-    ctx = RequestContext(new_request_id().decode(), entry, entry.project_id, PATH, "GET")
-    ctx.started = time.perf_counter()
-    client = scope.get("client")
-    ctx.client_ip = client[0] if client else None
-    await _refused(rt, ctx, e)
-
-
-async def _refused(rt: Runtime, ctx: RequestContext, e: errors.APIError) -> None:
-    """Meter a refusal of the session's key (pipeline.refused: counted, and watched by the kill switch), as
-    keyplane's own: not an upstream's error, which error_spike leaves out."""
-    ctx.endpoint, ctx.upstream = PATH, None
-    ctx.status, ctx.error = e.status, e.code
-    await rt.pipeline.refused(ctx)

@@ -308,11 +308,18 @@ def _authorized(rt: Any, header: str | None, scope: dict[str, Any]) -> bool:
         if token and hmac.compare_digest(value.encode(), token.encode()):
             return True
     if mode in ("admin", "admin_or_token") and keys.parse(value) == "admin":
-        access = rt.features.access
-        if access is not None:  # before the key is looked at, as authenticate_admin does
-            access.check_org_ip(scope.get("client"), scope.get("headers") or [])
-        entry = rt.snapshot.keys.get(keys.digest(rt.settings.secret_key, value))
-        return entry is not None and entry.kind == "admin" and entry.inactive_reason(rt.clock.now()) is None
+        # As on the admin API (keyplane.auth.admin_entry): the IP allowlist, an active admin key, and what it may
+        # do: the metrics are organization-wide usage and costs, read with api.organization.read.
+        from keyplane import auth, domain
+        from keyplane.members import permissions as admin_permissions
+
+        entry = auth.admin_entry(rt, scope)
+        granted = admin_permissions.of_key(entry.permissions, entry.owner_user_id, rt.snapshot.grants)
+        try:
+            admin_permissions.check_granted(granted, "GET", "/v1/organization/usage")
+        except domain.DomainError as e:
+            raise domain.api_error(e) from None
+        return True
     return False
 
 

@@ -9,7 +9,6 @@ counts the request in the metrics, writes the access-log line and the trace span
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from typing import Any
 
@@ -53,47 +52,18 @@ def kind_of(endpoint: str) -> str:
     return "other"
 
 
-class CostSplit:
-    """Splits a request's cost into its input and output parts (the costs API's line items).
-
-    Billing may give the parts in ``ctx.cost_input_micros``; otherwise the cost is split in
-    the ratio of the priced tokens (the price table's globs), or of the raw token counts.
-    """
-
-    def __init__(self, prices: dict[str, Any]) -> None:
-        self.prices = prices
-        self._cache: dict[str, Any] = {}
-
-    def price(self, model: str) -> Any:
-        if model in self._cache:
-            return self._cache[model]
-        p = self.prices.get(model)
-        if p is None:
-            for pattern, candidate in self.prices.items():
-                if fnmatch.fnmatchcase(model, pattern):
-                    p = candidate
-                    break
-        if len(self._cache) < 10_000:
-            self._cache[model] = p
-        return p
-
-    def input_part(self, ctx: Any) -> int:
-        given = ctx.cost_input_micros
-        if given is not None:
-            return int(given)
-        cost = ctx.cost_micros
-        if not cost:
-            return 0
-        p = self.price(ctx.model) if ctx.model else None
-        cached = min(ctx.cached_tokens, ctx.prompt_tokens)
-        if p is not None:
-            cached_price = p.cached_input if p.cached_input is not None else p.input
-            w_in = (ctx.prompt_tokens - cached) * p.input + cached * cached_price
-            w_out = ctx.completion_tokens * p.output
-        else:
-            w_in, w_out = ctx.prompt_tokens, ctx.completion_tokens
-        total = w_in + w_out
-        return cost if total <= 0 else round(cost * w_in / total)
+def input_part(ctx: Any) -> int:
+    """The input part of a request's cost (the Costs API's line items): what billing's settle step priced as
+    input (billing/settle.py, from the one price table), else the cost split in the ratio of the token counts
+    (a cost billing gave no split for: none is priced here a second time)."""
+    given = ctx.cost_input_micros
+    if given is not None:
+        return int(given)
+    cost = ctx.cost_micros
+    if not cost:
+        return 0
+    total = ctx.prompt_tokens + ctx.completion_tokens
+    return cost if total <= 0 else round(cost * ctx.prompt_tokens / total)
 
 
 class Recorder:
@@ -104,7 +74,6 @@ class Recorder:
         self.applier = applier
         self.metrics = metrics
         self.tracing = tracing
-        self.split = CostSplit(rt.settings.file.prices)
         self.access_log = AccessLog() if rt.settings.log_requests else None
 
     def build(self, ctx: Any, now: float) -> Record:
@@ -128,7 +97,7 @@ class Recorder:
             ctx.cached_tokens,
             ctx.completion_tokens,
             ctx.cost_micros,
-            self.split.input_part(ctx),
+            input_part(ctx),
             ctx.latency_ms,
             ctx.ttft_ms,
             ctx.stream,
