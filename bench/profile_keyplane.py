@@ -6,8 +6,9 @@ Starts nginx (the fixed-answer upstream) and keyplane exactly as bench/compare.p
 then runs compare.py's sustained 32-connection run (RSS and journal lag sampled) while ``py-spy
 record`` samples the process (every thread: the serving loop, the usage applier, aiosqlite's threads).
 Writes a speedscope profile and a flat "top" summary of each thread's own and cumulative time per
-function. Needs py-spy (`.venv/bin/pip install py-spy`)
-and the same tools as compare.py (wrk, nginx with the echo module).
+function, and each thread's CPU per request (from /proc: the serving loop against the applier's and
+SQLite's threads). ``--no-spy`` measures only that, without the sampler's overhead. Needs py-spy
+(`.venv/bin/pip install py-spy`) and the same tools as compare.py (wrk, nginx with the echo module).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -60,6 +62,21 @@ def summarize(speedscope: Path, top: int) -> str:
     return "\n".join(out)
 
 
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """{thread id: (name, CPU seconds)} of every thread of ``pid``, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            name = (task / "comm").read_text().strip()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=20)
@@ -67,9 +84,10 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--out", default="/tmp/kp-profile")
     ap.add_argument("--bare", action="store_true", help="profile the bare Python proxy instead (the yardstick)")
+    ap.add_argument("--no-spy", action="store_true", help="only each thread's CPU per request (no sampling overhead)")
     args = ap.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(spy).exists():
+    if not args.no_spy and not Path(spy).exists():
         raise SystemExit("py-spy is needed: .venv/bin/pip install py-spy")
     compare.ensure_tools()
     out = Path(args.out)
@@ -84,31 +102,38 @@ def main() -> None:
             compare.wrk(t, 32, 5)  # warm-up
             time.sleep(3)
             prof = out / "keyplane.speedscope.json"
-            spy_p = subprocess.Popen(
-                [
-                    spy,
-                    "record",
-                    "--pid",
-                    str(t.pid),
-                    "--rate",
-                    str(args.rate),
-                    "--format",
-                    "speedscope",
-                    "--threads",
-                    "--nonblocking",
-                    "--output",
-                    str(prof),
-                    "--duration",
-                    str(int(args.seconds + 5)),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            spy_p = (
+                None
+                if args.no_spy
+                else subprocess.Popen(
+                    [
+                        spy,
+                        "record",
+                        "--pid",
+                        str(t.pid),
+                        "--rate",
+                        str(args.rate),
+                        "--format",
+                        "speedscope",
+                        "--threads",
+                        "--nonblocking",
+                        "--output",
+                        str(prof),
+                        "--duration",
+                        str(int(args.seconds + 5)),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             )
             time.sleep(0.5)
             cpu0 = cpu_seconds(t.pid)
+            threads0 = thread_cpu(t.pid)
             compare.sustained(t, args.seconds)  # 32 connections; samples RSS and the journal's lag
+            threads1 = thread_cpu(t.pid)
             cpu = cpu_seconds(t.pid) - cpu0
-            spy_p.wait(timeout=60)
+            if spy_p is not None:
+                spy_p.wait(timeout=60)
             r = t.sustained
             requests = r["rps"] * args.seconds
             head = (
@@ -118,7 +143,14 @@ def main() -> None:
                 f"{r.get('lag_age_max', 0):.2f} s, drained {r.get('drain_s', 0):.1f} s after; peak RSS "
                 f"{r['peak_rss']:.0f} MB"
             )
-            text = head + "\n" + summarize(prof, args.top)
+            used = {k: (name, cpu1 - threads0.get(k, (name, 0.0))[1]) for k, (name, cpu1) in threads1.items()}
+            per_thread = "\n".join(
+                f"  thread {k} ({name}): {s * 1e6 / max(1, requests):.0f} us/request"
+                for k, (name, s) in sorted(used.items())
+                if s > 0.05
+            )
+            head += "\nCPU per request by thread (the sustained run and its drain):\n" + per_thread
+            text = head + ("" if spy_p is None else "\n" + summarize(prof, args.top))
             (out / "summary.txt").write_text(text)
             print(text)
             print(f"\nspeedscope profile: {prof} (open at https://www.speedscope.app)")
