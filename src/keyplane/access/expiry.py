@@ -9,7 +9,7 @@ thresholds (created with 2 days to live) gets one notice, for the nearest, and t
 from __future__ import annotations
 
 import logging
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -17,6 +17,9 @@ from sqlalchemy.exc import IntegrityError
 from keyplane import alerts
 from keyplane.access.models import ExpiryNotice
 from keyplane.periodic import Periodic
+
+if TYPE_CHECKING:
+    from keyplane.runtime import Runtime
 
 log = logging.getLogger("keyplane.access.expiry")
 
@@ -26,7 +29,7 @@ CHECK_SECONDS: Final = 60.0
 
 
 class ExpiryNotifier:
-    def __init__(self, rt: Any, interval: float = CHECK_SECONDS) -> None:
+    def __init__(self, rt: Runtime, interval: float = CHECK_SECONDS) -> None:
         self.rt = rt
         self._done: set[tuple[str, int]] = set()
         # A pass at start, then every interval; the store may be away: the next pass retries.
@@ -70,7 +73,7 @@ class ExpiryNotifier:
 
     def _send(self, kid: str, days: int, now: float) -> None:
         k = self.rt.snapshot.keys_by_id.get(kid)
-        if k is None:
+        if k is None or k.expires_at is None:  # deleted, or its expiry cleared since the pass began
             return
         left = max(0, int(k.expires_at - now))
         alerts.for_runtime(self.rt).send(

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from keyplane.runtime import Runtime
 
 
-async def start(rt: Any) -> Any:
+async def start(rt: Runtime) -> Any:
     from keyplane.app import Feature
     from keyplane.billing.admission_audio import MeasuringAdmission
     from keyplane.billing.engine import Billing

@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from keyplane import errors
 from keyplane.billing import quote as quote_mod
@@ -31,14 +31,17 @@ from keyplane.billing.ratelimits import limits_model
 from keyplane.billing.settle import Settle, Upstream, log_store_error
 from keyplane.limits import BudgetRef, Denied, Granted, Reservation, Unseeded
 
+if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
+
 log = logging.getLogger("keyplane.billing")
 
 BIG_BODY = 64 * 1024  # bodies larger than this are tokenized in a thread, not on the event loop
 
 
-def _form(ctx: Any) -> dict[str, str] | None:
+def _form(ctx: RequestContext) -> dict[str, str] | None:
     """The multipart text fields the proxy read (with the Content-Type's boundary), if it kept them."""
-    form = getattr(ctx, "form", None)
+    form = ctx.form
     return form if isinstance(form, dict) else None
 
 
@@ -87,8 +90,8 @@ class Admission(Settle):
             model,
         )
 
-    async def admit(self, ctx: Any) -> None:
-        if not getattr(ctx, "spending", ctx.model is not None):
+    async def admit(self, ctx: RequestContext) -> None:
+        if not ctx.spending:
             return
         b = self.b
         now = self.clock.now()
@@ -100,10 +103,10 @@ class Admission(Settle):
             ctx.model,
             ctx.body,
             ctx.max_tokens,
-            bool(getattr(ctx, "context_ref", False)),
+            ctx.context_ref,
             _form(ctx),
             b.default_max_tokens,
-            getattr(ctx, "upload", None),
+            ctx.upload,
             self._default_tier(ctx),
         )
         q = await asyncio.to_thread(quote_mod.quote, *args) if len(ctx.body) > BIG_BODY else quote_mod.quote(*args)
@@ -163,11 +166,11 @@ class Admission(Settle):
         if cost:  # held until settled, however long the request runs (renewed: billing/renewal.py)
             b.renewal.in_flight[rid] = res
 
-    def _default_tier(self, ctx: Any) -> str | None:
+    def _default_tier(self, ctx: RequestContext) -> str | None:
         """The dearest tier the request's upstreams are known to serve a request naming none at, if dearer than
         the standard one (a tier the table does not price for the model wins: the quote is then an estimate).
         Usually no upstream has one: a few attribute reads."""
-        pool: tuple[Upstream, ...] = getattr(ctx, "pool", ())
+        pool: tuple[Upstream, ...] = ctx.pool
         model: str | None = ctx.model
         best: str | None = None
         best_factor = MICROS
@@ -182,7 +185,7 @@ class Admission(Settle):
                 best, best_factor = tier, factor
         return best
 
-    async def _admit_batch(self, ctx: Any, plan: Plan, controlled: bool, now: float) -> None:
+    async def _admit_batch(self, ctx: RequestContext, plan: Plan, controlled: bool, now: float) -> None:
         """POST /v1/batches: reserve the input file's estimate at the batch price for the batch's life, or
         refuse it under money controls when keyplane did not read (or could not bound) the file."""
         from keyplane.billing.batch_input import Estimate
@@ -233,7 +236,7 @@ class Admission(Settle):
             rid, cost, 0, plan.budgets, (), {"plan": plan, "batch": est, "input_file_id": fid}
         )
 
-    async def _own_models(self, ctx: Any, models: list[str]) -> None:
+    async def _own_models(self, ctx: RequestContext, models: list[str]) -> None:
         """404 ``model_not_found`` for the first fine-tuned model of ``models`` another project's job made."""
         tuned = [m for m in models if m.startswith("ft:")]
         proxy = self.b.rt.features.proxy

@@ -23,22 +23,23 @@ from keyplane.billing.quote_media import priced_by_length
 from keyplane.billing.ratelimits import limits_model
 
 if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
     from keyplane.proxy.uploads import Upload
 
 
 class MeasuringAdmission(Admission):
-    def admit(self, ctx: Any) -> Coroutine[Any, Any, None]:
-        up: Upload | None = getattr(ctx, "upload", None)
-        if up is not None and up.measurable and ctx.model and getattr(ctx, "spending", True):
-            return self._measured(ctx, up)
+    def admit(self, ctx: RequestContext) -> Coroutine[Any, Any, None]:
+        up = ctx.upload
+        if up is not None and up.measurable and ctx.model and ctx.spending:
+            return self._measured(ctx, up, ctx.model)
         return super().admit(ctx)
 
-    async def _measured(self, ctx: Any, up: Upload) -> None:
-        if priced_by_length(self.b.prices, ctx.model) and self.controlled(ctx, ctx.model):
+    async def _measured(self, ctx: RequestContext, up: Upload, model: str) -> None:
+        if priced_by_length(self.b.prices, model) and self.controlled(ctx, model):
             await up.spool_measured()  # raises the upload's 413, 400 or 499 when it is cut
         await super().admit(ctx)
 
-    def controlled(self, ctx: Any, model: str) -> bool:
+    def controlled(self, ctx: RequestContext, model: str) -> bool:
         """A spend limit or enforced credit applies to the request (as :meth:`Admission.admit` decides it)."""
         b = self.b
         now = self.clock.now()

@@ -5,14 +5,19 @@ headers of the limit it hit), and the x-ratelimit-* headers of the tightest per-
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 from keyplane import errors
 from keyplane.billing.engine import Billing, Plan
 from keyplane.limits import MINUTE_US, RPM, TPM, UNITS, Denied, Granted, gcra
 
+if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
 
-def refusal(b: Billing, ctx: Any, plan: Plan, d: Denied, want: int, cost: int, now: float) -> errors.APIError:
+
+def refusal(
+    b: Billing, ctx: RequestContext, plan: Plan, d: Denied, want: int, cost: int, now: float
+) -> errors.APIError:
     """The error of a request a budget or a bucket refused (``d``)."""
     model = ctx.model or ctx.endpoint
     if d.kind == "budget":

@@ -59,6 +59,7 @@ from keyplane.store.models import BatchCost
 
 if TYPE_CHECKING:
     from keyplane.billing.engine import Billing
+    from keyplane.proxy.context import RequestContext
     from keyplane.runtime import Runtime
 
 log = logging.getLogger("keyplane.billing")
@@ -177,7 +178,7 @@ class Batches:
 
     # -- 2. the batch is created -----------------------------------------------------------------
 
-    async def input_estimate(self, ctx: Any) -> tuple[str | None, Estimate | None]:
+    async def input_estimate(self, ctx: RequestContext) -> tuple[str | None, Estimate | None]:
         """(input_file_id, its estimate) of a POST /v1/batches body."""
         try:
             obj = orjson.loads(ctx.body)
@@ -188,7 +189,7 @@ class Batches:
             return None, None
         return fid, await self.file_estimate(fid, ctx.project_id or "")
 
-    def check_access(self, ctx: Any, file_id: str | None, est: Estimate | None) -> None:
+    def check_access(self, ctx: RequestContext, file_id: str | None, est: Estimate | None) -> None:
         """POST /v1/batches, before the upstream: the key's scopes must allow every endpoint its requests call
         (the batch's ``endpoint`` and each line's ``url``), and the model and hosted tool permissions of its
         project and key every model and tool they name (keyplane.access: check_batch). Raises the 403."""

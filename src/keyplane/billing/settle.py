@@ -16,7 +16,7 @@ may be priority. Such a request is reserved at the dearest tier its upstreams ar
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from keyplane.billing.engine import Billing
 from keyplane.billing.price import MICROS, Price, Tokens
@@ -24,6 +24,9 @@ from keyplane.billing.quote_media import audio_length, minutes_of
 from keyplane.billing.quote_record import TierPricing
 from keyplane.billing.quote_tools import tool_cost, tool_prices
 from keyplane.limits import Reservation
+
+if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
 
 log = logging.getLogger("keyplane.billing")
 
@@ -42,7 +45,7 @@ class Settle:
 
     b: Billing
 
-    async def settle(self, ctx: Any) -> None:
+    async def settle(self, ctx: RequestContext) -> None:
         res, ctx.reservation = ctx.reservation, None
         if res is None:
             return
@@ -64,13 +67,13 @@ class Settle:
         elif flat is not None:  # images, speech, audio minutes: priced from the request, billed on success
             # Billed on success, and when the provider received the call whole but its answer failed (it may
             # have run it: an upload is never sent twice, proxy/uploads.py).
-            if (ctx.status and ctx.status < 400) or getattr(ctx, "upstream_received", False):
+            if (ctx.status and ctx.status < 400) or ctx.upstream_received:
                 cost = flat
                 ctx.cost_input_micros = 0
                 per_minute = extra.get("per_minute")
-                up = getattr(ctx, "upload", None)
+                up = ctx.upload
                 # streamed: priced at most by the size received (a file measured before admission, by its length)
-                if per_minute and up is not None and up.finished and audio_length(getattr(ctx, "form", None)) is None:
+                if per_minute and up is not None and up.finished and audio_length(ctx.form) is None:
                     minutes = minutes_of(up.size)
                     cost = min(cost, minutes * per_minute)  # type: ignore[operator]
                     extra["units"] = min(int(extra.get("units") or 0), minutes * 60)  # type: ignore[call-overload]
@@ -79,10 +82,10 @@ class Settle:
                 ctx.units = ctx.units or int(extra.get("units") or 0)  # type: ignore[call-overload]
         elif price is not None:
             tier: TierPricing | None = extra.get("tier")  # type: ignore[assignment]
-            served = getattr(ctx, "service_tier", None)
+            served = ctx.service_tier
             if served is not None and tier is not None:
                 price = self._served_price(ctx, tier, served, price)
-            by = getattr(ctx, "modalities", None)
+            by = ctx.modalities
             if by is None and used and (price.audio_input is not None or price.audio_output is not None):
                 by = _chat_audio(ctx, prompt, cached, completion)  # audio on chat completions: by its details
             if by is not None and used:  # text and audio each at its rate (a realtime response.done)
@@ -91,7 +94,7 @@ class Settle:
                 cost = price.cost(prompt, cached, completion)
                 ctx.cost_input_micros = min(cost, price.cost(prompt, cached, 0))
             elif extra.get("per_minute") and (
-                (ctx.status and ctx.status < 400) or getattr(ctx, "upstream_received", False)
+                (ctx.status and ctx.status < 400) or ctx.upstream_received
             ):
                 # A token-priced transcription whose usage keyplane did not read (`text`, `srt`, `vtt`, a
                 # `stream`), or that the provider received whole before its answer failed: billed its bound
@@ -103,7 +106,7 @@ class Settle:
                 used = int(extra["prompt"])  # type: ignore[call-overload]
                 cost = price.cost(used, 0, 0)
                 ctx.cost_input_micros = cost
-            calls = getattr(ctx, "tool_calls", None)
+            calls = ctx.tool_calls
             if calls:  # hosted tools: per call (code interpreter: per session), at the table's price
                 per = extra.get("tools") or tool_prices(self.b.prices)  # calls the request did not show
                 by_kind = tool_cost(per, {k: v[0] for k, v in calls.items()})  # type: ignore[arg-type]
@@ -121,7 +124,7 @@ class Settle:
             # settle and replays it when Redis answers again (billing engine, every ledger_flush_seconds).
             log_store_error(f"settle of {res.rid} failed; queued for replay", e)
 
-    def _served_price(self, ctx: Any, tier: TierPricing, served: str, price: Price) -> Price:
+    def _served_price(self, ctx: RequestContext, tier: TierPricing, served: str, price: Price) -> Price:
         """The price at the tier the answer reports (cheaper or dearer than the one reserved: the provider bills
         the one that served); ``price`` when the table has no price for it or it is the one reserved."""
         factor = self.b.prices.tier_factor(tier.model, served)
@@ -131,11 +134,11 @@ class Settle:
             self._learn(ctx, tier.model, served, factor)
         return tier.base if factor == MICROS else tier.base.scaled(factor)
 
-    def _learn(self, ctx: Any, model: str, served: str, factor: int) -> None:
+    def _learn(self, ctx: RequestContext, model: str, served: str, factor: int) -> None:
         """The upstream that answered served a request naming no tier at a dearer tier than it was reserved at:
         its default tier is that one, and the next such requests reserve at it (until a restart; the first ones
         in flight before this answer may still overshoot a limit: docs/limits-and-billing.md)."""
-        pool: tuple[Upstream, ...] = getattr(ctx, "pool", ())
+        pool: tuple[Upstream, ...] = ctx.pool
         for d in pool:
             if d.name != ctx.upstream:
                 continue
@@ -159,10 +162,10 @@ class Settle:
             log_store_error(f"release of {res.rid} failed; queued for replay", e)
 
 
-def _chat_audio(ctx: Any, prompt: int, cached: int, completion: int) -> Tokens | None:
+def _chat_audio(ctx: RequestContext, prompt: int, cached: int, completion: int) -> Tokens | None:
     """A chat usage that reports its audio tokens, by modality (the rest is text; cached tokens unattributed);
     None when it does not report them or was estimated (then billed at the dearest rates)."""
-    audio = getattr(ctx, "audio_tokens", None)
+    audio = ctx.audio_tokens
     if audio is None or ctx.usage_estimated:
         return None
     a_in, a_out = min(audio[0], prompt), min(audio[1], completion)

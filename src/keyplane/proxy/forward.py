@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import ClientConnectorError, ClientResponseError, ConnectionTimeoutError
 
@@ -27,6 +27,7 @@ from keyplane.proxy.router import Deployment, Router
 from keyplane.proxy.upstream import RETRYABLE_ERRORS, UpstreamClient, UpstreamResponse
 
 if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
     from keyplane.proxy.uploads import Upload
 
 # What a retry may follow: the connection failing, the answer timing out, an unreadable body, a stream cut.
@@ -158,7 +159,7 @@ class Forwarder:
         body: bytes | Upload,
         mode: int,
         model: str | None,
-        ctx: Any,
+        ctx: RequestContext,
     ) -> Outcome:
         """The accepted answer (2xx, a final 4xx, or the last retryable error) or an APIError.
 

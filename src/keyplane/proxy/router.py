@@ -24,11 +24,14 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from keyplane.config import DEFAULT_CONFIG, Settings, Upstream
+
+if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
 
 log = logging.getLogger("keyplane.proxy")
 
@@ -198,7 +201,7 @@ class Router:
                     return (d,)
         return _first_store(usable) if usable is not self._shared else self.passthrough
 
-    def route(self, pool: tuple[Deployment, ...], ctx: Any) -> tuple[Deployment, ...]:
+    def route(self, pool: tuple[Deployment, ...], ctx: RequestContext) -> tuple[Deployment, ...]:
         """``pool`` in prefix-affinity order when the model is routed by prefix; else unchanged."""
         return pool if self.affinity is None else self.affinity.route(pool, ctx)
 

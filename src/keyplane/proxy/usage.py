@@ -19,9 +19,12 @@ Characters spoken are counted from the request (billing/quote_media.py).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
+
+if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
 
 
 class _Details(msgspec.Struct):
@@ -209,7 +212,7 @@ def from_response_event(data: bytes) -> tuple[str | None, Usage | None, list[str
     return e.type, e.response.with_tools(), ids
 
 
-def fill_units(ctx: Any, body: bytes) -> None:
+def fill_units(ctx: RequestContext, body: bytes) -> None:
     """After a successful JSON answer: the units of the non-token buckets, the tokens of a transcription
     that reports tokens instead of seconds, and the input of a moderation (free, and answered without usage:
     its tokens estimated from the request)."""

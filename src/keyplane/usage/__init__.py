@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keyplane.periodic import Periodic, cancel_and_wait
+
+if TYPE_CHECKING:
+    from keyplane.runtime import Runtime
 
 log = logging.getLogger("keyplane.usage")
 FLUSH_SECONDS = 0.25  # request-path sums -> prometheus_client, pending access-log lines -> the log
@@ -22,7 +25,7 @@ def journal_folder(settings: Any) -> Path:
     return Path(settings.usage_journal_dir) if settings.usage_journal_dir else Path(settings.home) / "journal"
 
 
-def _engine_factory(rt: Any) -> Any:
+def _engine_factory(rt: Runtime) -> Any:
     """A maker of the applier thread's own engine (None: apply on the serving loop, e.g. in-memory SQLite)."""
     engine = rt.engine
     url = engine.url
@@ -36,7 +39,7 @@ def _engine_factory(rt: Any) -> Any:
     return lambda: db.make_engine(s.database_url, timeout=s.database_timeout_seconds)
 
 
-async def start(rt: Any) -> Any:
+async def start(rt: Runtime) -> Any:
     from keyplane.app import Feature
     from keyplane.usage import api, rollups
     from keyplane.usage import metrics as metrics_mod

@@ -14,9 +14,12 @@ lost, the usage records are not (they are in the journal).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keyplane.logs import BatchFormatter, JsonFormatter, batch_handlers, safe
+
+if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
 
 log = logging.getLogger("keyplane.access")
 _FORMAT = "%s %s %s %s model=%s tokens=%d/%d cost=$%.6f %.0fms%s"
@@ -62,7 +65,7 @@ class AccessLog:
     def __init__(self) -> None:
         self.pending: list[tuple[Any, ...]] = []
 
-    def add(self, ctx: Any, kind: str, now: float) -> None:
+    def add(self, ctx: RequestContext, kind: str, now: float) -> None:
         if not log.isEnabledFor(logging.INFO):
             return
         self.pending.append(

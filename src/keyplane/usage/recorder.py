@@ -10,11 +10,15 @@ counts the request in the metrics, writes the access-log line and the trace span
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keyplane.usage.access_log import AccessLog
 from keyplane.usage.journal import Record, served_tier
 from keyplane.usage.tools import tool_records
+
+if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
+    from keyplane.runtime import Runtime
 
 log = logging.getLogger("keyplane.usage")
 
@@ -52,7 +56,7 @@ def kind_of(endpoint: str) -> str:
     return "other"
 
 
-def input_part(ctx: Any) -> int:
+def input_part(ctx: RequestContext) -> int:
     """The input part of a request's cost (the Costs API's line items): what billing's settle step priced as
     input (billing/settle.py, from the one price table), else the cost split in the ratio of the token counts
     (a cost billing gave no split for: none is priced here a second time)."""
@@ -67,7 +71,7 @@ def input_part(ctx: Any) -> int:
 
 
 class Recorder:
-    def __init__(self, rt: Any, writer: Any, applier: Any, metrics: Any, tracing: Any) -> None:
+    def __init__(self, rt: Runtime, writer: Any, applier: Any, metrics: Any, tracing: Any) -> None:
         self.rt = rt
         self.clock = rt.clock
         self.writer = writer
@@ -76,10 +80,10 @@ class Recorder:
         self.tracing = tracing
         self.access_log = AccessLog() if rt.settings.log_requests else None
 
-    def build(self, ctx: Any, now: float) -> Record:
+    def build(self, ctx: RequestContext, now: float) -> Record:
         key = ctx.key
-        by = getattr(ctx, "modalities", None)  # a realtime response's usage by modality
-        audio = (by.audio_in, by.audio_out) if by is not None else getattr(ctx, "audio_tokens", None)
+        by = ctx.modalities  # a realtime response's usage by modality
+        audio = (by.audio_in, by.audio_out) if by is not None else ctx.audio_tokens
         a_in, a_out = audio if audio is not None else (0, 0)
         return Record(
             ctx.request_id,
@@ -105,15 +109,15 @@ class Recorder:
             ctx.usage_estimated,
             ctx.attempts,
             ctx.error,
-            getattr(ctx, "upstream_request_id", None),
-            getattr(ctx, "units", 0),
+            ctx.upstream_request_id,
+            ctx.units,
             a_in,
             a_out,
-            served_tier(getattr(ctx, "service_tier", None)),
+            served_tier(ctx.service_tier),
             key.lineage,
         )
 
-    async def record(self, ctx: Any) -> None:
+    async def record(self, ctx: RequestContext) -> None:
         """Settle step, order 20: append the request's usage record to the journal."""
         try:
             now = self.clock.now()
@@ -133,7 +137,7 @@ class Recorder:
                 self.metrics.appended += 1
             self.applier.notify()
         except Exception:
-            log.exception("usage: could not record request %s", getattr(ctx, "request_id", "?"))
+            log.exception("usage: could not record request %s", ctx.request_id)
 
     def append_records(self, records: list[Record]) -> None:
         """Journal records made off the request path (a batch's requests, billing/batches.py)."""
@@ -153,7 +157,7 @@ class Recorder:
     def stream_ended(self) -> None:
         self.metrics.active_streams.dec()
 
-    async def refused(self, ctx: Any) -> None:
+    async def refused(self, ctx: RequestContext) -> None:
         """Refused-hook step: a key refused before any upstream call (403 scope, 404 model, 429 limits).
 
         Counted in the metrics (requests by status class, rejections by reason) and the access log;
@@ -165,9 +169,9 @@ class Recorder:
             if self.access_log is not None:
                 self.access_log.add(ctx, kind, self.clock.now())
         except Exception:
-            log.exception("usage: could not observe refused request %s", getattr(ctx, "request_id", "?"))
+            log.exception("usage: could not observe refused request %s", ctx.request_id)
 
-    async def observe(self, ctx: Any) -> None:
+    async def observe(self, ctx: RequestContext) -> None:
         """Settle step, order 30: metrics, the access-log line, the trace span."""
         try:
             rec = ctx.record
@@ -179,4 +183,4 @@ class Recorder:
             if self.tracing is not None:
                 self.tracing.record(ctx, kind, now)
         except Exception:
-            log.exception("usage: could not observe request %s", getattr(ctx, "request_id", "?"))
+            log.exception("usage: could not observe request %s", ctx.request_id)

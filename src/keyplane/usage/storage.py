@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from keyplane.usage.models import VectorStoreSize
+
+if TYPE_CHECKING:
+    from keyplane.runtime import Runtime
 
 log = logging.getLogger("keyplane.usage")
 
@@ -67,7 +70,7 @@ def reading(obj: Any) -> tuple[str, int, int | None, bool] | None:
 class VectorStores:
     """The observations of one process (rt.features.usage_vector_stores)."""
 
-    def __init__(self, rt: Any) -> None:
+    def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.last: dict[str, tuple[int, int | None, bool]] = {}
 

@@ -9,18 +9,21 @@ Their ids are the request's with the kind appended: replays stay idempotent.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from keyplane.usage.journal import Record
 
+if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
+
 TOOL_KINDS = ("web_search_calls", "file_search_calls", "code_interpreter_sessions", "images")
 
 
-def tool_records(ctx: Any, rec: Record) -> list[Record]:
+def tool_records(ctx: RequestContext, rec: Record) -> list[Record]:
     """The tool records of a request; moves their cost out of ``rec`` (which keeps its tokens)."""
-    calls: dict[str, list[int]] | None = getattr(ctx, "tool_calls", None)
+    calls: dict[str, list[int]] | None = ctx.tool_calls
     if not calls:
         return []
     out: list[Record] = []

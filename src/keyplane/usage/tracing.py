@@ -9,7 +9,10 @@ own TracerProvider: nothing global is set, so an application embedding keyplane 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
 
 log = logging.getLogger("keyplane.usage")
 
@@ -48,7 +51,7 @@ class Tracing:
         log.info("OpenTelemetry traces go to %s", endpoint)
         return cls(provider, provider.get_tracer("keyplane"), SpanKind, lambda: Status(StatusCode.ERROR))
 
-    def record(self, ctx: Any, kind: str, end_s: float) -> None:
+    def record(self, ctx: RequestContext, kind: str, end_s: float) -> None:
         end_ns = int(end_s * 1e9)
         start_ns = end_ns - int(ctx.latency_ms * 1e6)
         attrs = {
