@@ -22,13 +22,17 @@ import logging
 import os
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import values as _values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from keyplane import errors, keys
+
+if TYPE_CHECKING:
+    from keyplane.proxy.context import RequestContext
+    from keyplane.runtime import Runtime
 
 log = logging.getLogger("keyplane.usage")
 
@@ -193,7 +197,7 @@ class Metrics:
     # sums here (one event loop per process: no lock needed); flush() moves them into the
     # prometheus_client objects before each scrape and every 0.25 s (for other workers' scrapes).
 
-    def observe(self, ctx: Any, kind: str, timed: bool = True) -> None:
+    def observe(self, ctx: RequestContext, kind: str, timed: bool = True) -> None:
         """Count a finished request; ``timed=False`` for a refusal (no latency to observe)."""
         status = ctx.status
         model = self.models.label(ctx.model, 0 < status < 400)
@@ -225,7 +229,7 @@ class Metrics:
         if ctx.disconnected or ctx.upstream is None or status >= 400 or ctx.attempts > 1:
             self._rare(ctx, model, status)
 
-    def _rare(self, ctx: Any, model: str, status: int) -> None:
+    def _rare(self, ctx: RequestContext, model: str, status: int) -> None:
         if ctx.disconnected:
             self.disconnects.labels(model).inc()
         upstream = ctx.upstream
@@ -291,7 +295,7 @@ class Metrics:
             multiprocess.mark_process_dead(os.getpid())
 
 
-def _authorized(rt: Any, header: str | None, scope: dict[str, Any]) -> bool:
+def _authorized(rt: Runtime, header: str | None, scope: dict[str, Any]) -> bool:
     """Whether the request may read the metrics. An admin key is held to the organization's IP allowlist, as on
     the admin API (docs/access-control.md): a 403 ``ip_not_allowed`` is raised off it."""
     mode = rt.settings.metrics_auth
@@ -323,7 +327,7 @@ def _authorized(rt: Any, header: str | None, scope: dict[str, Any]) -> bool:
     return False
 
 
-def metrics_route(rt: Any, metrics: Metrics) -> Any:
+def metrics_route(rt: Runtime, metrics: Metrics) -> Any:
     """The ASGI app for GET /metrics."""
     import asyncio
 
@@ -372,18 +376,18 @@ def metrics_route(rt: Any, metrics: Metrics) -> Any:
 # --- active streams: the proxy's side ----------------------------------------------------------------
 
 
-def _of(rt: Any) -> Metrics | None:
+def _of(rt: Runtime) -> Metrics | None:
     return rt.features.usage_metrics if rt is not None else None
 
 
-def stream_started(rt: Any) -> None:
+def stream_started(rt: Runtime) -> None:
     """A streamed response began (the proxy calls this; pair it with stream_ended in a finally)."""
     m = _of(rt)
     if m is not None:
         m.active_streams.inc()
 
 
-def stream_ended(rt: Any) -> None:
+def stream_ended(rt: Runtime) -> None:
     m = _of(rt)
     if m is not None:
         m.active_streams.dec()
