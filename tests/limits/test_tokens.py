@@ -87,8 +87,9 @@ def test_counts():
         }
     )
     n, choices = tokens.measure("/v1/chat/completions", "gpt-4o", body)
-    # the cookbook's count: 3 per message + role + content, 3 to prime the reply
-    assert n == 3 + (3 + 1 + 6) + (3 + 1 + 6) + 0 and choices == 2
+    # the cookbook's count (3 per message + role + content, 3 to prime the reply) and one more per message: a
+    # local model's template frames each in 4 (ChatML, Llama 3), its role rendered as text (counted as any string)
+    assert n == 3 + (4 + 1 + 6) + (4 + 1 + 6) + 0 and choices == 2
     assert (
         tokens.prompt_tokens(
             "/v1/embeddings", "text-embedding-3-small", orjson.dumps({"input": ["hello world", [1, 2, 3]]})
@@ -96,12 +97,13 @@ def test_counts():
         == 2 + 3
     )
     assert tokens.prompt_tokens("/v1/responses", "gpt-4o", orjson.dumps({"input": "hello world"})) == 2
-    # A model without a tokenizer: a token per byte of content (an upper bound), 4 for the message, 3 for the reply.
+    # A model without a tokenizer: a token per byte of role and content (an upper bound), 4 for the message, 3 for
+    # the reply.
     assert (
         tokens.prompt_tokens(
             "/v1/chat/completions", "llama3", orjson.dumps({"messages": [{"role": "user", "content": "x" * 40}]})
         )
-        == 3 + 4 + 40
+        == 3 + 4 + 4 + 40
     )
     # what cannot be read counts one token per byte: the most its text can be
     assert tokens.prompt_tokens("/v1/chat/completions", "gpt-4o", b"not json") == 8

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from keyplane.limits import encodings, tokens
-from keyplane.limits.tokens import _IMAGE_TYPES, _NOT_TEXT, _UNSEEN_TYPES, MAX_DEPTH, Scan
+from keyplane.limits.tokens import _IMAGE_TYPES, _UNSEEN_TYPES, MAX_DEPTH, Scan
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,11 +48,7 @@ def reference_scan(c: tokens.Counter, v: Any, scan: Scan | None = None, keys: bo
                 continue
             if keys:
                 scan.tokens += sum(c.count(k) for k in node if isinstance(k, str))
-            stack.extend(
-                (x, depth + 1)
-                for k, x in node.items()
-                if k not in _NOT_TEXT or not (isinstance(x, str) and len(x) <= 128)
-            )
+            stack.extend((x, depth + 1) for x in node.values())  # every value, ids and enums too
     if keys and scan.tokens > before:  # a schema: at least its JSON text (when orjson writes it)
         with contextlib.suppress(orjson.JSONEncodeError, TypeError):
             scan.tokens = before + max(scan.tokens - before, c.count(orjson.dumps(v).decode()))

@@ -112,15 +112,24 @@ class Counter:
                 for k in node:
                     if isinstance(k, str):
                         n += self.count(k)
-            # ids and enums are not counted; whatever else stands under those keys is (a tool's or a
-            # format's schema may name a property `id`, `type` or `format`, its description under it)
-            for k, x in node.items():
-                if isinstance(x, str):
-                    if k not in _NOT_TEXT or len(x) > 128:  # not _short(x)
-                        n += self.count(x)
-                elif k not in _NOT_TEXT or not _short(x):
-                    n += self._walk(x, depth, scan, keys)
+            # Every value, ids and enums too: which strings end up in the prompt is the provider's chat template's
+            # business (vLLM takes any role string and ChatML renders it; some templates render tool call ids).
+            for x in node.values():
+                n += self.count(x) if isinstance(x, str) else self._walk(x, depth, scan, keys)
         return n
+
+    def rest(self, req: dict[str, Any], read: frozenset[str], scan: Scan) -> None:
+        """The top-level fields of a request that its endpoint's counter does not read and that are not one of
+        OpenAI's parameters carrying no prompt text (``_PARAMS``): an OpenAI-compatible server's own fields may be
+        rendered into the prompt it bills (vLLM's ``documents``, ``chat_template_kwargs``), so they count as a schema
+        does (its strings and keys, at least its JSON text).
+        A chat template sent in the request (vLLM's ``chat_template``) renders what it likes: not in the body."""
+        for k, v in req.items():
+            if k in read or k in _PARAMS:
+                continue
+            if k == "chat_template" and v is not None:
+                scan.unbounded = True
+            self.scan(v, scan, keys=True)  # at least its JSON text: a template renders it with its structure
 
     def prompt(self, v: Any, scan: Scan) -> None:
         """A prompt that may be given as token ids (completions' ``prompt``, embeddings' ``input``): an array of
@@ -139,7 +148,7 @@ class Counter:
         scan.tokens += 3
         messages = req.get("messages")
         if isinstance(messages, list):
-            scan.tokens += 4 * len(messages)  # per message: its framing and role
+            scan.tokens += 4 * len(messages)  # per message: its framing (ChatML's, Llama's: 4; its role is text)
             for m in messages:  # a previous audio answer given back by id: its audio is read from the provider's
                 if isinstance(m, dict) and isinstance(a := m.get("audio"), dict) and a.get("id") is not None:
                     scan.unbounded = True
@@ -218,18 +227,30 @@ _IMAGE_TYPES = frozenset({"image_url", "input_image", "image"})
 # item given by its id without its content: keyplane/items.py).
 _UNSEEN_TYPES = frozenset({"file", "input_file", "input_audio", "audio", "item_reference"})
 _UNSEEN_KEYS = frozenset({"file_id", "file_url", "file_data"})
-# Keys whose values are not read by the model as text (ids and enums): not counted.
-_NOT_TEXT = frozenset({"type", "id", "call_id", "role", "status", "detail", "format"})
 _FUNCTION_TOOLS = frozenset({"function", "custom"})
+# The fields each endpoint's counter reads itself (Counter.chat, .responses, .prompt).
+_READ: dict[str, frozenset[str]] = {
+    "/v1/chat/completions": frozenset({"messages", "tools", "functions", "response_format", "prediction"}),
+    "/v1/responses": frozenset({"instructions", "input", "tools", "text", "prompt"}),
+    "/v1/completions": frozenset({"prompt", "suffix"}),
+    "/v1/embeddings": frozenset({"input"}),
+}
+# OpenAI's request parameters that put no text in the prompt (limits, sampling, routing, metadata, what to return).
+_PARAMS = frozenset(
+    {
+        "model", "n", "best_of", "stream", "stream_options", "temperature", "top_p", "max_tokens",
+        "max_completion_tokens", "max_output_tokens", "seed", "presence_penalty", "frequency_penalty", "logprobs",
+        "top_logprobs", "logit_bias", "parallel_tool_calls", "store", "service_tier", "user", "metadata",
+        "modalities", "audio", "reasoning_effort", "reasoning", "verbosity", "stop", "echo", "dimensions",
+        "encoding_format", "truncation", "background", "include", "previous_response_id", "conversation",
+        "max_tool_calls", "tool_choice", "function_call", "prompt_cache_key", "prompt_cache_retention",
+        "safety_identifier", "web_search_options",
+    }
+)  # fmt: skip
 
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _short(v: Any) -> bool:
-    """An id or an enum value (left out of the count under the keys of ``_NOT_TEXT``)."""
-    return isinstance(v, str) and len(v) <= 128
 
 
 def _hosted(tools: Any) -> bool:
@@ -304,6 +325,9 @@ def measure(endpoint: str, model: str, body: bytes) -> Measure:
             n = max(n, v)
     c = counter(model)
     scan = Scan()
+    read = _READ.get(endpoint)
+    if read is not None:  # the fields no counter below reads, an OpenAI-compatible server's own among them
+        c.rest(req, read, scan)
     if endpoint == "/v1/chat/completions":
         c.chat(req, scan)
         return Measure(scan.tokens, n, scan.unbounded, scan.hosted_tools, scan.predicted, scan.images)

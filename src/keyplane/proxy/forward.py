@@ -149,6 +149,9 @@ class Forwarder:
         self.router = router
         self.rng = rng or random.Random()
         self.sleep: Callable[[float], Awaitable[None]] = sleep or asyncio.sleep
+        # Why a request may not go on (its key revoked...: proxy/authority.py ended), asked before each retry: a
+        # retry may fire sooner than the patrol's next look. Set by the proxy app; None: never asked.
+        self.still: Callable[[RequestContext], errors.APIError | None] | None = None
 
     async def send(
         self,
@@ -192,6 +195,8 @@ class Forwarder:
                     if delay is not None and delay > c.max_retry_wait:
                         continue
                     await self.sleep(delay if delay is not None else backoff(dep, n, self.rng))
+                    if self.still is not None and (cut := self.still(ctx)) is not None:
+                        raise cut  # its key or project ended while it waited: no retry goes upstream
                 progressed = True
                 ctx.attempts += 1
                 ctx.upstream = dep.name

@@ -50,6 +50,7 @@ class ProxyApp:
         self.tenancy.attach_client(forwarder.client)  # batch metering reads output files (billing/batches.py)
         self.access = rt.features.access  # model and hosted tool permissions (keyplane.access)
         self.patrol = Patrol(rt)  # a running request whose key or project ends is cut (proxy/authority.py)
+        forwarder.still = lambda ctx: authority.ended(rt, ctx)  # and is never retried (proxy/forward.py)
 
     async def aclose(self) -> None:
         await self.patrol.aclose()
@@ -130,6 +131,16 @@ class ProxyApp:
             log.exception("admission failed for %s", ctx.request_id)
             await replies.send_error(send, errors.internal_error(), rid, t0, ctx.extra_headers)
             return
+        if upload is not None or rt.snapshot.keys_by_id.get(entry.id) is not entry:  # admission waited meanwhile
+            try:  # (a spooled upload, read whole only now): the key as it is now, before any upstream call
+                ctx.key = entry = req.again(self, scope, headers)
+            except errors.APIError as e:
+                ctx.status, ctx.error = e.status, e.code
+                if upload is not None:
+                    upload.close()
+                await self._finish(ctx, t0, Watch(None))  # nothing went upstream: the reservation is released
+                await replies.send_error(send, e, rid, t0, ctx.extra_headers)
+                return
         # Transcriptions and moderations: the JSON answer is read whole (small) for its usage.
         mode = (
             (SSE if req.stream else JSON)

@@ -139,6 +139,21 @@ class Intake:
         self.body, self.upload, self.fields, self.model, self.pool = body, upload, fields, model, pool
         return True
 
+    def again(self, app: ProxyApp, scope: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> KeyEntry:
+        """The same second look, once admission is done: admission may have waited (on Redis, or for a large
+        upload it spools and measures before pricing it: billing/admission_audio.py, read after :meth:`read`
+        returned), and a key revoked or narrowed meanwhile must not reach the upstream either. An upload's model
+        is held to the model permissions as they are now, too. Returns the key's entry now."""
+        entry = self.entry
+        assert entry is not None
+        if app.rt.snapshot.keys_by_id.get(entry.id) is not entry:
+            entry = self.entry = self._still(app, entry, scope, headers)
+        if self.upload is not None and app.access is not None:
+            app.access.check_request(
+                entry.project_id, entry.id, self.path, self.method, self.model, self.ep.spending, self.body, False
+            )
+        return entry
+
     def _still(
         self, app: ProxyApp, entry: KeyEntry, scope: dict[str, Any], headers: list[tuple[bytes, bytes]]
     ) -> KeyEntry:
