@@ -93,9 +93,7 @@ class Settle:
             elif used:
                 cost = price.cost(prompt, cached, completion)
                 ctx.cost_input_micros = min(cost, price.cost(prompt, cached, 0))
-            elif extra.get("per_minute") and (
-                (ctx.status and ctx.status < 400) or ctx.upstream_received
-            ):
+            elif extra.get("per_minute") and ((ctx.status and ctx.status < 400) or ctx.upstream_received):
                 # A token-priced transcription whose usage keyplane did not read (`text`, `srt`, `vtt`, a
                 # `stream`), or that the provider received whole before its answer failed: billed its bound
                 # (its prompt and output tokens are billed too, which no per-minute estimate bounds).

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from keyplane.periodic import Periodic, cancel_and_wait
+from keyplane.periodic import Periodic
 
 if TYPE_CHECKING:
     from keyplane.runtime import Runtime
@@ -80,7 +80,6 @@ async def start(rt: Runtime) -> Any:
         log.warning("usage journal: replay at start failed (%s); retrying in the background", type(e).__name__)
     applier.start(_engine_factory(rt))
 
-    tasks: list[asyncio.Task[None]] = []
     fsync: Periodic | None = None
     if s.usage_journal_fsync == "interval":
 
@@ -107,24 +106,22 @@ async def start(rt: Runtime) -> Any:
             recorder.access_log.flush()
 
     loop = asyncio.get_running_loop()
+    lag = {"last": loop.time(), "worst": 0.0, "since": loop.time()}  # the event-loop lag probe's state
 
-    async def flush_loop() -> None:
-        worst, since = 0.0, loop.time()
-        while True:
-            t0 = loop.time()
-            await asyncio.sleep(FLUSH_SECONDS)
-            # The event-loop lag probe: how late this timer fired, the worst over the last second.
-            t1 = loop.time()
-            worst = max(worst, t1 - t0 - FLUSH_SECONDS)
-            if t1 - since >= 1.0:
-                metrics.loop_lag.set(max(0.0, worst))
-                worst, since = 0.0, t1
-            try:
-                flush()
-            except Exception:
-                log.exception("usage: flushing metrics and access log failed")
+    async def flush_step() -> None:
+        # The event-loop lag probe: how late this step's timer fired (Periodic sleeps FLUSH_SECONDS from the end
+        # of the last step), the worst over the last second.
+        t1 = loop.time()
+        lag["worst"] = max(lag["worst"], t1 - lag["last"] - FLUSH_SECONDS)
+        if t1 - lag["since"] >= 1.0:
+            metrics.loop_lag.set(max(0.0, lag["worst"]))
+            lag["worst"], lag["since"] = 0.0, t1
+        try:
+            flush()
+        finally:
+            lag["last"] = loop.time()
 
-    tasks.append(asyncio.create_task(flush_loop(), name="usage-flush"))
+    flusher = Periodic("usage flush (metrics, access log)", flush_step, FLUSH_SECONDS, cap=FLUSH_SECONDS).start()
     rt.features.usage_metrics = metrics
     rt.features.usage_applier = applier
     rt.features.usage_writer = writer
@@ -136,8 +133,7 @@ async def start(rt: Runtime) -> Any:
     async def stop() -> None:
         if fsync is not None:
             await fsync.stop()
-        for task in tasks:
-            await cancel_and_wait(task)
+        await flusher.stop()
         flush()
         drained = await applier.stop()
         writer.close()
