@@ -12,7 +12,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from sqlalchemy import func, select
 
 from keyplane import control
 from keyplane.cli.common import JsonOpt, fail, out, print_json, run_store, settings, table, ts
@@ -121,10 +120,9 @@ def list_grants(json: JsonOpt = False) -> None:
     """The credit grants, oldest first."""
     from keyplane import fmt
     from keyplane.billing import credit
-    from keyplane.billing.models import CreditGrant
 
     async def go(session: Any) -> list[Any]:
-        return list((await session.execute(select(CreditGrant).order_by(CreditGrant.seq))).scalars())
+        return await credit.grants(session)
 
     rows = run_store(settings(), go)
     if json:
@@ -256,7 +254,6 @@ async def _config(session: Any, s: Any) -> Any:
 
 async def _show(session: Any, s: Any, project: str | None, key: str | None, only: str | None = None) -> dict[str, Any]:
     from keyplane.billing import ratelimits, spend, state
-    from keyplane.billing.models import SpendLedger, SpendLimit
 
     scope, sid, pid, label = await _scope(session, project, key)
     counter = sid  # the id its spend is counted under: a rotated key's line's first key (KeyEntry.budget_id)
@@ -266,16 +263,8 @@ async def _show(session: Any, s: Any, project: str | None, key: str | None, only
     period = state.period_of(now)
     tbl, prices = _tables(s)
     cfg = await _config(session, s)
-    micros = (
-        await session.execute(
-            select(func.coalesce(func.sum(SpendLedger.micros), 0)).where(
-                SpendLedger.period == period, SpendLedger.scope == scope, SpendLedger.scope_id == counter
-            )
-        )
-    ).scalar() or 0
-    row = (
-        await session.execute(select(SpendLimit).where(SpendLimit.scope == scope, SpendLimit.scope_id == sid))
-    ).scalar()
+    micros = await spend.ledger_spent(session, period, scope, counter)
+    row = await spend.find_limit(session, scope, sid)
     out: dict[str, Any] = {
         "scope": scope,
         "id": sid,

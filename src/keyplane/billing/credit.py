@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane import control, ids
@@ -83,6 +84,11 @@ async def create_grant(
     await control.bump_revision(s)
     await tiers.promote(s, table, now)
     return g
+
+
+async def grants(s: AsyncSession) -> list[CreditGrant]:
+    """Every credit grant, oldest first."""
+    return list((await s.execute(select(CreditGrant).order_by(CreditGrant.seq))).scalars())
 
 
 def grant_object(g: CreditGrant) -> dict[str, Any]:

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
 from starlette.requests import Request
 
-from keyplane import control, errors
+from keyplane import errors
 from keyplane.admin import Endpoint
 from keyplane.admin.common import JSONResponse, authenticate_admin, json_body, runtime
 from keyplane.admin.params import query_choice, query_limit
 from keyplane.billing import service, spend_alerts, tiers
 from keyplane.billing.engine import Billing
-from keyplane.billing.models import BillingState, SpendAlert
 from keyplane.billing.price import MICROS
 from keyplane.lists import list_response
 
@@ -78,8 +76,8 @@ async def usage_tier(request: Request) -> JSONResponse:
     async with runtime(request).read() as s:
         st = await tiers.standing(s)
         name = await tiers.current_tier(s, b.tiers)
-        since = (await s.execute(select(BillingState.value).where(BillingState.name == "usage_tier_at"))).scalar()
-    obj = tiers.tier_object(b.tiers, name, st, now, int(since) if since else None)
+        since = await tiers.tier_since(s)
+    obj = tiers.tier_object(b.tiers, name, st, now, since)
     obj["tiers"] = [
         {"name": t.name, "min_paid": round(t.min_paid * 100), "min_days": t.min_days} for t in b.tiers.tiers
     ]
@@ -148,9 +146,8 @@ async def list_spend_alerts(request: Request) -> JSONResponse:
         raise errors.bad_request("'order' must be 'asc' or 'desc'.", param="order", code="invalid_value")
     async with runtime(request).read() as s:
         scope, sid, _ = await _scope(request, s)
-        stmt = select(SpendAlert).where(SpendAlert.scope == scope, SpendAlert.scope_id == sid)
-        rows, more = await control.page(
-            s, SpendAlert, stmt, after=q.get("after"), before=q.get("before"), limit=limit, descending=order == "desc"
+        rows, more = await spend_alerts.page_alerts(
+            s, scope, sid, after=q.get("after"), before=q.get("before"), limit=limit, descending=order == "desc"
         )
     return JSONResponse(list_response([spend_alerts.alert_object(scope, a) for a in rows], more))
 

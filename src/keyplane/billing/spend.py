@@ -71,8 +71,27 @@ def _enforcing(body: dict[str, Any]) -> bool:
 # --- limits ----------------------------------------------------------------------------------------
 
 
+async def find_limit(s: AsyncSession, scope: str, sid: str) -> SpendLimit | None:
+    """The spend limit of a scope, if one is set."""
+    return (await s.execute(select(SpendLimit).where(SpendLimit.scope == scope, SpendLimit.scope_id == sid))).scalar()
+
+
+async def ledger_spent(s: AsyncSession, period: str, scope: str, counter: str) -> int:
+    """Micro-dollars the SQL ledger holds for a scope's counter in ``period`` (what a restart seeds it from)."""
+    from sqlalchemy import func
+
+    from keyplane.billing.models import SpendLedger
+
+    total = await s.execute(
+        select(func.coalesce(func.sum(SpendLedger.micros), 0)).where(
+            SpendLedger.period == period, SpendLedger.scope == scope, SpendLedger.scope_id == counter
+        )
+    )
+    return int(total.scalar() or 0)
+
+
 async def get_limit(s: AsyncSession, scope: str, sid: str) -> SpendLimit:
-    row = (await s.execute(select(SpendLimit).where(SpendLimit.scope == scope, SpendLimit.scope_id == sid))).scalar()
+    row = await find_limit(s, scope, sid)
     if row is None:
         what = {"organization": "the organization", "project": f"project '{sid}'", "api_key": f"API key '{sid}'"}
         raise NotFound(f"No spend limit is set for {what[scope]}.", code="spend_limit_not_found")

@@ -84,6 +84,15 @@ async def create_alert(
     return a
 
 
+async def page_alerts(
+    s: AsyncSession, scope: str, sid: str, *, after: str | None, before: str | None, limit: int, descending: bool
+) -> tuple[list[SpendAlert], bool]:
+    """One page of a scope's spend alerts (control.page's cursors) and whether more follow."""
+    stmt = select(SpendAlert).where(SpendAlert.scope == scope, SpendAlert.scope_id == sid)
+    rows, more = await control.page(s, SpendAlert, stmt, after=after, before=before, limit=limit, descending=descending)
+    return list(rows), more
+
+
 async def get_alert(s: AsyncSession, scope: str, sid: str, alert_id: str) -> SpendAlert:
     a = (
         await s.execute(

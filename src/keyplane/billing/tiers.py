@@ -144,6 +144,12 @@ async def current_tier(s: AsyncSession, table: TierTable) -> str:
     return v if v in table.by_name else table.lowest
 
 
+async def tier_since(s: AsyncSession) -> int | None:
+    """When the organization reached its present tier (unix seconds), if it was promoted since keyplane keeps it."""
+    since = (await s.execute(select(BillingState.value).where(BillingState.name == "usage_tier_at"))).scalar()
+    return int(since) if since else None
+
+
 async def promote(s: AsyncSession, table: TierTable, now: float) -> tuple[str, str] | None:
     """Move the organization up to the tier it now qualifies for; (old, new) when it moved.
 
