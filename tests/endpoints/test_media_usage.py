@@ -156,20 +156,26 @@ GUARD = (
 )
 
 
-@pytest.mark.parametrize("what", ["image", "web_search"])
-def test_the_kill_switch_sees_images_and_tool_calls(make_gateway, fake, what):
-    """A cost ceiling of $0.10 per hour: images at $0.04, or web searches at $0.025, trip it."""
+@pytest.mark.parametrize("what", ["image", "web_search", "speech", "transcription"])
+def test_the_kill_switch_sees_images_audio_and_tool_calls(make_gateway, fake, what):
+    """A cost ceiling of $0.10 per hour: images at $0.04, web searches at $0.025, speech at $0.06 (4,000 characters
+    of tts-1) or transcriptions at $0.06 (the fake reports 600 s for 600,000 bytes, whisper-1) trip it."""
     extra = '[prices."fake-tools"]\ninput = 0\noutput = 0\nmax_output = 5\ncontext_window = 100\n'
     srv = make_gateway(media(fake) + extra + GUARD)
     client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
-    for _ in range(3 if what == "image" else 5):  # $0.12, $0.125
+    for _ in range({"image": 3, "web_search": 5, "speech": 2, "transcription": 2}[what]):  # $0.12, $0.125, $0.12
         if what == "image":
             client.images.generate(model="dall-e-3", prompt="a cat")
+        elif what == "speech":
+            client.audio.speech.create(model="tts-1", voice="alloy", input="x" * 4000)
+        elif what == "transcription":
+            client.audio.transcriptions.create(model="whisper-1", file=("a.mp3", b"x" * 600_000))
         else:
             client.responses.create(
                 model="fake-tools", input="hi", tools=[{"type": "web_search_preview"}], max_tool_calls=1
             )
-    until_the_kill_switch_refuses(srv, lambda: client.images.generate(model="dall-e-3", prompt="a cat"))
+    # The probe is free (a moderation): only the calls above can have crossed the ceiling.
+    until_the_kill_switch_refuses(srv, lambda: client.moderations.create(model="omni-moderation-latest", input="hi"))
     assert srv.app.runtime.snapshot.keys_by_id[srv.init["api_key_id"]].suspended_at is not None
 
 
