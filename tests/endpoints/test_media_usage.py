@@ -89,7 +89,8 @@ def test_images_audio_and_moderations_reach_their_usage_buckets(make_gateway, fa
 
 
 def test_gpt_image_units_and_price(make_gateway, fake):
-    """gpt-image-1 is priced per image by quality and size plus its prompt's tokens; counted in images."""
+    """gpt-image-1 is reserved per image by quality and size plus its prompt's tokens, billed the usage its answer
+    reports; counted in images."""
     srv = make_gateway(media(fake))
     client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
     start = int(time.time()) - 5
@@ -97,7 +98,10 @@ def test_gpt_image_units_and_price(make_gateway, fake):
     drain(srv)
     row = _one(admin_sdk(srv).admin.organization.usage.images(start_time=start, group_by=["model"]))
     assert (row.model, row.images, row.num_model_requests) == ("gpt-image-1", 2, 1)
-    assert _spent(srv)[0] >= 2 * 11_000  # $0.011 per low 1024x1024 image, plus the prompt
+    # Billed the usage the answer reports (the fake's: 50 text tokens, 272 image output tokens per low 1024x1024
+    # image), read off the answer as it passes: 50 x $5 + 544 x $40 per 1M (the list price, $0.011 an image, is
+    # what was reserved).
+    assert _spent(srv)[0] == 250 + 2 * 272 * 40
 
 
 async def _race(srv, n: int, call: Callable[[AsyncOpenAI], Awaitable[object]]) -> collections.Counter:

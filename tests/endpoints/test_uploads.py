@@ -15,7 +15,7 @@ from openai import OpenAI
 
 from keyplane.proxy import uploads
 from keyplane.testing.fake_upstream import Behaviour
-from tests.billing.conftest import billing_of
+from tests.billing.conftest import billing_of, set_spend_limit
 from tests.endpoints.conftest import media
 
 MB = 1024 * 1024
@@ -136,13 +136,25 @@ def test_an_image_edit_is_spooled_and_priced_by_its_fields_and_images(make_gatew
     srv = _gw(make_gateway, fake)
     client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
     images = [(f"{i}.png", b"\x89PNG" + os.urandom(700 * 1024), "image/png") for i in range(3)]
-    r = client.images.edit(model="gpt-image-1", image=images, prompt="a hat", quality="low", size="1024x1024")
+
+    def edit() -> object:
+        return client.images.edit(model="gpt-image-1", image=images, prompt="a hat", quality="low", size="1024x1024")
+
+    # Reserved: $0.011 per low 1024x1024 image, the prompt's tokens at $5/1M, and 3 x 6,000 image tokens for the
+    # edited images at gpt-image-1's image input rate, $10/1M: 191,000 micro-dollars and the prompt's. A spend
+    # limit of 19 cents refuses it before the upstream; one of 20 cents lets it through.
+    set_spend_limit(srv, 19)
+    with pytest.raises(openai.RateLimitError):
+        edit()
+    assert _received(fake, "/v1/images/edits") == [] and streams == []  # read whole (spooled), never sent
+    set_spend_limit(srv, 20)
+    r = edit()
     assert len(r.data) == 1 and streams == ["spool"]
     (got,) = _received(fake, "/v1/images/edits")
     assert all(img[1] in got.body for img in images)
-    # $0.011 per low 1024x1024 image, plus the prompt's tokens and 3 x 6000 tokens for the edited images at $5/1M
-    spent = _spent(srv)
-    assert 11_000 + 3 * 6_000 * 5 <= spent < 11_000 + 4 * 6_000 * 5, spent
+    # Billed the usage the answer reports (tests' fake: 50 text tokens, 500 image tokens per input image, 272
+    # image output tokens for a low 1024x1024 image): 50 x $5 + 1,500 x $10 + 272 x $40 per 1M.
+    assert _spent(srv) == 250 + 15_000 + 10_880
 
 
 def test_a_file_upload_streams_and_a_batch_file_is_read_whole(make_gateway, fake, streams):

@@ -157,7 +157,8 @@ def test_a_prediction_is_reserved_at_the_output_rate_and_a_json_edit_per_image()
     assert image is not None
     one = edit({"images": [{"image_url": "https://example.com/a.png"}]})
     three = edit({"images": [{"file_id": "file-a"}, {"file_id": "file-b"}], "mask": {"file_id": "file-m"}})
-    assert three - one == 2 * EDIT_IMAGE_TOKENS * image.input // 1_000_000
+    assert image.image_input is not None  # an edit's input images at the model's image input rate
+    assert three - one == 2 * EDIT_IMAGE_TOKENS * image.image_input // 1_000_000
 
 
 def test_a_body_read_alike_by_every_parser_passes_and_nested_repeats_are_refused(make_gw, fake):

@@ -53,6 +53,8 @@ class Price(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     audio_input: float | None = None
     cached_audio_input: float | None = None
     audio_output: float | None = None
+    # Image input tokens of a GPT image model (an edit's input images), per 1M tokens; None: at ``input``.
+    image_input: float | None = None
     # The model reasons unseen (output tokens it never streams): a stream cut before its usage is billed the
     # output it reserved. None: decided by the model's name and the request (proxy/estimate.py may_reason).
     reasoning: bool | None = None
@@ -68,6 +70,7 @@ RATES = (
     "per_1m_characters",
     "per_minute",
     "audio_input",
+    "image_input",
     "cached_audio_input",
     "audio_output",
 )

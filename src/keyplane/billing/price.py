@@ -6,7 +6,8 @@ micro-dollars, rounded up once: (uncached input x input + cached input x cached_
 
 Realtime models bill text and audio tokens at separate rates: such an entry has ``audio_input``,
 ``cached_audio_input`` and ``audio_output`` beside its text rates, and a usage reported by modality
-(:class:`Tokens`, a realtime ``response.done``) is priced by :meth:`Price.cost_by`. Whatever is not
+(:class:`Tokens`, a realtime ``response.done``) is priced by :meth:`Price.cost_by`. GPT image models bill an
+edit's input images at ``image_input`` (their ``other_in`` tokens, at the dearest input rate). Whatever is not
 attributed to a modality, and any usage reported without its details, is priced at the dearest rates,
 as is every reservation: never less than the provider bills.
 """
@@ -78,6 +79,8 @@ class Price:
     reasoning: bool | None = None
     # The most input tokens one image is billed on this model, when more than limits/tokens.image_tokens knows.
     image_tokens: int | None = None
+    # Image input tokens (a GPT image model's input images): per 1M tokens; None: at ``input``.
+    image_input: int | None = None
 
     def _tier(self, prompt: int, total_in: int, total_out: int = 0) -> int:
         """The input and output totals at the rates of the request's tier (long context past ``long_above``)."""
@@ -92,7 +95,7 @@ class Price:
     top_output: int = dataclasses.field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "top_input", max(self.input, self.audio_input or 0))
+        object.__setattr__(self, "top_input", max(self.input, self.audio_input or 0, self.image_input or 0))
         object.__setattr__(self, "top_cached", max(self.cached_input, self.cached_audio_input or 0))
         object.__setattr__(self, "top_output", max(self.output, self.audio_output or 0))
 

@@ -108,6 +108,7 @@ def entry(name: str, p: PriceConfig) -> Price:
         raise PriceError(f"{where}.cached_audio_input: needs audio_input")
     if a_cached is None:
         a_cached = a_in  # as cached_input defaults to input
+    img_in = to_micros(p.image_input, f"{where}.image_input") if p.image_input is not None else None
     return Price(
         inp,
         cached,
@@ -124,6 +125,7 @@ def entry(name: str, p: PriceConfig) -> Price:
         max_seconds=p.max_seconds,
         image_tokens=p.image_tokens,
         reasoning=p.reasoning,
+        image_input=img_in,
     )
 
 

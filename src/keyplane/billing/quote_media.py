@@ -29,8 +29,12 @@ MAX_IMAGES: Final = 10  # the images API's largest n
 # The duration an upload is reserved at: 8 kbit/s, the least bitrate speech codecs are used at (opus and
 # mp3 go down to 6-8 kbit/s), so a file cannot carry more audio than it reserves; most are over-estimated.
 AUDIO_BYTES_PER_MINUTE: Final = 60_000
-# Tokens charged (at the model's input price) per input image of a gpt-image edit.
+# Image input tokens reserved per input image of a gpt-image edit (at the model's ``image_input`` rate): an
+# allowance above what an image tokenizes to at the default (low) input fidelity, and one above what
+# `input_fidelity: high` adds (OpenAI's image guide: about 4,200 tokens for a square image, 6,200 for a
+# portrait or landscape one, on top of its tiles). An answer that reports its usage is billed that usage.
 EDIT_IMAGE_TOKENS: Final = 6_000
+HIGH_FIDELITY_IMAGE_TOKENS: Final = 7_500
 # A streamed gpt-image call's `partial_images` (0 to 3): "each partial image incurs an additional 100 image
 # output tokens" (OpenAI's image generation guide), at the model's `output` rate (its image output tokens).
 MAX_PARTIAL_IMAGES: Final = 3
@@ -138,14 +142,19 @@ def quote_images(
         cands = [m for _, s, m in price.images if s == size] or [m for _, _, m in price.images]
     cost = n * max(cands)
     prompt = 0
-    if price.input:
+    if price.input or price.image_input:
         p = f.get("prompt")
-        prompt = tokens.counter(name).count(p) if isinstance(p, str) else 0
+        text = tokens.counter(name).count(p) if isinstance(p, str) else 0
+        images_in = 0
         if endpoint == "/v1/images/edits":
             if form is None and f:  # a JSON edit: its inputs are `images` (and `image`, `mask`), not file parts
                 files = _json_images(f)
-            prompt += EDIT_IMAGE_TOKENS * max(1, files)
-        cost += -(-prompt * price.input // MICROS)
+            fidelity = f.get("input_fidelity")
+            low = fidelity is None or (isinstance(fidelity, str) and fidelity.strip().lower() == "low")
+            images_in = (EDIT_IMAGE_TOKENS if low else HIGH_FIDELITY_IMAGE_TOKENS) * max(1, files)
+        prompt = text + images_in
+        image_rate = price.image_input if price.image_input is not None else price.input
+        cost += -(-(text * price.input + images_in * image_rate) // MICROS)
     if partials:
         if price.output > 0:  # each image's partial images, at the image output rate
             cost += partial_images_cost(price, n * partials)
@@ -154,7 +163,8 @@ def quote_images(
                 f"its partial images (`partial_images`, each billed as {PARTIAL_IMAGE_TOKENS} image output tokens) "
                 f"have no price: the price table gives {name} no `output` rate (its image output tokens)"
             )
-    return Quote(name, cost=cost, prompt=prompt, flat=True, units=n, estimate=estimate)
+    # the price goes with it: an answer that reports its usage (a GPT image model's) is billed at it (billing/settle.py)
+    return Quote(name, cost=cost, prompt=prompt, flat=True, units=n, estimate=estimate, price=price)
 
 
 def quote_speech(prices: PriceTable, model: str | None, body: bytes) -> Quote:

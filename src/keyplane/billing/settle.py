@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from keyplane.billing.engine import Billing
 from keyplane.billing.price import MICROS, Price, Tokens
-from keyplane.billing.quote_media import audio_length, minutes_of
+from keyplane.billing.quote_media import IMAGES, audio_length, minutes_of
 from keyplane.billing.quote_record import TierPricing
 from keyplane.billing.quote_tools import tool_cost, tool_prices
 from keyplane.limits import Reservation
@@ -70,6 +70,10 @@ class Settle:
             if (ctx.status and ctx.status < 400) or ctx.upstream_received:
                 cost = flat
                 ctx.cost_input_micros = 0
+                if price is not None and ctx.modalities is not None and ctx.endpoint in IMAGES:
+                    # A GPT image model's answer reports its usage (text and image input, image output): what
+                    # the provider bills, less or more than the per-image list price and allowances reserved.
+                    cost, ctx.cost_input_micros = price.cost_by(ctx.modalities)
                 per_minute = extra.get("per_minute")
                 up = ctx.upload
                 # streamed: priced at most by the size received (a file measured before admission, by its length)

@@ -32,7 +32,7 @@ from keyplane.proxy.replies import new_request_id
 from keyplane.proxy.router import Router
 from keyplane.proxy.tenancy import Tenancy
 from keyplane.proxy.upstream import RETRYABLE_ERRORS
-from keyplane.proxy.usage import READ_WHOLE, fill_units, tool_calls
+from keyplane.proxy.usage import IMAGES, READ_WHOLE, AnswerEdges, fill_units, image_tokens, tool_calls
 from keyplane.runtime import Runtime
 
 log = logging.getLogger("keyplane.proxy")
@@ -334,6 +334,8 @@ class ProxyApp:
             }
         )
         is_sse = out.resp.content_type == "text/event-stream"
+        # An Images API answer's usage (a GPT image model's tokens) is read off its edges as it passes (billing).
+        edges = AnswerEdges() if ctx.endpoint in IMAGES and out.resp.status < 300 else None
         try:
             async for chunk in out.rest:
                 cut = authority.ended(self.rt, ctx)
@@ -344,7 +346,13 @@ class ProxyApp:
                     break
                 if ctx.ttft_ms is None:
                     ctx.ttft_ms = (time.perf_counter() - t0) * 1000
+                if edges is not None:
+                    edges.feed(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            else:
+                if edges is not None and (u := edges.usage()) is not None:
+                    ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = u.numbers()
+                    ctx.modalities = image_tokens(u)
         except RETRYABLE_ERRORS:
             out.resp.close()
             err = errors.upstream_stream_broken(out.dep.name)

@@ -19,9 +19,11 @@ Characters spoken are counted from the request (billing/quote_media.py).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
+
+from keyplane.billing.price import Tokens
 
 if TYPE_CHECKING:
     from keyplane.proxy.context import RequestContext
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 class _Details(msgspec.Struct):
     cached_tokens: int | None = None
     audio_tokens: int | None = None  # chat: the audio part of prompt_tokens / completion_tokens
+    text_tokens: int | None = None  # a GPT image model's: the text part of input_tokens
+    image_tokens: int | None = None  # and its image part (an edit's input images)
 
 
 class _OutDetails(msgspec.Struct):
@@ -212,6 +216,84 @@ def from_response_event(data: bytes) -> tuple[str | None, Usage | None, list[str
     return e.type, e.response.with_tools(), ids
 
 
+_USAGE_KEY = b'"usage"'
+_SPACE = b" \t\r\n"
+
+
+class AnswerEdges:
+    """The first and last :data:`EDGE` bytes of an answer relayed unread (an Images API answer, its images in
+    base64 between), where its ``usage`` object is: read at the end to bill a GPT image model's call at what
+    the provider reports (billing/settle.py). A JSON string cannot hold an unescaped ``"usage"``: what is
+    found is a key of the answer (or of a streamed answer's last event), not text a prompt put there."""
+
+    EDGE: Final = 16 * 1024
+    __slots__ = ("head", "tail")
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        edge = self.EDGE
+        if len(self.head) < edge:
+            self.head += chunk[: edge - len(self.head)]
+        self.tail = chunk[-edge:] if len(chunk) >= edge else (self.tail + chunk)[-edge:]
+
+    def usage(self) -> Usage | None:
+        for part, at in ((self.tail, self.tail.rfind(_USAGE_KEY)), (self.head, self.head.find(_USAGE_KEY))):
+            if at >= 0 and (obj := _object_at(part, at + len(_USAGE_KEY))) is not None:
+                try:
+                    return msgspec.json.decode(obj, type=Usage)
+                except msgspec.DecodeError:
+                    return None
+        return None
+
+
+def _object_at(data: bytes, i: int) -> bytes | None:
+    """The JSON object after ``: `` at ``i`` of ``data``, whole (braces matched, strings skipped), or None."""
+    n = len(data)
+    while i < n and data[i] in _SPACE:
+        i += 1
+    if i >= n or data[i] != 0x3A:  # ':'
+        return None
+    i += 1
+    while i < n and data[i] in _SPACE:
+        i += 1
+    if i >= n or data[i] != 0x7B:  # '{'
+        return None
+    start, depth, in_str = i, 0, False
+    while i < n:
+        c = data[i]
+        if in_str:
+            if c == 0x5C:  # a backslash escapes the next byte
+                i += 1
+            elif c == 0x22:
+                in_str = False
+        elif c == 0x22:
+            in_str = True
+        elif c == 0x7B:
+            depth += 1
+        elif c == 0x7D:
+            depth -= 1
+            if depth == 0:
+                return data[start : i + 1]
+        i += 1
+    return None
+
+
+def image_tokens(u: Usage) -> Tokens | None:
+    """A GPT image model's usage by kind, for billing (billing/settle.py): its text input, its image input (at the
+    dearest input rate: ``other_in``) and its image output; input it does not split counts as image input. None
+    for an answer with no usage (dall-e)."""
+    if u.input_tokens is None and u.output_tokens is None:
+        return None
+    prompt, _cached, completion = u.numbers()
+    d = u.input_tokens_details
+    text = max(d.text_tokens or 0, 0) if d is not None else 0
+    text = min(text, prompt)
+    return Tokens(text_in=text, other_in=prompt - text, other_out=completion)
+
+
 def fill_units(ctx: RequestContext, body: bytes) -> None:
     """After a successful JSON answer: the units of the non-token buckets, the tokens of a transcription
     that reports tokens instead of seconds, and the input of a moderation (free, and answered without usage:
@@ -219,13 +301,15 @@ def fill_units(ctx: RequestContext, body: bytes) -> None:
     n = units(ctx.endpoint, body)
     if n is not None:
         ctx.units = n
-        if ctx.endpoint in IMAGES and not (ctx.prompt_tokens or ctx.completion_tokens):  # gpt-image: tokens too
+        if ctx.endpoint in IMAGES:  # gpt-image: tokens too, by kind (billed at their rates: billing/settle.py)
             try:
                 u = from_body(body)
             except BadBody:
                 u = None
             if u is not None:
-                ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = u.numbers()
+                if not (ctx.prompt_tokens or ctx.completion_tokens):
+                    ctx.prompt_tokens, ctx.cached_tokens, ctx.completion_tokens = u.numbers()
+                ctx.modalities = image_tokens(u)
     elif ctx.endpoint in TRANSCRIBE and not (ctx.prompt_tokens or ctx.completion_tokens):  # token-priced
         try:
             u = from_body(body)

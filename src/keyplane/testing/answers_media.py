@@ -10,6 +10,12 @@ from typing import Any
 _FIELD = re.compile(rb'name="([a-z_]+)"\r\n\r\n([^\r]{0,200})\r\n')
 # A transcription's reported duration: one second per this many bytes of upload.
 AUDIO_BYTES_PER_SECOND = 1000
+# Image output tokens of a GPT image model by (quality, size): OpenAI's image generation guide.
+_IMAGE_OUTPUT = {
+    (q, s): n
+    for q, square, other in (("low", 272, 408), ("medium", 1056, 1584), ("high", 4160, 6240))
+    for s, n in (("1024x1024", square), ("1024x1536", other), ("1536x1024", other))
+}
 
 
 def media(path: str, data: dict[str, Any], body: bytes, multipart: bool) -> Any:
@@ -27,11 +33,17 @@ def media(path: str, data: dict[str, Any], body: bytes, multipart: bool) -> Any:
             n = 1
         out: dict[str, Any] = {"created": 0, "data": [{"url": f"https://fake.invalid/{i}.png"} for i in range(n)]}
         if model.startswith("gpt-image"):
+            # OpenAI's image output tokens by quality and size (medium for auto); 50 text tokens in, and for an
+            # edit 500 image tokens per input image.
+            per = _IMAGE_OUTPUT.get((str(data.get("quality") or "auto"), str(data.get("size") or "auto")), 1056)
+            images_in = 0
+            if path == "/v1/images/edits":
+                images_in = 500 * (body.count(b'name="image') if multipart else len(data.get("images") or [1]))
             out["usage"] = {
-                "input_tokens": 50,
-                "output_tokens": 1056 * n,
-                "total_tokens": 50 + 1056 * n,
-                "input_tokens_details": {"text_tokens": 50, "image_tokens": 0},
+                "input_tokens": 50 + images_in,
+                "output_tokens": per * n,
+                "total_tokens": 50 + images_in + per * n,
+                "input_tokens_details": {"text_tokens": 50, "image_tokens": images_in},
             }
         return out
     if path == "/v1/audio/speech":
