@@ -5,7 +5,8 @@ duplicated key seen, keys compared case-insensitively (``object_pairs_hook``; a 
 value and one that keeps the last, or matches keys in any case, must not disagree about a policy), strings
 holding JSON parsed again (a lenient upstream might), ``tool_choice``, replayed tool calls
 (``web_search_call``, ``mcp_approval_response``...), Assistants' ``tool_resources``, chat's
-``web_search_options`` and the search models that always search.
+``web_search_options``, the search models that always search, and OpenRouter's spellings (the ``web`` plugin, a
+server tool ``openrouter:web_search``, a ``models`` list of fallbacks, each a model that may serve the request).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def tool_of(value: str) -> str | None:
     """The hosted tool a ``type`` value names: ``web_search_preview_2025_03_11`` and ``web_search_call`` are
     web_search, ``mcp_approval_response`` is mcp (approving a pending MCP call runs it)."""
     t = value.strip().lower().replace("-", "_")
+    t = t.rsplit(":", 1)[-1].strip()  # a provider's namespace: OpenRouter's server tool `openrouter:web_search`
     for name in TOOLS:
         if t == name or t.startswith(name + "_"):
             return name
@@ -95,6 +97,13 @@ def _default_model(tool: Any) -> str | None:
     return None
 
 
+def _web_plugin(plugin: Any) -> bool:
+    """An OpenRouter plugin that searches the web: ``{"id": "web"}`` (what an ``:online`` model is short for)."""
+    return isinstance(plugin, _Obj) and any(
+        k.strip().lower() == "id" and isinstance(v, str) and v.strip().lower() == "web" for k, v in plugin
+    )
+
+
 def _walk(v: Any, asked: Asked, nested: int) -> Iterator[None]:
     stack: list[tuple[Any, int]] = [(v, nested)]
     while stack:
@@ -119,6 +128,14 @@ def _walk(v: Any, asked: Asked, nested: int) -> Iterator[None]:
                     asked.models.update(m for item in val if (m := _default_model(item)) is not None)
                 if key == "web_search_options" and val is not None:
                     asked.tools.add("web_search")
+                if key == "plugins" and isinstance(val, list) and any(_web_plugin(p) for p in val):
+                    asked.tools.add("web_search")  # OpenRouter's `web` plugin searches for any model
+                if key == "models" and isinstance(val, list):  # OpenRouter's fallbacks: any may serve the request
+                    for m in val:
+                        if isinstance(m, str):
+                            asked.models.add(m)
+                            if search_model(m):
+                                asked.tools.add("web_search")
                 if key == "tool_resources" and isinstance(val, _Obj):
                     asked.tools.update(t for rk, rv in val if rv is not None and (t := tool_of(rk)) is not None)
                 stack.append((val, depth))

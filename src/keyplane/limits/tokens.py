@@ -163,7 +163,7 @@ class Counter:
             scan.predicted = predicted.tokens
             scan.unbounded = scan.unbounded or predicted.unbounded
         tools = req.get("tools")
-        if req.get("web_search_options") is not None or _hosted(tools):
+        if req.get("web_search_options") is not None or _hosted(tools) or _searches(req):
             scan.hosted_tools = True
 
     def responses(self, req: dict[str, Any], scan: Scan) -> None:
@@ -178,7 +178,7 @@ class Counter:
             self.scan(req["tools"], scan, keys=True)
         if req.get("text"):  # a structured output's schema (text.format) is read by the model, and billed
             self.scan(req["text"], scan, keys=True)
-        if _hosted(req.get("tools")):
+        if _hosted(req.get("tools")) or _searches(req):
             scan.hosted_tools = True
         if req.get("prompt") is not None:  # a stored prompt template: its text is at the provider, and the
             scan.unbounded = True  # hosted tools it may enable are not in the body either
@@ -251,6 +251,16 @@ _PARAMS = frozenset(
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _searches(req: dict[str, Any]) -> bool:
+    """OpenRouter searches the web, billed per result, for a request with its `web` plugin or an `:online` model."""
+    plugins, model = req.get("plugins"), req.get("model")
+    if isinstance(model, str) and ":online" in model.lower():
+        return True
+    return isinstance(plugins, list) and any(
+        isinstance(p, dict) and isinstance(i := p.get("id"), str) and i.strip().lower() == "web" for p in plugins
+    )
 
 
 def _hosted(tools: Any) -> bool:

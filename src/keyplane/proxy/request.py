@@ -34,7 +34,8 @@ MAX_CHOICES: Final = 128
 MAX_HEADERS: Final = 128
 MAX_HEADER_BYTES: Final = 64 * 1024
 
-# The output-limit fields each endpoint reads (the largest one present is what may be generated).
+# The output-limit fields each endpoint reads (the largest one present is what may be generated), and llama.cpp's
+# `n_predict`, which its server reads first on every one of them (docs/limits-and-billing.md).
 _OUTPUT_FIELDS: Final[dict[str, tuple[str, ...]]] = {
     "/v1/chat/completions": ("max_completion_tokens", "max_tokens"),
     "/v1/completions": ("max_tokens",),
@@ -49,11 +50,14 @@ class Head(msgspec.Struct):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     max_output_tokens: int | None = None
+    # llama.cpp's server reads its own output limit before max_tokens on its OpenAI-compatible endpoints
+    n_predict: int | None = None
     n: int | None = None
     best_of: int | None = None
     background: bool | None = None
     previous_response_id: str | None = None
     conversation: Any = None
+    models: Any = None  # OpenRouter's fallback models: refused unless they name only `model` (_checked)
 
     @property
     def output_limit(self) -> int | None:
@@ -128,7 +132,7 @@ def _form_int(form: dict[str, str], name: str) -> int | None:
 
 
 def _checked(path: str, h: Head, form: dict[str, str] | None) -> Fields:
-    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens", "n_predict"):
         v = getattr(h, name)
         if v is not None and not 1 <= v <= MAX_OUTPUT_TOKENS:
             raise errors.invalid_value(
@@ -149,7 +153,16 @@ def _checked(path: str, h: Head, form: dict[str, str] | None) -> Fields:
             "background",
             "keyplane does not proxy background responses (`background: true`): their usage cannot be metered.",
         )
-    limits = [getattr(h, f) for f in _OUTPUT_FIELDS.get(path, ()) if getattr(h, f) is not None]
+    if h.models is not None and (not isinstance(h.models, list) or any(m != h.model for m in h.models)):
+        # The upstream (OpenRouter) would serve the request with any of them: a model whose permissions, rate limits
+        # and price keyplane never applied, billed as `model`. keyplane routes and falls back itself ([[upstreams]]).
+        raise errors.invalid_value(
+            "models",
+            "keyplane does not proxy fallback models (`models`): a request is served, limited and billed as the one "
+            "`model` it names. Send one request per model (keyplane's own fallbacks are its upstreams').",
+        )
+    fields = _OUTPUT_FIELDS.get(path, ())
+    limits = [getattr(h, f) for f in (*fields, "n_predict") if fields and getattr(h, f) is not None]
     so = h.stream_options
     return Fields(
         model=h.model,
