@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from keyplane.testing import FakeUpstream
-from tests.support import Gateways, RunningServer, init_org, make_settings, postgres_database, start_server
+from tests.support import Gateways, RunningServer, init_org, make_settings, postgres_database
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +23,21 @@ def fake(fake_session: FakeUpstream) -> FakeUpstream:
     """The shared fake upstream, reset for this test."""
     fake_session.reset()
     return fake_session
+
+
+@pytest.fixture(scope="session")
+def fake2_session() -> Iterator[FakeUpstream]:
+    """A second fake upstream (another provider, a fallback), one per test process."""
+    f = FakeUpstream().start_in_thread()
+    yield f
+    f.stop_thread()
+
+
+@pytest.fixture
+def fake2(fake2_session: FakeUpstream) -> FakeUpstream:
+    """The shared second fake upstream, reset for this test."""
+    fake2_session.reset()
+    return fake2_session
 
 
 @pytest.fixture(scope="session")
@@ -59,14 +74,30 @@ def settings(tmp_path: Path, database_url: str):
 
 
 @pytest.fixture
-def server(settings) -> Iterator[RunningServer]:
-    """A real keyplane server (uvicorn, real HTTP, port chosen by the OS) with an initialized org."""
-    init = init_org(settings)
-    srv = start_server(settings, init)
-    try:
-        yield srv
-    finally:
-        srv.stop()
+def server(database_url: str, gateways: Gateways) -> Iterator[RunningServer]:
+    """A real keyplane server (the factory's: uvicorn, real HTTP, port chosen by the OS) with an initialized org,
+    on the test's store (SQLite and PostgreSQL)."""
+    yield gateways.start(store=database_url)
+    gateways.stop_all()  # before the test's PostgreSQL database is dropped
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def shared_server(
+    request: pytest.FixtureRequest, template_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """One server (the factory's) that a test module shares, on SQLite and on PostgreSQL: for the tests that only
+    check request validation (errors for bad input) and change nothing, where a fresh server and database per
+    test only costs time. A test that writes asks for ``server``."""
+    g = Gateways(template_home, tmp_path_factory.mktemp("shared"))
+    if request.param == "sqlite":
+        yield g.start()
+        g.stop_all()
+        return
+    with postgres_database() as url:
+        try:
+            yield g.start(store=url)
+        finally:
+            g.stop_all()  # before the database is dropped
 
 
 @pytest.fixture(autouse=True)

@@ -261,6 +261,9 @@ class Gateways:
       for ``database_url`` before ``gateways`` (pytest tears fixtures down in the reverse order).
     - ``org`` names an org of its own: a fresh, empty store initialized for this gateway alone (two instances
       that must not share keys, e.g. one governing the other as its provider).
+    - ``init``: a store initialized already, its org's keys as ``init_org`` gives them; nothing is initialized.
+      The ``home`` ``keyplane init`` initialized (a CLI test), or a store another gateway initialized, reached by
+      another URL (``store``: a fault proxy's); that gateway's secret key is passed in the environment.
     """
 
     def __init__(self, template_home: Path, tmp_path: Path) -> None:
@@ -291,14 +294,22 @@ class Gateways:
         *,
         store: str = "",
         org: str | None = None,
+        init: dict[str, Any] | None = None,
         seed: Callable[[Settings], None] | None = None,
         **env: str,
     ) -> RunningServer:
         """Start a gateway with this keyplane.toml text (None: no file) and environment; see the class for
-        ``store`` and ``org``. ``clock`` may be shared by several gateways of a test; ``seed`` writes to the
-        store (its org initialized) before the server starts (e.g. a user's password)."""
+        ``store``, ``org`` and ``init``. ``clock`` may be shared by several gateways of a test; ``seed`` writes to
+        the store (its org initialized) before the server starts (e.g. a user's password)."""
         import json
 
+        if init is not None:
+            if org is not None:
+                raise ValueError("init: the keys of an org initialized already (no org of its own)")
+            settings = make_settings(home if home is not None else self._new_home(), store, config_text, **env)
+            if store:
+                self._stores.setdefault(store, _Store(init, settings.secret_key))
+            return self._run(settings, init, clock, seed)
         if org is not None:
             if home is not None or store:
                 raise ValueError("org: a fresh store of its own (no home, no store)")
@@ -334,6 +345,11 @@ class Gateways:
         srv = start_server(settings, init, clock=clock)
         self.started.append(srv)
         return srv
+
+    def stop(self, srv: RunningServer) -> None:
+        """Stop one gateway before the test ends (e.g. to look at its store once it is closed)."""
+        srv.stop()
+        self.started.remove(srv)
 
     def stop_all(self) -> None:
         for s in self.started:

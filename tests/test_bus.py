@@ -23,7 +23,7 @@ from keyplane.bus.redis_pubsub import RedisBus
 from keyplane.config import Settings
 from keyplane.snapshot import Snapshot
 from keyplane.store import db
-from tests.support import init_org, make_settings, postgres_database, start_server
+from tests.support import Gateways, init_org, make_settings, postgres_database
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -200,36 +200,31 @@ async def test_postgres_notify_bus_applies_a_revocation(pg_store) -> None:  # ty
 @pytest.mark.redis
 @pytest.mark.parametrize("with_redis", [True, False], ids=["redis", "postgres-notify"])
 def test_the_cli_publishes_so_a_slow_polling_instance_refuses_at_once(
-    tmp_path: Path,
     pg_url: str,
     with_redis: bool,
     monkeypatch: pytest.MonkeyPatch,
+    gateways: Gateways,
 ) -> None:
     env = {"KEYPLANE_SNAPSHOT_POLL_SECONDS": "60"}
     if with_redis:
         env |= {"KEYPLANE_REDIS_URL": REDIS_URL, "KEYPLANE_REDIS_PREFIX": f"kptest-bus-{secrets.token_hex(4)}"}
-    settings = make_settings(tmp_path / "home", pg_url, **env)
-    init = init_org(settings)
-    srv = start_server(settings, init)
-    try:
-        rt = srv.app.runtime
-        assert rt is not None and rt.bus is not None
-        srv.call(asyncio.wait_for(rt.bus.subscribed.wait(), 5))  # type: ignore[attr-defined]
-        models = httpx.get(srv.v1 + "/models", headers={"authorization": f"Bearer {srv.api_key}"})
-        assert models.status_code == 200
-        from keyplane.cli import app
+    srv = gateways.start(store=pg_url, **env)
+    rt = srv.app.runtime
+    assert rt is not None and rt.bus is not None
+    srv.call(asyncio.wait_for(rt.bus.subscribed.wait(), 5))  # type: ignore[attr-defined]
+    models = httpx.get(srv.v1 + "/models", headers={"authorization": f"Bearer {srv.api_key}"})
+    assert models.status_code == 200
+    from keyplane.cli import app
 
-        for k, v in {"KEYPLANE_HOME": str(settings.home), "KEYPLANE_DATABASE_URL": pg_url, **env}.items():
-            monkeypatch.setenv(k, v)
-        out = CliRunner().invoke(app, ["keys", "revoke", init["api_key_id"], "--reason", "leaked"])
-        assert out.exit_code == 0, out.output
-        t0 = time.monotonic()
-        while True:
-            r = httpx.get(srv.v1 + "/models", headers={"authorization": f"Bearer {srv.api_key}"})
-            if r.status_code == 401:
-                break
-            assert time.monotonic() - t0 < 1.0, "the running instance still admits the revoked key"
-            time.sleep(0.02)
-        assert "leaked" in r.json()["error"]["message"]
-    finally:
-        srv.stop()
+    for k, v in {"KEYPLANE_HOME": str(srv.settings.home), "KEYPLANE_DATABASE_URL": pg_url, **env}.items():
+        monkeypatch.setenv(k, v)
+    out = CliRunner().invoke(app, ["keys", "revoke", srv.init["api_key_id"], "--reason", "leaked"])
+    assert out.exit_code == 0, out.output
+    t0 = time.monotonic()
+    while True:
+        r = httpx.get(srv.v1 + "/models", headers={"authorization": f"Bearer {srv.api_key}"})
+        if r.status_code == 401:
+            break
+        assert time.monotonic() - t0 < 1.0, "the running instance still admits the revoked key"
+        time.sleep(0.02)
+    assert "leaked" in r.json()["error"]["message"]

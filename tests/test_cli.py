@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 
 from keyplane import keys
 from keyplane.cli import app
-from tests.support import make_settings, start_server
 
 
 @pytest.fixture
@@ -141,20 +140,16 @@ def test_bad_config_exit_2(cli):
     assert "`port` must be int" in res.stderr
 
 
-def test_cli_revocation_reaches_running_server_within_a_second(cli):
+def test_cli_revocation_reaches_running_server_within_a_second(cli, gateways):
     init = _json(cli("init", "--json"))
-    settings = make_settings(cli.home, cli.database_url)
-    srv = start_server(settings, init)
-    try:
-        h = {"Authorization": f"Bearer {init['admin_key']}"}
-        assert httpx.get(srv.v1 + "/organization/projects", headers=h).status_code == 200
-        cli("keys", "revoke", init["admin_key_id"])
-        t0 = time.monotonic()
-        while httpx.get(srv.v1 + "/organization/projects", headers=h).status_code == 200:
-            assert time.monotonic() - t0 < 1.0, "revocation did not reach the server within a second"
-            time.sleep(0.02)
-    finally:
-        srv.stop()
+    srv = gateways.start(home=cli.home, store=cli.database_url, init=init)
+    h = {"Authorization": f"Bearer {init['admin_key']}"}
+    assert httpx.get(srv.v1 + "/organization/projects", headers=h).status_code == 200
+    cli("keys", "revoke", init["admin_key_id"])
+    t0 = time.monotonic()
+    while httpx.get(srv.v1 + "/organization/projects", headers=h).status_code == 200:
+        assert time.monotonic() - t0 < 1.0, "revocation did not reach the server within a second"
+        time.sleep(0.02)
 
 
 def test_help_everywhere():

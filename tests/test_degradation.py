@@ -11,7 +11,6 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import openai
@@ -19,7 +18,7 @@ import pytest
 
 from keyplane.testing import FakeUpstream
 from tests.faults import FaultProxy
-from tests.support import RunningServer, init_org, make_settings, postgres_database, start_server
+from tests.support import Gateways, RunningServer, postgres_database
 from tests.usage.support import fake_config
 
 pytestmark = pytest.mark.postgres
@@ -46,27 +45,25 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, fake: FakeUpstream) -> Iterator[Fleet]:
+def fleet(fake: FakeUpstream, gateways: Gateways) -> Iterator[Fleet]:
     pg = FaultProxy(5432)
     redis = FaultProxy(6379)
     with postgres_database() as url:
-        settings = make_settings(
-            tmp_path / "home",
-            pg.url_for(url),
-            config_text=fake_config(fake),
+        srv = gateways.start(
+            fake_config(fake),
+            store=pg.url_for(url),
             KEYPLANE_REDIS_URL=redis.url_for("redis://127.0.0.1:6379/0"),
             KEYPLANE_REDIS_PREFIX=f"kpdeg{secrets.token_hex(4)}",
             KEYPLANE_DATABASE_TIMEOUT_SECONDS="1",
             KEYPLANE_REDIS_TIMEOUT_SECONDS="0.5",
             KEYPLANE_LOG_REQUESTS="false",
         )
-        srv = start_server(settings, init_org(settings))
         try:
             yield Fleet(srv, pg, redis)
         finally:
             pg.restore()
             redis.restore()
-            srv.stop()
+            gateways.stop_all()
             pg.close()
             redis.close()
 

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from keyplane.cli import app
 from keyplane.store import db
-from tests.support import make_settings, start_server
+from tests.support import make_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYPLANE = str(Path(sys.executable).parent / "keyplane")
@@ -56,7 +56,7 @@ def sh(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> su
 # --- item 3 ----------------------------------------------------------------------------------------
 
 
-def test_keys_create_json_names_the_owner_as_the_admin_api_does(home):
+def test_keys_create_json_names_the_owner_as_the_admin_api_does(home, gateways):
     init = json.loads(run("init", "--owner-email", "boss@acme.test", "--json").stdout)
     made = json.loads(run("keys", "create", "-p", "Default project", "-n", "etl", "--json").stdout)
     owner = made["owner"]
@@ -81,17 +81,14 @@ def test_keys_create_json_names_the_owner_as_the_admin_api_does(home):
 
     # The admin API over HTTP says the same of every key.
     listed = {k["id"]: k for k in json.loads(run("keys", "list", "--json").stdout)}
-    srv = start_server(make_settings(home), init)
-    try:
-        r = httpx.get(
-            f"{srv.v1}/organization/projects/{init['project_id']}/api_keys?limit=100",
-            headers={"Authorization": f"Bearer {init['admin_key']}"},
-        )
-        assert r.status_code == 200, r.text
-        for k in r.json()["data"]:
-            assert listed[k["id"]]["owner"] == k["owner"], k["id"]
-    finally:
-        srv.stop()
+    srv = gateways.start(home=home, init=init)
+    r = httpx.get(
+        f"{srv.v1}/organization/projects/{init['project_id']}/api_keys?limit=100",
+        headers={"Authorization": f"Bearer {init['admin_key']}"},
+    )
+    assert r.status_code == 200, r.text
+    for k in r.json()["data"]:
+        assert listed[k["id"]]["owner"] == k["owner"], k["id"]
 
 
 # --- item 7 ----------------------------------------------------------------------------------------

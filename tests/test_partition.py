@@ -10,7 +10,6 @@ import asyncio
 import secrets
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -19,7 +18,7 @@ import pytest
 
 from keyplane.config import DEFAULT_CONFIG
 from tests.faults import FaultProxy
-from tests.support import RunningServer, init_org, make_settings, postgres_database, start_server
+from tests.support import Gateways, RunningServer, postgres_database
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -27,7 +26,7 @@ STALENESS = 2.0
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer, FaultProxy, FaultProxy]]:
+def pair(gateways: Gateways) -> Iterator[tuple[RunningServer, RunningServer, FaultProxy, FaultProxy]]:
     secret = secrets.token_urlsafe(32)
     prefix = f"kptest-partition-{secrets.token_hex(4)}"
     common = {
@@ -39,26 +38,23 @@ def pair(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer, FaultPr
         pg = urlsplit(url)
         pg_proxy = FaultProxy(pg.port or 5432, pg.hostname or "127.0.0.1")
         redis_proxy = FaultProxy(6379)
-        sa = make_settings(tmp_path / "a", url, config_text=DEFAULT_CONFIG, KEYPLANE_REDIS_URL=REDIS_URL, **common)
-        init = init_org(sa)
+        a = gateways.start(DEFAULT_CONFIG, store=url, KEYPLANE_REDIS_URL=REDIS_URL, **common)
         b_url = url.replace(f"{pg.hostname}:{pg.port}", f"127.0.0.1:{pg_proxy.port}")
-        sb = make_settings(
-            tmp_path / "b",
-            b_url,
-            config_text=DEFAULT_CONFIG,
+        b = gateways.start(  # A's store and org, through the proxy
+            DEFAULT_CONFIG,
+            store=b_url,
+            init=a.init,
             KEYPLANE_REDIS_URL=f"redis://127.0.0.1:{redis_proxy.port}/0",
             **common,
         )
-        a = start_server(sa, init)
-        b = start_server(sb, init)
         try:
             yield a, b, pg_proxy, redis_proxy
         finally:
             pg_proxy.restore()
             redis_proxy.restore()
             time.sleep(0.3)  # teardown: the restored proxies' connections settle before the servers stop
-            b.stop()
-            a.stop()
+            gateways.stop(b)
+            gateways.stop(a)
             pg_proxy.close()
             redis_proxy.close()
 

@@ -27,7 +27,7 @@ from keyplane.snapshot import Snapshot
 from keyplane.snapshot_refresh import SnapshotRefresher
 from keyplane.store import db
 from tests.billing.conftest import billing_of
-from tests.support import init_org, make_settings, start_server
+from tests.support import Gateways, init_org, make_settings
 
 
 @pytest.fixture
@@ -174,14 +174,10 @@ async def test_a_full_reload_builds_its_maps_off_the_event_loop(store, monkeypat
 
 
 @pytest.fixture
-def slow_polling_billing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def slow_polling_billing(monkeypatch: pytest.MonkeyPatch, gateways: Gateways) -> Iterator[Any]:
     monkeypatch.setattr(Billing, "poll_seconds", 3600.0)  # only a snapshot change can wake it
-    settings = make_settings(tmp_path / "home")
-    srv = start_server(settings, init_org(settings))
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    yield gateways.start()
+    gateways.stop_all()  # before the monkeypatch is undone
 
 
 def test_billing_reloads_its_configuration_when_the_snapshot_changes(slow_polling_billing) -> None:  # type: ignore[no-untyped-def]

@@ -18,3 +18,14 @@ def http(server):
         base_url=server.v1 + "/organization", headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=10
     ) as c:
         yield c
+
+
+@pytest.fixture
+def shared_http(shared_server):
+    """``http`` on the module's shared server (tests/conftest.py ``shared_server``): for validation-only tests."""
+    with httpx.Client(
+        base_url=shared_server.v1 + "/organization",
+        headers={"Authorization": f"Bearer {shared_server.admin_key}"},
+        timeout=10,
+    ) as c:
+        yield c

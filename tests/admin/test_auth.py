@@ -15,40 +15,40 @@ def _get(server, headers):
     return httpx.get(server.v1 + "/organization/projects", headers=headers, timeout=10)
 
 
-def test_no_key(server):
-    r = _get(server, {})
+def test_no_key(shared_server):
+    r = _get(shared_server, {})
     assert r.status_code == 401
     assert r.json()["error"]["message"].startswith("You didn't provide an API key")
 
 
-def test_wrong_admin_key_is_masked(server):
+def test_wrong_admin_key_is_masked(shared_server):
     wrong = keys.generate("admin")
-    r = _get(server, {"Authorization": f"Bearer {wrong}"})
+    r = _get(shared_server, {"Authorization": f"Bearer {wrong}"})
     assert r.status_code == 401
     err = r.json()["error"]
     assert err["code"] == "invalid_api_key" and wrong not in r.text
     assert keys.mask(wrong) in err["message"]
 
 
-def test_project_key_refused_on_admin_api(server):
-    r = _get(server, {"Authorization": f"Bearer {server.api_key}"})
+def test_project_key_refused_on_admin_api(shared_server):
+    r = _get(shared_server, {"Authorization": f"Bearer {shared_server.api_key}"})
     assert r.status_code == 401
     assert "needs an admin key" in r.json()["error"]["message"]
-    assert server.api_key not in r.text
+    assert shared_server.api_key not in r.text
 
 
-def test_bad_checksum_and_provider_key(server):
-    k = server.admin_key
+def test_bad_checksum_and_provider_key(shared_server):
+    k = shared_server.admin_key
     bad = k[:-1] + ("A" if k[-1] != "A" else "B")
-    r = _get(server, {"Authorization": f"Bearer {bad}"})
+    r = _get(shared_server, {"Authorization": f"Bearer {bad}"})
     assert r.status_code == 401 and "checksum" in r.json()["error"]["message"]
     provider = "sk-proj-" + "a" * 40 + "T3BlbkFJ" + "b" * 40
-    r = _get(server, {"Authorization": f"Bearer {provider}"})
+    r = _get(shared_server, {"Authorization": f"Bearer {provider}"})
     assert r.status_code == 401 and "OpenAI key" in r.json()["error"]["message"]
 
 
-def test_basic_auth_refused(server):
-    r = _get(server, {"Authorization": "Basic dXNlcjpwYXNz"})
+def test_basic_auth_refused(shared_server):
+    r = _get(shared_server, {"Authorization": "Basic dXNlcjpwYXNz"})
     assert r.status_code == 401 and "Bearer" in r.json()["error"]["message"]
 
 
@@ -79,15 +79,15 @@ def test_expired_admin_key(database_url, gateways):
     assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
 
 
-def test_unknown_route_and_method(http):
-    r = http.get("/nope")
+def test_unknown_route_and_method(shared_http):
+    r = shared_http.get("/nope")
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
-    r = http.put("/projects")
+    r = shared_http.put("/projects")
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
 
 
-def test_openapi_document(http):
-    doc = http.get("/openapi.json").json()
+def test_openapi_document(shared_http):
+    doc = shared_http.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     assert "post" in doc["paths"]["/v1/organization/projects/{project_id}/api_keys"]
     assert doc["paths"]["/v1/organization/api_keys/lookup"]["post"]["tags"] == ["keyplane extension"]

@@ -1,6 +1,6 @@
 """Every integer query parameter of the admin, usage, billing and kill-switch APIs answers a bad value
 (huge, negative, not a number) with a 400 in OpenAI's error shape, never a 500 (#12.11), through a
-real server on SQLite and PostgreSQL."""
+real server on SQLite and PostgreSQL (one per module and store: the calls only read)."""
 
 from __future__ import annotations
 
@@ -43,9 +43,11 @@ def _cases(pid: str) -> list[tuple[str, str, dict[str, str]]]:
 
 
 @pytest.fixture
-def http(server):
+def http(shared_server):  # the module's one server: these calls only read and check validation
     with httpx.Client(
-        base_url=server.v1 + "/organization", headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=30
+        base_url=shared_server.v1 + "/organization",
+        headers={"Authorization": f"Bearer {shared_server.admin_key}"},
+        timeout=30,
     ) as c:
         yield c
 
@@ -59,9 +61,9 @@ def _assert_400(r: httpx.Response, param: str) -> None:
     assert "Traceback" not in r.text and "Error:" not in error["message"] and len(r.text) < 1000
 
 
-def test_bad_integers_in_every_query_parameter_answer_400(server, http, caplog) -> None:
+def test_bad_integers_in_every_query_parameter_answer_400(shared_server, http, caplog) -> None:
     caplog.set_level(logging.ERROR)
-    cases = _cases(server.project_id)
+    cases = _cases(shared_server.project_id)
     for path, name, extra in cases:
         good = http.get(path, params=extra | {name: GOOD.get(name, DAY if "effective" in name else "1")})
         assert good.status_code == 200, (path, name, good.text[:300])
@@ -92,10 +94,10 @@ def test_forged_usage_page_cursor_answers_400(http) -> None:
     _assert_400(r, "page")
 
 
-def test_booleans_and_choices_are_validated_too(server, http) -> None:
+def test_booleans_and_choices_are_validated_too(shared_server, http) -> None:
     for path, name in (
         ("/projects", "include_archived"),
-        (f"/projects/{server.project_id}/api_keys", "include_revoked"),
+        (f"/projects/{shared_server.project_id}/api_keys", "include_revoked"),
     ):
         assert http.get(path, params={name: "TRUE"}).status_code == 200
         _assert_400(http.get(path, params={name: "maybe"}), name)

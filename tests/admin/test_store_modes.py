@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from keyplane.config import Settings
 from keyplane.store import db
-from tests.support import init_org, make_settings, start_server
+from tests.support import Gateways
 
 
 @pytest.fixture(autouse=True)
@@ -30,12 +31,11 @@ def _store(settings_url: str) -> Path:
     return Path(settings_url.split(":///", 1)[1])
 
 
-def test_store_files_are_0600_after_init_and_while_serving(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "h")
-    init = init_org(settings)
-    store = _store(settings.database_url)
-    assert _mode(store) == 0o600
-    srv = start_server(settings, init)
+def test_store_files_are_0600_after_init_and_while_serving(gateways: Gateways) -> None:
+    after_init: list[int] = []  # the store's mode once initialized, before the server starts
+    srv = gateways.start(org="Test org", seed=lambda s: after_init.append(_mode(_store(s.database_url))))
+    store = _store(srv.settings.database_url)
+    assert after_init == [0o600]
     try:
         r = httpx.get(srv.v1 + "/organization/projects", headers={"Authorization": f"Bearer {srv.admin_key}"})
         assert r.status_code == 200
@@ -43,23 +43,23 @@ def test_store_files_are_0600_after_init_and_while_serving(tmp_path: Path) -> No
         assert wal.exists() and shm.exists()  # WAL mode, a connection open: both exist
         assert {p.name: _mode(p) for p in (store, wal, shm)} == {p.name: 0o600 for p in (store, wal, shm)}
     finally:
-        srv.stop()
+        gateways.stop(srv)
     assert _mode(store) == 0o600
 
 
-def test_a_store_left_readable_by_others_is_narrowed(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "h")
-    init = init_org(settings)
-    store = _store(settings.database_url)
-    os.chmod(store, 0o644)
-    Path(f"{store}-wal").write_bytes(b"")
-    os.chmod(f"{store}-wal", 0o644)
-    db.private_sqlite_files(store)
-    assert _mode(store) == 0o600 and _mode(Path(f"{store}-wal")) == 0o600
-    os.chmod(store, 0o644)
-    srv = start_server(settings, init)
-    srv.stop()
-    assert _mode(store) == 0o600
+def test_a_store_left_readable_by_others_is_narrowed(gateways: Gateways) -> None:
+    def left_readable(settings: Settings) -> None:  # before the server starts
+        store = _store(settings.database_url)
+        os.chmod(store, 0o644)
+        Path(f"{store}-wal").write_bytes(b"")
+        os.chmod(f"{store}-wal", 0o644)
+        db.private_sqlite_files(store)
+        assert _mode(store) == 0o600 and _mode(Path(f"{store}-wal")) == 0o600
+        os.chmod(store, 0o644)
+
+    srv = gateways.start(org="Test org", seed=left_readable)
+    gateways.stop(srv)
+    assert _mode(_store(srv.settings.database_url)) == 0o600
 
 
 def test_making_another_engine_keeps_the_open_stores_locks(tmp_path: Path) -> None:

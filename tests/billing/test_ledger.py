@@ -20,29 +20,22 @@ from tests.billing.conftest import (
     unique_prefix,
 )
 from tests.billing.test_enforcement import _fire
-from tests.support import init_org, make_settings, start_server
 
 LIMIT = {"currency": "USD", "interval": "month", "threshold_amount": 40}  # 50 requests
 
 
-def test_restart_keeps_this_months_spend(tmp_path, database_url, fake_session):
-    fake_session.reset()
-    settings = make_settings(tmp_path / "home", database_url, config_text=config(fake_session))
-    init = init_org(settings)
-    srv = start_server(settings, init)
+def test_restart_keeps_this_months_spend(database_url, gateways, fake):
+    first = gateways.start(config(fake), store=database_url)
     try:
-        with admin_http(srv) as h:
-            h.post(f"/projects/{srv.project_id}/spend_limit", json=LIMIT)
-        assert asyncio.run(_fire(srv.v1, srv.api_key, 30)) == {"ok": 30}
+        with admin_http(first) as h:
+            h.post(f"/projects/{first.project_id}/spend_limit", json=LIMIT)
+        assert asyncio.run(_fire(first.v1, first.api_key, 30)) == {"ok": 30}
     finally:
-        srv.stop()  # the last batch is written on the way out
-    srv = start_server(settings, init)
-    try:
-        with admin_http(srv) as h:
-            assert h.get(f"/projects/{srv.project_id}/spend_limit").json()["spent"] == 24
-        assert asyncio.run(_fire(srv.v1, srv.api_key, 30)) == {"ok": 20, "project_spend_limit_exceeded": 10}
-    finally:
-        srv.stop()
+        gateways.stop(first)  # the last batch is written on the way out
+    srv = gateways.another(first)  # restarted: the same home, store and org
+    with admin_http(srv) as h:
+        assert h.get(f"/projects/{srv.project_id}/spend_limit").json()["spent"] == 24
+    assert asyncio.run(_fire(srv.v1, srv.api_key, 30)) == {"ok": 20, "project_spend_limit_exceeded": 10}
 
 
 @pytest.mark.redis
@@ -82,26 +75,17 @@ def test_expired_credit_stops_counting(make_gateway, fake):
         assert asyncio.run(_fire(srv.v1, srv.api_key, 5)) == {"ok": 2, "insufficient_quota": 3}
 
 
-def test_unreachable_redis_refuses_rather_than_skipping_limits(template_home, tmp_path, fake):
-    import json
-    import shutil
-
+def test_unreachable_redis_refuses_rather_than_skipping_limits(gateways, fake):
     import httpx
 
-    home = tmp_path / "home"
-    shutil.copytree(template_home, home)
-    settings = make_settings(home, "", config_text=config(fake), KEYPLANE_REDIS_URL="redis://127.0.0.1:1/0")
-    srv = start_server(settings, json.loads((home / "init.json").read_text()))
-    try:
-        r = httpx.post(
-            srv.v1 + "/chat/completions",
-            headers={"Authorization": f"Bearer {srv.api_key}"},
-            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
-        )
-        assert r.status_code == 503 and r.json()["error"]["code"] == "limits_unavailable"
-        assert not fake.model_requests()
-    finally:
-        srv.stop()
+    srv = gateways.start(config(fake), KEYPLANE_REDIS_URL="redis://127.0.0.1:1/0")
+    r = httpx.post(
+        srv.v1 + "/chat/completions",
+        headers={"Authorization": f"Bearer {srv.api_key}"},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert r.status_code == 503 and r.json()["error"]["code"] == "limits_unavailable"
+    assert not fake.model_requests()
 
 
 def test_the_period_of_an_instant_is_its_utc_month_at_every_boundary():

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,10 +27,11 @@ from sqlalchemy import func, select
 from keyplane.billing.models import SpendLedger
 from keyplane.config import database_url_for
 from keyplane.store import db
+from keyplane.testing import FakeUpstream
 from keyplane.usage.models import UsageRequest
 from tests.billing.conftest import COST, admin_http, billing_of, config
 from tests.billing.test_enforcement import _fire
-from tests.support import RunningServer, make_settings, start_server
+from tests.support import Gateways, RunningServer
 from tests.usage.support import Proc, free_port
 
 pytestmark = pytest.mark.slow
@@ -172,29 +172,15 @@ def _spent(srv: RunningServer) -> tuple[int, int]:
     return srv.call(billing_of(srv).spent("project", srv.project_id))
 
 
-def _gateway(
-    template_home: Path, tmp_path: Path, fake: object, redis_url: str, extra: str = "", **env: str
-) -> RunningServer:
-    home = tmp_path / "home"
-    shutil.copytree(template_home, home)
-    init = json.loads((home / "init.json").read_text())
-    settings = make_settings(
-        home,
-        "",
-        config_text=config(fake, extra),
-        KEYPLANE_REDIS_URL=redis_url,  # type: ignore[arg-type]
-        KEYPLANE_REDIS_PREFIX="kprec",
-        **env,
-    )
-    return start_server(settings, init)
+def _gateway(gateways: Gateways, fake: FakeUpstream, redis_url: str, extra: str = "", **env: str) -> RunningServer:
+    return gateways.start(config(fake, extra), KEYPLANE_REDIS_URL=redis_url, KEYPLANE_REDIS_PREFIX="kprec", **env)
 
 
 # --- 1 and 4: kill -9 right after spending ------------------------------------------------------------
 
 
-def test_kill9_right_after_spending_does_not_sell_the_limit_again(template_home, tmp_path, fake):
-    home = tmp_path / "home"
-    shutil.copytree(template_home, home)
+def test_kill9_right_after_spending_does_not_sell_the_limit_again(gateways, fake):
+    home = gateways.home()  # the processes are real ones (kill -9): the factory's home, not its server
     init = json.loads((home / "init.json").read_text())
     (home / "keyplane.toml").write_text(config(fake))
     # The applier waits 30 s: at the kill, every record (and so every cost) is only in the journal.
@@ -229,10 +215,9 @@ def test_kill9_right_after_spending_does_not_sell_the_limit_again(template_home,
 # --- 3: Redis restarted empty ----------------------------------------------------------------------
 
 
-def test_redis_restarted_empty_is_rebuilt_before_admitting(template_home, tmp_path, fake, redis_server):
+def test_redis_restarted_empty_is_rebuilt_before_admitting(gateways, fake, redis_server):
     srv = _gateway(
-        template_home,
-        tmp_path,
+        gateways,
         fake,
         redis_server.url,
         "[limits]\nenabled = false\n",
@@ -247,11 +232,11 @@ def test_redis_restarted_empty_is_rebuilt_before_admitting(template_home, tmp_pa
         assert asyncio.run(_fire(srv.v1, srv.api_key, 30)) == {"ok": 20, "project_spend_limit_exceeded": 10}
         assert _spent(srv) == (50 * COST, 0)
     finally:
-        srv.stop()
+        gateways.stop(srv)
 
 
-def test_rate_buckets_do_not_come_back_full_after_a_redis_loss(template_home, tmp_path, fake, redis_server):
-    srv = _gateway(template_home, tmp_path, fake, redis_server.url)
+def test_rate_buckets_do_not_come_back_full_after_a_redis_loss(gateways, fake, redis_server):
+    srv = _gateway(gateways, fake, redis_server.url)
     try:
         with admin_http(srv) as h:
             r = h.post(f"/projects/{srv.project_id}/rate_limits/rl-gpt-4o-mini", json={"max_requests_per_1_minute": 10})
@@ -263,15 +248,15 @@ def test_rate_buckets_do_not_come_back_full_after_a_redis_loss(template_home, tm
         got = asyncio.run(_fire(srv.v1, srv.api_key, 15))
         assert got["ok"] <= 1 and got["ok"] + got["rate_limit_exceeded"] == 15
     finally:
-        srv.stop()
+        gateways.stop(srv)
 
 
 # --- 2: Redis cut during settles -------------------------------------------------------------------
 
 
-def test_settles_cut_off_from_redis_are_replayed(template_home, tmp_path, fake, redis_server):
+def test_settles_cut_off_from_redis_are_replayed(gateways, fake, redis_server):
     proxy = Proxy(redis_server.port)
-    srv = _gateway(template_home, tmp_path, fake, proxy.url, "[limits]\nenabled = false\n")
+    srv = _gateway(gateways, fake, proxy.url, "[limits]\nenabled = false\n")
     try:
         with admin_http(srv) as h:
             h.post(f"/projects/{srv.project_id}/spend_limit", json=LIMIT)
@@ -307,16 +292,16 @@ def test_settles_cut_off_from_redis_are_replayed(template_home, tmp_path, fake, 
         assert srv.call(billing_of(srv).limiter.retry_pending()) == 0
         assert asyncio.run(_fire(srv.v1, srv.api_key, 30)) == {"ok": 20, "project_spend_limit_exceeded": 10}
     finally:
-        srv.stop()
+        gateways.stop(srv)
         proxy.close()
 
 
 # --- 7: admissions that time out do not hold budget ---------------------------------------------------
 
 
-def test_timed_out_admissions_release_their_reservations(template_home, tmp_path, fake, redis_server):
+def test_timed_out_admissions_release_their_reservations(gateways, fake, redis_server):
     proxy = Proxy(redis_server.port)
-    srv = _gateway(template_home, tmp_path, fake, proxy.url, "[limits]\nenabled = false\n")
+    srv = _gateway(gateways, fake, proxy.url, "[limits]\nenabled = false\n")
     try:
         with admin_http(srv) as h:
             h.post(f"/projects/{srv.project_id}/spend_limit", json=LIMIT)
@@ -337,5 +322,5 @@ def test_timed_out_admissions_release_their_reservations(template_home, tmp_path
         assert _spent(srv) == (45 * COST, 0)  # nothing held by the failed admission
         assert asyncio.run(_fire(srv.v1, srv.api_key, 10)) == {"ok": 5, "project_spend_limit_exceeded": 5}
     finally:
-        srv.stop()
+        gateways.stop(srv)
         proxy.close()

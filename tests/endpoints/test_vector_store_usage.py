@@ -15,7 +15,7 @@ from keyplane.clock import FakeClock
 from keyplane.testing import FakeUpstream
 from keyplane.usage.models import VectorStoreSize
 from tests.billing.conftest import admin_http, admin_sdk, config
-from tests.support import RunningServer, init_org, make_settings, start_server
+from tests.support import Gateways, RunningServer
 
 DAY = 86400
 DAY0 = 1_800_000_000 - 1_800_000_000 % DAY  # a UTC midnight
@@ -23,14 +23,10 @@ NOW = DAY0 + 3600
 
 
 @pytest.fixture
-def gw(tmp_path, database_url: str, fake: FakeUpstream) -> Iterator[tuple[RunningServer, FakeClock]]:
-    settings = make_settings(tmp_path / "home", database_url, config_text=config(fake))
+def gw(database_url: str, gateways: Gateways, fake: FakeUpstream) -> Iterator[tuple[RunningServer, FakeClock]]:
     clock = FakeClock(NOW)
-    srv = start_server(settings, init_org(settings), clock=clock)
-    try:
-        yield srv, clock
-    finally:
-        srv.stop()
+    yield gateways.start(config(fake), clock, store=database_url), clock
+    gateways.stop_all()  # before the test's PostgreSQL database is dropped
 
 
 def _other_project(srv: RunningServer) -> tuple[str, OpenAI]:

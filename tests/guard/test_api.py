@@ -9,7 +9,7 @@ import pytest
 
 from keyplane.clock import FakeClock
 from keyplane.config import ConfigError
-from tests.support import init_org, make_settings, start_server
+from tests.support import init_org, make_settings
 
 
 @pytest.fixture
@@ -154,13 +154,12 @@ mode = "suspend"
 
 
 @pytest.fixture
-def capped(tmp_path, database_url):
-    settings = make_settings(tmp_path / "home", database_url, config_text=CEILING)
+def capped(database_url, gateways):
     clock = FakeClock()
-    srv = start_server(settings, init_org(settings), clock=clock)
+    srv = gateways.start(CEILING, clock, store=database_url)
     srv.extra["clock"] = clock
     yield srv
-    srv.stop()
+    gateways.stop_all()  # before the test's PostgreSQL database is dropped
 
 
 def chat(srv, key: str, text: str = "hello there, how are you today?") -> httpx.Response:
@@ -261,34 +260,30 @@ mode = "revoke"
 """
 
 
-def test_probing_with_a_stolen_key_trips_error_spike(tmp_path):
-    settings = make_settings(tmp_path / "home", "", config_text=PROBE)
-    srv = start_server(settings, init_org(settings), clock=FakeClock())
-    try:
-        key, admin = srv.api_key, {"Authorization": f"Bearer {srv.admin_key}"}
+def test_probing_with_a_stolen_key_trips_error_spike(gateways):
+    srv = gateways.start(PROBE, FakeClock())
+    key, admin = srv.api_key, {"Authorization": f"Bearer {srv.admin_key}"}
+    r = httpx.post(
+        srv.v1 + f"/organization/projects/{srv.project_id}/api_keys",
+        headers=admin,
+        json={"name": "narrow", "permissions": ["api.model.read"]},
+    )
+    narrow = r.json()["value"]
+    statuses = []
+    for i in range(6):
+        statuses.append(chat(srv, key).status_code)
+        # the thief tries the endpoints and models the key may not use
         r = httpx.post(
-            srv.v1 + f"/organization/projects/{srv.project_id}/api_keys",
-            headers=admin,
-            json={"name": "narrow", "permissions": ["api.model.read"]},
+            srv.v1 + "/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": f"secret-model-{i}", "messages": []},
         )
-        narrow = r.json()["value"]
-        statuses = []
-        for i in range(6):
-            statuses.append(chat(srv, key).status_code)
-            # the thief tries the endpoints and models the key may not use
-            r = httpx.post(
-                srv.v1 + "/chat/completions",
-                headers={"Authorization": f"Bearer {key}"},
-                json={"model": f"secret-model-{i}", "messages": []},
-            )
-            statuses.append(r.status_code)
-            statuses.append(httpx.get(srv.v1 + "/files", headers={"Authorization": f"Bearer {narrow}"}).status_code)
-        drain(srv)
-        assert 404 in statuses and 403 in statuses
-        r = chat(srv, key)
-        assert r.status_code == 401 and "rule probe (" in r.json()["error"]["message"]
-    finally:
-        srv.stop()
+        statuses.append(r.status_code)
+        statuses.append(httpx.get(srv.v1 + "/files", headers={"Authorization": f"Bearer {narrow}"}).status_code)
+    drain(srv)
+    assert 404 in statuses and 403 in statuses
+    r = chat(srv, key)
+    assert r.status_code == 401 and "rule probe (" in r.json()["error"]["message"]
 
 
 def test_config_errors_name_the_field(tmp_path):

@@ -13,9 +13,8 @@ import pytest
 
 from keyplane import alerts
 from keyplane.clock import FakeClock
-from keyplane.testing import FakeUpstream
 from tests.guard.support import Receiver
-from tests.support import init_org, make_settings, postgres_database, start_server
+from tests.support import postgres_database
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PROMPT = "Summarise the quarterly report on the new warehouse in three short sentences, please."
@@ -71,18 +70,17 @@ def pg_url():
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.redis
-def test_replayed_leak_is_revoked_across_the_fleet(tmp_path, pg_url, monkeypatch):
+def test_replayed_leak_is_revoked_across_the_fleet(pg_url, monkeypatch, gateways):
     hook = Receiver().start()
     monkeypatch.setenv("KP_TEST_HOOK_SECRET", "fleet-secret")
-    home = tmp_path / "home"
-    settings = make_settings(home, pg_url, config_text=LEAK_CONFIG.format(url=hook.url), KEYPLANE_REDIS_URL=REDIS_URL)
-    init = init_org(settings)
     clock = FakeClock()
-    a = start_server(settings, init, clock=clock)  # instance A: in this process, on the test's clock
+    # instance A: in this process, on the test's clock
+    a = gateways.start(LEAK_CONFIG.format(url=hook.url), clock, store=pg_url, KEYPLANE_REDIS_URL=REDIS_URL)
+    init = a.init
     port = _free_port()
     env = {
         **os.environ,
-        "KEYPLANE_HOME": str(home),
+        "KEYPLANE_HOME": str(a.settings.home),
         "KEYPLANE_DATABASE_URL": pg_url,
         "KEYPLANE_REDIS_URL": REDIS_URL,
         "KEYPLANE_PORT": str(port),
@@ -168,7 +166,7 @@ def test_replayed_leak_is_revoked_across_the_fleet(tmp_path, pg_url, monkeypatch
     finally:
         b.terminate()
         b.wait(30)
-        a.stop()
+        gateways.stop(a)
         hook.stop()
 
 
@@ -183,34 +181,28 @@ defaults = false
 """
 
 
-def test_a_revoked_key_stream_is_cut(tmp_path):
-    fake = FakeUpstream().start_in_thread()
-    settings = make_settings(tmp_path / "home", "", config_text=STREAM_CONFIG.format(base=fake.base_url))
-    srv = start_server(settings, init_org(settings))
-    try:
-        text = " ".join(f"word{i}" for i in range(200))
-        headers = {"Authorization": f"Bearer {srv.api_key}", "x-fake-chunk-delay-ms": "20", "x-fake-text": text}
-        body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "go"}]}
-        events: list[bytes] = []
-        with httpx.stream("POST", srv.v1 + "/chat/completions", json=body, headers=headers, timeout=30) as r:
-            assert r.status_code == 200
-            lines = r.iter_lines()
-            for line in lines:
-                if line.startswith("data:"):
-                    events.append(line.encode())
-                    break
-            sa = srv.init["api_key_id"]
-            rv = httpx.post(
-                srv.v1 + f"/organization/api_keys/{sa}/revoke",
-                json={"reason": "test"},
-                headers={"Authorization": f"Bearer {srv.admin_key}"},
-            )
-            assert rv.status_code == 200
-            events.extend(line.encode() for line in lines if line.startswith("data:"))
-        assert len(events) < 150, "the stream ran to its end"
-        last = events[-1]
-        assert b'"error"' in last and b"has been revoked (test)" in last
-        assert b"[DONE]" not in b"".join(events)
-    finally:
-        srv.stop()
-        fake.stop_thread()
+def test_a_revoked_key_stream_is_cut(gateways, fake):
+    srv = gateways.start(STREAM_CONFIG.format(base=fake.base_url))
+    text = " ".join(f"word{i}" for i in range(200))
+    headers = {"Authorization": f"Bearer {srv.api_key}", "x-fake-chunk-delay-ms": "20", "x-fake-text": text}
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "go"}]}
+    events: list[bytes] = []
+    with httpx.stream("POST", srv.v1 + "/chat/completions", json=body, headers=headers, timeout=30) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("data:"):
+                events.append(line.encode())
+                break
+        sa = srv.init["api_key_id"]
+        rv = httpx.post(
+            srv.v1 + f"/organization/api_keys/{sa}/revoke",
+            json={"reason": "test"},
+            headers={"Authorization": f"Bearer {srv.admin_key}"},
+        )
+        assert rv.status_code == 200
+        events.extend(line.encode() for line in lines if line.startswith("data:"))
+    assert len(events) < 150, "the stream ran to its end"
+    last = events[-1]
+    assert b'"error"' in last and b"has been revoked (test)" in last
+    assert b"[DONE]" not in b"".join(events)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -14,15 +12,12 @@ import pytest
 from openai import OpenAI
 
 from keyplane.clock import FakeClock
-from tests.support import RunningServer, init_org, make_settings, start_server
+from tests.support import Gateways, RunningServer
 
 
 @pytest.fixture
-def srv(tmp_path: Path) -> Iterator[RunningServer]:  # the shipped defaults: no [guard] section at all
-    settings = make_settings(tmp_path / "home", "")
-    server = start_server(settings, init_org(settings), clock=FakeClock())
-    yield server
-    server.stop()
+def srv(gateways: Gateways) -> RunningServer:  # the shipped defaults: no [guard] section at all
+    return gateways.start(clock=FakeClock())
 
 
 def _drain(srv: RunningServer) -> None:

@@ -7,36 +7,31 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from keyplane import control
-from tests.support import RunningServer, init_org, make_settings, postgres_database, start_server
+from tests.support import Gateways, RunningServer, postgres_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[RunningServer, RunningServer]]:
+def pair(gateways: Gateways) -> Iterator[tuple[RunningServer, RunningServer]]:
     with postgres_database() as url:
         env = {
             "KEYPLANE_REDIS_URL": "redis://127.0.0.1:6379/0",
             "KEYPLANE_REDIS_PREFIX": f"kpt{secrets.token_hex(4)}",
             "KEYPLANE_SNAPSHOT_POLL_SECONDS": "30",
-            "KEYPLANE_SECRET_KEY": secrets.token_urlsafe(32),
         }
-        sa = make_settings(tmp_path / "a", url, **env)
-        init = init_org(sa)
-        sb = make_settings(tmp_path / "b", url, **env)
-        a, b = start_server(sa, init), start_server(sb, init)
+        a = gateways.start(store=url, **env)
+        b = gateways.start(store=url, **env)  # A's org and secret key: a fleet
         try:
             yield a, b
         finally:
-            a.stop()
-            b.stop()
+            gateways.stop_all()  # before the database is dropped
 
 
 def _client(server: RunningServer, key: str) -> openai.OpenAI:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from keyplane.clock import Clock
 from keyplane.testing import FakeUpstream
-from tests.support import Gateways, RunningServer, init_org, make_settings, start_server
+from tests.support import Gateways, RunningServer
 
 UPSTREAM_KEY = "sk-upstream-test-0123456789"
 os.environ.setdefault("KP_TEST_UPSTREAM_KEY", UPSTREAM_KEY)
@@ -58,13 +59,14 @@ def make_gateway(gateways: Gateways) -> Callable[..., RunningServer]:
 
 
 @pytest.fixture(scope="module")
-def gw_module(tmp_path_factory: pytest.TempPathFactory, fake_session: FakeUpstream) -> Iterator[RunningServer]:
-    """One gateway shared by a test module: the fake upstream (breaker off, fast retries) and demo."""
-    home = tmp_path_factory.mktemp("gw") / "home"
-    settings = make_settings(home, "", config_text=fake_config(fake_session))
-    srv = start_server(settings, init_org(settings))
-    yield srv
-    srv.stop()
+def gw_module(
+    template_home: Path, tmp_path_factory: pytest.TempPathFactory, fake_session: FakeUpstream
+) -> Iterator[RunningServer]:
+    """One gateway (the factory's) shared by a test module: the fake upstream (breaker off, fast retries) and
+    demo."""
+    g = Gateways(template_home, tmp_path_factory.mktemp("gw"))
+    yield g.start(fake_config(fake_session))
+    g.stop_all()
 
 
 def record_settled(srv: RunningServer) -> list:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
 from keyplane.clock import FakeClock
-from keyplane.testing import Behaviour, FakeUpstream
+from keyplane.testing import Behaviour
 from tests.proxy.conftest import admin, wait_for
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -38,13 +37,6 @@ def block(name: str, base_url: str, **fields: object) -> str:
         )
         lines.append(f"{k} = {val}")
     return "[[upstreams]]\n" + "\n".join(lines) + "\n\n"
-
-
-@pytest.fixture
-def fake2() -> Iterator[FakeUpstream]:
-    f = FakeUpstream().start_in_thread()
-    yield f
-    f.stop_thread()
 
 
 def closed_port_url() -> str:

@@ -22,7 +22,7 @@ from keyplane.proxy.router import Breaker, Deployment, Router
 from keyplane.store.models import ProviderObject
 from keyplane.testing import FakeUpstream
 from tests.proxy.conftest import admin, fake_config
-from tests.support import RunningServer, init_org, make_settings, postgres_database, start_server
+from tests.support import RunningServer, postgres_database
 
 
 def _dep(
@@ -322,56 +322,46 @@ def test_ids_not_created_through_keyplane_are_refused(gw, fake):
     }
 
 
-def test_object_paths_go_to_one_upstream_never_by_weight(make_gateway, fake):
-    other = FakeUpstream().start_in_thread()
-    try:
-        srv = make_gateway(fake_config(fake, other, weight=1))
-        _, a = _project(srv)
-        fake.reset()
-        ids = [a.files.create(file=("x.jsonl", JSONL), purpose="batch").id for _ in range(12)]
-        assert not other.requests  # all on the first upstream in config order
-        assert len([r for r in fake.requests if r.path == "/v1/files"]) == 12
-        for i in ids:  # and read back from it
-            assert a.files.retrieve(i).id == i
-        assert not other.requests
-    finally:
-        other.stop_thread()
+def test_object_paths_go_to_one_upstream_never_by_weight(make_gateway, fake, fake2):
+    other = fake2
+    srv = make_gateway(fake_config(fake, other, weight=1))
+    _, a = _project(srv)
+    fake.reset()
+    ids = [a.files.create(file=("x.jsonl", JSONL), purpose="batch").id for _ in range(12)]
+    assert not other.requests  # all on the first upstream in config order
+    assert len([r for r in fake.requests if r.path == "/v1/files"]) == 12
+    for i in ids:  # and read back from it
+        assert a.files.retrieve(i).id == i
+    assert not other.requests
 
 
-def test_a_project_can_have_its_own_provider_credential(make_gateway, fake, monkeypatch):
-    own = FakeUpstream().start_in_thread()
+def test_a_project_can_have_its_own_provider_credential(make_gateway, fake, fake2, monkeypatch):
+    own = fake2
     monkeypatch.setenv("KP_TEAM_A_KEY", "sk-team-a-0123456789")
-    try:
-        extra = (
-            f'[[upstreams]]\nname = "team-a"\nbase_url = "{own.base_url}"\napi_key_env = "KP_TEAM_A_KEY"\n'
-            'models = ["gpt-*"]\nprojects = ["team-a"]\nretry_backoff = 0.01\n'
-        )
-        srv = make_gateway(fake_config(fake, extra=extra))
-        _, a = _project(srv, "team-a")
-        _, b = _project(srv)
-        fake.reset()
-        a.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-        fa = a.files.create(file=("x.jsonl", JSONL), purpose="batch")
-        assert not fake.requests
-        assert [r.headers["authorization"] for r in own.requests] == ["Bearer sk-team-a-0123456789"] * 2
-        own.reset()
-        b.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-        b.files.create(file=("x.jsonl", JSONL), purpose="batch")
-        assert not own.requests and len(fake.requests) == 2
-        _not_found(lambda: b.files.retrieve(fa.id), fa.id)
-    finally:
-        own.stop_thread()
+    extra = (
+        f'[[upstreams]]\nname = "team-a"\nbase_url = "{own.base_url}"\napi_key_env = "KP_TEAM_A_KEY"\n'
+        'models = ["gpt-*"]\nprojects = ["team-a"]\nretry_backoff = 0.01\n'
+    )
+    srv = make_gateway(fake_config(fake, extra=extra))
+    _, a = _project(srv, "team-a")
+    _, b = _project(srv)
+    fake.reset()
+    a.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    fa = a.files.create(file=("x.jsonl", JSONL), purpose="batch")
+    assert not fake.requests
+    assert [r.headers["authorization"] for r in own.requests] == ["Bearer sk-team-a-0123456789"] * 2
+    own.reset()
+    b.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    b.files.create(file=("x.jsonl", JSONL), purpose="batch")
+    assert not own.requests and len(fake.requests) == 2
+    _not_found(lambda: b.files.retrieve(fa.id), fa.id)
 
 
 @pytest.mark.postgres
-def test_ownership_is_shared_by_a_fleet(tmp_path, fake):
+def test_ownership_is_shared_by_a_fleet(fake, gateways):
     with postgres_database() as url:
-        s1 = make_settings(tmp_path / "h1", url, config_text=fake_config(fake))
-        init = init_org(s1)
-        s2 = make_settings(
-            tmp_path / "h2", url, config_text=fake_config(fake), KEYPLANE_SECRET_KEY=s1.secret_key.decode()
-        )
-        n1, n2 = start_server(s1, init), start_server(s2, init)
+        n1 = gateways.start(fake_config(fake), store=url)
+        n2 = gateways.start(fake_config(fake), store=url)  # n1's org and secret key: a fleet
         try:
             _, a1 = _project(n1)
             _, b1 = _project(n1)
@@ -388,8 +378,7 @@ def test_ownership_is_shared_by_a_fleet(tmp_path, fake):
             _not_found(lambda: b2.files.retrieve(f.id), f.id)
             _not_found(lambda: b2.responses.retrieve(r.id), r.id)
         finally:
-            n1.stop()
-            n2.stop()
+            gateways.stop_all()  # before the database is dropped
 
 
 def test_a_project_whose_own_credential_is_missing_never_falls_back_to_the_shared_key(make_gateway, fake):

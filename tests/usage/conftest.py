@@ -25,17 +25,10 @@ async def engine(database_url: str, tmp_path: Path) -> AsyncIterator[object]:
         await asyncio.sleep(0)
 
 
-@pytest.fixture(scope="module")
-def fake():
-    f = FakeUpstream().start_in_thread()
-    yield f
-    f.stop_thread()
-
-
 @pytest.fixture
 def gateway(database_url: str, gateways: Gateways, fake: FakeUpstream) -> Iterator[Callable[..., RunningServer]]:
-    """Start keyplane servers (sharing one store and org) routed to the fake upstream."""
-    fake.reset()
+    """Start keyplane servers (sharing one store and org) routed to the fake upstream (tests/conftest.py ``fake``,
+    reset for the test)."""
 
     def make(extra: str = "", **env: str) -> RunningServer:
         return gateways.start(fake_config(fake, extra), store=database_url, **env)
