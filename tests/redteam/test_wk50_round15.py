@@ -81,23 +81,34 @@ def test_a_stream_reporting_usage_in_every_chunk_is_billed_its_final_usage(make_
 # --- 2. a request whose body is still coming when its key is revoked ----------------------------------------------
 
 
-def _slow_post(srv, key: str, path: str, body: bytes, between) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
-    """POST ``body`` on a raw socket: the head and half the body, then ``between()`` (run in a thread), then the rest;
-    the answer's status and body."""
+def _slow_post(  # type: ignore[no-untyped-def]
+    srv,
+    key: str,
+    path: str,
+    body: bytes,
+    between,
+    content_type: str = "application/json",
+    first: int | None = None,
+    settle: float = 0.3,
+) -> tuple[int, bytes]:
+    """POST ``body`` on a raw socket: the head and ``first`` bytes of the body (half of it by default), ``settle``
+    seconds for the gateway to take them, then ``between()`` (run in a thread), then the rest 1.5 s later; the
+    answer's status and body."""
     u = urlsplit(srv.base_url)
+    cut = len(body) // 2 if first is None else first
 
     async def go() -> tuple[int, bytes]:
         r, w = await asyncio.open_connection(u.hostname, u.port)
         head = (
             f"POST /v1{path} HTTP/1.1\r\nHost: {u.hostname}\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode()
-        w.write(head + body[: len(body) // 2])
+        w.write(head + body[:cut])
         await w.drain()
-        await asyncio.sleep(0.3)  # authenticated; the body is being read
+        await asyncio.sleep(settle)  # authenticated; the body is being read
         await asyncio.to_thread(between)
         await asyncio.sleep(1.5)  # every instance knows: "refused within one second"
-        w.write(body[len(body) // 2 :])
+        w.write(body[cut:])
         await w.drain()
         answer = await asyncio.wait_for(r.read(), 30)
         w.close()

@@ -21,7 +21,6 @@ import random
 import string
 import threading
 import time
-from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
@@ -33,6 +32,7 @@ from tests.redteam.conftest import serve_routes
 from tests.redteam.test_wk49_round4 import _limit, _project, _spent
 from tests.redteam.test_wk50_round10 import _post
 from tests.redteam.test_wk50_round11 import _settled
+from tests.redteam.test_wk50_round15 import _slow_post
 
 MB = 1024 * 1024
 
@@ -53,36 +53,17 @@ def _transcriptions(fake) -> list:  # type: ignore[no-untyped-def]
 def _slow_upload(srv, key: str, audio: bytes, between) -> tuple[int, bytes]:  # type: ignore[no-untyped-def]
     """A whisper-1 transcription in the official Python SDK's field order (``model`` before the file), posted on a
     raw socket: the head and the first MiB and a half of the body, then ``between()`` (run in a thread), then the
-    rest 1.5 s later; the answer's status and body."""
-    u = urlsplit(srv.base_url)
+    rest 1.5 s later; the answer's status and body (round 15's slow POST)."""
     body = (
         b'--kpb\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
         b'--kpb\r\nContent-Disposition: form-data; name="response_format"\r\n\r\ntext\r\n'
         b'--kpb\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
         b"Content-Type: audio/wav\r\n\r\n" + audio + b"\r\n--kpb--\r\n"
     )
-    first = MB + MB // 2
-
-    async def go() -> tuple[int, bytes]:
-        r, w = await asyncio.open_connection(u.hostname, u.port)
-        head = (
-            f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {u.hostname}\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: multipart/form-data; boundary=kpb\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode()
-        w.write(head + body[:first])
-        await w.drain()
-        await asyncio.sleep(0.5)  # authenticated, checked (intake's second look too); the file is being spooled
-        await asyncio.to_thread(between)
-        await asyncio.sleep(1.5)  # every instance knows: "refused within one second"
-        w.write(body[first:])
-        await w.drain()
-        answer = await asyncio.wait_for(r.read(), 30)
-        w.close()
-        status = int(answer.split(b" ", 2)[1])
-        return status, answer.split(b"\r\n\r\n", 1)[-1]
-
-    return asyncio.run(go())
+    # authenticated, checked (intake's second look too) while the first part is read; the file is being spooled
+    return _slow_post(
+        srv, key, "/audio/transcriptions", body, between, "multipart/form-data; boundary=kpb", MB + MB // 2, 0.5
+    )
 
 
 def test_a_spooled_upload_whose_key_is_narrowed_meanwhile_is_held_to_the_key_as_it_is_now(make_gw, fake):

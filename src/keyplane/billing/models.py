@@ -98,51 +98,12 @@ class BillingState(Base):
 async def copy_key_limits(s: AsyncSession, old_key_id: str, new_key_id: str, now: int) -> None:
     """A rotated key keeps its own spend limit and rate limits (control.rotate_key); the old and new values count
     against one counter, the line's (KeyEntry.budget_id), so the limits hold across the rotation."""
-    limits = (
-        (await s.execute(select(SpendLimit).where(SpendLimit.scope == "api_key", SpendLimit.scope_id == old_key_id)))
-        .scalars()
-        .all()
-    )
-    s.add_all(
-        [
-            SpendLimit(
-                scope="api_key",
-                scope_id=new_key_id,
-                project_id=r.project_id,
-                threshold_cents=r.threshold_cents,
-                currency=r.currency,
-                interval=r.interval,
-                enforcing=r.enforcing,
-                created_at=now,
-                updated_at=now,
-            )
-            for r in limits
-        ]
-    )
-    rates = (
-        (
-            await s.execute(
-                select(RateLimitOverride).where(
-                    RateLimitOverride.scope == "api_key", RateLimitOverride.scope_id == old_key_id
-                )
-            )
-        )
-        .scalars()
-        .all()
-    )
-    s.add_all(
-        [
-            RateLimitOverride(
-                scope="api_key",
-                scope_id=new_key_id,
-                model=r.model,
-                project_id=r.project_id,
-                max_requests_per_1_minute=r.max_requests_per_1_minute,
-                max_tokens_per_1_minute=r.max_tokens_per_1_minute,
-                max_requests_per_1_day=r.max_requests_per_1_day,
-                max_tokens_per_1_day=r.max_tokens_per_1_day,
-                updated_at=now,
-            )
-            for r in rates
-        ]
-    )
+    table: type[SpendLimit] | type[RateLimitOverride]
+    for table in (SpendLimit, RateLimitOverride):
+        rows = (await s.execute(select(table).where(table.scope == "api_key", table.scope_id == old_key_id))).scalars()
+        for row in rows:
+            values = {c.key: getattr(row, c.key) for c in table.__table__.columns}
+            values.update(scope_id=new_key_id, updated_at=now)
+            if "created_at" in values:
+                values["created_at"] = now
+            s.add(table(**values))
