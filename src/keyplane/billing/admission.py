@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import logging
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from keyplane import errors
@@ -29,7 +30,7 @@ from keyplane.billing.engine import Billing, Plan
 from keyplane.billing.price import MICROS
 from keyplane.billing.ratelimits import limits_model
 from keyplane.billing.settle import Settle, Upstream, log_store_error
-from keyplane.limits import BudgetRef, Denied, Granted, Reservation, Unseeded
+from keyplane.limits import REBUILD_GRACE_US, BudgetRef, Denied, Granted, Rebuilding, Reservation, Unseeded
 
 if TYPE_CHECKING:
     from keyplane.proxy.context import RequestContext
@@ -261,9 +262,17 @@ class Admission(Settle):
                 return await lim.admit(rid, plan.budgets, buckets, cost, want, ttl_us)
             except Unseeded:
                 # Redis lost the counters: rebuild them (SQL ledger + unapplied journal) before admitting
-                # anything; refused (503) if that cannot be done now.
+                # anything; refused (503) if that cannot be done now. Just rebuilt after a loss: wait while
+                # every instance holds its running requests' reservations again (limits.Rebuilding).
                 await self.b.reseed_if_needed()
-                return await lim.admit(rid, plan.budgets, buckets, cost, want, ttl_us)
+                deadline = time.monotonic() + REBUILD_GRACE_US / 1e6 + 1
+                while True:
+                    try:
+                        return await lim.admit(rid, plan.budgets, buckets, cost, want, ttl_us)
+                    except Rebuilding:
+                        if time.monotonic() >= deadline:
+                            raise
+                        await asyncio.sleep(0.1)
         except Unseeded:
             raise errors.limits_unavailable() from None
         except BaseException as e:

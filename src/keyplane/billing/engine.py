@@ -215,6 +215,8 @@ class Billing:
             await self.limiter.seed(snap.spent, ttls, after_loss=after_loss)
             self.epoch = await self.limiter.epoch()
             self.seen_epoch = True
+            if after_loss:
+                await self.hold_in_flight()
             await self.hold_batches()
             if after_loss:
                 log.warning("budget counters rebuilt in Redis from SQL and %d journal records", snap.unapplied)
@@ -225,14 +227,29 @@ class Billing:
 
         return await hold_reservations(self.rt, self.limiter)
 
+    async def hold_in_flight(self) -> int:
+        """Hold again the reservations of this process's running requests (Renewal.in_flight): the counters were
+        rebuilt after a loss from SQL and the journal, where a running request is not yet, and its reservation
+        was lost with the rest. Other instances do the same when they see the rebuild (:meth:`reseed_if_needed`);
+        Redis admits nothing against a limit meanwhile (limits.REBUILD_GRACE_US)."""
+        n = 0
+        for res in list(self.renewal.in_flight.values()):
+            n += await self.limiter.hold(res, self.renewal.ttl_us)
+        if n:
+            log.warning("held again the reservations of %d running requests after the counters were rebuilt", n)
+        return n
+
     async def reseed_if_needed(self) -> None:
         """Fleet: rebuild the counters when Redis lost them; add this instance's unapplied journal records
         to counters another instance rebuilt (once per rebuild)."""
         current = await self.limiter.epoch()
         if current is None:
             await self.seed(only_if_needed=True)
-            return
+            current = await self.limiter.epoch()  # this instance's rebuild, or another's it waited for
+            if current is None:
+                return
         if self.epoch is not None and current != self.epoch and current[1]:
+            await self.hold_in_flight()  # first: no SQL, and admission against a limit waits for it
             await self._top_up(current)
         self.epoch = current
         self.seen_epoch = True

@@ -87,6 +87,17 @@ class Unseeded(Exception):
     and the journal, then retry; nothing is admitted meanwhile."""
 
 
+class Rebuilding(Unseeded):
+    """The shared budget counters were rebuilt after a loss less than ``REBUILD_GRACE_US`` ago: every instance is
+    still holding again the reservations of its running requests (billing/engine.py hold_in_flight), so nothing is
+    admitted against a limit yet; wait and retry."""
+
+
+# After a loss, how long the rebuilt counters admit nothing against a limit: every instance's billing tick (every
+# second) holds its running requests' reservations again within it.
+REBUILD_GRACE_US = 2_000_000
+
+
 @dataclass(slots=True)
 class Reservation:
     """What settle needs to undo or commit an admission."""

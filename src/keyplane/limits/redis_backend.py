@@ -17,7 +17,9 @@ A reservation whose process died is dropped by the next admission on that budget
 (expiry) is past; the process running a request renews its reservation while it runs
 (:meth:`RedisLimiter.renew`). When Redis loses its data the ``epoch`` key goes with it, admission
 answers :class:`Unseeded` (the caller refuses with 503 until it rebuilt the counters from SQL and the
-journal: :meth:`RedisLimiter.seed`). After such a loss (R > 0) a GCRA bucket Redis no longer holds
+journal: :meth:`RedisLimiter.seed`). For REBUILD_GRACE_US after a rebuild that followed a loss, admission against
+a limit answers :class:`Rebuilding` while every instance holds its running requests' reservations again (they
+were lost with the rest). After such a loss (R > 0) a GCRA bucket Redis no longer holds
 starts as if it had been used up at the rebuild: its minute limits refill over the minute after R,
 its day limits start half used. Conservative: a loss never hands out a fresh bucket.
 
@@ -44,7 +46,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from keyplane.limits import Bucket, BudgetRef, Denied, Granted, Reservation, Unseeded
+from keyplane.limits import Bucket, BudgetRef, Denied, Granted, Rebuilding, Reservation, Unseeded
 from keyplane.limits.redis_scripts import ADMIT, RENEW, SEED, SETTLE, TOP_UP
 
 log = logging.getLogger("keyplane.limits")
@@ -124,6 +126,8 @@ class RedisLimiter:
             return Granted(int(r[1]), [(v[i], v[i + 1], v[i + 2], v[i + 3]) for i in range(0, len(v), 4)])
         if code == -1:
             raise Unseeded()
+        if code == -2:
+            raise Rebuilding()
         kind = int(r[1])
         if kind == 1:
             return Denied("budget", int(r[2]) - 1, spent=int(r[3]), reserved=int(r[4]))

@@ -8,12 +8,15 @@ journal (RedisLimiter.seed, RedisLimiter.top_up).
 
 from __future__ import annotations
 
+from keyplane.limits import REBUILD_GRACE_US
+
 _COMMON = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local PER = {60000000, 60000000, 86400000000, 86400000000}
 local F = {'rm', 'tm', 'rd', 'td'}
 """
+_COMMON += f"local GRACE = {REBUILD_GRACE_US}\n"
 
 # KEYS: seeded, nb budget hashes, nb reservation sets, ng buckets
 # ARGV: member, ttl_us, cost, tokens, nb, ng, (limit, key_ttl) * nb, (rpm, tpm, rpd, tpd) * ng
@@ -28,6 +31,12 @@ if tonumber(ARGV[5]) > 0 and tonumber(ARGV[3]) > 0 and redis.call('ZSCORE', KEYS
   local out = {1, now}  -- the same admission again (a retried command): already taken
   for j = 1, 4 * tonumber(ARGV[6]) do out[#out + 1] = '0' end
   return out
+end
+if lost > 0 and now < lost + GRACE and tonumber(ARGV[3]) > 0 then
+  -- rebuilt after a loss moments ago: the running requests' reservations are being held again; nothing against a limit
+  for i = 1, tonumber(ARGV[5]) do
+    if tonumber(ARGV[5 + 2 * i]) >= 0 then return {-2} end
+  end
 end
 local ttl = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
