@@ -5,8 +5,9 @@ and the journal while requests admitted before the loss still run on both instan
 behaviour and failed on the code as this round found it; each passes with its fix: 1 (the rebuild counted the
 ledger and the journal but not the reservations of the requests still running, on any instance: their budget was
 sold again; billing/engine.py holds them again, and Redis admits nothing against a limit for a grace period after
-a rebuild: limits/redis_scripts.py ADMIT). Left open, as a strict xfail: 2 (a settle replayed after Redis came
-back adds nothing once its reservation lapsed at its TTL while the instance was cut off) (gateways on PostgreSQL +
+a rebuild: limits/redis_scripts.py ADMIT) and 2, left open by the round and fixed after it (a settle replayed after
+Redis came back added nothing once its reservation lapsed at its TTL while the instance was cut off: a replayed
+settle now adds its cost unless a rebuild after it counted it; limits/redis_backend.py) (gateways on PostgreSQL +
 Redis, the fake upstream, PRICED gpt-4o-mini: $0 input, $1600 per 1M output tokens, so max_tokens=5 reserves and
 costs 8000 micro-dollars)."""
 
@@ -85,10 +86,6 @@ def srv_spent(srv: RunningServer) -> int:
     return srv.call(billing_of(srv).spent("project", srv.project_id))[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: a replayed settle is strict (applies only while its reservation is held); fix in the report",
-)
 async def test_a_settle_replayed_after_its_reservation_lapsed_still_counts_the_cost() -> None:
     """Attack: instance B is cut from Redis (the fault proxy refuses it) while a request it admitted runs; B cannot
     renew, the reservation lapses at its TTL and instance A's next admission drops it. The request ends, B's settle
@@ -122,6 +119,43 @@ async def test_a_settle_replayed_after_its_reservation_lapsed_still_counts_the_c
         await b.retry_pending()
         spent, reserved = (await a.spent([budget[0].key]))[budget[0].key]
         assert (spent, reserved) == (COST, COST)  # B's request spent COST; A's still holds COST
+    finally:
+        await a.delete_all()
+        await a.close()
+        await b.close()
+        proxy.close()
+
+
+async def test_a_settle_queued_before_a_rebuild_is_not_counted_twice() -> None:
+    """The other side of the fix above: a settle queued while Redis was unreachable, then Redis lost its data and the
+    counters were rebuilt from SQL and the journal (which hold the request: its record follows its settle). Its
+    replay must not add the cost again: spent stays what the rebuild counted."""
+    import asyncio
+    import secrets
+
+    from keyplane.limits import BudgetRef, Granted, Reservation
+    from keyplane.limits.redis_backend import RedisLimiter
+    from tests.billing.conftest import REDIS_URL
+    from tests.faults import FaultProxy
+
+    prefix = unique_prefix()
+    proxy = FaultProxy(6379)
+    b = RedisLimiter(proxy.url_for(REDIS_URL), prefix, 0.3, timeout=0.3)
+    a = RedisLimiter(REDIS_URL, prefix, 0.3)
+    try:
+        await a.seed({}, {})
+        budget = (BudgetRef("2026-12:api_key:k1", 4 * COST, 0),)
+        rid = secrets.token_hex(8)
+        assert isinstance(await b.admit(rid, budget, (), COST, 0), Granted)
+        proxy.refuse()
+        with pytest.raises(Exception):  # whatever the cut connection raises
+            await b.settle(Reservation(rid, COST, 0, budget, ()), COST, 0)
+        await asyncio.sleep(1.2)  # the loss and the rebuild come clearly after the settle was queued
+        await a.delete_all()  # Redis lost its data ...
+        await a.seed({budget[0].key: COST}, {}, after_loss=True)  # ... and was rebuilt: the journal holds the cost
+        proxy.restore()
+        assert await b.retry_pending() == 1
+        assert (await a.spent([budget[0].key]))[budget[0].key] == (COST, 0)  # once, not twice
     finally:
         await a.delete_all()
         await a.close()

@@ -26,9 +26,10 @@ its day limits start half used. Conservative: a loss never hands out a fresh buc
 Faults (docs/operations.md "Money across faults"): connections are health-checked and a command that
 fails on a broken connection is retried once on a new one; a settle that still fails is kept in a
 bounded queue and replayed when Redis answers (:meth:`RedisLimiter.retry_pending`), and a failed or
-timed-out admission's reservation is released the same way. Both are *strict*: they only act while
-the reservation is still in Redis, so a replay is idempotent (by request id) and does nothing after
-a rebuild, which counted the cost from SQL and the journal instead.
+timed-out admission's reservation is released the same way. A replayed release is *strict*: it acts only
+while the reservation is still in Redis. A replayed settle adds its cost even when its reservation lapsed
+meanwhile (the money was spent), except after a rebuild that followed it, which counted the cost from SQL and
+the journal instead.
 
 The scripts themselves are limits/redis_scripts.py.
 """
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from collections.abc import Collection
 from typing import Any
 
@@ -50,6 +52,9 @@ from keyplane.limits import Bucket, BudgetRef, Denied, Granted, Rebuilding, Rese
 from keyplane.limits.redis_scripts import ADMIT, RENEW, SEED, SETTLE, TOP_UP
 
 log = logging.getLogger("keyplane.limits")
+# A queued settle is dropped at its replay only when the counters were rebuilt at least this long after it was
+# queued (instances' clocks and Redis's differ a little; within it the cost is added: an over-count at worst).
+REBUILT_AFTER_US = 1_000_000
 
 MAX_CONNECTIONS = 64
 RENEW_BATCH = 2_000  # reservations renewed per script call (a script blocks Redis while it runs)
@@ -87,8 +92,9 @@ class RedisLimiter:
         self._seed = self.redis.register_script(SEED)
         self._top_up = self.redis.register_script(TOP_UP)
         self._renew = self.redis.register_script(RENEW)
-        # (reservation, actual cost, actual tokens) of settles (and releases: cost -1) Redis did not take
-        self.pending: collections.deque[tuple[Reservation, int, int]] = collections.deque(maxlen=PENDING_MAX)
+        # (reservation, actual cost, actual tokens, when queued: unix us) of settles (and releases: cost -1) Redis
+        # did not take
+        self.pending: collections.deque[tuple[Reservation, int, int, int]] = collections.deque(maxlen=PENDING_MAX)
         self.dropped = 0  # pending settles pushed out of the full queue
 
     def _b(self, key: str) -> str:
@@ -184,21 +190,29 @@ class RedisLimiter:
             self._queue(res, -1, 0)
 
     def _queue(self, res: Reservation, actual_cost: int, actual_tokens: int) -> None:
-        if not res.amount:
-            return  # nothing reserved: a strict replay could not tell it was applied
+        if not res.amount and actual_cost <= 0:
+            return  # nothing reserved and nothing spent: nothing to replay
         if len(self.pending) == self.pending.maxlen:
             self.dropped += 1
-        self.pending.append((res, actual_cost, actual_tokens))
+        self.pending.append((res, actual_cost, actual_tokens, int(time.time() * 1_000_000)))
 
     async def retry_pending(self) -> int:
-        """Replay queued settles and releases, oldest first, until Redis fails again; returns how many."""
+        """Replay queued settles and releases, oldest first, until Redis fails again; returns how many.
+
+        A release is strict (it undoes only a reservation still held). A settle adds its cost whether or not its
+        reservation is still held: the reservation may have lapsed at its TTL while this instance could not renew
+        it, and the money was spent all the same (red team round 19). Unless the counters were rebuilt after it
+        was queued (a loss): the rebuild counted it from the journal, where the request's record went right after
+        its settle. A settle Redis ran but whose answer was lost is counted twice: an over-count, never less."""
         done = 0
+        ep = await self.epoch() if self.pending else None
+        rebuilt = ep[1] if ep is not None else 0  # R: when the counters were last rebuilt after a loss (Redis us)
         while self.pending:
-            res, cost, tokens = self.pending[0]
+            res, cost, tokens, queued = self.pending[0]
             if cost < 0:
                 await self._run_settle(res, 0, 0, strict=True)
-            else:
-                await self._run_settle(res, cost, tokens - res.tokens, strict=True)
+            elif rebuilt <= queued + REBUILT_AFTER_US:  # (a clock apart from Redis's: a rebuild within 1 s re-adds)
+                await self._run_settle(res, cost, tokens - res.tokens, strict=False)
             self.pending.popleft()
             done += 1
         return done
