@@ -329,3 +329,4 @@ def test_usage_tier_and_prices(http):
         "cached_input": 0.075,
         "output": 0.6,
     }
+    assert prices["gpt-image-1"]["image_input"] == 10 and "image_input" not in prices["gpt-4o-mini"]

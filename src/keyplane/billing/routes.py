@@ -109,6 +109,7 @@ async def list_prices(request: Request) -> JSONResponse:
             "cached_input": p.cached_input / MICROS,
             "output": p.output / MICROS,
             **_audio_rates(p),
+            **({"image_input": p.image_input / MICROS} if p.image_input is not None else {}),
         }
         for name, p in sorted(b.prices.entries.items())
     ]
