@@ -184,6 +184,22 @@ _TOOLS = [
 ]
 
 
+def _reserved_and_billed(srv, key: str, pid: str, body: dict) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """(micro-dollars reserved while the call ran, micro-dollars it was billed) of one chat completion answered 200
+    by a stand-in that holds the answer long enough (1.5 s) for the reservation to be read."""
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(_post(srv, key, "/chat/completions", body).status_code))
+    t.start()
+    reserved = 0
+    deadline = time.monotonic() + 1.2
+    while time.monotonic() < deadline and not reserved:
+        reserved = _spent(srv, pid)[1]
+        time.sleep(0.05)
+    t.join()
+    assert seen == [200]
+    return reserved, _settled(srv, pid)
+
+
 def test_the_numbers_of_a_tool_schema_are_reserved_at_their_tokens(make_gw):
     """docs/limits-and-billing.md: "Prompt tokens are an upper bound of what the body holds. Every string in the
     request is counted with the model's tokenizer, whatever field it sits in"; a function tool's schema is
@@ -209,16 +225,6 @@ def test_the_numbers_of_a_tool_schema_are_reserved_at_their_tokens(make_gw):
     srv = make_gw(config_text=_upstream(serve_routes({"/v1/chat/completions": chat}), prices=_INPUT_PRICED))
     pid, key = _project(srv)
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "go"}], "tools": _TOOLS, "max_tokens": 5}
-    seen: list[int] = []
-    t = threading.Thread(target=lambda: seen.append(_post(srv, key, "/chat/completions", body).status_code))
-    t.start()
-    reserved = 0
-    deadline = time.monotonic() + 1.2
-    while time.monotonic() < deadline and not reserved:
-        reserved = _spent(srv, pid)[1]
-        time.sleep(0.05)
-    t.join()
-    assert seen == [200]
-    billed = _settled(srv, pid)
+    reserved, billed = _reserved_and_billed(srv, key, pid, body)
     assert billed >= billed_prompt * 16, billed  # the stand-in's usage was billed
     assert reserved >= billed, f"reserved {reserved} micro-dollars for a call billed {billed}"

@@ -25,11 +25,8 @@ from openai import OpenAI
 from keyplane.testing.fake_oidc import FakeOIDC
 from tests.identity.conftest import idp, idp_session  # noqa: F401 - the fixtures, shared
 from tests.proxy.conftest import admin
+from tests.redteam.test_wk49_identity import AUD, GRANT, SUB, _setup
 from tests.support import RunningServer
-
-AUD = "keyplane-test"
-SUB = "system:serviceaccount:ci:runner"
-GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 
 
 def _client(srv: RunningServer, key: str) -> OpenAI:
@@ -41,38 +38,20 @@ def _client(srv: RunningServer, key: str) -> OpenAI:
 
 def _workload(srv: RunningServer, idp: FakeOIDC) -> tuple[str, str, str, str]:
     """A service account bound to a federation rule: (provider id, rule id, service account id, access token)."""
-    sa = admin(srv, "POST", f"/projects/{srv.project_id}/service_accounts", {"name": "ci"})
-    prov = admin(
-        srv,
-        "POST",
-        "/workload_identity_providers",
-        {
-            "name": "k8s",
-            "type": "oidc",
-            "issuer": idp.issuer,
-            "audience": AUD,
-            "verification": {"type": "discovery", "discovery_url": None},
-        },
-    )
-    rule = admin(
-        srv,
-        "POST",
-        f"/workload_identity_providers/{prov['id']}/federation_rules",
-        {"project_id": srv.project_id, "service_account_id": sa["id"], "attribute_matchers": {"sub": SUB}},
-    )
+    prov_id, sa_id, rule_id = _setup(srv, idp)
     r = httpx.post(
         srv.base_url + "/oauth/token",
         json={
             "grant_type": GRANT,
             "subject_token": idp.sign({"sub": SUB, "aud": AUD}),
             "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
-            "identity_provider_id": prov["id"],
-            "service_account_id": sa["id"],
+            "identity_provider_id": prov_id,
+            "service_account_id": sa_id,
         },
         timeout=10,
     )
     assert r.status_code == 200, r.text
-    return prov["id"], rule["id"], sa["id"], r.json()["access_token"]
+    return prov_id, rule_id, sa_id, r.json()["access_token"]
 
 
 def _batch(srv: RunningServer, fake: Any, key: str) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import random
 import string
-import threading
 import time
 
 import orjson
@@ -31,8 +30,7 @@ from tests.proxy.conftest import admin
 from tests.redteam.conftest import serve_routes
 from tests.redteam.test_wk49_round4 import _limit, _project, _spent
 from tests.redteam.test_wk50_round10 import _post
-from tests.redteam.test_wk50_round11 import _settled
-from tests.redteam.test_wk50_round15 import _slow_post
+from tests.redteam.test_wk50_round15 import _reserved_and_billed, _slow_post
 
 MB = 1024 * 1024
 
@@ -153,19 +151,7 @@ def test_every_string_of_a_chat_body_is_reserved_even_a_role(make_gw):
     pid, key = _project(srv)
     body = {"model": "qwen-local", "messages": messages, "max_tokens": 5}
     billed_prompt = 3 + sum(4 + 128 + 1 for _ in messages)
-    seen: list[int] = []
-    t = threading.Thread(
-        target=lambda: seen.append(_post(srv, key, "/chat/completions", orjson.dumps(body)).status_code)
-    )
-    t.start()
-    reserved = 0
-    deadline = time.monotonic() + 1.2
-    while time.monotonic() < deadline and not reserved:
-        reserved = _spent(srv, pid)[1]
-        time.sleep(0.05)
-    t.join()
-    assert seen == [200]
-    billed = _settled(srv, pid)
+    reserved, billed = _reserved_and_billed(srv, key, pid, body)
     assert billed >= billed_prompt * 16 // 1_000_000, billed  # the stand-in's usage was billed
     assert reserved >= billed, f"reserved {reserved} micro-dollars for a call billed {billed}"
 
@@ -211,19 +197,7 @@ def test_the_fields_an_openai_compatible_server_renders_are_reserved(make_gw):
     pid, key = _project(srv)
     docs = [{"title": f"doc {i}", "text": "lorem ipsum dolor sit amet " * 100} for i in range(110)]
     body = {"model": "command-local", "messages": [{"role": "user", "content": "sum up"}], "documents": docs}
-    seen: list[int] = []
-    t = threading.Thread(
-        target=lambda: seen.append(_post(srv, key, "/chat/completions", orjson.dumps(body)).status_code)
-    )
-    t.start()
-    reserved = 0
-    deadline = time.monotonic() + 1.2
-    while time.monotonic() < deadline and not reserved:
-        reserved = _spent(srv, pid)[1]
-        time.sleep(0.05)
-    t.join()
-    assert seen == [200]
-    billed = _settled(srv, pid)
+    reserved, billed = _reserved_and_billed(srv, key, pid, body)
     assert billed >= 300_000 * 16 // 1_000_000, billed  # the stand-in's usage was billed
     assert reserved >= billed, f"reserved {reserved} micro-dollars for a call billed {billed}"
     template = {"model": "command-local", "messages": [{"role": "user", "content": "x"}], "chat_template": "{{ x }}"}

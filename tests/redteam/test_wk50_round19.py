@@ -13,15 +13,33 @@ costs 8000 micro-dollars)."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
+import contextlib
+import secrets
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from tests.billing.conftest import COST, billing_of, clean_redis, config, redis_env, set_spend_limit, unique_prefix
+from keyplane.limits import BudgetRef, Granted, Reservation
+from keyplane.limits.redis_backend import RedisLimiter
+from tests.billing.conftest import (
+    COST,
+    REDIS_URL,
+    billing_of,
+    clean_redis,
+    config,
+    redis_env,
+    set_spend_limit,
+    unique_prefix,
+)
+from tests.faults import FaultProxy
 from tests.support import Gateways, RunningServer, postgres_database
+
+Budget = tuple[BudgetRef, ...]
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
 
@@ -86,6 +104,24 @@ def srv_spent(srv: RunningServer) -> int:
     return srv.call(billing_of(srv).spent("project", srv.project_id))[0]
 
 
+@contextlib.asynccontextmanager
+async def _two_limiters(limit: int) -> AsyncIterator[tuple[RedisLimiter, RedisLimiter, FaultProxy, Budget]]:
+    """Instance A's limiter on Redis, instance B's through a fault proxy (a short reservation TTL, 0.3 s), on a fresh
+    prefix seeded as at start; one key budget of ``limit`` micro-dollars. Everything is deleted and closed after."""
+    prefix = unique_prefix()
+    proxy = FaultProxy(6379)
+    b = RedisLimiter(proxy.url_for(REDIS_URL), prefix, 0.3, timeout=0.3)
+    a = RedisLimiter(REDIS_URL, prefix, 0.3)
+    try:
+        await a.seed({}, {})
+        yield a, b, proxy, (BudgetRef("2026-12:api_key:k1", limit, 0),)
+    finally:
+        await a.delete_all()
+        await a.close()
+        await b.close()
+        proxy.close()
+
+
 async def test_a_settle_replayed_after_its_reservation_lapsed_still_counts_the_cost() -> None:
     """Attack: instance B is cut from Redis (the fault proxy refuses it) while a request it admitted runs; B cannot
     renew, the reservation lapses at its TTL and instance A's next admission drops it. The request ends, B's settle
@@ -93,21 +129,7 @@ async def test_a_settle_replayed_after_its_reservation_lapsed_still_counts_the_c
     counter (once: a settle that was applied is not applied again), so the key cannot spend it a second time.
     Found: the replay is strict, finds no reservation and adds nothing: the counter stays short of the money spent
     until Redis loses its data, and the key spends past its limit by every such request."""
-    import asyncio
-    import secrets
-
-    from keyplane.limits import BudgetRef, Granted, Reservation
-    from keyplane.limits.redis_backend import RedisLimiter
-    from tests.billing.conftest import REDIS_URL
-    from tests.faults import FaultProxy
-
-    prefix = unique_prefix()
-    proxy = FaultProxy(6379)
-    b = RedisLimiter(proxy.url_for(REDIS_URL), prefix, 0.3, timeout=0.3)
-    a = RedisLimiter(REDIS_URL, prefix, 0.3)
-    try:
-        await a.seed({}, {})
-        budget = (BudgetRef("2026-12:api_key:k1", 2 * COST, 0),)
+    async with _two_limiters(2 * COST) as (a, b, proxy, budget):
         rid = secrets.token_hex(8)
         assert isinstance(await b.admit(rid, budget, (), COST, 0), Granted)
         proxy.refuse()
@@ -119,32 +141,13 @@ async def test_a_settle_replayed_after_its_reservation_lapsed_still_counts_the_c
         await b.retry_pending()
         spent, reserved = (await a.spent([budget[0].key]))[budget[0].key]
         assert (spent, reserved) == (COST, COST)  # B's request spent COST; A's still holds COST
-    finally:
-        await a.delete_all()
-        await a.close()
-        await b.close()
-        proxy.close()
 
 
 async def test_a_settle_queued_before_a_rebuild_is_not_counted_twice() -> None:
     """The other side of the fix above: a settle queued while Redis was unreachable, then Redis lost its data and the
     counters were rebuilt from SQL and the journal (which hold the request: its record follows its settle). Its
     replay must not add the cost again: spent stays what the rebuild counted."""
-    import asyncio
-    import secrets
-
-    from keyplane.limits import BudgetRef, Granted, Reservation
-    from keyplane.limits.redis_backend import RedisLimiter
-    from tests.billing.conftest import REDIS_URL
-    from tests.faults import FaultProxy
-
-    prefix = unique_prefix()
-    proxy = FaultProxy(6379)
-    b = RedisLimiter(proxy.url_for(REDIS_URL), prefix, 0.3, timeout=0.3)
-    a = RedisLimiter(REDIS_URL, prefix, 0.3)
-    try:
-        await a.seed({}, {})
-        budget = (BudgetRef("2026-12:api_key:k1", 4 * COST, 0),)
+    async with _two_limiters(4 * COST) as (a, b, proxy, budget):
         rid = secrets.token_hex(8)
         assert isinstance(await b.admit(rid, budget, (), COST, 0), Granted)
         proxy.refuse()
@@ -156,8 +159,3 @@ async def test_a_settle_queued_before_a_rebuild_is_not_counted_twice() -> None:
         proxy.restore()
         assert await b.retry_pending() == 1
         assert (await a.spent([budget[0].key]))[budget[0].key] == (COST, 0)  # once, not twice
-    finally:
-        await a.delete_all()
-        await a.close()
-        await b.close()
-        proxy.close()
