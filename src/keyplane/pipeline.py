@@ -76,10 +76,20 @@ class Pipeline:
             return self.billing.admit(ctx)
         return _nothing()
 
-    async def settle(self, ctx: RequestContext) -> None:
+    async def settle(self, ctx: RequestContext, observe: bool = True) -> None:
         """settle -> record -> observe, in this order, once per admitted request; a step's failure is logged
-        and the next one runs."""
-        for step in self.settle_steps():
+        and the next one runs. ``observe=False``: settle and record (and the taps) only, :meth:`observe` to follow
+        once the answer is written (a JSON answer: its client is not kept waiting for metrics, the access log
+        and the kill switch's windows; what the answer's cost and record need is done before it goes out)."""
+        for step in self.settle_steps() if observe else self.record_steps():
+            try:
+                await step(ctx)
+            except Exception:
+                log.exception("%s failed for %s", getattr(step, "__qualname__", step), ctx.request_id)
+
+    async def observe(self, ctx: RequestContext) -> None:
+        """The observing steps :meth:`settle` left out with ``observe=False``."""
+        for step in self.observe_steps():
             try:
                 await step(ctx)
             except Exception:
@@ -89,16 +99,31 @@ class Pipeline:
         """The steps :meth:`settle` runs, in order: the route released, billing settled (it fills
         ``ctx.cost_micros`` for what follows), the usage recorded and observed, the guard's observation, the taps.
         Built per call from the features set now (tests switch them), a list of a few bound methods."""
+        return self._answer_steps() + self.observe_steps() + self.taps
+
+    def record_steps(self) -> list[Step]:
+        """The steps of :meth:`settle` with ``observe=False``: the route released, billing settled, the usage
+        recorded, the taps (tests read settled requests as soon as the answer is in)."""
+        return self._answer_steps() + self.taps
+
+    def observe_steps(self) -> list[Step]:
+        """The steps of :meth:`observe`: the usage observed (metrics, access log, trace) and the guard's
+        observation (its windows; it acts in the background)."""
+        steps: list[Step] = []
+        if self.usage is not None:
+            steps.append(self.usage.observe)
+        if self.guard is not None:
+            steps.append(self.guard.observe)
+        return steps
+
+    def _answer_steps(self) -> list[Step]:
         steps: list[Step] = []
         if self.routing is not None:
             steps.append(self.routing.release_route)
         if self.billing is not None:
             steps.append(self.billing.settle)
         if self.usage is not None:
-            steps += (self.usage.record, self.usage.observe)
-        if self.guard is not None:
-            steps.append(self.guard.observe)
-        steps += self.taps
+            steps.append(self.usage.record)
         return steps
 
     async def refused(self, ctx: RequestContext) -> None:

@@ -216,10 +216,13 @@ class ProxyApp:
                         await replies.send_error(send, e, ctx.request_id.encode(), t0, ctx.extra_headers)
                         return
                 h = replies.response_headers(out, ctx, t0, len(payload), wrapped)
-                await self._finish(ctx, t0, watch)
+                await self._finish(ctx, t0, watch, observe=False)
                 started = True
-                await send({"type": "http.response.start", "status": status, "headers": h})
-                await send({"type": "http.response.body", "body": payload})
+                try:
+                    await send({"type": "http.response.start", "status": status, "headers": h})
+                    await send({"type": "http.response.body", "body": payload})
+                finally:
+                    await self.rt.pipeline.observe(ctx)
                 return
             ctx.status = status
             if out.first is None:  # pass-through (RAW, or an object path answered with a stream or bytes)
@@ -367,9 +370,11 @@ class ProxyApp:
         ctx.status, ctx.error = e.status, e.code
         await self.rt.pipeline.refused(ctx)
 
-    async def _finish(self, ctx: RequestContext, t0: float, watch: Watch) -> None:
+    async def _finish(self, ctx: RequestContext, t0: float, watch: Watch, observe: bool = True) -> None:
         """settle -> record -> observe, once, before the last byte goes out (the usage is recorded even if
-        the client vanishes next)."""
+        the client vanishes next). ``observe=False`` (a JSON answer, written whole at once): the caller runs the
+        pipeline's observe steps right after writing it, on the same turn of the loop, so that its client does not
+        wait for metrics, the access log and the kill switch's windows (bench/compare.py's added p50)."""
         watch.armed = False
         if watch.settled:
             return
@@ -377,4 +382,4 @@ class ProxyApp:
         ctx.latency_ms = (time.perf_counter() - t0) * 1000
         if ctx.ttft_ms is None and ctx.status and ctx.status < 400:
             ctx.ttft_ms = ctx.latency_ms
-        await self.rt.pipeline.settle(ctx)  # never raises: each step's failure is logged
+        await self.rt.pipeline.settle(ctx, observe)  # never raises: each step's failure is logged
