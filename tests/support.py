@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import uvicorn
 
-from keyplane import control
+from keyplane import control, http_protocol
 from keyplane.app import KeyplaneApp, create_app
 from keyplane.clock import Clock
 from keyplane.config import Settings, load_settings
@@ -181,7 +181,7 @@ def start_server(settings: Settings, init: dict[str, Any] | None = None, clock: 
         lifespan="on",
         log_level="warning",
         loop="asyncio",
-        http="httptools",
+        http=http_protocol.protocol(),  # as `keyplane serve` (keyplane.http_protocol)
         timeout_graceful_shutdown=5,
         proxy_headers=False,
     )  # as `keyplane serve`: trusted_proxies decides (IP allowlists)

@@ -110,6 +110,7 @@ def run(opts: ServeOptions, factory: Callable[[], Any] | None = None) -> None:
         footprint.prepare()
     import uvicorn
 
+    from keyplane import http_protocol
     from keyplane.logs import setup_logging
 
     s = load(opts)
@@ -125,7 +126,7 @@ def run(opts: ServeOptions, factory: Callable[[], Any] | None = None) -> None:
         port=s.port,
         workers=opts.workers,
         loop="auto",
-        http="auto",
+        http=http_protocol.protocol(),  # the httptools protocol, one write per answer (keyplane.http_protocol)
         log_level=s.log_level,
         access_log=False,
         lifespan="on",
