@@ -201,6 +201,10 @@ class Snapshot:
         self.confirmed_at = monotonic()  # when the snapshot was last known to be current
         self._digests: dict[str, str] = {}  # key id -> digest
         self._overlay: list[Event] = []  # applied events newer than the loaded revision
+        # key or project id -> the revision of the event whose status its entry holds: events may arrive out of
+        # order (two publishers, a slow link), and an older one must not undo a newer one (a late resume over a
+        # revocation). Cleared on every reload (the rows read are at least as new as the loaded revision).
+        self._status_rev: dict[tuple[str, str], int] = {}
         self._named: list[Event] = []  # complete events newer than the loaded revision
         self._ranges: dict[int, int] = {}  # complete events received out of order: first -> last
         self._listeners: list[Callable[[], None]] = []
@@ -288,9 +292,10 @@ class Snapshot:
         self.revision = rev
         self.loaded = True
         # Deltas newer than what was read (a lagging read) stay applied on top.
-        self._overlay = [ev for ev in self._overlay if ev.revision > self.revision]
+        self._overlay = sorted((ev for ev in self._overlay if ev.revision > self.revision), key=lambda e: e.revision)
         self._named = [ev for ev in self._named if ev.revision > self.revision]
-        for ev in self._overlay:
+        self._status_rev = {}
+        for ev in self._overlay:  # in revision order, whatever order they arrived in
             self._apply_deltas(ev)
         self._advance(self.revision)
         self._changed()
@@ -367,10 +372,21 @@ class Snapshot:
         self._changed()
 
     def _apply_deltas(self, ev: Event) -> None:
+        # The newest event to name a key or project sets its status; a revocation or an archiving stands whenever
+        # it arrives (neither is ever undone: a late one is still the truth).
         for d in ev.keys:
-            self._apply_key(d)
+            if self._newest(("key", d.id), ev.revision) or d.revoked_at is not None:
+                self._apply_key(d)
         for p in ev.projects:
-            self._apply_project(p)
+            if self._newest(("project", p.id), ev.revision) or p.status != "active":
+                self._apply_project(p)
+
+    def _newest(self, what: tuple[str, str], revision: int) -> bool:
+        """Whether an event of ``revision`` is the newest to set the status of ``what`` (noted if so)."""
+        if self._status_rev.get(what, -1) > revision:
+            return False  # a newer event set it already: this one arrived late
+        self._status_rev[what] = revision
+        return True
 
     def _apply_key(self, d: KeyDelta) -> None:
         old = self.keys_by_id.get(d.id)

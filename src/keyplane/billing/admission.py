@@ -95,6 +95,8 @@ class Admission(Settle):
         if not ctx.spending:
             return
         b = self.b
+        if b.behind():  # the limits of a key the snapshot serves are never older than the key
+            await b.current()
         now = self.clock.now()
         if now >= b.period_end:
             b.rollover(now)

@@ -35,6 +35,8 @@ class MeasuringAdmission(Admission):
         return super().admit(ctx)
 
     async def _measured(self, ctx: RequestContext, up: Upload, model: str) -> None:
+        if self.b.behind():  # whether a money control applies, as the limits are now (Admission.admit)
+            await self.b.current()
         if priced_by_length(self.b.prices, model) and self.controlled(ctx, model):
             await up.spool_measured()  # raises the upload's 413, 400 or 499 when it is cut
         await super().admit(ctx)

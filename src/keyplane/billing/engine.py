@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from keyplane import errors
 from keyplane.billing import ledger as ledger_mod
 from keyplane.billing import state, tiers
 from keyplane.billing.price import Price
@@ -77,6 +78,7 @@ class Billing:
         self._task: asyncio.Task[None] | None = None
         self._seed_lock = asyncio.Lock()
         self._reload_lock = asyncio.Lock()
+        self._reloaded = asyncio.Event()  # set (and replaced) after every reload: what :meth:`current` waits for
         self._alert_tasks: set[asyncio.Task[Any]] = set()
         from keyplane.usage import journal_folder
 
@@ -116,6 +118,27 @@ class Billing:
             rev = self.rt.snapshot.revision
             self.cfg = await state.load(self.rt.engine, self.tiers, rev)
             self._credit_changed()
+        self._reloaded.set()
+        self._reloaded = asyncio.Event()
+
+    def behind(self) -> bool:
+        """Whether the snapshot has loaded a newer revision than these limits (a key rotated, a limit set)."""
+        return self.cfg.revision < self.rt.snapshot.revision
+
+    async def current(self, wait: float = 2.0) -> None:
+        """Wait (bounded) while the limits are older than the snapshot: a key the snapshot serves is never admitted
+        under limits older than it (a rotated key's new value before the limits copied to it reached this
+        instance would have none). Fail closed: 503 ``authority_stale`` past ``wait``. The background step
+        reloads at once (the snapshot's change woke it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while self.behind():
+            left = deadline - loop.time()
+            if left <= 0:
+                raise errors.stale_authority(wait)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):  # not wait_for: on 3.11 it can swallow a cancellation
+                    await self._reloaded.wait()
 
     def _credit_changed(self) -> None:
         now = self.rt.clock.now()

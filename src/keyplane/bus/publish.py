@@ -23,6 +23,7 @@ REVISIONS = "keyplane.revisions"  # session.info: the revision values bumped in 
 _CHANGES = "keyplane.changes"
 _OPAQUE = "keyplane.opaque"
 _KEY_STATUS = frozenset({"revoked_at", "revoke_reason", "suspended_at", "suspend_reason", "updated_at"})
+_KEY_STATUS_SET = _KEY_STATUS - {"updated_at"}  # what a KeyDelta carries
 _PROJECT_STATUS = frozenset({"status", "archived_at"})
 # Tables a transaction may write next to a change that receivers do not need to serve requests.
 # Tables whose rows the request path never reads: writing them publishes no change for the snapshot.
@@ -90,14 +91,21 @@ def _collect(session: Session, _ctx: UOWTransaction) -> None:
             changed = {a.key for a in state.attrs if a.history.has_changes()}
             if not changed:
                 continue
-            if isinstance(obj, ApiKey) and changed <= _KEY_STATUS:
-                changes[("key", obj.id)] = KeyDelta(
-                    obj.id, obj.revoked_at, obj.revoke_reason, obj.suspended_at, obj.suspend_reason
-                )
-                continue
-            if isinstance(obj, Project) and changed <= _PROJECT_STATUS:
-                changes[("project", obj.id)] = ProjectDelta(obj.id, obj.status)
-                continue
+            # A status change travels as a delta even when the row changed otherwise too (a rotation revokes the
+            # old value and notes ``rotated_to``): an instance cut from SQL applies it at once, and the rest of
+            # the change makes the event opaque (receivers reload).
+            if isinstance(obj, ApiKey):
+                if changed <= _KEY_STATUS or changed & _KEY_STATUS_SET:
+                    changes[("key", obj.id)] = KeyDelta(
+                        obj.id, obj.revoked_at, obj.revoke_reason, obj.suspended_at, obj.suspend_reason
+                    )
+                if changed <= _KEY_STATUS:
+                    continue
+            if isinstance(obj, Project):
+                if changed & _PROJECT_STATUS:
+                    changes[("project", obj.id)] = ProjectDelta(obj.id, obj.status)
+                if changed <= _PROJECT_STATUS:
+                    continue
         session.info[_OPAQUE] = True
 
 

@@ -21,6 +21,7 @@ from keyplane.control.base import (
     check_positive_int,
     now_s,
     page,
+    revoke_keys_where,
     write_clock,
 )
 from keyplane.control.keys import (
@@ -136,6 +137,7 @@ __all__ = [
     "recovery_codes_for_update",
     "replace_recovery_codes",
     "revoke_key",
+    "revoke_keys_where",
     "rotate_key",
     "set_suspended",
     "update_key",

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from keyplane import ids
 from keyplane.domain import Invalid
 from keyplane.scopes import InvalidPermissions, Permissions, parse_permissions
-from keyplane.store.models import AuditLog, Meta
+from keyplane.store.models import ApiKey, AuditLog, Meta
 
 MAX_NAME = 256
 
@@ -136,6 +136,16 @@ async def audit(
             details=orjson.dumps(details).decode(),
         )
     )
+
+
+async def revoke_keys_where(s: AsyncSession, *where: Any, reason: str, at: int) -> int:
+    """Revoke the keys not revoked yet that match ``where`` (SQL conditions on ApiKey), row by row rather than with one
+    bulk UPDATE: each revocation then travels on the bus as the key's new status (keyplane.bus.publish), so an
+    instance cut from the store refuses the key at once, as for any revocation. Returns how many."""
+    rows = (await s.execute(select(ApiKey).where(ApiKey.revoked_at.is_(None), *where))).scalars().all()
+    for row in rows:
+        row.revoked_at, row.revoke_reason, row.updated_at = at, reason, at
+    return len(rows)
 
 
 # --- pagination --------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane import ids
@@ -16,6 +16,7 @@ from keyplane.control.base import (
     check_positive_int,
     now_s,
     page,
+    revoke_keys_where,
 )
 from keyplane.control.keys import (
     new_key_row,
@@ -111,10 +112,6 @@ async def delete_service_account(s: AsyncSession, actor: Actor, project_id: str,
     sa = await get_service_account(s, project_id, sa_id)
     t = now_s()
     sa.deleted_at = t
-    await s.execute(
-        update(ApiKey)
-        .where(ApiKey.service_account_id == sa.id, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=t, revoke_reason="service account deleted", updated_at=t)
-    )
+    await revoke_keys_where(s, ApiKey.service_account_id == sa.id, reason="service account deleted", at=t)
     await audit(s, actor, "service_account.deleted", {"id": sa.id}, project_id=project_id, resource_id=sa.id, at=t)
     await bump_revision(s)

@@ -16,6 +16,7 @@ from keyplane.control.base import (
     check_name,
     now_s,
     page,
+    revoke_keys_where,
 )
 from keyplane.domain import Conflict, Invalid, NotFound
 from keyplane.store.models import ApiKey, User
@@ -154,10 +155,12 @@ async def delete_user(s: AsyncSession, actor: Actor, user_id: str) -> None:
     if user.role == "owner":
         await _keep_one_owner(s, user.id)
     t = now_s()
-    await s.execute(
-        update(ApiKey)
-        .where(ApiKey.owner_user_id == user.id, ApiKey.service_account_id.is_(None), ApiKey.revoked_at.is_(None))
-        .values(revoked_at=t, revoke_reason="owner removed from the organization", updated_at=t)
+    await revoke_keys_where(
+        s,
+        ApiKey.owner_user_id == user.id,
+        ApiKey.service_account_id.is_(None),
+        reason="owner removed from the organization",
+        at=t,
     )
     from keyplane.members.ops import forget_user  # and their project memberships
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane import control
@@ -151,22 +151,19 @@ async def remove_project_user(s: AsyncSession, actor: Actor, project_id: str, us
     """Remove a member; their user keys in that project are revoked in the same transaction. Returns how many."""
     m, user = await get_project_user(s, project_id, user_id)
     t = now_s()
-    res = await s.execute(
-        update(ApiKey)
-        .where(
-            ApiKey.project_id == project_id,
-            ApiKey.owner_user_id == user.id,
-            ApiKey.service_account_id.is_(None),
-            ApiKey.kind == "proj",
-            ApiKey.revoked_at.is_(None),
-        )
-        .values(revoked_at=t, revoke_reason="owner removed from the project", updated_at=t)
+    revoked = await control.revoke_keys_where(
+        s,
+        ApiKey.project_id == project_id,
+        ApiKey.owner_user_id == user.id,
+        ApiKey.service_account_id.is_(None),
+        ApiKey.kind == "proj",
+        reason="owner removed from the project",
+        at=t,
     )
     await s.delete(m)
     from keyplane.members import project_roles  # the project roles they held there go with them
 
     await project_roles.forget_member(s, project_id, "user", user.id)
-    revoked = int(getattr(res, "rowcount", 0) or 0)
     await audit(
         s,
         actor,
@@ -290,17 +287,15 @@ async def ensure_reachable(s: AsyncSession, user: User | None, project_id: str) 
 async def revoke_unreachable_keys(s: AsyncSession, user_id: str, at: int) -> None:
     """After an owner becomes a reader: their user keys in projects they are not a member of are revoked."""
     member_of = select(ProjectUser.project_id).where(ProjectUser.user_id == user_id)
-    await s.execute(
-        update(ApiKey)
-        .where(
-            ApiKey.owner_user_id == user_id,
-            ApiKey.kind == "proj",
-            ApiKey.service_account_id.is_(None),
-            ApiKey.revoked_at.is_(None),
-            ApiKey.project_id.not_in(member_of),
-            ApiKey.project_id.not_in(via_groups(user_id)),
-        )
-        .values(revoked_at=at, revoke_reason="owner is no longer a member of the project", updated_at=at)
+    await control.revoke_keys_where(
+        s,
+        ApiKey.owner_user_id == user_id,
+        ApiKey.kind == "proj",
+        ApiKey.service_account_id.is_(None),
+        ApiKey.project_id.not_in(member_of),
+        ApiKey.project_id.not_in(via_groups(user_id)),
+        reason="owner is no longer a member of the project",
+        at=at,
     )
 
 
