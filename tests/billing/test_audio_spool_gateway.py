@@ -194,14 +194,15 @@ def test_without_money_controls_a_large_upload_still_streams(make_gateway, fake,
 
 def test_what_the_spool_cannot_bound_is_not_spooled(make_gateway, fake, went):
     """Under a limit: a token-priced model streams (its tokens bound it); a file keyplane cannot measure (its
-    bytes or its name say so) is refused unread, as before, without being spooled first."""
+    bytes or its name say so) is refused, as before, without being spooled first when its name says so."""
     srv = _gw(make_gateway, fake)
     _limit(srv, 1)
     client = _client(srv)
     for name, data, by_name in [
-        ("a.mp4", b"\0\0\0\x18ftypmp42" + bytes(2 * MB), True),
-        ("a.flac", WAV50, False),
-        ("a.ogg", b"OggS" + bytes(2 * MB), True),
+        ("a.mp4", b"\0\0\0\x18ftypmp42" + bytes(2 * MB), False),  # (MP4 and Ogg are measured: ruled out by
+        ("a.flac", WAV50, False),  # their bytes, like a WAV named .flac)
+        ("a.ogg", b"OggS" + bytes(2 * MB), False),
+        ("a.aiff", b"FORM" + bytes(2 * MB), True),
     ]:
         spooled = len(went.spooled)
         with pytest.raises(openai.PermissionDeniedError) as e:
@@ -282,3 +283,26 @@ def test_a_client_that_leaves_mid_spool_reserves_and_sends_nothing(make_gateway,
     # the gateway serves the next one
     out = _client(srv).audio.transcriptions.create(model="whisper-1", file=("a.wav", WAV50), response_format="text")
     assert "fake" in out and _spent(srv) == COST50
+
+
+def test_a_spooled_upload_is_measured_off_the_event_loop(make_gateway, fake, went, monkeypatch):
+    """Measuring may cost half a second of CPU per MB (an M4A's AAC blocks are read in Python: billing/audio_mp4.py):
+    the chunks of an audio part being measured are fed in a thread, never on the event loop."""
+    import asyncio
+
+    from keyplane.proxy import uploads
+
+    fed: list[int] = []
+    real = asyncio.to_thread
+
+    async def noting(func, *args, **kw):
+        if getattr(func, "__name__", "") == "_feed":
+            fed.append(len(args[0]))
+        return await real(func, *args, **kw)
+
+    monkeypatch.setattr(uploads.asyncio, "to_thread", noting)
+    srv = _gw(make_gateway, fake)
+    _limit(srv, 1)
+    _client(srv).audio.transcriptions.create(model="whisper-1", file=("a.wav", WAV50), response_format="text")
+    assert [w[0] for w in went] == ["spool"] and _spent(srv) == COST50  # spooled, measured: billed its length
+    assert fed and sum(fed) >= len(WAV50)  # every byte of the file part went through the thread

@@ -28,6 +28,7 @@ from keyplane.billing import quote as quote_mod
 from keyplane.billing.admission_replies import headers, refusal
 from keyplane.billing.engine import Billing, Plan
 from keyplane.billing.price import MICROS
+from keyplane.billing.quote_media import TRANSCRIBE
 from keyplane.billing.ratelimits import limits_model
 from keyplane.billing.settle import Settle, Upstream, log_store_error
 from keyplane.limits import REBUILD_GRACE_US, BudgetRef, Denied, Granted, Rebuilding, Reservation, Unseeded
@@ -112,7 +113,10 @@ class Admission(Settle):
             ctx.upload,
             self._default_tier(ctx),
         )
-        q = await asyncio.to_thread(quote_mod.quote, *args) if len(ctx.body) > BIG_BODY else quote_mod.quote(*args)
+        # Off the event loop: a large body's tokens, and any transcription's audio (an MP4's AAC blocks are read in
+        # Python: billing/audio_mp4.py).
+        off_loop = len(ctx.body) > BIG_BODY or ctx.endpoint in TRANSCRIBE
+        q = await asyncio.to_thread(quote_mod.quote, *args) if off_loop else quote_mod.quote(*args)
         model = q.model
         if ctx.model is None and model:  # a call naming no model (an image call): recorded as the model billed
             ctx.model = model

@@ -31,14 +31,21 @@ file reserve less than it plays. What is counted instead:
 - **FLAC** (``fLaC`` and a STREAMINFO block ffmpeg's probe takes): the block sizes of every byte that starts a
   frame header ffmpeg parses (CRC-8 included), at STREAMINFO's rate; None when one names another rate or
   channel count (billing/audio_flac.py).
-- Anything else (mp4/m4a, webm, ogg, MPEG audio with junk first...): None. So is a file whose name
+- **MP4/M4A** (a first ``ftyp`` box; one AAC track): the packets of the sample table, each verified to be one
+  AAC block where ffmpeg's decoder ends it (it decodes every block chained in a packet), at 1024 samples over
+  the AudioSpecificConfig's rate (billing/audio_mp4.py, billing/audio_aac.py).
+- **Opus** in Ogg or WebM: every packet's TOC duration, of every Ogg page candidate (billing/audio_opus.py)
+  or every block of a WebM read as ffmpeg's demuxer reads it (billing/audio_webm.py).
+- Anything else (Ogg Vorbis, MPEG audio with junk first...): None. So is a file whose name
   (when one is given) does not end in ``.wav`` for WAV, ``.mp3``/``.mpga`` for MPEG audio, ``.flac`` for
-  FLAC: a provider that picks the demuxer by the extension would read other bytes than keyplane measured (an
-  MPEG audio parser finds frames in PCM samples).
+  FLAC, ``.m4a``/``.mp4`` for MP4, ``.ogg``/``.oga``/``.opus`` for Ogg, ``.webm``/``.weba`` for WebM: a
+  provider that picks the demuxer by the extension would read other bytes than keyplane measured (an MPEG
+  audio parser finds frames in PCM samples).
 
 :class:`Meter` is incremental (``feed`` chunks in order, then ``result``) so that an upload streaming
 through keyplane is measured without being held: it keeps at most the first MiB (and the frames in
-flight). :func:`duration` measures bytes held whole. Results are exact fractions of a second.
+flight; an MP4's ``moov``, up to 8 MiB; an Ogg page, a WebM block). :func:`duration` measures bytes held
+whole. Results are exact fractions of a second.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ import logging
 from fractions import Fraction
 from typing import Final
 
-from keyplane.billing import audio_flac
+from keyplane.billing import audio_flac, audio_mp4, audio_opus, audio_webm
 from keyplane.billing.audio_formats import (
     BOX_NAMES,
     MPA,
@@ -81,7 +88,13 @@ _WAV_META: Final = frozenset(
     }
 )  # fmt: skip
 _PCM_GUID_TAIL: Final = bytes.fromhex("000000001000800000aa00389b71")  # KSDATAFORMAT_SUBTYPE_* after the tag
-_EXTENSIONS: Final = {"wav": frozenset({"wav"}), "mpa": frozenset({"mp3", "mpga"}), "flac": frozenset({"flac"})}
+_EXTENSIONS: Final = {
+    "wav": frozenset({"wav"}),
+    "mpa": frozenset({"mp3", "mpga"}),
+    "flac": frozenset({"flac"}),
+    "mp4": frozenset({"m4a", "mp4"}),
+    **audio_opus.EXTENSIONS,
+}
 
 
 class Meter:
@@ -90,7 +103,7 @@ class Meter:
     def __init__(self, filename: str | None = None) -> None:
         self.filename = filename  # the upload's: its extension must name the format found (None: not checked)
         self.size = 0  # bytes fed
-        self._kind = ""  # "" until the first bytes say: "wav", "mpa", "flac", or "void" (unknown)
+        self._kind = ""  # "" until the first bytes say: "wav", "mpa", "flac", "mp4", or "void" (unknown)
         self._head = bytearray()  # the first PROBE_WINDOW bytes (freed once checked)
         self._checked = False
         # WAV: where the data chunk's content starts, and the decoder's bytes per sample frame and rate
@@ -106,6 +119,8 @@ class Meter:
         self._candidates = 0
         self._flac = audio_flac.Flac()  # FLAC: every frame header candidate (billing/audio_flac.py)
         self._info: tuple[int, int] | None = None  # FLAC: STREAMINFO's sample rate and channels
+        self._mp4 = audio_mp4.Mp4()  # MP4: its boxes and AAC blocks (billing/audio_mp4.py)
+        self._opus: audio_opus.Ogg | audio_webm.Webm | None = None  # Opus in Ogg or WebM (audio_opus.py, audio_webm.py)
 
     @property
     def hopeful(self) -> bool:
@@ -154,6 +169,14 @@ class Meter:
             self._flac.feed(chunk)
             if self._flac.syncs > (self.size >> 8) + 4096:  # sync codes every few hundred bytes: not audio
                 self._void()
+        elif self._kind == "mp4":
+            self._mp4.feed(chunk)
+            if self._mp4.bad:
+                self._void()
+        elif self._opus is not None:
+            self._opus.feed(chunk)
+            if self._opus.void:
+                self._void()
         else:
             self._scan_mpa(chunk, start)
         if not self._checked and len(self._head) >= PROBE_WINDOW and self._kind != "void":
@@ -168,10 +191,15 @@ class Meter:
             self._check_head()
             if self._kind == "void":
                 return None
+        if self._opus is not None:
+            self._opus.end()
+            return self._opus.result()
         if self._kind == "flac":
             assert self._info is not None
             self._flac.end()
             return self._flac.result(*self._info)
+        if self._kind == "mp4":
+            return self._mp4.result()
         if self._kind == "wav":
             if self._data_at < 0:
                 return None
@@ -185,11 +213,19 @@ class Meter:
     def _sniff(self, final: bool = False) -> None:
         h = bytes(self._head[:12])
         if len(h) < 12 and not final:
-            if not any(h[: len(m)] == m[: len(h)] for m in (*_WAV_MAGIC, b"ID3", b"fLaC")) and not mpa_start(h):
+            magic = any(h[: len(m)] == m[: len(h)] for m in (*_WAV_MAGIC, b"ID3", b"fLaC"))
+            magic |= h[:4] in (audio_opus.OGG[: len(h)], audio_webm.EBML[: len(h)])  # Opus in Ogg or WebM
+            if not magic and not mpa_start(h) and not b"ftyp".startswith(h[4:8]):  # (MP4: a box size, its type)
                 self._kind = "void"
             return
         if h[:4] in _WAV_MAGIC and h[8:12] == b"WAVE":
             self._kind = "wav"
+        elif h[4:8] == b"ftyp":
+            self._kind = "mp4"
+        elif h[:4] == audio_opus.OGG:  # Opus: the container checks its own probe window
+            self._kind, self._opus, self._checked = "ogg", audio_opus.Ogg(), True
+        elif h[:4] == audio_webm.EBML:
+            self._kind, self._opus, self._checked = "webm", audio_webm.Webm(), True
         elif h[:4] == audio_flac.MAGIC:
             self._kind = "flac"
         elif h[:3] == b"ID3" or mpa_start(h):
@@ -202,6 +238,8 @@ class Meter:
         self._head = bytearray()
         self._pending = []
         self._flac = audio_flac.Flac()
+        self._mp4 = audio_mp4.Mp4()
+        self._opus = None
 
     def _check_head(self) -> None:
         """The checks of the first MiB (the demuxer ffmpeg picks, the WAV header, the first MPEG frames)."""
@@ -215,6 +253,10 @@ class Meter:
         if self._kind == "flac":
             self._info = audio_flac.streaminfo(head)
             if self._info is None:
+                self._void()
+            return
+        if self._kind == "mp4":
+            if audio_mp4.foreign(head):
                 self._void()
             return
         at, probed = after_id3(head), after_id3(head, 1)  # ffmpeg's probe skips the first tag only

@@ -56,6 +56,12 @@ class Parser:
         """The one file part, named ``file``, is being measured, and what was read of it may yet bound it."""
         return self._metering and self._audio is not None and self._audio.hopeful
 
+    @property
+    def measuring_audio(self) -> bool:
+        """An audio file part is (or may be) measured: feeding then costs CPU in proportion to the bytes (an MP4's AAC
+        blocks are read in Python: billing/audio_mp4.py), so the upload feeds off the event loop (proxy/uploads.py)."""
+        return self._audio is not None and not self._audio_done
+
     def stop_audio(self) -> None:
         """Measure no more (the upload streams upstream unmeasured)."""
         self._audio, self._metering = None, False
