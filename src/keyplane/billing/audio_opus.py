@@ -5,7 +5,7 @@ What ffmpeg 5.1 does with an Ogg Opus file, and what keyplane counts from it:
 - The ``ogg`` demuxer claims a file starting with ``OggS``, version 0, at its highest score; keyplane also
   requires that first page whole (its CRC matching) with the stream's first packet, ``OpusHead`` (a version
   ffmpeg takes, one or two channels in channel mapping family 0: one Opus stream, not multistream), and a
-  first MiB without MPEG-TS packets (:func:`mpegts`: the one probe that can score above; another scoring as
+  first MiB without MPEG-TS packets (audio_formats.mpegts: the one probe that can score above; another scoring as
   high ties, and ffmpeg then opens nothing).
 - The demuxer reads pages, each where it finds ``OggS`` and a matching CRC: after a bad CRC, or after bytes
   that are not a page, it searches again from just past the last page's (or the bad page's) capture pattern,
@@ -33,10 +33,11 @@ past the last candidate it could check.
 
 from __future__ import annotations
 
-import re
 import zlib
 from fractions import Fraction
 from typing import Final
+
+from keyplane.billing.audio_formats import mpegts
 
 OGG: Final = b"OggS"
 # The names an upload of each container may have (billing/audio_length.py): what ffmpeg and browsers call them.
@@ -49,7 +50,6 @@ _FRAME: Final = (480, 960, 1920, 2880) * 3 + (480, 960) * 2 + (120, 240, 480, 96
 _REVERSED: Final = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 # ffmpeg's resampler rounds its output up by a sample or two at some rates (44.1 kHz: 2 samples): once a file.
 MARGIN: Final = 480
-_TS_SYNC: Final = re.compile(b"\x47")
 
 
 def packet_samples(toc: int, count: int | None) -> int:
@@ -166,30 +166,6 @@ class Ogg:
                 start, cont = at, False
         if at > start and not cont:  # a packet that goes on in a later page starts here (255 bytes of it)
             self.samples += packet_samples(data[start], data[start + 1])
-
-
-def mpegts(window: bytes) -> bool:
-    """What ffmpeg's MPEG-TS probe could claim in the first MiB: the one probe that scores above the Ogg and
-    Matroska probes' highest score (any other at that score ties, and ffmpeg then opens nothing). Sync bytes at
-    one offset of a packet stride in a fifth of the packets of some probe size (audio_formats.py ``foreign``
-    looks for the same, and for more that only outscores MP3)."""
-    syncs = [m.start() for m in _TS_SYNC.finditer(window, 0, max(0, len(window) - 3))]
-    if len(syncs) > len(window) // 16 + 64:  # 1 in 256 by chance
-        return True
-    for stride in (188, 192, 204):
-        at_offset = [0] * stride  # sync bytes at each offset of the stride, in the probe size so far
-        size, i = 2048, 0
-        while True:  # each probe size ffmpeg may try, doubling
-            while i < len(syncs) and syncs[i] < size:
-                at_offset[syncs[i] % stride] += 1
-                i += 1
-            packets = min(size, len(window)) // stride
-            if packets >= 5 and max(at_offset) >= max(5, packets // 5):
-                return True
-            if size >= len(window):
-                break
-            size *= 2
-    return False
 
 
 def _page_size(buf: bytearray, p: int) -> int | None:

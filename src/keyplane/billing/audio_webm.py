@@ -3,7 +3,7 @@
 What ffmpeg 5.1 does with a WebM file, and what keyplane counts from it:
 
 - The ``matroska`` demuxer claims a file starting with an EBML header naming DocType ``webm`` or ``matroska``
-  at its highest score (only MPEG-TS can score above it: audio_opus.py ``mpegts``). keyplane reads the
+  at its highest score (only MPEG-TS can score above it: audio_formats.py ``mpegts``). keyplane reads the
   file's elements as the demuxer does, one level at a time, and measures only what it reads the same way:
   the EBML header (versions ffmpeg opens), one Segment reaching to the end of the file (a known size, or an
   unknown one: browsers' MediaRecorder writes unknown-size Segments and Clusters, which end at the next
@@ -37,7 +37,8 @@ from collections import deque
 from fractions import Fraction
 from typing import Final
 
-from keyplane.billing.audio_opus import MARGIN, RATE, mpegts, opus_head, packet_samples
+from keyplane.billing.audio_formats import mpegts
+from keyplane.billing.audio_opus import MARGIN, RATE, opus_head, packet_samples
 
 EBML: Final = b"\x1a\x45\xdf\xa3"
 _PROBE: Final = (1 << 20) + 64  # what ffmpeg probes (billing/audio_length.py PROBE_WINDOW)
