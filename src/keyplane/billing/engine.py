@@ -128,17 +128,26 @@ class Billing:
     async def current(self, wait: float = 2.0) -> None:
         """Wait (bounded) while the limits are older than the snapshot: a key the snapshot serves is never admitted
         under limits older than it (a rotated key's new value before the limits copied to it reached this
-        instance would have none). Fail closed: 503 ``authority_stale`` past ``wait``. The background step
-        reloads at once (the snapshot's change woke it)."""
+        instance would have none). Fail closed: 503 ``authority_stale`` past ``wait``. The limits are reloaded here
+        when no reload is under way (the background step may be busy with other work: a batch poll, alerts), else
+        the one under way is waited for; a reload that fails is tried again until ``wait`` runs out."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while self.behind():
             left = deadline - loop.time()
             if left <= 0:
                 raise errors.stale_authority(wait)
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(left):  # not wait_for: on 3.11 it can swallow a cancellation
-                    await self._reloaded.wait()
+                    if self._reload_lock.locked():
+                        await self._reloaded.wait()
+                    else:
+                        await self.reload()
+            except TimeoutError:
+                continue  # (the deadline check above answers)
+            except Exception as e:  # the store is unreachable: the limits stay behind, tried again
+                log.debug("billing: reloading the limits for admission failed: %s", e)
+                await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
 
     def _credit_changed(self) -> None:
         now = self.rt.clock.now()
