@@ -335,9 +335,10 @@ def test_held_a_revocation_whose_bus_message_is_lost_reaches_the_other_instance_
 
 def test_held_a_rotation_with_grace_shares_one_limit_across_instances_and_ends_on_time(fleet: Fleet) -> None:
     """Attack: a key with a 2-cent spend limit (two requests at 0.8 cents) is rotated through instance A with a
-    5-second grace; the holder spends the old value on instance B and the new one on A, alternately, then keeps
-    sending the old value to B past the grace. Held: both values count against one line on both instances (two
-    requests served in all, then 429 on either), and B refuses the old value (401 expired) within a second of
+    12-second grace (room for a loaded machine to spend first); the holder spends the old value on instance B and
+    the new one on A, alternately, then keeps sending the old value to B past the grace. Held: both values count
+    against one line on both instances (two requests served in all, then 429 on either), and B refuses the old
+    value (401 expired) within a second of
     the end of its grace (its snapshot reloaded the rotation: the old value's expiry)."""
     kid, old = fleet.new_key()
     fleet.admin(
@@ -346,7 +347,7 @@ def test_held_a_rotation_with_grace_shares_one_limit_across_instances_and_ends_o
         json={"currency": "USD", "interval": "month", "threshold_amount": 2},
     )
     rotated = fleet.admin(
-        "POST", f"/projects/{fleet.a.project_id}/api_keys/{kid}/rotate", json={"grace_period_seconds": 5}
+        "POST", f"/projects/{fleet.a.project_id}/api_keys/{kid}/rotate", json={"grace_period_seconds": 12}
     ).json()
     new, expires_at = rotated["value"], rotated["rotated_from"]["expires_at"]
     fleet.settled()
