@@ -3,9 +3,9 @@ image by model, quality and size, the most expensive the request allows when it 
 prompt's tokens for gpt-image models and, for a streamed one, 100 image output tokens per partial image; a
 call naming no model is priced as the model the provider runs for it, keyplane.model_names), speech (per
 character of ``input``) and transcription and translation (per minute: by the length of the uploaded file
-when keyplane read it whole before admission and can bound it, billing/audio_length.py, a WAV, MP3, FLAC or
-M4A file; else an estimate from the upload's size, refused where a spend limit or credit applies; a token-priced
-model is bounded by its tokens instead).
+when keyplane read it whole before admission and can bound it, billing/audio_length.py, a WAV, MP3, FLAC,
+M4A, Ogg or WebM file; else an estimate from the upload's size, refused where a spend limit or credit applies; a
+token-priced model is bounded by its tokens instead).
 """
 
 from __future__ import annotations
@@ -237,7 +237,8 @@ def quote_transcription(prices: PriceTable, model: str | None, form: dict[str, s
         units=minutes * 60,
         per_minute=price.per_minute,
         estimate=(
-            "the duration of the audio is not known before it is decoded (keyplane measures a WAV, MP3, FLAC or "
-            "M4A/MP4 (AAC) file, named .wav, .mp3, .mpga, .flac, .m4a or .mp4, that it reads whole before the call)"
+            "the duration of the audio is not known before it is decoded (keyplane measures a WAV, MP3, FLAC, "
+            "M4A/MP4 (AAC), Ogg or WebM (Opus) file, named .wav, .mp3, .mpga, .flac, .m4a, .mp4, .ogg, .oga, .opus, "
+            ".webm or .weba, that it reads whole before the call)"
         ),
     )

@@ -11,8 +11,8 @@ before, and JSON requests never come here. What each endpoint does once the firs
   chunked, settled on the size received), an estimate refused under money controls: the file's length is not
   known before it went upstream. A text field after the file that names ``model`` again is refused. Spooled
   audio (below) is read whole first: its file part is measured as it is read (billing/audio_length.py), and a
-  WAV, MP3, FLAC or M4A file is priced by its length, a bound (measured in a thread: an M4A's AAC blocks are read
-  in Python, about 0.5 s of CPU per MB). Where money controls apply and the model is priced by the
+  WAV, MP3, FLAC, M4A, Ogg or WebM file is priced by its length, a bound (measured in a thread: an M4A's AAC blocks
+  are read in Python, about 0.5 s of CPU per MB). Where money controls apply and the model is priced by the
   minute, admission spools a streaming audio upload before it quotes it (:meth:`Upload.spool_measured`,
   billing/admission_audio.py): it is then measured and sent like one whose ``model`` came last.
 - image edits and variations, and audio whose ``model`` comes after the file: *spooled*, the rest of the body
