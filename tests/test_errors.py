@@ -36,6 +36,7 @@ PINNED: dict[str, tuple[int, str, str | None]] = {
     "ip_not_allowed": (403, "invalid_request_error", "ip_not_allowed"),
     "key_inactive": (401, "invalid_request_error", "invalid_api_key"),
     "limits_unavailable": (503, "server_error", "limits_unavailable"),
+    "usage_journal_unavailable": (503, "server_error", "usage_journal_unavailable"),
     "method_not_allowed": (405, "invalid_request_error", "method_not_allowed"),
     "mismatched_organization": (401, "invalid_request_error", "mismatched_organization"),
     "mismatched_project": (401, "invalid_request_error", "mismatched_project"),

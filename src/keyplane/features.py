@@ -27,8 +27,10 @@ if TYPE_CHECKING:
     from keyplane.proxy.realtime import RealtimeApp
     from keyplane.proxy.skipped import Skipped
     from keyplane.usage.applier import Applier
+    from keyplane.usage.holds import Holds
     from keyplane.usage.journal import JournalWriter
     from keyplane.usage.metrics import Metrics
+    from keyplane.usage.recorder import Recorder
     from keyplane.usage.storage import VectorStores
 
 
@@ -43,11 +45,13 @@ class Features:
     # keyplane.billing: prices, credit, limits (the engine) and the batches it reserves and meters
     billing: Billing | None = None
     batches: Batches | None = None
-    # keyplane.usage: Prometheus metrics (/metrics), the journal's applier and writer, the request path's
+    # keyplane.usage: Prometheus metrics (/metrics), the journal's applier, writer and holds, the request path's
     # flush (sums -> prometheus_client, pending access-log lines -> the log), vector store sizes
     usage_metrics: Metrics | None = None
     usage_applier: Applier | None = None
     usage_writer: JournalWriter | None = None
+    usage_holds: Holds | None = None  # the running requests under a money control (admission holds, usage/holds.py)
+    usage_recorder: Recorder | None = None  # the journal's record and admission's hold (usage/recorder.py)
     usage_flush: Callable[[], None] | None = None
     usage_vector_stores: VectorStores | None = None
     # keyplane.providers: the provider usage poller and the projects' own provider keys (the proxy's key map)

@@ -172,6 +172,22 @@ class Admission(Settle):
         )
         if cost:  # held until settled, however long the request runs (renewed: billing/renewal.py)
             b.renewal.in_flight[rid] = res
+            # Under a money control, the request's hold where a killed process leaves it (usage/holds.py), before
+            # it goes upstream: billed at its reservation if the process ends before its record is journaled.
+            recorder = b.rt.features.usage_recorder
+            if controlled and recorder is not None:
+                try:
+                    ctx.hold = recorder.hold(ctx, cost, now)
+                except OSError as e:
+                    await self._unheld(ctx, res, e)
+
+    async def _unheld(self, ctx: RequestContext, res: Reservation, e: OSError) -> None:
+        """The journal cannot take the hold (a full disk): refused (503), its reservation released."""
+        log_store_error("the usage journal cannot hold a request under a money control", e)
+        ctx.reservation = None
+        self.b.renewal.in_flight.pop(res.rid, None)
+        await self._release(res)
+        raise errors.usage_journal_unavailable()
 
     def _default_tier(self, ctx: RequestContext) -> str | None:
         """The dearest tier the request's upstreams are known to serve a request naming none at, if dearer than

@@ -27,6 +27,7 @@ from keyplane.limits import Bucket, BudgetRef, Limiter, Unseeded
 from keyplane.periodic import cancel_and_wait
 from keyplane.runtime import Runtime
 from keyplane.snapshot import KeyEntry
+from keyplane.usage.journal import Record
 
 log = logging.getLogger("keyplane.billing")
 
@@ -86,6 +87,7 @@ class Billing:
         self.epoch: tuple[int, int] | None = None  # the fleet counters' epoch this instance accounted for
         self.seen_epoch = False  # counters existed once: their absence now is a loss of Redis's data
         self._reseed_task: asyncio.Task[None] | None = None
+        self.holds_counted: set[str] = set()  # dead writers whose holds a seed counted (usage/holds.py)
         self.renewal = Renewal(rt, limiter, s.reservation_ttl_seconds)  # requests admitted, not settled yet
         ledger.credit_key = lambda: self.credit_key if self.credit_active else None
         ledger.register()  # the usage applier writes the spend ledger in its own transaction
@@ -245,6 +247,7 @@ class Billing:
                     "wait until they are rebuilt from SQL and the journal"
                 )
             await self.limiter.seed(snap.spent, ttls, after_loss=after_loss)
+            self.holds_counted |= snap.held
             self.epoch = await self.limiter.epoch()
             self.seen_epoch = True
             if after_loss:
@@ -308,6 +311,22 @@ class Billing:
             log.warning(
                 "budget counters rebuilt by another instance: added this instance's %d unapplied usage records",
                 snap.unapplied,
+            )
+
+    async def dead_holds(self, writer: str, records: list[Record]) -> None:
+        """A dead writer's holds, just journaled as records of their own (usage/holds.py claim): its requests under
+        a money control that were running when it ended, billed at their reservations. Added to the budget
+        counters unless a seed counted them already (a seed reads every dead writer's holds): another worker
+        of this host that died while this one ran, or a fleet instance restarted on counters Redis kept."""
+        if writer in self.holds_counted:
+            return
+        credit = self.credit_key if self.credit_active else None
+        spent: dict[str, int] = {}
+        ledger_mod.add_spend(spent, records, credit)
+        extra = {k: v for k, v in spent.items() if v and (k == credit or k.startswith(self.period + ":"))}
+        if extra and await self.limiter.top_up(f"holds:{writer}", extra):
+            log.warning(
+                "budget counters: added the reservations of %d requests writer %s had running", len(records), writer
             )
 
     def reseed_soon(self) -> None:

@@ -191,6 +191,7 @@ class Snapshot:
     credit_used: int  # what the grants record as used
     unapplied: int  # records with a cost still only in the journal, counted in ``spent``
     writers: set[str] = field(default_factory=set)
+    held: set[str] = field(default_factory=set)  # dead writers whose holds are counted (usage/holds.py)
 
 
 async def snapshot(
@@ -210,10 +211,17 @@ async def snapshot(
     """
     import asyncio
 
+    from keyplane.usage.holds import dead_holds_in
     from keyplane.usage.journal_tail import unapplied_records
     from keyplane.usage.models import UsageRequest
 
     pending = await asyncio.to_thread(unapplied_records, folder) if folder is not None else []
+    held: dict[str, list[Record]] = {}
+    if folder is not None and not journal_only:
+        # Dead writers' holds (usage/holds.py): requests they had running, billed at their reservations. After every
+        # journaled record, so that one whose request did finish is counted once, as finished (the ids below).
+        held = await asyncio.to_thread(dead_holds_in, folder)
+        pending += [(w, r) for w, rs in held.items() for r in rs]
     recs = [
         (w, r)
         for w, r in pending
@@ -245,4 +253,4 @@ async def snapshot(
     used = sum(int(u) for u in grants)
     if credit_key is not None:
         spent[credit_key] = used + extra.get(credit_key, 0)
-    return Snapshot(spent, used, n, writers)
+    return Snapshot(spent, used, n, writers, set(held))

@@ -34,6 +34,7 @@ from keyplane.errors.quota import (
     spend_limit_exceeded,
     spend_limit_reached,
     stale_authority,
+    usage_journal_unavailable,
 )
 from keyplane.errors.request import (
     bad_request,
@@ -113,4 +114,5 @@ __all__ = [
     "upstream_stream_broken",
     "upstream_timeout",
     "upstream_unreachable",
+    "usage_journal_unavailable",
 ]

@@ -115,6 +115,18 @@ def limits_unavailable() -> APIError:
     )
 
 
+def usage_journal_unavailable() -> APIError:
+    """The usage journal cannot keep this request's hold (a full disk): refused before the upstream call, since
+    its spend could not survive a crash (usage/holds.py)."""
+    return APIError(
+        503,
+        "keyplane cannot record this request's spend right now (its usage journal's disk is full or unwritable). "
+        "Try again shortly.",
+        type="server_error",
+        code="usage_journal_unavailable",
+    )
+
+
 def stale_authority(seconds: float) -> APIError:
     """This instance could not confirm its keys and limits are current for longer than its bound
     (max_staleness_seconds): refuse rather than serve a key that may have been revoked (retryable)."""

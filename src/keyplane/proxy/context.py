@@ -3,8 +3,9 @@
 The proxy fills it as the request flows (authenticate -> authorize -> admit -> forward -> relay) and
 hands it to the features' steps (keyplane.pipeline): billing's admission may add x-ratelimit-* pairs
 to ``extra_headers`` (sent on every response of the request, errors included) and leaves its
-``reservation``; the response cache says ``cache``; prefix routing leaves its ``route``; billing's
-settle fills ``cost_micros``; metering leaves the usage ``record``. Every field is declared here.
+``reservation`` (and, under a money control, its ``hold``); the response cache says ``cache``; prefix
+routing leaves its ``route``; billing's settle fills ``cost_micros``; metering leaves the usage ``record``.
+Every field is declared here.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class RequestContext:
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     # Left by the steps (keyplane.pipeline) for the ones after them:
     reservation: Reservation | None = None  # billing's admission, reconciled by its settle
+    hold: int = -1  # billing's admission: the slot of its hold (usage/holds.py), freed once the record is journaled
     cache: Literal["hit", "miss", "bypass"] | None = None  # the response cache's verdict
     route: Decision | None = None  # prefix routing's choice, released at settle
     cost_input_micros: int | None = None  # billing: the input part of cost_micros (metering splits it)

@@ -44,6 +44,7 @@ async def start(rt: Runtime) -> Any:
     from keyplane.usage import api, rollups
     from keyplane.usage import metrics as metrics_mod
     from keyplane.usage.applier import Applier
+    from keyplane.usage.holds import Holds
     from keyplane.usage.journal import JournalWriter
     from keyplane.usage.recorder import Recorder
     from keyplane.usage.tracing import Tracing
@@ -52,6 +53,7 @@ async def start(rt: Runtime) -> Any:
     folder = journal_folder(s)
     writer = JournalWriter(folder, fsync=s.usage_journal_fsync, segment_bytes=s.usage_journal_segment_bytes)
     writer.open()
+    holds = Holds(folder, writer.writer)  # the running requests under a money control (usage/holds.py)
     metrics = metrics_mod.Metrics(s)
 
     def on_applied(n: int) -> None:
@@ -72,6 +74,9 @@ async def start(rt: Runtime) -> Any:
         prune=prune,
         on_applied=on_applied,
     )
+    applier.holds = holds
+    if rt.features.billing is not None:  # a dead writer's holds: billed, and counted in the budgets once
+        applier.on_holds = rt.features.billing.dead_holds
     try:  # what a previous run (or a dead worker) left in its journal, before serving
         n = await applier.replay_orphans()
         if n:
@@ -96,7 +101,7 @@ async def start(rt: Runtime) -> Any:
         ).start()
 
     tracing = Tracing.create(s)
-    recorder = Recorder(rt, writer, applier, metrics, tracing)
+    recorder = Recorder(rt, writer, applier, metrics, tracing, holds)
     metrics.lag_source = lambda: applier.lag
     metrics.lag_seconds_source = lambda: applier.lag_seconds
 
@@ -125,6 +130,8 @@ async def start(rt: Runtime) -> Any:
     rt.features.usage_metrics = metrics
     rt.features.usage_applier = applier
     rt.features.usage_writer = writer
+    rt.features.usage_holds = holds
+    rt.features.usage_recorder = recorder
     rt.features.usage_flush = flush
     from keyplane.usage.storage import VectorStores
 
@@ -137,6 +144,7 @@ async def start(rt: Runtime) -> Any:
         flush()
         drained = await applier.stop()
         writer.close()
+        holds.close()  # removed when nothing is held (else the next start bills what is)
         if drained:
             applier.own.remove_files()
         writer.release()

@@ -21,7 +21,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyplane.periodic import backoff, cancel_and_wait
+from keyplane.usage import holds as holds_mod
 from keyplane.usage.apply_sql import APPLY_STEPS, ApplyStep, apply_records
+from keyplane.usage.holds import Holds
 from keyplane.usage.journal import JournalWriter, Position, Record, try_lock, writers_in
 from keyplane.usage.journal_tail import Tail
 
@@ -66,6 +68,10 @@ class Applier:
         self.applied = 0  # records of our own journal applied (lag = writer.appended - applied)
         self.replayed = 0  # records of dead writers applied
         self.fallback: list[Record] = []  # records the journal could not take (disk full): applied from memory
+        self.fallback_holds: dict[str, int] = {}  # their holds' slots by id, freed once they are in SQL
+        self.holds: Holds | None = None  # this process's holds table (usage/holds.py)
+        # A dead writer's holds, journaled as records (billing's Billing.dead_holds counts them in the budgets).
+        self.on_holds: Callable[[str, list[Record]], Coroutine[Any, Any, None]] | None = None
         self.failures = 0
         # In-memory handoff, when every record of this writer goes through it (a fresh writer).
         self.handoff: collections.deque[tuple[Record, int, int, float]] | None = None
@@ -141,6 +147,11 @@ class Applier:
                 chunk = self.fallback[: self.batch]
                 await apply_records(self._apply_engine, chunk, self.engine)
                 del self.fallback[: len(chunk)]
+                if self.fallback_holds and self.holds is not None:
+                    for r in chunk:
+                        slot = self.fallback_holds.pop(r.id, -1)
+                        if slot >= 0:
+                            self.holds.release(slot)
                 total += len(chunk)
             while True:
                 if self.handoff is not None:
@@ -178,6 +189,9 @@ class Applier:
             if fd is None:
                 continue  # alive (or being replayed by another process)
             try:
+                held = await asyncio.to_thread(holds_mod.claim, self.folder, writer)
+                if held and self.on_holds is not None:
+                    await self._on_main(self.on_holds(writer, held))
                 tail = Tail(self.folder, writer, final=True)
                 while True:
                     recs = tail.read(self.batch)
@@ -197,10 +211,14 @@ class Applier:
 
     async def _prune(self) -> None:
         assert self.prune is not None
-        if self._main is not None:  # the prune runs on the serving loop's engine
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.prune(), self._main))
+        await self._on_main(self.prune())  # the prune runs on the serving loop's engine
+
+    async def _on_main(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` on the serving loop (from the applier's thread, or on it)."""
+        if self._main is not None and threading.current_thread() is self._thread:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._main))
         else:
-            await self.prune()
+            await coro
 
     async def _run(self) -> None:
         next_scan = next_prune = 0.0

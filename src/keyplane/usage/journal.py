@@ -155,7 +155,7 @@ def writers_in(folder: Path) -> set[str]:
     names: set[str] = set()
     for p in folder.iterdir() if folder.exists() else ():
         name = p.name
-        if name.endswith((".seg", ".lock", ".applied")) and not name.startswith("."):
+        if name.endswith((".seg", ".lock", ".applied", ".holds")) and not name.startswith("."):
             names.add(name.split(".", 1)[0])
     return names
 
@@ -229,6 +229,7 @@ class JournalWriter:
         self._retired: list[int] = []  # fds of closed segments, fsynced and closed by sync()
         self._sync_lock = threading.Lock()  # sync() runs in a thread; close() must not race it
         self._torn = False  # a write() failed half-way: the next append starts a new segment
+        self._rotate_failed = False  # the last try at a new segment failed (logged once)
         # In-memory handoff to the applier (set by it): (record, segment, end offset, monotonic time) per
         # append, so the journal is read back only to replay a crash. deque append/popleft are thread-safe.
         self.handoff: deque[tuple[Record, int, int, float]] | None = None
@@ -281,15 +282,26 @@ class JournalWriter:
         else:
             self.dirty = True
         if self.size >= self.segment_bytes:
-            self._rotate()
+            try:
+                self._rotate()
+            except OSError as e:  # the record is written: the next append tries again
+                if not self._rotate_failed:
+                    log.error("usage journal: cannot start a new segment (%s); still appending to %d", e, self.segment)
+                self._rotate_failed = True
+            else:
+                self._rotate_failed = False
 
     def _rotate(self) -> None:
-        old = self._fd
+        """Start the next segment. The next one is opened before the current one is retired: when it cannot be
+        (a full disk, an unwritable folder), the writer keeps the segment it has (and tries again at the next
+        append), never an fd it gave to sync() to close, whose number the process hands out again."""
+        old, n = self._fd, self.segment + 1
+        fd = os.open(self.folder / segment_name(self.writer, n), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         if self.fsync_mode == "never":
             os.close(old)
         else:
             self._retired.append(old)  # fsynced off the event loop by sync()
-        self._open_segment(self.segment + 1)
+        self._fd, self.segment, self.size = fd, n, os.fstat(fd).st_size
 
     def sync(self) -> None:
         """fsync what was written (called from a thread in interval mode)."""

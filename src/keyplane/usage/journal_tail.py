@@ -129,9 +129,10 @@ class Tail:
         return self.pos.offset >= size
 
     def remove_files(self) -> None:
-        """Delete every file of a dead, fully applied writer (the lock last)."""
+        """Delete every file of a dead, fully applied writer (the lock last). Not its holds: claimed (billed) and
+        removed by usage/holds.py, or still holding requests of this process that outlived its drain."""
         for p in self.folder.glob(f"{self.writer}.*"):
-            if not p.name.endswith(".lock"):
+            if not p.name.endswith((".lock", ".holds")):
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
         with contextlib.suppress(FileNotFoundError):

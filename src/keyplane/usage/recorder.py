@@ -19,6 +19,7 @@ from keyplane.usage.tools import tool_records
 if TYPE_CHECKING:
     from keyplane.proxy.context import RequestContext
     from keyplane.runtime import Runtime
+    from keyplane.usage.holds import Holds
 
 log = logging.getLogger("keyplane.usage")
 
@@ -71,11 +72,14 @@ def input_part(ctx: RequestContext) -> int:
 
 
 class Recorder:
-    def __init__(self, rt: Runtime, writer: Any, applier: Any, metrics: Any, tracing: Any) -> None:
+    def __init__(
+        self, rt: Runtime, writer: Any, applier: Any, metrics: Any, tracing: Any, holds: Holds | None = None
+    ) -> None:
         self.rt = rt
         self.clock = rt.clock
         self.writer = writer
         self.applier = applier
+        self.holds = holds
         self.metrics = metrics
         self.tracing = tracing
         self.access_log = AccessLog() if rt.settings.log_requests else None
@@ -129,15 +133,48 @@ class Recorder:
                 for t in tools:
                     self.writer.append(t)
             except OSError as e:
-                # The journal cannot take it (disk full...): keep it in memory for the applier, say so loudly.
+                # The journal cannot take it (disk full...): keep it in memory for the applier, say so loudly. Its
+                # hold stays until the applier has it in SQL: a crash meanwhile bills it at its reservation.
+                if ctx.hold >= 0:
+                    self.applier.fallback_holds[rec.id] = ctx.hold
+                    ctx.hold = -1
                 self.applier.fallback.extend([rec, *tools])  # ids make a repeated one harmless
                 self.metrics.journal_errors.inc()
                 log.error("usage journal: cannot append (%s); record %s kept in memory only", e, rec.id)
             else:
                 self.metrics.appended += 1
+                if ctx.hold >= 0 and self.holds is not None:
+                    self.holds.release(ctx.hold)
+                    ctx.hold = -1
             self.applier.notify()
         except Exception:
             log.exception("usage: could not record request %s", ctx.request_id)
+
+    def hold(self, ctx: RequestContext, cost: int, now: float) -> int:
+        """Admission, under a money control: the request's hold (usage/holds.py), billed at ``cost`` if the process
+        ends before its record is journaled; the slot, -1 without a table. Raises HoldsUnavailable."""
+        holds = self.holds
+        if holds is None:
+            return -1
+        key = ctx.key
+        return holds.hold(
+            Record(
+                ctx.request_id,
+                now,
+                self.rt.snapshot.org_id or None,
+                ctx.project_id,
+                key.id,
+                key.owner_user_id,
+                ctx.model,
+                None,
+                kind_of(ctx.endpoint),
+                ctx.endpoint,
+                0,
+                cost_micros=cost,
+                estimated=True,
+                key_lineage=key.lineage,
+            )
+        )
 
     def append_records(self, records: list[Record]) -> None:
         """Journal records made off the request path (a batch's requests, billing/batches.py)."""
