@@ -122,3 +122,36 @@ async def test_the_seed_counts_a_dead_writers_holds_once(tmp_path: Path, engine)
     snap = await ledger_mod.snapshot(engine, period, folder, None)
     assert snap.held == {writer}
     assert snap.spent[f"{period}:project:proj_1"] == rec(1).cost_micros + 5000
+
+
+def test_a_table_without_room_at_start_is_retried_and_a_closed_one_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(holds_mod.os, "posix_fallocate", full)
+    t = Holds(tmp_path, "w1", initial_slots=2)  # starts all the same: requests under no money control are served
+    with pytest.raises(holds_mod.HoldsUnavailable):
+        t.hold(_hold(1))
+    monkeypatch.undo()  # room again
+    slot = t.hold(_hold(1))
+    assert [r.id for r in read_holds(t.path)] == ["req_1"]
+    t.release(slot)
+    t.close()
+    with pytest.raises(holds_mod.HoldsUnavailable):
+        t.hold(_hold(2))  # a request admitted while the process stops
+    t.release(slot)  # a late release is harmless
+
+
+def test_a_file_system_without_fallocate_gets_its_zeros_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(fd: int, offset: int, length: int) -> None:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(holds_mod.os, "posix_fallocate", unsupported)
+    t = Holds(tmp_path, "w1", initial_slots=2)
+    slots = [t.hold(_hold(i)) for i in range(3)]  # grown past 2 the same way
+    assert t.path.stat().st_size == 4 * SLOT and len(set(slots)) == 3
+    assert sorted(r.id for r in read_holds(t.path)) == ["req_0", "req_1", "req_2"]

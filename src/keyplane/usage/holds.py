@@ -24,6 +24,7 @@ id and was applied first, so the SQL side, idempotent by id, keeps the real one)
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import mmap
 import os
@@ -66,17 +67,25 @@ class Holds:
         self._slots = 0
         self._map: mmap.mmap | None = None
         self._free: list[int] = []
+        self._initial = initial_slots
+        self._closed = False
         self.held = 0
         try:
             self._grow(initial_slots)
-        except OSError:
-            os.close(self._fd)
-            self.path.unlink(missing_ok=True)
-            raise
+        except OSError as e:  # a full disk at start: requests under a money control are refused until it has room
+            log.error("usage journal: cannot allocate the holds table (%s); retried at each request that needs it", e)
 
     def _grow(self, slots: int) -> None:
         """Allocate the file's blocks for ``slots`` slots (zeros: free) and map them."""
-        os.posix_fallocate(self._fd, 0, slots * SLOT)
+        try:
+            os.posix_fallocate(self._fd, 0, slots * SLOT)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            # A file system without fallocate: zeros written, which allocates the blocks all the same.
+            size = os.fstat(self._fd).st_size
+            if size < slots * SLOT:
+                os.pwrite(self._fd, bytes(slots * SLOT - size), size)
         if self._map is None:
             self._map = mmap.mmap(self._fd, slots * SLOT, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         else:
@@ -93,9 +102,11 @@ class Holds:
             payload = _encoder.encode(rec)
         header = _HEADER.pack(len(payload), zlib.crc32(payload))
         with self._lock:
+            if self._closed:
+                raise HoldsUnavailable(errno.ESHUTDOWN, "the holds table is closed (the process is stopping)")
             if not self._free:
                 try:
-                    self._grow(self._slots * 2)
+                    self._grow(max(self._initial, self._slots * 2))
                 except OSError as e:
                     raise HoldsUnavailable(e.errno, f"the holds table cannot grow: {e.strerror}") from None
             slot = self._free.pop()
@@ -120,11 +131,13 @@ class Holds:
     def close(self) -> None:
         """Unmap; the file is removed when nothing is held (else the next start bills what is: :func:`claim`)."""
         with self._lock:
-            if self._map is None:
+            if self._closed:
                 return
+            self._closed = True
             held = self.held
-            self._map.close()
-            self._map = None
+            if self._map is not None:
+                self._map.close()
+                self._map = None
             os.close(self._fd)
         if not held:
             self.path.unlink(missing_ok=True)
