@@ -247,9 +247,22 @@ class ProxyApp:
             finally:
                 flow.stream_ended()
         except asyncio.CancelledError:
-            if not watch.fired:
-                raise
             task = asyncio.current_task()
+            if not watch.fired:
+                # Cancelled from outside (the server stopping past its graceful timeout): settled and recorded at
+                # what was relayed, as a client that left is (its hold freed: not billed at its whole reservation
+                # at the next start), then the cancellation goes on.
+                if task is not None:
+                    task.uncancel()
+                if out is not None:
+                    out.resp.close()
+                if not started:
+                    ctx.status = 499
+                ctx.error = ctx.error or "cancelled"
+                if out is None or out.usage is None:
+                    estimate.usage_from_relay(ctx, relay)
+                await self._finish(ctx, t0, watch)
+                raise
             if task is not None:
                 task.uncancel()
             if out is not None:

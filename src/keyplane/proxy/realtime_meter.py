@@ -58,6 +58,9 @@ async def admit(rt: Runtime, ctx: RequestContext) -> RequestContext:
         await refused(rt, ctx, e)
         raise
     ctx.endpoint = PATH
+    recorder = rt.features.usage_recorder
+    if ctx.hold >= 0 and recorder is not None:  # its hold, quoted as a Responses call, under the endpoint recorded
+        recorder.rehold(ctx)
     return ctx
 
 

@@ -189,9 +189,12 @@ class Applier:
             if fd is None:
                 continue  # alive (or being replayed by another process)
             try:
-                held = await asyncio.to_thread(holds_mod.claim, self.folder, writer)
+                # Its holds counted in the budgets first (once per writer: a retry after a failure adds nothing),
+                # then journaled as records and their file removed: a failure in between leaves them for the next scan.
+                held = await asyncio.to_thread(holds_mod.read_holds, holds_mod.holds_path(self.folder, writer))
                 if held and self.on_holds is not None:
                     await self._on_main(self.on_holds(writer, held))
+                await asyncio.to_thread(holds_mod.claim, self.folder, writer)
                 tail = Tail(self.folder, writer, final=True)
                 while True:
                     recs = tail.read(self.batch)

@@ -176,6 +176,19 @@ class Recorder:
             )
         )
 
+    def rehold(self, ctx: RequestContext) -> None:
+        """The request's hold made again as it is now (a realtime response, quoted as a Responses call, is recorded
+        under /v1/realtime): the new one written before the old one is freed, so that a kill in between leaves
+        two holds of one request id, counted once, never none. The old one stays if no new one can be made."""
+        holds, old, res = self.holds, ctx.hold, ctx.reservation
+        if holds is None or old < 0 or res is None:
+            return
+        try:
+            ctx.hold = self.hold(ctx, res.amount, self.clock.now())
+        except OSError:
+            return
+        holds.release(old)
+
     def append_records(self, records: list[Record]) -> None:
         """Journal records made off the request path (a batch's requests, billing/batches.py)."""
         try:
