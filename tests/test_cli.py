@@ -168,15 +168,20 @@ def test_help_everywhere():
         assert res.exit_code == 0 and "Usage" in res.stdout
 
 
-def test_serve_warns_about_workers_without_redis(cli, monkeypatch):
+def test_serve_refuses_workers_without_redis_unless_told_the_limits_are_unshared(cli, monkeypatch):
+    """Several workers without Redis would each enforce every limit on its own (N times a hard spend limit):
+    refused (exit 2, nothing started) unless --unshared-limits says so, then a warning."""
     import os
 
     cli("init", "--json")
     calls = []
     monkeypatch.setattr(os, "execv", lambda path, argv: calls.append(argv))
     monkeypatch.delenv("KEYPLANE_REDIS_URL", raising=False)
-    res = cli("serve", "--workers", "2", "--port", "18999")
-    assert "2x the limits" in res.stderr and calls and calls[0][calls[0].index("--workers") + 1] == "2"
+    res = cli("serve", "--workers", "2", "--port", "18999", code=2)
+    assert "2x the limits" in res.stderr and "--unshared-limits" in res.stderr and not calls
+    res = cli("serve", "--workers", "2", "--port", "18999", "--unshared-limits")
+    assert "warning" in res.stderr and "2x the limits" in res.stderr
+    assert calls and calls[0][calls[0].index("--workers") + 1] == "2"
     monkeypatch.setenv("KEYPLANE_REDIS_URL", "redis://127.0.0.1:6379/0")
     res = cli("serve", "--workers", "2", "--port", "18999")
     assert "x the limits" not in res.stderr
@@ -195,7 +200,9 @@ def test_serve_hands_its_settings_to_the_serving_process_on_its_command_line(cli
     calls = []
     monkeypatch.setattr(os, "execv", lambda path, argv: calls.append((path, argv)))
     before = {k: v for k, v in os.environ.items() if k.startswith("KEYPLANE_")}
-    res = cli("--config", str(cfg), "serve", "--host", "127.0.0.2", "--port", "18998", "--workers", "3")
+    res = cli(
+        "--config", str(cfg), "serve", "--host", "127.0.0.2", "--port", "18998", "--workers", "3", "--unshared-limits"
+    )
     assert "keyplane serving on http://127.0.0.2:18998" in res.stderr
     [(path, argv)] = calls
     assert path == sys.executable and argv[:3] == [sys.executable, "-m", "keyplane.serving"]

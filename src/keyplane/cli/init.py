@@ -66,16 +66,30 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (setting host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (setting port).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (each with its own snapshot).")] = 1,
+    unshared_limits: Annotated[
+        bool,
+        typer.Option(
+            "--unshared-limits",
+            help="With --workers N and no KEYPLANE_REDIS_URL: start anyway, each worker enforcing the limits on "
+            "its own (together up to N times every rate limit, spend limit and credit).",
+        ),
+    ] = False,
 ) -> None:
     """Run keyplane: the /v1 proxy, the admin API and health endpoints. Migrations apply on start."""
     s = settings(create_secret=True, host=host, port=port)
     _ensure_org_or_warn(s)
     if workers > 1 and not s.redis_url:
-        err.print(
-            f"[yellow]warning:[/] {workers} workers without KEYPLANE_REDIS_URL: each worker keeps its own rate "
-            "limits and budget reservations, so together they allow up to "
-            f"{workers}x the limits. Set KEYPLANE_REDIS_URL to share them."
+        why = (
+            f"{workers} workers without KEYPLANE_REDIS_URL: each worker keeps its own rate limits and budget "
+            f"reservations, so together they allow up to {workers}x the limits"
         )
+        if not unshared_limits:
+            err.print(
+                f"[red]error:[/] {why}. Set KEYPLANE_REDIS_URL to share them, run one worker, or pass "
+                "--unshared-limits to accept that."
+            )
+            raise typer.Exit(2)
+        err.print(f"[yellow]warning:[/] {why} (--unshared-limits).")
     err.print(f"keyplane serving on http://{s.host}:{s.port} (store: {_store_name(s)})", markup=False)
     # The serving process is keyplane.serving, given its settings on its command line: this process
     # becomes it (same pid), leaving typer, click and rich behind (keyplane/serving.py).
