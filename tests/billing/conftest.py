@@ -130,6 +130,26 @@ def flush(srv: RunningServer) -> None:
     srv.call(billing_of(srv).flush())
 
 
+def ledger_micros(srv: RunningServer, scope: str, sid: str, period: str | None = None) -> int:
+    """What the SQL spend ledger holds for a scope this month (or ``period``), in micro-dollars."""
+    from sqlalchemy import func, select
+
+    from keyplane.billing.models import SpendLedger
+
+    month = period or billing_of(srv).period
+
+    async def go() -> int:
+        async with srv.app.runtime.engine.connect() as conn:
+            v = await conn.execute(
+                select(func.coalesce(func.sum(SpendLedger.micros), 0)).where(
+                    SpendLedger.period == month, SpendLedger.scope == scope, SpendLedger.scope_id == sid
+                )
+            )
+            return int(v.scalar() or 0)
+
+    return int(srv.call(go()))
+
+
 @pytest.fixture
 def admin(server) -> OpenAI:
     """The official SDK's admin client (on the shared `server`: SQLite and PostgreSQL)."""

@@ -39,12 +39,11 @@ import pytest
 from openai import OpenAI, RateLimitError
 from sqlalchemy import func, select
 
-from keyplane.billing.models import SpendLedger
 from keyplane.testing import FakeUpstream
 from keyplane.usage.holds import read_holds
 from keyplane.usage.journal import JournalWriter, Record
 from keyplane.usage.models import UsageRequest
-from tests.billing.conftest import COST, billing_of, config, flush, set_spend_limit
+from tests.billing.conftest import COST, billing_of, config, flush, ledger_micros, set_spend_limit
 from tests.support import Gateways, RunningServer
 from tests.usage.support import Proc
 
@@ -66,19 +65,6 @@ def _chat(client: OpenAI) -> int:
     except Exception as e:
         return getattr(e, "status_code", -1)
     return 200
-
-
-def _ledger_micros(srv: RunningServer, period: str, scope: str, sid: str) -> int:
-    async def go() -> int:
-        async with srv.app.runtime.engine.connect() as conn:
-            v = await conn.execute(
-                select(func.coalesce(func.sum(SpendLedger.micros), 0)).where(
-                    SpendLedger.period == period, SpendLedger.scope == scope, SpendLedger.scope_id == sid
-                )
-            )
-            return int(v.scalar() or 0)
-
-    return int(srv.call(go()))
 
 
 # --- 1. kill -9 with spend in flight ----------------------------------------------------------------------------
@@ -144,7 +130,7 @@ def test_kill9_with_streams_in_flight_at_the_limit_does_not_sell_the_limit_again
     statuses = [_chat(_sdk(b, key)) for _ in range(3)]
     assert statuses == [429, 429, 429], statuses
     flush(b)
-    assert _ledger_micros(b, period, "project", pid) == N * COST  # the killed streams billed at their bound
+    assert ledger_micros(b, "project", pid, period) == N * COST  # the killed streams billed at their bound
     gateways.stop(b)
 
     c = gateways.start(config(fake), home=home)  # a clean restart: the charge is in the ledger now
@@ -184,7 +170,7 @@ def test_journal_full_keeps_the_holds_of_money_controlled_requests_until_their_r
         os.close(full)
     flush(srv)
     assert read_holds(holds.path) == []  # in SQL now: freed
-    assert _ledger_micros(srv, billing_of(srv).period, "project", srv.project_id) == N * COST
+    assert ledger_micros(srv, "project", srv.project_id, billing_of(srv).period) == N * COST
 
 
 def test_holds_table_that_cannot_grow_refuses_money_controlled_requests_before_the_upstream(
@@ -300,7 +286,7 @@ def test_sqlite_locked_by_another_writer_keeps_enforcing_and_loses_nothing(
     while True:
         with contextlib.suppress(Exception):
             flush(srv)
-            if _ledger_micros(srv, billing_of(srv).period, "project", srv.project_id) == N * COST:
+            if ledger_micros(srv, "project", srv.project_id, billing_of(srv).period) == N * COST:
                 break
         assert time.monotonic() < deadline, "the records never reached the store"
         time.sleep(0.1)  # poll interval (a deadline loop)

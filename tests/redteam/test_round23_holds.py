@@ -35,9 +35,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 
-from keyplane.billing.models import SpendLedger
 from keyplane.testing import FakeUpstream
 from keyplane.usage import journal_folder
 from keyplane.usage.holds import Holds, read_holds
@@ -48,6 +46,7 @@ from tests.billing.conftest import (
     clean_redis,
     config,
     flush,
+    ledger_micros,
     redis_env,
     set_spend_limit,
     unique_prefix,
@@ -76,21 +75,6 @@ def _wait_released(srv: RunningServer, timeout: float = 10) -> None:
         assert time.monotonic() < deadline, f"{holds.held} holds never freed: {read_holds(holds.path)}"
         time.sleep(0.05)  # poll interval (a deadline loop)
     assert read_holds(holds.path) == []
-
-
-def _ledger_micros(srv: RunningServer, scope: str, sid: str) -> int:
-    period = billing_of(srv).period
-
-    async def go() -> int:
-        async with srv.app.runtime.engine.connect() as conn:
-            v = await conn.execute(
-                select(func.coalesce(func.sum(SpendLedger.micros), 0)).where(
-                    SpendLedger.period == period, SpendLedger.scope == scope, SpendLedger.scope_id == sid
-                )
-            )
-            return int(v.scalar() or 0)
-
-    return int(srv.call(go()))
 
 
 def _dead_writer_with_holds(srv: RunningServer, ids: list[str], cost: int) -> str:
@@ -162,7 +146,7 @@ def test_clean_stop_with_nothing_running_leaves_no_holds_and_bills_nothing_extra
     b = gateways.start(config(fake), home=home)
     assert b.call(billing_of(b).spent("project", pid))[0] == 3 * COST
     flush(b)
-    assert _ledger_micros(b, "project", pid) == 3 * COST
+    assert ledger_micros(b, "project", pid) == 3 * COST
 
 
 # --- held: a hold whose request is already in SQL is counted once ------------------------------------------------
@@ -180,13 +164,13 @@ def test_a_dead_hold_whose_record_is_in_sql_is_counted_once_at_restart(gateways:
     rid = r.headers["x-keyplane-request-id"]
     flush(srv)
     pid = srv.project_id
-    assert _ledger_micros(srv, "project", pid) == COST
+    assert ledger_micros(srv, "project", pid) == COST
     _dead_writer_with_holds(srv, [rid], 50 * COST)  # its hold at a much larger reservation
     gateways.stop(srv)
     b = gateways.start(config(fake), home=home)
     assert b.call(billing_of(b).spent("project", pid))[0] == COST
     flush(b)
-    assert _ledger_micros(b, "project", pid) == COST
+    assert ledger_micros(b, "project", pid) == COST
 
 
 # --- held: two threads --------------------------------------------------------------------------------------------
@@ -277,7 +261,7 @@ def test_holds_counted_even_when_the_first_count_fails(
             srv.call(applier.replay_orphans())  # the blip
         srv.call(applier.replay_orphans())  # the next orphan scan, Redis back
         flush(srv)
-        assert _ledger_micros(srv, "project", srv.project_id) == 2 * COST  # billed in SQL...
+        assert ledger_micros(srv, "project", srv.project_id) == 2 * COST  # billed in SQL...
         assert srv.call(b.spent("project", srv.project_id))[0] == 2 * COST, "...but never counted in the budget"
     finally:
         gateways.stop(srv)
@@ -321,7 +305,7 @@ def test_shutdown_mid_stream_bills_what_was_relayed_not_the_reservation(gateways
     left = [r for p in folder.glob("*.holds") for r in read_holds(p)]
     b = gateways.start(config(fake), home=home)
     flush(b)
-    billed = _ledger_micros(b, "project", pid)
+    billed = ledger_micros(b, "project", pid)
     assert billed > 0, "the stream was not billed at all"
     assert billed < reservation, (
         f"a few words relayed, billed {billed} micro-dollars, the full reservation ({reservation}); "

@@ -156,25 +156,9 @@ class Recorder:
         holds = self.holds
         if holds is None:
             return -1
-        key = ctx.key
-        return holds.hold(
-            Record(
-                ctx.request_id,
-                now,
-                self.rt.snapshot.org_id or None,
-                ctx.project_id,
-                key.id,
-                key.owner_user_id,
-                ctx.model,
-                None,
-                kind_of(ctx.endpoint),
-                ctx.endpoint,
-                0,
-                cost_micros=cost,
-                estimated=True,
-                key_lineage=key.lineage,
-            )
-        )
+        rec = self.build(ctx, now)  # the record as it would be now (nothing answered yet), billed at ``cost``
+        rec.status, rec.cost_micros, rec.cost_input_micros, rec.estimated = 0, cost, 0, True
+        return holds.hold(rec)
 
     def rehold(self, ctx: RequestContext) -> None:
         """The request's hold made again as it is now (a realtime response, quoted as a Responses call, is recorded
