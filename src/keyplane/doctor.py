@@ -113,7 +113,7 @@ def explain(status: int, body: Any, headers: dict[str, str]) -> tuple[str, str]:
         if code == "missing_scope":
             return msg, (
                 "The key's permissions do not cover this endpoint: an administrator can widen them "
-                "(`keyplane keys update KEY_ID --permissions ...`) or issue a key with the scope named."
+                "(`keyplane keys permissions KEY_ID SCOPES`) or issue a key with the scope named."
             )
         return msg, "Ask an administrator for access."
     if status == 429:
@@ -121,7 +121,8 @@ def explain(status: int, body: Any, headers: dict[str, str]) -> tuple[str, str]:
             return (
                 f"Quota: {msg}",
                 "Waiting does not help: add credit or raise the spend limit "
-                "(an administrator: `keyplane credit add` / the project's spend limit).",
+                "(an administrator: `keyplane credit grant AMOUNT_USD` / "
+                "`keyplane limits set --project ID --spend-limit USD`).",
             )
         wait = headers.get("retry-after-ms")
         wait_s = f"{int(wait) / 1000:g}s" if wait and wait.isdigit() else headers.get("retry-after", "a moment")

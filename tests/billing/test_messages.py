@@ -89,3 +89,22 @@ def test_credit_message_agrees_with_the_balance(make_gateway):
     with admin_http(srv) as h:
         bal = h.get("/credit_balance").json()
     assert bal["available"] == 2 and bal["available_micros"] == 26_000  # the same $0.02, never $0.03
+
+
+def test_the_dashboard_and_the_usage_cli_round_spend_up_and_balances_down(monkeypatch, tmp_path):
+    """What the 429 message and `keyplane limits show` call spent ($0.0416 -> $0.05) is what `keyplane usage` and the
+    dashboard show; a credit balance is never shown above what is left."""
+    from typer.testing import CliRunner
+
+    from keyplane.cli import app
+    from keyplane.usage import cli as usage_cli
+    from keyplane.web import base
+
+    assert base.usd(0.0416) == fmt.usd(41_600, "up") == "$0.05"
+    assert base.left(0.0416) == "$0.04"
+    row = {"requests": 3, "errors": 0, "input_tokens": 9, "cached_tokens": 0, "output_tokens": 9, "cost_usd": 0.0416}
+    monkeypatch.setattr(usage_cli, "run_store", lambda s, fn: [{**row, "model": "gpt-4o-mini", "avg_latency_ms": 1}])
+    monkeypatch.setenv("KEYPLANE_HOME", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "200")
+    out = CliRunner().invoke(app, ["usage"], catch_exceptions=False).stdout
+    assert "$0.05" in out and "$0.04" not in out

@@ -83,12 +83,12 @@ def test_embeddings_and_chat_agree_everywhere(priced_server, clock, monkeypatch)
         page = w.get("/usage").text
         assert _text(page, "total-requests") == "3"
         assert _text(page, "total-input") == f"{n_in:,}" and _text(page, "total-output") == f"{n_out:,}"
-        assert _text(page, "total-cost") == fmt.usd_dollars(total["cost_usd"]) == fmt.usd_dollars(api_cost)
+        assert _text(page, "total-cost") == fmt.usd_dollars(total["cost_usd"], "up") == fmt.usd_dollars(api_cost, "up")
         assert "demo-embed" in page  # the embeddings row is listed
         over = w.get("/").text
         assert _text(over, "requests-month") == "3"
         assert _text(over, "tokens-month").startswith(f"{n_in + n_out:,}")
-        assert _text(over, "spend-month") == fmt.usd_dollars(api_cost)
+        assert _text(over, "spend-month") == fmt.usd_dollars(api_cost, "up")
         csv_text = w.get("/usage.csv").text
         assert "demo-embed" in csv_text
     finally:
@@ -105,4 +105,4 @@ def test_embeddings_and_chat_agree_everywhere(priced_server, clock, monkeypatch)
     }
     assert cli_total["cost_usd"] == pytest.approx(api_cost)
     table = CliRunner().invoke(app, ["usage", "--since", "1h"], catch_exceptions=False).stdout
-    assert fmt.usd_dollars(api_cost) in table  # the CLI shows money as the dashboard does
+    assert fmt.usd_dollars(api_cost, "up") in table  # the CLI shows money as the dashboard does

@@ -26,7 +26,7 @@ def _cents(usd: str, what: str) -> int:
     except InvalidOperation:
         raise fail(f"{what} must be an amount in USD, e.g. 25 or 99.50 (got {usd!r}).") from None
     if not d.is_finite() or d < 0 or d != d.quantize(Decimal("0.01")):
-        raise fail(f"{what} must be a positive amount in USD with at most 2 decimals (got {usd!r}).")
+        raise fail(f"{what} must be zero or more USD with at most 2 decimals (got {usd!r}).")
     return int(d * 100)
 
 

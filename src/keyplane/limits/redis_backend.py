@@ -288,7 +288,7 @@ class RedisLimiter:
         return 0  # expired reservations are dropped by the admission script itself
 
     async def delete_all(self) -> None:
-        """Remove every key under the prefix (tests, `keyplane limits reset`)."""
+        """Remove every key under the prefix (tests)."""
         async for key in self.redis.scan_iter(match=self.base + ":*", count=1000):
             await self.redis.delete(key)
 

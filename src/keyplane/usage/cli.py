@@ -168,7 +168,7 @@ def usage(
             f"{r['input_tokens']:,}",
             f"{r['cached_tokens']:,}",
             f"{r['output_tokens']:,}",
-            fmt.usd_dollars(r["cost_usd"]),
+            fmt.usd_dollars(r["cost_usd"], "up"),
             "-" if r["avg_latency_ms"] is None else f"{r['avg_latency_ms']:.0f}",
         )
     if rows:
@@ -180,7 +180,7 @@ def usage(
             f"{total['input_tokens']:,}",
             f"{total['cached_tokens']:,}",
             f"{total['output_tokens']:,}",
-            fmt.usd_dollars(total["cost_usd"]),
+            fmt.usd_dollars(total["cost_usd"], "up"),
             "",
         )
     out.print(t)
@@ -193,7 +193,7 @@ def usage(
     bar_width = max(10, min(_BAR_WIDTH, out.width - width - 16))
     out.print(f"\n[bold]{'spend' if use_cost else 'tokens'} by {by}[/]")
     for r in rows[:_CHART_ROWS]:
-        shown = fmt.usd_dollars(value(r)) if use_cost else f"{int(value(r)):,}"
+        shown = fmt.usd_dollars(value(r), "up") if use_cost else f"{int(value(r)):,}"
         pad = " " * (width - len(label(r)))
         out.print(
             f"{cell(r)}{pad}  [cyan]{bar(value(r), top, bar_width):<{bar_width}}[/] {shown}",

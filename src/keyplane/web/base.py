@@ -65,8 +65,13 @@ class WebState:
 
 
 def usd(value: Any) -> str:
-    """Dollars as keyplane.fmt shows money everywhere (the CLI and error messages too)."""
-    return fmt.usd_dollars(value)
+    """Dollars spent as keyplane.fmt shows them everywhere (the CLI and error messages too): rounded up."""
+    return fmt.usd_dollars(value, "up")
+
+
+def left(value: Any) -> str:
+    """Dollars available (a credit balance): rounded down, never showing more than there is."""
+    return fmt.usd_dollars(value, "down")
 
 
 def cents(value: Any) -> str:
@@ -116,6 +121,7 @@ def make_env() -> jinja2.Environment:
     )
     env.filters.update(
         usd=usd,
+        left=left,
         cents=cents,
         num=num,
         when=when,
