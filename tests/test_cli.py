@@ -50,6 +50,21 @@ def test_commands_need_init(cli):
     assert "keyplane init" in res.stderr
 
 
+def test_projects_of_one_name(cli):
+    """Two active projects of one name: the second is created with a warning, the name then answers with their
+    ids; once one is archived, the name is the active one's again."""
+    cli("init", "--json")
+    a = _json(cli("projects", "create", "Data team", "--json"))
+    res = cli("projects", "create", "Data team", "--json")
+    b = _json(res)
+    assert "warning" in res.stderr and a["id"] in res.stderr
+    res = cli("keys", "create", "-p", "Data team", "-n", "etl", code=1)
+    assert a["id"] in res.stderr and b["id"] in res.stderr
+    cli("projects", "archive", b["id"], "--json")
+    k = _json(cli("keys", "create", "-p", "Data team", "-n", "etl", "--json"))
+    assert k["project_id"] == a["id"]
+
+
 def test_projects_keys_users_audit(cli):
     cli("init", "--json")
     p = _json(cli("projects", "create", "Data team", "--json"))

@@ -7,14 +7,25 @@ from typing import Annotated, Any
 import typer
 
 from keyplane import control
-from keyplane.cli.common import JsonOpt, out, print_json, run_store, settings, table, ts
+from keyplane.cli.common import JsonOpt, err, out, print_json, run_store, settings, table, ts
 
 
 def projects_create(name: Annotated[str, typer.Argument(help="Project name.")], json: JsonOpt = False) -> None:
     """Create a project."""
     from keyplane.admin import shapes
 
-    p = run_store(settings(), lambda s: control.create_project(s, control.CLI_ACTOR, name), write=True)
+    async def go(s: Any) -> tuple[Any, list[Any]]:
+        p = await control.create_project(s, control.CLI_ACTOR, name)
+        same = [x for x in await control.all_projects(s, include_archived=False) if x.name == p.name and x.id != p.id]
+        return p, same
+
+    p, same = run_store(settings(), go, write=True)
+    if same:
+        err.print(
+            f"warning: {len(same)} other active project(s) named {p.name!r} ({', '.join(x.id for x in same)}): "
+            "name them by id in other commands (or rename or archive one).",
+            markup=False,
+        )
     if json:
         print_json(shapes.project(p))
     else:

@@ -49,15 +49,19 @@ async def get_project(s: AsyncSession, project_id: str) -> Project:
 
 
 async def find_project(s: AsyncSession, id_or_name: str) -> Project:
-    """By id, or by name when the name is unique (for the CLI)."""
+    """By id, or by name when the name is unique (for the CLI): among the active projects first, then among all (an
+    archived project is found by its name too while no active one has it)."""
     p = (await s.execute(select(Project).where(Project.id == id_or_name))).scalar()
     if p is not None:
         return p
     rows = list((await s.execute(select(Project).where(Project.name == id_or_name))).scalars())
-    if len(rows) == 1:
-        return rows[0]
+    active = [r for r in rows if r.status == "active"]
+    if len(active) == 1 or len(rows) == 1:
+        return active[0] if active else rows[0]
     if len(rows) > 1:
-        raise Invalid(f"Several projects are named '{id_or_name}'; use the project id.", param="project")
+        named = active or rows
+        ids = ", ".join(f"{r.id} ({r.status})" for r in named[:10])
+        raise Invalid(f"Several projects are named '{id_or_name}' ({ids}); use the project id.", param="project")
     raise NotFound(f"No project found with id or name '{id_or_name}'.", param="project_id")
 
 
