@@ -76,10 +76,10 @@ def object_not_found(noun: str, object_id: str, param: str | None = None) -> API
     return APIError(404, f"No such {noun} object: {object_id}", param=param, code="object_not_found")
 
 
-def unknown_url(method: str, path: str) -> APIError:
+def unknown_url(method: str, path: str, hint: str = "") -> APIError:
     return APIError(
         404,
-        f"Invalid URL ({method} {path})",
+        f"Invalid URL ({method} {path}){hint}",
         code="unknown_url",
     )
 

@@ -101,8 +101,43 @@ async def _too_large(send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# The OpenAI API's areas: a client whose base URL lacks /v1 asks for these at the root.
+_API_AREAS = frozenset(
+    {
+        "chat",
+        "completions",
+        "embeddings",
+        "responses",
+        "models",
+        "images",
+        "audio",
+        "files",
+        "uploads",
+        "batches",
+        "moderations",
+        "realtime",
+        "assistants",
+        "threads",
+        "vector_stores",
+        "fine_tuning",
+        "evals",
+        "containers",
+        "conversations",
+        "organization",
+    }
+)
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     code = exc.status_code if isinstance(exc, HTTPException) else 500
+    path = request.url.path[:200]
+    if code == 404 and (path.strip("/").split("/", 1)[0] in _API_AREAS or "authorization" in request.headers):
+        # An SDK pointed at the server's root (base_url without /v1): an OpenAI-shaped error that says so, not a page.
+        from keyplane import errors
+
+        hint = f": keyplane serves the OpenAI API under /v1, did you mean /v1{path}? (an SDK's base_url ends in /v1)"
+        e = errors.unknown_url(request.method, path, hint)
+        return Response(e.body(), status_code=404, media_type="application/json")
     web: WebState = request.app.state.web
     title = {404: "Not found", 405: "Method not allowed", 413: "Too large"}.get(code, "Error")
     message = {404: "There is no page at this address.", 413: "The form is too large."}.get(
