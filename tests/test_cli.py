@@ -136,6 +136,10 @@ def test_projects_keys_users_audit(cli):
     [
         (("keys", "create", "-p", "nope", "-n", "x"), "No project found"),
         (("keys", "create", "-p", "Default project", "-n", "x", "--permissions", "api.nope.read"), "unknown scope"),
+        (
+            ("keys", "create", "-p", "Default project", "-n", "x", "--permissions", "readonly"),
+            "Did you mean 'read_only'",
+        ),
         (("keys", "revoke", "key_missing"), "No API key found"),
         (("users", "add", "not-an-email"), "email"),
         (("users", "role", "owner@example.com", "reader"), "at least one owner"),

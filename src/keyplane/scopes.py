@@ -112,8 +112,16 @@ def parse_permissions(value: object) -> Permissions:
         raise InvalidPermissions('permissions must be "all", "read_only" or a list of scope strings')
     unknown = sorted(set(value) - ALL_SCOPES)
     if unknown:
+        import difflib
+
+        names = ["all", "read_only", *sorted(ALL_SCOPES)]
+        shown = [u[:100] for u in unknown[:10]]  # what the caller sent, bounded
+        more = ", ..." if len(unknown) > 10 else ""
+        near = {u: difflib.get_close_matches(u, names, n=1, cutoff=0.6) for u in shown}
+        hints = "".join(f" Did you mean {m[0]!r} for {u!r}?" for u, m in near.items() if m)
         raise InvalidPermissions(
-            f"unknown scope(s): {', '.join(unknown)}. Known scopes: {', '.join(sorted(ALL_SCOPES))}"
+            f'unknown scope(s): {", ".join(shown)}{more}.{hints} Permissions are "all", "read_only" or scopes '
+            f"(comma-separated): {', '.join(sorted(ALL_SCOPES))}"
         )
     scopes = frozenset(value)
     # A write implies the read of the same area, as on the platform.
