@@ -314,8 +314,8 @@ class Billing:
             )
 
     async def dead_holds(self, writer: str, records: list[Record]) -> None:
-        """A dead writer's holds, just journaled as records of their own (usage/holds.py claim): its requests under
-        a money control that were running when it ended, billed at their reservations. Added to the budget
+        """A dead writer's holds, about to be journaled as records of their own (usage/holds.py claim): its requests
+        under a money control that were running when it ended, billed at their reservations. Added to the budget
         counters unless a seed counted them already (a seed reads every dead writer's holds): another worker
         of this host that died while this one ran, or a fleet instance restarted on counters Redis kept."""
         if writer in self.holds_counted:
