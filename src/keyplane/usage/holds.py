@@ -35,7 +35,7 @@ from pathlib import Path
 
 import msgspec
 
-from keyplane.usage.journal import Record, encode_frame, segment_name, segments_of, try_lock
+from keyplane.usage.journal import Record, encode_frame, open_segment, segments_of, try_lock
 
 log = logging.getLogger("keyplane.usage")
 
@@ -192,8 +192,7 @@ def claim(folder: Path, writer: str) -> list[Record]:
     recs = read_holds(path)
     if recs:
         segs = segments_of(folder, writer)
-        seg = folder / segment_name(writer, (segs[-1] if segs else 0) + 1)
-        fd = os.open(seg, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = open_segment(folder, writer, (segs[-1] if segs else 0) + 1)
         try:
             view = memoryview(b"".join(encode_frame(r) for r in recs))
             while view:

@@ -143,6 +143,11 @@ def segment_name(writer: str, n: int) -> str:
     return f"{writer}.{n:08d}.seg"
 
 
+def open_segment(folder: Path, writer: str, n: int) -> int:
+    """A writer's segment ``n`` opened for appending (created private if new): its fd."""
+    return os.open(folder / segment_name(writer, n), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+
 def segments_of(folder: Path, writer: str) -> list[int]:
     out = []
     for p in folder.glob(f"{writer}.*.seg"):
@@ -240,13 +245,10 @@ class JournalWriter:
         self._lock_fd = try_lock(self.folder, self.writer, create=True)
         if self._lock_fd is None:
             raise RuntimeError(f"journal writer {self.writer} is locked by another process")
-        self._open_segment(1)
+        self._use_segment(1, open_segment(self.folder, self.writer, 1))
 
-    def _open_segment(self, n: int) -> None:
-        self.segment = n
-        path = self.folder / segment_name(self.writer, n)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self.size = os.fstat(self._fd).st_size
+    def _use_segment(self, n: int, fd: int) -> None:
+        self._fd, self.segment, self.size = fd, n, os.fstat(fd).st_size
 
     def append(self, rec: Record) -> None:
         """One write() of one frame; raises OSError (disk full...) for the caller to count and log."""
@@ -296,12 +298,12 @@ class JournalWriter:
         (a full disk, an unwritable folder), the writer keeps the segment it has (and tries again at the next
         append), never an fd it gave to sync() to close, whose number the process hands out again."""
         old, n = self._fd, self.segment + 1
-        fd = os.open(self.folder / segment_name(self.writer, n), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = open_segment(self.folder, self.writer, n)
         if self.fsync_mode == "never":
             os.close(old)
         else:
             self._retired.append(old)  # fsynced off the event loop by sync()
-        self._fd, self.segment, self.size = fd, n, os.fstat(fd).st_size
+        self._use_segment(n, fd)
 
     def sync(self) -> None:
         """fsync what was written (called from a thread in interval mode)."""
