@@ -152,8 +152,10 @@ def test_journal_full_keeps_the_holds_of_money_controlled_requests_until_their_r
     """Secure: with the journal's disk full (its segment's fd on /dev/full: every write() fails with ENOSPC) the
     records of requests under a spend limit live in memory until the applier has them in SQL; their holds
     (usage/holds.py, allocated up front) stay meanwhile, so a crash then still bills them at their reservation.
-    The limit is enforced exactly; once in SQL, the holds are freed and the ledger has each request once."""
-    srv = gateways.start(config(fake))
+    The limit is enforced exactly; once in SQL, the holds are freed and the ledger has each request once.
+    The applier waits for ``flush`` (an hour between its own passes): on a loaded machine it would otherwise apply
+    (and free) the first records before the test reads the holds."""
+    srv = gateways.start(config(fake), KEYPLANE_USAGE_APPLY_SECONDS="3600")
     set_spend_limit(srv, LIMIT_CENTS)
     holds = srv.app.runtime.features.usage_holds
     assert holds is not None
