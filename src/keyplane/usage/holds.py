@@ -13,40 +13,33 @@ it survives the death of the process like a ``write()`` does (not a power loss: 
 Its blocks are allocated up front (``posix_fallocate``), so a full disk never faults a write into it; a table
 that cannot grow refuses the request instead (503 ``usage_journal_unavailable``).
 
-A slot is ``[u32 length][u32 crc32][msgpack Record]`` in :data:`SLOT` bytes; length 0 is a free slot. The payload
-is written before the header, so a slot torn by a kill in the middle fails its CRC and is ignored (its request
-had not gone upstream yet). A dead writer's held slots are the requests it had running: :func:`claim` appends
-them to its journal as records of their own (after its other records: one whose request did finish has the same
-id and was applied first, so the SQL side, idempotent by id, keeps the real one), and billing's seed counts them
-(:func:`dead_holds`) before anything is admitted.
+A slot holds one journal frame (``[u32 length][u32 crc32][msgpack Record]``, usage/journal.py) in :data:`SLOT`
+bytes; length 0 is a free slot. The payload is written before the header, so a slot torn by a kill in the middle
+fails its CRC and is ignored (its request had not gone upstream yet). A dead writer's held slots are the requests it
+had running: :func:`claim` appends them to its journal as records of their own (after its other records: one whose
+request did finish has the same id and was applied first, so the SQL side, idempotent by id, keeps the real one),
+and billing's seed counts them (:func:`dead_holds`) before anything is admitted.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import mmap
 import os
-import struct
 import threading
-import zlib
 from pathlib import Path
 
 import msgspec
 
-from keyplane.usage.journal import Record, encode_frame, open_segment, segments_of, try_lock
+from keyplane.usage.journal import Record, encode_frame, open_segment, parse_frames, segments_of, try_lock
 
 log = logging.getLogger("keyplane.usage")
 
 SLOT = 1024
-_HEADER = struct.Struct("<II")
-_ROOM = SLOT - _HEADER.size
+_HEAD = 8  # a frame's length and CRC
 INITIAL_SLOTS = 1024  # 1 MiB: a thousand requests running at once; doubled when full
 INTERRUPTED = "interrupted: the process ended before the answer; billed at its reservation"
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Record)
 
 
 class HoldsUnavailable(OSError):
@@ -96,11 +89,10 @@ class Holds:
     def hold(self, rec: Record) -> int:
         """Write ``rec`` into a free slot; its number. Raises :class:`HoldsUnavailable` when none is left and the
         table cannot grow."""
-        payload = _encoder.encode(rec)
-        if len(payload) > _ROOM:  # a model name of hundreds of characters: the record's other fields matter
-            rec = msgspec.structs.replace(rec, model=(rec.model or "")[:64], error=None)
-            payload = _encoder.encode(rec)
-        header = _HEADER.pack(len(payload), zlib.crc32(payload))
+        frame = encode_frame(rec)
+        if len(frame) > SLOT:  # a model name of hundreds of characters: the record's other fields matter
+            frame = encode_frame(msgspec.structs.replace(rec, model=(rec.model or "")[:64], error=None))
+        view = memoryview(frame)
         with self._lock:
             if self._closed:
                 raise HoldsUnavailable(errno.ESHUTDOWN, "the holds table is closed (the process is stopping)")
@@ -113,8 +105,8 @@ class Holds:
             m = self._map
             assert m is not None
             off = slot * SLOT
-            m[off + 8 : off + 8 + len(payload)] = payload  # the payload first, the header that validates it last
-            m[off : off + 8] = header
+            m[off + _HEAD : off + len(frame)] = view[_HEAD:]  # the payload first, the header that validates it last
+            m[off : off + _HEAD] = view[:_HEAD]
             self.held += 1
         return slot
 
@@ -124,7 +116,7 @@ class Holds:
             if m is None or slot < 0:
                 return
             off = slot * SLOT
-            m[off : off + 8] = b"\0\0\0\0\0\0\0\0"
+            m[off : off + _HEAD] = bytes(_HEAD)
             self._free.append(slot)
             self.held -= 1
 
@@ -150,15 +142,10 @@ def read_holds(path: Path) -> list[Record]:
     except FileNotFoundError:
         return []
     out: list[Record] = []
+    view = memoryview(data)
     for off in range(0, len(data) - SLOT + 1, SLOT):
-        length, crc = _HEADER.unpack_from(data, off)
-        if length == 0 or length > _ROOM:
-            continue
-        payload = data[off + 8 : off + 8 + length]
-        if zlib.crc32(payload) != crc:
-            continue
-        with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-            out.append(msgspec.structs.replace(_decoder.decode(payload), error=INTERRUPTED))
+        frames, _, _ = parse_frames(view[off : off + SLOT])  # a free slot's length 0, or a torn one's CRC: none
+        out.extend(msgspec.structs.replace(rec, error=INTERRUPTED) for rec, _ in frames[:1])
     return out
 
 
