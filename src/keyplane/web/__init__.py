@@ -18,6 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from keyplane.runtime import Runtime
+from keyplane.scopes import AREAS
 from keyplane.web.base import WebState
 
 log = logging.getLogger("keyplane.web")
@@ -101,30 +102,10 @@ async def _too_large(send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-# The OpenAI API's areas: a client whose base URL lacks /v1 asks for these at the root.
+# The OpenAI API's areas: a client whose base URL lacks /v1 asks for these at the root. The first segment of every
+# path a permission area covers (keyplane.scopes.AREAS), and the API's parts no area covers.
 _API_AREAS = frozenset(
-    {
-        "chat",
-        "completions",
-        "embeddings",
-        "responses",
-        "models",
-        "images",
-        "audio",
-        "files",
-        "uploads",
-        "batches",
-        "moderations",
-        "realtime",
-        "assistants",
-        "threads",
-        "vector_stores",
-        "fine_tuning",
-        "evals",
-        "containers",
-        "conversations",
-        "organization",
-    }
+    {p.split("/")[2] for _, prefixes in AREAS.values() for p in prefixes} | {"realtime", "organization", "containers"}
 )
 
 
