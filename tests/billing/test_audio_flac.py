@@ -34,12 +34,21 @@ def frame(num: int, block: int, channels: int = 1, rate: int | None = None, verb
     """A 16-bit frame of ``block`` samples of silence (block size coded in 16 bits; ``rate``: coded in Hz), each
     channel a CONSTANT subframe (3 bytes), or a VERBATIM one (the samples as they are: 2 bytes each)."""
     sr_code, extra = (0, b"") if rate is None else (13, struct.pack(">H", rate))
-    h = bytes([0xFF, 0xF8, 7 << 4 | sr_code, (channels - 1) << 4 | 4 << 1, num & 0x7F]) + struct.pack(">H", block - 1)
+    h = bytes([0xFF, 0xF8, 7 << 4 | sr_code, (channels - 1) << 4 | 4 << 1]) + _utf8(num) + struct.pack(">H", block - 1)
     h += extra
     h += bytes([_crc8(h)])
     sub = b"\x02" + bytes(2 * block) if verbatim else b"\x00\x00\x00"
     f = h + sub * channels
     return f + struct.pack(">H", _crc16(f))
+
+
+def _utf8(n: int) -> bytes:
+    """A frame number as FLAC codes it (UTF-8 style: up to 31 bits here)."""
+    if n < 0x80:
+        return bytes([n])
+    more = next(k for k in range(1, 6) if n < 1 << (5 * k + 6))
+    tail = [0x80 | (n >> (6 * i)) & 0x3F for i in range(more - 1, -1, -1)]
+    return bytes([(0xFF00 >> (more + 1)) & 0xFF | n >> (6 * more), *tail])
 
 
 def streaminfo(rate: int = 16000, channels: int = 1, total: int = 0, min_block: int = 16) -> bytes:
@@ -68,11 +77,11 @@ def test_what_the_file_says_of_itself_changes_nothing():
     # junk between frames, sync codes in it: only parsing headers count (ffmpeg: 2.56 s)
     junk = streaminfo() + b"".join(f + b"\x00junk\xff\xf8junk" for f in FRAMES)
     assert duration(junk, "a.flac") == Fraction(256, 100)
-    # a frame hidden inside each frame's last bytes: ffmpeg's parser takes some of them (2.816 s decoded);
-    # every candidate counts (5.12 s)
+    # a frame hidden inside each frame's last bytes: ffmpeg's parser takes some of them (2.816 s decoded), and
+    # where two frames do not link (their numbers), it may hand the same frame to the decoder twice at the end
+    # (tests/redteam/test_round24_audio.py): not measured
     nested = streaminfo() + b"".join(f[:-2] + frame(50 + i, 4096) + f[-2:] for i, f in enumerate(FRAMES))
-    m = duration(nested, "a.flac")
-    assert m is not None and m >= Fraction(2816, 1000) and m == Fraction(512, 100)
+    assert duration(nested, "a.flac") is None
     # a frame cut short by the end of the file counts whole (ffmpeg: 2.304 s)
     assert duration(HONEST[:-3], "a.flac") == Fraction(256, 100)
 
@@ -81,9 +90,10 @@ def test_a_frame_naming_another_rate_or_channel_count_is_not_measured():
     # one frame at 1 Hz: ffmpeg decodes it at that rate, 4096 seconds of it, then resamples (8162 s decoded)
     odd = [*FRAMES[:5], frame(5, 4096, rate=1), *FRAMES[6:]]
     assert duration(streaminfo() + b"".join(odd), "a.flac") is None
-    # a frame that names STREAMINFO's rate is measured like one that names none
+    # a frame that names STREAMINFO's rate where the one before names none: ffmpeg's parser links them only by
+    # their CRC-16, which keyplane does not check (a frame that links to none may be decoded twice: not measured)
     same = [*FRAMES[:5], frame(5, 4096, rate=16000), *FRAMES[6:]]
-    assert duration(streaminfo() + b"".join(same), "a.flac") == Fraction(256, 100)
+    assert duration(streaminfo() + b"".join(same), "a.flac") is None
     stereo = [*FRAMES[:5], frame(5, 4096, channels=2), *FRAMES[6:]]
     assert duration(streaminfo() + b"".join(stereo), "a.flac") is None
 

@@ -13,6 +13,13 @@ What ffmpeg 5.1 does with a FLAC file, and what keyplane counts from it:
   that starts such a header is a *candidate*, and the sum of every candidate's block size bounds the frames
   any parse can decode (distinct frames start at distinct bytes). STREAMINFO's sample count and frame sizes
   (a header that lies) are never read; a frame cut short by the end of the file counts whole.
+- Every candidate must follow the one before it as the parser links two frames without reading a CRC-16:
+  the same sample rate field (0 included), sample size code, channel count and blocking strategy, and the
+  frame number one more (or the sample number one block more). Where a frame links to no later one (a
+  number that jumps, a field that changes, with a CRC-16 footer that fails), ffmpeg 5.1's parser does not
+  drain its buffer at the end of the file and hands the frames from its start to the decoder again, once a
+  header left: the same bytes decode twice (a 65,535-sample frame before one unlinked frame: 8.2 s decoded of
+  the 4.1 s its candidates sum to). Such a file is not measured (None).
 - A frame header may name its own sample rate and channels, and the decoder follows it; the ffmpeg command
   line then rebuilds its filters and flushes a resampler's tail at the old rate (more audio than the frames
   hold, without bound at a rate of a few Hz). So a file any of whose candidates names a sample rate or a
@@ -65,6 +72,13 @@ def streaminfo(head: bytes) -> tuple[int, int] | None:
 def header(b: bytes, p: int) -> tuple[int, int, int] | None:
     """(block size, sample rate or 0, channels) of the frame header at ``p`` as ffmpeg parses it, None when it
     does not parse (or needs bytes ``b`` does not have)."""
+    h = _header(b, p)
+    return None if h is None else h[:3]
+
+
+def _header(b: bytes, p: int) -> tuple[int, int, int, int, int] | None:
+    """:func:`header`, then the frame (or sample) number and what else ffmpeg's parser compares between two
+    headers: the sample size code and the blocking strategy (``bps_code << 1 | variable``)."""
     n = len(b)
     if p + 5 > n:
         return None
@@ -82,9 +96,11 @@ def header(b: bytes, p: int) -> tuple[int, int, int] | None:
     q += 1
     if q + more > n:
         return None
+    number = lead & (0x7F >> more) if more else lead
     for i in range(more):
         if b[q + i] & 0xC0 != 0x80:
             return None
+        number = number << 6 | b[q + i] & 0x3F
     q += more
     size = _BLOCK_SIZES[bs_code]
     if size < 0:  # 8 or 16 bits of (block size - 1)
@@ -108,7 +124,7 @@ def header(b: bytes, p: int) -> tuple[int, int, int] | None:
         crc = _CRC8[crc ^ x]
     if crc:
         return None
-    return size, rate, ch + 1 if ch < 8 else 2
+    return size, rate, ch + 1 if ch < 8 else 2, number, bps_code << 1 | b[p + 1] & 1
 
 
 class Flac:
@@ -120,6 +136,9 @@ class Flac:
         self.channels = 0  # the one channel count they have
         self.mixed = False  # they name two rates, or two channel counts
         self.syncs = 0  # sync codes met (each one a header parsed)
+        # a candidate that does not follow the one before it as ffmpeg's parser links two frames (below)
+        self.unlinked = False
+        self._last: tuple[int, int, int, int, int] | None = None  # the last candidate's header
         self._carry = b""
 
     def feed(self, chunk: bytes) -> None:
@@ -140,10 +159,17 @@ class Flac:
             if p >= stop:
                 break
             self.syncs += 1
-            h = header(buf, p)
+            h = _header(buf, p)
             if h is None:
                 continue
-            size, rate, channels = h
+            size, rate, channels, number, kind = h
+            last = self._last
+            if last is not None and (
+                (last[1], last[2], last[4]) != (rate, channels, kind)
+                or (number != last[3] + 1 and number - last[3] != last[0])
+            ):
+                self.unlinked = True
+            self._last = h
             if rate:
                 self.mixed |= self.rate not in (0, rate)
                 self.rate = rate
@@ -153,6 +179,8 @@ class Flac:
 
     def result(self, rate: int, channels: int) -> Fraction | None:
         """The bound at STREAMINFO's ``rate`` and ``channels``; None when a candidate names others."""
-        if self.mixed or self.rate not in (0, rate) or self.channels not in (0, channels) or not self.samples:
+        if self.unlinked or self.mixed or not self.samples:
+            return None
+        if self.rate not in (0, rate) or self.channels not in (0, channels):
             return None
         return Fraction(self.samples, rate)

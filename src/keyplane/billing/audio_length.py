@@ -30,7 +30,7 @@ file reserve less than it plays. What is counted instead:
   a packet stride, an ISO BMFF box name at offset 4. Else None.
 - **FLAC** (``fLaC`` and a STREAMINFO block ffmpeg's probe takes): the block sizes of every byte that starts a
   frame header ffmpeg parses (CRC-8 included), at STREAMINFO's rate; None when one names another rate or
-  channel count (billing/audio_flac.py).
+  channel count, or does not follow the one before it as ffmpeg's parser links frames (billing/audio_flac.py).
 - **MP4/M4A** (a first ``ftyp`` box; one AAC track): the packets of the sample table, each verified to be one
   AAC block where ffmpeg's decoder ends it (it decodes every block chained in a packet), at 1024 samples over
   the AudioSpecificConfig's rate (billing/audio_mp4.py, billing/audio_aac.py).
@@ -59,6 +59,7 @@ from keyplane.billing import audio_flac, audio_mp4, audio_opus, audio_webm
 from keyplane.billing.audio_formats import (
     BOX_NAMES,
     MPA,
+    MPA_HEADER,
     SPDIF_SYNC,
     TICKS,
     act,
@@ -332,25 +333,29 @@ class Meter:
         table, pending, best = MPA, self._pending, self._best
         pop, push = heapq.heappop, heapq.heappush
         found = 0
-        p = buf.find(b"\xff", 0, max(0, end))
-        while p >= 0:
-            b1 = buf[p + 1]
-            if b1 >= 0xE0:
-                e = table[b1 << 8 | buf[p + 2]]
-                if e is not None:
-                    at = base + p
-                    while pending and pending[0][0] <= at:  # frames ended before this one: chains it may extend
-                        _, v, r = pop(pending)
-                        if v > best.get(r, 0):
-                            best[r] = v
-                    rate = e[2]
-                    prior = best.get(rate, 0)
-                    for r, v in best.items():  # a chain of another rate: this frame switches it
-                        if r != rate and v + _SWITCH_TICKS > prior:
-                            prior = v + _SWITCH_TICKS
-                    push(pending, (at + e[0], prior + e[1], rate))
-                    found += 1
-            p = buf.find(b"\xff", p + 1, end)
+        # (only the headers MPA takes reach the loop: 0xFF bytes alone cost no Python step, and the headers
+        # found are capped below)
+        for m in MPA_HEADER.finditer(buf):
+            p = m.start()
+            if p >= end:
+                break
+            e = table[buf[p + 1] << 8 | buf[p + 2]]
+            if e is None:  # (never: MPA_HEADER takes what the table takes)
+                continue
+            at = base + p
+            while pending and pending[0][0] <= at:  # frames ended before this one: chains it may extend
+                _, v, r = pop(pending)
+                if v > best.get(r, 0):
+                    best[r] = v
+            rate = e[2]
+            prior = best.get(rate, 0)
+            for r, v in best.items():  # a chain of another rate: this frame switches it
+                if r != rate and v + _SWITCH_TICKS > prior:
+                    prior = v + _SWITCH_TICKS
+            push(pending, (at + e[0], prior + e[1], rate))
+            found += 1
+            if self._candidates + found > (self.size >> 4) + 4096:
+                break  # (voided below)
         self._best = best
         self._carry = buf[max(0, end) :]
         self._candidates += found

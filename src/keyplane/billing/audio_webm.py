@@ -27,7 +27,9 @@ What ffmpeg 5.1 does with a WebM file, and what keyplane counts from it:
 - Nothing declared is read: Duration, timecodes, BlockDuration, DiscardPadding, CodecDelay (ffmpeg only
   trims by them), Cues. The bound is the sum at 48 kHz.
 
-:class:`Webm` is fed the file in order (``feed``, then ``end``) and holds at most one block (1 MiB).
+:class:`Webm` is fed the file in order (``feed``, then ``end``) and holds at most one block (1 MiB). Elements read
+one at a time (all but runs of plain SimpleBlocks) are capped at one per 32 bytes fed plus 65,536: BlockGroups of
+one-byte frames cost 25 s of CPU for 32 MiB read that way; such a file is not measured.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ from keyplane.billing.audio_opus import MARGIN, RATE, opus_head, packet_samples
 
 EBML: Final = b"\x1a\x45\xdf\xa3"
 _PROBE: Final = (1 << 20) + 64  # what ffmpeg probes (billing/audio_length.py PROBE_WINDOW)
+# Elements read one at a time (a Cluster's, a BlockGroup's...; SimpleBlocks go faster: _simple_blocks): at most
+# this many plus one per 32 bytes fed, about 4 s of CPU for 32 MiB (what muxers write is one BlockGroup, if any,
+# per Cluster).
+_ELEMENTS: Final = 65536
 _MAX_VALUE: Final = 1 << 20  # the largest element keyplane holds (a block, CodecPrivate): larger is refused
 _HEADER, _SEGMENT, _SEEKHEAD, _SEEK, _TRACKS, _ENTRY, _CLUSTER, _GROUP = (
     0x1A45DFA3, 0x18538067, 0x114D9B74, 0x4DBB, 0x1654AE6B, 0xAE, 0x1F43B675, 0xA0,
@@ -90,6 +96,7 @@ class Webm:
         self._carry = 0  # bytes at the end of _buf already searched for top-level IDs (3 at most)
         self._head = bytearray()  # the first _PROBE bytes, until checked
         self._checked = False
+        self._elements = 0  # element headers read one at a time (not by _simple_blocks)
 
     def feed(self, chunk: bytes) -> None:
         if self.void:
@@ -183,12 +190,14 @@ class Webm:
             if size > _MAX_VALUE:
                 self.void = True
                 return False
-            if len(buf) - at < hlen + size:
+            if len(buf) - at < hlen + size or not self._counted():
                 return False
             value = bytes(buf[at + hlen : at + hlen + size])
             self._consume(hlen + size)
             self._value(parent, eid, value) if kind == "v" else self._block(value)
             return True
+        if not self._counted():
+            return False
         self._consume(hlen)
         if kind == "m":
             self._open.append((eid, end))
@@ -199,6 +208,13 @@ class Webm:
         else:
             self._skip = size
         return True
+
+    def _counted(self) -> bool:
+        """One more element read one at a time; False (the file is not measured) past the cap (_ELEMENTS)."""
+        self._elements += 1
+        if self._elements > (self.size >> 5) + _ELEMENTS:  # (BlockGroups of a 1-byte frame every 9 bytes: 25 s
+            self.void = True  # of CPU for 32 MiB, read an element at a time)
+        return not self.void
 
     def _level1(self, eid: int) -> bool:
         """A top-level element: Tracks once, before the first Cluster; the first Cluster needs the track."""
