@@ -2,14 +2,18 @@
 
 Checks, in the order a request meets them: is there a key, is it well formed (checksum, stray
 whitespace, an OpenAI or admin key by mistake), does the server answer, is the key live (revoked,
-expired, suspended, archived project), which project and permissions it has, and does
-``GET /v1/models`` work. Every 401/403/429 it meets is explained in plain words with the fix;
-a 429 tells quota (waiting does not help) from rate limit (waiting does).
+expired, suspended, archived project), which project and permissions it has, do those permissions
+allow model requests (``api.model.request``: else every model call answers 403), and does ``GET /v1/models``
+work. Given an admin key too, it reads the key's, project's and organization's spend limits and the prepaid
+credit (read-only admin API) and says which one would refuse model calls with 429 ``insufficient_quota``.
+Nothing it sends costs money or reaches an upstream. Every 401/403/429 it meets is explained in plain words
+with the fix; a 429 tells quota (waiting does not help) from rate limit (waiting does).
 """
 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -64,6 +68,9 @@ class NotAnAPI:
 
     def __str__(self) -> str:
         return f"not a keyplane/OpenAI API answer ({self.content_type or 'no content type'})"
+
+
+MODEL_REQUEST = "api.model.request"  # the scope every model call needs (chat, responses, embeddings...)
 
 
 def _get(url: str, key: str, timeout: float) -> tuple[int, dict[str, str], Any]:
@@ -187,7 +194,9 @@ def _key_problems(report: Report, key: str) -> str | None:
     return stripped
 
 
-def diagnose(base_url: str, key: str | None, key_source: str | None, timeout: float = 10.0) -> Report:
+def diagnose(
+    base_url: str, key: str | None, key_source: str | None, timeout: float = 10.0, admin_key: str | None = None
+) -> Report:
     base = base_url.rstrip("/")
     report = Report(base, keys.mask(key.strip()) if key else None, key_source)
     if not key:
@@ -238,6 +247,7 @@ def diagnose(base_url: str, key: str | None, key_source: str | None, timeout: fl
             + (f"; expires at {expires} (unix time)" if expires else "; does not expire")
             + ".",
         )
+        _model_requests(report, body)
     elif status == 404:
         report.add(
             "key",
@@ -256,7 +266,108 @@ def diagnose(base_url: str, key: str | None, key_source: str | None, timeout: fl
     else:
         what, fix = explain(status, body, headers)
         report.add("models", False, f"GET /v1/models: HTTP {status}: {what}", fix)
+    if report.key_info is not None:
+        _budget(report, base, admin_key.strip() if admin_key else None, timeout)
     return report
+
+
+def _model_requests(report: Report, info: dict[str, Any]) -> None:
+    """Do the key's permissions allow model calls? Read from the key's own scopes: nothing is sent upstream."""
+    scopes = info.get("scopes")
+    if not isinstance(scopes, list):
+        return  # an older keyplane: its key info lists no scopes
+    if MODEL_REQUEST in scopes:
+        report.add("model_requests", True, f"The key's permissions allow model requests ({MODEL_REQUEST}).")
+        return
+    perms = info.get("permissions")
+    perms_s = perms if isinstance(perms, str) else ", ".join(perms or []) or "none"
+    report.add(
+        "model_requests",
+        False,
+        f"The key's permissions ({perms_s}) do not include {MODEL_REQUEST}: every model call (chat completions, "
+        "responses, embeddings, images, audio...) answers 403 missing_scope.",
+        "An administrator can widen them, same key: `keyplane keys permissions KEY_ID all` "
+        f"(KEY_ID: {info.get('id')}), or list {MODEL_REQUEST} among its scopes; or use a key created with them "
+        "(`keyplane keys create`).",
+    )
+
+
+def _usd(cents: Any) -> str:
+    return f"${int(cents) / 100:,.2f}" if isinstance(cents, int) else "?"
+
+
+def _day(ts: Any) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ts)) if isinstance(ts, (int, float)) else "next month"
+
+
+def _budget(report: Report, base: str, admin_key: str | None, timeout: float) -> None:
+    """Spend limits (key, project, organization) and prepaid credit, read with an admin key (GETs only)."""
+    info = report.key_info or {}
+    project = info.get("project") or {}
+    pid, kid = project.get("id"), info.get("id")
+    if not admin_key:
+        report.add(
+            "budget",
+            True,
+            "Spend limits and prepaid credit not checked: the key cannot read them. Pass --admin-key "
+            "(or set KEYPLANE_ADMIN_KEY) to check them too; a model call answering 429 insufficient_quota means "
+            "one is used up (waiting does not help).",
+        )
+        return
+    org = base + "/organization"
+    scopes = [("organization", "organization", org + "/spend_limit")]
+    if pid:
+        scopes.insert(0, ("project", f"project {project.get('name')} ({pid})", f"{org}/projects/{pid}/spend_limit"))
+        if kid:
+            scopes.insert(0, ("key", f"key {kid}", f"{org}/projects/{pid}/api_keys/{kid}/spend_limit"))
+    problems: list[tuple[str, str]] = []
+    notes: list[str] = []
+    try:
+        for scope, what, url in scopes:
+            status, headers, body = _get(url, admin_key, timeout)
+            if status == 404:
+                continue  # no spend limit set there
+            if status != 200 or not isinstance(body, dict):
+                why, fix = explain(status, body, headers)
+                report.add("budget", False, f"GET {url} with the admin key: HTTP {status}: {why}", fix)
+                return
+            limit, spent = body.get("threshold_amount"), body.get("spent")
+            enforcing = (body.get("enforcement") or {}).get("status") == "enforcing"
+            notes.append(f"{what}: {_usd(spent)} of {_usd(limit)} this month" + ("" if enforcing else " (inactive)"))
+            if enforcing and isinstance(limit, int) and isinstance(spent, int) and spent >= limit:
+                option = {"key": f" --project {pid} --key {kid}", "project": f" --project {pid}"}.get(scope, "")
+                problems.append(
+                    (
+                        f"The {what} has reached its spend limit: {_usd(spent)} spent of {_usd(limit)} this month, "
+                        f"so model calls answer 429 {scope if scope != 'key' else 'api_key'}_spend_limit_exceeded "
+                        f"(insufficient_quota) until it resets on {_day(body.get('resets_at'))}.",
+                        "Waiting does not help until then: an administrator can raise it "
+                        f"(`keyplane limits set{option} --spend-limit USD`).",
+                    )
+                )
+        status, headers, body = _get(org + "/credit_balance", admin_key, timeout)
+    except (urllib.error.URLError, OSError) as e:
+        report.add("budget", False, f"Could not read the spend limits: {getattr(e, 'reason', e)}.", "Try again.")
+        return
+    if status == 200 and isinstance(body, dict) and body.get("enforced"):
+        available = body.get("available_micros")
+        notes.append(f"prepaid credit: {_usd(body.get('available'))} available")
+        if isinstance(available, int) and available <= 0:
+            problems.append(
+                (
+                    f"The organization's prepaid credit is used up ({_usd(body.get('used'))} used of "
+                    f"{_usd(body.get('granted'))} granted): model calls answer 429 insufficient_quota.",
+                    "Waiting does not help: an administrator can add credit (`keyplane credit grant AMOUNT_USD`).",
+                )
+            )
+    for detail, fix in problems:
+        report.add("budget", False, detail, fix)
+    if not problems:
+        report.add(
+            "budget",
+            True,
+            "Spend limits and prepaid credit leave room: " + ("; ".join(notes) if notes else "none is set") + ".",
+        )
 
 
 def _find_api(base: str, key: str, timeout: float) -> tuple[str, tuple[int, dict[str, str], Any]]:

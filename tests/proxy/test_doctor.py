@@ -170,3 +170,59 @@ def test_html_answer_is_summarized_never_printed(html_site):
     assert "<" not in res.output and "Sign in" not in res.output
     res = CliRunner().invoke(app, ["doctor", "--base-url", html_site + "/v1", "--key", key, "--json"])
     assert "<html" not in res.output and "text/html" in res.output
+
+
+def test_key_that_cannot_make_model_requests(srv):
+    """A read-only key lists models fine, yet every model call would answer 403: doctor says so, and how to fix it."""
+    k = new_key(srv, permissions="read_only")
+    r = doctor.diagnose(srv.v1, k["value"], "--key")
+    assert not r.ok
+    bad = failed(r)
+    assert set(bad) == {"model_requests"}, r.checks  # /v1/models itself works
+    assert "api.model.request" in bad["model_requests"].detail and "403" in bad["model_requests"].detail
+    assert (
+        "`keyplane keys permissions KEY_ID all`" in bad["model_requests"].fix and k["id"] in bad["model_requests"].fix
+    )
+
+    app = typer.Typer()
+    app.command("doctor")(doctor_command)
+    app.command("noop")(lambda: None)
+    res = CliRunner().invoke(app, ["doctor", "--base-url", srv.v1, "--key", k["value"]])
+    assert res.exit_code == 1 and "All checks passed" not in res.output
+    assert "model_requests" in res.output and "keyplane keys permissions" in res.output
+
+    ok = {c.name: c for c in doctor.diagnose(srv.v1, srv.api_key, "--key").checks}["model_requests"]
+    assert ok.ok
+
+
+def test_project_over_its_spend_limit(srv, monkeypatch):
+    """With an admin key, doctor reads the spend limits (GETs only) and names the one that refuses model calls."""
+    admin(srv, "POST", f"/projects/{srv.project_id}/spend_limit", {"threshold_amount": 0})
+    plain = doctor.diagnose(srv.v1, srv.api_key, "--key")
+    assert plain.ok  # the key alone cannot read them: said, not failed
+    assert "--admin-key" in {c.name: c for c in plain.checks}["budget"].detail
+
+    r = doctor.diagnose(srv.v1, srv.api_key, "--key", admin_key=srv.admin_key)
+    bad = failed(r)["budget"]
+    assert "spend limit" in bad.detail and srv.project_id in bad.detail and "project_spend_limit_exceeded" in bad.detail
+    assert "Waiting does not help" in bad.fix
+    assert f"`keyplane limits set --project {srv.project_id} --spend-limit USD`" in bad.fix
+
+    monkeypatch.setenv("KEYPLANE_ADMIN_KEY", srv.admin_key)  # what the CLI reads when --admin-key is not given
+    app = typer.Typer()
+    app.command("doctor")(doctor_command)
+    app.command("noop")(lambda: None)
+    res = CliRunner().invoke(app, ["doctor", "--base-url", srv.v1, "--key", srv.api_key, "--json"])
+    assert res.exit_code == 1
+    assert any(c["name"] == "budget" and not c["ok"] for c in json.loads(res.output)["checks"])
+
+    admin(srv, "POST", f"/projects/{srv.project_id}/spend_limit", {"threshold_amount": 5000})
+    ok = {c.name: c for c in doctor.diagnose(srv.v1, srv.api_key, "--key", admin_key=srv.admin_key).checks}["budget"]
+    assert ok.ok and "$50.00" in ok.detail
+
+
+def test_credit_used_up(make_gateway):
+    srv = make_gateway(DEMO + "[credit]\nenforce = true\n")  # enforced credit, none granted
+    r = doctor.diagnose(srv.v1, srv.api_key, "--key", admin_key=srv.admin_key)
+    bad = failed(r)["budget"]
+    assert "prepaid credit is used up" in bad.detail and "`keyplane credit grant AMOUNT_USD`" in bad.fix

@@ -41,10 +41,23 @@ def doctor(
         str | None,
         typer.Option("--key", help="The key to check (default: $OPENAI_API_KEY, else $KEYPLANE_API_KEY)."),
     ] = None,
+    admin_key: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-key",
+            help="Also check the spend limits and prepaid credit with this admin key (read-only; "
+            "default: $KEYPLANE_ADMIN_KEY, safer than a command line).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request.")] = 10.0,
 ) -> None:
-    """Check a key and the way to keyplane, and explain any 401/403/429 with its fix."""
+    """Check a key and the way to keyplane, and explain any 401/403/429 with its fix.
+
+    Checks the key (format, live, project), that its permissions allow model requests, GET /v1/models and,
+    with an admin key, the spend limits and credit that would refuse its calls (429 insufficient_quota).
+    Sends no model request: nothing it does costs money.
+    """
     source = "--key" if key else None
     if key is None:
         for var in ("OPENAI_API_KEY", "KEYPLANE_API_KEY"):
@@ -52,7 +65,8 @@ def doctor(
                 key, source = os.environ[var], f"${var}"
                 break
     url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    report = diagnose(url, key, source, timeout)
+    admin_key = admin_key or os.environ.get("KEYPLANE_ADMIN_KEY") or None
+    report = diagnose(url, key, source, timeout, admin_key=admin_key)
     if as_json:
         typer.echo(json.dumps(report.to_dict()))
     else:
