@@ -218,6 +218,9 @@ def test_serve_hands_its_settings_to_the_serving_process_on_its_command_line(cli
     cfg = cli.home / "keyplane.toml"
     calls = []
     monkeypatch.setattr(os, "execv", lambda path, argv: calls.append((path, argv)))
+    from keyplane.cli import init as init_cli
+
+    monkeypatch.setattr(init_cli, "_cannot_listen", lambda host, port: None)  # the default 8080 may be taken here
     before = {k: v for k, v in os.environ.items() if k.startswith("KEYPLANE_")}
     res = cli(
         "--config", str(cfg), "serve", "--host", "127.0.0.2", "--port", "18998", "--workers", "3", "--unshared-limits"
@@ -232,6 +235,28 @@ def test_serve_hands_its_settings_to_the_serving_process_on_its_command_line(cli
     cli("serve")  # no options: the settings' host and port, one worker, the default keyplane.toml
     opts = serving.parse_args(calls[0][1][3:])
     assert opts.config is None and opts.workers == 1 and opts.host and opts.port
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(cli, monkeypatch):
+    """Not uvicorn's bare "[Errno 98] address already in use" (and a traceback): exit 2, one line naming the port
+    and how to pick another, nothing started."""
+    import os
+    import socket
+
+    cli("init", "--json")
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda path, argv: calls.append(argv))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = cli("serve", "--host", "127.0.0.1", "--port", str(port), code=2)
+    assert not calls
+    [line] = res.stderr.strip().splitlines()
+    assert f"port {port} on 127.0.0.1 is already in use" in line and "--port" in line
+    assert "Traceback" not in res.stderr and "Errno" not in res.stderr
+    res = cli("serve", "--host", "127.0.0.1", "--port", str(port))  # free again: started
+    assert calls and f"keyplane serving on http://127.0.0.1:{port}" in res.stderr
 
 
 @pytest.mark.parametrize("depth", [1, 5, 9])

@@ -148,6 +148,7 @@ def test_scripts_run_initializes_after_an_earlier_command(tmp_path):
             seen += line
             assert time.monotonic() < deadline, seen
         assert "keyplane initialized" in seen and "no organization yet" not in seen
+        assert f"http://127.0.0.1:{port}/v1" in seen and ":8080" not in seen  # init's next steps: the port served
         key = re.search(r"sk-kp-svc-\S+", seen)
         assert key, seen
         url = f"http://127.0.0.1:{port}/v1/models"
@@ -162,6 +163,19 @@ def test_scripts_run_initializes_after_an_earlier_command(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+
+
+def test_init_prints_the_port_serve_will_use(home, monkeypatch):
+    """`scripts/run --port 18777` runs init --port, then serve --port: the URL init prints is the one served."""
+    res = run("init", "--port", "18777")
+    assert "http://127.0.0.1:18777/v1" in res.stdout and "8080" not in res.stdout
+    assert "`keyplane serve --port 18777`" in " ".join(res.stdout.split())
+
+
+def test_init_reads_the_port_setting(home, monkeypatch):
+    monkeypatch.setenv("KEYPLANE_PORT", "18778")
+    res = run("init")
+    assert "http://127.0.0.1:18778/v1" in res.stdout and "8080" not in res.stdout
 
 
 # --- item 12 ---------------------------------------------------------------------------------------
