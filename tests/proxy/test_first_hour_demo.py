@@ -58,6 +58,31 @@ def test_models_retrieve_of_a_skipped_upstream_is_the_same_503(readme_setup):
     assert e.value.code == "model_not_found"
 
 
+def test_a_typo_in_a_model_name_is_an_unknown_model_not_a_missing_key(readme_setup):
+    """`gpt-4o-mni` matches the skipped openai upstream's `gpt-*`, but no key would make it work: OpenAI's 404
+    model_not_found (not retried by the SDKs), with the close known name; a known model keeps the 503."""
+    c = sdk(readme_setup)
+    for call in (
+        lambda: c.chat.completions.create(model="gpt-4o-mni", messages=MSG),
+        lambda: c.models.retrieve("gpt-4o-mni"),
+    ):
+        with pytest.raises(openai.NotFoundError) as e:
+            call()
+        assert e.value.status_code == 404 and e.value.code == "model_not_found" and e.value.param == "model"
+        assert e.value.type == "invalid_request_error"
+        msg = e.value.body["message"]  # type: ignore[index]
+        assert msg.startswith("The model `gpt-4o-mni` does not exist or you do not have access to it.")
+        assert "Did you mean `gpt-4o-mini`?" in msg and "not set" not in msg
+    with pytest.raises(openai.NotFoundError) as e:  # no close name: says which upstream is skipped too
+        c.chat.completions.create(model="gpt-zzz-unheard-of", messages=MSG)
+    assert e.value.code == "model_not_found" and "Did you mean" not in e.value.message
+    assert f"upstream openai, which would be asked, is skipped: ${MISSING} is not set" in e.value.message
+    for model in ("gpt-4o-mini", "gpt-4o-mini-2024-07-18", "gpt-4o", "o3-mini", "omni-moderation-latest"):
+        with pytest.raises(openai.InternalServerError) as skipped:
+            c.chat.completions.create(model=model, messages=MSG)
+        assert skipped.value.code == "upstream_not_configured", model
+
+
 def test_demo_n_choices_and_logprobs(readme_setup):
     c = sdk(readme_setup)
     one = c.chat.completions.create(model="demo-echo", messages=MSG)

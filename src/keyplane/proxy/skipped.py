@@ -5,18 +5,29 @@ With the default keyplane.toml and no ``OPENAI_API_KEY``, a request for ``gpt-4o
 looking in the wrong place (and the SDKs would retry in vain): the answer names what is missing,
 ``upstream openai skipped: $OPENAI_API_KEY is not set``, as a 503 with ``x-should-retry: false``
 (docs/proxy.md "Request errors").
+
+That answer is for a model keyplane knows (its price table's names and globs, the upstreams' exact model names,
+dated snapshots and provider-prefixed or tagged variants of them). A name it does not know, such as a typo that
+a skipped upstream's glob happens to match (``gpt-4o-mni`` against ``gpt-*``), answers OpenAI's 404
+``model_not_found`` instead, with the closest known name when there is one ("Did you mean `gpt-4o-mini`?"):
+setting the provider key would not make that request work.
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from keyplane import errors
+from keyplane import errors, model_names
 from keyplane.config import Upstream
 from keyplane.runtime import Runtime
+
+if TYPE_CHECKING:
+    from keyplane.billing.prices import PriceTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +80,74 @@ def no_route(rt: Runtime, model: str | None, project_id: str | None) -> errors.A
     if skipped is not None and skipped.upstreams:
         p = rt.snapshot.projects.get(project_id or "")
         found = skipped.relevant(model, project_id, p.name if p is not None else None)
-        if found:
+        if found and (model is None or known(rt, model)):
             return errors.upstream_skipped([(u.name, u.env) for u in found], model)
+        if model:
+            return model_not_found(rt, model, found)
     if model:
-        return errors.model_not_found(model)
+        return model_not_found(rt, model)
     return errors.no_upstream(None)
+
+
+def model_not_found(rt: Runtime, model: str, skipped: list[SkippedUpstream] | None = None) -> errors.APIError:
+    """OpenAI's 404 ``model_not_found``, naming the closest known model when one is close ("Did you mean"); with
+    none, the skipped upstreams the name would have gone to (a model too new for keyplane's price table)."""
+    err = errors.model_not_found(model)
+    exact, _ = _known_names(rt)
+    close = difflib.get_close_matches(model.strip().casefold(), exact, n=1, cutoff=0.8)
+    if close:
+        err.message += f" Did you mean `{close[0]}`?"
+    elif skipped:
+        err.message += (
+            " (keyplane knows no model by this name; "
+            + "; ".join(f"upstream {u.name}, which would be asked, is skipped: ${u.env} is not set" for u in skipped)
+            + ".)"
+        )
+    return err
+
+
+def known(rt: Runtime, model: str) -> bool:
+    """Is ``model`` a model keyplane knows by name: the price table's (exact names and globs) or an exact model
+    name of a configured upstream (an upstream's globs say where a name would go, not that it exists); also as a
+    dated snapshot or a provider-prefixed or tagged variant of one (``gpt-4o-mini-2024-07-18``,
+    ``openai/gpt-4o-mini:nitro``), compared case-insensitively. Every name is known when the administrator
+    priced unknown ones (``[prices.default]``): they are expected."""
+    from keyplane.billing.prices import family
+
+    if model_names.is_fine_tune(model) or _prices(rt).default is not None:  # only the provider knows fine-tunes
+        return True
+    exact, globs = _known_names(rt)
+    candidates = {n.strip().casefold() for n in model_names.names(model)}
+    candidates |= {family(n) for n in candidates}
+    return any(n in exact or any(fnmatch.fnmatchcase(n, g) for g in globs) for n in candidates)
+
+
+_fallback: dict[int, PriceTable] = {}  # id(settings) -> the price table, when billing is off (read once)
+
+
+def _prices(rt: Runtime) -> PriceTable:
+    billing = rt.features.billing
+    if billing is not None:
+        return billing.prices
+    s = rt.settings
+    table = _fallback.get(id(s))
+    if table is None:
+        from keyplane.billing.prices import PriceTable
+
+        _fallback.clear()
+        table = _fallback[id(s)] = PriceTable.from_config(s.file.prices, s.prices_file)
+    return table
+
+
+def _is_glob(name: str) -> bool:
+    return any(c in name for c in "*?[")
+
+
+def _known_names(rt: Runtime) -> tuple[list[str], list[str]]:
+    """(exact names, glob patterns), casefolded: the price table's names and globs, and the exact names among
+    the upstreams' ``models``."""
+    priced = [n.casefold() for n in _prices(rt).entries if n != "default"]
+    served = [m.casefold() for up in rt.settings.file.upstreams for m in up.models if not _is_glob(m)]
+    exact = sorted({n for n in priced + served if not _is_glob(n)})
+    globs = sorted({n for n in priced if _is_glob(n)})
+    return exact, globs
