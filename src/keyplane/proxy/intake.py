@@ -128,7 +128,7 @@ class Intake:
         if (bound := rt.features.providers_keys) is not None:  # a project's own provider key
             pool = bound.apply(entry.project_id, pool)  # (keyplane.providers.bindings)
         if not pool:
-            raise skipped.no_route(rt, model, entry.project_id)
+            raise skipped.no_route(rt, model, entry.project_id, entry.id)
         # The body took as long as the client liked, and the checks since may have waited: the key is looked at
         # again, so a request finished after its key's revocation never goes upstream, and one whose key changed
         # meanwhile (narrower permissions, a new IP allowlist) is held to the key as it is now.
@@ -207,5 +207,5 @@ async def models(
     except errors.APIError as e:  # served by an upstream skipped for want of its key: say so (503)
         if e.code != "model_not_found":
             raise
-        raise skipped.no_route(app.rt, model, project_id) from None
+        raise skipped.no_route(app.rt, model, project_id, key_id) from None
     await replies.send_json(send, obj, rid, t0)

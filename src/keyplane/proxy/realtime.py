@@ -80,7 +80,7 @@ class RealtimeApp:
                 pool = bound.apply(entry.project_id, pool)  # (keyplane.providers.bindings)
             deps = [d for d in self.proxy.router.candidates(pool) if not d.is_demo] if pool else []
             if not deps:
-                raise skipped.no_route(self.rt, model, entry.project_id)
+                raise skipped.no_route(self.rt, model, entry.project_id, entry.id)
         except errors.APIError as e:
             await _deny(scope, send, e)
             if known:

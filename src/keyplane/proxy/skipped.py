@@ -73,7 +73,7 @@ class Skipped:
         return found
 
 
-def no_route(rt: Runtime, model: str | None, project_id: str | None) -> errors.APIError:
+def no_route(rt: Runtime, model: str | None, project_id: str | None, key_id: str = "") -> errors.APIError:
     """The error for a request no upstream may serve: what is missing when an upstream was skipped for
     want of its key, else ``model_not_found`` (a model) or ``no_upstream`` (a path with no model)."""
     skipped = rt.features.skipped_upstreams  # this process's (set by build_proxy)
@@ -83,18 +83,31 @@ def no_route(rt: Runtime, model: str | None, project_id: str | None) -> errors.A
         if found and (model is None or known(rt, model)):
             return errors.upstream_skipped([(u.name, u.env) for u in found], model)
         if model:
-            return model_not_found(rt, model, found)
+            return model_not_found(rt, model, found, project_id, key_id)
     if model:
-        return model_not_found(rt, model)
+        return model_not_found(rt, model, None, project_id, key_id)
     return errors.no_upstream(None)
 
 
-def model_not_found(rt: Runtime, model: str, skipped: list[SkippedUpstream] | None = None) -> errors.APIError:
+def model_not_found(
+    rt: Runtime,
+    model: str,
+    skipped: list[SkippedUpstream] | None = None,
+    project_id: str | None = None,
+    key_id: str = "",
+) -> errors.APIError:
     """OpenAI's 404 ``model_not_found``, naming the closest known model when one is close ("Did you mean"); with
-    none, the skipped upstreams the name would have gone to (a model too new for keyplane's price table)."""
+    none, the skipped upstreams the name would have gone to (a model too new for keyplane's price table).
+
+    A name is suggested only to a key that could use it (:func:`_suggestable`): an upstream dedicated to another
+    project, or a model the key's model permissions hide, is named to no one else (GET /v1/models lists neither)."""
     err = errors.model_not_found(model)
     exact, _ = _known_names(rt)
-    close = difflib.get_close_matches(model.strip().casefold(), exact, n=1, cutoff=0.8)
+    close = [
+        n
+        for n in difflib.get_close_matches(model.strip().casefold(), exact, n=5, cutoff=0.8)
+        if _suggestable(rt, n, project_id, key_id)
+    ]
     if close:
         err.message += f" Did you mean `{close[0]}`?"
     elif skipped:
@@ -137,6 +150,23 @@ def _prices(rt: Runtime) -> PriceTable:
         _fallback.clear()
         table = _fallback[id(s)] = PriceTable.from_config(s.file.prices, s.prices_file)
     return table
+
+
+def _suggestable(rt: Runtime, name: str, project_id: str | None, key_id: str) -> bool:
+    """May ``name`` be suggested to this key: an upstream its project may use serves it (a shared one, or one
+    dedicated to the project: the rule of :meth:`Skipped.relevant`), and its model permissions show it."""
+    access = rt.features.access
+    if access is not None and not access.model_visible(project_id, key_id, name):
+        return False
+    p = rt.snapshot.projects.get(project_id or "")
+    mine = {x for x in (project_id, p.name if p is not None else None) if x}
+    upstreams = rt.settings.file.upstreams
+    dedicated = any(mine & set(up.projects) for up in upstreams)
+    return any(
+        (bool(mine & set(up.projects)) if dedicated else not up.projects)
+        and any(fnmatch.fnmatchcase(name, g.casefold()) for g in up.models)
+        for up in upstreams
+    )
 
 
 def _is_glob(name: str) -> bool:
