@@ -105,6 +105,38 @@ def test_demo_n_choices_and_logprobs(readme_setup):
     assert {ch.choices[0].index for ch in chunks if ch.choices} == {0, 1}
 
 
+def test_demo_stops_at_the_output_limit(readme_setup):
+    """As a model does: the answer cut to max_tokens / max_completion_tokens / max_output_tokens (finish_reason
+    "length", a response "incomplete"), so a priced demo model never bills more output than admission reserved."""
+    c = sdk(readme_setup)
+    full = "You said: book a table for two"
+    for kw in ({"max_completion_tokens": 3}, {"max_tokens": 3}):
+        r = c.chat.completions.create(model="demo-echo", messages=MSG, **kw)
+        text = r.choices[0].message.content or ""
+        assert r.choices[0].finish_reason == "length" and r.usage and 0 < r.usage.completion_tokens <= 3
+        assert text and full.startswith(text) and text != full
+    chunks = list(c.chat.completions.create(model="demo-echo", messages=MSG, max_tokens=3, stream=True))
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
+    assert full.startswith("".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices))
+    done = c.completions.create(model="demo-echo", prompt="one two three four five six", max_tokens=2)
+    assert done.choices[0].finish_reason == "length" and done.usage and done.usage.completion_tokens <= 2
+    resp = c.responses.create(model="demo-echo", input="one two three four five six", max_output_tokens=16)
+    assert resp.status == "completed"  # it fits: untouched
+    resp = c.responses.create(model="demo-echo", input="one two three four five six seven eight", max_output_tokens=3)
+    assert (
+        resp.status == "incomplete"
+        and resp.incomplete_details
+        and resp.incomplete_details.reason == "max_output_tokens"
+    )
+    assert resp.usage and resp.usage.output_tokens <= 3
+    events = list(
+        c.responses.create(model="demo-echo", input="one two three four five six", max_output_tokens=3, stream=True)
+    )
+    assert events[-1].type == "response.incomplete"
+    untouched = c.chat.completions.create(model="demo-echo", messages=MSG, max_tokens=100)
+    assert untouched.choices[0].finish_reason == "stop" and untouched.choices[0].message.content == full
+
+
 def test_demo_tool_calls(readme_setup):
     c = sdk(readme_setup)
     r = c.chat.completions.create(model="demo-echo", messages=MSG, tools=TOOLS)  # auto: the first tool

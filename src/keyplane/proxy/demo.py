@@ -55,14 +55,54 @@ def answer(method: str, path_qs: str, body: bytes) -> DemoResponse:
         return embeddings(req, name)
     prompt = estimate.count(estimate.prompt_text(req))
     text = reply(req)
+    cut = _cut(req, path, text)  # a model stops at the output limit it is given: so does the demo
+    if cut is not None:
+        text = cut
     pieces = echo_pieces(text)
     out_tokens = estimate.count(text)
     stream = bool(req.get("stream"))
     if path == "/v1/responses":
-        return responses(req, name, rid, created, text, pieces, prompt, out_tokens, stream)
+        return responses(req, name, rid, created, text, pieces, prompt, out_tokens, stream, cut is not None)
     return completions(
-        req, path == "/v1/chat/completions", name, rid, created, text, pieces, prompt, out_tokens, stream
+        req,
+        path == "/v1/chat/completions",
+        name,
+        rid,
+        created,
+        text,
+        pieces,
+        prompt,
+        out_tokens,
+        stream,
+        cut is not None,
     )
+
+
+_OUTPUT_LIMITS = {
+    "/v1/chat/completions": ("max_completion_tokens", "max_tokens"),
+    "/v1/completions": ("max_tokens",),
+    "/v1/responses": ("max_output_tokens",),
+}
+
+
+def _cut(req: dict[str, Any], path: str, text: str) -> str | None:
+    """``text`` cut to the request's output limit (whole words, as many as fit), or None when it fits: what a model
+    does (finish_reason ``length``, a response ``incomplete``), so that a priced demo model never writes, and bills,
+    more than admission reserved for it."""
+    limits = [
+        v for f in _OUTPUT_LIMITS[path] if isinstance(v := req.get(f), int) and not isinstance(v, bool) and v >= 0
+    ]
+    if not limits or estimate.count(text) <= (limit := min(limits)):
+        return None
+    pieces = echo_pieces(text)
+    lo, hi = 0, len(pieces)  # the most words whose text fits (binary search: a few counts, whatever the length)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if estimate.count("".join(pieces[:mid])) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return "".join(pieces[:lo]).rstrip(" ")
 
 
 def model(m: str) -> dict[str, Any]:

@@ -41,7 +41,9 @@ def completions(
     prompt: int,
     out_tokens: int,
     stream: bool,
+    cut: bool = False,
 ) -> DemoResponse:
+    """``cut``: the text was cut at the request's output limit (finish_reason ``length``)."""
     obj = "chat.completion" if chat else "text_completion"
     n = req.get("n", 1)
     if n is None:
@@ -58,10 +60,11 @@ def completions(
     if call is not None:
         out_tokens = estimate.count(call["function"]["name"] + call["function"]["arguments"])
     lp = _logprobs(req, pieces, chat) if call is None else None
+    finish = "tool_calls" if call else "length" if cut else "stop"
     if not stream:
         choices = []
         for i in range(n):
-            choice: dict[str, Any] = {"index": i, "logprobs": lp, "finish_reason": "tool_calls" if call else "stop"}
+            choice: dict[str, Any] = {"index": i, "logprobs": lp, "finish_reason": finish}
             if call is not None:
                 choice["message"] = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [call]}
             elif chat:
@@ -97,7 +100,6 @@ def completions(
         deltas = [{"role": "assistant", "content": None, "tool_calls": [{"index": 0, **call}]}]
     else:
         deltas += [{"content": p} if chat else {"text": p} for p in pieces]
-    finish = "tool_calls" if call else "stop"
     for c in range(n):
         for i, d in enumerate(deltas):
             last = i == len(deltas) - 1

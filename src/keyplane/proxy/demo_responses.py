@@ -21,7 +21,9 @@ def responses(
     prompt: int,
     out_tokens: int,
     stream: bool,
+    cut: bool = False,
 ) -> DemoResponse:
+    """``cut``: the text was cut at ``max_output_tokens`` (the response is ``incomplete``, as OpenAI's is)."""
     usage = {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": 0},
@@ -40,10 +42,10 @@ def responses(
         "id": f"resp_demo{rid}",
         "object": "response",
         "created_at": created,
-        "status": "completed",
+        "status": "incomplete" if cut else "completed",
         "model": name,
         "error": None,
-        "incomplete_details": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
         "instructions": req.get("instructions"),
         "metadata": {},
         "parallel_tool_calls": True,
@@ -97,5 +99,6 @@ def responses(
             "response.output_item.done",
         )
     )
-    ev.append(sse({"type": "response.completed", "response": resp, "sequence_number": next(n)}, "response.completed"))
+    done = "response.incomplete" if cut else "response.completed"
+    ev.append(sse({"type": done, "response": resp, "sequence_number": next(n)}, done))
     return DemoResponse(200, events=ev)
