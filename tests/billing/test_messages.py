@@ -60,15 +60,30 @@ def test_spend_limit_message_names_the_cost_and_resets_in_days(make_gateway, bac
         client.chat.completions.create(**BIG)
     assert e.value.code == "project_spend_limit_exceeded"
     msg = e.value.body["message"]  # type: ignore[index]
+    # Not used up ($0.026 left): the reservation is what does not fit, and the message says so (and how to reserve
+    # less), not "reached".
     head = (
-        f"You have reached the project spend limit of $0.05 per month for project `Default project` "
-        f"({srv.project_id}): $0.03 spent this month, and this request may cost up to $0.04. The limit resets on "
+        f"This request may cost up to $0.04, more than the $0.02 left of the project spend limit of $0.05 per month "
+        f"for project `Default project` ({srv.project_id}): $0.03 spent this month. A request reserves the most it "
+        "may cost before it runs"
     )
     assert msg.startswith(head), msg
+    assert "set a lower one to reserve less, or ask your keyplane administrator to raise the limit." in msg
     if not backend:  # the injected clock: an exact countdown
-        assert "resets on 2026-12-01 00:00 UTC (in 4d7h12m0s). Ask your keyplane administrator" in msg
+        assert msg.endswith("The limit resets on 2026-12-01 00:00 UTC (in 4d7h12m0s)."), msg
     else:
-        assert re.search(r"\(in (\d+d)?\d+h\d+m\d+s\)\.", msg), msg
+        assert re.search(r"\(in (\d+d)?\d+h\d+m\d+s\)\.$", msg), msg
+    used = {**LIMIT, "threshold_amount": 2}  # below the 24000 µ$ spent: used up, "reached"
+    with admin_http(srv) as h:
+        assert h.post(f"/projects/{srv.project_id}/spend_limit", json=used).status_code == 200
+    with pytest.raises(openai.RateLimitError) as e:
+        client.chat.completions.create(**CHAT)
+    msg = e.value.body["message"]  # type: ignore[index]
+    assert msg.startswith(
+        f"You have reached the project spend limit of $0.02 per month for project `Default project` "
+        f"({srv.project_id}): $0.03 spent this month, and this request may cost up to $0.0080. The limit resets "
+    ), msg
+    assert msg.endswith("Ask your keyplane administrator to raise it."), msg
 
 
 def test_credit_message_agrees_with_the_balance(make_gateway):

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from keyplane.config import DEFAULT_CONFIG
-from tests.proxy.conftest import new_key
+from tests.proxy.conftest import admin, new_key
 
 MISSING = "KP_TEST_FIRST_HOUR_DEMO_UNSET_KEY"
 MSG = [{"role": "user", "content": "book a table for two"}]
@@ -135,6 +135,36 @@ def test_demo_stops_at_the_output_limit(readme_setup):
     assert events[-1].type == "response.incomplete"
     untouched = c.chat.completions.create(model="demo-echo", messages=MSG, max_tokens=100)
     assert untouched.choices[0].finish_reason == "stop" and untouched.choices[0].message.content == full
+
+
+def test_the_docs_recipe_for_watching_a_spend_limit(make_gateway, monkeypatch):
+    """docs/limits-and-billing.md "Trying one with the demo models": demo models priced at $100/1M, a $0.01 project
+    limit; a request without an output limit reserves 4,096 output tokens (with its prompt: $0.42), more than the
+    whole limit, and is told so (not "reached"); with max_tokens=20 the first ones are served, then the 429."""
+    monkeypatch.delenv(MISSING, raising=False)
+    config = (
+        DEFAULT_CONFIG.replace('"OPENAI_API_KEY"', f'"{MISSING}"') + '\n[prices."demo-*"]\ninput = 100\noutput = 100\n'
+    )
+    srv = make_gateway(config)
+    admin(
+        srv,
+        "POST",
+        f"/projects/{srv.project_id}/spend_limit",
+        {"currency": "USD", "interval": "month", "threshold_amount": 1},
+    )
+    c = sdk(srv)
+    with pytest.raises(openai.RateLimitError) as e:
+        c.chat.completions.create(model="demo-echo", messages=MSG)
+    assert e.value.code == "project_spend_limit_exceeded"
+    assert e.value.body["message"].startswith(  # type: ignore[index]
+        "This request may cost up to $0.42, more than the $0.01 left of the project spend limit"
+    )
+    served = 0
+    with pytest.raises(openai.RateLimitError) as e:
+        for _ in range(50):
+            c.chat.completions.create(model="demo-echo", messages=MSG, max_tokens=20)
+            served += 1
+    assert served >= 2 and e.value.code == "project_spend_limit_exceeded"
 
 
 def test_demo_tool_calls(readme_setup):

@@ -25,14 +25,29 @@ def insufficient_quota(detail: str = "") -> APIError:
     )
 
 
-def spend_limit_exceeded(scope: str, what: str, amount: str, spent: str, resets: str, cost: str = "") -> APIError:
+def spend_limit_exceeded(
+    scope: str, what: str, amount: str, spent: str, resets: str, cost: str = "", left: str = ""
+) -> APIError:
     """``scope``: project | organization | api_key; ``what`` names it, e.g. "project `Research` (proj_...)".
-    Amounts and ``resets`` already formatted (keyplane.fmt); see :func:`spend_limit_reached`."""
+    Amounts and ``resets`` already formatted (keyplane.fmt); see :func:`spend_limit_reached`. ``left``: what is
+    left of the limit when it is not used up, only too little for this request's reservation (its worst case)."""
+    limit = f"the {scope.replace('_', ' ')} spend limit of {amount} per month for {what}"
+    if left and cost:
+        return APIError(
+            429,
+            f"This request may cost up to {cost}, more than the {left} left of {limit}: {spent} spent this month. "
+            f"A request reserves the most it may cost before it runs (its output at its max_tokens, "
+            f"max_completion_tokens or max_output_tokens, else the model's largest output): set a lower one to "
+            f"reserve less, or ask your keyplane administrator to raise the limit. The limit resets {resets}.",
+            type="insufficient_quota",
+            code=f"{scope}_spend_limit_exceeded",
+            headers=dict(_NO_RETRY),
+        )
     may = f", and this request may cost up to {cost}" if cost else ""
     return APIError(
         429,
-        f"You have reached the {scope.replace('_', ' ')} spend limit of {amount} per month for {what}: "
-        f"{spent} spent this month{may}. The limit resets {resets}. Ask your keyplane administrator to raise it.",
+        f"You have reached {limit}: {spent} spent this month{may}. The limit resets {resets}. Ask your keyplane "
+        "administrator to raise it.",
         type="insufficient_quota",
         code=f"{scope}_spend_limit_exceeded",
         headers=dict(_NO_RETRY),
@@ -43,9 +58,12 @@ def spend_limit_reached(
     scope: str, what: str, limit_micros: int, spent_micros: int, cost_micros: int, now: float, period_end: float
 ) -> APIError:
     """The spend-limit 429 from amounts in micro-dollars: the limit as set, spent rounded up, the refused
-    request's cost (its reservation) rounded up, the reset as a date and a countdown."""
+    request's cost (its reservation) rounded up, the reset as a date and a countdown. When the limit is not used
+    up (what is spent and reserved is under it), the message says what is left and that the request's reservation
+    is what does not fit (a lower output limit reserves less), rather than "reached"."""
     from keyplane import fmt
 
+    left = limit_micros - spent_micros
     return spend_limit_exceeded(
         scope,
         what,
@@ -53,6 +71,7 @@ def spend_limit_reached(
         fmt.usd(spent_micros, "up"),
         fmt.until(now, period_end),
         fmt.usd(cost_micros, "up") if cost_micros else "",
+        fmt.usd(left, "down") if left > 0 and cost_micros else "",
     )
 
 
