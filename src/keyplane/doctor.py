@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from keyplane import keys
+from keyplane import fmt, keys
 from keyplane.auth import OPENAI_MARKER
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
@@ -31,6 +31,7 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    skipped: bool = False  # not checked (ok: nothing found wrong, nothing looked at either)
 
 
 @dataclass
@@ -45,9 +46,13 @@ class Report:
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
-    def add(self, name: str, ok: bool, detail: str, fix: str = "") -> bool:
-        self.checks.append(Check(name, ok, detail, fix))
+    def add(self, name: str, ok: bool, detail: str, fix: str = "", skipped: bool = False) -> bool:
+        self.checks.append(Check(name, ok, detail, fix, skipped))
         return ok
+
+    @property
+    def skipped(self) -> list[str]:
+        return [c.name for c in self.checks if c.skipped]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -286,14 +291,18 @@ def _model_requests(report: Report, info: dict[str, Any]) -> None:
         False,
         f"The key's permissions ({perms_s}) do not include {MODEL_REQUEST}: every model call (chat completions, "
         "responses, embeddings, images, audio...) answers 403 missing_scope.",
-        "An administrator can widen them, same key: `keyplane keys permissions KEY_ID all` "
-        f"(KEY_ID: {info.get('id')}), or list {MODEL_REQUEST} among its scopes; or use a key created with them "
-        "(`keyplane keys create`).",
+        f"An administrator can widen them, same key: `keyplane keys permissions {info.get('id') or 'KEY_ID'} all`, "
+        f"or list {MODEL_REQUEST} among its scopes; or use a key created with them (`keyplane keys create`).",
     )
 
 
 def _usd(cents: Any) -> str:
-    return f"${int(cents) / 100:,.2f}" if isinstance(cents, int) else "?"
+    return fmt.usd_cents(cents) if isinstance(cents, int) else "?"
+
+
+def _spent(micros: Any) -> str:
+    """Spend as the 429s write it (rounded up; four decimals under a cent)."""
+    return fmt.usd(micros, "up") if isinstance(micros, int) else "?"
 
 
 def _day(ts: Any) -> str:
@@ -312,6 +321,7 @@ def _budget(report: Report, base: str, admin_key: str | None, timeout: float) ->
             "Spend limits and prepaid credit not checked: the key cannot read them. Pass --admin-key "
             "(or set KEYPLANE_ADMIN_KEY) to check them too; a model call answering 429 insufficient_quota means "
             "one is used up (waiting does not help).",
+            skipped=True,
         )
         return
     org = base + "/organization"
@@ -331,14 +341,16 @@ def _budget(report: Report, base: str, admin_key: str | None, timeout: float) ->
                 why, fix = explain(status, body, headers)
                 report.add("budget", False, f"GET {url} with the admin key: HTTP {status}: {why}", fix)
                 return
-            limit, spent = body.get("threshold_amount"), body.get("spent")
+            limit, spent = body.get("threshold_amount"), body.get("spent_micros")
+            if not isinstance(spent, int) and isinstance(body.get("spent"), int):  # an older keyplane: whole cents
+                spent = body["spent"] * fmt.CENT
             enforcing = (body.get("enforcement") or {}).get("status") == "enforcing"
-            notes.append(f"{what}: {_usd(spent)} of {_usd(limit)} this month" + ("" if enforcing else " (inactive)"))
-            if enforcing and isinstance(limit, int) and isinstance(spent, int) and spent >= limit:
+            notes.append(f"{what}: {_spent(spent)} of {_usd(limit)} this month" + ("" if enforcing else " (inactive)"))
+            if enforcing and isinstance(limit, int) and isinstance(spent, int) and spent >= limit * fmt.CENT:
                 option = {"key": f" --project {pid} --key {kid}", "project": f" --project {pid}"}.get(scope, "")
                 problems.append(
                     (
-                        f"The {what} has reached its spend limit: {_usd(spent)} spent of {_usd(limit)} this month, "
+                        f"The {what} has reached its spend limit: {_spent(spent)} spent of {_usd(limit)} this month, "
                         f"so model calls answer 429 {scope if scope != 'key' else 'api_key'}_spend_limit_exceeded "
                         f"(insufficient_quota) until it resets on {_day(body.get('resets_at'))}.",
                         "Waiting does not help until then: an administrator can raise it "
@@ -366,7 +378,16 @@ def _budget(report: Report, base: str, admin_key: str | None, timeout: float) ->
         report.add(
             "budget",
             True,
-            "Spend limits and prepaid credit leave room: " + ("; ".join(notes) if notes else "none is set") + ".",
+            "Spend limits and prepaid credit leave room: "
+            + ("; ".join(notes) if notes else "none is set")
+            + "."
+            + (
+                " A model call is refused (429) when the most it may cost does not fit in what is left: it reserves "
+                "its output at its max_tokens (or max_completion_tokens, max_output_tokens), else at the model's "
+                "largest output, so a call without one may be refused well before the limit is spent."
+                if notes
+                else ""
+            ),
         )
 
 

@@ -62,8 +62,9 @@ def test_limits(cli):
     shown = _json(cli("limits", "show", "-p", "Default project", "--json"))
     by = {r["model"]: r for r in shown["rate_limits"]}
     assert by["gpt-4o-mini"]["max_requests_per_1_minute"] == 60 and by["gpt-4o"]["source"] == "tier free"
-    assert shown["spent"] == 0 and shown["tier"] == "free"
+    assert shown["spent"] == 0 and shown["spent_micros"] == 0 and shown["tier"] == "free"
     out = cli("limits", "show", "-p", "Default project").stdout
+    assert "spent this month  $0.00" in out
     assert "spend limit       $10.00 per month (enforcing)" in out and "gpt-4o-mini" in out
     # organization and key limits
     d = _json(cli("limits", "set", "--spend-limit", "100", "--inactive", "--json"))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 
+import openai
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -180,9 +182,7 @@ def test_key_that_cannot_make_model_requests(srv):
     bad = failed(r)
     assert set(bad) == {"model_requests"}, r.checks  # /v1/models itself works
     assert "api.model.request" in bad["model_requests"].detail and "403" in bad["model_requests"].detail
-    assert (
-        "`keyplane keys permissions KEY_ID all`" in bad["model_requests"].fix and k["id"] in bad["model_requests"].fix
-    )
+    assert f"`keyplane keys permissions {k['id']} all`" in bad["model_requests"].fix
 
     app = typer.Typer()
     app.command("doctor")(doctor_command)
@@ -226,3 +226,34 @@ def test_credit_used_up(make_gateway):
     r = doctor.diagnose(srv.v1, srv.api_key, "--key", admin_key=srv.admin_key)
     bad = failed(r)["budget"]
     assert "prepaid credit is used up" in bad.detail and "`keyplane credit grant AMOUNT_USD`" in bad.fix
+
+
+def test_a_limit_not_used_up_is_not_reported_reached(make_gateway):
+    """Spend under a cent of a one-cent limit: the proxy still serves (its 429 compares micro-dollars), so doctor does
+    not say "reached" (the admin API's whole cents, rounded up, read 1 of 1); it shows the spend as the 429s do, and
+    says that a call without an output limit reserves the model's largest output."""
+    srv = make_gateway(DEMO + '[prices."demo-*"]\ninput = 100\noutput = 100\n')
+    admin(srv, "POST", f"/projects/{srv.project_id}/spend_limit", {"threshold_amount": 1})
+    c = openai.OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+    c.chat.completions.create(model="demo-echo", messages=[{"role": "user", "content": "hi"}], max_tokens=20)
+    r = doctor.diagnose(srv.v1, srv.api_key, "--key", admin_key=srv.admin_key)
+    budget = {ch.name: ch for ch in r.checks}["budget"]
+    assert budget.ok, budget
+    assert re.search(r"\$0\.00\d\d of \$0\.01 this month", budget.detail), budget.detail
+    assert "max_tokens" in budget.detail
+    c.chat.completions.create(model="demo-echo", messages=[{"role": "user", "content": "hi"}], max_tokens=20)  # served
+
+
+def test_the_summary_says_what_was_not_checked(srv):
+    """Without an admin key, spend limits and credit are not checked: the summary says so, not a bare "All checks
+    passed" (exit status 0 all the same: nothing was found wrong)."""
+    app = typer.Typer()
+    app.command("doctor")(doctor_command)
+    app.command("noop")(lambda: None)
+    res = CliRunner().invoke(app, ["doctor", "--base-url", srv.v1, "--key", srv.api_key])
+    assert res.exit_code == 0
+    assert "All checks passed, except what was not checked: spend limits and prepaid credit" in res.output
+    res = CliRunner().invoke(app, ["doctor", "--base-url", srv.v1, "--key", srv.api_key, "--admin-key", srv.admin_key])
+    assert res.exit_code == 0 and "All checks passed.\n" in res.output
+    skipped = [c for c in doctor.diagnose(srv.v1, srv.api_key, "--key").to_dict()["checks"] if c["skipped"]]
+    assert [c["name"] for c in skipped] == ["budget"]

@@ -151,13 +151,13 @@ def show(project: ProjectOpt = None, key: KeyOpt = None, json: JsonOpt = False) 
         return
     lim = d["spend_limit"]
     out.print(f"[bold]{escape(str(d['label']))}[/] (usage tier {d['tier']}, month {d['period']})")
-    out.print(f"spent this month  {_usd(d['spent'])}")
+    from keyplane import fmt
+
+    out.print(f"spent this month  {fmt.usd(d['spent_micros'], 'up')}")  # (under a cent: four decimals)
     if lim:
         status = lim["enforcement"]["status"]
         out.print(f"spend limit       {_usd(lim['threshold_amount'])} per month ({status})")
         if lim.get("resets_at"):
-            from keyplane import fmt
-
             out.print(f"resets            {fmt.until(time.time(), lim['resets_at'])}")
     else:
         out.print("spend limit       none")
@@ -272,6 +272,7 @@ async def _show(session: Any, s: Any, project: str | None, key: str | None, only
         "tier": cfg.tier,
         "period": period,
         "spent": -(-int(micros) // state.CENT),
+        "spent_micros": int(micros),
         "spend_limit": spend.limit_object(scope, row, int(micros), now) if row else None,
         "rate_limits": [],
     }

@@ -110,7 +110,7 @@ async def set_spend_limit(
         if store_outage(e) is None:
             raise
         obj = spend.limit_object(scope, row, 0, rt.clock.now())
-        obj["spent"] = None
+        obj["spent"] = obj["spent_micros"] = None
         notes.append(
             "The spend limit was saved, but this month's spend could not be read (the limits store is "
             "unreachable): `spent` is null."

@@ -166,8 +166,10 @@ def limit_object(scope: str, row: SpendLimit, spent_micros: int, now: float) -> 
         "interval": "month",
         "threshold_amount": row.threshold_cents,
         "enforcement": {"status": "enforcing" if row.enforcing else "inactive"},
-        # keyplane extensions: this month's spend (cents, rounded up) and when the month ends
+        # keyplane extensions: this month's spend (cents, rounded up; and exact, in micro-dollars, as the 429s and
+        # `keyplane doctor` compare it) and when the month ends
         "spent": -(-spent_micros // CENT),
+        "spent_micros": spent_micros,
         "resets_at": period_bounds(now)[1],
     }
 

@@ -27,7 +27,15 @@ def _print(report: Report) -> None:
         )
         if ch.fix and not ch.ok:
             c.print(f"      fix: {ch.fix}", markup=False)
-    c.print("All checks passed." if report.ok else "Some checks failed; see the fixes above.")
+    if not report.ok:
+        c.print("Some checks failed; see the fixes above.")
+    elif "budget" in report.skipped:
+        c.print(
+            "All checks passed, except what was not checked: spend limits and prepaid credit (give an admin key: "
+            "--admin-key, or set KEYPLANE_ADMIN_KEY)."
+        )
+    else:
+        c.print("All checks passed.")
 
 
 def doctor(
