@@ -43,6 +43,21 @@ def test_init_once(cli):
     assert (cli.home / "keyplane.toml").exists() and (cli.home / "secret.key").exists()
     res = cli("init", code=1)
     assert "already initialized" in res.stderr and out["api_key"] not in res.stderr + res.stdout
+    assert "`keyplane keys create-admin`" in " ".join(res.stderr.split())
+
+
+def test_a_lost_admin_key_is_replaced_from_the_cli(cli):
+    """init's admin key is shown once; whoever runs the CLI on the store can make another (the admin API's own
+    route needs an admin key to start with)."""
+    first = _json(cli("init", "--json"))
+    made = _json(cli("keys", "create-admin", "--name", "recovery", "--json"))
+    assert keys.parse(made["value"]) == "admin" and made["value"] != first["admin_key"]
+    listed = {k["id"]: k for k in _json(cli("keys", "list", "--admin", "--json"))}
+    assert made["id"] in listed and listed[made["id"]]["name"] == "recovery"
+    reader = _json(cli("keys", "create-admin", "--name", "auditor", "--role", "reader", "--json"))
+    assert keys.parse(reader["value"]) == "admin"
+    assert "--role must be owner or reader" in cli("keys", "create-admin", "-n", "x", "--role", "god", code=1).stderr
+    assert made["value"] not in cli("audit", "--json").stdout  # the value is never kept nor logged
 
 
 def test_commands_need_init(cli):

@@ -46,7 +46,8 @@ def init(
         except control.AlreadyInitialized:
             raise fail(
                 f"keyplane is already initialized in {s.home.resolve()}. Its keys were shown once at init and "
-                "cannot be shown again; create new ones with `keyplane keys create` if they are lost."
+                "cannot be shown again; if they are lost, create new ones: `keyplane keys create` (an API key) and "
+                "`keyplane keys create-admin` (an admin key)."
             ) from None
 
     res = run_store(s, go, write=True, need_org=False)
@@ -68,7 +69,8 @@ def init(
     out.print(f"Admin key (admin API):\n  {res['admin_key']}", highlight=False, soft_wrap=True, markup=False)
     serve_args = "".join(f" --{n} {v}" for n, v in (("host", host), ("port", port)) if v is not None)
     out.print(
-        f"\nConfig: {cfg_path}. Next: `keyplane serve{serve_args}`, then point an OpenAI SDK at "
+        f"\nConfig: {cfg_path}. Next: `keyplane serve{serve_args}` (scripts/run starts it for you), then point an "
+        "OpenAI SDK at "
         f"http://{s.host}:{s.port}/v1 with the API key and model demo-echo.",
         markup=False,
     )

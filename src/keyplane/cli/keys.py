@@ -7,7 +7,7 @@ import orjson
 import typer
 
 from keyplane import control
-from keyplane.cli.common import JsonOpt, out, print_json, run_store, settings, table, ts
+from keyplane.cli.common import JsonOpt, fail, out, print_json, run_store, settings, table, ts
 from keyplane.store.models import ApiKey
 
 ProjectOpt = Annotated[str, typer.Option("--project", "-p", help="Project id or unique name.")]
@@ -92,6 +92,30 @@ def create(
             owner_user_id=owner_id,
             permissions=permissions,
             expires_in_seconds=expires_in,
+        )
+        return await _with_dict(session, row), value
+
+    found, value = run_store(s, go, write=True)
+    _emit_key(found, json, value)
+
+
+def create_admin(
+    name: Annotated[str, typer.Option("--name", "-n", help="Key name (shown in reports).")],
+    role: Annotated[
+        str, typer.Option(help='"owner" (every admin API call) or "reader" (read-only admin API calls).')
+    ] = "owner",
+    expires_in: Annotated[int | None, typer.Option(help="Seconds until the key expires.", min=1)] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Create an admin key (the admin API's, owned by the organization's owner). The value is shown once: the way
+    back in when init's admin key is lost (whoever runs this has the store, and so the organization, already)."""
+    s = settings()
+    if role not in ("owner", "reader"):
+        raise fail("--role must be owner or reader.")
+
+    async def go(session: Any) -> tuple[tuple[ApiKey, dict[str, Any]], str]:
+        row, value = await control.create_admin_key(
+            session, control.CLI_ACTOR, s.secret_key, name, expires_in_seconds=expires_in, role=role
         )
         return await _with_dict(session, row), value
 

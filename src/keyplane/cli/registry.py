@@ -51,6 +51,7 @@ objects_app.command("assign")(objects.assign)
 
 keys_app = _group(app, "keys", "Create, list, revoke, rotate, suspend keys and change their permissions.")
 keys_app.command("create")(keys.create)
+keys_app.command("create-admin")(keys.create_admin)
 keys_app.command("list")(keys.list_)
 keys_app.command("revoke")(keys.revoke)
 keys_app.command("rotate")(keys.rotate)
