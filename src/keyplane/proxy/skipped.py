@@ -135,7 +135,7 @@ def known(rt: Runtime, model: str) -> bool:
     return any(n in exact or any(fnmatch.fnmatchcase(n, g) for g in globs) for n in candidates)
 
 
-_fallback: dict[int, PriceTable] = {}  # id(settings) -> the price table, when billing is off (read once)
+_fallback: list[tuple[object, PriceTable]] = []  # (settings, its price table) when billing is off: read once
 
 
 def _prices(rt: Runtime) -> PriceTable:
@@ -143,12 +143,12 @@ def _prices(rt: Runtime) -> PriceTable:
     if billing is not None:
         return billing.prices
     s = rt.settings
-    table = _fallback.get(id(s))
-    if table is None:
-        from keyplane.billing.prices import PriceTable
+    if _fallback and _fallback[0][0] is s:  # (the settings object itself is held: no id reused by another)
+        return _fallback[0][1]
+    from keyplane.billing.prices import PriceTable
 
-        _fallback.clear()
-        table = _fallback[id(s)] = PriceTable.from_config(s.file.prices, s.prices_file)
+    table = PriceTable.from_config(s.file.prices, s.prices_file)
+    _fallback[:] = [(s, table)]
     return table
 
 
