@@ -60,6 +60,12 @@ def test_a_lost_admin_key_is_replaced_from_the_cli(cli):
     assert made["value"] not in cli("audit", "--json").stdout  # the value is never kept nor logged
 
 
+def test_version(cli):
+    from keyplane import __version__
+
+    assert cli("--version").stdout.strip() == f"keyplane {__version__}"
+
+
 def test_commands_need_init(cli):
     res = cli("projects", "list", code=1)
     assert "keyplane init" in res.stderr

@@ -51,8 +51,22 @@ class _State:
 state = _State()
 
 
-def root(config: ConfigOpt = None) -> None:
-    """The global options (the root callback): the keyplane.toml every command then reads."""
+def _print_version(value: bool) -> None:
+    if value:
+        from keyplane import __version__
+
+        typer.echo(f"keyplane {__version__}")
+        raise typer.Exit()
+
+
+VersionOpt = Annotated[
+    bool, typer.Option("--version", help="Print keyplane's version and exit.", is_eager=True, callback=_print_version)
+]
+
+
+def root(config: ConfigOpt = None, version: VersionOpt = False) -> None:
+    """The global options (the root callback): the keyplane.toml every command then reads (``--version`` prints
+    the version and exits before any command)."""
     state.config = config
 
 

@@ -89,7 +89,8 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Run keyplane: the /v1 proxy, the admin API and health endpoints. Migrations apply on start.
+    """Run keyplane: the /v1 proxy, the admin API, the dashboard, /metrics and health endpoints. Migrations apply on
+    start.
 
     A port already in use (or an address that cannot be bound) is refused before anything starts: exit
     status 2, one line naming the port; pick another with --port (or KEYPLANE_PORT)."""
