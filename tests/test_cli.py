@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -64,6 +65,21 @@ def test_version(cli):
     from keyplane import __version__
 
     assert cli("--version").stdout.strip() == f"keyplane {__version__}"
+
+
+def test_help_paragraphs_are_one_line_each():
+    """typer's rich help keeps a docstring's hard line breaks (ragged lines in --help and the command lists): every
+    command's help is its paragraphs, each on one line."""
+    import typer.main
+
+    def walk(cmd: Any) -> list[Any]:  # (typer's own click: its Group is not click's)
+        return [cmd, *(c for s in getattr(cmd, "commands", {}).values() for c in walk(s))]
+
+    commands = walk(typer.main.get_command(app))
+    assert len(commands) > 50
+    for cmd in commands:
+        for paragraph in (cmd.help or "").split("\n\n"):
+            assert "\n" not in paragraph, (cmd.name, paragraph)
 
 
 def test_commands_need_init(cli):

@@ -116,3 +116,21 @@ access_app = _group(app, "access", "Access policies: model and hosted tool permi
 access_app.command("show")(access.show)
 ip_app = _group(access_app, "ip-allowlist", "IP allowlists of the organization, a project or a key.")
 ip_app.command("clear")(access.clear)
+
+
+def _one_line_paragraphs(group: typer.Typer) -> None:
+    """Each command's help as its docstring's paragraphs, each on one line (the terminal wraps them): typer's rich
+    help keeps a docstring's hard line breaks, in the group's command list ("... and an" / "admin key ...") and on
+    the command's own page, which then wraps raggedly. Blank lines still separate paragraphs."""
+    import inspect
+
+    for cmd in group.registered_commands:
+        doc = inspect.getdoc(cmd.callback) if cmd.callback is not None else None
+        if cmd.help is None and doc:
+            cmd.help = "\n\n".join(" ".join(p.split()) for p in doc.split("\n\n"))
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _one_line_paragraphs(sub.typer_instance)
+
+
+_one_line_paragraphs(app)
