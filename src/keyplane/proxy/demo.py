@@ -20,6 +20,7 @@ from keyplane.proxy.demo_chat import completions
 from keyplane.proxy.demo_common import DemoResponse, echo_pieces, error, reply
 from keyplane.proxy.demo_embeddings import embeddings
 from keyplane.proxy.demo_responses import responses
+from keyplane.proxy.request import OUTPUT_FIELDS
 
 MODELS = ("demo-echo",)
 _JSON = b"application/json"
@@ -78,20 +79,11 @@ def answer(method: str, path_qs: str, body: bytes) -> DemoResponse:
     )
 
 
-_OUTPUT_LIMITS = {
-    "/v1/chat/completions": ("max_completion_tokens", "max_tokens"),
-    "/v1/completions": ("max_tokens",),
-    "/v1/responses": ("max_output_tokens",),
-}
-
-
 def _cut(req: dict[str, Any], path: str, text: str) -> str | None:
     """``text`` cut to the request's output limit (whole words, as many as fit), or None when it fits: what a model
     does (finish_reason ``length``, a response ``incomplete``), so that a priced demo model never writes, and bills,
     more than admission reserved for it."""
-    limits = [
-        v for f in _OUTPUT_LIMITS[path] if isinstance(v := req.get(f), int) and not isinstance(v, bool) and v >= 0
-    ]
+    limits = [v for f in OUTPUT_FIELDS[path] if isinstance(v := req.get(f), int) and not isinstance(v, bool) and v >= 0]
     if not limits or estimate.count(text) <= (limit := min(limits)):
         return None
     pieces = echo_pieces(text)

@@ -36,7 +36,7 @@ MAX_HEADER_BYTES: Final = 64 * 1024
 
 # The output-limit fields each endpoint reads (the largest one present is what may be generated), and llama.cpp's
 # `n_predict`, which its server reads first on every one of them (docs/limits-and-billing.md).
-_OUTPUT_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+OUTPUT_FIELDS: Final[dict[str, tuple[str, ...]]] = {  # an endpoint's output limits (the demo honours them too)
     "/v1/chat/completions": ("max_completion_tokens", "max_tokens"),
     "/v1/completions": ("max_tokens",),
     "/v1/responses": ("max_output_tokens",),
@@ -161,7 +161,7 @@ def _checked(path: str, h: Head, form: dict[str, str] | None) -> Fields:
             "keyplane does not proxy fallback models (`models`): a request is served, limited and billed as the one "
             "`model` it names. Send one request per model (keyplane's own fallbacks are its upstreams').",
         )
-    fields = _OUTPUT_FIELDS.get(path, ())
+    fields = OUTPUT_FIELDS.get(path, ())
     limits = [getattr(h, f) for f in (*fields, "n_predict") if fields and getattr(h, f) is not None]
     so = h.stream_options
     return Fields(

@@ -64,28 +64,33 @@ class Skipped:
         """The skipped upstreams that would have served this request had their key been set."""
         mine = {p for p in (project_id, project_name) if p}
         dedicated = bool(mine & self.dedicated)
-        found = []
-        for up in self.upstreams:
-            if (bool(mine & set(up.projects)) if dedicated else not up.projects) and (
-                up.serves(model) if model else up.stores_objects
-            ):
-                found.append(up)
-        return found
+        return [
+            up
+            for up in self.upstreams
+            if usable(up.projects, mine, dedicated) and (up.serves(model) if model else up.stores_objects)
+        ]
+
+
+def usable(projects: Iterable[str], mine: set[str], dedicated: bool) -> bool:
+    """May a project (known by ``mine``: its id and name) use an upstream dedicated to ``projects`` (none: shared)?
+    A project some upstream is dedicated to (``dedicated``) uses only those; any other project only shared ones."""
+    return bool(mine.intersection(projects)) if dedicated else not projects
 
 
 def no_route(rt: Runtime, model: str | None, project_id: str | None, key_id: str = "") -> errors.APIError:
     """The error for a request no upstream may serve: what is missing when an upstream was skipped for
     want of its key, else ``model_not_found`` (a model) or ``no_upstream`` (a path with no model)."""
     skipped = rt.features.skipped_upstreams  # this process's (set by build_proxy)
+    p = rt.snapshot.projects.get(project_id or "")
+    name = p.name if p is not None else None
     if skipped is not None and skipped.upstreams:
-        p = rt.snapshot.projects.get(project_id or "")
-        found = skipped.relevant(model, project_id, p.name if p is not None else None)
+        found = skipped.relevant(model, project_id, name)
         if found and (model is None or known(rt, model)):
             return errors.upstream_skipped([(u.name, u.env) for u in found], model)
         if model:
-            return model_not_found(rt, model, found, project_id, key_id)
+            return model_not_found(rt, model, found, project_id, name, key_id)
     if model:
-        return model_not_found(rt, model, None, project_id, key_id)
+        return model_not_found(rt, model, None, project_id, name, key_id)
     return errors.no_upstream(None)
 
 
@@ -94,6 +99,7 @@ def model_not_found(
     model: str,
     skipped: list[SkippedUpstream] | None = None,
     project_id: str | None = None,
+    project_name: str | None = None,
     key_id: str = "",
 ) -> errors.APIError:
     """OpenAI's 404 ``model_not_found``, naming the closest known model when one is close ("Did you mean"); with
@@ -103,10 +109,14 @@ def model_not_found(
     project, or a model the key's model permissions hide, is named to no one else (GET /v1/models lists neither)."""
     err = errors.model_not_found(model)
     exact, _ = _known_names(rt)
+    mine = {x for x in (project_id, project_name) if x}
+    upstreams = rt.settings.file.upstreams
+    dedicated = any(mine.intersection(up.projects) for up in upstreams)
+    patterns = [g.casefold() for up in upstreams if usable(up.projects, mine, dedicated) for g in up.models]
     close = [
         n
         for n in difflib.get_close_matches(model.strip().casefold(), exact, n=5, cutoff=0.8)
-        if _suggestable(rt, n, project_id, key_id)
+        if _suggestable(rt, n, patterns, project_id, key_id)
     ]
     if close:
         err.message += f" Did you mean `{close[0]}`?"
@@ -152,21 +162,13 @@ def _prices(rt: Runtime) -> PriceTable:
     return table
 
 
-def _suggestable(rt: Runtime, name: str, project_id: str | None, key_id: str) -> bool:
-    """May ``name`` be suggested to this key: an upstream its project may use serves it (a shared one, or one
-    dedicated to the project: the rule of :meth:`Skipped.relevant`), and its model permissions show it."""
+def _suggestable(rt: Runtime, name: str, patterns: list[str], project_id: str | None, key_id: str) -> bool:
+    """May ``name`` be suggested to this key: an upstream its project may use serves it (``patterns``: those
+    upstreams' model names and globs, by :func:`usable`), and its model permissions show it."""
     access = rt.features.access
     if access is not None and not access.model_visible(project_id, key_id, name):
         return False
-    p = rt.snapshot.projects.get(project_id or "")
-    mine = {x for x in (project_id, p.name if p is not None else None) if x}
-    upstreams = rt.settings.file.upstreams
-    dedicated = any(mine & set(up.projects) for up in upstreams)
-    return any(
-        (bool(mine & set(up.projects)) if dedicated else not up.projects)
-        and any(fnmatch.fnmatchcase(name, g.casefold()) for g in up.models)
-        for up in upstreams
-    )
+    return any(fnmatch.fnmatchcase(name, g) for g in patterns)
 
 
 def _is_glob(name: str) -> bool:
