@@ -42,6 +42,13 @@ def rec(i: int) -> Record:
     )
 
 
+def thread_engine(url: str):
+    """The applier thread's own engine, as keyplane.usage makes it: blocking on a SQLite file, async otherwise."""
+    if url.startswith("sqlite"):
+        return lambda: db.make_blocking_engine(url, 30.0)
+    return lambda: db.make_engine(url)
+
+
 async def _count(engine) -> tuple[int, int]:
     async with engine.connect() as conn:
         n = (await conn.execute(text("SELECT count(*) FROM usage_requests"))).scalar_one()
@@ -56,13 +63,13 @@ async def test_threaded_applier_applies_from_memory_and_runs_apply_steps(engine,
     writer.open()
     stepped: list[tuple[str, int]] = []
 
-    async def step(conn, records):  # runs in the applier's transaction, on the applier thread
+    def step(conn, records):  # runs in the applier's transaction, on the applier thread
         stepped.extend((r.id, threading.get_ident()) for r in records)
 
     APPLY_STEPS.setdefault(engine, []).append(step)
     applier = Applier(engine, folder, writer, batch=50, interval=3600)
     assert applier.handoff is not None and writer.handoff is applier.handoff
-    applier.start(lambda: db.make_engine(url))
+    applier.start(thread_engine(url))
     try:
         for i in range(230):
             writer.append(rec(i))
@@ -99,7 +106,7 @@ async def test_crash_with_records_in_memory_replays_exactly_once(engine, databas
     writer = JournalWriter(folder, fsync="never")
     writer.open()
     applier = Applier(engine, folder, writer, batch=40, interval=3600)
-    applier.start(lambda: db.make_engine(url))
+    applier.start(thread_engine(url))
     for i in range(100):
         writer.append(rec(i))
     await applier.apply_pending()
@@ -192,7 +199,7 @@ async def test_a_clean_stop_replays_a_dead_writers_journal(engine, database_url,
     writer = JournalWriter(folder, fsync="never")
     writer.open()
     applier = Applier(engine, folder, writer, batch=40, interval=3600)  # its next orphan scan: an hour away
-    applier.start(lambda: db.make_engine(url))
+    applier.start(thread_engine(url))
     dead = JournalWriter(folder, fsync="never")  # another process's journal, which then dies
     dead.open()
     for i in range(30):
@@ -316,3 +323,44 @@ def test_hour_and_day_rollups_from_minutes_equal_summing_the_records():
         assert [{**x, "latency_ms_sum": round(x["latency_ms_sum"], 6)} for x in got[g]] == [
             {**x, "latency_ms_sum": round(x["latency_ms_sum"], 6)} for x in want
         ]
+
+
+def test_a_served_store_is_applied_on_the_applier_thread_with_no_driver_thread_on_sqlite(gateway):
+    """keyplane as served: on a SQLite file the applier's thread applies on a blocking connection of its own (no
+    aiosqlite thread: each statement through it was two hand-offs between threads, each a wait for the GIL behind
+    the serving thread); on PostgreSQL on an async engine of its own. Either way the ledger step runs in the same
+    transaction, on that thread, and the request's cost reaches spend_ledger."""
+    from sqlalchemy import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    srv = gateway()
+    rt = srv.app.runtime
+    applier = rt.features.usage_applier
+    assert applier is not None and applier._thread is not None
+    sqlite = rt.engine.url.get_backend_name() == "sqlite"
+    assert isinstance(applier._apply_engine, Engine if sqlite else AsyncEngine)
+    ran: list[int] = []
+    ledger = rt.features.billing.ledger if rt.features.billing is not None else None
+    assert ledger is not None
+    step = ledger.apply
+
+    def watched(conn, records):
+        ran.append(threading.get_ident())
+        step(conn, records)
+
+    steps = APPLY_STEPS[rt.engine]
+    steps[steps.index(step)] = watched
+    try:
+        client = OpenAI(base_url=srv.v1, api_key=srv.api_key, max_retries=0)
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        drain(srv)
+    finally:
+        steps[steps.index(watched)] = step
+    assert ran and set(ran) == {applier._thread.ident}
+
+    async def spent() -> int:
+        async with rt.engine.connect() as conn:
+            q = text("SELECT coalesce(sum(micros), 0) FROM spend_ledger WHERE scope = 'project' AND scope_id = :p")
+            return int((await conn.execute(q, {"p": srv.project_id})).scalar_one())
+
+    assert srv.call(spent()) > 0

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from keyplane.billing.models import CreditGrant, SpendLedger
@@ -105,8 +105,9 @@ class Ledger:
         if self.apply in steps:
             steps.remove(self.apply)
 
-    async def apply(self, conn: AsyncConnection, records: list[Record]) -> None:
-        """Add the costs of ``records`` (just inserted into usage_requests) to the ledger, in ``conn``."""
+    def apply(self, conn: Connection, records: list[Record]) -> None:
+        """Add the costs of ``records`` (just inserted into usage_requests) to the ledger, in ``conn`` (the usage
+        applier's transaction: an apply step runs blocking, keyplane.usage.apply_sql)."""
         costs = [r for r in records if r.cost_micros > 0]
         if not costs:
             return
@@ -135,19 +136,17 @@ class Ledger:
                 "updated_at": stmt.excluded.updated_at,
             },
         )
-        await conn.execute(stmt, rows)
+        conn.execute(stmt, rows)
         if credit_key is not None:
-            await allocate(conn, sum(r.cost_micros for r in costs), min(started(r) for r in costs))
+            allocate(conn, sum(r.cost_micros for r in costs), min(started(r) for r in costs))
         self.applied += len(costs)
 
 
-async def allocate(conn: AsyncConnection, micros: int, at: float) -> dict[str, int]:
+def allocate(conn: Connection, micros: int, at: float) -> dict[str, int]:
     """Draw ``micros`` from the grants that were live at ``at``, soonest-expiring first."""
-    rows = (
-        await conn.execute(
-            select(CreditGrant.id, CreditGrant.amount_cents, CreditGrant.used_micros, CreditGrant.expires_at).order_by(
-                CreditGrant.expires_at.is_(None), CreditGrant.expires_at, CreditGrant.seq
-            )
+    rows = conn.execute(
+        select(CreditGrant.id, CreditGrant.amount_cents, CreditGrant.used_micros, CreditGrant.expires_at).order_by(
+            CreditGrant.expires_at.is_(None), CreditGrant.expires_at, CreditGrant.seq
         )
     ).all()
     live = [r for r in rows if r.expires_at is None or r.expires_at > at] or rows[-1:]
@@ -162,7 +161,7 @@ async def allocate(conn: AsyncConnection, micros: int, at: float) -> dict[str, i
         if not left:
             break
     for gid, take in out.items():
-        await conn.execute(
+        conn.execute(
             update(CreditGrant).where(CreditGrant.id == gid).values(used_micros=CreditGrant.used_micros + take)
         )
     return out

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
 
@@ -58,29 +58,7 @@ def make_engine(url: str, timeout: float | None = None, **kw: Any) -> AsyncEngin
         if timeout is not None:
             kw.setdefault("pool_timeout", timeout)
         engine = create_async_engine(url, connect_args={"timeout": busy}, **kw)
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
-            cur.close()
-
-        # Writers take the lock up front (BEGIN IMMEDIATE) so that two processes never deadlock on a
-        # read lock upgrade; readers (``reader(engine)``) begin deferred and never hold the write lock,
-        # so a reader cancelled mid-query cannot leave writers waiting. pysqlite's own transaction
-        # handling is turned off for that.
-        @event.listens_for(engine.sync_engine, "connect")
-        def _no_implicit_begin(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _begin(conn: Any) -> None:
-            read_only = conn.get_execution_options().get(READ_ONLY_OPTION)
-            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
+        _sqlite_connections(engine.sync_engine, busy)
         return engine
     kw.setdefault("pool_size", 10)
     kw.setdefault("max_overflow", 10)
@@ -92,6 +70,47 @@ def make_engine(url: str, timeout: float | None = None, **kw: Any) -> AsyncEngin
         kw.setdefault("pool_timeout", timeout)
         kw["connect_args"] = {"timeout": timeout, "command_timeout": timeout, **kw.get("connect_args", {})}
     return create_async_engine(url, **kw)
+
+
+def _sqlite_connections(engine: Engine, busy: float) -> None:
+    """How keyplane opens every SQLite connection, async or blocking."""
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
+        cur.close()
+
+    # Writers take the lock up front (BEGIN IMMEDIATE) so that two processes never deadlock on a
+    # read lock upgrade; readers (``reader(engine)``) begin deferred and never hold the write lock,
+    # so a reader cancelled mid-query cannot leave writers waiting. pysqlite's own transaction
+    # handling is turned off for that.
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        read_only = conn.get_execution_options().get(READ_ONLY_OPTION)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def make_blocking_engine(url: str, timeout: float) -> Engine:
+    """A blocking (pysqlite) engine on the SQLite store file of ``url``, connected as :func:`make_engine`'s are:
+    for the usage applier's own thread, which may block on it (keyplane.usage.apply_sql.apply_blocking)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        raise ValueError("a blocking engine is made for a SQLite store file only")
+    engine = create_engine(
+        parsed.set(drivername="sqlite"),
+        connect_args={"timeout": timeout, "check_same_thread": False},
+        pool_timeout=timeout,
+    )
+    _sqlite_connections(engine, timeout)
+    return engine
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -18,11 +18,12 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyplane.periodic import backoff, cancel_and_wait
 from keyplane.usage import holds as holds_mod
-from keyplane.usage.apply_sql import APPLY_STEPS, ApplyStep, apply_records
+from keyplane.usage.apply_sql import APPLY_STEPS, ApplyStep, apply_blocking, apply_records
 from keyplane.usage.holds import Holds
 from keyplane.usage.journal import JournalWriter, Position, Record, try_lock, writers_in
 from keyplane.usage.journal_tail import Tail
@@ -79,7 +80,7 @@ class Applier:
             self.handoff = writer.handoff = collections.deque()
         self._inflight: list[tuple[Record, int, int, float]] = []  # taken from handoff, not applied yet
         self._behind_since: float | None = None  # reading the journal back: when a backlog was first seen
-        self._apply_engine = engine  # the thread's own engine when threaded
+        self._apply_engine: AsyncEngine | Engine = engine  # the thread's own engine when threaded
         self._wake = asyncio.Event()
         self._wake_sent = False
         self._lock = asyncio.Lock()
@@ -133,6 +134,17 @@ class Applier:
             return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fn(), loop))
         return await fn()
 
+    async def _apply(self, records: list[Record]) -> int:
+        """One batch in one transaction (keyplane.usage.apply_sql), on the thread's own engine when threaded. A
+        blocking engine (SQLite) blocks the applier's own loop for the batch, which has nothing else to do."""
+        engine = self._apply_engine
+        if isinstance(engine, Engine):
+            loop = self._loop
+            if loop is not None and threading.current_thread() is not self._thread:  # never block another loop
+                return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._apply(records), loop))
+            return apply_blocking(engine, records, self.engine)
+        return await apply_records(engine, records, self.engine)
+
     async def _apply_pending(self) -> int:
         total = 0
         async with self._lock:
@@ -145,7 +157,7 @@ class Applier:
                 log.warning("usage journal: the applier fell %d records behind; reading the journal back", self.lag)
             while self.fallback:
                 chunk = self.fallback[: self.batch]
-                await apply_records(self._apply_engine, chunk, self.engine)
+                await self._apply(chunk)
                 del self.fallback[: len(chunk)]
                 if self.fallback_holds and self.holds is not None:
                     for r in chunk:
@@ -164,14 +176,14 @@ class Applier:
                         self._inflight = take
                     recs = [e[0] for e in self._inflight]
                     if recs:
-                        await apply_records(self._apply_engine, recs, self.engine)
+                        await self._apply(recs)
                         last = self._inflight[-1]
                         self.own._next = Position(last[1], last[2])  # the journal position of the last one
                     self._inflight = []
                 else:
                     recs = self.own.read(self.batch)
                     if recs:
-                        await apply_records(self._apply_engine, recs, self.engine)
+                        await self._apply(recs)
                 self.own.commit()
                 self.applied += len(recs)
                 total += len(recs)
@@ -199,7 +211,7 @@ class Applier:
                 while True:
                     recs = tail.read(self.batch)
                     if recs:
-                        await apply_records(self._apply_engine, recs, self.engine)
+                        await self._apply(recs)
                     tail.commit()
                     total += len(recs)
                     if not recs:
@@ -259,8 +271,9 @@ class Applier:
                     )
                 await asyncio.sleep(backoff(self.failures, self.interval))
 
-    def start(self, engine_factory: Callable[[], AsyncEngine] | None = None) -> None:
-        """Start the task: on the running loop, or (``engine_factory``) in a thread with its own loop and engine."""
+    def start(self, engine_factory: Callable[[], AsyncEngine | Engine] | None = None) -> None:
+        """Start the task: on the running loop, or (``engine_factory``) in a thread with its own loop and engine
+        (a blocking one for a SQLite file: keyplane.store.db.make_blocking_engine)."""
         if engine_factory is None:
             self._task = asyncio.create_task(self._run(), name="usage-applier")
             return
@@ -303,7 +316,7 @@ class Applier:
         if loop is not None and self._thread is not None:
             engine, self._apply_engine = self._apply_engine, self.engine
             with contextlib.suppress(Exception):
-                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(engine.dispose(), loop))
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_dispose(engine), loop))
             self._loop = None
             loop.call_soon_threadsafe(loop.stop)
             await asyncio.to_thread(self._thread.join, 10.0)
@@ -311,3 +324,11 @@ class Applier:
                 loop.close()
             self._thread = self._main = None
         return drained
+
+
+async def _dispose(engine: AsyncEngine | Engine) -> None:
+    """Close the applier thread's own engine, on that thread (its connections were made there)."""
+    if isinstance(engine, Engine):
+        engine.dispose()
+    else:
+        await engine.dispose()

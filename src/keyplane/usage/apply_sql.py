@@ -9,11 +9,11 @@ nothing the second time. keyplane.usage.applier decides when and from where reco
 from __future__ import annotations
 
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import orjson
-from sqlalchemy import Insert, TextClause, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import Connection, Engine, Insert, TextClause, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from keyplane.usage import rollups
 from keyplane.usage.journal import Record
@@ -21,9 +21,12 @@ from keyplane.usage.models import DIMS, ROLLUPS, SUMS, UsageRequest
 
 _ROLLUP_CHUNK = 1000
 
-ApplyStep = Callable[[AsyncConnection, list[Record]], Awaitable[None]]
+ApplyStep = Callable[[Connection, list[Record]], None]
 # Steps other features run in the same transaction over the records really inserted (billing: the spend
 # ledger), per store engine: what usage_requests holds is then exactly what they counted. Keep this.
+# They are plain (blocking) functions of a SQLAlchemy Connection, as this module's own SQL is: the applier's
+# thread runs them on a blocking SQLite connection of its own (:func:`apply_blocking`), and every async
+# caller through ``AsyncConnection.run_sync`` (:func:`apply_records`): one implementation for both.
 APPLY_STEPS: weakref.WeakKeyDictionary[AsyncEngine, list[ApplyStep]] = weakref.WeakKeyDictionary()
 
 # Every statement below is built once and has one fixed text whatever the batch size: a multi-row
@@ -99,21 +102,21 @@ def _pg_upserts() -> dict[int, Insert]:
     return got
 
 
-async def _insert_requests(conn: AsyncConnection, records: list[Record]) -> set[str]:
+def _insert_requests(conn: Connection, records: list[Record]) -> set[str]:
     """Insert the per-request rows; returns the ids that were not stored yet."""
     rows = [rollups.request_values(r) for r in records]
     if conn.dialect.name == "postgresql":
         params = {c: [row[i] for row in rows] for i, c in enumerate(_COLUMNS)}
-        return set((await conn.execute(_PG_REQUESTS, params)).scalars())
+        return set(conn.execute(_PG_REQUESTS, params).scalars())
     ids = [row[0] for row in rows]
-    existing = set((await conn.execute(_SQLITE_EXISTING, {"ids": orjson.dumps(ids).decode()})).scalars())
+    existing = set(conn.execute(_SQLITE_EXISTING, {"ids": orjson.dumps(ids).decode()}).scalars())
     new_rows = [row for row in rows if row[0] not in existing] if existing else rows
     if new_rows:
-        await conn.execute(_SQLITE_REQUESTS, {"rows": orjson.dumps(new_rows).decode()})
+        conn.execute(_SQLITE_REQUESTS, {"rows": orjson.dumps(new_rows).decode()})
     return {row[0] for row in new_rows}
 
 
-async def _upsert_rollups(conn: AsyncConnection, records: list[Record]) -> None:
+def _upsert_rollups(conn: Connection, records: list[Record]) -> None:
     """Add the records to the minute, hour and day rollups (one statement per table on SQLite)."""
     by_granularity = rollups.rollups_of(records)
     sqlite = conn.dialect.name != "postgresql"
@@ -123,24 +126,42 @@ async def _upsert_rollups(conn: AsyncConnection, records: list[Record]) -> None:
             chunk = agg[i : i + _ROLLUP_CHUNK]
             if sqlite:
                 values = [[row[c] for c in _ROLLUP_COLUMNS] for row in chunk]
-                await conn.execute(_SQLITE_ROLLUPS[granularity], {"rows": orjson.dumps(values).decode()})
+                conn.execute(_SQLITE_ROLLUPS[granularity], {"rows": orjson.dumps(values).decode()})
             else:
-                await conn.execute(_pg_upserts()[granularity], chunk)
+                conn.execute(_pg_upserts()[granularity], chunk)
 
 
-async def apply_records(engine: AsyncEngine, records: Sequence[Record], steps_of: AsyncEngine | None = None) -> int:
-    """Write records to SQL in one transaction; returns how many were new. ``steps_of``: the engine whose
-    APPLY_STEPS run (the store's main engine when ``engine`` is the applier thread's own)."""
+def apply_in(conn: Connection, records: Sequence[Record], steps: Sequence[ApplyStep]) -> int:
+    """The body of the apply transaction, in ``conn`` (already begun): returns how many records were new."""
     unique: dict[str, Record] = {}
     for r in records:
         unique.setdefault(r.id, r)
     if not unique:
         return 0
-    async with engine.begin() as conn:
-        inserted = await _insert_requests(conn, list(unique.values()))
-        new = [r for r in unique.values() if r.id in inserted]
-        if new:
-            await _upsert_rollups(conn, new)
-            for step in APPLY_STEPS.get(steps_of or engine, ()):  # billing: the spend ledger (billing/ledger.py)
-                await step(conn, new)
+    inserted = _insert_requests(conn, list(unique.values()))
+    new = [r for r in unique.values() if r.id in inserted]
+    if new:
+        _upsert_rollups(conn, new)
+        for step in steps:  # billing: the spend ledger (billing/ledger.py)
+            step(conn, new)
     return len(new)
+
+
+def apply_blocking(engine: Engine, records: Sequence[Record], steps_of: AsyncEngine) -> int:
+    """:func:`apply_records` on a blocking engine (the applier thread's own SQLite connection: no driver thread
+    to hop to and back for every statement, as aiosqlite's, each hop a wait for the GIL behind the serving
+    thread). ``steps_of``: the store's main engine, whose APPLY_STEPS run."""
+    if not records:
+        return 0
+    with engine.begin() as conn:
+        return apply_in(conn, records, APPLY_STEPS.get(steps_of, ()))
+
+
+async def apply_records(engine: AsyncEngine, records: Sequence[Record], steps_of: AsyncEngine | None = None) -> int:
+    """Write records to SQL in one transaction; returns how many were new. ``steps_of``: the engine whose
+    APPLY_STEPS run (the store's main engine when ``engine`` is the applier thread's own)."""
+    if not records:
+        return 0
+    steps = tuple(APPLY_STEPS.get(steps_of or engine, ()))
+    async with engine.begin() as conn:
+        return await conn.run_sync(apply_in, records, steps)
