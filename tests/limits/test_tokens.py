@@ -292,3 +292,40 @@ def test_an_item_given_by_id_without_its_content_is_unseen_input() -> None:
     for item, unseen in ((by_id, True), (whole, False), ({"type": "reasoning", "id": "rs_1", "summary": []}, True)):
         body = orjson.dumps({"model": "gpt-4o", "input": [{"role": "user", "content": "hi"}, item]})
         assert tokens.measure("/v1/responses", "gpt-4o", body).unbounded is unseen, item
+
+
+def test_short_strings_are_counted_once_per_encoding_exactly_and_the_memory_is_bounded(monkeypatch):
+    """Roles, part types and short contents recur in every request: counted once per encoding, then looked up (no
+    call into tiktoken, which releases the GIL). The counts are the encoder's own, a string past SHORT_CHARS is
+    always encoded, and the table never holds more than SHORT_ENTRIES strings."""
+    import random
+
+    monkeypatch.setattr(tokens, "_short_counts", {})
+    monkeypatch.setattr(tokens, "SHORT_ENTRIES", 50)
+    c = tokens.Counter("gpt-4o-mini")
+    calls: list[str] = []
+    core = c._core
+    assert core is not None
+
+    def spy(text: str) -> list[int]:
+        calls.append(text)
+        return core(text)
+
+    c._core = spy
+    rnd = random.Random(7)
+    words = ["user", "assistant", "text", "hi", "a b c", "日本語のテキスト", "x" * tokens.SHORT_CHARS]
+    for _ in range(200):
+        w = rnd.choice(words)
+        assert c.count(w) == len(core(w))
+    assert sorted(calls) == sorted(words)  # each once
+    other = tokens.Counter("gpt-4o")  # same encoding: same table
+    other._core = spy
+    assert other.count("assistant") == len(core("assistant")) and calls.count("assistant") == 1
+    long = "y" * (tokens.SHORT_CHARS + 1)
+    c.count(long)
+    c.count(long)
+    assert calls.count(long) == 2  # never kept
+    for i in range(500):
+        c.count(f"w{i}")
+        assert len(tokens._short_counts["o200k_base"]) <= 50
+    assert c.count("\ud800 lone") == len(tokens.encodings.get("o200k_base").encode_ordinary("\ud800 lone"))

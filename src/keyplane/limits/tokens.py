@@ -34,10 +34,20 @@ def upper_bound(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
+# Short strings' counts, per encoding: every message repeats its role, every part its type ("user", "text"), and
+# short contents and tool names recur. A lookup is ~50 ns; a call into tiktoken's Rust encoder costs a few us and
+# releases the GIL, which a busy serving thread then waits to take back whenever another thread wants it (the
+# usage applier's): about 4% of the serving loop's throughput under load (docs/benchmarks.md). Bounded: at most
+# SHORT_ENTRIES strings of at most SHORT_CHARS characters per encoding, forgotten all at once when full.
+SHORT_CHARS = 64
+SHORT_ENTRIES = 8192
+_short_counts: dict[str, dict[str, int]] = {}
+
+
 class Counter:
     """Counts the prompt of one model; ``count`` is the hot function."""
 
-    __slots__ = ("_core", "_encode", "image")
+    __slots__ = ("_core", "_encode", "_short", "image")
 
     def __init__(self, model: str) -> None:
         self.image = image_tokens(model)  # what one input image counts
@@ -48,10 +58,23 @@ class Counter:
         # frame's one other job (text with lone surrogates, which the Rust side refuses) is :meth:`count`'s.
         core = getattr(getattr(enc, "_core_bpe", None), "encode_ordinary", None)
         self._core = core if core is not None else self._encode
+        self._short = _short_counts.setdefault(name, {}) if enc is not None and name else None
 
     def count(self, text: str) -> int:
         if not text:
             return 0
+        short = self._short
+        if short is not None and len(text) <= SHORT_CHARS:
+            n = short.get(text)
+            if n is None:
+                n = self._encoded(text)
+                if len(short) >= SHORT_ENTRIES:
+                    short.clear()
+                short[text] = n
+            return n
+        return self._encoded(text)
+
+    def _encoded(self, text: str) -> int:
         if self._core is None:  # no tokenizer for this model (or not loaded yet): its UTF-8 bytes
             return upper_bound(text)
         try:
