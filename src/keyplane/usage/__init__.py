@@ -30,18 +30,15 @@ def _engine_factory(rt: Runtime) -> Any:
     SQLite file, a blocking one: the thread applies on it directly, with no aiosqlite thread between (every
     statement through aiosqlite is two hand-offs between threads, each a wait for the GIL behind the serving
     thread, which cost the serving loop about 5% of its throughput under load: docs/benchmarks.md)."""
-    engine = rt.engine
-    url = engine.url
-    if url.get_backend_name() == "sqlite" and (
-        not url.database or url.database == ":memory:" or "mode=memory" in str(url)
-    ):
-        return None
     from keyplane.store import db
 
+    url = rt.engine.url
     s = rt.settings
-    if url.get_backend_name() == "sqlite":
-        return lambda: db.make_blocking_engine(s.database_url, s.database_timeout_seconds)
-    return lambda: db.make_engine(s.database_url, timeout=s.database_timeout_seconds)
+    if url.get_backend_name() != "sqlite":
+        return lambda: db.make_engine(s.database_url, timeout=s.database_timeout_seconds)
+    if not url.database or url.database == ":memory:" or "mode=memory" in str(url):
+        return None
+    return lambda: db.make_blocking_engine(s.database_url, s.database_timeout_seconds)
 
 
 async def start(rt: Runtime) -> Any:
