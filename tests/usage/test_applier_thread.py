@@ -10,7 +10,7 @@ import httpx
 import msgspec
 from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from keyplane.config import database_url_for
 from keyplane.store import db
@@ -216,8 +216,9 @@ async def test_a_clean_stop_replays_a_dead_writers_journal(engine, database_url,
 
 
 async def test_applied_rows_are_the_records_exactly(engine):
-    """Every column of usage_requests and the rollups, as the records say (rows travel as arrays: JSON on
-    SQLite, one array per column on PostgreSQL): booleans, NULLs, floats, quotes and non-ASCII included."""
+    """Every column of usage_requests and the rollups, as the records say (rows travel in bulk: bound values of
+    multi-row statements on SQLite, one array per column on PostgreSQL): booleans, NULLs, floats, quotes and
+    non-ASCII included."""
     from keyplane.usage.applier import apply_records
     from keyplane.usage.models import UsageRequest
     from keyplane.usage.rollups import REQUEST_COLUMNS, request_row, rollup_rows
@@ -364,3 +365,37 @@ def test_a_served_store_is_applied_on_the_applier_thread_with_no_driver_thread_o
             return int((await conn.execute(q, {"p": srv.project_id})).scalar_one())
 
     assert srv.call(spent()) > 0
+
+
+async def test_a_partly_stored_batch_of_every_chunk_size_adds_only_its_new_rows(engine, database_url, tmp_path):
+    """A batch that holds records stored already (a replay) adds only the others, to the rows, the rollups and the
+    apply steps, on the applier thread's engine and through an async caller alike; the batch spans every chunk size
+    SQLite binds rows in (keyplane.usage.apply_sql._SQLITE_CHUNKS)."""
+    from keyplane.usage.apply_sql import _SQLITE_CHUNKS, apply_blocking, apply_records
+
+    size = sum(_SQLITE_CHUNKS) * 2 + 3  # 341: two of each size, and three more single rows
+    records = [rec(i) for i in range(size)]
+    stepped: list[str] = []
+    APPLY_STEPS.setdefault(engine, []).append(lambda conn, new: stepped.extend(r.id for r in new))
+    try:
+        assert await apply_records(engine, records[::3]) == len(records[::3])  # every third one stored already
+        blocking = thread_engine(database_url_for(database_url, tmp_path))()
+        try:
+            if isinstance(blocking, Engine):  # SQLite: the applier thread's blocking engine
+                assert apply_blocking(blocking, records, engine) == size - len(records[::3])
+            else:
+                assert await apply_records(blocking, records, engine) == size - len(records[::3])
+            # Applied whole again: nothing is new.
+            assert await apply_records(engine, list(reversed(records))) == 0
+        finally:
+            if isinstance(blocking, Engine):
+                blocking.dispose()
+            else:
+                await blocking.dispose()
+    finally:
+        APPLY_STEPS[engine].pop()
+    assert sorted(stepped) == sorted(r.id for r in records)  # each record stepped once
+    assert await _count(engine) == (size, sum(100 + i for i in range(size)))
+    async with engine.connect() as conn:
+        day = (await conn.execute(text("SELECT sum(requests), sum(cost_micros) FROM usage_day"))).one()
+    assert tuple(day) == (size, sum(100 + i for i in range(size)))
