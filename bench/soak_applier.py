@@ -14,8 +14,8 @@ warm-up (the first ``--warmup`` fraction of the records) and the end of the run.
 The bug it guards (issue 15, finding 6): the applier built a multi-row ``INSERT ... VALUES`` per
 batch through SQLAlchemy; every distinct batch size is a distinct statement, each compiled and cached
 (SQLAlchemy's compiled cache, asyncpg's prepared statements), so memory grew with the variety of batch
-sizes. The applier now runs fixed statements (on SQLite multi-row statements of a few fixed sizes, on
-PostgreSQL one array-bound statement).
+sizes. The applier now runs fixed statements (executemany, or one array-bound statement on
+PostgreSQL).
 """
 
 from __future__ import annotations

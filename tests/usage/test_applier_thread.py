@@ -216,9 +216,8 @@ async def test_a_clean_stop_replays_a_dead_writers_journal(engine, database_url,
 
 
 async def test_applied_rows_are_the_records_exactly(engine):
-    """Every column of usage_requests and the rollups, as the records say (rows travel in bulk: bound values of
-    multi-row statements on SQLite, one array per column on PostgreSQL): booleans, NULLs, floats, quotes and
-    non-ASCII included."""
+    """Every column of usage_requests and the rollups, as the records say (rows travel as arrays: JSON on
+    SQLite, one array per column on PostgreSQL): booleans, NULLs, floats, quotes and non-ASCII included."""
     from keyplane.usage.applier import apply_records
     from keyplane.usage.models import UsageRequest
     from keyplane.usage.rollups import REQUEST_COLUMNS, request_row, rollup_rows
@@ -367,13 +366,12 @@ def test_a_served_store_is_applied_on_the_applier_thread_with_no_driver_thread_o
     assert srv.call(spent()) > 0
 
 
-async def test_a_partly_stored_batch_of_every_chunk_size_adds_only_its_new_rows(engine, database_url, tmp_path):
+async def test_a_partly_stored_batch_adds_only_its_new_rows(engine, database_url, tmp_path):
     """A batch that holds records stored already (a replay) adds only the others, to the rows, the rollups and the
-    apply steps, on the applier thread's engine and through an async caller alike; the batch spans every chunk size
-    SQLite binds rows in (keyplane.usage.apply_sql._SQLITE_CHUNKS)."""
-    from keyplane.usage.apply_sql import _SQLITE_CHUNKS, apply_blocking, apply_records
+    apply steps, on the applier thread's engine and through an async caller alike."""
+    from keyplane.usage.apply_sql import apply_blocking, apply_records
 
-    size = sum(_SQLITE_CHUNKS) * 2 + 3  # 341: two of each size, and three more single rows
+    size = 341
     records = [rec(i) for i in range(size)]
     stepped: list[str] = []
     APPLY_STEPS.setdefault(engine, []).append(lambda conn, new: stepped.extend(r.id for r in new))

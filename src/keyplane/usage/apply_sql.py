@@ -8,8 +8,6 @@ nothing the second time. keyplane.usage.applier decides when and from where reco
 
 from __future__ import annotations
 
-import functools
-import sqlite3
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -31,22 +29,18 @@ ApplyStep = Callable[[Connection, list[Record]], None]
 # caller through ``AsyncConnection.run_sync`` (:func:`apply_records`): one implementation for both.
 APPLY_STEPS: weakref.WeakKeyDictionary[AsyncEngine, list[ApplyStep]] = weakref.WeakKeyDictionary()
 
-# Every statement below has one fixed text whatever the batch size (or one of a few): a multi-row
-# ``INSERT ... VALUES`` sized to each batch (what this module used to build) is a new statement for every
-# batch size, each compiled, prepared and cached by the driver (asyncpg's and sqlite3's statement caches),
+# Every statement below is built once and has one fixed text whatever the batch size: a multi-row
+# ``INSERT ... VALUES`` per batch (what this module used to build) is a new statement for every batch
+# size, each compiled, prepared and cached by the driver (asyncpg's and sqlite3's statement caches),
 # which grew the process by about 270 bytes per request without levelling off (issue 15, finding 6)
 # and cost ~300 us of event-loop CPU per request. bench/soak_applier.py guards both.
 #
-# Rows travel in a handful of executions per batch, never one statement execution per row: on PostgreSQL
-# each column is bound as one array (unnest); on SQLite the per-request rows are bound as the parameters of
-# a multi-row VALUES statement in a few fixed sizes (_SQLITE_CHUNKS), the rollups (a few rows per batch) as
-# one JSON array (json_each). One execution per many rows matters on SQLite beyond speed: sqlite3 releases
-# the GIL around every step, an executemany steps once per row, and in the applier's thread each step's
-# return waits for the GIL behind the CPU-bound serving thread (up to the 5 ms switch interval). Per row,
-# that kept the journal seconds behind under load (issue 13); per statement it is a handful of waits per
-# batch. Bound parameters rather than JSON for the per-request rows: SQLite's json_extract of each of a
-# row's 28 columns cost ~26 us of the applier's CPU per request against ~11 for bound values (measured
-# on the benchmark machine), CPU that the serving thread, on the other core, loses throughput to.
+# Rows travel as arrays, never one statement execution per row: on PostgreSQL each column is bound as
+# one array (unnest), on SQLite the rows as one JSON array (json_each). One execution per statement
+# matters on SQLite beyond speed: sqlite3 releases the GIL around every step, an executemany steps once
+# per row, and in the applier's thread each step's return waits for the GIL behind the CPU-bound serving
+# thread (up to the 5 ms switch interval). Per row, that kept the journal seconds behind under load
+# (issue 13); per statement it is a handful of waits per batch.
 _COLUMNS: tuple[str, ...] = rollups.REQUEST_COLUMNS
 _PG_ARRAY = {"BIGINT": "bigint[]", "INTEGER": "integer[]", "FLOAT": "float8[]", "BOOLEAN": "boolean[]"}
 
@@ -74,13 +68,11 @@ def _sqlite_insert(table: str, columns: Sequence[str], conflict: str) -> TextCla
 
 
 _PG_REQUESTS = _pg_insert_requests()
-# SQLite: the per-request rows in chunks of these sizes (largest first: a batch of 1,000 is 11 statements),
-# each size's statement text built once; sizes past the database's bound-parameter limit are skipped.
-_SQLITE_CHUNKS = (128, 32, 8, 1)
-# The last row stored before a batch: rows inserted after it are the batch's own (``seq`` is the rowid, and
-# a writer holds the database's write lock for its whole transaction, BEGIN IMMEDIATE).
-_SQLITE_LAST_SEQ = "SELECT max(seq) FROM usage_requests"
-_SQLITE_SINCE = "SELECT id FROM usage_requests WHERE seq > ?"
+# SQLite: the ids already stored, one statement for any batch size (the ids travel as one JSON array).
+# Writers hold the database's write lock for the whole transaction (BEGIN IMMEDIATE), so what this
+# reads stays true until the commit.
+_SQLITE_EXISTING = text("SELECT id FROM usage_requests WHERE id IN (SELECT value FROM json_each(:ids))")
+_SQLITE_REQUESTS = _sqlite_insert("usage_requests", _COLUMNS, "ON CONFLICT (id) DO NOTHING")
 _ROLLUP_COLUMNS: tuple[str, ...] = ("bucket", *DIMS, *SUMS)
 _SQLITE_ROLLUPS: dict[int, TextClause] = {
     g: _sqlite_insert(
@@ -110,45 +102,18 @@ def _pg_upserts() -> dict[int, Insert]:
     return got
 
 
-@functools.cache
-def _sqlite_requests(rows: int) -> str:
-    """SQLite: the insert of ``rows`` per-request rows as positional parameters (one of _SQLITE_CHUNKS)."""
-    one = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
-    return (
-        f"INSERT INTO usage_requests ({', '.join(_COLUMNS)}) VALUES "  # noqa: S608 - fixed names
-        + ", ".join([one] * rows)
-        + " ON CONFLICT (id) DO NOTHING"
-    )
-
-
-def _sqlite_chunks(conn: Connection) -> tuple[int, ...]:
-    """The chunk sizes this database takes (its limit on bound parameters: 32,766 by default since SQLite 3.32,
-    999 before)."""
-    raw = conn.connection.dbapi_connection
-    if isinstance(raw, sqlite3.Connection):
-        limit = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    else:  # aiosqlite's (its connection lives in its own thread): the library's default
-        limit = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
-    return tuple(n for n in _SQLITE_CHUNKS if n * len(_COLUMNS) <= limit) or (1,)
-
-
 def _insert_requests(conn: Connection, records: list[Record]) -> set[str]:
     """Insert the per-request rows; returns the ids that were not stored yet."""
     rows = [rollups.request_values(r) for r in records]
     if conn.dialect.name == "postgresql":
         params = {c: [row[i] for row in rows] for i, c in enumerate(_COLUMNS)}
         return set(conn.execute(_PG_REQUESTS, params).scalars())
-    last = conn.exec_driver_sql(_SQLITE_LAST_SEQ).scalar()
-    inserted = i = 0
-    for size in _sqlite_chunks(conn):
-        while len(rows) - i >= size:
-            flat = tuple([v for row in rows[i : i + size] for v in row])
-            inserted += conn.exec_driver_sql(_sqlite_requests(size), flat).rowcount
-            i += size
-    if inserted == len(rows):
-        return {row[0] for row in rows}
-    # Some were stored already (a batch applied again: a replay): the new ones are those inserted just now.
-    return set(conn.exec_driver_sql(_SQLITE_SINCE, (last or 0,)).scalars())
+    ids = [row[0] for row in rows]
+    existing = set(conn.execute(_SQLITE_EXISTING, {"ids": orjson.dumps(ids).decode()}).scalars())
+    new_rows = [row for row in rows if row[0] not in existing] if existing else rows
+    if new_rows:
+        conn.execute(_SQLITE_REQUESTS, {"rows": orjson.dumps(new_rows).decode()})
+    return {row[0] for row in new_rows}
 
 
 def _upsert_rollups(conn: Connection, records: list[Record]) -> None:
