@@ -7,7 +7,8 @@ then runs compare.py's sustained 32-connection run (RSS and journal lag sampled)
 record`` samples the process (every thread: the serving loop, the usage applier, aiosqlite's threads).
 Writes a speedscope profile and a flat "top" summary of each thread's own and cumulative time per
 function, and each thread's CPU per request (from /proc: the serving loop against the applier's and
-SQLite's threads). ``--no-spy`` measures only that, without the sampler's overhead. Needs py-spy
+SQLite's threads). ``--no-spy`` measures only that, without the sampler's overhead. ``--connections 1``
+profiles the load of the added-p50 measurement instead (a plain wrk run: p50 and p99 reported). Needs py-spy
 (`.venv/bin/pip install py-spy`) and the same tools as compare.py (wrk, nginx with the echo module).
 """
 
@@ -85,6 +86,13 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/kp-profile")
     ap.add_argument("--bare", action="store_true", help="profile the bare Python proxy instead (the yardstick)")
     ap.add_argument("--no-spy", action="store_true", help="only each thread's CPU per request (no sampling overhead)")
+    ap.add_argument(
+        "--connections",
+        type=int,
+        default=32,
+        help="wrk's connections: 32 is compare.py's sustained run (RSS and journal lag sampled); any other number "
+        "a plain wrk run (1: the added-p50 measurement's load)",
+    )
     args = ap.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not args.no_spy and not Path(spy).exists():
@@ -129,20 +137,28 @@ def main() -> None:
             time.sleep(0.5)
             cpu0 = cpu_seconds(t.pid)
             threads0 = thread_cpu(t.pid)
-            compare.sustained(t, args.seconds)  # 32 connections; samples RSS and the journal's lag
+            if args.connections == 32:
+                compare.sustained(t, args.seconds)  # 32 connections; samples RSS and the journal's lag
+                r = t.sustained
+            else:
+                r = compare.wrk(t, args.connections, args.seconds)
             threads1 = thread_cpu(t.pid)
             cpu = cpu_seconds(t.pid) - cpu0
             if spy_p is not None:
                 spy_p.wait(timeout=60)
-            r = t.sustained
             requests = r["rps"] * args.seconds
             head = (
-                f"{r['rps']:.0f} req/s at 32 connections, {r['errors']:.0f} errors; CPU per request incl. the "
-                f"drain and 5 s after: {cpu * 1e6 / max(1, requests):.0f} us; journal lag max "
-                f"{r.get('lag_max', 0):.0f} records ({r.get('lag_max', 0) / max(1, r['rps']):.2f} s), oldest "
-                f"{r.get('lag_age_max', 0):.2f} s, drained {r.get('drain_s', 0):.1f} s after; peak RSS "
-                f"{r['peak_rss']:.0f} MB"
+                f"{r['rps']:.0f} req/s at {args.connections} connections, {r['errors']:.0f} errors; CPU per request "
+                f"incl. the drain and 5 s after: {cpu * 1e6 / max(1, requests):.0f} us; "
             )
+            if args.connections == 32:
+                head += (
+                    f"journal lag max {r.get('lag_max', 0):.0f} records ({r.get('lag_max', 0) / max(1, r['rps']):.2f}"
+                    f" s), oldest {r.get('lag_age_max', 0):.2f} s, drained {r.get('drain_s', 0):.1f} s after; peak "
+                    f"RSS {r['peak_rss']:.0f} MB; longest loop stall {r.get('stall_ms', float('nan')):.0f} ms"
+                )
+            else:
+                head += f"p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms"
             used = {k: (name, cpu1 - threads0.get(k, (name, 0.0))[1]) for k, (name, cpu1) in threads1.items()}
             per_thread = "\n".join(
                 f"  thread {k} ({name}): {s * 1e6 / max(1, requests):.0f} us/request"
