@@ -94,6 +94,8 @@ def main() -> None:
         "a plain wrk run (1: the added-p50 measurement's load)",
     )
     args = ap.parse_args()
+    if args.connections < 1:
+        ap.error("--connections must be at least 1")
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not args.no_spy and not Path(spy).exists():
         raise SystemExit("py-spy is needed: .venv/bin/pip install py-spy")
