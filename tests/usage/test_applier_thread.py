@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 
 from keyplane.config import database_url_for
 from keyplane.store import db
-from keyplane.usage.applier import APPLY_STEPS, Applier
+from keyplane.usage.applier import APPLY_STEPS, Applier, _dispose
 from keyplane.usage.journal import JournalWriter, Record
 from keyplane.usage.journal_tail import Tail
 from tests.usage.support import drain
@@ -330,7 +330,6 @@ def test_a_served_store_is_applied_on_the_applier_thread_with_no_driver_thread_o
     aiosqlite thread: each statement through it was two hand-offs between threads, each a wait for the GIL behind
     the serving thread); on PostgreSQL on an async engine of its own. Either way the ledger step runs in the same
     transaction, on that thread, and the request's cost reaches spend_ledger."""
-    from sqlalchemy import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     srv = gateway()
@@ -386,10 +385,7 @@ async def test_a_partly_stored_batch_adds_only_its_new_rows(engine, database_url
             # Applied whole again: nothing is new.
             assert await apply_records(engine, list(reversed(records))) == 0
         finally:
-            if isinstance(blocking, Engine):
-                blocking.dispose()
-            else:
-                await blocking.dispose()
+            await _dispose(blocking)
     finally:
         APPLY_STEPS[engine].pop()
     assert sorted(stepped) == sorted(r.id for r in records)  # each record stepped once
