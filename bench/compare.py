@@ -105,8 +105,9 @@ def start_bare(ps: Processes, upstream: str, client: str = "aiohttp") -> Target:
     return Target(name, f"http://127.0.0.1:{port}/v1/chat/completions", "x", pid=p.pid, loop_file=loop_file)
 
 
-def start_keyplane(ps: Processes, upstream: str, notes: list[str]) -> Target:
-    env, info = keyplane_home(ps, "kp-home", upstream, "BENCH_UPSTREAM_KEY")
+def start_keyplane(ps: Processes, upstream: str, notes: list[str], settings: dict[str, str] | None = None) -> Target:
+    """keyplane as shipped, every guard on (``settings``: KEYPLANE_* variables, a fleet's store)."""
+    env, info = keyplane_home(ps, "kp-home", upstream, "BENCH_UPSTREAM_KEY", settings)
     env["BENCH_UPSTREAM_KEY"] = UPSTREAM_KEY
     port, loop_file = free_port(), ps.folder / "loop-keyplane.txt"
     p = ps.start(

@@ -99,10 +99,11 @@ def longest_stall(loop_file: Path | None, start: float, end: float) -> float | N
 
 
 def keyplane_home(
-    ps: Processes, name: str, upstream: str, upstream_key_env: str
+    ps: Processes, name: str, upstream: str, upstream_key_env: str, settings: dict[str, str] | None = None
 ) -> tuple[dict[str, str], dict[str, Any]]:
     """A fresh KEYPLANE_HOME with `keyplane init` done: (the environment to run keyplane in, init's JSON).
-    Its keyplane.toml names only the upstream; every other setting is keyplane's default."""
+    Its keyplane.toml names only the upstream; every other setting is keyplane's default, but for ``settings``
+    (KEYPLANE_* variables: a fleet's KEYPLANE_DATABASE_URL and KEYPLANE_REDIS_URL)."""
     home = ps.folder / name
     home.mkdir()
     (home / "keyplane.toml").write_text(
@@ -111,6 +112,7 @@ def keyplane_home(
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYPLANE_")}
     env["KEYPLANE_HOME"] = str(home)
+    env.update(settings or {})
     init = subprocess.run(
         [str(Path(sys.executable).parent / "keyplane"), "init", "--json"],
         env=env,

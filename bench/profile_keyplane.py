@@ -8,14 +8,20 @@ record`` samples the process (every thread: the serving loop, the usage applier,
 Writes a speedscope profile and a flat "top" summary of each thread's own and cumulative time per
 function, and each thread's CPU per request (from /proc: the serving loop against the applier's and
 SQLite's threads). ``--no-spy`` measures only that, without the sampler's overhead. ``--connections 1``
-profiles the load of the added-p50 measurement instead (a plain wrk run: p50 and p99 reported). Needs py-spy
-(`.venv/bin/pip install py-spy`) and the same tools as compare.py (wrk, nginx with the echo module).
+profiles the load of the added-p50 measurement instead (a plain wrk run: p50 and p99 reported). ``--fleet``
+runs keyplane as one instance of a fleet: its store on PostgreSQL (a database of its own, made for the run
+and dropped after it, on the server of BENCH_PG, default postgresql://postgres@127.0.0.1:5432/test) and its
+limits, budgets and bus on Redis (BENCH_REDIS, default redis://127.0.0.1:6379/0, keys under a prefix of the
+run's own, deleted after it). Needs py-spy (`.venv/bin/pip install py-spy`) and the same tools as compare.py
+(wrk, nginx with the echo module).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -23,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -30,6 +37,42 @@ sys.path.insert(0, str(HERE))
 import compare  # noqa: E402
 from compare_kit import Processes  # noqa: E402
 from proxy_bench import cpu_seconds  # noqa: E402
+
+PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@contextlib.contextmanager
+def fleet_store() -> Iterator[dict[str, str]]:
+    """A PostgreSQL database and a Redis key prefix of the run's own: the KEYPLANE_* settings that use them. Both
+    are removed afterwards."""
+    import asyncpg
+    import redis
+
+    name = f"kp_bench_{os.getpid()}_{int(time.time())}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield {
+            "KEYPLANE_DATABASE_URL": PG.rsplit("/", 1)[0] + "/" + name,
+            "KEYPLANE_REDIS_URL": REDIS,
+            "KEYPLANE_REDIS_PREFIX": name,
+        }
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        r = redis.Redis.from_url(REDIS)
+        try:
+            for key in r.scan_iter(f"{name}:*", count=1000):
+                r.delete(key)
+        finally:
+            r.close()
 
 
 def summarize(speedscope: Path, top: int) -> str:
@@ -93,6 +136,11 @@ def main() -> None:
         help="wrk's connections: 32 is compare.py's sustained run (RSS and journal lag sampled); any other number "
         "a plain wrk run (1: the added-p50 measurement's load)",
     )
+    ap.add_argument(
+        "--fleet",
+        action="store_true",
+        help="keyplane as a fleet instance: its store on PostgreSQL (BENCH_PG) and its limits on Redis (BENCH_REDIS)",
+    )
     args = ap.parse_args()
     if args.connections < 1:
         ap.error("--connections must be at least 1")
@@ -103,12 +151,17 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="kp-profile-") as tmp:
+    if args.fleet and args.bare:
+        ap.error("--fleet is keyplane's store: not with --bare")
+    with (
+        tempfile.TemporaryDirectory(prefix="kp-profile-") as tmp,
+        fleet_store() if args.fleet else contextlib.nullcontext({}) as settings,
+    ):
         ps = Processes(Path(tmp))
         try:
             direct = compare.start_nginx(ps)
             up = direct.url.rsplit("/v1/", 1)[0]
-            t = compare.start_bare(ps, up) if args.bare else compare.start_keyplane(ps, up, notes)
+            t = compare.start_bare(ps, up) if args.bare else compare.start_keyplane(ps, up, notes, settings)
             compare.wrk(t, 32, 5)  # warm-up
             time.sleep(3)
             prof = out / "keyplane.speedscope.json"
