@@ -42,6 +42,7 @@ import time
 from collections.abc import Collection
 from typing import Any
 
+import hiredis  # a dependency of keyplane's (redis-py's C reply parser and command packer)
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -64,6 +65,37 @@ HEALTH_CHECK_SECONDS = 1.0  # a pooled connection idle longer than this is PINGe
 STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
 
+# The argument types hiredis packs to the bytes redis-py's encoder gives (UTF-8 text, bytes as they are, an integer's
+# digits); exactly these types, not their subclasses (a bool is refused by redis-py, an IntEnum written by name).
+_PLAIN = frozenset({str, bytes, int})
+
+
+class _PackedByHiredis:
+    """A connection whose commands are packed by hiredis in one call. redis-py's own hiredis packer runs each
+    argument through its Python encoder first (about 0.4 us an argument: 15 us for the admission script's ~30
+    keys and limits, a tenth of an instance's CPU per request on a fleet, bench/profile_keyplane.py --fleet).
+    A command whose name is one word of letters and digits and whose arguments are all str, bytes or int is
+    packed by hiredis, to the same bytes; any other (a name with a space, like ``SCRIPT LOAD``, that redis-py
+    splits; a float, which it writes with ``repr``; a bool it refuses; a memoryview) is redis-py's to pack, as
+    it always was (tests/limits/test_redis_packing.py compares the two)."""
+
+    def pack_command(self, *args: Any) -> Any:
+        if args and _PLAIN.issuperset(map(type, args)) and type(args[0]) is not int and args[0].isalnum():
+            return [hiredis.pack_command(args)]
+        return super().pack_command(*args)  # type: ignore[misc]
+
+
+_packed_classes: dict[type, type] = {}
+
+
+def packed_by_hiredis(cls: type) -> type:
+    """``cls`` (a redis-py connection class: TCP, TLS or Unix socket) with :class:`_PackedByHiredis`'s packing."""
+    packed = _packed_classes.get(cls)
+    if packed is None:
+        packed = _packed_classes[cls] = type(f"PackedByHiredis{cls.__name__}", (_PackedByHiredis, cls), {})
+    return packed
+
+
 class RedisLimiter:
     def __init__(self, url: str, prefix: str, reservation_ttl: float, timeout: float = 1.0) -> None:
         # A bounded pool that waits for a free connection rather than failing under a burst. Commands
@@ -82,6 +114,7 @@ class RedisLimiter:
             ),
             retry_on_error=[RedisConnectionError, ConnectionError],
         )
+        pool.connection_class = packed_by_hiredis(pool.connection_class)  # the URL's kind: before any connection
         self.redis: Any = aioredis.Redis(connection_pool=pool, decode_responses=False)
         self.base = "{" + prefix + "}"
         self.seeded_key = self.base + ":epoch"
