@@ -1,7 +1,9 @@
-"""Helpers of bench/compare.py and bench/revocation.py: child processes, HTTP calls, /proc and loop files."""
+"""Helpers of bench/compare.py and bench/revocation.py: child processes, HTTP calls, /proc and loop files, a fleet's
+store."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -11,8 +13,45 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@contextlib.contextmanager
+def fleet_store() -> Iterator[dict[str, str]]:
+    """A PostgreSQL database and a Redis key prefix of the run's own: the KEYPLANE_* settings that use them. Both
+    are removed afterwards."""
+    import asyncpg
+    import redis
+
+    name = f"kp_bench_{os.getpid()}_{int(time.time())}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield {
+            "KEYPLANE_DATABASE_URL": PG.rsplit("/", 1)[0] + "/" + name,
+            "KEYPLANE_REDIS_URL": REDIS,
+            "KEYPLANE_REDIS_PREFIX": name,
+        }
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        r = redis.Redis.from_url(REDIS)
+        try:
+            for key in r.scan_iter(f"*{name}*", count=1000):  # "{prefix}:..." (the limiter's hash tag) and "prefix:..."
+                r.delete(key)
+        finally:
+            r.close()
 
 
 class Processes:

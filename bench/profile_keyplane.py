@@ -19,7 +19,6 @@ run's own, deleted after it). Needs py-spy (`.venv/bin/pip install py-spy`) and 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import contextlib
 import json
@@ -29,50 +28,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import compare  # noqa: E402
-from compare_kit import Processes  # noqa: E402
+from compare_kit import Processes, fleet_store  # noqa: E402
 from proxy_bench import cpu_seconds  # noqa: E402
-
-PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
-
-
-@contextlib.contextmanager
-def fleet_store() -> Iterator[dict[str, str]]:
-    """A PostgreSQL database and a Redis key prefix of the run's own: the KEYPLANE_* settings that use them. Both
-    are removed afterwards."""
-    import asyncpg
-    import redis
-
-    name = f"kp_bench_{os.getpid()}_{int(time.time())}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield {
-            "KEYPLANE_DATABASE_URL": PG.rsplit("/", 1)[0] + "/" + name,
-            "KEYPLANE_REDIS_URL": REDIS,
-            "KEYPLANE_REDIS_PREFIX": name,
-        }
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        r = redis.Redis.from_url(REDIS)
-        try:
-            for key in r.scan_iter(f"{name}:*", count=1000):
-                r.delete(key)
-        finally:
-            r.close()
 
 
 def summarize(speedscope: Path, top: int) -> str:
