@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keyplane import errors
 from keyplane.proxy import request
@@ -201,3 +204,41 @@ def test_a_body_only_a_lenient_parser_reads_is_refused_when_strict(body: bytes) 
         request.check_one_reading(body, strict=False)  # not a spending body: passed on, as before ...
     except errors.APIError as e:
         assert e.code == "duplicate_key"  # ... unless it repeats a key
+
+
+# --- the long-digit-run check (an integer json.loads may refuse): linear, and exactly the regular expression's ---
+
+_DIGIT_RUN_RE = re.compile(rb"[0-9]{%d}" % request.LONG_DIGITS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, request.LONG_DIGITS + 5), st.binary(min_size=1, max_size=8)),
+        max_size=6,
+    )
+)
+def test_the_digit_run_check_finds_what_the_regular_expression_finds(parts: list[tuple[int, bytes]]) -> None:
+    """Runs of digits up to and past the threshold, between arbitrary bytes (digits among them, non-ASCII digits
+    such as Arabic-Indic ones in UTF-8, which [0-9] does not match)."""
+    body = b"".join(b"7" * n + sep for n, sep in parts)
+    assert request.has_long_digit_run(body) == (_DIGIT_RUN_RE.search(body) is not None)
+
+
+@pytest.mark.parametrize(
+    ("body", "found"),
+    [
+        (b"1" * 640, True),
+        (b"1" * 639, False),
+        (b"x" + b"0123456789" * 64 + b"x", True),
+        ((b"9" * 639 + b",") * 2000, False),  # many runs one short of it (the regular expression's worst case)
+        ((b"9" * 639 + b",") * 20 + b"5" * 640, True),
+        ("٣".encode() * 700, False),  # not an ASCII digit
+        (b"1" * 320 + b"/" + b"1" * 320, False),  # the bytes on either side of 0-9 break a run
+        (b"1" * 320 + b":" + b"1" * 320, False),
+        (b"1" * 320 + b"\x00" + b"1" * 320, False),
+        (b"", False),
+    ],
+)
+def test_the_digit_run_check_at_its_threshold(body: bytes, found: bool) -> None:
+    assert request.has_long_digit_run(body) is found
