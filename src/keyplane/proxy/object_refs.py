@@ -90,8 +90,19 @@ NOUNS: Final[dict[str, str]] = {
 _ITEM_LISTS: Final = frozenset({"input", "items"})
 # A body is parsed when it names a field that refers to an object, an ``id`` (an item reference, a stored
 # prompt), a string that starts with ``ft:`` (a fine-tuned model), or has a \u escape (a field name or a value
-# can be spelled with escapes: "previous_response\u005fid" is previous_response_id to any JSON parser).
-_REF_RE: Final = re.compile(rb'"(?:id|' + b"|".join(k.encode() for k in REF_FIELDS) + rb')"\s*:|"ft:|\\u')
+# can be spelled with escapes: "previous_response\u005fid" is previous_response_id to any JSON parser). The quote
+# that starts every field is outside the alternation and the escape looked for apart (:func:`_may_name_refs`): the
+# regular expression then starts with one literal byte, which the engine skips to, where the alternation of
+# quoted names and ``\u`` was tried at every position (a 16 KB prompt 42 -> 19 us, 15 KB of short messages
+# 173 -> 80 us; a batch input file is searched the same way).
+_REF_RE: Final = re.compile(rb'"(?:(?:id|' + b"|".join(k.encode() for k in REF_FIELDS) + rb')"\s*:|ft:)')
+
+
+def _may_name_refs(data: bytes) -> bool:
+    """True when ``data`` may name an object (what the comment above lists); False only when it names none."""
+    return b"\\u" in data or _REF_RE.search(data) is not None
+
+
 _MAX_REFS: Final = 1000
 _MAX_FILE_REFS: Final = 10_000  # ids the requests of one batch input file may name, all lines together
 # Eval data sources that select stored objects by a query rather than by id (eval_refs).
@@ -143,7 +154,7 @@ def body_refs(body: bytes) -> list[tuple[str, str]]:
     if 0 in body[:4]:
         # UTF-16/32 JSON: some upstream parsers (Python's json) detect and read it; keyplane does not.
         raise errors.invalid_json()
-    if _REF_RE.search(body) is None:
+    if not _may_name_refs(body):
         return []
     try:
         obj = orjson.loads(body)
@@ -270,11 +281,11 @@ def batch_file_refs(content: bytes) -> list[tuple[int, str, str]]:
     that is not UTF-8 text, is an APIError (refused rather than passed on unchecked)."""
     if b"\x00" in content:
         raise errors.bad_request("A batch input file must be UTF-8 JSONL text.", code="invalid_body")
-    if _REF_RE.search(content) is None:
+    if not _may_name_refs(content):
         return []
     out: list[tuple[int, str, str]] = []
     for n, line in enumerate(content.split(b"\n"), 1):
-        if _REF_RE.search(line) is None:
+        if not _may_name_refs(line):
             continue
         try:
             obj = orjson.loads(line)
