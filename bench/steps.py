@@ -1,6 +1,6 @@
 """keyplane's own CPU per request, step by step, without the HTTP server or the load generator's noise.
 
-    .venv/bin/python bench/steps.py [--requests 5000] [--profile] [--top 40]
+    .venv/bin/python bench/steps.py [--requests 5000] [--profile] [--top 40] [--prompt-bytes N]
 
 Sets keyplane up exactly as bench/compare.py does (nginx fixed-answer upstream, `keyplane init`, rate
 limits raised but enforced, a spend limit, a credit grant, the default kill-switch rules), then drives
@@ -9,7 +9,8 @@ chat completions through the ASGI app in this process, one after another, and th
 included: the usage flush, the applier thread, the access log, over the run and 3 s after it) and,
 with --profile, cProfile's table of where keyplane's time goes. CPU time, not wall time: a busy
 machine changes these figures far less than it changes wrk's. A yardstick for a change, beside
-compare.py (what users see), not instead of it.
+compare.py (what users see), not instead of it. ``--prompt-bytes N`` sends a prompt of about N bytes of prose
+instead of compare.py's 94-byte body: what keyplane's checks, token count and quote cost per KB of a real prompt.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
 import os
 import pstats
 import signal
@@ -33,6 +35,16 @@ import compare  # noqa: E402
 from compare_kit import Processes  # noqa: E402
 
 BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}],"max_tokens":32}'
+PROSE = "The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs. "
+
+
+def prompt_body(size: int) -> bytes:
+    """A chat completion whose user message is about ``size`` bytes of prose (a system message before it)."""
+    text = (PROSE * (size // len(PROSE) + 1))[:size]
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": text}]
+    return json.dumps({"model": "gpt-4o-mini", "messages": messages, "max_tokens": 32}).encode()
+
+
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
@@ -143,7 +155,13 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--sort", default="tottime")
     ap.add_argument("--callers", help="also print the callers of the functions matching this")
+    ap.add_argument("--prompt-bytes", type=int, default=0, help="a prompt of about this many bytes (0: 94-byte body)")
     a = ap.parse_args()
+    if a.prompt_bytes < 0:
+        ap.error("--prompt-bytes must be at least 0")
+    if a.prompt_bytes:
+        global BODY
+        BODY = prompt_body(a.prompt_bytes)
     with tempfile.TemporaryDirectory(prefix="kp-steps-") as tmp:
         ps = Processes(Path(tmp))
         try:
