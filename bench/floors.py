@@ -97,7 +97,7 @@ def _revocation(r: dict[str, float] | None) -> Check:
         return Check(name, "not measured (--no-revocation)", False)
     stall = r.get("stall_ms")
     value = (
-        f"{r['keys']:,.0f} keys, {r['instances']:.0f} instance (single node; a fleet is not measured): "
+        f"{r['keys']:,.0f} keys, {r['instances']:.0f} instance (single node; a fleet: bench/revocation.py --fleet): "
         f"refused after {r['refused_s']:.3f} s, longest loop stall "
         + (f"{stall:.1f} ms" if stall is not None else "not measured")
     )
