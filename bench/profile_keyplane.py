@@ -106,6 +106,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.connections < 1:
         ap.error("--connections must be at least 1")
+    if args.fleet and args.bare:
+        ap.error("--fleet is keyplane's store: not with --bare")
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not args.no_spy and not Path(spy).exists():
         raise SystemExit("py-spy is needed: .venv/bin/pip install py-spy")
@@ -113,8 +115,6 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    if args.fleet and args.bare:
-        ap.error("--fleet is keyplane's store: not with --bare")
     with (
         tempfile.TemporaryDirectory(prefix="kp-profile-") as tmp,
         fleet_store() if args.fleet else contextlib.nullcontext({}) as settings,
