@@ -367,10 +367,12 @@ def test_a_served_store_is_applied_on_the_applier_thread_with_no_driver_thread_o
 
 async def test_a_partly_stored_batch_adds_only_its_new_rows(engine, database_url, tmp_path):
     """A batch that holds records stored already (a replay) adds only the others, to the rows, the rollups and the
-    apply steps, on the applier thread's engine and through an async caller alike."""
-    from keyplane.usage.apply_sql import apply_blocking, apply_records
+    apply steps, on the applier thread's engine and through an async caller alike; across the statements a batch
+    is inserted in (a chunk's stored ids and new ones counted together)."""
+    from keyplane.usage.apply_sql import _REQUEST_CHUNK, apply_blocking, apply_records
 
     size = 341
+    assert _REQUEST_CHUNK < size < 2 * _REQUEST_CHUNK  # two statements, the second one partial
     records = [rec(i) for i in range(size)]
     stepped: list[str] = []
     APPLY_STEPS.setdefault(engine, []).append(lambda conn, new: stepped.extend(r.id for r in new))

@@ -20,6 +20,10 @@ from keyplane.usage.journal import Record
 from keyplane.usage.models import DIMS, ROLLUPS, SUMS, UsageRequest
 
 _ROLLUP_CHUNK = 1000
+# Per-request rows to one statement: a batch (usage_apply_batch, 2,000 by default) is inserted in a few statements
+# of one transaction, so that its rows and their JSON text (~0.6 KB a record, twice) are never all in memory at
+# once: the serving process's RSS would rise and fall by megabytes with each batch (docs/benchmarks.md).
+_REQUEST_CHUNK = 250
 
 ApplyStep = Callable[[Connection, list[Record]], None]
 # Steps other features run in the same transaction over the records really inserted (billing: the spend
@@ -103,7 +107,14 @@ def _pg_upserts() -> dict[int, Insert]:
 
 
 def _insert_requests(conn: Connection, records: list[Record]) -> set[str]:
-    """Insert the per-request rows; returns the ids that were not stored yet."""
+    """Insert the per-request rows, :data:`_REQUEST_CHUNK` to a statement; returns the ids that were not stored yet."""
+    inserted: set[str] = set()
+    for i in range(0, len(records), _REQUEST_CHUNK):
+        inserted |= _insert_chunk(conn, records[i : i + _REQUEST_CHUNK])
+    return inserted
+
+
+def _insert_chunk(conn: Connection, records: list[Record]) -> set[str]:
     rows = [rollups.request_values(r) for r in records]
     if conn.dialect.name == "postgresql":
         params = {c: [row[i] for row in rows] for i, c in enumerate(_COLUMNS)}
