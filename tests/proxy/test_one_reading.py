@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 
 import orjson
 import pytest
@@ -166,9 +167,32 @@ def test_deep_nesting(depth: int) -> None:
 
 
 def test_many_objects_side_by_side() -> None:
+    """A long conversation is wide, not deep: it takes the fast path (no longer the exact reading, at ~3.5 times its
+    cost, as soon as it held more objects than a quarter of the recursion limit), and a key it repeats is found."""
     msgs = ",".join('{"role":"user","content":"m%d: hi"}' % i for i in range(2000))
-    _same(('{"model":"m","messages":[%s]}' % msgs).encode())
-    _same(('{"model":"m","messages":[%s],"model":"n"}' % msgs).encode())
+    wide = ('{"model":"m","messages":[%s]}' % msgs).encode()
+    _same(wide)
+    assert request._plainly_one_reading(wide)
+    for repeated in (
+        ('{"model":"m","messages":[%s],"model":"n"}' % msgs).encode(),
+        ('{"model":"m","messages":[%s,{"role":"user","Role":"x"}]}' % msgs).encode(),
+    ):
+        _same(repeated)
+        assert not request._plainly_one_reading(repeated)
+
+
+@pytest.mark.parametrize("extra", [-2, -1, 0, 1, 60])
+def test_nesting_near_the_limit_with_many_objects(extra: int) -> None:
+    """Many objects and one path nested about as deep as the fast path's limit (a quarter of the recursion limit):
+    the fast path takes those less deep than the limit, the exact reading decides the others, with one verdict
+    (orjson writes no more than 254 levels: deeper still is the exact reading's too)."""
+    depth = sys.getrecursionlimit() // 4 + extra
+    siblings = ",".join(['{"k":%d}' % i for i in range(300)])
+    for inner in ("1", "[]", '{"b":1,"b":2}', '{"B":1,"b":2}'):
+        body = ('{"wide":[%s],"deep":' % siblings + '{"a":' * (depth - 1) + inner + "}" * (depth - 1) + "}").encode()
+        _same(body)
+        if inner == "1":
+            assert request._plainly_one_reading(body) is (extra < 0)
 
 
 def test_random_bodies_agree() -> None:
@@ -189,8 +213,12 @@ def test_random_bodies_agree() -> None:
             names.append(rng.choice(names))  # a repeat
         return "{" + ",".join('"%s":%s' % (k, value(depth + 1)) for k in names) + "}"
 
-    for _ in range(3000):
-        _same(value(0).encode())
+    pad = ",".join(['{"p":%d}' % i for i in range(300)])  # wide enough for the indented copy's depth check
+    for i in range(3000):
+        v = value(0)
+        _same(v.encode())
+        if i % 10 == 0:
+            _same(('{"pad":[%s],"v":%s}' % (pad, v)).encode())
 
 
 @pytest.mark.parametrize("body", ONLY_JSON_LOADS)

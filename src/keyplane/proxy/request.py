@@ -289,21 +289,30 @@ def _plainly_one_reading(body: bytes) -> bool:
     value or inside a string: the folded copy written back has as many colons as the body exactly when no
     pair was dropped. Exact only where both parsers read the same text the same way, hence the exact path
     for a body with a ``\\u`` escape (a key or a colon may be spelled with one, and case-folding must apply
-    to the decoded key), deeper than json.loads may nest from here (its recursion limit), a huge integer
+    to the decoded key), nested a quarter of the recursion limit deep (json.loads recurses per level: a body
+    with more objects and arrays than that is measured, below), a huge integer
     (json.loads refuses it, orjson reads a float), or anything orjson refuses (NaN, a BOM, lone surrogates,
     nesting deeper than 1024, invalid JSON) that json.loads may yet accept."""
-    if b"\\u" in body or body.count(b"{") + body.count(b"[") > sys.getrecursionlimit() // 4:
+    if b"\\u" in body or has_long_digit_run(body):
         return False
-    if has_long_digit_run(body):
-        return False
+    limit = sys.getrecursionlimit() // 4
+    # More objects and arrays than that (written anywhere, strings included) may nest deeper: the folded copy is
+    # then written back indented (2 spaces a level: a value inside n of them starts a line with 2n spaces, and orjson
+    # escapes a newline in a string), and a line indented 2*limit deep sends the body to the exact reading. A long
+    # conversation is wide, not deep: it stays on this path (the exact reading costs it ~3.5 times as much).
+    option = orjson.OPT_INDENT_2 if body.count(b"{") + body.count(b"[") > limit else None
     try:
         orjson.loads(body)
         if body.isascii():
             folded_b = body.lower()  # ASCII: str.casefold() is lower-casing A-Z
-            return orjson.dumps(orjson.loads(folded_b)).count(b":") == folded_b.count(b":")
-        folded = body.decode("utf-8").casefold()  # per character: each key folded as _unique folds it
-        return orjson.dumps(orjson.loads(folded)).count(b":") == folded.count(":")
-    except Exception:  # anything unexpected: the exact reading decides
+            out = orjson.dumps(orjson.loads(folded_b), option=option)
+            colons = folded_b.count(b":")
+        else:
+            folded = body.decode("utf-8").casefold()  # per character: each key folded as _unique folds it
+            out = orjson.dumps(orjson.loads(folded), option=option)
+            colons = folded.count(":")
+        return out.count(b":") == colons and (option is None or b"\n" + b"  " * limit not in out)
+    except Exception:  # anything unexpected (orjson writes no more than 254 levels): the exact reading decides
         return False
 
 
