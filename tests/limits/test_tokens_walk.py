@@ -1,5 +1,6 @@
 """Counter.scan's walk (limits/tokens.py) counts exactly what the stack-based walk it replaced counted: the
-same tokens and the same ``unbounded`` flag for any JSON value, keys counted or not, past MAX_DEPTH too."""
+same tokens and the same ``unbounded`` flag for any JSON value, keys counted or not, past MAX_DEPTH too; plain
+text messages (the walk's shortcut for a long conversation) and values that only look like them included."""
 
 from __future__ import annotations
 
@@ -61,6 +62,11 @@ def _value(rng: random.Random, depth: int) -> Any:
         return rng.choice(
             ["", "hello world", "x" * 129, "\u4f60\u597d", "a\ud800b", 1, 2.5, True, False, None, "image_url", "file"]
         )
+    if r < 0.45 and rng.random() < 0.3:  # a plain text message, or one that only looks like one
+        m: dict[str, Any] = {"role": rng.choice(["user", "", 1, None]), "content": rng.choice(["hi", "x" * 70, [], 2])}
+        if rng.random() < 0.2:
+            m[rng.choice(["name", "type", "file_id"])] = rng.choice(["n", "image_url", "file"])
+        return m
     if r < 0.55:
         if rng.random() < 0.2:
             return [rng.randint(0, 9) for _ in range(rng.randint(1, 4))] + rng.choice([[], [True], ["x"]])
@@ -88,7 +94,8 @@ def test_same_count_as_the_stack_walk(model: str) -> None:
 def test_past_max_depth_is_unbounded_as_before() -> None:
     c = tokens.Counter("gpt-4o-mini")
     for depth in (MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1, MAX_DEPTH + 5, 500):
-        for leaf in ("text", [1, 2], {"content": "x"}):
+        leaves = ("text", [1, 2], {"content": "x"}, {"role": "user", "content": "x"}, [{"role": "a", "content": "b"}])
+        for leaf in leaves:
             v: Any = leaf
             for _ in range(depth):
                 v = {"content": [v]}
@@ -101,3 +108,15 @@ def test_lone_surrogates_count_as_tiktoken_counts_them() -> None:
     c = tokens.Counter("gpt-4o")
     for text in ("a\ud800b", "\udfff", "ok \ud83d\ude00 \ud83d"):
         assert c.count(text) == len(enc.encode_ordinary(text))
+
+
+@pytest.mark.parametrize("lists", [MAX_DEPTH - 1, MAX_DEPTH, MAX_DEPTH + 1])
+def test_a_plain_message_past_max_depth_is_unbounded_as_before(lists: int) -> None:
+    """The shortcut for a plain text message stops where the walk does: a message in a list at MAX_DEPTH is past it."""
+    c = tokens.Counter("gpt-4o-mini")
+    v: Any = [{"role": "user", "content": "hello there"}]
+    for _ in range(lists):
+        v = [v]
+    a, b = c.scan(v), reference_scan(c, v)
+    assert (a.tokens, a.unbounded) == (b.tokens, b.unbounded)
+    assert a.unbounded is (lists >= MAX_DEPTH)

@@ -119,7 +119,19 @@ class Counter:
         depth += 1
         if isinstance(node, list):
             for x in node:
-                n += self.count(x) if isinstance(x, str) else self._walk(x, depth, scan, keys)
+                if isinstance(x, str):
+                    n += self.count(x)
+                elif (  # a plain text message (most of a long conversation): what the walk below counts of it
+                    type(x) is dict
+                    and len(x) == 2
+                    and type(role := x.get("role")) is str
+                    and type(text := x.get("content")) is str
+                    and not keys
+                    and depth <= MAX_DEPTH
+                ):
+                    n += self.count(role) + self.count(text)
+                else:
+                    n += self._walk(x, depth, scan, keys)
             return n
         if isinstance(node, dict):
             t = node.get("type")
