@@ -118,16 +118,18 @@ class Counter:
         n = 0
         depth += 1
         if isinstance(node, list):
+            # A plain text message (most of a long conversation) is counted as the walk below counts it, where the
+            # walk would count it: no keys read, not past MAX_DEPTH.
+            plain = not keys and depth <= MAX_DEPTH
             for x in node:
                 if isinstance(x, str):
                     n += self.count(x)
-                elif (  # a plain text message (most of a long conversation): what the walk below counts of it
-                    type(x) is dict
+                elif (
+                    plain
+                    and type(x) is dict
                     and len(x) == 2
                     and type(role := x.get("role")) is str
                     and type(text := x.get("content")) is str
-                    and not keys
-                    and depth <= MAX_DEPTH
                 ):
                     n += self.count(role) + self.count(text)
                 else:
