@@ -11,12 +11,19 @@ with --profile, cProfile's table of where keyplane's time goes. CPU time, not wa
 machine changes these figures far less than it changes wrk's. A yardstick for a change, beside
 compare.py (what users see), not instead of it. ``--prompt-bytes N`` sends a prompt of about N bytes of prose
 instead of compare.py's 94-byte body: what keyplane's checks, token count and quote cost per KB of a real prompt.
+
+``--opcodes`` counts instead the bytecode instructions the serving thread executes per request (sys.settrace
+with opcode events, over 200 requests and the event loop's work between them), by module and by function: a
+deterministic measure of the interpreted work, for changes too small for timings to show (in-process timings
+move by several percent from run to run; the count does not). Pure-Python asyncio internals in the list run in
+C under uvloop when keyplane serves: compare keyplane's own lines.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import cProfile
 import json
 import os
@@ -108,7 +115,7 @@ async def one(app: App, key: str) -> int:
     return status
 
 
-async def drive(app: App, key: str, n: int, prof: cProfile.Profile | None) -> float:
+async def drive(app: App, key: str, n: int, prof: cProfile.Profile | Opcodes | None) -> float:
     """CPU seconds per request over ``n`` requests and the 3 s of background work after them."""
     for _ in range(300):  # warm: caches, pools, the tokenizer
         assert await one(app, key) == 200
@@ -120,13 +127,55 @@ async def drive(app: App, key: str, n: int, prof: cProfile.Profile | None) -> fl
         status = await one(app, key)
         if status != 200:
             raise RuntimeError(f"answered {status}")
-    await asyncio.sleep(3)  # the flush, the applier and the access log catch up (counted)
+    await asyncio.sleep(0.3 if isinstance(prof, Opcodes) else 3)  # the flush, the applier and the access log (counted)
     if prof is not None:
         prof.disable()
     return (time.process_time() - c0) / n
 
 
-async def measure_keyplane(home_env: dict[str, str], key: str, n: int, prof: cProfile.Profile | None) -> float:
+class Opcodes:
+    """Counts the bytecode instructions executed between :meth:`enable` and :meth:`disable`, per (file, function)
+    (the same two methods as cProfile.Profile: :func:`drive` takes either)."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def _trace(self, frame: Any, event: str, arg: Any) -> Any:
+        if event == "call":
+            frame.f_trace_opcodes = True
+        elif event == "opcode":
+            co = frame.f_code
+            self.counts[(co.co_filename, co.co_name)] += 1
+        return self._trace
+
+    def enable(self) -> None:
+        sys.settrace(self._trace)
+
+    def disable(self) -> None:
+        sys.settrace(None)
+
+    def report(self, requests: int, top: int) -> str:
+        def short(path: str) -> str:
+            for cut in ("/src/", "site-packages/", "/lib/python3.11/", "/bench/"):
+                if cut in path:
+                    return path.split(cut, 1)[1]
+            return path
+
+        total = sum(self.counts.values())
+        by_file: collections.Counter[str] = collections.Counter()
+        for (f, _), c in self.counts.items():
+            by_file[short(f)] += c
+        own = sum(c for f, c in by_file.items() if f.startswith("keyplane/"))
+        lines = [f"opcodes per request: {total / requests:,.0f} (keyplane's own modules: {own / requests:,.0f})", ""]
+        lines += [f"{c / requests:8,.0f}  {f}" for f, c in by_file.most_common(top)]
+        lines.append("")
+        lines += [f"{c / requests:8,.0f}  {short(f)} {fn}" for (f, fn), c in self.counts.most_common(top)]
+        return "\n".join(lines)
+
+
+async def measure_keyplane(
+    home_env: dict[str, str], key: str, n: int, prof: cProfile.Profile | Opcodes | None
+) -> float:
     os.environ.update(home_env)
     from keyplane import footprint
 
@@ -155,8 +204,14 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--sort", default="tottime")
     ap.add_argument("--callers", help="also print the callers of the functions matching this")
+    ap.add_argument("--dump", help="with --profile: also write cProfile's stats to this file (pstats format)")
+    ap.add_argument("--opcodes", action="store_true", help="count bytecode instructions per request (200 requests)")
     ap.add_argument("--prompt-bytes", type=int, default=0, help="a prompt of about this many bytes (0: 94-byte body)")
     a = ap.parse_args()
+    if a.opcodes and a.profile:
+        ap.error("--opcodes and --profile are two different measurements: one at a time")
+    if a.opcodes:
+        a.requests = 200
     if a.prompt_bytes < 0:
         ap.error("--prompt-bytes must be at least 0")
     if a.prompt_bytes:
@@ -174,10 +229,15 @@ def main() -> None:
                 time.sleep(0.1)
             env = {"KEYPLANE_HOME": str(Path(tmp) / "kp-home"), "BENCH_UPSTREAM_KEY": compare.UPSTREAM_KEY}
             bare = asyncio.run(measure_bare(a.requests))
-            prof = cProfile.Profile() if a.profile else None
+            prof: cProfile.Profile | Opcodes | None = (
+                cProfile.Profile() if a.profile else Opcodes() if a.opcodes else None
+            )
             kp = asyncio.run(measure_keyplane(env, t.key, a.requests, prof))
         finally:
             ps.stop_all()
+        if isinstance(prof, Opcodes):
+            print(prof.report(a.requests, a.top))
+            return
         print(
             f"bare proxy: {bare * 1e6:.0f} us CPU/request; keyplane: {kp * 1e6:.0f} us ({kp / bare:.2f}x)"
             + (" [keyplane under cProfile: inflated]" if prof else "")
@@ -185,6 +245,8 @@ def main() -> None:
         if prof is not None:
             st = pstats.Stats(prof).sort_stats(a.sort)
             st.print_stats(a.top)
+            if a.dump:
+                st.dump_stats(a.dump)
             if a.callers:
                 st.print_callers(a.callers)
 
