@@ -1,11 +1,12 @@
-"""MemoryLimiter.admit_now decides, and leaves its counters, exactly as the loop it replaced: random sequences
-of admissions and settles on two limiters, one of them running the reference loop kept here."""
+"""MemoryLimiter.admit_now and settle_now decide, and leave their counters, exactly as the loops they replaced (with
+gcra's functions inline: a limit taken as soon as it passes, every bucket put back if anything refuses): random
+sequences of admissions and settles on two limiters, one of them running the reference loops kept here."""
 
 from __future__ import annotations
 
 import random
 
-from keyplane.limits import Bucket, BudgetRef, Denied, Granted, Reservation, gcra
+from keyplane.limits import PERIODS_US, TPD, TPM, Bucket, BudgetRef, Denied, Granted, Reservation, gcra
 from keyplane.limits.memory import MemoryLimiter
 
 
@@ -49,6 +50,27 @@ class Reference(MemoryLimiter):
                 c[1] += cost
             self.reservations[rid] = (now + (ttl_us or self.ttl_us), cost, tuple(b.key for b in budgets))
         return Granted(now, news)
+
+    def settle_now(self, res, actual_cost, actual_tokens):  # type: ignore[no-untyped-def]
+        held = self.reservations.pop(res.rid, None)
+        for b in res.budgets:
+            c = self.budgets.get(b.key)
+            if c is None:
+                c = self.budgets[b.key] = [0, 0]
+            if held is not None:
+                c[1] -= held[1]
+            c[0] += actual_cost
+        delta = actual_tokens - res.tokens
+        if delta:
+            now = self.now_us()
+            for bk in res.buckets:
+                st = self.tats.get(bk.key)
+                if st is None:
+                    continue
+                for k in (TPM, TPD):
+                    limit = bk.limits[k]
+                    if limit > 0:
+                        st[k] = gcra.correct(st[k], now, delta, limit, PERIODS_US[k])
 
 
 def test_same_decisions_and_counters() -> None:

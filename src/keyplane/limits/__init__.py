@@ -37,13 +37,15 @@ class BudgetRef:
 class Bucket:
     """The GCRA state of one (project or key, model): four limits, 0 meaning none."""
 
-    __slots__ = ("checks", "key", "limits")
+    __slots__ = ("checks", "key", "limits", "token_checks")
 
     def __init__(self, key: str, limits: tuple[int, int, int, int]) -> None:
         self.key = key  # e.g. "p:proj_abc:gpt-4o-mini"
         self.limits = limits  # RPM, TPM, RPD, TPD
         # (index, limit, period µs, counts tokens) of the limits that are set: what admission loops over
         self.checks = tuple((k, lim, PERIODS_US[k], bool(k & 1)) for k, lim in enumerate(limits) if lim > 0)
+        # (index, limit, period µs) of the token limits that are set: what settle corrects
+        self.token_checks = tuple((k, lim, period) for k, lim, period, is_tokens in self.checks if is_tokens)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Bucket) and (self.key, self.limits) == (other.key, other.limits)

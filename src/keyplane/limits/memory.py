@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 
-from keyplane.limits import PERIODS_US, TPD, TPM, Bucket, BudgetRef, Denied, Granted, Reservation, SyncAdmit, gcra
+from keyplane.limits import Bucket, BudgetRef, Denied, Granted, Reservation, SyncAdmit, gcra
+
+
+def _undo(states: list[list[int]], olds: list[list[int]]) -> None:
+    """Put every bucket an admission took from back as it was (the admission is refused)."""
+    for st, old in zip(states, olds, strict=True):
+        st[:] = old
 
 
 class MemoryLimiter:
@@ -36,28 +42,35 @@ class MemoryLimiter:
     ) -> Granted | Denied:
         now = int(self._now() * 1_000_000)
         # Order of refusals: a request too large for a limit (never passes), then budgets (waiting does
-        # not help), then rate limits (the longest wait, so that one retry after it is enough).
+        # not help), then rate limits (the longest wait, so that one retry after it is enough). Each limit that
+        # passes is taken at once (its new TAT written), and every bucket put back as it was if anything refuses:
+        # no await in between, so no other request sees the taken state of a refused one.
         news: list[tuple[int, int, int, int]] = []
         states: list[list[int]] = []
+        olds: list[list[int]] = []
         worst: Denied | None = None
         tats = self.tats
         for j, bk in enumerate(buckets):
             st = tats.get(bk.key)
             if st is None:
                 st = tats[bk.key] = [0, 0, 0, 0]
+            states.append(st)
+            olds.append(st[:])
             new = [0, 0, 0, 0]
             for k, limit, period, is_tokens in bk.checks:
                 units = tokens if is_tokens else 1
                 if units > limit:
+                    _undo(states, olds)
                     return Denied("too_large", j, k, used=units)
                 tat = st[k]
-                ok, got = gcra.try_take(tat, now, units, limit, period)  # the new TAT, or the wait (µs)
-                if ok:
-                    new[k] = got
-                elif worst is None or got > worst.wait_us:
-                    worst = Denied("rate", j, k, used=gcra.used(tat, now, limit, period), wait_us=got)
-            news.append(tuple(new))  # type: ignore[arg-type]  # four ints
-            states.append(st)
+                # gcra.try_take, inline (four limits per bucket on every request): the new TAT, allowed while it
+                # stays within now + period
+                nt = (tat if tat > now else now) - (-units * period // limit)
+                if nt - now <= period:
+                    new[k] = st[k] = nt
+                elif worst is None or nt - period - now > worst.wait_us:
+                    worst = Denied("rate", j, k, used=gcra.used(tat, now, limit, period), wait_us=nt - period - now)
+            news.append((new[0], new[1], new[2], new[3]))
         counters = self.budgets
         rows: list[list[int]] = []
         for i, b in enumerate(budgets):
@@ -65,14 +78,12 @@ class MemoryLimiter:
             if c is None:
                 c = counters[b.key] = [0, 0]
             if b.limit is not None and c[0] + c[1] + cost > b.limit:
+                _undo(states, olds)
                 return Denied("budget", i, spent=c[0], reserved=c[1])
             rows.append(c)
         if worst is not None:
+            _undo(states, olds)
             return worst
-        # Everything passed: take it all (still no await since the first check).
-        for bk, st, taken in zip(buckets, states, news, strict=True):
-            for k, _, _, _ in bk.checks:  # every limit checked passed; the others are not taken (0 in news)
-                st[k] = taken[k]
         if cost:
             for c in rows:
                 c[1] += cost
@@ -119,24 +130,30 @@ class MemoryLimiter:
 
     def settle_now(self, res: Reservation, actual_cost: int, actual_tokens: int) -> None:
         held = self.reservations.pop(res.rid, None)
+        amount = held[1] if held is not None else 0
+        counters = self.budgets
         for b in res.budgets:
-            c = self.budgets.get(b.key)
+            c = counters.get(b.key)
             if c is None:
-                c = self.budgets[b.key] = [0, 0]
-            if held is not None:
-                c[1] -= held[1]
+                c = counters[b.key] = [0, 0]
+            c[1] -= amount
             c[0] += actual_cost
         delta = actual_tokens - res.tokens
         if delta:
-            now = self.now_us()
+            now = int(self._now() * 1_000_000)
+            tats = self.tats
             for bk in res.buckets:
-                st = self.tats.get(bk.key)
+                st = tats.get(bk.key)
                 if st is None:
                     continue
-                for k in (TPM, TPD):
-                    limit = bk.limits[k]
-                    if limit > 0:
-                        st[k] = gcra.correct(st[k], now, delta, limit, PERIODS_US[k])
+                for k, limit, period in bk.token_checks:
+                    # gcra.correct, inline: ``delta`` more tokens (or fewer) than admission charged
+                    tat = st[k]
+                    if delta > 0:
+                        st[k] = (tat if tat > now else now) - (-delta * period // limit)
+                    else:
+                        nt = tat - (-delta * period // limit)
+                        st[k] = nt if nt > now else now
 
     async def settle(self, res: Reservation, actual_cost: int, actual_tokens: int) -> None:
         self.settle_now(res, actual_cost, actual_tokens)
