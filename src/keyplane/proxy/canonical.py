@@ -172,8 +172,22 @@ def _show(c: str) -> str:
     return repr(c) if c.isprintable() else f"U+{ord(c):04X}"
 
 
+_classified: dict[tuple[str, str], Endpoint] = {}
+
+
 def classify(method: str, path: str) -> Endpoint:
-    """What (method, canonical path) is; raises 405 for a method the API does not use."""
+    """What (method, canonical path) is; raises 405 for a method the API does not use. Kept for the few hot
+    paths (as :func:`canonical_path` keeps them): an Endpoint is immutable and depends on the two alone."""
+    ep = _classified.get((method, path))
+    if ep is not None:
+        return ep
+    ep = _classify(method, path)
+    if len(_classified) < 4096:  # object ids make the rest (bounded)
+        _classified[(method, path)] = ep
+    return ep
+
+
+def _classify(method: str, path: str) -> Endpoint:
     if method not in METHODS:
         raise errors.method_not_allowed(method, path)
     scope = required_scope(method, path)
