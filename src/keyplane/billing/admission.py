@@ -31,7 +31,7 @@ from keyplane.billing.price import MICROS
 from keyplane.billing.quote_media import TRANSCRIBE
 from keyplane.billing.ratelimits import limits_model
 from keyplane.billing.settle import Settle, Upstream, log_store_error
-from keyplane.limits import REBUILD_GRACE_US, BudgetRef, Denied, Granted, Rebuilding, Reservation, Unseeded
+from keyplane.limits import REBUILD_GRACE_US, Denied, Granted, Rebuilding, Reservation, Unseeded
 
 if TYPE_CHECKING:
     from keyplane.proxy.context import RequestContext
@@ -52,11 +52,6 @@ def _redis_error(e: BaseException) -> bool:
     without one never loads it, nor what it pulls in), and an error from it means it was."""
     mod = sys.modules.get("redis.exceptions")
     return mod is not None and isinstance(e, mod.RedisError)
-
-
-def money_controlled(budgets: tuple[BudgetRef, ...]) -> bool:
-    """A spend limit or enforced credit applies: one of the request's budgets has a limit."""
-    return any(ref.limit is not None for ref in budgets)
 
 
 class Admission(Settle):
@@ -124,7 +119,7 @@ class Admission(Settle):
             plan = b.plan(ctx.key, limits_model(b, ctx.key.id, ctx.key.project_id or "", model))
         else:  # no model: the budgets only (there is no per-model bucket to count it in)
             plan = dataclasses.replace(b.plan(ctx.key, ""), buckets=(), wheres=())
-        controlled = money_controlled(plan.budgets)
+        controlled = plan.controlled
         cost = q.cost
         if q.unpriced is not None:
             if ctx.endpoint == "/v1/batches":  # priced from its input file, if keyplane read it

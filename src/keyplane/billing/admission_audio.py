@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from keyplane.billing.admission import Admission, money_controlled
+from keyplane.billing.admission import Admission
 from keyplane.billing.quote_media import priced_by_length
 from keyplane.billing.ratelimits import limits_model
 
@@ -49,4 +49,4 @@ class MeasuringAdmission(Admission):
             b.rollover(now)
         key = ctx.key
         plan = b.plan(key, limits_model(b, key.id, key.project_id or "", model))
-        return money_controlled(plan.budgets)
+        return plan.controlled

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,11 @@ class Plan:
     buckets: tuple[Bucket, ...]
     wheres: tuple[str, ...]  # each bucket in words, for 429 messages
     keys: tuple[str, ...]  # the budget keys, for the ledger
+    # A money control applies (a spend limit or enforced credit: one of the budgets has a limit), decided once
+    controlled: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "controlled", any(ref.limit is not None for ref in self.budgets))
 
 
 class Billing:
