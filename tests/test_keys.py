@@ -80,3 +80,14 @@ def test_digest_is_hmac_sha256_of_sha256(value, secret):
         return  # lone surrogates: refused before and after alike
     assert got == want.hexdigest()
     assert keys.digest(secret, value) == got  # twice, from the kept HMAC
+
+
+def test_digest_without_openssl_hmac_is_the_same(monkeypatch):
+    """A Python without _hashlib's HMAC: hmac.HMAC does the same digest."""
+    k = keys.generate("svc")
+    want = keys.digest(b"secret-a", k)
+    assert keys._openssl_hmac is not None  # this machine's Python has it: the fast object is what serves
+    monkeypatch.setattr(keys, "_openssl_hmac", None)
+    monkeypatch.setattr(keys, "_HMACS", {})
+    assert keys.digest(b"secret-a", k) == want
+    assert isinstance(keys._HMACS[b"secret-a"], hmac.HMAC)
