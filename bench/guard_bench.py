@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/guard_bench.py [--requests 200000] [--keys 1000]
 
-Feeds RequestContext objects straight to ``Guard.settle`` (the hooks order-30 step the proxy awaits
-after every response) on a fake clock that advances 50 ms per request, for three rule sets:
+Feeds RequestContext objects straight to ``Guard.observe`` (the pipeline's observe step, after every response) on a
+fake clock that advances 50 ms per request, with the fold of what it listed into the windows (guard/windows.py,
+done by the evaluator before it reads them) counted per request too, for three rule sets:
 the shipped defaults (token-surge 1h + error-spike 10m), all five kinds (adds a project-scope
 spend surge, a ceiling and new_origins, which tracks client IPs and user agents), and the defaults
 with the Redis backend (the settle step is the same in-memory update; Redis is written by the
@@ -59,7 +60,9 @@ def _entry(i: int) -> KeyEntry:
 
 def _guard(rules: list[GuardRule], windows: MemoryWindows, clock: FakeClock) -> Guard:
     settings = SimpleNamespace(
-        file=SimpleNamespace(guard=GuardSection(defaults=False, rules=rules)), snapshot_poll_seconds=0.5
+        file=SimpleNamespace(guard=GuardSection(defaults=False, rules=rules)),
+        snapshot_poll_seconds=0.5,
+        redis_prefix="kp_bench_guard",
     )
     rt = SimpleNamespace(
         settings=settings,
@@ -73,14 +76,15 @@ def _guard(rules: list[GuardRule], windows: MemoryWindows, clock: FakeClock) -> 
 async def _settle_cost(guard: Guard, clock: FakeClock, ctxs: list[RequestContext], n: int) -> tuple[float, float]:
     batch = 1000
     per_batch: list[float] = []
-    settle = guard.settle
+    observe = guard.observe
     for start in range(0, n, batch):
         t0 = time.perf_counter()
         for i in range(start, start + batch):
-            await settle(ctxs[i % len(ctxs)])
+            await observe(ctxs[i % len(ctxs)])
             clock.advance(0.05)
+        guard.windows.fold()  # the requests listed, added to the series: counted per request with the step
         per_batch.append((time.perf_counter() - t0) / batch * 1e6)
-        guard._dirty.clear()  # the evaluator's job (flush, evaluate), off the request path
+        guard.windows.take_touched()  # the evaluator's job (flush, evaluate), off the request path
         await guard.windows.flush(clock.now())
     per_batch.sort()
     return statistics.fmean(per_batch), per_batch[int(len(per_batch) * 0.99) - 1]
@@ -92,7 +96,7 @@ async def _pass_cost(guard: Guard, clock: FakeClock, ctxs: list[RequestContext],
     per_key: list[float] = []
     for _ in range(6):
         for c in ctxs[:keys]:
-            await guard.settle(c)
+            await guard.observe(c)
         clock.advance(5)
         t0 = time.perf_counter()
         await guard.run_pass()
@@ -142,7 +146,7 @@ async def main() -> None:
             windows = MemoryWindows()
         guard = _guard(rules, windows, clock)
         mean, p99 = await _settle_cost(guard, clock, ctxs, args.requests)
-        guard._dirty.clear()
+        guard.windows.take_touched()
         per_key = await _pass_cost(guard, clock, ctxs, min(args.keys, 500))
         rows.append((label, mean, p99, per_key))
         if redis is not None:

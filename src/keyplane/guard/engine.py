@@ -1,10 +1,10 @@
 """The kill switch at run time: the settle step, the background evaluator, rule reloads, resolves.
 
-The observe step (keyplane.pipeline) only adds the request to in-memory windows and marks its key and
-project dirty: no SQL, no Redis, no evaluation on the request path. A background task wakes up,
-flushes the windows (Redis, for a fleet), evaluates the rules on the dirty keys and projects, and
-acts (actions.py). Another loop watches the control-plane revision: rules changed over the API on any
-instance are reloaded from SQL, and a key that the kill switch suspended and someone resumed gets its
+The observe step (keyplane.pipeline) only lists the request in the in-memory windows (guard/windows.py): no SQL,
+no Redis, no evaluation on the request path. A background task wakes up, folds what was listed into the windows
+(and so learns which keys and projects are dirty), flushes them (Redis, for a fleet), evaluates the rules on the
+dirty keys and projects, and acts (actions.py). Another loop watches the control-plane revision: rules changed over
+the API on any instance are reloaded from SQL, and a key that the kill switch suspended and someone resumed gets its
 alert resolved (PagerDuty resolve with the same dedup_key).
 """
 
@@ -79,6 +79,8 @@ class Guard:
         active = [r for r in rules.values() if r.spec.enabled] if self.enabled else []
         self._plan = tuple(sorted({(r.scope, r.window_s) for r in active}))
         self._origins = any(r.kind == "new_origins" for r in active)
+        self.windows.fold()  # what was observed goes to the series of the rules it was observed under
+        self.windows.plan, self.windows.track_origins = self._plan, self._origins
         self._by_scope = {
             "key": [r for r in active if r.scope == "key"],
             "project": [r for r in active if r.scope == "project"],
@@ -108,37 +110,23 @@ class Guard:
         key = ctx.key
         if not self._plan or key.kind == "admin":
             return
-        now = self.clock.now()
-        sample = {"r": 1}
-        tokens = ctx.prompt_tokens + ctx.completion_tokens
-        if tokens:
-            sample["t"] = tokens
-        if ctx.cost_micros:
-            sample["c"] = ctx.cost_micros
         status = ctx.status
         # Only what says something about the client counts. An upstream 401/403 says keyplane's
         # provider credential is wrong; an upstream 404 that the upstream does not implement the path
         # or the endpoint (ordinary exploration, docs/guard.md). Neither is probing with a stolen key.
-        if 400 <= status < 500 and not (status in UPSTREAM_NOT_PROBING and ctx.upstream):
-            sample[f"e{status}"] = 1
-        kent = "k:" + key.id
-        pid = ctx.project_id
-        pent = "p:" + pid if pid else None
-        record = self.windows.record
-        for scope, window in self._plan:
-            if scope == "key":
-                record(kent, window, now, sample)
-            elif pent is not None:
-                record(pent, window, now, sample)
-        if self._origins:
-            if ctx.client_ip:
-                self.windows.record_origin(kent, "i:" + ctx.client_ip, now)
-            if ctx.user_agent:
-                self.windows.record_origin(kent, "u:" + ctx.user_agent[:200], now)
-        self._dirty.add(kent)
-        if pent is not None and self._by_scope["project"]:
-            self._dirty.add(pent)
-        self._wake.set()
+        err = status if 400 <= status < 500 and not (status in UPSTREAM_NOT_PROBING and ctx.upstream) else 0
+        obs = (
+            key.id,
+            ctx.project_id,
+            self.clock.now(),
+            ctx.prompt_tokens + ctx.completion_tokens,
+            ctx.cost_micros,
+            err,
+            ctx.client_ip,
+            ctx.user_agent,
+        )
+        if self.windows.observe(obs):  # listed: the evaluator folds it into the windows (guard/windows.py)
+            self._wake.set()
 
     # --- evaluation (background) -----------------------------------------------------------------
 
@@ -152,7 +140,7 @@ class Guard:
                 _failed(_windows_outage, e, "flushing the windows")
                 return 0
             _windows_outage.ok()
-            dirty, self._dirty = self._dirty, set()
+            dirty, self._dirty = self._dirty | self.windows.take_touched(), set()
             fired = 0
             now = self.clock.now()
             todo = [e for e in dirty if self._by_scope[_scope(e)] and self._targets(_scope(e), e[2:], now)]

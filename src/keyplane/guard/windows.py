@@ -7,7 +7,10 @@ A series is one entity (``k:<key id>`` or ``p:<project id>``) over one window le
   need: the detectors' baseline is made of the complete ones.
 
 Counters are integers: ``t`` tokens, ``c`` cost in micro-dollars, ``r`` requests, ``e<status>`` 4xx
-answers. :meth:`MemoryWindows.record` runs in the settle step: a few dict updates, no I/O. With Redis,
+answers. The settle step only appends each request to a list (:meth:`MemoryWindows.observe`); :meth:`fold` adds
+what is listed to the series (:meth:`record`), each (series, bucket) once however many requests it had, before
+anything reads them (the evaluator's flush, a view, the sweep): no I/O, and a few dict updates per bucket rather than
+per request. With Redis,
 records accumulate locally and :meth:`RedisWindows.flush` (background task) adds them to one Redis
 hash per series in one pipeline, so the traffic a key sends through several instances is summed
 whole; the evaluator then reads the series back from Redis. Times come from the injected clock.
@@ -21,8 +24,14 @@ from typing import Any
 
 BUCKETS = 60
 MAX_ORIGINS = 5000  # per key; past it the oldest half is forgotten (they would look new again)
+# Requests observed and not yet folded into the series: folded on the request path past this many (the evaluator
+# folds them at each pass, every 50 ms under load; this bounds the memory of a stalled one).
+MAX_PENDING = 20_000
 
 Counters = dict[str, int]
+# One observed request: key id, project id (or None), when, tokens, cost (micro-dollars), the 4xx status that
+# counts as an error (0: none), client IP and user agent (None: unknown).
+Observation = tuple[str, str | None, float, int, int, int, str | None, str | None]
 
 
 @dataclass(slots=True)
@@ -94,8 +103,106 @@ class MemoryWindows:
         self._origins_first: dict[str, float] = {}
         self._cooldowns: dict[str, float] = {}
         self.retention: dict[float, int] = {}  # window -> periods kept (the largest baseline)
+        # What an observed request is added to, set with the rules (guard/engine.py): the (scope, window) series,
+        # scope "key" or "project", and whether its origins are kept (a new_origins rule is active).
+        self.plan: tuple[tuple[str, float], ...] = ()
+        self.track_origins = False
+        self.pending: list[Observation] = []
+        self.touched: set[str] = set()  # entities folded since the evaluator last took them (take_touched)
 
     # --- the settle step (no I/O) ----------------------------------------------------------------
+
+    def observe(self, obs: Observation) -> bool:
+        """List one request for :meth:`fold`; True when it is the first listed since the last fold (the caller
+        wakes the evaluator)."""
+        pending = self.pending
+        pending.append(obs)
+        if len(pending) >= MAX_PENDING:
+            self.fold()
+            return False
+        return len(pending) == 1
+
+    def fold(self) -> None:
+        """Add the listed requests to their series. A run of requests of one key and project whose times fall in
+        the same bucket of every series is added at once (its sums in one :meth:`record` per series, with the first
+        request's time): the same counters as one record per request and series, ``r`` 1, ``t`` and ``c`` when not
+        0, ``e<status>`` 1. A key sending many requests makes few runs; requests of many keys interleaved, one run
+        each."""
+        pending = self.pending
+        if not pending:
+            return
+        self.pending = []
+        widths = [window / BUCKETS for _, window in self.plan]
+        origins = self.track_origins
+        run: list[Any] | None = None  # [key id, project id, first time, r, t, c, {status: n} | None]
+        lo = hi = 0.0  # the times whose buckets are the run's in every series (worked out once a run goes on)
+        for kid, pid, now, tokens, cost, err, ip, ua in pending:
+            if run is not None and kid == run[0] and pid == run[1]:
+                if lo == hi:
+                    # Where every series' bucket of the run's time starts and ends, a microsecond inside (a time that
+                    # close to an edge starts a run of its own: its buckets are computed, never assumed).
+                    lo, hi = -math.inf, math.inf
+                    for width in widths:
+                        b = run[2] // width
+                        if b * width > lo:
+                            lo = b * width
+                        if (b + 1) * width < hi:
+                            hi = (b + 1) * width
+                    lo, hi = lo + 1e-6, hi - 1e-6
+                if lo <= now < hi:
+                    run[3] += 1
+                    run[4] += tokens
+                    run[5] += cost
+                    if err:
+                        errs = run[6]
+                        if errs is None:
+                            errs = run[6] = {}
+                        errs[err] = errs.get(err, 0) + 1
+                    if origins:
+                        self._origins_of(kid, ip, ua, now)
+                    continue
+            if run is not None:
+                self._add_run(run)
+            run = [kid, pid, now, 1, tokens, cost, {err: 1} if err else None]
+            lo = hi = 0.0
+            if origins:
+                self._origins_of(kid, ip, ua, now)
+        if run is not None:
+            self._add_run(run)
+
+    def _origins_of(self, kid: str, ip: str | None, ua: str | None, now: float) -> None:
+        kent = "k:" + kid
+        if ip:
+            self.record_origin(kent, "i:" + ip, now)
+        if ua:
+            self.record_origin(kent, "u:" + ua[:200], now)
+
+    def _add_run(self, run: list[Any]) -> None:
+        kid, pid, now, r, t, c, errs = run
+        sample = {"r": r}
+        if t:
+            sample["t"] = t
+        if c:
+            sample["c"] = c
+        if errs:
+            for status, n in errs.items():
+                sample[f"e{status}"] = n
+        kent = "k:" + kid
+        pent = "p:" + pid if pid else None
+        self.touched.add(kent)
+        for scope, window in self.plan:
+            if scope == "key":
+                self.record(kent, window, now, sample)
+            elif pent is not None:
+                self.record(pent, window, now, sample)
+                self.touched.add(pent)
+
+    def take_touched(self) -> set[str]:
+        """The keys (``k:``) and projects (``p:``, when a project rule is active) of the requests folded since the
+        last call: what the evaluator looks at."""
+        self.fold()
+        touched, self.touched = self.touched, set()
+        return touched
 
     def record(self, entity: str, window: float, now: float, sample: Counters) -> None:
         key = (entity, window)
@@ -125,9 +232,10 @@ class MemoryWindows:
     # --- the evaluator (background) --------------------------------------------------------------
 
     async def flush(self, now: float | None = None) -> None:
-        return None
+        self.fold()
 
     async def view(self, entity: str, window: float, now: float) -> View:
+        self.fold()
         s = self._series.get((entity, window))
         if s is None:
             return View({}, [], None)
@@ -153,6 +261,7 @@ class MemoryWindows:
 
     async def new_origins(self, entity: str, since: float) -> tuple[int, int, float | None]:
         """(new client IPs, new user agents) first seen at or after ``since``, and when the key was first seen."""
+        self.fold()
         known = self._origins.get(entity) or {}
         ips = sum(1 for o, t in known.items() if t >= since and o.startswith("i:"))
         uas = sum(1 for o, t in known.items() if t >= since and o.startswith("u:"))
@@ -172,6 +281,7 @@ class MemoryWindows:
 
     async def sweep(self, now: float) -> None:
         """Forget series with no traffic for longer than their retention (memory stays bounded)."""
+        self.fold()
         for key, s in list(self._series.items()):
             keep = (self.retention.get(s.window, 1) + 2) * s.window
             newest = max([*s.periods, *(b // BUCKETS for b in s.buckets)], default=-1)
@@ -226,6 +336,7 @@ class RedisWindows(MemoryWindows):
         pend.setdefault(origin, now)
 
     async def flush(self, now: float | None = None) -> None:
+        self.fold()
         batch: list[tuple[tuple[str, float], float | None, dict[int, Counters], dict[int, Counters]]] = []
         for key, s in list(self._series.items()):
             if now is not None:  # what no view can use any more is not worth sending
