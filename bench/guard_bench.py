@@ -80,7 +80,7 @@ async def _settle_cost(guard: Guard, clock: FakeClock, ctxs: list[RequestContext
     for start in range(0, n, batch):
         t0 = time.perf_counter()
         for i in range(start, start + batch):
-            await observe(ctxs[i % len(ctxs)])
+            observe(ctxs[i % len(ctxs)])
             clock.advance(0.05)
         guard.windows.fold()  # the requests listed, added to the series: counted per request with the step
         per_batch.append((time.perf_counter() - t0) / batch * 1e6)
@@ -96,7 +96,7 @@ async def _pass_cost(guard: Guard, clock: FakeClock, ctxs: list[RequestContext],
     per_key: list[float] = []
     for _ in range(6):
         for c in ctxs[:keys]:
-            await guard.observe(c)
+            guard.observe(c)
         clock.advance(5)
         t0 = time.perf_counter()
         await guard.run_pass()

@@ -144,7 +144,7 @@ async def bench_settle(folder: Path, n: int, observe: bool, access_log: bool) ->
         for c in ctxs:
             await rec.record(c)
             if observe:
-                await rec.observe(c)
+                rec.observe(c)
         samples.append(time.perf_counter_ns() - t0)
         t0 = time.perf_counter_ns()  # what the 0.25 s background flush does for these requests
         metrics.flush(applier.lag)

@@ -11,6 +11,9 @@ assembled once at start-up by the app, in the flow's order:
   released);
 - ``usage`` (metering) records it (the usage journal) and observes it (metrics, access log, trace);
 - ``guard`` (the kill switch) observes it (anomaly windows);
+
+(the observing steps are plain calls, not coroutines: they only add to memory, and the background work that
+follows from them runs in their features' own tasks;)
 - ``routing`` (prefix-affinity routing) releases the upstream it chose.
 
 Every admitted request is settled exactly once, streams, client disconnects and upstream failures
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("keyplane.proxy")
 
 Step = Callable[["RequestContext"], Awaitable[None]]
+# An observing step: plain calls that only add to memory (metrics, the access log's list, the kill switch's list).
+Observer = Callable[["RequestContext"], None]
 
 
 class Billing(Protocol):
@@ -44,7 +49,7 @@ class Billing(Protocol):
 class Usage(Protocol):
     async def record(self, ctx: RequestContext) -> None: ...
 
-    async def observe(self, ctx: RequestContext) -> None: ...
+    def observe(self, ctx: RequestContext) -> None: ...
 
     async def refused(self, ctx: RequestContext) -> None: ...
 
@@ -54,7 +59,7 @@ class Usage(Protocol):
 
 
 class Guard(Protocol):
-    async def observe(self, ctx: RequestContext) -> None: ...
+    def observe(self, ctx: RequestContext) -> None: ...
 
 
 class Routing(Protocol):
@@ -77,39 +82,34 @@ class Pipeline:
         return _nothing()
 
     async def settle(self, ctx: RequestContext, observe: bool = True) -> None:
-        """settle -> record -> observe, in this order, once per admitted request; a step's failure is logged
-        and the next one runs. ``observe=False``: settle and record (and the taps) only, :meth:`observe` to follow
+        """settle -> record -> observe -> the taps, in this order, once per admitted request; a step's failure is
+        logged and the next one runs. ``observe=False``: settle, record and the taps only, :meth:`observe` to follow
         once the answer is written (a JSON answer: its client is not kept waiting for metrics, the access log
         and the kill switch's windows; what the answer's cost and record need is done before it goes out)."""
-        for step in self.settle_steps() if observe else self.record_steps():
+        for step in self._answer_steps():
+            try:
+                await step(ctx)
+            except Exception:
+                log.exception("%s failed for %s", getattr(step, "__qualname__", step), ctx.request_id)
+        if observe:
+            self.observe(ctx)
+        for step in self.taps:
             try:
                 await step(ctx)
             except Exception:
                 log.exception("%s failed for %s", getattr(step, "__qualname__", step), ctx.request_id)
 
-    async def observe(self, ctx: RequestContext) -> None:
-        """The observing steps :meth:`settle` left out with ``observe=False``."""
+    def observe(self, ctx: RequestContext) -> None:
+        """The observing steps (:meth:`observe_steps`), plain calls: what :meth:`settle` left out with
+        ``observe=False``."""
         for step in self.observe_steps():
-            try:
-                await step(ctx)
-            except Exception:
-                log.exception("%s failed for %s", getattr(step, "__qualname__", step), ctx.request_id)
+            _observe(step, ctx)
 
-    def settle_steps(self) -> list[Step]:
-        """The steps :meth:`settle` runs, in order: the route released, billing settled (it fills
-        ``ctx.cost_micros`` for what follows), the usage recorded and observed, the guard's observation, the taps.
-        Built per call from the features set now (tests switch them), a list of a few bound methods."""
-        return self._answer_steps() + self.observe_steps() + self.taps
-
-    def record_steps(self) -> list[Step]:
-        """The steps of :meth:`settle` with ``observe=False``: the route released, billing settled, the usage
-        recorded, the taps (tests read settled requests as soon as the answer is in)."""
-        return self._answer_steps() + self.taps
-
-    def observe_steps(self) -> list[Step]:
-        """The steps of :meth:`observe`: the usage observed (metrics, access log, trace) and the guard's
-        observation (its windows; it acts in the background)."""
-        steps: list[Step] = []
+    def observe_steps(self) -> list[Observer]:
+        """The usage observed (metrics, access log, trace) and the guard's observation (its list; the evaluator
+        folds it into its windows and acts in the background). Built per call from the features set now (tests
+        switch them), a list of a few bound methods."""
+        steps: list[Observer] = []
         if self.usage is not None:
             steps.append(self.usage.observe)
         if self.guard is not None:
@@ -131,7 +131,7 @@ class Pipeline:
         if self.usage is not None:
             await _run(self.usage.refused, ctx)
         if self.guard is not None:
-            await _run(self.guard.observe, ctx)
+            _observe(self.guard.observe, ctx)
 
     def stream_started(self) -> None:
         if self.usage is not None:
@@ -144,6 +144,13 @@ class Pipeline:
 
 async def _nothing() -> None:
     return None
+
+
+def _observe(step: Observer, ctx: RequestContext) -> None:
+    try:
+        step(ctx)
+    except Exception:
+        log.exception("%s failed for %s", getattr(step, "__qualname__", step), ctx.request_id)
 
 
 async def _run(step: Step, ctx: RequestContext) -> None:

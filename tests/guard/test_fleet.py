@@ -110,7 +110,7 @@ url = "{hook.url}/hook"
         await rtb.refresher.refresh()
         for i in range(12):  # 100 tokens a minute, alternating instances: 600 each, 1200 in all
             rt, g = made[i % 2]
-            await g.observe(ctx_for(rt, kid, tokens=100))
+            g.observe(ctx_for(rt, kid, tokens=100))
             clock.advance(60)
             await g.drain()
             await made[(i + 1) % 2][1].drain()

@@ -102,7 +102,7 @@ async def make_guard(tmp_path, database_url, monkeypatch):
 
 async def baseline(guard, rt, clock, kid: str, hours: float = 26, per_hour: int = 10_000, every: float = 600) -> None:
     for _ in range(int(hours * HOUR / every)):
-        await guard.observe(ctx_for(rt, kid, tokens=int(per_hour * every / HOUR)))
+        guard.observe(ctx_for(rt, kid, tokens=int(per_hour * every / HOUR)))
         clock.advance(every)
     await guard.drain()
 
@@ -127,7 +127,7 @@ async def test_leak_is_revoked_with_one_signed_webhook(make_guard, hook):
     start = clock.now()
     while rt.snapshot.keys_by_id[kid].status(clock.now()) == "active":
         assert clock.now() - start < HOUR, "not revoked within the hour"
-        await guard.observe(ctx_for(rt, kid, tokens=1000))  # 4x the hourly tokens in 40 minutes
+        guard.observe(ctx_for(rt, kid, tokens=1000))  # 4x the hourly tokens in 40 minutes
         clock.advance(60)
         await guard.drain()
     entry = rt.snapshot.keys_by_id[kid]
@@ -145,7 +145,7 @@ async def test_leak_is_revoked_with_one_signed_webhook(make_guard, hook):
     assert body["figures"]["ratio"] >= 4.0 and body["figures"]["baseline"] > 0
 
     # More traffic from requests already in flight: no second firing, no second webhook.
-    await guard.observe(ctx_for(rt, kid, tokens=5000))
+    guard.observe(ctx_for(rt, kid, tokens=5000))
     await guard.drain()
     assert len(hook.received) == 1
 
@@ -167,14 +167,14 @@ async def test_probing_trips_error_spike(make_guard, hook):
     )
     kid = await new_key(rt, init["project_id"])
     for i in range(10):
-        await guard.observe(ctx_for(rt, kid, tokens=50))
+        guard.observe(ctx_for(rt, kid, tokens=50))
         clock.advance(5 + i)
     await guard.drain()
     assert await events(rt) == []
     for i in range(30):
         # keyplane's own refusals (no upstream) and the upstream's 404: all count
         status = (401, 403, 404)[i % 3]
-        await guard.observe(ctx_for(rt, kid, status=status, upstream=None if status != 404 else "demo"))
+        guard.observe(ctx_for(rt, kid, status=status, upstream=None if status != 404 else "demo"))
         clock.advance(2)
     await guard.drain()
     entry = rt.snapshot.keys_by_id[kid]
@@ -193,7 +193,7 @@ async def test_upstream_auth_errors_do_not_count(make_guard):
     rt, guard, init, clock = await make_guard(rule("probe", "error_spike", "10m", 0.5, 20, "suspend"))
     kid = await new_key(rt, init["project_id"])
     for _ in range(50):
-        await guard.observe(ctx_for(rt, kid, status=401, upstream="openai"))
+        guard.observe(ctx_for(rt, kid, status=401, upstream="openai"))
         clock.advance(1)
     await guard.drain()
     assert rt.snapshot.keys_by_id[kid].status(clock.now()) == "active"
@@ -206,7 +206,7 @@ async def test_dry_run_and_alert_mode_only_alert(make_guard, hook, mode, dry_run
     )
     kid = await new_key(rt, init["project_id"])
     for _ in range(5):
-        await guard.observe(ctx_for(rt, kid, tokens=30))
+        guard.observe(ctx_for(rt, kid, tokens=30))
         clock.advance(60)
         await guard.drain()
     assert rt.snapshot.keys_by_id[kid].status(clock.now()) == "active"
@@ -226,7 +226,7 @@ async def test_cooldown_prevents_repeats(make_guard, hook):
     )
     kid = await new_key(rt, init["project_id"])
     for _ in range(100):  # 100 minutes over the ceiling, within the cooldown
-        await guard.observe(ctx_for(rt, kid, tokens=50))
+        guard.observe(ctx_for(rt, kid, tokens=50))
         clock.advance(60)
         await guard.drain()
     assert len(hook.wait_for(1)) == 1
@@ -234,7 +234,7 @@ async def test_cooldown_prevents_repeats(make_guard, hook):
     assert guard.counters["cooldown_suppressed"] > 50
     clock.advance(HOUR)  # past the cooldown: still over the ceiling, fires again
     for _ in range(3):
-        await guard.observe(ctx_for(rt, kid, tokens=50))
+        guard.observe(ctx_for(rt, kid, tokens=50))
         await guard.drain()
     assert len(hook.wait_for(2)) == 2
     assert len(await events(rt)) == 2
@@ -244,11 +244,11 @@ async def test_ceiling_stops_the_key_on_the_request_that_crosses_it(make_guard):
     rt, guard, init, clock = await make_guard(rule("cap", "ceiling", "1h", 100, 0, "suspend"))
     kid = await new_key(rt, init["project_id"])
     for i in range(3):
-        await guard.observe(ctx_for(rt, kid, tokens=30))
+        guard.observe(ctx_for(rt, kid, tokens=30))
         await guard.drain()
         assert rt.snapshot.keys_by_id[kid].status(clock.now()) == "active", i
         clock.advance(60)
-    await guard.observe(ctx_for(rt, kid, tokens=30))  # 120 > 100
+    guard.observe(ctx_for(rt, kid, tokens=30))  # 120 > 100
     await guard.drain()
     entry = rt.snapshot.keys_by_id[kid]
     assert entry.status(clock.now()) == "suspended"
@@ -267,9 +267,9 @@ async def test_project_scope_stops_the_projects_keys(make_guard):
     a, b = await new_key(rt, pid, "a"), await new_key(rt, pid, "b")
     other = await _other_project_key(rt)
     for _ in range(6):
-        await guard.observe(ctx_for(rt, a, tokens=100))
-        await guard.observe(ctx_for(rt, b, tokens=100))
-        await guard.observe(ctx_for(rt, other, tokens=150))  # 900: under its own ceiling
+        guard.observe(ctx_for(rt, a, tokens=100))
+        guard.observe(ctx_for(rt, b, tokens=100))
+        guard.observe(ctx_for(rt, other, tokens=150))  # 900: under its own ceiling
         clock.advance(60)
     await guard.drain()
     now = clock.now()
@@ -294,7 +294,7 @@ routing_key_env = "PD_KEY"
 """
     rt, guard, init, _clock = await make_guard(rule("cap", "ceiling", "1h", 100, 0, "suspend") + pd)
     kid = await new_key(rt, init["project_id"])
-    await guard.observe(ctx_for(rt, kid, tokens=500))
+    guard.observe(ctx_for(rt, kid, tokens=500))
     await guard.drain()
     (trigger,) = hook.wait_for(1)
     t = trigger.json()
@@ -334,7 +334,7 @@ email_to = ["oncall@example.com", "sec@example.com"]
 """
         rt, guard, init, _clock = await make_guard(rule("cap", "ceiling", "1h", 100, 0, "revoke") + sinks)
         kid = await new_key(rt, init["project_id"])
-        await guard.observe(ctx_for(rt, kid, tokens=500))
+        guard.observe(ctx_for(rt, kid, tokens=500))
         await guard.drain()
         (slack,) = hook.wait_for(1)
         assert slack.path == "/slack"
@@ -400,6 +400,6 @@ async def test_rules_reload_from_the_store(make_guard):
     await guard.on_revision()
     assert list(guard.rules) == ["cap"] and guard.rules["cap"].source == "api"
     kid = await new_key(rt, init["project_id"])
-    await guard.observe(ctx_for(rt, kid, tokens=50))
+    guard.observe(ctx_for(rt, kid, tokens=50))
     await guard.drain()
     assert rt.snapshot.keys_by_id[kid].status(clock.now()) == "suspended"

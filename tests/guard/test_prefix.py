@@ -60,7 +60,7 @@ async def test_two_prefixes_on_one_redis_do_not_see_each_other(tmp_path: Path) -
         kid = await new_key(rta, init["project_id"])
         await rtb.refresher.refresh()
         for _ in range(5):
-            await ga.observe(ctx_for(rta, kid, tokens=100))
+            ga.observe(ctx_for(rta, kid, tokens=100))
             clock.advance(1)
         await ga.drain()
         window = next(iter(ga.windows.retention))

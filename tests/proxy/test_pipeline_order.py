@@ -32,7 +32,12 @@ def events(gw: RunningServer) -> Iterator[list[str]]:
             out.append(label)
             await inner(ctx)
 
-        setattr(obj, step, noted)  # the instance's attribute hides the method until deleted below
+        def noted_now(ctx: Any, inner: Any = inner, label: str = f"{feature}.{step}") -> None:
+            out.append(label)
+            inner(ctx)  # an observing step is a plain call (keyplane.pipeline)
+
+        # the instance's attribute hides the method until deleted below
+        setattr(obj, step, noted_now if step == "observe" else noted)
         wrapped.append((obj, step))
 
     async def tap(ctx: Any) -> None:

@@ -156,7 +156,7 @@ class BatchMeter:
                 cost_micros=total,
             )
             try:
-                await guard.observe(ctx)
+                guard.observe(ctx)
             except Exception:
                 log.exception("batch %s: the kill switch could not observe it", row.id)
         log.info(

@@ -106,7 +106,7 @@ class Guard:
 
     # --- the settle step (hot path) --------------------------------------------------------------
 
-    async def observe(self, ctx: RequestContext) -> None:
+    def observe(self, ctx: RequestContext) -> None:
         key = ctx.key
         if not self._plan or key.kind == "admin":
             return

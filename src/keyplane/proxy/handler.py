@@ -222,7 +222,7 @@ class ProxyApp:
                     await send({"type": "http.response.start", "status": status, "headers": h})
                     await send({"type": "http.response.body", "body": payload})
                 finally:
-                    await self.rt.pipeline.observe(ctx)
+                    self.rt.pipeline.observe(ctx)
                 return
             ctx.status = status
             if out.first is None:  # pass-through (RAW, or an object path answered with a stream or bytes)

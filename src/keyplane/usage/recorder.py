@@ -205,8 +205,8 @@ class Recorder:
         except Exception:
             log.exception("usage: could not observe refused request %s", ctx.request_id)
 
-    async def observe(self, ctx: RequestContext) -> None:
-        """Settle step, order 30: metrics, the access-log line, the trace span."""
+    def observe(self, ctx: RequestContext) -> None:
+        """The pipeline's observe step: metrics, the access-log line, the trace span."""
         try:
             rec = ctx.record
             kind = rec.kind if rec is not None else kind_of(ctx.endpoint)
