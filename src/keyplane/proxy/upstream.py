@@ -164,10 +164,15 @@ _UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f-\xff#]")  # a request target sent 
 
 def header_block(headers: list[tuple[bytes, bytes]], dep: Deployment) -> bytes:
     """:func:`forward_headers` as the lines of an HTTP/1.1 head ("name: value\\r\\n" each), for proxy/http1.py."""
-    lines = [k + b": " + v + b"\r\n" for k, v in _kept(headers, dep)]
+    configured = dep.config.headers
+    if configured:  # _kept's rule, in the same one pass that writes the lines
+        own = {k.lower().encode("latin-1") for k in configured}
+        lines = [k + b": " + v + b"\r\n" for k, v in headers if k not in DROP_REQUEST and k not in own]
+    else:
+        lines = [k + b": " + v + b"\r\n" for k, v in headers if k not in DROP_REQUEST]
     if dep.api_key:
         lines.append(b"Authorization: Bearer " + dep.api_key.encode("latin-1") + b"\r\n")
-    for k, v in dep.config.headers.items():
+    for k, v in configured.items():
         lines.append(k.encode("latin-1") + b": " + v.encode("latin-1") + b"\r\n")
     return b"".join(lines)
 
