@@ -11,10 +11,10 @@ assembled once at start-up by the app, in the flow's order:
   released);
 - ``usage`` (metering) records it (the usage journal) and observes it (metrics, access log, trace);
 - ``guard`` (the kill switch) observes it (anomaly windows);
-
-(the observing steps are plain calls, not coroutines: they only add to memory, and the background work that
-follows from them runs in their features' own tasks;)
 - ``routing`` (prefix-affinity routing) releases the upstream it chose.
+
+The observing steps are plain calls, not coroutines: they only add to memory, and the background work that follows
+from them runs in their features' own tasks.
 
 Every admitted request is settled exactly once, streams, client disconnects and upstream failures
 included. Refusals of an authenticated key before the upstream (403, 404, 429...) are observed too:
