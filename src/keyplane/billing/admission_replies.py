@@ -63,28 +63,14 @@ def headers(plan: Plan, g: Granted) -> list[tuple[bytes, bytes]]:
     out: list[tuple[bytes, bytes]] = []
     if len(buckets) == 1:  # usually the project's bucket alone (a key with limits of its own adds one): no search
         limits, tat = buckets[0].limits, tats[0]
-        lim = limits[RPM]
-        if lim > 0:
-            held = tat[RPM] - now
-            if held < 0:
-                held = 0
-            rem = (MINUTE_US - held) * lim // MINUTE_US
-            out += (
-                (_REQUEST_HEADERS[0], b"%d" % lim),
-                (_REQUEST_HEADERS[1], b"%d" % (rem if rem > 0 else 0)),
-                (_REQUEST_HEADERS[2], _reset(held)),
-            )
-        lim = limits[TPM]
-        if lim > 0:
-            held = tat[TPM] - now
-            if held < 0:
-                held = 0
-            rem = (MINUTE_US - held) * lim // MINUTE_US
-            out += (
-                (_TOKEN_HEADERS[0], b"%d" % lim),
-                (_TOKEN_HEADERS[1], b"%d" % (rem if rem > 0 else 0)),
-                (_TOKEN_HEADERS[2], _reset(held)),
-            )
+        for idx, names in _PER_MINUTE:
+            lim = limits[idx]
+            if lim > 0:
+                held = tat[idx] - now
+                if held < 0:
+                    held = 0
+                rem = (MINUTE_US - held) * lim // MINUTE_US
+                out += ((names[0], b"%d" % lim), (names[1], b"%d" % (rem if rem > 0 else 0)), (names[2], _reset(held)))
         return out
     for idx, names in _PER_MINUTE:
         best_rem = best_lim = best_reset = -1
