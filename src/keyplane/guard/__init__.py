@@ -1,7 +1,7 @@
 """The kill switch: anomaly detectors over each key's live usage, and what they do about it.
 
 Layout: rules.py (rule definitions, validation, defaults), windows.py (bucketed sliding windows in
-memory or Redis), detectors.py (pure detection), engine.py (settle step + background evaluator),
+memory or Redis), detectors.py (pure detection), engine.py (observe step + background evaluator),
 actions.py (revoke / suspend / alert, audit, events), store.py + models.py (SQL), routes.py (admin
 API), cli.py (`keyplane guard ...`). User docs: docs/guard.md.
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 async def start(rt: Runtime) -> Feature:
-    """Feature start-up (app.FEATURES): the settle step, the background tasks, the admin endpoints."""
+    """Feature start-up (app.FEATURES): the observe step, the background tasks, the admin endpoints."""
     from keyplane.app import Feature
     from keyplane.guard import engine, routes
 

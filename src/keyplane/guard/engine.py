@@ -1,4 +1,4 @@
-"""The kill switch at run time: the settle step, the background evaluator, rule reloads, resolves.
+"""The kill switch at run time: the observe step, the background evaluator, rule reloads, resolves.
 
 The observe step (keyplane.pipeline) only lists the request in the in-memory windows (guard/windows.py): no SQL,
 no Redis, no evaluation on the request path. A background task wakes up, folds what was listed into the windows
@@ -104,7 +104,7 @@ class Guard:
         self.rule_times = times
         self._apply_rules(effective(self.base_rules, stored))
 
-    # --- the settle step (hot path) --------------------------------------------------------------
+    # --- the observe step (hot path) -------------------------------------------------------------
 
     def observe(self, ctx: RequestContext) -> None:
         key = ctx.key

@@ -7,10 +7,10 @@ A series is one entity (``k:<key id>`` or ``p:<project id>``) over one window le
   need: the detectors' baseline is made of the complete ones.
 
 Counters are integers: ``t`` tokens, ``c`` cost in micro-dollars, ``r`` requests, ``e<status>`` 4xx
-answers. The settle step only appends each request to a list (:meth:`MemoryWindows.observe`); :meth:`fold` adds
-what is listed to the series (:meth:`record`), each (series, bucket) once however many requests it had, before
-anything reads them (the evaluator's flush, a view, the sweep): no I/O, and a few dict updates per bucket rather than
-per request. With Redis,
+answers. The observe step only appends each request to a list (:meth:`MemoryWindows.observe`); :meth:`fold` adds
+what is listed to the series (:meth:`record`) before anything reads them (the evaluator's flush, a view, the sweep):
+no I/O on the request path, and a run of one key's requests that fall in the same bucket of every series is added
+once, however long it is. With Redis,
 records accumulate locally and :meth:`RedisWindows.flush` (background task) adds them to one Redis
 hash per series in one pipeline, so the traffic a key sends through several instances is summed
 whole; the evaluator then reads the series back from Redis. Times come from the injected clock.
@@ -110,7 +110,7 @@ class MemoryWindows:
         self.pending: list[Observation] = []
         self.touched: set[str] = set()  # entities folded since the evaluator last took them (take_touched)
 
-    # --- the settle step (no I/O) ----------------------------------------------------------------
+    # --- the observe step (no I/O) ---------------------------------------------------------------
 
     def observe(self, obs: Observation) -> bool:
         """List one request for :meth:`fold`; True when it is the first listed since the last fold (the caller
