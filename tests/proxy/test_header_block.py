@@ -27,3 +27,21 @@ def test_the_block_is_the_forwarded_headers(client: list[tuple[bytes, str]], con
     pairs = forward_headers(headers, dep)
     want = b"".join(k.encode("latin-1") + b": " + v.encode("latin-1") + b"\r\n" for k, v in pairs)
     assert header_block(headers, dep) == want
+
+
+def test_a_configured_header_is_the_operators_whatever_the_case() -> None:
+    """A client header of a configured name (the ASGI server lower-cases names; the operator may not) is dropped in
+    both forms: only the configured value goes upstream."""
+    headers = [(b"x-tenant", b"client-chosen"), (b"api-version", b"2099"), (b"content-type", b"application/json")]
+    dep: Any = SimpleNamespace(
+        api_key="sk-up-123456789", config=SimpleNamespace(headers={"X-Tenant": "ops", "API-Version": "2024"})
+    )
+    assert forward_headers(headers, dep) == [
+        ("content-type", "application/json"),
+        ("Authorization", "Bearer sk-up-123456789"),
+        ("X-Tenant", "ops"),
+        ("API-Version", "2024"),
+    ]
+    block = header_block(headers, dep)
+    assert b"client-chosen" not in block and b"2099" not in block
+    assert block.count(b"X-Tenant: ops\r\n") == 1 and block.count(b"API-Version: 2024\r\n") == 1

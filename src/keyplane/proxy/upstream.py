@@ -150,13 +150,19 @@ def forward_headers(headers: list[tuple[bytes, bytes]], dep: Deployment) -> list
     return out
 
 
-def _kept(headers: list[tuple[bytes, bytes]], dep: Deployment) -> list[tuple[bytes, bytes]]:
-    """The client's headers that go upstream (:func:`forward_headers`' rule, for both clients)."""
+def _dropped(dep: Deployment) -> frozenset[bytes]:
+    """The client header names that never go upstream (:func:`forward_headers`' rule, for both clients): the
+    hop-by-hop and credential ones, and the deployment's configured ones, whatever their case."""
     configured = dep.config.headers
     if configured:
-        own = {k.lower().encode("latin-1") for k in configured}
-        return [(k, v) for k, v in headers if k not in DROP_REQUEST and k not in own]
-    return [(k, v) for k, v in headers if k not in DROP_REQUEST]
+        return DROP_REQUEST | {k.lower().encode("latin-1") for k in configured}
+    return DROP_REQUEST
+
+
+def _kept(headers: list[tuple[bytes, bytes]], dep: Deployment) -> list[tuple[bytes, bytes]]:
+    """The client's headers that go upstream."""
+    drop = _dropped(dep)
+    return [(k, v) for k, v in headers if k not in drop]
 
 
 _UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f-\xff#]")  # a request target sent as is: printable ASCII only
@@ -164,15 +170,11 @@ _UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f-\xff#]")  # a request target sent 
 
 def header_block(headers: list[tuple[bytes, bytes]], dep: Deployment) -> bytes:
     """:func:`forward_headers` as the lines of an HTTP/1.1 head ("name: value\\r\\n" each), for proxy/http1.py."""
-    configured = dep.config.headers
-    if configured:  # _kept's rule, in the same one pass that writes the lines
-        own = {k.lower().encode("latin-1") for k in configured}
-        lines = [k + b": " + v + b"\r\n" for k, v in headers if k not in DROP_REQUEST and k not in own]
-    else:
-        lines = [k + b": " + v + b"\r\n" for k, v in headers if k not in DROP_REQUEST]
+    drop = _dropped(dep)  # _kept's rule, in the one pass that writes the lines
+    lines = [k + b": " + v + b"\r\n" for k, v in headers if k not in drop]
     if dep.api_key:
         lines.append(b"Authorization: Bearer " + dep.api_key.encode("latin-1") + b"\r\n")
-    for k, v in configured.items():
+    for k, v in dep.config.headers.items():
         lines.append(k.encode("latin-1") + b": " + v.encode("latin-1") + b"\r\n")
     return b"".join(lines)
 
