@@ -94,7 +94,7 @@ def response_headers(
     h: list[tuple[bytes, bytes]] = [JSON_CT] if json_ct else []
     drop = DROP_WITH_CT if json_ct else DROP_RESPONSE
     secret = out.dep.api_key
-    raw = secret.encode("latin-1", "replace") if secret and len(secret) >= 8 else None  # redact()'s test, once
+    raw = _secret_bytes(secret)  # once per answer, not per header
     for k, v in out.resp.headers:
         if k == b"x-request-id":
             rid = v
@@ -132,12 +132,16 @@ def key_info(rt: Runtime, entry: KeyEntry) -> dict[str, Any]:
     }
 
 
+def _secret_bytes(secret: str) -> bytes | None:
+    """The upstream's credential as an answer would carry it, or None when it is too short to be told apart."""
+    return secret.encode("latin-1", "replace") if secret and len(secret) >= 8 else None
+
+
 def redact(data: bytes, secret: str) -> bytes:
     """The upstream's own credential never reaches a client, even when an upstream echoes it."""
-    if secret and len(secret) >= 8:
-        raw = secret.encode("latin-1", "replace")
-        if raw in data:
-            return data.replace(raw, keys.mask(secret).encode("latin-1", "replace"))
+    raw = _secret_bytes(secret)
+    if raw is not None and raw in data:
+        return data.replace(raw, keys.mask(secret).encode("latin-1", "replace"))
     return data
 
 
