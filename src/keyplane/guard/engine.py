@@ -61,8 +61,6 @@ class Guard:
         self.rules: dict[str, Rule] = dict(self.base_rules)
         self.rule_times: dict[str, int] = {}
         self.counters: collections.Counter[str] = collections.Counter()
-        self._plan: tuple[tuple[str, float], ...] = ()
-        self._origins = False
         self._by_scope: dict[str, list[Rule]] = {"key": [], "project": []}
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -77,10 +75,10 @@ class Guard:
     def _apply_rules(self, rules: dict[str, Rule]) -> None:
         self.rules = rules
         active = [r for r in rules.values() if r.spec.enabled] if self.enabled else []
-        self._plan = tuple(sorted({(r.scope, r.window_s) for r in active}))
-        self._origins = any(r.kind == "new_origins" for r in active)
         self.windows.fold()  # what was observed goes to the series of the rules it was observed under
-        self.windows.plan, self.windows.track_origins = self._plan, self._origins
+        # The series each observed request goes to, and whether its origins are kept (the windows' fold reads them)
+        self.windows.plan = tuple(sorted({(r.scope, r.window_s) for r in active}))
+        self.windows.track_origins = any(r.kind == "new_origins" for r in active)
         self._by_scope = {
             "key": [r for r in active if r.scope == "key"],
             "project": [r for r in active if r.scope == "project"],
@@ -108,7 +106,7 @@ class Guard:
 
     def observe(self, ctx: RequestContext) -> None:
         key = ctx.key
-        if not self._plan or key.kind == "admin":
+        if not self.windows.plan or key.kind == "admin":
             return
         status = ctx.status
         # Only what says something about the client counts. An upstream 401/403 says keyplane's
